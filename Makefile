@@ -1,0 +1,46 @@
+# Switchboard: `make run` and `make test` are the contract; both set up .venv when it is missing.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run demo test test-unit test-integration test-e2e train schemas lint bench clean
+
+setup: $(STAMP)
+
+# Rebuilt only when the dependency pins change; `make setup` twice does nothing the second time.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/switchboard run
+
+demo: setup
+	$(BIN)/switchboard demo --count 200 --json
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: setup
+	$(BIN)/python -m pytest -q tests/integration
+
+test-e2e: setup
+	$(BIN)/python -m pytest -q tests/e2e
+
+train: setup
+	$(BIN)/switchboard classify train
+
+schemas: setup
+	$(BIN)/switchboard schemas export
+
+lint: setup
+	$(BIN)/ruff check services tests
+
+clean:
+	rm -rf $(VENV) .switchboard .pytest_cache

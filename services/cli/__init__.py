@@ -1,0 +1,230 @@
+"""The ``switchboard`` command: run a service, the embedded broker, or the whole pipeline.
+
+Heavy imports (torch, transformers) happen inside the commands that need them, so that
+``switchboard route --help`` or the route service itself never load a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from switchboard.shared.settings import DEFAULT_CONFIG_FILE, ConfigError
+
+SAMPLES = Path("data/samples/tweets.jsonl")
+WORKDIR = Path(".switchboard")
+
+
+class _Group(click.Group):
+    """Turns a configuration error into one clear message and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"switchboard: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="switchboard")
+def main() -> None:
+    """Switchboard routes tweets addressed to a company's handles to the department that acts."""
+
+
+# --- the four services ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--replay", "replay_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Replay this JSONL file of X API v2 tweets.")  # fmt: skip
+@click.option("--rate", "replay_rate_per_s", type=float, help="Tweets per second when replaying.")
+@click.option("--limit", "replay_limit", type=int, help="Replay at most this many tweets.")
+def ingest(**options: object) -> None:
+    """Run the ingest service: tweets in, switchboard.tweets.raw out."""
+    from switchboard.ingest.service import main as run
+
+    run(**{k: v for k, v in options.items() if v is not None})
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def classify(ctx: click.Context) -> None:
+    """Run the classify service (or `classify train`)."""
+    if ctx.invoked_subcommand is None:
+        from switchboard.classify.service import main as run
+
+        run()
+
+
+@classify.command("train")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("data/labeled"),
+              show_default=True, help="Folder with train.jsonl, dev.jsonl and test.jsonl.")  # fmt: skip
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Artifact folder (default: the one the classify service ships).")  # fmt: skip
+@click.option("--seed", type=int, default=13, show_default=True)
+def classify_train(data_dir: Path, out: Path | None, seed: int) -> None:
+    """Train the department and urgency heads; writes heads and a model card."""
+    from switchboard.classify.model import DEFAULT_ARTIFACT
+    from switchboard.classify.train import train
+
+    card = train(data_dir=data_dir, out_dir=out or DEFAULT_ARTIFACT, seed=seed)
+    click.echo(json.dumps({"artifact": str(out or DEFAULT_ARTIFACT), "metrics": card["metrics"]}, indent=2))
+
+
+@main.command()
+def route() -> None:
+    """Run the route service: classified tweets to department topics, triage and alerts."""
+    from switchboard.route.service import main as run
+
+    run()
+
+
+@main.command()
+def notify() -> None:
+    """Run the notify service: department topics to email."""
+    from switchboard.notify.service import main as run
+
+    run()
+
+
+# --- the broker and the whole pipeline -----------------------------------------------------------
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Kafka port (default: a free one).")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
+              default=WORKDIR / "broker", show_default=True)  # fmt: skip
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=DEFAULT_CONFIG_FILE,
+              show_default=True, help="Configuration (for the topics' partitions).")  # fmt: skip
+def broker(port: int | None, data_dir: Path, config_file: Path) -> None:
+    """Run the embedded Kafka-protocol broker in the foreground, with every topic created."""
+    from switchboard.shared import topics
+    from switchboard.shared.broker import EmbeddedBroker
+    from switchboard.shared.kafka import ensure_topics
+    from switchboard.shared.settings import ServiceSettings
+
+    config = ServiceSettings.load(config_file=config_file).config
+    embedded = EmbeddedBroker(data_dir, port=port)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await embedded.start()
+        try:
+            created = await ensure_topics(
+                embedded.settings(), topics.ALL,
+                config.topics.partitions, config.topics.replication_factor,
+            )  # fmt: skip
+            click.echo(f"KAFKA_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
+            click.echo(f"data in {data_dir}; created {len(created)} topics; Ctrl-C stops")
+            await stop.wait()
+        finally:
+            embedded.stop()
+
+    asyncio.run(serve())
+
+
+def _stack_options(workdir: Path, config_file: Path, samples: Path, rate: float | None,
+                   limit: int | None):  # fmt: skip
+    from switchboard.cli.stack import StackOptions
+
+    return StackOptions(workdir=workdir, config_file=config_file, replay_file=samples,
+                        rate_per_s=rate, limit=limit)  # fmt: skip
+
+
+_config_option = click.option(
+    "--config", "config_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=DEFAULT_CONFIG_FILE, show_default=True,
+)  # fmt: skip
+_samples_option = click.option(
+    "--samples", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=SAMPLES,
+    show_default=True, help="JSONL of X API v2 tweets to replay.",
+)  # fmt: skip
+
+
+@main.command()
+@_config_option
+@_samples_option
+@click.option("--rate", type=float, default=None, help="Tweets per second (default: from config).")
+@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=WORKDIR,
+              show_default=True, help="Broker data, inbox and service logs.")  # fmt: skip
+def run(config_file: Path, samples: Path, rate: float | None, workdir: Path) -> None:
+    """Start the whole pipeline, replay the samples, and show it live until Ctrl-C."""
+    from switchboard.cli.live import run_live
+
+    sys.exit(asyncio.run(run_live(_stack_options(workdir, config_file, samples, rate, None))))
+
+
+@main.command()
+@_config_option
+@_samples_option
+@click.option("--count", type=int, default=200, show_default=True, help="Tweets to send.")
+@click.option("--rate", type=float, default=50.0, show_default=True, help="Tweets per second.")
+@click.option("--timeout", type=float, default=180.0, show_default=True,
+              help="Seconds to wait for every tweet to be accounted for.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else.")
+@click.option("--keep", is_flag=True, help="Keep the work folder (logs, inbox, broker data).")
+def demo(config_file: Path, samples: Path, count: int, rate: float, timeout: float,
+         as_json: bool, keep: bool) -> None:  # fmt: skip
+    """Send COUNT sample tweets through all four services and report where each one went.
+
+    Exit status 1 when a tweet was lost or published twice.
+    """
+    from switchboard.cli.stack import Stack, sample_ids
+
+    workdir = Path(tempfile.mkdtemp(prefix="switchboard-demo-"))
+    sent = sample_ids(samples, count)
+    stack = Stack(_stack_options(workdir, config_file, samples, rate, count))
+    say = (lambda _: None) if as_json else (lambda m: click.echo(m, err=True))
+
+    async def go() -> dict:
+        try:
+            await stack.start(progress=say)
+            say(f"sending {len(sent)} tweets at {rate:g}/s")
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if stack.tally.accounted(sent) == sent and stack.tally.deliveries_settled():
+                    break
+                await asyncio.sleep(0.2)
+            return stack.tally.summary(sent)
+        finally:
+            await stack.stop()
+
+    try:
+        summary = asyncio.run(go())
+    finally:
+        if keep:
+            say(f"work folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    click.echo(json.dumps(summary, indent=None if as_json else 2))
+    sys.exit(1 if summary["lost"] or summary["duplicates"] else 0)
+
+
+# --- schemas -------------------------------------------------------------------------------------
+
+
+@main.group()
+def schemas() -> None:
+    """The JSON Schemas of every event, for downstream subscribers."""
+
+
+@schemas.command("export")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("schemas"),
+              show_default=True)  # fmt: skip
+def schemas_export(out: Path) -> None:
+    """Write one JSON Schema file per event type."""
+    from switchboard.shared.events import export_schemas
+
+    for path in export_schemas(out):
+        click.echo(path)

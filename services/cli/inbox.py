@@ -1,0 +1,50 @@
+"""A loopback SMTP server that keeps every message in a Maildir: the inbox of ``switchboard run``.
+
+Real SMTP (aiosmtpd), so notify talks to it exactly as it would to the company's mail relay.
+"""
+
+from __future__ import annotations
+
+import mailbox
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from switchboard.shared.broker import free_port
+
+
+class _MaildirHandler:
+    def __init__(self, maildir: mailbox.Maildir) -> None:
+        self.maildir = maildir
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.maildir.add(envelope.original_content or envelope.content)
+        return "250 Message accepted for delivery"
+
+
+class LoopbackInbox:
+    """``start()`` listens on 127.0.0.1; ``messages()`` reads what arrived."""
+
+    def __init__(self, maildir: Path, port: int | None = None) -> None:
+        self.path = Path(maildir)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.maildir = mailbox.Maildir(str(self.path), create=True)
+        self.port = port or free_port()
+        self.controller = Controller(
+            _MaildirHandler(self.maildir), hostname="127.0.0.1", port=self.port
+        )
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def messages(self) -> list[EmailMessage]:
+        found = []
+        for key in self.maildir.iterkeys():
+            with self.maildir.get_file(key) as raw:
+                found.append(message_from_bytes(raw.read(), policy=policy.default))
+        return found

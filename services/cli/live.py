@@ -1,0 +1,73 @@
+"""``switchboard run``: the pipeline with a live summary in the terminal, until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from switchboard.cli.stack import Stack, StackOptions
+from switchboard.cli.tally import Tally, percentile
+from switchboard.shared.labels import DEPARTMENTS
+
+
+def summary_view(tally: Tally, alive: dict[str, bool], inbox: str | None) -> Group:
+    counts = Table(title="Routed since start", expand=False)
+    counts.add_column("destination")
+    counts.add_column("tweets", justify="right")
+    for department in DEPARTMENTS:
+        counts.add_row(department.value, str(tally.routed.get(department.value, 0)))
+    counts.add_row("triage", str(tally.triage), style="yellow")
+    counts.add_row("alerts", str(tally.alerts), style="red")
+    counts.add_row("dead letters", str(tally.dead_letters), style="magenta")
+    counts.add_row("emails delivered", str(tally.deliveries.get("email", 0)), style="green")
+
+    p50, p99 = percentile(tally.routed_ms, 50), percentile(tally.routed_ms, 99)
+    latency = "n/a" if p50 is None else f"p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+    services = "  ".join(f"{n}: {'up' if up else 'DOWN'}" for n, up in alive.items())
+    status = Text(f"services  {services}\ningest -> routed latency  {latency}")
+    if inbox:
+        status.append(f"\nemails land in {inbox}")
+
+    recent = Table(title="Latest routed tweets", expand=True)
+    for column in ("topic", "urgency", "conf", "text"):
+        recent.add_column(column, overflow="ellipsis", no_wrap=True)
+    for event in reversed(tally.recent):
+        c = event.classification
+        recent.add_row(event.route.topic.removeprefix("switchboard."), c.urgency.value,
+                       f"{c.confidence:.2f}", event.tweet.text.replace("\n", " "))  # fmt: skip
+    return Group(Panel(status, title="Switchboard"), counts, recent)
+
+
+async def run_live(options: StackOptions) -> int:
+    console = Console()
+    stack = Stack(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        with console.status("starting") as status:
+            await stack.start(progress=lambda message: status.update(message))
+        inbox = str(stack.inbox.path) if stack.inbox else None
+        console.print(f"[green]pipeline up[/]; logs in {stack.logs}; Ctrl-C stops everything")
+        with Live(console=console, refresh_per_second=2) as live:
+            while not stop.is_set():
+                live.update(summary_view(stack.tally, stack.alive(), inbox))
+                if not all(stack.alive().values()):
+                    console.print("[red]a service stopped; see its log[/]")
+                    return 1
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+                except TimeoutError:
+                    pass
+        return 0
+    finally:
+        console.print("stopping")
+        await stack.stop()
+        console.print("stopped; no process left behind")

@@ -1,0 +1,205 @@
+"""The whole pipeline on one machine: broker, loopback inbox, four service processes, an observer.
+
+``switchboard run`` and ``switchboard demo`` use it. Each service is its own OS process started
+through the ``switchboard`` CLI, exactly as it would run in production; the broker is started
+only when ``KAFKA_BOOTSTRAP_SERVERS`` is unset, the loopback inbox only when ``SMTP_HOST`` is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import Popen
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from switchboard.cli.inbox import LoopbackInbox
+from switchboard.cli.tally import Tally
+from switchboard.notify.settings import SmtpSettings
+from switchboard.shared import topics
+from switchboard.shared.broker import EmbeddedBroker, free_port
+from switchboard.shared.events import Alert, DeadLetter, DecodeError, Delivery, RoutedTweet, decode
+from switchboard.shared.kafka import client_options, ensure_topics
+from switchboard.shared.processes import spawn, terminate
+from switchboard.shared.settings import KafkaSettings, ServiceSettings
+
+log = logging.getLogger(__name__)
+
+# Started in this order; ingest last, so that no tweet waits for the model to load.
+SERVICES = ("classify", "route", "notify", "ingest")
+OBSERVED = (*topics.PRIMARY_TOPICS, topics.ALERTS, topics.DEADLETTER, topics.DELIVERIES,
+            topics.NOTIFICATIONS_DLQ)  # fmt: skip
+
+
+@dataclass
+class StackOptions:
+    workdir: Path
+    config_file: Path
+    replay_file: Path
+    rate_per_s: float | None = None
+    limit: int | None = None
+    ready_timeout_s: float = 120.0
+
+
+@dataclass
+class Stack:
+    options: StackOptions
+    tally: Tally = field(default_factory=Tally)
+    broker: EmbeddedBroker | None = None
+    inbox: LoopbackInbox | None = None
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    processes: dict[str, Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    observer: AIOKafkaConsumer | None = None
+    _observing: asyncio.Task[None] | None = None
+
+    @property
+    def logs(self) -> Path:
+        return self.options.workdir / "logs"
+
+    async def start(self, progress: Callable[[str], None] = lambda _: None) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        settings = ServiceSettings.load(config_file=self.options.config_file)
+        self.tally.subscriptions = list(settings.config.notify.subscriptions)
+        if not self.kafka.bootstrap_servers:
+            progress("starting the embedded Kafka broker")
+            self.broker = EmbeddedBroker(
+                self.options.workdir / "broker", log_file=self.logs / "broker.log"
+            )
+            await self.broker.start()
+            self.kafka = self.broker.settings()
+        await ensure_topics(
+            self.kafka, topics.ALL,
+            settings.config.topics.partitions, settings.config.topics.replication_factor,
+        )  # fmt: skip
+        if not SmtpSettings().model_fields_set & {"host", "port"}:
+            self.inbox = LoopbackInbox(self.options.workdir / "inbox")
+            self.inbox.start()
+            progress(f"loopback SMTP inbox on 127.0.0.1:{self.inbox.port}")
+        await self._start_observer()
+        for service in SERVICES:
+            progress(f"starting {service}")
+            self._spawn(service)
+            await self._wait_ready(service)
+
+    def _environment(self, service: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=self.kafka.require_bootstrap(),
+            SWITCHBOARD_CONFIG_FILE=str(self.options.config_file),
+            SWITCHBOARD_HTTP_PORT=str(self.ports[service]),
+            PYTHONUNBUFFERED="1",
+        )
+        if self.inbox is not None:
+            env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(self.inbox.port))
+        if service == "ingest":
+            env["SWITCHBOARD_REPLAY_FILE"] = str(self.options.replay_file)
+            if self.options.rate_per_s:
+                env["SWITCHBOARD_REPLAY_RATE_PER_S"] = str(self.options.rate_per_s)
+            if self.options.limit is not None:
+                env["SWITCHBOARD_REPLAY_LIMIT"] = str(self.options.limit)
+        return env
+
+    def _spawn(self, service: str) -> None:
+        self.ports[service] = free_port()
+        self.processes[service] = spawn(
+            [sys.executable, "-m", "switchboard", service],
+            env=self._environment(service),
+            log_file=self.logs / f"{service}.log",
+        )
+
+    async def _wait_ready(self, service: str) -> None:
+        url = f"http://127.0.0.1:{self.ports[service]}/readyz"
+        deadline = time.monotonic() + self.options.ready_timeout_s
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                process = self.processes[service]
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"{service} exited with {process.returncode}:\n{self.log_tail(service)}"
+                    )
+                try:
+                    if (await client.get(url)).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise TimeoutError(f"{service} not ready after {self.options.ready_timeout_s}s")
+
+    def log_tail(self, service: str, lines: int = 20) -> str:
+        path = self.logs / f"{service}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    async def _start_observer(self) -> None:
+        consumer = AIOKafkaConsumer(client_id="switchboard-observer", **client_options(self.kafka))
+        await consumer.start()
+        await consumer.topics()  # loads the cluster metadata
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in OBSERVED
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(partitions)
+        # Count only what this run produces: start at the current end of every topic.
+        await consumer.seek_to_end(*partitions)
+        for partition in partitions:
+            await consumer.position(partition)
+        self.observer = consumer
+        self._observing = asyncio.create_task(self._observe(consumer), name="observer")
+
+    async def _observe(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    self._record(record.topic, record.value)
+
+    def _record(self, topic: str, value: bytes | None) -> None:
+        try:
+            if topic in topics.PRIMARY_TOPICS:
+                self.tally.observe_routed(topic, decode(RoutedTweet, value))
+            elif topic == topics.ALERTS:
+                self.tally.observe_alert(decode(Alert, value))
+            elif topic == topics.DEADLETTER:
+                self.tally.observe_dead_letter(decode(DeadLetter, value))
+            else:
+                self.tally.observe_delivery(decode(Delivery, value))
+        except DecodeError as problem:
+            log.warning("unreadable message on %s: %s", topic, problem)
+
+    def alive(self) -> dict[str, bool]:
+        return {name: process.poll() is None for name, process in self.processes.items()}
+
+    async def stop(self) -> None:
+        for service in reversed(list(self.processes)):
+            await asyncio.to_thread(terminate, self.processes[service])
+        if self._observing is not None:
+            self._observing.cancel()
+            await asyncio.gather(self._observing, return_exceptions=True)
+        if self.observer is not None:
+            await self.observer.stop()
+        if self.inbox is not None:
+            self.inbox.stop()
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.stop)
+
+
+def sample_ids(path: Path, limit: int | None) -> set[str]:
+    """The tweet ids of the first ``limit`` non-blank lines of a replay file."""
+    ids: list[str] = []
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                if limit is not None and len(ids) >= limit:
+                    break
+                ids.append(str(json.loads(line)["data"]["id"]))
+    return set(ids)

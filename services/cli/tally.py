@@ -1,0 +1,119 @@
+"""Accounting for ``switchboard run`` and ``demo``: where did every tweet end up? (pure logic)"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from switchboard.shared import topics
+from switchboard.shared.config import Subscription
+from switchboard.shared.events import Alert, DeadLetter, Delivery, RoutedTweet
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile, ``q`` in [0, 100]."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def tweet_id_of_dead_letter(letter: DeadLetter) -> str | None:
+    """Best effort: the tweet id inside a dead-lettered message, if it has one."""
+    try:
+        original = json.loads(base64.b64decode(letter.original_base64))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(original, dict):
+        for holder in (original.get("data"), original.get("tweet")):
+            if isinstance(holder, dict) and isinstance(holder.get("id"), str):
+                return holder["id"]
+    return None
+
+
+@dataclass
+class Tally:
+    """Everything observed on the output topics since the run began."""
+
+    subscriptions: list[Subscription] = field(default_factory=list)
+    primary: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    routed: Counter[str] = field(default_factory=Counter)
+    triage: int = 0
+    alerts: int = 0
+    dead_letters: int = 0
+    dead_lettered_ids: set[str] = field(default_factory=set)
+    deliveries: Counter[str] = field(default_factory=Counter)
+    failed_deliveries: Counter[str] = field(default_factory=Counter)
+    expected_deliveries: int = 0
+    routed_ms: list[float] = field(default_factory=list)
+    delivered_ms: list[float] = field(default_factory=list)
+    recent: list[RoutedTweet] = field(default_factory=list)
+
+    def observe_routed(self, topic: str, event: RoutedTweet) -> None:
+        self.primary[event.tweet.id].append(topic)
+        if topic == topics.TRIAGE:
+            self.triage += 1
+        else:
+            self.routed[event.route.department.value] += 1
+            self.expected_deliveries += sum(
+                s.matches(event.route.department, event.classification.urgency)
+                for s in self.subscriptions
+            )
+        if event.trace.routed_at is not None:
+            elapsed = event.trace.routed_at - event.trace.ingested_at
+            self.routed_ms.append(elapsed.total_seconds() * 1000)
+        self.recent = [*self.recent[-9:], event]
+
+    def observe_alert(self, event: Alert) -> None:
+        self.alerts += 1
+
+    def observe_dead_letter(self, letter: DeadLetter) -> None:
+        self.dead_letters += 1
+        tweet_id = tweet_id_of_dead_letter(letter)
+        if tweet_id is not None:
+            self.dead_lettered_ids.add(tweet_id)
+
+    def observe_delivery(self, delivery: Delivery) -> None:
+        if delivery.outcome == "delivered":
+            self.deliveries[delivery.channel] += 1
+            if delivery.trace.delivered_at is not None:
+                elapsed = delivery.trace.delivered_at - delivery.trace.ingested_at
+                self.delivered_ms.append(elapsed.total_seconds() * 1000)
+        else:
+            self.failed_deliveries[delivery.channel] += 1
+
+    def accounted(self, sent: set[str]) -> set[str]:
+        return {i for i in sent if i in self.primary or i in self.dead_lettered_ids}
+
+    def deliveries_settled(self) -> bool:
+        done = sum(self.deliveries.values()) + sum(self.failed_deliveries.values())
+        return done >= self.expected_deliveries
+
+    def duplicates(self) -> int:
+        """Tweets published more than once on primary topics (same topic twice included)."""
+        return sum(1 for found in self.primary.values() if len(found) > 1)
+
+    def summary(self, sent: set[str]) -> dict:
+        return {
+            "sent": len(sent),
+            "routed": dict(sorted(self.routed.items())),
+            "triage": self.triage,
+            "alerts": self.alerts,
+            "deadletter": self.dead_letters,
+            "lost": len(sent - self.accounted(sent)),
+            "duplicates": self.duplicates(),
+            "deliveries": dict(sorted(self.deliveries.items())),
+            "failed_deliveries": dict(sorted(self.failed_deliveries.items())),
+            "p50_ms": _round(percentile(self.routed_ms, 50)),
+            "p99_ms": _round(percentile(self.routed_ms, 99)),
+            "delivered_p50_ms": _round(percentile(self.delivered_ms, 50)),
+            "delivered_p99_ms": _round(percentile(self.delivered_ms, 99)),
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)

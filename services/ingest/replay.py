@@ -1,0 +1,31 @@
+"""Replay: read a JSONL file of X API v2 tweets at a steady rate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+
+async def paced_lines(
+    path: Path, rate_per_s: float, limit: int | None = None
+) -> AsyncIterator[tuple[int, bytes]]:
+    """Yield ``(line number, raw line)`` for non-blank lines, ``rate_per_s`` per second.
+
+    The schedule is absolute (line n is due at start + n / rate), so slow consumers of the
+    iterator do not slow the average rate down, and nothing drifts over a long replay.
+    """
+    started = time.monotonic()
+    sent = 0
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            if limit is not None and sent >= limit:
+                return
+            if not line.strip():
+                continue
+            delay = started + sent / rate_per_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent += 1
+            yield number, line.rstrip(b"\r\n")

@@ -1,0 +1,24 @@
+"""Settings of the ingest service (``SWITCHBOARD_*`` environment variables and the YAML file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+from switchboard.shared.settings import ServiceSettings
+
+
+class IngestSettings(ServiceSettings):
+    service: ClassVar[str] = "ingest"
+    default_http_port: ClassVar[int] = 8081
+
+    replay_file: Path | None = Field(default=None, description="JSONL of X API v2 tweets")
+    replay_rate_per_s: float | None = Field(
+        default=None, gt=0, description="Overrides ingest.replay_rate_per_s of the YAML file"
+    )
+    replay_limit: int | None = Field(default=None, ge=0, description="Stop after this many lines")
+
+    @property
+    def rate(self) -> float:
+        return self.replay_rate_per_s or self.config.ingest.replay_rate_per_s

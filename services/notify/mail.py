@@ -1,0 +1,99 @@
+"""Email notifications: rendering (pure) and sending over SMTP (aiosmtplib).
+
+Tweet text is untrusted: the HTML body is autoescaped, and header values are stripped of line
+breaks so that a tweet can never add a header.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+import aiosmtplib
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from switchboard.notify.settings import SmtpSettings
+from switchboard.shared.config import EmailConfig, Subscription
+from switchboard.shared.events import RoutedTweet
+
+log = logging.getLogger(__name__)
+
+_templates = Environment(
+    loader=PackageLoader("switchboard.notify", "templates"),
+    autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
+    undefined=StrictUndefined,
+    keep_trailing_newline=True,
+)
+_LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029\x0b\x0c\x85]+")
+
+
+def header_safe(value: str, limit: int = 200) -> str:
+    """One line, at most ``limit`` characters."""
+    return _LINE_BREAKS.sub(" ", value).strip()[:limit]
+
+
+def render_email(
+    routed: RoutedTweet, subscription: Subscription, options: EmailConfig, delivery_id: str
+) -> EmailMessage:
+    c = routed.classification
+    context = {
+        "tweet": routed.tweet,
+        "classification": c,
+        "route": routed.route,
+        "department": c.department.value,
+        "urgency": c.urgency.value,
+        "subscription": subscription.name,
+    }
+    message = EmailMessage()
+    message["From"] = options.sender
+    message["To"] = ", ".join(subscription.to)
+    message["Subject"] = header_safe(
+        f"{options.subject_prefix} {c.urgency.value.upper()} {c.department.value}: "
+        f"@{routed.tweet.author.username}: {routed.tweet.text}"
+    )
+    # A stable id per delivery lets mail systems drop a redelivered copy.
+    message["Message-ID"] = make_msgid(idstring=delivery_id.replace(":", "."), domain="switchboard")
+    message["X-Switchboard-Tweet-Id"] = header_safe(routed.tweet.id)
+    message["X-Switchboard-Delivery-Id"] = header_safe(delivery_id)
+    message.set_content(_templates.get_template("email.txt.j2").render(context))
+    message.add_alternative(_templates.get_template("email.html.j2").render(context), subtype="html")
+    return message
+
+
+class SmtpMailer:
+    """One SMTP connection, opened on first use and reopened when the server drops it."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+        self._client: aiosmtplib.SMTP | None = None
+
+    async def _connected(self) -> aiosmtplib.SMTP:
+        if self._client is None or not self._client.is_connected:
+            s = self.settings
+            client = aiosmtplib.SMTP(
+                hostname=s.host, port=s.port, timeout=s.timeout_s,
+                use_tls=s.tls, start_tls=s.starttls,
+            )  # fmt: skip
+            await client.connect()
+            if s.username:
+                password = s.password.get_secret_value() if s.password else ""
+                await client.login(s.username, password)
+            self._client = client
+        return self._client
+
+    async def send(self, message: EmailMessage) -> None:
+        client = await self._connected()
+        try:
+            await client.send_message(message)
+        except aiosmtplib.SMTPServerDisconnected:
+            self._client = None
+            raise
+
+    async def close(self) -> None:
+        if self._client is not None and self._client.is_connected:
+            try:
+                await self._client.quit()
+            except aiosmtplib.SMTPException:
+                self._client.close()
+        self._client = None

@@ -1,0 +1,31 @@
+"""Settings of the notify service: SMTP endpoint and secret from ``SMTP_*``, the rest from YAML."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from switchboard.shared.settings import ServiceSettings
+
+
+class SmtpSettings(BaseSettings):
+    """The mail server notify sends through (``SMTP_HOST``, ``SMTP_PORT``, ...)."""
+
+    model_config = SettingsConfigDict(env_prefix="SMTP_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    starttls: bool = Field(default=False, description="Upgrade the connection with STARTTLS")
+    tls: bool = Field(default=False, description="Implicit TLS (usually port 465)")
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class NotifySettings(ServiceSettings):
+    service: ClassVar[str] = "notify"
+    default_http_port: ClassVar[int] = 8084
+
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    send_attempts: int = Field(default=4, ge=1, le=20)

@@ -1,0 +1,85 @@
+"""The embedded Kafka-protocol broker: the noida-db binary with only its Kafka service.
+
+Used by ``switchboard broker``, ``switchboard run``/``demo`` and the tests when
+``KAFKA_BOOTSTRAP_SERVERS`` is unset. Topics live in the data directory and survive a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import subprocess
+import time
+from importlib.resources import files
+from pathlib import Path
+
+from switchboard.shared.processes import spawn, terminate
+from switchboard.shared.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def broker_binary() -> Path:
+    binary = Path(str(files("noida_db").joinpath("noida-db")))
+    if not binary.is_file():
+        raise FileNotFoundError(f"the noida-db wheel has no broker binary at {binary}")
+    binary.chmod(0o755)
+    return binary
+
+
+class EmbeddedBroker:
+    """A broker process on loopback; ``start()`` returns once it answers Kafka requests."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, log_file: Path | None = None):
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.log_file = log_file or self.data_dir / "broker.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def settings(self) -> KafkaSettings:
+        return KafkaSettings(bootstrap_servers=self.bootstrap_servers)
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        from switchboard.shared.kafka import wait_for_broker
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(broker_binary()), "start", "--only", "kafka",
+            "--kafka-port", str(self.port), "--host", "127.0.0.1",
+            "--data-dir", str(self.data_dir),
+        ]  # fmt: skip
+        # The binary prints a harmless "weak version GLIBC_2.39" line at start.
+        self.process = spawn(command, log_file=self.log_file)
+        await self._wait_for_port(timeout_s)
+        await wait_for_broker(self.settings(), timeout_s)
+        log.info("embedded broker ready", extra={"bootstrap_servers": self.bootstrap_servers})
+
+    async def _wait_for_port(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"embedded broker exited with {self.process.returncode}; see {self.log_file}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                await asyncio.sleep(0.1)
+        raise TimeoutError(f"embedded broker did not open port {self.port}; see {self.log_file}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            terminate(self.process)
+            self.process = None

@@ -1,0 +1,273 @@
+"""Event contracts: every message on a Switchboard topic is one of these models, as JSON.
+
+Each event carries ``schema_version``. Within a version, changes are additive only (new optional
+fields); consumers ignore fields they do not know. A breaking change is a new version. The models
+are exported as JSON Schema into ``schemas/`` (``switchboard schemas export``); a test fails when
+the exported files and this module disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from switchboard.shared.labels import Department, Urgency
+
+SCHEMA_VERSION = 1
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+TweetSource = Literal["replay", "filtered_stream", "mentions", "direct_message", "webhook"]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Model(BaseModel):
+    # Unknown fields are ignored so that additive changes within a version never break consumers.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Trace(Model):
+    """When each stage handled the tweet; end-to-end latency is ``routed_at - ingested_at``."""
+
+    ingested_at: AwareDatetime
+    classified_at: AwareDatetime | None = None
+    routed_at: AwareDatetime | None = None
+    delivered_at: AwareDatetime | None = None
+
+
+class Author(Model):
+    id: str
+    username: str
+    name: str | None = None
+    followers_count: int = Field(default=0, ge=0)
+    verified: bool = False
+
+
+class ReferencedTweet(Model):
+    type: Literal["replied_to", "quoted", "retweeted"]
+    id: str
+
+
+class Tweet(Model):
+    """A tweet or direct message addressed to one of the company's handles, normalized."""
+
+    id: str = Field(min_length=1, description="X tweet id (or DM event id)")
+    conversation_id: str = Field(min_length=1, description="Thread id; the Kafka message key")
+    text: str = Field(description="Full text (note_tweet text when the tweet is long)")
+    lang: str | None = Field(default=None, description="BCP 47 language tag as X reports it")
+    created_at: AwareDatetime
+    author: Author
+    addressed_handles: list[str] = Field(
+        default_factory=list,
+        description="The company's configured handles this tweet addresses (mention, reply, DM)",
+    )
+    mentions: list[str] = Field(default_factory=list, description="Every @username mentioned")
+    referenced_tweets: list[ReferencedTweet] = Field(default_factory=list)
+    in_reply_to_user_id: str | None = None
+    source: TweetSource
+    url: str = Field(description="Link to the tweet on x.com")
+
+
+class Classification(Model):
+    department: Department
+    urgency: Urgency
+    confidence: Probability = Field(description="Model probability of `department`")
+    urgency_confidence: Probability
+    department_scores: dict[Department, Probability]
+    urgency_scores: dict[Urgency, Probability]
+    model_version: str
+
+
+class RouteDecision(Model):
+    """Where a tweet went and why."""
+
+    destination: Literal["department", "triage"]
+    department: Department = Field(description="The owning department")
+    topic: str = Field(description="The primary topic the tweet was published on")
+    copies: list[Department] = Field(default_factory=list)
+    escalated: bool = Field(description="Also published on switchboard.alerts")
+    reasons: list[str] = Field(description="Human-readable reasons, one per rule that applied")
+    confidence_threshold: Probability
+    rules_version: str
+
+
+class Event(Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class RawTweet(Event):
+    """On ``switchboard.tweets.raw``: published by ingest."""
+
+    event_type: Literal["tweet.raw"] = "tweet.raw"
+    tweet: Tweet
+    trace: Trace
+
+
+class ClassifiedTweet(Event):
+    """On ``switchboard.tweets.classified``: published by classify."""
+
+    event_type: Literal["tweet.classified"] = "tweet.classified"
+    tweet: Tweet
+    classification: Classification
+    trace: Trace
+
+
+class RoutedTweet(Event):
+    """On ``switchboard.dept.<department>`` and ``switchboard.triage``: published by route."""
+
+    event_type: Literal["tweet.routed"] = "tweet.routed"
+    tweet: Tweet
+    classification: Classification
+    route: RouteDecision
+    trace: Trace
+
+
+class Alert(Event):
+    """On ``switchboard.alerts``: something someone must look at now."""
+
+    event_type: Literal["alert"] = "alert"
+    alert_id: str
+    kind: Literal["critical_tweet"]
+    department: Department
+    urgency: Urgency
+    summary: str
+    tweet: Tweet
+    classification: Classification
+    trace: Trace
+
+
+class Delivery(Event):
+    """On ``switchboard.notifications.deliveries`` (and ``.dlq`` when it failed for good)."""
+
+    event_type: Literal["delivery"] = "delivery"
+    delivery_id: str = Field(description="`<tweet id>:<channel>:<target>`; one effect per id")
+    tweet_id: str
+    conversation_id: str
+    channel: Literal["email"]
+    target: str
+    department: Department
+    urgency: Urgency
+    outcome: Literal["delivered", "failed"]
+    attempts: int = Field(ge=1)
+    error: str | None = None
+    trace: Trace
+
+
+class DeadLetter(Event):
+    """On ``switchboard.deadletter``: input a stage could not process, with the original bytes."""
+
+    event_type: Literal["dead_letter"] = "dead_letter"
+    stage: str = Field(description="The service that rejected the message")
+    reason: str = Field(description="invalid_utf8, invalid_json, unsupported_schema_version, ...")
+    error: str = Field(description="What exactly was wrong")
+    source_topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+    original_base64: str
+    original_preview: str = Field(description="The first 500 characters, undecodable bytes replaced")
+    failed_at: AwareDatetime = Field(default_factory=utc_now)
+
+    @classmethod
+    def of(cls, stage: str, problem: DecodeError, original: bytes, **where: object) -> DeadLetter:
+        return cls(
+            stage=stage,
+            reason=problem.reason,
+            error=problem.detail,
+            original_base64=base64.b64encode(original).decode("ascii"),
+            original_preview=original[:2000].decode("utf-8", errors="replace")[:500],
+            **where,
+        )
+
+    def original(self) -> bytes:
+        return base64.b64decode(self.original_base64)
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    RawTweet,
+    ClassifiedTweet,
+    RoutedTweet,
+    Alert,
+    Delivery,
+    DeadLetter,
+)
+
+E = TypeVar("E", bound=Event)
+
+
+class DecodeError(ValueError):
+    """A message that is not a valid event of the expected type; ``reason`` is a short code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def encode(event: Event) -> bytes:
+    return event.model_dump_json().encode("utf-8")
+
+
+def decode(event_type: type[E], payload: bytes | None) -> E:
+    """Parse ``payload`` as ``event_type`` or raise DecodeError naming what is wrong."""
+    if payload is None:
+        raise DecodeError("empty_message", "the message has no value (tombstone)")
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError("invalid_utf8", str(exc)) from None
+    try:
+        return event_type.model_validate_json(payload)
+    except ValidationError as exc:
+        raise _decode_error(exc) from None
+
+
+def _decode_error(exc: ValidationError) -> DecodeError:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return DecodeError("invalid_json", first["msg"])
+    for error in errors:
+        if error["loc"] == ("schema_version",) and error["type"] != "missing":
+            return DecodeError(
+                "unsupported_schema_version", f"got {error['input']!r}, expected {SCHEMA_VERSION}"
+            )
+    fields = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5]
+    )
+    return DecodeError("invalid_event", fields)
+
+
+def schema_name(event_type: type[Event]) -> str:
+    return f"{event_type.model_fields['event_type'].default}.v{SCHEMA_VERSION}.schema.json"
+
+
+def json_schemas() -> dict[str, dict]:
+    """File name -> JSON Schema document, for every event type."""
+    documents = {}
+    for event_type in EVENT_TYPES:
+        schema = event_type.model_json_schema(mode="serialization")
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = f"https://switchboard.dev/schemas/{schema_name(event_type)}"
+        documents[schema_name(event_type)] = schema
+    return documents
+
+
+def render_schema(schema: dict) -> str:
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def export_schemas(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in json_schemas().items():
+        path = directory / name
+        path.write_text(render_schema(schema))
+        written.append(path)
+    return written

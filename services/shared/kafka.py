@@ -1,0 +1,200 @@
+"""Kafka wiring shared by the services: clients, topic creation and the consume-process-produce loop.
+
+Delivery is at least once: a batch's outputs are acknowledged by the broker before the batch's
+input offsets are committed. A crash between the two re-delivers the batch; consumers of the
+output topics deduplicate by tweet id (README, "Delivery guarantees").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+from switchboard.shared import metrics
+from switchboard.shared.events import DeadLetter, DecodeError, E, Event, decode, encode
+from switchboard.shared.settings import KafkaSettings
+from switchboard.shared.topics import DEADLETTER
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One message to publish."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+
+    @classmethod
+    def of(cls, topic: str, event: Event, key: str | None) -> Output:
+        return cls(topic, encode(event), key.encode("utf-8") if key is not None else None)
+
+
+def client_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """Connection options common to producers, consumers and the admin client."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.require_bootstrap(),
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=kafka.ssl_cafile, certfile=kafka.ssl_certfile, keyfile=kafka.ssl_keyfile
+        )
+    if kafka.security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = kafka.sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = kafka.sasl_username
+        if kafka.sasl_password is not None:
+            options["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
+    return options
+
+
+def make_producer(kafka: KafkaSettings, client_id: str) -> AIOKafkaProducer:
+    # acks=all: an output counts as delivered only once the broker has it durably.
+    return AIOKafkaProducer(
+        client_id=client_id, acks="all", linger_ms=5, **client_options(kafka)
+    )
+
+
+def make_consumer(
+    kafka: KafkaSettings, topics: Sequence[str], group_id: str | None, client_id: str
+) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        **client_options(kafka),
+    )
+
+
+async def ensure_topics(
+    kafka: KafkaSettings, topics: Iterable[str], partitions: int, replication_factor: int
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the ones created."""
+    admin = AIOKafkaAdminClient(client_id="switchboard-admin", **client_options(kafka))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(t, partitions, replication_factor) for t in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass  # another service created them first
+        return missing
+    finally:
+        await admin.close()
+
+
+async def wait_for_broker(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
+    """Return once the cluster answers a metadata request, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        admin = AIOKafkaAdminClient(client_id="switchboard-probe", **client_options(kafka))
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaConnectionError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Kafka at {kafka.bootstrap_servers} did not answer") from exc
+            await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
+
+
+def decode_or_dead_letter(
+    record: ConsumerRecord, event_type: type[E], stage: str
+) -> E | Output:
+    """The event in ``record``, or the dead-letter Output that explains why there is none."""
+    try:
+        return decode(event_type, record.value)
+    except DecodeError as problem:
+        metrics.DEAD_LETTERS.labels(stage, problem.reason).inc()
+        log.warning(
+            "dead-lettered a message",
+            extra={"reason": problem.reason, "topic": record.topic, "offset": record.offset},
+        )
+        letter = DeadLetter.of(
+            stage,
+            problem,
+            record.value or b"",
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key.decode("utf-8", errors="replace") if record.key else None,
+        )
+        return Output.of(DEADLETTER, letter, letter.key)
+
+
+BatchHandler = Callable[[list[ConsumerRecord]], Awaitable[list[Output]]]
+
+
+class StreamLoop:
+    """Consume a batch, hand it to ``handler``, publish its outputs, then commit.
+
+    A batch is up to ``max_records`` records or whatever arrived within ``timeout_ms``.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        handler: BatchHandler,
+        *,
+        max_records: int = 100,
+        timeout_ms: int = 100,
+    ) -> None:
+        self.service = service
+        self.consumer = consumer
+        self.producer = producer
+        self.handler = handler
+        self.max_records = max_records
+        self.timeout_ms = timeout_ms
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batches = await self.consumer.getmany(
+                timeout_ms=self.timeout_ms, max_records=self.max_records
+            )
+            records = [record for part in batches.values() for record in part]
+            if records:
+                await self._process(records)
+
+    async def _process(self, records: list[ConsumerRecord]) -> None:
+        started = time.perf_counter()
+        for record in records:
+            metrics.CONSUMED.labels(self.service, record.topic).inc()
+        outputs = await self.handler(records)
+        await publish(self.producer, outputs, self.service)
+        try:
+            await self.consumer.commit()
+        except CommitFailedError:
+            # The group rebalanced mid-batch; the new owner re-reads these records.
+            log.warning("commit failed after a rebalance; the batch will be redelivered")
+        metrics.BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.labels(self.service).observe(len(records))
+
+
+async def publish(producer: AIOKafkaProducer, outputs: Sequence[Output], service: str) -> None:
+    """Send every output and wait until the broker acknowledged all of them."""
+    if not outputs:
+        return
+    pending = [await producer.send(o.topic, o.value, key=o.key) for o in outputs]
+    await asyncio.gather(*pending)
+    for output in outputs:
+        metrics.PRODUCED.labels(service, output.topic).inc()

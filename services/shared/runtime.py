@@ -1,0 +1,98 @@
+"""How a service process lives: HTTP surface (health, readiness, metrics), signals, shutdown.
+
+A service implements ``Service``; ``run_service`` serves its HTTP app with uvicorn in the same
+event loop, runs it until SIGTERM or SIGINT, then stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+import uvicorn
+from fastapi import FastAPI, Response
+from prometheus_client import make_asgi_app
+from switchboard.shared import metrics
+from switchboard.shared.logs import configure_logging
+from switchboard.shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+class Service(Protocol):
+    name: str
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def http_app(service: Service) -> FastAPI:
+    """``/healthz`` (the process is alive), ``/readyz`` (it can process), ``/metrics``."""
+    app = FastAPI(title=f"switchboard {service.name}", docs_url=None, redoc_url=None)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": service.name}
+
+    @app.get("/readyz")
+    async def readyz(response: Response) -> dict[str, str]:
+        if not service.ready:
+            response.status_code = 503
+            return {"status": "starting", "service": service.name}
+        return {"status": "ready", "service": service.name}
+
+    app.mount("/metrics", make_asgi_app())
+    return app
+
+
+async def run_service(
+    make_service: Callable[[S], Service], settings: S, app: FastAPI | None = None
+) -> None:
+    """Build the service inside the event loop (Kafka clients need one) and run it."""
+    service = make_service(settings)
+    configure_logging(service.name, settings.log_level, settings.log_format)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app or http_app(service),
+            host=settings.http_host,
+            port=settings.port,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
+    server.install_signal_handlers = lambda: None  # we own the signals
+    http = asyncio.create_task(server.serve(), name="http")
+    try:
+        await service.start()
+        metrics.READY.labels(service.name).set(1)
+        log.info("started", extra={"http_port": settings.port})
+        work = asyncio.create_task(service.run(stop), name="work")
+        stopped = asyncio.create_task(stop.wait(), name="stop")
+        done, _ = await asyncio.wait({work, stopped, http}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        if work in done:
+            work.result()  # re-raise a crash of the work loop
+        else:
+            await asyncio.wait_for(work, timeout=10)
+    finally:
+        metrics.READY.labels(service.name).set(0)
+        await service.close()
+        server.should_exit = True
+        await http
+        log.info("stopped")

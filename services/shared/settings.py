@@ -1,0 +1,160 @@
+"""Service settings: environment variables for endpoints and secrets, plus the YAML file.
+
+Each service has one settings class deriving from ``ServiceSettings``. ``load()`` reads the
+environment and the YAML file (``SWITCHBOARD_CONFIG_FILE``, default ``config/switchboard.yaml``)
+and raises ``ConfigError`` naming every wrong key, so a service fails at start, not later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from switchboard.shared.config import SwitchboardConfig
+
+DEFAULT_CONFIG_FILE = Path("config/switchboard.yaml")
+CONFIG_FILE_ENV = "SWITCHBOARD_CONFIG_FILE"
+
+
+class ConfigError(Exception):
+    """Configuration that cannot work; the message names the key and what is wrong."""
+
+
+class KafkaSettings(BaseSettings):
+    """Where the Kafka cluster is and how to reach it (``KAFKA_*``).
+
+    With no ``KAFKA_BOOTSTRAP_SERVERS``, ``switchboard run``/``demo`` start the embedded broker.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore", frozen=True)
+
+    bootstrap_servers: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    def require_bootstrap(self) -> str:
+        if not self.bootstrap_servers:
+            raise ConfigError(
+                "KAFKA_BOOTSTRAP_SERVERS is not set: point it at a Kafka cluster, or use "
+                "`switchboard run`, which starts the embedded broker"
+            )
+        return self.bootstrap_servers
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Puts the YAML file's content under the ``config`` field."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {"config": read_yaml(self.path)}
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{CONFIG_FILE_ENV}: configuration file {path} does not exist "
+            f"(copy config/switchboard.yaml and edit it)"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return content
+
+
+class ServiceSettings(BaseSettings):
+    """What every service reads; subclasses add their own fields (``SWITCHBOARD_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHBOARD_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    service: ClassVar[str] = "switchboard"
+    default_http_port: ClassVar[int] = 8080
+
+    config_file: Path = DEFAULT_CONFIG_FILE
+    http_host: str = "127.0.0.1"
+    http_port: int | None = Field(default=None, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    config: SwitchboardConfig
+
+    @property
+    def port(self) -> int:
+        return self.default_http_port if self.http_port is None else self.http_port
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _config_path(init_settings, env_settings)
+        return (init_settings, env_settings, _YamlFileSource(settings_cls, path))
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Self:
+        """Read and validate everything, or raise ConfigError naming each wrong key."""
+        try:
+            kafka = KafkaSettings()
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc, env_prefix="KAFKA_")) from None
+        try:
+            return cls(kafka=kafka, **overrides)
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc, env_prefix="SWITCHBOARD_")) from None
+
+
+def _config_path(init: PydanticBaseSettingsSource, env: PydanticBaseSettingsSource) -> Path:
+    if isinstance(init, InitSettingsSource) and init.init_kwargs.get("config_file"):
+        return Path(init.init_kwargs["config_file"])
+    value = env.get_field_value(ServiceSettings.model_fields["config_file"], "config_file")[0]
+    return Path(value) if value else DEFAULT_CONFIG_FILE
+
+
+def describe_errors(exc: ValidationError, env_prefix: str) -> str:
+    """One line per error: the YAML key path (``config: handles[0].segment``) or env variable."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = list(error["loc"])
+        if loc and loc[0] == "config":
+            where = "config key " + (_yaml_path(loc[1:]) or "<top level>")
+        else:
+            where = "environment: " + env_prefix + "__".join(str(p) for p in loc).upper()
+        lines.append(f"{where}: {error['msg']}")
+    return "invalid configuration\n  " + "\n  ".join(lines)
+
+
+def _yaml_path(loc: list[Any]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path
