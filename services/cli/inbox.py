@@ -29,7 +29,7 @@ class LoopbackInbox:
 
     def __init__(self, maildir: Path, port: int | None = None) -> None:
         self.path = Path(maildir)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.maildir = mailbox.Maildir(str(self.path), create=True)
         self.port = port or free_port()
         self.controller = Controller(

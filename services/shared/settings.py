@@ -120,12 +120,13 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def load(cls, **overrides: Any) -> Self:
         """Read and validate everything, or raise ConfigError naming each wrong key."""
+        if "kafka" not in overrides:
+            try:
+                overrides["kafka"] = KafkaSettings()
+            except ValidationError as exc:
+                raise ConfigError(describe_errors(exc, env_prefix="KAFKA_")) from None
         try:
-            kafka = KafkaSettings()
-        except ValidationError as exc:
-            raise ConfigError(describe_errors(exc, env_prefix="KAFKA_")) from None
-        try:
-            return cls(kafka=kafka, **overrides)
+            return cls(**overrides)
         except ValidationError as exc:
             raise ConfigError(describe_errors(exc, env_prefix="SWITCHBOARD_")) from None
 

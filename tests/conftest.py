@@ -1,0 +1,141 @@
+"""Fixtures shared by every test layer.
+
+- ``kafka``: a real Kafka-protocol broker for the whole session: the embedded one, started on a
+  free loopback port in a temporary folder, or the cluster in KAFKA_BOOTSTRAP_SERVERS.
+- ``inbox``: a real SMTP server on loopback that keeps what it receives.
+- ``settings_env``: what a service process needs in its environment to use both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from switchboard.cli.inbox import LoopbackInbox
+from switchboard.shared import topics
+from switchboard.shared.broker import EmbeddedBroker
+from switchboard.shared.config import SwitchboardConfig
+from switchboard.shared.kafka import client_options, ensure_topics
+from switchboard.shared.settings import KafkaSettings, ServiceSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_FILE = ROOT / "config" / "switchboard.yaml"
+SAMPLES = ROOT / "data" / "samples" / "tweets.jsonl"
+
+
+@pytest.fixture(scope="session")
+def config() -> SwitchboardConfig:
+    return ServiceSettings.load(config_file=CONFIG_FILE).config
+
+
+@pytest.fixture(scope="session")
+async def kafka(tmp_path_factory: pytest.TempPathFactory, config: SwitchboardConfig) -> AsyncIterator[KafkaSettings]:
+    external = KafkaSettings()
+    broker = None
+    if external.bootstrap_servers:
+        settings = external
+    else:
+        broker = EmbeddedBroker(tmp_path_factory.mktemp("broker"))
+        await broker.start()
+        settings = broker.settings()
+    await ensure_topics(settings, topics.ALL, config.topics.partitions, 1)
+    yield settings
+    if broker is not None:
+        broker.stop()
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Iterator[LoopbackInbox]:
+    server = LoopbackInbox(tmp_path / "inbox")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def service_env(kafka: KafkaSettings) -> Callable[..., dict[str, str]]:
+    """Environment for a service or CLI subprocess: the test broker, the repo config."""
+
+    def build(**extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_", "SWITCHBOARD_"))}
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=kafka.require_bootstrap(),
+            SWITCHBOARD_CONFIG_FILE=str(CONFIG_FILE),
+            **extra,
+        )
+        return env
+
+    return build
+
+
+@pytest.fixture
+async def producer(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
+    client = AIOKafkaProducer(**client_options(kafka))
+    await client.start()
+    yield client
+    await client.stop()
+
+
+async def read_topics(
+    kafka: KafkaSettings,
+    watched: list[str],
+    until: Callable[[list], bool],
+    timeout_s: float = 60.0,
+) -> list:
+    """Every record on ``watched`` from the beginning, read until ``until(records)`` or timeout."""
+    consumer = AIOKafkaConsumer(*watched, auto_offset_reset="earliest", **client_options(kafka))
+    await consumer.start()
+    records: list = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not until(records) and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for part in batches.values():
+                records.extend(part)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def read(kafka: KafkaSettings) -> Callable[..., object]:
+    """``await read(topics, until, timeout_s)``: see read_topics."""
+
+    def reader(watched: list[str], until: Callable[[list], bool], timeout_s: float = 60.0):
+        return read_topics(kafka, watched, until, timeout_s)
+
+    return reader
+
+
+@pytest.fixture
+def running() -> Callable[..., object]:
+    """``async with running(service):`` starts a service in this process and stops it after."""
+
+    @contextlib.asynccontextmanager
+    async def run(service) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        await service.start()
+        task = asyncio.create_task(service.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=15)
+            await service.close()
+
+    return run

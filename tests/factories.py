@@ -1,0 +1,38 @@
+"""Builders of valid events for tests, so each test states only what matters to it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from switchboard.shared.events import Author, Classification, ClassifiedTweet, RawTweet, Trace, Tweet
+from switchboard.shared.labels import Department, Urgency
+
+
+def a_tweet(**fields: object) -> Tweet:
+    values: dict[str, object] = dict(
+        id="5", conversation_id="4", text="hello", source="replay",
+        url="https://x.com/ana/status/5", created_at=datetime(2026, 11, 20, tzinfo=UTC),
+        author=Author(id="1", username="ana"), addressed_handles=["@SkylarkDeals"],
+    )  # fmt: skip
+    values.update(fields)
+    return Tweet(**values)
+
+
+def a_raw_tweet(**fields: object) -> RawTweet:
+    return RawTweet(tweet=a_tweet(**fields), trace=Trace(ingested_at=datetime.now(UTC)))
+
+
+def a_classified_tweet(
+    department: str, confidence: float, urgency: str = "normal", **fields: object
+) -> ClassifiedTweet:
+    """The model is ``confidence`` sure of ``department``; the rest shares what is left."""
+    scores = {d: (1 - confidence) / (len(Department) - 1) for d in Department}
+    scores[Department(department)] = confidence
+    return ClassifiedTweet(
+        tweet=a_tweet(**fields),
+        classification=Classification(
+            department=department, urgency=urgency, confidence=confidence, urgency_confidence=0.9,
+            department_scores=scores, urgency_scores={u: 0.25 for u in Urgency}, model_version="t",
+        ),
+        trace=Trace(ingested_at=datetime.now(UTC), classified_at=datetime.now(UTC)),
+    )  # fmt: skip

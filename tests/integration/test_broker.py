@@ -1,0 +1,54 @@
+"""The embedded broker: it answers Kafka, creates topics with partitions, keeps them on restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from switchboard.shared import topics
+from switchboard.shared.broker import EmbeddedBroker
+from switchboard.shared.kafka import client_options, ensure_topics
+
+
+async def test_topics_are_created_with_the_configured_partitions(kafka, config):
+    admin = AIOKafkaAdminClient(**client_options(kafka))
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topics.RAW, topics.department_topic("legal")])
+    finally:
+        await admin.close()
+    assert [len(t["partitions"]) for t in described] == [config.topics.partitions] * 2
+    assert await ensure_topics(kafka, topics.ALL, 3, 1) == []  # idempotent
+
+
+async def test_topics_and_messages_survive_a_broker_restart(tmp_path: Path):
+    broker = EmbeddedBroker(tmp_path / "data")
+    await broker.start()
+    try:
+        await ensure_topics(broker.settings(), ["survivor"], 2, 1)
+        producer = AIOKafkaProducer(**client_options(broker.settings()))
+        await producer.start()
+        for n in range(50):
+            await producer.send_and_wait("survivor", f"m{n}".encode(), partition=n % 2)
+        await producer.stop()
+    finally:
+        broker.stop()
+
+    restarted = EmbeddedBroker(tmp_path / "data", port=broker.port)
+    await restarted.start()
+    try:
+        consumer = AIOKafkaConsumer(auto_offset_reset="earliest", **client_options(restarted.settings()))
+        await consumer.start()
+        partitions = [TopicPartition("survivor", 0), TopicPartition("survivor", 1)]
+        consumer.assign(partitions)
+        assert await consumer.end_offsets(partitions) == {partitions[0]: 25, partitions[1]: 25}
+        values = set()
+        while len(values) < 50:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                values.update(r.value for r in records)
+        await consumer.stop()
+        assert values == {f"m{n}".encode() for n in range(50)}
+    finally:
+        restarted.stop()

@@ -1,0 +1,53 @@
+"""The route service against the broker: primary topic, triage, alerts and dead letters."""
+
+from __future__ import annotations
+
+import base64
+
+from switchboard.route.service import RouteService
+from switchboard.route.settings import RouteSettings
+from switchboard.shared import topics
+from switchboard.shared.events import Alert, DeadLetter, RoutedTweet, decode, encode
+from tests.conftest import CONFIG_FILE
+from tests.factories import a_classified_tweet
+
+WATCHED = [*topics.PRIMARY_TOPICS, topics.ALERTS, topics.DEADLETTER]
+
+
+async def test_route_publishes_each_tweet_once_and_dead_letters_garbage(kafka, producer, read, running):
+    settings = RouteSettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    threshold = settings.config.route.confidence_threshold
+    confident = a_classified_tweet("legal", 0.9, "high", id="r-1", conversation_id="c-1")
+    unsure = a_classified_tweet("sales", threshold - 0.1, "normal", id="r-2", conversation_id="c-2")
+    critical = a_classified_tweet("it_security", 0.8, "critical", id="r-3", conversation_id="c-3")
+    garbage = b'{"schema_version": 1, "event_type": "tweet.classified", "tweet": 7}'
+
+    async with running(RouteService(settings)):
+        for event in (confident, unsure, critical):
+            await producer.send_and_wait(topics.CLASSIFIED, encode(event), key=event.tweet.conversation_id.encode())
+        await producer.send_and_wait(topics.CLASSIFIED, garbage, key=b"c-4")
+
+        def done(records: list) -> bool:
+            letters = [r for r in records if r.topic == topics.DEADLETTER]
+            return len([r for r in records if r.topic in topics.PRIMARY_TOPICS and r.key.startswith(b"c-")]) >= 3 \
+                and any(r.key == b"c-4" for r in letters) and any(r.topic == topics.ALERTS and r.key == b"c-3" for r in records)
+
+        records = await read(WATCHED, done)
+
+    by_id = {}
+    for record in records:
+        if record.topic in topics.PRIMARY_TOPICS:
+            routed = decode(RoutedTweet, record.value)
+            by_id.setdefault(routed.tweet.id, []).append(record.topic)
+    assert by_id["r-1"] == ["switchboard.dept.legal"]
+    assert by_id["r-2"] == [topics.TRIAGE]
+    assert by_id["r-3"] == ["switchboard.dept.it_security"]
+
+    alerts = [decode(Alert, r.value) for r in records if r.topic == topics.ALERTS]
+    assert [a.tweet.id for a in alerts if a.tweet.id.startswith("r-")] == ["r-3"]
+
+    letter = next(decode(DeadLetter, r.value) for r in records if r.topic == topics.DEADLETTER and r.key == b"c-4")
+    assert letter.stage == "route" and letter.reason == "invalid_event"
+    assert "tweet" in letter.error
+    assert base64.b64decode(letter.original_base64) == garbage
+    assert (letter.source_topic, letter.key) == (topics.CLASSIFIED, "c-4")

@@ -1,0 +1,47 @@
+"""Email rendering: tweet text is untrusted and stays inert; the link and text are there."""
+
+from __future__ import annotations
+
+from switchboard.notify.mail import render_email
+from switchboard.notify.service import delivery_id, matching_subscriptions
+from switchboard.route.decide import route
+from switchboard.shared.config import EmailConfig, RouteConfig, Subscription
+from tests.factories import a_classified_tweet as classified
+
+SUPPORT = Subscription(name="support", departments=["customer_service"], urgencies=["high"],
+                       to=["a@example.com", "b@example.com"])  # fmt: skip
+
+
+def routed_with_text(text: str):
+    event = classified("customer_service", 0.9, "high")
+    event = event.model_copy(update={"tweet": event.tweet.model_copy(update={"text": text})})
+    return route(event, RouteConfig())[0]
+
+
+def test_the_email_has_the_text_the_link_and_both_bodies():
+    routed = routed_with_text("my bag is lost, booking QX7H2P")
+    message = render_email(routed, SUPPORT, EmailConfig(), delivery_id(routed, SUPPORT))
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    assert "my bag is lost, booking QX7H2P" in text and routed.tweet.url in text
+    assert "my bag is lost" in html and f'href="{routed.tweet.url}"' in html
+    assert message["To"] == "a@example.com, b@example.com"
+    assert message["X-Switchboard-Delivery-Id"] == "5:email:support"
+
+
+def test_html_and_header_injection_stay_inert():
+    routed = routed_with_text('<script>alert(1)</script>\r\nBcc: victim@example.com {{ 7*7 }}')
+    message = render_email(routed, SUPPORT, EmailConfig(), "d")
+    html = message.get_body(("html",)).get_content()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "{{ 7*7 }}" in message.get_body(("plain",)).get_content()  # not evaluated
+    assert message["Bcc"] is None
+    assert "\n" not in message["Subject"] and "\r" not in message["Subject"]
+
+
+def test_subscriptions_match_department_and_urgency():
+    routed = routed_with_text("x")
+    other = Subscription(name="legal", departments=["legal"], to=["l@example.com"])
+    low_only = Subscription(name="digest", departments=["customer_service"], urgencies=["low"],
+                            to=["d@example.com"])  # fmt: skip
+    assert matching_subscriptions(routed, [SUPPORT, other, low_only]) == [SUPPORT]
