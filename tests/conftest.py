@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
 from switchboard.cli.inbox import LoopbackInbox
 from switchboard.shared import topics
 from switchboard.shared.broker import EmbeddedBroker
@@ -36,7 +35,9 @@ def config() -> SwitchboardConfig:
 
 
 @pytest.fixture(scope="session")
-async def kafka(tmp_path_factory: pytest.TempPathFactory, config: SwitchboardConfig) -> AsyncIterator[KafkaSettings]:
+async def kafka(
+    tmp_path_factory: pytest.TempPathFactory, config: SwitchboardConfig
+) -> AsyncIterator[KafkaSettings]:
     external = KafkaSettings()
     broker = None
     if external.bootstrap_servers:
@@ -64,7 +65,11 @@ def service_env(kafka: KafkaSettings) -> Callable[..., dict[str, str]]:
     """Environment for a service or CLI subprocess: the test broker, the repo config."""
 
     def build(**extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_", "SWITCHBOARD_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("KAFKA_", "SMTP_", "SWITCHBOARD_"))
+        }
         env.update(
             KAFKA_BOOTSTRAP_SERVERS=kafka.require_bootstrap(),
             SWITCHBOARD_CONFIG_FILE=str(CONFIG_FILE),

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from switchboard.shared.events import Author, Classification, ClassifiedTweet, RawTweet, Trace, Tweet
+from switchboard.shared.events import (
+    Author,
+    Classification,
+    ClassifiedTweet,
+    RawTweet,
+    Trace,
+    Tweet,
+)
 from switchboard.shared.labels import Department, Urgency
 
 
 def a_tweet(**fields: object) -> Tweet:
     values: dict[str, object] = dict(
-        id="5", conversation_id="4", text="hello", source="replay",
-        url="https://x.com/ana/status/5", created_at=datetime(2026, 11, 20, tzinfo=UTC),
-        author=Author(id="1", username="ana"), addressed_handles=["@SkylarkDeals"],
-    )  # fmt: skip
+        id="5",
+        conversation_id="4",
+        text="hello",
+        source="replay",
+        url="https://x.com/ana/status/5",
+        created_at=datetime(2026, 11, 20, tzinfo=UTC),
+        author=Author(id="1", username="ana"),
+        addressed_handles=["@SkylarkDeals"],
+    )
     values.update(fields)
     return Tweet(**values)
 
@@ -31,8 +43,13 @@ def a_classified_tweet(
     return ClassifiedTweet(
         tweet=a_tweet(**fields),
         classification=Classification(
-            department=department, urgency=urgency, confidence=confidence, urgency_confidence=0.9,
-            department_scores=scores, urgency_scores={u: 0.25 for u in Urgency}, model_version="t",
+            department=department,
+            urgency=urgency,
+            confidence=confidence,
+            urgency_confidence=0.9,
+            department_scores=scores,
+            urgency_scores={u: 0.25 for u in Urgency},
+            model_version="t",
         ),
         trace=Trace(ingested_at=datetime.now(UTC), classified_at=datetime.now(UTC)),
-    )  # fmt: skip
+    )

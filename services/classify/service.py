@@ -55,7 +55,9 @@ class ClassifyService:
         self.options = settings.config.classify
         self.model = model
         self.producer = make_producer(settings.kafka, client_id="switchboard-classify")
-        self.consumer = make_consumer(settings.kafka, [topics.RAW], GROUP_ID, "switchboard-classify")
+        self.consumer = make_consumer(
+            settings.kafka, [topics.RAW], GROUP_ID, "switchboard-classify"
+        )
         self._ready = False
 
     @property
@@ -74,18 +76,24 @@ class ClassifyService:
             # The first forward pass is several times slower than the rest; pay it before ready.
             await asyncio.to_thread(self.model.predict, ["warm-up"])
         await ensure_topics(
-            self.settings.kafka, [topics.RAW, topics.CLASSIFIED, topics.DEADLETTER],
-            self.settings.config.topics.partitions, self.settings.config.topics.replication_factor,
-        )  # fmt: skip
+            self.settings.kafka,
+            [topics.RAW, topics.CLASSIFIED, topics.DEADLETTER],
+            self.settings.config.topics.partitions,
+            self.settings.config.topics.replication_factor,
+        )
         await self.producer.start()
         await self.consumer.start()
         self._ready = True
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = StreamLoop(
-            self.name, self.consumer, self.producer, self.handle,
-            max_records=self.options.batch_size, timeout_ms=self.options.batch_timeout_ms or 1,
-        )  # fmt: skip
+            self.name,
+            self.consumer,
+            self.producer,
+            self.handle,
+            max_records=self.options.batch_size,
+            timeout_ms=self.options.batch_timeout_ms or 1,
+        )
         await loop.run(stop)
 
     async def handle(self, records: list[ConsumerRecord]) -> list[Output]:
@@ -100,7 +108,9 @@ class ClassifyService:
                 events.append(decoded)
         if events:
             started = time.perf_counter()
-            predictions = await asyncio.to_thread(self.model.predict, [e.tweet.text for e in events])
+            predictions = await asyncio.to_thread(
+                self.model.predict, [e.tweet.text for e in events]
+            )
             metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
             for event, prediction in zip(events, predictions, strict=True):
                 result = classified(event, prediction, self.model.version)
@@ -108,7 +118,9 @@ class ClassifyService:
                 metrics.E2E_LATENCY.labels("classified").observe(
                     (result.trace.classified_at - result.trace.ingested_at).total_seconds()
                 )
-                outputs.append(Output.of(topics.CLASSIFIED, result, key=event.tweet.conversation_id))
+                outputs.append(
+                    Output.of(topics.CLASSIFIED, result, key=event.tweet.conversation_id)
+                )
         return outputs
 
     async def close(self) -> None:

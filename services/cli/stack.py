@@ -34,8 +34,13 @@ log = logging.getLogger(__name__)
 
 # Started in this order; ingest last, so that no tweet waits for the model to load.
 SERVICES = ("classify", "route", "notify", "ingest")
-OBSERVED = (*topics.PRIMARY_TOPICS, topics.ALERTS, topics.DEADLETTER, topics.DELIVERIES,
-            topics.NOTIFICATIONS_DLQ)  # fmt: skip
+OBSERVED = (
+    *topics.PRIMARY_TOPICS,
+    topics.ALERTS,
+    topics.DEADLETTER,
+    topics.DELIVERIES,
+    topics.NOTIFICATIONS_DLQ,
+)
 
 
 @dataclass
@@ -76,9 +81,11 @@ class Stack:
             await self.broker.start()
             self.kafka = self.broker.settings()
         await ensure_topics(
-            self.kafka, topics.ALL,
-            settings.config.topics.partitions, settings.config.topics.replication_factor,
-        )  # fmt: skip
+            self.kafka,
+            topics.ALL,
+            settings.config.topics.partitions,
+            settings.config.topics.replication_factor,
+        )
         if not SmtpSettings().model_fields_set & {"host", "port"}:
             self.inbox = LoopbackInbox(self.options.workdir / "inbox")
             self.inbox.start()

@@ -20,9 +20,7 @@ class NormalizeError(ValueError):
         self.detail = detail
 
 
-def tweet_from_v2(
-    message: Any, config: SwitchboardConfig, source: TweetSource = "replay"
-) -> Tweet:
+def tweet_from_v2(message: Any, config: SwitchboardConfig, source: TweetSource = "replay") -> Tweet:
     """Normalize an X API v2 tweet message (``{"data": tweet, "includes": {...}}``).
 
     This is the shape of a filtered-stream message and of a single-tweet lookup with
@@ -38,9 +36,12 @@ def tweet_from_v2(
     author = users.get(data["author_id"])
     if author is None:
         raise NormalizeError(
-            "missing_author", f"includes.users has no user {data['author_id']} (expansions=author_id)"
+            "missing_author",
+            f"includes.users has no user {data['author_id']} (expansions=author_id)",
         )
-    mentions = [m["username"] for m in data.get("entities", {}).get("mentions", []) if "username" in m]
+    mentions = [
+        m["username"] for m in data.get("entities", {}).get("mentions", []) if "username" in m
+    ]
     try:
         return Tweet(
             id=str(data["id"]),
@@ -67,7 +68,9 @@ def tweet_from_v2(
         raise NormalizeError("invalid_tweet", str(exc).splitlines()[0]) from None
 
 
-def addressed_handles(data: dict[str, Any], mentions: list[str], config: SwitchboardConfig) -> list[str]:
+def addressed_handles(
+    data: dict[str, Any], mentions: list[str], config: SwitchboardConfig
+) -> list[str]:
     """The configured handles this tweet addresses: by @mention or by replying to them."""
     by_username = config.handle_by_username()
     found = [by_username[m.lower()].handle for m in mentions if m.lower() in by_username]

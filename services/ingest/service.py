@@ -22,7 +22,6 @@ from switchboard.shared.runtime import run_service
 log = logging.getLogger(__name__)
 
 
-
 class IngestService:
     name = "ingest"
 
@@ -39,9 +38,11 @@ class IngestService:
 
     async def start(self) -> None:
         await ensure_topics(
-            self.settings.kafka, [topics.RAW, topics.DEADLETTER],
-            self.config.topics.partitions, self.config.topics.replication_factor,
-        )  # fmt: skip
+            self.settings.kafka,
+            [topics.RAW, topics.DEADLETTER],
+            self.config.topics.partitions,
+            self.config.topics.replication_factor,
+        )
         await self.producer.start()
         self._ready = True
 
@@ -70,7 +71,9 @@ class IngestService:
             tweet = tweet_from_v2(_parse_json(line), self.config, source)
         except (NormalizeError, DecodeError) as problem:
             metrics.DEAD_LETTERS.labels(self.name, problem.reason).inc()
-            log.warning("dead-lettered an input line", extra={"where": where, "reason": problem.reason})
+            log.warning(
+                "dead-lettered an input line", extra={"where": where, "reason": problem.reason}
+            )
             letter = DeadLetter.of(self.name, DecodeError(problem.reason, problem.detail), line)
             return Output.of(topics.DEADLETTER, letter, key=None)
         if not self.seen.first_time(tweet.id):

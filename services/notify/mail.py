@@ -57,7 +57,9 @@ def render_email(
     message["X-Switchboard-Tweet-Id"] = header_safe(routed.tweet.id)
     message["X-Switchboard-Delivery-Id"] = header_safe(delivery_id)
     message.set_content(_templates.get_template("email.txt.j2").render(context))
-    message.add_alternative(_templates.get_template("email.html.j2").render(context), subtype="html")
+    message.add_alternative(
+        _templates.get_template("email.html.j2").render(context), subtype="html"
+    )
     return message
 
 
@@ -72,9 +74,12 @@ class SmtpMailer:
         if self._client is None or not self._client.is_connected:
             s = self.settings
             client = aiosmtplib.SMTP(
-                hostname=s.host, port=s.port, timeout=s.timeout_s,
-                use_tls=s.tls, start_tls=s.starttls,
-            )  # fmt: skip
+                hostname=s.host,
+                port=s.port,
+                timeout=s.timeout_s,
+                use_tls=s.tls,
+                start_tls=s.starttls,
+            )
             await client.connect()
             if s.username:
                 password = s.password.get_secret_value() if s.password else ""

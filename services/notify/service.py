@@ -44,7 +44,9 @@ def delivery_id(routed: RoutedTweet, subscription: Subscription) -> str:
     return f"{routed.tweet.id}:{subscription.channel}:{subscription.name}"
 
 
-def matching_subscriptions(routed: RoutedTweet, subscriptions: list[Subscription]) -> list[Subscription]:
+def matching_subscriptions(
+    routed: RoutedTweet, subscriptions: list[Subscription]
+) -> list[Subscription]:
     c = routed.classification
     return [s for s in subscriptions if s.matches(routed.route.department, c.urgency)]
 
@@ -69,9 +71,15 @@ class NotifyService:
     async def start(self) -> None:
         await ensure_topics(
             self.settings.kafka,
-            [*topics.DEPARTMENT_TOPICS, topics.DELIVERIES, topics.NOTIFICATIONS_DLQ, topics.DEADLETTER],
-            self.settings.config.topics.partitions, self.settings.config.topics.replication_factor,
-        )  # fmt: skip
+            [
+                *topics.DEPARTMENT_TOPICS,
+                topics.DELIVERIES,
+                topics.NOTIFICATIONS_DLQ,
+                topics.DEADLETTER,
+            ],
+            self.settings.config.topics.partitions,
+            self.settings.config.topics.replication_factor,
+        )
         await self.producer.start()
         await self.consumer.start()
         self._ready = True
@@ -90,7 +98,9 @@ class NotifyService:
             for subscription in matching_subscriptions(routed, self.options.subscriptions):
                 sends.append(self.deliver(routed, subscription))
         for delivery in await asyncio.gather(*sends):
-            topic = topics.DELIVERIES if delivery.outcome == "delivered" else topics.NOTIFICATIONS_DLQ
+            topic = (
+                topics.DELIVERIES if delivery.outcome == "delivered" else topics.NOTIFICATIONS_DLQ
+            )
             outputs.append(Output.of(topic, delivery, key=delivery.conversation_id))
         return outputs
 

@@ -52,7 +52,7 @@ def decide(event: ClassifiedTweet, policy: RouteConfig) -> RouteDecision:
 
 
 def route(event: ClassifiedTweet, policy: RouteConfig) -> tuple[RoutedTweet, list[Output]]:
-    """The routed tweet and every message it causes: its primary topic, and an alert if escalated."""
+    """The routed tweet and the messages it causes: its primary topic, an alert if escalated."""
     decision = decide(event, policy)
     routed = RoutedTweet(
         tweet=event.tweet,

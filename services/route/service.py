@@ -48,9 +48,11 @@ class RouteService:
 
     async def start(self) -> None:
         await ensure_topics(
-            self.settings.kafka, [topics.CLASSIFIED, *topics.PRIMARY_TOPICS, topics.ALERTS, topics.DEADLETTER],
-            self.settings.config.topics.partitions, self.settings.config.topics.replication_factor,
-        )  # fmt: skip
+            self.settings.kafka,
+            [topics.CLASSIFIED, *topics.PRIMARY_TOPICS, topics.ALERTS, topics.DEADLETTER],
+            self.settings.config.topics.partitions,
+            self.settings.config.topics.replication_factor,
+        )
         await self.producer.start()
         await self.consumer.start()
         self._ready = True

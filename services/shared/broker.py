@@ -55,10 +55,17 @@ class EmbeddedBroker:
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [
-            str(broker_binary()), "start", "--only", "kafka",
-            "--kafka-port", str(self.port), "--host", "127.0.0.1",
-            "--data-dir", str(self.data_dir),
-        ]  # fmt: skip
+            str(broker_binary()),
+            "start",
+            "--only",
+            "kafka",
+            "--kafka-port",
+            str(self.port),
+            "--host",
+            "127.0.0.1",
+            "--data-dir",
+            str(self.data_dir),
+        ]
         # The binary prints a harmless "weak version GLIBC_2.39" line at start.
         self.process = spawn(command, log_file=self.log_file)
         await self._wait_for_port(timeout_s)

@@ -99,7 +99,9 @@ class NotifyConfig(Section):
 
 
 def _default_departments() -> dict[Department, DepartmentConfig]:
-    return {d: DepartmentConfig(display_name=d.value.replace("_", " ").title()) for d in DEPARTMENTS}
+    return {
+        d: DepartmentConfig(display_name=d.value.replace("_", " ").title()) for d in DEPARTMENTS
+    }
 
 
 class SwitchboardConfig(Section):

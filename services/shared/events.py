@@ -171,7 +171,9 @@ class DeadLetter(Event):
     offset: int | None = None
     key: str | None = None
     original_base64: str
-    original_preview: str = Field(description="The first 500 characters, undecodable bytes replaced")
+    original_preview: str = Field(
+        description="The first 500 characters, undecodable bytes replaced"
+    )
     failed_at: AwareDatetime = Field(default_factory=utc_now)
 
     @classmethod

@@ -1,4 +1,4 @@
-"""Kafka wiring shared by the services: clients, topic creation and the consume-process-produce loop.
+"""Kafka wiring shared by the services: clients, topic creation, the consume-process-produce loop.
 
 Delivery is at least once: a batch's outputs are acknowledged by the broker before the batch's
 input offsets are committed. A crash between the two re-delivers the batch; consumers of the
@@ -8,6 +8,7 @@ output topics deduplicate by tweet id (README, "Delivery guarantees").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -59,9 +60,7 @@ def client_options(kafka: KafkaSettings) -> dict[str, Any]:
 
 def make_producer(kafka: KafkaSettings, client_id: str) -> AIOKafkaProducer:
     # acks=all: an output counts as delivered only once the broker has it durably.
-    return AIOKafkaProducer(
-        client_id=client_id, acks="all", linger_ms=5, **client_options(kafka)
-    )
+    return AIOKafkaProducer(client_id=client_id, acks="all", linger_ms=5, **client_options(kafka))
 
 
 def make_consumer(
@@ -88,12 +87,11 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if missing:
-            try:
+            # Another service may create them at the same moment; that is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [NewTopic(t, partitions, replication_factor) for t in missing]
                 )
-            except TopicAlreadyExistsError:
-                pass  # another service created them first
         return missing
     finally:
         await admin.close()
@@ -116,9 +114,7 @@ async def wait_for_broker(kafka: KafkaSettings, timeout_s: float = 30.0) -> None
             await admin.close()
 
 
-def decode_or_dead_letter(
-    record: ConsumerRecord, event_type: type[E], stage: str
-) -> E | Output:
+def decode_or_dead_letter(record: ConsumerRecord, event_type: type[E], stage: str) -> E | Output:
     """The event in ``record``, or the dead-letter Output that explains why there is none."""
     try:
         return decode(event_type, record.value)

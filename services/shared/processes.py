@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -15,10 +16,9 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:
     # Linux: the kernel sends SIGTERM to the child when the parent dies, even by kill -9,
     # so an interrupted `switchboard run` or test session leaves no process behind.
-    try:
+    # Not Linux: no such call, and terminate() in the parent's shutdown path still applies.
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass  # not Linux: terminate() in the parent's shutdown path still applies
 
 
 def spawn(
@@ -59,7 +59,5 @@ def terminate(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int:
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-
 from switchboard.shared import topics
 from switchboard.shared.broker import EmbeddedBroker
 from switchboard.shared.kafka import client_options, ensure_topics
@@ -39,7 +38,9 @@ async def test_topics_and_messages_survive_a_broker_restart(tmp_path: Path):
     restarted = EmbeddedBroker(tmp_path / "data", port=broker.port)
     await restarted.start()
     try:
-        consumer = AIOKafkaConsumer(auto_offset_reset="earliest", **client_options(restarted.settings()))
+        consumer = AIOKafkaConsumer(
+            auto_offset_reset="earliest", **client_options(restarted.settings())
+        )
         await consumer.start()
         partitions = [TopicPartition("survivor", 0), TopicPartition("survivor", 1)]
         consumer.assign(partitions)

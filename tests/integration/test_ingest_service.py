@@ -1,4 +1,4 @@
-"""The ingest service replays X API v2 JSONL: each tweet once, keyed by conversation; bad lines dead-lettered."""
+"""Ingest replays X API v2 JSONL: each tweet once, by conversation; bad lines dead-lettered."""
 
 from __future__ import annotations
 
@@ -8,16 +8,25 @@ from switchboard.ingest.service import IngestService
 from switchboard.ingest.settings import IngestSettings
 from switchboard.shared import topics
 from switchboard.shared.events import DeadLetter, RawTweet, decode
+
 from tests.conftest import CONFIG_FILE
 
 
 def v2(tweet_id: str, conversation_id: str, text: str) -> str:
-    return json.dumps({
-        "data": {"id": tweet_id, "text": text, "author_id": "77", "conversation_id": conversation_id,
-                 "created_at": "2026-11-20T08:00:00.000Z", "lang": "en",
-                 "entities": {"mentions": [{"username": "ParceloHelp"}]}},
-        "includes": {"users": [{"id": "77", "username": "sam", "name": "Sam"}]},
-    })  # fmt: skip
+    return json.dumps(
+        {
+            "data": {
+                "id": tweet_id,
+                "text": text,
+                "author_id": "77",
+                "conversation_id": conversation_id,
+                "created_at": "2026-11-20T08:00:00.000Z",
+                "lang": "en",
+                "entities": {"mentions": [{"username": "ParceloHelp"}]},
+            },
+            "includes": {"users": [{"id": "77", "username": "sam", "name": "Sam"}]},
+        }
+    )
 
 
 async def test_replay_publishes_each_tweet_once(kafka, read, running, tmp_path):
@@ -31,8 +40,9 @@ async def test_replay_publishes_each_tweet_once(kafka, read, running, tmp_path):
         v2("i-3", "i-3", "@ParceloHelp thanks!"),
     ]
     replay.write_text("\n".join(lines) + "\n")
-    settings = IngestSettings.load(config_file=CONFIG_FILE, kafka=kafka, replay_file=replay,
-                                   replay_rate_per_s=1000)  # fmt: skip
+    settings = IngestSettings.load(
+        config_file=CONFIG_FILE, kafka=kafka, replay_file=replay, replay_rate_per_s=1000
+    )
 
     async with running(IngestService(settings)):
         records = await read(
@@ -40,11 +50,19 @@ async def test_replay_publishes_each_tweet_once(kafka, read, running, tmp_path):
             lambda rs: any(r.key == b"i-3" for r in rs) and any(b"i-bad" in r.value for r in rs),
         )
 
-    raw = [(r.key, decode(RawTweet, r.value)) for r in records if r.topic == topics.RAW and r.key.startswith(b"i-")]
+    raw = [
+        (r.key, decode(RawTweet, r.value))
+        for r in records
+        if r.topic == topics.RAW and r.key.startswith(b"i-")
+    ]
     assert [event.tweet.id for _, event in raw] == ["i-1", "i-2", "i-3"]
     assert [key for key, _ in raw] == [b"i-1", b"i-1", b"i-3"]
     assert raw[0][1].tweet.addressed_handles == ["@ParceloHelp"]
     assert raw[0][1].trace.ingested_at is not None
-    [letter] = [decode(DeadLetter, r.value) for r in records if r.topic == topics.DEADLETTER and b"i-bad" in r.value]
+    [letter] = [
+        decode(DeadLetter, r.value)
+        for r in records
+        if r.topic == topics.DEADLETTER and b"i-bad" in r.value
+    ]
     assert letter.stage == "ingest" and letter.reason == "invalid_json"
     assert letter.original() == b'{"data": {"id": "i-bad"'

@@ -8,25 +8,38 @@ from switchboard.route.decide import route
 from switchboard.shared import topics
 from switchboard.shared.broker import free_port
 from switchboard.shared.events import Delivery, decode, encode
+
 from tests.conftest import CONFIG_FILE, wait_for
 from tests.factories import a_classified_tweet
 
 
 def routed(tweet_id: str, department: str, urgency: str, text: str, settings: NotifySettings):
-    event = a_classified_tweet(department, 0.9, urgency, id=tweet_id, conversation_id=f"conv-{tweet_id}",
-                               text=text, url=f"https://x.com/ana/status/{tweet_id}")  # fmt: skip
+    event = a_classified_tweet(
+        department,
+        0.9,
+        urgency,
+        id=tweet_id,
+        conversation_id=f"conv-{tweet_id}",
+        text=text,
+        url=f"https://x.com/ana/status/{tweet_id}",
+    )
     return route(event, settings.config.route)[0]
 
 
 async def test_an_email_reaches_the_subscribers(kafka, producer, read, running, inbox):
-    settings = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka,
-                                   smtp=SmtpSettings(host="127.0.0.1", port=inbox.port))  # fmt: skip
-    complaint = routed("n-1", "customer_service", "high", "@SkylarkHelp my bag is lost QX7H2P", settings)
+    settings = NotifySettings.load(
+        config_file=CONFIG_FILE, kafka=kafka, smtp=SmtpSettings(host="127.0.0.1", port=inbox.port)
+    )
+    complaint = routed(
+        "n-1", "customer_service", "high", "@SkylarkHelp my bag is lost QX7H2P", settings
+    )
     chatter = routed("n-2", "community", "low", "@SkylarkAir good morning", settings)
 
     async with running(NotifyService(settings)):
         for event in (complaint, chatter):
-            await producer.send_and_wait(event.route.topic, encode(event), key=event.tweet.conversation_id.encode())
+            await producer.send_and_wait(
+                event.route.topic, encode(event), key=event.tweet.conversation_id.encode()
+            )
         await wait_for(lambda: len(inbox.messages()) >= 1)
         records = await read([topics.DELIVERIES], lambda rs: any(r.key == b"conv-n-1" for r in rs))
 
@@ -35,18 +48,28 @@ async def test_an_email_reaches_the_subscribers(kafka, producer, read, running, 
     assert "my bag is lost QX7H2P" in body and "https://x.com/ana/status/n-1" in body
     assert "support-leads@switchboard.example" in email["To"]
     [delivery] = [decode(Delivery, r.value) for r in records if r.key == b"conv-n-1"]
-    assert (delivery.outcome, delivery.channel, delivery.target) == ("delivered", "email", "support-leads")
+    assert (delivery.outcome, delivery.channel, delivery.target) == (
+        "delivered",
+        "email",
+        "support-leads",
+    )
     assert delivery.trace.delivered_at is not None
 
 
 async def test_a_dead_mail_server_parks_the_delivery(kafka, producer, read, running):
-    settings = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka, send_attempts=2,
-                                   smtp=SmtpSettings(host="127.0.0.1", port=free_port(), timeout_s=1))  # fmt: skip
+    settings = NotifySettings.load(
+        config_file=CONFIG_FILE,
+        kafka=kafka,
+        send_attempts=2,
+        smtp=SmtpSettings(host="127.0.0.1", port=free_port(), timeout_s=1),
+    )
     threat = routed("n-3", "legal", "high", "see you in court", settings)
 
     async with running(NotifyService(settings)):
         await producer.send_and_wait(threat.route.topic, encode(threat), key=b"conv-n-3")
-        records = await read([topics.NOTIFICATIONS_DLQ], lambda rs: any(r.key == b"conv-n-3" for r in rs))
+        records = await read(
+            [topics.NOTIFICATIONS_DLQ], lambda rs: any(r.key == b"conv-n-3" for r in rs)
+        )
 
     [parked] = [decode(Delivery, r.value) for r in records if r.key == b"conv-n-3"]
     assert parked.outcome == "failed" and parked.attempts == 2

@@ -8,13 +8,16 @@ from switchboard.route.service import RouteService
 from switchboard.route.settings import RouteSettings
 from switchboard.shared import topics
 from switchboard.shared.events import Alert, DeadLetter, RoutedTweet, decode, encode
+
 from tests.conftest import CONFIG_FILE
 from tests.factories import a_classified_tweet
 
 WATCHED = [*topics.PRIMARY_TOPICS, topics.ALERTS, topics.DEADLETTER]
 
 
-async def test_route_publishes_each_tweet_once_and_dead_letters_garbage(kafka, producer, read, running):
+async def test_route_publishes_each_tweet_once_and_dead_letters_garbage(
+    kafka, producer, read, running
+):
     settings = RouteSettings.load(config_file=CONFIG_FILE, kafka=kafka)
     threshold = settings.config.route.confidence_threshold
     confident = a_classified_tweet("legal", 0.9, "high", id="r-1", conversation_id="c-1")
@@ -24,13 +27,25 @@ async def test_route_publishes_each_tweet_once_and_dead_letters_garbage(kafka, p
 
     async with running(RouteService(settings)):
         for event in (confident, unsure, critical):
-            await producer.send_and_wait(topics.CLASSIFIED, encode(event), key=event.tweet.conversation_id.encode())
+            await producer.send_and_wait(
+                topics.CLASSIFIED, encode(event), key=event.tweet.conversation_id.encode()
+            )
         await producer.send_and_wait(topics.CLASSIFIED, garbage, key=b"c-4")
 
         def done(records: list) -> bool:
             letters = [r for r in records if r.topic == topics.DEADLETTER]
-            return len([r for r in records if r.topic in topics.PRIMARY_TOPICS and r.key.startswith(b"c-")]) >= 3 \
-                and any(r.key == b"c-4" for r in letters) and any(r.topic == topics.ALERTS and r.key == b"c-3" for r in records)
+            return (
+                len(
+                    [
+                        r
+                        for r in records
+                        if r.topic in topics.PRIMARY_TOPICS and r.key.startswith(b"c-")
+                    ]
+                )
+                >= 3
+                and any(r.key == b"c-4" for r in letters)
+                and any(r.topic == topics.ALERTS and r.key == b"c-3" for r in records)
+            )
 
         records = await read(WATCHED, done)
 
@@ -46,7 +61,11 @@ async def test_route_publishes_each_tweet_once_and_dead_letters_garbage(kafka, p
     alerts = [decode(Alert, r.value) for r in records if r.topic == topics.ALERTS]
     assert [a.tweet.id for a in alerts if a.tweet.id.startswith("r-")] == ["r-3"]
 
-    letter = next(decode(DeadLetter, r.value) for r in records if r.topic == topics.DEADLETTER and r.key == b"c-4")
+    letter = next(
+        decode(DeadLetter, r.value)
+        for r in records
+        if r.topic == topics.DEADLETTER and r.key == b"c-4"
+    )
     assert letter.stage == "route" and letter.reason == "invalid_event"
     assert "tweet" in letter.error
     assert base64.b64decode(letter.original_base64) == garbage

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from switchboard.shared.events import (
     EVENT_TYPES,
     DeadLetter,
@@ -17,6 +16,7 @@ from switchboard.shared.events import (
     json_schemas,
     render_schema,
 )
+
 from tests.factories import a_raw_tweet
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -27,7 +27,9 @@ def test_exported_schema_files_match_the_code():
     on_disk = {p.name for p in SCHEMAS.glob("*.schema.json")}
     assert on_disk == set(expected), "run `make schemas` and commit schemas/"
     for name, schema in expected.items():
-        assert (SCHEMAS / name).read_text() == render_schema(schema), f"{name} is stale: make schemas"
+        assert (SCHEMAS / name).read_text() == render_schema(schema), (
+            f"{name} is stale: make schemas"
+        )
 
 
 def test_every_event_carries_a_schema_version_and_type():

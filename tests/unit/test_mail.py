@@ -6,10 +6,15 @@ from switchboard.notify.mail import render_email
 from switchboard.notify.service import delivery_id, matching_subscriptions
 from switchboard.route.decide import route
 from switchboard.shared.config import EmailConfig, RouteConfig, Subscription
+
 from tests.factories import a_classified_tweet as classified
 
-SUPPORT = Subscription(name="support", departments=["customer_service"], urgencies=["high"],
-                       to=["a@example.com", "b@example.com"])  # fmt: skip
+SUPPORT = Subscription(
+    name="support",
+    departments=["customer_service"],
+    urgencies=["high"],
+    to=["a@example.com", "b@example.com"],
+)
 
 
 def routed_with_text(text: str):
@@ -30,7 +35,7 @@ def test_the_email_has_the_text_the_link_and_both_bodies():
 
 
 def test_html_and_header_injection_stay_inert():
-    routed = routed_with_text('<script>alert(1)</script>\r\nBcc: victim@example.com {{ 7*7 }}')
+    routed = routed_with_text("<script>alert(1)</script>\r\nBcc: victim@example.com {{ 7*7 }}")
     message = render_email(routed, SUPPORT, EmailConfig(), "d")
     html = message.get_body(("html",)).get_content()
     assert "<script>" not in html and "&lt;script&gt;" in html
@@ -42,6 +47,7 @@ def test_html_and_header_injection_stay_inert():
 def test_subscriptions_match_department_and_urgency():
     routed = routed_with_text("x")
     other = Subscription(name="legal", departments=["legal"], to=["l@example.com"])
-    low_only = Subscription(name="digest", departments=["customer_service"], urgencies=["low"],
-                            to=["d@example.com"])  # fmt: skip
+    low_only = Subscription(
+        name="digest", departments=["customer_service"], urgencies=["low"], to=["d@example.com"]
+    )
     assert matching_subscriptions(routed, [SUPPORT, other, low_only]) == [SUPPORT]

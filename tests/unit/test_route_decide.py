@@ -7,6 +7,7 @@ from switchboard.shared import topics
 from switchboard.shared.config import RouteConfig
 from switchboard.shared.events import Alert, RoutedTweet, decode
 from switchboard.shared.labels import Department, Urgency
+
 from tests.factories import a_classified_tweet as classified
 
 POLICY = RouteConfig(confidence_threshold=0.5)
@@ -35,7 +36,9 @@ def test_critical_is_published_on_its_topic_and_as_an_alert():
     assert decode(RoutedTweet, outputs[0].value) == routed
     alert = decode(Alert, outputs[1].value)
     assert alert.tweet.id == "5" and alert.urgency == Urgency.CRITICAL
-    assert routed.trace.routed_at is not None and routed.tweet.addressed_handles == ["@SkylarkDeals"]
+    assert routed.trace.routed_at is not None and routed.tweet.addressed_handles == [
+        "@SkylarkDeals"
+    ]
 
 
 def test_the_rules_version_follows_the_policy():

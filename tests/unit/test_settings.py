@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from switchboard.notify.settings import NotifySettings
 from switchboard.shared.settings import ConfigError, ServiceSettings
 
@@ -35,10 +34,16 @@ def test_example_config_is_valid():
     ("mutate", "key"),
     [
         (lambda c: c["handles"][1].update(segment="Support Desk"), "handles[1].segment"),
-        (lambda c: c["handles"][0].update(default_department="billing"), "handles[0].default_department"),
+        (
+            lambda c: c["handles"][0].update(default_department="billing"),
+            "handles[0].default_department",
+        ),
         (lambda c: c["route"].update(confidence_threshold=1.5), "route.confidence_threshold"),
         (lambda c: c["route"].update(confidance_threshold=0.5), "route.confidance_threshold"),
-        (lambda c: c["notify"]["subscriptions"][0].update(to=["not-an-address"]), "notify.subscriptions[0].to[0]"),
+        (
+            lambda c: c["notify"]["subscriptions"][0].update(to=["not-an-address"]),
+            "notify.subscriptions[0].to[0]",
+        ),
         (lambda c: c["classify"].update(batch_size=0), "classify.batch_size"),
     ],
 )
@@ -55,7 +60,9 @@ def test_a_repeated_handle_is_refused(write_config):
 
 
 def test_a_missing_file_says_which_variable_points_at_it(tmp_path: Path):
-    with pytest.raises(ConfigError, match="SWITCHBOARD_CONFIG_FILE: configuration file .* does not exist"):
+    with pytest.raises(
+        ConfigError, match="SWITCHBOARD_CONFIG_FILE: configuration file .* does not exist"
+    ):
         ServiceSettings.load(config_file=tmp_path / "nope.yaml")
 
 

@@ -10,6 +10,7 @@ from switchboard.route.decide import route
 from switchboard.shared import topics
 from switchboard.shared.config import RouteConfig, Subscription
 from switchboard.shared.events import DeadLetter, DecodeError
+
 from tests.factories import a_classified_tweet as classified
 
 
@@ -40,18 +41,27 @@ def test_a_dead_lettered_tweet_is_accounted_for():
     original = json.dumps({"data": {"id": "9", "text": None}}).encode()
     tally.observe_dead_letter(DeadLetter.of("ingest", DecodeError("invalid_tweet", "x"), original))
     assert tally.summary({"9"})["lost"] == 0
-    garbage = DeadLetter(stage="ingest", reason="invalid_json", error="x",
-                         original_base64=base64.b64encode(b"{").decode(), original_preview="{")  # fmt: skip
+    garbage = DeadLetter(
+        stage="ingest",
+        reason="invalid_json",
+        error="x",
+        original_base64=base64.b64encode(b"{").decode(),
+        original_preview="{",
+    )
     tally.observe_dead_letter(garbage)
     assert tally.summary({"9"})["deadletter"] == 2
 
 
 def test_deliveries_are_expected_per_matching_subscription():
-    tally = Tally(subscriptions=[
-        Subscription(name="a", departments=["customer_service"], to=["a@example.com"]),
-        Subscription(name="b", departments=["customer_service"], urgencies=["high"], to=["b@example.com"]),
-        Subscription(name="c", departments=["legal"], to=["c@example.com"]),
-    ])  # fmt: skip
+    tally = Tally(
+        subscriptions=[
+            Subscription(name="a", departments=["customer_service"], to=["a@example.com"]),
+            Subscription(
+                name="b", departments=["customer_service"], urgencies=["high"], to=["b@example.com"]
+            ),
+            Subscription(name="c", departments=["legal"], to=["c@example.com"]),
+        ]
+    )
     tally.observe_routed("switchboard.dept.customer_service", routed("1"))
     tally.observe_routed(topics.TRIAGE, routed("2"))  # triage notifies nobody yet
     assert tally.expected_deliveries == 2 and not tally.deliveries_settled()

@@ -1,0 +1,132 @@
+"""The four services as separate processes, started through the CLI exactly as a user would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import psutil
+import pytest
+from switchboard.cli.stack import sample_ids
+from switchboard.shared import topics
+from switchboard.shared.events import RoutedTweet, decode
+
+from tests.conftest import CONFIG_FILE, ROOT, SAMPLES
+
+pytestmark = pytest.mark.e2e
+SWITCHBOARD = [sys.executable, "-m", "switchboard"]
+
+
+def test_demo_from_scratch_accounts_for_every_tweet(tmp_path: Path):
+    """What a new user types: no broker, no mail server configured; the demo starts both."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_", "SWITCHBOARD_"))
+    }
+    done = subprocess.run(
+        [*SWITCHBOARD, "demo", "--count", "200", "--rate", "100", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["sent"] == 200
+    assert summary["lost"] == 0 and summary["duplicates"] == 0
+    assert sum(summary["routed"].values()) + summary["triage"] + summary["deadletter"] >= 200
+    assert len(summary["routed"]) >= 6, summary[
+        "routed"
+    ]  # the model spreads tweets over departments
+    assert summary["deliveries"].get("email", 0) > 0
+    assert summary["p50_ms"] is not None and summary["p99_ms"] >= summary["p50_ms"]
+
+
+async def test_every_tweet_lands_on_one_primary_topic_and_email_arrives(service_env, read, inbox):
+    count = 60
+    env = service_env(SMTP_HOST="127.0.0.1", SMTP_PORT=str(inbox.port))
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            *SWITCHBOARD,
+            "demo",
+            "--count",
+            str(count),
+            "--rate",
+            "100",
+            "--json",
+            "--config",
+            str(CONFIG_FILE),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    sent = sample_ids(SAMPLES, count)
+
+    records = await read(
+        list(topics.PRIMARY_TOPICS),
+        lambda rs: sent <= {decode(RoutedTweet, r.value).tweet.id for r in rs},
+    )
+    placements: dict[str, list[str]] = defaultdict(list)
+    routed_by_id: dict[str, RoutedTweet] = {}
+    for record in records:
+        event = decode(RoutedTweet, record.value)
+        if event.tweet.id in sent:
+            placements[event.tweet.id].append(record.topic)
+            routed_by_id[event.tweet.id] = event
+            assert record.key == event.tweet.conversation_id.encode()
+    assert set(placements) == sent
+    assert all(len(found) == 1 for found in placements.values()), {
+        k: v for k, v in placements.items() if len(v) > 1
+    }
+
+    emails = inbox.messages()
+    assert emails, "no email reached the SMTP server"
+    for email in emails:
+        tweet_id = email["X-Switchboard-Tweet-Id"]
+        routed = routed_by_id[tweet_id]
+        body = email.get_body(("plain",)).get_content()
+        assert routed.tweet.text in body and routed.tweet.url in body
+        assert routed.route.destination == "department"
+
+
+def test_run_stops_every_process_on_ctrl_c(tmp_path: Path):
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_", "SWITCHBOARD_"))
+    }
+    run = subprocess.Popen(
+        [*SWITCHBOARD, "run", "--rate", "200", "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        ingest_log = tmp_path / "logs" / "ingest.log"
+        while not (ingest_log.exists() and "replay finished" in ingest_log.read_text()):
+            assert run.poll() is None, run.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the samples were not replayed in time"
+            time.sleep(0.5)
+        children = psutil.Process(run.pid).children(recursive=True)
+        assert len(children) >= 5  # broker + four services
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=60) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], f"left behind: {[p.cmdline() for p in alive]}"
+    routed = (tmp_path / "logs" / "route.log").read_text().count('"msg": "routed"')
+    assert routed > 0
