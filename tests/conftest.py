@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
 from switchboard.cli.inbox import LoopbackInbox
 from switchboard.shared import topics
 from switchboard.shared.broker import EmbeddedBroker

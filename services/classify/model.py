@@ -18,9 +18,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub, even by a
 
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from switchboard.shared.labels import Department, Urgency  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
+
+from switchboard.shared.labels import Department, Urgency  # noqa: E402
 
 hf_logging.disable_progress_bar()
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from aiokafka import ConsumerRecord
+
 from switchboard.classify.model import Prediction, TweetClassifier
 from switchboard.classify.settings import ClassifySettings
 from switchboard.shared import metrics, topics

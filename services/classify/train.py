@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
 from switchboard.classify.model import DEFAULT_ARTIFACT, Encoder, Heads, default_backbone
 from switchboard.shared.labels import Department, Urgency
 

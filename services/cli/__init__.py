@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import click
+
 from switchboard.shared.settings import DEFAULT_CONFIG_FILE, ConfigError
 
 SAMPLES = Path("data/samples/tweets.jsonl")

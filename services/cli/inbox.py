@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
 from switchboard.shared.broker import free_port
 
 

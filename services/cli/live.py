@@ -11,6 +11,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
+
 from switchboard.cli.stack import Stack, StackOptions
 from switchboard.cli.tally import Tally, percentile
 from switchboard.shared.labels import DEPARTMENTS

@@ -20,6 +20,7 @@ from subprocess import Popen
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from switchboard.cli.inbox import LoopbackInbox
 from switchboard.cli.tally import Tally
 from switchboard.notify.settings import SmtpSettings
@@ -95,6 +96,20 @@ class Stack:
             progress(f"starting {service}")
             self._spawn(service)
             await self._wait_ready(service)
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        """``<workdir>/stack.json``: where everything runs, for operators and tests."""
+        manifest = {
+            "kafka_bootstrap_servers": self.kafka.bootstrap_servers,
+            "smtp": f"127.0.0.1:{self.inbox.port}" if self.inbox else None,
+            "inbox": str(self.inbox.path) if self.inbox else None,
+            "services": {
+                name: {"pid": process.pid, "http": f"http://127.0.0.1:{self.ports[name]}"}
+                for name, process in self.processes.items()
+            },
+        }
+        (self.options.workdir / "stack.json").write_text(json.dumps(manifest, indent=2))
 
     def _environment(self, service: str) -> dict[str, str]:
         env = dict(os.environ)

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
+
 from switchboard.shared.config import SwitchboardConfig
 from switchboard.shared.events import Author, ReferencedTweet, Tweet, TweetSource
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
+
 from switchboard.shared.settings import ServiceSettings
 
 

@@ -13,6 +13,7 @@ from email.utils import make_msgid
 
 import aiosmtplib
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
 from switchboard.notify.settings import SmtpSettings
 from switchboard.shared.config import EmailConfig, Subscription
 from switchboard.shared.events import RoutedTweet

@@ -13,6 +13,13 @@ import logging
 
 import aiosmtplib
 from aiokafka import ConsumerRecord
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
 from switchboard.notify.mail import SmtpMailer, render_email
 from switchboard.notify.settings import NotifySettings
 from switchboard.shared import metrics, topics
@@ -27,12 +34,6 @@ from switchboard.shared.kafka import (
     make_producer,
 )
 from switchboard.shared.runtime import run_service
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 log = logging.getLogger(__name__)
 

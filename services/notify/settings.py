@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from switchboard.shared.settings import ServiceSettings
 
 

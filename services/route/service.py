@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from aiokafka import ConsumerRecord
+
 from switchboard.route.decide import route
 from switchboard.route.settings import RouteSettings
 from switchboard.shared import metrics, topics

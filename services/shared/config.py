@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from switchboard.shared.labels import DEPARTMENTS, Department, Urgency
 
 HandleName = Annotated[str, Field(pattern=r"^@[A-Za-z0-9_]{1,15}$")]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
 from switchboard.shared.labels import Department, Urgency
 
 SCHEMA_VERSION = 1

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
+
 from switchboard.shared import metrics
 from switchboard.shared.events import DeadLetter, DecodeError, E, Event, decode, encode
 from switchboard.shared.settings import KafkaSettings

@@ -15,6 +15,7 @@ from typing import Protocol, TypeVar
 import uvicorn
 from fastapi import FastAPI, Response
 from prometheus_client import make_asgi_app
+
 from switchboard.shared import metrics
 from switchboard.shared.logs import configure_logging
 from switchboard.shared.settings import ServiceSettings

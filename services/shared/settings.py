@@ -18,6 +18,7 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
 from switchboard.shared.config import SwitchboardConfig
 
 DEFAULT_CONFIG_FILE = Path("config/switchboard.yaml")

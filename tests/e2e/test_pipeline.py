@@ -12,12 +12,16 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
+
 from switchboard.cli.stack import sample_ids
 from switchboard.shared import topics
+from switchboard.shared.broker import free_port
 from switchboard.shared.events import RoutedTweet, decode
-
+from switchboard.shared.kafka import ensure_topics
+from switchboard.shared.settings import KafkaSettings
 from tests.conftest import CONFIG_FILE, ROOT, SAMPLES
 
 pytestmark = pytest.mark.e2e
@@ -121,6 +125,14 @@ def test_run_stops_every_process_on_ctrl_c(tmp_path: Path):
             time.sleep(0.5)
         children = psutil.Process(run.pid).children(recursive=True)
         assert len(children) >= 5  # broker + four services
+        manifest = json.loads((tmp_path / "stack.json").read_text())
+        for name, service in manifest["services"].items():
+            health = httpx.get(f"{service['http']}/healthz").json()
+            assert health == {"status": "ok", "service": name}
+            assert httpx.get(f"{service['http']}/readyz").status_code == 200
+        route_metrics = httpx.get(f"{manifest['services']['route']['http']}/metrics").text
+        assert 'switchboard_tweets_routed_total{department="' in route_metrics
+        assert "switchboard_e2e_latency_seconds_bucket" in route_metrics
         run.send_signal(signal.SIGINT)
         assert run.wait(timeout=60) == 0
     finally:
@@ -130,3 +142,25 @@ def test_run_stops_every_process_on_ctrl_c(tmp_path: Path):
     assert alive == [], f"left behind: {[p.cmdline() for p in alive]}"
     routed = (tmp_path / "logs" / "route.log").read_text().count('"msg": "routed"')
     assert routed > 0
+
+
+def test_broker_command_serves_kafka_until_interrupted(tmp_path: Path):
+    port = free_port()
+    broker = subprocess.Popen(
+        [*SWITCHBOARD, "broker", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        first_line = broker.stdout.readline()
+        assert first_line.strip() == f"KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{port}", first_line
+        settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}")
+        assert asyncio.run(ensure_topics(settings, topics.ALL, 3, 1)) == []  # all created already
+        broker.send_signal(signal.SIGINT)
+        assert broker.wait(timeout=30) == 0
+    finally:
+        if broker.poll() is None:
+            broker.kill()
+    assert (tmp_path / "data").is_dir()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+
 from switchboard.shared import topics
 from switchboard.shared.broker import EmbeddedBroker
 from switchboard.shared.kafka import client_options, ensure_topics

@@ -8,7 +8,6 @@ from switchboard.ingest.service import IngestService
 from switchboard.ingest.settings import IngestSettings
 from switchboard.shared import topics
 from switchboard.shared.events import DeadLetter, RawTweet, decode
-
 from tests.conftest import CONFIG_FILE
 
 

@@ -8,7 +8,6 @@ from switchboard.route.decide import route
 from switchboard.shared import topics
 from switchboard.shared.broker import free_port
 from switchboard.shared.events import Delivery, decode, encode
-
 from tests.conftest import CONFIG_FILE, wait_for
 from tests.factories import a_classified_tweet
 

@@ -8,7 +8,6 @@ from switchboard.route.service import RouteService
 from switchboard.route.settings import RouteSettings
 from switchboard.shared import topics
 from switchboard.shared.events import Alert, DeadLetter, RoutedTweet, decode, encode
-
 from tests.conftest import CONFIG_FILE
 from tests.factories import a_classified_tweet
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from switchboard.shared.events import (
     EVENT_TYPES,
     DeadLetter,
@@ -16,7 +17,6 @@ from switchboard.shared.events import (
     json_schemas,
     render_schema,
 )
-
 from tests.factories import a_raw_tweet
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

@@ -6,7 +6,6 @@ from switchboard.notify.mail import render_email
 from switchboard.notify.service import delivery_id, matching_subscriptions
 from switchboard.route.decide import route
 from switchboard.shared.config import EmailConfig, RouteConfig, Subscription
-
 from tests.factories import a_classified_tweet as classified
 
 SUPPORT = Subscription(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from switchboard.ingest.normalize import NormalizeError, SeenTweets, tweet_from_v2
 
 AUTHOR = {

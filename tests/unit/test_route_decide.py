@@ -7,7 +7,6 @@ from switchboard.shared import topics
 from switchboard.shared.config import RouteConfig
 from switchboard.shared.events import Alert, RoutedTweet, decode
 from switchboard.shared.labels import Department, Urgency
-
 from tests.factories import a_classified_tweet as classified
 
 POLICY = RouteConfig(confidence_threshold=0.5)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from switchboard.notify.settings import NotifySettings
 from switchboard.shared.settings import ConfigError, ServiceSettings
 

@@ -10,7 +10,6 @@ from switchboard.route.decide import route
 from switchboard.shared import topics
 from switchboard.shared.config import RouteConfig, Subscription
 from switchboard.shared.events import DeadLetter, DecodeError
-
 from tests.factories import a_classified_tweet as classified
 
 

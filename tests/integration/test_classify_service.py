@@ -1,0 +1,83 @@
+"""The classify service with the real model: labels every raw tweet; garbage is dead-lettered."""
+
+from __future__ import annotations
+
+import pytest
+
+from switchboard.classify.model import DEFAULT_ARTIFACT, TweetClassifier
+from switchboard.classify.service import ClassifyService
+from switchboard.classify.settings import ClassifySettings
+from switchboard.classify.train import evaluate, load_labeled
+from switchboard.shared import topics
+from switchboard.shared.events import ClassifiedTweet, DeadLetter, decode, encode
+from switchboard.shared.labels import Department, Urgency
+from tests.conftest import CONFIG_FILE, ROOT
+from tests.factories import a_raw_tweet
+
+
+@pytest.fixture(scope="session")
+def classifier() -> TweetClassifier:
+    return TweetClassifier.load()
+
+
+def test_the_shipped_model_card_describes_it():
+    import json
+
+    card = json.loads((DEFAULT_ARTIFACT / "card.json").read_text())
+    assert card["departments"] == [d.value for d in Department]
+    assert card["urgencies"] == [u.value for u in Urgency]
+    assert card["data"]["train"]["rows"] > 0 and len(card["data"]["train"]["sha256"]) == 64
+    assert "dev" in card["metrics"]
+
+
+def test_the_model_is_far_better_than_chance_on_the_dev_split(classifier):
+    rows = load_labeled(ROOT / "data" / "labeled" / "dev.jsonl")
+    predictions = classifier.predict([r.text for r in rows])
+    scores = evaluate(rows, [(p.department.value, p.urgency.value) for p in predictions])
+    # Chance is 1/8 for departments and 1/4 for urgency.
+    assert scores["department_accuracy"] > 0.6, scores
+    assert scores["urgency_accuracy"] > 0.45, scores
+
+
+def test_scores_are_probabilities(classifier):
+    [prediction] = classifier.predict(["@SkylarkHelp my flight was cancelled and no one answers"])
+    assert abs(sum(prediction.department_scores.values()) - 1) < 1e-4
+    assert abs(sum(prediction.urgency_scores.values()) - 1) < 1e-4
+    assert prediction.confidence == max(prediction.department_scores.values())
+
+
+async def test_classify_labels_each_raw_tweet(kafka, producer, read, running, classifier):
+    settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    texts = {
+        "k-1": "@ParceloHelp my order #88231 never arrived and the app won't refund me",
+        "k-2": "@SkylarkIR when is the Q3 earnings call? any guidance update?",
+        "k-3": "@NorthwindBank got a text saying my account is locked, click bit.ly/x, is it you",
+    }
+    async with running(ClassifyService(settings, model=classifier)):
+        for tweet_id, text in texts.items():
+            event = a_raw_tweet(id=tweet_id, conversation_id=f"conv-{tweet_id}", text=text)
+            await producer.send_and_wait(topics.RAW, encode(event), key=f"conv-{tweet_id}".encode())
+        await producer.send_and_wait(topics.RAW, b"\x00\xff", key=b"conv-k-bad")
+        records = await read(
+            [topics.CLASSIFIED, topics.DEADLETTER],
+            lambda rs: (
+                {r.key for r in rs} >= {b"conv-k-1", b"conv-k-2", b"conv-k-3", b"conv-k-bad"}
+            ),
+        )
+
+    classified = {
+        event.tweet.id: event
+        for event in (
+            decode(ClassifiedTweet, r.value) for r in records if r.topic == topics.CLASSIFIED
+        )
+        if event.tweet.id in texts
+    }
+    assert set(classified) == set(texts)
+    for event in classified.values():
+        assert event.classification.model_version == classifier.version
+        assert event.trace.classified_at >= event.trace.ingested_at
+    assert classified["k-1"].classification.department == Department.CUSTOMER_SERVICE
+    assert classified["k-2"].classification.department == Department.INVESTOR_RELATIONS
+    assert classified["k-3"].classification.department == Department.IT_SECURITY
+    [letter] = [decode(DeadLetter, r.value) for r in records if r.key == b"conv-k-bad"]
+    assert letter.reason == "invalid_utf8" and letter.original() == b"\x00\xff"
