@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run demo test test-unit test-integration test-e2e train schemas lint bench clean
+.PHONY: setup run demo test test-unit test-integration test-e2e train eval schemas lint clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ test-e2e: setup
 
 train: setup
 	$(BIN)/switchboard classify train
+
+# The held-out split by default; `make eval EVAL=path/to/labeled.jsonl` for any other file.
+EVAL ?= data/labeled/test.jsonl
+eval: setup
+	$(BIN)/switchboard classify eval --input $(EVAL)
 
 schemas: setup
 	$(BIN)/switchboard schemas export

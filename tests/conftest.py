@@ -28,11 +28,20 @@ from switchboard.shared.settings import KafkaSettings, ServiceSettings
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILE = ROOT / "config" / "switchboard.yaml"
 SAMPLES = ROOT / "data" / "samples" / "tweets.jsonl"
+LABELED = ROOT / "data" / "labeled"
 
 
 @pytest.fixture(scope="session")
 def config() -> SwitchboardConfig:
     return ServiceSettings.load(config_file=CONFIG_FILE).config
+
+
+@pytest.fixture(scope="session")
+def classifier():  # noqa: ANN201 - the import is deferred: unit tests never load torch
+    """The shipped model, loaded once per session."""
+    from switchboard.classify.model import TweetClassifier
+
+    return TweetClassifier.load()
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,13 @@ def a_raw_tweet(**fields: object) -> RawTweet:
 
 
 def a_classified_tweet(
-    department: str, confidence: float, urgency: str = "normal", **fields: object
+    department: str,
+    confidence: float,
+    urgency: str = "normal",
+    *,
+    lang: str | None = "en",
+    language_supported: bool = True,
+    **fields: object,
 ) -> ClassifiedTweet:
     """The model is ``confidence`` sure of ``department``; the rest shares what is left."""
     scores = {d: (1 - confidence) / (len(Department) - 1) for d in Department}
@@ -50,6 +56,8 @@ def a_classified_tweet(
             department_scores=scores,
             urgency_scores={u: 0.25 for u in Urgency},
             model_version="t",
+            lang=lang,
+            language_supported=language_supported,
         ),
         trace=Trace(ingested_at=datetime.now(UTC), classified_at=datetime.now(UTC)),
     )

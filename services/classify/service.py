@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiokafka import ConsumerRecord
 
+from switchboard.classify.language import detect
 from switchboard.classify.model import Prediction, TweetClassifier
 from switchboard.classify.settings import ClassifySettings
 from switchboard.shared import metrics, topics
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 GROUP_ID = "switchboard-classify"
 
 
-def classified(event: RawTweet, prediction: Prediction, model_version: str) -> ClassifiedTweet:
+def classified(event: RawTweet, prediction: Prediction, model: TweetClassifier) -> ClassifiedTweet:
+    lang = event.tweet.lang or detect(event.tweet.text)
     classification = Classification(
         department=prediction.department,
         urgency=prediction.urgency,
@@ -42,7 +44,9 @@ def classified(event: RawTweet, prediction: Prediction, model_version: str) -> C
         urgency_confidence=round(prediction.urgency_confidence, 6),
         department_scores={d: round(p, 6) for d, p in prediction.department_scores.items()},
         urgency_scores={u: round(p, 6) for u, p in prediction.urgency_scores.items()},
-        model_version=model_version,
+        model_version=model.version,
+        lang=lang,
+        language_supported=model.supports(lang),
     )
     trace = event.trace.model_copy(update={"classified_at": utc_now()})
     return ClassifiedTweet(tweet=event.tweet, classification=classification, trace=trace)
@@ -114,7 +118,7 @@ class ClassifyService:
             )
             metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
             for event, prediction in zip(events, predictions, strict=True):
-                result = classified(event, prediction, self.model.version)
+                result = classified(event, prediction, self.model)
                 metrics.TWEETS_CLASSIFIED.labels(prediction.department, prediction.urgency).inc()
                 metrics.E2E_LATENCY.labels("classified").observe(
                     (result.trace.classified_at - result.trace.ingested_at).total_seconds()

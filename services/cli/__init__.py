@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from switchboard.cli.classify import classify
 from switchboard.shared.settings import DEFAULT_CONFIG_FILE, ConfigError
 
 SAMPLES = Path("data/samples/tweets.jsonl")
@@ -59,40 +60,7 @@ def ingest(**options: object) -> None:
     run(**{k: v for k, v in options.items() if v is not None})
 
 
-@main.group(invoke_without_command=True)
-@click.pass_context
-def classify(ctx: click.Context) -> None:
-    """Run the classify service (or `classify train`)."""
-    if ctx.invoked_subcommand is None:
-        from switchboard.classify.service import main as run
-
-        run()
-
-
-@classify.command("train")
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("data/labeled"),
-    show_default=True,
-    help="Folder with train.jsonl, dev.jsonl and test.jsonl.",
-)
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Artifact folder (default: the one the classify service ships).",
-)
-@click.option("--seed", type=int, default=13, show_default=True)
-def classify_train(data_dir: Path, out: Path | None, seed: int) -> None:
-    """Train the department and urgency heads; writes heads and a model card."""
-    from switchboard.classify.model import DEFAULT_ARTIFACT
-    from switchboard.classify.train import train
-
-    card = train(data_dir=data_dir, out_dir=out or DEFAULT_ARTIFACT, seed=seed)
-    click.echo(
-        json.dumps({"artifact": str(out or DEFAULT_ARTIFACT), "metrics": card["metrics"]}, indent=2)
-    )
+main.add_command(classify)
 
 
 @main.command()

@@ -1,8 +1,9 @@
 """Routing decisions: pure functions from a classified tweet and the policy to the messages to send.
 
 Defaults in this version: the model's department owns the tweet, whatever handle it was sent to
-(the handle stays on the message); below the confidence threshold it goes to triage with the
-model's top two; urgencies in ``route.alert_urgencies`` are also published as alerts.
+(the handle stays on the message); below the confidence threshold, or in a language the model
+does not support, it goes to triage with the model's top two; urgencies in
+``route.alert_urgencies`` are also published as alerts.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ def decide(event: ClassifiedTweet, policy: RouteConfig) -> RouteDecision:
     top_two = ", ".join(f"{d.value} {p:.2f}" for d, p in ranked[:2])
     escalated = c.urgency in policy.alert_urgencies
     reasons = []
-    if c.confidence < policy.confidence_threshold:
+    if not c.language_supported:
+        destination, topic = "triage", topics.TRIAGE
+        reasons.append(
+            f"language {c.lang} is not supported by model {c.model_version} "
+            f"(model guess: {top_two})"
+        )
+    elif c.confidence < policy.confidence_threshold:
         destination, topic = "triage", topics.TRIAGE
         reasons.append(
             f"department confidence {c.confidence:.2f} below threshold "

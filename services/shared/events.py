@@ -83,6 +83,12 @@ class Classification(Model):
     department_scores: dict[Department, Probability]
     urgency_scores: dict[Urgency, Probability]
     model_version: str
+    lang: str | None = Field(
+        default=None, description="Language used for the decision: X's `lang`, else detected"
+    )
+    language_supported: bool = Field(
+        default=True, description="False when the model was not trained for `lang`"
+    )
 
 
 class RouteDecision(Model):

@@ -43,3 +43,16 @@ def test_critical_is_published_on_its_topic_and_as_an_alert():
 def test_the_rules_version_follows_the_policy():
     assert rules_version(POLICY) == rules_version(RouteConfig(confidence_threshold=0.5))
     assert rules_version(POLICY) != rules_version(RouteConfig(confidence_threshold=0.6))
+
+
+def test_a_language_the_model_does_not_support_goes_to_triage_even_when_confident():
+    event = classified("sales", 0.95, lang="ja", language_supported=False)
+    decision = decide(event, POLICY)
+    assert decision.topic == topics.TRIAGE and decision.destination == "triage"
+    assert "language ja is not supported" in decision.reasons[0]
+    assert "sales 0.95" in decision.reasons[0]  # the model's guess still helps the triager
+
+
+def test_a_critical_tweet_in_an_unsupported_language_is_still_escalated():
+    _, outputs = route(classified("it_security", 0.9, "critical", language_supported=False), POLICY)
+    assert [o.topic for o in outputs] == [topics.TRIAGE, topics.ALERTS]

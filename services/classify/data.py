@@ -1,0 +1,109 @@
+"""Labeled tweets on disk: ``data/labeled/{train,dev,test}.jsonl`` and eval/predict inputs.
+
+A line is ``{"id"?, "text", "department"?, "urgency"?, "handle"?, "lang"?}`` plus any
+provenance fields (industry, segment, hard_case), which are kept but not used for training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from switchboard.shared.labels import Department, Urgency
+
+DATA_DIR = Path("data/labeled")
+
+
+class DataError(ValueError):
+    """A line of a data file that cannot be used, with its file and line number."""
+
+
+@dataclass(frozen=True, slots=True)
+class TweetText:
+    id: str
+    text: str
+    handle: str | None = None
+    lang: str | None = None
+    department: Department | None = None
+    urgency: Urgency | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LabeledTweet:
+    text: str
+    department: Department
+    urgency: Urgency
+
+
+def read_tweets(path: Path) -> list[TweetText]:
+    rows = []
+    with Path(path).open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                text = record.pop("text")
+                if not isinstance(text, str) or not text.strip():
+                    raise ValueError("text must be a non-empty string")
+                department = record.pop("department", None)
+                urgency = record.pop("urgency", None)
+                rows.append(
+                    TweetText(
+                        id=str(record.pop("id", number)),
+                        text=text,
+                        handle=record.pop("handle", None),
+                        lang=record.pop("lang", None),
+                        department=Department(department) if department else None,
+                        urgency=Urgency(urgency) if urgency else None,
+                        extra=record,
+                    )
+                )
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                raise DataError(f"{path}:{number}: {type(exc).__name__}: {exc}") from None
+    return rows
+
+
+def load_labeled(path: Path) -> list[LabeledTweet]:
+    """Rows that carry both labels; a row missing either is an error naming its line."""
+    labeled = []
+    for number, row in enumerate(read_tweets(path), start=1):
+        if row.department is None or row.urgency is None:
+            raise DataError(f"{path}: row {number} (id {row.id}) lacks department or urgency")
+        labeled.append(LabeledTweet(row.text, row.department, row.urgency))
+    return labeled
+
+
+def file_sha256(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def near_duplicates(
+    queries: list[str], corpus: list[str], threshold: float = 0.75
+) -> list[tuple[int, int, float]]:
+    """(query index, corpus index, cosine) for pairs whose character n-grams nearly coincide.
+
+    Cosine similarity of binary character 3-5-gram vectors: a paraphrase of the same complaint
+    scores about 0.5, a copy with another order number or a dropped apostrophe about 0.8.
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from switchboard.classify.model import prepare_text
+
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), use_idf=False, binary=True)
+    vectorizer.fit([prepare_text(t) for t in (*queries, *corpus)])
+    similarity = (
+        vectorizer.transform([prepare_text(t) for t in queries])
+        @ vectorizer.transform([prepare_text(t) for t in corpus]).T
+    ).tocoo()
+    return sorted(
+        (int(q), int(c), round(float(s), 3))
+        for q, c, s in zip(similarity.row, similarity.col, similarity.data, strict=True)
+        if s >= threshold
+    )

@@ -1,0 +1,155 @@
+"""Quality figures for department and urgency labels, and the baselines they must beat.
+
+``report`` gives what ``switchboard classify eval --json`` prints: accuracy, macro-F1,
+per-label precision/recall/F1, confusion matrices (rows gold, columns predicted) and the
+critical-urgency recall and precision. The baselines are a TF-IDF logistic regression and a
+nearest-centroid classifier over the frozen backbone's embeddings, both fitted on the same
+training split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from switchboard.classify.data import LabeledTweet
+from switchboard.shared.labels import Department, Urgency
+
+DEPARTMENTS = [d.value for d in Department]
+URGENCIES = [u.value for u in Urgency]
+
+
+def per_label(gold: Sequence[str], predicted: Sequence[str], labels: list[str]) -> dict:
+    scores = {}
+    for label in labels:
+        tp = sum(g == p == label for g, p in zip(gold, predicted, strict=True))
+        fp = sum(p == label != g for g, p in zip(gold, predicted, strict=True))
+        fn = sum(g == label != p for g, p in zip(gold, predicted, strict=True))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        scores[label] = {
+            "precision": round(precision, 4),
+            "recall": round(recall, 4),
+            "f1": round(f1, 4),
+            "support": tp + fn,
+        }
+    return scores
+
+
+def macro_f1(gold: Sequence[str], predicted: Sequence[str], labels: list[str]) -> float:
+    """Mean F1 over the labels present in gold (absent labels would only add noise)."""
+    present = [label for label in labels if label in set(gold)]
+    scores = per_label(gold, predicted, present)
+    return sum(s["f1"] for s in scores.values()) / len(scores) if scores else 0.0
+
+
+def confusion(gold: Sequence[str], predicted: Sequence[str], labels: list[str]) -> dict:
+    matrix = {g: dict.fromkeys(labels, 0) for g in labels}
+    for g, p in zip(gold, predicted, strict=True):
+        matrix[g][p] += 1
+    return {
+        "labels": labels,
+        "rows_gold_columns_predicted": [list(matrix[g].values()) for g in labels],
+    }
+
+
+def report(gold: Sequence[LabeledTweet], predicted: Sequence[tuple[str, str]]) -> dict:
+    """Every figure ``classify eval`` reports, for (department, urgency) predictions."""
+    if len(gold) != len(predicted):
+        raise ValueError(f"{len(gold)} gold rows but {len(predicted)} predictions")
+    if not gold:
+        raise ValueError("nothing to evaluate: no labeled rows")
+    gold_departments = [g.department.value for g in gold]
+    gold_urgencies = [g.urgency.value for g in gold]
+    departments = [str(p[0]) for p in predicted]
+    urgencies = [str(p[1]) for p in predicted]
+    n = len(gold)
+    urgency_scores = per_label(gold_urgencies, urgencies, URGENCIES)
+    return {
+        "n": n,
+        "department_accuracy": _accuracy(gold_departments, departments),
+        "department_macro_f1": round(macro_f1(gold_departments, departments, DEPARTMENTS), 4),
+        "urgency_accuracy": _accuracy(gold_urgencies, urgencies),
+        "urgency_macro_f1": round(macro_f1(gold_urgencies, urgencies, URGENCIES), 4),
+        "critical_recall": urgency_scores["critical"]["recall"],
+        "critical_precision": urgency_scores["critical"]["precision"],
+        "departments": per_label(gold_departments, departments, DEPARTMENTS),
+        "urgencies": urgency_scores,
+        "department_confusion": confusion(gold_departments, departments, DEPARTMENTS),
+        "urgency_confusion": confusion(gold_urgencies, urgencies, URGENCIES),
+    }
+
+
+def _accuracy(gold: Sequence[str], predicted: Sequence[str]) -> float:
+    return round(sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold), 4)
+
+
+def headline(figures: dict) -> dict:
+    """The summary figures of a report, without the per-label tables."""
+    keys = (
+        "n",
+        "department_accuracy",
+        "department_macro_f1",
+        "urgency_accuracy",
+        "urgency_macro_f1",
+        "critical_recall",
+        "critical_precision",
+    )
+    return {k: figures[k] for k in keys}
+
+
+def tfidf_logreg(
+    train: Sequence[LabeledTweet], texts: Sequence[str], seed: int = 13
+) -> list[tuple[str, str]]:
+    """Baseline: word and character n-gram TF-IDF with one logistic regression per label."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import FeatureUnion
+
+    from switchboard.classify.model import prepare_text
+
+    features = FeatureUnion(
+        [
+            ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)),
+            (
+                "chars",
+                TfidfVectorizer(
+                    analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True
+                ),
+            ),
+        ]
+    )
+    x_train = features.fit_transform([prepare_text(t.text) for t in train])
+    x = features.transform([prepare_text(t) for t in texts])
+    predictions = []
+    for label in ("department", "urgency"):
+        model = LogisticRegression(
+            C=10.0, max_iter=2000, class_weight="balanced", random_state=seed
+        )
+        model.fit(x_train, [getattr(t, label).value for t in train])
+        predictions.append(model.predict(x).tolist())
+    return list(zip(*predictions, strict=True))
+
+
+def nearest_centroid(
+    train: Sequence[LabeledTweet], texts: Sequence[str], backbone=None
+) -> list[tuple[str, str]]:
+    """Baseline: cosine nearest centroid per label over the frozen backbone's embeddings."""
+    import torch
+
+    from switchboard.classify.model import Encoder, default_backbone
+    from switchboard.classify.train import embed
+
+    encoder = Encoder(backbone or default_backbone()).eval()
+    train_x = torch.nn.functional.normalize(embed(encoder, [t.text for t in train]), dim=-1)
+    x = torch.nn.functional.normalize(embed(encoder, list(texts)), dim=-1)
+    predictions = []
+    for label, names in (("department", DEPARTMENTS), ("urgency", URGENCIES)):
+        gold = [getattr(t, label).value for t in train]
+        present = [name for name in names if name in gold]
+        centroids = torch.stack(
+            [train_x[[i for i, g in enumerate(gold) if g == name]].mean(0) for name in present]
+        )
+        centroids = torch.nn.functional.normalize(centroids, dim=-1)
+        predictions.append([present[i] for i in (x @ centroids.T).argmax(-1).tolist()])
+    return list(zip(*predictions, strict=True))

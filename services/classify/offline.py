@@ -1,0 +1,79 @@
+"""Offline use of the model: ``switchboard classify predict`` and ``switchboard classify eval``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from switchboard.classify.data import LabeledTweet, TweetText, load_labeled
+from switchboard.classify.evaluation import nearest_centroid, report, tfidf_logreg
+from switchboard.classify.language import detect
+from switchboard.classify.model import Prediction, TweetClassifier
+
+
+def _chunks(rows: Sequence[TweetText], size: int) -> Iterator[Sequence[TweetText]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def predict_rows(
+    model: TweetClassifier, rows: Sequence[TweetText], batch_size: int = 64
+) -> list[Prediction]:
+    predictions: list[Prediction] = []
+    # Sorted by length so that each batch pads little; the input order is restored.
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].text))
+    ordered = [rows[i] for i in order]
+    for chunk in _chunks(ordered, batch_size):
+        predictions += model.predict([row.text for row in chunk])
+    restored: list[Prediction] = [None] * len(rows)  # type: ignore[list-item]
+    for position, index in enumerate(order):
+        restored[index] = predictions[position]
+    return restored
+
+
+def prediction_record(row: TweetText, prediction: Prediction, model: TweetClassifier) -> dict:
+    lang = row.lang or detect(row.text)
+    return {
+        "id": row.id,
+        "department": prediction.department.value,
+        "urgency": prediction.urgency.value,
+        "confidence": round(prediction.confidence, 4),
+        "urgency_confidence": round(prediction.urgency_confidence, 4),
+        "top_departments": [[d.value, round(p, 4)] for d, p in prediction.top_departments(2)],
+        "department_scores": {
+            d.value: round(p, 4) for d, p in prediction.department_scores.items()
+        },
+        "urgency_scores": {u.value: round(p, 4) for u, p in prediction.urgency_scores.items()},
+        "lang": lang,
+        "language_supported": model.supports(lang),
+        "handle": row.handle,
+        "model_version": model.version,
+    }
+
+
+def evaluate_file(
+    model: TweetClassifier,
+    rows: Sequence[TweetText],
+    train_file: Path | None,
+    baselines: bool = True,
+) -> dict:
+    """The model's figures on labeled rows, with the baselines fitted on ``train_file``."""
+    gold = [
+        LabeledTweet(r.text, r.department, r.urgency)
+        for r in rows
+        if r.department is not None and r.urgency is not None
+    ]
+    if len(gold) != len(rows):
+        missing = next(r.id for r in rows if r.department is None or r.urgency is None)
+        raise ValueError(f"row {missing} lacks a department or urgency: eval needs both")
+    predictions = predict_rows(model, rows)
+    figures = report(gold, [(p.department.value, p.urgency.value) for p in predictions])
+    figures["model_version"] = model.version
+    if baselines and train_file is not None:
+        train = load_labeled(train_file)
+        texts = [r.text for r in gold]
+        figures["baselines"] = {
+            "tfidf_logreg": report(gold, tfidf_logreg(train, texts)),
+            "nearest_centroid": report(gold, nearest_centroid(train, texts)),
+        }
+    return figures
