@@ -77,10 +77,15 @@ def load_labeled(path: Path) -> list[LabeledTweet]:
     return labeled
 
 
-def file_sha256(*paths: Path) -> str:
+def content_sha256(path: Path) -> str:
+    """Hash of what training reads from a file (text and labels, in order).
+
+    Provenance fields (batch, industry, review notes) can change without invalidating a model
+    card; any change to a text or a label changes the hash."""
     digest = hashlib.sha256()
-    for path in paths:
-        digest.update(Path(path).read_bytes())
+    for row in load_labeled(path):
+        digest.update(json.dumps([row.text, row.department, row.urgency]).encode())
+        digest.update(b"\n")
     return digest.hexdigest()
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from switchboard.classify.data import DATA_DIR, LabeledTweet, file_sha256, load_labeled
+from switchboard.classify.data import DATA_DIR, LabeledTweet, content_sha256, load_labeled
 from switchboard.classify.evaluation import headline, macro_f1, per_label, report
 from switchboard.classify.model import (
     DEFAULT_ARTIFACT,
@@ -328,7 +328,7 @@ def train(
 def _describe(path: Path, rows: list[LabeledTweet]) -> dict:
     return {
         "rows": len(rows),
-        "sha256": file_sha256(path),
+        "sha256": content_sha256(path),
         "departments": dict(sorted(Counter(r.department.value for r in rows).items())),
         "urgencies": dict(sorted(Counter(r.urgency.value for r in rows).items())),
     }

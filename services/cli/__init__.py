@@ -53,6 +53,11 @@ def main() -> None:
 )
 @click.option("--rate", "replay_rate_per_s", type=float, help="Tweets per second when replaying.")
 @click.option("--limit", "replay_limit", type=int, help="Replay at most this many tweets.")
+@click.option(
+    "--archive",
+    type=click.Path(path_type=Path, exists=True),
+    help="Backfill from an X archive export (zip or folder).",
+)
 def ingest(**options: object) -> None:
     """Run the ingest service: tweets in, switchboard.tweets.raw out."""
     from switchboard.ingest.service import main as run

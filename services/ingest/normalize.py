@@ -1,14 +1,22 @@
-"""X API v2 objects to Switchboard's raw tweet event (pure functions, no I/O)."""
+"""X objects to Switchboard's tweet model (pure functions, no I/O).
+
+Three shapes arrive: X API v2 tweets (filtered stream, mentions timeline, replay files), v1.1
+tweet objects (Account Activity webhooks and X archive exports) and direct-message events (v2
+``dm_events`` and Account Activity ``direct_message_events``). Each becomes one ``Tweet``; what
+happens to it next (inbound, the brand's own, skipped) is ``origin``'s decision.
+"""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from datetime import datetime
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from switchboard.shared.config import SwitchboardConfig
+from switchboard.shared.config import HandleConfig, SwitchboardConfig
 from switchboard.shared.events import Author, ReferencedTweet, Tweet, TweetSource
 
 
@@ -21,47 +29,93 @@ class NormalizeError(ValueError):
         self.detail = detail
 
 
-def tweet_from_v2(message: Any, config: SwitchboardConfig, source: TweetSource = "replay") -> Tweet:
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """X reported that a tweet or DM was deleted."""
+
+    tweet_id: str
+    user_id: str | None
+    event_at: datetime
+
+
+Origin = Literal["inbound", "brand", "retweet"]
+
+
+def origin(tweet: Tweet, config: SwitchboardConfig) -> tuple[Origin, HandleConfig | None]:
+    """Inbound (route it), the company's own (measure responses with it), or a skipped retweet."""
+    own = config.handle_by_user_id().get(tweet.author.id)
+    if own is not None:
+        return "brand", own
+    retweet = any(r.type == "retweeted" for r in tweet.referenced_tweets)
+    if retweet and not config.ingest.include_retweets:
+        return "retweet", None
+    return "inbound", None
+
+
+# --- X API v2 -------------------------------------------------------------------------------
+
+
+def tweet_from_v2(
+    message: Any,
+    config: SwitchboardConfig,
+    source: TweetSource = "replay",
+    *,
+    addressed: Iterable[str] = (),
+) -> Tweet:
     """Normalize an X API v2 tweet message (``{"data": tweet, "includes": {...}}``).
 
     This is the shape of a filtered-stream message and of a single-tweet lookup with
-    ``expansions=author_id``: the author comes from ``includes.users``.
+    ``expansions=author_id``: the author comes from ``includes.users``. ``addressed`` adds
+    handles known from the context (the handle whose mentions were polled).
     """
     if not isinstance(message, dict) or not isinstance(message.get("data"), dict):
         raise NormalizeError("not_a_tweet", 'expected an object with a "data" tweet object')
-    data: dict[str, Any] = message["data"]
+    users = {u.get("id"): u for u in (message.get("includes") or {}).get("users", [])}
+    tags = [r.get("tag") or "" for r in message.get("matching_rules") or []]
+    return tweet_from_v2_data(message["data"], users, config, source, addressed, tags)
+
+
+def tweet_from_v2_data(
+    data: dict[str, Any],
+    users: dict[Any, dict[str, Any]],
+    config: SwitchboardConfig,
+    source: TweetSource,
+    addressed: Iterable[str] = (),
+    rule_tags: list[str] | None = None,
+) -> Tweet:
     for field in ("id", "text", "author_id", "created_at"):
         if not data.get(field):
             raise NormalizeError("missing_field", f"data.{field} is missing or empty")
-    users = {u.get("id"): u for u in message.get("includes", {}).get("users", [])}
     author = users.get(data["author_id"])
     if author is None:
         raise NormalizeError(
             "missing_author",
             f"includes.users has no user {data['author_id']} (expansions=author_id)",
         )
-    mentions = [
-        m["username"] for m in data.get("entities", {}).get("mentions", []) if "username" in m
+    entities = data.get("entities") or {}
+    mentions = [m["username"] for m in entities.get("mentions", []) if "username" in m]
+    references = data.get("referenced_tweets") or []
+    rule_tags = rule_tags or []
+    handles = [
+        *addressed,
+        *_handles_from_rule_tags(rule_tags, config),
+        *addressed_handles(mentions, data.get("in_reply_to_user_id"), config),
     ]
     try:
         return Tweet(
             id=str(data["id"]),
             conversation_id=str(data.get("conversation_id") or data["id"]),
             # Long posts carry their full text in note_tweet; `text` is truncated there.
-            text=data.get("note_tweet", {}).get("text") or data["text"],
+            text=(data.get("note_tweet") or {}).get("text") or data["text"],
             lang=data.get("lang"),
-            created_at=datetime.fromisoformat(data["created_at"].replace("Z", "+00:00")),
-            author=Author(
-                id=str(author["id"]),
-                username=author["username"],
-                name=author.get("name"),
-                followers_count=author.get("public_metrics", {}).get("followers_count", 0),
-                verified=bool(author.get("verified", False)),
-            ),
-            addressed_handles=addressed_handles(data, mentions, config),
+            created_at=_iso_time(data["created_at"]),
+            author=_author_v2(author),
+            addressed_handles=list(dict.fromkeys(handles)),
             mentions=mentions,
-            referenced_tweets=[ReferencedTweet(**r) for r in data.get("referenced_tweets", [])],
+            referenced_tweets=[ReferencedTweet(**r) for r in references],
             in_reply_to_user_id=data.get("in_reply_to_user_id"),
+            quoted_tweet_id=next((r["id"] for r in references if r.get("type") == "quoted"), None),
+            matched_rules=rule_tags,
             source=source,
             url=f"https://x.com/{author['username']}/status/{data['id']}",
         )
@@ -69,31 +123,230 @@ def tweet_from_v2(message: Any, config: SwitchboardConfig, source: TweetSource =
         raise NormalizeError("invalid_tweet", str(exc).splitlines()[0]) from None
 
 
+def _author_v2(user: dict[str, Any]) -> Author:
+    return Author(
+        id=str(user["id"]),
+        username=user["username"],
+        name=user.get("name"),
+        followers_count=(user.get("public_metrics") or {}).get("followers_count", 0),
+        verified=bool(user.get("verified", False)),
+    )
+
+
+def _handles_from_rule_tags(tags: list[str], config: SwitchboardConfig) -> list[str]:
+    """Stream rules are tagged ``<prefix>@Handle`` (rules.py): a keyword match names its handle."""
+    prefix = config.ingest.x.filtered_stream.rule_tag_prefix
+    by_username = config.handle_by_username()
+    found = []
+    for tag in tags:
+        name = tag.removeprefix(prefix).split("#", 1)[0].lstrip("@").lower()
+        if tag.startswith(prefix) and name in by_username:
+            found.append(by_username[name].handle)
+    return found
+
+
 def addressed_handles(
-    data: dict[str, Any], mentions: list[str], config: SwitchboardConfig
+    mentions: list[str], in_reply_to_user_id: object, config: SwitchboardConfig
 ) -> list[str]:
-    """The configured handles this tweet addresses: by @mention or by replying to them."""
+    """The configured handles a tweet addresses: by @mention or by replying to them."""
     by_username = config.handle_by_username()
     found = [by_username[m.lower()].handle for m in mentions if m.lower() in by_username]
-    replied = config.handle_by_user_id().get(str(data.get("in_reply_to_user_id")))
+    replied = config.handle_by_user_id().get(str(in_reply_to_user_id))
     if replied is not None:
         found.append(replied.handle)
     return list(dict.fromkeys(found))
 
 
-class SeenTweets:
-    """The most recent ``capacity`` tweet ids, to drop a tweet seen twice (bounded memory)."""
+def dm_from_v2(
+    event: dict[str, Any],
+    users: dict[Any, dict[str, Any]],
+    handle: HandleConfig,
+    config: SwitchboardConfig,
+) -> Tweet:
+    """A v2 ``dm_events`` MessageCreate event received or sent by ``handle``."""
+    for field in ("id", "text", "sender_id", "dm_conversation_id", "created_at"):
+        if not event.get(field):
+            raise NormalizeError("missing_field", f"dm_event.{field} is missing or empty")
+    sender = users.get(event["sender_id"])
+    if sender is None:
+        raise NormalizeError(
+            "missing_author", f"includes.users has no user {event['sender_id']} (sender_id)"
+        )
+    return _dm(
+        event_id=str(event["id"]),
+        conversation_id=str(event["dm_conversation_id"]),
+        text=event["text"],
+        created_at=_iso_time(event["created_at"]),
+        sender=_author_v2(sender),
+        handle=handle,
+        config=config,
+        source="direct_message",
+    )
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
 
-    def first_time(self, tweet_id: str) -> bool:
-        """True the first time an id is offered, False for a repeat."""
-        if tweet_id in self._ids:
-            self._ids.move_to_end(tweet_id)
-            return False
-        self._ids[tweet_id] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
-        return True
+def _dm(
+    *,
+    event_id: str,
+    conversation_id: str,
+    text: str,
+    created_at: datetime,
+    sender: Author,
+    handle: HandleConfig,
+    config: SwitchboardConfig,
+    source: TweetSource,
+) -> Tweet:
+    try:
+        return Tweet(
+            id=event_id,
+            conversation_id=conversation_id,
+            text=text,
+            created_at=created_at,
+            author=sender,
+            addressed_handles=[handle.handle],
+            source=source,
+            kind="direct_message",
+            url=f"https://x.com/messages/{conversation_id}",
+        )
+    except (ValidationError, ValueError) as exc:
+        raise NormalizeError("invalid_tweet", str(exc).splitlines()[0]) from None
+
+
+# --- v1.1 objects: Account Activity webhooks and X archive exports ----------------------------
+
+
+def tweet_from_v1(
+    status: dict[str, Any], config: SwitchboardConfig, source: TweetSource, *, author: Any = None
+) -> Tweet:
+    """A v1.1 tweet object (``id_str``, ``user``, ``entities.user_mentions``...).
+
+    Archive exports omit ``user``: pass the archive account as ``author``. v1.1 has no
+    conversation id, so a reply's conversation is the tweet it replies to (the first reply
+    opens the thread; good enough to keep a reply chain's first hop together).
+    """
+    user = status.get("user") or author
+    tweet_id = status.get("id_str") or (str(status["id"]) if status.get("id") else None)
+    if not tweet_id or not isinstance(user, dict):
+        raise NormalizeError("not_a_tweet", "expected a v1.1 tweet with id_str and user")
+    text = (
+        (status.get("extended_tweet") or {}).get("full_text")
+        or status.get("full_text")
+        or status.get("text")
+    )
+    if not text:
+        raise NormalizeError("missing_field", "text is missing or empty")
+    entities = (status.get("extended_tweet") or {}).get("entities") or status.get("entities") or {}
+    mentions = [m["screen_name"] for m in entities.get("user_mentions", []) if "screen_name" in m]
+    reply_to = status.get("in_reply_to_status_id_str")
+    references = []
+    if reply_to:
+        references.append(ReferencedTweet(type="replied_to", id=reply_to))
+    if status.get("quoted_status_id_str"):
+        references.append(ReferencedTweet(type="quoted", id=status["quoted_status_id_str"]))
+    if status.get("retweeted_status"):
+        retweeted = status["retweeted_status"]
+        references.append(ReferencedTweet(type="retweeted", id=str(retweeted.get("id_str"))))
+    reply_user = status.get("in_reply_to_user_id_str")
+    try:
+        return Tweet(
+            id=tweet_id,
+            conversation_id=reply_to or tweet_id,
+            text=text,
+            lang=status.get("lang"),
+            created_at=_v1_time(status["created_at"]),
+            author=Author(
+                id=str(user.get("id_str") or user["id"]),
+                username=user["screen_name"],
+                name=user.get("name"),
+                followers_count=user.get("followers_count", 0),
+                verified=bool(user.get("verified", False)),
+            ),
+            addressed_handles=addressed_handles(mentions, reply_user, config),
+            mentions=mentions,
+            referenced_tweets=references,
+            in_reply_to_user_id=reply_user,
+            quoted_tweet_id=status.get("quoted_status_id_str"),
+            source=source,
+            url=f"https://x.com/{user['screen_name']}/status/{tweet_id}",
+        )
+    except (ValidationError, ValueError, KeyError, TypeError) as exc:
+        raise NormalizeError("invalid_tweet", str(exc).splitlines()[0]) from None
+
+
+def dm_from_activity(
+    event: dict[str, Any],
+    users: dict[str, dict[str, Any]],
+    config: SwitchboardConfig,
+) -> Tweet:
+    """An Account Activity ``direct_message_events`` item (``type: message_create``)."""
+    create = event.get("message_create") or {}
+    sender_id = str(create.get("sender_id") or "")
+    recipient_id = str((create.get("target") or {}).get("recipient_id") or "")
+    text = (create.get("message_data") or {}).get("text")
+    if not (event.get("id") and sender_id and recipient_id and text):
+        raise NormalizeError("not_a_dm", "expected a message_create event with sender and text")
+    own = config.handle_by_user_id()
+    handle = own.get(recipient_id) or own.get(sender_id)
+    if handle is None:
+        raise NormalizeError("unaddressed", f"DM between {sender_id} and {recipient_id}")
+    user = users.get(sender_id) or {"id": sender_id, "screen_name": sender_id}
+    # X's DM conversation id for a one-to-one chat is "<lower id>-<higher id>".
+    pair = sorted((sender_id, recipient_id), key=int)
+    return _dm(
+        event_id=str(event["id"]),
+        conversation_id=f"{pair[0]}-{pair[1]}",
+        text=text,
+        created_at=datetime.fromtimestamp(int(event["created_timestamp"]) / 1000, UTC),
+        sender=Author(
+            id=sender_id,
+            username=user.get("screen_name") or sender_id,
+            name=user.get("name"),
+            followers_count=user.get("followers_count", 0),
+            verified=bool(user.get("verified", False)),
+        ),
+        handle=handle,
+        config=config,
+        source="webhook",
+    )
+
+
+def deletion_from_activity(item: dict[str, Any]) -> Deletion:
+    """An Account Activity ``tweet_delete_events`` item."""
+    status = item.get("status") or {}
+    if not status.get("id"):
+        raise NormalizeError("not_a_deletion", "expected status.id")
+    return Deletion(
+        tweet_id=str(status["id"]),
+        user_id=str(status["user_id"]) if status.get("user_id") else None,
+        event_at=datetime.fromtimestamp(int(item["timestamp_ms"]) / 1000, UTC),
+    )
+
+
+def deletion_from_compliance(message: dict[str, Any]) -> Deletion | None:
+    """A v2 compliance-stream message ``{"data": {"delete": {"tweet": {...}, "event_at"}}}``."""
+    delete = (message.get("data") or {}).get("delete")
+    if not isinstance(delete, dict):
+        return None
+    tweet = delete.get("tweet") or {}
+    if not tweet.get("id"):
+        raise NormalizeError("not_a_deletion", "expected data.delete.tweet.id")
+    return Deletion(
+        tweet_id=str(tweet["id"]),
+        user_id=tweet.get("author_id"),
+        event_at=_iso_time(delete.get("event_at") or datetime.now(UTC).isoformat()),
+    )
+
+
+def _iso_time(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (ValueError, AttributeError) as exc:
+        raise NormalizeError("invalid_tweet", f"created_at: {exc}") from None
+
+
+def _v1_time(value: str) -> datetime:
+    """v1.1 times look like ``Wed Oct 10 20:19:24 +0000 2018``."""
+    try:
+        day, month, date, clock, offset, year = value.split()
+        return parsedate_to_datetime(f"{day}, {date} {month} {year} {clock} {offset}")
+    except (ValueError, TypeError) as exc:
+        raise NormalizeError("invalid_tweet", f"created_at {value!r}: {exc}") from None

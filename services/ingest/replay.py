@@ -1,11 +1,14 @@
-"""Replay: read a JSONL file of X API v2 tweets at a steady rate."""
+"""Replay: read a JSONL file of X API v2 tweets (or any items) at a steady rate."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 async def paced_lines(
@@ -29,3 +32,17 @@ async def paced_lines(
                 await asyncio.sleep(delay)
             sent += 1
             yield number, line.rstrip(b"\r\n")
+
+
+async def paced(
+    items: Iterable[T], rate_per_s: float, limit: int | None = None
+) -> AsyncIterator[T]:
+    """Yield ``items`` at ``rate_per_s`` per second on the same absolute schedule."""
+    started = time.monotonic()
+    for sent, item in enumerate(items):
+        if limit is not None and sent >= limit:
+            return
+        delay = started + sent / rate_per_s - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield item

@@ -1,25 +1,72 @@
-"""The ingest service: publishes every tweet addressed to the company's handles, once.
+"""The ingest service: publishes every tweet and DM addressed to the company's handles, once.
 
-Sources here: replay of a JSONL file of X API v2 tweets. Each tweet becomes a RawTweet on
-``switchboard.tweets.raw``, keyed by conversation id; a repeated tweet id is dropped; a line that
-is not a tweet goes to ``switchboard.deadletter`` with the reason and the original bytes.
+Sources (each optional, see ``ingest`` in the YAML file): the X filtered stream, each handle's
+mentions timeline and direct messages (polled with durable checkpoints), Account Activity
+webhooks, and backfill from a JSONL replay file or an X archive export. Whatever the source:
+
+- an inbound tweet becomes a RawTweet on ``switchboard.tweets.raw``, keyed by conversation id;
+- a tweet or DM sent by one of the company's own handles becomes a BrandTweet on
+  ``switchboard.tweets.brand`` (response times are measured from them downstream);
+- plain retweets are skipped unless ``ingest.include_retweets``;
+- a deletion becomes a ComplianceEvent on ``switchboard.compliance``;
+- the same tweet id from any source, within ``ingest.dedup_window_hours``, is published once;
+- input that is not a tweet goes to ``switchboard.deadletter`` with the reason and the bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
 
-from switchboard.ingest.normalize import NormalizeError, SeenTweets, tweet_from_v2
-from switchboard.ingest.replay import paced_lines
+from aiokafka import ConsumerRecord
+from fastapi import FastAPI
+
+from switchboard.ingest.archive import Archive
+from switchboard.ingest.checkpoints import Checkpoints
+from switchboard.ingest.dedup import SeenTweets
+from switchboard.ingest.normalize import (
+    Deletion,
+    NormalizeError,
+    deletion_from_activity,
+    deletion_from_compliance,
+    dm_from_activity,
+    dm_from_v2,
+    origin,
+    tweet_from_v1,
+    tweet_from_v2,
+    tweet_from_v2_data,
+)
+from switchboard.ingest.polling import DirectMessagesPoller, MentionsPoller
+from switchboard.ingest.replay import paced, paced_lines
 from switchboard.ingest.settings import IngestSettings
+from switchboard.ingest.stream import FilteredStream
+from switchboard.ingest.webhook import webhook_router
+from switchboard.ingest.xapi import XApi
 from switchboard.shared import metrics, topics
-from switchboard.shared.events import DeadLetter, DecodeError, RawTweet, Trace, TweetSource, utc_now
-from switchboard.shared.kafka import Output, ensure_topics, make_producer, publish
-from switchboard.shared.runtime import run_service
+from switchboard.shared.config import HandleConfig
+from switchboard.shared.events import (
+    BrandTweet,
+    ComplianceEvent,
+    DeadLetter,
+    DecodeError,
+    RawTweet,
+    Trace,
+    Tweet,
+    TweetSource,
+    utc_now,
+)
+from switchboard.shared.kafka import Output, ensure_topics, make_producer, publish, read_to_end
+from switchboard.shared.runtime import http_app, run_service
+from switchboard.shared.settings import read_secret
 
 log = logging.getLogger(__name__)
+
+TOPICS = [topics.RAW, topics.BRAND, topics.COMPLIANCE, topics.DEADLETTER, topics.INGEST_CHECKPOINTS]
 
 
 class IngestService:
@@ -28,9 +75,15 @@ class IngestService:
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
         self.config = settings.config
-        self.seen = SeenTweets(self.config.ingest.dedup_capacity)
+        ingest = self.config.ingest
+        self.seen = SeenTweets(ingest.dedup_capacity, ingest.dedup_window_hours * 3600)
         self.producer = make_producer(settings.kafka, client_id="switchboard-ingest")
+        self.checkpoints = Checkpoints(settings.kafka, self.producer)
+        self.apps = {name: read_secret(app.bearer_token, f"ingest.x.apps.{name}.bearer_token")
+                     for name, app in ingest.x.apps.items()}  # fmt: skip
+        self._apis: list[XApi] = []
         self._ready = False
+        self.finished_backfill = asyncio.Event()
 
     @property
     def ready(self) -> bool:
@@ -39,52 +92,252 @@ class IngestService:
     async def start(self) -> None:
         await ensure_topics(
             self.settings.kafka,
-            [topics.RAW, topics.DEADLETTER],
+            TOPICS,
             self.config.topics.partitions,
             self.config.topics.replication_factor,
         )
         await self.producer.start()
+        restored = await self._restore_seen()
+        await self.checkpoints.restore()
+        log.info("deduplication restored", extra={"tweet_ids": restored})
         self._ready = True
 
-    async def run(self, stop: asyncio.Event) -> None:
-        if self.settings.replay_file is not None:
-            await self.replay(stop)
-        await stop.wait()
+    async def _restore_seen(self) -> int:
+        """Refill the memory of seen ids from what was published within the window."""
+        since_ms = int((time.time() - self.seen.window_s) * 1000)
+        records: list[tuple[float, str]] = []
 
-    async def replay(self, stop: asyncio.Event) -> None:
+        def collect(record: ConsumerRecord) -> None:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                records.append((record.timestamp / 1000, json.loads(record.value)["tweet"]["id"]))
+
+        await read_to_end(
+            self.settings.kafka, [topics.RAW, topics.BRAND], collect, since_ms=since_ms,
+            client_id="switchboard-ingest-dedup",
+        )  # fmt: skip
+        for seen_at, tweet_id in sorted(records):
+            self.seen.remember(tweet_id, seen_at)
+        return len(records)
+
+    def http_app(self) -> FastAPI:
+        app = http_app(self)
+        webhook = self.config.ingest.x.webhook
+        if webhook.enabled:
+            app_config = self.config.ingest.x.apps[webhook.app]
+            assert app_config.consumer_secret is not None  # checked by the config model
+            secret = read_secret(
+                app_config.consumer_secret, f"ingest.x.apps.{webhook.app}.consumer_secret"
+            )
+            app.include_router(webhook_router(webhook, secret.get_secret_value(), self.on_webhook))
+        return app
+
+    # --- sources -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        work = [asyncio.create_task(c) for c in self._sources()]
+        backfill = [asyncio.create_task(c) for c in self._backfills()]
+        try:
+            if backfill:
+                await asyncio.gather(*backfill)
+            self.finished_backfill.set()
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait([stopping, *work], return_when=asyncio.FIRST_COMPLETED)
+            for task in work:
+                if task.done():
+                    task.result()  # a source that crashed takes the service down, loudly
+        finally:
+            for task in [*work, *backfill]:
+                task.cancel()
+            await asyncio.gather(*work, *backfill, return_exceptions=True)
+
+    def _backfills(self) -> list[Coroutine[Any, Any, None]]:
+        jobs = []
+        if self.settings.replay_file is not None:
+            jobs.append(self.replay())
+        if self.settings.archive is not None:
+            jobs.append(self.replay_archive())
+        return jobs
+
+    def _sources(self) -> list[Coroutine[Any, Any, None]]:
+        x = self.config.ingest.x
+        jobs: list[Coroutine[Any, Any, None]] = []
+        if x.filtered_stream.enabled:
+            stream = FilteredStream(self._api(x.filtered_stream.app), self.config, self.on_stream)
+            jobs.append(stream.run())
+        for handle in self.config.handles:
+            if x.mentions.enabled:
+                poller = MentionsPoller(handle, self._api(handle.app), self.checkpoints, x.mentions)
+                jobs.append(poller.run(self.on_polled_mention))
+            if x.direct_messages.enabled and handle.direct_messages:
+                api = self._user_api(handle)
+                dms = DirectMessagesPoller(handle, api, self.checkpoints, x.direct_messages)
+                jobs.append(dms.run(self.on_polled_dm))
+        return jobs
+
+    def _api(self, app: str) -> XApi:
+        api = XApi(self.settings.api_base_url, self.apps[app].get_secret_value())
+        self._apis.append(api)
+        return api
+
+    def _user_api(self, handle: HandleConfig) -> XApi:
+        assert handle.user_token is not None  # checked by the config model
+        index = self.config.handles.index(handle)
+        token = read_secret(handle.user_token, f"handles[{index}].user_token")
+        api = XApi(self.settings.api_base_url, token.get_secret_value())
+        self._apis.append(api)
+        return api
+
+    async def replay(self) -> None:
         path = self.settings.replay_file
         assert path is not None
         log.info("replay started", extra={"file": str(path), "rate_per_s": self.settings.rate})
-        published = 0
         async for number, line in paced_lines(path, self.settings.rate, self.settings.replay_limit):
-            if stop.is_set():
-                break
-            output = self.accept(line, "replay", where=f"{path.name}:{number}")
-            if output is not None:
-                await publish(self.producer, [output], self.name)
-                published += 1
-        log.info("replay finished", extra={"file": str(path), "published": published})
+            await self.on_line(line, "replay", where=f"{path.name}:{number}")
+        log.info("replay finished", extra={"file": str(path)})
 
-    def accept(self, line: bytes, source: TweetSource, where: str) -> Output | None:
-        """The message to publish for one raw line: a RawTweet, a dead letter, or None (repeat)."""
+    async def replay_archive(self) -> None:
+        assert self.settings.archive is not None
+        archive = Archive(self.settings.archive)
+        items = [*archive.tweets(self.config), *archive.direct_messages(self.config)]
+        items.sort(key=lambda i: i.created_at.timestamp() if isinstance(i, Tweet) else 0)
+        async for item in paced(items, self.settings.rate, self.settings.replay_limit):
+            if isinstance(item, NormalizeError):
+                await self._dead_letter(item, json.dumps({"error": str(item)}).encode(), "archive")
+            else:
+                await self.offer(item)
+
+    # --- what each source hands over ---------------------------------------------------------
+
+    async def on_stream(self, line: bytes) -> None:
+        await self.on_line(line, "filtered_stream", where="filtered stream")
+
+    async def on_line(self, line: bytes, source: TweetSource, where: str) -> str:
+        """One JSON line of an X API v2 stream or replay file."""
         try:
-            tweet = tweet_from_v2(_parse_json(line), self.config, source)
+            message = _parse_json(line)
+            deletion = deletion_from_compliance(message) if isinstance(message, dict) else None
+            if deletion is not None:
+                return await self.publish_deletion(deletion, source)
+            if isinstance(message, dict) and "data" not in message and "errors" in message:
+                # X's stream reports operational problems (e.g. forced disconnects) this way.
+                log.warning("X reported", extra={"where": where, "errors": message["errors"]})
+                return "x_error"
+            tweet = tweet_from_v2(message, self.config, source)
         except (NormalizeError, DecodeError) as problem:
-            metrics.DEAD_LETTERS.labels(self.name, problem.reason).inc()
-            log.warning(
-                "dead-lettered an input line", extra={"where": where, "reason": problem.reason}
+            return await self._dead_letter(problem, line, where)
+        return await self.offer(tweet)
+
+    async def on_polled_mention(
+        self, handle: HandleConfig, item: dict[str, Any], users: dict[str, dict]
+    ) -> None:
+        try:
+            tweet = tweet_from_v2_data(item, users, self.config, "mentions", [handle.handle])
+        except NormalizeError as problem:
+            await self._dead_letter(problem, json.dumps(item).encode(), "mentions")
+            return
+        await self.offer(tweet)
+
+    async def on_polled_dm(
+        self, handle: HandleConfig, item: dict[str, Any], users: dict[str, dict]
+    ) -> None:
+        try:
+            tweet = dm_from_v2(item, users, handle, self.config)
+        except NormalizeError as problem:
+            await self._dead_letter(problem, json.dumps(item).encode(), "dm_events")
+            return
+        await self.offer(tweet)
+
+    async def on_webhook(self, payload: dict[str, Any]) -> int:
+        """An Account Activity delivery; returns how many events were published."""
+        published = 0
+        users = payload.get("users") or {}
+        for status in payload.get("tweet_create_events", []):
+            published += await self._offer_or_dead_letter(
+                lambda s=status: tweet_from_v1(s, self.config, "webhook"), status
             )
-            letter = DeadLetter.of(self.name, DecodeError(problem.reason, problem.detail), line)
-            return Output.of(topics.DEADLETTER, letter, key=None)
+        for event in payload.get("direct_message_events", []):
+            if event.get("type") == "message_create":
+                published += await self._offer_or_dead_letter(
+                    lambda e=event: dm_from_activity(e, users, self.config), event
+                )
+        for item in payload.get("tweet_delete_events", []):
+            try:
+                deletion = deletion_from_activity(item)
+            except (NormalizeError, KeyError, ValueError) as problem:
+                await self._dead_letter(_as_normalize_error(problem), _dump(item), "webhook")
+                continue
+            published += await self.publish_deletion(deletion, "webhook") == "compliance"
+        return published
+
+    async def _offer_or_dead_letter(self, build: Any, original: dict) -> int:
+        try:
+            tweet = build()
+        except NormalizeError as problem:
+            await self._dead_letter(problem, _dump(original), "webhook")
+            return 0
+        return await self.offer(tweet) in ("inbound", "brand")
+
+    # --- publishing ----------------------------------------------------------------------------
+
+    async def offer(self, tweet: Tweet) -> str:
+        """Publish ``tweet`` unless it was seen or is skipped; returns what happened to it."""
+        kind, own_handle = origin(tweet, self.config)
+        if kind == "retweet":
+            metrics.TWEETS_SKIPPED.labels(tweet.source, "retweet").inc()
+            return "skipped"
         if not self.seen.first_time(tweet.id):
-            metrics.DUPLICATES_DROPPED.labels(source).inc()
-            return None
-        metrics.TWEETS_INGESTED.labels(source).inc()
-        event = RawTweet(tweet=tweet, trace=Trace(ingested_at=utc_now()))
-        return Output.of(topics.RAW, event, key=tweet.conversation_id)
+            metrics.DUPLICATES_DROPPED.labels(tweet.source).inc()
+            return "duplicate"
+        trace = Trace(ingested_at=utc_now())
+        if own_handle is not None:
+            output = Output.of(
+                topics.BRAND,
+                BrandTweet(handle=own_handle.handle, tweet=tweet, trace=trace),
+                key=tweet.conversation_id,
+            )
+        else:
+            output = Output.of(
+                topics.RAW, RawTweet(tweet=tweet, trace=trace), tweet.conversation_id
+            )
+        try:
+            await publish(self.producer, [output], self.name)
+        except BaseException:
+            self.seen.forget(tweet.id)  # not published: a later copy must not count as a repeat
+            raise
+        metrics.LAST_EVENT_TIMESTAMP.labels(tweet.source).set(time.time())
+        if own_handle is not None:
+            metrics.BRAND_TWEETS.labels(tweet.source, own_handle.handle).inc()
+            return "brand"
+        handle = tweet.addressed_handles[0] if tweet.addressed_handles else "none"
+        metrics.TWEETS_INGESTED.labels(tweet.source, handle).inc()
+        return "inbound"
+
+    async def publish_deletion(self, deletion: Deletion, source: TweetSource) -> str:
+        event = ComplianceEvent(
+            tweet_id=deletion.tweet_id,
+            user_id=deletion.user_id,
+            event_at=deletion.event_at,
+            source=source,
+        )
+        await publish(
+            self.producer, [Output.of(topics.COMPLIANCE, event, deletion.tweet_id)], self.name
+        )
+        metrics.COMPLIANCE_EVENTS.labels(source).inc()
+        return "compliance"
+
+    async def _dead_letter(
+        self, problem: NormalizeError | DecodeError, original: bytes, where: str
+    ) -> str:
+        metrics.DEAD_LETTERS.labels(self.name, problem.reason).inc()
+        log.warning("dead-lettered an input", extra={"where": where, "reason": problem.reason})
+        letter = DeadLetter.of(self.name, DecodeError(problem.reason, problem.detail), original)
+        await publish(self.producer, [Output.of(topics.DEADLETTER, letter, key=None)], self.name)
+        return "dead_letter"
 
     async def close(self) -> None:
         self._ready = False
+        for api in self._apis:
+            await api.close()
         await self.producer.stop()
 
 
@@ -97,6 +350,16 @@ def _parse_json(line: bytes) -> object:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DecodeError("invalid_json", str(exc)) from None
+
+
+def _dump(item: object) -> bytes:
+    return json.dumps(item, ensure_ascii=False).encode()
+
+
+def _as_normalize_error(problem: Exception) -> NormalizeError:
+    if isinstance(problem, NormalizeError):
+        return problem
+    return NormalizeError("invalid_event", f"{type(problem).__name__}: {problem}")
 
 
 def main(**overrides: object) -> None:

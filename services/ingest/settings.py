@@ -19,7 +19,15 @@ class IngestSettings(ServiceSettings):
         default=None, gt=0, description="Overrides ingest.replay_rate_per_s of the YAML file"
     )
     replay_limit: int | None = Field(default=None, ge=0, description="Stop after this many lines")
+    archive: Path | None = Field(default=None, description="X archive export (zip or folder)")
+    x_api_base_url: str | None = Field(
+        default=None, description="Overrides ingest.x.api_base_url of the YAML file"
+    )
 
     @property
     def rate(self) -> float:
         return self.replay_rate_per_s or self.config.ingest.replay_rate_per_s
+
+    @property
+    def api_base_url(self) -> str:
+        return (self.x_api_base_url or self.config.ingest.x.api_base_url).rstrip("/")

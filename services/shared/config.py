@@ -7,6 +7,7 @@ Endpoints and secrets do not belong here; they come from environment variables (
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -25,12 +26,56 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SecretRef(Section):
+    """Where a secret is read from: an environment variable or a file (a mounted Secret).
+
+    The file holds the value alone; surrounding whitespace is ignored. Values never appear in
+    the YAML file, logs or error messages."""
+
+    env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env (a variable name) or file (a path)")
+        return self
+
+
+class ListenRules(Section):
+    """Extra filtered-stream terms for a handle, besides tweets that mention or reply to it."""
+
+    keywords: list[Annotated[str, Field(min_length=2, max_length=100)]] = Field(
+        default_factory=list
+    )
+    hashtags: list[Annotated[str, Field(pattern=r"^#?\w{1,100}$")]] = Field(default_factory=list)
+    cashtags: list[Annotated[str, Field(pattern=r"^\$?[A-Za-z]{1,6}$")]] = Field(
+        default_factory=list
+    )
+
+
 class HandleConfig(Section):
     handle: HandleName
     user_id: str = Field(pattern=r"^[0-9]+$")
     brand: str
     segment: Segment
     default_department: Department
+    app: str = Field(default="default", description="Key in ingest.x.apps whose tokens read it")
+    listen: ListenRules = Field(default_factory=ListenRules)
+    direct_messages: bool = Field(default=False, description="Read the handle's DMs")
+    user_token: SecretRef | None = Field(
+        default=None, description="OAuth 2.0 user-context access token (needed for DMs)"
+    )
+
+    @model_validator(mode="after")
+    def _dm_needs_user_token(self) -> HandleConfig:
+        if self.direct_messages and self.user_token is None:
+            raise ValueError("direct_messages needs user_token (the handle's user-context token)")
+        return self
+
+    @property
+    def username(self) -> str:
+        return self.handle[1:]
 
 
 class DepartmentConfig(Section):
@@ -42,11 +87,76 @@ class TopicsConfig(Section):
     replication_factor: int = Field(default=1, ge=1, le=10)
 
 
+class XAppConfig(Section):
+    """One X developer app: its tokens, by reference."""
+
+    bearer_token: SecretRef = Field(description="App-only token: stream, rules, mentions")
+    consumer_secret: SecretRef | None = Field(
+        default=None, description="API secret: webhook CRC responses and signature checks"
+    )
+
+
+class ReconnectConfig(Section):
+    """Waits between stream reconnects; the defaults are X's documented policy."""
+
+    network_step_s: float = Field(default=0.25, gt=0, description="Linear step, network errors")
+    network_max_s: float = Field(default=16.0, gt=0)
+    http_initial_s: float = Field(default=5.0, gt=0, description="Doubling, HTTP errors")
+    http_max_s: float = Field(default=320.0, gt=0)
+    rate_limit_initial_s: float = Field(default=60.0, gt=0, description="Doubling, HTTP 429")
+
+
+class FilteredStreamConfig(Section):
+    enabled: bool = False
+    app: str = "default"
+    rule_tag_prefix: str = Field(
+        default="switchboard:", min_length=1, description="Marks the rules this config owns"
+    )
+    max_rule_length: int = Field(default=512, ge=64, le=4096)
+    # X sends a keep-alive newline every 20 seconds; silence longer than this is a stall.
+    stall_timeout_s: float = Field(default=30.0, gt=0)
+    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
+
+
+class PollingConfig(Section):
+    enabled: bool = False
+    interval_s: float = Field(default=60.0, gt=0)
+    max_results: int = Field(default=100, ge=5, le=100)
+
+
+class WebhookConfig(Section):
+    enabled: bool = False
+    app: str = "default"
+    path: str = Field(default="/webhooks/x", pattern=r"^/[A-Za-z0-9/_-]*$")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+
+
+class XConfig(Section):
+    api_base_url: str = Field(default="https://api.twitter.com", pattern=r"^https?://[^/]+$")
+    apps: dict[str, XAppConfig] = Field(default_factory=dict)
+    filtered_stream: FilteredStreamConfig = Field(default_factory=FilteredStreamConfig)
+    mentions: PollingConfig = Field(default_factory=PollingConfig)
+    direct_messages: PollingConfig = Field(default_factory=PollingConfig)
+    webhook: WebhookConfig = Field(default_factory=WebhookConfig)
+
+    @property
+    def any_source(self) -> bool:
+        return any(
+            s.enabled
+            for s in (self.filtered_stream, self.mentions, self.direct_messages, self.webhook)
+        )
+
+
 class IngestConfig(Section):
     replay_rate_per_s: float = Field(default=20.0, gt=0)
     dedup_capacity: int = Field(
         default=1_000_000, ge=1000, description="Tweet ids remembered to drop duplicates"
     )
+    dedup_window_hours: float = Field(
+        default=72.0, gt=0, description="A tweet id seen within this window is a duplicate"
+    )
+    include_retweets: bool = Field(default=False, description="Plain retweets are skipped")
+    x: XConfig = Field(default_factory=XConfig)
 
 
 class ClassifyConfig(Section):
@@ -126,6 +236,23 @@ class SwitchboardConfig(Section):
                     f"handles[{index}].handle: {handle.handle} is already handles[{seen[key]}]"
                 )
             seen[key] = index
+        return self
+
+    @model_validator(mode="after")
+    def _apps_exist(self) -> SwitchboardConfig:
+        x = self.ingest.x
+        if not x.any_source:
+            return self
+        wanted = [(f"handles[{i}].app", h.app) for i, h in enumerate(self.handles)]
+        wanted += [
+            ("ingest.x.filtered_stream.app", x.filtered_stream.app),
+            ("ingest.x.webhook.app", x.webhook.app),
+        ]
+        for key, app in wanted:
+            if app not in x.apps:
+                raise ValueError(f"{key}: no app {app!r} under ingest.x.apps")
+        if x.webhook.enabled and x.apps[x.webhook.app].consumer_secret is None:
+            raise ValueError(f"ingest.x.apps.{x.webhook.app}.consumer_secret: the webhook needs it")
         return self
 
     def handle_by_username(self) -> dict[str, HandleConfig]:

@@ -21,7 +21,9 @@ from switchboard.shared.labels import Department, Urgency
 SCHEMA_VERSION = 1
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-TweetSource = Literal["replay", "filtered_stream", "mentions", "direct_message", "webhook"]
+TweetSource = Literal[
+    "replay", "archive", "filtered_stream", "mentions", "direct_message", "webhook"
+]
 
 
 def utc_now() -> datetime:
@@ -73,6 +75,11 @@ class Tweet(Model):
     in_reply_to_user_id: str | None = None
     source: TweetSource
     url: str = Field(description="Link to the tweet on x.com")
+    kind: Literal["tweet", "direct_message"] = "tweet"
+    quoted_tweet_id: str | None = Field(default=None, description="The tweet this one quotes")
+    matched_rules: list[str] = Field(
+        default_factory=list, description="Filtered-stream rule tags this tweet matched"
+    )
 
 
 class Classification(Model):
@@ -114,6 +121,29 @@ class RawTweet(Event):
     event_type: Literal["tweet.raw"] = "tweet.raw"
     tweet: Tweet
     trace: Trace
+
+
+class BrandTweet(Event):
+    """On ``switchboard.tweets.brand``: a tweet or DM sent by one of the company's own handles.
+
+    Not routed; it answers an inbound tweet when ``tweet.referenced_tweets`` has ``replied_to``
+    (or, for a DM, shares its conversation), so response time and rate can be measured."""
+
+    event_type: Literal["tweet.brand"] = "tweet.brand"
+    handle: str = Field(description="The company handle that sent it")
+    tweet: Tweet
+    trace: Trace
+
+
+class ComplianceEvent(Event):
+    """On ``switchboard.compliance``: a tweet or DM was deleted; downstream copies must go."""
+
+    event_type: Literal["compliance.delete"] = "compliance.delete"
+    tweet_id: str
+    user_id: str | None = None
+    event_at: AwareDatetime = Field(description="When X reported the deletion")
+    source: TweetSource
+    received_at: AwareDatetime = Field(default_factory=utc_now)
 
 
 class ClassifiedTweet(Event):
@@ -200,6 +230,8 @@ class DeadLetter(Event):
 
 EVENT_TYPES: tuple[type[Event], ...] = (
     RawTweet,
+    BrandTweet,
+    ComplianceEvent,
     ClassifiedTweet,
     RoutedTweet,
     Alert,

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
@@ -23,7 +23,7 @@ from aiokafka.helpers import create_ssl_context
 from switchboard.shared import metrics
 from switchboard.shared.events import DeadLetter, DecodeError, E, Event, decode, encode
 from switchboard.shared.settings import KafkaSettings
-from switchboard.shared.topics import DEADLETTER
+from switchboard.shared.topics import DEADLETTER, topic_config
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,10 @@ async def ensure_topics(
             # Another service may create them at the same moment; that is fine.
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
-                    [NewTopic(t, partitions, replication_factor) for t in missing]
+                    [
+                        NewTopic(t, partitions, replication_factor, topic_configs=topic_config(t))
+                        for t in missing
+                    ]
                 )
         return missing
     finally:
@@ -195,3 +198,60 @@ async def publish(producer: AIOKafkaProducer, outputs: Sequence[Output], service
     await asyncio.gather(*pending)
     for output in outputs:
         metrics.PRODUCED.labels(service, output.topic).inc()
+
+
+async def read_to_end(
+    kafka: KafkaSettings,
+    topic_names: Sequence[str],
+    apply: Callable[[ConsumerRecord], None],
+    *,
+    since_ms: int | None = None,
+    client_id: str = "switchboard-reader",
+) -> int:
+    """Feed every record of ``topic_names`` (from ``since_ms`` on, if given) to ``apply``, up to
+    the end offsets seen at the start; no consumer group, nothing committed. Returns the count.
+    """
+    consumer = AIOKafkaConsumer(
+        client_id=client_id, enable_auto_commit=False, **client_options(kafka)
+    )
+    await consumer.start()
+    try:
+        assigned = []
+        for topic in topic_names:
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                await consumer.topics()  # metadata for topics created since the start
+                partitions = consumer.partitions_for_topic(topic) or set()
+            assigned += [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not assigned:
+            return 0
+        consumer.assign(assigned)
+        end = await consumer.end_offsets(assigned)
+        await _seek_start(consumer, assigned, since_ms)
+        count = 0
+        remaining = {tp for tp in assigned if await consumer.position(tp) < end[tp]}
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    apply(record)
+                    count += 1
+            for tp in list(remaining):
+                if await consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+        return count
+    finally:
+        await consumer.stop()
+
+
+async def _seek_start(
+    consumer: AIOKafkaConsumer, assigned: list[TopicPartition], since_ms: int | None
+) -> None:
+    if since_ms is None:
+        await consumer.seek_to_beginning(*assigned)
+        return
+    found = await consumer.offsets_for_times({tp: since_ms for tp in assigned})
+    ends = await consumer.end_offsets(assigned)
+    for tp in assigned:
+        offset = found.get(tp)
+        consumer.seek(tp, offset.offset if offset is not None else ends[tp])

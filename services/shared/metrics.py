@@ -38,10 +38,55 @@ BATCH_SIZE = Histogram(
 )
 
 TWEETS_INGESTED = Counter(
-    "switchboard_tweets_ingested_total", "Tweets published on the raw topic", ["source"]
+    "switchboard_tweets_ingested_total",
+    "Inbound tweets and DMs published on the raw topic, by source and first addressed handle",
+    ["source", "handle"],
+)
+BRAND_TWEETS = Counter(
+    "switchboard_brand_tweets_total",
+    "Tweets and DMs sent by the company's own handles, published on the brand topic",
+    ["source", "handle"],
 )
 DUPLICATES_DROPPED = Counter(
     "switchboard_duplicates_dropped_total", "Tweets dropped as already seen", ["source"]
+)
+TWEETS_SKIPPED = Counter(
+    "switchboard_tweets_skipped_total", "Tweets not published (e.g. retweets)", ["source", "reason"]
+)
+COMPLIANCE_EVENTS = Counter(
+    "switchboard_compliance_events_total",
+    "Deletions published on switchboard.compliance",
+    ["source"],
+)
+LAST_EVENT_TIMESTAMP = Gauge(
+    "switchboard_ingest_last_event_timestamp_seconds",
+    "When each source last delivered something (age = time() - value)",
+    ["source"],
+)
+STREAM_CONNECTED = Gauge(
+    "switchboard_stream_connected", "1 while the filtered stream is connected", ["source"]
+)
+STREAM_RECONNECTS = Counter(
+    "switchboard_stream_reconnects_total",
+    "Filtered-stream reconnects, by what ended the connection",
+    ["reason"],
+)
+STREAM_STALLS = Counter(
+    "switchboard_stream_stalls_total", "Stream connections dropped for missing keep-alives"
+)
+RATE_LIMIT_WAITS = Counter(
+    "switchboard_rate_limit_waits_total", "Times a call waited for an X rate limit", ["endpoint"]
+)
+RATE_LIMIT_WAIT_SECONDS = Counter(
+    "switchboard_rate_limit_wait_seconds_total",
+    "Seconds spent waiting for rate limits",
+    ["endpoint"],
+)
+POLL_ERRORS = Counter(
+    "switchboard_poll_errors_total", "Polls that failed and will be retried", ["source"]
+)
+WEBHOOK_REQUESTS = Counter(
+    "switchboard_webhook_requests_total", "Webhook requests, by outcome", ["outcome"]
 )
 
 TWEETS_CLASSIFIED = Counter(

@@ -57,11 +57,15 @@ def http_app(service: Service) -> FastAPI:
     return app
 
 
-async def run_service(
-    make_service: Callable[[S], Service], settings: S, app: FastAPI | None = None
-) -> None:
-    """Build the service inside the event loop (Kafka clients need one) and run it."""
+async def run_service(make_service: Callable[[S], Service], settings: S) -> None:
+    """Build the service inside the event loop (Kafka clients need one) and run it.
+
+    A service with an ``http_app()`` method serves that app (which should include
+    ``http_app(service)``'s endpoints); the others serve health, readiness and metrics.
+    """
     service = make_service(settings)
+    own_app = getattr(service, "http_app", None)
+    app = own_app() if own_app is not None else http_app(service)
     configure_logging(service.name, settings.log_level, settings.log_format)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -70,7 +74,7 @@ async def run_service(
 
     server = uvicorn.Server(
         uvicorn.Config(
-            app or http_app(service),
+            app,
             host=settings.http_host,
             port=settings.port,
             log_level="warning",

@@ -7,6 +7,7 @@ and raises ``ConfigError`` naming every wrong key, so a service fails at start, 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
@@ -19,7 +20,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from switchboard.shared.config import SwitchboardConfig
+from switchboard.shared.config import SecretRef, SwitchboardConfig
 
 DEFAULT_CONFIG_FILE = Path("config/switchboard.yaml")
 CONFIG_FILE_ENV = "SWITCHBOARD_CONFIG_FILE"
@@ -160,3 +161,22 @@ def _yaml_path(loc: list[Any]) -> str:
         else:
             path += ("." if path else "") + str(part)
     return path
+
+
+def read_secret(ref: SecretRef, key: str) -> SecretStr:
+    """The value a ``SecretRef`` points at; ``key`` names it in the error when it is missing."""
+    if ref.env is not None:
+        value = os.environ.get(ref.env, "").strip()
+        if not value:
+            raise ConfigError(f"config key {key}.env: environment variable {ref.env} is not set")
+        return SecretStr(value)
+    assert ref.file is not None
+    try:
+        value = ref.file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"config key {key}.file: cannot read {ref.file}: {exc.strerror}"
+        ) from None
+    if not value:
+        raise ConfigError(f"config key {key}.file: {ref.file} is empty")
+    return SecretStr(value)

@@ -5,6 +5,10 @@ from __future__ import annotations
 from switchboard.shared.labels import DEPARTMENTS, Department
 
 RAW = "switchboard.tweets.raw"
+BRAND = "switchboard.tweets.brand"
+COMPLIANCE = "switchboard.compliance"
+# Compacted: the last since_id of each polled source, so a restart neither misses nor repeats.
+INGEST_CHECKPOINTS = "switchboard.ingest.checkpoints"
 CLASSIFIED = "switchboard.tweets.classified"
 TRIAGE = "switchboard.triage"
 ALERTS = "switchboard.alerts"
@@ -26,6 +30,9 @@ PRIMARY_TOPICS: tuple[str, ...] = (*DEPARTMENT_TOPICS, TRIAGE)
 
 ALL: tuple[str, ...] = (
     RAW,
+    BRAND,
+    COMPLIANCE,
+    INGEST_CHECKPOINTS,
     CLASSIFIED,
     *PRIMARY_TOPICS,
     ALERTS,
@@ -33,3 +40,10 @@ ALL: tuple[str, ...] = (
     NOTIFICATIONS_DLQ,
     DEADLETTER,
 )
+
+# Topics that keep only the last message per key (Kafka log compaction).
+COMPACTED: frozenset[str] = frozenset({INGEST_CHECKPOINTS})
+
+
+def topic_config(topic: str) -> dict[str, str]:
+    return {"cleanup.policy": "compact"} if topic in COMPACTED else {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from switchboard.ingest.normalize import NormalizeError, SeenTweets, tweet_from_v2
+from switchboard.ingest.normalize import NormalizeError, tweet_from_v2
 
 AUTHOR = {
     "id": "42",
@@ -93,12 +93,3 @@ def test_what_is_not_a_tweet_is_refused_with_a_reason(config, broken, reason):
     with pytest.raises(NormalizeError) as caught:
         tweet_from_v2(broken, config)
     assert caught.value.reason == reason
-
-
-def test_seen_tweets_drops_repeats_and_forgets_the_oldest():
-    seen = SeenTweets(capacity=2)
-    assert seen.first_time("a") and seen.first_time("b")
-    assert not seen.first_time("a")
-    assert seen.first_time("c")  # evicts b, the least recently seen
-    assert seen.first_time("b")
-    assert not seen.first_time("c")

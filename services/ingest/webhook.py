@@ -1,0 +1,78 @@
+"""Account Activity webhooks: X pushes tweets, DMs and deletions for subscribed handles.
+
+- ``GET <path>?crc_token=...`` answers X's challenge-response check with
+  ``{"response_token": "sha256=" + base64(HMAC-SHA256(consumer_secret, crc_token))}``.
+- ``POST <path>`` must carry ``x-twitter-webhooks-signature: sha256=<base64 HMAC of the body>``;
+  a missing or wrong signature is 401, a body over ``max_body_bytes`` is 413. The events are
+  published before the 200, so X redelivers what a failed request did not publish.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+
+from switchboard.shared import metrics
+from switchboard.shared.config import WebhookConfig
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "x-twitter-webhooks-signature"
+
+Handler = Callable[[dict[str, Any]], Awaitable[int]]
+
+
+def signature(secret: bytes, payload: bytes) -> str:
+    digest = hmac.new(secret, payload, hashlib.sha256).digest()
+    return "sha256=" + base64.b64encode(digest).decode("ascii")
+
+
+def webhook_router(settings: WebhookConfig, consumer_secret: str, handle: Handler) -> APIRouter:
+    router = APIRouter()
+    secret = consumer_secret.encode()
+
+    @router.get(settings.path)
+    async def crc(crc_token: str = Query(min_length=1)) -> dict[str, str]:
+        metrics.WEBHOOK_REQUESTS.labels("crc").inc()
+        return {"response_token": signature(secret, crc_token.encode())}
+
+    @router.post(settings.path)
+    async def receive(request: Request) -> dict[str, int]:
+        body = await _read_limited(request, settings.max_body_bytes)
+        given = request.headers.get(SIGNATURE_HEADER, "")
+        if not hmac.compare_digest(given.encode(), signature(secret, body).encode()):
+            metrics.WEBHOOK_REQUESTS.labels("bad_signature").inc()
+            raise HTTPException(status_code=401, detail="missing or invalid signature")
+        try:
+            payload = json.loads(body)
+        except json.JSONDecodeError:
+            metrics.WEBHOOK_REQUESTS.labels("invalid_json").inc()
+            raise HTTPException(status_code=400, detail="body is not JSON") from None
+        if not isinstance(payload, dict):
+            raise HTTPException(status_code=400, detail="body is not a JSON object")
+        published = await handle(payload)
+        metrics.WEBHOOK_REQUESTS.labels("accepted").inc()
+        return {"published": published}
+
+    return router
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        metrics.WEBHOOK_REQUESTS.labels("too_large").inc()
+        raise HTTPException(status_code=413, detail=f"body larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            metrics.WEBHOOK_REQUESTS.labels("too_large").inc()
+            raise HTTPException(status_code=413, detail=f"body larger than {limit} bytes")
+    return bytes(body)
