@@ -54,6 +54,7 @@ class TrainOptions:
     lora_dropout: float = 0.1
     max_length: int = 96
     critical_weight: float = 2.0  # on top of balancing: missing a critical tweet costs most
+    label_smoothing: float = 0.0  # of both losses; guards against over-confident memorization
     threads: int = 2
     limit: int | None = None  # train on the first N rows only (smoke tests)
 
@@ -172,9 +173,11 @@ class Trainer:
         urgency_weights = class_weights(urgencies, len(Urgency))
         urgency_weights[list(Urgency).index(Urgency.CRITICAL)] *= o.critical_weight
         department_loss = torch.nn.CrossEntropyLoss(
-            weight=class_weights(departments, len(Department))
+            weight=class_weights(departments, len(Department)), label_smoothing=o.label_smoothing
         )
-        urgency_loss = torch.nn.CrossEntropyLoss(weight=urgency_weights)
+        urgency_loss = torch.nn.CrossEntropyLoss(
+            weight=urgency_weights, label_smoothing=o.label_smoothing
+        )
         lora = [p for p in self.encoder.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from switchboard.classify.data import file_sha256, load_labeled
+from switchboard.classify.data import content_sha256, load_labeled
 from switchboard.classify.evaluation import report
 from switchboard.classify.model import DEFAULT_ARTIFACT
 from switchboard.classify.service import ClassifyService
@@ -23,7 +23,7 @@ def test_the_shipped_model_card_describes_it():
     assert card["data"]["train"]["rows"] > 0 and len(card["data"]["train"]["sha256"]) == 64
     assert set(card["metrics"]) == {"dev", "test"}
     for split in ("train", "dev", "test"):  # trained on exactly the data in the repository
-        assert card["data"][split]["sha256"] == file_sha256(LABELED / f"{split}.jsonl"), split
+        assert card["data"][split]["sha256"] == content_sha256(LABELED / f"{split}.jsonl"), split
     assert card["languages"] == ["en"] and 0 < card["calibration"]["critical_threshold"] <= 0.5
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from switchboard.classify.data import file_sha256
+from switchboard.classify.data import content_sha256
 from switchboard.classify.model import TweetClassifier
 from tests.conftest import LABELED, ROOT
 
@@ -60,7 +60,7 @@ def test_training_writes_a_loadable_versioned_artifact(tiny_data, tmp_path):
     assert card["version"] == "minilm-lora-v1" and card["options"]["seed"] == 5
     assert card["data"]["train"] == {
         "rows": 48,
-        "sha256": file_sha256(tiny_data / "train.jsonl"),
+        "sha256": content_sha256(tiny_data / "train.jsonl"),
         "departments": card["data"]["train"]["departments"],
         "urgencies": card["data"]["train"]["urgencies"],
     }

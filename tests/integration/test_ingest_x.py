@@ -1,0 +1,415 @@
+"""Ingest against a stand-in X API v2 on loopback and the embedded broker.
+
+Covers rule synchronization, the stream's reconnects (disconnect, stall, HTTP errors, 429),
+mentions polling with durable checkpoints across a restart, DMs, webhooks (CRC, signatures,
+body limits), duplicates across sources, brand replies, deletions and archive backfill.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from switchboard.ingest.rules import desired_rules
+from switchboard.ingest.service import IngestService
+from switchboard.ingest.settings import IngestSettings
+from switchboard.ingest.webhook import SIGNATURE_HEADER, signature
+from switchboard.shared import metrics, topics
+from switchboard.shared.events import BrandTweet, ComplianceEvent, RawTweet, decode
+from switchboard.shared.settings import ConfigError
+from tests.conftest import X_APP_TOKEN, X_USER_TOKEN, wait_for
+
+HELP_ID, IR_ID = "2100000000000000001", "2100000000000000002"
+CONSUMER_SECRET = "test-consumer-secret"
+_ids = itertools.count(3_000_000_000_000_000_000)
+
+
+def new_id() -> str:
+    return str(next(_ids))
+
+
+@pytest.fixture
+def x_env(monkeypatch):
+    monkeypatch.setenv("X_APP_TOKEN", X_APP_TOKEN)
+    monkeypatch.setenv("X_HELP_USER_TOKEN", X_USER_TOKEN)
+    monkeypatch.setenv("X_CONSUMER_SECRET", CONSUMER_SECRET)
+
+
+@pytest.fixture
+def ingest_settings(kafka, x_api, x_env, tmp_path):
+    """``ingest_settings(stream=True, mentions=True, ...)``: settings for a two-handle company."""
+
+    def build(*, stream=False, mentions=False, dms=False, webhook=False, **extra) -> IngestSettings:
+        fast_reconnect = {
+            "network_step_s": 0.05,
+            "http_initial_s": 0.1,
+            "http_max_s": 0.4,
+            "rate_limit_initial_s": 0.2,
+        }
+        config = {
+            "handles": [
+                {
+                    "handle": "@AcmeHelp",
+                    "user_id": HELP_ID,
+                    "brand": "Acme",
+                    "segment": "support",
+                    "default_department": "customer_service",
+                    "app": "main",
+                    "listen": {"keywords": ["acme outage"], "cashtags": ["ACME"]},
+                    "direct_messages": dms,
+                    "user_token": {"env": "X_HELP_USER_TOKEN"},
+                },
+                {
+                    "handle": "@AcmeIR",
+                    "user_id": IR_ID,
+                    "brand": "Acme",
+                    "segment": "investor",
+                    "default_department": "investor_relations",
+                    "app": "main",
+                },
+            ],
+            "ingest": {
+                "x": {
+                    "apps": {
+                        "main": {
+                            "bearer_token": {"env": "X_APP_TOKEN"},
+                            "consumer_secret": {"env": "X_CONSUMER_SECRET"},
+                        }
+                    },
+                    "filtered_stream": {
+                        "enabled": stream,
+                        "app": "main",
+                        "stall_timeout_s": 1.0,
+                        "reconnect": fast_reconnect,
+                    },
+                    "mentions": {"enabled": mentions, "interval_s": 0.2, "max_results": 5},
+                    "direct_messages": {"enabled": dms, "interval_s": 0.2, "max_results": 5},
+                    "webhook": {"enabled": webhook, "app": "main", "max_body_bytes": 4096},
+                }
+            },
+        }
+        path = tmp_path / "switchboard.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return IngestSettings.load(
+            config_file=path, kafka=kafka, x_api_base_url=x_api.base_url, **extra
+        )
+
+    return build
+
+
+@pytest.fixture
+def customers(x_api):
+    x_api.add_user(HELP_ID, "AcmeHelp")
+    x_api.add_user(IR_ID, "AcmeIR")
+    return x_api.add_user("42", "ana_flies", followers_count=812), x_api.add_user("43", "bo")
+
+
+def published(records, topic, event_type):
+    return [decode(event_type, r.value) for r in records if r.topic == topic]
+
+
+def ids_on(records, topic, event_type, wanted):
+    return [e.tweet.id for e in published(records, topic, event_type) if e.tweet.id in wanted]
+
+
+async def test_rules_are_synchronized_without_touching_foreign_ones(
+    x_api, ingest_settings, running
+):
+    x_api.rules["1"] = {"id": "1", "value": "@Old", "tag": "switchboard:@AcmeOld"}
+    x_api.rules["2"] = {"id": "2", "value": "cats", "tag": "social-team"}
+    settings = ingest_settings(stream=True)
+
+    async with running(IngestService(settings)):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+
+    values = {(r["value"], r["tag"]) for r in x_api.rules.values()}
+    wanted = {(r.value, r.tag) for r in desired_rules(settings.config)}
+    assert values == wanted | {("cats", "social-team")}
+    assert all(r["auth"] == f"Bearer {X_APP_TOKEN}" for r in x_api.requests)
+
+
+async def test_stream_survives_disconnects_stalls_and_errors_without_loss(
+    x_api, customers, ingest_settings, running, read
+):
+    ana, _ = customers
+    settings = ingest_settings(stream=True)
+    sent = [new_id() for _ in range(6)]
+    before = {
+        r: metrics.STREAM_RECONNECTS.labels(r)._value.get() for r in ("stall", "rate_limited")
+    }
+
+    async with running(IngestService(settings)):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+        x_api.disconnect_stream_after(1)
+        x_api.push_stream(x_api.make_tweet(sent[0], "@AcmeHelp my bill is wrong", ana["id"]))
+        x_api.push_stream(x_api.make_tweet(sent[1], "@AcmeHelp still wrong", ana["id"]))
+        await wait_for(lambda: x_api.stream_connections >= 2)
+        x_api.fail_next("/2/tweets/search/stream", 503)
+        x_api.fail_next("/2/tweets/search/stream", 429, retry_after_s=0)
+        x_api.stall_stream(3.0)
+        x_api.push_stream(x_api.make_tweet(sent[2], "acme outage in Leeds?", ana["id"]),
+                          matching_tags=["switchboard:@AcmeHelp"])  # fmt: skip
+        x_api.push_stream(x_api.make_tweet(sent[3], "$ACME down 4% on the outage", ana["id"]),
+                          matching_tags=["switchboard:@AcmeIR"])  # fmt: skip
+        x_api.push_stream(x_api.make_tweet(sent[4], "@AcmeHelp hello", ana["id"]))
+        x_api.push_stream(x_api.make_tweet(sent[5], "@AcmeHelp anyone?", ana["id"]))
+        records = await read(
+            [topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, sent)) >= 6, 60
+        )
+
+    raw = {e.tweet.id: e.tweet for e in published(records, topics.RAW, RawTweet)}
+    assert sorted(ids_on(records, topics.RAW, RawTweet, sent)) == sorted(sent)  # each once
+    assert raw[sent[2]].addressed_handles == ["@AcmeHelp"]  # a keyword match, by its rule tag
+    assert raw[sent[3]].addressed_handles == ["@AcmeIR"]
+    assert raw[sent[0]].author.followers_count == 812
+    assert metrics.STREAM_RECONNECTS.labels("stall")._value.get() > before["stall"]
+    assert metrics.STREAM_RECONNECTS.labels("rate_limited")._value.get() > before["rate_limited"]
+
+
+async def test_mentions_resume_after_a_restart_with_no_loss_and_no_repeat(
+    x_api, customers, ingest_settings, running, read
+):
+    ana, bo = customers
+    settings = ingest_settings(mentions=True)
+    first = [new_id() for _ in range(12)]  # three pages of five
+    for tweet_id in first:
+        x_api.add_mention(HELP_ID, x_api.make_tweet(tweet_id, "@AcmeHelp hi", ana["id"]))
+
+    async with running(IngestService(settings)):
+        await read([topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, first)) >= 5)
+
+    # The first poll of a handle takes the latest page only; the rest is backfill's job.
+    second = [new_id() for _ in range(7)]
+    for tweet_id in second:
+        x_api.add_mention(HELP_ID, x_api.make_tweet(tweet_id, "@AcmeHelp again", bo["id"]))
+    async with running(IngestService(ingest_settings(mentions=True))):
+        await read([topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, second)) >= 7)
+        records = await read([topics.RAW], lambda rs: False, timeout_s=1.5)  # let polls repeat
+
+    seen = ids_on(records, topics.RAW, RawTweet, first + second)
+    # Each once, nothing from before the restart (partitions interleave, so compare sorted).
+    assert sorted(seen) == sorted(first[-5:] + second)
+    polls = [r for r in x_api.requests if r["path"] == f"/2/users/{HELP_ID}/mentions"]
+    assert any(r["query"].get("since_id") == first[-1] for r in polls)
+
+
+async def test_a_rate_limited_poll_waits_for_the_reset_and_carries_on(
+    x_api, customers, ingest_settings, running, read
+):
+    ana, _ = customers
+    tweet_id = new_id()
+    x_api.add_mention(HELP_ID, x_api.make_tweet(tweet_id, "@AcmeHelp ping", ana["id"]))
+    x_api.fail_next(f"/2/users/{HELP_ID}/mentions", 429, retry_after_s=1)
+    waits = metrics.RATE_LIMIT_WAITS.labels("mentions")._value.get()
+
+    async with running(IngestService(ingest_settings(mentions=True))):
+        await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [tweet_id]))
+
+    assert metrics.RATE_LIMIT_WAITS.labels("mentions")._value.get() > waits
+
+
+async def test_direct_messages_in_and_out(x_api, customers, ingest_settings, running, read):
+    ana, _ = customers
+    inbound, reply = new_id(), new_id()
+    conversation = f"42-{HELP_ID}"
+    for event_id, sender, text in ((inbound, "42", "charged twice"), (reply, HELP_ID, "on it")):
+        x_api.add_dm_event({"id": event_id, "event_type": "MessageCreate", "text": text,
+                            "sender_id": sender, "dm_conversation_id": conversation,
+                            "participant_ids": ["42", HELP_ID],
+                            "created_at": "2026-11-20T08:00:00.000Z"})  # fmt: skip
+
+    async with running(IngestService(ingest_settings(dms=True))):
+        records = await read(
+            [topics.RAW, topics.BRAND],
+            lambda rs: (
+                ids_on(rs, topics.RAW, RawTweet, [inbound])
+                and ids_on(rs, topics.BRAND, BrandTweet, [reply])
+            ),
+        )
+
+    [dm] = [e.tweet for e in published(records, topics.RAW, RawTweet) if e.tweet.id == inbound]
+    assert dm.kind == "direct_message" and dm.addressed_handles == ["@AcmeHelp"]
+    assert dm.conversation_id == conversation and dm.author.username == "ana_flies"
+    dm_calls = [r for r in x_api.requests if r["path"] == "/2/dm_events"]
+    assert dm_calls and all(r["auth"] == f"Bearer {X_USER_TOKEN}" for r in dm_calls)
+
+
+def activity_tweet(tweet_id: str, text: str, user: dict, **extra: object) -> dict:
+    return {
+        "id_str": tweet_id,
+        "created_at": "Wed Nov 25 08:00:00 +0000 2026",
+        "text": text,
+        "user": user,
+        "entities": {"user_mentions": [{"screen_name": "AcmeHelp", "id_str": HELP_ID}]},
+        **extra,
+    }
+
+
+def signed(body: bytes) -> dict[str, str]:
+    return {SIGNATURE_HEADER: signature(CONSUMER_SECRET.encode(), body)}
+
+
+async def test_webhook_checks_crc_signatures_and_size(ingest_settings):
+    service = IngestService(ingest_settings(webhook=True))
+    transport = httpx.ASGITransport(app=service.http_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+        crc = await client.get("/webhooks/x", params={"crc_token": "challenge-123"})
+        body = json.dumps({"for_user_id": HELP_ID}).encode()
+        unsigned = await client.post("/webhooks/x", content=body)
+        forged = await client.post(
+            "/webhooks/x", content=body, headers={SIGNATURE_HEADER: "sha256=AAAA"}
+        )
+        huge = b'{"pad": "' + b"x" * 5000 + b'"}'
+        too_large = await client.post("/webhooks/x", content=huge, headers=signed(huge))
+
+    assert crc.status_code == 200
+    assert crc.json() == {"response_token": signature(CONSUMER_SECRET.encode(), b"challenge-123")}
+    assert (unsigned.status_code, forged.status_code, too_large.status_code) == (401, 401, 413)
+
+
+async def test_one_tweet_from_three_sources_is_published_once(
+    x_api, customers, ingest_settings, running, read
+):
+    ana, _ = customers
+    shared = new_id()
+    tweet = x_api.make_tweet(shared, "@AcmeHelp router dead since Monday", ana["id"])
+    x_api.add_mention(HELP_ID, tweet)
+    service = IngestService(ingest_settings(stream=True, mentions=True, webhook=True))
+    user = {"id_str": "42", "screen_name": "ana_flies", "followers_count": 812}
+    body = json.dumps(
+        {
+            "for_user_id": HELP_ID,
+            "tweet_create_events": [activity_tweet(shared, tweet["text"], user)],
+        }
+    ).encode()
+
+    async with running(service):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+        x_api.push_stream(tweet)
+        transport = httpx.ASGITransport(app=service.http_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            response = await client.post("/webhooks/x", content=body, headers=signed(body))
+        polls = f"/2/users/{HELP_ID}/mentions"
+        await wait_for(lambda: sum(r["path"] == polls for r in x_api.requests) >= 2)
+        records = await read([topics.RAW], lambda rs: False, timeout_s=1.5)
+
+    assert response.status_code == 200
+    assert ids_on(records, topics.RAW, RawTweet, [shared]) == [shared]
+
+
+async def test_brand_replies_and_deletions_land_on_their_own_topics(
+    x_api, customers, ingest_settings, running, read
+):
+    reply, deleted = new_id(), new_id()
+    service = IngestService(ingest_settings(webhook=True))
+    help_user = {"id_str": HELP_ID, "screen_name": "AcmeHelp"}
+    payload = {
+        "for_user_id": HELP_ID,
+        "tweet_create_events": [
+            activity_tweet(
+                reply,
+                "@ana_flies sorry! DM us",
+                help_user,
+                in_reply_to_status_id_str="17",
+                in_reply_to_user_id_str="42",
+            ),
+        ],  # fmt: skip
+        "tweet_delete_events": [
+            {"status": {"id": deleted, "user_id": "42"}, "timestamp_ms": "1764057600000"}
+        ],
+    }
+    body = json.dumps(payload).encode()
+    async with running(service):
+        transport = httpx.ASGITransport(app=service.http_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            assert (
+                await client.post("/webhooks/x", content=body, headers=signed(body))
+            ).json() == {"published": 2}
+        records = await read(
+            [topics.BRAND, topics.COMPLIANCE],
+            lambda rs: (
+                ids_on(rs, topics.BRAND, BrandTweet, [reply])
+                and any(r.topic == topics.COMPLIANCE and deleted.encode() in r.value for r in rs)
+            ),
+        )
+
+    [brand] = [e for e in published(records, topics.BRAND, BrandTweet) if e.tweet.id == reply]
+    assert brand.handle == "@AcmeHelp"
+    assert [(r.type, r.id) for r in brand.tweet.referenced_tweets] == [("replied_to", "17")]
+    [deletion] = [
+        e for e in published(records, topics.COMPLIANCE, ComplianceEvent) if e.tweet_id == deleted
+    ]
+    assert deletion.user_id == "42" and deletion.source == "webhook"
+
+
+def write_archive(path: Path, tweets: list[dict], conversations: list[dict]) -> Path:
+    def ytd(name: str, items: list) -> str:
+        return f"window.YTD.{name}.part0 = {json.dumps(items, indent=2)}"
+
+    account = [{"account": {"accountId": HELP_ID, "username": "AcmeHelp",
+                            "accountDisplayName": "Acme Support"}}]  # fmt: skip
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("data/account.js", ytd("account", account))
+        archive.writestr("data/tweets.js", ytd("tweets", [{"tweet": t} for t in tweets]))
+        archive.writestr(
+            "data/direct-messages.js",
+            ytd("direct_messages", [{"dmConversation": c} for c in conversations]),
+        )
+    return path
+
+
+def dm_create(event_id: str, sender: str, recipient: str, text: str, clock: str) -> dict:
+    return {
+        "messageCreate": {
+            "id": event_id,
+            "senderId": sender,
+            "recipientId": recipient,
+            "text": text,
+            "createdAt": f"2026-11-24T{clock}:00.000Z",
+        }
+    }
+
+
+async def test_an_archive_export_backfills_brand_replies_and_received_dms(
+    ingest_settings, running, read, tmp_path
+):
+    reply, inbound_dm, own_dm = new_id(), new_id(), new_id()
+    archive = write_archive(
+        tmp_path / "twitter-archive.zip",
+        tweets=[{"id_str": reply, "full_text": "@ana_flies refund sent",
+                 "created_at": "Tue Nov 24 10:00:00 +0000 2026",
+                 "in_reply_to_status_id_str": "99", "in_reply_to_user_id_str": "42",
+                 "entities": {"user_mentions": [{"screen_name": "ana_flies", "id_str": "42"}]}}],
+        conversations=[{"conversationId": f"42-{HELP_ID}", "messages": [
+            dm_create(inbound_dm, "42", HELP_ID, "where is my refund", "09:00"),
+            dm_create(own_dm, HELP_ID, "42", "checking now", "09:05"),
+        ]}],
+    )  # fmt: skip
+    service = IngestService(ingest_settings(archive=archive, replay_rate_per_s=1000))
+
+    async with running(service):
+        records = await read(
+            [topics.RAW, topics.BRAND],
+            lambda rs: (
+                ids_on(rs, topics.RAW, RawTweet, [inbound_dm])
+                and len(ids_on(rs, topics.BRAND, BrandTweet, [reply, own_dm])) == 2
+            ),
+        )
+
+    [dm] = [e.tweet for e in published(records, topics.RAW, RawTweet) if e.tweet.id == inbound_dm]
+    assert dm.addressed_handles == ["@AcmeHelp"] and dm.source == "archive"
+    brand = {e.tweet.id: e for e in published(records, topics.BRAND, BrandTweet)}
+    assert brand[reply].tweet.referenced_tweets[0].id == "99"
+
+
+async def test_a_missing_token_fails_at_start_naming_the_key(ingest_settings, monkeypatch):
+    settings = ingest_settings(stream=True)
+    monkeypatch.delenv("X_APP_TOKEN")
+    with pytest.raises(ConfigError, match=r"ingest\.x\.apps\.main\.bearer_token\.env"):
+        IngestService(settings)

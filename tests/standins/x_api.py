@@ -1,0 +1,857 @@
+"""An in-process stand-in for the parts of the X (Twitter) API v2 that Switchboard ingests from.
+
+It serves, on 127.0.0.1 and a free port:
+
+* ``GET/POST /2/tweets/search/stream/rules`` - filtered-stream rule management
+* ``GET /2/tweets/search/stream`` - the filtered stream (chunked, ``\\r\\n``-delimited JSON,
+  ``\\r\\n`` keep-alives, one connection at a time)
+* ``GET /2/users/:id/mentions`` - a user's mention timeline, newest first, paginated
+* ``GET /2/dm_events`` - the authenticating user's DM events, newest first, paginated
+
+Tests set the state up (users, tweets, DM events, rules), script failures (``fail_next``,
+``disconnect_stream_after``, ``stall_stream``, ``set_rate_limit``) and inspect what the client
+sent (``requests``, ``stream_connections``, ``rules``).
+
+Where the shapes come from: X's OpenAPI reference on docs.x.com (``updateRules``,
+``AddOrDeleteRulesResponse``, ``RulesResponseMetadata``, the ``Problem`` type URIs under
+``https://api.twitter.com/2/problems/``), the docs.x.com quickstarts for mentions and DM events
+(``data`` / ``includes`` / ``meta`` with ``result_count``, ``newest_id``, ``oldest_id``,
+``next_token``), docs.x.com "Rate limits" (``x-rate-limit-limit``, ``-remaining``, ``-reset`` as
+Unix seconds) and "Handling disconnections", and error bodies as X returns them, recorded in
+public client issues: ``{"title": "Unauthorized", "type": "about:blank", "status": 401,
+"detail": "Unauthorized"}``, the streaming ``ConnectionException`` / ``TooManyConnections``
+body, ``DuplicateRule`` entries, ``Invalid Request`` 400 bodies and the ``Not Found Error``
+partial error returned with HTTP 200.
+
+All public methods must be called from the event loop thread that runs the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import itertools
+import json
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+
+JsonDict = dict[str, Any]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PROBLEMS = "https://api.twitter.com/2/problems/"
+STREAM_PATH = "/2/tweets/search/stream"
+RULES_PATH = "/2/tweets/search/stream/rules"
+MAX_RULE_LENGTH = 512
+DEFAULT_RATE_LIMIT_HEADER = 15
+SETTLE_S = 0.02
+SLOT_GRACE_S = 0.25
+ID_PATTERN = re.compile(r"^[0-9]{1,19}$")
+# twitter-text style: "@name" not preceded by a word char or "@", name 1..15 chars, not longer.
+MENTION_PATTERN = re.compile(r"(?<![A-Za-z0-9_@＠])[@＠]([A-Za-z0-9_]{1,15})(?![A-Za-z0-9_@＠])")
+RATE_HEADERS = web.RequestKey("x_api_rate_headers", dict[str, str])
+DM_EVENT_TYPES = ("MessageCreate", "ParticipantsJoin", "ParticipantsLeave")
+# Fields X returns when the request names none (used only with strict_fields=True).
+DEFAULT_TWEET_FIELDS = frozenset({"id", "text", "edit_history_tweet_ids"})
+DEFAULT_USER_FIELDS = frozenset({"id", "name", "username"})
+DEFAULT_DM_FIELDS = frozenset({"id", "event_type", "text"})
+TWEET_EXPANSION_FIELDS = {
+    "author_id": "author_id",
+    "in_reply_to_user_id": "in_reply_to_user_id",
+    "entities.mentions.username": "entities",
+    "referenced_tweets.id": "referenced_tweets",
+}
+DM_EXPANSION_FIELDS = {"sender_id": "sender_id", "participant_ids": "participant_ids"}
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def iso_now() -> str:
+    """Now as X writes timestamps: ``2024-01-15T10:30:00.123Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _problem(status: int, headers: dict[str, str] | None = None) -> web.Response:
+    """A generic RFC 7807 body as X sends it for 401, 429, 5xx: title == detail == reason."""
+    reason = HTTPStatus(status).phrase
+    body = {"title": reason, "detail": reason, "type": "about:blank", "status": status}
+    return _json(body, status, headers, content_type="application/problem+json")
+
+
+def _json(
+    body: JsonDict,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    content_type: str = "application/json",
+) -> web.Response:
+    return web.Response(
+        text=json.dumps(body),
+        status=status,
+        headers=headers,
+        content_type=content_type,
+        charset="utf-8",
+    )
+
+
+def _invalid_request(parameter: str, value: str, message: str) -> web.Response:
+    """X's 400 for a bad query parameter."""
+    body = {
+        "errors": [{"parameters": {parameter: [value]}, "message": message}],
+        "title": "Invalid Request",
+        "detail": "One or more parameters to your request was invalid.",
+        "type": PROBLEMS + "invalid-request",
+    }
+    return _json(body, 400)
+
+
+def _too_many_connections() -> web.Response:
+    body = {
+        "title": "ConnectionException",
+        "detail": "This stream is currently at the maximum allowed connection limit.",
+        "connection_issue": "TooManyConnections",
+        "type": PROBLEMS + "streaming-connection",
+    }
+    return _json(body, 429, content_type="application/problem+json")
+
+
+def _user_not_found(user_id: str) -> web.Response:
+    """X answers an unknown path user with HTTP 200 and only a partial ``errors`` array."""
+    error = {
+        "value": user_id,
+        "detail": f"Could not find user with id: [{user_id}].",
+        "title": "Not Found Error",
+        "resource_type": "user",
+        "parameter": "id",
+        "resource_id": user_id,
+        "type": PROBLEMS + "resource-not-found",
+    }
+    return _json({"errors": [error]})
+
+
+def _csv(request: web.Request, name: str) -> set[str]:
+    raw = request.query.get(name, "")
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+def _encode_token(direction: str, pivot_id: str) -> str:
+    raw = f"{direction}:{pivot_id}".encode()
+    return base64.b32encode(raw).decode().rstrip("=").lower()
+
+
+def _decode_token(token: str) -> tuple[str, int] | None:
+    padded = token.upper() + "=" * (-len(token) % 8)
+    try:
+        direction, pivot = base64.b32decode(padded).decode().split(":")
+        return (direction, int(pivot)) if direction in ("n", "p") else None
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _newest_first(items: Iterable[JsonDict]) -> list[JsonDict]:
+    return sorted(items, key=lambda item: int(item["id"]), reverse=True)
+
+
+def _page(items: list[JsonDict], size: int, token: tuple[str, int] | None) -> list[JsonDict]:
+    """One page of newest-first ``items``; an "n" token continues older, "p" goes back newer."""
+    if token is None:
+        return items[:size]
+    direction, pivot = token
+    if direction == "n":
+        return [item for item in items if int(item["id"]) < pivot][:size]
+    newer = [item for item in items if int(item["id"]) > pivot]
+    return newer[-size:]
+
+
+def _page_meta(items: list[JsonDict], page: list[JsonDict]) -> JsonDict:
+    """``meta`` of a timeline page: ids, count, and tokens when more lies either side."""
+    if not page:
+        return {"result_count": 0}
+    meta: JsonDict = {
+        "result_count": len(page),
+        "newest_id": page[0]["id"],
+        "oldest_id": page[-1]["id"],
+    }
+    if int(items[-1]["id"]) < int(page[-1]["id"]):
+        meta["next_token"] = _encode_token("n", page[-1]["id"])
+    if int(items[0]["id"]) > int(page[0]["id"]):
+        meta["previous_token"] = _encode_token("p", page[0]["id"])
+    return meta
+
+
+def _project(obj: JsonDict, wanted: set[str]) -> JsonDict:
+    return {key: value for key, value in obj.items() if key in wanted}
+
+
+# --------------------------------------------------------------------------- scripting state
+
+
+@dataclass
+class _ScriptedFailure:
+    path_prefix: str
+    status: int
+    retry_after_s: float | None
+    remaining: int
+
+
+@dataclass
+class _RateLimit:
+    limit: int
+    window_s: float
+    window_start: float = -math.inf
+    used: int = 0
+
+    def reset_at(self) -> int:
+        return math.ceil(self.window_start + self.window_s)
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-rate-limit-limit": str(self.limit),
+            "x-rate-limit-remaining": str(max(self.limit - self.used, 0)),
+            "x-rate-limit-reset": str(self.reset_at()),
+        }
+
+
+# --------------------------------------------------------------------------- the stand-in
+
+
+class XApiStandIn:
+    """A scripted X API v2 server for tests; see the module docstring."""
+
+    def __init__(
+        self,
+        bearer_tokens: set[str] | None = None,
+        keepalive_s: float = 0.5,
+        *,
+        strict_fields: bool = False,
+    ) -> None:
+        self.bearer_tokens = bearer_tokens
+        self.keepalive_s = keepalive_s
+        # When True, objects carry only X's default fields plus those the request asks for
+        # (tweet.fields / user.fields / dm_event.fields / expansions), as the real API does.
+        self.strict_fields = strict_fields
+        self.base_url = ""
+        self.requests: list[dict] = []
+        self.stream_connections = 0
+        self.rules: dict[str, dict] = {}
+        self.users: dict[str, JsonDict] = {}
+        self._mentions: dict[str, dict[str, JsonDict]] = {}
+        self._dm_events: dict[str, JsonDict] = {}
+        self._stream_queue: deque[tuple[JsonDict, list[str] | None]] = deque()
+        self._failures: list[_ScriptedFailure] = []
+        self._rate_limits: dict[str, _RateLimit] = {}
+        self._pending_disconnect: int | None = None
+        self._pending_stall: float | None = None
+        self._stream_free = asyncio.Event()
+        self._stream_free.set()
+        self._open_streams: list[web.Request] = []  # web.Request is unhashable
+        self._wakeup = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._rule_ids = itertools.count(1_800_000_000_000_000_001)
+        self._runner: web.AppRunner | None = None
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Bind 127.0.0.1 on a free port; ``base_url`` is valid afterwards."""
+        self._closing.clear()
+        self._runner = web.AppRunner(
+            self._build_app(), handler_cancellation=True, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        """Hang up open streams and shut the server down."""
+        self._closing.set()
+        self._wakeup.set()
+        for request in list(self._open_streams):
+            self._hang_up(request)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ----------------------------------------------------------------------- state set-up
+
+    def add_user(
+        self,
+        id: str,  # noqa: A002 - the public interface names it so
+        username: str,
+        name: str | None = None,
+        followers_count: int = 0,
+        verified: bool = False,
+    ) -> dict:
+        """Register a user (a v2 user object) and return it."""
+        user = {
+            "id": id,
+            "name": name if name is not None else username,
+            "username": username,
+            "verified": verified,
+            "public_metrics": {
+                "followers_count": followers_count,
+                "following_count": 0,
+                "tweet_count": 0,
+                "listed_count": 0,
+            },
+        }
+        self.users[id] = user
+        return user
+
+    def make_tweet(
+        self,
+        id: str,  # noqa: A002 - the public interface names it so
+        text: str,
+        author_id: str,
+        *,
+        conversation_id: str | None = None,
+        in_reply_to_user_id: str | None = None,
+        referenced_tweets: list[dict] | None = None,
+        lang: str = "en",
+        created_at: str | None = None,
+    ) -> dict:
+        """Build a v2 tweet object; ``entities.mentions`` is computed from the text."""
+        tweet: JsonDict = {
+            "id": id,
+            "text": text,
+            "author_id": author_id,
+            "conversation_id": conversation_id or id,
+            "created_at": created_at or iso_now(),
+            "lang": lang,
+            "edit_history_tweet_ids": [id],
+            "public_metrics": {
+                "retweet_count": 0,
+                "reply_count": 0,
+                "like_count": 0,
+                "quote_count": 0,
+                "bookmark_count": 0,
+                "impression_count": 0,
+            },
+        }
+        if in_reply_to_user_id is not None:
+            tweet["in_reply_to_user_id"] = in_reply_to_user_id
+        if referenced_tweets:
+            tweet["referenced_tweets"] = [dict(ref) for ref in referenced_tweets]
+        mentions = self._mention_entities(text)
+        if mentions:
+            tweet["entities"] = {"mentions": mentions}
+        return tweet
+
+    def push_stream(self, tweet: dict, matching_tags: list[str] | None = None) -> None:
+        """Queue a tweet for the filtered stream; it waits until a client is connected."""
+        self._stream_queue.append((tweet, list(matching_tags) if matching_tags else None))
+        self._wakeup.set()
+
+    def add_mention(self, user_id: str, tweet: dict) -> None:
+        """Make ``tweet`` appear in ``GET /2/users/:user_id/mentions``."""
+        self._mentions.setdefault(user_id, {})[tweet["id"]] = tweet
+
+    def add_dm_event(self, event: dict) -> None:
+        """Add a raw DM event object to ``GET /2/dm_events``."""
+        self._dm_events[event["id"]] = event
+
+    # ----------------------------------------------------------------------- failure scripting
+
+    def fail_next(
+        self,
+        path_prefix: str,
+        status: int,
+        *,
+        retry_after_s: float | None = None,
+        count: int = 1,
+    ) -> None:
+        """The next ``count`` requests whose path starts with ``path_prefix`` get ``status``."""
+        self._failures.append(_ScriptedFailure(path_prefix, status, retry_after_s, count))
+
+    def disconnect_stream_after(self, n_tweets: int) -> None:
+        """Close the current/next stream abruptly after it sends ``n_tweets`` more tweets."""
+        self._pending_disconnect = n_tweets
+        self._wakeup.set()
+
+    def stall_stream(self, seconds: float) -> None:
+        """The current/next stream sends nothing (no keep-alives) for ``seconds``, then closes."""
+        self._pending_stall = seconds
+        self._wakeup.set()
+
+    def set_rate_limit(self, path_prefix: str, limit: int, window_s: float) -> None:
+        """Allow ``limit`` requests per ``window_s`` on paths under ``path_prefix``."""
+        self._rate_limits[path_prefix] = _RateLimit(limit, window_s)
+
+    # ----------------------------------------------------------------------- app and gate
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._gate])
+        app.on_response_prepare.append(self._add_rate_headers)
+        app.router.add_get(RULES_PATH, self._get_rules)
+        app.router.add_post(RULES_PATH, self._post_rules)
+        app.router.add_get(STREAM_PATH, self._stream)
+        app.router.add_get("/2/users/{user_id}/mentions", self._user_mentions)
+        app.router.add_get("/2/dm_events", self._dm_events_handler)
+        return app
+
+    @web.middleware
+    async def _gate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Record, then scripted failure, auth, rate limit, and finally the endpoint."""
+        await self._record(request)
+        failure = self._take_failure(request.path)
+        if failure is not None:
+            return failure
+        if not self._authorized(request):
+            return _problem(401)
+        limited = self._apply_rate_limit(request)
+        if limited is not None:
+            return limited
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            return _problem(exc.status)
+
+    async def _record(self, request: web.Request) -> None:
+        raw = await request.read() if request.can_read_body else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": dict(request.query),
+                "json": body,
+                "auth": request.headers.get("Authorization"),
+            }
+        )
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self.bearer_tokens is None:
+            return True
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return scheme == "Bearer" and token in self.bearer_tokens
+
+    def _take_failure(self, path: str) -> web.Response | None:
+        for failure in self._failures:
+            if path.startswith(failure.path_prefix):
+                failure.remaining -= 1
+                if failure.remaining <= 0:
+                    self._failures.remove(failure)
+                return self._failure_response(path, failure)
+        return None
+
+    def _failure_response(self, path: str, failure: _ScriptedFailure) -> web.Response:
+        if failure.status != 429:
+            return _problem(failure.status)
+        limit = self._rate_limit_for(path)
+        reset = math.ceil(time.time() + (failure.retry_after_s or 0.0))
+        headers = {
+            "x-rate-limit-limit": str(limit.limit if limit else DEFAULT_RATE_LIMIT_HEADER),
+            "x-rate-limit-remaining": "0",
+            "x-rate-limit-reset": str(reset),
+        }
+        return _problem(429, headers)
+
+    def _rate_limit_for(self, path: str) -> _RateLimit | None:
+        matches = [prefix for prefix in self._rate_limits if path.startswith(prefix)]
+        return self._rate_limits[max(matches, key=len)] if matches else None
+
+    def _apply_rate_limit(self, request: web.Request) -> web.Response | None:
+        limit = self._rate_limit_for(request.path)
+        if limit is None:
+            return None
+        now = time.time()
+        if now >= limit.window_start + limit.window_s:
+            limit.window_start, limit.used = now, 0
+        if limit.used >= limit.limit:
+            return _problem(429, limit.headers())
+        limit.used += 1
+        request[RATE_HEADERS] = limit.headers()
+        return None
+
+    @staticmethod
+    async def _add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in request.get(RATE_HEADERS, {}).items():
+            response.headers.setdefault(name, value)
+
+    # ----------------------------------------------------------------------- stream rules
+
+    async def _get_rules(self, request: web.Request) -> web.Response:
+        wanted = _csv(request, "ids")
+        rules = [r for r in self.rules.values() if not wanted or r["id"] in wanted]
+        body: JsonDict = {}
+        if rules:
+            body["data"] = [self._rule_out(rule) for rule in rules]
+        body["meta"] = {"sent": iso_now(), "result_count": len(rules)}
+        return _json(body)
+
+    async def _post_rules(self, request: web.Request) -> web.Response:
+        dry_run = request.query.get("dry_run", "false").lower() == "true"
+        if request.query.get("delete_all", "false").lower() == "true":
+            return self._delete_rules(list(self.rules), "ids", dry_run)
+        try:
+            body = await request.json()
+        except ValueError:
+            return _invalid_request("body", "", "The request body is not valid JSON")
+        if isinstance(body, dict) and isinstance(body.get("add"), list) and body["add"]:
+            return self._add_rules(body["add"], dry_run)
+        if isinstance(body, dict) and isinstance(body.get("delete"), dict):
+            return self._delete_request(body["delete"], dry_run)
+        return _invalid_request("body", "", "The request body must hold `add` or `delete`")
+
+    def _add_rules(self, additions: list[Any], dry_run: bool) -> web.Response:
+        existing = {rule["value"]: rule for rule in self.rules.values()}
+        errors: list[JsonDict] = []
+        fresh: list[dict] = []
+        for item in additions:
+            error = self._rule_error(item, existing)
+            if error is not None:
+                errors.append(error)
+                continue
+            rule = {"id": str(next(self._rule_ids)), "value": item["value"], "tag": item.get("tag")}
+            existing[rule["value"]] = rule
+            fresh.append(rule)
+        blocked = any(error["title"] != "DuplicateRule" for error in errors)
+        created = [] if blocked else fresh
+        if not dry_run:
+            self.rules.update((rule["id"], rule) for rule in created)
+        summary = {
+            "created": len(created),
+            "not_created": len(additions) - len(created),
+            "valid": len(fresh),
+            "invalid": len(errors),
+        }
+        body: JsonDict = {}
+        if created:
+            body["data"] = [self._rule_out(rule) for rule in created]
+        body["meta"] = {"sent": iso_now(), "summary": summary}
+        if errors:
+            body["errors"] = errors
+        return _json(body, 200 if dry_run else 201)
+
+    @staticmethod
+    def _rule_error(item: Any, existing: dict[str, dict]) -> JsonDict | None:
+        """The ``errors`` entry X would give for this rule, or None when it is acceptable."""
+        value = item.get("value") if isinstance(item, dict) else None
+        if isinstance(value, str) and value in existing:
+            return {
+                "value": value,
+                "id": existing[value]["id"],
+                "title": "DuplicateRule",
+                "type": PROBLEMS + "duplicate-rules",
+            }
+        if isinstance(value, str) and value.strip() and len(value) <= MAX_RULE_LENGTH:
+            return None
+        detail = (
+            f"Rule length {len(value)} exceeds the maximum of {MAX_RULE_LENGTH} characters"
+            if isinstance(value, str) and value.strip()
+            else "Rule value must be a non-empty string"
+        )
+        return {
+            "value": value,
+            "details": [detail],
+            "title": "UnprocessableEntity",
+            "type": PROBLEMS + "invalid-rules",
+        }
+
+    def _delete_request(self, delete: JsonDict, dry_run: bool) -> web.Response:
+        if isinstance(delete.get("ids"), list):
+            return self._delete_rules([str(i) for i in delete["ids"]], "ids", dry_run)
+        if isinstance(delete.get("values"), list):
+            return self._delete_rules([str(v) for v in delete["values"]], "values", dry_run)
+        return _invalid_request("delete", "", "`delete` must hold `ids` or `values`")
+
+    def _delete_rules(self, keys: list[str], kind: str, dry_run: bool) -> web.Response:
+        by_value = {rule["value"]: rule_id for rule_id, rule in self.rules.items()}
+        errors: list[JsonDict] = []
+        deleted = 0
+        for key in keys:
+            rule_id = key if kind == "ids" else by_value.get(key)
+            if rule_id is None or rule_id not in self.rules:
+                errors.append(self._missing_rule_error(kind, key))
+                continue
+            deleted += 1
+            if not dry_run:
+                del self.rules[rule_id]
+        summary = {"deleted": deleted, "not_deleted": len(keys) - deleted}
+        body: JsonDict = {"meta": {"sent": iso_now(), "summary": summary}}
+        if errors:
+            body["errors"] = errors
+        return _json(body)
+
+    @staticmethod
+    def _missing_rule_error(kind: str, key: str) -> JsonDict:
+        return {
+            "errors": [{"parameters": {kind: [key]}, "message": "Rule does not exist"}],
+            "title": "Invalid Request",
+            "detail": "One or more parameters to your request was invalid.",
+            "type": PROBLEMS + "invalid-request",
+        }
+
+    @staticmethod
+    def _rule_out(rule: dict) -> JsonDict:
+        out = {"id": rule["id"], "value": rule["value"]}
+        if rule.get("tag") is not None:
+            out["tag"] = rule["tag"]
+        return out
+
+    # ----------------------------------------------------------------------- filtered stream
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        if not await self._stream_slot_free():
+            return _too_many_connections()
+        self._stream_free.clear()
+        self._open_streams.append(request)
+        try:
+            self.stream_connections += 1
+            response = web.StreamResponse(status=200)
+            response.content_type = "application/json"
+            response.charset = "utf-8"
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            await self._pump(request, response)
+        except ConnectionError:
+            pass  # the client went away mid-write
+        finally:
+            self._stream_free.set()
+            self._open_streams = [r for r in self._open_streams if r is not request]
+        return response
+
+    async def _stream_slot_free(self) -> bool:
+        """True once no stream is open; a client that just hung up gets a moment to finish."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stream_free.wait(), SLOT_GRACE_S)
+        return self._stream_free.is_set()
+
+    async def _pump(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Send queued tweets, keep-alives when idle; obey disconnect and stall scripting."""
+        budget: int | None = None
+        while not self._closing.is_set():
+            if self._pending_stall is not None:
+                seconds, self._pending_stall = self._pending_stall, None
+                await self._sleep_unless_closing(seconds)
+                self._hang_up(request)
+                return
+            if self._pending_disconnect is not None:
+                budget, self._pending_disconnect = self._pending_disconnect, None
+            if (budget is not None and budget <= 0) or self._client_gone(request):
+                self._hang_up(request)
+                return
+            if self._stream_queue:
+                tweet, tags = self._stream_queue.popleft()
+                await response.write(self._stream_line(request, tweet, tags))
+                budget = None if budget is None else budget - 1
+                continue
+            await self._idle(response)
+
+    async def _idle(self, response: web.StreamResponse) -> None:
+        """Wait for something to do; send a keep-alive if nothing came for ``keepalive_s``."""
+        self._wakeup.clear()
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), self.keepalive_s)
+        except TimeoutError:
+            await response.write(b"\r\n")
+        else:
+            # Let a hang-up by the client land first, so a tweet pushed just after the client
+            # left stays queued for its next connection instead of going down a dead socket.
+            await asyncio.sleep(SETTLE_S)
+
+    async def _sleep_unless_closing(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+
+    @staticmethod
+    def _client_gone(request: web.Request) -> bool:
+        return request.transport is None or request.transport.is_closing()
+
+    @staticmethod
+    def _hang_up(request: web.Request) -> None:
+        """Drop the connection without the chunked terminator, as a network cut would."""
+        if request.transport is not None:
+            request.transport.close()
+
+    def _stream_line(self, request: web.Request, tweet: JsonDict, tags: list[str] | None) -> bytes:
+        message: JsonDict = {"data": self._tweet_out(request, tweet)}
+        users = self._users_for_tweets(request, [tweet])
+        if users:
+            message["includes"] = {"users": users}
+        message["matching_rules"] = self._matching_rules(tags)
+        return json.dumps(message).encode() + b"\r\n"
+
+    def _matching_rules(self, tags: list[str] | None) -> list[JsonDict]:
+        """All current rules when no tags are given, else the rules carrying those tags."""
+        if tags is None:
+            return [{"id": r["id"], "tag": r.get("tag") or ""} for r in self.rules.values()]
+        by_tag = {rule.get("tag"): rule["id"] for rule in self.rules.values()}
+        return [{"id": by_tag.get(tag) or str(next(self._rule_ids)), "tag": tag} for tag in tags]
+
+    # ----------------------------------------------------------------------- mentions
+
+    async def _user_mentions(self, request: web.Request) -> web.Response:
+        user_id = request.match_info["user_id"]
+        if not ID_PATTERN.match(user_id):
+            return _invalid_request("id", user_id, self._pattern_message("id", user_id))
+        if user_id not in self.users:
+            return _user_not_found(user_id)
+        params = self._timeline_params(request, low=5, high=100, default=10)
+        if isinstance(params, web.Response):
+            return params
+        size, token = params
+        bounds = self._id_bounds(request)
+        if isinstance(bounds, web.Response):
+            return bounds
+        since, until = bounds
+        tweets = _newest_first(
+            tweet
+            for tweet in self._mentions.get(user_id, {}).values()
+            if since < int(tweet["id"]) < until
+        )
+        page = _page(tweets, size, token)
+        return _json(self._page_body(page, _page_meta(tweets, page), request, tweets=True))
+
+    def _id_bounds(self, request: web.Request) -> tuple[int, float] | web.Response:
+        bounds: list[float] = [-1, math.inf]
+        for index, name in enumerate(("since_id", "until_id")):
+            value = request.query.get(name)
+            if value is None:
+                continue
+            if not ID_PATTERN.match(value):
+                return _invalid_request(name, value, self._pattern_message(name, value))
+            bounds[index] = int(value)
+        return int(bounds[0]), bounds[1]
+
+    @staticmethod
+    def _pattern_message(name: str, value: str) -> str:
+        return f"The `{name}` query parameter value [{value}] does not match ^[0-9]{{1,19}}$"
+
+    @staticmethod
+    def _timeline_params(
+        request: web.Request, low: int, high: int, default: int
+    ) -> tuple[int, tuple[str, int] | None] | web.Response:
+        """Validated ``max_results`` and decoded ``pagination_token``."""
+        raw = request.query.get("max_results", str(default))
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            message = (
+                f"The `max_results` query parameter value [{raw}] is not between {low} and {high}"
+            )
+            return _invalid_request("max_results", raw, message)
+        token_raw = request.query.get("pagination_token")
+        token = _decode_token(token_raw) if token_raw is not None else None
+        if token_raw is not None and token is None:
+            message = f"The `pagination_token` query parameter value [{token_raw}] is not valid"
+            return _invalid_request("pagination_token", token_raw, message)
+        return int(raw), token
+
+    # ----------------------------------------------------------------------- DM events
+
+    async def _dm_events_handler(self, request: web.Request) -> web.Response:
+        params = self._timeline_params(request, low=1, high=100, default=100)
+        if isinstance(params, web.Response):
+            return params
+        size, token = params
+        types = _csv(request, "event_types")
+        unknown = sorted(types - set(DM_EVENT_TYPES))
+        if unknown:
+            message = (
+                f"The `event_types` query parameter value [{unknown[0]}] is not one of "
+                f"[{','.join(DM_EVENT_TYPES)}]"
+            )
+            return _invalid_request("event_types", unknown[0], message)
+        events = _newest_first(
+            event
+            for event in self._dm_events.values()
+            if not types or event.get("event_type") in types
+        )
+        page = _page(events, size, token)
+        meta = _page_meta(events, page)
+        meta.pop("newest_id", None)
+        meta.pop("oldest_id", None)
+        return _json(self._page_body(page, meta, request, tweets=False))
+
+    # ----------------------------------------------------------------------- shaping
+
+    def _page_body(
+        self, page: list[JsonDict], meta: JsonDict, request: web.Request, *, tweets: bool
+    ) -> JsonDict:
+        if not page:
+            return {"meta": meta}
+        if tweets:
+            body: JsonDict = {"data": [self._tweet_out(request, tweet) for tweet in page]}
+            users = self._users_for_tweets(request, page)
+        else:
+            body = {"data": [self._dm_out(request, event) for event in page]}
+            users = self._users_for_dms(request, page)
+        if users:
+            body["includes"] = {"users": users}
+        body["meta"] = meta
+        return body
+
+    def _users_for_tweets(self, request: web.Request, tweets: list[JsonDict]) -> list[JsonDict]:
+        """``includes.users`` per X's expansions: author, mentioned users, replied-to user."""
+        expansions = _csv(request, "expansions")
+        ids: list[str] = []
+        for tweet in tweets:
+            if "author_id" in expansions:
+                ids.append(tweet.get("author_id", ""))
+            if "entities.mentions.username" in expansions:
+                mentions = tweet.get("entities", {}).get("mentions", [])
+                ids.extend(mention.get("id", "") for mention in mentions)
+            if "in_reply_to_user_id" in expansions:
+                ids.append(tweet.get("in_reply_to_user_id", ""))
+        return self._users_out(request, ids)
+
+    def _users_for_dms(self, request: web.Request, events: list[JsonDict]) -> list[JsonDict]:
+        expansions = _csv(request, "expansions")
+        ids: list[str] = []
+        for event in events:
+            if "sender_id" in expansions:
+                ids.append(event.get("sender_id", ""))
+            if "participant_ids" in expansions:
+                ids.extend(event.get("participant_ids", []))
+        return self._users_out(request, ids)
+
+    def _users_out(self, request: web.Request, ids: list[str]) -> list[JsonDict]:
+        known = [user_id for user_id in dict.fromkeys(ids) if user_id in self.users]
+        if not self.strict_fields:
+            return [self.users[user_id] for user_id in known]
+        wanted = DEFAULT_USER_FIELDS | _csv(request, "user.fields")
+        return [_project(self.users[user_id], wanted) for user_id in known]
+
+    def _tweet_out(self, request: web.Request, tweet: JsonDict) -> JsonDict:
+        if not self.strict_fields:
+            return tweet
+        expansions = _csv(request, "expansions")
+        implied = {TWEET_EXPANSION_FIELDS[e] for e in expansions if e in TWEET_EXPANSION_FIELDS}
+        return _project(tweet, DEFAULT_TWEET_FIELDS | _csv(request, "tweet.fields") | implied)
+
+    def _dm_out(self, request: web.Request, event: JsonDict) -> JsonDict:
+        if not self.strict_fields:
+            return event
+        expansions = _csv(request, "expansions")
+        implied = {DM_EXPANSION_FIELDS[e] for e in expansions if e in DM_EXPANSION_FIELDS}
+        return _project(event, DEFAULT_DM_FIELDS | _csv(request, "dm_event.fields") | implied)
+
+    def _mention_entities(self, text: str) -> list[JsonDict]:
+        """``entities.mentions``: code-point offsets of "@name"; ``id`` when the user is known."""
+        by_name = {user["username"].lower(): user for user in self.users.values()}
+        mentions: list[JsonDict] = []
+        for match in MENTION_PATTERN.finditer(text):
+            entity: JsonDict = {
+                "start": match.start(),
+                "end": match.end(),
+                "username": match.group(1),
+            }
+            user = by_name.get(match.group(1).lower())
+            if user is not None:
+                entity["id"] = user["id"]
+            mentions.append(entity)
+        return mentions
