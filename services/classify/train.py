@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from switchboard.classify.data import DATA_DIR, LabeledTweet, content_sha256, load_labeled
-from switchboard.classify.evaluation import headline, macro_f1, per_label, report
+from switchboard.classify.evaluation import headline, per_label, report
 from switchboard.classify.model import (
     DEFAULT_ARTIFACT,
     Calibration,
@@ -37,24 +37,23 @@ log = logging.getLogger(__name__)
 
 ARTIFACT_VERSION = "minilm-lora-v1"
 LORA_TARGETS = ["query", "key", "value", "dense"]  # every linear layer of a BERT-style encoder
-CRITICAL_RECALL_TARGET = 0.95
 
 
 @dataclass(frozen=True, slots=True)
 class TrainOptions:
     seed: int = 13
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3  # LoRA adapters
     head_lr: float = 3e-3
     weight_decay: float = 0.01
     warmup: float = 0.06
-    lora_rank: int = 16
-    lora_alpha: int = 32
+    lora_rank: int = 32
+    lora_alpha: int = 64
     lora_dropout: float = 0.1
     max_length: int = 96
     critical_weight: float = 2.0  # on top of balancing: missing a critical tweet costs most
-    label_smoothing: float = 0.0  # of both losses; guards against over-confident memorization
+    label_smoothing: float = 0.1  # of both losses; guards against over-confident memorization
     threads: int = 2
     limit: int | None = None  # train on the first N rows only (smoke tests)
 
@@ -114,22 +113,29 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def fit_critical_threshold(probs: torch.Tensor, gold: list[Urgency]) -> float:
-    """The critical threshold (at most 0.5) with the best dev urgency macro-F1 among those whose
-    critical recall meets the target; if none does, the one with the highest recall."""
+    """The critical threshold (0.05 to 0.5) with the best F2 of critical on the dev split.
+
+    F2 weighs a missed critical tweet four times a false alarm: recall first, but not at any
+    price. (Demanding a fixed recall on a dev split with a few dozen critical tweets picks an
+    extreme threshold that floods the alerts topic on real traffic.) Ties go to the higher
+    threshold, the one that raises fewer alarms."""
     urgencies = list(Urgency)
     gold_values = [u.value for u in gold]
-    best: tuple[float, float, float] | None = None  # (recall met?, recall or F1, threshold)
+    best = (-1.0, 0.5)
     for step in range(50, 4, -1):
         threshold = step / 100
         predicted = [urgencies[decide_urgency(p, urgencies, threshold)].value for p in probs]
         figures = per_label(gold_values, predicted, [Urgency.CRITICAL.value])["critical"]
-        recall = figures["recall"] if figures["support"] else 1.0
-        met = recall >= CRITICAL_RECALL_TARGET
-        score = macro_f1(gold_values, predicted, [u.value for u in urgencies]) if met else recall
-        if best is None or (met, score) > best[:2]:
-            best = (met, score, threshold)
-    assert best is not None
-    return best[2]
+        score = round(f_beta(figures["precision"], figures["recall"], beta=2.0), 6)
+        if score > best[0]:
+            best = (score, threshold)
+    return best[1]
+
+
+def f_beta(precision: float, recall: float, beta: float) -> float:
+    if precision == 0 and recall == 0:
+        return 0.0
+    return (1 + beta**2) * precision * recall / (beta**2 * precision + recall)
 
 
 class Trainer:

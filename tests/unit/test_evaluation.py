@@ -80,6 +80,23 @@ def test_critical_wins_when_it_clears_its_threshold_even_if_not_the_argmax():
     assert urgencies[decide_urgency(probs, urgencies, 0.5)] is U.HIGH
 
 
+def test_the_critical_threshold_trades_a_miss_for_four_false_alarms():
+    import torch
+
+    from switchboard.classify.train import f_beta, fit_critical_threshold
+
+    assert f_beta(0.5, 1.0, beta=2.0) == pytest.approx(5 * 0.5 / (4 * 0.5 + 1))
+    # P(critical) of six dev tweets; the first two are critical.
+    p_critical = [0.9, 0.2, 0.15, 0.1, 0.1, 0.02]
+    probs = torch.tensor([[p, 0.0, 1 - p, 0.0] for p in p_critical])  # critical, high, normal, low
+    gold = [U.CRITICAL, U.CRITICAL, U.NORMAL, U.NORMAL, U.NORMAL, U.NORMAL]
+    # At 0.2 both critical tweets are caught and nothing else: F2 = 1, the highest such threshold.
+    assert fit_critical_threshold(probs, gold) == 0.2
+    # When catching the second costs three false alarms, F2 still prefers it (0.71 > 0.56).
+    probs[1, 0], probs[1, 2] = 0.1, 0.9
+    assert fit_critical_threshold(probs, gold) == 0.1
+
+
 def test_handles_and_links_are_masked_so_the_text_decides():
     assert prepare_text("@SkylarkDeals refund pls https://t.co/x1") == "@user refund pls http"
 
