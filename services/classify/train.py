@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -100,7 +101,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The temperature that minimizes the negative log-likelihood on held-out logits."""
     logits = logits.detach().clone()  # out of inference mode, so autograd may use it
     log_t = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -109,7 +110,10 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
+    temperature = float(log_t.detach().exp())
+    if not math.isfinite(temperature):  # a degenerate dev set (tiny, or perfectly separated)
+        return 1.0
+    return min(max(temperature, 0.05), 20.0)
 
 
 def fit_critical_threshold(probs: torch.Tensor, gold: list[Urgency]) -> float:

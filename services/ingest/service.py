@@ -79,8 +79,12 @@ class IngestService:
         self.seen = SeenTweets(ingest.dedup_capacity, ingest.dedup_window_hours * 3600)
         self.producer = make_producer(settings.kafka, client_id="switchboard-ingest")
         self.checkpoints = Checkpoints(settings.kafka, self.producer)
-        self.apps = {name: read_secret(app.bearer_token, f"ingest.x.apps.{name}.bearer_token")
-                     for name, app in ingest.x.apps.items()}  # fmt: skip
+        self.apps = {
+            name: read_secret(
+                ingest.x.apps[name].bearer_token, f"ingest.x.apps.{name}.bearer_token"
+            )
+            for name in self._apps_in_use()
+        }
         self._apis: list[XApi] = []
         self._ready = False
         self.finished_backfill = asyncio.Event()
@@ -88,6 +92,14 @@ class IngestService:
     @property
     def ready(self) -> bool:
         return self._ready
+
+    def _apps_in_use(self) -> set[str]:
+        """The X apps the enabled sources need; only their secrets must exist."""
+        x = self.config.ingest.x
+        apps = {x.filtered_stream.app} if x.filtered_stream.enabled else set()
+        if x.mentions.enabled:
+            apps |= {h.app for h in self.config.handles}
+        return apps
 
     async def start(self) -> None:
         await ensure_topics(

@@ -14,7 +14,7 @@ from typing import Protocol, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Response
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from switchboard.shared import metrics
 from switchboard.shared.logs import configure_logging
@@ -53,7 +53,10 @@ def http_app(service: Service) -> FastAPI:
             return {"status": "starting", "service": service.name}
         return {"status": "ready", "service": service.name}
 
-    app.mount("/metrics", make_asgi_app())
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:  # served at /metrics itself, no redirect
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
     return app
 
 

@@ -130,8 +130,11 @@ def test_run_stops_every_process_on_ctrl_c(tmp_path: Path):
             health = httpx.get(f"{service['http']}/healthz").json()
             assert health == {"status": "ok", "service": name}
             assert httpx.get(f"{service['http']}/readyz").status_code == 200
-        route_metrics = httpx.get(f"{manifest['services']['route']['http']}/metrics").text
-        assert 'switchboard_tweets_routed_total{department="' in route_metrics
+        route = f"{manifest['services']['route']['http']}/metrics"
+        while 'switchboard_tweets_routed_total{department="' not in httpx.get(route).text:
+            assert time.monotonic() < deadline, "route published nothing in time"
+            time.sleep(0.5)
+        route_metrics = httpx.get(route).text
         assert "switchboard_e2e_latency_seconds_bucket" in route_metrics
         run.send_signal(signal.SIGINT)
         assert run.wait(timeout=60) == 0

@@ -68,7 +68,10 @@ def test_training_writes_a_loadable_versioned_artifact(tiny_data, tmp_path):
     assert "trained_at" in card and card["selected_epoch"] == 1
     adapter = tmp_path / "a" / "adapter"
     assert (adapter / "adapter_model.safetensors").stat().st_size < 20_000_000
-    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 16
+    assert (
+        json.loads((adapter / "adapter_config.json").read_text())["r"]
+        == card["options"]["lora_rank"]
+    )
 
     model = TweetClassifier.load(tmp_path / "a")
     [prediction] = model.predict(["@SkylarkHelp my bag is lost"])
