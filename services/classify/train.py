@@ -43,7 +43,7 @@ LORA_TARGETS = ["query", "key", "value", "dense"]  # every linear layer of a BER
 @dataclass(frozen=True, slots=True)
 class TrainOptions:
     seed: int = 13
-    epochs: int = 10
+    epochs: int = 8
     batch_size: int = 32
     lr: float = 1e-3  # LoRA adapters
     head_lr: float = 3e-3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -44,10 +45,10 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
     help="Artifact folder to write (default: the one the classify service ships).",
 )
 @click.option("--seed", type=int, default=13, show_default=True)
-@click.option("--epochs", type=click.IntRange(1, 50), default=8, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 50), help="Default: TrainOptions.epochs (8).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Train on the first N rows.")
 def classify_train(
-    data_dir: Path, out: Path | None, seed: int, epochs: int, limit: int | None
+    data_dir: Path, out: Path | None, seed: int, epochs: int | None, limit: int | None
 ) -> None:
     """Fine-tune the backbone (LoRA) with department and urgency heads; write the artifact."""
     from switchboard.classify.model import DEFAULT_ARTIFACT
@@ -56,7 +57,10 @@ def classify_train(
 
     configure_logging("classify-train")
     out = out or DEFAULT_ARTIFACT
-    card = train(data_dir, out, options=TrainOptions(seed=seed, epochs=epochs, limit=limit))
+    options = TrainOptions(seed=seed, limit=limit)
+    if epochs is not None:
+        options = replace(options, epochs=epochs)
+    card = train(data_dir, out, options=options)
     from switchboard.classify.evaluation import headline
 
     summary = {split: headline(figures) for split, figures in card["metrics"].items()}

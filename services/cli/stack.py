@@ -26,7 +26,14 @@ from switchboard.cli.tally import Tally
 from switchboard.notify.settings import SmtpSettings
 from switchboard.shared import topics
 from switchboard.shared.broker import EmbeddedBroker, free_port
-from switchboard.shared.events import Alert, DeadLetter, DecodeError, Delivery, RoutedTweet, decode
+from switchboard.shared.events import (
+    DeadLetter,
+    DecodeError,
+    Delivery,
+    RoutedTweet,
+    decode,
+    decode_alert,
+)
 from switchboard.shared.kafka import client_options, ensure_topics
 from switchboard.shared.processes import spawn, terminate
 from switchboard.shared.settings import KafkaSettings, ServiceSettings
@@ -190,7 +197,7 @@ class Stack:
             if topic in topics.PRIMARY_TOPICS:
                 self.tally.observe_routed(topic, decode(RoutedTweet, value))
             elif topic == topics.ALERTS:
-                self.tally.observe_alert(decode(Alert, value))
+                self.tally.observe_alert(decode_alert(value))
             elif topic == topics.DEADLETTER:
                 self.tally.observe_dead_letter(decode(DeadLetter, value))
             else:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from switchboard.shared import topics
 from switchboard.shared.config import Subscription
-from switchboard.shared.events import Alert, DeadLetter, Delivery, RoutedTweet
+from switchboard.shared.events import Alert, DeadLetter, Delivery, RoutedTweet, SpikeAlert
+from switchboard.shared.labels import Department
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -43,6 +44,8 @@ class Tally:
     primary: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     routed: Counter[str] = field(default_factory=Counter)
     triage: int = 0
+    dropped: int = 0
+    copies: int = 0
     alerts: int = 0
     dead_letters: int = 0
     dead_lettered_ids: set[str] = field(default_factory=set)
@@ -54,21 +57,30 @@ class Tally:
     recent: list[RoutedTweet] = field(default_factory=list)
 
     def observe_routed(self, topic: str, event: RoutedTweet) -> None:
+        if topic != event.route.topic:  # a copy for another department (rule copy_to)
+            self.copies += 1
+            self._expect_deliveries(topic.removeprefix(topics.DEPARTMENT_PREFIX), event)
+            return
         self.primary[event.tweet.id].append(topic)
         if topic == topics.TRIAGE:
             self.triage += 1
+        elif topic == topics.DROPPED:
+            self.dropped += 1
         else:
             self.routed[event.route.department.value] += 1
-            self.expected_deliveries += sum(
-                s.matches(event.route.department, event.classification.urgency)
-                for s in self.subscriptions
-            )
+            self._expect_deliveries(event.route.department.value, event)
         if event.trace.routed_at is not None:
             elapsed = event.trace.routed_at - event.trace.ingested_at
             self.routed_ms.append(elapsed.total_seconds() * 1000)
         self.recent = [*self.recent[-9:], event]
 
-    def observe_alert(self, event: Alert) -> None:
+    def _expect_deliveries(self, department: str, event: RoutedTweet) -> None:
+        self.expected_deliveries += sum(
+            s.matches(Department(department), event.classification.urgency)
+            for s in self.subscriptions
+        )
+
+    def observe_alert(self, event: Alert | SpikeAlert) -> None:
         self.alerts += 1
 
     def observe_dead_letter(self, letter: DeadLetter) -> None:
@@ -102,6 +114,8 @@ class Tally:
             "sent": len(sent),
             "routed": dict(sorted(self.routed.items())),
             "triage": self.triage,
+            "dropped": self.dropped,
+            "copies": self.copies,
             "alerts": self.alerts,
             "deadletter": self.dead_letters,
             "lost": len(sent - self.accounted(sent)),

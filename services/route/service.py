@@ -1,21 +1,47 @@
-"""The route service: publishes each classified tweet on its department's topic or on triage.
+"""The route service: the company's routing policy applied to every classified tweet.
 
-Consumes ``switchboard.tweets.classified``; for each tweet publishes a RoutedTweet on exactly one
-primary topic (``switchboard.dept.<department>`` or ``switchboard.triage``) and, when escalated,
-an Alert on ``switchboard.alerts``. Malformed input goes to ``switchboard.deadletter``.
+Consumes ``switchboard.tweets.classified`` and ``switchboard.tweets.brand``. For each inbound
+tweet it publishes a RoutedTweet on exactly one primary topic (``switchboard.dept.<department>``,
+``switchboard.triage`` or ``switchboard.dropped``), copies on other departments' topics when a
+rule says so, and an Alert on ``switchboard.alerts`` when escalated. It remembers each
+conversation (owner, highest urgency, the tweet awaiting a reply) on the compacted topic
+``switchboard.route.conversations``, restored at start; measures time to first response from
+the company's own replies; raises one alert per spike episode and one per SLA breach; and
+reloads ``route`` from the YAML file when the file changes. Malformed input goes to
+``switchboard.deadletter``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
+from datetime import UTC, datetime
+from pathlib import Path
 
 from aiokafka import ConsumerRecord
 
-from switchboard.route.decide import route
+from switchboard.route import conversations
+from switchboard.route.rules import Outcome, evaluate, rules_version
 from switchboard.route.settings import RouteSettings
+from switchboard.route.spikes import Spike, SpikeDetector
 from switchboard.shared import metrics, topics
-from switchboard.shared.events import ClassifiedTweet
+from switchboard.shared.config import SwitchboardConfig
+from switchboard.shared.events import (
+    Alert,
+    AwaitingReply,
+    BrandTweet,
+    ClassifiedTweet,
+    ConversationState,
+    DecodeError,
+    RouteDecision,
+    RoutedTweet,
+    SpikeAlert,
+    Trace,
+    decode,
+    utc_now,
+)
 from switchboard.shared.kafka import (
     Output,
     StreamLoop,
@@ -23,8 +49,12 @@ from switchboard.shared.kafka import (
     ensure_topics,
     make_consumer,
     make_producer,
+    publish,
+    read_to_end,
 )
+from switchboard.shared.labels import Urgency
 from switchboard.shared.runtime import run_service
+from switchboard.shared.settings import ConfigError, ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +66,15 @@ class RouteService:
 
     def __init__(self, settings: RouteSettings) -> None:
         self.settings = settings
-        self.policy = settings.config.route
+        self.config = settings.config
+        self.version = rules_version(self.config.route)
+        self.spikes = SpikeDetector(self.config.route.spikes)
+        self.conversations: dict[str, ConversationState] = {}
         self.producer = make_producer(settings.kafka, client_id="switchboard-route")
         self.consumer = make_consumer(
-            settings.kafka, [topics.CLASSIFIED], GROUP_ID, "switchboard-route"
+            settings.kafka, [topics.CLASSIFIED, topics.BRAND], GROUP_ID, "switchboard-route"
         )
+        self._config_digest = _digest(settings.config_file)
         self._ready = False
 
     @property
@@ -50,48 +84,295 @@ class RouteService:
     async def start(self) -> None:
         await ensure_topics(
             self.settings.kafka,
-            [topics.CLASSIFIED, *topics.PRIMARY_TOPICS, topics.ALERTS, topics.DEADLETTER],
-            self.settings.config.topics.partitions,
-            self.settings.config.topics.replication_factor,
-        )
+            [topics.CLASSIFIED, topics.BRAND, *topics.PRIMARY_TOPICS, topics.ALERTS,
+             topics.DEADLETTER, topics.ROUTE_CONVERSATIONS],
+            self.config.topics.partitions,
+            self.config.topics.replication_factor,
+        )  # fmt: skip
         await self.producer.start()
+        restored = await read_to_end(
+            self.settings.kafka,
+            [topics.ROUTE_CONVERSATIONS],
+            self._restore,
+            client_id="switchboard-route-conversations",
+        )
+        log.info("conversations restored", extra={"records": restored})
         await self.consumer.start()
         self._ready = True
 
+    def _restore(self, record: ConsumerRecord) -> None:
+        key = record.key.decode() if record.key else None
+        if key is None:
+            return
+        if record.value is None:
+            self.conversations.pop(key, None)
+            return
+        with contextlib.suppress(DecodeError):
+            self.conversations[key] = decode(ConversationState, record.value)
+
     async def run(self, stop: asyncio.Event) -> None:
-        await StreamLoop(self.name, self.consumer, self.producer, self.handle).run(stop)
+        background = [
+            asyncio.create_task(self._watch_config(stop)),
+            asyncio.create_task(self._watch_slas(stop)),
+        ]
+        try:
+            await StreamLoop(self.name, self.consumer, self.producer, self.handle).run(stop)
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+
+    # --- per batch ---------------------------------------------------------------------------
 
     async def handle(self, records: list[ConsumerRecord]) -> list[Output]:
         outputs: list[Output] = []
         for record in records:
+            if record.topic == topics.BRAND:
+                outputs += self.on_brand_reply(record)
+                continue
             event = decode_or_dead_letter(record, ClassifiedTweet, self.name)
             if isinstance(event, Output):
                 outputs.append(event)
-                continue
-            routed, messages = route(event, self.policy)
-            outputs.extend(messages)
-            decision = routed.route
-            metrics.TWEETS_ROUTED.labels(decision.department, decision.destination).inc()
-            if decision.escalated:
-                metrics.ALERTS.labels("critical_tweet", decision.department).inc()
-            metrics.E2E_LATENCY.labels("routed").observe(
-                (routed.trace.routed_at - routed.trace.ingested_at).total_seconds()
-            )
+            else:
+                outputs += self.on_classified(event, datetime.now(UTC))
+        return outputs
+
+    def on_classified(self, event: ClassifiedTweet, now: datetime) -> list[Output]:
+        key = event.tweet.conversation_id
+        state = self._active(key, now)
+        outcome = evaluate(event, self.config, state, now)
+        routed = RoutedTweet(
+            tweet=event.tweet,
+            classification=event.classification,
+            route=self._decision(outcome),
+            trace=event.trace.model_copy(update={"routed_at": utc_now()}),
+        )
+        outputs = [Output.of(routed.route.topic, routed, key)]
+        outputs += [Output.of(topics.department_topic(d), routed, key) for d in outcome.copies]
+        if outcome.escalated and outcome.destination != "dropped":
+            outputs.append(Output.of(topics.ALERTS, alert_for(routed), key))
+        new_state = conversations.after_routing(state, event, outcome, now)
+        if new_state is not None and new_state != state:
+            if state is None or state.awaiting is None and new_state.awaiting is not None:
+                awaited = new_state.awaiting
+                assert awaited is not None
+                metrics.AWAITING_REPLY.labels(awaited.handle or "none", awaited.department).inc()
+            outputs.append(self._remember(new_state))
+        outputs += [self._spike_alert(s) for s in self._spikes(event, outcome, now)]
+        self._count(routed, outcome)
+        return outputs
+
+    def on_brand_reply(self, record: ConsumerRecord) -> list[Output]:
+        reply = decode_or_dead_letter(record, BrandTweet, self.name)
+        if isinstance(reply, Output):
+            return [reply]
+        now = datetime.now(UTC)
+        state = self._active(reply.tweet.conversation_id, now)
+        if state is None:
+            return []
+        new_state, response = conversations.after_brand_reply(state, reply, now)
+        if response is not None:
+            labels = (response.awaited.handle or "none", response.awaited.department)
+            metrics.RESPONSES.labels(*labels).inc()
+            metrics.RESPONSE_SECONDS.labels(*labels).observe(response.seconds)
             log.info(
-                "routed",
+                "answered",
                 extra={
-                    "tweet_id": routed.tweet.id,
-                    "conversation_id": routed.tweet.conversation_id,
-                    "topic": decision.topic,
-                    "urgency": routed.classification.urgency.value,
+                    "conversation_id": state.conversation_id,
+                    "tweet_id": response.awaited.tweet_id,
+                    "handle": response.handle,
+                    "seconds": round(response.seconds, 1),
                 },
             )
+        return [self._remember(new_state)]
+
+    def _active(self, conversation_id: str, now: datetime) -> ConversationState | None:
+        state = self.conversations.get(conversation_id)
+        ttl = self.config.route.conversations.ttl_hours
+        return state if conversations.active(state, now, ttl) else None
+
+    def _remember(self, state: ConversationState) -> Output:
+        self.conversations[state.conversation_id] = state
+        return Output.of(topics.ROUTE_CONVERSATIONS, state, state.conversation_id)
+
+    def _decision(self, outcome: Outcome) -> RouteDecision:
+        topic = {
+            "department": topics.department_topic(outcome.department),
+            "triage": topics.TRIAGE,
+            "dropped": topics.DROPPED,
+        }[outcome.destination]
+        return RouteDecision(
+            destination=outcome.destination,
+            department=outcome.department,
+            topic=topic,
+            copies=outcome.copies,
+            escalated=outcome.escalated and outcome.destination != "dropped",
+            reasons=outcome.reasons,
+            confidence_threshold=self.config.route.confidence_threshold,
+            rules_version=self.version,
+            matched_rules=outcome.matched_rules,
+            owner=outcome.owner,
+            priority=outcome.priority,
+            sla_due_at=outcome.sla_due_at,
+        )
+
+    def _spikes(self, event: ClassifiedTweet, outcome: Outcome, now: datetime) -> list[Spike]:
+        if not self.config.route.spikes.enabled or outcome.destination == "dropped":
+            return []
+        return self.spikes.observe(event.tweet, outcome.department, now)
+
+    def _spike_alert(self, spike: Spike) -> Output:
+        config = self.config.route.spikes
+        metrics.SPIKES.labels(spike.dimension, spike.value).inc()
+        metrics.ALERTS.labels("spike", spike.value if spike.dimension == "department" else "").inc()
+        alert = SpikeAlert(
+            alert_id=f"spike:{spike.dimension}:{spike.value}:{utc_now().isoformat()}",
+            dimension=spike.dimension,  # type: ignore[arg-type]
+            value=spike.value,
+            window_minutes=config.window_minutes,
+            count=spike.count,
+            baseline=round(spike.baseline, 3),
+            factor=config.factor,
+            samples=spike.samples,
+        )
+        log.warning(
+            "spike", extra={"dimension": spike.dimension, "value": spike.value, "n": spike.count}
+        )
+        return Output.of(topics.ALERTS, alert, key=f"{spike.dimension}:{spike.value}")
+
+    def _count(self, routed: RoutedTweet, outcome: Outcome) -> None:
+        decision = routed.route
+        metrics.TWEETS_ROUTED.labels(decision.department, decision.destination).inc()
+        for department in decision.copies:
+            metrics.COPIES.labels(department).inc()
+        for rule in outcome.matched_rules:
+            metrics.RULE_MATCHES.labels(rule).inc()
+        if decision.escalated:
+            metrics.ALERTS.labels(alert_kind(routed), decision.department).inc()
+        metrics.E2E_LATENCY.labels("routed").observe(
+            (routed.trace.routed_at - routed.trace.ingested_at).total_seconds()  # type: ignore[operator]
+        )
+        log.info(
+            "routed",
+            extra={
+                "tweet_id": routed.tweet.id,
+                "conversation_id": routed.tweet.conversation_id,
+                "topic": decision.topic,
+                "urgency": routed.classification.urgency.value,
+                "rules": decision.matched_rules,
+            },
+        )
+
+    # --- background work -----------------------------------------------------------------------
+
+    async def _watch_slas(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self.config.route.sla.check_interval_s)
+            outputs = self.sla_breaches(datetime.now(UTC))
+            if outputs:
+                await publish(self.producer, outputs, self.name)
+
+    def sla_breaches(self, now: datetime) -> list[Output]:
+        """An alert for each awaited tweet past its SLA (once), and the updated states."""
+        urgencies = self.config.route.sla.alert_urgencies
+        outputs = []
+        for state in list(self.conversations.values()):
+            if not conversations.breached(state, now, urgencies):
+                continue
+            awaiting = state.awaiting
+            assert awaiting is not None and awaiting.due_at is not None
+            metrics.SLA_BREACHES.labels(awaiting.department, awaiting.urgency).inc()
+            if awaiting.tweet is not None and awaiting.classification is not None:
+                late = (now - awaiting.due_at).total_seconds() / 60
+                alert = Alert(
+                    alert_id=f"sla_breach:{awaiting.tweet_id}",
+                    kind="sla_breach",
+                    department=awaiting.department,
+                    urgency=awaiting.urgency,
+                    summary=(
+                        f"{awaiting.urgency.value} tweet to {awaiting.handle or 'the company'} "
+                        f"unanswered {late:.0f} min past its SLA ({awaiting.due_at.isoformat()})"
+                    ),
+                    tweet=awaiting.tweet,
+                    classification=awaiting.classification,
+                    trace=_trace_for(awaiting),
+                )
+                outputs.append(Output.of(topics.ALERTS, alert, state.conversation_id))
+                metrics.ALERTS.labels("sla_breach", awaiting.department).inc()
+            marked = awaiting.model_copy(update={"breach_alerted": True})
+            outputs.append(self._remember(state.model_copy(update={"awaiting": marked})))
         return outputs
+
+    async def _watch_config(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self.config.route.reload_interval_s)
+            self.reload_if_changed()
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the YAML file if it changed; keep the current policy if it is invalid."""
+        digest = _digest(self.settings.config_file)
+        if digest == self._config_digest:
+            return False
+        self._config_digest = digest
+        try:
+            config = _load_config(self.settings)
+        except ConfigError as error:
+            metrics.RULES_RELOADS.labels("invalid").inc()
+            log.error("new configuration rejected; keeping the current rules: %s", error)
+            return False
+        self.config = config
+        self.version = rules_version(config.route)
+        self.spikes = SpikeDetector(config.route.spikes)
+        metrics.RULES_RELOADS.labels("applied").inc()
+        log.info(
+            "routing rules reloaded",
+            extra={"rules_version": self.version, "rules": len(config.route.rules)},
+        )
+        return True
 
     async def close(self) -> None:
         self._ready = False
         await self.consumer.stop()
         await self.producer.stop()
+
+
+def alert_kind(routed: RoutedTweet) -> str:
+    return "critical_tweet" if routed.classification.urgency is Urgency.CRITICAL else "escalation"
+
+
+def alert_for(routed: RoutedTweet) -> Alert:
+    c = routed.classification
+    kind = alert_kind(routed)
+    return Alert(
+        alert_id=f"{kind}:{routed.tweet.id}",
+        kind=kind,  # type: ignore[arg-type]
+        department=routed.route.department,
+        urgency=c.urgency,
+        summary=(
+            f"{c.urgency.value} {routed.route.department.value} tweet from "
+            f"@{routed.tweet.author.username} to "
+            f"{', '.join(routed.tweet.addressed_handles) or 'the company'}: "
+            + "; ".join(routed.route.reasons[-2:])
+        ),
+        tweet=routed.tweet,
+        classification=c,
+        trace=routed.trace,
+    )
+
+
+def _trace_for(awaiting: AwaitingReply) -> Trace:
+    return Trace(ingested_at=awaiting.received_at)
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _load_config(settings: ServiceSettings) -> SwitchboardConfig:
+    return type(settings).load(config_file=settings.config_file, kafka=settings.kafka).config
 
 
 def main(**overrides: object) -> None:

@@ -101,7 +101,7 @@ class Classification(Model):
 class RouteDecision(Model):
     """Where a tweet went and why."""
 
-    destination: Literal["department", "triage"]
+    destination: Literal["department", "triage", "dropped"]
     department: Department = Field(description="The owning department")
     topic: str = Field(description="The primary topic the tweet was published on")
     copies: list[Department] = Field(default_factory=list)
@@ -109,6 +109,12 @@ class RouteDecision(Model):
     reasons: list[str] = Field(description="Human-readable reasons, one per rule that applied")
     confidence_threshold: Probability
     rules_version: str
+    matched_rules: list[str] = Field(default_factory=list, description="route.rules that matched")
+    owner: Literal["model", "conversation", "rule"] = Field(
+        default="model", description="What decided the department"
+    )
+    priority: Literal["P1", "P2", "P3", "P4"] | None = None
+    sla_due_at: AwareDatetime | None = Field(default=None, description="First reply due by")
 
 
 class Event(Model):
@@ -170,13 +176,56 @@ class Alert(Event):
 
     event_type: Literal["alert"] = "alert"
     alert_id: str
-    kind: Literal["critical_tweet"]
+    kind: Literal["critical_tweet", "escalation", "sla_breach"]
     department: Department
     urgency: Urgency
     summary: str
     tweet: Tweet
     classification: Classification
     trace: Trace
+
+
+class SpikeAlert(Event):
+    """On ``switchboard.alerts``: tweets about one department, handle or keyword arrive far
+    faster than their trailing baseline. One per episode, with sample tweets."""
+
+    event_type: Literal["alert.spike"] = "alert.spike"
+    alert_id: str
+    dimension: Literal["department", "handle", "keyword"]
+    value: str
+    window_minutes: int
+    count: int = Field(description="Tweets in the current window")
+    baseline: float = Field(description="Mean tweets per window over the trailing windows")
+    factor: float
+    samples: list[Tweet]
+    detected_at: AwareDatetime = Field(default_factory=utc_now)
+
+
+class AwaitingReply(Model):
+    """The first inbound tweet of a conversation that no company handle has answered yet."""
+
+    tweet_id: str
+    handle: str | None
+    department: Department
+    urgency: Urgency
+    received_at: AwareDatetime
+    due_at: AwareDatetime | None = None
+    breach_alerted: bool = False
+    tweet: Tweet | None = Field(default=None, description="For the SLA-breach alert")
+    classification: Classification | None = None
+
+
+class ConversationState(Event):
+    """On the compacted ``switchboard.route.conversations``, keyed by conversation id: route's
+    memory of who owns a conversation and whether it awaits a reply."""
+
+    event_type: Literal["route.conversation"] = "route.conversation"
+    conversation_id: str
+    department: Department
+    max_urgency: Urgency
+    tweets: int = Field(ge=1)
+    updated_at: AwareDatetime
+    awaiting: AwaitingReply | None = None
 
 
 class Delivery(Event):
@@ -235,6 +284,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ClassifiedTweet,
     RoutedTweet,
     Alert,
+    SpikeAlert,
+    ConversationState,
     Delivery,
     DeadLetter,
 )
@@ -267,6 +318,15 @@ def decode(event_type: type[E], payload: bytes | None) -> E:
         return event_type.model_validate_json(payload)
     except ValidationError as exc:
         raise _decode_error(exc) from None
+
+
+def decode_alert(payload: bytes | None) -> Alert | SpikeAlert:
+    """An event from ``switchboard.alerts``, which carries two event types."""
+    try:
+        kind = json.loads(payload or b"{}").get("event_type")
+    except (ValueError, AttributeError):
+        kind = None
+    return decode(SpikeAlert if kind == "alert.spike" else Alert, payload)
 
 
 def _decode_error(exc: ValidationError) -> DecodeError:

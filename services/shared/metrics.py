@@ -104,6 +104,37 @@ TWEETS_ROUTED = Counter(
     ["department", "destination"],
 )
 ALERTS = Counter("switchboard_alerts_total", "Alerts published", ["kind", "department"])
+COPIES = Counter(
+    "switchboard_tweets_copied_total", "Copies published for other departments", ["department"]
+)
+RULE_MATCHES = Counter(
+    "switchboard_rule_matches_total", "Tweets each routing rule matched", ["rule"]
+)
+RULES_RELOADS = Counter(
+    "switchboard_rules_reloads_total", "Reloads of the routing rules, by outcome", ["outcome"]
+)
+SPIKES = Counter("switchboard_spikes_total", "Spike episodes detected", ["dimension", "value"])
+AWAITING_REPLY = Counter(
+    "switchboard_conversations_awaiting_total",
+    "Conversations that started waiting for a company reply",
+    ["handle", "department"],
+)
+RESPONSES = Counter(
+    "switchboard_responses_total",
+    "Awaited tweets answered by a company handle (response rate = this / awaiting)",
+    ["handle", "department"],
+)
+RESPONSE_SECONDS = Histogram(
+    "switchboard_response_seconds",
+    "Time to first response by a company handle",
+    ["handle", "department"],
+    buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 259200),
+)
+SLA_BREACHES = Counter(
+    "switchboard_sla_breaches_total",
+    "Awaited tweets unanswered past their SLA",
+    ["department", "urgency"],
+)
 
 DELIVERIES = Counter(
     "switchboard_deliveries_total", "Notification deliveries", ["channel", "outcome"]

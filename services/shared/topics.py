@@ -11,6 +11,10 @@ COMPLIANCE = "switchboard.compliance"
 INGEST_CHECKPOINTS = "switchboard.ingest.checkpoints"
 CLASSIFIED = "switchboard.tweets.classified"
 TRIAGE = "switchboard.triage"
+# Tweets a rule dropped (spam): kept for audit, so that every tweet is accounted for.
+DROPPED = "switchboard.dropped"
+# Compacted: route's conversation ownership and awaited replies, keyed by conversation id.
+ROUTE_CONVERSATIONS = "switchboard.route.conversations"
 ALERTS = "switchboard.alerts"
 DELIVERIES = "switchboard.notifications.deliveries"
 NOTIFICATIONS_DLQ = "switchboard.notifications.dlq"
@@ -25,14 +29,15 @@ def department_topic(department: Department | str) -> str:
 
 DEPARTMENT_TOPICS: tuple[str, ...] = tuple(department_topic(d) for d in DEPARTMENTS)
 
-# A tweet lands on exactly one primary topic: its department's or triage.
-PRIMARY_TOPICS: tuple[str, ...] = (*DEPARTMENT_TOPICS, TRIAGE)
+# A tweet lands on exactly one primary topic: its department's, triage, or dropped.
+PRIMARY_TOPICS: tuple[str, ...] = (*DEPARTMENT_TOPICS, TRIAGE, DROPPED)
 
 ALL: tuple[str, ...] = (
     RAW,
     BRAND,
     COMPLIANCE,
     INGEST_CHECKPOINTS,
+    ROUTE_CONVERSATIONS,
     CLASSIFIED,
     *PRIMARY_TOPICS,
     ALERTS,
@@ -42,7 +47,7 @@ ALL: tuple[str, ...] = (
 )
 
 # Topics that keep only the last message per key (Kafka log compaction).
-COMPACTED: frozenset[str] = frozenset({INGEST_CHECKPOINTS})
+COMPACTED: frozenset[str] = frozenset({INGEST_CHECKPOINTS, ROUTE_CONVERSATIONS})
 
 
 def topic_config(topic: str) -> dict[str, str]:

@@ -1,0 +1,101 @@
+"""Conversation memory (pure): who owns a conversation, how urgent it got, and whether a
+company handle has answered it yet. The route service keeps one ``ConversationState`` per
+conversation id on a compacted topic (service.py); these functions say how it changes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from switchboard.route.rules import URGENCY_RANK, Outcome
+from switchboard.shared.events import AwaitingReply, BrandTweet, ClassifiedTweet, ConversationState
+from switchboard.shared.labels import Urgency
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A company handle answered an awaited tweet."""
+
+    awaited: AwaitingReply
+    handle: str
+    seconds: float
+
+
+def active(state: ConversationState | None, now: datetime, ttl_hours: float) -> bool:
+    return state is not None and now - state.updated_at <= timedelta(hours=ttl_hours)
+
+
+def after_routing(
+    state: ConversationState | None, event: ClassifiedTweet, outcome: Outcome, now: datetime
+) -> ConversationState | None:
+    """The conversation after this tweet was routed (``state`` must be active or None)."""
+    if outcome.destination == "dropped":
+        return state
+    urgency = event.classification.urgency
+    owner = outcome.department
+    if outcome.destination == "triage" and state is not None:
+        owner = state.department  # triage does not take a conversation away from its owner
+    awaiting = _awaiting(state.awaiting if state else None, event, outcome)
+    return ConversationState(
+        conversation_id=event.tweet.conversation_id,
+        department=owner,
+        max_urgency=max(urgency, state.max_urgency, key=URGENCY_RANK.get) if state else urgency,
+        tweets=(state.tweets if state else 0) + 1,
+        updated_at=now,
+        awaiting=awaiting,
+    )
+
+
+def _awaiting(
+    current: AwaitingReply | None, event: ClassifiedTweet, outcome: Outcome
+) -> AwaitingReply:
+    """The first unanswered tweet keeps the clock; a stricter SLA from a later one wins."""
+    tweet = event.tweet
+    if current is not None:
+        stricter = outcome.sla_due_at is not None and (
+            current.due_at is None or outcome.sla_due_at < current.due_at
+        )
+        if not stricter:
+            return current
+        return current.model_copy(
+            update={
+                "urgency": event.classification.urgency,
+                "due_at": outcome.sla_due_at,
+                "department": outcome.department,
+                "breach_alerted": False,
+            }
+        )
+    return AwaitingReply(
+        tweet_id=tweet.id,
+        handle=tweet.addressed_handles[0] if tweet.addressed_handles else None,
+        department=outcome.department,
+        urgency=event.classification.urgency,
+        received_at=max(tweet.created_at, event.trace.ingested_at),
+        due_at=outcome.sla_due_at,
+        tweet=tweet,
+        classification=event.classification,
+    )
+
+
+def after_brand_reply(
+    state: ConversationState, reply: BrandTweet, now: datetime
+) -> tuple[ConversationState, Response | None]:
+    """A company handle spoke in the conversation: the awaited tweet, if any, is answered."""
+    if state.awaiting is None:
+        return state.model_copy(update={"updated_at": now}), None
+    answered_at = max(reply.tweet.created_at, reply.trace.ingested_at)
+    seconds = max(0.0, (answered_at - state.awaiting.received_at).total_seconds())
+    response = Response(state.awaiting, reply.handle, seconds)
+    return state.model_copy(update={"awaiting": None, "updated_at": now}), response
+
+
+def breached(state: ConversationState, now: datetime, urgencies: list[Urgency]) -> bool:
+    """Awaiting a reply past its due time, of an urgency that alerts, not yet alerted."""
+    awaiting = state.awaiting
+    return (
+        awaiting is not None
+        and not awaiting.breach_alerted
+        and awaiting.due_at is not None
+        and awaiting.due_at < now
+        and awaiting.urgency in urgencies
+    )

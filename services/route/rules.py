@@ -1,0 +1,226 @@
+"""Routing policy as data: built-in defaults, conversation ownership, then the company's rules.
+
+Pure functions: a classified tweet, the policy, the conversation's state and the time in; an
+``Outcome`` (where it goes, what else happens, and why) out.
+
+Order of evaluation:
+
+1. Defaults, which a company gets without writing a rule: the model's department owns the tweet
+   whatever handle it was sent to; an unsupported language or a department confidence below
+   ``confidence_threshold`` goes to triage with the model's top two; urgencies in
+   ``alert_urgencies`` are escalated; priority and SLA follow the urgency.
+2. Conversation ownership: a reply in a conversation that already has an owner stays with it,
+   unless the model is at least ``conversations.override_confidence`` sure of another
+   department; a conversation whose urgency rises to high or critical is escalated.
+3. ``route.rules`` in order. Every matching rule applies: ``route_to``, ``triage``, ``drop``,
+   ``priority`` and ``sla_minutes`` take the last matching rule's value, ``copy_to`` and
+   ``escalate`` accumulate; a matching rule with ``final: true`` stops the evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from switchboard.shared.config import (
+    WEEKDAYS,
+    Priority,
+    RouteConfig,
+    RoutingRule,
+    SwitchboardConfig,
+    TimeWindow,
+)
+from switchboard.shared.events import ClassifiedTweet, ConversationState
+from switchboard.shared.labels import Department, Urgency
+
+Destination = Literal["department", "triage", "dropped"]
+URGENCY_RANK = {Urgency.LOW: 0, Urgency.NORMAL: 1, Urgency.HIGH: 2, Urgency.CRITICAL: 3}
+DEFAULT_PRIORITY: dict[Urgency, Priority] = {
+    Urgency.CRITICAL: "P1", Urgency.HIGH: "P2", Urgency.NORMAL: "P3", Urgency.LOW: "P4"
+}  # fmt: skip
+
+
+@dataclass(slots=True)
+class Outcome:
+    department: Department
+    destination: Destination
+    escalated: bool
+    priority: Priority
+    sla_due_at: datetime | None
+    owner: Literal["model", "conversation", "rule"] = "model"
+    copies: list[Department] = field(default_factory=list)
+    matched_rules: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+
+def rules_version(policy: RouteConfig) -> str:
+    """A fingerprint of the routing policy; it travels in every routed message."""
+    return "rules-" + hashlib.sha256(policy.model_dump_json().encode()).hexdigest()[:12]
+
+
+def evaluate(
+    event: ClassifiedTweet,
+    config: SwitchboardConfig,
+    conversation: ConversationState | None,
+    now: datetime,
+) -> Outcome:
+    outcome = defaults(event, config.route, now)
+    if conversation is not None and config.route.conversations.enabled:
+        apply_ownership(outcome, event, config.route, conversation)
+    segments = {h.handle.lower(): h.segment for h in config.handles}
+    for rule in config.route.rules:
+        if matches(rule, event, segments, now):
+            apply_rule(outcome, rule, event, config.route, now)
+            if rule.final:
+                outcome.reasons.append(f"rule {rule.name} is final: later rules not evaluated")
+                break
+    if outcome.destination != "department":
+        outcome.copies = [d for d in outcome.copies if d != outcome.department]
+    outcome.copies = [d for d in dict.fromkeys(outcome.copies) if d != outcome.department]
+    return outcome
+
+
+def defaults(event: ClassifiedTweet, policy: RouteConfig, now: datetime) -> Outcome:
+    c = event.classification
+    outcome = Outcome(
+        department=c.department,
+        destination="department",
+        escalated=c.urgency in policy.alert_urgencies,
+        priority=DEFAULT_PRIORITY[c.urgency],
+        sla_due_at=_due(event, policy.sla.minutes.get(c.urgency), now),
+    )
+    top_two = ", ".join(f"{d.value} {p:.2f}" for d, p in top_departments(event)[:2])
+    if not c.language_supported:
+        outcome.destination = "triage"
+        outcome.reasons.append(
+            f"language {c.lang} is not supported by model {c.model_version} "
+            f"(model guess: {top_two})"
+        )
+    elif c.confidence < policy.confidence_threshold:
+        outcome.destination = "triage"
+        outcome.reasons.append(
+            f"department confidence {c.confidence:.2f} below threshold "
+            f"{policy.confidence_threshold:.2f} (top two: {top_two})"
+        )
+    else:
+        outcome.reasons.append(
+            f"model department {c.department.value} at confidence {c.confidence:.2f} "
+            f">= {policy.confidence_threshold:.2f}"
+        )
+    if outcome.escalated:
+        outcome.reasons.append(f"urgency {c.urgency.value} is escalated")
+    return outcome
+
+
+def apply_ownership(
+    outcome: Outcome, event: ClassifiedTweet, policy: RouteConfig, state: ConversationState
+) -> None:
+    c = event.classification
+    owner = state.department
+    if owner != c.department and c.confidence < policy.conversations.override_confidence:
+        outcome.department, outcome.destination, outcome.owner = owner, "department", "conversation"
+        outcome.reasons.append(
+            f"conversation {event.tweet.conversation_id} is owned by {owner.value} "
+            f"(model says {c.department.value} at {c.confidence:.2f} < "
+            f"{policy.conversations.override_confidence:.2f})"
+        )
+    elif owner != c.department:
+        outcome.reasons.append(
+            f"conversation moves from {owner.value}: model is {c.confidence:.2f} sure of "
+            f"{c.department.value}"
+        )
+    rose = URGENCY_RANK[c.urgency] > URGENCY_RANK[state.max_urgency]
+    if rose and URGENCY_RANK[c.urgency] >= URGENCY_RANK[Urgency.HIGH]:
+        outcome.escalated = True
+        outcome.reasons.append(
+            f"conversation urgency rose from {state.max_urgency.value} to {c.urgency.value}"
+        )
+
+
+def apply_rule(
+    outcome: Outcome, rule: RoutingRule, event: ClassifiedTweet, policy: RouteConfig, now: datetime
+) -> None:
+    action = rule.then
+    outcome.matched_rules.append(rule.name)
+    done = []
+    if action.route_to is not None:
+        outcome.department, outcome.destination, outcome.owner = (
+            action.route_to, "department", "rule",
+        )  # fmt: skip
+        done.append(f"route to {action.route_to.value}")
+    if action.triage:
+        outcome.destination = "triage"
+        done.append("send to triage")
+    if action.drop:
+        outcome.destination = "dropped"
+        done.append("drop")
+    if action.copy_to:
+        outcome.copies += action.copy_to
+        done.append("copy to " + ", ".join(d.value for d in action.copy_to))
+    if action.escalate:
+        outcome.escalated = True
+        done.append("escalate")
+    if action.priority is not None:
+        outcome.priority = action.priority
+        done.append(f"priority {action.priority}")
+    if action.sla_minutes is not None:
+        outcome.sla_due_at = _due(event, action.sla_minutes, now)
+        done.append(f"SLA {action.sla_minutes} min")
+    label = f"rule {rule.name}" + (f" ({rule.description})" if rule.description else "")
+    outcome.reasons.append(f"{label}: {', '.join(done) or 'no action'}")
+
+
+def matches(
+    rule: RoutingRule, event: ClassifiedTweet, segments: dict[str, str], now: datetime
+) -> bool:
+    w, c, tweet = rule.when, event.classification, event.tweet
+    addressed = [h.lower() for h in tweet.addressed_handles]
+    checks = [
+        w.departments is None or c.department in w.departments,
+        w.urgencies is None or c.urgency in w.urgencies,
+        w.confidence_min is None or c.confidence >= w.confidence_min,
+        w.confidence_max is None or c.confidence <= w.confidence_max,
+        w.handles is None or any(h.lower() in addressed for h in w.handles),
+        w.segments is None or any(segments.get(h) in w.segments for h in addressed),
+        w.languages is None or (c.lang or tweet.lang) in w.languages,
+        w.keywords is None or any(_keyword(k).search(tweet.text) for k in w.keywords),
+        w.patterns is None or any(re.search(p, tweet.text) for p in w.patterns),
+        w.followers_min is None or tweet.author.followers_count >= w.followers_min,
+        w.verified is None or tweet.author.verified == w.verified,
+        w.kinds is None or tweet.kind in w.kinds,
+        w.time is None or in_window(w.time, now),
+    ]
+    return all(checks)
+
+
+def in_window(window: TimeWindow, now: datetime) -> bool:
+    local = now.astimezone(ZoneInfo(window.timezone))
+    if WEEKDAYS[local.weekday()] not in window.days:
+        return False
+    clock = local.strftime("%H:%M")
+    if window.start <= window.end:
+        return window.start <= clock < window.end
+    return clock >= window.start or clock < window.end  # overnight, e.g. 22:00-06:00
+
+
+def top_departments(event: ClassifiedTweet) -> list[tuple[Department, float]]:
+    scores = event.classification.department_scores
+    return sorted(scores.items(), key=lambda item: item[1], reverse=True)
+
+
+@lru_cache(maxsize=1024)
+def _keyword(keyword: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<!\w){re.escape(keyword)}(?!\w)", re.IGNORECASE)
+
+
+def _due(event: ClassifiedTweet, minutes: int | None, now: datetime) -> datetime | None:
+    """Due ``minutes`` after the tweet was written, or after it was ingested when that is later
+    (a backfill of old tweets must not start out past its SLA)."""
+    if minutes is None:
+        return None
+    return max(event.tweet.created_at, event.trace.ingested_at) + timedelta(minutes=minutes)

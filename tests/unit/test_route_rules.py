@@ -1,0 +1,281 @@
+"""Routing policy, table-driven: defaults, a custom rule set, conversations, spikes, SLAs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from switchboard.route import conversations
+from switchboard.route.rules import evaluate, in_window, rules_version
+from switchboard.route.spikes import SpikeDetector
+from switchboard.shared.config import SpikeConfig, SwitchboardConfig, TimeWindow
+from switchboard.shared.events import Author, BrandTweet, Trace
+from switchboard.shared.labels import Department, Urgency
+from tests.factories import a_classified_tweet as classified
+from tests.factories import a_tweet
+
+NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)  # a Wednesday
+
+CUSTOM_RULES = [
+    {"name": "spam", "when": {"departments": ["community"], "keywords": ["follow back"]},
+     "then": {"drop": True}, "final": True},
+    {"name": "vip", "when": {"followers_min": 100000}, "then": {"copy_to": ["communications"],
+     "priority": "P1", "sla_minutes": 15}},
+    {"name": "ir-outage", "when": {"segments": ["investor"], "departments": ["it_security"]},
+     "then": {"route_to": "investor_relations", "copy_to": ["it_security"]}},
+    {"name": "legal-words", "when": {"patterns": ["(?i)\\b(lawsuit|subpoena)\\b"]},
+     "then": {"route_to": "legal", "escalate": True}},
+    {"name": "night-critical", "when": {"urgencies": ["critical"],
+     "time": {"start": "22:00", "end": "06:00", "timezone": "Europe/London"}},
+     "then": {"priority": "P1", "sla_minutes": 10}},
+    {"name": "spanish", "when": {"languages": ["es"]}, "then": {"triage": True}},
+]  # fmt: skip
+
+
+def configured(rules: list[dict] | None = None, **route: object) -> SwitchboardConfig:
+    return SwitchboardConfig.model_validate(
+        {
+            "handles": [
+                {
+                    "handle": "@AcmeHelp",
+                    "user_id": "1",
+                    "brand": "Acme",
+                    "segment": "support",
+                    "default_department": "customer_service",
+                },
+                {
+                    "handle": "@AcmeIR",
+                    "user_id": "2",
+                    "brand": "Acme",
+                    "segment": "investor",
+                    "default_department": "investor_relations",
+                },
+            ],  # fmt: skip
+            "route": {"confidence_threshold": 0.5, "rules": rules or [], **route},
+        }
+    )
+
+
+DEFAULTS = configured()
+CUSTOM = configured(CUSTOM_RULES)
+
+
+@pytest.mark.parametrize(
+    ("case", "event", "destination", "department", "escalated", "copies", "matched"),
+    [
+        ("confident: its department whatever the handle",
+         classified("customer_service", 0.8, addressed_handles=["@AcmeIR"]),
+         "department", "customer_service", False, [], []),
+        ("low confidence: triage", classified("legal", 0.3), "triage", "legal", False, [], []),
+        ("critical: escalated", classified("it_security", 0.9, "critical"),
+         "department", "it_security", True, [], []),
+        ("unsupported language: triage, still escalated",
+         classified("sales", 0.95, "critical", lang="ja", language_supported=False),
+         "triage", "sales", True, [], []),
+    ],
+)  # fmt: skip
+def test_defaults(case, event, destination, department, escalated, copies, matched):
+    outcome = evaluate(event, DEFAULTS, None, NOW)
+    assert (outcome.destination, outcome.department.value, outcome.escalated) == (
+        destination, department, escalated,
+    ), case  # fmt: skip
+    assert [d.value for d in outcome.copies] == copies and outcome.matched_rules == matched
+
+
+@pytest.mark.parametrize(
+    ("case", "event", "destination", "department", "escalated", "copies", "matched"),
+    [
+        ("spam dropped, final", classified("community", 0.9, text="follow back pls"),
+         "dropped", "community", False, [], ["spam"]),
+        ("spam rule needs its keyword", classified("community", 0.9, text="hi all"),
+         "department", "community", False, [], []),
+        ("vip author copied to comms",
+         classified("customer_service", 0.9, author=Author(id="9", username="big",
+                                                           followers_count=250000)),
+         "department", "customer_service", False, ["communications"], ["vip"]),
+        ("outage on the IR handle owned by IR, copied to security",
+         classified("it_security", 0.9, addressed_handles=["@AcmeIR"]),
+         "department", "investor_relations", False, ["it_security"], ["ir-outage"]),
+        ("pattern: route to legal even from triage, escalate",
+         classified("sales", 0.2, text="a LAWSUIT is coming"),
+         "department", "legal", True, [], ["legal-words"]),
+        ("language rule: triage", classified("sales", 0.9, lang="es"),
+         "triage", "sales", False, [], ["spanish"]),
+    ],
+)  # fmt: skip
+def test_custom_rules(case, event, destination, department, escalated, copies, matched):
+    outcome = evaluate(event, CUSTOM, None, NOW)
+    assert (outcome.destination, outcome.department.value, outcome.escalated) == (
+        destination, department, escalated,
+    ), case  # fmt: skip
+    assert [d.value for d in outcome.copies] == copies, case
+    assert outcome.matched_rules == matched, case
+    assert all(f"rule {name}" in " ".join(outcome.reasons) for name in matched)
+
+
+def test_rule_actions_set_priority_and_sla():
+    vip = classified(
+        "customer_service", 0.9, author=Author(id="9", username="b", followers_count=10**6)
+    )
+    outcome = evaluate(vip, CUSTOM, None, NOW)
+    assert outcome.priority == "P1"
+    assert outcome.sla_due_at == max(vip.tweet.created_at, vip.trace.ingested_at) + timedelta(
+        minutes=15
+    )
+    plain = evaluate(classified("customer_service", 0.9, "normal"), CUSTOM, None, NOW)
+    assert plain.priority == "P3"
+
+
+def test_time_windows_wrap_midnight_in_their_zone():
+    night = TimeWindow(start="22:00", end="06:00", timezone="Europe/London")
+    assert in_window(night, datetime(2026, 11, 25, 23, 30, tzinfo=UTC))
+    assert in_window(night, datetime(2026, 11, 25, 5, 59, tzinfo=UTC))
+    assert not in_window(night, NOW)
+    weekdays = TimeWindow(days=["mon", "tue", "wed", "thu", "fri"])
+    assert in_window(weekdays, NOW) and not in_window(weekdays, datetime(2026, 11, 28, tzinfo=UTC))
+
+
+def test_rules_version_follows_the_policy():
+    assert rules_version(CUSTOM.route) == rules_version(configured(CUSTOM_RULES).route)
+    assert rules_version(CUSTOM.route) != rules_version(DEFAULTS.route)
+
+
+@pytest.mark.parametrize(
+    ("rule", "key"),
+    [
+        ({"name": "x", "when": {"departmnts": ["legal"]}, "then": {}}, "departmnts"),
+        ({"name": "x", "then": {"route_to": "hr"}}, "route_to"),
+        ({"name": "x", "then": {"drop": True, "escalate": True}}, "drop"),
+        ({"name": "x", "when": {"patterns": ["("]}, "then": {}}, "patterns"),
+        ({"name": "x", "when": {"time": {"timezone": "Mars/Base"}}, "then": {}}, "timezone"),
+    ],
+)
+def test_a_bad_rule_is_refused_naming_its_key(rule, key):
+    with pytest.raises(ValueError, match=key):
+        configured([rule])
+
+
+def test_rule_names_are_unique():
+    with pytest.raises(ValueError, match="repeated"):
+        configured([{"name": "a", "then": {}}, {"name": "a", "then": {}}])
+
+
+# --- conversations ---------------------------------------------------------------------------
+
+
+def routed_state(event, config=DEFAULTS, state=None, now=NOW):
+    outcome = evaluate(event, config, state, now)
+    return outcome, conversations.after_routing(state, event, outcome, now)
+
+
+def test_a_reply_stays_with_the_owner_unless_the_model_is_sure():
+    _, state = routed_state(classified("customer_service", 0.9, conversation_id="c1"))
+    unsure = evaluate(classified("sales", 0.7, conversation_id="c1"), DEFAULTS, state, NOW)
+    assert (unsure.department, unsure.owner) == (Department.CUSTOMER_SERVICE, "conversation")
+    sure = evaluate(classified("legal", 0.9, conversation_id="c1"), DEFAULTS, state, NOW)
+    assert (sure.department, sure.owner) == (Department.LEGAL, "model")
+
+
+def test_a_low_confidence_reply_goes_to_the_owner_not_triage():
+    _, state = routed_state(classified("customer_service", 0.9, conversation_id="c2"))
+    outcome = evaluate(classified("sales", 0.3, conversation_id="c2"), DEFAULTS, state, NOW)
+    assert outcome.destination == "department" and outcome.department == Department.CUSTOMER_SERVICE
+
+
+def test_rising_urgency_escalates_the_conversation():
+    _, state = routed_state(classified("customer_service", 0.9, "normal", conversation_id="c3"))
+    outcome = evaluate(
+        classified("customer_service", 0.9, "high", conversation_id="c3"), DEFAULTS, state, NOW
+    )
+    assert outcome.escalated and "rose from normal to high" in " ".join(outcome.reasons)
+    _, state = routed_state(
+        classified("customer_service", 0.9, "high", conversation_id="c3"), state=state
+    )
+    again = evaluate(
+        classified("customer_service", 0.9, "high", conversation_id="c3"), DEFAULTS, state, NOW
+    )
+    assert not again.escalated
+
+
+def test_ownership_expires_after_its_window():
+    _, state = routed_state(classified("customer_service", 0.9, conversation_id="c4"))
+    assert conversations.active(state, NOW + timedelta(hours=71), 72)
+    assert not conversations.active(state, NOW + timedelta(hours=73), 72)
+
+
+def test_a_brand_reply_answers_the_first_awaited_tweet():
+    first = classified("customer_service", 0.9, "critical", conversation_id="c5", id="t1")
+    _, state = routed_state(first)
+    _, state = routed_state(
+        classified("customer_service", 0.9, "normal", conversation_id="c5", id="t2"), state=state
+    )
+    assert state.awaiting.tweet_id == "t1" and state.awaiting.urgency is Urgency.CRITICAL
+    received = state.awaiting.received_at
+    reply = BrandTweet(
+        handle="@AcmeHelp",
+        tweet=a_tweet(id="r1", conversation_id="c5", created_at=received + timedelta(minutes=12),
+                      author=Author(id="1", username="AcmeHelp")),
+        trace=Trace(ingested_at=received),
+    )  # fmt: skip
+    state, response = conversations.after_brand_reply(state, reply, NOW)
+    assert state.awaiting is None and response.seconds == pytest.approx(12 * 60)
+
+
+def test_an_sla_breach_is_reported_once_for_alerting_urgencies():
+    _, state = routed_state(classified("it_security", 0.9, "critical", conversation_id="c6"))
+    due = state.awaiting.due_at
+    assert not conversations.breached(state, due - timedelta(seconds=1), [Urgency.CRITICAL])
+    assert conversations.breached(state, due + timedelta(seconds=1), [Urgency.CRITICAL])
+    assert not conversations.breached(state, due + timedelta(seconds=1), [Urgency.HIGH])
+    alerted = state.model_copy(
+        update={"awaiting": state.awaiting.model_copy(update={"breach_alerted": True})}
+    )
+    assert not conversations.breached(alerted, due + timedelta(hours=1), [Urgency.CRITICAL])
+
+
+# --- spikes --------------------------------------------------------------------------------
+
+
+def test_a_burst_raises_one_alert_per_episode():
+    detector = SpikeDetector(SpikeConfig(window_minutes=1, baseline_windows=10, factor=3,
+                                         min_count=5, dimensions=["department"]))  # fmt: skip
+    start = NOW
+    for minute in range(10):  # a steady trickle: one tweet a minute
+        assert (
+            detector.observe(a_tweet(), Department.LEGAL, start + timedelta(minutes=minute)) == []
+        )
+    burst_at = start + timedelta(minutes=10, seconds=5)
+    spikes = [
+        s
+        for i in range(20)
+        for s in detector.observe(a_tweet(id=str(i)), Department.LEGAL, burst_at)
+    ]
+    assert len(spikes) == 1
+    [spike] = spikes
+    assert (spike.dimension, spike.value, spike.count) == ("department", "legal", 5)
+    assert spike.baseline == pytest.approx(1.0) and len(spike.samples) == 5
+    # The burst goes on in the next window: same episode, no new alert.
+    later = burst_at + timedelta(minutes=1)
+    assert [
+        s for _ in range(20) for s in detector.observe(a_tweet(), Department.LEGAL, later)
+    ] == []
+    # Quiet again for a while, then a new burst is a new episode.
+    quiet = later + timedelta(minutes=30)
+    detector.observe(a_tweet(), Department.LEGAL, quiet)
+    again = quiet + timedelta(minutes=1)
+    assert (
+        len([s for _ in range(10) for s in detector.observe(a_tweet(), Department.LEGAL, again)])
+        == 1
+    )
+
+
+def test_keywords_and_handles_are_watched_separately():
+    detector = SpikeDetector(SpikeConfig(window_minutes=5, min_count=3, keywords=["recall"],
+                                         dimensions=["handle", "keyword"]))  # fmt: skip
+    tweet = a_tweet(text="is this a RECALL?", addressed_handles=["@AcmeHelp"])
+    spikes = [s for _ in range(3) for s in detector.observe(tweet, Department.LEGAL, NOW)]
+    assert sorted((s.dimension, s.value) for s in spikes) == [
+        ("handle", "@AcmeHelp"),
+        ("keyword", "recall"),
+    ]
