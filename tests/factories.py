@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from switchboard.shared import topics
 from switchboard.shared.events import (
     Author,
     Classification,
     ClassifiedTweet,
     RawTweet,
+    RouteDecision,
+    RoutedTweet,
     Trace,
     Tweet,
 )
@@ -60,4 +63,24 @@ def a_classified_tweet(
             language_supported=language_supported,
         ),
         trace=Trace(ingested_at=datetime.now(UTC), classified_at=datetime.now(UTC)),
+    )
+
+
+def routed_from(event: ClassifiedTweet, destination: str = "department") -> RoutedTweet:
+    """``event`` as route publishes it with the default policy (department, or triage)."""
+    c = event.classification
+    topic = topics.department_topic(c.department) if destination == "department" else topics.TRIAGE
+    return RoutedTweet(
+        tweet=event.tweet,
+        classification=c,
+        route=RouteDecision(
+            destination=destination,
+            department=c.department,
+            topic=topic,
+            escalated=c.urgency is Urgency.CRITICAL,
+            reasons=["test"],
+            confidence_threshold=0.45,
+            rules_version="test",
+        ),
+        trace=event.trace.model_copy(update={"routed_at": datetime.now(UTC)}),
     )

@@ -57,7 +57,8 @@ class Tally:
     recent: list[RoutedTweet] = field(default_factory=list)
 
     def observe_routed(self, topic: str, event: RoutedTweet) -> None:
-        if topic != event.route.topic:  # a copy for another department (rule copy_to)
+        copy_topics = {topics.department_topic(d) for d in event.route.copies}
+        if topic != event.route.topic and topic in copy_topics:  # a rule's copy_to
             self.copies += 1
             self._expect_deliveries(topic.removeprefix(topics.DEPARTMENT_PREFIX), event)
             return

@@ -33,6 +33,7 @@ from switchboard.shared.kafka import (
     make_consumer,
     make_producer,
 )
+from switchboard.shared.labels import Department
 from switchboard.shared.runtime import run_service
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,13 @@ def delivery_id(routed: RoutedTweet, subscription: Subscription) -> str:
 
 
 def matching_subscriptions(
-    routed: RoutedTweet, subscriptions: list[Subscription]
+    routed: RoutedTweet, subscriptions: list[Subscription], department: Department | None = None
 ) -> list[Subscription]:
+    """Subscriptions of ``department`` (the topic's: a rule's copy has another than the
+    owner's) for the tweet's urgency."""
+    department = department or routed.route.department
     c = routed.classification
-    return [s for s in subscriptions if s.matches(routed.route.department, c.urgency)]
+    return [s for s in subscriptions if s.matches(department, c.urgency)]
 
 
 class NotifyService:
@@ -96,8 +100,9 @@ class NotifyService:
             if isinstance(routed, Output):
                 outputs.append(routed)
                 continue
-            for subscription in matching_subscriptions(routed, self.options.subscriptions):
-                sends.append(self.deliver(routed, subscription))
+            department = Department(record.topic.removeprefix(topics.DEPARTMENT_PREFIX))
+            subscriptions = matching_subscriptions(routed, self.options.subscriptions, department)
+            sends += [self.deliver(routed, s, department) for s in subscriptions]
         for delivery in await asyncio.gather(*sends):
             topic = (
                 topics.DELIVERIES if delivery.outcome == "delivered" else topics.NOTIFICATIONS_DLQ
@@ -105,7 +110,9 @@ class NotifyService:
             outputs.append(Output.of(topic, delivery, key=delivery.conversation_id))
         return outputs
 
-    async def deliver(self, routed: RoutedTweet, subscription: Subscription) -> Delivery:
+    async def deliver(
+        self, routed: RoutedTweet, subscription: Subscription, department: Department
+    ) -> Delivery:
         """Send one email, retrying transient failures; the outcome either way."""
         identifier = delivery_id(routed, subscription)
         message = render_email(routed, subscription, self.options.email, identifier)
@@ -141,7 +148,7 @@ class NotifyService:
             conversation_id=routed.tweet.conversation_id,
             channel=subscription.channel,
             target=subscription.name,
-            department=routed.route.department,
+            department=department,
             urgency=routed.classification.urgency,
             outcome=outcome,
             attempts=attempts,

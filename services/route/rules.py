@@ -170,7 +170,7 @@ def apply_rule(
         done.append(f"priority {action.priority}")
     if action.sla_minutes is not None:
         outcome.sla_due_at = _due(event, action.sla_minutes, now)
-        done.append(f"SLA {action.sla_minutes} min")
+        done.append(f"SLA {action.sla_minutes:g} min")
     label = f"rule {rule.name}" + (f" ({rule.description})" if rule.description else "")
     outcome.reasons.append(f"{label}: {', '.join(done) or 'no action'}")
 
@@ -218,7 +218,7 @@ def _keyword(keyword: str) -> re.Pattern[str]:
     return re.compile(rf"(?<!\w){re.escape(keyword)}(?!\w)", re.IGNORECASE)
 
 
-def _due(event: ClassifiedTweet, minutes: int | None, now: datetime) -> datetime | None:
+def _due(event: ClassifiedTweet, minutes: float | None, now: datetime) -> datetime | None:
     """Due ``minutes`` after the tweet was written, or after it was ingested when that is later
     (a backfill of old tweets must not start out past its SLA)."""
     if minutes is None:

@@ -4,7 +4,10 @@ configured keyword, compared with the mean of the trailing windows.
 A key spikes when its current window holds at least ``min_count`` tweets and at least
 ``factor`` times its baseline (a baseline below one tweet per window counts as one). One alert
 per episode: the key stays in its episode, silent, until a whole window ends below the bar.
-Pure logic with an injected clock; route feeds it every routed tweet.
+Nothing is reported until the detector has seen one full baseline period (``baseline_windows``
+windows since its first tweet): right after a start every baseline is zero and every busy
+department would look like a spike. Pure logic with an injected clock; route feeds it every
+routed tweet. Counts live in memory: with several route replicas each watches its partitions.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class SpikeDetector:
     def __init__(self, config: SpikeConfig) -> None:
         self.config = config
         self._series: dict[tuple[Dimension, str], _Series] = {}
+        self._first_window: int | None = None
         self._keywords = [
             (k, re.compile(rf"(?<!\w){re.escape(k)}(?!\w)", re.IGNORECASE)) for k in config.keywords
         ]
@@ -60,6 +64,9 @@ class SpikeDetector:
 
     def observe(self, tweet: Tweet, department: Department, now: datetime) -> list[Spike]:
         window = self._window(now)
+        if self._first_window is None:
+            self._first_window = window
+        warm = window - self._first_window >= self.config.baseline_windows
         spikes = []
         for key in self.keys(tweet, department):
             series = self._series.get(key)
@@ -70,13 +77,13 @@ class SpikeDetector:
             if len(series.samples) < self.config.samples:
                 series.samples.append(tweet)
             baseline = self._baseline(series)
-            if not series.in_episode and series.count >= self._bar(baseline):
+            if warm and not series.in_episode and series.count >= self._bar(baseline):
                 series.in_episode = True
                 spikes.append(Spike(*key, series.count, baseline, list(series.samples)))
         return spikes
 
     def _window(self, now: datetime) -> int:
-        return int(now.timestamp() // (self.config.window_minutes * 60))
+        return int(now.timestamp() // (self.config.window_minutes * 60))  # window index
 
     def _roll(self, series: _Series, window: int) -> None:
         """Close the windows that ended since the last tweet (empty ones count as zero)."""

@@ -237,7 +237,7 @@ class RuleAction(Section):
     escalate: bool = Field(default=False, description="Also an alert on switchboard.alerts")
     drop: bool = Field(default=False, description="Published nowhere but the dropped count")
     priority: Priority | None = None
-    sla_minutes: int | None = Field(default=None, ge=1, description="Due time for a first reply")
+    sla_minutes: float | None = Field(default=None, gt=0, description="First reply due within")
 
     @model_validator(mode="after")
     def _consistent(self) -> RuleAction:
@@ -271,7 +271,7 @@ class SpikeConfig(Section):
     """Crisis detection: a count per window far above its trailing baseline raises one alert."""
 
     enabled: bool = True
-    window_minutes: int = Field(default=5, ge=1, le=1440)
+    window_minutes: float = Field(default=5.0, gt=0, le=1440)
     baseline_windows: int = Field(default=12, ge=2, le=10_000)
     factor: float = Field(default=3.0, gt=1.0)
     min_count: int = Field(default=10, ge=1, description="Fewer tweets than this is no spike")
@@ -285,7 +285,7 @@ class SpikeConfig(Section):
 class SlaConfig(Section):
     """Time to a first reply from one of the company's handles, by urgency (minutes)."""
 
-    minutes: dict[Urgency, int] = Field(
+    minutes: dict[Urgency, float] = Field(
         default_factory=lambda: {
             Urgency.CRITICAL: 30, Urgency.HIGH: 240, Urgency.NORMAL: 1440, Urgency.LOW: 10_080
         }

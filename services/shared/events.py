@@ -193,7 +193,7 @@ class SpikeAlert(Event):
     alert_id: str
     dimension: Literal["department", "handle", "keyword"]
     value: str
-    window_minutes: int
+    window_minutes: float
     count: int = Field(description="Tweets in the current window")
     baseline: float = Field(description="Mean tweets per window over the trailing windows")
     factor: float

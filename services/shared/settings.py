@@ -130,7 +130,8 @@ class ServiceSettings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            raise ConfigError(describe_errors(exc, env_prefix="SWITCHBOARD_")) from None
+            raw = _raw_config(overrides)
+            raise ConfigError(describe_errors(exc, env_prefix="SWITCHBOARD_", raw=raw)) from None
 
 
 def _config_path(init: PydanticBaseSettingsSource, env: PydanticBaseSettingsSource) -> Path:
@@ -140,13 +141,25 @@ def _config_path(init: PydanticBaseSettingsSource, env: PydanticBaseSettingsSour
     return Path(value) if value else DEFAULT_CONFIG_FILE
 
 
-def describe_errors(exc: ValidationError, env_prefix: str) -> str:
-    """One line per error: the YAML key path (``config: handles[0].segment``) or env variable."""
+def _raw_config(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The YAML file as written, to name things (rules) in error messages; {} if unreadable."""
+    path = overrides.get("config_file") or os.environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE
+    try:
+        return read_yaml(Path(path))
+    except ConfigError:
+        return {}
+
+
+def describe_errors(
+    exc: ValidationError, env_prefix: str, raw: dict[str, Any] | None = None
+) -> str:
+    """One line per error: the YAML key path (``config: handles[0].segment``) or env variable;
+    a routing rule's error also names the rule."""
     lines = []
     for error in exc.errors(include_url=False):
         loc = list(error["loc"])
         if loc and loc[0] == "config":
-            where = "config key " + (_yaml_path(loc[1:]) or "<top level>")
+            where = "config key " + (_yaml_path(loc[1:]) or "<top level>") + _rule_name(loc, raw)
         else:
             where = "environment: " + env_prefix + "__".join(str(p) for p in loc).upper()
         lines.append(f"{where}: {error['msg']}")
@@ -180,3 +193,13 @@ def read_secret(ref: SecretRef, key: str) -> SecretStr:
     if not value:
         raise ConfigError(f"config key {key}.file: {ref.file} is empty")
     return SecretStr(value)
+
+
+def _rule_name(loc: list[Any], raw: dict[str, Any] | None) -> str:
+    if loc[1:3] != ["route", "rules"] or len(loc) < 4 or not isinstance(loc[3], int):
+        return ""
+    try:
+        name = raw["route"]["rules"][loc[3]]["name"]  # type: ignore[index]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return f" (rule {name!r})"

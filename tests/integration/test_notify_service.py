@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from switchboard.notify.service import NotifyService
 from switchboard.notify.settings import NotifySettings, SmtpSettings
-from switchboard.route.decide import route
 from switchboard.shared import topics
 from switchboard.shared.broker import free_port
 from switchboard.shared.events import Delivery, decode, encode
 from tests.conftest import CONFIG_FILE, wait_for
-from tests.factories import a_classified_tweet
+from tests.factories import a_classified_tweet, routed_from
 
 
 def routed(tweet_id: str, department: str, urgency: str, text: str, settings: NotifySettings):
@@ -22,7 +21,7 @@ def routed(tweet_id: str, department: str, urgency: str, text: str, settings: No
         text=text,
         url=f"https://x.com/ana/status/{tweet_id}",
     )
-    return route(event, settings.config.route)[0]
+    return routed_from(event)
 
 
 async def test_an_email_reaches_the_subscribers(kafka, producer, read, running, inbox):

@@ -57,8 +57,10 @@ async def test_route_publishes_each_tweet_once_and_dead_letters_garbage(
     assert by_id["r-2"] == [topics.TRIAGE]
     assert by_id["r-3"] == ["switchboard.dept.it_security"]
 
-    alerts = [decode(Alert, r.value) for r in records if r.topic == topics.ALERTS]
-    assert [a.tweet.id for a in alerts if a.tweet.id.startswith("r-")] == ["r-3"]
+    alerts = [
+        decode(Alert, r.value) for r in records if r.topic == topics.ALERTS and r.key == b"c-3"
+    ]
+    assert [a.tweet.id for a in alerts] == ["r-3"] and alerts[0].kind == "critical_tweet"
 
     letter = next(
         decode(DeadLetter, r.value)

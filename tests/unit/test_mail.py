@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from switchboard.notify.mail import render_email
 from switchboard.notify.service import delivery_id, matching_subscriptions
-from switchboard.route.decide import route
-from switchboard.shared.config import EmailConfig, RouteConfig, Subscription
+from switchboard.shared.config import EmailConfig, Subscription
 from tests.factories import a_classified_tweet as classified
+from tests.factories import routed_from
 
 SUPPORT = Subscription(
     name="support",
@@ -19,7 +19,7 @@ SUPPORT = Subscription(
 def routed_with_text(text: str):
     event = classified("customer_service", 0.9, "high")
     event = event.model_copy(update={"tweet": event.tweet.model_copy(update={"text": text})})
-    return route(event, RouteConfig())[0]
+    return routed_from(event)
 
 
 def test_the_email_has_the_text_the_link_and_both_bodies():

@@ -273,9 +273,22 @@ def test_a_burst_raises_one_alert_per_episode():
 def test_keywords_and_handles_are_watched_separately():
     detector = SpikeDetector(SpikeConfig(window_minutes=5, min_count=3, keywords=["recall"],
                                          dimensions=["handle", "keyword"]))  # fmt: skip
+    detector.observe(a_tweet(addressed_handles=[]), Department.LEGAL, NOW - timedelta(hours=1))
     tweet = a_tweet(text="is this a RECALL?", addressed_handles=["@AcmeHelp"])
     spikes = [s for _ in range(3) for s in detector.observe(tweet, Department.LEGAL, NOW)]
     assert sorted((s.dimension, s.value) for s in spikes) == [
         ("handle", "@AcmeHelp"),
         ("keyword", "recall"),
     ]
+
+
+def test_nothing_is_reported_before_one_baseline_period_of_history():
+    detector = SpikeDetector(SpikeConfig(window_minutes=1, baseline_windows=10, min_count=3,
+                                         dimensions=["department"]))  # fmt: skip
+    early = [s for _ in range(50) for s in detector.observe(a_tweet(), Department.SALES, NOW)]
+    assert early == []  # just started: every baseline is still zero
+    later = NOW + timedelta(minutes=10)
+    assert (
+        len([s for _ in range(50) for s in detector.observe(a_tweet(), Department.SALES, later)])
+        == 1
+    )

@@ -54,6 +54,18 @@ def test_a_bad_value_names_its_key(write_config, mutate, key):
     assert f"config key {key}:" in str(caught.value)
 
 
+def test_a_bad_rule_names_the_rule_and_its_key(write_config):
+    def break_rule(config):
+        config["route"]["rules"][1]["when"]["segmentz"] = ["investor"]
+
+    with pytest.raises(ConfigError) as caught:
+        ServiceSettings.load(config_file=write_config(break_rule))
+    message = str(caught.value)
+    assert (
+        "config key route.rules[1].when.segmentz (rule 'investors-asking-about-outages')" in message
+    )
+
+
 def test_a_repeated_handle_is_refused(write_config):
     path = write_config(lambda c: c["handles"].append(dict(c["handles"][0])))
     with pytest.raises(ConfigError, match="@SkylarkAir is already handles\\[0\\]"):

@@ -6,17 +6,17 @@ import base64
 import json
 
 from switchboard.cli.tally import Tally, percentile
-from switchboard.route.decide import route
 from switchboard.shared import topics
-from switchboard.shared.config import RouteConfig, Subscription
+from switchboard.shared.config import Subscription
 from switchboard.shared.events import DeadLetter, DecodeError
 from tests.factories import a_classified_tweet as classified
+from tests.factories import routed_from
 
 
 def routed(tweet_id: str, department: str = "customer_service", urgency: str = "high"):
     event = classified(department, 0.9, urgency)
     event = event.model_copy(update={"tweet": event.tweet.model_copy(update={"id": tweet_id})})
-    return route(event, RouteConfig())[0]
+    return routed_from(event)
 
 
 def test_percentile_is_nearest_rank():
@@ -64,3 +64,25 @@ def test_deliveries_are_expected_per_matching_subscription():
     tally.observe_routed("switchboard.dept.customer_service", routed("1"))
     tally.observe_routed(topics.TRIAGE, routed("2"))  # triage notifies nobody yet
     assert tally.expected_deliveries == 2 and not tally.deliveries_settled()
+
+
+def test_rule_copies_and_drops_are_not_duplicates_or_losses():
+    tally = Tally(subscriptions=[Subscription(name="press", departments=["communications"],
+                                              to=["p@example.com"])])  # fmt: skip
+    copied = routed("1")
+    copied = copied.model_copy(
+        update={"route": copied.route.model_copy(update={"copies": ["communications"]})}
+    )
+    tally.observe_routed("switchboard.dept.customer_service", copied)
+    tally.observe_routed("switchboard.dept.communications", copied)
+    dropped = routed("2")
+    dropped = dropped.model_copy(
+        update={"route": dropped.route.model_copy(
+            update={"destination": "dropped", "topic": topics.DROPPED})}
+    )  # fmt: skip
+    tally.observe_routed(topics.DROPPED, dropped)
+    summary = tally.summary({"1", "2"})
+    assert (summary["lost"], summary["duplicates"], summary["copies"], summary["dropped"]) == (
+        0, 0, 1, 1,
+    )  # fmt: skip
+    assert tally.expected_deliveries == 1  # the copy reaches the press subscription

@@ -1,0 +1,252 @@
+"""The routing engine against the embedded broker: a custom rule set, hot reload, conversation
+ownership across a restart, one alert for a burst, an SLA breach, response times."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from datetime import UTC, datetime
+
+import pytest
+import yaml
+
+from switchboard.route.service import RouteService
+from switchboard.route.settings import RouteSettings
+from switchboard.shared import metrics, topics
+from switchboard.shared.events import (
+    Alert,
+    Author,
+    BrandTweet,
+    DecodeError,
+    RoutedTweet,
+    SpikeAlert,
+    Trace,
+    decode,
+    decode_alert,
+    encode,
+)
+from tests.conftest import CONFIG_FILE, wait_for
+from tests.factories import a_classified_tweet, a_tweet
+
+WATCHED = [*topics.PRIMARY_TOPICS, topics.ALERTS]
+_ids = itertools.count(1)
+
+RULES = [
+    {"name": "spam", "when": {"keywords": ["follow back"]}, "then": {"drop": True}, "final": True},
+    {"name": "ir-outage", "when": {"segments": ["investor"], "departments": ["it_security"]},
+     "then": {"route_to": "investor_relations", "copy_to": ["it_security"]}},
+    {"name": "vip", "when": {"followers_min": 100000},
+     "then": {"copy_to": ["communications"], "priority": "P1"}},
+]  # fmt: skip
+
+
+@pytest.fixture
+def route_settings(kafka, tmp_path):
+    """``route_settings(rules=[...], **route_keys)``: the repo config with another route section."""
+    path = tmp_path / "switchboard.yaml"
+
+    def write(rules: list[dict] | None = None, **route: object) -> None:
+        config = yaml.safe_load(CONFIG_FILE.read_text())
+        config["route"] = {**config["route"], "rules": rules or [], **route}
+        path.write_text(yaml.safe_dump(config))
+
+    def build(rules: list[dict] | None = None, **route: object) -> RouteSettings:
+        write(rules, **route)
+        return RouteSettings.load(config_file=path, kafka=kafka)
+
+    build.write = write  # type: ignore[attr-defined]
+    return build
+
+
+def tag() -> str:
+    return f"p{next(_ids)}-{datetime.now(UTC).timestamp():.0f}"
+
+
+async def send(producer, *events) -> None:  # noqa: ANN001
+    for event in events:
+        await producer.send_and_wait(
+            topics.CLASSIFIED, encode(event), key=event.tweet.conversation_id.encode()
+        )
+
+
+def routed_records(records, prefix: str) -> list[tuple[str, RoutedTweet]]:
+    found = []
+    for record in records:
+        if record.topic in topics.PRIMARY_TOPICS and record.key.decode().startswith(prefix):
+            found.append((record.topic, decode(RoutedTweet, record.value)))
+    return found
+
+
+def alerts_of(records, prefix: str) -> list[Alert | SpikeAlert]:
+    """Alerts keyed under ``prefix``, once each (reads from the beginning overlap)."""
+    found: dict[tuple[int, int], Alert | SpikeAlert] = {}
+    for record in records:
+        if record.topic == topics.ALERTS and (record.key or b"").decode().startswith(prefix):
+            with contextlib.suppress(DecodeError):
+                found[(record.partition, record.offset)] = decode_alert(record.value)
+    return list(found.values())
+
+
+CASES = [
+    # (name, event kwargs, expected primary topic, expected copy topics, matched rules)
+    ("spam dropped", dict(department="community", confidence=0.9, text="follow back plz"),
+     topics.DROPPED, [], ["spam"]),
+    ("outage on the IR handle", dict(department="it_security", confidence=0.9,
+                                     addressed_handles=["@SkylarkIR"]),
+     "switchboard.dept.investor_relations", ["switchboard.dept.it_security"], ["ir-outage"]),
+    ("mismatched handle keeps the text's department",
+     dict(department="customer_service", confidence=0.9, addressed_handles=["@SkylarkDeals"]),
+     "switchboard.dept.customer_service", [], []),
+    ("vip copied", dict(department="sales", confidence=0.9,
+                        author=Author(id="7", username="celeb", followers_count=2_000_000)),
+     "switchboard.dept.sales", ["switchboard.dept.communications"], ["vip"]),
+    ("low confidence to triage", dict(department="legal", confidence=0.2),
+     topics.TRIAGE, [], []),
+]  # fmt: skip
+
+
+async def test_a_custom_rule_set_routes_each_case(route_settings, producer, read, running):
+    prefix = tag()
+    events = {}
+    for index, (_name, fields, *_rest) in enumerate(CASES):
+        fields = dict(fields)
+        department, confidence = fields.pop("department"), fields.pop("confidence")
+        conversation = f"{prefix}-{index}"
+        events[conversation] = a_classified_tweet(
+            department, confidence, id=conversation, conversation_id=conversation, **fields
+        )
+    wanted = sum(1 + len(case[3]) for case in CASES)
+
+    async with running(RouteService(route_settings(RULES))):
+        await send(producer, *events.values())
+        records = await read(WATCHED, lambda rs: len(routed_records(rs, prefix)) >= wanted)
+
+    found = routed_records(records, prefix)
+    for index, (name, _fields, primary, copies, matched) in enumerate(CASES):
+        mine = [(t, r) for t, r in found if r.tweet.id == f"{prefix}-{index}"]
+        assert sorted(t for t, _ in mine) == sorted([primary, *copies]), name
+        assert all(r.route.topic == primary for _, r in mine), name
+        assert mine[0][1].route.matched_rules == matched, name
+        assert mine[0][1].route.rules_version.startswith("rules-"), name
+
+
+async def test_rules_reload_without_a_restart(route_settings, producer, read, running):
+    prefix = tag()
+    settings = route_settings([], reload_interval_s=0.1)
+    before = a_classified_tweet("sales", 0.9, id=f"{prefix}-a", conversation_id=f"{prefix}-a")
+    after = a_classified_tweet("sales", 0.9, id=f"{prefix}-b", conversation_id=f"{prefix}-b")
+    service = RouteService(settings)
+
+    async with running(service):
+        await send(producer, before)
+        await read(WATCHED, lambda rs: len(routed_records(rs, prefix)) >= 1)
+        old_version = service.version
+        route_settings.write([{"name": "sales-to-triage", "when": {"departments": ["sales"]},
+                               "then": {"triage": True}}], reload_interval_s=0.1)  # fmt: skip
+        await wait_for(lambda: service.version != old_version, timeout_s=10)
+        await send(producer, after)
+        records = await read(WATCHED, lambda rs: len(routed_records(rs, prefix)) >= 2)
+        # An invalid file is refused and the rules in force stay.
+        route_settings.write([{"name": "broken", "then": {"route_to": "nowhere"}}])
+        invalid = metrics.RULES_RELOADS.labels("invalid")._value.get()
+        await wait_for(lambda: metrics.RULES_RELOADS.labels("invalid")._value.get() > invalid)
+        assert [r.name for r in service.config.route.rules] == ["sales-to-triage"]
+
+    by_id = {r.tweet.id: (t, r) for t, r in routed_records(records, prefix)}
+    assert by_id[f"{prefix}-a"][0] == "switchboard.dept.sales"
+    topic, routed = by_id[f"{prefix}-b"]
+    assert topic == topics.TRIAGE and routed.route.matched_rules == ["sales-to-triage"]
+    assert by_id[f"{prefix}-a"][1].route.rules_version != routed.route.rules_version
+
+
+async def test_conversation_ownership_survives_a_restart(route_settings, producer, read, running):
+    prefix = tag()
+    conversation = f"{prefix}-conv"
+    first = a_classified_tweet("customer_service", 0.9, "normal", id=f"{prefix}-1",
+                               conversation_id=conversation)  # fmt: skip
+    reply = a_classified_tweet("sales", 0.7, "high", id=f"{prefix}-2", conversation_id=conversation)
+
+    async with running(RouteService(route_settings())):
+        await send(producer, first)
+        await read(WATCHED, lambda rs: len(routed_records(rs, prefix)) >= 1)
+    async with running(RouteService(route_settings())):  # a new process: state from the topic
+        await send(producer, reply)
+        records = await read(WATCHED, lambda rs: len(routed_records(rs, prefix)) >= 2)
+        records += await read([topics.ALERTS], lambda rs: bool(alerts_of(rs, conversation)), 20)
+
+    routed = {r.tweet.id: r for _, r in routed_records(records, prefix)}
+    second = routed[f"{prefix}-2"]
+    assert second.route.topic == "switchboard.dept.customer_service"
+    assert second.route.owner == "conversation"
+    assert "rose from normal to high" in " ".join(second.route.reasons)
+    [alert] = [a for a in alerts_of(records, conversation) if isinstance(a, Alert)]
+    assert alert.kind == "escalation" and alert.tweet.id == f"{prefix}-2"
+
+
+async def test_a_burst_raises_exactly_one_spike_alert(route_settings, producer, read, running):
+    prefix = tag()
+    keyword = f"recall{next(_ids)}"
+    spikes = {"window_minutes": 0.02, "baseline_windows": 3, "factor": 3, "min_count": 5,
+              "dimensions": ["keyword"], "keywords": [keyword]}  # fmt: skip
+    service = RouteService(route_settings(spikes=spikes))
+
+    async with running(service):
+        warm_up = a_classified_tweet("legal", 0.9, id=f"{prefix}-w", conversation_id=f"{prefix}-w")
+        await send(producer, warm_up)
+        await asyncio.sleep(4.0)  # one baseline period (3 windows of 1.2 s) of quiet
+        burst = [
+            a_classified_tweet(
+                "legal",
+                0.9,
+                id=f"{prefix}-{i}",
+                conversation_id=f"{prefix}-{i}",
+                text=f"is the {keyword} real?",
+            )  # fmt: skip
+            for i in range(30)
+        ]
+        await send(producer, *burst)
+        records = await read(WATCHED, lambda rs: len(routed_records(rs, prefix)) >= 31)
+        records += await read([topics.ALERTS], lambda rs: False, timeout_s=1.0)
+
+    spikes_raised = [
+        a for a in alerts_of(records, f"keyword:{keyword}") if isinstance(a, SpikeAlert)
+    ]
+    assert len(spikes_raised) == 1
+    [spike] = spikes_raised
+    assert spike.value == keyword and spike.count >= 5 and len(spike.samples) == 5
+
+
+async def test_an_unanswered_critical_tweet_raises_an_sla_alert_and_a_reply_is_timed(
+    route_settings, producer, read, running
+):
+    prefix = tag()
+    sla = {"minutes": {"critical": 0.05, "high": 60, "normal": 600, "low": 6000},
+           "check_interval_s": 0.2}  # fmt: skip
+    late = a_classified_tweet("it_security", 0.9, "critical", id=f"{prefix}-late",
+                              conversation_id=f"{prefix}-late")  # fmt: skip
+    answered = a_classified_tweet("it_security", 0.9, "critical", id=f"{prefix}-ok",
+                                  conversation_id=f"{prefix}-ok")  # fmt: skip
+    reply = BrandTweet(
+        handle="@SkylarkHelp",
+        tweet=a_tweet(id=f"{prefix}-r", conversation_id=f"{prefix}-ok",
+                      created_at=datetime.now(UTC),
+                      author=Author(id="1500000000000000002", username="SkylarkHelp")),
+        trace=Trace(ingested_at=datetime.now(UTC)),
+    )  # fmt: skip
+    responses = metrics.RESPONSES.labels("@SkylarkDeals", "it_security")._value.get()
+
+    async with running(RouteService(route_settings(sla=sla))):
+        await send(producer, late, answered)
+        await read(WATCHED, lambda rs: len(routed_records(rs, prefix)) >= 2)
+        await producer.send_and_wait(topics.BRAND, encode(reply), key=f"{prefix}-ok".encode())
+        records = await read(
+            [topics.ALERTS],
+            lambda rs: any(getattr(a, "kind", "") == "sla_breach" for a in alerts_of(rs, prefix)),
+        )
+        await asyncio.sleep(1.0)  # further checks must not repeat the alert
+        records = await read([topics.ALERTS], lambda rs: False, timeout_s=1.0)
+
+    breaches = [a for a in alerts_of(records, prefix) if getattr(a, "kind", "") == "sla_breach"]
+    assert [a.tweet.id for a in breaches] == [f"{prefix}-late"]  # once, and not the answered one
+    assert metrics.RESPONSES.labels("@SkylarkDeals", "it_security")._value.get() == responses + 1
