@@ -21,6 +21,14 @@ EmailAddress = Annotated[str, Field(pattern=r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 Segment = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 
 
+def _named_uniquely(items: list, what: str) -> list:  # noqa: ANN001 - any list of named sections
+    names = [item.name for item in items]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} names must be unique, repeated: {repeated}")
+    return items
+
+
 class Section(BaseModel):
     # A misspelt key is an error, not a silently ignored setting.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -311,11 +319,7 @@ class RouteConfig(Section):
     @field_validator("rules")
     @classmethod
     def _unique_rule_names(cls, rules: list[RoutingRule]) -> list[RoutingRule]:
-        names = [r.name for r in rules]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"rule names must be unique, repeated: {repeated}")
-        return rules
+        return _named_uniquely(rules, "rule")
 
 
 class EmailConfig(Section):
@@ -343,11 +347,7 @@ class NotifyConfig(Section):
     @field_validator("subscriptions")
     @classmethod
     def _unique_names(cls, subscriptions: list[Subscription]) -> list[Subscription]:
-        names = [s.name for s in subscriptions]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"subscription names must be unique, repeated: {duplicates}")
-        return subscriptions
+        return _named_uniquely(subscriptions, "subscription")
 
 
 def _default_departments() -> dict[Department, DepartmentConfig]:
