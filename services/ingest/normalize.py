@@ -70,9 +70,27 @@ def tweet_from_v2(
     """
     if not isinstance(message, dict) or not isinstance(message.get("data"), dict):
         raise NormalizeError("not_a_tweet", 'expected an object with a "data" tweet object')
-    users = {u.get("id"): u for u in (message.get("includes") or {}).get("users", [])}
+    includes = message.get("includes") or {}
+    users = {u.get("id"): u for u in includes.get("users", [])}
     tags = [r.get("tag") or "" for r in message.get("matching_rules") or []]
-    return tweet_from_v2_data(message["data"], users, config, source, addressed, tags)
+    quoted = quoted_handles(message["data"], includes.get("tweets", []), config)
+    return tweet_from_v2_data(message["data"], users, config, source, [*addressed, *quoted], tags)
+
+
+def quoted_handles(
+    data: dict[str, Any], included_tweets: list[dict[str, Any]], config: SwitchboardConfig
+) -> list[str]:
+    """A quote of one of the company's tweets addresses the handle that wrote it (the quoted
+    tweet's author comes from ``includes.tweets``, expansion ``referenced_tweets.id``)."""
+    quoted_ids = {
+        r.get("id") for r in data.get("referenced_tweets") or [] if r.get("type") == "quoted"
+    }
+    own = config.handle_by_user_id()
+    return [
+        own[t["author_id"]].handle
+        for t in included_tweets
+        if t.get("id") in quoted_ids and t.get("author_id") in own
+    ]
 
 
 def tweet_from_v2_data(

@@ -34,7 +34,12 @@ TWEET_FIELDS = [
     "note_tweet", "public_metrics", "referenced_tweets",
 ]  # fmt: skip
 USER_FIELDS = ["name", "username", "public_metrics", "verified"]
-EXPANSIONS = ["author_id", "entities.mentions.username", "referenced_tweets.id.author_id"]
+EXPANSIONS = [
+    "author_id",
+    "entities.mentions.username",
+    "referenced_tweets.id",  # includes.tweets: whose tweet a quote quotes
+    "referenced_tweets.id.author_id",
+]
 DM_FIELDS = ["id", "text", "event_type", "created_at", "dm_conversation_id", "sender_id"]
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
 MAX_RATE_LIMIT_RETRIES = 5

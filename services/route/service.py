@@ -20,7 +20,7 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from switchboard.route import conversations
 from switchboard.route.rules import Outcome, evaluate, rules_version
@@ -72,7 +72,11 @@ class RouteService:
         self.conversations: dict[str, ConversationState] = {}
         self.producer = make_producer(settings.kafka, client_id="switchboard-route")
         self.consumer = make_consumer(
-            settings.kafka, [topics.CLASSIFIED, topics.BRAND], GROUP_ID, "switchboard-route"
+            settings.kafka,
+            [topics.CLASSIFIED, topics.BRAND],
+            GROUP_ID,
+            "switchboard-route",
+            listener=_RestoreOnAssignment(self),
         )
         self._config_digest = _digest(settings.config_file)
         self._ready = False
@@ -90,15 +94,28 @@ class RouteService:
             self.config.topics.replication_factor,
         )  # fmt: skip
         await self.producer.start()
+        await self.restore_conversations(None)
+        await self.consumer.start()
+        self._ready = True
+
+    async def restore_conversations(self, partitions: set[int] | None) -> None:
+        """Load conversation state from its changelog: all of it, or the given partitions.
+
+        The changelog is keyed like the input (by conversation id) and created with the same
+        partition count, so partition n of ``tweets.classified`` finds its conversations in
+        partition n of the changelog. Reading it again when a partition is assigned picks up
+        what another replica wrote while it owned that partition."""
         restored = await read_to_end(
             self.settings.kafka,
             [topics.ROUTE_CONVERSATIONS],
             self._restore,
+            partitions=partitions,
             client_id="switchboard-route-conversations",
         )
-        log.info("conversations restored", extra={"records": restored})
-        await self.consumer.start()
-        self._ready = True
+        log.info(
+            "conversations restored",
+            extra={"records": restored, "partitions": sorted(partitions or [])},
+        )
 
     def _restore(self, record: ConsumerRecord) -> None:
         key = record.key.decode() if record.key else None
@@ -334,6 +351,19 @@ class RouteService:
         self._ready = False
         await self.consumer.stop()
         await self.producer.stop()
+
+
+class _RestoreOnAssignment(ConsumerRebalanceListener):
+    def __init__(self, service: RouteService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Nothing to hand over: every state change is already on the changelog."""
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        partitions = {tp.partition for tp in assigned if tp.topic == topics.CLASSIFIED}
+        if partitions:
+            await self.service.restore_conversations(partitions)
 
 
 def alert_kind(routed: RoutedTweet) -> str:

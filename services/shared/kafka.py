@@ -15,7 +15,13 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
@@ -65,10 +71,13 @@ def make_producer(kafka: KafkaSettings, client_id: str) -> AIOKafkaProducer:
 
 
 def make_consumer(
-    kafka: KafkaSettings, topics: Sequence[str], group_id: str | None, client_id: str
+    kafka: KafkaSettings,
+    topics: Sequence[str],
+    group_id: str | None,
+    client_id: str,
+    listener: ConsumerRebalanceListener | None = None,
 ) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        *topics,
+    consumer = AIOKafkaConsumer(
         group_id=group_id,
         client_id=client_id,
         enable_auto_commit=False,
@@ -76,6 +85,8 @@ def make_consumer(
         max_partition_fetch_bytes=4 * 1024 * 1024,
         **client_options(kafka),
     )
+    consumer.subscribe(list(topics), listener=listener)
+    return consumer
 
 
 async def ensure_topics(
@@ -206,10 +217,12 @@ async def read_to_end(
     apply: Callable[[ConsumerRecord], None],
     *,
     since_ms: int | None = None,
+    partitions: set[int] | None = None,
     client_id: str = "switchboard-reader",
 ) -> int:
-    """Feed every record of ``topic_names`` (from ``since_ms`` on, if given) to ``apply``, up to
-    the end offsets seen at the start; no consumer group, nothing committed. Returns the count.
+    """Feed every record of ``topic_names`` (from ``since_ms`` on, if given; only the given
+    ``partitions``, if given) to ``apply``, up to the end offsets seen at the start; no consumer
+    group, nothing committed. Returns the count.
     """
     consumer = AIOKafkaConsumer(
         client_id=client_id, enable_auto_commit=False, **client_options(kafka)
@@ -218,11 +231,12 @@ async def read_to_end(
     try:
         assigned = []
         for topic in topic_names:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
+            found = consumer.partitions_for_topic(topic)
+            if not found:
                 await consumer.topics()  # metadata for topics created since the start
-                partitions = consumer.partitions_for_topic(topic) or set()
-            assigned += [TopicPartition(topic, p) for p in sorted(partitions)]
+                found = consumer.partitions_for_topic(topic) or set()
+            chosen = found if partitions is None else found & partitions
+            assigned += [TopicPartition(topic, p) for p in sorted(chosen)]
         if not assigned:
             return 0
         consumer.assign(assigned)

@@ -421,3 +421,31 @@ async def test_a_missing_token_fails_at_start_naming_the_key(ingest_settings, mo
     monkeypatch.delenv("X_APP_TOKEN")
     with pytest.raises(ConfigError, match=r"ingest\.x\.apps\.main\.bearer_token\.env"):
         IngestService(settings)
+
+
+async def test_a_restarted_ingest_does_not_republish_what_it_already_published(
+    ingest_settings, running, read, tmp_path
+):
+    ids = [new_id() for _ in range(3)]
+    replay = tmp_path / "again.jsonl"
+    replay.write_text(
+        "".join(
+            json.dumps({
+                "data": {"id": i, "text": "@AcmeHelp hi", "author_id": "42",
+                         "created_at": "2026-11-25T08:00:00Z"},
+                "includes": {"users": [{"id": "42", "username": "ana_flies"}]},
+            }) + "\n"
+            for i in ids
+        )
+    )  # fmt: skip
+    dropped = metrics.DUPLICATES_DROPPED.labels("replay")._value.get()
+
+    async with running(IngestService(ingest_settings(replay_file=replay, replay_rate_per_s=500))):
+        await read([topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, ids)) == 3)
+    second = IngestService(ingest_settings(replay_file=replay, replay_rate_per_s=500))
+    async with running(second):  # a new process: its memory comes from the raw topic
+        await wait_for(second.finished_backfill.is_set)
+        records = await read([topics.RAW], lambda rs: False, timeout_s=1.0)
+
+    assert sorted(ids_on(records, topics.RAW, RawTweet, ids)) == sorted(ids)
+    assert metrics.DUPLICATES_DROPPED.labels("replay")._value.get() == dropped + 3

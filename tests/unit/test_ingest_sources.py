@@ -184,3 +184,21 @@ def test_direct_messages_need_a_user_token(config):
     data["handles"][0]["direct_messages"] = True
     with pytest.raises(ValueError, match="user_token"):
         SwitchboardConfig.model_validate(data)
+
+
+def test_a_quote_of_a_company_tweet_addresses_its_handle(config):
+    message = {
+        "data": {
+            "id": "11",
+            "text": "lol look at this",
+            "author_id": "42",
+            "created_at": "2026-11-20T08:00:00Z",
+            "referenced_tweets": [{"type": "quoted", "id": "10"}],
+        },
+        "includes": {
+            "users": [{"id": "42", "username": "ana"}],
+            "tweets": [{"id": "10", "author_id": SKYLARK_HELP_ID, "text": "we're sorry"}],
+        },
+    }
+    tweet = tweet_from_v2(message, config, "filtered_stream")
+    assert tweet.addressed_handles == ["@SkylarkHelp"] and tweet.quoted_tweet_id == "10"
