@@ -1,30 +1,48 @@
-"""The notify service: tells the people subscribed to a department about its tweets.
+"""The notify service: tells the people and systems subscribed to a department about its tweets.
 
-Consumes the department topics; for each routed tweet and each matching subscription in
-``notify.subscriptions`` sends one email over SMTP, retried with exponential backoff and jitter.
-Each outcome is a Delivery record: on ``switchboard.notifications.deliveries`` when delivered, on
-``switchboard.notifications.dlq`` when every attempt failed, so nothing is silently dropped.
+Consumes the department topics (and ``switchboard.notifications.redrive``). For each routed
+tweet and each matching subscription in ``notify.subscriptions`` it makes one effect on the
+subscription's channel (email, signed webhook, Zendesk, Jira, Salesforce, HubSpot), and
+publishes a Delivery on ``switchboard.notifications.deliveries``, or, after the last retry, on
+``switchboard.notifications.dlq`` with the error and the routed tweet (``switchboard dlq
+redrive`` tries it again).
+
+Exactly-once effects: each effect is recorded on the compacted ledger topic as soon as it
+succeeded, keyed by conversation; a restart or a redelivery skips what the ledger holds, and
+the vendors' own idempotency (Zendesk Idempotency-Key and external_id, Jira labels, CRM
+upserts, webhook Idempotency-Key, a stable email Message-ID) covers the moment in between.
+Follow-ups in a conversation go to the same ticket or issue. Channels run concurrently; each
+has its own circuit breaker and rate limit, so one failing target never blocks the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import defaultdict
 
-import aiosmtplib
-from aiokafka import ConsumerRecord
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+
+from switchboard.notify.channels import Channel, Done, Job, channels_for
+from switchboard.notify.mail import SmtpMailer
+from switchboard.notify.resilience import (
+    CircuitBreaker,
+    CircuitOpen,
+    DeliveryError,
+    RateLimiter,
+    with_retries,
 )
-
-from switchboard.notify.mail import SmtpMailer, render_email
 from switchboard.notify.settings import NotifySettings
 from switchboard.shared import metrics, topics
 from switchboard.shared.config import Subscription
-from switchboard.shared.events import Delivery, RoutedTweet, utc_now
+from switchboard.shared.events import (
+    Delivery,
+    LedgerEntry,
+    RedriveRequest,
+    RoutedTweet,
+    utc_now,
+)
 from switchboard.shared.kafka import (
     Output,
     StreamLoop,
@@ -32,14 +50,15 @@ from switchboard.shared.kafka import (
     ensure_topics,
     make_consumer,
     make_producer,
+    publish,
 )
 from switchboard.shared.labels import Department
 from switchboard.shared.runtime import run_service
+from switchboard.shared.table import ChangelogTable
 
 log = logging.getLogger(__name__)
 
 GROUP_ID = "switchboard-notify"
-RETRYABLE = (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError)
 
 
 def delivery_id(routed: RoutedTweet, subscription: Subscription) -> str:
@@ -62,10 +81,21 @@ class NotifyService:
     def __init__(self, settings: NotifySettings) -> None:
         self.settings = settings
         self.options = settings.config.notify
-        self.mailer = SmtpMailer(settings.smtp)
+        policy = self.options.delivery
+        self.channels: dict[str, Channel] = channels_for(self.options, SmtpMailer(settings.smtp))
+        self.breakers = {
+            name: CircuitBreaker(name, policy.circuit_failures, policy.circuit_cooldown_s)
+            for name in self.channels
+        }
+        self.limiters = {name: RateLimiter(policy.rate_per_s.get(name)) for name in self.channels}  # type: ignore[call-overload]
+        self.ledger = ChangelogTable(settings.kafka, topics.NOTIFICATIONS_LEDGER, LedgerEntry)
         self.producer = make_producer(settings.kafka, client_id="switchboard-notify")
         self.consumer = make_consumer(
-            settings.kafka, list(topics.DEPARTMENT_TOPICS), GROUP_ID, "switchboard-notify"
+            settings.kafka,
+            [*topics.DEPARTMENT_TOPICS, topics.NOTIFICATIONS_REDRIVE],
+            GROUP_ID,
+            "switchboard-notify",
+            listener=_RestoreOnAssignment(self),
         )
         self._ready = False
 
@@ -76,83 +106,155 @@ class NotifyService:
     async def start(self) -> None:
         await ensure_topics(
             self.settings.kafka,
-            [
-                *topics.DEPARTMENT_TOPICS,
-                topics.DELIVERIES,
-                topics.NOTIFICATIONS_DLQ,
-                topics.DEADLETTER,
-            ],
+            [*topics.DEPARTMENT_TOPICS, topics.DELIVERIES, topics.NOTIFICATIONS_DLQ,
+             topics.NOTIFICATIONS_REDRIVE, topics.NOTIFICATIONS_LEDGER, topics.DEADLETTER],
             self.settings.config.topics.partitions,
             self.settings.config.topics.replication_factor,
-        )
+        )  # fmt: skip
         await self.producer.start()
+        await self.ledger.restore()
         await self.consumer.start()
         self._ready = True
 
     async def run(self, stop: asyncio.Event) -> None:
         await StreamLoop(self.name, self.consumer, self.producer, self.handle).run(stop)
 
+    # --- a batch ------------------------------------------------------------------------------
+
     async def handle(self, records: list[ConsumerRecord]) -> list[Output]:
         outputs: list[Output] = []
-        sends = []
+        jobs: list[Job] = []
         for record in records:
+            if record.topic == topics.NOTIFICATIONS_REDRIVE:
+                request = decode_or_dead_letter(record, RedriveRequest, self.name)
+                if isinstance(request, Output):
+                    outputs.append(request)
+                else:
+                    jobs += self._redrive_jobs(request)
+                continue
             routed = decode_or_dead_letter(record, RoutedTweet, self.name)
             if isinstance(routed, Output):
                 outputs.append(routed)
                 continue
             department = Department(record.topic.removeprefix(topics.DEPARTMENT_PREFIX))
-            subscriptions = matching_subscriptions(routed, self.options.subscriptions, department)
-            sends += [self.deliver(routed, s, department) for s in subscriptions]
-        for delivery in await asyncio.gather(*sends):
-            topic = (
-                topics.DELIVERIES if delivery.outcome == "delivered" else topics.NOTIFICATIONS_DLQ
-            )
-            outputs.append(Output.of(topic, delivery, key=delivery.conversation_id))
+            for subscription in matching_subscriptions(
+                routed, self.options.subscriptions, department
+            ):
+                jobs.append(
+                    Job(routed, subscription, department, delivery_id(routed, subscription))
+                )
+        # Jobs of one conversation and target run in order (a follow-up needs the ticket the
+        # first one opened); all the others run concurrently.
+        groups: dict[tuple[str, str], list[Job]] = defaultdict(list)
+        for job in jobs:
+            groups[(job.routed.tweet.conversation_id, job.subscription.name)].append(job)
+        results = await asyncio.gather(*(self._in_order(group) for group in groups.values()))
+        for deliveries in results:
+            for delivery in deliveries:
+                topic = (
+                    topics.DELIVERIES
+                    if delivery.outcome == "delivered"
+                    else topics.NOTIFICATIONS_DLQ
+                )
+                outputs.append(Output.of(topic, delivery, key=delivery.conversation_id))
         return outputs
 
-    async def deliver(
-        self, routed: RoutedTweet, subscription: Subscription, department: Department
-    ) -> Delivery:
-        """Send one email, retrying transient failures; the outcome either way."""
-        identifier = delivery_id(routed, subscription)
-        message = render_email(routed, subscription, self.options.email, identifier)
-        attempts, error = 0, None
+    def _redrive_jobs(self, request: RedriveRequest) -> list[Job]:
+        wanted = [s for s in self.options.subscriptions if s.name == request.subscription]
+        if not wanted:
+            log.warning("redrive for an unknown subscription", extra={"id": request.delivery_id})
+            return []
+        metrics.REDRIVEN.labels(wanted[0].channel).inc()
+        return [Job(request.routed, wanted[0], request.department, request.delivery_id)]
+
+    async def _in_order(self, jobs: list[Job]) -> list[Delivery]:
+        return [d for job in jobs if (d := await self.deliver(job)) is not None]
+
+    # --- one delivery ---------------------------------------------------------------------------
+
+    async def deliver(self, job: Job) -> Delivery | None:
+        """Make the job's effect once; None when the ledger says it was already made."""
+        conversation = job.routed.tweet.conversation_id
+        entry = self.ledger.get(conversation) or LedgerEntry(conversation_id=conversation)
+        if job.delivery_id in entry.deliveries:
+            metrics.DELIVERIES.labels(job.subscription.channel, "already_done").inc()
+            return None
+        thread_key = f"{job.subscription.channel}:{job.subscription.name}"
+        job = Job(job.routed, job.subscription, job.department, job.delivery_id,
+                  entry.threads.get(thread_key))  # fmt: skip
+        channel = job.subscription.channel
+        started = time.perf_counter()
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self.settings.send_attempts),
-                wait=wait_random_exponential(multiplier=0.5, max=30),
-                retry=retry_if_exception_type(RETRYABLE),
-                reraise=True,
-            ):
-                with attempt:
-                    attempts += 1
-                    metrics.DELIVERY_ATTEMPTS.labels(subscription.channel).inc()
-                    await self.mailer.send(message)
-        except RETRYABLE as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            log.error(
-                "delivery failed; parked",
-                extra={"tweet_id": routed.tweet.id, "delivery_id": identifier, "error": error},
-            )
-        outcome = "delivered" if error is None else "failed"
-        metrics.DELIVERIES.labels(subscription.channel, outcome).inc()
-        trace = routed.trace
-        if error is None:
+            done, attempts = await self._attempt(job)
+        except DeliveryError as error:
+            return self._parked(job, error)
+        self.breakers[channel].record(True)
+        threads = dict(entry.threads)
+        if done.action in ("created", "commented") and done.external_id:
+            threads[thread_key] = done.external_id
+        recorded = entry.model_copy(
+            update={
+                "deliveries": {**entry.deliveries, job.delivery_id: done.external_id},
+                "threads": threads,
+                "updated_at": utc_now(),
+            }
+        )
+        # Recorded at once, not with the batch: the effect happened, whatever comes next.
+        await publish(self.producer, [self.ledger.put(conversation, recorded)], self.name)
+        metrics.DELIVERIES.labels(channel, "delivered").inc()
+        metrics.DELIVERY_SECONDS.labels(channel).observe(time.perf_counter() - started)
+        return self._delivery(job, "delivered", attempts, done=done)
+
+    async def _attempt(self, job: Job) -> tuple[Done, int]:
+        name = job.subscription.channel
+        if not self.breakers[name].allow():
+            raise CircuitOpen(name)
+        await self.limiters[name].wait()
+        policy = self.options.delivery
+        return await with_retries(
+            lambda: self.channels[name].deliver(job), name, policy.attempts, policy.max_wait_s
+        )
+
+    def _parked(self, job: Job, error: DeliveryError) -> Delivery:
+        channel = job.subscription.channel
+        if not isinstance(error, CircuitOpen):
+            self.breakers[channel].record(False)
+        reason = "circuit_open" if isinstance(error, CircuitOpen) else (
+            "retries_exhausted" if error.retryable else "rejected"
+        )  # fmt: skip
+        metrics.DELIVERIES.labels(channel, "failed").inc()
+        metrics.PARKED.labels(channel, reason).inc()
+        log.error(
+            "delivery parked",
+            extra={"tweet_id": job.routed.tweet.id, "delivery_id": job.delivery_id,
+                   "reason": reason, "error": str(error)},
+        )  # fmt: skip
+        return self._delivery(job, "failed", error.attempts, error=str(error))
+
+    def _delivery(
+        self, job: Job, outcome: str, attempts: int, *, done: Done | None = None,
+        error: str | None = None,
+    ) -> Delivery:  # fmt: skip
+        trace = job.routed.trace
+        if outcome == "delivered":
             trace = trace.model_copy(update={"delivered_at": utc_now()})
             metrics.E2E_LATENCY.labels("delivered").observe(
-                (trace.delivered_at - trace.ingested_at).total_seconds()
+                (trace.delivered_at - trace.ingested_at).total_seconds()  # type: ignore[operator]
             )
         return Delivery(
-            delivery_id=identifier,
-            tweet_id=routed.tweet.id,
-            conversation_id=routed.tweet.conversation_id,
-            channel=subscription.channel,
-            target=subscription.name,
-            department=department,
-            urgency=routed.classification.urgency,
-            outcome=outcome,
+            delivery_id=job.delivery_id,
+            tweet_id=job.routed.tweet.id,
+            conversation_id=job.routed.tweet.conversation_id,
+            channel=job.subscription.channel,
+            target=job.subscription.name,
+            department=job.department,
+            urgency=job.routed.classification.urgency,
+            outcome=outcome,  # type: ignore[arg-type]
             attempts=attempts,
             error=error,
+            action=done.action if done else None,
+            external_id=done.external_id if done else None,
+            routed=job.routed if outcome == "failed" else None,
             trace=trace,
         )
 
@@ -160,7 +262,24 @@ class NotifyService:
         self._ready = False
         await self.consumer.stop()
         await self.producer.stop()
-        await self.mailer.close()
+        for channel in self.channels.values():
+            await channel.close()
+
+
+class _RestoreOnAssignment(ConsumerRebalanceListener):
+    """The ledger is keyed by conversation like the department topics: reload the partitions
+    just assigned, to see what another replica did while it owned them."""
+
+    def __init__(self, service: NotifyService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Nothing to hand over: every effect is already on the ledger."""
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        partitions = {tp.partition for tp in assigned}
+        if partitions:
+            await self.service.ledger.restore(partitions)
 
 
 def main(**overrides: object) -> None:

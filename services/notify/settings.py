@@ -29,4 +29,3 @@ class NotifySettings(ServiceSettings):
     default_http_port: ClassVar[int] = 8084
 
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
-    send_attempts: int = Field(default=4, ge=1, le=20)

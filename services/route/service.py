@@ -14,7 +14,6 @@ reloads ``route`` from the YAML file when the file changes. Malformed input goes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from datetime import UTC, datetime
@@ -34,12 +33,10 @@ from switchboard.shared.events import (
     BrandTweet,
     ClassifiedTweet,
     ConversationState,
-    DecodeError,
     RouteDecision,
     RoutedTweet,
     SpikeAlert,
     Trace,
-    decode,
     utc_now,
 )
 from switchboard.shared.kafka import (
@@ -50,11 +47,11 @@ from switchboard.shared.kafka import (
     make_consumer,
     make_producer,
     publish,
-    read_to_end,
 )
 from switchboard.shared.labels import Urgency
 from switchboard.shared.runtime import run_service
 from switchboard.shared.settings import ConfigError, ServiceSettings
+from switchboard.shared.table import ChangelogTable
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +66,9 @@ class RouteService:
         self.config = settings.config
         self.version = rules_version(self.config.route)
         self.spikes = SpikeDetector(self.config.route.spikes)
-        self.conversations: dict[str, ConversationState] = {}
+        self.conversations = ChangelogTable(
+            settings.kafka, topics.ROUTE_CONVERSATIONS, ConversationState
+        )
         self.producer = make_producer(settings.kafka, client_id="switchboard-route")
         self.consumer = make_consumer(
             settings.kafka,
@@ -105,27 +104,11 @@ class RouteService:
         partition count, so partition n of ``tweets.classified`` finds its conversations in
         partition n of the changelog. Reading it again when a partition is assigned picks up
         what another replica wrote while it owned that partition."""
-        restored = await read_to_end(
-            self.settings.kafka,
-            [topics.ROUTE_CONVERSATIONS],
-            self._restore,
-            partitions=partitions,
-            client_id="switchboard-route-conversations",
-        )
+        restored = await self.conversations.restore(partitions)
         log.info(
             "conversations restored",
             extra={"records": restored, "partitions": sorted(partitions or [])},
         )
-
-    def _restore(self, record: ConsumerRecord) -> None:
-        key = record.key.decode() if record.key else None
-        if key is None:
-            return
-        if record.value is None:
-            self.conversations.pop(key, None)
-            return
-        with contextlib.suppress(DecodeError):
-            self.conversations[key] = decode(ConversationState, record.value)
 
     async def run(self, stop: asyncio.Event) -> None:
         background = [
@@ -209,8 +192,7 @@ class RouteService:
         return state if conversations.active(state, now, ttl) else None
 
     def _remember(self, state: ConversationState) -> Output:
-        self.conversations[state.conversation_id] = state
-        return Output.of(topics.ROUTE_CONVERSATIONS, state, state.conversation_id)
+        return self.conversations.put(state.conversation_id, state)
 
     def _decision(self, outcome: Outcome) -> RouteDecision:
         topic = {
@@ -293,7 +275,7 @@ class RouteService:
         """An alert for each awaited tweet past its SLA (once), and the updated states."""
         urgencies = self.config.route.sla.alert_urgencies
         outputs = []
-        for state in list(self.conversations.values()):
+        for state in self.conversations.values():
             if not conversations.breached(state, now, urgencies):
                 continue
             awaiting = state.awaiting

@@ -327,27 +327,146 @@ class EmailConfig(Section):
     subject_prefix: str = "[Switchboard]"
 
 
+Channel = Literal["email", "webhook", "zendesk", "jira", "salesforce", "hubspot"]
+HttpsUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+
+
+class WebhookTarget(Section):
+    url: HttpsUrl
+    secret: SecretRef = Field(description="HMAC-SHA256 key of the X-Switchboard-Signature header")
+
+
+class ZendeskTarget(Section):
+    group_id: int | None = None
+    tags: list[str] = Field(default_factory=lambda: ["switchboard"])
+
+
+class JiraTarget(Section):
+    project: str = Field(pattern=r"^[A-Z][A-Z0-9_]{1,9}$")
+    issue_type: str = "Task"
+
+
+class SalesforceTarget(Section):
+    object: Literal["Lead", "Case"] = "Lead"
+    owner_id: str | None = Field(default=None, description="User or queue id to assign")
+    external_id_field: str = Field(
+        default="Switchboard_Author_Id__c",
+        pattern=r"^[A-Za-z][A-Za-z0-9_]*__c$",
+        description="Custom external-id field: one author is one record (upsert)",
+    )
+
+
+class HubSpotTarget(Section):
+    object: Literal["contacts", "tickets"] = "contacts"
+    owner_id: str | None = None
+    id_property: str = Field(
+        default="twitter_user_id", description="Unique property: one author is one contact"
+    )
+
+
+DEFAULT_PRIORITIES: dict[Urgency, str] = {
+    Urgency.CRITICAL: "urgent", Urgency.HIGH: "high", Urgency.NORMAL: "normal", Urgency.LOW: "low"
+}  # fmt: skip
+CHANNEL_TARGETS = ("webhook", "zendesk", "jira", "salesforce", "hubspot")
+
+
 class Subscription(Section):
-    """Who is told about which tweets, and how."""
+    """Who is told about which tweets, and how: one channel and its target."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    channel: Literal["email"] = "email"
+    channel: Channel = "email"
     departments: list[Department] = Field(min_length=1)
     urgencies: list[Urgency] = Field(default_factory=lambda: list(Urgency))
-    to: list[EmailAddress] = Field(min_length=1)
+    to: list[EmailAddress] = Field(default_factory=list, description="email: the recipients")
+    webhook: WebhookTarget | None = None
+    zendesk: ZendeskTarget | None = None
+    jira: JiraTarget | None = None
+    salesforce: SalesforceTarget | None = None
+    hubspot: HubSpotTarget | None = None
+    priority: dict[Urgency, str] = Field(
+        default_factory=lambda: dict(DEFAULT_PRIORITIES),
+        description="Urgency -> the target's priority name (Zendesk: urgent/high/normal/low)",
+    )
+
+    @model_validator(mode="after")
+    def _target_matches_channel(self) -> Subscription:
+        if self.channel == "email" and not self.to:
+            raise ValueError("to: an email subscription needs at least one address")
+        for channel in CHANNEL_TARGETS:
+            given = getattr(self, channel) is not None
+            if channel == self.channel and not given and channel in ("webhook", "jira"):
+                raise ValueError(f"{channel}: a {channel} subscription needs its {channel} target")
+            if channel != self.channel and given:
+                raise ValueError(f"{channel}: given, but the channel is {self.channel}")
+        return self
 
     def matches(self, department: Department, urgency: Urgency) -> bool:
         return department in self.departments and urgency in self.urgencies
 
 
+class ZendeskConnection(Section):
+    base_url: HttpsUrl = Field(description="https://<subdomain>.zendesk.com")
+    email: str
+    api_token: SecretRef
+
+
+class JiraConnection(Section):
+    base_url: HttpsUrl = Field(description="https://<site>.atlassian.net")
+    email: str
+    api_token: SecretRef
+
+
+class SalesforceConnection(Section):
+    instance_url: HttpsUrl
+    access_token: SecretRef = Field(description="OAuth 2.0 bearer token")
+    api_version: str = Field(default="v60.0", pattern=r"^v\d+\.\d$")
+
+
+class HubSpotConnection(Section):
+    base_url: HttpsUrl = "https://api.hubapi.com"
+    token: SecretRef = Field(description="Private app access token")
+
+
+class Connections(Section):
+    zendesk: ZendeskConnection | None = None
+    jira: JiraConnection | None = None
+    salesforce: SalesforceConnection | None = None
+    hubspot: HubSpotConnection | None = None
+
+
+class DeliveryPolicy(Section):
+    attempts: int = Field(default=4, ge=1, le=20, description="Tries before a delivery is parked")
+    max_wait_s: float = Field(default=30.0, gt=0, description="Longest backoff between tries")
+    timeout_s: float = Field(default=10.0, gt=0, description="Per HTTP request")
+    circuit_failures: int = Field(
+        default=5, ge=1, description="Consecutive failures that open a channel's circuit"
+    )
+    circuit_cooldown_s: float = Field(default=30.0, gt=0, description="Open, then one trial")
+    rate_per_s: dict[Channel, float] = Field(
+        default_factory=dict, description="Most deliveries per second, per channel"
+    )
+
+
 class NotifyConfig(Section):
     email: EmailConfig = Field(default_factory=EmailConfig)
+    connections: Connections = Field(default_factory=Connections)
+    delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
     subscriptions: list[Subscription] = Field(default_factory=list)
 
     @field_validator("subscriptions")
     @classmethod
     def _unique_names(cls, subscriptions: list[Subscription]) -> list[Subscription]:
         return _named_uniquely(subscriptions, "subscription")
+
+    @model_validator(mode="after")
+    def _connections_exist(self) -> NotifyConfig:
+        for index, subscription in enumerate(self.subscriptions):
+            channel = subscription.channel
+            connected = channel in ("email", "webhook") or getattr(self.connections, channel)
+            if not connected:
+                needed = f"notify.connections.{channel}"
+                raise ValueError(f"subscriptions[{index}].channel: {channel} needs {needed}")
+        return self
 
 
 def _default_departments() -> dict[Department, DepartmentConfig]:

@@ -228,6 +228,9 @@ class ConversationState(Event):
     awaiting: AwaitingReply | None = None
 
 
+Channel = Literal["email", "webhook", "zendesk", "jira", "salesforce", "hubspot"]
+
+
 class Delivery(Event):
     """On ``switchboard.notifications.deliveries`` (and ``.dlq`` when it failed for good)."""
 
@@ -235,14 +238,48 @@ class Delivery(Event):
     delivery_id: str = Field(description="`<tweet id>:<channel>:<target>`; one effect per id")
     tweet_id: str
     conversation_id: str
-    channel: Literal["email"]
-    target: str
+    channel: Channel
+    target: str = Field(description="The subscription's name")
     department: Department
     urgency: Urgency
     outcome: Literal["delivered", "failed"]
-    attempts: int = Field(ge=1)
+    attempts: int = Field(ge=0)
     error: str | None = None
+    action: str | None = Field(
+        default=None, description="sent, created, commented, upserted, or already_done"
+    )
+    external_id: str | None = Field(default=None, description="Ticket, issue, lead or contact id")
+    routed: RoutedTweet | None = Field(
+        default=None, description="On the DLQ: the tweet as routed, so it can be redriven"
+    )
     trace: Trace
+
+
+class RedriveRequest(Event):
+    """On ``switchboard.notifications.redrive``: try one parked delivery again."""
+
+    event_type: Literal["delivery.redrive"] = "delivery.redrive"
+    delivery_id: str
+    subscription: str
+    department: Department
+    routed: RoutedTweet
+    requested_at: AwareDatetime = Field(default_factory=utc_now)
+
+
+class LedgerEntry(Event):
+    """On the compacted ``switchboard.notifications.ledger``, keyed by conversation id: what
+    notify already did for the conversation, so a restart or a redelivery never repeats it."""
+
+    event_type: Literal["notify.ledger"] = "notify.ledger"
+    conversation_id: str
+    deliveries: dict[str, str | None] = Field(
+        default_factory=dict, description="Delivery id -> the external id it created or used"
+    )
+    threads: dict[str, str] = Field(
+        default_factory=dict,
+        description="`<channel>:<subscription>` -> the ticket or issue follow-ups go to",
+    )
+    updated_at: AwareDatetime = Field(default_factory=utc_now)
 
 
 class DeadLetter(Event):
@@ -287,6 +324,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     SpikeAlert,
     ConversationState,
     Delivery,
+    RedriveRequest,
+    LedgerEntry,
     DeadLetter,
 )
 

@@ -142,6 +142,24 @@ DELIVERIES = Counter(
 DELIVERY_ATTEMPTS = Counter(
     "switchboard_delivery_attempts_total", "Notification attempts, retries included", ["channel"]
 )
+DELIVERY_RETRIES = Counter(
+    "switchboard_delivery_retries_total", "Notification attempts after the first", ["channel"]
+)
+DELIVERY_SECONDS = Histogram(
+    "switchboard_delivery_seconds",
+    "Time to deliver one notification, retries included",
+    ["channel"],
+    buckets=LATENCY_BUCKETS,
+)
+PARKED = Counter(
+    "switchboard_deliveries_parked_total", "Deliveries parked on the DLQ", ["channel", "reason"]
+)
+REDRIVEN = Counter(
+    "switchboard_deliveries_redriven_total", "Parked deliveries tried again", ["channel"]
+)
+CIRCUIT_STATE = Gauge(
+    "switchboard_circuit_state", "Per channel: 0 closed, 1 open, 2 half-open", ["channel"]
+)
 
 E2E_LATENCY = Histogram(
     "switchboard_e2e_latency_seconds",

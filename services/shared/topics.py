@@ -18,6 +18,9 @@ ROUTE_CONVERSATIONS = "switchboard.route.conversations"
 ALERTS = "switchboard.alerts"
 DELIVERIES = "switchboard.notifications.deliveries"
 NOTIFICATIONS_DLQ = "switchboard.notifications.dlq"
+NOTIFICATIONS_REDRIVE = "switchboard.notifications.redrive"
+# Compacted: notify's record of deliveries done and of each conversation's ticket or lead.
+NOTIFICATIONS_LEDGER = "switchboard.notifications.ledger"
 DEADLETTER = "switchboard.deadletter"
 
 DEPARTMENT_PREFIX = "switchboard.dept."
@@ -43,11 +46,15 @@ ALL: tuple[str, ...] = (
     ALERTS,
     DELIVERIES,
     NOTIFICATIONS_DLQ,
+    NOTIFICATIONS_REDRIVE,
+    NOTIFICATIONS_LEDGER,
     DEADLETTER,
 )
 
 # Topics that keep only the last message per key (Kafka log compaction).
-COMPACTED: frozenset[str] = frozenset({INGEST_CHECKPOINTS, ROUTE_CONVERSATIONS})
+COMPACTED: frozenset[str] = frozenset(
+    {INGEST_CHECKPOINTS, ROUTE_CONVERSATIONS, NOTIFICATIONS_LEDGER}
+)
 
 
 def topic_config(topic: str) -> dict[str, str]:

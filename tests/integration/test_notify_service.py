@@ -56,10 +56,14 @@ async def test_an_email_reaches_the_subscribers(kafka, producer, read, running, 
 
 
 async def test_a_dead_mail_server_parks_the_delivery(kafka, producer, read, running):
+    base = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    notify = base.config.notify.model_copy(
+        update={"delivery": base.config.notify.delivery.model_copy(update={"attempts": 2})}
+    )
     settings = NotifySettings.load(
         config_file=CONFIG_FILE,
         kafka=kafka,
-        send_attempts=2,
+        config=base.config.model_copy(update={"notify": notify}),
         smtp=SmtpSettings(host="127.0.0.1", port=free_port(), timeout_s=1),
     )
     threat = routed("n-3", "legal", "high", "see you in court", settings)

@@ -1,0 +1,365 @@
+"""Where notifications go: email, a signed webhook, Zendesk, Jira, Salesforce and HubSpot.
+
+Each channel turns one job (a routed tweet for one subscription) into one effect and says what
+it did. Follow-ups in a conversation go to the same ticket or issue: the service passes the
+one it recorded for the conversation (``Job.thread_id``), and the channels also look it up at
+the vendor (Zendesk ``external_id``, a Jira label) so a lost record never opens a second one.
+CRM records are upserted by external id: one author is one lead or contact. Errors are
+``DeliveryError``s that say whether a retry may help (resilience.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiosmtplib
+import httpx
+
+from switchboard.notify.mail import SmtpMailer, render_email
+from switchboard.notify.resilience import DeliveryError, http_error
+from switchboard.shared.config import EmailConfig, NotifyConfig, Subscription
+from switchboard.shared.events import RoutedTweet
+from switchboard.shared.labels import Department, Urgency
+from switchboard.shared.settings import read_secret
+
+JIRA_PRIORITIES = {Urgency.CRITICAL: "Highest", Urgency.HIGH: "High", Urgency.NORMAL: "Medium",
+                   Urgency.LOW: "Low"}  # fmt: skip
+SALESFORCE_PRIORITIES = {Urgency.CRITICAL: "High", Urgency.HIGH: "High",
+                         Urgency.NORMAL: "Medium", Urgency.LOW: "Low"}  # fmt: skip
+HUBSPOT_PRIORITIES = {Urgency.CRITICAL: "HIGH", Urgency.HIGH: "HIGH", Urgency.NORMAL: "MEDIUM",
+                      Urgency.LOW: "LOW"}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    routed: RoutedTweet
+    subscription: Subscription
+    department: Department
+    delivery_id: str
+    thread_id: str | None = None  # the conversation's ticket or issue, when one is recorded
+
+    @property
+    def conversation_key(self) -> str:
+        """Names the conversation at the vendor, per subscription."""
+        return f"switchboard:{self.subscription.name}:{self.routed.tweet.conversation_id}"
+
+    def priority(self, defaults: dict[Urgency, str]) -> str:
+        urgency = self.routed.classification.urgency
+        if "priority" in self.subscription.model_fields_set:
+            return self.subscription.priority.get(urgency, defaults[urgency])
+        return defaults[urgency]
+
+    def summary(self) -> str:
+        t, c = self.routed.tweet, self.routed.classification
+        text = " ".join(t.text.split())
+        return f"[{c.urgency.value}] {self.department.value}: @{t.author.username}: {text}"[:250]
+
+    def body(self) -> str:
+        t, c, r = self.routed.tweet, self.routed.classification, self.routed.route
+        return "\n".join([
+            f"@{t.author.username} ({t.author.followers_count} followers) wrote to "
+            f"{', '.join(t.addressed_handles) or 'the company'}:",
+            "", t.text, "", t.url, "",
+            f"Department {self.department.value}, urgency {c.urgency.value}, "
+            f"confidence {c.confidence:.2f}, priority {r.priority or '-'}",
+            "Why: " + "; ".join(r.reasons),
+        ])  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    action: str  # sent, created, commented, upserted
+    external_id: str | None = None
+
+
+class Channel(Protocol):
+    name: str
+
+    async def deliver(self, job: Job) -> Done: ...
+
+    async def close(self) -> None: ...
+
+
+class EmailChannel:
+    name = "email"
+
+    def __init__(self, mailer: SmtpMailer, options: EmailConfig) -> None:
+        self.mailer = mailer
+        self.options = options
+
+    async def deliver(self, job: Job) -> Done:
+        message = render_email(job.routed, job.subscription, self.options, job.delivery_id)
+        try:
+            await self.mailer.send(message)
+        except aiosmtplib.SMTPResponseException as exc:
+            raise DeliveryError(
+                f"SMTP {exc.code}: {exc.message}", retryable=exc.code < 500
+            ) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from None
+        return Done("sent", message["Message-ID"])
+
+    async def close(self) -> None:
+        await self.mailer.close()
+
+
+class HttpChannel:
+    name = "http"
+
+    def __init__(self, timeout_s: float, base_url: str = "", **client: Any) -> None:
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, **client)
+
+    async def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self.http.request(method, url, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise DeliveryError(f"timeout: {type(exc).__name__}", retryable=True) from None
+        except httpx.TransportError as exc:
+            raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from None
+        if response.status_code >= 300:
+            raise http_error(
+                response.status_code, response.text, response.headers.get("retry-after")
+            )
+        return response
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+class WebhookChannel(HttpChannel):
+    """POST the routed tweet as JSON, signed: ``X-Switchboard-Signature: sha256=<hex HMAC of
+    "<timestamp>.<body>">`` with ``X-Switchboard-Timestamp``; ``Idempotency-Key`` is the
+    delivery id, so a receiver can drop a redelivery."""
+
+    name = "webhook"
+
+    async def deliver(self, job: Job) -> Done:
+        target = job.subscription.webhook
+        assert target is not None
+        secret = read_secret(target.secret, f"subscription {job.subscription.name}.webhook.secret")
+        body = json.dumps(
+            {
+                "delivery_id": job.delivery_id,
+                "department": job.department.value,
+                "event": job.routed.model_dump(mode="json"),
+            },
+            separators=(",", ":"),
+        ).encode()
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Switchboard-Timestamp": timestamp,
+            "X-Switchboard-Signature": webhook_signature(
+                secret.get_secret_value(), timestamp, body
+            ),
+            "Idempotency-Key": job.delivery_id,
+        }
+        await self.send("POST", target.url, content=body, headers=headers)
+        return Done("sent")
+
+
+def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
+    signed = timestamp.encode() + b"." + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+class ZendeskChannel(HttpChannel):
+    """Tickets: ``external_id`` names the conversation; follow-ups are comments on it."""
+
+    name = "zendesk"
+
+    async def deliver(self, job: Job) -> Done:
+        ticket = job.thread_id or await self._find(job.conversation_key)
+        comment = {"body": job.body(), "public": False}
+        if ticket is not None:
+            update = {"ticket": {"comment": comment, "priority": job.priority(DEFAULT_ZENDESK)}}
+            await self.send("PUT", f"/api/v2/tickets/{ticket}.json", json=update)
+            return Done("commented", str(ticket))
+        target = job.subscription.zendesk
+        fields: dict[str, Any] = {
+            "subject": job.summary(),
+            "comment": comment,
+            "priority": job.priority(DEFAULT_ZENDESK),
+            "external_id": job.conversation_key,
+            "tags": target.tags if target else ["switchboard"],
+        }
+        if target and target.group_id:
+            fields["group_id"] = target.group_id
+        response = await self.send(
+            "POST",
+            "/api/v2/tickets.json",
+            json={"ticket": fields},
+            headers={"Idempotency-Key": job.delivery_id},
+        )
+        return Done("created", str(response.json()["ticket"]["id"]))
+
+    async def _find(self, external_id: str) -> str | None:
+        found = await self.send("GET", "/api/v2/tickets.json", params={"external_id": external_id})
+        tickets = found.json().get("tickets", [])
+        return str(tickets[0]["id"]) if tickets else None
+
+
+DEFAULT_ZENDESK = {Urgency.CRITICAL: "urgent", Urgency.HIGH: "high", Urgency.NORMAL: "normal",
+                   Urgency.LOW: "low"}  # fmt: skip
+
+
+class JiraChannel(HttpChannel):
+    """Issues labelled with the conversation; follow-ups are comments on the same issue."""
+
+    name = "jira"
+
+    async def deliver(self, job: Job) -> Done:
+        label = "sb-" + hashlib.sha256(job.conversation_key.encode()).hexdigest()[:16]
+        issue = job.thread_id or await self._find(label)
+        if issue is not None:
+            await self.send(
+                "POST", f"/rest/api/3/issue/{issue}/comment", json={"body": adf(job.body())}
+            )
+            return Done("commented", issue)
+        target = job.subscription.jira
+        assert target is not None
+        fields = {
+            "project": {"key": target.project},
+            "summary": job.summary(),
+            "issuetype": {"name": target.issue_type},
+            "priority": {"name": job.priority(JIRA_PRIORITIES)},
+            "labels": ["switchboard", label],
+            "description": adf(job.body()),
+        }
+        response = await self.send("POST", "/rest/api/3/issue", json={"fields": fields})
+        return Done("created", response.json()["key"])
+
+    async def _find(self, label: str) -> str | None:
+        found = await self.send(
+            "GET", "/rest/api/3/search/jql", params={"jql": f'labels = "{label}"', "fields": "key"}
+        )
+        issues = found.json().get("issues", [])
+        return issues[0]["key"] if issues else None
+
+
+def adf(text: str) -> dict:
+    """Plain text as an Atlassian Document Format document, one paragraph per line."""
+    paragraphs = [
+        {"type": "paragraph", "content": [{"type": "text", "text": line}] if line else []}
+        for line in text.split("\n")
+    ]
+    return {"type": "doc", "version": 1, "content": paragraphs}
+
+
+class SalesforceChannel(HttpChannel):
+    """Upsert by external id: a Lead per author, or a Case per conversation."""
+
+    name = "salesforce"
+
+    def __init__(self, timeout_s: float, base_url: str, api_version: str, token: str) -> None:
+        super().__init__(timeout_s, base_url, headers={"Authorization": f"Bearer {token}"})
+        self.api_version = api_version
+
+    async def deliver(self, job: Job) -> Done:
+        target = job.subscription.salesforce
+        assert target is not None
+        author = job.routed.tweet.author
+        if target.object == "Lead":
+            key = author.id
+            fields: dict[str, Any] = {
+                "LastName": author.name or f"@{author.username}",
+                "Company": f"X user @{author.username}",
+                "LeadSource": "X (Twitter)",
+                "Description": job.body(),
+            }
+        else:
+            key = job.routed.tweet.conversation_id
+            fields = {
+                "Subject": job.summary(),
+                "Description": job.body(),
+                "Origin": "X (Twitter)",
+                "Priority": job.priority(SALESFORCE_PRIORITIES),
+            }
+        if target.owner_id:
+            fields["OwnerId"] = target.owner_id
+        path = (
+            f"/services/data/{self.api_version}/sobjects/{target.object}/"
+            f"{target.external_id_field}/{key}"
+        )
+        response = await self.send("PATCH", path, json=fields)
+        record = response.json() if response.content else {}
+        return Done("upserted", record.get("id"))
+
+
+class HubSpotChannel(HttpChannel):
+    """Batch upsert on a unique property: a contact per author, or a ticket per conversation."""
+
+    name = "hubspot"
+
+    def __init__(self, timeout_s: float, base_url: str, token: str) -> None:
+        super().__init__(timeout_s, base_url, headers={"Authorization": f"Bearer {token}"})
+
+    async def deliver(self, job: Job) -> Done:
+        target = job.subscription.hubspot
+        assert target is not None
+        tweet = job.routed.tweet
+        if target.object == "contacts":
+            key = tweet.author.id
+            properties: dict[str, Any] = {
+                "lastname": tweet.author.name or f"@{tweet.author.username}",
+                "twitterhandle": tweet.author.username,
+            }
+        else:
+            key = tweet.conversation_id
+            properties = {
+                "subject": job.summary(),
+                "content": job.body(),
+                "hs_pipeline": "0",
+                "hs_pipeline_stage": "1",
+                "hs_ticket_priority": job.priority(HUBSPOT_PRIORITIES),
+            }
+        properties[target.id_property] = key
+        if target.owner_id:
+            properties["hubspot_owner_id"] = target.owner_id
+        upsert = {"inputs": [{"idProperty": target.id_property, "id": key,
+                              "properties": properties}]}  # fmt: skip
+        response = await self.send(
+            "POST", f"/crm/v3/objects/{target.object}/batch/upsert", json=upsert
+        )
+        results = response.json().get("results", [])
+        return Done("upserted", results[0]["id"] if results else None)
+
+
+def channels_for(config: NotifyConfig, mailer: SmtpMailer) -> dict[str, Channel]:
+    """One client per channel in use; secrets are read now, so a missing one fails at start."""
+    timeout = config.delivery.timeout_s
+    used = {s.channel for s in config.subscriptions}
+    connections = config.connections
+    channels: dict[str, Channel] = {"email": EmailChannel(mailer, config.email)}
+    if "webhook" in used:
+        channels["webhook"] = WebhookChannel(timeout)
+    if "zendesk" in used and connections.zendesk:
+        c = connections.zendesk
+        token = read_secret(c.api_token, "notify.connections.zendesk.api_token")
+        auth = httpx.BasicAuth(f"{c.email}/token", token.get_secret_value())
+        channels["zendesk"] = _with_auth(ZendeskChannel, timeout, c.base_url, auth)
+    if "jira" in used and connections.jira:
+        c = connections.jira
+        token = read_secret(c.api_token, "notify.connections.jira.api_token")
+        auth = httpx.BasicAuth(c.email, token.get_secret_value())
+        channels["jira"] = _with_auth(JiraChannel, timeout, c.base_url, auth)
+    if "salesforce" in used and connections.salesforce:
+        c = connections.salesforce
+        token = read_secret(c.access_token, "notify.connections.salesforce.access_token")
+        channels["salesforce"] = SalesforceChannel(
+            timeout, c.instance_url, c.api_version, token.get_secret_value()
+        )
+    if "hubspot" in used and connections.hubspot:
+        c = connections.hubspot
+        token = read_secret(c.token, "notify.connections.hubspot.token")
+        channels["hubspot"] = HubSpotChannel(timeout, c.base_url, token.get_secret_value())
+    return channels
+
+
+def _with_auth(kind: type[HttpChannel], timeout: float, base_url: str, auth: httpx.Auth) -> Any:
+    return kind(timeout, base_url, auth=auth)

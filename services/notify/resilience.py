@@ -1,0 +1,156 @@
+"""How a delivery survives a flaky target: retries, a circuit breaker and a rate limit per
+channel (pure logic plus asyncio; the channels raise, this decides).
+
+- Timeouts, connection errors, HTTP 5xx and 429 are retried with exponential backoff and full
+  jitter (tenacity), honouring ``Retry-After`` when the target sends one; any other 4xx is
+  permanent and not retried. After the last attempt the delivery is parked on the DLQ.
+- A channel whose deliveries fail ``circuit_failures`` times in a row opens its circuit: for
+  ``circuit_cooldown_s`` its deliveries are parked at once instead of piling up, then one trial
+  goes through (half-open) and its outcome closes or reopens the circuit. Other channels are
+  not affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from switchboard.shared import metrics
+
+T = TypeVar("T")
+
+
+class DeliveryError(Exception):
+    """A delivery that failed; ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        self.attempts = 0
+
+
+class CircuitOpen(DeliveryError):
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"circuit open for {channel}: parked without trying", retryable=False)
+
+
+def http_error(status: int, body: str, retry_after: str | None) -> DeliveryError:
+    """The DeliveryError for an HTTP answer that is not a success."""
+    retryable = status == 429 or status >= 500
+    wait = None
+    if retry_after is not None:
+        try:
+            wait = max(0.0, float(retry_after))
+        except ValueError:
+            wait = None  # an HTTP date: fall back to the backoff
+    return DeliveryError(f"HTTP {status}: {body[:300]}", retryable=retryable, retry_after_s=wait)
+
+
+class _WaitRetryAfter:
+    """Retry-After when the target gave one, else exponential backoff with jitter."""
+
+    def __init__(self, max_wait_s: float) -> None:
+        self.backoff = wait_random_exponential(multiplier=0.5, max=max_wait_s)
+        self.max_wait_s = max_wait_s
+
+    def __call__(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, DeliveryError) and error.retry_after_s is not None:
+            return min(error.retry_after_s, self.max_wait_s)
+        return self.backoff(state)
+
+
+async def with_retries(
+    attempt: Callable[[], Awaitable[T]], channel: str, attempts: int, max_wait_s: float
+) -> tuple[T, int]:
+    """The result of ``attempt`` and how many tries it took; raises the last DeliveryError."""
+    tries = 0
+    try:
+        async for retrying in AsyncRetrying(
+            stop=stop_after_attempt(attempts),
+            wait=_WaitRetryAfter(max_wait_s),
+            retry=retry_if_exception(lambda e: isinstance(e, DeliveryError) and e.retryable),
+            reraise=True,
+        ):
+            with retrying:
+                tries += 1
+                metrics.DELIVERY_ATTEMPTS.labels(channel).inc()
+                if tries > 1:
+                    metrics.DELIVERY_RETRIES.labels(channel).inc()
+                result = await attempt()
+    except DeliveryError as error:
+        error.attempts = tries
+        raise
+    return result, tries
+
+
+class CircuitBreaker:
+    CLOSED, OPEN, HALF_OPEN = 0, 1, 2
+
+    def __init__(self, channel: str, failures: int, cooldown_s: float) -> None:
+        self.channel = channel
+        self.failures = failures
+        self.cooldown_s = cooldown_s
+        self.state = self.CLOSED
+        self._failed_in_a_row = 0
+        self._opened_at = 0.0
+        self._trial_in_flight = False
+        self._publish()
+
+    def allow(self, now: float | None = None) -> bool:
+        """Whether a delivery may try now (a half-open circuit lets one trial through)."""
+        now = time.monotonic() if now is None else now
+        if self.state == self.OPEN and now - self._opened_at >= self.cooldown_s:
+            self.state = self.HALF_OPEN
+            self._publish()
+        if self.state == self.HALF_OPEN:
+            if self._trial_in_flight:
+                return False
+            self._trial_in_flight = True
+            return True
+        return self.state == self.CLOSED
+
+    def record(self, success: bool, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._trial_in_flight = False
+        if success:
+            self._failed_in_a_row = 0
+            self.state = self.CLOSED
+        else:
+            self._failed_in_a_row += 1
+            if self.state == self.HALF_OPEN or self._failed_in_a_row >= self.failures:
+                self.state, self._opened_at = self.OPEN, now
+        self._publish()
+
+    def _publish(self) -> None:
+        metrics.CIRCUIT_STATE.labels(self.channel).set(self.state)
+
+
+class RateLimiter:
+    """At most ``rate_per_s`` starts per second (evenly spaced); None: no limit."""
+
+    def __init__(self, rate_per_s: float | None) -> None:
+        self.interval = 1.0 / rate_per_s if rate_per_s else 0.0
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            delay = self._next - now
+            self._next = max(now, self._next) + self.interval
+        if delay > 0:
+            await asyncio.sleep(delay)

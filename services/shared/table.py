@@ -1,0 +1,68 @@
+"""A key-value table held in memory and kept durable on a compacted Kafka topic (its changelog).
+
+The same idea as a faust table or a Kafka Streams state store: every change is a message keyed
+by the table key; the topic is compacted, so it holds the last value of each key; a process
+rebuilds the table by reading the topic to its end. Changes are returned as ``Output``s, so a
+service publishes them with the outputs of the batch that caused them, before it commits its
+input offsets: after a crash, input and table are replayed together.
+
+The changelog is keyed like the service's input and created with the same partition count, so
+``restore(partitions)`` can load only the partitions a consumer was just assigned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Generic
+
+from aiokafka import ConsumerRecord
+
+from switchboard.shared.events import DecodeError, E, decode
+from switchboard.shared.kafka import Output, read_to_end
+from switchboard.shared.settings import KafkaSettings
+
+
+class ChangelogTable(Generic[E]):
+    def __init__(self, kafka: KafkaSettings, topic: str, event_type: type[E]) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.event_type = event_type
+        self._values: dict[str, E] = {}
+
+    def get(self, key: str) -> E | None:
+        return self._values.get(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def values(self) -> Iterator[E]:
+        return iter(list(self._values.values()))
+
+    def put(self, key: str, value: E) -> Output:
+        """Change the table now; publish the returned Output to make the change durable."""
+        self._values[key] = value
+        return Output.of(self.topic, value, key)
+
+    async def restore(self, partitions: set[int] | None = None) -> int:
+        """Load the changelog (all of it, or the given partitions); returns records read."""
+        return await read_to_end(
+            self.kafka,
+            [self.topic],
+            self._apply,
+            partitions=partitions,
+            client_id=f"switchboard-restore-{self.topic}",
+        )
+
+    def _apply(self, record: ConsumerRecord) -> None:
+        if record.key is None:
+            return
+        key = record.key.decode()
+        if record.value is None:  # a tombstone deletes the key
+            self._values.pop(key, None)
+            return
+        with contextlib.suppress(DecodeError):
+            self._values[key] = decode(self.event_type, record.value)

@@ -1,0 +1,1528 @@
+"""In-process stand-ins for the four vendor APIs Switchboard hands work to.
+
+Each stand-in is an aiohttp server on 127.0.0.1 and a free port that imitates the real
+API's request and response shapes, auth header and error bodies for the endpoints below:
+
+* ``ZendeskStandIn`` - Zendesk Support (Ticketing) API v2: create a ticket (honouring
+  ``Idempotency-Key``), list tickets by ``external_id``, show and update a ticket, list its
+  comments.
+* ``JiraStandIn`` - Jira Cloud platform REST API v3: create an issue (description in
+  Atlassian Document Format), JQL search on ``/rest/api/3/search/jql``, add and list comments.
+* ``SalesforceStandIn`` - Salesforce REST API sObject resources for Lead, Case and Contact:
+  create, get, update by Id, upsert and get by external ID.
+* ``HubSpotStandIn`` - HubSpot CRM v3 objects (contacts, tickets, notes): create, get,
+  update, batch upsert by a unique property and search.
+
+Every stand-in records each request (``requests``), can be told to fail (``fail_next``) or
+to hold back its answer (``delay_next``), and exposes what it stores for inspection.
+
+Where the shapes come from:
+
+* Zendesk: developer.zendesk.com "Ticketing API introduction" (Idempotency: ``Idempotency-Key``
+  on ticket creation, ``x-idempotency-lookup: miss|hit``, keys kept 2 hours, a reused key with
+  other parameters answers 400 ``IdempotentRequestError``), "Requests / Response format",
+  "Rate limits" (429 with ``Retry-After``; ``X-Rate-Limit`` / ``X-Rate-Limit-Remaining``),
+  "Ticket comments", and error bodies as Zendesk returns them in public client code:
+  401 ``{"error": "Couldn't authenticate you"}``, 404 ``RecordNotFound``, 422 ``RecordInvalid``
+  with ``details`` keyed by field (``base`` for "Description: cannot be blank"), and the
+  ``text/plain`` 429 body.
+* Jira: developer.atlassian.com REST v3 reference (``CreatedIssue`` ``{id, key, self}``; the
+  enhanced search ``/search/jql`` returns ``issues`` and ``isLast``/``nextPageToken`` and, when
+  ``fields`` is not given, issue ids only), "Atlassian Document Format", "Rate limiting"
+  (``Retry-After``, ``X-RateLimit-Reset`` as ``yyyy-MM-ddTHH:mmZ``, ``RateLimit-Reason``), the
+  ``{"errorMessages": [], "errors": {...}}`` error collection, "Operation value must be an
+  Atlassian Document (see the Atlassian Document Format)" and the plain-text 401 "Client must
+  be authenticated to access this resource." as recorded in public client code.
+* Salesforce: REST API Developer Guide "Status Codes and Error Responses" (the
+  ``[{"message", "errorCode", "fields"}]`` list), "Insert or Update (Upsert) a Record Using an
+  External ID" (201 ``created: true`` / 200 ``created: false``, 300 on several matches),
+  ``INVALID_SESSION_ID``, ``REQUIRED_FIELD_MISSING``, ``NOT_FOUND``, ``REQUEST_LIMIT_EXCEEDED``,
+  the ``Sforce-Limit-Info`` header and 18-character record ids with their checksum suffix.
+* HubSpot: developers.hubspot.com CRM v3 object, batch upsert and search references, "API
+  usage guidelines" (``X-HubSpot-RateLimit-*`` headers, the 429 body with ``errorType:
+  RATE_LIMIT`` and ``policyName``), "API error responses" (``status``, ``message``,
+  ``correlationId``, ``category``), the 401 ``INVALID_AUTHENTICATION`` body, 409 "Contact already
+  exists. Existing ID: N" and ``Property values were not valid: [...]`` validation errors.
+
+Shapes the public sources do not pin down (the body of a Zendesk 5xx or 400 for bad JSON, of a
+Jira 429/5xx, the HubSpot message for a missing required property or a bad association) are
+given in the vendor's general error shape; the module constants hold their wording.
+
+All public methods must be called from the event loop thread that runs the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import itertools
+import json
+import math
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from html import escape
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+
+JsonDict = dict[str, Any]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_INVALID_JSON = object()
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=json.dumps(body),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+        charset="utf-8",
+    )
+
+
+def _text(body: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=body, status=status, headers=headers, content_type="text/plain")
+
+
+async def _body(request: web.Request) -> Any:
+    """The parsed JSON body, None when there is none, ``_INVALID_JSON`` when it does not parse."""
+    raw = await request.read() if request.body_exists else b""
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return _INVALID_JSON
+
+
+def _basic_credentials(request: web.Request) -> str | None:
+    """The decoded ``user:password`` of a Basic ``Authorization`` header."""
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _bearer_token(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _seconds_header(seconds: float) -> str:
+    """Whole seconds as vendors send them; a fraction stays a fraction so tests can run fast."""
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso_z(moment: datetime, *, millis: bool) -> str:
+    """``2024-01-15T10:30:00Z`` (Zendesk) or ``2024-01-15T10:30:00.123Z`` (HubSpot)."""
+    spec = "milliseconds" if millis else "seconds"
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def _iso_offset(moment: datetime) -> str:
+    """``2024-01-15T10:30:00.123+0000`` as Jira and Salesforce write timestamps."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "+0000")
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------- the base class
+
+
+@dataclass
+class _Script:
+    """One scripted failure or delay, matched by path prefix, used up after ``remaining``."""
+
+    path_prefix: str
+    remaining: int
+    status: int = 0
+    retry_after_s: float | None = None
+    seconds: float = 0.0
+
+
+def _take(scripts: list[_Script], path: str) -> _Script | None:
+    for script in scripts:
+        if path.startswith(script.path_prefix):
+            script.remaining -= 1
+            if script.remaining <= 0:
+                scripts.remove(script)
+            return script
+    return None
+
+
+class VendorStandIn:
+    """What the four stand-ins share: lifecycle, request log, failure and delay scripting.
+
+    Subclasses add routes (``_add_routes``), check credentials (``_authorized``) and render the
+    vendor's error bodies (``_error``); ``_decorate`` adds headers to every answer.
+    """
+
+    def __init__(self) -> None:
+        self.base_url = ""
+        self.requests: list[dict] = []
+        self._failures: list[_Script] = []
+        self._delays: list[_Script] = []
+        self._runner: web.AppRunner | None = None
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Bind 127.0.0.1 on a free port; ``base_url`` (no trailing slash) is valid afterwards."""
+        app = web.Application(middlewares=[self._gate])
+        self._add_routes(app.router)
+        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        host, port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ----------------------------------------------------------------------- scripting
+
+    def fail_next(
+        self,
+        path_prefix: str,
+        status: int,
+        *,
+        retry_after_s: float | None = None,
+        count: int = 1,
+    ) -> None:
+        """The next ``count`` requests whose path starts with ``path_prefix`` get ``status``.
+
+        The answer carries the vendor's error body for that status (and its rate-limit headers
+        for 429) plus ``Retry-After`` when ``retry_after_s`` is given. Nothing is processed.
+        """
+        self._failures.append(_Script(path_prefix, count, status, retry_after_s))
+
+    def delay_next(self, path_prefix: str, seconds: float, count: int = 1) -> None:
+        """The next ``count`` matching requests are answered only after ``seconds``.
+
+        The request is processed first and its answer held back: a client that times out has
+        still created the record, as happens with a slow real API.
+        """
+        self._delays.append(_Script(path_prefix, count, seconds=seconds))
+
+    # ----------------------------------------------------------------------- subclass hooks
+
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        raise NotImplementedError
+
+    def _authorized(self, request: web.Request) -> bool:
+        raise NotImplementedError
+
+    def _error(self, status: int, headers: dict[str, str]) -> web.Response:
+        """The vendor's answer for ``status`` (401 is the bad-credentials answer)."""
+        raise NotImplementedError
+
+    def _decorate(self, response: web.StreamResponse) -> None:
+        """Headers the vendor puts on every answer; none by default."""
+
+    # ----------------------------------------------------------------------- the gate
+
+    @web.middleware
+    async def _gate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Record, then scripted failure, auth, the endpoint, and any scripted delay."""
+        await self._record(request)
+        delay = _take(self._delays, request.path)
+        response = await self._answer(request, handler)
+        self._decorate(response)
+        if delay is not None:
+            await asyncio.sleep(delay.seconds)
+        return response
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        failure = _take(self._failures, request.path)
+        if failure is not None:
+            headers = {}
+            if failure.retry_after_s is not None:
+                headers["Retry-After"] = _seconds_header(failure.retry_after_s)
+            return self._error(failure.status, headers)
+        if not self._authorized(request):
+            return self._error(401, {})
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:  # unknown path or method
+            return self._error(exc.status, {})
+
+    async def _record(self, request: web.Request) -> None:
+        body = await _body(request)
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": dict(request.query),
+                "json": None if body is _INVALID_JSON else body,
+                "headers": dict(request.headers),
+            }
+        )
+
+
+# =========================================================================== Zendesk
+
+ZENDESK_PRIORITIES = ("urgent", "high", "normal", "low")
+ZENDESK_STATUSES = ("new", "open", "pending", "hold", "solved", "closed")
+ZENDESK_RATE_LIMIT = 700
+ZENDESK_IDEMPOTENCY_TTL_S = 2 * 60 * 60
+ZENDESK_429_BODY = "Number of allowed API requests per minute exceeded"
+ZENDESK_AGENT_ID = 900_000_000_001
+
+
+def _zendesk_error(error: str, description: str, status: int) -> web.Response:
+    return _json({"error": error, "description": description}, status)
+
+
+def _zendesk_invalid(field: str, description: str, error: str) -> web.Response:
+    """Zendesk's 422: ``details`` maps a field (``base`` for the whole record) to problems."""
+    body = {
+        "error": "RecordInvalid",
+        "description": "Record validation errors",
+        "details": {field: [{"description": description, "error": error}]},
+    }
+    return _json(body, 422)
+
+
+@dataclass
+class _RememberedCreate:
+    fingerprint: str
+    ticket_id: int
+    expires_at: float
+
+
+class ZendeskStandIn(VendorStandIn):
+    """Zendesk Support API v2 tickets and comments, authenticated with an API token."""
+
+    def __init__(
+        self,
+        email: str,
+        api_token: str,
+        *,
+        idempotency_ttl_s: float = ZENDESK_IDEMPOTENCY_TTL_S,
+    ) -> None:
+        super().__init__()
+        self.email = email
+        self.api_token = api_token
+        self.idempotency_ttl_s = idempotency_ttl_s
+        self.tickets: dict[int, dict] = {}
+        self.comments: dict[int, list[dict]] = {}
+        self._users: dict[str, int] = {email.lower(): ZENDESK_AGENT_ID}
+        self._remembered: dict[str, _RememberedCreate] = {}
+        self._ticket_ids = itertools.count(1)
+        self._comment_ids = itertools.count(10_000_000_001)
+        self._user_ids = itertools.count(900_000_000_100)
+        self._audit_ids = itertools.count(20_000_000_001)
+
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        for suffix in ("", ".json"):
+            router.add_post(f"/api/v2/tickets{suffix}", self._create)
+            router.add_get(f"/api/v2/tickets{suffix}", self._list)
+            router.add_get(rf"/api/v2/tickets/{{ticket_id:\d+}}{suffix}", self._show)
+            router.add_put(rf"/api/v2/tickets/{{ticket_id:\d+}}{suffix}", self._update)
+            router.add_get(
+                rf"/api/v2/tickets/{{ticket_id:\d+}}/comments{suffix}", self._list_comments
+            )
+
+    def _authorized(self, request: web.Request) -> bool:
+        return _basic_credentials(request) == f"{self.email}/token:{self.api_token}"
+
+    def _error(self, status: int, headers: dict[str, str]) -> web.Response:
+        if status == 401:
+            return _json({"error": "Couldn't authenticate you"}, 401, headers)
+        if status == 404:
+            return _json({"error": "RecordNotFound", "description": "Not found"}, 404, headers)
+        if status == 429:
+            limits = {"X-Rate-Limit": str(ZENDESK_RATE_LIMIT), "X-Rate-Limit-Remaining": "0"}
+            return _text(ZENDESK_429_BODY, 429, limits | headers)
+        phrase = HTTPStatus(status).phrase
+        body = {"error": phrase.replace(" ", ""), "description": phrase}
+        return _json(body, status, headers)
+
+    def _decorate(self, response: web.StreamResponse) -> None:
+        response.headers.setdefault("X-Rate-Limit", str(ZENDESK_RATE_LIMIT))
+        response.headers.setdefault("X-Rate-Limit-Remaining", str(ZENDESK_RATE_LIMIT - 1))
+
+    # ----------------------------------------------------------------------- create
+
+    async def _create(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        if body is _INVALID_JSON:
+            return _zendesk_error("InvalidJSON", "The request body is not valid JSON", 400)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            replay = self._replay(key, body)
+            if replay is not None:
+                return replay
+        response = self._create_ticket(body)
+        if key is not None:
+            response.headers["x-idempotency-lookup"] = "miss"
+            if response.status == 201:
+                self._remember(key, body, max(self.tickets))
+        return response
+
+    def _replay(self, key: str, body: Any) -> web.Response | None:
+        """The original answer for a known key, Zendesk's 400 when the parameters differ."""
+        remembered = self._remembered.get(key)
+        if remembered is None or remembered.expires_at <= time.monotonic():
+            self._remembered.pop(key, None)
+            return None
+        if remembered.fingerprint != _canonical(body):
+            return _zendesk_error(
+                "IdempotentRequestError",
+                "Request parameters don't match the given idempotency key",
+                400,
+            )
+        headers = {"x-idempotency-lookup": "hit"} | self._location(remembered.ticket_id)
+        return _json({"ticket": self.tickets[remembered.ticket_id]}, 201, headers)
+
+    def _remember(self, key: str, body: Any, ticket_id: int) -> None:
+        expires_at = time.monotonic() + self.idempotency_ttl_s
+        self._remembered[key] = _RememberedCreate(_canonical(body), ticket_id, expires_at)
+
+    def _create_ticket(self, body: Any) -> web.Response:
+        fields = body.get("ticket") if isinstance(body, dict) else None
+        fields = fields if isinstance(fields, dict) else {}
+        comment = fields.get("comment") if isinstance(fields.get("comment"), dict) else {}
+        if not (comment.get("body") or comment.get("html_body")):
+            return _zendesk_invalid("base", "Description: cannot be blank", "BlankValue")
+        invalid = self._invalid_fields(fields)
+        if invalid is not None:
+            return invalid
+        ticket = self._new_ticket(fields, comment)
+        return _json({"ticket": ticket}, 201, self._location(ticket["id"]))
+
+    @staticmethod
+    def _invalid_fields(fields: JsonDict) -> web.Response | None:
+        priority = fields.get("priority")
+        if priority is not None and priority not in ZENDESK_PRIORITIES:
+            return _zendesk_invalid("priority", "Priority: is not valid", "InvalidValue")
+        status = fields.get("status")
+        if status is not None and status not in ZENDESK_STATUSES:
+            return _zendesk_invalid("status", "Status: is not valid", "InvalidValue")
+        tags = fields.get("tags")
+        if tags is not None and not (
+            isinstance(tags, list) and all(isinstance(t, str) for t in tags)
+        ):
+            return _zendesk_invalid("tags", "Tags: is invalid", "InvalidValue")
+        return None
+
+    def _new_ticket(self, fields: JsonDict, comment: JsonDict) -> dict:
+        ticket_id = next(self._ticket_ids)
+        requester_id = self._requester_id(fields.get("requester"))
+        first = self._add_comment(ticket_id, comment, author_id=requester_id)
+        stamp = first["created_at"]
+        ticket = {
+            "url": f"{self.base_url}/api/v2/tickets/{ticket_id}.json",
+            "id": ticket_id,
+            "external_id": fields.get("external_id"),
+            "via": {"channel": "api", "source": {"from": {}, "to": {}, "rel": None}},
+            "created_at": stamp,
+            "updated_at": stamp,
+            "type": fields.get("type"),
+            "subject": fields.get("subject") or first["plain_body"][:100],
+            "raw_subject": fields.get("subject") or first["plain_body"][:100],
+            "description": first["plain_body"],
+            "priority": fields.get("priority"),
+            "status": fields.get("status") or "new",
+            "requester_id": requester_id,
+            "submitter_id": ZENDESK_AGENT_ID,
+            "assignee_id": fields.get("assignee_id"),
+            "organization_id": None,
+            "group_id": fields.get("group_id"),
+            "collaborator_ids": [],
+            "follower_ids": [],
+            "email_cc_ids": [],
+            "has_incidents": False,
+            "is_public": first["public"],
+            "due_at": None,
+            "tags": list(dict.fromkeys(fields.get("tags") or [])),
+            "custom_fields": list(fields.get("custom_fields") or []),
+            "allow_channelback": False,
+            "allow_attachments": True,
+            "from_messaging_channel": False,
+        }
+        self.tickets[ticket_id] = ticket
+        return ticket
+
+    def _requester_id(self, requester: Any) -> int:
+        """The user for ``requester`` (same email, same user); the API agent when absent."""
+        if not isinstance(requester, dict):
+            return ZENDESK_AGENT_ID
+        email = str(requester.get("email") or "").lower()
+        if not email:
+            return next(self._user_ids)
+        return self._users.setdefault(email, next(self._user_ids))
+
+    def _add_comment(self, ticket_id: int, comment: JsonDict, author_id: int) -> dict:
+        html = comment.get("html_body")
+        plain = comment.get("body") or re.sub(r"<[^>]+>", "", html or "")
+        if html is None:
+            html = f'<div class="zd-comment" dir="auto"><p dir="auto">{escape(plain)}</p></div>'
+        entry = {
+            "id": next(self._comment_ids),
+            "type": "Comment",
+            "author_id": comment.get("author_id", author_id),
+            "body": plain,
+            "html_body": html,
+            "plain_body": plain,
+            "public": bool(comment.get("public", True)),
+            "attachments": [],
+            "audit_id": next(self._audit_ids),
+            "via": {"channel": "api", "source": {"from": {}, "to": {}, "rel": None}},
+            "created_at": _iso_z(_now(), millis=False),
+            "metadata": {"system": {}, "custom": {}},
+        }
+        self.comments.setdefault(ticket_id, []).append(entry)
+        return entry
+
+    def _location(self, ticket_id: int) -> dict[str, str]:
+        return {"Location": f"{self.base_url}/api/v2/tickets/{ticket_id}.json"}
+
+    # ----------------------------------------------------------------------- read and update
+
+    async def _list(self, request: web.Request) -> web.Response:
+        wanted = request.query.get("external_id")
+        tickets = [t for t in self.tickets.values() if wanted is None or t["external_id"] == wanted]
+        body = {"tickets": tickets, "next_page": None, "previous_page": None, "count": len(tickets)}
+        return _json(body)
+
+    async def _show(self, request: web.Request) -> web.Response:
+        ticket = self.tickets.get(int(request.match_info["ticket_id"]))
+        return self._error(404, {}) if ticket is None else _json({"ticket": ticket})
+
+    async def _list_comments(self, request: web.Request) -> web.Response:
+        ticket_id = int(request.match_info["ticket_id"])
+        if ticket_id not in self.tickets:
+            return self._error(404, {})
+        comments = self.comments.get(ticket_id, [])
+        body = {
+            "comments": comments,
+            "next_page": None,
+            "previous_page": None,
+            "count": len(comments),
+        }
+        return _json(body)
+
+    async def _update(self, request: web.Request) -> web.Response:
+        ticket = self.tickets.get(int(request.match_info["ticket_id"]))
+        if ticket is None:
+            return self._error(404, {})
+        body = await _body(request)
+        if body is _INVALID_JSON:
+            return _zendesk_error("InvalidJSON", "The request body is not valid JSON", 400)
+        fields = body.get("ticket") if isinstance(body, dict) else None
+        fields = fields if isinstance(fields, dict) else {}
+        invalid = self._invalid_fields(fields)
+        if invalid is not None:
+            return invalid
+        events = self._apply_update(ticket, fields)
+        audit = {
+            "id": next(self._audit_ids),
+            "ticket_id": ticket["id"],
+            "created_at": ticket["updated_at"],
+            "author_id": ZENDESK_AGENT_ID,
+            "events": events,
+        }
+        return _json({"ticket": ticket, "audit": audit})
+
+    def _apply_update(self, ticket: dict, fields: JsonDict) -> list[dict]:
+        events: list[dict] = []
+        comment = fields.get("comment")
+        if isinstance(comment, dict) and (comment.get("body") or comment.get("html_body")):
+            added = self._add_comment(ticket["id"], comment, author_id=ZENDESK_AGENT_ID)
+            events.append({"id": added["id"], "type": "Comment", "body": added["body"]})
+        for name in ("priority", "status", "subject", "group_id", "assignee_id", "external_id"):
+            if name in fields and fields[name] != ticket.get(name):
+                events.append({"type": "Change", "field_name": name, "value": fields[name]})
+                ticket[name] = fields[name]
+        if isinstance(fields.get("tags"), list):
+            ticket["tags"] = list(dict.fromkeys(fields["tags"]))
+        ticket["updated_at"] = _iso_z(_now(), millis=False)
+        return events
+
+
+# =========================================================================== Jira
+
+JIRA_ADF_MESSAGE = (
+    "Operation value must be an Atlassian Document (see the Atlassian Document Format)"
+)
+JIRA_401_BODY = "Client must be authenticated to access this resource."
+JIRA_NO_ISSUE = "Issue does not exist or you do not have permission to see it."
+JIRA_UNBOUNDED = (
+    "Unbounded JQL queries are not allowed here. Please add a search restriction to your query."
+)
+JIRA_RATE_LIMIT = 100
+JIRA_MAX_RESULTS = 50
+JIRA_CLAUSE = re.compile(
+    r"""^\s*(?P<field>project|labels|key|issuekey)\s*=\s*
+        (?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[\w.-]+))\s*$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+def _jira_errors(messages: list[str], errors: JsonDict, status: int) -> web.Response:
+    return _json({"errorMessages": messages, "errors": errors}, status)
+
+
+def _jql_error(message: str) -> web.Response:
+    return _json({"errorMessages": [message], "errors": {}, "warningMessages": []}, 400)
+
+
+def _is_adf(value: Any) -> bool:
+    """A top-level ADF node: ``{"type": "doc", "version": 1, "content": [node, ...]}``."""
+    if not isinstance(value, dict) or value.get("type") != "doc" or value.get("version") != 1:
+        return False
+    content = value.get("content")
+    return isinstance(content, list) and all(
+        isinstance(node, dict) and isinstance(node.get("type"), str) for node in content
+    )
+
+
+def _parse_jql(jql: str) -> list[tuple[str, str]] | str:
+    """``[(field, value), ...]`` joined by AND, or the clause that could not be read."""
+    where = re.split(r"\s+order\s+by\s+", jql.strip(), flags=re.IGNORECASE)[0]
+    clauses: list[tuple[str, str]] = []
+    for clause in re.split(r"\s+and\s+", where, flags=re.IGNORECASE):
+        match = JIRA_CLAUSE.match(clause)
+        if match is None:
+            return clause
+        value = next(v for v in match.group("dq", "sq", "bare") if v is not None)
+        field = match.group("field").lower()
+        clauses.append(("key" if field == "issuekey" else field, value))
+    return clauses
+
+
+def _jira_field_list(raw: Iterable[Any]) -> list[str]:
+    return [part.strip() for item in raw for part in str(item).split(",") if part.strip()]
+
+
+class JiraStandIn(VendorStandIn):
+    """Jira Cloud REST API v3 issues, JQL search and comments, Basic auth with an API token.
+
+    ``projects``, when given, are the only project keys that exist; otherwise any key does.
+    """
+
+    def __init__(self, email: str, api_token: str, *, projects: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.email = email
+        self.api_token = api_token
+        self.issues: dict[str, dict] = {}
+        self.comments: dict[str, list[dict]] = {}
+        self._known_projects = {key.upper() for key in projects}
+        self._project_ids: dict[str, str] = {}
+        self._project_counts: dict[str, int] = {}
+        self._issue_ids = itertools.count(10_000)
+        self._comment_ids = itertools.count(10_000)
+        self._account_id = uuid.uuid5(uuid.NAMESPACE_DNS, email).hex[:24]
+
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/rest/api/3/issue", self._create)
+        router.add_get("/rest/api/3/issue/{ref}", self._show)
+        router.add_get("/rest/api/3/search/jql", self._search_get)
+        router.add_post("/rest/api/3/search/jql", self._search_post)
+        router.add_post("/rest/api/3/issue/{ref}/comment", self._add_comment)
+        router.add_get("/rest/api/3/issue/{ref}/comment", self._list_comments)
+
+    def _authorized(self, request: web.Request) -> bool:
+        return _basic_credentials(request) == f"{self.email}:{self.api_token}"
+
+    def _error(self, status: int, headers: dict[str, str]) -> web.Response:
+        if status == 401:
+            return _text(JIRA_401_BODY, 401, headers)
+        if status == 429:
+            retry = float(headers.get("Retry-After", "1"))
+            reset = _now() + timedelta(seconds=math.ceil(retry))
+            headers = {
+                "X-RateLimit-Limit": str(JIRA_RATE_LIMIT),
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": reset.strftime("%Y-%m-%dT%H:%MZ"),
+                "RateLimit-Reason": "jira-burst-based",
+            } | headers
+        body = {"errorMessages": [HTTPStatus(status).phrase], "errors": {}}
+        return _json(body, status, headers)
+
+    # ----------------------------------------------------------------------- issues
+
+    async def _create(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        fields = body.get("fields") if isinstance(body, dict) else None
+        if not isinstance(fields, dict):
+            return _jira_errors(["Issue must be created with the 'fields' object."], {}, 400)
+        errors = self._field_errors(fields)
+        if errors:
+            return _jira_errors([], errors, 400)
+        issue = self._new_issue(fields)
+        return _json({"id": issue["id"], "key": issue["key"], "self": issue["self"]}, 201)
+
+    def _field_errors(self, fields: JsonDict) -> dict[str, str]:
+        """Jira answers all field problems at once, keyed by field id."""
+        errors: dict[str, str] = {}
+        project = self._project_key(fields.get("project"))
+        if project is None:
+            errors["project"] = "Specify a valid project ID or key"
+        summary = fields.get("summary")
+        if not isinstance(summary, str) or not summary.strip():
+            errors["summary"] = "You must specify a summary of the issue."
+        elif len(summary) > 255:
+            errors["summary"] = "Summary must be less than 255 characters."
+        issuetype = fields.get("issuetype")
+        if not isinstance(issuetype, dict) or not (issuetype.get("name") or issuetype.get("id")):
+            errors["issuetype"] = "Specify an issue type"
+        if fields.get("description") is not None and not _is_adf(fields["description"]):
+            errors["description"] = JIRA_ADF_MESSAGE
+        errors.update(self._label_errors(fields.get("labels")))
+        return errors
+
+    @staticmethod
+    def _label_errors(labels: Any) -> dict[str, str]:
+        if labels is None:
+            return {}
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            return {"labels": "Specify a list of labels as strings"}
+        for label in labels:
+            if re.search(r"\s", label):
+                return {"labels": f"The label '{label}' contains spaces which is invalid."}
+        return {}
+
+    def _project_key(self, project: Any) -> str | None:
+        if not isinstance(project, dict):
+            return None
+        key = str(project.get("key") or "").upper()
+        if not key and project.get("id") is not None:
+            by_id = {pid: k for k, pid in self._project_ids.items()}
+            key = by_id.get(str(project["id"]), "")
+        if not key or (self._known_projects and key not in self._known_projects):
+            return None
+        return key
+
+    def _project(self, key: str) -> dict:
+        project_id = self._project_ids.setdefault(key, str(10_000 + len(self._project_ids)))
+        return {
+            "self": f"{self.base_url}/rest/api/3/project/{project_id}",
+            "id": project_id,
+            "key": key,
+            "name": key,
+        }
+
+    def _new_issue(self, fields: JsonDict) -> dict:
+        key_prefix = self._project_key(fields["project"]) or ""
+        number = self._project_counts.get(key_prefix, 0) + 1
+        self._project_counts[key_prefix] = number
+        issue_id = str(next(self._issue_ids))
+        stamp = _iso_offset(_now())
+        stored = dict(fields)
+        stored.update(
+            project=self._project(key_prefix),
+            labels=list(fields.get("labels") or []),
+            priority=fields.get("priority") or {"name": "Medium", "id": "3"},
+            description=fields.get("description"),
+            status={"name": "To Do", "statusCategory": {"key": "new", "name": "To Do"}},
+            created=stamp,
+            updated=stamp,
+        )
+        issue = {
+            "expand": "renderedFields,names,schema,operations,editmeta,changelog",
+            "id": issue_id,
+            "self": f"{self.base_url}/rest/api/3/issue/{issue_id}",
+            "key": f"{key_prefix}-{number}",
+            "fields": stored,
+        }
+        self.issues[issue["key"]] = issue
+        return issue
+
+    def _find(self, ref: str) -> dict | None:
+        found = self.issues.get(ref.upper())
+        return found or next((i for i in self.issues.values() if i["id"] == ref), None)
+
+    async def _show(self, request: web.Request) -> web.Response:
+        issue = self._find(request.match_info["ref"])
+        if issue is None:
+            return _jira_errors([JIRA_NO_ISSUE], {}, 404)
+        return _json(issue)
+
+    # ----------------------------------------------------------------------- search
+
+    async def _search_get(self, request: web.Request) -> web.Response:
+        fields = _jira_field_list(request.query.getall("fields", []))
+        return self._search(
+            request.query.get("jql", ""),
+            fields,
+            request.query.get("maxResults"),
+            request.query.get("nextPageToken"),
+        )
+
+    async def _search_post(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        body = body if isinstance(body, dict) else {}
+        fields = _jira_field_list(body.get("fields") or [])
+        return self._search(
+            str(body.get("jql") or ""), fields, body.get("maxResults"), body.get("nextPageToken")
+        )
+
+    def _search(self, jql: str, fields: list[str], max_results: Any, token: Any) -> web.Response:
+        if not jql.strip():
+            return _jql_error(JIRA_UNBOUNDED)
+        clauses = _parse_jql(jql)
+        if isinstance(clauses, str):
+            return _jql_error(f"Error in the JQL Query: the query '{clauses}' is not supported.")
+        unknown = self._unknown_project(clauses)
+        if unknown is not None:
+            return _jql_error(f"The value '{unknown}' does not exist for the field 'project'.")
+        hits = [i for i in self.issues.values() if self._matches(i, clauses)]
+        hits.sort(key=lambda issue: int(issue["id"]), reverse=True)
+        size = int(max_results) if str(max_results or "").isdigit() else JIRA_MAX_RESULTS
+        start = int(token) if str(token or "").isdigit() else 0
+        page = hits[start : start + size]
+        body: JsonDict = {"issues": [self._project_fields(i, fields) for i in page]}
+        if start + size < len(hits):
+            body["nextPageToken"] = str(start + size)
+        body["isLast"] = start + size >= len(hits)
+        return _json(body)
+
+    def _unknown_project(self, clauses: list[tuple[str, str]]) -> str | None:
+        if not self._known_projects:
+            return None
+        for field, value in clauses:
+            if field == "project" and value.upper() not in self._known_projects:
+                return value
+        return None
+
+    @staticmethod
+    def _matches(issue: dict, clauses: list[tuple[str, str]]) -> bool:
+        for field, value in clauses:
+            if field == "project" and issue["fields"]["project"]["key"] != value.upper():
+                return False
+            if field == "labels" and value not in issue["fields"]["labels"]:
+                return False
+            if field == "key" and issue["key"] != value.upper():
+                return False
+        return True
+
+    @staticmethod
+    def _project_fields(issue: dict, wanted: list[str]) -> JsonDict:
+        """What ``fields`` asks for; ids only when it asks for nothing or just ``id``."""
+        if not wanted or wanted == ["id"]:
+            return {"id": issue["id"]}
+        every = {"*all", "*navigable"} & set(wanted)
+        names = set(issue["fields"]) if every else {n for n in wanted if not n.startswith("-")}
+        names -= {n[1:] for n in wanted if n.startswith("-")}
+        shown = {name: value for name, value in issue["fields"].items() if name in names}
+        return {k: issue[k] for k in ("expand", "id", "self", "key")} | {"fields": shown}
+
+    # ----------------------------------------------------------------------- comments
+
+    async def _add_comment(self, request: web.Request) -> web.Response:
+        issue = self._find(request.match_info["ref"])
+        if issue is None:
+            return _jira_errors([JIRA_NO_ISSUE], {}, 404)
+        body = await _body(request)
+        adf = body.get("body") if isinstance(body, dict) else None
+        if not _is_adf(adf):
+            return _jira_errors([], {"comment": JIRA_ADF_MESSAGE}, 400)
+        comment_id = str(next(self._comment_ids))
+        stamp = _iso_offset(_now())
+        author = {"accountId": self._account_id, "emailAddress": self.email, "active": True}
+        comment = {
+            "self": f"{issue['self']}/comment/{comment_id}",
+            "id": comment_id,
+            "author": author,
+            "body": adf,
+            "updateAuthor": author,
+            "created": stamp,
+            "updated": stamp,
+            "jsdPublic": True,
+        }
+        self.comments.setdefault(issue["key"], []).append(comment)
+        return _json(comment, 201)
+
+    async def _list_comments(self, request: web.Request) -> web.Response:
+        issue = self._find(request.match_info["ref"])
+        if issue is None:
+            return _jira_errors([JIRA_NO_ISSUE], {}, 404)
+        comments = self.comments.get(issue["key"], [])
+        body = {"startAt": 0, "maxResults": 5000, "total": len(comments), "comments": comments}
+        return _json(body)
+
+
+# =========================================================================== Salesforce
+
+SALESFORCE_OBJECTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # sObject: (record id key prefix, fields required on create)
+    "Lead": ("00Q", ("LastName", "Company")),
+    "Case": ("500", ("Subject",)),
+    "Contact": ("003", ("LastName",)),
+}
+SALESFORCE_DAILY_LIMIT = 15_000
+SALESFORCE_ID_SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+SALESFORCE_ERROR_CODES = {
+    400: ("BAD_REQUEST", "The request could not be understood."),
+    401: ("INVALID_SESSION_ID", "Session expired or invalid"),
+    403: ("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."),
+    404: ("NOT_FOUND", "The requested resource does not exist"),
+    405: ("METHOD_NOT_ALLOWED", "HTTP Method is not allowed for this resource"),
+    429: ("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."),
+    503: ("SERVER_UNAVAILABLE", "Server temporarily unavailable. Try again later."),
+}
+
+
+def _salesforce_id(prefix: str, number: int) -> str:
+    """An 18-character record id: 15 characters plus Salesforce's case-checksum suffix."""
+    short = f"{prefix}5g{number:010d}"
+    suffix = ""
+    for start in (0, 5, 10):
+        chunk = short[start : start + 5]
+        bits = sum(1 << i for i, ch in enumerate(chunk) if "A" <= ch <= "Z")
+        suffix += SALESFORCE_ID_SUFFIX[bits]
+    return short + suffix
+
+
+def _sf_error(
+    status: int, code: str, message: str, fields: list[str] | None = None, **headers: str
+) -> web.Response:
+    entry: JsonDict = {"message": message, "errorCode": code}
+    if fields is not None:
+        entry["fields"] = fields
+    return _json([entry], status, headers or None)
+
+
+class SalesforceStandIn(VendorStandIn):
+    """Salesforce REST API sObject resources for Lead, Case and Contact, OAuth bearer token.
+
+    Only ``api_version`` is served; other versions answer 404 ``NOT_FOUND``.
+    """
+
+    def __init__(self, access_token: str, api_version: str = "v60.0") -> None:
+        super().__init__()
+        self.access_token = access_token
+        self.api_version = api_version
+        self.records: dict[str, dict[str, dict]] = {name: {} for name in SALESFORCE_OBJECTS}
+        self._numbers = itertools.count(1)
+        self._api_usage = 0
+
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        root = "/services/data/{version}/sobjects/{sobject}"
+        router.add_post(root, self._create)
+        router.add_post(root + "/", self._create)
+        router.add_get(root + "/{record_id}", self._get)
+        router.add_patch(root + "/{record_id}", self._update)
+        router.add_get(root + "/{field}/{value}", self._get_by_external_id)
+        router.add_patch(root + "/{field}/{value}", self._upsert)
+
+    def _authorized(self, request: web.Request) -> bool:
+        return _bearer_token(request) == self.access_token
+
+    def _error(self, status: int, headers: dict[str, str]) -> web.Response:
+        code, message = SALESFORCE_ERROR_CODES.get(status, ("UNKNOWN_EXCEPTION", ""))
+        if code == "UNKNOWN_EXCEPTION":
+            message = (
+                "An unexpected error occurred. Please include this ErrorId if you contact "
+                f"support: {uuid.uuid4().int % 10**9}-{uuid.uuid4().int % 10**5} (-{status})"
+            )
+        return _sf_error(status, code, message, **headers)
+
+    def _decorate(self, response: web.StreamResponse) -> None:
+        self._api_usage += 1
+        usage = f"api-usage={self._api_usage}/{SALESFORCE_DAILY_LIMIT}"
+        response.headers.setdefault("Sforce-Limit-Info", usage)
+
+    # ----------------------------------------------------------------------- shared checks
+
+    def _resolve(self, request: web.Request) -> str | web.Response:
+        """The sObject name of the path, or the 404 for another version or unknown object."""
+        sobject = request.match_info["sobject"]
+        if request.match_info["version"] != self.api_version or sobject not in self.records:
+            return self._error(404, {})
+        return sobject
+
+    @staticmethod
+    async def _fields(request: web.Request) -> JsonDict | web.Response:
+        body = await _body(request)
+        if body is _INVALID_JSON:
+            return _sf_error(400, "JSON_PARSER_ERROR", "Unexpected character in the request body")
+        if not isinstance(body, dict):
+            return _sf_error(
+                400, "JSON_PARSER_ERROR", "Cannot deserialize instance of SObject from the body"
+            )
+        return body
+
+    @staticmethod
+    def _missing(sobject: str, record: JsonDict) -> web.Response | None:
+        required = SALESFORCE_OBJECTS[sobject][1]
+        missing = [name for name in required if record.get(name) in (None, "")]
+        if not missing:
+            return None
+        message = f"Required fields are missing: [{', '.join(missing)}]"
+        return _sf_error(400, "REQUIRED_FIELD_MISSING", message, missing)
+
+    def _insert(self, sobject: str, fields: JsonDict) -> str:
+        record_id = _salesforce_id(SALESFORCE_OBJECTS[sobject][0], next(self._numbers))
+        stamp = _iso_offset(_now())
+        self.records[sobject][record_id] = {
+            "Id": record_id,
+            **fields,
+            "CreatedDate": stamp,
+            "LastModifiedDate": stamp,
+            "IsDeleted": False,
+        }
+        return record_id
+
+    def _merge(self, sobject: str, record_id: str, fields: JsonDict) -> None:
+        record = self.records[sobject][record_id]
+        record.update(fields)
+        record["LastModifiedDate"] = _iso_offset(_now())
+
+    def _out(self, sobject: str, record: dict) -> JsonDict:
+        url = f"/services/data/{self.api_version}/sobjects/{sobject}/{record['Id']}"
+        return {"attributes": {"type": sobject, "url": url}, **record}
+
+    # ----------------------------------------------------------------------- endpoints
+
+    async def _create(self, request: web.Request) -> web.Response:
+        sobject = self._resolve(request)
+        if isinstance(sobject, web.Response):
+            return sobject
+        fields = await self._fields(request)
+        if isinstance(fields, web.Response):
+            return fields
+        missing = self._missing(sobject, fields)
+        if missing is not None:
+            return missing
+        record_id = self._insert(sobject, fields)
+        return _json({"id": record_id, "success": True, "errors": []}, 201)
+
+    async def _get(self, request: web.Request) -> web.Response:
+        sobject = self._resolve(request)
+        if isinstance(sobject, web.Response):
+            return sobject
+        record = self.records[sobject].get(request.match_info["record_id"])
+        return self._error(404, {}) if record is None else _json(self._out(sobject, record))
+
+    async def _update(self, request: web.Request) -> web.Response:
+        sobject = self._resolve(request)
+        if isinstance(sobject, web.Response):
+            return sobject
+        record_id = request.match_info["record_id"]
+        if record_id not in self.records[sobject]:
+            return self._error(404, {})
+        fields = await self._fields(request)
+        if isinstance(fields, web.Response):
+            return fields
+        missing = self._missing(sobject, self.records[sobject][record_id] | fields)
+        if missing is not None:
+            return missing
+        self._merge(sobject, record_id, fields)
+        return web.Response(status=204)
+
+    def _matching(self, sobject: str, field: str, value: str) -> list[dict]:
+        return [r for r in self.records[sobject].values() if str(r.get(field)) == value]
+
+    async def _get_by_external_id(self, request: web.Request) -> web.Response:
+        sobject = self._resolve(request)
+        if isinstance(sobject, web.Response):
+            return sobject
+        found = self._matching(sobject, request.match_info["field"], request.match_info["value"])
+        if len(found) > 1:
+            return self._multiple_choices(sobject, found)
+        return _json(self._out(sobject, found[0])) if found else self._error(404, {})
+
+    async def _upsert(self, request: web.Request) -> web.Response:
+        sobject = self._resolve(request)
+        if isinstance(sobject, web.Response):
+            return sobject
+        fields = await self._fields(request)
+        if isinstance(fields, web.Response):
+            return fields
+        field, value = request.match_info["field"], request.match_info["value"]
+        found = self._matching(sobject, field, value)
+        if len(found) > 1:
+            return self._multiple_choices(sobject, found)
+        record = (found[0] if found else {field: value}) | fields
+        missing = self._missing(sobject, record)
+        if missing is not None:
+            return missing
+        if found:
+            self._merge(sobject, found[0]["Id"], fields)
+            body = {"id": found[0]["Id"], "success": True, "errors": [], "created": False}
+            return _json(body, 200)
+        record_id = self._insert(sobject, record)
+        return _json({"id": record_id, "success": True, "errors": [], "created": True}, 201)
+
+    def _multiple_choices(self, sobject: str, found: list[dict]) -> web.Response:
+        return _json([self._out(sobject, r)["attributes"]["url"] for r in found], 300)
+
+
+# =========================================================================== HubSpot
+
+HUBSPOT_OBJECTS: dict[str, JsonDict] = {
+    "contacts": {
+        "modified": "lastmodifieddate",
+        "required": (),
+        "defaults": (
+            "createdate",
+            "email",
+            "firstname",
+            "hs_object_id",
+            "lastmodifieddate",
+            "lastname",
+        ),
+    },
+    "tickets": {
+        "modified": "hs_lastmodifieddate",
+        "required": ("hs_pipeline_stage",),
+        "defaults": (
+            "content",
+            "createdate",
+            "hs_lastmodifieddate",
+            "hs_object_id",
+            "hs_pipeline",
+            "hs_pipeline_stage",
+            "hs_ticket_category",
+            "hs_ticket_priority",
+            "subject",
+        ),
+    },
+    "notes": {
+        "modified": "hs_lastmodifieddate",
+        "required": ("hs_timestamp",),
+        "defaults": ("hs_createdate", "hs_lastmodifieddate", "hs_object_id"),
+    },
+}
+# HubSpot-defined association type ids whose target is one of the objects served here.
+HUBSPOT_ASSOCIATION_TARGETS = {
+    15: "tickets",  # contact -> ticket
+    16: "contacts",  # ticket -> contact
+    201: "contacts",  # note -> contact (reverse label)
+    202: "contacts",  # note -> contact
+    227: "tickets",  # ticket -> note (reverse label)
+    228: "tickets",  # note -> ticket
+}
+HUBSPOT_OPERATORS = ("EQ", "NEQ", "HAS_PROPERTY", "NOT_HAS_PROPERTY", "IN")
+HUBSPOT_INTERVAL_MS = 10_000
+HUBSPOT_MAX_PER_INTERVAL = 100
+HUBSPOT_DAILY_LIMIT = 250_000
+HUBSPOT_401_MESSAGE = (
+    "Authentication credentials not found. This API supports OAuth 2.0 authentication and you "
+    "can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview"
+)
+HUBSPOT_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _hubspot_error(status: int, message: str, category: str, **headers: str) -> web.Response:
+    body = {
+        "status": "error",
+        "message": message,
+        "correlationId": str(uuid.uuid4()),
+        "category": category,
+    }
+    return _json(body, status, headers or None)
+
+
+def _hubspot_invalid(name: str, message: str, error: str) -> web.Response:
+    """HubSpot's 400 for property values, the problems JSON-encoded inside ``message``."""
+    problem = {"isValid": False, "message": message, "error": error, "name": name}
+    text = f"Property values were not valid: {json.dumps([problem], separators=(',', ':'))}"
+    return _hubspot_error(400, text, "VALIDATION_ERROR")
+
+
+def _hs_value(value: Any) -> str | None:
+    """Property values as HubSpot returns them: strings, booleans as ``true``/``false``."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+class HubSpotStandIn(VendorStandIn):
+    """HubSpot CRM v3 contacts, tickets and notes, authenticated with a private app token.
+
+    ``search_lag_s`` hides records from search for that long after they are created, as
+    HubSpot's search index lags behind writes.
+    """
+
+    def __init__(self, token: str, *, search_lag_s: float = 0.0) -> None:
+        super().__init__()
+        self.token = token
+        self.search_lag_s = search_lag_s
+        self.objects: dict[str, dict[str, dict]] = {name: {} for name in HUBSPOT_OBJECTS}
+        self.associations: list[dict] = []
+        self._ids = itertools.count(10_001)
+        self._created_at: dict[str, float] = {}
+        self._recent: list[float] = []
+        self._daily_used = 0
+
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        root = "/crm/v3/objects/{object_type}"
+        router.add_post(root, self._create)
+        router.add_post(root + "/batch/upsert", self._batch_upsert)
+        router.add_post(root + "/search", self._search)
+        router.add_get(root + "/{object_id}", self._get)
+        router.add_patch(root + "/{object_id}", self._update)
+
+    def _authorized(self, request: web.Request) -> bool:
+        return _bearer_token(request) == self.token
+
+    def _error(self, status: int, headers: dict[str, str]) -> web.Response:
+        if status == 401:
+            return _hubspot_error(401, HUBSPOT_401_MESSAGE, "INVALID_AUTHENTICATION", **headers)
+        if status == 429:
+            return self._rate_limited(headers)
+        if status == 404:
+            return _hubspot_error(404, "resource not found", "OBJECT_NOT_FOUND", **headers)
+        category = "INTERNAL_ERROR" if status >= 500 else "VALIDATION_ERROR"
+        return _hubspot_error(status, HTTPStatus(status).phrase, category, **headers)
+
+    def _rate_limited(self, headers: dict[str, str]) -> web.Response:
+        body = {
+            "status": "error",
+            "message": "You have reached your secondly limit.",
+            "errorType": "RATE_LIMIT",
+            "correlationId": str(uuid.uuid4()),
+            "policyName": "SECONDLY",
+            "requestId": str(uuid.uuid4()),
+        }
+        return _json(body, 429, self._rate_headers(remaining=0) | headers)
+
+    def _rate_headers(self, remaining: int | None = None) -> dict[str, str]:
+        if remaining is None:
+            remaining = max(HUBSPOT_MAX_PER_INTERVAL - len(self._recent), 0)
+        return {
+            "X-HubSpot-RateLimit-Interval-Milliseconds": str(HUBSPOT_INTERVAL_MS),
+            "X-HubSpot-RateLimit-Max": str(HUBSPOT_MAX_PER_INTERVAL),
+            "X-HubSpot-RateLimit-Remaining": str(remaining),
+            "X-HubSpot-RateLimit-Daily": str(HUBSPOT_DAILY_LIMIT),
+            "X-HubSpot-RateLimit-Daily-Remaining": str(HUBSPOT_DAILY_LIMIT - self._daily_used),
+        }
+
+    def _decorate(self, response: web.StreamResponse) -> None:
+        now = time.monotonic()
+        self._recent = [t for t in self._recent if now - t < HUBSPOT_INTERVAL_MS / 1000] + [now]
+        self._daily_used += 1
+        for name, value in self._rate_headers().items():
+            response.headers.setdefault(name, value)
+
+    # ----------------------------------------------------------------------- shared pieces
+
+    def _object_type(self, request: web.Request) -> str | web.Response:
+        object_type = request.match_info["object_type"]
+        if object_type not in self.objects:
+            message = f"Unable to infer object type from: {object_type}"
+            return _hubspot_error(400, message, "VALIDATION_ERROR")
+        return object_type
+
+    @staticmethod
+    async def _payload(request: web.Request) -> JsonDict | web.Response:
+        body = await _body(request)
+        if not isinstance(body, dict):
+            message = "Invalid input JSON on line 1, column 1: the body must be a JSON object"
+            return _hubspot_error(400, message, "VALIDATION_ERROR")
+        return body
+
+    @staticmethod
+    def _properties(raw: Any) -> dict[str, str | None] | web.Response:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            return _hubspot_error(400, "properties must be an object", "VALIDATION_ERROR")
+        return {str(name): _hs_value(value) for name, value in raw.items()}
+
+    def _invalid(
+        self, object_type: str, merged: dict, own_id: str | None = None
+    ) -> web.Response | None:
+        """Required properties, email format and the one-contact-per-email rule."""
+        for name in HUBSPOT_OBJECTS[object_type]["required"]:
+            if not merged.get(name):
+                return _hubspot_invalid(name, f"{name} is required", "REQUIRED")
+        email = merged.get("email") if object_type == "contacts" else None
+        if email is None:
+            return None
+        if not HUBSPOT_EMAIL.match(email):
+            return _hubspot_invalid("email", f"Email address {email} is invalid", "INVALID_EMAIL")
+        owner = self._find_by(object_type, "email", email)
+        if owner is not None and owner["id"] != own_id:
+            message = f"Contact already exists. Existing ID: {owner['id']}"
+            return _hubspot_error(409, message, "CONFLICT")
+        return None
+
+    def _find_by(self, object_type: str, name: str, value: str) -> dict | None:
+        fold = name == "email"
+        for record in self.objects[object_type].values():
+            current = record["properties"].get(name)
+            if current is not None and (
+                current.lower() == value.lower() if fold else current == value
+            ):
+                return record
+        return None
+
+    def _insert(self, object_type: str, properties: dict[str, str | None]) -> dict:
+        object_id = str(next(self._ids))
+        stamp = _iso_z(_now(), millis=True)
+        system = {"hs_object_id": object_id, "createdate": stamp}
+        system[HUBSPOT_OBJECTS[object_type]["modified"]] = stamp
+        if object_type == "notes":
+            system["hs_createdate"] = stamp
+        record = {
+            "id": object_id,
+            "properties": properties | system,
+            "createdAt": stamp,
+            "updatedAt": stamp,
+            "archived": False,
+        }
+        self.objects[object_type][object_id] = record
+        self._created_at[object_id] = time.monotonic()
+        return record
+
+    def _merge(self, object_type: str, record: dict, properties: dict[str, str | None]) -> None:
+        stamp = _iso_z(_now(), millis=True)
+        record["properties"].update(properties)
+        record["properties"][HUBSPOT_OBJECTS[object_type]["modified"]] = stamp
+        record["updatedAt"] = stamp
+
+    @staticmethod
+    def _shown(object_type: str, record: dict, wanted: Iterable[str] = ()) -> JsonDict:
+        """The record with the default properties plus ``wanted`` (null when unset)."""
+        names = [*HUBSPOT_OBJECTS[object_type]["defaults"], *wanted]
+        properties = {name: record["properties"].get(name) for name in dict.fromkeys(names)}
+        return record | {"properties": properties}
+
+    # ----------------------------------------------------------------------- create, get, update
+
+    async def _create(self, request: web.Request) -> web.Response:
+        object_type = self._object_type(request)
+        if isinstance(object_type, web.Response):
+            return object_type
+        payload = await self._payload(request)
+        if isinstance(payload, web.Response):
+            return payload
+        properties = self._properties(payload.get("properties"))
+        if isinstance(properties, web.Response):
+            return properties
+        problem = self._invalid(object_type, properties) or self._bad_associations(
+            payload.get("associations")
+        )
+        if problem is not None:
+            return problem
+        record = self._insert(object_type, properties)
+        self._associate(object_type, record["id"], payload.get("associations") or [])
+        return _json(record, 201)
+
+    def _bad_associations(self, associations: Any) -> web.Response | None:
+        if associations is None:
+            return None
+        if not isinstance(associations, list):
+            return _hubspot_error(400, "associations must be a list", "VALIDATION_ERROR")
+        for association in associations:
+            problem = self._bad_association(association)
+            if problem is not None:
+                return _hubspot_error(400, problem, "VALIDATION_ERROR")
+        return None
+
+    def _bad_association(self, association: Any) -> str | None:
+        to = association.get("to") if isinstance(association, dict) else None
+        types = association.get("types") if isinstance(association, dict) else None
+        if not isinstance(to, dict) or not to.get("id") or not isinstance(types, list) or not types:
+            return "Each association needs 'to.id' and a non-empty 'types' list"
+        for kind in types:
+            if not isinstance(kind, dict) or "associationTypeId" not in kind:
+                return "Each association type needs 'associationCategory' and 'associationTypeId'"
+            target = HUBSPOT_ASSOCIATION_TARGETS.get(kind["associationTypeId"])
+            if target is not None and str(to["id"]) not in self.objects[target]:
+                return f"No {target[:-1]} with ID {to['id']} exists to associate with"
+        return None
+
+    def _associate(self, object_type: str, object_id: str, associations: list[dict]) -> None:
+        for association in associations:
+            for kind in association["types"]:
+                self.associations.append(
+                    {
+                        "fromObjectType": object_type,
+                        "fromObjectId": object_id,
+                        "toObjectId": str(association["to"]["id"]),
+                        "associationCategory": kind.get("associationCategory"),
+                        "associationTypeId": kind["associationTypeId"],
+                    }
+                )
+
+    def _lookup(self, request: web.Request, object_type: str) -> dict | None:
+        object_id = request.match_info["object_id"]
+        id_property = request.query.get("idProperty")
+        if id_property:
+            return self._find_by(object_type, id_property, object_id)
+        return self.objects[object_type].get(object_id)
+
+    async def _get(self, request: web.Request) -> web.Response:
+        object_type = self._object_type(request)
+        if isinstance(object_type, web.Response):
+            return object_type
+        record = self._lookup(request, object_type)
+        if record is None:
+            return self._error(404, {})
+        wanted = [p for p in request.query.get("properties", "").split(",") if p]
+        return _json(self._shown(object_type, record, wanted))
+
+    async def _update(self, request: web.Request) -> web.Response:
+        object_type = self._object_type(request)
+        if isinstance(object_type, web.Response):
+            return object_type
+        record = self._lookup(request, object_type)
+        if record is None:
+            return self._error(404, {})
+        payload = await self._payload(request)
+        if isinstance(payload, web.Response):
+            return payload
+        properties = self._properties(payload.get("properties"))
+        if isinstance(properties, web.Response):
+            return properties
+        problem = self._invalid(object_type, record["properties"] | properties, record["id"])
+        if problem is not None:
+            return problem
+        self._merge(object_type, record, properties)
+        return _json(record)
+
+    # ----------------------------------------------------------------------- batch upsert
+
+    async def _batch_upsert(self, request: web.Request) -> web.Response:
+        object_type = self._object_type(request)
+        if isinstance(object_type, web.Response):
+            return object_type
+        payload = await self._payload(request)
+        if isinstance(payload, web.Response):
+            return payload
+        inputs = payload.get("inputs")
+        problem = self._bad_inputs(inputs)
+        if problem is not None:
+            return _hubspot_error(400, problem, "VALIDATION_ERROR")
+        started = _iso_z(_now(), millis=True)
+        results = []
+        for item in inputs:
+            outcome = self._upsert_one(object_type, item)
+            if isinstance(outcome, web.Response):
+                return outcome
+            results.append(outcome)
+        body = {
+            "status": "COMPLETE",
+            "results": results,
+            "requestedAt": started,
+            "startedAt": started,
+            "completedAt": _iso_z(_now(), millis=True),
+        }
+        return _json(body, 200)
+
+    @staticmethod
+    def _bad_inputs(inputs: Any) -> str | None:
+        if not isinstance(inputs, list) or not inputs:
+            return "inputs must be a non-empty list"
+        if len(inputs) > 100:
+            return "Batch input is too large: at most 100 inputs are allowed"
+        if not all(isinstance(i, dict) and i.get("idProperty") and i.get("id") for i in inputs):
+            return "Each input needs 'idProperty' and 'id'"
+        keys = [(str(i["idProperty"]), str(i["id"])) for i in inputs]
+        duplicates = sorted({value for prop, value in keys if keys.count((prop, value)) > 1})
+        if duplicates:
+            return f"Duplicate IDs found in batch input: {duplicates}. IDs must be unique"
+        return None
+
+    def _upsert_one(self, object_type: str, item: JsonDict) -> JsonDict | web.Response:
+        properties = self._properties(item.get("properties"))
+        if isinstance(properties, web.Response):
+            return properties
+        id_property, value = str(item["idProperty"]), str(item["id"])
+        record = self._find_by(object_type, id_property, value)
+        merged = (record["properties"] if record else {id_property: value}) | properties
+        problem = self._invalid(object_type, merged, record["id"] if record else None)
+        if problem is not None:
+            return problem
+        if record is None:
+            return self._insert(object_type, {id_property: value} | properties) | {"new": True}
+        self._merge(object_type, record, properties)
+        return record | {"new": False}
+
+    # ----------------------------------------------------------------------- search
+
+    async def _search(self, request: web.Request) -> web.Response:
+        object_type = self._object_type(request)
+        if isinstance(object_type, web.Response):
+            return object_type
+        payload = await self._payload(request)
+        if isinstance(payload, web.Response):
+            return payload
+        groups = payload.get("filterGroups") or []
+        problem = self._bad_filter_groups(groups)
+        if problem is not None:
+            return _hubspot_error(400, problem, "VALIDATION_ERROR")
+        hits = [r for r in self._searchable(object_type) if self._matches_any(r, groups)]
+        limit = min(int(payload.get("limit") or 10), 200)
+        start = int(payload.get("after") or 0)
+        wanted = [str(p) for p in payload.get("properties") or []]
+        page = hits[start : start + limit]
+        body: JsonDict = {
+            "total": len(hits),
+            "results": [self._shown(object_type, r, wanted) for r in page],
+        }
+        if start + limit < len(hits):
+            body["paging"] = {"next": {"after": str(start + limit)}}
+        return _json(body)
+
+    @staticmethod
+    def _bad_filter_groups(groups: Any) -> str | None:
+        if not isinstance(groups, list) or len(groups) > 5:
+            return "filterGroups must be a list of at most 5 groups"
+        for group in groups:
+            filters = group.get("filters") if isinstance(group, dict) else None
+            if not isinstance(filters, list) or len(filters) > 6:
+                return "Each filter group needs a 'filters' list of at most 6 filters"
+            for item in filters:
+                if not isinstance(item, dict) or not item.get("propertyName"):
+                    return "Each filter needs a 'propertyName'"
+                if item.get("operator") not in HUBSPOT_OPERATORS:
+                    return f"Unsupported filter operator: {item.get('operator')}"
+        return None
+
+    def _searchable(self, object_type: str) -> list[dict]:
+        settled = time.monotonic() - self.search_lag_s
+        records = self.objects[object_type].values()
+        visible = [r for r in records if self._created_at.get(r["id"], 0.0) <= settled]
+        return sorted(visible, key=lambda record: int(record["id"]))
+
+    @staticmethod
+    def _matches_any(record: dict, groups: list[dict]) -> bool:
+        if not groups:
+            return True
+        return any(
+            all(HubSpotStandIn._matches(record, item) for item in group["filters"])
+            for group in groups
+        )
+
+    @staticmethod
+    def _matches(record: dict, item: JsonDict) -> bool:
+        """One filter; string comparisons ignore case as HubSpot's search does."""
+        current = record["properties"].get(item["propertyName"])
+        operator = item["operator"]
+        if operator == "HAS_PROPERTY":
+            return current not in (None, "")
+        if operator == "NOT_HAS_PROPERTY":
+            return current in (None, "")
+        folded = (current or "").lower()
+        if operator == "IN":
+            return folded in {str(_hs_value(v)).lower() for v in item.get("values") or []}
+        equal = folded == str(_hs_value(item.get("value"))).lower()
+        return equal if operator == "EQ" else not equal
