@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from switchboard.cli.classify import classify
+from switchboard.cli.dlq import dlq
 from switchboard.shared.settings import DEFAULT_CONFIG_FILE, ConfigError
 
 SAMPLES = Path("data/samples/tweets.jsonl")
@@ -66,6 +67,7 @@ def ingest(**options: object) -> None:
 
 
 main.add_command(classify)
+main.add_command(dlq)
 
 
 @main.command()

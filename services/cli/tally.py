@@ -50,6 +50,7 @@ class Tally:
     dead_letters: int = 0
     dead_lettered_ids: set[str] = field(default_factory=set)
     deliveries: Counter[str] = field(default_factory=Counter)
+    delivery_ids: set[tuple[str, str]] = field(default_factory=set)
     failed_deliveries: Counter[str] = field(default_factory=Counter)
     expected_deliveries: int = 0
     routed_ms: list[float] = field(default_factory=list)
@@ -91,6 +92,10 @@ class Tally:
             self.dead_lettered_ids.add(tweet_id)
 
     def observe_delivery(self, delivery: Delivery) -> None:
+        seen = (delivery.delivery_id, delivery.outcome)
+        if seen in self.delivery_ids:  # republished after a crash
+            return
+        self.delivery_ids.add(seen)
         if delivery.outcome == "delivered":
             self.deliveries[delivery.channel] += 1
             if delivery.trace.delivered_at is not None:

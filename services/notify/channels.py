@@ -169,24 +169,32 @@ def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
 
 
 class ZendeskChannel(HttpChannel):
-    """Tickets: ``external_id`` names the conversation; follow-ups are comments on it."""
+    """Tickets: ``external_id`` names the conversation; follow-ups are comments on it. Each
+    create carries an ``Idempotency-Key`` and a tag of its own delivery, so a create that
+    happened but whose answer was lost is recognised instead of repeated or commented on."""
 
     name = "zendesk"
 
     async def deliver(self, job: Job) -> Done:
-        ticket = job.thread_id or await self._find(job.conversation_key)
+        mine = delivery_tag(job.delivery_id)
+        found = None if job.thread_id else await self._find(job.conversation_key)
+        if found is not None and mine in found.get("tags", []):
+            return Done("created", str(found["id"]))
+        ticket = job.thread_id or (str(found["id"]) if found else None)
         comment = {"body": job.body(), "public": False}
         if ticket is not None:
-            update = {"ticket": {"comment": comment, "priority": job.priority(DEFAULT_ZENDESK)}}
-            await self.send("PUT", f"/api/v2/tickets/{ticket}.json", json=update)
-            return Done("commented", str(ticket))
+            update: dict[str, Any] = {"comment": comment}
+            if job.routed.classification.urgency is Urgency.CRITICAL:  # raise, never lower
+                update["priority"] = job.priority(DEFAULT_ZENDESK)
+            await self.send("PUT", f"/api/v2/tickets/{ticket}.json", json={"ticket": update})
+            return Done("commented", ticket)
         target = job.subscription.zendesk
         fields: dict[str, Any] = {
             "subject": job.summary(),
             "comment": comment,
             "priority": job.priority(DEFAULT_ZENDESK),
             "external_id": job.conversation_key,
-            "tags": target.tags if target else ["switchboard"],
+            "tags": [*(target.tags if target else ["switchboard"]), mine],
         }
         if target and target.group_id:
             fields["group_id"] = target.group_id
@@ -198,10 +206,15 @@ class ZendeskChannel(HttpChannel):
         )
         return Done("created", str(response.json()["ticket"]["id"]))
 
-    async def _find(self, external_id: str) -> str | None:
+    async def _find(self, external_id: str) -> dict | None:
         found = await self.send("GET", "/api/v2/tickets.json", params={"external_id": external_id})
         tickets = found.json().get("tickets", [])
-        return str(tickets[0]["id"]) if tickets else None
+        return tickets[0] if tickets else None
+
+
+def delivery_tag(delivery_id: str) -> str:
+    """A short tag or label naming one delivery at the vendor."""
+    return "sb-d-" + hashlib.sha256(delivery_id.encode()).hexdigest()[:16]
 
 
 DEFAULT_ZENDESK = {Urgency.CRITICAL: "urgent", Urgency.HIGH: "high", Urgency.NORMAL: "normal",
@@ -215,6 +228,11 @@ class JiraChannel(HttpChannel):
 
     async def deliver(self, job: Job) -> Done:
         label = "sb-" + hashlib.sha256(job.conversation_key.encode()).hexdigest()[:16]
+        # Jira has no idempotency key: a create that timed out but happened is found again by
+        # this delivery's own label instead of being made twice.
+        mine = delivery_tag(job.delivery_id)
+        if job.thread_id is None and (done := await self._find(mine)) is not None:
+            return Done("created", done)
         issue = job.thread_id or await self._find(label)
         if issue is not None:
             await self.send(
@@ -228,7 +246,7 @@ class JiraChannel(HttpChannel):
             "summary": job.summary(),
             "issuetype": {"name": target.issue_type},
             "priority": {"name": job.priority(JIRA_PRIORITIES)},
-            "labels": ["switchboard", label],
+            "labels": ["switchboard", label, mine],
             "description": adf(job.body()),
         }
         response = await self.send("POST", "/rest/api/3/issue", json={"fields": fields})

@@ -168,17 +168,20 @@ class NotifyService:
         return [Job(request.routed, wanted[0], request.department, request.delivery_id)]
 
     async def _in_order(self, jobs: list[Job]) -> list[Delivery]:
-        return [d for job in jobs if (d := await self.deliver(job)) is not None]
+        return [await self.deliver(job) for job in jobs]
 
     # --- one delivery ---------------------------------------------------------------------------
 
-    async def deliver(self, job: Job) -> Delivery | None:
-        """Make the job's effect once; None when the ledger says it was already made."""
+    async def deliver(self, job: Job) -> Delivery:
+        """Make the job's effect once. When the ledger says it was made already (a redelivery
+        after a crash), only the Delivery record is published again, marked ``already_done``:
+        the crash may have lost it, and consumers deduplicate by delivery id."""
         conversation = job.routed.tweet.conversation_id
         entry = self.ledger.get(conversation) or LedgerEntry(conversation_id=conversation)
         if job.delivery_id in entry.deliveries:
             metrics.DELIVERIES.labels(job.subscription.channel, "already_done").inc()
-            return None
+            done = Done("already_done", entry.deliveries[job.delivery_id])
+            return self._delivery(job, "delivered", 0, done=done)
         thread_key = f"{job.subscription.channel}:{job.subscription.name}"
         job = Job(job.routed, job.subscription, job.department, job.delivery_id,
                   entry.threads.get(thread_key))  # fmt: skip

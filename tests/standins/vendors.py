@@ -217,6 +217,10 @@ class VendorStandIn:
         """
         self._failures.append(_Script(path_prefix, count, status, retry_after_s))
 
+    def clear_failures(self) -> None:
+        """Forget the scripted failures: the target is back."""
+        self._failures.clear()
+
     def delay_next(self, path_prefix: str, seconds: float, count: int = 1) -> None:
         """The next ``count`` matching requests are answered only after ``seconds``.
 

@@ -1,0 +1,316 @@
+"""Notify against stand-ins that speak the vendors' APIs on 127.0.0.1, and the embedded broker:
+each channel's happy path, follow-ups on the same ticket, retries (429 with Retry-After,
+timeouts), a target down then back with a DLQ redrive, and a notify killed mid-batch."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+from datetime import UTC, datetime
+
+import pytest
+import yaml
+
+from switchboard.cli.dlq import Filters, parked_deliveries, redrive
+from switchboard.notify.service import NotifyService
+from switchboard.notify.settings import NotifySettings, SmtpSettings
+from switchboard.shared import topics
+from switchboard.shared.broker import free_port
+from switchboard.shared.events import Author, DecodeError, Delivery, decode, encode
+from tests.conftest import CONFIG_FILE, wait_for
+from tests.factories import a_classified_tweet, routed_from
+from tests.standins.vendors import HubSpotStandIn, JiraStandIn, SalesforceStandIn, ZendeskStandIn
+from tests.standins.webhook import WebhookReceiver
+
+_ids = itertools.count(1)
+SECRETS = {
+    "ZENDESK_TOKEN": "zd-token",
+    "JIRA_TOKEN": "jira-token",
+    "SF_TOKEN": "sf-token",
+    "HUBSPOT_TOKEN": "hs-token",
+    "HOOK_SECRET": "hook-secret",
+}
+
+
+@pytest.fixture
+async def vendors(monkeypatch):
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    servers = {
+        "zendesk": ZendeskStandIn("ops@acme.example", "zd-token"),
+        "jira": JiraStandIn("ops@acme.example", "jira-token"),
+        "salesforce": SalesforceStandIn("sf-token"),
+        "hubspot": HubSpotStandIn("hs-token"),
+        "webhook": WebhookReceiver("hook-secret"),
+    }
+    for server in servers.values():
+        await server.start()
+    yield servers
+    for server in servers.values():
+        await server.stop()
+
+
+@pytest.fixture
+def notify_settings(kafka, vendors, tmp_path):
+    """Settings whose subscriptions send each department to one channel (customer_service to
+    Zendesk, legal to Jira, sales to Salesforce, marketing to HubSpot, it_security to the
+    webhook) over the stand-ins."""
+
+    def build(**delivery: object) -> NotifySettings:
+        config = yaml.safe_load(CONFIG_FILE.read_text())
+        config["notify"] = {
+            "connections": {
+                "zendesk": {"base_url": vendors["zendesk"].base_url, "email": "ops@acme.example",
+                            "api_token": {"env": "ZENDESK_TOKEN"}},
+                "jira": {"base_url": vendors["jira"].base_url, "email": "ops@acme.example",
+                         "api_token": {"env": "JIRA_TOKEN"}},
+                "salesforce": {"instance_url": vendors["salesforce"].base_url,
+                               "access_token": {"env": "SF_TOKEN"}},
+                "hubspot": {"base_url": vendors["hubspot"].base_url,
+                            "token": {"env": "HUBSPOT_TOKEN"}},
+            },
+            "delivery": {"attempts": 3, "max_wait_s": 0.2, "timeout_s": 1.0, **delivery},
+            "subscriptions": [
+                {"name": "support-queue", "channel": "zendesk",
+                 "departments": ["customer_service"], "zendesk": {"group_id": 77}},
+                {"name": "legal-board", "channel": "jira", "departments": ["legal"],
+                 "jira": {"project": "LEG"}},
+                {"name": "sales-leads", "channel": "salesforce", "departments": ["sales"],
+                 "salesforce": {"object": "Lead"}},
+                {"name": "fans", "channel": "hubspot", "departments": ["marketing"],
+                 "hubspot": {"object": "contacts"}},
+                {"name": "soc-chat", "channel": "webhook", "departments": ["it_security"],
+                 "webhook": {"url": vendors["webhook"].url, "secret": {"env": "HOOK_SECRET"}}},
+            ],
+        }  # fmt: skip
+        path = tmp_path / "switchboard.yaml"
+        path.write_text(yaml.safe_dump(config))
+        smtp = SmtpSettings(host="127.0.0.1", port=free_port(), timeout_s=1)
+        return NotifySettings.load(config_file=path, kafka=kafka, smtp=smtp)
+
+    return build
+
+
+def routed(department: str, urgency: str = "high", *, conversation: str, author: str = "42"):
+    tweet_id = f"t{next(_ids)}-{datetime.now(UTC).timestamp():.0f}"
+    event = a_classified_tweet(
+        department, 0.9, urgency, id=tweet_id, conversation_id=conversation,
+        text=f"help please, tweet {tweet_id}", author=Author(id=author, username=f"user{author}"),
+    )  # fmt: skip
+    return routed_from(event)
+
+
+async def publish_routed(producer, *events) -> None:  # noqa: ANN001
+    for event in events:
+        await producer.send_and_wait(
+            event.route.topic, encode(event), key=event.tweet.conversation_id.encode()
+        )
+
+
+def deliveries(records, conversation_prefix: str) -> list[Delivery]:
+    found = []
+    for record in records:
+        if record.key and record.key.decode().startswith(conversation_prefix):
+            try:
+                found.append(decode(Delivery, record.value))
+            except DecodeError:
+                continue
+    return found
+
+
+def conversation() -> str:
+    return f"nc{next(_ids)}-{datetime.now(UTC).timestamp():.0f}"
+
+
+async def test_zendesk_ticket_then_follow_up_comment(
+    vendors, notify_settings, producer, read, running
+):
+    zendesk = vendors["zendesk"]
+    conv = conversation()
+    first, follow_up = (
+        routed("customer_service", "critical", conversation=conv),
+        routed("customer_service", "high", conversation=conv),
+    )
+
+    async with running(NotifyService(notify_settings())):
+        await publish_routed(producer, first)
+        await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 1)
+        await publish_routed(producer, follow_up)
+        records = await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 2)
+
+    mine = [t for t in zendesk.tickets.values() if conv in (t.get("external_id") or "")]
+    assert len(mine) == 1
+    [ticket] = mine
+    assert ticket["priority"] == "urgent" and ticket["group_id"] == 77
+    assert ticket["external_id"] == f"switchboard:support-queue:{conv}"
+    comments = zendesk.comments[ticket["id"]]
+    assert (
+        len(comments) == 2
+        and first.tweet.text in str(comments[0])
+        and follow_up.tweet.text in str(comments[1])
+    )
+    actions = sorted(d.action for d in deliveries(records, conv))
+    assert actions == ["commented", "created"]
+    auth = next(r["headers"]["Authorization"] for r in zendesk.requests if r["method"] == "POST")
+    assert base64.b64decode(auth.split()[1]).decode() == "ops@acme.example/token:zd-token"
+
+
+async def test_jira_issue_with_adf_then_comment(vendors, notify_settings, producer, read, running):
+    jira = vendors["jira"]
+    conv = conversation()
+    first, follow_up = routed("legal", conversation=conv), routed("legal", conversation=conv)
+
+    async with running(NotifyService(notify_settings())):
+        await publish_routed(producer, first)
+        await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 1)
+        await publish_routed(producer, follow_up)
+        records = await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 2)
+
+    keys = {d.external_id for d in deliveries(records, conv)}
+    assert len(keys) == 1
+    [key] = keys
+    issue = jira.issues[key]
+    assert issue["fields"]["project"]["key"] == "LEG"
+    assert issue["fields"]["priority"]["name"] == "High"
+    assert issue["fields"]["description"]["type"] == "doc"
+    assert len(jira.comments[key]) == 1
+
+
+async def test_crm_records_are_one_per_author(vendors, notify_settings, producer, read, running):
+    salesforce, hubspot = vendors["salesforce"], vendors["hubspot"]
+    author = str(next(_ids) + 900000)
+    convs = [conversation() for _ in range(4)]
+    events = [
+        routed("sales", conversation=convs[0], author=author),
+        routed("sales", conversation=convs[1], author=author),
+        routed("marketing", "low", conversation=convs[2], author=author),
+        routed("marketing", "low", conversation=convs[3], author=author),
+    ]
+
+    async with running(NotifyService(notify_settings())):
+        await publish_routed(producer, *events)
+        await read([topics.DELIVERIES],
+                   lambda rs: sum(len(deliveries(rs, c)) for c in convs) >= 4)  # fmt: skip
+
+    leads = [r for r in salesforce.records.get("Lead", {}).values()
+             if r.get("Switchboard_Author_Id__c") == author]  # fmt: skip
+    assert len(leads) == 1 and leads[0]["Company"] == f"X user @user{author}"
+    contacts = [c for c in hubspot.objects.get("contacts", {}).values()
+                if c["properties"].get("twitter_user_id") == author]  # fmt: skip
+    assert len(contacts) == 1
+    bearer = [r["headers"]["Authorization"] for r in salesforce.requests if r["method"] == "PATCH"]
+    assert bearer and set(bearer) == {"Bearer sf-token"}
+
+
+async def test_webhook_is_signed_and_carries_an_idempotency_key(
+    vendors, notify_settings, producer, read, running
+):
+    hook = vendors["webhook"]
+    conv = conversation()
+    event = routed("it_security", "critical", conversation=conv)
+
+    async with running(NotifyService(notify_settings())):
+        await publish_routed(producer, event)
+        await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 1)
+
+    [payload] = [p for p in hook.received if p["event"]["tweet"]["conversation_id"] == conv]
+    assert payload["delivery_id"] == f"{event.tweet.id}:webhook:soc-chat"
+    assert payload["event"]["tweet"]["text"] == event.tweet.text and hook.rejected == 0
+
+
+async def test_429_and_timeouts_are_retried_then_delivered(
+    vendors, notify_settings, producer, read, running
+):
+    zendesk = vendors["zendesk"]
+    conv = conversation()
+    zendesk.fail_next("/api/v2/tickets", 429, retry_after_s=0.3)
+    zendesk.delay_next("/api/v2/tickets", 2.0)  # answered after the 1 s client timeout
+
+    async with running(NotifyService(notify_settings())):
+        await publish_routed(producer, routed("customer_service", conversation=conv))
+        records = await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 1)
+
+    [delivery] = deliveries(records, conv)
+    assert delivery.outcome == "delivered" and delivery.attempts >= 2
+    mine = [t for t in zendesk.tickets.values() if conv in (t.get("external_id") or "")]
+    assert len(mine) == 1  # the timed-out create happened once, found again, never doubled
+
+
+async def test_a_target_down_is_parked_then_redriven_once_it_is_back(
+    kafka, vendors, notify_settings, producer, read, running
+):
+    jira = vendors["jira"]
+    conv = conversation()
+    jira.fail_next("/rest/api/3", 503, count=100)
+    event = routed("legal", conversation=conv)
+
+    async with running(NotifyService(notify_settings(attempts=2))):
+        await publish_routed(producer, event)
+        await read([topics.NOTIFICATIONS_DLQ], lambda rs: len(deliveries(rs, conv)) >= 1)
+        parked = await parked_deliveries(
+            kafka, Filters(delivery_id=f"{event.tweet.id}:jira:legal-board")
+        )
+        assert len(parked) == 1 and "503" in parked[0].error and parked[0].attempts == 2
+        jira.clear_failures()  # the target is back
+        assert await redrive(kafka, parked) == 1
+        records = await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 1)
+        assert await redrive(kafka, parked) == 1  # a second redrive of the same...
+        await asyncio.sleep(1.5)
+
+    assert [d.outcome for d in deliveries(records, conv)] == ["delivered"]
+    issues = [
+        i for i in jira.issues.values() if event.tweet.text in str(i["fields"]["description"])
+    ]
+    assert len(issues) == 1  # ...makes no second issue
+    assert await parked_deliveries(kafka, Filters(delivery_id=parked[0].delivery_id)) == []
+
+
+async def test_a_failing_channel_does_not_block_the_others(
+    vendors, notify_settings, producer, read, running
+):
+    vendors["salesforce"].fail_next("/services", 500, count=100)
+    sales, security = conversation(), conversation()
+
+    async with running(NotifyService(notify_settings(attempts=2))):
+        await publish_routed(producer, routed("sales", conversation=sales),
+                             routed("it_security", conversation=security))  # fmt: skip
+        records = await read(
+            [topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+            lambda rs: deliveries(rs, sales) and deliveries(rs, security),
+        )
+
+    assert [d.outcome for d in deliveries(records, security)] == ["delivered"]
+    assert [d.outcome for d in deliveries(records, sales)] == ["failed"]
+
+
+async def test_notify_killed_mid_batch_makes_each_ticket_once(
+    vendors, notify_settings, producer, read, running
+):
+    zendesk = vendors["zendesk"]
+    convs = [conversation() for _ in range(8)]
+    events = [routed("customer_service", conversation=c) for c in convs]
+    for _ in range(4):
+        zendesk.delay_next("/api/v2/tickets", 0.8)  # the first creates are slow
+
+    service = NotifyService(notify_settings())
+    await service.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    await publish_routed(producer, *events)
+    await wait_for(lambda: any(conv in str(zendesk.tickets) for conv in convs), timeout_s=30)
+    task.cancel()  # killed: the batch is neither finished nor committed
+    await asyncio.gather(task, return_exceptions=True)
+    await service.close()
+
+    async with running(NotifyService(notify_settings())):
+        done = lambda rs: {d.conversation_id for d in deliveries(rs, "nc")} >= set(convs)  # noqa: E731
+        await read([topics.DELIVERIES], done)
+
+    for conv in convs:
+        mine = [t for t in zendesk.tickets.values() if conv in (t.get("external_id") or "")]
+        assert len(mine) == 1, conv  # none missing, none doubled
+        assert len(zendesk.comments[mine[0]["id"]]) == 1, conv  # and not commented on twice
+    lookups = [r for r in zendesk.requests if r["method"] == "GET" and "external_id" in r["query"]
+               and any(c in r["query"]["external_id"] for c in convs)]  # fmt: skip
+    assert len(lookups) > len(convs)  # the restarted notify did look again: the kill was real
