@@ -77,8 +77,9 @@ class Tally:
         self.recent = [*self.recent[-9:], event]
 
     def _expect_deliveries(self, department: str, event: RoutedTweet) -> None:
+        urgency = event.classification.urgency
         self.expected_deliveries += sum(
-            s.matches(Department(department), event.classification.urgency)
+            s.matches(Department(department), urgency) and not s.digests(urgency)
             for s in self.subscriptions
         )
 

@@ -64,6 +64,26 @@ def render_email(
     return message
 
 
+def render_digest(
+    items: list[RoutedTweet], subscription: Subscription, options: EmailConfig, digest_id: str
+) -> EmailMessage:
+    """One email listing ``items`` (the low-urgency tweets of a digest window)."""
+    context = {"items": items, "subscription": subscription.name}
+    message = EmailMessage()
+    message["From"] = options.sender
+    message["To"] = ", ".join(subscription.to)
+    message["Subject"] = header_safe(
+        f"{options.subject_prefix} digest for {subscription.name}: {len(items)} tweets"
+    )
+    message["Message-ID"] = make_msgid(idstring=digest_id.replace(":", "."), domain="switchboard")
+    message["X-Switchboard-Digest-Id"] = header_safe(digest_id)
+    message.set_content(_templates.get_template("digest.txt.j2").render(context))
+    message.add_alternative(
+        _templates.get_template("digest.html.j2").render(context), subtype="html"
+    )
+    return message
+
+
 class SmtpMailer:
     """One SMTP connection, opened on first use and reopened when the server drops it."""
 

@@ -25,6 +25,7 @@ from collections import defaultdict
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from switchboard.notify.channels import Channel, Done, Job, channels_for
+from switchboard.notify.digest import DigestWorker
 from switchboard.notify.mail import SmtpMailer
 from switchboard.notify.resilience import (
     CircuitBreaker,
@@ -69,10 +70,10 @@ def matching_subscriptions(
     routed: RoutedTweet, subscriptions: list[Subscription], department: Department | None = None
 ) -> list[Subscription]:
     """Subscriptions of ``department`` (the topic's: a rule's copy has another than the
-    owner's) for the tweet's urgency."""
+    owner's) for the tweet's urgency, except those that wait for a digest (digest.py)."""
     department = department or routed.route.department
-    c = routed.classification
-    return [s for s in subscriptions if s.matches(department, c.urgency)]
+    urgency = routed.classification.urgency
+    return [s for s in subscriptions if s.matches(department, urgency) and not s.digests(urgency)]
 
 
 class NotifyService:
@@ -89,6 +90,7 @@ class NotifyService:
         }
         self.limiters = {name: RateLimiter(policy.rate_per_s.get(name)) for name in self.channels}  # type: ignore[call-overload]
         self.ledger = ChangelogTable(settings.kafka, topics.NOTIFICATIONS_LEDGER, LedgerEntry)
+        self.digests = DigestWorker(settings, SmtpMailer(settings.smtp))
         self.producer = make_producer(settings.kafka, client_id="switchboard-notify")
         self.consumer = make_consumer(
             settings.kafka,
@@ -117,7 +119,11 @@ class NotifyService:
         self._ready = True
 
     async def run(self, stop: asyncio.Event) -> None:
-        await StreamLoop(self.name, self.consumer, self.producer, self.handle).run(stop)
+        digests = asyncio.create_task(self.digests.run(stop), name="digests")
+        try:
+            await StreamLoop(self.name, self.consumer, self.producer, self.handle).run(stop)
+        finally:
+            await asyncio.wait_for(digests, timeout=10)
 
     # --- a batch ------------------------------------------------------------------------------
 
@@ -267,6 +273,7 @@ class NotifyService:
         await self.producer.stop()
         for channel in self.channels.values():
             await channel.close()
+        await self.digests.mailer.close()
 
 
 class _RestoreOnAssignment(ConsumerRebalanceListener):

@@ -378,6 +378,10 @@ class Subscription(Section):
     departments: list[Department] = Field(min_length=1)
     urgencies: list[Urgency] = Field(default_factory=lambda: list(Urgency))
     to: list[EmailAddress] = Field(default_factory=list, description="email: the recipients")
+    digest_minutes: float | None = Field(
+        default=None, gt=0, description="email: send digest_urgencies as one digest this often"
+    )
+    digest_urgencies: list[Urgency] = Field(default_factory=lambda: [Urgency.LOW])
     webhook: WebhookTarget | None = None
     zendesk: ZendeskTarget | None = None
     jira: JiraTarget | None = None
@@ -392,6 +396,8 @@ class Subscription(Section):
     def _target_matches_channel(self) -> Subscription:
         if self.channel == "email" and not self.to:
             raise ValueError("to: an email subscription needs at least one address")
+        if self.digest_minutes is not None and self.channel != "email":
+            raise ValueError("digest_minutes: only email subscriptions have digests")
         for channel in CHANNEL_TARGETS:
             given = getattr(self, channel) is not None
             if channel == self.channel and not given and channel in ("webhook", "jira"):
@@ -402,6 +408,10 @@ class Subscription(Section):
 
     def matches(self, department: Department, urgency: Urgency) -> bool:
         return department in self.departments and urgency in self.urgencies
+
+    def digests(self, urgency: Urgency) -> bool:
+        """Whether a tweet of this urgency waits for the digest instead of going at once."""
+        return self.digest_minutes is not None and urgency in self.digest_urgencies
 
 
 class ZendeskConnection(Section):

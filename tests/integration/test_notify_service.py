@@ -6,6 +6,7 @@ from switchboard.notify.service import NotifyService
 from switchboard.notify.settings import NotifySettings, SmtpSettings
 from switchboard.shared import topics
 from switchboard.shared.broker import free_port
+from switchboard.shared.config import Subscription
 from switchboard.shared.events import Delivery, decode, encode
 from tests.conftest import CONFIG_FILE, wait_for
 from tests.factories import a_classified_tweet, routed_from
@@ -81,3 +82,42 @@ async def test_a_dead_mail_server_parks_the_delivery(kafka, producer, read, runn
 
 def ours(email) -> bool:  # noqa: ANN001
     return email["X-Switchboard-Tweet-Id"] in ("n-1", "n-2")
+
+
+async def test_low_urgency_waits_for_one_digest(kafka, producer, running, inbox):
+    base = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    chatter = Subscription(name="community-digest", departments=["community"],
+                           urgencies=["low", "normal"], to=["community@switchboard.example"],
+                           digest_minutes=0.02)  # fmt: skip
+    notify = base.config.notify.model_copy(update={"subscriptions": [chatter]})
+    settings = NotifySettings.load(
+        config_file=CONFIG_FILE,
+        kafka=kafka,
+        config=base.config.model_copy(update={"notify": notify}),
+        smtp=SmtpSettings(host="127.0.0.1", port=inbox.port),
+    )
+    low = [
+        routed(f"d-{i}", "community", "low", f"good morning number {i}", settings) for i in range(3)
+    ]
+    normal = routed("d-9", "community", "normal", "when does the store open?", settings)
+
+    async with running(NotifyService(settings)):
+        for event in (*low, normal):
+            await producer.send_and_wait(event.route.topic, encode(event), key=b"conv-digest")
+
+        def digest_with_ours() -> list:
+            digests = [m for m in inbox.messages() if m["X-Switchboard-Digest-Id"]]
+            return [m for m in digests if all(e.tweet.text in body(m) for e in low)]
+
+        def normal_sent() -> bool:
+            return any(m["X-Switchboard-Tweet-Id"] == "d-9" for m in inbox.messages())
+
+        await wait_for(lambda: bool(digest_with_ours()) and normal_sent(), timeout_s=30)
+
+    assert len(digest_with_ours()) == 1
+    singles = {m["X-Switchboard-Tweet-Id"] for m in inbox.messages()}
+    assert "d-9" in singles and not singles & {"d-0", "d-1", "d-2"}
+
+
+def body(email) -> str:  # noqa: ANN001
+    return email.get_body(("plain",)).get_content()
