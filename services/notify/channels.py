@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import aiosmtplib
 import httpx
 
-from switchboard.notify.mail import SmtpMailer, render_email
+from switchboard.notify.mail import SmtpMailer, check_templates, render_email
 from switchboard.notify.resilience import DeliveryError, http_error
 from switchboard.shared.config import EmailConfig, NotifyConfig, Subscription
 from switchboard.shared.events import RoutedTweet
@@ -353,6 +353,7 @@ def channels_for(config: NotifyConfig, mailer: SmtpMailer) -> dict[str, Channel]
     timeout = config.delivery.timeout_s
     used = {s.channel for s in config.subscriptions}
     connections = config.connections
+    check_templates(config.email, config.subscriptions)
     channels: dict[str, Channel] = {"email": EmailChannel(mailer, config.email)}
     if "webhook" in used:
         channels["webhook"] = WebhookChannel(timeout)

@@ -10,23 +10,60 @@ import logging
 import re
 from email.message import EmailMessage
 from email.utils import make_msgid
+from functools import lru_cache
+from pathlib import Path
 
 import aiosmtplib
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import (
+    BaseLoader,
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    PackageLoader,
+    StrictUndefined,
+    TemplateNotFound,
+    select_autoescape,
+)
 
 from switchboard.notify.settings import SmtpSettings
 from switchboard.shared.config import EmailConfig, Subscription
 from switchboard.shared.events import RoutedTweet
+from switchboard.shared.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
-_templates = Environment(
-    loader=PackageLoader("switchboard.notify", "templates"),
-    autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
-    undefined=StrictUndefined,
-    keep_trailing_newline=True,
-)
+
+@lru_cache(maxsize=8)
+def templates(folder: Path | None = None) -> Environment:
+    """The built-in templates, overridden by same-named files in ``folder`` if given."""
+    loaders: list[BaseLoader] = [PackageLoader("switchboard.notify", "templates")]
+    if folder is not None:
+        loaders.insert(0, FileSystemLoader(str(folder)))
+    return Environment(
+        loader=ChoiceLoader(loaders),
+        autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
 _LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029\x0b\x0c\x85]+")
+
+
+def check_templates(options: EmailConfig, subscriptions: list[Subscription]) -> None:
+    """Fail at start, naming the subscription, when an email template does not exist."""
+    env = templates(options.templates_dir)
+    for index, subscription in enumerate(subscriptions):
+        if subscription.channel != "email":
+            continue
+        for suffix in ("txt.j2", "html.j2"):
+            try:
+                env.get_template(f"{subscription.template}.{suffix}")
+            except TemplateNotFound:
+                raise ConfigError(
+                    f"config key notify.subscriptions[{index}].template: no template "
+                    f"{subscription.template}.{suffix} (built in, or in notify.email.templates_dir)"
+                ) from None
 
 
 def header_safe(value: str, limit: int = 200) -> str:
@@ -57,10 +94,10 @@ def render_email(
     message["Message-ID"] = make_msgid(idstring=delivery_id.replace(":", "."), domain="switchboard")
     message["X-Switchboard-Tweet-Id"] = header_safe(routed.tweet.id)
     message["X-Switchboard-Delivery-Id"] = header_safe(delivery_id)
-    message.set_content(_templates.get_template("email.txt.j2").render(context))
-    message.add_alternative(
-        _templates.get_template("email.html.j2").render(context), subtype="html"
-    )
+    env = templates(options.templates_dir)
+    name = subscription.template
+    message.set_content(env.get_template(f"{name}.txt.j2").render(context))
+    message.add_alternative(env.get_template(f"{name}.html.j2").render(context), subtype="html")
     return message
 
 
@@ -77,10 +114,9 @@ def render_digest(
     )
     message["Message-ID"] = make_msgid(idstring=digest_id.replace(":", "."), domain="switchboard")
     message["X-Switchboard-Digest-Id"] = header_safe(digest_id)
-    message.set_content(_templates.get_template("digest.txt.j2").render(context))
-    message.add_alternative(
-        _templates.get_template("digest.html.j2").render(context), subtype="html"
-    )
+    env = templates(options.templates_dir)
+    message.set_content(env.get_template("digest.txt.j2").render(context))
+    message.add_alternative(env.get_template("digest.html.j2").render(context), subtype="html")
     return message
 
 

@@ -325,6 +325,11 @@ class RouteConfig(Section):
 class EmailConfig(Section):
     sender: str = "Switchboard <switchboard@localhost>"
     subject_prefix: str = "[Switchboard]"
+    templates_dir: Path | None = Field(
+        default=None,
+        description="Folder of Jinja templates (<name>.txt.j2, <name>.html.j2) that override or "
+        "add to the built-in ones (email, digest); HTML is autoescaped",
+    )
 
 
 Channel = Literal["email", "webhook", "zendesk", "jira", "salesforce", "hubspot"]
@@ -382,6 +387,9 @@ class Subscription(Section):
         default=None, gt=0, description="email: send digest_urgencies as one digest this often"
     )
     digest_urgencies: list[Urgency] = Field(default_factory=lambda: [Urgency.LOW])
+    template: str = Field(
+        default="email", pattern=r"^[A-Za-z0-9_-]+$", description="email: template base name"
+    )
     webhook: WebhookTarget | None = None
     zendesk: ZendeskTarget | None = None
     jira: JiraTarget | None = None

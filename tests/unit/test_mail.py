@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from switchboard.notify.mail import render_email
+import pytest
+
+from switchboard.notify.mail import check_templates, render_email
 from switchboard.notify.service import delivery_id, matching_subscriptions
 from switchboard.shared.config import EmailConfig, Subscription
+from switchboard.shared.settings import ConfigError
 from tests.factories import a_classified_tweet as classified
 from tests.factories import routed_from
 
@@ -50,3 +53,19 @@ def test_subscriptions_match_department_and_urgency():
         name="digest", departments=["customer_service"], urgencies=["low"], to=["d@example.com"]
     )
     assert matching_subscriptions(routed, [SUPPORT, other, low_only]) == [SUPPORT]
+
+
+def test_a_templates_folder_overrides_and_adds_templates(tmp_path):
+    (tmp_path / "legal.txt.j2").write_text("LEGAL: {{ tweet.text }}\n")
+    (tmp_path / "legal.html.j2").write_text("<p>{{ tweet.text }}</p>\n")
+    options = EmailConfig(templates_dir=tmp_path)
+    legal = SUPPORT.model_copy(update={"template": "legal"})
+    message = render_email(routed_with_text("<b>sue</b>"), legal, options, "5:email:support")
+    assert message.get_body(("plain",)).get_content() == "LEGAL: <b>sue</b>\n"
+    assert "&lt;b&gt;sue&lt;/b&gt;" in message.get_body(("html",)).get_content()  # autoescaped
+
+
+def test_a_missing_template_fails_at_start_naming_the_subscription(tmp_path):
+    missing = SUPPORT.model_copy(update={"template": "nope"})
+    with pytest.raises(ConfigError, match=r"notify.subscriptions\[0\].template: no template nope"):
+        check_templates(EmailConfig(templates_dir=tmp_path), [missing])
