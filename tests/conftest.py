@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -169,3 +170,13 @@ async def x_api() -> AsyncIterator[object]:
     await server.start()
     yield server
     await server.stop()
+
+
+def deploy_metric_names() -> set[str]:
+    """Every switchboard_* series the dashboards and alert rules query, without the
+    histogram suffixes."""
+    deploy = ROOT / "deploy"
+    texts = [p.read_text() for p in (deploy / "grafana" / "dashboards").glob("*.json")]
+    texts.append((deploy / "prometheus" / "alerts.yml").read_text())
+    names = set(re.findall(r"\bswitchboard_[a-z0-9_]+", "\n".join(texts)))
+    return {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}

@@ -23,7 +23,13 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.helpers import create_ssl_context
 
 from switchboard.shared import metrics
@@ -185,6 +191,18 @@ class StreamLoop:
             records = [record for part in batches.values() for record in part]
             if records:
                 await self._process(records)
+            await self._report_lag()
+
+    async def _report_lag(self) -> None:
+        """Messages behind the end of each assigned partition (what the dashboards call lag)."""
+        group = self.consumer._group_id or "none"  # noqa: SLF001 - aiokafka keeps it private
+        for tp in self.consumer.assignment():
+            end = self.consumer.highwater(tp)
+            if end is None:  # nothing fetched from it yet
+                continue
+            with contextlib.suppress(IllegalStateError, KafkaError):
+                behind = max(0, end - await self.consumer.position(tp))
+                metrics.CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(behind)
 
     async def _process(self, records: list[ConsumerRecord]) -> None:
         started = time.perf_counter()

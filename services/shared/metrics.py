@@ -24,6 +24,11 @@ DEAD_LETTERS = Counter(
     "Messages sent to switchboard.deadletter, by stage and reason",
     ["service", "reason"],
 )
+CONSUMER_LAG = Gauge(
+    "switchboard_consumer_lag",
+    "Messages between a consumer group's position and the end of a partition",
+    ["group", "topic", "partition"],
+)
 BATCH_SECONDS = Histogram(
     "switchboard_batch_processing_seconds",
     "Time to process one consumed batch, publish its outputs and commit",

@@ -22,7 +22,7 @@ from switchboard.shared.broker import free_port
 from switchboard.shared.events import RoutedTweet, decode
 from switchboard.shared.kafka import ensure_topics
 from switchboard.shared.settings import KafkaSettings
-from tests.conftest import CONFIG_FILE, ROOT, SAMPLES
+from tests.conftest import CONFIG_FILE, ROOT, SAMPLES, deploy_metric_names
 
 pytestmark = pytest.mark.e2e
 SWITCHBOARD = [sys.executable, "-m", "switchboard"]
@@ -135,6 +135,11 @@ def test_run_stops_every_process_on_ctrl_c(tmp_path: Path):
             assert time.monotonic() < deadline, "route published nothing in time"
             time.sleep(0.5)
         route_metrics = httpx.get(route).text
+        scraped = "".join(
+            httpx.get(f"{s['http']}/metrics").text for s in manifest["services"].values()
+        )
+        missing = {name for name in deploy_metric_names() if name not in scraped}
+        assert not missing, f"dashboards or alert rules query metrics no service exports: {missing}"
         assert "switchboard_e2e_latency_seconds_bucket" in route_metrics
         run.send_signal(signal.SIGINT)
         assert run.wait(timeout=60) == 0

@@ -1,0 +1,83 @@
+"""The deploy files parse, hang together, and use only metrics the services define."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from prometheus_client import REGISTRY
+
+from switchboard.shared import metrics
+from tests.conftest import ROOT, deploy_metric_names
+
+DEPLOY = ROOT / "deploy"
+SERVICES = ("ingest", "classify", "route", "notify")
+
+
+def test_every_yaml_and_json_file_parses():
+    for path in DEPLOY.rglob("*"):
+        if path.suffix in (".yml", ".yaml"):
+            assert yaml.safe_load(path.read_text()) is not None, path
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+
+
+def test_dashboards_have_an_overview_and_a_departments_view_with_variables():
+    boards = {
+        json.loads(p.read_text())["uid"]: json.loads(p.read_text())
+        for p in (DEPLOY / "grafana" / "dashboards").glob("*.json")
+    }
+    assert set(boards) == {"switchboard-overview", "switchboard-departments"}
+    variables = {v["name"] for v in boards["switchboard-departments"]["templating"]["list"]}
+    assert {"department", "handle"} <= variables
+    for board in boards.values():
+        ids = [p["id"] for p in board["panels"]]
+        assert len(ids) == len(set(ids)) and all(p["targets"] for p in board["panels"])
+
+
+def test_alert_rules_cover_what_ops_must_be_woken_for():
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    exprs = " ".join(r["expr"] for g in rules["groups"] for r in g["rules"])
+    for metric in ("switchboard_consumer_lag", "switchboard_deliveries_parked_total",
+                   "switchboard_stream_connected", "switchboard_stream_stalls_total",
+                   "switchboard_inference_seconds_bucket", "switchboard_spikes_total",
+                   "switchboard_sla_breaches_total"):  # fmt: skip
+        assert metric in exprs, metric
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert rule["labels"]["severity"] in ("warning", "critical")
+            assert rule["annotations"]["summary"]
+
+
+def test_every_metric_the_deploy_files_use_is_defined():
+    assert metrics.READY  # the module registers every metric on import
+    defined = set()
+    for family in REGISTRY.collect():
+        defined.add(family.name)
+        if family.type == "counter":
+            defined.add(f"{family.name}_total")
+    assert deploy_metric_names() - defined == set()
+
+
+def test_compose_runs_each_service_from_one_image_with_pinned_dependencies():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = compose["services"]
+    for name in SERVICES:
+        assert services[name]["command"] == [name]
+        assert services[name]["image"] == "switchboard:latest"
+        assert services[name]["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    for name in ("kafka", "prometheus", "grafana", "mailpit"):
+        image = services[name]["image"]
+        assert ":" in image and not image.endswith(":latest"), image
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert sorted(t.split(":")[0] for t in targets) == sorted(SERVICES)
+
+
+def test_the_image_runs_as_non_root_and_offline():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "USER 10001" in dockerfile and "HF_HUB_OFFLINE=1" in dockerfile
+    assert 'ENTRYPOINT ["switchboard"]' in dockerfile
+    assert "torch==2.13.0" in dockerfile and Path(ROOT / ".dockerignore").is_file()
