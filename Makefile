@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run demo test test-unit test-integration test-e2e train eval schemas lint clean
+.PHONY: setup tools run demo test test-unit test-integration test-e2e train eval schemas lint clean
 
 setup: $(STAMP)
 
@@ -15,22 +15,33 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# Debian packages that some tests drive: promtool (package prometheus) checks the alert rules,
+# headless Chromium loads the live ops page. Installed once, only when missing.
+tools:
+	@missing=""; for tool in promtool chromium; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages for:$$missing"; \
+		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$sudo apt-get update -qq && \
+		$$sudo apt-get install -y -qq --no-install-recommends prometheus chromium >/dev/null; \
+	fi
+
 run: setup
 	$(BIN)/switchboard run
 
 demo: setup
 	$(BIN)/switchboard demo --count 200 --json
 
-test: setup
+test: setup tools
 	$(BIN)/python -m pytest -q
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: setup
+test-integration: setup tools
 	$(BIN)/python -m pytest -q tests/integration
 
-test-e2e: setup
+test-e2e: setup tools
 	$(BIN)/python -m pytest -q tests/e2e
 
 train: setup

@@ -61,6 +61,7 @@ async def run_live(options: StackOptions) -> int:
             await stack.start(progress=lambda message: status.update(message))
         inbox = str(stack.inbox.path) if stack.inbox else None
         console.print(f"[green]pipeline up[/]; logs in {stack.logs}; Ctrl-C stops everything")
+        console.print(f"live ops page: http://127.0.0.1:{stack.ports['route']}/ops")
         with Live(console=console, refresh_per_second=2) as live:
             while not stop.is_set():
                 live.update(summary_view(stack.tally, stack.alive(), inbox))

@@ -20,8 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from fastapi import FastAPI
 
 from switchboard.route import conversations
+from switchboard.route.ops import OpsView, ops_router
 from switchboard.route.rules import Outcome, evaluate, rules_version
 from switchboard.route.settings import RouteSettings
 from switchboard.route.spikes import Spike, SpikeDetector
@@ -49,7 +51,7 @@ from switchboard.shared.kafka import (
     publish,
 )
 from switchboard.shared.labels import Urgency
-from switchboard.shared.runtime import run_service
+from switchboard.shared.runtime import http_app, run_service
 from switchboard.shared.settings import ConfigError, ServiceSettings
 from switchboard.shared.table import ChangelogTable
 
@@ -78,11 +80,17 @@ class RouteService:
             listener=_RestoreOnAssignment(self),
         )
         self._config_digest = _digest(settings.config_file)
+        self.ops = OpsView(settings.kafka)
         self._ready = False
 
     @property
     def ready(self) -> bool:
         return self._ready
+
+    def http_app(self) -> FastAPI:
+        app = http_app(self)
+        app.include_router(ops_router(self.ops))
+        return app
 
     async def start(self) -> None:
         await ensure_topics(
@@ -114,6 +122,7 @@ class RouteService:
         background = [
             asyncio.create_task(self._watch_config(stop)),
             asyncio.create_task(self._watch_slas(stop)),
+            asyncio.create_task(self.ops.sample(stop)),
         ]
         try:
             await StreamLoop(self.name, self.consumer, self.producer, self.handle).run(stop)
@@ -149,8 +158,11 @@ class RouteService:
         )
         outputs = [Output.of(routed.route.topic, routed, key)]
         outputs += [Output.of(topics.department_topic(d), routed, key) for d in outcome.copies]
+        self.ops.on_routed(routed)
         if outcome.escalated and outcome.destination != "dropped":
-            outputs.append(Output.of(topics.ALERTS, alert_for(routed), key))
+            alert = alert_for(routed)
+            self.ops.on_alert(alert)
+            outputs.append(Output.of(topics.ALERTS, alert, key))
         new_state = conversations.after_routing(state, event, outcome, now)
         if new_state is not None and new_state != state:
             if state is None or state.awaiting is None and new_state.awaiting is not None:
@@ -237,6 +249,7 @@ class RouteService:
         log.warning(
             "spike", extra={"dimension": spike.dimension, "value": spike.value, "n": spike.count}
         )
+        self.ops.on_alert(alert)
         return Output.of(topics.ALERTS, alert, key=f"{spike.dimension}:{spike.value}")
 
     def _count(self, routed: RoutedTweet, outcome: Outcome) -> None:
@@ -297,6 +310,7 @@ class RouteService:
                     trace=_trace_for(awaiting),
                 )
                 outputs.append(Output.of(topics.ALERTS, alert, state.conversation_id))
+                self.ops.on_alert(alert)
                 metrics.ALERTS.labels("sla_breach", awaiting.department).inc()
             marked = awaiting.model_copy(update={"breach_alerted": True})
             outputs.append(self._remember(state.model_copy(update={"awaiting": marked})))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -141,6 +142,7 @@ def test_run_stops_every_process_on_ctrl_c(tmp_path: Path):
         missing = {name for name in deploy_metric_names() if name not in scraped}
         assert not missing, f"dashboards or alert rules query metrics no service exports: {missing}"
         assert "switchboard_e2e_latency_seconds_bucket" in route_metrics
+        check_the_ops_page(f"{manifest['services']['route']['http']}/ops")
         run.send_signal(signal.SIGINT)
         assert run.wait(timeout=60) == 0
     finally:
@@ -172,3 +174,27 @@ def test_broker_command_serves_kafka_until_interrupted(tmp_path: Path):
         if broker.poll() is None:
             broker.kill()
     assert (tmp_path / "data").is_dir()
+
+
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def check_the_ops_page(url: str) -> None:
+    """Headless Chromium loads the live ops page of the running pipeline: its scripts fetch
+    the live state and fill in real numbers. The screenshot is kept in test-artifacts/."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    chromium = ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                "--virtual-time-budget=8000", "--window-size=1280,1000"]  # fmt: skip
+    dom = subprocess.run(
+        [*chromium, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    assert re.search(r'id="updated">updated ', html), html[-3000:]  # the state was fetched
+    total = re.search(r'<span id="total">(\d+)</span>', html)
+    assert total and int(total.group(1)) > 0, html[-3000:]
+    assert re.search(r"<td>customer_service</td><td class=\"n\">[1-9]", html), html[-3000:]
+    assert re.search(r"<td>ingest</td><td class=\"n\">", html)
+    shot = subprocess.run([*chromium, f"--screenshot={ARTIFACTS / 'ops-page.png'}", url],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert shot.returncode == 0 and (ARTIFACTS / "ops-page.png").stat().st_size > 10_000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -81,3 +82,21 @@ def test_the_image_runs_as_non_root_and_offline():
     assert "USER 10001" in dockerfile and "HF_HUB_OFFLINE=1" in dockerfile
     assert 'ENTRYPOINT ["switchboard"]' in dockerfile
     assert "torch==2.13.0" in dockerfile and Path(ROOT / ".dockerignore").is_file()
+
+
+def test_promtool_accepts_the_alert_rules_and_the_prometheus_config(tmp_path):
+    rules = DEPLOY / "prometheus" / "alerts.yml"
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(rules)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # The config names the rules by their path in the container; point it at the file here.
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config["rule_files"] = [str(rules)]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    checked = subprocess.run(
+        ["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

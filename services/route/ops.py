@@ -1,0 +1,131 @@
+"""The live ops page, served by route at ``/ops`` (route sees every routed tweet and alert).
+
+``GET /ops`` is a self-contained HTML page that polls ``GET /ops/state`` every two seconds:
+per-department counts, the triage queue, recent alerts, and the throughput of each service,
+measured from the end offsets of the topics each one writes (so it needs no access to the other
+services). Meant for a laptop running the embedded default; production has Grafana.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, deque
+from importlib.resources import files
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+
+from switchboard.shared import topics
+from switchboard.shared.events import Alert, RoutedTweet, SpikeAlert, utc_now
+from switchboard.shared.kafka import client_options
+from switchboard.shared.settings import KafkaSettings
+
+# What each service writes: its throughput is how fast these topics grow.
+STAGE_TOPICS: dict[str, tuple[str, ...]] = {
+    "ingest": (topics.RAW, topics.BRAND),
+    "classify": (topics.CLASSIFIED,),
+    "route": topics.PRIMARY_TOPICS,
+    "notify": (topics.DELIVERIES, topics.NOTIFICATIONS_DLQ),
+}
+
+
+class OpsView:
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.kafka = kafka
+        self.routed: Counter[str] = Counter()
+        self.triage_queue: deque[dict] = deque(maxlen=12)
+        self.alerts: deque[dict] = deque(maxlen=12)
+        self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=8)
+
+    def on_routed(self, routed: RoutedTweet) -> None:
+        route = routed.route
+        key = "triage" if route.destination == "triage" else route.destination
+        self.routed[route.department.value if key == "department" else key] += 1
+        if route.destination == "triage":
+            self.triage_queue.appendleft(_tweet_line(routed, "; ".join(route.reasons)))
+
+    def on_alert(self, alert: Alert | SpikeAlert) -> None:
+        if isinstance(alert, SpikeAlert):
+            text = f"spike: {alert.dimension} {alert.value}, {alert.count} tweets"
+            self.alerts.appendleft({"at": alert.detected_at.isoformat(), "kind": "spike",
+                                    "text": text})  # fmt: skip
+        else:
+            self.alerts.appendleft({"at": utc_now().isoformat(), "kind": alert.kind,
+                                    "text": alert.summary})  # fmt: skip
+
+    async def sample(self, stop: asyncio.Event, every_s: float = 2.0) -> None:
+        """Record the topics' end offsets every ``every_s`` seconds, for throughput."""
+        consumer = AIOKafkaConsumer(client_id="switchboard-ops", **client_options(self.kafka))
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(KafkaError, OSError):
+                    self._samples.append((time.monotonic(), await _ends(consumer)))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=every_s)
+        finally:
+            await consumer.stop()
+
+    def throughput(self) -> dict[str, float]:
+        if len(self._samples) < 2:
+            return {stage: 0.0 for stage in STAGE_TOPICS}
+        (t0, first), (t1, last) = self._samples[0], self._samples[-1]
+        return {
+            stage: round(max(0, last.get(stage, 0) - first.get(stage, 0)) / (t1 - t0), 2)
+            for stage in STAGE_TOPICS
+        }
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "updated_at": utc_now().isoformat(),
+            "routed": dict(sorted(self.routed.items())),
+            "total": sum(self.routed.values()),
+            "throughput_per_s": self.throughput(),
+            "triage_queue": list(self.triage_queue),
+            "alerts": list(self.alerts),
+        }
+
+
+async def _ends(consumer: AIOKafkaConsumer) -> dict[str, int]:
+    await consumer.topics()  # refresh metadata: topics may have been created since
+    totals = {}
+    for stage, names in STAGE_TOPICS.items():
+        partitions = [
+            TopicPartition(name, p)
+            for name in names
+            for p in sorted(consumer.partitions_for_topic(name) or ())
+        ]
+        ends = await consumer.end_offsets(partitions) if partitions else {}
+        totals[stage] = sum(ends.values())
+    return totals
+
+
+def _tweet_line(routed: RoutedTweet, why: str) -> dict:
+    return {
+        "at": (routed.trace.routed_at or utc_now()).isoformat(),
+        "author": routed.tweet.author.username,
+        "text": routed.tweet.text[:200],
+        "urgency": routed.classification.urgency.value,
+        "why": why,
+        "url": routed.tweet.url,
+    }
+
+
+def ops_router(view: OpsView) -> APIRouter:
+    router = APIRouter()
+    page = files("switchboard.route").joinpath("ops.html").read_text(encoding="utf-8")
+
+    @router.get("/ops", response_class=HTMLResponse)
+    async def ops_page() -> str:
+        return page
+
+    @router.get("/ops/state")
+    async def ops_state() -> dict[str, Any]:
+        return view.state()
+
+    return router
