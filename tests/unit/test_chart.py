@@ -1,0 +1,154 @@
+"""The Helm chart, rendered and linted by Helm's own code (helm-python-sdk binds Helm's Go SDK),
+its manifests validated against the Kubernetes 1.31 OpenAPI schemas."""
+
+from __future__ import annotations
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+CHART = ROOT / "charts" / "switchboard"
+SERVICES = ("ingest", "classify", "route", "notify")
+EVERYTHING_ON = {
+    "keda": {"enabled": True},
+    "ingress": {"enabled": True, "tls": [{"secretName": "sb-tls", "hosts": ["sb.example.com"]}]},
+    "serviceMonitor": {"enabled": True},
+    "prometheusRule": {"enabled": True},
+    "grafanaDashboards": {"enabled": True},
+    "secretEnvFrom": ["switchboard-tokens"],
+    "kafka": {
+        "bootstrapServers": "kafka-0.kafka:9093",
+        "securityProtocol": "SASL_SSL",
+        "sasl": {
+            "mechanism": "SCRAM-SHA-512",
+            "username": "switchboard",
+            "passwordSecret": {"name": "kafka-password", "key": "password"},
+        },
+        "tls": {"caSecret": "kafka-ca"},
+    },  # fmt: skip
+}
+CUSTOM_RESOURCES = ("monitoring.coreos.com/", "keda.sh/")
+
+
+def render(values: dict | None = None) -> list[dict]:
+    with helm.Chart.load(str(CHART)) as chart:
+        rendered = chart.render(values=values or {}, name="sb")
+    return [
+        doc
+        for path, text in rendered.items()
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_helm_lint_finds_no_error():
+    result = helm.lint(str(CHART))
+    assert result["errors"] == [], result
+    assert all(m["severity"] < 3 for m in result["messages"]), result  # INFO/WARNING at most
+
+
+@pytest.mark.parametrize("values", [{}, EVERYTHING_ON], ids=["defaults", "everything-on"])
+def test_every_manifest_validates_against_the_kubernetes_schemas(values):
+    docs = render(values)
+    for doc in docs:
+        if doc["apiVersion"].startswith(CUSTOM_RESOURCES):
+            assert doc["metadata"]["name"] and doc["spec"], doc["kind"]
+            continue
+        kubernetes_validate.validate(doc, "1.31", strict=True)
+
+
+def test_a_deployment_per_service_non_root_read_only_and_probed():
+    deployments = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d
+                   for d in by_kind(render(), "Deployment")}  # fmt: skip
+    assert sorted(deployments) == sorted(SERVICES)
+    for service, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        assert container["args"] == [service]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["resources"]["requests"]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert len(annotations["checksum/config"]) == 64
+    assert "replicas" not in deployments["classify"]["spec"]  # the HPA owns it
+    [hpa] = by_kind(render(), "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "sb-switchboard-classify"
+
+
+def test_a_config_change_rolls_the_pods():
+    def checksums(values: dict) -> set[str]:
+        return {d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+                for d in by_kind(render(values), "Deployment")}  # fmt: skip
+
+    handle = {"handle": "@Other", "user_id": "2", "brand": "O", "segment": "support",
+              "default_department": "sales"}  # fmt: skip
+    other = {"config": {"handles": [handle]}}
+    assert checksums({}) != checksums(other)
+    [configmap] = [
+        c for c in by_kind(render(other), "ConfigMap") if c["metadata"]["name"].endswith("-config")
+    ]
+    assert yaml.safe_load(configmap["data"]["switchboard.yaml"]) == other["config"]
+
+
+def test_kafka_secrets_and_tls_come_by_reference():
+    [deployment, *_] = by_kind(render(EVERYTHING_ON), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "kafka-password", "key": "password"
+    }  # fmt: skip
+    assert env["KAFKA_SSL_CAFILE"]["value"] == "/etc/switchboard/kafka-ca/ca.crt"
+    assert container["envFrom"] == [{"secretRef": {"name": "switchboard-tokens"}}]
+
+
+def test_optional_parts_render_when_enabled():
+    docs = render(EVERYTHING_ON)
+    [ingress] = by_kind(docs, "Ingress")
+    path = ingress["spec"]["rules"][0]["http"]["paths"][0]
+    assert path["path"] == "/webhooks/x"
+    assert path["backend"]["service"]["name"] == "sb-switchboard-ingest"
+    [scaled] = by_kind(docs, "ScaledObject")
+    assert scaled["spec"]["triggers"][0]["metadata"]["consumerGroup"] == "switchboard-classify"
+    assert by_kind(docs, "HorizontalPodAutoscaler") == []  # KEDA owns the scaling then
+    [rule] = by_kind(docs, "PrometheusRule")
+    deploy_rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"] == deploy_rules
+    dashboards = [c for c in by_kind(docs, "ConfigMap") if "dashboard" in c["metadata"]["name"]]
+    assert len(dashboards) == 2 and all(c["metadata"]["labels"]["grafana_dashboard"] == "1"
+                                        for c in dashboards)  # fmt: skip
+    assert len(by_kind(docs, "PodDisruptionBudget")) == 4 and by_kind(docs, "ServiceMonitor")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"kafka": {"bootstrapServers": ""}},
+        {"kafka": {"securityProtocol": "TELEPATHY"}},
+        {"services": {"classify": {"replicas": -1, "port": 8082, "resources": {}}}},
+        {"config": {"handles": []}},
+        {"logLevel": "LOUD"},
+    ],
+)
+def test_the_values_schema_refuses_bad_values(values):
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError):
+        chart.validate_schema(values)
+
+
+def test_the_chart_ships_the_same_rules_and_dashboards_as_deploy():
+    assert (CHART / "files" / "alerts.yml").read_text() == (
+        ROOT / "deploy" / "prometheus" / "alerts.yml"
+    ).read_text()
+    for name in ("overview.json", "departments.json"):
+        assert (CHART / "files" / name).read_text() == (
+            ROOT / "deploy" / "grafana" / "dashboards" / name
+        ).read_text()
