@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup tools run demo test test-unit test-integration test-e2e train eval schemas lint clean
+.PHONY: setup tools run demo bench test test-unit test-integration test-e2e train eval schemas lint clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ run: setup
 
 demo: setup
 	$(BIN)/switchboard demo --count 200 --json
+
+# Speed and memory, against a baseline measured in the same run; then the pipeline's latency.
+bench: setup
+	$(BIN)/switchboard bench
+	$(BIN)/switchboard demo --count 200 --rate 50 --json
 
 test: setup tools
 	$(BIN)/python -m pytest -q

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from switchboard.cli.bench import bench
 from switchboard.cli.classify import classify
 from switchboard.cli.dlq import dlq
 from switchboard.shared.settings import DEFAULT_CONFIG_FILE, ConfigError
@@ -68,6 +69,7 @@ def ingest(**options: object) -> None:
 
 main.add_command(classify)
 main.add_command(dlq)
+main.add_command(bench)
 
 
 @main.command()
