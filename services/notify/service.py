@@ -26,6 +26,7 @@ from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from switchboard.notify.channels import Channel, Done, Job, channels_for
 from switchboard.notify.digest import DigestWorker
+from switchboard.notify.dlq import Filters, parked_deliveries
 from switchboard.notify.mail import SmtpMailer
 from switchboard.notify.resilience import (
     CircuitBreaker,
@@ -99,6 +100,7 @@ class NotifyService:
             "switchboard-notify",
             listener=_RestoreOnAssignment(self),
         )
+        self.parked: set[str] = set()
         self._ready = False
 
     @property
@@ -115,6 +117,10 @@ class NotifyService:
         )  # fmt: skip
         await self.producer.start()
         await self.ledger.restore()
+        self.parked = {
+            d.delivery_id for d in await parked_deliveries(self.settings.kafka, Filters())
+        }
+        metrics.DLQ_SIZE.set(len(self.parked))
         await self.consumer.start()
         self._ready = True
 
@@ -212,6 +218,8 @@ class NotifyService:
         await publish(self.producer, [self.ledger.put(conversation, recorded)], self.name)
         metrics.DELIVERIES.labels(channel, "delivered").inc()
         metrics.DELIVERY_SECONDS.labels(channel).observe(time.perf_counter() - started)
+        self.parked.discard(job.delivery_id)
+        metrics.DLQ_SIZE.set(len(self.parked))
         return self._delivery(job, "delivered", attempts, done=done)
 
     async def _attempt(self, job: Job) -> tuple[Done, int]:
@@ -233,6 +241,8 @@ class NotifyService:
         )  # fmt: skip
         metrics.DELIVERIES.labels(channel, "failed").inc()
         metrics.PARKED.labels(channel, reason).inc()
+        self.parked.add(job.delivery_id)
+        metrics.DLQ_SIZE.set(len(self.parked))
         log.error(
             "delivery parked",
             extra={"tweet_id": job.routed.tweet.id, "delivery_id": job.delivery_id,

@@ -159,6 +159,10 @@ DELIVERY_SECONDS = Histogram(
 PARKED = Counter(
     "switchboard_deliveries_parked_total", "Deliveries parked on the DLQ", ["channel", "reason"]
 )
+DLQ_SIZE = Gauge(
+    "switchboard_dlq_size",
+    "Parked deliveries not delivered since (what `switchboard dlq list` shows)",
+)
 REDRIVEN = Counter(
     "switchboard_deliveries_redriven_total", "Parked deliveries tried again", ["channel"]
 )

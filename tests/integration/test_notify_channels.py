@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 
-from switchboard.cli.dlq import Filters, parked_deliveries, redrive
+from switchboard.notify.dlq import Filters, parked_deliveries, redrive
 from switchboard.notify.service import NotifyService
 from switchboard.notify.settings import NotifySettings, SmtpSettings
-from switchboard.shared import topics
+from switchboard.shared import metrics, topics
 from switchboard.shared.broker import free_port
 from switchboard.shared.events import Author, DecodeError, Delivery, decode, encode
 from tests.conftest import CONFIG_FILE, wait_for
@@ -252,10 +252,13 @@ async def test_a_target_down_is_parked_then_redriven_once_it_is_back(
             kafka, Filters(delivery_id=f"{event.tweet.id}:jira:legal-board")
         )
         assert len(parked) == 1 and "503" in parked[0].error and parked[0].attempts == 2
+        size = metrics.DLQ_SIZE._value.get()
+        assert size >= 1
         jira.clear_failures()  # the target is back
         assert await redrive(kafka, parked) == 1
         records = await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 1)
         assert await redrive(kafka, parked) == 1  # a second redrive of the same...
+        assert metrics.DLQ_SIZE._value.get() == size - 1
         await asyncio.sleep(1.5)
 
     assert [d.outcome for d in deliveries(records, conv)] == ["delivered"]

@@ -1,0 +1,75 @@
+"""Parked deliveries: what the DLQ holds that the ledger does not record as done since, and
+asking notify to try them again (``switchboard dlq``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka import ConsumerRecord
+
+from switchboard.shared import topics
+from switchboard.shared.events import DecodeError, Delivery, LedgerEntry, RedriveRequest, decode
+from switchboard.shared.kafka import Output, make_producer, publish, read_to_end
+from switchboard.shared.settings import KafkaSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    channel: str | None = None
+    target: str | None = None
+    delivery_id: str | None = None
+
+    def match(self, delivery: Delivery) -> bool:
+        return (
+            (self.channel is None or delivery.channel == self.channel)
+            and (self.target is None or delivery.target == self.target)
+            and (self.delivery_id is None or delivery.delivery_id == self.delivery_id)
+        )
+
+
+async def parked_deliveries(kafka: KafkaSettings, filters: Filters) -> list[Delivery]:
+    """Failed deliveries not done since (the latest failure of each delivery id)."""
+    failed: dict[str, Delivery] = {}
+    done: set[str] = set()
+
+    def on_failure(record: ConsumerRecord) -> None:
+        try:
+            delivery = decode(Delivery, record.value)
+        except DecodeError:
+            return
+        if filters.match(delivery):
+            failed[delivery.delivery_id] = delivery
+
+    def on_ledger(record: ConsumerRecord) -> None:
+        try:
+            done.update(decode(LedgerEntry, record.value).deliveries)
+        except DecodeError:
+            return
+
+    await read_to_end(kafka, [topics.NOTIFICATIONS_DLQ], on_failure, client_id="switchboard-dlq")
+    await read_to_end(kafka, [topics.NOTIFICATIONS_LEDGER], on_ledger, client_id="switchboard-dlq")
+    return [d for i, d in failed.items() if i not in done]
+
+
+async def redrive(kafka: KafkaSettings, parked: list[Delivery]) -> int:
+    requests = [
+        Output.of(
+            topics.NOTIFICATIONS_REDRIVE,
+            RedriveRequest(
+                delivery_id=d.delivery_id,
+                subscription=d.target,
+                department=d.department,
+                routed=d.routed,
+            ),
+            d.conversation_id,
+        )
+        for d in parked
+        if d.routed is not None
+    ]
+    producer = make_producer(kafka, client_id="switchboard-dlq")
+    await producer.start()
+    try:
+        await publish(producer, requests, "dlq")
+    finally:
+        await producer.stop()
+    return len(requests)
