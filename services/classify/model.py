@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub, even by accident
 
@@ -150,6 +152,7 @@ class TweetClassifier:
         self.urgencies = [Urgency(u) for u in card["urgencies"]]
         self.languages: frozenset[str] = frozenset(card.get("languages", ["en"]))
         self.calibration = Calibration.from_card(card)
+        self.onnx: Any = None  # OnnxHeads when the int8 ONNX runtime is selected
 
     @property
     def version(self) -> str:
@@ -166,7 +169,10 @@ class TweetClassifier:
         backbone: Path | None = None,
         max_length: int = 128,
         threads: int = 0,
+        runtime: str = "torch",
     ) -> TweetClassifier:
+        """The shipped (or given) artifact; ``runtime="onnx-int8"`` runs the int8 ONNX model
+        built from it (onnx.py) instead of torch."""
         artifact = Path(artifact or DEFAULT_ARTIFACT)
         card_path = artifact / "card.json"
         if not card_path.is_file():
@@ -183,11 +189,20 @@ class TweetClassifier:
             encoder.transformer = tuned.merge_and_unload()
         heads = Heads(encoder.dim)
         heads.load_state_dict(load_file(str(artifact / "heads.safetensors")))
-        return cls(encoder, heads, card, max_length)
+        model = cls(encoder, heads, card, max_length)
+        if runtime == "onnx-int8":
+            from switchboard.classify.onnx import OnnxHeads, int8_model_path
+
+            cache = Path(tempfile.gettempdir()) / "switchboard-onnx"
+            path = int8_model_path(encoder.eval(), heads.eval(), model.version, cache)
+            model.onnx = OnnxHeads(path, threads or os.cpu_count() or 1)
+        return model
 
     @torch.inference_mode()
     def logits(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.encoder.tokenize(texts, self.max_length)
+        if self.onnx is not None:
+            return self.onnx(batch)
         return self.heads(self.encoder(batch["input_ids"], batch["attention_mask"]))
 
     @torch.inference_mode()

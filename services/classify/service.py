@@ -77,6 +77,7 @@ class ClassifyService:
                 Path(self.options.backbone) if self.options.backbone else None,
                 self.options.max_length,
                 self.options.threads,
+                self.options.runtime,
             )
             # The first forward pass is several times slower than the rest; pay it before ready.
             await asyncio.to_thread(self.model.predict, ["warm-up"])

@@ -4,6 +4,7 @@ same run (so the numbers compare on a shared, noisy machine).
 - baseline: the naive way, a transformers ``Pipeline`` over the same model (merged encoder and
   heads), one tweet at a time;
 - the shipped inference path one tweet at a time, and batched as the classify service batches;
+- the same path on the int8 ONNX runtime (``classify.runtime: onnx-int8``);
 - the process's resident memory after loading the model.
 The pipeline's end-to-end latency is what ``switchboard demo --json`` reports.
 """
@@ -76,6 +77,9 @@ def bench(samples: Path, tweets: int, batch_size: int) -> None:
     baseline = _rate(naive, few, 1)
     one_at_a_time = _rate(model.predict, few, 1)
     batched = _rate(model.predict, texts, batch_size)
+    int8 = TweetClassifier.load(threads=os.cpu_count() or 1, runtime="onnx-int8")
+    int8.predict(texts[:batch_size])  # warm up
+    int8_batched = _rate(int8.predict, texts, batch_size)
     click.echo(
         json.dumps(
             {
@@ -87,6 +91,8 @@ def bench(samples: Path, tweets: int, batch_size: int) -> None:
                 "classify_tweets_per_s": round(batched, 1),
                 "batch_size": batch_size,
                 "speedup": round(batched / baseline, 2),
+                "onnx_int8_tweets_per_s": round(int8_batched, 1),
+                "onnx_int8_speedup": round(int8_batched / baseline, 2),
                 "model_rss_mb": round((loaded - before) / 2**20, 1),
                 "process_rss_mb": round(process.memory_info().rss / 2**20, 1),
             }

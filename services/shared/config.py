@@ -178,6 +178,9 @@ class ClassifyConfig(Section):
     batch_timeout_ms: int = Field(default=20, ge=0, le=10_000)
     max_length: int = Field(default=128, ge=16, le=512)
     threads: int = Field(default=0, ge=0, description="torch threads; 0: one per core")
+    runtime: Literal["torch", "onnx-int8"] = Field(
+        default="torch", description="onnx-int8: ONNX Runtime, int8 weights, about 3x faster"
+    )
 
 
 Priority = Literal["P1", "P2", "P3", "P4"]

@@ -1,0 +1,27 @@
+"""The int8 ONNX runtime: built from the shipped artifact, and as good as fp32 on the held-out
+split (department macro-F1 within 0.01)."""
+
+from __future__ import annotations
+
+from switchboard.classify.data import load_labeled
+from switchboard.classify.evaluation import report
+from switchboard.classify.model import TweetClassifier
+from tests.conftest import LABELED
+
+
+def held_out(model: TweetClassifier) -> dict:
+    rows = load_labeled(LABELED / "test.jsonl")
+    predictions = []
+    for start in range(0, len(rows), 32):
+        predictions += model.predict([r.text for r in rows[start : start + 32]])
+    return report(rows, [(p.department.value, p.urgency.value) for p in predictions])
+
+
+def test_int8_onnx_keeps_department_quality_within_a_hundredth(classifier):
+    int8 = TweetClassifier.load(runtime="onnx-int8")
+    assert int8.onnx is not None
+    fp32_f1 = held_out(classifier)["department_macro_f1"]
+    int8_f1 = held_out(int8)["department_macro_f1"]
+    assert abs(fp32_f1 - int8_f1) <= 0.01, (fp32_f1, int8_f1)
+    [prediction] = int8.predict(["@SkylarkHelp my bag is lost"])
+    assert abs(sum(prediction.department_scores.values()) - 1) < 1e-4
