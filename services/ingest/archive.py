@@ -67,7 +67,7 @@ class Archive:
                 yield problem
 
     def direct_messages(self, config: SwitchboardConfig) -> Iterator[Tweet | NormalizeError]:
-        handle = config.handle_by_user_id().get(self.account["accountId"])
+        handle = config.handles_by_user_id.get(self.account["accountId"])
         if handle is None:
             return
         for item in self._parts("direct-messages"):

@@ -7,47 +7,34 @@ skipping any. At start the topic is read to its end; the last value per key wins
 
 from __future__ import annotations
 
-import json
 import logging
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer
 
 from switchboard.shared import topics
-from switchboard.shared.kafka import read_to_end
+from switchboard.shared.events import IngestCheckpoint
+from switchboard.shared.kafka import publish
 from switchboard.shared.settings import KafkaSettings
+from switchboard.shared.table import ChangelogTable
 
 log = logging.getLogger(__name__)
 
 
 class Checkpoints:
     def __init__(self, kafka: KafkaSettings, producer: AIOKafkaProducer) -> None:
-        self.kafka = kafka
         self.producer = producer
-        self._values: dict[str, str] = {}
+        self.table = ChangelogTable(kafka, topics.INGEST_CHECKPOINTS, IngestCheckpoint)
 
     def get(self, key: str) -> str | None:
-        return self._values.get(key)
+        checkpoint = self.table.get(key)
+        return checkpoint.since_id if checkpoint else None
 
-    async def save(self, key: str, value: str) -> None:
-        payload = json.dumps({"value": value}).encode()
-        await (await self.producer.send(topics.INGEST_CHECKPOINTS, payload, key=key.encode()))
-        self._values[key] = value
+    async def save(self, key: str, since_id: str) -> None:
+        change = self.table.put(key, IngestCheckpoint(source=key, since_id=since_id))
+        await publish(self.producer, [change], "ingest")
 
     async def restore(self) -> int:
         """Load every checkpoint on the topic; returns how many keys were found."""
-        await read_to_end(
-            self.kafka,
-            [topics.INGEST_CHECKPOINTS],
-            self._apply,
-            client_id="switchboard-ingest-checkpoints",
-        )
-        log.info("checkpoints restored", extra={"keys": len(self._values)})
-        return len(self._values)
-
-    def _apply(self, record: ConsumerRecord) -> None:
-        if record.key is None:
-            return
-        if record.value is None:  # a tombstone forgets the key
-            self._values.pop(record.key.decode(), None)
-        else:
-            self._values[record.key.decode()] = json.loads(record.value)["value"]
+        await self.table.restore()
+        log.info("checkpoints restored", extra={"keys": len(self.table)})
+        return len(self.table)

@@ -43,7 +43,7 @@ Origin = Literal["inbound", "brand", "retweet"]
 
 def origin(tweet: Tweet, config: SwitchboardConfig) -> tuple[Origin, HandleConfig | None]:
     """Inbound (route it), the company's own (measure responses with it), or a skipped retweet."""
-    own = config.handle_by_user_id().get(tweet.author.id)
+    own = config.handles_by_user_id.get(tweet.author.id)
     if own is not None:
         return "brand", own
     retweet = any(r.type == "retweeted" for r in tweet.referenced_tweets)
@@ -85,7 +85,7 @@ def quoted_handles(
     quoted_ids = {
         r.get("id") for r in data.get("referenced_tweets") or [] if r.get("type") == "quoted"
     }
-    own = config.handle_by_user_id()
+    own = config.handles_by_user_id
     return [
         own[t["author_id"]].handle
         for t in included_tweets
@@ -154,7 +154,7 @@ def _author_v2(user: dict[str, Any]) -> Author:
 def _handles_from_rule_tags(tags: list[str], config: SwitchboardConfig) -> list[str]:
     """Stream rules are tagged ``<prefix>@Handle`` (rules.py): a keyword match names its handle."""
     prefix = config.ingest.x.filtered_stream.rule_tag_prefix
-    by_username = config.handle_by_username()
+    by_username = config.handles_by_username
     found = []
     for tag in tags:
         name = tag.removeprefix(prefix).split("#", 1)[0].lstrip("@").lower()
@@ -167,9 +167,9 @@ def addressed_handles(
     mentions: list[str], in_reply_to_user_id: object, config: SwitchboardConfig
 ) -> list[str]:
     """The configured handles a tweet addresses: by @mention or by replying to them."""
-    by_username = config.handle_by_username()
+    by_username = config.handles_by_username
     found = [by_username[m.lower()].handle for m in mentions if m.lower() in by_username]
-    replied = config.handle_by_user_id().get(str(in_reply_to_user_id))
+    replied = config.handles_by_user_id.get(str(in_reply_to_user_id))
     if replied is not None:
         found.append(replied.handle)
     return list(dict.fromkeys(found))
@@ -302,7 +302,7 @@ def dm_from_activity(
     text = (create.get("message_data") or {}).get("text")
     if not (event.get("id") and sender_id and recipient_id and text):
         raise NormalizeError("not_a_dm", "expected a message_create event with sender and text")
-    own = config.handle_by_user_id()
+    own = config.handles_by_user_id
     handle = own.get(recipient_id) or own.get(sender_id)
     if handle is None:
         raise NormalizeError("unaddressed", f"DM between {sender_id} and {recipient_id}")

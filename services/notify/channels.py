@@ -138,10 +138,14 @@ class WebhookChannel(HttpChannel):
 
     name = "webhook"
 
+    def __init__(self, timeout_s: float, secrets: dict[str, str]) -> None:
+        super().__init__(timeout_s)
+        self.secrets = secrets  # subscription name -> signing key, read at start
+
     async def deliver(self, job: Job) -> Done:
         target = job.subscription.webhook
         assert target is not None
-        secret = read_secret(target.secret, f"subscription {job.subscription.name}.webhook.secret")
+        secret = self.secrets[job.subscription.name]
         body = json.dumps(
             {
                 "delivery_id": job.delivery_id,
@@ -154,9 +158,7 @@ class WebhookChannel(HttpChannel):
         headers = {
             "Content-Type": "application/json",
             "X-Switchboard-Timestamp": timestamp,
-            "X-Switchboard-Signature": webhook_signature(
-                secret.get_secret_value(), timestamp, body
-            ),
+            "X-Switchboard-Signature": webhook_signature(secret, timestamp, body),
             "Idempotency-Key": job.delivery_id,
         }
         await self.send("POST", target.url, content=body, headers=headers)
@@ -356,7 +358,14 @@ def channels_for(config: NotifyConfig, mailer: SmtpMailer) -> dict[str, Channel]
     check_templates(config.email, config.subscriptions)
     channels: dict[str, Channel] = {"email": EmailChannel(mailer, config.email)}
     if "webhook" in used:
-        channels["webhook"] = WebhookChannel(timeout)
+        secrets = {
+            s.name: read_secret(s.webhook.secret, f"notify.subscriptions[{i}].webhook.secret")
+            for i, s in enumerate(config.subscriptions)
+            if s.webhook is not None
+        }
+        channels["webhook"] = WebhookChannel(
+            timeout, {name: value.get_secret_value() for name, value in secrets.items()}
+        )
     if "zendesk" in used and connections.zendesk:
         c = connections.zendesk
         token = read_secret(c.api_token, "notify.connections.zendesk.api_token")

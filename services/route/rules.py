@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 from switchboard.shared.config import (
     WEEKDAYS,
+    HandleConfig,
     Priority,
     RouteConfig,
     RoutingRule,
@@ -72,9 +73,8 @@ def evaluate(
     outcome = defaults(event, config.route, now)
     if conversation is not None and config.route.conversations.enabled:
         apply_ownership(outcome, event, config.route, conversation)
-    segments = {h.handle.lower(): h.segment for h in config.handles}
     for rule in config.route.rules:
-        if matches(rule, event, segments, now):
+        if matches(rule, event, config.handles_by_username, now):
             apply_rule(outcome, rule, event, config.route, now)
             if rule.final:
                 outcome.reasons.append(f"rule {rule.name} is final: later rules not evaluated")
@@ -176,17 +176,18 @@ def apply_rule(
 
 
 def matches(
-    rule: RoutingRule, event: ClassifiedTweet, segments: dict[str, str], now: datetime
+    rule: RoutingRule, event: ClassifiedTweet, handles: dict[str, HandleConfig], now: datetime
 ) -> bool:
     w, c, tweet = rule.when, event.classification, event.tweet
     addressed = [h.lower() for h in tweet.addressed_handles]
+    segments = [handles[h[1:]].segment for h in addressed if h[1:] in handles]
     checks = [
         w.departments is None or c.department in w.departments,
         w.urgencies is None or c.urgency in w.urgencies,
         w.confidence_min is None or c.confidence >= w.confidence_min,
         w.confidence_max is None or c.confidence <= w.confidence_max,
         w.handles is None or any(h.lower() in addressed for h in w.handles),
-        w.segments is None or any(segments.get(h) in w.segments for h in addressed),
+        w.segments is None or any(segment in w.segments for segment in segments),
         w.languages is None or (c.lang or tweet.lang) in w.languages,
         w.keywords is None or any(_keyword(k).search(tweet.text) for k in w.keywords),
         w.patterns is None or any(re.search(p, tweet.text) for p in w.patterns),

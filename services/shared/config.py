@@ -7,6 +7,7 @@ Endpoints and secrets do not belong here; they come from environment variables (
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -536,9 +537,11 @@ class SwitchboardConfig(Section):
             raise ValueError(f"ingest.x.apps.{x.webhook.app}.consumer_secret: the webhook needs it")
         return self
 
-    def handle_by_username(self) -> dict[str, HandleConfig]:
-        """Lower-case username without '@' -> handle."""
+    @cached_property
+    def handles_by_username(self) -> dict[str, HandleConfig]:
+        """Lower-case username without '@' -> handle (built once: ingest asks per tweet)."""
         return {h.handle[1:].lower(): h for h in self.handles}
 
-    def handle_by_user_id(self) -> dict[str, HandleConfig]:
+    @cached_property
+    def handles_by_user_id(self) -> dict[str, HandleConfig]:
         return {h.user_id: h for h in self.handles}

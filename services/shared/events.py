@@ -152,6 +152,15 @@ class ComplianceEvent(Event):
     received_at: AwareDatetime = Field(default_factory=utc_now)
 
 
+class IngestCheckpoint(Event):
+    """On the compacted ``switchboard.ingest.checkpoints``: where a polled source stopped."""
+
+    event_type: Literal["ingest.checkpoint"] = "ingest.checkpoint"
+    source: str = Field(description="`<source>:<handle user id>`, also the message key")
+    since_id: str
+    updated_at: AwareDatetime = Field(default_factory=utc_now)
+
+
 class ClassifiedTweet(Event):
     """On ``switchboard.tweets.classified``: published by classify."""
 
@@ -318,6 +327,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RawTweet,
     BrandTweet,
     ComplianceEvent,
+    IngestCheckpoint,
     ClassifiedTweet,
     RoutedTweet,
     Alert,
