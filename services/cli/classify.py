@@ -47,8 +47,16 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
 @click.option("--seed", type=int, default=13, show_default=True)
 @click.option("--epochs", type=click.IntRange(1, 50), help="Default: TrainOptions.epochs (8).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Train on the first N rows.")
+@click.option(
+    "--layers", type=click.IntRange(1, 6), default=None, help="Keep the backbone's first N layers."
+)
 def classify_train(
-    data_dir: Path, out: Path | None, seed: int, epochs: int | None, limit: int | None
+    data_dir: Path,
+    out: Path | None,
+    seed: int,
+    epochs: int | None,
+    limit: int | None,
+    layers: int | None,
 ) -> None:
     """Fine-tune the backbone (LoRA) with department and urgency heads; write the artifact."""
     from switchboard.classify.model import DEFAULT_ARTIFACT
@@ -57,7 +65,7 @@ def classify_train(
 
     configure_logging("classify-train")
     out = out or DEFAULT_ARTIFACT
-    options = TrainOptions(seed=seed, limit=limit)
+    options = TrainOptions(seed=seed, limit=limit, layers=layers)
     if epochs is not None:
         options = replace(options, epochs=epochs)
     card = train(data_dir, out, options=options)

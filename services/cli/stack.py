@@ -55,7 +55,7 @@ OBSERVED = (
 class StackOptions:
     workdir: Path
     config_file: Path
-    replay_file: Path
+    replay_file: Path | None  # None: ingest is not started with the rest (see ``replay``)
     rate_per_s: float | None = None
     limit: int | None = None
     ready_timeout_s: float = 120.0
@@ -100,9 +100,21 @@ class Stack:
             progress(f"loopback SMTP inbox on 127.0.0.1:{self.inbox.port}")
         await self._start_observer()
         for service in SERVICES:
+            if service == "ingest" and self.options.replay_file is None:
+                continue
             progress(f"starting {service}")
             self._spawn(service)
             await self._wait_ready(service)
+        self._write_manifest()
+
+    async def replay(self, replay_file: Path, rate_per_s: float) -> None:
+        """(Re)start ingest on ``replay_file`` at ``rate_per_s``; the rest keeps running."""
+        if "ingest" in self.processes:
+            await asyncio.to_thread(terminate, self.processes.pop("ingest"))
+        self.options.replay_file, self.options.rate_per_s = replay_file, rate_per_s
+        self.options.limit = None
+        self._spawn("ingest")
+        await self._wait_ready("ingest")
         self._write_manifest()
 
     def _write_manifest(self) -> None:
@@ -128,7 +140,7 @@ class Stack:
         )
         if self.inbox is not None:
             env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(self.inbox.port))
-        if service == "ingest":
+        if service == "ingest" and self.options.replay_file is not None:
             env["SWITCHBOARD_REPLAY_FILE"] = str(self.options.replay_file)
             if self.options.rate_per_s:
                 env["SWITCHBOARD_REPLAY_RATE_PER_S"] = str(self.options.rate_per_s)

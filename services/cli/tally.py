@@ -7,6 +7,7 @@ import json
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from switchboard.shared import topics
 from switchboard.shared.config import Subscription
@@ -56,6 +57,8 @@ class Tally:
     routed_ms: list[float] = field(default_factory=list)
     delivered_ms: list[float] = field(default_factory=list)
     recent: list[RoutedTweet] = field(default_factory=list)
+    first_ingested: datetime | None = None  # of the tweets seen routed; with last_routed...
+    last_routed: datetime | None = None  # ...the span over which they went through
 
     def observe_routed(self, topic: str, event: RoutedTweet) -> None:
         copy_topics = {topics.department_topic(d) for d in event.route.copies}
@@ -74,6 +77,7 @@ class Tally:
         if event.trace.routed_at is not None:
             elapsed = event.trace.routed_at - event.trace.ingested_at
             self.routed_ms.append(elapsed.total_seconds() * 1000)
+            self._span(event.trace.ingested_at, event.trace.routed_at)
         self.recent = [*self.recent[-9:], event]
 
     def _expect_deliveries(self, department: str, event: RoutedTweet) -> None:
@@ -82,6 +86,19 @@ class Tally:
             s.matches(Department(department), urgency) and not s.digests(urgency)
             for s in self.subscriptions
         )
+
+    def _span(self, ingested: datetime, routed: datetime) -> None:
+        if self.first_ingested is None or ingested < self.first_ingested:
+            self.first_ingested = ingested
+        if self.last_routed is None or routed > self.last_routed:
+            self.last_routed = routed
+
+    def routed_per_s(self) -> float | None:
+        """Tweets routed per second, from the first ingested to the last routed."""
+        if self.first_ingested is None or self.last_routed is None or len(self.routed_ms) < 2:
+            return None
+        span = (self.last_routed - self.first_ingested).total_seconds()
+        return len(self.routed_ms) / span if span > 0 else None
 
     def observe_alert(self, event: Alert | SpikeAlert) -> None:
         self.alerts += 1
@@ -130,8 +147,10 @@ class Tally:
             "deliveries": dict(sorted(self.deliveries.items())),
             "failed_deliveries": dict(sorted(self.failed_deliveries.items())),
             "p50_ms": _round(percentile(self.routed_ms, 50)),
+            "p95_ms": _round(percentile(self.routed_ms, 95)),
             "p99_ms": _round(percentile(self.routed_ms, 99)),
             "delivered_p50_ms": _round(percentile(self.delivered_ms, 50)),
+            "delivered_p95_ms": _round(percentile(self.delivered_ms, 95)),
             "delivered_p99_ms": _round(percentile(self.delivered_ms, 99)),
         }
 

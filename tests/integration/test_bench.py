@@ -5,16 +5,25 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import ROOT, SAMPLES
 
 
-def test_bench_prints_throughput_against_the_naive_pipeline_and_memory():
+def test_bench_prints_throughput_against_the_naive_pipeline_and_memory(tmp_path: Path):
+    report = tmp_path / "report.json"
     result = subprocess.run(
         [sys.executable, "-m", "switchboard", "bench", "--samples", str(SAMPLES),
-         "--tweets", "64", "--batch-size", "16"],
+         "--tweets", "64", "--batch-size", "16", "--no-pipeline", "--json",
+         "--report", str(report)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures = json.loads(result.stdout)
+    assert figures == json.loads(report.read_text())
     assert figures["baseline_tweets_per_s"] > 0 and figures["classify_tweets_per_s"] > 0
     assert figures["batch_size"] == 16 and figures["speedup"] > 0 and figures["model_rss_mb"] > 0
+    assert figures["classify_tweets_per_s"] in (
+        figures["torch_batched_tweets_per_s"],
+        figures["onnx_int8_tweets_per_s"],
+    )
+    assert "e2e" not in figures

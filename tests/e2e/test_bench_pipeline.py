@@ -1,0 +1,47 @@
+"""`switchboard bench` drives the whole pipeline at offered rates and reports what it measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SAMPLES
+
+pytestmark = pytest.mark.e2e
+REQUIRED = {"baseline_tweets_per_s", "classify_tweets_per_s", "speedup", "e2e",
+            "max_sustained_per_s", "peak_rss_mb"}  # fmt: skip
+
+
+def test_bench_reports_each_offered_rate_with_latency_cpu_memory_and_a_plot(tmp_path: Path):
+    report, plot = tmp_path / "report.json", tmp_path / "pipeline.png"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "switchboard", "bench", "--samples", str(SAMPLES), "--json",
+         "--tweets", "64", "--rates", "10,20", "--seconds", "4", "--probes", "1",
+         "--report", str(report), "--plot", str(plot)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout)
+    assert set(figures) >= REQUIRED and figures == json.loads(report.read_text())
+    offered = [step["offered_per_s"] for step in figures["e2e"]]
+    assert offered[:2] == [10, 20] and offered == sorted(offered)
+    for step in figures["e2e"][:2]:
+        assert step["sent"] == step["offered_per_s"] * 4 and step["lost"] == 0
+        assert step["duplicates"] == 0 and step["sustained"]
+        assert 0 < step["p50_ms"] <= step["p95_ms"] <= step["p99_ms"]
+        assert step["delivered_p99_ms"] >= step["delivered_p50_ms"] > 0
+        # within 5 % of the offered rate: every tweet went through as it was offered
+        assert abs(step["achieved_per_s"] - step["offered_per_s"]) <= 0.05 * step["offered_per_s"]
+        assert {"classify", "route", "notify", "ingest", "broker"} <= set(step["cpu_percent"])
+    # both fixed rates sustained, so the run probed higher ones and found the highest
+    assert offered[2] == 25 and figures["max_sustained_per_s"] >= 20
+    peak = figures["peak_rss_mb"]
+    assert {"classify", "route", "notify", "ingest", "broker"} <= set(peak)
+    assert peak["classify"] > peak["route"] > 0  # the model lives in classify only
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
