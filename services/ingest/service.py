@@ -60,7 +60,15 @@ from switchboard.shared.events import (
     TweetSource,
     utc_now,
 )
-from switchboard.shared.kafka import Output, ensure_topics, make_producer, publish, read_to_end
+from switchboard.shared.kafka import (
+    InFlight,
+    KafkaPublishError,
+    Output,
+    ensure_topics,
+    make_producer,
+    publish,
+    read_to_end,
+)
 from switchboard.shared.runtime import http_app, run_service
 from switchboard.shared.settings import read_secret
 
@@ -78,6 +86,7 @@ class IngestService:
         ingest = self.config.ingest
         self.seen = SeenTweets(ingest.dedup_capacity, ingest.dedup_window_hours * 3600)
         self.producer = make_producer(settings.kafka, client_id="switchboard-ingest")
+        self.in_flight = InFlight(self.producer, self.name)
         self.checkpoints = Checkpoints(settings.kafka, self.producer)
         self.apps = {
             name: read_secret(
@@ -204,7 +213,8 @@ class IngestService:
         assert path is not None
         log.info("replay started", extra={"file": str(path), "rate_per_s": self.settings.rate})
         async for number, line in paced_lines(path, self.settings.rate, self.settings.replay_limit):
-            await self.on_line(line, "replay", where=f"{path.name}:{number}")
+            await self.on_line(line, "replay", where=f"{path.name}:{number}", wait=False)
+        await self.in_flight.flush()
         log.info("replay finished", extra={"file": str(path)})
 
     async def replay_archive(self) -> None:
@@ -216,14 +226,18 @@ class IngestService:
             if isinstance(item, NormalizeError):
                 await self._dead_letter(item, json.dumps({"error": str(item)}).encode(), "archive")
             else:
-                await self.offer(item)
+                await self.offer(item, wait=False)
+        await self.in_flight.flush()
 
     # --- what each source hands over ---------------------------------------------------------
 
     async def on_stream(self, line: bytes) -> None:
-        await self.on_line(line, "filtered_stream", where="filtered stream")
+        # The stream cannot be asked to resend: waiting for each ack would only slow it down.
+        await self.on_line(line, "filtered_stream", where="filtered stream", wait=False)
 
-    async def on_line(self, line: bytes, source: TweetSource, where: str) -> str:
+    async def on_line(
+        self, line: bytes, source: TweetSource, where: str, *, wait: bool = True
+    ) -> str:
         """One JSON line of an X API v2 stream or replay file."""
         try:
             message = _parse_json(line)
@@ -237,7 +251,7 @@ class IngestService:
             tweet = tweet_from_v2(message, self.config, source)
         except (NormalizeError, DecodeError) as problem:
             return await self._dead_letter(problem, line, where)
-        return await self.offer(tweet)
+        return await self.offer(tweet, wait=wait)
 
     async def on_polled_mention(
         self, handle: HandleConfig, item: dict[str, Any], users: dict[str, dict]
@@ -291,8 +305,13 @@ class IngestService:
 
     # --- publishing ----------------------------------------------------------------------------
 
-    async def offer(self, tweet: Tweet) -> str:
-        """Publish ``tweet`` unless it was seen or is skipped; returns what happened to it."""
+    async def offer(self, tweet: Tweet, *, wait: bool = True) -> str:
+        """Publish ``tweet`` unless it was seen or is skipped; returns what happened to it.
+
+        ``wait``: return once the broker acknowledged it (webhook responses and polling
+        checkpoints need that); otherwise once it is queued (InFlight: a failure surfaces on the
+        next offer and the source stops, and the tweet is forgotten as seen).
+        """
         kind, own_handle = origin(tweet, self.config)
         if kind == "retweet":
             metrics.TWEETS_SKIPPED.labels(tweet.source, "retweet").inc()
@@ -311,10 +330,14 @@ class IngestService:
             output = Output.of(
                 topics.RAW, RawTweet(tweet=tweet, trace=trace), tweet.conversation_id
             )
+        # Not published: a later copy of the tweet must not count as a repeat.
+        forget = lambda _: self.seen.forget(tweet.id)  # noqa: E731
         try:
-            await publish(self.producer, [output], self.name)
+            ack = await self.in_flight.send(output, on_error=forget, sticky=not wait)
+            if wait:
+                await ack
         except BaseException:
-            self.seen.forget(tweet.id)  # not published: a later copy must not count as a repeat
+            forget(None)
             raise
         metrics.LAST_EVENT_TIMESTAMP.labels(tweet.source).set(time.time())
         if own_handle is not None:
@@ -350,6 +373,8 @@ class IngestService:
         self._ready = False
         for api in self._apis:
             await api.close()
+        with contextlib.suppress(KafkaPublishError):
+            await self.in_flight.flush()
         await self.producer.stop()
 
 

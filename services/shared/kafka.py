@@ -287,3 +287,74 @@ async def _seek_start(
     for tp in assigned:
         offset = found.get(tp)
         consumer.seek(tp, offset.offset if offset is not None else ends[tp])
+
+
+class InFlight:
+    """Sends without waiting for each acknowledgement; at most ``window`` unacknowledged.
+
+    Waiting for the broker's ack of one message before sending the next caps a producer at one
+    message per round trip plus ``linger_ms`` (about 150/s here). Sources that need an ack
+    before they move on (a webhook response, a polling checkpoint) await the returned future or
+    ``flush()``; the others only wait when the window is full (backpressure). A failed send is
+    reported to ``on_error`` and raised by the next ``send`` or ``flush``, so a source never
+    carries on past a message that was not stored. A caller that awaits the ack itself sees the
+    failure there and passes ``sticky=False``.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, service: str, window: int = 1024) -> None:
+        self.producer = producer
+        self.service = service
+        self._window = asyncio.Semaphore(window)
+        self._pending: set[asyncio.Future[Any]] = set()
+        self.failure: BaseException | None = None
+
+    async def send(
+        self,
+        output: Output,
+        on_error: Callable[[BaseException], None] | None = None,
+        *,
+        sticky: bool = True,
+    ) -> asyncio.Future[Any]:
+        """Queue ``output``; returns the future of its acknowledgement."""
+        self._raise_failure()
+        await self._window.acquire()
+        try:
+            ack = await self.producer.send(output.topic, output.value, key=output.key)
+        except BaseException:
+            self._window.release()
+            raise
+        self._pending.add(ack)
+        ack.add_done_callback(lambda done: self._settled(done, output, on_error, sticky))
+        return ack
+
+    def _settled(
+        self,
+        ack: asyncio.Future[Any],
+        output: Output,
+        on_error: Callable[[BaseException], None] | None,
+        sticky: bool,
+    ) -> None:
+        self._pending.discard(ack)
+        self._window.release()
+        error = asyncio.CancelledError() if ack.cancelled() else ack.exception()
+        if error is None:
+            metrics.PRODUCED.labels(self.service, output.topic).inc()
+            return
+        if sticky:
+            self.failure = self.failure or error
+        if on_error is not None:
+            on_error(error)
+
+    async def flush(self) -> None:
+        """Wait until everything sent so far is acknowledged; raise the first failure."""
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            raise KafkaPublishError(f"{self.service}: a message was not stored") from self.failure
+
+
+class KafkaPublishError(RuntimeError):
+    """A message the service sent was not acknowledged by the broker."""
