@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup tools run demo bench test test-unit test-integration test-e2e train eval schemas lint clean
+.PHONY: setup tools run demo bench soak test test-unit test-integration test-e2e train eval schemas lint clean
 
 setup: $(STAMP)
 
@@ -32,10 +32,14 @@ run: setup
 demo: setup
 	$(BIN)/switchboard demo --count 200 --json
 
-# Speed and memory, against a baseline measured in the same run; then the pipeline's latency.
+# Speed and memory against a baseline measured in the same run, then the pipeline at offered
+# rates; writes bench/report.json and bench/pipeline.png (README, Performance).
 bench: setup
 	$(BIN)/switchboard bench
-	$(BIN)/switchboard demo --count 200 --rate 50 --json
+
+# Ten minutes at a steady 100 tweets/s: memory and consumer lag must not grow.
+soak: setup
+	$(BIN)/switchboard soak --minutes 10 --rate 100
 
 test: setup tools
 	$(BIN)/python -m pytest -q

@@ -240,6 +240,36 @@ def demo(
     sys.exit(1 if summary["lost"] or summary["duplicates"] else 0)
 
 
+@main.command()
+@_config_option
+@_samples_option
+@click.option("--minutes", type=float, default=10.0, show_default=True)
+@click.option("--rate", type=float, default=100.0, show_default=True, help="Tweets per second.")
+@click.option(
+    "--sample-every", type=float, default=5.0, show_default=True, help="Seconds between samples."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else.")
+def soak(
+    config_file: Path,
+    samples: Path,
+    minutes: float,
+    rate: float,
+    sample_every: float,
+    as_json: bool,
+) -> None:
+    """The whole pipeline at a steady rate for MINUTES: is memory or lag growing?
+
+    Exit status 1 when a tweet was lost or duplicated, or memory or lag kept growing.
+    """
+    from switchboard.cli.soak import soak as run_soak
+
+    say = (lambda _: None) if as_json else (lambda m: click.echo(m, err=True))
+    summary = asyncio.run(run_soak(config_file, samples, minutes, rate, say, sample_every))
+    click.echo(json.dumps(summary, indent=None if as_json else 2))
+    healthy = summary["memory_stable"] and summary["lag_stable"]
+    sys.exit(0 if healthy and not summary["lost"] and not summary["duplicates"] else 1)
+
+
 # --- schemas -------------------------------------------------------------------------------------
 
 

@@ -109,13 +109,7 @@ async def measure_pipeline(
     workdir = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
     stack = Stack(StackOptions(workdir=workdir, config_file=config_file, replay_file=None))
 
-    def pids() -> dict[str, int]:
-        found = {name: p.pid for name, p in stack.processes.items() if p.poll() is None}
-        if stack.broker is not None and stack.broker.process is not None:
-            found["broker"] = stack.broker.process.pid
-        return found
-
-    sampler = ResourceSampler(pids)
+    sampler = ResourceSampler(stack.pids)
     try:
         async with sampling(sampler):
             await stack.start(progress=say)

@@ -217,6 +217,13 @@ class Stack:
         except DecodeError as problem:
             log.warning("unreadable message on %s: %s", topic, problem)
 
+    def pids(self) -> dict[str, int]:
+        """The running processes of the stack by name, the embedded broker included."""
+        found = {name: p.pid for name, p in self.processes.items() if p.poll() is None}
+        if self.broker is not None and self.broker.process is not None:
+            found["broker"] = self.broker.process.pid
+        return found
+
     def alive(self) -> dict[str, bool]:
         return {name: process.poll() is None for name, process in self.processes.items()}
 

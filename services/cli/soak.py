@@ -1,0 +1,185 @@
+"""``switchboard soak``: the whole pipeline at a steady rate for minutes; does anything grow?
+
+The stack of ``run`` and ``bench`` (embedded broker, loopback inbox, four service processes)
+takes renumbered sample tweets at ``--rate`` for ``--minutes``. Every few seconds it records
+each process's resident memory and each consumer group's lag, read from the broker (committed
+offsets against the ends of the partitions), so a stuck service cannot hide its lag.
+
+Verdicts, after the first quarter of the run (model loading, caches and the JIT warm up):
+- memory is stable when no process's median RSS in the last quarter exceeds its median in the
+  second quarter by more than ``MEMORY_GROWTH_LIMIT``;
+- lag is stable when the lag at the end of the run is no more than a few seconds of traffic and
+  the last quarter's median lag is not above the second quarter's by more than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from switchboard.cli.load import write_load
+from switchboard.cli.resources import ResourceSampler, sampling
+from switchboard.cli.stack import Stack, StackOptions
+from switchboard.cli.tally import percentile
+from switchboard.cli.throughput import FIRST_ID
+from switchboard.shared.kafka import client_options
+from switchboard.shared.settings import KafkaSettings
+
+MEMORY_GROWTH_LIMIT = 0.10  # 10 % between the second and the last quarter
+LAG_SECONDS_LIMIT = 5.0  # of traffic: lag above rate * this means the pipeline fell behind
+GROUP_PREFIX = "switchboard-"
+# Commits only when a digest goes out (hourly by default): its lag is the digests' content,
+# by design, and reported apart from the lag of the groups that should keep up.
+DIGEST_GROUP = "switchboard-notify-digest"
+
+
+async def group_lag(kafka: KafkaSettings) -> dict[str, int]:
+    """Messages each ``switchboard-*`` consumer group has yet to commit, from the broker."""
+    admin = AIOKafkaAdminClient(**client_options(kafka))
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options(kafka))
+    await admin.start()
+    await consumer.start()
+    try:
+        groups = [g[0] for g in await admin.list_consumer_groups() if g[0].startswith(GROUP_PREFIX)]
+        lag: dict[str, int] = {}
+        for group in sorted(groups):
+            committed = await admin.list_consumer_group_offsets(group)
+            if not committed:
+                continue
+            ends = await consumer.end_offsets(list(committed))
+            lag[group] = sum(
+                max(0, ends[tp] - max(0, meta.offset)) for tp, meta in committed.items()
+            )
+        return lag
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def quarters(values: list[float]) -> tuple[float, float]:
+    """Median of the second quarter and of the last quarter of ``values``."""
+    n = len(values)
+    return _median(values[n // 4 : n // 2]), _median(values[3 * n // 4 :])
+
+
+@dataclass
+class SoakRecord:
+    rss: dict[str, list[float]] = field(default_factory=dict)  # MB per sample
+    lag: list[int] = field(default_factory=list)  # per sample, over groups but the digests
+    lag_by_group: dict[str, int] = field(default_factory=dict)  # the largest seen
+    end_lag: int | None = None  # once every tweet is through
+
+    def memory_growth(self) -> dict[str, float]:
+        """Per process: last-quarter median RSS over second-quarter median, minus one."""
+        growth = {}
+        for name, values in sorted(self.rss.items()):
+            early, late = quarters(values)
+            growth[name] = round(late / early - 1, 3) if early else 0.0
+        return growth
+
+    def lag_stable(self, rate: float) -> bool:
+        allowed = rate * LAG_SECONDS_LIMIT
+        early, late = quarters([float(v) for v in self.lag])
+        end = self.end_lag if self.end_lag is not None else (self.lag or [None])[-1]
+        return end is not None and end <= allowed and late <= early + allowed
+
+
+async def soak(
+    config_file: Path,
+    samples: Path,
+    minutes: float,
+    rate: float,
+    say: Callable[[str], None],
+    every_s: float = 5.0,
+) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="switchboard-soak-"))
+    stack = Stack(StackOptions(workdir=workdir, config_file=config_file, replay_file=None))
+    sampler = ResourceSampler(stack.pids)
+    record = SoakRecord()
+    count = max(1, round(rate * minutes * 60))
+    load = workdir / "load.jsonl"
+    sent = write_load(samples, count, load, FIRST_ID)
+    try:
+        async with sampling(sampler):
+            await stack.start(progress=say)
+            say(f"offering {count} tweets at {rate:g}/s for {minutes:g} min")
+            await stack.replay(load, rate)
+            await _watch(stack, sampler, record, sent, minutes * 60, every_s, say)
+    finally:
+        await stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return _summary(stack, sampler, record, sent, rate, minutes)
+
+
+async def _watch(stack: Stack, sampler: ResourceSampler, record: SoakRecord, sent: set[str],
+                 seconds: float, every_s: float, say: Callable[[str], None]) -> None:  # fmt: skip
+    started = time.monotonic()
+    deadline = started + seconds + 60  # the last tweets need a moment after the load ends
+    while time.monotonic() < deadline:
+        await asyncio.sleep(every_s)
+        with contextlib.suppress(Exception):  # the broker busy for a moment is not a verdict
+            lags = await group_lag(stack.kafka)
+            record.lag.append(sum(v for g, v in lags.items() if g != DIGEST_GROUP))
+            for group, behind in lags.items():
+                record.lag_by_group[group] = max(record.lag_by_group.get(group, 0), behind)
+        for name, values in sampler.rss.items():
+            record.rss[name] = [v / 2**20 for v in values]
+        done = stack.tally.accounted(sent)
+        elapsed = time.monotonic() - started
+        say(f"{elapsed:5.0f} s: {len(done)}/{len(sent)} routed, lag {record.lag[-1:]}")
+        if elapsed >= seconds and done == sent and stack.tally.deliveries_settled():
+            break
+    record.end_lag = await _settled_lag(stack.kafka)
+
+
+async def _settled_lag(kafka: KafkaSettings, within_s: float = 10.0) -> int | None:
+    """The lag once the load is through: consumers commit just after publishing, so give
+    them a moment; what is left after ``within_s`` is real."""
+    deadline, left = time.monotonic() + within_s, None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            lags = await group_lag(kafka)
+            left = sum(v for g, v in lags.items() if g != DIGEST_GROUP)
+            if left == 0:
+                break
+        await asyncio.sleep(0.5)
+    return left
+
+
+def _summary(stack: Stack, sampler: ResourceSampler, record: SoakRecord, sent: set[str],
+             rate: float, minutes: float) -> dict:  # fmt: skip
+    tally = stack.tally
+    growth = record.memory_growth()
+    p99 = percentile(tally.routed_ms, 99)
+    return {
+        "minutes": minutes,
+        "rate_per_s": rate,
+        "sent": len(sent),
+        "routed": len(tally.primary),
+        "delivered": sum(tally.deliveries.values()),
+        "parked": sum(tally.failed_deliveries.values()),
+        "lost": len(sent - tally.accounted(sent)),
+        "duplicates": tally.duplicates(),
+        "p99_ms": None if p99 is None else round(p99, 1),
+        "max_lag": max(record.lag, default=0),
+        "max_lag_by_group": record.lag_by_group,
+        "end_lag": record.end_lag,
+        "peak_rss_mb": sampler.peak_rss_mb(),
+        "memory_growth": growth,
+        "memory_stable": all(g <= MEMORY_GROWTH_LIMIT for g in growth.values()),
+        "lag_stable": record.lag_stable(rate),
+    }

@@ -1,0 +1,36 @@
+"""`switchboard soak`: a steady load through the four services, memory and lag watched."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, SAMPLES
+
+pytestmark = pytest.mark.e2e
+SERVICES = {"classify", "route", "notify", "ingest", "broker"}
+
+
+def test_a_short_soak_accounts_for_every_tweet_and_reports_memory_and_lag():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "switchboard", "soak", "--samples", str(SAMPLES), "--json",
+         "--minutes", "0.25", "--rate", "20", "--sample-every", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    summary = json.loads(done.stdout)
+    assert summary["sent"] == 300 and summary["lost"] == 0 and summary["duplicates"] == 0
+    assert summary["routed"] >= 290  # the rest were dead-lettered, each accounted for
+    assert summary["delivered"] > 0 and summary["parked"] == 0
+    assert set(summary["peak_rss_mb"]) >= SERVICES and set(summary["memory_growth"]) >= SERVICES
+    assert summary["peak_rss_mb"]["classify"] > summary["peak_rss_mb"]["route"]
+    # 20 tweets/s is far below capacity: the groups keep up and end with nothing left to read
+    assert summary["end_lag"] == 0 and summary["lag_stable"]
+    assert set(summary["max_lag_by_group"]) >= {"switchboard-classify", "switchboard-route",
+                                                "switchboard-notify"}  # fmt: skip
+    healthy = summary["memory_stable"] and summary["lag_stable"]
+    assert done.returncode == (0 if healthy else 1), done.stderr[-2000:]

@@ -1,0 +1,29 @@
+"""Soak verdicts: does memory or lag grow between the second and the last quarter of a run?"""
+
+from __future__ import annotations
+
+from switchboard.cli.soak import SoakRecord, quarters
+
+
+def test_quarters_are_medians_of_the_second_and_last_quarter():
+    assert quarters([100.0] * 4 + [1.0, 2.0, 3.0, 4.0] + [9.0] * 4 + [5.0, 6.0, 7.0, 8.0]) == (
+        2.5,
+        6.5,
+    )
+    assert quarters([]) == (0.0, 0.0)
+
+
+def test_flat_memory_after_warm_up_is_stable_and_a_leak_is_not():
+    warm_then_flat = [50.0, 300.0] + [400.0] * 18
+    leaking = [400.0 + 10 * n for n in range(20)]
+    growth = SoakRecord(rss={"classify": warm_then_flat, "route": leaking}).memory_growth()
+    assert growth["classify"] == 0.0
+    assert growth["route"] > 0.1
+
+
+def test_lag_that_drains_is_stable_and_lag_that_builds_up_is_not():
+    rate = 100.0
+    assert SoakRecord(lag=[0, 40, 120, 30, 10, 60, 20, 0]).lag_stable(rate)
+    assert not SoakRecord(lag=[0, 100, 300, 600, 900, 1200, 1500, 1800]).lag_stable(rate)
+    assert not SoakRecord(lag=[]).lag_stable(rate)
+    assert not SoakRecord(lag=[0, 10, 10, 10], end_lag=2000).lag_stable(rate)
