@@ -269,12 +269,14 @@ class IngestService:
     async def on_webhook(self, body: bytes) -> int:
         """A signed Account Activity delivery; returns how many events were published.
 
-        A body that is not a JSON object, and each event in it that cannot be published, is
-        dead-lettered with the exact body as the original and the event named in the error."""
+        A body that is not an Account Activity object (``for_user_id``), and each event in it
+        that cannot be published, is dead-lettered with the exact body as the original and the
+        event named in the error. Event kinds Switchboard does not use (likes, follows...) are
+        ignored."""
         try:
             payload = _parse_json(body)
-            if not isinstance(payload, dict):
-                raise DecodeError("invalid_event", "the body is not a JSON object")
+            if not isinstance(payload, dict) or "for_user_id" not in payload:
+                raise DecodeError("invalid_event", "not an object with for_user_id")
         except DecodeError as problem:
             await self._dead_letter(problem, body, "webhook")
             return 0

@@ -245,7 +245,6 @@ class StreamLoop:
         metrics.BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.labels(self.service).observe(len(records))
 
-
     async def _handle(self, records: list[ConsumerRecord]) -> list[Output]:
         try:
             return await self.handler(records)
