@@ -344,8 +344,8 @@ class IngestService:
         return "compliance"
 
     async def _dead_letter(self, problem: DecodeError, original: bytes, where: str) -> str:
-        await publish(self.producer, [dead_letter(self.name, problem, original, source=where)],
-                      self.name)  # fmt: skip
+        letter = dead_letter(self.name, problem, original, source=where)
+        await publish(self.producer, [letter], self.name)
         return "dead_letter"
 
     async def close(self) -> None:
@@ -375,15 +375,16 @@ def _activity_events(
     payload: dict[str, Any], config: SwitchboardConfig
 ) -> Iterator[tuple[str, Callable[[], ActivityItem]]]:
     """Each event of an Account Activity body, named (``tweet_create_events[0]``), with the
-    function that normalizes it (a DM event other than ``message_create`` gives None)."""
+    function that normalizes it (None for a DM event other than a message)."""
     users = payload.get("users") or {}
 
     def tweet(status: Any) -> ActivityItem:
         return tweet_from_v1(status, config, "webhook")
 
     def dm(event: Any) -> ActivityItem:
-        is_message = isinstance(event, dict) and event.get("type") == "message_create"
-        return dm_from_activity(event, users, config) if is_message else None
+        if isinstance(event, dict) and event.get("type") != "message_create":
+            return None  # typing indicators, read receipts...
+        return dm_from_activity(event, users, config)
 
     for kind, build in (
         ("tweet_create_events", tweet),

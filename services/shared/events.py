@@ -398,7 +398,8 @@ E = TypeVar("E", bound=Event)
 
 
 class DecodeError(ValueError):
-    """A message that is not a valid event of the expected type; ``reason`` is a short code."""
+    """Why a message cannot be processed (mostly: it is not a valid event of the expected
+    type); ``reason`` is a dead-letter reason, ``detail`` the specifics."""
 
     def __init__(self, reason: DeadLetterReason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")

@@ -7,7 +7,6 @@ body limits), duplicates across sources, brand replies, deletions and archive ba
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import zipfile
@@ -27,13 +26,11 @@ from switchboard.shared.events import (
     BrandTweet,
     ComplianceEvent,
     DeadLetter,
-    DecodeError,
     RawTweet,
-    decode,
     utc_now,
 )
 from switchboard.shared.settings import ConfigError
-from tests.conftest import X_APP_TOKEN, X_USER_TOKEN, wait_for
+from tests.conftest import X_APP_TOKEN, X_USER_TOKEN, published, wait_for
 from tests.factories import Poison
 
 HELP_ID, IR_ID = "2100000000000000001", "2100000000000000002"
@@ -125,17 +122,6 @@ def customers(x_api):
     x_api.add_user(HELP_ID, "AcmeHelp")
     x_api.add_user(IR_ID, "AcmeIR")
     return x_api.add_user("42", "ana_flies", followers_count=812), x_api.add_user("43", "bo")
-
-
-def published(records, topic, event_type):
-    """The events of ``event_type`` on ``topic`` (other tests share the broker and may have
-    left malformed messages there on purpose)."""
-    events = []
-    for record in records:
-        if record.topic == topic:
-            with contextlib.suppress(DecodeError):
-                events.append(decode(event_type, record.value))
-    return events
 
 
 def ids_on(records, topic, event_type, wanted):
@@ -505,6 +491,7 @@ def webhook_poison(good: dict) -> list[Poison]:
         Poison("missing_fields", body(without_text), "missing_field"),
         Poison("null_fields", body({**good, "user": None}), "not_a_tweet"),
         Poison("null_event", body(None), "invalid_tweet"),
+        Poison("null_dm", _dumps(for_user_id=HELP_ID, direct_message_events=[None]), "not_a_dm"),
         Poison("json_null", b"null", "invalid_event"),
         Poison("megabyte_text", body({**good, "text": MEGABYTE}), "too_large"),
         Poison("invalid_utf8", b'{"for_user_id": "\xff"}', "invalid_utf8"),
