@@ -52,6 +52,7 @@ from switchboard.shared.kafka import (
     publish,
 )
 from switchboard.shared.settings import KafkaSettings
+from switchboard.shared.table import ChangelogTable
 from tests.conftest import CONFIG_FILE
 from tests.factories import Poison, a_classified_tweet, a_raw_tweet, a_tweet, routed_from
 
@@ -365,3 +366,23 @@ async def test_a_record_the_handler_fails_on_is_dead_lettered_and_the_stream_goe
         "processing_failed", b"boom", LOOP_IN
     )  # fmt: skip
     assert "ZeroDivisionError: the stage's bug" in letter.error
+
+
+async def test_a_changelog_record_that_cannot_be_read_is_skipped_on_restore(kafka, producer):
+    """A service's own state topic is read whole at start: a record it cannot read must not
+    stop the service from starting (it is skipped and logged; dead-lettering it would repeat
+    at every restart)."""
+    conversation = f"{RUN}-changelog"
+    state = ConversationState(conversation_id=conversation, department="legal",
+                              max_urgency="high", tweets=1, updated_at=utc_now())  # fmt: skip
+    for key, value in [
+        (b"\xfe\xff" + conversation.encode(), encode(state)),  # a key that is not UTF-8
+        (conversation.encode(), b"\x00 not json"),
+        (conversation.encode(), encode(state)),
+    ]:
+        await producer.send_and_wait(topics.ROUTE_CONVERSATIONS, value, key)
+    table = ChangelogTable(kafka, topics.ROUTE_CONVERSATIONS, ConversationState)
+
+    await table.restore()
+
+    assert table.get(conversation) == state
