@@ -4,6 +4,9 @@
   free loopback port in a temporary folder, or the cluster in KAFKA_BOOTSTRAP_SERVERS.
 - ``inbox``: a real SMTP server on loopback that keeps what it receives.
 - ``settings_env``: what a service process needs in its environment to use both.
+
+The broker is shared by the session, and test_poison.py leaves poison on the services' input
+topics on purpose: read events with ``readable``/``published``, which skip what does not decode.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from switchboard.cli.inbox import LoopbackInbox
 from switchboard.shared import topics
 from switchboard.shared.broker import EmbeddedBroker
 from switchboard.shared.config import SwitchboardConfig
+from switchboard.shared.events import DecodeError, E, decode
 from switchboard.shared.kafka import client_options, ensure_topics
 from switchboard.shared.settings import KafkaSettings, ServiceSettings
 
@@ -118,6 +122,26 @@ async def read_topics(
     finally:
         await consumer.stop()
     return records
+
+
+def readable(
+    records: list[ConsumerRecord], event_type: type[E]
+) -> Iterator[tuple[ConsumerRecord, E]]:
+    """Each record that holds an ``event_type``, with the event. The session's tests share the
+    broker, and test_poison.py leaves poison on the services' input topics on purpose."""
+    for record in records:
+        with contextlib.suppress(DecodeError):
+            yield record, decode(event_type, record.value)
+
+
+def published(records: list[ConsumerRecord], topic: str, event_type: type[E]) -> list[E]:
+    """The events of ``event_type`` on ``topic``."""
+    return [event for record, event in readable(records, event_type) if record.topic == topic]
+
+
+def key_of(record: ConsumerRecord) -> str:
+    """The record's key as text (keys are bytes, and not always UTF-8)."""
+    return (record.key or b"").decode("utf-8", errors="replace")
 
 
 async def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:

@@ -1,7 +1,9 @@
-"""Builders of valid events for tests, so each test states only what matters to it."""
+"""Builders of valid events for tests, so each test states only what matters to it; and of
+poison, the input no stage may choke on."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from switchboard.shared import topics
@@ -84,3 +86,13 @@ def routed_from(event: ClassifiedTweet, destination: str = "department") -> Rout
         ),
         trace=event.trace.model_copy(update={"routed_at": datetime.now(UTC)}),
     )
+
+
+@dataclass(frozen=True)
+class Poison:
+    """One kind of bad input (``case``): its bytes (None: a tombstone), and the reason its
+    dead letter must give."""
+
+    case: str
+    value: bytes | None
+    reason: str

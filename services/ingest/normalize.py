@@ -8,25 +8,64 @@ happens to it next (inbound, the brand's own, skipped) is ``origin``'s decision.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from pydantic import ValidationError
 
 from switchboard.shared.config import HandleConfig, SwitchboardConfig
-from switchboard.shared.events import Author, ReferencedTweet, Tweet, TweetSource
+from switchboard.shared.events import (
+    Author,
+    DeadLetterReason,
+    DecodeError,
+    ReferencedTweet,
+    Tweet,
+    TweetSource,
+    problem_of,
+)
 
 
-class NormalizeError(ValueError):
+class NormalizeError(DecodeError):
     """An X object that cannot become a tweet event; ``reason`` is a short code."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _x_object(reason: DeadLetterReason) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """X objects are untrusted JSON: a wrong shape anywhere (a null, a list where an object
+    belongs, a number that is not one) is a NormalizeError with ``reason``, never a crash of
+    the source that read it."""
+
+    def wrap(build: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(build)
+        def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return build(*args, **kwargs)
+            except NormalizeError:
+                raise
+            except ValidationError as exc:
+                problem = problem_of(exc, otherwise=reason)
+                raise NormalizeError(problem.reason, problem.detail) from None
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                raise NormalizeError(reason, f"{type(exc).__name__}: {exc}") from None
+
+        return checked
+
+    return wrap
+
+
+def _refused(exc: Exception) -> NormalizeError:
+    """Why the Tweet model refused what an X object held (``too_large``, ``missing_field``...)."""
+    if isinstance(exc, ValidationError):
+        problem = problem_of(exc, otherwise="invalid_tweet")
+        return NormalizeError(problem.reason, problem.detail)
+    return NormalizeError("invalid_tweet", str(exc).splitlines()[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +94,7 @@ def origin(tweet: Tweet, config: SwitchboardConfig) -> tuple[Origin, HandleConfi
 # --- X API v2 -------------------------------------------------------------------------------
 
 
+@_x_object("not_a_tweet")
 def tweet_from_v2(
     message: Any,
     config: SwitchboardConfig,
@@ -93,6 +133,7 @@ def quoted_handles(
     ]
 
 
+@_x_object("invalid_tweet")
 def tweet_from_v2_data(
     data: dict[str, Any],
     users: dict[Any, dict[str, Any]],
@@ -138,7 +179,7 @@ def tweet_from_v2_data(
             url=f"https://x.com/{author['username']}/status/{data['id']}",
         )
     except (ValidationError, ValueError, KeyError, TypeError) as exc:
-        raise NormalizeError("invalid_tweet", str(exc).splitlines()[0]) from None
+        raise _refused(exc) from None
 
 
 def _author_v2(user: dict[str, Any]) -> Author:
@@ -175,6 +216,7 @@ def addressed_handles(
     return list(dict.fromkeys(found))
 
 
+@_x_object("not_a_dm")
 def dm_from_v2(
     event: dict[str, Any],
     users: dict[Any, dict[str, Any]],
@@ -226,12 +268,13 @@ def _dm(
             url=f"https://x.com/messages/{conversation_id}",
         )
     except (ValidationError, ValueError) as exc:
-        raise NormalizeError("invalid_tweet", str(exc).splitlines()[0]) from None
+        raise _refused(exc) from None
 
 
 # --- v1.1 objects: Account Activity webhooks and X archive exports ----------------------------
 
 
+@_x_object("invalid_tweet")
 def tweet_from_v1(
     status: dict[str, Any], config: SwitchboardConfig, source: TweetSource, *, author: Any = None
 ) -> Tweet:
@@ -287,9 +330,10 @@ def tweet_from_v1(
             url=f"https://x.com/{user['screen_name']}/status/{tweet_id}",
         )
     except (ValidationError, ValueError, KeyError, TypeError) as exc:
-        raise NormalizeError("invalid_tweet", str(exc).splitlines()[0]) from None
+        raise _refused(exc) from None
 
 
+@_x_object("not_a_dm")
 def dm_from_activity(
     event: dict[str, Any],
     users: dict[str, dict[str, Any]],
@@ -327,6 +371,7 @@ def dm_from_activity(
     )
 
 
+@_x_object("not_a_deletion")
 def deletion_from_activity(item: dict[str, Any]) -> Deletion:
     """An Account Activity ``tweet_delete_events`` item."""
     status = item.get("status") or {}
@@ -339,6 +384,7 @@ def deletion_from_activity(item: dict[str, Any]) -> Deletion:
     )
 
 
+@_x_object("not_a_deletion")
 def deletion_from_compliance(message: dict[str, Any]) -> Deletion | None:
     """A v2 compliance-stream message ``{"data": {"delete": {"tweet": {...}, "event_at"}}}``."""
     delete = (message.get("data") or {}).get("delete")

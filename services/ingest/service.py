@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -48,11 +49,10 @@ from switchboard.ingest.stream import FilteredStream
 from switchboard.ingest.webhook import webhook_router
 from switchboard.ingest.xapi import XApi
 from switchboard.shared import metrics, topics
-from switchboard.shared.config import HandleConfig
+from switchboard.shared.config import HandleConfig, SwitchboardConfig
 from switchboard.shared.events import (
     BrandTweet,
     ComplianceEvent,
-    DeadLetter,
     DecodeError,
     RawTweet,
     Trace,
@@ -64,6 +64,7 @@ from switchboard.shared.kafka import (
     InFlight,
     KafkaPublishError,
     Output,
+    dead_letter,
     ensure_topics,
     make_producer,
     publish,
@@ -213,7 +214,7 @@ class IngestService:
         assert path is not None
         log.info("replay started", extra={"file": str(path), "rate_per_s": self.settings.rate})
         async for number, line in paced_lines(path, self.settings.rate, self.settings.replay_limit):
-            await self.on_line(line, "replay", where=f"{path.name}:{number}", wait=False)
+            await self.on_line(line, "replay", where=f"replay {path.name}:{number}", wait=False)
         await self.in_flight.flush()
         log.info("replay finished", extra={"file": str(path)})
 
@@ -224,7 +225,7 @@ class IngestService:
         items.sort(key=lambda i: i.created_at.timestamp() if isinstance(i, Tweet) else 0)
         async for item in paced(items, self.settings.rate, self.settings.replay_limit):
             if isinstance(item, NormalizeError):
-                await self._dead_letter(item, json.dumps({"error": str(item)}).encode(), "archive")
+                await self._dead_letter(item, _dump({"error": str(item)}), "archive")
             else:
                 await self.offer(item, wait=False)
         await self.in_flight.flush()
@@ -233,12 +234,12 @@ class IngestService:
 
     async def on_stream(self, line: bytes) -> None:
         # The stream cannot be asked to resend: waiting for each ack would only slow it down.
-        await self.on_line(line, "filtered_stream", where="filtered stream", wait=False)
+        await self.on_line(line, "filtered_stream", where="filtered_stream", wait=False)
 
     async def on_line(
         self, line: bytes, source: TweetSource, where: str, *, wait: bool = True
     ) -> str:
-        """One JSON line of an X API v2 stream or replay file."""
+        """One JSON line of an X API v2 stream or replay file; returns what happened to it."""
         try:
             message = _parse_json(line)
             deletion = deletion_from_compliance(message) if isinstance(message, dict) else None
@@ -249,7 +250,7 @@ class IngestService:
                 log.warning("X reported", extra={"where": where, "errors": message["errors"]})
                 return "x_error"
             tweet = tweet_from_v2(message, self.config, source)
-        except (NormalizeError, DecodeError) as problem:
+        except DecodeError as problem:
             return await self._dead_letter(problem, line, where)
         return await self.offer(tweet, wait=wait)
 
@@ -259,7 +260,7 @@ class IngestService:
         try:
             tweet = tweet_from_v2_data(item, users, self.config, "mentions", [handle.handle])
         except NormalizeError as problem:
-            await self._dead_letter(problem, json.dumps(item).encode(), "mentions")
+            await self._dead_letter(problem, _dump(item), "mentions")
             return
         await self.offer(tweet)
 
@@ -269,39 +270,37 @@ class IngestService:
         try:
             tweet = dm_from_v2(item, users, handle, self.config)
         except NormalizeError as problem:
-            await self._dead_letter(problem, json.dumps(item).encode(), "dm_events")
+            await self._dead_letter(problem, _dump(item), "dm_events")
             return
         await self.offer(tweet)
 
-    async def on_webhook(self, payload: dict[str, Any]) -> int:
-        """An Account Activity delivery; returns how many events were published."""
-        published = 0
-        users = payload.get("users") or {}
-        for status in payload.get("tweet_create_events", []):
-            published += await self._offer_or_dead_letter(
-                lambda s=status: tweet_from_v1(s, self.config, "webhook"), status
-            )
-        for event in payload.get("direct_message_events", []):
-            if event.get("type") == "message_create":
-                published += await self._offer_or_dead_letter(
-                    lambda e=event: dm_from_activity(e, users, self.config), event
-                )
-        for item in payload.get("tweet_delete_events", []):
-            try:
-                deletion = deletion_from_activity(item)
-            except (NormalizeError, KeyError, ValueError) as problem:
-                await self._dead_letter(_as_normalize_error(problem), _dump(item), "webhook")
-                continue
-            published += await self.publish_deletion(deletion, "webhook") == "compliance"
-        return published
+    async def on_webhook(self, body: bytes) -> int:
+        """A signed Account Activity delivery; returns how many events were published.
 
-    async def _offer_or_dead_letter(self, build: Any, original: dict) -> int:
+        A body that is not an Account Activity object (``for_user_id``), and each event in it
+        that cannot be published, is dead-lettered with the exact body as the original and the
+        event named in the error. Event kinds Switchboard does not use (likes, follows...) are
+        ignored."""
         try:
-            tweet = build()
-        except NormalizeError as problem:
-            await self._dead_letter(problem, _dump(original), "webhook")
+            payload = _parse_json(body)
+            if not isinstance(payload, dict) or "for_user_id" not in payload:
+                raise DecodeError("invalid_event", "not an object with for_user_id")
+        except DecodeError as problem:
+            await self._dead_letter(problem, body, "webhook")
             return 0
-        return await self.offer(tweet) in ("inbound", "brand")
+        published = 0
+        for name, build in _activity_events(payload, self.config):
+            try:
+                item = build()
+            except DecodeError as problem:
+                named = DecodeError(problem.reason, f"{name}: {problem.detail}")
+                await self._dead_letter(named, body, "webhook")
+                continue
+            if isinstance(item, Deletion):
+                published += await self.publish_deletion(item, "webhook") == "compliance"
+            elif item is not None:
+                published += await self.offer(item) in ("inbound", "brand")
+        return published
 
     # --- publishing ----------------------------------------------------------------------------
 
@@ -360,13 +359,9 @@ class IngestService:
         metrics.COMPLIANCE_EVENTS.labels(source).inc()
         return "compliance"
 
-    async def _dead_letter(
-        self, problem: NormalizeError | DecodeError, original: bytes, where: str
-    ) -> str:
-        metrics.DEAD_LETTERS.labels(self.name, problem.reason).inc()
-        log.warning("dead-lettered an input", extra={"where": where, "reason": problem.reason})
-        letter = DeadLetter.of(self.name, DecodeError(problem.reason, problem.detail), original)
-        await publish(self.producer, [Output.of(topics.DEADLETTER, letter, key=None)], self.name)
+    async def _dead_letter(self, problem: DecodeError, original: bytes, where: str) -> str:
+        letter = dead_letter(self.name, problem, original, source=where)
+        await publish(self.producer, [letter], self.name)
         return "dead_letter"
 
     async def close(self) -> None:
@@ -379,6 +374,8 @@ class IngestService:
 
 
 def _parse_json(line: bytes) -> object:
+    if not line.strip():
+        raise DecodeError("empty_message", f"{len(line)} blank bytes")
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -389,14 +386,43 @@ def _parse_json(line: bytes) -> object:
         raise DecodeError("invalid_json", str(exc)) from None
 
 
+ActivityItem = Tweet | Deletion | None
+
+
+def _activity_events(
+    payload: dict[str, Any], config: SwitchboardConfig
+) -> Iterator[tuple[str, Callable[[], ActivityItem]]]:
+    """Each event of an Account Activity body, named (``tweet_create_events[0]``), with the
+    function that normalizes it (None for a DM event other than a message)."""
+    users = payload.get("users") or {}
+
+    def tweet(status: Any) -> ActivityItem:
+        return tweet_from_v1(status, config, "webhook")
+
+    def dm(event: Any) -> ActivityItem:
+        if isinstance(event, dict) and event.get("type") != "message_create":
+            return None  # typing indicators, read receipts...
+        return dm_from_activity(event, users, config)
+
+    for kind, build in (
+        ("tweet_create_events", tweet),
+        ("direct_message_events", dm),
+        ("tweet_delete_events", deletion_from_activity),
+    ):
+        items = payload.get(kind) or []
+        if not isinstance(items, list):
+            yield kind, functools.partial(_not_a_list, kind)
+            continue
+        for index, item in enumerate(items):
+            yield f"{kind}[{index}]", functools.partial(build, item)
+
+
+def _not_a_list(kind: str) -> ActivityItem:
+    raise DecodeError("invalid_event", f"{kind} is not a list")
+
+
 def _dump(item: object) -> bytes:
     return json.dumps(item, ensure_ascii=False).encode()
-
-
-def _as_normalize_error(problem: Exception) -> NormalizeError:
-    if isinstance(problem, NormalizeError):
-        return problem
-    return NormalizeError("invalid_event", f"{type(problem).__name__}: {problem}")
 
 
 def main(**overrides: object) -> None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+from aiohttp.http_exceptions import LineTooLong
 
 from switchboard.ingest.rules import desired_rules, plan_sync
 from switchboard.ingest.xapi import XApi
@@ -29,6 +30,9 @@ from switchboard.shared.config import ReconnectConfig, SwitchboardConfig
 log = logging.getLogger(__name__)
 
 SOURCE = "filtered_stream"
+# aiohttp refuses lines over 128 KiB by default, which a long post with its includes can
+# approach; a line is read whole up to this, and ingest dead-letters what is not a tweet.
+MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
 class ReconnectPolicy:
@@ -113,6 +117,9 @@ class FilteredStream:
         except TimeoutError:
             metrics.STREAM_STALLS.inc()
             return self.policy.after_network_error(), "stall"
+        except LineTooLong as error:
+            log.error("stream line too long; reconnecting", extra={"error": str(error)[:300]})
+            return self.policy.after_network_error(), "line_too_long"
         except (aiohttp.ClientError, OSError):
             return self.policy.after_network_error(), "network_error"
         finally:
@@ -123,7 +130,7 @@ class FilteredStream:
         self.policy.connected()
         metrics.STREAM_CONNECTED.labels(SOURCE).set(1)
         log.info("stream connected", extra={"connection": self.connections})
-        async for line in response.content:
+        while line := await response.content.readline(max_line_length=MAX_LINE_BYTES):
             if line.strip():  # a bare newline is X's keep-alive
                 await self.on_message(line.strip())
 

@@ -12,13 +12,20 @@ import base64
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from switchboard.shared.labels import Department, Urgency
 
 SCHEMA_VERSION = 1
+
+# The longest text X produces: long posts of Premium accounts (25,000 characters; DMs allow
+# 10,000, ordinary posts 280). Anything longer is not a tweet and is dead-lettered `too_large`.
+MAX_TEXT_CHARS = 25_000
+# A dead letter keeps at most this much of the original, so that it always fits in a Kafka
+# message; a longer original is truncated and referenced by topic, partition and offset.
+MAX_ORIGINAL_BYTES = 128 * 1024
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 TweetSource = Literal[
@@ -62,7 +69,9 @@ class Tweet(Model):
 
     id: str = Field(min_length=1, description="X tweet id (or DM event id)")
     conversation_id: str = Field(min_length=1, description="Thread id; the Kafka message key")
-    text: str = Field(description="Full text (note_tweet text when the tweet is long)")
+    text: str = Field(
+        max_length=MAX_TEXT_CHARS, description="Full text (note_tweet text when the tweet is long)"
+    )
     lang: str | None = Field(default=None, description="BCP 47 language tag as X reports it")
     created_at: AwareDatetime
     author: Author
@@ -291,18 +300,60 @@ class LedgerEntry(Event):
     updated_at: AwareDatetime = Field(default_factory=utc_now)
 
 
+DeadLetterReason = Literal[
+    # any stage, from the message itself (decode)
+    "empty_message",
+    "invalid_utf8",
+    "invalid_json",
+    "unsupported_schema_version",
+    "wrong_event_type",
+    "missing_field",
+    "too_large",
+    "invalid_event",
+    # any stage: a valid event the stage failed on (a bug; the error says where)
+    "processing_failed",
+    # ingest: X input that cannot become a tweet
+    "not_a_tweet",
+    "not_a_dm",
+    "not_a_deletion",
+    "missing_author",
+    "invalid_tweet",
+    "invalid_dm",
+    "unaddressed",
+]
+DEAD_LETTER_REASONS: tuple[str, ...] = get_args(DeadLetterReason)
+
+
 class DeadLetter(Event):
-    """On ``switchboard.deadletter``: input a stage could not process, with the original bytes."""
+    """On ``switchboard.deadletter``: input a stage could not process, with the original bytes.
+
+    Keyed by the original message's key, byte for byte. ``original_base64`` holds the whole
+    original unless ``original_truncated``; then it holds the first ``MAX_ORIGINAL_BYTES`` and
+    the source topic, partition and offset (or ``source``) say where the rest is."""
 
     event_type: Literal["dead_letter"] = "dead_letter"
     stage: str = Field(description="The service that rejected the message")
-    reason: str = Field(description="invalid_utf8, invalid_json, unsupported_schema_version, ...")
+    reason: str = Field(description="A short code; the README lists them all")
     error: str = Field(description="What exactly was wrong")
     source_topic: str | None = None
     partition: int | None = None
     offset: int | None = None
-    key: str | None = None
+    key: str | None = Field(
+        default=None, description="The original key as text (undecodable bytes replaced)"
+    )
+    source: str | None = Field(
+        default=None,
+        description="Where input that did not come from a topic came from: "
+        "`replay <file>:<line>`, `webhook`, `filtered_stream`, `mentions`, ...",
+    )
+    target_topic: str | None = Field(
+        default=None, description="For an output too large to publish: the topic it was for"
+    )
     original_base64: str
+    original_size: int | None = Field(default=None, ge=0, description="Bytes in the original")
+    original_truncated: bool = Field(
+        default=False, description="original_base64 holds only the first MAX_ORIGINAL_BYTES"
+    )
     original_preview: str = Field(
         description="The first 500 characters, undecodable bytes replaced"
     )
@@ -310,16 +361,20 @@ class DeadLetter(Event):
 
     @classmethod
     def of(cls, stage: str, problem: DecodeError, original: bytes, **where: object) -> DeadLetter:
+        kept = original[:MAX_ORIGINAL_BYTES]
         return cls(
             stage=stage,
             reason=problem.reason,
             error=problem.detail,
-            original_base64=base64.b64encode(original).decode("ascii"),
+            original_base64=base64.b64encode(kept).decode("ascii"),
+            original_size=len(original),
+            original_truncated=len(kept) < len(original),
             original_preview=original[:2000].decode("utf-8", errors="replace")[:500],
             **where,
         )
 
     def original(self) -> bytes:
+        """The original bytes (only the first ``MAX_ORIGINAL_BYTES`` if truncated)."""
         return base64.b64decode(self.original_base64)
 
 
@@ -343,11 +398,12 @@ E = TypeVar("E", bound=Event)
 
 
 class DecodeError(ValueError):
-    """A message that is not a valid event of the expected type; ``reason`` is a short code."""
+    """Why a message cannot be processed (mostly: it is not a valid event of the expected
+    type); ``reason`` is a dead-letter reason, ``detail`` the specifics."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: DeadLetterReason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+        self.reason: DeadLetterReason = reason
         self.detail = detail
 
 
@@ -358,7 +414,9 @@ def encode(event: Event) -> bytes:
 def decode(event_type: type[E], payload: bytes | None) -> E:
     """Parse ``payload`` as ``event_type`` or raise DecodeError naming what is wrong."""
     if payload is None:
-        raise DecodeError("empty_message", "the message has no value (tombstone)")
+        raise DecodeError("empty_message", "the message has no value (a tombstone)")
+    if not payload.strip():
+        raise DecodeError("empty_message", f"the value is {len(payload)} blank bytes")
     try:
         payload.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -366,7 +424,7 @@ def decode(event_type: type[E], payload: bytes | None) -> E:
     try:
         return event_type.model_validate_json(payload)
     except ValidationError as exc:
-        raise _decode_error(exc) from None
+        raise problem_of(exc) from None
 
 
 def decode_alert(payload: bytes | None) -> Alert | SpikeAlert:
@@ -378,20 +436,26 @@ def decode_alert(payload: bytes | None) -> Alert | SpikeAlert:
     return decode(SpikeAlert if kind == "alert.spike" else Alert, payload)
 
 
-def _decode_error(exc: ValidationError) -> DecodeError:
+def problem_of(exc: ValidationError, otherwise: DeadLetterReason = "invalid_event") -> DecodeError:
+    """The reason a model refused its input: the most specific that applies, else ``otherwise``."""
     errors = exc.errors(include_url=False)
-    first = errors[0]
-    if first["type"] == "json_invalid":
-        return DecodeError("invalid_json", first["msg"])
+    if errors[0]["type"] == "json_invalid":
+        return DecodeError("invalid_json", errors[0]["msg"])
     for error in errors:
         if error["loc"] == ("schema_version",) and error["type"] != "missing":
             return DecodeError(
                 "unsupported_schema_version", f"got {error['input']!r}, expected {SCHEMA_VERSION}"
             )
+        if error["loc"] == ("event_type",) and error["type"] == "literal_error":
+            return DecodeError("wrong_event_type", f"event_type: {error['msg']}")
     fields = "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5]
     )
-    return DecodeError("invalid_event", fields)
+    if any(e["type"] in ("string_too_long", "too_long") for e in errors):
+        return DecodeError("too_large", fields)
+    if all(e["loc"] and (e["type"] == "missing" or e.get("input", 0) is None) for e in errors):
+        return DecodeError("missing_field", fields)
+    return DecodeError(otherwise, fields)
 
 
 def schema_name(event_type: type[Event]) -> str:

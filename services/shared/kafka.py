@@ -28,6 +28,7 @@ from aiokafka.errors import (
     IllegalStateError,
     KafkaConnectionError,
     KafkaError,
+    MessageSizeTooLargeError,
     TopicAlreadyExistsError,
 )
 from aiokafka.helpers import create_ssl_context
@@ -73,7 +74,13 @@ def client_options(kafka: KafkaSettings) -> dict[str, Any]:
 
 def make_producer(kafka: KafkaSettings, client_id: str) -> AIOKafkaProducer:
     # acks=all: an output counts as delivered only once the broker has it durably.
-    return AIOKafkaProducer(client_id=client_id, acks="all", linger_ms=5, **client_options(kafka))
+    return AIOKafkaProducer(
+        client_id=client_id,
+        acks="all",
+        linger_ms=5,
+        max_request_size=kafka.max_message_bytes,
+        **client_options(kafka),
+    )
 
 
 def make_consumer(
@@ -135,35 +142,55 @@ async def wait_for_broker(kafka: KafkaSettings, timeout_s: float = 30.0) -> None
             await admin.close()
 
 
+def dead_letter(
+    stage: str, problem: DecodeError, original: bytes, key: bytes | None = None, **where: object
+) -> Output:
+    """The one way input becomes a dead letter: counted, logged, and keyed like the original.
+
+    ``where`` names the input (``source_topic``, ``partition``, ``offset``, ``source``...)."""
+    metrics.DEAD_LETTERS.labels(stage, problem.reason).inc()
+    log.warning("dead-lettered a message", extra={"reason": problem.reason, **where})
+    text_key = key.decode("utf-8", errors="replace") if key is not None else None
+    letter = DeadLetter.of(stage, problem, original, key=text_key, **where)
+    return Output(DEADLETTER, encode(letter), key)
+
+
+def dead_letter_record(stage: str, problem: DecodeError, record: ConsumerRecord) -> Output:
+    """The dead letter of a consumed record, pointing at where it was read."""
+    return dead_letter(
+        stage,
+        problem,
+        record.value or b"",
+        record.key,
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+    )
+
+
 def decode_or_dead_letter(record: ConsumerRecord, event_type: type[E], stage: str) -> E | Output:
     """The event in ``record``, or the dead-letter Output that explains why there is none."""
     try:
         return decode(event_type, record.value)
     except DecodeError as problem:
-        metrics.DEAD_LETTERS.labels(stage, problem.reason).inc()
-        log.warning(
-            "dead-lettered a message",
-            extra={"reason": problem.reason, "topic": record.topic, "offset": record.offset},
-        )
-        letter = DeadLetter.of(
-            stage,
-            problem,
-            record.value or b"",
-            source_topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key.decode("utf-8", errors="replace") if record.key else None,
-        )
-        return Output.of(DEADLETTER, letter, letter.key)
+        return dead_letter_record(stage, problem, record)
 
 
 BatchHandler = Callable[[list[ConsumerRecord]], Awaitable[list[Output]]]
 
 
+# Failures of the infrastructure, not of a record: the service stops and, restarted, reads the
+# batch again. Any other error is blamed on the batch's records (see StreamLoop._handle).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError)
+
+
 class StreamLoop:
     """Consume a batch, hand it to ``handler``, publish its outputs, then commit.
 
-    A batch is up to ``max_records`` records or whatever arrived within ``timeout_ms``.
+    A batch is up to ``max_records`` records or whatever arrived within ``timeout_ms``. When the
+    handler raises (other than TRANSIENT_ERRORS), the batch is handled again one record at a
+    time, and a record that still fails is dead-lettered ``processing_failed``: one poison
+    record never stops the stream, nor crash-loops the service on restart.
     """
 
     def __init__(
@@ -208,7 +235,7 @@ class StreamLoop:
         started = time.perf_counter()
         for record in records:
             metrics.CONSUMED.labels(self.service, record.topic).inc()
-        outputs = await self.handler(records)
+        outputs = await self._handle(records)
         await publish(self.producer, outputs, self.service)
         try:
             await self.consumer.commit()
@@ -218,15 +245,71 @@ class StreamLoop:
         metrics.BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.labels(self.service).observe(len(records))
 
+    async def _handle(self, records: list[ConsumerRecord]) -> list[Output]:
+        try:
+            return await self.handler(records)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as error:  # noqa: BLE001 - any bug a record triggers; see the class
+            if len(records) == 1:
+                log.exception("a record failed processing; dead-lettered")
+                detail = f"{type(error).__name__}: {error}"[:2000]
+                problem = DecodeError("processing_failed", detail)
+                return [dead_letter_record(self.service, problem, records[0])]
+            log.warning("a batch failed; handling its records one at a time", exc_info=True)
+        return [output for record in records for output in await self._handle([record])]
 
-async def publish(producer: AIOKafkaProducer, outputs: Sequence[Output], service: str) -> None:
-    """Send every output and wait until the broker acknowledged all of them."""
+
+async def publish(
+    producer: AIOKafkaProducer, outputs: Sequence[Output], service: str
+) -> list[Output]:
+    """Send every output and wait until the broker acknowledged all of them.
+
+    An output too large for the cluster (over ``KAFKA_MAX_MESSAGE_BYTES``, or refused by the
+    broker as too large) can never be published: it is replaced by a dead letter that says so
+    and holds its first bytes, so the loop goes on. Returns the outputs replaced."""
     if not outputs:
-        return
-    pending = [await producer.send(o.topic, o.value, key=o.key) for o in outputs]
-    await asyncio.gather(*pending)
-    for output in outputs:
+        return []
+    errors = await _send_all(producer, outputs)
+    letters = [_too_large(service, o, e) for o, e in zip(outputs, errors, strict=True) if e]
+    if letters and any(await _send_all(producer, letters)):
+        raise MessageSizeTooLargeError("a dead letter was too large to publish")
+    published = [o for o, e in zip(outputs, errors, strict=True) if e is None] + letters
+    for output in published:
         metrics.PRODUCED.labels(service, output.topic).inc()
+    return [o for o, e in zip(outputs, errors, strict=True) if e is not None]
+
+
+async def _send_all(
+    producer: AIOKafkaProducer, outputs: Sequence[Output]
+) -> list[MessageSizeTooLargeError | None]:
+    """Send in order, then wait for every acknowledgement; per output, its size error if any.
+    Any other error is raised."""
+    pending: list[asyncio.Future[Any] | MessageSizeTooLargeError] = []
+    for output in outputs:
+        try:
+            pending.append(await producer.send(output.topic, output.value, key=output.key))
+        except MessageSizeTooLargeError as refused:  # over the producer's max_request_size
+            pending.append(refused)
+    results = await asyncio.gather(
+        *(p for p in pending if isinstance(p, asyncio.Future)), return_exceptions=True
+    )
+    acknowledged = iter(results)
+    errors: list[MessageSizeTooLargeError | None] = []
+    for sent in pending:
+        result = next(acknowledged) if isinstance(sent, asyncio.Future) else sent
+        if isinstance(result, BaseException) and not isinstance(result, MessageSizeTooLargeError):
+            raise result
+        errors.append(result if isinstance(result, MessageSizeTooLargeError) else None)
+    return errors
+
+
+def _too_large(service: str, output: Output, error: MessageSizeTooLargeError) -> Output:
+    problem = DecodeError(
+        "too_large",
+        f"a {len(output.value)}-byte message for {output.topic} cannot be published: {error}",
+    )
+    return dead_letter(service, problem, output.value, output.key, target_topic=output.topic)
 
 
 async def read_to_end(
@@ -319,7 +402,11 @@ class InFlight:
         self._raise_failure()
         await self._window.acquire()
         try:
-            ack = await self.producer.send(output.topic, output.value, key=output.key)
+            try:
+                ack = await self.producer.send(output.topic, output.value, key=output.key)
+            except MessageSizeTooLargeError as refused:  # as publish() does: dead-letter it
+                output = _too_large(self.service, output, refused)
+                ack = await self.producer.send(output.topic, output.value, key=output.key)
         except BaseException:
             self._window.release()
             raise

@@ -46,6 +46,12 @@ class KafkaSettings(BaseSettings):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    max_message_bytes: int = Field(
+        default=1_048_576,
+        ge=65_536,
+        description="The largest message the cluster accepts (its message.max.bytes); a larger "
+        "output goes to switchboard.deadletter as too_large",
+    )
 
     def require_bootstrap(self) -> str:
         if not self.bootstrap_servers:

@@ -12,7 +12,7 @@ The changelog is keyed like the service's input and created with the same partit
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Generic
 
@@ -21,6 +21,8 @@ from aiokafka import ConsumerRecord
 from switchboard.shared.events import DecodeError, E, decode
 from switchboard.shared.kafka import Output, read_to_end
 from switchboard.shared.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 
 class ChangelogTable(Generic[E]):
@@ -58,11 +60,19 @@ class ChangelogTable(Generic[E]):
         )
 
     def _apply(self, record: ConsumerRecord) -> None:
-        if record.key is None:
-            return
-        key = record.key.decode()
-        if record.value is None:  # a tombstone deletes the key
-            self._values.pop(key, None)
-            return
-        with contextlib.suppress(DecodeError):
-            self._values[key] = decode(self.event_type, record.value)
+        # Only the service itself writes its changelog: a record it cannot read is skipped
+        # (and logged), not dead-lettered, or every restore would dead-letter it again.
+        try:
+            if record.key is None:
+                raise DecodeError("missing_field", "a changelog record needs a key")
+            key = record.key.decode("utf-8")
+            if record.value is None:  # a tombstone deletes the key
+                self._values.pop(key, None)
+            else:
+                self._values[key] = decode(self.event_type, record.value)
+        except (UnicodeDecodeError, DecodeError) as problem:
+            log.warning(
+                "unreadable changelog record skipped",
+                extra={"topic": record.topic, "partition": record.partition,
+                       "offset": record.offset, "error": str(problem)},
+            )  # fmt: skip

@@ -20,10 +20,10 @@ import pytest
 from switchboard.cli.stack import sample_ids
 from switchboard.shared import topics
 from switchboard.shared.broker import free_port
-from switchboard.shared.events import RoutedTweet, decode
+from switchboard.shared.events import RoutedTweet
 from switchboard.shared.kafka import ensure_topics
 from switchboard.shared.settings import KafkaSettings
-from tests.conftest import CONFIG_FILE, ROOT, SAMPLES, deploy_metric_names
+from tests.conftest import CONFIG_FILE, ROOT, SAMPLES, deploy_metric_names, readable
 
 pytestmark = pytest.mark.e2e
 SWITCHBOARD = [sys.executable, "-m", "switchboard"]
@@ -81,12 +81,11 @@ async def test_every_tweet_lands_on_one_primary_topic_and_email_arrives(service_
 
     records = await read(
         list(topics.PRIMARY_TOPICS),
-        lambda rs: sent <= {decode(RoutedTweet, r.value).tweet.id for r in rs},
+        lambda rs: sent <= {event.tweet.id for _, event in readable(rs, RoutedTweet)},
     )
     placements: dict[str, list[str]] = defaultdict(list)
     routed_by_id: dict[str, RoutedTweet] = {}
-    for record in records:
-        event = decode(RoutedTweet, record.value)
+    for record, event in readable(records, RoutedTweet):
         if event.tweet.id in sent:
             placements[event.tweet.id].append(record.topic)
             routed_by_id[event.tweet.id] = event

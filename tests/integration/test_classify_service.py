@@ -10,7 +10,7 @@ from switchboard.classify.settings import ClassifySettings
 from switchboard.shared import topics
 from switchboard.shared.events import ClassifiedTweet, DeadLetter, decode, encode
 from switchboard.shared.labels import Department, Urgency
-from tests.conftest import CONFIG_FILE, LABELED
+from tests.conftest import CONFIG_FILE, LABELED, published
 from tests.factories import a_raw_tweet
 
 
@@ -64,9 +64,7 @@ async def test_classify_labels_each_raw_tweet(kafka, producer, read, running, cl
 
     classified = {
         event.tweet.id: event
-        for event in (
-            decode(ClassifiedTweet, r.value) for r in records if r.topic == topics.CLASSIFIED
-        )
+        for event in published(records, topics.CLASSIFIED, ClassifiedTweet)
         if event.tweet.id in texts
     }
     assert set(classified) == set(texts)

@@ -7,7 +7,6 @@ body limits), duplicates across sources, brand replies, deletions and archive ba
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import zipfile
@@ -22,9 +21,17 @@ from switchboard.ingest.service import IngestService
 from switchboard.ingest.settings import IngestSettings
 from switchboard.ingest.webhook import SIGNATURE_HEADER, signature
 from switchboard.shared import metrics, topics
-from switchboard.shared.events import BrandTweet, ComplianceEvent, DecodeError, RawTweet, decode
+from switchboard.shared.events import (
+    MAX_ORIGINAL_BYTES,
+    BrandTweet,
+    ComplianceEvent,
+    DeadLetter,
+    RawTweet,
+    utc_now,
+)
 from switchboard.shared.settings import ConfigError
-from tests.conftest import X_APP_TOKEN, X_USER_TOKEN, wait_for
+from tests.conftest import X_APP_TOKEN, X_USER_TOKEN, published, wait_for
+from tests.factories import Poison
 
 HELP_ID, IR_ID = "2100000000000000001", "2100000000000000002"
 CONSUMER_SECRET = "test-consumer-secret"
@@ -46,7 +53,9 @@ def x_env(monkeypatch):
 def ingest_settings(kafka, x_api, x_env, tmp_path):
     """``ingest_settings(stream=True, mentions=True, ...)``: settings for a two-handle company."""
 
-    def build(*, stream=False, mentions=False, dms=False, webhook=False, **extra) -> IngestSettings:
+    def build(
+        *, stream=False, mentions=False, dms=False, webhook=False, max_body_bytes=4096, **extra
+    ) -> IngestSettings:
         fast_reconnect = {
             "network_step_s": 0.05,
             "http_initial_s": 0.1,
@@ -91,7 +100,11 @@ def ingest_settings(kafka, x_api, x_env, tmp_path):
                     },
                     "mentions": {"enabled": mentions, "interval_s": 0.2, "max_results": 5},
                     "direct_messages": {"enabled": dms, "interval_s": 0.2, "max_results": 5},
-                    "webhook": {"enabled": webhook, "app": "main", "max_body_bytes": 4096},
+                    "webhook": {
+                        "enabled": webhook,
+                        "app": "main",
+                        "max_body_bytes": max_body_bytes,
+                    },
                 }
             },
         }
@@ -109,17 +122,6 @@ def customers(x_api):
     x_api.add_user(HELP_ID, "AcmeHelp")
     x_api.add_user(IR_ID, "AcmeIR")
     return x_api.add_user("42", "ana_flies", followers_count=812), x_api.add_user("43", "bo")
-
-
-def published(records, topic, event_type):
-    """The events of ``event_type`` on ``topic`` (other tests share the broker and may have
-    left malformed messages there on purpose)."""
-    events = []
-    for record in records:
-        if record.topic == topic:
-            with contextlib.suppress(DecodeError):
-                events.append(decode(event_type, record.value))
-    return events
 
 
 def ids_on(records, topic, event_type, wanted):
@@ -449,3 +451,117 @@ async def test_a_restarted_ingest_does_not_republish_what_it_already_published(
 
     assert sorted(ids_on(records, topics.RAW, RawTweet, ids)) == sorted(ids)
     assert metrics.DUPLICATES_DROPPED.labels("replay")._value.get() == dropped + 3
+
+
+# --- poison -------------------------------------------------------------------------------------
+
+MEGABYTE = "x" * 1_000_000
+
+
+def line_poison(good: dict) -> list[Poison]:
+    """Bad lines of a replay file or the filtered stream, made from ``good``, a v2 message."""
+    data = good["data"]
+    without_text = {k: v for k, v in data.items() if k != "text"}
+    return [
+        Poison("invalid_json", b'{"data": {"id": "' + data["id"].encode(), "invalid_json"),
+        Poison("schema_v99", _dumps(schema_version=99, event_type="tweet.raw", tweet=data),
+               "not_a_tweet"),
+        Poison("missing_fields", _dumps(**{**good, "data": without_text}), "missing_field"),
+        Poison("null_fields", _dumps(**{**good, "data": {**data, "author_id": None}}),
+               "missing_field"),
+        Poison("nested_nulls", _dumps(**{**good, "includes": {"users": [None]}}), "not_a_tweet"),
+        Poison("json_null", b"null", "not_a_tweet"),
+        Poison("megabyte_text", _dumps(**{**good, "data": {**data, "text": MEGABYTE}}),
+               "too_large"),
+        Poison("invalid_utf8", b'{"data": {"text": "caf\xe9 \xff"}}', "invalid_utf8"),
+    ]  # fmt: skip
+
+
+def webhook_poison(good: dict) -> list[Poison]:
+    """Bad signed Account Activity bodies, made from ``good``, a v1.1 tweet object."""
+    without_text = {k: v for k, v in good.items() if k != "text"}
+
+    def body(*statuses: object) -> bytes:
+        return _dumps(for_user_id=HELP_ID, tweet_create_events=list(statuses))
+
+    return [
+        Poison("invalid_json", b'{"for_user_id": "' + HELP_ID.encode(), "invalid_json"),
+        Poison("schema_v99", _dumps(schema_version=99, event_type="tweet.raw", tweet=good),
+               "invalid_event"),
+        Poison("missing_fields", body(without_text), "missing_field"),
+        Poison("null_fields", body({**good, "user": None}), "not_a_tweet"),
+        Poison("null_event", body(None), "invalid_tweet"),
+        Poison("null_dm", _dumps(for_user_id=HELP_ID, direct_message_events=[None]), "not_a_dm"),
+        Poison("json_null", b"null", "invalid_event"),
+        Poison("megabyte_text", body({**good, "text": MEGABYTE}), "too_large"),
+        Poison("invalid_utf8", b'{"for_user_id": "\xff"}', "invalid_utf8"),
+        Poison("empty_body", b"", "empty_message"),
+    ]  # fmt: skip
+
+
+def _dumps(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+@pytest.mark.parametrize("source", ["replay", "filtered_stream", "webhook"])
+async def test_ingest_dead_letters_poison_and_goes_on(
+    source, x_api, customers, ingest_settings, running, read, tmp_path
+):
+    """Each bad line or body is dead-lettered with a reason, where it came from and its exact
+    bytes (the head, when too large to copy); a good tweet after them is published."""
+    ana, _ = customers
+    started, good_id = utc_now(), new_id()
+    if source == "webhook":
+        user = {"id_str": "42", "screen_name": "ana_flies"}
+        cases = webhook_poison(activity_tweet(new_id(), "@AcmeHelp hi", user))
+        status = activity_tweet(good_id, "@AcmeHelp my router died", user)
+        good = _dumps(for_user_id=HELP_ID, tweet_create_events=[status])
+    else:
+        message = {"data": x_api.make_tweet(new_id(), "@AcmeHelp hi", ana["id"]),
+                   "includes": {"users": [ana]}}  # fmt: skip
+        cases = line_poison(message)
+        tweet = x_api.make_tweet(good_id, "@AcmeHelp my router died", ana["id"])
+        good = _dumps(**{**message, "data": tweet})
+    inputs = [*(case.value or b"" for case in cases), good]
+    replay = tmp_path / "poison.jsonl"
+    replay.write_bytes(b"\n".join(inputs))
+    service = IngestService(
+        ingest_settings(replay_file=replay, replay_rate_per_s=1000)
+        if source == "replay"
+        else ingest_settings(stream=True)
+        if source == "filtered_stream"
+        else ingest_settings(webhook=True, max_body_bytes=2_000_000)
+    )
+
+    def ours(records: list) -> list[DeadLetter]:
+        letters = published(records, topics.DEADLETTER, DeadLetter)
+        return [x for x in letters if x.stage == "ingest" and x.failed_at >= started]
+
+    def done(records: list) -> bool:
+        good_published = ids_on(records, topics.RAW, RawTweet, [good_id])
+        return bool(good_published) and len(ours(records)) >= len(cases)
+
+    async with running(service):
+        if source == "filtered_stream":
+            await wait_for(lambda: x_api.stream_connections >= 1)
+            for line in inputs:
+                x_api.push_stream_line(line)
+        elif source == "webhook":
+            transport = httpx.ASGITransport(app=service.http_app())
+            async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+                for body in inputs:
+                    response = await client.post("/webhooks/x", content=body, headers=signed(body))
+                    assert response.status_code == 200, body[:60]
+        records = await read([topics.RAW, topics.DEADLETTER], done, timeout_s=60)
+
+    assert ids_on(records, topics.RAW, RawTweet, [good_id]) == [good_id]
+    letters = ours(records)
+    for line, case in enumerate(cases, start=1):
+        original = case.value or b""
+        [letter] = [x for x in letters if x.original() == original[:MAX_ORIGINAL_BYTES]]
+        assert letter.reason == case.reason, case.case
+        assert letter.source == (f"replay poison.jsonl:{line}" if source == "replay" else source)
+        assert letter.original_size == len(original), case.case
+        assert letter.original_truncated == (len(original) > MAX_ORIGINAL_BYTES), case.case
+    if source == "filtered_stream":  # read through, not dropped and reconnected
+        assert x_api.stream_connections == 1

@@ -22,11 +22,10 @@ from switchboard.shared.events import (
     RoutedTweet,
     SpikeAlert,
     Trace,
-    decode,
     decode_alert,
     encode,
 )
-from tests.conftest import CONFIG_FILE, wait_for
+from tests.conftest import CONFIG_FILE, key_of, readable, wait_for
 from tests.factories import a_classified_tweet, a_tweet
 
 WATCHED = [*topics.PRIMARY_TOPICS, topics.ALERTS]
@@ -72,9 +71,9 @@ async def send(producer, *events) -> None:  # noqa: ANN001
 
 def routed_records(records, prefix: str) -> list[tuple[str, RoutedTweet]]:
     found = []
-    for record in records:
-        if record.topic in topics.PRIMARY_TOPICS and record.key.decode().startswith(prefix):
-            found.append((record.topic, decode(RoutedTweet, record.value)))
+    for record, routed in readable(records, RoutedTweet):
+        if record.topic in topics.PRIMARY_TOPICS and key_of(record).startswith(prefix):
+            found.append((record.topic, routed))
     return found
 
 

@@ -8,7 +8,7 @@ from switchboard.route.service import RouteService
 from switchboard.route.settings import RouteSettings
 from switchboard.shared import topics
 from switchboard.shared.events import Alert, DeadLetter, RoutedTweet, decode, encode
-from tests.conftest import CONFIG_FILE
+from tests.conftest import CONFIG_FILE, readable
 from tests.factories import a_classified_tweet
 
 WATCHED = [*topics.PRIMARY_TOPICS, topics.ALERTS, topics.DEADLETTER]
@@ -49,9 +49,8 @@ async def test_route_publishes_each_tweet_once_and_dead_letters_garbage(
         records = await read(WATCHED, done)
 
     by_id = {}
-    for record in records:
+    for record, routed in readable(records, RoutedTweet):
         if record.topic in topics.PRIMARY_TOPICS:
-            routed = decode(RoutedTweet, record.value)
             by_id.setdefault(routed.tweet.id, []).append(record.topic)
     assert by_id["r-1"] == ["switchboard.dept.legal"]
     assert by_id["r-2"] == [topics.TRIAGE]

@@ -247,7 +247,8 @@ class XApiStandIn:
         self.users: dict[str, JsonDict] = {}
         self._mentions: dict[str, dict[str, JsonDict]] = {}
         self._dm_events: dict[str, JsonDict] = {}
-        self._stream_queue: deque[tuple[JsonDict, list[str] | None]] = deque()
+        # A tweet and its matching tags, or a raw line sent as it is.
+        self._stream_queue: deque[tuple[JsonDict, list[str] | None] | bytes] = deque()
         self._failures: list[_ScriptedFailure] = []
         self._rate_limits: dict[str, _RateLimit] = {}
         self._pending_disconnect: int | None = None
@@ -352,6 +353,11 @@ class XApiStandIn:
     def push_stream(self, tweet: dict, matching_tags: list[str] | None = None) -> None:
         """Queue a tweet for the filtered stream; it waits until a client is connected."""
         self._stream_queue.append((tweet, list(matching_tags) if matching_tags else None))
+        self._wakeup.set()
+
+    def push_stream_line(self, line: bytes) -> None:
+        """Queue a raw line for the filtered stream (what a broken or hostile peer might send)."""
+        self._stream_queue.append(line)
         self._wakeup.set()
 
     def add_mention(self, user_id: str, tweet: dict) -> None:
@@ -647,8 +653,11 @@ class XApiStandIn:
                 self._hang_up(request)
                 return
             if self._stream_queue:
-                tweet, tags = self._stream_queue.popleft()
-                await response.write(self._stream_line(request, tweet, tags))
+                item = self._stream_queue.popleft()
+                line = (
+                    item + b"\r\n" if isinstance(item, bytes) else self._stream_line(request, *item)
+                )
+                await response.write(line)
                 budget = None if budget is None else budget - 1
                 continue
             await self._idle(response)

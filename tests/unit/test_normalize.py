@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from switchboard.ingest.normalize import NormalizeError, tweet_from_v2
+from switchboard.ingest.normalize import (
+    NormalizeError,
+    deletion_from_activity,
+    dm_from_activity,
+    tweet_from_v1,
+    tweet_from_v2,
+)
+from switchboard.shared.events import MAX_TEXT_CHARS
 
 AUTHOR = {
     "id": "42",
@@ -92,4 +99,27 @@ def test_long_posts_use_the_note_tweet_text(config):
 def test_what_is_not_a_tweet_is_refused_with_a_reason(config, broken, reason):
     with pytest.raises(NormalizeError) as caught:
         tweet_from_v2(broken, config)
+    assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [
+        (lambda c: tweet_from_v2({**message(), "includes": {"users": [None]}}, c), "not_a_tweet"),
+        (lambda c: tweet_from_v2({**message(), "matching_rules": "x"}, c), "not_a_tweet"),
+        (lambda c: tweet_from_v2(message(entities={"mentions": [7]}), c), "invalid_tweet"),
+        (lambda c: tweet_from_v2(message(referenced_tweets=[None]), c), "not_a_tweet"),
+        (lambda c: tweet_from_v2(message(text="x" * (MAX_TEXT_CHARS + 1)), c), "too_large"),
+        (lambda c: tweet_from_v1(None, c, "webhook"), "invalid_tweet"),  # type: ignore[arg-type]
+        (lambda c: dm_from_activity(None, {}, c), "not_a_dm"),  # type: ignore[arg-type]
+        (
+            lambda c: deletion_from_activity({"status": {"id": 1}, "timestamp_ms": "x"}),
+            "not_a_deletion",
+        ),
+    ],  # fmt: skip
+)
+def test_x_objects_of_any_shape_are_refused_with_a_reason(config, build, reason):
+    """Untrusted JSON: a null or a wrong type anywhere is a NormalizeError, never a crash."""
+    with pytest.raises(NormalizeError) as caught:
+        build(config)
     assert caught.value.reason == reason

@@ -1,0 +1,388 @@
+"""Poison input at every Kafka-fed stage (ingest's X input: test_ingest_x.py).
+
+Each bad message is dead-lettered with the stage, a reason and its exact bytes (the head and a
+reference when it is too large to copy whole); a good message sent after them is processed, and
+the group's committed offset moves past them, so a restart does not meet them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from switchboard.classify.service import GROUP_ID as CLASSIFY_GROUP
+from switchboard.classify.service import ClassifyService
+from switchboard.classify.settings import ClassifySettings
+from switchboard.notify.service import GROUP_ID as NOTIFY_GROUP
+from switchboard.notify.service import NotifyService
+from switchboard.notify.settings import NotifySettings, SmtpSettings
+from switchboard.route.service import GROUP_ID as ROUTE_GROUP
+from switchboard.route.service import RouteService
+from switchboard.route.settings import RouteSettings
+from switchboard.shared import topics
+from switchboard.shared.events import (
+    MAX_ORIGINAL_BYTES,
+    Author,
+    BrandTweet,
+    ConversationState,
+    DeadLetter,
+    Event,
+    RedriveRequest,
+    Trace,
+    decode,
+    encode,
+    utc_now,
+)
+from switchboard.shared.kafka import (
+    Output,
+    StreamLoop,
+    client_options,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    publish,
+)
+from switchboard.shared.settings import KafkaSettings
+from switchboard.shared.table import ChangelogTable
+from tests.conftest import CONFIG_FILE
+from tests.factories import Poison, a_classified_tweet, a_raw_tweet, a_tweet, routed_from
+
+RUN = uuid.uuid4().hex[:8]  # the broker is shared by the session: keys unique to this run
+SKYLARK_HELP_ID = "1500000000000000002"
+
+
+def poison_key(stage: str, case: Poison) -> bytes:
+    key = f"{RUN}-{stage}-{case.case}".encode()
+    # Keys are not always UTF-8 either; the dead letter keeps the key byte for byte.
+    return b"\xfe\xff" + key if case.case == "invalid_utf8" else key
+
+
+def poisons(sample: Event) -> list[Poison]:
+    """Every kind of bad input, made from ``sample``, a valid event of the topic."""
+    valid = json.loads(encode(sample))
+    body = "tweet" if "tweet" in valid else "routed"
+    without_body = {k: v for k, v in valid.items() if k != body}
+    return [
+        Poison("invalid_json", b'{"schema_version": 1, "tweet": {"id": ', "invalid_json"),
+        Poison("schema_v99", _json(valid, schema_version=99), "unsupported_schema_version"),
+        Poison("wrong_event_type", _json(valid, event_type="tweet.unknown"), "wrong_event_type"),
+        Poison("missing_fields", _json(without_body), "missing_field"),
+        Poison("null_fields", _json(valid, **{body: None}), "missing_field"),
+        Poison("json_null", b"null", "invalid_event"),
+        Poison("megabyte_text", _json(_with_text(valid, "x" * 1_000_000)), "too_large"),
+        Poison("invalid_utf8", b'{"schema_version": 1, "text": "caf\xe9 \xff"}', "invalid_utf8"),
+        Poison("empty_value", b"", "empty_message"),
+        Poison("tombstone", None, "empty_message"),
+    ]  # fmt: skip
+
+
+def _json(valid: dict[str, Any], **changes: object) -> bytes:
+    return json.dumps({**valid, **changes}).encode()
+
+
+def _with_text(valid: dict[str, Any], text: str) -> dict[str, Any]:
+    tweet = valid["tweet"] if "tweet" in valid else valid["routed"]["tweet"]
+    tweet["text"] = text
+    return valid
+
+
+@dataclass
+class Feed:
+    """What a stage reads on ``topic``: poison made from ``sample``, then a good message
+    (``after``), whose processing shows as a record on ``expect_topic`` that ``expect``
+    accepts."""
+
+    topic: str
+    group: str
+    sample: Event
+    after: Output
+    expect_topic: str
+    expect: Callable[[ConsumerRecord], bool]
+    before: Output | None = None  # processed before the poison is sent
+
+
+async def poison_then_good(
+    service: Any,
+    feed: Feed,
+    kafka: KafkaSettings,
+    producer: AIOKafkaProducer,
+    read: Callable[..., Any],
+    running: Callable[..., Any],
+) -> None:
+    """Send every poison case, then the good message; check each dead letter, that the good
+    one was processed, and that the group's offset moved past them all."""
+    stage = service.name
+    cases = poisons(feed.sample)
+    partition = TopicPartition(feed.topic, 0)
+    async with running(service):
+        if feed.before is not None:
+            first = await producer.send_and_wait(*_args(feed.before))
+            await wait_for_commit(
+                kafka, feed.group, TopicPartition(feed.before.topic, 0), first.offset + 1
+            )
+        sent = {}
+        for case in cases:
+            key = poison_key(stage, case)
+            sent[key] = (case, await producer.send_and_wait(feed.topic, case.value, key, 0))
+        good = await producer.send_and_wait(*_args(feed.after))  # behind the poison
+
+        def done(records: list[ConsumerRecord]) -> bool:
+            letters = {r.key for r in records if r.topic == topics.DEADLETTER}
+            expected = any(r.topic == feed.expect_topic and feed.expect(r) for r in records)
+            return expected and letters >= set(sent)
+
+        records = await read([topics.DEADLETTER, feed.expect_topic], done, timeout_s=120)
+        await wait_for_commit(kafka, feed.group, partition, good.offset + 1)
+
+    assert any(r.topic == feed.expect_topic and feed.expect(r) for r in records), "the good one"
+    letters = {r.key: r for r in records if r.topic == topics.DEADLETTER and r.key in sent}
+    for key, (case, where) in sent.items():
+        assert key in letters, f"{case.case} was not dead-lettered"
+        letter = decode(DeadLetter, letters[key].value)
+        assert (letter.stage, letter.reason) == (stage, case.reason), case.case
+        assert (letter.source_topic, letter.partition, letter.offset) == (
+            feed.topic, 0, where.offset
+        ), case.case  # fmt: skip
+        original = case.value or b""
+        assert letter.original_size == len(original), case.case
+        if len(original) > MAX_ORIGINAL_BYTES:  # too large to copy: the head and the offset
+            assert letter.original_truncated and letter.original() == original[:MAX_ORIGINAL_BYTES]
+        else:
+            assert not letter.original_truncated and letter.original() == original, case.case
+        assert letter.error, case.case
+
+
+async def wait_for_commit(
+    kafka: KafkaSettings, group: str, tp: TopicPartition, past: int, timeout_s: float = 30.0
+) -> None:
+    """Wait until ``group`` committed ``tp`` at offset ``past`` or beyond."""
+    admin = AIOKafkaAdminClient(**client_options(kafka))
+    await admin.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            offsets = await admin.list_consumer_group_offsets(group, partitions=[tp])
+            if tp in offsets and offsets[tp].offset >= past:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{group} did not commit {tp} past offset {past}")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+def _args(output: Output) -> tuple[str, bytes, bytes | None, int]:
+    return output.topic, output.value, output.key, 0  # all on partition 0, in order
+
+
+def keyed(key: str) -> Callable[[ConsumerRecord], bool]:
+    return lambda record: record.key == key.encode()
+
+
+# --- one test per stage ---------------------------------------------------------------------
+
+
+async def test_classify_dead_letters_poison_and_goes_on(kafka, producer, read, running, classifier):
+    good = a_raw_tweet(id=f"{RUN}-c", conversation_id=f"{RUN}-classify-good")
+    feed = Feed(
+        topics.RAW,
+        CLASSIFY_GROUP,
+        sample=good,
+        after=Output.of(topics.RAW, good, good.tweet.conversation_id),
+        expect_topic=topics.CLASSIFIED,
+        expect=keyed(good.tweet.conversation_id),
+    )
+    settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    service = ClassifyService(settings, model=classifier)
+    await poison_then_good(service, feed, kafka, producer, read, running)
+
+
+def route_feed(topic: str) -> Feed:
+    conversation = f"{RUN}-route-good-{topic}"
+    # community at normal urgency: no subscription, so no email for later tests to find
+    inbound = a_classified_tweet(
+        "community", 0.9, "normal", id=f"{RUN}-r1", conversation_id=conversation
+    )
+    if topic == topics.CLASSIFIED:
+        return Feed(
+            topic,
+            ROUTE_GROUP,
+            sample=inbound,
+            after=Output.of(topic, inbound, conversation),
+            expect_topic=topics.department_topic("community"),
+            expect=keyed(conversation),
+        )
+    helpdesk = Author(id=SKYLARK_HELP_ID, username="SkylarkHelp")
+    reply = BrandTweet(
+        handle="@SkylarkHelp",
+        tweet=a_tweet(id=f"{RUN}-r2", conversation_id=conversation, author=helpdesk),
+        trace=Trace(ingested_at=utc_now()),
+    )
+
+    def answered(record: ConsumerRecord) -> bool:
+        return keyed(conversation)(record) and (
+            decode(ConversationState, record.value).awaiting is None
+        )
+
+    return Feed(
+        topic,
+        ROUTE_GROUP,
+        sample=reply,
+        after=Output.of(topic, reply, conversation),
+        expect_topic=topics.ROUTE_CONVERSATIONS,
+        expect=answered,
+        before=Output.of(topics.CLASSIFIED, inbound, conversation),  # what the reply answers
+    )
+
+
+@pytest.mark.parametrize("topic", [topics.CLASSIFIED, topics.BRAND])
+async def test_route_dead_letters_poison_and_goes_on(kafka, producer, read, running, topic):
+    settings = RouteSettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    service = RouteService(settings)
+    await poison_then_good(service, route_feed(topic), kafka, producer, read, running)
+
+
+def notify_feed(topic: str) -> Feed:
+    conversation = f"{RUN}-notify-good-{topic}"
+    complaint = a_classified_tweet(
+        "customer_service", 0.9, "high", id=f"{RUN}-n1", conversation_id=conversation
+    )
+    routed = routed_from(complaint)
+    if topic == topics.NOTIFICATIONS_REDRIVE:
+        sample: Event = RedriveRequest(
+            delivery_id=f"{RUN}-n1:email:support-leads",
+            subscription="support-leads",
+            department="customer_service",
+            routed=routed,
+        )
+    else:
+        sample = routed
+    return Feed(
+        topic,
+        NOTIFY_GROUP,
+        sample=sample,
+        after=Output.of(topic, sample, conversation),
+        expect_topic=topics.DELIVERIES,
+        expect=keyed(conversation),
+    )
+
+
+@pytest.mark.parametrize(
+    "topic", [topics.department_topic("customer_service"), topics.NOTIFICATIONS_REDRIVE]
+)
+async def test_notify_dead_letters_poison_and_goes_on(kafka, producer, read, running, inbox, topic):
+    settings = NotifySettings.load(
+        config_file=CONFIG_FILE, kafka=kafka, smtp=SmtpSettings(host="127.0.0.1", port=inbox.port)
+    )
+    service = NotifyService(settings)
+    await poison_then_good(service, notify_feed(topic), kafka, producer, read, running)
+
+
+# --- the shared loop ------------------------------------------------------------------------
+
+LOOP_IN, LOOP_OUT = "switchboard.test.poison.in", "switchboard.test.poison.out"
+
+
+@pytest.mark.parametrize("refused_by", ["producer", "broker"])
+async def test_an_output_too_large_for_the_cluster_is_dead_lettered(kafka, read, refused_by):
+    # The producer refuses what is over KAFKA_MAX_MESSAGE_BYTES; with a limit above the
+    # broker's (1 MiB here), the broker refuses it.
+    limit = 1_048_576 if refused_by == "producer" else 4 * 1_048_576
+    producer = make_producer(kafka.model_copy(update={"max_message_bytes": limit}), "test")
+    await ensure_topics(kafka, [LOOP_OUT], 1, 1)
+    key = f"{RUN}-huge-{refused_by}"
+    huge = Output(LOOP_OUT, b"h" * 1_200_000, key.encode())
+    small = [Output(LOOP_OUT, f"{key}-{n}".encode(), key.encode()) for n in range(2)]
+    await producer.start()
+    try:
+        replaced = await publish(producer, [small[0], huge, small[1]], "route")
+    finally:
+        await producer.stop()
+
+    assert replaced == [huge]
+    records = await read(
+        [LOOP_OUT, topics.DEADLETTER],
+        lambda rs: sum(r.key == key.encode() for r in rs) >= 3,
+    )
+    assert [r.value for r in records if r.topic == LOOP_OUT and r.key == key.encode()] == [
+        o.value for o in small
+    ]
+    [letter] = [decode(DeadLetter, r.value) for r in records if r.topic == topics.DEADLETTER
+                and r.key == key.encode()]  # fmt: skip
+    assert (letter.stage, letter.reason, letter.target_topic) == ("route", "too_large", LOOP_OUT)
+    assert letter.original_truncated and letter.original_size == len(huge.value)
+    assert letter.original() == huge.value[:MAX_ORIGINAL_BYTES]
+
+
+async def test_a_record_the_handler_fails_on_is_dead_lettered_and_the_stream_goes_on(
+    kafka, producer, read
+):
+    """Poison that decodes but breaks a stage (a bug) must not stop the stream, nor crash-loop
+    the service: the batch is retried one record at a time and the culprit dead-lettered."""
+    await ensure_topics(kafka, [LOOP_IN, LOOP_OUT], 1, 1)
+
+    async def handler(records: list[ConsumerRecord]) -> list[Output]:
+        outputs = []
+        for record in records:
+            if record.value == b"boom":
+                raise ZeroDivisionError("the stage's bug")
+            outputs.append(Output(LOOP_OUT, record.value, record.key))
+        return outputs
+
+    group = f"{RUN}-loop"
+    consumer = make_consumer(kafka, [LOOP_IN], group, "test")
+    out = make_producer(kafka, "test")
+    key = f"{RUN}-loop".encode()
+    stop = asyncio.Event()
+    await consumer.start()
+    await out.start()
+    loop = asyncio.create_task(StreamLoop("route", consumer, out, handler).run(stop))
+    try:
+        for value in (b"before", b"boom", b"after"):
+            last = await producer.send_and_wait(LOOP_IN, value, key, 0)
+        records = await read(
+            [LOOP_OUT, topics.DEADLETTER], lambda rs: sum(r.key == key for r in rs) >= 3
+        )
+        await wait_for_commit(kafka, group, TopicPartition(LOOP_IN, 0), last.offset + 1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(loop, timeout=15)
+        await consumer.stop()
+        await out.stop()
+
+    ours = [r for r in records if r.key == key]
+    assert [r.value for r in ours if r.topic == LOOP_OUT] == [b"before", b"after"]
+    [letter] = [decode(DeadLetter, r.value) for r in ours if r.topic == topics.DEADLETTER]
+    assert (letter.reason, letter.original(), letter.source_topic) == (
+        "processing_failed", b"boom", LOOP_IN
+    )  # fmt: skip
+    assert "ZeroDivisionError: the stage's bug" in letter.error
+
+
+async def test_a_changelog_record_that_cannot_be_read_is_skipped_on_restore(kafka, producer):
+    """A service's own state topic is read whole at start: a record it cannot read must not
+    stop the service from starting (it is skipped and logged; dead-lettering it would repeat
+    at every restart)."""
+    conversation = f"{RUN}-changelog"
+    state = ConversationState(conversation_id=conversation, department="legal",
+                              max_urgency="high", tweets=1, updated_at=utc_now())  # fmt: skip
+    for key, value in [
+        (b"\xfe\xff" + conversation.encode(), encode(state)),  # a key that is not UTF-8
+        (conversation.encode(), b"\x00 not json"),
+        (conversation.encode(), encode(state)),
+    ]:
+        await producer.send_and_wait(topics.ROUTE_CONVERSATIONS, value, key)
+    table = ChangelogTable(kafka, topics.ROUTE_CONVERSATIONS, ConversationState)
+
+    await table.restore()
+
+    assert table.get(conversation) == state
