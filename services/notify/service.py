@@ -35,6 +35,7 @@ from switchboard.notify.resilience import (
     RateLimiter,
     with_retries,
 )
+from switchboard.notify.sanitize import redacted
 from switchboard.notify.settings import NotifySettings
 from switchboard.shared import metrics, topics
 from switchboard.shared.config import Subscription
@@ -148,6 +149,7 @@ class NotifyService:
             if isinstance(routed, Output):
                 outputs.append(routed)
                 continue
+            routed = redacted(routed, self.options.redact)  # before any channel sees it
             department = Department(record.topic.removeprefix(topics.DEPARTMENT_PREFIX))
             for subscription in matching_subscriptions(
                 routed, self.options.subscriptions, department
@@ -177,7 +179,8 @@ class NotifyService:
             log.warning("redrive for an unknown subscription", extra={"id": request.delivery_id})
             return []
         metrics.REDRIVEN.labels(wanted[0].channel).inc()
-        return [Job(request.routed, wanted[0], request.department, request.delivery_id)]
+        routed = redacted(request.routed, self.options.redact)
+        return [Job(routed, wanted[0], request.department, request.delivery_id)]
 
     async def _in_order(self, jobs: list[Job]) -> list[Delivery]:
         return [await self.deliver(job) for job in jobs]
