@@ -28,7 +28,13 @@ import httpx
 from switchboard.notify.mail import SmtpMailer, check_templates, render_email
 from switchboard.notify.resilience import DeliveryError, http_error
 from switchboard.notify.sanitize import chat, clip, html, inert, one_line, web_link
-from switchboard.shared.config import EmailConfig, NotifyConfig, Subscription
+from switchboard.shared.config import (
+    EmailConfig,
+    HubSpotTarget,
+    NotifyConfig,
+    SalesforceTarget,
+    Subscription,
+)
 from switchboard.shared.events import RoutedTweet
 from switchboard.shared.labels import Department, Urgency
 from switchboard.shared.settings import read_secret
@@ -324,8 +330,7 @@ class SalesforceChannel(HttpChannel):
         self.api_version = api_version
 
     async def deliver(self, job: Job) -> Done:
-        target = job.subscription.salesforce
-        assert target is not None
+        target = job.subscription.salesforce or SalesforceTarget()  # optional: the defaults
         author = job.routed.tweet.author
         if target.object == "Lead":
             key = author.id
@@ -363,8 +368,7 @@ class HubSpotChannel(HttpChannel):
         super().__init__(timeout_s, base_url, headers={"Authorization": f"Bearer {token}"})
 
     async def deliver(self, job: Job) -> Done:
-        target = job.subscription.hubspot
-        assert target is not None
+        target = job.subscription.hubspot or HubSpotTarget()  # optional: the defaults
         tweet = job.routed.tweet
         if target.object == "contacts":
             key = tweet.author.id
