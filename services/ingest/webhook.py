@@ -5,6 +5,14 @@
 - ``POST <path>`` must carry ``x-twitter-webhooks-signature: sha256=<base64 HMAC of the body>``;
   a missing or wrong signature is 401, a body over ``max_body_bytes`` is 413. The events are
   published before the 200, so X redelivers what a failed request did not publish.
+
+Replays. X signs the body only: there is no timestamp or nonce to check, so a body captured
+once verifies forever. What protects against a replay, and against X's own redeliveries, is
+that each event takes effect once (service.py): a tweet or DM id already published within
+``ingest.dedup_window_hours`` is a duplicate (the memory survives restarts), and a tweet or DM
+written more than ``max_event_age_hours`` ago (at most that window) is refused, so it cannot
+come back once forgotten. Deletions are deduplicated too but never refused for their age: a
+deletion must always be honoured. Either way the answer is 200, which ends X's retries.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -32,6 +41,11 @@ Handler = Callable[[dict[str, Any]], Awaitable[int]]
 def signature(secret: bytes, payload: bytes) -> str:
     digest = hmac.new(secret, payload, hashlib.sha256).digest()
     return "sha256=" + base64.b64encode(digest).decode("ascii")
+
+
+def too_old(written_at: datetime, max_age_hours: float, now: datetime | None = None) -> bool:
+    """Whether an event written at ``written_at`` is past the age a webhook accepts."""
+    return written_at < (now or datetime.now(UTC)) - timedelta(hours=max_age_hours)
 
 
 def webhook_router(settings: WebhookConfig, consumer_secret: str, handle: Handler) -> APIRouter:

@@ -23,10 +23,11 @@ import time
 from collections import defaultdict
 
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from fastapi import FastAPI
 
 from switchboard.notify.channels import Channel, Done, Job, channels_for
 from switchboard.notify.digest import DigestWorker
-from switchboard.notify.dlq import Filters, parked_deliveries
+from switchboard.notify.dlq import Filters, dlq_router, parked_deliveries
 from switchboard.notify.mail import SmtpMailer
 from switchboard.notify.resilience import (
     CircuitBreaker,
@@ -38,6 +39,7 @@ from switchboard.notify.resilience import (
 from switchboard.notify.sanitize import redacted
 from switchboard.notify.settings import NotifySettings
 from switchboard.shared import metrics, topics
+from switchboard.shared.access import AccessPolicy
 from switchboard.shared.config import Subscription
 from switchboard.shared.events import (
     Delivery,
@@ -56,7 +58,7 @@ from switchboard.shared.kafka import (
     publish,
 )
 from switchboard.shared.labels import Department
-from switchboard.shared.runtime import run_service
+from switchboard.shared.runtime import http_app, run_service
 from switchboard.shared.table import ChangelogTable
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,11 @@ class NotifyService:
     @property
     def ready(self) -> bool:
         return self._ready
+
+    def http_app(self) -> FastAPI:
+        app = http_app(self, AccessPolicy.of(self.settings.config.access))
+        app.include_router(dlq_router(self.settings.kafka))
+        return app
 
     async def start(self) -> None:
         await ensure_topics(
