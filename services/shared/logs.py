@@ -70,6 +70,8 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
     # The Kafka client logs every reconnect attempt at INFO/WARNING; keep ours readable.
     logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    # httpx logs every request's full URL at INFO, and URLs may carry credentials.
-    for name in ("httpx", "httpcore"):
+    # Clients that log credentials below WARNING never do so here: httpx every request's URL
+    # (URLs may carry credentials) at INFO, tweepy the Authorization header at DEBUG (aiokafka,
+    # above, its SASL exchange at DEBUG).
+    for name in ("httpx", "httpcore", "tweepy"):
         logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.WARNING))
