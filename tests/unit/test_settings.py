@@ -132,6 +132,10 @@ def test_secrets_read_are_masked_in_every_log_line(monkeypatch, caplog):
         assert "vendor-" not in line and "[secret]" in line, line
     entry = json.loads(JsonFormatter("notify").format(record))
     assert entry["header"] == "Bearer [secret]" and "[secret]" in entry["exc"]
+    from switchboard.notify.resilience import http_error
+
+    echoed = http_error(401, f'{{"error": "bad token {secret}"}}', None)  # bound for the DLQ
+    assert secret not in str(echoed) and "[secret]" in str(echoed)
 
 
 def test_config_errors_never_show_secret_values(monkeypatch):
