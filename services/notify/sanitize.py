@@ -7,9 +7,11 @@ target accepts. All of that happens here, in pure functions that every channel u
 - ``inert`` removes what changes how text is shown without being seen: C0 and C1 controls,
   bidi embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069, the "Trojan Source"
   characters), zero-width spaces, word joiners, invisible operators, BOMs and tag characters
-  (which can smuggle invisible ASCII). Zero-width joiners and non-joiners and the
-  left-to-right and right-to-left marks stay: emoji sequences and several scripts need them,
-  and they cannot reorder text the way overrides do. Every line break becomes ``\\n``.
+  (which can smuggle invisible ASCII). Zero-width joiners and non-joiners stay between
+  non-ASCII characters, where emoji sequences and several scripts need them, and go next to
+  ASCII, where they join nothing and only hide (``pay\\u200dpal``); left-to-right and
+  right-to-left marks stay: they cannot reorder text the way overrides do. Every line break
+  becomes ``\\n``.
   Chat-wide mentions (@channel, @here, @everyone, @all...) get a full-width at sign (＠here)
   that no chat tool expands. A link's host written in non-ASCII letters is shown as punycode
   (``xn--``), so a look-alike domain does not pass for the real one, and a link longer than
@@ -47,6 +49,7 @@ _INVISIBLE = re.compile(
     "\u00ad\u180e\u200b\u202a-\u202e\u2060-\u2064\u2066-\u2069"
     "\ufeff\ufff9-\ufffb\U000e0000-\U000e007f]"
 )
+_IDLE_JOINER = re.compile("(?<![^\x00-\x7f])[\u200c\u200d]|[\u200c\u200d](?![^\x00-\x7f])")
 _LINE_BREAK = re.compile("\r\n|[\r\x0b\x0c\x85\u2028\u2029]")
 _BROADCAST = re.compile(r"@(?=(?:channel|here|everyone|all|group|room)\b)", re.IGNORECASE)
 _URL = re.compile(r"\bhttps?://[^\s<>\"']+", re.IGNORECASE)
@@ -57,6 +60,7 @@ _PHONE = re.compile(r"(?<![\w/#=&.+-])(?:\+|00|\()?\d(?:[ \t\u00a0().-]{0,2}\d){
 def inert(text: str) -> str:
     """``text`` as it may be shown anywhere: see the module's docstring."""
     text = _INVISIBLE.sub("", text)
+    text = _IDLE_JOINER.sub("", text)
     text = _LINE_BREAK.sub("\n", text)
     text = _URL.sub(lambda found: shown_url(found.group()), text)
     return _BROADCAST.sub("\uff20", text)

@@ -52,6 +52,10 @@ def test_inert_removes_what_hides_or_reorders_text():
     assert not any(ch in shown for ch in INVISIBLE)
     assert "zerowidth" in shown and "joiner" in shown and "tagfamily" not in shown
     assert "\U0001f468\u200d\U0001f469" in shown  # an emoji sequence keeps its joiner
+    assert inert("pay\u200dpal pay\u200cpal \u200dx") == "paypal paypal x"  # joins nothing
+    assert inert("\u0915\u094d\u200d\u0937 \u0645\u06cc\u200c\u062e") == (
+        "\u0915\u094d\u200d\u0937 \u0645\u06cc\u200c\u062e"
+    )  # Devanagari and Persian keep theirs
     assert "\u200f" in inert("\u05e9\u05dc\u05d5\u05dd\u200f!")  # a right-to-left mark stays
 
 
