@@ -11,11 +11,10 @@ target accepts. All of that happens here, in pure functions that every channel u
   non-ASCII characters, where emoji sequences and several scripts need them, and go next to
   ASCII, where they join nothing and only hide (``pay\\u200dpal``); left-to-right and
   right-to-left marks stay: they cannot reorder text the way overrides do. Every line break
-  becomes ``\\n``.
-  Chat-wide mentions (@channel, @here, @everyone, @all...) get a full-width at sign (＠here)
-  that no chat tool expands. A link's host written in non-ASCII letters is shown as punycode
-  (``xn--``), so a look-alike domain does not pass for the real one, and a link longer than
-  ``URL_LIMIT`` is shortened in the middle.
+  becomes ``\\n``. Chat-wide mentions (@channel, @here, @everyone, @all...) get a full-width
+  at sign (＠here) that no chat tool expands. A link's host written in non-ASCII letters is
+  shown as punycode (``xn--``), so a look-alike domain does not pass for the real one, and a
+  link longer than ``URL_LIMIT`` is shortened in the middle.
 - ``one_line`` is for subjects, summaries and names: inert, whitespace collapsed, no line
   break left (so no header can be added), cut to a limit.
 - ``clip`` cuts text to a target's limit, saying so, instead of letting the target refuse it.
