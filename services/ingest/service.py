@@ -9,7 +9,8 @@ webhooks, and backfill from a JSONL replay file or an X archive export. Whatever
   ``switchboard.tweets.brand`` (response times are measured from them downstream);
 - plain retweets are skipped unless ``ingest.include_retweets``;
 - a deletion becomes a ComplianceEvent on ``switchboard.compliance``;
-- the same tweet id from any source, within ``ingest.dedup_window_hours``, is published once;
+- the same tweet id from any source, within ``ingest.dedup_window_hours``, is published once,
+  and so is the deletion of a tweet;
 - input that is not a tweet goes to ``switchboard.deadletter`` with the reason and the bytes.
 """
 
@@ -46,9 +47,10 @@ from switchboard.ingest.polling import DirectMessagesPoller, MentionsPoller
 from switchboard.ingest.replay import paced, paced_lines
 from switchboard.ingest.settings import IngestSettings
 from switchboard.ingest.stream import FilteredStream
-from switchboard.ingest.webhook import webhook_router
+from switchboard.ingest.webhook import too_old, webhook_router
 from switchboard.ingest.xapi import XApi
 from switchboard.shared import metrics, topics
+from switchboard.shared.access import AccessPolicy
 from switchboard.shared.config import HandleConfig, SwitchboardConfig
 from switchboard.shared.events import (
     BrandTweet,
@@ -76,6 +78,7 @@ from switchboard.shared.settings import read_secret
 log = logging.getLogger(__name__)
 
 TOPICS = [topics.RAW, topics.BRAND, topics.COMPLIANCE, topics.DEADLETTER, topics.INGEST_CHECKPOINTS]
+DELETED = "deleted:"  # a deletion's id in the memory of seen ids: this prefix and the tweet id
 
 
 class IngestService:
@@ -131,10 +134,13 @@ class IngestService:
 
         def collect(record: ConsumerRecord) -> None:
             with contextlib.suppress(ValueError, KeyError, TypeError):
-                records.append((record.timestamp / 1000, json.loads(record.value)["tweet"]["id"]))
+                value = json.loads(record.value)
+                seen = DELETED + value["tweet_id"] if "tweet_id" in value else value["tweet"]["id"]
+                records.append((record.timestamp / 1000, seen))
 
         await read_to_end(
-            self.settings.kafka, [topics.RAW, topics.BRAND], collect, since_ms=since_ms,
+            self.settings.kafka, [topics.RAW, topics.BRAND, topics.COMPLIANCE], collect,
+            since_ms=since_ms,
             client_id="switchboard-ingest-dedup",
         )  # fmt: skip
         for seen_at, tweet_id in sorted(records):
@@ -142,8 +148,9 @@ class IngestService:
         return len(records)
 
     def http_app(self) -> FastAPI:
-        app = http_app(self)
         webhook = self.config.ingest.x.webhook
+        signed = (webhook.path,) if webhook.enabled else ()  # X's signature authenticates it
+        app = http_app(self, AccessPolicy.of(self.config.access, signed))
         if webhook.enabled:
             app_config = self.config.ingest.x.apps[webhook.app]
             assert app_config.consumer_secret is not None  # checked by the config model
@@ -298,9 +305,18 @@ class IngestService:
                 continue
             if isinstance(item, Deletion):
                 published += await self.publish_deletion(item, "webhook") == "compliance"
-            elif item is not None:
+            elif item is not None and not self._replayed(item):
                 published += await self.offer(item) in ("inbound", "brand")
         return published
+
+    def _replayed(self, tweet: Tweet) -> bool:
+        """A tweet or DM written before the webhook's max event age: a replay (webhook.py)."""
+        if not too_old(tweet.created_at, self.config.ingest.x.webhook.max_event_age_hours):
+            return False
+        metrics.TWEETS_SKIPPED.labels("webhook", "too_old").inc()
+        log.warning("webhook event older than max_event_age_hours refused",
+                    extra={"tweet_id": tweet.id, "created_at": tweet.created_at})  # fmt: skip
+        return True
 
     # --- publishing ----------------------------------------------------------------------------
 
@@ -347,15 +363,23 @@ class IngestService:
         return "inbound"
 
     async def publish_deletion(self, deletion: Deletion, source: TweetSource) -> str:
+        """Publish a deletion unless the same tweet's deletion was published already."""
+        if not self.seen.first_time(DELETED + deletion.tweet_id):
+            metrics.DUPLICATES_DROPPED.labels(source).inc()
+            return "duplicate"
         event = ComplianceEvent(
             tweet_id=deletion.tweet_id,
             user_id=deletion.user_id,
             event_at=deletion.event_at,
             source=source,
         )
-        await publish(
-            self.producer, [Output.of(topics.COMPLIANCE, event, deletion.tweet_id)], self.name
-        )
+        try:
+            await publish(
+                self.producer, [Output.of(topics.COMPLIANCE, event, deletion.tweet_id)], self.name
+            )
+        except BaseException:
+            self.seen.forget(DELETED + deletion.tweet_id)
+            raise
         metrics.COMPLIANCE_EVENTS.labels(source).inc()
         return "compliance"
 

@@ -7,6 +7,14 @@
   published before the 200, so X redelivers what a failed request did not publish. A signed
   body that is not JSON, or holds an event that is not a tweet, is dead-lettered and answered
   200: it is kept on ``switchboard.deadletter``, and X redelivering it would only copy it.
+
+Replays. X signs the body only: there is no timestamp or nonce to check, so a body captured
+once verifies forever. What protects against a replay, and against X's own redeliveries, is
+that each event takes effect once (service.py): a tweet or DM id already published within
+``ingest.dedup_window_hours`` is a duplicate (the memory survives restarts), and a tweet or DM
+written more than ``max_event_age_hours`` ago (at most that window) is refused, so it cannot
+come back once forgotten. Deletions are deduplicated too but never refused for their age: a
+deletion must always be honoured. Either way the answer is 200, which ends X's retries.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
@@ -33,6 +42,11 @@ Handler = Callable[[bytes], Awaitable[int]]
 def signature(secret: bytes, payload: bytes) -> str:
     digest = hmac.new(secret, payload, hashlib.sha256).digest()
     return "sha256=" + base64.b64encode(digest).decode("ascii")
+
+
+def too_old(written_at: datetime, max_age_hours: float, now: datetime | None = None) -> bool:
+    """Whether an event written at ``written_at`` is past the age a webhook accepts."""
+    return written_at < (now or datetime.now(UTC)) - timedelta(hours=max_age_hours)
 
 
 def webhook_router(settings: WebhookConfig, consumer_secret: str, handle: Handler) -> APIRouter:

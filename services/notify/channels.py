@@ -6,6 +6,10 @@ one it recorded for the conversation (``Job.thread_id``), and the channels also 
 the vendor (Zendesk ``external_id``, a Jira label) so a lost record never opens a second one.
 CRM records are upserted by external id: one author is one lead or contact. Errors are
 ``DeliveryError``s that say whether a retry may help (resilience.py).
+
+Tweet text reaches every target inert and within the target's limits (sanitize.py): plain text
+where the target shows plain text, escaped HTML where it renders HTML, data in JSON and in
+Jira's document format; too long is cut, never refused.
 """
 
 from __future__ import annotations
@@ -16,13 +20,21 @@ import json
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import aiosmtplib
 import httpx
 
 from switchboard.notify.mail import SmtpMailer, check_templates, render_email
 from switchboard.notify.resilience import DeliveryError, http_error
-from switchboard.shared.config import EmailConfig, NotifyConfig, Subscription
+from switchboard.notify.sanitize import chat, clip, html, inert, one_line, web_link
+from switchboard.shared.config import (
+    EmailConfig,
+    HubSpotTarget,
+    NotifyConfig,
+    SalesforceTarget,
+    Subscription,
+)
 from switchboard.shared.events import RoutedTweet
 from switchboard.shared.labels import Department, Urgency
 from switchboard.shared.settings import read_secret
@@ -33,6 +45,16 @@ SALESFORCE_PRIORITIES = {Urgency.CRITICAL: "High", Urgency.HIGH: "High",
                          Urgency.NORMAL: "Medium", Urgency.LOW: "Low"}  # fmt: skip
 HUBSPOT_PRIORITIES = {Urgency.CRITICAL: "HIGH", Urgency.HIGH: "HIGH", Urgency.NORMAL: "MEDIUM",
                       Urgency.LOW: "LOW"}  # fmt: skip
+
+# What the targets accept, in characters; longer text is cut to fit rather than refused.
+SUMMARY_LIMIT = 250  # Jira's summary and Salesforce's Case.Subject hold 255
+JIRA_TEXT_LIMIT = 32_000  # Jira Cloud refuses a description or comment over 32,767
+ZENDESK_TEXT_LIMIT = 30_000
+ZENDESK_HTML_LIMIT = 64_000  # a comment holds about 65,000 characters of HTML
+SALESFORCE_TEXT_LIMIT = 32_000  # Description is a Long Text Area(32000)
+SALESFORCE_NAME_LIMIT = 80  # Lead.LastName
+HUBSPOT_TEXT_LIMIT = 65_000  # a property value holds 65,536
+CHAT_TEXT_LIMIT = 3_000  # the webhook's chat-ready text (Slack shows 4,000 per block)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,21 +76,35 @@ class Job:
             return self.subscription.priority.get(urgency, defaults[urgency])
         return defaults[urgency]
 
-    def summary(self) -> str:
+    def summary(self, limit: int = SUMMARY_LIMIT) -> str:
+        """One inert line: urgency, department, author and the start of the text."""
         t, c = self.routed.tweet, self.routed.classification
-        text = " ".join(t.text.split())
-        return f"[{c.urgency.value}] {self.department.value}: @{t.author.username}: {text}"[:250]
+        return one_line(
+            f"[{c.urgency.value}] {self.department.value}: @{t.author.username}: {t.text}", limit
+        )
 
-    def body(self) -> str:
+    def body(self, limit: int) -> str:
+        """The notification as inert plain text of at most ``limit`` characters: the tweet's
+        text is cut to make room for the rest."""
         t, c, r = self.routed.tweet, self.routed.classification, self.routed.route
-        return "\n".join([
-            f"@{t.author.username} ({t.author.followers_count} followers) wrote to "
-            f"{', '.join(t.addressed_handles) or 'the company'}:",
-            "", t.text, "", t.url, "",
+        head = (
+            f"@{one_line(t.author.username, 50)} ({t.author.followers_count} followers) wrote "
+            f"to {', '.join(t.addressed_handles) or 'the company'}:"
+        )
+        tail = "\n".join([
+            "", web_link(t.url), "",
             f"Department {self.department.value}, urgency {c.urgency.value}, "
             f"confidence {c.confidence:.2f}, priority {r.priority or '-'}",
             "Why: " + "; ".join(r.reasons),
         ])  # fmt: skip
+        room = limit - len(head) - len(tail) - 3
+        return f"{head}\n\n{clip(inert(t.text), room)}\n{tail}"
+
+    def chat_text(self) -> str:
+        """Ready for a chat tool: who wrote what, and the link; no mention pings anyone."""
+        t, c = self.routed.tweet, self.routed.classification
+        head = one_line(f"[{c.urgency.value}] {self.department.value}: @{t.author.username}", 200)
+        return chat(f"{head}\n{clip(inert(t.text), CHAT_TEXT_LIMIT)}\n{web_link(t.url)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +170,10 @@ class HttpChannel:
 class WebhookChannel(HttpChannel):
     """POST the routed tweet as JSON, signed: ``X-Switchboard-Signature: sha256=<hex HMAC of
     "<timestamp>.<body>">`` with ``X-Switchboard-Timestamp``; ``Idempotency-Key`` is the
-    delivery id, so a receiver can drop a redelivery."""
+    delivery id, so a receiver can drop a redelivery.
+
+    ``event`` is the routed tweet as data, exactly as on the department topic; ``text`` is the
+    same news made safe to post to a chat tool as it is (a Slack-style ``text`` field)."""
 
     name = "webhook"
 
@@ -150,6 +189,7 @@ class WebhookChannel(HttpChannel):
             {
                 "delivery_id": job.delivery_id,
                 "department": job.department.value,
+                "text": job.chat_text(),
                 "event": job.routed.model_dump(mode="json"),
             },
             separators=(",", ":"),
@@ -183,7 +223,7 @@ class ZendeskChannel(HttpChannel):
         if found is not None and mine in found.get("tags", []):
             return Done("created", str(found["id"]))
         ticket = job.thread_id or (str(found["id"]) if found else None)
-        comment = {"body": job.body(), "public": False}
+        comment = {"html_body": zendesk_html(job), "public": False}
         if ticket is not None:
             update: dict[str, Any] = {"comment": comment}
             if job.routed.classification.urgency is Urgency.CRITICAL:  # raise, never lower
@@ -214,6 +254,15 @@ class ZendeskChannel(HttpChannel):
         return tickets[0] if tickets else None
 
 
+def zendesk_html(job: Job) -> str:
+    """The comment as escaped HTML: Zendesk renders Markdown in a comment's ``body`` but not in
+    its ``html_body``, so tweet text can add neither markup nor formatting."""
+    markup = html(job.body(ZENDESK_TEXT_LIMIT))
+    if len(markup) > ZENDESK_HTML_LIMIT:  # escaping grew it; no character grows beyond 6
+        markup = html(job.body(ZENDESK_HTML_LIMIT // 6))
+    return str(markup)
+
+
 def delivery_tag(delivery_id: str) -> str:
     """A short tag or label naming one delivery at the vendor."""
     return "sb-d-" + hashlib.sha256(delivery_id.encode()).hexdigest()[:16]
@@ -237,9 +286,8 @@ class JiraChannel(HttpChannel):
             return Done("created", done)
         issue = job.thread_id or await self._find(label)
         if issue is not None:
-            await self.send(
-                "POST", f"/rest/api/3/issue/{issue}/comment", json={"body": adf(job.body())}
-            )
+            comment = {"body": adf(job.body(JIRA_TEXT_LIMIT))}
+            await self.send("POST", f"/rest/api/3/issue/{quote(issue)}/comment", json=comment)
             return Done("commented", issue)
         target = job.subscription.jira
         assert target is not None
@@ -249,7 +297,7 @@ class JiraChannel(HttpChannel):
             "issuetype": {"name": target.issue_type},
             "priority": {"name": job.priority(JIRA_PRIORITIES)},
             "labels": ["switchboard", label, mine],
-            "description": adf(job.body()),
+            "description": adf(job.body(JIRA_TEXT_LIMIT)),
         }
         response = await self.send("POST", "/rest/api/3/issue", json={"fields": fields})
         return Done("created", response.json()["key"])
@@ -263,7 +311,8 @@ class JiraChannel(HttpChannel):
 
 
 def adf(text: str) -> dict:
-    """Plain text as an Atlassian Document Format document, one paragraph per line."""
+    """Plain text as an Atlassian Document Format document, one paragraph per line. Text nodes
+    are literal: no wiki markup, mention or link is parsed from them."""
     paragraphs = [
         {"type": "paragraph", "content": [{"type": "text", "text": line}] if line else []}
         for line in text.split("\n")
@@ -281,22 +330,21 @@ class SalesforceChannel(HttpChannel):
         self.api_version = api_version
 
     async def deliver(self, job: Job) -> Done:
-        target = job.subscription.salesforce
-        assert target is not None
+        target = job.subscription.salesforce or SalesforceTarget()  # optional: the defaults
         author = job.routed.tweet.author
         if target.object == "Lead":
             key = author.id
             fields: dict[str, Any] = {
-                "LastName": author.name or f"@{author.username}",
-                "Company": f"X user @{author.username}",
+                "LastName": one_line(author.name or f"@{author.username}", SALESFORCE_NAME_LIMIT),
+                "Company": one_line(f"X user @{author.username}", SUMMARY_LIMIT),
                 "LeadSource": "X (Twitter)",
-                "Description": job.body(),
+                "Description": job.body(SALESFORCE_TEXT_LIMIT),
             }
         else:
             key = job.routed.tweet.conversation_id
             fields = {
                 "Subject": job.summary(),
-                "Description": job.body(),
+                "Description": job.body(SALESFORCE_TEXT_LIMIT),
                 "Origin": "X (Twitter)",
                 "Priority": job.priority(SALESFORCE_PRIORITIES),
             }
@@ -304,7 +352,7 @@ class SalesforceChannel(HttpChannel):
             fields["OwnerId"] = target.owner_id
         path = (
             f"/services/data/{self.api_version}/sobjects/{target.object}/"
-            f"{target.external_id_field}/{key}"
+            f"{target.external_id_field}/{quote(key, safe='')}"
         )
         response = await self.send("PATCH", path, json=fields)
         record = response.json() if response.content else {}
@@ -320,20 +368,19 @@ class HubSpotChannel(HttpChannel):
         super().__init__(timeout_s, base_url, headers={"Authorization": f"Bearer {token}"})
 
     async def deliver(self, job: Job) -> Done:
-        target = job.subscription.hubspot
-        assert target is not None
+        target = job.subscription.hubspot or HubSpotTarget()  # optional: the defaults
         tweet = job.routed.tweet
         if target.object == "contacts":
             key = tweet.author.id
             properties: dict[str, Any] = {
-                "lastname": tweet.author.name or f"@{tweet.author.username}",
-                "twitterhandle": tweet.author.username,
+                "lastname": one_line(tweet.author.name or f"@{tweet.author.username}", 200),
+                "twitterhandle": one_line(tweet.author.username, 50),
             }
         else:
             key = tweet.conversation_id
             properties = {
                 "subject": job.summary(),
-                "content": job.body(),
+                "content": job.body(HUBSPOT_TEXT_LIMIT),
                 "hs_pipeline": "0",
                 "hs_pipeline_stage": "1",
                 "hs_ticket_priority": job.priority(HUBSPOT_PRIORITIES),

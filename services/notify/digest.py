@@ -19,6 +19,7 @@ from collections import defaultdict
 from aiokafka import ConsumerRecord
 
 from switchboard.notify.mail import SmtpMailer, render_digest
+from switchboard.notify.sanitize import redacted
 from switchboard.notify.settings import NotifySettings
 from switchboard.shared import metrics, topics
 from switchboard.shared.config import Subscription
@@ -60,7 +61,7 @@ class DigestWorker:
 
     def collect(self, record: ConsumerRecord) -> None:
         try:
-            routed = decode(RoutedTweet, record.value)
+            routed = redacted(decode(RoutedTweet, record.value), self.options.redact)
         except DecodeError:
             return  # the immediate path dead-letters it
         department = Department(record.topic.removeprefix(topics.DEPARTMENT_PREFIX))

@@ -1,11 +1,13 @@
 """Parked deliveries: what the DLQ holds that the ledger does not record as done since, and
-asking notify to try them again (``switchboard dlq``)."""
+asking notify to try them again (``switchboard dlq``, or notify's ``/admin/dlq`` endpoints,
+which need the admin token: shared/access.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord
+from fastapi import APIRouter
 
 from switchboard.shared import topics
 from switchboard.shared.events import DecodeError, Delivery, LedgerEntry, RedriveRequest, decode
@@ -73,3 +75,25 @@ async def redrive(kafka: KafkaSettings, parked: list[Delivery]) -> int:
     finally:
         await producer.stop()
     return len(requests)
+
+
+def dlq_router(kafka: KafkaSettings) -> APIRouter:
+    """``GET /admin/dlq`` lists the parked deliveries, ``POST /admin/dlq/redrive`` tries them
+    again; both take the filters ``channel``, ``target`` and ``id`` as query parameters."""
+    router = APIRouter(prefix="/admin/dlq")
+
+    @router.get("")
+    async def list_parked(
+        channel: str | None = None, target: str | None = None, id: str | None = None
+    ) -> list[dict]:
+        parked = await parked_deliveries(kafka, Filters(channel, target, id))
+        return [d.model_dump(mode="json", exclude={"routed"}) for d in parked]
+
+    @router.post("/redrive")
+    async def redrive_parked(
+        channel: str | None = None, target: str | None = None, id: str | None = None
+    ) -> dict[str, int]:
+        parked = await parked_deliveries(kafka, Filters(channel, target, id))
+        return {"redriven": await redrive(kafka, parked)}
+
+    return router

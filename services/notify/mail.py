@@ -1,13 +1,13 @@
 """Email notifications: rendering (pure) and sending over SMTP (aiosmtplib).
 
-Tweet text is untrusted: the HTML body is autoescaped, and header values are stripped of line
-breaks so that a tweet can never add a header.
+Tweet text is untrusted. Templates see it made inert (sanitize.py) and only as a value, never
+as template source; the HTML body is autoescaped; header values are one line (sanitize.one_line),
+so that a tweet can never add a header.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from email.message import EmailMessage
 from email.utils import make_msgid
 from functools import lru_cache
@@ -25,12 +25,16 @@ from jinja2 import (
     select_autoescape,
 )
 
+from switchboard.notify.sanitize import one_line, shown_tweet
 from switchboard.notify.settings import SmtpSettings
 from switchboard.shared.config import EmailConfig, Subscription
 from switchboard.shared.events import RoutedTweet
 from switchboard.shared.settings import ConfigError
 
 log = logging.getLogger(__name__)
+
+SUBJECT_LIMIT = 200
+TEXT_LIMIT = 32_000  # of a tweet in an email; a long post holds up to 25,000
 
 
 @lru_cache(maxsize=8)
@@ -45,9 +49,6 @@ def templates(folder: Path | None = None) -> Environment:
         undefined=StrictUndefined,
         keep_trailing_newline=True,
     )
-
-
-_LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029\x0b\x0c\x85]+")
 
 
 def check_templates(options: EmailConfig, subscriptions: list[Subscription]) -> None:
@@ -66,17 +67,12 @@ def check_templates(options: EmailConfig, subscriptions: list[Subscription]) -> 
                 ) from None
 
 
-def header_safe(value: str, limit: int = 200) -> str:
-    """One line, at most ``limit`` characters."""
-    return _LINE_BREAKS.sub(" ", value).strip()[:limit]
-
-
 def render_email(
     routed: RoutedTweet, subscription: Subscription, options: EmailConfig, delivery_id: str
 ) -> EmailMessage:
     c = routed.classification
     context = {
-        "tweet": routed.tweet,
+        "tweet": shown_tweet(routed.tweet, TEXT_LIMIT),
         "classification": c,
         "route": routed.route,
         "department": c.department.value,
@@ -86,14 +82,15 @@ def render_email(
     message = EmailMessage()
     message["From"] = options.sender
     message["To"] = ", ".join(subscription.to)
-    message["Subject"] = header_safe(
+    message["Subject"] = one_line(
         f"{options.subject_prefix} {c.urgency.value.upper()} {c.department.value}: "
-        f"@{routed.tweet.author.username}: {routed.tweet.text}"
+        f"@{routed.tweet.author.username}: {routed.tweet.text}",
+        SUBJECT_LIMIT,
     )
     # A stable id per delivery lets mail systems drop a redelivered copy.
     message["Message-ID"] = make_msgid(idstring=delivery_id.replace(":", "."), domain="switchboard")
-    message["X-Switchboard-Tweet-Id"] = header_safe(routed.tweet.id)
-    message["X-Switchboard-Delivery-Id"] = header_safe(delivery_id)
+    message["X-Switchboard-Tweet-Id"] = one_line(routed.tweet.id, SUBJECT_LIMIT)
+    message["X-Switchboard-Delivery-Id"] = one_line(delivery_id, SUBJECT_LIMIT)
     env = templates(options.templates_dir)
     name = subscription.template
     message.set_content(env.get_template(f"{name}.txt.j2").render(context))
@@ -105,15 +102,17 @@ def render_digest(
     items: list[RoutedTweet], subscription: Subscription, options: EmailConfig, digest_id: str
 ) -> EmailMessage:
     """One email listing ``items`` (the low-urgency tweets of a digest window)."""
-    context = {"items": items, "subscription": subscription.name}
+    shown = [r.model_copy(update={"tweet": shown_tweet(r.tweet, TEXT_LIMIT)}) for r in items]
+    context = {"items": shown, "subscription": subscription.name}
     message = EmailMessage()
     message["From"] = options.sender
     message["To"] = ", ".join(subscription.to)
-    message["Subject"] = header_safe(
-        f"{options.subject_prefix} digest for {subscription.name}: {len(items)} tweets"
+    message["Subject"] = one_line(
+        f"{options.subject_prefix} digest for {subscription.name}: {len(items)} tweets",
+        SUBJECT_LIMIT,
     )
     message["Message-ID"] = make_msgid(idstring=digest_id.replace(":", "."), domain="switchboard")
-    message["X-Switchboard-Digest-Id"] = header_safe(digest_id)
+    message["X-Switchboard-Digest-Id"] = one_line(digest_id, SUBJECT_LIMIT)
     env = templates(options.templates_dir)
     message.set_content(env.get_template("digest.txt.j2").render(context))
     message.add_alternative(env.get_template("digest.html.j2").render(context), subtype="html")

@@ -26,15 +26,18 @@ from tenacity import (
 )
 
 from switchboard.shared import metrics
+from switchboard.shared.logs import masked
 
 T = TypeVar("T")
 
 
 class DeliveryError(Exception):
-    """A delivery that failed; ``retryable`` says whether trying again may help."""
+    """A delivery that failed; ``retryable`` says whether trying again may help. The message
+    goes to logs, the DLQ and ``switchboard dlq list``: a secret in it (a vendor echoing a
+    token) is masked."""
 
     def __init__(self, message: str, *, retryable: bool, retry_after_s: float | None = None):
-        super().__init__(message)
+        super().__init__(masked(message))
         self.retryable = retryable
         self.retry_after_s = retry_after_s
         self.attempts = 0

@@ -23,10 +23,11 @@ import time
 from collections import defaultdict
 
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from fastapi import FastAPI
 
 from switchboard.notify.channels import Channel, Done, Job, channels_for
 from switchboard.notify.digest import DigestWorker
-from switchboard.notify.dlq import Filters, parked_deliveries
+from switchboard.notify.dlq import Filters, dlq_router, parked_deliveries
 from switchboard.notify.mail import SmtpMailer
 from switchboard.notify.resilience import (
     CircuitBreaker,
@@ -35,8 +36,10 @@ from switchboard.notify.resilience import (
     RateLimiter,
     with_retries,
 )
+from switchboard.notify.sanitize import redacted
 from switchboard.notify.settings import NotifySettings
 from switchboard.shared import metrics, topics
+from switchboard.shared.access import AccessPolicy
 from switchboard.shared.config import Subscription
 from switchboard.shared.events import (
     Delivery,
@@ -55,7 +58,7 @@ from switchboard.shared.kafka import (
     publish,
 )
 from switchboard.shared.labels import Department
-from switchboard.shared.runtime import run_service
+from switchboard.shared.runtime import http_app, run_service
 from switchboard.shared.table import ChangelogTable
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,11 @@ class NotifyService:
     def ready(self) -> bool:
         return self._ready
 
+    def http_app(self) -> FastAPI:
+        app = http_app(self, AccessPolicy.of(self.settings.config.access))
+        app.include_router(dlq_router(self.settings.kafka))
+        return app
+
     async def start(self) -> None:
         await ensure_topics(
             self.settings.kafka,
@@ -148,6 +156,7 @@ class NotifyService:
             if isinstance(routed, Output):
                 outputs.append(routed)
                 continue
+            routed = redacted(routed, self.options.redact)  # before any channel sees it
             department = Department(record.topic.removeprefix(topics.DEPARTMENT_PREFIX))
             for subscription in matching_subscriptions(
                 routed, self.options.subscriptions, department
@@ -177,7 +186,8 @@ class NotifyService:
             log.warning("redrive for an unknown subscription", extra={"id": request.delivery_id})
             return []
         metrics.REDRIVEN.labels(wanted[0].channel).inc()
-        return [Job(request.routed, wanted[0], request.department, request.delivery_id)]
+        routed = redacted(request.routed, self.options.redact)
+        return [Job(routed, wanted[0], request.department, request.delivery_id)]
 
     async def _in_order(self, jobs: list[Job]) -> list[Delivery]:
         return [await self.deliver(job) for job in jobs]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from switchboard.shared.settings import ServiceSettings
+from switchboard.shared.settings import ConfigError, Secret, ServiceSettings, describe_errors
 
 
 class SmtpSettings(BaseSettings):
@@ -18,7 +18,7 @@ class SmtpSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=25, ge=1, le=65535)
     username: str | None = None
-    password: SecretStr | None = None
+    password: Secret | None = None
     starttls: bool = Field(default=False, description="Upgrade the connection with STARTTLS")
     tls: bool = Field(default=False, description="Implicit TLS (usually port 465)")
     timeout_s: float = Field(default=10.0, gt=0)
@@ -29,3 +29,12 @@ class NotifySettings(ServiceSettings):
     default_http_port: ClassVar[int] = 8084
 
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Self:
+        if "smtp" not in overrides:  # read apart, so that an error names the SMTP_ variable
+            try:
+                overrides["smtp"] = SmtpSettings()
+            except ValidationError as exc:
+                raise ConfigError(describe_errors(exc, env_prefix="SMTP_")) from None
+        return super().load(**overrides)

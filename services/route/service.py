@@ -18,9 +18,10 @@ import hashlib
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from switchboard.route import conversations
 from switchboard.route.ops import OpsView, ops_router
@@ -28,6 +29,7 @@ from switchboard.route.rules import Outcome, evaluate, rules_version
 from switchboard.route.settings import RouteSettings
 from switchboard.route.spikes import Spike, SpikeDetector
 from switchboard.shared import metrics, topics
+from switchboard.shared.access import AccessPolicy
 from switchboard.shared.config import SwitchboardConfig
 from switchboard.shared.events import (
     Alert,
@@ -59,6 +61,8 @@ log = logging.getLogger(__name__)
 
 GROUP_ID = "switchboard-route"
 
+Reload = Literal["applied", "unchanged", "invalid"]
+
 
 class RouteService:
     name = "route"
@@ -88,8 +92,9 @@ class RouteService:
         return self._ready
 
     def http_app(self) -> FastAPI:
-        app = http_app(self)
+        app = http_app(self, AccessPolicy.of(self.config.access))
         app.include_router(ops_router(self.ops))
+        app.include_router(admin_router(self))
         return app
 
     async def start(self) -> None:
@@ -321,18 +326,18 @@ class RouteService:
             await asyncio.sleep(self.config.route.reload_interval_s)
             self.reload_if_changed()
 
-    def reload_if_changed(self) -> bool:
+    def reload_if_changed(self) -> Reload:
         """Re-read the YAML file if it changed; keep the current policy if it is invalid."""
         digest = _digest(self.settings.config_file)
         if digest == self._config_digest:
-            return False
+            return "unchanged"
         self._config_digest = digest
         try:
             config = _load_config(self.settings)
         except ConfigError as error:
             metrics.RULES_RELOADS.labels("invalid").inc()
             log.error("new configuration rejected; keeping the current rules: %s", error)
-            return False
+            return "invalid"
         self.config = config
         self.version = rules_version(config.route)
         self.spikes = SpikeDetector(config.route.spikes)
@@ -341,12 +346,26 @@ class RouteService:
             "routing rules reloaded",
             extra={"rules_version": self.version, "rules": len(config.route.rules)},
         )
-        return True
+        return "applied"
 
     async def close(self) -> None:
         self._ready = False
         await self.consumer.stop()
         await self.producer.stop()
+
+
+def admin_router(service: RouteService) -> APIRouter:
+    """``POST /admin/rules/reload``: apply the YAML file's routing rules now, without waiting
+    for ``reload_interval_s`` (the admin token is required, see shared/access.py)."""
+    router = APIRouter(prefix="/admin")
+
+    @router.post("/rules/reload")
+    async def reload_rules() -> dict[str, object]:
+        outcome = service.reload_if_changed()
+        return {"outcome": outcome, "rules_version": service.version,
+                "rules": len(service.config.route.rules)}  # fmt: skip
+
+    return router
 
 
 class _RestoreOnAssignment(ConsumerRebalanceListener):

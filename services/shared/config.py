@@ -138,6 +138,12 @@ class WebhookConfig(Section):
     app: str = "default"
     path: str = Field(default="/webhooks/x", pattern=r"^/[A-Za-z0-9/_-]*$")
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_event_age_hours: float = Field(
+        default=72.0,
+        gt=0,
+        description="A tweet or DM written longer ago is refused as a replay (deletions never "
+        "are); at most ingest.dedup_window_hours, so a replay of anything accepted is a duplicate",
+    )
 
 
 class XConfig(Section):
@@ -166,6 +172,15 @@ class IngestConfig(Section):
     )
     include_retweets: bool = Field(default=False, description="Plain retweets are skipped")
     x: XConfig = Field(default_factory=XConfig)
+
+    @model_validator(mode="after")
+    def _replays_are_remembered(self) -> IngestConfig:
+        if self.x.webhook.max_event_age_hours > self.dedup_window_hours:
+            raise ValueError(
+                "x.webhook.max_event_age_hours: must not exceed dedup_window_hours, or a replayed "
+                "event accepted once could be accepted again"
+            )
+        return self
 
 
 class ClassifyConfig(Section):
@@ -469,8 +484,16 @@ class DeliveryPolicy(Section):
     )
 
 
+class RedactConfig(Section):
+    """What notifications leave out of tweet text and author names (webhook payloads too)."""
+
+    email_addresses: bool = Field(default=False, description="Shown as [email]")
+    phone_numbers: bool = Field(default=False, description="Shown as [phone]")
+
+
 class NotifyConfig(Section):
     email: EmailConfig = Field(default_factory=EmailConfig)
+    redact: RedactConfig = Field(default_factory=RedactConfig)
     connections: Connections = Field(default_factory=Connections)
     delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
     subscriptions: list[Subscription] = Field(default_factory=list)
@@ -491,6 +514,24 @@ class NotifyConfig(Section):
         return self
 
 
+class AccessConfig(Section):
+    """Who may use the services' HTTP endpoints besides the probes (shared/access.py)."""
+
+    admin_token: SecretRef | None = Field(
+        default=None,
+        description="Bearer token of every endpoint that changes something and of /admin; "
+        "without one, those endpoints refuse every request",
+    )
+    lock_views: bool = Field(default=False, description="/ops and /ops/state need it too")
+    lock_metrics: bool = Field(default=False, description="/metrics needs it too")
+
+    @model_validator(mode="after")
+    def _locks_need_a_token(self) -> AccessConfig:
+        if (self.lock_views or self.lock_metrics) and self.admin_token is None:
+            raise ValueError("admin_token: lock_views and lock_metrics need it")
+        return self
+
+
 def _default_departments() -> dict[Department, DepartmentConfig]:
     return {
         d: DepartmentConfig(display_name=d.value.replace("_", " ").title()) for d in DEPARTMENTS
@@ -507,6 +548,7 @@ class SwitchboardConfig(Section):
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     route: RouteConfig = Field(default_factory=RouteConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
 
     @model_validator(mode="after")
     def _unique_handles(self) -> SwitchboardConfig:

@@ -1,5 +1,8 @@
 """How a service process lives: HTTP surface (health, readiness, metrics), signals, shutdown.
 
+Every app is guarded by the access policy (access.py): anything that changes something needs
+the admin token, and the read-only views and metrics can be locked too.
+
 A service implements ``Service``; ``run_service`` serves its HTTP app with uvicorn in the same
 event loop, runs it until SIGTERM or SIGINT, then stops it cleanly.
 """
@@ -17,6 +20,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from switchboard.shared import metrics
+from switchboard.shared.access import AccessGuard, AccessPolicy
 from switchboard.shared.logs import configure_logging
 from switchboard.shared.settings import ServiceSettings
 
@@ -38,9 +42,13 @@ class Service(Protocol):
     async def close(self) -> None: ...
 
 
-def http_app(service: Service) -> FastAPI:
-    """``/healthz`` (the process is alive), ``/readyz`` (it can process), ``/metrics``."""
-    app = FastAPI(title=f"switchboard {service.name}", docs_url=None, redoc_url=None)
+def http_app(service: Service, access: AccessPolicy) -> FastAPI:
+    """``/healthz`` (the process is alive), ``/readyz`` (it can process), ``/metrics``; every
+    route, these and those a service adds, behind ``access``."""
+    app = FastAPI(
+        title=f"switchboard {service.name}", docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.add_middleware(AccessGuard, policy=access)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -63,12 +71,15 @@ def http_app(service: Service) -> FastAPI:
 async def run_service(make_service: Callable[[S], Service], settings: S) -> None:
     """Build the service inside the event loop (Kafka clients need one) and run it.
 
-    A service with an ``http_app()`` method serves that app (which should include
-    ``http_app(service)``'s endpoints); the others serve health, readiness and metrics.
+    A service with an ``http_app()`` method serves that app (built on ``http_app(service,
+    access)``); the others serve health, readiness and metrics.
     """
     service = make_service(settings)
     own_app = getattr(service, "http_app", None)
-    app = own_app() if own_app is not None else http_app(service)
+    if own_app is not None:
+        app = own_app()
+    else:
+        app = http_app(service, AccessPolicy.of(settings.config.access))
     configure_logging(service.name, settings.log_level, settings.log_format)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -81,6 +92,7 @@ async def run_service(make_service: Callable[[S], Service], settings: S) -> None
             host=settings.http_host,
             port=settings.port,
             log_level="warning",
+            log_config=None,  # uvicorn logs through our handler: JSON, secrets masked
             lifespan="off",
         )
     )

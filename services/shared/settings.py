@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from switchboard.shared.config import SecretRef, SwitchboardConfig
+from switchboard.shared.logs import mask_in_logs
 
 DEFAULT_CONFIG_FILE = Path("config/switchboard.yaml")
 CONFIG_FILE_ENV = "SWITCHBOARD_CONFIG_FILE"
@@ -28,6 +29,15 @@ CONFIG_FILE_ENV = "SWITCHBOARD_CONFIG_FILE"
 
 class ConfigError(Exception):
     """Configuration that cannot work; the message names the key and what is wrong."""
+
+
+def _masked(value: SecretStr) -> SecretStr:
+    mask_in_logs(value.get_secret_value())
+    return value
+
+
+# A secret from the environment: hidden in reprs and dumps, and masked in the logs once read.
+Secret = Annotated[SecretStr, AfterValidator(_masked)]
 
 
 class KafkaSettings(BaseSettings):
@@ -42,7 +52,7 @@ class KafkaSettings(BaseSettings):
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
+    sasl_password: Secret | None = None
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
@@ -60,6 +70,34 @@ class KafkaSettings(BaseSettings):
                 "`switchboard run`, which starts the embedded broker"
             )
         return self.bootstrap_servers
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSettings:
+        problem = _security_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def _security_problem(kafka: KafkaSettings) -> str | None:
+    """What makes the TLS and SASL settings unusable together, naming the variables."""
+    protocol = kafka.security_protocol
+    sasl_given = [name for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                  if getattr(kafka, name) is not None]  # fmt: skip
+    if protocol.startswith("SASL") and (kafka.sasl_username is None or kafka.sasl_password is None):
+        return f"KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD: {protocol} needs both"
+    if sasl_given and not protocol.startswith("SASL"):
+        names = ", ".join("KAFKA_" + name.upper() for name in sasl_given)
+        return f"{names}: set, but KAFKA_SECURITY_PROTOCOL {protocol} does not use SASL"
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(kafka, name)
+        if path is not None and protocol not in ("SSL", "SASL_SSL"):
+            return f"KAFKA_{name.upper()}: set, but KAFKA_SECURITY_PROTOCOL {protocol} is not TLS"
+        if path is not None and not path.is_file():
+            return f"KAFKA_{name.upper()}: {path} is not a readable file"
+    if kafka.ssl_keyfile is not None and kafka.ssl_certfile is None:
+        return "KAFKA_SSL_KEYFILE: given without KAFKA_SSL_CERTFILE"
+    return None
 
 
 class _YamlFileSource(PydanticBaseSettingsSource):
@@ -166,6 +204,8 @@ def describe_errors(
         loc = list(error["loc"])
         if loc and loc[0] == "config":
             where = "config key " + (_yaml_path(loc[1:]) or "<top level>") + _rule_name(loc, raw)
+        elif not loc:  # a check across variables; its message names them
+            where = "environment"
         else:
             where = "environment: " + env_prefix + "__".join(str(p) for p in loc).upper()
         lines.append(f"{where}: {error['msg']}")
@@ -188,6 +228,7 @@ def read_secret(ref: SecretRef, key: str) -> SecretStr:
         value = os.environ.get(ref.env, "").strip()
         if not value:
             raise ConfigError(f"config key {key}.env: environment variable {ref.env} is not set")
+        mask_in_logs(value)
         return SecretStr(value)
     assert ref.file is not None
     try:
@@ -198,6 +239,7 @@ def read_secret(ref: SecretRef, key: str) -> SecretStr:
         ) from None
     if not value:
         raise ConfigError(f"config key {key}.file: {ref.file} is empty")
+    mask_in_logs(value)
     return SecretStr(value)
 
 

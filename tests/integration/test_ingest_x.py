@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import zipfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -250,10 +251,13 @@ async def test_direct_messages_in_and_out(x_api, customers, ingest_settings, run
     assert dm_calls and all(r["auth"] == f"Bearer {X_USER_TOKEN}" for r in dm_calls)
 
 
-def activity_tweet(tweet_id: str, text: str, user: dict, **extra: object) -> dict:
+def activity_tweet(
+    tweet_id: str, text: str, user: dict, written: datetime | None = None, **extra: object
+) -> dict:
+    """An Account Activity ``tweet_create_events`` item, written now unless ``written``."""
     return {
         "id_str": tweet_id,
-        "created_at": "Wed Nov 25 08:00:00 +0000 2026",
+        "created_at": (written or datetime.now(UTC)).strftime("%a %b %d %H:%M:%S +0000 %Y"),
         "text": text,
         "user": user,
         "entities": {"user_mentions": [{"screen_name": "AcmeHelp", "id_str": HELP_ID}]},
@@ -281,6 +285,48 @@ async def test_webhook_checks_crc_signatures_and_size(ingest_settings):
     assert crc.status_code == 200
     assert crc.json() == {"response_token": signature(CONSUMER_SECRET.encode(), b"challenge-123")}
     assert (unsigned.status_code, forged.status_code, too_large.status_code) == (401, 401, 413)
+
+
+async def test_a_replayed_webhook_delivery_takes_effect_once(
+    customers, ingest_settings, running, read
+):
+    """X signs the body only, so a captured body verifies forever: replays are deduplicated,
+    and events older than max_event_age_hours refused (webhook.py)."""
+    fresh, old, deleted = new_id(), new_id(), new_id()
+    user = {"id_str": "42", "screen_name": "ana_flies"}
+    payload = {
+        "for_user_id": HELP_ID,
+        "tweet_create_events": [
+            activity_tweet(fresh, "@AcmeHelp my card was charged twice", user),
+            activity_tweet(old, "@AcmeHelp an old one", user,
+                           written=datetime.now(UTC) - timedelta(hours=73)),
+        ],  # fmt: skip
+        "tweet_delete_events": [{"status": {"id": deleted, "user_id": "42"},
+                                 "timestamp_ms": "1700000000000"}],  # fmt: skip
+    }
+    body = json.dumps(payload).encode()
+    service = IngestService(ingest_settings(webhook=True))
+
+    async with running(service):
+        transport = httpx.ASGITransport(app=service.http_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            answers = [
+                (await client.post("/webhooks/x", content=body, headers=signed(body))).json()
+                for _ in range(3)
+            ]
+        records = await read([topics.RAW, topics.COMPLIANCE], lambda rs: False, timeout_s=1.5)
+
+    assert answers == [{"published": 2}, {"published": 0}, {"published": 0}]
+    assert ids_on(records, topics.RAW, RawTweet, [fresh, old]) == [fresh]
+    deletions = [e for e in published(records, topics.COMPLIANCE, ComplianceEvent)
+                 if e.tweet_id == deleted]  # fmt: skip
+    assert len(deletions) == 1  # an old deletion is still honoured, once
+    restarted = IngestService(ingest_settings(webhook=True))  # remembers across a restart
+    async with running(restarted):
+        transport = httpx.ASGITransport(app=restarted.http_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            again = await client.post("/webhooks/x", content=body, headers=signed(body))
+    assert again.json() == {"published": 0}
 
 
 async def test_one_tweet_from_three_sources_is_published_once(

@@ -44,6 +44,13 @@ Where the shapes come from:
   ``correlationId``, ``category``), the 401 ``INVALID_AUTHENTICATION`` body, 409 "Contact already
   exists. Existing ID: N" and ``Property values were not valid: [...]`` validation errors.
 
+Size limits, so that a client must cut long text instead of being refused: Jira's 255-character
+summary without line breaks and 32,767 characters of description or comment text ("The entered
+text is too long. It exceeds the allowed limit of 32,767 characters."), Salesforce's field
+lengths (``STRING_TOO_LONG``: Lead.LastName 80, Company and Subject 255, Description 32,000),
+HubSpot's 65,536 characters per property value and Zendesk's comment of about 65,000 characters
+(as Zendesk support answers it).
+
 Shapes the public sources do not pin down (the body of a Zendesk 5xx or 400 for bad JSON, of a
 Jira 429/5xx, the HubSpot message for a missing required property or a bad association) are
 given in the vendor's general error shape; the module constants hold their wording.
@@ -65,7 +72,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from html import escape
+from html import escape, unescape
 from http import HTTPStatus
 from typing import Any
 
@@ -292,6 +299,7 @@ ZENDESK_RATE_LIMIT = 700
 ZENDESK_IDEMPOTENCY_TTL_S = 2 * 60 * 60
 ZENDESK_429_BODY = "Number of allowed API requests per minute exceeded"
 ZENDESK_AGENT_ID = 900_000_000_001
+ZENDESK_COMMENT_LIMIT = 65_000
 
 
 def _zendesk_error(error: str, description: str, status: int) -> web.Response:
@@ -313,6 +321,11 @@ class _RememberedCreate:
     fingerprint: str
     ticket_id: int
     expires_at: float
+
+
+def _plain_from_html(html: str) -> str:
+    """The plain text Zendesk derives from an ``html_body``: tags gone, entities decoded."""
+    return unescape(re.sub(r"<[^>]+>", "", re.sub(r"<br\s*/?>\n?", "\n", html)))
 
 
 class ZendeskStandIn(VendorStandIn):
@@ -429,6 +442,10 @@ class ZendeskStandIn(VendorStandIn):
             isinstance(tags, list) and all(isinstance(t, str) for t in tags)
         ):
             return _zendesk_invalid("tags", "Tags: is invalid", "InvalidValue")
+        comment = fields.get("comment") if isinstance(fields.get("comment"), dict) else {}
+        longest = max(len(str(comment.get(k) or "")) for k in ("body", "html_body"))
+        if longest > ZENDESK_COMMENT_LIMIT:
+            return _zendesk_invalid("base", "Comment: is too long", "TooLong")
         return None
 
     def _new_ticket(self, fields: JsonDict, comment: JsonDict) -> dict:
@@ -480,7 +497,7 @@ class ZendeskStandIn(VendorStandIn):
 
     def _add_comment(self, ticket_id: int, comment: JsonDict, author_id: int) -> dict:
         html = comment.get("html_body")
-        plain = comment.get("body") or re.sub(r"<[^>]+>", "", html or "")
+        plain = comment.get("body") or _plain_from_html(html or "")
         if html is None:
             html = f'<div class="zd-comment" dir="auto"><p dir="auto">{escape(plain)}</p></div>'
         entry = {
@@ -572,6 +589,10 @@ JIRA_ADF_MESSAGE = (
     "Operation value must be an Atlassian Document (see the Atlassian Document Format)"
 )
 JIRA_401_BODY = "Client must be authenticated to access this resource."
+JIRA_TEXT_LIMIT = 32_767
+JIRA_TOO_LONG = (
+    f"The entered text is too long. It exceeds the allowed limit of {JIRA_TEXT_LIMIT:,} characters."
+)
 JIRA_NO_ISSUE = "Issue does not exist or you do not have permission to see it."
 JIRA_UNBOUNDED = (
     "Unbounded JQL queries are not allowed here. Please add a search restriction to your query."
@@ -601,6 +622,14 @@ def _is_adf(value: Any) -> bool:
     return isinstance(content, list) and all(
         isinstance(node, dict) and isinstance(node.get("type"), str) for node in content
     )
+
+
+def _adf_text(node: Any) -> str:
+    """Every text node's text in an ADF document, concatenated."""
+    if not isinstance(node, dict):
+        return ""
+    own = node.get("text") if isinstance(node.get("text"), str) else ""
+    return own + "".join(_adf_text(child) for child in node.get("content") or [])
 
 
 def _parse_jql(jql: str) -> list[tuple[str, str]] | str:
@@ -690,11 +719,15 @@ class JiraStandIn(VendorStandIn):
             errors["summary"] = "You must specify a summary of the issue."
         elif len(summary) > 255:
             errors["summary"] = "Summary must be less than 255 characters."
+        elif "\n" in summary or "\r" in summary:
+            errors["summary"] = "The summary is invalid because it contains newline characters."
         issuetype = fields.get("issuetype")
         if not isinstance(issuetype, dict) or not (issuetype.get("name") or issuetype.get("id")):
             errors["issuetype"] = "Specify an issue type"
         if fields.get("description") is not None and not _is_adf(fields["description"]):
             errors["description"] = JIRA_ADF_MESSAGE
+        elif len(_adf_text(fields.get("description"))) > JIRA_TEXT_LIMIT:
+            errors["description"] = JIRA_TOO_LONG
         errors.update(self._label_errors(fields.get("labels")))
         return errors
 
@@ -844,6 +877,8 @@ class JiraStandIn(VendorStandIn):
         adf = body.get("body") if isinstance(body, dict) else None
         if not _is_adf(adf):
             return _jira_errors([], {"comment": JIRA_ADF_MESSAGE}, 400)
+        if len(_adf_text(adf)) > JIRA_TEXT_LIMIT:
+            return _jira_errors([], {"comment": JIRA_TOO_LONG}, 400)
         comment_id = str(next(self._comment_ids))
         stamp = _iso_offset(_now())
         author = {"accountId": self._account_id, "emailAddress": self.email, "active": True}
@@ -877,6 +912,7 @@ SALESFORCE_OBJECTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Case": ("500", ("Subject",)),
     "Contact": ("003", ("LastName",)),
 }
+SALESFORCE_FIELD_LENGTHS = {"LastName": 80, "Company": 255, "Subject": 255, "Description": 32_000}
 SALESFORCE_DAILY_LIMIT = 15_000
 SALESFORCE_ID_SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 SALESFORCE_ERROR_CODES = {
@@ -972,6 +1008,12 @@ class SalesforceStandIn(VendorStandIn):
 
     @staticmethod
     def _missing(sobject: str, record: JsonDict) -> web.Response | None:
+        """Required fields that are empty, or fields longer than they may be."""
+        for name, limit in SALESFORCE_FIELD_LENGTHS.items():
+            value = record.get(name)
+            if isinstance(value, str) and len(value) > limit:
+                message = f"{name}: data value too large: {value[:40]} (max length={limit})"
+                return _sf_error(400, "STRING_TOO_LONG", message, [name])
         required = SALESFORCE_OBJECTS[sobject][1]
         missing = [name for name in required if record.get(name) in (None, "")]
         if not missing:
@@ -1130,6 +1172,7 @@ HUBSPOT_401_MESSAGE = (
     "can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview"
 )
 HUBSPOT_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+HUBSPOT_VALUE_LIMIT = 65_536
 
 
 def _hubspot_error(status: int, message: str, category: str, **headers: str) -> web.Response:
@@ -1252,10 +1295,14 @@ class HubSpotStandIn(VendorStandIn):
     def _invalid(
         self, object_type: str, merged: dict, own_id: str | None = None
     ) -> web.Response | None:
-        """Required properties, email format and the one-contact-per-email rule."""
+        """Required properties, value lengths, email format and one contact per email."""
         for name in HUBSPOT_OBJECTS[object_type]["required"]:
             if not merged.get(name):
                 return _hubspot_invalid(name, f"{name} is required", "REQUIRED")
+        for name, value in merged.items():
+            if value is not None and len(value) > HUBSPOT_VALUE_LIMIT:
+                message = f"{name} is longer than {HUBSPOT_VALUE_LIMIT} characters"
+                return _hubspot_invalid(name, message, "INVALID_STRING_LENGTH")
         email = merged.get("email") if object_type == "contacts" else None
         if email is None:
             return None

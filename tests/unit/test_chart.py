@@ -15,7 +15,7 @@ SERVICES = ("ingest", "classify", "route", "notify")
 EVERYTHING_ON = {
     "keda": {"enabled": True},
     "ingress": {"enabled": True, "tls": [{"secretName": "sb-tls", "hosts": ["sb.example.com"]}]},
-    "serviceMonitor": {"enabled": True},
+    "serviceMonitor": {"enabled": True, "bearerTokenSecret": {"name": "sb-admin", "key": "token"}},
     "prometheusRule": {"enabled": True},
     "grafanaDashboards": {"enabled": True},
     "secretEnvFrom": ["switchboard-tokens"],
@@ -126,7 +126,15 @@ def test_optional_parts_render_when_enabled():
     dashboards = [c for c in by_kind(docs, "ConfigMap") if "dashboard" in c["metadata"]["name"]]
     assert len(dashboards) == 2 and all(c["metadata"]["labels"]["grafana_dashboard"] == "1"
                                         for c in dashboards)  # fmt: skip
-    assert len(by_kind(docs, "PodDisruptionBudget")) == 4 and by_kind(docs, "ServiceMonitor")
+    assert len(by_kind(docs, "PodDisruptionBudget")) == 4
+    [monitor] = by_kind(docs, "ServiceMonitor")
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"  # with access.lock_metrics, Prometheus sends the token:
+    assert endpoint["authorization"] == {
+        "type": "Bearer", "credentials": {"name": "sb-admin", "key": "token"}
+    }  # fmt: skip
+    [plain] = by_kind(render({"serviceMonitor": {"enabled": True}}), "ServiceMonitor")
+    assert "authorization" not in plain["spec"]["endpoints"][0]
 
 
 @pytest.mark.parametrize(

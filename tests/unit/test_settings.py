@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,9 @@ def test_example_config_is_valid():
             "notify.subscriptions[0].to[0]",
         ),
         (lambda c: c["classify"].update(batch_size=0), "classify.batch_size"),
+        (lambda c: c["ingest"]["x"]["webhook"].update(max_event_age_hours=100), "ingest"),
+        (lambda c: c.update(access={"lock_views": True}), "access"),
+        (lambda c: c["notify"].update(redact={"emails": True}), "notify.redact.emails"),
     ],
 )
 def test_a_bad_value_names_its_key(write_config, mutate, key):
@@ -103,3 +107,45 @@ def test_smtp_secret_is_not_printed(monkeypatch):
     settings = NotifySettings.load(config_file=EXAMPLE)
     assert settings.smtp.password.get_secret_value() == "hunter2"
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+
+
+def test_secrets_read_are_masked_in_every_log_line(monkeypatch, caplog):
+    import json
+    import logging
+
+    from switchboard.shared.config import SecretRef
+    from switchboard.shared.logs import JsonFormatter, TextFormatter
+    from switchboard.shared.settings import read_secret
+
+    secret = 'vendor-"token"-0123456789'
+    monkeypatch.setenv("SB_TEST_VENDOR_TOKEN", secret)
+    read_secret(SecretRef(env="SB_TEST_VENDOR_TOKEN"), "notify.connections.jira.api_token")
+    try:
+        raise RuntimeError(f"the vendor said: bad token {secret}")
+    except RuntimeError:
+        record = logging.getLogger("t").makeRecord(
+            "t", logging.ERROR, __file__, 1, "sending %s", (secret,), sys.exc_info(),
+            extra={"header": f"Bearer {secret}"},
+        )  # fmt: skip
+    for formatter in (JsonFormatter("notify"), TextFormatter("%(message)s %(header)s")):
+        line = formatter.format(record)
+        assert "vendor-" not in line and "[secret]" in line, line
+    entry = json.loads(JsonFormatter("notify").format(record))
+    assert entry["header"] == "Bearer [secret]" and "[secret]" in entry["exc"]
+    from switchboard.notify.resilience import http_error
+
+    echoed = http_error(401, f'{{"error": "bad token {secret}"}}', None)  # bound for the DLQ
+    assert secret not in str(echoed) and "[secret]" in str(echoed)
+
+
+def test_config_errors_never_show_secret_values(monkeypatch):
+    monkeypatch.setenv("SMTP_PASSWORD", "smtp-password-0123")
+    monkeypatch.setenv("SMTP_PORT", "not-a-port")
+    with pytest.raises(ConfigError, match="environment: SMTP_PORT") as caught:
+        NotifySettings.load(config_file=EXAMPLE)
+    assert "smtp-password-0123" not in str(caught.value)
+    monkeypatch.delenv("SMTP_PORT")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "sasl-password-0123")
+    with pytest.raises(ConfigError, match="KAFKA_SASL_PASSWORD: set, but") as caught:
+        NotifySettings.load(config_file=EXAMPLE)  # named, never shown
+    assert "sasl-password-0123" not in str(caught.value)
