@@ -34,7 +34,7 @@ from switchboard.shared.events import (
     decode,
     decode_alert,
 )
-from switchboard.shared.kafka import client_options, ensure_topics
+from switchboard.shared.kafka import Consumer, client_options, ensure_topics
 from switchboard.shared.processes import spawn, terminate
 from switchboard.shared.settings import KafkaSettings, ServiceSettings
 
@@ -181,7 +181,11 @@ class Stack:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     async def _start_observer(self) -> None:
-        consumer = AIOKafkaConsumer(client_id="switchboard-observer", **client_options(self.kafka))
+        consumer = Consumer(
+            client_id="switchboard-observer",
+            idle_pause_ms=self.kafka.fetch_idle_pause_ms,
+            **client_options(self.kafka),
+        )
         await consumer.start()
         await consumer.topics()  # loads the cluster metadata
         partitions = [

@@ -62,6 +62,13 @@ class KafkaSettings(BaseSettings):
         description="The largest message the cluster accepts (its message.max.bytes); a larger "
         "output goes to switchboard.deadletter as too_large",
     )
+    fetch_idle_pause_ms: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="Pause after a fetch that brought nothing, for brokers that answer at once "
+        "instead of waiting fetch.max.wait.ms (the embedded one); 0: none",
+    )
 
     def require_bootstrap(self) -> str:
         if not self.bootstrap_servers:

@@ -26,7 +26,8 @@ import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from switchboard.cli.stack import Stack, StackOptions, sample_ids
+from switchboard.cli.load import write_load
+from switchboard.cli.stack import Stack, StackOptions
 from switchboard.ingest.webhook import SIGNATURE_HEADER, signature
 from switchboard.shared.broker import free_port
 from switchboard.shared.logs import MASK
@@ -180,9 +181,12 @@ async def use_every_secret(stack: Stack) -> None:
 async def test_no_secret_reaches_any_log(outside, tmp_path, caplog):
     caplog.set_level("INFO")
     seed_mentions(outside["x"], outside["config"])
+    # Fresh tweet ids: the session's broker holds the samples already, and ingest would drop
+    # them as duplicates.
+    replay = tmp_path / "tweets.jsonl"
+    sent = write_load(SAMPLES, TWEETS, replay, 3_000_000_000_000_000_000 + time.time_ns() // 1000)
     stack = Stack(StackOptions(workdir=tmp_path / "run", config_file=outside["config"],
-                               replay_file=SAMPLES, rate_per_s=50, limit=TWEETS))  # fmt: skip
-    sent = sample_ids(SAMPLES, TWEETS)
+                               replay_file=replay, rate_per_s=50, limit=TWEETS))  # fmt: skip
     try:
         await stack.start()
         await use_every_secret(stack)

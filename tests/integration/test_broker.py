@@ -9,7 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from switchboard.shared import topics
 from switchboard.shared.broker import EmbeddedBroker
-from switchboard.shared.kafka import client_options, ensure_topics
+from switchboard.shared.kafka import Consumer, client_options, ensure_topics
 
 
 async def test_topics_are_created_with_the_configured_partitions(kafka, config):
@@ -54,3 +54,32 @@ async def test_topics_and_messages_survive_a_broker_restart(tmp_path: Path):
         assert values == {f"m{n}".encode() for n in range(50)}
     finally:
         restarted.stop()
+
+
+async def test_an_idle_consumer_pauses_between_empty_fetches_and_still_gets_messages(kafka):
+    """The embedded broker answers an empty fetch at once (no long polling); the consumer pauses
+    instead of asking again right away, and a message sent meanwhile still arrives."""
+    await ensure_topics(kafka, ["idle-a", "idle-b"], 3, 1)
+    consumer = Consumer(
+        "idle-a", "idle-b", group_id="idle-test", idle_pause_ms=20, **client_options(kafka)
+    )
+    await consumer.start()
+    fetcher = consumer._fetcher  # noqa: SLF001 - counting the requests it sends
+    fetch, fetches = fetcher._proc_fetch_request, []  # noqa: SLF001
+
+    async def counted(*args):  # noqa: ANN002, ANN202
+        fetches.append(args)
+        return await fetch(*args)
+
+    fetcher._proc_fetch_request = counted  # noqa: SLF001
+    try:
+        await consumer.getmany(timeout_ms=2000)  # idle for two seconds
+        assert 0 < len(fetches) <= 2 * 1000 / 20  # without the pause: about 1,500 a second
+        producer = AIOKafkaProducer(**client_options(kafka))
+        await producer.start()
+        await producer.send_and_wait("idle-b", b"wake up")
+        await producer.stop()
+        found = await consumer.getmany(timeout_ms=5000)
+        assert [r.value for records in found.values() for r in records] == [b"wake up"]
+    finally:
+        await consumer.stop()
