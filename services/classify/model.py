@@ -18,12 +18,14 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub, even by accident
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
@@ -88,13 +90,14 @@ class Encoder(torch.nn.Module):
             self.transformer.encoder.layer = torch.nn.ModuleList(kept)
             self.transformer.config.num_hidden_layers = len(kept)
 
-    def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    def tokenize(self, texts: list[str], max_length: int, tensors: str = "pt") -> dict[str, Any]:
+        """Token ids and attention mask, as torch tensors or (``tensors="np"``) numpy arrays."""
         return self.tokenizer(
             [prepare_text(t) for t in texts],
             padding=True,  # to the longest in the batch, not to max_length
             truncation=True,
             max_length=max_length,
-            return_tensors="pt",
+            return_tensors=tensors,
         )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -134,14 +137,21 @@ class Calibration:
         return cls(**card.get("calibration", {}))
 
 
-def decide_urgency(probs: torch.Tensor, urgencies: list[Urgency], critical_threshold: float) -> int:
+def decide_urgency(
+    probs: Sequence[float], urgencies: list[Urgency], critical_threshold: float
+) -> int:
     """Index of the urgency: critical when its probability clears the threshold, else argmax."""
+    values = [float(p) for p in probs]
     critical = urgencies.index(Urgency.CRITICAL)
-    if probs[critical] >= critical_threshold:
+    if values[critical] >= critical_threshold:
         return critical
-    others = probs.clone()
-    others[critical] = -1.0
-    return int(others.argmax())
+    return max((i for i in range(len(values)) if i != critical), key=values.__getitem__)
+
+
+def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    scaled = logits / temperature
+    exp = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 class TweetClassifier:
@@ -203,33 +213,35 @@ class TweetClassifier:
             model.onnx = OnnxHeads(path, threads or os.cpu_count() or 1)
         return model
 
-    @torch.inference_mode()
-    def logits(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Department and urgency logits, one row per text."""
+        if self.onnx is not None:  # numpy end to end: no torch call on this path
+            return self.onnx(self.encoder.tokenize(texts, self.max_length, tensors="np"))
         batch = self.encoder.tokenize(texts, self.max_length)
-        if self.onnx is not None:
-            return self.onnx(batch)
-        return self.heads(self.encoder(batch["input_ids"], batch["attention_mask"]))
+        with torch.inference_mode():
+            departments, urgencies = self.heads(
+                self.encoder(batch["input_ids"], batch["attention_mask"])
+            )
+        return departments.numpy(), urgencies.numpy()
 
-    @torch.inference_mode()
     def predict(self, texts: list[str]) -> list[Prediction]:
         if not texts:
             return []
         department_logits, urgency_logits = self.logits(texts)
         calibration = self.calibration
-        department_probs = torch.softmax(
-            department_logits / calibration.department_temperature, dim=-1
-        )
-        urgency_probs = torch.softmax(urgency_logits / calibration.urgency_temperature, dim=-1)
+        department_probs = softmax(department_logits, calibration.department_temperature)
+        urgency_probs = softmax(urgency_logits, calibration.urgency_temperature)
         return [
             self._prediction(d_probs, u_probs)
-            for d_probs, u_probs in zip(department_probs, urgency_probs, strict=True)
+            for d_probs, u_probs in zip(department_probs.tolist(), urgency_probs.tolist(),
+                                        strict=True)  # fmt: skip
         ]
 
-    def _prediction(self, d_probs: torch.Tensor, u_probs: torch.Tensor) -> Prediction:
+    def _prediction(self, d_probs: list[float], u_probs: list[float]) -> Prediction:
         urgency = decide_urgency(u_probs, self.urgencies, self.calibration.critical_threshold)
         return Prediction(
-            department=self.departments[int(d_probs.argmax())],
+            department=self.departments[max(range(len(d_probs)), key=d_probs.__getitem__)],
             urgency=self.urgencies[urgency],
-            department_scores=dict(zip(self.departments, d_probs.tolist(), strict=True)),
-            urgency_scores=dict(zip(self.urgencies, u_probs.tolist(), strict=True)),
+            department_scores=dict(zip(self.departments, d_probs, strict=True)),
+            urgency_scores=dict(zip(self.urgencies, u_probs, strict=True)),
         )

@@ -109,16 +109,28 @@ def classify_predict(input_file: Path, output_file: Path | None, artifact: Path 
     help="Training split the baselines are fitted on.",
 )
 @click.option("--baselines/--no-baselines", default=True, show_default=True)
+@click.option(
+    "--runtime",
+    type=click.Choice(["torch", "onnx-int8"]),
+    default="torch",
+    show_default=True,
+    help="Evaluate the model as this runtime runs it (classify.runtime).",
+)
 @_artifact_option
 def classify_eval(
-    input_file: Path, as_json: bool, train_data: Path, baselines: bool, artifact: Path | None
+    input_file: Path,
+    as_json: bool,
+    train_data: Path,
+    baselines: bool,
+    runtime: str,
+    artifact: Path | None,
 ) -> None:
     """Accuracy, macro-F1, critical recall and confusion matrices, beside two baselines."""
     from switchboard.classify.data import read_tweets
     from switchboard.classify.model import TweetClassifier
     from switchboard.classify.offline import evaluate_file
 
-    model = TweetClassifier.load(artifact)
+    model = TweetClassifier.load(artifact, runtime=runtime)
     rows = read_tweets(input_file)
     try:
         figures = evaluate_file(
