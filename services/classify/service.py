@@ -99,6 +99,7 @@ class ClassifyService:
             self.handle,
             max_records=self.options.batch_size,
             timeout_ms=self.options.batch_timeout_ms or 1,
+            fill=self.options.batch_timeout_ms > 0,
         )
         await loop.run(stop)
 

@@ -220,10 +220,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError)
 class StreamLoop:
     """Consume a batch, hand it to ``handler``, publish its outputs, then commit.
 
-    A batch is up to ``max_records`` records or whatever arrived within ``timeout_ms``. When the
-    handler raises (other than TRANSIENT_ERRORS), the batch is handled again one record at a
-    time, and a record that still fails is dead-lettered ``processing_failed``: one poison
-    record never stops the stream, nor crash-loops the service on restart.
+    A batch is up to ``max_records`` records or whatever arrived within ``timeout_ms``; with
+    ``fill``, it waits up to ``timeout_ms`` after the first record for the batch to fill (the
+    classifier is five times faster per tweet on 32 tweets than on one). When the handler raises
+    (other than TRANSIENT_ERRORS), the batch is handled again one record at a time, and a record
+    that still fails is dead-lettered ``processing_failed``: one poison record never stops the
+    stream, nor crash-loops the service on restart.
     """
 
     def __init__(
@@ -235,6 +237,7 @@ class StreamLoop:
         *,
         max_records: int = 100,
         timeout_ms: int = 100,
+        fill: bool = False,
     ) -> None:
         self.service = service
         self.consumer = consumer
@@ -242,16 +245,31 @@ class StreamLoop:
         self.handler = handler
         self.max_records = max_records
         self.timeout_ms = timeout_ms
+        self.fill = fill
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            batches = await self.consumer.getmany(
-                timeout_ms=self.timeout_ms, max_records=self.max_records
-            )
-            records = [record for part in batches.values() for record in part]
+            records = await self._batch(self.timeout_ms, self.max_records)
+            if records and self.fill:
+                records += await self._fill(len(records))
             if records:
                 await self._process(records)
             await self._report_lag()
+
+    async def _batch(self, timeout_ms: int, most: int) -> list[ConsumerRecord]:
+        batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=most)
+        return [record for part in batches.values() for record in part]
+
+    async def _fill(self, have: int) -> list[ConsumerRecord]:
+        """More records, until the batch is full or ``timeout_ms`` after its first record."""
+        more: list[ConsumerRecord] = []
+        deadline = time.monotonic() + self.timeout_ms / 1000
+        while have + len(more) < self.max_records:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            more += await self._batch(left_ms, self.max_records - have - len(more))
+        return more
 
     async def _report_lag(self) -> None:
         """Messages behind the end of each assigned partition (what the dashboards call lag)."""
