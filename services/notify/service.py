@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from fastapi import FastAPI
@@ -134,10 +135,25 @@ class NotifyService:
 
     async def run(self, stop: asyncio.Event) -> None:
         digests = asyncio.create_task(self.digests.run(stop), name="digests")
+        expiry = asyncio.create_task(self._expire_ledger(stop), name="ledger-expiry")
         try:
             await StreamLoop(self.name, self.consumer, self.producer, self.handle).run(stop)
         finally:
+            expiry.cancel()
+            await asyncio.gather(expiry, return_exceptions=True)
             await asyncio.wait_for(digests, timeout=10)
+
+    async def _expire_ledger(self, stop: asyncio.Event, every_s: float = 60.0) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(every_s)
+            await publish(self.producer, self.expire_ledger(datetime.now(UTC)), self.name)
+
+    def expire_ledger(self, now: datetime) -> list[Output]:
+        """Tombstones for conversations untouched for ``notify.ledger_retention_hours``."""
+        retention = timedelta(hours=self.options.ledger_retention_hours)
+        expired = self.ledger.expire(now - retention)
+        metrics.TABLE_ENTRIES.labels(self.name, topics.NOTIFICATIONS_LEDGER).set(len(self.ledger))
+        return expired
 
     # --- a batch ------------------------------------------------------------------------------
 

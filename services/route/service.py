@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -285,9 +285,21 @@ class RouteService:
     async def _watch_slas(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self.config.route.sla.check_interval_s)
-            outputs = self.sla_breaches(datetime.now(UTC))
+            now = datetime.now(UTC)
+            outputs = self.sla_breaches(now) + self.expire_conversations(now)
             if outputs:
                 await publish(self.producer, outputs, self.name)
+
+    def expire_conversations(self, now: datetime) -> list[Output]:
+        """Tombstones for conversations idle longer than the ownership TTL (memory stays flat)."""
+        ttl = timedelta(hours=self.config.route.conversations.ttl_hours)
+        expired = self.conversations.expire(now - ttl)
+        if expired:
+            log.info("conversations expired", extra={"n": len(expired)})
+        metrics.TABLE_ENTRIES.labels(self.name, topics.ROUTE_CONVERSATIONS).set(
+            len(self.conversations)
+        )
+        return expired
 
     def sla_breaches(self, now: datetime) -> list[Output]:
         """An alert for each awaited tweet past its SLA (once), and the updated states."""

@@ -498,6 +498,12 @@ class NotifyConfig(Section):
     connections: Connections = Field(default_factory=Connections)
     delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
     subscriptions: list[Subscription] = Field(default_factory=list)
+    ledger_retention_hours: float = Field(
+        default=168.0,
+        gt=0,
+        description="How long notify remembers a conversation's effects and ticket: a "
+        "redelivery within it is skipped, a follow-up within it joins the same ticket",
+    )
 
     @field_validator("subscriptions")
     @classmethod

@@ -43,10 +43,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """One message to publish."""
+    """One message to publish; a ``None`` value is a tombstone (compaction deletes the key)."""
 
     topic: str
-    value: bytes
+    value: bytes | None
     key: bytes | None = None
 
     @classmethod
@@ -358,9 +358,12 @@ async def _send_all(
 def _too_large(service: str, output: Output, error: MessageSizeTooLargeError) -> Output:
     problem = DecodeError(
         "too_large",
-        f"a {len(output.value)}-byte message for {output.topic} cannot be published: {error}",
+        f"a {len(output.value or b'')}-byte message for {output.topic} cannot be published: "
+        f"{error}",
     )
-    return dead_letter(service, problem, output.value, output.key, target_topic=output.topic)
+    return dead_letter(
+        service, problem, output.value or b"", output.key, target_topic=output.topic
+    )
 
 
 async def read_to_end(

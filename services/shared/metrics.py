@@ -29,6 +29,11 @@ CONSUMER_LAG = Gauge(
     "Messages between a consumer group's position and the end of a partition",
     ["group", "topic", "partition"],
 )
+TABLE_ENTRIES = Gauge(
+    "switchboard_table_entries",
+    "Entries held in memory by a changelog table (route conversations, notify ledger)",
+    ["service", "table"],
+)
 BATCH_SECONDS = Histogram(
     "switchboard_batch_processing_seconds",
     "Time to process one consumed batch, publish its outputs and commit",

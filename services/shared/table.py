@@ -13,8 +13,9 @@ The changelog is keyed like the service's input and created with the same partit
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Generic
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, Generic
 
 from aiokafka import ConsumerRecord
 
@@ -48,6 +49,18 @@ class ChangelogTable(Generic[E]):
         """Change the table now; publish the returned Output to make the change durable."""
         self._values[key] = value
         return Output.of(self.topic, value, key)
+
+    def expire(
+        self, before: datetime, updated_at: Callable[[Any], datetime] = lambda v: v.updated_at
+    ) -> list[Output]:
+        """Forget every entry last updated before ``before``; publish the returned tombstones
+        so that compaction drops the keys from the changelog too (and restores stay short).
+        Without this the table, and its changelog, would grow for as long as the service runs.
+        """
+        stale = [key for key, value in self._values.items() if updated_at(value) < before]
+        for key in stale:
+            del self._values[key]
+        return [Output(self.topic, None, key.encode("utf-8")) for key in stale]
 
     async def restore(self, partitions: set[int] | None = None) -> int:
         """Load the changelog (all of it, or the given partitions); returns records read."""

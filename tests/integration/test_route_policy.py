@@ -249,3 +249,20 @@ async def test_an_unanswered_critical_tweet_raises_an_sla_alert_and_a_reply_is_t
     breaches = [a for a in alerts_of(records, prefix) if getattr(a, "kind", "") == "sla_breach"]
     assert [a.tweet.id for a in breaches] == [f"{prefix}-late"]  # once, and not the answered one
     assert metrics.RESPONSES.labels("@SkylarkDeals", "it_security")._value.get() == responses + 1
+
+
+async def test_a_conversation_idle_past_its_ttl_is_forgotten_and_tombstoned(
+    route_settings, producer, read, running
+):
+    prefix = tag()
+    tweet = a_classified_tweet("legal", 0.9, "high", id=f"{prefix}-1", conversation_id=prefix)
+    settings = route_settings(conversations={"ttl_hours": 1 / 3600},  # one second
+                              sla={"check_interval_s": 0.2})  # fmt: skip
+    async with running(RouteService(settings)):
+        await send(producer, tweet)
+        records = await read(
+            [topics.ROUTE_CONVERSATIONS],
+            lambda rs: any(key_of(r) == prefix and r.value is None for r in rs),
+        )
+    changes = [r.value is None for r in records if key_of(r) == prefix]
+    assert changes[0] is False and changes[-1] is True  # remembered, then tombstoned
