@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from switchboard.cli.soak import SoakRecord, quarters
+from switchboard.cli.soak import SoakRecord, quarters, soak_config
+from switchboard.shared.settings import ServiceSettings
+from tests.conftest import CONFIG_FILE
 
 
 def test_quarters_are_medians_of_the_second_and_last_quarter():
@@ -27,3 +29,19 @@ def test_lag_that_drains_is_stable_and_lag_that_builds_up_is_not():
     assert not SoakRecord(lag=[0, 100, 300, 600, 900, 1200, 1500, 1800]).lag_stable(rate)
     assert not SoakRecord(lag=[]).lag_stable(rate)
     assert not SoakRecord(lag=[0, 10, 10, 10], end_lag=2000).lag_stable(rate)
+
+
+def test_the_broker_is_reported_but_not_judged():
+    record = SoakRecord(rss={"broker": [100.0 + 50 * n for n in range(20)], "route": [80.0] * 20})
+    assert record.memory_growth()["broker"] > 1 and record.memory_stable()
+    record.rss["route"] = [80.0 + 5 * n for n in range(20)]
+    assert not record.memory_stable()
+
+
+def test_the_soak_configuration_makes_entries_expire_within_the_run(tmp_path):
+    out = soak_config(CONFIG_FILE, tmp_path / "soak.yaml", expiry_hours=0.02)
+    config = ServiceSettings.load(config_file=out).config  # still a valid configuration
+    assert config.route.conversations.ttl_hours == 0.02
+    assert config.notify.ledger_retention_hours == 0.02
+    assert config.route.sla.check_interval_s <= 10
+    assert config.handles == ServiceSettings.load(config_file=CONFIG_FILE).config.handles
