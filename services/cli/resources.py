@@ -16,9 +16,15 @@ class ResourceSampler:
     pid; the peak of a name is the largest RSS any of its processes had.
     """
 
-    def __init__(self, processes: Callable[[], dict[str, int]], every_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        processes: Callable[[], dict[str, int]],
+        every_s: float = 0.5,
+        cpu_only: frozenset[str] = frozenset(),
+    ) -> None:
         self.processes = processes
         self.every_s = every_s
+        self.cpu_only = cpu_only  # CPU reported, memory not (e.g. the measuring process)
         self.peak_rss: dict[str, int] = {}
         self.rss: dict[str, list[int]] = {}  # every sample, for growth checks
         self._cpu: dict[int, float] = {}  # pid -> CPU seconds at the last sample
@@ -35,9 +41,10 @@ class ResourceSampler:
                     times = process.cpu_times()
             except psutil.Error:  # exited between listing and sampling
                 continue
-            self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
-            self.rss.setdefault(name, []).append(rss)
             self._cpu[pid] = times.user + times.system
+            if name not in self.cpu_only:
+                self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
+                self.rss.setdefault(name, []).append(rss)
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds used so far by each name's current process."""

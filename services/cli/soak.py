@@ -5,11 +5,12 @@ takes renumbered sample tweets at ``--rate`` for ``--minutes``. Every few second
 each process's resident memory and each consumer group's lag, read from the broker (committed
 offsets against the ends of the partitions), so a stuck service cannot hide its lag.
 
-Every tweet of the load opens a new conversation, so route's conversations and notify's ledger
-grow until their entries expire (``route.conversations.ttl_hours``,
-``notify.ledger_retention_hours``: 72 h and a week in production). The soak runs on a copy of
-the configuration where both last an eighth of the run, so that it reaches the steady state
-production reaches after three days, and shows that expiry keeps memory flat.
+Every tweet of the load is new: its id, its conversation. What Switchboard remembers about
+them is bounded by time, not by count: ingest's duplicate filter (``dedup_window_hours``, 72 h),
+route's conversations (``ttl_hours``, 72 h), notify's ledger (``ledger_retention_hours``, a
+week) and its pending digests (``digest_minutes``, an hour). The soak runs on a copy of the
+configuration where all of these last an eighth of the run, so that it reaches within minutes
+the steady state production reaches after days, and shows that memory then stays flat.
 
 Verdicts, after the first quarter of the run (model loading, caches and the JIT warm up):
 - memory is stable when no service's median RSS in the last quarter exceeds its median in the
@@ -142,14 +143,22 @@ async def soak(
 
 
 def soak_config(original: Path, out: Path, expiry_hours: float) -> Path:
-    """A copy of the configuration where conversations and the ledger expire after
-    ``expiry_hours``, checked at least every 10 seconds."""
+    """A copy of the configuration where everything remembered expires after ``expiry_hours``
+    (conversations checked at least every 10 seconds)."""
     config = yaml.safe_load(original.read_text(encoding="utf-8"))
+    ingest = config.setdefault("ingest", {})
+    ingest["dedup_window_hours"] = expiry_hours
+    webhook = ingest.setdefault("x", {}).setdefault("webhook", {})
+    webhook["max_event_age_hours"] = min(webhook.get("max_event_age_hours", 1), expiry_hours)
     route = config.setdefault("route", {})
     route.setdefault("conversations", {})["ttl_hours"] = expiry_hours
     sla = route.setdefault("sla", {})
     sla["check_interval_s"] = min(float(sla.get("check_interval_s", 30)), 10.0)
-    config.setdefault("notify", {})["ledger_retention_hours"] = expiry_hours
+    notify = config.setdefault("notify", {})
+    notify["ledger_retention_hours"] = expiry_hours
+    for subscription in notify.get("subscriptions", []):
+        if subscription.get("digest_minutes"):
+            subscription["digest_minutes"] = expiry_hours * 60
     out.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return out
 

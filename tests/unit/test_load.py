@@ -92,3 +92,9 @@ def test_resource_sampler_reports_peak_rss_and_cpu_of_named_processes():
     assert sampler.cpu_seconds()["me"] > before
     assert sampler.peak_rss_mb()["me"] > 10
     assert len(sampler.rss["me"]) >= 2
+
+
+def test_a_cpu_only_process_is_left_out_of_memory():
+    sampler = ResourceSampler(lambda: {"me": os.getpid()}, cpu_only=frozenset({"me"}))
+    sampler.sample()
+    assert "me" in sampler.cpu_seconds() and sampler.peak_rss_mb() == {}

@@ -44,4 +44,8 @@ def test_the_soak_configuration_makes_entries_expire_within_the_run(tmp_path):
     assert config.route.conversations.ttl_hours == 0.02
     assert config.notify.ledger_retention_hours == 0.02
     assert config.route.sla.check_interval_s <= 10
+    assert config.ingest.dedup_window_hours == 0.02
+    assert config.ingest.x.webhook.max_event_age_hours <= 0.02
+    digests = [s.digest_minutes for s in config.notify.subscriptions if s.digest_minutes]
+    assert digests and all(minutes == 0.02 * 60 for minutes in digests)
     assert config.handles == ServiceSettings.load(config_file=CONFIG_FILE).config.handles
