@@ -123,6 +123,10 @@ async def measure_pipeline(
                 higher, tried = await run.highest_sustained(round(rates[-1] * 1.25), most=probes)
                 steps += tried
                 best = higher or best
+            failed = min((s.offered_per_s for s in steps if not s.sustained), default=None)
+            if probes and best is not None and failed is not None and failed > best:
+                best, tried = await run.bisect(best, failed, most=min(2, probes))
+                steps += tried
     finally:
         await stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -126,3 +126,16 @@ class LoadRun:
             best = rate
             rate = round(rate * factor)
         return best, steps
+
+    async def bisect(self, sustained: float, failed: float,
+                     most: int = 2) -> tuple[float, list[Step]]:  # fmt: skip
+        """Narrow the highest sustained rate between a sustained and a failed one."""
+        steps: list[Step] = []
+        for _ in range(most):
+            rate = round((sustained + failed) / 2)
+            if rate in (round(sustained), round(failed)):
+                break
+            step = await self.step(rate)
+            steps.append(step)
+            sustained, failed = (rate, failed) if step.sustained else (sustained, rate)
+        return sustained, steps
