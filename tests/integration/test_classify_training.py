@@ -27,7 +27,7 @@ def tiny_data(tmp_path_factory):
     return folder
 
 
-def train(data, out) -> dict:
+def train(data, out, *extra: str) -> dict:
     done = subprocess.run(
         [
             sys.executable,
@@ -43,6 +43,7 @@ def train(data, out) -> dict:
             "1",
             "--seed",
             "5",
+            *extra,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -87,3 +88,13 @@ def test_training_is_reproducible_with_a_seed(tiny_data, tmp_path):
         second = load_file(str(tmp_path / "a" / name))
         assert first.keys() == second.keys()
         assert all((first[k] == second[k]).all() for k in first), name
+
+
+def test_a_shallower_student_keeps_its_depth_in_the_card_and_at_load(tiny_data, tmp_path):
+    train(tiny_data, tmp_path / "s", "--layers", "2")
+    card = json.loads((tmp_path / "s" / "card.json").read_text())
+    assert card["version"] == "minilm2-lora-v1" and card["options"]["layers"] == 2
+    model = TweetClassifier.load(tmp_path / "s")
+    assert len(model.encoder.transformer.encoder.layer) == 2
+    [prediction] = model.predict(["@SkylarkHelp my bag is lost"])
+    assert abs(sum(prediction.department_scores.values()) - 1) < 1e-4
