@@ -204,3 +204,40 @@ def deploy_metric_names() -> set[str]:
     texts.append((deploy / "prometheus" / "alerts.yml").read_text())
     names = set(re.findall(r"\bswitchboard_[a-z0-9_]+", "\n".join(texts)))
     return {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
+
+
+VENDOR_SECRETS = {
+    "ZENDESK_TOKEN": "zd-token",
+    "JIRA_TOKEN": "jira-token",
+    "SF_TOKEN": "sf-token",
+    "HUBSPOT_TOKEN": "hs-token",
+    "HOOK_SECRET": "hook-secret",
+}
+
+
+@pytest.fixture
+async def vendors(monkeypatch) -> AsyncIterator[dict]:
+    """Zendesk, Jira, Salesforce and HubSpot stand-ins and a webhook receiver on loopback, each
+    expecting its token from VENDOR_SECRETS, which are set in the environment."""
+    from tests.standins.vendors import (
+        HubSpotStandIn,
+        JiraStandIn,
+        SalesforceStandIn,
+        ZendeskStandIn,
+    )
+    from tests.standins.webhook import WebhookReceiver
+
+    for name, value in VENDOR_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    servers = {
+        "zendesk": ZendeskStandIn("ops@acme.example", VENDOR_SECRETS["ZENDESK_TOKEN"]),
+        "jira": JiraStandIn("ops@acme.example", VENDOR_SECRETS["JIRA_TOKEN"]),
+        "salesforce": SalesforceStandIn(VENDOR_SECRETS["SF_TOKEN"]),
+        "hubspot": HubSpotStandIn(VENDOR_SECRETS["HUBSPOT_TOKEN"]),
+        "webhook": WebhookReceiver(VENDOR_SECRETS["HOOK_SECRET"]),
+    }
+    for server in servers.values():
+        await server.start()
+    yield servers
+    for server in servers.values():
+        await server.stop()

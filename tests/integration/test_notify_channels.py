@@ -20,37 +20,8 @@ from switchboard.shared.broker import free_port
 from switchboard.shared.events import Author, DecodeError, Delivery, decode, encode
 from tests.conftest import CONFIG_FILE, wait_for
 from tests.factories import a_classified_tweet, routed_from
-from tests.standins.vendors import HubSpotStandIn, JiraStandIn, SalesforceStandIn, ZendeskStandIn
-from tests.standins.webhook import WebhookReceiver
 
 _ids = itertools.count(1)
-SECRETS = {
-    "ZENDESK_TOKEN": "zd-token",
-    "JIRA_TOKEN": "jira-token",
-    "SF_TOKEN": "sf-token",
-    "HUBSPOT_TOKEN": "hs-token",
-    "HOOK_SECRET": "hook-secret",
-}
-
-
-@pytest.fixture
-async def vendors(monkeypatch):
-    for name, value in SECRETS.items():
-        monkeypatch.setenv(name, value)
-    servers = {
-        "zendesk": ZendeskStandIn("ops@acme.example", "zd-token"),
-        "jira": JiraStandIn("ops@acme.example", "jira-token"),
-        "salesforce": SalesforceStandIn("sf-token"),
-        "hubspot": HubSpotStandIn("hs-token"),
-        "webhook": WebhookReceiver("hook-secret"),
-    }
-    for server in servers.values():
-        await server.start()
-    yield servers
-    for server in servers.values():
-        await server.stop()
-
-
 @pytest.fixture
 def notify_settings(kafka, vendors, tmp_path):
     """Settings whose subscriptions send each department to one channel (customer_service to

@@ -22,12 +22,8 @@ from switchboard.shared.broker import free_port
 from switchboard.shared.events import Author, DecodeError, Delivery, decode, encode
 from tests.conftest import CONFIG_FILE
 from tests.factories import HOSTILE, INVISIBLE, a_classified_tweet, routed_from
-from tests.standins.vendors import HubSpotStandIn, JiraStandIn, SalesforceStandIn, ZendeskStandIn
-from tests.standins.webhook import WebhookReceiver
 
 _ids = itertools.count(1)
-TOKENS = {"ZD_TOKEN": "zd", "JIRA_TOKEN": "jira", "SF_TOKEN": "sf", "HS_TOKEN": "hs",
-          "HOOK_SECRET": "hook"}  # fmt: skip
 SUBSCRIPTIONS = 8
 HOSTILE_NAME = "<b>Ana</b>\r\nBcc: x@evil.example @here \u202eevil"
 
@@ -49,24 +45,11 @@ class SmtpRecorder:
 
 
 @pytest.fixture
-async def targets(monkeypatch):
-    for name, value in TOKENS.items():
-        monkeypatch.setenv(name, value)
-    servers = {
-        "zendesk": ZendeskStandIn("ops@acme.example", "zd"),
-        "jira": JiraStandIn("ops@acme.example", "jira"),
-        "salesforce": SalesforceStandIn("sf"),
-        "hubspot": HubSpotStandIn("hs"),
-        "webhook": WebhookReceiver("hook"),
-    }
-    for server in servers.values():
-        await server.start()
+async def targets(vendors):
     smtp = SmtpRecorder()
     smtp.controller.start()
-    yield servers | {"smtp": smtp}
+    yield vendors | {"smtp": smtp}
     smtp.controller.stop()
-    for server in servers.values():
-        await server.stop()
 
 
 @pytest.fixture
@@ -78,12 +61,13 @@ def settings(kafka, targets, tmp_path):
             "redact": redact,
             "connections": {
                 "zendesk": {"base_url": targets["zendesk"].base_url, "email": "ops@acme.example",
-                            "api_token": {"env": "ZD_TOKEN"}},
+                            "api_token": {"env": "ZENDESK_TOKEN"}},
                 "jira": {"base_url": targets["jira"].base_url, "email": "ops@acme.example",
                          "api_token": {"env": "JIRA_TOKEN"}},
                 "salesforce": {"instance_url": targets["salesforce"].base_url,
                                "access_token": {"env": "SF_TOKEN"}},
-                "hubspot": {"base_url": targets["hubspot"].base_url, "token": {"env": "HS_TOKEN"}},
+                "hubspot": {"base_url": targets["hubspot"].base_url,
+                            "token": {"env": "HUBSPOT_TOKEN"}},
             },
             "delivery": {"attempts": 2, "max_wait_s": 0.2, "timeout_s": 2.0},
             "subscriptions": [
