@@ -35,7 +35,7 @@ from switchboard.shared.events import (
     decode_alert,
 )
 from switchboard.shared.kafka import Consumer, client_options, ensure_topics
-from switchboard.shared.processes import spawn, terminate
+from switchboard.shared.processes import kill, spawn, terminate
 from switchboard.shared.settings import KafkaSettings, ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -134,10 +134,16 @@ class Stack:
         env = dict(os.environ)
         env.update(
             KAFKA_BOOTSTRAP_SERVERS=self.kafka.require_bootstrap(),
+
             SWITCHBOARD_CONFIG_FILE=str(self.options.config_file),
             SWITCHBOARD_HTTP_PORT=str(self.ports[service]),
             PYTHONUNBUFFERED="1",
         )
+        if self.broker is not None:
+            # Static membership, one stable name per service: a service restarted after a crash
+            # takes its partitions back at once. The embedded broker never expires a member that
+            # died without leaving (measured), which would stall the group for good.
+            env["KAFKA_GROUP_INSTANCE_ID"] = f"switchboard-{service}"
         if self.inbox is not None:
             env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(self.inbox.port))
         if service == "ingest" and self.options.replay_file is not None:
@@ -220,6 +226,14 @@ class Stack:
                 self.tally.observe_delivery(decode(Delivery, value))
         except DecodeError as problem:
             log.warning("unreadable message on %s: %s", topic, problem)
+
+    async def crash_and_restart(self, service: str) -> None:
+        """kill -9 ``service`` (its whole process group), then start it again and wait until it
+        is ready: the fault-injection step of the reliability tests."""
+        await asyncio.to_thread(kill, self.processes.pop(service))
+        self._spawn(service)
+        await self._wait_ready(service)
+        self._write_manifest()
 
     def pids(self) -> dict[str, int]:
         """The running processes of the stack by name, the embedded broker included."""

@@ -47,6 +47,7 @@ class Tally:
     triage: int = 0
     dropped: int = 0
     copies: int = 0
+    copied: set[tuple[str, str]] = field(default_factory=set)  # (tweet id, copy topic)
     alerts: int = 0
     dead_letters: int = 0
     dead_lettered_ids: set[str] = field(default_factory=set)
@@ -61,12 +62,18 @@ class Tally:
     last_routed: datetime | None = None  # ...the span over which they went through
 
     def observe_routed(self, topic: str, event: RoutedTweet) -> None:
+        # A tweet republished after a crash (at least once) is a duplicate and expects nothing.
         copy_topics = {topics.department_topic(d) for d in event.route.copies}
         if topic != event.route.topic and topic in copy_topics:  # a rule's copy_to
-            self.copies += 1
-            self._expect_deliveries(topic.removeprefix(topics.DEPARTMENT_PREFIX), event)
+            if (event.tweet.id, topic) not in self.copied:
+                self.copied.add((event.tweet.id, topic))
+                self.copies += 1
+                self._expect_deliveries(topic.removeprefix(topics.DEPARTMENT_PREFIX), event)
             return
+        again = event.tweet.id in self.primary
         self.primary[event.tweet.id].append(topic)
+        if again:
+            return
         if topic == topics.TRIAGE:
             self.triage += 1
         elif topic == topics.DROPPED:

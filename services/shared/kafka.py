@@ -122,8 +122,10 @@ def make_consumer(
     client_id: str,
     listener: ConsumerRebalanceListener | None = None,
 ) -> AIOKafkaConsumer:
+    instance = f"{kafka.group_instance_id}:{group_id}" if kafka.group_instance_id else None
     consumer = Consumer(
         idle_pause_ms=kafka.fetch_idle_pause_ms,
+        group_instance_id=instance if group_id else None,
         group_id=group_id,
         client_id=client_id,
         enable_auto_commit=False,

@@ -58,6 +58,12 @@ def terminate(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int:
     return process.returncode
 
 
+def kill(process: subprocess.Popen[bytes]) -> int:
+    """SIGKILL the process group at once (what a crash or an OOM kill looks like)."""
+    _signal_group(process, signal.SIGKILL)
+    return process.wait()
+
+
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)

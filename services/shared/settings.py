@@ -62,6 +62,12 @@ class KafkaSettings(BaseSettings):
         description="The largest message the cluster accepts (its message.max.bytes); a larger "
         "output goes to switchboard.deadletter as too_large",
     )
+    group_instance_id: str | None = Field(
+        default=None,
+        description="Static group membership (KIP-345): a unique, stable name per replica (the "
+        "pod name). A replica restarted after a crash takes its partitions back at once instead "
+        "of waiting for the broker to expire the dead member; unset: dynamic membership",
+    )
     fetch_idle_pause_ms: int = Field(
         default=20,
         ge=0,

@@ -32,7 +32,8 @@ def test_lost_and_duplicates():
     tally.observe_routed(topics.TRIAGE, routed("2"))
     summary = tally.summary({"1", "2", "3"})
     assert summary["lost"] == 1 and summary["duplicates"] == 1
-    assert summary["routed"] == {"customer_service": 2} and summary["triage"] == 1
+    # each tweet counts where it was first published; the second publication is the duplicate
+    assert summary["routed"] == {"customer_service": 2} and summary["triage"] == 0
 
 
 def test_a_dead_lettered_tweet_is_accounted_for():
@@ -86,3 +87,13 @@ def test_rule_copies_and_drops_are_not_duplicates_or_losses():
         0, 0, 1, 1,
     )  # fmt: skip
     assert tally.expected_deliveries == 1  # the copy reaches the press subscription
+
+
+def test_a_tweet_republished_after_a_crash_is_a_duplicate_and_expects_no_more_deliveries():
+    tally = Tally(subscriptions=[Subscription(name="a", departments=["customer_service"],
+                                              to=["a@example.com"])])  # fmt: skip
+    event = routed("7")
+    tally.observe_routed("switchboard.dept.customer_service", event)
+    tally.observe_routed("switchboard.dept.customer_service", event)
+    assert tally.expected_deliveries == 1 and tally.duplicates() == 1
+    assert tally.routed["customer_service"] == 1 and len(tally.routed_ms) == 1
