@@ -111,6 +111,16 @@ def test_kafka_secrets_and_tls_come_by_reference():
     assert container["envFrom"] == [{"secretRef": {"name": "switchboard-tokens"}}]
 
 
+
+def test_each_pod_joins_its_consumer_groups_under_its_own_name():
+    for deployment in by_kind(render({}), "Deployment"):
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["KAFKA_GROUP_INSTANCE_ID"]["valueFrom"] == {
+            "fieldRef": {"fieldPath": "metadata.name"}
+        }
+
+
 def test_optional_parts_render_when_enabled():
     docs = render(EVERYTHING_ON)
     [ingress] = by_kind(docs, "Ingress")
