@@ -38,6 +38,12 @@ class SeenTweets:
         while len(self._seen_at) > self.capacity:
             self._seen_at.popitem(last=False)
 
+    def __contains__(self, tweet_id: object) -> bool:
+        """Seen within the window (no side effect: the id is not remembered by asking)."""
+        if tweet_id not in self._seen_at:
+            return False
+        return self._seen_at[tweet_id] >= time.time() - self.window_s  # type: ignore[index]
+
     def forget(self, tweet_id: str) -> None:
         self._seen_at.pop(tweet_id, None)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -12,12 +12,17 @@ T = TypeVar("T")
 
 
 async def paced_lines(
-    path: Path, rate_per_s: float, limit: int | None = None
+    path: Path,
+    rate_per_s: float,
+    limit: int | None = None,
+    done: Callable[[bytes], bool] = lambda _: False,
 ) -> AsyncIterator[tuple[int, bytes]]:
     """Yield ``(line number, raw line)`` for non-blank lines, ``rate_per_s`` per second.
 
     The schedule is absolute (line n is due at start + n / rate), so slow consumers of the
-    iterator do not slow the average rate down, and nothing drifts over a long replay.
+    iterator do not slow the average rate down, and nothing drifts over a long replay. Lines
+    for which ``done`` is true (already published before a restart) are passed over at once:
+    they count towards ``limit`` but take no time.
     """
     started = time.monotonic()
     sent = 0
@@ -26,6 +31,10 @@ async def paced_lines(
             if limit is not None and sent >= limit:
                 return
             if not line.strip():
+                continue
+            if done(line):
+                started -= 1 / rate_per_s  # the schedule moves on without it
+                sent += 1
                 continue
             delay = started + sent / rate_per_s - time.monotonic()
             if delay > 0:

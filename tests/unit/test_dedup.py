@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from switchboard.ingest.dedup import SeenTweets
+from switchboard.ingest.replay import paced_lines
 
 
 def test_a_repeat_within_the_window_is_recognised():
@@ -40,3 +43,24 @@ def test_a_forgotten_id_is_new_again():
     seen.first_time("a", now=0)
     seen.forget("a")
     assert seen.first_time("a", now=1)
+
+
+def test_asking_whether_an_id_was_seen_does_not_remember_it():
+    seen = SeenTweets(capacity=10, window_s=60)
+    assert "1" not in seen and "1" not in seen  # asking twice: still not seen
+    assert seen.first_time("1")
+    assert "1" in seen
+
+
+async def test_a_replay_restarted_passes_over_what_was_published_at_once(tmp_path):
+    replay = tmp_path / "tweets.jsonl"
+    replay.write_bytes(b"".join(f'{{"n": {n}}}\n'.encode() for n in range(6)))
+    published = {b'{"n": 0}', b'{"n": 1}', b'{"n": 2}', b'{"n": 3}'}
+    started = time.monotonic()
+    got = [
+        line
+        async for _, line in paced_lines(replay, 2.0, None, lambda raw: raw.strip() in published)
+    ]
+    assert got == [b'{"n": 4}', b'{"n": 5}']
+    # the first new line is due at once, the second half a second later: not after 2.5 s
+    assert time.monotonic() - started < 1.5
