@@ -248,6 +248,11 @@ def demo(
 @click.option(
     "--sample-every", type=float, default=5.0, show_default=True, help="Seconds between samples."
 )
+@click.option(
+    "--faults",
+    is_flag=True,
+    help="Also kill -9 and restart each service in turn, and take the mail server down.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else.")
 def soak(
     config_file: Path,
@@ -255,19 +260,25 @@ def soak(
     minutes: float,
     rate: float,
     sample_every: float,
+    faults: bool,
     as_json: bool,
 ) -> None:
     """The whole pipeline at a steady rate for MINUTES: is memory or lag growing?
 
-    Exit status 1 when a tweet was lost or duplicated, or memory or lag kept growing.
+    Exit status 1 when a tweet was lost or routed two ways, a delivery was never made, a tweet
+    was republished without a fault to explain it, or memory or lag kept growing.
     """
     from switchboard.cli.soak import soak as run_soak
 
     say = (lambda _: None) if as_json else (lambda m: click.echo(m, err=True))
-    summary = asyncio.run(run_soak(config_file, samples, minutes, rate, say, sample_every))
+    summary = asyncio.run(
+        run_soak(config_file, samples, minutes, rate, say, sample_every, faults=faults)
+    )
     click.echo(json.dumps(summary, indent=None if as_json else 2))
     healthy = summary["memory_stable"] and summary["lag_stable"]
-    sys.exit(0 if healthy and not summary["lost"] and not summary["duplicates"] else 1)
+    intact = not (summary["lost"] or summary["duplicates"] or summary["undelivered"])
+    explained = faults or not summary["republished"]
+    sys.exit(0 if healthy and intact and explained else 1)
 
 
 # --- schemas -------------------------------------------------------------------------------------

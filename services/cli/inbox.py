@@ -43,6 +43,13 @@ class LoopbackInbox:
     def stop(self) -> None:
         self.controller.stop()
 
+    def restart(self) -> None:
+        """Listen again on the same port after ``stop()`` (a mail outage ends)."""
+        self.controller = Controller(
+            _MaildirHandler(self.maildir), hostname="127.0.0.1", port=self.port
+        )
+        self.controller.start()
+
     def messages(self) -> list[EmailMessage]:
         found = []
         for key in self.maildir.iterkeys():

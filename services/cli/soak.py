@@ -41,6 +41,7 @@ from switchboard.cli.resources import ResourceSampler, sampling
 from switchboard.cli.stack import Stack, StackOptions
 from switchboard.cli.tally import percentile
 from switchboard.cli.throughput import FIRST_ID
+from switchboard.notify.dlq import Filters, parked_deliveries, redrive
 from switchboard.shared.kafka import client_options
 from switchboard.shared.settings import KafkaSettings
 
@@ -111,6 +112,9 @@ class SoakRecord:
         return end is not None and end <= allowed and late <= early + allowed
 
 
+FAULTED_SERVICES = ("classify", "route", "notify", "ingest")
+
+
 async def soak(
     config_file: Path,
     samples: Path,
@@ -118,38 +122,88 @@ async def soak(
     rate: float,
     say: Callable[[str], None],
     every_s: float = 5.0,
+    faults: bool = False,
 ) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="switchboard-soak-"))
     expiry_hours = minutes / 60 / 8
-    soaked = soak_config(config_file, workdir / "switchboard.yaml", expiry_hours)
+    # With faults, ingest restarts its replay from the top: it must still know every id it
+    # published, so its duplicate filter keeps the configured window.
+    soaked = soak_config(config_file, workdir / "switchboard.yaml", expiry_hours,
+                         dedup=not faults)  # fmt: skip
     stack = Stack(StackOptions(workdir=workdir, config_file=soaked, replay_file=None))
     sampler = ResourceSampler(stack.pids)
     record = SoakRecord()
     count = max(1, round(rate * minutes * 60))
     load = workdir / "load.jsonl"
     sent = write_load(samples, count, load, FIRST_ID)
+    injected: list[str] = []
     try:
         async with sampling(sampler):
             await stack.start(progress=say)
             say(f"offering {count} tweets at {rate:g}/s for {minutes:g} min")
             await stack.replay(load, rate)
+            chaos = asyncio.create_task(
+                inject_faults(stack, minutes * 60, say, injected) if faults else asyncio.sleep(0)
+            )
             await _watch(stack, sampler, record, sent, minutes * 60, every_s, say)
+            await chaos
+            redriven = await _redrive_parked(stack, say)
+        summary = _summary(stack, sampler, record, sent, rate, minutes)
     finally:
         await stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    summary = _summary(stack, sampler, record, sent, rate, minutes)
-    summary["expiry_minutes"] = round(expiry_hours * 60, 2)
+    summary.update(expiry_minutes=round(expiry_hours * 60, 2), faults=injected,
+                   redriven=redriven)  # fmt: skip
     return summary
 
 
-def soak_config(original: Path, out: Path, expiry_hours: float) -> Path:
+async def inject_faults(stack: Stack, seconds: float, say: Callable[[str], None],
+                        injected: list[str]) -> None:  # fmt: skip
+    """Spread over the load: kill -9 and restart each service in turn, then the mail server
+    down for a while (notify retries, then parks what it cannot send)."""
+    gap = seconds / (len(FAULTED_SERVICES) + 2)
+    for service in FAULTED_SERVICES:
+        await asyncio.sleep(gap)
+        say(f"fault: kill -9 {service}, restart")
+        await stack.crash_and_restart(service)
+        injected.append(f"kill -9 {service}")
+    assert stack.inbox is not None
+    await asyncio.sleep(gap)
+    outage = min(60.0, gap)
+    say(f"fault: the mail server down for {outage:.0f} s")
+    stack.inbox.stop()
+    await asyncio.sleep(outage)
+    stack.inbox.restart()
+    injected.append(f"mail server down {outage:.0f} s")
+
+
+async def _redrive_parked(stack: Stack, say: Callable[[str], None], rounds: int = 4,
+                          wait_s: float = 45.0) -> int:  # fmt: skip
+    """Redrive every parked delivery, as an operator would, until each is delivered. A redrive
+    while the channel's circuit is still open parks again: hence rounds, a cooldown apart."""
+    count = 0
+    for _ in range(rounds):
+        if not stack.tally.undelivered():
+            break
+        parked = await parked_deliveries(stack.kafka, Filters())
+        say(f"redriving {len(parked)} parked deliveries")
+        count += await redrive(stack.kafka, parked)
+        deadline = time.monotonic() + wait_s
+        while stack.tally.undelivered() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+    return count
+
+
+def soak_config(original: Path, out: Path, expiry_hours: float, dedup: bool = True) -> Path:
     """A copy of the configuration where everything remembered expires after ``expiry_hours``
-    (conversations checked at least every 10 seconds)."""
+    (conversations checked at least every 10 seconds; ingest's duplicate filter only with
+    ``dedup``)."""
     config = yaml.safe_load(original.read_text(encoding="utf-8"))
     ingest = config.setdefault("ingest", {})
-    ingest["dedup_window_hours"] = expiry_hours
-    webhook = ingest.setdefault("x", {}).setdefault("webhook", {})
-    webhook["max_event_age_hours"] = min(webhook.get("max_event_age_hours", 1), expiry_hours)
+    if dedup:
+        ingest["dedup_window_hours"] = expiry_hours
+        webhook = ingest.setdefault("x", {}).setdefault("webhook", {})
+        webhook["max_event_age_hours"] = min(webhook.get("max_event_age_hours", 1), expiry_hours)
     route = config.setdefault("route", {})
     route.setdefault("conversations", {})["ttl_hours"] = expiry_hours
     sla = route.setdefault("sla", {})
@@ -209,9 +263,13 @@ def _summary(stack: Stack, sampler: ResourceSampler, record: SoakRecord, sent: s
         "sent": len(sent),
         "routed": len(tally.primary),
         "delivered": sum(tally.deliveries.values()),
-        "parked": sum(tally.failed_deliveries.values()),
+        "parked": len({d for d, outcome in tally.delivery_ids if outcome == "failed"}),
+        "undelivered": len(tally.undelivered()),
         "lost": len(sent - tally.accounted(sent)),
-        "duplicates": tally.duplicates(),
+        # Routed two different ways: never acceptable. Republished the same way after a crash
+        # (at least once; consumers deduplicate by tweet id): reported apart.
+        "duplicates": sum(1 for found in tally.primary.values() if len(set(found)) > 1),
+        "republished": tally.duplicates(),
         "p99_ms": None if p99 is None else round(p99, 1),
         "max_lag": max(record.lag, default=0),
         "max_lag_by_group": record.lag_by_group,

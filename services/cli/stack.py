@@ -134,7 +134,6 @@ class Stack:
         env = dict(os.environ)
         env.update(
             KAFKA_BOOTSTRAP_SERVERS=self.kafka.require_bootstrap(),
-
             SWITCHBOARD_CONFIG_FILE=str(self.options.config_file),
             SWITCHBOARD_HTTP_PORT=str(self.ports[service]),
             PYTHONUNBUFFERED="1",

@@ -129,6 +129,11 @@ class Tally:
         else:
             self.failed_deliveries[delivery.channel] += 1
 
+    def undelivered(self) -> set[str]:
+        """Delivery ids that failed (parked) and were not delivered since (e.g. by a redrive)."""
+        failed = {d for d, outcome in self.delivery_ids if outcome == "failed"}
+        return failed - {d for d, outcome in self.delivery_ids if outcome == "delivered"}
+
     def accounted(self, sent: set[str]) -> set[str]:
         return {i for i in sent if i in self.primary or i in self.dead_lettered_ids}
 

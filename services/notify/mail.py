@@ -8,8 +8,8 @@ so that a tweet can never add a header.
 from __future__ import annotations
 
 import logging
+import re
 from email.message import EmailMessage
-from email.utils import make_msgid
 from functools import lru_cache
 from pathlib import Path
 
@@ -67,6 +67,13 @@ def check_templates(options: EmailConfig, subscriptions: list[Subscription]) -> 
                 ) from None
 
 
+def message_id(delivery_id: str) -> str:
+    """The same Message-ID every time a delivery is sent, so that mail systems drop a copy sent
+    again after a crash (``email.utils.make_msgid`` adds the time and a random number)."""
+    local = re.sub(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]", ".", delivery_id.replace(":", "."))
+    return f"<{local}@switchboard>"
+
+
 def render_email(
     routed: RoutedTweet, subscription: Subscription, options: EmailConfig, delivery_id: str
 ) -> EmailMessage:
@@ -88,7 +95,7 @@ def render_email(
         SUBJECT_LIMIT,
     )
     # A stable id per delivery lets mail systems drop a redelivered copy.
-    message["Message-ID"] = make_msgid(idstring=delivery_id.replace(":", "."), domain="switchboard")
+    message["Message-ID"] = message_id(delivery_id)
     message["X-Switchboard-Tweet-Id"] = one_line(routed.tweet.id, SUBJECT_LIMIT)
     message["X-Switchboard-Delivery-Id"] = one_line(delivery_id, SUBJECT_LIMIT)
     env = templates(options.templates_dir)
@@ -111,7 +118,7 @@ def render_digest(
         f"{options.subject_prefix} digest for {subscription.name}: {len(items)} tweets",
         SUBJECT_LIMIT,
     )
-    message["Message-ID"] = make_msgid(idstring=digest_id.replace(":", "."), domain="switchboard")
+    message["Message-ID"] = message_id(digest_id)
     message["X-Switchboard-Digest-Id"] = one_line(digest_id, SUBJECT_LIMIT)
     env = templates(options.templates_dir)
     message.set_content(env.get_template("digest.txt.j2").render(context))

@@ -34,3 +34,23 @@ def test_a_short_soak_accounts_for_every_tweet_and_reports_memory_and_lag():
                                                 "switchboard-notify"}  # fmt: skip
     healthy = summary["memory_stable"] and summary["lag_stable"]
     assert done.returncode == (0 if healthy else 1), done.stderr[-2000:]
+
+
+def test_a_soak_with_faults_loses_nothing_and_makes_every_delivery():
+    """Each service killed with SIGKILL and restarted in turn, then the mail server down for six
+    seconds, while 720 tweets stream through."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "switchboard", "soak", "--samples", str(SAMPLES), "--json",
+         "--minutes", "0.6", "--rate", "20", "--sample-every", "2", "--faults"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    summary = json.loads(done.stdout)
+    assert summary["faults"] == ["kill -9 classify", "kill -9 route", "kill -9 notify",
+                                 "kill -9 ingest", "mail server down 6 s"]  # fmt: skip
+    assert summary["sent"] == 720 and summary["lost"] == 0 and summary["duplicates"] == 0
+    assert summary["undelivered"] == 0 and summary["delivered"] > 0
+    assert set(summary) >= {"sent", "delivered", "duplicates", "lost", "parked", "max_lag",
+                            "peak_rss_mb", "republished", "redriven"}  # fmt: skip
+    healthy = summary["memory_stable"] and summary["lag_stable"]
+    assert done.returncode == (0 if healthy else 1), done.stderr[-2000:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from switchboard.notify.mail import check_templates, render_email
+from switchboard.notify.mail import check_templates, message_id, render_email
 from switchboard.notify.service import delivery_id, matching_subscriptions
 from switchboard.shared.config import EmailConfig, Subscription
 from switchboard.shared.settings import ConfigError
@@ -95,3 +95,10 @@ def test_a_digest_shows_tweets_inert_too():
     message = render_digest([routed], SUPPORT, EmailConfig(), "digest:1")
     html = message.get_body(("html",)).get_content()
     assert "<img" not in html and "\uff20here" in html
+
+
+def test_the_message_id_is_the_same_each_time_a_delivery_is_sent():
+    first = message_id("1861000000000004096:email:support-leads")
+    assert first == message_id("1861000000000004096:email:support-leads")
+    assert first == "<1861000000000004096.email.support-leads@switchboard>"
+    assert message_id("1:email:other") != first
