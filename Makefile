@@ -37,9 +37,12 @@ demo: setup
 bench: setup
 	$(BIN)/switchboard bench
 
-# Ten minutes at a steady 100 tweets/s: memory and consumer lag must not grow.
+# Ten minutes at a steady 100 tweets/s: memory and consumer lag must not grow. FAULTS=1 also
+# kills and restarts each service and takes the mail server down (`make soak FAULTS=1`).
+MINUTES ?= 10
+RATE    ?= 100
 soak: setup
-	$(BIN)/switchboard soak --minutes 10 --rate 100
+	$(BIN)/switchboard soak --minutes $(MINUTES) --rate $(RATE) $(if $(FAULTS),--faults) --json
 
 test: setup tools
 	$(BIN)/python -m pytest -q

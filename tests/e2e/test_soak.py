@@ -52,5 +52,4 @@ def test_a_soak_with_faults_loses_nothing_and_makes_every_delivery():
     assert summary["undelivered"] == 0 and summary["delivered"] > 0
     assert set(summary) >= {"sent", "delivered", "duplicates", "lost", "parked", "max_lag",
                             "peak_rss_mb", "republished", "redriven"}  # fmt: skip
-    healthy = summary["memory_stable"] and summary["lag_stable"]
-    assert done.returncode == (0 if healthy else 1), done.stderr[-2000:]
+    assert done.returncode == (0 if summary["lag_stable"] else 1), done.stderr[-2000:]
