@@ -22,20 +22,23 @@ async def paced_lines(
     The schedule is absolute (line n is due at start + n / rate), so slow consumers of the
     iterator do not slow the average rate down, and nothing drifts over a long replay. Lines
     for which ``done`` is true (already published before a restart) are passed over at once:
-    they count towards ``limit`` but take no time.
+    they count towards ``limit`` but take no time. A replay publishes in file order, so
+    ``done`` is asked only until the first line that is not done (no second parse after).
     """
     started = time.monotonic()
     sent = 0
+    resuming = True
     with path.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
             if limit is not None and sent >= limit:
                 return
             if not line.strip():
                 continue
-            if done(line):
+            if resuming and done(line):
                 started -= 1 / rate_per_s  # the schedule moves on without it
                 sent += 1
                 continue
+            resuming = False
             delay = started + sent / rate_per_s - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
