@@ -8,8 +8,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from switchboard.route.rules import URGENCY_RANK, Outcome
-from switchboard.shared.events import AwaitingReply, BrandTweet, ClassifiedTweet, ConversationState
+from switchboard.shared.events import (
+    AwaitingReply,
+    BrandTweet,
+    ClassifiedTweet,
+    ConversationState,
+    RouteDecision,
+)
 from switchboard.shared.labels import Urgency
+
+# Decisions remembered per conversation: a republished tweet comes back within one re-delivered
+# batch or a restore, long before a conversation says this much more.
+REMEMBERED = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +36,17 @@ def active(state: ConversationState | None, now: datetime, ttl_hours: float) -> 
 
 
 def after_routing(
-    state: ConversationState | None, event: ClassifiedTweet, outcome: Outcome, now: datetime
+    state: ConversationState | None,
+    event: ClassifiedTweet,
+    outcome: Outcome,
+    decision: RouteDecision,
+    now: datetime,
 ) -> ConversationState | None:
     """The conversation after this tweet was routed (``state`` must be active or None)."""
     if outcome.destination == "dropped":
-        return state
+        if state is None:
+            return None
+        return state.model_copy(update={"routed": _remember(state.routed, event, decision)})
     urgency = event.classification.urgency
     owner = outcome.department
     if outcome.destination == "triage" and state is not None:
@@ -43,7 +59,23 @@ def after_routing(
         tweets=(state.tweets if state else 0) + 1,
         updated_at=now,
         awaiting=awaiting,
+        routed=_remember(state.routed if state else {}, event, decision),
     )
+
+
+def decided(state: ConversationState | None, tweet_id: str) -> RouteDecision | None:
+    """How this tweet was routed before, if it was: a tweet published twice (at least once
+    delivery, after a crash or an outage) must not go two ways. The classifier may label it
+    differently the second time, and the conversation now counts it as its own."""
+    return state.routed.get(tweet_id) if state is not None else None
+
+
+def _remember(
+    routed: dict[str, RouteDecision], event: ClassifiedTweet, decision: RouteDecision
+) -> dict[str, RouteDecision]:
+    """The latest ``REMEMBERED`` decisions, oldest first out."""
+    latest = {**routed, event.tweet.id: decision}
+    return dict(list(latest.items())[-REMEMBERED:])
 
 
 def _awaiting(

@@ -154,6 +154,9 @@ class RouteService:
     def on_classified(self, event: ClassifiedTweet, now: datetime) -> list[Output]:
         key = event.tweet.conversation_id
         state = self._active(key, now)
+        before = conversations.decided(state, event.tweet.id)
+        if before is not None:
+            return self.republish(event, before)
         outcome = evaluate(event, self.config, state, now)
         routed = RoutedTweet(
             tweet=event.tweet,
@@ -168,7 +171,7 @@ class RouteService:
             alert = alert_for(routed)
             self.ops.on_alert(alert)
             outputs.append(Output.of(topics.ALERTS, alert, key))
-        new_state = conversations.after_routing(state, event, outcome, now)
+        new_state = conversations.after_routing(state, event, outcome, routed.route, now)
         if new_state is not None and new_state != state:
             if state is None or state.awaiting is None and new_state.awaiting is not None:
                 awaited = new_state.awaiting
@@ -177,6 +180,26 @@ class RouteService:
             outputs.append(self._remember(new_state))
         outputs += [self._spike_alert(s) for s in self._spikes(event, outcome, now)]
         self._count(routed, outcome)
+        return outputs
+
+    def republish(self, event: ClassifiedTweet, decision: RouteDecision) -> list[Output]:
+        """A tweet routed before (published again upstream): the same topics and alert as the
+        first time, and no change to the conversation, counts or spikes. Consumers deduplicate
+        by tweet id (README, Delivery guarantees)."""
+        key = event.tweet.conversation_id
+        routed = RoutedTweet(
+            tweet=event.tweet,
+            classification=event.classification,
+            route=decision,
+            trace=event.trace.model_copy(update={"routed_at": utc_now()}),
+        )
+        outputs = [Output.of(decision.topic, routed, key)]
+        outputs += [Output.of(topics.department_topic(d), routed, key) for d in decision.copies]
+        if decision.escalated:
+            outputs.append(Output.of(topics.ALERTS, alert_for(routed), key))
+        metrics.REPUBLISHED.labels(decision.department).inc()
+        log.info("routed again as before", extra={"tweet_id": event.tweet.id,
+                                                  "topic": decision.topic})  # fmt: skip
         return outputs
 
     def on_brand_reply(self, record: ConsumerRecord) -> list[Output]:

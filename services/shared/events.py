@@ -244,6 +244,12 @@ class ConversationState(Event):
     tweets: int = Field(ge=1)
     updated_at: AwareDatetime
     awaiting: AwaitingReply | None = None
+    routed: dict[str, RouteDecision] = Field(
+        default_factory=dict,
+        description="The decisions for the conversation's latest tweets, by tweet id: a tweet "
+        "published again after a crash or a broker outage is routed the way it was the first "
+        "time, whatever the classifier or the conversation says now",
+    )
 
 
 Channel = Literal["email", "webhook", "zendesk", "jira", "salesforce", "hubspot"]

@@ -113,6 +113,12 @@ TWEETS_ROUTED = Counter(
     "Tweets published on their primary topic",
     ["department", "destination"],
 )
+REPUBLISHED = Counter(
+    "switchboard_tweets_rerouted_total",
+    "Tweets that came back after they were routed (at least once upstream) and were published "
+    "again the way they went the first time",
+    ["department"],
+)
 ALERTS = Counter("switchboard_alerts_total", "Alerts published", ["kind", "department"])
 COPIES = Counter(
     "switchboard_tweets_copied_total", "Copies published for other departments", ["department"]

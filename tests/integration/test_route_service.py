@@ -70,3 +70,28 @@ async def test_route_publishes_each_tweet_once_and_dead_letters_garbage(
     assert "tweet" in letter.error
     assert base64.b64decode(letter.original_base64) == garbage
     assert (letter.source_topic, letter.key) == (topics.CLASSIFIED, "c-4")
+
+
+async def test_a_tweet_published_twice_upstream_is_routed_the_same_way_twice(
+    kafka, producer, read, running
+):
+    """After a crash or a broker outage, classify may publish a tweet again, labelled otherwise
+    (its batch differs) and into a conversation that now counts it: route repeats its first
+    decision, so downstream deduplication by tweet id holds."""
+    settings = RouteSettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    unsure = settings.config.route.confidence_threshold - 0.1
+    first = a_classified_tweet("marketing", unsure, "low", id="twice-1", conversation_id="tw-1")
+    second = a_classified_tweet("legal", 0.95, "critical", id="twice-1", conversation_id="tw-1")
+    async with running(RouteService(settings)):
+        for event in (first, second):
+            await producer.send_and_wait(topics.CLASSIFIED, encode(event), key=b"tw-1")
+
+        def done(records: list) -> bool:
+            return len([r for r in records if r.key == b"tw-1" and r.topic != topics.ALERTS]) >= 2
+
+        records = await read(WATCHED, done)
+    published = [(r.topic, routed.route) for r, routed in readable(records, RoutedTweet)
+                 if r.key == b"tw-1"]  # fmt: skip
+    assert [topic for topic, _ in published] == [topics.TRIAGE, topics.TRIAGE]
+    assert published[0][1] == published[1][1]  # the same decision, reasons and all
+    assert not [r for r in records if r.topic == topics.ALERTS and r.key == b"tw-1"]

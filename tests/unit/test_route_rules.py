@@ -10,7 +10,7 @@ from switchboard.route import conversations
 from switchboard.route.rules import evaluate, in_window, rules_version
 from switchboard.route.spikes import SpikeDetector
 from switchboard.shared.config import SpikeConfig, SwitchboardConfig, TimeWindow
-from switchboard.shared.events import Author, BrandTweet, Trace
+from switchboard.shared.events import Author, BrandTweet, RouteDecision, Trace
 from switchboard.shared.labels import Department, Urgency
 from tests.factories import a_classified_tweet as classified
 from tests.factories import a_tweet
@@ -164,9 +164,23 @@ def test_rule_names_are_unique():
 # --- conversations ---------------------------------------------------------------------------
 
 
+def decision(outcome) -> RouteDecision:
+    return RouteDecision(
+        destination=outcome.destination,
+        department=outcome.department,
+        topic=f"switchboard.{outcome.destination}.{outcome.department}",
+        copies=outcome.copies,
+        escalated=outcome.escalated,
+        reasons=outcome.reasons,
+        confidence_threshold=0.45,
+        rules_version="test",
+        owner=outcome.owner,
+    )
+
+
 def routed_state(event, config=DEFAULTS, state=None, now=NOW):
     outcome = evaluate(event, config, state, now)
-    return outcome, conversations.after_routing(state, event, outcome, now)
+    return outcome, conversations.after_routing(state, event, outcome, decision(outcome), now)
 
 
 def test_a_reply_stays_with_the_owner_unless_the_model_is_sure():
@@ -196,6 +210,44 @@ def test_rising_urgency_escalates_the_conversation():
         classified("customer_service", 0.9, "high", conversation_id="c3"), DEFAULTS, state, NOW
     )
     assert not again.escalated
+
+
+def test_a_tweet_routed_before_is_remembered_with_its_decision():
+    first = classified("communications", 0.3, conversation_id="c7", id="t1")  # unsure: triage
+    outcome, state = routed_state(first)
+    assert outcome.destination == "triage"
+    assert conversations.decided(state, "t1") == decision(outcome)
+    assert conversations.decided(state, "t2") is None and conversations.decided(None, "t1") is None
+    # The same tweet labelled otherwise, with the conversation it created, would go elsewhere:
+    # the remembered decision is what a republished copy must follow.
+    again = evaluate(classified("communications", 0.9, conversation_id="c7", id="t1"),
+                     DEFAULTS, state, NOW)  # fmt: skip
+    assert again.destination != outcome.destination
+
+
+def test_a_dropped_tweet_is_remembered_only_in_a_conversation_that_exists():
+    dropping = configured([{"name": "spam", "when": {"keywords": ["casino"]},
+                            "then": {"drop": True}}])  # fmt: skip
+    spam = classified("marketing", 0.9, conversation_id="c8", id="s1", text="casino bonus")
+    outcome, state = routed_state(spam, config=dropping)
+    assert outcome.destination == "dropped" and state is None
+    _, state = routed_state(classified("sales", 0.9, conversation_id="c8", id="s2"))
+    _, state = routed_state(
+        classified("marketing", 0.9, conversation_id="c8", id="s3", text="casino"),
+        config=dropping, state=state,
+    )  # fmt: skip
+    assert conversations.decided(state, "s3").destination == "dropped" and state.tweets == 1
+
+
+def test_only_the_latest_decisions_are_kept():
+    state = None
+    for i in range(conversations.REMEMBERED + 5):
+        _, state = routed_state(
+            classified("sales", 0.9, conversation_id="c9", id=f"t{i}"), state=state
+        )
+    assert len(state.routed) == conversations.REMEMBERED
+    assert conversations.decided(state, "t0") is None
+    assert conversations.decided(state, f"t{conversations.REMEMBERED + 4}") is not None
 
 
 def test_ownership_expires_after_its_window():
