@@ -235,10 +235,10 @@ async def _watch(stack: Stack, sampler: ResourceSampler, record: SoakRecord, sen
         say(f"{elapsed:5.0f} s: {len(done)}/{len(sent)} routed, lag {record.lag[-1:]}")
         if elapsed >= seconds and done == sent and stack.tally.deliveries_settled():
             break
-    record.end_lag = await _settled_lag(stack.kafka)
+    record.end_lag = await settled_lag(stack.kafka)
 
 
-async def _settled_lag(kafka: KafkaSettings, within_s: float = 10.0) -> int | None:
+async def settled_lag(kafka: KafkaSettings, within_s: float = 10.0) -> int | None:
     """The lag once the load is through: consumers commit just after publishing, so give
     them a moment; what is left after ``within_s`` is real."""
     deadline, left = time.monotonic() + within_s, None

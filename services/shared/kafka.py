@@ -130,7 +130,8 @@ def make_consumer(
         client_id=client_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=kafka.fetch_max_bytes,
+        max_partition_fetch_bytes=min(4 * 1024 * 1024, kafka.fetch_max_bytes),
         **client_options(kafka),
     )
     consumer.subscribe(list(topics), listener=listener)

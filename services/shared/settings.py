@@ -68,6 +68,13 @@ class KafkaSettings(BaseSettings):
         "pod name). A replica restarted after a crash takes its partitions back at once instead "
         "of waiting for the broker to expire the dead member; unset: dynamic membership",
     )
+    fetch_max_bytes: int = Field(
+        default=8 * 1_048_576,
+        ge=65_536,
+        description="The most a consumer fetches and buffers at once, over all its partitions: "
+        "under a backlog this, not the backlog, bounds its memory (a record larger than this is "
+        "still fetched alone)",
+    )
     fetch_idle_pause_ms: int = Field(
         default=20,
         ge=0,
