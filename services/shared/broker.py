@@ -14,7 +14,7 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
-from switchboard.shared.processes import spawn, terminate
+from switchboard.shared.processes import freeze, spawn, terminate
 from switchboard.shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,11 @@ class EmbeddedBroker:
             except OSError:
                 await asyncio.sleep(0.1)
         raise TimeoutError(f"embedded broker did not open port {self.port}; see {self.log_file}")
+
+    def freeze(self, frozen: bool = True) -> None:
+        """Stop answering (``True``) without closing anything, or go on (``False``)."""
+        if self.process is not None:
+            freeze(self.process, frozen)
 
     def stop(self) -> None:
         if self.process is not None:

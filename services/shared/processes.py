@@ -64,6 +64,12 @@ def kill(process: subprocess.Popen[bytes]) -> int:
     return process.wait()
 
 
+def freeze(process: subprocess.Popen[bytes], frozen: bool) -> None:
+    """SIGSTOP (or SIGCONT) the process group: alive, connections open, answering nothing, as
+    behind a network partition or a long GC pause."""
+    _signal_group(process, signal.SIGSTOP if frozen else signal.SIGCONT)
+
+
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)

@@ -1,0 +1,49 @@
+"""The broker unreachable for 30 seconds in the middle of a stream: the services wait for it,
+carry on without restarting when it answers again, and nothing is lost or routed two ways."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from switchboard.cli.load import write_load
+from switchboard.cli.stack import Stack, StackOptions
+from tests.conftest import CONFIG_FILE, SAMPLES
+
+pytestmark = pytest.mark.e2e
+TWEETS, RATE, OUTAGE_S = 400, 20.0, 30.0
+
+
+async def test_a_broker_unreachable_for_thirty_seconds_loses_nothing(monkeypatch, tmp_path: Path):
+    """Frozen (SIGSTOP), the broker holds every connection open and answers nothing, as behind a
+    network partition: requests time out, heartbeats fail, the groups' sessions expire, and the
+    clients must find their way back on their own."""
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "SMTP_HOST", "SMTP_PORT"):  # its own broker
+        monkeypatch.delenv(name, raising=False)
+    load = tmp_path / "tweets.jsonl"
+    sent = write_load(SAMPLES, TWEETS, load, 5_000_000_000_000_000_000 + time.time_ns() // 1000)
+    stack = Stack(StackOptions(workdir=tmp_path / "run", config_file=CONFIG_FILE,
+                               replay_file=None))  # fmt: skip
+    try:
+        await stack.start()
+        await stack.replay(load, RATE)
+        pids = stack.pids()
+        await asyncio.sleep(5)
+        assert stack.broker is not None
+        stack.broker.freeze()
+        await asyncio.sleep(OUTAGE_S)
+        stack.broker.freeze(False)
+        deadline = time.monotonic() + 240
+        while not (stack.tally.accounted(sent) == sent and stack.tally.deliveries_settled()):
+            assert time.monotonic() < deadline, stack.tally.summary(sent)
+            await asyncio.sleep(0.5)
+        # no crash loop: every service is the process that was running before the outage
+        assert stack.pids() == pids
+    finally:
+        await stack.stop()
+    summary = stack.tally.summary(sent)
+    assert summary["lost"] == 0 and summary["deadletter"] == 0
+    assert all(len(set(found)) == 1 for found in stack.tally.primary.values())
