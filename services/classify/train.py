@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from switchboard.classify.data import (
     DATA_DIR,
@@ -78,6 +79,7 @@ class TrainOptions:
     unlabeled: str | None = None  # JSONL of extra texts ("text"): distillation targets only
     distil_alpha: float = 0.5  # weight of the hard-label loss; the teacher's gets 1 - alpha
     distil_temperature: float = 2.0
+    init_from_teacher: bool = False  # start from the teacher's adapters (kept layers) and heads
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +268,21 @@ class Trainer:
         )
         self.heads = Heads(self.encoder.dim)
 
+    def start_from(self, teacher: Path) -> None:
+        """Begin with the teacher's adapters for the layers the student keeps, and its heads."""
+        from peft import set_peft_model_state_dict
+
+        adapter = load_file(str(teacher / "adapter" / "adapter_model.safetensors"))
+        depth = len(self.encoder.transformer.base_model.model.encoder.layer)
+        layer = re.compile(r"\.layer\.(\d+)\.")
+        kept = {
+            name: weights
+            for name, weights in adapter.items()
+            if (found := layer.search(name)) is None or int(found.group(1)) < depth
+        }
+        set_peft_model_state_dict(self.encoder.transformer, kept)
+        self.heads.load_state_dict(load_file(str(teacher / "heads.safetensors")))
+
     def trainable(self) -> dict[str, torch.Tensor]:
         named = {f"encoder.{n}": p for n, p in self.encoder.named_parameters() if p.requires_grad}
         named.update({f"heads.{n}": p for n, p in self.heads.named_parameters()})
@@ -434,6 +451,8 @@ def train(
     backbone = Path(backbone or default_backbone())
     distil, distillation = prepare_distillation(train_rows, options)
     trainer = Trainer(backbone, options)
+    if options.teacher and options.init_from_teacher:
+        trainer.start_from(Path(options.teacher))
     dev_texts = [r.text for r in dev_rows]
     best: dict = {"score": -1.0}
 

@@ -76,6 +76,11 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
     "--distil-temperature", type=click.FloatRange(min=0, min_open=True), default=2.0,
     show_default=True,
 )  # fmt: skip
+@click.option(
+    "--init-from-teacher",
+    is_flag=True,
+    help="Start the student from the teacher's adapters for the layers it keeps, and its heads.",
+)
 def classify_train(
     data_dir: Path,
     out: Path | None,
@@ -88,6 +93,7 @@ def classify_train(
     unlabeled: Path | None,
     distil_alpha: float,
     distil_temperature: float,
+    init_from_teacher: bool,
 ) -> None:
     """Fine-tune the backbone (LoRA) with department and urgency heads; write the artifact.
 
@@ -97,8 +103,8 @@ def classify_train(
     from switchboard.shared.logs import configure_logging
 
     configure_logging("classify-train")
-    if unlabeled is not None and teacher is None:
-        raise click.UsageError("--unlabeled needs --teacher: unlabeled texts have no labels")
+    if (unlabeled is not None or init_from_teacher) and teacher is None:
+        raise click.UsageError("--unlabeled and --init-from-teacher need --teacher")
     out = out or DEFAULT_ARTIFACT
     options = TrainOptions(seed=seed, limit=limit, layers=layers)
     if teacher is not None:
@@ -108,6 +114,7 @@ def classify_train(
             unlabeled=str(unlabeled) if unlabeled else None,
             distil_alpha=distil_alpha,
             distil_temperature=distil_temperature,
+            init_from_teacher=init_from_teacher,
         )
     if epochs is not None:
         options = replace(options, epochs=epochs)
