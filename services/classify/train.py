@@ -463,7 +463,9 @@ def train(
         if score > best["score"]:
             best.update(score=score, epoch=epoch, state=trainer.snapshot())
 
-    log.info("training on %d tweets, selecting on %d", len(train_rows), len(dev_rows))
+    extra = len(distil.extra) if distil else 0
+    log.info("training on %d tweets (+%d unlabeled), selecting on %d", len(train_rows), extra,
+             len(dev_rows))  # fmt: skip
     trainer.fit(train_rows, select, distil)
     trainer.restore(best["state"])
 
