@@ -464,8 +464,12 @@ def train(
             best.update(score=score, epoch=epoch, state=trainer.snapshot())
 
     extra = len(distil.extra) if distil else 0
-    log.info("training on %d tweets (+%d unlabeled), selecting on %d", len(train_rows), extra,
-             len(dev_rows))  # fmt: skip
+    log.info(
+        "training on %d tweets (+%d unlabeled), selecting on %d",
+        len(train_rows),
+        extra,
+        len(dev_rows),
+    )
     trainer.fit(train_rows, select, distil)
     trainer.restore(best["state"])
 
