@@ -4,14 +4,22 @@ LoRA adapters on every linear layer of the backbone plus two linear heads, train
 class-weighted cross-entropy; seeded and reproducible on CPU. The epoch is selected on the dev
 split, which also calibrates the confidences (temperature scaling) and sets the critical
 threshold. The held-out test split is only reported, never trained or tuned on.
+
+With a teacher (``--teacher``, a trained artifact, typically the shipped 6-layer model), a
+student (``--layers N``) is trained by knowledge distillation: the teacher's logits for every
+training text, and for optional unlabeled texts (``--unlabeled``), are computed once, and the
+loss is ``alpha * hard + (1 - alpha) * T^2 * KL(teacher/T || student/T)`` on both heads;
+unlabeled texts only get the second term.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,15 +28,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from switchboard.classify.data import DATA_DIR, LabeledTweet, content_sha256, load_labeled
+from switchboard.classify.data import (
+    DATA_DIR,
+    LabeledTweet,
+    content_sha256,
+    load_labeled,
+    read_tweets,
+)
 from switchboard.classify.evaluation import headline, per_label, report
 from switchboard.classify.model import (
     DEFAULT_ARTIFACT,
     Calibration,
     Encoder,
     Heads,
+    TweetClassifier,
     decide_urgency,
     default_backbone,
 )
@@ -60,6 +75,48 @@ class TrainOptions:
     threads: int = 2
     layers: int | None = None  # keep only the backbone's first N layers (faster, see README)
     limit: int | None = None  # train on the first N rows only (smoke tests)
+    teacher: str | None = None  # artifact folder to distil from (None: labels only)
+    unlabeled: str | None = None  # JSONL of extra texts ("text"): distillation targets only
+    distil_alpha: float = 0.5  # weight of the hard-label loss; the teacher's gets 1 - alpha
+    distil_temperature: float = 2.0
+    init_from_teacher: bool = False  # start from the teacher's adapters (kept layers) and heads
+
+
+@dataclass(frozen=True, slots=True)
+class Distillation:
+    """The teacher's logits for every training text: the labeled rows first, then ``extra``
+    (unlabeled texts, which get no hard-label loss)."""
+
+    department: torch.Tensor
+    urgency: torch.Tensor
+    extra: list[str]
+    alpha: float
+    temperature: float
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over rows.
+
+    The ``T^2`` keeps the gradient's scale independent of the temperature (Hinton et al.)."""
+    return temperature**2 * torch.nn.functional.kl_div(
+        torch.log_softmax(student / temperature, dim=-1),
+        torch.log_softmax(teacher / temperature, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )
+
+
+def blended_loss(
+    hard: torch.Tensor, soft: torch.Tensor, labeled_share: float, alpha: float
+) -> torch.Tensor:
+    """``alpha * hard + (1 - alpha) * soft`` per row, averaged over the batch.
+
+    ``hard`` is the mean over the batch's labeled rows and ``soft`` over all of its rows; scaling
+    ``hard`` by the labeled share gives each labeled row the same weight whatever the mix, and
+    an unlabeled row only its distillation term."""
+    return alpha * labeled_share * hard + (1 - alpha) * soft
 
 
 @torch.inference_mode()
@@ -145,6 +202,55 @@ def f_beta(precision: float, recall: float, beta: float) -> float:
     return (1 + beta**2) * precision * recall / (beta**2 * precision + recall)
 
 
+class Objective:
+    """The loss of a batch: class-weighted cross-entropy of both heads on its labeled rows (the
+    first ``len(rows)`` indices), blended with distillation when there is a teacher."""
+
+    def __init__(
+        self, rows: list[LabeledTweet], options: TrainOptions, distil: Distillation | None
+    ) -> None:
+        self.labeled = len(rows)
+        self.distil = distil
+        self.departments = torch.tensor([list(Department).index(r.department) for r in rows])
+        self.urgencies = torch.tensor([list(Urgency).index(r.urgency) for r in rows])
+        urgency_weights = class_weights(self.urgencies, len(Urgency))
+        urgency_weights[list(Urgency).index(Urgency.CRITICAL)] *= options.critical_weight
+        self.department_loss = torch.nn.CrossEntropyLoss(
+            weight=class_weights(self.departments, len(Department)),
+            label_smoothing=options.label_smoothing,
+        )
+        self.urgency_loss = torch.nn.CrossEntropyLoss(
+            weight=urgency_weights, label_smoothing=options.label_smoothing
+        )
+
+    def hard(
+        self, batch: list[int], departments: torch.Tensor, urgencies: torch.Tensor
+    ) -> torch.Tensor:
+        """The labels' loss over the labeled rows of ``batch`` (0 when there are none)."""
+        positions = [p for p, i in enumerate(batch) if i < self.labeled]
+        if len(positions) < len(batch):
+            departments, urgencies = departments[positions], urgencies[positions]
+        if not positions:
+            return departments.sum() * 0.0
+        labeled = [batch[p] for p in positions]
+        return self.department_loss(departments, self.departments[labeled]) + self.urgency_loss(
+            urgencies, self.urgencies[labeled]
+        )
+
+    def __call__(
+        self, batch: list[int], departments: torch.Tensor, urgencies: torch.Tensor
+    ) -> torch.Tensor:
+        hard = self.hard(batch, departments, urgencies)
+        d = self.distil
+        if d is None:
+            return hard
+        soft = distillation_loss(
+            departments, d.department[batch], d.temperature
+        ) + distillation_loss(urgencies, d.urgency[batch], d.temperature)
+        share = sum(i < self.labeled for i in batch) / len(batch)
+        return blended_loss(hard, soft, share, d.alpha)
+
+
 class Trainer:
     def __init__(self, backbone: Path, options: TrainOptions) -> None:
         from peft import LoraConfig, get_peft_model
@@ -162,6 +268,21 @@ class Trainer:
         )
         self.heads = Heads(self.encoder.dim)
 
+    def start_from(self, teacher: Path) -> None:
+        """Begin with the teacher's adapters for the layers the student keeps, and its heads."""
+        from peft import set_peft_model_state_dict
+
+        adapter = load_file(str(teacher / "adapter" / "adapter_model.safetensors"))
+        depth = len(self.encoder.transformer.base_model.model.encoder.layer)
+        layer = re.compile(r"\.layer\.(\d+)\.")
+        kept = {
+            name: weights
+            for name, weights in adapter.items()
+            if (found := layer.search(name)) is None or int(found.group(1)) < depth
+        }
+        set_peft_model_state_dict(self.encoder.transformer, kept)
+        self.heads.load_state_dict(load_file(str(teacher / "heads.safetensors")))
+
     def trainable(self) -> dict[str, torch.Tensor]:
         named = {f"encoder.{n}": p for n, p in self.encoder.named_parameters() if p.requires_grad}
         named.update({f"heads.{n}": p for n, p in self.heads.named_parameters()})
@@ -175,22 +296,19 @@ class Trainer:
             for name, parameter in self.trainable().items():
                 parameter.copy_(state[name])
 
-    def fit(self, rows: list[LabeledTweet], on_epoch: Callable[[int], None]) -> None:
+    def fit(
+        self,
+        rows: list[LabeledTweet],
+        on_epoch: Callable[[int], None],
+        distil: Distillation | None = None,
+    ) -> None:
         """Train for the configured epochs, calling ``on_epoch(epoch)`` after each."""
         from transformers import get_linear_schedule_with_warmup
 
         o = self.options
         rng = random.Random(o.seed)
-        departments = torch.tensor([list(Department).index(r.department) for r in rows])
-        urgencies = torch.tensor([list(Urgency).index(r.urgency) for r in rows])
-        urgency_weights = class_weights(urgencies, len(Urgency))
-        urgency_weights[list(Urgency).index(Urgency.CRITICAL)] *= o.critical_weight
-        department_loss = torch.nn.CrossEntropyLoss(
-            weight=class_weights(departments, len(Department)), label_smoothing=o.label_smoothing
-        )
-        urgency_loss = torch.nn.CrossEntropyLoss(
-            weight=urgency_weights, label_smoothing=o.label_smoothing
-        )
+        objective = Objective(rows, o, distil)
+        texts = [r.text for r in rows] + (distil.extra if distil else [])
         lora = [p for p in self.encoder.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             [
@@ -199,27 +317,24 @@ class Trainer:
             ],
             weight_decay=o.weight_decay,
         )
-        steps = o.epochs * -(-len(rows) // o.batch_size)
+        steps = o.epochs * -(-len(texts) // o.batch_size)
         schedule = get_linear_schedule_with_warmup(optimizer, int(o.warmup * steps), steps)
-        lengths = [len(r.text) for r in rows]
+        lengths = [len(t) for t in texts]
         for epoch in range(1, o.epochs + 1):
             self.encoder.train()
             self.heads.train()
             total = 0.0
-            for batch in batches(len(rows), o.batch_size, rng, lengths):
-                tokens = self.encoder.tokenize([rows[i].text for i in batch], o.max_length)
+            for batch in batches(len(texts), o.batch_size, rng, lengths):
+                tokens = self.encoder.tokenize([texts[i] for i in batch], o.max_length)
                 encoded = self.encoder(tokens["input_ids"], tokens["attention_mask"])
-                department_logits, urgency_logits = self.heads(encoded)
-                loss = department_loss(department_logits, departments[batch]) + urgency_loss(
-                    urgency_logits, urgencies[batch]
-                )
+                loss = objective(batch, *self.heads(encoded))
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.trainable().values(), 1.0)
                 optimizer.step()
                 schedule.step()
                 total += loss.item() * len(batch)
-            log.info("epoch %d: training loss %.4f", epoch, total / len(rows))
+            log.info("epoch %d: training loss %.4f", epoch, total / len(texts))
             on_epoch(epoch)
 
     @torch.inference_mode()
@@ -265,8 +380,61 @@ def seed_everything(seed: int, threads: int) -> None:
 
 
 def artifact_version(options: TrainOptions) -> str:
-    """The full backbone is minilm-lora-v1; a shallower student says its depth."""
-    return ARTIFACT_VERSION if options.layers is None else f"minilm{options.layers}-lora-v1"
+    """The full backbone is minilm-lora-v1; a shallower student says its depth, a distilled
+    one says so (minilm4-distil-v1)."""
+    depth = "" if options.layers is None else str(options.layers)
+    recipe = "lora" if options.teacher is None else "distil"
+    if not depth and recipe == "lora":
+        return ARTIFACT_VERSION
+    return f"minilm{depth}-{recipe}-v1"
+
+
+def teacher_logits(
+    artifact: Path, texts: list[str], options: TrainOptions
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The teacher's raw department and urgency logits for ``texts``, and its card.
+
+    Loaded with the student's token limit and threads; its random draws (head initialization
+    before the weights load) are kept off the training's generator."""
+    with torch.random.fork_rng(devices=[]):
+        teacher = TweetClassifier.load(
+            artifact, max_length=options.max_length, threads=options.threads
+        )
+    with torch.inference_mode():
+        departments, urgencies = teacher.heads(embed(teacher.encoder, texts, options.max_length))
+    # Clones made outside inference mode, so that autograd may save them for the backward pass.
+    return departments.clone(), urgencies.clone(), teacher.card
+
+
+def prepare_distillation(
+    rows: list[LabeledTweet], options: TrainOptions
+) -> tuple[Distillation | None, dict | None]:
+    """The teacher's targets for the training rows and the unlabeled texts, and what the card
+    records about them (None, None without a teacher)."""
+    if options.teacher is None:
+        return None, None
+    extra = [t.text for t in read_tweets(Path(options.unlabeled))] if options.unlabeled else []
+    started = time.monotonic()
+    departments, urgencies, card = teacher_logits(
+        Path(options.teacher), [r.text for r in rows] + extra, options
+    )
+    log.info("teacher logits for %d texts in %.0f s", len(departments), time.monotonic() - started)
+    distil = Distillation(
+        departments, urgencies, extra, options.distil_alpha, options.distil_temperature
+    )
+    record = {
+        "teacher": card["version"],
+        "teacher_trained_at": card.get("trained_at"),
+        "alpha": options.distil_alpha,
+        "temperature": options.distil_temperature,
+        "unlabeled_rows": len(extra),
+        "unlabeled_sha256": _text_sha256(extra) if extra else None,
+    }
+    return distil, record
+
+
+def _text_sha256(texts: list[str]) -> str:
+    return hashlib.sha256(json.dumps(texts).encode()).hexdigest()
 
 
 def train(
@@ -281,7 +449,10 @@ def train(
     train_rows = load_labeled(data_dir / "train.jsonl")[: options.limit]
     dev_rows = load_labeled(data_dir / "dev.jsonl")
     backbone = Path(backbone or default_backbone())
+    distil, distillation = prepare_distillation(train_rows, options)
     trainer = Trainer(backbone, options)
+    if options.teacher and options.init_from_teacher:
+        trainer.start_from(Path(options.teacher))
     dev_texts = [r.text for r in dev_rows]
     best: dict = {"score": -1.0}
 
@@ -292,8 +463,14 @@ def train(
         if score > best["score"]:
             best.update(score=score, epoch=epoch, state=trainer.snapshot())
 
-    log.info("training on %d tweets, selecting on %d", len(train_rows), len(dev_rows))
-    trainer.fit(train_rows, select)
+    extra = len(distil.extra) if distil else 0
+    log.info(
+        "training on %d tweets (+%d unlabeled), selecting on %d",
+        len(train_rows),
+        extra,
+        len(dev_rows),
+    )
+    trainer.fit(train_rows, select, distil)
     trainer.restore(best["state"])
 
     dev_departments, dev_urgencies = trainer.logits(dev_texts)
@@ -334,6 +511,7 @@ def train(
         "text_preparation": "@handles -> @user, links -> http",
         "max_length": options.max_length,
         "options": asdict(options),
+        **({"distillation": distillation} if distillation else {}),
         "selected_epoch": best["epoch"],
         "calibration": asdict(calibration),
         "data": data,

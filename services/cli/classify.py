@@ -50,6 +50,37 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
 @click.option(
     "--layers", type=click.IntRange(1, 6), default=None, help="Keep the backbone's first N layers."
 )
+@click.option(
+    "--threads", type=click.IntRange(1), default=None, help="Default: TrainOptions.threads (2)."
+)
+@click.option(
+    "--teacher",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="Distil from this trained artifact (e.g. the shipped one) into the student.",
+)
+@click.option(
+    "--unlabeled",
+    type=INPUT,
+    default=None,
+    help="JSONL of extra texts ('text') the student learns the teacher's logits on.",
+)
+@click.option(
+    "--distil-alpha",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Weight of the hard-label loss; the teacher's gets 1 - alpha.",
+)
+@click.option(
+    "--distil-temperature", type=click.FloatRange(min=0, min_open=True), default=2.0,
+    show_default=True,
+)  # fmt: skip
+@click.option(
+    "--init-from-teacher",
+    is_flag=True,
+    help="Start the student from the teacher's adapters for the layers it keeps, and its heads.",
+)
 def classify_train(
     data_dir: Path,
     out: Path | None,
@@ -57,17 +88,38 @@ def classify_train(
     epochs: int | None,
     limit: int | None,
     layers: int | None,
+    threads: int | None,
+    teacher: Path | None,
+    unlabeled: Path | None,
+    distil_alpha: float,
+    distil_temperature: float,
+    init_from_teacher: bool,
 ) -> None:
-    """Fine-tune the backbone (LoRA) with department and urgency heads; write the artifact."""
+    """Fine-tune the backbone (LoRA) with department and urgency heads; write the artifact.
+
+    With --teacher, train by knowledge distillation from that artifact (see train.py)."""
     from switchboard.classify.model import DEFAULT_ARTIFACT
     from switchboard.classify.train import TrainOptions, train
     from switchboard.shared.logs import configure_logging
 
     configure_logging("classify-train")
+    if (unlabeled is not None or init_from_teacher) and teacher is None:
+        raise click.UsageError("--unlabeled and --init-from-teacher need --teacher")
     out = out or DEFAULT_ARTIFACT
     options = TrainOptions(seed=seed, limit=limit, layers=layers)
+    if teacher is not None:
+        options = replace(
+            options,
+            teacher=str(teacher),
+            unlabeled=str(unlabeled) if unlabeled else None,
+            distil_alpha=distil_alpha,
+            distil_temperature=distil_temperature,
+            init_from_teacher=init_from_teacher,
+        )
     if epochs is not None:
         options = replace(options, epochs=epochs)
+    if threads is not None:
+        options = replace(options, threads=threads)
     card = train(data_dir, out, options=options)
     from switchboard.classify.evaluation import headline
 
@@ -116,6 +168,7 @@ def classify_predict(input_file: Path, output_file: Path | None, artifact: Path 
     show_default=True,
     help="Evaluate the model as this runtime runs it (classify.runtime).",
 )
+@click.option("--threads", type=click.IntRange(1), default=None, help="Default: every core.")
 @_artifact_option
 def classify_eval(
     input_file: Path,
@@ -123,6 +176,7 @@ def classify_eval(
     train_data: Path,
     baselines: bool,
     runtime: str,
+    threads: int | None,
     artifact: Path | None,
 ) -> None:
     """Accuracy, macro-F1, critical recall and confusion matrices, beside two baselines."""
@@ -130,7 +184,7 @@ def classify_eval(
     from switchboard.classify.model import TweetClassifier
     from switchboard.classify.offline import evaluate_file
 
-    model = TweetClassifier.load(artifact, runtime=runtime)
+    model = TweetClassifier.load(artifact, threads=threads or 0, runtime=runtime)
     rows = read_tweets(input_file)
     try:
         figures = evaluate_file(

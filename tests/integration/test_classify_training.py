@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 from switchboard.classify.data import content_sha256
-from switchboard.classify.model import TweetClassifier
+from switchboard.classify.model import DEFAULT_ARTIFACT, TweetClassifier
 from tests.conftest import LABELED, ROOT
 
 pytestmark = pytest.mark.integration
@@ -98,3 +98,21 @@ def test_a_shallower_student_keeps_its_depth_in_the_card_and_at_load(tiny_data, 
     assert len(model.encoder.transformer.encoder.layer) == 2
     [prediction] = model.predict(["@SkylarkHelp my bag is lost"])
     assert abs(sum(prediction.department_scores.values()) - 1) < 1e-4
+
+
+def test_a_distilled_student_records_its_teacher(tiny_data, tmp_path):
+    unlabeled = tmp_path / "unlabeled.jsonl"
+    unlabeled.write_text('{"text": "@SkylarkHelp bag gone AGAIN smh"}\n{"text": "ur app down"}\n')
+    train(
+        tiny_data,
+        tmp_path / "d",
+        *("--layers", "2", "--teacher", str(DEFAULT_ARTIFACT), "--unlabeled", str(unlabeled)),
+        *("--distil-alpha", "0.3", "--distil-temperature", "3", "--init-from-teacher"),
+    )
+    card = json.loads((tmp_path / "d" / "card.json").read_text())
+    assert card["version"] == "minilm2-distil-v1"
+    assert card["distillation"]["teacher"] == "minilm-lora-v1"
+    assert card["distillation"]["unlabeled_rows"] == 2
+    assert card["options"]["distil_alpha"] == 0.3 and card["options"]["distil_temperature"] == 3
+    model = TweetClassifier.load(tmp_path / "d")
+    assert len(model.encoder.transformer.encoder.layer) == 2
