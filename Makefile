@@ -35,7 +35,7 @@ demo: setup
 # Speed and memory against a baseline measured in the same run, then the pipeline at offered
 # rates; writes bench/report.json and bench/pipeline.png (README, Performance).
 bench: setup
-	$(BIN)/switchboard bench
+	$(BIN)/switchboard bench --also services/classify/artifacts/minilm4-distil-v1
 
 # Ten minutes at a steady 100 tweets/s: memory and consumer lag must not grow. FAULTS=1 also
 # kills and restarts each service and takes the mail server down (`make soak FAULTS=1`).

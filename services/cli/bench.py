@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -61,8 +62,9 @@ def _rate(predict, texts: list[str], batch: int) -> float:  # noqa: ANN001
     return len(texts) / (time.perf_counter() - started)
 
 
-def measure_classifier(texts: list[str], batch_size: int) -> dict:
-    """Tweets per second: the naive baseline, one at a time, batched, batched on int8."""
+def measure_classifier(texts: list[str], batch_size: int, others: Sequence[Path] = ()) -> dict:
+    """Tweets per second: the naive baseline, one at a time, batched, batched on int8; then
+    each of ``others`` (artifacts, e.g. a distilled student) batched on int8."""
     from switchboard.classify.model import TweetClassifier
 
     process = psutil.Process(os.getpid())
@@ -79,6 +81,14 @@ def measure_classifier(texts: list[str], batch_size: int) -> dict:
     int8 = TweetClassifier.load(threads=os.cpu_count() or 1, runtime="onnx-int8")
     int8.predict(texts[:batch_size])  # warm up
     int8_batched = _rate(int8.predict, texts, batch_size)
+    alternatives = []
+    for artifact in others:
+        other = TweetClassifier.load(artifact, threads=os.cpu_count() or 1, runtime="onnx-int8")
+        other.predict(texts[:batch_size])  # warm up
+        rate = _rate(other.predict, texts, batch_size)
+        alternatives.append({"model": other.version, "artifact": str(artifact),
+                             "onnx_int8_tweets_per_s": round(rate, 1),
+                             "speedup": round(rate / baseline, 2)})  # fmt: skip
     return {
         "model": model.version,
         "cpus": os.cpu_count(),
@@ -88,6 +98,7 @@ def measure_classifier(texts: list[str], batch_size: int) -> dict:
         "torch_batched_tweets_per_s": round(batched, 1),
         "onnx_int8_tweets_per_s": round(int8_batched, 1),
         "batch_size": batch_size,
+        "other_models": alternatives,
         "model_rss_mb": round((loaded - before) / 2**20, 1),
         "process_rss_mb": round(process.memory_info().rss / 2**20, 1),
     }
@@ -217,6 +228,13 @@ def _rates(value: str) -> list[float]:
     default="bench/pipeline.png",
     show_default=True,
 )
+@click.option(
+    "--also",
+    "others",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="Another trained artifact to measure on int8 in the same run (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON report.")
 def bench(
     samples: Path,
@@ -229,6 +247,7 @@ def bench(
     pipeline: bool,
     report_file: Path,
     plot_file: Path,
+    others: tuple[Path, ...],
     as_json: bool,
 ) -> None:
     """Classifier speed against the naive baseline, then the pipeline under load; JSON."""
@@ -240,7 +259,7 @@ def bench(
     texts = [json.loads(line)["data"]["text"] for line in samples.read_text().splitlines() if line]
     texts = (texts * (tweets // len(texts) + 1))[:tweets]
     say("measuring the classifier against the naive baseline")
-    report = measure_classifier(texts, batch_size)
+    report = measure_classifier(texts, batch_size, others)
     runtime = settings.config.classify.runtime
     report["runtime"] = runtime
     report["classify_tweets_per_s"] = report[

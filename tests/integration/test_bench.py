@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, SAMPLES
+
+STUDENT = ROOT / "services/classify/artifacts/minilm4-distil-v1"
 
 
 def test_bench_prints_throughput_against_the_naive_pipeline_and_memory(tmp_path: Path):
@@ -15,7 +19,7 @@ def test_bench_prints_throughput_against_the_naive_pipeline_and_memory(tmp_path:
     result = subprocess.run(
         [sys.executable, "-m", "switchboard", "bench", "--samples", str(SAMPLES),
          "--tweets", "64", "--batch-size", "16", "--no-pipeline", "--json",
-         "--report", str(report)],
+         "--report", str(report), "--also", str(STUDENT)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     figures = json.loads(result.stdout)
@@ -27,3 +31,9 @@ def test_bench_prints_throughput_against_the_naive_pipeline_and_memory(tmp_path:
         figures["onnx_int8_tweets_per_s"],
     )
     assert "e2e" not in figures
+    [student] = figures["other_models"]  # measured in the same run, against the same baseline
+    assert student["model"] == "minilm4-distil-v1" and student["onnx_int8_tweets_per_s"] > 0
+    # (the report rounds the baseline; the ratio is taken before rounding)
+    assert student["speedup"] == pytest.approx(
+        student["onnx_int8_tweets_per_s"] / figures["baseline_tweets_per_s"], rel=0.05
+    )
