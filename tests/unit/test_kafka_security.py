@@ -1,6 +1,6 @@
 """Kafka TLS and SASL: what the KAFKA_* variables say reaches every aiokafka client (producer,
 consumer, admin), and settings that cannot work fail at start naming the variables, without
-ever printing the password. (faust-streaming is pinned but not used by any service.)"""
+ever printing the password."""
 
 from __future__ import annotations
 
