@@ -6,7 +6,7 @@ accuracy). Activations are quantized per token: each row of a layer's input gets
 scale, from its own largest value. onnxruntime's dynamic quantization takes one scale for the
 whole batch instead, so a tweet's labels depended on the tweets it was batched with (5 % of
 departments changed between a batch of 1 and a batch of 32, measured); per token, a tweet gets
-the same scores in any batch, with the same accuracy, for about 8 % of the speed. The rewrite
+the same scores in any batch, with the same accuracy, for about 20 % of the speed. The rewrite
 is ``quantize_per_token`` below: plain ONNX operators, the integer product in onnxruntime's
 ``MatMulInteger`` (uint8 activations shifted by 128 against int8 weights, its fast path).
 
