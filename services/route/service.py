@@ -158,19 +158,10 @@ class RouteService:
         if before is not None:
             return self.republish(event, before)
         outcome = evaluate(event, self.config, state, now)
-        routed = RoutedTweet(
-            tweet=event.tweet,
-            classification=event.classification,
-            route=self._decision(outcome),
-            trace=event.trace.model_copy(update={"routed_at": utc_now()}),
-        )
-        outputs = [Output.of(routed.route.topic, routed, key)]
-        outputs += [Output.of(topics.department_topic(d), routed, key) for d in outcome.copies]
+        routed, alert, outputs = self._publications(event, self._decision(outcome))
         self.ops.on_routed(routed)
-        if outcome.escalated and outcome.destination != "dropped":
-            alert = alert_for(routed)
+        if alert is not None:
             self.ops.on_alert(alert)
-            outputs.append(Output.of(topics.ALERTS, alert, key))
         new_state = conversations.after_routing(state, event, outcome, routed.route, now)
         if new_state is not None and new_state != state:
             if state is None or state.awaiting is None and new_state.awaiting is not None:
@@ -186,6 +177,16 @@ class RouteService:
         """A tweet routed before (published again upstream): the same topics and alert as the
         first time, and no change to the conversation, counts or spikes. Consumers deduplicate
         by tweet id (README, Delivery guarantees)."""
+        _, _, outputs = self._publications(event, decision)
+        metrics.REPUBLISHED.labels(decision.department).inc()
+        log.info("routed again as before", extra={"tweet_id": event.tweet.id,
+                                                  "topic": decision.topic})  # fmt: skip
+        return outputs
+
+    def _publications(
+        self, event: ClassifiedTweet, decision: RouteDecision
+    ) -> tuple[RoutedTweet, Alert | None, list[Output]]:
+        """The routed tweet on its primary topic and its copies, and its alert if escalated."""
         key = event.tweet.conversation_id
         routed = RoutedTweet(
             tweet=event.tweet,
@@ -195,12 +196,10 @@ class RouteService:
         )
         outputs = [Output.of(decision.topic, routed, key)]
         outputs += [Output.of(topics.department_topic(d), routed, key) for d in decision.copies]
-        if decision.escalated:
-            outputs.append(Output.of(topics.ALERTS, alert_for(routed), key))
-        metrics.REPUBLISHED.labels(decision.department).inc()
-        log.info("routed again as before", extra={"tweet_id": event.tweet.id,
-                                                  "topic": decision.topic})  # fmt: skip
-        return outputs
+        alert = alert_for(routed) if decision.escalated else None
+        if alert is not None:
+            outputs.append(Output.of(topics.ALERTS, alert, key))
+        return routed, alert, outputs
 
     def on_brand_reply(self, record: ConsumerRecord) -> list[Output]:
         reply = decode_or_dead_letter(record, BrandTweet, self.name)

@@ -10,23 +10,23 @@ from pathlib import Path
 import pytest
 
 from switchboard.cli.load import write_load
-from switchboard.cli.stack import Stack, StackOptions
-from tests.conftest import CONFIG_FILE, SAMPLES
+from switchboard.cli.stack import Stack
+from tests.conftest import SAMPLES
+from tests.e2e.conftest import wait_settled
 
 pytestmark = pytest.mark.e2e
 TWEETS, RATE, OUTAGE_S = 400, 20.0, 30.0
 
 
-async def test_a_broker_unreachable_for_thirty_seconds_loses_nothing(monkeypatch, tmp_path: Path):
+async def test_a_broker_unreachable_for_thirty_seconds_loses_nothing(
+    own_stack: Stack, tmp_path: Path
+):
     """Frozen (SIGSTOP), the broker holds every connection open and answers nothing, as behind a
     network partition: requests time out, heartbeats fail, the groups' sessions expire, and the
     clients must find their way back on their own."""
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "SMTP_HOST", "SMTP_PORT"):  # its own broker
-        monkeypatch.delenv(name, raising=False)
+    stack = own_stack
     load = tmp_path / "tweets.jsonl"
     sent = write_load(SAMPLES, TWEETS, load, 5_000_000_000_000_000_000 + time.time_ns() // 1000)
-    stack = Stack(StackOptions(workdir=tmp_path / "run", config_file=CONFIG_FILE,
-                               replay_file=None))  # fmt: skip
     try:
         await stack.start()
         await stack.replay(load, RATE)
@@ -36,10 +36,7 @@ async def test_a_broker_unreachable_for_thirty_seconds_loses_nothing(monkeypatch
         stack.broker.freeze()
         await asyncio.sleep(OUTAGE_S)
         stack.broker.freeze(False)
-        deadline = time.monotonic() + 240
-        while not (stack.tally.accounted(sent) == sent and stack.tally.deliveries_settled()):
-            assert time.monotonic() < deadline, stack.tally.summary(sent)
-            await asyncio.sleep(0.5)
+        await wait_settled(stack, sent, 240)
         # no crash loop: every service is the process that was running before the outage
         assert stack.pids() == pids
     finally:

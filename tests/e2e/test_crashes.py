@@ -10,32 +10,27 @@ from pathlib import Path
 import pytest
 
 from switchboard.cli.load import write_load
-from switchboard.cli.stack import Stack, StackOptions
-from tests.conftest import CONFIG_FILE, SAMPLES
+from switchboard.cli.stack import Stack
+from tests.conftest import SAMPLES
+from tests.e2e.conftest import wait_settled
 
 pytestmark = pytest.mark.e2e
 TWEETS, RATE = 600, 40.0  # 15 seconds of stream
 
 
-async def test_kill_9_of_each_service_mid_stream_loses_nothing(monkeypatch, tmp_path: Path):
+async def test_kill_9_of_each_service_mid_stream_loses_nothing(own_stack: Stack, tmp_path: Path):
     # Its own broker and inbox: the embedded broker keeps a killed member in its group for good,
     # so the session's broker must not see these crashes (the stack uses static membership).
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "SMTP_HOST", "SMTP_PORT"):
-        monkeypatch.delenv(name, raising=False)
+    stack = own_stack
     load = tmp_path / "tweets.jsonl"
     sent = write_load(SAMPLES, TWEETS, load, 4_000_000_000_000_000_000 + time.time_ns() // 1000)
-    stack = Stack(StackOptions(workdir=tmp_path / "run", config_file=CONFIG_FILE,
-                               replay_file=None))  # fmt: skip
     try:
         await stack.start()
         await stack.replay(load, RATE)
         for service in ("classify", "route", "notify", "ingest"):
             await asyncio.sleep(2.5)
             await stack.crash_and_restart(service)  # ingest starts the file over
-        deadline = time.monotonic() + 180
-        while not (stack.tally.accounted(sent) == sent and stack.tally.deliveries_settled()):
-            assert time.monotonic() < deadline, stack.tally.summary(sent)
-            await asyncio.sleep(0.5)
+        await wait_settled(stack, sent, 180)
         await asyncio.sleep(2)  # anything republished late is counted too
     finally:
         await stack.stop()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,9 @@ import pytest
 from switchboard.cli.load import write_load
 from switchboard.cli.resources import ResourceSampler, sampling
 from switchboard.cli.soak import group_lag, settled_lag
-from switchboard.cli.stack import Stack, StackOptions
-from tests.conftest import CONFIG_FILE, SAMPLES
+from switchboard.cli.stack import Stack
+from tests.conftest import SAMPLES
+from tests.e2e.conftest import wait_settled, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -33,37 +33,26 @@ FIRST_ID = 6_000_000_000_000_000_000
 
 
 async def test_a_burst_of_ten_times_the_sustained_rate_backs_up_in_kafka_and_drains(
-    monkeypatch, tmp_path: Path
+    own_stack: Stack, tmp_path: Path
 ):
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "SMTP_HOST", "SMTP_PORT"):  # its own broker
-        monkeypatch.delenv(name, raising=False)
+    stack = own_stack
     warm = write_load(SAMPLES, WARM, tmp_path / "warm.jsonl", FIRST_ID)
     burst = write_load(SAMPLES, BURST, tmp_path / "burst.jsonl", FIRST_ID + 10 * BURST)
     _into_conversations(tmp_path / "burst.jsonl", CONVERSATIONS)
-    stack = Stack(StackOptions(workdir=tmp_path / "run", config_file=CONFIG_FILE,
-                               replay_file=None))  # fmt: skip
     sampler = ResourceSampler(stack.pids)
     lags: list[dict[str, int]] = []
     try:
         await stack.start()
         async with sampling(sampler):
             await stack.replay(tmp_path / "warm.jsonl", 100)
-            await _until(lambda: stack.tally.accounted(warm) == warm, 120, stack, warm)
+            await wait_until(lambda: stack.tally.accounted(warm) == warm, 120, stack, warm)
             warm_rss = {name: max(values[-4:]) for name, values in sampler.rss.items()}
             warm_samples = {name: len(values) for name, values in sampler.rss.items()}
 
             await stack.replay(tmp_path / "burst.jsonl", BURST_PER_S)
             watch = asyncio.create_task(_watch_lag(stack, lags))
             everything = warm | burst
-            await _until(
-                lambda: (
-                    stack.tally.accounted(everything) == everything
-                    and stack.tally.deliveries_settled()
-                ),
-                420,
-                stack,
-                everything,
-            )
+            await wait_settled(stack, everything, 420)
             watch.cancel()
             end_lag = await settled_lag(stack.kafka, within_s=15)
         burst_rss = {
@@ -95,13 +84,6 @@ def _into_conversations(load: Path, conversations: int) -> None:
     for n, tweet in enumerate(tweets):
         tweet["data"]["conversation_id"] = str(FIRST_ID + n % conversations)
     load.write_text("".join(json.dumps(t) + "\n" for t in tweets))
-
-
-async def _until(done, seconds: float, stack: Stack, sent: set[str]) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + seconds
-    while not done():
-        assert time.monotonic() < deadline, stack.tally.summary(sent)
-        await asyncio.sleep(0.5)
 
 
 async def _watch_lag(stack: Stack, lags: list[dict[str, int]]) -> None:
