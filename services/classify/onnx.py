@@ -6,9 +6,11 @@ accuracy). Activations are quantized per token: each row of a layer's input gets
 scale, from its own largest value. onnxruntime's dynamic quantization takes one scale for the
 whole batch instead, so a tweet's labels depended on the tweets it was batched with (5 % of
 departments changed between a batch of 1 and a batch of 32, measured); per token, a tweet gets
-the same scores in any batch, with the same accuracy, for about 20 % of the speed. The rewrite
-is ``quantize_per_token`` below: plain ONNX operators, the integer product in onnxruntime's
-``MatMulInteger`` (uint8 activations shifted by 128 against int8 weights, its fast path).
+the same scores in any batch, with the same accuracy, for about 5 % of the speed. The rewrite
+is ``quantize_per_token`` below: ONNX operators for the row scales and ``QuantizeLinear`` for
+the uint8 activations (shifted by 128), and onnxruntime's ``MatMulIntegerToFloat`` for the
+product against int8 weights and their column scales (its u8 x s8 fast path, with the int32 to
+float conversion fused: separate ``MatMulInteger``, ``Cast`` and two ``Mul`` were 17 % slower).
 
 The int8 file is built from the artifact on first use and cached in the temp folder
 (``<tmp>/switchboard-onnx/<artifact version>-<weights hash>.<RECIPE>.onnx``): it takes a few
@@ -28,7 +30,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-RECIPE = "int8-per-token"  # part of the cached file's name: a new recipe builds a new file
+RECIPE = "int8-per-token-v2"  # part of the cached file's name: a new recipe builds a new file
+MICROSOFT = "com.microsoft"  # onnxruntime's own operators
 
 
 class _Full(torch.nn.Module):
@@ -96,7 +99,7 @@ def quantize_per_token(model: Any) -> Any:
         helper.make_tensor("q_axis", TensorProto.INT64, [1], [-1]),
         helper.make_tensor("q_levels", TensorProto.FLOAT, [], [127.0]),
         helper.make_tensor("q_tiny", TensorProto.FLOAT, [], [1e-8]),
-        helper.make_tensor("q_shift", TensorProto.FLOAT, [], [128.0]),
+        helper.make_tensor("q_one", TensorProto.FLOAT, [], [1.0]),
         helper.make_tensor("q_zero", TensorProto.UINT8, [], [128]),
     ]
     nodes: list[Any] = []
@@ -115,13 +118,13 @@ def quantize_per_token(model: Any) -> Any:
         x = node.input[0]
         if x not in quantized:
             quantized[x] = a = f"a{len(quantized)}_"
-            nodes += _quantize_rows(helper, TensorProto, x, a)
+            nodes += _quantize_rows(helper, x, a)
         a = quantized[x]
         nodes += [
-            helper.make_node("MatMulInteger", [a + "q", w + "q", "q_zero"], [w + "int"]),
-            helper.make_node("Cast", [w + "int"], [w + "float"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", [w + "float", a + "scale"], [w + "rows"]),
-            helper.make_node("Mul", [w + "rows", w + "scale"], [node.output[0]]),
+            # (a_q - 128) x w_q x 1.0 x column scales, as float; then each row's own scale
+            helper.make_node("MatMulIntegerToFloat", [a + "q", w + "q", "q_one", w + "scale",
+                             "q_zero"], [w + "columns"], domain=MICROSOFT),  # fmt: skip
+            helper.make_node("Mul", [w + "columns", a + "scale"], [node.output[0]]),
         ]
     used = {name for node in nodes for name in node.input}
     kept = [w for w in graph.initializer if w.name in used]
@@ -129,10 +132,12 @@ def quantize_per_token(model: Any) -> Any:
     graph.node.extend(nodes)
     del graph.initializer[:]
     graph.initializer.extend(kept + constants)
+    if all(opset.domain != MICROSOFT for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MICROSOFT, 1))
     return model
 
 
-def _quantize_rows(helper: Any, types: Any, x: str, a: str) -> list[Any]:
+def _quantize_rows(helper: Any, x: str, a: str) -> list[Any]:
     """``a+"q"``: ``x`` in uint8 (round(x / scale) + 128), one scale per row: ``a+"scale"``,
     the row's largest magnitude over 127 (so no value needs clipping)."""
     return [
@@ -142,9 +147,8 @@ def _quantize_rows(helper: Any, types: Any, x: str, a: str) -> list[Any]:
         helper.make_node("Max", [a + "raw_scale", "q_tiny"], [a + "scale"]),
         helper.make_node("Reciprocal", [a + "scale"], [a + "inverse"]),
         helper.make_node("Mul", [x, a + "inverse"], [a + "scaled"]),
-        helper.make_node("Round", [a + "scaled"], [a + "rounded"]),
-        helper.make_node("Add", [a + "rounded", "q_shift"], [a + "shifted"]),
-        helper.make_node("Cast", [a + "shifted"], [a + "q"], to=types.UINT8),
+        # round half to even, + 128, as uint8: one vectorized pass instead of three
+        helper.make_node("QuantizeLinear", [a + "scaled", "q_one", "q_zero"], [a + "q"]),
     ]
 
 
