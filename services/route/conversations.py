@@ -121,6 +121,15 @@ def after_brand_reply(
     return state.model_copy(update={"awaiting": None, "updated_at": now}), response
 
 
+def awaiting_due(state: ConversationState) -> tuple[datetime, Urgency] | None:
+    """What the SLA sweep keeps of a conversation (the table's index): when its awaited reply
+    is due and how urgent it is, until a breach alert went out for it."""
+    awaiting = state.awaiting
+    if awaiting is None or awaiting.due_at is None or awaiting.breach_alerted:
+        return None
+    return awaiting.due_at, awaiting.urgency
+
+
 def breached(state: ConversationState, now: datetime, urgencies: list[Urgency]) -> bool:
     """Awaiting a reply past its due time, of an urgency that alerts, not yet alerted."""
     awaiting = state.awaiting

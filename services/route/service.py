@@ -72,9 +72,10 @@ class RouteService:
         self.config = settings.config
         self.version = rules_version(self.config.route)
         self.spikes = SpikeDetector(self.config.route.spikes)
-        self.conversations = ChangelogTable(
-            settings.kafka, topics.ROUTE_CONVERSATIONS, ConversationState
-        )
+        self.conversations: ChangelogTable[ConversationState, tuple[datetime, Urgency]] = (
+            ChangelogTable(settings.kafka, topics.ROUTE_CONVERSATIONS, ConversationState,
+                           index=conversations.awaiting_due)
+        )  # fmt: skip
         self.producer = make_producer(settings.kafka, client_id="switchboard-route")
         self.consumer = make_consumer(
             settings.kafka,
@@ -327,8 +328,11 @@ class RouteService:
         """An alert for each awaited tweet past its SLA (once), and the updated states."""
         urgencies = self.config.route.sla.alert_urgencies
         outputs = []
-        for state in self.conversations.values():
-            if not conversations.breached(state, now, urgencies):
+        for conversation_id, (due_at, urgency) in self.conversations.indexed():
+            if due_at >= now or urgency not in urgencies:
+                continue
+            state = self.conversations.get(conversation_id)
+            if state is None or not conversations.breached(state, now, urgencies):
                 continue
             awaiting = state.awaiting
             assert awaiting is not None and awaiting.due_at is not None
