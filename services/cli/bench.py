@@ -17,10 +17,12 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 import psutil
@@ -62,33 +64,46 @@ def _rate(predict, texts: list[str], batch: int) -> float:  # noqa: ANN001
     return len(texts) / (time.perf_counter() - started)
 
 
-def measure_classifier(texts: list[str], batch_size: int, others: Sequence[Path] = ()) -> dict:
+def measure_classifier(
+    texts: list[str], batch_size: int, others: Sequence[Path] = (), rounds: int = 3
+) -> dict:
     """Tweets per second: the naive baseline, one at a time, batched, batched on int8; then
-    each of ``others`` (artifacts, e.g. a distilled student) batched on int8."""
+    each of ``others`` (artifacts, e.g. a distilled student) batched on int8. Each is measured
+    ``rounds`` times, the rounds interleaved so that a slow moment on a shared machine hits
+    every contender alike, and the median is reported."""
     from switchboard.classify.model import TweetClassifier
 
     process = psutil.Process(os.getpid())
     before = process.memory_info().rss
     model = TweetClassifier.load(threads=os.cpu_count() or 1)
     loaded = process.memory_info().rss
-    model.predict(texts[:batch_size])  # warm up
     few = texts[: max(64, len(texts) // 8)]
     naive = naive_pipeline(model)
-    naive(few[:4])  # warm up
-    baseline = _rate(naive, few, 1)
-    one_at_a_time = _rate(model.predict, few, 1)
-    batched = _rate(model.predict, texts, batch_size)
     int8 = TweetClassifier.load(threads=os.cpu_count() or 1, runtime="onnx-int8")
-    int8.predict(texts[:batch_size])  # warm up
-    int8_batched = _rate(int8.predict, texts, batch_size)
-    alternatives = []
-    for artifact in others:
-        other = TweetClassifier.load(artifact, threads=os.cpu_count() or 1, runtime="onnx-int8")
-        other.predict(texts[:batch_size])  # warm up
-        rate = _rate(other.predict, texts, batch_size)
-        alternatives.append({"model": other.version, "artifact": str(artifact),
-                             "onnx_int8_tweets_per_s": round(rate, 1),
-                             "speedup": round(rate / baseline, 2)})  # fmt: skip
+    students = [TweetClassifier.load(artifact, threads=os.cpu_count() or 1, runtime="onnx-int8")
+                for artifact in others]  # fmt: skip
+    contenders: dict[str, tuple[Any, list[str], int]] = {
+        "baseline": (naive, few, 1),
+        "one_at_a_time": (model.predict, few, 1),
+        "batched": (model.predict, texts, batch_size),
+        "int8": (int8.predict, texts, batch_size),
+        **{f"other:{i}": (m.predict, texts, batch_size) for i, m in enumerate(students)},
+    }
+    for predict, sample, batch in contenders.values():
+        predict(sample[: max(batch, 4)])  # warm up
+    measured: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, (predict, sample, batch) in contenders.items():
+            measured[name].append(_rate(predict, sample, batch))
+    rate = {name: statistics.median(values) for name, values in measured.items()}
+    baseline = rate["baseline"]
+    alternatives = [
+        {"model": student.version, "artifact": str(artifact),
+         "onnx_int8_tweets_per_s": round(rate[f"other:{i}"], 1),
+         "speedup": round(rate[f"other:{i}"] / baseline, 2)}
+        for i, (student, artifact) in enumerate(zip(students, others, strict=True))
+    ]  # fmt: skip
+    one_at_a_time, batched, int8_batched = rate["one_at_a_time"], rate["batched"], rate["int8"]
     return {
         "model": model.version,
         "cpus": os.cpu_count(),
@@ -98,6 +113,7 @@ def measure_classifier(texts: list[str], batch_size: int, others: Sequence[Path]
         "torch_batched_tweets_per_s": round(batched, 1),
         "onnx_int8_tweets_per_s": round(int8_batched, 1),
         "batch_size": batch_size,
+        "rounds": rounds,
         "other_models": alternatives,
         "model_rss_mb": round((loaded - before) / 2**20, 1),
         "process_rss_mb": round(process.memory_info().rss / 2**20, 1),
