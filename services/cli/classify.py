@@ -77,6 +77,12 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
     show_default=True,
 )  # fmt: skip
 @click.option(
+    "--critical-weight",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Extra loss weight of critical urgency. Default: TrainOptions.critical_weight (2.0).",
+)
+@click.option(
     "--init-from-teacher",
     is_flag=True,
     help="Start the student from the teacher's adapters for the layers it keeps, and its heads.",
@@ -93,6 +99,7 @@ def classify_train(
     unlabeled: Path | None,
     distil_alpha: float,
     distil_temperature: float,
+    critical_weight: float | None,
     init_from_teacher: bool,
 ) -> None:
     """Fine-tune the backbone (LoRA) with department and urgency heads; write the artifact.
@@ -120,6 +127,8 @@ def classify_train(
         options = replace(options, epochs=epochs)
     if threads is not None:
         options = replace(options, threads=threads)
+    if critical_weight is not None:
+        options = replace(options, critical_weight=critical_weight)
     card = train(data_dir, out, options=options)
     from switchboard.classify.evaluation import headline
 

@@ -55,10 +55,11 @@ def train(data, out, *extra: str) -> dict:
 
 
 def test_training_writes_a_loadable_versioned_artifact(tiny_data, tmp_path):
-    summary = train(tiny_data, tmp_path / "a")
+    summary = train(tiny_data, tmp_path / "a", "--critical-weight", "3")
     assert set(summary["metrics"]) == {"dev"}  # no test split here: nothing to report
     card = json.loads((tmp_path / "a" / "card.json").read_text())
     assert card["version"] == "minilm-lora-v1" and card["options"]["seed"] == 5
+    assert card["options"]["critical_weight"] == 3.0
     assert card["data"]["train"] == {
         "rows": 48,
         "sha256": content_sha256(tiny_data / "train.jsonl"),
