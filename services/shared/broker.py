@@ -92,6 +92,27 @@ class EmbeddedBroker:
             freeze(self.process, frozen)
 
     def stop(self) -> None:
-        if self.process is not None:
-            terminate(self.process)
-            self.process = None
+        """Stop the Kafka service, then the process. A signal alone loses acknowledged writes:
+        on SIGTERM or SIGINT the broker saves its topics, then still appends and acknowledges
+        the produce requests in flight, and those are gone after a restart (26 to 43 per stop
+        under a flood of acks=all producers, measured; none when the service is stopped first,
+        the way ``noida-db stop kafka`` does)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self._stop_service()
+        terminate(self.process)
+        self.process = None
+
+    def _stop_service(self, timeout_s: float = 20.0) -> None:
+        command = [str(broker_binary()), "stop", "kafka", "--data-dir", str(self.data_dir)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            done = None
+        if done is None or done.returncode != 0:
+            # The process is stopped anyway; only the writes of the last moment are at risk.
+            log.warning(
+                "the embedded broker did not stop its Kafka service; stopping the process",
+                extra={"error": done.stderr[-500:] if done else f"timed out after {timeout_s} s"},
+            )
