@@ -3,13 +3,24 @@
 Tweet text is untrusted. Templates see it made inert (sanitize.py) and only as a value, never
 as template source; the HTML body is autoescaped; header values are one line (sanitize.one_line),
 so that a tweet can never add a header.
+
+Messages are built with the ``email.mime`` classes (the compat32 policy): the modern
+``EmailMessage`` parses every header it is given back into objects: building and flattening
+an email took 1.5 ms of CPU, a third of notify's under load (py-spy), and takes 0.44 ms so.
+What that parsing did for us is done here explicitly: non-ASCII display names and header
+values are RFC 2047 encoded (``_header``, ``_addresses``), bodies are quoted-printable UTF-8.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from email.message import EmailMessage
+from email.charset import BASE64, QP, Charset
+from email.header import Header
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import formataddr, getaddresses
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,6 +46,9 @@ log = logging.getLogger(__name__)
 
 SUBJECT_LIMIT = 200
 TEXT_LIMIT = 32_000  # of a tweet in an email; a long post holds up to 25,000
+UTF8 = Charset("utf-8")
+UTF8.header_encoding = BASE64  # shortest-of-both, the default, costs as much as the rest
+UTF8.body_encoding = QP  # readable in a raw message, unlike base64
 
 
 @lru_cache(maxsize=8)
@@ -76,7 +90,7 @@ def message_id(delivery_id: str) -> str:
 
 def render_email(
     routed: RoutedTweet, subscription: Subscription, options: EmailConfig, delivery_id: str
-) -> EmailMessage:
+) -> Message:
     c = routed.classification
     context = {
         "tweet": shown_tweet(routed.tweet, TEXT_LIMIT),
@@ -86,44 +100,84 @@ def render_email(
         "urgency": c.urgency.value,
         "subscription": subscription.name,
     }
-    message = EmailMessage()
-    message["From"] = options.sender
-    message["To"] = ", ".join(subscription.to)
-    message["Subject"] = one_line(
+    subject = (
         f"{options.subject_prefix} {c.urgency.value.upper()} {c.department.value}: "
-        f"@{routed.tweet.author.username}: {routed.tweet.text}",
-        SUBJECT_LIMIT,
+        f"@{routed.tweet.author.username}: {routed.tweet.text}"
     )
-    # A stable id per delivery lets mail systems drop a redelivered copy.
-    message["Message-ID"] = message_id(delivery_id)
-    message["X-Switchboard-Tweet-Id"] = one_line(routed.tweet.id, SUBJECT_LIMIT)
-    message["X-Switchboard-Delivery-Id"] = one_line(delivery_id, SUBJECT_LIMIT)
     env = templates(options.templates_dir)
     name = subscription.template
-    message.set_content(env.get_template(f"{name}.txt.j2").render(context))
-    message.add_alternative(env.get_template(f"{name}.html.j2").render(context), subtype="html")
-    return message
+    return _message(
+        options,
+        subscription,
+        subject,
+        {
+            # A stable id per delivery lets mail systems drop a redelivered copy.
+            "Message-ID": message_id(delivery_id),
+            "X-Switchboard-Tweet-Id": one_line(routed.tweet.id, SUBJECT_LIMIT),
+            "X-Switchboard-Delivery-Id": one_line(delivery_id, SUBJECT_LIMIT),
+        },
+        env.get_template(f"{name}.txt.j2").render(context),
+        env.get_template(f"{name}.html.j2").render(context),
+    )
 
 
 def render_digest(
     items: list[RoutedTweet], subscription: Subscription, options: EmailConfig, digest_id: str
-) -> EmailMessage:
+) -> Message:
     """One email listing ``items`` (the low-urgency tweets of a digest window)."""
     shown = [r.model_copy(update={"tweet": shown_tweet(r.tweet, TEXT_LIMIT)}) for r in items]
     context = {"items": shown, "subscription": subscription.name}
-    message = EmailMessage()
-    message["From"] = options.sender
-    message["To"] = ", ".join(subscription.to)
-    message["Subject"] = one_line(
-        f"{options.subject_prefix} digest for {subscription.name}: {len(items)} tweets",
-        SUBJECT_LIMIT,
-    )
-    message["Message-ID"] = message_id(digest_id)
-    message["X-Switchboard-Digest-Id"] = one_line(digest_id, SUBJECT_LIMIT)
     env = templates(options.templates_dir)
-    message.set_content(env.get_template("digest.txt.j2").render(context))
-    message.add_alternative(env.get_template("digest.html.j2").render(context), subtype="html")
+    return _message(
+        options,
+        subscription,
+        f"{options.subject_prefix} digest for {subscription.name}: {len(items)} tweets",
+        {
+            "Message-ID": message_id(digest_id),
+            "X-Switchboard-Digest-Id": one_line(digest_id, SUBJECT_LIMIT),
+        },
+        env.get_template("digest.txt.j2").render(context),
+        env.get_template("digest.html.j2").render(context),
+    )
+
+
+def _message(
+    options: EmailConfig,
+    subscription: Subscription,
+    subject: str,
+    headers: dict[str, str],
+    text: str,
+    html: str,
+) -> Message:
+    """multipart/alternative: the text, then the HTML. ``headers`` must be one line each."""
+    message = MIMEMultipart("alternative")
+    message["From"] = _addresses([options.sender])
+    message["To"] = _addresses(subscription.to)
+    message["Subject"] = _header(one_line(subject, SUBJECT_LIMIT))
+    for name, value in headers.items():
+        message[name] = _header(value)
+    message.attach(MIMEText(text, "plain", UTF8))  # type: ignore[arg-type]  # a Charset works
+    message.attach(MIMEText(html, "html", UTF8))  # type: ignore[arg-type]
     return message
+
+
+def _header(value: str) -> str | Header:
+    """ASCII as it is; anything else as RFC 2047 encoded words."""
+    return value if value.isascii() else Header(value, UTF8)
+
+
+@lru_cache(maxsize=256)
+def _addresses_of(addresses: tuple[str, ...]) -> str:
+    return ", ".join(
+        formataddr((one_line(name, SUBJECT_LIMIT), address), charset=UTF8)
+        for name, address in getaddresses(list(addresses))
+    )
+
+
+def _addresses(addresses: list[str]) -> str:
+    """Configured addresses (``Name <a@b>`` or ``a@b``) as one header value; a non-ASCII
+    display name is encoded."""
+    return _addresses_of(tuple(addresses))
 
 
 class SmtpMailer:
@@ -150,7 +204,7 @@ class SmtpMailer:
             self._client = client
         return self._client
 
-    async def send(self, message: EmailMessage) -> None:
+    async def send(self, message: Message) -> None:
         client = await self._connected()
         try:
             await client.send_message(message)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from email import message_from_bytes, policy
+from email.message import EmailMessage, Message
+
 import pytest
+from aiosmtplib.email import flatten_message
 
 from switchboard.notify.mail import check_templates, message_id, render_email
 from switchboard.notify.service import delivery_id, matching_subscriptions
@@ -19,6 +23,13 @@ SUPPORT = Subscription(
 )
 
 
+def received(message: Message) -> EmailMessage:
+    """``message`` as a mail client reads it: the bytes the SMTP client sends, parsed."""
+    parsed = message_from_bytes(flatten_message(message), policy=policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
 def routed_with_text(text: str):
     event = classified("customer_service", 0.9, "high")
     event = event.model_copy(update={"tweet": event.tweet.model_copy(update={"text": text})})
@@ -27,7 +38,7 @@ def routed_with_text(text: str):
 
 def test_the_email_has_the_text_the_link_and_both_bodies():
     routed = routed_with_text("my bag is lost, booking QX7H2P")
-    message = render_email(routed, SUPPORT, EmailConfig(), delivery_id(routed, SUPPORT))
+    message = received(render_email(routed, SUPPORT, EmailConfig(), delivery_id(routed, SUPPORT)))
     text = message.get_body(("plain",)).get_content()
     html = message.get_body(("html",)).get_content()
     assert "my bag is lost, booking QX7H2P" in text and routed.tweet.url in text
@@ -36,9 +47,22 @@ def test_the_email_has_the_text_the_link_and_both_bodies():
     assert message["X-Switchboard-Delivery-Id"] == "5:email:support"
 
 
+def test_non_ascii_names_and_text_arrive_intact_in_7_bit_headers():
+    routed = routed_with_text("où est ma valise? 行李 😡")
+    options = EmailConfig(sender="Équipe Switchboard <switchboard@example.com>")
+    sent = flatten_message(render_email(routed, SUPPORT, options, "d"))
+    headers = sent.split(b"\r\n\r\n")[0]
+    assert headers.isascii()  # RFC 2047 encoded words, any SMTP server takes them
+    message = received(render_email(routed, SUPPORT, options, "d"))
+    assert "où est ma valise? 行李 😡" in message["Subject"]
+    assert message["From"].addresses[0].display_name == "Équipe Switchboard"
+    assert message["From"].addresses[0].addr_spec == "switchboard@example.com"
+    assert "où est ma valise? 行李 😡" in message.get_body(("plain",)).get_content()
+
+
 def test_html_and_header_injection_stay_inert():
     routed = routed_with_text("<script>alert(1)</script>\r\nBcc: victim@example.com {{ 7*7 }}")
-    message = render_email(routed, SUPPORT, EmailConfig(), "d")
+    message = received(render_email(routed, SUPPORT, EmailConfig(), "d"))
     html = message.get_body(("html",)).get_content()
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "{{ 7*7 }}" in message.get_body(("plain",)).get_content()  # not evaluated
@@ -60,7 +84,8 @@ def test_a_templates_folder_overrides_and_adds_templates(tmp_path):
     (tmp_path / "legal.html.j2").write_text("<p>{{ tweet.text }}</p>\n")
     options = EmailConfig(templates_dir=tmp_path)
     legal = SUPPORT.model_copy(update={"template": "legal"})
-    message = render_email(routed_with_text("<b>sue</b>"), legal, options, "5:email:support")
+    routed = routed_with_text("<b>sue</b>")
+    message = received(render_email(routed, legal, options, "5:email:support"))
     assert message.get_body(("plain",)).get_content() == "LEGAL: <b>sue</b>\n"
     assert "&lt;b&gt;sue&lt;/b&gt;" in message.get_body(("html",)).get_content()  # autoescaped
 
@@ -73,7 +98,7 @@ def test_a_missing_template_fails_at_start_naming_the_subscription(tmp_path):
 
 def test_hostile_text_is_inert_in_every_part_of_the_email():
     routed = routed_with_text(HOSTILE)
-    message = render_email(routed, SUPPORT, EmailConfig(), "d")
+    message = received(render_email(routed, SUPPORT, EmailConfig(), "d"))
     html = message.get_body(("html",)).get_content()
     text = message.get_body(("plain",)).get_content()
     assert "<script" not in html and "<img" not in html and "&lt;img src=x" in html
@@ -92,7 +117,7 @@ def test_a_digest_shows_tweets_inert_too():
     from switchboard.notify.mail import render_digest
 
     routed = routed_with_text("<img src=x onerror=alert(1)> @here")
-    message = render_digest([routed], SUPPORT, EmailConfig(), "digest:1")
+    message = received(render_digest([routed], SUPPORT, EmailConfig(), "digest:1"))
     html = message.get_body(("html",)).get_content()
     assert "<img" not in html and "\uff20here" in html
 
