@@ -100,6 +100,12 @@ class Job:
         room = limit - len(head) - len(tail) - 3
         return f"{head}\n\n{clip(inert(t.text), room)}\n{tail}"
 
+    def comment(self, limit: int) -> str:
+        """``body`` ending with this delivery's tag, by which a comment that timed out is found
+        again (comments have no idempotency key at Jira or Zendesk)."""
+        mark = f"\nSwitchboard delivery {delivery_tag(self.delivery_id)}"
+        return self.body(limit - len(mark)) + mark
+
     def chat_text(self) -> str:
         """Ready for a chat tool: who wrote what, and the link; no mention pings anyone."""
         t, c = self.routed.tweet, self.routed.classification
@@ -223,13 +229,18 @@ class ZendeskChannel(HttpChannel):
         if found is not None and mine in found.get("tags", []):
             return Done("created", str(found["id"]))
         ticket = job.thread_id or (str(found["id"]) if found else None)
-        comment = {"html_body": zendesk_html(job), "public": False}
         if ticket is not None:
-            update: dict[str, Any] = {"comment": comment}
+            # A comment that timed out but happened is found by its tag, not made twice.
+            if await self._commented(ticket, mine):
+                return Done("commented", ticket)
+            update: dict[str, Any] = {
+                "comment": {"html_body": zendesk_html(job, tagged=True), "public": False}
+            }
             if job.routed.classification.urgency is Urgency.CRITICAL:  # raise, never lower
                 update["priority"] = job.priority(DEFAULT_ZENDESK)
             await self.send("PUT", f"/api/v2/tickets/{ticket}.json", json={"ticket": update})
             return Done("commented", ticket)
+        comment = {"html_body": zendesk_html(job), "public": False}
         target = job.subscription.zendesk
         fields: dict[str, Any] = {
             "subject": job.summary(),
@@ -248,18 +259,27 @@ class ZendeskChannel(HttpChannel):
         )
         return Done("created", str(response.json()["ticket"]["id"]))
 
+    async def _commented(self, ticket: str, tag: str) -> bool:
+        """Whether one of the ticket's latest 100 comments carries ``tag``."""
+        found = await self.send("GET", f"/api/v2/tickets/{ticket}/comments.json",
+                                params={"sort_order": "desc", "per_page": 100})  # fmt: skip
+        return any(tag in (c.get("body") or "") + (c.get("html_body") or "")
+                   for c in found.json().get("comments", []))  # fmt: skip
+
     async def _find(self, external_id: str) -> dict | None:
         found = await self.send("GET", "/api/v2/tickets.json", params={"external_id": external_id})
         tickets = found.json().get("tickets", [])
         return tickets[0] if tickets else None
 
 
-def zendesk_html(job: Job) -> str:
+def zendesk_html(job: Job, tagged: bool = False) -> str:
     """The comment as escaped HTML: Zendesk renders Markdown in a comment's ``body`` but not in
-    its ``html_body``, so tweet text can add neither markup nor formatting."""
-    markup = html(job.body(ZENDESK_TEXT_LIMIT))
+    its ``html_body``, so tweet text can add neither markup nor formatting. ``tagged``: a
+    follow-up, which ends with its delivery's tag (``Job.comment``)."""
+    text = job.comment if tagged else job.body
+    markup = html(text(ZENDESK_TEXT_LIMIT))
     if len(markup) > ZENDESK_HTML_LIMIT:  # escaping grew it; no character grows beyond 6
-        markup = html(job.body(ZENDESK_HTML_LIMIT // 6))
+        markup = html(text(ZENDESK_HTML_LIMIT // 6))
     return str(markup)
 
 
@@ -286,8 +306,11 @@ class JiraChannel(HttpChannel):
             return Done("created", done)
         issue = job.thread_id or await self._find(label)
         if issue is not None:
-            comment = {"body": adf(job.body(JIRA_TEXT_LIMIT))}
-            await self.send("POST", f"/rest/api/3/issue/{quote(issue)}/comment", json=comment)
+            comments = f"/rest/api/3/issue/{quote(issue)}/comment"
+            # A comment that timed out but happened is found by its tag, not made twice.
+            if not await self._commented(comments, mine):
+                comment = {"body": adf(job.comment(JIRA_TEXT_LIMIT))}
+                await self.send("POST", comments, json=comment)
             return Done("commented", issue)
         target = job.subscription.jira
         assert target is not None
@@ -301,6 +324,11 @@ class JiraChannel(HttpChannel):
         }
         response = await self.send("POST", "/rest/api/3/issue", json={"fields": fields})
         return Done("created", response.json()["key"])
+
+    async def _commented(self, comments: str, tag: str) -> bool:
+        """Whether one of the issue's latest 100 comments carries ``tag``."""
+        found = await self.send("GET", comments, params={"orderBy": "-created", "maxResults": 100})
+        return any(tag in json.dumps(c.get("body")) for c in found.json().get("comments", []))
 
     async def _find(self, label: str) -> str | None:
         found = await self.send(

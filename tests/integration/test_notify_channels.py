@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -146,6 +147,39 @@ async def test_jira_issue_with_adf_then_comment(vendors, notify_settings, produc
     assert issue["fields"]["priority"]["name"] == "High"
     assert issue["fields"]["description"]["type"] == "doc"
     assert len(jira.comments[key]) == 1
+
+
+@pytest.mark.parametrize(
+    ("vendor", "department", "comment_request"),
+    [("zendesk", "customer_service", ("/api/v2/tickets/", "PUT")),
+     ("jira", "legal", ("/rest/api/3/issue/", "POST"))],
+)  # fmt: skip
+async def test_a_follow_up_comment_that_timed_out_is_not_made_twice(
+    vendors, notify_settings, producer, read, running, vendor, department, comment_request
+):
+    """Comments have no idempotency key: the comment is made, its answer comes after the client
+    gave up, and the retry must find it (by the delivery's tag) instead of commenting again."""
+    stand_in = vendors[vendor]
+    conv = conversation()
+    first, follow_up = [routed(department, conversation=conv) for _ in range(2)]
+
+    async with running(NotifyService(notify_settings())):
+        await publish_routed(producer, first)
+        await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 1)
+        path, method = comment_request
+        stand_in.delay_next(path, 2.0, method=method)  # answered after the 1 s client timeout
+        await publish_routed(producer, follow_up)
+        records = await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 2)
+
+    [created, commented] = sorted(deliveries(records, conv), key=lambda d: d.action, reverse=True)
+    assert created.action == "created" and commented.action == "commented"
+    assert commented.outcome == "delivered" and commented.attempts >= 2
+    if vendor == "zendesk":
+        thread = stand_in.comments[int(created.external_id)]
+    else:
+        thread = stand_in.comments[created.external_id]
+    made = [c for c in thread if follow_up.tweet.text in json.dumps(c)]
+    assert len(made) == 1, f"{len(made)} comments for one follow-up"
 
 
 async def test_crm_records_are_one_per_author(vendors, notify_settings, producer, read, running):

@@ -157,18 +157,20 @@ def _canonical(value: Any) -> str:
 
 @dataclass
 class _Script:
-    """One scripted failure or delay, matched by path prefix, used up after ``remaining``."""
+    """One scripted failure or delay, matched by path prefix (and method, if given), used up
+    after ``remaining``."""
 
     path_prefix: str
     remaining: int
     status: int = 0
     retry_after_s: float | None = None
     seconds: float = 0.0
+    method: str | None = None
 
 
-def _take(scripts: list[_Script], path: str) -> _Script | None:
+def _take(scripts: list[_Script], request: web.Request) -> _Script | None:
     for script in scripts:
-        if path.startswith(script.path_prefix):
+        if request.path.startswith(script.path_prefix) and script.method in (None, request.method):
             script.remaining -= 1
             if script.remaining <= 0:
                 scripts.remove(script)
@@ -228,13 +230,15 @@ class VendorStandIn:
         """Forget the scripted failures: the target is back."""
         self._failures.clear()
 
-    def delay_next(self, path_prefix: str, seconds: float, count: int = 1) -> None:
+    def delay_next(
+        self, path_prefix: str, seconds: float, count: int = 1, *, method: str | None = None
+    ) -> None:
         """The next ``count`` matching requests are answered only after ``seconds``.
 
         The request is processed first and its answer held back: a client that times out has
         still created the record, as happens with a slow real API.
         """
-        self._delays.append(_Script(path_prefix, count, seconds=seconds))
+        self._delays.append(_Script(path_prefix, count, seconds=seconds, method=method))
 
     # ----------------------------------------------------------------------- subclass hooks
 
@@ -257,7 +261,7 @@ class VendorStandIn:
     async def _gate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Record, then scripted failure, auth, the endpoint, and any scripted delay."""
         await self._record(request)
-        delay = _take(self._delays, request.path)
+        delay = _take(self._delays, request)
         response = await self._answer(request, handler)
         self._decorate(response)
         if delay is not None:
@@ -265,7 +269,7 @@ class VendorStandIn:
         return response
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        failure = _take(self._failures, request.path)
+        failure = _take(self._failures, request)
         if failure is not None:
             headers = {}
             if failure.retry_after_s is not None:
@@ -537,6 +541,8 @@ class ZendeskStandIn(VendorStandIn):
         if ticket_id not in self.tickets:
             return self._error(404, {})
         comments = self.comments.get(ticket_id, [])
+        if request.query.get("sort_order") == "desc":
+            comments = comments[::-1]
         body = {
             "comments": comments,
             "next_page": None,
@@ -900,6 +906,8 @@ class JiraStandIn(VendorStandIn):
         if issue is None:
             return _jira_errors([JIRA_NO_ISSUE], {}, 404)
         comments = self.comments.get(issue["key"], [])
+        if request.query.get("orderBy") in ("-created", "-updated"):
+            comments = comments[::-1]
         body = {"startAt": 0, "maxResults": 5000, "total": len(comments), "comments": comments}
         return _json(body)
 
