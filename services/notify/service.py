@@ -230,6 +230,9 @@ class NotifyService:
         except DeliveryError as error:
             return self._parked(job, error)
         self.breakers[channel].record(True)
+        # Read again: other targets of the conversation may have recorded theirs meanwhile.
+        # No await from here to the put, so none can slip in between.
+        entry = self.ledger.get(conversation) or entry
         threads = dict(entry.threads)
         if done.action in ("created", "commented") and done.external_id:
             threads[thread_key] = done.external_id

@@ -29,7 +29,7 @@ def notify_settings(kafka, vendors, tmp_path):
     Zendesk, legal to Jira, sales to Salesforce, marketing to HubSpot, it_security to the
     webhook) over the stand-ins."""
 
-    def build(**delivery: object) -> NotifySettings:
+    def build(*extra_subscriptions: dict, **delivery: object) -> NotifySettings:
         config = yaml.safe_load(CONFIG_FILE.read_text())
         config["notify"] = {
             "connections": {
@@ -54,6 +54,7 @@ def notify_settings(kafka, vendors, tmp_path):
                  "hubspot": {"object": "contacts"}},
                 {"name": "soc-chat", "channel": "webhook", "departments": ["it_security"],
                  "webhook": {"url": vendors["webhook"].url, "secret": {"env": "HOOK_SECRET"}}},
+                *extra_subscriptions,
             ],
         }  # fmt: skip
         path = tmp_path / "switchboard.yaml"
@@ -180,6 +181,30 @@ async def test_a_follow_up_comment_that_timed_out_is_not_made_twice(
         thread = stand_in.comments[created.external_id]
     made = [c for c in thread if follow_up.tweet.text in json.dumps(c)]
     assert len(made) == 1, f"{len(made)} comments for one follow-up"
+
+
+async def test_the_ledger_keeps_every_effect_of_a_tweet_delivered_to_several_targets(
+    vendors, notify_settings, producer, read, running
+):
+    """Targets of one tweet are served concurrently; each records its effect in the
+    conversation's ledger entry, and none may overwrite another's (a lost record means the
+    effect is made again after a crash)."""
+    hook = {"url": vendors["webhook"].url, "secret": {"env": "HOOK_SECRET"}}
+    legal_hook = {"name": "legal-hook", "channel": "webhook", "departments": ["legal"],
+                  "webhook": hook}  # fmt: skip
+    conv = conversation()
+    event = routed("legal", conversation=conv)
+    vendors["jira"].delay_next("/rest/api/3/issue", 0.5, method="POST")  # the webhook ends first
+    service = NotifyService(notify_settings(legal_hook))
+
+    async with running(service):
+        await publish_routed(producer, event)
+        records = await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 2)
+        entry = service.ledger.get(conv)
+
+    made = {d.delivery_id for d in deliveries(records, conv)}
+    assert made == {f"{event.tweet.id}:jira:legal-board", f"{event.tweet.id}:webhook:legal-hook"}
+    assert entry is not None and set(entry.deliveries) == made
 
 
 async def test_crm_records_are_one_per_author(vendors, notify_settings, producer, read, running):
