@@ -69,6 +69,7 @@ schemas: setup
 
 lint: setup
 	$(BIN)/ruff check services tests
+	$(BIN)/ruff format --check services tests
 
 clean:
 	rm -rf $(VENV) .switchboard .pytest_cache

@@ -233,8 +233,9 @@ class TweetClassifier:
         urgency_probs = softmax(urgency_logits, calibration.urgency_temperature)
         return [
             self._prediction(d_probs, u_probs)
-            for d_probs, u_probs in zip(department_probs.tolist(), urgency_probs.tolist(),
-                                        strict=True)  # fmt: skip
+            for d_probs, u_probs in zip(
+                department_probs.tolist(), urgency_probs.tolist(), strict=True
+            )
         ]
 
     def _prediction(self, d_probs: list[float], u_probs: list[float]) -> Prediction:

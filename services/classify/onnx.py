@@ -122,8 +122,12 @@ def quantize_per_token(model: Any) -> Any:
         a = quantized[x]
         nodes += [
             # (a_q - 128) x w_q x 1.0 x column scales, as float; then each row's own scale
-            helper.make_node("MatMulIntegerToFloat", [a + "q", w + "q", "q_one", w + "scale",
-                             "q_zero"], [w + "columns"], domain=MICROSOFT),  # fmt: skip
+            helper.make_node(
+                "MatMulIntegerToFloat",
+                [a + "q", w + "q", "q_one", w + "scale", "q_zero"],
+                [w + "columns"],
+                domain=MICROSOFT,
+            ),
             helper.make_node("Mul", [w + "columns", a + "scale"], [node.output[0]]),
         ]
     used = {name for node in nodes for name in node.input}

@@ -364,9 +364,7 @@ def _too_large(service: str, output: Output, error: MessageSizeTooLargeError) ->
         f"a {len(output.value or b'')}-byte message for {output.topic} cannot be published: "
         f"{error}",
     )
-    return dead_letter(
-        service, problem, output.value or b"", output.key, target_topic=output.topic
-    )
+    return dead_letter(service, problem, output.value or b"", output.key, target_topic=output.topic)
 
 
 async def read_to_end(

@@ -298,11 +298,13 @@ async def test_a_replayed_webhook_delivery_takes_effect_once(
         "for_user_id": HELP_ID,
         "tweet_create_events": [
             activity_tweet(fresh, "@AcmeHelp my card was charged twice", user),
-            activity_tweet(old, "@AcmeHelp an old one", user,
-                           written=datetime.now(UTC) - timedelta(hours=73)),
-        ],  # fmt: skip
-        "tweet_delete_events": [{"status": {"id": deleted, "user_id": "42"},
-                                 "timestamp_ms": "1700000000000"}],  # fmt: skip
+            activity_tweet(
+                old, "@AcmeHelp an old one", user, written=datetime.now(UTC) - timedelta(hours=73)
+            ),
+        ],
+        "tweet_delete_events": [
+            {"status": {"id": deleted, "user_id": "42"}, "timestamp_ms": "1700000000000"}
+        ],
     }
     body = json.dumps(payload).encode()
     service = IngestService(ingest_settings(webhook=True))

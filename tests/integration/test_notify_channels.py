@@ -23,6 +23,8 @@ from tests.conftest import CONFIG_FILE, wait_for
 from tests.factories import a_classified_tweet, routed_from
 
 _ids = itertools.count(1)
+
+
 @pytest.fixture
 def notify_settings(kafka, vendors, tmp_path):
     """Settings whose subscriptions send each department to one channel (customer_service to

@@ -142,8 +142,11 @@ def stored(targets, routed) -> dict[str, object]:  # noqa: ANN001
               if r["Switchboard_Conversation_Id__c"] == t.conversation_id]  # fmt: skip
     [contact] = [c["properties"] for c in hubspot["contacts"].values()
                  if c["properties"].get("twitter_user_id") == t.author.id]  # fmt: skip
-    [hs_ticket] = [p["properties"] for p in hubspot["tickets"].values()
-                   if p["properties"].get("switchboard_conversation") == t.conversation_id]
+    [hs_ticket] = [
+        p["properties"]
+        for p in hubspot["tickets"].values()
+        if p["properties"].get("switchboard_conversation") == t.conversation_id
+    ]
     return {
         "email": (to, email), "webhook": hook, "zendesk": (ticket, zendesk.comments[ticket["id"]]),
         "jira": issue["fields"], "lead": lead, "case": case, "contact": contact,

@@ -111,7 +111,6 @@ def test_kafka_secrets_and_tls_come_by_reference():
     assert container["envFrom"] == [{"secretRef": {"name": "switchboard-tokens"}}]
 
 
-
 def test_each_pod_joins_its_consumer_groups_under_its_own_name():
     for deployment in by_kind(render({}), "Deployment"):
         container = deployment["spec"]["template"]["spec"]["containers"][0]

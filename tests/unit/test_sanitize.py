@@ -74,7 +74,9 @@ def test_line_breaks_become_newlines_and_one_line_has_none():
 
 def test_look_alike_hosts_show_as_punycode_and_long_links_are_shortened():
     assert shown_url("https://p\u0430ypal.com/login") == "https://xn--pypal-4ve.com/login"
-    assert inert("see https://b\u00fccher.example/x?q=1").endswith("https://xn--bcher-kva.example/x?q=1")
+    assert inert("see https://b\u00fccher.example/x?q=1").endswith(
+        "https://xn--bcher-kva.example/x?q=1"
+    )
     shortened = shown_url(LONG_URL)
     assert len(shortened) == 200 and shortened.startswith("https://evil.example/aaa")
     assert "…" in shortened
@@ -89,7 +91,7 @@ def test_clip_says_it_cut():
 
 
 def test_html_and_chat_escaping():
-    assert str(html('<b>"hi"</b> & \'x\'\nnext')) == (
+    assert str(html("<b>\"hi\"</b> & 'x'\nnext")) == (
         "&lt;b&gt;&#34;hi&#34;&lt;/b&gt; &amp; &#39;x&#39;<br>\nnext"
     )
     assert chat("<!channel> <@U1> a&b") == "&lt;!channel&gt; &lt;@U1&gt; a&amp;b"
