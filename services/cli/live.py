@@ -35,9 +35,13 @@ def summary_view(tally: Tally, alive: dict[str, bool], inbox: str | None) -> Gro
     if inbox:
         status.append(f"\nemails land in {inbox}")
 
+    # Fixed widths for the short columns: otherwise the text takes an 80-column terminal whole
+    # and urgency and confidence are squeezed to nothing.
     recent = Table(title="Latest routed tweets", expand=True)
-    for column in ("topic", "urgency", "conf", "text"):
-        recent.add_column(column, overflow="ellipsis", no_wrap=True)
+    recent.add_column("topic", overflow="ellipsis", no_wrap=True, max_width=26)
+    recent.add_column("urgency", no_wrap=True, min_width=8)
+    recent.add_column("conf", no_wrap=True, justify="right", min_width=4)
+    recent.add_column("text", overflow="ellipsis", no_wrap=True, ratio=1)
     for event in reversed(tally.recent):
         c = event.classification
         recent.add_row(

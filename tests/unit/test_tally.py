@@ -97,3 +97,19 @@ def test_a_tweet_republished_after_a_crash_is_a_duplicate_and_expects_no_more_de
     tally.observe_routed("switchboard.dept.customer_service", event)
     assert tally.expected_deliveries == 1 and tally.duplicates() == 1
     assert tally.routed["customer_service"] == 1 and len(tally.routed_ms) == 1
+
+
+def test_the_live_view_shows_urgency_and_confidence_in_an_80_column_terminal():
+    from rich.console import Console
+
+    from switchboard.cli.live import summary_view
+
+    tally = Tally()
+    long_text = "my bag never arrived and nobody answers the phone, " * 4
+    event = routed("77", "customer_service", "critical")
+    event = event.model_copy(update={"tweet": event.tweet.model_copy(update={"text": long_text})})
+    tally.observe_routed(event.route.topic, event)
+    console = Console(width=80, record=True, color_system=None)
+    console.print(summary_view(tally, {"classify": True}, None))
+    row = next(line for line in console.export_text().splitlines() if "critical" in line)
+    assert "0.90" in row and "my bag never" in row
