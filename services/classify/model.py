@@ -100,6 +100,21 @@ class Encoder(torch.nn.Module):
             return_tensors=tensors,
         )
 
+    def token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
+        """Each text's token ids, unpadded (``pad`` makes a batch of them)."""
+        prepared = [prepare_text(t) for t in texts]
+        return self.tokenizer(prepared, truncation=True, max_length=max_length)["input_ids"]
+
+    def pad(self, rows: list[list[int]]) -> dict[str, np.ndarray]:
+        """Token ids and attention mask of ``rows``, right-padded to the longest of them."""
+        width = max(len(row) for row in rows)
+        input_ids = np.full((len(rows), width), self.tokenizer.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = row
+            attention_mask[i, : len(row)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.transformer(
             input_ids=input_ids, attention_mask=attention_mask
@@ -157,11 +172,19 @@ def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
 class TweetClassifier:
     """Labels batches of tweet texts with a department and an urgency."""
 
-    def __init__(self, encoder: Encoder, heads: Heads, card: dict, max_length: int = 128) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        heads: Heads,
+        card: dict,
+        max_length: int = 128,
+        bucket_size: int = 8,
+    ) -> None:
         self.encoder = encoder.eval()
         self.heads = heads.eval()
         self.card = card
         self.max_length = max_length
+        self.bucket_size = bucket_size
         self.departments = [Department(d) for d in card["departments"]]
         self.urgencies = [Urgency(u) for u in card["urgencies"]]
         self.languages: frozenset[str] = frozenset(card.get("languages", ["en"]))
@@ -184,9 +207,11 @@ class TweetClassifier:
         max_length: int = 128,
         threads: int = 0,
         runtime: str = "torch",
+        bucket_size: int = 8,
     ) -> TweetClassifier:
         """The shipped (or given) artifact; ``runtime="onnx-int8"`` runs the int8 ONNX model
-        built from it (onnx.py) instead of torch."""
+        built from it (onnx.py) instead of torch. ``threads``: 0 is one per core; on ONNX
+        Runtime that many buckets run at once, on torch it is torch's intra-op threads."""
         artifact = Path(artifact or DEFAULT_ARTIFACT)
         card_path = artifact / "card.json"
         if not card_path.is_file():
@@ -204,7 +229,7 @@ class TweetClassifier:
             encoder.transformer = tuned.merge_and_unload()
         heads = Heads(encoder.dim)
         heads.load_state_dict(load_file(str(artifact / "heads.safetensors")))
-        model = cls(encoder, heads, card, max_length)
+        model = cls(encoder, heads, card, max_length, bucket_size)
         if runtime == "onnx-int8":
             from switchboard.classify.onnx import OnnxHeads, int8_model_path
 
@@ -214,13 +239,38 @@ class TweetClassifier:
         return model
 
     def logits(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Department and urgency logits, one row per text."""
+        """Department and urgency logits, one row per text, in the order given.
+
+        The texts are sorted by token count and run in buckets of ``bucket_size``: a bucket
+        pads only to its own longest tweet, and small runs stay in the caches (measured on one
+        core: a batch of 32 in one run 3.09 ms of CPU per tweet, in sorted buckets of 8 2.33).
+        A tweet's logits do not depend on its bucket (test_classify_onnx.py).
+        """
+        if not texts:
+            return (np.zeros((0, len(self.departments)), np.float32),
+                    np.zeros((0, len(self.urgencies)), np.float32))  # fmt: skip
+        token_ids = self.encoder.token_ids(texts, self.max_length)
+        order = sorted(range(len(texts)), key=lambda i: len(token_ids[i]))
+        size = self.bucket_size
+        buckets = [
+            self.encoder.pad([token_ids[i] for i in order[start : start + size]])
+            for start in range(0, len(order), size)
+        ]
         if self.onnx is not None:  # numpy end to end: no torch call on this path
-            return self.onnx(self.encoder.tokenize(texts, self.max_length, tensors="np"))
-        batch = self.encoder.tokenize(texts, self.max_length)
+            results = self.onnx.run_all(buckets)
+        else:
+            results = [self._torch_logits(bucket) for bucket in buckets]
+        restore = np.argsort(np.asarray(order))
+        departments = np.concatenate([d for d, _ in results])[restore]
+        urgencies = np.concatenate([u for _, u in results])[restore]
+        return departments, urgencies
+
+    def _torch_logits(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
             departments, urgencies = self.heads(
-                self.encoder(batch["input_ids"], batch["attention_mask"])
+                self.encoder(
+                    torch.from_numpy(batch["input_ids"]), torch.from_numpy(batch["attention_mask"])
+                )
             )
         return departments.numpy(), urgencies.numpy()
 

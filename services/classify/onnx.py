@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -157,18 +158,30 @@ def _quantize_rows(helper: Any, x: str, a: str) -> list[Any]:
 
 
 class OnnxHeads:
-    """Department and urgency logits from the int8 ONNX model, like ``TweetClassifier.logits``."""
+    """Department and urgency logits from the int8 ONNX model, like ``TweetClassifier.logits``.
 
-    def __init__(self, path: Path, threads: int) -> None:
+    Each run uses one thread, and ``workers`` runs go in parallel (data parallel, not operator
+    parallel). Measured on 2 cores, 960 tweets in batches of 128 sorted into buckets of 8:
+    949 tweets/s at 2.03 ms of CPU per tweet; onnxruntime's own two threads inside each run
+    reached 733 tweets/s at 2.36 ms, and on the small batches of a steady stream its threads
+    cost 3.4 ms per tweet against 2.8 on one (the matrices of 8 tweets are too small to split).
+    """
+
+    def __init__(self, path: Path, workers: int) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        # Idle worker threads sleep instead of spinning: 8 % slower on a busy classifier alone,
-        # but spinning took the CPU that route, notify and the broker need on the same cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        # onnxruntime runs are thread-safe and release the GIL: one session serves every worker.
         self.session = onnxruntime.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]
+        )
+        self.workers = max(1, workers)
+        self._pool = (
+            ThreadPoolExecutor(self.workers, thread_name_prefix="onnx")
+            if self.workers > 1
+            else None
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -180,3 +193,9 @@ class OnnxHeads:
             },
         )
         return department, urgency
+
+    def run_all(self, batches: list[dict[str, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Logits of each batch, in order; the batches run on the workers in parallel."""
+        if self._pool is None or len(batches) < 2:
+            return [self(batch) for batch in batches]
+        return list(self._pool.map(self, batches))

@@ -78,6 +78,7 @@ class ClassifyService:
                 self.options.max_length,
                 self.options.threads,
                 self.options.runtime,
+                self.options.bucket_size,
             )
             # The first forward pass is several times slower than the rest; pay it before ready.
             await asyncio.to_thread(self.model.predict, ["warm-up"])

@@ -65,7 +65,12 @@ def _rate(predict, texts: list[str], batch: int) -> float:  # noqa: ANN001
 
 
 def measure_classifier(
-    texts: list[str], batch_size: int, others: Sequence[Path] = (), rounds: int = 3
+    texts: list[str],
+    batch_size: int,
+    others: Sequence[Path] = (),
+    rounds: int = 3,
+    bucket_size: int = 8,
+    threads: int = 0,
 ) -> dict:
     """Tweets per second: the naive baseline, one at a time, batched, batched on int8; then
     each of ``others`` (artifacts, e.g. a distilled student) batched on int8. Each is measured
@@ -75,12 +80,13 @@ def measure_classifier(
 
     process = psutil.Process(os.getpid())
     before = process.memory_info().rss
-    model = TweetClassifier.load(threads=os.cpu_count() or 1)
+    inference = {"threads": threads, "bucket_size": bucket_size}  # as the classify service
+    model = TweetClassifier.load(**inference)
     loaded = process.memory_info().rss
     few = texts[: max(64, len(texts) // 8)]
     naive = naive_pipeline(model)
-    int8 = TweetClassifier.load(threads=os.cpu_count() or 1, runtime="onnx-int8")
-    students = [TweetClassifier.load(artifact, threads=os.cpu_count() or 1, runtime="onnx-int8")
+    int8 = TweetClassifier.load(runtime="onnx-int8", **inference)
+    students = [TweetClassifier.load(artifact, runtime="onnx-int8", **inference)
                 for artifact in others]  # fmt: skip
     contenders: dict[str, tuple[Any, list[str], int]] = {
         "baseline": (naive, few, 1),
@@ -113,6 +119,8 @@ def measure_classifier(
         "torch_batched_tweets_per_s": round(batched, 1),
         "onnx_int8_tweets_per_s": round(int8_batched, 1),
         "batch_size": batch_size,
+        "bucket_size": bucket_size,
+        "threads": threads or os.cpu_count(),
         "rounds": rounds,
         "other_models": alternatives,
         "model_rss_mb": round((loaded - before) / 2**20, 1),
@@ -219,7 +227,9 @@ def _rates(value: str) -> list[float]:
     show_default=True,
 )
 @click.option("--tweets", type=int, default=512, show_default=True, help="Tweets per measurement.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option(
+    "--batch-size", type=int, default=None, help="Tweets per batch; default: classify.batch_size."
+)
 @click.option("--rates", default="50,100,200", show_default=True, help="Offered tweets/s.")
 @click.option("--seconds", type=float, default=20.0, show_default=True, help="Per offered rate.")
 @click.option(
@@ -256,7 +266,7 @@ def bench(
     samples: Path,
     config_file: Path,
     tweets: int,
-    batch_size: int,
+    batch_size: int | None,
     rates: str,
     seconds: float,
     probes: int,
@@ -275,8 +285,15 @@ def bench(
     texts = [json.loads(line)["data"]["text"] for line in samples.read_text().splitlines() if line]
     texts = (texts * (tweets // len(texts) + 1))[:tweets]
     say("measuring the classifier against the naive baseline")
-    report = measure_classifier(texts, batch_size, others)
-    runtime = settings.config.classify.runtime
+    classify = settings.config.classify
+    report = measure_classifier(
+        texts,
+        batch_size or classify.batch_size,
+        others,
+        bucket_size=classify.bucket_size,
+        threads=classify.threads,
+    )
+    runtime = classify.runtime
     report["runtime"] = runtime
     report["classify_tweets_per_s"] = report[
         "onnx_int8_tweets_per_s" if runtime == "onnx-int8" else "torch_batched_tweets_per_s"

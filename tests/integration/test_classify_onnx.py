@@ -3,6 +3,8 @@ split (department macro-F1 within 0.01)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from switchboard.classify.data import load_labeled
 from switchboard.classify.evaluation import report
 from switchboard.classify.model import TweetClassifier
@@ -38,3 +40,16 @@ def test_int8_labels_a_tweet_the_same_whatever_it_is_batched_with():
         assert one.department == many.department and one.urgency == many.urgency
         for department, score in one.department_scores.items():
             assert abs(score - many.department_scores[department]) < 1e-4
+
+
+def test_a_batch_in_buckets_on_several_threads_gives_each_tweet_its_own_scores():
+    """A batch is sorted by length into buckets that run in parallel; each tweet's scores come
+    back in its own place, the same as when it runs alone."""
+    texts = [r.text for r in load_labeled(LABELED / "test.jsonl")[:40]]
+    model = TweetClassifier.load(runtime="onnx-int8", threads=3, bucket_size=3)
+    assert model.onnx.workers == 3
+    alone = [model.logits([text]) for text in texts]
+    departments, urgencies = model.logits(texts)
+    assert np.abs(departments - np.concatenate([d for d, _ in alone])).max() < 1e-4
+    assert np.abs(urgencies - np.concatenate([u for _, u in alone])).max() < 1e-4
+    assert model.logits([])[0].shape == (0, len(model.departments))

@@ -36,6 +36,18 @@ def test_the_model_is_far_better_than_chance_on_the_dev_split(classifier):
     assert scores["urgency_accuracy"] > 0.45, scores
 
 
+def test_torch_buckets_give_each_tweet_its_own_scores(classifier):
+    """The torch path sorts a batch into buckets too; scores come back in the tweets' order."""
+    texts = [r.text for r in load_labeled(LABELED / "dev.jsonl")[:20]]
+    alone = [classifier.predict([text])[0] for text in texts]
+    together = classifier.predict(texts)
+    assert classifier.bucket_size < len(texts)
+    for one, many in zip(alone, together, strict=True):
+        assert one.department == many.department
+        for department, score in one.department_scores.items():
+            assert abs(score - many.department_scores[department]) < 1e-4
+
+
 def test_scores_are_probabilities(classifier):
     [prediction] = classifier.predict(["@SkylarkHelp my flight was cancelled and no one answers"])
     assert abs(sum(prediction.department_scores.values()) - 1) < 1e-4
