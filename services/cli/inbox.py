@@ -5,7 +5,10 @@ Real SMTP (aiosmtpd), so notify talks to it exactly as it would to the company's
 
 from __future__ import annotations
 
+import itertools
 import mailbox
+import os
+import time
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -17,11 +20,20 @@ from switchboard.shared.broker import free_port
 
 
 class _MaildirHandler:
-    def __init__(self, maildir: mailbox.Maildir) -> None:
-        self.maildir = maildir
+    """Delivers each message the Maildir way (written in tmp/, renamed into new/), but without
+    the fsync of ``mailbox.Maildir.add``: a loopback inbox has nothing to keep across a power
+    cut, and those fsyncs were a fifth of the benchmark's measuring process (profiled at 200
+    tweets/s), on the cores the services share."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sequence = itertools.count()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.maildir.add(envelope.original_content or envelope.content)
+        name = f"{time.time_ns()}.{os.getpid()}_{next(self.sequence)}.switchboard"
+        written = self.path / "tmp" / name
+        written.write_bytes(envelope.original_content or envelope.content)
+        written.rename(self.path / "new" / name)
         return "250 Message accepted for delivery"
 
 
@@ -34,7 +46,7 @@ class LoopbackInbox:
         self.maildir = mailbox.Maildir(str(self.path), create=True)
         self.port = port or free_port()
         self.controller = Controller(
-            _MaildirHandler(self.maildir), hostname="127.0.0.1", port=self.port
+            _MaildirHandler(self.path), hostname="127.0.0.1", port=self.port
         )
 
     def start(self) -> None:
@@ -46,7 +58,7 @@ class LoopbackInbox:
     def restart(self) -> None:
         """Listen again on the same port after ``stop()`` (a mail outage ends)."""
         self.controller = Controller(
-            _MaildirHandler(self.maildir), hostname="127.0.0.1", port=self.port
+            _MaildirHandler(self.path), hostname="127.0.0.1", port=self.port
         )
         self.controller.start()
 

@@ -221,6 +221,7 @@ async def _watch(stack: Stack, sampler: ResourceSampler, record: SoakRecord, sen
                  seconds: float, every_s: float, say: Callable[[str], None]) -> None:  # fmt: skip
     started = time.monotonic()
     deadline = started + seconds + 60  # the last tweets need a moment after the load ends
+    waiting = set(sent)
     while time.monotonic() < deadline:
         await asyncio.sleep(every_s)
         with contextlib.suppress(Exception):  # the broker busy for a moment is not a verdict
@@ -230,10 +231,11 @@ async def _watch(stack: Stack, sampler: ResourceSampler, record: SoakRecord, sen
                 record.lag_by_group[group] = max(record.lag_by_group.get(group, 0), behind)
         for name, values in sampler.rss.items():
             record.rss[name] = [v / 2**20 for v in values]
-        done = stack.tally.accounted(sent)
+        waiting = stack.tally.unaccounted(waiting)
         elapsed = time.monotonic() - started
-        say(f"{elapsed:5.0f} s: {len(done)}/{len(sent)} routed, lag {record.lag[-1:]}")
-        if elapsed >= seconds and done == sent and stack.tally.deliveries_settled():
+        routed = len(sent) - len(waiting)
+        say(f"{elapsed:5.0f} s: {routed}/{len(sent)} routed, lag {record.lag[-1:]}")
+        if elapsed >= seconds and not waiting and stack.tally.deliveries_settled():
             break
     record.end_lag = await settled_lag(stack.kafka)
 

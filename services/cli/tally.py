@@ -137,6 +137,11 @@ class Tally:
     def accounted(self, sent: set[str]) -> set[str]:
         return {i for i in sent if i in self.primary or i in self.dead_lettered_ids}
 
+    def unaccounted(self, ids: set[str]) -> set[str]:
+        """Those of ``ids`` neither routed nor dead-lettered yet. A wait loop passes what the
+        last call returned, so each poll costs the tweets in flight, not all those sent."""
+        return {i for i in ids if i not in self.primary and i not in self.dead_lettered_ids}
+
     def deliveries_settled(self) -> bool:
         done = sum(self.deliveries.values()) + sum(self.failed_deliveries.values())
         return done >= self.expected_deliveries

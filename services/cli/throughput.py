@@ -86,8 +86,10 @@ class LoadRun:
         await self.stack.replay(load, rate)
         cpu_before, started = self.sampler.cpu_seconds(), time.monotonic()
         deadline = started + self.seconds + self.drain_s
+        waiting = set(sent)
         while time.monotonic() < deadline:
-            if tally.accounted(sent) == sent and tally.deliveries_settled():
+            waiting = tally.unaccounted(waiting)
+            if not waiting and tally.deliveries_settled():
                 break
             await asyncio.sleep(0.2)
         cpu_after, elapsed = self.sampler.cpu_seconds(), time.monotonic() - started
@@ -102,7 +104,7 @@ class LoadRun:
             delivered_p50_ms=_ms(tally.delivered_ms, 50),
             delivered_p95_ms=_ms(tally.delivered_ms, 95),
             delivered_p99_ms=_ms(tally.delivered_ms, 99),
-            lost=len(sent - tally.accounted(sent)),
+            lost=len(tally.unaccounted(sent)),
             duplicates=tally.duplicates(),
             cpu_percent={
                 name: round(100 * (cpu_after[name] - cpu_before.get(name, 0.0)) / elapsed, 1)

@@ -52,6 +52,16 @@ def test_a_dead_lettered_tweet_is_accounted_for():
     assert tally.summary({"9"})["deadletter"] == 2
 
 
+def test_unaccounted_shrinks_as_tweets_are_routed_or_dead_lettered():
+    tally = Tally()
+    waiting = tally.unaccounted({"1", "2", "9"})
+    assert waiting == {"1", "2", "9"}
+    tally.observe_routed("switchboard.dept.customer_service", routed("1"))
+    original = json.dumps({"data": {"id": "9", "text": None}}).encode()
+    tally.observe_dead_letter(DeadLetter.of("ingest", DecodeError("invalid_tweet", "x"), original))
+    assert tally.unaccounted(waiting) == {"2"}
+
+
 def test_deliveries_are_expected_per_matching_subscription():
     tally = Tally(
         subscriptions=[
