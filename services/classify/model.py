@@ -111,14 +111,14 @@ class Encoder(torch.nn.Module):
             self.transformer.encoder.layer = torch.nn.ModuleList(kept)
             self.transformer.config.num_hidden_layers = len(kept)
 
-    def tokenize(self, texts: list[str], max_length: int, tensors: str = "pt") -> dict[str, Any]:
-        """Token ids and attention mask, as torch tensors or (``tensors="np"``) numpy arrays."""
+    def tokenize(self, texts: list[str], max_length: int) -> dict[str, Any]:
+        """Token ids and attention mask as torch tensors (training, export)."""
         return self.tokenizer(
             [prepare_text(t) for t in texts],
             padding=True,  # to the longest in the batch, not to max_length
             truncation=True,
             max_length=max_length,
-            return_tensors=tensors,
+            return_tensors="pt",
         )
 
     def token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
