@@ -122,6 +122,10 @@ def measure_classifier(
         "bucket_size": bucket_size,
         "threads": threads or available_cpus(),
         "rounds": rounds,
+        "rounds_tweets_per_s": {
+            name: [round(value, 1) for value in measured[name]]
+            for name in ("baseline", "one_at_a_time", "batched", "int8")
+        },
         "other_models": alternatives,
         "model_rss_mb": round((loaded - before) / 2**20, 1),
         "process_rss_mb": round(process.memory_info().rss / 2**20, 1),
@@ -299,6 +303,12 @@ def bench(
         "onnx_int8_tweets_per_s" if runtime == "onnx-int8" else "torch_batched_tweets_per_s"
     ]
     report["speedup"] = round(report["classify_tweets_per_s"] / report["baseline_tweets_per_s"], 2)
+    # Each round's own ratio (contenders measured back to back): how much it moves on this machine.
+    rounds = report["rounds_tweets_per_s"]
+    path = rounds["int8" if runtime == "onnx-int8" else "batched"]
+    report["speedup_by_round"] = [
+        round(c / b, 2) for b, c in zip(rounds["baseline"], path, strict=True)
+    ]
     if pipeline:
         report.update(
             asyncio.run(measure_pipeline(config_file, samples, offered, seconds, probes, say))

@@ -31,6 +31,9 @@ def test_bench_prints_throughput_against_the_naive_pipeline_and_memory(tmp_path:
         figures["onnx_int8_tweets_per_s"],
     )
     assert "e2e" not in figures
+    by_round = figures["speedup_by_round"]  # the median figure and the spread behind it
+    assert len(by_round) == figures["rounds"] and min(by_round) > 0
+    assert min(by_round) <= figures["speedup"] * 1.01 and max(by_round) >= figures["speedup"] * 0.99
     [student] = figures["other_models"]  # measured in the same run, against the same baseline
     assert student["model"] == "minilm4-distil-v1" and student["onnx_int8_tweets_per_s"] > 0
     # (the report rounds the baseline; the ratio is taken before rounding)
