@@ -151,8 +151,8 @@ def _message(
 ) -> Message:
     """multipart/alternative: the text, then the HTML. ``headers`` must be one line each."""
     message = MIMEMultipart("alternative")
-    message["From"] = _addresses([options.sender])
-    message["To"] = _addresses(subscription.to)
+    message["From"] = _addresses((options.sender,))
+    message["To"] = _addresses(tuple(subscription.to))
     message["Subject"] = _header(one_line(subject, SUBJECT_LIMIT))
     for name, value in headers.items():
         message[name] = _header(value)
@@ -166,18 +166,14 @@ def _header(value: str) -> str | Header:
     return value if value.isascii() else Header(value, UTF8)
 
 
-@lru_cache(maxsize=256)
-def _addresses_of(addresses: tuple[str, ...]) -> str:
+@lru_cache(maxsize=256)  # the same few configured addresses, in every email
+def _addresses(addresses: tuple[str, ...]) -> str:
+    """Configured addresses (``Name <a@b>`` or ``a@b``) as one header value; a non-ASCII
+    display name is encoded."""
     return ", ".join(
         formataddr((one_line(name, SUBJECT_LIMIT), address), charset=UTF8)
         for name, address in getaddresses(list(addresses))
     )
-
-
-def _addresses(addresses: list[str]) -> str:
-    """Configured addresses (``Name <a@b>`` or ``a@b``) as one header value; a non-ASCII
-    display name is encoded."""
-    return _addresses_of(tuple(addresses))
 
 
 class SmtpMailer:
