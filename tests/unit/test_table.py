@@ -57,11 +57,12 @@ def held_bytes(make: object, n: int) -> float:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        kept = make(n)  # type: ignore[operator]
+        kept = make(n)  # type: ignore[operator]  # alive until measured
         gc.collect()
-        return (tracemalloc.get_traced_memory()[0] - before) / n
-    finally:
+        held = (tracemalloc.get_traced_memory()[0] - before) / n
         del kept
+        return held
+    finally:
         tracemalloc.stop()
 
 
