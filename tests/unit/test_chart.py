@@ -81,6 +81,9 @@ def test_a_deployment_per_service_non_root_read_only_and_probed():
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
         assert len(annotations["checksum/config"]) == 64
     assert "replicas" not in deployments["classify"]["spec"]  # the HPA owns it
+    # classify's inference workers follow its CPU limit (threads: 0 counts the cgroup quota)
+    [classify] = deployments["classify"]["spec"]["template"]["spec"]["containers"]
+    assert classify["resources"]["limits"]["cpu"] == "2"
     [hpa] = by_kind(render(), "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "sb-switchboard-classify"
 
