@@ -203,7 +203,7 @@ class ClassifyConfig(Section):
     )
     runtime: Literal["torch", "onnx-int8"] = Field(
         default="onnx-int8",
-        description="onnx-int8: ONNX Runtime, int8 weights, about 2.5x torch; torch: fp32",
+        description="onnx-int8: ONNX Runtime, int8 weights, about 3.5x torch; torch: fp32",
     )
 
 
