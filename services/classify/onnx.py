@@ -162,9 +162,9 @@ class OnnxHeads:
 
     Each run uses one thread, and ``workers`` runs go in parallel (data parallel, not operator
     parallel). Measured on 2 cores, 960 tweets in batches of 128 sorted into buckets of 8:
-    949 tweets/s at 2.03 ms of CPU per tweet; onnxruntime's own two threads inside each run
-    reached 733 tweets/s at 2.36 ms, and on the small batches of a steady stream its threads
-    cost 3.4 ms per tweet against 2.8 on one (the matrices of 8 tweets are too small to split).
+    949 tweets/s at 2.03 ms of CPU per tweet; with onnxruntime's own two threads inside each
+    run, 601 at 2.6 ms (733 in buckets of 24). On the small batches of a steady stream its two
+    threads cost 3.4 ms per tweet against 2.8 on one: matrices of 8 tweets are too small to split.
     """
 
     def __init__(self, path: Path, workers: int) -> None:
