@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from switchboard.classify.data import content_sha256, load_labeled
 from switchboard.classify.evaluation import report
 from switchboard.classify.model import DEFAULT_ARTIFACT
@@ -88,3 +90,39 @@ async def test_classify_labels_each_raw_tweet(kafka, producer, read, running, cl
     assert classified["k-3"].classification.department == Department.IT_SECURITY
     [letter] = [decode(DeadLetter, r.value) for r in records if r.key == b"conv-k-bad"]
     assert letter.reason == "invalid_utf8" and letter.original() == b"\x00\xff"
+
+
+async def test_a_second_classify_process_takes_a_share_of_the_partitions(
+    kafka, producer, read, running, classifier
+):
+    """Throughput scales by adding classify processes: a second one in the group gets some of
+    the raw topic's partitions, and together they label every tweet once."""
+    settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    first = ClassifyService(settings, model=classifier)
+    second = ClassifyService(settings, model=classifier)
+    async with running(first), running(second):
+        partitions = settings.config.topics.partitions
+
+        def shares() -> list[frozenset]:
+            return [first.consumer.assignment(), second.consumer.assignment()]
+
+        deadline = asyncio.get_running_loop().time() + 60
+        while not (all(shares()) and sum(len(s) for s in shares()) == partitions):
+            assert asyncio.get_running_loop().time() < deadline, shares()
+            await asyncio.sleep(0.2)
+        assert not shares()[0] & shares()[1]
+
+        sent = {f"scale-{i}" for i in range(60)}
+        for tweet_id in sorted(sent):
+            event = a_raw_tweet(id=tweet_id, conversation_id=f"conv-{tweet_id}")
+            await producer.send_and_wait(topics.RAW, encode(event), key=f"conv-{tweet_id}".encode())
+        records = await read(
+            [topics.CLASSIFIED],
+            lambda rs: {r.key for r in rs} >= {f"conv-{i}".encode() for i in sent},
+        )
+    labelled = [
+        e.tweet.id
+        for e in published(records, topics.CLASSIFIED, ClassifiedTweet)
+        if e.tweet.id in sent
+    ]
+    assert sorted(labelled) == sorted(sent)  # every tweet, none twice
