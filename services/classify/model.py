@@ -111,15 +111,10 @@ class Encoder(torch.nn.Module):
             self.transformer.encoder.layer = torch.nn.ModuleList(kept)
             self.transformer.config.num_hidden_layers = len(kept)
 
-    def tokenize(self, texts: list[str], max_length: int) -> dict[str, Any]:
-        """Token ids and attention mask as torch tensors (training, export)."""
-        return self.tokenizer(
-            [prepare_text(t) for t in texts],
-            padding=True,  # to the longest in the batch, not to max_length
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
+    def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        """``token_ids`` padded by ``pad``, as torch tensors (training, export, the baseline)."""
+        batch = self.pad(self.token_ids(texts, max_length))
+        return {name: torch.from_numpy(array) for name, array in batch.items()}
 
     def token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
         """Each text's token ids, unpadded (``pad`` makes a batch of them)."""

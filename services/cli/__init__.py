@@ -222,7 +222,7 @@ def demo(
             say(f"sending {len(sent)} tweets at {rate:g}/s")
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                if stack.tally.accounted(sent) == sent and stack.tally.deliveries_settled():
+                if not stack.tally.unaccounted(sent) and stack.tally.deliveries_settled():
                     break
                 await asyncio.sleep(0.2)
             return stack.tally.summary(sent)

@@ -297,17 +297,17 @@ def bench(
         bucket_size=classify.bucket_size,
         threads=classify.threads,
     )
-    runtime = classify.runtime
-    report["runtime"] = runtime
+    int8 = classify.runtime == "onnx-int8"
+    report["runtime"] = classify.runtime
     report["classify_tweets_per_s"] = report[
-        "onnx_int8_tweets_per_s" if runtime == "onnx-int8" else "torch_batched_tweets_per_s"
+        "onnx_int8_tweets_per_s" if int8 else "torch_batched_tweets_per_s"
     ]
     report["speedup"] = round(report["classify_tweets_per_s"] / report["baseline_tweets_per_s"], 2)
     # Each round's own ratio (contenders measured back to back): how much it moves on this machine.
     rounds = report["rounds_tweets_per_s"]
-    path = rounds["int8" if runtime == "onnx-int8" else "batched"]
     report["speedup_by_round"] = [
-        round(c / b, 2) for b, c in zip(rounds["baseline"], path, strict=True)
+        round(c / b, 2)
+        for b, c in zip(rounds["baseline"], rounds["int8" if int8 else "batched"], strict=True)
     ]
     if pipeline:
         report.update(

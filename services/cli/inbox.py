@@ -45,9 +45,8 @@ class LoopbackInbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.maildir = mailbox.Maildir(str(self.path), create=True)
         self.port = port or free_port()
-        self.controller = Controller(
-            _MaildirHandler(self.path), hostname="127.0.0.1", port=self.port
-        )
+        self.handler = _MaildirHandler(self.path)
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
 
     def start(self) -> None:
         self.controller.start()
@@ -57,9 +56,7 @@ class LoopbackInbox:
 
     def restart(self) -> None:
         """Listen again on the same port after ``stop()`` (a mail outage ends)."""
-        self.controller = Controller(
-            _MaildirHandler(self.path), hostname="127.0.0.1", port=self.port
-        )
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
         self.controller.start()
 
     def messages(self) -> list[EmailMessage]:

@@ -267,7 +267,7 @@ def _summary(stack: Stack, sampler: ResourceSampler, record: SoakRecord, sent: s
         "delivered": sum(tally.deliveries.values()),
         "parked": len({d for d, outcome in tally.delivery_ids if outcome == "failed"}),
         "undelivered": len(tally.undelivered()),
-        "lost": len(sent - tally.accounted(sent)),
+        "lost": len(tally.unaccounted(sent)),
         # Routed two different ways: never acceptable. Republished the same way after a crash
         # (at least once; consumers deduplicate by tweet id): reported apart.
         "duplicates": sum(1 for found in tally.primary.values() if len(set(found)) > 1),

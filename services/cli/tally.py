@@ -135,7 +135,7 @@ class Tally:
         return failed - {d for d, outcome in self.delivery_ids if outcome == "delivered"}
 
     def accounted(self, sent: set[str]) -> set[str]:
-        return {i for i in sent if i in self.primary or i in self.dead_lettered_ids}
+        return sent - self.unaccounted(sent)
 
     def unaccounted(self, ids: set[str]) -> set[str]:
         """Those of ``ids`` neither routed nor dead-lettered yet. A wait loop passes what the
@@ -159,7 +159,7 @@ class Tally:
             "copies": self.copies,
             "alerts": self.alerts,
             "deadletter": self.dead_letters,
-            "lost": len(sent - self.accounted(sent)),
+            "lost": len(self.unaccounted(sent)),
             "duplicates": self.duplicates(),
             "deliveries": dict(sorted(self.deliveries.items())),
             "failed_deliveries": dict(sorted(self.failed_deliveries.items())),
