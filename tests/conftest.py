@@ -3,7 +3,7 @@
 - ``kafka``: a real Kafka-protocol broker for the whole session: the embedded one, started on a
   free loopback port in a temporary folder, or the cluster in KAFKA_BOOTSTRAP_SERVERS.
 - ``inbox``: a real SMTP server on loopback that keeps what it receives.
-- ``settings_env``: what a service process needs in its environment to use both.
+- ``service_environment``: what a service process needs in its environment to use a broker.
 
 The broker is shared by the session, and test_poison.py leaves poison on the services' input
 topics on purpose: read events with ``readable``/``published``, which skip what does not decode.
@@ -75,24 +75,18 @@ def inbox(tmp_path: Path) -> Iterator[LoopbackInbox]:
     server.stop()
 
 
-@pytest.fixture
-def service_env(kafka: KafkaSettings) -> Callable[..., dict[str, str]]:
-    """Environment for a service or CLI subprocess: the test broker, the repo config."""
-
-    def build(**extra: str) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("KAFKA_", "SMTP_", "SWITCHBOARD_"))
-        }
-        env.update(
-            KAFKA_BOOTSTRAP_SERVERS=kafka.require_bootstrap(),
-            SWITCHBOARD_CONFIG_FILE=str(CONFIG_FILE),
-            **extra,
-        )
-        return env
-
-    return build
+def service_environment(kafka: KafkaSettings, **extra: str) -> dict[str, str]:
+    """Environment for a service or CLI subprocess: ``kafka``'s broker, the repo config, and
+    none of this process's own ``KAFKA_``, ``SMTP_`` or ``SWITCHBOARD_`` variables."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_", "SWITCHBOARD_"))
+    }
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=kafka.require_bootstrap(),
+        SWITCHBOARD_CONFIG_FILE=str(CONFIG_FILE),
+        **extra,
+    )
+    return env
 
 
 @pytest.fixture

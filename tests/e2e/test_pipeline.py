@@ -23,7 +23,15 @@ from switchboard.shared.broker import free_port
 from switchboard.shared.events import RoutedTweet
 from switchboard.shared.kafka import ensure_topics
 from switchboard.shared.settings import KafkaSettings
-from tests.conftest import CONFIG_FILE, ROOT, SAMPLES, deploy_metric_names, readable
+from tests.conftest import (
+    CONFIG_FILE,
+    ROOT,
+    SAMPLES,
+    deploy_metric_names,
+    read_topics,
+    readable,
+    service_environment,
+)
 
 pytestmark = pytest.mark.e2e
 SWITCHBOARD = [sys.executable, "-m", "switchboard"]
@@ -54,9 +62,11 @@ def test_demo_from_scratch_accounts_for_every_tweet(tmp_path: Path):
     assert summary["p50_ms"] is not None and summary["p99_ms"] >= summary["p50_ms"]
 
 
-async def test_every_tweet_lands_on_one_primary_topic_and_email_arrives(service_env, read, inbox):
+async def test_every_tweet_lands_on_one_primary_topic_and_email_arrives(own_kafka, inbox):
+    """The demo's services on a broker of their own: every email that arrives is for one of
+    this test's tweets, as routed."""
     count = 60
-    env = service_env(SMTP_HOST="127.0.0.1", SMTP_PORT=str(inbox.port))
+    env = service_environment(own_kafka, SMTP_HOST="127.0.0.1", SMTP_PORT=str(inbox.port))
     done = await asyncio.to_thread(
         subprocess.run,
         [
@@ -79,7 +89,8 @@ async def test_every_tweet_lands_on_one_primary_topic_and_email_arrives(service_
     assert done.returncode == 0, done.stderr[-3000:]
     sent = sample_ids(SAMPLES, count)
 
-    records = await read(
+    records = await read_topics(
+        own_kafka,
         list(topics.PRIMARY_TOPICS),
         lambda rs: sent <= {event.tweet.id for _, event in readable(rs, RoutedTweet)},
     )
