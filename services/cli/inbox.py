@@ -32,7 +32,10 @@ class _MaildirHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         name = f"{time.time_ns()}.{os.getpid()}_{next(self.sequence)}.switchboard"
         written = self.path / "tmp" / name
-        written.write_bytes(envelope.original_content or envelope.content)
+        host, port = session.peer[:2]
+        # Which connection it came on, as aiosmtpd's own Message handler says it
+        peer = f"X-Peer: {host}:{port}\r\n".encode()
+        written.write_bytes(peer + (envelope.original_content or envelope.content))
         written.rename(self.path / "new" / name)
         return "250 Message accepted for delivery"
 

@@ -14,6 +14,7 @@ Jira's document format; too long is cut, never refused.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -29,6 +30,7 @@ from switchboard.notify.mail import SmtpMailer, check_templates, render_email
 from switchboard.notify.resilience import DeliveryError, http_error
 from switchboard.notify.sanitize import chat, clip, html, inert, one_line, web_link
 from switchboard.shared.config import (
+    DeliveryPolicy,
     EmailConfig,
     HubSpotTarget,
     NotifyConfig,
@@ -151,14 +153,26 @@ class EmailChannel:
 
 
 class HttpChannel:
+    """One HTTP client per channel: at most ``policy.concurrency`` requests in flight, over as
+    many connections, all kept alive. A burst of tweets waits its turn here instead of opening
+    a connection per delivery (httpx alone would open up to 100 and keep 20), and the wait is
+    not counted against the request's timeout as a wait for httpx's pool would be."""
+
     name = "http"
 
-    def __init__(self, timeout_s: float, base_url: str = "", **client: Any) -> None:
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, **client)
+    def __init__(self, policy: DeliveryPolicy, base_url: str = "", **client: Any) -> None:
+        connections = httpx.Limits(
+            max_connections=policy.concurrency, max_keepalive_connections=policy.concurrency
+        )
+        self.http = httpx.AsyncClient(
+            base_url=base_url, timeout=policy.timeout_s, limits=connections, **client
+        )
+        self._in_flight = asyncio.Semaphore(policy.concurrency)
 
     async def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = await self.http.request(method, url, **kwargs)
+            async with self._in_flight:
+                response = await self.http.request(method, url, **kwargs)
         except httpx.TimeoutException as exc:
             raise DeliveryError(f"timeout: {type(exc).__name__}", retryable=True) from None
         except httpx.TransportError as exc:
@@ -183,8 +197,8 @@ class WebhookChannel(HttpChannel):
 
     name = "webhook"
 
-    def __init__(self, timeout_s: float, secrets: dict[str, str]) -> None:
-        super().__init__(timeout_s)
+    def __init__(self, policy: DeliveryPolicy, secrets: dict[str, str]) -> None:
+        super().__init__(policy)
         self.secrets = secrets  # subscription name -> signing key, read at start
 
     async def deliver(self, job: Job) -> Done:
@@ -353,8 +367,8 @@ class SalesforceChannel(HttpChannel):
 
     name = "salesforce"
 
-    def __init__(self, timeout_s: float, base_url: str, api_version: str, token: str) -> None:
-        super().__init__(timeout_s, base_url, headers={"Authorization": f"Bearer {token}"})
+    def __init__(self, policy: DeliveryPolicy, base_url: str, api_version: str, token: str) -> None:
+        super().__init__(policy, base_url, headers={"Authorization": f"Bearer {token}"})
         self.api_version = api_version
 
     async def deliver(self, job: Job) -> Done:
@@ -392,8 +406,8 @@ class HubSpotChannel(HttpChannel):
 
     name = "hubspot"
 
-    def __init__(self, timeout_s: float, base_url: str, token: str) -> None:
-        super().__init__(timeout_s, base_url, headers={"Authorization": f"Bearer {token}"})
+    def __init__(self, policy: DeliveryPolicy, base_url: str, token: str) -> None:
+        super().__init__(policy, base_url, headers={"Authorization": f"Bearer {token}"})
 
     async def deliver(self, job: Job) -> Done:
         target = job.subscription.hubspot or HubSpotTarget()  # optional: the defaults
@@ -427,7 +441,7 @@ class HubSpotChannel(HttpChannel):
 
 def channels_for(config: NotifyConfig, mailer: SmtpMailer) -> dict[str, Channel]:
     """One client per channel in use; secrets are read now, so a missing one fails at start."""
-    timeout = config.delivery.timeout_s
+    policy = config.delivery
     used = {s.channel for s in config.subscriptions}
     connections = config.connections
     check_templates(config.email, config.subscriptions)
@@ -439,30 +453,26 @@ def channels_for(config: NotifyConfig, mailer: SmtpMailer) -> dict[str, Channel]
             if s.webhook is not None
         }
         channels["webhook"] = WebhookChannel(
-            timeout, {name: value.get_secret_value() for name, value in secrets.items()}
+            policy, {name: value.get_secret_value() for name, value in secrets.items()}
         )
     if "zendesk" in used and connections.zendesk:
         c = connections.zendesk
         token = read_secret(c.api_token, "notify.connections.zendesk.api_token")
         auth = httpx.BasicAuth(f"{c.email}/token", token.get_secret_value())
-        channels["zendesk"] = _with_auth(ZendeskChannel, timeout, c.base_url, auth)
+        channels["zendesk"] = ZendeskChannel(policy, c.base_url, auth=auth)
     if "jira" in used and connections.jira:
         c = connections.jira
         token = read_secret(c.api_token, "notify.connections.jira.api_token")
         auth = httpx.BasicAuth(c.email, token.get_secret_value())
-        channels["jira"] = _with_auth(JiraChannel, timeout, c.base_url, auth)
+        channels["jira"] = JiraChannel(policy, c.base_url, auth=auth)
     if "salesforce" in used and connections.salesforce:
         c = connections.salesforce
         token = read_secret(c.access_token, "notify.connections.salesforce.access_token")
         channels["salesforce"] = SalesforceChannel(
-            timeout, c.instance_url, c.api_version, token.get_secret_value()
+            policy, c.instance_url, c.api_version, token.get_secret_value()
         )
     if "hubspot" in used and connections.hubspot:
         c = connections.hubspot
         token = read_secret(c.token, "notify.connections.hubspot.token")
-        channels["hubspot"] = HubSpotChannel(timeout, c.base_url, token.get_secret_value())
+        channels["hubspot"] = HubSpotChannel(policy, c.base_url, token.get_secret_value())
     return channels
-
-
-def _with_auth(kind: type[HttpChannel], timeout: float, base_url: str, auth: httpx.Auth) -> Any:
-    return kind(timeout, base_url, auth=auth)

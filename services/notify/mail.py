@@ -13,6 +13,7 @@ values are RFC 2047 encoded (``_header``, ``_addresses``), bodies are quoted-pri
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from email.charset import BASE64, QP, Charset
@@ -182,23 +183,30 @@ class SmtpMailer:
     def __init__(self, settings: SmtpSettings) -> None:
         self.settings = settings
         self._client: aiosmtplib.SMTP | None = None
+        # Deliveries run concurrently: without it, each of a burst's emails found no client
+        # while the first was still connecting, and opened (and leaked) a connection of its own.
+        self._connecting = asyncio.Lock()
 
     async def _connected(self) -> aiosmtplib.SMTP:
-        if self._client is None or not self._client.is_connected:
-            s = self.settings
-            client = aiosmtplib.SMTP(
-                hostname=s.host,
-                port=s.port,
-                timeout=s.timeout_s,
-                use_tls=s.tls,
-                start_tls=s.starttls,
-            )
-            await client.connect()
-            if s.username:
-                password = s.password.get_secret_value() if s.password else ""
+        async with self._connecting:
+            if self._client is None or not self._client.is_connected:
+                self._client = await self._connect()
+            return self._client
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.host, port=s.port, timeout=s.timeout_s, use_tls=s.tls, start_tls=s.starttls
+        )
+        await client.connect()
+        if s.username:
+            password = s.password.get_secret_value() if s.password else ""
+            try:
                 await client.login(s.username, password)
-            self._client = client
-        return self._client
+            except BaseException:
+                client.close()  # not left open behind a refused login
+                raise
+        return client
 
     async def send(self, message: Message) -> None:
         client = await self._connected()

@@ -490,6 +490,14 @@ class DeliveryPolicy(Section):
     rate_per_s: dict[Channel, float] = Field(
         default_factory=dict, description="Most deliveries per second, per channel"
     )
+    concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Most requests in flight per HTTP channel (Zendesk, Jira, Salesforce, "
+        "HubSpot, webhook), over as many kept-alive connections; a burst waits its turn "
+        "instead of opening a connection per delivery. Email uses one SMTP connection",
+    )
 
 
 class RedactConfig(Section):

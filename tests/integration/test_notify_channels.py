@@ -349,3 +349,23 @@ async def test_notify_killed_mid_batch_makes_each_ticket_once(
     lookups = [r for r in zendesk.requests if r["method"] == "GET" and "external_id" in r["query"]
                and any(c in r["query"]["external_id"] for c in convs)]  # fmt: skip
     assert len(lookups) > len(convs)  # the restarted notify did look again: the kill was real
+
+
+async def test_a_burst_to_an_http_channel_shares_a_few_kept_alive_connections(
+    vendors, notify_settings, producer, read, running
+):
+    """Forty tweets for Zendesk at once: at most ``delivery.concurrency`` requests in flight,
+    over as many connections, each reused; not a connection per delivery."""
+    zendesk = vendors["zendesk"]
+    zendesk.delay_next("/api/v2", 0.05, count=200)  # answers overlap, as a real API's do
+    burst = conversation()
+    events = [routed("customer_service", conversation=f"{burst}-{i}") for i in range(40)]
+    await publish_routed(producer, *events)  # all waiting before notify starts: one batch
+
+    async with running(NotifyService(notify_settings(concurrency=4))):
+        records = await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, burst)) >= 40)
+
+    assert sorted({d.outcome for d in deliveries(records, burst)}) == ["delivered"]
+    assert sum(burst in (t.get("external_id") or "") for t in zendesk.tickets.values()) == 40
+    peers = {r["peer"] for r in zendesk.requests}
+    assert len(zendesk.requests) >= 80 and 1 <= len(peers) <= 4, len(peers)

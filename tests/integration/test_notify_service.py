@@ -56,6 +56,31 @@ async def test_an_email_reaches_the_subscribers(kafka, producer, read, running, 
     assert delivery.trace.delivered_at is not None
 
 
+async def test_a_burst_of_emails_goes_over_one_smtp_connection(kafka, producer, running, inbox):
+    """notify keeps its SMTP connection open: twenty emails are one session at the relay, not
+    a connection (with its greeting, TLS and login) each."""
+    settings = NotifySettings.load(
+        config_file=CONFIG_FILE, kafka=kafka, smtp=SmtpSettings(host="127.0.0.1", port=inbox.port)
+    )
+    events = [
+        routed(f"burst-{i}", "customer_service", "high", f"@SkylarkHelp bag {i} is lost", settings)
+        for i in range(20)
+    ]
+    sent = {event.tweet.id for event in events}
+
+    def mine() -> list:
+        return [m for m in inbox.messages() if m["X-Switchboard-Tweet-Id"] in sent]
+
+    async with running(NotifyService(settings)):
+        for event in events:
+            await producer.send_and_wait(
+                event.route.topic, encode(event), key=event.tweet.conversation_id.encode()
+            )
+        await wait_for(lambda: len(mine()) == len(sent))
+
+    assert len({email["X-Peer"] for email in mine()}) == 1
+
+
 async def test_a_dead_mail_server_parks_the_delivery(kafka, producer, read, running):
     base = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
     notify = base.config.notify.model_copy(

@@ -13,8 +13,9 @@ API's request and response shapes, auth header and error bodies for the endpoint
 * ``HubSpotStandIn`` - HubSpot CRM v3 objects (contacts, tickets, notes): create, get,
   update, batch upsert by a unique property and search.
 
-Every stand-in records each request (``requests``), can be told to fail (``fail_next``) or
-to hold back its answer (``delay_next``), and exposes what it stores for inspection.
+Every stand-in records each request (``requests``, with the ``peer`` address of the connection
+it came on), can be told to fail (``fail_next``) or to hold back its answer (``delay_next``),
+and exposes what it stores for inspection.
 
 Where the shapes come from:
 
@@ -291,6 +292,8 @@ class VendorStandIn:
                 "query": dict(request.query),
                 "json": None if body is _INVALID_JSON else body,
                 "headers": dict(request.headers),
+                # the client's address and port: one per connection it opened
+                "peer": request.transport.get_extra_info("peername") if request.transport else None,
             }
         )
 
