@@ -183,14 +183,29 @@ class SmtpMailer:
     def __init__(self, settings: SmtpSettings) -> None:
         self.settings = settings
         self._client: aiosmtplib.SMTP | None = None
-        # Deliveries run concurrently: without it, each of a burst's emails found no client
-        # while the first was still connecting, and opened (and leaked) a connection of its own.
+        # Deliveries run concurrently, and one attempt to connect serves all that wait for it:
+        # without the lock, each of a burst's emails found no client while the first was still
+        # connecting and opened (and leaked) a connection of its own; without sharing the
+        # failure, each waiter would try again in turn, a timeout each against a silent server.
         self._connecting = asyncio.Lock()
+        self._attempts_ended = 0
+        self._failure: Exception | None = None  # of the last attempt, while none succeeded
 
     async def _connected(self) -> aiosmtplib.SMTP:
+        ended = self._attempts_ended
         async with self._connecting:
-            if self._client is None or not self._client.is_connected:
+            if self._client is not None and self._client.is_connected:
+                return self._client
+            if self._attempts_ended != ended and self._failure is not None:
+                raise self._failure  # the attempt this one waited for failed
+            try:
                 self._client = await self._connect()
+            except Exception as exc:
+                self._failure = exc
+                raise
+            finally:
+                self._attempts_ended += 1
+            self._failure = None
             return self._client
 
     async def _connect(self) -> aiosmtplib.SMTP:

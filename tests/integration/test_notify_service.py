@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from email.message import EmailMessage
+
+import pytest
+
+from switchboard.notify.mail import SmtpMailer
 from switchboard.notify.service import NotifyService
 from switchboard.notify.settings import NotifySettings, SmtpSettings
 from switchboard.shared import topics
@@ -79,6 +85,37 @@ async def test_a_burst_of_emails_goes_over_one_smtp_connection(kafka, producer, 
         await wait_for(lambda: len(mine()) == len(sent))
 
     assert len({email["X-Peer"] for email in mine()}) == 1
+
+
+async def test_emails_waiting_for_a_silent_mail_server_share_one_connection_attempt():
+    """A relay that accepts and never greets: a burst's emails fail together on the one attempt
+    they waited for (then each retries with backoff), not one timeout after another."""
+    accepted = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await reader.read()  # until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mailer = SmtpMailer(SmtpSettings(host="127.0.0.1", port=port, timeout_s=0.5))
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "a@example.com", "b@example.com", "hi"
+    message.set_content("hello")
+    try:
+        burst = await asyncio.gather(*(mailer.send(message) for _ in range(10)),
+                                     return_exceptions=True)  # fmt: skip
+        assert all(isinstance(outcome, Exception) for outcome in burst), burst
+        assert accepted == 1
+        with pytest.raises(Exception):  # noqa: B017, PT011 - whichever timeout aiosmtplib raises
+            await mailer.send(message)
+        assert accepted == 2  # a later send tries again
+    finally:
+        await mailer.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_a_dead_mail_server_parks_the_delivery(kafka, producer, read, running):
