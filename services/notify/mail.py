@@ -178,37 +178,65 @@ def _addresses(addresses: tuple[str, ...]) -> str:
 
 
 class SmtpMailer:
-    """One SMTP connection, opened on first use and reopened when the server drops it."""
+    """Up to ``settings.connections`` connections to the relay, each opened on first use, kept
+    open and reopened when the server drops it. SMTP carries one message at a time per
+    connection, so a burst is spread over them; the most recently used goes first, so a quiet
+    stream keeps one connection open, not all of them.
+
+    Deliveries run concurrently, and those waiting while connections are being opened share
+    the outcome: when the attempts made meanwhile fail, they fail with that error at once
+    (each then retries with backoff) instead of each trying in turn, a timeout apiece against
+    a relay that accepts and never answers."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+        self._connections = [_Connection(settings) for _ in range(settings.connections)]
+        self._idle: asyncio.LifoQueue[_Connection] = asyncio.LifoQueue()
+        for connection in self._connections:
+            self._idle.put_nowait(connection)
+        self._attempts_ended = 0
+        self._failure: Exception | None = None  # of the last attempt, while none succeeded
+
+    async def send(self, message: Message) -> None:
+        ended = self._attempts_ended
+        connection = await self._idle.get()
+        try:
+            if not connection.is_open():
+                if self._attempts_ended != ended and self._failure is not None:
+                    raise self._failure  # the relay failed those opened while this one waited
+                await self._open(connection)
+            await connection.send(message)
+        finally:
+            self._idle.put_nowait(connection)
+
+    async def _open(self, connection: _Connection) -> None:
+        try:
+            await connection.open()
+        except Exception as exc:
+            self._failure = exc
+            raise
+        else:
+            self._failure = None
+        finally:
+            self._attempts_ended += 1
+
+    async def close(self) -> None:
+        """Quit every open connection (a later send opens one again)."""
+        for connection in self._connections:
+            await connection.close()
+
+
+class _Connection:
+    """One SMTP connection; used by one sender at a time (``SmtpMailer`` hands it out)."""
 
     def __init__(self, settings: SmtpSettings) -> None:
         self.settings = settings
         self._client: aiosmtplib.SMTP | None = None
-        # Deliveries run concurrently, and one attempt to connect serves all that wait for it:
-        # without the lock, each of a burst's emails found no client while the first was still
-        # connecting and opened (and leaked) a connection of its own; without sharing the
-        # failure, each waiter would try again in turn, a timeout each against a silent server.
-        self._connecting = asyncio.Lock()
-        self._attempts_ended = 0
-        self._failure: Exception | None = None  # of the last attempt, while none succeeded
 
-    async def _connected(self) -> aiosmtplib.SMTP:
-        ended = self._attempts_ended
-        async with self._connecting:
-            if self._client is not None and self._client.is_connected:
-                return self._client
-            if self._attempts_ended != ended and self._failure is not None:
-                raise self._failure  # the attempt this one waited for failed
-            try:
-                self._client = await self._connect()
-            except Exception as exc:
-                self._failure = exc
-                raise
-            finally:
-                self._attempts_ended += 1
-            self._failure = None
-            return self._client
+    def is_open(self) -> bool:
+        return self._client is not None and self._client.is_connected
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def open(self) -> None:
         s = self.settings
         client = aiosmtplib.SMTP(
             hostname=s.host, port=s.port, timeout=s.timeout_s, use_tls=s.tls, start_tls=s.starttls
@@ -221,12 +249,12 @@ class SmtpMailer:
             except BaseException:
                 client.close()  # not left open behind a refused login
                 raise
-        return client
+        self._client = client
 
     async def send(self, message: Message) -> None:
-        client = await self._connected()
+        assert self._client is not None
         try:
-            await client.send_message(message)
+            await self._client.send_message(message)
         except aiosmtplib.SMTPServerDisconnected:
             self._client = None
             raise

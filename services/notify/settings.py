@@ -22,6 +22,14 @@ class SmtpSettings(BaseSettings):
     starttls: bool = Field(default=False, description="Upgrade the connection with STARTTLS")
     tls: bool = Field(default=False, description="Implicit TLS (usually port 465)")
     timeout_s: float = Field(default=10.0, gt=0)
+    connections: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Connections notify may keep open to the relay, each carrying one email at "
+        "a time: over a network each email waits several round trips, so one connection "
+        "caps the rate at a few dozen a second",
+    )
 
 
 class NotifySettings(ServiceSettings):

@@ -496,7 +496,7 @@ class DeliveryPolicy(Section):
         le=256,
         description="Most requests in flight per HTTP channel (Zendesk, Jira, Salesforce, "
         "HubSpot, webhook), over as many kept-alive connections; a burst waits its turn "
-        "instead of opening a connection per delivery. Email uses one SMTP connection",
+        "instead of opening a connection per delivery. Email: SMTP_CONNECTIONS",
     )
 
 
