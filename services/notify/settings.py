@@ -27,8 +27,8 @@ class SmtpSettings(BaseSettings):
         ge=1,
         le=64,
         description="Connections notify may keep open to the relay, each carrying one email at "
-        "a time: over a network each email waits several round trips, so one connection "
-        "caps the rate at a few dozen a second",
+        "a time: each email waits several round trips, so behind a relay's latency one "
+        "connection caps the rate (155 emails/s at 5 ms a message, bench/smtp_connections.py)",
     )
 
 
