@@ -39,10 +39,12 @@ bench: setup
 
 # Ten minutes at a steady 100 tweets/s: memory and consumer lag must not grow. FAULTS=1 also
 # kills and restarts each service and takes the mail server down (`make soak FAULTS=1`).
+# Writes bench/soak.json (bench/soak-faults.json with FAULTS) (README, Performance).
 MINUTES ?= 10
 RATE    ?= 100
 soak: setup
-	$(BIN)/switchboard soak --minutes $(MINUTES) --rate $(RATE) $(if $(FAULTS),--faults) --json
+	$(BIN)/switchboard soak --minutes $(MINUTES) --rate $(RATE) $(if $(FAULTS),--faults) --json \
+		--report bench/$(if $(FAULTS),soak-faults,soak).json
 
 test: setup tools
 	$(BIN)/python -m pytest -q

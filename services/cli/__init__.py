@@ -253,6 +253,11 @@ def demo(
     is_flag=True,
     help="Also kill -9 and restart each service in turn, and take the mail server down.",
 )
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the JSON summary to this file (`make soak`: bench/soak.json).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else.")
 def soak(
     config_file: Path,
@@ -261,6 +266,7 @@ def soak(
     rate: float,
     sample_every: float,
     faults: bool,
+    report: Path | None,
     as_json: bool,
 ) -> None:
     """The whole pipeline at a steady rate for MINUTES: is memory or lag growing?
@@ -275,6 +281,9 @@ def soak(
         run_soak(config_file, samples, minutes, rate, say, sample_every, faults=faults)
     )
     click.echo(json.dumps(summary, indent=None if as_json else 2))
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     # Restarted processes start their memory over: with faults, memory is reported, not judged.
     healthy = (faults or summary["memory_stable"]) and summary["lag_stable"]
     intact = not (summary["lost"] or summary["duplicates"] or summary["undelivered"])

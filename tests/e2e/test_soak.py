@@ -15,14 +15,16 @@ pytestmark = pytest.mark.e2e
 SERVICES = {"classify", "route", "notify", "ingest", "broker"}
 
 
-def test_a_short_soak_accounts_for_every_tweet_and_reports_memory_and_lag():
+def test_a_short_soak_accounts_for_every_tweet_and_reports_memory_and_lag(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_"))}
+    report = tmp_path / "bench" / "soak.json"
     done = subprocess.run(
         [sys.executable, "-m", "switchboard", "soak", "--samples", str(SAMPLES), "--json",
-         "--minutes", "0.25", "--rate", "20", "--sample-every", "1"],
+         "--minutes", "0.25", "--rate", "20", "--sample-every", "1", "--report", str(report)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     summary = json.loads(done.stdout)
+    assert json.loads(report.read_text()) == summary  # what `make soak` keeps in bench/
     assert summary["sent"] == 300 and summary["lost"] == 0 and summary["duplicates"] == 0
     assert summary["routed"] >= 290  # the rest were dead-lettered, each accounted for
     assert summary["delivered"] > 0 and summary["parked"] == 0
