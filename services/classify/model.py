@@ -263,7 +263,8 @@ class TweetClassifier:
         A tweet's logits do not depend on its bucket (test_classify_onnx.py).
         """
         if not texts:
-            return np.zeros((0, len(self.departments))), np.zeros((0, len(self.urgencies)))
+            return (np.zeros((0, len(self.departments)), np.float32),
+                    np.zeros((0, len(self.urgencies)), np.float32))  # fmt: skip
         token_ids = self.encoder.token_ids(texts, self.max_length)
         order = sorted(range(len(texts)), key=lambda i: len(token_ids[i]))
         size = self.bucket_size

@@ -134,9 +134,6 @@ class Tally:
         failed = {d for d, outcome in self.delivery_ids if outcome == "failed"}
         return failed - {d for d, outcome in self.delivery_ids if outcome == "delivered"}
 
-    def accounted(self, sent: set[str]) -> set[str]:
-        return sent - self.unaccounted(sent)
-
     def unaccounted(self, ids: set[str]) -> set[str]:
         """Those of ``ids`` neither routed nor dead-lettered yet. A wait loop passes what the
         last call returned, so each poll costs the tweets in flight, not all those sent."""

@@ -55,7 +55,7 @@ async def wait_until(done: Callable[[], bool], seconds: float, stack: Stack,
 async def wait_settled(stack: Stack, sent: set[str], seconds: float) -> None:
     """Until every tweet of ``sent`` is accounted for and every delivery settled."""
     await wait_until(
-        lambda: stack.tally.accounted(sent) == sent and stack.tally.deliveries_settled(),
+        lambda: not stack.tally.unaccounted(sent) and stack.tally.deliveries_settled(),
         seconds,
         stack,
         sent,
