@@ -1,7 +1,14 @@
-"""Labeled tweets on disk: ``data/labeled/{train,dev,test}.jsonl`` and eval/predict inputs.
+"""Labeled tweets on disk and eval/predict inputs.
 
-A line is ``{"id"?, "text", "department"?, "urgency"?, "handle"?, "lang"?}`` plus any
-provenance fields (industry, segment, hard_case), which are kept but not used for training.
+Training data is one or more folders of ``{train,dev,test}.jsonl``: the tweets written for the
+project (``data/labeled``), real tweets labeled by the project (``data/labeled/real``), and a
+company's own (``make train DATA=...``). A line is ``{"id"?, "text", "department"?,
+"urgency"?, "handle"?, "lang"?, "source"?, "licence"?}`` plus any provenance fields (industry,
+segment, review), which are kept but not used for training.
+
+``licence`` is the licence of the tweet's text as its source states it; a line without one was
+written for the project and is under the project's own licence. It decides which rows may
+train a model meant for commercial use (``commercial_use``).
 """
 
 from __future__ import annotations
@@ -14,6 +21,13 @@ from pathlib import Path
 from switchboard.shared.labels import Department, Urgency
 
 DATA_DIR = Path("data/labeled")
+REAL_DATA_DIR = DATA_DIR / "real"
+DEFAULT_DATA = (DATA_DIR, REAL_DATA_DIR)
+
+# Licences (as the real pool states them) that allow training a model for commercial use.
+# Anything else is non-commercial (CC BY-NC-SA) or unknown, and stays out of such a model.
+PERMISSIVE_LICENCES = ("MIT", "Apache-2.0", "CC0")
+PROJECT_LICENCE = "Apache-2.0 (written for the project)"
 
 
 class DataError(ValueError):
@@ -36,6 +50,20 @@ class LabeledTweet:
     text: str
     department: Department
     urgency: Urgency
+    licence: str = PROJECT_LICENCE
+    source: str | None = None
+
+
+def commercial_use(licence: str) -> bool:
+    """Whether text under ``licence`` may train a model that is used commercially."""
+    return licence == PROJECT_LICENCE or licence.startswith(PERMISSIVE_LICENCES)
+
+
+def licence_family(licence: str) -> str:
+    """The licence without the provenance remarks the pool adds after it."""
+    if licence == PROJECT_LICENCE:
+        return "Apache-2.0"
+    return licence.split(" (")[0].split(";")[0].strip()
 
 
 def read_tweets(path: Path) -> list[TweetText]:
@@ -73,7 +101,15 @@ def load_labeled(path: Path) -> list[LabeledTweet]:
     for number, row in enumerate(read_tweets(path), start=1):
         if row.department is None or row.urgency is None:
             raise DataError(f"{path}: row {number} (id {row.id}) lacks department or urgency")
-        labeled.append(LabeledTweet(row.text, row.department, row.urgency))
+        labeled.append(
+            LabeledTweet(
+                row.text,
+                row.department,
+                row.urgency,
+                licence=row.extra.get("licence") or PROJECT_LICENCE,
+                source=row.extra.get("source"),
+            )
+        )
     return labeled
 
 

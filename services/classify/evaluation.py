@@ -80,6 +80,58 @@ def report(gold: Sequence[LabeledTweet], predicted: Sequence[tuple[str, str]]) -
     }
 
 
+def expected_calibration_error(
+    confidences: Sequence[float], correct: Sequence[bool], bins: int = 10
+) -> float:
+    """Mean gap between confidence and accuracy over equal-width confidence bins, weighted by
+    each bin's share of rows: 0.05 means the confidences are 5 points off on average."""
+    if not confidences:
+        return 0.0
+    binned: dict[int, list[tuple[float, bool]]] = {}
+    for confidence, ok in zip(confidences, correct, strict=True):
+        binned.setdefault(min(int(confidence * bins), bins - 1), []).append((confidence, ok))
+    gap = sum(
+        abs(sum(c for c, _ in items) - sum(ok for _, ok in items)) for items in binned.values()
+    )
+    return round(gap / len(confidences), 4)
+
+
+def by_source(
+    gold: Sequence[LabeledTweet], predicted: Sequence[tuple[str, str]], sources: Sequence[str]
+) -> dict[str, dict]:
+    """The headline figures for each source's rows, largest source first."""
+    groups: dict[str, list[int]] = {}
+    for index, source in enumerate(sources):
+        groups.setdefault(source, []).append(index)
+    return {
+        source: headline(report([gold[i] for i in rows], [predicted[i] for i in rows]))
+        for source, rows in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
+    }
+
+
+def errors(
+    gold: Sequence[LabeledTweet],
+    predicted: Sequence[tuple[str, str]],
+    ids: Sequence[str],
+    limit: int,
+) -> list[dict]:
+    """Up to ``limit`` rows whose department or urgency is wrong: gold, predicted and the text,
+    the misrouted ones (wrong department) first."""
+    wrong = [
+        {
+            "id": row_id,
+            "gold": f"{g.department.value}/{g.urgency.value}",
+            "predicted": f"{p[0]}/{p[1]}",
+            "department_wrong": g.department.value != p[0],
+            "text": g.text,
+        }
+        for row_id, g, p in zip(ids, gold, predicted, strict=True)
+        if g.department.value != p[0] or g.urgency.value != p[1]
+    ]
+    wrong.sort(key=lambda e: not e["department_wrong"])  # stable: input order within each
+    return wrong[:limit]
+
+
 def _accuracy(gold: Sequence[str], predicted: Sequence[str]) -> float:
     return round(sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold), 4)
 

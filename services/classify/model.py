@@ -37,7 +37,31 @@ from switchboard.shared.labels import Department, Urgency  # noqa: E402
 hf_logging.disable_progress_bar()
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-DEFAULT_ARTIFACT = ARTIFACTS / "minilm-lora-v1"
+# The best model (trained on real tweets too; non-commercial licence, see its card), and the
+# one trained only on data that allows commercial use. ``classify.artifact`` picks either.
+DEFAULT_ARTIFACT_NAME = "minilm-real-v1"
+COMMERCIAL_ARTIFACT_NAME = "minilm-commercial-v1"
+DEFAULT_ARTIFACT = ARTIFACTS / DEFAULT_ARTIFACT_NAME
+
+
+def shipped_artifacts() -> list[str]:
+    return sorted(p.name for p in ARTIFACTS.iterdir() if (p / "card.json").is_file())
+
+
+def resolve_artifact(artifact: str | Path | None) -> Path:
+    """The artifact folder for ``classify.artifact``: the name of a shipped artifact, a folder,
+    or None for the default. An unknown name fails with the names there are."""
+    if artifact is None or str(artifact) == "":
+        return DEFAULT_ARTIFACT
+    if (ARTIFACTS / str(artifact) / "card.json").is_file():
+        return ARTIFACTS / str(artifact)
+    path = Path(artifact)
+    if not (path / "card.json").is_file():
+        raise FileNotFoundError(
+            f"classify.artifact: {str(artifact)!r} is neither a shipped artifact "
+            f"({', '.join(shipped_artifacts())}) nor a trained artifact folder (with card.json)"
+        )
+    return path
 
 _MENTION = re.compile(r"@\w{1,15}")
 _URL = re.compile(r"https?://\S+")
@@ -211,6 +235,16 @@ class TweetClassifier:
     def version(self) -> str:
         return str(self.card["version"])
 
+    @property
+    def licence(self) -> dict:
+        """The licence that follows from the training data (``licence`` in the card): its SPDX
+        expression, whether commercial use is allowed, and the terms."""
+        return self.card.get("licence") or {
+            "spdx": "unknown",
+            "commercial_use": False,
+            "terms": "this artifact's card states no licence: treat it as non-commercial",
+        }
+
     def supports(self, lang: str | None) -> bool:
         """Whether the model was trained for this language (``und``/unknown counts as yes)."""
         return lang is None or lang in ("und", "zxx", "qme", "qht") or lang in self.languages
@@ -218,23 +252,18 @@ class TweetClassifier:
     @classmethod
     def load(
         cls,
-        artifact: Path | None = None,
+        artifact: str | Path | None = None,
         backbone: Path | None = None,
         max_length: int = 128,
         threads: int = 0,
         runtime: str = "torch",
         bucket_size: int = 8,
     ) -> TweetClassifier:
-        """The shipped (or given) artifact; ``runtime="onnx-int8"`` runs the int8 ONNX model
+        """The default artifact, a shipped one by name, or a folder; ``runtime="onnx-int8"`` runs the int8 ONNX model
         built from it (onnx.py) instead of torch. ``threads``: 0 is one per core; on ONNX
         Runtime that many buckets run at once, on torch it is torch's intra-op threads."""
-        artifact = Path(artifact or DEFAULT_ARTIFACT)
-        card_path = artifact / "card.json"
-        if not card_path.is_file():
-            raise FileNotFoundError(
-                f"no trained model at {artifact} (card.json missing): run `make train`"
-            )
-        card = json.loads(card_path.read_text())
+        artifact = resolve_artifact(artifact)
+        card = json.loads((artifact / "card.json").read_text())
         torch.set_num_threads(threads or available_cpus())
         layers = card.get("options", {}).get("layers")
         encoder = Encoder(Path(backbone) if backbone else default_backbone(), layers)

@@ -6,7 +6,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from switchboard.classify.data import LabeledTweet, TweetText, load_labeled
-from switchboard.classify.evaluation import nearest_centroid, report, tfidf_logreg
+from switchboard.classify.evaluation import (
+    by_source,
+    errors,
+    expected_calibration_error,
+    nearest_centroid,
+    report,
+    tfidf_logreg,
+)
 from switchboard.classify.language import detect
 from switchboard.classify.model import Prediction, TweetClassifier
 
@@ -56,8 +63,12 @@ def evaluate_file(
     rows: Sequence[TweetText],
     train_file: Path | None,
     baselines: bool = True,
+    error_rows: int = 0,
 ) -> dict:
-    """The model's figures on labeled rows, with the baselines fitted on ``train_file``."""
+    """The model's figures on labeled rows, with the baselines fitted on ``train_file``.
+
+    Also the calibration error of the department confidence; a per-source breakdown when the
+    rows carry a ``source``; and with ``error_rows`` the first that many mistakes."""
     gold = [
         LabeledTweet(r.text, r.department, r.urgency)
         for r in rows
@@ -67,8 +78,20 @@ def evaluate_file(
         missing = next(r.id for r in rows if r.department is None or r.urgency is None)
         raise ValueError(f"row {missing} lacks a department or urgency: eval needs both")
     predictions = predict_rows(model, rows)
-    figures = report(gold, [(p.department.value, p.urgency.value) for p in predictions])
+    labels = [(p.department.value, p.urgency.value) for p in predictions]
+    figures = report(gold, labels)
     figures["model_version"] = model.version
+    figures["department_ece"] = expected_calibration_error(
+        [p.confidence for p in predictions],
+        [p.department == r.department for p, r in zip(predictions, rows, strict=True)],
+    )
+    sources = [r.extra.get("source") for r in rows]
+    if any(sources):
+        # "owner/repo:path/file.csv": one group per repository, not per file of it
+        groups = [s.split(":")[0] if s else "(none)" for s in sources]
+        figures["by_source"] = by_source(gold, labels, groups)
+    if error_rows:
+        figures["errors"] = errors(gold, labels, [r.id for r in rows], error_rows)
     if baselines and train_file is not None:
         train = load_labeled(train_file)
         texts = [r.text for r in gold]

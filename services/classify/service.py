@@ -73,13 +73,22 @@ class ClassifyService:
         if self.model is None:
             self.model = await asyncio.to_thread(
                 TweetClassifier.load,
-                Path(self.options.artifact) if self.options.artifact else None,
+                self.options.artifact,
                 Path(self.options.backbone) if self.options.backbone else None,
                 self.options.max_length,
                 self.options.threads,
                 self.options.runtime,
                 self.options.bucket_size,
             )
+            licence = self.model.licence
+            log.info(
+                "model %s, licence %s: %s",
+                self.model.version,
+                licence["spdx"],
+                licence["terms"],
+                extra={"model_version": self.model.version, "licence": licence["spdx"],
+                       "commercial_use": licence["commercial_use"]},
+            )  # fmt: skip
             # The first forward pass is several times slower than the rest; pay it before ready.
             await asyncio.to_thread(self.model.predict, ["warm-up"])
         await ensure_topics(

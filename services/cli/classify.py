@@ -32,12 +32,22 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
 
 @classify.command("train")
 @click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False, exists=True),
-    default=Path("data/labeled"),
-    show_default=True,
-    help="Folder with train.jsonl, dev.jsonl and (reported only) test.jsonl.",
+    "--data",
+    "data",
+    multiple=True,
+    metavar="DIR[:WEIGHT]",
+    help="Folder with train.jsonl, dev.jsonl and (reported only) test.jsonl, and the loss "
+    "weight of its rows; repeat for several. The last folder with a dev.jsonl selects the "
+    "epoch and calibrates. Default: data/labeled, then data/labeled/real:2.",
 )
+@click.option(
+    "--licences",
+    type=click.Choice(["all", "commercial"]),
+    default="all",
+    show_default=True,
+    help="commercial: train only on rows whose licence allows commercial use.",
+)
+@click.option("--version", "version", default=None, help="Artifact name written in its card.")
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
@@ -88,7 +98,9 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
     help="Start the student from the teacher's adapters for the layers it keeps, and its heads.",
 )
 def classify_train(
-    data_dir: Path,
+    data: tuple[str, ...],
+    licences: str,
+    version: str | None,
     out: Path | None,
     seed: int,
     epochs: int | None,
@@ -106,14 +118,23 @@ def classify_train(
 
     With --teacher, train by knowledge distillation from that artifact (see train.py)."""
     from switchboard.classify.model import DEFAULT_ARTIFACT
-    from switchboard.classify.train import TrainOptions, train
+    from switchboard.classify.train import DataFolder, TrainOptions, default_data, train
     from switchboard.shared.logs import configure_logging
 
     configure_logging("classify-train")
     if (unlabeled is not None or init_from_teacher) and teacher is None:
         raise click.UsageError("--unlabeled and --init-from-teacher need --teacher")
+    try:
+        folders = [DataFolder.parse(spec) for spec in data] or default_data()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--data") from None
+    for folder in folders:
+        if not folder.split("train").is_file():
+            raise click.BadParameter(f"{folder.path}: no train.jsonl", param_hint="--data")
     out = out or DEFAULT_ARTIFACT
-    options = TrainOptions(seed=seed, limit=limit, layers=layers)
+    options = TrainOptions(
+        seed=seed, limit=limit, layers=layers, licences=licences, version=version
+    )
     if teacher is not None:
         options = replace(
             options,
@@ -129,11 +150,23 @@ def classify_train(
         options = replace(options, threads=threads)
     if critical_weight is not None:
         options = replace(options, critical_weight=critical_weight)
-    card = train(data_dir, out, options=options)
+    try:
+        card = train(folders, out, options=options)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     from switchboard.classify.evaluation import headline
 
-    summary = {split: headline(figures) for split, figures in card["metrics"].items()}
-    click.echo(json.dumps({"artifact": str(out), "metrics": summary}, indent=2))
+    summary = {
+        f"{name}/{split}": headline(figures)
+        for name, splits in card["metrics"].items()
+        for split, figures in splits.items()
+    }
+    click.echo(
+        json.dumps(
+            {"artifact": str(out), "licence": card["licence"]["spdx"], "metrics": summary},
+            indent=2,
+        )
+    )
 
 
 @classify.command("predict")
@@ -178,6 +211,14 @@ def classify_predict(input_file: Path, output_file: Path | None, artifact: Path 
     help="Evaluate the model as this runtime runs it (classify.runtime).",
 )
 @click.option("--threads", type=click.IntRange(1), default=None, help="Default: every core.")
+@click.option(
+    "--errors",
+    "error_rows",
+    type=click.IntRange(0),
+    default=0,
+    metavar="N",
+    help="Also list the first N mistakes: gold, predicted, text (misrouted first).",
+)
 @_artifact_option
 def classify_eval(
     input_file: Path,
@@ -186,6 +227,7 @@ def classify_eval(
     baselines: bool,
     runtime: str,
     threads: int | None,
+    error_rows: int,
     artifact: Path | None,
 ) -> None:
     """Accuracy, macro-F1, critical recall and confusion matrices, beside two baselines."""
@@ -197,7 +239,7 @@ def classify_eval(
     rows = read_tweets(input_file)
     try:
         figures = evaluate_file(
-            model, rows, train_data if train_data.is_file() else None, baselines
+            model, rows, train_data if train_data.is_file() else None, baselines, error_rows
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -220,4 +262,22 @@ def _print_summary(figures: dict) -> None:
         table.add_column(name, justify="right")
     for metric in list(headline(figures))[1:]:
         table.add_row(metric, *(f"{columns[name][metric]:.3f}" for name in columns))
-    Console().print(table)
+    table.add_row("department_ece", f"{figures['department_ece']:.3f}")
+    console = Console()
+    console.print(table)
+    if "by_source" in figures:
+        sources = Table(title="by source")
+        metrics = ("department_accuracy", "department_macro_f1", "critical_recall",
+                   "critical_precision")  # fmt: skip
+        for column in ("source", "n", *metrics):
+            sources.add_column(column, justify="left" if column == "source" else "right")
+        for source, row in figures["by_source"].items():
+            sources.add_row(source, str(row["n"]), *(f"{row[m]:.3f}" for m in metrics))
+        console.print(sources)
+    if figures.get("errors"):
+        mistakes = Table(title=f"first {len(figures['errors'])} errors")
+        for column in ("id", "gold", "predicted", "text"):
+            mistakes.add_column(column, overflow="fold")
+        for error in figures["errors"]:
+            mistakes.add_row(error["id"], error["gold"], error["predicted"], error["text"])
+        console.print(mistakes)
