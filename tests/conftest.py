@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILE = ROOT / "config" / "switchboard.yaml"
 SAMPLES = ROOT / "data" / "samples" / "tweets.jsonl"
 LABELED = ROOT / "data" / "labeled"
+REAL = LABELED / "real"
 
 
 @pytest.fixture(scope="session")

@@ -90,12 +90,13 @@ def near_written(texts: list[str], splits: tuple[str, ...]) -> set[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pool", type=Path)
+    parser.add_argument("--folder", type=Path, default=REAL, help="annotations in, splits out")
     args = parser.parse_args()
     pool = {}
     for line in args.pool.open(encoding="utf-8"):
         tweet = json.loads(line)
         pool[tweet["id"]] = tweet
-    notes = [json.loads(line) for line in (REAL / "annotations.jsonl").open(encoding="utf-8")]
+    notes = [json.loads(line) for line in (args.folder / "annotations.jsonl").open(encoding="utf-8")]
     rows = []
     for note in sorted(notes, key=lambda n: n["id"]):
         department, urgency = final_label(note)
@@ -122,7 +123,7 @@ def main() -> None:
         split_of[i] = "test"
     for split in ("train", "dev", "test"):
         chosen = [r for i, r in enumerate(rows) if split_of[i] == split]
-        with (REAL / f"{split}.jsonl").open("w", encoding="utf-8") as out:
+        with (args.folder / f"{split}.jsonl").open("w", encoding="utf-8") as out:
             for row in chosen:
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
         print(f"{split}: {len(chosen)} rows")

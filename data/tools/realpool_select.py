@@ -18,6 +18,11 @@ Round 2 (``--round 2 --exclude ROUND1.jsonl``): round 1 found too few sales, leg
 tweets (about 3 %, 3 % and 1 % of what was read), so round 2 reads only tweets that keyword
 groups or the old model point at for those three, from what round 1 did not take.
 
+Round 3 (``--round 3 --exclude ROUND1.jsonl --exclude ROUND2.jsonl``): rounds 1 and 2 still
+had too few sales and critical tweets, and round 2's keywords mostly hit financial news ("buy
+rating"). Round 3 reads keyword hits for purchase intent and for harm, hacking and danger in
+the sources of consumer traffic only (airlines, customer support, utilities, brands, scandals).
+
 The evaluation set ``../shared/data/realworld/`` is never read: the pool was already cleaned of
 its near-duplicates by whoever built the pool.
 """
@@ -76,6 +81,28 @@ ROUND2 = {
         500,
     ),
 }
+ROUND3_SOURCES = (
+    "Anuragiitk/", "S0l0m4n/", "monalisapatra26/", "kechtel/", "Yosingh1/", "DongyuanZhou/",
+    "AlvinKN/", "RahmaAnwer/", "fco-parga/", "saraso2014/", "officinadata/", "zfz/",
+)  # fmt: skip
+ROUND3 = {
+    "sales": (
+        r"(do you (guys )?(fly|have|sell|offer|ship|carry|deliver)|how much|\bprices?\b"
+        r"|\bfares?\b|book(ing)? a (flight|ticket|trip)|\bbuy\b|purchase|pre-?order|in stock"
+        r"|\bavailable\b|upgrade to|\bdeals?\b|discount|coupon|promo code"
+        r"|where can i (get|buy|find)|gift card|membership|subscribe"
+        r"|when (will|does|do|is) .{0,30}(launch|release|come out|available|go on sale))",
+        500,
+    ),
+    "critical": (
+        r"(\bsick\b|poison|vomit|allerg|hospital|(?-i:\bER\b)|injur|\bhurt\b|bleed|\bfire\b|smoke"
+        r"|\bburn|spark|explo|live wire|downed|carbon monoxide|gas leak|oxygen|ventilator"
+        r"|dialysis|\bmedical|insulin|emergency|\b911\b|ambulance|unsafe|danger|\bdied\b"
+        r"|\bdead\b|death|\bkill|threat|\bgun\b|\bbomb|hacked|breach|stolen"
+        r"|unauthori[sz]ed|identity theft|fraud|scam|phish)",
+        500,
+    ),
+}
 ROUND2_CONFIDENT = 0.6  # the old model's department confidence that counts as a pointer
 PER_KEYWORD = 110
 BASE = 3300
@@ -89,8 +116,10 @@ def main() -> None:
     parser.add_argument("pool", type=Path)
     parser.add_argument("predictions", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--round", type=int, choices=(1, 2), default=1)
-    parser.add_argument("--exclude", type=Path, help="round 2: what round 1 selected")
+    parser.add_argument("--round", type=int, choices=(1, 2, 3), default=1)
+    parser.add_argument(
+        "--exclude", type=Path, action="append", default=[], help="what earlier rounds selected"
+    )
     args = parser.parse_args()
     rng = random.Random(SEED + args.round - 1)
     pool = [json.loads(line) for line in args.pool.open(encoding="utf-8")]
@@ -99,9 +128,9 @@ def main() -> None:
         row = json.loads(line)
         predicted[row["id"]] = (row["department"], row["urgency"], row["confidence"])
     chosen: dict[str, str] = {}  # id -> why it was chosen
-    excluded = set()
-    if args.exclude:
-        excluded = {json.loads(line)["id"] for line in args.exclude.open(encoding="utf-8")}
+    excluded = {
+        json.loads(line)["id"] for path in args.exclude for line in path.open(encoding="utf-8")
+    }
 
     def take(candidates: list[dict], count: int, why: str) -> None:
         fresh = [t for t in candidates if t["id"] not in chosen and t["id"] not in excluded]
@@ -119,6 +148,13 @@ def main() -> None:
                 or (group == "critical" and predicted[t["id"]][1] == "critical")
             ]
             take(pointed, count, f"round2:{group}")
+        write(pool, chosen, rng, args.out)
+        return
+    if args.round == 3:
+        consumer = [t for t in pool if t["source"].startswith(ROUND3_SOURCES)]
+        for group, (pattern, count) in ROUND3.items():
+            regex = re.compile(pattern, re.IGNORECASE)
+            take([t for t in consumer if regex.search(t["text"])], count, f"round3:{group}")
         write(pool, chosen, rng, args.out)
         return
 

@@ -63,6 +63,7 @@ def resolve_artifact(artifact: str | Path | None) -> Path:
         )
     return path
 
+
 _MENTION = re.compile(r"@\w{1,15}")
 _URL = re.compile(r"https?://\S+")
 
@@ -259,9 +260,10 @@ class TweetClassifier:
         runtime: str = "torch",
         bucket_size: int = 8,
     ) -> TweetClassifier:
-        """The default artifact, a shipped one by name, or a folder; ``runtime="onnx-int8"`` runs the int8 ONNX model
-        built from it (onnx.py) instead of torch. ``threads``: 0 is one per core; on ONNX
-        Runtime that many buckets run at once, on torch it is torch's intra-op threads."""
+        """The default artifact, a shipped one by name, or a folder. ``runtime="onnx-int8"``
+        runs the int8 ONNX model built from it (onnx.py) instead of torch. ``threads``: 0 is
+        one per core; on ONNX Runtime that many buckets run at once, on torch it is torch's
+        intra-op threads."""
         artifact = resolve_artifact(artifact)
         card = json.loads((artifact / "card.json").read_text())
         torch.set_num_threads(threads or available_cpus())

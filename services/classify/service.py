@@ -80,17 +80,9 @@ class ClassifyService:
                 self.options.runtime,
                 self.options.bucket_size,
             )
-            licence = self.model.licence
-            log.info(
-                "model %s, licence %s: %s",
-                self.model.version,
-                licence["spdx"],
-                licence["terms"],
-                extra={"model_version": self.model.version, "licence": licence["spdx"],
-                       "commercial_use": licence["commercial_use"]},
-            )  # fmt: skip
             # The first forward pass is several times slower than the rest; pay it before ready.
             await asyncio.to_thread(self.model.predict, ["warm-up"])
+        self.announce_model()
         await ensure_topics(
             self.settings.kafka,
             [topics.RAW, topics.CLASSIFIED, topics.DEADLETTER],
@@ -100,6 +92,23 @@ class ClassifyService:
         await self.producer.start()
         await self.consumer.start()
         self._ready = True
+
+    def announce_model(self) -> None:
+        """Log which model serves and the licence its training data imposes: an operator must
+        know whether this deployment may be used commercially."""
+        assert self.model is not None
+        licence = self.model.licence
+        log.info(
+            "model %s, licence %s: %s",
+            self.model.version,
+            licence["spdx"],
+            licence["terms"],
+            extra={
+                "model_version": self.model.version,
+                "licence": licence["spdx"],
+                "commercial_use": licence["commercial_use"],
+            },
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = StreamLoop(

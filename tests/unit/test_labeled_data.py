@@ -1,19 +1,33 @@
-"""The labeled data in the repository: sizes, label coverage, and a test split kept apart."""
+"""The labeled data in the repository: sizes, label coverage, provenance, and test splits kept
+apart from everything that trains (written and real tweets alike)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
 
-from switchboard.classify.data import near_duplicates, read_tweets
+from switchboard.classify.data import DataError, near_duplicates, read_tweets
 from switchboard.shared.labels import Department, Urgency
-from tests.conftest import LABELED
+from tests.conftest import LABELED, REAL
+
+SPLITS = ("train", "dev", "test")
+# What the real data reached (data/labeled/real/README.md); a change that loses rows fails here.
+REAL_ROWS = 5000
+REAL_PER_DEPARTMENT: dict[Department, int] = {}  # 250 unless the pool had fewer
+REAL_CRITICAL = 100
+REAL_CRITICAL_PER_SPLIT = 20
 
 
 @pytest.fixture(scope="module")
 def splits():
-    return {split: read_tweets(LABELED / f"{split}.jsonl") for split in ("train", "dev", "test")}
+    return {split: read_tweets(LABELED / f"{split}.jsonl") for split in SPLITS}
+
+
+@pytest.fixture(scope="module")
+def real():
+    return {split: read_tweets(REAL / f"{split}.jsonl") for split in SPLITS}
 
 
 def test_there_is_enough_data_and_every_label_is_well_covered(splits):
@@ -48,16 +62,64 @@ def _mismatch(row) -> bool:
     return expected is not None and expected != row.department
 
 
-def test_no_text_appears_twice(splits):
-    texts = Counter(r.text.strip().lower() for rows in splits.values() for r in rows)
+def test_no_text_appears_twice(splits, real):
+    every = [r for group in (splits, real) for rows in group.values() for r in rows]
+    texts = Counter(r.text.strip().lower() for r in every)
     repeated = [t for t, n in texts.items() if n > 1]
     assert not repeated, repeated[:5]
 
 
-def test_no_test_tweet_is_a_near_duplicate_of_a_training_or_dev_tweet(splits):
-    seen = [r.text for r in splits["train"] + splits["dev"]]
-    pairs = near_duplicates([r.text for r in splits["test"]], seen, threshold=0.75)
-    assert not pairs, [(splits["test"][q].text, seen[c], s) for q, c, s in pairs[:5]]
+def test_no_test_tweet_is_a_near_duplicate_of_a_training_or_dev_tweet(splits, real):
+    seen = [r.text for r in splits["train"] + splits["dev"] + real["train"] + real["dev"]]
+    for rows in (splits["test"], real["test"]):
+        pairs = near_duplicates([r.text for r in rows], seen, threshold=0.75)
+        assert not pairs, [(rows[q].text, seen[c], s) for q, c, s in pairs[:5]]
+
+
+def test_no_dev_tweet_is_a_near_duplicate_of_a_training_tweet(splits, real):
+    """The dev splits choose the epoch and the thresholds: a near-copy of a training tweet there
+    would reward memorizing."""
+    trained = [r.text for r in splits["train"] + real["train"]]
+    for rows in (splits["dev"], real["dev"]):
+        pairs = near_duplicates([r.text for r in rows], trained, threshold=0.75)
+        assert not pairs, [(rows[q].text, trained[c], s) for q, c, s in pairs[:5]]
+
+
+def test_a_label_outside_the_taxonomy_fails_to_load(tmp_path):
+    path = tmp_path / "split.jsonl"
+    path.write_text('{"text": "@AcmeHelp where is my order", "department": "support", '
+                    '"urgency": "normal"}\n')  # fmt: skip
+    with pytest.raises(DataError, match="'support' is not a valid Department"):
+        read_tweets(path)
+
+
+def test_there_are_enough_real_tweets_in_every_department_and_urgency(real):
+    rows = [r for part in real.values() for r in part]
+    assert len(rows) >= REAL_ROWS, len(rows)
+    assert len(real["test"]) >= 800 and len(real["dev"]) >= 600
+    departments = Counter(r.department for r in rows)
+    short = {d: n for d, n in departments.items() if n < REAL_PER_DEPARTMENT.get(d, 250)}
+    assert set(departments) == set(Department) and not short, departments
+    urgencies = Counter(r.urgency for r in rows)
+    assert urgencies[Urgency.CRITICAL] >= REAL_CRITICAL, urgencies
+    for split in ("dev", "test"):  # enough critical tweets to set and to check the threshold
+        critical = sum(r.urgency is Urgency.CRITICAL for r in real[split])
+        assert critical >= REAL_CRITICAL_PER_SPLIT, (split, critical)
+
+
+def test_every_real_tweet_names_its_source_and_licence_and_was_reviewed(real):
+    notes = {}
+    for line in (REAL / "annotations.jsonl").read_text(encoding="utf-8").splitlines():
+        note = json.loads(line)
+        notes[note["id"]] = note
+    for split, rows in real.items():
+        for row in rows:
+            assert row.extra.get("source") and row.extra.get("licence"), (split, row.id)
+            note = notes[row.id]
+            assert note["reviewed"] is True, row.id  # a second reader checked every label
+            final = note.get("adjudication") or (note["first"] if not note.get("review") else None)
+            assert final is not None, f"{row.id}: a disagreement was never decided"
+    assert len(notes) == sum(len(rows) for rows in real.values())
 
 
 def test_the_near_duplicate_check_catches_a_lightly_edited_copy():
