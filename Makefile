@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup tools run demo bench soak test test-unit test-integration test-e2e train eval schemas lint clean
+.PHONY: setup tools run demo bench soak test test-unit test-integration test-e2e train train-commercial eval schemas lint clean
 
 setup: $(STAMP)
 
@@ -58,13 +58,28 @@ test-integration: setup tools
 test-e2e: setup tools
 	$(BIN)/python -m pytest -q tests/e2e
 
+# The shipped default (written + real tweets; non-commercial licence) and the commercial one
+# (only rows whose licence allows commercial use). A company's own labeled tweets:
+# `make train DATA=path/to/folder[:WEIGHT] OUT=path/to/artifact` (docs/classifier.md): the folder
+# holds train.jsonl and dev.jsonl (and test.jsonl, reported only); its dev split selects.
+ARTIFACTS := services/classify/artifacts
+DATA ?=
+OUT  ?=
 train: setup
-	$(BIN)/switchboard classify train
+	$(BIN)/switchboard classify train --data data/labeled --data data/labeled/real:2 \
+		$(if $(DATA),--data $(DATA) --out $(or $(OUT),$(error OUT=... is needed with DATA)) \
+		--version $(notdir $(OUT)),--out $(ARTIFACTS)/minilm-real-v1 --version minilm-real-v1)
 
-# The held-out split by default; `make eval EVAL=path/to/labeled.jsonl` for any other file.
-EVAL ?= data/labeled/test.jsonl
+train-commercial: setup
+	$(BIN)/switchboard classify train --data data/labeled --data data/labeled/real:2 \
+		--licences commercial --out $(ARTIFACTS)/minilm-commercial-v1 --version minilm-commercial-v1
+
+# The real held-out split by default; `make eval EVAL=path/to/labeled.jsonl` for any other
+# file (ERRORS=20 lists the first 20 mistakes).
+EVAL ?= data/labeled/real/test.jsonl
+ERRORS ?= 0
 eval: setup
-	$(BIN)/switchboard classify eval --input $(EVAL)
+	$(BIN)/switchboard classify eval --input $(EVAL) --errors $(ERRORS)
 
 schemas: setup
 	$(BIN)/switchboard schemas export

@@ -3,9 +3,10 @@
 Usage: ``.venv/bin/python data/tools/realpool_assemble.py ../shared/data/realpool/pool.jsonl``
 
 ``data/labeled/real/annotations.jsonl`` holds, for every tweet read, the first reader's label,
-the second reader's disagreement (if any) and the third reader's decision on it. The final label
-is the first reader's unless the second disagreed, then the third reader's. The text, source and
-licence come from the pool, verbatim.
+the labels other readers proposed instead (the reviewer who checked every line, the critical
+pass over high and critical labels) and the deciding reader's decision. The final label is the
+first reader's unless another reader proposed a different one; then it is the decision. The
+text, source and licence come from the pool, verbatim.
 
 Splits: near-duplicates (character n-gram cosine >= 0.75, as ``near_duplicates``) are grouped
 and a group goes to one split whole, so no dev or test tweet has a near-copy in training. Groups
@@ -36,9 +37,12 @@ KEPT = ("id", "text", "department", "urgency", "source", "licence", "to", "creat
 
 
 def final_label(note: dict) -> tuple[str, str]:
-    if note.get("adjudication"):
-        return note["adjudication"]["department"], note["adjudication"]["urgency"]
-    department, urgency = note["first"].split("/")
+    if note.get("proposals"):
+        if "decision" not in note:
+            raise ValueError(f"{note['id']}: readers disagreed and nobody decided")
+        department, urgency = note["decision"]["label"].split("/")
+    else:
+        department, urgency = note["first"].split("/")
     return department, urgency
 
 
@@ -96,7 +100,8 @@ def main() -> None:
     for line in args.pool.open(encoding="utf-8"):
         tweet = json.loads(line)
         pool[tweet["id"]] = tweet
-    notes = [json.loads(line) for line in (args.folder / "annotations.jsonl").open(encoding="utf-8")]
+    with (args.folder / "annotations.jsonl").open(encoding="utf-8") as lines:
+        notes = [json.loads(line) for line in lines]
     rows = []
     for note in sorted(notes, key=lambda n: n["id"]):
         department, urgency = final_label(note)
@@ -106,12 +111,12 @@ def main() -> None:
             "urgency": urgency,
             "selected_for": note["selected_for"],
         }
-        if note.get("review"):
+        if note.get("proposals"):
             row["review"] = {
                 "first": note["first"],
-                "second": f"{note['review']['department']}/{note['review']['urgency']}",
-                "final": f"{department}/{urgency}",
-                "reason": (note.get("adjudication") or note["review"])["reason"],
+                "proposed": [p["label"] for p in note["proposals"]],
+                "decided": note["decision"]["label"],
+                "reason": note["decision"]["reason"],
             }
         rows.append(row)
     rng = random.Random(SEED)

@@ -23,6 +23,9 @@ had too few sales and critical tweets, and round 2's keywords mostly hit financi
 rating"). Round 3 reads keyword hits for purchase intent and for harm, hacking and danger in
 the sources of consumer traffic only (airlines, customer support, utilities, brands, scandals).
 
+Round 4 (``--round 4``, excluding rounds 1-3): 400 more of round 3's purchase-intent hits, to
+bring real sales tweets above 250.
+
 The evaluation set ``../shared/data/realworld/`` is never read: the pool was already cleaned of
 its near-duplicates by whoever built the pool.
 """
@@ -116,7 +119,7 @@ def main() -> None:
     parser.add_argument("pool", type=Path)
     parser.add_argument("predictions", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--round", type=int, choices=(1, 2, 3), default=1)
+    parser.add_argument("--round", type=int, choices=(1, 2, 3, 4), default=1)
     parser.add_argument(
         "--exclude", type=Path, action="append", default=[], help="what earlier rounds selected"
     )
@@ -150,11 +153,13 @@ def main() -> None:
             take(pointed, count, f"round2:{group}")
         write(pool, chosen, rng, args.out)
         return
-    if args.round == 3:
+    if args.round in (3, 4):
         consumer = [t for t in pool if t["source"].startswith(ROUND3_SOURCES)]
-        for group, (pattern, count) in ROUND3.items():
+        groups = ROUND3 if args.round == 3 else {"sales": (ROUND3["sales"][0], 400)}
+        for group, (pattern, count) in groups.items():
             regex = re.compile(pattern, re.IGNORECASE)
-            take([t for t in consumer if regex.search(t["text"])], count, f"round3:{group}")
+            hits = [t for t in consumer if regex.search(t["text"])]
+            take(hits, count, f"round{args.round}:{group}")
         write(pool, chosen, rng, args.out)
         return
 

@@ -174,3 +174,15 @@ def test_calibration_error_is_the_weighted_gap_between_confidence_and_accuracy()
     assert expected_calibration_error([0.9, 0.9, 0.6], [True, False, True]) == pytest.approx(0.4)
     assert expected_calibration_error([0.75, 0.75], [True, False]) == pytest.approx(0.25)
     assert expected_calibration_error([], []) == 0.0
+
+
+def test_an_unknown_artifact_fails_at_start_naming_the_key_and_the_choices(tmp_path):
+    from switchboard.classify.model import ARTIFACTS, resolve_artifact
+
+    with pytest.raises(FileNotFoundError, match=r"classify.artifact: 'minilm-rael-v1'.*minilm"):
+        resolve_artifact("minilm-rael-v1")
+    with pytest.raises(FileNotFoundError, match="card.json"):
+        resolve_artifact(tmp_path)  # a folder, but nothing trained in it
+    assert resolve_artifact("minilm-commercial-v1") == ARTIFACTS / "minilm-commercial-v1"
+    (tmp_path / "card.json").write_text("{}")
+    assert resolve_artifact(str(tmp_path)) == tmp_path
