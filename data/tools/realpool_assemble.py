@@ -12,9 +12,10 @@ Splits: near-duplicates (character n-gram cosine >= 0.75, as ``near_duplicates``
 and a group goes to one split whole, so no dev or test tweet has a near-copy in training. Groups
 are dealt to test, dev and train by department and urgency (critical tweets, rare, get a larger
 share in dev and test, where they set and check the alert threshold). A real tweet that nearly
-copies a written test or dev tweet is not trained on: it goes to the real test split; one that
-nearly copies a written training tweet is not tested on: it trains. Seeded: the same inputs give
-the same files.
+copies a written test tweet is not trained on: it goes to the real test split; one that nearly
+copies a written training or dev tweet is not tested on: it trains; one that nearly copies both
+is left out (and marked ``left_out`` in the annotations). Seeded: the same inputs give the same
+files.
 """
 
 from __future__ import annotations
@@ -91,6 +92,17 @@ def near_written(texts: list[str], splits: tuple[str, ...]) -> set[int]:
     return {q for q, _, _ in near_duplicates(texts, written)}
 
 
+def mark_left_out(folder: Path, ids: set[str]) -> None:
+    path = folder / "annotations.jsonl"
+    notes = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    with path.open("w", encoding="utf-8") as out:
+        for note in notes:
+            note.pop("left_out", None)
+            if note["id"] in ids:
+                note["left_out"] = "nearly copies both a written training and a held-out tweet"
+            out.write(json.dumps(note, ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pool", type=Path)
@@ -122,10 +134,16 @@ def main() -> None:
     rng = random.Random(SEED)
     split_of = deal(rows, groups_of_near_duplicates([r["text"] for r in rows]), rng)
     texts = [r["text"] for r in rows]
-    for i in near_written(texts, ("train",)):
+    near_train = near_written(texts, ("train", "dev"))  # the written dev split only reports
+    near_held_out = near_written(texts, ("test",))
+    for i in near_train:
         split_of[i] = "train"
-    for i in near_written(texts, ("dev", "test")):  # after: never train on a near-copy of these
+    for i in near_held_out:  # never train on a near-copy of a held-out tweet
         split_of[i] = "test"
+    left_out = near_train & near_held_out
+    for i in left_out:
+        split_of[i] = "left out"
+    mark_left_out(args.folder, {rows[i]["id"] for i in left_out})
     for split in ("train", "dev", "test"):
         chosen = [r for i, r in enumerate(rows) if split_of[i] == split]
         with (args.folder / f"{split}.jsonl").open("w", encoding="utf-8") as out:
