@@ -60,14 +60,16 @@ test-e2e: setup tools
 
 # The shipped default (written + real tweets; non-commercial licence) and the commercial one
 # (only rows whose licence allows commercial use). A company's own labeled tweets:
-# `make train DATA=path/to/folder[:WEIGHT] OUT=path/to/artifact` (docs/classifier.md): the folder
-# holds train.jsonl and dev.jsonl (and test.jsonl, reported only); its dev split selects.
+# `make train DATA=path/to/folder[:WEIGHT] OUT=path/to/artifact [LICENCES=commercial]`
+# (docs/classifier.md): the folder holds train.jsonl and dev.jsonl (and test.jsonl, reported
+# only); its dev split selects.
 ARTIFACTS := services/classify/artifacts
 DATA ?=
 OUT  ?=
+LICENCES ?= all
 train: setup
 	$(BIN)/switchboard classify train --data data/labeled --data data/labeled/real:2 \
-		$(if $(DATA),--data $(DATA) --out $(or $(OUT),$(error OUT=... is needed with DATA)) \
+		--licences $(LICENCES) $(if $(DATA),--data $(DATA) --out $(or $(OUT),$(error OUT=... is needed with DATA)) \
 		--version $(notdir $(OUT)),--out $(ARTIFACTS)/minilm-real-v1 --version minilm-real-v1)
 
 train-commercial: setup

@@ -61,11 +61,11 @@ def prediction_record(row: TweetText, prediction: Prediction, model: TweetClassi
 def evaluate_file(
     model: TweetClassifier,
     rows: Sequence[TweetText],
-    train_file: Path | None,
+    train_files: Sequence[Path] = (),
     baselines: bool = True,
     error_rows: int = 0,
 ) -> dict:
-    """The model's figures on labeled rows, with the baselines fitted on ``train_file``.
+    """The model's figures on labeled rows, with the baselines fitted on ``train_files``.
 
     Also the calibration error of the department confidence; a per-source breakdown when the
     rows carry a ``source``; and with ``error_rows`` the first that many mistakes."""
@@ -92,8 +92,8 @@ def evaluate_file(
         figures["by_source"] = by_source(gold, labels, groups)
     if error_rows:
         figures["errors"] = errors(gold, labels, [r.id for r in rows], error_rows)
-    if baselines and train_file is not None:
-        train = load_labeled(train_file)
+    if baselines and train_files:
+        train = [row for path in train_files for row in load_labeled(path)]
         texts = [r.text for r in gold]
         figures["baselines"] = {
             "tfidf_logreg": report(gold, tfidf_logreg(train, texts)),

@@ -21,12 +21,24 @@ def classify(ctx: click.Context) -> None:
         run()
 
 
+def _resolve_artifact(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    from switchboard.classify.model import resolve_artifact
+
+    try:
+        return resolve_artifact(value)
+    except FileNotFoundError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
     return click.option(
         "--artifact",
-        type=click.Path(path_type=Path, file_okay=False, exists=True),
         default=None,
-        help="Trained artifact folder (default: the one the classify service ships).",
+        callback=_resolve_artifact,
+        help="A shipped artifact's name (minilm-real-v1, minilm-commercial-v1, ...) or a trained "
+        "artifact folder. Default: minilm-real-v1.",
     )(function)
 
 
@@ -198,9 +210,10 @@ def classify_predict(input_file: Path, output_file: Path | None, artifact: Path 
 @click.option(
     "--train-data",
     type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("data/labeled/train.jsonl"),
+    multiple=True,
+    default=[Path("data/labeled/train.jsonl"), Path("data/labeled/real/train.jsonl")],
     show_default=True,
-    help="Training split the baselines are fitted on.",
+    help="Training splits the baselines are fitted on (repeat for several).",
 )
 @click.option("--baselines/--no-baselines", default=True, show_default=True)
 @click.option(
@@ -223,7 +236,7 @@ def classify_predict(input_file: Path, output_file: Path | None, artifact: Path 
 def classify_eval(
     input_file: Path,
     as_json: bool,
-    train_data: Path,
+    train_data: tuple[Path, ...],
     baselines: bool,
     runtime: str,
     threads: int | None,
@@ -238,9 +251,8 @@ def classify_eval(
     model = TweetClassifier.load(artifact, threads=threads or 0, runtime=runtime)
     rows = read_tweets(input_file)
     try:
-        figures = evaluate_file(
-            model, rows, train_data if train_data.is_file() else None, baselines, error_rows
-        )
+        present = [path for path in train_data if path.is_file()]
+        figures = evaluate_file(model, rows, present, baselines, error_rows)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
