@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import time
@@ -35,6 +36,13 @@ CONFIG_FILE = ROOT / "config" / "switchboard.yaml"
 SAMPLES = ROOT / "data" / "samples" / "tweets.jsonl"
 LABELED = ROOT / "data" / "labeled"
 REAL = LABELED / "real"
+
+
+def jsonl_rows(path: Path) -> list[dict]:
+    """The records of a JSON Lines file. Lines end at "\\n" only: tweets may hold U+0085 or
+    U+2028, which ``str.splitlines`` would take for line ends."""
+    text = path.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REAL, ROOT
+from tests.conftest import REAL, ROOT, jsonl_rows
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def run_eval(*arguments: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     """60 real held-out tweets from at least three sources, with their labels."""
-    rows = [json.loads(line) for line in (REAL / "test.jsonl").read_text().splitlines()]
+    rows = jsonl_rows(REAL / "test.jsonl")
     path = tmp_path_factory.mktemp("eval") / "sample.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows[:60]), encoding="utf-8")
     return path, rows[:60]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from switchboard.classify.data import content_sha256, load_labeled
 from switchboard.classify.evaluation import report
@@ -61,6 +62,7 @@ def test_scores_are_probabilities(classifier):
 
 
 async def test_classify_labels_each_raw_tweet(kafka, producer, read, running, classifier, caplog):
+    caplog.set_level(logging.INFO, logger="switchboard.classify.service")
     settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
     texts = {
         "k-1": "@ParceloHelp my order #88231 never arrived and the app won't refund me",

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from switchboard.classify.data import content_sha256
 from switchboard.classify.model import DEFAULT_ARTIFACT, TweetClassifier
-from tests.conftest import LABELED, REAL, ROOT
+from tests.conftest import LABELED, REAL, ROOT, jsonl_rows
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ def tiny_data(tmp_path_factory):
     """48 training rows and 24 dev rows of the real data; no test split."""
     folder = tmp_path_factory.mktemp("tiny")
     for split, rows in (("train", 48), ("dev", 24)):
-        lines = (LABELED / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()[:rows]
+        lines = [json.dumps(r) for r in jsonl_rows(LABELED / f"{split}.jsonl")[:rows]]
         (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
 
@@ -131,7 +131,7 @@ def company_data(tmp_path_factory, tiny_data):
     """A company's own folder: 24 rows under a non-commercial licence and 12 permissive, with
     a dev split of its own (it comes last, so it selects the epoch)."""
     folder = tmp_path_factory.mktemp("company")
-    real = [json.loads(line) for line in (REAL / "train.jsonl").read_text().splitlines()]
+    real = jsonl_rows(REAL / "train.jsonl")
     licensed = [r for r in real if r["licence"].startswith("CC BY-NC")][:24]
     licensed += [r for r in real if r["licence"].startswith("MIT")][:12]
     for split, rows in (("train", licensed), ("dev", licensed[:12])):

@@ -3,14 +3,13 @@ apart from everything that trains (written and real tweets alike)."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pytest
 
 from switchboard.classify.data import DataError, near_duplicates, read_tweets
 from switchboard.shared.labels import Department, Urgency
-from tests.conftest import LABELED, REAL
+from tests.conftest import LABELED, REAL, jsonl_rows
 
 SPLITS = ("train", "dev", "test")
 # What the real data reached (data/labeled/real/README.md); a change that loses rows fails here.
@@ -108,8 +107,7 @@ def test_there_are_enough_real_tweets_in_every_department_and_urgency(real):
 
 def test_every_real_tweet_names_its_source_and_licence_and_was_reviewed(real):
     notes = {}
-    for line in (REAL / "annotations.jsonl").read_text(encoding="utf-8").splitlines():
-        note = json.loads(line)
+    for note in jsonl_rows(REAL / "annotations.jsonl"):
         notes[note["id"]] = note
     for split, rows in real.items():
         for row in rows:
