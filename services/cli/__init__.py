@@ -20,6 +20,7 @@ import click
 from switchboard.cli.bench import bench
 from switchboard.cli.classify import classify
 from switchboard.cli.dlq import dlq
+from switchboard.cli.ingest import ingest
 from switchboard.shared.settings import DEFAULT_CONFIG_FILE, ConfigError
 
 SAMPLES = Path("data/samples/tweets.jsonl")
@@ -46,27 +47,7 @@ def main() -> None:
 # --- the four services ---------------------------------------------------------------------------
 
 
-@main.command()
-@click.option(
-    "--replay",
-    "replay_file",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="Replay this JSONL file of X API v2 tweets.",
-)
-@click.option("--rate", "replay_rate_per_s", type=float, help="Tweets per second when replaying.")
-@click.option("--limit", "replay_limit", type=int, help="Replay at most this many tweets.")
-@click.option(
-    "--archive",
-    type=click.Path(path_type=Path, exists=True),
-    help="Backfill from an X archive export (zip or folder).",
-)
-def ingest(**options: object) -> None:
-    """Run the ingest service: tweets in, switchboard.tweets.raw out."""
-    from switchboard.ingest.service import main as run
-
-    run(**{k: v for k, v in options.items() if v is not None})
-
-
+main.add_command(ingest)
 main.add_command(classify)
 main.add_command(dlq)
 main.add_command(bench)

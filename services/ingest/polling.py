@@ -4,6 +4,12 @@ Each poll reads everything newer than the handle's checkpoint (all pages), hands
 oldest first, and only then moves the checkpoint, so a restart neither misses nor repeats.
 The first poll of a handle with no checkpoint reads one page (the latest ``max_results``)
 rather than the account's whole history; backfill older tweets with a replay or an archive.
+
+A failed poll never stops ingest: whatever went wrong (X refused, X or the network kept
+failing, a malformed page, the broker), the poller says so (``SourceHealth``, metrics, a log
+line) and tries again, waiting ``interval_s`` doubled for each failure in a row up to
+``max_backoff_s``. The checkpoint moves only after a poll's tweets were published, so nothing
+is skipped while it fails.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from switchboard.ingest.checkpoints import Checkpoints
+from switchboard.ingest.health import SourceHealth
 from switchboard.ingest.xapi import XApi, XApiError
 from switchboard.shared import metrics
 from switchboard.shared.config import HandleConfig, PollingConfig
+from switchboard.shared.kafka import KafkaPublishError
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +36,18 @@ class Poller:
     source: str
 
     def __init__(
-        self, handle: HandleConfig, api: XApi, checkpoints: Checkpoints, settings: PollingConfig
+        self,
+        handle: HandleConfig,
+        api: XApi,
+        checkpoints: Checkpoints | None,
+        settings: PollingConfig,
+        health: SourceHealth | None = None,
     ) -> None:
         self.handle = handle
         self.api = api
         self.checkpoints = checkpoints
         self.settings = settings
+        self.health = health or SourceHealth(self.source, handle.handle)
 
     @property
     def checkpoint_key(self) -> str:
@@ -42,22 +56,40 @@ class Poller:
     async def run(self, deliver: Deliver) -> None:
         while True:
             try:
-                await self.poll_once(deliver)
-            except (XApiError, OSError, TimeoutError) as exc:
+                found = await self.poll_once(deliver)
+            except (asyncio.CancelledError, KafkaPublishError):
+                raise  # stopping, or the broker lost a message: ingest restarts (service.py)
+            except Exception as error:  # noqa: BLE001 - no failure may stop ingest (docstring)
+                wait = self.backoff(self.health.failures + 1)
+                self.health.failed(_describe(error), wait)
                 metrics.POLL_ERRORS.labels(self.source).inc()
                 log.warning(
-                    "poll failed; retrying next interval",
-                    extra={"source": self.source, "handle": self.handle.handle, "error": str(exc)},
-                )
-            await asyncio.sleep(self.settings.interval_s)
+                    "poll failed; retrying",
+                    exc_info=not isinstance(error, XApiError),  # a bug: show where
+                    extra={"source": self.source, "handle": self.handle.handle,
+                           "error": _describe(error), "failures_in_a_row": self.health.failures,
+                           "retry_in_s": round(wait, 3)},
+                )  # fmt: skip
+            else:
+                self.health.ok()
+                self.health.detail["last_poll_found"] = found
+                wait = self.settings.interval_s
+            await asyncio.sleep(wait)
+
+    def backoff(self, failures: int) -> float:
+        """The wait after ``failures`` failed polls in a row."""
+        return min(self.settings.interval_s * 2 ** min(failures, 30), self.settings.max_backoff_s)
 
     async def poll_once(self, deliver: Deliver) -> int:
+        assert self.checkpoints is not None  # only the stream's backstop reads without them
         since = self.checkpoints.get(self.checkpoint_key)
         items, users = await self.fetch_newer_than(since)
-        for item in sorted(items, key=lambda i: int(i["id"])):
+        # An item without a numeric id cannot be ordered or checkpointed: it is handed over
+        # first, and the service dead-letters what it cannot read.
+        for item in sorted(items, key=_order):
             await deliver(self.handle, item, users)
-        if items:
-            newest = max(items, key=lambda i: int(i["id"]))["id"]
+        newest = max((_order(i) for i in items), default=-1)
+        if newest >= 0:
             await self.checkpoints.save(self.checkpoint_key, str(newest))
         return len(items)
 
@@ -79,11 +111,30 @@ class MentionsPoller(Poller):
                 pagination_token=token,
                 max_results=self.settings.max_results,
             )
-            items += page.get("data", [])
-            users |= {u["id"]: u for u in page.get("includes", {}).get("users", [])}
-            token = page.get("meta", {}).get("next_token")
+            items += _list(page, "data")
+            users |= _users(page)
+            token = _next_token(page)
             if token is None or since is None:
                 return items, users
+
+    async def fetch_since_time(self, start_time: str) -> tuple[list[dict], dict[str, dict]]:
+        """Every mention posted since ``start_time`` (all pages), oldest first."""
+        items: list[dict] = []
+        users: dict[str, dict] = {}
+        token = None
+        while True:
+            page = await self.api.mentions(
+                self.handle.user_id,
+                since_id=None,
+                start_time=start_time,
+                pagination_token=token,
+                max_results=self.settings.max_results,
+            )
+            items += _list(page, "data")
+            users |= _users(page)
+            token = _next_token(page)
+            if token is None:
+                return sorted(items, key=_order), users
 
 
 class DirectMessagesPoller(Poller):
@@ -99,10 +150,43 @@ class DirectMessagesPoller(Poller):
             page = await self.api.dm_events(
                 pagination_token=token, max_results=self.settings.max_results
             )
-            events = page.get("data", [])
-            newer = [e for e in events if since is None or int(e["id"]) > int(since)]
+            events = _list(page, "data")
+            newer = [e for e in events if since is None or _order(e) > int(since)]
             items += newer
-            users |= {u["id"]: u for u in page.get("includes", {}).get("users", [])}
-            token = page.get("meta", {}).get("next_token")
+            users |= _users(page)
+            token = _next_token(page)
             if token is None or since is None or len(newer) < len(events):
                 return items, users
+
+
+def _order(item: object) -> int:
+    """A tweet's or DM event's id as a number; -1 when it has none."""
+    value = item.get("id") if isinstance(item, dict) else None
+    return int(value) if isinstance(value, str) and value.isdigit() else -1
+
+
+def _list(page: dict, key: str) -> list:
+    value = page.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise XApiError(f"malformed page: {key} is {type(value).__name__}, not a list")
+    return value
+
+
+def _users(page: dict) -> dict[str, dict]:
+    includes = page.get("includes")
+    users = includes.get("users") if isinstance(includes, dict) else None
+    if not isinstance(users, list):
+        return {}
+    return {u["id"]: u for u in users if isinstance(u, dict) and isinstance(u.get("id"), str)}
+
+
+def _next_token(page: dict) -> str | None:
+    meta = page.get("meta")
+    token = meta.get("next_token") if isinstance(meta, dict) else None
+    return token if isinstance(token, str) and token else None
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) if isinstance(error, XApiError) else f"{type(error).__name__}: {error}"

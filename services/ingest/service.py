@@ -12,6 +12,12 @@ webhooks, and backfill from a JSONL replay file or an X archive export. Whatever
 - the same tweet id from any source, within ``ingest.dedup_window_hours``, is published once,
   and so is the deletion of a tweet;
 - input that is not a tweet goes to ``switchboard.deadletter`` with the reason and the bytes.
+
+No X error stops ingest: every source retries and reports its state (``/readyz`` lists each
+source, ``switchboard_ingest_source_up``), and a source that crashes on something unforeseen is
+restarted with a backoff. The one failure that does stop ingest is the broker losing a message
+that could not be sent again (``KafkaPublishError``): the process exits, its orchestrator
+restarts it, and the stream's gap is recovered at the restart (stream.py).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -31,6 +37,7 @@ from fastapi import FastAPI
 from switchboard.ingest.archive import Archive
 from switchboard.ingest.checkpoints import Checkpoints
 from switchboard.ingest.dedup import SeenTweets
+from switchboard.ingest.health import Health, SourceHealth
 from switchboard.ingest.normalize import (
     Deletion,
     NormalizeError,
@@ -98,13 +105,22 @@ class IngestService:
             )
             for name in self._apps_in_use()
         }
-        self._apis: list[XApi] = []
+        self._apis: dict[str, XApi] = {}  # by credential: X counts rate limits per credential
+        self.health = Health()
+        self.stream: FilteredStream | None = None
         self._ready = False
         self.finished_backfill = asyncio.Event()
 
     @property
     def ready(self) -> bool:
         return self._ready
+
+    def readiness_detail(self) -> dict[str, object]:
+        """Each source's state for /readyz: a failing source does not make ingest unready (the
+        others and the webhook still work), it says so here and in the metrics."""
+        sources = self.health.report()
+        degraded = any(s["state"] == "failing" for s in sources.values())
+        return {"sources": sources, "degraded": degraded}
 
     def _apps_in_use(self) -> set[str]:
         """The X apps the enabled sources need; only their secrets must exist."""
@@ -191,30 +207,77 @@ class IngestService:
         x = self.config.ingest.x
         jobs: list[Coroutine[Any, Any, None]] = []
         if x.filtered_stream.enabled:
-            stream = FilteredStream(self._api(x.filtered_stream.app), self.config, self.on_stream)
-            jobs.append(stream.run())
+            health = self.health.of("filtered_stream", f"app:{x.filtered_stream.app}")
+            self.stream = FilteredStream(
+                self._api(x.filtered_stream.app),
+                self.config,
+                self.on_stream,
+                checkpoints=self.checkpoints,
+                on_recovered=self.on_polled_mention,
+                health=health,
+            )
+            jobs.append(self._supervised(health, self.stream.run))
         for handle in self.config.handles:
             if x.mentions.enabled:
-                poller = MentionsPoller(handle, self._api(handle.app), self.checkpoints, x.mentions)
-                jobs.append(poller.run(self.on_polled_mention))
+                health = self.health.of("mentions", handle.handle)
+                poller = MentionsPoller(
+                    handle, self._api(handle.app), self.checkpoints, x.mentions, health
+                )
+                jobs.append(self._supervised(health, poller.run, self.on_polled_mention))
             if x.direct_messages.enabled and handle.direct_messages:
+                health = self.health.of("direct_message", handle.handle)
                 api = self._user_api(handle)
-                dms = DirectMessagesPoller(handle, api, self.checkpoints, x.direct_messages)
-                jobs.append(dms.run(self.on_polled_dm))
+                dms = DirectMessagesPoller(handle, api, self.checkpoints, x.direct_messages, health)
+                jobs.append(self._supervised(health, dms.run, self.on_polled_dm))
         return jobs
 
+    async def _supervised(
+        self, health: SourceHealth, run: Callable[..., Awaitable[None]], *args: Any
+    ) -> None:
+        """Run a source; restart it with a growing wait if it crashes on something it did not
+        foresee (its own retries handle what it did). A lost Kafka message is not retried
+        here: the service exits (see the module docstring)."""
+        crashes = 0
+        while True:
+            try:
+                await run(*args)
+                return
+            except (asyncio.CancelledError, KafkaPublishError):
+                raise
+            except Exception as error:  # noqa: BLE001 - a source must not take ingest down
+                crashes += 1
+                wait = min(2.0**crashes, 60.0)
+                health.failed(f"crashed: {type(error).__name__}: {error}", wait)
+                metrics.SOURCE_RESTARTS.labels(health.source).inc()
+                log.error(
+                    "an ingest source crashed; restarting it",
+                    exc_info=True,
+                    extra={"source": health.source, "handle": health.handle, "retry_in_s": wait},
+                )
+                await asyncio.sleep(wait)
+
     def _api(self, app: str) -> XApi:
-        api = XApi(self.settings.api_base_url, self.apps[app].get_secret_value())
-        self._apis.append(api)
-        return api
+        name = f"app:{app}"
+        if name not in self._apis:
+            token = self.apps[app].get_secret_value()
+            self._apis[name] = XApi(
+                self.settings.api_base_url, token, name, self.config.ingest.x.retry
+            )
+        return self._apis[name]
 
     def _user_api(self, handle: HandleConfig) -> XApi:
         assert handle.user_token is not None  # checked by the config model
-        index = self.config.handles.index(handle)
-        token = read_secret(handle.user_token, f"handles[{index}].user_token")
-        api = XApi(self.settings.api_base_url, token.get_secret_value())
-        self._apis.append(api)
-        return api
+        name = f"user:{handle.handle}"
+        if name not in self._apis:
+            index = self.config.handles.index(handle)
+            token = read_secret(handle.user_token, f"handles[{index}].user_token")
+            self._apis[name] = XApi(
+                self.settings.api_base_url,
+                token.get_secret_value(),
+                name,
+                self.config.ingest.x.retry,
+            )
+        return self._apis[name]
 
     async def replay(self) -> None:
         path = self.settings.replay_file
@@ -297,17 +360,24 @@ class IngestService:
     async def on_webhook(self, body: bytes) -> int:
         """A signed Account Activity delivery; returns how many events were published.
 
-        A body that is not an Account Activity object (``for_user_id``), and each event in it
-        that cannot be published, is dead-lettered with the exact body as the original and the
-        event named in the error. Event kinds Switchboard does not use (likes, follows...) are
-        ignored."""
+        A body that is not an Account Activity object (``for_user_id``, or X's ``user_event``),
+        and each event in it that cannot be published, is dead-lettered with the exact body as
+        the original and the event named in the error. The other event kinds X documents
+        (likes, follows, blocks, mutes, typing, read receipts) are counted and skipped; a
+        revoke (``user_event``) is reported: that user's events stop until it is granted again.
+        """
         try:
             payload = _parse_json(body)
-            if not isinstance(payload, dict) or "for_user_id" not in payload:
+            if not isinstance(payload, dict) or not (
+                "for_user_id" in payload or "user_event" in payload
+            ):
                 raise DecodeError("invalid_event", "not an object with for_user_id")
         except DecodeError as problem:
             await self._dead_letter(problem, body, "webhook")
             return 0
+        self._count_skipped_activity(payload)
+        if "user_event" in payload:
+            self._on_user_event(payload["user_event"])
         published = 0
         for name, build in _activity_events(payload, self.config):
             try:
@@ -321,6 +391,30 @@ class IngestService:
             elif item is not None and not self._replayed(item):
                 published += await self.offer(item) in ("inbound", "brand")
         return published
+
+    def _count_skipped_activity(self, payload: dict[str, Any]) -> None:
+        for kind, events in payload.items():
+            if kind in SKIPPED_ACTIVITY:
+                count = len(events) if isinstance(events, list) else 1
+                metrics.WEBHOOK_EVENTS_SKIPPED.labels(kind).inc(count)
+            elif kind not in ACTIVITY_FIELDS:
+                metrics.WEBHOOK_EVENTS_SKIPPED.labels("unknown").inc()
+                log.info("webhook event kind not known; skipped", extra={"kind": kind[:100]})
+
+    def _on_user_event(self, event: object) -> None:
+        """X's revoke: a user withdrew the app's access (Account Activity stops for them)."""
+        revoke = event.get("revoke") if isinstance(event, dict) else None
+        source = revoke.get("source") if isinstance(revoke, dict) else None
+        user_id = source.get("user_id") if isinstance(source, dict) else None
+        metrics.WEBHOOK_EVENTS_SKIPPED.labels("user_event").inc()
+        handle = next((h for h in self.config.handles if h.user_id == str(user_id)), None)
+        log.error(
+            "a user revoked the app's access: Account Activity stops for them until it is "
+            "authorized again",
+            extra={"user_id": str(user_id), "handle": handle.handle if handle else None},
+        )
+        if handle is not None:
+            self.health.of("webhook", handle.handle).failed("access revoked by the user", 0)
 
     def _replayed(self, tweet: Tweet) -> bool:
         """A tweet or DM written before the webhook's max event age: a replay (webhook.py)."""
@@ -403,7 +497,7 @@ class IngestService:
 
     async def close(self) -> None:
         self._ready = False
-        for api in self._apis:
+        for api in self._apis.values():
             await api.close()
         with contextlib.suppress(KafkaPublishError):
             await self.in_flight.flush()
@@ -424,6 +518,17 @@ def _parse_json(line: bytes) -> object:
 
 
 ActivityItem = Tweet | Deletion | None
+# Account Activity event kinds X documents that carry nothing to route, and the other fields of
+# a body; any kind not named anywhere is counted as "unknown" and skipped (X adds kinds).
+SKIPPED_ACTIVITY = frozenset({
+    "favorite_events", "follow_events", "unfollow_events", "block_events", "unblock_events",
+    "mute_events", "unmute_events", "direct_message_indicate_typing_events",
+    "direct_message_mark_read_events",
+})  # fmt: skip
+ACTIVITY_FIELDS = frozenset({
+    "for_user_id", "users", "apps", "user_has_blocked", "source", "user_event",
+    "tweet_create_events", "direct_message_events", "tweet_delete_events",
+})  # fmt: skip
 
 
 def _activity_events(

@@ -2,9 +2,23 @@
 
 Reconnects follow X's documented policy ("Handling disconnections"): network errors and stalls
 back off linearly (+250 ms per attempt, up to 16 s), HTTP errors exponentially (from 5 s, up to
-320 s), HTTP 429 exponentially from one minute; a successful connection resets all three. X
-sends a keep-alive newline every 20 seconds, so a connection silent for longer than
-``stall_timeout_s`` is dropped and reopened.
+320 s), HTTP 429 exponentially from one minute. X sends a keep-alive newline every 20 seconds,
+so a connection silent for longer than ``stall_timeout_s`` is dropped and reopened.
+
+Only a connection that stayed open ``healthy_after_s`` resets the backoff: one that X accepts
+and closes at once is a failed attempt, or a flapping endpoint would be hammered. Attempts are
+also held within X's budget (50 connections per 15 minutes, ``max_connections`` per
+``connection_window_s``), past which X refuses connections for up to 15 minutes.
+
+Nothing stops the stream: rule synchronization at start is retried with the HTTP backoff while X
+fails, and every failure is reported (``SourceHealth``, metrics, logs).
+
+What the stream missed while it was down (a disconnection, or ingest stopped) is recovered
+where X allows it: ``backfill_minutes`` asks X to resend the last minutes on reconnection
+(Enterprise access), and the mentions backstop reads each handle's mentions for the gap (any
+access level with the mentions endpoint). When the stream was last alive is kept as a
+checkpoint, so a restart knows its gap too. Keyword, hashtag and cashtag matches that do not
+mention a handle are recoverable only by backfill.
 
 tweepy's AsyncStreamingClient implements the same loop but with fixed constants, a fixed host
 and no hook to count stalls, so the connection is opened here with aiohttp; the rules endpoints
@@ -14,22 +28,32 @@ go through tweepy (xapi.py).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import aiohttp
 from aiohttp.http_exceptions import LineTooLong
 
-from switchboard.ingest.rules import desired_rules, plan_sync
-from switchboard.ingest.xapi import XApi
+from switchboard.ingest.checkpoints import Checkpoints
+from switchboard.ingest.health import SourceHealth
+from switchboard.ingest.polling import Deliver, MentionsPoller
+from switchboard.ingest.rules import StreamRule, desired_rules, plan_sync
+from switchboard.ingest.xapi import XApi, XApiError
 from switchboard.shared import metrics
 from switchboard.shared.config import ReconnectConfig, SwitchboardConfig
 
 log = logging.getLogger(__name__)
 
 SOURCE = "filtered_stream"
+ALIVE_CHECKPOINT = "filtered_stream:alive"  # a snowflake id: the stream saw everything before it
+ALIVE_EVERY_S = 30.0
+TWITTER_EPOCH_MS = 1288834974657
 # aiohttp refuses lines over 128 KiB by default, which a long post with its includes can
 # approach; a line is read whole up to this, and ingest dead-letters what is not a tweet.
 MAX_LINE_BYTES = 16 * 1024 * 1024
@@ -63,76 +87,337 @@ class ReconnectPolicy:
         return max(wait, reset_in_s or 0.0)
 
 
+class ConnectionBudget:
+    """At most ``limit`` connection attempts in any ``window_s`` (pure, given the clock)."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._attempts: collections.deque[float] = collections.deque()
+
+    def wait_s(self, now: float) -> float:
+        """How long until one more attempt stays within the budget."""
+        while self._attempts and self._attempts[0] <= now - self.window_s:
+            self._attempts.popleft()
+        if len(self._attempts) < self.limit:
+            return 0.0
+        return self._attempts[0] + self.window_s - now
+
+    def attempted(self, now: float) -> None:
+        self._attempts.append(now)
+
+
+def snowflake_at(moment: float) -> int:
+    """The smallest X id a tweet posted at ``moment`` (Unix seconds) can have."""
+    return max(0, int(moment * 1000) - TWITTER_EPOCH_MS) << 22
+
+
+def moment_of(snowflake: int) -> float:
+    return ((snowflake >> 22) + TWITTER_EPOCH_MS) / 1000
+
+
+@dataclass
+class RuleSync:
+    """What one synchronization did, and what X refused (for logs, metrics and the CLI)."""
+
+    created: list[StreamRule] = field(default_factory=list)
+    deleted: int = 0
+    # (rule as configured, id of the foreign rule X says it duplicates, value adopted or None)
+    duplicates: list[tuple[StreamRule, str, str | None]] = field(default_factory=list)
+    # (handle, term, X's reason)
+    invalid: list[tuple[str, str, str]] = field(default_factory=list)
+    uncovered: list[StreamRule] = field(default_factory=list)
+
+
 class FilteredStream:
     def __init__(
         self,
         api: XApi,
         config: SwitchboardConfig,
         on_message: Callable[[bytes], Awaitable[None]],
+        *,
+        checkpoints: Checkpoints | None = None,
+        on_recovered: Deliver | None = None,
+        health: SourceHealth | None = None,
     ) -> None:
         self.api = api
         self.config = config
         self.settings = config.ingest.x.filtered_stream
         self.on_message = on_message
+        self.checkpoints = checkpoints
+        self.on_recovered = on_recovered
+        self.health = health or SourceHealth(SOURCE, self.settings.app)
         self.policy = ReconnectPolicy(self.settings.reconnect)
+        self.budget = ConnectionBudget(
+            self.settings.max_connections, self.settings.connection_window_s
+        )
         self.connections = 0
+        self.last_sync: RuleSync | None = None
+        self._alive_saved_at = 0.0
+        self._gap_from: float | None = None
+        self._backstop_task: asyncio.Task | None = None
 
-    async def sync_rules(self) -> None:
+    # --- rules -------------------------------------------------------------------------------
+
+    async def sync_rules(self) -> RuleSync:
         """Make the owned rules (tag prefix) exactly the configured ones; leave the rest."""
         existing = await self.api.get_rules()
         changes = plan_sync(existing, desired_rules(self.config), self.settings.rule_tag_prefix)
+        report = RuleSync()
         if changes.delete_ids:
             await self.api.delete_rules(changes.delete_ids)
-        if changes.add:
-            await self.api.add_rules([(r.value, r.tag) for r in changes.add])
+            report.deleted = len(changes.delete_ids)
+        pending = changes.add
+        while pending:
+            pending = await self._add(pending, report)
+        self.last_sync = report
+        self._report(report)
+        return report
+
+    async def _add(self, rules: list[StreamRule], report: RuleSync) -> list[StreamRule]:
+        """Add ``rules``; returns what to try again (X creates none of a request that holds an
+        invalid rule; a duplicate is tried again with its next variant)."""
+        answer = await self.api.add_rules([(r.value, r.tag) for r in rules])
+        invalid, duplicates = answer.invalid(), answer.duplicates()
+        retry: list[StreamRule] = []
+        for rule in rules:
+            if rule.value in answer.created:
+                report.created.append(rule)
+            elif rule.value in invalid:
+                refused = await self._invalid_terms(rule, invalid[rule.value], report)
+                fixed = rule.without(refused)
+                if fixed is None or not refused:
+                    report.uncovered.append(rule)  # nothing of it can be added
+                else:
+                    retry.append(fixed)
+            elif rule.value in duplicates:
+                variant = rule.variant()
+                report.duplicates.append((rule, duplicates[rule.value], variant and variant.value))
+                if variant is None:
+                    report.uncovered.append(rule)
+                else:
+                    retry.append(variant)
+            else:
+                retry.append(rule)  # valid, held back by another rule's error
+        return retry
+
+    async def _invalid_terms(self, rule: StreamRule, reason: str, report: RuleSync) -> set[str]:
+        """Which of the rule's terms X refuses, checked one by one in a dry run."""
+        if len(rule.terms) <= 1:
+            report.invalid += [(rule.handle, term, reason) for term in rule.terms]
+            return set(rule.terms)
+        answer = await self.api.add_rules(
+            [(term + rule.suffix, rule.tag) for term in rule.terms], dry_run=True
+        )
+        refused = answer.invalid()
+        terms = {term for term in rule.terms if term + rule.suffix in refused}
+        report.invalid += [(rule.handle, t, refused[t + rule.suffix]) for t in sorted(terms)]
+        return terms
+
+    def _report(self, report: RuleSync) -> None:
+        for rule, foreign_id, adopted in report.duplicates:
+            log.warning(
+                "a stream rule duplicates a rule this configuration does not own",
+                extra={"handle": rule.handle, "tag": rule.tag, "value": rule.value,
+                       "foreign_rule_id": foreign_id, "adopted_value": adopted},
+            )  # fmt: skip
+        for handle, term, reason in report.invalid:
+            log.error(
+                "X refused a listening term: fix it in the handle's listen section",
+                extra={"handle": handle, "keyword": term, "reason": reason},
+            )
+        for rule in report.uncovered:
+            log.error("a stream rule could not be added", extra={"handle": rule.handle,
+                                                                 "value": rule.value})  # fmt: skip
+        for handle in {h.handle for h in self.config.handles}:
+            counts = {
+                "foreign_duplicate": sum(r.handle == handle for r, _, _ in report.duplicates),
+                "invalid_term": sum(h == handle for h, _, _ in report.invalid),
+                "uncovered": sum(r.handle == handle for r in report.uncovered),
+            }
+            for kind, count in counts.items():
+                metrics.STREAM_RULE_PROBLEMS.labels(handle, kind).set(count)
+        self.health.detail["rules"] = {
+            "created": len(report.created),
+            "deleted": report.deleted,
+            "foreign_duplicates": len(report.duplicates),
+            "invalid_terms": [f"{h} {t}" for h, t, _ in report.invalid],
+            "uncovered": [r.tag for r in report.uncovered],
+        }
         log.info(
             "stream rules synchronized",
-            extra={"added": len(changes.add), "deleted": len(changes.delete_ids)},
+            extra={"added": len(report.created), "deleted": report.deleted},
         )
+
+    async def _sync_until_done(self) -> None:
+        """Rule sync at start, retried with the HTTP backoff while X or the network fails."""
+        while True:
+            try:
+                await self.sync_rules()
+                return
+            except XApiError as error:
+                wait = self.policy.after_http_error()
+                self.health.failed(f"rule sync: {error}", wait)
+                log.warning(
+                    "stream rule sync failed; retrying",
+                    extra={"error": str(error), "retry_in_s": wait},
+                )
+                await asyncio.sleep(wait)
+
+    # --- the connection ----------------------------------------------------------------------
 
     async def run(self) -> None:
         """Read the stream until cancelled, reconnecting as X documents."""
-        await self.sync_rules()
+        await self._sync_until_done()
+        self.policy.connected()
         timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=self.settings.stall_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
-                wait, reason = await self._connect_once(session)
-                metrics.STREAM_RECONNECTS.labels(reason).inc()
-                log.warning("stream disconnected", extra={"reason": reason, "retry_in_s": wait})
-                await asyncio.sleep(wait)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                while True:
+                    await self._within_budget()
+                    wait, reason = await self._connect_once(session)
+                    metrics.STREAM_RECONNECTS.labels(reason).inc()
+                    self.health.failed(f"disconnected: {reason}", wait)
+                    log.warning("stream disconnected", extra={"reason": reason, "retry_in_s": wait})
+                    await asyncio.sleep(wait)
+        finally:
+            if self._backstop_task is not None:
+                self._backstop_task.cancel()
+
+    async def _within_budget(self) -> None:
+        wait = self.budget.wait_s(time.monotonic())
+        if wait > 0:
+            metrics.STREAM_BUDGET_WAITS.inc()
+            self.health.waiting("connection budget", wait)
+            log.warning(
+                "stream connection budget spent; waiting",
+                extra={"max_connections": self.settings.max_connections,
+                       "window_s": self.settings.connection_window_s, "wait_s": round(wait, 3)},
+            )  # fmt: skip
+            await asyncio.sleep(wait)
+        self.budget.attempted(time.monotonic())
 
     async def _connect_once(self, session: aiohttp.ClientSession) -> tuple[float, str]:
         """One connection; returns how long to wait before the next, and why it ended."""
         headers = {"Authorization": f"Bearer {self.api.bearer_token}"}
+        gap_from = self._alive_at()
+        url = self.api.stream_url(self._backfill_minutes(gap_from))
+        opened_at: float | None = None
         try:
-            async with session.get(self.api.stream_url(), headers=headers) as response:
+            async with session.get(url, headers=headers) as response:
                 if response.status == 429:
                     return self.policy.after_rate_limit(_reset_in(response)), "rate_limited"
                 if response.status != 200:
                     body = (await response.text())[:300]
                     log.error("stream refused", extra={"status": response.status, "body": body})
                     return self.policy.after_http_error(), f"http_{response.status}"
+                opened_at = time.monotonic()
+                self._opened(gap_from)
                 await self._read(response)
-                return self.policy.after_network_error(), "closed_by_server"
+                return self._after_drop(opened_at), "closed_by_server"
         except TimeoutError:
             metrics.STREAM_STALLS.inc()
-            return self.policy.after_network_error(), "stall"
+            return self._after_drop(opened_at), "stall"
         except LineTooLong as error:
             log.error("stream line too long; reconnecting", extra={"error": str(error)[:300]})
-            return self.policy.after_network_error(), "line_too_long"
+            return self._after_drop(opened_at), "line_too_long"
         except (aiohttp.ClientError, OSError):
-            return self.policy.after_network_error(), "network_error"
+            return self._after_drop(opened_at), "network_error"
         finally:
             metrics.STREAM_CONNECTED.labels(SOURCE).set(0)
 
-    async def _read(self, response: aiohttp.ClientResponse) -> None:
+    def _after_drop(self, opened_at: float | None) -> float:
+        """The wait after a connection ended: X's "reconnect at once" only after a connection
+        that was healthy, the growing network backoff after one that never was."""
+        if opened_at is not None and time.monotonic() - opened_at >= self.settings.healthy_after_s:
+            self.policy.connected()
+        return self.policy.after_network_error()
+
+    def _opened(self, gap_from: float | None) -> None:
         self.connections += 1
-        self.policy.connected()
         metrics.STREAM_CONNECTED.labels(SOURCE).set(1)
+        self.health.ok()
+        self.health.detail.pop("waiting_for", None)
+        self.health.detail["connections"] = self.connections
         log.info("stream connected", extra={"connection": self.connections})
+        if gap_from is not None:
+            self._recover(gap_from)
+
+    async def _read(self, response: aiohttp.ClientResponse) -> None:
+        await self._still_alive(force=True)
         while line := await response.content.readline(max_line_length=MAX_LINE_BYTES):
+            await self._still_alive()
             if line.strip():  # a bare newline is X's keep-alive
                 await self.on_message(line.strip())
+
+    # --- what the stream missed --------------------------------------------------------------
+
+    def _alive_at(self) -> float | None:
+        """Since when the stream may have missed tweets (None: never connected before). The
+        last stall window before the drop is included: tweets in it may not have arrived."""
+        saved = self.checkpoints.get(ALIVE_CHECKPOINT) if self.checkpoints else None
+        if saved is None or not saved.isdigit():
+            return None
+        return moment_of(int(saved)) - self.settings.stall_timeout_s
+
+    async def _still_alive(self, *, force: bool = False) -> None:
+        now = time.time()
+        if self.checkpoints is None or (not force and now - self._alive_saved_at < ALIVE_EVERY_S):
+            return
+        self._alive_saved_at = now
+        await self.checkpoints.save(ALIVE_CHECKPOINT, str(snowflake_at(now)))
+
+    def _backfill_minutes(self, gap_from: float | None) -> int:
+        if gap_from is None or not self.settings.backfill_minutes:
+            return 0
+        return min(self.settings.backfill_minutes, max(1, math.ceil((time.time() - gap_from) / 60)))
+
+    def _covered_by_backfill(self, gap_from: float) -> bool:
+        return time.time() - gap_from <= self.settings.backfill_minutes * 60
+
+    def _recover(self, gap_from: float) -> None:
+        """Start the mentions backstop for the gap, unless something else covers it. Gaps that
+        open while a backstop runs are merged into one more run, so a flapping stream does not
+        spend the mentions rate limit once per reconnection."""
+        x = self.config.ingest.x
+        if (
+            not self.settings.mentions_backstop
+            or self.on_recovered is None
+            or x.mentions.enabled  # polling reads every mention anyway
+            or self._covered_by_backfill(gap_from)
+        ):
+            return
+        self._gap_from = gap_from if self._gap_from is None else min(self._gap_from, gap_from)
+        if self._backstop_task is None or self._backstop_task.done():
+            self._backstop_task = asyncio.create_task(self._backstops(), name="stream-backstop")
+
+    async def _backstops(self) -> None:
+        while self._gap_from is not None:
+            gap_from, self._gap_from = self._gap_from, None
+            await self._backstop(gap_from)
+
+    async def _backstop(self, gap_from: float) -> None:
+        """Every handle's mentions since ``gap_from``, read with the stream's app (mentions are
+        public: any app may read them, and this one's rate window is the one to draw on)."""
+        assert self.on_recovered is not None
+        start = datetime.fromtimestamp(gap_from, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        gap_s = round(time.time() - gap_from, 3)
+        log.info(
+            "recovering the stream's gap from mentions", extra={"since": start, "gap_s": gap_s}
+        )
+        for handle in self.config.handles:
+            poller = MentionsPoller(handle, self.api, None, self.config.ingest.x.mentions)
+            try:
+                items, users = await poller.fetch_since_time(start)
+                for item in items:
+                    await self.on_recovered(handle, item, users)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a failed backstop must not stop the stream
+                log.warning("mentions backstop failed for a handle",
+                            extra={"handle": handle.handle, "error": str(error)[:300]})  # fmt: skip
+                continue
+            metrics.STREAM_GAP_RECOVERED.labels(handle.handle).inc(len(items))
 
 
 def _reset_in(response: aiohttp.ClientResponse) -> float | None:

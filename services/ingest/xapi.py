@@ -1,31 +1,43 @@
 """The X API v2 calls ingest makes, through tweepy's async clients, at a configurable base URL.
 
-tweepy builds the requests (routes, field and expansion parameters, errors); two things it
-does not do are added here:
+tweepy builds the requests (routes, field and expansion parameters, errors); what it does not
+do is added here:
 
 - a base URL other than ``https://api.twitter.com`` (tweepy hard-codes the host): tweepy is
   handed a session that sends each request to ``ingest.x.api_base_url`` instead. Every call
   authenticates with a bearer token (app-only, or a user's OAuth 2.0 token for DMs), so no
   OAuth 1.0a signature covers the host;
-- rate limits that are counted and obeyed ahead of time: after a response whose
-  ``x-rate-limit-remaining`` is 0, the next call to that endpoint waits for
-  ``x-rate-limit-reset``; a 429 waits for the reset and tries again.
+- rate limits shared the way X counts them (ratelimit.py): one window per credential and
+  endpoint, obeyed ahead of time, a 429 waits for ``x-rate-limit-reset``;
+- every other failure sorted into what waiting may fix and what it will not. HTTP 5xx, dropped
+  connections, timeouts and answers that are not JSON are retried with exponential backoff and
+  jitter (``ingest.x.retry``), then raised as ``XApiUnavailable``; 400/401/403/404 raise
+  ``XApiRefused`` at once. Callers (pollers, rule sync) keep going after either.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import tweepy
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 from tweepy.asynchronous import AsyncClient, AsyncStreamingClient
 from yarl import URL
 
+from switchboard.ingest.ratelimit import RateWindow
 from switchboard.shared import metrics
+from switchboard.shared.config import XRetryConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +55,70 @@ EXPANSIONS = [
 DM_FIELDS = ["id", "text", "event_type", "created_at", "dm_conversation_id", "sender_id"]
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
 MAX_RATE_LIMIT_RETRIES = 5
+# What waiting may fix: X's 5xx, a dropped or refused connection (aiohttp's
+# ServerDisconnectedError is a ClientError, not an OSError), a timeout, a body that is not JSON.
+TRANSIENT = (
+    tweepy.TwitterServerError, aiohttp.ClientError, OSError, TimeoutError, json.JSONDecodeError,
+)  # fmt: skip
 
 
 class XApiError(RuntimeError):
-    """A call that failed for a reason waiting will not fix (bad token, bad request...)."""
+    """A call that did not succeed; ``reason`` is a short label for metrics and logs."""
+
+    reason = "error"
+
+
+class XApiRefused(XApiError):
+    """X refused the request (400, 401, 403, 404): waiting will not fix it."""
+
+    reason = "refused"
+
+
+class XApiUnavailable(XApiError):
+    """X or the network kept failing through every retry (5xx, disconnects, timeouts)."""
+
+    reason = "unavailable"
+
+
+class XApiRateLimited(XApiError):
+    """Still answered 429 after ``MAX_RATE_LIMIT_RETRIES`` waits for the reset."""
+
+    reason = "rate_limited"
+
+
+class _RateLimitedOnce(Exception):
+    """One 429, already noted in the rate window: take another turn."""
+
+
+@dataclass
+class RulesAnswer:
+    """X's answer to ``POST /2/tweets/search/stream/rules``: what was created and why not."""
+
+    created: dict[str, str] = field(default_factory=dict)  # value -> rule id
+    errors: list[dict] = field(default_factory=list)
+    summary: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, body: dict) -> RulesAnswer:
+        created = {r["value"]: r["id"] for r in body.get("data") or [] if isinstance(r, dict)}
+        errors = [e for e in body.get("errors") or [] if isinstance(e, dict)]
+        return cls(created, errors, (body.get("meta") or {}).get("summary") or {})
+
+    def duplicates(self) -> dict[str, str]:
+        """Value -> id of the existing rule, for each rule X refused as a duplicate."""
+        return {
+            e["value"]: str(e.get("id", ""))
+            for e in self.errors
+            if e.get("title") == "DuplicateRule" and isinstance(e.get("value"), str)
+        }
+
+    def invalid(self) -> dict[str, str]:
+        """Value -> X's explanation, for each rule X refused as invalid."""
+        return {
+            e["value"]: "; ".join(map(str, e.get("details") or [])) or str(e.get("title"))
+            for e in self.errors
+            if e.get("title") != "DuplicateRule" and isinstance(e.get("value"), str)
+        }
 
 
 class BaseUrlSession:
@@ -71,17 +143,26 @@ class BaseUrlSession:
 
 
 class XApi:
-    """One app's (or one user's) view of the X API v2."""
+    """One credential's view of the X API v2: an app's bearer token, or one user's.
 
-    def __init__(self, base_url: str, bearer_token: str) -> None:
+    ``name`` says whose it is in logs and metrics (``app:main``, ``user:@AcmeHelp``), never the
+    token. Share one instance among everything that uses the credential: its rate windows are
+    X's, and X counts them per credential.
+    """
+
+    def __init__(
+        self, base_url: str, bearer_token: str, name: str, retry: XRetryConfig | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.name = name
+        self.retry = retry or XRetryConfig()
         self.session = BaseUrlSession(base_url)
         self.client = AsyncClient(bearer_token, return_type=aiohttp.ClientResponse)
         self.rules = AsyncStreamingClient(bearer_token, return_type=aiohttp.ClientResponse)
         self.client.session = self.session  # type: ignore[assignment]
         self.rules.session = self.session  # type: ignore[assignment]
         self.bearer_token = bearer_token
-        self._not_before: dict[str, float] = {}
+        self._windows: dict[str, RateWindow] = {}
 
     async def close(self) -> None:
         await self.session.close()
@@ -89,24 +170,34 @@ class XApi:
     # --- endpoints ---------------------------------------------------------------------------
 
     async def get_rules(self) -> list[dict]:
-        body = await self.call("rules", self.rules.get_rules)
-        return body.get("data", [])
+        body = await self.call("rules_read", self.rules.get_rules)
+        return body.get("data") or []
 
-    async def add_rules(self, rules: list[tuple[str, str]]) -> dict:
+    async def add_rules(
+        self, rules: list[tuple[str, str]], *, dry_run: bool = False
+    ) -> RulesAnswer:
         add = [tweepy.StreamRule(value, tag) for value, tag in rules]
-        return await self.call("rules", self.rules.add_rules, add)
+        extra = {"dry_run": "true"} if dry_run else {}  # tweepy passes values to the query as-is
+        return RulesAnswer.of(await self.call("rules_write", self.rules.add_rules, add, **extra))
 
     async def delete_rules(self, ids: list[str]) -> dict:
-        return await self.call("rules", self.rules.delete_rules, ids)
+        return await self.call("rules_write", self.rules.delete_rules, ids)
 
     async def mentions(
-        self, user_id: str, *, since_id: str | None, pagination_token: str | None, max_results: int
+        self,
+        user_id: str,
+        *,
+        since_id: str | None,
+        pagination_token: str | None,
+        max_results: int,
+        start_time: str | None = None,
     ) -> dict:
         return await self.call(
             "mentions",
             self.client.get_users_mentions,
             user_id,
             since_id=since_id,
+            start_time=start_time,
             pagination_token=pagination_token,
             max_results=max_results,
             tweet_fields=TWEET_FIELDS,
@@ -127,45 +218,94 @@ class XApi:
             user_auth=False,  # the bearer token is the user's OAuth 2.0 access token
         )
 
-    def stream_url(self) -> str:
+    def stream_url(self, backfill_minutes: int = 0) -> str:
         fields = {
             "tweet.fields": ",".join(TWEET_FIELDS),
             "user.fields": ",".join(USER_FIELDS),
             "expansions": ",".join(EXPANSIONS),
         }
+        if backfill_minutes:
+            fields["backfill_minutes"] = str(backfill_minutes)
         return str(URL(self.base_url + "/2/tweets/search/stream").with_query(fields))
 
-    # --- rate limits -------------------------------------------------------------------------
+    # --- calls: rate limits and retries ------------------------------------------------------
+
+    def window(self, endpoint: str) -> RateWindow:
+        if endpoint not in self._windows:
+            self._windows[endpoint] = RateWindow(self.name, endpoint)
+        return self._windows[endpoint]
 
     async def call(
         self, endpoint: str, method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
     ) -> dict:
-        """Call ``method``, waiting out rate limits; returns the JSON body."""
-        for _ in range(MAX_RATE_LIMIT_RETRIES):
-            await self._wait_turn(endpoint)
+        """Call ``method`` in a turn of the endpoint's rate window, retrying what waiting may
+        fix; returns the JSON body (an object)."""
+        rate_limited = 0
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TRANSIENT),
+            wait=wait_random_exponential(multiplier=self.retry.initial_s, max=self.retry.max_s),
+            stop=stop_after_attempt(self.retry.attempts),
+            before_sleep=lambda state: self._note_retry(endpoint, state),
+            reraise=True,
+        )
+        while True:
+            try:
+                return await retrying(self._attempt, endpoint, method, *args, **kwargs)
+            except _RateLimitedOnce:
+                rate_limited += 1
+                if rate_limited >= MAX_RATE_LIMIT_RETRIES:
+                    raise XApiRateLimited(
+                        f"{endpoint}: still rate limited after {rate_limited} waits"
+                    ) from None
+            except TRANSIENT as error:
+                metrics.X_API_ERRORS.labels(endpoint, _kind(error)).inc()
+                raise XApiUnavailable(
+                    f"{endpoint}: {_describe(error)} (after {self.retry.attempts} attempts)"
+                ) from None
+
+    async def _attempt(
+        self, endpoint: str, method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+    ) -> dict:
+        async with self.window(endpoint).turn() as turn:
             try:
                 response = await method(*args, **kwargs)
             except tweepy.TooManyRequests as exc:
-                self._note_limit(endpoint, exc.response.headers, exhausted=True)
-                continue
-            except (tweepy.BadRequest, tweepy.Unauthorized, tweepy.Forbidden, tweepy.NotFound) as e:
-                raise XApiError(f"{endpoint}: HTTP {e.response.status}: {e}") from None
-            self._note_limit(endpoint, response.headers, exhausted=False)
-            return await response.json()
-        raise XApiError(f"{endpoint}: still rate limited after {MAX_RATE_LIMIT_RETRIES} waits")
+                turn.answered(exc.response.headers, limited=True)
+                raise _RateLimitedOnce from None
+            except tweepy.TwitterServerError as exc:
+                turn.answered(exc.response.headers)
+                raise
+            except tweepy.HTTPException as e:  # 400, 401, 403, 404 and any other 4xx
+                turn.answered(e.response.headers)
+                metrics.X_API_ERRORS.labels(endpoint, f"http_{e.response.status}").inc()
+                raise XApiRefused(f"{endpoint}: HTTP {e.response.status}: {e}") from None
+            turn.answered(response.headers)
+            body = json.loads(await response.text())
+        if not isinstance(body, dict):
+            raise json.JSONDecodeError("the answer is not a JSON object", str(body)[:100], 0)
+        return body
 
-    def _note_limit(self, endpoint: str, headers: Any, *, exhausted: bool) -> None:
-        remaining = headers.get("x-rate-limit-remaining")
-        reset = headers.get("x-rate-limit-reset")
-        if reset is not None and (exhausted or remaining == "0"):
-            self._not_before[endpoint] = float(reset)
-        elif exhausted:  # a 429 without headers: X's documented minimum wait for a retry
-            self._not_before[endpoint] = time.time() + 60
+    def _note_retry(self, endpoint: str, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        metrics.X_API_ERRORS.labels(endpoint, _kind(error)).inc()
+        log.warning(
+            "X call failed; retrying",
+            extra={"endpoint": endpoint, "credential": self.name, "attempt": state.attempt_number,
+                   "error": _describe(error)},
+        )  # fmt: skip
 
-    async def _wait_turn(self, endpoint: str) -> None:
-        wait = self._not_before.pop(endpoint, 0.0) - time.time()
-        if wait > 0:
-            metrics.RATE_LIMIT_WAITS.labels(endpoint).inc()
-            metrics.RATE_LIMIT_WAIT_SECONDS.labels(endpoint).inc(wait)
-            log.info("waiting for the rate limit", extra={"endpoint": endpoint, "seconds": wait})
-            await asyncio.sleep(wait)
+
+def _kind(error: BaseException | None) -> str:
+    if isinstance(error, tweepy.HTTPException):
+        return f"http_{error.response.status}"
+    if isinstance(error, json.JSONDecodeError):
+        return "malformed"
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    return "network"
+
+
+def _describe(error: BaseException | None) -> str:
+    if isinstance(error, tweepy.HTTPException):
+        return f"HTTP {error.response.status}"
+    return f"{type(error).__name__}: {error}"[:300]

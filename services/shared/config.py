@@ -115,6 +115,15 @@ class ReconnectConfig(Section):
     rate_limit_initial_s: float = Field(default=60.0, gt=0, description="Doubling, HTTP 429")
 
 
+class XRetryConfig(Section):
+    """Retries of one X API call that failed for a reason waiting may fix (5xx, a dropped
+    connection, a timeout, an answer that is not JSON): exponential backoff with full jitter."""
+
+    attempts: int = Field(default=4, ge=1, le=20, description="Tries per call, the first included")
+    initial_s: float = Field(default=1.0, gt=0, description="Scale of the first wait")
+    max_s: float = Field(default=60.0, gt=0, description="Longest single wait")
+
+
 class FilteredStreamConfig(Section):
     enabled: bool = False
     app: str = "default"
@@ -125,12 +134,37 @@ class FilteredStreamConfig(Section):
     # X sends a keep-alive newline every 20 seconds; silence longer than this is a stall.
     stall_timeout_s: float = Field(default=30.0, gt=0)
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
+    healthy_after_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A connection open at least this long resets the reconnect backoff; one "
+        "that X closes sooner counts as a failed attempt",
+    )
+    max_connections: int = Field(
+        default=50, ge=1, description="Connection attempts allowed per connection_window_s (X: 50)"
+    )
+    connection_window_s: float = Field(default=900.0, gt=0, description="X: 15 minutes")
+    backfill_minutes: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description="Ask X to resend up to this many minutes missed during a disconnection "
+        "(Enterprise access only; leave 0 on other access levels, which refuse it)",
+    )
+    mentions_backstop: bool = Field(
+        default=True,
+        description="After the stream was down (disconnected or ingest stopped), read each "
+        "handle's mentions for the gap, so @mentions the stream missed are recovered",
+    )
 
 
 class PollingConfig(Section):
     enabled: bool = False
     interval_s: float = Field(default=60.0, gt=0)
     max_results: int = Field(default=100, ge=5, le=100)
+    max_backoff_s: float = Field(
+        default=900.0, gt=0, description="After failed polls the interval doubles up to this"
+    )
 
 
 class WebhookConfig(Section):
@@ -149,6 +183,7 @@ class WebhookConfig(Section):
 class XConfig(Section):
     api_base_url: str = Field(default="https://api.twitter.com", pattern=r"^https?://[^/]+$")
     apps: dict[str, XAppConfig] = Field(default_factory=dict)
+    retry: XRetryConfig = Field(default_factory=XRetryConfig)
     filtered_stream: FilteredStreamConfig = Field(default_factory=FilteredStreamConfig)
     mentions: PollingConfig = Field(default_factory=PollingConfig)
     direct_messages: PollingConfig = Field(default_factory=PollingConfig)

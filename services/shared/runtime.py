@@ -55,11 +55,15 @@ def http_app(service: Service, access: AccessPolicy) -> FastAPI:
         return {"status": "ok", "service": service.name}
 
     @app.get("/readyz")
-    async def readyz(response: Response) -> dict[str, str]:
+    async def readyz(response: Response) -> dict[str, object]:
+        """Ready or not; a service with ``readiness_detail()`` adds how its parts are doing
+        (ingest: each source's state), which does not change the status code."""
+        detail = getattr(service, "readiness_detail", None)
+        extra: dict[str, object] = detail() if detail is not None else {}
         if not service.ready:
             response.status_code = 503
-            return {"status": "starting", "service": service.name}
-        return {"status": "ready", "service": service.name}
+            return {"status": "starting", "service": service.name} | extra
+        return {"status": "ready", "service": service.name} | extra
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:  # served at /metrics itself, no redirect

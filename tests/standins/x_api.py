@@ -9,8 +9,16 @@ It serves, on 127.0.0.1 and a free port:
 * ``GET /2/dm_events`` - the authenticating user's DM events, newest first, paginated
 
 Tests set the state up (users, tweets, DM events, rules), script failures (``fail_next``,
-``disconnect_stream_after``, ``stall_stream``, ``set_rate_limit``) and inspect what the client
-sent (``requests``, ``stream_connections``, ``rules``).
+``drop_next``, ``disconnect_stream_after``, ``stall_stream``, ``flap_stream``,
+``set_rate_limit``, ``limit_stream_connections``, ``lose_tweets_while_disconnected``) and inspect
+what the client sent (``requests``, ``stream_connections``, ``stream_attempts``, ``rules``,
+``rate_limited``).
+
+Rate limits are counted per bearer token, as X counts them (per app for app-only tokens, per
+user for user tokens), and each answer carries the ``x-rate-limit-*`` headers of its window.
+With ``lose_tweets_while_disconnected`` a tweet pushed while no client is connected is not
+queued but missed, as on X: only a connection asking ``backfill_minutes`` gets it (X keeps up to
+five minutes for Enterprise access).
 
 Where the shapes come from: X's OpenAPI reference on docs.x.com (``updateRules``,
 ``AddOrDeleteRulesResponse``, ``RulesResponseMetadata``, the ``Problem`` type URIs under
@@ -55,8 +63,11 @@ RULES_PATH = "/2/tweets/search/stream/rules"
 MAX_RULE_LENGTH = 512
 DEFAULT_RATE_LIMIT_HEADER = 15
 SETTLE_S = 0.02
+DROP = 0  # a scripted "failure" that closes the connection without an answer
+MAX_BACKFILL_MINUTES = 5
 SLOT_GRACE_S = 0.25
 ID_PATTERN = re.compile(r"^[0-9]{1,19}$")
+TIME_PATTERN = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 # twitter-text style: "@name" not preceded by a word char or "@", name 1..15 chars, not longer.
 MENTION_PATTERN = re.compile(r"(?<![A-Za-z0-9_@＠])[@＠]([A-Za-z0-9_]{1,15})(?![A-Za-z0-9_@＠])")
 RATE_HEADERS = web.RequestKey("x_api_rate_headers", dict[str, str])
@@ -80,6 +91,10 @@ DM_EXPANSION_FIELDS = {"sender_id": "sender_id", "participant_ids": "participant
 def iso_now() -> str:
     """Now as X writes timestamps: ``2024-01-15T10:30:00.123Z``."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _moment(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
 def _problem(status: int, headers: dict[str, str] | None = None) -> web.Response:
@@ -250,7 +265,14 @@ class XApiStandIn:
         # A tweet and its matching tags, or a raw line sent as it is.
         self._stream_queue: deque[tuple[JsonDict, list[str] | None] | bytes] = deque()
         self._failures: list[_ScriptedFailure] = []
-        self._rate_limits: dict[str, _RateLimit] = {}
+        self._rate_limits: dict[str, tuple[int, float]] = {}
+        self._windows: dict[tuple[str, str], _RateLimit] = {}  # (token, prefix)
+        self.rate_limited: list[tuple[float, str]] = []  # (when, path) of each 429 answered
+        self.stream_attempts: list[float] = []  # when each stream connection was asked for
+        self._flaps = 0
+        self._stream_budget: tuple[int, float] | None = None
+        self._lossy = False
+        self._missed: list[tuple[float, JsonDict, list[str] | None]] = []
         self._pending_disconnect: int | None = None
         self._pending_stall: float | None = None
         self._stream_free = asyncio.Event()
@@ -351,8 +373,13 @@ class XApiStandIn:
         return tweet
 
     def push_stream(self, tweet: dict, matching_tags: list[str] | None = None) -> None:
-        """Queue a tweet for the filtered stream; it waits until a client is connected."""
-        self._stream_queue.append((tweet, list(matching_tags) if matching_tags else None))
+        """Queue a tweet for the filtered stream; it waits until a client is connected (or is
+        missed, after ``lose_tweets_while_disconnected``)."""
+        tags = list(matching_tags) if matching_tags else None
+        if self._lossy and self._stream_free.is_set():
+            self._missed.append((time.time(), tweet, tags))
+            return
+        self._stream_queue.append((tweet, tags))
         self._wakeup.set()
 
     def push_stream_line(self, line: bytes) -> None:
@@ -381,6 +408,24 @@ class XApiStandIn:
         """The next ``count`` requests whose path starts with ``path_prefix`` get ``status``."""
         self._failures.append(_ScriptedFailure(path_prefix, status, retry_after_s, count))
 
+    def drop_next(self, path_prefix: str, *, count: int = 1) -> None:
+        """The next ``count`` requests under ``path_prefix`` are read and then the connection is
+        closed without an answer (a load balancer dropping it: the client sees a disconnect)."""
+        self._failures.append(_ScriptedFailure(path_prefix, DROP, None, count))
+
+    def flap_stream(self, times: int) -> None:
+        """The next ``times`` stream connections are accepted (200) and closed at once."""
+        self._flaps += times
+
+    def limit_stream_connections(self, limit: int, window_s: float) -> None:
+        """At most ``limit`` stream connection attempts per ``window_s``, then 429 (X: 50 per
+        15 minutes)."""
+        self._stream_budget = (limit, window_s)
+
+    def lose_tweets_while_disconnected(self) -> None:
+        """Tweets pushed while no stream is open are missed; ``backfill_minutes`` recovers them."""
+        self._lossy = True
+
     def disconnect_stream_after(self, n_tweets: int) -> None:
         """Close the current/next stream abruptly after it sends ``n_tweets`` more tweets."""
         self._pending_disconnect = n_tweets
@@ -392,8 +437,9 @@ class XApiStandIn:
         self._wakeup.set()
 
     def set_rate_limit(self, path_prefix: str, limit: int, window_s: float) -> None:
-        """Allow ``limit`` requests per ``window_s`` on paths under ``path_prefix``."""
-        self._rate_limits[path_prefix] = _RateLimit(limit, window_s)
+        """Allow ``limit`` requests per ``window_s`` and per token on paths under
+        ``path_prefix``."""
+        self._rate_limits[path_prefix] = (limit, window_s)
 
     # ----------------------------------------------------------------------- app and gate
 
@@ -411,7 +457,7 @@ class XApiStandIn:
     async def _gate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Record, then scripted failure, auth, rate limit, and finally the endpoint."""
         await self._record(request)
-        failure = self._take_failure(request.path)
+        failure = self._take_failure(request)
         if failure is not None:
             return failure
         if not self._authorized(request):
@@ -446,39 +492,50 @@ class XApiStandIn:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         return scheme == "Bearer" and token in self.bearer_tokens
 
-    def _take_failure(self, path: str) -> web.Response | None:
+    def _take_failure(self, request: web.Request) -> web.Response | None:
         for failure in self._failures:
-            if path.startswith(failure.path_prefix):
+            if request.path.startswith(failure.path_prefix):
                 failure.remaining -= 1
                 if failure.remaining <= 0:
                     self._failures.remove(failure)
-                return self._failure_response(path, failure)
+                if failure.status == DROP:
+                    self._hang_up(request)
+                return self._failure_response(request, failure)
         return None
 
-    def _failure_response(self, path: str, failure: _ScriptedFailure) -> web.Response:
+    def _failure_response(self, request: web.Request, failure: _ScriptedFailure) -> web.Response:
         if failure.status != 429:
-            return _problem(failure.status)
-        limit = self._rate_limit_for(path)
+            return _problem(failure.status or 503)
+        limit = self._window_for(request)
         reset = math.ceil(time.time() + (failure.retry_after_s or 0.0))
         headers = {
             "x-rate-limit-limit": str(limit.limit if limit else DEFAULT_RATE_LIMIT_HEADER),
             "x-rate-limit-remaining": "0",
             "x-rate-limit-reset": str(reset),
         }
+        self.rate_limited.append((time.time(), request.path))
         return _problem(429, headers)
 
-    def _rate_limit_for(self, path: str) -> _RateLimit | None:
-        matches = [prefix for prefix in self._rate_limits if path.startswith(prefix)]
-        return self._rate_limits[max(matches, key=len)] if matches else None
+    def _window_for(self, request: web.Request) -> _RateLimit | None:
+        """The caller's window on the endpoint: X counts per token (app or user)."""
+        matches = [prefix for prefix in self._rate_limits if request.path.startswith(prefix)]
+        if not matches:
+            return None
+        prefix = max(matches, key=len)
+        key = (request.headers.get("Authorization", ""), prefix)
+        if key not in self._windows:
+            self._windows[key] = _RateLimit(*self._rate_limits[prefix])
+        return self._windows[key]
 
     def _apply_rate_limit(self, request: web.Request) -> web.Response | None:
-        limit = self._rate_limit_for(request.path)
+        limit = self._window_for(request)
         if limit is None:
             return None
         now = time.time()
         if now >= limit.window_start + limit.window_s:
             limit.window_start, limit.used = now, 0
         if limit.used >= limit.limit:
+            self.rate_limited.append((now, request.path))
             return _problem(429, limit.headers())
         limit.used += 1
         request[RATE_HEADERS] = limit.headers()
@@ -613,6 +670,23 @@ class XApiStandIn:
     # ----------------------------------------------------------------------- filtered stream
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
+        now = time.time()
+        self.stream_attempts.append(now)
+        if self._stream_budget is not None:
+            limit, window_s = self._stream_budget
+            recent = [t for t in self.stream_attempts[:-1] if t > now - window_s]
+            if len(recent) >= limit:
+                self.rate_limited.append((now, request.path))
+                reset = str(math.ceil(recent[0] + window_s))
+                headers = {"x-rate-limit-limit": str(limit), "x-rate-limit-remaining": "0",
+                           "x-rate-limit-reset": reset}  # fmt: skip
+                return _problem(429, headers)
+        backfill = request.query.get("backfill_minutes", "0")
+        if not backfill.isdigit() or int(backfill) > MAX_BACKFILL_MINUTES:
+            message = (
+                f"The `backfill_minutes` query parameter value [{backfill}] is not between 0 and 5"
+            )
+            return _invalid_request("backfill_minutes", backfill, message)
         if not await self._stream_slot_free():
             return _too_many_connections()
         self._stream_free.clear()
@@ -624,6 +698,12 @@ class XApiStandIn:
             response.charset = "utf-8"
             response.enable_chunked_encoding()
             await response.prepare(request)
+            if self._flaps > 0:
+                self._flaps -= 1
+                await response.write(b"\r\n")
+                self._hang_up(request)
+                return response
+            self._backfill(int(backfill) * 60)
             await self._pump(request, response)
         except ConnectionError:
             pass  # the client went away mid-write
@@ -631,6 +711,13 @@ class XApiStandIn:
             self._stream_free.set()
             self._open_streams = [r for r in self._open_streams if r is not request]
         return response
+
+    def _backfill(self, seconds: int) -> None:
+        """Queue, first, the missed tweets of the last ``seconds``; the older ones are lost."""
+        since = time.time() - seconds
+        recovered = [(tweet, tags) for at, tweet, tags in self._missed if at >= since]
+        self._missed.clear()
+        self._stream_queue.extendleft(reversed(recovered))
 
     async def _stream_slot_free(self) -> bool:
         """True once no stream is open; a client that just hung up gets a moment to finish."""
@@ -719,11 +806,17 @@ class XApiStandIn:
         if isinstance(bounds, web.Response):
             return bounds
         since, until = bounds
+        start_time = request.query.get("start_time")
+        if start_time is not None and not TIME_PATTERN.match(start_time):
+            message = f"Invalid 'start_time':'{start_time}'. 'start_time' must be a valid date"
+            return _invalid_request("start_time", start_time, message)
         tweets = _newest_first(
             tweet
             for tweet in self._mentions.get(user_id, {}).values()
             if since < int(tweet["id"]) < until
-        )
+            and (start_time is None or "since_id" in request.query
+                 or _moment(tweet["created_at"]) >= _moment(start_time))
+        )  # fmt: skip
         page = _page(tweets, size, token)
         return _json(self._page_body(page, _page_meta(tweets, page), request, tweets=True))
 

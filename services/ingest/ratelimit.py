@@ -1,0 +1,117 @@
+"""X's rate limits, shared the way X counts them.
+
+X counts app-only limits per app and user-context limits per user, per endpoint: every handle
+polled with one app's token draws on the same window. So there is one ``RateWindow`` per
+credential and endpoint (``XApi`` holds one per endpoint), and every caller of that endpoint
+with that credential takes its turn from it:
+
+- while X's last answer said requests remain (``x-rate-limit-remaining``), callers go, at most
+  as many at once as remain;
+- when none remain, or X answered 429, callers wait for ``x-rate-limit-reset``;
+- when nothing is known (the first call, or a window that has just reset) one caller goes
+  alone and the others wait for its answer, so a reset does not release every poller at once
+  into a fresh 429 (the thundering herd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+
+from switchboard.shared import metrics
+
+log = logging.getLogger(__name__)
+
+# X's documented minimum wait after a 429 that carries no reset time.
+DEFAULT_WAIT_S = 60.0
+
+
+class RateWindow:
+    """One credential's window on one endpoint (see the module docstring)."""
+
+    def __init__(
+        self, credential: str, endpoint: str, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.credential = credential
+        self.endpoint = endpoint
+        self.clock = clock
+        self.remaining: int | None = None  # None: unknown, one probe at a time
+        self.reset_at = 0.0
+        self.in_flight = 0
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[Turn]:
+        """Wait for a turn, make one request in it, report X's answer with ``Turn.answered``."""
+        await self._acquire()
+        turn = Turn()
+        try:
+            yield turn
+        finally:
+            await self._release(turn)
+
+    async def _acquire(self) -> None:
+        async with self._changed:
+            while True:
+                now = self.clock()
+                if self.reset_at and now >= self.reset_at:
+                    self.remaining, self.reset_at = None, 0.0  # a new window: unknown again
+                if self.remaining is None and self.in_flight == 0:
+                    break  # the probe
+                if self.remaining is not None and self.remaining > self.in_flight:
+                    break
+                wait = self.reset_at - now if self.remaining == 0 and not self.in_flight else None
+                await self._wait(wait)
+            self.in_flight += 1
+
+    async def _wait(self, seconds: float | None) -> None:
+        """Until another caller's answer changes the state, or the window resets."""
+        if seconds is not None and seconds > 0:
+            metrics.RATE_LIMIT_WAITS.labels(self.endpoint).inc()
+            metrics.RATE_LIMIT_WAIT_SECONDS.labels(self.endpoint).inc(seconds)
+            log.info(
+                "waiting for the rate limit",
+                extra={"endpoint": self.endpoint, "credential": self.credential,
+                       "seconds": round(seconds, 3)},
+            )  # fmt: skip
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), seconds if seconds else None)
+
+    async def _release(self, turn: Turn) -> None:
+        async with self._changed:
+            self.in_flight -= 1
+            if turn.limited:
+                self.remaining = 0
+                self.reset_at = turn.reset_at or self.clock() + DEFAULT_WAIT_S
+                metrics.RATE_LIMITED.labels(self.endpoint).inc()
+            elif turn.remaining is not None:
+                self.remaining = turn.remaining
+                self.reset_at = turn.reset_at or self.reset_at
+            elif self.remaining is None and turn.answered_at is None:
+                pass  # no answer (a network error): the next caller probes again
+            if self.remaining is not None:
+                metrics.RATE_LIMIT_REMAINING.labels(self.credential, self.endpoint).set(
+                    self.remaining
+                )
+            self._changed.notify_all()
+
+
+class Turn:
+    """What X said about the window in its answer to one request."""
+
+    def __init__(self) -> None:
+        self.remaining: int | None = None
+        self.reset_at: float | None = None
+        self.limited = False
+        self.answered_at: float | None = None
+
+    def answered(self, headers: Mapping[str, str], *, limited: bool = False) -> None:
+        self.answered_at = time.time()
+        self.limited = limited
+        with contextlib.suppress(KeyError, ValueError):
+            self.remaining = int(headers["x-rate-limit-remaining"])
+        with contextlib.suppress(KeyError, ValueError):
+            self.reset_at = float(headers["x-rate-limit-reset"])
