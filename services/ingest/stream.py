@@ -163,7 +163,7 @@ class FilteredStream:
         """Make the owned rules (tag prefix) exactly the configured ones; leave the rest."""
         existing = await self.api.get_rules()
         changes = plan_sync(existing, desired_rules(self.config), self.settings.rule_tag_prefix)
-        report = RuleSync()
+        report = RuleSync(duplicates=_adopted(existing, changes.add, self.config))
         if changes.delete_ids:
             await self.api.delete_rules(changes.delete_ids)
             report.deleted = len(changes.delete_ids)
@@ -418,6 +418,26 @@ class FilteredStream:
                             extra={"handle": handle.handle, "error": str(error)[:300]})  # fmt: skip
                 continue
             metrics.STREAM_GAP_RECOVERED.labels(handle.handle).inc(len(items))
+
+
+def _adopted(
+    existing: list[dict], to_add: list[StreamRule], config: SwitchboardConfig
+) -> list[tuple[StreamRule, str, str | None]]:
+    """Rules already on X under an adopted value while a foreign rule still has theirs: the
+    handle depends on nothing foreign, but the duplicate is still there to report."""
+    prefix = config.ingest.x.filtered_stream.rule_tag_prefix
+
+    def ours(rule: dict) -> bool:
+        return (rule.get("tag") or "").startswith(prefix)
+
+    foreign = {r["value"]: str(r["id"]) for r in existing if not ours(r)}
+    owned = {r.get("tag"): r["value"] for r in existing if ours(r)}
+    out = []
+    for rule in desired_rules(config):
+        on_x = owned.get(rule.tag)
+        if rule not in to_add and rule.value in foreign and on_x not in (None, rule.value):
+            out.append((rule, foreign[rule.value], on_x))
+    return out
 
 
 def _reset_in(response: aiohttp.ClientResponse) -> float | None:

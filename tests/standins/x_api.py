@@ -67,6 +67,15 @@ DROP = 0  # a scripted "failure" that closes the connection without an answer
 MAX_BACKFILL_MINUTES = 5
 SLOT_GRACE_S = 0.25
 ID_PATTERN = re.compile(r"^[0-9]{1,19}$")
+OPERATOR = re.compile(r"(?:^|[\s(])-?([A-Za-z_]+):")
+# The filtered stream's operators taking a value (docs.x.com, "Build a rule"); is:/has: included.
+OPERATORS = frozenset({
+    "from", "to", "url", "retweets_of", "context", "entity", "conversation_id", "bio",
+    "bio_name", "bio_location", "place", "place_country", "point_radius", "bounding_box", "is",
+    "has", "lang", "sample", "followers_count", "tweets_count", "following_count",
+    "listed_count", "url_title", "url_description", "url_contains", "source",
+    "in_reply_to_tweet_id", "retweets_of_tweet_id", "quotes_of_tweet_id",
+})  # fmt: skip
 TIME_PATTERN = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 # twitter-text style: "@name" not preceded by a word char or "@", name 1..15 chars, not longer.
 MENTION_PATTERN = re.compile(r"(?<![A-Za-z0-9_@＠])[@＠]([A-Za-z0-9_]{1,15})(?![A-Za-z0-9_@＠])")
@@ -91,6 +100,15 @@ DM_EXPANSION_FIELDS = {"sender_id": "sender_id", "participant_ids": "participant
 def iso_now() -> str:
     """Now as X writes timestamps: ``2024-01-15T10:30:00.123Z``."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _unknown_operator(value: str) -> str | None:
+    """The first ``name:`` in a rule (outside quotes) that is not one of X's operators."""
+    unquoted = re.sub(r'"[^"]*"', " ", value)
+    for name in OPERATOR.findall(unquoted):
+        if name.lower() not in OPERATORS:
+            return name
+    return None
 
 
 def _moment(timestamp: str) -> float:
@@ -612,13 +630,21 @@ class XApiStandIn:
                 "title": "DuplicateRule",
                 "type": PROBLEMS + "duplicate-rules",
             }
-        if isinstance(value, str) and value.strip() and len(value) <= MAX_RULE_LENGTH:
+        unknown = _unknown_operator(value) if isinstance(value, str) else None
+        fits = isinstance(value, str) and value.strip() and len(value) <= MAX_RULE_LENGTH
+        if fits and unknown is None:
             return None
-        detail = (
-            f"Rule length {len(value)} exceeds the maximum of {MAX_RULE_LENGTH} characters"
-            if isinstance(value, str) and value.strip()
-            else "Rule value must be a non-empty string"
-        )
+        if unknown is not None:
+            detail = (
+                f"Reference to invalid operator '{unknown}'. Operator is not available in current "
+                "product or product packaging. Please refer to complete available operator list "
+                "at https://developer.twitter.com/en/docs/twitter-api/tweets/filtered-stream/"
+                "integrate/build-a-rule."
+            )
+        elif isinstance(value, str) and value.strip():
+            detail = f"Rule length {len(value)} exceeds the maximum of {MAX_RULE_LENGTH} characters"
+        else:
+            detail = "Rule value must be a non-empty string"
         return {
             "value": value,
             "details": [detail],

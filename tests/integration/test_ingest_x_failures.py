@@ -1,0 +1,336 @@
+"""Ingest against X as X behaves when things go wrong: server errors and dropped connections,
+an incident at start, per-app rate limits, rules X refuses, a flapping stream, Account Activity
+events with nothing to route, and tweets missed while the stream was down.
+
+The stand-in X API (tests/standins/x_api.py) answers as X documents: problem bodies, the
+``x-rate-limit-*`` headers counted per token, DuplicateRule and invalid-rule errors, 429 past the
+connection budget, ``backfill_minutes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from switchboard.ingest.rules import desired_rules
+from switchboard.ingest.service import IngestService
+from switchboard.shared import metrics, topics
+from switchboard.shared.events import DeadLetter, RawTweet, utc_now
+from tests.conftest import published, wait_for
+from tests.integration.conftest import HELP_ID, ids_on, new_id, signed
+from tests.standins.x_api import RULES_PATH, STREAM_PATH
+
+X_DOCS = Path(__file__).resolve().parents[1] / "standins" / "x_docs"
+MENTIONS = f"/2/users/{HELP_ID}/mentions"
+
+
+def value(metric, *labels: str) -> float:
+    return (metric.labels(*labels) if labels else metric)._value.get()
+
+
+async def test_server_errors_and_dropped_connections_never_stop_a_poller(
+    x_api, customers, ingest_settings, running, read
+):
+    """A 503 and two connections dropped without an answer are retried; a 401 that outlasts
+    the retries makes the poller fail and report it, and it carries on when X answers again."""
+    ana, _ = customers
+    first, second = new_id(), new_id()
+    x_api.add_mention(HELP_ID, x_api.make_tweet(first, "@AcmeHelp my card is blocked", ana["id"]))
+    x_api.fail_next(MENTIONS, 503)
+    x_api.drop_next(MENTIONS, count=2)
+    errors = value(metrics.X_API_ERRORS, "mentions", "http_503")
+    service = IngestService(ingest_settings(mentions=True))
+
+    async with running(service):
+        await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [first]))
+        x_api.fail_next(MENTIONS, 401, count=2)  # refused: not retried, the poll fails
+        health = service.health.of("mentions", "@AcmeHelp")
+        await wait_for(lambda: health.state == "failing")
+        failing = service.readiness_detail()
+        x_api.add_mention(HELP_ID, x_api.make_tweet(second, "@AcmeHelp still blocked", ana["id"]))
+        records = await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [second]))
+        await wait_for(lambda: health.state == "ok")
+        recovered = service.readiness_detail()
+
+    assert ids_on(records, topics.RAW, RawTweet, [second]) == [second]
+    assert value(metrics.X_API_ERRORS, "mentions", "http_503") > errors
+    assert failing["degraded"] is True
+    report = failing["sources"]["mentions:@AcmeHelp"]
+    assert report["state"] == "failing" and "HTTP 401" in report["last_error"]
+    assert recovered["sources"]["mentions:@AcmeHelp"]["state"] == "ok"
+    assert recovered["degraded"] is False
+
+
+async def test_rule_sync_waits_out_an_x_incident_at_start(
+    x_api, customers, ingest_settings, running, read
+):
+    """X answers 503 to the rules endpoint for a while: ingest waits and retries instead of
+    exiting, then synchronizes the rules and streams."""
+    ana, _ = customers
+    x_api.fail_next(RULES_PATH, 503, count=7)  # three attempts per sync: two syncs and a bit
+    tweet = new_id()
+    service = IngestService(ingest_settings(stream=True))
+
+    async with running(service):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+        x_api.push_stream(x_api.make_tweet(tweet, "@AcmeHelp is the app down?", ana["id"]))
+        records = await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [tweet]))
+        detail = service.readiness_detail()["sources"]["filtered_stream:app:main"]
+
+    assert ids_on(records, topics.RAW, RawTweet, [tweet]) == [tweet]
+    wanted = {(r.value, r.tag) for r in desired_rules(service.config)}
+    assert {(r["value"], r["tag"]) for r in x_api.rules.values()} == wanted
+    rule_calls = [r for r in x_api.requests if r["path"] == RULES_PATH]
+    assert len(rule_calls) >= 9  # 7 refused, then a read and an add
+    assert detail["state"] == "ok" and detail["rules"]["created"] == len(wanted)
+
+
+async def test_pollers_of_one_app_take_turns_in_its_rate_window(
+    x_api, customers, ingest_settings, running, read
+):
+    """Ten handles polled with one app's token share X's per-app window on mentions (four
+    requests per 1.5 s here): they take turns, and no poller collects a 429, at the reset or
+    ever; each handle's mention is published."""
+    ana, _ = customers
+    handles, wanted = [], []
+    for n in range(8):
+        user_id = str(2_200_000_000_000_000_000 + n)
+        x_api.add_user(user_id, f"AcmeShop{n}")
+        handles.append({"handle": f"@AcmeShop{n}", "user_id": user_id, "brand": "Acme",
+                        "segment": "retail", "default_department": "customer_service",
+                        "app": "main"})  # fmt: skip
+        tweet = new_id()
+        wanted.append(tweet)
+        x_api.add_mention(user_id, x_api.make_tweet(tweet, f"@AcmeShop{n} refund?", ana["id"]))
+    x_api.set_rate_limit("/2/users/", 4, 1.5)
+    settings = ingest_settings(mentions=True, handles=handles)
+
+    async with running(IngestService(settings)):
+        records = await read(
+            [topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, wanted)) == 8, 60
+        )
+        await asyncio.sleep(3)  # two more windows of polling
+
+    assert sorted(ids_on(records, topics.RAW, RawTweet, wanted)) == sorted(wanted)
+    polls = [r for r in x_api.requests if "/mentions" in r["path"]]
+    assert len(polls) >= 10  # every handle polled, some twice
+    assert x_api.rate_limited == []  # never asked past the window, never a herd at the reset
+
+
+async def test_a_duplicate_of_a_foreign_rule_is_adopted_under_a_distinct_value(
+    x_api, ingest_settings, running, tmp_path
+):
+    """Another team's rule has the very value of @AcmeIR's rule: X refuses ours as a
+    DuplicateRule. Ingest reports it (log, metric, `switchboard ingest rules`), keeps the handle
+    covered by a rule of its own with a distinct value, and does not churn at the next start."""
+    settings = ingest_settings(stream=True)
+    ir_rule = next(r for r in desired_rules(settings.config) if r.tag.endswith("@AcmeIR"))
+    x_api.rules["7"] = {"id": "7", "value": ir_rule.value, "tag": "social-team"}
+
+    async with running(IngestService(settings)):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+    adds_at_first_start = _rule_adds(x_api)
+    async with running(IngestService(ingest_settings(stream=True))):
+        await wait_for(lambda: x_api.stream_connections >= 2)
+
+    ours = [r for r in x_api.rules.values() if r["tag"] == ir_rule.tag]
+    assert [r["value"] for r in ours] == [f"({ir_rule.value})"]
+    assert x_api.rules["7"]["value"] == ir_rule.value  # the foreign rule untouched
+    assert value(metrics.STREAM_RULE_PROBLEMS, "@AcmeIR", "foreign_duplicate") == 1
+    assert value(metrics.STREAM_RULE_PROBLEMS, "@AcmeIR", "uncovered") == 0
+    assert _rule_adds(x_api) == adds_at_first_start  # the adopted value is kept, not re-added
+    shown = await _switchboard(tmp_path, settings, x_api, "ingest", "rules")
+    assert shown.returncode == 0, shown.stderr
+    [line] = [line for line in shown.stdout.splitlines() if "@AcmeIR" in line]
+    assert "adopted_variant" in line and "7 (social-team)" in line
+
+
+async def test_a_keyword_x_refuses_is_named_and_the_handle_stays_covered(
+    x_api, ingest_settings, running, tmp_path, caplog
+):
+    """`status:down` reads to X as an operator that does not exist: X refuses the whole
+    request. Ingest finds the term in a dry run, names the handle and the keyword, and adds the
+    handle's rule without it."""
+
+    def add_keyword(config: dict) -> None:
+        config["handles"][0]["listen"]["keywords"].append("status:down")
+
+    settings = ingest_settings(stream=True, edit=add_keyword)
+    caplog.set_level("ERROR", logger="switchboard.ingest.stream")
+
+    async with running(IngestService(settings)):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+
+    help_rule = next(r for r in x_api.rules.values() if r["tag"] == "switchboard:@AcmeHelp")
+    assert "status:down" not in help_rule["value"] and '"acme outage"' in help_rule["value"]
+    assert "@AcmeHelp" in help_rule["value"]
+    [named] = [r for r in caplog.records if getattr(r, "keyword", None) == "status:down"]
+    assert named.handle == "@AcmeHelp" and "invalid operator 'status'" in named.reason
+    assert value(metrics.STREAM_RULE_PROBLEMS, "@AcmeHelp", "invalid_term") == 1
+    shown = await _switchboard(tmp_path, settings, x_api, "ingest", "rules", "--sync")
+    assert shown.returncode == 1  # a keyword could not be added
+    assert "X refused the keyword 'status:down'" in shown.stdout
+
+
+async def test_a_flapping_stream_backs_off_within_the_connection_budget(
+    x_api, customers, ingest_settings, running, read
+):
+    """X accepts each connection and closes it at once. Short-lived connections count as
+    failed attempts, so the waits grow, and attempts never exceed the budget (5 per 2 s here,
+    X's 50 per 15 minutes scaled down): X never answers 429. When X recovers, tweets flow."""
+    ana, _ = customers
+    x_api.flap_stream(10_000)
+    x_api.limit_stream_connections(5, 2.0)
+    stream = {"healthy_after_s": 1.0, "max_connections": 5, "connection_window_s": 2.0}
+    settings = ingest_settings(stream=True, x={"filtered_stream": stream})
+    budget_waits = value(metrics.STREAM_BUDGET_WAITS)
+    tweet = new_id()
+
+    async with running(IngestService(settings)):
+        await asyncio.sleep(4.0)
+        flapping = list(x_api.stream_attempts)
+        x_api.flap_stream(-x_api._flaps)  # X recovers
+        await wait_for(lambda: x_api._open_streams != [], timeout_s=10)
+        x_api.push_stream(x_api.make_tweet(tweet, "@AcmeHelp back?", ana["id"]))
+        records = await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [tweet]))
+
+    assert ids_on(records, topics.RAW, RawTweet, [tweet]) == [tweet]
+    assert 5 <= len(flapping) <= 12  # 2,133 in 2 s before; the budget allows 10 in 4 s
+    assert max(sum(t <= a < t + 2.0 for a in flapping) for t in flapping) <= 5
+    assert x_api.rate_limited == []
+    gaps = [b - a for a, b in zip(flapping, flapping[1:], strict=False)]
+    assert gaps[2] > gaps[0]  # the backoff grows: a closed-at-once connection is a failure
+    assert value(metrics.STREAM_BUDGET_WAITS) > budget_waits
+
+
+async def test_account_activity_events_x_documents_are_skipped_not_dead_lettered(
+    ingest_settings, running, read
+):
+    """X's own examples: a revoke (`user_event`, a body without `for_user_id`), typing
+    indicators, read receipts, follows and likes. None is a tweet to route; each is counted by
+    kind and answered 200, none is dead-lettered; the revoke marks the handle's webhook."""
+    examples = json.loads((X_DOCS / "account_activity.json").read_text())
+    revoke = examples["account_activity/user_event"]["json"]
+    revoke["user_event"]["revoke"]["source"]["user_id"] = HELP_ID  # one of our handles
+    bodies = {
+        "user_event": revoke,
+        "direct_message_indicate_typing_events": examples[
+            "account_activity/direct_message_indicate_typing_events"]["json"],
+        "direct_message_mark_read_events": examples[
+            "account_activity/direct_message_mark_read_events"]["json"],
+        "follow_events": _filled(examples["account_activity/follow_events"]["raw"]),
+        "favorite_events": _filled(examples["account_activity/favorite_events"]["raw"]),
+    }  # fmt: skip
+    before = {kind: value(metrics.WEBHOOK_EVENTS_SKIPPED, kind) for kind in bodies}
+    started = utc_now()
+    service = IngestService(ingest_settings(webhook=True))
+
+    async with running(service):
+        transport = httpx.ASGITransport(app=service.http_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            answers = []
+            for body in bodies.values():
+                raw = json.dumps(body).encode()
+                answers.append(await client.post("/webhooks/x", content=raw, headers=signed(raw)))
+            ready = (await client.get("/readyz")).json()
+        records = await read([topics.DEADLETTER], lambda rs: False, timeout_s=1.5)
+
+    assert [(a.status_code, a.json()) for a in answers] == [(200, {"published": 0})] * 5
+    for kind in bodies:
+        assert value(metrics.WEBHOOK_EVENTS_SKIPPED, kind) == before[kind] + 1, kind
+    letters = [x for x in published(records, topics.DEADLETTER, DeadLetter)
+               if x.stage == "ingest" and x.failed_at >= started]  # fmt: skip
+    assert letters == []
+    assert ready["sources"]["webhook:@AcmeHelp"]["last_error"] == "access revoked by the user"
+
+
+async def test_mentions_missed_while_ingest_was_down_are_recovered(
+    x_api, customers, ingest_settings, running, read
+):
+    """X does not queue a stream for a client that is away. After ingest was stopped, the
+    mentions the stream missed are read back for the gap and published; a keyword match that
+    mentions no handle cannot be read back below Enterprise access (no backfill)."""
+    ana, _ = customers
+    x_api.lose_tweets_while_disconnected()
+    settings = ingest_settings(stream=True)
+    missed_mention, missed_keyword = new_id(), new_id()
+    recovered = value(metrics.STREAM_GAP_RECOVERED, "@AcmeHelp")
+
+    async with running(IngestService(settings)):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+        await asyncio.sleep(0.5)  # the stream is alive: that is checkpointed
+    mention = x_api.make_tweet(missed_mention, "@AcmeHelp charged twice", ana["id"])
+    x_api.push_stream(mention)
+    x_api.add_mention(HELP_ID, mention)
+    x_api.push_stream(x_api.make_tweet(missed_keyword, "acme outage again", ana["id"]),
+                      matching_tags=["switchboard:@AcmeHelp"])  # fmt: skip
+    async with running(IngestService(ingest_settings(stream=True))):
+        records = await read(
+            [topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [missed_mention])
+        )
+
+    assert ids_on(records, topics.RAW, RawTweet, [missed_mention]) == [missed_mention]
+    assert ids_on(records, topics.RAW, RawTweet, [missed_keyword]) == []
+    assert value(metrics.STREAM_GAP_RECOVERED, "@AcmeHelp") > recovered
+    backstop = [r for r in x_api.requests if r["path"] == MENTIONS]
+    assert backstop and all("start_time" in r["query"] for r in backstop)
+
+
+async def test_backfill_minutes_recovers_every_missed_match_where_x_allows_it(
+    x_api, customers, ingest_settings, running, read
+):
+    """With Enterprise access (``backfill_minutes``), the reconnection asks X for the minutes
+    it missed: keyword matches come back too, and the mentions backstop is not needed."""
+    ana, _ = customers
+    x_api.lose_tweets_while_disconnected()
+    settings = ingest_settings(stream=True, x={"filtered_stream": {"backfill_minutes": 2}})
+    missed = new_id()
+
+    async with running(IngestService(settings)):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+        await asyncio.sleep(0.5)
+    x_api.push_stream(x_api.make_tweet(missed, "acme outage again", ana["id"]),
+                      matching_tags=["switchboard:@AcmeHelp"])  # fmt: skip
+    async with running(IngestService(settings)):
+        records = await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [missed]))
+
+    assert ids_on(records, topics.RAW, RawTweet, [missed]) == [missed]
+    connections = [r for r in x_api.requests if r["path"] == STREAM_PATH]
+    assert connections[-1]["query"]["backfill_minutes"] == "1"  # the gap, in whole minutes
+    assert not [r for r in x_api.requests if r["path"] == MENTIONS]
+
+
+def _rule_adds(x_api) -> int:
+    return sum(
+        1
+        for r in x_api.requests
+        if r["path"] == RULES_PATH and r["method"] == "POST" and (r["json"] or {}).get("add")
+    )
+
+
+def _filled(raw: str) -> dict:
+    """X's example with its placeholders (<User Object>, <Tweet Object>) filled minimally."""
+    text = raw.replace("<User Object>", '"id": "42"')
+    return json.loads(text.replace("<Tweet Object>", '"id": "1", "text": "nice"'))
+
+
+async def _switchboard(tmp_path, settings, x_api, *args: str):
+    """Run the CLI in a process of its own, with the test's config, broker and stand-in."""
+    env = os.environ | {
+        "SWITCHBOARD_CONFIG_FILE": str(settings.config_file),
+        "SWITCHBOARD_X_API_BASE_URL": x_api.base_url,
+        "COLUMNS": "400",  # one table row per line
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "switchboard", *args,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    return subprocess.CompletedProcess(args, process.returncode, stdout.decode(), stderr.decode())
