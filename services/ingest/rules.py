@@ -28,23 +28,27 @@ class StreamRule:
     handle: str = field(default="", compare=False)
     terms: tuple[str, ...] = field(default=(), compare=False)
     suffix: str = field(default="", compare=False)
+    original: str = field(default="", compare=False)  # the configured value, once a variant
 
     def without(self, refused: set[str]) -> StreamRule | None:
         """The same rule without the ``refused`` terms; None when no term is left."""
         kept = tuple(t for t in self.terms if t not in refused)
-        return replace(self, value=rule_value(kept, self.suffix), terms=kept) if kept else None
+        if not kept:
+            return None
+        return replace(self, value=rule_value(kept, self.suffix), terms=kept, original="")
 
     def variant(self) -> StreamRule | None:
         """The next distinct value matching the same tweets, after a DuplicateRule."""
-        values = [self.value, *variants(self.canonical)]
+        values = [self.canonical, *variants(self.canonical)]
         position = values.index(self.value) if self.value in values else len(values)
         if position + 1 >= len(values):
             return None
-        return replace(self, value=values[position + 1])
+        return replace(self, value=values[position + 1], original=self.canonical)
 
     @property
     def canonical(self) -> str:
-        return rule_value(self.terms, self.suffix) if self.terms else self.value
+        """The value as configured, before any variant."""
+        return self.original or self.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,161 @@
+"""The pure parts of how ingest copes with X: rate windows, the connection budget, rule
+variants after a DuplicateRule, X's answers to rule changes, poll backoff, snowflake times."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from switchboard.ingest.polling import MentionsPoller
+from switchboard.ingest.ratelimit import RateWindow
+from switchboard.ingest.rules import StreamRule, plan_sync, rule_status, variants
+from switchboard.ingest.stream import ConnectionBudget, moment_of, snowflake_at
+from switchboard.ingest.xapi import RulesAnswer
+from switchboard.shared.config import HandleConfig, PollingConfig
+
+X_DOCS = Path(__file__).resolve().parents[1] / "standins" / "x_docs"
+
+
+async def _callers(window: RateWindow, n: int, answer: dict[str, str], hold_s: float = 0.05):
+    """``n`` concurrent calls; returns the most that were in flight at once."""
+    in_flight, most = 0, 0
+
+    async def call() -> None:
+        nonlocal in_flight, most
+        async with window.turn() as turn:
+            in_flight += 1
+            most = max(most, in_flight)
+            await asyncio.sleep(hold_s)
+            in_flight -= 1
+            turn.answered(answer)
+
+    await asyncio.gather(*(call() for _ in range(n)))
+    return most
+
+
+async def test_with_nothing_known_one_call_probes_alone():
+    window = RateWindow("app:main", "mentions")
+    assert await _callers(window, 5, {}) == 1  # no headers: they take turns one by one
+
+
+async def test_calls_go_together_while_x_says_requests_remain():
+    window = RateWindow("app:main", "mentions")
+    reset = str(int(time.time()) + 60)
+    answer = {"x-rate-limit-remaining": "100", "x-rate-limit-reset": reset}
+    await _callers(window, 1, answer)
+    assert await _callers(window, 6, answer) == 6
+
+
+async def test_a_spent_window_waits_for_the_reset_then_one_probes_first():
+    window = RateWindow("app:main", "mentions")
+    reset = time.time() + 0.4
+    async with window.turn() as turn:
+        turn.answered({"x-rate-limit-remaining": "5"}, limited=True)
+        turn.reset_at = reset  # a 429 whose reset is 0.4 s away
+    started: list[float] = []
+
+    async def call() -> None:
+        async with window.turn() as turn:
+            started.append(time.time())
+            await asyncio.sleep(0.05)
+            turn.answered({"x-rate-limit-remaining": "50", "x-rate-limit-reset": str(reset + 60)})
+
+    await asyncio.gather(*(call() for _ in range(4)))
+    assert min(started) >= reset  # nobody went before the reset
+    first, *rest = sorted(started)
+    assert all(t >= first + 0.05 for t in rest)  # the others waited for the probe's answer
+
+
+def test_the_connection_budget_holds_attempts_within_its_window():
+    budget = ConnectionBudget(limit=3, window_s=10.0)
+    for now in (0.0, 1.0, 2.0):
+        assert budget.wait_s(now) == 0.0
+        budget.attempted(now)
+    assert budget.wait_s(3.0) == 7.0  # until the first attempt leaves the window
+    assert budget.wait_s(10.0) == 0.0
+
+
+def test_a_duplicated_rule_tries_distinct_values_that_match_the_same_tweets():
+    rule = StreamRule("(@AcmeIR OR $ACME) -is:retweet", "switchboard:@AcmeIR", "@AcmeIR",
+                      ("@AcmeIR", "$ACME"), " -is:retweet")  # fmt: skip
+    first = rule.variant()
+    assert first is not None and first.value == f"({rule.value})" and first.tag == rule.tag
+    second = first.variant()
+    assert second is not None and second.value == f"{rule.value} -is:nullcast"
+    assert second.variant() is None
+
+
+def test_a_rule_without_a_refused_term_keeps_the_others():
+    rule = StreamRule("(@AcmeHelp OR status:down) -is:retweet", "t", "@AcmeHelp",
+                      ("@AcmeHelp", "status:down"), " -is:retweet")  # fmt: skip
+    fixed = rule.without({"status:down"})
+    assert fixed is not None and fixed.value == "@AcmeHelp -is:retweet"
+    assert rule.without({"@AcmeHelp", "status:down"}) is None
+
+
+def test_an_adopted_variant_is_the_rule_and_is_not_churned():
+    rule = StreamRule("@AcmeIR", "switchboard:@AcmeIR")
+    existing = [
+        {"id": "7", "value": "@AcmeIR", "tag": "social-team"},
+        {"id": "8", "value": variants("@AcmeIR")[0], "tag": "switchboard:@AcmeIR"},
+    ]
+    changes = plan_sync(existing, [rule], "switchboard:")
+    assert (changes.add, changes.delete_ids) == ([], [])
+    [status] = rule_status(existing, [rule], "switchboard:")
+    assert status.state == "adopted_variant" and status.foreign == "7 (social-team)"
+
+
+def test_rule_status_names_missing_foreign_duplicates_and_stale_rules():
+    rules = [StreamRule("@A", "switchboard:@A"), StreamRule("@B", "switchboard:@B")]
+    existing = [
+        {"id": "1", "value": "@B", "tag": "other"},
+        {"id": "2", "value": "@Old", "tag": "switchboard:@Old"},
+    ]
+    states = {s.tag: s.state for s in rule_status(existing, rules, "switchboard:")}
+    assert states == {"switchboard:@A": "missing", "switchboard:@B": "foreign_duplicate",
+                      "switchboard:@Old": "stale"}  # fmt: skip
+
+
+def test_x_recorded_duplicate_rule_answer_is_understood():
+    recorded = json.loads((X_DOCS / "duplicate-rule.json").read_text())["response"]
+    answer = RulesAnswer.of(recorded)
+    value = "from:twitterdev from:twitterapi has:links"
+    assert answer.duplicates() == {value: "1518831215612096512"}
+    assert answer.invalid() == {} and answer.created == {}
+    assert answer.summary["not_created"] == 1
+
+
+def test_an_invalid_rule_answer_keeps_x_explanation():
+    answer = RulesAnswer.of({
+        "meta": {"sent": "2026-01-01T00:00:00Z", "summary": {"created": 0, "invalid": 1}},
+        "errors": [{"value": "status:down", "details": ["Reference to invalid operator 'status'"],
+                    "title": "UnprocessableEntity",
+                    "type": "https://api.twitter.com/2/problems/invalid-rules"}],
+    })  # fmt: skip
+    assert answer.invalid() == {"status:down": "Reference to invalid operator 'status'"}
+
+
+def test_failed_polls_back_off_doubling_up_to_the_maximum():
+    handle = HandleConfig.model_validate(
+        {
+            "handle": "@A",
+            "user_id": "1",
+            "brand": "A",
+            "segment": "s",
+            "default_department": "legal",
+        }
+    )
+    settings = PollingConfig(interval_s=60, max_backoff_s=900)
+    poller = MentionsPoller(handle, None, None, settings)  # type: ignore[arg-type]
+    assert [poller.backoff(n) for n in (1, 2, 3, 4, 5)] == [120, 240, 480, 900, 900]
+
+
+def test_a_snowflake_id_carries_its_time():
+    # The rule id X gave in its recorded answer of 2022-04-26.
+    written = datetime.fromtimestamp(moment_of(1518831215612096512), UTC)
+    assert written.date().isoformat() in ("2022-04-25", "2022-04-26")
+    now = time.time()
+    assert abs(moment_of(snowflake_at(now)) - now) < 0.001
