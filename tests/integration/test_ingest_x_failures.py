@@ -37,20 +37,23 @@ def value(metric, *labels: str) -> float:
 async def test_server_errors_and_dropped_connections_never_stop_a_poller(
     x_api, customers, ingest_settings, running, read
 ):
-    """A 503 and two connections dropped without an answer are retried; a 401 that outlasts
-    the retries makes the poller fail and report it, and it carries on when X answers again."""
+    """A 503, two connections dropped without an answer and a body cut short are retried; a
+    401 (not retried: waiting will not fix it) makes the poller fail and report it, and it
+    carries on when X answers again."""
     ana, _ = customers
     first, second = new_id(), new_id()
     x_api.add_mention(HELP_ID, x_api.make_tweet(first, "@AcmeHelp my card is blocked", ana["id"]))
     x_api.fail_next(MENTIONS, 503)
     x_api.drop_next(MENTIONS, count=2)
+    x_api.garble_next(MENTIONS)
     errors = value(metrics.X_API_ERRORS, "mentions", "http_503")
     service = IngestService(ingest_settings(mentions=True))
 
     async with running(service):
         await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [first]))
-        x_api.fail_next(MENTIONS, 401, count=2)  # refused: not retried, the poll fails
         health = service.health.of("mentions", "@AcmeHelp")
+        await wait_for(lambda: health.state == "ok")
+        x_api.fail_next(MENTIONS, 401, count=2)  # refused: not retried, the poll fails
         await wait_for(lambda: health.state == "failing")
         failing = service.readiness_detail()
         x_api.add_mention(HELP_ID, x_api.make_tweet(second, "@AcmeHelp still blocked", ana["id"]))
@@ -60,6 +63,8 @@ async def test_server_errors_and_dropped_connections_never_stop_a_poller(
 
     assert ids_on(records, topics.RAW, RawTweet, [second]) == [second]
     assert value(metrics.X_API_ERRORS, "mentions", "http_503") > errors
+    assert value(metrics.X_API_ERRORS, "mentions", "malformed") >= 1
+    assert value(metrics.X_API_ERRORS, "mentions", "network") >= 1  # aiohttp retries one drop
     assert failing["degraded"] is True
     report = failing["sources"]["mentions:@AcmeHelp"]
     assert report["state"] == "failing" and "HTTP 401" in report["last_error"]

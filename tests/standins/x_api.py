@@ -9,7 +9,7 @@ It serves, on 127.0.0.1 and a free port:
 * ``GET /2/dm_events`` - the authenticating user's DM events, newest first, paginated
 
 Tests set the state up (users, tweets, DM events, rules), script failures (``fail_next``,
-``drop_next``, ``disconnect_stream_after``, ``stall_stream``, ``flap_stream``,
+``drop_next``, ``garble_next``, ``disconnect_stream_after``, ``stall_stream``, ``flap_stream``,
 ``set_rate_limit``, ``limit_stream_connections``, ``lose_tweets_while_disconnected``) and inspect
 what the client sent (``requests``, ``stream_connections``, ``stream_attempts``, ``rules``,
 ``rate_limited``).
@@ -64,6 +64,7 @@ MAX_RULE_LENGTH = 512
 DEFAULT_RATE_LIMIT_HEADER = 15
 SETTLE_S = 0.02
 DROP = 0  # a scripted "failure" that closes the connection without an answer
+GARBLE = 1  # a scripted "failure" answering 200 with a JSON body cut short
 MAX_BACKFILL_MINUTES = 5
 SLOT_GRACE_S = 0.25
 ID_PATTERN = re.compile(r"^[0-9]{1,19}$")
@@ -431,6 +432,11 @@ class XApiStandIn:
         closed without an answer (a load balancer dropping it: the client sees a disconnect)."""
         self._failures.append(_ScriptedFailure(path_prefix, DROP, None, count))
 
+    def garble_next(self, path_prefix: str, *, count: int = 1) -> None:
+        """The next ``count`` requests under ``path_prefix`` get a 200 whose JSON body is cut
+        short (a proxy or X truncating an answer)."""
+        self._failures.append(_ScriptedFailure(path_prefix, GARBLE, None, count))
+
     def flap_stream(self, times: int) -> None:
         """The next ``times`` stream connections are accepted (200) and closed at once."""
         self._flaps += times
@@ -522,6 +528,8 @@ class XApiStandIn:
         return None
 
     def _failure_response(self, request: web.Request, failure: _ScriptedFailure) -> web.Response:
+        if failure.status == GARBLE:
+            return web.Response(text='{"data": [{"id": "1', content_type="application/json")
         if failure.status != 429:
             return _problem(failure.status or 503)
         limit = self._window_for(request)
