@@ -45,11 +45,14 @@ def dlq_list(
     from rich.table import Table
 
     table = Table(title=f"{len(parked)} parked deliveries")
-    for column in ("delivery id", "channel", "target", "urgency", "attempts", "error"):
-        table.add_column(column)
+    columns = ("delivery id", "channel", "target", "urgency", "attempts", "vendor error",
+               "automatic redrive")  # fmt: skip
+    for column in columns:
+        table.add_column(column, overflow="fold")
     for d in parked:
+        redrive_at = d.retry_at.isoformat(timespec="seconds") if d.retry_at else "manual"
         table.add_row(d.delivery_id, d.channel, d.target, d.urgency.value, str(d.attempts),
-                      (d.error or "")[:80])  # fmt: skip
+                      (d.error or "")[:200], redrive_at)  # fmt: skip
     Console().print(table)
 
 

@@ -20,6 +20,7 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -179,9 +180,17 @@ class HttpChannel:
             raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from None
         if response.status_code >= 300:
             raise http_error(
-                response.status_code, response.text, response.headers.get("retry-after")
+                response.status_code,
+                response.text,
+                response.headers.get("retry-after"),
+                self.vendor_wait_s(response),
             )
         return response
+
+    def vendor_wait_s(self, response: httpx.Response) -> float | None:
+        """The wait a refusal asks for in the vendor's own headers, when it sends no
+        ``Retry-After``; None: the backoff decides."""
+        return None
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -402,12 +411,27 @@ class SalesforceChannel(HttpChannel):
 
 
 class HubSpotChannel(HttpChannel):
-    """Batch upsert on a unique property: a contact per author, or a ticket per conversation."""
+    """Batch upsert on a unique property: a contact per author, or a ticket per conversation.
+
+    HubSpot answers a batch whose inputs partly failed with 207 and the errors beside the
+    results: that is a failed delivery, with HubSpot's error kept. Its 429 carries no
+    ``Retry-After`` but ``X-HubSpot-RateLimit-*`` headers: the wait is the rolling window
+    (``Interval-Milliseconds``), or until midnight UTC when the daily limit is spent."""
 
     name = "hubspot"
 
     def __init__(self, policy: DeliveryPolicy, base_url: str, token: str) -> None:
         super().__init__(policy, base_url, headers={"Authorization": f"Bearer {token}"})
+
+    def vendor_wait_s(self, response: httpx.Response) -> float | None:
+        if response.status_code != 429:
+            return None
+        if response.headers.get("x-hubspot-ratelimit-daily-remaining") == "0":
+            now = datetime.now(UTC)
+            midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+            return (midnight - now).total_seconds()
+        interval = response.headers.get("x-hubspot-ratelimit-interval-milliseconds")
+        return int(interval) / 1000 if interval and interval.isdigit() else None
 
     async def deliver(self, job: Job) -> Done:
         target = job.subscription.hubspot or HubSpotTarget()  # optional: the defaults
@@ -435,8 +459,26 @@ class HubSpotChannel(HttpChannel):
         response = await self.send(
             "POST", f"/crm/v3/objects/{target.object}/batch/upsert", json=upsert
         )
-        results = response.json().get("results", [])
+        answer = response.json()
+        if response.status_code == 207 or answer.get("errors"):
+            raise hubspot_batch_error(answer)
+        results = answer.get("results", [])
         return Done("upserted", results[0]["id"] if results else None)
+
+
+def hubspot_batch_error(answer: dict) -> DeliveryError:
+    """A 207's errors as one DeliveryError: retryable only when every error is HubSpot's own
+    (5xx) or a rate limit."""
+    errors = [e for e in answer.get("errors") or [] if isinstance(e, dict)]
+    described = "; ".join(
+        f"{e.get('status', '?')} {e.get('category', '')}: {e.get('message', '')}".strip()
+        for e in errors
+    )
+    retryable = bool(errors) and all(
+        str(e.get("status", "")).startswith("5") or e.get("category") == "RATE_LIMITS"
+        for e in errors
+    )
+    return DeliveryError(f"HTTP 207: {described or 'errors without detail'}", retryable=retryable)
 
 
 def channels_for(config: NotifyConfig, mailer: SmtpMailer) -> dict[str, Channel]:

@@ -1,12 +1,14 @@
 """Parked deliveries: what the DLQ holds that the ledger does not record as done since, and
 asking notify to try them again (``switchboard dlq``, or notify's ``/admin/dlq`` endpoints,
-which need the admin token: shared/access.py)."""
+which need the admin token: shared/access.py). A delivery parked because the vendor asked for a
+long wait carries ``retry_at``: notify redrives it by itself then (``DueRedrives``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from fastapi import APIRouter
 
 from switchboard.shared import topics
@@ -53,7 +55,32 @@ async def parked_deliveries(kafka: KafkaSettings, filters: Filters) -> list[Deli
     return [d for i, d in failed.items() if i not in done]
 
 
-async def redrive(kafka: KafkaSettings, parked: list[Delivery]) -> int:
+class DueRedrives:
+    """Parked deliveries that notify redrives by itself at their ``retry_at`` (a vendor asked
+    for a longer wait than a batch may hold its partition)."""
+
+    def __init__(self) -> None:
+        self._due: dict[str, Delivery] = {}
+
+    def schedule(self, delivery: Delivery) -> None:
+        if delivery.retry_at is not None and delivery.routed is not None:
+            self._due[delivery.delivery_id] = delivery
+
+    def take(self, now: datetime) -> list[Delivery]:
+        """The deliveries whose time has come, no longer scheduled."""
+        due = [d for d in self._due.values() if d.retry_at is not None and d.retry_at <= now]
+        for delivery in due:
+            del self._due[delivery.delivery_id]
+        return due
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+
+async def redrive(
+    kafka: KafkaSettings, parked: list[Delivery], producer: AIOKafkaProducer | None = None
+) -> int:
+    """Publish a RedriveRequest for each parked delivery; returns how many."""
     requests = [
         Output.of(
             topics.NOTIFICATIONS_REDRIVE,
@@ -68,12 +95,15 @@ async def redrive(kafka: KafkaSettings, parked: list[Delivery]) -> int:
         for d in parked
         if d.routed is not None
     ]
-    producer = make_producer(kafka, client_id="switchboard-dlq")
-    await producer.start()
-    try:
+    if producer is not None:
         await publish(producer, requests, "dlq")
+        return len(requests)
+    own = make_producer(kafka, client_id="switchboard-dlq")
+    await own.start()
+    try:
+        await publish(own, requests, "dlq")
     finally:
-        await producer.stop()
+        await own.stop()
     return len(requests)
 
 

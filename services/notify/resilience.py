@@ -2,8 +2,12 @@
 channel (pure logic plus asyncio; the channels raise, this decides).
 
 - Timeouts, connection errors, HTTP 5xx and 429 are retried with exponential backoff and full
-  jitter (tenacity), honouring ``Retry-After`` when the target sends one; any other 4xx is
-  permanent and not retried. After the last attempt the delivery is parked on the DLQ.
+  jitter (tenacity), honouring the wait the target asks for (``Retry-After``, or the vendor's
+  own rate-limit headers) exactly; any other 4xx is permanent and not retried. After the last
+  attempt the delivery is parked on the DLQ.
+- A wait longer than ``max_wait_s`` is not slept through (it would hold the partition and every
+  delivery behind it): the delivery is parked at once with ``retry_at``, and notify redrives it
+  by itself when that time comes (service.py).
 - A channel whose deliveries fail ``circuit_failures`` times in a row opens its circuit: for
   ``circuit_cooldown_s`` its deliveries are parked at once instead of piling up, then one trial
   goes through (half-open) and its outcome closes or reopens the circuit. Other channels are
@@ -13,6 +17,7 @@ channel (pure logic plus asyncio; the channels raise, this decides).
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -41,6 +46,7 @@ class DeliveryError(Exception):
         self.retryable = retryable
         self.retry_after_s = retry_after_s
         self.attempts = 0
+        self.retry_at: float | None = None  # Unix time: parked for a wait past max_wait_s
 
 
 class CircuitOpen(DeliveryError):
@@ -48,29 +54,45 @@ class CircuitOpen(DeliveryError):
         super().__init__(f"circuit open for {channel}: parked without trying", retryable=False)
 
 
-def http_error(status: int, body: str, retry_after: str | None) -> DeliveryError:
-    """The DeliveryError for an HTTP answer that is not a success."""
+def http_error(
+    status: int, body: str, retry_after: str | None, wait_s: float | None = None
+) -> DeliveryError:
+    """The DeliveryError for an HTTP answer that is not a success. ``retry_after`` is the
+    ``Retry-After`` header (seconds or an HTTP date); ``wait_s`` a wait the vendor's own headers
+    ask for, used when there is no ``Retry-After``."""
     retryable = status == 429 or status >= 500
-    wait = None
-    if retry_after is not None:
-        try:
-            wait = max(0.0, float(retry_after))
-        except ValueError:
-            wait = None  # an HTTP date: fall back to the backoff
-    return DeliveryError(f"HTTP {status}: {body[:300]}", retryable=retryable, retry_after_s=wait)
+    wait = retry_after_seconds(retry_after) if retry_after is not None else None
+    return DeliveryError(
+        f"HTTP {status}: {body[:300]}",
+        retryable=retryable,
+        retry_after_s=wait if wait is not None else wait_s,
+    )
+
+
+def retry_after_seconds(value: str, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds: a number of seconds, or an HTTP date (RFC 9110)."""
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
 
 
 class _WaitRetryAfter:
-    """Retry-After when the target gave one, else exponential backoff with jitter."""
+    """The wait the target asked for, exactly, else exponential backoff with jitter. (A wait
+    longer than ``max_wait_s`` is never slept: ``with_retries`` parks it instead.)"""
 
     def __init__(self, max_wait_s: float) -> None:
         self.backoff = wait_random_exponential(multiplier=0.5, max=max_wait_s)
-        self.max_wait_s = max_wait_s
 
     def __call__(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, DeliveryError) and error.retry_after_s is not None:
-            return min(error.retry_after_s, self.max_wait_s)
+            return error.retry_after_s
         return self.backoff(state)
 
 
@@ -83,7 +105,7 @@ async def with_retries(
         async for retrying in AsyncRetrying(
             stop=stop_after_attempt(attempts),
             wait=_WaitRetryAfter(max_wait_s),
-            retry=retry_if_exception(lambda e: isinstance(e, DeliveryError) and e.retryable),
+            retry=retry_if_exception(lambda e: _worth_waiting(e, max_wait_s)),
             reraise=True,
         ):
             with retrying:
@@ -94,8 +116,17 @@ async def with_retries(
                 result = await attempt()
     except DeliveryError as error:
         error.attempts = tries
+        if error.retryable and (error.retry_after_s or 0.0) > max_wait_s:
+            error.retry_at = time.time() + (error.retry_after_s or 0.0)
         raise
     return result, tries
+
+
+def _worth_waiting(error: BaseException, max_wait_s: float) -> bool:
+    """Retry now: retryable, and the target does not ask for a wait past ``max_wait_s``."""
+    if not isinstance(error, DeliveryError) or not error.retryable:
+        return False
+    return error.retry_after_s is None or error.retry_after_s <= max_wait_s
 
 
 class CircuitBreaker:

@@ -28,7 +28,7 @@ from fastapi import FastAPI
 
 from switchboard.notify.channels import Channel, Done, Job, channels_for
 from switchboard.notify.digest import DigestWorker
-from switchboard.notify.dlq import Filters, dlq_router, parked_deliveries
+from switchboard.notify.dlq import DueRedrives, Filters, dlq_router, parked_deliveries, redrive
 from switchboard.notify.mail import SmtpMailer
 from switchboard.notify.resilience import (
     CircuitBreaker,
@@ -105,6 +105,7 @@ class NotifyService:
             listener=_RestoreOnAssignment(self),
         )
         self.parked: set[str] = set()
+        self.due = DueRedrives()
         self._ready = False
 
     @property
@@ -126,9 +127,11 @@ class NotifyService:
         )  # fmt: skip
         await self.producer.start()
         await self.ledger.restore()
-        self.parked = {
-            d.delivery_id for d in await parked_deliveries(self.settings.kafka, Filters())
-        }
+        parked = await parked_deliveries(self.settings.kafka, Filters())
+        self.parked = {d.delivery_id for d in parked}
+        for delivery in parked:
+            if delivery.retry_at is not None:
+                self.due.schedule(delivery)
         metrics.DLQ_SIZE.set(len(self.parked))
         await self.consumer.start()
         self._ready = True
@@ -136,17 +139,30 @@ class NotifyService:
     async def run(self, stop: asyncio.Event) -> None:
         digests = asyncio.create_task(self.digests.run(stop), name="digests")
         expiry = asyncio.create_task(self._expire_ledger(stop), name="ledger-expiry")
+        redrives = asyncio.create_task(self._redrive_when_due(stop), name="due-redrives")
         try:
             await StreamLoop(self.name, self.consumer, self.producer, self.handle).run(stop)
         finally:
             expiry.cancel()
-            await asyncio.gather(expiry, return_exceptions=True)
+            redrives.cancel()
+            await asyncio.gather(expiry, redrives, return_exceptions=True)
             await asyncio.wait_for(digests, timeout=10)
 
     async def _expire_ledger(self, stop: asyncio.Event, every_s: float = 60.0) -> None:
         while not stop.is_set():
             await asyncio.sleep(every_s)
             await publish(self.producer, self.expire_ledger(datetime.now(UTC)), self.name)
+
+    async def _redrive_when_due(self, stop: asyncio.Event, every_s: float = 1.0) -> None:
+        """Deliveries parked for a vendor's long wait go back on the redrive topic when their
+        ``retry_at`` comes; the ledger keeps a redrive that raced a manual one from repeating
+        the effect."""
+        while not stop.is_set():
+            await asyncio.sleep(every_s)
+            due = self.due.take(datetime.now(UTC))
+            if due:
+                await redrive(self.settings.kafka, due, self.producer)
+                log.info("redriven when due", extra={"deliveries": len(due)})
 
     def expire_ledger(self, now: datetime) -> list[Output]:
         """Tombstones for conversations untouched for ``notify.ledger_retention_hours``."""
@@ -266,18 +282,26 @@ class NotifyService:
         if not isinstance(error, CircuitOpen):
             self.breakers[channel].record(False)
         reason = "circuit_open" if isinstance(error, CircuitOpen) else (
+            "waiting" if error.retry_at else
             "retries_exhausted" if error.retryable else "rejected"
         )  # fmt: skip
         metrics.DELIVERIES.labels(channel, "failed").inc()
         metrics.PARKED.labels(channel, reason).inc()
         self.parked.add(job.delivery_id)
         metrics.DLQ_SIZE.set(len(self.parked))
-        log.error(
+        retry_at = datetime.fromtimestamp(error.retry_at, UTC) if error.retry_at else None
+        log.log(
+            logging.WARNING if retry_at else logging.ERROR,
             "delivery parked",
             extra={"tweet_id": job.routed.tweet.id, "delivery_id": job.delivery_id,
-                   "reason": reason, "error": str(error)},
+                   "reason": reason, "error": str(error),
+                   "retry_at": retry_at.isoformat() if retry_at else None},
         )  # fmt: skip
-        return self._delivery(job, "failed", error.attempts, error=str(error))
+        parked = self._delivery(job, "failed", error.attempts, error=str(error))
+        if retry_at is not None:
+            parked = parked.model_copy(update={"retry_at": retry_at})
+            self.due.schedule(parked)
+        return parked
 
     def _delivery(
         self, job: Job, outcome: str, attempts: int, *, done: Done | None = None,

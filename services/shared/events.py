@@ -276,6 +276,11 @@ class Delivery(Event):
     routed: RoutedTweet | None = Field(
         default=None, description="On the DLQ: the tweet as routed, so it can be redriven"
     )
+    retry_at: AwareDatetime | None = Field(
+        default=None,
+        description="On the DLQ: when notify redrives it by itself (the target asked to wait "
+        "longer than notify.delivery.max_wait_s)",
+    )
     trace: Trace
 
 

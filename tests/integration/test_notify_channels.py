@@ -21,6 +21,7 @@ from switchboard.shared.broker import free_port
 from switchboard.shared.events import Author, DecodeError, Delivery, decode, encode
 from tests.conftest import CONFIG_FILE, wait_for
 from tests.factories import a_classified_tweet, routed_from
+from tests.standins.vendors import HUBSPOT_INTERVAL_MS
 
 _ids = itertools.count(1)
 
@@ -259,7 +260,7 @@ async def test_429_and_timeouts_are_retried_then_delivered(
     zendesk.fail_next("/api/v2/tickets", 429, retry_after_s=0.3)
     zendesk.delay_next("/api/v2/tickets", 2.0)  # answered after the 1 s client timeout
 
-    async with running(NotifyService(notify_settings())):
+    async with running(NotifyService(notify_settings(max_wait_s=0.5))):  # 0.3 s: waited
         await publish_routed(producer, routed("customer_service", conversation=conv))
         records = await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 1)
 
@@ -267,6 +268,79 @@ async def test_429_and_timeouts_are_retried_then_delivered(
     assert delivery.outcome == "delivered" and delivery.attempts >= 2
     mine = [t for t in zendesk.tickets.values() if conv in (t.get("external_id") or "")]
     assert len(mine) == 1  # the timed-out create happened once, found again, never doubled
+
+
+async def test_a_long_rate_limit_wait_parks_with_its_time_and_comes_back_by_itself(
+    kafka, vendors, notify_settings, producer, read, running
+):
+    """Zendesk asks for 2 s (Retry-After), longer than a batch may hold its partition
+    (max_wait_s 0.2): the delivery is parked at once with its time, the next tweet is not held
+    up, and notify redrives the parked one when the time comes; one ticket in the end."""
+    zendesk = vendors["zendesk"]
+    first, second = conversation(), conversation()
+    zendesk.fail_next("/api/v2/tickets", 429, retry_after_s=2.0)
+    event = routed("customer_service", conversation=first)
+
+    async with running(NotifyService(notify_settings())):
+        await publish_routed(producer, event)
+        await read([topics.NOTIFICATIONS_DLQ], lambda rs: len(deliveries(rs, first)) >= 1)
+        [parked] = await parked_deliveries(
+            kafka, Filters(delivery_id=f"{event.tweet.id}:zendesk:support-queue")
+        )
+        parked_at = datetime.now(UTC)
+        await publish_routed(producer, routed("customer_service", conversation=second))
+        records = await read(
+            [topics.DELIVERIES],
+            lambda rs: deliveries(rs, second) and deliveries(rs, first),
+            timeout_s=30,
+        )
+
+    assert parked.retry_at is not None and parked.attempts == 1
+    assert 1.0 <= (parked.retry_at - parked_at).total_seconds() <= 2.5
+    assert "HTTP 429" in (parked.error or "")
+    delivered = {d.conversation_id: d for d in deliveries(records, "nc")}
+    assert delivered[first].outcome == delivered[second].outcome == "delivered"
+    assert delivered[second].trace.delivered_at < parked.retry_at  # not held up behind it
+    assert delivered[first].trace.delivered_at >= parked.retry_at
+    mine = [t for t in zendesk.tickets.values() if first in (t.get("external_id") or "")]
+    assert len(mine) == 1
+    assert await parked_deliveries(kafka, Filters(delivery_id=parked.delivery_id)) == []
+
+
+async def test_hubspot_batch_errors_and_rate_window_are_honoured(
+    kafka, vendors, notify_settings, producer, read, running
+):
+    """A batch upsert answered 207 with an input's error is a failed delivery with HubSpot's
+    error, not a success; a 429 (no Retry-After) waits for HubSpot's rate window, read from
+    X-HubSpot-RateLimit-Interval-Milliseconds."""
+    hubspot = vendors["hubspot"]
+    by_email = {"name": "fans-by-email", "channel": "hubspot", "departments": ["marketing"],
+                "hubspot": {"object": "contacts", "id_property": "email"}}  # fmt: skip
+    rejected, throttled = conversation(), conversation()
+
+    async with running(NotifyService(notify_settings(by_email))):
+        await publish_routed(producer, routed("marketing", conversation=rejected))
+        records = await read(
+            [topics.NOTIFICATIONS_DLQ, topics.DELIVERIES],
+            lambda rs: len(deliveries(rs, rejected)) >= 2,
+        )
+        hubspot.fail_next("/crm/v3/objects/contacts/batch/upsert", 429)
+        asked_at = datetime.now(UTC)
+        await publish_routed(producer, routed("marketing", conversation=throttled))
+        waits = await read(
+            [topics.NOTIFICATIONS_DLQ, topics.DELIVERIES],
+            lambda rs: len(deliveries(rs, throttled)) >= 2,
+        )
+
+    outcomes = {d.target: d for d in deliveries(records, rejected)}
+    assert outcomes["fans"].outcome == "delivered"
+    failed = outcomes["fans-by-email"]
+    assert failed.outcome == "failed" and failed.attempts == 1  # a validation error: not retried
+    assert "HTTP 207" in failed.error and "VALIDATION_ERROR" in failed.error
+    [limited] = [d for d in deliveries(waits, throttled) if d.target == "fans"]
+    assert limited.outcome == "failed" and limited.retry_at is not None
+    wait = (limited.retry_at - asked_at).total_seconds()
+    assert HUBSPOT_INTERVAL_MS / 1000 - 1 <= wait <= HUBSPOT_INTERVAL_MS / 1000 + 1
 
 
 async def test_a_target_down_is_parked_then_redriven_once_it_is_back(

@@ -1203,6 +1203,20 @@ def _hubspot_invalid(name: str, message: str, error: str) -> web.Response:
     return _hubspot_error(400, text, "VALIDATION_ERROR")
 
 
+def _standard_error(refusal: web.Response, item: JsonDict) -> JsonDict:
+    """A per-input refusal as a ``StandardError`` of a 207 batch answer (HubSpot's CRM v3
+    spec: status, category, message, context naming the input's id)."""
+    error = json.loads(refusal.text or "{}")
+    return {
+        "status": str(refusal.status),
+        "category": error.get("category", "VALIDATION_ERROR"),
+        "message": error.get("message", ""),
+        "context": {"id": [str(item.get("id"))]},
+        "errors": [],
+        "links": {},
+    }
+
+
 def _hs_value(value: Any) -> str | None:
     """Property values as HubSpot returns them: strings, booleans as ``true``/``false``."""
     if value is None or isinstance(value, str):
@@ -1474,19 +1488,23 @@ class HubSpotStandIn(VendorStandIn):
         if problem is not None:
             return _hubspot_error(400, problem, "VALIDATION_ERROR")
         started = _iso_z(_now(), millis=True)
-        results = []
+        results, errors = [], []
         for item in inputs:
             outcome = self._upsert_one(object_type, item)
             if isinstance(outcome, web.Response):
-                return outcome
-            results.append(outcome)
-        body = {
+                errors.append(_standard_error(outcome, item))
+            else:
+                results.append(outcome)
+        body: JsonDict = {
             "status": "COMPLETE",
             "results": results,
             "requestedAt": started,
             "startedAt": started,
             "completedAt": _iso_z(_now(), millis=True),
         }
+        if errors:  # the inputs that failed, beside those that did not: 207 Multi-Status
+            body |= {"numErrors": len(errors), "errors": errors}
+            return _json(body, 207)
         return _json(body, 200)
 
     @staticmethod

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from switchboard.notify.channels import adf, webhook_signature
-from switchboard.notify.resilience import CircuitBreaker, DeliveryError, http_error, with_retries
+from switchboard.notify.dlq import DueRedrives
+from switchboard.notify.resilience import (
+    CircuitBreaker,
+    DeliveryError,
+    http_error,
+    retry_after_seconds,
+    with_retries,
+)
+from tests.factories import a_parked_delivery
 
 
 @pytest.mark.parametrize(
@@ -18,9 +28,57 @@ def test_5xx_and_429_are_retryable_other_4xx_are_not(status, retryable):
     assert http_error(status, "x", None).retryable is retryable
 
 
-def test_retry_after_seconds_are_read_and_dates_fall_back_to_backoff():
+def test_retry_after_is_read_as_seconds_or_as_an_http_date():
     assert http_error(429, "", "2").retry_after_s == 2.0
-    assert http_error(429, "", "Wed, 21 Oct 2026 07:28:00 GMT").retry_after_s is None
+    now = datetime(2026, 10, 21, 7, 27, 30, tzinfo=UTC).timestamp()
+    assert retry_after_seconds("Wed, 21 Oct 2026 07:28:00 GMT", now=now) == 30.0
+    assert retry_after_seconds("Wed, 21 Oct 2026 07:28:00 GMT", now=now + 60) == 0.0
+    assert retry_after_seconds("soon") is None
+    # Without Retry-After, the wait the vendor's own headers ask for (HubSpot's window).
+    assert http_error(429, "", None, wait_s=10.0).retry_after_s == 10.0
+
+
+async def test_a_wait_longer_than_max_wait_is_parked_with_its_time_not_slept():
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        raise DeliveryError("HTTP 429", retryable=True, retry_after_s=90.0)
+
+    started = time.time()
+    with pytest.raises(DeliveryError) as parked:
+        await with_retries(attempt, "zendesk", attempts=4, max_wait_s=30.0)
+    assert calls == 1 and time.time() - started < 1.0
+    assert parked.value.retry_at == pytest.approx(started + 90.0, abs=1.0)
+
+
+async def test_a_wait_within_max_wait_is_honoured_exactly():
+    answers: list = [DeliveryError("HTTP 429", retryable=True, retry_after_s=0.3), "ok"]
+
+    async def attempt() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    started = time.monotonic()
+    assert await with_retries(attempt, "zendesk", attempts=2, max_wait_s=0.5) == ("ok", 2)
+    assert time.monotonic() - started >= 0.3  # not cut short by a cap
+
+
+def test_due_redrives_come_back_at_their_time_once():
+    due = DueRedrives()
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    soon, later = (
+        a_parked_delivery("d-1", now + timedelta(seconds=5)),
+        a_parked_delivery("d-2", now + timedelta(hours=1)),
+    )
+    due.schedule(soon)
+    due.schedule(later)
+    assert due.take(now) == []
+    assert [d.delivery_id for d in due.take(now + timedelta(seconds=6))] == ["d-1"]
+    assert due.take(now + timedelta(seconds=7)) == [] and len(due) == 1
 
 
 async def test_retries_until_success_and_counts_attempts():
