@@ -213,6 +213,8 @@ VENDOR_SECRETS = {
     "ZENDESK_TOKEN": "zd-token",
     "JIRA_TOKEN": "jira-token",
     "SF_TOKEN": "sf-token",
+    "SF_CLIENT_ID": "3MVG9sf-consumer-key",
+    "SF_CLIENT_SECRET": "sf-consumer-secret",
     "HUBSPOT_TOKEN": "hs-token",
     "HOOK_SECRET": "hook-secret",
 }
@@ -235,7 +237,10 @@ async def vendors(monkeypatch) -> AsyncIterator[dict]:
     servers = {
         "zendesk": ZendeskStandIn("ops@acme.example", VENDOR_SECRETS["ZENDESK_TOKEN"]),
         "jira": JiraStandIn("ops@acme.example", VENDOR_SECRETS["JIRA_TOKEN"]),
-        "salesforce": SalesforceStandIn(VENDOR_SECRETS["SF_TOKEN"]),
+        "salesforce": SalesforceStandIn(
+            VENDOR_SECRETS["SF_TOKEN"],
+            client=(VENDOR_SECRETS["SF_CLIENT_ID"], VENDOR_SECRETS["SF_CLIENT_SECRET"]),
+        ),
         "hubspot": HubSpotStandIn(VENDOR_SECRETS["HUBSPOT_TOKEN"]),
         "webhook": WebhookReceiver(VENDOR_SECRETS["HOOK_SECRET"]),
     }

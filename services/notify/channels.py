@@ -29,12 +29,23 @@ import httpx
 
 from switchboard.notify.mail import SmtpMailer, check_templates, render_email
 from switchboard.notify.resilience import DeliveryError, http_error
-from switchboard.notify.sanitize import chat, clip, html, inert, one_line, web_link
+from switchboard.notify.sanitize import (
+    Measure,
+    chat,
+    clip,
+    html,
+    inert,
+    one_line,
+    utf16_units,
+    web_link,
+)
+from switchboard.shared import metrics
 from switchboard.shared.config import (
     DeliveryPolicy,
     EmailConfig,
     HubSpotTarget,
     NotifyConfig,
+    SalesforceConnection,
     SalesforceTarget,
     Subscription,
 )
@@ -49,7 +60,8 @@ SALESFORCE_PRIORITIES = {Urgency.CRITICAL: "High", Urgency.HIGH: "High",
 HUBSPOT_PRIORITIES = {Urgency.CRITICAL: "HIGH", Urgency.HIGH: "HIGH", Urgency.NORMAL: "MEDIUM",
                       Urgency.LOW: "LOW"}  # fmt: skip
 
-# What the targets accept, in characters; longer text is cut to fit rather than refused.
+# What the targets accept; longer text is cut to fit rather than refused. Jira and Salesforce
+# count UTF-16 code units (an emoji is two), the others characters.
 SUMMARY_LIMIT = 250  # Jira's summary and Salesforce's Case.Subject hold 255
 JIRA_TEXT_LIMIT = 32_000  # Jira Cloud refuses a description or comment over 32,767
 ZENDESK_TEXT_LIMIT = 30_000
@@ -79,16 +91,18 @@ class Job:
             return self.subscription.priority.get(urgency, defaults[urgency])
         return defaults[urgency]
 
-    def summary(self, limit: int = SUMMARY_LIMIT) -> str:
+    def summary(self, limit: int = SUMMARY_LIMIT, measure: Measure = len) -> str:
         """One inert line: urgency, department, author and the start of the text."""
         t, c = self.routed.tweet, self.routed.classification
         return one_line(
-            f"[{c.urgency.value}] {self.department.value}: @{t.author.username}: {t.text}", limit
+            f"[{c.urgency.value}] {self.department.value}: @{t.author.username}: {t.text}",
+            limit,
+            measure,
         )
 
-    def body(self, limit: int) -> str:
-        """The notification as inert plain text of at most ``limit`` characters: the tweet's
-        text is cut to make room for the rest."""
+    def body(self, limit: int, measure: Measure = len) -> str:
+        """The notification as inert plain text at most ``limit`` long (by ``measure``: the
+        vendor's way of counting): the tweet's text is cut to make room for the rest."""
         t, c, r = self.routed.tweet, self.routed.classification, self.routed.route
         head = (
             f"@{one_line(t.author.username, 50)} ({t.author.followers_count} followers) wrote "
@@ -100,14 +114,14 @@ class Job:
             f"confidence {c.confidence:.2f}, priority {r.priority or '-'}",
             "Why: " + "; ".join(r.reasons),
         ])  # fmt: skip
-        room = limit - len(head) - len(tail) - 3
-        return f"{head}\n\n{clip(inert(t.text), room)}\n{tail}"
+        room = limit - measure(head) - measure(tail) - 3
+        return f"{head}\n\n{clip(inert(t.text), room, measure=measure)}\n{tail}"
 
-    def comment(self, limit: int) -> str:
+    def comment(self, limit: int, measure: Measure = len) -> str:
         """``body`` ending with this delivery's tag, by which a comment that timed out is found
         again (comments have no idempotency key at Jira or Zendesk)."""
         mark = f"\nSwitchboard delivery {delivery_tag(self.delivery_id)}"
-        return self.body(limit - len(mark)) + mark
+        return self.body(limit - len(mark), measure) + mark
 
     def chat_text(self) -> str:
         """Ready for a chat tool: who wrote what, and the link; no mention pings anyone."""
@@ -332,18 +346,18 @@ class JiraChannel(HttpChannel):
             comments = f"/rest/api/3/issue/{quote(issue)}/comment"
             # A comment that timed out but happened is found by its tag, not made twice.
             if not await self._commented(comments, mine):
-                comment = {"body": adf(job.comment(JIRA_TEXT_LIMIT))}
+                comment = {"body": adf(job.comment(JIRA_TEXT_LIMIT, utf16_units))}
                 await self.send("POST", comments, json=comment)
             return Done("commented", issue)
         target = job.subscription.jira
         assert target is not None
         fields = {
             "project": {"key": target.project},
-            "summary": job.summary(),
+            "summary": job.summary(SUMMARY_LIMIT, utf16_units),
             "issuetype": {"name": target.issue_type},
             "priority": {"name": job.priority(JIRA_PRIORITIES)},
             "labels": ["switchboard", label, mine],
-            "description": adf(job.body(JIRA_TEXT_LIMIT)),
+            "description": adf(job.body(JIRA_TEXT_LIMIT, utf16_units)),
         }
         response = await self.send("POST", "/rest/api/3/issue", json={"fields": fields})
         return Done("created", response.json()["key"])
@@ -371,34 +385,94 @@ def adf(text: str) -> dict:
     return {"type": "doc", "version": 1, "content": paragraphs}
 
 
+class SalesforceToken:
+    """The access token Salesforce deliveries carry: a fixed one, or one the OAuth 2.0 client
+    credentials flow fetches and fetches again after Salesforce says it expired."""
+
+    def __init__(
+        self, fixed: str | None = None, *, token_url: str = "", client: tuple[str, str] = ("", "")
+    ) -> None:
+        self.value = fixed
+        self.renewable = fixed is None
+        self.token_url = token_url
+        self._client = client
+        self._lock = asyncio.Lock()
+
+    async def current(self, http: httpx.AsyncClient) -> str:
+        if self.value is None:
+            await self.renew(http, stale=None)
+        assert self.value is not None
+        return self.value
+
+    async def renew(self, http: httpx.AsyncClient, stale: str | None) -> None:
+        """Fetch a new token, once for all the deliveries that found ``stale`` expired."""
+        async with self._lock:
+            if self.value != stale:
+                return  # another delivery renewed it meanwhile
+            client_id, client_secret = self._client
+            form = {"grant_type": "client_credentials", "client_id": client_id,
+                    "client_secret": client_secret}  # fmt: skip
+            try:
+                answer = await http.post(self.token_url, data=form)
+            except httpx.HTTPError as exc:
+                raise DeliveryError(f"token refresh failed: {type(exc).__name__}: {exc}",
+                                    retryable=True) from None  # fmt: skip
+            if answer.status_code != 200 or "access_token" not in answer.text:
+                raise DeliveryError(
+                    f"token refresh failed: HTTP {answer.status_code}: {answer.text[:300]}",
+                    retryable=answer.status_code >= 500,
+                )
+            self.value = answer.json()["access_token"]
+            metrics.TOKEN_RENEWALS.labels("salesforce").inc()
+
+
 class SalesforceChannel(HttpChannel):
-    """Upsert by external id: a Lead per author, or a Case per conversation."""
+    """Upsert by external id: a Lead per author, or a Case per conversation.
+
+    With OAuth, a 401 ``INVALID_SESSION_ID`` renews the token and tries the request once more;
+    a renewal Salesforce refuses parks the delivery with Salesforce's reason."""
 
     name = "salesforce"
 
-    def __init__(self, policy: DeliveryPolicy, base_url: str, api_version: str, token: str) -> None:
-        super().__init__(policy, base_url, headers={"Authorization": f"Bearer {token}"})
+    def __init__(
+        self, policy: DeliveryPolicy, base_url: str, api_version: str, token: SalesforceToken
+    ) -> None:
+        super().__init__(policy, base_url)
         self.api_version = api_version
+        self.token = token
+
+    async def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        token = await self.token.current(self.http)
+        try:
+            return await super().send(method, url, **kwargs, headers=_bearer(token))
+        except DeliveryError as error:
+            if not (self.token.renewable and str(error).startswith("HTTP 401")):
+                raise
+        await self.token.renew(self.http, stale=token)
+        return await super().send(method, url, **kwargs, headers=_bearer(self.token.value or ""))
 
     async def deliver(self, job: Job) -> Done:
         target = job.subscription.salesforce or SalesforceTarget()  # optional: the defaults
         author = job.routed.tweet.author
         if target.object == "Lead":
             key = author.id
+            name = author.name or f"@{author.username}"
             fields: dict[str, Any] = {
-                "LastName": one_line(author.name or f"@{author.username}", SALESFORCE_NAME_LIMIT),
-                "Company": one_line(f"X user @{author.username}", SUMMARY_LIMIT),
-                "LeadSource": "X (Twitter)",
-                "Description": job.body(SALESFORCE_TEXT_LIMIT),
+                "LastName": one_line(name, SALESFORCE_NAME_LIMIT, utf16_units),
+                "Company": one_line(f"X user @{author.username}", SUMMARY_LIMIT, utf16_units),
+                "Description": job.body(SALESFORCE_TEXT_LIMIT, utf16_units),
             }
+            if target.lead_source:
+                fields["LeadSource"] = target.lead_source
         else:
             key = job.routed.tweet.conversation_id
             fields = {
-                "Subject": job.summary(),
-                "Description": job.body(SALESFORCE_TEXT_LIMIT),
-                "Origin": "X (Twitter)",
+                "Subject": job.summary(SUMMARY_LIMIT, utf16_units),
+                "Description": job.body(SALESFORCE_TEXT_LIMIT, utf16_units),
                 "Priority": job.priority(SALESFORCE_PRIORITIES),
             }
+            if target.case_origin:
+                fields["Origin"] = target.case_origin
         if target.owner_id:
             fields["OwnerId"] = target.owner_id
         path = (
@@ -408,6 +482,10 @@ class SalesforceChannel(HttpChannel):
         response = await self.send("PATCH", path, json=fields)
         record = response.json() if response.content else {}
         return Done("upserted", record.get("id"))
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 class HubSpotChannel(HttpChannel):
@@ -508,13 +586,28 @@ def channels_for(config: NotifyConfig, mailer: SmtpMailer) -> dict[str, Channel]
         auth = httpx.BasicAuth(c.email, token.get_secret_value())
         channels["jira"] = JiraChannel(policy, c.base_url, auth=auth)
     if "salesforce" in used and connections.salesforce:
-        c = connections.salesforce
-        token = read_secret(c.access_token, "notify.connections.salesforce.access_token")
         channels["salesforce"] = SalesforceChannel(
-            policy, c.instance_url, c.api_version, token.get_secret_value()
+            policy,
+            connections.salesforce.instance_url,
+            connections.salesforce.api_version,
+            salesforce_token(connections.salesforce),
         )
     if "hubspot" in used and connections.hubspot:
         c = connections.hubspot
         token = read_secret(c.token, "notify.connections.hubspot.token")
         channels["hubspot"] = HubSpotChannel(policy, c.base_url, token.get_secret_value())
     return channels
+
+
+def salesforce_token(c: SalesforceConnection) -> SalesforceToken:
+    """The connection's token; its secrets are read now, so a missing one fails at start."""
+    key = "notify.connections.salesforce"
+    if c.oauth is None:
+        assert c.access_token is not None  # the config model requires one of the two
+        return SalesforceToken(
+            read_secret(c.access_token, f"{key}.access_token").get_secret_value()
+        )
+    client_id = read_secret(c.oauth.client_id, f"{key}.oauth.client_id").get_secret_value()
+    secret = read_secret(c.oauth.client_secret, f"{key}.oauth.client_secret").get_secret_value()
+    url = c.oauth.token_url or f"{c.instance_url.rstrip('/')}/services/oauth2/token"
+    return SalesforceToken(token_url=url, client=(client_id, secret))

@@ -33,6 +33,7 @@ digits or more count as phone numbers.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from markupsafe import Markup, escape
 
@@ -65,16 +66,34 @@ def inert(text: str) -> str:
     return _BROADCAST.sub("\uff20", text)
 
 
-def one_line(text: str, limit: int) -> str:
-    """Inert, on one line, at most ``limit`` characters."""
-    return clip(" ".join(inert(text).split()), limit, SHORT_CUT)
+Measure = Callable[[str], int]
 
 
-def clip(text: str, limit: int, cut: str = CUT) -> str:
-    """``text`` if it fits in ``limit`` characters, else its start and ``cut``."""
-    if len(text) <= limit:
+def utf16_units(text: str) -> int:
+    """Length as Jira and Salesforce measure it (Java strings): UTF-16 code units, two for an
+    emoji or any character outside the Basic Multilingual Plane."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def one_line(text: str, limit: int, measure: Measure = len) -> str:
+    """Inert, on one line, at most ``limit`` long by ``measure`` (characters by default)."""
+    return clip(" ".join(inert(text).split()), limit, SHORT_CUT, measure)
+
+
+def clip(text: str, limit: int, cut: str = CUT, measure: Measure = len) -> str:
+    """``text`` if it fits in ``limit`` (by ``measure``), else its start and ``cut``. A cut
+    falls between characters, never inside one."""
+    if measure(text) <= limit:
         return text
-    return text[: max(0, limit - len(cut))].rstrip() + cut
+    room = max(0, limit - measure(cut))
+    if measure is len:
+        return text[:room].rstrip() + cut
+    end, used = 0, 0
+    for end, character in enumerate(text):  # noqa: B007 - end is read after the loop
+        used += measure(character)
+        if used > room:
+            break
+    return text[:end].rstrip() + cut
 
 
 def shown_url(url: str) -> str:

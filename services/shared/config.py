@@ -424,6 +424,14 @@ class SalesforceTarget(Section):
         pattern=r"^[A-Za-z][A-Za-z0-9_]*__c$",
         description="Custom external-id field: one author is one record (upsert)",
     )
+    # Picklist values differ per org, and a restricted picklist refuses any other: each is
+    # the org's own value, or null to leave the field to the org's default.
+    lead_source: str | None = Field(
+        default="X (Twitter)", description="Lead.LeadSource picklist value; null: not sent"
+    )
+    case_origin: str | None = Field(
+        default="X (Twitter)", description="Case.Origin picklist value; null: not sent"
+    )
 
 
 class HubSpotTarget(Section):
@@ -499,10 +507,33 @@ class JiraConnection(Section):
     api_token: SecretRef
 
 
+class SalesforceOAuth(Section):
+    """A connected app's OAuth 2.0 client credentials flow: notify fetches an access token at
+    the first delivery and fetches a new one whenever Salesforce answers that the session
+    expired (401 INVALID_SESSION_ID)."""
+
+    token_url: HttpsUrl | None = Field(
+        default=None, description="Default: <instance_url>/services/oauth2/token"
+    )
+    client_id: SecretRef = Field(description="The connected app's consumer key")
+    client_secret: SecretRef = Field(description="The connected app's consumer secret")
+
+
 class SalesforceConnection(Section):
     instance_url: HttpsUrl
-    access_token: SecretRef = Field(description="OAuth 2.0 bearer token")
+    access_token: SecretRef | None = Field(
+        default=None,
+        description="A fixed OAuth 2.0 bearer token; once it expires every delivery parks: "
+        "prefer oauth, which renews it",
+    )
+    oauth: SalesforceOAuth | None = None
     api_version: str = Field(default="v60.0", pattern=r"^v\d+\.\d$")
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> SalesforceConnection:
+        if (self.access_token is None) == (self.oauth is None):
+            raise ValueError("give either oauth (renewed tokens) or access_token, not both")
+        return self
 
 
 class HubSpotConnection(Section):

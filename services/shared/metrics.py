@@ -133,6 +133,11 @@ X_API_ERRORS = Counter(
 POLL_ERRORS = Counter(
     "switchboard_poll_errors_total", "Polls that failed and will be retried", ["source"]
 )
+TOKEN_RENEWALS = Counter(
+    "switchboard_token_renewals_total",
+    "Access tokens fetched again by notify after the vendor said one expired",
+    ["channel"],
+)
 WEBHOOK_EVENTS_SKIPPED = Counter(
     "switchboard_webhook_events_skipped_total",
     "Account Activity events with nothing to route (likes, follows, typing, read receipts, "

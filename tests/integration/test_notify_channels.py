@@ -32,7 +32,9 @@ def notify_settings(kafka, vendors, tmp_path):
     Zendesk, legal to Jira, sales to Salesforce, marketing to HubSpot, it_security to the
     webhook) over the stand-ins."""
 
-    def build(*extra_subscriptions: dict, **delivery: object) -> NotifySettings:
+    def build(
+        *extra_subscriptions: dict, salesforce: dict | None = None, **delivery: object
+    ) -> NotifySettings:
         config = yaml.safe_load(CONFIG_FILE.read_text())
         config["notify"] = {
             "connections": {
@@ -60,6 +62,10 @@ def notify_settings(kafka, vendors, tmp_path):
                 *extra_subscriptions,
             ],
         }  # fmt: skip
+        if salesforce is not None:  # another way to authenticate to Salesforce
+            connection = config["notify"]["connections"]["salesforce"]
+            connection.pop("access_token")
+            connection.update(salesforce)
         path = tmp_path / "switchboard.yaml"
         path.write_text(yaml.safe_dump(config))
         smtp = SmtpSettings(host="127.0.0.1", port=free_port(), timeout_s=1)
@@ -341,6 +347,75 @@ async def test_hubspot_batch_errors_and_rate_window_are_honoured(
     assert limited.outcome == "failed" and limited.retry_at is not None
     wait = (limited.retry_at - asked_at).total_seconds()
     assert HUBSPOT_INTERVAL_MS / 1000 - 1 <= wait <= HUBSPOT_INTERVAL_MS / 1000 + 1
+
+
+SALESFORCE_OAUTH = {"oauth": {"client_id": {"env": "SF_CLIENT_ID"},
+                              "client_secret": {"env": "SF_CLIENT_SECRET"}}}  # fmt: skip
+
+
+async def test_salesforce_tokens_are_renewed_by_the_client_credentials_flow(
+    vendors, notify_settings, producer, read, running
+):
+    """The token is fetched at the first delivery; when Salesforce says the session expired
+    (401 INVALID_SESSION_ID) it is fetched again and the delivery goes through, not parked."""
+    salesforce = vendors["salesforce"]
+    before, after = conversation(), conversation()
+    renewals = metrics.TOKEN_RENEWALS.labels("salesforce")._value.get()
+
+    async with running(NotifyService(notify_settings(salesforce=SALESFORCE_OAUTH))):
+        await publish_routed(producer, routed("sales", conversation=before, author="7001"))
+        await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, before)) >= 1)
+        salesforce.expire_sessions()
+        await publish_routed(producer, routed("sales", conversation=after, author="7002"))
+        records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                             lambda rs: len(deliveries(rs, after)) >= 1)  # fmt: skip
+
+    [delivered] = deliveries(records, after)
+    assert delivered.outcome == "delivered", delivered.error
+    assert salesforce.tokens_issued == 2
+    assert metrics.TOKEN_RENEWALS.labels("salesforce")._value.get() == renewals + 2
+    leads = {r["Switchboard_Author_Id__c"] for r in salesforce.records["Lead"].values()}
+    assert {"7001", "7002"} <= leads
+
+
+async def test_a_refused_token_renewal_parks_with_salesforces_reason(
+    vendors, notify_settings, producer, read, running
+):
+    wrong = {"oauth": {"client_id": {"env": "SF_CLIENT_ID"},
+                       "client_secret": {"env": "HOOK_SECRET"}}}  # fmt: skip
+    conv = conversation()
+
+    async with running(NotifyService(notify_settings(salesforce=wrong))):
+        await publish_routed(producer, routed("sales", conversation=conv))
+        records = await read([topics.NOTIFICATIONS_DLQ], lambda rs: len(deliveries(rs, conv)) >= 1)
+
+    [parked] = deliveries(records, conv)
+    assert parked.outcome == "failed" and parked.attempts == 1  # refused: not retried
+    assert "token refresh failed: HTTP 400" in parked.error and "invalid_client" in parked.error
+
+
+async def test_picklist_values_are_the_orgs_own(vendors, notify_settings, producer, read, running):
+    """The org restricts LeadSource to its own values: a subscription that names one of them
+    is accepted, the project's default is refused with Salesforce's error, not sent blindly."""
+    salesforce = vendors["salesforce"]
+    salesforce.restrict_picklist("Lead", "LeadSource", {"Web", "Social Media"})
+    own = {"name": "social-leads", "channel": "salesforce", "departments": ["sales"],
+           "salesforce": {"object": "Lead", "lead_source": "Social Media",
+                          "external_id_field": "Social_Author_Id__c"}}  # fmt: skip
+    conv = conversation()
+
+    async with running(NotifyService(notify_settings(own))):
+        await publish_routed(producer, routed("sales", conversation=conv, author="7100"))
+        records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                             lambda rs: len(deliveries(rs, conv)) >= 2)  # fmt: skip
+
+    outcomes = {d.target: d for d in deliveries(records, conv)}
+    assert outcomes["social-leads"].outcome == "delivered"
+    assert outcomes["sales-leads"].outcome == "failed"
+    assert "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST" in outcomes["sales-leads"].error
+    [lead] = [r for r in salesforce.records["Lead"].values()
+              if r.get("Social_Author_Id__c") == "7100"]  # fmt: skip
+    assert lead["LeadSource"] == "Social Media"
 
 
 async def test_a_target_down_is_parked_then_redriven_once_it_is_back(

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from aiosmtpd.controller import Controller
 
+from switchboard.notify.sanitize import utf16_units
 from switchboard.notify.service import NotifyService
 from switchboard.notify.settings import NotifySettings, SmtpSettings
 from switchboard.shared import topics
@@ -217,6 +218,27 @@ async def test_very_long_text_is_cut_to_fit_not_refused(settings, targets, produ
     assert len(found["lead"]["Description"]) <= 32_000
     assert len(found["hubspot_ticket"]["content"]) <= 65_536
     assert len(json.dumps(found["jira"]["description"])) > 25_000  # all of it, as literal text
+
+
+async def test_emoji_heavy_text_fits_where_vendors_count_utf16_units(
+    settings, targets, producer, read, running
+):
+    """Jira and Salesforce count UTF-16 code units, in which an emoji is two: 250 characters of
+    emoji are 500 units, past Jira's 255 for a summary. Cut by their count, every record is
+    made, and no emoji is split."""
+    routed = legal_tweet("😡🔥" * 400, name="🙂" * 100)
+
+    outcomes = await deliver(NotifyService(settings()), routed, producer, read, running)
+
+    assert sorted(d.outcome for d in outcomes) == ["delivered"] * SUBSCRIPTIONS, [
+        d.error for d in outcomes if d.error
+    ]
+    found = stored(targets, routed)
+    for value, limit in ((found["jira"]["summary"], 255), (found["case"]["Subject"], 255),
+                         (found["lead"]["LastName"], 80)):  # fmt: skip
+        assert utf16_units(value) <= limit and "\ud83d" not in json.dumps(value)[-12:], value
+        assert utf16_units(value) >= limit - 10  # as much as fits, not far less
+    assert not any(0xD800 <= ord(ch) <= 0xDFFF for ch in found["jira"]["summary"])
 
 
 async def test_redaction_reaches_every_channel(settings, targets, producer, read, running):

@@ -149,6 +149,12 @@ def _iso_offset(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "+0000")
 
 
+def _utf16(text: str) -> int:
+    """Length as Java and Apex measure it (Jira, Salesforce): UTF-16 code units, so an emoji
+    outside the Basic Multilingual Plane counts two."""
+    return len(text.encode("utf-16-le")) // 2
+
+
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
@@ -726,7 +732,7 @@ class JiraStandIn(VendorStandIn):
         summary = fields.get("summary")
         if not isinstance(summary, str) or not summary.strip():
             errors["summary"] = "You must specify a summary of the issue."
-        elif len(summary) > 255:
+        elif _utf16(summary) > 255:  # Java counts UTF-16 code units
             errors["summary"] = "Summary must be less than 255 characters."
         elif "\n" in summary or "\r" in summary:
             errors["summary"] = "The summary is invalid because it contains newline characters."
@@ -735,7 +741,7 @@ class JiraStandIn(VendorStandIn):
             errors["issuetype"] = "Specify an issue type"
         if fields.get("description") is not None and not _is_adf(fields["description"]):
             errors["description"] = JIRA_ADF_MESSAGE
-        elif len(_adf_text(fields.get("description"))) > JIRA_TEXT_LIMIT:
+        elif _utf16(_adf_text(fields.get("description"))) > JIRA_TEXT_LIMIT:
             errors["description"] = JIRA_TOO_LONG
         errors.update(self._label_errors(fields.get("labels")))
         return errors
@@ -886,7 +892,7 @@ class JiraStandIn(VendorStandIn):
         adf = body.get("body") if isinstance(body, dict) else None
         if not _is_adf(adf):
             return _jira_errors([], {"comment": JIRA_ADF_MESSAGE}, 400)
-        if len(_adf_text(adf)) > JIRA_TEXT_LIMIT:
+        if _utf16(_adf_text(adf)) > JIRA_TEXT_LIMIT:
             return _jira_errors([], {"comment": JIRA_TOO_LONG}, 400)
         comment_id = str(next(self._comment_ids))
         stamp = _iso_offset(_now())
@@ -963,15 +969,33 @@ class SalesforceStandIn(VendorStandIn):
     Only ``api_version`` is served; other versions answer 404 ``NOT_FOUND``.
     """
 
-    def __init__(self, access_token: str, api_version: str = "v60.0") -> None:
+    def __init__(
+        self,
+        access_token: str,
+        api_version: str = "v60.0",
+        *,
+        client: tuple[str, str] | None = None,
+    ) -> None:
         super().__init__()
         self.access_token = access_token
         self.api_version = api_version
+        self.client = client  # a connected app's (consumer key, consumer secret)
+        self.tokens_issued = 0
         self.records: dict[str, dict[str, dict]] = {name: {} for name in SALESFORCE_OBJECTS}
+        self.restricted: dict[tuple[str, str], set[str]] = {}
         self._numbers = itertools.count(1)
         self._api_usage = 0
 
+    def expire_sessions(self) -> None:
+        """Every access token issued so far stops working (401 INVALID_SESSION_ID)."""
+        self.access_token = f"expired-{uuid.uuid4()}"
+
+    def restrict_picklist(self, sobject: str, field: str, values: set[str]) -> None:
+        """``field`` becomes a restricted picklist: any other value is refused."""
+        self.restricted[(sobject, field)] = values
+
     def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/services/oauth2/token", self._token)
         root = "/services/data/{version}/sobjects/{sobject}"
         router.add_post(root, self._create)
         router.add_post(root + "/", self._create)
@@ -981,7 +1005,29 @@ class SalesforceStandIn(VendorStandIn):
         router.add_patch(root + "/{field}/{value}", self._upsert)
 
     def _authorized(self, request: web.Request) -> bool:
+        if request.path == "/services/oauth2/token":
+            return True  # the client authenticates in the body
         return _bearer_token(request) == self.access_token
+
+    async def _token(self, request: web.Request) -> web.Response:
+        """The OAuth 2.0 client credentials flow (Salesforce Help, "OAuth 2.0 Client
+        Credentials Flow for Server-to-Server Integration"): a form with grant_type, client_id
+        and client_secret; the answer has no expiry, a token works until it is revoked."""
+        form = await request.post()
+        if form.get("grant_type") != "client_credentials":
+            return _json({"error": "unsupported_grant_type",
+                          "error_description": "grant type not supported"}, 400)  # fmt: skip
+        if self.client is None or (form.get("client_id"), form.get("client_secret")) != self.client:
+            return _json({"error": "invalid_client",
+                          "error_description": "invalid client credentials"}, 400)  # fmt: skip
+        self.tokens_issued += 1
+        self.access_token = f"00D5g000004{uuid.uuid4().hex[:20]}!token{self.tokens_issued}"
+        return _json({
+            "access_token": self.access_token, "instance_url": self.base_url,
+            "id": f"{self.base_url}/id/00D5g000004AbcdEAC/0055g00000AbcdEAAR",
+            "token_type": "Bearer", "issued_at": str(int(time.time() * 1000)),
+            "signature": base64.b64encode(uuid.uuid4().bytes).decode(),
+        })  # fmt: skip
 
     def _error(self, status: int, headers: dict[str, str]) -> web.Response:
         code, message = SALESFORCE_ERROR_CODES.get(status, ("UNKNOWN_EXCEPTION", ""))
@@ -1017,12 +1063,17 @@ class SalesforceStandIn(VendorStandIn):
             )
         return body
 
-    @staticmethod
-    def _missing(sobject: str, record: JsonDict) -> web.Response | None:
-        """Required fields that are empty, or fields longer than they may be."""
+    def _missing(self, sobject: str, record: JsonDict) -> web.Response | None:
+        """Required fields that are empty, fields longer than they may be, values a restricted
+        picklist does not hold."""
+        for (restricted_object, name), allowed in self.restricted.items():
+            value = record.get(name)
+            if restricted_object == sobject and value is not None and value not in allowed:
+                message = f"bad value for restricted picklist field: {value}"
+                return _sf_error(400, "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", message, [name])
         for name, limit in SALESFORCE_FIELD_LENGTHS.items():
             value = record.get(name)
-            if isinstance(value, str) and len(value) > limit:
+            if isinstance(value, str) and _utf16(value) > limit:  # UTF-16 units, as Apex
                 message = f"{name}: data value too large: {value[:40]} (max length={limit})"
                 return _sf_error(400, "STRING_TOO_LONG", message, [name])
         required = SALESFORCE_OBJECTS[sobject][1]

@@ -16,6 +16,7 @@ from switchboard.notify.channels import (
     zendesk_html,
 )
 from switchboard.notify.sanitize import (
+    CUT,
     chat,
     clip,
     html,
@@ -24,6 +25,7 @@ from switchboard.notify.sanitize import (
     redact,
     redacted,
     shown_url,
+    utf16_units,
     web_link,
 )
 from switchboard.shared.config import RedactConfig, Subscription
@@ -142,6 +144,15 @@ def test_redaction_is_off_by_default_and_covers_the_author_name():
 
 
 # --- what each channel builds --------------------------------------------------------------------
+
+
+def test_clip_by_utf16_units_counts_an_emoji_twice_and_never_splits_it():
+    text = "😡" * 200
+    assert utf16_units(text) == 400
+    cut = clip(text, 255, measure=utf16_units)
+    assert utf16_units(cut) <= 255 and cut.endswith(CUT) and set(cut[: -len(CUT)]) == {"😡"}
+    assert clip("short", 255, measure=utf16_units) == "short"
+    assert utf16_units(one_line("🙂 " * 100, 80, utf16_units)) <= 80
 
 
 def test_summary_is_one_inert_line_within_the_limit():
