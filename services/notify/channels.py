@@ -256,38 +256,55 @@ def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
 class ZendeskChannel(HttpChannel):
     """Tickets: ``external_id`` names the conversation; follow-ups are comments on it. Each
     create carries an ``Idempotency-Key`` and a tag of its own delivery, so a create that
-    happened but whose answer was lost is recognised instead of repeated or commented on."""
+    happened but whose answer was lost is recognised instead of repeated or commented on.
+
+    A closed ticket cannot be reopened or commented on (Zendesk answers 422): a follow-up in
+    its conversation opens a follow-up ticket (``via_followup_source_id``), which then carries
+    the conversation."""
 
     name = "zendesk"
 
     async def deliver(self, job: Job) -> Done:
         mine = delivery_tag(job.delivery_id)
-        found = None if job.thread_id else await self._find(job.conversation_key)
-        if found is not None and mine in found.get("tags", []):
-            return Done("created", str(found["id"]))
-        ticket = job.thread_id or (str(found["id"]) if found else None)
-        if ticket is not None:
-            # A comment that timed out but happened is found by its tag, not made twice.
-            if await self._commented(ticket, mine):
-                return Done("commented", ticket)
-            update: dict[str, Any] = {
-                "comment": {"html_body": zendesk_html(job, tagged=True), "public": False}
-            }
-            if job.routed.classification.urgency is Urgency.CRITICAL:  # raise, never lower
-                update["priority"] = job.priority(DEFAULT_ZENDESK)
-            await self.send("PUT", f"/api/v2/tickets/{ticket}.json", json={"ticket": update})
+        found = [] if job.thread_id else await self._find(job.conversation_key)
+        if made := next((t for t in found if mine in t.get("tags", [])), None):
+            return Done("created", str(made["id"]))
+        current = _current(found)
+        ticket = job.thread_id or (str(current["id"]) if current else None)
+        if ticket is None:
+            return await self._create(job, mine)
+        if current is not None and current.get("status") == "closed":
+            return await self._create(job, mine, follow_up_of=ticket)
+        # A comment that timed out but happened is found by its tag, not made twice.
+        if await self._commented(ticket, mine):
             return Done("commented", ticket)
-        comment = {"html_body": zendesk_html(job), "public": False}
+        update: dict[str, Any] = {
+            "comment": {"html_body": zendesk_html(job, tagged=True), "public": False}
+        }
+        if job.routed.classification.urgency is Urgency.CRITICAL:  # raise, never lower
+            update["priority"] = job.priority(DEFAULT_ZENDESK)
+        try:
+            await self.send("PUT", f"/api/v2/tickets/{ticket}.json", json={"ticket": update})
+        except DeliveryError as error:
+            if not _closed(error):
+                raise
+            return await self._create(job, mine, follow_up_of=ticket)
+        return Done("commented", ticket)
+
+    async def _create(self, job: Job, mine: str, follow_up_of: str | None = None) -> Done:
         target = job.subscription.zendesk
         fields: dict[str, Any] = {
             "subject": job.summary(),
-            "comment": comment,
+            "comment": {"html_body": zendesk_html(job), "public": False},
             "priority": job.priority(DEFAULT_ZENDESK),
             "external_id": job.conversation_key,
             "tags": [*(target.tags if target else ["switchboard"]), mine],
         }
         if target and target.group_id:
             fields["group_id"] = target.group_id
+        if follow_up_of is not None:
+            fields["via_followup_source_id"] = int(follow_up_of)
+            metrics.FOLLOW_UP_TICKETS.labels(self.name).inc()
         response = await self.send(
             "POST",
             "/api/v2/tickets.json",
@@ -303,10 +320,24 @@ class ZendeskChannel(HttpChannel):
         return any(tag in (c.get("body") or "") + (c.get("html_body") or "")
                    for c in found.json().get("comments", []))  # fmt: skip
 
-    async def _find(self, external_id: str) -> dict | None:
+    async def _find(self, external_id: str) -> list[dict]:
         found = await self.send("GET", "/api/v2/tickets.json", params={"external_id": external_id})
-        tickets = found.json().get("tickets", [])
-        return tickets[0] if tickets else None
+        return list(found.json().get("tickets", []))
+
+
+def _current(tickets: list[dict]) -> dict | None:
+    """The conversation's ticket: the newest one still open, else the newest (closed)."""
+    newest_first = sorted(tickets, key=lambda t: int(t["id"]), reverse=True)
+    return next((t for t in newest_first if t.get("status") != "closed"), None) or (
+        newest_first[0] if newest_first else None
+    )
+
+
+def _closed(error: DeliveryError) -> bool:
+    """Zendesk's 422 for an update of a closed ticket ("Status: closed prevents ticket
+    update")."""
+    text = str(error)
+    return text.startswith("HTTP 422") and "closed prevents ticket update" in text.lower()
 
 
 def zendesk_html(job: Job, tagged: bool = False) -> str:

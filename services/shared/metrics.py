@@ -133,6 +133,11 @@ X_API_ERRORS = Counter(
 POLL_ERRORS = Counter(
     "switchboard_poll_errors_total", "Polls that failed and will be retried", ["source"]
 )
+FOLLOW_UP_TICKETS = Counter(
+    "switchboard_follow_up_tickets_total",
+    "Follow-up tickets opened because the conversation's ticket was closed",
+    ["channel"],
+)
 TOKEN_RENEWALS = Counter(
     "switchboard_token_renewals_total",
     "Access tokens fetched again by notify after the vendor said one expired",

@@ -349,6 +349,41 @@ async def test_hubspot_batch_errors_and_rate_window_are_honoured(
     assert HUBSPOT_INTERVAL_MS / 1000 - 1 <= wait <= HUBSPOT_INTERVAL_MS / 1000 + 1
 
 
+async def test_a_follow_up_to_a_closed_ticket_opens_a_follow_up_ticket(
+    vendors, notify_settings, producer, read, running
+):
+    """An agent closed the conversation's ticket; Zendesk refuses to update it (422). The next
+    tweet opens a follow-up ticket that names the closed one (via_followup_source_id), and the
+    tweet after that is a comment on the follow-up."""
+    zendesk = vendors["zendesk"]
+    conv = conversation()
+    events = [routed("customer_service", conversation=conv) for _ in range(3)]
+
+    async with running(NotifyService(notify_settings())):
+        await publish_routed(producer, events[0])
+        await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 1)
+        [closed] = [t for t in zendesk.tickets.values() if conv in (t["external_id"] or "")]
+        zendesk.close(closed["id"])
+        await publish_routed(producer, events[1])
+        await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 2)
+        await publish_routed(producer, events[2])
+        records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                             lambda rs: len(deliveries(rs, conv)) >= 3)  # fmt: skip
+
+    outcomes = [(d.outcome, d.action) for d in deliveries(records, conv)]
+    assert outcomes == [("delivered", "created"), ("delivered", "created"),
+                        ("delivered", "commented")]  # fmt: skip
+    mine = sorted((t for t in zendesk.tickets.values() if conv in (t["external_id"] or "")),
+                  key=lambda t: t["id"])  # fmt: skip
+    assert [t["status"] for t in mine] == ["closed", "new"]
+    follow_up = mine[1]
+    assert follow_up["via"]["source"] == {"from": {"ticket_id": closed["id"], "subject":
+                                                   closed["subject"]}, "to": {},
+                                          "rel": "follow_up"}  # fmt: skip
+    assert len(zendesk.comments[follow_up["id"]]) == 2  # its first comment, then the third tweet
+    assert len(zendesk.comments[closed["id"]]) == 1  # the closed one untouched
+
+
 SALESFORCE_OAUTH = {"oauth": {"client_id": {"env": "SF_CLIENT_ID"},
                               "client_secret": {"env": "SF_CLIENT_SECRET"}}}  # fmt: skip
 

@@ -364,6 +364,10 @@ class ZendeskStandIn(VendorStandIn):
         self._user_ids = itertools.count(900_000_000_100)
         self._audit_ids = itertools.count(20_000_000_001)
 
+    def close(self, ticket_id: int) -> None:
+        """An agent closes the ticket: from now on it can be neither updated nor reopened."""
+        self.tickets[ticket_id]["status"] = "closed"
+
     def _add_routes(self, router: web.UrlDispatcher) -> None:
         for suffix in ("", ".json"):
             router.add_post(f"/api/v2/tickets{suffix}", self._create)
@@ -461,6 +465,17 @@ class ZendeskStandIn(VendorStandIn):
             return _zendesk_invalid("base", "Comment: is too long", "TooLong")
         return None
 
+    def _via(self, followup_source_id: Any) -> JsonDict:
+        """How a ticket came: a follow-up of a closed ticket, else the API ("The parameter
+        only works with closed tickets. It has no effect with other tickets.")."""
+        source = (
+            self.tickets.get(followup_source_id) if isinstance(followup_source_id, int) else None
+        )
+        if source is not None and source["status"] == "closed":
+            origin = {"ticket_id": source["id"], "subject": source["subject"]}
+            return {"channel": "api", "source": {"from": origin, "to": {}, "rel": "follow_up"}}
+        return {"channel": "api", "source": {"from": {}, "to": {}, "rel": None}}
+
     def _new_ticket(self, fields: JsonDict, comment: JsonDict) -> dict:
         ticket_id = next(self._ticket_ids)
         requester_id = self._requester_id(fields.get("requester"))
@@ -470,7 +485,7 @@ class ZendeskStandIn(VendorStandIn):
             "url": f"{self.base_url}/api/v2/tickets/{ticket_id}.json",
             "id": ticket_id,
             "external_id": fields.get("external_id"),
-            "via": {"channel": "api", "source": {"from": {}, "to": {}, "rel": None}},
+            "via": self._via(fields.get("via_followup_source_id")),
             "created_at": stamp,
             "updated_at": stamp,
             "type": fields.get("type"),
@@ -569,6 +584,9 @@ class ZendeskStandIn(VendorStandIn):
             return _zendesk_error("InvalidJSON", "The request body is not valid JSON", 400)
         fields = body.get("ticket") if isinstance(body, dict) else None
         fields = fields if isinstance(fields, dict) else {}
+        if ticket["status"] == "closed":  # Zendesk: a closed ticket is never reopened
+            return _zendesk_invalid("status", "Status: closed prevents ticket update",
+                                    "ClosedPreventsUpdate")  # fmt: skip
         invalid = self._invalid_fields(fields)
         if invalid is not None:
             return invalid
