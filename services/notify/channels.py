@@ -15,6 +15,7 @@ Jira's document format; too long is cut, never refused.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import json
@@ -69,6 +70,7 @@ ZENDESK_HTML_LIMIT = 64_000  # a comment holds about 65,000 characters of HTML
 SALESFORCE_TEXT_LIMIT = 32_000  # Description is a Long Text Area(32000)
 SALESFORCE_NAME_LIMIT = 80  # Lead.LastName
 HUBSPOT_TEXT_LIMIT = 65_000  # a property value holds 65,536
+JIRA_RECONCILE_MAX = 50  # /search/jql reconciles at most 50 issue ids
 CHAT_TEXT_LIMIT = 3_000  # the webhook's chat-ready text (Slack shows 4,000 per block)
 
 
@@ -361,16 +363,27 @@ DEFAULT_ZENDESK = {Urgency.CRITICAL: "urgent", Urgency.HIGH: "high", Urgency.NOR
 
 
 class JiraChannel(HttpChannel):
-    """Issues labelled with the conversation; follow-ups are comments on the same issue."""
+    """Issues labelled with the conversation; follow-ups are comments on the same issue.
+
+    Jira has no idempotency key, and its JQL search is eventually consistent. A create whose
+    answer was lost (a timeout, a 5xx) may have happened: it is not repeated until a search for
+    the delivery's own label has had ``search_settle_s`` to find it (the wait is a retry, or a
+    park with ``retry_at`` when longer than ``max_wait_s``). Searches pass the ids of issues
+    this channel created lately as ``reconcileIssues``, Jira's read-after-write guarantee."""
 
     name = "jira"
 
+    def __init__(self, policy: DeliveryPolicy, base_url: str, *, settle_s: float, **client: Any):
+        super().__init__(policy, base_url, **client)
+        self.settle_s = settle_s
+        self._uncertain: dict[str, float] = {}  # delivery id -> when its create went unanswered
+        self._created: collections.deque[str] = collections.deque(maxlen=JIRA_RECONCILE_MAX)
+
     async def deliver(self, job: Job) -> Done:
         label = "sb-" + hashlib.sha256(job.conversation_key.encode()).hexdigest()[:16]
-        # Jira has no idempotency key: a create that timed out but happened is found again by
-        # this delivery's own label instead of being made twice.
         mine = delivery_tag(job.delivery_id)
         if job.thread_id is None and (done := await self._find(mine)) is not None:
+            self._uncertain.pop(job.delivery_id, None)
             return Done("created", done)
         issue = job.thread_id or await self._find(label)
         if issue is not None:
@@ -380,6 +393,7 @@ class JiraChannel(HttpChannel):
                 comment = {"body": adf(job.comment(JIRA_TEXT_LIMIT, utf16_units))}
                 await self.send("POST", comments, json=comment)
             return Done("commented", issue)
+        self._settled(job.delivery_id)
         target = job.subscription.jira
         assert target is not None
         fields = {
@@ -390,8 +404,32 @@ class JiraChannel(HttpChannel):
             "labels": ["switchboard", label, mine],
             "description": adf(job.body(JIRA_TEXT_LIMIT, utf16_units)),
         }
-        response = await self.send("POST", "/rest/api/3/issue", json={"fields": fields})
-        return Done("created", response.json()["key"])
+        try:
+            response = await self.send("POST", "/rest/api/3/issue", json={"fields": fields})
+        except DeliveryError as error:
+            if error.retryable and not str(error).startswith("HTTP 429"):
+                self._uncertain[job.delivery_id] = time.monotonic()  # it may have happened
+            raise
+        self._uncertain.pop(job.delivery_id, None)
+        created = response.json()
+        self._created.append(str(created["id"]))
+        return Done("created", created["key"])
+
+    def _settled(self, delivery_id: str) -> None:
+        """Raise a retryable wait while a lost create may still be hidden from search."""
+        since = self._uncertain.get(delivery_id)
+        if since is None:
+            return
+        left = self.settle_s - (time.monotonic() - since)
+        if left > 0:
+            metrics.RECONCILE_WAITS.labels(self.name).inc()
+            raise DeliveryError(
+                "a create whose answer was lost may still appear in Jira's search: "
+                f"not repeated for {left:.1f} s",
+                retryable=True,
+                retry_after_s=left,
+            )
+        del self._uncertain[delivery_id]  # searched long enough: it did not happen
 
     async def _commented(self, comments: str, tag: str) -> bool:
         """Whether one of the issue's latest 100 comments carries ``tag``."""
@@ -399,9 +437,10 @@ class JiraChannel(HttpChannel):
         return any(tag in json.dumps(c.get("body")) for c in found.json().get("comments", []))
 
     async def _find(self, label: str) -> str | None:
-        found = await self.send(
-            "GET", "/rest/api/3/search/jql", params={"jql": f'labels = "{label}"', "fields": "key"}
-        )
+        params: dict[str, Any] = {"jql": f'labels = "{label}"', "fields": "key"}
+        if self._created:  # an array parameter: repeated, as the OpenAPI default (form, explode)
+            params["reconcileIssues"] = list(self._created)
+        found = await self.send("GET", "/rest/api/3/search/jql", params=params)
         issues = found.json().get("issues", [])
         return issues[0]["key"] if issues else None
 
@@ -615,7 +654,7 @@ def channels_for(config: NotifyConfig, mailer: SmtpMailer) -> dict[str, Channel]
         c = connections.jira
         token = read_secret(c.api_token, "notify.connections.jira.api_token")
         auth = httpx.BasicAuth(c.email, token.get_secret_value())
-        channels["jira"] = JiraChannel(policy, c.base_url, auth=auth)
+        channels["jira"] = JiraChannel(policy, c.base_url, settle_s=c.search_settle_s, auth=auth)
     if "salesforce" in used and connections.salesforce:
         channels["salesforce"] = SalesforceChannel(
             policy,

@@ -505,6 +505,13 @@ class JiraConnection(Section):
     base_url: HttpsUrl = Field(description="https://<site>.atlassian.net")
     email: str
     api_token: SecretRef
+    search_settle_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="After a create whose answer was lost (a timeout, a 5xx), how long Jira's "
+        "search may take to show the issue: the create is not repeated before the search has "
+        "had this long to find it",
+    )
 
 
 class SalesforceOAuth(Section):

@@ -133,6 +133,11 @@ X_API_ERRORS = Counter(
 POLL_ERRORS = Counter(
     "switchboard_poll_errors_total", "Polls that failed and will be retried", ["source"]
 )
+RECONCILE_WAITS = Counter(
+    "switchboard_reconcile_waits_total",
+    "Retries held back because a create whose answer was lost may still appear in search",
+    ["channel"],
+)
 FOLLOW_UP_TICKETS = Counter(
     "switchboard_follow_up_tickets_total",
     "Follow-up tickets opened because the conversation's ticket was closed",

@@ -33,7 +33,10 @@ def notify_settings(kafka, vendors, tmp_path):
     webhook) over the stand-ins."""
 
     def build(
-        *extra_subscriptions: dict, salesforce: dict | None = None, **delivery: object
+        *extra_subscriptions: dict,
+        salesforce: dict | None = None,
+        jira_settle_s: float = 0.0,
+        **delivery: object,
     ) -> NotifySettings:
         config = yaml.safe_load(CONFIG_FILE.read_text())
         config["notify"] = {
@@ -41,7 +44,7 @@ def notify_settings(kafka, vendors, tmp_path):
                 "zendesk": {"base_url": vendors["zendesk"].base_url, "email": "ops@acme.example",
                             "api_token": {"env": "ZENDESK_TOKEN"}},
                 "jira": {"base_url": vendors["jira"].base_url, "email": "ops@acme.example",
-                         "api_token": {"env": "JIRA_TOKEN"}},
+                         "api_token": {"env": "JIRA_TOKEN"}, "search_settle_s": jira_settle_s},
                 "salesforce": {"instance_url": vendors["salesforce"].base_url,
                                "access_token": {"env": "SF_TOKEN"}},
                 "hubspot": {"base_url": vendors["hubspot"].base_url,
@@ -347,6 +350,35 @@ async def test_hubspot_batch_errors_and_rate_window_are_honoured(
     assert limited.outcome == "failed" and limited.retry_at is not None
     wait = (limited.retry_at - asked_at).total_seconds()
     assert HUBSPOT_INTERVAL_MS / 1000 - 1 <= wait <= HUBSPOT_INTERVAL_MS / 1000 + 1
+
+
+async def test_a_jira_create_whose_answer_was_lost_is_found_before_it_is_repeated(
+    vendors, notify_settings, producer, read, running
+):
+    """The create happens but answers after the client's timeout, and Jira's search shows the
+    new issue only 1.5 s later. Notify does not create again before the search had its time
+    (search_settle_s), finds the issue by the delivery's label, and records it: one issue."""
+    jira = vendors["jira"]
+    jira.search_lag_s = 1.5
+    jira.delay_next("/rest/api/3/issue", 2.0, method="POST")  # after the 1 s timeout
+    conv = conversation()
+    event = routed("legal", conversation=conv)
+    waits = metrics.RECONCILE_WAITS.labels("jira")._value.get()
+
+    async with running(NotifyService(notify_settings(max_wait_s=5.0, jira_settle_s=3.0))):
+        await publish_routed(producer, event)
+        records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                             lambda rs: len(deliveries(rs, conv)) >= 1)  # fmt: skip
+
+    [delivery] = deliveries(records, conv)
+    assert delivery.outcome == "delivered" and delivery.action == "created"
+    issues = [i for i in jira.issues.values() if event.tweet.text in str(i["fields"])]
+    assert len(issues) == 1 and delivery.external_id == issues[0]["key"]
+    assert metrics.RECONCILE_WAITS.labels("jira")._value.get() > waits
+    creates = [
+        r for r in jira.requests if r["method"] == "POST" and r["path"] == "/rest/api/3/issue"
+    ]
+    assert len(creates) == 1
 
 
 async def test_a_follow_up_to_a_closed_ticket_opens_a_follow_up_ticket(

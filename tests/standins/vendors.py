@@ -689,10 +689,22 @@ class JiraStandIn(VendorStandIn):
     ``projects``, when given, are the only project keys that exist; otherwise any key does.
     """
 
-    def __init__(self, email: str, api_token: str, *, projects: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        email: str,
+        api_token: str,
+        *,
+        projects: Iterable[str] = (),
+        search_lag_s: float = 0.0,
+    ) -> None:
         super().__init__()
         self.email = email
         self.api_token = api_token
+        # JQL search is eventually consistent ("Recent updates might not be immediately visible
+        # in the returned search results"): a new issue is found only after this long, unless
+        # its id is passed in reconcileIssues.
+        self.search_lag_s = search_lag_s
+        self._indexed_at: dict[str, float] = {}
         self.issues: dict[str, dict] = {}
         self.comments: dict[str, list[dict]] = {}
         self._known_projects = {key.upper() for key in projects}
@@ -819,6 +831,7 @@ class JiraStandIn(VendorStandIn):
             "fields": stored,
         }
         self.issues[issue["key"]] = issue
+        self._indexed_at[issue["key"]] = time.monotonic() + self.search_lag_s
         return issue
 
     def _find(self, ref: str) -> dict | None:
@@ -835,22 +848,35 @@ class JiraStandIn(VendorStandIn):
 
     async def _search_get(self, request: web.Request) -> web.Response:
         fields = _jira_field_list(request.query.getall("fields", []))
+        reconcile = ",".join(request.query.getall("reconcileIssues", [])).split(",")
         return self._search(
             request.query.get("jql", ""),
             fields,
             request.query.get("maxResults"),
             request.query.get("nextPageToken"),
+            {r for r in reconcile if r},
         )
 
     async def _search_post(self, request: web.Request) -> web.Response:
         body = await _body(request)
         body = body if isinstance(body, dict) else {}
         fields = _jira_field_list(body.get("fields") or [])
+        reconcile = {str(r) for r in body.get("reconcileIssues") or []}
         return self._search(
-            str(body.get("jql") or ""), fields, body.get("maxResults"), body.get("nextPageToken")
+            str(body.get("jql") or ""),
+            fields,
+            body.get("maxResults"),
+            body.get("nextPageToken"),
+            reconcile,
         )
 
-    def _search(self, jql: str, fields: list[str], max_results: Any, token: Any) -> web.Response:
+    def _searchable(self, issue: dict, reconcile: set[str]) -> bool:
+        indexed = self._indexed_at.get(issue["key"], 0.0)
+        return issue["id"] in reconcile or time.monotonic() >= indexed
+
+    def _search(
+        self, jql: str, fields: list[str], max_results: Any, token: Any, reconcile: set[str]
+    ) -> web.Response:
         if not jql.strip():
             return _jql_error(JIRA_UNBOUNDED)
         clauses = _parse_jql(jql)
@@ -859,7 +885,8 @@ class JiraStandIn(VendorStandIn):
         unknown = self._unknown_project(clauses)
         if unknown is not None:
             return _jql_error(f"The value '{unknown}' does not exist for the field 'project'.")
-        hits = [i for i in self.issues.values() if self._matches(i, clauses)]
+        hits = [i for i in self.issues.values()
+                if self._matches(i, clauses) and self._searchable(i, reconcile)]  # fmt: skip
         hits.sort(key=lambda issue: int(issue["id"]), reverse=True)
         size = int(max_results) if str(max_results or "").isdigit() else JIRA_MAX_RESULTS
         start = int(token) if str(token or "").isdigit() else 0
