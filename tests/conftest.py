@@ -249,3 +249,7 @@ async def vendors(monkeypatch) -> AsyncIterator[dict]:
     yield servers
     for server in servers.values():
         await server.stop()
+    # Every request notify made kept the vendor's own API definition (tests/standins/contracts).
+    broken = {name: s.contract.violations for name, s in servers.items()
+              if getattr(s, "contract", None) and s.contract.violations}  # fmt: skip
+    assert not broken, broken

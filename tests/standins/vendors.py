@@ -79,6 +79,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.standins.contracts import Contract
+
 JsonDict = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -192,6 +194,8 @@ class VendorStandIn:
     vendor's error bodies (``_error``); ``_decorate`` adds headers to every answer.
     """
 
+    contract: Contract | None = None  # the vendor's own definition, when there is one
+
     def __init__(self) -> None:
         self.base_url = ""
         self.requests: list[dict] = []
@@ -201,8 +205,12 @@ class VendorStandIn:
 
     # ----------------------------------------------------------------------- lifecycle
 
+    contract_names: tuple[str, ...] = ()  # subsets in tests/standins/contracts/
+
     async def start(self) -> None:
         """Bind 127.0.0.1 on a free port; ``base_url`` (no trailing slash) is valid afterwards."""
+        if self.contract_names and self.contract is None:
+            self.contract = Contract(*self.contract_names)
         app = web.Application(middlewares=[self._gate])
         self._add_routes(app.router)
         self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
@@ -266,8 +274,15 @@ class VendorStandIn:
 
     @web.middleware
     async def _gate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Record, then scripted failure, auth, the endpoint, and any scripted delay."""
+        """Record, check the contract, then scripted failure, auth, the endpoint, and any
+        scripted delay."""
         await self._record(request)
+        if self.contract is not None:
+            query = {key: request.query.getall(key) for key in request.query}
+            body = self.requests[-1]["json"]
+            problem = self.contract.check(request.method, request.path, query, body)
+            if problem is not None:
+                return self._error(400, {})
         delay = _take(self._delays, request)
         response = await self._answer(request, handler)
         self._decorate(response)
@@ -343,6 +358,8 @@ def _plain_from_html(html: str) -> str:
 
 class ZendeskStandIn(VendorStandIn):
     """Zendesk Support API v2 tickets and comments, authenticated with an API token."""
+
+    contract_names: tuple[str, ...] = ("zendesk",)
 
     def __init__(
         self,
@@ -688,6 +705,8 @@ class JiraStandIn(VendorStandIn):
 
     ``projects``, when given, are the only project keys that exist; otherwise any key does.
     """
+
+    contract_names: tuple[str, ...] = ("jira",)
 
     def __init__(
         self,
@@ -1326,6 +1345,11 @@ class HubSpotStandIn(VendorStandIn):
     ``search_lag_s`` hides records from search for that long after they are created, as
     HubSpot's search index lags behind writes.
     """
+
+    contract_names: tuple[str, ...] = (
+        "hubspot-contacts",
+        "hubspot-tickets",
+    )
 
     def __init__(self, token: str, *, search_lag_s: float = 0.0) -> None:
         super().__init__()
