@@ -8,6 +8,7 @@ import asyncio
 import base64
 import itertools
 import json
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -19,7 +20,7 @@ from switchboard.notify.settings import NotifySettings, SmtpSettings
 from switchboard.shared import metrics, topics
 from switchboard.shared.broker import free_port
 from switchboard.shared.events import Author, DecodeError, Delivery, decode, encode
-from tests.conftest import CONFIG_FILE, wait_for
+from tests.conftest import CONFIG_FILE, service_environment, wait_for
 from tests.factories import a_classified_tweet, routed_from
 from tests.standins.vendors import HUBSPOT_INTERVAL_MS
 
@@ -282,12 +283,12 @@ async def test_429_and_timeouts_are_retried_then_delivered(
 async def test_a_long_rate_limit_wait_parks_with_its_time_and_comes_back_by_itself(
     kafka, vendors, notify_settings, producer, read, running
 ):
-    """Zendesk asks for 2 s (Retry-After), longer than a batch may hold its partition
+    """Zendesk asks for 3 s (Retry-After), longer than a batch may hold its partition
     (max_wait_s 0.2): the delivery is parked at once with its time, the next tweet is not held
     up, and notify redrives the parked one when the time comes; one ticket in the end."""
     zendesk = vendors["zendesk"]
     first, second = conversation(), conversation()
-    zendesk.fail_next("/api/v2/tickets", 429, retry_after_s=2.0)
+    zendesk.fail_next("/api/v2/tickets", 429, retry_after_s=3.0)
     event = routed("customer_service", conversation=first)
 
     async with running(NotifyService(notify_settings())):
@@ -298,6 +299,7 @@ async def test_a_long_rate_limit_wait_parks_with_its_time_and_comes_back_by_itse
         )
         parked_at = datetime.now(UTC)
         await publish_routed(producer, routed("customer_service", conversation=second))
+        shown = await _dlq_list(kafka, parked.delivery_id)
         records = await read(
             [topics.DELIVERIES],
             lambda rs: deliveries(rs, second) and deliveries(rs, first),
@@ -305,8 +307,11 @@ async def test_a_long_rate_limit_wait_parks_with_its_time_and_comes_back_by_itse
         )
 
     assert parked.retry_at is not None and parked.attempts == 1
-    assert 1.0 <= (parked.retry_at - parked_at).total_seconds() <= 2.5
+    assert 2.0 <= (parked.retry_at - parked_at).total_seconds() <= 3.5
     assert "HTTP 429" in (parked.error or "")
+    # `switchboard dlq list` shows the vendor's error and when it comes back by itself.
+    [row] = [line for line in shown.splitlines() if parked.delivery_id in line]
+    assert "HTTP 429" in row and parked.retry_at.isoformat(timespec="seconds") in row
     delivered = {d.conversation_id: d for d in deliveries(records, "nc")}
     assert delivered[first].outcome == delivered[second].outcome == "delivered"
     assert delivered[second].trace.delivered_at < parked.retry_at  # not held up behind it
@@ -585,3 +590,15 @@ async def test_a_burst_to_an_http_channel_shares_a_few_kept_alive_connections(
     assert sum(burst in (t.get("external_id") or "") for t in zendesk.tickets.values()) == 40
     peers = {r["peer"] for r in zendesk.requests}
     assert len(zendesk.requests) >= 80 and 1 <= len(peers) <= 4, len(peers)
+
+
+async def _dlq_list(kafka, delivery_id: str) -> str:
+    """`switchboard dlq list --id ID`, run as an operator would, in a process of its own."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "switchboard", "dlq", "list", "--id", delivery_id,
+        env=service_environment(kafka, COLUMNS="400"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()
