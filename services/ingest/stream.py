@@ -179,6 +179,8 @@ class FilteredStream:
         invalid rule; a duplicate is tried again with its next variant)."""
         answer = await self.api.add_rules([(r.value, r.tag) for r in rules])
         invalid, duplicates = answer.invalid(), answer.duplicates()
+        if answer.errors:  # X's own count of what it created and why not
+            log.info("X answered the rule additions", extra={"summary": answer.summary})
         retry: list[StreamRule] = []
         for rule in rules:
             if rule.value in answer.created:
