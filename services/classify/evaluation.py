@@ -9,7 +9,9 @@ training split.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 from switchboard.classify.data import LabeledTweet
 from switchboard.shared.labels import Department, Urgency
@@ -183,6 +185,24 @@ def tfidf_logreg(
     return list(zip(*predictions, strict=True))
 
 
+_TRAIN_EMBEDDINGS: dict[tuple[str, str], Any] = {}
+
+
+def _train_embeddings(encoder: Any, backbone: Any, texts: list[str]) -> Any:
+    """The frozen backbone's normalized embeddings of the training texts, computed once per
+    process: evaluating several splits against the same training rows (``classify eval`` of a
+    dev and a test split, the quality tests) embeds those ten thousand texts once."""
+    import torch
+
+    key = (str(backbone), hashlib.sha256("\n".join(texts).encode()).hexdigest())
+    if key not in _TRAIN_EMBEDDINGS:
+        from switchboard.classify.train import embed
+
+        _TRAIN_EMBEDDINGS.clear()  # one training set at a time: it is held in memory
+        _TRAIN_EMBEDDINGS[key] = torch.nn.functional.normalize(embed(encoder, texts), dim=-1)
+    return _TRAIN_EMBEDDINGS[key]
+
+
 def nearest_centroid(
     train: Sequence[LabeledTweet], texts: Sequence[str], backbone=None
 ) -> list[tuple[str, str]]:
@@ -193,7 +213,7 @@ def nearest_centroid(
     from switchboard.classify.train import embed
 
     encoder = Encoder(backbone or default_backbone()).eval()
-    train_x = torch.nn.functional.normalize(embed(encoder, [t.text for t in train]), dim=-1)
+    train_x = _train_embeddings(encoder, backbone, [t.text for t in train])
     x = torch.nn.functional.normalize(embed(encoder, list(texts)), dim=-1)
     predictions = []
     for label, names in (("department", DEPARTMENTS), ("urgency", URGENCIES)):

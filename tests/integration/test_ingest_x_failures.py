@@ -100,7 +100,7 @@ async def test_pollers_of_one_app_take_turns_in_its_rate_window(
     x_api, customers, ingest_settings, running, read
 ):
     """Ten handles polled with one app's token share X's per-app window on mentions (four
-    requests per 1.5 s here): they take turns, and no poller collects a 429, at the reset or
+    requests per second here): they take turns, and no poller collects a 429, at the reset or
     ever; each handle's mention is published."""
     ana, _ = customers
     handles, wanted = [], []
@@ -113,14 +113,14 @@ async def test_pollers_of_one_app_take_turns_in_its_rate_window(
         tweet = new_id()
         wanted.append(tweet)
         x_api.add_mention(user_id, x_api.make_tweet(tweet, f"@AcmeShop{n} refund?", ana["id"]))
-    x_api.set_rate_limit("/2/users/", 4, 1.5)
+    x_api.set_rate_limit("/2/users/", 4, 1.0)
     settings = ingest_settings(mentions=True, handles=handles)
 
     async with running(IngestService(settings)):
         records = await read(
             [topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, wanted)) == 8, 60
         )
-        await asyncio.sleep(3)  # two more windows of polling
+        await asyncio.sleep(2)  # two more windows of polling
 
     assert sorted(ids_on(records, topics.RAW, RawTweet, wanted)) == sorted(wanted)
     polls = [r for r in x_api.requests if "/mentions" in r["path"]]
