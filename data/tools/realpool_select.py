@@ -26,6 +26,16 @@ the sources of consumer traffic only (airlines, customer support, utilities, bra
 Round 4 (``--round 4``, excluding rounds 1-3): 400 more of round 3's purchase-intent hits, to
 bring real sales tweets above 250.
 
+Round 5 (``--round 5``, excluding rounds 1-4): critical candidates. Real critical tweets were
+still the rarest label (about 2 % of what was read), so round 5 reads about 600 tweets that
+keyword groups point at as possibly critical: region- or service-wide outages, account takeover
+and fraud, safety and harm, data breaches, threats, and a crisis visibly spreading (boycotts,
+protests, viral or trending outrage, filed lawsuits, regulators). Each group has its own quota
+(``ROUND5``, at most 150), no source gives more than 60 % of a group or 40 % of the round, and
+within a group the consumer sources (tweets addressed to companies) are read before market news,
+which only fills what they cannot. Groups are taken rarest first, so a tweet hit by two groups
+counts for the rarer. Most hits will not be critical: a keyword only chooses what is read.
+
 The evaluation set ``../shared/data/realworld/`` is never read: the pool was already cleaned of
 its near-duplicates by whoever built the pool.
 """
@@ -106,6 +116,66 @@ ROUND3 = {
         500,
     ),
 }
+ROUND5 = {  # group: (pattern, quota); taken in this order (rarest first)
+    "breach": (
+        r"(\bbreach\w*|\bleak(ed|s|ing)?\b|\bdata (exposed|exposure|theft|stolen)"
+        r"|\bexposed\b.{0,30}\b(data|information|info|details|passwords?)"
+        r"|\b(personal|customer|card) (data|information|info|details)\b.{0,40}"
+        r"\b(exposed|leaked|stolen|compromised|public|shared)|\bvulnerab\w*"
+        r"|\bsecurity (hole|flaw|issue|bug|breach|incident)|\bprivacy (breach|violation))",
+        40,
+    ),
+    "threat": (
+        r"(\bthreat\w*|\bkill(ed|ing|s)?\b|\bshoot\w*|\bgun\b|\bbomb\w*|\bsuicid\w*"
+        r"|\bburn (it|this|you|the|down)|\bi will (find|hurt|come)|\bblow (up|it up)|\bdeath\b"
+        r"|\bviolen\w*|\bassault\w*)",
+        70,
+    ),
+    "fraud": (
+        r"(\bhack(ed|ing|er|ers)\b|\bunauthori[sz]ed\b|\bfraud\w*|\bstole(n)?\b|\bphish\w*"
+        r"|\bscam\w*|\bidentity theft\b"
+        r"|\bsomeone (has )?(changed|accessed|logged|used|ordered|bought|took|charged)"
+        r"|\b(changed|reset) my (password|email|account)\b|\bcompromised\b"
+        r"|\bcharges? (i|that i) (didn'?t|did not|never) (make|authori[sz]e)"
+        r"|\bfake (account|email|text|website|site|call)s?\b|\bimpersonat\w*|\bskimm\w*)",
+        110,
+    ),
+    "crisis": (
+        r"(\bboycott\w*|\bviral\b|\btrending\b|\bprotest\w*|\bpetition\w*"
+        r"|\blawsuit\b.{0,40}\bfiled\b|\bfiled\b.{0,40}\b(lawsuit|suit|complaint|claim)"
+        r"|\bclass action\b|\b(ftc|fcc|cfpb|bbb|better business bureau|ombudsman"
+        r"|attorney general|regulator|ofcom|ofgem|trading standards)\b|\bsit-?in\b"
+        r"|\bwalk-?out\b|\bdemonstrat(ion|ors)\b|#delete\w+|\bdelete ?(uber|united))",
+        120,
+    ),
+    "safety": (
+        r"(\binjur\w*|\bhurt\b|\bfire\b|\bexplo(de|ded|des|sion|sions|ding)\b|\bsmoke\b"
+        r"|\bsick\b|\b(got|get|getting|made me|feel|feeling|fell|became) (really |so |very )?ill\b"
+        r"|food poisoning|\bpoison\w*|\brecall\w*|\bcrash(ed|es|ing)?\b|\bunsafe\b"
+        r"|\bdanger\w*|\bemergenc\w*|\bevacuat\w*|\bhospital\w*|\bambulance\b"
+        r"|\bburn(ed|t|ing|s)?\b|\bspark(s|ing|ed)?\b|\bgas leak\b|\bcarbon monoxide\b"
+        r"|\blive wires?\b|\bdowned (power )?(line|wire|pole)s?\b|\ballergic\b|\bvomit\w*"
+        r"|\bbleed\w*|\boxygen\b|\bmedical\b|\bfreezing\b|\bsafety\b)",
+        150,
+    ),
+    "outage": (
+        r"(\boutages?\b.{0,60}\b(\d[\d,.]*k?|thousands|hundreds|customers|homes|households"
+        r"|area|city|county|town|neighbou?rhood|region|state|whole|entire|everyone)\b"
+        r"|\b(\d[\d,.]*k?|thousands|hundreds)\b.{0,40}\b(without|no|lost|losing)\s+"
+        r"(power|electricity|service|internet|signal)"
+        r"|\b(whole|entire|all of( the)?)\s+(city|town|county|area|neighbou?rhood|street|block"
+        r"|region|state|east coast|west coast|country)\b.{0,50}\b(power|out|down|outage|dark"
+        r"|service)|\b(down|out|outage)\b.{0,30}\b(everywhere|for everyone|nationwide"
+        r"|worldwide|across the (country|us|uk|board))"
+        r"|\b(is|are|was)\s+(\w+\s+)?down\b.{0,30}\b(again|everywhere|for everyone|for anyone)"
+        r"|\bservices? (is |are )?(down|out)\b|\b(network|site|website|app|server|servers"
+        r"|system|systems)\s+(is |are |was |went |seems |appears )?(\w+ )?(down|out)\b"
+        r"|\bblackout\b|\bgrounded\b)",
+        150,
+    ),
+}
+ROUND5_GROUP_SHARE = 0.6  # at most this share of a group's quota from one source
+ROUND5_SOURCE_SHARE = 0.4  # at most this share of the round from one source
 ROUND2_CONFIDENT = 0.6  # the old model's department confidence that counts as a pointer
 PER_KEYWORD = 110
 BASE = 3300
@@ -119,7 +189,7 @@ def main() -> None:
     parser.add_argument("pool", type=Path)
     parser.add_argument("predictions", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--round", type=int, choices=(1, 2, 3, 4), default=1)
+    parser.add_argument("--round", type=int, choices=(1, 2, 3, 4, 5), default=1)
     parser.add_argument(
         "--exclude", type=Path, action="append", default=[], help="what earlier rounds selected"
     )
@@ -153,6 +223,10 @@ def main() -> None:
             take(pointed, count, f"round2:{group}")
         write(pool, chosen, rng, args.out)
         return
+    if args.round == 5:
+        round5(pool, chosen, excluded, rng)
+        write(pool, chosen, rng, args.out)
+        return
     if args.round in (3, 4):
         consumer = [t for t in pool if t["source"].startswith(ROUND3_SOURCES)]
         groups = ROUND3 if args.round == 3 else {"sales": (ROUND3["sales"][0], 400)}
@@ -181,6 +255,33 @@ def main() -> None:
         take([t for t in pool if regex.search(t["text"])], PER_KEYWORD, f"keyword:{group}")
 
     write(pool, chosen, rng, args.out)
+
+
+def round5(
+    pool: list[dict], chosen: dict[str, str], excluded: set[str], rng: random.Random
+) -> None:
+    """Critical candidates: per-group quotas, source caps, consumer sources before market news."""
+    fresh = [t for t in pool if t["id"] not in excluded]
+    source_cap = int(ROUND5_SOURCE_SHARE * sum(count for _, count in ROUND5.values()))
+    per_source: dict[str, int] = defaultdict(int)
+    for group, (pattern, count) in ROUND5.items():
+        regex = re.compile(pattern, re.IGNORECASE)
+        hits = [t for t in fresh if t["id"] not in chosen and regex.search(t["text"])]
+        consumer = [t for t in hits if t["source"].startswith(ROUND3_SOURCES)]
+        market = [t for t in hits if not t["source"].startswith(ROUND3_SOURCES)]
+        group_cap = max(1, int(ROUND5_GROUP_SHARE * count))
+        in_group: dict[str, int] = defaultdict(int)
+        taken = 0
+        for tweet in rng.sample(consumer, len(consumer)) + rng.sample(market, len(market)):
+            if taken == count:
+                break
+            repo = tweet["source"].split(":")[0]
+            if in_group[repo] >= group_cap or per_source[repo] >= source_cap:
+                continue
+            chosen[tweet["id"]] = f"round5:{group}"
+            in_group[repo] += 1
+            per_source[repo] += 1
+            taken += 1
 
 
 def write(pool: list[dict], chosen: dict[str, str], rng: random.Random, out_path: Path) -> None:
