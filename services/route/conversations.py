@@ -1,11 +1,14 @@
 """Conversation memory (pure): who owns a conversation, how urgent it got, and whether a
 company handle has answered it yet. The route service keeps one ``ConversationState`` per
-conversation id on a compacted topic (service.py); these functions say how it changes."""
+conversation id in a faust table (service.py); these functions say how it changes, and
+``DueIndex`` is what the sweep needs to find due conversations without reading every one."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from switchboard.route.rules import URGENCY_RANK, Outcome
 from switchboard.shared.events import (
@@ -140,3 +143,56 @@ def breached(state: ConversationState, now: datetime, urgencies: list[Urgency]) 
         and awaiting.due_at < now
         and awaiting.urgency in urgencies
     )
+
+
+@dataclass(slots=True)
+class _Due:
+    updated_at: datetime
+    sla: tuple[datetime, Urgency] | None
+    reported: bool = False  # a ConversationDue is on its way; wait for the state to change
+
+
+class DueIndex:
+    """For each conversation this replica owns: when it was last updated and when its awaited
+    reply is due. Kept beside the table, in memory: every change of a conversation updates it,
+    a rebalance clears it and it is rebuilt from the table once the table is restored, so it
+    never holds a conversation of a partition the replica no longer owns."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Due] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def track(self, state: ConversationState) -> None:
+        self._entries[state.conversation_id] = _Due(state.updated_at, awaiting_due(state))
+
+    def forget(self, conversation_id: str) -> None:
+        self._entries.pop(conversation_id, None)
+
+    def rebuild(self, states: Iterable[ConversationState]) -> None:
+        self._entries.clear()
+        for state in states:
+            self.track(state)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def due(
+        self, now: datetime, ttl_hours: float, urgencies: list[Urgency]
+    ) -> list[tuple[str, Literal["sla", "expired"]]]:
+        """Conversations idle past the TTL, then those past an SLA that alerts; each reported
+        once until its state changes."""
+        idle_since = now - timedelta(hours=ttl_hours)
+        found: list[tuple[str, Literal["sla", "expired"]]] = []
+        for conversation_id, entry in self._entries.items():
+            if entry.reported:
+                continue
+            if entry.updated_at < idle_since:
+                found.append((conversation_id, "expired"))
+            elif entry.sla is not None and entry.sla[0] < now and entry.sla[1] in urgencies:
+                found.append((conversation_id, "sla"))
+            else:
+                continue
+            entry.reported = True
+        return found

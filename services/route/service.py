@@ -1,33 +1,40 @@
 """The route service: the company's routing policy applied to every classified tweet.
 
-Consumes ``switchboard.tweets.classified`` and ``switchboard.tweets.brand``. For each inbound
+A faust-streaming app. Its agent consumes ``switchboard.tweets.classified``,
+``switchboard.tweets.brand`` and its own ``switchboard.route.due``, all keyed by conversation
+id and co-partitioned (faust assigns partition n of each to the same replica). For each inbound
 tweet it publishes a RoutedTweet on exactly one primary topic (``switchboard.dept.<department>``,
 ``switchboard.triage`` or ``switchboard.dropped``), copies on other departments' topics when a
-rule says so, and an Alert on ``switchboard.alerts`` when escalated. It remembers each
-conversation (owner, highest urgency, the tweet awaiting a reply) on the compacted topic
-``switchboard.route.conversations``, restored at start; measures time to first response from
-the company's own replies; raises one alert per spike episode and one per SLA breach; and
-reloads ``route`` from the YAML file when the file changes. Malformed input goes to
-``switchboard.deadletter``.
+rule says so, and an Alert on ``switchboard.alerts`` when escalated. Each conversation (owner,
+highest urgency, the tweet awaiting a reply) lives in the faust table ``conversations``, whose
+changelog is the compacted ``switchboard.route.conversations``: a replica holds, restores and
+acts on the conversations of its own partitions only. A timer sweeps those for SLA breaches and
+idle conversations and tells the owner through ``switchboard.route.due``; a second agent counts
+spikes per department, handle and keyword in windowed tables, fed through
+``switchboard.route.spikes`` (keyed by spike key). It measures time to first response from the
+company's own replies and reloads ``route`` from the YAML file when the file changes. Malformed
+input goes to ``switchboard.deadletter``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-from datetime import UTC, datetime, timedelta
+import shutil
+import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from fastapi import APIRouter, FastAPI
 
 from switchboard.route import conversations
 from switchboard.route.ops import OpsView, ops_router
 from switchboard.route.rules import Outcome, evaluate, rules_version
 from switchboard.route.settings import RouteSettings
-from switchboard.route.spikes import Spike, SpikeDetector
+from switchboard.route.spikes import Spike, SpikeKeys, SpikeWindows
 from switchboard.shared import metrics, topics
 from switchboard.shared.access import AccessPolicy
 from switchboard.shared.config import SwitchboardConfig
@@ -36,31 +43,33 @@ from switchboard.shared.events import (
     AwaitingReply,
     BrandTweet,
     ClassifiedTweet,
+    ConversationDue,
     ConversationState,
     RouteDecision,
     RoutedTweet,
     SpikeAlert,
+    SpikeObservation,
     Trace,
+    decode,
+    encode,
     utc_now,
 )
-from switchboard.shared.kafka import (
-    Output,
-    StreamLoop,
-    decode_or_dead_letter,
-    ensure_topics,
-    make_consumer,
-    make_producer,
-    publish,
-)
+from switchboard.shared.kafka import Output, decode_or_dead_letter, ensure_topics, publish
 from switchboard.shared.labels import Urgency
 from switchboard.shared.runtime import http_app, run_service
 from switchboard.shared.settings import ConfigError, ServiceSettings
-from switchboard.shared.table import ChangelogTable
+from switchboard.shared.streams import (
+    AckAfterPublish,
+    member_name,
+    raw_topic,
+    stream_app,
+    until_worker_ready,
+    worker_ready,
+)
 
 log = logging.getLogger(__name__)
 
-GROUP_ID = "switchboard-route"
-
+GROUP_ID = "switchboard-route"  # the faust app's id: its consumer group and table prefix
 Reload = Literal["applied", "unchanged", "invalid"]
 
 
@@ -71,26 +80,48 @@ class RouteService:
         self.settings = settings
         self.config = settings.config
         self.version = rules_version(self.config.route)
-        self.spikes = SpikeDetector(self.config.route.spikes)
-        self.conversations: ChangelogTable[ConversationState, tuple[datetime, Urgency]] = (
-            ChangelogTable(settings.kafka, topics.ROUTE_CONVERSATIONS, ConversationState,
-                           index=conversations.awaiting_due)
-        )  # fmt: skip
-        self.producer = make_producer(settings.kafka, client_id="switchboard-route")
-        self.consumer = make_consumer(
-            settings.kafka,
-            [topics.CLASSIFIED, topics.BRAND],
+        self.spike_keys = SpikeKeys(self.config.route.spikes)
+        self._own_state_dir = settings.state_dir is None
+        state_dir = settings.state_dir or Path(tempfile.mkdtemp(prefix="switchboard-route-"))
+        partitions = self.config.topics.partitions
+        self.app = stream_app(
             GROUP_ID,
-            "switchboard-route",
-            listener=_RestoreOnAssignment(self),
+            settings.kafka,
+            state_dir=state_dir,
+            member=member_name(settings.kafka, settings.http_host, settings.port),
+            url=f"http://{settings.http_host}:{settings.port}",
+            partitions=partitions,
+            replication_factor=self.config.topics.replication_factor,
+            standby_replicas=self.config.route.standby_replicas,
         )
+        self.conversations = self.app.Table(
+            "conversations", key_type=bytes, value_type=bytes, partitions=partitions,
+            changelog_topic=raw_topic(
+                self.app, topics.ROUTE_CONVERSATIONS, partitions=partitions, compacting=True
+            ),
+            help="ConversationState by conversation id",
+        )  # fmt: skip
+        self.due = conversations.DueIndex()
+        self.spike_windows = SpikeWindows(self.app, self.config.route.spikes, partitions)
+        self.acks = AckAfterPublish(self.app, self.name, self.handle)
+        self.spike_acks = AckAfterPublish(self.app, self.name, self.on_spike_observation)
+        inputs = raw_topic(self.app, topics.CLASSIFIED, topics.BRAND, topics.ROUTE_DUE)
+        spikes = raw_topic(self.app, topics.ROUTE_SPIKES)
+        self.app.agent(inputs, name="route")(self.acks.agent)
+        self.app.agent(spikes, name="route-spikes")(self.spike_acks.agent)
+        self.app.timer(self.config.route.sla.check_interval_s, name="route-sweep")(self.sweep)
+        self.app.on_partitions_revoked.connect(self._on_rebalance)
+        self.app.on_partitions_assigned.connect(self._on_rebalance)
+        self._index_stale = True
         self._config_digest = _digest(settings.config_file)
         self.ops = OpsView(settings.kafka)
-        self._ready = False
+        self._app_task: asyncio.Task[None] | None = None
+        self._started = False
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        """Started, and the table restored for the partitions it was given."""
+        return self._started and worker_ready(self.app)
 
     def http_app(self) -> FastAPI:
         app = http_app(self, AccessPolicy.of(self.config.access))
@@ -102,55 +133,48 @@ class RouteService:
         await ensure_topics(
             self.settings.kafka,
             [topics.CLASSIFIED, topics.BRAND, *topics.PRIMARY_TOPICS, topics.ALERTS,
-             topics.DEADLETTER, topics.ROUTE_CONVERSATIONS],
+             topics.DEADLETTER, topics.ROUTE_CONVERSATIONS, topics.ROUTE_DUE,
+             topics.ROUTE_SPIKES],
             self.config.topics.partitions,
             self.config.topics.replication_factor,
         )  # fmt: skip
-        await self.producer.start()
-        await self.restore_conversations(None)
-        await self.consumer.start()
-        self._ready = True
-
-    async def restore_conversations(self, partitions: set[int] | None) -> None:
-        """Load conversation state from its changelog: all of it, or the given partitions.
-
-        The changelog is keyed like the input (by conversation id) and created with the same
-        partition count, so partition n of ``tweets.classified`` finds its conversations in
-        partition n of the changelog. Reading it again when a partition is assigned picks up
-        what another replica wrote while it owned that partition."""
-        restored = await self.conversations.restore(partitions)
-        log.info(
-            "conversations restored",
-            extra={"records": restored, "partitions": sorted(partitions or [])},
-        )
+        self._app_task = asyncio.create_task(self.app.start(), name="route-streams")
+        await until_worker_ready(self.app)
+        self._started = True
 
     async def run(self, stop: asyncio.Event) -> None:
         background = [
             asyncio.create_task(self._watch_config(stop)),
-            asyncio.create_task(self._watch_slas(stop)),
             asyncio.create_task(self.ops.sample(stop)),
         ]
         try:
-            await StreamLoop(self.name, self.consumer, self.producer, self.handle).run(stop)
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                if self.app.crashed:
+                    raise RuntimeError(f"the stream processor crashed: {self.app.crash_reason!r}")
         finally:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
 
-    # --- per batch ---------------------------------------------------------------------------
+    async def _on_rebalance(self, app: Any, *_: Any, **__: Any) -> None:
+        """Partitions came or went: forget the index now, rebuild it once the table is."""
+        self.due.clear()
+        self._index_stale = True
 
-    async def handle(self, records: list[ConsumerRecord]) -> list[Output]:
-        outputs: list[Output] = []
-        for record in records:
-            if record.topic == topics.BRAND:
-                outputs += self.on_brand_reply(record)
-                continue
-            event = decode_or_dead_letter(record, ClassifiedTweet, self.name)
-            if isinstance(event, Output):
-                outputs.append(event)
-            else:
-                outputs += self.on_classified(event, datetime.now(UTC))
-        return outputs
+    # --- per record, inside its partition's stream ------------------------------------------
+
+    def handle(self, message: Any) -> list[Output]:
+        """What one input record makes route publish (its table changes are made here too)."""
+        if message.topic == topics.BRAND:
+            return self.on_brand_reply(message)
+        if message.topic == topics.ROUTE_DUE:
+            return self.on_due(message)
+        event = decode_or_dead_letter(message, ClassifiedTweet, self.name)
+        if isinstance(event, Output):
+            return [event]
+        return self.on_classified(event, datetime.now(UTC))
 
     def on_classified(self, event: ClassifiedTweet, now: datetime) -> list[Output]:
         key = event.tweet.conversation_id
@@ -169,8 +193,8 @@ class RouteService:
                 awaited = new_state.awaiting
                 assert awaited is not None
                 metrics.AWAITING_REPLY.labels(awaited.handle or "none", awaited.department).inc()
-            outputs.append(self._remember(new_state))
-        outputs += [self._spike_alert(s) for s in self._spikes(event, outcome, now)]
+            self._remember(new_state)
+        outputs += self._spike_observations(event, outcome, now)
         self._count(routed, outcome)
         return outputs
 
@@ -202,8 +226,8 @@ class RouteService:
             outputs.append(Output.of(topics.ALERTS, alert, key))
         return routed, alert, outputs
 
-    def on_brand_reply(self, record: ConsumerRecord) -> list[Output]:
-        reply = decode_or_dead_letter(record, BrandTweet, self.name)
+    def on_brand_reply(self, message: Any) -> list[Output]:
+        reply = decode_or_dead_letter(message, BrandTweet, self.name)
         if isinstance(reply, Output):
             return [reply]
         now = datetime.now(UTC)
@@ -224,15 +248,43 @@ class RouteService:
                     "seconds": round(response.seconds, 1),
                 },
             )
-        return [self._remember(new_state)]
+        self._remember(new_state)
+        return []
+
+    def on_due(self, message: Any) -> list[Output]:
+        """The sweep found this conversation due; its owner checks again and acts."""
+        due = decode_or_dead_letter(message, ConversationDue, self.name)
+        if isinstance(due, Output):
+            return [due]
+        now = datetime.now(UTC)
+        state = self._state(due.conversation_id)
+        if state is None:
+            self.due.forget(due.conversation_id)
+            return []
+        if not conversations.active(state, now, self.config.route.conversations.ttl_hours):
+            self._forget(state.conversation_id)
+            return []
+        self.due.track(state)  # still active: a later sweep may report it again
+        return self.sla_breach(state, now) if due.reason == "sla" else []
+
+    def _state(self, conversation_id: str) -> ConversationState | None:
+        value = self.conversations.get(conversation_id.encode("utf-8"))
+        return decode(ConversationState, value) if value else None
 
     def _active(self, conversation_id: str, now: datetime) -> ConversationState | None:
-        state = self.conversations.get(conversation_id)
+        state = self._state(conversation_id)
         ttl = self.config.route.conversations.ttl_hours
         return state if conversations.active(state, now, ttl) else None
 
-    def _remember(self, state: ConversationState) -> Output:
-        return self.conversations.put(state.conversation_id, state)
+    def _remember(self, state: ConversationState) -> None:
+        self.conversations[state.conversation_id.encode("utf-8")] = encode(state)
+        self.due.track(state)
+
+    def _forget(self, conversation_id: str) -> None:
+        """Idle past its TTL: out of the table, and a tombstone on its changelog."""
+        del self.conversations[conversation_id.encode("utf-8")]
+        self.due.forget(conversation_id)
+        log.info("conversation expired", extra={"conversation_id": conversation_id})
 
     def _decision(self, outcome: Outcome) -> RouteDecision:
         topic = {
@@ -255,13 +307,34 @@ class RouteService:
             sla_due_at=outcome.sla_due_at,
         )
 
-    def _spikes(self, event: ClassifiedTweet, outcome: Outcome, now: datetime) -> list[Spike]:
+    def _spike_observations(
+        self, event: ClassifiedTweet, outcome: Outcome, now: datetime
+    ) -> list[Output]:
         if not self.config.route.spikes.enabled or outcome.destination == "dropped":
             return []
-        return self.spikes.observe(event.tweet, outcome.department, now)
+        return [
+            Output.of(
+                topics.ROUTE_SPIKES,
+                SpikeObservation(
+                    dimension=dimension,
+                    value=value,
+                    tweet=event.tweet,  # type: ignore[arg-type]
+                    observed_at=now,
+                ),
+                f"{dimension}:{value}",
+            )  # fmt: skip
+            for dimension, value in self.spike_keys.of(event.tweet, outcome.department)
+        ]
+
+    def on_spike_observation(self, message: Any) -> list[Output]:
+        observation = decode_or_dead_letter(message, SpikeObservation, self.name)
+        if isinstance(observation, Output):
+            return [observation]
+        spike = self.spike_windows.observe(observation)
+        return [] if spike is None else [self._spike_alert(spike)]
 
     def _spike_alert(self, spike: Spike) -> Output:
-        config = self.config.route.spikes
+        config = self.spike_windows.config
         metrics.SPIKES.labels(spike.dimension, spike.value).inc()
         metrics.ALERTS.labels("spike", spike.value if spike.dimension == "department" else "").inc()
         alert = SpikeAlert(
@@ -305,58 +378,59 @@ class RouteService:
 
     # --- background work -----------------------------------------------------------------------
 
-    async def _watch_slas(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await asyncio.sleep(self.config.route.sla.check_interval_s)
-            now = datetime.now(UTC)
-            outputs = self.sla_breaches(now) + self.expire_conversations(now)
-            if outputs:
-                await publish(self.producer, outputs, self.name)
-
-    def expire_conversations(self, now: datetime) -> list[Output]:
-        """Tombstones for conversations idle longer than the ownership TTL (memory stays flat)."""
-        ttl = timedelta(hours=self.config.route.conversations.ttl_hours)
-        expired = self.conversations.expire(now - ttl)
-        if expired:
-            log.info("conversations expired", extra={"n": len(expired)})
-        metrics.TABLE_ENTRIES.labels(self.name, topics.ROUTE_CONVERSATIONS).set(
-            len(self.conversations)
+    async def sweep(self) -> None:
+        """The timer: tell the owner of each due conversation (only this replica's partitions
+        are indexed). It waits while the table is being restored after a rebalance."""
+        if self.app.rebalancing or self.app.in_recovery:
+            return
+        if self._index_stale:
+            self._index_stale = False
+            self.due.rebuild(decode(ConversationState, v) for v in self.conversations.values())
+            log.info("conversations indexed", extra={"n": len(self.due)})
+        metrics.TABLE_ENTRIES.labels(self.name, topics.ROUTE_CONVERSATIONS).set(len(self.due))
+        now = datetime.now(UTC)
+        found = self.due.due(
+            now, self.config.route.conversations.ttl_hours, self.config.route.sla.alert_urgencies
         )
-        return expired
+        outputs = [
+            Output.of(
+                topics.ROUTE_DUE,
+                ConversationDue(conversation_id=conversation_id, reason=reason, found_at=now),
+                conversation_id,
+            )  # fmt: skip
+            for conversation_id, reason in found
+        ]
+        await publish(self.acks.sender, outputs, self.name)  # type: ignore[arg-type]
 
-    def sla_breaches(self, now: datetime) -> list[Output]:
-        """An alert for each awaited tweet past its SLA (once), and the updated states."""
+    def sla_breach(self, state: ConversationState, now: datetime) -> list[Output]:
+        """An alert for the awaited tweet past its SLA (once), and the state marked."""
         urgencies = self.config.route.sla.alert_urgencies
+        if not conversations.breached(state, now, urgencies):
+            return []
+        awaiting = state.awaiting
+        assert awaiting is not None and awaiting.due_at is not None
+        metrics.SLA_BREACHES.labels(awaiting.department, awaiting.urgency).inc()
         outputs = []
-        for conversation_id, (due_at, urgency) in self.conversations.indexed():
-            if due_at >= now or urgency not in urgencies:
-                continue
-            state = self.conversations.get(conversation_id)
-            if state is None or not conversations.breached(state, now, urgencies):
-                continue
-            awaiting = state.awaiting
-            assert awaiting is not None and awaiting.due_at is not None
-            metrics.SLA_BREACHES.labels(awaiting.department, awaiting.urgency).inc()
-            if awaiting.tweet is not None and awaiting.classification is not None:
-                late = (now - awaiting.due_at).total_seconds() / 60
-                alert = Alert(
-                    alert_id=f"sla_breach:{awaiting.tweet_id}",
-                    kind="sla_breach",
-                    department=awaiting.department,
-                    urgency=awaiting.urgency,
-                    summary=(
-                        f"{awaiting.urgency.value} tweet to {awaiting.handle or 'the company'} "
-                        f"unanswered {late:.0f} min past its SLA ({awaiting.due_at.isoformat()})"
-                    ),
-                    tweet=awaiting.tweet,
-                    classification=awaiting.classification,
-                    trace=_trace_for(awaiting),
-                )
-                outputs.append(Output.of(topics.ALERTS, alert, state.conversation_id))
-                self.ops.on_alert(alert)
-                metrics.ALERTS.labels("sla_breach", awaiting.department).inc()
-            marked = awaiting.model_copy(update={"breach_alerted": True})
-            outputs.append(self._remember(state.model_copy(update={"awaiting": marked})))
+        if awaiting.tweet is not None and awaiting.classification is not None:
+            late = (now - awaiting.due_at).total_seconds() / 60
+            alert = Alert(
+                alert_id=f"sla_breach:{awaiting.tweet_id}",
+                kind="sla_breach",
+                department=awaiting.department,
+                urgency=awaiting.urgency,
+                summary=(
+                    f"{awaiting.urgency.value} tweet to {awaiting.handle or 'the company'} "
+                    f"unanswered {late:.0f} min past its SLA ({awaiting.due_at.isoformat()})"
+                ),
+                tweet=awaiting.tweet,
+                classification=awaiting.classification,
+                trace=_trace_for(awaiting),
+            )
+            outputs.append(Output.of(topics.ALERTS, alert, state.conversation_id))
+            self.ops.on_alert(alert)
+            metrics.ALERTS.labels("sla_breach", awaiting.department).inc()
+        marked = awaiting.model_copy(update={"breach_alerted": True})
+        self._remember(state.model_copy(update={"awaiting": marked}))
         return outputs
 
     async def _watch_config(self, stop: asyncio.Event) -> None:
@@ -376,9 +450,11 @@ class RouteService:
             metrics.RULES_RELOADS.labels("invalid").inc()
             log.error("new configuration rejected; keeping the current rules: %s", error)
             return "invalid"
+        if config.route.spikes.window_minutes != self.spike_windows.config.window_minutes:
+            log.warning("route.spikes.window_minutes changes at the next restart")
         self.config = config
         self.version = rules_version(config.route)
-        self.spikes = SpikeDetector(config.route.spikes)
+        self.spike_keys = SpikeKeys(config.route.spikes)
         metrics.RULES_RELOADS.labels("applied").inc()
         log.info(
             "routing rules reloaded",
@@ -387,9 +463,14 @@ class RouteService:
         return "applied"
 
     async def close(self) -> None:
-        self._ready = False
-        await self.consumer.stop()
-        await self.producer.stop()
+        self._started = False
+        with contextlib.suppress(Exception):
+            await self.app.stop()
+        if self._app_task is not None:
+            self._app_task.cancel()
+            await asyncio.gather(self._app_task, return_exceptions=True)
+        if self._own_state_dir:
+            shutil.rmtree(self.app.conf.datadir, ignore_errors=True)
 
 
 def admin_router(service: RouteService) -> APIRouter:
@@ -404,19 +485,6 @@ def admin_router(service: RouteService) -> APIRouter:
                 "rules": len(service.config.route.rules)}  # fmt: skip
 
     return router
-
-
-class _RestoreOnAssignment(ConsumerRebalanceListener):
-    def __init__(self, service: RouteService) -> None:
-        self.service = service
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        """Nothing to hand over: every state change is already on the changelog."""
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        partitions = {tp.partition for tp in assigned if tp.topic == topics.CLASSIFIED}
-        if partitions:
-            await self.service.restore_conversations(partitions)
 
 
 def alert_kind(routed: RoutedTweet) -> str:

@@ -1,24 +1,29 @@
-"""Spike and crisis detection: counts per fixed window for each department, handle and
+"""Spike and crisis detection: counts per tumbling window for each department, handle and
 configured keyword, compared with the mean of the trailing windows.
 
 A key spikes when its current window holds at least ``min_count`` tweets and at least
 ``factor`` times its baseline (a baseline below one tweet per window counts as one). One alert
 per episode: the key stays in its episode, silent, until a whole window ends below the bar.
-Nothing is reported until the detector has seen one full baseline period (``baseline_windows``
-windows since its first tweet): right after a start every baseline is zero and every busy
-department would look like a spike. Pure logic with an injected clock; route feeds it every
-routed tweet. Counts live in memory: with several route replicas each watches its partitions.
+Nothing is reported until a baseline period (``baseline_windows`` windows) has passed since the
+replica started: a key it was just given may come with no history (a first start, windows
+expired while no replica ran), and every busy department would look like a spike.
+
+route publishes one ``SpikeObservation`` per routed tweet and spike key on
+``switchboard.route.spikes``, keyed by the spike key, so every count of a key reaches the one
+replica that owns the key's partition, whichever replica routed the tweet. The counts live in
+faust windowed tables (``SpikeWindows``); ``judge`` is the decision, pure.
 """
 
 from __future__ import annotations
 
 import re
-from collections import deque
-from dataclasses import dataclass, field
-from datetime import datetime
+import time
+from dataclasses import dataclass
+
+import faust
 
 from switchboard.shared.config import SpikeConfig
-from switchboard.shared.events import Tweet
+from switchboard.shared.events import SpikeObservation, Tweet
 from switchboard.shared.labels import Department
 
 Dimension = str  # "department" | "handle" | "keyword"
@@ -33,25 +38,16 @@ class Spike:
     samples: list[Tweet]
 
 
-@dataclass(slots=True)
-class _Series:
-    window: int  # index of the current window
-    count: int = 0
-    samples: list[Tweet] = field(default_factory=list)
-    closed: deque[int] = field(default_factory=deque)  # counts of the trailing windows
-    in_episode: bool = False
+class SpikeKeys:
+    """Which spike keys a routed tweet counts for (the configured dimensions and keywords)."""
 
-
-class SpikeDetector:
     def __init__(self, config: SpikeConfig) -> None:
         self.config = config
-        self._series: dict[tuple[Dimension, str], _Series] = {}
-        self._first_window: int | None = None
         self._keywords = [
             (k, re.compile(rf"(?<!\w){re.escape(k)}(?!\w)", re.IGNORECASE)) for k in config.keywords
         ]
 
-    def keys(self, tweet: Tweet, department: Department) -> list[tuple[Dimension, str]]:
+    def of(self, tweet: Tweet, department: Department) -> list[tuple[Dimension, str]]:
         wanted = set(self.config.dimensions)
         found: list[tuple[Dimension, str]] = []
         if "department" in wanted:
@@ -62,47 +58,87 @@ class SpikeDetector:
             found += [("keyword", k) for k, pattern in self._keywords if pattern.search(tweet.text)]
         return found
 
-    def observe(self, tweet: Tweet, department: Department, now: datetime) -> list[Spike]:
-        window = self._window(now)
-        if self._first_window is None:
-            self._first_window = window
-        warm = window - self._first_window >= self.config.baseline_windows
-        spikes = []
-        for key in self.keys(tweet, department):
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = _Series(window)
-            self._roll(series, window)
-            series.count += 1
-            if len(series.samples) < self.config.samples:
-                series.samples.append(tweet)
-            baseline = self._baseline(series)
-            if warm and not series.in_episode and series.count >= self._bar(baseline):
-                series.in_episode = True
-                spikes.append(Spike(*key, series.count, baseline, list(series.samples)))
-        return spikes
 
-    def _window(self, now: datetime) -> int:
-        return int(now.timestamp() // (self.config.window_minutes * 60))  # window index
+def bar(config: SpikeConfig, baseline: float) -> float:
+    """How many tweets in one window make a spike over ``baseline``."""
+    return max(config.min_count, config.factor * max(baseline, 1.0))
 
-    def _roll(self, series: _Series, window: int) -> None:
-        """Close the windows that ended since the last tweet (empty ones count as zero)."""
-        while series.window < window:
-            if series.in_episode and series.count < self._bar(self._baseline(series)):
-                series.in_episode = False  # a whole window below the bar ends the episode
-            series.closed.append(series.count)
-            while len(series.closed) > self.config.baseline_windows:
-                series.closed.popleft()
-            series.window += 1
-            series.count, series.samples = 0, []
-            if series.window < window - self.config.baseline_windows:
-                series.closed.extend([0] * self.config.baseline_windows)  # a long quiet gap
-                series.window = window - self.config.baseline_windows
 
-    def _baseline(self, series: _Series) -> float:
-        history = list(series.closed)[-self.config.baseline_windows :]
-        # Windows before the key was first seen count as empty.
-        return sum(history) / self.config.baseline_windows
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    spike: bool
+    episode: int | None  # the window its episode started in, if the key is in one
 
-    def _bar(self, baseline: float) -> float:
-        return max(self.config.min_count, self.config.factor * max(baseline, 1.0))
+
+def judge(
+    config: SpikeConfig,
+    window: int,
+    count: int,
+    history: list[int],
+    episode: int | None,
+    warm: bool,
+) -> Verdict:
+    """``count`` tweets so far in window number ``window`` against the ``history`` of the
+    trailing windows (most recent first, empty ones as 0). An episode that started in an
+    earlier window ends when the last window stayed below its own bar."""
+    baseline = sum(history) / config.baseline_windows
+    if episode is not None and episode < window:
+        before_previous = sum(history[1:]) / config.baseline_windows
+        if history[0] < bar(config, before_previous):
+            episode = None  # a whole window below the bar ended the episode
+    if warm and episode is None and count >= bar(config, baseline):
+        return Verdict(spike=True, episode=window)
+    return Verdict(spike=False, episode=episode)
+
+
+class SpikeWindows:
+    """The spike counts of the keys this replica owns, in faust tables: tweets per key and
+    window, a few sample tweets per key and window, and which keys are in an episode.
+    ``observe`` must run inside the stream of ``switchboard.route.spikes``."""
+
+    def __init__(self, app: faust.App, config: SpikeConfig, partitions: int) -> None:
+        self.config = config
+        self.started = time.monotonic()
+        # Whole seconds: faust's tumbling windows place a timestamp in different windows when
+        # written and when read if the size has a fraction (1.2 s: 608.0-609.1 against 608.4).
+        self.window_s = float(max(1, round(config.window_minutes * 60)))
+        expires = self.window_s * (config.baseline_windows + 2)
+        self.counts = app.Table(
+            "spike-counts", default=int, key_type=str, value_type=int, partitions=partitions,
+            help="tweets per spike key and window",
+        ).tumbling(self.window_s, expires=expires).relative_to_stream()  # fmt: skip
+        self.samples = app.Table(
+            "spike-samples", default=list, key_type=str, partitions=partitions,
+            help="the first tweets of each spike key's window, shown in its alert",
+        ).tumbling(self.window_s, expires=expires).relative_to_stream()  # fmt: skip
+        self.episodes = app.Table(
+            "spike-episodes", key_type=str, value_type=int, partitions=partitions,
+            help="the window each spike key's episode started in (alerted, not yet back below "
+            "its bar)",
+        )  # fmt: skip
+
+    def observe(self, observation: SpikeObservation) -> Spike | None:
+        key = f"{observation.dimension}:{observation.value}"
+        self.counts[key] += 1
+        window = self.counts[key]
+        count = window.current()
+        windows = range(1, self.config.baseline_windows + 1)
+        history = [window.delta(self.window_s * i) for i in windows]
+        samples = self.samples[key].current()
+        if len(samples) < self.config.samples:
+            samples = [*samples, observation.tweet.model_dump(mode="json")]
+            self.samples[key] = samples
+        number = int(observation.observed_at.timestamp() // self.window_s)
+        episode = self.episodes.get(key)
+        warm = time.monotonic() - self.started >= self.window_s * self.config.baseline_windows
+        verdict = judge(self.config, number, count, history, episode, warm)
+        if verdict.episode != episode:
+            if verdict.episode is None:
+                del self.episodes[key]
+            else:
+                self.episodes[key] = verdict.episode
+        if not verdict.spike:
+            return None
+        baseline = sum(history) / self.config.baseline_windows
+        tweets = [Tweet.model_validate(sample) for sample in samples]
+        return Spike(observation.dimension, observation.value, count, baseline, tweets)

@@ -377,6 +377,11 @@ class RouteConfig(Section):
     conversations: ConversationConfig = Field(default_factory=ConversationConfig)
     spikes: SpikeConfig = Field(default_factory=SpikeConfig)
     sla: SlaConfig = Field(default_factory=SlaConfig)
+    standby_replicas: int = Field(
+        default=0, ge=0, le=3,
+        description="Replicas that keep a warm copy of each partition's tables (faust standbys): "
+        "a failover then resumes without reading the changelog from the start",
+    )  # fmt: skip
     reload_interval_s: float = Field(
         default=2.0, gt=0, description="How often route checks the YAML file for new rules"
     )

@@ -252,6 +252,31 @@ class ConversationState(Event):
     )
 
 
+class ConversationDue(Event):
+    """On ``switchboard.route.due``, keyed by conversation id: route's sweep (a faust timer over
+    the conversations of the partitions a replica owns) found this conversation past its SLA
+    or idle past its TTL. The replica that owns the conversation when the message arrives
+    checks again and acts (alerts once, or forgets it): a table changes only inside the
+    stream of its own partition, never from a timer."""
+
+    event_type: Literal["route.due"] = "route.due"
+    conversation_id: str
+    reason: Literal["sla", "expired"]
+    found_at: AwareDatetime
+
+
+class SpikeObservation(Event):
+    """On ``switchboard.route.spikes``, keyed by ``dimension:value``: one routed tweet counted
+    for a spike key. Re-keying by the spike key sends every count of a key to the replica that
+    owns it, whichever replica routed the tweet, so each key is counted whole and alerts once."""
+
+    event_type: Literal["route.spike"] = "route.spike"
+    dimension: Literal["department", "handle", "keyword"]
+    value: str
+    tweet: Tweet
+    observed_at: AwareDatetime
+
+
 Channel = Literal["email", "webhook", "zendesk", "jira", "salesforce", "hubspot"]
 
 
@@ -399,6 +424,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Alert,
     SpikeAlert,
     ConversationState,
+    ConversationDue,
+    SpikeObservation,
     Delivery,
     RedriveRequest,
     LedgerEntry,

@@ -15,6 +15,9 @@ TRIAGE = "switchboard.triage"
 DROPPED = "switchboard.dropped"
 # Compacted: route's conversation ownership and awaited replies, keyed by conversation id.
 ROUTE_CONVERSATIONS = "switchboard.route.conversations"
+# route's own: sweep findings for the conversation's owner, and spike counts keyed by spike key.
+ROUTE_DUE = "switchboard.route.due"
+ROUTE_SPIKES = "switchboard.route.spikes"
 ALERTS = "switchboard.alerts"
 DELIVERIES = "switchboard.notifications.deliveries"
 NOTIFICATIONS_DLQ = "switchboard.notifications.dlq"
@@ -41,6 +44,8 @@ ALL: tuple[str, ...] = (
     COMPLIANCE,
     INGEST_CHECKPOINTS,
     ROUTE_CONVERSATIONS,
+    ROUTE_DUE,
+    ROUTE_SPIKES,
     CLASSIFIED,
     *PRIMARY_TOPICS,
     ALERTS,

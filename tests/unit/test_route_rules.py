@@ -8,7 +8,7 @@ import pytest
 
 from switchboard.route import conversations
 from switchboard.route.rules import evaluate, in_window, rules_version
-from switchboard.route.spikes import SpikeDetector
+from switchboard.route.spikes import SpikeKeys, bar, judge
 from switchboard.shared.config import SpikeConfig, SwitchboardConfig, TimeWindow
 from switchboard.shared.events import Author, BrandTweet, RouteDecision, Trace
 from switchboard.shared.labels import Department, Urgency
@@ -289,58 +289,41 @@ def test_an_sla_breach_is_reported_once_for_alerting_urgencies():
 # --- spikes --------------------------------------------------------------------------------
 
 
+def _alerts(config: SpikeConfig, tweets_per_window: list[int], warm: bool = True) -> list[int]:
+    """Feed ``judge`` window by window, one tweet at a time, the way route's spike agent does;
+    the windows in which it alerted (the history is read from the windows before)."""
+    alerted, episode, totals = [], None, []
+    for window, tweets in enumerate(tweets_per_window):
+        history = [*reversed(totals[-config.baseline_windows :])]
+        history += [0] * (config.baseline_windows - len(history))
+        for count in range(1, tweets + 1):
+            verdict = judge(config, window, count, history, episode, warm)
+            episode = verdict.episode
+            if verdict.spike:
+                alerted.append(window)
+        totals.append(tweets)
+    return alerted
+
+
 def test_a_burst_raises_one_alert_per_episode():
-    detector = SpikeDetector(SpikeConfig(window_minutes=1, baseline_windows=10, factor=3,
-                                         min_count=5, dimensions=["department"]))  # fmt: skip
-    start = NOW
-    for minute in range(10):  # a steady trickle: one tweet a minute
-        assert (
-            detector.observe(a_tweet(), Department.LEGAL, start + timedelta(minutes=minute)) == []
-        )
-    burst_at = start + timedelta(minutes=10, seconds=5)
-    spikes = [
-        s
-        for i in range(20)
-        for s in detector.observe(a_tweet(id=str(i)), Department.LEGAL, burst_at)
-    ]
-    assert len(spikes) == 1
-    [spike] = spikes
-    assert (spike.dimension, spike.value, spike.count) == ("department", "legal", 5)
-    assert spike.baseline == pytest.approx(1.0) and len(spike.samples) == 5
-    # The burst goes on in the next window: same episode, no new alert.
-    later = burst_at + timedelta(minutes=1)
-    assert [
-        s for _ in range(20) for s in detector.observe(a_tweet(), Department.LEGAL, later)
-    ] == []
-    # Quiet again for a while, then a new burst is a new episode.
-    quiet = later + timedelta(minutes=30)
-    detector.observe(a_tweet(), Department.LEGAL, quiet)
-    again = quiet + timedelta(minutes=1)
-    assert (
-        len([s for _ in range(10) for s in detector.observe(a_tweet(), Department.LEGAL, again)])
-        == 1
-    )
+    config = SpikeConfig(window_minutes=1, baseline_windows=10, factor=3, min_count=5)
+    trickle = [1] * 10  # a steady tweet a minute: baseline 1, bar max(5, 3 x 1) = 5
+    assert _alerts(config, trickle) == []
+    # A burst of 20 alerts once, at the 5th tweet; going on in the next window is the same
+    # episode; a quiet window ends it and the next burst is a new episode.
+    assert _alerts(config, [*trickle, 20, 20, 0, 0, 20]) == [10, 14]
+
+
+def test_a_spike_needs_its_bar_and_a_warm_detector():
+    config = SpikeConfig(window_minutes=1, baseline_windows=4, factor=3, min_count=5)
+    assert _alerts(config, [4, 4, 4, 4, 11]) == []  # 11 < 3 x baseline 4
+    assert _alerts(config, [4, 4, 4, 4, 12]) == [4]
+    assert _alerts(config, [0, 0, 0, 0, 50], warm=False) == []  # just started: no history yet
+    assert bar(config, 0.2) == 5 and bar(config, 2.0) == 6  # a baseline below one tweet per window counts as one
 
 
 def test_keywords_and_handles_are_watched_separately():
-    detector = SpikeDetector(SpikeConfig(window_minutes=5, min_count=3, keywords=["recall"],
-                                         dimensions=["handle", "keyword"]))  # fmt: skip
-    detector.observe(a_tweet(addressed_handles=[]), Department.LEGAL, NOW - timedelta(hours=1))
-    tweet = a_tweet(text="is this a RECALL?", addressed_handles=["@AcmeHelp"])
-    spikes = [s for _ in range(3) for s in detector.observe(tweet, Department.LEGAL, NOW)]
-    assert sorted((s.dimension, s.value) for s in spikes) == [
-        ("handle", "@AcmeHelp"),
-        ("keyword", "recall"),
-    ]
-
-
-def test_nothing_is_reported_before_one_baseline_period_of_history():
-    detector = SpikeDetector(SpikeConfig(window_minutes=1, baseline_windows=10, min_count=3,
-                                         dimensions=["department"]))  # fmt: skip
-    early = [s for _ in range(50) for s in detector.observe(a_tweet(), Department.SALES, NOW)]
-    assert early == []  # just started: every baseline is still zero
-    later = NOW + timedelta(minutes=10)
-    assert (
-        len([s for _ in range(50) for s in detector.observe(a_tweet(), Department.SALES, later)])
-        == 1
-    )
+    keys = SpikeKeys(SpikeConfig(keywords=["recall"], dimensions=["handle", "keyword"]))
+    tweet = a_tweet(text="is this a RECALL? recalled", addressed_handles=["@AcmeHelp"])
+    assert keys.of(tweet, Department.LEGAL) == [("handle", "@AcmeHelp"), ("keyword", "recall")]
+    assert keys.of(a_tweet(text="recalled"), Department.LEGAL) == [("handle", "@SkylarkDeals")]

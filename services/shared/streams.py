@@ -1,0 +1,253 @@
+"""faust-streaming apps on the project's Kafka settings: the one place their options are chosen.
+
+A service's state that belongs to a partition (route's conversations, notify's ledger) lives in
+faust tables: each table writes a changelog, is restored from it on assignment, and after a
+rebalance holds only the keys of the partitions its worker owns. These options make that hold,
+on a real Kafka and on the embedded broker alike:
+
+- ``store="rocksdb://"`` (through ``rocksdict``): a table keeps one store per partition and
+  closes the ones revoked. faust's ``memory://`` store keeps a revoked partition's keys, so a
+  worker would go on holding (and acting on) state it no longer owns.
+- ``consumer_group_instance_id`` (static membership, ``KAFKA_GROUP_INSTANCE_ID``, else the host
+  and HTTP port): a restarted worker takes its partitions back at once. The embedded broker
+  needs it: it never expires a member that died, and it answers a commit during a rebalance
+  with ILLEGAL_GENERATION, after which a dynamic member rejoins under a new id and the group
+  waits for the old one forever.
+- ``canonical_url`` distinct per worker: faust's partition assignor tells workers apart by it
+  (two workers with the same URL are taken for one).
+- ``processing_guarantee="at_least_once"`` with the producer acknowledging from every in-sync
+  replica (``producer_acks=-1``): faust flushes the producer (changelog writes included) before
+  it commits, and commits only offsets the agent acknowledged; ``AckAfterPublish`` acknowledges
+  an input only after the broker acknowledged its outputs. A commit every second
+  (``broker_commit_interval``) bounds what a crash makes the next owner process again.
+- faust's own web server is off: each service keeps /healthz, /readyz and /metrics on its
+  FastAPI port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import faust
+from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
+from faust.types.auth import CredentialsT
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
+
+from switchboard.shared import metrics
+from switchboard.shared.events import DecodeError
+from switchboard.shared.kafka import TRANSIENT_ERRORS, Output, dead_letter_record, publish
+from switchboard.shared.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def stream_app(
+    app_id: str,
+    kafka: KafkaSettings,
+    *,
+    state_dir: Path,
+    member: str,
+    url: str,
+    partitions: int,
+    replication_factor: int = 1,
+    standby_replicas: int = 0,
+) -> faust.App:
+    """A faust app with the id ``app_id`` (its consumer group and the prefix of its
+    changelog topics), keeping its tables under ``state_dir``; ``member`` is the replica's
+    static member name (``member_name``), ``url`` the address other replicas know it by."""
+    return faust.App(
+        app_id,
+        broker=[f"kafka://{server}" for server in kafka.require_bootstrap().split(",")],
+        broker_credentials=credentials(kafka),
+        store="rocksdb://",
+        datadir=str(state_dir),
+        topic_partitions=partitions,
+        topic_replication_factor=replication_factor,
+        table_standby_replicas=standby_replicas,
+        consumer_group_instance_id=member,
+        canonical_url=url,
+        broker_commit_interval=1.0,
+        web_enabled=False,
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        producer_max_request_size=kafka.max_message_bytes,
+    )
+
+
+def credentials(kafka: KafkaSettings) -> CredentialsT | None:
+    """The broker credentials faust needs for ``kafka.security_protocol``."""
+    context = None
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None
+        )
+        if kafka.ssl_certfile:
+            context.load_cert_chain(str(kafka.ssl_certfile), str(kafka.ssl_keyfile or ""))
+    if kafka.security_protocol.startswith("SASL"):
+        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=password,
+            mechanism=kafka.sasl_mechanism or "PLAIN",
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def member_name(kafka: KafkaSettings, host: str, port: int) -> str:
+    """The replica's static member name: ``KAFKA_GROUP_INSTANCE_ID`` (the pod name), else the
+    host and HTTP port, which no two replicas share and a restarted replica keeps."""
+    return kafka.group_instance_id or f"{socket.gethostname()}-{host}-{port}"
+
+
+def raw_topic(app: faust.App, *names: str, **options: Any) -> faust.TopicT:
+    """Topics whose keys and values faust hands over as bytes: the services decode events
+    themselves (``events.decode``), so that a record that is not an event is dead-lettered
+    with the reason instead of crashing the agent in faust's own decoder."""
+    return app.topic(
+        *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        **options,
+    )  # fmt: skip
+
+
+def worker_ready(app: faust.App) -> bool:
+    """The worker joined its group and restored its tables for the partitions it was given."""
+    return app.tables.recovery.completed.is_set() and not app.rebalancing
+
+
+async def until_worker_ready(app: faust.App, timeout_s: float = 120.0) -> None:
+    """Wait for ``worker_ready``: input sent before it may be processed twice (faust resumes
+    fetching before it seeks to the committed offsets), and a service is not ready until then.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not worker_ready(app):
+        if app.crashed:
+            raise RuntimeError(f"the stream processor crashed: {app.crash_reason!r}")
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{app.conf.id}: not ready after {timeout_s:.0f} s")
+        await asyncio.sleep(0.05)
+
+
+class _Sender:
+    """faust's producer behind the ``send(topic, value, key=)`` that ``kafka.publish`` calls."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+
+    async def send(self, topic: str, value: bytes | None, key: bytes | None = None) -> Any:
+        try:
+            return await self.app.producer.send(topic, key, value, None, None, None)
+        except ProducerSendError as error:
+            if isinstance(error.__cause__, KafkaError):
+                raise error.__cause__ from None  # MessageSizeTooLargeError, timeouts...
+            raise
+
+
+RecordHandler = Callable[[Any], list[Output]]  # a faust Message -> what to publish
+
+
+class AckAfterPublish:
+    """Runs a service's handler over a faust stream with the delivery guarantee of the README:
+    an input's offset is acknowledged to faust (which commits acknowledged offsets) only once
+    every output of that input, and of every input before it, was acknowledged by the broker.
+
+    Each event is handled when it arrives, inside its own event context (faust tables write to
+    the partition of the current event), and its outputs are sent at once; a separate task
+    waits for the broker's acknowledgements in order and acknowledges the inputs. An output
+    the broker refuses is sent again, with backoff, for as long as it takes: the inputs behind
+    it wait, so a broker outage delays work and loses nothing. An output too large for the
+    cluster is dead-lettered (``kafka.publish``). A record whose handling raises is
+    dead-lettered ``processing_failed`` with the error: one poison record never stops a stream.
+    """
+
+    def __init__(self, app: faust.App, service: str, handle: RecordHandler,
+                 *, max_in_flight: int = 2_000) -> None:  # fmt: skip
+        self.app = app
+        self.service = service
+        self.handle = handle
+        self.sender = _Sender(app)
+        self._in_flight: asyncio.Queue[tuple[faust.StreamT, Any, list[Output], list[Any]]] = (
+            asyncio.Queue(max_in_flight)
+        )
+
+    async def agent(self, stream: faust.StreamT) -> None:
+        """The agent body: ``app.agent(topic)(acks.agent)``."""
+        acknowledging = asyncio.create_task(self._acknowledge())
+        try:
+            async for event in stream.noack().events():
+                message = event.message
+                metrics.CONSUMED.labels(self.service, message.topic).inc()
+                outputs = self._handled(message)
+                sent = [await self._send(output) for output in outputs]
+                await self._in_flight.put((stream, event, outputs, sent))
+        finally:
+            acknowledging.cancel()
+            await asyncio.gather(acknowledging, return_exceptions=True)
+
+    def _handled(self, message: Any) -> list[Output]:
+        try:
+            return self.handle(message)
+        except Exception as error:  # noqa: BLE001 - any bug a record triggers; see the class
+            log.exception("a record failed processing; dead-lettered")
+            problem = DecodeError("processing_failed", f"{type(error).__name__}: {error}"[:2000])
+            return [dead_letter_record(self.service, problem, message)]
+
+    async def _send(self, output: Output) -> Any:
+        try:
+            return await self.sender.send(output.topic, output.value, key=output.key)
+        except KafkaError as error:  # too large, or the producer's buffer is unusable
+            return error
+
+    async def _acknowledge(self) -> None:
+        while True:
+            stream, event, outputs, sent = await self._in_flight.get()
+            results = await asyncio.gather(
+                *(s for s in sent if not isinstance(s, BaseException)), return_exceptions=True
+            )
+            failed = _failed(outputs, sent, iter(results))
+            for output in _without(outputs, failed):
+                metrics.PRODUCED.labels(self.service, output.topic).inc()
+            if failed:  # publish() counts what it publishes
+                await self._publish_until_acknowledged(failed)
+            await stream.ack(event)
+
+    async def _publish_until_acknowledged(self, outputs: list[Output]) -> None:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(TRANSIENT_ERRORS),
+            wait=wait_exponential_jitter(initial=0.2, max=10),
+            before_sleep=_log_retry,
+        ):
+            with attempt:
+                await publish(self.sender, outputs, self.service)  # type: ignore[arg-type]
+
+
+def _failed(outputs: list[Output], sent: list[Any], results: Iterator[Any]) -> list[Output]:
+    failed = []
+    for output, first in zip(outputs, sent, strict=True):
+        result = first if isinstance(first, BaseException) else next(results)
+        if isinstance(result, BaseException):
+            failed.append(output)
+    return failed
+
+
+def _without(outputs: list[Output], failed: list[Output]) -> list[Output]:
+    return [output for output in outputs if all(output is not f for f in failed)]
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.warning("outputs not acknowledged yet; sending them again", extra={"error": repr(error)})
