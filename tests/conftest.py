@@ -2,6 +2,8 @@
 
 - ``kafka``: a real Kafka-protocol broker for the whole session: the embedded one, started on a
   free loopback port in a temporary folder, or the cluster in KAFKA_BOOTSTRAP_SERVERS.
+- ``own_kafka``: an embedded broker of the test's own, for tests whose consumer groups or
+  faults must not meet the session's broker.
 - ``inbox``: a real SMTP server on loopback that keeps what it receives.
 - ``service_environment``: what a service process needs in its environment to use a broker.
 
@@ -74,6 +76,21 @@ async def kafka(
     yield settings
     if broker is not None:
         broker.stop()
+
+
+@pytest.fixture
+async def own_kafka(tmp_path: Path, config: SwitchboardConfig) -> AsyncIterator[KafkaSettings]:
+    """An embedded broker of the test's own, its topics created and empty. The services' consumer
+    groups are fixed names, so on the session's broker they would start from the offsets other
+    tests left and process those tests' tweets too."""
+    broker = EmbeddedBroker(tmp_path / "broker")
+    await broker.start()
+    try:
+        settings = broker.settings()
+        await ensure_topics(settings, topics.ALL, config.topics.partitions, 1)
+        yield settings
+    finally:
+        await asyncio.to_thread(broker.stop)
 
 
 @pytest.fixture

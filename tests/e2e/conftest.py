@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from switchboard.cli.stack import Stack, StackOptions
-from switchboard.shared import topics
-from switchboard.shared.broker import EmbeddedBroker
-from switchboard.shared.config import SwitchboardConfig
-from switchboard.shared.kafka import ensure_topics
-from switchboard.shared.settings import KafkaSettings
 from tests.conftest import CONFIG_FILE
 
 
@@ -26,21 +21,6 @@ def own_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Stack:
         monkeypatch.delenv(name, raising=False)
     return Stack(StackOptions(workdir=tmp_path / "run", config_file=CONFIG_FILE,
                               replay_file=None))  # fmt: skip
-
-
-@pytest.fixture
-async def own_kafka(tmp_path: Path, config: SwitchboardConfig) -> AsyncIterator[KafkaSettings]:
-    """An embedded broker of the test's own, its topics created and empty. The services' consumer
-    groups are fixed names, so on the session's broker they would start from the offsets other
-    tests left and process those tests' tweets too."""
-    broker = EmbeddedBroker(tmp_path / "broker")
-    await broker.start()
-    try:
-        settings = broker.settings()
-        await ensure_topics(settings, topics.ALL, config.topics.partitions, 1)
-        yield settings
-    finally:
-        await asyncio.to_thread(broker.stop)
 
 
 async def wait_until(done: Callable[[], bool], seconds: float, stack: Stack,

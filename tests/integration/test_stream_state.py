@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import faust
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from switchboard.shared.kafka import client_options, ensure_topics
@@ -82,13 +84,25 @@ async def wait_for_commit(kafka: KafkaSettings, group: str, topic: str, offsets:
         await admin.close()
 
 
-async def send(producer, topic: str, keys: list[str]) -> None:
+@pytest.fixture
+async def producer(own_kafka: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
+    client = AIOKafkaProducer(**client_options(own_kafka))
+    await client.start()
+    yield client
+    await client.stop()
+
+
+async def send(producer: AIOKafkaProducer, topic: str, keys: list[str]) -> None:
     for key in keys:
         await producer.send_and_wait(topic, b"1", key=key.encode())
 
 
-async def test_each_worker_holds_only_the_state_of_its_partitions(kafka, producer, tmp_path):
-    run = next(_runs)
+async def test_each_worker_holds_only_the_state_of_its_partitions(
+    own_kafka: KafkaSettings, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    # A broker of its own: a group that rebalances on the session's broker, after hundreds of
+    # other tests' groups, waited there for members of other tests' groups.
+    kafka, run = own_kafka, next(_runs)
     topic = f"counter-{run}-in"
     await ensure_topics(kafka, [topic], PARTITIONS, 1)
     conversations = [f"conv-{i}" for i in range(40)]

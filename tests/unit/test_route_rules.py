@@ -319,7 +319,8 @@ def test_a_spike_needs_its_bar_and_a_warm_detector():
     assert _alerts(config, [4, 4, 4, 4, 11]) == []  # 11 < 3 x baseline 4
     assert _alerts(config, [4, 4, 4, 4, 12]) == [4]
     assert _alerts(config, [0, 0, 0, 0, 50], warm=False) == []  # just started: no history yet
-    assert bar(config, 0.2) == 5 and bar(config, 2.0) == 6  # a baseline below one tweet per window counts as one
+    # a baseline below one tweet per window counts as one
+    assert bar(config, 0.2) == 5 and bar(config, 2.0) == 6
 
 
 def test_keywords_and_handles_are_watched_separately():
