@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import faust
@@ -18,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from switchboard.shared.kafka import client_options, ensure_topics
 from switchboard.shared.settings import KafkaSettings
-from switchboard.shared.streams import stream_app
+from switchboard.shared.streams import stream_app, worker_ready
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -97,8 +97,27 @@ async def send(producer: AIOKafkaProducer, topic: str, keys: list[str]) -> None:
         await producer.send_and_wait(topic, b"1", key=key.encode())
 
 
+@pytest.fixture
+async def started() -> AsyncIterator[Callable[[Worker], Awaitable[Worker]]]:
+    """Start a worker; every worker started is stopped at the end, pass or fail (a worker left
+    running keeps its consumer thread, and the test process, alive)."""
+    workers: list[Worker] = []
+
+    async def start(worker: Worker) -> Worker:
+        workers.append(worker)
+        await worker.start()
+        return worker
+
+    yield start
+    for worker in reversed(workers):
+        await worker.stop()
+
+
 async def test_each_worker_holds_only_the_state_of_its_partitions(
-    own_kafka: KafkaSettings, producer: AIOKafkaProducer, tmp_path: Path
+    own_kafka: KafkaSettings,
+    producer: AIOKafkaProducer,
+    tmp_path: Path,
+    started: Callable[[Worker], Awaitable[Worker]],
 ) -> None:
     # A broker of its own: a group that rebalances on the session's broker, after hundreds of
     # other tests' groups, waited there for members of other tests' groups.
@@ -106,8 +125,7 @@ async def test_each_worker_holds_only_the_state_of_its_partitions(
     topic = f"counter-{run}-in"
     await ensure_topics(kafka, [topic], PARTITIONS, 1)
     conversations = [f"conv-{i}" for i in range(40)]
-    a = Worker(run, "A", kafka, tmp_path)
-    await a.start()
+    a = await started(Worker(run, "A", kafka, tmp_path))
     await send(producer, topic, conversations * 2)
     await wait_for(lambda: sum(a.counts.values()) == 80, timeout_s=60)
     alone = a.held()
@@ -117,21 +135,21 @@ async def test_each_worker_holds_only_the_state_of_its_partitions(
     # accepts it), so the test lets A's periodic commit land first (see shared/streams.py).
     await wait_for_commit(kafka, a.app.conf.id, topic, 80)
 
-    b = Worker(run, "B", kafka, tmp_path)
-    await b.start()
+    b = await started(Worker(run, "B", kafka, tmp_path))
     await wait_for(lambda: a.owned() and b.owned() and not a.owned() & b.owned(), timeout_s=60)
+    # Input that arrives while a worker is still restoring may be processed twice: faust
+    # resumes fetching before it seeks to the committed offsets (the services wait the same way
+    # before they say they are ready).
+    await wait_for(lambda: worker_ready(a.app) and worker_ready(b.app), timeout_s=60)
     await send(producer, topic, conversations)
     await wait_for(lambda: sum(a.counts.values()) + sum(b.counts.values()) == 120, 60)
     shared = (a.owned(), b.owned(), a.held(), b.held())
     await wait_for_commit(kafka, a.app.conf.id, topic, 120)  # as above, before B stops
 
     await b.stop()  # B restarts (same instance id): its partitions come back with their state
-    b = Worker(run, "B", kafka, tmp_path)
-    await b.start()
+    b = await started(Worker(run, "B", kafka, tmp_path))
     await wait_for(lambda: b.owned() == shared[1] and len(b.held()) == len(shared[3]), 60)
     restored = {key: b.counts[key] for key in b.held()}
-    await b.stop()
-    await a.stop()
 
     a_owned, b_owned, a_keys, b_keys = shared
     assert alone == set(conversations)
