@@ -59,6 +59,7 @@ from switchboard.shared.labels import Urgency
 from switchboard.shared.runtime import http_app, run_service
 from switchboard.shared.settings import ConfigError, ServiceSettings
 from switchboard.shared.streams import (
+    STORE_OPTIONS,
     AckAfterPublish,
     member_name,
     raw_topic,
@@ -99,7 +100,7 @@ class RouteService:
             changelog_topic=raw_topic(
                 self.app, topics.ROUTE_CONVERSATIONS, partitions=partitions, compacting=True
             ),
-            help="ConversationState by conversation id",
+            options=STORE_OPTIONS, help="ConversationState by conversation id",
         )  # fmt: skip
         self.due = conversations.DueIndex()
         self.spike_windows = SpikeWindows(self.app, self.config.route.spikes, partitions)

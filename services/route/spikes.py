@@ -25,6 +25,7 @@ import faust
 from switchboard.shared.config import SpikeConfig
 from switchboard.shared.events import SpikeObservation, Tweet
 from switchboard.shared.labels import Department
+from switchboard.shared.streams import STORE_OPTIONS
 
 Dimension = str  # "department" | "handle" | "keyword"
 
@@ -105,14 +106,16 @@ class SpikeWindows:
         expires = self.window_s * (config.baseline_windows + 2)
         self.counts = app.Table(
             "spike-counts", default=int, key_type=str, value_type=int, partitions=partitions,
-            help="tweets per spike key and window",
+            options=STORE_OPTIONS, help="tweets per spike key and window",
         ).tumbling(self.window_s, expires=expires).relative_to_stream()  # fmt: skip
         self.samples = app.Table(
             "spike-samples", default=list, key_type=str, partitions=partitions,
+            options=STORE_OPTIONS,
             help="the first tweets of each spike key's window, shown in its alert",
         ).tumbling(self.window_s, expires=expires).relative_to_stream()  # fmt: skip
         self.episodes = app.Table(
             "spike-episodes", key_type=str, value_type=int, partitions=partitions,
+            options=STORE_OPTIONS,
             help="the window each spike key's episode started in (alerted, not yet back below "
             "its bar)",
         )  # fmt: skip

@@ -55,6 +55,17 @@ from switchboard.shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
+# faust's RocksDB defaults are sized for a host of its own: per store, memtables of 64 MB (up
+# to three) and a block cache of up to 2 GB, and a table keeps one store per partition. A
+# replica holds a few tables over a few partitions, whose values change often (each write a
+# new version in the memtable), so each store is held to a few MB: RocksDB flushes to disk
+# sooner, and reads of recent writes stay in memory anyway.
+STORE_OPTIONS: dict[str, int] = {
+    "write_buffer_size": 4 * 2**20,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 8 * 2**20,
+}
+
 
 def stream_app(
     app_id: str,
