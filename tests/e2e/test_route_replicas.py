@@ -1,0 +1,175 @@
+"""Two route replicas in one group, one killed mid-stream and restarted: state stays with the
+partition that owns it. Every tweet is routed one way, a company reply reaches the owner of its
+conversation, each unanswered conversation raises one SLA alert and no answered one does, and
+the two replicas together hold each conversation once."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from subprocess import Popen
+
+import httpx
+import pytest
+import yaml
+from aiokafka import AIOKafkaProducer
+
+from switchboard.shared import topics
+from switchboard.shared.broker import EmbeddedBroker, free_port
+from switchboard.shared.events import Alert, BrandTweet, RoutedTweet, Trace, encode
+from switchboard.shared.kafka import client_options, ensure_topics
+from switchboard.shared.processes import kill, spawn, terminate
+from switchboard.shared.settings import KafkaSettings
+from tests.conftest import CONFIG_FILE, published, read_topics, service_environment
+from tests.factories import a_classified_tweet, a_tweet
+
+pytestmark = pytest.mark.e2e
+CONVERSATIONS = 60  # per phase: one before the kill, one after the restart
+SLA_S = 15
+
+
+class Replica:
+    """One route process with a stable static member name, restartable after a kill."""
+
+    def __init__(self, name: str, kafka: KafkaSettings, config: Path, logs: Path) -> None:
+        self.name, self.kafka, self.config, self.logs = name, kafka, config, logs
+        self.process: Popen[bytes] | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.port = free_port()
+        env = service_environment(self.kafka, KAFKA_GROUP_INSTANCE_ID=f"route-{self.name}")
+        env.update(SWITCHBOARD_CONFIG_FILE=str(self.config), SWITCHBOARD_HTTP_PORT=str(self.port))
+        self.process = spawn([sys.executable, "-m", "switchboard", "route"], env=env,
+                             log_file=self.logs / f"route-{self.name}.log")  # fmt: skip
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            for _ in range(600):
+                assert self.process.poll() is None, f"route-{self.name} exited"
+                try:
+                    if (await client.get(self.url("/readyz"))).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise TimeoutError(f"route-{self.name} not ready")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def metric(self, name: str) -> float:
+        """The sum of a metric's samples on this replica's /metrics."""
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            text = (await client.get(self.url("/metrics"))).text
+        pattern = rf"^{name}(?:\{{[^}}]*\}})? (\S+)$"
+        return sum(float(value) for value in re.findall(pattern, text, re.MULTILINE))
+
+    def kill(self) -> None:
+        assert self.process is not None
+        kill(self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            terminate(self.process)
+
+
+def config_file(tmp_path: Path, partitions: int) -> Path:
+    config = yaml.safe_load(CONFIG_FILE.read_text())
+    config["topics"]["partitions"] = partitions
+    config["route"]["sla"] = {
+        "minutes": {"critical": SLA_S / 60, "high": SLA_S / 60, "normal": 1440, "low": 10080},
+        "alert_urgencies": ["critical", "high"],
+        "check_interval_s": 1,
+    }
+    path = tmp_path / "switchboard.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def send_phase(producer: AIOKafkaProducer, kafka: KafkaSettings, phase: int) -> None:
+    """CONVERSATIONS high-urgency tweets, each opening a conversation; once they are routed, a
+    company reply in every even one."""
+    ids = [f"p{phase}-c{i}" for i in range(CONVERSATIONS)]
+    for i, conversation in enumerate(ids):
+        event = a_classified_tweet(
+            "customer_service", 0.9, "high",
+            id=f"{conversation}-t", conversation_id=conversation, text=f"order {i} never came",
+        )  # fmt: skip
+        await producer.send(topics.CLASSIFIED, encode(event), key=conversation.encode())
+    await producer.flush()
+
+    def all_routed(records: list) -> bool:
+        routed = {e.tweet.conversation_id for t in topics.PRIMARY_TOPICS
+                  for e in published(records, t, RoutedTweet)}  # fmt: skip
+        return set(ids) <= routed
+
+    await read_topics(kafka, list(topics.PRIMARY_TOPICS), all_routed, timeout_s=60)
+    for conversation in ids[::2]:
+        reply = BrandTweet(
+            handle="@SkylarkDeals",
+            tweet=a_tweet(
+                id=f"{conversation}-reply",
+                conversation_id=conversation,
+                author={"id": "9", "username": "SkylarkDeals"},
+                created_at=datetime.now(UTC),
+                text="we are on it",
+            ),  # fmt: skip
+            trace=Trace(ingested_at=datetime.now(UTC)),
+        )
+        await producer.send(topics.BRAND, encode(reply), key=conversation.encode())
+    await producer.flush()
+
+
+@pytest.mark.parametrize("partitions", [3, 4])
+async def test_two_route_replicas_keep_each_conversation_with_its_owner(
+    tmp_path: Path, partitions: int
+) -> None:
+    broker = EmbeddedBroker(tmp_path / "broker")
+    await broker.start()
+    kafka = broker.settings()
+    await ensure_topics(kafka, topics.ALL, partitions, 1)
+    config = config_file(tmp_path, partitions)
+    a, b = (Replica(n, kafka, config, tmp_path) for n in ("a", "b"))
+    producer = AIOKafkaProducer(**client_options(kafka))
+    await producer.start()
+    try:
+        await a.start()
+        await b.start()
+        await send_phase(producer, kafka, 1)
+        b.kill()  # mid-stream: the replies it was given may not be processed or committed
+        await b.start()  # same static member: its partitions come back, restored
+        await send_phase(producer, kafka, 2)
+        unanswered = {f"p{p}-c{i}" for p in (1, 2) for i in range(1, CONVERSATIONS, 2)}
+
+        def breaches(records: list) -> set[str]:
+            alerts = published(records, topics.ALERTS, Alert)
+            return {x.tweet.conversation_id for x in alerts if x.kind == "sla_breach"}
+
+        records = await read_topics(kafka, [topics.ALERTS, *topics.PRIMARY_TOPICS],
+                                    lambda r: breaches(r) >= unanswered, SLA_S + 60)  # fmt: skip
+        await asyncio.sleep(3)  # a second alert for any of them would be out by now
+        records = await read_topics(kafka, [topics.ALERTS, *topics.PRIMARY_TOPICS],
+                                    lambda r: False, 5)  # fmt: skip
+        held = [await r.metric("switchboard_table_entries") for r in (a, b)]
+    finally:
+        await producer.stop()
+        a.stop()
+        b.stop()
+        await asyncio.to_thread(broker.stop)
+
+    routed: dict[str, set[str]] = {}
+    for topic in topics.PRIMARY_TOPICS:
+        for event in published(records, topic, RoutedTweet):
+            routed.setdefault(event.tweet.id, set()).add(topic)
+    assert len(routed) == 2 * CONVERSATIONS
+    assert all(len(ways) == 1 for ways in routed.values())  # one way, even when republished
+    alerts = [x for x in published(records, topics.ALERTS, Alert) if x.kind == "sla_breach"]
+    per_conversation = Counter(x.tweet.conversation_id for x in alerts)
+    # None for an answered conversation: each reply reached the replica that owns it.
+    assert set(per_conversation) == unanswered
+    assert max(per_conversation.values()) == 1  # each raised once, by the owner
+    # Together the replicas hold every conversation once: each only its own partitions'.
+    assert sum(held) == 2 * CONVERSATIONS and min(held) > 0
