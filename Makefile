@@ -33,9 +33,11 @@ demo: setup
 	$(BIN)/switchboard demo --count 200 --json
 
 # Speed and memory against a baseline measured in the same run, then the pipeline at offered
-# rates; writes bench/report.json and bench/pipeline.png (README, Performance).
+# rates; writes bench/report.json and bench/pipeline.png (README, Performance). Then a route
+# start restoring 100,000 conversations against an empty start.
 bench: setup
 	$(BIN)/switchboard bench --also services/classify/artifacts/minilm4-distil-v1
+	$(BIN)/switchboard bench-restore --conversations 100000
 
 # Ten minutes at a steady 100 tweets/s: memory and consumer lag must not grow. FAULTS=1 also
 # kills and restarts each service and takes the mail server down (`make soak FAULTS=1`).

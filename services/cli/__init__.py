@@ -21,6 +21,7 @@ from switchboard.cli.bench import bench
 from switchboard.cli.classify import classify
 from switchboard.cli.dlq import dlq
 from switchboard.cli.ingest import ingest
+from switchboard.cli.restore import bench_restore
 from switchboard.shared.settings import DEFAULT_CONFIG_FILE, ConfigError
 
 SAMPLES = Path("data/samples/tweets.jsonl")
@@ -51,6 +52,7 @@ main.add_command(ingest)
 main.add_command(classify)
 main.add_command(dlq)
 main.add_command(bench)
+main.add_command(bench_restore)
 
 
 @main.command()

@@ -89,7 +89,7 @@ class RouteService:
             GROUP_ID,
             settings.kafka,
             state_dir=state_dir,
-            member=member_name(settings.kafka, settings.http_host, settings.port),
+            member=member_name(settings.kafka, self.name),
             url=f"http://{settings.http_host}:{settings.port}",
             partitions=partitions,
             replication_factor=self.config.topics.replication_factor,

@@ -8,11 +8,11 @@ on a real Kafka and on the embedded broker alike:
 - ``store="rocksdb://"`` (through ``rocksdict``): a table keeps one store per partition and
   closes the ones revoked. faust's ``memory://`` store keeps a revoked partition's keys, so a
   worker would go on holding (and acting on) state it no longer owns.
-- ``consumer_group_instance_id`` (static membership, ``KAFKA_GROUP_INSTANCE_ID``, else the host
-  and HTTP port): a restarted worker takes its partitions back at once. The embedded broker
-  needs it: it never expires a member that died, and it answers a commit during a rebalance
-  with ILLEGAL_GENERATION, after which a dynamic member rejoins under a new id and the group
-  waits for the old one forever.
+- ``consumer_group_instance_id`` (static membership, ``KAFKA_GROUP_INSTANCE_ID``, else the
+  host's name and the service): a restarted worker takes its partitions back at once. The
+  embedded broker needs it: it never expires a member that died, and it answers a commit
+  during a rebalance with ILLEGAL_GENERATION, after which a dynamic member rejoins under a new
+  id and the group waits for the old one forever.
 - ``canonical_url`` distinct per worker: faust's partition assignor tells workers apart by it
   (two workers with the same URL are taken for one).
 - ``processing_guarantee="at_least_once"`` with the producer acknowledging from every in-sync
@@ -123,10 +123,12 @@ def credentials(kafka: KafkaSettings) -> CredentialsT | None:
     return None
 
 
-def member_name(kafka: KafkaSettings, host: str, port: int) -> str:
+def member_name(kafka: KafkaSettings, service: str) -> str:
     """The replica's static member name: ``KAFKA_GROUP_INSTANCE_ID`` (the pod name), else the
-    host and HTTP port, which no two replicas share and a restarted replica keeps."""
-    return kafka.group_instance_id or f"{socket.gethostname()}-{host}-{port}"
+    host's name and the service. A replica restarted on the same host takes its partitions
+    back under the same name, whatever port it gets; two replicas of one service on one host
+    each need a ``KAFKA_GROUP_INSTANCE_ID`` of their own (one name fences the other)."""
+    return kafka.group_instance_id or f"{socket.gethostname()}-{service}"
 
 
 def raw_topic(app: faust.App, *names: str, **options: Any) -> faust.TopicT:

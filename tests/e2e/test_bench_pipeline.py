@@ -45,3 +45,17 @@ def test_bench_reports_each_offered_rate_with_latency_cpu_memory_and_a_plot(tmp_
     assert {"classify", "route", "notify", "ingest", "broker"} <= set(peak)
     assert peak["classify"] > peak["route"] > 0  # the model lives in classify only
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_restore_times_a_route_start_with_conversations_to_restore():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "switchboard", "bench-restore", "--conversations", "3000", "--json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["conversations"] == 3000 and report["changelog_mb"] > 1
+    assert report["empty_start"]["held"] == 0
+    assert report["restored_start"]["held"] == 3000  # every conversation restored
+    assert report["empty_start"]["ready_s"] > 0 and report["restored_start"]["rss_mb"] > 0
