@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,13 @@ from tenacity import (
 
 from switchboard.shared import metrics
 from switchboard.shared.events import DecodeError
-from switchboard.shared.kafka import TRANSIENT_ERRORS, Output, dead_letter_record, publish
+from switchboard.shared.kafka import (
+    TRANSIENT_ERRORS,
+    Output,
+    client_options,
+    dead_letter_record,
+    publish,
+)
 from switchboard.shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -103,13 +108,7 @@ def stream_app(
 
 def credentials(kafka: KafkaSettings) -> CredentialsT | None:
     """The broker credentials faust needs for ``kafka.security_protocol``."""
-    context = None
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(
-            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None
-        )
-        if kafka.ssl_certfile:
-            context.load_cert_chain(str(kafka.ssl_certfile), str(kafka.ssl_keyfile or ""))
+    context = client_options(kafka).get("ssl_context")  # the one the aiokafka clients use
     if kafka.security_protocol.startswith("SASL"):
         password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
         return faust.SASLCredentials(
