@@ -23,6 +23,10 @@ on a real Kafka and on the embedded broker alike:
   (``broker_commit_interval``) and, in a burst (a backlog after an upstream restart), also
   after every 100 acknowledged inputs (``broker_commit_every``), so a kill -9 repeats at most
   about a hundred inputs rather than a second of catch-up at full speed.
+- its consumer pauses ``fetch_idle_pause_ms`` after a fetch that brought nothing, as the
+  project's own consumers do (``kafka.pause_when_idle``), and its producer lingers 5 ms to put
+  a few records in one request: without both, route spent most of its CPU asking the broker
+  for records and sending them one by one.
 - faust's own web server is off: each service keeps /healthz, /readyz and /metrics on its
   FastAPI port.
 """
@@ -39,6 +43,7 @@ from typing import Any
 import faust
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.auth import CredentialsT
 from tenacity import (
     AsyncRetrying,
@@ -54,6 +59,7 @@ from switchboard.shared.kafka import (
     Output,
     client_options,
     dead_letter_record,
+    pause_when_idle,
     publish,
 )
 from switchboard.shared.settings import KafkaSettings
@@ -86,7 +92,7 @@ def stream_app(
     """A faust app with the id ``app_id`` (its consumer group and the prefix of its
     changelog topics), keeping its tables under ``state_dir``; ``member`` is the replica's
     static member name (``member_name``), ``url`` the address other replicas know it by."""
-    return faust.App(
+    app = faust.App(
         app_id,
         broker=[f"kafka://{server}" for server in kafka.require_bootstrap().split(",")],
         broker_credentials=credentials(kafka),
@@ -103,7 +109,31 @@ def stream_app(
         processing_guarantee="at_least_once",
         producer_acks=-1,
         producer_max_request_size=kafka.max_message_bytes,
+        producer_linger=0.005,  # as the project's own producers: a few records per request
     )
+    app.transport = _Transport(app.conf.broker_consumer, app)
+    app.transport.idle_pause_s = kafka.fetch_idle_pause_ms / 1000
+    return app
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def on_start(self) -> None:
+        await super().on_start()
+        pause_when_idle(self._consumer, self.transport.idle_pause_s)  # type: ignore[arg-type,attr-defined]
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    """faust's aiokafka transport whose consumer pauses after an empty fetch
+    (``kafka.pause_when_idle``): faust's own consumer would otherwise ask the embedded broker
+    for records in a tight loop whenever its partitions are caught up."""
+
+    Consumer = _Consumer
+    idle_pause_s = 0.0
 
 
 def credentials(kafka: KafkaSettings) -> CredentialsT | None:
