@@ -34,7 +34,7 @@ from switchboard.route import conversations
 from switchboard.route.ops import OpsView, ops_router
 from switchboard.route.rules import Outcome, evaluate, rules_version
 from switchboard.route.settings import RouteSettings
-from switchboard.route.spikes import Spike, SpikeKeys, SpikeWindows
+from switchboard.route.spikes import Spike, SpikeKeys, SpikeTally, SpikeWindows
 from switchboard.shared import metrics, topics
 from switchboard.shared.access import AccessPolicy
 from switchboard.shared.config import SwitchboardConfig
@@ -104,7 +104,10 @@ class RouteService:
         )  # fmt: skip
         self.due = conversations.DueIndex()
         self.spike_windows = SpikeWindows(self.app, self.config.route.spikes, partitions)
-        self.acks = AckAfterPublish(self.app, self.name, self.handle)
+        self.spike_tally = SpikeTally()
+        self.acks = AckAfterPublish(
+            self.app, self.name, self.handle, deferred=self.spike_tally.drain
+        )
         self.spike_acks = AckAfterPublish(self.app, self.name, self.on_spike_observation)
         inputs = raw_topic(self.app, topics.CLASSIFIED, topics.BRAND, topics.ROUTE_DUE)
         spikes = raw_topic(self.app, topics.ROUTE_SPIKES)
@@ -195,7 +198,7 @@ class RouteService:
                 assert awaited is not None
                 metrics.AWAITING_REPLY.labels(awaited.handle or "none", awaited.department).inc()
             self._remember(new_state)
-        outputs += self._spike_observations(event, outcome, now)
+        self._tally_spikes(event, outcome)
         self._count(routed, outcome)
         return outputs
 
@@ -308,24 +311,12 @@ class RouteService:
             sla_due_at=outcome.sla_due_at,
         )
 
-    def _spike_observations(
-        self, event: ClassifiedTweet, outcome: Outcome, now: datetime
-    ) -> list[Output]:
-        if not self.config.route.spikes.enabled or outcome.destination == "dropped":
-            return []
-        return [
-            Output.of(
-                topics.ROUTE_SPIKES,
-                SpikeObservation(
-                    dimension=dimension,
-                    value=value,
-                    tweet=event.tweet,  # type: ignore[arg-type]
-                    observed_at=now,
-                ),
-                f"{dimension}:{value}",
-            )  # fmt: skip
-            for dimension, value in self.spike_keys.of(event.tweet, outcome.department)
-        ]
+    def _tally_spikes(self, event: ClassifiedTweet, outcome: Outcome) -> None:
+        """Count the tweet for its spike keys; ``self.acks`` publishes the tally."""
+        spikes = self.config.route.spikes
+        if spikes.enabled and outcome.destination != "dropped":
+            keys = self.spike_keys.of(event.tweet, outcome.department)
+            self.spike_tally.add(keys, event.tweet, spikes.samples)
 
     def on_spike_observation(self, message: Any) -> list[Output]:
         observation = decode_or_dead_letter(message, SpikeObservation, self.name)

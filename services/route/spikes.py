@@ -8,24 +8,28 @@ Nothing is reported until a baseline period (``baseline_windows`` windows) has p
 replica started: a key it was just given may come with no history (a first start, windows
 expired while no replica ran), and every busy department would look like a spike.
 
-route publishes one ``SpikeObservation`` per routed tweet and spike key on
-``switchboard.route.spikes``, keyed by the spike key, so every count of a key reaches the one
-replica that owns the key's partition, whichever replica routed the tweet. The counts live in
-faust windowed tables (``SpikeWindows``); ``judge`` is the decision, pure.
+route tallies the spike keys of the tweets it routes (``SpikeTally``) and publishes, a few
+times a second, one ``SpikeObservation`` per key with its count on ``switchboard.route.spikes``,
+keyed by the spike key, so every count of a key reaches the one replica that owns the key's
+partition, whichever replica routed the tweet. (One record per tweet and key made route
+consume four times what it routed.) The counts live in faust windowed tables
+(``SpikeWindows``); ``judge`` is the decision, pure.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faust
 
 from switchboard.shared.config import SpikeConfig
-from switchboard.shared.events import SpikeObservation, Tweet
+from switchboard.shared.events import SpikeObservation, Tweet, utc_now
+from switchboard.shared.kafka import Output
 from switchboard.shared.labels import Department
 from switchboard.shared.streams import STORE_OPTIONS
+from switchboard.shared.topics import ROUTE_SPIKES
 
 Dimension = str  # "department" | "handle" | "keyword"
 
@@ -58,6 +62,50 @@ class SpikeKeys:
         if "keyword" in wanted:
             found += [("keyword", k) for k, pattern in self._keywords if pattern.search(tweet.text)]
         return found
+
+
+@dataclass(slots=True)
+class _Tally:
+    count: int
+    tweets: list[Tweet] = field(default_factory=list)
+
+
+class SpikeTally:
+    """The spike keys of the tweets routed since the last ``drain``: how many per key, and the
+    first few tweets of each as samples."""
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[Dimension, str], _Tally] = {}
+
+    def add(self, keys: list[tuple[Dimension, str]], tweet: Tweet, samples: int) -> None:
+        for key in keys:
+            tally = self._keys.get(key)
+            if tally is None:
+                self._keys[key] = _Tally(1, [tweet])
+                continue
+            tally.count += 1
+            if len(tally.tweets) < samples:
+                tally.tweets.append(tweet)
+
+    def drain(self) -> list[Output]:
+        """One observation per key tallied, and an empty tally."""
+        tallied, self._keys = self._keys, {}
+        now = utc_now()
+        return [
+            Output.of(
+                ROUTE_SPIKES,
+                SpikeObservation(
+                    dimension=dimension,  # type: ignore[arg-type]
+                    value=value,
+                    tweet=tally.tweets[0],
+                    more=tally.tweets[1:],
+                    count=tally.count,
+                    observed_at=now,
+                ),
+                f"{dimension}:{value}",
+            )
+            for (dimension, value), tally in tallied.items()
+        ]
 
 
 def bar(config: SpikeConfig, baseline: float) -> float:
@@ -122,14 +170,15 @@ class SpikeWindows:
 
     def observe(self, observation: SpikeObservation) -> Spike | None:
         key = f"{observation.dimension}:{observation.value}"
-        self.counts[key] += 1
+        self.counts[key] += observation.count
         window = self.counts[key]
         count = window.current()
         windows = range(1, self.config.baseline_windows + 1)
         history = [window.delta(self.window_s * i) for i in windows]
         samples = self.samples[key].current()
         if len(samples) < self.config.samples:
-            samples = [*samples, observation.tweet.model_dump(mode="json")]
+            tweets = [observation.tweet, *observation.more][: self.config.samples - len(samples)]
+            samples = [*samples, *(tweet.model_dump(mode="json") for tweet in tweets)]
             self.samples[key] = samples
         number = int(observation.observed_at.timestamp() // self.window_s)
         episode = self.episodes.get(key)

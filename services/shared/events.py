@@ -266,15 +266,19 @@ class ConversationDue(Event):
 
 
 class SpikeObservation(Event):
-    """On ``switchboard.route.spikes``, keyed by ``dimension:value``: one routed tweet counted
-    for a spike key. Re-keying by the spike key sends every count of a key to the replica that
-    owns it, whichever replica routed the tweet, so each key is counted whole and alerts once."""
+    """On ``switchboard.route.spikes``, keyed by ``dimension:value``: routed tweets counted for
+    a spike key, ``count`` of them (those a replica routed for the key within a fraction of a
+    second), with the first as ``tweet`` and a few more as ``more`` for the alert's samples.
+    Re-keying by the spike key sends every count of a key to the replica that owns it, whichever
+    replica routed the tweets, so each key is counted whole and alerts once."""
 
     event_type: Literal["route.spike"] = "route.spike"
     dimension: Literal["department", "handle", "keyword"]
     value: str
     tweet: Tweet
     observed_at: AwareDatetime
+    count: int = Field(default=1, ge=1, description="routed tweets counted, `tweet` included")
+    more: list[Tweet] = Field(default_factory=list, description="further sample tweets")
 
 
 Channel = Literal["email", "webhook", "zendesk", "jira", "salesforce", "hubspot"]

@@ -38,7 +38,7 @@ import logging
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 from aiokafka.errors import KafkaError
@@ -206,6 +206,15 @@ class _Sender:
 RecordHandler = Callable[[Any], list[Output]]  # a faust Message -> what to publish
 
 
+class _InFlight(NamedTuple):
+    """An input's outputs on their way to the broker (no input: drained deferred outputs)."""
+
+    stream: faust.StreamT | None
+    event: Any
+    outputs: list[Output]
+    sent: list[Any]  # the producer's futures, or the error that stopped a send
+
+
 class AckAfterPublish:
     """Runs a service's handler over a faust stream with the delivery guarantee of the README:
     an input's offset is acknowledged to faust (which commits acknowledged offsets) only once
@@ -218,31 +227,74 @@ class AckAfterPublish:
     it wait, so a broker outage delays work and loses nothing. An output too large for the
     cluster is dead-lettered (``kafka.publish``). A record whose handling raises is
     dead-lettered ``processing_failed`` with the error: one poison record never stops a stream.
+
+    ``deferred``, if given, returns outputs the handler accumulated over many inputs (route's
+    spike counts, one record per key instead of one per tweet). It is drained every
+    ``hold_s`` seconds (or after ``max_held`` inputs); the inputs handled since the previous
+    drain are acknowledged only after the outputs drained for them were.
     """
 
-    def __init__(self, app: faust.App, service: str, handle: RecordHandler,
-                 *, max_in_flight: int = 2_000) -> None:  # fmt: skip
+    def __init__(
+        self,
+        app: faust.App,
+        service: str,
+        handle: RecordHandler,
+        *,
+        deferred: Callable[[], list[Output]] | None = None,
+        hold_s: float = 0.25,
+        max_held: int = 1_000,
+        max_in_flight: int = 2_000,
+    ) -> None:
         self.app = app
         self.service = service
         self.handle = handle
         self.sender = _Sender(app)
-        self._in_flight: asyncio.Queue[tuple[faust.StreamT, Any, list[Output], list[Any]]] = (
-            asyncio.Queue(max_in_flight)
-        )
+        self.deferred = deferred
+        self.hold_s = hold_s
+        self.max_held = max_held
+        self._in_flight: asyncio.Queue[_InFlight] = asyncio.Queue(max_in_flight)
+        self._held: list[_InFlight] = []
+        self._releasing = asyncio.Lock()
 
     async def agent(self, stream: faust.StreamT) -> None:
         """The agent body: ``app.agent(topic)(acks.agent)``."""
-        acknowledging = asyncio.create_task(self._acknowledge())
+        background = [asyncio.create_task(self._acknowledge())]
+        if self.deferred is not None:
+            background.append(asyncio.create_task(self._release_every_hold()))
         try:
             async for event in stream.noack().events():
                 message = event.message
                 metrics.CONSUMED.labels(self.service, message.topic).inc()
                 outputs = self._handled(message)
                 sent = [await self._send(output) for output in outputs]
-                await self._in_flight.put((stream, event, outputs, sent))
+                if self.deferred is None:
+                    await self._in_flight.put(_InFlight(stream, event, outputs, sent))
+                    continue
+                self._held.append(_InFlight(stream, event, outputs, sent))
+                if len(self._held) >= self.max_held:
+                    await self._release()
         finally:
-            acknowledging.cancel()
-            await asyncio.gather(acknowledging, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+
+    async def _release_every_hold(self) -> None:
+        while True:
+            await asyncio.sleep(self.hold_s)
+            await self._release()
+
+    async def _release(self) -> None:
+        """Send the deferred outputs, then let the held inputs be acknowledged behind them."""
+        assert self.deferred is not None
+        async with self._releasing:
+            held, self._held = self._held, []
+            outputs = self.deferred()  # drained with the swap: no await between the two
+            if not held and not outputs:
+                return
+            sent = [await self._send(output) for output in outputs]
+            await self._in_flight.put(_InFlight(None, None, outputs, sent))
+            for item in held:
+                await self._in_flight.put(item)
 
     def _handled(self, message: Any) -> list[Output]:
         try:
@@ -269,7 +321,8 @@ class AckAfterPublish:
                 metrics.PRODUCED.labels(self.service, output.topic).inc()
             if failed:  # publish() counts what it publishes
                 await self._publish_until_acknowledged(failed)
-            await stream.ack(event)
+            if stream is not None:
+                await stream.ack(event)
 
     async def _publish_until_acknowledged(self, outputs: list[Output]) -> None:
         async for attempt in AsyncRetrying(

@@ -8,9 +8,16 @@ import pytest
 
 from switchboard.route import conversations
 from switchboard.route.rules import evaluate, in_window, rules_version
-from switchboard.route.spikes import SpikeKeys, bar, judge
+from switchboard.route.spikes import SpikeKeys, SpikeTally, bar, judge
 from switchboard.shared.config import SpikeConfig, SwitchboardConfig, TimeWindow
-from switchboard.shared.events import Author, BrandTweet, RouteDecision, Trace
+from switchboard.shared.events import (
+    Author,
+    BrandTweet,
+    RouteDecision,
+    SpikeObservation,
+    Trace,
+    decode,
+)
 from switchboard.shared.labels import Department, Urgency
 from tests.factories import a_classified_tweet as classified
 from tests.factories import a_tweet
@@ -328,3 +335,18 @@ def test_keywords_and_handles_are_watched_separately():
     tweet = a_tweet(text="is this a RECALL? recalled", addressed_handles=["@AcmeHelp"])
     assert keys.of(tweet, Department.LEGAL) == [("handle", "@AcmeHelp"), ("keyword", "recall")]
     assert keys.of(a_tweet(text="recalled"), Department.LEGAL) == [("handle", "@SkylarkDeals")]
+
+
+def test_the_spike_tally_publishes_one_observation_per_key_with_its_count_and_samples():
+    tally = SpikeTally()
+    for i in range(7):
+        tweet = a_tweet(id=f"t{i}")
+        keys = [("department", "billing"), ("handle", "@acme")] if i < 5 else [("keyword", "x")]
+        tally.add(keys, tweet, samples=3)
+    outputs = {output.key: decode(SpikeObservation, output.value) for output in tally.drain()}
+    assert set(outputs) == {b"department:billing", b"handle:@acme", b"keyword:x"}
+    billing = outputs[b"department:billing"]
+    assert billing.count == 5
+    assert [t.id for t in [billing.tweet, *billing.more]] == ["t0", "t1", "t2"]
+    assert outputs[b"keyword:x"].count == 2 and len(outputs[b"keyword:x"].more) == 1
+    assert tally.drain() == []  # drained: nothing counted twice

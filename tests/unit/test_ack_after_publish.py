@@ -1,0 +1,107 @@
+"""AckAfterPublish's ordering: an input is acknowledged to faust only after the broker
+acknowledged its outputs, and the outputs deferred for it (route's spike tally). The stream and
+producer are stand-ins: this is the ordering logic alone (the real thing runs in
+tests/integration/test_stream_state.py and the e2e tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+from switchboard.shared.kafka import Output
+from switchboard.shared.streams import AckAfterPublish
+
+
+@dataclass
+class _Event:
+    message: Any
+
+
+class _Stream:
+    def __init__(self, topics: list[str]) -> None:
+        self._events = [_Event(SimpleNamespace(topic=t, value=t.encode())) for t in topics]
+        self.acked: list[str] = []
+        self.done = asyncio.Event()
+
+    def noack(self) -> _Stream:
+        return self
+
+    async def events(self) -> Any:
+        for event in self._events:
+            yield event
+        await self.done.wait()  # a stream stays open until the agent is stopped
+
+    async def ack(self, event: _Event) -> None:
+        self.acked.append(event.message.topic)
+
+
+class _Producer:
+    """Each send returns a future the test resolves, as the broker's acknowledgement."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, asyncio.Future[None]] = {}
+
+    async def send(self, topic: str, key: Any, value: Any, *_: Any) -> asyncio.Future[None]:
+        self.pending[topic] = asyncio.get_running_loop().create_future()
+        return self.pending[topic]
+
+
+async def _until(condition: Any) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_inputs_wait_for_the_outputs_deferred_for_them():
+    producer = _Producer()
+    tally: list[str] = []
+
+    def handle(message: Any) -> list[Output]:
+        tally.append(message.topic)
+        return [Output(f"out-{message.topic}", b"x")]
+
+    def drain() -> list[Output]:
+        outputs = [Output("spikes", b",".join(t.encode() for t in tally))] if tally else []
+        tally.clear()
+        return outputs
+
+    acks = AckAfterPublish(
+        SimpleNamespace(producer=producer), "test", handle, deferred=drain, hold_s=0.05
+    )
+    stream = _Stream(["a", "b"])
+    agent = asyncio.create_task(acks.agent(stream))  # type: ignore[arg-type]
+    try:
+        await _until(lambda: "spikes" in producer.pending)
+        producer.pending["out-a"].set_result(None)
+        producer.pending["out-b"].set_result(None)
+        await asyncio.sleep(0.2)
+        assert stream.acked == []  # their own outputs are in, the deferred ones are not
+        producer.pending["spikes"].set_result(None)
+        await _until(lambda: stream.acked == ["a", "b"])
+    finally:
+        agent.cancel()
+        await asyncio.gather(agent, return_exceptions=True)
+
+
+async def test_without_deferred_outputs_each_input_waits_for_its_own():
+    producer = _Producer()
+    acks = AckAfterPublish(
+        SimpleNamespace(producer=producer), "test", lambda m: [Output(f"out-{m.topic}", b"x")]
+    )
+    stream = _Stream(["a", "b"])
+    agent = asyncio.create_task(acks.agent(stream))  # type: ignore[arg-type]
+    try:
+        await _until(lambda: "out-b" in producer.pending)
+        producer.pending["out-a"].set_result(None)
+        await _until(lambda: stream.acked == ["a"])
+        await asyncio.sleep(0.1)
+        assert stream.acked == ["a"]
+        producer.pending["out-b"].set_result(None)
+        await _until(lambda: stream.acked == ["a", "b"])
+    finally:
+        agent.cancel()
+        await asyncio.gather(agent, return_exceptions=True)
