@@ -36,6 +36,13 @@ within a group the consumer sources (tweets addressed to companies) are read bef
 which only fills what they cannot. Groups are taken rarest first, so a tweet hit by two groups
 counts for the rarer. Most hits will not be critical: a keyword only chooses what is read.
 
+Round 6 (``--round 6``, excluding rounds 1-5, PREDICTIONS from ``minilm-real-v1``, the model
+trained on rounds 1-5): model-selected. After five rounds, keywords point mostly at tweets the
+model already gets right; the tweets a label teaches most are those the current model is least
+sure of. 300 with the highest critical score (critical recall is the weakest figure) and 300
+whose two likeliest departments are closest, in that order; no source gives more than 40 % of
+either group.
+
 The evaluation set ``../shared/data/realworld/`` is never read: the pool was already cleaned of
 its near-duplicates by whoever built the pool.
 """
@@ -174,6 +181,8 @@ ROUND5 = {  # group: (pattern, quota); taken in this order (rarest first)
         150,
     ),
 }
+ROUND6 = {"critical": 300, "uncertain": 300}  # group: quota, taken in this order
+ROUND6_SOURCE_SHARE = 0.4  # at most this share of a group from one source
 ROUND5_GROUP_SHARE = 0.6  # at most this share of a group's quota from one source
 ROUND5_SOURCE_SHARE = 0.4  # at most this share of the round from one source
 ROUND2_CONFIDENT = 0.6  # the old model's department confidence that counts as a pointer
@@ -189,17 +198,18 @@ def main() -> None:
     parser.add_argument("pool", type=Path)
     parser.add_argument("predictions", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--round", type=int, choices=(1, 2, 3, 4, 5), default=1)
+    parser.add_argument("--round", type=int, choices=(1, 2, 3, 4, 5, 6), default=1)
     parser.add_argument(
         "--exclude", type=Path, action="append", default=[], help="what earlier rounds selected"
     )
     args = parser.parse_args()
     rng = random.Random(SEED + args.round - 1)
     pool = [json.loads(line) for line in args.pool.open(encoding="utf-8")]
-    predicted = {}
+    predicted, scores = {}, {}
     for line in args.predictions.open(encoding="utf-8"):
         row = json.loads(line)
         predicted[row["id"]] = (row["department"], row["urgency"], row["confidence"])
+        scores[row["id"]] = row
     chosen: dict[str, str] = {}  # id -> why it was chosen
     excluded = {
         json.loads(line)["id"] for path in args.exclude for line in path.open(encoding="utf-8")
@@ -225,6 +235,10 @@ def main() -> None:
         return
     if args.round == 5:
         round5(pool, chosen, excluded, rng)
+        write(pool, chosen, rng, args.out)
+        return
+    if args.round == 6:
+        round6(pool, scores, chosen, excluded)
         write(pool, chosen, rng, args.out)
         return
     if args.round in (3, 4):
@@ -280,6 +294,36 @@ def round5(
                 continue
             chosen[tweet["id"]] = f"round5:{group}"
             in_group[repo] += 1
+            per_source[repo] += 1
+            taken += 1
+
+
+def round6(
+    pool: list[dict], scores: dict[str, dict], chosen: dict[str, str], excluded: set[str]
+) -> None:
+    """The current model's least certain tweets: highest critical score, smallest department
+    margin; ties broken by id, so the same predictions give the same round."""
+
+    def margin(tweet: dict) -> float:
+        first, second = sorted(scores[tweet["id"]]["department_scores"].values())[-2:][::-1]
+        return first - second
+
+    order = {
+        "critical": lambda t: (-scores[t["id"]]["urgency_scores"]["critical"], t["id"]),
+        "uncertain": lambda t: (margin(t), t["id"]),
+    }
+    fresh = [t for t in pool if t["id"] not in excluded]
+    for group, count in ROUND6.items():
+        cap = int(ROUND6_SOURCE_SHARE * count)
+        per_source: dict[str, int] = defaultdict(int)
+        taken = 0
+        for tweet in sorted((t for t in fresh if t["id"] not in chosen), key=order[group]):
+            if taken == count:
+                break
+            repo = tweet["source"].split(":")[0]
+            if per_source[repo] >= cap:
+                continue
+            chosen[tweet["id"]] = f"round6:{group}"
             per_source[repo] += 1
             taken += 1
 
