@@ -22,8 +22,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -58,15 +56,7 @@ from switchboard.shared.kafka import Output, decode_or_dead_letter, ensure_topic
 from switchboard.shared.labels import Urgency
 from switchboard.shared.runtime import http_app, run_service
 from switchboard.shared.settings import ConfigError, ServiceSettings
-from switchboard.shared.streams import (
-    STORE_OPTIONS,
-    AckAfterPublish,
-    member_name,
-    raw_topic,
-    stream_app,
-    until_worker_ready,
-    worker_ready,
-)
+from switchboard.shared.streams import STORE_OPTIONS, AckAfterPublish, StreamWorker, raw_topic
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +72,11 @@ class RouteService:
         self.config = settings.config
         self.version = rules_version(self.config.route)
         self.spike_keys = SpikeKeys(self.config.route.spikes)
-        self._own_state_dir = settings.state_dir is None
-        state_dir = settings.state_dir or Path(tempfile.mkdtemp(prefix="switchboard-route-"))
-        partitions = self.config.topics.partitions
-        self.app = stream_app(
-            GROUP_ID,
-            settings.kafka,
-            state_dir=state_dir,
-            member=member_name(settings.kafka, self.name),
-            url=f"http://{settings.http_host}:{settings.port}",
-            partitions=partitions,
-            replication_factor=self.config.topics.replication_factor,
-            standby_replicas=self.config.route.standby_replicas,
+        self.streams = StreamWorker(
+            GROUP_ID, self.name, settings, standby_replicas=self.config.route.standby_replicas
         )
+        self.app = self.streams.app
+        partitions = self.streams.partitions
         self.conversations = self.app.Table(
             "conversations", key_type=bytes, value_type=bytes, partitions=partitions,
             changelog_topic=raw_topic(
@@ -119,13 +101,11 @@ class RouteService:
         self._index_stale = True
         self._config_digest = _digest(settings.config_file)
         self.ops = OpsView(settings.kafka)
-        self._app_task: asyncio.Task[None] | None = None
-        self._started = False
 
     @property
     def ready(self) -> bool:
         """Started, and the table restored for the partitions it was given."""
-        return self._started and worker_ready(self.app)
+        return self.streams.ready
 
     def http_app(self) -> FastAPI:
         app = http_app(self, AccessPolicy.of(self.config.access))
@@ -142,9 +122,7 @@ class RouteService:
             self.config.topics.partitions,
             self.config.topics.replication_factor,
         )  # fmt: skip
-        self._app_task = asyncio.create_task(self.app.start(), name="route-streams")
-        await until_worker_ready(self.app)
-        self._started = True
+        await self.streams.start()
 
     async def run(self, stop: asyncio.Event) -> None:
         background = [
@@ -155,8 +133,7 @@ class RouteService:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
-                if self.app.crashed:
-                    raise RuntimeError(f"the stream processor crashed: {self.app.crash_reason!r}")
+                self.streams.check()
         finally:
             for task in background:
                 task.cancel()
@@ -455,14 +432,7 @@ class RouteService:
         return "applied"
 
     async def close(self) -> None:
-        self._started = False
-        with contextlib.suppress(Exception):
-            await self.app.stop()
-        if self._app_task is not None:
-            self._app_task.cancel()
-            await asyncio.gather(self._app_task, return_exceptions=True)
-        if self._own_state_dir:
-            shutil.rmtree(self.app.conf.datadir, ignore_errors=True)
+        await self.streams.stop()
 
 
 def admin_router(service: RouteService) -> APIRouter:
