@@ -54,14 +54,19 @@ from switchboard.shared.events import (
     LedgerEntry,
     RedriveRequest,
     RoutedTweet,
-    decode,
     encode,
     utc_now,
 )
 from switchboard.shared.kafka import Output, decode_or_dead_letter, ensure_topics, publish
 from switchboard.shared.labels import Department
 from switchboard.shared.runtime import http_app, run_service
-from switchboard.shared.streams import STORE_OPTIONS, AckAfterPublish, StreamWorker, raw_topic
+from switchboard.shared.streams import (
+    STORE_OPTIONS,
+    AckAfterPublish,
+    StreamWorker,
+    raw_topic,
+    table_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +191,9 @@ class NotifyService:
     def expired_ledger(self, now: datetime) -> list[str]:
         """Conversations whose ledger entry is older than the retention."""
         oldest = now - timedelta(hours=self.options.ledger_retention_hours)
-        entries = [decode(LedgerEntry, value) for value in self.ledger.values()]
+        entries = [table_value(LedgerEntry, value, "ledger") for value in self.ledger.values()]
         metrics.TABLE_ENTRIES.labels(self.name, topics.NOTIFICATIONS_LEDGER).set(len(entries))
-        return [e.conversation_id for e in entries if e.updated_at < oldest]
+        return [e.conversation_id for e in entries if e is not None and e.updated_at < oldest]
 
     # --- per record, inside its partition's stream ------------------------------------------
 
@@ -259,7 +264,7 @@ class NotifyService:
 
     def ledger_entry(self, conversation_id: str) -> LedgerEntry | None:
         value = self.ledger.get(conversation_id.encode("utf-8"))
-        return decode(LedgerEntry, value) if value else None
+        return table_value(LedgerEntry, value, "ledger")
 
     def _redrive_jobs(self, request: RedriveRequest) -> list[Job]:
         wanted = [s for s in self.options.subscriptions if s.name == request.subscription]

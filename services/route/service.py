@@ -48,7 +48,6 @@ from switchboard.shared.events import (
     SpikeAlert,
     SpikeObservation,
     Trace,
-    decode,
     encode,
     utc_now,
 )
@@ -56,7 +55,13 @@ from switchboard.shared.kafka import Output, decode_or_dead_letter, ensure_topic
 from switchboard.shared.labels import Urgency
 from switchboard.shared.runtime import http_app, run_service
 from switchboard.shared.settings import ConfigError, ServiceSettings
-from switchboard.shared.streams import STORE_OPTIONS, AckAfterPublish, StreamWorker, raw_topic
+from switchboard.shared.streams import (
+    STORE_OPTIONS,
+    AckAfterPublish,
+    StreamWorker,
+    raw_topic,
+    table_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +255,7 @@ class RouteService:
 
     def _state(self, conversation_id: str) -> ConversationState | None:
         value = self.conversations.get(conversation_id.encode("utf-8"))
-        return decode(ConversationState, value) if value else None
+        return table_value(ConversationState, value, "conversations")
 
     def _active(self, conversation_id: str, now: datetime) -> ConversationState | None:
         state = self._state(conversation_id)
@@ -354,7 +359,9 @@ class RouteService:
             return
         if self._index_stale:
             self._index_stale = False
-            self.due.rebuild(decode(ConversationState, v) for v in self.conversations.values())
+            states = (table_value(ConversationState, v, "conversations") for v in
+                      self.conversations.values())  # fmt: skip
+            self.due.rebuild(state for state in states if state is not None)
             log.info("conversations indexed", extra={"n": len(self.due)})
         metrics.TABLE_ENTRIES.labels(self.name, topics.ROUTE_CONVERSATIONS).set(len(self.due))
         now = datetime.now(UTC)

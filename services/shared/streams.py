@@ -56,7 +56,7 @@ from tenacity import (
 )
 
 from switchboard.shared import metrics
-from switchboard.shared.events import DecodeError
+from switchboard.shared.events import DecodeError, E, decode
 from switchboard.shared.kafka import (
     TRANSIENT_ERRORS,
     Output,
@@ -79,6 +79,8 @@ STORE_OPTIONS: dict[str, int] = {
     "max_write_buffer_number": 2,
     "block_cache_size": 8 * 2**20,
 }
+
+LAG_EVERY_S = 5.0  # how often a replica reports its consumer lag
 
 
 def stream_app(
@@ -147,10 +149,27 @@ class StreamWorker:
             standby_replicas=standby_replicas,
         )
         self._task: asyncio.Task[None] | None = None
+        self.app.timer(LAG_EVERY_S, name="consumer-lag")(self.report_lag)
 
     @property
     def ready(self) -> bool:
         return self._task is not None and worker_ready(self.app)
+
+    async def report_lag(self) -> None:
+        """``switchboard_consumer_lag`` of the input partitions this replica owns (not of its
+        tables' changelogs), as the aiokafka services report theirs: the dashboards and the
+        lag alert read it by consumer group."""
+        consumer = self.app.consumer
+        changelogs = set(self.app.tables.changelog_topics)
+        for tp in consumer.assignment():
+            if tp.topic in changelogs:
+                continue
+            with contextlib.suppress(KafkaError, AssertionError):
+                end, position = consumer.highwater(tp), await consumer.position(tp)
+                if end is not None and position is not None:
+                    metrics.CONSUMER_LAG.labels(self.app.conf.id, tp.topic, str(tp.partition)).set(
+                        max(0, end - position)
+                    )
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.app.start(), name=f"{self.service}-streams")
@@ -224,6 +243,20 @@ def raw_topic(app: faust.App, *names: str, **options: Any) -> faust.TopicT:
         *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
         **options,
     )  # fmt: skip
+
+
+def table_value(event_type: type[E], value: bytes | None, table: str) -> E | None:
+    """A table's value as its event, or None when it cannot be read: only the service writes
+    its tables, and an unreadable value (a bug, a hand-made record on the changelog) must not
+    fail every record of its key, nor the sweep that reads them all. Logged and treated as
+    absent: the next change of the key overwrites it."""
+    if value is None:
+        return None
+    try:
+        return decode(event_type, value)
+    except DecodeError as problem:
+        log.warning("unreadable table value ignored", extra={"table": table, "error": str(problem)})
+        return None
 
 
 def worker_ready(app: faust.App) -> bool:

@@ -70,6 +70,12 @@ class Replica:
         pattern = rf"^{name}(?:\{{[^}}]*\}})? (\S+)$"
         return sum(float(value) for value in re.findall(pattern, text, re.MULTILINE))
 
+    async def lag_reported(self) -> bool:
+        """Whether it reports its consumer group's lag, as the dashboards read it."""
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            text = (await client.get(self.url("/metrics"))).text
+        return f'switchboard_consumer_lag{{group="switchboard-{self.service}"' in text
+
     def kill(self) -> None:
         assert self.process is not None
         kill(self.process)
@@ -174,6 +180,7 @@ async def test_two_replicas_of_route_and_notify_keep_each_conversation_with_its_
         held = [await r.metric("switchboard_table_entries") for r in (a, b)]
         recorded = [await r.metric("switchboard_table_entries") for r in (notify_a, notify_b)]
         emails = inbox.messages()
+        lag_reported = [await r.lag_reported() for r in replicas]
     finally:
         await producer.stop()
         for replica in replicas:
@@ -201,3 +208,4 @@ async def test_two_replicas_of_route_and_notify_keep_each_conversation_with_its_
     assert len(message_ids) == 2 * CONVERSATIONS
     assert len(emails) - len(message_ids) <= 10
     assert sum(recorded) == 2 * CONVERSATIONS and min(recorded) > 0  # each ledger entry once
+    assert all(lag_reported)
