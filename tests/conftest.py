@@ -108,10 +108,9 @@ def service_environment(kafka: KafkaSettings, **extra: str) -> dict[str, str]:
         k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_", "SWITCHBOARD_"))
     }
     env.update(
-        KAFKA_BOOTSTRAP_SERVERS=kafka.require_bootstrap(),
-        SWITCHBOARD_CONFIG_FILE=str(CONFIG_FILE),
-        **extra,
+        KAFKA_BOOTSTRAP_SERVERS=kafka.require_bootstrap(), SWITCHBOARD_CONFIG_FILE=str(CONFIG_FILE)
     )
+    env.update(extra)  # may name another config file
     return env
 
 

@@ -1,29 +1,35 @@
 """The notify service: tells the people and systems subscribed to a department about its tweets.
 
-Consumes the department topics (and ``switchboard.notifications.redrive``). For each routed
-tweet and each matching subscription in ``notify.subscriptions`` it makes one effect on the
-subscription's channel (email, signed webhook, Zendesk, Jira, Salesforce, HubSpot), and
-publishes a Delivery on ``switchboard.notifications.deliveries``, or, after the last retry, on
+A faust-streaming app. Its agent consumes the department topics,
+``switchboard.notifications.redrive`` and its own ``switchboard.notifications.due``, all keyed by
+conversation id and co-partitioned. For each routed tweet and each matching subscription in
+``notify.subscriptions`` it makes one effect on the subscription's channel (email, signed
+webhook, Zendesk, Jira, Salesforce, HubSpot), and publishes a Delivery on
+``switchboard.notifications.deliveries``, or, after the last retry, on
 ``switchboard.notifications.dlq`` with the error and the routed tweet (``switchboard dlq
 redrive`` tries it again).
 
-Exactly-once effects: each effect is recorded on the compacted ledger topic as soon as it
-succeeded, keyed by conversation; a restart or a redelivery skips what the ledger holds, and
-the vendors' own idempotency (Zendesk Idempotency-Key and external_id, Jira labels, CRM
-upserts, webhook Idempotency-Key, a stable email Message-ID) covers the moment in between.
-Follow-ups in a conversation go to the same ticket or issue. Channels run concurrently; each
-has its own circuit breaker and rate limit, so one failing target never blocks the others.
+Exactly-once effects: each effect is recorded in the faust table ``ledger`` (its changelog is
+the compacted ``switchboard.notifications.ledger``) as soon as it succeeded, keyed by
+conversation; a restart or a redelivery skips what the ledger holds, and the vendors' own
+idempotency (Zendesk Idempotency-Key and external_id, Jira labels, CRM upserts, webhook
+Idempotency-Key, a stable email Message-ID) covers the moment in between. A replica holds the
+ledger of its own partitions only. Follow-ups in a conversation go to the same ticket or issue.
+Tweets are delivered concurrently (a vendor's round trip each), except that the deliveries of
+one conversation to one target run in order; each channel has its own circuit breaker and rate
+limit, so one failing target never blocks the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from fastapi import FastAPI
 
 from switchboard.notify.channels import Channel, Done, Job, channels_for
@@ -44,27 +50,27 @@ from switchboard.shared.access import AccessPolicy
 from switchboard.shared.config import Subscription
 from switchboard.shared.events import (
     Delivery,
+    LedgerDue,
     LedgerEntry,
     RedriveRequest,
     RoutedTweet,
+    encode,
     utc_now,
 )
-from switchboard.shared.kafka import (
-    Output,
-    StreamLoop,
-    decode_or_dead_letter,
-    ensure_topics,
-    make_consumer,
-    make_producer,
-    publish,
-)
+from switchboard.shared.kafka import Output, decode_or_dead_letter, ensure_topics, publish
 from switchboard.shared.labels import Department
 from switchboard.shared.runtime import http_app, run_service
-from switchboard.shared.table import ChangelogTable
+from switchboard.shared.streams import (
+    STORE_OPTIONS,
+    AckAfterPublish,
+    StreamWorker,
+    raw_topic,
+    table_value,
+)
 
 log = logging.getLogger(__name__)
 
-GROUP_ID = "switchboard-notify"
+GROUP_ID = "switchboard-notify"  # the faust app's id: its consumer group and table prefix
 
 
 def delivery_id(routed: RoutedTweet, subscription: Subscription) -> str:
@@ -94,23 +100,33 @@ class NotifyService:
             for name in self.channels
         }
         self.limiters = {name: RateLimiter(policy.rate_per_s.get(name)) for name in self.channels}  # type: ignore[call-overload]
-        self.ledger = ChangelogTable(settings.kafka, topics.NOTIFICATIONS_LEDGER, LedgerEntry)
+        self.streams = StreamWorker(GROUP_ID, self.name, settings)
+        self.app = self.streams.app
+        partitions = self.streams.partitions
+        self.ledger = self.app.Table(
+            "ledger", key_type=bytes, value_type=bytes, partitions=partitions,
+            changelog_topic=raw_topic(
+                self.app, topics.NOTIFICATIONS_LEDGER, partitions=partitions, compacting=True
+            ),
+            options=STORE_OPTIONS, help="LedgerEntry by conversation id",
+        )  # fmt: skip
+        # Inputs at work at once: each waits for its vendors, and offsets commit in order.
+        self.acks = AckAfterPublish(self.app, self.name, self.handle, max_in_flight=100)
+        inputs = raw_topic(
+            self.app, *topics.DEPARTMENT_TOPICS, topics.NOTIFICATIONS_REDRIVE,
+            topics.NOTIFICATIONS_DUE,
+        )  # fmt: skip
+        self.app.agent(inputs, name="notify")(self.acks.agent)
+        self.app.timer(self.options.ledger_sweep_s, name="ledger-sweep")(self.sweep_ledger)
         self.digests = DigestWorker(settings, SmtpMailer(settings.smtp))
-        self.producer = make_producer(settings.kafka, client_id="switchboard-notify")
-        self.consumer = make_consumer(
-            settings.kafka,
-            [*topics.DEPARTMENT_TOPICS, topics.NOTIFICATIONS_REDRIVE],
-            GROUP_ID,
-            "switchboard-notify",
-            listener=_RestoreOnAssignment(self),
-        )
+        # The latest delivery of each conversation and target: the next one waits for it.
+        self._latest: dict[tuple[str, str], asyncio.Task[Delivery]] = {}
         self.parked: set[str] = set()
         self.due = DueRedrives()
-        self._ready = False
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        return self.streams.ready
 
     def http_app(self) -> FastAPI:
         app = http_app(self, AccessPolicy.of(self.settings.config.access))
@@ -121,37 +137,31 @@ class NotifyService:
         await ensure_topics(
             self.settings.kafka,
             [*topics.DEPARTMENT_TOPICS, topics.DELIVERIES, topics.NOTIFICATIONS_DLQ,
-             topics.NOTIFICATIONS_REDRIVE, topics.NOTIFICATIONS_LEDGER, topics.DEADLETTER],
+             topics.NOTIFICATIONS_REDRIVE, topics.NOTIFICATIONS_LEDGER, topics.NOTIFICATIONS_DUE,
+             topics.DEADLETTER],
             self.settings.config.topics.partitions,
             self.settings.config.topics.replication_factor,
         )  # fmt: skip
-        await self.producer.start()
-        await self.ledger.restore()
         parked = await parked_deliveries(self.settings.kafka, Filters())
         self.parked = {d.delivery_id for d in parked}
         for delivery in parked:
             if delivery.retry_at is not None:
                 self.due.schedule(delivery)
         metrics.DLQ_SIZE.set(len(self.parked))
-        await self.consumer.start()
-        self._ready = True
+        await self.streams.start()
 
     async def run(self, stop: asyncio.Event) -> None:
         digests = asyncio.create_task(self.digests.run(stop), name="digests")
-        expiry = asyncio.create_task(self._expire_ledger(stop), name="ledger-expiry")
         redrives = asyncio.create_task(self._redrive_when_due(stop), name="due-redrives")
         try:
-            await StreamLoop(self.name, self.consumer, self.producer, self.handle).run(stop)
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                self.streams.check()
         finally:
-            expiry.cancel()
             redrives.cancel()
-            await asyncio.gather(expiry, redrives, return_exceptions=True)
+            await asyncio.gather(redrives, return_exceptions=True)
             await asyncio.wait_for(digests, timeout=10)
-
-    async def _expire_ledger(self, stop: asyncio.Event, every_s: float = 60.0) -> None:
-        while not stop.is_set():
-            await asyncio.sleep(every_s)
-            await publish(self.producer, self.expire_ledger(datetime.now(UTC)), self.name)
 
     async def _redrive_when_due(self, stop: asyncio.Event, every_s: float = 1.0) -> None:
         """Deliveries parked for a vendor's long wait go back on the redrive topic when their
@@ -161,56 +171,100 @@ class NotifyService:
             await asyncio.sleep(every_s)
             due = self.due.take(datetime.now(UTC))
             if due:
-                await redrive(self.settings.kafka, due, self.producer)
+                await redrive(self.settings.kafka, due, self.acks.sender)  # type: ignore[arg-type]
                 log.info("redriven when due", extra={"deliveries": len(due)})
 
-    def expire_ledger(self, now: datetime) -> list[Output]:
-        """Tombstones for conversations untouched for ``notify.ledger_retention_hours``."""
-        retention = timedelta(hours=self.options.ledger_retention_hours)
-        expired = self.ledger.expire(now - retention)
-        metrics.TABLE_ENTRIES.labels(self.name, topics.NOTIFICATIONS_LEDGER).set(len(self.ledger))
-        return expired
+    async def sweep_ledger(self) -> None:
+        """The timer: ask the owner of each ledger entry untouched for
+        ``notify.ledger_retention_hours`` to remove it (only this replica's partitions are
+        read). It waits while the table is being restored after a rebalance."""
+        if self.app.rebalancing or self.app.in_recovery:
+            return
+        now = datetime.now(UTC)
+        expired = self.expired_ledger(now)
+        outputs = [
+            Output.of(topics.NOTIFICATIONS_DUE, LedgerDue(conversation_id=c, found_at=now), c)
+            for c in expired
+        ]
+        await publish(self.acks.sender, outputs, self.name)  # type: ignore[arg-type]
 
-    # --- a batch ------------------------------------------------------------------------------
+    def expired_ledger(self, now: datetime) -> list[str]:
+        """Conversations whose ledger entry is older than the retention."""
+        oldest = now - timedelta(hours=self.options.ledger_retention_hours)
+        entries = [table_value(LedgerEntry, value, "ledger") for value in self.ledger.values()]
+        metrics.TABLE_ENTRIES.labels(self.name, topics.NOTIFICATIONS_LEDGER).set(len(entries))
+        return [e.conversation_id for e in entries if e is not None and e.updated_at < oldest]
 
-    async def handle(self, records: list[ConsumerRecord]) -> list[Output]:
-        outputs: list[Output] = []
-        jobs: list[Job] = []
-        for record in records:
-            if record.topic == topics.NOTIFICATIONS_REDRIVE:
-                request = decode_or_dead_letter(record, RedriveRequest, self.name)
-                if isinstance(request, Output):
-                    outputs.append(request)
-                else:
-                    jobs += self._redrive_jobs(request)
-                continue
-            routed = decode_or_dead_letter(record, RoutedTweet, self.name)
-            if isinstance(routed, Output):
-                outputs.append(routed)
-                continue
-            routed = redacted(routed, self.options.redact)  # before any channel sees it
-            department = Department(record.topic.removeprefix(topics.DEPARTMENT_PREFIX))
+    # --- per record, inside its partition's stream ------------------------------------------
+
+    def handle(self, message: Any) -> list[Output] | Coroutine[Any, Any, list[Output]]:
+        """What one input record makes notify publish: at once (a dead letter, nothing), or
+        when its deliveries are done."""
+        if message.topic == topics.NOTIFICATIONS_DUE:
+            return self.on_ledger_due(message)
+        jobs = self._jobs(message)
+        if isinstance(jobs, Output):
+            return [jobs]
+        return self._deliveries([self._started(job) for job in jobs]) if jobs else []
+
+    def _jobs(self, message: Any) -> list[Job] | Output:
+        if message.topic == topics.NOTIFICATIONS_REDRIVE:
+            request = decode_or_dead_letter(message, RedriveRequest, self.name)
+            return request if isinstance(request, Output) else self._redrive_jobs(request)
+        routed = decode_or_dead_letter(message, RoutedTweet, self.name)
+        if isinstance(routed, Output):
+            return routed
+        routed = redacted(routed, self.options.redact)  # before any channel sees it
+        department = Department(message.topic.removeprefix(topics.DEPARTMENT_PREFIX))
+        return [
+            Job(routed, subscription, department, delivery_id(routed, subscription))
             for subscription in matching_subscriptions(
                 routed, self.options.subscriptions, department
-            ):
-                jobs.append(
-                    Job(routed, subscription, department, delivery_id(routed, subscription))
-                )
-        # Jobs of one conversation and target run in order (a follow-up needs the ticket the
-        # first one opened); all the others run concurrently.
-        groups: dict[tuple[str, str], list[Job]] = defaultdict(list)
-        for job in jobs:
-            groups[(job.routed.tweet.conversation_id, job.subscription.name)].append(job)
-        results = await asyncio.gather(*(self._in_order(group) for group in groups.values()))
-        for deliveries in results:
-            for delivery in deliveries:
-                topic = (
-                    topics.DELIVERIES
-                    if delivery.outcome == "delivered"
-                    else topics.NOTIFICATIONS_DLQ
-                )
-                outputs.append(Output.of(topic, delivery, key=delivery.conversation_id))
+            )
+        ]
+
+    def _started(self, job: Job) -> asyncio.Task[Delivery]:
+        """The job's delivery as a task, started here, in the record's context (the ledger
+        writes to the record's partition), after the previous delivery of its conversation to
+        its target: a follow-up needs the ticket the first one opened."""
+        key = (job.routed.tweet.conversation_id, job.subscription.name)
+        previous = self._latest.get(key)
+        task = asyncio.create_task(self._deliver_after(previous, job))
+        self._latest[key] = task
+        task.add_done_callback(lambda done: self._forget_latest(key, done))
+        return task
+
+    def _forget_latest(self, key: tuple[str, str], done: asyncio.Task[Delivery]) -> None:
+        if self._latest.get(key) is done:
+            del self._latest[key]
+
+    async def _deliver_after(self, previous: asyncio.Task[Delivery] | None, job: Job) -> Delivery:
+        if previous is not None:
+            await asyncio.wait([previous])
+        return await self.deliver(job)
+
+    async def _deliveries(self, tasks: list[asyncio.Task[Delivery]]) -> list[Output]:
+        outputs = []
+        for delivery in await asyncio.gather(*tasks):
+            delivered = delivery.outcome == "delivered"
+            topic = topics.DELIVERIES if delivered else topics.NOTIFICATIONS_DLQ
+            outputs.append(Output.of(topic, delivery, key=delivery.conversation_id))
         return outputs
+
+    def on_ledger_due(self, message: Any) -> list[Output]:
+        """The sweep found this conversation's ledger entry old; its owner checks again."""
+        due = decode_or_dead_letter(message, LedgerDue, self.name)
+        if isinstance(due, Output):
+            return [due]
+        entry = self.ledger_entry(due.conversation_id)
+        retention = timedelta(hours=self.options.ledger_retention_hours)
+        if entry is not None and entry.updated_at < datetime.now(UTC) - retention:
+            del self.ledger[due.conversation_id.encode("utf-8")]
+        return []
+
+    def ledger_entry(self, conversation_id: str) -> LedgerEntry | None:
+        value = self.ledger.get(conversation_id.encode("utf-8"))
+        return table_value(LedgerEntry, value, "ledger")
 
     def _redrive_jobs(self, request: RedriveRequest) -> list[Job]:
         wanted = [s for s in self.options.subscriptions if s.name == request.subscription]
@@ -231,7 +285,7 @@ class NotifyService:
         after a crash), only the Delivery record is published again, marked ``already_done``:
         the crash may have lost it, and consumers deduplicate by delivery id."""
         conversation = job.routed.tweet.conversation_id
-        entry = self.ledger.get(conversation) or LedgerEntry(conversation_id=conversation)
+        entry = self.ledger_entry(conversation) or LedgerEntry(conversation_id=conversation)
         if job.delivery_id in entry.deliveries:
             metrics.DELIVERIES.labels(job.subscription.channel, "already_done").inc()
             done = Done("already_done", entry.deliveries[job.delivery_id])
@@ -248,7 +302,7 @@ class NotifyService:
         self.breakers[channel].record(True)
         # Read again: other targets of the conversation may have recorded theirs meanwhile.
         # No await from here to the put, so none can slip in between.
-        entry = self.ledger.get(conversation) or entry
+        entry = self.ledger_entry(conversation) or entry
         threads = dict(entry.threads)
         if done.action in ("created", "commented") and done.external_id:
             threads[thread_key] = done.external_id
@@ -259,8 +313,9 @@ class NotifyService:
                 "updated_at": utc_now(),
             }
         )
-        # Recorded at once, not with the batch: the effect happened, whatever comes next.
-        await publish(self.producer, [self.ledger.put(conversation, recorded)], self.name)
+        # Recorded at once, not with the record's outputs: the effect happened, whatever
+        # comes next (the table's changelog write is on its way to the broker now).
+        self.ledger[conversation.encode("utf-8")] = encode(recorded)
         metrics.DELIVERIES.labels(channel, "delivered").inc()
         metrics.DELIVERY_SECONDS.labels(channel).observe(time.perf_counter() - started)
         self.parked.discard(job.delivery_id)
@@ -331,28 +386,10 @@ class NotifyService:
         )
 
     async def close(self) -> None:
-        self._ready = False
-        await self.consumer.stop()
-        await self.producer.stop()
+        await self.streams.stop()
         for channel in self.channels.values():
             await channel.close()
         await self.digests.mailer.close()
-
-
-class _RestoreOnAssignment(ConsumerRebalanceListener):
-    """The ledger is keyed by conversation like the department topics: reload the partitions
-    just assigned, to see what another replica did while it owned them."""
-
-    def __init__(self, service: NotifyService) -> None:
-        self.service = service
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        """Nothing to hand over: every effect is already on the ledger."""
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        partitions = {tp.partition for tp in assigned}
-        if partitions:
-            await self.service.ledger.restore(partitions)
 
 
 def main(**overrides: object) -> None:

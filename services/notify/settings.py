@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Self
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from switchboard.shared.settings import ConfigError, Secret, ServiceSettings, describe_errors
+from switchboard.shared.settings import ConfigError, Secret, StreamSettings, describe_errors
 
 
 class SmtpSettings(BaseSettings):
@@ -32,7 +32,7 @@ class SmtpSettings(BaseSettings):
     )
 
 
-class NotifySettings(ServiceSettings):
+class NotifySettings(StreamSettings):
     service: ClassVar[str] = "notify"
     default_http_port: ClassVar[int] = 8084
 

@@ -22,8 +22,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -50,7 +48,6 @@ from switchboard.shared.events import (
     SpikeAlert,
     SpikeObservation,
     Trace,
-    decode,
     encode,
     utc_now,
 )
@@ -61,11 +58,9 @@ from switchboard.shared.settings import ConfigError, ServiceSettings
 from switchboard.shared.streams import (
     STORE_OPTIONS,
     AckAfterPublish,
-    member_name,
+    StreamWorker,
     raw_topic,
-    stream_app,
-    until_worker_ready,
-    worker_ready,
+    table_value,
 )
 
 log = logging.getLogger(__name__)
@@ -82,19 +77,11 @@ class RouteService:
         self.config = settings.config
         self.version = rules_version(self.config.route)
         self.spike_keys = SpikeKeys(self.config.route.spikes)
-        self._own_state_dir = settings.state_dir is None
-        state_dir = settings.state_dir or Path(tempfile.mkdtemp(prefix="switchboard-route-"))
-        partitions = self.config.topics.partitions
-        self.app = stream_app(
-            GROUP_ID,
-            settings.kafka,
-            state_dir=state_dir,
-            member=member_name(settings.kafka, self.name),
-            url=f"http://{settings.http_host}:{settings.port}",
-            partitions=partitions,
-            replication_factor=self.config.topics.replication_factor,
-            standby_replicas=self.config.route.standby_replicas,
+        self.streams = StreamWorker(
+            GROUP_ID, self.name, settings, standby_replicas=self.config.route.standby_replicas
         )
+        self.app = self.streams.app
+        partitions = self.streams.partitions
         self.conversations = self.app.Table(
             "conversations", key_type=bytes, value_type=bytes, partitions=partitions,
             changelog_topic=raw_topic(
@@ -119,13 +106,11 @@ class RouteService:
         self._index_stale = True
         self._config_digest = _digest(settings.config_file)
         self.ops = OpsView(settings.kafka)
-        self._app_task: asyncio.Task[None] | None = None
-        self._started = False
 
     @property
     def ready(self) -> bool:
         """Started, and the table restored for the partitions it was given."""
-        return self._started and worker_ready(self.app)
+        return self.streams.ready
 
     def http_app(self) -> FastAPI:
         app = http_app(self, AccessPolicy.of(self.config.access))
@@ -142,9 +127,7 @@ class RouteService:
             self.config.topics.partitions,
             self.config.topics.replication_factor,
         )  # fmt: skip
-        self._app_task = asyncio.create_task(self.app.start(), name="route-streams")
-        await until_worker_ready(self.app)
-        self._started = True
+        await self.streams.start()
 
     async def run(self, stop: asyncio.Event) -> None:
         background = [
@@ -155,8 +138,7 @@ class RouteService:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
-                if self.app.crashed:
-                    raise RuntimeError(f"the stream processor crashed: {self.app.crash_reason!r}")
+                self.streams.check()
         finally:
             for task in background:
                 task.cancel()
@@ -273,7 +255,7 @@ class RouteService:
 
     def _state(self, conversation_id: str) -> ConversationState | None:
         value = self.conversations.get(conversation_id.encode("utf-8"))
-        return decode(ConversationState, value) if value else None
+        return table_value(ConversationState, value, "conversations")
 
     def _active(self, conversation_id: str, now: datetime) -> ConversationState | None:
         state = self._state(conversation_id)
@@ -377,7 +359,9 @@ class RouteService:
             return
         if self._index_stale:
             self._index_stale = False
-            self.due.rebuild(decode(ConversationState, v) for v in self.conversations.values())
+            states = (table_value(ConversationState, v, "conversations") for v in
+                      self.conversations.values())  # fmt: skip
+            self.due.rebuild(state for state in states if state is not None)
             log.info("conversations indexed", extra={"n": len(self.due)})
         metrics.TABLE_ENTRIES.labels(self.name, topics.ROUTE_CONVERSATIONS).set(len(self.due))
         now = datetime.now(UTC)
@@ -455,14 +439,7 @@ class RouteService:
         return "applied"
 
     async def close(self) -> None:
-        self._started = False
-        with contextlib.suppress(Exception):
-            await self.app.stop()
-        if self._app_task is not None:
-            self._app_task.cancel()
-            await asyncio.gather(self._app_task, return_exceptions=True)
-        if self._own_state_dir:
-            shutil.rmtree(self.app.conf.datadir, ignore_errors=True)
+        await self.streams.stop()
 
 
 def admin_router(service: RouteService) -> APIRouter:

@@ -600,6 +600,13 @@ class NotifyConfig(Section):
         description="How long notify remembers a conversation's effects and ticket: a "
         "redelivery within it is skipped, a follow-up within it joins the same ticket",
     )
+    ledger_sweep_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How often a replica looks through its ledger for entries past the "
+        "retention (and reports switchboard_table_entries)",
+    )
 
     @field_validator("subscriptions")
     @classmethod

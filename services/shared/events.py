@@ -281,6 +281,17 @@ class SpikeObservation(Event):
     more: list[Tweet] = Field(default_factory=list, description="further sample tweets")
 
 
+class LedgerDue(Event):
+    """On ``switchboard.notifications.due``, keyed by conversation id: notify's sweep found the
+    conversation's ledger entry untouched for ``notify.ledger_retention_hours``; the replica
+    that owns the conversation when the message arrives checks again and removes it (a table
+    changes only inside the stream of its own partition)."""
+
+    event_type: Literal["notify.due"] = "notify.due"
+    conversation_id: str
+    found_at: AwareDatetime
+
+
 Channel = Literal["email", "webhook", "zendesk", "jira", "salesforce", "hubspot"]
 
 
@@ -433,6 +444,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Delivery,
     RedriveRequest,
     LedgerEntry,
+    LedgerDue,
     DeadLetter,
 )
 

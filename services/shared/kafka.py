@@ -18,7 +18,6 @@ from typing import Any
 from aiokafka import (
     AIOKafkaConsumer,
     AIOKafkaProducer,
-    ConsumerRebalanceListener,
     ConsumerRecord,
     TopicPartition,
 )
@@ -127,7 +126,6 @@ def make_consumer(
     topics: Sequence[str],
     group_id: str | None,
     client_id: str,
-    listener: ConsumerRebalanceListener | None = None,
 ) -> AIOKafkaConsumer:
     instance = f"{kafka.group_instance_id}:{group_id}" if kafka.group_instance_id else None
     consumer = Consumer(
@@ -141,7 +139,7 @@ def make_consumer(
         max_partition_fetch_bytes=min(4 * 1024 * 1024, kafka.fetch_max_bytes),
         **client_options(kafka),
     )
-    consumer.subscribe(list(topics), listener=listener)
+    consumer.subscribe(list(topics))
     return consumer
 
 

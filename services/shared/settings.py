@@ -198,6 +198,18 @@ class ServiceSettings(BaseSettings):
             raise ConfigError(describe_errors(exc, env_prefix="SWITCHBOARD_", raw=raw)) from None
 
 
+class StreamSettings(ServiceSettings):
+    """A service that is a faust app (route, notify): where its tables live on local disk."""
+
+    state_dir: Path | None = Field(
+        default=None,
+        description="Where the replica keeps its tables' local stores (RocksDB), a cache of "
+        "their changelogs: kept across restarts, a replica reads only what changed since "
+        "(a volume per replica); unset: a temporary directory, restored from the changelog "
+        "at every start",
+    )
+
+
 def _config_path(init: PydanticBaseSettingsSource, env: PydanticBaseSettingsSource) -> Path:
     if isinstance(init, InitSettingsSource) and init.init_kwargs.get("config_file"):
         return Path(init.init_kwargs["config_file"])

@@ -34,9 +34,12 @@ on a real Kafka and on the embedded broker alike:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import shutil
 import socket
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -53,7 +56,7 @@ from tenacity import (
 )
 
 from switchboard.shared import metrics
-from switchboard.shared.events import DecodeError
+from switchboard.shared.events import DecodeError, E, decode
 from switchboard.shared.kafka import (
     TRANSIENT_ERRORS,
     Output,
@@ -62,7 +65,7 @@ from switchboard.shared.kafka import (
     pause_when_idle,
     publish,
 )
-from switchboard.shared.settings import KafkaSettings
+from switchboard.shared.settings import KafkaSettings, StreamSettings
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,8 @@ STORE_OPTIONS: dict[str, int] = {
     "max_write_buffer_number": 2,
     "block_cache_size": 8 * 2**20,
 }
+
+LAG_EVERY_S = 5.0  # how often a replica reports its consumer lag
 
 
 def stream_app(
@@ -114,6 +119,76 @@ def stream_app(
     app.transport = _Transport(app.conf.broker_consumer, app)
     app.transport.idle_pause_s = kafka.fetch_idle_pause_ms / 1000
     return app
+
+
+class StreamWorker:
+    """A service's faust app and its lifecycle: started as a task of the service, ready once
+    its tables are restored, stopped with the service; its stores go with it when they were
+    kept in a temporary directory (no ``state_dir``)."""
+
+    def __init__(
+        self,
+        app_id: str,
+        service: str,
+        settings: StreamSettings,
+        *,
+        standby_replicas: int = 0,
+    ) -> None:
+        self.service = service
+        self._temporary = settings.state_dir is None
+        state_dir = settings.state_dir or Path(tempfile.mkdtemp(prefix=f"switchboard-{service}-"))
+        self.partitions = settings.config.topics.partitions
+        self.app = stream_app(
+            app_id,
+            settings.kafka,
+            state_dir=state_dir,
+            member=member_name(settings.kafka, service),
+            url=f"http://{settings.http_host}:{settings.port}",
+            partitions=self.partitions,
+            replication_factor=settings.config.topics.replication_factor,
+            standby_replicas=standby_replicas,
+        )
+        self._task: asyncio.Task[None] | None = None
+        self.app.timer(LAG_EVERY_S, name="consumer-lag")(self.report_lag)
+
+    @property
+    def ready(self) -> bool:
+        return self._task is not None and worker_ready(self.app)
+
+    async def report_lag(self) -> None:
+        """``switchboard_consumer_lag`` of the input partitions this replica owns (not of its
+        tables' changelogs), as the aiokafka services report theirs: the dashboards and the
+        lag alert read it by consumer group."""
+        consumer = self.app.consumer
+        changelogs = set(self.app.tables.changelog_topics)
+        for tp in consumer.assignment():
+            if tp.topic in changelogs:
+                continue
+            with contextlib.suppress(KafkaError, AssertionError):
+                end, position = consumer.highwater(tp), await consumer.position(tp)
+                if end is not None and position is not None:
+                    metrics.CONSUMER_LAG.labels(self.app.conf.id, tp.topic, str(tp.partition)).set(
+                        max(0, end - position)
+                    )
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.app.start(), name=f"{self.service}-streams")
+        await until_worker_ready(self.app)
+
+    def check(self) -> None:
+        """Raise if the stream processor crashed (the service then stops and is restarted)."""
+        if self.app.crashed:
+            raise RuntimeError(f"the stream processor crashed: {self.app.crash_reason!r}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        with contextlib.suppress(Exception):
+            await self.app.stop()
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._temporary:
+            shutil.rmtree(self.app.conf.datadir, ignore_errors=True)
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -170,6 +245,20 @@ def raw_topic(app: faust.App, *names: str, **options: Any) -> faust.TopicT:
     )  # fmt: skip
 
 
+def table_value(event_type: type[E], value: bytes | None, table: str) -> E | None:
+    """A table's value as its event, or None when it cannot be read: only the service writes
+    its tables, and an unreadable value (a bug, a hand-made record on the changelog) must not
+    fail every record of its key, nor the sweep that reads them all. Logged and treated as
+    absent: the next change of the key overwrites it."""
+    if value is None:
+        return None
+    try:
+        return decode(event_type, value)
+    except DecodeError as problem:
+        log.warning("unreadable table value ignored", extra={"table": table, "error": str(problem)})
+        return None
+
+
 def worker_ready(app: faust.App) -> bool:
     """The worker joined its group and restored its tables for the partitions it was given."""
     return app.tables.recovery.completed.is_set() and not app.rebalancing
@@ -203,7 +292,8 @@ class _Sender:
             raise
 
 
-RecordHandler = Callable[[Any], list[Output]]  # a faust Message -> what to publish
+# A faust Message -> what to publish, or a coroutine that will say (handled concurrently).
+RecordHandler = Callable[[Any], list[Output] | Coroutine[Any, Any, list[Output]]]
 
 
 class _InFlight(NamedTuple):
@@ -211,7 +301,7 @@ class _InFlight(NamedTuple):
 
     stream: faust.StreamT | None
     event: Any
-    outputs: list[Output]
+    outputs: list[Output] | asyncio.Task[list[Output]]  # a task: a handler still at work
     sent: list[Any]  # the producer's futures, or the error that stopped a send
 
 
@@ -227,6 +317,11 @@ class AckAfterPublish:
     it wait, so a broker outage delays work and loses nothing. An output too large for the
     cluster is dead-lettered (``kafka.publish``). A record whose handling raises is
     dead-lettered ``processing_failed`` with the error: one poison record never stops a stream.
+
+    A handler that returns a coroutine (notify: deliveries take a vendor's round trip) runs as
+    a task of its own, started at once inside the event's context, so that many inputs are at
+    work together (up to ``max_in_flight``); their outputs are sent, and the inputs
+    acknowledged, in input order.
 
     ``deferred``, if given, returns outputs the handler accumulated over many inputs (route's
     spike counts, one record per key instead of one per tweet). It is drained every
@@ -255,6 +350,7 @@ class AckAfterPublish:
         self._in_flight: asyncio.Queue[_InFlight] = asyncio.Queue(max_in_flight)
         self._held: list[_InFlight] = []
         self._releasing = asyncio.Lock()
+        self._working: set[asyncio.Task[list[Output]]] = set()
 
     async def agent(self, stream: faust.StreamT) -> None:
         """The agent body: ``app.agent(topic)(acks.agent)``."""
@@ -265,18 +361,34 @@ class AckAfterPublish:
             async for event in stream.noack().events():
                 message = event.message
                 metrics.CONSUMED.labels(self.service, message.topic).inc()
-                outputs = self._handled(message)
-                sent = [await self._send(output) for output in outputs]
+                handled = self._handled(message)
+                if isinstance(handled, list):
+                    sent = [await self._send(output) for output in handled]
+                    item = _InFlight(stream, event, handled, sent)
+                else:
+                    task = asyncio.create_task(self._awaited(handled, message))
+                    self._working.add(task)
+                    task.add_done_callback(self._working.discard)
+                    item = _InFlight(stream, event, task, [])
                 if self.deferred is None:
-                    await self._in_flight.put(_InFlight(stream, event, outputs, sent))
+                    await self._in_flight.put(item)
                     continue
-                self._held.append(_InFlight(stream, event, outputs, sent))
+                self._held.append(item)
                 if len(self._held) >= self.max_held:
                     await self._release()
         finally:
-            for task in background:
+            for task in (*background, *self._working):  # stopped: nothing runs on its own
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await asyncio.gather(*background, *self._working, return_exceptions=True)
+            self._forget_in_flight()
+
+    def _forget_in_flight(self) -> None:
+        """Drop the inputs not acknowledged yet: they were not committed, so the partition's
+        next owner processes them again, and faust, which waits at shutdown until no one holds
+        an unacknowledged input, can stop."""
+        self._held.clear()
+        while not self._in_flight.empty():
+            self._in_flight.get_nowait()
 
     async def _release_every_hold(self) -> None:
         while True:
@@ -296,13 +408,24 @@ class AckAfterPublish:
             for item in held:
                 await self._in_flight.put(item)
 
-    def _handled(self, message: Any) -> list[Output]:
+    def _handled(self, message: Any) -> list[Output] | Coroutine[Any, Any, list[Output]]:
         try:
             return self.handle(message)
         except Exception as error:  # noqa: BLE001 - any bug a record triggers; see the class
-            log.exception("a record failed processing; dead-lettered")
-            problem = DecodeError("processing_failed", f"{type(error).__name__}: {error}"[:2000])
-            return [dead_letter_record(self.service, problem, message)]
+            return self._failed_processing(message, error)
+
+    async def _awaited(
+        self, handling: Coroutine[Any, Any, list[Output]], message: Any
+    ) -> list[Output]:
+        try:
+            return await handling
+        except Exception as error:  # noqa: BLE001 - as in _handled
+            return self._failed_processing(message, error)
+
+    def _failed_processing(self, message: Any, error: Exception) -> list[Output]:
+        log.error("a record failed processing; dead-lettered", exc_info=error)
+        problem = DecodeError("processing_failed", f"{type(error).__name__}: {error}"[:2000])
+        return [dead_letter_record(self.service, problem, message)]
 
     async def _send(self, output: Output) -> Any:
         try:
@@ -313,6 +436,9 @@ class AckAfterPublish:
     async def _acknowledge(self) -> None:
         while True:
             stream, event, outputs, sent = await self._in_flight.get()
+            if isinstance(outputs, asyncio.Task):
+                outputs = await outputs
+                sent = [await self._send(output) for output in outputs]
             results = await asyncio.gather(
                 *(s for s in sent if not isinstance(s, BaseException)), return_exceptions=True
             )

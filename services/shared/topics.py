@@ -24,6 +24,8 @@ NOTIFICATIONS_DLQ = "switchboard.notifications.dlq"
 NOTIFICATIONS_REDRIVE = "switchboard.notifications.redrive"
 # Compacted: notify's record of deliveries done and of each conversation's ticket or lead.
 NOTIFICATIONS_LEDGER = "switchboard.notifications.ledger"
+# notify's own: ledger entries its sweep found past retention, for their owner to remove.
+NOTIFICATIONS_DUE = "switchboard.notifications.due"
 DEADLETTER = "switchboard.deadletter"
 
 DEPARTMENT_PREFIX = "switchboard.dept."
@@ -53,6 +55,7 @@ ALL: tuple[str, ...] = (
     NOTIFICATIONS_DLQ,
     NOTIFICATIONS_REDRIVE,
     NOTIFICATIONS_LEDGER,
+    NOTIFICATIONS_DUE,
     DEADLETTER,
 )
 

@@ -213,7 +213,7 @@ async def test_the_ledger_keeps_every_effect_of_a_tweet_delivered_to_several_tar
     async with running(service):
         await publish_routed(producer, event)
         records = await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 2)
-        entry = service.ledger.get(conv)
+        entry = service.ledger_entry(conv)
 
     made = {d.delivery_id for d in deliveries(records, conv)}
     assert made == {f"{event.tweet.id}:jira:legal-board", f"{event.tweet.id}:webhook:legal-hook"}
@@ -555,7 +555,9 @@ async def test_notify_killed_mid_batch_makes_each_ticket_once(
     task = asyncio.create_task(service.run(stop))
     await publish_routed(producer, *events)
     await wait_for(lambda: any(conv in str(zendesk.tickets) for conv in convs), timeout_s=30)
-    task.cancel()  # killed: the batch is neither finished nor committed
+    for agent in service.app.agents.values():
+        agent.cancel()  # killed: the deliveries at work are neither finished nor committed
+    task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await service.close()
 

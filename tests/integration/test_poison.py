@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import yaml
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from switchboard.classify.service import GROUP_ID as CLASSIFY_GROUP
 from switchboard.classify.service import ClassifyService
 from switchboard.classify.settings import ClassifySettings
+from switchboard.ingest.checkpoints import Checkpoints
 from switchboard.notify.service import GROUP_ID as NOTIFY_GROUP
 from switchboard.notify.service import NotifyService
 from switchboard.notify.settings import NotifySettings, SmtpSettings
@@ -36,7 +38,9 @@ from switchboard.shared.events import (
     ConversationState,
     DeadLetter,
     Event,
+    IngestCheckpoint,
     RedriveRequest,
+    RoutedTweet,
     Trace,
     decode,
     encode,
@@ -52,7 +56,6 @@ from switchboard.shared.kafka import (
     publish,
 )
 from switchboard.shared.settings import KafkaSettings
-from switchboard.shared.table import ChangelogTable
 from tests.conftest import CONFIG_FILE
 from tests.factories import Poison, a_classified_tweet, a_raw_tweet, a_tweet, routed_from
 
@@ -368,21 +371,40 @@ async def test_a_record_the_handler_fails_on_is_dead_lettered_and_the_stream_goe
     assert "ZeroDivisionError: the stage's bug" in letter.error
 
 
-async def test_a_changelog_record_that_cannot_be_read_is_skipped_on_restore(kafka, producer):
-    """A service's own state topic is read whole at start: a record it cannot read must not
-    stop the service from starting (it is skipped and logged; dead-lettering it would repeat
-    at every restart)."""
+async def test_an_unreadable_table_value_is_ignored_not_fatal(
+    kafka, producer, read, running, tmp_path
+):
+    """A table's changelog is written by its service only; a value it cannot read (a bug, a
+    hand-made record) must fail neither the tweets of its conversation nor the sweep that reads
+    every value: it counts as absent, and the next change overwrites it."""
     conversation = f"{RUN}-changelog"
-    state = ConversationState(conversation_id=conversation, department="legal",
-                              max_urgency="high", tweets=1, updated_at=utc_now())  # fmt: skip
-    for key, value in [
-        (b"\xfe\xff" + conversation.encode(), encode(state)),  # a key that is not UTF-8
-        (conversation.encode(), b"\x00 not json"),
-        (conversation.encode(), encode(state)),
-    ]:
-        await producer.send_and_wait(topics.ROUTE_CONVERSATIONS, value, key)
-    table = ChangelogTable(kafka, topics.ROUTE_CONVERSATIONS, ConversationState)
+    unreadable = b"\x00 not json"
+    await producer.send_and_wait(topics.ROUTE_CONVERSATIONS, unreadable, conversation.encode())
+    config = yaml.safe_load(CONFIG_FILE.read_text())
+    config["route"]["sla"]["check_interval_s"] = 0.2
+    path = tmp_path / "switchboard.yaml"
+    path.write_text(yaml.safe_dump(config))
+    service = RouteService(RouteSettings.load(config_file=path, kafka=kafka))
+    tweet = a_classified_tweet("legal", 0.9, "high", id=f"{RUN}-c1", conversation_id=conversation)
 
-    await table.restore()
+    async with running(service):
+        await producer.send_and_wait(topics.CLASSIFIED, encode(tweet), conversation.encode())
+        legal = topics.department_topic("legal")
+        records = await read([legal], lambda rs: any(keyed(conversation)(r) for r in rs))
+        await asyncio.sleep(1.0)  # sweeps that read the table whole, the unreadable value too
 
-    assert table.get(conversation) == state
+    [routed] = [decode(RoutedTweet, r.value) for r in records if keyed(conversation)(r)]
+    assert routed.tweet.id == tweet.tweet.id and routed.route.owner != "conversation"
+
+
+async def test_an_unreadable_checkpoint_is_skipped_on_restore(kafka, producer):
+    """ingest reads its checkpoints topic whole at start: a record it cannot read must not stop
+    it from starting (it is skipped and logged; dead-lettering it would repeat at every start)."""
+    source = f"{RUN}-source"
+    for value in [b"\x00 not json", encode(IngestCheckpoint(source=source, since_id="42"))]:
+        await producer.send_and_wait(topics.INGEST_CHECKPOINTS, value, source.encode())
+    checkpoints = Checkpoints(kafka, producer)
+
+    await checkpoints.restore()
+
+    assert checkpoints.get(source) == "42"

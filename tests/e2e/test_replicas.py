@@ -1,7 +1,9 @@
-"""Two route replicas in one group, one killed mid-stream and restarted: state stays with the
-partition that owns it. Every tweet is routed one way, a company reply reaches the owner of its
-conversation, each unanswered conversation raises one SLA alert and no answered one does, and
-the two replicas together hold each conversation once."""
+"""Two route replicas and two notify replicas, each pair in one group, one of each killed
+mid-stream and restarted: state stays with the partition that owns it. Every tweet is routed one
+way, a company reply reaches the owner of its conversation, each unanswered conversation raises
+one SLA alert and no answered one does, every email is made once (a copy resent after the kill
+carries the same Message-ID), and the replicas of each service together hold each conversation
+once."""
 
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
 
+from switchboard.cli.inbox import LoopbackInbox
 from switchboard.shared import topics
 from switchboard.shared.broker import EmbeddedBroker, free_port
-from switchboard.shared.events import Alert, BrandTweet, RoutedTweet, Trace, encode
+from switchboard.shared.events import Alert, BrandTweet, Delivery, RoutedTweet, Trace, encode
 from switchboard.shared.kafka import client_options, ensure_topics
 from switchboard.shared.processes import kill, spawn, terminate
 from switchboard.shared.settings import KafkaSettings
@@ -33,29 +36,29 @@ SLA_S = 15
 
 
 class Replica:
-    """One route process with a stable static member name, restartable after a kill."""
+    """One service process with a stable static member name, restartable after a kill."""
 
-    def __init__(self, name: str, kafka: KafkaSettings, config: Path, logs: Path) -> None:
-        self.name, self.kafka, self.config, self.logs = name, kafka, config, logs
+    def __init__(self, service: str, name: str, env: dict[str, str], logs: Path) -> None:
+        self.service, self.name, self.env, self.logs = service, name, env, logs
         self.process: Popen[bytes] | None = None
         self.port = 0
 
     async def start(self) -> None:
         self.port = free_port()
-        env = service_environment(self.kafka, KAFKA_GROUP_INSTANCE_ID=f"route-{self.name}")
-        env.update(SWITCHBOARD_CONFIG_FILE=str(self.config), SWITCHBOARD_HTTP_PORT=str(self.port))
-        self.process = spawn([sys.executable, "-m", "switchboard", "route"], env=env,
-                             log_file=self.logs / f"route-{self.name}.log")  # fmt: skip
+        env = dict(self.env, KAFKA_GROUP_INSTANCE_ID=f"{self.service}-{self.name}",
+                   SWITCHBOARD_HTTP_PORT=str(self.port))  # fmt: skip
+        self.process = spawn([sys.executable, "-m", "switchboard", self.service], env=env,
+                             log_file=self.logs / f"{self.service}-{self.name}.log")  # fmt: skip
         async with httpx.AsyncClient(timeout=1.0) as client:
             for _ in range(600):
-                assert self.process.poll() is None, f"route-{self.name} exited"
+                assert self.process.poll() is None, f"{self.service}-{self.name} exited"
                 try:
                     if (await client.get(self.url("/readyz"))).status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.2)
-        raise TimeoutError(f"route-{self.name} not ready")
+        raise TimeoutError(f"{self.service}-{self.name} not ready")
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -66,6 +69,12 @@ class Replica:
             text = (await client.get(self.url("/metrics"))).text
         pattern = rf"^{name}(?:\{{[^}}]*\}})? (\S+)$"
         return sum(float(value) for value in re.findall(pattern, text, re.MULTILINE))
+
+    async def lag_reported(self) -> bool:
+        """Whether it reports its consumer group's lag, as the dashboards read it."""
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            text = (await client.get(self.url("/metrics"))).text
+        return f'switchboard_consumer_lag{{group="switchboard-{self.service}"' in text
 
     def kill(self) -> None:
         assert self.process is not None
@@ -84,6 +93,7 @@ def config_file(tmp_path: Path, partitions: int) -> Path:
         "alert_urgencies": ["critical", "high"],
         "check_interval_s": 1,
     }
+    config["notify"]["ledger_sweep_s"] = 1
     path = tmp_path / "switchboard.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -124,23 +134,30 @@ async def send_phase(producer: AIOKafkaProducer, kafka: KafkaSettings, phase: in
 
 
 @pytest.mark.parametrize("partitions", [3, 4])
-async def test_two_route_replicas_keep_each_conversation_with_its_owner(
+async def test_two_replicas_of_route_and_notify_keep_each_conversation_with_its_owner(
     tmp_path: Path, partitions: int
 ) -> None:
     broker = EmbeddedBroker(tmp_path / "broker")
     await broker.start()
+    inbox = LoopbackInbox(tmp_path / "inbox")
+    inbox.start()
     kafka = broker.settings()
     await ensure_topics(kafka, topics.ALL, partitions, 1)
-    config = config_file(tmp_path, partitions)
-    a, b = (Replica(n, kafka, config, tmp_path) for n in ("a", "b"))
+    env = service_environment(kafka, SWITCHBOARD_CONFIG_FILE=str(config_file(tmp_path, partitions)),
+                              SMTP_HOST="127.0.0.1", SMTP_PORT=str(inbox.port))  # fmt: skip
+    a, b = (Replica("route", n, env, tmp_path) for n in ("a", "b"))
+    notify_a, notify_b = (Replica("notify", n, env, tmp_path) for n in ("a", "b"))
+    replicas = (a, b, notify_a, notify_b)
     producer = AIOKafkaProducer(**client_options(kafka))
     await producer.start()
     try:
-        await a.start()
-        await b.start()
+        for replica in replicas:
+            await replica.start()
         await send_phase(producer, kafka, 1)
         b.kill()  # mid-stream: the replies it was given may not be processed or committed
+        notify_b.kill()  # and emails it was making may be made but not recorded
         await b.start()  # same static member: its partitions come back, restored
+        await notify_b.start()
         await send_phase(producer, kafka, 2)
         unanswered = {f"p{p}-c{i}" for p in (1, 2) for i in range(1, CONVERSATIONS, 2)}
 
@@ -153,11 +170,22 @@ async def test_two_route_replicas_keep_each_conversation_with_its_owner(
         await asyncio.sleep(3)  # a second alert for any of them would be out by now
         records = await read_topics(kafka, [topics.ALERTS, *topics.PRIMARY_TOPICS],
                                     lambda r: False, 5)  # fmt: skip
+        wanted = {f"p{p}-c{i}-t:email:support-leads" for p in (1, 2) for i in range(CONVERSATIONS)}
+        records += await read_topics(
+            kafka, [topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+            lambda r: {d.delivery_id for d in published(r, topics.DELIVERIES, Delivery)} >= wanted,
+            60,
+        )  # fmt: skip
+        await asyncio.sleep(2)  # ledger sweeps every second: its entries counted
         held = [await r.metric("switchboard_table_entries") for r in (a, b)]
+        recorded = [await r.metric("switchboard_table_entries") for r in (notify_a, notify_b)]
+        emails = inbox.messages()
+        lag_reported = [await r.lag_reported() for r in replicas]
     finally:
         await producer.stop()
-        a.stop()
-        b.stop()
+        for replica in replicas:
+            replica.stop()
+        inbox.stop()
         await asyncio.to_thread(broker.stop)
 
     routed: dict[str, set[str]] = {}
@@ -173,3 +201,11 @@ async def test_two_route_replicas_keep_each_conversation_with_its_owner(
     assert max(per_conversation.values()) == 1  # each raised once, by the owner
     # Together the replicas hold every conversation once: each only its own partitions'.
     assert sum(held) == 2 * CONVERSATIONS and min(held) > 0
+    # Every email made, none parked; one kept per Message-ID (a resend after the kill has the
+    # same), and no more resent than notify-b had in flight.
+    assert not published(records, topics.NOTIFICATIONS_DLQ, Delivery)
+    message_ids = Counter(m["Message-ID"] for m in emails)
+    assert len(message_ids) == 2 * CONVERSATIONS
+    assert len(emails) - len(message_ids) <= 10
+    assert sum(recorded) == 2 * CONVERSATIONS and min(recorded) > 0  # each ledger entry once
+    assert all(lag_reported)
