@@ -65,9 +65,13 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(values):
         kubernetes_validate.validate(doc, "1.31", strict=True)
 
 
-def test_a_deployment_per_service_non_root_read_only_and_probed():
+def workloads(docs: list[dict]) -> list[dict]:
+    return by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")
+
+
+def test_a_workload_per_service_non_root_read_only_and_probed():
     deployments = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d
-                   for d in by_kind(render(), "Deployment")}  # fmt: skip
+                   for d in workloads(render())}  # fmt: skip
     assert sorted(deployments) == sorted(SERVICES)
     for service, deployment in deployments.items():
         pod = deployment["spec"]["template"]["spec"]
@@ -91,7 +95,7 @@ def test_a_deployment_per_service_non_root_read_only_and_probed():
 def test_a_config_change_rolls_the_pods():
     def checksums(values: dict) -> set[str]:
         return {d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
-                for d in by_kind(render(values), "Deployment")}  # fmt: skip
+                for d in workloads(render(values))}  # fmt: skip
 
     handle = {"handle": "@Other", "user_id": "2", "brand": "O", "segment": "support",
               "default_department": "sales"}  # fmt: skip
@@ -115,12 +119,30 @@ def test_kafka_secrets_and_tls_come_by_reference():
 
 
 def test_each_pod_joins_its_consumer_groups_under_its_own_name():
-    for deployment in by_kind(render({}), "Deployment"):
+    for deployment in workloads(render({})):
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e for e in container["env"]}
         assert env["KAFKA_GROUP_INSTANCE_ID"]["valueFrom"] == {
             "fieldRef": {"fieldPath": "metadata.name"}
         }
+
+
+def test_the_stream_processors_keep_their_member_names_and_stores_through_a_rollout():
+    """route and notify are static group members with tables: as StatefulSets a replaced pod
+    comes back under the same name (its partitions wait for it, not for a session timeout) and
+    keeps its stores in the pod's volume across container restarts."""
+    docs = render({})
+    stateful = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d
+                for d in by_kind(docs, "StatefulSet")}  # fmt: skip
+    assert sorted(stateful) == ["notify", "route"]
+    for service, workload in stateful.items():
+        assert workload["spec"]["serviceName"] == f"sb-switchboard-{service}"
+        pod = workload["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert env["SWITCHBOARD_STATE_DIR"] == mounts["state"]
+        assert "state" in {v["name"] for v in pod["volumes"]}
 
 
 def test_optional_parts_render_when_enabled():
