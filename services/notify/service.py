@@ -61,7 +61,6 @@ from switchboard.shared.kafka import Output, decode_or_dead_letter, ensure_topic
 from switchboard.shared.labels import Department
 from switchboard.shared.runtime import http_app, run_service
 from switchboard.shared.streams import (
-    STORE_OPTIONS,
     AckAfterPublish,
     StreamWorker,
     raw_topic,
@@ -102,14 +101,9 @@ class NotifyService:
         self.limiters = {name: RateLimiter(policy.rate_per_s.get(name)) for name in self.channels}  # type: ignore[call-overload]
         self.streams = StreamWorker(GROUP_ID, self.name, settings)
         self.app = self.streams.app
-        partitions = self.streams.partitions
-        self.ledger = self.app.Table(
-            "ledger", key_type=bytes, value_type=bytes, partitions=partitions,
-            changelog_topic=raw_topic(
-                self.app, topics.NOTIFICATIONS_LEDGER, partitions=partitions, compacting=True
-            ),
-            options=STORE_OPTIONS, help="LedgerEntry by conversation id",
-        )  # fmt: skip
+        self.ledger = self.streams.table(
+            "ledger", topics.NOTIFICATIONS_LEDGER, help="LedgerEntry by conversation id"
+        )
         # Inputs at work at once: each waits for its vendors, and offsets commit in order.
         self.acks = AckAfterPublish(self.app, self.name, self.handle, max_in_flight=100)
         inputs = raw_topic(

@@ -56,7 +56,6 @@ from switchboard.shared.labels import Urgency
 from switchboard.shared.runtime import http_app, run_service
 from switchboard.shared.settings import ConfigError, ServiceSettings
 from switchboard.shared.streams import (
-    STORE_OPTIONS,
     AckAfterPublish,
     StreamWorker,
     raw_topic,
@@ -81,16 +80,13 @@ class RouteService:
             GROUP_ID, self.name, settings, standby_replicas=self.config.route.standby_replicas
         )
         self.app = self.streams.app
-        partitions = self.streams.partitions
-        self.conversations = self.app.Table(
-            "conversations", key_type=bytes, value_type=bytes, partitions=partitions,
-            changelog_topic=raw_topic(
-                self.app, topics.ROUTE_CONVERSATIONS, partitions=partitions, compacting=True
-            ),
-            options=STORE_OPTIONS, help="ConversationState by conversation id",
-        )  # fmt: skip
+        self.conversations = self.streams.table(
+            "conversations", topics.ROUTE_CONVERSATIONS, help="ConversationState by conversation id"
+        )
         self.due = conversations.DueIndex()
-        self.spike_windows = SpikeWindows(self.app, self.config.route.spikes, partitions)
+        self.spike_windows = SpikeWindows(
+            self.app, self.config.route.spikes, self.streams.partitions
+        )
         self.spike_tally = SpikeTally()
         self.acks = AckAfterPublish(
             self.app, self.name, self.handle, deferred=self.spike_tally.drain

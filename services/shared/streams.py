@@ -151,6 +151,17 @@ class StreamWorker:
         self._task: asyncio.Task[None] | None = None
         self.app.timer(LAG_EVERY_S, name="consumer-lag")(self.report_lag)
 
+    def table(self, name: str, changelog: str, help: str) -> faust.Table:
+        """A table of raw bytes by key (the service encodes its events itself) whose changelog
+        is the compacted topic ``changelog``, co-partitioned with the service's inputs."""
+        return self.app.Table(
+            name, key_type=bytes, value_type=bytes, partitions=self.partitions,
+            changelog_topic=raw_topic(
+                self.app, changelog, partitions=self.partitions, compacting=True
+            ),
+            options=STORE_OPTIONS, help=help,
+        )  # fmt: skip
+
     @property
     def ready(self) -> bool:
         return self._task is not None and worker_ready(self.app)
