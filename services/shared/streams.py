@@ -312,7 +312,8 @@ class _InFlight(NamedTuple):
 
     stream: faust.StreamT | None
     event: Any
-    outputs: list[Output] | asyncio.Task[list[Output]]  # a task: a handler still at work
+    # A task: a handler still at work, which will give its outputs and their sends.
+    outputs: list[Output] | asyncio.Task[tuple[list[Output], list[Any]]]
     sent: list[Any]  # the producer's futures, or the error that stopped a send
 
 
@@ -361,7 +362,7 @@ class AckAfterPublish:
         self._in_flight: asyncio.Queue[_InFlight] = asyncio.Queue(max_in_flight)
         self._held: list[_InFlight] = []
         self._releasing = asyncio.Lock()
-        self._working: set[asyncio.Task[list[Output]]] = set()
+        self._working: set[asyncio.Task[tuple[list[Output], list[Any]]]] = set()
 
     async def agent(self, stream: faust.StreamT) -> None:
         """The agent body: ``app.agent(topic)(acks.agent)``."""
@@ -427,11 +428,14 @@ class AckAfterPublish:
 
     async def _awaited(
         self, handling: Coroutine[Any, Any, list[Output]], message: Any
-    ) -> list[Output]:
+    ) -> tuple[list[Output], list[Any]]:
+        """The handler's outputs, sent as soon as it is done: inputs done out of order do not
+        wait for the ones before them to reach the broker (only their acknowledgement does)."""
         try:
-            return await handling
+            outputs = await handling
         except Exception as error:  # noqa: BLE001 - as in _handled
-            return self._failed_processing(message, error)
+            outputs = self._failed_processing(message, error)
+        return outputs, [await self._send(output) for output in outputs]
 
     def _failed_processing(self, message: Any, error: Exception) -> list[Output]:
         log.error("a record failed processing; dead-lettered", exc_info=error)
@@ -448,8 +452,7 @@ class AckAfterPublish:
         while True:
             stream, event, outputs, sent = await self._in_flight.get()
             if isinstance(outputs, asyncio.Task):
-                outputs = await outputs
-                sent = [await self._send(output) for output in outputs]
+                outputs, sent = await outputs
             results = await asyncio.gather(
                 *(s for s in sent if not isinstance(s, BaseException)), return_exceptions=True
             )

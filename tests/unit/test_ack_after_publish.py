@@ -105,3 +105,29 @@ async def test_without_deferred_outputs_each_input_waits_for_its_own():
     finally:
         agent.cancel()
         await asyncio.gather(agent, return_exceptions=True)
+
+
+async def test_handlers_at_work_together_send_when_done_and_are_acknowledged_in_order():
+    producer = _Producer()
+    release = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+    async def deliver(topic: str) -> list[Output]:
+        await release[topic].wait()  # a vendor's round trip
+        return [Output(f"out-{topic}", b"x")]
+
+    acks = AckAfterPublish(SimpleNamespace(producer=producer), "test", lambda m: deliver(m.topic))
+    stream = _Stream(["a", "b"])
+    agent = asyncio.create_task(acks.agent(stream))  # type: ignore[arg-type]
+    try:
+        release["b"].set()  # the later input is done first: its output goes out at once
+        await _until(lambda: "out-b" in producer.pending)
+        producer.pending["out-b"].set_result(None)
+        await asyncio.sleep(0.1)
+        assert stream.acked == []  # but it is acknowledged only after the input before it
+        release["a"].set()
+        await _until(lambda: "out-a" in producer.pending)
+        producer.pending["out-a"].set_result(None)
+        await _until(lambda: stream.acked == ["a", "b"])
+    finally:
+        agent.cancel()
+        await asyncio.gather(agent, return_exceptions=True)
