@@ -6,6 +6,8 @@ tests/integration/test_stream_state.py and the e2e tests)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -56,6 +58,17 @@ async def _until(condition: Any) -> None:
     raise AssertionError("condition not reached")
 
 
+@contextlib.asynccontextmanager
+async def running(acks: AckAfterPublish, stream: _Stream) -> AsyncIterator[None]:
+    """The agent over ``stream`` while the block runs, stopped after it."""
+    agent = asyncio.create_task(acks.agent(stream))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        agent.cancel()
+        await asyncio.gather(agent, return_exceptions=True)
+
+
 async def test_inputs_wait_for_the_outputs_deferred_for_them():
     producer = _Producer()
     tally: list[str] = []
@@ -73,8 +86,7 @@ async def test_inputs_wait_for_the_outputs_deferred_for_them():
         SimpleNamespace(producer=producer), "test", handle, deferred=drain, hold_s=0.05
     )
     stream = _Stream(["a", "b"])
-    agent = asyncio.create_task(acks.agent(stream))  # type: ignore[arg-type]
-    try:
+    async with running(acks, stream):
         await _until(lambda: "spikes" in producer.pending)
         producer.pending["out-a"].set_result(None)
         producer.pending["out-b"].set_result(None)
@@ -82,9 +94,6 @@ async def test_inputs_wait_for_the_outputs_deferred_for_them():
         assert stream.acked == []  # their own outputs are in, the deferred ones are not
         producer.pending["spikes"].set_result(None)
         await _until(lambda: stream.acked == ["a", "b"])
-    finally:
-        agent.cancel()
-        await asyncio.gather(agent, return_exceptions=True)
 
 
 async def test_without_deferred_outputs_each_input_waits_for_its_own():
@@ -93,8 +102,7 @@ async def test_without_deferred_outputs_each_input_waits_for_its_own():
         SimpleNamespace(producer=producer), "test", lambda m: [Output(f"out-{m.topic}", b"x")]
     )
     stream = _Stream(["a", "b"])
-    agent = asyncio.create_task(acks.agent(stream))  # type: ignore[arg-type]
-    try:
+    async with running(acks, stream):
         await _until(lambda: "out-b" in producer.pending)
         producer.pending["out-a"].set_result(None)
         await _until(lambda: stream.acked == ["a"])
@@ -102,9 +110,6 @@ async def test_without_deferred_outputs_each_input_waits_for_its_own():
         assert stream.acked == ["a"]
         producer.pending["out-b"].set_result(None)
         await _until(lambda: stream.acked == ["a", "b"])
-    finally:
-        agent.cancel()
-        await asyncio.gather(agent, return_exceptions=True)
 
 
 async def test_handlers_at_work_together_send_when_done_and_are_acknowledged_in_order():
@@ -117,8 +122,7 @@ async def test_handlers_at_work_together_send_when_done_and_are_acknowledged_in_
 
     acks = AckAfterPublish(SimpleNamespace(producer=producer), "test", lambda m: deliver(m.topic))
     stream = _Stream(["a", "b"])
-    agent = asyncio.create_task(acks.agent(stream))  # type: ignore[arg-type]
-    try:
+    async with running(acks, stream):
         release["b"].set()  # the later input is done first: its output goes out at once
         await _until(lambda: "out-b" in producer.pending)
         producer.pending["out-b"].set_result(None)
@@ -128,6 +132,3 @@ async def test_handlers_at_work_together_send_when_done_and_are_acknowledged_in_
         await _until(lambda: "out-a" in producer.pending)
         producer.pending["out-a"].set_result(None)
         await _until(lambda: stream.acked == ["a", "b"])
-    finally:
-        agent.cancel()
-        await asyncio.gather(agent, return_exceptions=True)
