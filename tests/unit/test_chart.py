@@ -143,6 +143,23 @@ def test_the_stream_processors_keep_their_member_names_and_stores_through_a_roll
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
         assert env["SWITCHBOARD_STATE_DIR"] == mounts["state"]
         assert "state" in {v["name"] for v in pod["volumes"]}
+        assert "volumeClaimTemplates" not in workload["spec"]
+
+
+def test_a_persistent_state_volume_is_a_claim_per_pod_that_follows_it():
+    """With stateVolume.persistent a rescheduled pod finds its stores on its own claim."""
+    docs = render({"stateVolume": {"persistent": True, "size": "5Gi", "storageClassName": "ssd"}})
+    for workload in by_kind(docs, "StatefulSet"):
+        [claim] = workload["spec"]["volumeClaimTemplates"]
+        assert claim["metadata"]["name"] == "state"
+        assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+        assert claim["spec"]["storageClassName"] == "ssd"
+        pod = workload["spec"]["template"]["spec"]
+        assert "state" not in {v["name"] for v in pod["volumes"]}  # the claim, not an emptyDir
+        [container] = pod["containers"]
+        assert "state" in {m["name"] for m in container["volumeMounts"]}
+    for workload in by_kind(docs, "Deployment"):  # ingest and classify keep no tables
+        assert "volumeClaimTemplates" not in workload["spec"]
 
 
 def test_optional_parts_render_when_enabled():
