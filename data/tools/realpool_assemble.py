@@ -6,7 +6,8 @@ rebuilds every split (rounds 1-4 dealt, then each round of ``APPENDED_ROUNDS`` a
 
 ``data/labeled/real/annotations.jsonl`` holds, for every tweet read, the first reader's label,
 the labels other readers proposed instead (the reviewer who checked every line, the critical
-pass over high and critical labels) and the deciding reader's decision. The final label is the
+pass over high and critical labels, the consistency pass over communications and critical
+labels) and the deciding reader's decision. The final label is the
 first reader's unless another reader proposed a different one; then it is the decision. The
 text, source and licence come from the pool, verbatim.
 
@@ -29,6 +30,10 @@ Near-duplicate groups within the round stay in one split whole; the free groups 
 department and critical or not, ``APPEND_CRITICAL_SHARES`` of the critical ones and
 ``APPEND_SHARES`` of the rest to dev, the remainder to train.
 
+Splits are dealt by each tweet's label before the consistency pass (``dealt_label``): that pass
+relabeled tweets across all rounds where they were, and a new label never moves a tweet to
+another split.
+
 Seeded (``SEED``; ``SEED + N`` for appended round N): the same inputs give the same files.
 """
 
@@ -48,7 +53,7 @@ WRITTEN = ROOT / "data" / "labeled"
 SEED = 17
 SHARES = {"test": 0.14, "dev": 0.11}  # the rest trains
 CRITICAL_SHARES = {"test": 0.25, "dev": 0.20}
-APPENDED_ROUNDS = (5,)  # read after the splits were fixed: appended, in this order
+APPENDED_ROUNDS = (5, 6)  # read after the splits were fixed: appended, in this order
 APPEND_SHARES = {"dev": 0.10}  # of an appended round's free tweets; the rest trains
 APPEND_CRITICAL_SHARES = {"dev": 0.20}  # more critical tweets to choose the threshold on
 KEPT = ("id", "text", "department", "urgency", "source", "licence", "to", "created_at")
@@ -64,6 +69,15 @@ def final_label(note: dict) -> tuple[str, str]:
     else:
         department, urgency = note["first"].split("/")
     return department, urgency
+
+
+def dealt_label(note: dict) -> tuple[str, str]:
+    """The label a tweet's split was dealt by: its label before the consistency pass, which
+    relabeled tweets where they were (a label must not move a tweet between splits)."""
+    if "consistency" in note:
+        department, urgency = note["consistency"]["was"].split("/")
+        return department, urgency
+    return final_label(note)
 
 
 def in_round(note_or_row: dict, number: int) -> bool:
@@ -124,17 +138,18 @@ def groups_of_near_duplicates(texts: list[str]) -> list[list[int]]:
 
 
 def deal(
-    rows: list[dict],
+    labels: list[tuple[str, str]],
     groups: list[list[int]],
     rng: random.Random,
     shares: dict[str, float] = SHARES,
     critical_shares: dict[str, float] = CRITICAL_SHARES,
 ) -> dict[int, str]:
-    """Split of each row: groups dealt per stratum (department, critical or not)."""
+    """Split of each row: groups dealt per stratum (department, critical or not) of the
+    ``labels`` (``dealt_label``) of their first row."""
     strata: dict[tuple[str, bool], list[list[int]]] = defaultdict(list)
     for group in groups:
-        first = rows[group[0]]
-        strata[(first["department"], first["urgency"] == "critical")].append(group)
+        department, urgency = labels[group[0]]
+        strata[(department, urgency == "critical")].append(group)
     split_of: dict[int, str] = {}
     for (_, critical), members in sorted(strata.items()):
         rng.shuffle(members)
@@ -183,9 +198,12 @@ def mark_left_out(folder: Path, reasons: dict[str, str], owns) -> None:
 def assemble(pool: dict[str, dict], folder: Path) -> None:
     """Rounds 1-4 (every note not of an appended round): all three splits dealt anew."""
     notes = [json.loads(line) for line in lines_of(folder / "annotations.jsonl")]
-    rows = [row_of(n, pool) for n in sorted(notes, key=lambda n: n["id"]) if not appended(n)]
+    dealt = sorted((n for n in notes if not appended(n)), key=lambda n: n["id"])
+    rows = [row_of(n, pool) for n in dealt]
     rng = random.Random(SEED)
-    split_of = deal(rows, groups_of_near_duplicates([r["text"] for r in rows]), rng)
+    split_of = deal(
+        [dealt_label(n) for n in dealt], groups_of_near_duplicates([r["text"] for r in rows]), rng
+    )
     texts = [r["text"] for r in rows]
     near_train = near_written(texts, ("train", "dev"))  # the written dev split only reports
     near_held_out = near_written(texts, ("test",))
@@ -210,7 +228,8 @@ def assemble(pool: dict[str, dict], folder: Path) -> None:
 def append_round(pool: dict[str, dict], folder: Path, number: int) -> None:
     """Round ``number`` appended to train and dev; test is read, never written."""
     notes = [json.loads(line) for line in lines_of(folder / "annotations.jsonl")]
-    rows = [row_of(n, pool) for n in sorted(notes, key=lambda n: n["id"]) if in_round(n, number)]
+    dealt = sorted((n for n in notes if in_round(n, number)), key=lambda n: n["id"])
+    rows = [row_of(n, pool) for n in dealt]
     if not rows:
         raise SystemExit(f"no notes of round {number} in {folder / 'annotations.jsonl'}")
     later = [n for n in APPENDED_ROUNDS if n > number]
@@ -259,7 +278,8 @@ def append_round(pool: dict[str, dict], folder: Path, number: int) -> None:
         else:
             free.append(members)
     rng = random.Random(SEED + number)
-    split_of.update(deal(rows, free, rng, APPEND_SHARES, APPEND_CRITICAL_SHARES))
+    labels = [dealt_label(n) for n in dealt]
+    split_of.update(deal(labels, free, rng, APPEND_SHARES, APPEND_CRITICAL_SHARES))
 
     mark_left_out(
         folder, {rows[i]["id"]: r for i, r in reasons.items()}, lambda n: in_round(n, number)
