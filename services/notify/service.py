@@ -99,7 +99,7 @@ class NotifyService:
             for name in self.channels
         }
         self.limiters = {name: RateLimiter(policy.rate_per_s.get(name)) for name in self.channels}  # type: ignore[call-overload]
-        self.streams = StreamWorker(GROUP_ID, self.name, settings)
+        self.streams = StreamWorker(GROUP_ID, self.name, settings, state_dir=settings.state_dir)
         self.app = self.streams.app
         self.ledger = self.streams.table(
             "ledger", topics.NOTIFICATIONS_LEDGER, help="LedgerEntry by conversation id"

@@ -77,7 +77,11 @@ class RouteService:
         self.version = rules_version(self.config.route)
         self.spike_keys = SpikeKeys(self.config.route.spikes)
         self.streams = StreamWorker(
-            GROUP_ID, self.name, settings, standby_replicas=self.config.route.standby_replicas
+            GROUP_ID,
+            self.name,
+            settings,
+            state_dir=settings.state_dir,
+            standby_replicas=self.config.route.standby_replicas,
         )
         self.app = self.streams.app
         self.conversations = self.streams.table(

@@ -65,7 +65,7 @@ from switchboard.shared.kafka import (
     pause_when_idle,
     publish,
 )
-from switchboard.shared.settings import KafkaSettings, StreamSettings
+from switchboard.shared.settings import KafkaSettings, ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +130,14 @@ class StreamWorker:
         self,
         app_id: str,
         service: str,
-        settings: StreamSettings,
+        settings: ServiceSettings,
         *,
+        state_dir: Path | None = None,
         standby_replicas: int = 0,
     ) -> None:
         self.service = service
-        self._temporary = settings.state_dir is None
-        state_dir = settings.state_dir or Path(tempfile.mkdtemp(prefix=f"switchboard-{service}-"))
+        self._temporary = state_dir is None
+        state_dir = state_dir or Path(tempfile.mkdtemp(prefix=f"switchboard-{service}-"))
         self.partitions = settings.config.topics.partitions
         self.app = stream_app(
             app_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 from switchboard.classify.data import content_sha256, load_labeled
 from switchboard.classify.evaluation import report
@@ -11,6 +12,7 @@ from switchboard.classify.model import DEFAULT_ARTIFACT
 from switchboard.classify.service import ClassifyService
 from switchboard.classify.settings import ClassifySettings
 from switchboard.shared import topics
+from switchboard.shared.broker import free_port
 from switchboard.shared.events import ClassifiedTweet, DeadLetter, decode, encode
 from switchboard.shared.labels import Department, Urgency
 from tests.conftest import CONFIG_FILE, LABELED, REAL, published
@@ -106,14 +108,25 @@ async def test_a_second_classify_process_takes_a_share_of_the_partitions(
 ):
     """Throughput scales by adding classify processes: a second one in the group gets some of
     the raw topic's partitions, and together they label every tweet once."""
-    settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
-    first = ClassifyService(settings, model=classifier)
-    second = ClassifyService(settings, model=classifier)
-    async with running(first), running(second):
-        partitions = settings.config.topics.partitions
 
-        def shares() -> list[frozenset]:
-            return [first.consumer.assignment(), second.consumer.assignment()]
+    def replica(member: str | None) -> ClassifyService:  # each its own member name and URL
+        settings = ClassifySettings.load(
+            config_file=CONFIG_FILE,
+            kafka=kafka.model_copy(update={"group_instance_id": member}),
+            http_port=free_port(),
+        )
+        return ClassifyService(settings, model=classifier)
+
+    # The first takes the place of the static member that earlier tests left in the group (a
+    # member that stopped stays in it until it comes back or, on a real broker, its session
+    # times out); the second joins as a new member.
+    first, second = replica(None), replica(f"classify-b-{uuid.uuid4().hex[:8]}")
+    async with running(first), running(second):
+        partitions = first.settings.config.topics.partitions
+
+        def shares() -> list[set]:
+            return [{tp for tp in c.app.consumer.assignment() if tp.topic == topics.RAW}
+                    for c in (first, second)]  # fmt: skip
 
         deadline = asyncio.get_running_loop().time() + 60
         while not (all(shares()) and sum(len(s) for s in shares()) == partitions):

@@ -48,14 +48,13 @@ from switchboard.shared.events import (
 )
 from switchboard.shared.kafka import (
     Output,
-    StreamLoop,
     client_options,
     ensure_topics,
-    make_consumer,
     make_producer,
     publish,
 )
 from switchboard.shared.settings import KafkaSettings
+from switchboard.shared.streams import AckAfterPublish, raw_topic, stream_app, until_worker_ready
 from tests.conftest import CONFIG_FILE
 from tests.factories import Poison, a_classified_tweet, a_raw_tweet, a_tweet, routed_from
 
@@ -327,29 +326,27 @@ async def test_an_output_too_large_for_the_cluster_is_dead_lettered(kafka, read,
 
 
 async def test_a_record_the_handler_fails_on_is_dead_lettered_and_the_stream_goes_on(
-    kafka, producer, read
+    kafka, producer, read, tmp_path
 ):
     """Poison that decodes but breaks a stage (a bug) must not stop the stream, nor crash-loop
-    the service: the batch is retried one record at a time and the culprit dead-lettered."""
+    the service: the culprit is dead-lettered with the error, the records after it are handled,
+    and the group's offset moves past it."""
     await ensure_topics(kafka, [LOOP_IN, LOOP_OUT], 1, 1)
 
-    async def handler(records: list[ConsumerRecord]) -> list[Output]:
-        outputs = []
-        for record in records:
-            if record.value == b"boom":
-                raise ZeroDivisionError("the stage's bug")
-            outputs.append(Output(LOOP_OUT, record.value, record.key))
-        return outputs
+    def handler(message: Any) -> list[Output]:
+        if message.value == b"boom":
+            raise ZeroDivisionError("the stage's bug")
+        return [Output(LOOP_OUT, message.value, message.key)]
 
     group = f"{RUN}-loop"
-    consumer = make_consumer(kafka, [LOOP_IN], group, "test")
-    out = make_producer(kafka, "test")
+    app = stream_app(
+        group, kafka, state_dir=tmp_path, member=group, url="http://127.0.0.1:9", partitions=1
+    )
+    app.agent(raw_topic(app, LOOP_IN), name="loop")(AckAfterPublish(app, "route", handler).agent)
+    worker = asyncio.create_task(app.start())
     key = f"{RUN}-loop".encode()
-    stop = asyncio.Event()
-    await consumer.start()
-    await out.start()
-    loop = asyncio.create_task(StreamLoop("route", consumer, out, handler).run(stop))
     try:
+        await until_worker_ready(app)
         for value in (b"before", b"boom", b"after"):
             last = await producer.send_and_wait(LOOP_IN, value, key, 0)
         records = await read(
@@ -357,10 +354,9 @@ async def test_a_record_the_handler_fails_on_is_dead_lettered_and_the_stream_goe
         )
         await wait_for_commit(kafka, group, TopicPartition(LOOP_IN, 0), last.offset + 1)
     finally:
-        stop.set()
-        await asyncio.wait_for(loop, timeout=15)
-        await consumer.stop()
-        await out.stop()
+        await app.stop()
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
 
     ours = [r for r in records if r.key == key]
     assert [r.value for r in ours if r.topic == LOOP_OUT] == [b"before", b"after"]
