@@ -122,6 +122,15 @@ async def producer(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
     await client.stop()
 
 
+@pytest.fixture
+async def own_producer(own_kafka: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
+    """A producer on the test's own broker (``own_kafka``)."""
+    client = AIOKafkaProducer(**client_options(own_kafka))
+    await client.start()
+    yield client
+    await client.stop()
+
+
 async def read_topics(
     kafka: KafkaSettings,
     watched: list[str],

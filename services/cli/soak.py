@@ -48,9 +48,6 @@ from switchboard.shared.settings import KafkaSettings
 MEMORY_GROWTH_LIMIT = 0.10  # 10 % between the second and the last quarter
 LAG_SECONDS_LIMIT = 5.0  # of traffic: lag above rate * this means the pipeline fell behind
 GROUP_PREFIX = "switchboard-"
-# Commits only when a digest goes out (hourly by default): its lag is the digests' content,
-# by design, and reported apart from the lag of the groups that should keep up.
-DIGEST_GROUP = "switchboard-notify-digest"
 
 
 async def group_lag(kafka: KafkaSettings) -> dict[str, int]:
@@ -226,7 +223,7 @@ async def _watch(stack: Stack, sampler: ResourceSampler, record: SoakRecord, sen
         await asyncio.sleep(every_s)
         with contextlib.suppress(Exception):  # the broker busy for a moment is not a verdict
             lags = await group_lag(stack.kafka)
-            record.lag.append(sum(v for g, v in lags.items() if g != DIGEST_GROUP))
+            record.lag.append(sum(lags.values()))
             for group, behind in lags.items():
                 record.lag_by_group[group] = max(record.lag_by_group.get(group, 0), behind)
         for name, values in sampler.rss.items():
@@ -247,7 +244,7 @@ async def settled_lag(kafka: KafkaSettings, within_s: float = 10.0) -> int | Non
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
             lags = await group_lag(kafka)
-            left = sum(v for g, v in lags.items() if g != DIGEST_GROUP)
+            left = sum(lags.values())
             if left == 0:
                 break
         await asyncio.sleep(0.5)

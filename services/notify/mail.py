@@ -40,7 +40,7 @@ from jinja2 import (
 from switchboard.notify.sanitize import one_line, shown_tweet
 from switchboard.notify.settings import SmtpSettings
 from switchboard.shared.config import EmailConfig, Subscription
-from switchboard.shared.events import RoutedTweet
+from switchboard.shared.events import PendingDigest, RoutedTweet
 from switchboard.shared.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -123,16 +123,22 @@ def render_email(
 
 
 def render_digest(
-    items: list[RoutedTweet], subscription: Subscription, options: EmailConfig, digest_id: str
+    pending: PendingDigest, subscription: Subscription, options: EmailConfig, digest_id: str
 ) -> Message:
-    """One email listing ``items`` (the low-urgency tweets of a digest window)."""
-    shown = [r.model_copy(update={"tweet": shown_tweet(r.tweet, TEXT_LIMIT)}) for r in items]
-    context = {"items": shown, "subscription": subscription.name}
+    """One email listing the tweets of a digest period (``pending.count`` in all, the first
+    ``PendingDigest.SHOWN`` of them listed)."""
+    shown = [
+        r.model_copy(update={"tweet": shown_tweet(r.tweet, TEXT_LIMIT)}) for r in pending.tweets
+    ]
+    context = {
+        "items": shown, "count": pending.count, "more": pending.count - len(shown),
+        "subscription": subscription.name,
+    }  # fmt: skip
     env = templates(options.templates_dir)
     return _message(
         options,
         subscription,
-        f"{options.subject_prefix} digest for {subscription.name}: {len(items)} tweets",
+        f"{options.subject_prefix} digest for {subscription.name}: {pending.count} tweets",
         {
             "Message-ID": message_id(digest_id),
             "X-Switchboard-Digest-Id": one_line(digest_id, SUBJECT_LIMIT),

@@ -33,7 +33,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from switchboard.notify.channels import Channel, Done, Job, channels_for
-from switchboard.notify.digest import DigestWorker
+from switchboard.notify.digest import Digests
 from switchboard.notify.dlq import DueRedrives, Filters, dlq_router, parked_deliveries, redrive
 from switchboard.notify.mail import SmtpMailer
 from switchboard.notify.resilience import (
@@ -112,7 +112,9 @@ class NotifyService:
         )  # fmt: skip
         self.app.agent(inputs, name="notify")(self.acks.agent)
         self.app.timer(self.options.ledger_sweep_s, name="ledger-sweep")(self.sweep_ledger)
-        self.digests = DigestWorker(settings, SmtpMailer(settings.smtp))
+        self.digests = Digests(
+            self.streams, self.options, SmtpMailer(settings.smtp), self.acks.sender
+        )
         # The latest delivery of each conversation and target: the next one waits for it.
         self._latest: dict[tuple[str, str], asyncio.Task[Delivery]] = {}
         self.parked: set[str] = set()
@@ -132,7 +134,7 @@ class NotifyService:
             self.settings.kafka,
             [*topics.DEPARTMENT_TOPICS, topics.DELIVERIES, topics.NOTIFICATIONS_DLQ,
              topics.NOTIFICATIONS_REDRIVE, topics.NOTIFICATIONS_LEDGER, topics.NOTIFICATIONS_DUE,
-             topics.DEADLETTER],
+             topics.NOTIFICATIONS_DIGESTS, topics.NOTIFICATIONS_DIGEST_STATE, topics.DEADLETTER],
             self.settings.config.topics.partitions,
             self.settings.config.topics.replication_factor,
         )  # fmt: skip
@@ -145,7 +147,6 @@ class NotifyService:
         await self.streams.start()
 
     async def run(self, stop: asyncio.Event) -> None:
-        digests = asyncio.create_task(self.digests.run(stop), name="digests")
         redrives = asyncio.create_task(self._redrive_when_due(stop), name="due-redrives")
         try:
             while not stop.is_set():
@@ -155,7 +156,6 @@ class NotifyService:
         finally:
             redrives.cancel()
             await asyncio.gather(redrives, return_exceptions=True)
-            await asyncio.wait_for(digests, timeout=10)
 
     async def _redrive_when_due(self, stop: asyncio.Event, every_s: float = 1.0) -> None:
         """Deliveries parked for a vendor's long wait go back on the redrive topic when their
@@ -196,26 +196,27 @@ class NotifyService:
         when its deliveries are done."""
         if message.topic == topics.NOTIFICATIONS_DUE:
             return self.on_ledger_due(message)
-        jobs = self._jobs(message)
-        if isinstance(jobs, Output):
-            return [jobs]
-        return self._deliveries([self._started(job) for job in jobs]) if jobs else []
-
-    def _jobs(self, message: Any) -> list[Job] | Output:
         if message.topic == topics.NOTIFICATIONS_REDRIVE:
             request = decode_or_dead_letter(message, RedriveRequest, self.name)
-            return request if isinstance(request, Output) else self._redrive_jobs(request)
-        routed = decode_or_dead_letter(message, RoutedTweet, self.name)
-        if isinstance(routed, Output):
-            return routed
-        routed = redacted(routed, self.options.redact)  # before any channel sees it
-        department = Department(message.topic.removeprefix(topics.DEPARTMENT_PREFIX))
-        return [
-            Job(routed, subscription, department, delivery_id(routed, subscription))
-            for subscription in matching_subscriptions(
-                routed, self.options.subscriptions, department
-            )
-        ]
+            if isinstance(request, Output):
+                return [request]
+            jobs, waiting = self._redrive_jobs(request), []
+        else:
+            routed = decode_or_dead_letter(message, RoutedTweet, self.name)
+            if isinstance(routed, Output):
+                return [routed]
+            routed = redacted(routed, self.options.redact)  # before any channel sees it
+            department = Department(message.topic.removeprefix(topics.DEPARTMENT_PREFIX))
+            jobs = [
+                Job(routed, subscription, department, delivery_id(routed, subscription))
+                for subscription in matching_subscriptions(
+                    routed, self.options.subscriptions, department
+                )
+            ]
+            waiting = self.digests.items(routed, department)  # for the digest subscriptions
+        if not jobs:
+            return waiting
+        return self._deliveries([self._started(job) for job in jobs], waiting)
 
     def _started(self, job: Job) -> asyncio.Task[Delivery]:
         """The job's delivery as a task, started here, in the record's context (the ledger
@@ -237,8 +238,10 @@ class NotifyService:
             await asyncio.wait([previous])
         return await self.deliver(job)
 
-    async def _deliveries(self, tasks: list[asyncio.Task[Delivery]]) -> list[Output]:
-        outputs = []
+    async def _deliveries(
+        self, tasks: list[asyncio.Task[Delivery]], outputs: list[Output]
+    ) -> list[Output]:
+        outputs = list(outputs)
         for delivery in await asyncio.gather(*tasks):
             delivered = delivery.outcome == "delivered"
             topic = topics.DELIVERIES if delivered else topics.NOTIFICATIONS_DLQ

@@ -12,7 +12,7 @@ import base64
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar, get_args
+from typing import Annotated, ClassVar, Literal, TypeVar, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -292,6 +292,43 @@ class LedgerDue(Event):
     found_at: AwareDatetime
 
 
+class DigestItem(Event):
+    """On ``switchboard.notifications.digests``, keyed by subscription name: a routed tweet
+    that waits for the subscription's next digest (``digest_minutes``), published by notify
+    when it handles the tweet."""
+
+    event_type: Literal["notify.digest_item"] = "notify.digest_item"
+    subscription: str
+    routed: RoutedTweet
+
+
+class DigestDue(Event):
+    """On ``switchboard.notifications.digests``, keyed by subscription name: notify's sweep
+    found the subscription's digest due; the replica that owns it when the message arrives
+    sends it (a table changes only inside the stream of its own partition)."""
+
+    event_type: Literal["notify.digest_due"] = "notify.digest_due"
+    subscription: str
+    found_at: AwareDatetime
+
+
+class PendingDigest(Event):
+    """On the compacted ``switchboard.notifications.digest_state``, keyed by subscription
+    name: the tweets waiting for the subscription's next digest. The first ``SHOWN`` are kept
+    to be listed; the digest counts the rest."""
+
+    SHOWN: ClassVar[int] = 100
+
+    event_type: Literal["notify.digest_pending"] = "notify.digest_pending"
+    subscription: str
+    tweets: list[RoutedTweet] = Field(default_factory=list, max_length=SHOWN)
+    count: int = Field(default=0, ge=0, description="tweets waiting, listed or not")
+    since: AwareDatetime = Field(description="when the first of them arrived")
+    retry_at: AwareDatetime | None = Field(
+        default=None, description="a send failed: the next try (a period later)"
+    )
+
+
 Channel = Literal["email", "webhook", "zendesk", "jira", "salesforce", "hubspot"]
 
 
@@ -445,6 +482,9 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RedriveRequest,
     LedgerEntry,
     LedgerDue,
+    DigestItem,
+    DigestDue,
+    PendingDigest,
     DeadLetter,
 )
 
@@ -488,6 +528,15 @@ def decode_alert(payload: bytes | None) -> Alert | SpikeAlert:
     except (ValueError, AttributeError):
         kind = None
     return decode(SpikeAlert if kind == "alert.spike" else Alert, payload)
+
+
+def decode_digest(payload: bytes | None) -> DigestItem | DigestDue:
+    """An event from ``switchboard.notifications.digests``, which carries two event types."""
+    try:
+        kind = json.loads(payload or b"{}").get("event_type")
+    except (ValueError, AttributeError):
+        kind = None
+    return decode(DigestDue if kind == "notify.digest_due" else DigestItem, payload)
 
 
 def problem_of(exc: ValidationError, otherwise: DeadLetterReason = "invalid_event") -> DecodeError:

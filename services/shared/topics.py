@@ -26,6 +26,10 @@ NOTIFICATIONS_REDRIVE = "switchboard.notifications.redrive"
 NOTIFICATIONS_LEDGER = "switchboard.notifications.ledger"
 # notify's own: ledger entries its sweep found past retention, for their owner to remove.
 NOTIFICATIONS_DUE = "switchboard.notifications.due"
+# notify's own, keyed by subscription: tweets waiting for a digest, and digests found due.
+NOTIFICATIONS_DIGESTS = "switchboard.notifications.digests"
+# Compacted: the tweets each digest subscription holds until its next digest.
+NOTIFICATIONS_DIGEST_STATE = "switchboard.notifications.digest_state"
 DEADLETTER = "switchboard.deadletter"
 
 DEPARTMENT_PREFIX = "switchboard.dept."
@@ -56,12 +60,14 @@ ALL: tuple[str, ...] = (
     NOTIFICATIONS_REDRIVE,
     NOTIFICATIONS_LEDGER,
     NOTIFICATIONS_DUE,
+    NOTIFICATIONS_DIGESTS,
+    NOTIFICATIONS_DIGEST_STATE,
     DEADLETTER,
 )
 
 # Topics that keep only the last message per key (Kafka log compaction).
 COMPACTED: frozenset[str] = frozenset(
-    {INGEST_CHECKPOINTS, ROUTE_CONVERSATIONS, NOTIFICATIONS_LEDGER}
+    {INGEST_CHECKPOINTS, ROUTE_CONVERSATIONS, NOTIFICATIONS_LEDGER, NOTIFICATIONS_DIGEST_STATE}
 )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 
 from switchboard.classify.data import content_sha256, load_labeled
 from switchboard.classify.evaluation import report
@@ -15,7 +14,7 @@ from switchboard.shared import topics
 from switchboard.shared.broker import free_port
 from switchboard.shared.events import ClassifiedTweet, DeadLetter, decode, encode
 from switchboard.shared.labels import Department, Urgency
-from tests.conftest import CONFIG_FILE, LABELED, REAL, published
+from tests.conftest import CONFIG_FILE, LABELED, REAL, published, read_topics
 from tests.factories import a_raw_tweet
 
 
@@ -104,23 +103,23 @@ async def test_classify_labels_each_raw_tweet(kafka, producer, read, running, cl
 
 
 async def test_a_second_classify_process_takes_a_share_of_the_partitions(
-    kafka, producer, read, running, classifier
+    own_kafka, own_producer, running, classifier
 ):
     """Throughput scales by adding classify processes: a second one in the group gets some of
     the raw topic's partitions, and together they label every tweet once."""
 
-    def replica(member: str | None) -> ClassifyService:  # each its own member name and URL
+    def replica(member: str) -> ClassifyService:  # each its own member name and URL
         settings = ClassifySettings.load(
             config_file=CONFIG_FILE,
-            kafka=kafka.model_copy(update={"group_instance_id": member}),
+            kafka=own_kafka.model_copy(update={"group_instance_id": member}),
             http_port=free_port(),
         )
         return ClassifyService(settings, model=classifier)
 
-    # The first takes the place of the static member that earlier tests left in the group (a
-    # member that stopped stays in it until it comes back or, on a real broker, its session
-    # times out); the second joins as a new member.
-    first, second = replica(None), replica(f"classify-b-{uuid.uuid4().hex[:8]}")
+    # A broker of the test's own: a static member that stops stays in its group (until it comes
+    # back, or on a real Kafka until its session times out), and the session's group would
+    # keep waiting for the second one in every later test.
+    first, second = replica("classify-a"), replica("classify-b")
     async with running(first), running(second):
         partitions = first.settings.config.topics.partitions
 
@@ -137,8 +136,10 @@ async def test_a_second_classify_process_takes_a_share_of_the_partitions(
         sent = {f"scale-{i}" for i in range(60)}
         for tweet_id in sorted(sent):
             event = a_raw_tweet(id=tweet_id, conversation_id=f"conv-{tweet_id}")
-            await producer.send_and_wait(topics.RAW, encode(event), key=f"conv-{tweet_id}".encode())
-        records = await read(
+            key = f"conv-{tweet_id}".encode()
+            await own_producer.send_and_wait(topics.RAW, encode(event), key=key)
+        records = await read_topics(
+            own_kafka,
             [topics.CLASSIFIED],
             lambda rs: {r.key for r in rs} >= {f"conv-{i}".encode() for i in sent},
         )

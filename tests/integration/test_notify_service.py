@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from email.message import EmailMessage
 
 import pytest
@@ -188,6 +189,55 @@ async def test_low_urgency_waits_for_one_digest(kafka, producer, running, inbox)
     assert len(digest_with_ours()) == 1
     singles = {m["X-Switchboard-Tweet-Id"] for m in inbox.messages()}
     assert "d-9" in singles and not singles & {"d-0", "d-1", "d-2"}
+
+
+async def test_a_subscription_gets_one_digest_whichever_replicas_hold_its_tweets(
+    own_kafka, own_producer, running, inbox
+):
+    """The tweets of a digest come from every partition; a subscription's pending digest
+    belongs to one partition (of its name), so two replicas send one digest, not one each,
+    and the tweets that wait for it are in the table's changelog, not in a replica's memory."""
+    name = f"digest-{uuid.uuid4().hex[:8]}"
+    chatter = Subscription(name=name, departments=["community"], urgencies=["low"],
+                           to=["community@switchboard.example"], digest_minutes=0.05)  # fmt: skip
+
+    def replica(member: str) -> NotifyService:
+        base = NotifySettings.load(config_file=CONFIG_FILE, kafka=own_kafka)
+        notify = base.config.notify.model_copy(update={"subscriptions": [chatter]})
+        settings = NotifySettings.load(
+            config_file=CONFIG_FILE,
+            kafka=own_kafka.model_copy(update={"group_instance_id": member}),
+            http_port=free_port(),
+            config=base.config.model_copy(update={"notify": notify}),
+            smtp=SmtpSettings(host="127.0.0.1", port=inbox.port),
+        )
+        return NotifyService(settings)
+
+    # On a broker of the test's own: a static member stays in its group after it stops, and the
+    # session's group would wait for the second one in every later test.
+    first, second = replica("notify-a"), replica("notify-b")
+    low = [routed(f"{name}-{i}", "community", "low", f"{name} hello {i}", first.settings)
+           for i in range(8)]  # fmt: skip
+
+    def digests() -> list:
+        return [m for m in inbox.messages() if name in (m["X-Switchboard-Digest-Id"] or "")]
+
+    async with running(first), running(second):
+
+        def owned(service: NotifyService) -> set:
+            return {tp for tp in service.app.consumer.assignment()
+                    if tp.topic == topics.NOTIFICATIONS_DIGESTS}  # fmt: skip
+
+        await wait_for(lambda: bool(owned(first)) and bool(owned(second)), timeout_s=60)
+        for event in low:  # conversations on every partition, so on both replicas
+            key = event.tweet.conversation_id.encode()
+            await own_producer.send_and_wait(event.route.topic, encode(event), key=key)
+        await wait_for(lambda: bool(digests()), timeout_s=30)
+        await asyncio.sleep(4)  # a period more: a second digest would have gone by now
+
+    [digest] = digests()
+    assert all(e.tweet.text in body(digest) for e in low)
+    assert f": {len(low)} tweets" in digest["Subject"]
 
 
 def body(email) -> str:  # noqa: ANN001

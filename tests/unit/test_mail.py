@@ -11,6 +11,7 @@ from aiosmtplib.email import flatten_message
 from switchboard.notify.mail import check_templates, message_id, render_email
 from switchboard.notify.service import delivery_id, matching_subscriptions
 from switchboard.shared.config import EmailConfig, Subscription
+from switchboard.shared.events import PendingDigest, utc_now
 from switchboard.shared.settings import ConfigError
 from tests.factories import HOSTILE, INVISIBLE, routed_from
 from tests.factories import a_classified_tweet as classified
@@ -117,9 +118,12 @@ def test_a_digest_shows_tweets_inert_too():
     from switchboard.notify.mail import render_digest
 
     routed = routed_with_text("<img src=x onerror=alert(1)> @here")
-    message = received(render_digest([routed], SUPPORT, EmailConfig(), "digest:1"))
+    pending = PendingDigest(subscription=SUPPORT.name, tweets=[routed], count=3, since=utc_now())
+    message = received(render_digest(pending, SUPPORT, EmailConfig(), "digest:1"))
     html = message.get_body(("html",)).get_content()
     assert "<img" not in html and "\uff20here" in html
+    text = message.get_body(("plain",)).get_content()  # two more counted than listed
+    assert "3 tweets for" in text and "and 2 more" in text and "and 2 more" in html
 
 
 def test_the_message_id_is_the_same_each_time_a_delivery_is_sent():
