@@ -24,18 +24,18 @@ TRAINED_ON = (LABELED / "train.jsonl", REAL / "train.jsonl")  # the baselines fi
 MARGIN = 0.02
 # Reached by the shipped default artifact on the real held-out split (docs/classifier.md).
 REAL_REACHED = {
-    "department_accuracy": 0.780,
-    "department_macro_f1": 0.741,
-    "urgency_macro_f1": 0.697,
-    "critical_recall": 0.510,
-    "critical_precision": 0.454,
+    "department_accuracy": 0.761,
+    "department_macro_f1": 0.717,
+    "urgency_macro_f1": 0.719,
+    "critical_recall": 0.571,
+    "critical_precision": 0.444,
 }
 # Reached by the commercial artifact (trained without non-commercial or unknown-licence rows).
-COMMERCIAL_REACHED = {"department_accuracy": 0.562, "critical_recall": 0.627}
+COMMERCIAL_REACHED = {"department_accuracy": 0.562, "critical_recall": 0.571}
 # The written split's department macro-F1 target (0.90) is not met since the model learns real
 # tweets, whose readers drew marketing/community and customer_service/sales where the writers did
 # not (docs/classifier.md, error analysis); this guards what the real-trained model reached.
-WRITTEN_DEPARTMENT_MACRO_F1_REACHED = 0.848
+WRITTEN_DEPARTMENT_MACRO_F1_REACHED = 0.818
 ECE_BOUND = 0.08
 
 
