@@ -1,8 +1,7 @@
-"""Kafka wiring shared by the services: clients, topic creation, publishing and dead letters.
+"""Kafka wiring shared by the services: clients, topic creation, the consume-process-produce loop.
 
-The stream processors (classify, route, notify) consume through faust (``streams.py``) and
-publish through ``publish``; ingest produces with ``InFlight``. Delivery is at least once: an
-input's outputs are acknowledged by the broker before its offset is committed; consumers of the
+Delivery is at least once: a batch's outputs are acknowledged by the broker before the batch's
+input offsets are committed. A crash between the two re-delivers the batch; consumers of the
 output topics deduplicate by tweet id (README, "Delivery guarantees").
 """
 
@@ -12,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,8 @@ from aiokafka import (
 )
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
     KafkaConnectionError,
     KafkaError,
     MessageSizeTooLargeError,
@@ -216,9 +217,106 @@ def decode_or_dead_letter(record: ConsumerRecord, event_type: type[E], stage: st
         return dead_letter_record(stage, problem, record)
 
 
-# Failures of the infrastructure, not of a record: outputs are sent again until the broker takes
-# them (streams.AckAfterPublish). Any other error is blamed on the record (dead-lettered).
+BatchHandler = Callable[[list[ConsumerRecord]], Awaitable[list[Output]]]
+
+
+# Failures of the infrastructure, not of a record: the service stops and, restarted, reads the
+# batch again. Any other error is blamed on the batch's records (see StreamLoop._handle).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError)
+
+
+class StreamLoop:
+    """Consume a batch, hand it to ``handler``, publish its outputs, then commit.
+
+    A batch is up to ``max_records`` records or whatever arrived within ``timeout_ms``; with
+    ``fill``, it waits up to ``timeout_ms`` after the first record for the batch to fill (the
+    classifier is five times faster per tweet on 32 tweets than on one). When the handler raises
+    (other than TRANSIENT_ERRORS), the batch is handled again one record at a time, and a record
+    that still fails is dead-lettered ``processing_failed``: one poison record never stops the
+    stream, nor crash-loops the service on restart.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        handler: BatchHandler,
+        *,
+        max_records: int = 100,
+        timeout_ms: int = 100,
+        fill: bool = False,
+    ) -> None:
+        self.service = service
+        self.consumer = consumer
+        self.producer = producer
+        self.handler = handler
+        self.max_records = max_records
+        self.timeout_ms = timeout_ms
+        self.fill = fill
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            records = await self._batch(self.timeout_ms, self.max_records)
+            if records and self.fill:
+                records += await self._fill(len(records))
+            if records:
+                await self._process(records)
+            await self._report_lag()
+
+    async def _batch(self, timeout_ms: int, most: int) -> list[ConsumerRecord]:
+        batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=most)
+        return [record for part in batches.values() for record in part]
+
+    async def _fill(self, have: int) -> list[ConsumerRecord]:
+        """More records, until the batch is full or ``timeout_ms`` after its first record."""
+        more: list[ConsumerRecord] = []
+        deadline = time.monotonic() + self.timeout_ms / 1000
+        while have + len(more) < self.max_records:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            more += await self._batch(left_ms, self.max_records - have - len(more))
+        return more
+
+    async def _report_lag(self) -> None:
+        """Messages behind the end of each assigned partition (what the dashboards call lag)."""
+        group = self.consumer._group_id or "none"  # noqa: SLF001 - aiokafka keeps it private
+        for tp in self.consumer.assignment():
+            end = self.consumer.highwater(tp)
+            if end is None:  # nothing fetched from it yet
+                continue
+            with contextlib.suppress(IllegalStateError, KafkaError):
+                behind = max(0, end - await self.consumer.position(tp))
+                metrics.CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(behind)
+
+    async def _process(self, records: list[ConsumerRecord]) -> None:
+        started = time.perf_counter()
+        for record in records:
+            metrics.CONSUMED.labels(self.service, record.topic).inc()
+        outputs = await self._handle(records)
+        await publish(self.producer, outputs, self.service)
+        try:
+            await self.consumer.commit()
+        except CommitFailedError:
+            # The group rebalanced mid-batch; the new owner re-reads these records.
+            log.warning("commit failed after a rebalance; the batch will be redelivered")
+        metrics.BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.labels(self.service).observe(len(records))
+
+    async def _handle(self, records: list[ConsumerRecord]) -> list[Output]:
+        try:
+            return await self.handler(records)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as error:  # noqa: BLE001 - any bug a record triggers; see the class
+            if len(records) == 1:
+                log.exception("a record failed processing; dead-lettered")
+                detail = f"{type(error).__name__}: {error}"[:2000]
+                problem = DecodeError("processing_failed", detail)
+                return [dead_letter_record(self.service, problem, records[0])]
+            log.warning("a batch failed; handling its records one at a time", exc_info=True)
+        return [output for record in records for output in await self._handle([record])]
 
 
 async def publish(

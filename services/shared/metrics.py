@@ -34,9 +34,15 @@ TABLE_ENTRIES = Gauge(
     "Entries held in memory by a changelog table (route conversations, notify ledger)",
     ["service", "table"],
 )
+BATCH_SECONDS = Histogram(
+    "switchboard_batch_processing_seconds",
+    "Time to process one consumed batch, publish its outputs and commit",
+    ["service"],
+    buckets=LATENCY_BUCKETS,
+)
 BATCH_SIZE = Histogram(
     "switchboard_batch_size",
-    "Tweets per model call (classify)",
+    "Records per consumed batch",
     ["service"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )

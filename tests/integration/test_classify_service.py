@@ -11,10 +11,9 @@ from switchboard.classify.model import DEFAULT_ARTIFACT
 from switchboard.classify.service import ClassifyService
 from switchboard.classify.settings import ClassifySettings
 from switchboard.shared import topics
-from switchboard.shared.broker import free_port
 from switchboard.shared.events import ClassifiedTweet, DeadLetter, decode, encode
 from switchboard.shared.labels import Department, Urgency
-from tests.conftest import CONFIG_FILE, LABELED, REAL, published, read_topics
+from tests.conftest import CONFIG_FILE, LABELED, REAL, published
 from tests.factories import a_raw_tweet
 
 
@@ -103,29 +102,18 @@ async def test_classify_labels_each_raw_tweet(kafka, producer, read, running, cl
 
 
 async def test_a_second_classify_process_takes_a_share_of_the_partitions(
-    own_kafka, own_producer, running, classifier
+    kafka, producer, read, running, classifier
 ):
     """Throughput scales by adding classify processes: a second one in the group gets some of
     the raw topic's partitions, and together they label every tweet once."""
-
-    def replica(member: str) -> ClassifyService:  # each its own member name and URL
-        settings = ClassifySettings.load(
-            config_file=CONFIG_FILE,
-            kafka=own_kafka.model_copy(update={"group_instance_id": member}),
-            http_port=free_port(),
-        )
-        return ClassifyService(settings, model=classifier)
-
-    # A broker of the test's own: a static member that stops stays in its group (until it comes
-    # back, or on a real Kafka until its session times out), and the session's group would
-    # keep waiting for the second one in every later test.
-    first, second = replica("classify-a"), replica("classify-b")
+    settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    first = ClassifyService(settings, model=classifier)
+    second = ClassifyService(settings, model=classifier)
     async with running(first), running(second):
-        partitions = first.settings.config.topics.partitions
+        partitions = settings.config.topics.partitions
 
-        def shares() -> list[set]:
-            return [{tp for tp in c.app.consumer.assignment() if tp.topic == topics.RAW}
-                    for c in (first, second)]  # fmt: skip
+        def shares() -> list[frozenset]:
+            return [first.consumer.assignment(), second.consumer.assignment()]
 
         deadline = asyncio.get_running_loop().time() + 60
         while not (all(shares()) and sum(len(s) for s in shares()) == partitions):
@@ -136,10 +124,8 @@ async def test_a_second_classify_process_takes_a_share_of_the_partitions(
         sent = {f"scale-{i}" for i in range(60)}
         for tweet_id in sorted(sent):
             event = a_raw_tweet(id=tweet_id, conversation_id=f"conv-{tweet_id}")
-            key = f"conv-{tweet_id}".encode()
-            await own_producer.send_and_wait(topics.RAW, encode(event), key=key)
-        records = await read_topics(
-            own_kafka,
+            await producer.send_and_wait(topics.RAW, encode(event), key=f"conv-{tweet_id}".encode())
+        records = await read(
             [topics.CLASSIFIED],
             lambda rs: {r.key for r in rs} >= {f"conv-{i}".encode() for i in sent},
         )

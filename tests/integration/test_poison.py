@@ -48,8 +48,10 @@ from switchboard.shared.events import (
 )
 from switchboard.shared.kafka import (
     Output,
+    StreamLoop,
     client_options,
     ensure_topics,
+    make_consumer,
     make_producer,
     publish,
 )
@@ -326,6 +328,51 @@ async def test_an_output_too_large_for_the_cluster_is_dead_lettered(kafka, read,
 
 
 async def test_a_record_the_handler_fails_on_is_dead_lettered_and_the_stream_goes_on(
+    kafka, producer, read
+):
+    """Poison that decodes but breaks a stage (a bug) must not stop the stream, nor crash-loop
+    the service: the batch is retried one record at a time and the culprit dead-lettered."""
+    await ensure_topics(kafka, [LOOP_IN, LOOP_OUT], 1, 1)
+
+    async def handler(records: list[ConsumerRecord]) -> list[Output]:
+        outputs = []
+        for record in records:
+            if record.value == b"boom":
+                raise ZeroDivisionError("the stage's bug")
+            outputs.append(Output(LOOP_OUT, record.value, record.key))
+        return outputs
+
+    group = f"{RUN}-loop"
+    consumer = make_consumer(kafka, [LOOP_IN], group, "test")
+    out = make_producer(kafka, "test")
+    key = f"{RUN}-loop".encode()
+    stop = asyncio.Event()
+    await consumer.start()
+    await out.start()
+    loop = asyncio.create_task(StreamLoop("route", consumer, out, handler).run(stop))
+    try:
+        for value in (b"before", b"boom", b"after"):
+            last = await producer.send_and_wait(LOOP_IN, value, key, 0)
+        records = await read(
+            [LOOP_OUT, topics.DEADLETTER], lambda rs: sum(r.key == key for r in rs) >= 3
+        )
+        await wait_for_commit(kafka, group, TopicPartition(LOOP_IN, 0), last.offset + 1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(loop, timeout=15)
+        await consumer.stop()
+        await out.stop()
+
+    ours = [r for r in records if r.key == key]
+    assert [r.value for r in ours if r.topic == LOOP_OUT] == [b"before", b"after"]
+    [letter] = [decode(DeadLetter, r.value) for r in ours if r.topic == topics.DEADLETTER]
+    assert (letter.reason, letter.original(), letter.source_topic) == (
+        "processing_failed", b"boom", LOOP_IN
+    )  # fmt: skip
+    assert "ZeroDivisionError: the stage's bug" in letter.error
+
+
+async def test_a_record_a_faust_agent_fails_on_is_dead_lettered_and_the_stream_goes_on(
     kafka, producer, read, tmp_path
 ):
     """Poison that decodes but breaks a stage (a bug) must not stop the stream, nor crash-loop
@@ -338,13 +385,13 @@ async def test_a_record_the_handler_fails_on_is_dead_lettered_and_the_stream_goe
             raise ZeroDivisionError("the stage's bug")
         return [Output(LOOP_OUT, message.value, message.key)]
 
-    group = f"{RUN}-loop"
+    group = f"{RUN}-agent"
     app = stream_app(
         group, kafka, state_dir=tmp_path, member=group, url="http://127.0.0.1:9", partitions=1
     )
     app.agent(raw_topic(app, LOOP_IN), name="loop")(AckAfterPublish(app, "route", handler).agent)
     worker = asyncio.create_task(app.start())
-    key = f"{RUN}-loop".encode()
+    key = f"{RUN}-agent".encode()
     try:
         await until_worker_ready(app)
         for value in (b"before", b"boom", b"after"):
