@@ -42,28 +42,34 @@ log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 1.0  # how often the owner looks for due digests
 
 
-def with_item(pending: PendingDigest | None, item: DigestItem, now: datetime) -> PendingDigest:
-    """``pending`` with one more tweet: listed while fewer than ``SHOWN`` are, else counted."""
+def header_key(subscription: str) -> bytes:
+    return b"h\x00" + subscription.encode("utf-8")
+
+
+def item_key(subscription: str, number: int) -> bytes:
+    return b"i\x00" + subscription.encode("utf-8") + b"\x00" + b"%010d" % number
+
+
+def counted(pending: PendingDigest | None, subscription: str, now: datetime) -> PendingDigest:
+    """``pending`` with one more tweet, listed (it takes number ``next``) while fewer than
+    ``SHOWN`` are, else only counted; ``listed`` says which."""
     if pending is None:
-        pending = PendingDigest(subscription=item.subscription, since=now)
-    tweets = pending.tweets
-    if len(tweets) < PendingDigest.SHOWN:
-        tweets = [*tweets, item.routed]
-    return pending.model_copy(update={"tweets": tweets, "count": pending.count + 1})
+        pending = PendingDigest(subscription=subscription, since=now)
+    listed = pending.listed < PendingDigest.SHOWN
+    return pending.model_copy(update={"count": pending.count + 1, "next": pending.next + listed})
 
 
 def after_sent(current: PendingDigest, sent: PendingDigest, now: datetime) -> PendingDigest | None:
     """What waits after ``sent`` went out, given the table now holds ``current`` (tweets may
-    have arrived while the email was on its way): the tweets beyond those sent, or None."""
+    have arrived while the email was on its way): the tweets numbered from ``sent.next`` on,
+    and the count beyond the sent one; None when nothing arrived."""
     left = current.count - sent.count
     if left <= 0:
         return None
     return PendingDigest(
-        subscription=current.subscription,
-        tweets=current.tweets[len(sent.tweets) :],
-        count=left,
+        subscription=current.subscription, count=left, first=sent.next, next=current.next,
         since=now,
-    )
+    )  # fmt: skip
 
 
 def due_at(pending: PendingDigest, subscription: Subscription) -> datetime:
@@ -71,9 +77,9 @@ def due_at(pending: PendingDigest, subscription: Subscription) -> datetime:
     return pending.retry_at or pending.since + period
 
 
-def digest_id(pending: PendingDigest) -> str:
+def digest_id(pending: PendingDigest, items: list[RoutedTweet]) -> str:
     """The same tweets give the same id, hence the same Message-ID when sent again."""
-    ids = ",".join(r.tweet.id for r in pending.tweets) + f"+{pending.count}"
+    ids = ",".join(r.tweet.id for r in items) + f"+{pending.count}"
     return f"digest:{pending.subscription}:{hashlib.sha256(ids.encode()).hexdigest()[:16]}"
 
 
@@ -134,22 +140,27 @@ class Digests:
                 )
 
     def on_item(self, item: DigestItem) -> None:
-        key = item.subscription.encode("utf-8")
+        key = header_key(item.subscription)
         pending = table_value(PendingDigest, self.table.get(key), "digests")
-        self.table[key] = encode(with_item(pending, item, datetime.now(UTC)))
+        updated = counted(pending, item.subscription, datetime.now(UTC))
+        if pending is None or updated.next > pending.next:  # listed: kept under its number
+            self.table[item_key(item.subscription, updated.next - 1)] = encode(item)
+        self.table[key] = encode(updated)
 
     async def on_due(self, due: DigestDue) -> None:
         self._asked.discard(due.subscription)
-        key = due.subscription.encode("utf-8")
+        key = header_key(due.subscription)
         pending = table_value(PendingDigest, self.table.get(key), "digests")
         subscription = self.subscriptions.get(due.subscription)
         now = datetime.now(UTC)
         if pending is None or subscription is None or now < due_at(pending, subscription):
             return
-        if not await self._send(subscription, pending):
+        if not await self._send(subscription, pending, self.listed(pending)):
             period = timedelta(minutes=subscription.digest_minutes or 1)
             self.table[key] = encode(pending.model_copy(update={"retry_at": now + period}))
             return
+        for number in range(pending.first, pending.next):  # sent: forgotten
+            self.table.pop(item_key(pending.subscription, number), None)
         current = table_value(PendingDigest, self.table.get(key), "digests") or pending
         left = after_sent(current, pending, datetime.now(UTC))
         if left is None:
@@ -157,29 +168,39 @@ class Digests:
         else:
             self.table[key] = encode(left)
 
+    def listed(self, pending: PendingDigest) -> list[RoutedTweet]:
+        items = (
+            table_value(DigestItem, self.table.get(item_key(pending.subscription, n)), "digests")
+            for n in range(pending.first, pending.next)
+        )
+        return [item.routed for item in items if item is not None]
+
     async def sweep(self) -> None:
         """The timer: ask the owner of each due digest (this replica's partitions) to send it."""
         if not self.subscriptions or self.app.rebalancing or self.app.in_recovery:
             return
         now = datetime.now(UTC)
         outputs = []
-        for value in list(self.table.values()):
-            pending = table_value(PendingDigest, value, "digests")
-            subscription = self.subscriptions.get(pending.subscription) if pending else None
-            if pending is None or subscription is None or pending.subscription in self._asked:
+        for name, subscription in self.subscriptions.items():
+            if name in self._asked:
                 continue
-            if now >= due_at(pending, subscription):
-                self._asked.add(pending.subscription)
-                due = DigestDue(subscription=pending.subscription, found_at=now)
-                outputs.append(Output.of(topics.NOTIFICATIONS_DIGESTS, due, key=due.subscription))
+            # A replica holds only its partitions' keys: another's subscriptions are absent.
+            pending = table_value(PendingDigest, self.table.get(header_key(name)), "digests")
+            if pending is not None and now >= due_at(pending, subscription):
+                self._asked.add(name)
+                due = DigestDue(subscription=name, found_at=now)
+                outputs.append(Output.of(topics.NOTIFICATIONS_DIGESTS, due, key=name))
         if outputs:
             await publish(self.sender, outputs, "notify")
 
     async def _on_rebalance(self, *_: Any, **__: Any) -> None:
         self._asked.clear()  # the new owner asks again
 
-    async def _send(self, subscription: Subscription, pending: PendingDigest) -> bool:
-        message = render_digest(pending, subscription, self.options.email, digest_id(pending))
+    async def _send(
+        self, subscription: Subscription, pending: PendingDigest, items: list[RoutedTweet]
+    ) -> bool:
+        identity = digest_id(pending, items)
+        message = render_digest(items, pending.count, subscription, self.options.email, identity)
         try:
             await self.mailer.send(message)
         except Exception as exc:  # noqa: BLE001 - any failure: keep the tweets, try next period

@@ -40,7 +40,7 @@ from jinja2 import (
 from switchboard.notify.sanitize import one_line, shown_tweet
 from switchboard.notify.settings import SmtpSettings
 from switchboard.shared.config import EmailConfig, Subscription
-from switchboard.shared.events import PendingDigest, RoutedTweet
+from switchboard.shared.events import RoutedTweet
 from switchboard.shared.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -123,22 +123,23 @@ def render_email(
 
 
 def render_digest(
-    pending: PendingDigest, subscription: Subscription, options: EmailConfig, digest_id: str
+    items: list[RoutedTweet],
+    count: int,
+    subscription: Subscription,
+    options: EmailConfig,
+    digest_id: str,
 ) -> Message:
-    """One email listing the tweets of a digest period (``pending.count`` in all, the first
-    ``PendingDigest.SHOWN`` of them listed)."""
-    shown = [
-        r.model_copy(update={"tweet": shown_tweet(r.tweet, TEXT_LIMIT)}) for r in pending.tweets
-    ]
+    """One email for a digest period: ``count`` tweets in all, ``items`` of them listed."""
+    shown = [r.model_copy(update={"tweet": shown_tweet(r.tweet, TEXT_LIMIT)}) for r in items]
     context = {
-        "items": shown, "count": pending.count, "more": pending.count - len(shown),
+        "items": shown, "count": count, "more": count - len(shown),
         "subscription": subscription.name,
     }  # fmt: skip
     env = templates(options.templates_dir)
     return _message(
         options,
         subscription,
-        f"{options.subject_prefix} digest for {subscription.name}: {pending.count} tweets",
+        f"{options.subject_prefix} digest for {subscription.name}: {count} tweets",
         {
             "Message-ID": message_id(digest_id),
             "X-Switchboard-Digest-Id": one_line(digest_id, SUBJECT_LIMIT),

@@ -314,19 +314,25 @@ class DigestDue(Event):
 
 class PendingDigest(Event):
     """On the compacted ``switchboard.notifications.digest_state``, keyed by subscription
-    name: the tweets waiting for the subscription's next digest. The first ``SHOWN`` are kept
-    to be listed; the digest counts the rest."""
+    name: how many tweets wait for the subscription's next digest. The first ``SHOWN`` of them
+    are listed in the digest and kept each under a key of its own (``first`` to ``next``, in
+    order of arrival), so that a tweet costs one small write, not a rewrite of the digest."""
 
     SHOWN: ClassVar[int] = 100
 
     event_type: Literal["notify.digest_pending"] = "notify.digest_pending"
     subscription: str
-    tweets: list[RoutedTweet] = Field(default_factory=list, max_length=SHOWN)
     count: int = Field(default=0, ge=0, description="tweets waiting, listed or not")
+    first: int = Field(default=0, ge=0, description="the first listed tweet's number")
+    next: int = Field(default=0, ge=0, description="the number the next listed tweet gets")
     since: AwareDatetime = Field(description="when the first of them arrived")
     retry_at: AwareDatetime | None = Field(
         default=None, description="a send failed: the next try (a period later)"
     )
+
+    @property
+    def listed(self) -> int:
+        return self.next - self.first
 
 
 Channel = Literal["email", "webhook", "zendesk", "jira", "salesforce", "hubspot"]

@@ -5,49 +5,55 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from switchboard.notify.digest import after_sent, digest_id, due_at, with_item
+from switchboard.notify.digest import after_sent, counted, digest_id, due_at, item_key
 from switchboard.shared.config import Subscription
-from switchboard.shared.events import DigestItem, PendingDigest
+from switchboard.shared.events import PendingDigest
 from tests.factories import a_classified_tweet, routed_from
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
 
-def item(n: int) -> DigestItem:
-    routed = routed_from(a_classified_tweet("community", 0.9, "low", id=f"t-{n}"))
-    return DigestItem(subscription="chatter", routed=routed)
-
-
-def pending_of(count: int) -> PendingDigest:
-    pending = None
-    for n in range(count):
-        pending = with_item(pending, item(n), NOW)
+def pending_of(count: int, start: PendingDigest | None = None) -> PendingDigest:
+    pending = start
+    for _ in range(count):
+        pending = counted(pending, "chatter", NOW)
     assert pending is not None
     return pending
 
 
-def test_tweets_are_listed_up_to_shown_and_all_are_counted():
+def routed(n: int):  # noqa: ANN201
+    return routed_from(a_classified_tweet("community", 0.9, "low", id=f"t-{n}"))
+
+
+def test_tweets_are_numbered_while_fewer_than_shown_are_listed_and_all_are_counted():
     pending = pending_of(PendingDigest.SHOWN + 5)
     assert pending.count == PendingDigest.SHOWN + 5
-    assert [r.tweet.id for r in pending.tweets] == [f"t-{n}" for n in range(PendingDigest.SHOWN)]
+    assert (pending.first, pending.next, pending.listed) == (0, PendingDigest.SHOWN, 100)
     assert pending.since == NOW
 
 
 def test_what_arrived_while_a_digest_was_sent_waits_for_the_next():
     sent = pending_of(3)
-    current = with_item(with_item(sent, item(3), NOW), item(4), NOW)
+    current = pending_of(2, sent)  # two more while the email was on its way
     later = NOW + timedelta(minutes=1)
     left = after_sent(current, sent, later)
-    assert left is not None and left.count == 2 and left.since == later
-    assert [r.tweet.id for r in left.tweets] == ["t-3", "t-4"]
+    assert left is not None and left.since == later
+    assert (left.count, left.first, left.next) == (2, 3, 5)  # tweets 3 and 4 wait
     assert after_sent(sent, sent, later) is None  # nothing arrived: nothing left
 
 
 def test_counted_but_unlisted_tweets_stay_counted_after_a_full_digest():
     sent = pending_of(PendingDigest.SHOWN)
-    current = with_item(sent, item(PendingDigest.SHOWN), NOW)  # counted, not listed
+    current = pending_of(1, sent)  # the list was full: counted, its text not kept
     left = after_sent(current, sent, NOW)
-    assert left is not None and left.count == 1 and left.tweets == []
+    assert left is not None and left.count == 1 and left.listed == 0
+    assert counted(left, "chatter", NOW).listed == 1  # room again for the next one
+
+
+def test_items_sort_by_their_number_within_a_subscription():
+    keys = [item_key("chatter", n) for n in (2, 10, 1)]
+    assert sorted(keys) == [item_key("chatter", n) for n in (1, 2, 10)]
+    assert item_key("chatter", 1) != item_key("chatter-2", 1)
 
 
 def test_a_digest_is_due_a_period_after_its_first_tweet_or_at_its_retry():
@@ -60,7 +66,7 @@ def test_a_digest_is_due_a_period_after_its_first_tweet_or_at_its_retry():
 
 
 def test_the_same_tweets_give_the_same_message_id_and_others_another():
-    assert digest_id(pending_of(3)) == digest_id(pending_of(3))
-    assert digest_id(pending_of(3)) != digest_id(pending_of(4))
-    more = pending_of(PendingDigest.SHOWN + 1)  # same listed tweets, one more counted
-    assert digest_id(more) != digest_id(pending_of(PendingDigest.SHOWN))
+    three = [routed(n) for n in range(3)]
+    assert digest_id(pending_of(3), three) == digest_id(pending_of(3), three)
+    assert digest_id(pending_of(3), three) != digest_id(pending_of(4), [*three, routed(3)])
+    assert digest_id(pending_of(3), three) != digest_id(pending_of(4), three)  # one more counted

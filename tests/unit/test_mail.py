@@ -11,7 +11,6 @@ from aiosmtplib.email import flatten_message
 from switchboard.notify.mail import check_templates, message_id, render_email
 from switchboard.notify.service import delivery_id, matching_subscriptions
 from switchboard.shared.config import EmailConfig, Subscription
-from switchboard.shared.events import PendingDigest, utc_now
 from switchboard.shared.settings import ConfigError
 from tests.factories import HOSTILE, INVISIBLE, routed_from
 from tests.factories import a_classified_tweet as classified
@@ -118,8 +117,7 @@ def test_a_digest_shows_tweets_inert_too():
     from switchboard.notify.mail import render_digest
 
     routed = routed_with_text("<img src=x onerror=alert(1)> @here")
-    pending = PendingDigest(subscription=SUPPORT.name, tweets=[routed], count=3, since=utc_now())
-    message = received(render_digest(pending, SUPPORT, EmailConfig(), "digest:1"))
+    message = received(render_digest([routed], 3, SUPPORT, EmailConfig(), "digest:1"))
     html = message.get_body(("html",)).get_content()
     assert "<img" not in html and "\uff20here" in html
     text = message.get_body(("plain",)).get_content()  # two more counted than listed
