@@ -527,22 +527,25 @@ def decode(event_type: type[E], payload: bytes | None) -> E:
         raise problem_of(exc) from None
 
 
-def decode_alert(payload: bytes | None) -> Alert | SpikeAlert:
-    """An event from ``switchboard.alerts``, which carries two event types."""
+def decode_either(payload: bytes | None, usual: type[E], other: type[Event]) -> Event:
+    """An event of a topic that carries two event types: ``other`` when the payload names its
+    ``event_type``, else ``usual`` (whose errors then say what is wrong)."""
     try:
         kind = json.loads(payload or b"{}").get("event_type")
     except (ValueError, AttributeError):
         kind = None
-    return decode(SpikeAlert if kind == "alert.spike" else Alert, payload)
+    named = other.model_fields["event_type"].default
+    return decode(other if kind == named else usual, payload)
+
+
+def decode_alert(payload: bytes | None) -> Alert | SpikeAlert:
+    """An event from ``switchboard.alerts``."""
+    return decode_either(payload, Alert, SpikeAlert)  # type: ignore[return-value]
 
 
 def decode_digest(payload: bytes | None) -> DigestItem | DigestDue:
-    """An event from ``switchboard.notifications.digests``, which carries two event types."""
-    try:
-        kind = json.loads(payload or b"{}").get("event_type")
-    except (ValueError, AttributeError):
-        kind = None
-    return decode(DigestDue if kind == "notify.digest_due" else DigestItem, payload)
+    """An event from ``switchboard.notifications.digests``."""
+    return decode_either(payload, DigestItem, DigestDue)  # type: ignore[return-value]
 
 
 def problem_of(exc: ValidationError, otherwise: DeadLetterReason = "invalid_event") -> DecodeError:

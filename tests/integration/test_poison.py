@@ -327,6 +327,15 @@ async def test_an_output_too_large_for_the_cluster_is_dead_lettered(kafka, read,
     assert letter.original() == huge.value[:MAX_ORIGINAL_BYTES]
 
 
+def assert_only_the_culprit_was_dead_lettered(ours: list[ConsumerRecord]) -> None:
+    assert [r.value for r in ours if r.topic == LOOP_OUT] == [b"before", b"after"]
+    [letter] = [decode(DeadLetter, r.value) for r in ours if r.topic == topics.DEADLETTER]
+    assert (letter.reason, letter.original(), letter.source_topic) == (
+        "processing_failed", b"boom", LOOP_IN
+    )  # fmt: skip
+    assert "ZeroDivisionError: the stage's bug" in letter.error
+
+
 async def test_a_record_the_handler_fails_on_is_dead_lettered_and_the_stream_goes_on(
     kafka, producer, read
 ):
@@ -363,13 +372,7 @@ async def test_a_record_the_handler_fails_on_is_dead_lettered_and_the_stream_goe
         await consumer.stop()
         await out.stop()
 
-    ours = [r for r in records if r.key == key]
-    assert [r.value for r in ours if r.topic == LOOP_OUT] == [b"before", b"after"]
-    [letter] = [decode(DeadLetter, r.value) for r in ours if r.topic == topics.DEADLETTER]
-    assert (letter.reason, letter.original(), letter.source_topic) == (
-        "processing_failed", b"boom", LOOP_IN
-    )  # fmt: skip
-    assert "ZeroDivisionError: the stage's bug" in letter.error
+    assert_only_the_culprit_was_dead_lettered([r for r in records if r.key == key])
 
 
 async def test_a_record_a_faust_agent_fails_on_is_dead_lettered_and_the_stream_goes_on(
@@ -405,13 +408,7 @@ async def test_a_record_a_faust_agent_fails_on_is_dead_lettered_and_the_stream_g
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
 
-    ours = [r for r in records if r.key == key]
-    assert [r.value for r in ours if r.topic == LOOP_OUT] == [b"before", b"after"]
-    [letter] = [decode(DeadLetter, r.value) for r in ours if r.topic == topics.DEADLETTER]
-    assert (letter.reason, letter.original(), letter.source_topic) == (
-        "processing_failed", b"boom", LOOP_IN
-    )  # fmt: skip
-    assert "ZeroDivisionError: the stage's bug" in letter.error
+    assert_only_the_culprit_was_dead_lettered([r for r in records if r.key == key])
 
 
 async def test_an_unreadable_table_value_is_ignored_not_fatal(
