@@ -33,7 +33,7 @@ demo: setup
 	$(BIN)/switchboard demo --count 200 --json
 
 # Speed and memory against a baseline measured in the same run, then the pipeline at offered
-# rates; writes bench/report.json and bench/pipeline.png (README, Performance). Then a route
+# rates; writes bench/report.json and bench/pipeline.png (docs/performance.md). Then a route
 # start restoring 100,000 conversations against an empty start.
 bench: setup
 	$(BIN)/switchboard bench --also services/classify/artifacts/minilm4-distil-v1
@@ -41,7 +41,7 @@ bench: setup
 
 # Ten minutes at a steady 100 tweets/s: memory and consumer lag must not grow. FAULTS=1 also
 # kills and restarts each service and takes the mail server down (`make soak FAULTS=1`).
-# Writes bench/soak.json (bench/soak-faults.json with FAULTS) (README, Performance).
+# Writes bench/soak.json (bench/soak-faults.json with FAULTS) (docs/performance.md).
 MINUTES ?= 10
 RATE    ?= 100
 soak: setup

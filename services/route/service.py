@@ -187,7 +187,7 @@ class RouteService:
     def republish(self, event: ClassifiedTweet, decision: RouteDecision) -> list[Output]:
         """A tweet routed before (published again upstream): the same topics and alert as the
         first time, and no change to the conversation, counts or spikes. Consumers deduplicate
-        by tweet id (README, Delivery guarantees)."""
+        by tweet id (docs/architecture.md, Delivery guarantees)."""
         _, _, outputs = self._publications(event, decision)
         metrics.REPUBLISHED.labels(decision.department).inc()
         log.info("routed again as before", extra={"tweet_id": event.tweet.id,

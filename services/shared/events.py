@@ -427,7 +427,7 @@ class DeadLetter(Event):
 
     event_type: Literal["dead_letter"] = "dead_letter"
     stage: str = Field(description="The service that rejected the message")
-    reason: str = Field(description="A short code; the README lists them all")
+    reason: str = Field(description="A short code; docs/architecture.md lists them all")
     error: str = Field(description="What exactly was wrong")
     source_topic: str | None = None
     partition: int | None = None

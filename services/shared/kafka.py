@@ -2,7 +2,7 @@
 
 Delivery is at least once: a batch's outputs are acknowledged by the broker before the batch's
 input offsets are committed. A crash between the two re-delivers the batch; consumers of the
-output topics deduplicate by tweet id (README, "Delivery guarantees").
+output topics deduplicate by tweet id (docs/architecture.md, "Delivery guarantees").
 """
 
 from __future__ import annotations

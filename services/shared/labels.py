@@ -6,7 +6,7 @@ from enum import StrEnum
 
 
 class Department(StrEnum):
-    """Who must act on a tweet. Definitions: README, section "Labels"."""
+    """Who must act on a tweet. Definitions: docs/architecture.md, "Departments and urgencies"."""
 
     CUSTOMER_SERVICE = "customer_service"
     SALES = "sales"

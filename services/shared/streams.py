@@ -319,7 +319,8 @@ class _InFlight(NamedTuple):
 
 
 class AckAfterPublish:
-    """Runs a service's handler over a faust stream with the delivery guarantee of the README:
+    """Runs a service's handler over a faust stream with the delivery guarantee of the docs
+    (docs/architecture.md, Delivery guarantees):
     an input's offset is acknowledged to faust (which commits acknowledged offsets) only once
     every output of that input, and of every input before it, was acknowledged by the broker.
 

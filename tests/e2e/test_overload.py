@@ -20,7 +20,7 @@ from tests.e2e.conftest import wait_settled, wait_until
 
 pytestmark = pytest.mark.e2e
 
-SUSTAINED_PER_S = 150  # README Performance: the highest rate this machine sustains
+SUSTAINED_PER_S = 150  # docs/performance.md: the highest rate this machine sustains
 WARM, BURST = 300, 8_000  # the burst offered at ten times the sustained rate
 BURST_PER_S = 10 * SUSTAINED_PER_S
 # Allowed RSS growth over the warm level, per service. Holding the burst in memory would take

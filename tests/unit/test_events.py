@@ -98,6 +98,6 @@ def test_a_dead_letter_keeps_only_the_head_of_a_huge_original():
     assert (letter.original_size, letter.original_truncated) == (len(original), True)
 
 
-def test_the_readme_lists_every_dead_letter_reason():
-    readme = (SCHEMAS.parent / "README.md").read_text()
-    assert [r for r in DEAD_LETTER_REASONS if f"`{r}`" not in readme] == []
+def test_the_docs_list_every_dead_letter_reason():
+    architecture = (SCHEMAS.parent / "docs" / "architecture.md").read_text()
+    assert [r for r in DEAD_LETTER_REASONS if f"`{r}`" not in architecture] == []
