@@ -114,8 +114,7 @@ def service_environment(kafka: KafkaSettings, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-async def producer(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
+async def started_producer(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
     client = AIOKafkaProducer(**client_options(kafka))
     await client.start()
     yield client
@@ -123,12 +122,16 @@ async def producer(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
 
 
 @pytest.fixture
+async def producer(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
+    async for client in started_producer(kafka):
+        yield client
+
+
+@pytest.fixture
 async def own_producer(own_kafka: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
     """A producer on the test's own broker (``own_kafka``)."""
-    client = AIOKafkaProducer(**client_options(own_kafka))
-    await client.start()
-    yield client
-    await client.stop()
+    async for client in started_producer(own_kafka):
+        yield client
 
 
 async def read_topics(

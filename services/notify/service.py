@@ -272,9 +272,6 @@ class NotifyService:
         routed = redacted(request.routed, self.options.redact)
         return [Job(routed, wanted[0], request.department, request.delivery_id)]
 
-    async def _in_order(self, jobs: list[Job]) -> list[Delivery]:
-        return [await self.deliver(job) for job in jobs]
-
     # --- one delivery ---------------------------------------------------------------------------
 
     async def deliver(self, job: Job) -> Delivery:

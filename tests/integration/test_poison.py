@@ -327,6 +327,24 @@ async def test_an_output_too_large_for_the_cluster_is_dead_lettered(kafka, read,
     assert letter.original() == huge.value[:MAX_ORIGINAL_BYTES]
 
 
+async def poison_between_two_good_records(
+    kafka: KafkaSettings,
+    producer: AIOKafkaProducer,
+    read,
+    group: str,
+    key: bytes,  # noqa: ANN001
+) -> list[ConsumerRecord]:
+    """Send before, boom, after; the outputs and dead letters once all three are accounted for
+    and ``group`` committed past them."""
+    for value in (b"before", b"boom", b"after"):
+        last = await producer.send_and_wait(LOOP_IN, value, key, 0)
+    records = await read(
+        [LOOP_OUT, topics.DEADLETTER], lambda rs: sum(r.key == key for r in rs) >= 3
+    )
+    await wait_for_commit(kafka, group, TopicPartition(LOOP_IN, 0), last.offset + 1)
+    return records
+
+
 def assert_only_the_culprit_was_dead_lettered(ours: list[ConsumerRecord]) -> None:
     assert [r.value for r in ours if r.topic == LOOP_OUT] == [b"before", b"after"]
     [letter] = [decode(DeadLetter, r.value) for r in ours if r.topic == topics.DEADLETTER]
@@ -360,12 +378,7 @@ async def test_a_record_the_handler_fails_on_is_dead_lettered_and_the_stream_goe
     await out.start()
     loop = asyncio.create_task(StreamLoop("route", consumer, out, handler).run(stop))
     try:
-        for value in (b"before", b"boom", b"after"):
-            last = await producer.send_and_wait(LOOP_IN, value, key, 0)
-        records = await read(
-            [LOOP_OUT, topics.DEADLETTER], lambda rs: sum(r.key == key for r in rs) >= 3
-        )
-        await wait_for_commit(kafka, group, TopicPartition(LOOP_IN, 0), last.offset + 1)
+        records = await poison_between_two_good_records(kafka, producer, read, group, key)
     finally:
         stop.set()
         await asyncio.wait_for(loop, timeout=15)
@@ -397,12 +410,7 @@ async def test_a_record_a_faust_agent_fails_on_is_dead_lettered_and_the_stream_g
     key = f"{RUN}-agent".encode()
     try:
         await until_worker_ready(app)
-        for value in (b"before", b"boom", b"after"):
-            last = await producer.send_and_wait(LOOP_IN, value, key, 0)
-        records = await read(
-            [LOOP_OUT, topics.DEADLETTER], lambda rs: sum(r.key == key for r in rs) >= 3
-        )
-        await wait_for_commit(kafka, group, TopicPartition(LOOP_IN, 0), last.offset + 1)
+        records = await poison_between_two_good_records(kafka, producer, read, group, key)
     finally:
         await app.stop()
         worker.cancel()
