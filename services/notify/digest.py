@@ -10,6 +10,9 @@ the owner holds it, and a restart restores it. A timer asks the owner to send ea
 is due (``DigestDue`` on the same topic); the owner sends it and only then removes what it sent
 from the table. A crash between the two sends the same digest again with the same
 ``Message-ID`` (derived from the tweets in it), which mail systems use to drop the copy.
+A tweet published twice (notify restarted before committing it) is listed once: each listed
+tweet is marked by its id until its digest is sent; one beyond the listed hundred is counted
+again.
 """
 
 from __future__ import annotations
@@ -48,6 +51,12 @@ def header_key(subscription: str) -> bytes:
 
 def item_key(subscription: str, number: int) -> bytes:
     return b"i\x00" + subscription.encode("utf-8") + b"\x00" + b"%010d" % number
+
+
+def listed_key(subscription: str, tweet_id: str) -> bytes:
+    """Marks a tweet listed in the subscription's pending digest: a tweet published again
+    after a crash of notify (at least once) is then not listed twice."""
+    return b"t\x00" + subscription.encode("utf-8") + b"\x00" + tweet_id.encode("utf-8")
 
 
 def counted(pending: PendingDigest | None, subscription: str, now: datetime) -> PendingDigest:
@@ -140,11 +149,15 @@ class Digests:
                 )
 
     def on_item(self, item: DigestItem) -> None:
+        mark = listed_key(item.subscription, item.routed.tweet.id)
+        if mark in self.table:  # published again after a crash: it is already waiting
+            return
         key = header_key(item.subscription)
         pending = table_value(PendingDigest, self.table.get(key), "digests")
         updated = counted(pending, item.subscription, datetime.now(UTC))
         if pending is None or updated.next > pending.next:  # listed: kept under its number
             self.table[item_key(item.subscription, updated.next - 1)] = encode(item)
+            self.table[mark] = b"%d" % (updated.next - 1)
         self.table[key] = encode(updated)
 
     async def on_due(self, due: DigestDue) -> None:
@@ -155,12 +168,15 @@ class Digests:
         now = datetime.now(UTC)
         if pending is None or subscription is None or now < due_at(pending, subscription):
             return
-        if not await self._send(subscription, pending, self.listed(pending)):
+        listed = self.listed(pending)
+        if not await self._send(subscription, pending, listed):
             period = timedelta(minutes=subscription.digest_minutes or 1)
             self.table[key] = encode(pending.model_copy(update={"retry_at": now + period}))
             return
         for number in range(pending.first, pending.next):  # sent: forgotten
             self.table.pop(item_key(pending.subscription, number), None)
+        for routed in listed:
+            self.table.pop(listed_key(pending.subscription, routed.tweet.id), None)
         current = table_value(PendingDigest, self.table.get(key), "digests") or pending
         left = after_sent(current, pending, datetime.now(UTC))
         if left is None:

@@ -174,7 +174,8 @@ async def test_low_urgency_waits_for_one_digest(kafka, producer, running, inbox)
     normal = routed("d-9", "community", "normal", "when does the store open?", settings)
 
     async with running(NotifyService(settings)):
-        for event in (*low, normal):
+        # low[0] twice: what notify reads again when it restarts before committing
+        for event in (low[0], *low, normal):
             await producer.send_and_wait(event.route.topic, encode(event), key=b"conv-digest")
 
         def digest_with_ours() -> list:
@@ -186,7 +187,8 @@ async def test_low_urgency_waits_for_one_digest(kafka, producer, running, inbox)
 
         await wait_for(lambda: bool(digest_with_ours()) and normal_sent(), timeout_s=30)
 
-    assert len(digest_with_ours()) == 1
+    [digest] = digest_with_ours()
+    assert body(digest).count(low[0].tweet.text) == 1  # the tweet read twice is listed once
     singles = {m["X-Switchboard-Tweet-Id"] for m in inbox.messages()}
     assert "d-9" in singles and not singles & {"d-0", "d-1", "d-2"}
 
