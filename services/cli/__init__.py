@@ -158,10 +158,21 @@ _samples_option = click.option(
     show_default=True,
     help="Broker data, inbox and service logs.",
 )
-def run(config_file: Path, samples: Path, rate: float | None, workdir: Path) -> None:
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Continue from the work folder of the last run (broker data, state, inbox) instead of "
+    "starting clean; ingest then drops the samples it already published as duplicates.",
+)
+def run(config_file: Path, samples: Path, rate: float | None, workdir: Path, keep: bool) -> None:
     """Start the whole pipeline, replay the samples, and show it live until Ctrl-C."""
     from switchboard.cli.live import run_live
+    from switchboard.cli.stack import stop_on_sigterm
 
+    stop_on_sigterm()
+    if not keep and workdir.exists():
+        click.echo(f"starting clean: removing {workdir} of the last run (--keep continues it)")
+        shutil.rmtree(workdir)
     sys.exit(asyncio.run(run_live(_stack_options(workdir, config_file, samples, rate, None))))
 
 
@@ -192,8 +203,9 @@ def demo(
 
     Exit status 1 when a tweet was lost or published twice.
     """
-    from switchboard.cli.stack import Stack, sample_ids
+    from switchboard.cli.stack import Stack, sample_ids, stop_on_sigterm
 
+    stop_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="switchboard-demo-"))
     sent = sample_ids(samples, count)
     stack = Stack(_stack_options(workdir, config_file, samples, rate, count))
@@ -258,7 +270,9 @@ def soak(
     was republished without a fault to explain it, or memory or lag kept growing.
     """
     from switchboard.cli.soak import soak as run_soak
+    from switchboard.cli.stack import stop_on_sigterm
 
+    stop_on_sigterm()
     say = (lambda _: None) if as_json else (lambda m: click.echo(m, err=True))
     summary = asyncio.run(
         run_soak(config_file, samples, minutes, rate, say, sample_every, faults=faults)

@@ -281,8 +281,10 @@ def bench(
     as_json: bool,
 ) -> None:
     """Classifier speed against the naive baseline, then the pipeline under load; JSON."""
+    from switchboard.cli.stack import stop_on_sigterm
     from switchboard.shared.settings import ServiceSettings
 
+    stop_on_sigterm()
     say = (lambda _: None) if as_json else (lambda m: click.echo(m, err=True))
     offered = _rates(rates)
     settings = ServiceSettings.load(config_file=config_file)

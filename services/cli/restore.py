@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ import psutil
 import yaml
 from aiokafka import AIOKafkaProducer
 
+from switchboard.cli.stack import scrape
 from switchboard.shared import topics
 from switchboard.shared.broker import EmbeddedBroker, free_port
 from switchboard.shared.events import (
@@ -57,7 +57,7 @@ def a_conversation(number: int, now: datetime) -> ConversationState:
     classification = Classification(
         department=department, urgency=urgency, confidence=0.9, urgency_confidence=0.8,
         department_scores={d: 0.9 if d is department else 0.1 / 7 for d in Department},
-        urgency_scores={u: 0.25 for u in Urgency}, model_version="minilm-real-v1",
+        urgency_scores={u: 0.25 for u in Urgency}, model_version="minilm-real-v2",
     )  # fmt: skip
     decision = RouteDecision(
         destination="department", department=department,
@@ -108,13 +108,9 @@ async def held(client: httpx.AsyncClient, port: int, expected: int, within_s: fl
     """The conversations route's sweep indexed, once it reaches ``expected`` or time is up."""
     deadline, found = time.monotonic() + within_s, 0
     while time.monotonic() < deadline:
-        try:
-            text = (await client.get(f"http://127.0.0.1:{port}/metrics", timeout=10.0)).text
-        except httpx.TimeoutException:  # busy indexing what it restored
-            continue
-        match = re.search(r'^switchboard_table_entries\{[^}]*service="route"[^}]*\} (\S+)$', text,
-                          re.MULTILINE)  # fmt: skip
-        found = int(float(match.group(1))) if match else 0
+        # None: busy indexing what it restored, no answer within the client's timeout
+        entries = await scrape(client, port, "switchboard_table_entries", service="route")
+        found = found if entries is None else int(entries)
         if found >= expected:
             break
         await asyncio.sleep(0.5)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from subprocess import Popen
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from switchboard.cli.inbox import LoopbackInbox
 from switchboard.cli.tally import Tally
@@ -49,6 +51,15 @@ OBSERVED = (
     topics.DELIVERIES,
     topics.NOTIFICATIONS_DLQ,
 )
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop a command that runs the stack as Ctrl-C does: asyncio cancels the
+    command's task, whose cleanup stops every process it started, ingest first and the broker
+    last. SIGTERM's default would end this process at once: its children, told by the kernel
+    that their parent died, would then stop all together, and those still flushing to a broker
+    already gone are left running."""
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
 
 
 @dataclass
@@ -256,6 +267,21 @@ class Stack:
             self.inbox.stop()
         if self.broker is not None:
             await asyncio.to_thread(self.broker.stop)
+
+
+async def scrape(client: httpx.AsyncClient, port: int, name: str, **labels: str) -> float | None:
+    """The sum of metric ``name``'s samples (those with ``labels``) on a service's /metrics;
+    None while the service does not answer."""
+    try:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    except httpx.HTTPError:
+        return None
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def sample_ids(path: Path, limit: int | None) -> set[str]:

@@ -123,3 +123,16 @@ def test_the_live_view_shows_urgency_and_confidence_in_an_80_column_terminal():
     console.print(summary_view(tally, {"classify": True}, None))
     row = next(line for line in console.export_text().splitlines() if "critical" in line)
     assert "0.90" in row and "my bag never" in row
+
+
+def test_the_live_view_shows_the_duplicates_ingest_dropped():
+    """A second run of the same samples routes nothing new: the view says why."""
+    from rich.console import Console
+
+    from switchboard.cli.live import summary_view
+
+    console = Console(width=80, record=True, color_system=None)
+    console.print(summary_view(Tally(), {"ingest": True}, None, duplicates=400))
+    console.print(summary_view(Tally(), {"ingest": False}, None, duplicates=None))
+    rows = [line for line in console.export_text().splitlines() if "duplicates dropped" in line]
+    assert "400" in rows[0] and "n/a" in rows[1]
