@@ -72,7 +72,7 @@ LICENCES ?= all
 train: setup
 	$(BIN)/switchboard classify train --data data/labeled --data data/labeled/real:2 \
 		--licences $(LICENCES) $(if $(DATA),--data $(DATA) --out $(or $(OUT),$(error OUT=... is needed with DATA)) \
-		--version $(notdir $(OUT)),--out $(ARTIFACTS)/minilm-real-v1 --version minilm-real-v1)
+		--version $(notdir $(OUT)),--out $(ARTIFACTS)/minilm-real-v2 --version minilm-real-v2)
 
 train-commercial: setup
 	$(BIN)/switchboard classify train --data data/labeled --data data/labeled/real:2 \

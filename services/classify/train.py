@@ -30,10 +30,11 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -46,7 +47,21 @@ from switchboard.classify.data import (
     load_labeled,
     read_tweets,
 )
-from switchboard.classify.evaluation import expected_calibration_error, headline, per_label, report
+from switchboard.classify.evaluation import (
+    expected_calibration_error,
+    headline,
+    macro_f1,
+    per_label,
+    report,
+)
+from switchboard.classify.lexical import (
+    WEIGHTS,
+    Blend,
+    LexicalModel,
+    blended,
+    card_section,
+    training_labels,
+)
 from switchboard.classify.model import (
     DEFAULT_ARTIFACT,
     Calibration,
@@ -55,6 +70,8 @@ from switchboard.classify.model import (
     TweetClassifier,
     decide_urgency,
     default_backbone,
+    prepare_text,
+    softmax,
 )
 from switchboard.shared.labels import Department, Urgency
 
@@ -126,6 +143,7 @@ class TrainOptions:
     init_from_teacher: bool = False  # start from the teacher's adapters (kept layers) and heads
     licences: str = "all"  # "commercial": only rows whose licence allows commercial use
     version: str | None = None  # the artifact's name (default: from layers and recipe)
+    lexical: bool = True  # blend in a TF-IDF model (lexical.py), weights chosen on dev
 
 
 @dataclass(frozen=True, slots=True)
@@ -662,7 +680,107 @@ def train(
     }
     trainer.save(out_dir)
     (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    if options.lexical:
+        card = attach_lexical(out_dir, data, options)
     return card
+
+
+def attach_lexical(artifact: Path, data: TrainingData, options: TrainOptions) -> dict:
+    """Fit the lexical model (lexical.py) on the training rows, choose its blend with the
+    artifact's encoder on the selection dev split, refit the critical threshold on the blend,
+    and rewrite the artifact's card with the blend and every split's figures under it."""
+    started = time.monotonic()
+    card = json.loads((artifact / "card.json").read_text())
+    model = TweetClassifier.load(artifact, threads=options.threads)
+    texts = [prepare_text(r.text) for r in data.rows]
+    log.info("fitting the lexical model on %d tweets", len(texts))
+    model.lexical = LexicalModel.fit(texts, training_labels(data.rows), data.weights, options.seed)
+    model.blend, threshold = fit_blend(model, data.dev)
+    model.calibration = replace(model.calibration, critical_threshold=threshold)
+    model.lexical.save(artifact)
+    card.update(
+        version=options.version or card["version"],
+        lexical=card_section(model.blend, model.lexical),
+        calibration=asdict(model.calibration),
+        metrics={
+            name: {split: classifier_figures(model, part) for split, part in splits.items()}
+            for name, splits in data.reported.items()
+        },
+        training_seconds=round(card.get("training_seconds", 0) + time.monotonic() - started, 1),
+    )
+    (artifact / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def fit_blend(model: TweetClassifier, dev_rows: list[LabeledTweet]) -> tuple[Blend, float]:
+    """The blend and critical threshold dev chooses: the lexical temperatures that minimize its
+    dev log-loss; the department weight with the best dev department accuracy; the urgency
+    weight with the best dev urgency macro-F1, with the blend's temperature and the critical
+    threshold refitted for each weight. Ties go to the smaller weight (0 is the encoder alone)."""
+    assert model.lexical is not None
+    dev_texts = [r.text for r in dev_rows]
+    encoder_departments, encoder_urgencies = model.encoder_probabilities(dev_texts)
+    lexical = model.lexical.logits([prepare_text(t) for t in dev_texts])
+    gold = {
+        "department": torch.tensor([list(Department).index(r.department) for r in dev_rows]),
+        "urgency": torch.tensor([list(Urgency).index(r.urgency) for r in dev_rows]),
+    }
+    lexical_temperature = {
+        label: fit_temperature(torch.from_numpy(lexical[label]), gold[label]) for label in gold
+    }
+    lexical_departments = softmax(lexical["department"], lexical_temperature["department"])
+    lexical_urgencies = softmax(lexical["urgency"], lexical_temperature["urgency"])
+
+    def calibrated(encoder: np.ndarray, lexical: np.ndarray, weight: float, label: str) -> float:
+        mean = np.log(np.maximum(blended(encoder, lexical, weight), 1e-12))
+        return 1.0 if weight == 0 else fit_temperature(torch.from_numpy(mean), gold[label])
+
+    def department_accuracy(weight: float) -> int:
+        predicted = blended(encoder_departments, lexical_departments, weight).argmax(-1)
+        return int((torch.from_numpy(predicted) == gold["department"]).sum())
+
+    def urgency_choice(weight: float) -> tuple[float, float, float]:
+        temperature = calibrated(encoder_urgencies, lexical_urgencies, weight, "urgency")
+        probs = blended(encoder_urgencies, lexical_urgencies, weight, temperature)
+        threshold = fit_critical_threshold(torch.from_numpy(probs), [r.urgency for r in dev_rows])
+        urgencies = list(Urgency)
+        predicted = [urgencies[decide_urgency(p, urgencies, threshold)].value for p in probs]
+        names = [u.value for u in urgencies]
+        score = macro_f1([r.urgency.value for r in dev_rows], predicted, names)
+        return score, temperature, threshold
+
+    department_weight = max(WEIGHTS, key=lambda w: (department_accuracy(w), -w))
+    choices = {weight: urgency_choice(weight) for weight in WEIGHTS}
+    urgency_weight = max(WEIGHTS, key=lambda w: (choices[w][0], -w))
+    log.info(
+        "blend chosen on dev: department weight %.1f, urgency weight %.1f",
+        department_weight,
+        urgency_weight,
+    )
+    _, urgency_temperature, threshold = choices[urgency_weight]
+    blend = Blend(
+        department_weight=department_weight,
+        urgency_weight=urgency_weight,
+        lexical_department_temperature=lexical_temperature["department"],
+        lexical_urgency_temperature=lexical_temperature["urgency"],
+        department_temperature=calibrated(
+            encoder_departments, lexical_departments, department_weight, "department"
+        ),
+        urgency_temperature=urgency_temperature,
+    )
+    return blend, threshold
+
+
+def classifier_figures(model: TweetClassifier, rows: list[LabeledTweet]) -> dict:
+    """The report of ``rows`` by the classifier as it serves (blend included), with the
+    department ECE."""
+    predictions = model.predict([r.text for r in rows])
+    labels = [(p.department.value, p.urgency.value) for p in predictions]
+    ece = expected_calibration_error(
+        [p.confidence for p in predictions],
+        [p.department == r.department for p, r in zip(predictions, rows, strict=True)],
+    )
+    return report(rows, labels) | {"department_ece": ece}
 
 
 def selection_score(scores: dict) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,8 +38,8 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
         "--artifact",
         default=None,
         callback=_resolve_artifact,
-        help="A shipped artifact's name (minilm-real-v1, minilm-commercial-v1, ...) or a trained "
-        "artifact folder. Default: minilm-real-v1.",
+        help="A shipped artifact's name (minilm-real-v2, minilm-commercial-v1, ...) or a trained "
+        "artifact folder. Default: minilm-real-v2.",
     )(function)
 
 
@@ -109,6 +110,12 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
     is_flag=True,
     help="Start the student from the teacher's adapters for the layers it keeps, and its heads.",
 )
+@click.option(
+    "--lexical/--no-lexical",
+    default=True,
+    show_default=True,
+    help="Blend in a TF-IDF model fitted on the same rows, its weight chosen on dev.",
+)
 def classify_train(
     data: tuple[str, ...],
     licences: str,
@@ -125,6 +132,7 @@ def classify_train(
     distil_temperature: float,
     critical_weight: float | None,
     init_from_teacher: bool,
+    lexical: bool,
 ) -> None:
     """Fine-tune the backbone (LoRA) with department and urgency heads; write the artifact.
 
@@ -145,7 +153,7 @@ def classify_train(
             raise click.BadParameter(f"{folder.path}: no train.jsonl", param_hint="--data")
     out = out or DEFAULT_ARTIFACT
     options = TrainOptions(
-        seed=seed, limit=limit, layers=layers, licences=licences, version=version
+        seed=seed, limit=limit, layers=layers, licences=licences, version=version, lexical=lexical
     )
     if teacher is not None:
         options = replace(
@@ -166,6 +174,10 @@ def classify_train(
         card = train(folders, out, options=options)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    _print_card(out, card)
+
+
+def _print_card(artifact: Path, card: dict) -> None:
     from switchboard.classify.evaluation import headline
 
     summary = {
@@ -173,12 +185,55 @@ def classify_train(
         for name, splits in card["metrics"].items()
         for split, figures in splits.items()
     }
+    blend = card.get("lexical", {}).get("blend")
     click.echo(
         json.dumps(
-            {"artifact": str(out), "licence": card["licence"]["spdx"], "metrics": summary},
+            {
+                "artifact": str(artifact),
+                "version": card["version"],
+                "licence": card["licence"]["spdx"],
+                "blend": blend,
+                "metrics": summary,
+            },
             indent=2,
-        )
+        )  # fmt: skip
     )
+
+
+@classify.command("blend")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    callback=_resolve_artifact,
+    help="The trained artifact (a shipped name or a folder) whose encoder is blended.",
+)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--version", "version", required=True, help="The new artifact's name.")
+@click.option("--data", "data", multiple=True, metavar="DIR[:WEIGHT]",
+              help="As for train; default: the data the artifact was trained on.")  # fmt: skip
+@click.option("--licences", type=click.Choice(["all", "commercial"]), default=None,
+              help="As for train; default: the artifact's.")  # fmt: skip
+def classify_blend(
+    source: Path, out: Path, version: str, data: tuple[str, ...], licences: str | None
+) -> None:
+    """Copy a trained artifact to OUT with a TF-IDF model blended in (what `train` does at
+    its end), fitted on the same training rows, the blend chosen on the same dev split."""
+    from switchboard.classify.train import DataFolder, TrainingData, TrainOptions, attach_lexical
+    from switchboard.shared.logs import configure_logging
+
+    configure_logging("classify-train")
+    card = json.loads((source / "card.json").read_text())
+    folders = [DataFolder.parse(spec) for spec in data] or [
+        DataFolder(Path(entry["path"]), entry["weight"]) for entry in card["data"].values()
+    ]
+    options = TrainOptions(
+        seed=card["options"]["seed"], version=version,
+        licences=licences or card["options"]["licences"],
+    )  # fmt: skip
+    if out.resolve() != source.resolve():
+        shutil.copytree(source, out, dirs_exist_ok=True)
+    _print_card(out, attach_lexical(out, TrainingData.read(folders, options), options))
 
 
 @classify.command("predict")

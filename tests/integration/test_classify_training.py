@@ -79,16 +79,25 @@ def test_training_writes_a_loadable_versioned_artifact(tiny_data, tmp_path):
         == card["options"]["lora_rank"]
     )
 
+    # The lexical model is fitted on the same rows; dev chose its blend from the stated weights.
+    blend = card["lexical"]["blend"]
+    assert {blend["department_weight"], blend["urgency_weight"]} <= set(
+        card["lexical"]["chosen_from"]
+    )
+    assert card["lexical"]["features"] > 0
+
     model = TweetClassifier.load(tmp_path / "a")
+    assert model.lexical is not None and model.blend.department_weight == blend["department_weight"]
     [prediction] = model.predict(["@SkylarkHelp my bag is lost"])
     assert abs(sum(prediction.department_scores.values()) - 1) < 1e-4
+    assert abs(sum(prediction.urgency_scores.values()) - 1) < 1e-4
 
 
 def test_training_is_reproducible_with_a_seed(tiny_data, tmp_path):
     train(tiny_data, tmp_path / "a")
     shutil.copytree(tmp_path / "a", tmp_path / "first")
     train(tiny_data, tmp_path / "a")
-    for name in ("heads.safetensors", "adapter/adapter_model.safetensors"):
+    for name in ("heads.safetensors", "adapter/adapter_model.safetensors", "lexical.safetensors"):
         first = load_file(str(tmp_path / "first" / name))
         second = load_file(str(tmp_path / "a" / name))
         assert first.keys() == second.keys()
