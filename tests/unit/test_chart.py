@@ -92,19 +92,39 @@ def test_a_workload_per_service_non_root_read_only_and_probed():
     assert hpa["spec"]["scaleTargetRef"]["name"] == "sb-switchboard-classify"
 
 
-def test_a_config_change_rolls_the_pods():
-    def checksums(values: dict) -> set[str]:
-        return {d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
-                for d in workloads(render(values))}  # fmt: skip
+def checksums(values: dict) -> set[str]:
+    return {d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            for d in workloads(render(values))}  # fmt: skip
 
-    handle = {"handle": "@Other", "user_id": "2", "brand": "O", "segment": "support",
-              "default_department": "sales"}  # fmt: skip
-    other = {"config": {"handles": [handle]}}
+
+HANDLE = {"handle": "@Other", "user_id": "2", "brand": "O", "segment": "support",
+          "default_department": "sales"}  # fmt: skip
+
+
+def test_a_config_change_a_pod_cannot_apply_rolls_the_pods():
+    other = {"config": {"handles": [HANDLE]}}
     assert checksums({}) != checksums(other)
     [configmap] = [
         c for c in by_kind(render(other), "ConfigMap") if c["metadata"]["name"].endswith("-config")
     ]
     assert yaml.safe_load(configmap["data"]["switchboard.yaml"]) == other["config"]
+    window = {"config": {"route": {"spikes": {"window_minutes": 15}}}}
+    assert checksums({}) != checksums(window)  # route sizes its spike windows at start
+
+
+def test_a_routing_rule_change_reaches_the_running_pods_without_a_restart():
+    """The ConfigMap is mounted as a directory (kubelet updates it in place; a subPath mount
+    never changes), the services read the file in it, and a change to route's rules leaves the
+    pods' checksum alone: route reloads the file (route.reload_interval_s)."""
+    rule = {"name": "refunds", "when": {"keywords": ["refund"]}, "then": {"department": "sales"}}
+    ruled = {"config": {"handles": [HANDLE], "route": {"rules": [rule]}}}
+    assert checksums({"config": {"handles": [HANDLE]}}) == checksums(ruled)
+    for deployment in workloads(render(ruled)):
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == "config"]
+        assert "subPath" not in mount
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["SWITCHBOARD_CONFIG_FILE"] == f"{mount['mountPath']}/switchboard.yaml"
 
 
 def test_kafka_secrets_and_tls_come_by_reference():

@@ -19,3 +19,12 @@ app.kubernetes.io/component: {{ .service }}
 {{- define "switchboard.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
+
+{{/* The configuration a running pod cannot apply, hashed into each pod's checksum/config
+annotation: every section but route's rules, SLAs and thresholds, which route reloads from the
+mounted file. route's spike window is sized at start, so it stays in. */}}
+{{- define "switchboard.restartConfig" -}}
+{{- $fixed := omit .Values.config "route" -}}
+{{- $window := dig "route" "spikes" "window_minutes" "" .Values.config -}}
+{{- toYaml (dict "config" $fixed "route_spike_window_minutes" $window) -}}
+{{- end -}}
