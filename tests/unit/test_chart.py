@@ -108,8 +108,8 @@ def test_a_config_change_a_pod_cannot_apply_rolls_the_pods():
         c for c in by_kind(render(other), "ConfigMap") if c["metadata"]["name"].endswith("-config")
     ]
     assert yaml.safe_load(configmap["data"]["switchboard.yaml"]) == other["config"]
-    window = {"config": {"route": {"spikes": {"window_minutes": 15}}}}
-    assert checksums({}) != checksums(window)  # route sizes its spike windows at start
+    for at_start in ({"spikes": {"window_minutes": 15}}, {"sla": {"check_interval_s": 5}}):
+        assert checksums({}) != checksums({"config": {"route": at_start}}), at_start
 
 
 def test_a_routing_rule_change_reaches_the_running_pods_without_a_restart():

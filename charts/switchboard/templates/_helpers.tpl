@@ -21,10 +21,16 @@ app.kubernetes.io/component: {{ .service }}
 {{- end -}}
 
 {{/* The configuration a running pod cannot apply, hashed into each pod's checksum/config
-annotation: every section but route's rules, SLAs and thresholds, which route reloads from the
-mounted file. route's spike window is sized at start, so it stays in. */}}
+annotation: every section but route's, and of route's what it sets up at start (its spike
+windows, the SLA sweep's interval, standby replicas). The rest of route's section (rules, SLAs,
+thresholds, keywords) route reloads from the mounted file. */}}
 {{- define "switchboard.restartConfig" -}}
-{{- $fixed := omit .Values.config "route" -}}
-{{- $window := dig "route" "spikes" "window_minutes" "" .Values.config -}}
-{{- toYaml (dict "config" $fixed "route_spike_window_minutes" $window) -}}
+{{- $config := .Values.config -}}
+{{- $atStart := dict
+  "spikes.window_minutes" (dig "route" "spikes" "window_minutes" "" $config)
+  "spikes.baseline_windows" (dig "route" "spikes" "baseline_windows" "" $config)
+  "spikes.samples" (dig "route" "spikes" "samples" "" $config)
+  "sla.check_interval_s" (dig "route" "sla" "check_interval_s" "" $config)
+  "standby_replicas" (dig "route" "standby_replicas" "" $config) -}}
+{{- toYaml (dict "config" (omit $config "route") "route_at_start" $atStart) -}}
 {{- end -}}
