@@ -35,6 +35,20 @@ def test_a_saved_model_loads_with_the_same_logits(tmp_path):
         )
 
 
+def test_logits_a_tweet_at_a_time_are_scikit_learns_over_the_batch(tmp_path):
+    """Served logits come from scikit-learn's analyzers a tweet at a time (its transform has a
+    fixed cost per call that micro-batches cannot pay); they must equal its own matrix's."""
+    model = fitted()
+    model.save(tmp_path)
+    for served in (model, LexicalModel.load(tmp_path)):
+        probe = [*TEXTS, "", "!!!", "  spaced   out  ", "ünïcödé order 4411 refund??", "a"]
+        features = served.features(probe)
+        logits = served.logits(probe)
+        for label in LABELS:
+            expected = features @ served.coefficients[label].T + served.intercepts[label]
+            np.testing.assert_allclose(logits[label], expected, rtol=1e-4, atol=1e-4)
+
+
 def test_it_learns_the_training_labels_and_never_predicts_an_absent_one():
     logits = fitted().logits(TEXTS)
     departments = [LABELS["department"][i] for i in logits["department"].argmax(-1)]
