@@ -128,9 +128,9 @@ class LexicalModel:
         """Each label's logits for prepared ``texts``, one row per text.
 
         The same figures as ``features(texts) @ coefficients.T`` (test_lexical.py), computed a
-        tweet at a time from scikit-learn's own analyzers: its ``transform`` costs about 2.5 ms
-        a call whatever the batch, more than the encoder spends on a tweet, and classify
-        serves micro-batches of a few tweets."""
+        tweet at a time from scikit-learn's own analyzers: its ``transform`` has a fixed cost
+        per call larger than the encoder's per tweet, and classify serves micro-batches of a
+        few tweets (docs/classifier.md)."""
         rows = {label: np.empty((len(texts), len(names)), np.float32)
                 for label, names in LABELS.items()}  # fmt: skip
         for i, text in enumerate(texts):

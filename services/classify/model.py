@@ -296,9 +296,8 @@ class TweetClassifier:
         """Department and urgency logits, one row per text, in the order given.
 
         The texts are sorted by token count and run in buckets of ``bucket_size``: a bucket
-        pads only to its own longest tweet, and small runs stay in the caches (measured on one
-        core: a batch of 32 in one run 3.09 ms of CPU per tweet, in sorted buckets of 8 2.33).
-        A tweet's logits do not depend on its bucket (test_classify_onnx.py).
+        pads only to its own longest tweet, and small runs stay in the caches
+        (docs/performance.md). A tweet's logits do not depend on its bucket (test_classify_onnx.py).
         """
         if not texts:
             return (np.zeros((0, len(self.departments)), np.float32),

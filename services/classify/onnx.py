@@ -1,20 +1,20 @@
 """The ONNX Runtime path (``classify.runtime: onnx-int8``, the default): the fine-tuned encoder
 and both heads exported to ONNX, every matrix multiplication by a weight done in int8.
 
-Weights are quantized per output channel (on real tweets, per matrix lost five points of
-accuracy). Activations are quantized per token: each row of a layer's input gets its own
-scale, from its own largest value. onnxruntime's dynamic quantization takes one scale for the
-whole batch instead, so a tweet's labels depended on the tweets it was batched with (5 % of
-departments changed between a batch of 1 and a batch of 32, measured); per token, a tweet gets
-the same scores in any batch, with the same accuracy, for about 5 % of the speed. The rewrite
+Weights are quantized per output channel (per matrix costs accuracy on real tweets).
+Activations are quantized per token: each row of a layer's input gets its own scale, from its
+own largest value. onnxruntime's dynamic quantization takes one scale for the whole batch
+instead, so a tweet's labels would depend on the tweets it is batched with; per token, a tweet
+gets the same scores in any batch, with the same accuracy, for a few percent of the speed
+(docs/performance.md). The rewrite
 is ``quantize_per_token`` below: ONNX operators for the row scales and ``QuantizeLinear`` for
 the uint8 activations (shifted by 128), and onnxruntime's ``MatMulIntegerToFloat`` for the
 product against int8 weights and their column scales (its u8 x s8 fast path, with the int32 to
-float conversion fused: separate ``MatMulInteger``, ``Cast`` and two ``Mul`` were 17 % slower).
+float conversion fused, faster than separate ``MatMulInteger``, ``Cast`` and ``Mul``).
 
 The int8 file is built from the artifact on first use and cached in the temp folder
-(``<tmp>/switchboard-onnx/<artifact version>-<weights hash>.<RECIPE>.onnx``): it takes a few
-seconds and 59 MB (the token embeddings stay fp32); concurrent builders never see half a file.
+(``<tmp>/switchboard-onnx/<artifact version>-<weights hash>.<RECIPE>.onnx``; the token
+embeddings stay fp32); concurrent builders never see half a file.
 """
 
 from __future__ import annotations
@@ -161,10 +161,8 @@ class OnnxHeads:
     """Department and urgency logits from the int8 ONNX model, like ``TweetClassifier.logits``.
 
     Each run uses one thread, and ``workers`` runs go in parallel (data parallel, not operator
-    parallel). Measured on 2 cores, 960 tweets in batches of 128 sorted into buckets of 8:
-    949 tweets/s at 2.03 ms of CPU per tweet; with onnxruntime's own two threads inside each
-    run, 601 at 2.6 ms (733 in buckets of 24). On the small batches of a steady stream its two
-    threads cost 3.4 ms per tweet against 2.8 on one: matrices of 8 tweets are too small to split.
+    parallel): matrices of a bucket of 8 tweets are too small to split between threads, so
+    onnxruntime's own threads inside one run cost more CPU per tweet (docs/performance.md).
     """
 
     def __init__(self, path: Path, workers: int) -> None:
@@ -197,7 +195,7 @@ class OnnxHeads:
     def run_all(self, batches: list[dict[str, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Logits of each batch, in order; the batches run on the workers in parallel, the
         largest first: started last, the longest bucket would leave the other workers idle
-        while it finishes (2-4 % of throughput at 2 workers, measured)."""
+        while it finishes."""
         if self._pool is None or len(batches) < 2:
             return [self(batch) for batch in batches]
         largest_first = sorted(range(len(batches)), key=lambda i: -batches[i]["input_ids"].size)

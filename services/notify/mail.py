@@ -5,10 +5,10 @@ as template source; the HTML body is autoescaped; header values are one line (sa
 so that a tweet can never add a header.
 
 Messages are built with the ``email.mime`` classes (the compat32 policy): the modern
-``EmailMessage`` parses every header it is given back into objects: building and flattening
-an email took 1.5 ms of CPU, a third of notify's under load (py-spy), and takes 0.44 ms so.
-What that parsing did for us is done here explicitly: non-ASCII display names and header
-values are RFC 2047 encoded (``_header``, ``_addresses``), bodies are quoted-printable UTF-8.
+``EmailMessage`` parses every header it is given back into objects, which made building an
+email a large share of notify's CPU under load (docs/performance.md). What that parsing did
+for us is done here explicitly: non-ASCII display names and header values are RFC 2047 encoded
+(``_header``, ``_addresses``), bodies are quoted-printable UTF-8.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ class SmtpSettings(BaseSettings):
         le=64,
         description="Connections notify may keep open to the relay, each carrying one email at "
         "a time: each email waits several round trips, so behind a relay's latency one "
-        "connection caps the rate (155 emails/s at 5 ms a message, bench/smtp_connections.py)",
+        "connection caps the rate (docs/performance.md)",
     )
 
 

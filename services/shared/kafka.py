@@ -99,9 +99,9 @@ def pause_when_idle(consumer: AIOKafkaConsumer, pause_s: float) -> None:
     """Make a started consumer wait ``pause_s`` after a fetch that brought nothing.
 
     Kafka holds an empty fetch for ``fetch.max.wait.ms`` (long polling); the embedded broker
-    answers at once, so an idle consumer of 36 partitions sent about 1,500 fetches a second and
-    burned 60 % of a core doing nothing (measured; 20 ms: about 40 a second, 4 %). Against a
-    real broker, whose empty answers already took up to half a second, the pause costs nothing.
+    answers at once, so an idle consumer would fetch in a tight loop and burn a core doing
+    nothing (docs/performance.md). Against a real broker, whose empty answers already wait up to
+    ``fetch.max.wait.ms``, the pause costs nothing.
     aiokafka (pinned) has no option for this: the one fetch coroutine is wrapped.
     """
     if pause_s <= 0:
