@@ -49,7 +49,7 @@ soak: setup
 		--report bench/$(if $(FAULTS),soak-faults,soak).json
 
 test: setup tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit

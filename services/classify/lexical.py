@@ -19,6 +19,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,29 @@ class Blend:
 
 @dataclass(frozen=True, slots=True)
 class _Part:
-    analyze: Callable[[str], list[str]]
-    vocabulary: dict[str, int]
+    """One vectorizer as served: its n-gram ids of a text, its idf, its first column."""
+
+    ids: Callable[[str], list[int]]
     idf: np.ndarray
     offset: int
+
+    @classmethod
+    def of(cls, vectorizer: TfidfVectorizer, offset: int) -> _Part:
+        analyze, vocabulary = vectorizer.build_analyzer(), vectorizer.vocabulary_
+
+        def ids(text: str) -> list[int]:
+            return [i for i in map(vocabulary.get, analyze(text)) if i is not None]
+
+        if vectorizer.analyzer == "char_wb":
+            # char_wb n-grams never cross a word: a text's are its words' in turn, and tweets
+            # repeat their words, so each word's ids are worked out once.
+            word_ids = lru_cache(maxsize=1 << 16)(ids)
+
+            def by_word(text: str) -> list[int]:
+                return [i for word in text.split() for i in word_ids(word)]
+
+            return cls(by_word, vectorizer.idf_.astype(np.float32), offset)
+        return cls(ids, vectorizer.idf_.astype(np.float32), offset)
 
 
 class LexicalModel:
@@ -90,8 +110,7 @@ class LexicalModel:
         self._parts: list[_Part] = []
         offset = 0
         for vectorizer in vectorizers.values():
-            self._parts.append(_Part(vectorizer.build_analyzer(), vectorizer.vocabulary_,
-                                     vectorizer.idf_.astype(np.float32), offset))  # fmt: skip
+            self._parts.append(_Part.of(vectorizer, offset))
             offset += len(vectorizer.vocabulary_)
         self._columns = {label: np.ascontiguousarray(c.T) for label, c in coefficients.items()}
 
@@ -145,8 +164,7 @@ class LexicalModel:
         columns: list[np.ndarray] = []
         values: list[np.ndarray] = []
         for part in self._parts:
-            found = map(part.vocabulary.get, part.analyze(text))
-            counts = Counter(index for index in found if index is not None)
+            counts = Counter(part.ids(text))
             if not counts:
                 continue
             index = np.fromiter(counts.keys(), np.int64, len(counts))
