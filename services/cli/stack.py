@@ -21,6 +21,7 @@ from subprocess import Popen
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 from prometheus_client.parser import text_string_to_metric_families
 
 from switchboard.cli.inbox import LoopbackInbox
@@ -51,6 +52,7 @@ OBSERVED = (
     topics.DELIVERIES,
     topics.NOTIFICATIONS_DLQ,
 )
+OUT_OF_RANGE_S = 30.0  # how long the observer asks again for an offset the broker says is gone
 
 
 def stop_on_sigterm() -> None:
@@ -190,16 +192,22 @@ class Stack:
                 await asyncio.sleep(0.2)
         raise TimeoutError(f"{service} not ready after {self.options.ready_timeout_s}s")
 
-    def log_tail(self, service: str, lines: int = 20) -> str:
+    def log_tail(self, service: str, lines: int = 20, leave_out: str | None = None) -> str:
+        """The last ``lines`` of ``service``'s log, without those containing ``leave_out``."""
         path = self.logs / f"{service}.log"
         if not path.exists():
             return "(no log)"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        kept = path.read_text(errors="replace").splitlines()
+        if leave_out is not None:
+            kept = [line for line in kept if leave_out not in line]
+        return "\n".join(kept[-lines:])
 
     async def _start_observer(self) -> None:
+        # "none": an offset out of range is raised, not answered by a jump (see _observe)
         consumer = Consumer(
             client_id="switchboard-observer",
             idle_pause_ms=self.kafka.fetch_idle_pause_ms,
+            auto_offset_reset="none",
             **client_options(self.kafka),
         )
         await consumer.start()
@@ -218,11 +226,38 @@ class Stack:
         self._observing = asyncio.create_task(self._observe(consumer), name="observer")
 
     async def _observe(self, consumer: AIOKafkaConsumer) -> None:
+        """Record every output from where the observer started. A broker that has just
+        restarted may answer a fetch "offset out of range" until it has loaded its logs; a jump
+        to the end would skip what was published meanwhile (and count it lost), so the fetch is
+        asked again at the same offset, and only after ``OUT_OF_RANGE_S`` does the observer
+        accept that the records are gone and move to the end."""
+        out_of_range_since: dict[TopicPartition, float] = {}
         while True:
-            batches = await consumer.getmany(timeout_ms=200)
-            for records in batches.values():
+            try:
+                batches = await consumer.getmany(timeout_ms=200)
+            except OffsetOutOfRangeError as error:
+                await self._out_of_range(consumer, error.args[0], out_of_range_since)
+                continue
+            for partition, records in batches.items():
+                out_of_range_since.pop(partition, None)
                 for record in records:
                     self._record(record.topic, record.value)
+
+    async def _out_of_range(
+        self,
+        consumer: AIOKafkaConsumer,
+        offsets: dict[TopicPartition, int],
+        since: dict[TopicPartition, float],
+    ) -> None:
+        now = time.monotonic()
+        for partition, offset in offsets.items():
+            if now - since.setdefault(partition, now) < OUT_OF_RANGE_S:
+                consumer.seek(partition, offset)
+                continue
+            log.warning("%s: offset %d is gone; observing from the end", partition, offset)
+            await consumer.seek_to_end(partition)
+            since.pop(partition)
+        await asyncio.sleep(0.2)
 
     def _record(self, topic: str, value: bytes | None) -> None:
         try:

@@ -73,10 +73,12 @@ def client_options(kafka: KafkaSettings) -> dict[str, Any]:
 
 def make_producer(kafka: KafkaSettings, client_id: str) -> AIOKafkaProducer:
     # acks=all: an output counts as delivered only once the broker has it durably.
+    # request_timeout_ms is also how long aiokafka keeps a batch it cannot deliver.
     return AIOKafkaProducer(
         client_id=client_id,
         acks="all",
         linger_ms=5,
+        request_timeout_ms=kafka.delivery_timeout_ms,
         max_request_size=kafka.max_message_bytes,
         **client_options(kafka),
     )

@@ -83,6 +83,16 @@ class KafkaSettings(BaseSettings):
         "instead of waiting fetch.max.wait.ms (the embedded one); 0: none",
     )
 
+    delivery_timeout_ms: int = Field(
+        default=120_000,
+        ge=1_000,
+        description="How long ingest and classify wait for the broker to acknowledge an output "
+        "before giving up on it (Kafka's delivery.timeout.ms; aiokafka's own default, 40 s, is "
+        "shorter than a broker restart can take). Past it the service exits without committing, "
+        "for its orchestrator to restart it; the input is read again. route and notify (faust) "
+        "wait faust's producer_request_timeout",
+    )
+
     def require_bootstrap(self) -> str:
         if not self.bootstrap_servers:
             raise ConfigError(

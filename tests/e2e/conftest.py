@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,11 +26,34 @@ def own_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Stack:
 
 async def wait_until(done: Callable[[], bool], seconds: float, stack: Stack,
                      sent: set[str]) -> None:  # fmt: skip
-    """Poll ``done`` until it holds; fail with the tally's summary after ``seconds``."""
+    """Poll ``done`` until it holds; fail with what a reader needs to tell a stuck service from a
+    stuck observer after ``seconds``: the whole tally, the deliveries still awaited, whether the
+    observer still reads, and the end of each service's log."""
     deadline = time.monotonic() + seconds
     while not done():
-        assert time.monotonic() < deadline, stack.tally.summary(sent)
+        if time.monotonic() >= deadline:
+            pytest.fail(stuck_report(stack, sent), pytrace=False)
         await asyncio.sleep(0.5)
+
+
+def stuck_report(stack: Stack, sent: set[str]) -> str:
+    tally = stack.tally
+    observing = stack._observing
+    observer = "not started" if observing is None else (
+        "reading" if not observing.done() else f"stopped: {observing!r}"
+    )  # fmt: skip
+    settled = sum(tally.deliveries.values()) + sum(tally.failed_deliveries.values())
+    parts = [
+        json.dumps(tally.summary(sent), indent=1),
+        f"unaccounted: {sorted(tally.unaccounted(sent))[:10]}",
+        f"deliveries settled {settled} of {tally.expected_deliveries}; observer {observer}",
+    ]
+    exits = {name: process.poll() for name, process in stack.processes.items()}
+    parts.append(f"exit codes (None: running): {exits}")
+    for service in [*stack.processes, "broker"]:
+        parts.append(f"--- {service}.log, aiokafka's connection errors left out")
+        parts.append(stack.log_tail(service, 15, leave_out='"logger": "aiokafka'))
+    return "\n".join(parts)
 
 
 async def wait_settled(stack: Stack, sent: set[str], seconds: float) -> None:

@@ -7,13 +7,21 @@ import contextlib
 import time
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from switchboard.shared import topics
 from switchboard.shared.broker import EmbeddedBroker
-from switchboard.shared.kafka import Consumer, client_options, ensure_topics, read_to_end
+from switchboard.shared.kafka import (
+    Consumer,
+    client_options,
+    ensure_topics,
+    make_producer,
+    read_to_end,
+)
+from switchboard.shared.settings import KafkaSettings
 
 
 async def test_topics_are_created_with_the_configured_partitions(kafka, config):
@@ -162,3 +170,37 @@ async def test_an_idle_consumer_pauses_between_empty_fetches_and_still_gets_mess
         assert [r.value for records in found.values() for r in records] == [b"wake up"]
     finally:
         await consumer.stop()
+
+
+async def test_a_producer_waits_for_the_broker_as_long_as_its_delivery_timeout(tmp_path: Path):
+    """A broker that answers nothing for 4 s: a producer whose delivery timeout is 10 s gets its
+    message acknowledged once the broker answers; one whose timeout is 2 s gives up. aiokafka's
+    own default (40 s) is shorter than a broker restart can take, and ingest exits when a send
+    gives up: KAFKA_DELIVERY_TIMEOUT_MS (120 s by default) is what a service waits."""
+    broker = EmbeddedBroker(tmp_path / "data")
+    await broker.start()
+    producers = []
+    try:
+        await ensure_topics(broker.settings(), ["patience"], 1, 1)
+        for name, timeout_ms in (("patient", 10_000), ("hasty", 2_000)):
+            settings = KafkaSettings(
+                bootstrap_servers=broker.bootstrap_servers, delivery_timeout_ms=timeout_ms
+            )
+            producers.append(make_producer(settings, client_id=name))
+            await producers[-1].start()
+        patient, hasty = producers
+        broker.freeze()
+        try:
+            kept = await patient.send("patience", b"kept")
+            given_up = await hasty.send("patience", b"given up")
+            await asyncio.sleep(4)
+        finally:
+            broker.freeze(False)
+        assert (await asyncio.wait_for(kept, 15)).offset >= 0
+        with pytest.raises(KafkaError):  # a timeout, or the last retry's connection error
+            await asyncio.wait_for(given_up, 15)
+        assert KafkaSettings().delivery_timeout_ms == 120_000
+    finally:
+        for producer in producers:
+            await producer.stop()
+        broker.stop()
