@@ -22,7 +22,13 @@ from switchboard.cli.classify import classify
 from switchboard.cli.dlq import dlq
 from switchboard.cli.ingest import ingest
 from switchboard.cli.restore import bench_restore
-from switchboard.shared.settings import DEFAULT_CONFIG_FILE, ConfigError
+from switchboard.shared.config import SERVICE_CONFIGS, SERVICE_SECTIONS, SwitchboardConfig
+from switchboard.shared.settings import (
+    DEFAULT_CONFIG_FILE,
+    ConfigError,
+    check_config_file,
+    config_file_in_use,
+)
 
 SAMPLES = Path("data/samples/tweets.jsonl")
 WORKDIR = Path(".switchboard")
@@ -286,6 +292,39 @@ def soak(
     intact = not (summary["lost"] or summary["duplicates"] or summary["undelivered"])
     explained = faults or not summary["republished"]
     sys.exit(0 if healthy and intact and explained else 1)
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+@main.group("config")
+def config_group() -> None:
+    """The YAML configuration file."""
+
+
+@config_group.command("check")
+@click.option(
+    "--service",
+    type=click.Choice(SERVICE_SECTIONS),
+    default=None,
+    help="Validate as this service does at start (the shared sections and its own); "
+    "default: every section, as all four services together",
+)
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False), required=False)
+def config_check(service: str | None, file: Path | None) -> None:
+    """Validate FILE (default: $SWITCHBOARD_CONFIG_FILE or config/switchboard.yaml): each
+    error on a line with its key (and routing rule); exit status 1 when there is one."""
+    path = config_file_in_use(file)
+    model = SwitchboardConfig if service is None else SERVICE_CONFIGS[service]
+    errors = check_config_file(path, model)
+    who = f"the {service} service" if service else "every service"
+    if not errors:
+        click.echo(f"{path}: valid for {who}")
+        return
+    click.echo(f"{path}: {len(errors)} error(s) that would stop {who}:", err=True)
+    for line in errors:
+        click.echo(f"  {line}", err=True)
+    sys.exit(1)
 
 
 # --- schemas -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from switchboard.ingest.normalize import NormalizeError, tweet_from_v1
-from switchboard.shared.config import SwitchboardConfig
+from switchboard.shared.config import IngestFileConfig
 from switchboard.shared.events import Author, Tweet
 
 
@@ -54,7 +54,7 @@ class Archive:
                 return account
         raise ArchiveError(f"{self.path}: no data/account.js with accountId and username")
 
-    def tweets(self, config: SwitchboardConfig) -> Iterator[Tweet | NormalizeError]:
+    def tweets(self, config: IngestFileConfig) -> Iterator[Tweet | NormalizeError]:
         author = {
             "id_str": self.account["accountId"],
             "screen_name": self.account["username"],
@@ -66,7 +66,7 @@ class Archive:
             except NormalizeError as problem:
                 yield problem
 
-    def direct_messages(self, config: SwitchboardConfig) -> Iterator[Tweet | NormalizeError]:
+    def direct_messages(self, config: IngestFileConfig) -> Iterator[Tweet | NormalizeError]:
         handle = config.handles_by_user_id.get(self.account["accountId"])
         if handle is None:
             return

@@ -17,7 +17,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 from pydantic import ValidationError
 
-from switchboard.shared.config import HandleConfig, SwitchboardConfig
+from switchboard.shared.config import HandleConfig, IngestFileConfig
 from switchboard.shared.events import (
     Author,
     DeadLetterReason,
@@ -80,7 +80,7 @@ class Deletion:
 Origin = Literal["inbound", "brand", "retweet"]
 
 
-def origin(tweet: Tweet, config: SwitchboardConfig) -> tuple[Origin, HandleConfig | None]:
+def origin(tweet: Tweet, config: IngestFileConfig) -> tuple[Origin, HandleConfig | None]:
     """Inbound (route it), the company's own (measure responses with it), or a skipped retweet."""
     own = config.handles_by_user_id.get(tweet.author.id)
     if own is not None:
@@ -97,7 +97,7 @@ def origin(tweet: Tweet, config: SwitchboardConfig) -> tuple[Origin, HandleConfi
 @_x_object("not_a_tweet")
 def tweet_from_v2(
     message: Any,
-    config: SwitchboardConfig,
+    config: IngestFileConfig,
     source: TweetSource = "replay",
     *,
     addressed: Iterable[str] = (),
@@ -118,7 +118,7 @@ def tweet_from_v2(
 
 
 def quoted_handles(
-    data: dict[str, Any], included_tweets: list[dict[str, Any]], config: SwitchboardConfig
+    data: dict[str, Any], included_tweets: list[dict[str, Any]], config: IngestFileConfig
 ) -> list[str]:
     """A quote of one of the company's tweets addresses the handle that wrote it (the quoted
     tweet's author comes from ``includes.tweets``, expansion ``referenced_tweets.id``)."""
@@ -137,7 +137,7 @@ def quoted_handles(
 def tweet_from_v2_data(
     data: dict[str, Any],
     users: dict[Any, dict[str, Any]],
-    config: SwitchboardConfig,
+    config: IngestFileConfig,
     source: TweetSource,
     addressed: Iterable[str] = (),
     rule_tags: list[str] | None = None,
@@ -192,7 +192,7 @@ def _author_v2(user: dict[str, Any]) -> Author:
     )
 
 
-def _handles_from_rule_tags(tags: list[str], config: SwitchboardConfig) -> list[str]:
+def _handles_from_rule_tags(tags: list[str], config: IngestFileConfig) -> list[str]:
     """Stream rules are tagged ``<prefix>@Handle`` (rules.py): a keyword match names its handle."""
     prefix = config.ingest.x.filtered_stream.rule_tag_prefix
     by_username = config.handles_by_username
@@ -205,7 +205,7 @@ def _handles_from_rule_tags(tags: list[str], config: SwitchboardConfig) -> list[
 
 
 def addressed_handles(
-    mentions: list[str], in_reply_to_user_id: object, config: SwitchboardConfig
+    mentions: list[str], in_reply_to_user_id: object, config: IngestFileConfig
 ) -> list[str]:
     """The configured handles a tweet addresses: by @mention or by replying to them."""
     by_username = config.handles_by_username
@@ -221,7 +221,7 @@ def dm_from_v2(
     event: dict[str, Any],
     users: dict[Any, dict[str, Any]],
     handle: HandleConfig,
-    config: SwitchboardConfig,
+    config: IngestFileConfig,
 ) -> Tweet:
     """A v2 ``dm_events`` MessageCreate event received or sent by ``handle``."""
     for field in ("id", "text", "sender_id", "dm_conversation_id", "created_at"):
@@ -252,7 +252,7 @@ def _dm(
     created_at: datetime,
     sender: Author,
     handle: HandleConfig,
-    config: SwitchboardConfig,
+    config: IngestFileConfig,
     source: TweetSource,
 ) -> Tweet:
     try:
@@ -276,7 +276,7 @@ def _dm(
 
 @_x_object("invalid_tweet")
 def tweet_from_v1(
-    status: dict[str, Any], config: SwitchboardConfig, source: TweetSource, *, author: Any = None
+    status: dict[str, Any], config: IngestFileConfig, source: TweetSource, *, author: Any = None
 ) -> Tweet:
     """A v1.1 tweet object (``id_str``, ``user``, ``entities.user_mentions``...).
 
@@ -337,7 +337,7 @@ def tweet_from_v1(
 def dm_from_activity(
     event: dict[str, Any],
     users: dict[str, dict[str, Any]],
-    config: SwitchboardConfig,
+    config: IngestFileConfig,
 ) -> Tweet:
     """An Account Activity ``direct_message_events`` item (``type: message_create``)."""
     create = event.get("message_create") or {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from switchboard.shared.config import HandleConfig, SwitchboardConfig
+from switchboard.shared.config import HandleConfig, IngestFileConfig
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -57,7 +57,7 @@ class RuleChanges:
     delete_ids: list[str]
 
 
-def desired_rules(config: SwitchboardConfig) -> list[StreamRule]:
+def desired_rules(config: IngestFileConfig) -> list[StreamRule]:
     x = config.ingest.x
     suffix = "" if config.ingest.include_retweets else " -is:retweet"
     rules = []

@@ -58,7 +58,7 @@ from switchboard.ingest.webhook import too_old, webhook_router
 from switchboard.ingest.xapi import XApi
 from switchboard.shared import metrics, topics
 from switchboard.shared.access import AccessPolicy
-from switchboard.shared.config import HandleConfig, SwitchboardConfig
+from switchboard.shared.config import HandleConfig, IngestFileConfig
 from switchboard.shared.events import (
     BrandTweet,
     ComplianceEvent,
@@ -532,7 +532,7 @@ ACTIVITY_FIELDS = frozenset({
 
 
 def _activity_events(
-    payload: dict[str, Any], config: SwitchboardConfig
+    payload: dict[str, Any], config: IngestFileConfig
 ) -> Iterator[tuple[str, Callable[[], ActivityItem]]]:
     """Each event of an Account Activity body, named (``tweet_create_events[0]``), with the
     function that normalizes it (None for a DM event other than a message)."""

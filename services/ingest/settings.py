@@ -7,12 +7,15 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from switchboard.shared.config import IngestFileConfig
 from switchboard.shared.settings import ServiceSettings
 
 
 class IngestSettings(ServiceSettings):
     service: ClassVar[str] = "ingest"
     default_http_port: ClassVar[int] = 8081
+
+    config: IngestFileConfig  # type: ignore[assignment]  # the shared sections and ingest's
 
     replay_file: Path | None = Field(default=None, description="JSONL of X API v2 tweets")
     replay_rate_per_s: float | None = Field(

@@ -46,7 +46,7 @@ from switchboard.ingest.polling import Deliver, MentionsPoller
 from switchboard.ingest.rules import StreamRule, desired_rules, plan_sync
 from switchboard.ingest.xapi import XApi, XApiError
 from switchboard.shared import metrics
-from switchboard.shared.config import ReconnectConfig, SwitchboardConfig
+from switchboard.shared.config import IngestFileConfig, ReconnectConfig
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class FilteredStream:
     def __init__(
         self,
         api: XApi,
-        config: SwitchboardConfig,
+        config: IngestFileConfig,
         on_message: Callable[[bytes], Awaitable[None]],
         *,
         checkpoints: Checkpoints | None = None,
@@ -423,7 +423,7 @@ class FilteredStream:
 
 
 def _adopted(
-    existing: list[dict], to_add: list[StreamRule], config: SwitchboardConfig
+    existing: list[dict], to_add: list[StreamRule], config: IngestFileConfig
 ) -> list[tuple[StreamRule, str, str | None]]:
     """Rules already on X under an adopted value while a foreign rule still has theirs: the
     handle depends on nothing foreign, but the duplicate is still there to report."""

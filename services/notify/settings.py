@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Self
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from switchboard.shared.config import NotifyFileConfig
 from switchboard.shared.settings import ConfigError, Secret, StreamSettings, describe_errors
 
 
@@ -37,6 +38,7 @@ class NotifySettings(StreamSettings):
     default_http_port: ClassVar[int] = 8084
 
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    config: NotifyFileConfig  # type: ignore[assignment]  # the shared sections and notify's
 
     @classmethod
     def load(cls, **overrides: Any) -> Self:

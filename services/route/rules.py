@@ -32,8 +32,8 @@ from switchboard.shared.config import (
     HandleConfig,
     Priority,
     RouteConfig,
+    RouteFileConfig,
     RoutingRule,
-    SwitchboardConfig,
     TimeWindow,
 )
 from switchboard.shared.events import ClassifiedTweet, ConversationState
@@ -66,7 +66,7 @@ def rules_version(policy: RouteConfig) -> str:
 
 def evaluate(
     event: ClassifiedTweet,
-    config: SwitchboardConfig,
+    config: RouteFileConfig,
     conversation: ConversationState | None,
     now: datetime,
 ) -> Outcome:

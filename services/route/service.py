@@ -35,7 +35,7 @@ from switchboard.route.settings import RouteSettings
 from switchboard.route.spikes import Spike, SpikeKeys, SpikeTally, SpikeWindows
 from switchboard.shared import metrics, topics
 from switchboard.shared.access import AccessPolicy
-from switchboard.shared.config import SwitchboardConfig
+from switchboard.shared.config import RouteFileConfig
 from switchboard.shared.events import (
     Alert,
     AwaitingReply,
@@ -491,7 +491,7 @@ def _digest(path: Path) -> str | None:
         return None
 
 
-def _load_config(settings: ServiceSettings) -> SwitchboardConfig:
+def _load_config(settings: ServiceSettings) -> RouteFileConfig:
     return type(settings).load(config_file=settings.config_file, kafka=settings.kafka).config
 
 

@@ -1,15 +1,18 @@
 """The company's YAML configuration: handles, departments, thresholds and notification targets.
 
-One file describes one deployment (see ``config/switchboard.yaml``). Every service validates the
-whole file at start, so a wrong key stops every service with a message that names it.
-Endpoints and secrets do not belong here; they come from environment variables (settings.py).
+One file describes one deployment (see ``config/switchboard.yaml``). The sections every service
+reads (handles, departments, topics, access) are ``SharedConfig``; each service validates those
+and its own section at start (``ServiceFileConfig``), so a wrong key stops the service that
+reads it with a message that names it, and no other. ``SwitchboardConfig`` is the whole file, as
+``switchboard config check`` and the CLI's tools read it. Endpoints and secrets do not belong
+here; they come from environment variables (settings.py).
 """
 
 from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -648,20 +651,24 @@ def _default_departments() -> dict[Department, DepartmentConfig]:
     }
 
 
-class SwitchboardConfig(Section):
-    """The whole YAML file."""
+SERVICE_SECTIONS = ("ingest", "classify", "route", "notify")
+
+
+class SharedConfig(Section):
+    """What every service reads; the services' own sections are kept as written, for the
+    service that reads each to validate (``SERVICE_CONFIGS``)."""
 
     handles: list[HandleConfig] = Field(min_length=1)
     departments: dict[Department, DepartmentConfig] = Field(default_factory=_default_departments)
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
-    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
-    route: RouteConfig = Field(default_factory=RouteConfig)
-    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     access: AccessConfig = Field(default_factory=AccessConfig)
+    ingest: dict[str, Any] = Field(default_factory=dict)
+    classify: dict[str, Any] = Field(default_factory=dict)
+    route: dict[str, Any] = Field(default_factory=dict)
+    notify: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _unique_handles(self) -> SwitchboardConfig:
+    def _unique_handles(self) -> Self:
         seen: dict[str, int] = {}
         for index, handle in enumerate(self.handles):
             key = handle.handle.lower()
@@ -673,9 +680,11 @@ class SwitchboardConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _apps_exist(self) -> SwitchboardConfig:
-        x = self.ingest.x
-        if not x.any_source:
+    def _apps_exist(self) -> Self:
+        """The X apps the handles name exist under ingest.x.apps: judged where ingest's section
+        is validated (ingest's own model and the whole file's)."""
+        x = getattr(self.ingest, "x", None)
+        if x is None or not x.any_source:
             return self
         wanted = [(f"handles[{i}].app", h.app) for i, h in enumerate(self.handles)]
         wanted += [
@@ -697,3 +706,45 @@ class SwitchboardConfig(Section):
     @cached_property
     def handles_by_user_id(self) -> dict[str, HandleConfig]:
         return {h.user_id: h for h in self.handles}
+
+
+class IngestFileConfig(SharedConfig):
+    """What ingest validates: the shared sections and ``ingest``."""
+
+    ingest: IngestConfig = Field(default_factory=IngestConfig)  # type: ignore[assignment]
+
+
+class ClassifyFileConfig(SharedConfig):
+    """What classify validates: the shared sections and ``classify``."""
+
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)  # type: ignore[assignment]
+
+
+class RouteFileConfig(SharedConfig):
+    """What route validates, at start and at every reload: the shared sections and ``route``."""
+
+    route: RouteConfig = Field(default_factory=RouteConfig)  # type: ignore[assignment]
+
+
+class NotifyFileConfig(SharedConfig):
+    """What notify validates: the shared sections and ``notify``."""
+
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)  # type: ignore[assignment]
+
+
+class SwitchboardConfig(IngestFileConfig, ClassifyFileConfig, RouteFileConfig, NotifyFileConfig):
+    """The whole YAML file, every section validated: what each service validates, at once.
+    (Each section is declared again: pydantic would otherwise take the raw one of a base.)"""
+
+    ingest: IngestConfig = Field(default_factory=IngestConfig)  # type: ignore[assignment]
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)  # type: ignore[assignment]
+    route: RouteConfig = Field(default_factory=RouteConfig)  # type: ignore[assignment]
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)  # type: ignore[assignment]
+
+
+SERVICE_CONFIGS: dict[str, type[SharedConfig]] = {
+    "ingest": IngestFileConfig,
+    "classify": ClassifyFileConfig,
+    "route": RouteFileConfig,
+    "notify": NotifyFileConfig,
+}

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 import yaml
-from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -160,7 +168,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 class ServiceSettings(BaseSettings):
-    """What every service reads; subclasses add their own fields (``SWITCHBOARD_*``)."""
+    """What every service reads; subclasses add their own fields (``SWITCHBOARD_*``) and narrow
+    ``config`` to the sections they read. Loaded as is, it validates the whole file (the CLI's
+    tools and ``switchboard config check``)."""
 
     model_config = SettingsConfigDict(
         env_prefix="SWITCHBOARD_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -234,6 +244,23 @@ def _raw_config(overrides: dict[str, Any]) -> dict[str, Any]:
         return read_yaml(Path(path))
     except ConfigError:
         return {}
+
+
+def config_file_in_use(path: Path | None = None) -> Path:
+    """``path``, else the file a service would read (``SWITCHBOARD_CONFIG_FILE`` or the default)."""
+    return path or Path(os.environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE)
+
+
+def check_config_file(path: Path, model: type[BaseModel]) -> list[str]:
+    """The errors a service whose config model is ``model`` would stop on at start, one line
+    each, naming the key (and the routing rule); [] when it would start. Secrets are read when
+    a service uses them, so a secret's variable or file is not looked for here."""
+    raw = read_yaml(path)
+    try:
+        create_model("ConfigFile", config=(model, ...)).model_validate({"config": raw})
+    except ValidationError as exc:
+        return describe_errors(exc, env_prefix="SWITCHBOARD_", raw=raw).splitlines()[1:]
+    return []
 
 
 def describe_errors(

@@ -151,6 +151,15 @@ async def test_rules_reload_without_a_restart(route_settings, producer, read, ru
         invalid = metrics.RULES_RELOADS.labels("invalid")._value.get()
         await wait_for(lambda: metrics.RULES_RELOADS.labels("invalid")._value.get() > invalid)
         assert [r.name for r in service.config.route.rules] == ["sales-to-triage"]
+        # An error in another service's section is not route's to judge: new rules still apply.
+        content = yaml.safe_load(CONFIG_FILE.read_text())
+        content["route"] = {**content["route"], "reload_interval_s": 0.1, "rules": [
+            {"name": "sales-to-triage-2", "when": {"departments": ["sales"]},
+             "then": {"triage": True}}]}  # fmt: skip
+        content["notify"]["subscriptionz"] = []
+        settings.config_file.write_text(yaml.safe_dump(content))
+        renamed = ["sales-to-triage-2"]
+        await wait_for(lambda: [r.name for r in service.config.route.rules] == renamed, 10)
 
     by_id = {r.tweet.id: (t, r) for t, r in routed_records(records, prefix)}
     assert by_id[f"{prefix}-a"][0] == "switchboard.dept.sales"

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from switchboard.classify.settings import ClassifySettings
+from switchboard.ingest.settings import IngestSettings
 from switchboard.notify.settings import NotifySettings
+from switchboard.route.settings import RouteSettings
 from switchboard.shared.settings import ConfigError, ServiceSettings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "switchboard.yaml"
@@ -24,6 +27,50 @@ def write_config(tmp_path: Path):
         return path
 
     return write
+
+
+SERVICE_SETTINGS = {
+    "ingest": IngestSettings,
+    "classify": ClassifySettings,
+    "route": RouteSettings,
+    "notify": NotifySettings,
+}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key", "stopped"),
+    [
+        (lambda c: c["notify"].update(subscriptionz=[]), "notify.subscriptionz", {"notify"}),
+        (
+            lambda c: c["route"].update(confidance_threshold=0.5),
+            "route.confidance_threshold",
+            {"route"},
+        ),  # fmt: skip
+        (lambda c: c["classify"].update(batch_size=0), "classify.batch_size", {"classify"}),
+        (
+            lambda c: c["ingest"].update(replay_rate_per_s=-1),
+            "ingest.replay_rate_per_s",
+            {"ingest"},
+        ),  # fmt: skip
+        (
+            lambda c: c["handles"][1].update(segment="Support Desk"),
+            "handles[1].segment",
+            set(SERVICE_SETTINGS),
+        ),  # fmt: skip
+        (lambda c: c.update(notfy={}), "notfy", set(SERVICE_SETTINGS)),
+    ],
+)
+def test_a_service_is_stopped_only_by_the_sections_it_reads(write_config, mutate, key, stopped):
+    """A typo in notify's section stops notify, not ingest; the shared sections and a misspelt
+    section name stop every service."""
+    path = write_config(mutate)
+    for name, settings in SERVICE_SETTINGS.items():
+        if name not in stopped:
+            settings.load(config_file=path)
+            continue
+        with pytest.raises(ConfigError) as caught:
+            settings.load(config_file=path)
+        assert f"config key {key}:" in str(caught.value), name
 
 
 def test_example_config_is_valid():
@@ -149,3 +196,28 @@ def test_config_errors_never_show_secret_values(monkeypatch):
     with pytest.raises(ConfigError, match="KAFKA_SASL_PASSWORD: set, but") as caught:
         NotifySettings.load(config_file=EXAMPLE)  # named, never shown
     assert "sasl-password-0123" not in str(caught.value)
+
+
+def test_config_check_validates_a_file_as_each_service_would(write_config):
+    """`switchboard config check [--service NAME] [FILE]`: every error on a line with its key
+    and rule, exit status 1; a file that a service would start with, status 0."""
+    from click.testing import CliRunner
+
+    from switchboard.cli import main
+
+    def broken(content: dict) -> None:
+        content["notify"].update(subscriptionz=[])
+        content["route"]["rules"] = [{"name": "vip", "when": {"bogus": 1}, "then": {"drop": True}}]
+
+    runner = CliRunner()
+    good = runner.invoke(main, ["config", "check", str(EXAMPLE)])
+    assert good.exit_code == 0 and "valid for every service" in good.output
+    path = str(write_config(broken))
+    every = runner.invoke(main, ["config", "check", path])
+    assert every.exit_code == 1
+    assert "config key notify.subscriptionz:" in every.output
+    assert "config key route.rules[0].when.bogus (rule 'vip'):" in every.output
+    route = runner.invoke(main, ["config", "check", "--service", "route", path])
+    assert route.exit_code == 1 and "notify" not in route.output.replace(path, "")
+    ingest = runner.invoke(main, ["config", "check", "--service", "ingest", path])
+    assert ingest.exit_code == 0 and "valid for the ingest service" in ingest.output
