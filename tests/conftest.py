@@ -25,13 +25,13 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
+from switchboard.cli.config import PipelineSettings, SwitchboardConfig
 from switchboard.cli.inbox import LoopbackInbox
 from switchboard.shared import topics
 from switchboard.shared.broker import EmbeddedBroker
-from switchboard.shared.config import SwitchboardConfig
 from switchboard.shared.events import DecodeError, E, decode
 from switchboard.shared.kafka import client_options, ensure_topics
-from switchboard.shared.settings import KafkaSettings, ServiceSettings
+from switchboard.shared.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILE = ROOT / "config" / "switchboard.yaml"
@@ -49,7 +49,7 @@ def jsonl_rows(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def config() -> SwitchboardConfig:
-    return ServiceSettings.load(config_file=CONFIG_FILE).config
+    return PipelineSettings.load(config_file=CONFIG_FILE).config
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from switchboard.shared.config import ClassifyFileConfig
+from switchboard.classify.config import ClassifyFileConfig
 from switchboard.shared.settings import ServiceSettings
 
 

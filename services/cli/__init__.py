@@ -19,10 +19,11 @@ import click
 
 from switchboard.cli.bench import bench
 from switchboard.cli.classify import classify
+from switchboard.cli.config import SERVICE_CONFIGS, SwitchboardConfig
 from switchboard.cli.dlq import dlq
 from switchboard.cli.ingest import ingest
 from switchboard.cli.restore import bench_restore
-from switchboard.shared.config import SERVICE_CONFIGS, SERVICE_SECTIONS, SwitchboardConfig
+from switchboard.shared.config import SERVICE_SECTIONS
 from switchboard.shared.settings import (
     DEFAULT_CONFIG_FILE,
     ConfigError,
@@ -98,12 +99,12 @@ def notify() -> None:
 )
 def broker(port: int | None, data_dir: Path, config_file: Path) -> None:
     """Run the embedded Kafka-protocol broker in the foreground, with every topic created."""
+    from switchboard.cli.config import PipelineSettings
     from switchboard.shared import topics
     from switchboard.shared.broker import EmbeddedBroker
     from switchboard.shared.kafka import ensure_topics
-    from switchboard.shared.settings import ServiceSettings
 
-    config = ServiceSettings.load(config_file=config_file).config
+    config = PipelineSettings.load(config_file=config_file).config
     embedded = EmbeddedBroker(data_dir, port=port)
 
     async def serve() -> None:

@@ -283,13 +283,13 @@ def bench(
     as_json: bool,
 ) -> None:
     """Classifier speed against the naive baseline, then the pipeline under load; JSON."""
+    from switchboard.cli.config import PipelineSettings
     from switchboard.cli.stack import stop_on_sigterm
-    from switchboard.shared.settings import ServiceSettings
 
     stop_on_sigterm()
     say = (lambda _: None) if as_json else (lambda m: click.echo(m, err=True))
     offered = _rates(rates)
-    settings = ServiceSettings.load(config_file=config_file)
+    settings = PipelineSettings.load(config_file=config_file)
     texts = [json.loads(line)["data"]["text"] for line in samples.read_text().splitlines() if line]
     texts = (texts * (tweets // len(texts) + 1))[:tweets]
     say("measuring the classifier against the naive baseline")

@@ -26,6 +26,7 @@ import psutil
 import yaml
 from aiokafka import AIOKafkaProducer
 
+from switchboard.cli.config import PipelineSettings
 from switchboard.cli.stack import scrape
 from switchboard.shared import topics
 from switchboard.shared.broker import EmbeddedBroker, free_port
@@ -41,7 +42,7 @@ from switchboard.shared.events import (
 from switchboard.shared.kafka import client_options, ensure_topics
 from switchboard.shared.labels import Department, Urgency
 from switchboard.shared.processes import spawn, terminate
-from switchboard.shared.settings import KafkaSettings, ServiceSettings
+from switchboard.shared.settings import KafkaSettings
 
 
 def a_conversation(number: int, now: datetime) -> ConversationState:
@@ -170,7 +171,7 @@ async def measure(conversations: int, workdir: Path) -> dict[str, object]:
     await broker.start()
     try:
         kafka = broker.settings()
-        settings = ServiceSettings.load()  # the configuration in use, its partitions
+        settings = PipelineSettings.load()  # the configuration in use, its partitions
         config = bench_config(workdir, settings.config_file)
         await ensure_topics(kafka, topics.ALL, settings.config.topics.partitions, 1)
         empty = await time_to_ready(kafka, config, workdir, "empty", 0)

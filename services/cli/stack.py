@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 from prometheus_client.parser import text_string_to_metric_families
 
+from switchboard.cli.config import PipelineSettings
 from switchboard.cli.inbox import LoopbackInbox
 from switchboard.cli.tally import Tally
 from switchboard.notify.settings import SmtpSettings
@@ -39,7 +40,7 @@ from switchboard.shared.events import (
 )
 from switchboard.shared.kafka import Consumer, client_options, ensure_topics
 from switchboard.shared.processes import kill, spawn, terminate
-from switchboard.shared.settings import KafkaSettings, ServiceSettings
+from switchboard.shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Stack:
 
     async def start(self, progress: Callable[[str], None] = lambda _: None) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        settings = ServiceSettings.load(config_file=self.options.config_file)
+        settings = PipelineSettings.load(config_file=self.options.config_file)
         self.tally.subscriptions = list(settings.config.notify.subscriptions)
         if not self.kafka.bootstrap_servers:
             progress("starting the embedded Kafka broker")

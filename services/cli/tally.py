@@ -9,8 +9,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from switchboard.notify.config import Subscription
 from switchboard.shared import topics
-from switchboard.shared.config import Subscription
 from switchboard.shared.events import Alert, DeadLetter, Delivery, RoutedTweet, SpikeAlert
 from switchboard.shared.labels import Department
 

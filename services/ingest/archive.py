@@ -16,8 +16,8 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from switchboard.ingest.config import IngestFileConfig
 from switchboard.ingest.normalize import NormalizeError, tweet_from_v1
-from switchboard.shared.config import IngestFileConfig
 from switchboard.shared.events import Author, Tweet
 
 

@@ -17,7 +17,8 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 from pydantic import ValidationError
 
-from switchboard.shared.config import HandleConfig, IngestFileConfig
+from switchboard.ingest.config import IngestFileConfig
+from switchboard.shared.config import HandleConfig
 from switchboard.shared.events import (
     Author,
     DeadLetterReason,

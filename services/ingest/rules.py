@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from switchboard.shared.config import HandleConfig, IngestFileConfig
+from switchboard.ingest.config import IngestFileConfig
+from switchboard.shared.config import HandleConfig
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -36,6 +36,7 @@ from fastapi import FastAPI
 
 from switchboard.ingest.archive import Archive
 from switchboard.ingest.checkpoints import Checkpoints
+from switchboard.ingest.config import IngestFileConfig
 from switchboard.ingest.dedup import SeenTweets
 from switchboard.ingest.health import Health, SourceHealth
 from switchboard.ingest.normalize import (
@@ -58,7 +59,7 @@ from switchboard.ingest.webhook import too_old, webhook_router
 from switchboard.ingest.xapi import XApi
 from switchboard.shared import metrics, topics
 from switchboard.shared.access import AccessPolicy
-from switchboard.shared.config import HandleConfig, IngestFileConfig
+from switchboard.shared.config import HandleConfig
 from switchboard.shared.events import (
     BrandTweet,
     ComplianceEvent,

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from switchboard.shared.config import IngestFileConfig
+from switchboard.ingest.config import IngestFileConfig
 from switchboard.shared.settings import ServiceSettings
 
 

@@ -28,6 +28,15 @@ from urllib.parse import quote
 import aiosmtplib
 import httpx
 
+from switchboard.notify.config import (
+    DeliveryPolicy,
+    EmailConfig,
+    HubSpotTarget,
+    NotifyConfig,
+    SalesforceConnection,
+    SalesforceTarget,
+    Subscription,
+)
 from switchboard.notify.mail import SmtpMailer, check_templates, render_email
 from switchboard.notify.resilience import DeliveryError, http_error
 from switchboard.notify.sanitize import (
@@ -41,15 +50,6 @@ from switchboard.notify.sanitize import (
     web_link,
 )
 from switchboard.shared import metrics
-from switchboard.shared.config import (
-    DeliveryPolicy,
-    EmailConfig,
-    HubSpotTarget,
-    NotifyConfig,
-    SalesforceConnection,
-    SalesforceTarget,
-    Subscription,
-)
 from switchboard.shared.events import RoutedTweet
 from switchboard.shared.labels import Department, Urgency
 from switchboard.shared.settings import read_secret

@@ -24,9 +24,9 @@ from typing import Any
 
 import faust
 
+from switchboard.notify.config import NotifyConfig, Subscription
 from switchboard.notify.mail import SmtpMailer, render_digest
 from switchboard.shared import metrics, topics
-from switchboard.shared.config import NotifyConfig, Subscription
 from switchboard.shared.events import (
     DecodeError,
     DigestDue,

@@ -37,9 +37,9 @@ from jinja2 import (
     select_autoescape,
 )
 
+from switchboard.notify.config import EmailConfig, Subscription
 from switchboard.notify.sanitize import one_line, shown_tweet
 from switchboard.notify.settings import SmtpSettings
-from switchboard.shared.config import EmailConfig, Subscription
 from switchboard.shared.events import RoutedTweet
 from switchboard.shared.settings import ConfigError
 

@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 from markupsafe import Markup, escape
 
-from switchboard.shared.config import RedactConfig
+from switchboard.notify.config import RedactConfig
 from switchboard.shared.events import RoutedTweet, Tweet
 
 URL_LIMIT = 200

@@ -33,6 +33,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from switchboard.notify.channels import Channel, Done, Job, channels_for
+from switchboard.notify.config import Subscription
 from switchboard.notify.digest import Digests
 from switchboard.notify.dlq import DueRedrives, Filters, dlq_router, parked_deliveries, redrive
 from switchboard.notify.mail import SmtpMailer
@@ -47,7 +48,6 @@ from switchboard.notify.sanitize import redacted
 from switchboard.notify.settings import NotifySettings
 from switchboard.shared import metrics, topics
 from switchboard.shared.access import AccessPolicy
-from switchboard.shared.config import Subscription
 from switchboard.shared.events import (
     Delivery,
     LedgerDue,

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Self
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from switchboard.shared.config import NotifyFileConfig
+from switchboard.notify.config import NotifyFileConfig
 from switchboard.shared.settings import ConfigError, Secret, StreamSettings, describe_errors
 
 

@@ -27,15 +27,15 @@ from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from switchboard.shared.config import (
+from switchboard.route.config import (
     WEEKDAYS,
-    HandleConfig,
     Priority,
     RouteConfig,
     RouteFileConfig,
     RoutingRule,
     TimeWindow,
 )
+from switchboard.shared.config import HandleConfig
 from switchboard.shared.events import ClassifiedTweet, ConversationState
 from switchboard.shared.labels import Department, Urgency
 

@@ -29,13 +29,13 @@ from typing import Any, Literal
 from fastapi import APIRouter, FastAPI
 
 from switchboard.route import conversations
+from switchboard.route.config import RouteFileConfig
 from switchboard.route.ops import OpsView, ops_router
 from switchboard.route.rules import Outcome, evaluate, rules_version
 from switchboard.route.settings import RouteSettings
 from switchboard.route.spikes import Spike, SpikeKeys, SpikeTally, SpikeWindows
 from switchboard.shared import metrics, topics
 from switchboard.shared.access import AccessPolicy
-from switchboard.shared.config import RouteFileConfig
 from switchboard.shared.events import (
     Alert,
     AwaitingReply,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from switchboard.shared.config import RouteFileConfig
+from switchboard.route.config import RouteFileConfig
 from switchboard.shared.settings import StreamSettings
 
 

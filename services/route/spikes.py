@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import faust
 
-from switchboard.shared.config import SpikeConfig
+from switchboard.route.config import SpikeConfig
 from switchboard.shared.events import SpikeObservation, Tweet, utc_now
 from switchboard.shared.kafka import Output
 from switchboard.shared.labels import Department

@@ -28,7 +28,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from switchboard.shared.config import SecretRef, SwitchboardConfig
+from switchboard.shared.config import SecretRef, SharedConfig
 from switchboard.shared.logs import mask_in_logs
 
 DEFAULT_CONFIG_FILE = Path("config/switchboard.yaml")
@@ -168,9 +168,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 class ServiceSettings(BaseSettings):
-    """What every service reads; subclasses add their own fields (``SWITCHBOARD_*``) and narrow
-    ``config`` to the sections they read. Loaded as is, it validates the whole file (the CLI's
-    tools and ``switchboard config check``)."""
+    """What every service reads; subclasses add their own fields (``SWITCHBOARD_*``) and type
+    their own section of ``config`` (the CLI's ``PipelineSettings`` types all four)."""
 
     model_config = SettingsConfigDict(
         env_prefix="SWITCHBOARD_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -185,7 +184,7 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    config: SwitchboardConfig
+    config: SharedConfig
 
     @property
     def port(self) -> int:

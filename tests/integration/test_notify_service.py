@@ -8,12 +8,12 @@ from email.message import EmailMessage
 
 import pytest
 
+from switchboard.notify.config import Subscription
 from switchboard.notify.mail import SmtpMailer
 from switchboard.notify.service import NotifyService
 from switchboard.notify.settings import NotifySettings, SmtpSettings
 from switchboard.shared import topics
 from switchboard.shared.broker import free_port
-from switchboard.shared.config import Subscription
 from switchboard.shared.events import Delivery, decode, encode
 from tests.conftest import CONFIG_FILE, wait_for
 from tests.factories import a_classified_tweet, routed_from

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from switchboard.notify.config import Subscription
 from switchboard.notify.digest import after_sent, counted, digest_id, due_at, item_key
-from switchboard.shared.config import Subscription
 from switchboard.shared.events import PendingDigest
 from tests.factories import a_classified_tweet, routed_from
 

@@ -9,12 +9,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from switchboard.ingest.config import PollingConfig
 from switchboard.ingest.polling import MentionsPoller
 from switchboard.ingest.ratelimit import RateWindow
 from switchboard.ingest.rules import StreamRule, plan_sync, rule_status, variants
 from switchboard.ingest.stream import ConnectionBudget, moment_of, snowflake_at
 from switchboard.ingest.xapi import RulesAnswer
-from switchboard.shared.config import HandleConfig, PollingConfig
+from switchboard.shared.config import HandleConfig
 
 X_DOCS = Path(__file__).resolve().parents[1] / "standins" / "x_docs"
 

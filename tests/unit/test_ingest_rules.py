@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from switchboard.cli.config import SwitchboardConfig
 from switchboard.ingest.rules import StreamRule, desired_rules, handle_terms, plan_sync
-from switchboard.shared.config import SwitchboardConfig
 
 
 def configured(**ingest: object) -> SwitchboardConfig:

@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from switchboard.cli.config import SwitchboardConfig
+from switchboard.ingest.config import ReconnectConfig
 from switchboard.ingest.normalize import (
     NormalizeError,
     deletion_from_activity,
@@ -18,7 +20,7 @@ from switchboard.ingest.normalize import (
 )
 from switchboard.ingest.stream import ReconnectPolicy
 from switchboard.ingest.webhook import signature
-from switchboard.shared.config import ReconnectConfig, SecretRef, SwitchboardConfig
+from switchboard.shared.config import SecretRef
 from switchboard.shared.settings import ConfigError, read_secret
 
 SKYLARK_HELP_ID = "1500000000000000002"

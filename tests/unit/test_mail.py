@@ -8,9 +8,9 @@ from email.message import EmailMessage, Message
 import pytest
 from aiosmtplib.email import flatten_message
 
+from switchboard.notify.config import EmailConfig, Subscription
 from switchboard.notify.mail import check_templates, message_id, render_email
 from switchboard.notify.service import delivery_id, matching_subscriptions
-from switchboard.shared.config import EmailConfig, Subscription
 from switchboard.shared.settings import ConfigError
 from tests.factories import HOSTILE, INVISIBLE, routed_from
 from tests.factories import a_classified_tweet as classified

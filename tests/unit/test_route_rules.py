@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from switchboard.cli.config import SwitchboardConfig
 from switchboard.route import conversations
+from switchboard.route.config import SpikeConfig, TimeWindow
 from switchboard.route.rules import evaluate, in_window, rules_version
 from switchboard.route.spikes import SpikeKeys, SpikeTally, bar, judge
-from switchboard.shared.config import SpikeConfig, SwitchboardConfig, TimeWindow
 from switchboard.shared.events import (
     Author,
     BrandTweet,

@@ -15,6 +15,7 @@ from switchboard.notify.channels import (
     adf,
     zendesk_html,
 )
+from switchboard.notify.config import RedactConfig, Subscription
 from switchboard.notify.sanitize import (
     CUT,
     chat,
@@ -28,7 +29,6 @@ from switchboard.notify.sanitize import (
     utf16_units,
     web_link,
 )
-from switchboard.shared.config import RedactConfig, Subscription
 from switchboard.shared.events import Author
 from switchboard.shared.labels import Department
 from tests.factories import HOSTILE, INVISIBLE, LONG_URL, a_classified_tweet, routed_from

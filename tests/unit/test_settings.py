@@ -9,10 +9,11 @@ import pytest
 import yaml
 
 from switchboard.classify.settings import ClassifySettings
+from switchboard.cli.config import PipelineSettings
 from switchboard.ingest.settings import IngestSettings
 from switchboard.notify.settings import NotifySettings
 from switchboard.route.settings import RouteSettings
-from switchboard.shared.settings import ConfigError, ServiceSettings
+from switchboard.shared.settings import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "switchboard.yaml"
 
@@ -74,7 +75,7 @@ def test_a_service_is_stopped_only_by_the_sections_it_reads(write_config, mutate
 
 
 def test_example_config_is_valid():
-    config = ServiceSettings.load(config_file=EXAMPLE).config
+    config = PipelineSettings.load(config_file=EXAMPLE).config
     assert {h.segment for h in config.handles} >= {"support", "promotions", "investor", "news"}
     assert config.notify.subscriptions
 
@@ -101,7 +102,7 @@ def test_example_config_is_valid():
 )
 def test_a_bad_value_names_its_key(write_config, mutate, key):
     with pytest.raises(ConfigError) as caught:
-        ServiceSettings.load(config_file=write_config(mutate))
+        PipelineSettings.load(config_file=write_config(mutate))
     assert f"config key {key}:" in str(caught.value)
 
 
@@ -110,7 +111,7 @@ def test_a_bad_rule_names_the_rule_and_its_key(write_config):
         config["route"]["rules"][1]["when"]["segmentz"] = ["investor"]
 
     with pytest.raises(ConfigError) as caught:
-        ServiceSettings.load(config_file=write_config(break_rule))
+        PipelineSettings.load(config_file=write_config(break_rule))
     message = str(caught.value)
     assert (
         "config key route.rules[1].when.segmentz (rule 'investors-asking-about-outages')" in message
@@ -120,30 +121,30 @@ def test_a_bad_rule_names_the_rule_and_its_key(write_config):
 def test_a_repeated_handle_is_refused(write_config):
     path = write_config(lambda c: c["handles"].append(dict(c["handles"][0])))
     with pytest.raises(ConfigError, match="@SkylarkAir is already handles\\[0\\]"):
-        ServiceSettings.load(config_file=path)
+        PipelineSettings.load(config_file=path)
 
 
 def test_a_missing_file_says_which_variable_points_at_it(tmp_path: Path):
     with pytest.raises(
         ConfigError, match="SWITCHBOARD_CONFIG_FILE: configuration file .* does not exist"
     ):
-        ServiceSettings.load(config_file=tmp_path / "nope.yaml")
+        PipelineSettings.load(config_file=tmp_path / "nope.yaml")
 
 
 def test_a_bad_environment_variable_is_named(monkeypatch):
     monkeypatch.setenv("SWITCHBOARD_HTTP_PORT", "eighty")
     with pytest.raises(ConfigError, match="environment: SWITCHBOARD_HTTP_PORT"):
-        ServiceSettings.load(config_file=EXAMPLE)
+        PipelineSettings.load(config_file=EXAMPLE)
     monkeypatch.delenv("SWITCHBOARD_HTTP_PORT")
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SMOKE_SIGNALS")
     with pytest.raises(ConfigError, match="environment: KAFKA_SECURITY_PROTOCOL"):
-        ServiceSettings.load(config_file=EXAMPLE)
+        PipelineSettings.load(config_file=EXAMPLE)
 
 
 def test_environment_overrides_the_file(monkeypatch):
     monkeypatch.setenv("SWITCHBOARD_CONFIG__ROUTE__CONFIDENCE_THRESHOLD", "0.7")
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker-1:9092")
-    settings = ServiceSettings.load(config_file=EXAMPLE)
+    settings = PipelineSettings.load(config_file=EXAMPLE)
     assert settings.config.route.confidence_threshold == 0.7
     assert settings.config.handles  # the rest of the file still applies
     assert settings.kafka.bootstrap_servers == "broker-1:9092"

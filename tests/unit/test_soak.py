@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from switchboard.cli.config import PipelineSettings
 from switchboard.cli.soak import SoakRecord, quarters, soak_config
-from switchboard.shared.settings import ServiceSettings
 from tests.conftest import CONFIG_FILE
 
 
@@ -40,7 +40,7 @@ def test_the_broker_is_reported_but_not_judged():
 
 def test_the_soak_configuration_makes_entries_expire_within_the_run(tmp_path):
     out = soak_config(CONFIG_FILE, tmp_path / "soak.yaml", expiry_hours=0.02)
-    config = ServiceSettings.load(config_file=out).config  # still a valid configuration
+    config = PipelineSettings.load(config_file=out).config  # still a valid configuration
     assert config.route.conversations.ttl_hours == 0.02
     assert config.notify.ledger_retention_hours == 0.02
     assert config.route.sla.check_interval_s <= 10
@@ -48,4 +48,4 @@ def test_the_soak_configuration_makes_entries_expire_within_the_run(tmp_path):
     assert config.ingest.x.webhook.max_event_age_hours <= 0.02
     digests = [s.digest_minutes for s in config.notify.subscriptions if s.digest_minutes]
     assert digests and all(minutes == 0.02 * 60 for minutes in digests)
-    assert config.handles == ServiceSettings.load(config_file=CONFIG_FILE).config.handles
+    assert config.handles == PipelineSettings.load(config_file=CONFIG_FILE).config.handles

@@ -6,8 +6,8 @@ import base64
 import json
 
 from switchboard.cli.tally import Tally, percentile
+from switchboard.notify.config import Subscription
 from switchboard.shared import topics
-from switchboard.shared.config import Subscription
 from switchboard.shared.events import DeadLetter, DecodeError
 from tests.factories import a_classified_tweet as classified
 from tests.factories import routed_from

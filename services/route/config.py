@@ -1,0 +1,169 @@
+"""The route section of the YAML file: routing rules, conversations, spikes and SLAs; what
+route validates at start and at every reload (the shared sections and this one)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from switchboard.shared.config import (
+    HandleName,
+    Section,
+    Segment,
+    SharedConfig,
+    named_uniquely,
+)
+from switchboard.shared.labels import Department, Urgency
+
+Priority = Literal["P1", "P2", "P3", "P4"]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class TimeWindow(Section):
+    """When a rule applies: local clock ``start``-``end`` on ``days`` in ``timezone``."""
+
+    start: str = Field(default="00:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    end: str = Field(default="24:00", pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        default_factory=lambda: list(WEEKDAYS)
+    )
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {zone!r}") from None
+        return zone
+
+
+class RuleCondition(Section):
+    """All the given conditions must hold (an empty condition matches every tweet)."""
+
+    departments: list[Department] | None = None
+    urgencies: list[Urgency] | None = None
+    confidence_min: float | None = Field(default=None, ge=0.0, le=1.0)
+    confidence_max: float | None = Field(default=None, ge=0.0, le=1.0)
+    handles: list[HandleName] | None = Field(default=None, description="Any of them addressed")
+    segments: list[Segment] | None = Field(default=None, description="Of an addressed handle")
+    languages: list[str] | None = None
+    keywords: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, description="Any of them in the text, case-insensitive, whole words"
+    )
+    patterns: list[str] | None = Field(default=None, description="Regular expressions (search)")
+    followers_min: int | None = Field(default=None, ge=0)
+    verified: bool | None = None
+    kinds: list[Literal["tweet", "direct_message"]] | None = None
+    time: TimeWindow | None = None
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str] | None) -> list[str] | None:
+        import re
+
+        for pattern in patterns or []:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a valid regex: {exc}") from None
+        return patterns
+
+
+class RuleAction(Section):
+    route_to: Department | None = Field(default=None, description="The owning department")
+    copy_to: list[Department] = Field(default_factory=list, description="Also published there")
+    triage: bool = Field(default=False, description="To switchboard.triage for a human")
+    escalate: bool = Field(default=False, description="Also an alert on switchboard.alerts")
+    drop: bool = Field(default=False, description="Published nowhere but the dropped count")
+    priority: Priority | None = None
+    sla_minutes: float | None = Field(default=None, gt=0, description="First reply due within")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RuleAction:
+        if self.drop and (self.route_to or self.copy_to or self.triage or self.escalate):
+            raise ValueError("drop cannot be combined with routing, copying or escalating")
+        if self.triage and self.route_to:
+            raise ValueError("give either route_to or triage, not both")
+        return self
+
+
+class RoutingRule(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = None
+    when: RuleCondition = Field(default_factory=RuleCondition)
+    then: RuleAction
+    final: bool = Field(default=False, description="Stop evaluating later rules when it matches")
+
+
+class ConversationConfig(Section):
+    """A conversation keeps its owning department while it is active."""
+
+    enabled: bool = True
+    ttl_hours: float = Field(default=72.0, gt=0, description="Ownership expires after this")
+    override_confidence: float = Field(
+        default=0.85, ge=0.0, le=1.0,
+        description="A reply moves to another department only when the model is this sure",
+    )  # fmt: skip
+
+
+class SpikeConfig(Section):
+    """Crisis detection: a count per window far above its trailing baseline raises one alert."""
+
+    enabled: bool = True
+    window_minutes: float = Field(default=5.0, gt=0, le=1440)
+    baseline_windows: int = Field(default=12, ge=2, le=10_000)
+    factor: float = Field(default=3.0, gt=1.0)
+    min_count: int = Field(default=10, ge=1, description="Fewer tweets than this is no spike")
+    dimensions: list[Literal["department", "handle", "keyword"]] = Field(
+        default_factory=lambda: ["department", "handle", "keyword"]
+    )
+    keywords: list[Annotated[str, Field(min_length=2)]] = Field(default_factory=list)
+    samples: int = Field(default=5, ge=1, le=50)
+
+
+class SlaConfig(Section):
+    """Time to a first reply from one of the company's handles, by urgency (minutes)."""
+
+    minutes: dict[Urgency, float] = Field(
+        default_factory=lambda: {
+            Urgency.CRITICAL: 30, Urgency.HIGH: 240, Urgency.NORMAL: 1440, Urgency.LOW: 10_080
+        }
+    )  # fmt: skip
+    alert_urgencies: list[Urgency] = Field(
+        default_factory=lambda: [Urgency.CRITICAL],
+        description="An unanswered tweet of these urgencies past its SLA raises an alert",
+    )
+    check_interval_s: float = Field(default=30.0, gt=0)
+
+
+class RouteConfig(Section):
+    confidence_threshold: float = Field(default=0.45, ge=0.0, le=1.0)
+    alert_urgencies: list[Urgency] = Field(default_factory=lambda: [Urgency.CRITICAL])
+    rules: list[RoutingRule] = Field(default_factory=list)
+    conversations: ConversationConfig = Field(default_factory=ConversationConfig)
+    spikes: SpikeConfig = Field(default_factory=SpikeConfig)
+    sla: SlaConfig = Field(default_factory=SlaConfig)
+    standby_replicas: int = Field(
+        default=0, ge=0, le=3,
+        description="Replicas that keep a warm copy of each partition's tables (faust standbys): "
+        "a failover then resumes without reading the changelog from the start",
+    )  # fmt: skip
+    reload_interval_s: float = Field(
+        default=2.0, gt=0, description="How often route checks the YAML file for new rules"
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_rule_names(cls, rules: list[RoutingRule]) -> list[RoutingRule]:
+        return named_uniquely(rules, "rule")
+
+
+class RouteFileConfig(SharedConfig):
+    """What route validates, at start and at every reload: the shared sections and ``route``."""
+
+    route: RouteConfig = Field(default_factory=RouteConfig)  # type: ignore[assignment]
