@@ -15,10 +15,12 @@ from pathlib import Path
 
 from aiokafka import ConsumerRecord
 
+from switchboard.classify import metrics
 from switchboard.classify.language import detect
 from switchboard.classify.model import Prediction, TweetClassifier
 from switchboard.classify.settings import ClassifySettings
-from switchboard.shared import metrics, topics
+from switchboard.shared import metrics as shared_metrics
+from switchboard.shared import topics
 from switchboard.shared.events import Classification, ClassifiedTweet, RawTweet, utc_now
 from switchboard.shared.kafka import (
     Output,
@@ -141,7 +143,7 @@ class ClassifyService:
             for event, prediction in zip(events, predictions, strict=True):
                 result = classified(event, prediction, self.model)
                 metrics.TWEETS_CLASSIFIED.labels(prediction.department, prediction.urgency).inc()
-                metrics.E2E_LATENCY.labels("classified").observe(
+                shared_metrics.E2E_LATENCY.labels("classified").observe(
                     (result.trace.classified_at - result.trace.ingested_at).total_seconds()
                 )
                 outputs.append(

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from switchboard.shared import metrics
+from switchboard.ingest import metrics
 
 State = Literal["starting", "ok", "failing", "waiting"]
 

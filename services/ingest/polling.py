@@ -19,11 +19,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from switchboard.ingest import metrics
 from switchboard.ingest.checkpoints import Checkpoints
 from switchboard.ingest.config import PollingConfig
 from switchboard.ingest.health import SourceHealth
 from switchboard.ingest.xapi import XApi, XApiError
-from switchboard.shared import metrics
 from switchboard.shared.config import HandleConfig
 from switchboard.shared.kafka import KafkaPublishError
 

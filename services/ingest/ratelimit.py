@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
-from switchboard.shared import metrics
+from switchboard.ingest import metrics
 
 log = logging.getLogger(__name__)
 

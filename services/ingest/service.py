@@ -34,6 +34,7 @@ from typing import Any
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
+from switchboard.ingest import metrics
 from switchboard.ingest.archive import Archive
 from switchboard.ingest.checkpoints import Checkpoints
 from switchboard.ingest.config import IngestFileConfig
@@ -57,7 +58,7 @@ from switchboard.ingest.settings import IngestSettings
 from switchboard.ingest.stream import FilteredStream
 from switchboard.ingest.webhook import too_old, webhook_router
 from switchboard.ingest.xapi import XApi
-from switchboard.shared import metrics, topics
+from switchboard.shared import topics
 from switchboard.shared.access import AccessPolicy
 from switchboard.shared.config import HandleConfig
 from switchboard.shared.events import (

@@ -40,13 +40,13 @@ from datetime import UTC, datetime
 import aiohttp
 from aiohttp.http_exceptions import LineTooLong
 
+from switchboard.ingest import metrics
 from switchboard.ingest.checkpoints import Checkpoints
 from switchboard.ingest.config import IngestFileConfig, ReconnectConfig
 from switchboard.ingest.health import SourceHealth
 from switchboard.ingest.polling import Deliver, MentionsPoller
 from switchboard.ingest.rules import StreamRule, desired_rules, plan_sync
 from switchboard.ingest.xapi import XApi, XApiError
-from switchboard.shared import metrics
 
 log = logging.getLogger(__name__)
 

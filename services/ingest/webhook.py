@@ -28,8 +28,8 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
+from switchboard.ingest import metrics
 from switchboard.ingest.config import WebhookConfig
-from switchboard.shared import metrics
 
 log = logging.getLogger(__name__)
 

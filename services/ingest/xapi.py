@@ -35,9 +35,9 @@ from tenacity import (
 from tweepy.asynchronous import AsyncClient, AsyncStreamingClient
 from yarl import URL
 
+from switchboard.ingest import metrics
 from switchboard.ingest.config import XRetryConfig
 from switchboard.ingest.ratelimit import RateWindow
-from switchboard.shared import metrics
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from urllib.parse import quote
 import aiosmtplib
 import httpx
 
+from switchboard.notify import metrics
 from switchboard.notify.config import (
     DeliveryPolicy,
     EmailConfig,
@@ -49,7 +50,6 @@ from switchboard.notify.sanitize import (
     utf16_units,
     web_link,
 )
-from switchboard.shared import metrics
 from switchboard.shared.events import RoutedTweet
 from switchboard.shared.labels import Department, Urgency
 from switchboard.shared.settings import read_secret

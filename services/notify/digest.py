@@ -24,9 +24,11 @@ from typing import Any
 
 import faust
 
+from switchboard.notify import metrics
 from switchboard.notify.config import NotifyConfig, Subscription
 from switchboard.notify.mail import SmtpMailer, render_digest
-from switchboard.shared import metrics, topics
+from switchboard.shared import metrics as shared_metrics
+from switchboard.shared import topics
 from switchboard.shared.events import (
     DecodeError,
     DigestDue,
@@ -128,7 +130,7 @@ class Digests:
         race on the table; faust acknowledges each event once the next is asked for."""
         async for event in stream.events():
             message = event.message
-            metrics.CONSUMED.labels("notify", message.topic).inc()
+            shared_metrics.CONSUMED.labels("notify", message.topic).inc()
             try:
                 event = decode_digest(message.value)
                 if isinstance(event, DigestItem):

@@ -30,7 +30,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from switchboard.shared import metrics
+from switchboard.notify import metrics
 from switchboard.shared.logs import masked
 
 T = TypeVar("T")

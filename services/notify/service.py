@@ -32,6 +32,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from switchboard.notify import metrics
 from switchboard.notify.channels import Channel, Done, Job, channels_for
 from switchboard.notify.config import Subscription
 from switchboard.notify.digest import Digests
@@ -46,7 +47,8 @@ from switchboard.notify.resilience import (
 )
 from switchboard.notify.sanitize import redacted
 from switchboard.notify.settings import NotifySettings
-from switchboard.shared import metrics, topics
+from switchboard.shared import metrics as shared_metrics
+from switchboard.shared import topics
 from switchboard.shared.access import AccessPolicy
 from switchboard.shared.events import (
     Delivery,
@@ -186,7 +188,9 @@ class NotifyService:
         """Conversations whose ledger entry is older than the retention."""
         oldest = now - timedelta(hours=self.options.ledger_retention_hours)
         entries = [table_value(LedgerEntry, value, "ledger") for value in self.ledger.values()]
-        metrics.TABLE_ENTRIES.labels(self.name, topics.NOTIFICATIONS_LEDGER).set(len(entries))
+        shared_metrics.TABLE_ENTRIES.labels(self.name, topics.NOTIFICATIONS_LEDGER).set(
+            len(entries)
+        )
         return [e.conversation_id for e in entries if e is not None and e.updated_at < oldest]
 
     # --- per record, inside its partition's stream ------------------------------------------
@@ -359,7 +363,7 @@ class NotifyService:
         trace = job.routed.trace
         if outcome == "delivered":
             trace = trace.model_copy(update={"delivered_at": utc_now()})
-            metrics.E2E_LATENCY.labels("delivered").observe(
+            shared_metrics.E2E_LATENCY.labels("delivered").observe(
                 (trace.delivered_at - trace.ingested_at).total_seconds()  # type: ignore[operator]
             )
         return Delivery(

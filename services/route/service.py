@@ -28,13 +28,14 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI
 
-from switchboard.route import conversations
+from switchboard.route import conversations, metrics
 from switchboard.route.config import RouteFileConfig
 from switchboard.route.ops import OpsView, ops_router
 from switchboard.route.rules import Outcome, evaluate, rules_version
 from switchboard.route.settings import RouteSettings
 from switchboard.route.spikes import Spike, SpikeKeys, SpikeTally, SpikeWindows
-from switchboard.shared import metrics, topics
+from switchboard.shared import metrics as shared_metrics
+from switchboard.shared import topics
 from switchboard.shared.access import AccessPolicy
 from switchboard.shared.events import (
     Alert,
@@ -336,7 +337,7 @@ class RouteService:
             metrics.RULE_MATCHES.labels(rule).inc()
         if decision.escalated:
             metrics.ALERTS.labels(alert_kind(routed), decision.department).inc()
-        metrics.E2E_LATENCY.labels("routed").observe(
+        shared_metrics.E2E_LATENCY.labels("routed").observe(
             (routed.trace.routed_at - routed.trace.ingested_at).total_seconds()  # type: ignore[operator]
         )
         log.info(
@@ -363,7 +364,9 @@ class RouteService:
                       self.conversations.values())  # fmt: skip
             self.due.rebuild(state for state in states if state is not None)
             log.info("conversations indexed", extra={"n": len(self.due)})
-        metrics.TABLE_ENTRIES.labels(self.name, topics.ROUTE_CONVERSATIONS).set(len(self.due))
+        shared_metrics.TABLE_ENTRIES.labels(self.name, topics.ROUTE_CONVERSATIONS).set(
+            len(self.due)
+        )
         now = datetime.now(UTC)
         found = self.due.due(
             now, self.config.route.conversations.ttl_hours, self.config.route.sla.alert_urgencies

@@ -15,10 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from switchboard.ingest import metrics as ingest_metrics
 from switchboard.ingest.rules import desired_rules
 from switchboard.ingest.service import IngestService
 from switchboard.ingest.webhook import SIGNATURE_HEADER, signature
-from switchboard.shared import metrics, topics
+from switchboard.shared import topics
 from switchboard.shared.events import (
     MAX_ORIGINAL_BYTES,
     BrandTweet,
@@ -63,7 +64,8 @@ async def test_stream_survives_disconnects_stalls_and_errors_without_loss(
     settings = ingest_settings(stream=True)
     sent = [new_id() for _ in range(6)]
     before = {
-        r: metrics.STREAM_RECONNECTS.labels(r)._value.get() for r in ("stall", "rate_limited")
+        r: ingest_metrics.STREAM_RECONNECTS.labels(r)._value.get()
+        for r in ("stall", "rate_limited")
     }
 
     async with running(IngestService(settings)):
@@ -90,8 +92,11 @@ async def test_stream_survives_disconnects_stalls_and_errors_without_loss(
     assert raw[sent[2]].addressed_handles == ["@AcmeHelp"]  # a keyword match, by its rule tag
     assert raw[sent[3]].addressed_handles == ["@AcmeIR"]
     assert raw[sent[0]].author.followers_count == 812
-    assert metrics.STREAM_RECONNECTS.labels("stall")._value.get() > before["stall"]
-    assert metrics.STREAM_RECONNECTS.labels("rate_limited")._value.get() > before["rate_limited"]
+    assert ingest_metrics.STREAM_RECONNECTS.labels("stall")._value.get() > before["stall"]
+    assert (
+        ingest_metrics.STREAM_RECONNECTS.labels("rate_limited")._value.get()
+        > before["rate_limited"]
+    )
 
 
 async def test_mentions_resume_after_a_restart_with_no_loss_and_no_repeat(
@@ -128,12 +133,12 @@ async def test_a_rate_limited_poll_waits_for_the_reset_and_carries_on(
     tweet_id = new_id()
     x_api.add_mention(HELP_ID, x_api.make_tweet(tweet_id, "@AcmeHelp ping", ana["id"]))
     x_api.fail_next(f"/2/users/{HELP_ID}/mentions", 429, retry_after_s=1)
-    waits = metrics.RATE_LIMIT_WAITS.labels("mentions")._value.get()
+    waits = ingest_metrics.RATE_LIMIT_WAITS.labels("mentions")._value.get()
 
     async with running(IngestService(ingest_settings(mentions=True))):
         await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [tweet_id]))
 
-    assert metrics.RATE_LIMIT_WAITS.labels("mentions")._value.get() > waits
+    assert ingest_metrics.RATE_LIMIT_WAITS.labels("mentions")._value.get() > waits
 
 
 async def test_direct_messages_in_and_out(x_api, customers, ingest_settings, running, read):
@@ -381,7 +386,7 @@ async def test_a_restarted_ingest_does_not_republish_what_it_already_published(
             for i in ids
         )
     )  # fmt: skip
-    dropped = metrics.DUPLICATES_DROPPED.labels("replay")._value.get()
+    dropped = ingest_metrics.DUPLICATES_DROPPED.labels("replay")._value.get()
 
     async with running(IngestService(ingest_settings(replay_file=replay, replay_rate_per_s=500))):
         await read([topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, ids)) == 3)
@@ -391,7 +396,7 @@ async def test_a_restarted_ingest_does_not_republish_what_it_already_published(
         records = await read([topics.RAW], lambda rs: False, timeout_s=1.0)
 
     assert sorted(ids_on(records, topics.RAW, RawTweet, ids)) == sorted(ids)
-    assert metrics.DUPLICATES_DROPPED.labels("replay")._value.get() == dropped + 3
+    assert ingest_metrics.DUPLICATES_DROPPED.labels("replay")._value.get() == dropped + 3
 
 
 # --- poison -------------------------------------------------------------------------------------

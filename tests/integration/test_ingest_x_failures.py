@@ -18,9 +18,10 @@ from pathlib import Path
 
 import httpx
 
+from switchboard.ingest import metrics as ingest_metrics
 from switchboard.ingest.rules import desired_rules
 from switchboard.ingest.service import IngestService
-from switchboard.shared import metrics, topics
+from switchboard.shared import topics
 from switchboard.shared.events import DeadLetter, RawTweet, utc_now
 from tests.conftest import published, wait_for
 from tests.integration.conftest import HELP_ID, ids_on, new_id, signed
@@ -46,7 +47,7 @@ async def test_server_errors_and_dropped_connections_never_stop_a_poller(
     x_api.fail_next(MENTIONS, 503)
     x_api.drop_next(MENTIONS, count=2)
     x_api.garble_next(MENTIONS)
-    errors = value(metrics.X_API_ERRORS, "mentions", "http_503")
+    errors = value(ingest_metrics.X_API_ERRORS, "mentions", "http_503")
     service = IngestService(ingest_settings(mentions=True))
 
     async with running(service):
@@ -62,9 +63,11 @@ async def test_server_errors_and_dropped_connections_never_stop_a_poller(
         recovered = service.readiness_detail()
 
     assert ids_on(records, topics.RAW, RawTweet, [second]) == [second]
-    assert value(metrics.X_API_ERRORS, "mentions", "http_503") > errors
-    assert value(metrics.X_API_ERRORS, "mentions", "malformed") >= 1
-    assert value(metrics.X_API_ERRORS, "mentions", "network") >= 1  # aiohttp retries one drop
+    assert value(ingest_metrics.X_API_ERRORS, "mentions", "http_503") > errors
+    assert value(ingest_metrics.X_API_ERRORS, "mentions", "malformed") >= 1
+    assert (
+        value(ingest_metrics.X_API_ERRORS, "mentions", "network") >= 1
+    )  # aiohttp retries one drop
     assert failing["degraded"] is True
     report = failing["sources"]["mentions:@AcmeHelp"]
     assert report["state"] == "failing" and "HTTP 401" in report["last_error"]
@@ -147,8 +150,8 @@ async def test_a_duplicate_of_a_foreign_rule_is_adopted_under_a_distinct_value(
     ours = [r for r in x_api.rules.values() if r["tag"] == ir_rule.tag]
     assert [r["value"] for r in ours] == [f"({ir_rule.value})"]
     assert x_api.rules["7"]["value"] == ir_rule.value  # the foreign rule untouched
-    assert value(metrics.STREAM_RULE_PROBLEMS, "@AcmeIR", "foreign_duplicate") == 1
-    assert value(metrics.STREAM_RULE_PROBLEMS, "@AcmeIR", "uncovered") == 0
+    assert value(ingest_metrics.STREAM_RULE_PROBLEMS, "@AcmeIR", "foreign_duplicate") == 1
+    assert value(ingest_metrics.STREAM_RULE_PROBLEMS, "@AcmeIR", "uncovered") == 0
     assert _rule_adds(x_api) == adds_at_first_start  # the adopted value is kept, not re-added
     shown = await _switchboard(tmp_path, settings, x_api, "ingest", "rules")
     assert shown.returncode == 0, shown.stderr
@@ -177,7 +180,7 @@ async def test_a_keyword_x_refuses_is_named_and_the_handle_stays_covered(
     assert "@AcmeHelp" in help_rule["value"]
     [named] = [r for r in caplog.records if getattr(r, "keyword", None) == "status:down"]
     assert named.handle == "@AcmeHelp" and "invalid operator 'status'" in named.reason
-    assert value(metrics.STREAM_RULE_PROBLEMS, "@AcmeHelp", "invalid_term") == 1
+    assert value(ingest_metrics.STREAM_RULE_PROBLEMS, "@AcmeHelp", "invalid_term") == 1
     shown = await _switchboard(tmp_path, settings, x_api, "ingest", "rules", "--sync")
     assert shown.returncode == 1  # a keyword could not be added
     assert "X refused the keyword 'status:down'" in shown.stdout
@@ -194,7 +197,7 @@ async def test_a_flapping_stream_backs_off_within_the_connection_budget(
     x_api.limit_stream_connections(5, 2.0)
     stream = {"healthy_after_s": 1.0, "max_connections": 5, "connection_window_s": 2.0}
     settings = ingest_settings(stream=True, x={"filtered_stream": stream})
-    budget_waits = value(metrics.STREAM_BUDGET_WAITS)
+    budget_waits = value(ingest_metrics.STREAM_BUDGET_WAITS)
     tweet = new_id()
 
     async with running(IngestService(settings)):
@@ -211,7 +214,7 @@ async def test_a_flapping_stream_backs_off_within_the_connection_budget(
     assert x_api.rate_limited == []
     gaps = [b - a for a, b in zip(flapping, flapping[1:], strict=False)]
     assert gaps[2] > gaps[0]  # the backoff grows: a closed-at-once connection is a failure
-    assert value(metrics.STREAM_BUDGET_WAITS) > budget_waits
+    assert value(ingest_metrics.STREAM_BUDGET_WAITS) > budget_waits
 
 
 async def test_account_activity_events_x_documents_are_skipped_not_dead_lettered(
@@ -232,7 +235,7 @@ async def test_account_activity_events_x_documents_are_skipped_not_dead_lettered
         "follow_events": _filled(examples["account_activity/follow_events"]["raw"]),
         "favorite_events": _filled(examples["account_activity/favorite_events"]["raw"]),
     }  # fmt: skip
-    before = {kind: value(metrics.WEBHOOK_EVENTS_SKIPPED, kind) for kind in bodies}
+    before = {kind: value(ingest_metrics.WEBHOOK_EVENTS_SKIPPED, kind) for kind in bodies}
     started = utc_now()
     service = IngestService(ingest_settings(webhook=True))
 
@@ -248,7 +251,7 @@ async def test_account_activity_events_x_documents_are_skipped_not_dead_lettered
 
     assert [(a.status_code, a.json()) for a in answers] == [(200, {"published": 0})] * 5
     for kind in bodies:
-        assert value(metrics.WEBHOOK_EVENTS_SKIPPED, kind) == before[kind] + 1, kind
+        assert value(ingest_metrics.WEBHOOK_EVENTS_SKIPPED, kind) == before[kind] + 1, kind
     letters = [x for x in published(records, topics.DEADLETTER, DeadLetter)
                if x.stage == "ingest" and x.failed_at >= started]  # fmt: skip
     assert letters == []
@@ -265,7 +268,7 @@ async def test_mentions_missed_while_ingest_was_down_are_recovered(
     x_api.lose_tweets_while_disconnected()
     settings = ingest_settings(stream=True)
     missed_mention, missed_keyword = new_id(), new_id()
-    recovered = value(metrics.STREAM_GAP_RECOVERED, "@AcmeHelp")
+    recovered = value(ingest_metrics.STREAM_GAP_RECOVERED, "@AcmeHelp")
 
     async with running(IngestService(settings)):
         await wait_for(lambda: x_api.stream_connections >= 1)
@@ -282,7 +285,7 @@ async def test_mentions_missed_while_ingest_was_down_are_recovered(
 
     assert ids_on(records, topics.RAW, RawTweet, [missed_mention]) == [missed_mention]
     assert ids_on(records, topics.RAW, RawTweet, [missed_keyword]) == []
-    assert value(metrics.STREAM_GAP_RECOVERED, "@AcmeHelp") > recovered
+    assert value(ingest_metrics.STREAM_GAP_RECOVERED, "@AcmeHelp") > recovered
     backstop = [r for r in x_api.requests if r["path"] == MENTIONS]
     assert backstop and all("start_time" in r["query"] for r in backstop)
 

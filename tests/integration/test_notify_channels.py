@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 
+from switchboard.notify import metrics as notify_metrics
 from switchboard.notify.dlq import Filters, parked_deliveries, redrive
 from switchboard.notify.service import NotifyService
 from switchboard.notify.settings import NotifySettings, SmtpSettings
-from switchboard.shared import metrics, topics
+from switchboard.shared import topics
 from switchboard.shared.broker import free_port
 from switchboard.shared.events import Author, DecodeError, Delivery, decode, encode
 from tests.conftest import CONFIG_FILE, service_environment, wait_for
@@ -368,7 +369,7 @@ async def test_a_jira_create_whose_answer_was_lost_is_found_before_it_is_repeate
     jira.delay_next("/rest/api/3/issue", 2.0, method="POST")  # after the 1 s timeout
     conv = conversation()
     event = routed("legal", conversation=conv)
-    waits = metrics.RECONCILE_WAITS.labels("jira")._value.get()
+    waits = notify_metrics.RECONCILE_WAITS.labels("jira")._value.get()
 
     async with running(NotifyService(notify_settings(max_wait_s=5.0, jira_settle_s=3.0))):
         await publish_routed(producer, event)
@@ -379,7 +380,7 @@ async def test_a_jira_create_whose_answer_was_lost_is_found_before_it_is_repeate
     assert delivery.outcome == "delivered" and delivery.action == "created"
     issues = [i for i in jira.issues.values() if event.tweet.text in str(i["fields"])]
     assert len(issues) == 1 and delivery.external_id == issues[0]["key"]
-    assert metrics.RECONCILE_WAITS.labels("jira")._value.get() > waits
+    assert notify_metrics.RECONCILE_WAITS.labels("jira")._value.get() > waits
     creates = [
         r for r in jira.requests if r["method"] == "POST" and r["path"] == "/rest/api/3/issue"
     ]
@@ -432,7 +433,7 @@ async def test_salesforce_tokens_are_renewed_by_the_client_credentials_flow(
     (401 INVALID_SESSION_ID) it is fetched again and the delivery goes through, not parked."""
     salesforce = vendors["salesforce"]
     before, after = conversation(), conversation()
-    renewals = metrics.TOKEN_RENEWALS.labels("salesforce")._value.get()
+    renewals = notify_metrics.TOKEN_RENEWALS.labels("salesforce")._value.get()
 
     async with running(NotifyService(notify_settings(salesforce=SALESFORCE_OAUTH))):
         await publish_routed(producer, routed("sales", conversation=before, author="7001"))
@@ -445,7 +446,7 @@ async def test_salesforce_tokens_are_renewed_by_the_client_credentials_flow(
     [delivered] = deliveries(records, after)
     assert delivered.outcome == "delivered", delivered.error
     assert salesforce.tokens_issued == 2
-    assert metrics.TOKEN_RENEWALS.labels("salesforce")._value.get() == renewals + 2
+    assert notify_metrics.TOKEN_RENEWALS.labels("salesforce")._value.get() == renewals + 2
     leads = {r["Switchboard_Author_Id__c"] for r in salesforce.records["Lead"].values()}
     assert {"7001", "7002"} <= leads
 
@@ -505,13 +506,13 @@ async def test_a_target_down_is_parked_then_redriven_once_it_is_back(
             kafka, Filters(delivery_id=f"{event.tweet.id}:jira:legal-board")
         )
         assert len(parked) == 1 and "503" in parked[0].error and parked[0].attempts == 2
-        size = metrics.DLQ_SIZE._value.get()
+        size = notify_metrics.DLQ_SIZE._value.get()
         assert size >= 1
         jira.clear_failures()  # the target is back
         assert await redrive(kafka, parked) == 1
         records = await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 1)
         assert await redrive(kafka, parked) == 1  # a second redrive of the same...
-        assert metrics.DLQ_SIZE._value.get() == size - 1
+        assert notify_metrics.DLQ_SIZE._value.get() == size - 1
         await asyncio.sleep(1.5)
 
     assert [d.outcome for d in deliveries(records, conv)] == ["delivered"]

@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 
+from switchboard.route import metrics as route_metrics
 from switchboard.route.service import RouteService
 from switchboard.route.settings import RouteSettings
-from switchboard.shared import metrics, topics
+from switchboard.shared import topics
 from switchboard.shared.events import (
     Alert,
     Author,
@@ -148,8 +149,8 @@ async def test_rules_reload_without_a_restart(route_settings, producer, read, ru
         records = await read(WATCHED, lambda rs: len(routed_records(rs, prefix)) >= 2)
         # An invalid file is refused and the rules in force stay.
         route_settings.write([{"name": "broken", "then": {"route_to": "nowhere"}}])
-        invalid = metrics.RULES_RELOADS.labels("invalid")._value.get()
-        await wait_for(lambda: metrics.RULES_RELOADS.labels("invalid")._value.get() > invalid)
+        invalid = route_metrics.RULES_RELOADS.labels("invalid")._value.get()
+        await wait_for(lambda: route_metrics.RULES_RELOADS.labels("invalid")._value.get() > invalid)
         assert [r.name for r in service.config.route.rules] == ["sales-to-triage"]
         # An error in another service's section is not route's to judge: new rules still apply.
         content = yaml.safe_load(CONFIG_FILE.read_text())
@@ -242,7 +243,7 @@ async def test_an_unanswered_critical_tweet_raises_an_sla_alert_and_a_reply_is_t
                       author=Author(id="1500000000000000002", username="SkylarkHelp")),
         trace=Trace(ingested_at=datetime.now(UTC)),
     )  # fmt: skip
-    responses = metrics.RESPONSES.labels("@SkylarkDeals", "it_security")._value.get()
+    responses = route_metrics.RESPONSES.labels("@SkylarkDeals", "it_security")._value.get()
 
     async with running(RouteService(route_settings(sla=sla))):
         await send(producer, late, answered)
@@ -257,7 +258,9 @@ async def test_an_unanswered_critical_tweet_raises_an_sla_alert_and_a_reply_is_t
 
     breaches = [a for a in alerts_of(records, prefix) if getattr(a, "kind", "") == "sla_breach"]
     assert [a.tweet.id for a in breaches] == [f"{prefix}-late"]  # once, and not the answered one
-    assert metrics.RESPONSES.labels("@SkylarkDeals", "it_security")._value.get() == responses + 1
+    assert (
+        route_metrics.RESPONSES.labels("@SkylarkDeals", "it_security")._value.get() == responses + 1
+    )
 
 
 async def test_a_conversation_idle_past_its_ttl_is_forgotten_and_tombstoned(

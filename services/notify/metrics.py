@@ -1,0 +1,56 @@
+"""The Prometheus metrics of notify: deliveries, retries, parking, circuits, vendor tokens.
+
+Names keep the ``switchboard_`` prefix; the shared ones (readiness, Kafka traffic, lag,
+latency) are in ``switchboard.shared.metrics``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from switchboard.shared.metrics import LATENCY_BUCKETS
+
+RECONCILE_WAITS = Counter(
+    "switchboard_reconcile_waits_total",
+    "Retries held back because a create whose answer was lost may still appear in search",
+    ["channel"],
+)
+FOLLOW_UP_TICKETS = Counter(
+    "switchboard_follow_up_tickets_total",
+    "Follow-up tickets opened because the conversation's ticket was closed",
+    ["channel"],
+)
+TOKEN_RENEWALS = Counter(
+    "switchboard_token_renewals_total",
+    "Access tokens fetched again by notify after the vendor said one expired",
+    ["channel"],
+)
+
+DELIVERIES = Counter(
+    "switchboard_deliveries_total", "Notification deliveries", ["channel", "outcome"]
+)
+DELIVERY_ATTEMPTS = Counter(
+    "switchboard_delivery_attempts_total", "Notification attempts, retries included", ["channel"]
+)
+DELIVERY_RETRIES = Counter(
+    "switchboard_delivery_retries_total", "Notification attempts after the first", ["channel"]
+)
+DELIVERY_SECONDS = Histogram(
+    "switchboard_delivery_seconds",
+    "Time to deliver one notification, retries included",
+    ["channel"],
+    buckets=LATENCY_BUCKETS,
+)
+PARKED = Counter(
+    "switchboard_deliveries_parked_total", "Deliveries parked on the DLQ", ["channel", "reason"]
+)
+DLQ_SIZE = Gauge(
+    "switchboard_dlq_size",
+    "Parked deliveries not delivered since (what `switchboard dlq list` shows)",
+)
+REDRIVEN = Counter(
+    "switchboard_deliveries_redriven_total", "Parked deliveries tried again", ["channel"]
+)
+CIRCUIT_STATE = Gauge(
+    "switchboard_circuit_state", "Per channel: 0 closed, 1 open, 2 half-open", ["channel"]
+)
