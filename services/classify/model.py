@@ -266,11 +266,13 @@ class TweetClassifier:
         threads: int = 0,
         runtime: str = "torch",
         bucket_size: int = 8,
+        onnx_dir: Path | None = None,
     ) -> TweetClassifier:
         """The default artifact, a shipped one by name, or a folder. ``runtime="onnx-int8"``
-        runs the int8 ONNX model built from it (onnx.py) instead of torch. ``threads``: 0 is
-        one per core; on ONNX Runtime that many buckets run at once, on torch it is torch's
-        intra-op threads."""
+        runs the int8 ONNX model built from it (onnx.py) instead of torch, read from
+        ``onnx_dir`` (the temp folder when None) and built there first if it is not there yet.
+        ``threads``: 0 is one per core; on ONNX Runtime that many buckets run at once, on torch
+        it is torch's intra-op threads."""
         artifact = resolve_artifact(artifact)
         card = json.loads((artifact / "card.json").read_text())
         torch.set_num_threads(threads or available_cpus())
@@ -289,7 +291,7 @@ class TweetClassifier:
         if runtime == "onnx-int8":
             from switchboard.classify.onnx import OnnxHeads, int8_model_path
 
-            cache = Path(tempfile.gettempdir()) / "switchboard-onnx"
+            cache = onnx_dir or Path(tempfile.gettempdir()) / "switchboard-onnx"
             path = int8_model_path(encoder.eval(), heads.eval(), model.version, cache)
             model.onnx = OnnxHeads(path, threads or available_cpus())
         return model

@@ -14,7 +14,8 @@ float conversion fused, faster than separate ``MatMulInteger``, ``Cast`` and ``M
 
 The int8 file is built from the artifact on first use and cached in the temp folder
 (``<tmp>/switchboard-onnx/<artifact version>-<weights hash>.<RECIPE>.onnx``; the token
-embeddings stay fp32); concurrent builders never see half a file.
+embeddings stay fp32), or in ``SWITCHBOARD_ONNX_DIR``, where ``switchboard classify build-onnx``
+puts it ahead of time (the image does); concurrent builders never see half a file.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from switchboard.shared.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,14 @@ def int8_model_path(encoder: torch.nn.Module, heads: torch.nn.Module, version: s
 
 
 def _build(encoder: torch.nn.Module, heads: torch.nn.Module, target: Path) -> None:
-    import onnx
+    try:
+        import onnx
+    except ImportError:  # the runtime install: the image builds the model ahead of time
+        raise ConfigError(
+            f"SWITCHBOARD_ONNX_DIR: no int8 model {target.name} in {target.parent}, and this "
+            "install cannot build one (the onnx package is in the train extra): run `switchboard "
+            "classify build-onnx --out DIR` where it is installed, or set classify.runtime: torch"
+        ) from None
 
     log.info("building the int8 ONNX model", extra={"path": str(target)})
     sample = encoder.tokenize(["@user a tweet", "@user a longer tweet about a refund"], 32)
@@ -167,6 +177,8 @@ class OnnxHeads:
 
     def __init__(self, path: Path, workers: int) -> None:
         import onnxruntime
+
+        self.path = path
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1

@@ -81,6 +81,7 @@ class ClassifyService:
                 self.options.threads,
                 self.options.runtime,
                 self.options.bucket_size,
+                self.settings.onnx_dir,
             )
             # The first forward pass is several times slower than the rest; pay it before ready.
             await asyncio.to_thread(self.model.predict, ["warm-up"])

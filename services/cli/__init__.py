@@ -7,6 +7,7 @@ Heavy imports (torch, transformers) happen inside the commands that need them, s
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import shutil
 import signal
@@ -17,12 +18,10 @@ from pathlib import Path
 
 import click
 
-from switchboard.cli.bench import bench
 from switchboard.cli.classify import classify
 from switchboard.cli.config import SERVICE_CONFIGS, SwitchboardConfig
 from switchboard.cli.dlq import dlq
 from switchboard.cli.ingest import ingest
-from switchboard.cli.restore import bench_restore
 from switchboard.shared.config import SERVICE_SECTIONS
 from switchboard.shared.settings import (
     DEFAULT_CONFIG_FILE,
@@ -35,8 +34,26 @@ SAMPLES = Path("data/samples/tweets.jsonl")
 WORKDIR = Path(".switchboard")
 
 
+# Commands of the dev extra (the embedded broker, benches, the live view): imported when run, so
+# that the runtime install, without psutil, rich or aiosmtpd, still runs the four services.
+LAZY_COMMANDS = {
+    "bench": "switchboard.cli.bench:bench",
+    "bench-restore": "switchboard.cli.restore:bench_restore",
+}
+
+
 class _Group(click.Group):
-    """Turns a configuration error into one clear message and exit status 2."""
+    """Turns a configuration error into one clear message and exit status 2; loads the dev
+    extra's commands only when one of them is run."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            module, attribute = LAZY_COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -58,8 +75,6 @@ def main() -> None:
 main.add_command(ingest)
 main.add_command(classify)
 main.add_command(dlq)
-main.add_command(bench)
-main.add_command(bench_restore)
 
 
 @main.command()

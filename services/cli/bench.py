@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import psutil
 
 from switchboard.shared.settings import DEFAULT_CONFIG_FILE
 
@@ -78,6 +77,8 @@ def measure_classifier(
     a distilled student) batched on int8. Each is measured ``rounds`` times, the rounds
     interleaved so that a slow moment on a shared machine hits every contender alike, and the
     median is reported."""
+    import psutil  # the dev extra: measuring tools stay out of the runtime install
+
     from switchboard.classify.model import TweetClassifier, available_cpus
 
     process = psutil.Process(os.getpid())

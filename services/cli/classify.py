@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -234,6 +235,28 @@ def classify_blend(
     if out.resolve() != source.resolve():
         shutil.copytree(source, out, dirs_exist_ok=True)
     _print_card(out, attach_lexical(out, TrainingData.read(folders, options), options))
+
+
+@classify.command("build-onnx")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The folder classify reads it from (SWITCHBOARD_ONNX_DIR).",
+)
+@click.option("--all", "every", is_flag=True, help="Every shipped artifact, not one.")
+@_artifact_option
+def classify_build_onnx(out: Path, every: bool, artifact: Path | None) -> None:
+    """Build the int8 ONNX model of an artifact (or of every shipped one) into OUT ahead of
+    time, as the image does at build time, so that classify starts without exporting and
+    quantizing it. Prints each file and how long its build took."""
+    from switchboard.classify.model import TweetClassifier, shipped_artifacts
+
+    for name in shipped_artifacts() if every else [artifact]:
+        started = time.monotonic()
+        model = TweetClassifier.load(name, runtime="onnx-int8", onnx_dir=out)
+        assert model.onnx is not None
+        click.echo(f"{model.onnx.path} ({time.monotonic() - started:.1f} s)")
 
 
 @classify.command("predict")

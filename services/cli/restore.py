@@ -22,7 +22,6 @@ from pathlib import Path
 
 import click
 import httpx
-import psutil
 import yaml
 from aiokafka import AIOKafkaProducer
 
@@ -123,6 +122,8 @@ async def time_to_ready(
 ) -> dict[str, float]:
     """Start route, time it to /readyz, read its resident memory once ready, and check that it
     holds the ``expected`` conversations."""
+    import psutil  # the dev extra: measuring tools stay out of the runtime install
+
     port = free_port()
     env = {
         **os.environ,
