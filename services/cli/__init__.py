@@ -42,6 +42,16 @@ LAZY_COMMANDS = {
 }
 
 
+# The modules only the extras install, and which extra brings each.
+EXTRA_MODULES = {
+    "noida_db": "dev",
+    "aiosmtpd": "dev",
+    "psutil": "dev",
+    "matplotlib": "dev",
+    "onnx": "train",
+}
+
+
 class _Group(click.Group):
     """Turns a configuration error into one clear message and exit status 2; loads the dev
     extra's commands only when one of them is run."""
@@ -60,6 +70,17 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ConfigError as exc:
             click.echo(f"switchboard: {exc}", err=True)
+            sys.exit(2)
+        except ModuleNotFoundError as exc:
+            extra = EXTRA_MODULES.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            command = ctx.invoked_subcommand or "this command"
+            click.echo(
+                f"switchboard: `{command}` needs the {extra} extra (no module {exc.name}): "
+                f"pip install 'switchboard[{extra}]'",
+                err=True,
+            )
             sys.exit(2)
 
 

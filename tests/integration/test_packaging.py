@@ -80,17 +80,21 @@ def test_the_extras_hold_the_tools_and_the_base_what_production_runs():
     assert {"faust_streaming", "aiokafka", "fastapi", "onnxruntime", "scikit_learn"} <= BASE
 
 
-def test_each_service_and_the_operator_commands_run_without_the_extras(runtime_install):
-    code = """
+def test_each_service_and_the_operator_commands_run_without_the_extras(runtime_install, tmp_path):
+    code = f"""
 import importlib.util
 from click.testing import CliRunner
 from switchboard.cli import main
 assert importlib.util.find_spec("psutil") is None and importlib.util.find_spec("onnx") is None
 for service in ("ingest", "classify", "route", "notify"):
-    __import__(f"switchboard.{service}.service")
+    __import__(f"switchboard.{{service}}.service")
     assert CliRunner().invoke(main, [service, "--help"]).exit_code == 0, service
 checked = CliRunner().invoke(main, ["config", "check"])
 assert checked.exit_code == 0, checked.output
+for tool in (["run", "--workdir", {str(tmp_path / "run")!r}], ["bench"]):
+    refused = CliRunner().invoke(main, tool)  # the dev extra's: a message, not a traceback
+    assert refused.exit_code == 2, (tool, refused.output)
+    assert "needs the dev extra" in refused.output and "switchboard[dev]" in refused.output, tool
 print("ran")
 """
     done = run_installed(runtime_install, code)
