@@ -90,6 +90,16 @@ def test_the_image_runs_as_non_root_and_offline():
     assert "torch==2.13.0" in dockerfile and Path(ROOT / ".dockerignore").is_file()
 
 
+def test_the_image_holds_the_runtime_install_and_the_int8_model_built_at_build_time():
+    """No dev extra in the image; the train extra only for the model's build, then removed;
+    classify pointed at the models built (test_packaging.py serves one without the extras)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "[dev" not in dockerfile and '".[train]"' in dockerfile
+    build = dockerfile.index("switchboard classify build-onnx --all --out /opt/switchboard/onnx")
+    assert build < dockerfile.index("pip uninstall -y onnx") < dockerfile.index("FROM", build)
+    assert "SWITCHBOARD_ONNX_DIR=/opt/switchboard/onnx" in dockerfile
+
+
 def test_promtool_accepts_the_alert_rules_and_the_prometheus_config(tmp_path):
     rules = DEPLOY / "prometheus" / "alerts.yml"
     checked = subprocess.run(
