@@ -22,7 +22,6 @@ from switchboard.cli.classify import classify
 from switchboard.cli.config import SERVICE_CONFIGS, SwitchboardConfig
 from switchboard.cli.dlq import dlq
 from switchboard.cli.ingest import ingest
-from switchboard.shared.config import SERVICE_SECTIONS
 from switchboard.shared.settings import (
     DEFAULT_CONFIG_FILE,
     ConfigError,
@@ -34,8 +33,8 @@ SAMPLES = Path("data/samples/tweets.jsonl")
 WORKDIR = Path(".switchboard")
 
 
-# Commands of the dev extra (the embedded broker, benches, the live view): imported when run, so
-# that the runtime install, without psutil, rich or aiosmtpd, still runs the four services.
+# Commands of the dev extra (benches): imported when run, so that the runtime install, without
+# psutil, aiosmtpd or the embedded broker, still runs the four services.
 LAZY_COMMANDS = {
     "bench": "switchboard.cli.bench:bench",
     "bench-restore": "switchboard.cli.restore:bench_restore",
@@ -342,7 +341,7 @@ def config_group() -> None:
 @config_group.command("check")
 @click.option(
     "--service",
-    type=click.Choice(SERVICE_SECTIONS),
+    type=click.Choice(list(SERVICE_CONFIGS)),
     default=None,
     help="Validate as this service does at start (the shared sections and its own); "
     "default: every section, as all four services together",

@@ -124,9 +124,6 @@ def _default_departments() -> dict[Department, DepartmentConfig]:
     }
 
 
-SERVICE_SECTIONS = ("ingest", "classify", "route", "notify")
-
-
 class SharedConfig(Section):
     """What every service reads. The services' own sections are kept as written here: each
     service's config module (``ingest/config.py`` and the others) types its own, and the CLI's

@@ -238,16 +238,15 @@ def _config_path(init: PydanticBaseSettingsSource, env: PydanticBaseSettingsSour
 
 def _raw_config(overrides: dict[str, Any]) -> dict[str, Any]:
     """The YAML file as written, to name things (rules) in error messages; {} if unreadable."""
-    path = overrides.get("config_file") or os.environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE
     try:
-        return read_yaml(Path(path))
+        return read_yaml(config_file_in_use(overrides.get("config_file")))
     except ConfigError:
         return {}
 
 
-def config_file_in_use(path: Path | None = None) -> Path:
+def config_file_in_use(path: Path | str | None = None) -> Path:
     """``path``, else the file a service would read (``SWITCHBOARD_CONFIG_FILE`` or the default)."""
-    return path or Path(os.environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE)
+    return Path(path or os.environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE)
 
 
 def check_config_file(path: Path, model: type[BaseModel]) -> list[str]:
