@@ -50,7 +50,11 @@ from switchboard.notify.sanitize import (
     utf16_units,
     web_link,
 )
-from switchboard.shared.events import RoutedTweet
+from switchboard.shared.events import (
+    RoutedTweet,
+    vendor_conversation_key,
+    vendor_conversation_label,
+)
 from switchboard.shared.labels import Department, Urgency
 from switchboard.shared.settings import read_secret
 
@@ -85,7 +89,7 @@ class Job:
     @property
     def conversation_key(self) -> str:
         """Names the conversation at the vendor, per subscription."""
-        return f"switchboard:{self.subscription.name}:{self.routed.tweet.conversation_id}"
+        return vendor_conversation_key(self.subscription.name, self.routed.tweet.conversation_id)
 
     def priority(self, defaults: dict[Urgency, str]) -> str:
         urgency = self.routed.classification.urgency
@@ -401,7 +405,13 @@ class JiraChannel(HttpChannel):
             "summary": job.summary(SUMMARY_LIMIT, utf16_units),
             "issuetype": {"name": target.issue_type},
             "priority": {"name": job.priority(JIRA_PRIORITIES)},
-            "labels": ["switchboard", label, mine],
+            # the last names the conversation, for the feedback webhook (route/feedback.py)
+            "labels": [
+                "switchboard",
+                label,
+                mine,
+                vendor_conversation_label(job.routed.tweet.conversation_id),
+            ],
             "description": adf(job.body(JIRA_TEXT_LIMIT, utf16_units)),
         }
         try:

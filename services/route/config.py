@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from switchboard.shared.config import (
     HandleName,
+    SecretRef,
     Section,
     Segment,
     SharedConfig,
@@ -141,6 +142,49 @@ class SlaConfig(Section):
     check_interval_s: float = Field(default=30.0, gt=0)
 
 
+class ZendeskFeedback(Section):
+    """Zendesk tickets moved to another group (or given another priority) correct their
+    conversation: an event webhook (``ticket.group_assignment_changed``,
+    ``ticket.priority_changed``) to ``POST /feedback/zendesk``, signed with its signing secret."""
+
+    signing_secret: SecretRef
+    groups: dict[int, Department] = Field(
+        min_length=1, description="Zendesk group id -> the department that group is"
+    )
+    priorities: dict[str, Urgency] = Field(
+        default_factory=lambda: {"urgent": Urgency.CRITICAL, "high": Urgency.HIGH,
+                                 "normal": Urgency.NORMAL, "low": Urgency.LOW},
+        description="Zendesk priority -> urgency",
+    )  # fmt: skip
+    max_age_s: float = Field(
+        default=3600, gt=0, description="An older signature timestamp is refused (a replay)"
+    )
+
+
+class JiraFeedback(Section):
+    """Jira issues moved to another project (or given another priority) correct their
+    conversation: an admin webhook (``jira:issue_updated``) to ``POST /feedback/jira`` with a
+    secret, which Jira uses to sign each request (``X-Hub-Signature``)."""
+
+    secret: SecretRef
+    projects: dict[str, Department] = Field(
+        min_length=1, description="Jira project key -> the department that project is"
+    )
+    priorities: dict[str, Urgency] = Field(
+        default_factory=lambda: {"Highest": Urgency.CRITICAL, "High": Urgency.HIGH,
+                                 "Medium": Urgency.NORMAL, "Low": Urgency.LOW,
+                                 "Lowest": Urgency.LOW},
+        description="Jira priority name -> urgency",
+    )  # fmt: skip
+
+
+class FeedbackConfig(Section):
+    """Where corrections come from besides the ops page and ``POST /feedback``."""
+
+    zendesk: ZendeskFeedback | None = None
+    jira: JiraFeedback | None = None
+
+
 class RouteConfig(Section):
     confidence_threshold: float = Field(default=0.45, ge=0.0, le=1.0)
     alert_urgencies: list[Urgency] = Field(default_factory=lambda: [Urgency.CRITICAL])
@@ -156,6 +200,7 @@ class RouteConfig(Section):
     reload_interval_s: float = Field(
         default=2.0, gt=0, description="How often route checks the YAML file for new rules"
     )
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
 
     @field_validator("rules")
     @classmethod

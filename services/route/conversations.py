@@ -16,6 +16,7 @@ from switchboard.shared.events import (
     BrandTweet,
     ClassifiedTweet,
     ConversationState,
+    RecentTweet,
     RouteDecision,
 )
 from switchboard.shared.labels import Urgency
@@ -23,6 +24,9 @@ from switchboard.shared.labels import Urgency
 # Decisions remembered per conversation: a republished tweet comes back within one re-delivered
 # batch or a restore, long before a conversation says this much more.
 REMEMBERED = 32
+# Tweets remembered whole per conversation, for a correction to re-route: people correct what
+# they just saw, and each costs the table a tweet's size.
+RECENT = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +53,9 @@ def after_routing(
     if outcome.destination == "dropped":
         if state is None:
             return None
-        return state.model_copy(update={"routed": _remember(state.routed, event, decision)})
+        remembered = _remember(state.routed, event, decision)
+        recent = _recent(state.recent, event, decision)
+        return state.model_copy(update={"routed": remembered, "recent": recent})
     urgency = event.classification.urgency
     owner = outcome.department
     if outcome.destination == "triage" and state is not None:
@@ -63,6 +69,8 @@ def after_routing(
         updated_at=now,
         awaiting=awaiting,
         routed=_remember(state.routed if state else {}, event, decision),
+        recent=_recent(state.recent if state else {}, event, decision),
+        corrections=state.corrections if state else [],
     )
 
 
@@ -79,6 +87,21 @@ def _remember(
     """The latest ``REMEMBERED`` decisions, oldest first out."""
     latest = {**routed, event.tweet.id: decision}
     return dict(list(latest.items())[-REMEMBERED:])
+
+
+def _recent(
+    recent: dict[str, RecentTweet], event: ClassifiedTweet, decision: RouteDecision
+) -> dict[str, RecentTweet]:
+    """The latest ``RECENT`` tweets with the labels they were routed by, oldest first out."""
+    tweet = RecentTweet(
+        tweet=event.tweet,
+        department=decision.department,
+        urgency=event.classification.urgency,
+        model_version=event.classification.model_version,
+        ingested_at=event.trace.ingested_at,
+    )
+    latest = {**recent, event.tweet.id: tweet}
+    return dict(list(latest.items())[-RECENT:])
 
 
 def _awaiting(

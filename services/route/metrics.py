@@ -51,3 +51,25 @@ SLA_BREACHES = Counter(
     "Awaited tweets unanswered past their SLA",
     ["department", "urgency"],
 )
+CORRECTIONS = Counter(
+    "switchboard_corrections_total",
+    "Corrections applied by the conversation's owner: the department and urgency a person "
+    "moved a tweet to, from what, under which model",
+    ["source", "department", "department_before", "urgency", "urgency_before", "model_version",
+     "outcome"],
+)  # fmt: skip
+CORRECTIONS_RECEIVED = Counter(
+    "switchboard_corrections_received_total",
+    "Corrections accepted by route's feedback endpoints and published for the owner",
+    ["source"],
+)
+FEEDBACK_IGNORED = Counter(
+    "switchboard_feedback_ignored_total",
+    "Ticketing webhooks that mean no correction (another event, an unmapped group or project)",
+    ["source"],
+)
+FEEDBACK_REFUSED = Counter(
+    "switchboard_feedback_refused_total",
+    "Ticketing webhooks refused: bad signature or a replayed timestamp",
+    ["source"],
+)

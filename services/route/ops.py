@@ -1,7 +1,9 @@
 """The live ops page, served by route at ``/ops`` (route sees every routed tweet and alert).
 
 ``GET /ops`` is a self-contained HTML page that polls ``GET /ops/state`` every two seconds:
-per-department counts, the triage queue, recent alerts, and the throughput of each service,
+per-department counts, the latest routed tweets and the triage queue (each with a button that
+corrects its department or urgency through ``POST /feedback``), recent alerts, and the
+throughput of each service,
 measured from the end offsets of the topics each one writes (so it needs no access to the other
 services). Meant for a laptop running the embedded default; production has Grafana.
 """
@@ -23,6 +25,7 @@ from fastapi.responses import HTMLResponse
 from switchboard.shared import topics
 from switchboard.shared.events import Alert, RoutedTweet, SpikeAlert, utc_now
 from switchboard.shared.kafka import client_options
+from switchboard.shared.labels import DEPARTMENTS, URGENCIES
 from switchboard.shared.settings import KafkaSettings
 
 # What each service writes: its throughput is how fast these topics grow.
@@ -39,6 +42,7 @@ class OpsView:
         self.kafka = kafka
         self.routed: Counter[str] = Counter()
         self.triage_queue: deque[dict] = deque(maxlen=12)
+        self.recent: deque[dict] = deque(maxlen=12)
         self.alerts: deque[dict] = deque(maxlen=12)
         self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=8)
 
@@ -46,8 +50,11 @@ class OpsView:
         route = routed.route
         key = "triage" if route.destination == "triage" else route.destination
         self.routed[route.department.value if key == "department" else key] += 1
+        line = _tweet_line(routed, "; ".join(route.reasons))
         if route.destination == "triage":
-            self.triage_queue.appendleft(_tweet_line(routed, "; ".join(route.reasons)))
+            self.triage_queue.appendleft(line)
+        elif route.destination == "department":
+            self.recent.appendleft(line)
 
     def on_alert(self, alert: Alert | SpikeAlert) -> None:
         if isinstance(alert, SpikeAlert):
@@ -87,6 +94,9 @@ class OpsView:
             "total": sum(self.routed.values()),
             "throughput_per_s": self.throughput(),
             "triage_queue": list(self.triage_queue),
+            "recent": list(self.recent),
+            "departments": [d.value for d in DEPARTMENTS],
+            "urgencies": [u.value for u in URGENCIES],
             "alerts": list(self.alerts),
         }
 
@@ -108,6 +118,9 @@ async def _ends(consumer: AIOKafkaConsumer) -> dict[str, int]:
 def _tweet_line(routed: RoutedTweet, why: str) -> dict:
     return {
         "at": (routed.trace.routed_at or utc_now()).isoformat(),
+        "tweet_id": routed.tweet.id,
+        "conversation_id": routed.tweet.conversation_id,
+        "department": routed.route.department.value,
         "author": routed.tweet.author.username,
         "text": routed.tweet.text[:200],
         "urgency": routed.classification.urgency.value,

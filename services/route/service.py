@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI
 
-from switchboard.route import conversations, metrics
+from switchboard.route import conversations, feedback, metrics
 from switchboard.route.config import RouteFileConfig
 from switchboard.route.ops import OpsView, ops_router
 from switchboard.route.rules import Outcome, evaluate, rules_version
@@ -41,9 +41,12 @@ from switchboard.shared.events import (
     Alert,
     AwaitingReply,
     BrandTweet,
+    Classification,
     ClassifiedTweet,
     ConversationDue,
     ConversationState,
+    Corrected,
+    CorrectionRequest,
     RouteDecision,
     RoutedTweet,
     SpikeAlert,
@@ -53,7 +56,7 @@ from switchboard.shared.events import (
     utc_now,
 )
 from switchboard.shared.kafka import Output, decode_or_dead_letter, ensure_topics, publish
-from switchboard.shared.labels import Urgency
+from switchboard.shared.labels import Department, Urgency
 from switchboard.shared.runtime import http_app, run_service
 from switchboard.shared.settings import ConfigError, ServiceSettings
 from switchboard.shared.streams import (
@@ -97,7 +100,9 @@ class RouteService:
             self.app, self.name, self.handle, deferred=self.spike_tally.drain
         )
         self.spike_acks = AckAfterPublish(self.app, self.name, self.on_spike_observation)
-        inputs = raw_topic(self.app, topics.CLASSIFIED, topics.BRAND, topics.ROUTE_DUE)
+        inputs = raw_topic(
+            self.app, topics.CLASSIFIED, topics.BRAND, topics.ROUTE_DUE, topics.FEEDBACK_REQUESTS
+        )
         spikes = raw_topic(self.app, topics.ROUTE_SPIKES)
         self.app.agent(inputs, name="route")(self.acks.agent)
         self.app.agent(spikes, name="route-spikes")(self.spike_acks.agent)
@@ -114,8 +119,9 @@ class RouteService:
         return self.streams.ready
 
     def http_app(self) -> FastAPI:
-        app = http_app(self, AccessPolicy.of(self.config.access))
+        app = http_app(self, AccessPolicy.of(self.config.access, feedback.SELF_AUTHENTICATED))
         app.include_router(ops_router(self.ops))
+        app.include_router(feedback.feedback_router(self))
         app.include_router(admin_router(self))
         return app
 
@@ -124,7 +130,7 @@ class RouteService:
             self.settings.kafka,
             [topics.CLASSIFIED, topics.BRAND, *topics.PRIMARY_TOPICS, topics.ALERTS,
              topics.DEADLETTER, topics.ROUTE_CONVERSATIONS, topics.ROUTE_DUE,
-             topics.ROUTE_SPIKES],
+             topics.ROUTE_SPIKES, topics.FEEDBACK_REQUESTS, topics.FEEDBACK],
             self.config.topics.partitions,
             self.config.topics.replication_factor,
         )  # fmt: skip
@@ -158,6 +164,8 @@ class RouteService:
             return self.on_brand_reply(message)
         if message.topic == topics.ROUTE_DUE:
             return self.on_due(message)
+        if message.topic == topics.FEEDBACK_REQUESTS:
+            return self.on_correction_request(message)
         event = decode_or_dead_letter(message, ClassifiedTweet, self.name)
         if isinstance(event, Output):
             return [event]
@@ -237,6 +245,88 @@ class RouteService:
             )
         self._remember(new_state)
         return []
+
+    def on_correction_request(self, message: Any) -> list[Output]:
+        """A person's correction, applied by the conversation's owner: the Correction once per
+        id, the tweet on its new department's topic, an alert when its new urgency alerts, and
+        the conversation's owner follows (feedback.py)."""
+        request = decode_or_dead_letter(message, CorrectionRequest, self.name)
+        if isinstance(request, Output):
+            return [request]
+        now = datetime.now(UTC)
+        state = self._active(request.conversation_id, now)
+        if state is not None and request.correction_id in state.corrections:
+            log.info("correction applied before", extra={"correction_id": request.correction_id})
+            return []
+        route = self.config.route
+        applied = feedback.apply(state, request, now, sla_minutes=route.sla.minutes,
+                                 alert_urgencies=route.alert_urgencies)  # fmt: skip
+        correction = applied.correction
+        outputs = [Output.of(topics.FEEDBACK, correction, request.conversation_id)]
+        new_state = applied.state
+        if applied.recent is not None and new_state is not None and state is not None:
+            routed, alert = self._corrected(applied, state.routed.get(applied.recent.tweet.id))
+            if correction.outcome == "rerouted":
+                outputs.append(Output.of(routed.route.topic, routed, request.conversation_id))
+                self.ops.on_routed(routed)
+            if alert is not None:
+                outputs.append(Output.of(topics.ALERTS, alert, request.conversation_id))
+                self.ops.on_alert(alert)
+                metrics.ALERTS.labels(alert.kind, alert.department).inc()
+            routed_now = {**new_state.routed, routed.tweet.id: routed.route}
+            new_state = new_state.model_copy(update={"routed": routed_now})
+        if new_state is not None:
+            self._remember(new_state)
+        metrics.CORRECTIONS.labels(
+            correction.source, _label(correction.department), _label(correction.department_before),
+            _label(correction.urgency), _label(correction.urgency_before),
+            correction.model_version or "", correction.outcome,
+        ).inc()  # fmt: skip
+        log.info("corrected", extra={"correction_id": correction.correction_id,
+                                     "tweet_id": correction.tweet_id, "by": correction.by,
+                                     "outcome": correction.outcome})  # fmt: skip
+        return outputs
+
+    def _corrected(
+        self, applied: feedback.Applied, before: RouteDecision | None
+    ) -> tuple[RoutedTweet, Alert | None]:
+        """The tweet as a person labelled it, on its department's topic; its alert if the new
+        urgency alerts and the old one did not."""
+        recent, correction = applied.recent, applied.correction
+        assert recent is not None and correction.department_before is not None
+        assert correction.urgency_before is not None
+        classification = Classification(
+            department=recent.department, urgency=recent.urgency, confidence=1.0,
+            urgency_confidence=1.0, department_scores={recent.department: 1.0},
+            urgency_scores={recent.urgency: 1.0}, model_version=recent.model_version,
+            lang=recent.tweet.lang,
+        )  # fmt: skip
+        moved = f"{correction.department_before.value}/{correction.urgency_before.value} -> " \
+                f"{recent.department.value}/{recent.urgency.value}"  # fmt: skip
+        decision = RouteDecision(
+            destination="department",
+            department=recent.department,
+            topic=topics.department_topic(recent.department),
+            escalated=applied.escalate or bool(before and before.escalated),
+            reasons=[f"corrected by {correction.by} ({correction.source}): {moved}"],
+            confidence_threshold=self.config.route.confidence_threshold,
+            rules_version=self.version,
+            owner=before.owner if before else "model",
+            priority=before.priority if before else None,
+            sla_due_at=before.sla_due_at if before else None,
+        )
+        routed = RoutedTweet(
+            tweet=recent.tweet,
+            classification=classification,
+            route=decision,
+            trace=Trace(ingested_at=recent.ingested_at, routed_at=utc_now()),
+            correction=Corrected(
+                correction_id=correction.correction_id, by=correction.by,
+                source=correction.source, department_before=correction.department_before,
+                urgency_before=correction.urgency_before,
+            ),
+        )  # fmt: skip
+        return routed, alert_for(routed) if applied.escalate else None
 
     def on_due(self, message: Any) -> list[Output]:
         """The sweep found this conversation due; its owner checks again and acts."""
@@ -481,6 +571,10 @@ def alert_for(routed: RoutedTweet) -> Alert:
         classification=c,
         trace=routed.trace,
     )
+
+
+def _label(value: Department | Urgency | None) -> str:
+    return value.value if value is not None else ""
 
 
 def _trace_for(awaiting: AwaitingReply) -> Trace:

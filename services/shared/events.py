@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, TypeVar, get_args
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from switchboard.shared.labels import Department, Urgency
 
@@ -179,6 +179,19 @@ class ClassifiedTweet(Event):
     trace: Trace
 
 
+CorrectionSource = Literal["ops", "api", "zendesk", "jira"]
+
+
+class Corrected(Model):
+    """On a tweet route published again because a person corrected it."""
+
+    correction_id: str
+    by: str
+    source: CorrectionSource
+    department_before: Department
+    urgency_before: Urgency
+
+
 class RoutedTweet(Event):
     """On ``switchboard.dept.<department>`` and ``switchboard.triage``: published by route."""
 
@@ -187,6 +200,11 @@ class RoutedTweet(Event):
     classification: Classification
     route: RouteDecision
     trace: Trace
+    correction: Corrected | None = Field(
+        default=None,
+        description="Set when a person re-routed the tweet: `classification` then holds the "
+        "person's labels (confidence 1) and the version of the model they corrected",
+    )
 
 
 class Alert(Event):
@@ -233,6 +251,16 @@ class AwaitingReply(Model):
     classification: Classification | None = None
 
 
+class RecentTweet(Model):
+    """A tweet route routed lately, with the labels it went by: what a correction re-routes."""
+
+    tweet: Tweet
+    department: Department
+    urgency: Urgency
+    model_version: str
+    ingested_at: AwareDatetime
+
+
 class ConversationState(Event):
     """On the compacted ``switchboard.route.conversations``, keyed by conversation id: route's
     memory of who owns a conversation and whether it awaits a reply."""
@@ -250,6 +278,75 @@ class ConversationState(Event):
         "published again after a crash or a broker outage is routed the way it was the first "
         "time, whatever the classifier or the conversation says now",
     )
+    recent: dict[str, RecentTweet] = Field(
+        default_factory=dict,
+        description="The conversation's latest routed tweets, by tweet id, oldest first: a "
+        "correction names one of them (or means the latest) and route re-routes it",
+    )
+    corrections: list[str] = Field(
+        default_factory=list,
+        description="Ids of the latest corrections applied, so one sent twice applies once",
+    )
+
+
+class CorrectionRequest(Event):
+    """On ``switchboard.feedback.requests``, keyed by conversation id: a person says a tweet
+    belongs to another department or urgency (the ops page, ``POST /feedback``, a Zendesk
+    ticket moved to another group, a Jira issue moved to another project). Published by
+    route's feedback endpoints; the replica that owns the conversation applies it and
+    publishes the ``Correction``. Without ``tweet_id`` it means the conversation's latest
+    tweet (a ticket stands for its conversation)."""
+
+    event_type: Literal["feedback.request"] = "feedback.request"
+    correction_id: str = Field(
+        min_length=1, max_length=200, description="Idempotency key: sent twice, applied once"
+    )
+    conversation_id: str = Field(min_length=1)
+    tweet_id: str | None = Field(default=None, min_length=1)
+    department: Department | None = Field(default=None, description="The right department")
+    urgency: Urgency | None = Field(default=None, description="The right urgency")
+    source: CorrectionSource
+    by: str = Field(min_length=1, max_length=200, description="Who corrected it")
+    note: str | None = Field(default=None, max_length=2000)
+    made_at: AwareDatetime = Field(default_factory=utc_now)
+    tweet: Tweet | None = Field(
+        default=None,
+        description="The tweet, when the caller has it: used when route no longer remembers it",
+    )
+
+    @model_validator(mode="after")
+    def _says_something(self) -> CorrectionRequest:
+        if self.department is None and self.urgency is None:
+            raise ValueError("a correction needs a department, an urgency or both")
+        return self
+
+
+class Correction(Event):
+    """On ``switchboard.feedback``, keyed by conversation id: a correction as the
+    conversation's owner applied it, once per ``correction_id``: who, when, from what to
+    what, the tweet and the model version that labelled it. What ``classify train
+    --feedback`` learns from and ``classify compare`` scores against."""
+
+    event_type: Literal["feedback.correction"] = "feedback.correction"
+    correction_id: str
+    conversation_id: str
+    tweet_id: str | None
+    source: CorrectionSource
+    by: str
+    note: str | None = None
+    made_at: AwareDatetime
+    applied_at: AwareDatetime = Field(default_factory=utc_now)
+    outcome: Literal["rerouted", "relabelled", "unchanged", "recorded"] = Field(
+        description="rerouted: published again on the new department's topic; relabelled: "
+        "the urgency alone changed; unchanged: the labels were already right; recorded: "
+        "route no longer remembers the tweet (past the conversation TTL), kept for training"
+    )
+    department_before: Department | None = None
+    urgency_before: Urgency | None = None
+    department: Department | None = Field(description="After the correction")
+    urgency: Urgency | None = Field(description="After the correction")
+    model_version: str | None = Field(description="The model whose labels were corrected")
+    tweet: Tweet | None = None
 
 
 class ConversationDue(Event):
@@ -365,6 +462,34 @@ class Delivery(Event):
         "longer than notify.delivery.max_wait_s)",
     )
     trace: Trace
+
+
+# How notify names a conversation at a vendor, and how route's feedback webhooks find it again:
+# a Zendesk ticket's ``external_id``, a Jira issue's label (labels cannot hold ":").
+VENDOR_KEY_PREFIX = "switchboard:"
+VENDOR_LABEL_PREFIX = "sb-conversation-"
+
+
+def vendor_conversation_key(subscription: str, conversation_id: str) -> str:
+    return f"{VENDOR_KEY_PREFIX}{subscription}:{conversation_id}"
+
+
+def conversation_of_vendor_key(key: str) -> str | None:
+    """The conversation id in ``switchboard:<subscription>:<conversation id>``, else None."""
+    if not key.startswith(VENDOR_KEY_PREFIX):
+        return None
+    subscription, _, conversation_id = key[len(VENDOR_KEY_PREFIX) :].partition(":")
+    return conversation_id if subscription and conversation_id else None
+
+
+def vendor_conversation_label(conversation_id: str) -> str:
+    return VENDOR_LABEL_PREFIX + conversation_id
+
+
+def conversation_of_vendor_labels(labels: list[str]) -> str | None:
+    found = (str(label) for label in labels if str(label).startswith(VENDOR_LABEL_PREFIX))
+    label = next(found, None)
+    return label[len(VENDOR_LABEL_PREFIX) :] or None if label else None
 
 
 class RedriveRequest(Event):
@@ -484,6 +609,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ConversationState,
     ConversationDue,
     SpikeObservation,
+    CorrectionRequest,
+    Correction,
     Delivery,
     RedriveRequest,
     LedgerEntry,

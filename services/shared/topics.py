@@ -19,6 +19,10 @@ ROUTE_CONVERSATIONS = "switchboard.route.conversations"
 ROUTE_DUE = "switchboard.route.due"
 ROUTE_SPIKES = "switchboard.route.spikes"
 ALERTS = "switchboard.alerts"
+# Corrections by people, keyed by conversation id: asked for (route's feedback endpoints), and
+# applied by the conversation's owner (what training on feedback reads).
+FEEDBACK_REQUESTS = "switchboard.feedback.requests"
+FEEDBACK = "switchboard.feedback"
 DELIVERIES = "switchboard.notifications.deliveries"
 NOTIFICATIONS_DLQ = "switchboard.notifications.dlq"
 NOTIFICATIONS_REDRIVE = "switchboard.notifications.redrive"
@@ -55,6 +59,8 @@ ALL: tuple[str, ...] = (
     CLASSIFIED,
     *PRIMARY_TOPICS,
     ALERTS,
+    FEEDBACK_REQUESTS,
+    FEEDBACK,
     DELIVERIES,
     NOTIFICATIONS_DLQ,
     NOTIFICATIONS_REDRIVE,

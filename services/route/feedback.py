@@ -1,0 +1,374 @@
+"""Corrections: a person says where a tweet should have gone, and route acts on it.
+
+A correction arrives at any route replica, from the ops page or an authenticated
+``POST /feedback``, or from a ticketing system (a Zendesk ticket moved to another group, a Jira
+issue moved to another project, through their signed webhooks). The endpoint publishes a
+``CorrectionRequest`` keyed by conversation id on ``switchboard.feedback.requests``, which is
+co-partitioned with route's other inputs: the replica that owns the conversation applies it
+inside its partition's stream (``apply``), publishes the ``Correction`` on
+``switchboard.feedback`` once per correction id, re-publishes the tweet on the corrected
+department's topic, and the conversation's owner follows. Nothing here talks to Kafka or HTTP
+but ``feedback_router``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from switchboard.route import metrics
+from switchboard.route.config import JiraFeedback, ZendeskFeedback
+from switchboard.route.rules import URGENCY_RANK
+from switchboard.shared import topics
+from switchboard.shared.events import (
+    ConversationState,
+    Correction,
+    CorrectionRequest,
+    RecentTweet,
+    Tweet,
+    conversation_of_vendor_key,
+    conversation_of_vendor_labels,
+)
+from switchboard.shared.kafka import Output, publish
+from switchboard.shared.labels import Department, Urgency
+from switchboard.shared.settings import read_secret
+
+if TYPE_CHECKING:
+    from switchboard.route.service import RouteService
+
+log = logging.getLogger(__name__)
+
+REMEMBERED_CORRECTIONS = 32  # per conversation: a webhook retried within days is applied once
+MAX_WEBHOOK_BYTES = 1 << 20
+ZENDESK_PATH = "/feedback/zendesk"
+JIRA_PATH = "/feedback/jira"
+SELF_AUTHENTICATED = (ZENDESK_PATH, JIRA_PATH)  # signed by the vendor, not the admin token
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What a correction does to its conversation."""
+
+    correction: Correction
+    state: ConversationState | None  # the conversation after it; None: nothing to remember
+    recent: RecentTweet | None  # the tweet with its corrected labels, when route remembers it
+    escalate: bool  # its new urgency alerts and its old one did not
+
+
+def apply(
+    state: ConversationState | None,
+    request: CorrectionRequest,
+    now: datetime,
+    *,
+    sla_minutes: dict[Urgency, float],
+    alert_urgencies: list[Urgency],
+) -> Applied:
+    """The correction as the conversation's owner applies it (``state`` active or None)."""
+    tweet_id = request.tweet_id or (next(reversed(state.recent), None) if state else None)
+    recent = state.recent.get(tweet_id) if state is not None and tweet_id else None
+    if state is None or recent is None:  # past the TTL: kept for training, not re-routed
+        given = request.tweet if request.tweet and tweet_id in (None, request.tweet.id) else None
+        tweet_id = tweet_id or (given.id if given else None)
+        recorded = _correction(request, tweet_id, "recorded", None, given, now)
+        return Applied(recorded, None, None, False)
+    department = request.department or recent.department
+    urgency = request.urgency or recent.urgency
+    if (department, urgency) == (recent.department, recent.urgency):
+        outcome: Literal["rerouted", "relabelled", "unchanged"] = "unchanged"
+    else:
+        outcome = "rerouted" if department != recent.department else "relabelled"
+    corrected = recent.model_copy(update={"department": department, "urgency": urgency})
+    correction = _correction(request, tweet_id, outcome, recent, recent.tweet, now)
+    remembered = [*state.corrections, request.correction_id][-REMEMBERED_CORRECTIONS:]
+    if outcome == "unchanged":
+        return Applied(correction, state.model_copy(update={"corrections": remembered}), None,
+                       False)  # fmt: skip
+    tweets = {**state.recent, tweet_id: corrected}
+    new_state = state.model_copy(
+        update={
+            "department": department if outcome == "rerouted" else state.department,
+            "max_urgency": max((t.urgency for t in tweets.values()), key=URGENCY_RANK.get),
+            "awaiting": _awaiting(state, tweet_id, department, urgency, sla_minutes),
+            "recent": tweets,
+            "corrections": remembered,
+            "updated_at": now,
+        }
+    )
+    escalate = urgency in alert_urgencies and recent.urgency not in alert_urgencies
+    return Applied(correction, new_state, corrected, escalate)
+
+
+def _awaiting(
+    state: ConversationState,
+    tweet_id: str,
+    department: Department,
+    urgency: Urgency,
+    sla_minutes: dict[Urgency, float],
+) -> Any:
+    """The awaited reply follows its tweet's correction: its department, and its SLA when the
+    urgency changed (the clock still starts when the tweet arrived)."""
+    awaiting = state.awaiting
+    if awaiting is None or awaiting.tweet_id != tweet_id:
+        return awaiting
+    update: dict[str, Any] = {"department": department}
+    if urgency != awaiting.urgency:
+        minutes = sla_minutes.get(urgency)
+        update |= {
+            "urgency": urgency,
+            "due_at": awaiting.received_at + timedelta(minutes=minutes) if minutes else None,
+            "breach_alerted": False,
+        }
+    return awaiting.model_copy(update=update)
+
+
+def _correction(
+    request: CorrectionRequest,
+    tweet_id: str | None,
+    outcome: Literal["rerouted", "relabelled", "unchanged", "recorded"],
+    recent: RecentTweet | None,
+    tweet: Tweet | None,
+    now: datetime,
+) -> Correction:
+    return Correction(
+        correction_id=request.correction_id,
+        conversation_id=request.conversation_id,
+        tweet_id=tweet_id,
+        source=request.source,
+        by=request.by,
+        note=request.note,
+        made_at=request.made_at,
+        applied_at=now,
+        outcome=outcome,
+        department_before=recent.department if recent else None,
+        urgency_before=recent.urgency if recent else None,
+        department=request.department or (recent.department if recent else None),
+        urgency=request.urgency or (recent.urgency if recent else None),
+        model_version=recent.model_version if recent else None,
+        tweet=tweet,
+    )
+
+
+# --- the ticketing systems' webhooks ----------------------------------------------------------
+
+
+def zendesk_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """Zendesk's webhook signature: base64(HMAC-SHA256(timestamp + body))."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + body, hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def jira_signature(secret: str, body: bytes) -> str:
+    """Jira's admin-webhook signature (WebSub): ``sha256=`` and HMAC-SHA256(body) in hex."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def zendesk_request(payload: dict[str, Any], config: ZendeskFeedback) -> CorrectionRequest | str:
+    """The correction a Zendesk ticket event means, or why it means none."""
+    kind = payload.get("type")
+    detail = payload.get("detail") or {}
+    current = str((payload.get("event") or {}).get("current") or "")
+    conversation_id = conversation_of_vendor_key(str(detail.get("external_id") or ""))
+    if conversation_id is None:
+        return "not a ticket Switchboard opened"
+    labels: dict[str, Any]
+    if kind == "zen:event-type:ticket.group_assignment_changed":
+        department = config.groups.get(int(current)) if current.isdigit() else None
+        if department is None:
+            return f"group {current or '(none)'} is not one of route.feedback.zendesk.groups"
+        labels = {"department": department}
+    elif kind == "zen:event-type:ticket.priority_changed":
+        urgency = config.priorities.get(current.lower())
+        if urgency is None:
+            return f"priority {current or '(none)'} is not one of route.feedback.zendesk.priorities"
+        labels = {"urgency": urgency}
+    else:
+        return f"event {kind} is not a correction"
+    actor = detail.get("actor_id") or payload.get("actor_id") or "unknown"
+    return CorrectionRequest(
+        correction_id=f"zendesk:{payload.get('id') or _digest(payload)}",
+        conversation_id=conversation_id,
+        source="zendesk",
+        by=f"zendesk user {actor}",
+        note=f"ticket {detail.get('id')}",
+        made_at=_when(payload.get("time")),
+        **labels,
+    )
+
+
+def jira_request(
+    payload: dict[str, Any], config: JiraFeedback, delivery: str | None
+) -> CorrectionRequest | str:
+    """The correction a Jira ``issue_updated`` webhook means, or why it means none."""
+    if payload.get("webhookEvent") != "jira:issue_updated":
+        return f"event {payload.get('webhookEvent')} is not a correction"
+    issue = payload.get("issue") or {}
+    fields = issue.get("fields") or {}
+    conversation_id = conversation_of_vendor_labels(fields.get("labels") or [])
+    if conversation_id is None:
+        return "not an issue Switchboard opened"
+    items = (payload.get("changelog") or {}).get("items") or []
+    changed = {item.get("field"): item for item in items if isinstance(item, dict)}
+    labels: dict[str, Any] = {}
+    if "project" in changed:
+        key = (fields.get("project") or {}).get("key") or changed["project"].get("toString")
+        if (department := config.projects.get(str(key))) is None:
+            return f"project {key} is not one of route.feedback.jira.projects"
+        labels["department"] = department
+    if "priority" in changed:
+        name = changed["priority"].get("toString")
+        if (urgency := config.priorities.get(str(name))) is None:
+            return f"priority {name} is not one of route.feedback.jira.priorities"
+        labels["urgency"] = urgency
+    if not labels:
+        return "neither the project nor the priority changed"
+    user = payload.get("user") or {}
+    return CorrectionRequest(
+        correction_id=f"jira:{delivery or _digest(payload)}",
+        conversation_id=conversation_id,
+        source="jira",
+        by=f"jira user {user.get('displayName') or user.get('accountId') or 'unknown'}",
+        note=f"issue {issue.get('key')}",
+        made_at=_when(payload.get("timestamp")),
+        **labels,
+    )
+
+
+def _when(value: Any) -> datetime:
+    """A vendor's event time: ISO 8601 (Zendesk) or epoch milliseconds (Jira); now if neither."""
+    try:
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value / 1000, UTC)
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (TypeError, ValueError, OverflowError):
+        return datetime.now(UTC)
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+
+
+class FeedbackBody(BaseModel):
+    """``POST /feedback``: the tweet (or, without ``tweet_id``, the conversation's latest) and
+    what it should have been."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conversation_id: str = Field(min_length=1)
+    tweet_id: str | None = Field(default=None, min_length=1)
+    department: Department | None = None
+    urgency: Urgency | None = None
+    by: str = Field(min_length=1, max_length=200)
+    note: str | None = Field(default=None, max_length=2000)
+    correction_id: str | None = Field(
+        default=None, min_length=1, max_length=160,
+        description="Your idempotency key: the same correction sent twice is applied once",
+    )  # fmt: skip
+    source: Literal["ops", "api"] = "api"
+    tweet: Tweet | None = None
+
+
+def feedback_router(service: RouteService) -> APIRouter:
+    router = APIRouter()
+
+    async def accept(request: CorrectionRequest) -> dict[str, str]:
+        output = Output.of(topics.FEEDBACK_REQUESTS, request, request.conversation_id)
+        try:
+            failed = await publish(service.acks.sender, [output], service.name)  # type: ignore[arg-type]
+        except Exception as error:  # the broker is unreachable: the caller tries again
+            log.warning("correction not published: %s", error)
+            raise HTTPException(503, "the correction could not be published; try again") from None
+        if failed:
+            raise HTTPException(413, "the correction is too large to publish")
+        metrics.CORRECTIONS_RECEIVED.labels(request.source).inc()
+        return {"status": "accepted", "correction_id": request.correction_id}
+
+    @router.post("/feedback", status_code=202)
+    async def feedback(body: FeedbackBody) -> dict[str, str]:
+        fields = body.model_dump(exclude={"correction_id"}, exclude_none=True)
+        fields["correction_id"] = f"{body.source}:{body.correction_id or uuid.uuid4().hex}"
+        try:
+            return await accept(CorrectionRequest(**fields))
+        except ValidationError as error:
+            detail = error.errors(include_url=False, include_context=False)
+            raise HTTPException(422, detail) from None
+
+    @router.post(ZENDESK_PATH)
+    async def zendesk(request: Request) -> dict[str, str]:
+        config = service.config.route.feedback.zendesk
+        if config is None:
+            raise HTTPException(404, "route.feedback.zendesk is not configured")
+        body = await _body(request)
+        timestamp = request.headers.get("x-zendesk-webhook-signature-timestamp", "")
+        given = request.headers.get("x-zendesk-webhook-signature", "")
+        secret = read_secret(config.signing_secret, "route.feedback.zendesk.signing_secret")
+        expected = zendesk_signature(secret.get_secret_value(), timestamp, body)
+        if not timestamp or not hmac.compare_digest(given.encode(), expected.encode()):
+            return _refused("zendesk", "bad signature")
+        if datetime.now(UTC) - _when(timestamp) > timedelta(seconds=config.max_age_s):
+            return _refused("zendesk", "signature timestamp too old")
+        return await _then(accept, zendesk_request(_json(body), config), "zendesk")
+
+    @router.post(JIRA_PATH)
+    async def jira(request: Request) -> dict[str, str]:
+        config = service.config.route.feedback.jira
+        if config is None:
+            raise HTTPException(404, "route.feedback.jira is not configured")
+        body = await _body(request)
+        secret = read_secret(config.secret, "route.feedback.jira.secret")
+        expected = jira_signature(secret.get_secret_value(), body)
+        given = request.headers.get("x-hub-signature", "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return _refused("jira", "bad signature")
+        delivery = request.headers.get("x-atlassian-webhook-identifier")
+        return await _then(accept, jira_request(_json(body), config, delivery), "jira")
+
+    return router
+
+
+async def _then(accept: Any, meant: CorrectionRequest | str, source: str) -> dict[str, str]:
+    """Accept the correction; an event that is no correction is answered 200 (so the vendor
+    does not send it again) and counted."""
+    if isinstance(meant, str):
+        metrics.FEEDBACK_IGNORED.labels(source).inc()
+        log.info("webhook ignored", extra={"source": source, "why": meant})
+        return {"status": "ignored", "why": meant}
+    return await accept(meant)
+
+
+def _refused(source: str, why: str) -> Any:
+    metrics.FEEDBACK_REFUSED.labels(source).inc()
+    log.warning("webhook refused", extra={"source": source, "why": why})
+    raise HTTPException(401, why)
+
+
+async def _body(request: Request) -> bytes:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_WEBHOOK_BYTES:
+            raise HTTPException(413, "body too large")
+    return body
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise HTTPException(400, "the body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise HTTPException(400, "the body is not a JSON object")
+    return payload

@@ -1,0 +1,200 @@
+"""Corrections against the embedded broker: from the REST endpoint (as the ops page sends
+them), a Zendesk ticket moved to another group and a Jira issue moved to another project, each
+signed as the vendor signs it. Each reaches ``switchboard.feedback`` once, the tweet is
+published again on its corrected department's topic, and the conversation's next tweet follows
+its new owner."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+import yaml
+
+from switchboard.route.feedback import JIRA_PATH, ZENDESK_PATH, jira_signature, zendesk_signature
+from switchboard.route.service import RouteService
+from switchboard.route.settings import RouteSettings
+from switchboard.shared import topics
+from switchboard.shared.events import (
+    Correction,
+    RoutedTweet,
+    encode,
+    vendor_conversation_key,
+    vendor_conversation_label,
+)
+from tests.conftest import CONFIG_FILE, key_of, published, readable
+from tests.factories import a_classified_tweet
+from tests.integration.conftest import new_id
+
+TOKEN = "feedback-admin-token"
+ZENDESK_SECRET = "zendesk-signing-secret"
+JIRA_SECRET = "jira-webhook-secret"
+WATCHED = [topics.FEEDBACK, *topics.DEPARTMENT_TOPICS, topics.TRIAGE, topics.ALERTS]
+
+
+@pytest.fixture
+def settings(kafka, tmp_path, monkeypatch) -> RouteSettings:
+    monkeypatch.setenv("SB_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("SB_ZENDESK_HOOK", ZENDESK_SECRET)
+    monkeypatch.setenv("SB_JIRA_HOOK", JIRA_SECRET)
+    config = yaml.safe_load(CONFIG_FILE.read_text())
+    config["access"] = {"admin_token": {"env": "SB_ADMIN_TOKEN"}}
+    config["route"]["feedback"] = {
+        "zendesk": {"signing_secret": {"env": "SB_ZENDESK_HOOK"}, "groups": {4401: "legal"}},
+        "jira": {"secret": {"env": "SB_JIRA_HOOK"}, "projects": {"PR": "communications"}},
+    }
+    path = tmp_path / "switchboard.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return RouteSettings.load(config_file=path, kafka=kafka)
+
+
+async def post(service: RouteService, path: str, body: bytes, **headers: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=service.http_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://route") as client:
+        return await client.post(path, content=body, headers={"content-type": "application/json",
+                                                               **headers})  # fmt: skip
+
+
+async def route_tweets(producer, *events) -> None:
+    for event in events:
+        key = event.tweet.conversation_id.encode()
+        await producer.send_and_wait(topics.CLASSIFIED, encode(event), key=key)
+
+
+def on_topic(records, topic: str, conversation: str) -> list[RoutedTweet]:
+    return [e for r, e in readable(records, RoutedTweet)
+            if r.topic == topic and key_of(r) == conversation]  # fmt: skip
+
+
+def corrections(records, conversation: str) -> list[Correction]:
+    return [c for c in published(records, topics.FEEDBACK, Correction)
+            if c.conversation_id == conversation]  # fmt: skip
+
+
+async def test_a_correction_from_the_api_reroutes_once_and_the_owner_follows(
+    settings, producer, read, running
+):
+    conversation = new_id()
+    first = a_classified_tweet("sales", 0.9, "normal", id=f"{conversation}-1",
+                               conversation_id=conversation)  # fmt: skip
+    service = RouteService(settings)
+    async with running(service):
+        await route_tweets(producer, first)
+        await read(WATCHED, lambda rs: on_topic(rs, "switchboard.dept.sales", conversation))
+        body = json.dumps({"conversation_id": conversation, "tweet_id": first.tweet.id,
+                           "department": "customer_service", "by": "ana (ops)",
+                           "source": "ops", "correction_id": "k-1"}).encode()  # fmt: skip
+        anonymous = await post(service, "/feedback", body)
+        assert anonymous.status_code == 401  # the admin token is required
+        for _ in range(2):  # sent twice (a retry): applied once
+            answer = await post(service, "/feedback", body, authorization=f"Bearer {TOKEN}")
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["correction_id"] == "ops:k-1"
+        # the conversation's next tweet, which the model calls sales again
+        follow_up = a_classified_tweet("sales", 0.6, "normal", id=f"{conversation}-2",
+                                       conversation_id=conversation)  # fmt: skip
+        await read(WATCHED, lambda rs: corrections(rs, conversation))
+        await route_tweets(producer, follow_up)
+        records = await read(
+            WATCHED,
+            lambda rs: any(e.tweet.id == follow_up.tweet.id
+                           for e in on_topic(rs, "switchboard.dept.customer_service",
+                                             conversation)),  # fmt: skip
+        )
+        settle = await read(WATCHED, lambda rs: False, timeout_s=1.0)  # nothing more comes
+    applied = corrections(settle, conversation)
+    assert len(applied) == 1, applied
+    c = applied[0]
+    assert (c.outcome, c.department_before, c.department, c.by, c.source) == (
+        "rerouted", "sales", "customer_service", "ana (ops)", "ops")  # fmt: skip
+    assert c.tweet is not None and c.tweet.text == first.tweet.text
+    assert c.model_version == first.classification.model_version
+    moved = on_topic(records, "switchboard.dept.customer_service", conversation)
+    again = [e for e in moved if e.tweet.id == first.tweet.id]
+    assert len(again) == 1 and again[0].correction is not None
+    assert again[0].correction.department_before == "sales"
+    assert again[0].classification.department == "customer_service"
+    follow = next(e for e in moved if e.tweet.id == follow_up.tweet.id)
+    assert follow.route.owner == "conversation"  # the owner followed the correction
+    assert len(on_topic(settle, "switchboard.dept.sales", conversation)) == 1  # only the first
+
+
+async def test_a_zendesk_ticket_moved_to_another_group_corrects_its_conversation(
+    settings, producer, read, running
+):
+    conversation = new_id()
+    tweet = a_classified_tweet("customer_service", 0.9, "high", id=f"{conversation}-1",
+                               conversation_id=conversation)  # fmt: skip
+    event = {
+        "type": "zen:event-type:ticket.group_assignment_changed",
+        "id": f"zd-{conversation}",
+        "time": datetime.now(UTC).isoformat(),
+        "detail": {"id": "88", "actor_id": "9001",
+                   "external_id": vendor_conversation_key("support-zendesk", conversation)},
+        "event": {"current": "4401", "previous": "4400"},
+    }  # fmt: skip
+    body = json.dumps(event).encode()
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    service = RouteService(settings)
+    async with running(service):
+        await route_tweets(producer, tweet)
+        await read(WATCHED, lambda rs: on_topic(rs, "switchboard.dept.customer_service",
+                                                conversation))  # fmt: skip
+        forged = await post(service, ZENDESK_PATH, body,
+                            **{"x-zendesk-webhook-signature": "bm90IGl0",
+                               "x-zendesk-webhook-signature-timestamp": stamp})  # fmt: skip
+        assert forged.status_code == 401
+        signed = {"x-zendesk-webhook-signature": zendesk_signature(ZENDESK_SECRET, stamp, body),
+                  "x-zendesk-webhook-signature-timestamp": stamp}  # fmt: skip
+        for _ in range(2):  # Zendesk retries a delivery it thinks failed: the same event id
+            answer = await post(service, ZENDESK_PATH, body, **signed)
+            assert answer.status_code == 200 and answer.json()["status"] == "accepted"
+        await read(WATCHED, lambda rs: on_topic(rs, "switchboard.dept.legal", conversation))
+        records = await read(WATCHED, lambda rs: False, timeout_s=1.0)
+    applied = corrections(records, conversation)
+    assert [(c.source, c.department_before, c.department, c.tweet_id) for c in applied] == [
+        ("zendesk", "customer_service", "legal", tweet.tweet.id)]  # fmt: skip
+    assert len(on_topic(records, "switchboard.dept.legal", conversation)) == 1
+
+
+async def test_a_jira_issue_moved_to_another_project_corrects_its_conversation(
+    settings, producer, read, running
+):
+    conversation = new_id()
+    tweet = a_classified_tweet("marketing", 0.9, "normal", id=f"{conversation}-1",
+                               conversation_id=conversation)  # fmt: skip
+    event = {
+        "timestamp": int(datetime.now(UTC).timestamp() * 1000),
+        "webhookEvent": "jira:issue_updated",
+        "user": {"accountId": "5b10a2844c20165700ede21g", "displayName": "Mia Krystof"},
+        "issue": {"id": "10002", "key": "PR-7",
+                  "fields": {"project": {"key": "PR"},
+                             "labels": ["switchboard", vendor_conversation_label(conversation)]}},
+        "changelog": {"items": [{"field": "project", "fromString": "Marketing",
+                                 "toString": "Press"},
+                                {"field": "priority", "fromString": "Medium",
+                                 "toString": "Highest"}]},
+    }  # fmt: skip
+    body = json.dumps(event).encode()
+    service = RouteService(settings)
+    async with running(service):
+        await route_tweets(producer, tweet)
+        await read(WATCHED, lambda rs: on_topic(rs, "switchboard.dept.marketing", conversation))
+        forged = await post(service, JIRA_PATH, body, **{"x-hub-signature": "sha256=00"})
+        assert forged.status_code == 401
+        signed = {"x-hub-signature": jira_signature(JIRA_SECRET, body),
+                  "x-atlassian-webhook-identifier": f"jira-{conversation}"}  # fmt: skip
+        answer = await post(service, JIRA_PATH, body, **signed)
+        assert answer.status_code == 200 and answer.json()["status"] == "accepted"
+        records = await read(
+            WATCHED,
+            lambda rs: on_topic(rs, "switchboard.dept.communications", conversation)
+            and any(r.topic == topics.ALERTS and key_of(r) == conversation for r in rs),
+        )
+    (applied,) = corrections(records, conversation)
+    assert (applied.source, applied.department, applied.urgency) == (
+        "jira", "communications", "critical")  # fmt: skip
+    (moved,) = on_topic(records, "switchboard.dept.communications", conversation)
+    assert moved.route.escalated and moved.classification.urgency == "critical"

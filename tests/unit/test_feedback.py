@@ -1,0 +1,234 @@
+"""Corrections (pure): what a correction does to its conversation, and what the ticketing
+systems' webhooks mean (route/feedback.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from switchboard.route.config import JiraFeedback, ZendeskFeedback
+from switchboard.route.feedback import (
+    apply,
+    jira_request,
+    jira_signature,
+    zendesk_request,
+    zendesk_signature,
+)
+from switchboard.shared.events import (
+    AwaitingReply,
+    ConversationState,
+    CorrectionRequest,
+    RecentTweet,
+    conversation_of_vendor_key,
+    conversation_of_vendor_labels,
+    vendor_conversation_key,
+    vendor_conversation_label,
+)
+from switchboard.shared.labels import Department, Urgency
+from tests.factories import a_tweet
+
+NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+SLA = {Urgency.CRITICAL: 30.0, Urgency.HIGH: 240.0, Urgency.NORMAL: 1440.0, Urgency.LOW: 10080.0}
+ALERTING = [Urgency.CRITICAL]
+
+
+def recent(tweet_id: str, department: str, urgency: str) -> RecentTweet:
+    return RecentTweet(
+        tweet=a_tweet(id=tweet_id, conversation_id="c-1"),
+        department=Department(department),
+        urgency=Urgency(urgency),
+        model_version="minilm-real-v2",
+        ingested_at=NOW - timedelta(minutes=10),
+    )
+
+
+def conversation(*tweets: RecentTweet, awaiting: str | None = None) -> ConversationState:
+    first = tweets[0]
+    waiting = None
+    if awaiting is not None:
+        waiting = AwaitingReply(
+            tweet_id=awaiting, handle="acme", department=first.department,
+            urgency=first.urgency, received_at=NOW - timedelta(minutes=10),
+            due_at=NOW + timedelta(hours=23), tweet=first.tweet,
+        )  # fmt: skip
+    return ConversationState(
+        conversation_id="c-1",
+        department=tweets[-1].department,
+        max_urgency=max((t.urgency for t in tweets), key=list(reversed(Urgency)).index),
+        tweets=len(tweets),
+        updated_at=NOW - timedelta(minutes=5),
+        awaiting=waiting,
+        recent={t.tweet.id: t for t in tweets},
+    )
+
+
+def request(**fields: object) -> CorrectionRequest:
+    values: dict[str, object] = dict(
+        correction_id="api:1", conversation_id="c-1", source="api", by="ana", made_at=NOW
+    )
+    return CorrectionRequest(**{**values, **fields})
+
+
+def applied(state: ConversationState | None, **fields: object):
+    return apply(state, request(**fields), NOW, sla_minutes=SLA, alert_urgencies=ALERTING)
+
+
+def test_a_new_department_reroutes_the_tweet_and_the_conversation_follows():
+    state = conversation(recent("t-1", "sales", "normal"), awaiting="t-1")
+    result = applied(state, tweet_id="t-1", department="legal")
+    c = result.correction
+    assert (c.outcome, c.department_before, c.department) == ("rerouted", "sales", "legal")
+    assert (c.urgency_before, c.urgency, c.model_version) == ("normal", "normal", "minilm-real-v2")
+    assert c.tweet is not None and c.tweet.id == "t-1" and c.by == "ana"
+    assert result.state is not None and result.state.department is Department.LEGAL
+    assert result.state.awaiting is not None
+    assert result.state.awaiting.department is Department.LEGAL
+    assert result.state.recent["t-1"].department is Department.LEGAL
+    assert result.state.corrections == ["api:1"] and result.state.updated_at == NOW
+    assert result.recent is not None and not result.escalate
+
+
+def test_without_a_tweet_id_the_conversations_latest_tweet_is_corrected():
+    state = conversation(recent("t-1", "sales", "normal"), recent("t-2", "sales", "low"))
+    result = applied(state, department="customer_service")
+    assert result.correction.tweet_id == "t-2"
+    assert result.state is not None and result.state.recent["t-1"].department is Department.SALES
+
+
+def test_raising_the_urgency_to_critical_escalates_and_restarts_the_sla_clock():
+    state = conversation(recent("t-1", "it_security", "normal"), awaiting="t-1")
+    result = applied(state, tweet_id="t-1", urgency="critical")
+    assert result.correction.outcome == "relabelled" and result.escalate
+    assert result.state is not None and result.state.max_urgency is Urgency.CRITICAL
+    awaiting = result.state.awaiting
+    assert awaiting is not None and awaiting.urgency is Urgency.CRITICAL
+    assert awaiting.due_at == NOW - timedelta(minutes=10) + timedelta(minutes=30)
+    assert result.state.department is Department.IT_SECURITY  # the owner stays
+
+
+def test_lowering_the_urgency_lowers_the_conversations_highest():
+    state = conversation(recent("t-1", "communications", "critical"))
+    result = applied(state, tweet_id="t-1", urgency="low")
+    assert result.state is not None and result.state.max_urgency is Urgency.LOW
+    assert not result.escalate
+
+
+def test_a_correction_to_what_it_already_was_is_recorded_as_unchanged():
+    state = conversation(recent("t-1", "legal", "high"))
+    result = applied(state, tweet_id="t-1", department="legal", urgency="high")
+    assert result.correction.outcome == "unchanged" and result.recent is None
+    assert result.state is not None and result.state.corrections == ["api:1"]
+    assert result.state.recent == state.recent
+
+
+def test_a_tweet_route_no_longer_remembers_is_recorded_for_training_only():
+    tweet = a_tweet(id="old-1", conversation_id="c-1", text="my bill is wrong")
+    result = applied(None, tweet_id="old-1", department="legal", tweet=tweet)
+    c = result.correction
+    assert (c.outcome, c.tweet, c.department, c.department_before) == (
+        "recorded", tweet, "legal", None)  # fmt: skip
+    assert result.state is None and result.recent is None
+    assert applied(None, tweet_id="old-2", department="legal", tweet=tweet).correction.tweet is None
+
+
+def test_a_request_must_say_what_is_right():
+    with pytest.raises(ValueError, match="department, an urgency or both"):
+        request(tweet_id="t-1")
+
+
+def test_vendor_keys_name_the_conversation_both_ways():
+    key = vendor_conversation_key("legal-zendesk", "1790000000000000001")
+    assert conversation_of_vendor_key(key) == "1790000000000000001"
+    assert conversation_of_vendor_key("somebody-else:1") is None
+    labels = ["switchboard", "sb-1234", vendor_conversation_label("42")]
+    assert conversation_of_vendor_labels(labels) == "42"
+    assert conversation_of_vendor_labels(["switchboard"]) is None
+
+
+ZENDESK = ZendeskFeedback(signing_secret={"env": "ZD_HOOK"}, groups={360001: "legal"})
+JIRA = JiraFeedback(secret={"env": "JIRA_HOOK"}, projects={"LEG": "legal"})
+
+
+def zendesk_event(kind: str, current: str, external_id: str | None = None) -> dict:
+    """The shape of a Zendesk ticket event webhook."""
+    return {
+        "type": f"zen:event-type:ticket.{kind}",
+        "account_id": 1,
+        "id": "cbe4028c-7239-495d-b020-d78b8ce6a6f0",
+        "time": "2026-12-04T11:59:00Z",
+        "zendesk_event_version": "2022-11-06",
+        "subject": "zen:ticket:35",
+        "detail": {"id": "35", "actor_id": "9001",
+                   "external_id": external_id or vendor_conversation_key("support", "c-1")},
+        "event": {"current": current, "previous": "360002"},
+    }  # fmt: skip
+
+
+def test_a_zendesk_ticket_moved_to_a_mapped_group_corrects_its_conversation():
+    meant = zendesk_request(zendesk_event("group_assignment_changed", "360001"), ZENDESK)
+    assert isinstance(meant, CorrectionRequest)
+    assert (meant.conversation_id, meant.department, meant.urgency) == ("c-1", "legal", None)
+    assert meant.correction_id == "zendesk:cbe4028c-7239-495d-b020-d78b8ce6a6f0"
+    assert meant.source == "zendesk" and "9001" in meant.by and meant.tweet_id is None
+    priority = zendesk_request(zendesk_event("priority_changed", "urgent"), ZENDESK)
+    assert isinstance(priority, CorrectionRequest) and priority.urgency is Urgency.CRITICAL
+
+
+@pytest.mark.parametrize(
+    ("event", "why"),
+    [
+        (zendesk_event("group_assignment_changed", "777"), "group 777 is not one"),
+        (zendesk_event("group_assignment_changed", "360001", "their-own-key"), "not a ticket"),
+        (zendesk_event("status_changed", "solved"), "is not a correction"),
+    ],
+)
+def test_a_zendesk_event_that_is_no_correction_says_why(event, why):
+    meant = zendesk_request(event, ZENDESK)
+    assert isinstance(meant, str) and why in meant
+
+
+def jira_event(items: list[dict], project: str = "LEG", labels: list[str] | None = None) -> dict:
+    """The shape of Jira's ``jira:issue_updated`` webhook."""
+    return {
+        "timestamp": 1796385540000,
+        "webhookEvent": "jira:issue_updated",
+        "issue_event_type_name": "issue_moved",
+        "user": {"accountId": "5b10a2844c20165700ede21g", "displayName": "Mia Krystof"},
+        "issue": {"id": "10002", "key": f"{project}-7",
+                  "fields": {"project": {"key": project},
+                             "labels": labels or ["switchboard", vendor_conversation_label("c-9")]}},
+        "changelog": {"id": "10101", "items": items},
+    }  # fmt: skip
+
+
+MOVED = {"field": "project", "fieldtype": "jira", "from": "10000", "fromString": "Support",
+         "to": "10001", "toString": "Legal"}  # fmt: skip
+
+
+def test_a_jira_issue_moved_to_a_mapped_project_corrects_its_conversation():
+    priority = {"field": "priority", "fromString": "Medium", "toString": "Highest"}
+    meant = jira_request(jira_event([MOVED, priority]), JIRA, "delivery-1")
+    assert isinstance(meant, CorrectionRequest)
+    assert (meant.conversation_id, meant.department, meant.urgency) == ("c-9", "legal",
+                                                                        "critical")  # fmt: skip
+    assert meant.correction_id == "jira:delivery-1" and meant.by == "jira user Mia Krystof"
+    assert meant.made_at == datetime.fromtimestamp(1796385540, UTC)
+
+
+def test_a_jira_update_that_is_no_correction_says_why():
+    assert "not one of" in jira_request(jira_event([MOVED], project="OPS"), JIRA, None)
+    summary = {"field": "summary", "fromString": "a", "toString": "b"}
+    assert "neither" in jira_request(jira_event([summary]), JIRA, None)
+    assert "not an issue" in jira_request(jira_event([MOVED], labels=["x"]), JIRA, None)
+
+
+def test_signatures_are_the_vendors_own():
+    # Zendesk: base64(HMAC-SHA256(timestamp + body)); Jira: "sha256=" + hex HMAC-SHA256(body).
+    # The expected values were computed with openssl (`openssl dgst -sha256 -hmac s3cret`).
+    assert zendesk_signature("s3cret", "2026-12-04T12:00:00Z", b'{"a":1}') == (
+        "Ra03tjgFTTf0/tUtZwHEjPO7kr+Ydow4O8wzKQymXvM="
+    )
+    assert jira_signature("s3cret", b'{"a":1}') == (
+        "sha256=5910e62016ef5034272c926c27071992a465c2335cecf41851bda071577f4f6d"
+    )
