@@ -11,7 +11,9 @@ from prometheus_client import Counter, Histogram
 from switchboard.shared.metrics import LATENCY_BUCKETS
 
 TWEETS_CLASSIFIED = Counter(
-    "switchboard_tweets_classified_total", "Tweets labelled", ["department", "urgency"]
+    "switchboard_tweets_classified_total",
+    "Tweets labelled, by the model version that labelled them",
+    ["department", "urgency", "model_version"],
 )
 INFERENCE_SECONDS = Histogram(
     "switchboard_inference_seconds",

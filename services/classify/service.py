@@ -143,7 +143,8 @@ class ClassifyService:
             metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
             for event, prediction in zip(events, predictions, strict=True):
                 result = classified(event, prediction, self.model)
-                metrics.TWEETS_CLASSIFIED.labels(prediction.department, prediction.urgency).inc()
+                c = result.classification
+                metrics.TWEETS_CLASSIFIED.labels(c.department, c.urgency, c.model_version).inc()
                 shared_metrics.E2E_LATENCY.labels("classified").observe(
                     (result.trace.classified_at - result.trace.ingested_at).total_seconds()
                 )

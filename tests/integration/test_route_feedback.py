@@ -6,6 +6,7 @@ its new owner."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 
@@ -13,18 +14,21 @@ import httpx
 import pytest
 import yaml
 
+from switchboard.notify.service import NotifyService
+from switchboard.notify.settings import NotifySettings, SmtpSettings
 from switchboard.route.feedback import JIRA_PATH, ZENDESK_PATH, jira_signature, zendesk_signature
 from switchboard.route.service import RouteService
 from switchboard.route.settings import RouteSettings
 from switchboard.shared import topics
 from switchboard.shared.events import (
     Correction,
+    Delivery,
     RoutedTweet,
     encode,
     vendor_conversation_key,
     vendor_conversation_label,
 )
-from tests.conftest import CONFIG_FILE, key_of, published, readable
+from tests.conftest import CONFIG_FILE, key_of, published, readable, wait_for
 from tests.factories import a_classified_tweet
 from tests.integration.conftest import new_id
 
@@ -99,9 +103,10 @@ async def test_a_correction_from_the_api_reroutes_once_and_the_owner_follows(
         await route_tweets(producer, follow_up)
         records = await read(
             WATCHED,
-            lambda rs: any(e.tweet.id == follow_up.tweet.id
-                           for e in on_topic(rs, "switchboard.dept.customer_service",
-                                             conversation)),  # fmt: skip
+            lambda rs: any(
+                e.tweet.id == follow_up.tweet.id
+                for e in on_topic(rs, "switchboard.dept.customer_service", conversation)
+            ),  # fmt: skip
         )
         settle = await read(WATCHED, lambda rs: False, timeout_s=1.0)  # nothing more comes
     applied = corrections(settle, conversation)
@@ -190,11 +195,54 @@ async def test_a_jira_issue_moved_to_another_project_corrects_its_conversation(
         assert answer.status_code == 200 and answer.json()["status"] == "accepted"
         records = await read(
             WATCHED,
-            lambda rs: on_topic(rs, "switchboard.dept.communications", conversation)
-            and any(r.topic == topics.ALERTS and key_of(r) == conversation for r in rs),
+            lambda rs: (
+                on_topic(rs, "switchboard.dept.communications", conversation)
+                and any(r.topic == topics.ALERTS and key_of(r) == conversation for r in rs)
+            ),
         )
     (applied,) = corrections(records, conversation)
     assert (applied.source, applied.department, applied.urgency) == (
         "jira", "communications", "critical")  # fmt: skip
     (moved,) = on_topic(records, "switchboard.dept.communications", conversation)
     assert moved.route.escalated and moved.classification.urgency == "critical"
+
+
+async def test_notify_delivers_a_corrected_tweet_to_its_new_department_once(
+    settings, kafka, producer, read, running, inbox
+):
+    """The tweet went to sales (no subscription there); corrected to legal, the legal team's
+    email goes out once, though the correction was sent twice and confirmed by another."""
+    conversation = new_id()
+    text = f"@SkylarkAir your fare terms breach consumer law {conversation}"
+    tweet = a_classified_tweet("sales", 0.9, "normal", id=f"{conversation}-1",
+                               conversation_id=conversation, text=text)  # fmt: skip
+    smtp = SmtpSettings(host="127.0.0.1", port=inbox.port)
+    notify = NotifyService(NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka, smtp=smtp))
+    route = RouteService(settings)
+
+    def ours() -> list:
+        return [m for m in inbox.messages()
+                if conversation in m.get_body(("plain",)).get_content()]  # fmt: skip
+
+    async with running(route), running(notify):
+        await route_tweets(producer, tweet)
+        await read(WATCHED, lambda rs: on_topic(rs, "switchboard.dept.sales", conversation))
+        for key, by in (("k-1", "ana"), ("k-1", "ana"), ("k-2", "ben")):
+            body = json.dumps({"conversation_id": conversation, "tweet_id": tweet.tweet.id,
+                               "department": "legal", "by": by,
+                               "correction_id": key}).encode()  # fmt: skip
+            answer = await post(route, "/feedback", body, authorization=f"Bearer {TOKEN}")
+            assert answer.status_code == 202
+        records = await read(
+            [topics.FEEDBACK, topics.DELIVERIES],
+            lambda rs: len(corrections(rs, conversation)) >= 2
+            and any(key_of(r) == conversation for r in rs if r.topic == topics.DELIVERIES),
+        )
+        await wait_for(lambda: bool(ours()))
+        await asyncio.sleep(2.0)  # time for a second email, were one to come
+    assert [c.outcome for c in corrections(records, conversation)] == ["rerouted", "unchanged"]
+    (email,) = ours()
+    assert "legal@switchboard.example" in email["To"]
+    deliveries = [d for d in published(records, topics.DELIVERIES, Delivery)
+                  if d.conversation_id == conversation]  # fmt: skip
+    assert {(d.target, d.outcome) for d in deliveries} == {("legal-team", "delivered")}

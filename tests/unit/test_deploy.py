@@ -100,6 +100,14 @@ def test_the_image_holds_the_runtime_install_and_the_int8_model_built_at_build_t
     assert "SWITCHBOARD_ONNX_DIR=/opt/switchboard/onnx" in dockerfile
 
 
+def test_the_alert_rules_fire_when_their_tests_say(tmp_path):
+    """``promtool test rules`` on deploy/prometheus/tests: series in, alerts expected out."""
+    for rule_test in sorted((DEPLOY / "prometheus" / "tests").glob("*.test.yml")):
+        tested = subprocess.run(["promtool", "test", "rules", rule_test.name],
+                                cwd=rule_test.parent, capture_output=True, text=True)  # fmt: skip
+        assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
 def test_promtool_accepts_the_alert_rules_and_the_prometheus_config(tmp_path):
     rules = DEPLOY / "prometheus" / "alerts.yml"
     checked = subprocess.run(

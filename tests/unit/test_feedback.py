@@ -190,6 +190,7 @@ def test_a_zendesk_event_that_is_no_correction_says_why(event, why):
 
 def jira_event(items: list[dict], project: str = "LEG", labels: list[str] | None = None) -> dict:
     """The shape of Jira's ``jira:issue_updated`` webhook."""
+    labels = labels or ["switchboard", vendor_conversation_label("c-9")]
     return {
         "timestamp": 1796385540000,
         "webhookEvent": "jira:issue_updated",
@@ -197,7 +198,7 @@ def jira_event(items: list[dict], project: str = "LEG", labels: list[str] | None
         "user": {"accountId": "5b10a2844c20165700ede21g", "displayName": "Mia Krystof"},
         "issue": {"id": "10002", "key": f"{project}-7",
                   "fields": {"project": {"key": project},
-                             "labels": labels or ["switchboard", vendor_conversation_label("c-9")]}},
+                             "labels": labels}},
         "changelog": {"id": "10101", "items": items},
     }  # fmt: skip
 
