@@ -34,6 +34,7 @@ from switchboard.shared.events import (
     AwaitingReply,
     Classification,
     ConversationState,
+    RecentTweet,
     RouteDecision,
     Tweet,
     encode,
@@ -69,9 +70,12 @@ def a_conversation(number: int, now: datetime) -> ConversationState:
         received_at=now, due_at=now + timedelta(hours=4), tweet=tweet,
         classification=classification,
     )  # fmt: skip
+    recent = RecentTweet(tweet=tweet, department=department, urgency=urgency,
+                         model_version=classification.model_version, ingested_at=now)  # fmt: skip
     return ConversationState(
         conversation_id=conversation_id, department=department, max_urgency=urgency, tweets=1,
         updated_at=now, awaiting=awaiting, routed={tweet.id: decision},
+        recent={tweet.id: recent},
     )  # fmt: skip
 
 
