@@ -38,6 +38,11 @@ class ClassifyConfig(Section):
         default="onnx-int8",
         description="onnx-int8: ONNX Runtime, int8 weights, about 3.5x torch; torch: fp32",
     )
+    reload_interval_s: float = Field(
+        default=2.0, gt=0,
+        description="How often classify checks the YAML file: a new artifact (or runtime) is "
+        "loaded beside the one serving and takes over between two batches, without a restart",
+    )  # fmt: skip
 
 
 class ClassifyFileConfig(SharedConfig):

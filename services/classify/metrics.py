@@ -6,7 +6,7 @@ latency) are in ``switchboard.shared.metrics``.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from switchboard.shared.metrics import LATENCY_BUCKETS
 
@@ -19,4 +19,25 @@ INFERENCE_SECONDS = Histogram(
     "switchboard_inference_seconds",
     "Model time per inference batch",
     buckets=LATENCY_BUCKETS,
+)
+MODEL = Gauge(
+    "switchboard_model_info",
+    "1 for the model version this classify serves (live) or labels in shadow with (shadow)",
+    ["model_version", "role"],
+)
+MODEL_RELOADS = Counter(
+    "switchboard_model_reloads_total",
+    "Changes of classify.artifact applied without a restart, by outcome (applied, failed)",
+    ["outcome"],
+)
+SHADOW_LABELLED = Counter(
+    "switchboard_tweets_shadow_labelled_total",
+    "Tweets a shadow classify labelled into switchboard.tweets.shadow",
+    ["model_version"],
+)
+SHADOW_COMPARED = Counter(
+    "switchboard_shadow_compared_total",
+    "Tweets labelled by both the live model and the shadow candidate, by head and agreement "
+    '(agreement rate: agreed="true" over all)',
+    ["live", "candidate", "head", "agreed"],
 )

@@ -4,37 +4,60 @@ Consumes ``switchboard.tweets.raw`` in micro-batches (``classify.batch_size`` tw
 ``classify.batch_timeout_ms``), runs the model once per batch in a worker thread so the event loop
 keeps serving health checks and heartbeats, and publishes ClassifiedTweets on
 ``switchboard.tweets.classified`` keyed by conversation id.
+
+The model is chosen by ``classify.artifact`` and changed without a restart: when the YAML file
+names another artifact (or runtime), the new model is loaded and warmed beside the one serving,
+and takes over between two batches; a batch in flight finishes on the model it started with, and
+every tweet names the version that labelled it. Rollback is the same edit. With ``--shadow``,
+classify serves a candidate artifact in a consumer group of its own and writes
+``switchboard.tweets.shadow`` instead, which nothing routes, and counts how often its labels agree
+with the live model's (shadow.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
 
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from switchboard.classify import metrics
+from switchboard.classify.config import ClassifyConfig
 from switchboard.classify.language import detect
 from switchboard.classify.model import Prediction, TweetClassifier
 from switchboard.classify.settings import ClassifySettings
+from switchboard.classify.shadow import Labels, ShadowComparison
 from switchboard.shared import metrics as shared_metrics
 from switchboard.shared import topics
-from switchboard.shared.events import Classification, ClassifiedTweet, RawTweet, utc_now
+from switchboard.shared.events import (
+    Classification,
+    ClassifiedTweet,
+    DecodeError,
+    RawTweet,
+    decode,
+    utc_now,
+)
 from switchboard.shared.kafka import (
     Output,
     StreamLoop,
+    client_options,
     decode_or_dead_letter,
     ensure_topics,
     make_consumer,
     make_producer,
 )
 from switchboard.shared.runtime import run_service
+from switchboard.shared.settings import ConfigError, file_digest
 
 log = logging.getLogger(__name__)
 
 GROUP_ID = "switchboard-classify"
+SHADOW_GROUP_ID = "switchboard-classify-shadow"
+# What a model is built from: a change of any of these in the YAML file loads a new model.
+MODEL_OPTIONS = ("artifact", "backbone", "max_length", "threads", "runtime", "bucket_size")
 
 
 def classified(event: RawTweet, prediction: Prediction, model: TweetClassifier) -> ClassifiedTweet:
@@ -54,6 +77,24 @@ def classified(event: RawTweet, prediction: Prediction, model: TweetClassifier) 
     return ClassifiedTweet(tweet=event.tweet, classification=classification, trace=trace)
 
 
+def load_model(
+    options: ClassifyConfig, artifact: str | None, onnx_dir: Path | None
+) -> TweetClassifier:
+    """The model ``options`` describe, warmed up: its first forward pass is several times
+    slower than the rest, paid before it serves."""
+    model = TweetClassifier.load(
+        artifact,
+        Path(options.backbone) if options.backbone else None,
+        options.max_length,
+        options.threads,
+        options.runtime,
+        options.bucket_size,
+        onnx_dir,
+    )
+    model.predict(["warm-up"])
+    return model
+
+
 class ClassifyService:
     name = "classify"
 
@@ -61,10 +102,13 @@ class ClassifyService:
         self.settings = settings
         self.options = settings.config.classify
         self.model = model
-        self.producer = make_producer(settings.kafka, client_id="switchboard-classify")
-        self.consumer = make_consumer(
-            settings.kafka, [topics.RAW], GROUP_ID, "switchboard-classify"
-        )
+        self.shadow = settings.shadow
+        self.output_topic = topics.SHADOW if self.shadow else topics.CLASSIFIED
+        group = SHADOW_GROUP_ID if self.shadow else GROUP_ID
+        self.producer = make_producer(settings.kafka, client_id=group)
+        self.consumer = make_consumer(settings.kafka, [topics.RAW], group, group)
+        self.comparison = ShadowComparison() if self.shadow else None
+        self._config_digest = file_digest(settings.config_file)
         self._ready = False
 
     @property
@@ -74,21 +118,12 @@ class ClassifyService:
     async def start(self) -> None:
         if self.model is None:
             self.model = await asyncio.to_thread(
-                TweetClassifier.load,
-                self.options.artifact,
-                Path(self.options.backbone) if self.options.backbone else None,
-                self.options.max_length,
-                self.options.threads,
-                self.options.runtime,
-                self.options.bucket_size,
-                self.settings.onnx_dir,
+                load_model, self.options, self.settings.artifact, self.settings.onnx_dir
             )
-            # The first forward pass is several times slower than the rest; pay it before ready.
-            await asyncio.to_thread(self.model.predict, ["warm-up"])
         self.announce_model()
         await ensure_topics(
             self.settings.kafka,
-            [topics.RAW, topics.CLASSIFIED, topics.DEADLETTER],
+            [topics.RAW, self.output_topic, topics.DEADLETTER],
             self.settings.config.topics.partitions,
             self.settings.config.topics.replication_factor,
         )
@@ -101,8 +136,12 @@ class ClassifyService:
         know whether this deployment may be used commercially."""
         assert self.model is not None
         licence = self.model.licence
+        role = "shadow" if self.shadow else "live"
+        metrics.MODEL.clear()
+        metrics.MODEL.labels(self.model.version, role).set(1)
         log.info(
-            "model %s, licence %s: %s",
+            "%s model %s, licence %s: %s",
+            role,
             self.model.version,
             licence["spdx"],
             licence["terms"],
@@ -123,10 +162,84 @@ class ClassifyService:
             timeout_ms=self.options.batch_timeout_ms or 1,
             fill=self.options.batch_timeout_ms > 0,
         )
-        await loop.run(stop)
+        background = [asyncio.create_task(self._watch_config(stop))]
+        if self.comparison is not None:
+            background.append(asyncio.create_task(self._read_live_labels(stop)))
+        try:
+            await loop.run(stop)
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+
+    async def _watch_config(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.options.reload_interval_s)
+            if not stop.is_set():
+                await self.reload_if_changed()
+
+    async def reload_if_changed(self) -> str:
+        """Serve the model the YAML file now describes, if it changed: loaded and warmed while
+        the current one serves, then swapped between two batches. A file that does not load, or
+        a model that does not, leaves the current model serving."""
+        digest = file_digest(self.settings.config_file)
+        if digest == self._config_digest:
+            return "unchanged"
+        self._config_digest = digest
+        try:
+            settings = type(self.settings).load(
+                config_file=self.settings.config_file, kafka=self.settings.kafka,
+                onnx_dir=self.settings.onnx_dir, shadow=self.shadow,
+                shadow_artifact=self.settings.shadow_artifact,
+            )  # fmt: skip
+        except ConfigError as error:
+            metrics.MODEL_RELOADS.labels("failed").inc()
+            log.error("new configuration rejected; the current model keeps serving: %s", error)
+            return "failed"
+        options = settings.config.classify
+        if all(getattr(options, k) == getattr(self.options, k) for k in MODEL_OPTIONS) and (
+            settings.artifact == self.settings.artifact
+        ):
+            self.options = options
+            return "unchanged"
+        log.info("loading the model the configuration names", extra={"artifact": settings.artifact})
+        try:
+            model = await asyncio.to_thread(load_model, options, settings.artifact,
+                                            settings.onnx_dir)  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - any failure to load keeps the current model
+            metrics.MODEL_RELOADS.labels("failed").inc()
+            log.error("model %s did not load; the current model keeps serving: %s",
+                      settings.artifact, error)  # fmt: skip
+            return "failed"
+        previous = self.model.version if self.model else None
+        self.model, self.settings, self.options = model, settings, options
+        metrics.MODEL_RELOADS.labels("applied").inc()
+        log.info("model switched", extra={"from": previous, "to": model.version})
+        self.announce_model()
+        return "applied"
+
+    async def _read_live_labels(self, stop: asyncio.Event) -> None:
+        """The live model's labels, from now on, for the shadow comparison."""
+        assert self.comparison is not None
+        consumer = AIOKafkaConsumer(
+            topics.CLASSIFIED, auto_offset_reset="latest", client_id=SHADOW_GROUP_ID,
+            **client_options(self.settings.kafka),
+        )  # fmt: skip
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+                for record in (r for part in batches.values() for r in part):
+                    with contextlib.suppress(DecodeError):
+                        event = decode(ClassifiedTweet, record.value)
+                        self.comparison.live(event.tweet.id, Labels.of(event.classification))
+        finally:
+            await consumer.stop()
 
     async def handle(self, records: list[ConsumerRecord]) -> list[Output]:
-        assert self.model is not None
+        model = self.model  # the whole batch on one model, even if another takes over meanwhile
+        assert model is not None
         outputs: list[Output] = []
         events: list[RawTweet] = []
         for record in records:
@@ -137,21 +250,26 @@ class ClassifyService:
                 events.append(decoded)
         if events:
             started = time.perf_counter()
-            predictions = await asyncio.to_thread(
-                self.model.predict, [e.tweet.text for e in events]
-            )
+            predictions = await asyncio.to_thread(model.predict, [e.tweet.text for e in events])
             metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
             for event, prediction in zip(events, predictions, strict=True):
-                result = classified(event, prediction, self.model)
-                c = result.classification
-                metrics.TWEETS_CLASSIFIED.labels(c.department, c.urgency, c.model_version).inc()
-                shared_metrics.E2E_LATENCY.labels("classified").observe(
-                    (result.trace.classified_at - result.trace.ingested_at).total_seconds()
-                )
+                result = classified(event, prediction, model)
+                self._count(result)
                 outputs.append(
-                    Output.of(topics.CLASSIFIED, result, key=event.tweet.conversation_id)
+                    Output.of(self.output_topic, result, key=event.tweet.conversation_id)
                 )
         return outputs
+
+    def _count(self, result: ClassifiedTweet) -> None:
+        c = result.classification
+        if self.comparison is not None:
+            metrics.SHADOW_LABELLED.labels(c.model_version).inc()
+            self.comparison.candidate(result.tweet.id, Labels.of(c))
+            return
+        metrics.TWEETS_CLASSIFIED.labels(c.department, c.urgency, c.model_version).inc()
+        shared_metrics.E2E_LATENCY.labels("classified").observe(
+            (result.trace.classified_at - result.trace.ingested_at).total_seconds()  # type: ignore[operator]
+        )
 
     async def close(self) -> None:
         self._ready = False

@@ -23,3 +23,16 @@ class ClassifySettings(ServiceSettings):
         "so that a pod does not export and quantize the model at every start. Unset: the temp "
         "folder",
     )
+    shadow: bool = Field(
+        default=False,
+        description="Label the raw tweets with a candidate model into switchboard.tweets.shadow "
+        "(a consumer group of its own), routing nothing; `switchboard classify --shadow`",
+    )
+    shadow_artifact: str | None = Field(
+        default=None, description="The candidate artifact a shadow classify serves"
+    )
+
+    @property
+    def artifact(self) -> str | None:
+        """The artifact this classify serves: the candidate in shadow, else classify.artifact."""
+        return self.shadow_artifact if self.shadow else self.config.classify.artifact

@@ -14,13 +14,26 @@ INPUT = click.Path(path_type=Path, exists=True, dir_okay=False)
 
 
 @click.group(invoke_without_command=True)
+@click.option(
+    "--shadow", is_flag=True,
+    help="Label the raw tweets with the --artifact candidate into switchboard.tweets.shadow "
+    "(a consumer group of its own), routing nothing.",
+)  # fmt: skip
+@click.option(
+    "--artifact", "shadow_artifact", default=None, metavar="NAME|DIR",
+    help="With --shadow: the candidate artifact (a shipped name or a folder).",
+)  # fmt: skip
 @click.pass_context
-def classify(ctx: click.Context) -> None:
-    """Run the classify service (or train, predict, eval)."""
+def classify(ctx: click.Context, shadow: bool, shadow_artifact: str | None) -> None:
+    """Run the classify service (or train, predict, eval, replay, compare)."""
     if ctx.invoked_subcommand is None:
+        if shadow_artifact and not shadow:
+            raise click.UsageError("--artifact names the shadow candidate: give --shadow too")
+        if shadow and not shadow_artifact:
+            raise click.UsageError("--shadow needs the candidate: --artifact NAME|DIR")
         from switchboard.classify.service import main as run
 
-        run()
+        run(**({"shadow": True, "shadow_artifact": shadow_artifact} if shadow else {}))
 
 
 def _resolve_artifact(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:

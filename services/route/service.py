@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI
@@ -58,7 +56,7 @@ from switchboard.shared.events import (
 from switchboard.shared.kafka import Output, decode_or_dead_letter, ensure_topics, publish
 from switchboard.shared.labels import Department, Urgency
 from switchboard.shared.runtime import http_app, run_service
-from switchboard.shared.settings import ConfigError, ServiceSettings
+from switchboard.shared.settings import ConfigError, ServiceSettings, file_digest
 from switchboard.shared.streams import (
     AckAfterPublish,
     StreamWorker,
@@ -110,7 +108,7 @@ class RouteService:
         self.app.on_partitions_revoked.connect(self._on_rebalance)
         self.app.on_partitions_assigned.connect(self._on_rebalance)
         self._index_stale = True
-        self._config_digest = _digest(settings.config_file)
+        self._config_digest = file_digest(settings.config_file)
         self.ops = OpsView(settings.kafka)
 
     @property
@@ -509,7 +507,7 @@ class RouteService:
 
     def reload_if_changed(self) -> Reload:
         """Re-read the YAML file if it changed; keep the current policy if it is invalid."""
-        digest = _digest(self.settings.config_file)
+        digest = file_digest(self.settings.config_file)
         if digest == self._config_digest:
             return "unchanged"
         self._config_digest = digest
@@ -579,13 +577,6 @@ def _label(value: Department | Urgency | None) -> str:
 
 def _trace_for(awaiting: AwaitingReply) -> Trace:
     return Trace(ingested_at=awaiting.received_at)
-
-
-def _digest(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
 
 
 def _load_config(settings: ServiceSettings) -> RouteFileConfig:

@@ -7,6 +7,7 @@ and raises ``ConfigError`` naming every wrong key, so a service fails at start, 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
@@ -242,6 +243,14 @@ def _raw_config(overrides: dict[str, Any]) -> dict[str, Any]:
         return read_yaml(config_file_in_use(overrides.get("config_file")))
     except ConfigError:
         return {}
+
+
+def file_digest(path: Path) -> str | None:
+    """The file's SHA-256, None when it cannot be read: how a service sees its YAML file change."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def config_file_in_use(path: Path | str | None = None) -> Path:

@@ -10,6 +10,9 @@ COMPLIANCE = "switchboard.compliance"
 # Compacted: the last since_id of each polled source, so a restart neither misses nor repeats.
 INGEST_CHECKPOINTS = "switchboard.ingest.checkpoints"
 CLASSIFIED = "switchboard.tweets.classified"
+# A candidate model's labels of the same raw tweets (classify --shadow, classify replay): read by
+# people and `classify compare`, never routed.
+SHADOW = "switchboard.tweets.shadow"
 TRIAGE = "switchboard.triage"
 # Tweets a rule dropped (spam): kept for audit, so that every tweet is accounted for.
 DROPPED = "switchboard.dropped"
@@ -57,6 +60,7 @@ ALL: tuple[str, ...] = (
     ROUTE_DUE,
     ROUTE_SPIKES,
     CLASSIFIED,
+    SHADOW,
     *PRIMARY_TOPICS,
     ALERTS,
     FEEDBACK_REQUESTS,
