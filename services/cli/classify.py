@@ -384,3 +384,126 @@ def _print_summary(figures: dict) -> None:
         for error in figures["errors"]:
             mistakes.add_row(error["id"], error["gold"], error["predicted"], error["text"])
         console.print(mistakes)
+
+
+def _when(ctx: click.Context, param: click.Parameter, value: str | None):  # noqa: ANN202
+    """A time: ISO 8601 (``2026-12-01T09:00Z``), or a span back from now (``90m``, ``24h``,
+    ``7d``)."""
+    if value is None:
+        return None
+    from datetime import UTC, datetime, timedelta
+
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    text = value.strip()
+    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in units:
+        return datetime.now(UTC) - timedelta(**{units[text[-1]]: float(text[:-1])})
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter("give ISO 8601 (2026-12-01T09:00Z) or a span (24h, 7d)") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@classify.command("replay")
+@click.option("--from", "since", required=True, callback=_when, metavar="TIME",
+              help="ISO 8601, or a span back from now (24h, 7d).")  # fmt: skip
+@click.option("--to", "until", callback=_when, metavar="TIME", help="Default: now.")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=128, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_artifact_option
+def classify_replay(since, until, batch_size: int, as_json: bool, artifact: Path | None) -> None:  # noqa: ANN001
+    """Label the raw tweets of a past time range with a candidate artifact into
+    switchboard.tweets.shadow (nothing is routed), to judge it on real traffic before it
+    serves: then `switchboard classify compare`."""
+    import asyncio
+
+    from switchboard.classify.model import TweetClassifier
+    from switchboard.classify.replay import replay
+    from switchboard.cli.config import PipelineSettings
+    from switchboard.shared import topics
+    from switchboard.shared.kafka import ensure_topics
+
+    if until is not None and until <= since:
+        raise click.BadParameter("--to must be after --from", param_hint="--to")
+    settings = PipelineSettings.load()
+    model = TweetClassifier.load(artifact, runtime=settings.config.classify.runtime,
+                                 onnx_dir=None)  # fmt: skip
+
+    async def go():  # noqa: ANN202
+        await ensure_topics(settings.kafka, [topics.SHADOW], settings.config.topics.partitions,
+                            settings.config.topics.replication_factor)  # fmt: skip
+        return await replay(settings.kafka, model, since, until, batch_size=batch_size)
+
+    report = asyncio.run(go())
+    figures = {
+        "model_version": report.model_version, "from": report.since.isoformat(),
+        "to": report.until.isoformat() if report.until else None, "labelled": report.labelled,
+        "skipped": report.skipped, "seconds": report.seconds,
+        "partitions": {str(p): list(r) for p, r in report.partitions.items()},
+    }  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(figures))
+        return
+    click.echo(
+        f"{report.labelled} tweets labelled by {report.model_version} into "
+        f"switchboard.tweets.shadow in {report.seconds} s ({report.skipped} skipped)"
+    )
+
+
+@classify.command("compare")
+@click.option("--since", callback=_when, default="24h", show_default=True, metavar="TIME",
+              help="ISO 8601, or a span back from now.")  # fmt: skip
+@click.option("--examples", type=click.IntRange(0, 20), default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+def classify_compare(since, examples: int, as_json: bool) -> None:  # noqa: ANN001
+    """The live model against each candidate on switchboard.tweets.shadow (a shadow classify
+    or a replay): agreement, accuracy and critical recall and precision on the tweets people
+    corrected, and the most frequent disagreements with examples."""
+    import asyncio
+
+    from switchboard.shared import topics
+    from switchboard.shared.comparison import compare, read_since
+    from switchboard.shared.settings import ServiceSettings
+
+    found = asyncio.run(read_since(ServiceSettings.load().kafka, since))
+    report = compare(found[topics.CLASSIFIED], found[topics.SHADOW], found[topics.FEEDBACK],
+                     examples)  # fmt: skip
+    report["since"] = since.isoformat()
+    if as_json:
+        click.echo(json.dumps(report, ensure_ascii=False))
+        return
+    _print_comparison(report)
+
+
+def _print_comparison(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    console = Console()
+    live = report["live"]
+    console.print(f"since {report['since']}: {live['tweets']} tweets labelled live "
+                  f"({', '.join(live['versions']) or 'none'}), "
+                  f"{report['corrected_tweets']} corrected by people")  # fmt: skip
+    if not report["candidates"]:
+        console.print("no candidate labels on switchboard.tweets.shadow in that time")
+    for candidate in report["candidates"]:
+        table = Table(title=f"live against {candidate['model_version']} "
+                            f"({candidate['compared']} tweets both labelled)")  # fmt: skip
+        for column in ("", "live", "candidate"):
+            table.add_column(column)
+        scores = candidate["on_corrected"]
+        table.add_row("department agreement", "", pct(candidate["department_agreement"]))
+        table.add_row("urgency agreement", "", pct(candidate["urgency_agreement"]))
+        for key, name in (("department_accuracy", "department accuracy on corrected"),
+                          ("urgency_accuracy", "urgency accuracy on corrected"),
+                          ("critical_recall", "critical recall on corrected"),
+                          ("critical_precision", "critical precision on corrected")):  # fmt: skip
+            table.add_row(name, pct(scores["live"][key]), pct(scores["candidate"][key]))
+        console.print(table)
+        for moved in candidate["disagreements"][:5]:
+            console.print(f"  {moved['count']:>5}  {moved['live']} -> {moved['candidate']}")
+            for example in moved["examples"]:
+                console.print(f"         {example['text'][:120]!r}")
