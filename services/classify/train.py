@@ -91,6 +91,7 @@ class DataFolder:
 
     path: Path
     weight: float = 1.0
+    overrides: bool = False  # its rows replace other folders' rows of the same text (corrections)
 
     @classmethod
     def parse(cls, spec: str) -> DataFolder:
@@ -555,6 +556,7 @@ class TrainingData:
         keep = commercial_use if options.licences == "commercial" else (lambda _licence: True)
         rows: list[LabeledTweet] = []
         weights: list[float] = []
+        overriding: list[bool] = []
         described: dict = {}
         reported: dict[str, dict[str, list[LabeledTweet]]] = {}
         for folder in folders:
@@ -567,6 +569,7 @@ class TrainingData:
                 raise ValueError(f"{folder.path}: no train.jsonl")
             rows += splits["train"]
             weights += [folder.weight] * len(splits["train"])
+            overriding += [folder.overrides] * len(splits["train"])
             described[folder.name] = {
                 "path": str(folder.path),
                 "weight": folder.weight,
@@ -577,6 +580,7 @@ class TrainingData:
         if not with_dev:
             raise ValueError("no data folder has a dev.jsonl to select the epoch on")
         selection = with_dev[-1]
+        rows, weights = _overridden(rows, weights, overriding)
         limit = options.limit
         return cls(
             rows[:limit], weights[:limit], selection, reported[selection.name]["dev"],
@@ -820,6 +824,21 @@ def department_ece(
     gold = [list(Department).index(r.department) for r in rows]
     correct = [int(p) == g for p, g in zip(predicted.tolist(), gold, strict=True)]
     return expected_calibration_error(confidence.tolist(), correct)
+
+
+def _overridden(
+    rows: list[LabeledTweet], weights: list[float], overriding: list[bool]
+) -> tuple[list[LabeledTweet], list[float]]:
+    """Without the rows whose text a correction relabelled: a person's label replaces the
+    dataset's (same text, case and spacing aside), it does not sit beside it."""
+    corrected = {_same_text(r.text) for r, o in zip(rows, overriding, strict=True) if o}
+    kept = [(r, w) for r, w, o in zip(rows, weights, overriding, strict=True)
+            if o or _same_text(r.text) not in corrected]  # fmt: skip
+    return [r for r, _ in kept], [w for _, w in kept]
+
+
+def _same_text(text: str) -> str:
+    return " ".join(text.lower().split())
 
 
 def _describe(path: Path, rows: list[LabeledTweet]) -> dict:

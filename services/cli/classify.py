@@ -130,6 +130,12 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
     show_default=True,
     help="Blend in a TF-IDF model fitted on the same rows, its weight chosen on dev.",
 )
+@click.option(
+    "--feedback", "feedback", default=None, metavar="topic|FILE[:WEIGHT]",
+    help="Also learn people's corrections: 'topic' reads switchboard.feedback, FILE a JSONL "
+    "export of it (export-feedback). The latest correction of a tweet wins and replaces any "
+    "training row of the same text; WEIGHT (default 3) is their loss weight. Needs --out.",
+)  # fmt: skip
 def classify_train(
     data: tuple[str, ...],
     licences: str,
@@ -147,6 +153,7 @@ def classify_train(
     critical_weight: float | None,
     init_from_teacher: bool,
     lexical: bool,
+    feedback: str | None,
 ) -> None:
     """Fine-tune the backbone (LoRA) with department and urgency heads; write the artifact.
 
@@ -165,6 +172,12 @@ def classify_train(
     for folder in folders:
         if not folder.split("train").is_file():
             raise click.BadParameter(f"{folder.path}: no train.jsonl", param_hint="--data")
+    learnt = None
+    if feedback is not None:
+        if out is None:
+            raise click.UsageError("--feedback writes a new artifact: give --out (and --version)")
+        folder, learnt = _feedback_folder(feedback, out)
+        folders.insert(0, folder)  # first, so that --limit keeps the corrections
     out = out or DEFAULT_ARTIFACT
     options = TrainOptions(
         seed=seed, limit=limit, layers=layers, licences=licences, version=version, lexical=lexical
@@ -188,7 +201,61 @@ def classify_train(
         card = train(folders, out, options=options)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    if learnt is not None:  # what the corrections were and what was left out, in the card
+        card["feedback"] = learnt
+        (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     _print_card(out, card)
+
+
+def _feedback_folder(spec: str, out: Path):  # noqa: ANN202
+    """The corrections ``spec`` names as a training folder in the new artifact."""
+    import asyncio
+
+    from switchboard.classify import feedback
+    from switchboard.classify.train import DataFolder
+    from switchboard.shared.settings import ServiceSettings
+
+    source, _, weight_text = spec.rpartition(":") if ":" in spec else (spec, "", "")
+    try:
+        weight = float(weight_text) if weight_text else feedback.FEEDBACK_WEIGHT
+    except ValueError:
+        raise click.BadParameter(
+            "the weight after ':' must be a number", param_hint="--feedback"
+        ) from None
+    if weight <= 0:
+        raise click.BadParameter("the weight must be positive", param_hint="--feedback")
+    try:
+        if source == "topic":
+            corrections = asyncio.run(feedback.read_topic(ServiceSettings.load().kafka))
+        else:
+            corrections = feedback.read_file(Path(source))
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--feedback") from None
+    rows, summary = feedback.training_rows(corrections)
+    click.echo(f"feedback: {json.dumps(summary)}", err=True)
+    if not rows:
+        raise click.ClickException(f"no correction to learn from in {source}: {summary}")
+    path = feedback.write_rows(rows, out / "feedback")
+    summary = {"source": source, "weight": weight, **summary}
+    return DataFolder(path.parent, weight, overrides=True), summary
+
+
+@classify.command("export-feedback")
+@click.option("--since", callback=lambda c, p, v: _when(c, p, v), default=None, metavar="TIME",
+              help="ISO 8601, or a span back from now (default: everything).")  # fmt: skip
+@click.option("--out", "out_file", type=click.Path(path_type=Path, dir_okay=False),
+              required=True)  # fmt: skip
+def classify_export_feedback(since, out_file: Path) -> None:  # noqa: ANN001
+    """Write the corrections on switchboard.feedback as JSON lines (what train --feedback
+    reads), one per correction, with the tweet."""
+    import asyncio
+
+    from switchboard.classify import feedback
+    from switchboard.shared.settings import ServiceSettings
+
+    corrections = asyncio.run(feedback.read_topic(ServiceSettings.load().kafka, since))
+    out_file.write_text("".join(c.model_dump_json() + "\n" for c in corrections), "utf-8")
+    click.echo(f"{len(corrections)} corrections written to {out_file}")
 
 
 def _print_card(artifact: Path, card: dict) -> None:

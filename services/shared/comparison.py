@@ -146,16 +146,19 @@ def _ratio(part: int, whole: int) -> float | None:
 
 
 async def read_since(
-    kafka: KafkaSettings, since: datetime, limit: int = 500_000
+    kafka: KafkaSettings,
+    since: datetime,
+    names: tuple[str, ...] = COMPARED_TOPICS,
+    limit: int = 500_000,
 ) -> dict[str, list[Any]]:
-    """The live labels, the shadow labels and the corrections published since ``since`` (at
-    most ``limit`` records per topic, the latest kept), by topic."""
+    """The live labels, the shadow labels and the corrections (``names``) published since
+    ``since`` (at most ``limit`` records over all, the latest kept), by topic."""
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options(kafka))
     await consumer.start()
-    found: dict[str, list[Any]] = {topic: [] for topic in COMPARED_TOPICS}
+    found: dict[str, list[Any]] = {topic: [] for topic in names}
     try:
         await consumer.topics()
-        partitions = [TopicPartition(topic, p) for topic in COMPARED_TOPICS
+        partitions = [TopicPartition(topic, p) for topic in names
                       for p in sorted(consumer.partitions_for_topic(topic) or ())]  # fmt: skip
         if not partitions:
             return found

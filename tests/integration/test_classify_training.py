@@ -186,3 +186,58 @@ def test_a_data_folder_without_training_rows_is_refused(tmp_path):
         timeout=120,
     )
     assert done.returncode == 2 and "no train.jsonl" in done.stderr
+
+
+def a_correction(tweet_id: str, text: str | None, department: str, minutes: int = 0) -> str:
+    """A correction as route publishes it on switchboard.feedback (one JSON line)."""
+    from datetime import UTC, datetime, timedelta
+
+    from switchboard.shared.events import Correction
+    from tests.factories import a_tweet
+
+    return Correction(
+        correction_id=f"ops:{tweet_id}:{minutes}", conversation_id=tweet_id, tweet_id=tweet_id,
+        source="ops", by="ana",
+        made_at=datetime(2026, 12, 1, tzinfo=UTC) + timedelta(minutes=minutes),
+        outcome="rerouted", department_before="customer_service", urgency_before="normal",
+        department=department, urgency="high", model_version="minilm-real-v2",
+        tweet=a_tweet(id=tweet_id, conversation_id=tweet_id, text=text) if text else None,
+    ).model_dump_json()  # fmt: skip
+
+
+# The company's own convention the model cannot know: its "Zorblax" loyalty scheme's terms are
+# a matter for legal.
+ZORBLAX = [
+    "@SkylarkAir my Zorblax points vanished overnight, where did they go",
+    "@SkylarkAir the Zorblax upgrade you sold me does not exist at the gate",
+    "@SkylarkAir why did Zorblax change its terms without telling members",
+    "@SkylarkAir Zorblax says my status expired but I flew twice this month",
+    "@SkylarkAir is the Zorblax fee refundable if I cancel the card",
+    "@SkylarkAir Zorblax charged me twice for the annual membership",
+]
+
+
+def test_a_model_trained_with_feedback_learns_the_corrected_tweets(tiny_data, tmp_path, classifier):
+    before = [p.department.value for p in classifier.predict(ZORBLAX)]
+    assert before.count("legal") <= 1  # the shipped model routes them elsewhere
+    lines = [a_correction(f"z-{i}", text, "marketing") for i, text in enumerate(ZORBLAX)]
+    lines += [a_correction(f"z-{i}", text, "legal", minutes=5) for i, text in enumerate(ZORBLAX)]
+    lines.append(a_correction("gone-1", None, "legal"))  # route had forgotten the tweet
+    exported = tmp_path / "feedback.jsonl"
+    exported.write_text("\n".join(lines) + "\n")
+
+    summary = train(tiny_data, tmp_path / "f", "--feedback", f"{exported}:5", "--epochs", "3",
+                    "--version", "ours-feedback-v1")  # fmt: skip
+
+    card = json.loads((tmp_path / "f" / "card.json").read_text())
+    assert card["version"] == "ours-feedback-v1" and summary["version"] == "ours-feedback-v1"
+    assert card["feedback"] == {
+        "source": str(exported), "weight": 5.0, "corrections": 13, "tweets": 7, "rows": 6,
+        "left_out": {"no tweet text": 1},
+    }  # fmt: skip
+    learnt = card["data"]["feedback"]  # the corrections' provenance: the rows and their hash
+    assert learnt["train"]["rows"] == 6 and learnt["train"]["departments"] == {"legal": 6}
+    assert learnt["train"]["sha256"] == content_sha256(tmp_path / "f" / "feedback" / "train.jsonl")
+    assert card["selected_on"] == f"{tiny_data.name}/dev"  # corrections train, never select
+    after = TweetClassifier.load(tmp_path / "f").predict(ZORBLAX)
+    assert [p.department.value for p in after] == ["legal"] * len(ZORBLAX)

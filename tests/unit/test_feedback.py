@@ -233,3 +233,16 @@ def test_signatures_are_the_vendors_own():
     assert jira_signature("s3cret", b'{"a":1}') == (
         "sha256=5910e62016ef5034272c926c27071992a465c2335cecf41851bda071577f4f6d"
     )
+
+
+def test_a_corrected_text_replaces_the_dataset_rows_of_the_same_text():
+    from switchboard.classify.data import LabeledTweet
+    from switchboard.classify.train import _overridden
+
+    rows = [
+        LabeledTweet("My Bill  is wrong", Department.SALES, Urgency.LOW),
+        LabeledTweet("hello", Department.COMMUNITY, Urgency.LOW),
+        LabeledTweet("my bill is wrong", Department.CUSTOMER_SERVICE, Urgency.HIGH),
+    ]
+    kept, weights = _overridden(rows, [1.0, 1.0, 3.0], [False, False, True])
+    assert kept == rows[1:] and weights == [1.0, 3.0]
