@@ -14,20 +14,23 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, deque
+from datetime import timedelta
 from importlib.resources import files
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
 from switchboard.shared import topics
+from switchboard.shared.comparison import compare, read_since
 from switchboard.shared.events import Alert, RoutedTweet, SpikeAlert, utc_now
 from switchboard.shared.kafka import client_options
 from switchboard.shared.labels import DEPARTMENTS, URGENCIES
 from switchboard.shared.settings import KafkaSettings
 
+COMPARE_EVERY_S = 30.0
 # What each service writes: its throughput is how fast these topics grow.
 STAGE_TOPICS: dict[str, tuple[str, ...]] = {
     "ingest": (topics.RAW, topics.BRAND),
@@ -45,6 +48,8 @@ class OpsView:
         self.recent: deque[dict] = deque(maxlen=12)
         self.alerts: deque[dict] = deque(maxlen=12)
         self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=8)
+        self._compared: dict[float, tuple[float, dict[str, Any]]] = {}
+        self._comparing = asyncio.Lock()
 
     def on_routed(self, routed: RoutedTweet) -> None:
         route = routed.route
@@ -77,6 +82,19 @@ class OpsView:
                     await asyncio.wait_for(stop.wait(), timeout=every_s)
         finally:
             await consumer.stop()
+
+    async def comparison(self, hours: float) -> dict[str, Any]:
+        cached = self._compared.get(hours)
+        if cached is not None and time.monotonic() - cached[0] < COMPARE_EVERY_S:
+            return cached[1]
+        async with self._comparing:
+            since = utc_now() - timedelta(hours=hours)
+            found = await read_since(self.kafka, since)
+            report = compare(found[topics.CLASSIFIED], found[topics.SHADOW],
+                             found[topics.FEEDBACK], examples=2)  # fmt: skip
+            report["since"] = since.isoformat()
+            self._compared[hours] = (time.monotonic(), report)
+            return report
 
     def throughput(self) -> dict[str, float]:
         if len(self._samples) < 2:
@@ -140,5 +158,11 @@ def ops_router(view: OpsView) -> APIRouter:
     @router.get("/ops/state")
     async def ops_state() -> dict[str, Any]:
         return view.state()
+
+    @router.get("/ops/compare")
+    async def ops_compare(hours: float = Query(default=1.0, gt=0, le=168)) -> dict[str, Any]:
+        """The live model against the shadow candidates over the last ``hours`` (at most one
+        reading every COMPARE_EVERY_S: it reads three topics back)."""
+        return await view.comparison(hours)
 
     return router

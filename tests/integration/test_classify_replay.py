@@ -8,11 +8,15 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
+import httpx
+
 from switchboard.classify.replay import replay
+from switchboard.route.service import RouteService
+from switchboard.route.settings import RouteSettings
 from switchboard.shared import topics
 from switchboard.shared.comparison import compare, read_since
 from switchboard.shared.events import ClassifiedTweet, Correction, encode
-from tests.conftest import read_topics, readable
+from tests.conftest import CONFIG_FILE, read_topics, readable
 from tests.factories import a_classified_tweet, a_raw_tweet
 
 
@@ -84,3 +88,14 @@ async def test_a_time_range_is_relabelled_into_the_shadow_topic_only(
     assert again["tweets"] == 6 and again["compared"] == 6  # the same tweets, labelled twice
     table = await command("compare", "--since", "3h")
     assert "department accuracy on corrected" in table.output and "sales ->" in table.output
+
+    # The ops page shows the same comparison (route serves it, reading the topics back).
+    route = RouteService(RouteSettings.load(config_file=CONFIG_FILE, kafka=own_kafka))
+    transport = httpx.ASGITransport(app=route.http_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://route") as client:
+        answer = await client.get("/ops/compare", params={"hours": 3})
+        page = await client.get("/ops")
+    assert answer.status_code == 200, answer.text
+    (shown,) = answer.json()["candidates"]
+    assert shown["compared"] == 6 and shown["on_corrected"]["candidate"]["department_accuracy"] == 1
+    assert 'id="compare"' in page.text and "/ops/compare" in page.text

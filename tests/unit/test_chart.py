@@ -110,6 +110,16 @@ def test_a_config_change_a_pod_cannot_apply_rolls_the_pods():
     assert yaml.safe_load(configmap["data"]["switchboard.yaml"]) == other["config"]
     for at_start in ({"spikes": {"window_minutes": 15}}, {"sla": {"check_interval_s": 5}}):
         assert checksums({}) != checksums({"config": {"route": at_start}}), at_start
+    assert checksums({}) != checksums({"config": {"classify": {"batch_size": 64}}})
+
+
+def test_a_model_change_reaches_the_running_pods_without_a_restart():
+    """classify loads the artifact (or runtime) the mounted file names by itself
+    (classify.reload_interval_s): such a change leaves the pods' checksum alone."""
+    base = {"config": {"handles": [HANDLE], "classify": {"batch_size": 64}}}
+    switched = {"config": {"handles": [HANDLE], "classify": {
+        "batch_size": 64, "artifact": "/models/ours-v2", "runtime": "torch"}}}  # fmt: skip
+    assert checksums(base) == checksums(switched)
 
 
 def test_a_routing_rule_change_reaches_the_running_pods_without_a_restart():

@@ -32,5 +32,7 @@ thresholds, keywords) route reloads from the mounted file. */}}
   "spikes.samples" (dig "route" "spikes" "samples" "" $config)
   "sla.check_interval_s" (dig "route" "sla" "check_interval_s" "" $config)
   "standby_replicas" (dig "route" "standby_replicas" "" $config) -}}
-{{- toYaml (dict "config" (omit $config "route") "route_at_start" $atStart) -}}
+{{- /* classify loads a new model (artifact, runtime...) from the file by itself */ -}}
+{{- $classifyAtStart := omit (dig "classify" (dict) $config) "artifact" "backbone" "max_length" "threads" "runtime" "bucket_size" -}}
+{{- toYaml (dict "config" (omit $config "route" "classify") "route_at_start" $atStart "classify_at_start" $classifyAtStart) -}}
 {{- end -}}
