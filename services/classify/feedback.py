@@ -69,10 +69,13 @@ def read_file(path: Path) -> list[Correction]:
 
 
 async def read_topic(kafka: KafkaSettings, since: datetime | None = None) -> list[Correction]:
-    """Every correction on ``switchboard.feedback`` (since ``since``)."""
+    """Every correction on ``switchboard.feedback`` (since ``since``) but those of tweets their
+    authors deleted since (``switchboard.compliance``): a deleted tweet is not trained on."""
     start = since or datetime.fromtimestamp(0, UTC)
-    found = await read_since(kafka, start, names=(topics.FEEDBACK,), limit=10_000_000)
-    return found[topics.FEEDBACK]
+    found = await read_since(kafka, start, names=(topics.FEEDBACK, topics.COMPLIANCE),
+                             limit=10_000_000)  # fmt: skip
+    deleted = {event.tweet_id for event in found[topics.COMPLIANCE]}
+    return [c for c in found[topics.FEEDBACK] if c.tweet_id not in deleted]
 
 
 def write_rows(rows: list[dict[str, Any]], folder: Path) -> Path:

@@ -80,7 +80,9 @@ def apply(
         given = request.tweet if request.tweet and tweet_id in (None, request.tweet.id) else None
         tweet_id = tweet_id or (given.id if given else None)
         recorded = _correction(request, tweet_id, "recorded", None, given, now)
-        return Applied(recorded, None, None, False)
+        remembered = state and state.model_copy(update={"corrections": [
+            *state.corrections, request.correction_id][-REMEMBERED_CORRECTIONS:]})  # fmt: skip
+        return Applied(recorded, remembered, None, False)
     department = request.department or recent.department
     urgency = request.urgency or recent.urgency
     if (department, urgency) == (recent.department, recent.urgency):

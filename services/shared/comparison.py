@@ -24,8 +24,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from switchboard.shared import topics
 from switchboard.shared.events import (
     ClassifiedTweet,
+    ComplianceEvent,
     Correction,
     DecodeError,
+    Event,
     decode,
 )
 from switchboard.shared.kafka import client_options
@@ -188,7 +190,11 @@ async def read_since(
     return found
 
 
+EVENT_TYPES: dict[str, type[Event]] = {topics.FEEDBACK: Correction,
+                                        topics.COMPLIANCE: ComplianceEvent}  # fmt: skip
+
+
 def _keep(found: dict[str, list[Any]], record: Any) -> None:
-    event_type = Correction if record.topic == topics.FEEDBACK else ClassifiedTweet
+    event_type = EVENT_TYPES.get(record.topic, ClassifiedTweet)
     with contextlib.suppress(DecodeError):
         found[record.topic].append(decode(event_type, record.value))

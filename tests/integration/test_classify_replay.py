@@ -99,3 +99,32 @@ async def test_a_time_range_is_relabelled_into_the_shadow_topic_only(
     (shown,) = answer.json()["candidates"]
     assert shown["compared"] == 6 and shown["on_corrected"]["candidate"]["department_accuracy"] == 1
     assert 'id="compare"' in page.text and "/ops/compare" in page.text
+
+
+async def test_exported_feedback_leaves_out_tweets_their_authors_deleted(
+    own_kafka, own_producer, tmp_path
+):
+    from click.testing import CliRunner
+
+    from switchboard.classify.feedback import read_file
+    from switchboard.cli import main
+    from switchboard.shared.events import ComplianceEvent
+    from tests.factories import a_tweet
+
+    now = datetime.now(UTC)
+    for tweet_id in ("kept-1", "deleted-1"):
+        correction = Correction(
+            correction_id=f"ops:{tweet_id}", conversation_id=tweet_id, tweet_id=tweet_id,
+            source="ops", by="ana", made_at=now, outcome="rerouted", department="legal",
+            urgency="high", model_version="t", tweet=a_tweet(id=tweet_id, conversation_id=tweet_id),
+        )  # fmt: skip
+        await own_producer.send_and_wait(topics.FEEDBACK, encode(correction), key=tweet_id.encode())
+    deletion = ComplianceEvent(tweet_id="deleted-1", event_at=now, source="filtered_stream")
+    await own_producer.send_and_wait(topics.COMPLIANCE, encode(deletion), key=b"deleted-1")
+
+    out = tmp_path / "corrections.jsonl"
+    env = {"KAFKA_BOOTSTRAP_SERVERS": own_kafka.bootstrap_servers}
+    command = ["classify", "export-feedback", "--out", str(out)]
+    done = await asyncio.to_thread(CliRunner().invoke, main, command, env=env)
+    assert done.exit_code == 0, done.output
+    assert [c.tweet_id for c in read_file(out)] == ["kept-1"]

@@ -246,3 +246,11 @@ def test_a_corrected_text_replaces_the_dataset_rows_of_the_same_text():
     ]
     kept, weights = _overridden(rows, [1.0, 1.0, 3.0], [False, False, True])
     assert kept == rows[1:] and weights == [1.0, 3.0]
+
+
+def test_a_correction_of_a_tweet_route_forgot_is_still_applied_once():
+    state = conversation(recent("t-1", "sales", "normal"))
+    result = applied(state, tweet_id="t-0", department="legal")
+    assert result.correction.outcome == "recorded" and result.recent is None
+    assert result.state is not None and result.state.corrections == ["api:1"]
+    assert result.state.recent == state.recent and result.state.department is Department.SALES
