@@ -210,6 +210,11 @@ class LexicalModel:
         )
 
 
+def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """Logs that stay finite where a probability is zero (what temperature scaling fits on)."""
+    return np.log(np.maximum(probabilities, 1e-12))
+
+
 def blended(
     encoder: np.ndarray, lexical: np.ndarray, weight: float, temperature: float = 1.0
 ) -> np.ndarray:
@@ -220,7 +225,7 @@ def blended(
     mean = (1 - weight) * encoder + weight * lexical
     if temperature == 1.0:
         return mean
-    scaled = np.log(np.maximum(mean, 1e-12)) / temperature
+    scaled = log_probabilities(mean) / temperature
     exp = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)
 

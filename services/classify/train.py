@@ -60,6 +60,7 @@ from switchboard.classify.lexical import (
     LexicalModel,
     blended,
     card_section,
+    log_probabilities,
     training_labels,
 )
 from switchboard.classify.model import (
@@ -736,7 +737,7 @@ def fit_blend(model: TweetClassifier, dev_rows: list[LabeledTweet]) -> tuple[Ble
     lexical_urgencies = softmax(lexical["urgency"], lexical_temperature["urgency"])
 
     def calibrated(encoder: np.ndarray, lexical: np.ndarray, weight: float, label: str) -> float:
-        mean = np.log(np.maximum(blended(encoder, lexical, weight), 1e-12))
+        mean = log_probabilities(blended(encoder, lexical, weight))
         return 1.0 if weight == 0 else fit_temperature(torch.from_numpy(mean), gold[label])
 
     def department_accuracy(weight: float) -> int:
