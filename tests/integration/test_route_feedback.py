@@ -235,8 +235,10 @@ async def test_notify_delivers_a_corrected_tweet_to_its_new_department_once(
             assert answer.status_code == 202
         records = await read(
             [topics.FEEDBACK, topics.DELIVERIES],
-            lambda rs: len(corrections(rs, conversation)) >= 2
-            and any(key_of(r) == conversation for r in rs if r.topic == topics.DELIVERIES),
+            lambda rs: (
+                len(corrections(rs, conversation)) >= 2
+                and any(key_of(r) == conversation for r in rs if r.topic == topics.DELIVERIES)
+            ),
         )
         await wait_for(lambda: bool(ours()))
         await asyncio.sleep(2.0)  # time for a second email, were one to come

@@ -32,10 +32,12 @@ def test_the_candidate_is_judged_against_the_live_model_and_the_corrections():
             labelled("2", "sales", "critical", "live-v1"),
             labelled("3", "legal", "low", "live-v1"),
             labelled("4", "marketing", "low", "live-v1")]  # fmt: skip
-    shadow = [labelled("1", "customer_service", "normal", "cand-v2"),
-              labelled("2", "sales", "critical", "cand-v2"),
-              labelled("3", "legal", "critical", "cand-v2"),
-              labelled("5", "community", "low", "cand-v2")]  # only the candidate saw 5
+    shadow = [
+        labelled("1", "customer_service", "normal", "cand-v2"),
+        labelled("2", "sales", "critical", "cand-v2"),
+        labelled("3", "legal", "critical", "cand-v2"),
+        labelled("5", "community", "low", "cand-v2"),
+    ]  # only the candidate saw 5
     corrections = [corrected("1", "sales", None), corrected("1", "customer_service", None, 5),
                    corrected("3", None, "critical"), corrected("2", None, "high")]  # fmt: skip
     report = compare(live, shadow, corrections, examples=2)
