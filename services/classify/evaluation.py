@@ -156,33 +156,46 @@ def tfidf_logreg(
     train: Sequence[LabeledTweet], texts: Sequence[str], seed: int = 13
 ) -> list[tuple[str, str]]:
     """Baseline: word and character n-gram TF-IDF with one logistic regression per label."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import FeatureUnion
-
     from switchboard.classify.model import prepare_text
 
-    features = FeatureUnion(
-        [
-            ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)),
-            (
-                "chars",
-                TfidfVectorizer(
-                    analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True
-                ),
-            ),
-        ]
-    )
-    x_train = features.fit_transform([prepare_text(t.text) for t in train])
+    features, models = _fitted_tfidf(train, seed)
     x = features.transform([prepare_text(t) for t in texts])
-    predictions = []
-    for label in ("department", "urgency"):
-        model = LogisticRegression(
-            C=10.0, max_iter=2000, class_weight="balanced", random_state=seed
-        )
-        model.fit(x_train, [getattr(t, label).value for t in train])
-        predictions.append(model.predict(x).tolist())
+    predictions = [models[label].predict(x).tolist() for label in ("department", "urgency")]
     return list(zip(*predictions, strict=True))
+
+
+_TFIDF: dict[str, Any] = {}
+
+
+def _fitted_tfidf(train: Sequence[LabeledTweet], seed: int) -> tuple[Any, dict[str, Any]]:
+    """The TF-IDF baseline fitted on ``train``, once per process and training set (as the
+    embeddings below): evaluating several splits against the same rows fits it once."""
+    key = hashlib.sha256(
+        "\n".join(f"{t.text}\t{t.department.value}\t{t.urgency.value}" for t in train).encode()
+        + str(seed).encode()
+    ).hexdigest()
+    if key not in _TFIDF:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import FeatureUnion
+
+        from switchboard.classify.model import prepare_text
+
+        features = FeatureUnion([
+            ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)),
+            ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2,
+                                      sublinear_tf=True)),
+        ])  # fmt: skip
+        x_train = features.fit_transform([prepare_text(t.text) for t in train])
+        models = {}
+        for label in ("department", "urgency"):
+            model = LogisticRegression(
+                C=10.0, max_iter=2000, class_weight="balanced", random_state=seed
+            )
+            models[label] = model.fit(x_train, [getattr(t, label).value for t in train])
+        _TFIDF.clear()  # one training set at a time: it is held in memory
+        _TFIDF[key] = (features, models)
+    return _TFIDF[key]
 
 
 _TRAIN_EMBEDDINGS: dict[tuple[str, str], Any] = {}
