@@ -41,8 +41,9 @@ STAGE_TOPICS: dict[str, tuple[str, ...]] = {
 
 
 class OpsView:
-    def __init__(self, kafka: KafkaSettings) -> None:
+    def __init__(self, kafka: KafkaSettings, corrections: bool = False) -> None:
         self.kafka = kafka
+        self.corrections = corrections  # POST /feedback needs the admin token, so one is set
         self.routed: Counter[str] = Counter()
         self.triage_queue: deque[dict] = deque(maxlen=12)
         self.recent: deque[dict] = deque(maxlen=12)
@@ -113,6 +114,7 @@ class OpsView:
             "throughput_per_s": self.throughput(),
             "triage_queue": list(self.triage_queue),
             "recent": list(self.recent),
+            "corrections": self.corrections,
             "departments": [d.value for d in DEPARTMENTS],
             "urgencies": [u.value for u in URGENCIES],
             "alerts": list(self.alerts),

@@ -109,7 +109,7 @@ class RouteService:
         self.app.on_partitions_assigned.connect(self._on_rebalance)
         self._index_stale = True
         self._config_digest = file_digest(settings.config_file)
-        self.ops = OpsView(settings.kafka)
+        self.ops = OpsView(settings.kafka, corrections=self.config.access.admin_token is not None)
 
     @property
     def ready(self) -> bool:

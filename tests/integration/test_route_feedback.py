@@ -92,6 +92,10 @@ async def test_a_correction_from_the_api_reroutes_once_and_the_owner_follows(
                            "source": "ops", "correction_id": "k-1"}).encode()  # fmt: skip
         anonymous = await post(service, "/feedback", body)
         assert anonymous.status_code == 401  # the admin token is required
+        transport = httpx.ASGITransport(app=service.http_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://route") as client:
+            state = (await client.get("/ops/state")).json()
+        assert state["corrections"] is True  # a token is set: the ops page's buttons are on
         for _ in range(2):  # sent twice (a retry): applied once
             answer = await post(service, "/feedback", body, authorization=f"Bearer {TOKEN}")
             assert answer.status_code == 202, answer.text
