@@ -219,3 +219,22 @@ class DueIndex:
                 continue
             entry.reported = True
         return found
+
+
+def replies_read_until(
+    last_read: tuple[int, float] | None,
+    deadline: datetime,
+    end: int | None,
+    committed: int | None,
+) -> bool:
+    """Whether every company reply written to a partition before ``deadline`` has been handled,
+    so that an SLA breach may be raised: the last reply handled (offset, timestamp) was written
+    after the deadline, or nothing is left to read (the next offset to handle, after the last
+    handled or else the committed one, has reached the partition's ``end``). ``end`` is None
+    until the broker has answered a fetch of the partition: not known to be read."""
+    if last_read is not None and last_read[1] >= deadline.timestamp():
+        return True
+    if end is None:
+        return False
+    next_offset = last_read[0] + 1 if last_read is not None else (committed or 0)
+    return next_offset >= end

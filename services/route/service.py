@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI
+from faust.types import TP
 
 from switchboard.route import conversations, feedback, metrics
 from switchboard.route.config import RouteFileConfig
@@ -108,6 +109,9 @@ class RouteService:
         self.app.on_partitions_revoked.connect(self._on_rebalance)
         self.app.on_partitions_assigned.connect(self._on_rebalance)
         self._index_stale = True
+        # BRAND partition -> (offset, timestamp) of the last company reply handled: an SLA breach
+        # is only raised once every reply sent before its deadline has been read (see on_due).
+        self._replies_read: dict[int, tuple[int, float]] = {}
         self._config_digest = file_digest(settings.config_file)
         self.ops = OpsView(settings.kafka, corrections=self.config.access.admin_token is not None)
 
@@ -153,12 +157,14 @@ class RouteService:
         """Partitions came or went: forget the index now, rebuild it once the table is."""
         self.due.clear()
         self._index_stale = True
+        self._replies_read.clear()
 
     # --- per record, inside its partition's stream ------------------------------------------
 
     def handle(self, message: Any) -> list[Output]:
         """What one input record makes route publish (its table changes are made here too)."""
         if message.topic == topics.BRAND:
+            self._replies_read[message.partition] = (message.offset, message.timestamp or 0.0)
             return self.on_brand_reply(message)
         if message.topic == topics.ROUTE_DUE:
             return self.on_due(message)
@@ -340,7 +346,26 @@ class RouteService:
             self._forget(state.conversation_id)
             return []
         self.due.track(state)  # still active: a later sweep may report it again
-        return self.sla_breach(state, now) if due.reason == "sla" else []
+        if due.reason != "sla":
+            return []
+        deadline = state.awaiting.due_at if state.awaiting else None
+        if deadline is not None and not self._replies_read_until(message.partition, deadline):
+            # A reply sent in time may wait unread behind a restart or a rebalance: a later
+            # sweep reports the conversation again, once the replies are read.
+            log.info("SLA check waits for unread replies",
+                     extra={"conversation_id": state.conversation_id})  # fmt: skip
+            return []
+        return self.sla_breach(state, now)
+
+    def _replies_read_until(self, partition: int, deadline: datetime) -> bool:
+        """Whether every company reply written to this partition of ``switchboard.tweets.brand``
+        before ``deadline`` has been handled (conversations.replies_read_until)."""
+        tp = TP(topics.BRAND, partition)
+        consumer = self.app.consumer
+        committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - faust keeps it private
+        return conversations.replies_read_until(
+            self._replies_read.get(partition), deadline, consumer.highwater(tp), committed
+        )
 
     def _state(self, conversation_id: str) -> ConversationState | None:
         value = self.conversations.get(conversation_id.encode("utf-8"))

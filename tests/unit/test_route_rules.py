@@ -351,3 +351,22 @@ def test_the_spike_tally_publishes_one_observation_per_key_with_its_count_and_sa
     assert [t.id for t in [billing.tweet, *billing.more]] == ["t0", "t1", "t2"]
     assert outputs[b"keyword:x"].count == 2 and len(outputs[b"keyword:x"].more) == 1
     assert tally.drain() == []  # drained: nothing counted twice
+
+
+def test_an_sla_breach_waits_until_the_replies_written_before_its_deadline_are_read():
+    from datetime import UTC, datetime
+
+    from switchboard.route.conversations import replies_read_until
+
+    deadline = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    before, after = deadline.timestamp() - 5, deadline.timestamp() + 5
+    # after a restart: replies committed up to offset 40, the partition holds 45: unread
+    assert not replies_read_until(None, deadline, end=45, committed=40)
+    assert replies_read_until(None, deadline, end=40, committed=40)  # nothing left to read
+    assert replies_read_until(None, deadline, end=0, committed=None)  # an empty partition
+    assert not replies_read_until(None, deadline, end=None, committed=40)  # end not known yet
+    # handled up to offset 43, written before the deadline: 44 is still to read
+    assert not replies_read_until((43, before), deadline, end=45, committed=40)
+    assert replies_read_until((44, before), deadline, end=45, committed=40)
+    # the last reply handled was written after the deadline: every earlier one was read
+    assert replies_read_until((43, after), deadline, end=900, committed=40)
