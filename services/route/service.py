@@ -502,6 +502,8 @@ class RouteService:
         awaiting = state.awaiting
         assert awaiting is not None and awaiting.due_at is not None
         metrics.SLA_BREACHES.labels(awaiting.department, awaiting.urgency).inc()
+        log.warning("SLA breached", extra={"conversation_id": state.conversation_id,
+                                           "tweet_id": awaiting.tweet_id})  # fmt: skip
         outputs = []
         if awaiting.tweet is not None and awaiting.classification is not None:
             late = (now - awaiting.due_at).total_seconds() / 60

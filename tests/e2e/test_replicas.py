@@ -85,6 +85,18 @@ class Replica:
             terminate(self.process)
 
 
+def breach_report(logs: Path, alerted: Counter, unanswered: set[str]) -> str:
+    """Who raised the alerts an answered conversation got, and what each route replica logged
+    of those conversations (to tell a reply read late from one never read)."""
+    wrong = sorted(set(alerted) - unanswered)[:5]
+    lines = [f"alerted but answered: {wrong}"]
+    for replica in ("route-a", "route-b"):
+        text = (logs / f"{replica}.log").read_text(errors="replace").splitlines()
+        lines += [f"{replica}: {line[:300]}" for line in text
+                  if any(f'"{c}"' in line for c in wrong)][:40]  # fmt: skip
+    return "\n".join(lines)
+
+
 def config_file(tmp_path: Path, partitions: int) -> Path:
     config = yaml.safe_load(CONFIG_FILE.read_text())
     config["topics"]["partitions"] = partitions
@@ -197,7 +209,9 @@ async def test_two_replicas_of_route_and_notify_keep_each_conversation_with_its_
     alerts = [x for x in published(records, topics.ALERTS, Alert) if x.kind == "sla_breach"]
     per_conversation = Counter(x.tweet.conversation_id for x in alerts)
     # None for an answered conversation: each reply reached the replica that owns it.
-    assert set(per_conversation) == unanswered
+    assert set(per_conversation) == unanswered, breach_report(
+        tmp_path, per_conversation, unanswered
+    )
     assert max(per_conversation.values()) == 1  # each raised once, by the owner
     # Together the replicas hold every conversation once: each only its own partitions'.
     assert sum(held) == 2 * CONVERSATIONS and min(held) > 0
