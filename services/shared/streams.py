@@ -29,6 +29,15 @@ on a real Kafka and on the embedded broker alike:
   for records and sending them one by one.
 - faust's own web server is off: each service keeps /healthz, /readyz and /metrics on its
   FastAPI port.
+- two faust (0.15.3) fixes, without which a worker lost input records after a restart or a
+  rebalance (a company reply never read, an SLA alert for an answered conversation):
+  ``_Consumer`` fetches for a copy of the active partitions (faust hands aiokafka its live
+  set, which, emptied while a fetch waits, reads as "every partition": records of paused
+  partitions were consumed and skipped), and ``_Recovery`` seeks the input partitions while
+  they are still paused (a partition never committed to the start, as
+  ``consumer_auto_offset_reset`` says), then resumes them together with the clear of the
+  stream buffers (faust resumed, awaited the seek, then cleared: what the agent was handed
+  meanwhile was dropped, its offset already counted as read).
 """
 
 from __future__ import annotations
@@ -46,7 +55,10 @@ from typing import Any, NamedTuple
 import faust
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from faust.types.auth import CredentialsT
 from tenacity import (
     AsyncRetrying,
@@ -115,6 +127,7 @@ def stream_app(
         producer_acks=-1,
         producer_max_request_size=kafka.max_message_bytes,
         producer_linger=0.005,  # as the project's own producers: a few records per request
+        TableManager=_TableManager,
     )
     app.transport = _Transport(app.conf.broker_consumer, app)
     app.transport.idle_pause_s = kafka.fetch_idle_pause_ms / 1000
@@ -203,6 +216,77 @@ class StreamWorker:
             shutil.rmtree(self.app.conf.datadir, ignore_errors=True)
 
 
+class _Recovery(Recovery):
+    """faust's recovery, with the input partitions sought before they are resumed.
+
+    faust (0.15.3) resumes the input partitions, then awaits the seek to the committed
+    offsets, then resumes the flow, which clears the stream buffers. While it awaits the seek,
+    its fetcher, running since the changelogs were read, hands records of the resumed
+    partitions to the agents; one still buffered at the clear is dropped, and the fetcher has
+    already counted its offset as read, so it is not fetched again: a company reply was lost
+    this way after a restart. Seeking while the partitions are paused, then resuming them,
+    clearing and resuming the flow with no await in between, leaves nothing to drop."""
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        self.log.info("Restore complete!")
+        await self.app.on_rebalance_complete.send()
+        self._set_recovery_ended()
+        completing = [asyncio.ensure_future(table.on_recovery_completed(
+            self.actives_for_table[table], self.standbys_for_table[table]))
+            for table in self.tables.values()]  # fmt: skip
+        if completing:
+            await asyncio.wait(completing)
+        if self.app.consumer_generation_id != generation_id:
+            self.log.warning("Recovery rebalancing again")
+            return
+        await self._seek_then_resume()
+        self.tables.on_actives_ready()
+        if not self.app.assignor.assigned_standbys():
+            self.tables.on_standbys_ready()
+        self.app.on_rebalance_end()
+        self.log.info("Worker ready")
+
+    async def _resume_streams(self, generation_id: int = 0) -> None:
+        await self.app.on_rebalance_complete.send()
+        if self.app.consumer_generation_id != generation_id:
+            self.log.warning("Recovery rebalancing again")
+            return
+        await self._seek_then_resume()
+        self.tables.on_actives_ready()
+        self.tables.on_standbys_ready()
+        self.app.on_rebalance_end()
+        self.log.info("Worker ready")
+
+    async def _seek_then_resume(self) -> None:
+        consumer = self.app.consumer
+        inputs = {tp for tp in consumer.assignment() if not self._is_changelog_tp(tp)}
+        if inputs:
+            self.log.info("Seek stream partitions to committed offsets.")
+            await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+            # faust leaves a partition its group never committed where the fetcher got to; read
+            # it from the start, as ``consumer_auto_offset_reset`` (earliest) says.
+            uncommitted = [tp for tp in inputs if consumer._committed_offset.get(tp) is None]  # noqa: SLF001
+            if uncommitted:
+                await self._wait(consumer.seek_wait(dict.fromkeys(uncommitted, 0)))
+        # From here to the flow's resumption, nothing awaits: no record can be fetched between
+        # the clear of the stream buffers (flow_control.resume) and the partitions' resumption.
+        consumer.resume_partitions(inputs)
+        self.completed.set()
+        self.app.flow_control.resume()
+        consumer.resume_flow()
+        await self.app._fetcher.maybe_start()  # noqa: SLF001 - as faust's Recovery does
+
+
+class _TableManager(TableManager):
+    """faust's table manager with ``_Recovery``."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = _Recovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def on_start(self) -> None:
         await super().on_start()
@@ -210,6 +294,15 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:  # noqa: ASYNC109 - faust's signature
+        # faust hands its live set of active partitions to a fetch that runs in the consumer's
+        # thread and waits up to ``timeout``. Emptied meanwhile (every partition paused, as at
+        # the end of a recovery), the set reads as "all partitions" to aiokafka, which returns
+        # and counts as consumed records that faust then skips: a copy keeps the fetch to the
+        # partitions active when it began.
+        partitions = set(active_partitions) if active_partitions is not None else None
+        return await super()._getmany(partitions, timeout)
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -277,9 +370,8 @@ def worker_ready(app: faust.App) -> bool:
 
 
 async def until_worker_ready(app: faust.App, timeout_s: float = 120.0) -> None:
-    """Wait for ``worker_ready``: input sent before it may be processed twice (faust resumes
-    fetching before it seeks to the committed offsets), and a service is not ready until then.
-    """
+    """Wait for ``worker_ready``: a service is not ready until its tables are restored and its
+    inputs sought to the committed offsets (``_Recovery``)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not worker_ready(app):
         if app.crashed:
