@@ -159,6 +159,11 @@ class ZendeskFeedback(Section):
     max_age_s: float = Field(
         default=3600, gt=0, description="An older signature timestamp is refused (a replay)"
     )
+    ignore_users: list[str] = Field(
+        default_factory=list,
+        description="Zendesk user ids whose changes are not corrections: the API user notify "
+        "acts as (it sets a ticket's priority itself)",
+    )
 
 
 class JiraFeedback(Section):
@@ -176,6 +181,13 @@ class JiraFeedback(Section):
                                  "Lowest": Urgency.LOW},
         description="Jira priority name -> urgency",
     )  # fmt: skip
+    max_age_s: float = Field(
+        default=3600, gt=0, description="An event whose timestamp is older is refused (a replay)"
+    )
+    ignore_users: list[str] = Field(
+        default_factory=list,
+        description="Jira account ids whose changes are not corrections: the user notify acts as",
+    )
 
 
 class FeedbackConfig(Section):

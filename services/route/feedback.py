@@ -27,7 +27,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from switchboard.route import metrics
-from switchboard.route.config import JiraFeedback, ZendeskFeedback
+from switchboard.route.config import FeedbackConfig, JiraFeedback, ZendeskFeedback
 from switchboard.route.rules import URGENCY_RANK
 from switchboard.shared import topics
 from switchboard.shared.events import (
@@ -41,13 +41,14 @@ from switchboard.shared.events import (
 )
 from switchboard.shared.kafka import Output, publish
 from switchboard.shared.labels import Department, Urgency
-from switchboard.shared.settings import read_secret
+from switchboard.shared.settings import ConfigError, read_secret
 
 if TYPE_CHECKING:
     from switchboard.route.service import RouteService
 
 log = logging.getLogger(__name__)
 
+CLOCK_SKEW = timedelta(minutes=5)  # a vendor's clock ahead of ours by more: refused
 REMEMBERED_CORRECTIONS = 32  # per conversation: a webhook retried within days is applied once
 MAX_WEBHOOK_BYTES = 1 << 20
 ZENDESK_PATH = "/feedback/zendesk"
@@ -85,10 +86,16 @@ def apply(
         return Applied(recorded, remembered, None, False)
     department = request.department or recent.department
     urgency = request.urgency or recent.urgency
-    if (department, urgency) == (recent.department, recent.urgency):
-        outcome: Literal["rerouted", "relabelled", "unchanged"] = "unchanged"
+    decided = state.routed.get(tweet_id)
+    # A tweet in triage (or dropped) carries the model's guess: confirming it, or changing only
+    # its urgency, still sends it to the department a person has now named.
+    held_back = decided is not None and decided.destination != "department"
+    if department != recent.department or held_back:
+        outcome: Literal["rerouted", "relabelled", "unchanged"] = "rerouted"
+    elif urgency != recent.urgency:
+        outcome = "relabelled"
     else:
-        outcome = "rerouted" if department != recent.department else "relabelled"
+        outcome = "unchanged"
     corrected = recent.model_copy(update={"department": department, "urgency": urgency})
     correction = _correction(request, tweet_id, outcome, recent, recent.tweet, now)
     remembered = [*state.corrections, request.correction_id][-REMEMBERED_CORRECTIONS:]
@@ -99,7 +106,7 @@ def apply(
     new_state = state.model_copy(
         update={
             "department": department if outcome == "rerouted" else state.department,
-            "max_urgency": max((t.urgency for t in tweets.values()), key=URGENCY_RANK.get),
+            "max_urgency": _max_urgency(state, recent.urgency, urgency, tweets),
             "awaiting": _awaiting(state, tweet_id, department, urgency, sla_minutes),
             "recent": tweets,
             "corrections": remembered,
@@ -108,6 +115,21 @@ def apply(
     )
     escalate = urgency in alert_urgencies and recent.urgency not in alert_urgencies
     return Applied(correction, new_state, corrected, escalate)
+
+
+def _max_urgency(
+    state: ConversationState, before: Urgency, after: Urgency, tweets: dict[str, RecentTweet]
+) -> Urgency:
+    """The conversation's highest urgency once one tweet went from ``before`` to ``after``: a
+    rise raises it; a fall lowers it only as far as the other tweets route remembers allow
+    (older ones are not kept whole, so a fall never goes below what they may have held unless
+    the corrected tweet was the one that set it). Dropped tweets do not count, as in routing."""
+    rank = URGENCY_RANK.get
+    if rank(after) >= rank(before) or before != state.max_urgency:
+        return max(state.max_urgency, after, key=rank)
+    dropped = {i for i, d in state.routed.items() if d.destination == "dropped"}
+    counted = [t.urgency for tweet_id, t in tweets.items() if tweet_id not in dropped]
+    return max(counted or [after], key=rank)
 
 
 def _awaiting(
@@ -195,21 +217,21 @@ def zendesk_request(payload: dict[str, Any], config: ZendeskFeedback) -> Correct
         labels = {"urgency": urgency}
     else:
         return f"event {kind} is not a correction"
-    actor = detail.get("actor_id") or payload.get("actor_id") or "unknown"
+    actor = str(detail.get("actor_id") or payload.get("actor_id") or "unknown")
+    if actor in config.ignore_users:
+        return f"changed by zendesk user {actor}, one of route.feedback.zendesk.ignore_users"
     return CorrectionRequest(
         correction_id=f"zendesk:{payload.get('id') or _digest(payload)}",
         conversation_id=conversation_id,
         source="zendesk",
         by=f"zendesk user {actor}",
         note=f"ticket {detail.get('id')}",
-        made_at=_when(payload.get("time")),
+        made_at=_when(payload.get("time")) or datetime.now(UTC),
         **labels,
     )
 
 
-def jira_request(
-    payload: dict[str, Any], config: JiraFeedback, delivery: str | None
-) -> CorrectionRequest | str:
+def jira_request(payload: dict[str, Any], config: JiraFeedback) -> CorrectionRequest | str:
     """The correction a Jira ``issue_updated`` webhook means, or why it means none."""
     if payload.get("webhookEvent") != "jira:issue_updated":
         return f"event {payload.get('webhookEvent')} is not a correction"
@@ -234,26 +256,47 @@ def jira_request(
     if not labels:
         return "neither the project nor the priority changed"
     user = payload.get("user") or {}
+    if str(user.get("accountId")) in config.ignore_users:
+        return (
+            f"changed by jira user {user.get('accountId')}, one of route.feedback.jira.ignore_users"
+        )
+    # The id comes from the signed body (the change's own id), not from a header: a delivery
+    # Jira retries is the same body, and a replayed body is the same correction.
+    change = (payload.get("changelog") or {}).get("id")
+    correction_id = f"jira:{issue.get('id')}:{change}" if change else f"jira:{_digest(payload)}"
+    name = str(user.get("displayName") or user.get("accountId") or "unknown")
     return CorrectionRequest(
-        correction_id=f"jira:{delivery or _digest(payload)}",
+        correction_id=correction_id[:200],
         conversation_id=conversation_id,
         source="jira",
-        by=f"jira user {user.get('displayName') or user.get('accountId') or 'unknown'}",
+        by=f"jira user {name}"[:200],
         note=f"issue {issue.get('key')}",
-        made_at=_when(payload.get("timestamp")),
+        made_at=_when(payload.get("timestamp")) or datetime.now(UTC),
         **labels,
     )
 
 
-def _when(value: Any) -> datetime:
-    """A vendor's event time: ISO 8601 (Zendesk) or epoch milliseconds (Jira); now if neither."""
+def _when(value: Any) -> datetime | None:
+    """A vendor's event time: ISO 8601 (Zendesk) or epoch milliseconds (Jira); None if neither."""
     try:
-        if isinstance(value, int | float):
+        if isinstance(value, int | float) and not isinstance(value, bool):
             return datetime.fromtimestamp(value / 1000, UTC)
         parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     except (TypeError, ValueError, OverflowError):
-        return datetime.now(UTC)
+        return None
+
+
+def stale(when: datetime | None, now: datetime, max_age_s: float) -> str | None:
+    """Why a signed event's time makes it a replay (or unreadable), or None if it is fresh: too
+    old, missing, or more than ``CLOCK_SKEW`` ahead of this clock."""
+    if when is None:
+        return "no readable event time"
+    if now - when > timedelta(seconds=max_age_s):
+        return "event time too old"
+    if when - now > CLOCK_SKEW:
+        return "event time in the future"
+    return None
 
 
 def _digest(payload: dict[str, Any]) -> str:
@@ -316,13 +359,13 @@ def feedback_router(service: RouteService) -> APIRouter:
         body = await _body(request)
         timestamp = request.headers.get("x-zendesk-webhook-signature-timestamp", "")
         given = request.headers.get("x-zendesk-webhook-signature", "")
-        secret = read_secret(config.signing_secret, "route.feedback.zendesk.signing_secret")
-        expected = zendesk_signature(secret.get_secret_value(), timestamp, body)
+        secret = _secret(config.signing_secret, "route.feedback.zendesk.signing_secret")
+        expected = zendesk_signature(secret, timestamp, body)
         if not timestamp or not hmac.compare_digest(given.encode(), expected.encode()):
             return _refused("zendesk", "bad signature")
-        if datetime.now(UTC) - _when(timestamp) > timedelta(seconds=config.max_age_s):
-            return _refused("zendesk", "signature timestamp too old")
-        return await _then(accept, zendesk_request(_json(body), config), "zendesk")
+        if why := stale(_when(timestamp), datetime.now(UTC), config.max_age_s):
+            return _refused("zendesk", f"signature timestamp: {why}")
+        return await _then(accept, _parsed(zendesk_request, _json(body), config), "zendesk")
 
     @router.post(JIRA_PATH)
     async def jira(request: Request) -> dict[str, str]:
@@ -330,13 +373,14 @@ def feedback_router(service: RouteService) -> APIRouter:
         if config is None:
             raise HTTPException(404, "route.feedback.jira is not configured")
         body = await _body(request)
-        secret = read_secret(config.secret, "route.feedback.jira.secret")
-        expected = jira_signature(secret.get_secret_value(), body)
+        expected = jira_signature(_secret(config.secret, "route.feedback.jira.secret"), body)
         given = request.headers.get("x-hub-signature", "")
         if not hmac.compare_digest(given.encode(), expected.encode()):
             return _refused("jira", "bad signature")
-        delivery = request.headers.get("x-atlassian-webhook-identifier")
-        return await _then(accept, jira_request(_json(body), config, delivery), "jira")
+        payload = _json(body)
+        if why := stale(_when(payload.get("timestamp")), datetime.now(UTC), config.max_age_s):
+            return _refused("jira", f"timestamp: {why}")
+        return await _then(accept, _parsed(jira_request, payload, config), "jira")
 
     return router
 
@@ -349,6 +393,34 @@ async def _then(accept: Any, meant: CorrectionRequest | str, source: str) -> dic
         log.info("webhook ignored", extra={"source": source, "why": meant})
         return {"status": "ignored", "why": meant}
     return await accept(meant)
+
+
+def check_secrets(config: FeedbackConfig) -> None:
+    """Raise ConfigError, naming the key, when a configured webhook's secret cannot be read:
+    route refuses to start (or to apply a reloaded file) rather than answer every delivery 503."""
+    if config.zendesk is not None:
+        read_secret(config.zendesk.signing_secret, "route.feedback.zendesk.signing_secret")
+    if config.jira is not None:
+        read_secret(config.jira.secret, "route.feedback.jira.secret")
+
+
+def _secret(ref: Any, key: str) -> str:
+    """The webhook's secret; unreadable (its variable or file gone), the webhook answers 503
+    with the key, and the vendor tries again later, rather than a 500 without a reason."""
+    try:
+        return read_secret(ref, key).get_secret_value()
+    except ConfigError as error:
+        log.error("webhook secret unreadable: %s", error)
+        raise HTTPException(503, f"{key} cannot be read") from None
+
+
+def _parsed(parse: Any, payload: dict[str, Any], config: Any) -> CorrectionRequest | str:
+    """A signed event whose fields are not shaped as its vendor documents them is answered
+    400 with the reason (not a 500 the vendor would retry)."""
+    try:
+        return parse(payload, config)  # type: ignore[no-any-return]
+    except (AttributeError, TypeError, ValueError, ValidationError) as error:
+        raise HTTPException(400, f"the event is not as expected: {error}"[:500]) from None
 
 
 def _refused(source: str, why: str) -> Any:

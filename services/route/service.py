@@ -77,6 +77,7 @@ class RouteService:
     def __init__(self, settings: RouteSettings) -> None:
         self.settings = settings
         self.config = settings.config
+        feedback.check_secrets(self.config.route.feedback)
         self.version = rules_version(self.config.route)
         self.spike_keys = SpikeKeys(self.config.route.spikes)
         self.streams = StreamWorker(
@@ -540,6 +541,7 @@ class RouteService:
         self._config_digest = digest
         try:
             config = _load_config(self.settings)
+            feedback.check_secrets(config.route.feedback)
         except ConfigError as error:
             metrics.RULES_RELOADS.labels("invalid").inc()
             log.error("new configuration rejected; keeping the current rules: %s", error)

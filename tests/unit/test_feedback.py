@@ -7,11 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from switchboard.route.config import JiraFeedback, ZendeskFeedback
+from switchboard.route.config import FeedbackConfig, JiraFeedback, ZendeskFeedback
 from switchboard.route.feedback import (
     apply,
+    check_secrets,
     jira_request,
     jira_signature,
+    stale,
     zendesk_request,
     zendesk_signature,
 )
@@ -20,12 +22,14 @@ from switchboard.shared.events import (
     ConversationState,
     CorrectionRequest,
     RecentTweet,
+    RouteDecision,
     conversation_of_vendor_key,
     conversation_of_vendor_labels,
     vendor_conversation_key,
     vendor_conversation_label,
 )
 from switchboard.shared.labels import Department, Urgency
+from switchboard.shared.settings import ConfigError
 from tests.factories import a_tweet
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -112,6 +116,33 @@ def test_lowering_the_urgency_lowers_the_conversations_highest():
     result = applied(state, tweet_id="t-1", urgency="low")
     assert result.state is not None and result.state.max_urgency is Urgency.LOW
     assert not result.escalate
+
+
+def decision(destination: str, department: str) -> RouteDecision:
+    topic = {"triage": "switchboard.triage", "dropped": "switchboard.dropped"}.get(
+        destination, f"switchboard.dept.{department}"
+    )
+    return RouteDecision(destination=destination, department=Department(department), topic=topic,
+                         escalated=False, reasons=[], confidence_threshold=0.5,
+                         rules_version="r1")  # fmt: skip
+
+
+def test_confirming_the_models_guess_for_a_tweet_in_triage_sends_it_to_that_department():
+    state = conversation(recent("t-1", "sales", "normal"))
+    state = state.model_copy(update={"routed": {"t-1": decision("triage", "sales")}})
+    confirmed = applied(state, tweet_id="t-1", department="sales")
+    assert confirmed.correction.outcome == "rerouted" and confirmed.recent is not None
+    assert confirmed.recent.department is Department.SALES
+    urgency_only = applied(state, tweet_id="t-1", urgency="high")
+    assert urgency_only.correction.outcome == "rerouted"
+
+
+def test_a_reroute_keeps_the_conversations_highest_urgency_from_older_tweets():
+    # the critical tweet that set it is older than the tweets route keeps whole
+    state = conversation(recent("t-9", "sales", "normal"))
+    state = state.model_copy(update={"max_urgency": Urgency.CRITICAL})
+    result = applied(state, tweet_id="t-9", department="legal")
+    assert result.state is not None and result.state.max_urgency is Urgency.CRITICAL
 
 
 def test_a_correction_to_what_it_already_was_is_recorded_as_unchanged():
@@ -209,19 +240,45 @@ MOVED = {"field": "project", "fieldtype": "jira", "from": "10000", "fromString":
 
 def test_a_jira_issue_moved_to_a_mapped_project_corrects_its_conversation():
     priority = {"field": "priority", "fromString": "Medium", "toString": "Highest"}
-    meant = jira_request(jira_event([MOVED, priority]), JIRA, "delivery-1")
+    meant = jira_request(jira_event([MOVED, priority]), JIRA)
     assert isinstance(meant, CorrectionRequest)
     assert (meant.conversation_id, meant.department, meant.urgency) == ("c-9", "legal",
                                                                         "critical")  # fmt: skip
-    assert meant.correction_id == "jira:delivery-1" and meant.by == "jira user Mia Krystof"
+    # the id is the signed body's own (issue and change), so a replayed delivery is the same
+    assert meant.correction_id == "jira:10002:10101" and meant.by == "jira user Mia Krystof"
     assert meant.made_at == datetime.fromtimestamp(1796385540, UTC)
 
 
 def test_a_jira_update_that_is_no_correction_says_why():
-    assert "not one of" in jira_request(jira_event([MOVED], project="OPS"), JIRA, None)
+    assert "not one of" in jira_request(jira_event([MOVED], project="OPS"), JIRA)
     summary = {"field": "summary", "fromString": "a", "toString": "b"}
-    assert "neither" in jira_request(jira_event([summary]), JIRA, None)
-    assert "not an issue" in jira_request(jira_event([MOVED], labels=["x"]), JIRA, None)
+    assert "neither" in jira_request(jira_event([summary]), JIRA)
+    assert "not an issue" in jira_request(jira_event([MOVED], labels=["x"]), JIRA)
+
+
+def test_changes_made_by_switchboards_own_users_are_not_corrections():
+    # notify sets a Zendesk ticket's priority (and a Jira issue's) itself: that is no person's
+    # verdict on the model
+    zendesk = ZENDESK.model_copy(update={"ignore_users": ["9001"]})
+    meant = zendesk_request(zendesk_event("priority_changed", "urgent"), zendesk)
+    assert isinstance(meant, str) and "ignore_users" in meant
+    jira = JIRA.model_copy(update={"ignore_users": ["5b10a2844c20165700ede21g"]})
+    meant = jira_request(jira_event([MOVED]), jira)
+    assert isinstance(meant, str) and "ignore_users" in meant
+
+
+@pytest.mark.parametrize(
+    ("when", "why"),
+    [
+        (NOW - timedelta(seconds=30), None),
+        (NOW - timedelta(hours=2), "too old"),  # a captured delivery sent again later
+        (NOW + timedelta(hours=1), "in the future"),
+        (None, "no readable event time"),
+    ],
+)
+def test_a_signed_event_must_be_recent(when, why):
+    found = stale(when, NOW, max_age_s=3600)
+    assert found == why if why is None else why in found
 
 
 def test_signatures_are_the_vendors_own():
@@ -254,3 +311,11 @@ def test_a_correction_of_a_tweet_route_forgot_is_still_applied_once():
     assert result.correction.outcome == "recorded" and result.recent is None
     assert result.state is not None and result.state.corrections == ["api:1"]
     assert result.state.recent == state.recent and result.state.department is Department.SALES
+
+
+def test_a_webhook_whose_secret_cannot_be_read_stops_route_naming_the_key(monkeypatch):
+    monkeypatch.delenv("ZD_HOOK", raising=False)
+    monkeypatch.setenv("JIRA_HOOK", "s3cret")
+    check_secrets(FeedbackConfig(jira=JIRA))  # readable: nothing to say
+    with pytest.raises(ConfigError, match=r"route\.feedback\.zendesk\.signing_secret.*ZD_HOOK"):
+        check_secrets(FeedbackConfig(zendesk=ZENDESK, jira=JIRA))
