@@ -31,6 +31,9 @@ from switchboard.shared.labels import DEPARTMENTS, URGENCIES
 from switchboard.shared.settings import KafkaSettings
 
 COMPARE_EVERY_S = 30.0
+OPS_COMPARE_LIMIT = (
+    20_000  # records read back for the ops page (route holds them while it compares)
+)
 # What each service writes: its throughput is how fast these topics grow.
 STAGE_TOPICS: dict[str, tuple[str, ...]] = {
     "ingest": (topics.RAW, topics.BRAND),
@@ -49,7 +52,7 @@ class OpsView:
         self.recent: deque[dict] = deque(maxlen=12)
         self.alerts: deque[dict] = deque(maxlen=12)
         self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=8)
-        self._compared: dict[float, tuple[float, dict[str, Any]]] = {}
+        self._compared: dict[int, tuple[float, dict[str, Any]]] = {}  # at most 24 hours
         self._comparing = asyncio.Lock()
 
     def on_routed(self, routed: RoutedTweet) -> None:
@@ -84,13 +87,13 @@ class OpsView:
         finally:
             await consumer.stop()
 
-    async def comparison(self, hours: float) -> dict[str, Any]:
+    async def comparison(self, hours: int) -> dict[str, Any]:
         cached = self._compared.get(hours)
         if cached is not None and time.monotonic() - cached[0] < COMPARE_EVERY_S:
             return cached[1]
         async with self._comparing:
             since = utc_now() - timedelta(hours=hours)
-            found = await read_since(self.kafka, since)
+            found = await read_since(self.kafka, since, limit=OPS_COMPARE_LIMIT)
             report = compare(found[topics.CLASSIFIED], found[topics.SHADOW],
                              found[topics.FEEDBACK], examples=2)  # fmt: skip
             report["since"] = since.isoformat()
@@ -162,9 +165,10 @@ def ops_router(view: OpsView) -> APIRouter:
         return view.state()
 
     @router.get("/ops/compare")
-    async def ops_compare(hours: float = Query(default=1.0, gt=0, le=168)) -> dict[str, Any]:
+    async def ops_compare(hours: int = Query(default=1, ge=1, le=24)) -> dict[str, Any]:
         """The live model against the shadow candidates over the last ``hours`` (at most one
-        reading every COMPARE_EVERY_S: it reads three topics back)."""
+        reading every COMPARE_EVERY_S per whole hour, of the latest OPS_COMPARE_LIMIT records:
+        a glance that must not weigh on route; ``switchboard classify compare`` reads all)."""
         return await view.comparison(hours)
 
     return router
