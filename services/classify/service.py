@@ -108,7 +108,7 @@ class ClassifyService:
         self.producer = make_producer(settings.kafka, client_id=group)
         self.consumer = make_consumer(settings.kafka, [topics.RAW], group, group)
         self.comparison = ShadowComparison() if self.shadow else None
-        self._config_digest = file_digest(settings.config_file)
+        self._config_digest: str | None = file_digest(settings.config_file)
         self._ready = False
 
     @property
@@ -198,7 +198,10 @@ class ClassifyService:
             log.error("new configuration rejected; the current model keeps serving: %s", error)
             return "failed"
         options = settings.config.classify
-        if all(getattr(options, k) == getattr(self.options, k) for k in MODEL_OPTIONS) and (
+        # settings.artifact is the one this process serves (in shadow, the candidate): a change
+        # of classify.artifact alone is the live model's, not a shadow's
+        keys = [k for k in MODEL_OPTIONS if k != "artifact"]
+        if all(getattr(options, k) == getattr(self.options, k) for k in keys) and (
             settings.artifact == self.settings.artifact
         ):
             self.options = options
@@ -209,8 +212,9 @@ class ClassifyService:
                                             settings.onnx_dir)  # fmt: skip
         except Exception as error:  # noqa: BLE001 - any failure to load keeps the current model
             metrics.MODEL_RELOADS.labels("failed").inc()
-            log.error("model %s did not load; the current model keeps serving: %s",
-                      settings.artifact, error)  # fmt: skip
+            log.error("model %s did not load; the current model keeps serving, and the file is "
+                      "read again at the next interval: %s", settings.artifact, error)  # fmt: skip
+            self._config_digest = None  # an artifact still being copied loads at a later try
             return "failed"
         previous = self.model.version if self.model else None
         self.model, self.settings, self.options = model, settings, options

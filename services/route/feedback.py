@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+TICKETING = ("zendesk", "jira")  # sources that correct a ticket, not a tweet
 CLOCK_SKEW = timedelta(minutes=5)  # a vendor's clock ahead of ours by more: refused
 REMEMBERED_CORRECTIONS = 32  # per conversation: a webhook retried within days is applied once
 MAX_WEBHOOK_BYTES = 1 << 20
@@ -75,7 +76,7 @@ def apply(
     alert_urgencies: list[Urgency],
 ) -> Applied:
     """The correction as the conversation's owner applies it (``state`` active or None)."""
-    tweet_id = request.tweet_id or (next(reversed(state.recent), None) if state else None)
+    tweet_id = request.tweet_id or _latest(state, request.source)
     recent = state.recent.get(tweet_id) if state is not None and tweet_id else None
     if state is None or recent is None:  # past the TTL: kept for training, not re-routed
         given = request.tweet if request.tweet and tweet_id in (None, request.tweet.id) else None
@@ -115,6 +116,19 @@ def apply(
     )
     escalate = urgency in alert_urgencies and recent.urgency not in alert_urgencies
     return Applied(correction, new_state, corrected, escalate)
+
+
+def _latest(state: ConversationState | None, source: str) -> str | None:
+    """The tweet a correction without a tweet id means: the conversation's latest, or, from a
+    ticketing system, the latest that reached a department (only those have a ticket or an
+    issue: not one dropped or left in triage after it)."""
+    if state is None:
+        return None
+    for tweet_id in reversed(state.recent):
+        decided = state.routed.get(tweet_id)
+        if source not in TICKETING or decided is not None and decided.destination == "department":
+            return tweet_id
+    return None
 
 
 def _max_urgency(

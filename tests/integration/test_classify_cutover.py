@@ -53,6 +53,7 @@ async def test_a_new_artifact_takes_over_under_load_and_rolls_back(
             sent.append(tweet_id)
             await asyncio.sleep(0.01)  # about 100 tweets a second
 
+    applied_before = classify_metrics.MODEL_RELOADS.labels("applied")._value.get()  # noqa: SLF001
     async with running(service):
         await offer(100)
         write_config(path, CANDIDATE)  # the cutover, while tweets keep coming
@@ -67,6 +68,9 @@ async def test_a_new_artifact_takes_over_under_load_and_rolls_back(
             [topics.CLASSIFIED], lambda rs: len({t for _, _, t, _ in labelled(rs, run)}) >= 550
         )
         write_config(path, "/nonexistent/artifact")  # a model that cannot load changes nothing
+        assert await service.reload_if_changed() == "failed"
+        # tried again at the next look, unchanged file or not: an artifact still being copied
+        # when the file named it loads once it is whole
         assert await service.reload_if_changed() == "failed"
         assert service.model.version == LIVE
         settle = await read([topics.CLASSIFIED], lambda rs: False, timeout_s=1.0)
@@ -85,7 +89,7 @@ async def test_a_new_artifact_takes_over_under_load_and_rolls_back(
         assert changes in ([LIVE, CANDIDATE, LIVE], [LIVE, CANDIDATE], [LIVE]), changes
     assert len(records) >= 550
     applied = classify_metrics.MODEL_RELOADS.labels("applied")._value.get()  # noqa: SLF001
-    assert applied >= 2
+    assert applied - applied_before >= 2  # the counter is the process's: this test's own part
 
 
 async def test_a_shadow_classify_labels_the_same_tweets_into_its_own_topic(

@@ -137,6 +137,16 @@ def test_confirming_the_models_guess_for_a_tweet_in_triage_sends_it_to_that_depa
     assert urgency_only.correction.outcome == "rerouted"
 
 
+def test_a_ticket_moved_corrects_the_latest_tweet_that_reached_a_department():
+    # the ticket is the first tweet's; a later one was dropped as spam
+    state = conversation(recent("t-1", "sales", "normal"), recent("t-2", "sales", "low"))
+    state = state.model_copy(update={"routed": {"t-1": decision("department", "sales"),
+                                                "t-2": decision("dropped", "sales")}})  # fmt: skip
+    moved = applied(state, department="legal", source="zendesk", correction_id="zendesk:1")
+    assert moved.correction.tweet_id == "t-1"
+    assert applied(state, department="legal").correction.tweet_id == "t-2"  # the API: the latest
+
+
 def test_a_reroute_keeps_the_conversations_highest_urgency_from_older_tweets():
     # the critical tweet that set it is older than the tweets route keeps whole
     state = conversation(recent("t-9", "sales", "normal"))
