@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 TICKETING = ("zendesk", "jira")  # sources that correct a ticket, not a tweet
 CLOCK_SKEW = timedelta(minutes=5)  # a vendor's clock ahead of ours by more: refused
 REMEMBERED_CORRECTIONS = 32  # per conversation: a webhook retried within days is applied once
+APPLIED_KEPT = 5  # corrections kept whole per conversation, to publish again after a crash
 MAX_WEBHOOK_BYTES = 1 << 20
 ZENDESK_PATH = "/feedback/zendesk"
 JIRA_PATH = "/feedback/jira"
@@ -82,8 +83,7 @@ def apply(
         given = request.tweet if request.tweet and tweet_id in (None, request.tweet.id) else None
         tweet_id = tweet_id or (given.id if given else None)
         recorded = _correction(request, tweet_id, "recorded", None, given, now)
-        remembered = state and state.model_copy(update={"corrections": [
-            *state.corrections, request.correction_id][-REMEMBERED_CORRECTIONS:]})  # fmt: skip
+        remembered = state and state.model_copy(update=_remembering(state, recorded))
         return Applied(recorded, remembered, None, False)
     department = request.department or recent.department
     urgency = request.urgency or recent.urgency
@@ -99,10 +99,9 @@ def apply(
         outcome = "unchanged"
     corrected = recent.model_copy(update={"department": department, "urgency": urgency})
     correction = _correction(request, tweet_id, outcome, recent, recent.tweet, now)
-    remembered = [*state.corrections, request.correction_id][-REMEMBERED_CORRECTIONS:]
     if outcome == "unchanged":
-        return Applied(correction, state.model_copy(update={"corrections": remembered}), None,
-                       False)  # fmt: skip
+        return Applied(correction, state.model_copy(update=_remembering(state, correction)),
+                       None, False)  # fmt: skip
     tweets = {**state.recent, tweet_id: corrected}
     new_state = state.model_copy(
         update={
@@ -110,12 +109,21 @@ def apply(
             "max_urgency": _max_urgency(state, recent.urgency, urgency, tweets),
             "awaiting": _awaiting(state, tweet_id, department, urgency, sla_minutes),
             "recent": tweets,
-            "corrections": remembered,
             "updated_at": now,
+            **_remembering(state, correction),
         }
     )
     escalate = urgency in alert_urgencies and recent.urgency not in alert_urgencies
     return Applied(correction, new_state, corrected, escalate)
+
+
+def _remembering(state: ConversationState, correction: Correction) -> dict[str, Any]:
+    """The conversation's memory of corrections with this one: its id (applied once) and the
+    correction itself, its tweet left out (published again if its request is read again)."""
+    return {
+        "corrections": [*state.corrections, correction.correction_id][-REMEMBERED_CORRECTIONS:],
+        "applied": [*state.applied, correction.model_copy(update={"tweet": None})][-APPLIED_KEPT:],
+    }
 
 
 def _latest(state: ConversationState | None, source: str) -> str | None:

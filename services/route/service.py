@@ -261,8 +261,7 @@ class RouteService:
         now = datetime.now(UTC)
         state = self._active(request.conversation_id, now)
         if state is not None and request.correction_id in state.corrections:
-            log.info("correction applied before", extra={"correction_id": request.correction_id})
-            return []
+            return self._applied_before(state, request, message.offset)
         route = self.config.route
         applied = feedback.apply(state, request, now, sla_minutes=route.sla.minutes,
                                  alert_urgencies=route.alert_urgencies)  # fmt: skip
@@ -281,7 +280,7 @@ class RouteService:
             routed_now = {**new_state.routed, routed.tweet.id: routed.route}
             new_state = new_state.model_copy(update={"routed": routed_now})
         if new_state is not None:
-            self._remember(new_state)
+            self._remember(new_state.model_copy(update={"correction_offset": message.offset}))
         metrics.CORRECTIONS.labels(
             correction.source, _label(correction.department), _label(correction.department_before),
             _label(correction.urgency), _label(correction.urgency_before),
@@ -290,6 +289,45 @@ class RouteService:
         log.info("corrected", extra={"correction_id": correction.correction_id,
                                      "tweet_id": correction.tweet_id, "by": correction.by,
                                      "outcome": correction.outcome})  # fmt: skip
+        return outputs
+
+    def _applied_before(
+        self, state: ConversationState, request: CorrectionRequest, offset: int
+    ) -> list[Output]:
+        """A correction whose id was applied: a new request with it (a retried webhook, a
+        second click) changes nothing and publishes nothing; the same request read again (the
+        replica died after the table remembered it, perhaps before its outputs were out) has
+        its Correction, re-routed tweet and alert published again as they were."""
+        log.info("correction applied before", extra={"correction_id": request.correction_id})
+        correction = next(
+            (c for c in state.applied if c.correction_id == request.correction_id), None
+        )
+        if (
+            correction is None
+            or state.correction_offset is None
+            or offset > state.correction_offset
+        ):
+            return []
+        key = request.conversation_id
+        recent = state.recent.get(correction.tweet_id or "")
+        if recent is not None:
+            correction = correction.model_copy(update={"tweet": recent.tweet})
+        outputs = [Output.of(topics.FEEDBACK, correction, key)]
+        decision = state.routed.get(correction.tweet_id or "")
+        if (
+            recent is None
+            or decision is None
+            or correction.outcome not in ("rerouted", "relabelled")
+        ):
+            return outputs
+        alerting = self.config.route.alert_urgencies
+        escalate = correction.urgency in alerting and correction.urgency_before not in alerting
+        again = feedback.Applied(correction, state, recent, escalate)
+        routed, alert = self._corrected(again, decision)
+        if correction.outcome == "rerouted":
+            outputs.append(Output.of(routed.route.topic, routed, key))
+        if alert is not None:
+            outputs.append(Output.of(topics.ALERTS, alert, key))
         return outputs
 
     def _corrected(

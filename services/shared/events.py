@@ -287,6 +287,16 @@ class ConversationState(Event):
         default_factory=list,
         description="Ids of the latest corrections applied, so one sent twice applies once",
     )
+    applied: list[Correction] = Field(
+        default_factory=list,
+        description="The latest corrections applied, their tweets left out (see recent): one "
+        "whose request is read again after a crash is published again as it was",
+    )
+    correction_offset: int | None = Field(
+        default=None,
+        description="The offset on switchboard.feedback.requests of the latest request applied: "
+        "a request at or below it is a redelivery of one already applied, not a new request",
+    )
 
 
 class CorrectionRequest(Event):
@@ -347,6 +357,9 @@ class Correction(Event):
     urgency: Urgency | None = Field(description="After the correction")
     model_version: str | None = Field(description="The model whose labels were corrected")
     tweet: Tweet | None = None
+
+
+ConversationState.model_rebuild()  # ``applied`` names Correction, defined after it
 
 
 class ConversationDue(Event):

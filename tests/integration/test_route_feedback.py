@@ -7,6 +7,7 @@ its new owner."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from datetime import UTC, datetime
 
@@ -21,9 +22,11 @@ from switchboard.route.service import RouteService
 from switchboard.route.settings import RouteSettings
 from switchboard.shared import topics
 from switchboard.shared.events import (
+    Alert,
     Correction,
     Delivery,
     RoutedTweet,
+    decode,
     encode,
     vendor_conversation_key,
     vendor_conversation_label,
@@ -128,6 +131,44 @@ async def test_a_correction_from_the_api_reroutes_once_and_the_owner_follows(
     follow = next(e for e in moved if e.tweet.id == follow_up.tweet.id)
     assert follow.route.owner == "conversation"  # the owner followed the correction
     assert len(on_topic(settle, "switchboard.dept.sales", conversation)) == 1  # only the first
+
+
+async def test_a_correction_read_again_after_a_crash_is_published_again_as_it_was(
+    settings, producer, read, running
+):
+    """The replica remembered the correction (its table write went out) and died before its
+    outputs were acknowledged: the same request, read again, publishes them again. A new
+    request with the same id (a retried webhook) still publishes nothing."""
+    conversation = new_id()
+    tweet = a_classified_tweet("sales", 0.9, "normal", id=f"{conversation}-1",
+                               conversation_id=conversation)  # fmt: skip
+    service = RouteService(settings)
+    async with running(service):
+        await route_tweets(producer, tweet)
+        await read(WATCHED, lambda rs: on_topic(rs, "switchboard.dept.sales", conversation))
+        fields = {"conversation_id": conversation, "department": "legal", "urgency": "critical",
+                  "by": "ana", "correction_id": "k-9"}  # fmt: skip
+        body = json.dumps(fields).encode()
+        answer = await post(service, "/feedback", body, authorization=f"Bearer {TOKEN}")
+        assert answer.status_code == 202, answer.text
+        records = await read([topics.FEEDBACK_REQUESTS, *WATCHED],
+                             lambda rs: corrections(rs, conversation))  # fmt: skip
+        (first,) = corrections(records, conversation)
+        requests = [r for r in records if r.topic == topics.FEEDBACK_REQUESTS]
+        (request,) = [r for r in requests if key_of(r) == conversation]
+        again = service.on_correction_request(request)  # the same record, read again
+        retried = service.on_correction_request(
+            dataclasses.replace(request, offset=request.offset + 1)
+        )
+    assert retried == []
+    assert [o.topic for o in again] == [topics.FEEDBACK, "switchboard.dept.legal", topics.ALERTS]
+    republished = decode(Correction, again[0].value)
+    assert republished.model_dump(exclude={"applied_at"}) == first.model_dump(
+        exclude={"applied_at"})  # fmt: skip
+    routed = decode(RoutedTweet, again[1].value)
+    assert routed.tweet.id == tweet.tweet.id and routed.classification.department == "legal"
+    assert routed.correction is not None and routed.correction.correction_id == "api:k-9"
+    assert decode(Alert, again[2].value).alert_id == f"critical_tweet:{tweet.tweet.id}"
 
 
 async def test_a_zendesk_ticket_moved_to_another_group_corrects_its_conversation(
