@@ -29,15 +29,17 @@ on a real Kafka and on the embedded broker alike:
   for records and sending them one by one.
 - faust's own web server is off: each service keeps /healthz, /readyz and /metrics on its
   FastAPI port.
-- two faust (0.15.3) fixes, without which a worker lost input records after a restart or a
-  rebalance (a company reply never read, an SLA alert for an answered conversation):
-  ``_Consumer`` fetches for a copy of the active partitions (faust hands aiokafka its live
-  set, which, emptied while a fetch waits, reads as "every partition": records of paused
-  partitions were consumed and skipped), and ``_Recovery`` seeks the input partitions while
-  they are still paused (a partition never committed to the start, as
-  ``consumer_auto_offset_reset`` says), then resumes them together with the clear of the
-  stream buffers (faust resumed, awaited the seek, then cleared: what the agent was handed
-  meanwhile was dropped, its offset already counted as read).
+- two faust (0.15.3) fixes, without which a worker lost input records after a restart, a
+  rebalance or a broker restart (a company reply never read, a partition's backlog never
+  routed):
+  ``_Consumer`` lets aiokafka hand over only the records of partitions active at that moment
+  (faust gave it its live set, which, emptied while a fetch waits, reads as "every
+  partition"; a copy let a fetch begun before a rebalance drain, after the seek, partitions
+  paused since: either way records were consumed and then skipped), and ``_Recovery`` seeks
+  the input partitions while they are still paused (a partition never committed to the
+  start, as ``consumer_auto_offset_reset`` says), then resumes them together with the clear
+  of the stream buffers (faust resumed, awaited the seek, then cleared: what the agent was
+  handed meanwhile was dropped, its offset already counted as read).
 """
 
 from __future__ import annotations
@@ -293,15 +295,34 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         pause_when_idle(self._consumer, self.transport.idle_pause_s)  # type: ignore[arg-type,attr-defined]
 
 
+class _ActivePartitions:
+    """faust's live set of active partitions as aiokafka's fetch reads it: membership is
+    asked of the live set when aiokafka drains its buffer, and the view is never empty.
+
+    A fetch runs in the consumer's thread and waits up to a second for records. faust hands it
+    its live set; emptied meanwhile (every partition paused, as during a recovery), the set
+    reads as "all partitions" to aiokafka, which drains and counts as consumed records that
+    faust then skips. A copy of the set is no better: a fetch begun before a rebalance drains,
+    after the recovery's seek, the records of partitions paused since, and faust skips those
+    too (a whole partition's backlog after a broker restart). Asked at drain time, a paused
+    partition's records stay in aiokafka's buffer, its position unmoved."""
+
+    __slots__ = ("_live",)
+
+    def __init__(self, live: set[TP]) -> None:
+        self._live = live
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self._live
+
+    def __bool__(self) -> bool:
+        return True
+
+
 class _Consumer(faust_aiokafka.Consumer):
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:  # noqa: ASYNC109 - faust's signature
-        # faust hands its live set of active partitions to a fetch that runs in the consumer's
-        # thread and waits up to ``timeout``. Emptied meanwhile (every partition paused, as at
-        # the end of a recovery), the set reads as "all partitions" to aiokafka, which returns
-        # and counts as consumed records that faust then skips: a copy keeps the fetch to the
-        # partitions active when it began.
-        partitions = set(active_partitions) if active_partitions is not None else None
-        return await super()._getmany(partitions, timeout)
+        partitions = _ActivePartitions(active_partitions) if active_partitions is not None else None
+        return await super()._getmany(partitions, timeout)  # type: ignore[arg-type]
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)

@@ -17,6 +17,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
+from faust.types import TP
 
 from switchboard.shared.kafka import client_options, ensure_topics
 from switchboard.shared.settings import KafkaSettings
@@ -231,3 +232,48 @@ async def test_a_worker_that_restores_its_table_handles_each_waiting_record_once
         await asyncio.gather(task, return_exceptions=True)
     assert not waiting - set(handled), f"never handled: {sorted(waiting - set(handled))[:10]}"
     assert len(handled) == len(set(handled)) == len(waiting)  # and none twice
+
+
+async def test_a_fetch_waiting_when_its_partitions_are_paused_leaves_their_records_unread(
+    own_kafka: KafkaSettings, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    """faust pauses a worker's input partitions when a rebalance begins, while its fetcher may
+    be waiting up to a second for records; it resumes them after the recovery's seek. Records
+    written meanwhile must stay unread until then, not be drained by the waiting fetch and
+    skipped (as faust skips records of paused partitions): after a broker restart, a whole
+    partition's backlog was lost this way, its offsets passed over and never routed."""
+    kafka, run = own_kafka, next(_runs)
+    inputs = f"paused-{run}-in"
+    await ensure_topics(kafka, [inputs], 2, 1)
+    app = stream_app(f"paused-{run}", kafka, state_dir=tmp_path, member=f"paused-{run}",
+                     url="http://127.0.0.1:60998", partitions=2)  # fmt: skip
+    handled: list[tuple[int, int]] = []
+
+    async def handle(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            handled.append((event.message.partition, event.message.offset))
+
+    topic = app.topic(inputs, key_serializer="raw", value_serializer="raw", partitions=2)
+    app.agent(topic, name="paused")(handle)
+    task = asyncio.create_task(app.start())
+    tps = {TP(inputs, 0), TP(inputs, 1)}  # faust's own TopicPartition
+    try:
+        await wait_for(lambda: worker_ready(app), timeout_s=60)
+        await send(producer, inputs, [f"before-{i}" for i in range(20)])
+        await wait_for(lambda: len(handled) == 20, timeout_s=30)
+        await asyncio.sleep(0.3)  # the fetcher is back to waiting for records
+        app.consumer.pause_partitions(tps)
+        await send(producer, inputs, [f"while-paused-{i}" for i in range(40)])
+        await asyncio.sleep(2.5)  # longer than any fetch waits
+        positions = {tp.partition: await app.consumer.position(tp) for tp in tps}
+        read = {p: 1 + max((o for q, o in handled if q == p), default=-1) for p in (0, 1)}
+        assert positions == read, "records of paused partitions were drained"
+        assert len(handled) == 20
+        app.consumer.resume_partitions(tps)
+        await wait_for(lambda: len(handled) >= 60, timeout_s=30)
+        await until_idle(handled, quiet_s=1.0)
+    finally:
+        await app.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert len(handled) == len(set(handled)) == 60
