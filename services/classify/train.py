@@ -29,7 +29,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +40,9 @@ from safetensors.torch import load_file, save_file
 
 from switchboard.classify.data import (
     DEFAULT_DATA,
+    PROJECT_LICENCE,
     LabeledTweet,
+    TweetText,
     commercial_use,
     content_sha256,
     licence_family,
@@ -514,7 +516,10 @@ def prepare_distillation(
     records about them (None, None without a teacher)."""
     if options.teacher is None:
         return None, None
-    extra = [t.text for t in read_tweets(Path(options.unlabeled))] if options.unlabeled else []
+    unlabeled = read_tweets(Path(options.unlabeled)) if options.unlabeled else []
+    if options.licences == "commercial":
+        unlabeled = [t for t in unlabeled if commercial_use(_licence_of(t))]
+    extra = [t.text for t in unlabeled]
     started = time.monotonic()
     departments, urgencies, card = teacher_logits(
         Path(options.teacher), [r.text for r in rows] + extra, options
@@ -530,8 +535,18 @@ def prepare_distillation(
         "temperature": options.distil_temperature,
         "unlabeled_rows": len(extra),
         "unlabeled_sha256": _text_sha256(extra) if extra else None,
+        # what the student learnt from besides its labeled rows, for its licence: the
+        # unlabeled texts' licences, and those of the rows the teacher learnt from
+        "licences": sorted(
+            {_licence_of(t) for t in unlabeled}
+            | set(card.get("licence", {}).get("training_rows_by_licence", {}))
+        ),
     }
     return distil, record
+
+
+def _licence_of(tweet: TweetText) -> str:
+    return tweet.extra.get("licence") or PROJECT_LICENCE
 
 
 def _text_sha256(texts: list[str]) -> str:
@@ -589,12 +604,14 @@ class TrainingData:
         )  # fmt: skip
 
 
-def training_licence(rows: list[LabeledTweet]) -> dict:
-    """The licence that follows from the training rows: the most restrictive of theirs wins."""
+def training_licence(rows: list[LabeledTweet], also: Sequence[str] = ()) -> dict:
+    """The licence that follows from the training rows and ``also`` (the licences of what a
+    distilled student learnt from besides them): the most restrictive wins."""
     families = Counter(licence_family(r.licence) for r in rows)
-    commercial = all(commercial_use(r.licence) for r in rows)
-    non_commercial = any(f.startswith("CC BY-NC") for f in families)
-    unknown = "unknown" in families
+    every_family = set(families) | {licence_family(licence) for licence in also}
+    commercial = all(commercial_use(r.licence) for r in rows) and all(map(commercial_use, also))
+    non_commercial = any(f.startswith("CC BY-NC") for f in every_family)
+    unknown = "unknown" in every_family
     if commercial:
         terms = (
             "Commercial use allowed. Trained on tweets written for the project (Apache-2.0) and "
@@ -674,7 +691,7 @@ def train(
         "max_length": options.max_length,
         "options": asdict(options),
         **({"distillation": distillation} if distillation else {}),
-        "licence": training_licence(train_rows),
+        "licence": training_licence(train_rows, (distillation or {}).get("licences", ())),
         "selected_on": f"{data.selection.name}/dev",
         "selected_epoch": best["epoch"],
         "calibration": asdict(calibration),

@@ -186,3 +186,14 @@ def test_an_unknown_artifact_fails_at_start_naming_the_key_and_the_choices(tmp_p
     assert resolve_artifact("minilm-commercial-v1") == ARTIFACTS / "minilm-commercial-v1"
     (tmp_path / "card.json").write_text("{}")
     assert resolve_artifact(str(tmp_path)) == tmp_path
+
+
+def test_a_distilled_students_licence_also_follows_what_it_learnt_without_labels():
+    """A student learns its teacher's outputs on unlabeled texts: their licences, and those of
+    the teacher's training rows, bind it as its labeled rows do."""
+    written = LabeledTweet("w", D.SALES, U.LOW)
+    assert training_licence([written], also=[MIT, "Apache-2.0"])["commercial_use"] is True
+    student = training_licence([written], also=[NC])
+    assert student["commercial_use"] is False and student["spdx"] == "CC-BY-NC-SA-4.0"
+    assert student["training_rows_by_licence"] == {"Apache-2.0": 1}  # rows only: counts of rows
+    assert "LicenseRef-unknown" in training_licence([written], also=[UNKNOWN])["spdx"]
