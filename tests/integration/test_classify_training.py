@@ -130,6 +130,8 @@ def test_a_distilled_student_records_its_teacher(tiny_data, tmp_path):
         == json.loads((DEFAULT_ARTIFACT / "card.json").read_text())["version"]
     )
     assert card["distillation"]["unlabeled_rows"] == 2
+    # the shipped teacher learnt non-commercial tweets: so did its student, whatever its rows
+    assert card["licence"]["commercial_use"] is False, card["licence"]
     assert card["options"]["distil_alpha"] == 0.3 and card["options"]["distil_temperature"] == 3
     model = TweetClassifier.load(tmp_path / "d")
     assert len(model.encoder.transformer.encoder.layer) == 2
