@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 import httpx
 from rich.console import Console, Group
@@ -60,6 +62,26 @@ def summary_view(
     return Group(Panel(status, title="Switchboard"), counts, recent)
 
 
+async def until_stopped(starting: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Await ``starting`` unless ``stop`` is set first; then cancel it and say so (False).
+
+    Starting the stack takes seconds (the model loads before route and notify start): Ctrl-C
+    or SIGTERM in that time must stop at once, not once everything is up."""
+    start = asyncio.ensure_future(starting)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not start.done():
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+    if start.cancelled():
+        return False
+    start.result()  # a start that failed raises here
+    return True
+
+
 async def run_live(options: StackOptions) -> int:
     console = Console()
     stack = Stack(options)
@@ -69,7 +91,11 @@ async def run_live(options: StackOptions) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         with console.status("starting") as status:
-            await stack.start(progress=lambda message: status.update(message))
+            started = await until_stopped(
+                stack.start(progress=lambda message: status.update(message)), stop
+            )
+        if not started:
+            return 0
         inbox = str(stack.inbox.path) if stack.inbox else None
         console.print(f"[green]pipeline up[/]; logs in {stack.logs}; Ctrl-C stops everything")
         console.print(f"live ops page: http://127.0.0.1:{stack.ports['route']}/ops")

@@ -79,3 +79,7 @@ def test_a_signal_stops_every_process_the_command_started(
             process.kill()
     _, alive = psutil.wait_procs(children, timeout=15)
     assert alive == [], f"left behind: {[p.cmdline() for p in alive]}"
+    if command == "run":  # stopped where it was: Ctrl-C while classify loads starts nothing more
+        started_later = [s for s in ("route", "notify", "ingest")
+                         if (tmp_path / "run" / "logs" / f"{s}.log").exists()]  # fmt: skip
+        assert started_later == [], f"run went on starting {started_later} after {sig.name}"
