@@ -48,17 +48,24 @@ soak: setup
 	$(BIN)/switchboard soak --minutes $(MINUTES) --rate $(RATE) $(if $(FAULTS),--faults) --json \
 		--report bench/$(if $(FAULTS),soak-faults,soak).json
 
+# Test files run on TEST_WORKERS processes (pytest-xdist), a file's tests on one worker so that a
+# module's fixtures (the quality test's evaluation encodes every training tweet) are computed once.
+# Tests share nothing that could collide: each has its own temporary folders and free ports, the
+# fault tests their own broker, and each worker its own session broker. TEST_WORKERS=0: serially.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: setup tools
-	$(BIN)/python -m pytest -q --durations=20
+	$(PYTEST) --durations=20
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
 test-integration: setup tools
-	$(BIN)/python -m pytest -q tests/integration
+	$(PYTEST) tests/integration
 
 test-e2e: setup tools
-	$(BIN)/python -m pytest -q tests/e2e
+	$(PYTEST) tests/e2e
 
 # The shipped default (written + real tweets; non-commercial licence) and the commercial one
 # (only rows whose licence allows commercial use). A company's own labeled tweets:
