@@ -1,5 +1,5 @@
-"""Corrections against the embedded broker: from the REST endpoint (as the ops page sends
-them), a Zendesk ticket moved to another group and a Jira issue moved to another project, each
+"""Corrections against the embedded broker: from the REST endpoint, from the ops page's
+correct dialog in headless Chromium, a Zendesk ticket moved to another group and a Jira issue moved to another project, each
 signed as the vendor signs it. Each reaches ``switchboard.feedback`` once, the tweet is
 published again on its corrected department's topic, and the conversation's next tweet follows
 its new owner."""
@@ -7,13 +7,18 @@ its new owner."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import shutil
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
 import pytest
+import uvicorn
 import yaml
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from switchboard.notify.service import NotifyService
 from switchboard.notify.settings import NotifySettings, SmtpSettings
@@ -21,6 +26,7 @@ from switchboard.route.feedback import JIRA_PATH, ZENDESK_PATH, jira_signature, 
 from switchboard.route.service import RouteService
 from switchboard.route.settings import RouteSettings
 from switchboard.shared import topics
+from switchboard.shared.broker import free_port
 from switchboard.shared.events import (
     Alert,
     Correction,
@@ -131,6 +137,87 @@ async def test_a_correction_from_the_api_reroutes_once_and_the_owner_follows(
     follow = next(e for e in moved if e.tweet.id == follow_up.tweet.id)
     assert follow.route.owner == "conversation"  # the owner followed the correction
     assert len(on_topic(settle, "switchboard.dept.sales", conversation)) == 1  # only the first
+
+
+@contextlib.asynccontextmanager
+async def served(service: RouteService) -> AsyncIterator[str]:
+    """route's HTTP app (its access guard included) on a loopback port, as the service serves
+    it; yields the base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(service.http_app(), host="127.0.0.1", port=port,
+                                           log_config=None, lifespan="off"))  # fmt: skip
+    server.install_signal_handlers = lambda: None
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    """Headless Chromium from Debian (`make tools`), driven over its DevTools protocol."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=shutil.which("chromium"),
+                                                   args=["--no-sandbox"])  # fmt: skip
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def correct_on_the_ops_page(page: Page, url: str, text: str, department: str,
+                                  by: str) -> None:  # fmt: skip
+    """What a person does: open the ops page, press the tweet's correct button, choose the
+    department, say who they are, press Correct."""
+    await page.goto(f"{url}/ops")
+    line = page.locator("#recent li", has_text=text)
+    await line.get_by_role("button", name="correct").click()
+    dialog = page.locator("#correct")
+    await expect(dialog).to_be_visible()
+    await expect(page.locator("#correct-text")).to_contain_text(text)
+    await expect(page.locator("#correct-department")).to_have_value("sales")  # the model's
+    await page.locator("#correct-department").select_option(department)
+    await page.locator("#correct-by").fill(by)
+    await page.locator("#correct-send").click()
+
+
+async def test_the_ops_page_corrects_a_tweet_in_a_browser(settings, producer, read, running):
+    """The correct dialog in a real browser against a running route with an admin token: a
+    person who gives a wrong token sees the refusal in the dialog and nothing is applied; with
+    the token (HTTP Basic, which the browser asks for when route answers 401) the correction is
+    applied once and the dialog closes."""
+    conversation = new_id()
+    text = f"is the family plan cheaper if I switch today? ({conversation})"
+    first = a_classified_tweet("sales", 0.9, "normal", id=f"{conversation}-1",
+                               conversation_id=conversation, text=text)  # fmt: skip
+    service = RouteService(settings)
+    async with running(service), served(service) as url, chromium() as browser:
+        await route_tweets(producer, first)
+        await read(WATCHED, lambda rs: on_topic(rs, "switchboard.dept.sales", conversation))
+        wrong = await browser.new_context(http_credentials={"username": "ana", "password": "?"})
+        refused = await wrong.new_page()
+        await correct_on_the_ops_page(refused, url, text, "customer_service", "ana (ops)")
+        await expect(refused.locator("#correct-status")).to_contain_text("HTTP 401")
+        await expect(refused.locator("#correct")).to_be_visible()  # still there to try again
+        signed_in = await browser.new_context(
+            http_credentials={"username": "ana", "password": TOKEN}
+        )
+        page = await signed_in.new_page()
+        await correct_on_the_ops_page(page, url, text, "customer_service", "ana (ops)")
+        await expect(page.locator("#correct")).to_be_hidden()  # accepted: the dialog closed
+        await read(WATCHED, lambda rs: corrections(rs, conversation))
+        settle = await read(WATCHED, lambda rs: False, timeout_s=1.0)
+    [applied] = corrections(settle, conversation)
+    made = (applied.outcome, applied.department_before, applied.department)
+    assert made == ("rerouted", "sales", "customer_service")
+    assert (applied.by, applied.source) == ("ana (ops)", "ops")
+    moved = on_topic(settle, "switchboard.dept.customer_service", conversation)
+    assert [e.tweet.text for e in moved] == [text]
 
 
 async def test_a_correction_read_again_after_a_crash_is_published_again_as_it_was(
