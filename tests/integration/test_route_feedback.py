@@ -1,8 +1,8 @@
 """Corrections against the embedded broker: from the REST endpoint, from the ops page's
 correct dialog in headless Chromium, a Zendesk ticket moved to another group and a Jira issue
-moved to another project, each signed as the vendor signs it. Each reaches ``switchboard.feedback`` once, the tweet is
-published again on its corrected department's topic, and the conversation's next tweet follows
-its new owner."""
+moved to another project, each signed as the vendor signs it. Each reaches
+``switchboard.feedback`` once, the tweet is published again on its corrected department's
+topic, and the conversation's next tweet follows its new owner."""
 
 from __future__ import annotations
 
