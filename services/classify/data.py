@@ -59,6 +59,11 @@ def commercial_use(licence: str) -> bool:
     return licence == PROJECT_LICENCE or licence.startswith(PERMISSIVE_LICENCES)
 
 
+def licence_of(row: TweetText) -> str:
+    """A row's ``licence`` field; a row without one is the project's own (docs/classifier.md)."""
+    return row.extra.get("licence") or PROJECT_LICENCE
+
+
 def licence_family(licence: str) -> str:
     """The licence without the provenance remarks the pool adds after it."""
     if licence == PROJECT_LICENCE:
@@ -106,7 +111,7 @@ def load_labeled(path: Path) -> list[LabeledTweet]:
                 row.text,
                 row.department,
                 row.urgency,
-                licence=row.extra.get("licence") or PROJECT_LICENCE,
+                licence=licence_of(row),
                 source=row.extra.get("source"),
             )
         )

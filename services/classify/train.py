@@ -40,12 +40,11 @@ from safetensors.torch import load_file, save_file
 
 from switchboard.classify.data import (
     DEFAULT_DATA,
-    PROJECT_LICENCE,
     LabeledTweet,
-    TweetText,
     commercial_use,
     content_sha256,
     licence_family,
+    licence_of,
     load_labeled,
     read_tweets,
 )
@@ -518,7 +517,7 @@ def prepare_distillation(
         return None, None
     unlabeled = read_tweets(Path(options.unlabeled)) if options.unlabeled else []
     if options.licences == "commercial":
-        unlabeled = [t for t in unlabeled if commercial_use(_licence_of(t))]
+        unlabeled = [t for t in unlabeled if commercial_use(licence_of(t))]
     extra = [t.text for t in unlabeled]
     started = time.monotonic()
     departments, urgencies, card = teacher_logits(
@@ -538,15 +537,11 @@ def prepare_distillation(
         # what the student learnt from besides its labeled rows, for its licence: the
         # unlabeled texts' licences, and those of the rows the teacher learnt from
         "licences": sorted(
-            {_licence_of(t) for t in unlabeled}
+            {licence_of(t) for t in unlabeled}
             | set(card.get("licence", {}).get("training_rows_by_licence", {}))
         ),
     }
     return distil, record
-
-
-def _licence_of(tweet: TweetText) -> str:
-    return tweet.extra.get("licence") or PROJECT_LICENCE
 
 
 def _text_sha256(texts: list[str]) -> str:
