@@ -36,7 +36,7 @@ demo: setup
 # rates; writes bench/report.json and bench/pipeline.png (docs/performance.md). Then a route
 # start restoring 100,000 conversations against an empty start.
 bench: setup
-	$(BIN)/switchboard bench --also services/classify/artifacts/minilm4-distil-v1
+	$(BIN)/switchboard bench --also services/classify/artifacts/minilm4-real-v1
 	$(BIN)/switchboard bench-restore --conversations 100000
 
 # Ten minutes at a steady 100 tweets/s: memory and consumer lag must not grow. FAULTS=1 also
