@@ -222,7 +222,8 @@ def nearest_centroid(
     """Baseline: cosine nearest centroid per label over the frozen backbone's embeddings."""
     import torch
 
-    from switchboard.classify.model import Encoder, default_backbone
+    from switchboard.classify.model import default_backbone
+    from switchboard.classify.network import Encoder
     from switchboard.classify.train import embed
 
     encoder = Encoder(backbone or default_backbone()).eval()

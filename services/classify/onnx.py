@@ -23,12 +23,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from switchboard.shared.settings import ConfigError
 
@@ -38,32 +38,34 @@ RECIPE = "int8-per-token-v2"  # part of the cached file's name: a new recipe bui
 MICROSOFT = "com.microsoft"  # onnxruntime's own operators
 
 
-class _Full(torch.nn.Module):
-    def __init__(self, encoder: torch.nn.Module, heads: torch.nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.heads = heads
+def weights_digest(artifact: Path, card: dict, backbone: Path) -> str:
+    """A digest of everything the int8 file is built from, read from the files (no torch):
+    the backbone's weights and configuration, the artifact's adapter and heads, its depth."""
+    digest = hashlib.sha256(str(card.get("options", {}).get("layers")).encode())
+    weights = [p for p in sorted(backbone.iterdir()) if p.suffix in (".safetensors", ".bin")]
+    adapter = sorted((artifact / "adapter").glob("*")) if (artifact / "adapter").is_dir() else []
+    for path in [backbone / "config.json", *weights, *adapter, artifact / "heads.safetensors"]:
+        digest.update(path.name.encode())
+        with path.open("rb") as file:
+            hashlib.file_digest(file, lambda: digest)  # type: ignore[arg-type]
+    return digest.hexdigest()
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.heads(self.encoder(input_ids, attention_mask))
 
-
-def int8_model_path(encoder: torch.nn.Module, heads: torch.nn.Module, version: str,
-                    cache: Path) -> Path:  # fmt: skip
-    """The cached int8 ONNX file for these weights, built if missing."""
-    digest = hashlib.sha256()
-    for tensor in [*encoder.state_dict().values(), *heads.state_dict().values()]:
-        digest.update(tensor.detach().cpu().numpy().tobytes()[:4096])
-    target = cache / f"{version}-{digest.hexdigest()[:12]}.{RECIPE}.onnx"
+def int8_model_path(
+    artifact: Path, card: dict, backbone: Path, cache: Path, network: Callable[[], tuple]
+) -> Path:
+    """The cached int8 ONNX file of this artifact on this backbone; built from ``network()``
+    (the torch encoder and heads, loaded only then) if it is not in ``cache`` yet."""
+    digest = weights_digest(artifact, card, backbone)
+    target = cache / f"{card['version']}-{digest[:12]}.{RECIPE}.onnx"
     if not target.is_file():
         cache.mkdir(parents=True, exist_ok=True)
-        _build(encoder, heads, target)
+        _build(*network(), target)
     return target
 
 
-def _build(encoder: torch.nn.Module, heads: torch.nn.Module, target: Path) -> None:
+def _build(encoder: Any, heads: Any, target: Path) -> None:
+    """Export the torch encoder and heads to ONNX and quantize it (``quantize_per_token``)."""
     try:
         import onnx
     except ImportError:  # the runtime install: the image builds the model ahead of time
@@ -73,12 +75,22 @@ def _build(encoder: torch.nn.Module, heads: torch.nn.Module, target: Path) -> No
             "classify build-onnx --out DIR` where it is installed, or set classify.runtime: torch"
         ) from None
 
+    import torch
+
+    class Full(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder, self.heads = encoder, heads
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> tuple[Any, Any]:
+            return self.heads(self.encoder(input_ids, attention_mask))
+
     log.info("building the int8 ONNX model", extra={"path": str(target)})
     sample = encoder.tokenize(["@user a tweet", "@user a longer tweet about a refund"], 32)
     with tempfile.TemporaryDirectory() as folder:
         fp32 = Path(folder) / "model.onnx"
         torch.onnx.export(
-            _Full(encoder, heads).eval(),
+            Full().eval(),
             (sample["input_ids"], sample["attention_mask"]),
             str(fp32),
             input_names=["input_ids", "attention_mask"],

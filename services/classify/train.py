@@ -67,14 +67,13 @@ from switchboard.classify.lexical import (
 from switchboard.classify.model import (
     DEFAULT_ARTIFACT,
     Calibration,
-    Encoder,
-    Heads,
     TweetClassifier,
     decide_urgency,
     default_backbone,
     prepare_text,
     softmax,
 )
+from switchboard.classify.network import Encoder, Heads
 from switchboard.shared.labels import Department, Urgency
 
 log = logging.getLogger(__name__)

@@ -32,14 +32,19 @@ from switchboard.shared.settings import DEFAULT_CONFIG_FILE
 def naive_pipeline(model):  # noqa: ANN001, ANN201 - transformers types, imported lazily
     """A transformers text-classification style Pipeline over the shipped model's weights."""
     import torch
-    from transformers import Pipeline
+    from transformers import AutoTokenizer, Pipeline
+
+    from switchboard.classify.tokens import prepare_text
 
     class TweetPipeline(Pipeline):
         def _sanitize_parameters(self, **kwargs):  # noqa: ANN003, ANN202
             return {}, {}, {}
 
         def preprocess(self, text: str):  # noqa: ANN202
-            return model.encoder.tokenize([text], model.max_length)
+            return self.tokenizer(
+                prepare_text(text), truncation=True, max_length=model.max_length,
+                return_tensors="pt",
+            )  # fmt: skip
 
         def _forward(self, inputs):  # noqa: ANN001, ANN202
             encoded = model.encoder(inputs["input_ids"], inputs["attention_mask"])
@@ -52,7 +57,8 @@ def naive_pipeline(model):  # noqa: ANN001, ANN201 - transformers types, importe
                 "score": float(probs.max()),
             }
 
-    pipeline = TweetPipeline(model=model.encoder.transformer, tokenizer=model.encoder.tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(str(model.backbone))
+    pipeline = TweetPipeline(model=model.encoder.transformer, tokenizer=tokenizer)
     return lambda texts: [pipeline(text) for text in texts]
 
 
