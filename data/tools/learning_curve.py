@@ -25,7 +25,7 @@ from sklearn.metrics import f1_score
 
 from switchboard.classify.data import load_labeled
 from switchboard.classify.lexical import LABELS, LexicalModel, training_labels
-from switchboard.classify.model import prepare_text
+from switchboard.classify.tokens import prepare_text
 
 LABELED = Path(__file__).resolve().parents[1] / "labeled"
 

@@ -140,7 +140,7 @@ def near_duplicates(
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from switchboard.classify.model import prepare_text
+    from switchboard.classify.tokens import prepare_text
 
     vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), use_idf=False, binary=True)
     vectorizer.fit([prepare_text(t) for t in (*queries, *corpus)])

@@ -156,7 +156,7 @@ def tfidf_logreg(
     train: Sequence[LabeledTweet], texts: Sequence[str], seed: int = 13
 ) -> list[tuple[str, str]]:
     """Baseline: word and character n-gram TF-IDF with one logistic regression per label."""
-    from switchboard.classify.model import prepare_text
+    from switchboard.classify.tokens import prepare_text
 
     features, models = _fitted_tfidf(train, seed)
     x = features.transform([prepare_text(t) for t in texts])
@@ -179,7 +179,7 @@ def _fitted_tfidf(train: Sequence[LabeledTweet], seed: int) -> tuple[Any, dict[s
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import FeatureUnion
 
-        from switchboard.classify.model import prepare_text
+        from switchboard.classify.tokens import prepare_text
 
         features = FeatureUnion([
             ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)),

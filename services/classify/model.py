@@ -37,8 +37,6 @@ from switchboard.shared.labels import Department, Urgency
 if TYPE_CHECKING:  # torch and transformers load only when something needs the network
     from switchboard.classify.network import Encoder, Heads
 
-__all__ = ["Prediction", "TweetClassifier", "prepare_text"]
-
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 # The best model (trained on real tweets too; non-commercial licence, see its card), and the
 # one trained only on data that allows commercial use. ``classify.artifact`` picks either.

@@ -7,7 +7,8 @@ import pytest
 from switchboard.classify.data import DataError, LabeledTweet, load_labeled, read_tweets
 from switchboard.classify.evaluation import report
 from switchboard.classify.language import detect
-from switchboard.classify.model import decide_urgency, prepare_text
+from switchboard.classify.model import decide_urgency
+from switchboard.classify.tokens import prepare_text
 from switchboard.shared.labels import Department, Urgency
 
 D, U = Department, Urgency
