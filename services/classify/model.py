@@ -178,13 +178,16 @@ class TweetClassifier:
         training from this artifact, the bench's baseline. Serving an int8 model that was
         built ahead of time never loads them, nor torch."""
         if self._network is None:
-            import torch
-
-            from switchboard.classify.network import load_network
-
-            torch.set_num_threads(self.threads)
-            self._network = load_network(self.artifact, self.card, self.backbone)
+            self._network = self._load_network()
         return self._network
+
+    def _load_network(self) -> tuple[Encoder, Heads]:
+        import torch
+
+        from switchboard.classify.network import load_network
+
+        torch.set_num_threads(self.threads)
+        return load_network(self.artifact, self.card, self.backbone, self.tokens)
 
     @property
     def encoder(self) -> Encoder:
@@ -238,7 +241,8 @@ class TweetClassifier:
             from switchboard.classify.onnx import OnnxHeads, int8_model_path
 
             cache = onnx_dir or Path(tempfile.gettempdir()) / "switchboard-onnx"
-            path = int8_model_path(artifact, card, backbone, cache, model.network)
+            # built from a network loaded for the build alone: it is not kept while int8 serves
+            path = int8_model_path(artifact, card, backbone, cache, model._load_network)
             model.onnx = OnnxHeads(path, model.threads)
         else:
             model.network()

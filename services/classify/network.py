@@ -26,10 +26,11 @@ hf_logging.disable_progress_bar()
 class Encoder(torch.nn.Module):
     """Mean-pooled token states of a Hugging Face encoder (as all-MiniLM-L6-v2 was trained)."""
 
-    def __init__(self, backbone: Path, layers: int | None = None) -> None:
+    def __init__(
+        self, backbone: Path, layers: int | None = None, tokens: Tokens | None = None
+    ) -> None:
         super().__init__()
-        self.backbone = backbone
-        self.tokens = Tokens(backbone)
+        self.tokens = tokens or Tokens(backbone)
         self.transformer = AutoModel.from_pretrained(str(backbone))
         self.dim: int = self.transformer.config.hidden_size
         if layers is not None:  # a shallower student: the backbone's first ``layers`` layers
@@ -68,10 +69,12 @@ class Heads(torch.nn.Module):
         return self.department(encoded), self.urgency(encoded)
 
 
-def load_network(artifact: Path, card: dict, backbone: Path) -> tuple[Encoder, Heads]:
+def load_network(
+    artifact: Path, card: dict, backbone: Path, tokens: Tokens | None = None
+) -> tuple[Encoder, Heads]:
     """The artifact's encoder (its LoRA adapter merged into the backbone's weights, so inference
-    costs what the plain encoder costs) and heads, in eval mode."""
-    encoder = Encoder(backbone, card.get("options", {}).get("layers"))
+    costs what the plain encoder costs) and heads, in eval mode; ``tokens``: the caller's."""
+    encoder = Encoder(backbone, card.get("options", {}).get("layers"), tokens)
     if (artifact / "adapter").is_dir():
         from peft import PeftModel
 
