@@ -7,8 +7,9 @@ issue moved to another project, through their signed webhooks). The endpoint pub
 co-partitioned with route's other inputs: the replica that owns the conversation applies it
 inside its partition's stream (``apply``), publishes the ``Correction`` on
 ``switchboard.feedback`` once per correction id, re-publishes the tweet on the corrected
-department's topic, and the conversation's owner follows. Nothing here talks to Kafka or HTTP
-but ``feedback_router``.
+department's topic, and the conversation's owner follows. A correction of a conversation route
+no longer holds is recorded for training only, once per id (``RecordedCorrections``). Nothing
+here talks to Kafka or HTTP but ``feedback_router`` and that table.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+import faust
 from fastapi import APIRouter, HTTPException, Request
+from faust.windows import TumblingWindow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from switchboard.route import metrics
@@ -42,6 +46,7 @@ from switchboard.shared.events import (
 from switchboard.shared.kafka import Output, publish
 from switchboard.shared.labels import Department, Urgency
 from switchboard.shared.settings import ConfigError, read_secret
+from switchboard.shared.streams import STORE_OPTIONS
 
 if TYPE_CHECKING:
     from switchboard.route.service import RouteService
@@ -56,6 +61,45 @@ MAX_WEBHOOK_BYTES = 1 << 20
 ZENDESK_PATH = "/feedback/zendesk"
 JIRA_PATH = "/feedback/jira"
 SELF_AUTHENTICATED = (ZENDESK_PATH, JIRA_PATH)  # signed by the vendor, not the admin token
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A correction recorded for training only, and the offset of the request that made it."""
+
+    correction: Correction
+    offset: int
+
+
+class RecordedCorrections:
+    """Corrections of conversations route no longer holds (past their TTL, or never seen) by
+    id, in a windowed faust table: such a conversation has nowhere to remember the ids of its
+    corrections, and a retried webhook must still be recorded once. Each id is kept for one to
+    two conversation TTLs (tumbling windows of one TTL, the current and the previous one read);
+    faust drops older windows and keeps each partition's ids with the partition's owner. The
+    TTL is the one route started with (a reload does not resize the windows)."""
+
+    def __init__(self, app: faust.App, partitions: int, ttl_hours: float) -> None:
+        self.window_s = float(max(1, round(ttl_hours * 3600)))
+        self.windows = TumblingWindow(self.window_s, expires=2 * self.window_s)
+        # By the wall clock, not the stream's: the same reading inside the stream and outside.
+        self.table = app.Table(
+            "recorded-corrections", default=dict, key_type=str, partitions=partitions,
+            options=STORE_OPTIONS,
+            help="corrections recorded for training only, by id, with their request's offset",
+        ).using_window(self.windows).relative_to(lambda _event: time.time())  # fmt: skip
+
+    def get(self, correction_id: str) -> Recorded | None:
+        windows = self.table[correction_id]
+        found = windows.value() or windows[self.windows.current(time.time() - self.window_s)]
+        if not found:
+            return None
+        return Recorded(Correction.model_validate(found["correction"]), found["offset"])
+
+    def add(self, correction: Correction, offset: int) -> None:
+        """Remember it; must run inside the stream of the request (its partition's changelog)."""
+        self.table[correction.correction_id] = {
+            "offset": offset, "correction": correction.model_dump(mode="json")}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

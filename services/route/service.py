@@ -92,6 +92,9 @@ class RouteService:
             "conversations", topics.ROUTE_CONVERSATIONS, help="ConversationState by conversation id"
         )
         self.due = conversations.DueIndex()
+        self.recorded = feedback.RecordedCorrections(
+            self.app, self.streams.partitions, self.config.route.conversations.ttl_hours
+        )
         self.spike_windows = SpikeWindows(
             self.app, self.config.route.spikes, self.streams.partitions
         )
@@ -262,6 +265,8 @@ class RouteService:
         state = self._active(request.conversation_id, now)
         if state is not None and request.correction_id in state.corrections:
             return self._applied_before(state, request, message.offset)
+        if state is None and (recorded := self.recorded.get(request.correction_id)):
+            return self._recorded_before(recorded, request, message.offset)
         route = self.config.route
         applied = feedback.apply(state, request, now, sla_minutes=route.sla.minutes,
                                  alert_urgencies=route.alert_urgencies)  # fmt: skip
@@ -281,6 +286,8 @@ class RouteService:
             new_state = new_state.model_copy(update={"routed": routed_now})
         if new_state is not None:
             self._remember(new_state.model_copy(update={"correction_offset": message.offset}))
+        elif state is None:
+            self.recorded.add(correction, message.offset)
         metrics.CORRECTIONS.labels(
             correction.source, _label(correction.department), _label(correction.department_before),
             _label(correction.urgency), _label(correction.urgency_before),
@@ -329,6 +336,16 @@ class RouteService:
         if alert is not None:
             outputs.append(Output.of(topics.ALERTS, alert, key))
         return outputs
+
+    def _recorded_before(
+        self, recorded: feedback.Recorded, request: CorrectionRequest, offset: int
+    ) -> list[Output]:
+        """A correction recorded for training only, seen again: published again if its own
+        request is read again (the replica died before its output was out), else nothing."""
+        log.info("correction recorded before", extra={"correction_id": request.correction_id})
+        if offset > recorded.offset:
+            return []
+        return [Output.of(topics.FEEDBACK, recorded.correction, request.conversation_id)]
 
     def _corrected(
         self, applied: feedback.Applied, before: RouteDecision | None

@@ -81,6 +81,10 @@ def on_topic(records, topic: str, conversation: str) -> list[RoutedTweet]:
             if r.topic == topic and key_of(r) == conversation]  # fmt: skip
 
 
+def requests(records, conversation: str) -> list:
+    return [r for r in records if r.topic == topics.FEEDBACK_REQUESTS and key_of(r) == conversation]
+
+
 def corrections(records, conversation: str) -> list[Correction]:
     return [c for c in published(records, topics.FEEDBACK, Correction)
             if c.conversation_id == conversation]  # fmt: skip
@@ -241,8 +245,7 @@ async def test_a_correction_read_again_after_a_crash_is_published_again_as_it_wa
         records = await read([topics.FEEDBACK_REQUESTS, *WATCHED],
                              lambda rs: corrections(rs, conversation))  # fmt: skip
         (first,) = corrections(records, conversation)
-        requests = [r for r in records if r.topic == topics.FEEDBACK_REQUESTS]
-        (request,) = [r for r in requests if key_of(r) == conversation]
+        (request,) = requests(records, conversation)
         again = service.on_correction_request(request)  # the same record, read again
         retried = service.on_correction_request(
             dataclasses.replace(request, offset=request.offset + 1)
@@ -256,6 +259,35 @@ async def test_a_correction_read_again_after_a_crash_is_published_again_as_it_wa
     assert routed.tweet.id == tweet.tweet.id and routed.classification.department == "legal"
     assert routed.correction is not None and routed.correction.correction_id == "api:k-9"
     assert decode(Alert, again[2].value).alert_id == f"critical_tweet:{tweet.tweet.id}"
+
+
+async def test_a_correction_of_a_conversation_route_no_longer_holds_is_recorded_once(
+    settings, producer, read, running
+):
+    """No conversation remembers its id (past the TTL, or never seen): a retried request is
+    still recorded once, and only its own request read again publishes it again."""
+    conversation = new_id()
+    fields = {"conversation_id": conversation, "tweet_id": f"{conversation}-1",
+              "department": "legal", "by": "ana", "correction_id": "k-old"}  # fmt: skip
+    body = json.dumps(fields).encode()
+    service = RouteService(settings)
+    async with running(service):
+        for _ in range(2):  # a retry of the same correction
+            answer = await post(service, "/feedback", body, authorization=f"Bearer {TOKEN}")
+            assert answer.status_code == 202, answer.text
+        watched = [topics.FEEDBACK_REQUESTS, *WATCHED]
+        await read(watched, lambda rs: len(requests(rs, conversation)) == 2
+                   and corrections(rs, conversation))  # fmt: skip
+        records = await read(watched, lambda rs: False, timeout_s=1.0)  # nothing more comes
+        first, retry = requests(records, conversation)
+        again = service.on_correction_request(first)  # its own request, read again
+        retried = service.on_correction_request(retry)
+    (recorded,) = corrections(records, conversation)
+    assert (recorded.outcome, recorded.department, recorded.correction_id) == (
+        "recorded", "legal", "api:k-old")  # fmt: skip
+    assert retried == []
+    assert [o.topic for o in again] == [topics.FEEDBACK]
+    assert decode(Correction, again[0].value) == recorded
 
 
 async def test_a_zendesk_ticket_moved_to_another_group_corrects_its_conversation(
