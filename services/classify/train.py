@@ -142,7 +142,7 @@ class TrainOptions:
     unlabeled: str | None = None  # JSONL of extra texts ("text"): distillation targets only
     distil_alpha: float = 0.5  # weight of the hard-label loss; the teacher's gets 1 - alpha
     distil_temperature: float = 2.0
-    init_from_teacher: bool = False  # start from the teacher's adapters (kept layers) and heads
+    init_from_teacher: bool = False  # start from what the teacher tuned (kept layers) and heads
     licences: str = "all"  # "commercial": only rows whose licence allows commercial use
     version: str | None = None  # the artifact's name (default: from layers and recipe)
     lexical: bool = True  # blend in a TF-IDF model (lexical.py), weights chosen on dev
@@ -368,21 +368,25 @@ class Trainer:
         self.heads = Heads(self.encoder.dim)
 
     def start_from(self, teacher: Path) -> None:
-        """Begin with the teacher's adapters for the layers the student keeps, and its heads."""
-        from peft import set_peft_model_state_dict
+        """Begin with what the teacher tuned (its adapters, or its encoder weights, as the
+        student is trained) for the layers the student keeps, and its heads."""
+        tuned = teacher / ENCODER_FILE
+        if self.options.lora_rank and tuned.is_file():
+            raise ValueError(f"{teacher} tuned every encoder weight: give --lora-rank 0 to start "
+                             "a student from them")  # fmt: skip
+        if not self.options.lora_rank and not tuned.is_file():
+            raise ValueError(f"{teacher} has LoRA adapters: leave --lora-rank to start a "
+                             "student from them")  # fmt: skip
+        if self.options.lora_rank:
+            from peft import set_peft_model_state_dict
 
-        if not self.options.lora_rank:
-            raise ValueError("--init-from-teacher starts from a teacher's adapters: keep LoRA")
-
-        adapter = load_file(str(teacher / "adapter" / "adapter_model.safetensors"))
-        depth = len(self.encoder.transformer.base_model.model.encoder.layer)
-        layer = re.compile(r"\.layer\.(\d+)\.")
-        kept = {
-            name: weights
-            for name, weights in adapter.items()
-            if (found := layer.search(name)) is None or int(found.group(1)) < depth
-        }
-        set_peft_model_state_dict(self.encoder.transformer, kept)
+            adapter = load_file(str(teacher / "adapter" / "adapter_model.safetensors"))
+            depth = len(self.encoder.transformer.base_model.model.encoder.layer)
+            set_peft_model_state_dict(self.encoder.transformer, kept_layers(adapter, depth))
+        else:
+            depth = len(self.encoder.transformer.encoder.layer)
+            weights = kept_layers(load_file(str(tuned)), depth)
+            self.encoder.transformer.load_state_dict(weights)  # cast to float32 as it loads
         self.heads.load_state_dict(load_file(str(teacher / "heads.safetensors")))
 
     def trainable(self) -> dict[str, torch.Tensor]:
@@ -463,6 +467,16 @@ class Trainer:
         config["base_model_name_or_path"] = None
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (out_dir / "adapter" / "README.md").unlink(missing_ok=True)  # peft's blank template
+
+
+def kept_layers(weights: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    """The weights outside the encoder's layers and those of its first ``depth`` layers."""
+    layer = re.compile(r"\.layer\.(\d+)\.")
+    return {
+        name: tensor
+        for name, tensor in weights.items()
+        if (found := layer.search(name)) is None or int(found.group(1)) < depth
+    }
 
 
 def half(weights: torch.Tensor) -> torch.Tensor:

@@ -135,7 +135,8 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
 @click.option(
     "--init-from-teacher",
     is_flag=True,
-    help="Start the student from the teacher's adapters for the layers it keeps, and its heads.",
+    help="Start the student from what the teacher tuned (its adapters, or every encoder weight "
+    "with --lora-rank 0) for the layers it keeps, and its heads.",
 )
 @click.option(
     "--lexical/--no-lexical",

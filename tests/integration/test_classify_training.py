@@ -130,6 +130,15 @@ def test_tuning_every_encoder_weight_writes_and_loads_the_tuned_encoder(tiny_dat
     [prediction] = model.predict(["@SkylarkHelp my bag is lost"])
     assert abs(sum(prediction.department_scores.values()) - 1) < 1e-4
 
+    # A student starts from such a teacher's weights only if it tunes every weight too.
+    student = ("--layers", "1", "--teacher", str(tmp_path / "f"), "--init-from-teacher")
+    with pytest.raises(AssertionError, match="give --lora-rank 0"):
+        train(tiny_data, tmp_path / "s", *student)
+    train(tiny_data, tmp_path / "s", *student, "--lora-rank", "0", "--lr", "1e-4")
+    card = json.loads((tmp_path / "s" / "card.json").read_text())
+    assert card["options"]["init_from_teacher"] is True and card["options"]["layers"] == 1
+    assert len(TweetClassifier.load(tmp_path / "s").encoder.transformer.encoder.layer) == 1
+
 
 def test_a_distilled_student_records_its_teacher(tiny_data, tmp_path):
     unlabeled = tmp_path / "unlabeled.jsonl"
