@@ -84,7 +84,8 @@ train: setup
 
 train-commercial: setup
 	$(BIN)/switchboard classify train --data data/labeled --data data/labeled/real:2 \
-		--licences commercial --out $(ARTIFACTS)/minilm-commercial-v1 --version minilm-commercial-v1
+		--licences commercial --out $(ARTIFACTS)/minilm-commercial-v3 --version minilm-commercial-v3 \
+		--lora-rank 0 --lr 1e-4
 
 # The real held-out split by default; `make eval EVAL=path/to/labeled.jsonl` for any other
 # file (ERRORS=20 lists the first 20 mistakes).

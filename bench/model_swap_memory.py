@@ -37,7 +37,7 @@ def main() -> None:
     serving = load_model(options, "minilm-real-v3", None)
     serving.predict(BATCH)
     one = rss()
-    candidate = load_model(options, "minilm-commercial-v1", None)
+    candidate = load_model(options, "minilm-commercial-v3", None)
     candidate.predict(BATCH)
     both = rss()
     del serving

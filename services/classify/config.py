@@ -17,7 +17,7 @@ class ClassifyConfig(Section):
     artifact: str | None = Field(
         default=None,
         description="A shipped artifact by name (minilm-real-v3: the best, non-commercial "
-        "licence; minilm-commercial-v1: commercial use allowed) or a trained artifact folder; "
+        "licence; minilm-commercial-v3: commercial use allowed) or a trained artifact folder; "
         "null: minilm-real-v3",
     )
     backbone: str | None = Field(

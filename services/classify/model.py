@@ -42,7 +42,7 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 # The best model (trained on real tweets too; non-commercial licence, see its card), and the
 # one trained only on data that allows commercial use. ``classify.artifact`` picks either.
 DEFAULT_ARTIFACT_NAME = "minilm-real-v3"
-COMMERCIAL_ARTIFACT_NAME = "minilm-commercial-v1"
+COMMERCIAL_ARTIFACT_NAME = "minilm-commercial-v3"
 DEFAULT_ARTIFACT = ARTIFACTS / DEFAULT_ARTIFACT_NAME
 
 

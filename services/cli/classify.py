@@ -52,7 +52,7 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
         "--artifact",
         default=None,
         callback=_resolve_artifact,
-        help="A shipped artifact's name (minilm-real-v3, minilm-commercial-v1, ...) or a trained "
+        help="A shipped artifact's name (minilm-real-v3, minilm-commercial-v3, ...) or a trained "
         "artifact folder. Default: minilm-real-v3.",
     )(function)
 

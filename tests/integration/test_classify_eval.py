@@ -62,8 +62,8 @@ def test_eval_prints_the_tables_for_a_person(sample):
 def test_an_artifact_is_chosen_by_name_and_a_wrong_name_lists_the_choices(sample):
     path, rows = sample
     done = run_eval("--input", str(path), "--json", "--no-baselines",
-                    "--artifact", "minilm-commercial-v1")  # fmt: skip
+                    "--artifact", "minilm-commercial-v3")  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout)["model_version"] == "minilm-commercial-v1"
+    assert json.loads(done.stdout)["model_version"] == "minilm-commercial-v3"
     wrong = run_eval("--input", str(path), "--artifact", "minilm-comercial-v1")
-    assert wrong.returncode == 2 and "minilm-commercial-v1" in wrong.stderr
+    assert wrong.returncode == 2 and "minilm-commercial-v3" in wrong.stderr

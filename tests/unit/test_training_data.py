@@ -183,7 +183,7 @@ def test_an_unknown_artifact_fails_at_start_naming_the_key_and_the_choices(tmp_p
         resolve_artifact("minilm-rael-v1")
     with pytest.raises(FileNotFoundError, match="card.json"):
         resolve_artifact(tmp_path)  # a folder, but nothing trained in it
-    assert resolve_artifact("minilm-commercial-v1") == ARTIFACTS / "minilm-commercial-v1"
+    assert resolve_artifact("minilm-commercial-v3") == ARTIFACTS / "minilm-commercial-v3"
     (tmp_path / "card.json").write_text("{}")
     assert resolve_artifact(str(tmp_path)) == tmp_path
 
