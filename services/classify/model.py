@@ -44,6 +44,7 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 DEFAULT_ARTIFACT_NAME = "minilm-real-v3"
 COMMERCIAL_ARTIFACT_NAME = "minilm-commercial-v3"
 DEFAULT_ARTIFACT = ARTIFACTS / DEFAULT_ARTIFACT_NAME
+ENCODER_FILE = "encoder.safetensors"  # an artifact's encoder weights, when training tuned them all
 
 
 def shipped_artifacts() -> list[str]:

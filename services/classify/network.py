@@ -17,12 +17,11 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from switchboard.classify.model import ENCODER_FILE  # noqa: E402
 from switchboard.classify.tokens import Tokens  # noqa: E402
 from switchboard.shared.labels import Department, Urgency  # noqa: E402
 
 hf_logging.disable_progress_bar()
-
-ENCODER_FILE = "encoder.safetensors"  # every encoder weight, when training tuned them all
 
 
 class Encoder(torch.nn.Module):

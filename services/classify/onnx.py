@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from switchboard.classify.model import ENCODER_FILE
 from switchboard.shared.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def weights_digest(artifact: Path, card: dict, backbone: Path) -> str:
     digest = hashlib.sha256(str(card.get("options", {}).get("layers")).encode())
     weights = [p for p in sorted(backbone.iterdir()) if p.suffix in (".safetensors", ".bin")]
     adapter = sorted((artifact / "adapter").glob("*")) if (artifact / "adapter").is_dir() else []
-    tuned = [p for p in [artifact / "encoder.safetensors"] if p.is_file()]
+    tuned = [p for p in [artifact / ENCODER_FILE] if p.is_file()]
     artifact_files = [*adapter, *tuned, artifact / "heads.safetensors"]
     for path in [backbone / "config.json", *weights, *artifact_files]:
         digest.update(path.name.encode())

@@ -66,6 +66,7 @@ from switchboard.classify.lexical import (
 )
 from switchboard.classify.model import (
     DEFAULT_ARTIFACT,
+    ENCODER_FILE,
     Calibration,
     TweetClassifier,
     decide_urgency,
@@ -73,7 +74,7 @@ from switchboard.classify.model import (
     prepare_text,
     softmax,
 )
-from switchboard.classify.network import ENCODER_FILE, Encoder, Heads
+from switchboard.classify.network import Encoder, Heads
 from switchboard.shared.labels import Department, Urgency
 
 log = logging.getLogger(__name__)
@@ -456,7 +457,7 @@ class Trainer:
             {k: v.contiguous() for k, v in self.heads.state_dict().items()},
             str(out_dir / "heads.safetensors"),
         )
-        if not self.options.lora_rank:  # in half precision: half the size, the same labels
+        if not self.options.lora_rank:  # float16: half the size; loading casts back to float32
             weights = self.encoder.transformer.state_dict()
             save_file({k: half(v) for k, v in weights.items()}, str(out_dir / ENCODER_FILE))
             return
