@@ -286,7 +286,7 @@ class RouteService:
             new_state = new_state.model_copy(update={"routed": routed_now})
         if new_state is not None:
             self._remember(new_state.model_copy(update={"correction_offset": message.offset}))
-        elif state is None:
+        else:  # no conversation to remember it in (past its TTL or never seen)
             self.recorded.add(correction, message.offset)
         metrics.CORRECTIONS.labels(
             correction.source, _label(correction.department), _label(correction.department_before),
