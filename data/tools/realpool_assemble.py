@@ -6,10 +6,10 @@ rebuilds every split (rounds 1-4 dealt, then each round of ``APPENDED_ROUNDS`` a
 
 ``data/labeled/real/annotations.jsonl`` holds, for every tweet read, the first reader's label,
 the labels other readers proposed instead (the reviewer who checked every line, the critical
-pass over high and critical labels, the consistency pass over communications and critical
-labels) and the deciding reader's decision. The final label is the
-first reader's unless another reader proposed a different one; then it is the decision. The
-text, source and licence come from the pool, verbatim.
+pass over high and critical labels, the consistency passes: communications and critical labels,
+marketing and community, power outages) and the deciding reader's decision. The final label is
+the first reader's unless another reader proposed a different one; then it is the last
+decision. The text, source and licence come from the pool, verbatim.
 
 Splits of rounds 1-4: near-duplicates (character n-gram cosine >= 0.75, as ``near_duplicates``)
 are grouped and a group goes to one split whole, so no dev or test tweet has a near-copy in
