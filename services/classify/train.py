@@ -746,7 +746,9 @@ def attach_lexical(artifact: Path, data: TrainingData, options: TrainOptions) ->
     model.lexical.save(artifact)
     card.update(
         version=options.version or card["version"],
-        lexical=card_section(model.blend, model.lexical),
+        lexical=card_section(model.blend, model.lexical)
+        # Refitted later on other rows (`classify blend` after a relabeling): say which.
+        | ({"data": data.described} if data.described != card.get("data") else {}),
         calibration=asdict(model.calibration),
         metrics={
             name: {split: classifier_figures(model, part) for split, part in splits.items()}

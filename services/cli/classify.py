@@ -52,8 +52,8 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
         "--artifact",
         default=None,
         callback=_resolve_artifact,
-        help="A shipped artifact's name (minilm-real-v3, minilm-commercial-v3, ...) or a trained "
-        "artifact folder. Default: minilm-real-v3.",
+        help="A shipped artifact's name (minilm-real-v4, minilm-commercial-v3, ...) or a trained "
+        "artifact folder. Default: minilm-real-v4.",
     )(function)
 
 
@@ -319,7 +319,9 @@ def classify_blend(
     source: Path, out: Path, version: str, data: tuple[str, ...], licences: str | None
 ) -> None:
     """Copy a trained artifact to OUT with a TF-IDF model blended in (what `train` does at
-    its end), fitted on the same training rows, the blend chosen on the same dev split."""
+    its end), fitted on the training rows of the artifact's data folders as they are now (or
+    --data), the blend chosen on their dev split; the card records those rows when they are
+    not the ones the encoder learnt (after a relabeling)."""
     from switchboard.classify.train import DataFolder, TrainingData, TrainOptions, attach_lexical
     from switchboard.shared.logs import configure_logging
 

@@ -28,31 +28,21 @@ def tiny_data(tmp_path_factory):
     return folder
 
 
-def train(data, out, *extra: str) -> dict:
+def cli(*args: str) -> dict:
+    """Runs `switchboard ARGS` as a user does; returns the JSON it prints."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "switchboard",
-            "classify",
-            "train",
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-            "--seed",
-            "5",
-            *extra,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+        [sys.executable, "-m", "switchboard", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
+
+
+def train(data, out, *extra: str) -> dict:
+    return cli(
+        "classify", "train", "--data", str(data), "--out", str(out),
+        "--epochs", "1", "--seed", "5", *extra,
+    )  # fmt: skip
 
 
 def test_training_writes_a_loadable_versioned_artifact(tiny_data, tmp_path):
@@ -92,6 +82,21 @@ def test_training_writes_a_loadable_versioned_artifact(tiny_data, tmp_path):
     [prediction] = model.predict(["@SkylarkHelp my bag is lost"])
     assert abs(sum(prediction.department_scores.values()) - 1) < 1e-4
     assert abs(sum(prediction.urgency_scores.values()) - 1) < 1e-4
+
+    # Relabeled rows: `classify blend` refits the lexical half and says which rows it learnt.
+    relabeled = tmp_path / "relabeled" / name
+    shutil.copytree(tiny_data, relabeled)
+    rows = jsonl_rows(relabeled / "train.jsonl")
+    rows[0]["department"] = "community" if rows[0]["department"] != "community" else "sales"
+    (relabeled / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reblended = tmp_path / "b"
+    cli("classify", "blend", "--from", str(tmp_path / "a"), "--out", str(reblended),
+        "--version", "minilm-relabeled", "--data", str(relabeled))  # fmt: skip
+    after = json.loads((reblended / "card.json").read_text())
+    assert after["version"] == "minilm-relabeled" and after["data"] == card["data"]
+    lexical_rows = after["lexical"]["data"][name]["train"]
+    assert lexical_rows["sha256"] == content_sha256(relabeled / "train.jsonl")
+    assert "data" not in card["lexical"]  # trained in one go: the card's data says it all
 
 
 def test_training_is_reproducible_with_a_seed(tiny_data, tmp_path):
@@ -229,7 +234,7 @@ def a_correction(tweet_id: str, text: str | None, department: str, minutes: int 
         source="ops", by="ana",
         made_at=datetime(2026, 12, 1, tzinfo=UTC) + timedelta(minutes=minutes),
         outcome="rerouted", department_before="customer_service", urgency_before="normal",
-        department=department, urgency="high", model_version="minilm-real-v3",
+        department=department, urgency="high", model_version="minilm-real-v4",
         tweet=a_tweet(id=tweet_id, conversation_id=tweet_id, text=text) if text else None,
     ).model_dump_json()  # fmt: skip
 
