@@ -744,11 +744,12 @@ def attach_lexical(artifact: Path, data: TrainingData, options: TrainOptions) ->
     model.blend, threshold = fit_blend(model, data.dev)
     model.calibration = replace(model.calibration, critical_threshold=threshold)
     model.lexical.save(artifact)
+    lexical = card_section(model.blend, model.lexical)
+    if data.described != card.get("data"):  # refitted on other rows (`classify blend`): say which
+        lexical["data"] = data.described
     card.update(
         version=options.version or card["version"],
-        lexical=card_section(model.blend, model.lexical)
-        # Refitted later on other rows (`classify blend` after a relabeling): say which.
-        | ({"data": data.described} if data.described != card.get("data") else {}),
+        lexical=lexical,
         calibration=asdict(model.calibration),
         metrics={
             name: {split: classifier_figures(model, part) for split, part in splits.items()}
