@@ -25,7 +25,7 @@ import json
 import random
 from pathlib import Path
 
-from realpool_assemble import REAL, SPLITS, final_label, lines_of
+from realpool_assemble import REAL, SPLITS, final_label, lines_of, write_jsonl
 
 SEED = 29
 CONTEXT = {  # what a reader is told about where a tweet comes from, by repository
@@ -48,10 +48,6 @@ CONTEXT = {  # what a reader is told about where a tweet comes from, by reposito
 
 def split_rows(folder: Path) -> list[dict]:
     return [json.loads(line) for split in SPLITS for line in lines_of(folder / f"{split}.jsonl")]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
 
 
 def batches(

@@ -93,6 +93,10 @@ def lines_of(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+
+
 def read_pool(path: Path) -> dict[str, dict]:
     pool = {}
     for line in lines_of(path):
@@ -219,9 +223,7 @@ def assemble(pool: dict[str, dict], folder: Path) -> None:
     )
     for split in SPLITS:
         chosen = [r for i, r in enumerate(rows) if split_of[i] == split]
-        with (folder / f"{split}.jsonl").open("w", encoding="utf-8") as out:
-            for row in chosen:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl(folder / f"{split}.jsonl", chosen)
         print(f"{split}: {len(chosen)} rows")
 
 
