@@ -361,18 +361,30 @@ def classify_build_onnx(out: Path, every: bool, artifact: Path | None) -> None:
         click.echo(f"{model.onnx.path} ({time.monotonic() - started:.1f} s)")
 
 
+_runtime_option = click.option(
+    "--runtime",
+    type=click.Choice(["torch", "onnx-int8"]),
+    default="torch",
+    show_default=True,
+    help="Run the model as this runtime runs it (classify.runtime; onnx-int8 is faster).",
+)
+
+
 @classify.command("predict")
 @click.option("--input", "input_file", type=INPUT, required=True, help="JSONL: id, text, ...")
 @click.option("--output", "output_file", type=click.Path(path_type=Path, dir_okay=False))
+@_runtime_option
 @_artifact_option
-def classify_predict(input_file: Path, output_file: Path | None, artifact: Path | None) -> None:
+def classify_predict(
+    input_file: Path, output_file: Path | None, runtime: str, artifact: Path | None
+) -> None:
     """Label each line of a JSONL file; writes one JSON object per line (stdout by default)."""
     from switchboard.classify.data import read_tweets
     from switchboard.classify.model import TweetClassifier
     from switchboard.classify.offline import predict_rows, prediction_record
 
     rows = read_tweets(input_file)
-    model = TweetClassifier.load(artifact)
+    model = TweetClassifier.load(artifact, runtime=runtime)
     records = [
         json.dumps(prediction_record(row, prediction, model), ensure_ascii=False)
         for row, prediction in zip(rows, predict_rows(model, rows), strict=True)
@@ -396,13 +408,7 @@ def classify_predict(input_file: Path, output_file: Path | None, artifact: Path 
     help="Training splits the baselines are fitted on (repeat for several).",
 )
 @click.option("--baselines/--no-baselines", default=True, show_default=True)
-@click.option(
-    "--runtime",
-    type=click.Choice(["torch", "onnx-int8"]),
-    default="torch",
-    show_default=True,
-    help="Evaluate the model as this runtime runs it (classify.runtime).",
-)
+@_runtime_option
 @click.option("--threads", type=click.IntRange(1), default=None, help="Default: every core.")
 @click.option(
     "--errors",

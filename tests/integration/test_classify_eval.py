@@ -1,4 +1,5 @@
-"""``switchboard classify eval`` as a user runs it: figures per source and the error table."""
+"""``switchboard classify eval`` and ``predict`` as a user runs them: figures per source, the
+error table, and one prediction per input line on either runtime."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from tests.conftest import REAL, ROOT, jsonl_rows
 pytestmark = pytest.mark.integration
 
 
-def run_eval(*arguments: str) -> subprocess.CompletedProcess:
+def run_eval(*arguments: str, command: str = "eval") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "switchboard", "classify", "eval", *arguments],
+        [sys.executable, "-m", "switchboard", "classify", command, *arguments],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -67,3 +68,22 @@ def test_an_artifact_is_chosen_by_name_and_a_wrong_name_lists_the_choices(sample
     assert json.loads(done.stdout)["model_version"] == "minilm-commercial-v3"
     wrong = run_eval("--input", str(path), "--artifact", "minilm-comercial-v1")
     assert wrong.returncode == 2 and "minilm-commercial-v3" in wrong.stderr
+
+
+def test_predict_labels_every_line_in_order_on_either_runtime(sample, tmp_path):
+    path, rows = sample
+    labeled = {}
+    for runtime in ("torch", "onnx-int8"):
+        out = tmp_path / f"{runtime}.jsonl"
+        done = run_eval("--input", str(path), "--output", str(out), "--runtime", runtime,
+                        command="predict")  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        records = jsonl_rows(out)
+        assert [r["id"] for r in records] == [r["id"] for r in rows]
+        for record in records:
+            scores = record["department_scores"]
+            assert max(scores, key=scores.get) == record["department"]
+            assert sum(record["urgency_scores"].values()) == pytest.approx(1, abs=1e-3)
+        labeled[runtime] = [r["department"] for r in records]
+    same = sum(a == b for a, b in zip(labeled["torch"], labeled["onnx-int8"], strict=True))
+    assert same >= 0.9 * len(rows)  # int8 is the same model, not another one
