@@ -67,9 +67,9 @@ test-integration: setup tools
 test-e2e: setup tools
 	$(PYTEST) tests/e2e
 
-# A new default candidate, minilm-real-v5 (written + real tweets; non-commercial licence; every
-# encoder weight tuned): compare it with the shipped minilm-real-v4 (`switchboard classify eval
-# --artifact`) before choosing it; v4 is v3's encoder with its lexical half refitted on the
+# A new default candidate, minilm-real-v6 (written + real tweets; non-commercial licence; every
+# encoder weight tuned): compare it with the shipped minilm-real-v5 (`switchboard classify eval
+# --artifact`) before choosing it; v5 is v3's encoder with its lexical half refitted on the
 # current labels (docs/classifier.md). And the commercial one (only rows whose licence allows
 # commercial use). A company's own labeled tweets:
 # `make train DATA=path/to/folder[:WEIGHT] OUT=path/to/artifact [LICENCES=commercial]`
@@ -82,7 +82,7 @@ LICENCES ?= all
 train: setup
 	$(BIN)/switchboard classify train --data data/labeled --data data/labeled/real:2 \
 		--licences $(LICENCES) $(if $(DATA),--data $(DATA) --out $(or $(OUT),$(error OUT=... is needed with DATA)) \
-		--version $(notdir $(OUT)),--out $(ARTIFACTS)/minilm-real-v5 --version minilm-real-v5) \
+		--version $(notdir $(OUT)),--out $(ARTIFACTS)/minilm-real-v6 --version minilm-real-v6) \
 		--lora-rank 0 --lr 1e-4
 
 train-commercial: setup

@@ -34,7 +34,7 @@ def main() -> None:
 
     threading.Thread(target=watch, daemon=True).start()
     options = ClassifyConfig()
-    serving = load_model(options, "minilm-real-v4", None)
+    serving = load_model(options, "minilm-real-v5", None)
     serving.predict(BATCH)
     one = rss()
     candidate = load_model(options, "minilm-commercial-v3", None)

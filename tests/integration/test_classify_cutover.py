@@ -19,7 +19,7 @@ from tests.conftest import CONFIG_FILE, readable, wait_for
 from tests.factories import a_raw_tweet
 from tests.integration.conftest import new_id
 
-LIVE, CANDIDATE = "minilm-real-v4", "minilm-commercial-v3"
+LIVE, CANDIDATE = "minilm-real-v5", "minilm-commercial-v3"
 
 
 def write_config(path, artifact: str) -> None:

@@ -234,7 +234,7 @@ def a_correction(tweet_id: str, text: str | None, department: str, minutes: int 
         source="ops", by="ana",
         made_at=datetime(2026, 12, 1, tzinfo=UTC) + timedelta(minutes=minutes),
         outcome="rerouted", department_before="customer_service", urgency_before="normal",
-        department=department, urgency="high", model_version="minilm-real-v4",
+        department=department, urgency="high", model_version="minilm-real-v5",
         tweet=a_tweet(id=tweet_id, conversation_id=tweet_id, text=text) if text else None,
     ).model_dump_json()  # fmt: skip
 

@@ -42,7 +42,7 @@ def recent(tweet_id: str, department: str, urgency: str) -> RecentTweet:
         tweet=a_tweet(id=tweet_id, conversation_id="c-1"),
         department=Department(department),
         urgency=Urgency(urgency),
-        model_version="minilm-real-v4",
+        model_version="minilm-real-v5",
         ingested_at=NOW - timedelta(minutes=10),
     )
 
@@ -83,7 +83,7 @@ def test_a_new_department_reroutes_the_tweet_and_the_conversation_follows():
     result = applied(state, tweet_id="t-1", department="legal")
     c = result.correction
     assert (c.outcome, c.department_before, c.department) == ("rerouted", "sales", "legal")
-    assert (c.urgency_before, c.urgency, c.model_version) == ("normal", "normal", "minilm-real-v4")
+    assert (c.urgency_before, c.urgency, c.model_version) == ("normal", "normal", "minilm-real-v5")
     assert c.tweet is not None and c.tweet.id == "t-1" and c.by == "ana"
     assert result.state is not None and result.state.department is Department.LEGAL
     assert result.state.awaiting is not None
