@@ -46,6 +46,18 @@ CONTEXT = {  # what a reader is told about where a tweet comes from, by reposito
 }
 
 
+def reader_line(n: int, tweet: dict) -> dict:
+    """What a reader sees of a pool tweet: its handle, its dataset's context and its text."""
+    context = CONTEXT[tweet["source"].split(":")[0]]
+    return {
+        "n": n,
+        "id": tweet["id"],
+        "to": tweet.get("to"),
+        "context": context,
+        "text": tweet["text"],
+    }
+
+
 def split_rows(folder: Path) -> list[dict]:
     return [json.loads(line) for split in SPLITS for line in lines_of(folder / f"{split}.jsonl")]
 
@@ -62,15 +74,7 @@ def batches(
     work.mkdir(parents=True, exist_ok=True)
     for k in range(readers):
         batch = [
-            {
-                "n": n,
-                "id": r["id"],
-                "to": r.get("to"),
-                "context": CONTEXT[r["source"].split(":")[0]],
-                "text": r["text"],
-                "department": r["department"],
-                "urgency": r["urgency"],
-            }
+            reader_line(n, r) | {"department": r["department"], "urgency": r["urgency"]}
             for n, r in enumerate(rows[k::readers], start=1)
         ]
         write_jsonl(work / f"consist{k + 1}.jsonl", batch)

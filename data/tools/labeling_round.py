@@ -23,7 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
-from consistency_pass import CONTEXT
+from consistency_pass import reader_line
 from realpool_assemble import REAL, lines_of, write_jsonl
 
 from switchboard.shared.labels import DEPARTMENTS, URGENCIES
@@ -53,16 +53,7 @@ def batches(selection: Path, work: Path, first_batch: int, count: int) -> None:
     tweets = read_jsonl(selection)
     work.mkdir(parents=True, exist_ok=True)
     for k in range(count):
-        batch = [
-            {
-                "n": n,
-                "id": t["id"],
-                "to": t.get("to"),
-                "context": CONTEXT[t["source"].split(":")[0]],
-                "text": t["text"],
-            }
-            for n, t in enumerate(tweets[k::count], start=1)
-        ]
+        batch = [reader_line(n, t) for n, t in enumerate(tweets[k::count], start=1)]
         write_jsonl(work / f"batch{first_batch + k}.jsonl", batch)
     print(f"{len(tweets)} tweets in batches {first_batch}-{first_batch + count - 1} under {work}")
 
