@@ -39,6 +39,8 @@ def test_the_shipped_model_card_describes_it(tmp_path):
     card = json.loads((DEFAULT_ARTIFACT / "card.json").read_text())
     assert card["departments"] == [d.value for d in Department]
     assert card["urgencies"] == [u.value for u in Urgency]
+    tuned = "LoRA-tuned" if card["options"]["lora_rank"] else "fully tuned"
+    assert card["kind"].startswith(tuned), card["kind"]
     assert set(card["data"]) == {"labeled", "real"} and card["selected_on"] == "real/dev"
     # The blend, calibration and figures were fitted on exactly the data in the repository; an
     # encoder kept across a relabeling (`classify blend`) on a version of it that main's history
