@@ -88,20 +88,25 @@ class ReconnectPolicy:
 
 
 class ConnectionBudget:
-    """At most ``limit`` connection attempts in any ``window_s`` (pure, given the clock)."""
+    """At most ``limit`` connection attempts in any ``window_s`` (pure, given the clock).
 
-    def __init__(self, limit: int, window_s: float) -> None:
+    We count an attempt when we send it; X counts it when it arrives. An earlier attempt may
+    have arrived later after ours than the next one does (the network's and the scheduler's
+    delays vary), so each attempt is kept ``margin_s`` longer than the window: without it, an
+    attempt at the window's edge is X's one too many and is refused."""
+
+    def __init__(self, limit: int, window_s: float, margin_s: float = 0.0) -> None:
         self.limit = limit
-        self.window_s = window_s
+        self.kept_s = window_s + margin_s
         self._attempts: collections.deque[float] = collections.deque()
 
     def wait_s(self, now: float) -> float:
         """How long until one more attempt stays within the budget."""
-        while self._attempts and self._attempts[0] <= now - self.window_s:
+        while self._attempts and self._attempts[0] <= now - self.kept_s:
             self._attempts.popleft()
         if len(self._attempts) < self.limit:
             return 0.0
-        return self._attempts[0] + self.window_s - now
+        return self._attempts[0] + self.kept_s - now
 
     def attempted(self, now: float) -> None:
         self._attempts.append(now)
@@ -148,8 +153,9 @@ class FilteredStream:
         self.on_recovered = on_recovered
         self.health = health or SourceHealth(SOURCE, self.settings.app)
         self.policy = ReconnectPolicy(self.settings.reconnect)
+        window_s = self.settings.connection_window_s
         self.budget = ConnectionBudget(
-            self.settings.max_connections, self.settings.connection_window_s
+            self.settings.max_connections, window_s, margin_s=max(0.5, 0.01 * window_s)
         )
         self.connections = 0
         self.last_sync: RuleSync | None = None

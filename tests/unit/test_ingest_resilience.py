@@ -79,6 +79,15 @@ def test_the_connection_budget_holds_attempts_within_its_window():
     assert budget.wait_s(10.0) == 0.0
 
 
+def test_the_connection_budget_keeps_a_margin_for_arrival_delays():
+    """X counts attempts as they arrive: one sent at the window's edge must not be its sixth."""
+    budget = ConnectionBudget(limit=3, window_s=10.0, margin_s=0.5)
+    for now in (0.0, 1.0, 2.0):
+        budget.attempted(now)
+    assert budget.wait_s(10.0) == 0.5
+    assert budget.wait_s(10.5) == 0.0
+
+
 def test_a_duplicated_rule_tries_distinct_values_that_match_the_same_tweets():
     rule = StreamRule("(@AcmeIR OR $ACME) -is:retweet", "switchboard:@AcmeIR", "@AcmeIR",
                       ("@AcmeIR", "$ACME"), " -is:retweet")  # fmt: skip
