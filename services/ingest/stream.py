@@ -90,10 +90,9 @@ class ReconnectPolicy:
 class ConnectionBudget:
     """At most ``limit`` connection attempts in any ``window_s`` (pure, given the clock).
 
-    We count an attempt when we send it; X counts it when it arrives. An earlier attempt may
-    have arrived later after ours than the next one does (the network's and the scheduler's
-    delays vary), so each attempt is kept ``margin_s`` longer than the window: without it, an
-    attempt at the window's edge is X's one too many and is refused."""
+    We count an attempt when we send it; X counts it when it arrives, and the delay between
+    the two varies (network, scheduler). So each attempt is kept ``margin_s`` longer than the
+    window: without it, an attempt sent at the window's edge can be X's one too many."""
 
     def __init__(self, limit: int, window_s: float, margin_s: float = 0.0) -> None:
         self.limit = limit

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import yaml
 
+from switchboard.classify.model import COMMERCIAL_ARTIFACT_NAME, DEFAULT_ARTIFACT_NAME
 from switchboard.cli.load import write_load
 from switchboard.cli.stack import Stack, StackOptions, scrape
 from switchboard.shared import topics
@@ -22,7 +23,7 @@ from tests.e2e.conftest import wait_settled
 
 pytestmark = pytest.mark.e2e
 TWEETS, RATE = 800, 40.0  # 20 seconds of stream
-LIVE, CANDIDATE = "minilm-real-v5", "minilm-commercial-v3"
+LIVE, CANDIDATE = DEFAULT_ARTIFACT_NAME, COMMERCIAL_ARTIFACT_NAME
 TOKEN = "e2e-admin-token"
 
 

@@ -11,6 +11,7 @@ from collections import defaultdict
 import yaml
 
 from switchboard.classify import metrics as classify_metrics
+from switchboard.classify.model import COMMERCIAL_ARTIFACT_NAME, DEFAULT_ARTIFACT_NAME
 from switchboard.classify.service import ClassifyService
 from switchboard.classify.settings import ClassifySettings
 from switchboard.shared import topics
@@ -19,7 +20,7 @@ from tests.conftest import CONFIG_FILE, readable, wait_for
 from tests.factories import a_raw_tweet
 from tests.integration.conftest import new_id
 
-LIVE, CANDIDATE = "minilm-real-v5", "minilm-commercial-v3"
+LIVE, CANDIDATE = DEFAULT_ARTIFACT_NAME, COMMERCIAL_ARTIFACT_NAME
 
 
 def write_config(path, artifact: str) -> None:
