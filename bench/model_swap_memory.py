@@ -15,6 +15,7 @@ import time
 import psutil
 
 from switchboard.classify.config import ClassifyConfig
+from switchboard.classify.model import COMMERCIAL_ARTIFACT_NAME, DEFAULT_ARTIFACT_NAME
 from switchboard.classify.service import load_model
 
 BATCH = ["@SkylarkHelp my order is late and nobody answers the phone"] * 128
@@ -34,10 +35,10 @@ def main() -> None:
 
     threading.Thread(target=watch, daemon=True).start()
     options = ClassifyConfig()
-    serving = load_model(options, "minilm-real-v5", None)
+    serving = load_model(options, DEFAULT_ARTIFACT_NAME, None)
     serving.predict(BATCH)
     one = rss()
-    candidate = load_model(options, "minilm-commercial-v3", None)
+    candidate = load_model(options, COMMERCIAL_ARTIFACT_NAME, None)
     candidate.predict(BATCH)
     both = rss()
     del serving
