@@ -40,6 +40,26 @@ LABELED = ROOT / "data" / "labeled"
 REAL = LABELED / "real"
 
 
+def data_versions(path: Path, folder: Path) -> dict[str, Path]:
+    """Every version of a labeled split that main's history holds, by ``content_sha256``,
+    written into ``folder``: an artifact names the data it was fitted on by that hash, and the
+    data may have grown since (a round of labels appended) without the artifact changing."""
+    import subprocess
+
+    from switchboard.classify.data import content_sha256
+
+    relative = path.relative_to(ROOT).as_posix()
+    log = ["git", "log", "--format=%H", "--", relative]
+    commits = subprocess.run(log, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    versions = {content_sha256(path): path}
+    for commit in commits.split():
+        version = folder / f"{path.parent.name}-{path.stem}-{commit}.jsonl"
+        show = ["git", "show", f"{commit}:{relative}"]
+        version.write_bytes(subprocess.run(show, cwd=ROOT, capture_output=True, check=True).stdout)
+        versions.setdefault(content_sha256(version), version)
+    return versions
+
+
 def jsonl_rows(path: Path) -> list[dict]:
     """The records of a JSON Lines file. Lines end at "\\n" only: tweets may hold U+0085 or
     U+2028, which ``str.splitlines`` would take for line ends."""
