@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
+from switchboard.classify.data import content_sha256
 from switchboard.cli.config import PipelineSettings, SwitchboardConfig
 from switchboard.cli.inbox import LoopbackInbox
 from switchboard.shared import topics
@@ -44,10 +46,6 @@ def data_versions(path: Path, folder: Path) -> dict[str, Path]:
     """Every version of a labeled split that main's history holds, by ``content_sha256``,
     written into ``folder``: an artifact names the data it was fitted on by that hash, and the
     data may have grown since (a round of labels appended) without the artifact changing."""
-    import subprocess
-
-    from switchboard.classify.data import content_sha256
-
     relative = path.relative_to(ROOT).as_posix()
     log = ["git", "log", "--format=%H", "--", relative]
     commits = subprocess.run(log, cwd=ROOT, capture_output=True, text=True, check=True).stdout
