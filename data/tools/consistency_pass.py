@@ -43,6 +43,7 @@ CONTEXT = {  # what a reader is told about where a tweet comes from, by reposito
     "officinadata/2022_Scandalist": "tweets about company scandals, 2016-2022",
     "saraso2014/identifying-utility-outages": "tweets about power outages, 2019",
     "zfz/twitter_corpus": "tweets about Apple, Google, Microsoft and Twitter, 2011",
+    "Yosingh1/Machine_Learning": "customer support on Twitter, 2017",
 }
 
 

@@ -28,7 +28,8 @@ copies a real dev tweet goes to dev; one that nearly copies a real training twee
 training or dev tweet trains (nearly copying a dev tweet as well, it is left out).
 Near-duplicate groups within the round stay in one split whole; the free groups are dealt per
 department and critical or not, ``APPEND_CRITICAL_SHARES`` of the critical ones and
-``APPEND_SHARES`` of the rest to dev, the remainder to train.
+``APPEND_SHARES`` of the rest to dev, the remainder to train (``DRAWN_ROUND_SHARES`` of both
+for a round drawn as the held-out split was).
 
 Splits are dealt by each tweet's label before the consistency pass (``dealt_label``): that pass
 relabeled tweets across all rounds where they were, and a new label never moves a tweet to
@@ -53,9 +54,18 @@ WRITTEN = ROOT / "data" / "labeled"
 SEED = 17
 SHARES = {"test": 0.14, "dev": 0.11}  # the rest trains
 CRITICAL_SHARES = {"test": 0.25, "dev": 0.20}
-APPENDED_ROUNDS = (5, 6, 7, 8)  # read after the splits were fixed: appended, in this order
+APPENDED_ROUNDS = (5, 6, 7, 8, 9)  # read after the splits were fixed: appended, in this order
 APPEND_SHARES = {"dev": 0.10}  # of an appended round's free tweets; the rest trains
 APPEND_CRITICAL_SHARES = {"dev": 0.20}  # more critical tweets to choose the threshold on
+# Round 9 was drawn as the held-out split's base rows were (no model or keyword pointer): half
+# of it goes to dev, whose rows drawn that way were too few to set the critical threshold on.
+DRAWN_ROUND_SHARES = {9: {"dev": 0.50}}
+# Rounds that read what a model or keyword groups pointed at among the tweets left unread after
+# the held-out split was drawn (likely critical, or a department the model was unsure of): such
+# a row carries ``"sought": true``. The held-out split has no row like them, and dev's sought
+# critical tweets are ones the model already scored critical: classify fits the critical
+# threshold on dev's other rows (docs/classifier.md).
+SOUGHT_ROUNDS = (5, 6, 7, 8)
 KEPT = ("id", "text", "department", "urgency", "source", "licence", "to", "created_at")
 SPLITS = ("train", "dev", "test")
 BOTH_WRITTEN = "nearly copies both a written training and a held-out tweet"
@@ -113,6 +123,8 @@ def row_of(note: dict, pool: dict[str, dict]) -> dict:
         "urgency": urgency,
         "selected_for": note["selected_for"],
     }
+    if any(in_round(note, number) for number in SOUGHT_ROUNDS):
+        row["sought"] = True
     if note.get("proposals"):
         row["review"] = {
             "first": note["first"],
@@ -281,7 +293,10 @@ def append_round(pool: dict[str, dict], folder: Path, number: int) -> None:
             free.append(members)
     rng = random.Random(SEED + number)
     labels = [dealt_label(n) for n in dealt]
-    split_of.update(deal(labels, free, rng, APPEND_SHARES, APPEND_CRITICAL_SHARES))
+    shares = DRAWN_ROUND_SHARES.get(number)
+    split_of.update(
+        deal(labels, free, rng, shares or APPEND_SHARES, shares or APPEND_CRITICAL_SHARES)
+    )
 
     mark_left_out(
         folder, {rows[i]["id"]: r for i, r in reasons.items()}, lambda n: in_round(n, number)

@@ -52,6 +52,9 @@ class LabeledTweet:
     urgency: Urgency
     licence: str = PROJECT_LICENCE
     source: str | None = None
+    # read because a model or keyword pointed at it as likely critical or hard, not drawn as
+    # traffic is: kept out of the critical threshold's fit (train.py, threshold_rows)
+    sought: bool = False
 
 
 def commercial_use(licence: str) -> bool:
@@ -113,6 +116,7 @@ def load_labeled(path: Path) -> list[LabeledTweet]:
                 row.urgency,
                 licence=licence_of(row),
                 source=row.extra.get("source"),
+                sought=row.extra.get("sought") is True,
             )
         )
     return labeled

@@ -123,6 +123,8 @@ class Calibration:
     department_temperature: float = 1.0
     urgency_temperature: float = 1.0
     critical_threshold: float = 0.5
+    # which dev rows the threshold was fitted on (train.threshold_rows): "drawn" or "all"
+    critical_threshold_rows: str = "all"
 
     @classmethod
     def from_card(cls, card: dict) -> Calibration:

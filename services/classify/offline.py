@@ -68,7 +68,9 @@ def evaluate_file(
     """The model's figures on labeled rows, with the baselines fitted on ``train_files``.
 
     Also the calibration error of the department confidence; a per-source breakdown when the
-    rows carry a ``source``; and with ``error_rows`` the first that many mistakes."""
+    rows carry a ``source``; the figures of the rows drawn as traffic is and of those sought
+    out as likely critical or hard (``sought``), when some are; and with ``error_rows`` the
+    first that many mistakes."""
     gold = [
         LabeledTweet(r.text, r.department, r.urgency)
         for r in rows
@@ -90,6 +92,11 @@ def evaluate_file(
         # "owner/repo:path/file.csv": one group per repository, not per file of it
         groups = [s.split(":")[0] if s else "(none)" for s in sources]
         figures["by_source"] = by_source(gold, labels, groups)
+    sought = [r.extra.get("sought") is True for r in rows]
+    if any(sought):  # dev's rows a model or keyword sought out flatter the model: apart
+        figures["by_selection"] = by_source(
+            gold, labels, ["sought" if s else "drawn" for s in sought]
+        )
     if error_rows:
         figures["errors"] = errors(gold, labels, [r.id for r in rows], error_rows)
     if baselines and train_files:

@@ -273,6 +273,24 @@ def fit_critical_threshold(probs: torch.Tensor, gold: list[Urgency]) -> float:
     return best[1]
 
 
+THRESHOLD_ROWS = "drawn"  # the dev rows new calibrations fit the critical threshold on
+
+
+def threshold_rows(rows: Sequence[LabeledTweet], which: str = THRESHOLD_ROWS) -> list[int]:
+    """The dev rows the critical threshold is fitted on, by index.
+
+    ``"drawn"``: the rows drawn as traffic is, leaving out those read because a model or
+    keyword sought them out as likely critical (``sought``): most of those are tweets the model
+    already scores critical, so on them every threshold looks more precise than it is on
+    traffic, and it comes out too low. All rows when none of the others is critical.
+    ``"all"``: every row (the rule before the dev rows carried ``sought``)."""
+    every = list(range(len(rows)))
+    drawn = [i for i in every if not rows[i].sought]
+    if which == "all" or not any(rows[i].urgency is Urgency.CRITICAL for i in drawn):
+        return every
+    return drawn
+
+
 def f_beta(precision: float, recall: float, beta: float) -> float:
     if precision == 0 and recall == 0:
         return 0.0
@@ -742,7 +760,9 @@ def attach_lexical(artifact: Path, data: TrainingData, options: TrainOptions) ->
     log.info("fitting the lexical model on %d tweets", len(texts))
     model.lexical = LexicalModel.fit(texts, training_labels(data.rows), data.weights, options.seed)
     model.blend, threshold = fit_blend(model, data.dev)
-    model.calibration = replace(model.calibration, critical_threshold=threshold)
+    model.calibration = replace(
+        model.calibration, critical_threshold=threshold, critical_threshold_rows=THRESHOLD_ROWS
+    )
     model.lexical.save(artifact)
     lexical = card_section(model.blend, model.lexical)
     if data.described != card.get("data"):  # refitted on other rows (`classify blend`): say which
@@ -761,12 +781,16 @@ def attach_lexical(artifact: Path, data: TrainingData, options: TrainOptions) ->
     return card
 
 
-def fit_blend(model: TweetClassifier, dev_rows: list[LabeledTweet]) -> tuple[Blend, float]:
+def fit_blend(
+    model: TweetClassifier, dev_rows: list[LabeledTweet], rows: str = THRESHOLD_ROWS
+) -> tuple[Blend, float]:
     """The blend and critical threshold dev chooses: the lexical temperatures that minimize its
     dev log-loss; the department weight with the best dev department accuracy; the urgency
     weight with the best dev urgency macro-F1, with the blend's temperature and the critical
-    threshold refitted for each weight. Ties go to the smaller weight (0 is the encoder alone)."""
+    threshold (on ``threshold_rows(dev_rows, rows)``) refitted for each weight. Ties go to the
+    smaller weight (0 is the encoder alone)."""
     assert model.lexical is not None
+    fitted_on = threshold_rows(dev_rows, rows)
     dev_texts = [r.text for r in dev_rows]
     encoder_departments, encoder_urgencies = model.encoder_probabilities(dev_texts)
     lexical = model.lexical.logits([prepare_text(t) for t in dev_texts])
@@ -791,7 +815,9 @@ def fit_blend(model: TweetClassifier, dev_rows: list[LabeledTweet]) -> tuple[Ble
     def urgency_choice(weight: float) -> tuple[float, float, float]:
         temperature = calibrated(encoder_urgencies, lexical_urgencies, weight, "urgency")
         probs = blended(encoder_urgencies, lexical_urgencies, weight, temperature)
-        threshold = fit_critical_threshold(torch.from_numpy(probs), [r.urgency for r in dev_rows])
+        threshold = fit_critical_threshold(
+            torch.from_numpy(probs[fitted_on]), [dev_rows[i].urgency for i in fitted_on]
+        )
         urgencies = list(Urgency)
         predicted = [urgencies[decide_urgency(p, urgencies, threshold)].value for p in probs]
         names = [u.value for u in urgencies]
@@ -844,12 +870,13 @@ def calibrate(trainer: Trainer, dev_rows: list[LabeledTweet]) -> Calibration:
     department_labels = torch.tensor([list(Department).index(r.department) for r in dev_rows])
     urgency_labels = torch.tensor([list(Urgency).index(r.urgency) for r in dev_rows])
     urgency_temperature = fit_temperature(urgencies, urgency_labels)
+    fitted_on = threshold_rows(dev_rows)
+    probs = torch.softmax(urgencies[fitted_on] / urgency_temperature, dim=-1)
     return Calibration(
         department_temperature=fit_temperature(departments, department_labels),
         urgency_temperature=urgency_temperature,
-        critical_threshold=fit_critical_threshold(
-            torch.softmax(urgencies / urgency_temperature, dim=-1), [r.urgency for r in dev_rows]
-        ),
+        critical_threshold=fit_critical_threshold(probs, [dev_rows[i].urgency for i in fitted_on]),
+        critical_threshold_rows=THRESHOLD_ROWS,
     )
 
 

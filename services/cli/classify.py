@@ -463,15 +463,17 @@ def _print_summary(figures: dict) -> None:
     table.add_row("department_ece", f"{figures['department_ece']:.3f}")
     console = Console()
     console.print(table)
-    if "by_source" in figures:
-        sources = Table(title="by source")
-        metrics = ("department_accuracy", "department_macro_f1", "critical_recall",
-                   "critical_precision")  # fmt: skip
-        for column in ("source", "n", *metrics):
-            sources.add_column(column, justify="left" if column == "source" else "right")
-        for source, row in figures["by_source"].items():
-            sources.add_row(source, str(row["n"]), *(f"{row[m]:.3f}" for m in metrics))
-        console.print(sources)
+    metrics = ("department_accuracy", "department_macro_f1", "critical_recall",
+               "critical_precision")  # fmt: skip
+    for key, column in (("by_source", "source"), ("by_selection", "rows")):
+        if key not in figures:
+            continue
+        groups = Table(title=key.replace("_", " "))
+        for name in (column, "n", *metrics):
+            groups.add_column(name, justify="left" if name == column else "right")
+        for group, row in figures[key].items():
+            groups.add_row(group, str(row["n"]), *(f"{row[m]:.3f}" for m in metrics))
+        console.print(groups)
     if figures.get("errors"):
         mistakes = Table(title=f"first {len(figures['errors'])} errors")
         for column in ("id", "gold", "predicted", "text"):

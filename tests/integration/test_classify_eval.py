@@ -52,6 +52,20 @@ def test_eval_reports_each_source_and_lists_the_mistakes(sample):
     assert wrong_department == sorted(wrong_department, reverse=True)  # misrouted first
 
 
+def test_eval_reports_dev_rows_drawn_as_traffic_apart_from_those_sought_out(tmp_path):
+    """Dev's sought rows (read because a model pointed at them as likely critical) flatter the
+    model that chose them: eval gives both groups' figures, and each row counts in one."""
+    rows = jsonl_rows(REAL / "dev.jsonl")
+    sought = [r for r in rows if r.get("sought")][:15]
+    drawn = [r for r in rows if not r.get("sought")][:15]
+    path = tmp_path / "dev-sample.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in sought + drawn), encoding="utf-8")
+    done = run_eval("--input", str(path), "--json", "--no-baselines")
+    assert done.returncode == 0, done.stderr[-2000:]
+    groups = json.loads(done.stdout)["by_selection"]
+    assert {name: group["n"] for name, group in groups.items()} == {"sought": 15, "drawn": 15}
+
+
 def test_eval_prints_the_tables_for_a_person(sample):
     path, _ = sample
     done = run_eval("--input", str(path), "--no-baselines", "--errors", "3")

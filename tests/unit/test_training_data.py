@@ -22,6 +22,7 @@ from switchboard.classify.train import (
     TrainOptions,
     WeightedCrossEntropy,
     fit_critical_threshold,
+    threshold_rows,
     training_licence,
 )
 from switchboard.shared.labels import Department, Urgency
@@ -139,6 +140,31 @@ def test_the_critical_threshold_reaches_the_recall_target_with_alerts_worth_read
     # thresholds that tie above 0.3 it takes the highest (fewest alarms).
     probs[19, 0], probs[19, 2] = 0.3, 0.7
     assert fit_critical_threshold(probs, gold) == pytest.approx(0.6)
+
+
+def test_the_critical_threshold_is_fitted_on_dev_rows_drawn_as_traffic_is():
+    """Sought rows (a model pointed at them as likely critical) are mostly ones it already
+    scores high: fitted on them as well, the threshold comes out lower than the drawn rows
+    alone would set it, and on traffic it raises more false alarms than dev promised."""
+    drawn = [
+        LabeledTweet("x", D.CUSTOMER_SERVICE, U.CRITICAL),
+        LabeledTweet("x", D.CUSTOMER_SERVICE, U.CRITICAL),
+    ] + [LabeledTweet("x", D.CUSTOMER_SERVICE, U.NORMAL)] * 10
+    sought = [LabeledTweet("x", D.CUSTOMER_SERVICE, U.CRITICAL, sought=True)] * 8
+    rows = drawn + sought
+    assert threshold_rows(rows) == list(range(12))
+    assert threshold_rows(rows, "all") == list(range(20))
+    # With no critical tweet among the drawn rows there is nothing to fit on: every row counts.
+    assert threshold_rows(drawn[2:] + sought) == list(range(18))
+    p_critical = [0.5, 0.05] + [0.2] * 4 + [0.05] * 6 + [0.3] * 8
+    probs = torch.tensor([[p, 0.0, 1 - p, 0.0] for p in p_critical])
+    gold = [r.urgency for r in rows]
+    # Every row: at 0.3 nine of ten critical tweets are caught with no false alarm.
+    assert fit_critical_threshold(probs, gold) == 0.3
+    # The drawn rows: at 0.3 one of two is caught; catching both costs ten false alarms (F2
+    # 0.50 against 0.56), so the threshold stays where the first is caught alone, the highest.
+    fitted_on = threshold_rows(rows)
+    assert fit_critical_threshold(probs[fitted_on], [gold[i] for i in fitted_on]) == 0.5
 
 
 GOLD = [
