@@ -76,6 +76,8 @@ def test_training_writes_a_loadable_versioned_artifact(tiny_data, tmp_path):
         card["lexical"]["chosen_from"]
     )
     assert card["lexical"]["features"] > 0
+    # The critical threshold is fitted on dev's rows drawn as traffic is, and the card says so.
+    assert card["calibration"]["critical_threshold_rows"] == "drawn"
 
     model = TweetClassifier.load(tmp_path / "a")
     assert model.lexical is not None and model.blend.department_weight == blend["department_weight"]
