@@ -98,16 +98,16 @@ def expected_calibration_error(
     return round(gap / len(confidences), 4)
 
 
-def by_source(
-    gold: Sequence[LabeledTweet], predicted: Sequence[tuple[str, str]], sources: Sequence[str]
+def by_group(
+    gold: Sequence[LabeledTweet], predicted: Sequence[tuple[str, str]], groups: Sequence[str]
 ) -> dict[str, dict]:
-    """The headline figures for each source's rows, largest source first."""
-    groups: dict[str, list[int]] = {}
-    for index, source in enumerate(sources):
-        groups.setdefault(source, []).append(index)
+    """The headline figures for each group's rows (a source, drawn or sought), largest first."""
+    rows_of: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        rows_of.setdefault(group, []).append(index)
     return {
-        source: headline(report([gold[i] for i in rows], [predicted[i] for i in rows]))
-        for source, rows in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
+        group: headline(report([gold[i] for i in rows], [predicted[i] for i in rows]))
+        for group, rows in sorted(rows_of.items(), key=lambda item: (-len(item[1]), item[0]))
     }
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from switchboard.classify.data import LabeledTweet, TweetText, load_labeled
 from switchboard.classify.evaluation import (
-    by_source,
+    by_group,
     errors,
     expected_calibration_error,
     nearest_centroid,
@@ -91,10 +91,10 @@ def evaluate_file(
     if any(sources):
         # "owner/repo:path/file.csv": one group per repository, not per file of it
         groups = [s.split(":")[0] if s else "(none)" for s in sources]
-        figures["by_source"] = by_source(gold, labels, groups)
+        figures["by_source"] = by_group(gold, labels, groups)
     sought = [r.extra.get("sought") is True for r in rows]
     if any(sought):  # dev's rows a model or keyword sought out flatter the model: apart
-        figures["by_selection"] = by_source(
+        figures["by_selection"] = by_group(
             gold, labels, ["sought" if s else "drawn" for s in sought]
         )
     if error_rows:

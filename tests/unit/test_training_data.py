@@ -15,7 +15,7 @@ from switchboard.classify.data import (
     commercial_use,
     licence_family,
 )
-from switchboard.classify.evaluation import by_source, errors, expected_calibration_error
+from switchboard.classify.evaluation import by_group, errors, expected_calibration_error
 from switchboard.classify.train import (
     DataFolder,
     TrainingData,
@@ -175,8 +175,8 @@ GOLD = [
 PREDICTED = [("customer_service", "normal"), ("investor_relations", "low"), ("legal", "critical")]
 
 
-def test_figures_per_source_largest_first():
-    figures = by_source(GOLD, PREDICTED, ["airline", "stocks", "airline"])
+def test_figures_per_group_largest_first():
+    figures = by_group(GOLD, PREDICTED, ["airline", "stocks", "airline"])
     assert list(figures) == ["airline", "stocks"]
     assert figures["airline"]["n"] == 2 and figures["airline"]["department_accuracy"] == 0.5
     assert figures["stocks"]["department_accuracy"] == 1.0
