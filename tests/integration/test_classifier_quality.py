@@ -14,7 +14,7 @@ import pytest
 
 from switchboard.classify.data import load_labeled, read_tweets
 from switchboard.classify.evaluation import headline
-from switchboard.classify.model import COMMERCIAL_ARTIFACT_NAME, DEFAULT_ARTIFACT, TweetClassifier
+from switchboard.classify.model import COMMERCIAL_ARTIFACT_NAME, TweetClassifier
 from switchboard.classify.offline import evaluate_file
 from tests.conftest import LABELED, REAL, data_versions
 
@@ -135,7 +135,7 @@ def test_the_blend_is_what_the_real_dev_split_chooses(classifier, tmp_path):
     from switchboard.classify.train import fit_blend
 
     assert classifier.lexical is not None and classifier.blend.department_weight > 0
-    card = json.loads((DEFAULT_ARTIFACT / "card.json").read_text())
+    card = classifier.card
     named = card["lexical"].get("data", card["data"])["real"]["dev"]["sha256"]
     dev = data_versions(REAL / "dev.jsonl", tmp_path)[named]
     rows = classifier.calibration.critical_threshold_rows  # "all" on cards before round 9
