@@ -19,6 +19,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -40,6 +41,7 @@ CONFIG_FILE = ROOT / "config" / "switchboard.yaml"
 SAMPLES = ROOT / "data" / "samples" / "tweets.jsonl"
 LABELED = ROOT / "data" / "labeled"
 REAL = LABELED / "real"
+SWITCHBOARD = [sys.executable, "-m", "switchboard"]  # the CLI, as a process of its own
 
 
 def data_versions(path: Path, folder: Path) -> dict[str, Path]:

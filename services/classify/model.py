@@ -44,6 +44,9 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 DEFAULT_ARTIFACT_NAME = "minilm-real-v5"
 COMMERCIAL_ARTIFACT_NAME = "minilm-commercial-v3"
 DEFAULT_ARTIFACT = ARTIFACTS / DEFAULT_ARTIFACT_NAME
+# Where int8 models are built and read when no onnx_dir is configured (a development machine;
+# the image builds them into SWITCHBOARD_ONNX_DIR instead).
+DEFAULT_ONNX_DIR = Path(tempfile.gettempdir()) / "switchboard-onnx"
 ENCODER_FILE = "encoder.safetensors"  # an artifact's encoder weights, when training tuned them all
 
 
@@ -244,7 +247,7 @@ class TweetClassifier:
         if runtime == "onnx-int8":
             from switchboard.classify.onnx import OnnxHeads, int8_model_path
 
-            cache = onnx_dir or Path(tempfile.gettempdir()) / "switchboard-onnx"
+            cache = onnx_dir or DEFAULT_ONNX_DIR
             # built from a network loaded for the build alone: it is not kept while int8 serves
             path = int8_model_path(artifact, card, backbone, cache, model._load_network)
             model.onnx = OnnxHeads(path, model.threads)

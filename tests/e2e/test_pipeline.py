@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -27,6 +26,7 @@ from tests.conftest import (
     CONFIG_FILE,
     ROOT,
     SAMPLES,
+    SWITCHBOARD,
     deploy_metric_names,
     read_topics,
     readable,
@@ -34,7 +34,6 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.e2e
-SWITCHBOARD = [sys.executable, "-m", "switchboard"]
 
 
 def test_demo_from_scratch_accounts_for_every_tweet(tmp_path: Path):
