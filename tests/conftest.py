@@ -42,6 +42,11 @@ SAMPLES = ROOT / "data" / "samples" / "tweets.jsonl"
 LABELED = ROOT / "data" / "labeled"
 REAL = LABELED / "real"
 SWITCHBOARD = [sys.executable, "-m", "switchboard"]  # the CLI, as a process of its own
+# Torch threads of a model a test worker loads or trains: one when `make test` runs several
+# workers on the machine's cores. Torch's threads spin while they wait: two workers of two
+# threads each embedded tweets on the backbone at 44 a second each, of one thread each at 72.
+# 0: every core (a serial run, TEST_WORKERS=0).
+MODEL_THREADS = 1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 0
 
 
 def data_versions(path: Path, folder: Path) -> dict[str, Path]:
@@ -77,7 +82,7 @@ def classifier():  # noqa: ANN201 - the import is deferred: unit tests never loa
     """The shipped model, loaded once per session."""
     from switchboard.classify.model import TweetClassifier
 
-    return TweetClassifier.load()
+    return TweetClassifier.load(threads=MODEL_THREADS)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from switchboard.classify.data import content_sha256
 from switchboard.classify.model import DEFAULT_ARTIFACT, TweetClassifier, default_backbone
 from switchboard.classify.network import Encoder
-from tests.conftest import LABELED, REAL, ROOT, jsonl_rows
+from tests.conftest import LABELED, MODEL_THREADS, REAL, ROOT, jsonl_rows
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ def cli(*args: str) -> dict:
 def train(data, out, *extra: str) -> dict:
     return cli(
         "classify", "train", "--data", str(data), "--out", str(out),
-        "--epochs", "1", "--seed", "5", *extra,
+        "--epochs", "1", "--seed", "5", "--threads", str(MODEL_THREADS or 2), *extra,
     )  # fmt: skip
 
 
