@@ -13,7 +13,7 @@ import json
 import pytest
 
 from switchboard.classify.data import load_labeled, read_tweets
-from switchboard.classify.evaluation import headline, nearest_centroid, report, tfidf_logreg
+from switchboard.classify.evaluation import headline, report, tfidf_logreg
 from switchboard.classify.model import COMMERCIAL_ARTIFACT_NAME, TweetClassifier
 from switchboard.classify.offline import evaluate_file
 from tests.conftest import LABELED, MODEL_THREADS, REAL, data_versions
@@ -45,10 +45,6 @@ STUDENT_REACHED = {
 # not (docs/classifier.md, error analysis); this guards what the real-trained model reached.
 WRITTEN_DEPARTMENT_MACRO_F1_REACHED = 0.866
 ECE_BOUND = 0.08
-# The baselines are fitted on the 12,700 training rows: the nearest centroid embeds each of them
-# on the fp32 backbone, about three minutes of a core, which on two shared cores came within a
-# second of the default timeout (300 s).
-BASELINES_TIMEOUT = 900
 
 
 @pytest.fixture(scope="module")
@@ -62,18 +58,17 @@ def written_held_out(classifier) -> dict:
 
 
 @pytest.fixture(scope="module")
-def baselines() -> dict[str, dict]:
-    """Each held-out split's figures for the two baselines, fitted on the model's training rows
-    (once for both splits)."""
+def tfidf_baseline() -> dict[str, dict]:
+    """Each held-out split's figures for the TF-IDF baseline, fitted on the model's training
+    rows. The other baseline of ``classify eval``, the nearest centroid, is not run here: it
+    stays far below the floors above (0.63 department accuracy on the real split, 0.43
+    department macro-F1 on the written one), so a model it beat would fail them first, and it
+    embeds all 12,700 training rows on the fp32 backbone, four minutes of a shared core."""
     train = [row for path in TRAINED_ON for row in load_labeled(path)]
     figures = {}
     for split, path in (("real", REAL / "test.jsonl"), ("written", LABELED / "test.jsonl")):
         gold = load_labeled(path)
-        texts = [r.text for r in gold]
-        figures[split] = {
-            "tfidf_logreg": report(gold, tfidf_logreg(train, texts)),
-            "nearest_centroid": report(gold, nearest_centroid(train, texts)),
-        }
+        figures[split] = report(gold, tfidf_logreg(train, [r.text for r in gold]))
     return figures
 
 
@@ -84,11 +79,10 @@ def test_real_tweets_keep_the_figures_the_shipped_model_reached(real_held_out):
         assert figures[metric] >= reached - MARGIN, (metric, figures)
 
 
-@pytest.mark.timeout(BASELINES_TIMEOUT)
-def test_real_tweets_are_better_served_than_by_either_baseline(real_held_out, baselines):
-    for name, baseline in baselines["real"].items():
-        for metric in ("department_accuracy", "department_macro_f1", "urgency_macro_f1"):
-            assert real_held_out[metric] > baseline[metric], (name, metric, baseline[metric])
+def test_real_tweets_are_better_served_than_by_the_tfidf_baseline(real_held_out, tfidf_baseline):
+    baseline = tfidf_baseline["real"]
+    for metric in ("department_accuracy", "department_macro_f1", "urgency_macro_f1"):
+        assert real_held_out[metric] > baseline[metric], (metric, baseline[metric])
 
 
 def test_confidence_means_what_it_says_on_real_tweets(real_held_out):
@@ -111,12 +105,11 @@ def test_the_written_held_out_split_meets_the_quality_targets(written_held_out):
     assert written_held_out["department_ece"] < ECE_BOUND, written_held_out["department_ece"]
 
 
-@pytest.mark.timeout(BASELINES_TIMEOUT)
-def test_the_model_beats_both_baselines_on_written_tweets(written_held_out, baselines):
-    """Baselines fitted on the same training rows as the model (written and real)."""
-    for name, baseline in baselines["written"].items():
-        for metric in ("department_macro_f1", "urgency_macro_f1"):
-            assert written_held_out[metric] > baseline[metric], (name, metric, baseline[metric])
+def test_the_model_beats_the_tfidf_baseline_on_written_tweets(written_held_out, tfidf_baseline):
+    """The baseline is fitted on the same training rows as the model (written and real)."""
+    baseline = tfidf_baseline["written"]
+    for metric in ("department_macro_f1", "urgency_macro_f1"):
+        assert written_held_out[metric] > baseline[metric], (metric, baseline[metric])
 
 
 def test_the_commercial_artifact_keeps_its_figures_and_its_licence():

@@ -52,6 +52,27 @@ def test_eval_reports_each_source_and_lists_the_mistakes(sample):
     assert wrong_department == sorted(wrong_department, reverse=True)  # misrouted first
 
 
+def test_eval_fits_both_baselines_on_the_training_rows_it_is_given(sample, tmp_path):
+    """Baselines fitted on rows of two departments only can route to nothing else; both are
+    reported on every input row."""
+    path, rows = sample
+    kept = ("legal", "sales")
+    train = [r for r in jsonl_rows(REAL / "train.jsonl") if r["department"] in kept][:160]
+    train_path = tmp_path / "train.jsonl"
+    train_path.write_text("".join(json.dumps(r) + "\n" for r in train), encoding="utf-8")
+    done = run_eval("--input", str(path), "--json", "--train-data", str(train_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    baselines = json.loads(done.stdout)["baselines"]
+    assert set(baselines) == {"tfidf_logreg", "nearest_centroid"}
+    for name, figures in baselines.items():
+        assert figures["n"] == len(rows), name
+        matrix = figures["department_confusion"]
+        cells = matrix["rows_gold_columns_predicted"]
+        predicted = [sum(column) for column in zip(*cells, strict=True)]
+        routed_to = {d for d, count in zip(matrix["labels"], predicted, strict=True) if count}
+        assert routed_to and routed_to <= set(kept), (name, routed_to)
+
+
 def test_eval_reports_dev_rows_drawn_as_traffic_apart_from_those_sought_out(tmp_path):
     """Dev's sought rows (read because a model pointed at them as likely critical) flatter the
     model that chose them: eval gives both groups' figures, and each row counts in one."""
