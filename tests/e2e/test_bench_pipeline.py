@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import ROOT, SAMPLES, SWITCHBOARD
 
 pytestmark = pytest.mark.e2e
 REQUIRED = {"baseline_tweets_per_s", "classify_tweets_per_s", "speedup", "e2e",
@@ -21,7 +20,7 @@ def test_bench_reports_each_offered_rate_with_latency_cpu_memory_and_a_plot(tmp_
     report, plot = tmp_path / "report.json", tmp_path / "pipeline.png"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_"))}
     done = subprocess.run(
-        [sys.executable, "-m", "switchboard", "bench", "--samples", str(SAMPLES), "--json",
+        [*SWITCHBOARD, "bench", "--samples", str(SAMPLES), "--json",
          "--tweets", "64", "--rates", "10,20", "--seconds", "4", "--probes", "1",
          "--report", str(report), "--plot", str(plot)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
@@ -50,7 +49,7 @@ def test_bench_reports_each_offered_rate_with_latency_cpu_memory_and_a_plot(tmp_
 def test_bench_restore_times_a_route_start_with_conversations_to_restore():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_"))}
     done = subprocess.run(
-        [sys.executable, "-m", "switchboard", "bench-restore", "--conversations", "3000", "--json"],
+        [*SWITCHBOARD, "bench-restore", "--conversations", "3000", "--json"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

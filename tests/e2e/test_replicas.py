@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +26,7 @@ from switchboard.shared.events import Alert, BrandTweet, Delivery, RoutedTweet, 
 from switchboard.shared.kafka import client_options, ensure_topics
 from switchboard.shared.processes import kill, spawn, terminate
 from switchboard.shared.settings import KafkaSettings
-from tests.conftest import CONFIG_FILE, published, read_topics, service_environment
+from tests.conftest import CONFIG_FILE, SWITCHBOARD, published, read_topics, service_environment
 from tests.factories import a_classified_tweet, a_tweet
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +46,7 @@ class Replica:
         self.port = free_port()
         env = dict(self.env, KAFKA_GROUP_INSTANCE_ID=f"{self.service}-{self.name}",
                    SWITCHBOARD_HTTP_PORT=str(self.port))  # fmt: skip
-        self.process = spawn([sys.executable, "-m", "switchboard", self.service], env=env,
+        self.process = spawn([*SWITCHBOARD, self.service], env=env,
                              log_file=self.logs / f"{self.service}-{self.name}.log")  # fmt: skip
         async with httpx.AsyncClient(timeout=1.0) as client:
             for _ in range(600):

@@ -16,7 +16,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from switchboard.ingest.webhook import SIGNATURE_HEADER, signature
 from switchboard.shared.broker import free_port
 from switchboard.shared.logs import MASK
 from switchboard.shared.settings import ServiceSettings
-from tests.conftest import CONFIG_FILE, ROOT, SAMPLES
+from tests.conftest import CONFIG_FILE, ROOT, SAMPLES, SWITCHBOARD
 from tests.standins.vendors import HubSpotStandIn, JiraStandIn, SalesforceStandIn, ZendeskStandIn
 from tests.standins.webhook import WebhookReceiver
 from tests.standins.x_api import XApiStandIn
@@ -216,7 +215,7 @@ def test_a_configuration_error_names_the_variable_not_the_secret(tmp_path):
            if not k.startswith(("KAFKA_", "SMTP_", "SWITCHBOARD_"))}  # fmt: skip
     env |= {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "KAFKA_SASL_PASSWORD": "sasl-pw-Xy81zz",
             "SWITCHBOARD_CONFIG_FILE": str(CONFIG_FILE)}  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "switchboard", "notify"], cwd=ROOT, env=env,
+    done = subprocess.run([*SWITCHBOARD, "notify"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     output = done.stdout + done.stderr
     assert done.returncode != 0 and "KAFKA_SASL_PASSWORD" in output, output[-2000:]

@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import ROOT, SAMPLES, SWITCHBOARD
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +57,7 @@ def test_a_signal_stops_every_process_the_command_started(
     stale.parent.mkdir(parents=True)
     stale.write_text("")
     process = subprocess.Popen(
-        [sys.executable, "-m", "switchboard", *COMMANDS[command], "--samples", str(SAMPLES),
+        [*SWITCHBOARD, *COMMANDS[command], "--samples", str(SAMPLES),
          *extra],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import ROOT, SAMPLES, SWITCHBOARD
 
 pytestmark = pytest.mark.e2e
 SERVICES = {"classify", "route", "notify", "ingest", "broker"}
@@ -19,7 +18,7 @@ def test_a_short_soak_accounts_for_every_tweet_and_reports_memory_and_lag(tmp_pa
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_"))}
     report = tmp_path / "bench" / "soak.json"
     done = subprocess.run(
-        [sys.executable, "-m", "switchboard", "soak", "--samples", str(SAMPLES), "--json",
+        [*SWITCHBOARD, "soak", "--samples", str(SAMPLES), "--json",
          "--minutes", "0.25", "--rate", "20", "--sample-every", "1", "--report", str(report)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -43,7 +42,7 @@ def test_a_soak_with_faults_loses_nothing_and_makes_every_delivery():
     seconds, while 720 tweets stream through."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_"))}
     done = subprocess.run(
-        [sys.executable, "-m", "switchboard", "soak", "--samples", str(SAMPLES), "--json",
+        [*SWITCHBOARD, "soak", "--samples", str(SAMPLES), "--json",
          "--minutes", "0.6", "--rate", "20", "--sample-every", "2", "--faults"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import ROOT, SAMPLES, SWITCHBOARD
 
 STUDENT = ROOT / "services/classify/artifacts/minilm4-real-v1"
 
@@ -17,7 +16,7 @@ STUDENT = ROOT / "services/classify/artifacts/minilm4-real-v1"
 def test_bench_prints_throughput_against_the_naive_pipeline_and_memory(tmp_path: Path):
     report = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, "-m", "switchboard", "bench", "--samples", str(SAMPLES),
+        [*SWITCHBOARD, "bench", "--samples", str(SAMPLES),
          "--tweets", "64", "--batch-size", "16", "--no-pipeline", "--json",
          "--report", str(report), "--also", str(STUDENT)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REAL, ROOT, jsonl_rows
+from tests.conftest import REAL, ROOT, SWITCHBOARD, jsonl_rows
 
 pytestmark = pytest.mark.integration
 
 
 def run_eval(*arguments: str, command: str = "eval") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "switchboard", "classify", command, *arguments],
+        [*SWITCHBOARD, "classify", command, *arguments],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 from safetensors.torch import load_file
@@ -13,7 +12,7 @@ from safetensors.torch import load_file
 from switchboard.classify.data import content_sha256
 from switchboard.classify.model import DEFAULT_ARTIFACT, TweetClassifier, default_backbone
 from switchboard.classify.network import Encoder
-from tests.conftest import LABELED, MODEL_THREADS, REAL, ROOT, jsonl_rows
+from tests.conftest import LABELED, MODEL_THREADS, REAL, ROOT, SWITCHBOARD, jsonl_rows
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +30,7 @@ def tiny_data(tmp_path_factory):
 def cli(*args: str) -> dict:
     """Runs `switchboard ARGS` as a user does; returns the JSON it prints."""
     done = subprocess.run(
-        [sys.executable, "-m", "switchboard", *args],
+        [*SWITCHBOARD, *args],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -215,7 +214,7 @@ def test_the_commercial_recipe_leaves_out_every_non_commercial_row(
 
 def test_a_data_folder_without_training_rows_is_refused(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "switchboard", "classify", "train", "--data", str(tmp_path)],
+        [*SWITCHBOARD, "classify", "train", "--data", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -23,7 +22,7 @@ from switchboard.ingest.rules import desired_rules
 from switchboard.ingest.service import IngestService
 from switchboard.shared import topics
 from switchboard.shared.events import DeadLetter, RawTweet, utc_now
-from tests.conftest import published, wait_for
+from tests.conftest import SWITCHBOARD, published, wait_for
 from tests.integration.conftest import HELP_ID, ids_on, new_id, signed
 from tests.standins.x_api import RULES_PATH, STREAM_PATH
 
@@ -336,7 +335,7 @@ async def _switchboard(tmp_path, settings, x_api, *args: str):
         "COLUMNS": "400",  # one table row per line
     }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "switchboard", *args,
+        *SWITCHBOARD, *args,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         cwd=tmp_path,
     )  # fmt: skip

@@ -8,7 +8,6 @@ import asyncio
 import base64
 import itertools
 import json
-import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -21,7 +20,7 @@ from switchboard.notify.settings import NotifySettings, SmtpSettings
 from switchboard.shared import topics
 from switchboard.shared.broker import free_port
 from switchboard.shared.events import Author, DecodeError, Delivery, decode, encode
-from tests.conftest import CONFIG_FILE, service_environment, wait_for
+from tests.conftest import CONFIG_FILE, SWITCHBOARD, service_environment, wait_for
 from tests.factories import a_classified_tweet, routed_from
 from tests.standins.vendors import HUBSPOT_INTERVAL_MS
 
@@ -606,7 +605,7 @@ async def test_a_burst_to_an_http_channel_shares_a_few_kept_alive_connections(
 async def _dlq_list(kafka, delivery_id: str) -> str:
     """`switchboard dlq list --id ID`, run as an operator would, in a process of its own."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "switchboard", "dlq", "list", "--id", delivery_id,
+        *SWITCHBOARD, "dlq", "list", "--id", delivery_id,
         env=service_environment(kafka, COLUMNS="400"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
