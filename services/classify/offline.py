@@ -100,10 +100,20 @@ def evaluate_file(
     if error_rows:
         figures["errors"] = errors(gold, labels, [r.id for r in rows], error_rows)
     if baselines and train_files:
-        train = [row for path in train_files for row in load_labeled(path)]
-        texts = [r.text for r in gold]
-        figures["baselines"] = {
-            "tfidf_logreg": report(gold, tfidf_logreg(train, texts)),
-            "nearest_centroid": report(gold, nearest_centroid(train, texts)),
-        }
+        figures["baselines"] = baseline_figures(gold, train_files)
     return figures
+
+
+BASELINES = {"tfidf_logreg": tfidf_logreg, "nearest_centroid": nearest_centroid}
+
+
+def baseline_figures(
+    gold: Sequence[LabeledTweet],
+    train_files: Sequence[Path],
+    names: Sequence[str] = tuple(BASELINES),
+) -> dict[str, dict]:
+    """The figures of the baselines ``names``, each fitted on the rows of ``train_files``, on
+    the labeled rows ``gold``."""
+    train = [row for path in train_files for row in load_labeled(path)]
+    texts = [r.text for r in gold]
+    return {name: report(gold, BASELINES[name](train, texts)) for name in names}

@@ -13,9 +13,9 @@ import json
 import pytest
 
 from switchboard.classify.data import load_labeled, read_tweets
-from switchboard.classify.evaluation import headline, report, tfidf_logreg
+from switchboard.classify.evaluation import headline
 from switchboard.classify.model import COMMERCIAL_ARTIFACT_NAME, TweetClassifier
-from switchboard.classify.offline import evaluate_file
+from switchboard.classify.offline import baseline_figures, evaluate_file
 from tests.conftest import LABELED, MODEL_THREADS, REAL, data_versions
 
 pytestmark = pytest.mark.integration
@@ -64,12 +64,10 @@ def tfidf_baseline() -> dict[str, dict]:
     stays far below the floors above (0.63 department accuracy on the real split, 0.43
     department macro-F1 on the written one), so a model it beat would fail them first, and it
     embeds all 12,700 training rows on the fp32 backbone, four minutes of a shared core."""
-    train = [row for path in TRAINED_ON for row in load_labeled(path)]
-    figures = {}
-    for split, path in (("real", REAL / "test.jsonl"), ("written", LABELED / "test.jsonl")):
-        gold = load_labeled(path)
-        figures[split] = report(gold, tfidf_logreg(train, [r.text for r in gold]))
-    return figures
+    return {
+        split: baseline_figures(load_labeled(path), TRAINED_ON, ["tfidf_logreg"])["tfidf_logreg"]
+        for split, path in (("real", REAL / "test.jsonl"), ("written", LABELED / "test.jsonl"))
+    }
 
 
 def test_real_tweets_keep_the_figures_the_shipped_model_reached(real_held_out):
