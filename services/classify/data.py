@@ -147,13 +147,11 @@ def near_duplicates(
     from switchboard.classify.tokens import prepare_text
 
     vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), use_idf=False, binary=True)
-    vectorizer.fit([prepare_text(t) for t in (*queries, *corpus)])
-    similarity = (
-        vectorizer.transform([prepare_text(t) for t in queries])
-        @ vectorizer.transform([prepare_text(t) for t in corpus]).T
-    ).tocoo()
+    vectors = vectorizer.fit_transform([prepare_text(t) for t in (*queries, *corpus)])
+    similarity = (vectors[: len(queries)] @ vectors[len(queries) :].T).tocoo()
+    # Most pairs share some n-gram: keep the near ones before leaving numpy.
+    near = similarity.data >= threshold
+    rows, cols, scores = similarity.row[near], similarity.col[near], similarity.data[near]
     return sorted(
-        (int(q), int(c), round(float(s), 3))
-        for q, c, s in zip(similarity.row, similarity.col, similarity.data, strict=True)
-        if s >= threshold
+        (int(q), int(c), round(float(s), 3)) for q, c, s in zip(rows, cols, scores, strict=True)
     )

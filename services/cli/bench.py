@@ -22,11 +22,14 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from switchboard.shared.settings import DEFAULT_CONFIG_FILE
+
+if TYPE_CHECKING:
+    from switchboard.classify.config import ClassifyConfig
 
 
 def naive_pipeline(model):  # noqa: ANN001, ANN201 - transformers types, imported lazily
@@ -208,14 +211,21 @@ def plot(report: dict, out: Path) -> None:
     right.set(xlabel="offered tweets/s", ylabel="ms (log)", yscale="log",
               title="Latency from ingested")  # fmt: skip
     right.legend()
-    figure.suptitle(
-        f"Switchboard on {report['cpus']} CPUs: classifier {report['speedup']}x the naive "
-        f"baseline ({report['classify_tweets_per_s']:g} vs {report['baseline_tweets_per_s']:g} "
-        "tweets/s)"
-    )
+    figure.suptitle(plot_title(report))
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100)
     pyplot.close(figure)
+
+
+def plot_title(report: dict) -> str:
+    """The machine, and the classifier's speedup when the run measured it."""
+    title = f"Switchboard on {report['cpus']} CPUs"
+    if "speedup" not in report:
+        return title
+    return (
+        f"{title}: classifier {report['speedup']}x the naive baseline "
+        f"({report['classify_tweets_per_s']:g} vs {report['baseline_tweets_per_s']:g} tweets/s)"
+    )
 
 
 def _rates(value: str) -> list[float]:
@@ -252,7 +262,18 @@ def _rates(value: str) -> list[float]:
     show_default=True,
     help="Rates tried above the last one (x1.25 each) to find the highest sustained.",
 )
-@click.option("--pipeline/--no-pipeline", default=True, show_default=True)
+@click.option(
+    "--classifier/--no-classifier",
+    default=True,
+    show_default=True,
+    help="Measure the classifier against the naive baseline.",
+)
+@click.option(
+    "--pipeline/--no-pipeline",
+    default=True,
+    show_default=True,
+    help="Drive the whole pipeline at the offered rates.",
+)
 @click.option(
     "--report",
     "report_file",
@@ -283,6 +304,7 @@ def bench(
     rates: str,
     seconds: float,
     probes: int,
+    classifier: bool,
     pipeline: bool,
     report_file: Path,
     plot_file: Path,
@@ -293,14 +315,36 @@ def bench(
     from switchboard.cli.config import PipelineSettings
     from switchboard.cli.stack import stop_on_sigterm
 
+    if not (classifier or pipeline):
+        raise click.UsageError("--no-classifier and --no-pipeline leave nothing to measure")
     stop_on_sigterm()
     say = (lambda _: None) if as_json else (lambda m: click.echo(m, err=True))
     offered = _rates(rates)
-    settings = PipelineSettings.load(config_file=config_file)
-    texts = [json.loads(line)["data"]["text"] for line in samples.read_text().splitlines() if line]
-    texts = (texts * (tweets // len(texts) + 1))[:tweets]
-    say("measuring the classifier against the naive baseline")
-    classify = settings.config.classify
+    report: dict = {"cpus": os.cpu_count()}
+    if classifier:
+        settings = PipelineSettings.load(config_file=config_file)
+        lines = samples.read_text().splitlines()
+        texts = [json.loads(line)["data"]["text"] for line in lines if line]
+        texts = (texts * (tweets // len(texts) + 1))[:tweets]
+        say("measuring the classifier against the naive baseline")
+        report.update(_classifier_report(settings.config.classify, texts, batch_size, others))
+    if pipeline:
+        report.update(
+            asyncio.run(measure_pipeline(config_file, samples, offered, seconds, probes, say))
+        )
+    report_file.parent.mkdir(parents=True, exist_ok=True)
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
+    if pipeline:
+        plot(report, plot_file)
+        say(f"report {report_file}, plot {plot_file}")
+    click.echo(json.dumps(report, indent=None if as_json else 2))
+
+
+def _classifier_report(
+    classify: ClassifyConfig, texts: list[str], batch_size: int | None, others: Sequence[Path]
+) -> dict:
+    """``measure_classifier`` on the configured model, with the runtime classify serves on and
+    its speedup over the baseline: the median and each round's own."""
     report = measure_classifier(
         texts,
         batch_size or classify.batch_size,
@@ -321,13 +365,4 @@ def bench(
         round(c / b, 2)
         for b, c in zip(rounds["baseline"], rounds["int8" if int8 else "batched"], strict=True)
     ]
-    if pipeline:
-        report.update(
-            asyncio.run(measure_pipeline(config_file, samples, offered, seconds, probes, say))
-        )
-    report_file.parent.mkdir(parents=True, exist_ok=True)
-    report_file.write_text(json.dumps(report, indent=2) + "\n")
-    if pipeline:
-        plot(report, plot_file)
-        say(f"report {report_file}, plot {plot_file}")
-    click.echo(json.dumps(report, indent=None if as_json else 2))
+    return report
