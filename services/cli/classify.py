@@ -370,21 +370,28 @@ _runtime_option = click.option(
 )
 
 
+_threads_option = click.option(
+    "--threads", type=click.IntRange(1), default=None, help="Default: every core."
+)
+
+
 @classify.command("predict")
 @click.option("--input", "input_file", type=INPUT, required=True, help="JSONL: id, text, ...")
 @click.option("--output", "output_file", type=click.Path(path_type=Path, dir_okay=False))
 @_runtime_option
+@_threads_option
 @_artifact_option
 def classify_predict(
-    input_file: Path, output_file: Path | None, runtime: str, artifact: Path | None
-) -> None:
+    input_file: Path, output_file: Path | None, runtime: str, threads: int | None,
+    artifact: Path | None,
+) -> None:  # fmt: skip
     """Label each line of a JSONL file; writes one JSON object per line (stdout by default)."""
     from switchboard.classify.data import read_tweets
     from switchboard.classify.model import TweetClassifier
     from switchboard.classify.offline import predict_rows, prediction_record
 
     rows = read_tweets(input_file)
-    model = TweetClassifier.load(artifact, runtime=runtime)
+    model = TweetClassifier.load(artifact, threads=threads or 0, runtime=runtime)
     records = [
         json.dumps(prediction_record(row, prediction, model), ensure_ascii=False)
         for row, prediction in zip(rows, predict_rows(model, rows), strict=True)
@@ -409,7 +416,7 @@ def classify_predict(
 )
 @click.option("--baselines/--no-baselines", default=True, show_default=True)
 @_runtime_option
-@click.option("--threads", type=click.IntRange(1), default=None, help="Default: every core.")
+@_threads_option
 @click.option(
     "--errors",
     "error_rows",

@@ -8,14 +8,15 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REAL, ROOT, SWITCHBOARD, jsonl_rows
+from tests.conftest import MODEL_THREADS, REAL, ROOT, SWITCHBOARD, jsonl_rows
 
 pytestmark = pytest.mark.integration
 
 
 def run_eval(*arguments: str, command: str = "eval") -> subprocess.CompletedProcess:
+    threads = ["--threads", str(MODEL_THREADS)] if MODEL_THREADS else []
     return subprocess.run(
-        [*SWITCHBOARD, "classify", command, *arguments],
+        [*SWITCHBOARD, "classify", command, *threads, *arguments],
         cwd=ROOT,
         capture_output=True,
         text=True,
