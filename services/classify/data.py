@@ -28,6 +28,42 @@ DEFAULT_DATA = (DATA_DIR, REAL_DATA_DIR)
 # Anything else is non-commercial (CC BY-NC-SA) or unknown, and stays out of such a model.
 PERMISSIVE_LICENCES = ("MIT", "Apache-2.0", "CC0")
 PROJECT_LICENCE = "Apache-2.0 (written for the project)"
+REAL_WEIGHT = 2.0  # a real tweet's loss weight against a written one's (chosen on real dev)
+
+
+@dataclass(frozen=True, slots=True)
+class DataFolder:
+    """A folder of ``train.jsonl``, ``dev.jsonl`` and ``test.jsonl`` (each optional but train),
+    and the loss weight of its training rows."""
+
+    path: Path
+    weight: float = 1.0
+    overrides: bool = False  # its rows replace other folders' rows of the same text (corrections)
+
+    @classmethod
+    def parse(cls, spec: str) -> DataFolder:
+        """``DIR`` or ``DIR:WEIGHT`` (the command line's ``--data``)."""
+        path, _, weight = spec.rpartition(":") if ":" in spec else (spec, "", "")
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"--data {spec!r}: the weight after ':' must be a number") from None
+        if value <= 0:
+            raise ValueError(f"--data {spec!r}: the weight must be positive")
+        return cls(Path(path), value)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def split(self, name: str) -> Path:
+        return self.path / f"{name}.jsonl"
+
+
+def default_data() -> list[DataFolder]:
+    """The written tweets, then the real ones (weighted, and last: their dev split selects)."""
+    written, real = DEFAULT_DATA
+    return [DataFolder(written), DataFolder(real, REAL_WEIGHT)]
 
 
 class DataError(ValueError):

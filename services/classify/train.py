@@ -39,10 +39,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from switchboard.classify.data import (
-    DEFAULT_DATA,
+    DataFolder,
     LabeledTweet,
     commercial_use,
     content_sha256,
+    default_data,
     licence_family,
     licence_of,
     load_labeled,
@@ -83,42 +84,6 @@ LORA_TARGETS = ["query", "key", "value", "dense"]  # every linear layer of a BER
 
 
 ARTIFACT_VERSION = "minilm-lora-v1"
-REAL_WEIGHT = 2.0  # a real tweet's loss weight against a written one's (chosen on real dev)
-
-
-@dataclass(frozen=True, slots=True)
-class DataFolder:
-    """A folder of ``train.jsonl``, ``dev.jsonl`` and ``test.jsonl`` (each optional but train),
-    and the loss weight of its training rows."""
-
-    path: Path
-    weight: float = 1.0
-    overrides: bool = False  # its rows replace other folders' rows of the same text (corrections)
-
-    @classmethod
-    def parse(cls, spec: str) -> DataFolder:
-        """``DIR`` or ``DIR:WEIGHT`` (the command line's ``--data``)."""
-        path, _, weight = spec.rpartition(":") if ":" in spec else (spec, "", "")
-        try:
-            value = float(weight) if weight else 1.0
-        except ValueError:
-            raise ValueError(f"--data {spec!r}: the weight after ':' must be a number") from None
-        if value <= 0:
-            raise ValueError(f"--data {spec!r}: the weight must be positive")
-        return cls(Path(path), value)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    def split(self, name: str) -> Path:
-        return self.path / f"{name}.jsonl"
-
-
-def default_data() -> list[DataFolder]:
-    """The written tweets, then the real ones (weighted, and last: their dev split selects)."""
-    written, real = DEFAULT_DATA
-    return [DataFolder(written), DataFolder(real, REAL_WEIGHT)]
 
 
 @dataclass(frozen=True, slots=True)

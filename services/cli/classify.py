@@ -174,11 +174,9 @@ def classify_train(
     """Fine-tune the backbone (LoRA) with department and urgency heads; write the artifact.
 
     With --teacher, train by knowledge distillation from that artifact (see train.py)."""
-    from switchboard.classify.model import DEFAULT_ARTIFACT
-    from switchboard.classify.train import DataFolder, TrainOptions, default_data, train
-    from switchboard.shared.logs import configure_logging
+    # The arguments are checked before torch is loaded: a wrong one fails at once.
+    from switchboard.classify.data import DataFolder, default_data
 
-    configure_logging("classify-train")
     if (unlabeled is not None or init_from_teacher) and teacher is None:
         raise click.UsageError("--unlabeled and --init-from-teacher need --teacher")
     try:
@@ -188,10 +186,16 @@ def classify_train(
     for folder in folders:
         if not folder.split("train").is_file():
             raise click.BadParameter(f"{folder.path}: no train.jsonl", param_hint="--data")
+    if feedback is not None and out is None:
+        raise click.UsageError("--feedback writes a new artifact: give --out (and --version)")
+
+    from switchboard.classify.model import DEFAULT_ARTIFACT
+    from switchboard.classify.train import TrainOptions, train
+    from switchboard.shared.logs import configure_logging
+
+    configure_logging("classify-train")
     learnt = None
-    if feedback is not None:
-        if out is None:
-            raise click.UsageError("--feedback writes a new artifact: give --out (and --version)")
+    if feedback is not None and out is not None:  # (--feedback without --out: refused above)
         folder, learnt = _feedback_folder(feedback, out)
         folders.insert(0, folder)  # first, so that --limit keeps the corrections
     out = out or DEFAULT_ARTIFACT
@@ -232,7 +236,7 @@ def _feedback_folder(spec: str, out: Path):  # noqa: ANN202
     import asyncio
 
     from switchboard.classify import feedback
-    from switchboard.classify.train import DataFolder
+    from switchboard.classify.data import DataFolder
     from switchboard.shared.settings import ServiceSettings
 
     source, _, weight_text = spec.rpartition(":") if ":" in spec else (spec, "", "")
@@ -322,7 +326,8 @@ def classify_blend(
     its end), fitted on the training rows of the artifact's data folders as they are now (or
     --data), the blend chosen on their dev split; the card records those rows when they are
     not the ones the encoder learnt (after a relabeling)."""
-    from switchboard.classify.train import DataFolder, TrainingData, TrainOptions, attach_lexical
+    from switchboard.classify.data import DataFolder
+    from switchboard.classify.train import TrainingData, TrainOptions, attach_lexical
     from switchboard.shared.logs import configure_logging
 
     configure_logging("classify-train")

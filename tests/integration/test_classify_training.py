@@ -212,15 +212,19 @@ def test_the_commercial_recipe_leaves_out_every_non_commercial_row(
     assert TweetClassifier.load(tmp_path / "m").licence["commercial_use"] is True
 
 
-def test_a_data_folder_without_training_rows_is_refused(tmp_path):
-    done = subprocess.run(
-        [*SWITCHBOARD, "classify", "train", "--data", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+def test_a_data_folder_without_training_rows_is_refused(tmp_path, tiny_data):
+    def refused(*args: str) -> str:
+        done = subprocess.run([*SWITCHBOARD, "classify", "train", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 2, done.stderr[-2000:]
+        return done.stderr
+
+    assert "no train.jsonl" in refused("--data", str(tmp_path))
+    feedback = tmp_path / "feedback.jsonl"
+    feedback.write_text(a_correction("z-1", "@SkylarkAir Zorblax", "legal") + "\n")
+    assert "--feedback writes a new artifact: give --out" in refused(
+        "--data", str(tiny_data), "--feedback", str(feedback)
     )
-    assert done.returncode == 2 and "no train.jsonl" in done.stderr
 
 
 def a_correction(tweet_id: str, text: str | None, department: str, minutes: int = 0) -> str:

@@ -11,13 +11,13 @@ import torch
 
 from switchboard.classify.data import (
     PROJECT_LICENCE,
+    DataFolder,
     LabeledTweet,
     commercial_use,
     licence_family,
 )
 from switchboard.classify.evaluation import by_group, errors, expected_calibration_error
 from switchboard.classify.train import (
-    DataFolder,
     TrainingData,
     TrainOptions,
     WeightedCrossEntropy,
