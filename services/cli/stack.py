@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 # Started in this order; ingest last, so that no tweet waits for the model to load.
 SERVICES = ("classify", "route", "notify", "ingest")
+STATEFUL = ("route", "notify")  # faust apps, with tables on local disk
 OBSERVED = (
     *topics.PRIMARY_TOPICS,
     topics.ALERTS,
@@ -91,8 +92,13 @@ class Stack:
     def logs(self) -> Path:
         return self.options.workdir / "logs"
 
+    @property
+    def temporary(self) -> Path:
+        return self.options.workdir / "tmp"
+
     async def start(self, progress: Callable[[str], None] = lambda _: None) -> None:
-        self.logs.mkdir(parents=True, exist_ok=True)
+        for folder in (self.logs, self.temporary):
+            folder.mkdir(parents=True, exist_ok=True)
         settings = PipelineSettings.load(config_file=self.options.config_file)
         self.tally.subscriptions = list(settings.config.notify.subscriptions)
         if not self.kafka.bootstrap_servers:
@@ -159,6 +165,10 @@ class Stack:
             env["KAFKA_GROUP_INSTANCE_ID"] = f"switchboard-{service}"
         if self.inbox is not None:
             env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(self.inbox.port))
+        if service in STATEFUL:
+            # Their tables' temporary stores: a service killed with SIGKILL cannot remove its
+            # own, which then stays in the run's folder rather than in /tmp.
+            env["TMPDIR"] = str(self.temporary)
         if service == "ingest" and self.options.replay_file is not None:
             env["SWITCHBOARD_REPLAY_FILE"] = str(self.options.replay_file)
             if self.options.rate_per_s:

@@ -35,6 +35,11 @@ async def test_kill_9_of_each_service_mid_stream_loses_nothing(own_stack: Stack,
     finally:
         await stack.stop()
 
+    # What the killed route and notify could not remove stays in the run's folder, not in /tmp;
+    # the replicas stopped at the end removed theirs.
+    left = sorted(folder.name.rsplit("-", 1)[0] for folder in stack.temporary.iterdir())
+    assert left == ["switchboard-notify", "switchboard-route"]
+
     tally = stack.tally
     assert tally.summary(sent)["lost"] == 0
     # At least once: a batch in flight at a crash may be published again, always the same way.

@@ -154,8 +154,10 @@ async def test_two_replicas_of_route_and_notify_keep_each_conversation_with_its_
     inbox.start()
     kafka = broker.settings()
     await ensure_topics(kafka, topics.ALL, partitions, 1)
+    (tmp_path / "tmp").mkdir()  # the killed replicas' temporary stores stay in the test's folder
     env = service_environment(kafka, SWITCHBOARD_CONFIG_FILE=str(config_file(tmp_path, partitions)),
-                              SMTP_HOST="127.0.0.1", SMTP_PORT=str(inbox.port))  # fmt: skip
+                              SMTP_HOST="127.0.0.1", SMTP_PORT=str(inbox.port),
+                              TMPDIR=str(tmp_path / "tmp"))  # fmt: skip
     a, b = (Replica("route", n, env, tmp_path) for n in ("a", "b"))
     notify_a, notify_b = (Replica("notify", n, env, tmp_path) for n in ("a", "b"))
     replicas = (a, b, notify_a, notify_b)
