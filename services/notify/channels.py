@@ -386,10 +386,16 @@ class JiraChannel(HttpChannel):
     async def deliver(self, job: Job) -> Done:
         label = "sb-" + hashlib.sha256(job.conversation_key.encode()).hexdigest()[:16]
         mine = delivery_tag(job.delivery_id)
-        if job.thread_id is None and (done := await self._find(mine)) is not None:
-            self._uncertain.pop(job.delivery_id, None)
-            return Done("created", done)
-        issue = job.thread_id or await self._find(label)
+        issue = job.thread_id
+        if issue is None:
+            # One search for both: the conversation's issue, and this delivery's own create if
+            # it happened unanswered. Two searches could disagree (the index is eventually
+            # consistent), and the lost create would then be commented on as a follow-up.
+            found = await self._search(label)
+            if (own := next((key for key, labels in found if mine in labels), None)) is not None:
+                self._uncertain.pop(job.delivery_id, None)
+                return Done("created", own)
+            issue = found[0][0] if found else None
         if issue is not None:
             comments = f"/rest/api/3/issue/{quote(issue)}/comment"
             # A comment that timed out but happened is found by its tag, not made twice.
@@ -446,13 +452,17 @@ class JiraChannel(HttpChannel):
         found = await self.send("GET", comments, params={"orderBy": "-created", "maxResults": 100})
         return any(tag in json.dumps(c.get("body")) for c in found.json().get("comments", []))
 
-    async def _find(self, label: str) -> str | None:
-        params: dict[str, Any] = {"jql": f'labels = "{label}"', "fields": "key"}
+    async def _search(self, label: str) -> list[tuple[str, list[str]]]:
+        """The key and labels of each issue labelled ``label``, newest first."""
+        params: dict[str, Any] = {"jql": f'labels = "{label}" ORDER BY created DESC',
+                                  "fields": "key,labels"}  # fmt: skip
         if self._created:  # an array parameter: repeated, as the OpenAPI default (form, explode)
             params["reconcileIssues"] = list(self._created)
         found = await self.send("GET", "/rest/api/3/search/jql", params=params)
-        issues = found.json().get("issues", [])
-        return issues[0]["key"] if issues else None
+        return [
+            (issue["key"], list(issue.get("fields", {}).get("labels", [])))
+            for issue in found.json().get("issues", [])
+        ]
 
 
 def adf(text: str) -> dict:

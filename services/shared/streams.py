@@ -280,7 +280,17 @@ class _Recovery(Recovery):
 
 
 class _TableManager(TableManager):
-    """faust's table manager with ``_Recovery``."""
+    """faust's table manager with ``_Recovery``, started without faust's one-second pause.
+
+    faust sleeps a second before it registers the tables, for tables declared after the app
+    starts. A ``StreamWorker``'s tables are declared before (``table()``), and one declared
+    later fails loudly ("Too late to add tables"): the pause only delayed every start and
+    every failover by a second."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
     @property
     def recovery(self) -> Recovery:
