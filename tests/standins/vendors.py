@@ -724,6 +724,11 @@ class JiraStandIn(VendorStandIn):
         # its id is passed in reconcileIssues.
         self.search_lag_s = search_lag_s
         self._indexed_at: dict[str, float] = {}
+        # The same lag counted in searches: a new issue is missed by this many searches after
+        # its creation, then found (two searches in a row can disagree).
+        self.search_lag_searches = 0
+        self._searches = 0
+        self._indexed_after: dict[str, int] = {}
         self.issues: dict[str, dict] = {}
         self.comments: dict[str, list[dict]] = {}
         self._known_projects = {key.upper() for key in projects}
@@ -851,6 +856,7 @@ class JiraStandIn(VendorStandIn):
         }
         self.issues[issue["key"]] = issue
         self._indexed_at[issue["key"]] = time.monotonic() + self.search_lag_s
+        self._indexed_after[issue["key"]] = self._searches + self.search_lag_searches
         return issue
 
     def _find(self, ref: str) -> dict | None:
@@ -891,7 +897,8 @@ class JiraStandIn(VendorStandIn):
 
     def _searchable(self, issue: dict, reconcile: set[str]) -> bool:
         indexed = self._indexed_at.get(issue["key"], 0.0)
-        return issue["id"] in reconcile or time.monotonic() >= indexed
+        counted = self._searches > self._indexed_after.get(issue["key"], 0)
+        return issue["id"] in reconcile or (time.monotonic() >= indexed and counted)
 
     def _search(
         self, jql: str, fields: list[str], max_results: Any, token: Any, reconcile: set[str]
@@ -904,6 +911,7 @@ class JiraStandIn(VendorStandIn):
         unknown = self._unknown_project(clauses)
         if unknown is not None:
             return _jql_error(f"The value '{unknown}' does not exist for the field 'project'.")
+        self._searches += 1
         hits = [i for i in self.issues.values()
                 if self._matches(i, clauses) and self._searchable(i, reconcile)]  # fmt: skip
         hits.sort(key=lambda issue: int(issue["id"]), reverse=True)
