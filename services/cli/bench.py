@@ -124,7 +124,6 @@ def measure_classifier(
     one_at_a_time, batched, int8_batched = rate["one_at_a_time"], rate["batched"], rate["int8"]
     return {
         "model": model.version,
-        "cpus": os.cpu_count(),
         "tweets": len(texts),
         "baseline_tweets_per_s": round(baseline, 1),
         "one_at_a_time_tweets_per_s": round(one_at_a_time, 1),

@@ -27,12 +27,15 @@ def tiny_data(tmp_path_factory):
     return folder
 
 
+def run(*args: str) -> subprocess.CompletedProcess:
+    """Runs `switchboard ARGS` as a user does."""
+    return subprocess.run([*SWITCHBOARD, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
 def cli(*args: str) -> dict:
-    """Runs `switchboard ARGS` as a user does; returns the JSON it prints."""
-    done = subprocess.run(
-        [*SWITCHBOARD, *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    """Runs `switchboard ARGS`; returns the JSON it prints."""
+    done = run(*args)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
@@ -214,8 +217,7 @@ def test_the_commercial_recipe_leaves_out_every_non_commercial_row(
 
 def test_a_data_folder_without_training_rows_is_refused(tmp_path, tiny_data):
     def refused(*args: str) -> str:
-        done = subprocess.run([*SWITCHBOARD, "classify", "train", *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        done = run("classify", "train", *args)
         assert done.returncode == 2, done.stderr[-2000:]
         return done.stderr
 
