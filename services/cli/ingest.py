@@ -73,6 +73,8 @@ async def _rules(settings: object, sync: bool) -> int:
                 console.print(f"{rule.tag}: duplicates foreign rule {foreign_id}; {outcome}")
             for handle, term, reason in report.invalid:
                 console.print(f"{handle}: X refused the keyword {term!r}: {reason}")
+            for reason in report.refused:
+                console.print(f"X refused the rules: {reason}")
             for rule in report.uncovered:
                 console.print(f"{rule.tag}: no rule could be added for {rule.value!r}")
             problems = len(report.invalid) + len(report.uncovered)

@@ -131,6 +131,8 @@ class RuleSync:
     # (handle, term, X's reason)
     invalid: list[tuple[str, str, str]] = field(default_factory=list)
     uncovered: list[StreamRule] = field(default_factory=list)
+    # X's problems with a request as a whole (its rule cap): why rules were left uncovered
+    refused: list[str] = field(default_factory=list)
 
 
 class FilteredStream:
@@ -186,6 +188,14 @@ class FilteredStream:
         invalid, duplicates = answer.invalid(), answer.duplicates()
         if answer.errors:  # X's own count of what it created and why not
             log.info("X answered the rule additions", extra={"summary": answer.summary})
+        if refused := answer.unattributed():
+            # The request itself was refused (the plan's rule cap): the same rules would be
+            # refused again, so what X did not create stays uncovered until the plan or the
+            # configuration changes (and ingest restarts).
+            report.refused += refused
+            report.created += [r for r in rules if r.value in answer.created]
+            report.uncovered += [r for r in rules if r.value not in answer.created]
+            return []
         retry: list[StreamRule] = []
         for rule in rules:
             if rule.value in answer.created:
@@ -206,6 +216,10 @@ class FilteredStream:
                     retry.append(variant)
             else:
                 retry.append(rule)  # valid, held back by another rule's error
+        if retry == rules:  # nothing created, nothing changed: X would answer the same again
+            report.refused.append("X created none of the rules and refused none by name")
+            report.uncovered += retry
+            return []
         return retry
 
     async def _invalid_terms(self, rule: StreamRule, reason: str, report: RuleSync) -> set[str]:
@@ -233,6 +247,9 @@ class FilteredStream:
                 "X refused a listening term: fix it in the handle's listen section",
                 extra={"handle": handle, "keyword": term, "reason": reason},
             )
+        for reason in report.refused:
+            log.error("X refused the stream rules: those it did not create stay uncovered",
+                      extra={"reason": reason})  # fmt: skip
         for rule in report.uncovered:
             log.error("a stream rule could not be added", extra={"handle": rule.handle,
                                                                  "value": rule.value})  # fmt: skip
@@ -250,6 +267,7 @@ class FilteredStream:
             "foreign_duplicates": len(report.duplicates),
             "invalid_terms": [f"{h} {t}" for h, t, _ in report.invalid],
             "uncovered": [r.tag for r in report.uncovered],
+            "refused": report.refused,
         }
         log.info(
             "stream rules synchronized",
@@ -313,7 +331,9 @@ class FilteredStream:
         try:
             async with session.get(url, headers=headers) as response:
                 if response.status == 429:
-                    return self.policy.after_rate_limit(_reset_in(response)), "rate_limited"
+                    return self.policy.after_rate_limit(_reset_in(response)), await _why_429(
+                        response
+                    )
                 if response.status != 200:
                     body = (await response.text())[:300]
                     log.error("stream refused", extra={"status": response.status, "body": body})
@@ -451,3 +471,21 @@ def _reset_in(response: aiohttp.ClientResponse) -> float | None:
     with contextlib.suppress(KeyError, ValueError):
         return max(0.0, float(response.headers["x-rate-limit-reset"]) - time.time())
     return None
+
+
+async def _why_429(response: aiohttp.ClientResponse) -> str:
+    """Which of X's 429s refused the connection: the usage cap spent (Daily or Monthly), too
+    many connections (another consumer of the app's stream holds it), or the rate window."""
+    try:
+        problem = await response.json(content_type=None)
+    except (ValueError, aiohttp.ClientError):
+        problem = None
+    if not isinstance(problem, dict):
+        return "rate_limited"
+    if str(problem.get("type", "")).endswith("/usage-capped"):
+        detail = {"period": problem.get("period"), "detail": problem.get("detail")}
+        log.error("X's usage cap is spent: the stream waits for its period to end", extra=detail)
+        return "usage_capped"
+    if problem.get("connection_issue") == "TooManyConnections":
+        return "too_many_connections"
+    return "rate_limited"

@@ -86,6 +86,14 @@ class XApiRateLimited(XApiError):
     reason = "rate_limited"
 
 
+class XApiUsageCapped(XApiError):
+    """X's usage cap of the app or the account (Daily or Monthly) is spent: a 429 whose problem
+    is ``usage-capped``. The rate window's reset does not lift it; the period's end or a larger
+    plan does, so it is not waited out as a rate limit."""
+
+    reason = "usage_capped"
+
+
 class _RateLimitedOnce(Exception):
     """One 429, already noted in the rate window: take another turn."""
 
@@ -111,6 +119,11 @@ class RulesAnswer:
             for e in self.errors
             if e.get("title") == "DuplicateRule" and isinstance(e.get("value"), str)
         }
+
+    def unattributed(self) -> list[str]:
+        """X's problems with the request as a whole, tied to none of its rules (the plan's
+        rule cap, a non-compliant rule set): one line each."""
+        return [_problems([e]) for e in self.errors if not isinstance(e.get("value"), str)]
 
     def invalid(self) -> dict[str, str]:
         """Value -> X's explanation, for each rule X refused as invalid."""
@@ -192,7 +205,7 @@ class XApi:
         max_results: int,
         start_time: str | None = None,
     ) -> dict:
-        return await self.call(
+        page = await self.call(
             "mentions",
             self.client.get_users_mentions,
             user_id,
@@ -204,9 +217,10 @@ class XApi:
             user_fields=USER_FIELDS,
             expansions=EXPANSIONS,
         )
+        return _page("mentions", page)
 
     async def dm_events(self, *, pagination_token: str | None, max_results: int) -> dict:
-        return await self.call(
+        page = await self.call(
             "dm_events",
             self.client.get_direct_message_events,
             pagination_token=pagination_token,
@@ -217,6 +231,7 @@ class XApi:
             user_fields=USER_FIELDS,
             user_auth=False,  # the bearer token is the user's OAuth 2.0 access token
         )
+        return _page("dm_events", page)
 
     def stream_url(self, backfill_minutes: int = 0) -> str:
         fields = {
@@ -270,7 +285,15 @@ class XApi:
             try:
                 response = await method(*args, **kwargs)
             except tweepy.TooManyRequests as exc:
-                turn.answered(exc.response.headers, limited=True)
+                problem = await _problem(exc.response)
+                capped = str(problem.get("type", "")).endswith("/usage-capped")
+                turn.answered(exc.response.headers, limited=not capped)
+                if capped:
+                    metrics.X_API_ERRORS.labels(endpoint, "usage_capped").inc()
+                    raise XApiUsageCapped(
+                        f"{endpoint}: usage cap spent ({problem.get('period', 'period unknown')}"
+                        f", {problem.get('scope', 'scope unknown')}): {_problems([problem])}"
+                    ) from None
                 raise _RateLimitedOnce from None
             except tweepy.TwitterServerError as exc:
                 turn.answered(exc.response.headers)
@@ -293,6 +316,43 @@ class XApi:
             extra={"endpoint": endpoint, "credential": self.name, "attempt": state.attempt_number,
                    "error": _describe(error)},
         )  # fmt: skip
+
+
+def _page(endpoint: str, body: dict) -> dict:
+    """A page of a read endpoint. X answers a request it could not serve for the resource in its
+    path (an unknown, suspended or protected user) with HTTP 200 and ``errors`` alone: that is a
+    refusal, not an empty page. Errors beside ``data`` are partial (an expanded object X could
+    not return) and the page stands."""
+    errors = body.get("errors")
+    if errors and not body.get("data"):
+        metrics.X_API_ERRORS.labels(endpoint, "problem").inc()
+        raise XApiRefused(f"{endpoint}: {_problems(errors)}")
+    if errors:
+        log.info("X left part of a page out", extra={"endpoint": endpoint,
+                                                     "errors": _problems(errors)})  # fmt: skip
+    return body
+
+
+def _problems(errors: object) -> str:
+    """X's problems (RFC 7807 objects) as one line: each title and detail."""
+    if not isinstance(errors, list):
+        return str(errors)[:300]
+    said = [
+        ": ".join(str(e[k]) for k in ("title", "detail") if e.get(k))
+        if isinstance(e, dict)
+        else str(e)
+        for e in errors
+    ]
+    return "; ".join(said)[:300]
+
+
+async def _problem(response: aiohttp.ClientResponse) -> dict:
+    """The problem body of an error answer (tweepy has read it), or {} when it has none."""
+    try:
+        body = await response.json(content_type=None)
+    except (ValueError, aiohttp.ClientError):
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _kind(error: BaseException | None) -> str:

@@ -103,26 +103,33 @@ async def test_mentions_resume_after_a_restart_with_no_loss_and_no_repeat(
     x_api, customers, ingest_settings, running, read
 ):
     ana, bo = customers
-    settings = ingest_settings(mentions=True)
+    # A handle no other test polled: checkpoints live on the session's broker, and this test
+    # starts from none.
+    handle_id = x_api.add_user(new_id(), "AcmeHelp")["id"]
+
+    def settings():  # noqa: ANN202
+        return ingest_settings(mentions=True, edit=lambda c: c["handles"][0].update(
+            user_id=handle_id))  # fmt: skip
+
     first = [new_id() for _ in range(12)]  # three pages of five
     for tweet_id in first:
-        x_api.add_mention(HELP_ID, x_api.make_tweet(tweet_id, "@AcmeHelp hi", ana["id"]))
+        x_api.add_mention(handle_id, x_api.make_tweet(tweet_id, "@AcmeHelp hi", ana["id"]))
 
-    async with running(IngestService(settings)):
+    async with running(IngestService(settings())):
         await read([topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, first)) >= 5)
 
     # The first poll of a handle takes the latest page only; the rest is backfill's job.
     second = [new_id() for _ in range(7)]
     for tweet_id in second:
-        x_api.add_mention(HELP_ID, x_api.make_tweet(tweet_id, "@AcmeHelp again", bo["id"]))
-    async with running(IngestService(ingest_settings(mentions=True))):
+        x_api.add_mention(handle_id, x_api.make_tweet(tweet_id, "@AcmeHelp again", bo["id"]))
+    async with running(IngestService(settings())):
         await read([topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, second)) >= 7)
         records = await read([topics.RAW], lambda rs: False, timeout_s=1.5)  # let polls repeat
 
     seen = ids_on(records, topics.RAW, RawTweet, first + second)
     # Each once, nothing from before the restart (partitions interleave, so compare sorted).
     assert sorted(seen) == sorted(first[-5:] + second)
-    polls = [r for r in x_api.requests if r["path"] == f"/2/users/{HELP_ID}/mentions"]
+    polls = [r for r in x_api.requests if r["path"] == f"/2/users/{handle_id}/mentions"]
     assert any(r["query"].get("since_id") == first[-1] for r in polls)
 
 

@@ -24,7 +24,7 @@ from switchboard.shared import topics
 from switchboard.shared.events import DeadLetter, RawTweet, utc_now
 from tests.conftest import SWITCHBOARD, published, wait_for
 from tests.integration.conftest import HELP_ID, ids_on, new_id, signed
-from tests.standins.x_api import RULES_PATH, STREAM_PATH
+from tests.standins.x_api import RULES_PATH, STREAM_PATH, USAGE_CAPPED
 
 X_DOCS = Path(__file__).resolve().parents[1] / "standins" / "x_docs"
 MENTIONS = f"/2/users/{HELP_ID}/mentions"
@@ -72,6 +72,66 @@ async def test_server_errors_and_dropped_connections_never_stop_a_poller(
     assert report["state"] == "failing" and "HTTP 401" in report["last_error"]
     assert recovered["sources"]["mentions:@AcmeHelp"]["state"] == "ok"
     assert recovered["degraded"] is False
+
+
+async def test_a_user_x_cannot_serve_and_a_spent_usage_cap_fail_the_poll_and_say_why(
+    x_api, customers, ingest_settings, running, read
+):
+    """X answers a mentions request for a user it cannot serve (unknown, suspended, protected)
+    with HTTP 200 and only ``errors``, and a spent usage cap with a 429 that the rate window's
+    reset does not lift. Neither is "ok, nothing found" nor waited out as a rate limit: the
+    poll fails, health says why, and polling carries on when X serves the user again."""
+    ana, _ = customers
+    sent = new_id()
+    helper = x_api.users.pop(HELP_ID)
+    service = IngestService(ingest_settings(mentions=True))
+    problems = value(ingest_metrics.X_API_ERRORS, "mentions", "problem")
+    capped = value(ingest_metrics.X_API_ERRORS, "mentions", "usage_capped")
+
+    async with running(service):
+        health = service.health.of("mentions", "@AcmeHelp")
+        await wait_for(lambda: health.state == "failing")
+        unknown_user = service.readiness_detail()["sources"]["mentions:@AcmeHelp"]["last_error"]
+        x_api.users[HELP_ID] = helper
+        await wait_for(lambda: health.state == "ok")
+        x_api.fail_next(MENTIONS, USAGE_CAPPED, count=3)
+        await wait_for(lambda: health.state == "failing")
+        usage_cap = service.readiness_detail()["sources"]["mentions:@AcmeHelp"]["last_error"]
+        x_api.add_mention(
+            HELP_ID, x_api.make_tweet(sent, "@AcmeHelp my card is blocked", ana["id"])
+        )
+        await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [sent]))
+        await wait_for(lambda: health.state == "ok")
+
+    assert f"Could not find user with id: [{HELP_ID}]" in unknown_user
+    assert value(ingest_metrics.X_API_ERRORS, "mentions", "problem") > problems
+    assert "usage cap spent (Monthly, Product)" in usage_cap
+    assert value(ingest_metrics.X_API_ERRORS, "mentions", "usage_capped") >= capped + 3
+    assert x_api.rate_limited == []  # no rate window was spent or waited for
+
+
+async def test_rules_past_the_plans_rule_cap_stay_uncovered_and_the_stream_connects(
+    x_api, ingest_settings, running, tmp_path, caplog
+):
+    """X refuses an addition past the plan's rule cap with a problem tied to none of its rules:
+    ingest names it, counts the rules X did not create as uncovered and reads the stream with
+    the rules X holds, instead of asking again for ever."""
+    x_api.max_rules = 0
+    settings = ingest_settings(stream=True)
+    caplog.set_level("ERROR", logger="switchboard.ingest.stream")
+
+    async with running(IngestService(settings)):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+
+    additions = [r for r in x_api.requests if r["path"] == RULES_PATH and r["method"] == "POST"]
+    assert len(additions) == 1 and x_api.rules == {}
+    [refused] = [r for r in caplog.records if r.getMessage().startswith("X refused the stream")]
+    assert refused.reason == "RulesCapExceeded: Rule cap of 0 exceeded"
+    for handle in ("@AcmeHelp", "@AcmeIR"):
+        assert value(ingest_metrics.STREAM_RULE_PROBLEMS, handle, "uncovered") >= 1
+    shown = await _switchboard(tmp_path, settings, x_api, "ingest", "rules", "--sync")
+    assert shown.returncode == 1
+    assert "X refused the rules: RulesCapExceeded: Rule cap of 0 exceeded" in shown.stdout
 
 
 async def test_rule_sync_waits_out_an_x_incident_at_start(

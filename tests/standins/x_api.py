@@ -65,6 +65,7 @@ DEFAULT_RATE_LIMIT_HEADER = 15
 SETTLE_S = 0.02
 DROP = 0  # a scripted "failure" that closes the connection without an answer
 GARBLE = 1  # a scripted "failure" answering 200 with a JSON body cut short
+USAGE_CAPPED = 2  # a scripted 429 whose problem is the spent usage cap, not the rate window
 MAX_BACKFILL_MINUTES = 5
 SLOT_GRACE_S = 0.25
 ID_PATTERN = re.compile(r"^[0-9]{1,19}$")
@@ -155,6 +156,19 @@ def _too_many_connections() -> web.Response:
         "detail": "This stream is currently at the maximum allowed connection limit.",
         "connection_issue": "TooManyConnections",
         "type": PROBLEMS + "streaming-connection",
+    }
+    return _json(body, 429, content_type="application/problem+json")
+
+
+def _usage_capped() -> web.Response:
+    """X's 429 when the product's usage cap is spent (``UsageCapExceededProblem``)."""
+    body = {
+        "title": "UsageCapExceeded",
+        "detail": "Usage cap exceeded: Monthly product cap",
+        "type": PROBLEMS + "usage-capped",
+        "period": "Monthly",
+        "scope": "Product",
+        "status": 429,
     }
     return _json(body, 429, content_type="application/problem+json")
 
@@ -278,6 +292,7 @@ class XApiStandIn:
         self.requests: list[dict] = []
         self.stream_connections = 0
         self.rules: dict[str, dict] = {}
+        self.max_rules: int | None = None  # the plan's rule cap (X: 1,000 on Pro); None: none
         self.users: dict[str, JsonDict] = {}
         self._mentions: dict[str, dict[str, JsonDict]] = {}
         self._dm_events: dict[str, JsonDict] = {}
@@ -530,6 +545,8 @@ class XApiStandIn:
     def _failure_response(self, request: web.Request, failure: _ScriptedFailure) -> web.Response:
         if failure.status == GARBLE:
             return web.Response(text='{"data": [{"id": "1', content_type="application/json")
+        if failure.status == USAGE_CAPPED:
+            return _usage_capped()
         if failure.status != 429:
             return _problem(failure.status or 503)
         limit = self._window_for(request)
@@ -609,6 +626,12 @@ class XApiStandIn:
             rule = {"id": str(next(self._rule_ids)), "value": item["value"], "tag": item.get("tag")}
             existing[rule["value"]] = rule
             fresh.append(rule)
+        if self.max_rules is not None and len(self.rules) + len(fresh) > self.max_rules:
+            errors.append({  # a problem of the request, tied to none of its rules
+                "title": "RulesCapExceeded",
+                "detail": f"Rule cap of {self.max_rules} exceeded",
+                "type": PROBLEMS + "rule-cap",
+            })  # fmt: skip
         blocked = any(error["title"] != "DuplicateRule" for error in errors)
         created = [] if blocked else fresh
         if not dry_run:
