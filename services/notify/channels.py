@@ -199,17 +199,18 @@ class HttpChannel:
         except httpx.TransportError as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from None
         if response.status_code >= 300:
-            raise http_error(
-                response.status_code,
-                response.text,
-                response.headers.get("retry-after"),
-                self.vendor_wait_s(response),
+            wait = self.vendor_wait_s(response)
+            error = http_error(
+                response.status_code, response.text, response.headers.get("retry-after"), wait
             )
+            error.retryable = error.retryable or wait is not None  # the vendor says: wait
+            raise error
         return response
 
     def vendor_wait_s(self, response: httpx.Response) -> float | None:
-        """The wait a refusal asks for in the vendor's own headers, when it sends no
-        ``Retry-After``; None: the backoff decides."""
+        """The wait a refusal asks for in the vendor's own terms, when it sends no
+        ``Retry-After`` (a refusal with such a wait is retried, whatever its status); None:
+        the status and the backoff decide."""
         return None
 
     async def close(self) -> None:
@@ -520,16 +521,36 @@ class SalesforceChannel(HttpChannel):
     """Upsert by external id: a Lead per author, or a Case per conversation.
 
     With OAuth, a 401 ``INVALID_SESSION_ID`` renews the token and tries the request once more;
-    a renewal Salesforce refuses parks the delivery with Salesforce's reason."""
+    a renewal Salesforce refuses parks the delivery with Salesforce's reason. Salesforce answers
+    a spent API request limit (the org's, over a rolling 24 hours) with 403
+    ``REQUEST_LIMIT_EXCEEDED``, not 429: the delivery waits ``request_limit_wait_s``, parked."""
 
     name = "salesforce"
 
     def __init__(
-        self, policy: DeliveryPolicy, base_url: str, api_version: str, token: SalesforceToken
+        self,
+        policy: DeliveryPolicy,
+        base_url: str,
+        api_version: str,
+        token: SalesforceToken,
+        request_limit_wait_s: float = 3600.0,
     ) -> None:
         super().__init__(policy, base_url)
         self.api_version = api_version
         self.token = token
+        self.request_limit_wait_s = request_limit_wait_s
+
+    def vendor_wait_s(self, response: httpx.Response) -> float | None:
+        if response.status_code != 403:
+            return None
+        try:
+            errors = response.json()
+        except ValueError:
+            return None
+        if not isinstance(errors, list):
+            return None
+        codes = {e.get("errorCode") for e in errors if isinstance(e, dict)}
+        return self.request_limit_wait_s if "REQUEST_LIMIT_EXCEEDED" in codes else None
 
     async def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         token = await self.token.current(self.http)
@@ -681,6 +702,7 @@ def channels_for(config: NotifyConfig, mailer: SmtpMailer) -> dict[str, Channel]
             connections.salesforce.instance_url,
             connections.salesforce.api_version,
             salesforce_token(connections.salesforce),
+            connections.salesforce.request_limit_wait_s,
         )
     if "hubspot" in used and connections.hubspot:
         c = connections.hubspot

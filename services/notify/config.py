@@ -167,6 +167,12 @@ class SalesforceConnection(Section):
     )
     oauth: SalesforceOAuth | None = None
     api_version: str = Field(default="v60.0", pattern=r"^v\d+\.\d$")
+    request_limit_wait_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="After 403 REQUEST_LIMIT_EXCEEDED (the org's API requests of a rolling 24 "
+        "hours are spent), how long a delivery waits, parked, before it tries again",
+    )
 
     @model_validator(mode="after")
     def _one_way_to_authenticate(self) -> SalesforceConnection:

@@ -37,6 +37,7 @@ def notify_settings(kafka, vendors, tmp_path):
         *extra_subscriptions: dict,
         salesforce: dict | None = None,
         jira_settle_s: float = 0.0,
+        salesforce_limit_wait_s: float = 3600.0,
         **delivery: object,
     ) -> NotifySettings:
         config = yaml.safe_load(CONFIG_FILE.read_text())
@@ -47,7 +48,8 @@ def notify_settings(kafka, vendors, tmp_path):
                 "jira": {"base_url": vendors["jira"].base_url, "email": "ops@acme.example",
                          "api_token": {"env": "JIRA_TOKEN"}, "search_settle_s": jira_settle_s},
                 "salesforce": {"instance_url": vendors["salesforce"].base_url,
-                               "access_token": {"env": "SF_TOKEN"}},
+                               "access_token": {"env": "SF_TOKEN"},
+                               "request_limit_wait_s": salesforce_limit_wait_s},
                 "hubspot": {"base_url": vendors["hubspot"].base_url,
                             "token": {"env": "HUBSPOT_TOKEN"}},
             },
@@ -476,6 +478,32 @@ async def test_a_refused_token_renewal_parks_with_salesforces_reason(
     [parked] = deliveries(records, conv)
     assert parked.outcome == "failed" and parked.attempts == 1  # refused: not retried
     assert "token refresh failed: HTTP 400" in parked.error and "invalid_client" in parked.error
+
+
+async def test_salesforces_spent_request_limit_is_a_wait_not_a_rejection(
+    vendors, notify_settings, producer, read, running
+):
+    """Salesforce answers a spent API request limit with 403 REQUEST_LIMIT_EXCEEDED, not 429:
+    the delivery is parked with the time it may try again and comes back by itself, where a
+    403 read by its status alone would be rejected for good."""
+    salesforce = vendors["salesforce"]
+    conv = conversation()
+    salesforce.fail_next("/services/data", 403)
+
+    async with running(NotifyService(notify_settings(salesforce_limit_wait_s=2.0))):
+        sent_at = datetime.now(UTC)
+        await publish_routed(producer, routed("sales", conversation=conv, author="7200"))
+        parked = await read([topics.NOTIFICATIONS_DLQ], lambda rs: len(deliveries(rs, conv)) >= 1)
+        records = await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 1,
+                             timeout_s=30)  # fmt: skip
+
+    [waiting] = deliveries(parked, conv)
+    assert "REQUEST_LIMIT_EXCEEDED" in waiting.error and waiting.retry_at is not None
+    assert 1.5 <= (waiting.retry_at - sent_at).total_seconds() <= 10
+    [delivered] = deliveries(records, conv)
+    assert delivered.outcome == "delivered" and delivered.trace.delivered_at >= waiting.retry_at
+    assert any(r.get("Switchboard_Author_Id__c") == "7200"
+               for r in salesforce.records["Lead"].values())  # fmt: skip
 
 
 async def test_picklist_values_are_the_orgs_own(vendors, notify_settings, producer, read, running):
