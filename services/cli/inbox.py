@@ -28,6 +28,15 @@ class _MaildirHandler:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sequence = itertools.count()
+        self.refused: dict[str, str] = {}  # address: the reply that refuses it at RCPT
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
+    ) -> str:
+        if address.lower() in self.refused:
+            return self.refused[address.lower()]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         name = f"{time.time_ns()}.{os.getpid()}_{next(self.sequence)}.switchboard"
@@ -53,6 +62,11 @@ class LoopbackInbox:
 
     def start(self) -> None:
         self.controller.start()
+
+    def refuse(self, address: str, reply: str = "550 5.1.1 No such mailbox here") -> None:
+        """Refuse ``address`` at RCPT with ``reply``, as a relay does a mailbox it does not
+        know (5xx) or cannot take mail for now (4xx)."""
+        self.handler.refused[address.lower()] = reply
 
     def stop(self) -> None:
         self.controller.stop()

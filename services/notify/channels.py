@@ -19,6 +19,7 @@ import collections
 import hashlib
 import hmac
 import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,6 +58,8 @@ from switchboard.shared.events import (
 )
 from switchboard.shared.labels import Department, Urgency
 from switchboard.shared.settings import read_secret
+
+log = logging.getLogger(__name__)
 
 JIRA_PRIORITIES = {Urgency.CRITICAL: "Highest", Urgency.HIGH: "High", Urgency.NORMAL: "Medium",
                    Urgency.LOW: "Low"}  # fmt: skip
@@ -160,13 +163,24 @@ class EmailChannel:
     async def deliver(self, job: Job) -> Done:
         message = render_email(job.routed, job.subscription, self.options, job.delivery_id)
         try:
-            await self.mailer.send(message)
+            refused = await self.mailer.send(message)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            # Every recipient refused: trying again helps only if a refusal was temporary (4xx).
+            replies = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+            raise DeliveryError(
+                f"SMTP refused every recipient: {replies}",
+                retryable=any(r.code < 500 for r in exc.recipients),
+            ) from None
         except aiosmtplib.SMTPResponseException as exc:
             raise DeliveryError(
                 f"SMTP {exc.code}: {exc.message}", retryable=exc.code < 500
             ) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from None
+        if refused:  # the others have it: sending again would give them a second copy
+            metrics.EMAIL_RECIPIENTS_REFUSED.labels(job.subscription.name).inc(len(refused))
+            log.warning("the mail relay refused some recipients; the others got the email",
+                        extra={"delivery_id": job.delivery_id, "refused": refused})  # fmt: skip
         return Done("sent", message["Message-ID"])
 
     async def close(self) -> None:

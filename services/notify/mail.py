@@ -204,7 +204,10 @@ class SmtpMailer:
         self._attempts_ended = 0
         self._failure: Exception | None = None  # of the last attempt, while none succeeded
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Message) -> dict[str, str]:
+        """Sends ``message``; returns the recipients the relay refused (address: its reply)
+        while it took the others. When it refuses all of them, aiosmtplib raises
+        ``SMTPRecipientsRefused``."""
         ended = self._attempts_ended
         connection = await self._idle.get()
         try:
@@ -212,7 +215,7 @@ class SmtpMailer:
                 if self._attempts_ended != ended and self._failure is not None:
                     raise self._failure  # the relay failed those opened while this one waited
                 await self._open(connection)
-            await connection.send(message)
+            return await connection.send(message)
         finally:
             self._idle.put_nowait(connection)
 
@@ -258,13 +261,14 @@ class _Connection:
                 raise
         self._client = client
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Message) -> dict[str, str]:
         assert self._client is not None
         try:
-            await self._client.send_message(message)
+            refused, _ = await self._client.send_message(message)
         except aiosmtplib.SMTPServerDisconnected:
             self._client = None
             raise
+        return {address: f"{reply.code} {reply.message}" for address, reply in refused.items()}
 
     async def close(self) -> None:
         if self._client is not None and self._client.is_connected:

@@ -20,6 +20,11 @@ FOLLOW_UP_TICKETS = Counter(
     "Follow-up tickets opened because the conversation's ticket was closed",
     ["channel"],
 )
+EMAIL_RECIPIENTS_REFUSED = Counter(
+    "switchboard_email_recipients_refused_total",
+    "Recipients the mail relay refused while it took the email for the others",
+    ["subscription"],
+)
 TOKEN_RENEWALS = Counter(
     "switchboard_token_renewals_total",
     "Access tokens fetched again by notify after the vendor said one expired",

@@ -152,6 +152,47 @@ async def test_a_dead_mail_server_parks_the_delivery(kafka, producer, read, runn
     assert parked.target == "legal-team" and "Connect" in parked.error
 
 
+async def test_a_recipient_the_relay_refuses_is_named_and_the_mail_not_sent_twice(
+    kafka, producer, read, running, inbox, caplog
+):
+    """The relay refuses a mailbox (550): a subscription whose only recipient it is gets its
+    delivery parked at once with the relay's reply (not retried as if the relay were down);
+    one whose other recipient the relay took is delivered once, and the log names who was
+    refused (sending again would give the others a second copy)."""
+    gone, kept = "gone@switchboard.example", "kept@switchboard.example"
+    inbox.refuse(gone)
+    base = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    subscriptions = [
+        Subscription(name="only-gone", departments=["legal"], to=[gone]),
+        Subscription(name="gone-and-kept", departments=["legal"], to=[gone, kept]),
+    ]
+    notify = base.config.notify.model_copy(update={"subscriptions": subscriptions})
+    config = base.config.model_copy(update={"notify": notify})
+    settings = NotifySettings.load(
+        config_file=CONFIG_FILE, kafka=kafka, config=config,
+        smtp=SmtpSettings(host="127.0.0.1", port=inbox.port),
+    )  # fmt: skip
+    threat = routed("n-9", "legal", "high", "see you in court", settings)
+    caplog.set_level("WARNING", logger="switchboard.notify.channels")
+
+    async with running(NotifyService(settings)):
+        await producer.send_and_wait(threat.route.topic, encode(threat), key=b"conv-n-9")
+        records = await read(
+            [topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+            lambda rs: sum(r.key == b"conv-n-9" for r in rs) >= 2,
+        )
+
+    outcomes = {d.target: d for r in records if r.key == b"conv-n-9"
+                for d in [decode(Delivery, r.value)]}  # fmt: skip
+    assert outcomes["only-gone"].outcome == "failed" and outcomes["only-gone"].attempts == 1
+    assert f"{gone}: 550" in outcomes["only-gone"].error
+    assert outcomes["gone-and-kept"].outcome == "delivered"
+    [email] = [m for m in inbox.messages() if m["X-Switchboard-Tweet-Id"] == "n-9"]
+    assert kept in email["To"]
+    [warning] = [r for r in caplog.records if getattr(r, "refused", None)]
+    assert list(warning.refused) == [gone] and warning.refused[gone].startswith("550")
+
+
 def ours(email) -> bool:  # noqa: ANN001
     return email["X-Switchboard-Tweet-Id"] in ("n-1", "n-2")
 
