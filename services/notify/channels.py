@@ -296,6 +296,20 @@ class ZendeskChannel(HttpChannel):
             return await self._create(job, mine)
         if current is not None and current.get("status") == "closed":
             return await self._create(job, mine, follow_up_of=ticket)
+        try:
+            return await self._comment(job, ticket, mine)
+        except DeliveryError as error:
+            if _closed(error):
+                return await self._create(job, mine, follow_up_of=ticket)
+            if not _gone(error):
+                raise
+        # The conversation's ticket was deleted: the conversation gets a new one.
+        log.warning("the conversation's ticket is gone; opening a new one",
+                    extra={"channel": self.name, "ticket": ticket})  # fmt: skip
+        metrics.THREADS_GONE.labels(self.name).inc()
+        return await self._create(job, mine)
+
+    async def _comment(self, job: Job, ticket: str, mine: str) -> Done:
         # A comment that timed out but happened is found by its tag, not made twice.
         if await self._commented(ticket, mine):
             return Done("commented", ticket)
@@ -304,12 +318,7 @@ class ZendeskChannel(HttpChannel):
         }
         if job.routed.classification.urgency is Urgency.CRITICAL:  # raise, never lower
             update["priority"] = job.priority(DEFAULT_ZENDESK)
-        try:
-            await self.send("PUT", f"/api/v2/tickets/{ticket}.json", json={"ticket": update})
-        except DeliveryError as error:
-            if not _closed(error):
-                raise
-            return await self._create(job, mine, follow_up_of=ticket)
+        await self.send("PUT", f"/api/v2/tickets/{ticket}.json", json={"ticket": update})
         return Done("commented", ticket)
 
     async def _create(self, job: Job, mine: str, follow_up_of: str | None = None) -> Done:
@@ -352,6 +361,12 @@ def _current(tickets: list[dict]) -> dict | None:
     return next((t for t in newest_first if t.get("status") != "closed"), None) or (
         newest_first[0] if newest_first else None
     )
+
+
+def _gone(error: DeliveryError) -> bool:
+    """The vendor's 404 for a ticket or issue the ledger recorded: deleted since (Jira's 404
+    also covers an issue the account may no longer see)."""
+    return str(error).startswith("HTTP 404")
 
 
 def _closed(error: DeliveryError) -> bool:
@@ -412,12 +427,15 @@ class JiraChannel(HttpChannel):
                 return Done("created", own)
             issue = found[0][0] if found else None
         if issue is not None:
-            comments = f"/rest/api/3/issue/{quote(issue)}/comment"
-            # A comment that timed out but happened is found by its tag, not made twice.
-            if not await self._commented(comments, mine):
-                comment = {"body": adf(job.comment(JIRA_TEXT_LIMIT, utf16_units))}
-                await self.send("POST", comments, json=comment)
-            return Done("commented", issue)
+            try:
+                return await self._comment(job, issue, mine)
+            except DeliveryError as error:
+                if not _gone(error):
+                    raise
+            # The conversation's issue was deleted: the conversation gets a new one.
+            log.warning("the conversation's issue is gone; creating a new one",
+                        extra={"channel": self.name, "issue": issue})  # fmt: skip
+            metrics.THREADS_GONE.labels(self.name).inc()
         self._settled(job.delivery_id)
         target = job.subscription.jira
         assert target is not None
@@ -445,6 +463,14 @@ class JiraChannel(HttpChannel):
         created = response.json()
         self._created.append(str(created["id"]))
         return Done("created", created["key"])
+
+    async def _comment(self, job: Job, issue: str, mine: str) -> Done:
+        comments = f"/rest/api/3/issue/{quote(issue)}/comment"
+        # A comment that timed out but happened is found by its tag, not made twice.
+        if not await self._commented(comments, mine):
+            comment = {"body": adf(job.comment(JIRA_TEXT_LIMIT, utf16_units))}
+            await self.send("POST", comments, json=comment)
+        return Done("commented", issue)
 
     def _settled(self, delivery_id: str) -> None:
         """Raise a retryable wait while a lost create may still be hidden from search."""

@@ -25,6 +25,11 @@ EMAIL_RECIPIENTS_REFUSED = Counter(
     "Recipients the mail relay refused while it took the email for the others",
     ["subscription"],
 )
+THREADS_GONE = Counter(
+    "switchboard_threads_gone_total",
+    "Tickets or issues of a conversation found deleted at a follow-up (a new one was opened)",
+    ["channel"],
+)
 TOKEN_RENEWALS = Counter(
     "switchboard_token_renewals_total",
     "Access tokens fetched again by notify after the vendor said one expired",

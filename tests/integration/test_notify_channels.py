@@ -435,6 +435,40 @@ async def test_a_follow_up_to_a_closed_ticket_opens_a_follow_up_ticket(
     assert len(zendesk.comments[closed["id"]]) == 1  # the closed one untouched
 
 
+@pytest.mark.parametrize("channel", ["zendesk", "jira"])
+async def test_a_follow_up_to_a_deleted_ticket_opens_a_new_one(
+    channel, vendors, notify_settings, producer, read, running
+):
+    """Someone deleted the conversation's ticket or issue, which the ledger recorded; the vendor
+    answers 404 for it. The next tweet opens a new one for the conversation (instead of being
+    parked for as long as the ledger remembers the deleted one), and the tweet after that is a
+    comment on the new one."""
+    vendor = vendors[channel]
+    department = {"zendesk": "customer_service", "jira": "legal"}[channel]
+    conv = conversation()
+    events = [routed(department, conversation=conv) for _ in range(3)]
+    gone = notify_metrics.THREADS_GONE.labels(channel)._value.get()
+
+    async with running(NotifyService(notify_settings())):
+        await publish_routed(producer, events[0])
+        [first] = deliveries(await read([topics.DELIVERIES], lambda rs: deliveries(rs, conv)), conv)
+        vendor.delete(int(first.external_id) if channel == "zendesk" else first.external_id)
+        for count, event in enumerate(events[1:], start=2):
+            await publish_routed(producer, event)
+            records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                                 lambda rs, n=count: len(deliveries(rs, conv)) >= n)  # fmt: skip
+
+    outcomes = [(d.outcome, d.action) for d in deliveries(records, conv)]
+    assert outcomes == [("delivered", "created"), ("delivered", "created"),
+                        ("delivered", "commented")]  # fmt: skip
+    replacement = deliveries(records, conv)[1].external_id
+    assert replacement != first.external_id
+    assert deliveries(records, conv)[2].external_id == replacement
+    threads = vendor.tickets if channel == "zendesk" else vendor.issues
+    assert len(threads) >= 1 and all(str(k) != first.external_id for k in threads)
+    assert notify_metrics.THREADS_GONE.labels(channel)._value.get() == gone + 1
+
+
 SALESFORCE_OAUTH = {"oauth": {"client_id": {"env": "SF_CLIENT_ID"},
                               "client_secret": {"env": "SF_CLIENT_SECRET"}}}  # fmt: skip
 

@@ -385,6 +385,11 @@ class ZendeskStandIn(VendorStandIn):
         """An agent closes the ticket: from now on it can be neither updated nor reopened."""
         self.tickets[ticket_id]["status"] = "closed"
 
+    def delete(self, ticket_id: int) -> None:
+        """An agent deletes the ticket: lists leave it out, and its paths answer 404."""
+        del self.tickets[ticket_id]
+        self.comments.pop(ticket_id, None)
+
     def _add_routes(self, router: web.UrlDispatcher) -> None:
         for suffix in ("", ".json"):
             router.add_post(f"/api/v2/tickets{suffix}", self._create)
@@ -737,6 +742,11 @@ class JiraStandIn(VendorStandIn):
         self._issue_ids = itertools.count(10_000)
         self._comment_ids = itertools.count(10_000)
         self._account_id = uuid.uuid5(uuid.NAMESPACE_DNS, email).hex[:24]
+
+    def delete(self, key: str) -> None:
+        """Someone deletes the issue: search leaves it out, and its paths answer 404."""
+        del self.issues[key]
+        self.comments.pop(key, None)
 
     def _add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/rest/api/3/issue", self._create)
