@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import aiosmtplib
 import httpx
@@ -635,6 +636,24 @@ class SalesforceChannel(HttpChannel):
         return Done("upserted", record.get("id"))
 
 
+def _daily(response: httpx.Response) -> bool:
+    """Whether HubSpot's 429 body names the daily limit (``policyName: DAILY``)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("policyName") == "DAILY"
+
+
+def until_midnight(now: datetime, zone: ZoneInfo) -> float:
+    """Seconds from ``now`` to the next midnight on the wall clock of ``zone``."""
+    local = now.astimezone(zone)
+    midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), zone)
+    # Through UTC: between two datetimes of one zone Python subtracts wall clocks, which is
+    # an hour off on the days the clocks change.
+    return (midnight.astimezone(UTC) - now.astimezone(UTC)).total_seconds()
+
+
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -645,20 +664,23 @@ class HubSpotChannel(HttpChannel):
     HubSpot answers a batch whose inputs partly failed with 207 and the errors beside the
     results: that is a failed delivery, with HubSpot's error kept. Its 429 carries no
     ``Retry-After`` but ``X-HubSpot-RateLimit-*`` headers: the wait is the rolling window
-    (``Interval-Milliseconds``), or until midnight UTC when the daily limit is spent."""
+    (``Interval-Milliseconds``), or, when the daily limit is spent (``Daily-Remaining: 0``, or
+    the body's ``policyName: DAILY``), until midnight in the account's time zone, where HubSpot
+    resets it."""
 
     name = "hubspot"
 
-    def __init__(self, policy: DeliveryPolicy, base_url: str, token: str) -> None:
+    def __init__(
+        self, policy: DeliveryPolicy, base_url: str, token: str, time_zone: str = "UTC"
+    ) -> None:
         super().__init__(policy, base_url, headers={"Authorization": f"Bearer {token}"})
+        self.time_zone = ZoneInfo(time_zone)
 
     def vendor_wait_s(self, response: httpx.Response) -> float | None:
         if response.status_code != 429:
             return None
-        if response.headers.get("x-hubspot-ratelimit-daily-remaining") == "0":
-            now = datetime.now(UTC)
-            midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-            return (midnight - now).total_seconds()
+        if response.headers.get("x-hubspot-ratelimit-daily-remaining") == "0" or _daily(response):
+            return until_midnight(datetime.now(UTC), self.time_zone)
         interval = response.headers.get("x-hubspot-ratelimit-interval-milliseconds")
         return int(interval) / 1000 if interval and interval.isdigit() else None
 
@@ -747,7 +769,9 @@ def channels_for(config: NotifyConfig, mailer: SmtpMailer) -> dict[str, Channel]
     if "hubspot" in used and connections.hubspot:
         c = connections.hubspot
         token = read_secret(c.token, "notify.connections.hubspot.token")
-        channels["hubspot"] = HubSpotChannel(policy, c.base_url, token.get_secret_value())
+        channels["hubspot"] = HubSpotChannel(
+            policy, c.base_url, token.get_secret_value(), c.time_zone
+        )
     return channels
 
 

@@ -14,6 +14,7 @@ from switchboard.shared.config import (
     SecretRef,
     Section,
     SharedConfig,
+    TimeZoneName,
     named_uniquely,
 )
 from switchboard.shared.events import Channel
@@ -184,6 +185,10 @@ class SalesforceConnection(Section):
 class HubSpotConnection(Section):
     base_url: HttpsUrl = "https://api.hubapi.com"
     token: SecretRef = Field(description="Private app access token")
+    time_zone: TimeZoneName = Field(
+        default="UTC",
+        description="The HubSpot account's time zone: its daily API limit resets at midnight there",
+    )
 
 
 class Connections(Section):

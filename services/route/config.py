@@ -13,6 +13,7 @@ from switchboard.shared.config import (
     Section,
     Segment,
     SharedConfig,
+    TimeZoneName,
     named_uniquely,
 )
 from switchboard.shared.labels import Department, Urgency
@@ -29,18 +30,7 @@ class TimeWindow(Section):
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
         default_factory=lambda: list(WEEKDAYS)
     )
-    timezone: str = "UTC"
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, zone: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {zone!r}") from None
-        return zone
+    timezone: TimeZoneName = "UTC"
 
 
 class RuleCondition(Section):

@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from switchboard.shared.labels import DEPARTMENTS, Department
 
@@ -24,6 +24,19 @@ EmailAddress = Annotated[str, Field(pattern=r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 # Known segments: support, promotions, news, investor, events, careers, crisis, brand.
 # Companies may add their own, so any lower-case identifier is accepted.
 Segment = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+
+
+def _known_zone(zone: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {zone!r}") from None
+    return zone
+
+
+TimeZoneName = Annotated[str, AfterValidator(_known_zone)]  # an IANA name: Europe/Paris
 
 
 def named_uniquely(items: list, what: str) -> list:  # noqa: ANN001 - any list of named sections

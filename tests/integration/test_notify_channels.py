@@ -8,7 +8,8 @@ import asyncio
 import base64
 import itertools
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -38,6 +39,7 @@ def notify_settings(kafka, vendors, tmp_path):
         salesforce: dict | None = None,
         jira_settle_s: float = 0.0,
         salesforce_limit_wait_s: float = 3600.0,
+        hubspot_time_zone: str = "UTC",
         **delivery: object,
     ) -> NotifySettings:
         config = yaml.safe_load(CONFIG_FILE.read_text())
@@ -51,7 +53,7 @@ def notify_settings(kafka, vendors, tmp_path):
                                "access_token": {"env": "SF_TOKEN"},
                                "request_limit_wait_s": salesforce_limit_wait_s},
                 "hubspot": {"base_url": vendors["hubspot"].base_url,
-                            "token": {"env": "HUBSPOT_TOKEN"}},
+                            "token": {"env": "HUBSPOT_TOKEN"}, "time_zone": hubspot_time_zone},
             },
             "delivery": {"attempts": 3, "max_wait_s": 0.2, "timeout_s": 1.0, **delivery},
             "subscriptions": [
@@ -362,6 +364,27 @@ async def test_hubspot_batch_errors_and_rate_window_are_honoured(
     assert limited.outcome == "failed" and limited.retry_at is not None
     wait = (limited.retry_at - asked_at).total_seconds()
     assert HUBSPOT_INTERVAL_MS / 1000 - 1 <= wait <= HUBSPOT_INTERVAL_MS / 1000 + 1
+
+
+async def test_hubspots_spent_daily_limit_waits_for_midnight_in_the_accounts_time_zone(
+    vendors, notify_settings, producer, read, running
+):
+    """HubSpot resets its daily limit at midnight in the account's time zone, not UTC's: the
+    delivery is parked until then (a retry at midnight UTC would be refused again, and the
+    delivery parked for another day)."""
+    vendors["hubspot"].spend_daily_limit()
+    conv = conversation()
+
+    async with running(NotifyService(notify_settings(hubspot_time_zone="Asia/Tokyo"))):
+        parked_at = datetime.now(UTC)
+        await publish_routed(producer, routed("marketing", conversation=conv))
+        records = await read([topics.NOTIFICATIONS_DLQ], lambda rs: len(deliveries(rs, conv)) >= 1)
+
+    [parked] = deliveries(records, conv)
+    assert "HTTP 429" in parked.error and "DAILY" in parked.error
+    in_tokyo = parked.retry_at.astimezone(ZoneInfo("Asia/Tokyo"))
+    assert (in_tokyo.hour, in_tokyo.minute) == (0, 0)
+    assert timedelta(0) < parked.retry_at - parked_at <= timedelta(days=1)
 
 
 @pytest.mark.parametrize("lag", ["seconds", "searches"])

@@ -1401,13 +1401,27 @@ class HubSpotStandIn(VendorStandIn):
         category = "INTERNAL_ERROR" if status >= 500 else "VALIDATION_ERROR"
         return _hubspot_error(status, HTTPStatus(status).phrase, category, **headers)
 
-    def _rate_limited(self, headers: dict[str, str]) -> web.Response:
+    def spend_daily_limit(self) -> None:
+        """The account's calls of the day are spent: every request gets the daily 429 until
+        ``reset_daily_limit`` (HubSpot resets it at midnight in the account's time zone)."""
+        self._daily_used = HUBSPOT_DAILY_LIMIT
+
+    def reset_daily_limit(self) -> None:
+        self._daily_used = 0
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self._daily_used >= HUBSPOT_DAILY_LIMIT:
+            return self._rate_limited({}, policy="DAILY")
+        return await super()._answer(request, handler)
+
+    def _rate_limited(self, headers: dict[str, str], policy: str = "SECONDLY") -> web.Response:
         body = {
             "status": "error",
-            "message": "You have reached your secondly limit.",
+            "message": f"You have reached your {policy.lower()} limit.",
             "errorType": "RATE_LIMIT",
             "correlationId": str(uuid.uuid4()),
-            "policyName": "SECONDLY",
+            "category": "RATE_LIMITS",
+            "policyName": policy,
             "requestId": str(uuid.uuid4()),
         }
         return _json(body, 429, self._rate_headers(remaining=0) | headers)
@@ -1420,7 +1434,9 @@ class HubSpotStandIn(VendorStandIn):
             "X-HubSpot-RateLimit-Max": str(HUBSPOT_MAX_PER_INTERVAL),
             "X-HubSpot-RateLimit-Remaining": str(remaining),
             "X-HubSpot-RateLimit-Daily": str(HUBSPOT_DAILY_LIMIT),
-            "X-HubSpot-RateLimit-Daily-Remaining": str(HUBSPOT_DAILY_LIMIT - self._daily_used),
+            "X-HubSpot-RateLimit-Daily-Remaining": str(
+                max(HUBSPOT_DAILY_LIMIT - self._daily_used, 0)
+            ),
         }
 
     def _decorate(self, response: web.StreamResponse) -> None:

@@ -6,10 +6,11 @@ import hashlib
 import hmac
 import time
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from switchboard.notify.channels import adf, webhook_signature
+from switchboard.notify.channels import adf, until_midnight, webhook_signature
 from switchboard.notify.dlq import DueRedrives
 from switchboard.notify.resilience import (
     CircuitBreaker,
@@ -19,6 +20,20 @@ from switchboard.notify.resilience import (
     with_retries,
 )
 from tests.factories import a_parked_delivery
+
+
+@pytest.mark.parametrize(
+    ("now", "zone", "hours"),
+    [
+        ("2026-12-06T03:00:00+00:00", "UTC", 21),
+        ("2026-12-06T03:00:00+00:00", "America/New_York", 2),  # 22:00 there, the day before
+        ("2026-12-06T03:00:00+00:00", "Asia/Tokyo", 12),  # noon there
+        # The day New York's clocks go back lasts 25 hours (midnight to midnight)
+        ("2026-11-01T04:00:00+00:00", "America/New_York", 25),
+    ],
+)
+def test_hubspots_daily_limit_resets_at_midnight_in_the_accounts_time_zone(now, zone, hours):
+    assert until_midnight(datetime.fromisoformat(now), ZoneInfo(zone)) == hours * 3600
 
 
 @pytest.mark.parametrize(
