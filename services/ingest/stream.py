@@ -46,7 +46,7 @@ from switchboard.ingest.config import IngestFileConfig, ReconnectConfig
 from switchboard.ingest.health import SourceHealth
 from switchboard.ingest.polling import Deliver, MentionsPoller
 from switchboard.ingest.rules import StreamRule, desired_rules, plan_sync
-from switchboard.ingest.xapi import XApi, XApiError
+from switchboard.ingest.xapi import XApi, XApiError, problem_of, usage_capped
 
 log = logging.getLogger(__name__)
 
@@ -476,13 +476,8 @@ def _reset_in(response: aiohttp.ClientResponse) -> float | None:
 async def _why_429(response: aiohttp.ClientResponse) -> str:
     """Which of X's 429s refused the connection: the usage cap spent (Daily or Monthly), too
     many connections (another consumer of the app's stream holds it), or the rate window."""
-    try:
-        problem = await response.json(content_type=None)
-    except (ValueError, aiohttp.ClientError):
-        problem = None
-    if not isinstance(problem, dict):
-        return "rate_limited"
-    if str(problem.get("type", "")).endswith("/usage-capped"):
+    problem = await problem_of(response)
+    if usage_capped(problem):
         detail = {"period": problem.get("period"), "detail": problem.get("detail")}
         log.error("X's usage cap is spent: the stream waits for its period to end", extra=detail)
         return "usage_capped"

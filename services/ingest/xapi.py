@@ -285,8 +285,8 @@ class XApi:
             try:
                 response = await method(*args, **kwargs)
             except tweepy.TooManyRequests as exc:
-                problem = await _problem(exc.response)
-                capped = str(problem.get("type", "")).endswith("/usage-capped")
+                problem = await problem_of(exc.response)
+                capped = usage_capped(problem)
                 turn.answered(exc.response.headers, limited=not capped)
                 if capped:
                     metrics.X_API_ERRORS.labels(endpoint, "usage_capped").inc()
@@ -346,8 +346,15 @@ def _problems(errors: object) -> str:
     return "; ".join(said)[:300]
 
 
-async def _problem(response: aiohttp.ClientResponse) -> dict:
-    """The problem body of an error answer (tweepy has read it), or {} when it has none."""
+def usage_capped(problem: dict) -> bool:
+    """Whether X's problem is the spent usage cap (its type ends the same on api.twitter.com
+    and api.x.com)."""
+    return str(problem.get("type", "")).endswith("/problems/usage-capped")
+
+
+async def problem_of(response: aiohttp.ClientResponse) -> dict:
+    """The problem body of an error answer (read already, by tweepy or the stream), or {}
+    when it has none."""
     try:
         body = await response.json(content_type=None)
     except (ValueError, aiohttp.ClientError):
