@@ -60,7 +60,7 @@ from switchboard.ingest.webhook import too_old, webhook_router
 from switchboard.ingest.xapi import XApi
 from switchboard.shared import topics
 from switchboard.shared.access import AccessPolicy
-from switchboard.shared.config import HandleConfig
+from switchboard.shared.config import HandleConfig, SecretRef
 from switchboard.shared.events import (
     BrandTweet,
     ComplianceEvent,
@@ -101,12 +101,8 @@ class IngestService:
         self.producer = make_producer(settings.kafka, client_id="switchboard-ingest")
         self.in_flight = InFlight(self.producer, self.name)
         self.checkpoints = Checkpoints(settings.kafka, self.producer)
-        self.apps = {
-            name: read_secret(
-                ingest.x.apps[name].bearer_token, f"ingest.x.apps.{name}.bearer_token"
-            )
-            for name in self._apps_in_use()
-        }
+        for name in self._apps_in_use():  # a missing credential fails at start, naming its key
+            read_secret(ingest.x.apps[name].bearer_token, f"ingest.x.apps.{name}.bearer_token")
         self._apis: dict[str, XApi] = {}  # by credential: X counts rate limits per credential
         self.health = Health()
         self.stream: FilteredStream | None = None
@@ -261,10 +257,8 @@ class IngestService:
     def _api(self, app: str) -> XApi:
         name = f"app:{app}"
         if name not in self._apis:
-            token = self.apps[app].get_secret_value()
-            self._apis[name] = XApi(
-                self.settings.api_base_url, token, name, self.config.ingest.x.retry
-            )
+            ref, key = self.config.ingest.x.apps[app].bearer_token, f"ingest.x.apps.{app}"
+            self._apis[name] = self._x_api(name, ref, f"{key}.bearer_token")
         return self._apis[name]
 
     def _user_api(self, handle: HandleConfig) -> XApi:
@@ -272,14 +266,15 @@ class IngestService:
         name = f"user:{handle.handle}"
         if name not in self._apis:
             index = self.config.handles.index(handle)
-            token = read_secret(handle.user_token, f"handles[{index}].user_token")
-            self._apis[name] = XApi(
-                self.settings.api_base_url,
-                token.get_secret_value(),
-                name,
-                self.config.ingest.x.retry,
-            )
+            self._apis[name] = self._x_api(name, handle.user_token, f"handles[{index}].user_token")
         return self._apis[name]
+
+    def _x_api(self, name: str, token: SecretRef, key: str) -> XApi:
+        def reread() -> str:
+            return read_secret(token, key).get_secret_value()
+
+        retry = self.config.ingest.x.retry
+        return XApi(self.settings.api_base_url, reread(), name, retry, reread=reread)
 
     async def replay(self) -> None:
         path = self.settings.replay_file

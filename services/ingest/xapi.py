@@ -94,6 +94,10 @@ class XApiUsageCapped(XApiError):
     reason = "usage_capped"
 
 
+class _TokenRenewed(Exception):
+    """X refused the credential (401) and a different one was read from its source: try again."""
+
+
 class _RateLimitedOnce(Exception):
     """One 429, already noted in the rate window: take another turn."""
 
@@ -164,7 +168,12 @@ class XApi:
     """
 
     def __init__(
-        self, base_url: str, bearer_token: str, name: str, retry: XRetryConfig | None = None
+        self,
+        base_url: str,
+        bearer_token: str,
+        name: str,
+        retry: XRetryConfig | None = None,
+        reread: Callable[[], str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name
@@ -175,6 +184,10 @@ class XApi:
         self.client.session = self.session  # type: ignore[assignment]
         self.rules.session = self.session  # type: ignore[assignment]
         self.bearer_token = bearer_token
+        # Reads the credential again from its source (the secret's file): after a 401, a token
+        # rotated there (a user's OAuth 2.0 access token lasts two hours) serves without a
+        # restart.
+        self.reread = reread
         self._windows: dict[str, RateWindow] = {}
 
     async def close(self) -> None:
@@ -255,7 +268,7 @@ class XApi:
     ) -> dict:
         """Call ``method`` in a turn of the endpoint's rate window, retrying what waiting may
         fix; returns the JSON body (an object)."""
-        rate_limited = 0
+        rate_limited = renewed = 0
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TRANSIENT),
             wait=wait_random_exponential(multiplier=self.retry.initial_s, max=self.retry.max_s),
@@ -266,6 +279,12 @@ class XApi:
         while True:
             try:
                 return await retrying(self._attempt, endpoint, method, *args, **kwargs)
+            except _TokenRenewed:
+                renewed += 1
+                if renewed > 1:  # the token read again was refused too
+                    raise XApiRefused(
+                        f"{endpoint}: HTTP 401 with the credential read again"
+                    ) from None
             except _RateLimitedOnce:
                 rate_limited += 1
                 if rate_limited >= MAX_RATE_LIMIT_RETRIES:
@@ -298,7 +317,13 @@ class XApi:
             except tweepy.TwitterServerError as exc:
                 turn.answered(exc.response.headers)
                 raise
-            except tweepy.HTTPException as e:  # 400, 401, 403, 404 and any other 4xx
+            except tweepy.Unauthorized as e:
+                turn.answered(e.response.headers)
+                metrics.X_API_ERRORS.labels(endpoint, "http_401").inc()
+                if self._renewed():
+                    raise _TokenRenewed from None
+                raise XApiRefused(f"{endpoint}: HTTP 401: {e}") from None
+            except tweepy.HTTPException as e:  # 400, 403, 404 and any other 4xx
                 turn.answered(e.response.headers)
                 metrics.X_API_ERRORS.labels(endpoint, f"http_{e.response.status}").inc()
                 raise XApiRefused(f"{endpoint}: HTTP {e.response.status}: {e}") from None
@@ -307,6 +332,23 @@ class XApi:
         if not isinstance(body, dict):
             raise json.JSONDecodeError("the answer is not a JSON object", str(body)[:100], 0)
         return body
+
+    def _renewed(self) -> bool:
+        """Whether the credential's source now holds another token (it is then used)."""
+        if self.reread is None:
+            return False
+        try:
+            token = self.reread()
+        except Exception as error:  # noqa: BLE001 - a source that fails keeps the token in use
+            log.warning("could not read the credential again",
+                        extra={"credential": self.name, "error": str(error)})  # fmt: skip
+            return False
+        if token == self.bearer_token:
+            return False
+        self.bearer_token = self.client.bearer_token = self.rules.bearer_token = token
+        log.info("X refused the credential; using the one read again from its source",
+                 extra={"credential": self.name})  # fmt: skip
+        return True
 
     def _note_retry(self, endpoint: str, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None

@@ -180,6 +180,43 @@ async def test_direct_messages_in_and_out(x_api, customers, ingest_settings, run
     assert dm_calls and all(r["auth"] == f"Bearer {X_USER_TOKEN}" for r in dm_calls)
 
 
+async def test_a_user_token_rotated_in_its_file_is_read_again_after_x_refuses_it(
+    x_api, customers, ingest_settings, running, read, tmp_path
+):
+    """A user's OAuth 2.0 access token lasts two hours; whatever refreshes it writes the new one
+    to the secret's file. When X refuses the old one (401), ingest reads the file again and
+    goes on with the new token, without a restart or a missed DM."""
+    token_file = tmp_path / "help-user-token"
+    token_file.write_text(X_USER_TOKEN)
+
+    def user_token_in_file(config: dict) -> None:
+        config["handles"][0]["user_token"] = {"file": str(token_file)}
+
+    before, after = new_id(), new_id()
+    conversation = f"42-{HELP_ID}"
+
+    def dm(event_id: str) -> dict:
+        return {"id": event_id, "event_type": "MessageCreate", "text": "charged twice",
+                "sender_id": "42", "dm_conversation_id": conversation,
+                "participant_ids": ["42", HELP_ID],
+                "created_at": "2026-11-20T08:00:00.000Z"}  # fmt: skip
+
+    x_api.add_dm_event(dm(before))
+    service = IngestService(ingest_settings(dms=True, edit=user_token_in_file))
+    async with running(service):
+        await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [before]))
+        x_api.bearer_tokens.discard(X_USER_TOKEN)  # expired
+        x_api.bearer_tokens.add("refreshed-user-token")
+        token_file.write_text("refreshed-user-token\n")
+        x_api.add_dm_event(dm(after))
+        await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [after]))
+        health = service.health.of("direct_message", "@AcmeHelp")
+
+    assert health.state == "ok"
+    calls = [r["auth"] for r in x_api.requests if r["path"] == "/2/dm_events"]
+    assert calls[0] == f"Bearer {X_USER_TOKEN}" and calls[-1] == "Bearer refreshed-user-token"
+
+
 async def test_webhook_checks_crc_signatures_and_size(ingest_settings):
     service = IngestService(ingest_settings(webhook=True))
     transport = httpx.ASGITransport(app=service.http_app())
