@@ -49,6 +49,7 @@ from switchboard.notify.sanitize import (
     html,
     inert,
     one_line,
+    utf8_bytes,
     utf16_units,
     web_link,
 )
@@ -77,6 +78,7 @@ ZENDESK_TEXT_LIMIT = 30_000
 ZENDESK_HTML_LIMIT = 64_000  # a comment holds about 65,000 characters of HTML
 SALESFORCE_TEXT_LIMIT = 32_000  # Description is a Long Text Area(32000)
 SALESFORCE_NAME_LIMIT = 80  # Lead.LastName
+CASE_COMMENT_LIMIT = 4_000  # CaseComment.CommentBody holds 4,000 bytes
 HUBSPOT_TEXT_LIMIT = 65_000  # a property value holds 65,536
 JIRA_RECONCILE_MAX = 50  # /search/jql reconciles at most 50 issue ids
 CHAT_TEXT_LIMIT = 3_000  # the webhook's chat-ready text (Slack shows 4,000 per block)
@@ -561,6 +563,11 @@ class SalesforceToken:
 class SalesforceChannel(HttpChannel):
     """Upsert by external id: a Lead per author, or a Case per conversation.
 
+    A Case is opened by the conversation's first tweet (upserted by the conversation's external
+    id); each later tweet is a private CaseComment on it, ending with its delivery's tag (by
+    which one that timed out is found again), so the Case keeps its description, its status and
+    what agents changed, and its priority only rises. A Case found deleted gets a new one.
+
     With OAuth, a 401 ``INVALID_SESSION_ID`` renews the token and tries the request once more;
     a renewal Salesforce refuses parks the delivery with Salesforce's reason. Salesforce answers
     a spent API request limit (the org's, over a rolling 24 hours) with 403
@@ -603,37 +610,75 @@ class SalesforceChannel(HttpChannel):
         await self.token.renew(self.http, stale=token)
         return await super().send(method, url, **kwargs, headers=_bearer(self.token.value or ""))
 
+    @property
+    def sobjects(self) -> str:
+        return f"/services/data/{self.api_version}/sobjects"
+
     async def deliver(self, job: Job) -> Done:
         target = job.subscription.salesforce or SalesforceTarget()  # optional: the defaults
+        if target.object == "Case":
+            return await self._case(job, target)
         author = job.routed.tweet.author
-        if target.object == "Lead":
-            key = author.id
-            name = author.name or f"@{author.username}"
-            fields: dict[str, Any] = {
-                "LastName": one_line(name, SALESFORCE_NAME_LIMIT, utf16_units),
-                "Company": one_line(f"X user @{author.username}", SUMMARY_LIMIT, utf16_units),
-                "Description": job.body(SALESFORCE_TEXT_LIMIT, utf16_units),
-            }
-            if target.lead_source:
-                fields["LeadSource"] = target.lead_source
-        else:
-            key = job.routed.tweet.conversation_id
-            fields = {
-                "Subject": job.summary(SUMMARY_LIMIT, utf16_units),
-                "Description": job.body(SALESFORCE_TEXT_LIMIT, utf16_units),
-                "Priority": job.priority(SALESFORCE_PRIORITIES),
-            }
-            if target.case_origin:
-                fields["Origin"] = target.case_origin
+        name = author.name or f"@{author.username}"
+        fields: dict[str, Any] = {
+            "LastName": one_line(name, SALESFORCE_NAME_LIMIT, utf16_units),
+            "Company": one_line(f"X user @{author.username}", SUMMARY_LIMIT, utf16_units),
+            "Description": job.body(SALESFORCE_TEXT_LIMIT, utf16_units),
+        }
+        if target.lead_source:
+            fields["LeadSource"] = target.lead_source
+        return Done("upserted", await self._upsert(target, author.id, fields))
+
+    async def _upsert(self, target: SalesforceTarget, key: str, fields: dict[str, Any]) -> str:
         if target.owner_id:
             fields["OwnerId"] = target.owner_id
-        path = (
-            f"/services/data/{self.api_version}/sobjects/{target.object}/"
-            f"{target.external_id_field}/{quote(key, safe='')}"
-        )
+        path = f"{self.sobjects}/{target.object}/{target.external_id_field}/{quote(key, safe='')}"
         response = await self.send("PATCH", path, json=fields)
-        record = response.json() if response.content else {}
-        return Done("upserted", record.get("id"))
+        return (response.json() if response.content else {}).get("id")
+
+    async def _case(self, job: Job, target: SalesforceTarget) -> Done:
+        key = job.routed.tweet.conversation_id
+        case = job.thread_id or await self._case_of(target, key)
+        if case is not None:
+            try:
+                return await self._follow_up(job, case)
+            except DeliveryError as error:
+                if not _gone(error):
+                    raise
+            log.warning("the conversation's Case is gone; opening a new one",
+                        extra={"channel": self.name, "case": case})  # fmt: skip
+            metrics.THREADS_GONE.labels(self.name).inc()
+        fields: dict[str, Any] = {
+            "Subject": job.summary(SUMMARY_LIMIT, utf16_units),
+            "Description": job.body(SALESFORCE_TEXT_LIMIT, utf16_units),
+            "Priority": job.priority(SALESFORCE_PRIORITIES),
+        }
+        if target.case_origin:
+            fields["Origin"] = target.case_origin
+        return Done("created", await self._upsert(target, key, fields))
+
+    async def _case_of(self, target: SalesforceTarget, key: str) -> str | None:
+        """The conversation's Case, when one exists that the ledger does not remember."""
+        path = f"{self.sobjects}/Case/{target.external_id_field}/{quote(key, safe='')}"
+        try:
+            found = await self.send("GET", path, params={"fields": "Id"})
+        except DeliveryError as error:
+            if _gone(error):
+                return None
+            raise
+        return found.json().get("Id")
+
+    async def _follow_up(self, job: Job, case: str) -> Done:
+        mine = delivery_tag(job.delivery_id)
+        comments = await self.send("GET", f"{self.sobjects}/Case/{case}/CaseComments")
+        if not any(mine in (c.get("CommentBody") or "") for c in comments.json()["records"]):
+            comment = {"ParentId": case, "IsPublished": False,
+                       "CommentBody": job.comment(CASE_COMMENT_LIMIT, utf8_bytes)}  # fmt: skip
+            await self.send("POST", f"{self.sobjects}/CaseComment", json=comment)
+        if job.routed.classification.urgency is Urgency.CRITICAL:  # raise, never lower
+            priority = {"Priority": job.priority(SALESFORCE_PRIORITIES)}
+            await self.send("PATCH", f"{self.sobjects}/Case/{case}", json=priority)
+        return Done("commented", case)
 
 
 def _daily(response: httpx.Response) -> bool:

@@ -69,6 +69,11 @@ def inert(text: str) -> str:
 Measure = Callable[[str], int]
 
 
+def utf8_bytes(text: str) -> int:
+    """Length in UTF-8 bytes, as Salesforce limits a CaseComment's body."""
+    return len(text.encode("utf-8"))
+
+
 def utf16_units(text: str) -> int:
     """Length as Jira and Salesforce measure it (Java strings): UTF-16 code units, two for an
     emoji or any character outside the Basic Multilingual Plane."""

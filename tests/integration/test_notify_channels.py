@@ -563,6 +563,52 @@ async def test_salesforces_spent_request_limit_is_a_wait_not_a_rejection(
                for r in salesforce.records["Lead"].values())  # fmt: skip
 
 
+async def test_a_salesforce_case_keeps_its_first_tweet_and_takes_follow_ups_as_comments(
+    vendors, notify_settings, producer, read, running
+):
+    """A Case per conversation: the first tweet opens it; later tweets are private comments on
+    it, so what agents changed (its status) and its description stay, and a critical tweet
+    raises its priority. A Case someone deleted is replaced by a new one."""
+    salesforce = vendors["salesforce"]
+    cases = {"name": "sales-cases", "channel": "salesforce", "departments": ["sales"],
+             "salesforce": {"object": "Case",
+                            "external_id_field": "Switchboard_Conversation_Id__c"}}  # fmt: skip
+    conv = conversation()
+    events = [routed("sales", urgency, conversation=conv)
+              for urgency in ("normal", "normal", "critical", "normal")]  # fmt: skip
+
+    def to_cases(records) -> list:  # noqa: ANN001
+        return [d for d in deliveries(records, conv) if d.target == "sales-cases"]
+
+    async with running(NotifyService(notify_settings(cases))):
+        await publish_routed(producer, events[0])
+        [opened] = to_cases(await read([topics.DELIVERIES], lambda rs: to_cases(rs)))
+        salesforce.records["Case"][opened.external_id]["Status"] = "Working"  # an agent's
+        for count, event in enumerate(events[1:3], start=2):
+            await publish_routed(producer, event)
+            records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                                 lambda rs, n=count: len(to_cases(rs)) >= n)  # fmt: skip
+        case = dict(salesforce.records["Case"][opened.external_id])
+        salesforce.delete_record("Case", opened.external_id)
+        await publish_routed(producer, events[3])
+        records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                             lambda rs: len(to_cases(rs)) >= 4)  # fmt: skip
+
+    outcomes = [(d.outcome, d.action) for d in to_cases(records)]
+    assert outcomes == [("delivered", "created"), ("delivered", "commented"),
+                        ("delivered", "commented"), ("delivered", "created")]  # fmt: skip
+    assert events[0].tweet.text in case["Description"] and case["Status"] == "Working"
+    assert case["Priority"] == "High"  # raised by the critical tweet, from Medium
+    comments = [c for c in salesforce.records["CaseComment"].values()
+                if c["ParentId"] == opened.external_id]  # fmt: skip
+    assert len(comments) == 2
+    assert all(e.tweet.text in c["CommentBody"] for e, c in zip(events[1:3], comments, strict=True))
+    assert all(c["IsPublished"] is False for c in comments)
+    [replacement] = [r for r in salesforce.records["Case"].values()
+                     if r["Switchboard_Conversation_Id__c"] == conv]  # fmt: skip
+    assert events[3].tweet.text in replacement["Description"]
+
+
 async def test_picklist_values_are_the_orgs_own(vendors, notify_settings, producer, read, running):
     """The org restricts LeadSource to its own values: a subscription that names one of them
     is accepted, the project's default is refused with Salesforce's error, not sent blindly."""

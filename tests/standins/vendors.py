@@ -1010,8 +1010,10 @@ SALESFORCE_OBJECTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Lead": ("00Q", ("LastName", "Company")),
     "Case": ("500", ("Subject",)),
     "Contact": ("003", ("LastName",)),
+    "CaseComment": ("00a", ("ParentId",)),
 }
 SALESFORCE_FIELD_LENGTHS = {"LastName": 80, "Company": 255, "Subject": 255, "Description": 32_000}
+SALESFORCE_BYTE_LENGTHS = {"CommentBody": 4_000}  # CaseComment.CommentBody: 4,000 bytes
 SALESFORCE_DAILY_LIMIT = 15_000
 SALESFORCE_ID_SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 SALESFORCE_ERROR_CODES = {
@@ -1071,6 +1073,10 @@ class SalesforceStandIn(VendorStandIn):
     def expire_sessions(self) -> None:
         """Every access token issued so far stops working (401 INVALID_SESSION_ID)."""
         self.access_token = f"expired-{uuid.uuid4()}"
+
+    def delete_record(self, sobject: str, record_id: str) -> None:
+        """Someone deletes the record: its paths answer 404 NOT_FOUND from now on."""
+        del self.records[sobject][record_id]
 
     def restrict_picklist(self, sobject: str, field: str, values: set[str]) -> None:
         """``field`` becomes a restricted picklist: any other value is refused."""
@@ -1158,6 +1164,15 @@ class SalesforceStandIn(VendorStandIn):
             if isinstance(value, str) and _utf16(value) > limit:  # UTF-16 units, as Apex
                 message = f"{name}: data value too large: {value[:40]} (max length={limit})"
                 return _sf_error(400, "STRING_TOO_LONG", message, [name])
+        for name, limit in SALESFORCE_BYTE_LENGTHS.items():
+            value = record.get(name)
+            if isinstance(value, str) and len(value.encode("utf-8")) > limit:
+                message = f"{name}: data value too large: {value[:40]} (max length={limit})"
+                return _sf_error(400, "STRING_TOO_LONG", message, [name])
+        parent = record.get("ParentId")
+        if sobject == "CaseComment" and parent is not None and parent not in self.records["Case"]:
+            message = f"Parent ID: id value of incorrect type or deleted: {parent}"
+            return _sf_error(400, "FIELD_INTEGRITY_EXCEPTION", message, ["ParentId"])
         required = SALESFORCE_OBJECTS[sobject][1]
         missing = [name for name in required if record.get(name) in (None, "")]
         if not missing:
@@ -1231,6 +1246,8 @@ class SalesforceStandIn(VendorStandIn):
         sobject = self._resolve(request)
         if isinstance(sobject, web.Response):
             return sobject
+        if sobject == "Case" and request.match_info["value"] == "CaseComments":
+            return self._case_comments(request.match_info["field"])
         found = self._matching(sobject, request.match_info["field"], request.match_info["value"])
         if len(found) > 1:
             return self._multiple_choices(sobject, found)
@@ -1257,6 +1274,15 @@ class SalesforceStandIn(VendorStandIn):
             return _json(body, 200)
         record_id = self._insert(sobject, record)
         return _json({"id": record_id, "success": True, "errors": [], "created": True}, 201)
+
+    def _case_comments(self, case_id: str) -> web.Response:
+        """``GET .../sobjects/Case/{id}/CaseComments``: the Case's comments (a relationship,
+        which Salesforce tells from an external-id path by the record id)."""
+        if case_id not in self.records["Case"]:
+            return self._error(404, {})
+        found = [self._out("CaseComment", c) for c in self.records["CaseComment"].values()
+                 if c.get("ParentId") == case_id]  # fmt: skip
+        return _json({"totalSize": len(found), "done": True, "records": found})
 
     def _multiple_choices(self, sobject: str, found: list[dict]) -> web.Response:
         return _json([self._out(sobject, r)["attributes"]["url"] for r in found], 300)
