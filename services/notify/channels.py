@@ -706,6 +706,10 @@ def _bearer(token: str) -> dict[str, str]:
 class HubSpotChannel(HttpChannel):
     """Batch upsert on a unique property: a contact per author, or a ticket per conversation.
 
+    A ticket is opened (subject, pipeline stage, priority) by the conversation's first tweet;
+    a later one sets its ``content`` to the latest tweet and leaves the stage an agent moved it
+    to and the subject alone, and a critical tweet raises its priority.
+
     HubSpot answers a batch whose inputs partly failed with 207 and the errors beside the
     results: that is a failed delivery, with HubSpot's error kept. Its 429 carries no
     ``Retry-After`` but ``X-HubSpot-RateLimit-*`` headers: the wait is the rolling window
@@ -740,13 +744,16 @@ class HubSpotChannel(HttpChannel):
             }
         else:
             key = tweet.conversation_id
-            properties = {
-                "subject": job.summary(),
-                "content": job.body(HUBSPOT_TEXT_LIMIT),
-                "hs_pipeline": "0",
-                "hs_pipeline_stage": "1",
-                "hs_ticket_priority": job.priority(HUBSPOT_PRIORITIES),
-            }
+            properties = {"content": job.body(HUBSPOT_TEXT_LIMIT)}
+            if job.thread_id is None:  # the conversation's first tweet opens the ticket
+                properties |= {
+                    "subject": job.summary(),
+                    "hs_pipeline": "0",
+                    "hs_pipeline_stage": "1",
+                    "hs_ticket_priority": job.priority(HUBSPOT_PRIORITIES),
+                }
+            elif job.routed.classification.urgency is Urgency.CRITICAL:  # raise, never lower
+                properties["hs_ticket_priority"] = job.priority(HUBSPOT_PRIORITIES)
         properties[target.id_property] = key
         if target.owner_id:
             properties["hubspot_owner_id"] = target.owner_id
@@ -759,7 +766,10 @@ class HubSpotChannel(HttpChannel):
         if response.status_code == 207 or answer.get("errors"):
             raise hubspot_batch_error(answer)
         results = answer.get("results", [])
-        return Done("upserted", results[0]["id"] if results else None)
+        record = results[0]["id"] if results else None
+        if target.object == "tickets" and job.thread_id is None:
+            return Done("created", record)  # the ledger keeps it: later tweets are follow-ups
+        return Done("upserted", record)
 
 
 def hubspot_batch_error(answer: dict) -> DeliveryError:

@@ -609,6 +609,41 @@ async def test_a_salesforce_case_keeps_its_first_tweet_and_takes_follow_ups_as_c
     assert events[3].tweet.text in replacement["Description"]
 
 
+async def test_a_hubspot_tickets_follow_ups_leave_its_stage_and_subject_to_the_agents(
+    vendors, notify_settings, producer, read, running
+):
+    """The conversation's first tweet opens the ticket; an agent closes it; later tweets update
+    its content without reopening it or renaming it, and only a critical one raises its
+    priority (a later normal tweet does not lower it)."""
+    hubspot = vendors["hubspot"]
+    tickets = {"name": "fan-tickets", "channel": "hubspot", "departments": ["marketing"],
+               "hubspot": {"object": "tickets",
+                           "id_property": "switchboard_conversation"}}  # fmt: skip
+    conv = conversation()
+    events = [routed("marketing", urgency, conversation=conv)
+              for urgency in ("normal", "critical", "normal")]  # fmt: skip
+
+    def to_tickets(records) -> list:  # noqa: ANN001
+        return [d for d in deliveries(records, conv) if d.target == "fan-tickets"]
+
+    async with running(NotifyService(notify_settings(tickets))):
+        await publish_routed(producer, events[0])
+        [opened] = to_tickets(await read([topics.DELIVERIES], lambda rs: to_tickets(rs)))
+        hubspot.objects["tickets"][opened.external_id]["properties"]["hs_pipeline_stage"] = "4"
+        for count, event in enumerate(events[1:], start=2):
+            await publish_routed(producer, event)
+            records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                                 lambda rs, n=count: len(to_tickets(rs)) >= n)  # fmt: skip
+
+    outcomes = [(d.outcome, d.action) for d in to_tickets(records)]
+    assert outcomes == [("delivered", "created"), ("delivered", "upserted"),
+                        ("delivered", "upserted")]  # fmt: skip
+    ticket = hubspot.objects["tickets"][opened.external_id]["properties"]
+    assert ticket["hs_pipeline_stage"] == "4"  # closed by the agent, not reopened
+    assert events[0].tweet.id in ticket["subject"] and events[2].tweet.text in ticket["content"]
+    assert ticket["hs_ticket_priority"] == "HIGH"  # raised by the critical tweet, kept after
+
+
 async def test_picklist_values_are_the_orgs_own(vendors, notify_settings, producer, read, running):
     """The org restricts LeadSource to its own values: a subscription that names one of them
     is accepted, the project's default is refused with Salesforce's error, not sent blindly."""
