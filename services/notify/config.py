@@ -78,6 +78,7 @@ class HubSpotTarget(Section):
 DEFAULT_PRIORITIES: dict[Urgency, str] = {
     Urgency.CRITICAL: "urgent", Urgency.HIGH: "high", Urgency.NORMAL: "normal", Urgency.LOW: "low"
 }  # fmt: skip
+ZENDESK_PRIORITIES = frozenset({"urgent", "high", "normal", "low"})  # the API's enum
 CHANNEL_TARGETS = ("webhook", "zendesk", "jira", "salesforce", "hubspot")
 
 
@@ -118,6 +119,10 @@ class Subscription(Section):
                 raise ValueError(f"{channel}: a {channel} subscription needs its {channel} target")
             if channel != self.channel and given:
                 raise ValueError(f"{channel}: given, but the channel is {self.channel}")
+        unknown = sorted(set(self.priority.values()) - ZENDESK_PRIORITIES)
+        if self.channel == "zendesk" and unknown:  # Zendesk's are fixed; other vendors' vary
+            raise ValueError(f"priority: Zendesk has no priority {unknown} (only "
+                             f"{', '.join(sorted(ZENDESK_PRIORITIES))})")  # fmt: skip
         return self
 
     def matches(self, department: Department, urgency: Urgency) -> bool:

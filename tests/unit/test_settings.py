@@ -98,6 +98,17 @@ def test_example_config_is_valid():
         (lambda c: c["ingest"]["x"]["webhook"].update(max_event_age_hours=100), "ingest"),
         (lambda c: c.update(access={"lock_views": True}), "access"),
         (lambda c: c["notify"].update(redact={"emails": True}), "notify.redact.emails"),
+        (
+            lambda c: c["notify"]["subscriptions"].append(
+                {
+                    "name": "desk",
+                    "channel": "zendesk",
+                    "departments": ["legal"],
+                    "priority": {"critical": "P1"},
+                }  # fmt: skip
+            ),
+            "notify.subscriptions[5]",
+        ),
     ],
 )
 def test_a_bad_value_names_its_key(write_config, mutate, key):
