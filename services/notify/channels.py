@@ -79,6 +79,7 @@ ZENDESK_HTML_LIMIT = 64_000  # a comment holds about 65,000 characters of HTML
 SALESFORCE_TEXT_LIMIT = 32_000  # Description is a Long Text Area(32000)
 SALESFORCE_NAME_LIMIT = 80  # Lead.LastName
 CASE_COMMENT_LIMIT = 4_000  # CaseComment.CommentBody holds 4,000 bytes
+DUPLICATE_RETRY_S = 0.0  # after an upsert lost a race for its external id: at once
 HUBSPOT_TEXT_LIMIT = 65_000  # a property value holds 65,536
 JIRA_RECONCILE_MAX = 50  # /search/jql reconciles at most 50 issue ids
 CHAT_TEXT_LIMIT = 3_000  # the webhook's chat-ready text (Slack shows 4,000 per block)
@@ -571,7 +572,9 @@ class SalesforceChannel(HttpChannel):
     With OAuth, a 401 ``INVALID_SESSION_ID`` renews the token and tries the request once more;
     a renewal Salesforce refuses parks the delivery with Salesforce's reason. Salesforce answers
     a spent API request limit (the org's, over a rolling 24 hours) with 403
-    ``REQUEST_LIMIT_EXCEEDED``, not 429: the delivery waits ``request_limit_wait_s``, parked."""
+    ``REQUEST_LIMIT_EXCEEDED``, not 429: the delivery waits ``request_limit_wait_s``, parked. An
+    upsert that lost a race for its external id (400 ``DUPLICATE_VALUE``: two tweets of a new
+    author at once) is tried again, and then updates the record the other one created."""
 
     name = "salesforce"
 
@@ -589,7 +592,7 @@ class SalesforceChannel(HttpChannel):
         self.request_limit_wait_s = request_limit_wait_s
 
     def vendor_wait_s(self, response: httpx.Response) -> float | None:
-        if response.status_code != 403:
+        if response.status_code not in (400, 403):
             return None
         try:
             errors = response.json()
@@ -598,7 +601,13 @@ class SalesforceChannel(HttpChannel):
         if not isinstance(errors, list):
             return None
         codes = {e.get("errorCode") for e in errors if isinstance(e, dict)}
-        return self.request_limit_wait_s if "REQUEST_LIMIT_EXCEEDED" in codes else None
+        if response.status_code == 403 and "REQUEST_LIMIT_EXCEEDED" in codes:
+            return self.request_limit_wait_s
+        if response.status_code == 400 and "DUPLICATE_VALUE" in codes:
+            # Another delivery (this replica's or another's) created the author's record
+            # meanwhile: the same upsert again updates it.
+            return DUPLICATE_RETRY_S
+        return None
 
     async def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         token = await self.token.current(self.http)

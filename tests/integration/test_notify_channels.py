@@ -644,6 +644,28 @@ async def test_a_hubspot_tickets_follow_ups_leave_its_stage_and_subject_to_the_a
     assert ticket["hs_ticket_priority"] == "HIGH"  # raised by the critical tweet, kept after
 
 
+async def test_an_upsert_that_loses_a_race_for_its_author_updates_the_winners_lead(
+    vendors, notify_settings, producer, read, running
+):
+    """Two tweets of a new author delivered at once (two conversations, or two replicas): one
+    upsert inserts the Lead, the other is refused 400 DUPLICATE_VALUE. That one is tried again
+    and updates the Lead, instead of being rejected for good."""
+    salesforce = vendors["salesforce"]
+    salesforce.race_next_upsert()
+    conv = conversation()
+
+    async with running(NotifyService(notify_settings())):
+        await publish_routed(producer, routed("sales", conversation=conv, author="7300"))
+        records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                             lambda rs: len(deliveries(rs, conv)) >= 1)  # fmt: skip
+
+    [delivered] = deliveries(records, conv)
+    assert delivered.outcome == "delivered" and delivered.attempts == 2
+    leads = [r for r in salesforce.records["Lead"].values()
+             if r.get("Switchboard_Author_Id__c") == "7300"]  # fmt: skip
+    assert len(leads) == 1
+
+
 async def test_picklist_values_are_the_orgs_own(vendors, notify_settings, producer, read, running):
     """The org restricts LeadSource to its own values: a subscription that names one of them
     is accepted, the project's default is refused with Salesforce's error, not sent blindly."""

@@ -1069,10 +1069,17 @@ class SalesforceStandIn(VendorStandIn):
         self.restricted: dict[tuple[str, str], set[str]] = {}
         self._numbers = itertools.count(1)
         self._api_usage = 0
+        self._race_next = False
 
     def expire_sessions(self) -> None:
         """Every access token issued so far stops working (401 INVALID_SESSION_ID)."""
         self.access_token = f"expired-{uuid.uuid4()}"
+
+    def race_next_upsert(self) -> None:
+        """The next upsert that would insert a record loses a race with a concurrent one for
+        the same external id: the other request's record is inserted and this one answers
+        400 ``DUPLICATE_VALUE``, as Salesforce does for a unique external-id field."""
+        self._race_next = True
 
     def delete_record(self, sobject: str, record_id: str) -> None:
         """Someone deletes the record: its paths answer 404 NOT_FOUND from now on."""
@@ -1273,6 +1280,10 @@ class SalesforceStandIn(VendorStandIn):
             body = {"id": found[0]["Id"], "success": True, "errors": [], "created": False}
             return _json(body, 200)
         record_id = self._insert(sobject, record)
+        if self._race_next:  # the concurrent request inserted it; this one is refused
+            self._race_next = False
+            message = f"duplicate value found: {field} duplicates value on record with id: "
+            return _sf_error(400, "DUPLICATE_VALUE", message + record_id, [field])
         return _json({"id": record_id, "success": True, "errors": [], "created": True}, 201)
 
     def _case_comments(self, case_id: str) -> web.Response:
