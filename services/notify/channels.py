@@ -638,7 +638,9 @@ class SalesforceChannel(HttpChannel):
             fields["LeadSource"] = target.lead_source
         return Done("upserted", await self._upsert(target, author.id, fields))
 
-    async def _upsert(self, target: SalesforceTarget, key: str, fields: dict[str, Any]) -> str:
+    async def _upsert(
+        self, target: SalesforceTarget, key: str, fields: dict[str, Any]
+    ) -> str | None:
         if target.owner_id:
             fields["OwnerId"] = target.owner_id
         path = f"{self.sobjects}/{target.object}/{target.external_id_field}/{quote(key, safe='')}"
@@ -680,7 +682,8 @@ class SalesforceChannel(HttpChannel):
     async def _follow_up(self, job: Job, case: str) -> Done:
         mine = delivery_tag(job.delivery_id)
         comments = await self.send("GET", f"{self.sobjects}/Case/{case}/CaseComments")
-        if not any(mine in (c.get("CommentBody") or "") for c in comments.json()["records"]):
+        made = comments.json().get("records", [])
+        if not any(mine in (c.get("CommentBody") or "") for c in made):
             comment = {"ParentId": case, "IsPublished": False,
                        "CommentBody": job.comment(CASE_COMMENT_LIMIT, utf8_bytes)}  # fmt: skip
             await self.send("POST", f"{self.sobjects}/CaseComment", json=comment)
