@@ -326,6 +326,13 @@ class ZendeskChannel(HttpChannel):
         return Done("commented", ticket)
 
     async def _create(self, job: Job, mine: str, follow_up_of: str | None = None) -> Done:
+        if job.thread_id is not None:
+            # The search at the top was skipped for a known thread: this delivery's own create
+            # whose answer was lost is found by its tag, which outlives the two hours Zendesk
+            # keeps an Idempotency-Key (a redrive may come later than that).
+            found = await self._find(job.conversation_key)
+            if made := next((t for t in found if mine in t.get("tags", [])), None):
+                return Done("created", str(made["id"]))
         target = job.subscription.zendesk
         fields: dict[str, Any] = {
             "subject": job.summary(),

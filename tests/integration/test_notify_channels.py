@@ -492,6 +492,33 @@ async def test_a_follow_up_to_a_deleted_ticket_opens_a_new_one(
     assert notify_metrics.THREADS_GONE.labels(channel)._value.get() == gone + 1
 
 
+async def test_a_follow_up_ticket_whose_answer_was_lost_is_not_opened_twice(
+    vendors, notify_settings, producer, read, running
+):
+    """The follow-up ticket of a closed one is created but its answer lost, and the retry comes
+    after Zendesk forgot the Idempotency-Key (it keeps one two hours; a redrive can be later):
+    the retry finds the ticket by its delivery's tag instead of opening a second one."""
+    zendesk = vendors["zendesk"]
+    conv = conversation()
+    events = [routed("customer_service", conversation=conv) for _ in range(2)]
+
+    async with running(NotifyService(notify_settings(max_wait_s=0.5))):
+        await publish_routed(producer, events[0])
+        [first] = deliveries(await read([topics.DELIVERIES], lambda rs: deliveries(rs, conv)), conv)
+        zendesk.close(int(first.external_id))
+        zendesk.idempotency_ttl_s = 0  # past the two hours
+        zendesk.delay_next("/api/v2/tickets.json", 2.0, method="POST")  # created, answer lost
+        await publish_routed(producer, events[1])
+        records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                             lambda rs: len(deliveries(rs, conv)) >= 2)  # fmt: skip
+
+    follow_up = deliveries(records, conv)[1]
+    assert (follow_up.outcome, follow_up.action) == ("delivered", "created")
+    assert follow_up.attempts >= 2
+    mine = [t for t in zendesk.tickets.values() if conv in (t["external_id"] or "")]
+    assert len(mine) == 2  # the closed ticket and one follow-up, not two
+
+
 SALESFORCE_OAUTH = {"oauth": {"client_id": {"env": "SF_CLIENT_ID"},
                               "client_secret": {"env": "SF_CLIENT_SECRET"}}}  # fmt: skip
 
