@@ -176,11 +176,18 @@ def tweet_from_v2_data(
             in_reply_to_user_id=data.get("in_reply_to_user_id"),
             quoted_tweet_id=next((r["id"] for r in references if r.get("type") == "quoted"), None),
             matched_rules=rule_tags,
+            edit_of=_edit_of(data),
             source=source,
             url=f"https://x.com/{author['username']}/status/{data['id']}",
         )
     except (ValidationError, ValueError, KeyError, TypeError) as exc:
         raise _refused(exc) from None
+
+
+def _edit_of(data: dict[str, Any]) -> str | None:
+    """The first id of the post's edit history when this post is an edit of it."""
+    history = [str(i) for i in data.get("edit_history_tweet_ids") or []]
+    return history[0] if len(history) > 1 and history[0] != str(data["id"]) else None
 
 
 def _author_v2(user: dict[str, Any]) -> Author:

@@ -89,6 +89,11 @@ class Tweet(Model):
     matched_rules: list[str] = Field(
         default_factory=list, description="Filtered-stream rule tags this tweet matched"
     )
+    edit_of: str | None = Field(
+        default=None,
+        description="The tweet this one edits (the first of its edit history): X gives an "
+        "edited post an id of its own",
+    )
 
 
 class Classification(Model):

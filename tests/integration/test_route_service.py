@@ -95,3 +95,35 @@ async def test_a_tweet_published_twice_upstream_is_routed_the_same_way_twice(
     assert [topic for topic, _ in published] == [topics.TRIAGE, topics.TRIAGE]
     assert published[0][1] == published[1][1]  # the same decision, reasons and all
     assert not [r for r in records if r.topic == topics.ALERTS and r.key == b"tw-1"]
+
+
+async def test_an_edit_of_an_alerted_tweet_is_routed_without_a_second_alert(
+    kafka, producer, read, running
+):
+    """X gives an edited post an id of its own: route routes the edit, and does not page again
+    for the post whose alert it raised; another critical tweet of the conversation still
+    alerts."""
+    settings = RouteSettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    events = [
+        a_classified_tweet("it_security", 0.9, "critical", id="ed-1", conversation_id="ed-c"),
+        a_classified_tweet("it_security", 0.9, "critical", id="ed-2", conversation_id="ed-c",
+                           edit_of="ed-1"),
+        a_classified_tweet("it_security", 0.9, "critical", id="ed-3", conversation_id="ed-c"),
+    ]  # fmt: skip
+    async with running(RouteService(settings)):
+        for event in events:
+            await producer.send_and_wait(topics.CLASSIFIED, encode(event), key=b"ed-c")
+
+        def done(records: list) -> bool:
+            ours = [r for r in records if r.key == b"ed-c"]
+            return (len([r for r in ours if r.topic in topics.PRIMARY_TOPICS]) >= 3
+                    and len([r for r in ours if r.topic == topics.ALERTS]) >= 2)  # fmt: skip
+
+        records = await read(WATCHED, done)
+
+    alerts = [decode(Alert, r.value).tweet.id for r in records
+              if r.topic == topics.ALERTS and r.key == b"ed-c"]  # fmt: skip
+    assert alerts == ["ed-1", "ed-3"]
+    routed = {t.tweet.id: t.route for r, t in readable(records, RoutedTweet) if r.key == b"ed-c"}
+    assert routed["ed-2"].topic == "switchboard.dept.it_security" and not routed["ed-2"].escalated
+    assert "an edit of tweet ed-1, whose alert was raised" in routed["ed-2"].reasons

@@ -69,6 +69,13 @@ def test_unknown_mentions_are_kept_but_do_not_address(config):
     assert tweet.addressed_handles == ["@ParceloHelp"]
 
 
+def test_an_edit_names_the_post_it_edits(config):
+    """X gives an edited post an id of its own; its edit history starts with the first."""
+    assert tweet_from_v2(message(edit_history_tweet_ids=["100"]), config).edit_of is None
+    edit = tweet_from_v2(message(id="102", edit_history_tweet_ids=["100", "102"]), config)
+    assert edit.edit_of == "100"
+
+
 def test_long_posts_use_the_note_tweet_text(config):
     full = "a" * 600
     assert tweet_from_v2(message(note_tweet={"text": full}), config).text == full
