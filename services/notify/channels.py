@@ -307,10 +307,7 @@ class ZendeskChannel(HttpChannel):
                 return await self._create(job, mine, follow_up_of=ticket)
             if not _gone(error):
                 raise
-        # The conversation's ticket was deleted: the conversation gets a new one.
-        log.warning("the conversation's ticket is gone; opening a new one",
-                    extra={"channel": self.name, "ticket": ticket})  # fmt: skip
-        metrics.THREADS_GONE.labels(self.name).inc()
+        _thread_gone(self.name, ticket)
         return await self._create(job, mine)
 
     async def _comment(self, job: Job, ticket: str, mine: str) -> Done:
@@ -372,6 +369,13 @@ def _current(tickets: list[dict]) -> dict | None:
     return next((t for t in newest_first if t.get("status") != "closed"), None) or (
         newest_first[0] if newest_first else None
     )
+
+
+def _thread_gone(channel: str, thread: str) -> None:
+    """The conversation's ticket, issue or Case was deleted: a new one is opened for it."""
+    log.warning("the conversation's ticket is gone; opening a new one",
+                extra={"channel": channel, "ticket": thread})  # fmt: skip
+    metrics.THREADS_GONE.labels(channel).inc()
 
 
 def _gone(error: DeliveryError) -> bool:
@@ -443,10 +447,7 @@ class JiraChannel(HttpChannel):
             except DeliveryError as error:
                 if not _gone(error):
                     raise
-            # The conversation's issue was deleted: the conversation gets a new one.
-            log.warning("the conversation's issue is gone; creating a new one",
-                        extra={"channel": self.name, "issue": issue})  # fmt: skip
-            metrics.THREADS_GONE.labels(self.name).inc()
+            _thread_gone(self.name, issue)
         self._settled(job.delivery_id)
         target = job.subscription.jira
         assert target is not None
@@ -663,9 +664,7 @@ class SalesforceChannel(HttpChannel):
             except DeliveryError as error:
                 if not _gone(error):
                     raise
-            log.warning("the conversation's Case is gone; opening a new one",
-                        extra={"channel": self.name, "case": case})  # fmt: skip
-            metrics.THREADS_GONE.labels(self.name).inc()
+            _thread_gone(self.name, case)
         fields: dict[str, Any] = {
             "Subject": job.summary(SUMMARY_LIMIT, utf16_units),
             "Description": job.body(SALESFORCE_TEXT_LIMIT, utf16_units),
