@@ -217,12 +217,12 @@ class HttpChannel:
         except httpx.TransportError as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from None
         if response.status_code >= 300:
-            wait = self.vendor_wait_s(response)
-            error = http_error(
-                response.status_code, response.text, response.headers.get("retry-after"), wait
+            raise http_error(
+                response.status_code,
+                response.text,
+                response.headers.get("retry-after"),
+                self.vendor_wait_s(response),
             )
-            error.retryable = error.retryable or wait is not None  # the vendor says: wait
-            raise error
         return response
 
     def vendor_wait_s(self, response: httpx.Response) -> float | None:

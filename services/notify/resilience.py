@@ -58,9 +58,10 @@ def http_error(
     status: int, body: str, retry_after: str | None, wait_s: float | None = None
 ) -> DeliveryError:
     """The DeliveryError for an HTTP answer that is not a success. ``retry_after`` is the
-    ``Retry-After`` header (seconds or an HTTP date); ``wait_s`` a wait the vendor's own headers
-    ask for, used when there is no ``Retry-After``."""
-    retryable = status == 429 or status >= 500
+    ``Retry-After`` header (seconds or an HTTP date); ``wait_s`` a wait the vendor's own terms
+    ask for, used when there is no ``Retry-After``: a refusal with one is retried, whatever its
+    status (Salesforce's spent request limit is a 403)."""
+    retryable = status == 429 or status >= 500 or wait_s is not None
     wait = retry_after_seconds(retry_after) if retry_after is not None else None
     return DeliveryError(
         f"HTTP {status}: {body[:300]}",

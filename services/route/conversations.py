@@ -18,7 +18,6 @@ from switchboard.shared.events import (
     ConversationState,
     RecentTweet,
     RouteDecision,
-    Tweet,
 )
 from switchboard.shared.labels import Urgency
 
@@ -239,10 +238,3 @@ def replies_read_until(
         return False
     next_offset = last_read[0] + 1 if last_read is not None else (committed or 0)
     return next_offset >= end
-
-
-def edit_already_alerted(state: ConversationState | None, tweet: Tweet) -> str | None:
-    """The id of the tweet ``tweet`` edits when route raised that one's alert (X gives an
-    edited post an id of its own: alerting again would page twice for one post)."""
-    earlier = state.routed.get(tweet.edit_of) if state is not None and tweet.edit_of else None
-    return tweet.edit_of if earlier is not None and earlier.escalated else None

@@ -82,7 +82,18 @@ def evaluate(
     if outcome.destination != "department":
         outcome.copies = [d for d in outcome.copies if d != outcome.department]
     outcome.copies = [d for d in dict.fromkeys(outcome.copies) if d != outcome.department]
+    if outcome.escalated and (edited := _edit_already_alerted(event, conversation)):
+        outcome.escalated = False
+        outcome.reasons.append(f"an edit of tweet {edited}, whose alert was raised")
     return outcome
+
+
+def _edit_already_alerted(event: ClassifiedTweet, state: ConversationState | None) -> str | None:
+    """The id of the tweet this one edits when route raised that one's alert (X gives an
+    edited post an id of its own: alerting again would page twice for one post)."""
+    edit_of = event.tweet.edit_of
+    earlier = state.routed.get(edit_of) if state is not None and edit_of else None
+    return edit_of if earlier is not None and earlier.escalated else None
 
 
 def defaults(event: ClassifiedTweet, policy: RouteConfig, now: datetime) -> Outcome:

@@ -186,9 +186,6 @@ class RouteService:
         if before is not None:
             return self.republish(event, before)
         outcome = evaluate(event, self.config, state, now)
-        if outcome.escalated and (edited := conversations.edit_already_alerted(state, event.tweet)):
-            outcome.escalated = False
-            outcome.reasons.append(f"an edit of tweet {edited}, whose alert was raised")
         routed, alert, outputs = self._publications(event, self._decision(outcome))
         self.ops.on_routed(routed)
         if alert is not None:
