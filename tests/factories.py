@@ -11,7 +11,6 @@ from switchboard.shared.events import (
     Author,
     Classification,
     ClassifiedTweet,
-    Delivery,
     RawTweet,
     RouteDecision,
     RoutedTweet,
@@ -113,23 +112,3 @@ class Poison:
     case: str
     value: bytes | None
     reason: str
-
-
-def a_parked_delivery(delivery_id: str, retry_at: datetime | None = None) -> Delivery:
-    """A delivery on the DLQ, with the tweet as routed (so it can be redriven)."""
-    routed = routed_from(a_classified_tweet("customer_service", 0.9))
-    return Delivery(
-        delivery_id=delivery_id,
-        tweet_id=routed.tweet.id,
-        conversation_id=routed.tweet.conversation_id,
-        channel="zendesk",
-        target="support-desk",
-        department=Department.CUSTOMER_SERVICE,
-        urgency=routed.classification.urgency,
-        outcome="failed",
-        attempts=1,
-        error="HTTP 429: Too Many Requests",
-        routed=routed,
-        retry_at=retry_at,
-        trace=routed.trace,
-    )

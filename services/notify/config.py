@@ -211,6 +211,22 @@ class DeliveryPolicy(Section):
         default=5, ge=1, description="Consecutive failures that open a channel's circuit"
     )
     circuit_cooldown_s: float = Field(default=30.0, gt=0, description="Open, then one trial")
+    redrive_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A delivery parked after its last attempt, or by an open circuit, is tried "
+        "again by itself this long after, then after twice as long each time it is parked again",
+    )
+    redrive_max_wait_s: float = Field(
+        default=3600.0, gt=0, description="The longest wait between automatic redrives"
+    )
+    redrive_for_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="Automatic redrives stop this long after a delivery was first parked (it "
+        "stays parked for `switchboard dlq redrive`); 0: never redriven by itself. A vendor's own "
+        "wait (Retry-After, a daily limit) is always honoured",
+    )
     rate_per_s: dict[Channel, float] = Field(
         default_factory=dict, description="Most deliveries per second, per channel"
     )

@@ -1,12 +1,12 @@
 """Parked deliveries: what the DLQ holds that the ledger does not record as done since, and
 asking notify to try them again (``switchboard dlq``, or notify's ``/admin/dlq`` endpoints,
-which need the admin token: shared/access.py). A delivery parked because the vendor asked for a
-long wait carries ``retry_at``: notify redrives it by itself then (``DueRedrives``)."""
+which need the admin token: shared/access.py). A parked delivery that carries ``retry_at`` is
+redriven by notify itself at that time (the table ``waiting``: service.py); a redrive by hand
+before then is harmless (the ledger makes each effect once)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from fastapi import APIRouter
@@ -53,28 +53,6 @@ async def parked_deliveries(kafka: KafkaSettings, filters: Filters) -> list[Deli
     await read_to_end(kafka, [topics.NOTIFICATIONS_DLQ], on_failure, client_id="switchboard-dlq")
     await read_to_end(kafka, [topics.NOTIFICATIONS_LEDGER], on_ledger, client_id="switchboard-dlq")
     return [d for i, d in failed.items() if i not in done]
-
-
-class DueRedrives:
-    """Parked deliveries that notify redrives by itself at their ``retry_at`` (a vendor asked
-    for a longer wait than a batch may hold its partition)."""
-
-    def __init__(self) -> None:
-        self._due: dict[str, Delivery] = {}
-
-    def schedule(self, delivery: Delivery) -> None:
-        if delivery.retry_at is not None and delivery.routed is not None:
-            self._due[delivery.delivery_id] = delivery
-
-    def take(self, now: datetime) -> list[Delivery]:
-        """The deliveries whose time has come, no longer scheduled."""
-        due = [d for d in self._due.values() if d.retry_at is not None and d.retry_at <= now]
-        for delivery in due:
-            del self._due[delivery.delivery_id]
-        return due
-
-    def __len__(self) -> int:
-        return len(self._due)
 
 
 async def redrive(

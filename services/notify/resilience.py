@@ -12,15 +12,22 @@ channel (pure logic plus asyncio; the channels raise, this decides).
   ``circuit_cooldown_s`` its deliveries are parked at once instead of piling up, then one trial
   goes through (half-open) and its outcome closes or reopens the circuit. Other channels are
   not affected.
+- A delivery parked after its last attempt or by an open circuit is redriven by itself
+  (``next_redrive``): after ``redrive_after_s``, twice as long each time it is parked again,
+  never more than ``redrive_max_wait_s``, jittered so that a target coming back is not met by
+  every parked delivery at once; for ``redrive_for_hours`` after it was first parked. A
+  rejection (any other 4xx) waits for a person.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -128,6 +135,36 @@ def _worth_waiting(error: BaseException, max_wait_s: float) -> bool:
     if not isinstance(error, DeliveryError) or not error.retryable:
         return False
     return error.retry_after_s is None or error.retry_after_s <= max_wait_s
+
+
+class RedrivePolicy(NamedTuple):
+    """notify.delivery's ``redrive_after_s``, ``redrive_max_wait_s`` and ``redrive_for_hours``."""
+
+    after_s: float
+    max_wait_s: float
+    for_hours: float
+
+
+def next_redrive(
+    error: DeliveryError,
+    parks: int,
+    first_parked_at: datetime,
+    now: datetime,
+    policy: RedrivePolicy,
+    jitter: Callable[[], float] = random.random,
+) -> datetime | None:
+    """When a delivery parked for the ``parks``-th time (since ``first_parked_at``) is tried
+    again by itself, or None when it waits for a person. The vendor's own wait is honoured
+    whatever the count; other failures back off from ``after_s``, doubling, jittered down by up
+    to a half (``jitter`` in [0, 1))."""
+    if error.retry_at is not None:
+        return datetime.fromtimestamp(error.retry_at, UTC)
+    if not (error.retryable or isinstance(error, CircuitOpen)):
+        return None
+    if now - first_parked_at >= timedelta(hours=policy.for_hours):
+        return None
+    wait = min(policy.max_wait_s, policy.after_s * 2 ** min(parks - 1, 32))
+    return now + timedelta(seconds=wait * (1.0 - jitter() / 2))
 
 
 class CircuitBreaker:

@@ -6,8 +6,10 @@ conversation id and co-partitioned. For each routed tweet and each matching subs
 ``notify.subscriptions`` it makes one effect on the subscription's channel (email, signed
 webhook, Zendesk, Jira, Salesforce, HubSpot), and publishes a Delivery on
 ``switchboard.notifications.deliveries``, or, after the last retry, on
-``switchboard.notifications.dlq`` with the error and the routed tweet (``switchboard dlq
-redrive`` tries it again).
+``switchboard.notifications.dlq`` with the error and the routed tweet. A parked delivery that
+may succeed later (the target was down, its circuit open, or it asked for a long wait) is kept
+in the faust table ``waiting`` of its conversation's partition and redriven by itself when due;
+a rejection waits for ``switchboard dlq redrive``.
 
 Exactly-once effects: each effect is recorded in the faust table ``ledger`` (its changelog is
 the compacted ``switchboard.notifications.ledger``) as soon as it succeeded, keyed by
@@ -36,13 +38,15 @@ from switchboard.notify import metrics
 from switchboard.notify.channels import Channel, Done, Job, channels_for
 from switchboard.notify.config import Subscription
 from switchboard.notify.digest import Digests
-from switchboard.notify.dlq import DueRedrives, Filters, dlq_router, parked_deliveries, redrive
+from switchboard.notify.dlq import Filters, dlq_router, parked_deliveries
 from switchboard.notify.mail import SmtpMailer
 from switchboard.notify.resilience import (
     CircuitBreaker,
     CircuitOpen,
     DeliveryError,
     RateLimiter,
+    RedrivePolicy,
+    next_redrive,
     with_retries,
 )
 from switchboard.notify.sanitize import redacted
@@ -56,6 +60,7 @@ from switchboard.shared.events import (
     LedgerEntry,
     RedriveRequest,
     RoutedTweet,
+    WaitingDelivery,
     encode,
     utc_now,
 )
@@ -72,6 +77,7 @@ from switchboard.shared.streams import (
 log = logging.getLogger(__name__)
 
 GROUP_ID = "switchboard-notify"  # the faust app's id: its consumer group and table prefix
+REDRIVE_CHECK_S = 1.0  # how often a replica looks for waiting deliveries that are due
 
 
 def delivery_id(routed: RoutedTweet, subscription: Subscription) -> str:
@@ -106,6 +112,12 @@ class NotifyService:
         self.ledger = self.streams.table(
             "ledger", topics.NOTIFICATIONS_LEDGER, help="LedgerEntry by conversation id"
         )
+        self.waiting = self.streams.table(
+            "waiting", topics.NOTIFICATIONS_WAITING, help="WaitingDelivery by delivery id"
+        )
+        self.redrive_policy = RedrivePolicy(
+            policy.redrive_after_s, policy.redrive_max_wait_s, policy.redrive_for_hours
+        )
         # Inputs at work at once: each waits for its vendors, and offsets commit in order.
         self.acks = AckAfterPublish(self.app, self.name, self.handle, max_in_flight=100)
         inputs = raw_topic(
@@ -114,13 +126,15 @@ class NotifyService:
         )  # fmt: skip
         self.app.agent(inputs, name="notify")(self.acks.agent)
         self.app.timer(self.options.ledger_sweep_s, name="ledger-sweep")(self.sweep_ledger)
+        self.app.timer(REDRIVE_CHECK_S, name="due-redrives")(self.redrive_due)
         self.digests = Digests(
             self.streams, self.options, SmtpMailer(settings.smtp), self.acks.sender
         )
         # The latest delivery of each conversation and target: the next one waits for it.
         self._latest: dict[tuple[str, str], asyncio.Task[Delivery]] = {}
         self.parked: set[str] = set()
-        self.due = DueRedrives()
+        # Delivery id -> the retry_at its redrive was asked for (not asked twice for one time).
+        self._redriving: dict[str, datetime] = {}
 
     @property
     def ready(self) -> bool:
@@ -135,40 +149,49 @@ class NotifyService:
         await ensure_topics(
             self.settings.kafka,
             [*topics.DEPARTMENT_TOPICS, topics.DELIVERIES, topics.NOTIFICATIONS_DLQ,
-             topics.NOTIFICATIONS_REDRIVE, topics.NOTIFICATIONS_LEDGER, topics.NOTIFICATIONS_DUE,
+             topics.NOTIFICATIONS_REDRIVE, topics.NOTIFICATIONS_LEDGER,
+             topics.NOTIFICATIONS_WAITING, topics.NOTIFICATIONS_DUE,
              topics.NOTIFICATIONS_DIGESTS, topics.NOTIFICATIONS_DIGEST_STATE, topics.DEADLETTER],
             self.settings.config.topics.partitions,
             self.settings.config.topics.replication_factor,
         )  # fmt: skip
         parked = await parked_deliveries(self.settings.kafka, Filters())
         self.parked = {d.delivery_id for d in parked}
-        for delivery in parked:
-            if delivery.retry_at is not None:
-                self.due.schedule(delivery)
         metrics.DLQ_SIZE.set(len(self.parked))
         await self.streams.start()
 
     async def run(self, stop: asyncio.Event) -> None:
-        redrives = asyncio.create_task(self._redrive_when_due(stop), name="due-redrives")
-        try:
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
-                self.streams.check()
-        finally:
-            redrives.cancel()
-            await asyncio.gather(redrives, return_exceptions=True)
-
-    async def _redrive_when_due(self, stop: asyncio.Event, every_s: float = 1.0) -> None:
-        """Deliveries parked for a vendor's long wait go back on the redrive topic when their
-        ``retry_at`` comes; the ledger keeps a redrive that raced a manual one from repeating
-        the effect."""
         while not stop.is_set():
-            await asyncio.sleep(every_s)
-            due = self.due.take(datetime.now(UTC))
-            if due:
-                await redrive(self.settings.kafka, due, self.acks.sender)  # type: ignore[arg-type]
-                log.info("redriven when due", extra={"deliveries": len(due)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            self.streams.check()
+
+    async def redrive_due(self) -> None:
+        """The timer: ask for a redrive of each waiting delivery of this replica's partitions
+        whose time has come, once per time (its owner then tries it in the conversation's
+        stream, and removes it or parks it again with a later time). A redrive that races a
+        manual one, or one asked again after a restart, repeats no effect: the ledger."""
+        if self.app.rebalancing or self.app.in_recovery:
+            return
+        waiting = [table_value(WaitingDelivery, v, "waiting") for v in self.waiting.values()]
+        held = {w.delivery_id: w for w in waiting if w is not None}
+        shared_metrics.TABLE_ENTRIES.labels(self.name, topics.NOTIFICATIONS_WAITING).set(len(held))
+        # What is no longer held (done, rejected, or a partition revoked) is forgotten here too.
+        self._redriving = {
+            key: at for key, at in self._redriving.items() if key in held
+        }  # fmt: skip
+        now = datetime.now(UTC)
+        due = [
+            w for w in held.values()
+            if w.retry_at <= now and self._redriving.get(w.delivery_id) != w.retry_at
+        ]  # fmt: skip
+        if not due:
+            return
+        requests = [Output.of(topics.NOTIFICATIONS_REDRIVE, w.redrive_request(),
+                              w.routed.tweet.conversation_id) for w in due]  # fmt: skip
+        await publish(self.acks.sender, requests, self.name)  # type: ignore[arg-type]
+        self._redriving.update((w.delivery_id, w.retry_at) for w in due)
+        log.info("redriven when due", extra={"deliveries": len(due)})
 
     async def sweep_ledger(self) -> None:
         """The timer: ask the owner of each ledger entry untouched for
@@ -271,6 +294,7 @@ class NotifyService:
         wanted = [s for s in self.options.subscriptions if s.name == request.subscription]
         if not wanted:
             log.warning("redrive for an unknown subscription", extra={"id": request.delivery_id})
+            self._stop_waiting(request.delivery_id)  # removed from the config: no more tries
             return []
         metrics.REDRIVEN.labels(wanted[0].channel).inc()
         routed = redacted(request.routed, self.options.redact)
@@ -286,6 +310,7 @@ class NotifyService:
         entry = self.ledger_entry(conversation) or LedgerEntry(conversation_id=conversation)
         if job.delivery_id in entry.deliveries:
             metrics.DELIVERIES.labels(job.subscription.channel, "already_done").inc()
+            self._stop_waiting(job.delivery_id)
             done = Done("already_done", entry.deliveries[job.delivery_id])
             return self._delivery(job, "delivered", 0, done=done)
         thread_key = f"{job.subscription.channel}:{job.subscription.name}"
@@ -316,6 +341,7 @@ class NotifyService:
         self.ledger[conversation.encode("utf-8")] = encode(recorded)
         metrics.DELIVERIES.labels(channel, "delivered").inc()
         metrics.DELIVERY_SECONDS.labels(channel).observe(time.perf_counter() - started)
+        self._stop_waiting(job.delivery_id)
         self.parked.discard(job.delivery_id)
         metrics.DLQ_SIZE.set(len(self.parked))
         return self._delivery(job, "delivered", attempts, done=done)
@@ -342,7 +368,7 @@ class NotifyService:
         metrics.PARKED.labels(channel, reason).inc()
         self.parked.add(job.delivery_id)
         metrics.DLQ_SIZE.set(len(self.parked))
-        retry_at = datetime.fromtimestamp(error.retry_at, UTC) if error.retry_at else None
+        retry_at = self._wait_for_redrive(job, error)
         log.log(
             logging.WARNING if retry_at else logging.ERROR,
             "delivery parked",
@@ -351,10 +377,32 @@ class NotifyService:
                    "retry_at": retry_at.isoformat() if retry_at else None},
         )  # fmt: skip
         parked = self._delivery(job, "failed", error.attempts, error=str(error))
-        if retry_at is not None:
-            parked = parked.model_copy(update={"retry_at": retry_at})
-            self.due.schedule(parked)
-        return parked
+        return parked.model_copy(update={"retry_at": retry_at})
+
+    def _wait_for_redrive(self, job: Job, error: DeliveryError) -> datetime | None:
+        """Keep the parked delivery in ``waiting`` (in the record's partition) until its next
+        automatic try, or drop it from there when a person must redrive it; returns the time."""
+        key = job.delivery_id.encode("utf-8")
+        before = table_value(WaitingDelivery, self.waiting.get(key), "waiting")
+        now = datetime.now(UTC)
+        parks, first = (before.parks + 1, before.first_parked_at) if before else (1, now)
+        retry_at = next_redrive(error, parks, first, now, self.redrive_policy)
+        if retry_at is None:
+            self._stop_waiting(job.delivery_id)
+            return None
+        self.waiting[key] = encode(
+            WaitingDelivery(
+                delivery_id=job.delivery_id, subscription=job.subscription.name,
+                department=job.department, routed=job.routed, retry_at=retry_at, parks=parks,
+                first_parked_at=first,
+            )
+        )  # fmt: skip
+        return retry_at
+
+    def _stop_waiting(self, delivery_id: str) -> None:
+        key = delivery_id.encode("utf-8")
+        if key in self.waiting:
+            del self.waiting[key]
 
     def _delivery(
         self, job: Job, outcome: str, attempts: int, *, done: Done | None = None,

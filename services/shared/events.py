@@ -477,7 +477,8 @@ class Delivery(Event):
     retry_at: AwareDatetime | None = Field(
         default=None,
         description="On the DLQ: when notify redrives it by itself (the target asked to wait "
-        "longer than notify.delivery.max_wait_s)",
+        "longer than notify.delivery.max_wait_s, or the next automatic try after a failure: "
+        "notify.delivery.redrive_after_s); none for a rejection",
     )
     trace: Trace
 
@@ -519,6 +520,29 @@ class RedriveRequest(Event):
     department: Department
     routed: RoutedTweet
     requested_at: AwareDatetime = Field(default_factory=utc_now)
+
+
+class WaitingDelivery(Event):
+    """On the compacted ``switchboard.notifications.waiting``, keyed by delivery id and held by
+    the replica that owns the conversation's partition: a parked delivery notify redrives by
+    itself at ``retry_at`` (a vendor's long wait, or a failure tried again with backoff)."""
+
+    event_type: Literal["notify.waiting"] = "notify.waiting"
+    delivery_id: str
+    subscription: str
+    department: Department
+    routed: RoutedTweet
+    retry_at: AwareDatetime
+    parks: int = Field(ge=1, description="How many times it was parked since first_parked_at")
+    first_parked_at: AwareDatetime
+
+    def redrive_request(self) -> RedriveRequest:
+        return RedriveRequest(
+            delivery_id=self.delivery_id,
+            subscription=self.subscription,
+            department=self.department,
+            routed=self.routed,
+        )
 
 
 class LedgerEntry(Event):
@@ -631,6 +655,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Correction,
     Delivery,
     RedriveRequest,
+    WaitingDelivery,
     LedgerEntry,
     LedgerDue,
     DigestItem,

@@ -31,6 +31,8 @@ NOTIFICATIONS_DLQ = "switchboard.notifications.dlq"
 NOTIFICATIONS_REDRIVE = "switchboard.notifications.redrive"
 # Compacted: notify's record of deliveries done and of each conversation's ticket or lead.
 NOTIFICATIONS_LEDGER = "switchboard.notifications.ledger"
+# Compacted, keyed by delivery id: parked deliveries notify tries again by itself, and when.
+NOTIFICATIONS_WAITING = "switchboard.notifications.waiting"
 # notify's own: ledger entries its sweep found past retention, for their owner to remove.
 NOTIFICATIONS_DUE = "switchboard.notifications.due"
 # notify's own, keyed by subscription: tweets waiting for a digest, and digests found due.
@@ -69,6 +71,7 @@ ALL: tuple[str, ...] = (
     NOTIFICATIONS_DLQ,
     NOTIFICATIONS_REDRIVE,
     NOTIFICATIONS_LEDGER,
+    NOTIFICATIONS_WAITING,
     NOTIFICATIONS_DUE,
     NOTIFICATIONS_DIGESTS,
     NOTIFICATIONS_DIGEST_STATE,
@@ -77,7 +80,13 @@ ALL: tuple[str, ...] = (
 
 # Topics that keep only the last message per key (Kafka log compaction).
 COMPACTED: frozenset[str] = frozenset(
-    {INGEST_CHECKPOINTS, ROUTE_CONVERSATIONS, NOTIFICATIONS_LEDGER, NOTIFICATIONS_DIGEST_STATE}
+    {
+        INGEST_CHECKPOINTS,
+        ROUTE_CONVERSATIONS,
+        NOTIFICATIONS_LEDGER,
+        NOTIFICATIONS_WAITING,
+        NOTIFICATIONS_DIGEST_STATE,
+    }
 )
 
 

@@ -13,15 +13,24 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
+from aiokafka.partitioner import DefaultPartitioner
 
 from switchboard.notify import metrics as notify_metrics
 from switchboard.notify.dlq import Filters, parked_deliveries, redrive
-from switchboard.notify.service import NotifyService
+from switchboard.notify.service import REDRIVE_CHECK_S, NotifyService
 from switchboard.notify.settings import NotifySettings, SmtpSettings
 from switchboard.shared import topics
 from switchboard.shared.broker import free_port
-from switchboard.shared.events import Author, DecodeError, Delivery, decode, encode
-from tests.conftest import CONFIG_FILE, SWITCHBOARD, service_environment, wait_for
+from switchboard.shared.events import (
+    Author,
+    DecodeError,
+    Delivery,
+    WaitingDelivery,
+    decode,
+    encode,
+)
+from switchboard.shared.settings import KafkaSettings
+from tests.conftest import CONFIG_FILE, SWITCHBOARD, read_topics, service_environment, wait_for
 from tests.factories import a_classified_tweet, routed_from
 from tests.standins.vendors import HUBSPOT_INTERVAL_MS
 
@@ -40,6 +49,7 @@ def notify_settings(kafka, vendors, tmp_path):
         jira_settle_s: float = 0.0,
         salesforce_limit_wait_s: float = 3600.0,
         hubspot_time_zone: str = "UTC",
+        broker: KafkaSettings | None = None,
         **delivery: object,
     ) -> NotifySettings:
         config = yaml.safe_load(CONFIG_FILE.read_text())
@@ -55,7 +65,10 @@ def notify_settings(kafka, vendors, tmp_path):
                 "hubspot": {"base_url": vendors["hubspot"].base_url,
                             "token": {"env": "HUBSPOT_TOKEN"}, "time_zone": hubspot_time_zone},
             },
-            "delivery": {"attempts": 3, "max_wait_s": 0.2, "timeout_s": 1.0, **delivery},
+            # No automatic redrive of failures unless a test asks (a parked delivery left by
+            # one test must not reach the stand-ins of a later one); vendors' waits still are.
+            "delivery": {"attempts": 3, "max_wait_s": 0.2, "timeout_s": 1.0,
+                         "redrive_for_hours": 0, **delivery},
             "subscriptions": [
                 {"name": "support-queue", "channel": "zendesk",
                  "departments": ["customer_service"], "zendesk": {"group_id": 77}},
@@ -77,7 +90,7 @@ def notify_settings(kafka, vendors, tmp_path):
         path = tmp_path / "switchboard.yaml"
         path.write_text(yaml.safe_dump(config))
         smtp = SmtpSettings(host="127.0.0.1", port=free_port(), timeout_s=1)
-        return NotifySettings.load(config_file=path, kafka=kafka, smtp=smtp)
+        return NotifySettings.load(config_file=path, kafka=broker or kafka, smtp=smtp)
 
     return build
 
@@ -747,6 +760,110 @@ async def test_a_target_down_is_parked_then_redriven_once_it_is_back(
     ]
     assert len(issues) == 1  # ...makes no second issue
     assert await parked_deliveries(kafka, Filters(delivery_id=parked[0].delivery_id)) == []
+
+
+async def test_deliveries_parked_while_a_target_is_down_go_out_by_themselves_once_it_is_back(
+    kafka, vendors, notify_settings, producer, read, running
+):
+    """Jira is down: the first deliveries fail their attempts and open the circuit, the next
+    are parked by it; all are tried again by themselves, backing off, and go out once Jira is
+    back, one issue each, without anyone redriving them. A rejection stays parked for a person."""
+    jira, salesforce = vendors["jira"], vendors["salesforce"]
+    jira.fail_next("/rest/api/3", 503, count=10_000)
+    salesforce.fail_next("/services", 400, count=1)
+    failing, tripped = [conversation() for _ in range(2)], [conversation() for _ in range(2)]
+    events = {c: routed("legal", conversation=c) for c in failing + tripped}
+    rejected = routed("sales", conversation=conversation())
+    settings = notify_settings(attempts=1, circuit_failures=2, circuit_cooldown_s=4.0,
+                               redrive_after_s=1.0, redrive_max_wait_s=2.0,
+                               redrive_for_hours=1.0)  # fmt: skip
+    service = NotifyService(settings)
+
+    async with running(service):
+        await publish_routed(producer, *(events[c] for c in failing), rejected)
+        await read([topics.NOTIFICATIONS_DLQ], lambda rs: all(deliveries(rs, c) for c in failing))
+        await publish_routed(producer, *(events[c] for c in tripped))
+        parked = await read(
+            [topics.NOTIFICATIONS_DLQ],
+            lambda rs: all(deliveries(rs, c) for c in [*events, rejected.tweet.conversation_id]),
+        )
+        jira.clear_failures()  # Jira is back
+        records = await read(
+            [topics.DELIVERIES], lambda rs: all(deliveries(rs, c) for c in events), timeout_s=30
+        )
+        await asyncio.sleep(2 * REDRIVE_CHECK_S)  # the timer sees them gone
+        waiting = (decode(WaitingDelivery, v) for v in service.waiting.values())
+        still_waiting = {w.routed.tweet.conversation_id for w in waiting} & set(events)
+
+    first_parks = {c: deliveries(parked, c)[0] for c in events}
+    assert all("503" in first_parks[c].error for c in failing)
+    assert all("circuit open" in first_parks[c].error for c in tripped)
+    assert all(d.retry_at is not None for d in first_parks.values())
+    [refused] = deliveries(parked, rejected.tweet.conversation_id)
+    assert "HTTP 400" in refused.error and refused.retry_at is None
+    for conv, event in events.items():
+        assert [d.outcome for d in deliveries(records, conv)] == ["delivered"]
+        issues = [i for i in jira.issues.values()
+                  if event.tweet.text in str(i["fields"]["description"])]  # fmt: skip
+        assert len(issues) == 1
+    assert still_waiting == set()  # other tests' may wait for their time (the session's broker)
+    left = await parked_deliveries(kafka, Filters(channel="jira"))
+    assert not {d.conversation_id for d in left} & set(events)
+    assert await parked_deliveries(kafka, Filters(delivery_id=refused.delivery_id)) != []
+
+
+async def test_two_replicas_each_keep_and_redrive_the_parked_deliveries_of_their_partitions(
+    own_kafka, own_producer, vendors, notify_settings, running
+):
+    """Two notify replicas, Jira down: each parked delivery waits in the replica that owns its
+    conversation's partition, and only there (no replica holds or redrives another's); once
+    Jira is back each goes out once: one delivery, one issue."""
+    jira = vendors["jira"]
+    jira.fail_next("/rest/api/3", 503, count=10_000)
+    events = {c: routed("legal", conversation=c) for c in (conversation() for _ in range(8))}
+    legal = topics.department_topic("legal")
+
+    def replica(member: str) -> NotifyService:
+        broker = own_kafka.model_copy(update={"group_instance_id": member})
+        return NotifyService(notify_settings(attempts=1, redrive_after_s=1.0,
+                                             redrive_max_wait_s=1.0, redrive_for_hours=1.0,
+                                             broker=broker))  # fmt: skip
+
+    def owned(service: NotifyService) -> set[int]:
+        return {tp.partition for tp in service.app.consumer.assignment() if tp.topic == legal}
+
+    def held(service: NotifyService) -> set[str]:
+        waiting = (decode(WaitingDelivery, v) for v in service.waiting.values())
+        return {w.routed.tweet.conversation_id for w in waiting}
+
+    # On a broker of the test's own: static members stay in their group after they stop.
+    first, second = replica("notify-a"), replica("notify-b")
+    async with running(first), running(second):
+        await wait_for(lambda: bool(owned(first)) and bool(owned(second)), timeout_s=60)
+        await publish_routed(own_producer, *events.values())
+        await wait_for(lambda: held(first) | held(second) == set(events), timeout_s=30)
+        holdings = {"a": held(first), "b": held(second)}
+        ownership = {"a": owned(first), "b": owned(second)}
+        jira.clear_failures()  # Jira is back
+        sent = lambda rs: all(deliveries(rs, c) for c in events)  # noqa: E731
+        await read_topics(own_kafka, [topics.DELIVERIES], sent, timeout_s=30)
+        await asyncio.sleep(3)  # three more rounds of redrives: any second one would be out
+        records = await read_topics(own_kafka, [topics.DELIVERIES], lambda rs: False, 2)
+        left = held(first) | held(second)
+
+    partitions = len(ownership["a"] | ownership["b"])
+    partition = DefaultPartitioner()
+    for name in ("a", "b"):
+        assert holdings[name]  # conversations on every partition, so on both replicas
+        for conv in holdings[name]:
+            assert partition(conv.encode(), list(range(partitions)), None) in ownership[name]
+    assert not holdings["a"] & holdings["b"]
+    for conv, event in events.items():
+        assert [d.outcome for d in deliveries(records, conv)] == ["delivered"]
+        issues = [i for i in jira.issues.values()
+                  if event.tweet.text in str(i["fields"]["description"])]  # fmt: skip
+        assert len(issues) == 1
+    assert left == set()
 
 
 async def test_a_failing_channel_does_not_block_the_others(

@@ -11,15 +11,16 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from switchboard.notify.channels import adf, until_midnight, webhook_signature
-from switchboard.notify.dlq import DueRedrives
 from switchboard.notify.resilience import (
     CircuitBreaker,
+    CircuitOpen,
     DeliveryError,
+    RedrivePolicy,
     http_error,
+    next_redrive,
     retry_after_seconds,
     with_retries,
 )
-from tests.factories import a_parked_delivery
 
 
 @pytest.mark.parametrize(
@@ -82,18 +83,39 @@ async def test_a_wait_within_max_wait_is_honoured_exactly():
     assert time.monotonic() - started >= 0.3  # not cut short by a cap
 
 
-def test_due_redrives_come_back_at_their_time_once():
-    due = DueRedrives()
-    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
-    soon, later = (
-        a_parked_delivery("d-1", now + timedelta(seconds=5)),
-        a_parked_delivery("d-2", now + timedelta(hours=1)),
-    )
-    due.schedule(soon)
-    due.schedule(later)
-    assert due.take(now) == []
-    assert [d.delivery_id for d in due.take(now + timedelta(seconds=6))] == ["d-1"]
-    assert due.take(now + timedelta(seconds=7)) == [] and len(due) == 1
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+POLICY = RedrivePolicy(after_s=60.0, max_wait_s=3600.0, for_hours=24.0)
+
+
+def _waits(error: DeliveryError, parks: int, first: datetime = NOW, jitter: float = 0.0) -> float:
+    at = next_redrive(error, parks, first, NOW, POLICY, jitter=lambda: jitter)
+    assert at is not None
+    return (at - NOW).total_seconds()
+
+
+def test_a_failed_delivery_is_redriven_later_each_time_it_is_parked_again():
+    down = DeliveryError("HTTP 503", retryable=True)
+    assert [_waits(down, parks) for parks in (1, 2, 3, 4)] == [60.0, 120.0, 240.0, 480.0]
+    assert _waits(down, 40) == 3600.0  # never longer than redrive_max_wait_s
+    assert _waits(down, 1, jitter=0.999) == pytest.approx(30.0, abs=0.1)  # at most half sooner
+    assert _waits(CircuitOpen("jira"), 1) == 60.0  # an open circuit: the target may come back
+
+
+def test_a_rejection_or_a_delivery_parked_too_long_ago_waits_for_a_person():
+    rejected = DeliveryError("HTTP 400: bad field", retryable=False)
+    assert next_redrive(rejected, 1, NOW, NOW, POLICY) is None
+    down = DeliveryError("HTTP 503", retryable=True)
+    a_day_ago = NOW - timedelta(hours=24)
+    assert next_redrive(down, 30, a_day_ago, NOW, POLICY) is None
+    never = POLICY._replace(for_hours=0.0)
+    assert next_redrive(down, 1, NOW, NOW, never) is None
+
+
+def test_a_vendors_own_wait_is_honoured_whatever_the_count():
+    limited = DeliveryError("HTTP 429", retryable=True, retry_after_s=7200.0)
+    limited.retry_at = (NOW + timedelta(hours=2)).timestamp()
+    long_ago = NOW - timedelta(days=3)
+    assert next_redrive(limited, 50, long_ago, NOW, POLICY) == NOW + timedelta(hours=2)
 
 
 async def test_retries_until_success_and_counts_attempts():
