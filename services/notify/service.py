@@ -310,7 +310,7 @@ class NotifyService:
         entry = self.ledger_entry(conversation) or LedgerEntry(conversation_id=conversation)
         if job.delivery_id in entry.deliveries:
             metrics.DELIVERIES.labels(job.subscription.channel, "already_done").inc()
-            self._stop_waiting(job.delivery_id)
+            self._settled(job.delivery_id)
             done = Done("already_done", entry.deliveries[job.delivery_id])
             return self._delivery(job, "delivered", 0, done=done)
         thread_key = f"{job.subscription.channel}:{job.subscription.name}"
@@ -341,10 +341,14 @@ class NotifyService:
         self.ledger[conversation.encode("utf-8")] = encode(recorded)
         metrics.DELIVERIES.labels(channel, "delivered").inc()
         metrics.DELIVERY_SECONDS.labels(channel).observe(time.perf_counter() - started)
-        self._stop_waiting(job.delivery_id)
-        self.parked.discard(job.delivery_id)
-        metrics.DLQ_SIZE.set(len(self.parked))
+        self._settled(job.delivery_id)
         return self._delivery(job, "delivered", attempts, done=done)
+
+    def _settled(self, delivery_id: str) -> None:
+        """The delivery's effect is made: nothing of it is parked or waits any longer."""
+        self._stop_waiting(delivery_id)
+        self.parked.discard(delivery_id)
+        metrics.DLQ_SIZE.set(len(self.parked))
 
     async def _attempt(self, job: Job) -> tuple[Done, int]:
         name = job.subscription.channel

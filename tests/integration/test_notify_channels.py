@@ -825,9 +825,9 @@ async def test_two_replicas_each_keep_and_redrive_the_parked_deliveries_of_their
 
     def replica(member: str) -> NotifyService:
         broker = own_kafka.model_copy(update={"group_instance_id": member})
-        return NotifyService(notify_settings(attempts=1, redrive_after_s=1.0,
-                                             redrive_max_wait_s=1.0, redrive_for_hours=1.0,
-                                             broker=broker))  # fmt: skip
+        return NotifyService(notify_settings(attempts=1, circuit_cooldown_s=1.0,
+                                             redrive_after_s=1.0, redrive_max_wait_s=1.0,
+                                             redrive_for_hours=1.0, broker=broker))  # fmt: skip
 
     def owned(service: NotifyService) -> set[int]:
         return {tp.partition for tp in service.app.consumer.assignment() if tp.topic == legal}
