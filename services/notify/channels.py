@@ -92,6 +92,9 @@ class Job:
     department: Department
     delivery_id: str
     thread_id: str | None = None  # the conversation's ticket or issue, when one is recorded
+    # What the target was given for the conversation's earlier tweets, oldest first: for a
+    # target that keeps one text per ticket (a HubSpot ticket's content), which each upsert sets.
+    earlier: tuple[str, ...] = ()
 
     @property
     def conversation_key(self) -> str:
@@ -147,6 +150,7 @@ class Job:
 class Done:
     action: str  # sent, created, commented, upserted
     external_id: str | None = None
+    kept: str | None = None  # this tweet's part of the text the target keeps (Job.earlier)
 
 
 class Channel(Protocol):
@@ -725,8 +729,11 @@ class HubSpotChannel(HttpChannel):
     """Batch upsert on a unique property: a contact per author, or a ticket per conversation.
 
     A ticket is opened (subject, pipeline stage, priority) by the conversation's first tweet;
-    a later one sets its ``content`` to the latest tweet and leaves the stage an agent moved it
-    to and the subject alone, and a critical tweet raises its priority.
+    a later one leaves the stage an agent moved it to and the subject alone, and a critical
+    tweet raises its priority. A ticket has one ``content``, which an upsert replaces: it is the
+    conversation's tweets so far (``Job.earlier`` and this one, the oldest dropped first past
+    HubSpot's limit), so an agent still reads the first complaint after the follow-ups, and a
+    retried upsert writes the same text.
 
     HubSpot answers a batch whose inputs partly failed with 207 and the errors beside the
     results: that is a failed delivery, with HubSpot's error kept. Its 429 carries no
@@ -762,7 +769,8 @@ class HubSpotChannel(HttpChannel):
             }
         else:
             key = tweet.conversation_id
-            properties = {"content": job.body(HUBSPOT_TEXT_LIMIT)}
+            kept = job.body(HUBSPOT_TEXT_LIMIT)
+            properties = {"content": transcript([*job.earlier, kept], HUBSPOT_TEXT_LIMIT)}
             if job.thread_id is None:  # the conversation's first tweet opens the ticket
                 properties |= {
                     "subject": job.summary(),
@@ -785,9 +793,25 @@ class HubSpotChannel(HttpChannel):
             raise hubspot_batch_error(answer)
         results = answer.get("results", [])
         record = results[0]["id"] if results else None
-        if target.object == "tickets" and job.thread_id is None:
-            return Done("created", record)  # the ledger keeps it: later tweets are follow-ups
+        if target.object == "tickets":  # the ledger keeps the ticket and its text
+            return Done("created" if job.thread_id is None else "upserted", record, kept)
         return Done("upserted", record)
+
+
+TRANSCRIPT_SEPARATOR = "\n\n" + "-" * 24 + "\n\n"
+
+
+def transcript(parts: list[str], limit: int) -> str:
+    """The parts, oldest first, one after the other; the oldest are left out until the rest fit
+    in ``limit`` (the latest part always stays: it was cut to the limit already)."""
+    kept: list[str] = []
+    size = 0
+    for part in reversed(parts):
+        size += len(part) + (len(TRANSCRIPT_SEPARATOR) if kept else 0)
+        if kept and size > limit:
+            break
+        kept.append(part)
+    return TRANSCRIPT_SEPARATOR.join(reversed(kept))
 
 
 def hubspot_batch_error(answer: dict) -> DeliveryError:

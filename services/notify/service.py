@@ -77,6 +77,9 @@ from switchboard.shared.streams import (
 log = logging.getLogger(__name__)
 
 GROUP_ID = "switchboard-notify"  # the faust app's id: its consumer group and table prefix
+# A HubSpot ticket's content shows the conversation's latest tweets, this many at most: the
+# ledger keeps them (a few hundred bytes each), and an agent reads the thread at HubSpot.
+TRANSCRIPT_TWEETS = 10
 REDRIVE_CHECK_S = 1.0  # how often a replica looks for waiting deliveries that are due
 
 
@@ -314,8 +317,9 @@ class NotifyService:
             done = Done("already_done", entry.deliveries[job.delivery_id])
             return self._delivery(job, "delivered", 0, done=done)
         thread_key = f"{job.subscription.channel}:{job.subscription.name}"
+        earlier = tuple(entry.transcripts.get(thread_key, ()))
         job = Job(job.routed, job.subscription, job.department, job.delivery_id,
-                  entry.threads.get(thread_key))  # fmt: skip
+                  entry.threads.get(thread_key), earlier)  # fmt: skip
         channel = job.subscription.channel
         started = time.perf_counter()
         try:
@@ -326,13 +330,17 @@ class NotifyService:
         # Read again: other targets of the conversation may have recorded theirs meanwhile.
         # No await from here to the put, so none can slip in between.
         entry = self.ledger_entry(conversation) or entry
-        threads = dict(entry.threads)
+        threads, transcripts = dict(entry.threads), dict(entry.transcripts)
         if done.action in ("created", "commented") and done.external_id:
             threads[thread_key] = done.external_id
+        if done.kept is not None:
+            kept = [*transcripts.get(thread_key, ()), done.kept]
+            transcripts[thread_key] = kept[-TRANSCRIPT_TWEETS:]
         recorded = entry.model_copy(
             update={
                 "deliveries": {**entry.deliveries, job.delivery_id: done.external_id},
                 "threads": threads,
+                "transcripts": transcripts,
                 "updated_at": utc_now(),
             }
         )

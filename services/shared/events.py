@@ -558,6 +558,11 @@ class LedgerEntry(Event):
         default_factory=dict,
         description="`<channel>:<subscription>` -> the ticket or issue follow-ups go to",
     )
+    transcripts: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="`<channel>:<subscription>` -> what a target that keeps one text per "
+        "ticket (a HubSpot ticket's content) was given for the latest tweets, oldest first",
+    )
     updated_at: AwareDatetime = Field(default_factory=utc_now)
 
 

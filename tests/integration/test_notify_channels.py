@@ -654,7 +654,8 @@ async def test_a_hubspot_tickets_follow_ups_leave_its_stage_and_subject_to_the_a
 ):
     """The conversation's first tweet opens the ticket; an agent closes it; later tweets update
     its content without reopening it or renaming it, and only a critical one raises its
-    priority (a later normal tweet does not lower it)."""
+    priority (a later normal tweet does not lower it). The content keeps every tweet of the
+    conversation in order: the first complaint is not overwritten by the follow-ups."""
     hubspot = vendors["hubspot"]
     tickets = {"name": "fan-tickets", "channel": "hubspot", "departments": ["marketing"],
                "hubspot": {"object": "tickets",
@@ -680,7 +681,9 @@ async def test_a_hubspot_tickets_follow_ups_leave_its_stage_and_subject_to_the_a
                         ("delivered", "upserted")]  # fmt: skip
     ticket = hubspot.objects["tickets"][opened.external_id]["properties"]
     assert ticket["hs_pipeline_stage"] == "4"  # closed by the agent, not reopened
-    assert events[0].tweet.id in ticket["subject"] and events[2].tweet.text in ticket["content"]
+    assert events[0].tweet.id in ticket["subject"]
+    positions = [ticket["content"].find(event.tweet.text) for event in events]
+    assert -1 not in positions and positions == sorted(positions)
     assert ticket["hs_ticket_priority"] == "HIGH"  # raised by the critical tweet, kept after
 
 

@@ -10,7 +10,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from switchboard.notify.channels import adf, until_midnight, webhook_signature
+from switchboard.notify.channels import (
+    TRANSCRIPT_SEPARATOR,
+    adf,
+    transcript,
+    until_midnight,
+    webhook_signature,
+)
 from switchboard.notify.resilience import (
     CircuitBreaker,
     CircuitOpen,
@@ -190,3 +196,13 @@ def test_adf_has_a_paragraph_per_line():
         [],
         [{"type": "text", "text": "two"}],
     ]
+
+
+def test_a_tickets_transcript_keeps_the_tweets_in_order_and_drops_the_oldest_to_fit():
+    parts = ["first " * 10, "second " * 10, "third " * 10]
+    whole = transcript(parts, 10_000)
+    assert whole == TRANSCRIPT_SEPARATOR.join(parts)
+    fits_two = len(parts[1]) + len(TRANSCRIPT_SEPARATOR) + len(parts[2])
+    assert transcript(parts, fits_two) == TRANSCRIPT_SEPARATOR.join(parts[1:])
+    assert transcript(parts, fits_two - 1) == parts[2]  # the latest stays, whatever its size
+    assert transcript(parts, 5) == parts[2] and transcript([], 100) == ""
