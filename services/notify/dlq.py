@@ -1,7 +1,7 @@
 """Parked deliveries: what the DLQ holds that the ledger does not record as done since, and
 asking notify to try them again (``switchboard dlq``, or notify's ``/admin/dlq`` endpoints,
 which need the admin token: shared/access.py). A parked delivery that carries ``retry_at`` is
-redriven by notify itself at that time (the table ``waiting``: service.py); a redrive by hand
+redriven by notify itself at that time (the table ``parked``: service.py); a redrive by hand
 before then is harmless (the ledger makes each effect once)."""
 
 from __future__ import annotations

@@ -6,10 +6,10 @@ conversation id and co-partitioned. For each routed tweet and each matching subs
 ``notify.subscriptions`` it makes one effect on the subscription's channel (email, signed
 webhook, Zendesk, Jira, Salesforce, HubSpot), and publishes a Delivery on
 ``switchboard.notifications.deliveries``, or, after the last retry, on
-``switchboard.notifications.dlq`` with the error and the routed tweet. A parked delivery that
-may succeed later (the target was down, its circuit open, or it asked for a long wait) is kept
-in the faust table ``waiting`` of its conversation's partition and redriven by itself when due;
-a rejection waits for ``switchboard dlq redrive``.
+``switchboard.notifications.dlq`` with the error and the routed tweet. A parked delivery is kept
+in the faust table ``parked`` of its conversation's partition until it is done: one that may
+succeed later (the target was down, its circuit open, or it asked for a long wait) is redriven
+by itself when due; a rejection waits for ``switchboard dlq redrive``.
 
 Exactly-once effects: each effect is recorded in the faust table ``ledger`` (its changelog is
 the compacted ``switchboard.notifications.ledger``) as soon as it succeeded, keyed by
@@ -38,7 +38,7 @@ from switchboard.notify import metrics
 from switchboard.notify.channels import Channel, Done, Job, channels_for
 from switchboard.notify.config import Subscription
 from switchboard.notify.digest import Digests
-from switchboard.notify.dlq import Filters, dlq_router, parked_deliveries
+from switchboard.notify.dlq import dlq_router
 from switchboard.notify.mail import SmtpMailer
 from switchboard.notify.resilience import (
     CircuitBreaker,
@@ -58,9 +58,9 @@ from switchboard.shared.events import (
     Delivery,
     LedgerDue,
     LedgerEntry,
+    ParkedDelivery,
     RedriveRequest,
     RoutedTweet,
-    WaitingDelivery,
     encode,
     utc_now,
 )
@@ -80,7 +80,7 @@ GROUP_ID = "switchboard-notify"  # the faust app's id: its consumer group and ta
 # A HubSpot ticket's content shows the conversation's latest tweets, this many at most: the
 # ledger keeps them (a few hundred bytes each), and an agent reads the thread at HubSpot.
 TRANSCRIPT_TWEETS = 10
-REDRIVE_CHECK_S = 1.0  # how often a replica looks for waiting deliveries that are due
+PARKED_SWEEP_S = 1.0  # how often a replica looks at its parked deliveries (redrives due)
 
 
 def delivery_id(routed: RoutedTweet, subscription: Subscription) -> str:
@@ -115,8 +115,8 @@ class NotifyService:
         self.ledger = self.streams.table(
             "ledger", topics.NOTIFICATIONS_LEDGER, help="LedgerEntry by conversation id"
         )
-        self.waiting = self.streams.table(
-            "waiting", topics.NOTIFICATIONS_WAITING, help="WaitingDelivery by delivery id"
+        self.parked = self.streams.table(
+            "parked", topics.NOTIFICATIONS_PARKED, help="ParkedDelivery by delivery id"
         )
         self.redrive_policy = RedrivePolicy(
             policy.redrive_after_s, policy.redrive_max_wait_s, policy.redrive_for_hours
@@ -129,15 +129,15 @@ class NotifyService:
         )  # fmt: skip
         self.app.agent(inputs, name="notify")(self.acks.agent)
         self.app.timer(self.options.ledger_sweep_s, name="ledger-sweep")(self.sweep_ledger)
-        self.app.timer(REDRIVE_CHECK_S, name="due-redrives")(self.redrive_due)
+        self.app.timer(PARKED_SWEEP_S, name="parked-sweep")(self.sweep_parked)
         self.digests = Digests(
             self.streams, self.options, SmtpMailer(settings.smtp), self.acks.sender
         )
         # The latest delivery of each conversation and target: the next one waits for it.
         self._latest: dict[tuple[str, str], asyncio.Task[Delivery]] = {}
-        self.parked: set[str] = set()
-        # Delivery id -> the retry_at its redrive was asked for (not asked twice for one time).
-        self._redriving: dict[str, datetime] = {}
+        # Delivery id -> the time its sweep asked about (a redrive's retry_at, or the parked_at
+        # of a forget): not asked twice for one state of the entry.
+        self._asked: dict[str, datetime] = {}
 
     @property
     def ready(self) -> bool:
@@ -153,14 +153,11 @@ class NotifyService:
             self.settings.kafka,
             [*topics.DEPARTMENT_TOPICS, topics.DELIVERIES, topics.NOTIFICATIONS_DLQ,
              topics.NOTIFICATIONS_REDRIVE, topics.NOTIFICATIONS_LEDGER,
-             topics.NOTIFICATIONS_WAITING, topics.NOTIFICATIONS_DUE,
+             topics.NOTIFICATIONS_PARKED, topics.NOTIFICATIONS_DUE,
              topics.NOTIFICATIONS_DIGESTS, topics.NOTIFICATIONS_DIGEST_STATE, topics.DEADLETTER],
             self.settings.config.topics.partitions,
             self.settings.config.topics.replication_factor,
         )  # fmt: skip
-        parked = await parked_deliveries(self.settings.kafka, Filters())
-        self.parked = {d.delivery_id for d in parked}
-        metrics.DLQ_SIZE.set(len(self.parked))
         await self.streams.start()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -169,32 +166,46 @@ class NotifyService:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             self.streams.check()
 
-    async def redrive_due(self) -> None:
-        """The timer: ask for a redrive of each waiting delivery of this replica's partitions
-        whose time has come, once per time (its owner then tries it in the conversation's
-        stream, and removes it or parks it again with a later time). A redrive that races a
-        manual one, or one asked again after a restart, repeats no effect: the ledger."""
+    async def sweep_parked(self) -> None:
+        """The timer, over this replica's partitions: count the parked deliveries
+        (``switchboard_dlq_size``), ask for a redrive of each whose ``retry_at`` has come, and
+        ask the owner to forget those that wait for a person past the ledger's retention. Each
+        is asked once per state (its owner then removes it, or parks it again with another
+        time); a redrive that races a manual one, or one asked again after a restart, repeats
+        no effect: the ledger."""
         if self.app.rebalancing or self.app.in_recovery:
             return
-        waiting = [table_value(WaitingDelivery, v, "waiting") for v in self.waiting.values()]
-        held = {w.delivery_id: w for w in waiting if w is not None}
-        shared_metrics.TABLE_ENTRIES.labels(self.name, topics.NOTIFICATIONS_WAITING).set(len(held))
-        # What is no longer held (done, rejected, or a partition revoked) is forgotten here too.
-        self._redriving = {
-            key: at for key, at in self._redriving.items() if key in held
-        }  # fmt: skip
+        entries = (table_value(ParkedDelivery, v, "parked") for v in self.parked.values())
+        held = {p.delivery_id: p for p in entries if p is not None}
+        metrics.DLQ_SIZE.set(len(held))
+        shared_metrics.TABLE_ENTRIES.labels(self.name, topics.NOTIFICATIONS_PARKED).set(len(held))
+        # What is no longer held (done, forgotten, or a partition revoked) is forgotten here too.
+        self._asked = {key: at for key, at in self._asked.items() if key in held}
         now = datetime.now(UTC)
-        due = [
-            w for w in held.values()
-            if w.retry_at <= now and self._redriving.get(w.delivery_id) != w.retry_at
-        ]  # fmt: skip
-        if not due:
-            return
-        requests = [Output.of(topics.NOTIFICATIONS_REDRIVE, w.redrive_request(),
-                              w.routed.tweet.conversation_id) for w in due]  # fmt: skip
-        await publish(self.acks.sender, requests, self.name)  # type: ignore[arg-type]
-        self._redriving.update((w.delivery_id, w.retry_at) for w in due)
-        log.info("redriven when due", extra={"deliveries": len(due)})
+        outputs = [o for parked in held.values() if (o := self._ask(parked, now)) is not None]
+        if outputs:
+            await publish(self.acks.sender, outputs, self.name)  # type: ignore[arg-type]
+            log.info("parked deliveries handed to their owner", extra={"count": len(outputs)})
+
+    def _ask(self, parked: ParkedDelivery, now: datetime) -> Output | None:
+        conversation = parked.routed.tweet.conversation_id
+        state = parked.retry_at or parked.parked_at
+        if self._asked.get(parked.delivery_id) == state:
+            return None
+        if parked.retry_at is not None and parked.retry_at <= now:
+            output = Output.of(topics.NOTIFICATIONS_REDRIVE, parked.redrive_request(), conversation)
+        elif parked.retry_at is None and self._forgettable(parked, now):
+            forget = LedgerDue(conversation_id=conversation, found_at=now,
+                               delivery_id=parked.delivery_id)  # fmt: skip
+            output = Output.of(topics.NOTIFICATIONS_DUE, forget, conversation)
+        else:
+            return None
+        self._asked[parked.delivery_id] = state
+        return output
+
+    def _forgettable(self, parked: ParkedDelivery, now: datetime) -> bool:
+        retention = timedelta(hours=self.options.ledger_retention_hours)
+        return parked.retry_at is None and parked.parked_at < now - retention
 
     async def sweep_ledger(self) -> None:
         """The timer: ask the owner of each ledger entry untouched for
@@ -283,6 +294,12 @@ class NotifyService:
         due = decode_or_dead_letter(message, LedgerDue, self.name)
         if isinstance(due, Output):
             return [due]
+        if due.delivery_id is not None:  # a parked delivery nobody redrove
+            key = due.delivery_id.encode("utf-8")
+            parked = table_value(ParkedDelivery, self.parked.get(key), "parked")
+            if parked is not None and self._forgettable(parked, datetime.now(UTC)):
+                del self.parked[key]
+            return []
         entry = self.ledger_entry(due.conversation_id)
         retention = timedelta(hours=self.options.ledger_retention_hours)
         if entry is not None and entry.updated_at < datetime.now(UTC) - retention:
@@ -297,7 +314,7 @@ class NotifyService:
         wanted = [s for s in self.options.subscriptions if s.name == request.subscription]
         if not wanted:
             log.warning("redrive for an unknown subscription", extra={"id": request.delivery_id})
-            self._stop_waiting(request.delivery_id)  # removed from the config: no more tries
+            self._unpark(request.delivery_id)  # removed from the config: nothing to try
             return []
         metrics.REDRIVEN.labels(wanted[0].channel).inc()
         routed = redacted(request.routed, self.options.redact)
@@ -313,7 +330,7 @@ class NotifyService:
         entry = self.ledger_entry(conversation) or LedgerEntry(conversation_id=conversation)
         if job.delivery_id in entry.deliveries:
             metrics.DELIVERIES.labels(job.subscription.channel, "already_done").inc()
-            self._settled(job.delivery_id)
+            self._unpark(job.delivery_id)
             done = Done("already_done", entry.deliveries[job.delivery_id])
             return self._delivery(job, "delivered", 0, done=done)
         thread_key = f"{job.subscription.channel}:{job.subscription.name}"
@@ -349,14 +366,8 @@ class NotifyService:
         self.ledger[conversation.encode("utf-8")] = encode(recorded)
         metrics.DELIVERIES.labels(channel, "delivered").inc()
         metrics.DELIVERY_SECONDS.labels(channel).observe(time.perf_counter() - started)
-        self._settled(job.delivery_id)
+        self._unpark(job.delivery_id)
         return self._delivery(job, "delivered", attempts, done=done)
-
-    def _settled(self, delivery_id: str) -> None:
-        """The delivery's effect is made: nothing of it is parked or waits any longer."""
-        self._stop_waiting(delivery_id)
-        self.parked.discard(delivery_id)
-        metrics.DLQ_SIZE.set(len(self.parked))
 
     async def _attempt(self, job: Job) -> tuple[Done, int]:
         name = job.subscription.channel
@@ -378,9 +389,7 @@ class NotifyService:
         )  # fmt: skip
         metrics.DELIVERIES.labels(channel, "failed").inc()
         metrics.PARKED.labels(channel, reason).inc()
-        self.parked.add(job.delivery_id)
-        metrics.DLQ_SIZE.set(len(self.parked))
-        retry_at = self._wait_for_redrive(job, error)
+        retry_at = self._park(job, error)
         log.log(
             logging.WARNING if retry_at else logging.ERROR,
             "delivery parked",
@@ -391,30 +400,27 @@ class NotifyService:
         parked = self._delivery(job, "failed", error.attempts, error=str(error))
         return parked.model_copy(update={"retry_at": retry_at})
 
-    def _wait_for_redrive(self, job: Job, error: DeliveryError) -> datetime | None:
-        """Keep the parked delivery in ``waiting`` (in the record's partition) until its next
-        automatic try, or drop it from there when a person must redrive it; returns the time."""
+    def _park(self, job: Job, error: DeliveryError) -> datetime | None:
+        """Keep the parked delivery in ``parked`` (in the record's partition) until it is done,
+        with the time of its next automatic try, if it gets one; returns that time."""
         key = job.delivery_id.encode("utf-8")
-        before = table_value(WaitingDelivery, self.waiting.get(key), "waiting")
+        before = table_value(ParkedDelivery, self.parked.get(key), "parked")
         now = datetime.now(UTC)
         parks, first = (before.parks + 1, before.first_parked_at) if before else (1, now)
         retry_at = next_redrive(error, parks, first, now, self.redrive_policy)
-        if retry_at is None:
-            self._stop_waiting(job.delivery_id)
-            return None
-        self.waiting[key] = encode(
-            WaitingDelivery(
+        self.parked[key] = encode(
+            ParkedDelivery(
                 delivery_id=job.delivery_id, subscription=job.subscription.name,
                 department=job.department, routed=job.routed, retry_at=retry_at, parks=parks,
-                first_parked_at=first,
+                first_parked_at=first, parked_at=now,
             )
         )  # fmt: skip
         return retry_at
 
-    def _stop_waiting(self, delivery_id: str) -> None:
+    def _unpark(self, delivery_id: str) -> None:
         key = delivery_id.encode("utf-8")
-        if key in self.waiting:
-            del self.waiting[key]
+        if key in self.parked:
+            del self.parked[key]
 
     def _delivery(
         self, job: Job, outcome: str, attempts: int, *, done: Done | None = None,

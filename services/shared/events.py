@@ -405,6 +405,11 @@ class LedgerDue(Event):
     event_type: Literal["notify.due"] = "notify.due"
     conversation_id: str
     found_at: AwareDatetime
+    delivery_id: str | None = Field(
+        default=None,
+        description="Set: not the ledger entry but this parked delivery of the conversation, "
+        "waiting for a person past the retention, is to be forgotten by its owner",
+    )
 
 
 class DigestItem(Event):
@@ -522,19 +527,24 @@ class RedriveRequest(Event):
     requested_at: AwareDatetime = Field(default_factory=utc_now)
 
 
-class WaitingDelivery(Event):
-    """On the compacted ``switchboard.notifications.waiting``, keyed by delivery id and held by
-    the replica that owns the conversation's partition: a parked delivery notify redrives by
-    itself at ``retry_at`` (a vendor's long wait, or a failure tried again with backoff)."""
+class ParkedDelivery(Event):
+    """On the compacted ``switchboard.notifications.parked``, keyed by delivery id and held by
+    the replica that owns the conversation's partition: a delivery parked on the DLQ and not
+    done since. notify redrives it by itself at ``retry_at``; without one it waits for a person
+    (``switchboard dlq redrive``) and is forgotten here ``notify.ledger_retention_hours`` after
+    it was last parked (the DLQ topic still has it)."""
 
-    event_type: Literal["notify.waiting"] = "notify.waiting"
+    event_type: Literal["notify.parked"] = "notify.parked"
     delivery_id: str
     subscription: str
     department: Department
     routed: RoutedTweet
-    retry_at: AwareDatetime
+    retry_at: AwareDatetime | None = Field(
+        default=None, description="When notify redrives it by itself; none: a person must"
+    )
     parks: int = Field(ge=1, description="How many times it was parked since first_parked_at")
     first_parked_at: AwareDatetime
+    parked_at: AwareDatetime = Field(description="When it was parked last")
 
     def redrive_request(self) -> RedriveRequest:
         return RedriveRequest(
@@ -660,7 +670,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Correction,
     Delivery,
     RedriveRequest,
-    WaitingDelivery,
+    ParkedDelivery,
     LedgerEntry,
     LedgerDue,
     DigestItem,

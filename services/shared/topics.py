@@ -31,8 +31,9 @@ NOTIFICATIONS_DLQ = "switchboard.notifications.dlq"
 NOTIFICATIONS_REDRIVE = "switchboard.notifications.redrive"
 # Compacted: notify's record of deliveries done and of each conversation's ticket or lead.
 NOTIFICATIONS_LEDGER = "switchboard.notifications.ledger"
-# Compacted, keyed by delivery id: parked deliveries notify tries again by itself, and when.
-NOTIFICATIONS_WAITING = "switchboard.notifications.waiting"
+# Compacted, keyed by delivery id: deliveries parked and not done since, held by the owner of
+# their conversation's partition (notify redrives them when due; switchboard_dlq_size).
+NOTIFICATIONS_PARKED = "switchboard.notifications.parked"
 # notify's own: ledger entries its sweep found past retention, for their owner to remove.
 NOTIFICATIONS_DUE = "switchboard.notifications.due"
 # notify's own, keyed by subscription: tweets waiting for a digest, and digests found due.
@@ -71,7 +72,7 @@ ALL: tuple[str, ...] = (
     NOTIFICATIONS_DLQ,
     NOTIFICATIONS_REDRIVE,
     NOTIFICATIONS_LEDGER,
-    NOTIFICATIONS_WAITING,
+    NOTIFICATIONS_PARKED,
     NOTIFICATIONS_DUE,
     NOTIFICATIONS_DIGESTS,
     NOTIFICATIONS_DIGEST_STATE,
@@ -84,7 +85,7 @@ COMPACTED: frozenset[str] = frozenset(
         INGEST_CHECKPOINTS,
         ROUTE_CONVERSATIONS,
         NOTIFICATIONS_LEDGER,
-        NOTIFICATIONS_WAITING,
+        NOTIFICATIONS_PARKED,
         NOTIFICATIONS_DIGEST_STATE,
     }
 )

@@ -17,7 +17,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from switchboard.notify import metrics as notify_metrics
 from switchboard.notify.dlq import Filters, parked_deliveries, redrive
-from switchboard.notify.service import REDRIVE_CHECK_S, NotifyService
+from switchboard.notify.service import PARKED_SWEEP_S, NotifyService
 from switchboard.notify.settings import NotifySettings, SmtpSettings
 from switchboard.shared import topics
 from switchboard.shared.broker import free_port
@@ -25,7 +25,7 @@ from switchboard.shared.events import (
     Author,
     DecodeError,
     Delivery,
-    WaitingDelivery,
+    ParkedDelivery,
     decode,
     encode,
 )
@@ -50,6 +50,7 @@ def notify_settings(kafka, vendors, tmp_path):
         salesforce_limit_wait_s: float = 3600.0,
         hubspot_time_zone: str = "UTC",
         broker: KafkaSettings | None = None,
+        retention_hours: float | None = None,
         **delivery: object,
     ) -> NotifySettings:
         config = yaml.safe_load(CONFIG_FILE.read_text())
@@ -83,6 +84,8 @@ def notify_settings(kafka, vendors, tmp_path):
                 *extra_subscriptions,
             ],
         }  # fmt: skip
+        if retention_hours is not None:
+            config["notify"] |= {"ledger_retention_hours": retention_hours, "ledger_sweep_s": 1}
         if salesforce is not None:  # another way to authenticate to Salesforce
             connection = config["notify"]["connections"]["salesforce"]
             connection.pop("access_token")
@@ -741,21 +744,27 @@ async def test_a_target_down_is_parked_then_redriven_once_it_is_back(
     jira.fail_next("/rest/api/3", 503, count=100)
     event = routed("legal", conversation=conv)
 
-    async with running(NotifyService(notify_settings(attempts=2))):
+    service = NotifyService(notify_settings(attempts=2))
+
+    def counted() -> tuple[float, int]:  # the gauge, and what this replica holds parked
+        return notify_metrics.DLQ_SIZE._value.get(), len(list(service.parked.keys()))
+
+    async with running(service):
         await publish_routed(producer, event)
         await read([topics.NOTIFICATIONS_DLQ], lambda rs: len(deliveries(rs, conv)) >= 1)
         parked = await parked_deliveries(
             kafka, Filters(delivery_id=f"{event.tweet.id}:jira:legal-board")
         )
         assert len(parked) == 1 and "503" in parked[0].error and parked[0].attempts == 2
-        size = notify_metrics.DLQ_SIZE._value.get()
-        assert size >= 1
+        await asyncio.sleep(2 * PARKED_SWEEP_S)
+        size, held = counted()
+        assert size == held >= 1  # earlier tests' parked deliveries are on this broker too
         jira.clear_failures()  # the target is back
         assert await redrive(kafka, parked) == 1
         records = await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 1)
         assert await redrive(kafka, parked) == 1  # a second redrive of the same...
-        assert notify_metrics.DLQ_SIZE._value.get() == size - 1
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(2 * PARKED_SWEEP_S)
+        assert counted() == (size - 1, held - 1)
 
     assert [d.outcome for d in deliveries(records, conv)] == ["delivered"]
     issues = [
@@ -794,9 +803,9 @@ async def test_deliveries_parked_while_a_target_is_down_go_out_by_themselves_onc
         records = await read(
             [topics.DELIVERIES], lambda rs: all(deliveries(rs, c) for c in events), timeout_s=30
         )
-        await asyncio.sleep(2 * REDRIVE_CHECK_S)  # the timer sees them gone
-        waiting = (decode(WaitingDelivery, v) for v in service.waiting.values())
-        still_waiting = {w.routed.tweet.conversation_id for w in waiting} & set(events)
+        await asyncio.sleep(2 * PARKED_SWEEP_S)  # the sweep sees them gone
+        held = (decode(ParkedDelivery, v) for v in service.parked.values())
+        still_parked = {p.routed.tweet.conversation_id for p in held}
 
     first_parks = {c: deliveries(parked, c)[0] for c in events}
     assert all("503" in first_parks[c].error for c in failing)
@@ -809,9 +818,38 @@ async def test_deliveries_parked_while_a_target_is_down_go_out_by_themselves_onc
         issues = [i for i in jira.issues.values()
                   if event.tweet.text in str(i["fields"]["description"])]  # fmt: skip
         assert len(issues) == 1
-    assert still_waiting == set()  # other tests' may wait for their time (the session's broker)
+    # The rejection stays parked for a person; earlier tests' are on this broker too.
+    assert still_parked & {*events, rejected.tweet.conversation_id} == {
+        rejected.tweet.conversation_id
+    }
     left = await parked_deliveries(kafka, Filters(channel="jira"))
     assert not {d.conversation_id for d in left} & set(events)
+    assert await parked_deliveries(kafka, Filters(delivery_id=refused.delivery_id)) != []
+
+
+async def test_a_rejection_nobody_redrives_is_forgotten_after_the_retention(
+    kafka, vendors, notify_settings, producer, read, running
+):
+    """A delivery Salesforce rejected waits for a person: counted parked (switchboard_dlq_size)
+    until the ledger's retention has passed since, then forgotten by notify; the DLQ topic
+    still has it for `switchboard dlq list` and a redrive by hand."""
+    vendors["salesforce"].fail_next("/services", 400, count=1)
+    event = routed("sales", conversation=conversation())
+    service = NotifyService(notify_settings(retention_hours=3 / 3600))  # three seconds
+
+    def held() -> set[str]:
+        return {p.delivery_id for p in (decode(ParkedDelivery, v) for v in service.parked.values())}
+
+    async with running(service):
+        await publish_routed(producer, event)
+        records = await read([topics.NOTIFICATIONS_DLQ],
+                             lambda rs: deliveries(rs, event.tweet.conversation_id))  # fmt: skip
+        [refused] = deliveries(records, event.tweet.conversation_id)
+        assert refused.delivery_id in held() and refused.retry_at is None
+        await wait_for(lambda: refused.delivery_id not in held(), timeout_s=20)
+        forgotten_after = datetime.now(UTC) - refused.trace.ingested_at
+
+    assert forgotten_after >= timedelta(seconds=3)
     assert await parked_deliveries(kafka, Filters(delivery_id=refused.delivery_id)) != []
 
 
@@ -836,8 +874,8 @@ async def test_two_replicas_each_keep_and_redrive_the_parked_deliveries_of_their
         return {tp.partition for tp in service.app.consumer.assignment() if tp.topic == legal}
 
     def held(service: NotifyService) -> set[str]:
-        waiting = (decode(WaitingDelivery, v) for v in service.waiting.values())
-        return {w.routed.tweet.conversation_id for w in waiting}
+        parked = (decode(ParkedDelivery, v) for v in service.parked.values())
+        return {p.routed.tweet.conversation_id for p in parked}
 
     # On a broker of the test's own: static members stay in their group after they stop.
     first, second = replica("notify-a"), replica("notify-b")
