@@ -6,13 +6,22 @@ before then is harmless (the ledger makes each effect once)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from fastapi import APIRouter
 
 from switchboard.shared import topics
-from switchboard.shared.events import DecodeError, Delivery, LedgerEntry, RedriveRequest, decode
+from switchboard.shared.events import (
+    DecodeError,
+    Delivery,
+    LedgerEntry,
+    ParkedDelivery,
+    RedriveRequest,
+    decode,
+)
 from switchboard.shared.kafka import Output, make_producer, publish, read_to_end
 from switchboard.shared.settings import KafkaSettings
 
@@ -53,6 +62,70 @@ async def parked_deliveries(kafka: KafkaSettings, filters: Filters) -> list[Deli
     await read_to_end(kafka, [topics.NOTIFICATIONS_DLQ], on_failure, client_id="switchboard-dlq")
     await read_to_end(kafka, [topics.NOTIFICATIONS_LEDGER], on_ledger, client_id="switchboard-dlq")
     return [d for i, d in failed.items() if i not in done]
+
+
+@dataclass(slots=True)
+class _Parked:
+    conversation_id: str
+    retry_at: datetime | None
+    parked_at: datetime
+    asked: bool = False  # handed to the owner; wait for the entry to change
+
+
+class ParkedIndex:
+    """For each delivery parked in this replica's partitions (notify's table ``parked``): when
+    its redrive is due, or since when it waits for a person. Kept beside the table, in memory,
+    so that a sweep every second costs this index, not a read of every parked tweet: each park
+    and unpark updates it, a rebalance clears it and it is rebuilt from the table once the
+    table is restored (as route's index of its conversations)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Parked] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def track(self, parked: ParkedDelivery) -> None:
+        self._entries[parked.delivery_id] = _Parked(
+            parked.routed.tweet.conversation_id, parked.retry_at, parked.parked_at
+        )
+
+    def forget(self, delivery_id: str) -> None:
+        self._entries.pop(delivery_id, None)
+
+    def rebuild(self, parked: Iterable[ParkedDelivery]) -> None:
+        self._entries.clear()
+        for entry in parked:
+            self.track(entry)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def due(
+        self, now: datetime, retention: timedelta
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(delivery id, conversation id) of those whose redrive time has come, and of those
+        that waited for a person past ``retention``; each once until it is tracked again."""
+        redrive: list[tuple[str, str]] = []
+        forget: list[tuple[str, str]] = []
+        for delivery_id, entry in self._entries.items():
+            if entry.asked:
+                continue
+            if entry.retry_at is not None and entry.retry_at <= now:
+                redrive.append((delivery_id, entry.conversation_id))
+            elif forgettable(entry.retry_at, entry.parked_at, now, retention):
+                forget.append((delivery_id, entry.conversation_id))
+            else:
+                continue
+            entry.asked = True
+        return redrive, forget
+
+
+def forgettable(
+    retry_at: datetime | None, parked_at: datetime, now: datetime, retention: timedelta
+) -> bool:
+    """A parked delivery nobody will redrive by itself, parked longer ago than ``retention``."""
+    return retry_at is None and parked_at < now - retention
 
 
 async def redrive(

@@ -38,7 +38,7 @@ from switchboard.notify import metrics
 from switchboard.notify.channels import Channel, Done, Job, channels_for
 from switchboard.notify.config import Subscription
 from switchboard.notify.digest import Digests
-from switchboard.notify.dlq import dlq_router
+from switchboard.notify.dlq import ParkedIndex, dlq_router, forgettable
 from switchboard.notify.mail import SmtpMailer
 from switchboard.notify.resilience import (
     CircuitBreaker,
@@ -135,9 +135,10 @@ class NotifyService:
         )
         # The latest delivery of each conversation and target: the next one waits for it.
         self._latest: dict[tuple[str, str], asyncio.Task[Delivery]] = {}
-        # Delivery id -> the time its sweep asked about (a redrive's retry_at, or the parked_at
-        # of a forget): not asked twice for one state of the entry.
-        self._asked: dict[str, datetime] = {}
+        self.parked_index = ParkedIndex()
+        self._index_stale = True  # rebuilt from the table once it is restored
+        self.app.on_partitions_revoked.connect(self._on_rebalance)
+        self.app.on_partitions_assigned.connect(self._on_rebalance)
 
     @property
     def ready(self) -> bool:
@@ -166,46 +167,47 @@ class NotifyService:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             self.streams.check()
 
+    async def _on_rebalance(self, app: Any, *_: Any, **__: Any) -> None:
+        """Partitions came or went: forget the index now, rebuild it once the table is."""
+        self.parked_index.clear()
+        self._index_stale = True
+
     async def sweep_parked(self) -> None:
         """The timer, over this replica's partitions: count the parked deliveries
         (``switchboard_dlq_size``), ask for a redrive of each whose ``retry_at`` has come, and
-        ask the owner to forget those that wait for a person past the ledger's retention. Each
-        is asked once per state (its owner then removes it, or parks it again with another
+        ask the owner to forget those that waited for a person past the ledger's retention.
+        Each is asked once per state (its owner then removes it, or parks it again with another
         time); a redrive that races a manual one, or one asked again after a restart, repeats
         no effect: the ledger."""
         if self.app.rebalancing or self.app.in_recovery:
             return
-        entries = (table_value(ParkedDelivery, v, "parked") for v in self.parked.values())
-        held = {p.delivery_id: p for p in entries if p is not None}
-        metrics.DLQ_SIZE.set(len(held))
-        shared_metrics.TABLE_ENTRIES.labels(self.name, topics.NOTIFICATIONS_PARKED).set(len(held))
-        # What is no longer held (done, forgotten, or a partition revoked) is forgotten here too.
-        self._asked = {key: at for key, at in self._asked.items() if key in held}
+        if self._index_stale:
+            self._index_stale = False
+            entries = (table_value(ParkedDelivery, v, "parked") for v in self.parked.values())
+            self.parked_index.rebuild(entry for entry in entries if entry is not None)
+        metrics.DLQ_SIZE.set(len(self.parked_index))
+        shared_metrics.TABLE_ENTRIES.labels(self.name, topics.NOTIFICATIONS_PARKED).set(
+            len(self.parked_index)
+        )
         now = datetime.now(UTC)
-        outputs = [o for parked in held.values() if (o := self._ask(parked, now)) is not None]
+        retention = timedelta(hours=self.options.ledger_retention_hours)
+        redrive, forget = self.parked_index.due(now, retention)
+        outputs = [
+            Output.of(topics.NOTIFICATIONS_REDRIVE, parked.redrive_request(), conversation)
+            for delivery_id, conversation in redrive
+            if (parked := self._parked_entry(delivery_id)) is not None
+        ] + [
+            Output.of(topics.NOTIFICATIONS_DUE,
+                      LedgerDue(conversation_id=conversation, found_at=now,
+                                delivery_id=delivery_id), conversation)
+            for delivery_id, conversation in forget
+        ]  # fmt: skip
         if outputs:
             await publish(self.acks.sender, outputs, self.name)  # type: ignore[arg-type]
             log.info("parked deliveries handed to their owner", extra={"count": len(outputs)})
 
-    def _ask(self, parked: ParkedDelivery, now: datetime) -> Output | None:
-        conversation = parked.routed.tweet.conversation_id
-        state = parked.retry_at or parked.parked_at
-        if self._asked.get(parked.delivery_id) == state:
-            return None
-        if parked.retry_at is not None and parked.retry_at <= now:
-            output = Output.of(topics.NOTIFICATIONS_REDRIVE, parked.redrive_request(), conversation)
-        elif parked.retry_at is None and self._forgettable(parked, now):
-            forget = LedgerDue(conversation_id=conversation, found_at=now,
-                               delivery_id=parked.delivery_id)  # fmt: skip
-            output = Output.of(topics.NOTIFICATIONS_DUE, forget, conversation)
-        else:
-            return None
-        self._asked[parked.delivery_id] = state
-        return output
-
-    def _forgettable(self, parked: ParkedDelivery, now: datetime) -> bool:
-        retention = timedelta(hours=self.options.ledger_retention_hours)
-        return parked.retry_at is None and parked.parked_at < now - retention
+    def _parked_entry(self, delivery_id: str) -> ParkedDelivery | None:
+        return table_value(ParkedDelivery, self.parked.get(delivery_id.encode("utf-8")), "parked")
 
     async def sweep_ledger(self) -> None:
         """The timer: ask the owner of each ledger entry untouched for
@@ -295,10 +297,12 @@ class NotifyService:
         if isinstance(due, Output):
             return [due]
         if due.delivery_id is not None:  # a parked delivery nobody redrove
-            key = due.delivery_id.encode("utf-8")
-            parked = table_value(ParkedDelivery, self.parked.get(key), "parked")
-            if parked is not None and self._forgettable(parked, datetime.now(UTC)):
-                del self.parked[key]
+            parked = self._parked_entry(due.delivery_id)
+            retention = timedelta(hours=self.options.ledger_retention_hours)
+            if parked is not None and forgettable(
+                parked.retry_at, parked.parked_at, datetime.now(UTC), retention
+            ):
+                self._unpark(due.delivery_id)
             return []
         entry = self.ledger_entry(due.conversation_id)
         retention = timedelta(hours=self.options.ledger_retention_hours)
@@ -403,24 +407,24 @@ class NotifyService:
     def _park(self, job: Job, error: DeliveryError) -> datetime | None:
         """Keep the parked delivery in ``parked`` (in the record's partition) until it is done,
         with the time of its next automatic try, if it gets one; returns that time."""
-        key = job.delivery_id.encode("utf-8")
-        before = table_value(ParkedDelivery, self.parked.get(key), "parked")
+        before = self._parked_entry(job.delivery_id)
         now = datetime.now(UTC)
         parks, first = (before.parks + 1, before.first_parked_at) if before else (1, now)
         retry_at = next_redrive(error, parks, first, now, self.redrive_policy)
-        self.parked[key] = encode(
-            ParkedDelivery(
-                delivery_id=job.delivery_id, subscription=job.subscription.name,
-                department=job.department, routed=job.routed, retry_at=retry_at, parks=parks,
-                first_parked_at=first, parked_at=now,
-            )
+        parked = ParkedDelivery(
+            delivery_id=job.delivery_id, subscription=job.subscription.name,
+            department=job.department, routed=job.routed, retry_at=retry_at, parks=parks,
+            first_parked_at=first, parked_at=now,
         )  # fmt: skip
+        self.parked[job.delivery_id.encode("utf-8")] = encode(parked)
+        self.parked_index.track(parked)
         return retry_at
 
     def _unpark(self, delivery_id: str) -> None:
         key = delivery_id.encode("utf-8")
         if key in self.parked:
             del self.parked[key]
+        self.parked_index.forget(delivery_id)
 
     def _delivery(
         self, job: Job, outcome: str, attempts: int, *, done: Done | None = None,

@@ -17,6 +17,7 @@ from switchboard.notify.channels import (
     until_midnight,
     webhook_signature,
 )
+from switchboard.notify.dlq import ParkedIndex
 from switchboard.notify.resilience import (
     CircuitBreaker,
     CircuitOpen,
@@ -27,6 +28,9 @@ from switchboard.notify.resilience import (
     retry_after_seconds,
     with_retries,
 )
+from switchboard.shared.events import ParkedDelivery
+from switchboard.shared.labels import Department
+from tests.factories import a_classified_tweet, routed_from
 
 
 @pytest.mark.parametrize(
@@ -206,3 +210,30 @@ def test_a_tickets_transcript_keeps_the_tweets_in_order_and_drops_the_oldest_to_
     assert transcript(parts, fits_two) == TRANSCRIPT_SEPARATOR.join(parts[1:])
     assert transcript(parts, fits_two - 1) == parts[2]  # the latest stays, whatever its size
     assert transcript(parts, 5) == parts[2] and transcript([], 100) == ""
+
+
+def _parked(delivery_id: str, retry_at: datetime | None, parked_at: datetime) -> ParkedDelivery:
+    routed = routed_from(a_classified_tweet("legal", 0.9, conversation_id=f"c-{delivery_id}"))
+    return ParkedDelivery(
+        delivery_id=delivery_id, subscription="legal-board", department=Department.LEGAL,
+        routed=routed, retry_at=retry_at, parks=1, first_parked_at=parked_at, parked_at=parked_at,
+    )  # fmt: skip
+
+
+def test_the_parked_index_hands_each_due_delivery_over_once_per_state():
+    index, week = ParkedIndex(), timedelta(days=7)
+    index.rebuild([_parked("soon", NOW + timedelta(seconds=5), NOW),
+                   _parked("later", NOW + timedelta(hours=1), NOW),
+                   _parked("rejected", None, NOW)])  # fmt: skip
+    assert index.due(NOW, week) == ([], []) and len(index) == 3
+    assert index.due(NOW + timedelta(seconds=6), week) == ([("soon", "c-soon")], [])
+    assert index.due(NOW + timedelta(seconds=7), week) == ([], [])  # asked once...
+    index.track(_parked("soon", NOW + timedelta(minutes=2), NOW + timedelta(seconds=8)))
+    assert index.due(NOW + timedelta(minutes=3), week) == ([("soon", "c-soon")], [])  # ...per state
+    index.forget("soon")
+    assert index.due(NOW + timedelta(days=8), week) == (
+        [("later", "c-later")],
+        [("rejected", "c-rejected")],  # a person's, past the retention
+    )
+    index.clear()
+    assert len(index) == 0
