@@ -6,6 +6,7 @@ before then is harmless (the ledger makes each effect once)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -67,6 +68,7 @@ async def parked_deliveries(kafka: KafkaSettings, filters: Filters) -> list[Deli
 @dataclass(slots=True)
 class _Parked:
     conversation_id: str
+    channel: str
     retry_at: datetime | None
     parked_at: datetime
     asked: bool = False  # handed to the owner; wait for the entry to change
@@ -87,7 +89,10 @@ class ParkedIndex:
 
     def track(self, parked: ParkedDelivery) -> None:
         self._entries[parked.delivery_id] = _Parked(
-            parked.routed.tweet.conversation_id, parked.retry_at, parked.parked_at
+            parked.routed.tweet.conversation_id,
+            parked.channel,
+            parked.retry_at,
+            parked.parked_at,
         )
 
     def forget(self, delivery_id: str) -> None:
@@ -100,6 +105,9 @@ class ParkedIndex:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def by_channel(self) -> Counter[str]:
+        return Counter(entry.channel for entry in self._entries.values())
 
     def due(
         self, now: datetime, retention: timedelta

@@ -58,6 +58,7 @@ DLQ_SIZE = Gauge(
     "switchboard_dlq_size",
     "Parked deliveries not done since, of this replica's partitions (sum over replicas); "
     "one waiting for a person counts until notify.ledger_retention_hours after it was parked",
+    ["channel"],
 )
 REDRIVEN = Counter(
     "switchboard_deliveries_redriven_total", "Parked deliveries tried again", ["channel"]

@@ -185,7 +185,10 @@ class NotifyService:
             self._index_stale = False
             entries = (table_value(ParkedDelivery, v, "parked") for v in self.parked.values())
             self.parked_index.rebuild(entry for entry in entries if entry is not None)
-        metrics.DLQ_SIZE.set(len(self.parked_index))
+        parked = self.parked_index.by_channel()
+        metrics.DLQ_SIZE.clear()  # no await until it is set again: no scrape sees it empty
+        for channel in {*self.channels, *parked}:  # a channel whose parked went: 0
+            metrics.DLQ_SIZE.labels(channel).set(parked[channel])
         shared_metrics.TABLE_ENTRIES.labels(self.name, topics.NOTIFICATIONS_PARKED).set(
             len(self.parked_index)
         )
@@ -412,7 +415,8 @@ class NotifyService:
         parks, first = (before.parks + 1, before.first_parked_at) if before else (1, now)
         retry_at = next_redrive(error, parks, first, now, self.redrive_policy)
         parked = ParkedDelivery(
-            delivery_id=job.delivery_id, subscription=job.subscription.name,
+            delivery_id=job.delivery_id, channel=job.subscription.channel,
+            subscription=job.subscription.name,
             department=job.department, routed=job.routed, retry_at=retry_at, parks=parks,
             first_parked_at=first, parked_at=now,
         )  # fmt: skip

@@ -536,6 +536,7 @@ class ParkedDelivery(Event):
 
     event_type: Literal["notify.parked"] = "notify.parked"
     delivery_id: str
+    channel: Channel
     subscription: str
     department: Department
     routed: RoutedTweet

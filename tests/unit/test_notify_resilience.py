@@ -212,10 +212,15 @@ def test_a_tickets_transcript_keeps_the_tweets_in_order_and_drops_the_oldest_to_
     assert transcript(parts, 5) == parts[2] and transcript([], 100) == ""
 
 
-def _parked(delivery_id: str, retry_at: datetime | None, parked_at: datetime) -> ParkedDelivery:
-    routed = routed_from(a_classified_tweet("legal", 0.9, conversation_id=f"c-{delivery_id}"))
+def _id(name: str) -> str:
+    return f"t-{name}:jira:legal-board"
+
+
+def _parked(name: str, retry_at: datetime | None, parked_at: datetime) -> ParkedDelivery:
+    routed = routed_from(a_classified_tweet("legal", 0.9, conversation_id=f"c-{name}"))
     return ParkedDelivery(
-        delivery_id=delivery_id, subscription="legal-board", department=Department.LEGAL,
+        delivery_id=_id(name), channel="jira", subscription="legal-board",
+        department=Department.LEGAL,
         routed=routed, retry_at=retry_at, parks=1, first_parked_at=parked_at, parked_at=parked_at,
     )  # fmt: skip
 
@@ -226,14 +231,16 @@ def test_the_parked_index_hands_each_due_delivery_over_once_per_state():
                    _parked("later", NOW + timedelta(hours=1), NOW),
                    _parked("rejected", None, NOW)])  # fmt: skip
     assert index.due(NOW, week) == ([], []) and len(index) == 3
-    assert index.due(NOW + timedelta(seconds=6), week) == ([("soon", "c-soon")], [])
+    assert index.due(NOW + timedelta(seconds=6), week) == ([(_id("soon"), "c-soon")], [])
     assert index.due(NOW + timedelta(seconds=7), week) == ([], [])  # asked once...
     index.track(_parked("soon", NOW + timedelta(minutes=2), NOW + timedelta(seconds=8)))
-    assert index.due(NOW + timedelta(minutes=3), week) == ([("soon", "c-soon")], [])  # ...per state
-    index.forget("soon")
+    again = index.due(NOW + timedelta(minutes=3), week)
+    assert again == ([(_id("soon"), "c-soon")], [])  # ...per state
+    index.forget(_id("soon"))
     assert index.due(NOW + timedelta(days=8), week) == (
-        [("later", "c-later")],
-        [("rejected", "c-rejected")],  # a person's, past the retention
+        [(_id("later"), "c-later")],
+        [(_id("rejected"), "c-rejected")],  # a person's, past the retention
     )
+    assert index.by_channel() == {"jira": 2}
     index.clear()
     assert len(index) == 0
