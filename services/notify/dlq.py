@@ -87,6 +87,9 @@ class ParkedIndex:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, delivery_id: object) -> bool:
+        return delivery_id in self._entries
+
     def track(self, parked: ParkedDelivery) -> None:
         self._entries[parked.delivery_id] = _Parked(
             parked.routed.tweet.conversation_id,

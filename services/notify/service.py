@@ -425,6 +425,10 @@ class NotifyService:
         return retry_at
 
     def _unpark(self, delivery_id: str) -> None:
+        # Every delivery done comes here: the index answers "was it parked?" from memory; the
+        # table is read only while the index waits to be rebuilt after a rebalance.
+        if not self._index_stale and delivery_id not in self.parked_index:
+            return
         key = delivery_id.encode("utf-8")
         if key in self.parked:
             del self.parked[key]
