@@ -252,6 +252,13 @@ def _rates(value: str) -> list[float]:
 @click.option(
     "--batch-size", type=int, default=None, help="Tweets per batch; default: classify.batch_size."
 )
+@click.option(
+    "--rounds",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Measurements of each classifier contender, interleaved; the median is reported.",
+)
 @click.option("--rates", default="50,100,200", show_default=True, help="Offered tweets/s.")
 @click.option("--seconds", type=float, default=20.0, show_default=True, help="Per offered rate.")
 @click.option(
@@ -300,6 +307,7 @@ def bench(
     config_file: Path,
     tweets: int,
     batch_size: int | None,
+    rounds: int,
     rates: str,
     seconds: float,
     probes: int,
@@ -326,7 +334,9 @@ def bench(
         texts = [json.loads(line)["data"]["text"] for line in lines if line]
         texts = (texts * (tweets // len(texts) + 1))[:tweets]
         say("measuring the classifier against the naive baseline")
-        report.update(_classifier_report(settings.config.classify, texts, batch_size, others))
+        report.update(
+            _classifier_report(settings.config.classify, texts, batch_size, others, rounds)
+        )
     if pipeline:
         report.update(
             asyncio.run(measure_pipeline(config_file, samples, offered, seconds, probes, say))
@@ -340,7 +350,11 @@ def bench(
 
 
 def _classifier_report(
-    classify: ClassifyConfig, texts: list[str], batch_size: int | None, others: Sequence[Path]
+    classify: ClassifyConfig,
+    texts: list[str],
+    batch_size: int | None,
+    others: Sequence[Path],
+    rounds: int,
 ) -> dict:
     """``measure_classifier`` on the configured model, with the runtime classify serves on and
     its speedup over the baseline: the median and each round's own."""
@@ -348,6 +362,7 @@ def _classifier_report(
         texts,
         batch_size or classify.batch_size,
         others,
+        rounds=rounds,
         bucket_size=classify.bucket_size,
         threads=classify.threads,
         artifact=classify.artifact,

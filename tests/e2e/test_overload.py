@@ -21,10 +21,10 @@ from tests.e2e.conftest import wait_settled, wait_until
 pytestmark = pytest.mark.e2e
 
 SUSTAINED_PER_S = 150  # docs/performance.md: the highest rate this machine sustains
-WARM, BURST = 300, 8_000  # the burst offered at ten times the sustained rate
+WARM, BURST = 300, 5_000  # the burst offered at ten times the sustained rate
 BURST_PER_S = 10 * SUSTAINED_PER_S
 # Allowed RSS growth over the warm level, per service. Holding the burst in memory would take
-# far more: 8,000 tweets as events and their outputs are about 200 MB in Python objects. The
+# far more: 5,000 tweets as events and their outputs are about 125 MB in Python objects. The
 # burst is spread over a few conversations so that what route and notify remember per
 # conversation (which expires, and is measured by the soak) stays out of the measure.
 GROWTH_LIMIT_MB = 80

