@@ -1,8 +1,10 @@
-"""``switchboard dlq``: the deliveries notify parked, and trying them again.
+"""``switchboard dlq``: the deliveries notify holds parked, and trying them again.
 
-A parked delivery is a Delivery with ``outcome: failed`` on ``switchboard.notifications.dlq``
-that the ledger does not (yet) record as done. ``redrive`` publishes a RedriveRequest for each
-on ``switchboard.notifications.redrive``; notify makes the effect once the target is back, and
+A delivery is parked (on ``switchboard.notifications.dlq``, and in notify's table ``parked``
+until it is done) after its last attempt failed, while its target's circuit is open, or when
+the vendor asked to wait longer than a batch may hold. ``list`` reads what notify holds
+(the table's compacted changelog); ``redrive`` publishes a RedriveRequest for each on
+``switchboard.notifications.redrive``; notify makes the effect once the target is back, and
 the ledger keeps a second redrive from repeating it.
 """
 
@@ -25,12 +27,14 @@ def _filters(function):  # noqa: ANN001, ANN202 - click decorator
 
 @click.group()
 def dlq() -> None:
-    """Deliveries notify parked after their last retry."""
+    """Deliveries notify holds parked, and trying them again."""
 
 
 @dlq.command("list")
 @_filters
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per parked delivery.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per parked delivery (notify.parked)."
+)
 def dlq_list(
     channel: str | None, target: str | None, delivery_id: str | None, as_json: bool
 ) -> None:
@@ -45,14 +49,16 @@ def dlq_list(
     from rich.table import Table
 
     table = Table(title=f"{len(parked)} parked deliveries")
-    columns = ("delivery id", "channel", "target", "urgency", "attempts", "vendor error",
-               "automatic redrive")  # fmt: skip
+    columns = ("delivery id", "channel", "target", "urgency", "parked since", "parks",
+               "attempts", "vendor error", "automatic redrive")  # fmt: skip
     for column in columns:
         table.add_column(column, overflow="fold")
     for d in parked:
         redrive_at = d.retry_at.isoformat(timespec="seconds") if d.retry_at else "manual"
-        table.add_row(d.delivery_id, d.channel, d.target, d.urgency.value, str(d.attempts),
-                      (d.error or "")[:200], redrive_at)  # fmt: skip
+        table.add_row(d.delivery_id, d.channel, d.subscription,
+                      d.routed.classification.urgency.value,
+                      d.first_parked_at.isoformat(timespec="seconds"), str(d.parks),
+                      str(d.attempts), (d.error or "")[:200], redrive_at)  # fmt: skip
     Console().print(table)
 
 

@@ -1,8 +1,16 @@
-"""Parked deliveries: what the DLQ holds that the ledger does not record as done since, and
-asking notify to try them again (``switchboard dlq``, or notify's ``/admin/dlq`` endpoints,
-which need the admin token: shared/access.py). A parked delivery that carries ``retry_at`` is
-redriven by notify itself at that time (the table ``parked``: service.py); a redrive by hand
-before then is harmless (the ledger makes each effect once)."""
+"""Parked deliveries: what notify holds parked (its table ``parked``, whose compacted changelog
+every replica writes its own partitions' entries to), and asking notify to try them again
+(``switchboard dlq``, or notify's ``/admin/dlq`` endpoints, which need the admin token:
+shared/access.py). A parked delivery that carries ``retry_at`` is redriven by notify itself at
+that time (service.py); a redrive by hand before then is harmless (the ledger makes each effect
+once).
+
+The listing reads the table's changelog rather than the DLQ topic against the ledger: the
+ledger forgets a conversation ``ledger_retention_hours`` after its last delivery while the DLQ
+topic keeps its records for the broker's retention (up to twice that, as segments roll), so a
+delivery parked once and delivered since would come back as parked, and a redrive of it would
+make its effect twice. The changelog holds one entry per delivery still parked and is as
+small as that."""
 
 from __future__ import annotations
 
@@ -15,14 +23,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from fastapi import APIRouter
 
 from switchboard.shared import topics
-from switchboard.shared.events import (
-    DecodeError,
-    Delivery,
-    LedgerEntry,
-    ParkedDelivery,
-    RedriveRequest,
-    decode,
-)
+from switchboard.shared.events import DecodeError, ParkedDelivery, decode
 from switchboard.shared.kafka import Output, make_producer, publish, read_to_end
 from switchboard.shared.settings import KafkaSettings
 
@@ -30,39 +31,38 @@ from switchboard.shared.settings import KafkaSettings
 @dataclass(frozen=True, slots=True)
 class Filters:
     channel: str | None = None
-    target: str | None = None
+    target: str | None = None  # the subscription's name
     delivery_id: str | None = None
 
-    def match(self, delivery: Delivery) -> bool:
+    def match(self, parked: ParkedDelivery) -> bool:
         return (
-            (self.channel is None or delivery.channel == self.channel)
-            and (self.target is None or delivery.target == self.target)
-            and (self.delivery_id is None or delivery.delivery_id == self.delivery_id)
+            (self.channel is None or parked.channel == self.channel)
+            and (self.target is None or parked.subscription == self.target)
+            and (self.delivery_id is None or parked.delivery_id == self.delivery_id)
         )
 
 
-async def parked_deliveries(kafka: KafkaSettings, filters: Filters) -> list[Delivery]:
-    """Failed deliveries not done since (the latest failure of each delivery id)."""
-    failed: dict[str, Delivery] = {}
-    done: set[str] = set()
+async def parked_deliveries(kafka: KafkaSettings, filters: Filters) -> list[ParkedDelivery]:
+    """The deliveries notify holds parked, over every replica: the latest entry of each delivery
+    id on the table's changelog (a tombstone, once it is done or forgotten), oldest first."""
+    latest: dict[bytes, bytes | None] = {}
 
-    def on_failure(record: ConsumerRecord) -> None:
+    def on_entry(record: ConsumerRecord) -> None:
+        if record.key is not None:
+            latest[record.key] = record.value
+
+    await read_to_end(kafka, [topics.NOTIFICATIONS_PARKED], on_entry, client_id="switchboard-dlq")
+    parked = []
+    for value in latest.values():
+        if value is None:
+            continue
         try:
-            delivery = decode(Delivery, record.value)
-        except DecodeError:
-            return
-        if filters.match(delivery):
-            failed[delivery.delivery_id] = delivery
-
-    def on_ledger(record: ConsumerRecord) -> None:
-        try:
-            done.update(decode(LedgerEntry, record.value).deliveries)
-        except DecodeError:
-            return
-
-    await read_to_end(kafka, [topics.NOTIFICATIONS_DLQ], on_failure, client_id="switchboard-dlq")
-    await read_to_end(kafka, [topics.NOTIFICATIONS_LEDGER], on_ledger, client_id="switchboard-dlq")
-    return [d for i, d in failed.items() if i not in done]
+            entry = decode(ParkedDelivery, value)
+        except DecodeError:  # only notify writes it; an unreadable entry is not a delivery
+            continue
+        if filters.match(entry):
+            parked.append(entry)
+    return sorted(parked, key=lambda entry: entry.first_parked_at)
 
 
 @dataclass(slots=True)
@@ -140,22 +140,13 @@ def forgettable(
 
 
 async def redrive(
-    kafka: KafkaSettings, parked: list[Delivery], producer: AIOKafkaProducer | None = None
+    kafka: KafkaSettings, parked: list[ParkedDelivery], producer: AIOKafkaProducer | None = None
 ) -> int:
-    """Publish a RedriveRequest for each parked delivery; returns how many."""
+    """Publish a RedriveRequest for each parked delivery, to its conversation's partition (the
+    replica that holds it); returns how many."""
     requests = [
-        Output.of(
-            topics.NOTIFICATIONS_REDRIVE,
-            RedriveRequest(
-                delivery_id=d.delivery_id,
-                subscription=d.target,
-                department=d.department,
-                routed=d.routed,
-            ),
-            d.conversation_id,
-        )
-        for d in parked
-        if d.routed is not None
+        Output.of(topics.NOTIFICATIONS_REDRIVE, entry.redrive_request(), entry.conversation_id)
+        for entry in parked
     ]
     if producer is not None:
         await publish(producer, requests, "dlq")

@@ -418,7 +418,7 @@ class NotifyService:
             delivery_id=job.delivery_id, channel=job.subscription.channel,
             subscription=job.subscription.name,
             department=job.department, routed=job.routed, retry_at=retry_at, parks=parks,
-            first_parked_at=first, parked_at=now,
+            first_parked_at=first, parked_at=now, attempts=error.attempts, error=str(error),
         )  # fmt: skip
         self.parked[job.delivery_id.encode("utf-8")] = encode(parked)
         self.parked_index.track(parked)

@@ -532,7 +532,8 @@ class ParkedDelivery(Event):
     the replica that owns the conversation's partition: a delivery parked on the DLQ and not
     done since. notify redrives it by itself at ``retry_at``; without one it waits for a person
     (``switchboard dlq redrive``) and is forgotten here ``notify.ledger_retention_hours`` after
-    it was last parked (the DLQ topic still has it)."""
+    it was last parked (the DLQ topic still has it). ``switchboard dlq list`` reads this topic:
+    what it lists is what notify holds parked."""
 
     event_type: Literal["notify.parked"] = "notify.parked"
     delivery_id: str
@@ -546,6 +547,12 @@ class ParkedDelivery(Event):
     parks: int = Field(ge=1, description="How many times it was parked since first_parked_at")
     first_parked_at: AwareDatetime
     parked_at: AwareDatetime = Field(description="When it was parked last")
+    attempts: int = Field(default=0, ge=0, description="Attempts of the last try")
+    error: str | None = Field(default=None, description="Why the last try failed")
+
+    @property
+    def conversation_id(self) -> str:
+        return self.routed.tweet.conversation_id
 
     def redrive_request(self) -> RedriveRequest:
         return RedriveRequest(

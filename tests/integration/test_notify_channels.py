@@ -319,7 +319,7 @@ async def test_a_long_rate_limit_wait_parks_with_its_time_and_comes_back_by_itse
     async with running(NotifyService(notify_settings())):
         await publish_routed(producer, event)
         await read([topics.NOTIFICATIONS_DLQ], lambda rs: len(deliveries(rs, first)) >= 1)
-        [parked] = await parked_deliveries(
+        [parked] = await listed(
             kafka, Filters(delivery_id=f"{event.tweet.id}:zendesk:support-queue")
         )
         parked_at = datetime.now(UTC)
@@ -754,9 +754,7 @@ async def test_a_target_down_is_parked_then_redriven_once_it_is_back(
     async with running(service):
         await publish_routed(producer, event)
         await read([topics.NOTIFICATIONS_DLQ], lambda rs: len(deliveries(rs, conv)) >= 1)
-        parked = await parked_deliveries(
-            kafka, Filters(delivery_id=f"{event.tweet.id}:jira:legal-board")
-        )
+        parked = await listed(kafka, Filters(delivery_id=f"{event.tweet.id}:jira:legal-board"))
         assert len(parked) == 1 and "503" in parked[0].error and parked[0].attempts == 2
         await asyncio.sleep(2 * PARKED_SWEEP_S)
         size, on_jira, held = counted()
@@ -832,9 +830,9 @@ async def test_deliveries_parked_while_a_target_is_down_go_out_by_themselves_onc
 async def test_a_rejection_nobody_redrives_is_forgotten_after_the_retention(
     kafka, vendors, notify_settings, producer, read, running
 ):
-    """A delivery Salesforce rejected waits for a person: counted parked (switchboard_dlq_size)
-    until the ledger's retention has passed since, then forgotten by notify; the DLQ topic
-    still has it for `switchboard dlq list` and a redrive by hand."""
+    """A delivery Salesforce rejected waits for a person: held parked, and listed by
+    `switchboard dlq list`, until the ledger's retention has passed since, then forgotten by
+    notify and no longer listed (the DLQ topic keeps its record)."""
     vendors["salesforce"].fail_next("/services", 400, count=1)
     event = routed("sales", conversation=conversation())
     service = NotifyService(notify_settings(retention_hours=3 / 3600))  # three seconds
@@ -848,11 +846,61 @@ async def test_a_rejection_nobody_redrives_is_forgotten_after_the_retention(
                              lambda rs: deliveries(rs, event.tweet.conversation_id))  # fmt: skip
         [refused] = deliveries(records, event.tweet.conversation_id)
         assert refused.delivery_id in held() and refused.retry_at is None
+        [shown] = await listed(kafka, Filters(delivery_id=refused.delivery_id))
         await wait_for(lambda: refused.delivery_id not in held(), timeout_s=20)
         forgotten_after = datetime.now(UTC) - refused.trace.ingested_at
 
+    assert "HTTP 400" in (shown.error or "") and shown.retry_at is None
     assert forgotten_after >= timedelta(seconds=3)
-    assert await parked_deliveries(kafka, Filters(delivery_id=refused.delivery_id)) != []
+    assert await parked_deliveries(kafka, Filters(delivery_id=refused.delivery_id)) == []
+    dlq = await read([topics.NOTIFICATIONS_DLQ],
+                     lambda rs: deliveries(rs, event.tweet.conversation_id))  # fmt: skip
+    assert [d.delivery_id for d in deliveries(dlq, event.tweet.conversation_id)] == [
+        refused.delivery_id
+    ]  # the topic keeps the record
+
+
+async def test_dlq_list_shows_the_latest_entry_of_each_delivery_notify_holds_parked(
+    kafka, producer
+):
+    """`switchboard dlq list` reads the parked table's changelog: the latest entry of each
+    delivery id, and none once a tombstone says it is done, whatever the DLQ topic still holds
+    of it (the ledger that recorded it done forgets the conversation a retention later)."""
+    now = datetime.now(UTC)
+
+    def entry(channel: str, subscription: str) -> ParkedDelivery:
+        event = routed("legal", conversation=conversation())
+        return ParkedDelivery(
+            delivery_id=f"{event.tweet.id}:{channel}:{subscription}", channel=channel,
+            subscription=subscription, department="legal", routed=event, parks=1,
+            first_parked_at=now, parked_at=now, attempts=3, error="HTTP 503",
+        )  # fmt: skip
+
+    done, again = entry("jira", "legal-board"), entry("jira", "legal-board")
+    other = entry("zendesk", "support-queue")
+    for value in (done, again, other, again.model_copy(update={"parks": 2})):
+        key = value.delivery_id.encode()
+        await producer.send_and_wait(topics.NOTIFICATIONS_PARKED, encode(value), key=key)
+    await producer.send_and_wait(topics.NOTIFICATIONS_PARKED, None, key=done.delivery_id.encode())
+    failed = Delivery(
+        delivery_id=done.delivery_id, tweet_id=done.routed.tweet.id,
+        conversation_id=done.conversation_id, channel="jira", target="legal-board",
+        department="legal", urgency="high", outcome="failed", attempts=3, error="HTTP 503",
+        routed=done.routed, trace=done.routed.trace,
+    )  # fmt: skip
+    await producer.send_and_wait(
+        topics.NOTIFICATIONS_DLQ, encode(failed), key=done.conversation_id.encode()
+    )
+    ours = {done.delivery_id, again.delivery_id, other.delivery_id}
+
+    async def shown(filters: Filters) -> list[tuple[str, int]]:
+        found = await parked_deliveries(kafka, filters)
+        return [(p.delivery_id, p.parks) for p in found if p.delivery_id in ours]
+
+    assert await shown(Filters()) == [(again.delivery_id, 2), (other.delivery_id, 1)]
+    assert await shown(Filters(channel="zendesk")) == [(other.delivery_id, 1)]
+    assert await shown(Filters(target="legal-board")) == [(again.delivery_id, 2)]
+    assert await shown(Filters(delivery_id=done.delivery_id)) == []
 
 
 async def test_two_replicas_each_keep_and_redrive_the_parked_deliveries_of_their_partitions(
@@ -982,6 +1030,16 @@ async def test_a_burst_to_an_http_channel_shares_a_few_kept_alive_connections(
     assert sum(burst in (t.get("external_id") or "") for t in zendesk.tickets.values()) == 40
     peers = {r["peer"] for r in zendesk.requests}
     assert len(zendesk.requests) >= 80 and 1 <= len(peers) <= 4, len(peers)
+
+
+async def listed(kafka, filters: Filters, timeout_s: float = 15) -> list[ParkedDelivery]:
+    """What `switchboard dlq list` shows for ``filters``, once it shows something: the parked
+    table's changelog entry is written beside the DLQ record, not before it."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not (found := await parked_deliveries(kafka, filters)):
+        assert asyncio.get_running_loop().time() < deadline, f"nothing listed for {filters}"
+        await asyncio.sleep(0.2)
+    return found
 
 
 async def _dlq_list(kafka, delivery_id: str) -> str:
