@@ -44,25 +44,25 @@ class Filters:
 
 async def parked_deliveries(kafka: KafkaSettings, filters: Filters) -> list[ParkedDelivery]:
     """The deliveries notify holds parked, over every replica: the latest entry of each delivery
-    id on the table's changelog (a tombstone, once it is done or forgotten), oldest first."""
-    latest: dict[bytes, bytes | None] = {}
+    id on the table's changelog (a tombstone, once it is done or forgotten), oldest first. Only
+    the entries that match ``filters`` are kept while reading."""
+    parked: dict[bytes, ParkedDelivery] = {}
 
     def on_entry(record: ConsumerRecord) -> None:
-        if record.key is not None:
-            latest[record.key] = record.value
+        if record.key is None:
+            return
+        parked.pop(record.key, None)  # a later entry replaces it; a tombstone removes it
+        if record.value is None:
+            return
+        try:
+            entry = decode(ParkedDelivery, record.value)
+        except DecodeError:  # only notify writes it; an unreadable entry is not a delivery
+            return
+        if filters.match(entry):
+            parked[record.key] = entry
 
     await read_to_end(kafka, [topics.NOTIFICATIONS_PARKED], on_entry, client_id="switchboard-dlq")
-    parked = []
-    for value in latest.values():
-        if value is None:
-            continue
-        try:
-            entry = decode(ParkedDelivery, value)
-        except DecodeError:  # only notify writes it; an unreadable entry is not a delivery
-            continue
-        if filters.match(entry):
-            parked.append(entry)
-    return sorted(parked, key=lambda entry: entry.first_parked_at)
+    return sorted(parked.values(), key=lambda entry: entry.first_parked_at)
 
 
 @dataclass(slots=True)

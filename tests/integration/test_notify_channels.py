@@ -868,16 +868,17 @@ async def test_dlq_list_shows_the_latest_entry_of_each_delivery_notify_holds_par
     of it (the ledger that recorded it done forgets the conversation a retention later)."""
     now = datetime.now(UTC)
 
-    def entry(channel: str, subscription: str) -> ParkedDelivery:
+    def entry(channel: str, subscription: str, minutes_ago: int) -> ParkedDelivery:
         event = routed("legal", conversation=conversation())
+        since = now - timedelta(minutes=minutes_ago)
         return ParkedDelivery(
             delivery_id=f"{event.tweet.id}:{channel}:{subscription}", channel=channel,
             subscription=subscription, department="legal", routed=event, parks=1,
-            first_parked_at=now, parked_at=now, attempts=3, error="HTTP 503",
+            first_parked_at=since, parked_at=since, attempts=3, error="HTTP 503",
         )  # fmt: skip
 
-    done, again = entry("jira", "legal-board"), entry("jira", "legal-board")
-    other = entry("zendesk", "support-queue")
+    done, again = entry("jira", "legal-board", 3), entry("jira", "legal-board", 2)
+    other = entry("zendesk", "support-queue", 1)  # listed oldest first
     for value in (done, again, other, again.model_copy(update={"parks": 2})):
         key = value.delivery_id.encode()
         await producer.send_and_wait(topics.NOTIFICATIONS_PARKED, encode(value), key=key)
