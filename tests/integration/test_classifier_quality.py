@@ -110,8 +110,13 @@ def test_the_model_beats_the_tfidf_baseline_on_written_tweets(written_held_out, 
         assert written_held_out[metric] > baseline[metric], (metric, baseline[metric])
 
 
-def test_the_commercial_artifact_keeps_its_figures_and_its_licence():
-    model = TweetClassifier.load(COMMERCIAL_ARTIFACT_NAME, threads=MODEL_THREADS)
+@pytest.fixture(scope="module")
+def commercial() -> TweetClassifier:
+    return TweetClassifier.load(COMMERCIAL_ARTIFACT_NAME, threads=MODEL_THREADS)
+
+
+def test_the_commercial_artifact_keeps_its_figures_and_its_licence(commercial):
+    model = commercial
     assert model.licence["commercial_use"] is True
     figures = evaluate_file(model, read_tweets(REAL / "test.jsonl"), baselines=False)
     for metric, reached in COMMERCIAL_REACHED.items():
@@ -129,13 +134,13 @@ def test_the_faster_student_keeps_its_figures_and_its_teachers_licence():
         assert figures[metric] >= reached - MARGIN, (metric, headline(figures))
 
 
-def test_each_artifact_states_the_licence_its_training_data_allows(classifier):
+def test_each_artifact_states_the_licence_its_training_data_allows(classifier, commercial):
     """The default learnt from CC BY-NC-SA 4.0 and unlicensed tweets: non-commercial. The
     commercial one learnt only from rows whose licence allows it, and its card shows which."""
     assert classifier.licence["commercial_use"] is False
     assert classifier.licence["spdx"].startswith("CC-BY-NC-SA-4.0")
     assert "Non-commercial" in classifier.licence["terms"]
-    card = TweetClassifier.load(COMMERCIAL_ARTIFACT_NAME, threads=MODEL_THREADS).card
+    card = commercial.card
     assert card["options"]["licences"] == "commercial"
     assert set(card["licence"]["training_rows_by_licence"]) <= {"Apache-2.0", "MIT"}
     assert json.dumps(card["licence"]).count("NC") == 0
