@@ -97,8 +97,20 @@ class Consumer(AIOKafkaConsumer):
         pause_when_idle(self, self.idle_pause_s)
 
 
+# An idle consumer pauses ``fetch_idle_pause_ms`` after each empty fetch; once IDLE_STREAK
+# fetches in a row brought nothing (a fifth of a second by default: no traffic, not a gap
+# between two tweets), the pause doubles after each further one, up to IDLE_PAUSE_GROWTH times
+# the first. Polling an idle embedded broker then costs about a third of what it did, while a
+# consumer with traffic keeps the short pause (a pause growing from the first empty fetch would
+# lengthen the wait between two tweets of light traffic).
+IDLE_STREAK = 10
+IDLE_PAUSE_GROWTH = 5
+
+
 def pause_when_idle(consumer: AIOKafkaConsumer, pause_s: float) -> None:
-    """Make a started consumer wait ``pause_s`` after a fetch that brought nothing.
+    """Make a started consumer wait after a fetch that brought nothing: ``pause_s``, and once
+    ``IDLE_STREAK`` fetches in a row brought nothing, twice as long after each further one, at
+    most ``IDLE_PAUSE_GROWTH`` times ``pause_s``; a fetch that brings records starts again.
 
     Kafka holds an empty fetch for ``fetch.max.wait.ms`` (long polling); the embedded broker
     answers at once, so an idle consumer would fetch in a tight loop and burn a core doing
@@ -110,14 +122,19 @@ def pause_when_idle(consumer: AIOKafkaConsumer, pause_s: float) -> None:
         return
     fetcher = consumer._fetcher
     fetch = fetcher._proc_fetch_request
+    empties: dict[int, int] = {}  # empty fetches in a row, by broker: each is fetched apart
 
     async def fetch_or_pause(assignment: Any, node_id: int, request: Any) -> bool:
         has_data = await fetch(assignment, node_id, request)
-        if not has_data:
-            # Cancelled by close() or an unassignment: like aiokafka's own fetch, end quietly
-            # (close() awaits the task and expects no CancelledError).
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(pause_s)
+        if has_data:
+            empties.pop(node_id, None)
+            return has_data
+        empties[node_id] = streak = empties.get(node_id, 0) + 1
+        growth = min(IDLE_PAUSE_GROWTH, 2 ** max(0, streak - IDLE_STREAK))
+        # Cancelled by close() or an unassignment: like aiokafka's own fetch, end quietly
+        # (close() awaits the task and expects no CancelledError).
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(growth * pause_s)
         return has_data
 
     fetcher._proc_fetch_request = fetch_or_pause

@@ -89,7 +89,8 @@ class KafkaSettings(BaseSettings):
         ge=0,
         le=1000,
         description="Pause after a fetch that brought nothing, for brokers that answer at once "
-        "instead of waiting fetch.max.wait.ms (the embedded one); 0: none",
+        "instead of waiting fetch.max.wait.ms (the embedded one); up to five times longer once "
+        "nothing came for ten fetches in a row; 0: none",
     )
 
     delivery_timeout_ms: int = Field(
