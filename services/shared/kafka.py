@@ -129,7 +129,9 @@ def pause_when_idle(consumer: AIOKafkaConsumer, pause_s: float) -> None:
         if has_data:
             empties.pop(node_id, None)
             return has_data
-        empties[node_id] = streak = empties.get(node_id, 0) + 1
+        # counted no further than the pause can grow: a day idle must not make 2**streak huge
+        streak = min(empties.get(node_id, 0) + 1, IDLE_STREAK + IDLE_PAUSE_GROWTH)
+        empties[node_id] = streak
         growth = min(IDLE_PAUSE_GROWTH, 2 ** max(0, streak - IDLE_STREAK))
         # Cancelled by close() or an unassignment: like aiokafka's own fetch, end quietly
         # (close() awaits the task and expects no CancelledError).
