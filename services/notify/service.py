@@ -299,17 +299,16 @@ class NotifyService:
         due = decode_or_dead_letter(message, LedgerDue, self.name)
         if isinstance(due, Output):
             return [due]
+        now, retention = datetime.now(UTC), timedelta(hours=self.options.ledger_retention_hours)
         if due.delivery_id is not None:  # a parked delivery nobody redrove
             parked = self._parked_entry(due.delivery_id)
-            retention = timedelta(hours=self.options.ledger_retention_hours)
             if parked is not None and forgettable(
-                parked.retry_at, parked.parked_at, datetime.now(UTC), retention
+                parked.retry_at, parked.parked_at, now, retention
             ):
                 self._unpark(due.delivery_id)
             return []
         entry = self.ledger_entry(due.conversation_id)
-        retention = timedelta(hours=self.options.ledger_retention_hours)
-        if entry is not None and entry.updated_at < datetime.now(UTC) - retention:
+        if entry is not None and entry.updated_at < now - retention:
             del self.ledger[due.conversation_id.encode("utf-8")]
         return []
 
