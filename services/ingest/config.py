@@ -31,6 +31,12 @@ class ReconnectConfig(Section):
     http_initial_s: float = Field(default=5.0, gt=0, description="Doubling, HTTP errors")
     http_max_s: float = Field(default=320.0, gt=0)
     rate_limit_initial_s: float = Field(default=60.0, gt=0, description="Doubling, HTTP 429")
+    rate_limit_max_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="Longest wait after a 429 (one rate window) unless X's reset is later; a "
+        "spent usage cap, whose end X does not say, is tried again this often",
+    )
 
 
 class XRetryConfig(Section):
@@ -48,7 +54,12 @@ class FilteredStreamConfig(Section):
     rule_tag_prefix: str = Field(
         default="switchboard:", min_length=1, description="Marks the rules this config owns"
     )
-    max_rule_length: int = Field(default=512, ge=64, le=4096)
+    max_rule_length: int = Field(
+        default=512,
+        ge=64,
+        le=2048,
+        description="X's limit on one rule: 1,024 characters on Pro, 2,048 on Enterprise",
+    )
     # X sends a keep-alive newline every 20 seconds; silence longer than this is a stall.
     stall_timeout_s: float = Field(default=30.0, gt=0)
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)

@@ -88,7 +88,12 @@ class RateWindow:
                 self.reset_at = turn.reset_at or self.clock() + DEFAULT_WAIT_S
                 metrics.RATE_LIMITED.labels(self.endpoint).inc()
             elif turn.remaining is not None:
-                self.remaining = turn.remaining
+                # Answers in one window can come back out of order: the fewest left is the
+                # latest count, and an earlier answer arriving last must not raise it again.
+                same_window = self.remaining is not None and turn.reset_at == self.reset_at
+                self.remaining = (
+                    min(self.remaining, turn.remaining) if same_window else turn.remaining
+                )
                 self.reset_at = turn.reset_at or self.reset_at
             elif self.remaining is None and turn.answered_at is None:
                 pass  # no answer (a network error): the next caller probes again

@@ -82,8 +82,10 @@ class ReconnectPolicy:
         return wait
 
     def after_rate_limit(self, reset_in_s: float | None = None) -> float:
+        # X says to double from a minute; without a ceiling, a usage cap spent for a month
+        # would leave the stream waiting for days once the cap has reset.
         wait = self._rate_limited
-        self._rate_limited *= 2
+        self._rate_limited = min(self._rate_limited * 2, self.config.rate_limit_max_s)
         return max(wait, reset_in_s or 0.0)
 
 
@@ -334,6 +336,8 @@ class FilteredStream:
                     return self.policy.after_rate_limit(_reset_in(response)), await _why_429(
                         response
                     )
+                if response.status == 401 and self.api.renewed():
+                    return 0.0, "token_renewed"  # regenerated: the new one goes at once
                 if response.status != 200:
                     body = (await response.text())[:300]
                     log.error("stream refused", extra={"status": response.status, "body": body})

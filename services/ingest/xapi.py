@@ -320,7 +320,7 @@ class XApi:
             except tweepy.Unauthorized as e:
                 turn.answered(e.response.headers)
                 metrics.X_API_ERRORS.labels(endpoint, "http_401").inc()
-                if self._renewed():
+                if self.renewed():
                     raise _TokenRenewed from None
                 raise XApiRefused(f"{endpoint}: HTTP 401: {e}") from None
             except tweepy.HTTPException as e:  # 400, 403, 404 and any other 4xx
@@ -333,8 +333,9 @@ class XApi:
             raise json.JSONDecodeError("the answer is not a JSON object", str(body)[:100], 0)
         return body
 
-    def _renewed(self) -> bool:
-        """Whether the credential's source now holds another token (it is then used)."""
+    def renewed(self) -> bool:
+        """Whether the credential's source now holds another token (it is then used): after X
+        answered 401, as it does once a token is regenerated."""
         if self.reread is None:
             return False
         try:

@@ -105,6 +105,40 @@ async def test_stream_survives_disconnects_stalls_and_errors_without_loss(
     )
 
 
+async def test_a_regenerated_app_token_is_read_again_when_the_stream_refuses_the_old_one(
+    x_api, customers, ingest_settings, running, read, tmp_path
+):
+    """Regenerating the app's bearer token revokes the old one: the stream drops and X answers
+    the old token 401. Ingest reads the token's file again and reconnects with the new one at
+    once, without a restart or a missed tweet (before, only the REST calls read it again, and
+    a stream alone kept retrying the old token until restarted)."""
+    ana, _ = customers
+    token_file = tmp_path / "app-token"
+    token_file.write_text(X_APP_TOKEN)
+
+    def app_token_in_file(config: dict) -> None:
+        config["ingest"]["x"]["apps"]["main"]["bearer_token"] = {"file": str(token_file)}
+
+    sent = [new_id(), new_id()]
+    renewed = ingest_metrics.STREAM_RECONNECTS.labels("token_renewed")._value.get()
+    async with running(IngestService(ingest_settings(stream=True, edit=app_token_in_file))):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+        x_api.bearer_tokens.discard(X_APP_TOKEN)  # regenerated in the developer console
+        x_api.bearer_tokens.add("regenerated-app-token")
+        token_file.write_text("regenerated-app-token\n")
+        x_api.disconnect_stream_after(1)
+        x_api.push_stream(x_api.make_tweet(sent[0], "@AcmeHelp my bill is wrong", ana["id"]))
+        x_api.push_stream(x_api.make_tweet(sent[1], "@AcmeHelp still wrong", ana["id"]))
+        records = await read(
+            [topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, sent)) >= 2
+        )
+
+    assert sorted(ids_on(records, topics.RAW, RawTweet, sent)) == sorted(sent)
+    streams = [r["auth"] for r in x_api.requests if r["path"] == "/2/tweets/search/stream"]
+    assert streams[0] == f"Bearer {X_APP_TOKEN}" and streams[-1] == "Bearer regenerated-app-token"
+    assert ingest_metrics.STREAM_RECONNECTS.labels("token_renewed")._value.get() == renewed + 1
+
+
 async def test_mentions_resume_after_a_restart_with_no_loss_and_no_repeat(
     x_api, customers, ingest_settings, running, read
 ):
@@ -131,12 +165,23 @@ async def test_mentions_resume_after_a_restart_with_no_loss_and_no_repeat(
     async with running(IngestService(settings())):
         await read([topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, second)) >= 7)
         records = await read([topics.RAW], lambda rs: False, timeout_s=1.5)  # let polls repeat
+        # Every answer carries the app's window (450 mention reads per 15 minutes, both
+        # handles' polls and both runs): between polls, what ingest reports left is X's count.
+        await wait_for(lambda: mention_reads_left() == 450 - len(mention_reads(x_api)))
 
     seen = ids_on(records, topics.RAW, RawTweet, first + second)
     # Each once, nothing from before the restart (partitions interleave, so compare sorted).
     assert sorted(seen) == sorted(first[-5:] + second)
     polls = [r for r in x_api.requests if r["path"] == f"/2/users/{handle_id}/mentions"]
     assert any(r["query"].get("since_id") == first[-1] for r in polls)
+
+
+def mention_reads(x_api) -> list[dict]:
+    return [r for r in x_api.requests if r["path"].endswith("/mentions")]
+
+
+def mention_reads_left() -> float:
+    return ingest_metrics.RATE_LIMIT_REMAINING.labels("app:main", "mentions")._value.get()
 
 
 async def test_a_rate_limited_poll_waits_for_the_reset_and_carries_on(

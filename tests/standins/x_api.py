@@ -40,6 +40,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import fnmatch
 import itertools
 import json
 import math
@@ -61,7 +62,19 @@ PROBLEMS = "https://api.twitter.com/2/problems/"
 STREAM_PATH = "/2/tweets/search/stream"
 RULES_PATH = "/2/tweets/search/stream/rules"
 MAX_RULE_LENGTH = 512
-DEFAULT_RATE_LIMIT_HEADER = 15
+# X's documented limits per 15-minute window (docs.x.com "Rate limits": rules 450 to read and
+# 100 to change per app; the answers recorded in xapi-reference/tweepy carry 450 for mentions read
+# with an app token and 300 for dm_events, as the DM lookup guide says). A key is a path prefix,
+# or a method and a prefix. Every answer carries its window's headers, as on X; a test's
+# set_rate_limit replaces one.
+WINDOW_S = 900.0
+DOCUMENTED_LIMITS: dict[str, tuple[int, float]] = {
+    RULES_PATH: (450, WINDOW_S),
+    f"POST {RULES_PATH}": (100, WINDOW_S),
+    "/2/users/*/mentions": (450, WINDOW_S),
+    "/2/dm_events": (300, WINDOW_S),
+}
+STREAM_CONNECTIONS = (50, WINDOW_S)  # connection attempts per app
 SETTLE_S = 0.02
 DROP = 0  # a scripted "failure" that closes the connection without an answer
 GARBLE = 1  # a scripted "failure" answering 200 with a JSON body cut short
@@ -299,12 +312,12 @@ class XApiStandIn:
         # A tweet and its matching tags, or a raw line sent as it is.
         self._stream_queue: deque[tuple[JsonDict, list[str] | None] | bytes] = deque()
         self._failures: list[_ScriptedFailure] = []
-        self._rate_limits: dict[str, tuple[int, float]] = {}
+        self._rate_limits: dict[str, tuple[int, float]] = dict(DOCUMENTED_LIMITS)
         self._windows: dict[tuple[str, str], _RateLimit] = {}  # (token, prefix)
         self.rate_limited: list[tuple[float, str]] = []  # (when, path) of each 429 answered
         self.stream_attempts: list[float] = []  # when each stream connection was asked for
         self._flaps = 0
-        self._stream_budget: tuple[int, float] | None = None
+        self._stream_budget = STREAM_CONNECTIONS
         self._lossy = False
         self._missed: list[tuple[float, JsonDict, list[str] | None]] = []
         self._pending_disconnect: int | None = None
@@ -477,7 +490,7 @@ class XApiStandIn:
 
     def set_rate_limit(self, path_prefix: str, limit: int, window_s: float) -> None:
         """Allow ``limit`` requests per ``window_s`` and per token on paths under
-        ``path_prefix``."""
+        ``path_prefix`` (``*`` matches any id; ``"POST /2/..."``: that method's only)."""
         self._rate_limits[path_prefix] = (limit, window_s)
 
     # ----------------------------------------------------------------------- app and gate
@@ -552,7 +565,7 @@ class XApiStandIn:
         limit = self._window_for(request)
         reset = math.ceil(time.time() + (failure.retry_after_s or 0.0))
         headers = {
-            "x-rate-limit-limit": str(limit.limit if limit else DEFAULT_RATE_LIMIT_HEADER),
+            "x-rate-limit-limit": str(limit.limit if limit else self._stream_budget[0]),
             "x-rate-limit-remaining": "0",
             "x-rate-limit-reset": str(reset),
         }
@@ -561,10 +574,17 @@ class XApiStandIn:
 
     def _window_for(self, request: web.Request) -> _RateLimit | None:
         """The caller's window on the endpoint: X counts per token (app or user)."""
-        matches = [prefix for prefix in self._rate_limits if request.path.startswith(prefix)]
+
+        def applies(key: str) -> bool:
+            method, _, prefix = key.rpartition(" ")
+            return method in ("", request.method) and fnmatch.fnmatchcase(
+                request.path, prefix + "*"
+            )
+
+        matches = [key for key in self._rate_limits if applies(key)]
         if not matches:
             return None
-        prefix = max(matches, key=len)
+        prefix = max(matches, key=len)  # a method's own window before the path's
         key = (request.headers.get("Authorization", ""), prefix)
         if key not in self._windows:
             self._windows[key] = _RateLimit(*self._rate_limits[prefix])
@@ -729,15 +749,18 @@ class XApiStandIn:
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         now = time.time()
         self.stream_attempts.append(now)
-        if self._stream_budget is not None:
-            limit, window_s = self._stream_budget
-            recent = [t for t in self.stream_attempts[:-1] if t > now - window_s]
-            if len(recent) >= limit:
-                self.rate_limited.append((now, request.path))
-                reset = str(math.ceil(recent[0] + window_s))
-                headers = {"x-rate-limit-limit": str(limit), "x-rate-limit-remaining": "0",
-                           "x-rate-limit-reset": reset}  # fmt: skip
-                return _problem(429, headers)
+        limit, window_s = self._stream_budget
+        recent = [t for t in self.stream_attempts[:-1] if t > now - window_s]
+        window_start = recent[0] if recent else now
+        headers = {
+            "x-rate-limit-limit": str(limit),
+            "x-rate-limit-remaining": str(max(limit - len(recent) - 1, 0)),
+            "x-rate-limit-reset": str(math.ceil(window_start + window_s)),
+        }
+        if len(recent) >= limit:
+            self.rate_limited.append((now, request.path))
+            return _problem(429, {**headers, "x-rate-limit-remaining": "0"})
+        request[RATE_HEADERS] = headers
         backfill = request.query.get("backfill_minutes", "0")
         if not backfill.isdigit() or int(backfill) > MAX_BACKFILL_MINUTES:
             message = (

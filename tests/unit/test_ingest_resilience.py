@@ -50,6 +50,27 @@ async def test_calls_go_together_while_x_says_requests_remain():
     assert await _callers(window, 6, answer) == 6
 
 
+async def test_an_answer_that_comes_back_late_does_not_raise_what_remains():
+    window = RateWindow("app:main", "mentions")
+    reset = str(int(time.time()) + 60)
+
+    async def call(remaining: int, answered_after_s: float) -> None:
+        async with window.turn() as turn:
+            await asyncio.sleep(answered_after_s)
+            turn.answered({"x-rate-limit-remaining": str(remaining), "x-rate-limit-reset": reset})
+
+    await call(10, 0)
+    await asyncio.gather(call(9, 0.1), call(8, 0))  # X counted the slow one first
+    assert window.remaining == 8
+    await call(449, 0)  # the same reset: an answer out of order, not a new window
+    assert window.remaining == 8
+    async with window.turn() as turn:
+        turn.answered(
+            {"x-rate-limit-remaining": "449", "x-rate-limit-reset": str(int(reset) + 900)}
+        )
+    assert window.remaining == 449
+
+
 async def test_a_spent_window_waits_for_the_reset_then_one_probes_first():
     window = RateWindow("app:main", "mentions")
     reset = time.time() + 0.4

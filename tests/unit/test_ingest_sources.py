@@ -41,6 +41,14 @@ def test_network_backoff_stops_growing_at_its_maximum():
     assert max(waits) == 16.0 and waits[-1] == 16.0
 
 
+def test_rate_limit_backoff_stops_growing_at_a_window():
+    """A spent usage cap answers 429 until its period ends (a day or a month, unsaid): doubling
+    without a ceiling would leave the stream down for days after the cap reset."""
+    policy = ReconnectPolicy(ReconnectConfig())
+    waits = [policy.after_rate_limit() for _ in range(30)]
+    assert waits[:5] == [60, 120, 240, 480, 900] and max(waits) == 900 == waits[-1]
+
+
 def test_a_rate_limit_reset_later_than_the_backoff_wins():
     policy = ReconnectPolicy(ReconnectConfig(rate_limit_initial_s=1))
     assert policy.after_rate_limit(reset_in_s=30) == 30
