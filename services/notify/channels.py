@@ -661,7 +661,11 @@ class SalesforceChannel(HttpChannel):
 
     async def _case(self, job: Job, target: SalesforceTarget) -> Done:
         key = job.routed.tweet.conversation_id
-        case = job.thread_id or await self._case_of(target, key)
+        case = job.thread_id
+        if case is None:
+            case, description = await self._case_of(target, key)
+            if case is not None and delivery_tag(job.delivery_id) in description:
+                return Done("created", case)  # this delivery's upsert, its answer lost
         if case is not None:
             try:
                 return await self._follow_up(job, case)
@@ -671,23 +675,26 @@ class SalesforceChannel(HttpChannel):
             _thread_gone(self.name, case)
         fields: dict[str, Any] = {
             "Subject": job.summary(SUMMARY_LIMIT, utf16_units),
-            "Description": job.body(SALESFORCE_TEXT_LIMIT, utf16_units),
+            # tagged: a retry after a lost answer finds its own Case instead of commenting
+            "Description": job.comment(SALESFORCE_TEXT_LIMIT, utf16_units),
             "Priority": job.priority(SALESFORCE_PRIORITIES),
         }
         if target.case_origin:
             fields["Origin"] = target.case_origin
         return Done("created", await self._upsert(target, key, fields))
 
-    async def _case_of(self, target: SalesforceTarget, key: str) -> str | None:
-        """The conversation's Case, when one exists that the ledger does not remember."""
+    async def _case_of(self, target: SalesforceTarget, key: str) -> tuple[str | None, str]:
+        """The id and description of the conversation's Case, when one exists that the ledger
+        does not remember."""
         path = f"{self.sobjects}/Case/{target.external_id_field}/{quote(key, safe='')}"
         try:
-            found = await self.send("GET", path, params={"fields": "Id"})
+            found = await self.send("GET", path, params={"fields": "Id,Description"})
         except DeliveryError as error:
             if _gone(error):
-                return None
+                return None, ""
             raise
-        return found.json().get("Id")
+        case = found.json()
+        return case.get("Id"), case.get("Description") or ""
 
     async def _follow_up(self, job: Job, case: str) -> Done:
         mine = delivery_tag(job.delivery_id)

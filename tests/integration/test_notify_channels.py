@@ -608,6 +608,43 @@ async def test_salesforces_spent_request_limit_is_a_wait_not_a_rejection(
                for r in salesforce.records["Lead"].values())  # fmt: skip
 
 
+def to_cases(records, conv: str) -> list:  # noqa: ANN001
+    return [d for d in deliveries(records, conv) if d.target == "sales-cases"]
+
+
+SALES_CASES = {"name": "sales-cases", "channel": "salesforce", "departments": ["sales"],
+               "salesforce": {"object": "Case",
+                              "external_id_field": "Switchboard_Conversation_Id__c"}}  # fmt: skip
+
+
+async def test_a_salesforce_case_whose_answer_was_lost_is_not_commented_on_as_a_follow_up(
+    vendors, notify_settings, producer, read, running
+):
+    """The upsert opens the Case but answers after the client's timeout. The retry finds the
+    conversation's Case, and by the delivery's tag in its description knows it for its own
+    create: recorded as created, and no comment repeating the tweet on it."""
+    salesforce = vendors["salesforce"]
+    conv = conversation()
+    event = routed("sales", conversation=conv)
+    upsert = f"/services/data/{salesforce.api_version}/sobjects/Case/"
+    salesforce.delay_next(upsert, 2.0, method="PATCH")  # answered after the 1 s timeout
+
+    async with running(NotifyService(notify_settings(SALES_CASES))):
+        await publish_routed(producer, event)
+        records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                             lambda rs: len(to_cases(rs, conv)) >= 1)  # fmt: skip
+
+    [delivery] = to_cases(records, conv)
+    assert (delivery.outcome, delivery.action) == ("delivered", "created")
+    assert delivery.attempts >= 2
+    [case] = [r for r in salesforce.records["Case"].values()
+              if r["Switchboard_Conversation_Id__c"] == conv]  # fmt: skip
+    assert delivery.external_id == case["Id"] and event.tweet.text in case["Description"]
+    assert [
+        c for c in salesforce.records["CaseComment"].values() if c["ParentId"] == case["Id"]
+    ] == []
+
+
 async def test_a_salesforce_case_keeps_its_first_tweet_and_takes_follow_ups_as_comments(
     vendors, notify_settings, producer, read, running
 ):
@@ -615,31 +652,25 @@ async def test_a_salesforce_case_keeps_its_first_tweet_and_takes_follow_ups_as_c
     it, so what agents changed (its status) and its description stay, and a critical tweet
     raises its priority. A Case someone deleted is replaced by a new one."""
     salesforce = vendors["salesforce"]
-    cases = {"name": "sales-cases", "channel": "salesforce", "departments": ["sales"],
-             "salesforce": {"object": "Case",
-                            "external_id_field": "Switchboard_Conversation_Id__c"}}  # fmt: skip
     conv = conversation()
     events = [routed("sales", urgency, conversation=conv)
               for urgency in ("normal", "normal", "critical", "normal")]  # fmt: skip
 
-    def to_cases(records) -> list:  # noqa: ANN001
-        return [d for d in deliveries(records, conv) if d.target == "sales-cases"]
-
-    async with running(NotifyService(notify_settings(cases))):
+    async with running(NotifyService(notify_settings(SALES_CASES))):
         await publish_routed(producer, events[0])
-        [opened] = to_cases(await read([topics.DELIVERIES], lambda rs: to_cases(rs)))
+        [opened] = to_cases(await read([topics.DELIVERIES], lambda rs: to_cases(rs, conv)), conv)
         salesforce.records["Case"][opened.external_id]["Status"] = "Working"  # an agent's
         for count, event in enumerate(events[1:3], start=2):
             await publish_routed(producer, event)
             records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
-                                 lambda rs, n=count: len(to_cases(rs)) >= n)  # fmt: skip
+                                 lambda rs, n=count: len(to_cases(rs, conv)) >= n)  # fmt: skip
         case = dict(salesforce.records["Case"][opened.external_id])
         salesforce.delete_record("Case", opened.external_id)
         await publish_routed(producer, events[3])
         records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
-                             lambda rs: len(to_cases(rs)) >= 4)  # fmt: skip
+                             lambda rs: len(to_cases(rs, conv)) >= 4)  # fmt: skip
 
-    outcomes = [(d.outcome, d.action) for d in to_cases(records)]
+    outcomes = [(d.outcome, d.action) for d in to_cases(records, conv)]
     assert outcomes == [("delivered", "created"), ("delivered", "commented"),
                         ("delivered", "commented"), ("delivered", "created")]  # fmt: skip
     assert events[0].tweet.text in case["Description"] and case["Status"] == "Working"
