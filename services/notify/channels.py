@@ -480,6 +480,13 @@ class JiraChannel(HttpChannel):
         self._created.append(str(created["id"]))
         return Done("created", created["key"])
 
+    def vendor_wait_s(self, response: httpx.Response) -> float | None:
+        # Jira's 429 may come with X-RateLimit-Reset (an ISO time, to the minute) and no
+        # Retry-After ("Rate limiting" in Jira Cloud's REST documentation).
+        if response.status_code != 429:
+            return None
+        return until_reset(response.headers.get("x-ratelimit-reset"), datetime.now(UTC))
+
     async def _comment(self, job: Job, issue: str, mine: str) -> Done:
         comments = f"/rest/api/3/issue/{quote(issue)}/comment"
         # A comment that timed out but happened is found by its tag, not made twice.
@@ -717,6 +724,19 @@ def _daily(response: httpx.Response) -> bool:
     except ValueError:
         return False
     return isinstance(body, dict) and body.get("policyName") == "DAILY"
+
+
+def until_reset(value: str | None, now: datetime) -> float | None:
+    """Seconds from ``now`` to an ISO 8601 reset time (``2026-12-06T10:31Z``); None when there
+    is none, it cannot be read, or it has passed (the backoff decides then)."""
+    try:
+        moment = datetime.fromisoformat(value or "")
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    wait = (moment - now).total_seconds()
+    return wait if wait > 0 else None
 
 
 def until_midnight(now: datetime, zone: ZoneInfo) -> float:

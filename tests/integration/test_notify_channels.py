@@ -608,6 +608,31 @@ async def test_salesforces_spent_request_limit_is_a_wait_not_a_rejection(
                for r in salesforce.records["Lead"].values())  # fmt: skip
 
 
+async def test_a_jira_429_with_only_a_reset_time_parks_the_delivery_until_then(
+    vendors, notify_settings, producer, read, running
+):
+    """Jira's 429 may carry X-RateLimit-Reset (to the minute) and no Retry-After: the delivery
+    waits for that time (parked, as the wait is longer than max_wait_s) instead of retrying
+    into the same limit on the backoff and being parked without a time."""
+    jira = vendors["jira"]
+    jira.reset_without_retry_after = True
+    jira.fail_next("/rest/api/3/issue", 429, retry_after_s=90)
+    conv = conversation()
+
+    async with running(NotifyService(notify_settings())):
+        sent_at = datetime.now(UTC)
+        await publish_routed(producer, routed("legal", conversation=conv))
+        parked = await read([topics.NOTIFICATIONS_DLQ], lambda rs: len(deliveries(rs, conv)) >= 1)
+
+    [waiting] = deliveries(parked, conv)
+    assert waiting.error.startswith("HTTP 429") and waiting.attempts == 1
+    limited = [r for r in jira.requests if r["path"] == "/rest/api/3/issue"]
+    assert len(limited) == 1  # not retried into the limit
+    assert waiting.retry_at is not None  # the reset: 90 s away, rounded up to the minute
+    assert 89 <= (waiting.retry_at - sent_at).total_seconds() <= 152
+    assert abs(waiting.retry_at.timestamp() - round(waiting.retry_at.timestamp() / 60) * 60) < 2
+
+
 def to_cases(records, conv: str) -> list:  # noqa: ANN001
     return [d for d in deliveries(records, conv) if d.target == "sales-cases"]
 

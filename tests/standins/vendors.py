@@ -732,6 +732,9 @@ class JiraStandIn(VendorStandIn):
         # The same lag counted in searches: a new issue is missed by this many searches after
         # its creation, then found (two searches in a row can disagree).
         self.search_lag_searches = 0
+        # Atlassian: a 429 "may be accompanied by" Retry-After and X-RateLimit-Reset; True
+        # sends only the reset time.
+        self.reset_without_retry_after = False
         self._searches = 0
         self._indexed_after: dict[str, int] = {}
         self.issues: dict[str, dict] = {}
@@ -765,12 +768,15 @@ class JiraStandIn(VendorStandIn):
         if status == 429:
             retry = float(headers.get("Retry-After", "1"))
             reset = _now() + timedelta(seconds=math.ceil(retry))
+            reset += timedelta(minutes=1) if reset.second or reset.microsecond else timedelta()
             headers = {
                 "X-RateLimit-Limit": str(JIRA_RATE_LIMIT),
                 "X-RateLimit-Remaining": "0",
-                "X-RateLimit-Reset": reset.strftime("%Y-%m-%dT%H:%MZ"),
+                "X-RateLimit-Reset": reset.strftime("%Y-%m-%dT%H:%MZ"),  # to the minute, up
                 "RateLimit-Reason": "jira-burst-based",
             } | headers
+            if self.reset_without_retry_after:  # "may be accompanied by" either header
+                headers.pop("Retry-After", None)
         body = {"errorMessages": [HTTPStatus(status).phrase], "errors": {}}
         return _json(body, status, headers)
 

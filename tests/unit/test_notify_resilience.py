@@ -15,6 +15,7 @@ from switchboard.notify.channels import (
     adf,
     transcript,
     until_midnight,
+    until_reset,
     webhook_signature,
 )
 from switchboard.notify.dlq import ParkedIndex
@@ -31,6 +32,22 @@ from switchboard.notify.resilience import (
 from switchboard.shared.events import ParkedDelivery
 from switchboard.shared.labels import Department
 from tests.factories import a_classified_tweet, routed_from
+
+
+@pytest.mark.parametrize(
+    ("reset", "seconds"),
+    [
+        ("2026-12-06T10:32Z", 90.0),  # Jira's form, to the minute
+        ("2026-12-06T10:32:30+00:00", 120.0),
+        ("2026-12-06T10:30Z", None),  # passed: the backoff decides
+        ("", None),
+        ("soon", None),
+        (None, None),
+    ],
+)
+def test_a_jiras_reset_time_is_a_wait_until_then(reset, seconds):
+    now = datetime(2026, 12, 6, 10, 30, 30, tzinfo=UTC)
+    assert until_reset(reset, now) == seconds
 
 
 @pytest.mark.parametrize(
