@@ -41,6 +41,18 @@ from switchboard.ingest.ratelimit import RateWindow
 
 log = logging.getLogger(__name__)
 
+# X parameters tweepy's lists lack, which it sends as they are after a warning each time.
+SENT_AS_IS = frozenset({"dry_run", "max_results", "pagination_token"})
+
+
+class _KnownParameters(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return message.removeprefix("Unexpected parameter: ") not in SENT_AS_IS
+
+
+logging.getLogger("tweepy.client").addFilter(_KnownParameters())
+
 TWEET_FIELDS = [
     "author_id", "conversation_id", "created_at", "entities", "in_reply_to_user_id", "lang",
     "note_tweet", "public_metrics", "referenced_tweets",
@@ -55,6 +67,7 @@ EXPANSIONS = [
 DM_FIELDS = ["id", "text", "event_type", "created_at", "dm_conversation_id", "sender_id"]
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
 MAX_RATE_LIMIT_RETRIES = 5
+RULES_PAGE = 1000  # the most rules X returns per GET (max_results)
 # What waiting may fix: X's 5xx, a dropped or refused connection (aiohttp's
 # ServerDisconnectedError is a ClientError, not an OSError), a timeout, a body that is not JSON.
 TRANSIENT = (
@@ -196,8 +209,17 @@ class XApi:
     # --- endpoints ---------------------------------------------------------------------------
 
     async def get_rules(self) -> list[dict]:
-        body = await self.call("rules_read", self.rules.get_rules)
-        return body.get("data") or []
+        """Every rule on the app's stream, page by page: a page holds at most 1,000, and an
+        Enterprise app holds many more, other teams' rules among them."""
+        rules: list[dict] = []
+        page: dict[str, Any] = {"max_results": RULES_PAGE}  # not in tweepy's list: sent as is
+        while True:
+            body = await self.call("rules_read", self.rules.get_rules, **page)
+            rules += body.get("data") or []
+            next_token = (body.get("meta") or {}).get("next_token")
+            if not next_token:
+                return rules
+            page["pagination_token"] = next_token
 
     async def add_rules(
         self, rules: list[tuple[str, str]], *, dry_run: bool = False

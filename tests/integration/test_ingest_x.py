@@ -58,6 +58,28 @@ async def test_rules_are_synchronized_without_touching_foreign_ones(
     assert all(r["auth"] == f"Bearer {X_APP_TOKEN}" for r in x_api.requests)
 
 
+async def test_rules_on_later_pages_are_seen_and_not_added_again(x_api, ingest_settings, running):
+    """X returns an app's rules a page at a time (at most 1,000; an Enterprise app holds
+    many more, other teams' among them): ingest reads every page, so its own rules on a later
+    page are kept as they are, not added again as if missing."""
+    settings = ingest_settings(stream=True)
+    for n in range(5):
+        x_api.rules[str(n)] = {"id": str(n), "value": f"cats {n}", "tag": "social-team"}
+    for n, rule in enumerate(desired_rules(settings.config), start=100):
+        x_api.rules[str(n)] = {"id": str(n), "value": rule.value, "tag": rule.tag}
+    before = dict(x_api.rules)
+    x_api.rules_page_limit = 2
+
+    async with running(IngestService(settings)):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+
+    assert x_api.rules == before
+    changes = [r for r in x_api.requests if r["method"] == "POST"]
+    assert changes == []
+    pages = [r for r in x_api.requests if r["path"] == "/2/tweets/search/stream/rules"]
+    assert len(pages) >= 4 and pages[1]["query"]["pagination_token"]
+
+
 async def test_stream_survives_disconnects_stalls_and_errors_without_loss(
     x_api, customers, ingest_settings, running, read
 ):

@@ -306,6 +306,7 @@ class XApiStandIn:
         self.stream_connections = 0
         self.rules: dict[str, dict] = {}
         self.max_rules: int | None = None  # the plan's rule cap (X: 1,000 on Pro); None: none
+        self.rules_page_limit = 1000  # the most rules one GET answers (X: max_results <= 1,000)
         self.users: dict[str, JsonDict] = {}
         self._mentions: dict[str, dict[str, JsonDict]] = {}
         self._dm_events: dict[str, JsonDict] = {}
@@ -612,12 +613,24 @@ class XApiStandIn:
     # ----------------------------------------------------------------------- stream rules
 
     async def _get_rules(self, request: web.Request) -> web.Response:
+        """A page of the rules (``max_results``, default and at most 1,000, or the smaller
+        ``rules_page_limit`` a test sets), ``meta.next_token`` naming the next."""
         wanted = _csv(request, "ids")
         rules = [r for r in self.rules.values() if not wanted or r["id"] in wanted]
+        asked = request.query.get("max_results", "1000")
+        token = request.query.get("pagination_token", "0" * 16)
+        if not asked.isdigit() or not 1 <= int(asked) <= 1000:
+            return _invalid_request("max_results", asked, "max_results must be 1 to 1000")
+        if not (token.isdigit() and len(token) == 16):
+            return _invalid_request("pagination_token", token, "invalid pagination_token")
+        start, size = int(token), min(int(asked), self.rules_page_limit)
+        page = rules[start : start + size]
         body: JsonDict = {}
-        if rules:
-            body["data"] = [self._rule_out(rule) for rule in rules]
-        body["meta"] = {"sent": iso_now(), "result_count": len(rules)}
+        if page:
+            body["data"] = [self._rule_out(rule) for rule in page]
+        body["meta"] = {"sent": iso_now(), "result_count": len(page)}
+        if start + size < len(rules):
+            body["meta"]["next_token"] = f"{start + size:016d}"
         return _json(body)
 
     async def _post_rules(self, request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -190,3 +191,11 @@ def test_a_snowflake_id_carries_its_time():
     assert written.date().isoformat() in ("2022-04-25", "2022-04-26")
     now = time.time()
     assert abs(moment_of(snowflake_at(now)) - now) < 0.001
+
+
+def test_tweepy_warns_only_of_parameters_ingest_does_not_send_on_purpose(caplog):
+    tweepy_log = logging.getLogger("tweepy.client")
+    with caplog.at_level(logging.WARNING, logger="tweepy.client"):
+        for name in ("max_results", "pagination_token", "dry_run", "since_idd"):
+            tweepy_log.warning(f"Unexpected parameter: {name}")
+    assert [r.getMessage() for r in caplog.records] == ["Unexpected parameter: since_idd"]
