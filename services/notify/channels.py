@@ -760,7 +760,10 @@ class HubSpotChannel(HttpChannel):
     tweet raises its priority. A ticket has one ``content``, which an upsert replaces: it is the
     conversation's tweets so far (``Job.earlier`` and this one, the oldest dropped first past
     HubSpot's limit), so an agent still reads the first complaint after the follow-ups, and a
-    retried upsert writes the same text.
+    retried upsert writes the same text. A ticket someone deleted is opened again. (A tweet of
+    a conversation the ledger forgot, ``ledger_retention_hours`` after its last delivery,
+    opens the ticket again: only the batch upsert is in HubSpot's contract here, which cannot
+    tell a new conversation from a forgotten one without a second request per ticket.)
 
     HubSpot answers a batch whose inputs partly failed with 207 and the errors beside the
     results: that is a failed delivery, with HubSpot's error kept. Its 429 carries no
@@ -787,26 +790,54 @@ class HubSpotChannel(HttpChannel):
 
     async def deliver(self, job: Job) -> Done:
         target = job.subscription.hubspot or HubSpotTarget()  # optional: the defaults
-        tweet = job.routed.tweet
-        if target.object == "contacts":
-            key = tweet.author.id
-            properties: dict[str, Any] = {
-                "lastname": one_line(tweet.author.name or f"@{tweet.author.username}", 200),
-                "twitterhandle": one_line(tweet.author.username, 50),
+        if target.object == "tickets":
+            return await self._ticket(job, target)
+        author = job.routed.tweet.author
+        properties: dict[str, Any] = {
+            "lastname": one_line(author.name or f"@{author.username}", 200),
+            "twitterhandle": one_line(author.username, 50),
+        }
+        record, _ = await self._upsert(target, author.id, properties)
+        return Done("upserted", record)
+
+    async def _ticket(self, job: Job, target: HubSpotTarget) -> Done:
+        key = job.routed.tweet.conversation_id
+        kept = job.body(HUBSPOT_TEXT_LIMIT)
+        parts, opens = [*job.earlier, kept], job.thread_id is None
+        try:
+            record, new = await self._upsert_ticket(job, target, key, parts, opens=opens)
+        except DeliveryError as error:
+            # Only the batch upsert is in HubSpot's contract here: that a follow-up's upsert
+            # would have created the ticket (refused for want of a pipeline stage, or "new")
+            # is what tells it was deleted.
+            if opens or not _wants_a_stage(error):
+                raise
+            new = True
+        if new and not opens:
+            _thread_gone(self.name, job.thread_id or "")
+            opens = True
+            record, _ = await self._upsert_ticket(job, target, key, parts, opens=opens)
+        return Done("created" if opens else "upserted", record, kept)  # the ledger keeps kept
+
+    async def _upsert_ticket(
+        self, job: Job, target: HubSpotTarget, key: str, parts: list[str], *, opens: bool
+    ) -> tuple[str | None, bool]:
+        properties: dict[str, Any] = {"content": transcript(parts, HUBSPOT_TEXT_LIMIT)}
+        if opens:  # the conversation's first tweet opens the ticket
+            properties |= {
+                "subject": job.summary(),
+                "hs_pipeline": "0",
+                "hs_pipeline_stage": "1",
+                "hs_ticket_priority": job.priority(HUBSPOT_PRIORITIES),
             }
-        else:
-            key = tweet.conversation_id
-            kept = job.body(HUBSPOT_TEXT_LIMIT)
-            properties = {"content": transcript([*job.earlier, kept], HUBSPOT_TEXT_LIMIT)}
-            if job.thread_id is None:  # the conversation's first tweet opens the ticket
-                properties |= {
-                    "subject": job.summary(),
-                    "hs_pipeline": "0",
-                    "hs_pipeline_stage": "1",
-                    "hs_ticket_priority": job.priority(HUBSPOT_PRIORITIES),
-                }
-            elif job.routed.classification.urgency is Urgency.CRITICAL:  # raise, never lower
-                properties["hs_ticket_priority"] = job.priority(HUBSPOT_PRIORITIES)
+        elif job.routed.classification.urgency is Urgency.CRITICAL:  # raise, never lower
+            properties["hs_ticket_priority"] = job.priority(HUBSPOT_PRIORITIES)
+        return await self._upsert(target, key, properties)
+
+    async def _upsert(
+        self, target: HubSpotTarget, key: str, properties: dict[str, Any]
+    ) -> tuple[str | None, bool]:
+        """The record's id, and whether the upsert created it (HubSpot's ``new``)."""
         properties[target.id_property] = key
         if target.owner_id:
             properties["hubspot_owner_id"] = target.owner_id
@@ -818,11 +849,15 @@ class HubSpotChannel(HttpChannel):
         answer = response.json()
         if response.status_code == 207 or answer.get("errors"):
             raise hubspot_batch_error(answer)
-        results = answer.get("results", [])
-        record = results[0]["id"] if results else None
-        if target.object == "tickets":  # the ledger keeps the ticket and its text
-            return Done("created" if job.thread_id is None else "upserted", record, kept)
-        return Done("upserted", record)
+        [result] = answer.get("results") or [{}]
+        return result.get("id"), bool(result.get("new"))
+
+
+def _wants_a_stage(error: DeliveryError) -> bool:
+    """HubSpot's refusal to create a ticket without ``hs_pipeline_stage`` ("Property values
+    were not valid", the property ``REQUIRED``)."""
+    text = str(error)
+    return not error.retryable and "REQUIRED" in text and "hs_pipeline_stage" in text
 
 
 TRANSCRIPT_SEPARATOR = "\n\n" + "-" * 24 + "\n\n"

@@ -710,6 +710,15 @@ async def test_a_salesforce_case_keeps_its_first_tweet_and_takes_follow_ups_as_c
     assert events[3].tweet.text in replacement["Description"]
 
 
+FAN_TICKETS = {"name": "fan-tickets", "channel": "hubspot", "departments": ["marketing"],
+               "hubspot": {"object": "tickets",
+                           "id_property": "switchboard_conversation"}}  # fmt: skip
+
+
+def to_tickets(records, conv: str) -> list:  # noqa: ANN001
+    return [d for d in deliveries(records, conv) if d.target == "fan-tickets"]
+
+
 async def test_a_hubspot_tickets_follow_ups_leave_its_stage_and_subject_to_the_agents(
     vendors, notify_settings, producer, read, running
 ):
@@ -718,26 +727,22 @@ async def test_a_hubspot_tickets_follow_ups_leave_its_stage_and_subject_to_the_a
     priority (a later normal tweet does not lower it). The content keeps every tweet of the
     conversation in order: the first complaint is not overwritten by the follow-ups."""
     hubspot = vendors["hubspot"]
-    tickets = {"name": "fan-tickets", "channel": "hubspot", "departments": ["marketing"],
-               "hubspot": {"object": "tickets",
-                           "id_property": "switchboard_conversation"}}  # fmt: skip
     conv = conversation()
     events = [routed("marketing", urgency, conversation=conv)
               for urgency in ("normal", "critical", "normal")]  # fmt: skip
 
-    def to_tickets(records) -> list:  # noqa: ANN001
-        return [d for d in deliveries(records, conv) if d.target == "fan-tickets"]
-
-    async with running(NotifyService(notify_settings(tickets))):
+    async with running(NotifyService(notify_settings(FAN_TICKETS))):
         await publish_routed(producer, events[0])
-        [opened] = to_tickets(await read([topics.DELIVERIES], lambda rs: to_tickets(rs)))
+        [opened] = to_tickets(
+            await read([topics.DELIVERIES], lambda rs: to_tickets(rs, conv)), conv
+        )
         hubspot.objects["tickets"][opened.external_id]["properties"]["hs_pipeline_stage"] = "4"
         for count, event in enumerate(events[1:], start=2):
             await publish_routed(producer, event)
             records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
-                                 lambda rs, n=count: len(to_tickets(rs)) >= n)  # fmt: skip
+                                 lambda rs, n=count: len(to_tickets(rs, conv)) >= n)  # fmt: skip
 
-    outcomes = [(d.outcome, d.action) for d in to_tickets(records)]
+    outcomes = [(d.outcome, d.action) for d in to_tickets(records, conv)]
     assert outcomes == [("delivered", "created"), ("delivered", "upserted"),
                         ("delivered", "upserted")]  # fmt: skip
     ticket = hubspot.objects["tickets"][opened.external_id]["properties"]
@@ -746,6 +751,39 @@ async def test_a_hubspot_tickets_follow_ups_leave_its_stage_and_subject_to_the_a
     positions = [ticket["content"].find(event.tweet.text) for event in events]
     assert -1 not in positions and positions == sorted(positions)
     assert ticket["hs_ticket_priority"] == "HIGH"  # raised by the critical tweet, kept after
+
+
+async def test_a_hubspot_ticket_someone_deleted_is_opened_again(
+    vendors, notify_settings, producer, read, running
+):
+    """Someone deleted the conversation's ticket, which the ledger recorded. HubSpot refuses
+    the follow-up's upsert (it would create a ticket without a pipeline stage): the tweet opens
+    a new ticket, with the conversation so far, instead of being rejected for good."""
+    hubspot = vendors["hubspot"]
+    conv = conversation()
+    events = [routed("marketing", conversation=conv) for _ in range(2)]
+    gone = notify_metrics.THREADS_GONE.labels("hubspot")._value.get()
+
+    async with running(NotifyService(notify_settings(FAN_TICKETS))):
+        await publish_routed(producer, events[0])
+        [opened] = to_tickets(
+            await read([topics.DELIVERIES], lambda rs: to_tickets(rs, conv)), conv
+        )
+        del hubspot.objects["tickets"][opened.external_id]
+        await publish_routed(producer, events[1])
+        records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                             lambda rs: len(to_tickets(rs, conv)) >= 2)  # fmt: skip
+
+    outcomes = [(d.outcome, d.action) for d in to_tickets(records, conv)]
+    assert outcomes == [("delivered", "created"), ("delivered", "created")]
+    [reopened] = [t for t in hubspot.objects["tickets"].values()
+                  if t["properties"].get("switchboard_conversation") == conv]  # fmt: skip
+    assert to_tickets(records, conv)[1].external_id == reopened["id"] != opened.external_id
+    ticket = reopened["properties"]
+    assert ticket["hs_pipeline_stage"] == "1" and events[1].tweet.id in ticket["subject"]
+    positions = [ticket["content"].find(event.tweet.text) for event in events]
+    assert -1 not in positions and positions == sorted(positions)
+    assert notify_metrics.THREADS_GONE.labels("hubspot")._value.get() == gone + 1
 
 
 async def test_an_upsert_that_loses_a_race_for_its_author_updates_the_winners_lead(
