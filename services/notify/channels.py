@@ -441,8 +441,7 @@ class JiraChannel(HttpChannel):
             # it happened unanswered. Two searches could disagree (the index is eventually
             # consistent), and the lost create would then be commented on as a follow-up.
             found = await self._search(label)
-            if (own := next((key for key, labels in found if mine in labels), None)) is not None:
-                self._uncertain.pop(job.delivery_id, None)
+            if (own := self._own(found, job.delivery_id)) is not None:
                 return Done("created", own)
             issue = found[0][0] if found else None
         if issue is not None:
@@ -452,6 +451,11 @@ class JiraChannel(HttpChannel):
                 if not _gone(error):
                     raise
             _thread_gone(self.name, issue)
+            # The issue the ledger recorded was deleted, and this delivery's create of its
+            # successor may have happened unanswered: its own label finds it.
+            uncertain = job.thread_id is not None and job.delivery_id in self._uncertain
+            if uncertain and (own := self._own(await self._search(label), job.delivery_id)):
+                return Done("created", own)
         self._settled(job.delivery_id)
         target = job.subscription.jira
         assert target is not None
@@ -494,6 +498,14 @@ class JiraChannel(HttpChannel):
             comment = {"body": adf(job.comment(JIRA_TEXT_LIMIT, utf16_units))}
             await self.send("POST", comments, json=comment)
         return Done("commented", issue)
+
+    def _own(self, found: list[tuple[str, list[str]]], delivery_id: str) -> str | None:
+        """The issue among ``found`` that this delivery created, if any (by its label)."""
+        mine = delivery_tag(delivery_id)
+        own = next((key for key, labels in found if mine in labels), None)
+        if own is not None:
+            self._uncertain.pop(delivery_id, None)
+        return own
 
     def _settled(self, delivery_id: str) -> None:
         """Raise a retryable wait while a lost create may still be hidden from search."""

@@ -441,6 +441,32 @@ async def test_a_jira_create_whose_answer_was_lost_is_found_before_it_is_repeate
     assert jira.comments.get(issues[0]["key"], []) == []
 
 
+async def test_the_lost_create_of_a_deleted_issues_successor_is_found_not_repeated(
+    vendors, notify_settings, producer, read, running
+):
+    """The conversation's issue was deleted; the follow-up's create of a new one happens, but
+    its answer comes after the client's timeout. The retry finds the deleted issue gone again,
+    then the new issue by the delivery's label, instead of creating a second one."""
+    jira = vendors["jira"]
+    conv = conversation()
+    first, follow_up = [routed("legal", conversation=conv) for _ in range(2)]
+
+    async with running(NotifyService(notify_settings())):
+        await publish_routed(producer, first)
+        [opened] = deliveries(await read([topics.DELIVERIES],
+                                         lambda rs: deliveries(rs, conv)), conv)  # fmt: skip
+        jira.delete(opened.external_id)
+        jira.delay_next("/rest/api/3/issue", 2.0, method="POST")  # after the 1 s timeout
+        await publish_routed(producer, follow_up)
+        records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                             lambda rs: len(deliveries(rs, conv)) >= 2)  # fmt: skip
+
+    [_, recreated] = deliveries(records, conv)
+    assert (recreated.outcome, recreated.action) == ("delivered", "created")
+    successors = [i for i in jira.issues.values() if follow_up.tweet.text in str(i["fields"])]
+    assert [i["key"] for i in successors] == [recreated.external_id]
+
+
 async def test_a_follow_up_to_a_closed_ticket_opens_a_follow_up_ticket(
     vendors, notify_settings, producer, read, running
 ):
