@@ -375,10 +375,11 @@ def _current(tickets: list[dict]) -> dict | None:
     )
 
 
-def _thread_gone(channel: str, thread: str) -> None:
-    """The conversation's ticket, issue or Case was deleted: a new one is opened for it."""
+def _thread_gone(channel: str, thread: str, why: str = "deleted") -> None:
+    """The conversation's ticket, issue or Case was deleted (or a Jira issue is full): a new
+    one is opened for it."""
     log.warning("the conversation's ticket is gone; opening a new one",
-                extra={"channel": channel, "ticket": thread})  # fmt: skip
+                extra={"channel": channel, "ticket": thread, "why": why})  # fmt: skip
     metrics.THREADS_GONE.labels(channel).inc()
 
 
@@ -448,11 +449,14 @@ class JiraChannel(HttpChannel):
             try:
                 return await self._comment(job, issue, mine)
             except DeliveryError as error:
-                if not _gone(error):
+                # Deleted (404), or full (413: the per-issue limit of comments reached): the
+                # conversation goes on in a new issue.
+                why = "full" if str(error).startswith("HTTP 413") else "deleted"
+                if why == "deleted" and not _gone(error):
                     raise
-            _thread_gone(self.name, issue)
-            # The issue the ledger recorded was deleted, and this delivery's create of its
-            # successor may have happened unanswered: its own label finds it.
+            _thread_gone(self.name, issue, why)
+            # This delivery's create of the successor may have happened unanswered: its own
+            # label finds it.
             uncertain = job.thread_id is not None and job.delivery_id in self._uncertain
             if uncertain and (own := self._own(await self._search(label), job.delivery_id)):
                 return Done("created", own)

@@ -27,7 +27,8 @@ EMAIL_RECIPIENTS_REFUSED = Counter(
 )
 THREADS_GONE = Counter(
     "switchboard_threads_gone_total",
-    "Tickets or issues of a conversation found deleted at a follow-up (a new one was opened)",
+    "Tickets or issues of a conversation found deleted (or a Jira issue full of comments) at "
+    "a follow-up: a new one was opened",
     ["channel"],
 )
 TOKEN_RENEWALS = Counter(

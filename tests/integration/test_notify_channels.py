@@ -467,6 +467,32 @@ async def test_the_lost_create_of_a_deleted_issues_successor_is_found_not_repeat
     assert [i["key"] for i in successors] == [recreated.external_id]
 
 
+async def test_a_jira_issue_full_of_comments_hands_the_conversation_to_a_new_issue(
+    vendors, notify_settings, producer, read, running
+):
+    """Jira refuses a comment past the per-issue limit (413; 5,000 on Jira Cloud): the
+    follow-up opens a new issue for the conversation, where later tweets go, instead of being
+    rejected, and every later follow-up with it."""
+    jira = vendors["jira"]
+    jira.comment_limit = 1
+    conv = conversation()
+    events = [routed("legal", conversation=conv) for _ in range(4)]
+
+    async with running(NotifyService(notify_settings())):
+        for count, event in enumerate(events, start=1):
+            await publish_routed(producer, event)
+            records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                                 lambda rs, n=count: len(deliveries(rs, conv)) >= n)  # fmt: skip
+
+    done = deliveries(records, conv)
+    assert [(d.outcome, d.action) for d in done] == [
+        ("delivered", "created"), ("delivered", "commented"),
+        ("delivered", "created"), ("delivered", "commented")]  # fmt: skip
+    first, second = done[0].external_id, done[2].external_id
+    assert first != second and done[1].external_id == first and done[3].external_id == second
+    assert [len(jira.comments.get(key, [])) for key in (first, second)] == [1, 1]
+
+
 async def test_a_follow_up_to_a_closed_ticket_opens_a_follow_up_ticket(
     vendors, notify_settings, producer, read, running
 ):

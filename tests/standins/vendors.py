@@ -649,6 +649,8 @@ JIRA_TOO_LONG = (
     f"The entered text is too long. It exceeds the allowed limit of {JIRA_TEXT_LIMIT:,} characters."
 )
 JIRA_NO_ISSUE = "Issue does not exist or you do not have permission to see it."
+# addComment's 413: "the per-issue limit has been breached" (Jira Cloud: 5,000 comments)
+JIRA_COMMENTS_FULL = "This issue has reached the limit of {} comments."
 JIRA_UNBOUNDED = (
     "Unbounded JQL queries are not allowed here. Please add a search restriction to your query."
 )
@@ -735,6 +737,7 @@ class JiraStandIn(VendorStandIn):
         # Atlassian: a 429 "may be accompanied by" Retry-After and X-RateLimit-Reset; True
         # sends only the reset time.
         self.reset_without_retry_after = False
+        self.comment_limit = 5000  # per issue, as on Jira Cloud
         self._searches = 0
         self._indexed_after: dict[str, int] = {}
         self.issues: dict[str, dict] = {}
@@ -982,6 +985,8 @@ class JiraStandIn(VendorStandIn):
             return _jira_errors([], {"comment": JIRA_ADF_MESSAGE}, 400)
         if _utf16(_adf_text(adf)) > JIRA_TEXT_LIMIT:
             return _jira_errors([], {"comment": JIRA_TOO_LONG}, 400)
+        if len(self.comments.get(issue["key"], [])) >= self.comment_limit:
+            return _jira_errors([JIRA_COMMENTS_FULL.format(self.comment_limit)], {}, 413)
         comment_id = str(next(self._comment_ids))
         stamp = _iso_offset(_now())
         author = {"accountId": self._account_id, "emailAddress": self.email, "active": True}
