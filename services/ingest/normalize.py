@@ -152,8 +152,10 @@ def tweet_from_v2_data(
             "missing_author",
             f"includes.users has no user {data['author_id']} (expansions=author_id)",
         )
-    entities = data.get("entities") or {}
-    mentions = [m["username"] for m in entities.get("mentions", []) if "username" in m]
+    # A long post's mentions past the 280 characters of `text` are only in note_tweet's.
+    note = (data.get("note_tweet") or {}).get("entities") or {}
+    found = [*(data.get("entities") or {}).get("mentions", []), *note.get("mentions", [])]
+    mentions = list(dict.fromkeys(m["username"] for m in found if "username" in m))
     references = data.get("referenced_tweets") or []
     rule_tags = rule_tags or []
     handles = [

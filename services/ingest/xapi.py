@@ -61,6 +61,7 @@ USER_FIELDS = ["name", "username", "public_metrics", "verified"]
 EXPANSIONS = [
     "author_id",
     "entities.mentions.username",
+    "entities.note.mentions.username",  # a long post's mentions past its first 280 characters
     "referenced_tweets.id",  # includes.tweets: whose tweet a quote quotes
     "referenced_tweets.id.author_id",
 ]

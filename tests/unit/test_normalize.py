@@ -81,6 +81,20 @@ def test_long_posts_use_the_note_tweet_text(config):
     assert tweet_from_v2(message(note_tweet={"text": full}), config).text == full
 
 
+def test_a_long_posts_mentions_past_its_first_280_characters_are_read(config):
+    """X gives a long post's mentions past the cut only in note_tweet.entities: a handle named
+    there is addressed, and each mention is listed once."""
+    late = {"start": 590, "end": 602, "username": "SkylarkHelp"}
+    first = {"start": 0, "end": 13, "username": "SkylarkDeals"}
+    note = {
+        "text": "@SkylarkDeals " + "a" * 576 + "@SkylarkHelp",
+        "entities": {"mentions": [first, late]},
+    }
+    tweet = tweet_from_v2(message(note_tweet=note), config)
+    assert tweet.mentions == ["SkylarkDeals", "SkylarkHelp"]
+    assert tweet.addressed_handles == ["@SkylarkDeals", "@SkylarkHelp"]
+
+
 @pytest.mark.parametrize(
     ("broken", "reason"),
     [
