@@ -4,9 +4,11 @@
   ``{"response_token": "sha256=" + base64(HMAC-SHA256(consumer_secret, crc_token))}``.
 - ``POST <path>`` must carry ``x-twitter-webhooks-signature: sha256=<base64 HMAC of the body>``;
   a missing or wrong signature is 401, a body over ``max_body_bytes`` is 413. The events are
-  published before the 200, so X redelivers what a failed request did not publish. A signed
+  published before the 200: on the Enterprise tier X retries a delivery not answered 200
+  within three seconds (three times over five minutes); other tiers do not retry, and rely on
+  DM polling and the mentions backstop for what a failed request did not publish. A signed
   body that is not JSON, or holds an event that is not a tweet, is dead-lettered and answered
-  200: it is kept on ``switchboard.deadletter``, and X redelivering it would only copy it.
+  200: it is kept on ``switchboard.deadletter``, and X retrying it would only copy it.
 
 Replays. X signs the body only: there is no timestamp or nonce to check, so a body captured
 once verifies forever. What protects against a replay, and against X's own redeliveries, is
