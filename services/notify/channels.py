@@ -80,6 +80,7 @@ SALESFORCE_TEXT_LIMIT = 32_000  # Description is a Long Text Area(32000)
 SALESFORCE_NAME_LIMIT = 80  # Lead.LastName
 CASE_COMMENT_LIMIT = 4_000  # CaseComment.CommentBody holds 4,000 bytes
 DUPLICATE_RETRY_S = 0.0  # after an upsert lost a race for its external id: at once
+CONCURRENT_LIMIT_WAIT_S = 5.0  # Salesforce's concurrent long-running requests limit
 HUBSPOT_TEXT_LIMIT = 65_000  # a property value holds 65,536
 JIRA_RECONCILE_MAX = 50  # /search/jql reconciles at most 50 issue ids
 CHAT_TEXT_LIMIT = 3_000  # the webhook's chat-ready text (Slack shows 4,000 per block)
@@ -635,9 +636,13 @@ class SalesforceChannel(HttpChannel):
             return None
         if not isinstance(errors, list):
             return None
-        codes = {e.get("errorCode") for e in errors if isinstance(e, dict)}
+        errors = [e for e in errors if isinstance(e, dict)]
+        codes = {e.get("errorCode") for e in errors}
         if response.status_code == 403 and "REQUEST_LIMIT_EXCEEDED" in codes:
-            return self.request_limit_wait_s
+            # Too many long-running requests at once clears within seconds; the org's daily
+            # allowance ("TotalRequests Limit exceeded", or unsaid) over hours.
+            busy = any("Concurrent" in str(e.get("message")) for e in errors)
+            return CONCURRENT_LIMIT_WAIT_S if busy else self.request_limit_wait_s
         if response.status_code == 400 and "DUPLICATE_VALUE" in codes:
             # Another delivery (this replica's or another's) created the author's record
             # meanwhile: the same upsert again updates it.

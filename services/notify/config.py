@@ -177,7 +177,8 @@ class SalesforceConnection(Section):
         default=3600.0,
         gt=0,
         description="After 403 REQUEST_LIMIT_EXCEEDED (the org's API requests of a rolling 24 "
-        "hours are spent), how long a delivery waits, parked, before it tries again",
+        "hours are spent), how long a delivery waits, parked, before it tries again (the same "
+        "code for too many concurrent long-running requests waits 5 seconds)",
     )
 
     @model_validator(mode="after")

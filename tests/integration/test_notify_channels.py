@@ -685,6 +685,28 @@ async def test_a_jira_429_with_only_a_reset_time_parks_the_delivery_until_then(
     assert abs(waiting.retry_at.timestamp() - round(waiting.retry_at.timestamp() / 60) * 60) < 2
 
 
+async def test_salesforces_concurrent_request_limit_is_a_short_wait_not_an_hour(
+    vendors, notify_settings, producer, read, running
+):
+    """Salesforce answers too many long-running requests at once with the same 403
+    REQUEST_LIMIT_EXCEEDED as a spent daily allowance ("ConcurrentPerOrgLongTxn Limit
+    exceeded"): it clears within seconds, so the delivery is tried again in seconds, not
+    parked for request_limit_wait_s (an hour by default)."""
+    salesforce = vendors["salesforce"]
+    conv = conversation()
+    salesforce.busy_next("/services/data")
+
+    async with running(NotifyService(notify_settings(max_wait_s=10.0))):
+        await publish_routed(producer, routed("sales", conversation=conv, author="7300"))
+        records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                             lambda rs: len(deliveries(rs, conv)) >= 1)  # fmt: skip
+
+    [delivered] = deliveries(records, conv)
+    assert (delivered.outcome, delivered.attempts) == ("delivered", 2)
+    assert any(r.get("Switchboard_Author_Id__c") == "7300"
+               for r in salesforce.records["Lead"].values())  # fmt: skip
+
+
 def to_cases(records, conv: str) -> list:  # noqa: ANN001
     return [d for d in deliveries(records, conv) if d.target == "sales-cases"]
 

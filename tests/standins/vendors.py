@@ -1081,6 +1081,7 @@ class SalesforceStandIn(VendorStandIn):
         self._numbers = itertools.count(1)
         self._api_usage = 0
         self._race_next = False
+        self._busy_next = False
 
     def expire_sessions(self) -> None:
         """Every access token issued so far stops working (401 INVALID_SESSION_ID)."""
@@ -1091,6 +1092,13 @@ class SalesforceStandIn(VendorStandIn):
         the same external id: the other request's record is inserted and this one answers
         400 ``DUPLICATE_VALUE``, as Salesforce does for a unique external-id field."""
         self._race_next = True
+
+    def busy_next(self, path_prefix: str) -> None:
+        """The next request under ``path_prefix`` is refused 403 REQUEST_LIMIT_EXCEEDED for
+        the org's long-running requests at once ("ConcurrentPerOrgLongTxn Limit exceeded"),
+        not its daily allowance: Salesforce's limit of 25 that clears within seconds."""
+        self._busy_next = True
+        self.fail_next(path_prefix, 403)
 
     def delete_record(self, sobject: str, record_id: str) -> None:
         """Someone deletes the record: its paths answer 404 NOT_FOUND from now on."""
@@ -1142,6 +1150,8 @@ class SalesforceStandIn(VendorStandIn):
                 "An unexpected error occurred. Please include this ErrorId if you contact "
                 f"support: {uuid.uuid4().int % 10**9}-{uuid.uuid4().int % 10**5} (-{status})"
             )
+        if status == 403 and self._busy_next:
+            self._busy_next, message = False, "ConcurrentPerOrgLongTxn Limit exceeded"
         return _sf_error(status, code, message, **headers)
 
     def _decorate(self, response: web.StreamResponse) -> None:
