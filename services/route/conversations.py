@@ -71,6 +71,9 @@ def after_routing(
         routed=_remember(state.routed if state else {}, event, decision),
         recent=_recent(state.recent if state else {}, event, decision),
         corrections=state.corrections if state else [],
+        # what a correction read again after a crash needs to publish its outputs again
+        applied=state.applied if state else [],
+        correction_offset=state.correction_offset if state else None,
     )
 
 
@@ -107,7 +110,8 @@ def _recent(
 def _awaiting(
     current: AwaitingReply | None, event: ClassifiedTweet, outcome: Outcome
 ) -> AwaitingReply:
-    """The first unanswered tweet keeps the clock; a stricter SLA from a later one wins."""
+    """The first unanswered tweet keeps the clock (the response time counts from it); a
+    stricter SLA from a later one wins, and its alert names that tweet, whose urgency set it."""
     tweet = event.tweet
     if current is not None:
         stricter = outcome.sla_due_at is not None and (
@@ -117,6 +121,10 @@ def _awaiting(
             return current
         return current.model_copy(
             update={
+                "tweet_id": tweet.id,
+                "tweet": tweet,
+                "classification": event.classification,
+                "handle": tweet.addressed_handles[0] if tweet.addressed_handles else current.handle,
                 "urgency": event.classification.urgency,
                 "due_at": outcome.sla_due_at,
                 "department": outcome.department,

@@ -14,6 +14,7 @@ from switchboard.route.spikes import SpikeKeys, SpikeTally, bar, judge
 from switchboard.shared.events import (
     Author,
     BrandTweet,
+    Correction,
     RouteDecision,
     SpikeObservation,
     Trace,
@@ -280,6 +281,35 @@ def test_a_brand_reply_answers_the_first_awaited_tweet():
     )  # fmt: skip
     state, response = conversations.after_brand_reply(state, reply, NOW)
     assert state.awaiting is None and response.seconds == pytest.approx(12 * 60)
+
+
+def test_a_stricter_sla_from_a_later_tweet_names_that_tweet_and_keeps_the_clock():
+    _, state = routed_state(classified("customer_service", 0.9, "normal", conversation_id="c10",
+                                       id="n1"))  # fmt: skip
+    received = state.awaiting.received_at
+    _, state = routed_state(
+        classified("customer_service", 0.9, "critical", conversation_id="c10", id="k2",
+                   text="a gas smell in the building"),
+        state=state,
+    )  # fmt: skip
+    awaiting = state.awaiting
+    assert (awaiting.tweet_id, awaiting.urgency) == ("k2", Urgency.CRITICAL)
+    assert awaiting.tweet.text == "a gas smell in the building"
+    assert awaiting.classification.urgency is Urgency.CRITICAL
+    assert awaiting.received_at == received  # the response time counts from the first
+
+
+def test_routing_a_tweet_keeps_the_conversations_applied_corrections():
+    _, state = routed_state(classified("sales", 0.9, conversation_id="c11", id="a1"))
+    applied = Correction(
+        correction_id="fix-1", conversation_id="c11", tweet_id="a1", source="ops", by="ana",
+        made_at=NOW, outcome="rerouted", department_before=Department.SALES,
+        department=Department.LEGAL, urgency=Urgency.NORMAL, model_version="test",
+    )  # fmt: skip
+    state = state.model_copy(update={"corrections": ["fix-1"], "applied": [applied],
+                                     "correction_offset": 41})  # fmt: skip
+    _, state = routed_state(classified("sales", 0.9, conversation_id="c11", id="a2"), state=state)
+    assert (state.corrections, state.applied, state.correction_offset) == (["fix-1"], [applied], 41)
 
 
 def test_an_sla_breach_is_reported_once_for_alerting_urgencies():
