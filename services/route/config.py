@@ -95,7 +95,9 @@ class ConversationConfig(Section):
     """A conversation keeps its owning department while it is active."""
 
     enabled: bool = True
-    ttl_hours: float = Field(default=72.0, gt=0, description="Ownership expires after this")
+    ttl_hours: float = Field(
+        default=72.0, gt=0, le=8760, description="Ownership expires after this (at most a year)"
+    )
     override_confidence: float = Field(
         default=0.85, ge=0.0, le=1.0,
         description="A reply moves to another department only when the model is this sure",
@@ -120,7 +122,7 @@ class SpikeConfig(Section):
 class SlaConfig(Section):
     """Time to a first reply from one of the company's handles, by urgency (minutes)."""
 
-    minutes: dict[Urgency, float] = Field(
+    minutes: dict[Urgency, Annotated[float, Field(gt=0, le=525_600)]] = Field(
         default_factory=lambda: {
             Urgency.CRITICAL: 30, Urgency.HIGH: 240, Urgency.NORMAL: 1440, Urgency.LOW: 10_080
         }

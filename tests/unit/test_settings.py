@@ -95,6 +95,15 @@ def test_example_config_is_valid():
             "notify.subscriptions[0].to[0]",
         ),
         (lambda c: c["classify"].update(batch_size=0), "classify.batch_size"),
+        # a TTL past datetime's range made every SLA sweep crash the worker
+        (
+            lambda c: c["route"].setdefault("conversations", {}).update(ttl_hours=1e9),
+            "route.conversations.ttl_hours",
+        ),
+        (
+            lambda c: c["route"].setdefault("sla", {}).update(minutes={"critical": 0}),
+            "route.sla.minutes.critical",
+        ),
         (lambda c: c["ingest"]["x"]["webhook"].update(max_event_age_hours=100), "ingest"),
         (lambda c: c.update(access={"lock_views": True}), "access"),
         (lambda c: c["notify"].update(redact={"emails": True}), "notify.redact.emails"),
