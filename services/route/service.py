@@ -601,8 +601,18 @@ class RouteService:
             metrics.RULES_RELOADS.labels("invalid").inc()
             log.error("new configuration rejected; keeping the current rules: %s", error)
             return "invalid"
-        if config.route.spikes.window_minutes != self.spike_windows.config.window_minutes:
-            log.warning("route.spikes.window_minutes changes at the next restart")
+        # The windows' size and number are the tables' own and change at the next restart;
+        # the bar (factor, min_count) and what is watched apply now.
+        started = self.spike_windows.config
+        spikes = config.route.spikes
+        if (spikes.window_minutes, spikes.baseline_windows) != (
+            started.window_minutes, started.baseline_windows
+        ):  # fmt: skip
+            log.warning("route.spikes.window_minutes and baseline_windows change at restart")
+        self.spike_windows.config = spikes.model_copy(
+            update={"window_minutes": started.window_minutes,
+                    "baseline_windows": started.baseline_windows}
+        )  # fmt: skip
         self.config = config
         self.version = rules_version(config.route)
         self.spike_keys = SpikeKeys(config.route.spikes)

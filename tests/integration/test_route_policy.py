@@ -142,9 +142,14 @@ async def test_rules_reload_without_a_restart(route_settings, producer, read, ru
         await send(producer, before)
         await read(WATCHED, lambda rs: len(routed_records(rs, prefix)) >= 1)
         old_version = service.version
+        windows = service.spike_windows.config.window_minutes
         route_settings.write([{"name": "sales-to-triage", "when": {"departments": ["sales"]},
-                               "then": {"triage": True}}], reload_interval_s=0.1)  # fmt: skip
+                               "then": {"triage": True}}], reload_interval_s=0.1,
+                             spikes={"factor": 7, "window_minutes": windows + 1})  # fmt: skip
         await wait_for(lambda: service.version != old_version, timeout_s=10)
+        # The spike bar applies at once; the windows' size is the tables' until a restart.
+        assert service.spike_windows.config.factor == 7
+        assert service.spike_windows.config.window_minutes == windows
         await send(producer, after)
         records = await read(WATCHED, lambda rs: len(routed_records(rs, prefix)) >= 2)
         # An invalid file is refused and the rules in force stay.

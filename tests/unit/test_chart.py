@@ -108,7 +108,8 @@ def test_a_config_change_a_pod_cannot_apply_rolls_the_pods():
         c for c in by_kind(render(other), "ConfigMap") if c["metadata"]["name"].endswith("-config")
     ]
     assert yaml.safe_load(configmap["data"]["switchboard.yaml"]) == other["config"]
-    for at_start in ({"spikes": {"window_minutes": 15}}, {"sla": {"check_interval_s": 5}}):
+    for at_start in ({"spikes": {"window_minutes": 15}}, {"sla": {"check_interval_s": 5}},
+                     {"conversations": {"ttl_hours": 24}}):  # fmt: skip
         assert checksums({}) != checksums({"config": {"route": at_start}}), at_start
     assert checksums({}) != checksums({"config": {"classify": {"batch_size": 64}}})
 

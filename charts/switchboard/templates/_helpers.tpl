@@ -22,7 +22,8 @@ app.kubernetes.io/component: {{ .service }}
 
 {{/* The configuration a running pod cannot apply, hashed into each pod's checksum/config
 annotation: every section but route's, and of route's what it sets up at start (its spike
-windows, the SLA sweep's interval, standby replicas). The rest of route's section (rules, SLAs,
+windows, the SLA sweep's interval, standby replicas, the conversations' TTL, which sizes the
+window of recorded corrections). The rest of route's section (rules, SLAs,
 thresholds, keywords) route reloads from the mounted file. */}}
 {{- define "switchboard.restartConfig" -}}
 {{- $config := .Values.config -}}
@@ -31,7 +32,8 @@ thresholds, keywords) route reloads from the mounted file. */}}
   "spikes.baseline_windows" (dig "route" "spikes" "baseline_windows" "" $config)
   "spikes.samples" (dig "route" "spikes" "samples" "" $config)
   "sla.check_interval_s" (dig "route" "sla" "check_interval_s" "" $config)
-  "standby_replicas" (dig "route" "standby_replicas" "" $config) -}}
+  "standby_replicas" (dig "route" "standby_replicas" "" $config)
+  "conversations.ttl_hours" (dig "route" "conversations" "ttl_hours" "" $config) -}}
 {{- /* classify loads a new model (artifact, runtime...) from the file by itself */ -}}
 {{- $classifyAtStart := omit (dig "classify" (dict) $config) "artifact" "backbone" "max_length" "threads" "runtime" "bucket_size" -}}
 {{- toYaml (dict "config" (omit $config "route" "classify") "route_at_start" $atStart "classify_at_start" $classifyAtStart) -}}
