@@ -242,3 +242,12 @@ def test_the_chart_ships_the_same_rules_and_dashboards_as_deploy():
         assert (CHART / "files" / name).read_text() == (
             ROOT / "deploy" / "grafana" / "dashboards" / name
         ).read_text()
+
+
+def test_a_drain_is_never_blocked_by_a_disruption_budget():
+    """A service of one pod must still let a node drain: each budget allows one pod out at a
+    time rather than keeping one available, which a single pod cannot give."""
+    budgets = by_kind(render(), "PodDisruptionBudget")
+    assert len(budgets) == len(SERVICES)
+    assert all(b["spec"] == {"maxUnavailable": 1, "selector": b["spec"]["selector"]}
+               for b in budgets)  # fmt: skip
