@@ -34,7 +34,7 @@ from aiokafka.helpers import create_ssl_context
 
 from switchboard.shared import metrics
 from switchboard.shared.events import DeadLetter, DecodeError, E, Event, decode, encode
-from switchboard.shared.settings import KafkaSettings
+from switchboard.shared.settings import ConfigError, KafkaSettings
 from switchboard.shared.topics import DEADLETTER, topic_config
 
 log = logging.getLogger(__name__)
@@ -165,13 +165,36 @@ def make_consumer(
 
 
 async def ensure_topics(
-    kafka: KafkaSettings, topics: Iterable[str], partitions: int, replication_factor: int
+    kafka: KafkaSettings,
+    topics: Iterable[str],
+    partitions: int,
+    replication_factor: int,
+    *,
+    co_partitioned: Iterable[str] = (),
 ) -> list[str]:
-    """Create the topics that do not exist yet; returns the ones created."""
+    """Create the topics that do not exist yet; returns the ones created.
+
+    ``co_partitioned`` are the topics a stream processor joins by key with its tables (a
+    conversation's tweets, replies and state): each must have ``partitions``, or faust would
+    assign their partitions to replicas apart, and a reply would reach a replica without its
+    conversation. Kafka never shrinks a topic, and ``topics.partitions`` raised after the
+    topics exist does not grow them: a mismatch stops the service at start, naming the key."""
     admin = AIOKafkaAdminClient(client_id="switchboard-admin", **client_options(kafka))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        # Checked before any is created: none is added at a count that cannot work.
+        joined = sorted(set(co_partitioned) & existing)
+        if joined:
+            found = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(joined)}
+            wrong = {t: n for t, n in found.items() if n != partitions}
+            if wrong:
+                raise ConfigError(
+                    f"config key topics.partitions: {partitions}, but "
+                    + ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
+                    + ": the topics joined by key must have as many partitions (set "
+                    "topics.partitions to theirs, or add partitions to every one of them)"
+                )
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if missing:
             # Another service may create them at the same moment; that is fine.

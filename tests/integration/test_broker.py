@@ -21,7 +21,7 @@ from switchboard.shared.kafka import (
     make_producer,
     read_to_end,
 )
-from switchboard.shared.settings import KafkaSettings
+from switchboard.shared.settings import ConfigError, KafkaSettings
 
 
 async def test_topics_are_created_with_the_configured_partitions(kafka, config):
@@ -33,6 +33,19 @@ async def test_topics_are_created_with_the_configured_partitions(kafka, config):
         await admin.close()
     assert [len(t["partitions"]) for t in described] == [config.topics.partitions] * 2
     assert await ensure_topics(kafka, topics.ALL, 3, 1) == []  # idempotent
+
+
+async def test_topics_joined_by_key_with_another_partition_count_stop_the_service(kafka):
+    """topics.partitions raised after the topics exist does not grow them (and Kafka never
+    shrinks one): a stream processor would join a reply and its conversation on different
+    replicas, so the start fails naming the key and the topics."""
+    joined = [f"joined-{time.monotonic_ns()}-{n}" for n in range(2)]
+    await ensure_topics(kafka, joined[:1], 2, 1)
+    with pytest.raises(ConfigError) as caught:
+        await ensure_topics(kafka, joined, 3, 1, co_partitioned=joined)
+    assert str(caught.value).startswith("config key topics.partitions: 3, but ")
+    assert f"{joined[0]} has 2" in str(caught.value)
+    assert await ensure_topics(kafka, joined, 2, 1, co_partitioned=joined) == joined[1:]
 
 
 async def test_topics_and_messages_survive_a_broker_restart(tmp_path: Path):
