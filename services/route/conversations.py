@@ -48,8 +48,10 @@ def after_routing(
     outcome: Outcome,
     decision: RouteDecision,
     now: datetime,
+    replied_at: datetime | None = None,
 ) -> ConversationState | None:
-    """The conversation after this tweet was routed (``state`` must be active or None)."""
+    """The conversation after this tweet was routed (``state`` must be active or None);
+    ``replied_at``: a company reply read before the conversation had a state."""
     if outcome.destination == "dropped":
         if state is None:
             return None
@@ -60,7 +62,10 @@ def after_routing(
     owner = outcome.department
     if outcome.destination == "triage" and state is not None:
         owner = state.department  # triage does not take a conversation away from its owner
-    awaiting = _awaiting(state.awaiting if state else None, event, outcome)
+    replied_at = max((t for t in (replied_at, state and state.replied_at) if t), default=None)
+    awaiting = state.awaiting if state else None
+    if replied_at is None or event.tweet.created_at > replied_at:
+        awaiting = _awaiting(awaiting, event, outcome)  # else answered before route read it
     return ConversationState(
         conversation_id=event.tweet.conversation_id,
         department=owner,
@@ -74,6 +79,7 @@ def after_routing(
         # what a correction read again after a crash needs to publish its outputs again
         applied=state.applied if state else [],
         correction_offset=state.correction_offset if state else None,
+        replied_at=replied_at,
     )
 
 
@@ -146,13 +152,17 @@ def _awaiting(
 def after_brand_reply(
     state: ConversationState, reply: BrandTweet, now: datetime
 ) -> tuple[ConversationState, Response | None]:
-    """A company handle spoke in the conversation: the awaited tweet, if any, is answered."""
+    """A company handle spoke in the conversation: the awaited tweet, if any, is answered,
+    and a tweet written before the reply and read after it will be too."""
+    written = reply.tweet.created_at
+    replied_at = max(written, state.replied_at) if state.replied_at else written
     if state.awaiting is None:
-        return state.model_copy(update={"updated_at": now}), None
+        return state.model_copy(update={"updated_at": now, "replied_at": replied_at}), None
     answered_at = max(reply.tweet.created_at, reply.trace.ingested_at)
     seconds = max(0.0, (answered_at - state.awaiting.received_at).total_seconds())
     response = Response(state.awaiting, reply.handle, seconds)
-    return state.model_copy(update={"awaiting": None, "updated_at": now}), response
+    update = {"awaiting": None, "updated_at": now, "replied_at": replied_at}
+    return state.model_copy(update=update), response
 
 
 def awaiting_due(state: ConversationState) -> tuple[datetime, Urgency] | None:

@@ -30,6 +30,7 @@ from faust.types import TP
 from switchboard.route import conversations, feedback, metrics
 from switchboard.route.config import RouteFileConfig
 from switchboard.route.ops import OpsView, ops_router
+from switchboard.route.replies import EarlyReplies
 from switchboard.route.rules import Outcome, evaluate, rules_version
 from switchboard.route.settings import RouteSettings
 from switchboard.route.spikes import Spike, SpikeKeys, SpikeTally, SpikeWindows
@@ -93,6 +94,9 @@ class RouteService:
         )
         self.due = conversations.DueIndex()
         self.recorded = feedback.RecordedCorrections(
+            self.app, self.streams.partitions, self.config.route.conversations.ttl_hours
+        )
+        self.early_replies = EarlyReplies(
             self.app, self.streams.partitions, self.config.route.conversations.ttl_hours
         )
         self.spike_windows = SpikeWindows(
@@ -192,7 +196,8 @@ class RouteService:
         self.ops.on_routed(routed)
         if alert is not None:
             self.ops.on_alert(alert)
-        new_state = conversations.after_routing(state, event, outcome, routed.route, now)
+        early = self.early_replies.get(key) if state is None else None
+        new_state = conversations.after_routing(state, event, outcome, routed.route, now, early)
         if new_state is not None and new_state != state:
             if state is None or state.awaiting is None and new_state.awaiting is not None:
                 awaited = new_state.awaiting
@@ -237,7 +242,8 @@ class RouteService:
             return [reply]
         now = datetime.now(UTC)
         state = self._active(reply.tweet.conversation_id, now)
-        if state is None:
+        if state is None:  # read before the tweet it answers, or after the conversation's TTL
+            self.early_replies.add(reply.tweet.conversation_id, reply.tweet.created_at)
             return []
         new_state, response = conversations.after_brand_reply(state, reply, now)
         if response is not None:

@@ -302,6 +302,12 @@ class ConversationState(Event):
         description="The offset on switchboard.feedback.requests of the latest request applied: "
         "a request at or below it is a redelivery of one already applied, not a new request",
     )
+    replied_at: AwareDatetime | None = Field(
+        default=None,
+        description="When a company handle last wrote in the conversation (X's time): a tweet "
+        "written before it is answered, even when route reads it after the reply (replies "
+        "skip classify, which may lag)",
+    )
 
 
 class CorrectionRequest(Event):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
@@ -266,6 +266,44 @@ async def test_an_unanswered_critical_tweet_raises_an_sla_alert_and_a_reply_is_t
     assert (
         route_metrics.RESPONSES.labels("@SkylarkDeals", "it_security")._value.get() == responses + 1
     )
+
+
+async def test_a_reply_read_before_the_tweet_it_answers_leaves_no_sla_alert(
+    route_settings, producer, read, running
+):
+    """Replies skip classify: behind a classify backlog, route reads the company's reply
+    before the critical tweet it answers. That conversation raises no SLA alert; one left
+    unanswered beside it does (what the test would see if the reply were lost)."""
+    prefix = tag()
+    sla = {"minutes": {"critical": 0.05, "high": 60, "normal": 600, "low": 6000},
+           "check_interval_s": 0.2}  # fmt: skip
+    written = datetime.now(UTC)
+    answered, unanswered = [
+        a_classified_tweet("it_security", 0.9, "critical", id=f"{prefix}-{name}",
+                           conversation_id=f"{prefix}-{name}", created_at=written)
+        for name in ("answered", "unanswered")
+    ]  # fmt: skip
+    reply = BrandTweet(
+        handle="@SkylarkHelp",
+        tweet=a_tweet(id=f"{prefix}-r", conversation_id=f"{prefix}-answered",
+                      created_at=written + timedelta(seconds=1),
+                      author=Author(id="1500000000000000002", username="SkylarkHelp")),
+        trace=Trace(ingested_at=datetime.now(UTC)),
+    )  # fmt: skip
+
+    async with running(RouteService(route_settings(sla=sla))):
+        await producer.send_and_wait(topics.BRAND, encode(reply), key=f"{prefix}-answered".encode())
+        await asyncio.sleep(1.0)  # the reply handled first
+        await send(producer, answered, unanswered)
+        records = await read(
+            [topics.ALERTS],
+            lambda rs: any(getattr(a, "kind", "") == "sla_breach" for a in alerts_of(rs, prefix)),
+        )
+        await asyncio.sleep(1.0)  # the answered one is past its SLA too by now
+        records = await read([topics.ALERTS], lambda rs: False, timeout_s=1.0)
+
+    breaches = [a for a in alerts_of(records, prefix) if getattr(a, "kind", "") == "sla_breach"]
+    assert [a.tweet.id for a in breaches] == [f"{prefix}-unanswered"]
 
 
 async def test_a_conversation_idle_past_its_ttl_is_forgotten_and_tombstoned(

@@ -312,6 +312,54 @@ def test_routing_a_tweet_keeps_the_conversations_applied_corrections():
     assert (state.corrections, state.applied, state.correction_offset) == (["fix-1"], [applied], 41)
 
 
+def reply_in(conversation: str, written: datetime) -> BrandTweet:
+    return BrandTweet(
+        handle="@AcmeHelp",
+        tweet=a_tweet(id=f"r-{written.timestamp()}", conversation_id=conversation,
+                      created_at=written, author=Author(id="1", username="AcmeHelp")),
+        trace=Trace(ingested_at=written),
+    )  # fmt: skip
+
+
+def test_a_tweet_written_before_a_reply_route_read_first_awaits_nothing():
+    """Replies skip classify: when it lags, route reads the company's reply before the tweet
+    it answers. That tweet, and any other written before the reply, awaits no reply (no SLA
+    alert for an answered conversation); one written after the reply does."""
+    critical = classified("it_security", 0.9, "critical", conversation_id="c12", id="k1")
+    written = critical.tweet.created_at
+    outcome = evaluate(critical, DEFAULTS, None, NOW)  # no state: the note is EarlyReplies
+    state = conversations.after_routing(None, critical, outcome, decision(outcome), NOW,
+                                        replied_at=written + timedelta(minutes=2))  # fmt: skip
+    assert state.awaiting is None and state.replied_at == written + timedelta(minutes=2)
+    same_time = classified("it_security", 0.9, "critical", conversation_id="c12", id="k2",
+                           created_at=written + timedelta(minutes=1))  # fmt: skip
+    _, state = routed_state(same_time, state=state)
+    assert state.awaiting is None  # also written before the reply
+    later = classified("it_security", 0.9, "critical", conversation_id="c12", id="k3",
+                       created_at=written + timedelta(minutes=3))  # fmt: skip
+    _, state = routed_state(later, state=state)
+    assert state.awaiting.tweet_id == "k3"
+
+
+def test_a_reply_read_before_a_later_read_tweet_of_a_held_conversation_answers_it():
+    first = classified("customer_service", 0.9, "normal", conversation_id="c13", id="f1")
+    _, state = routed_state(first)
+    written = first.tweet.created_at
+    reply = reply_in("c13", written + timedelta(minutes=5))
+    state, _ = conversations.after_brand_reply(state, reply, NOW)
+    assert state.awaiting is None
+    behind = classified(
+        "customer_service",
+        0.9,
+        "critical",
+        conversation_id="c13",
+        id="f2",
+        created_at=written + timedelta(minutes=4),
+    )  # read after the reply
+    _, state = routed_state(behind, state=state)
+    assert state.awaiting is None
+
+
 def test_an_sla_breach_is_reported_once_for_alerting_urgencies():
     _, state = routed_state(classified("it_security", 0.9, "critical", conversation_id="c6"))
     due = state.awaiting.due_at
