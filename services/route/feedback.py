@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import json
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import faust
 from fastapi import APIRouter, HTTPException, Request
-from faust.windows import TumblingWindow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from switchboard.route import metrics
@@ -46,7 +44,7 @@ from switchboard.shared.events import (
 from switchboard.shared.kafka import Output, publish
 from switchboard.shared.labels import Department, Urgency
 from switchboard.shared.settings import ConfigError, read_secret
-from switchboard.shared.streams import STORE_OPTIONS
+from switchboard.shared.streams import TtlMemory
 
 if TYPE_CHECKING:
     from switchboard.route.service import RouteService
@@ -73,33 +71,26 @@ class Recorded:
 
 class RecordedCorrections:
     """Corrections of conversations route no longer holds (past their TTL, or never seen) by
-    id, in a windowed faust table: such a conversation has nowhere to remember the ids of its
-    corrections, and a retried webhook must still be recorded once. Each id is kept for one to
-    two conversation TTLs (tumbling windows of one TTL, the current and the previous one read);
-    faust drops older windows and keeps each partition's ids with the partition's owner. The
-    TTL is the one route started with (a reload does not resize the windows)."""
+    id, kept for one to two conversation TTLs (``TtlMemory``): such a conversation has nowhere
+    to remember the ids of its corrections, and a retried webhook must still be recorded once.
+    The TTL is the one route started with (a reload does not resize the windows)."""
 
     def __init__(self, app: faust.App, partitions: int, ttl_hours: float) -> None:
-        self.window_s = float(max(1, round(ttl_hours * 3600)))
-        self.windows = TumblingWindow(self.window_s, expires=2 * self.window_s)
-        # By the wall clock, not the stream's: the same reading inside the stream and outside.
-        self.table = app.Table(
-            "recorded-corrections", default=dict, key_type=str, partitions=partitions,
-            options=STORE_OPTIONS,
+        self.memory = TtlMemory(
+            app, "recorded-corrections", partitions, ttl_hours * 3600, default=dict,
             help="corrections recorded for training only, by id, with their request's offset",
-        ).using_window(self.windows).relative_to(lambda _event: time.time())  # fmt: skip
+        )  # fmt: skip
 
     def get(self, correction_id: str) -> Recorded | None:
-        windows = self.table[correction_id]
-        found = windows.value() or windows[self.windows.current(time.time() - self.window_s)]
+        found = self.memory.get(correction_id)
         if not found:
             return None
         return Recorded(Correction.model_validate(found["correction"]), found["offset"])
 
     def add(self, correction: Correction, offset: int) -> None:
         """Remember it; must run inside the stream of the request (its partition's changelog)."""
-        self.table[correction.correction_id] = {
-            "offset": offset, "correction": correction.model_dump(mode="json")}  # fmt: skip
+        self.memory.put(correction.correction_id, {
+            "offset": offset, "correction": correction.model_dump(mode="json")})  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

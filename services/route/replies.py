@@ -10,39 +10,30 @@ would wait for a reply already given and raise an SLA alert for an answered conv
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
 import faust
-from faust.windows import TumblingWindow
 
-from switchboard.shared.streams import STORE_OPTIONS
+from switchboard.shared.streams import TtlMemory
 
 
 class EarlyReplies:
     """When a company handle last wrote in a conversation route did not hold, by conversation
-    id, in a windowed faust table: each note is kept for one to two conversation TTLs (tumbling
-    windows of one TTL, the current and the previous one read), with its partition's owner; faust
-    drops older windows. The TTL is the one route started with."""
+    id, kept for one to two conversation TTLs (``TtlMemory``) with its partition's owner. The
+    TTL is the one route started with."""
 
     def __init__(self, app: faust.App, partitions: int, ttl_hours: float) -> None:
-        self.window_s = float(max(1, round(ttl_hours * 3600)))
-        self.windows = TumblingWindow(self.window_s, expires=2 * self.window_s)
-        # By the wall clock, not the stream's: the same reading inside the stream and outside.
-        self.table = app.Table(
-            "early-replies", default=str, key_type=str, value_type=str, partitions=partitions,
-            options=STORE_OPTIONS,
+        self.memory = TtlMemory(
+            app, "early-replies", partitions, ttl_hours * 3600, default=str,
             help="when a company handle last wrote in a conversation route did not hold",
-        ).using_window(self.windows).relative_to(lambda _event: time.time())  # fmt: skip
+        )  # fmt: skip
 
     def get(self, conversation_id: str) -> datetime | None:
-        windows = self.table[conversation_id]
-        found = windows.value() or windows[self.windows.current(time.time() - self.window_s)]
+        found = self.memory.get(conversation_id)
         return datetime.fromisoformat(found) if found else None
 
     def add(self, conversation_id: str, written: datetime) -> None:
-        """Note it (the latest wins); must run inside the stream of the reply (its partition's
-        changelog)."""
+        """Note it (the latest wins); must run inside the stream of the reply."""
         known = self.get(conversation_id)
         if known is None or written > known:
-            self.table[conversation_id] = written.isoformat()
+            self.memory.put(conversation_id, written.isoformat())

@@ -50,6 +50,7 @@ import logging
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -62,6 +63,7 @@ from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.auth import CredentialsT
+from faust.windows import TumblingWindow
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -95,6 +97,32 @@ STORE_OPTIONS: dict[str, int] = {
 }
 
 LAG_EVERY_S = 5.0  # how often a replica reports its consumer lag
+
+
+class TtlMemory:
+    """Values by key kept for one to two ``ttl_s``, in a windowed faust table: tumbling windows
+    of one TTL, the current and the previous one read; faust drops older windows and keeps
+    each partition's keys with the partition's owner. By the wall clock, not the stream's: the
+    same reading inside the stream and outside. Writes must run inside the stream of a record
+    of the key's partition (its changelog)."""
+
+    def __init__(
+        self, app: faust.App, name: str, partitions: int, ttl_s: float, default: type, help: str
+    ) -> None:
+        self.window_s = float(max(1, round(ttl_s)))
+        self.windows = TumblingWindow(self.window_s, expires=2 * self.window_s)
+        self.table = app.Table(
+            name, default=default, key_type=str, partitions=partitions, options=STORE_OPTIONS,
+            help=help,
+        ).using_window(self.windows).relative_to(lambda _event: time.time())  # fmt: skip
+
+    def get(self, key: str) -> Any:
+        """The value of the current window, else of the previous one (falsy: none)."""
+        windows = self.table[key]
+        return windows.value() or windows[self.windows.current(time.time() - self.window_s)]
+
+    def put(self, key: str, value: Any) -> None:
+        self.table[key] = value
 
 
 def stream_app(
