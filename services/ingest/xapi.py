@@ -218,8 +218,8 @@ class XApi:
             body = await self.call("rules_read", self.rules.get_rules, **page)
             rules += body.get("data") or []
             next_token = (body.get("meta") or {}).get("next_token")
-            if not next_token:
-                return rules
+            if not next_token or next_token == page.get("pagination_token"):
+                return rules  # the last page (a token given back again would loop forever)
             page["pagination_token"] = next_token
 
     async def add_rules(
