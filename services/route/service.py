@@ -490,7 +490,7 @@ class RouteService:
         metrics.SPIKES.labels(spike.dimension, spike.value).inc()
         metrics.ALERTS.labels("spike", spike.value if spike.dimension == "department" else "").inc()
         alert = SpikeAlert(
-            alert_id=f"spike:{spike.dimension}:{spike.value}:{utc_now().isoformat()}",
+            alert_id=f"spike:{spike.dimension}:{spike.value}:{spike.started.isoformat()}",
             dimension=spike.dimension,  # type: ignore[arg-type]
             value=spike.value,
             window_minutes=config.window_minutes,

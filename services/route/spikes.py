@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import faust
 
@@ -41,6 +42,7 @@ class Spike:
     count: int
     baseline: float
     samples: list[Tweet]
+    started: datetime  # the start of the window its episode started in
 
 
 class SpikeKeys:
@@ -193,4 +195,5 @@ class SpikeWindows:
             return None
         baseline = sum(history) / self.config.baseline_windows
         tweets = [Tweet.model_validate(sample) for sample in samples]
-        return Spike(observation.dimension, observation.value, count, baseline, tweets)
+        started = datetime.fromtimestamp(number * self.window_s, UTC)
+        return Spike(observation.dimension, observation.value, count, baseline, tweets, started)

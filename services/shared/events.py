@@ -231,7 +231,10 @@ class SpikeAlert(Event):
     faster than their trailing baseline. One per episode, with sample tweets."""
 
     event_type: Literal["alert.spike"] = "alert.spike"
-    alert_id: str
+    alert_id: str = Field(
+        description="spike:<dimension>:<value>:<start of the window the episode began in>: an "
+        "episode raised again (route replaying its input after a crash) keeps its id"
+    )
     dimension: Literal["department", "handle", "keyword"]
     value: str
     window_minutes: float

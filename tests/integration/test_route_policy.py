@@ -229,6 +229,9 @@ async def test_a_burst_raises_exactly_one_spike_alert(route_settings, producer, 
     assert len(spikes_raised) == 1
     [spike] = spikes_raised
     assert spike.value == keyword and spike.count >= 5 and len(spike.samples) == 5
+    # named by its episode's window (whole seconds here), not by when it was raised
+    began = datetime.fromisoformat(spike.alert_id.removeprefix(f"spike:keyword:{keyword}:"))
+    assert began <= spike.detected_at and began.timestamp() == int(began.timestamp())
 
 
 async def test_an_unanswered_critical_tweet_raises_an_sla_alert_and_a_reply_is_timed(
