@@ -412,6 +412,12 @@ class RouteService:
         self.due.track(state)  # still active: a later sweep may report it again
         if due.reason != "sla":
             return []
+        awaited = state.awaiting
+        if awaited is not None and awaited.breach_alerted:
+            # This very check read again after a crash: its alert may not have gone out.
+            again = awaited.breach_offset == message.offset
+            alert = _breach_alert(awaited, now) if again else None
+            return [] if alert is None else [Output.of(topics.ALERTS, alert, due.conversation_id)]
         deadline = state.awaiting.due_at if state.awaiting else None
         if deadline is not None and not self._replies_read_until(message.partition, deadline):
             # A reply sent in time may wait unread behind a restart or a rebalance: a later
@@ -419,7 +425,7 @@ class RouteService:
             log.info("SLA check waits for unread replies",
                      extra={"conversation_id": state.conversation_id})  # fmt: skip
             return []
-        return self.sla_breach(state, now)
+        return self.sla_breach(state, now, message.offset)
 
     def _replies_read_until(self, partition: int, deadline: datetime) -> bool:
         """Whether every company reply written to this partition of ``switchboard.tweets.brand``
@@ -558,8 +564,9 @@ class RouteService:
         ]
         await publish(self.acks.sender, outputs, self.name)  # type: ignore[arg-type]
 
-    def sla_breach(self, state: ConversationState, now: datetime) -> list[Output]:
-        """An alert for the awaited tweet past its SLA (once), and the state marked."""
+    def sla_breach(self, state: ConversationState, now: datetime, offset: int) -> list[Output]:
+        """An alert for the awaited tweet past its SLA (once), and the state marked with the
+        offset of the check that raised it."""
         urgencies = self.config.route.sla.alert_urgencies
         if not conversations.breached(state, now, urgencies):
             return []
@@ -568,28 +575,13 @@ class RouteService:
         metrics.SLA_BREACHES.labels(awaiting.department, awaiting.urgency).inc()
         log.warning("SLA breached", extra={"conversation_id": state.conversation_id,
                                            "tweet_id": awaiting.tweet_id})  # fmt: skip
-        outputs = []
-        if awaiting.tweet is not None and awaiting.classification is not None:
-            late = (now - awaiting.due_at).total_seconds() / 60
-            alert = Alert(
-                alert_id=f"sla_breach:{awaiting.tweet_id}",
-                kind="sla_breach",
-                department=awaiting.department,
-                urgency=awaiting.urgency,
-                summary=(
-                    f"{awaiting.urgency.value} tweet to {awaiting.handle or 'the company'} "
-                    f"unanswered {late:.0f} min past its SLA ({awaiting.due_at.isoformat()})"
-                ),
-                tweet=awaiting.tweet,
-                classification=awaiting.classification,
-                trace=_trace_for(awaiting),
-            )
-            outputs.append(Output.of(topics.ALERTS, alert, state.conversation_id))
+        alert = _breach_alert(awaiting, now)
+        if alert is not None:
             self.ops.on_alert(alert)
             metrics.ALERTS.labels("sla_breach", awaiting.department).inc()
-        marked = awaiting.model_copy(update={"breach_alerted": True})
+        marked = awaiting.model_copy(update={"breach_alerted": True, "breach_offset": offset})
         self._remember(state.model_copy(update={"awaiting": marked}))
-        return outputs
+        return [] if alert is None else [Output.of(topics.ALERTS, alert, state.conversation_id)]
 
     async def _watch_config(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -675,6 +667,27 @@ def alert_for(routed: RoutedTweet) -> Alert:
 
 def _label(value: Department | Urgency | None) -> str:
     return value.value if value is not None else ""
+
+
+def _breach_alert(awaiting: AwaitingReply, now: datetime) -> Alert | None:
+    """The breach alert of the awaited tweet (its id is the tweet's: a copy published again is
+    deduplicated downstream); None when the state predates the tweet being kept."""
+    if awaiting.tweet is None or awaiting.classification is None or awaiting.due_at is None:
+        return None
+    late = (now - awaiting.due_at).total_seconds() / 60
+    return Alert(
+        alert_id=f"sla_breach:{awaiting.tweet_id}",
+        kind="sla_breach",
+        department=awaiting.department,
+        urgency=awaiting.urgency,
+        summary=(
+            f"{awaiting.urgency.value} tweet to {awaiting.handle or 'the company'} "
+            f"unanswered {late:.0f} min past its SLA ({awaiting.due_at.isoformat()})"
+        ),
+        tweet=awaiting.tweet,
+        classification=awaiting.classification,
+        trace=_trace_for(awaiting),
+    )
 
 
 def _trace_for(awaiting: AwaitingReply) -> Trace:

@@ -255,6 +255,12 @@ class AwaitingReply(Model):
     received_at: AwareDatetime
     due_at: AwareDatetime | None = None
     breach_alerted: bool = False
+    breach_offset: int | None = Field(
+        default=None,
+        description="The offset on switchboard.route.due of the check that raised the breach "
+        "alert: read again after a crash, before the alert was acknowledged, it publishes the "
+        "alert again (the mark may have reached the changelog first)",
+    )
     tweet: Tweet | None = Field(default=None, description="For the SLA-breach alert")
     classification: Classification | None = None
 

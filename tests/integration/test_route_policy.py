@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +24,7 @@ from switchboard.shared.events import (
     RoutedTweet,
     SpikeAlert,
     Trace,
+    decode,
     decode_alert,
     encode,
 )
@@ -269,6 +271,39 @@ async def test_an_unanswered_critical_tweet_raises_an_sla_alert_and_a_reply_is_t
     assert (
         route_metrics.RESPONSES.labels("@SkylarkDeals", "it_security")._value.get() == responses + 1
     )
+
+
+async def test_an_sla_check_read_again_after_a_crash_publishes_its_alert_again(
+    route_settings, producer, read, running
+):
+    """The breach mark reaches the table's changelog through faust's buffer, the alert through
+    route's own producer: a crash between the two leaves the mark without the alert. The check
+    that raised it, read again (its offset was not committed), publishes the alert again (same
+    id); another check of the conversation publishes nothing."""
+    prefix = tag()
+    sla = {"minutes": {"critical": 0.02, "high": 60, "normal": 600, "low": 6000},
+           "check_interval_s": 0.2}  # fmt: skip
+    late = a_classified_tweet("it_security", 0.9, "critical", id=f"{prefix}-late",
+                              conversation_id=f"{prefix}-late")  # fmt: skip
+    service = RouteService(route_settings(sla=sla))
+
+    async with running(service):
+        await send(producer, late)
+        records = await read(
+            [topics.ALERTS],
+            lambda rs: any(getattr(a, "kind", "") == "sla_breach" for a in alerts_of(rs, prefix)),
+        )
+        checks = [r for r in await read([topics.ROUTE_DUE], lambda rs: False, timeout_s=0.5)
+                  if key_of(r) == f"{prefix}-late"]  # fmt: skip
+        marked = service._state(f"{prefix}-late").awaiting  # noqa: SLF001
+        [raising] = [r for r in checks if r.offset == marked.breach_offset]
+        again = service.on_due(raising)
+        later = service.on_due(dataclasses.replace(raising, offset=raising.offset + 1))
+
+    [first] = [a for a in alerts_of(records, prefix) if getattr(a, "kind", "") == "sla_breach"]
+    [repeated] = [decode(Alert, output.value) for output in again]
+    assert repeated.alert_id == first.alert_id == f"sla_breach:{prefix}-late"
+    assert later == []  # another check of an alerted conversation: nothing
 
 
 async def test_a_reply_read_before_the_tweet_it_answers_leaves_no_sla_alert(
