@@ -119,14 +119,17 @@ def delivered(records, conversation_prefixes: list[str]) -> set[str]:
     return {d.conversation_id for c in conversation_prefixes for d in deliveries(records, c)}
 
 
-def deliveries(records, conversation_prefix: str) -> list[Delivery]:
+def deliveries(records, conversation_prefix: str, target: str | None = None) -> list[Delivery]:
+    """The Deliveries among ``records`` of conversations with that prefix (to ``target``)."""
     found = []
     for record in records:
         if record.key and record.key.decode().startswith(conversation_prefix):
             try:
-                found.append(decode(Delivery, record.value))
+                delivery = decode(Delivery, record.value)
             except DecodeError:
                 continue
+            if target is None or delivery.target == target:
+                found.append(delivery)
     return found
 
 
@@ -376,7 +379,7 @@ async def test_hubspot_batch_errors_and_rate_window_are_honoured(
     failed = outcomes["fans-by-email"]
     assert failed.outcome == "failed" and failed.attempts == 1  # a validation error: not retried
     assert "HTTP 207" in failed.error and "VALIDATION_ERROR" in failed.error
-    [limited] = [d for d in deliveries(waits, throttled) if d.target == "fans"]
+    [limited] = deliveries(waits, throttled, "fans")
     assert limited.outcome == "failed" and limited.retry_at is not None
     wait = (limited.retry_at - asked_at).total_seconds()
     assert HUBSPOT_INTERVAL_MS / 1000 - 1 <= wait <= HUBSPOT_INTERVAL_MS / 1000 + 1
@@ -707,10 +710,6 @@ async def test_salesforces_concurrent_request_limit_is_a_short_wait_not_an_hour(
                for r in salesforce.records["Lead"].values())  # fmt: skip
 
 
-def to_cases(records, conv: str) -> list:  # noqa: ANN001
-    return [d for d in deliveries(records, conv) if d.target == "sales-cases"]
-
-
 SALES_CASES = {"name": "sales-cases", "channel": "salesforce", "departments": ["sales"],
                "salesforce": {"object": "Case",
                               "external_id_field": "Switchboard_Conversation_Id__c"}}  # fmt: skip
@@ -731,9 +730,9 @@ async def test_a_salesforce_case_whose_answer_was_lost_is_not_commented_on_as_a_
     async with running(NotifyService(notify_settings(SALES_CASES))):
         await publish_routed(producer, event)
         records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
-                             lambda rs: len(to_cases(rs, conv)) >= 1)  # fmt: skip
+                             lambda rs: len(deliveries(rs, conv, "sales-cases")) >= 1)  # fmt: skip
 
-    [delivery] = to_cases(records, conv)
+    [delivery] = deliveries(records, conv, "sales-cases")
     assert (delivery.outcome, delivery.action) == ("delivered", "created")
     assert delivery.attempts >= 2
     [case] = [r for r in salesforce.records["Case"].values()
@@ -757,19 +756,25 @@ async def test_a_salesforce_case_keeps_its_first_tweet_and_takes_follow_ups_as_c
 
     async with running(NotifyService(notify_settings(SALES_CASES))):
         await publish_routed(producer, events[0])
-        [opened] = to_cases(await read([topics.DELIVERIES], lambda rs: to_cases(rs, conv)), conv)
+        [opened] = deliveries(
+            await read([topics.DELIVERIES], lambda rs: deliveries(rs, conv, "sales-cases")),
+            conv,
+            "sales-cases",
+        )
         salesforce.records["Case"][opened.external_id]["Status"] = "Working"  # an agent's
         for count, event in enumerate(events[1:3], start=2):
             await publish_routed(producer, event)
-            records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
-                                 lambda rs, n=count: len(to_cases(rs, conv)) >= n)  # fmt: skip
+            records = await read(
+                [topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                lambda rs, n=count: len(deliveries(rs, conv, "sales-cases")) >= n,
+            )
         case = dict(salesforce.records["Case"][opened.external_id])
         salesforce.delete_record("Case", opened.external_id)
         await publish_routed(producer, events[3])
         records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
-                             lambda rs: len(to_cases(rs, conv)) >= 4)  # fmt: skip
+                             lambda rs: len(deliveries(rs, conv, "sales-cases")) >= 4)  # fmt: skip
 
-    outcomes = [(d.outcome, d.action) for d in to_cases(records, conv)]
+    outcomes = [(d.outcome, d.action) for d in deliveries(records, conv, "sales-cases")]
     assert outcomes == [("delivered", "created"), ("delivered", "commented"),
                         ("delivered", "commented"), ("delivered", "created")]  # fmt: skip
     assert events[0].tweet.text in case["Description"] and case["Status"] == "Working"
@@ -789,10 +794,6 @@ FAN_TICKETS = {"name": "fan-tickets", "channel": "hubspot", "departments": ["mar
                            "id_property": "switchboard_conversation"}}  # fmt: skip
 
 
-def to_tickets(records, conv: str) -> list:  # noqa: ANN001
-    return [d for d in deliveries(records, conv) if d.target == "fan-tickets"]
-
-
 async def test_a_hubspot_tickets_follow_ups_leave_its_stage_and_subject_to_the_agents(
     vendors, notify_settings, producer, read, running
 ):
@@ -807,16 +808,20 @@ async def test_a_hubspot_tickets_follow_ups_leave_its_stage_and_subject_to_the_a
 
     async with running(NotifyService(notify_settings(FAN_TICKETS))):
         await publish_routed(producer, events[0])
-        [opened] = to_tickets(
-            await read([topics.DELIVERIES], lambda rs: to_tickets(rs, conv)), conv
+        [opened] = deliveries(
+            await read([topics.DELIVERIES], lambda rs: deliveries(rs, conv, "fan-tickets")),
+            conv,
+            "fan-tickets",
         )
         hubspot.objects["tickets"][opened.external_id]["properties"]["hs_pipeline_stage"] = "4"
         for count, event in enumerate(events[1:], start=2):
             await publish_routed(producer, event)
-            records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
-                                 lambda rs, n=count: len(to_tickets(rs, conv)) >= n)  # fmt: skip
+            records = await read(
+                [topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                lambda rs, n=count: len(deliveries(rs, conv, "fan-tickets")) >= n,
+            )
 
-    outcomes = [(d.outcome, d.action) for d in to_tickets(records, conv)]
+    outcomes = [(d.outcome, d.action) for d in deliveries(records, conv, "fan-tickets")]
     assert outcomes == [("delivered", "created"), ("delivered", "upserted"),
                         ("delivered", "upserted")]  # fmt: skip
     ticket = hubspot.objects["tickets"][opened.external_id]["properties"]
@@ -840,19 +845,25 @@ async def test_a_hubspot_ticket_someone_deleted_is_opened_again(
 
     async with running(NotifyService(notify_settings(FAN_TICKETS))):
         await publish_routed(producer, events[0])
-        [opened] = to_tickets(
-            await read([topics.DELIVERIES], lambda rs: to_tickets(rs, conv)), conv
+        [opened] = deliveries(
+            await read([topics.DELIVERIES], lambda rs: deliveries(rs, conv, "fan-tickets")),
+            conv,
+            "fan-tickets",
         )
         del hubspot.objects["tickets"][opened.external_id]
         await publish_routed(producer, events[1])
         records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
-                             lambda rs: len(to_tickets(rs, conv)) >= 2)  # fmt: skip
+                             lambda rs: len(deliveries(rs, conv, "fan-tickets")) >= 2)  # fmt: skip
 
-    outcomes = [(d.outcome, d.action) for d in to_tickets(records, conv)]
+    outcomes = [(d.outcome, d.action) for d in deliveries(records, conv, "fan-tickets")]
     assert outcomes == [("delivered", "created"), ("delivered", "created")]
     [reopened] = [t for t in hubspot.objects["tickets"].values()
                   if t["properties"].get("switchboard_conversation") == conv]  # fmt: skip
-    assert to_tickets(records, conv)[1].external_id == reopened["id"] != opened.external_id
+    assert (
+        deliveries(records, conv, "fan-tickets")[1].external_id
+        == reopened["id"]
+        != opened.external_id
+    )
     ticket = reopened["properties"]
     assert ticket["hs_pipeline_stage"] == "1" and events[1].tweet.id in ticket["subject"]
     positions = [ticket["content"].find(event.tweet.text) for event in events]
