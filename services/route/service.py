@@ -488,13 +488,15 @@ class RouteService:
         observation = decode_or_dead_letter(message, SpikeObservation, self.name)
         if isinstance(observation, Output):
             return [observation]
-        spike = self.spike_windows.observe(observation)
+        spike = self.spike_windows.observe(observation, message.offset)
         return [] if spike is None else [self._spike_alert(spike)]
 
     def _spike_alert(self, spike: Spike) -> Output:
         config = self.spike_windows.config
-        metrics.SPIKES.labels(spike.dimension, spike.value).inc()
-        metrics.ALERTS.labels("spike", spike.value if spike.dimension == "department" else "").inc()
+        if not spike.again:
+            metrics.SPIKES.labels(spike.dimension, spike.value).inc()
+            department = spike.value if spike.dimension == "department" else ""
+            metrics.ALERTS.labels("spike", department).inc()
         alert = SpikeAlert(
             alert_id=f"spike:{spike.dimension}:{spike.value}:{spike.started.isoformat()}",
             dimension=spike.dimension,  # type: ignore[arg-type]

@@ -14,6 +14,12 @@ keyed by the spike key, so every count of a key reaches the one replica that own
 partition, whichever replica routed the tweet. (One record per tweet and key made route
 consume four times what it routed.) The counts live in faust windowed tables
 (``SpikeWindows``); ``judge`` is the decision, pure.
+
+An observation read again after a crash (its offset was not committed) is counted once: each
+window's count is kept with the offset of the last observation it counted, in one changelog
+record. The episode keeps the offset of the observation that raised its alert, so that
+observation, read again, publishes the alert again with the same id: the episode's mark may
+have reached the changelog and the alert not (faust's buffer and route's producer are apart).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import faust
 
@@ -43,6 +50,7 @@ class Spike:
     baseline: float
     samples: list[Tweet]
     started: datetime  # the start of the window its episode started in
+    again: bool = False  # raised before, by the same observation read again after a crash
 
 
 class SpikeKeys:
@@ -142,6 +150,22 @@ def judge(
     return Verdict(spike=False, episode=episode)
 
 
+def _tally(value: Any) -> tuple[int, int]:
+    """A window's count and the offset of the last observation counted in it (-1: none, or a
+    count written before the offset was kept)."""
+    if isinstance(value, int):
+        return value, -1
+    return (int(value[0]), int(value[1])) if value else (0, -1)
+
+
+def _episode(value: Any) -> tuple[int | None, int | None]:
+    """The window a key's episode started in and the offset of the observation that raised its
+    alert (None: not in an episode; an offset of None: marked before offsets were kept)."""
+    if value is None or isinstance(value, int):
+        return value, None
+    return int(value[0]), int(value[1])
+
+
 class SpikeWindows:
     """The spike counts of the keys this replica owns, in faust tables: tweets per key and
     window, a few sample tweets per key and window, and which keys are in an episode.
@@ -155,8 +179,10 @@ class SpikeWindows:
         self.window_s = float(max(1, round(config.window_minutes * 60)))
         expires = self.window_s * (config.baseline_windows + 2)
         self.counts = app.Table(
-            "spike-counts", default=int, key_type=str, value_type=int, partitions=partitions,
-            options=STORE_OPTIONS, help="tweets per spike key and window",
+            "spike-counts", default=list, key_type=str, partitions=partitions,
+            options=STORE_OPTIONS,
+            help="tweets per spike key and window, with the offset of the last observation "
+            "counted",
         ).tumbling(self.window_s, expires=expires).relative_to_stream()  # fmt: skip
         self.samples = app.Table(
             "spike-samples", default=list, key_type=str, partitions=partitions,
@@ -164,36 +190,54 @@ class SpikeWindows:
             help="the first tweets of each spike key's window, shown in its alert",
         ).tumbling(self.window_s, expires=expires).relative_to_stream()  # fmt: skip
         self.episodes = app.Table(
-            "spike-episodes", key_type=str, value_type=int, partitions=partitions,
-            options=STORE_OPTIONS,
+            "spike-episodes", key_type=str, partitions=partitions, options=STORE_OPTIONS,
             help="the window each spike key's episode started in (alerted, not yet back below "
-            "its bar)",
+            "its bar) and the offset of the observation that raised its alert",
         )  # fmt: skip
 
-    def observe(self, observation: SpikeObservation) -> Spike | None:
+    def observe(self, observation: SpikeObservation, offset: int) -> Spike | None:
+        """Count ``observation`` (read at ``offset`` of its partition) and judge its key."""
         key = f"{observation.dimension}:{observation.value}"
-        self.counts[key] += observation.count
         window = self.counts[key]
-        count = window.current()
+        count, counted = _tally(window.current())
+        if offset > counted:
+            count += observation.count
+            self.counts[key] = [count, offset]
+            self._sample(key, observation)
         windows = range(1, self.config.baseline_windows + 1)
-        history = [window.delta(self.window_s * i) for i in windows]
+        history = [_tally(window.delta(self.window_s * i))[0] for i in windows]
+        number = int(observation.observed_at.timestamp() // self.window_s)
+        episode, raised_by = _episode(self.episodes.get(key))
+        if episode is not None and raised_by == offset:
+            return self._spike(observation, count, history, episode, again=True)
+        warm = time.monotonic() - self.started >= self.window_s * self.config.baseline_windows
+        verdict = judge(self.config, number, count, history, episode, warm)
+        if verdict.spike:
+            self.episodes[key] = [number, offset]
+            return self._spike(observation, count, history, number)
+        if verdict.episode is None and episode is not None:
+            del self.episodes[key]
+        return None
+
+    def _sample(self, key: str, observation: SpikeObservation) -> None:
         samples = self.samples[key].current()
         if len(samples) < self.config.samples:
             tweets = [observation.tweet, *observation.more][: self.config.samples - len(samples)]
-            samples = [*samples, *(tweet.model_dump(mode="json") for tweet in tweets)]
-            self.samples[key] = samples
-        number = int(observation.observed_at.timestamp() // self.window_s)
-        episode = self.episodes.get(key)
-        warm = time.monotonic() - self.started >= self.window_s * self.config.baseline_windows
-        verdict = judge(self.config, number, count, history, episode, warm)
-        if verdict.episode != episode:
-            if verdict.episode is None:
-                del self.episodes[key]
-            else:
-                self.episodes[key] = verdict.episode
-        if not verdict.spike:
-            return None
+            self.samples[key] = [*samples, *(tweet.model_dump(mode="json") for tweet in tweets)]
+
+    def _spike(
+        self,
+        observation: SpikeObservation,
+        count: int,
+        history: list[int],
+        episode: int,
+        *,
+        again: bool = False,
+    ) -> Spike:
+        key = f"{observation.dimension}:{observation.value}"
         baseline = sum(history) / self.config.baseline_windows
-        tweets = [Tweet.model_validate(sample) for sample in samples]
-        started = datetime.fromtimestamp(number * self.window_s, UTC)
-        return Spike(observation.dimension, observation.value, count, baseline, tweets, started)
+        tweets = [Tweet.model_validate(sample) for sample in self.samples[key].current()]
+        started = datetime.fromtimestamp(episode * self.window_s, UTC)
+        return Spike(
+            observation.dimension, observation.value, count, baseline, tweets, started, again
+        )

@@ -7,10 +7,14 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import weakref
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import faust
 import pytest
 import yaml
+from aiokafka.structs import ConsumerRecord
 
 from switchboard.route import metrics as route_metrics
 from switchboard.route.service import RouteService
@@ -200,7 +204,31 @@ async def test_conversation_ownership_survives_a_restart(route_settings, produce
     assert alert.kind == "escalation" and alert.tweet.id == f"{prefix}-2"
 
 
-async def test_a_burst_raises_exactly_one_spike_alert(route_settings, producer, read, running):
+class _Handled:
+    """What faust's stream makes current while an agent handles a record: the windowed tables
+    read its time (faust's message timestamps are in seconds, Kafka's in milliseconds)."""
+
+    def __init__(self, record: ConsumerRecord) -> None:
+        self.message = dataclasses.replace(record, timestamp=record.timestamp / 1000)
+
+
+@contextlib.contextmanager
+def handling(record: ConsumerRecord) -> Iterator[None]:
+    """Run the block as route's agent would run it for ``record``."""
+    event = _Handled(record)
+    token = faust.streams._current_event.set(weakref.ref(event))  # noqa: SLF001
+    try:
+        yield
+    finally:
+        faust.streams._current_event.reset(token)  # noqa: SLF001
+
+
+async def test_a_burst_raises_exactly_one_spike_alert_even_read_again_after_a_crash(
+    route_settings, producer, read, running
+):
+    """One alert for a burst. An observation read again after a crash (its offset not
+    committed) is counted once; the one that raised the alert publishes it again, same id (its
+    episode's mark may have reached the changelog and the alert not)."""
     prefix = tag()
     keyword = f"recall{next(_ids)}"
     spikes = {"window_minutes": 0.02, "baseline_windows": 3, "factor": 3, "min_count": 5,
@@ -224,6 +252,17 @@ async def test_a_burst_raises_exactly_one_spike_alert(route_settings, producer, 
         await send(producer, *burst)
         records = await read(WATCHED, lambda rs: len(routed_records(rs, prefix)) >= 31)
         records += await read([topics.ALERTS], lambda rs: False, timeout_s=1.0)
+        key = f"keyword:{keyword}"
+        observations = [r for r in await read([topics.ROUTE_SPIKES], lambda rs: False, 0.5)
+                        if key_of(r) == key]  # fmt: skip
+        _, raised_by = service.spike_windows.episodes[key]
+        [raising] = [r for r in observations if r.offset == raised_by]
+        counted = []  # the raising one, and one counted before it, read again
+        for record in (raising, dataclasses.replace(raising, offset=raising.offset - 1)):
+            with handling(record):
+                before = service.spike_windows.counts[key].current()
+                again = service.on_spike_observation(record)
+                counted.append((before, service.spike_windows.counts[key].current(), again))
 
     spikes_raised = [
         a for a in alerts_of(records, f"keyword:{keyword}") if isinstance(a, SpikeAlert)
@@ -234,6 +273,10 @@ async def test_a_burst_raises_exactly_one_spike_alert(route_settings, producer, 
     # named by its episode's window (whole seconds here), not by when it was raised
     began = datetime.fromisoformat(spike.alert_id.removeprefix(f"spike:keyword:{keyword}:"))
     assert began <= spike.detected_at and began.timestamp() == int(began.timestamp())
+    (first, counted_first, repeated), (second, counted_second, nothing) = counted
+    assert [decode_alert(output.value).alert_id for output in repeated] == [spike.alert_id]
+    assert nothing == []
+    assert (first, second) == (counted_first, counted_second)  # nothing counted twice
 
 
 async def test_an_unanswered_critical_tweet_raises_an_sla_alert_and_a_reply_is_timed(
