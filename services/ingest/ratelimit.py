@@ -11,6 +11,11 @@ with that credential takes its turn from it:
 - when nothing is known (the first call, or a window that has just reset) one caller goes
   alone and the others wait for its answer, so a reset does not release every poller at once
   into a fresh 429 (the thundering herd).
+
+``x-rate-limit-reset`` is a moment by X's clock. It is read against the ``date`` of the same
+answer (how long until the reset, by X), not against this machine's clock: a clock a minute
+ahead of X's would find every reset past and retry a 429 at once, one a minute behind would
+wait a minute too long.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from email.utils import parsedate_to_datetime
 
 from switchboard.ingest import metrics
 
@@ -27,6 +33,22 @@ log = logging.getLogger(__name__)
 
 # X's documented minimum wait after a 429 that carries no reset time.
 DEFAULT_WAIT_S = 60.0
+# The least wait after a 429 whose reset has come (X's reset is in whole seconds).
+MIN_WAIT_S = 1.0
+
+
+def seconds_to_reset(headers: Mapping[str, str], received_at: float) -> float | None:
+    """How long after ``received_at`` X's rate window resets, by X's own clock (the answer's
+    ``date``; this machine's clock where X sent none). None: X named no reset."""
+    try:
+        reset = float(headers["x-rate-limit-reset"])
+    except (KeyError, ValueError):
+        return None
+    try:
+        now_at_x = parsedate_to_datetime(headers["date"]).timestamp()
+    except (KeyError, TypeError, ValueError, IndexError):
+        now_at_x = received_at
+    return max(0.0, reset - now_at_x)
 
 
 class RateWindow:
@@ -39,7 +61,8 @@ class RateWindow:
         self.endpoint = endpoint
         self.clock = clock
         self.remaining: int | None = None  # None: unknown, one probe at a time
-        self.reset_at = 0.0
+        self.reset_at = 0.0  # when the window resets, by this machine's clock
+        self.window: float | None = None  # X's x-rate-limit-reset: names the window
         self.in_flight = 0
         self._changed = asyncio.Condition()
 
@@ -84,16 +107,19 @@ class RateWindow:
         async with self._changed:
             self.in_flight -= 1
             if turn.limited:
-                self.remaining = 0
-                self.reset_at = turn.reset_at or self.clock() + DEFAULT_WAIT_S
+                now = self.clock()
+                self.remaining, self.window = 0, turn.window
+                reset_at = now + DEFAULT_WAIT_S if turn.reset_at is None else turn.reset_at
+                self.reset_at = max(reset_at, now + MIN_WAIT_S)
                 metrics.RATE_LIMITED.labels(self.endpoint).inc()
             elif turn.remaining is not None:
                 # Answers in one window can come back out of order: the fewest left is the
                 # latest count, and an earlier answer arriving last must not raise it again.
-                same_window = self.remaining is not None and turn.reset_at == self.reset_at
+                same_window = self.remaining is not None and turn.window == self.window
                 self.remaining = (
                     min(self.remaining, turn.remaining) if same_window else turn.remaining
                 )
+                self.window = turn.window if turn.window is not None else self.window
                 self.reset_at = turn.reset_at or self.reset_at
             elif self.remaining is None and turn.answered_at is None:
                 pass  # no answer (a network error): the next caller probes again
@@ -109,7 +135,8 @@ class Turn:
 
     def __init__(self) -> None:
         self.remaining: int | None = None
-        self.reset_at: float | None = None
+        self.window: float | None = None  # X's x-rate-limit-reset, as sent
+        self.reset_at: float | None = None  # when that is, by this machine's clock
         self.limited = False
         self.answered_at: float | None = None
 
@@ -119,4 +146,7 @@ class Turn:
         with contextlib.suppress(KeyError, ValueError):
             self.remaining = int(headers["x-rate-limit-remaining"])
         with contextlib.suppress(KeyError, ValueError):
-            self.reset_at = float(headers["x-rate-limit-reset"])
+            self.window = float(headers["x-rate-limit-reset"])
+        reset_in = seconds_to_reset(headers, self.answered_at)
+        if reset_in is not None:
+            self.reset_at = self.answered_at + reset_in

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import math
 import time
@@ -45,6 +44,7 @@ from switchboard.ingest.checkpoints import Checkpoints
 from switchboard.ingest.config import IngestFileConfig, ReconnectConfig
 from switchboard.ingest.health import SourceHealth
 from switchboard.ingest.polling import Deliver, MentionsPoller
+from switchboard.ingest.ratelimit import seconds_to_reset
 from switchboard.ingest.rules import StreamRule, desired_rules, plan_sync
 from switchboard.ingest.xapi import XApi, XApiError, problem_of, usage_capped
 
@@ -333,9 +333,8 @@ class FilteredStream:
         try:
             async with session.get(url, headers=headers) as response:
                 if response.status == 429:
-                    return self.policy.after_rate_limit(_reset_in(response)), await _why_429(
-                        response
-                    )
+                    reset_in = seconds_to_reset(response.headers, time.time())
+                    return self.policy.after_rate_limit(reset_in), await _why_429(response)
                 if response.status == 401 and self.api.renewed():
                     return 0.0, "token_renewed"  # regenerated: the new one goes at once
                 if response.status != 200:
@@ -469,12 +468,6 @@ def _adopted(
         if rule not in to_add and rule.value in foreign and on_x not in (None, rule.value):
             out.append((rule, foreign[rule.value], on_x))
     return out
-
-
-def _reset_in(response: aiohttp.ClientResponse) -> float | None:
-    with contextlib.suppress(KeyError, ValueError):
-        return max(0.0, float(response.headers["x-rate-limit-reset"]) - time.time())
-    return None
 
 
 async def _why_429(response: aiohttp.ClientResponse) -> str:

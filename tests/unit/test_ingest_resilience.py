@@ -8,11 +8,12 @@ import json
 import logging
 import time
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from pathlib import Path
 
 from switchboard.ingest.config import PollingConfig
 from switchboard.ingest.polling import MentionsPoller
-from switchboard.ingest.ratelimit import RateWindow
+from switchboard.ingest.ratelimit import RateWindow, seconds_to_reset
 from switchboard.ingest.rules import StreamRule, plan_sync, rule_status, variants
 from switchboard.ingest.stream import ConnectionBudget, moment_of, snowflake_at
 from switchboard.ingest.xapi import RulesAnswer
@@ -90,6 +91,30 @@ async def test_a_spent_window_waits_for_the_reset_then_one_probes_first():
     assert min(started) >= reset  # nobody went before the reset
     first, *rest = sorted(started)
     assert all(t >= first + 0.05 for t in rest)  # the others waited for the probe's answer
+
+
+def test_x_reset_is_read_by_x_clock_from_the_same_answer():
+    recorded = {"date": "Fri, 07 Oct 2022 22:43:18 UTC", "x-rate-limit-reset": "1665183228"}
+    assert seconds_to_reset(recorded, received_at=time.time()) == 630  # whatever our clock says
+    assert seconds_to_reset({"x-rate-limit-reset": "1000"}, received_at=970.0) == 30
+    assert seconds_to_reset({"x-rate-limit-reset": "1000"}, received_at=1070.0) == 0
+    assert seconds_to_reset({"date": "Fri, 07 Oct 2022 22:43:18 UTC"}, time.time()) is None
+
+
+async def test_a_429_waits_for_x_reset_even_when_this_clock_is_ahead_of_x():
+    window = RateWindow("app:main", "mentions")
+    x_now = time.time() - 120  # this machine's clock two minutes ahead of X's
+    headers = {"date": format_datetime(datetime.fromtimestamp(x_now, UTC), usegmt=True),
+               "x-rate-limit-reset": str(int(x_now) + 2)}  # fmt: skip
+    async with window.turn() as turn:
+        turn.answered(headers, limited=True)
+    answered = time.time()
+    async with window.turn() as turn:  # by this clock the reset passed two minutes ago
+        waited = time.time() - answered
+        turn.answered({"x-rate-limit-remaining": "5"})
+    # X's reset, two seconds after its date (whole seconds): not at once, not the 60 s of a 429
+    # whose reset is unknown
+    assert 1.0 <= waited < 30
 
 
 def test_the_connection_budget_holds_attempts_within_its_window():
