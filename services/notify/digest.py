@@ -40,7 +40,7 @@ from switchboard.shared.events import (
 )
 from switchboard.shared.kafka import Output, dead_letter_record, publish
 from switchboard.shared.labels import Department
-from switchboard.shared.streams import StreamWorker, raw_topic, table_value
+from switchboard.shared.streams import StreamWorker, publish_from_timer, raw_topic, table_value
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +208,8 @@ class Digests:
                 self._asked.add(name)
                 due = DigestDue(subscription=name, found_at=now)
                 outputs.append(Output.of(topics.NOTIFICATIONS_DIGESTS, due, key=name))
-        if outputs:
-            await publish(self.sender, outputs, "notify")
+        if outputs and not await publish_from_timer(self.sender, outputs, "notify", "digest-sweep"):
+            self._asked.difference_update(o.key.decode() for o in outputs if o.key)
 
     async def _on_rebalance(self, *_: Any, **__: Any) -> None:
         self._asked.clear()  # the new owner asks again

@@ -64,12 +64,13 @@ from switchboard.shared.events import (
     encode,
     utc_now,
 )
-from switchboard.shared.kafka import Output, decode_or_dead_letter, ensure_topics, publish
+from switchboard.shared.kafka import Output, decode_or_dead_letter, ensure_topics
 from switchboard.shared.labels import Department
 from switchboard.shared.runtime import http_app, run_service
 from switchboard.shared.streams import (
     AckAfterPublish,
     StreamWorker,
+    publish_from_timer,
     raw_topic,
     table_value,
 )
@@ -209,9 +210,12 @@ class NotifyService:
                                 delivery_id=delivery_id), conversation)
             for delivery_id, conversation in forget
         ]  # fmt: skip
-        if outputs:
-            await publish(self.acks.sender, outputs, self.name)  # type: ignore[arg-type]
+        if not outputs:
+            return
+        if await publish_from_timer(self.acks.sender, outputs, self.name, "parked-sweep"):
             log.info("parked deliveries handed to their owner", extra={"count": len(outputs)})
+        else:
+            self._index_stale = True  # rebuilt, so the next sweep asks again
 
     def _parked_entry(self, delivery_id: str) -> ParkedDelivery | None:
         return table_value(ParkedDelivery, self.parked.get(delivery_id.encode("utf-8")), "parked")
@@ -228,7 +232,7 @@ class NotifyService:
             Output.of(topics.NOTIFICATIONS_DUE, LedgerDue(conversation_id=c, found_at=now), c)
             for c in expired
         ]
-        await publish(self.acks.sender, outputs, self.name)  # type: ignore[arg-type]
+        await publish_from_timer(self.acks.sender, outputs, self.name, "ledger-sweep")
 
     def expired_ledger(self, now: datetime) -> list[str]:
         """Conversations whose ledger entry is older than the retention."""

@@ -55,13 +55,14 @@ from switchboard.shared.events import (
     encode,
     utc_now,
 )
-from switchboard.shared.kafka import Output, decode_or_dead_letter, ensure_topics, publish
+from switchboard.shared.kafka import Output, decode_or_dead_letter, ensure_topics
 from switchboard.shared.labels import Department, Urgency
 from switchboard.shared.runtime import http_app, run_service
 from switchboard.shared.settings import ConfigError, ServiceSettings, file_digest
 from switchboard.shared.streams import (
     AckAfterPublish,
     StreamWorker,
+    publish_from_timer,
     raw_topic,
     table_value,
 )
@@ -564,7 +565,8 @@ class RouteService:
             )  # fmt: skip
             for conversation_id, reason in found
         ]
-        await publish(self.acks.sender, outputs, self.name)  # type: ignore[arg-type]
+        if not await publish_from_timer(self.acks.sender, outputs, self.name, "route-sweep"):
+            self._index_stale = True  # rebuilt, so the next sweep reports them again
 
     def sla_breach(self, state: ConversationState, now: datetime, offset: int) -> list[Output]:
         """An alert for the awaited tweet past its SLA (once), and the state marked with the

@@ -29,6 +29,12 @@ CONSUMER_LAG = Gauge(
     "Messages between a consumer group's position and the end of a partition",
     ["group", "topic", "partition"],
 )
+TIMER_FAILURES = Counter(
+    "switchboard_timer_failures_total",
+    "Runs of a faust timer (sweep) whose outputs the broker could not take; the next run asks "
+    "again",
+    ["service", "timer"],
+)
 TABLE_ENTRIES = Gauge(
     "switchboard_table_entries",
     "Entries held in memory by a changelog table (route conversations, notify ledger)",

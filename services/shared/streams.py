@@ -455,6 +455,21 @@ class _Sender:
             raise
 
 
+async def publish_from_timer(sender: Any, outputs: list[Output], service: str, timer: str) -> bool:
+    """A timer's outputs, published; False when the broker could not take them (away longer
+    than the producer waits). A timer that raises stops faust's worker, and what a sweep asks
+    for its next run finds again, so that is logged and counted, not fatal; the caller makes
+    sure the next run asks again."""
+    try:
+        await publish(sender, outputs, service)
+    except KafkaError as error:
+        metrics.TIMER_FAILURES.labels(service, timer).inc()
+        log.warning("a timer could not publish; its next run asks again",
+                    extra={"timer": timer, "error": repr(error)})  # fmt: skip
+        return False
+    return True
+
+
 # A faust Message -> what to publish, or a coroutine that will say (handled concurrently).
 RecordHandler = Callable[[Any], list[Output] | Coroutine[Any, Any, list[Output]]]
 

@@ -1,7 +1,8 @@
 """AckAfterPublish's ordering: an input is acknowledged to faust only after the broker
 acknowledged its outputs, and the outputs deferred for it (route's spike tally). The stream and
 producer are stand-ins: this is the ordering logic alone (the real thing runs in
-tests/integration/test_stream_state.py and the e2e tests)."""
+tests/integration/test_stream_state.py and the e2e tests). And a timer's publish when the
+broker cannot take it."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from aiokafka.errors import KafkaTimeoutError
+
+from switchboard.shared import metrics as shared_metrics
 from switchboard.shared.kafka import Output
-from switchboard.shared.streams import AckAfterPublish
+from switchboard.shared.streams import AckAfterPublish, publish_from_timer
 
 
 @dataclass
@@ -132,3 +136,31 @@ async def test_handlers_at_work_together_send_when_done_and_are_acknowledged_in_
         await _until(lambda: "out-a" in producer.pending)
         producer.pending["out-a"].set_result(None)
         await _until(lambda: stream.acked == ["a", "b"])
+
+
+class _AwaySender:
+    """A broker away longer than the producer waits: every send gives up with a timeout."""
+
+    def __init__(self, away: bool) -> None:
+        self.away, self.sent = away, []
+
+    async def send(self, topic: str, value: Any, key: Any = None) -> asyncio.Future[None]:
+        if self.away:
+            raise KafkaTimeoutError("no broker")
+        self.sent.append(topic)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def test_a_timer_whose_outputs_the_broker_cannot_take_says_so_and_does_not_raise():
+    """A timer that raises stops faust's worker: a sweep during a long outage must not."""
+    failed = shared_metrics.TIMER_FAILURES.labels("route", "route-sweep")
+    before = failed._value.get()
+    outputs = [Output("switchboard.route.due", b"{}", b"c1")]
+
+    assert await publish_from_timer(_AwaySender(True), outputs, "route", "route-sweep") is False
+    assert failed._value.get() == before + 1
+    sender = _AwaySender(False)
+    assert await publish_from_timer(sender, outputs, "route", "route-sweep") is True
+    assert sender.sent == ["switchboard.route.due"] and failed._value.get() == before + 1
