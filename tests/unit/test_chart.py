@@ -251,3 +251,31 @@ def test_a_drain_is_never_blocked_by_a_disruption_budget():
     assert len(budgets) == len(SERVICES)
     assert all(b["spec"] == {"maxUnavailable": 1, "selector": b["spec"]["selector"]}
                for b in budgets)  # fmt: skip
+
+
+def test_keda_reaches_a_broker_that_authenticates_as_classify_does():
+    """Without the broker's SASL and TLS settings KEDA's scaler cannot read the lag, and
+    classify would never scale on it."""
+    docs = render(EVERYTHING_ON)
+    [scaled] = by_kind(docs, "ScaledObject")
+    [trigger] = scaled["spec"]["triggers"]
+    [auth] = by_kind(docs, "TriggerAuthentication")
+    assert trigger["metadata"]["sasl"] == "scram_sha512" and trigger["metadata"]["tls"] == "enable"
+    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    assert auth["spec"]["env"] == [
+        {"parameter": "username", "name": "KAFKA_SASL_USERNAME", "containerName": "classify"}
+    ]
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "password", "name": "kafka-password", "key": "password"},
+        {"parameter": "ca", "name": "kafka-ca", "key": "ca.crt"},
+    ]
+    classify = next(
+        d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("classify")
+    )
+    [container] = classify["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == "classify"
+    assert {"name": "KAFKA_SASL_USERNAME", "value": "switchboard"} in container["env"]
+    plain = render({"keda": {"enabled": True}})
+    [trigger] = by_kind(plain, "ScaledObject")[0]["spec"]["triggers"]
+    assert by_kind(plain, "TriggerAuthentication") == []
+    assert "authenticationRef" not in trigger and "sasl" not in trigger["metadata"]
