@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.partitioner import DefaultPartitioner
 
 from switchboard.classify.data import content_sha256
 from switchboard.cli.config import PipelineSettings, SwitchboardConfig
@@ -165,19 +166,37 @@ async def read_topics(
     until: Callable[[list], bool],
     timeout_s: float = 60.0,
 ) -> list:
-    """Every record on ``watched`` from the beginning, read until ``until(records)`` or timeout."""
+    """Every record on ``watched`` from the beginning, read until ``until(records)``, or else
+    until ``timeout_s`` has passed and every record that was there when the read began has
+    been read: the session's topics hold what every earlier test wrote, and on a loaded machine
+    a read that stopped at its timeout returned part of it (``lambda rs: False`` reads
+    "everything there now")."""
     consumer = AIOKafkaConsumer(*watched, auto_offset_reset="earliest", **client_options(kafka))
     await consumer.start()
     records: list = []
     deadline = time.monotonic() + timeout_s
+    ends: dict | None = None  # the end offsets when the partitions were first assigned
     try:
-        while not until(records) and time.monotonic() < deadline:
+        while not until(records) and time.monotonic() < deadline + READ_BEHIND_S:
+            if ends is None and consumer.assignment():
+                ends = await consumer.end_offsets(list(consumer.assignment()))
+            if time.monotonic() >= deadline and await _caught_up(consumer, ends):
+                break
             batches = await consumer.getmany(timeout_ms=200)
             for part in batches.values():
                 records.extend(part)
     finally:
         await consumer.stop()
     return records
+
+
+READ_BEHIND_S = 120.0  # how long past its timeout a read may take to read what was there
+
+
+async def _caught_up(consumer: AIOKafkaConsumer, ends: dict | None) -> bool:
+    if ends is None:
+        return True  # nothing assigned: nothing was there
+    return all([await consumer.position(tp) >= end for tp, end in ends.items()])
 
 
 def readable(
@@ -198,6 +217,19 @@ def published(records: list[ConsumerRecord], topic: str, event_type: type[E]) ->
 def key_of(record: ConsumerRecord) -> str:
     """The record's key as text (keys are bytes, and not always UTF-8)."""
     return (record.key or b"").decode("utf-8", errors="replace")
+
+
+def keys_on_every_partition(partitions: int, each: int, candidates: Iterator[str]) -> list[str]:
+    """From ``candidates``, ``each`` keys for every one of ``partitions`` partitions, as the
+    producers' default partitioner places them: a test of replicas that draws random keys
+    leaves one replica with none now and then."""
+    place, chosen = DefaultPartitioner(), {p: [] for p in range(partitions)}
+    while any(len(keys) < each for keys in chosen.values()):
+        key = next(candidates)
+        keys = chosen[place(key.encode(), list(range(partitions)), None)]
+        if len(keys) < each:
+            keys.append(key)
+    return [key for keys in chosen.values() for key in keys]
 
 
 async def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:

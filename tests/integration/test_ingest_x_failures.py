@@ -254,13 +254,15 @@ async def test_a_flapping_stream_backs_off_within_the_connection_budget(
     ana, _ = customers
     x_api.flap_stream(10_000)
     x_api.limit_stream_connections(5, 2.0)
-    stream = {"healthy_after_s": 1.0, "max_connections": 5, "connection_window_s": 2.0}
+    # Waits of 0, 0.2, 0.4 s...: steps wide enough to tell apart from a loaded machine's noise.
+    stream = {"healthy_after_s": 1.0, "max_connections": 5, "connection_window_s": 2.0,
+              "reconnect": {"network_step_s": 0.2}}  # fmt: skip
     settings = ingest_settings(stream=True, x={"filtered_stream": stream})
     budget_waits = value(ingest_metrics.STREAM_BUDGET_WAITS)
     tweet = new_id()
 
     async with running(IngestService(settings)):
-        await asyncio.sleep(4.0)
+        await asyncio.sleep(5.0)
         flapping = list(x_api.stream_attempts)
         x_api.flap_stream(-x_api._flaps)  # X recovers
         await wait_for(lambda: x_api._open_streams != [], timeout_s=10)
@@ -268,7 +270,7 @@ async def test_a_flapping_stream_backs_off_within_the_connection_budget(
         records = await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [tweet]))
 
     assert ids_on(records, topics.RAW, RawTweet, [tweet]) == [tweet]
-    assert 5 <= len(flapping) <= 12  # 2,133 in 2 s before; the budget allows 10 in 4 s
+    assert 5 <= len(flapping) <= 15  # 2,133 in 2 s before; the budget allows 15 in 5 s
     assert max(sum(t <= a < t + 2.0 for a in flapping) for t in flapping) <= 5
     assert x_api.rate_limited == []
     gaps = [b - a for a, b in zip(flapping, flapping[1:], strict=False)]

@@ -8,7 +8,6 @@ import asyncio
 import base64
 import itertools
 import json
-from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -31,7 +30,14 @@ from switchboard.shared.events import (
     encode,
 )
 from switchboard.shared.settings import KafkaSettings
-from tests.conftest import CONFIG_FILE, SWITCHBOARD, read_topics, service_environment, wait_for
+from tests.conftest import (
+    CONFIG_FILE,
+    SWITCHBOARD,
+    keys_on_every_partition,
+    read_topics,
+    service_environment,
+    wait_for,
+)
 from tests.factories import a_classified_tweet, routed_from
 from tests.standins.vendors import HUBSPOT_INTERVAL_MS
 
@@ -136,17 +142,6 @@ def deliveries(records, conversation_prefix: str, target: str | None = None) -> 
 
 def conversation() -> str:
     return f"nc{next(_ids)}-{datetime.now(UTC).timestamp():.0f}"
-
-
-def conversations_on_every_partition(partitions: int, each: int) -> list[str]:
-    """New conversations, ``each`` of them keyed to every one of ``partitions`` partitions."""
-    partition, by_partition = DefaultPartitioner(), defaultdict(list)
-    while any(len(by_partition[p]) < each for p in range(partitions)):
-        conv = conversation()
-        found = by_partition[partition(conv.encode(), list(range(partitions)), None)]
-        if len(found) < each:
-            found.append(conv)
-    return [c for convs in by_partition.values() for c in convs]
 
 
 async def test_zendesk_ticket_then_follow_up_comment(
@@ -323,21 +318,22 @@ async def test_429_and_timeouts_are_retried_then_delivered(
 async def test_a_long_rate_limit_wait_parks_with_its_time_and_comes_back_by_itself(
     kafka, vendors, notify_settings, producer, read, running
 ):
-    """Zendesk asks for 3 s (Retry-After), longer than a batch may hold its partition
+    """Zendesk asks for 10 s (Retry-After), longer than a batch may hold its partition
     (max_wait_s 0.2): the delivery is parked at once with its time, the next tweet is not held
-    up, and notify redrives the parked one when the time comes; one ticket in the end."""
+    up, and notify redrives the parked one when the time comes; one ticket in the end. (The
+    wait leaves time for the checks below to see it parked on a loaded machine.)"""
     zendesk = vendors["zendesk"]
     first, second = conversation(), conversation()
-    zendesk.fail_next("/api/v2/tickets", 429, retry_after_s=3.0)
+    zendesk.fail_next("/api/v2/tickets", 429, retry_after_s=10.0)
     event = routed("customer_service", conversation=first)
 
     async with running(NotifyService(notify_settings())):
+        sent_at = datetime.now(UTC)
         await publish_routed(producer, event)
         await read([topics.NOTIFICATIONS_DLQ], lambda rs: len(deliveries(rs, first)) >= 1)
         [parked] = await listed(
             kafka, Filters(delivery_id=f"{event.tweet.id}:zendesk:support-queue")
         )
-        parked_at = datetime.now(UTC)
         await publish_routed(producer, routed("customer_service", conversation=second))
         shown = await _dlq_list(kafka, parked.delivery_id)
         records = await read(
@@ -347,7 +343,7 @@ async def test_a_long_rate_limit_wait_parks_with_its_time_and_comes_back_by_itse
         )
 
     assert parked.retry_at is not None and parked.attempts == 1
-    assert 2.0 <= (parked.retry_at - parked_at).total_seconds() <= 3.5
+    assert 9.5 <= (parked.retry_at - sent_at).total_seconds() <= 16  # the 429's time + 10 s
     assert "HTTP 429" in (parked.error or "")
     # `switchboard dlq list` shows the vendor's error and when it comes back by itself.
     [row] = [line for line in shown.splitlines() if parked.delivery_id in line]
@@ -385,16 +381,20 @@ async def test_hubspot_batch_errors_and_rate_window_are_honoured(
             [topics.NOTIFICATIONS_DLQ, topics.DELIVERIES],
             lambda rs: len(deliveries(rs, throttled)) >= 2,
         )
+        read_at = datetime.now(UTC)
 
     outcomes = {d.target: d for d in deliveries(records, rejected)}
     assert outcomes["fans"].outcome == "delivered"
     failed = outcomes["fans-by-email"]
     assert failed.outcome == "failed" and failed.attempts == 1  # a validation error: not retried
     assert "HTTP 207" in failed.error and "VALIDATION_ERROR" in failed.error
-    [limited] = deliveries(waits, throttled, "fans")
-    assert limited.outcome == "failed" and limited.retry_at is not None
-    wait = (limited.retry_at - asked_at).total_seconds()
-    assert HUBSPOT_INTERVAL_MS / 1000 - 1 <= wait <= HUBSPOT_INTERVAL_MS / 1000 + 1
+    # Both subscriptions upsert at once: the 429 goes to whichever asks first.
+    [limited] = [d for d in deliveries(waits, throttled) if d.retry_at is not None]
+    assert limited.outcome == "failed"
+    interval = timedelta(milliseconds=HUBSPOT_INTERVAL_MS)
+    # the 429's time plus the window: after the tweet was sent, before it was read
+    assert asked_at + interval - timedelta(seconds=1) <= limited.retry_at
+    assert limited.retry_at <= read_at + interval + timedelta(seconds=1)
 
 
 async def test_hubspots_spent_daily_limit_waits_for_midnight_in_the_accounts_time_zone(
@@ -683,7 +683,9 @@ async def test_a_jira_429_with_only_a_reset_time_parks_the_delivery_until_then(
     into the same limit on the backoff and being parked without a time."""
     jira = vendors["jira"]
     jira.reset_without_retry_after = True
-    jira.fail_next("/rest/api/3/issue", 429, retry_after_s=90)
+    # An hour: the parked delivery stays on the session's broker, and one due within the
+    # session would be redriven by a later test's notify and change what that test counts.
+    jira.fail_next("/rest/api/3/issue", 429, retry_after_s=3600)
     conv = conversation()
 
     async with running(NotifyService(notify_settings())):
@@ -695,8 +697,8 @@ async def test_a_jira_429_with_only_a_reset_time_parks_the_delivery_until_then(
     assert waiting.error.startswith("HTTP 429") and waiting.attempts == 1
     limited = [r for r in jira.requests if r["path"] == "/rest/api/3/issue"]
     assert len(limited) == 1  # not retried into the limit
-    assert waiting.retry_at is not None  # the reset: 90 s away, rounded up to the minute
-    assert 89 <= (waiting.retry_at - sent_at).total_seconds() <= 152
+    assert waiting.retry_at is not None  # the reset: an hour away, rounded up to the minute
+    assert 3599 <= (waiting.retry_at - sent_at).total_seconds() <= 3662
     assert abs(waiting.retry_at.timestamp() - round(waiting.retry_at.timestamp() / 60) * 60) < 2
 
 
@@ -979,7 +981,9 @@ async def test_deliveries_parked_while_a_target_is_down_go_out_by_themselves_onc
     failing, tripped = [conversation() for _ in range(2)], [conversation() for _ in range(2)]
     events = {c: routed("legal", conversation=c) for c in failing + tripped}
     rejected = routed("sales", conversation=conversation())
-    settings = notify_settings(attempts=1, circuit_failures=2, circuit_cooldown_s=4.0,
+    # The circuit stays open 10 s: long enough for the tripped ones to reach it open on a
+    # loaded machine (reading the DLQ between the two takes seconds there).
+    settings = notify_settings(attempts=1, circuit_failures=2, circuit_cooldown_s=10.0,
                                redrive_after_s=1.0, redrive_max_wait_s=2.0,
                                redrive_for_hours=1.0)  # fmt: skip
     service = NotifyService(settings)
@@ -994,7 +998,7 @@ async def test_deliveries_parked_while_a_target_is_down_go_out_by_themselves_onc
         )
         jira.clear_failures()  # Jira is back
         records = await read(
-            [topics.DELIVERIES], lambda rs: all(deliveries(rs, c) for c in events), timeout_s=30
+            [topics.DELIVERIES], lambda rs: all(deliveries(rs, c) for c in events), timeout_s=60
         )
         await asyncio.sleep(2 * PARKED_SWEEP_S)  # the sweep sees them gone
         held = (decode(ParkedDelivery, v) for v in service.parked.values())
@@ -1028,7 +1032,8 @@ async def test_a_rejection_nobody_redrives_is_forgotten_after_the_retention(
     notify and no longer listed (the DLQ topic keeps its record)."""
     vendors["salesforce"].fail_next("/services", 400, count=1)
     event = routed("sales", conversation=conversation())
-    service = NotifyService(notify_settings(retention_hours=3 / 3600))  # three seconds
+    # ten seconds: time to see it held and listed first on a loaded machine
+    service = NotifyService(notify_settings(retention_hours=10 / 3600))
 
     def held() -> set[str]:
         return {p.delivery_id for p in (decode(ParkedDelivery, v) for v in service.parked.values())}
@@ -1040,11 +1045,11 @@ async def test_a_rejection_nobody_redrives_is_forgotten_after_the_retention(
         [refused] = deliveries(records, event.tweet.conversation_id)
         assert refused.delivery_id in held() and refused.retry_at is None
         [shown] = await listed(kafka, Filters(delivery_id=refused.delivery_id))
-        await wait_for(lambda: refused.delivery_id not in held(), timeout_s=20)
-        forgotten_after = datetime.now(UTC) - refused.trace.ingested_at
+        await wait_for(lambda: refused.delivery_id not in held(), timeout_s=40)
+        forgotten_after = datetime.now(UTC) - shown.parked_at
 
     assert "HTTP 400" in (shown.error or "") and shown.retry_at is None
-    assert forgotten_after >= timedelta(seconds=3)
+    assert forgotten_after >= timedelta(seconds=10)
     assert await parked_deliveries(kafka, Filters(delivery_id=refused.delivery_id)) == []
     dlq = await read([topics.NOTIFICATIONS_DLQ],
                      lambda rs: deliveries(rs, event.tweet.conversation_id))  # fmt: skip
@@ -1128,8 +1133,8 @@ async def test_two_replicas_each_keep_and_redrive_the_parked_deliveries_of_their
         partitions = len(owned(first) | owned(second))
         # Two conversations on every partition, so both replicas hold some (random ids alone
         # left one replica with none in about one run in twenty-five).
-        events = {c: routed("legal", conversation=c)
-                  for c in conversations_on_every_partition(partitions, 2)}  # fmt: skip
+        convs = keys_on_every_partition(partitions, 2, iter(conversation, None))
+        events = {c: routed("legal", conversation=c) for c in convs}
         await publish_routed(own_producer, *events.values())
         await wait_for(lambda: held(first) | held(second) == set(events), timeout_s=30)
         holdings = {"a": held(first), "b": held(second)}

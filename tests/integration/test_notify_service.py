@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from email.message import EmailMessage
 
@@ -15,7 +16,7 @@ from switchboard.notify.settings import NotifySettings, SmtpSettings
 from switchboard.shared import topics
 from switchboard.shared.broker import free_port
 from switchboard.shared.events import Delivery, decode, encode
-from tests.conftest import CONFIG_FILE, wait_for
+from tests.conftest import CONFIG_FILE, keys_on_every_partition, wait_for
 from tests.factories import a_classified_tweet, routed_from
 
 
@@ -259,8 +260,11 @@ async def test_a_subscription_gets_one_digest_whichever_replicas_hold_its_tweets
     # On a broker of the test's own: a static member stays in its group after it stops, and the
     # session's group would wait for the second one in every later test.
     first, second = replica("notify-a"), replica("notify-b")
-    low = [routed(f"{name}-{i}", "community", "low", f"{name} hello {i}", first.settings)
-           for i in range(8)]  # fmt: skip
+    # conversations (conv-<tweet id>) on every partition, so on both replicas
+    partitions = first.settings.config.topics.partitions
+    names = (f"conv-{name}-{i}" for i in itertools.count())
+    tweet_ids = [c.removeprefix("conv-") for c in keys_on_every_partition(partitions, 3, names)]
+    low = [routed(i, "community", "low", f"{name} hello {i}", first.settings) for i in tweet_ids]
 
     def digests() -> list:
         return [m for m in inbox.messages() if name in (m["X-Switchboard-Digest-Id"] or "")]
@@ -272,7 +276,7 @@ async def test_a_subscription_gets_one_digest_whichever_replicas_hold_its_tweets
                     if tp.topic == topics.NOTIFICATIONS_DIGESTS}  # fmt: skip
 
         await wait_for(lambda: bool(owned(first)) and bool(owned(second)), timeout_s=60)
-        for event in low:  # conversations on every partition, so on both replicas
+        for event in low:
             key = event.tweet.conversation_id.encode()
             await own_producer.send_and_wait(event.route.topic, encode(event), key=key)
         await wait_for(lambda: bool(digests()), timeout_s=30)

@@ -251,12 +251,16 @@ async def test_a_burst_raises_exactly_one_spike_alert_even_read_again_after_a_cr
         ]
         await send(producer, *burst)
         records = await read(WATCHED, lambda rs: len(routed_records(rs, prefix)) >= 31)
-        records += await read([topics.ALERTS], lambda rs: False, timeout_s=1.0)
         key = f"keyword:{keyword}"
-        observations = [r for r in await read([topics.ROUTE_SPIKES], lambda rs: False, 0.5)
-                        if key_of(r) == key]  # fmt: skip
+        await wait_for(lambda: service.spike_windows.episodes.get(key) is not None, 60)
+        await asyncio.sleep(1.0)  # the alert, and any second one, out by now
+        records += await read([topics.ALERTS], lambda rs: False, timeout_s=0.5)
         _, raised_by = service.spike_windows.episodes[key]
-        [raising] = [r for r in observations if r.offset == raised_by]
+        observations = await read(
+            [topics.ROUTE_SPIKES],
+            lambda rs: any(key_of(r) == key for r in rs if r.offset == raised_by),
+        )
+        [raising] = [r for r in observations if key_of(r) == key and r.offset == raised_by]
         counted = []  # the raising one, and one counted before it, read again
         for record in (raising, dataclasses.replace(raising, offset=raising.offset - 1)):
             with handling(record):
@@ -283,22 +287,23 @@ async def test_an_unanswered_critical_tweet_raises_an_sla_alert_and_a_reply_is_t
     route_settings, producer, read, running
 ):
     prefix = tag()
-    sla = {"minutes": {"critical": 0.05, "high": 60, "normal": 600, "low": 6000},
+    # 6 s from when the tweets are made (once route is up) for the reply to be read in time
+    sla = {"minutes": {"critical": 0.1, "high": 60, "normal": 600, "low": 6000},
            "check_interval_s": 0.2}  # fmt: skip
-    late = a_classified_tweet("it_security", 0.9, "critical", id=f"{prefix}-late",
-                              conversation_id=f"{prefix}-late")  # fmt: skip
-    answered = a_classified_tweet("it_security", 0.9, "critical", id=f"{prefix}-ok",
-                                  conversation_id=f"{prefix}-ok")  # fmt: skip
-    reply = BrandTweet(
-        handle="@SkylarkHelp",
-        tweet=a_tweet(id=f"{prefix}-r", conversation_id=f"{prefix}-ok",
-                      created_at=datetime.now(UTC),
-                      author=Author(id="1500000000000000002", username="SkylarkHelp")),
-        trace=Trace(ingested_at=datetime.now(UTC)),
-    )  # fmt: skip
     responses = route_metrics.RESPONSES.labels("@SkylarkDeals", "it_security")._value.get()
 
     async with running(RouteService(route_settings(sla=sla))):
+        late = a_classified_tweet("it_security", 0.9, "critical", id=f"{prefix}-late",
+                                  conversation_id=f"{prefix}-late")  # fmt: skip
+        answered = a_classified_tweet("it_security", 0.9, "critical", id=f"{prefix}-ok",
+                                      conversation_id=f"{prefix}-ok")  # fmt: skip
+        reply = BrandTweet(
+            handle="@SkylarkHelp",
+            tweet=a_tweet(id=f"{prefix}-r", conversation_id=f"{prefix}-ok",
+                          created_at=datetime.now(UTC),
+                          author=Author(id="1500000000000000002", username="SkylarkHelp")),
+            trace=Trace(ingested_at=datetime.now(UTC)),
+        )  # fmt: skip
         await send(producer, late, answered)
         await read(WATCHED, lambda rs: len(routed_records(rs, prefix)) >= 2)
         await producer.send_and_wait(topics.BRAND, encode(reply), key=f"{prefix}-ok".encode())

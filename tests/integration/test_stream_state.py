@@ -7,6 +7,7 @@ worker that restarts takes its partitions back with their state restored from th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -225,6 +226,9 @@ async def test_a_worker_that_restores_its_table_handles_each_waiting_record_once
     task = asyncio.create_task(app.start())
     try:
         await wait_for(lambda: worker_ready(app), timeout_s=60)
+        # every waiting record, or a minute; then a quiet while, in which one twice would show
+        with contextlib.suppress(TimeoutError):
+            await wait_for(lambda: waiting <= set(handled), timeout_s=60)
         await until_idle(handled)
     finally:
         await app.stop()
