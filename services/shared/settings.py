@@ -67,9 +67,11 @@ class KafkaSettings(BaseSettings):
     ssl_keyfile: Path | None = None
     max_message_bytes: int = Field(
         default=1_048_576,
-        ge=65_536,
-        description="The largest message the cluster accepts (its message.max.bytes); a larger "
-        "output goes to switchboard.deadletter as too_large",
+        # route keeps a conversation's latest tweets (up to six of 25,000 characters: 0.9 MB
+        # as JSON at worst) in one changelog record, which the cluster must take.
+        ge=1_048_576,
+        description="The largest message the cluster accepts (its message.max.bytes), at least "
+        "1 MiB (Kafka's default); a larger output goes to switchboard.deadletter as too_large",
     )
     group_instance_id: str | None = Field(
         default=None,

@@ -12,6 +12,7 @@ from switchboard.route.config import SpikeConfig, TimeWindow
 from switchboard.route.rules import evaluate, in_window, rules_version
 from switchboard.route.spikes import SpikeKeys, SpikeTally, bar, judge
 from switchboard.shared.events import (
+    MAX_TEXT_CHARS,
     Author,
     BrandTweet,
     Correction,
@@ -19,8 +20,10 @@ from switchboard.shared.events import (
     SpikeObservation,
     Trace,
     decode,
+    encode,
 )
 from switchboard.shared.labels import Department, Urgency
+from switchboard.shared.settings import KafkaSettings
 from tests.factories import a_classified_tweet as classified
 from tests.factories import a_tweet
 
@@ -297,6 +300,21 @@ def test_a_stricter_sla_from_a_later_tweet_names_that_tweet_and_keeps_the_clock(
     assert awaiting.tweet.text == "a gas smell in the building"
     assert awaiting.classification.urgency is Urgency.CRITICAL
     assert awaiting.received_at == received  # the response time counts from the first
+
+
+def test_the_largest_conversation_route_keeps_fits_the_smallest_message_size_allowed():
+    """Every tweet of 25,000 characters that JSON writes longest (control characters, six bytes
+    each), every list of the conversation full: still one changelog record any cluster
+    Switchboard accepts takes (KAFKA_MAX_MESSAGE_BYTES has a floor), or route could not save it."""
+    text = "\u0001" * MAX_TEXT_CHARS
+    state = None
+    for n in range(1, 40):
+        event = classified("legal", 0.9, "critical", text=text, id=str(n), conversation_id="c")
+        _, state = routed_state(event, state=state)
+    assert state is not None and len(state.recent) == conversations.RECENT
+    assert state.awaiting is not None and len(state.routed) == conversations.REMEMBERED
+    [floor] = [m.ge for m in KafkaSettings.model_fields["max_message_bytes"].metadata]
+    assert len(encode(state)) < floor
 
 
 def test_routing_a_tweet_keeps_the_conversations_applied_corrections():

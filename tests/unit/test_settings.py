@@ -159,6 +159,11 @@ def test_a_bad_environment_variable_is_named(monkeypatch):
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SMOKE_SIGNALS")
     with pytest.raises(ConfigError, match="environment: KAFKA_SECURITY_PROTOCOL"):
         PipelineSettings.load(config_file=EXAMPLE)
+    monkeypatch.delenv("KAFKA_SECURITY_PROTOCOL")
+    # smaller than the largest record route writes (a conversation's latest tweets)
+    monkeypatch.setenv("KAFKA_MAX_MESSAGE_BYTES", "524288")
+    with pytest.raises(ConfigError, match="environment: KAFKA_MAX_MESSAGE_BYTES"):
+        PipelineSettings.load(config_file=EXAMPLE)
 
 
 def test_environment_overrides_the_file(monkeypatch):
