@@ -24,6 +24,7 @@ have reached the changelog and the alert not (faust's buffer and route's produce
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -74,10 +75,21 @@ class SpikeKeys:
         return found
 
 
+# The samples of one key's window together, at most: an observation, the table's record and
+# the alert each carry them, and must stay within the smallest message size allowed (1 MiB)
+# however many samples are configured and however long the tweets (25,000 characters).
+SAMPLE_BYTES = 256 * 1024
+
+
+def _sample_bytes(tweet: Tweet) -> int:
+    return len(tweet.model_dump_json())
+
+
 @dataclass(slots=True)
 class _Tally:
     count: int
     tweets: list[Tweet] = field(default_factory=list)
+    sampled_bytes: int = 0
 
 
 class SpikeTally:
@@ -88,14 +100,17 @@ class SpikeTally:
         self._keys: dict[tuple[Dimension, str], _Tally] = {}
 
     def add(self, keys: list[tuple[Dimension, str]], tweet: Tweet, samples: int) -> None:
+        size = None
         for key in keys:
             tally = self._keys.get(key)
             if tally is None:
-                self._keys[key] = _Tally(1, [tweet])
-                continue
+                self._keys[key] = tally = _Tally(0)
             tally.count += 1
             if len(tally.tweets) < samples:
-                tally.tweets.append(tweet)
+                size = _sample_bytes(tweet) if size is None else size
+                if not tally.tweets or tally.sampled_bytes + size <= SAMPLE_BYTES:
+                    tally.tweets.append(tweet)
+                    tally.sampled_bytes += size
 
     def drain(self) -> list[Output]:
         """One observation per key tallied, and an empty tally."""
@@ -221,9 +236,18 @@ class SpikeWindows:
 
     def _sample(self, key: str, observation: SpikeObservation) -> None:
         samples = self.samples[key].current()
-        if len(samples) < self.config.samples:
-            tweets = [observation.tweet, *observation.more][: self.config.samples - len(samples)]
-            self.samples[key] = [*samples, *(tweet.model_dump(mode="json") for tweet in tweets)]
+        if len(samples) >= self.config.samples:
+            return
+        held = sum(len(json.dumps(sample)) for sample in samples)
+        added = []
+        for tweet in [observation.tweet, *observation.more][: self.config.samples - len(samples)]:
+            size = _sample_bytes(tweet)
+            if (samples or added) and held + size > SAMPLE_BYTES:
+                break
+            added.append(tweet.model_dump(mode="json"))
+            held += size
+        if added:
+            self.samples[key] = [*samples, *added]
 
     def _spike(
         self,

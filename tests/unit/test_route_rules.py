@@ -449,6 +449,20 @@ def test_the_spike_tally_publishes_one_observation_per_key_with_its_count_and_sa
     assert tally.drain() == []  # drained: nothing counted twice
 
 
+def test_a_spike_observation_of_long_tweets_stays_within_the_smallest_message_size():
+    """50 samples configured (the most allowed) and tweets of 25,000 characters: the samples
+    stop at a byte budget, and the count still counts every tweet."""
+    tally = SpikeTally()
+    for i in range(60):
+        tweet = a_tweet(id=f"t{i}", text="\u0001" * MAX_TEXT_CHARS)
+        tally.add([("keyword", "outage")], tweet, samples=50)
+    [output] = tally.drain()
+    observation = decode(SpikeObservation, output.value)
+    [floor] = [m.ge for m in KafkaSettings.model_fields["max_message_bytes"].metadata]
+    assert observation.count == 60 and 1 <= 1 + len(observation.more) < 50
+    assert len(output.value) < floor / 2  # and room for the alert that carries them
+
+
 def test_an_sla_breach_waits_until_the_replies_written_before_its_deadline_are_read():
     from datetime import UTC, datetime
 
