@@ -159,10 +159,7 @@ class NotifyService:
              topics.NOTIFICATIONS_DIGESTS, topics.NOTIFICATIONS_DIGEST_STATE, topics.DEADLETTER],
             self.settings.config.topics.partitions,
             self.settings.config.topics.replication_factor,
-            co_partitioned=[*topics.DEPARTMENT_TOPICS, topics.NOTIFICATIONS_REDRIVE,
-                            topics.NOTIFICATIONS_DUE, topics.NOTIFICATIONS_LEDGER,
-                            topics.NOTIFICATIONS_PARKED, topics.NOTIFICATIONS_DIGESTS,
-                            topics.NOTIFICATIONS_DIGEST_STATE],
+            co_partitioned=self.streams.joined_topics(),
         )  # fmt: skip
         await self.streams.start()
 

@@ -144,8 +144,7 @@ class RouteService:
              topics.ROUTE_SPIKES, topics.FEEDBACK_REQUESTS, topics.FEEDBACK],
             self.config.topics.partitions,
             self.config.topics.replication_factor,
-            co_partitioned=[topics.CLASSIFIED, topics.BRAND, topics.ROUTE_CONVERSATIONS,
-                            topics.ROUTE_DUE, topics.ROUTE_SPIKES, topics.FEEDBACK_REQUESTS],
+            co_partitioned=self.streams.joined_topics(),
         )  # fmt: skip
         await self.streams.start()
 

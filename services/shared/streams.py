@@ -206,6 +206,15 @@ class StreamWorker:
             options=STORE_OPTIONS, help=help,
         )  # fmt: skip
 
+    def joined_topics(self) -> list[str]:
+        """The topics faust reads by partition number together on this app: its agents' inputs
+        and its tables' changelogs, each of which must have ``partitions``
+        (``ensure_topics(co_partitioned=...)``). Read from the app, not listed by hand, so an
+        agent or a table added later is checked as well."""
+        inputs = {name for agent in self.app.agents.values() for name in agent.channel.topics}
+        changelogs = {table.changelog_topic.get_topic_name() for table in self.app.tables.values()}
+        return sorted(inputs | changelogs)
+
     @property
     def ready(self) -> bool:
         return self._task is not None and worker_ready(self.app)

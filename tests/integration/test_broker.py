@@ -12,6 +12,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from switchboard.notify.service import NotifyService
+from switchboard.notify.settings import NotifySettings
+from switchboard.route.service import RouteService
+from switchboard.route.settings import RouteSettings
 from switchboard.shared import topics
 from switchboard.shared.broker import EmbeddedBroker
 from switchboard.shared.kafka import (
@@ -22,6 +26,7 @@ from switchboard.shared.kafka import (
     read_to_end,
 )
 from switchboard.shared.settings import ConfigError, KafkaSettings
+from tests.conftest import CONFIG_FILE
 
 
 async def test_topics_are_created_with_the_configured_partitions(kafka, config):
@@ -46,6 +51,24 @@ async def test_topics_joined_by_key_with_another_partition_count_stop_the_servic
     assert str(caught.value).startswith("config key topics.partitions: 3, but ")
     assert f"{joined[0]} has 2" in str(caught.value)
     assert await ensure_topics(kafka, joined, 2, 1, co_partitioned=joined) == joined[1:]
+
+
+def test_route_and_notify_check_every_topic_faust_joins_for_them(kafka):
+    """The topics checked at start are read from the faust app (its agents' inputs and its
+    tables' changelogs), so a stream or a table added later is checked too."""
+    route = RouteService(RouteSettings.load(config_file=CONFIG_FILE, kafka=kafka))
+    notify = NotifyService(NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka))
+    route_joined, notify_joined = route.streams.joined_topics(), notify.streams.joined_topics()
+
+    assert {topics.CLASSIFIED, topics.BRAND, topics.ROUTE_CONVERSATIONS, topics.ROUTE_DUE,
+            topics.ROUTE_SPIKES, topics.FEEDBACK_REQUESTS} <= set(route_joined)  # fmt: skip
+    assert {"switchboard-route-spike-counts-changelog",
+            "switchboard-route-early-replies-changelog"} <= set(route_joined)  # fmt: skip
+    assert {topics.NOTIFICATIONS_REDRIVE, topics.NOTIFICATIONS_DUE, topics.NOTIFICATIONS_LEDGER,
+            topics.NOTIFICATIONS_PARKED, topics.NOTIFICATIONS_DIGESTS,
+            topics.NOTIFICATIONS_DIGEST_STATE} <= set(notify_joined)  # fmt: skip
+    assert topics.department_topic("legal") in notify_joined
+    assert topics.FEEDBACK not in route_joined  # what route only writes is not joined
 
 
 async def test_topics_and_messages_survive_a_broker_restart(tmp_path: Path):
