@@ -609,8 +609,9 @@ class SalesforceChannel(HttpChannel):
     a renewal Salesforce refuses parks the delivery with Salesforce's reason. Salesforce answers
     a spent API request limit (the org's, over a rolling 24 hours) with 403
     ``REQUEST_LIMIT_EXCEEDED``, not 429: the delivery waits ``request_limit_wait_s``, parked. An
-    upsert that lost a race for its external id (400 ``DUPLICATE_VALUE``: two tweets of a new
-    author at once) is tried again, and then updates the record the other one created."""
+    upsert that lost a race for its external id (400 ``DUPLICATE_VALUE`` on that field: two
+    tweets of a new author at once) is tried again, and then updates the record the other one
+    created; a duplicate on another field the org made Unique is a rejection."""
 
     name = "salesforce"
 
@@ -643,7 +644,7 @@ class SalesforceChannel(HttpChannel):
             # allowance ("TotalRequests Limit exceeded", or unsaid) over hours.
             busy = any("Concurrent" in str(e.get("message")) for e in errors)
             return CONCURRENT_LIMIT_WAIT_S if busy else self.request_limit_wait_s
-        if response.status_code == 400 and "DUPLICATE_VALUE" in codes:
+        if response.status_code == 400 and _lost_a_race(response, errors):
             # Another delivery (this replica's or another's) created the author's record
             # meanwhile: the same upsert again updates it.
             return DUPLICATE_RETRY_S
@@ -767,6 +768,23 @@ def until_midnight(now: datetime, zone: ZoneInfo) -> float:
     # Through UTC: between two datetimes of one zone Python subtracts wall clocks, which is
     # an hour off on the days the clocks change.
     return (midnight.astimezone(UTC) - now.astimezone(UTC)).total_seconds()
+
+
+def _lost_a_race(response: httpx.Response, errors: list[dict]) -> bool:
+    """A ``DUPLICATE_VALUE`` on the external id the upsert's URL names (PATCH
+    ``.../sobjects/<object>/<field>/<value>``): another upsert inserted that record first.
+    One on another field the org made Unique is the record's own conflict: retrying repeats it,
+    so it waits for a person like any rejection."""
+    # the path as sent (a value's "/" stays %2F), without its query
+    parts = response.request.url.raw_path.decode("ascii").partition("?")[0].split("/")
+    if response.request.method != "PATCH" or len(parts) < 3 or parts[-4:-3] != ["sobjects"]:
+        return False
+    field = parts[-2]
+    return any(
+        e.get("errorCode") == "DUPLICATE_VALUE"
+        and (field in (e.get("fields") or []) or f"{field} duplicates" in str(e.get("message")))
+        for e in errors
+    )
 
 
 def _bearer(token: str) -> dict[str, str]:

@@ -105,11 +105,19 @@ def notify_settings(kafka, vendors, tmp_path):
     return build
 
 
-def routed(department: str, urgency: str = "high", *, conversation: str, author: str = "42"):
+def routed(
+    department: str,
+    urgency: str = "high",
+    *,
+    conversation: str,
+    author: str = "42",
+    username: str | None = None,
+):
     tweet_id = f"t{next(_ids)}-{datetime.now(UTC).timestamp():.0f}"
+    who = Author(id=author, username=username or f"user{author}")
     event = a_classified_tweet(
         department, 0.9, urgency, id=tweet_id, conversation_id=conversation,
-        text=f"help please, tweet {tweet_id}", author=Author(id=author, username=f"user{author}"),
+        text=f"help please, tweet {tweet_id}", author=who,
     )  # fmt: skip
     return routed_from(event)
 
@@ -905,6 +913,31 @@ async def test_an_upsert_that_loses_a_race_for_its_author_updates_the_winners_le
     leads = [r for r in salesforce.records["Lead"].values()
              if r.get("Switchboard_Author_Id__c") == "7300"]  # fmt: skip
     assert len(leads) == 1
+
+
+async def test_a_duplicate_on_another_unique_field_waits_for_a_person_not_retried(
+    vendors, notify_settings, producer, read, running
+):
+    """The org made Company Unique, and another author's Lead already has this one's (a
+    username that changed hands): Salesforce refuses 400 DUPLICATE_VALUE on Company. Unlike a
+    race for the external id, trying again repeats it: parked once for a person, no retry."""
+    salesforce = vendors["salesforce"]
+    salesforce.make_unique("Lead", "Company")
+    first, second = conversation(), conversation()
+
+    async with running(NotifyService(notify_settings(attempts=3))):
+        await publish_routed(producer, routed("sales", conversation=first, author="7400",
+                                              username="handed_on"))  # fmt: skip
+        await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, first)) >= 1)
+        # the same username (so the same Company) under another author id
+        await publish_routed(producer, routed("sales", conversation=second, author="7401",
+                                              username="handed_on"))  # fmt: skip
+        records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
+                             lambda rs: len(deliveries(rs, second)) >= 1)  # fmt: skip
+
+    [refused] = deliveries(records, second)
+    assert refused.outcome == "failed" and refused.attempts == 1 and refused.retry_at is None
+    assert "DUPLICATE_VALUE" in refused.error and "Company" in refused.error
 
 
 async def test_picklist_values_are_the_orgs_own(vendors, notify_settings, producer, read, running):

@@ -1078,6 +1078,7 @@ class SalesforceStandIn(VendorStandIn):
         self.tokens_issued = 0
         self.records: dict[str, dict[str, dict]] = {name: {} for name in SALESFORCE_OBJECTS}
         self.restricted: dict[tuple[str, str], set[str]] = {}
+        self.unique: set[tuple[str, str]] = set()
         self._numbers = itertools.count(1)
         self._api_usage = 0
         self._race_next = False
@@ -1107,6 +1108,23 @@ class SalesforceStandIn(VendorStandIn):
     def restrict_picklist(self, sobject: str, field: str, values: set[str]) -> None:
         """``field`` becomes a restricted picklist: any other value is refused."""
         self.restricted[(sobject, field)] = values
+
+    def make_unique(self, sobject: str, field: str) -> None:
+        """The org marks ``field`` Unique: a write that gives another record's value is refused
+        400 ``DUPLICATE_VALUE`` naming that field."""
+        self.unique.add((sobject, field))
+
+    def _duplicate(self, sobject: str, record: JsonDict) -> web.Response | None:
+        for unique_object, name in sorted(self.unique):
+            value = record.get(name)
+            if unique_object != sobject or value is None:
+                continue
+            others = [r for r in self._matching(sobject, name, str(value))
+                      if r.get("Id") != record.get("Id")]  # fmt: skip
+            if others:
+                message = f"duplicate value found: {name} duplicates value on record with id: "
+                return _sf_error(400, "DUPLICATE_VALUE", message + others[0]["Id"], [name])
+        return None
 
     def _add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/services/oauth2/token", self._token)
@@ -1293,9 +1311,9 @@ class SalesforceStandIn(VendorStandIn):
         if len(found) > 1:
             return self._multiple_choices(sobject, found)
         record = (found[0] if found else {field: value}) | fields
-        missing = self._missing(sobject, record)
-        if missing is not None:
-            return missing
+        refused = self._missing(sobject, record) or self._duplicate(sobject, record)
+        if refused is not None:
+            return refused
         if found:
             self._merge(sobject, found[0]["Id"], fields)
             body = {"id": found[0]["Id"], "success": True, "errors": [], "created": False}
