@@ -70,7 +70,7 @@ class RateWindow:
     async def turn(self) -> AsyncIterator[Turn]:
         """Wait for a turn, make one request in it, report X's answer with ``Turn.answered``."""
         await self._acquire()
-        turn = Turn()
+        turn = Turn(self.clock)
         try:
             yield turn
         finally:
@@ -133,7 +133,8 @@ class RateWindow:
 class Turn:
     """What X said about the window in its answer to one request."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self.remaining: int | None = None
         self.window: float | None = None  # X's x-rate-limit-reset, as sent
         self.reset_at: float | None = None  # when that is, by this machine's clock
@@ -141,7 +142,7 @@ class Turn:
         self.answered_at: float | None = None
 
     def answered(self, headers: Mapping[str, str], *, limited: bool = False) -> None:
-        self.answered_at = time.time()
+        self.answered_at = self.clock()
         self.limited = limited
         with contextlib.suppress(KeyError, ValueError):
             self.remaining = int(headers["x-rate-limit-remaining"])

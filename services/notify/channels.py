@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -779,10 +780,16 @@ def _lost_a_race(response: httpx.Response, errors: list[dict]) -> bool:
     parts = response.request.url.raw_path.decode("ascii").partition("?")[0].split("/")
     if response.request.method != "PATCH" or len(parts) < 3 or parts[-4:-3] != ["sobjects"]:
         return False
-    field = parts[-2]
+    field = parts[-2].lower()
+    # Salesforce names the field in ``fields`` or only in the message, in its own spelling
+    # (API names are case-insensitive); concurrent inserts may say "<unknown> duplicates".
+    named = re.compile(rf"(?<![\w])(?:{re.escape(field)}|<unknown>) duplicates", re.IGNORECASE)
     return any(
         e.get("errorCode") == "DUPLICATE_VALUE"
-        and (field in (e.get("fields") or []) or f"{field} duplicates" in str(e.get("message")))
+        and (
+            field in {str(f).lower() for f in e.get("fields") or []}
+            or named.search(str(e.get("message"))) is not None
+        )
         for e in errors
     )
 

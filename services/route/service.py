@@ -507,10 +507,12 @@ class RouteService:
             factor=config.factor,
             samples=spike.samples,
         )
-        log.warning(
-            "spike", extra={"dimension": spike.dimension, "value": spike.value, "n": spike.count}
-        )
-        self.ops.on_alert(alert)
+        details = {"dimension": spike.dimension, "value": spike.value, "n": spike.count}
+        if spike.again:
+            log.info("spike alert published again after a restart", extra=details)
+        else:
+            log.warning("spike", extra=details)
+            self.ops.on_alert(alert)
         return Output.of(topics.ALERTS, alert, key=f"{spike.dimension}:{spike.value}")
 
     def _count(self, routed: RoutedTweet, outcome: Outcome) -> None:

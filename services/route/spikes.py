@@ -16,10 +16,10 @@ consume four times what it routed.) The counts live in faust windowed tables
 (``SpikeWindows``); ``judge`` is the decision, pure.
 
 An observation read again after a crash (its offset was not committed) is counted once: each
-window's count is kept with the offset of the last observation it counted, in one changelog
-record. The episode keeps the offset of the observation that raised its alert, so that
-observation, read again, publishes the alert again with the same id: the episode's mark may
-have reached the changelog and the alert not (faust's buffer and route's producer are apart).
+window's count is kept with the offset of the last observation it counted, and of the one that
+raised an alert, in one changelog record. That observation, read again, publishes the alert
+again with the same id: the window's record may have reached the changelog and the alert not
+(faust's buffer and route's producer are apart).
 """
 
 from __future__ import annotations
@@ -81,8 +81,11 @@ class SpikeKeys:
 SAMPLE_BYTES = 256 * 1024
 
 
-def _sample_bytes(tweet: Tweet) -> int:
-    return len(tweet.model_dump_json())
+def _sample_bytes(sample: Tweet | dict[str, Any]) -> int:
+    """A sample's size as faust's JSON writes it to the table (non-ASCII escaped: 6 or 12 bytes
+    a character), never less than its UTF-8 size in an observation or an alert."""
+    data = sample.model_dump(mode="json") if isinstance(sample, Tweet) else sample
+    return len(json.dumps(data))
 
 
 @dataclass(slots=True)
@@ -165,20 +168,29 @@ def judge(
     return Verdict(spike=False, episode=episode)
 
 
-def _tally(value: Any) -> tuple[int, int]:
-    """A window's count and the offset of the last observation counted in it (-1: none, or a
-    count written before the offset was kept)."""
-    if isinstance(value, int):
-        return value, -1
-    return (int(value[0]), int(value[1])) if value else (0, -1)
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """One key's window as its table record keeps it, in one changelog record: the count, the
+    offset of the last observation counted, and the offset of the observation that raised an
+    alert in it (written together, so no crash keeps one without the others)."""
+
+    count: int = 0
+    counted: int = -1  # none yet, or a count written before offsets were kept
+    raised: int | None = None
+
+    @classmethod
+    def of(cls, value: Any) -> _Window:
+        if isinstance(value, int):
+            return cls(value)
+        return cls(*value) if value else cls()
+
+    def record(self) -> list[int | None]:
+        return [self.count, self.counted, self.raised]
 
 
-def _episode(value: Any) -> tuple[int | None, int | None]:
-    """The window a key's episode started in and the offset of the observation that raised its
-    alert (None: not in an episode; an offset of None: marked before offsets were kept)."""
-    if value is None or isinstance(value, int):
-        return value, None
-    return int(value[0]), int(value[1])
+def _episode(value: Any) -> int | None:
+    """The window a key's episode started in (None: not in an episode)."""
+    return value[0] if isinstance(value, list) else value
 
 
 class SpikeWindows:
@@ -213,32 +225,49 @@ class SpikeWindows:
     def observe(self, observation: SpikeObservation, offset: int) -> Spike | None:
         """Count ``observation`` (read at ``offset`` of its partition) and judge its key."""
         key = f"{observation.dimension}:{observation.value}"
-        window = self.counts[key]
-        count, counted = _tally(window.current())
-        if offset > counted:
-            count += observation.count
-            self.counts[key] = [count, offset]
+        windows = self.counts[key]
+        stored = _Window.of(windows.current())
+        current = stored
+        if offset > stored.counted:  # else counted before a crash, read again
+            current = _Window(stored.count + observation.count, offset, stored.raised)
             self._sample(key, observation)
-        windows = range(1, self.config.baseline_windows + 1)
-        history = [_tally(window.delta(self.window_s * i))[0] for i in windows]
+        history = [
+            _Window.of(windows.delta(self.window_s * i)).count
+            for i in range(1, self.config.baseline_windows + 1)
+        ]
         number = int(observation.observed_at.timestamp() // self.window_s)
-        episode, raised_by = _episode(self.episodes.get(key))
-        if episode is not None and raised_by == offset:
-            return self._spike(observation, count, history, episode, again=True)
-        warm = time.monotonic() - self.started >= self.window_s * self.config.baseline_windows
-        verdict = judge(self.config, number, count, history, episode, warm)
-        if verdict.spike:
-            self.episodes[key] = [number, offset]
-            return self._spike(observation, count, history, number)
-        if verdict.episode is None and episode is not None:
+        episode = _episode(self.episodes.get(key))
+        spike = None
+        if current.raised == offset:
+            # This observation raised the alert, read again after a crash: the alert may not
+            # have gone out, nor the episode's mark been kept.
+            spike = self._spike(observation, current.count, history, number, again=True)
+            episode = number
+        else:
+            warm = time.monotonic() - self.started >= self.window_s * self.config.baseline_windows
+            verdict = judge(self.config, number, current.count, history, episode, warm)
+            if verdict.spike:
+                current = _Window(current.count, current.counted, offset)
+                spike = self._spike(observation, current.count, history, number)
+            episode = verdict.episode
+        if current != stored:
+            self.counts[key] = current.record()
+        self._mark(key, episode)
+        return spike
+
+    def _mark(self, key: str, episode: int | None) -> None:
+        if episode == _episode(self.episodes.get(key)):
+            return
+        if episode is None:
             del self.episodes[key]
-        return None
+        else:
+            self.episodes[key] = episode
 
     def _sample(self, key: str, observation: SpikeObservation) -> None:
         samples = self.samples[key].current()
         if len(samples) >= self.config.samples:
             return
-        held = sum(len(json.dumps(sample)) for sample in samples)
+        held = sum(_sample_bytes(sample) for sample in samples)
         added = []
         for tweet in [observation.tweet, *observation.more][: self.config.samples - len(samples)]:
             size = _sample_bytes(tweet)

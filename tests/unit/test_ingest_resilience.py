@@ -117,6 +117,20 @@ async def test_a_429_waits_for_x_reset_even_when_this_clock_is_ahead_of_x():
     assert 1.0 <= waited < 30
 
 
+async def test_a_429_whose_reset_has_come_still_waits_a_second():
+    window = RateWindow("app:main", "mentions")
+    now = time.time()
+    headers = {"date": format_datetime(datetime.fromtimestamp(now, UTC), usegmt=True),
+               "x-rate-limit-reset": str(int(now))}  # fmt: skip
+    async with window.turn() as turn:
+        turn.answered(headers, limited=True)
+    answered = time.time()
+    async with window.turn() as turn:
+        waited = time.time() - answered
+        turn.answered({"x-rate-limit-remaining": "5"})
+    assert waited >= 0.95  # not straight back into the limit
+
+
 def test_the_connection_budget_holds_attempts_within_its_window():
     budget = ConnectionBudget(limit=3, window_s=10.0)
     for now in (0.0, 1.0, 2.0):

@@ -8,10 +8,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 
 from switchboard.notify.channels import (
     TRANSCRIPT_SEPARATOR,
+    _lost_a_race,
     adf,
     transcript,
     until_midnight,
@@ -261,3 +263,29 @@ def test_the_parked_index_hands_each_due_delivery_over_once_per_state():
     assert index.by_channel() == {"jira": 2}
     index.clear()
     assert len(index) == 0
+
+
+UPSERT = "https://acme.my.salesforce.com/services/data/v60.0/sobjects/Lead/Author_Id__c/7300"
+
+
+@pytest.mark.parametrize(
+    ("message", "fields", "race"),
+    [
+        ("duplicate value found: Author_Id__c duplicates value on record with id: 00Q1", [], True),
+        ("duplicate value found: author_id__c duplicates value on record with id: 00Q1", [], True),
+        ("duplicate value found: <unknown> duplicates value on record with id: <unknown>", [],
+         True),
+        ("duplicate value found", ["AUTHOR_ID__C"], True),
+        ("duplicate value found: Company duplicates value on record with id: 00Q1", ["Company"],
+         False),
+        ("duplicate value found: Old_Author_Id__c duplicates value on record with id: 00Q1", [],
+         False),
+    ],
+)  # fmt: skip
+def test_only_a_duplicate_of_the_upserted_external_id_is_a_race(message, fields, race):
+    """A race for the external id is tried again (the retry updates the winner's record); a
+    duplicate on another field the org made Unique repeats whatever is tried."""
+    request = httpx.Request("PATCH", UPSERT)
+    errors = [{"errorCode": "DUPLICATE_VALUE", "message": message, "fields": fields}]
+    response = httpx.Response(400, json=errors, request=request)
+    assert _lost_a_race(response, errors) is race

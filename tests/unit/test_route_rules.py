@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -449,18 +450,22 @@ def test_the_spike_tally_publishes_one_observation_per_key_with_its_count_and_sa
     assert tally.drain() == []  # drained: nothing counted twice
 
 
-def test_a_spike_observation_of_long_tweets_stays_within_the_smallest_message_size():
-    """50 samples configured (the most allowed) and tweets of 25,000 characters: the samples
-    stop at a byte budget, and the count still counts every tweet."""
+@pytest.mark.parametrize("character", ["\u0001", "😀", "語", "a"])
+def test_a_spike_observation_of_long_tweets_stays_within_the_smallest_message_size(character):
+    """50 samples configured (the most allowed) and tweets of 25,000 characters, of those JSON
+    or UTF-8 write longest: the samples stop at a byte budget, as the observation carries them
+    and as faust's JSON keeps them in the table (non-ASCII escaped), and every tweet counts."""
     tally = SpikeTally()
     for i in range(60):
-        tweet = a_tweet(id=f"t{i}", text="\u0001" * MAX_TEXT_CHARS)
+        tweet = a_tweet(id=f"t{i}", text=character * MAX_TEXT_CHARS)
         tally.add([("keyword", "outage")], tweet, samples=50)
     [output] = tally.drain()
     observation = decode(SpikeObservation, output.value)
+    samples = [t.model_dump(mode="json") for t in [observation.tweet, *observation.more]]
     [floor] = [m.ge for m in KafkaSettings.model_fields["max_message_bytes"].metadata]
-    assert observation.count == 60 and 1 <= 1 + len(observation.more) < 50
+    assert observation.count == 60 and 1 <= len(samples) < 50
     assert len(output.value) < floor / 2  # and room for the alert that carries them
+    assert len(json.dumps(samples)) < floor / 2  # the table's record of them (faust's JSON)
 
 
 def test_an_sla_breach_waits_until_the_replies_written_before_its_deadline_are_read():
