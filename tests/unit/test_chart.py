@@ -19,6 +19,7 @@ EVERYTHING_ON = {
     "prometheusRule": {"enabled": True},
     "grafanaDashboards": {"enabled": True},
     "secretEnvFrom": ["switchboard-tokens"],
+    "env": {"SWITCHBOARD_ONNX_DIR": "/models/onnx"},
     "kafka": {
         "bootstrapServers": "kafka-0.kafka:9093",
         "securityProtocol": "SASL_SSL",
@@ -279,3 +280,23 @@ def test_keda_reaches_a_broker_that_authenticates_as_classify_does():
     [trigger] = by_kind(plain, "ScaledObject")[0]["spec"]["triggers"]
     assert by_kind(plain, "TriggerAuthentication") == []
     assert "authenticationRef" not in trigger and "sasl" not in trigger["metadata"]
+
+
+def test_a_service_mounts_the_volumes_it_is_given_as_well_as_its_own():
+    """An int8 model built ahead of time (or any other folder) can be mounted into classify's
+    pod from a PersistentVolumeClaim; the config, tmp and CA mounts stay."""
+    models = {"name": "models", "persistentVolumeClaim": {"claimName": "switchboard-models"}}
+    mount = {"name": "models", "mountPath": "/models", "readOnly": True}
+    classify = {"replicas": 2, "port": 8082, "resources": {},
+                "extraVolumes": [models], "extraVolumeMounts": [mount]}  # fmt: skip
+    docs = render({**EVERYTHING_ON, "services": {"classify": classify}})
+    by_name = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
+    pod = by_name["sb-switchboard-classify"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert models in pod["volumes"] and mount in container["volumeMounts"]
+    assert {"config", "tmp", "kafka-ca"} <= {v["name"] for v in pod["volumes"]}
+    ingest = by_name["sb-switchboard-ingest"]["spec"]["template"]["spec"]
+    assert "models" not in {v["name"] for v in ingest["volumes"]}
+    for doc in docs:
+        if not doc["apiVersion"].startswith(CUSTOM_RESOURCES):
+            kubernetes_validate.validate(doc, "1.31", strict=True)
