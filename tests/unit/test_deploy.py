@@ -47,7 +47,8 @@ def test_alert_rules_cover_what_ops_must_be_woken_for():
     for metric in ("switchboard_consumer_lag", "switchboard_deliveries_parked_total",
                    "switchboard_stream_connected", "switchboard_stream_stalls_total",
                    "switchboard_inference_seconds_bucket", "switchboard_spikes_total",
-                   "switchboard_sla_breaches_total", "switchboard_timer_failures_total"):  # fmt: skip
+                   "switchboard_sla_breaches_total",
+                   "switchboard_timer_failures_total"):  # fmt: skip
         assert metric in exprs, metric
     for group in rules["groups"]:
         for rule in group["rules"]:
