@@ -778,7 +778,7 @@ def _lost_a_race(response: httpx.Response, errors: list[dict]) -> bool:
     so it waits for a person like any rejection."""
     # the path as sent (a value's "/" stays %2F), without its query
     parts = response.request.url.raw_path.decode("ascii").partition("?")[0].split("/")
-    if response.request.method != "PATCH" or len(parts) < 3 or parts[-4:-3] != ["sobjects"]:
+    if response.request.method != "PATCH" or parts[-4:-3] != ["sobjects"]:
         return False
     field = parts[-2].lower()
     # Salesforce names the field in ``fields`` or only in the message, in its own spelling

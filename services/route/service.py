@@ -493,10 +493,6 @@ class RouteService:
 
     def _spike_alert(self, spike: Spike) -> Output:
         config = self.spike_windows.config
-        if not spike.again:
-            metrics.SPIKES.labels(spike.dimension, spike.value).inc()
-            department = spike.value if spike.dimension == "department" else ""
-            metrics.ALERTS.labels("spike", department).inc()
         alert = SpikeAlert(
             alert_id=f"spike:{spike.dimension}:{spike.value}:{spike.started.isoformat()}",
             dimension=spike.dimension,  # type: ignore[arg-type]
@@ -510,8 +506,11 @@ class RouteService:
         details = {"dimension": spike.dimension, "value": spike.value, "n": spike.count}
         if spike.again:
             log.info("spike alert published again after a restart", extra=details)
-        else:
+        else:  # counted and shown once, not again when published again
             log.warning("spike", extra=details)
+            metrics.SPIKES.labels(spike.dimension, spike.value).inc()
+            department = spike.value if spike.dimension == "department" else ""
+            metrics.ALERTS.labels("spike", department).inc()
             self.ops.on_alert(alert)
         return Output.of(topics.ALERTS, alert, key=f"{spike.dimension}:{spike.value}")
 

@@ -188,11 +188,6 @@ class _Window:
         return [self.count, self.counted, self.raised]
 
 
-def _episode(value: Any) -> int | None:
-    """The window a key's episode started in (None: not in an episode)."""
-    return value[0] if isinstance(value, list) else value
-
-
 class SpikeWindows:
     """The spike counts of the keys this replica owns, in faust tables: tweets per key and
     window, a few sample tweets per key and window, and which keys are in an episode.
@@ -208,8 +203,8 @@ class SpikeWindows:
         self.counts = app.Table(
             "spike-counts", default=list, key_type=str, partitions=partitions,
             options=STORE_OPTIONS,
-            help="tweets per spike key and window, with the offset of the last observation "
-            "counted",
+            help="tweets per spike key and window, with the offsets of the last observation "
+            "counted and of the one that raised an alert",
         ).tumbling(self.window_s, expires=expires).relative_to_stream()  # fmt: skip
         self.samples = app.Table(
             "spike-samples", default=list, key_type=str, partitions=partitions,
@@ -217,9 +212,10 @@ class SpikeWindows:
             help="the first tweets of each spike key's window, shown in its alert",
         ).tumbling(self.window_s, expires=expires).relative_to_stream()  # fmt: skip
         self.episodes = app.Table(
-            "spike-episodes", key_type=str, partitions=partitions, options=STORE_OPTIONS,
+            "spike-episodes", key_type=str, value_type=int, partitions=partitions,
+            options=STORE_OPTIONS,
             help="the window each spike key's episode started in (alerted, not yet back below "
-            "its bar) and the offset of the observation that raised its alert",
+            "its bar)",
         )  # fmt: skip
 
     def observe(self, observation: SpikeObservation, offset: int) -> Spike | None:
@@ -236,7 +232,7 @@ class SpikeWindows:
             for i in range(1, self.config.baseline_windows + 1)
         ]
         number = int(observation.observed_at.timestamp() // self.window_s)
-        episode = _episode(self.episodes.get(key))
+        episode = self.episodes.get(key)
         spike = None
         if current.raised == offset:
             # This observation raised the alert, read again after a crash: the alert may not
@@ -256,7 +252,7 @@ class SpikeWindows:
         return spike
 
     def _mark(self, key: str, episode: int | None) -> None:
-        if episode == _episode(self.episodes.get(key)):
+        if episode == self.episodes.get(key):
             return
         if episode is None:
             del self.episodes[key]

@@ -129,6 +129,15 @@ async def publish_routed(producer, *events) -> None:  # noqa: ANN001
         )
 
 
+async def delivered_first(producer, read, event, target: str | None = None) -> Delivery:  # noqa: ANN001
+    """Publish a conversation's first tweet and wait for its one delivery (to ``target``)."""
+    conv = event.tweet.conversation_id
+    await publish_routed(producer, event)
+    records = await read([topics.DELIVERIES], lambda rs: deliveries(rs, conv, target))
+    [opened] = deliveries(records, conv, target)
+    return opened
+
+
 def delivered(records, conversation_prefixes: list[str]) -> set[str]:
     """The conversations with a Delivery among ``records``, of those prefixes."""
     return {d.conversation_id for c in conversation_prefixes for d in deliveries(records, c)}
@@ -475,9 +484,7 @@ async def test_the_lost_create_of_a_deleted_issues_successor_is_found_not_repeat
     first, follow_up = [routed("legal", conversation=conv) for _ in range(2)]
 
     async with running(NotifyService(notify_settings())):
-        await publish_routed(producer, first)
-        [opened] = deliveries(await read([topics.DELIVERIES],
-                                         lambda rs: deliveries(rs, conv)), conv)  # fmt: skip
+        opened = await delivered_first(producer, read, first)
         jira.delete(opened.external_id)
         jira.delay_next("/rest/api/3/issue", 2.0, method="POST")  # after the 1 s timeout
         await publish_routed(producer, follow_up)
@@ -777,12 +784,7 @@ async def test_a_salesforce_case_keeps_its_first_tweet_and_takes_follow_ups_as_c
               for urgency in ("normal", "normal", "critical", "normal")]  # fmt: skip
 
     async with running(NotifyService(notify_settings(SALES_CASES))):
-        await publish_routed(producer, events[0])
-        [opened] = deliveries(
-            await read([topics.DELIVERIES], lambda rs: deliveries(rs, conv, "sales-cases")),
-            conv,
-            "sales-cases",
-        )
+        opened = await delivered_first(producer, read, events[0], "sales-cases")
         salesforce.records["Case"][opened.external_id]["Status"] = "Working"  # an agent's
         for count, event in enumerate(events[1:3], start=2):
             await publish_routed(producer, event)
@@ -829,12 +831,7 @@ async def test_a_hubspot_tickets_follow_ups_leave_its_stage_and_subject_to_the_a
               for urgency in ("normal", "critical", "normal")]  # fmt: skip
 
     async with running(NotifyService(notify_settings(FAN_TICKETS))):
-        await publish_routed(producer, events[0])
-        [opened] = deliveries(
-            await read([topics.DELIVERIES], lambda rs: deliveries(rs, conv, "fan-tickets")),
-            conv,
-            "fan-tickets",
-        )
+        opened = await delivered_first(producer, read, events[0], "fan-tickets")
         hubspot.objects["tickets"][opened.external_id]["properties"]["hs_pipeline_stage"] = "4"
         for count, event in enumerate(events[1:], start=2):
             await publish_routed(producer, event)
@@ -866,12 +863,7 @@ async def test_a_hubspot_ticket_someone_deleted_is_opened_again(
     gone = notify_metrics.THREADS_GONE.labels("hubspot")._value.get()
 
     async with running(NotifyService(notify_settings(FAN_TICKETS))):
-        await publish_routed(producer, events[0])
-        [opened] = deliveries(
-            await read([topics.DELIVERIES], lambda rs: deliveries(rs, conv, "fan-tickets")),
-            conv,
-            "fan-tickets",
-        )
+        opened = await delivered_first(producer, read, events[0], "fan-tickets")
         del hubspot.objects["tickets"][opened.external_id]
         await publish_routed(producer, events[1])
         records = await read([topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
