@@ -77,8 +77,14 @@ class LoopbackInbox:
         self.controller.start()
 
     def messages(self) -> list[EmailMessage]:
+        return [message for _, message in self.arrivals()]
+
+    def arrivals(self) -> list[tuple[float, EmailMessage]]:
+        """Each message with the time it was accepted (``time.time()``'s clock), oldest first:
+        the Maildir name begins with it."""
         found = []
         for key in self.maildir.iterkeys():
             with self.maildir.get_file(key) as raw:
-                found.append(message_from_bytes(raw.read(), policy=policy.default))
-        return found
+                message = message_from_bytes(raw.read(), policy=policy.default)
+            found.append((int(key.split(".", 1)[0]) / 1e9, message))
+        return sorted(found, key=lambda arrival: arrival[0])

@@ -283,13 +283,16 @@ class Stack:
         except DecodeError as problem:
             log.warning("unreadable message on %s: %s", topic, problem)
 
-    async def crash_and_restart(self, service: str) -> None:
+    async def crash_and_restart(self, service: str) -> float:
         """kill -9 ``service`` (its whole process group), then start it again and wait until it
-        is ready: the fault-injection step of the reliability tests."""
+        is ready: the fault-injection step of the reliability tests. Returns when it was
+        killed (``time.time()``)."""
         await asyncio.to_thread(kill, self.processes.pop(service))
+        killed_at = time.time()
         self._spawn(service)
         await self._wait_ready(service)
         self._write_manifest()
+        return killed_at
 
     def pids(self) -> dict[str, int]:
         """The running processes of the stack by name, the embedded broker included."""

@@ -16,6 +16,7 @@ from tests.e2e.conftest import wait_settled
 
 pytestmark = pytest.mark.e2e
 TWEETS, RATE = 600, 40.0  # 15 seconds of stream
+IN_FLIGHT_S = 5.0  # at most how long before a kill an email can be accepted yet not on the ledger
 
 
 async def test_kill_9_of_each_service_mid_stream_loses_nothing(own_stack: Stack, tmp_path: Path):
@@ -27,9 +28,10 @@ async def test_kill_9_of_each_service_mid_stream_loses_nothing(own_stack: Stack,
     try:
         await stack.start()
         await stack.replay(load, RATE)
+        killed_at: dict[str, float] = {}
         for service in ("classify", "route", "notify", "ingest"):
             await asyncio.sleep(2.5)
-            await stack.crash_and_restart(service)  # ingest starts the file over
+            killed_at[service] = await stack.crash_and_restart(service)  # ingest starts over
         await wait_settled(stack, sent, 180)
         await asyncio.sleep(2)  # anything republished late is counted too
     finally:
@@ -50,12 +52,24 @@ async def test_kill_9_of_each_service_mid_stream_loses_nothing(own_stack: Stack,
     # idempotency key, so an email accepted just before notify died (not yet on the ledger) is
     # sent again on restart, with the same Message-ID, which mail systems deduplicate by.
     assert stack.inbox is not None
-    messages = stack.inbox.messages()
+    arrivals = stack.inbox.arrivals()
+    first_arrival: dict[str, float] = {}
     by_delivery: dict[str, set[str]] = {}
-    for message in messages:
-        by_delivery.setdefault(message["X-Switchboard-Delivery-Id"], set()).add(
-            message["Message-ID"]
-        )
+    resent: list[tuple[float, float]] = []  # (first copy's arrival, this copy's arrival)
+    for arrived_at, message in arrivals:
+        delivery = message["X-Switchboard-Delivery-Id"]
+        if delivery in first_arrival:
+            resent.append((first_arrival[delivery], arrived_at))
+        first_arrival.setdefault(delivery, arrived_at)
+        by_delivery.setdefault(delivery, set()).add(message["Message-ID"])
     assert all(len(ids) == 1 for ids in by_delivery.values())  # one Message-ID per delivery
     assert len(by_delivery) == tally.deliveries["email"]  # every delivery arrived
-    assert len(messages) - len(by_delivery) <= 5  # resent: only what was in flight at the kill
+    # Resent: only what was in flight when notify died, accepted by the relay in its last
+    # moments (seconds allowed: a loaded machine slows the ledger's write), and sent again by
+    # the notify that replaced it. How many that is depends on the machine's speed, not on the
+    # code (that the ledger skips what it holds is tested by
+    # test_notify_killed_mid_batch_makes_each_ticket_once).
+    kill = killed_at["notify"]
+    old_resends = [(first, again) for first, again in resent if first < kill - IN_FLIGHT_S]
+    assert old_resends == []
+    assert all(again > kill for _, again in resent)
