@@ -146,12 +146,9 @@ def tweet_from_v2_data(
     for field in ("id", "text", "author_id", "created_at"):
         if not data.get(field):
             raise NormalizeError("missing_field", f"data.{field} is missing or empty")
-    author = users.get(data["author_id"])
-    if author is None:
-        raise NormalizeError(
-            "missing_author",
-            f"includes.users has no user {data['author_id']} (expansions=author_id)",
-        )
+    # X leaves a withheld or suspended author out of includes.users (recorded: twarc-csv's
+    # withheld.jsonl) and says nothing of it in `errors`: the tweet is still one to route.
+    author = users.get(data["author_id"]) or {"id": data["author_id"], "username": None}
     # A long post's mentions past the 280 characters of `text` are only in note_tweet's.
     note = (data.get("note_tweet") or {}).get("entities") or {}
     found = [*(data.get("entities") or {}).get("mentions", []), *note.get("mentions", [])]
@@ -180,7 +177,7 @@ def tweet_from_v2_data(
             matched_rules=rule_tags,
             edit_of=_edit_of(data),
             source=source,
-            url=f"https://x.com/{author['username']}/status/{data['id']}",
+            url=f"https://x.com/{author['username'] or 'i/web'}/status/{data['id']}",
         )
     except (ValidationError, ValueError, KeyError, TypeError) as exc:
         raise _refused(exc) from None
@@ -193,9 +190,11 @@ def _edit_of(data: dict[str, Any]) -> str | None:
 
 
 def _author_v2(user: dict[str, Any]) -> Author:
+    """``username`` None: X left the user out of ``includes`` (its id stands in, as for the
+    Account Activity DMs whose sender is not in the payload)."""
     return Author(
         id=str(user["id"]),
-        username=user["username"],
+        username=user["username"] or str(user["id"]),
         name=user.get("name"),
         followers_count=(user.get("public_metrics") or {}).get("followers_count", 0),
         verified=bool(user.get("verified", False)),
@@ -237,11 +236,7 @@ def dm_from_v2(
     for field in ("id", "text", "sender_id", "dm_conversation_id", "created_at"):
         if not event.get(field):
             raise NormalizeError("missing_field", f"dm_event.{field} is missing or empty")
-    sender = users.get(event["sender_id"])
-    if sender is None:
-        raise NormalizeError(
-            "missing_author", f"includes.users has no user {event['sender_id']} (sender_id)"
-        )
+    sender = users.get(event["sender_id"]) or {"id": event["sender_id"], "username": None}
     return _dm(
         event_id=str(event["id"]),
         conversation_id=str(event["dm_conversation_id"]),

@@ -615,7 +615,6 @@ DeadLetterReason = Literal[
     "not_a_tweet",
     "not_a_dm",
     "not_a_deletion",
-    "missing_author",
     "invalid_tweet",
     "invalid_dm",
     "unaddressed",
