@@ -312,6 +312,11 @@ def tweet_from_v1(
         retweeted = status["retweeted_status"]
         references.append(ReferencedTweet(type="retweeted", id=str(retweeted.get("id_str"))))
     reply_user = status.get("in_reply_to_user_id_str")
+    # A quote of one of the company's tweets addresses its handle, as in v2 (quoted_handles):
+    # Account Activity delivers such quotes, which need not mention the handle.
+    quoted_user = ((status.get("quoted_status") or {}).get("user") or {}).get("id_str")
+    quoted = config.handles_by_user_id.get(str(quoted_user))
+    handles = addressed_handles(mentions, reply_user, config)
     try:
         return Tweet(
             id=tweet_id,
@@ -326,7 +331,7 @@ def tweet_from_v1(
                 followers_count=user.get("followers_count", 0),
                 verified=bool(user.get("verified", False)),
             ),
-            addressed_handles=addressed_handles(mentions, reply_user, config),
+            addressed_handles=list(dict.fromkeys([*handles, *([quoted.handle] if quoted else [])])),
             mentions=mentions,
             referenced_tweets=references,
             in_reply_to_user_id=reply_user,

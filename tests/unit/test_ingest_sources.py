@@ -210,6 +210,17 @@ def test_a_quote_of_a_company_tweet_addresses_its_handle(config):
     }
     tweet = tweet_from_v2(message, config, "filtered_stream")
     assert tweet.addressed_handles == ["@SkylarkHelp"] and tweet.quoted_tweet_id == "10"
+    # The same quote as Account Activity delivers it (v1.1, the quoted tweet with its user).
+    quoted = {"id_str": "10", "user": {"id_str": SKYLARK_HELP_ID, "screen_name": "SkylarkHelp"}}
+    status = v1_status(
+        text="lol look at this", entities={}, quoted_status_id_str="10", quoted_status=quoted
+    )
+    tweet = tweet_from_v1(status, config, "webhook")
+    assert tweet.addressed_handles == ["@SkylarkHelp"] and tweet.quoted_tweet_id == "10"
+    mentioned_too = tweet_from_v1(
+        {**status, "entities": v1_status()["entities"]}, config, "webhook"
+    )
+    assert mentioned_too.addressed_handles == ["@SkylarkHelp"]
 
 
 def test_webhook_events_past_their_age_are_too_old():
