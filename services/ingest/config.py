@@ -60,7 +60,9 @@ class FilteredStreamConfig(Section):
         le=2048,
         description="X's limit on one rule: 1,024 characters on Pro, 2,048 on Enterprise",
     )
-    # X sends a keep-alive newline every 20 seconds; silence longer than this is a stall.
+    # X sends a keep-alive newline every 20 seconds and suggests reconnecting after 20 s of
+    # silence; a keep-alive a little late would then cost a reconnect (of 50 per 15 minutes),
+    # so the default leaves 10 s of margin. Tweets missed meanwhile are backfilled.
     stall_timeout_s: float = Field(default=30.0, gt=0)
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
     healthy_after_s: float = Field(

@@ -7,7 +7,12 @@ on a real Kafka and on the embedded broker alike:
 
 - ``store="rocksdb://"`` (through ``rocksdict``): a table keeps one store per partition and
   closes the ones revoked. faust's ``memory://`` store keeps a revoked partition's keys, so a
-  worker would go on holding (and acting on) state it no longer owns.
+  worker would go on holding (and acting on) state it no longer owns. faust leaves a revoked
+  store's files on disk and, should the partition come back, replays the changelog from the
+  offset they hold; keys deleted meanwhile would come back once compaction removed their
+  tombstones (a sent digest sent again, a done delivery redriven). ``_TableManager`` removes
+  the store of a partition the worker no longer holds (neither active nor standby); a restart
+  keeps its stores and restores only what it missed.
 - ``consumer_group_instance_id`` (static membership, ``KAFKA_GROUP_INSTANCE_ID``, else the
   host's name and the service): a restarted worker takes its partitions back at once. The
   embedded broker needs it: it never expires a member that died, and it answers a commit
@@ -58,6 +63,7 @@ from typing import Any, NamedTuple
 import faust
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
+from faust.stores.rocksdb import Store as RocksDBStore
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -328,6 +334,25 @@ class _TableManager(TableManager):
         if not self.should_stop:
             await self._update_channels()
             await self.recovery.start()
+
+    async def on_rebalance(
+        self,
+        assigned: set[TP],
+        revoked: set[TP],
+        newly_assigned: set[TP],
+        generation_id: int = 0,
+    ) -> None:
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        gone = revoked - assigned
+        for table in self.values():
+            store = table.data
+            if not isinstance(store, RocksDBStore):
+                continue
+            for tp in gone:
+                if tp.topic in table.changelog_topic.topics:
+                    path = store.partition_path(tp.partition)
+                    shutil.rmtree(path, ignore_errors=True)
+                    self.log.info("Removed the store of revoked partition %s: %s", tp, path)
 
     @property
     def recovery(self) -> Recovery:

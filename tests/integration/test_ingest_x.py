@@ -39,7 +39,7 @@ from tests.integration.conftest import (
     new_id,
     signed,
 )
-from tests.standins.x_api import USAGE_CAPPED
+from tests.standins.x_api import TOO_MANY_CONNECTIONS, USAGE_CAPPED
 
 
 async def test_rules_are_synchronized_without_touching_foreign_ones(
@@ -88,7 +88,7 @@ async def test_stream_survives_disconnects_stalls_and_errors_without_loss(
     sent = [new_id() for _ in range(6)]
     before = {
         r: ingest_metrics.STREAM_RECONNECTS.labels(r)._value.get()
-        for r in ("stall", "rate_limited", "usage_capped")
+        for r in ("stall", "rate_limited", "usage_capped", "too_many_connections")
     }
 
     async with running(IngestService(settings)):
@@ -100,6 +100,7 @@ async def test_stream_survives_disconnects_stalls_and_errors_without_loss(
         x_api.fail_next("/2/tweets/search/stream", 503)
         x_api.fail_next("/2/tweets/search/stream", 429, retry_after_s=0)
         x_api.fail_next("/2/tweets/search/stream", USAGE_CAPPED)  # a 429 of another kind
+        x_api.fail_next("/2/tweets/search/stream", TOO_MANY_CONNECTIONS)  # and a third
         x_api.stall_stream(3.0)
         x_api.push_stream(x_api.make_tweet(sent[2], "acme outage in Leeds?", ana["id"]),
                           matching_tags=["switchboard:@AcmeHelp"])  # fmt: skip
@@ -124,6 +125,10 @@ async def test_stream_survives_disconnects_stalls_and_errors_without_loss(
     assert (
         ingest_metrics.STREAM_RECONNECTS.labels("usage_capped")._value.get()
         > before["usage_capped"]
+    )
+    assert (
+        ingest_metrics.STREAM_RECONNECTS.labels("too_many_connections")._value.get()
+        > before["too_many_connections"]
     )
 
 

@@ -1151,25 +1151,37 @@ async def test_two_replicas_each_keep_and_redrive_the_parked_deliveries_of_their
         parked = (decode(ParkedDelivery, v) for v in service.parked.values())
         return {p.routed.tweet.conversation_id for p in parked}
 
+    def on_disk(service: NotifyService) -> set[int]:
+        """The partitions whose stores of ``parked`` are on the replica's disk."""
+        store = service.parked.data
+        return {p for p in range(partitions) if store.partition_path(p).exists()}
+
     # On a broker of the test's own: static members stay in their group after they stop.
     first, second = replica("notify-a"), replica("notify-b")
-    async with running(first), running(second):
-        await wait_for(lambda: bool(owned(first)) and bool(owned(second)), timeout_s=60)
-        partitions = len(owned(first) | owned(second))
-        # Two conversations on every partition, so both replicas hold some (random ids alone
-        # left one replica with none in about one run in twenty-five).
-        convs = keys_on_every_partition(partitions, 2, iter(conversation, None))
-        events = {c: routed("legal", conversation=c) for c in convs}
-        await publish_routed(own_producer, *events.values())
-        await wait_for(lambda: held(first) | held(second) == set(events), timeout_s=30)
-        holdings = {"a": held(first), "b": held(second)}
-        ownership = {"a": owned(first), "b": owned(second)}
-        jira.clear_failures()  # Jira is back
-        sent = lambda rs: all(deliveries(rs, c) for c in events)  # noqa: E731
-        await read_topics(own_kafka, [topics.DELIVERIES], sent, timeout_s=30)
-        await asyncio.sleep(3)  # three more rounds of redrives: any second one would be out
-        records = await read_topics(own_kafka, [topics.DELIVERIES], lambda rs: False, 2)
-        left = held(first) | held(second)
+    partitions = notify_settings().config.topics.partitions
+    async with running(first):
+        # The first replica owns every partition, and keeps a store for each, until the second
+        # joins: then it keeps on disk only what it still owns (a partition given back later
+        # is restored from the changelog, where deletions made meanwhile are).
+        await wait_for(lambda: len(owned(first)) == partitions, timeout_s=60)
+        await wait_for(lambda: on_disk(first) == set(range(partitions)), timeout_s=30)
+        async with running(second):
+            await wait_for(lambda: bool(owned(first)) and bool(owned(second)), timeout_s=60)
+            await wait_for(lambda: on_disk(first) == owned(first), timeout_s=30)
+            # Two conversations on every partition, so both replicas hold some (random ids alone
+            # left one replica with none in about one run in twenty-five).
+            convs = keys_on_every_partition(partitions, 2, iter(conversation, None))
+            events = {c: routed("legal", conversation=c) for c in convs}
+            await publish_routed(own_producer, *events.values())
+            await wait_for(lambda: held(first) | held(second) == set(events), timeout_s=30)
+            holdings = {"a": held(first), "b": held(second)}
+            ownership = {"a": owned(first), "b": owned(second)}
+            jira.clear_failures()  # Jira is back
+            sent = lambda rs: all(deliveries(rs, c) for c in events)  # noqa: E731
+            await read_topics(own_kafka, [topics.DELIVERIES], sent, timeout_s=30)
+            await asyncio.sleep(3)  # three more rounds of redrives: any second one would be out
+            records = await read_topics(own_kafka, [topics.DELIVERIES], lambda rs: False, 2)
+            left = held(first) | held(second)
 
     for name in ("a", "b"):
         assert holdings[name]  # conversations on every partition, so on both replicas

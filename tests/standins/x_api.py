@@ -79,8 +79,8 @@ SETTLE_S = 0.02
 DROP = 0  # a scripted "failure" that closes the connection without an answer
 GARBLE = 1  # a scripted "failure" answering 200 with a JSON body cut short
 USAGE_CAPPED = 2  # a scripted 429 whose problem is the spent usage cap, not the rate window
+TOO_MANY_CONNECTIONS = 3  # a scripted 429 of X's connection limit (handling-disconnections)
 MAX_BACKFILL_MINUTES = 5
-SLOT_GRACE_S = 0.25
 ID_PATTERN = re.compile(r"^[0-9]{1,19}$")
 OPERATOR = re.compile(r"(?:^|[\s(])-?([A-Za-z_]+):")
 # The filtered stream's operators taking a value (docs.x.com, "Build a rule"); is:/has: included.
@@ -561,6 +561,8 @@ class XApiStandIn:
             return web.Response(text='{"data": [{"id": "1', content_type="application/json")
         if failure.status == USAGE_CAPPED:
             return _usage_capped()
+        if failure.status == TOO_MANY_CONNECTIONS:
+            return _too_many_connections()
         if failure.status != 429:
             return _problem(failure.status or 503)
         limit = self._window_for(request)
@@ -780,8 +782,7 @@ class XApiStandIn:
                 f"The `backfill_minutes` query parameter value [{backfill}] is not between 0 and 5"
             )
             return _invalid_request("backfill_minutes", backfill, message)
-        if not await self._stream_slot_free():
-            return _too_many_connections()
+        self._close_open_streams()
         self._stream_free.clear()
         self._open_streams.append(request)
         try:
@@ -801,8 +802,9 @@ class XApiStandIn:
         except ConnectionError:
             pass  # the client went away mid-write
         finally:
-            self._stream_free.set()
             self._open_streams = [r for r in self._open_streams if r is not request]
+            if not self._open_streams:
+                self._stream_free.set()
         return response
 
     def _backfill(self, seconds: int) -> None:
@@ -812,11 +814,13 @@ class XApiStandIn:
         self._missed.clear()
         self._stream_queue.extendleft(reversed(recovered))
 
-    async def _stream_slot_free(self) -> bool:
-        """True once no stream is open; a client that just hung up gets a moment to finish."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stream_free.wait(), SLOT_GRACE_S)
-        return self._stream_free.is_set()
+    def _close_open_streams(self) -> None:
+        """X: one connection per app, and "opening a new connection will close any existing
+        one" (filtered-stream quickstart). The closed stream's pump sends nothing more: it
+        checks its client before each tweet."""
+        for request in list(self._open_streams):
+            self._hang_up(request)
+        self._wakeup.set()  # an idle pump notices at once
 
     async def _pump(self, request: web.Request, response: web.StreamResponse) -> None:
         """Send queued tweets, keep-alives when idle; obey disconnect and stall scripting."""

@@ -300,3 +300,10 @@ def test_a_service_mounts_the_volumes_it_is_given_as_well_as_its_own():
     for doc in docs:
         if not doc["apiVersion"].startswith(CUSTOM_RESOURCES):
             kubernetes_validate.validate(doc, "1.31", strict=True)
+
+
+def test_ingest_is_replaced_not_rolled_so_two_pods_never_hold_the_stream():
+    # X: one filtered-stream connection per app, and a new one closes the open one.
+    workloads = {d["metadata"]["name"]: d for d in render() if d["kind"] == "Deployment"}
+    assert workloads["sb-switchboard-ingest"]["spec"]["strategy"] == {"type": "Recreate"}
+    assert "strategy" not in workloads["sb-switchboard-classify"]["spec"]  # rolls, lag-free
