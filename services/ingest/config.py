@@ -62,7 +62,7 @@ class FilteredStreamConfig(Section):
     )
     # X sends a keep-alive newline every 20 seconds and suggests reconnecting after 20 s of
     # silence; a keep-alive a little late would then cost a reconnect (of 50 per 15 minutes),
-    # so the default leaves 10 s of margin. Tweets missed meanwhile are backfilled.
+    # so the default leaves 10 s of margin (mentions missed meanwhile: mentions_backstop).
     stall_timeout_s: float = Field(default=30.0, gt=0)
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
     healthy_after_s: float = Field(

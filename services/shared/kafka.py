@@ -298,6 +298,7 @@ class StreamLoop:
         self.max_records = max_records
         self.timeout_ms = timeout_ms
         self.fill = fill
+        self._lag: metrics.LagReport | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -325,14 +326,18 @@ class StreamLoop:
 
     async def _report_lag(self) -> None:
         """Messages behind the end of each assigned partition (what the dashboards call lag)."""
-        group = self.consumer._group_id or "none"  # noqa: SLF001 - aiokafka keeps it private
-        for tp in self.consumer.assignment():
+        if self._lag is None:
+            group = self.consumer._group_id or "none"  # noqa: SLF001 - aiokafka keeps it private
+            self._lag = metrics.LagReport(group)
+        held = self.consumer.assignment()
+        lags: dict[tuple[str, int], int] = {}
+        for tp in held:
             end = self.consumer.highwater(tp)
             if end is None:  # nothing fetched from it yet
                 continue
             with contextlib.suppress(IllegalStateError, KafkaError):
-                behind = max(0, end - await self.consumer.position(tp))
-                metrics.CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(behind)
+                lags[(tp.topic, tp.partition)] = max(0, end - await self.consumer.position(tp))
+        self._lag.report({(tp.topic, tp.partition) for tp in held}, lags)
 
     async def _process(self, records: list[ConsumerRecord]) -> None:
         started = time.perf_counter()

@@ -5,6 +5,8 @@ its ``metrics.py``; a process exposes the shared ones and its own on ``GET /metr
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -29,6 +31,28 @@ CONSUMER_LAG = Gauge(
     "Messages between a consumer group's position and the end of a partition",
     ["group", "topic", "partition"],
 )
+
+
+class LagReport:
+    """``switchboard_consumer_lag`` of one consumer in ``group``: each report sets the lag of
+    the partitions it holds and removes the series of those it held before and no longer
+    does. A series left behind would go on reporting its last value beside the new owner's,
+    and the dashboards and the lag alert sum by group."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self._held: set[tuple[str, int]] = set()
+
+    def report(self, held: set[tuple[str, int]], lags: dict[tuple[str, int], int]) -> None:
+        """``held``: the (topic, partition) the consumer holds now; ``lags``: those read."""
+        for topic, partition in self._held - held:
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG.remove(self.group, topic, str(partition))
+        for (topic, partition), lag in lags.items():
+            CONSUMER_LAG.labels(self.group, topic, str(partition)).set(lag)
+        self._held = set(held)
+
+
 TIMER_FAILURES = Counter(
     "switchboard_timer_failures_total",
     "Runs of a faust timer (sweep) whose outputs the broker could not take; the next run asks "

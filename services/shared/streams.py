@@ -199,6 +199,7 @@ class StreamWorker:
             standby_replicas=standby_replicas,
         )
         self._task: asyncio.Task[None] | None = None
+        self._lag = metrics.LagReport(app_id)
         self.app.timer(LAG_EVERY_S, name="consumer-lag")(self.report_lag)
 
     def table(self, name: str, changelog: str, help: str) -> faust.Table:
@@ -231,15 +232,14 @@ class StreamWorker:
         lag alert read it by consumer group."""
         consumer = self.app.consumer
         changelogs = set(self.app.tables.changelog_topics)
-        for tp in consumer.assignment():
-            if tp.topic in changelogs:
-                continue
+        held = {tp for tp in consumer.assignment() if tp.topic not in changelogs}
+        lags: dict[tuple[str, int], int] = {}
+        for tp in held:
             with contextlib.suppress(KafkaError, AssertionError):
                 end, position = consumer.highwater(tp), await consumer.position(tp)
                 if end is not None and position is not None:
-                    metrics.CONSUMER_LAG.labels(self.app.conf.id, tp.topic, str(tp.partition)).set(
-                        max(0, end - position)
-                    )
+                    lags[(tp.topic, tp.partition)] = max(0, end - position)
+        self._lag.report({(tp.topic, tp.partition) for tp in held}, lags)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.app.start(), name=f"{self.service}-streams")
