@@ -49,15 +49,21 @@ def after_routing(
     decision: RouteDecision,
     now: datetime,
     replied_at: datetime | None = None,
+    offset: int | None = None,
 ) -> ConversationState | None:
     """The conversation after this tweet was routed (``state`` must be active or None);
-    ``replied_at``: a company reply read before the conversation had a state."""
+    ``replied_at``: a company reply read before the conversation had a state; ``offset``: the
+    tweet's record on switchboard.tweets.classified."""
     if outcome.destination == "dropped":
         if state is None:
             return None
         remembered = _remember(state.routed, event, decision)
+        offsets = _offsets(state.routed_offsets, remembered, event, offset)
         recent = _recent(state.recent, event, decision)
-        return state.model_copy(update={"routed": remembered, "recent": recent})
+        return state.model_copy(
+            update={"routed": remembered, "routed_offsets": offsets, "recent": recent}
+        )
+    remembered = _remember(state.routed if state else {}, event, decision)
     urgency = event.classification.urgency
     owner = outcome.department
     if outcome.destination == "triage" and state is not None:
@@ -73,7 +79,8 @@ def after_routing(
         tweets=(state.tweets if state else 0) + 1,
         updated_at=now,
         awaiting=awaiting,
-        routed=_remember(state.routed if state else {}, event, decision),
+        routed=remembered,
+        routed_offsets=_offsets(state.routed_offsets if state else {}, remembered, event, offset),
         recent=_recent(state.recent if state else {}, event, decision),
         corrections=state.corrections if state else [],
         # what a correction read again after a crash needs to publish its outputs again
@@ -96,6 +103,23 @@ def _remember(
     """The latest ``REMEMBERED`` decisions, oldest first out."""
     latest = {**routed, event.tweet.id: decision}
     return dict(list(latest.items())[-REMEMBERED:])
+
+
+def read_again(state: ConversationState | None, tweet_id: str, offset: int | None) -> bool:
+    """Whether this is the very record the tweet was routed from, read again after a crash
+    (not a copy published again upstream)."""
+    return state is not None and offset is not None and state.routed_offsets.get(tweet_id) == offset
+
+
+def _offsets(
+    offsets: dict[str, int],
+    remembered: dict[str, RouteDecision],
+    event: ClassifiedTweet,
+    offset: int | None,
+) -> dict[str, int]:
+    """The offsets of the remembered decisions."""
+    latest = {**offsets, **({event.tweet.id: offset} if offset is not None else {})}
+    return {tweet_id: o for tweet_id, o in latest.items() if tweet_id in remembered}
 
 
 def _recent(

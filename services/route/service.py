@@ -183,13 +183,19 @@ class RouteService:
         event = decode_or_dead_letter(message, ClassifiedTweet, self.name)
         if isinstance(event, Output):
             return [event]
-        return self.on_classified(event, datetime.now(UTC))
+        return self.on_classified(event, datetime.now(UTC), message.offset)
 
-    def on_classified(self, event: ClassifiedTweet, now: datetime) -> list[Output]:
+    def on_classified(
+        self, event: ClassifiedTweet, now: datetime, offset: int | None = None
+    ) -> list[Output]:
         key = event.tweet.conversation_id
         state = self._active(key, now)
         before = conversations.decided(state, event.tweet.id)
         if before is not None:
+            if conversations.read_again(state, event.tweet.id, offset):
+                # Its spike tally is held a moment before it is published: a crash meanwhile
+                # lost it, so it is tallied again (at least once, as everywhere).
+                self._tally_spikes(event, before.destination, before.department)
             return self.republish(event, before)
         outcome = evaluate(event, self.config, state, now)
         routed, alert, outputs = self._publications(event, self._decision(outcome))
@@ -197,21 +203,23 @@ class RouteService:
         if alert is not None:
             self.ops.on_alert(alert)
         early = self.early_replies.get(key) if state is None else None
-        new_state = conversations.after_routing(state, event, outcome, routed.route, now, early)
+        new_state = conversations.after_routing(
+            state, event, outcome, routed.route, now, early, offset
+        )
         if new_state is not None and new_state != state:
             if state is None or state.awaiting is None and new_state.awaiting is not None:
                 awaited = new_state.awaiting
                 assert awaited is not None
                 metrics.AWAITING_REPLY.labels(awaited.handle or "none", awaited.department).inc()
             self._remember(new_state)
-        self._tally_spikes(event, outcome)
+        self._tally_spikes(event, outcome.destination, outcome.department)
         self._count(routed, outcome)
         return outputs
 
     def republish(self, event: ClassifiedTweet, decision: RouteDecision) -> list[Output]:
-        """A tweet routed before (published again upstream): the same topics and alert as the
-        first time, and no change to the conversation, counts or spikes. Consumers deduplicate
-        by tweet id (docs/architecture.md, Delivery guarantees)."""
+        """A tweet routed before (published again upstream, or read again after a crash): the
+        same topics and alert as the first time, and no change to the conversation or counts.
+        Consumers deduplicate by tweet id (docs/architecture.md, Delivery guarantees)."""
         _, _, outputs = self._publications(event, decision)
         metrics.REPUBLISHED.labels(decision.department).inc()
         log.info("routed again as before", extra={"tweet_id": event.tweet.id,
@@ -477,11 +485,13 @@ class RouteService:
             sla_due_at=outcome.sla_due_at,
         )
 
-    def _tally_spikes(self, event: ClassifiedTweet, outcome: Outcome) -> None:
+    def _tally_spikes(
+        self, event: ClassifiedTweet, destination: str, department: Department
+    ) -> None:
         """Count the tweet for its spike keys; ``self.acks`` publishes the tally."""
         spikes = self.config.route.spikes
-        if spikes.enabled and outcome.destination != "dropped":
-            keys = self.spike_keys.of(event.tweet, outcome.department)
+        if spikes.enabled and destination != "dropped":
+            keys = self.spike_keys.of(event.tweet, department)
             self.spike_tally.add(keys, event.tweet, spikes.samples)
 
     def on_spike_observation(self, message: Any) -> list[Output]:

@@ -292,6 +292,13 @@ class ConversationState(Event):
         "published again after a crash or a broker outage is routed the way it was the first "
         "time, whatever the classifier or the conversation says now",
     )
+    routed_offsets: dict[str, int] = Field(
+        default_factory=dict,
+        description="The offset on switchboard.tweets.classified of the record each decision in "
+        "routed was made from: that record read again after a crash is tallied for spikes "
+        "again (its tally may not have been published); a copy published again upstream, at "
+        "another offset, is not",
+    )
     recent: dict[str, RecentTweet] = Field(
         default_factory=dict,
         description="The conversation's latest routed tweets, by tweet id, oldest first: a "

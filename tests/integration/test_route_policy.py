@@ -28,6 +28,7 @@ from switchboard.shared.events import (
     DecodeError,
     RoutedTweet,
     SpikeAlert,
+    SpikeObservation,
     Trace,
     decode,
     decode_alert,
@@ -297,6 +298,46 @@ async def test_a_burst_raises_exactly_one_spike_alert_even_read_again_after_a_cr
     assert marked == int(began.timestamp()) // windows.window_s  # the episode marked again
     assert counted[2][2] == []
     assert all(before == after for before, after, _ in counted)  # nothing counted twice
+
+
+async def test_a_tweet_read_again_after_a_crash_is_tallied_again_and_an_upstream_copy_not(
+    route_settings, producer, read, running
+):
+    """Route records the conversation at once and publishes spike tallies a moment later: a
+    crash in between loses the tally. The same record read again is tallied again; a copy
+    published again upstream (at another offset) was tallied the first time, and is not."""
+    prefix, keyword = tag(), f"boycott{next(_ids)}"
+    spikes = {"dimensions": ["keyword"], "keywords": [keyword]}
+    service = RouteService(route_settings(spikes=spikes))
+    text, conversation = f"join the {keyword}", f"{prefix}-c"
+    tweet = a_classified_tweet(
+        "communications", 0.9, id=f"{prefix}-1", conversation_id=conversation, text=text
+    )
+
+    async with running(service):
+        await send(producer, tweet)
+        records = await read(WATCHED, lambda rs: bool(routed_records(rs, prefix)))
+        [record] = [r for r in await read([topics.CLASSIFIED], lambda rs: False, 0.5)
+                    if key_of(r) == conversation]  # fmt: skip
+
+        def tallied(again: ConsumerRecord) -> list[tuple[str, int]]:
+            # No await from the drain to the handling's end: the service's own drain cannot
+            # take the tally in between.
+            with handling(again):
+                service.spike_tally.drain()
+                outputs = service.handle(again)
+                observations = [
+                    decode(SpikeObservation, o.value) for o in service.spike_tally.drain()
+                ]
+            assert [decode(RoutedTweet, o.value).tweet.id for o in outputs[:1]] == [tweet.tweet.id]
+            return [(f"{o.dimension}:{o.value}", o.count) for o in observations]
+
+        read_again = tallied(record)
+        upstream_copy = tallied(dataclasses.replace(record, offset=record.offset + 1_000_000))
+
+    assert len(routed_records(records, prefix)) == 1
+    assert read_again == [(f"keyword:{keyword}", 1)]
+    assert upstream_copy == []
 
 
 async def test_an_unanswered_critical_tweet_raises_an_sla_alert_and_a_reply_is_timed(

@@ -191,9 +191,11 @@ def decision(outcome) -> RouteDecision:
     )
 
 
-def routed_state(event, config=DEFAULTS, state=None, now=NOW):
+def routed_state(event, config=DEFAULTS, state=None, now=NOW, offset=None):
     outcome = evaluate(event, config, state, now)
-    return outcome, conversations.after_routing(state, event, outcome, decision(outcome), now)
+    return outcome, conversations.after_routing(
+        state, event, outcome, decision(outcome), now, offset=offset
+    )
 
 
 def test_a_reply_stays_with_the_owner_unless_the_model_is_sure():
@@ -311,9 +313,10 @@ def test_the_largest_conversation_route_keeps_fits_the_smallest_message_size_all
     state = None
     for n in range(1, 40):
         event = classified("legal", 0.9, "critical", text=text, id=str(n), conversation_id="c")
-        _, state = routed_state(event, state=state)
+        _, state = routed_state(event, state=state, offset=2**63 - n)  # offsets: longest too
     assert state is not None and len(state.recent) == conversations.RECENT
     assert state.awaiting is not None and len(state.routed) == conversations.REMEMBERED
+    assert state.routed_offsets.keys() == state.routed.keys()  # kept for what is remembered
     [floor] = [m.ge for m in KafkaSettings.model_fields["max_message_bytes"].metadata]
     assert len(encode(state)) < floor
 
@@ -485,3 +488,11 @@ def test_an_sla_breach_waits_until_the_replies_written_before_its_deadline_are_r
     assert replies_read_until((44, before), deadline, end=45, committed=40)
     # the last reply handled was written after the deadline: every earlier one was read
     assert replies_read_until((43, after), deadline, end=900, committed=40)
+
+
+def test_a_tweet_is_read_again_only_from_the_record_it_was_routed_from():
+    _, state = routed_state(classified("sales", 0.9, conversation_id="c12", id="t1"), offset=7)
+    assert conversations.read_again(state, "t1", 7)  # the same record, after a crash
+    assert not conversations.read_again(state, "t1", 8)  # a copy published again upstream
+    assert not conversations.read_again(state, "t2", 7)
+    assert not conversations.read_again(None, "t1", 7)
