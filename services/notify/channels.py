@@ -469,7 +469,6 @@ class JiraChannel(HttpChannel):
             "project": {"key": target.project},
             "summary": job.summary(SUMMARY_LIMIT, utf16_units),
             "issuetype": {"name": target.issue_type},
-            "priority": {"name": job.priority(JIRA_PRIORITIES)},
             # the last names the conversation, for the feedback webhook (route/feedback.py)
             "labels": [
                 "switchboard",
@@ -479,6 +478,8 @@ class JiraChannel(HttpChannel):
             ],
             "description": adf(job.body(JIRA_TEXT_LIMIT, utf16_units)),
         }
+        if target.set_priority:
+            fields["priority"] = {"name": job.priority(JIRA_PRIORITIES)}
         try:
             response = await self.send("POST", "/rest/api/3/issue", json={"fields": fields})
         except DeliveryError as error:

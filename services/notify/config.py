@@ -47,6 +47,11 @@ class ZendeskTarget(Section):
 class JiraTarget(Section):
     project: str = Field(pattern=r"^[A-Z][A-Z0-9_]{1,9}$")
     issue_type: str = "Task"
+    set_priority: bool = Field(
+        default=True,
+        description="Send the issue's priority; false for a project whose create screen has no "
+        "Priority field (Jira refuses any field not on it: 400, 'cannot be set')",
+    )
 
 
 class SalesforceTarget(Section):

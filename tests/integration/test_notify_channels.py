@@ -215,6 +215,36 @@ async def test_jira_issue_with_adf_then_comment(vendors, notify_settings, produc
     assert len(jira.comments[key]) == 1
 
 
+async def test_a_jira_project_without_a_priority_field_gets_issues_without_one(
+    vendors, notify_settings, producer, read, running
+):
+    """Jira refuses a create that sets a field the project's create screen lacks: a target
+    configured with set_priority false sends none; one left with the default is refused, and
+    its delivery waits for a person with Jira's reason."""
+    jira = vendors["jira"]
+    jira.screens_without_priority |= {"OPS", "OPX"}
+    conv = conversation()
+    ops = {"name": "ops-board", "channel": "jira", "departments": ["legal"],
+           "jira": {"project": "OPS", "set_priority": False}}  # fmt: skip
+    opx = {"name": "opx-board", "channel": "jira", "departments": ["legal"],
+           "jira": {"project": "OPX"}}  # fmt: skip
+
+    async with running(NotifyService(notify_settings(ops, opx))):
+        await publish_routed(producer, routed("legal", conversation=conv))
+        records = await read(
+            [topics.DELIVERIES, topics.NOTIFICATIONS_DLQ], lambda rs: len(deliveries(rs, conv)) >= 3
+        )
+
+    outcomes = {d.target: (d.outcome, d.external_id, d.error) for d in deliveries(records, conv)}
+    assert outcomes["ops-board"][0] == "delivered"
+    issue = jira.issues[outcomes["ops-board"][1]]
+    assert issue["fields"]["project"]["key"] == "OPS"
+    assert issue["fields"]["priority"]["name"] == "Medium"  # the project's default
+    assert outcomes["opx-board"][0] == "failed"
+    assert "'priority' cannot be set" in (outcomes["opx-board"][2] or "")
+    assert outcomes["legal-board"][0] == "delivered"  # a project with the field: as before
+
+
 @pytest.mark.parametrize(
     ("vendor", "department", "comment_request"),
     [("zendesk", "customer_service", ("/api/v2/tickets/", "PUT")),

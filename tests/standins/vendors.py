@@ -649,6 +649,10 @@ JIRA_TOO_LONG = (
     f"The entered text is too long. It exceeds the allowed limit of {JIRA_TEXT_LIMIT:,} characters."
 )
 JIRA_NO_ISSUE = "Issue does not exist or you do not have permission to see it."
+# createIssue's 400 for a field that is not on the project's create screen
+JIRA_NOT_ON_SCREEN = (
+    "Field '{field}' cannot be set. It is not on the appropriate screen, or unknown."
+)
 # addComment's 413: "the per-issue limit has been breached" (Jira Cloud: 5,000 comments)
 JIRA_COMMENTS_FULL = "This issue has reached the limit of {} comments."
 JIRA_UNBOUNDED = (
@@ -743,6 +747,8 @@ class JiraStandIn(VendorStandIn):
         self.issues: dict[str, dict] = {}
         self.comments: dict[str, list[dict]] = {}
         self._known_projects = {key.upper() for key in projects}
+        # Projects whose create screen has no Priority field: Jira refuses a create that sets it.
+        self.screens_without_priority: set[str] = set()
         self._project_ids: dict[str, str] = {}
         self._project_counts: dict[str, int] = {}
         self._issue_ids = itertools.count(10_000)
@@ -812,6 +818,8 @@ class JiraStandIn(VendorStandIn):
         issuetype = fields.get("issuetype")
         if not isinstance(issuetype, dict) or not (issuetype.get("name") or issuetype.get("id")):
             errors["issuetype"] = "Specify an issue type"
+        if project in self.screens_without_priority and "priority" in fields:
+            errors["priority"] = JIRA_NOT_ON_SCREEN.format(field="priority")
         if fields.get("description") is not None and not _is_adf(fields["description"]):
             errors["description"] = JIRA_ADF_MESSAGE
         elif _utf16(_adf_text(fields.get("description"))) > JIRA_TEXT_LIMIT:
