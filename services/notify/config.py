@@ -5,7 +5,7 @@ channel is added here and to ``Channel`` in the shared events."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -76,8 +76,20 @@ class HubSpotTarget(Section):
     object: Literal["contacts", "tickets"] = "contacts"
     owner_id: str | None = None
     id_property: str = Field(
-        default="twitter_user_id", description="Unique property: one author is one contact"
+        min_length=1,
+        description="The property upserts go by, with unique values, created in HubSpot with "
+        "'Require unique values' (HubSpot refuses an upsert by any other): one author is one "
+        "contact (default twitter_user_id), one conversation one ticket (default "
+        "switchboard_conversation)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_id_property(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("id_property"):
+            default = {"contacts": "twitter_user_id", "tickets": "switchboard_conversation"}
+            return {**data, "id_property": default.get(data.get("object"), "twitter_user_id")}
+        return data
 
 
 DEFAULT_PRIORITIES: dict[Urgency, str] = {

@@ -843,9 +843,31 @@ async def test_a_salesforce_case_keeps_its_first_tweet_and_takes_follow_ups_as_c
     assert events[3].tweet.text in replacement["Description"]
 
 
+# Tickets go by the default property of tickets, switchboard_conversation (the stand-in has it)
 FAN_TICKETS = {"name": "fan-tickets", "channel": "hubspot", "departments": ["marketing"],
-               "hubspot": {"object": "tickets",
-                           "id_property": "switchboard_conversation"}}  # fmt: skip
+               "hubspot": {"object": "tickets"}}  # fmt: skip
+
+
+async def test_a_hubspot_upsert_by_a_property_without_unique_values_waits_for_a_person(
+    vendors, notify_settings, producer, read, running
+):
+    """HubSpot upserts only by a property with unique values: by any other the request is
+    refused (400), every time, so the delivery is parked with HubSpot's reason at once."""
+    by_name = {"name": "fans-by-name", "channel": "hubspot", "departments": ["marketing"],
+               "hubspot": {"object": "contacts", "id_property": "twitter_handle"}}  # fmt: skip
+    conv = conversation()
+
+    async with running(NotifyService(notify_settings(by_name))):
+        await publish_routed(producer, routed("marketing", conversation=conv))
+        records = await read(
+            [topics.DELIVERIES, topics.NOTIFICATIONS_DLQ], lambda rs: len(deliveries(rs, conv)) >= 2
+        )
+
+    outcomes = {d.target: (d.outcome, d.attempts, d.error) for d in deliveries(records, conv)}
+    assert outcomes["fans"][0] == "delivered"  # by twitter_user_id, the contacts' default
+    outcome, attempts, error = outcomes["fans-by-name"]
+    assert (outcome, attempts) == ("failed", 1)
+    assert "non-unique 0-1 property twitter_handle" in (error or "")
 
 
 async def test_a_hubspot_tickets_follow_ups_leave_its_stage_and_subject_to_the_agents(

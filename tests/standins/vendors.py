@@ -1348,6 +1348,7 @@ class SalesforceStandIn(VendorStandIn):
 
 # =========================================================================== HubSpot
 
+HUBSPOT_PORTAL_ID = 21939747  # the account (portal) the stand-in plays
 HUBSPOT_OBJECTS: dict[str, JsonDict] = {
     "contacts": {
         "modified": "lastmodifieddate",
@@ -1458,6 +1459,12 @@ class HubSpotStandIn(VendorStandIn):
         self.token = token
         self.search_lag_s = search_lag_s
         self.objects: dict[str, dict[str, dict]] = {name: {} for name in HUBSPOT_OBJECTS}
+        # The properties with unique values an upsert may go by (idProperty): contacts' email,
+        # and those the company created with "Require unique values" (the project's defaults).
+        self.unique_properties: dict[str, set[str]] = {
+            "contacts": {"email", "twitter_user_id"},
+            "tickets": {"switchboard_conversation"},
+        }
         self.associations: list[dict] = []
         self._ids = itertools.count(10_001)
         self._created_at: dict[str, float] = {}
@@ -1722,7 +1729,7 @@ class HubSpotStandIn(VendorStandIn):
         if isinstance(payload, web.Response):
             return payload
         inputs = payload.get("inputs")
-        problem = self._bad_inputs(inputs)
+        problem = self._bad_inputs(inputs) or self._not_unique(object_type, inputs)
         if problem is not None:
             return _hubspot_error(400, problem, "VALIDATION_ERROR")
         started = _iso_z(_now(), millis=True)
@@ -1757,6 +1764,18 @@ class HubSpotStandIn(VendorStandIn):
         duplicates = sorted({value for prop, value in keys if keys.count((prop, value)) > 1})
         if duplicates:
             return f"Duplicate IDs found in batch input: {duplicates}. IDs must be unique"
+        return None
+
+    def _not_unique(self, object_type: str, inputs: list[JsonDict]) -> str | None:
+        """HubSpot's answer to an upsert by a property without unique values (``0-1`` is the
+        contacts' object type id, ``0-5`` the tickets')."""
+        type_id = {"contacts": "0-1", "tickets": "0-5"}.get(object_type, object_type)
+        for name in sorted({str(i["idProperty"]) for i in inputs}):
+            if name not in self.unique_properties.get(object_type, set()):
+                return (
+                    f"Unable to perform update/upsert by non-unique {type_id} property {name} "
+                    f"in portal ID {HUBSPOT_PORTAL_ID}"
+                )
         return None
 
     def _upsert_one(self, object_type: str, item: JsonDict) -> JsonDict | web.Response:
