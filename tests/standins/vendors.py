@@ -589,10 +589,16 @@ class ZendeskStandIn(VendorStandIn):
         comments = self.comments.get(ticket_id, [])
         if request.query.get("sort_order") == "desc":
             comments = comments[::-1]
+        # Offset pagination: "Returns a maximum of 100 records per page" (per_page, page).
+        per_page = min(int(request.query.get("per_page") or 100), 100)
+        page = max(int(request.query.get("page") or 1), 1)
+        shown = comments[(page - 1) * per_page : page * per_page]
+        url = f"{self.base_url}{request.path}?per_page={per_page}&page="
+        more = page * per_page < len(comments)
         body = {
-            "comments": comments,
-            "next_page": None,
-            "previous_page": None,
+            "comments": shown,
+            "next_page": f"{url}{page + 1}" if more else None,
+            "previous_page": f"{url}{page - 1}" if page > 1 else None,
             "count": len(comments),
         }
         return _json(body)
@@ -1018,7 +1024,12 @@ class JiraStandIn(VendorStandIn):
         comments = self.comments.get(issue["key"], [])
         if request.query.get("orderBy") in ("-created", "-updated"):
             comments = comments[::-1]
-        body = {"startAt": 0, "maxResults": 5000, "total": len(comments), "comments": comments}
+        # getComments pages: startAt, maxResults ("the maximum number of items to return per
+        # page", 100 by default)
+        start = max(int(request.query.get("startAt") or 0), 0)
+        limit = max(min(int(request.query.get("maxResults") or 100), 5000), 1)
+        shown = comments[start : start + limit]
+        body = {"startAt": start, "maxResults": limit, "total": len(comments), "comments": shown}
         return _json(body)
 
 
