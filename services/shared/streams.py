@@ -12,7 +12,9 @@ on a real Kafka and on the embedded broker alike:
   offset they hold; keys deleted meanwhile would come back once compaction removed their
   tombstones (a sent digest sent again, a done delivery redriven). ``_TableManager`` removes
   the store of a partition the worker no longer holds (neither active nor standby); a restart
-  keeps its stores and restores only what it missed.
+  keeps its stores and restores only what it missed, unless they were last written longer ago
+  than the changelogs keep tombstones (``topics.TOMBSTONES_KEPT_MS``, set on the topics the
+  project creates): those are discarded and restored from the start (``discard_stale_stores``).
 - ``consumer_group_instance_id`` (static membership, ``KAFKA_GROUP_INSTANCE_ID``, else the
   host's name and the service): a restarted worker takes its partitions back at once. The
   embedded broker needs it: it never expires a member that died, and it answers a commit
@@ -77,7 +79,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from switchboard.shared import metrics
+from switchboard.shared import metrics, topics
 from switchboard.shared.events import DecodeError, E, decode
 from switchboard.shared.kafka import (
     TRANSIENT_ERRORS,
@@ -242,6 +244,8 @@ class StreamWorker:
         self._lag.report({(tp.topic, tp.partition) for tp in held}, lags)
 
     async def start(self) -> None:
+        if not self._temporary:
+            discard_stale_stores(Path(self.app.conf.tabledir), topics.TOMBSTONES_KEPT_MS / 1000)
         self._task = asyncio.create_task(self.app.start(), name=f"{self.service}-streams")
         await until_worker_ready(self.app)
 
@@ -431,6 +435,33 @@ def member_name(kafka: KafkaSettings, service: str) -> str:
     back under the same name, whatever port it gets; two replicas of one service on one host
     each need a ``KAFKA_GROUP_INSTANCE_ID`` of their own (one name fences the other)."""
     return kafka.group_instance_id or f"{socket.gethostname()}-{service}"
+
+
+def discard_stale_stores(tabledir: Path, max_age_s: float, now: float | None = None) -> list[Path]:
+    """Remove the local table stores (one per table and partition) last written more than
+    ``max_age_s`` ago; returns them.
+
+    A store is a cache of its changelog up to an offset, and faust restores from that offset
+    on: deletions made after it by another replica are replayed only while the changelog still
+    holds their tombstones, which compaction removes ``delete.retention.ms`` after. A store
+    written within that time is safe (a replica writes its stores while it holds their
+    partitions, and no other replica writes then); an older one is restored from the start."""
+    now = time.time() if now is None else now
+    stale = [
+        store
+        for store in (sorted(tabledir.glob("*.db")) if tabledir.is_dir() else [])
+        if now - _last_written(store) > max_age_s
+    ]
+    for store in stale:
+        shutil.rmtree(store, ignore_errors=True)
+        log.info("discarded a table store older than its changelog's tombstones", extra={
+            "store": str(store)})  # fmt: skip
+    return stale
+
+
+def _last_written(store: Path) -> float:
+    files = [store, *store.rglob("*")]
+    return max(f.stat().st_mtime for f in files)
 
 
 def raw_topic(app: faust.App, *names: str, **options: Any) -> faust.TopicT:

@@ -91,5 +91,13 @@ COMPACTED: frozenset[str] = frozenset(
 )
 
 
+# How long a compacted topic keeps a deletion (tombstone) once compacted: Kafka's default,
+# stated so that the project relies on a value it sets. A replica's local store of a table
+# older than this may miss deletions; route and notify discard such stores at start.
+TOMBSTONES_KEPT_MS = 24 * 3600 * 1000
+
+
 def topic_config(topic: str) -> dict[str, str]:
-    return {"cleanup.policy": "compact"} if topic in COMPACTED else {}
+    if topic not in COMPACTED:
+        return {}
+    return {"cleanup.policy": "compact", "delete.retention.ms": str(TOMBSTONES_KEPT_MS)}

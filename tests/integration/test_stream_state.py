@@ -22,7 +22,7 @@ from faust.types import TP
 
 from switchboard.shared.kafka import client_options, ensure_topics
 from switchboard.shared.settings import KafkaSettings
-from switchboard.shared.streams import stream_app, worker_ready
+from switchboard.shared.streams import discard_stale_stores, stream_app, worker_ready
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -153,6 +153,13 @@ async def test_each_worker_holds_only_the_state_of_its_partitions(
     b = await started(Worker(run, "B", kafka, tmp_path))
     await wait_for(lambda: b.owned() == shared[1] and len(b.held()) == len(shared[3]), 60)
     restored = {key: b.counts[key] for key in b.held()}
+    # Its stores discarded while it was away (too old to trust: discard_stale_stores), B
+    # restores its partitions from the start of their changelogs, to the same state.
+    await b.stop()
+    assert discard_stale_stores(Path(b.app.conf.tabledir), max_age_s=-1)  # every store
+    b = await started(Worker(run, "B", kafka, tmp_path))
+    await wait_for(lambda: b.owned() == shared[1] and len(b.held()) == len(shared[3]), 60)
+    rebuilt = {key: b.counts[key] for key in b.held()}
 
     a_owned, b_owned, a_keys, b_keys = shared
     assert alone == set(conversations)
@@ -160,6 +167,7 @@ async def test_each_worker_holds_only_the_state_of_its_partitions(
     assert a_keys | b_keys == set(conversations) and not a_keys & b_keys  # nothing held twice
     assert len(a_keys) < len(conversations)  # A gave up the keys of the partitions it lost
     assert restored == dict.fromkeys(b_keys, 3)  # every message counted once, state restored
+    assert rebuilt == restored
 
 
 async def commit_offsets(
