@@ -425,13 +425,18 @@ class JiraChannel(HttpChannel):
     answer was lost (a timeout, a 5xx) may have happened: it is not repeated until a search for
     the delivery's own label has had ``search_settle_s`` to find it (the wait is a retry, or a
     park with ``retry_at`` when longer than ``max_wait_s``). Searches pass the ids of issues
-    this channel created lately as ``reconcileIssues``, Jira's read-after-write guarantee."""
+    this channel created lately as ``reconcileIssues``, Jira's read-after-write guarantee.
+
+    A notify that just started knows neither: the one before it may have created an issue just
+    before it stopped or died, unrecorded on the ledger. So for ``search_settle_s`` after the
+    channel starts, every create is uncertain since the start and waits out the rest of it."""
 
     name = "jira"
 
     def __init__(self, policy: DeliveryPolicy, base_url: str, *, settle_s: float, **client: Any):
         super().__init__(policy, base_url, **client)
         self.settle_s = settle_s
+        self._started = time.monotonic()
         self._uncertain: dict[str, float] = {}  # delivery id -> when its create went unanswered
         self._created: collections.deque[str] = collections.deque(maxlen=JIRA_RECONCILE_MAX)
 
@@ -517,6 +522,8 @@ class JiraChannel(HttpChannel):
     def _settled(self, delivery_id: str) -> None:
         """Raise a retryable wait while a lost create may still be hidden from search."""
         since = self._uncertain.get(delivery_id)
+        if since is None and time.monotonic() - self._started < self.settle_s:
+            since = self._started  # a create before this process started may be hidden
         if since is None:
             return
         left = self.settle_s - (time.monotonic() - since)
@@ -528,7 +535,7 @@ class JiraChannel(HttpChannel):
                 retryable=True,
                 retry_after_s=left,
             )
-        del self._uncertain[delivery_id]  # searched long enough: it did not happen
+        self._uncertain.pop(delivery_id, None)  # searched long enough: it did not happen
 
     async def _commented(self, comments: str, tag: str) -> bool:
         """Whether one of the issue's latest 100 comments carries ``tag``."""

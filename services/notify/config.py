@@ -165,7 +165,8 @@ class JiraConnection(Section):
         ge=0,
         description="After a create whose answer was lost (a timeout, a 5xx), how long Jira's "
         "search may take to show the issue: the create is not repeated before the search has "
-        "had this long to find it",
+        "had this long to find it. Creates wait as long after notify starts (the one before "
+        "may have created an issue it could not record)",
     )
 
 
