@@ -428,8 +428,9 @@ class JiraChannel(HttpChannel):
     this channel created lately as ``reconcileIssues``, Jira's read-after-write guarantee.
 
     A notify that just started knows neither: the one before it may have created an issue just
-    before it stopped or died, unrecorded on the ledger. So for ``search_settle_s`` after the
-    channel starts, every create is uncertain since the start and waits out the rest of it."""
+    before it stopped or died, unrecorded on the ledger. So a search before a create waits until
+    ``search_settle_s`` has passed since the channel started (comments need no such wait: the
+    issue's comments are read directly, not searched)."""
 
     name = "jira"
 
@@ -448,6 +449,7 @@ class JiraChannel(HttpChannel):
             # One search for both: the conversation's issue, and this delivery's own create if
             # it happened unanswered. Two searches could disagree (the index is eventually
             # consistent), and the lost create would then be commented on as a follow-up.
+            await self._settled_since_start()
             found = await self._search(label)
             if (own := self._own(found, job.delivery_id)) is not None:
                 return Done("created", own)
@@ -462,10 +464,10 @@ class JiraChannel(HttpChannel):
                 if why == "deleted" and not _gone(error):
                     raise
             _thread_gone(self.name, issue, why)
-            # This delivery's create of the successor may have happened unanswered: its own
-            # label finds it.
-            uncertain = job.thread_id is not None and job.delivery_id in self._uncertain
-            if uncertain and (own := self._own(await self._search(label), job.delivery_id)):
+            # This delivery's create of the successor may have happened unanswered, here or in
+            # the notify before this one: its own label finds it.
+            await self._settled_since_start()
+            if own := self._own(await self._search(label), job.delivery_id):
                 return Done("created", own)
         self._settled(job.delivery_id)
         target = job.subscription.jira
@@ -522,8 +524,6 @@ class JiraChannel(HttpChannel):
     def _settled(self, delivery_id: str) -> None:
         """Raise a retryable wait while a lost create may still be hidden from search."""
         since = self._uncertain.get(delivery_id)
-        if since is None and time.monotonic() - self._started < self.settle_s:
-            since = self._started  # a create before this process started may be hidden
         if since is None:
             return
         left = self.settle_s - (time.monotonic() - since)
@@ -535,7 +535,16 @@ class JiraChannel(HttpChannel):
                 retryable=True,
                 retry_after_s=left,
             )
-        self._uncertain.pop(delivery_id, None)  # searched long enough: it did not happen
+        del self._uncertain[delivery_id]  # searched long enough: it did not happen
+
+    async def _settled_since_start(self) -> None:
+        """Wait until the search has had ``settle_s`` since this channel started: a create by
+        the notify before, unrecorded, may still be hidden from it. Not a retry: it takes
+        none of the delivery's attempts."""
+        left = self.settle_s - (time.monotonic() - self._started)
+        if left > 0:
+            metrics.RECONCILE_WAITS.labels(self.name).inc()
+            await asyncio.sleep(left)
 
     async def _commented(self, comments: str, tag: str) -> bool:
         """Whether one of the issue's latest 100 comments carries ``tag``."""

@@ -10,11 +10,12 @@ on a real Kafka and on the embedded broker alike:
   worker would go on holding (and acting on) state it no longer owns. faust leaves a revoked
   store's files on disk and, should the partition come back, replays the changelog from the
   offset they hold; keys deleted meanwhile would come back once compaction removed their
-  tombstones (a sent digest sent again, a done delivery redriven). ``_TableManager`` removes
-  the store of a partition the worker no longer holds (neither active nor standby); a restart
-  keeps its stores and restores only what it missed, unless they were last written longer ago
-  than the changelogs keep tombstones (``topics.TOMBSTONES_KEPT_MS``, set on the topics the
-  project creates): those are discarded and restored from the start (``discard_stale_stores``).
+  tombstones (a sent digest sent again, a done delivery redriven). ``_TableManager`` removes,
+  at every rebalance, the store of each partition the worker does not hold (neither active nor
+  standby); a restart keeps the stores of the partitions it gets back and restores only what
+  it missed, unless they were last written (or opened) longer ago than the changelogs keep
+  tombstones (``topics.TOMBSTONES_KEPT_MS``, set on the topics the project creates): those are
+  discarded at start and restored from the beginning (``discard_stale_stores``).
 - ``consumer_group_instance_id`` (static membership, ``KAFKA_GROUP_INSTANCE_ID``, else the
   host's name and the service): a restarted worker takes its partitions back at once. The
   embedded broker needs it: it never expires a member that died, and it answers a commit
@@ -347,16 +348,20 @@ class _TableManager(TableManager):
         generation_id: int = 0,
     ) -> None:
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
-        gone = revoked - assigned
+        # Every partition not held now, not only those just revoked: after a restart faust
+        # revokes nothing, and a store left from before the restart would wait on disk.
         for table in self.values():
             store = table.data
             if not isinstance(store, RocksDBStore):
                 continue
-            for tp in gone:
-                if tp.topic in table.changelog_topic.topics:
-                    path = store.partition_path(tp.partition)
+            changelog = table.changelog_topic.get_topic_name()
+            held = {tp.partition for tp in assigned if tp.topic == changelog}
+            count = table.changelog_topic.partitions or self.app.conf.topic_partitions
+            for partition in set(range(count)) - held:
+                path = store.partition_path(partition)
+                if path.exists():
                     shutil.rmtree(path, ignore_errors=True)
-                    self.log.info("Removed the store of revoked partition %s: %s", tp, path)
+                    self.log.info("Removed the store of a partition not held: %s", path)
 
     @property
     def recovery(self) -> Recovery:
