@@ -86,7 +86,7 @@ class HubSpotTarget(Section):
     @model_validator(mode="before")
     @classmethod
     def _default_id_property(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("id_property"):
+        if isinstance(data, dict) and data.get("id_property") is None:
             default = {"contacts": "twitter_user_id", "tickets": "switchboard_conversation"}
             return {**data, "id_property": default.get(data.get("object"), "twitter_user_id")}
         return data

@@ -257,14 +257,23 @@ async def test_a_follow_up_comment_that_timed_out_is_not_made_twice(
     vendors, notify_settings, producer, read, running, vendor, department, comment_request
 ):
     """Comments have no idempotency key: the comment is made, its answer comes after the client
-    gave up, and the retry must find it (by the delivery's tag) instead of commenting again."""
+    gave up, and the retry must find it (by the delivery's tag) instead of commenting again,
+    on a ticket or issue with more comments than a page holds (the newest page is read)."""
     stand_in = vendors[vendor]
     conv = conversation()
     first, follow_up = [routed(department, conversation=conv) for _ in range(2)]
 
     async with running(NotifyService(notify_settings())):
         await publish_routed(producer, first)
-        await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 1)
+        [opened] = deliveries(
+            await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, conv)) >= 1), conv
+        )
+        # Agents' replies before the follow-up: more than one page (100) of comments
+        key = int(opened.external_id) if vendor == "zendesk" else opened.external_id
+        stand_in.comments.setdefault(key, []).extend(
+            {"id": 900_000 + n, "body": f"agent reply {n}", "html_body": f"<p>agent reply {n}</p>"}
+            for n in range(120)
+        )
         path, method = comment_request
         stand_in.delay_next(path, 2.0, method=method)  # answered after the 1 s client timeout
         await publish_routed(producer, follow_up)

@@ -590,10 +590,11 @@ class ZendeskStandIn(VendorStandIn):
         if request.query.get("sort_order") == "desc":
             comments = comments[::-1]
         # Offset pagination: "Returns a maximum of 100 records per page" (per_page, page).
-        per_page = min(int(request.query.get("per_page") or 100), 100)
+        per_page = max(min(int(request.query.get("per_page") or 100), 100), 1)
         page = max(int(request.query.get("page") or 1), 1)
         shown = comments[(page - 1) * per_page : page * per_page]
-        url = f"{self.base_url}{request.path}?per_page={per_page}&page="
+        order = request.query.get("sort_order", "asc")
+        url = f"{self.base_url}{request.path}?sort_order={order}&per_page={per_page}&page="
         more = page * per_page < len(comments)
         body = {
             "comments": shown,
