@@ -122,6 +122,7 @@ class RouteService:
         # is only raised once every reply sent before its deadline has been read (see on_due).
         self._replies_read: dict[int, tuple[int, float]] = {}
         self._config_digest = file_digest(settings.config_file)
+        self._rejected: tuple[str | None, str] | None = None  # the last file refused, and why
         self.ops = OpsView(settings.kafka, corrections=self.config.access.admin_token is not None)
 
     @property
@@ -600,21 +601,29 @@ class RouteService:
     async def _watch_config(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self.config.route.reload_interval_s)
-            self.reload_if_changed()
+            try:
+                self.reload_if_changed()
+            except Exception:  # a bug: logged, and the watch goes on
+                log.exception("reading the configuration file failed")
 
     def reload_if_changed(self) -> Reload:
-        """Re-read the YAML file if it changed; keep the current policy if it is invalid."""
+        """Re-read the YAML file if it changed since the policy in force was read; keep that
+        policy while the file is invalid. A rejected file is judged again at every call (a
+        secret file it names may appear without the YAML changing), but logged and counted
+        once per file and reason."""
         digest = file_digest(self.settings.config_file)
         if digest == self._config_digest:
             return "unchanged"
-        self._config_digest = digest
         try:
             config = _load_config(self.settings)
             feedback.check_secrets(config.route.feedback)
-        except ConfigError as error:
-            metrics.RULES_RELOADS.labels("invalid").inc()
-            log.error("new configuration rejected; keeping the current rules: %s", error)
+        except (ConfigError, OSError, ValueError) as error:  # ValueError: not UTF-8
+            if (digest, str(error)) != self._rejected:
+                self._rejected = (digest, str(error))
+                metrics.RULES_RELOADS.labels("invalid").inc()
+                log.error("new configuration rejected; keeping the current rules: %s", error)
             return "invalid"
+        self._config_digest, self._rejected = digest, None
         # The windows' size and number are the tables' own and change at the next restart;
         # the bar (factor, min_count) and what is watched apply now.
         started = self.spike_windows.config

@@ -139,7 +139,7 @@ async def test_a_custom_rule_set_routes_each_case(route_settings, producer, read
         assert mine[0][1].route.rules_version.startswith("rules-"), name
 
 
-async def test_rules_reload_without_a_restart(route_settings, producer, read, running):
+async def test_rules_reload_without_a_restart(route_settings, producer, read, running, tmp_path):
     prefix = tag()
     settings = route_settings([], reload_interval_s=0.1)
     before = a_classified_tweet("sales", 0.9, id=f"{prefix}-a", conversation_id=f"{prefix}-a")
@@ -165,6 +165,23 @@ async def test_rules_reload_without_a_restart(route_settings, producer, read, ru
         invalid = route_metrics.RULES_RELOADS.labels("invalid")._value.get()
         await wait_for(lambda: route_metrics.RULES_RELOADS.labels("invalid")._value.get() > invalid)
         assert [r.name for r in service.config.route.rules] == ["sales-to-triage"]
+        await asyncio.sleep(0.5)  # judged again at every tick, but counted (and logged) once
+        assert route_metrics.RULES_RELOADS.labels("invalid")._value.get() == invalid + 1
+        # A file naming a secret not there yet is refused until the secret appears, though
+        # the YAML does not change again.
+        secret = tmp_path / "zendesk-signing-secret"
+        zendesk = {"signing_secret": {"file": str(secret)}, "groups": {1: "sales"}}
+        route_settings.write([{"name": "sales-to-triage-1", "when": {"departments": ["sales"]},
+                               "then": {"triage": True}}], reload_interval_s=0.1,
+                             feedback={"zendesk": zendesk})  # fmt: skip
+        await wait_for(
+            lambda: route_metrics.RULES_RELOADS.labels("invalid")._value.get() > invalid + 1
+        )
+        assert [r.name for r in service.config.route.rules] == ["sales-to-triage"]
+        secret.write_text("s3cret")
+        await wait_for(
+            lambda: [r.name for r in service.config.route.rules] == ["sales-to-triage-1"]
+        )
         # An error in another service's section is not route's to judge: new rules still apply.
         content = yaml.safe_load(CONFIG_FILE.read_text())
         content["route"] = {**content["route"], "reload_interval_s": 0.1, "rules": [
