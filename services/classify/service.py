@@ -42,6 +42,7 @@ from switchboard.shared.events import (
 )
 from switchboard.shared.kafka import (
     Output,
+    StageFault,
     StreamLoop,
     client_options,
     decode_or_dead_letter,
@@ -91,8 +92,31 @@ def load_model(
         options.bucket_size,
         onnx_dir,
     )
-    model.predict(["warm-up"])
+    model.predict([WARM_UP])
     return model
+
+
+WARM_UP = "@AcmeHelp my order never arrived, can someone help?"
+
+
+def _stamp(paths: list[str | Path]) -> tuple[float, ...]:
+    """When each of ``paths`` (a folder's files included) last changed; -1 when absent."""
+    stamps = []
+    for path in map(Path, paths):
+        files = [path, *path.rglob("*")] if path.is_dir() else [path]
+        stamps.append(max((f.stat().st_mtime for f in files if f.exists()), default=-1.0))
+    return tuple(stamps)
+
+
+def still_works(model: TweetClassifier) -> bool:
+    """Whether the model labels a plain tweet: after a batch failed, tells a model that broke
+    (a runtime error, memory) from a text that breaks it (dead-lettered alone)."""
+    try:
+        model.predict([WARM_UP])
+    except Exception:  # noqa: BLE001 - any failure of the model is the answer
+        log.exception("the model fails on a plain tweet")
+        return False
+    return True
 
 
 class ClassifyService:
@@ -109,6 +133,9 @@ class ClassifyService:
         self.consumer = make_consumer(settings.kafka, [topics.RAW], group, group)
         self.comparison = ShadowComparison() if self.shadow else None
         self._config_digest: str | None = file_digest(settings.config_file)
+        # The file and model files a load failed on: not loaded again until one of them changes.
+        self._failed: tuple[str | None, tuple[float, ...]] | None = None
+        self._failed_paths: list[str | Path] = []
         self._ready = False
 
     @property
@@ -177,7 +204,10 @@ class ClassifyService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.options.reload_interval_s)
             if not stop.is_set():
-                await self.reload_if_changed()
+                try:
+                    await self.reload_if_changed()
+                except Exception:  # a bug: logged, and the watch goes on
+                    log.exception("reading the configuration file failed")
 
     async def reload_if_changed(self) -> str:
         """Serve the model the YAML file now describes, if it changed: loaded and warmed while
@@ -186,6 +216,8 @@ class ClassifyService:
         digest = file_digest(self.settings.config_file)
         if digest == self._config_digest:
             return "unchanged"
+        if self._failed is not None and self._failed == (digest, _stamp(self._failed_paths)):
+            return "failed"  # the same file and model files as the load that failed: not again
         self._config_digest = digest
         try:
             settings = type(self.settings).load(
@@ -212,10 +244,15 @@ class ClassifyService:
                                             settings.onnx_dir)  # fmt: skip
         except Exception as error:  # noqa: BLE001 - any failure to load keeps the current model
             metrics.MODEL_RELOADS.labels("failed").inc()
-            log.error("model %s did not load; the current model keeps serving, and the file is "
-                      "read again at the next interval: %s", settings.artifact, error)  # fmt: skip
-            self._config_digest = None  # an artifact still being copied loads at a later try
+            log.error("model %s did not load; the current model keeps serving, and it is "
+                      "tried again once the file or the model's files change: %s",
+                      settings.artifact, error)  # fmt: skip
+            # An artifact still being copied loads at a later try, once its files changed.
+            self._config_digest = None
+            self._failed_paths = [p for p in (settings.artifact, settings.onnx_dir) if p]
+            self._failed = (digest, _stamp(self._failed_paths))
             return "failed"
+        self._failed = None
         previous = self.model.version if self.model else None
         self.model, self.settings, self.options = model, settings, options
         metrics.MODEL_RELOADS.labels("applied").inc()
@@ -254,7 +291,12 @@ class ClassifyService:
                 events.append(decoded)
         if events:
             started = time.perf_counter()
-            predictions = await asyncio.to_thread(model.predict, [e.tweet.text for e in events])
+            try:
+                predictions = await asyncio.to_thread(model.predict, [e.tweet.text for e in events])
+            except Exception as error:
+                if not await asyncio.to_thread(still_works, model):
+                    raise StageFault(f"the model cannot label tweets: {error!r}") from error
+                raise  # one of these texts: handled one at a time, the culprit dead-lettered
             metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
             for event, prediction in zip(events, predictions, strict=True):
                 result = classified(event, prediction, model)

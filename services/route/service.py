@@ -617,7 +617,7 @@ class RouteService:
         try:
             config = _load_config(self.settings)
             feedback.check_secrets(config.route.feedback)
-        except (ConfigError, OSError, ValueError) as error:  # ValueError: not UTF-8
+        except ConfigError as error:
             if (digest, str(error)) != self._rejected:
                 self._rejected = (digest, str(error))
                 metrics.RULES_RELOADS.labels("invalid").inc()

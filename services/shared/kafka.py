@@ -264,9 +264,15 @@ def decode_or_dead_letter(record: ConsumerRecord, event_type: type[E], stage: st
 BatchHandler = Callable[[list[ConsumerRecord]], Awaitable[list[Output]]]
 
 
-# Failures of the infrastructure, not of a record: the service stops and, restarted, reads the
-# batch again. Any other error is blamed on the batch's records (see StreamLoop._handle).
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError)
+class StageFault(RuntimeError):
+    """The stage itself cannot work, whatever the record (classify's model fails on a text it
+    has always handled): raised by a handler so that nothing is dead-lettered or committed."""
+
+
+# Failures of the infrastructure or of the stage, not of a record: the service stops and,
+# restarted, reads the batch again. Any other error is blamed on the batch's records (see
+# StreamLoop._handle).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError, StageFault)
 
 
 class StreamLoop:

@@ -166,6 +166,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:  # unreadable, or not UTF-8
+        raise ConfigError(
+            f"{CONFIG_FILE_ENV}: configuration file {path} cannot be read: {exc}"
+        ) from None
     if not isinstance(content, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return content

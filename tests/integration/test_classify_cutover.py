@@ -6,12 +6,17 @@ tweets into its own topic, routing nothing."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections import defaultdict
 
 import yaml
 
 from switchboard.classify import metrics as classify_metrics
-from switchboard.classify.model import COMMERCIAL_ARTIFACT_NAME, DEFAULT_ARTIFACT_NAME
+from switchboard.classify.model import (
+    COMMERCIAL_ARTIFACT_NAME,
+    DEFAULT_ARTIFACT_NAME,
+    resolve_artifact,
+)
 from switchboard.classify.service import ClassifyService
 from switchboard.classify.settings import ClassifySettings
 from switchboard.shared import topics
@@ -68,13 +73,19 @@ async def test_a_new_artifact_takes_over_under_load_and_rolls_back(
         records = await read(
             [topics.CLASSIFIED], lambda rs: len({t for _, _, t, _ in labelled(rs, run)}) >= 550
         )
-        write_config(path, "/nonexistent/artifact")  # a model that cannot load changes nothing
-        assert await service.reload_if_changed() == "failed"
-        # tried again at the next look, unchanged file or not: an artifact still being copied
-        # when the file named it loads once it is whole
-        assert await service.reload_if_changed() == "failed"
+        late = tmp_path / "late-artifact"
+        write_config(path, str(late))  # a model that cannot load changes nothing
+        failed = classify_metrics.MODEL_RELOADS.labels("failed")._value.get()  # noqa: SLF001
+        await wait_for(
+            lambda: classify_metrics.MODEL_RELOADS.labels("failed")._value.get() > failed  # noqa: SLF001
+        )
+        await asyncio.sleep(1.0)  # five more looks: not loaded again while nothing changed
+        assert classify_metrics.MODEL_RELOADS.labels("failed")._value.get() == failed + 1  # noqa: SLF001
         assert service.model.version == LIVE
         settle = await read([topics.CLASSIFIED], lambda rs: False, timeout_s=1.0)
+        # An artifact the file named before it was there loads once it is (its files changed)
+        shutil.copytree(resolve_artifact(CANDIDATE), late)
+        await wait_for(lambda: service.model.version == CANDIDATE, timeout_s=60)
 
     seen = labelled(settle, run)
     assert sorted(t for _, _, t, _ in seen) == sorted(

@@ -48,6 +48,7 @@ from switchboard.shared.events import (
 )
 from switchboard.shared.kafka import (
     Output,
+    StageFault,
     StreamLoop,
     client_options,
     ensure_topics,
@@ -208,6 +209,53 @@ async def test_classify_dead_letters_poison_and_goes_on(kafka, producer, read, r
     settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
     service = ClassifyService(settings, model=classifier)
     await poison_then_good(service, feed, kafka, producer, read, running)
+
+
+class _BrokenModel:
+    """The shipped model once its runtime broke (fault injection): every call fails, the
+    warm-up text included."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def predict(self, texts: list[str]) -> list[Any]:
+        raise RuntimeError("onnxruntime: bad allocation")
+
+
+async def test_classify_whose_model_breaks_stops_and_dead_letters_nothing(
+    kafka, producer, read, running, classifier
+):
+    """A model that fails on every text, a plain tweet included, is not a record's fault: the
+    service stops (its orchestrator restarts it) without dead-lettering or committing the
+    batch, and the tweets are classified once a model works again."""
+    tweet = a_raw_tweet(id=f"{RUN}-broken", conversation_id=f"{RUN}-broken")
+    settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    broken = ClassifyService(settings, model=_BrokenModel(classifier))
+    await broken.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(broken.run(stop))
+    try:
+        await producer.send_and_wait(
+            topics.RAW, encode(tweet), tweet.tweet.conversation_id.encode()
+        )
+        with pytest.raises(StageFault):
+            await asyncio.wait_for(task, timeout=120)
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await broken.close()
+    async with running(ClassifyService(settings, model=classifier)):
+        key = tweet.tweet.conversation_id.encode()
+        records = await read(
+            [topics.CLASSIFIED, topics.DEADLETTER],
+            lambda rs: any(r.topic == topics.CLASSIFIED and r.key == key for r in rs),
+            timeout_s=120,
+        )
+
+    assert [r.topic for r in records if r.key == key] == [topics.CLASSIFIED]
 
 
 def route_feed(topic: str) -> Feed:
