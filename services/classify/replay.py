@@ -51,7 +51,11 @@ async def replay(
     """Label the raw tweets published in [``since``, ``until``) (until now when None)."""
     started = time.monotonic()
     report = ReplayReport(model.version, since, until)
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options(kafka))
+    # A start past the topic's retention (deleted meanwhile) resumes at the oldest record kept,
+    # not at the end, where the partition would be skipped whole.
+    consumer = AIOKafkaConsumer(
+        enable_auto_commit=False, auto_offset_reset="earliest", **client_options(kafka)
+    )
     producer = make_producer(kafka, client_id=SERVICE)
     await consumer.start()
     await producer.start()
@@ -66,8 +70,9 @@ async def replay(
                         events.append(decode(RawTweet, record.value))
                     except DecodeError:
                         report.skipped += 1
-                if await consumer.position(tp) >= left.get(tp, 0):
-                    left.pop(tp, None)
+            for tp in list(left):  # every partition, those that returned nothing included
+                if await consumer.position(tp) >= left[tp]:
+                    del left[tp]
             if events:
                 await _label(producer, model, events)
                 report.labelled += len(events)

@@ -155,7 +155,10 @@ async def read_since(
 ) -> dict[str, list[Any]]:
     """The live labels, the shadow labels and the corrections (``names``) published since
     ``since`` (at most ``limit`` records over all, the latest kept), by topic."""
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options(kafka))
+    # A start past a topic's retention resumes at the oldest record kept, not at the end.
+    consumer = AIOKafkaConsumer(
+        enable_auto_commit=False, auto_offset_reset="earliest", **client_options(kafka)
+    )
     await consumer.start()
     found: dict[str, list[Any]] = {topic: [] for topic in names}
     try:
