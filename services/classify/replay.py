@@ -19,7 +19,7 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from switchboard.classify.model import TweetClassifier
-from switchboard.classify.service import classified
+from switchboard.classify.service import classified, labels_and_languages
 from switchboard.shared import topics
 from switchboard.shared.events import DecodeError, RawTweet, decode
 from switchboard.shared.kafka import Output, client_options, make_producer, publish
@@ -110,10 +110,12 @@ async def _range(
 
 
 async def _label(producer: object, model: TweetClassifier, events: list[RawTweet]) -> None:
-    predictions = await asyncio.to_thread(model.predict, [e.tweet.text for e in events])
+    predictions, langs = await asyncio.to_thread(labels_and_languages, model, events)
     outputs = [
-        Output.of(topics.SHADOW, classified(event, prediction, model), event.tweet.conversation_id)
-        for event, prediction in zip(events, predictions, strict=True)
+        Output.of(
+            topics.SHADOW, classified(event, prediction, model, lang), event.tweet.conversation_id
+        )
+        for event, prediction, lang in zip(events, predictions, langs, strict=True)
     ]
     await publish(producer, outputs, SERVICE)  # type: ignore[arg-type]
 

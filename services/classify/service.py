@@ -61,8 +61,9 @@ SHADOW_GROUP_ID = "switchboard-classify-shadow"
 MODEL_OPTIONS = ("artifact", "backbone", "max_length", "threads", "runtime", "bucket_size")
 
 
-def classified(event: RawTweet, prediction: Prediction, model: TweetClassifier) -> ClassifiedTweet:
-    lang = event.tweet.lang or detect(event.tweet.text)
+def classified(
+    event: RawTweet, prediction: Prediction, model: TweetClassifier, lang: str | None
+) -> ClassifiedTweet:
     classification = Classification(
         department=prediction.department,
         urgency=prediction.urgency,
@@ -106,6 +107,15 @@ def _stamp(paths: list[str | Path]) -> tuple[float, ...]:
         files = [path, *path.rglob("*")] if path.is_dir() else [path]
         stamps.append(max((f.stat().st_mtime for f in files if f.exists()), default=-1.0))
     return tuple(stamps)
+
+
+def labels_and_languages(
+    model: TweetClassifier, events: list[RawTweet]
+) -> tuple[list[Prediction], list[str | None]]:
+    """The model's labels and each tweet's language (X's, else detected): CPU work, for a
+    worker thread (loading the language model alone takes a moment)."""
+    predictions = model.predict([e.tweet.text for e in events])
+    return predictions, [e.tweet.lang or detect(e.tweet.text) for e in events]
 
 
 def still_works(model: TweetClassifier) -> bool:
@@ -230,6 +240,9 @@ class ClassifyService:
             log.error("new configuration rejected; the current model keeps serving: %s", error)
             return "failed"
         options = settings.config.classify
+        batching = ("batch_size", "batch_timeout_ms")
+        if any(getattr(options, k) != getattr(self.options, k) for k in batching):
+            log.warning("classify.batch_size and batch_timeout_ms change at the next restart")
         # settings.artifact is the one this process serves (in shadow, the candidate): a change
         # of classify.artifact alone is the live model's, not a shadow's
         keys = [k for k in MODEL_OPTIONS if k != "artifact"]
@@ -292,18 +305,21 @@ class ClassifyService:
         if events:
             started = time.perf_counter()
             try:
-                predictions = await asyncio.to_thread(model.predict, [e.tweet.text for e in events])
+                predictions, langs = await asyncio.to_thread(labels_and_languages, model, events)
             except Exception as error:
                 if not await asyncio.to_thread(still_works, model):
                     raise StageFault(f"the model cannot label tweets: {error!r}") from error
                 raise  # one of these texts: handled one at a time, the culprit dead-lettered
             metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
-            for event, prediction in zip(events, predictions, strict=True):
-                result = classified(event, prediction, model)
+            results = [
+                classified(event, prediction, model, lang)
+                for event, prediction, lang in zip(events, predictions, langs, strict=True)
+            ]
+            outputs += [
+                Output.of(self.output_topic, r, key=r.tweet.conversation_id) for r in results
+            ]
+            for result in results:  # counted once the whole batch is labelled (not on a retry)
                 self._count(result)
-                outputs.append(
-                    Output.of(self.output_topic, result, key=event.tweet.conversation_id)
-                )
         return outputs
 
     def _count(self, result: ClassifiedTweet) -> None:
