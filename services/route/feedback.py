@@ -70,10 +70,11 @@ class Recorded:
 
 
 class RecordedCorrections:
-    """Corrections of conversations route no longer holds (past their TTL, or never seen) by
-    id, kept for one to two conversation TTLs (``TtlMemory``): such a conversation has nowhere
-    to remember the ids of its corrections, and a retried webhook must still be recorded once.
-    The TTL is the one route started with (a reload does not resize the windows)."""
+    """Every correction by id, kept for one to two conversation TTLs (``TtlMemory``): one of a
+    conversation route no longer holds (past its TTL, or never seen) has no conversation to
+    remember its id, and a retried webhook must still be recorded once, even after the
+    conversation comes back or goes. The TTL is the one route started with (a reload does not
+    resize the windows)."""
 
     def __init__(self, app: faust.App, partitions: int, ttl_hours: float) -> None:
         self.memory = TtlMemory(
@@ -103,6 +104,16 @@ class Applied:
     escalate: bool  # its new urgency alerts and its old one did not
 
 
+def _of_request(request: CorrectionRequest, tweet_id: str | None) -> bool:
+    """Whether the tweet the caller sent is the one corrected, in the conversation named."""
+    given = request.tweet
+    return (
+        given is not None
+        and tweet_id in (None, given.id)
+        and given.conversation_id == request.conversation_id
+    )
+
+
 def apply(
     state: ConversationState | None,
     request: CorrectionRequest,
@@ -115,7 +126,7 @@ def apply(
     tweet_id = request.tweet_id or _latest(state, request.source)
     recent = state.recent.get(tweet_id) if state is not None and tweet_id else None
     if state is None or recent is None:  # past the TTL: kept for training, not re-routed
-        given = request.tweet if request.tweet and tweet_id in (None, request.tweet.id) else None
+        given = request.tweet if _of_request(request, tweet_id) else None
         tweet_id = tweet_id or (given.id if given else None)
         recorded = _correction(request, tweet_id, "recorded", None, given, now)
         remembered = state and state.model_copy(update=_remembering(state, recorded))
@@ -400,7 +411,8 @@ def feedback_router(service: RouteService) -> APIRouter:
 
     @router.post("/feedback", status_code=202)
     async def feedback(body: FeedbackBody) -> dict[str, str]:
-        fields = body.model_dump(exclude={"correction_id"}, exclude_none=True)
+        # JSON mode: a validation error quotes the input, which must be JSON to answer (422)
+        fields = body.model_dump(mode="json", exclude={"correction_id"}, exclude_none=True)
         fields["correction_id"] = f"{body.source}:{body.correction_id or uuid.uuid4().hex}"
         try:
             return await accept(CorrectionRequest(**fields))

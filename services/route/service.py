@@ -282,7 +282,8 @@ class RouteService:
         state = self._active(request.conversation_id, now)
         if state is not None and request.correction_id in state.corrections:
             return self._applied_before(state, request, message.offset)
-        if state is None and (recorded := self.recorded.get(request.correction_id)):
+        # Recorded before, the conversation not held then: held or not now, done with.
+        if recorded := self.recorded.get(request.correction_id):
             return self._recorded_before(recorded, request, message.offset)
         route = self.config.route
         applied = feedback.apply(state, request, now, sla_minutes=route.sla.minutes,
@@ -303,8 +304,9 @@ class RouteService:
             new_state = new_state.model_copy(update={"routed": routed_now})
         if new_state is not None:
             self._remember(new_state.model_copy(update={"correction_offset": message.offset}))
-        else:  # no conversation to remember it in (past its TTL or never seen)
-            self.recorded.add(correction, message.offset)
+        # Its id outlives the conversation too: a retry after the conversation's TTL, or
+        # after one recorded for training only came back, is known.
+        self.recorded.add(correction, message.offset)
         metrics.CORRECTIONS.labels(
             correction.source, _label(correction.department), _label(correction.department_before),
             _label(correction.urgency), _label(correction.urgency_before),

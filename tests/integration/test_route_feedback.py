@@ -240,6 +240,12 @@ async def test_a_correction_read_again_after_a_crash_is_published_again_as_it_wa
         fields = {"conversation_id": conversation, "department": "legal", "urgency": "critical",
                   "by": "ana", "correction_id": "k-9"}  # fmt: skip
         body = json.dumps(fields).encode()
+        # Neither a department nor an urgency: nothing to correct, refused with the reason
+        says_nothing = {k: v for k, v in fields.items() if k not in ("department", "urgency")}
+        says_nothing["tweet"] = tweet.tweet.model_dump(mode="json")
+        refused = await post(service, "/feedback", json.dumps(says_nothing).encode(),
+                             authorization=f"Bearer {TOKEN}")  # fmt: skip
+        assert refused.status_code == 422 and "department" in refused.text, refused.text
         answer = await post(service, "/feedback", body, authorization=f"Bearer {TOKEN}")
         assert answer.status_code == 202, answer.text
         records = await read([topics.FEEDBACK_REQUESTS, *WATCHED],
@@ -282,10 +288,17 @@ async def test_a_correction_of_a_conversation_route_no_longer_holds_is_recorded_
         first, retry = requests(records, conversation)
         again = service.on_correction_request(first)  # its own request, read again
         retried = service.on_correction_request(retry)
+        # The customer tweets in that conversation again, which route now holds: a late retry
+        # of the recorded correction must still change nothing (not re-route the new tweet).
+        tweet = a_classified_tweet("sales", 0.9, "normal", id=f"{conversation}-2",
+                                   conversation_id=conversation)  # fmt: skip
+        await route_tweets(producer, tweet)
+        await read(WATCHED, lambda rs: on_topic(rs, "switchboard.dept.sales", conversation))
+        late = service.on_correction_request(dataclasses.replace(retry, offset=retry.offset + 1))
     (recorded,) = corrections(records, conversation)
     assert (recorded.outcome, recorded.department, recorded.correction_id) == (
         "recorded", "legal", "api:k-old")  # fmt: skip
-    assert retried == []
+    assert retried == [] and late == []
     assert [o.topic for o in again] == [topics.FEEDBACK]
     assert decode(Correction, again[0].value) == recorded
 
