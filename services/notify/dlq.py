@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, HTTPException, Request
 
 from switchboard.shared import topics
 from switchboard.shared.events import DecodeError, ParkedDelivery, decode
@@ -160,10 +160,22 @@ async def redrive(
     return len(requests)
 
 
+FILTERS = ("channel", "target", "id")
+
+
+def _known_filters(request: Request) -> None:
+    """A filter mistyped would be ignored, and a redrive meant for one delivery would redrive
+    them all: any other query parameter is refused."""
+    unknown = sorted(set(request.query_params) - set(FILTERS))
+    if unknown:
+        raise HTTPException(422, f"unknown filter {', '.join(unknown)}: the filters are "
+                                 f"{', '.join(FILTERS)}")  # fmt: skip
+
+
 def dlq_router(kafka: KafkaSettings) -> APIRouter:
     """``GET /admin/dlq`` lists the parked deliveries, ``POST /admin/dlq/redrive`` tries them
     again; both take the filters ``channel``, ``target`` and ``id`` as query parameters."""
-    router = APIRouter(prefix="/admin/dlq")
+    router = APIRouter(prefix="/admin/dlq", dependencies=[Depends(_known_filters)])
 
     @router.get("")
     async def list_parked(

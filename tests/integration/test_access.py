@@ -145,3 +145,14 @@ async def test_the_x_webhook_answers_to_its_signature_not_the_token(apps):
         )  # fmt: skip
     assert crc.status_code == 200
     assert (forged.status_code, with_token_only.status_code, signed.status_code) == (401, 401, 200)
+
+
+async def test_a_redrive_with_a_mistyped_filter_is_refused_not_applied_to_every_delivery(apps):
+    notify = apps["notify"]()
+    bearer = f"Bearer {TOKEN}"
+    answer = await request(
+        notify, "POST", "/admin/dlq/redrive?delivery_id=d-1", authorization=bearer
+    )
+    assert answer.status_code == 422 and "delivery_id" in answer.text
+    listed = await request(notify, "GET", "/admin/dlq?chanel=jira", authorization=bearer)
+    assert listed.status_code == 422 and "chanel" in listed.text
