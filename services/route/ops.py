@@ -92,10 +92,15 @@ class OpsView:
         if cached is not None and time.monotonic() - cached[0] < COMPARE_EVERY_S:
             return cached[1]
         async with self._comparing:
+            cached = self._compared.get(hours)  # read by whoever held the lock meanwhile
+            if cached is not None and time.monotonic() - cached[0] < COMPARE_EVERY_S:
+                return cached[1]
             since = utc_now() - timedelta(hours=hours)
             found = await read_since(self.kafka, since, limit=OPS_COMPARE_LIMIT)
-            report = compare(found[topics.CLASSIFIED], found[topics.SHADOW],
-                             found[topics.FEEDBACK], examples=2)  # fmt: skip
+            report = await asyncio.to_thread(
+                compare, found[topics.CLASSIFIED], found[topics.SHADOW], found[topics.FEEDBACK],
+                examples=2,
+            )  # fmt: skip
             report["since"] = since.isoformat()
             self._compared[hours] = (time.monotonic(), report)
             return report

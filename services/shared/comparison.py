@@ -12,6 +12,7 @@ time on, by the offsets the broker finds for it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import Counter, defaultdict
@@ -161,6 +162,7 @@ async def read_since(
     )
     await consumer.start()
     found: dict[str, list[Any]] = {topic: [] for topic in names}
+    kept: list[Any] = []  # decoded at the end, in a worker thread: not on a service's loop
     try:
         await consumer.topics()
         partitions = [TopicPartition(topic, p) for topic in names
@@ -183,13 +185,12 @@ async def read_since(
             batches = await consumer.getmany(*left, timeout_ms=1000, max_records=5000)
             for tp, records in batches.items():
                 idle_since = time.monotonic()
-                for record in records:
-                    if record.offset < left.get(tp, -1):
-                        _keep(found, record)
+                kept += [record for record in records if record.offset < left.get(tp, -1)]
                 if await consumer.position(tp) >= left.get(tp, 0):
                     left.pop(tp, None)
     finally:
         await consumer.stop()
+    await asyncio.to_thread(_keep_all, found, kept)
     return found
 
 
@@ -197,7 +198,8 @@ EVENT_TYPES: dict[str, type[Event]] = {topics.FEEDBACK: Correction,
                                         topics.COMPLIANCE: ComplianceEvent}  # fmt: skip
 
 
-def _keep(found: dict[str, list[Any]], record: Any) -> None:
-    event_type = EVENT_TYPES.get(record.topic, ClassifiedTweet)
-    with contextlib.suppress(DecodeError):
-        found[record.topic].append(decode(event_type, record.value))
+def _keep_all(found: dict[str, list[Any]], records: list[Any]) -> None:
+    for record in records:
+        event_type = EVENT_TYPES.get(record.topic, ClassifiedTweet)
+        with contextlib.suppress(DecodeError):
+            found[record.topic].append(decode(event_type, record.value))
