@@ -13,6 +13,11 @@ The token is sent as ``Authorization: Bearer <token>``, or as the password of HT
 authentication (any user name), which lets a browser open a locked ops page. It is compared in
 constant time; a missing or wrong one is answered 401 with ``WWW-Authenticate``. The guard is
 ASGI middleware, so an endpoint added later is covered without doing anything.
+
+A browser that has the Basic credentials attaches them to requests other sites' pages make to
+the service too: a change asked for by a page of another site (``Sec-Fetch-Site``: cross-site
+or same-site, which browsers set and pages cannot) is refused 403, whatever it carries.
+Scripts send no such header; the ops page's own requests are same-origin.
 """
 
 from __future__ import annotations
@@ -94,10 +99,24 @@ class AccessGuard:
         if scope["type"] != "http" or not self.policy.needs_token(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
-        if self.policy.admits(Headers(scope=scope).get("authorization")):
+        headers = Headers(scope=scope)
+        if _from_another_site(scope["method"], headers):
+            log.info("refused: a change asked by another site's page",
+                     extra={"method": scope["method"], "path": scope["path"][:200]})  # fmt: skip
+            detail = "refused: asked by a page of another site"
+            await JSONResponse({"detail": detail}, status_code=403)(scope, receive, send)
+            return
+        if self.policy.admits(headers.get("authorization")):
             await self.app(scope, receive, send)
             return
         await _refusal(self.policy, scope)(scope, receive, send)
+
+
+def _from_another_site(method: str, headers: Headers) -> bool:
+    """A request that would change something, made by a page of another site (the browser's
+    own Fetch Metadata header)."""
+    site = headers.get("sec-fetch-site", "").lower()
+    return method.upper() not in READ_METHODS and site in ("cross-site", "same-site")
 
 
 def _refusal(policy: AccessPolicy, scope: Scope) -> JSONResponse:

@@ -125,3 +125,20 @@ async def test_probes_stay_open_and_metrics_lock():
 async def test_without_a_configured_token_writes_are_off():
     refused = await call(AccessPolicy(), "POST", "/admin/thing", authorization="Bearer ")
     assert refused.status_code == 403 and "access.admin_token" in refused.json()["detail"]
+
+
+async def test_a_change_asked_by_another_sites_page_is_refused_even_with_the_token():
+    # A browser attaches its cached Basic credentials to another site's request as well, and
+    # says where the request comes from (Fetch Metadata), which a page cannot change.
+    for site in ("cross-site", "same-site"):
+        forged = await call(LOCKED, "POST", "/admin/thing", authorization=basic(TOKEN),
+                            **{"sec-fetch-site": site})  # fmt: skip
+        assert forged.status_code == 403 and "another site" in forged.text, site
+    own_page = await call(LOCKED, "POST", "/admin/thing", authorization=basic(TOKEN),
+                          **{"sec-fetch-site": "same-origin"})  # fmt: skip
+    assert own_page.status_code == 200
+    script = await call(LOCKED, "POST", "/admin/thing", authorization=f"Bearer {TOKEN}")
+    assert script.status_code == 200
+    view = await call(LOCKED, "GET", "/ops", authorization=basic(TOKEN),
+                      **{"sec-fetch-site": "cross-site"})  # fmt: skip
+    assert view.status_code == 200  # reading is not changing (and the page cannot read it)
