@@ -100,6 +100,7 @@ class IngestService:
         self.seen = SeenTweets(ingest.dedup_capacity, ingest.dedup_window_hours * 3600)
         self.producer = make_producer(settings.kafka, client_id="switchboard-ingest")
         self.in_flight = InFlight(self.producer, self.name)
+        self._unacknowledged: dict[str, asyncio.Future[Any]] = {}  # tweet id: its send's ack
         self.checkpoints = Checkpoints(settings.kafka, self.producer)
         for name in self._apps_in_use():  # a missing credential fails at start, naming its key
             read_secret(ingest.x.apps[name].bearer_token, f"ingest.x.apps.{name}.bearer_token")
@@ -171,7 +172,11 @@ class IngestService:
             secret = read_secret(
                 app_config.consumer_secret, f"ingest.x.apps.{webhook.app}.consumer_secret"
             )
-            app.include_router(webhook_router(webhook, secret.get_secret_value(), self.on_webhook))
+            app.include_router(
+                webhook_router(
+                    webhook, secret.get_secret_value(), self.on_webhook, lambda: self.ready
+                )
+            )
         return app
 
     # --- sources -----------------------------------------------------------------------------
@@ -436,6 +441,8 @@ class IngestService:
             metrics.TWEETS_SKIPPED.labels(tweet.source, "retweet").inc()
             return "skipped"
         if not self.seen.first_time(tweet.id):
+            if wait and not await self._first_copy_stored(tweet.id):
+                return await self.offer(tweet, wait=wait)  # it was not: this copy goes
             metrics.DUPLICATES_DROPPED.labels(tweet.source).inc()
             return "duplicate"
         trace = Trace(ingested_at=utc_now())
@@ -453,6 +460,8 @@ class IngestService:
         forget = lambda _: self.seen.forget(tweet.id)  # noqa: E731
         try:
             ack = await self.in_flight.send(output, on_error=forget, sticky=not wait)
+            self._unacknowledged[tweet.id] = ack
+            ack.add_done_callback(lambda _: self._unacknowledged.pop(tweet.id, None))
             if wait:
                 await ack
         except BaseException:
@@ -466,9 +475,23 @@ class IngestService:
         metrics.TWEETS_INGESTED.labels(tweet.source, handle).inc()
         return "inbound"
 
+    async def _first_copy_stored(self, tweet_id: str) -> bool:
+        """Whether the copy seen first is stored: a repeat that must be able to say so (a
+        webhook's answer to X, a polling checkpoint) waits for that copy's acknowledgement,
+        and goes itself when the first failed."""
+        ack = self._unacknowledged.get(tweet_id)
+        if ack is None:
+            return True
+        with contextlib.suppress(Exception):
+            await asyncio.shield(ack)
+        return not ack.cancelled() and ack.exception() is None and ack.result() is not False
+
     async def publish_deletion(self, deletion: Deletion, source: TweetSource) -> str:
         """Publish a deletion unless the same tweet's deletion was published already."""
-        if not self.seen.first_time(DELETED + deletion.tweet_id):
+        key = DELETED + deletion.tweet_id
+        if not self.seen.first_time(key):
+            if not await self._first_copy_stored(key):
+                return await self.publish_deletion(deletion, source)  # it was not: this goes
             metrics.DUPLICATES_DROPPED.labels(source).inc()
             return "duplicate"
         event = ComplianceEvent(
@@ -477,13 +500,19 @@ class IngestService:
             event_at=deletion.event_at,
             source=source,
         )
+        stored = self._unacknowledged[key] = asyncio.get_running_loop().create_future()
         try:
             await publish(
                 self.producer, [Output.of(topics.COMPLIANCE, event, deletion.tweet_id)], self.name
             )
         except BaseException:
-            self.seen.forget(DELETED + deletion.tweet_id)
+            self.seen.forget(key)
+            stored.set_result(False)
             raise
+        finally:
+            self._unacknowledged.pop(key, None)
+            if not stored.done():
+                stored.set_result(True)
         metrics.COMPLIANCE_EVENTS.labels(source).inc()
         return "compliance"
 

@@ -51,7 +51,12 @@ def too_old(written_at: datetime, max_age_hours: float, now: datetime | None = N
     return written_at < (now or datetime.now(UTC)) - timedelta(hours=max_age_hours)
 
 
-def webhook_router(settings: WebhookConfig, consumer_secret: str, handle: Handler) -> APIRouter:
+def webhook_router(
+    settings: WebhookConfig, consumer_secret: str, handle: Handler, ready: Callable[[], bool]
+) -> APIRouter:
+    """The X webhook: ``handle`` publishes a signed delivery's events, and is asked only once
+    the service is ``ready`` (its memory of the tweets already published restored): before,
+    X is answered 503 and sends the delivery again."""
     router = APIRouter()
     secret = consumer_secret.encode()
 
@@ -67,6 +72,9 @@ def webhook_router(settings: WebhookConfig, consumer_secret: str, handle: Handle
         if not hmac.compare_digest(given.encode(), signature(secret, body).encode()):
             metrics.WEBHOOK_REQUESTS.labels("bad_signature").inc()
             raise HTTPException(status_code=401, detail="missing or invalid signature")
+        if not ready():
+            metrics.WEBHOOK_REQUESTS.labels("not_ready").inc()
+            raise HTTPException(status_code=503, detail="starting: send it again shortly")
         published = await handle(body)
         metrics.WEBHOOK_REQUESTS.labels("accepted").inc()
         return {"published": published}

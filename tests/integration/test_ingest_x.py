@@ -7,6 +7,7 @@ body limits), duplicates across sources, brand replies, deletions and archive ba
 
 from __future__ import annotations
 
+import asyncio
 import json
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from switchboard.ingest.rules import desired_rules
 from switchboard.ingest.service import IngestService
 from switchboard.ingest.webhook import SIGNATURE_HEADER, signature
 from switchboard.shared import topics
+from switchboard.shared.broker import EmbeddedBroker
 from switchboard.shared.events import (
     MAX_ORIGINAL_BYTES,
     BrandTweet,
@@ -28,6 +30,7 @@ from switchboard.shared.events import (
     RawTweet,
     utc_now,
 )
+from switchboard.shared.kafka import ensure_topics
 from switchboard.shared.settings import ConfigError
 from tests.conftest import X_APP_TOKEN, X_USER_TOKEN, published, wait_for
 from tests.factories import Poison
@@ -301,10 +304,51 @@ async def test_webhook_checks_crc_signatures_and_size(ingest_settings):
         )
         huge = b'{"pad": "' + b"x" * 5000 + b'"}'
         too_large = await client.post("/webhooks/x", content=huge, headers=signed(huge))
+        # Not started: what it published before is not remembered yet, so X is asked to resend
+        early = await client.post("/webhooks/x", content=body, headers=signed(body))
 
     assert crc.status_code == 200
     assert crc.json() == {"response_token": signature(CONSUMER_SECRET.encode(), b"challenge-123")}
     assert (unsigned.status_code, forged.status_code, too_large.status_code) == (401, 401, 413)
+    assert early.status_code == 503
+
+
+async def test_a_webhook_resent_while_its_first_copy_awaits_the_broker_waits_for_it(
+    customers, ingest_settings, running, tmp_path
+):
+    """X resends a delivery it had no answer to within seconds. The resent copy of a tweet
+    whose first copy is still on its way to the broker is answered only once that copy is
+    stored: answered at once, X would not send it again if the first then failed."""
+    broker = EmbeddedBroker(tmp_path / "broker")
+    await broker.start()
+    try:
+        kafka = broker.settings()
+        await ensure_topics(kafka, topics.ALL, 1, 1)
+        settings = ingest_settings(webhook=True).model_copy(update={"kafka": kafka})
+        tweet = new_id()
+        user = {"id_str": "42", "screen_name": "ana_flies"}
+        event = activity_tweet(tweet, "@AcmeHelp my card was charged twice", user)
+        body = json.dumps({"for_user_id": HELP_ID, "tweet_create_events": [event]}).encode()
+        service = IngestService(settings)
+        async with running(service):
+            transport = httpx.ASGITransport(app=service.http_app())
+            async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+                post = lambda: client.post("/webhooks/x", content=body, headers=signed(body))  # noqa: E731
+                broker.freeze(True)
+                try:
+                    first = asyncio.create_task(post())
+                    await asyncio.sleep(1.0)
+                    resent = asyncio.create_task(post())
+                    await asyncio.sleep(1.0)
+                    waiting = not resent.done()
+                finally:
+                    broker.freeze(False)
+                answers = [(await first).json(), (await resent).json()]
+    finally:
+        await asyncio.to_thread(broker.stop)
+
+    assert waiting  # the resent copy waited for the first copy's acknowledgement
+    assert answers == [{"published": 1}, {"published": 0}]
 
 
 async def test_a_replayed_webhook_delivery_takes_effect_once(
