@@ -27,7 +27,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from switchboard.classify import metrics
 from switchboard.classify.config import ClassifyConfig
 from switchboard.classify.language import detect
-from switchboard.classify.model import Prediction, TweetClassifier
+from switchboard.classify.model import (
+    DEFAULT_ONNX_DIR,
+    Prediction,
+    TweetClassifier,
+    resolve_artifact,
+)
 from switchboard.classify.settings import ClassifySettings
 from switchboard.classify.shadow import Labels, ShadowComparison
 from switchboard.shared import metrics as shared_metrics
@@ -98,15 +103,40 @@ def load_model(
 
 
 WARM_UP = "@AcmeHelp my order never arrived, can someone help?"
+# A model that did not load is tried again once its files or the YAML file change, and at
+# least this often (a failure may pass: memory, a full disk).
+FAILED_LOAD_RETRY_S = 300.0
 
 
 def _stamp(paths: list[str | Path]) -> tuple[float, ...]:
     """When each of ``paths`` (a folder's files included) last changed; -1 when absent."""
     stamps = []
     for path in map(Path, paths):
-        files = [path, *path.rglob("*")] if path.is_dir() else [path]
-        stamps.append(max((f.stat().st_mtime for f in files if f.exists()), default=-1.0))
+        try:
+            files = [path, *path.rglob("*")] if path.is_dir() else [path]
+        except OSError:  # a folder renamed while it was listed (a copy in progress)
+            files = [path]
+        stamps.append(max((_mtime(f) for f in files), default=-1.0))
     return tuple(stamps)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0
+
+
+def _model_files(
+    options: ClassifyConfig, artifact: str | None, onnx_dir: Path | None
+) -> list[str | Path]:
+    """What a model is loaded from: its artifact folder (a name resolved to where it is
+    shipped), the backbone, and where the int8 model is read or built."""
+    try:
+        folder: str | Path | None = resolve_artifact(artifact)
+    except FileNotFoundError:
+        folder = artifact
+    return [p for p in (folder, options.backbone, onnx_dir or DEFAULT_ONNX_DIR) if p]
 
 
 def labels_and_languages(
@@ -119,10 +149,12 @@ def labels_and_languages(
 
 
 def still_works(model: TweetClassifier) -> bool:
-    """Whether the model labels a plain tweet: after a batch failed, tells a model that broke
-    (a runtime error, memory) from a text that breaks it (dead-lettered alone)."""
+    """Whether the model labels a plain tweet (and its language is detected): after a batch
+    failed, tells a model that broke (a runtime error, memory) from a text that breaks it
+    (dead-lettered alone)."""
     try:
         model.predict([WARM_UP])
+        detect(WARM_UP)
     except Exception:  # noqa: BLE001 - any failure of the model is the answer
         log.exception("the model fails on a plain tweet")
         return False
@@ -144,8 +176,9 @@ class ClassifyService:
         self.comparison = ShadowComparison() if self.shadow else None
         self._config_digest: str | None = file_digest(settings.config_file)
         # The file and model files a load failed on: not loaded again until one of them changes.
-        self._failed: tuple[str | None, tuple[float, ...]] | None = None
+        self._failed: tuple[str | None, tuple[float, ...], float] | None = None
         self._failed_paths: list[str | Path] = []
+        self._batching = (self.options.batch_size, self.options.batch_timeout_ms)  # run() uses
         self._ready = False
 
     @property
@@ -190,6 +223,7 @@ class ClassifyService:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._batching = (self.options.batch_size, self.options.batch_timeout_ms)
         loop = StreamLoop(
             self.name,
             self.consumer,
@@ -226,8 +260,12 @@ class ClassifyService:
         digest = file_digest(self.settings.config_file)
         if digest == self._config_digest:
             return "unchanged"
-        if self._failed is not None and self._failed == (digest, _stamp(self._failed_paths)):
-            return "failed"  # the same file and model files as the load that failed: not again
+        if self._failed is not None:
+            failed_digest, failed_stamp, failed_at = self._failed
+            if (digest, _stamp(self._failed_paths)) == (failed_digest, failed_stamp) and (
+                time.monotonic() - failed_at < FAILED_LOAD_RETRY_S
+            ):
+                return "failed"  # the same file and model files as the load that failed
         self._config_digest = digest
         try:
             settings = type(self.settings).load(
@@ -240,8 +278,7 @@ class ClassifyService:
             log.error("new configuration rejected; the current model keeps serving: %s", error)
             return "failed"
         options = settings.config.classify
-        batching = ("batch_size", "batch_timeout_ms")
-        if any(getattr(options, k) != getattr(self.options, k) for k in batching):
+        if (options.batch_size, options.batch_timeout_ms) != self._batching:
             log.warning("classify.batch_size and batch_timeout_ms change at the next restart")
         # settings.artifact is the one this process serves (in shadow, the candidate): a change
         # of classify.artifact alone is the live model's, not a shadow's
@@ -249,7 +286,7 @@ class ClassifyService:
         if all(getattr(options, k) == getattr(self.options, k) for k in keys) and (
             settings.artifact == self.settings.artifact
         ):
-            self.options = options
+            self.options, self._failed = options, None
             return "unchanged"
         log.info("loading the model the configuration names", extra={"artifact": settings.artifact})
         try:
@@ -262,8 +299,8 @@ class ClassifyService:
                       settings.artifact, error)  # fmt: skip
             # An artifact still being copied loads at a later try, once its files changed.
             self._config_digest = None
-            self._failed_paths = [p for p in (settings.artifact, settings.onnx_dir) if p]
-            self._failed = (digest, _stamp(self._failed_paths))
+            self._failed_paths = _model_files(options, settings.artifact, settings.onnx_dir)
+            self._failed = (digest, _stamp(self._failed_paths), time.monotonic())
             return "failed"
         self._failed = None
         previous = self.model.version if self.model else None

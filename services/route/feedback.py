@@ -8,8 +8,9 @@ co-partitioned with route's other inputs: the replica that owns the conversation
 inside its partition's stream (``apply``), publishes the ``Correction`` on
 ``switchboard.feedback`` once per correction id, re-publishes the tweet on the corrected
 department's topic, and the conversation's owner follows. A correction of a conversation route
-no longer holds is recorded for training only, once per id (``RecordedCorrections``). Nothing
-here talks to Kafka or HTTP but ``feedback_router`` and that table.
+no longer holds is recorded for training only; every correction's id is remembered apart from
+its conversation (``RecordedCorrections``), so each is published once per id. Nothing here
+talks to Kafka or HTTP but ``feedback_router`` and that table.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ SELF_AUTHENTICATED = (ZENDESK_PATH, JIRA_PATH)  # signed by the vendor, not the 
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """A correction recorded for training only, and the offset of the request that made it."""
+    """A correction as it was published, and the offset of the request that made it."""
 
     correction: Correction
     offset: int
@@ -79,7 +80,7 @@ class RecordedCorrections:
     def __init__(self, app: faust.App, partitions: int, ttl_hours: float) -> None:
         self.memory = TtlMemory(
             app, "recorded-corrections", partitions, ttl_hours * 3600, default=dict,
-            help="corrections recorded for training only, by id, with their request's offset",
+            help="every correction by id, as published, with its request's offset",
         )  # fmt: skip
 
     def get(self, correction_id: str) -> Recorded | None:

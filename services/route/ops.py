@@ -88,13 +88,11 @@ class OpsView:
             await consumer.stop()
 
     async def comparison(self, hours: int) -> dict[str, Any]:
-        cached = self._compared.get(hours)
-        if cached is not None and time.monotonic() - cached[0] < COMPARE_EVERY_S:
-            return cached[1]
+        if (report := self._fresh_comparison(hours)) is not None:
+            return report
         async with self._comparing:
-            cached = self._compared.get(hours)  # read by whoever held the lock meanwhile
-            if cached is not None and time.monotonic() - cached[0] < COMPARE_EVERY_S:
-                return cached[1]
+            if (report := self._fresh_comparison(hours)) is not None:  # made while we waited
+                return report
             since = utc_now() - timedelta(hours=hours)
             found = await read_since(self.kafka, since, limit=OPS_COMPARE_LIMIT)
             report = await asyncio.to_thread(
@@ -104,6 +102,12 @@ class OpsView:
             report["since"] = since.isoformat()
             self._compared[hours] = (time.monotonic(), report)
             return report
+
+    def _fresh_comparison(self, hours: int) -> dict[str, Any] | None:
+        cached = self._compared.get(hours)
+        if cached is not None and time.monotonic() - cached[0] < COMPARE_EVERY_S:
+            return cached[1]
+        return None
 
     def throughput(self) -> dict[str, float]:
         if len(self._samples) < 2:

@@ -282,8 +282,11 @@ class RouteService:
         state = self._active(request.conversation_id, now)
         if state is not None and request.correction_id in state.corrections:
             return self._applied_before(state, request, message.offset)
-        # Recorded before, the conversation not held then: held or not now, done with.
-        if recorded := self.recorded.get(request.correction_id):
+        # Seen before (every correction is recorded by id): done with, unless this is its own
+        # request read again and the conversation held now did not keep it (a crash between
+        # the two tables' writes), when it is applied again.
+        recorded = self.recorded.get(request.correction_id)
+        if recorded and not (state is not None and message.offset <= recorded.offset):
             return self._recorded_before(recorded, request, message.offset)
         route = self.config.route
         applied = feedback.apply(state, request, now, sla_minutes=route.sla.minutes,
@@ -615,6 +618,7 @@ class RouteService:
         once per file and reason."""
         digest = file_digest(self.settings.config_file)
         if digest == self._config_digest:
+            self._rejected = None  # back to the file in force: a later bad one is news again
             return "unchanged"
         try:
             config = _load_config(self.settings)

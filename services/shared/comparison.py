@@ -162,7 +162,6 @@ async def read_since(
     )
     await consumer.start()
     found: dict[str, list[Any]] = {topic: [] for topic in names}
-    kept: list[Any] = []  # decoded at the end, in a worker thread: not on a service's loop
     try:
         await consumer.topics()
         partitions = [TopicPartition(topic, p) for topic in names
@@ -183,14 +182,15 @@ async def read_since(
         idle_since = time.monotonic()
         while left and time.monotonic() - idle_since < IDLE_S:
             batches = await consumer.getmany(*left, timeout_ms=1000, max_records=5000)
-            for tp, records in batches.items():
+            kept = [r for tp, rs in batches.items() for r in rs if r.offset < left.get(tp, -1)]
+            # decoded in a worker thread, batch by batch: not on the loop of the service asking
+            await asyncio.to_thread(_keep_all, found, kept)
+            for tp in batches:
                 idle_since = time.monotonic()
-                kept += [record for record in records if record.offset < left.get(tp, -1)]
                 if await consumer.position(tp) >= left.get(tp, 0):
                     left.pop(tp, None)
     finally:
         await consumer.stop()
-    await asyncio.to_thread(_keep_all, found, kept)
     return found
 
 

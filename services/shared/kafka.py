@@ -283,7 +283,9 @@ class StreamLoop:
     classifier is five times faster per tweet on 32 tweets than on one). When the handler raises
     (other than TRANSIENT_ERRORS), the batch is handled again one record at a time, and a record
     that still fails is dead-lettered ``processing_failed``: one poison record never stops the
-    stream, nor crash-loops the service on restart.
+    stream, nor crash-loops the service on restart. A handler that finds the stage itself broken
+    raises ``StageFault``: the service stops without committing, and crash-loops (lag grows,
+    the lag alert fires) until the stage works again, rather than dead-letter every record.
     """
 
     def __init__(

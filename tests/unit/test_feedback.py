@@ -171,6 +171,9 @@ def test_a_tweet_route_no_longer_remembers_is_recorded_for_training_only():
         "recorded", tweet, "legal", None)  # fmt: skip
     assert result.state is None and result.recent is None
     assert applied(None, tweet_id="old-2", department="legal", tweet=tweet).correction.tweet is None
+    elsewhere = a_tweet(id="old-1", conversation_id="c-2", text="my bill is wrong")
+    kept = applied(None, tweet_id="old-1", department="legal", tweet=elsewhere).correction.tweet
+    assert kept is None  # a tweet of another conversation than the one corrected
 
 
 def test_a_request_must_say_what_is_right():
