@@ -218,6 +218,7 @@ class IngestService:
                 checkpoints=self.checkpoints,
                 on_recovered=self.on_polled_mention,
                 health=health,
+                stored=self.in_flight.flush,
             )
             jobs.append(self._supervised(health, self.stream.run))
         for handle in self.config.handles:

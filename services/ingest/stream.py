@@ -47,6 +47,7 @@ from switchboard.ingest.polling import Deliver, MentionsPoller
 from switchboard.ingest.ratelimit import seconds_to_reset
 from switchboard.ingest.rules import StreamRule, desired_rules, plan_sync
 from switchboard.ingest.xapi import XApi, XApiError, problem_of, usage_capped
+from switchboard.shared.config import HandleConfig
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +148,18 @@ class FilteredStream:
         checkpoints: Checkpoints | None = None,
         on_recovered: Deliver | None = None,
         health: SourceHealth | None = None,
+        stored: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``stored`` returns once every tweet passed to ``on_message`` is stored (raising if
+        one was not): the alive checkpoint, which says up to when nothing was missed, waits
+        for it."""
         self.api = api
         self.config = config
         self.settings = config.ingest.x.filtered_stream
         self.on_message = on_message
         self.checkpoints = checkpoints
         self.on_recovered = on_recovered
+        self.stored = stored
         self.health = health or SourceHealth(SOURCE, self.settings.app)
         self.policy = ReconnectPolicy(self.settings.reconnect)
         window_s = self.settings.connection_window_s
@@ -395,6 +401,8 @@ class FilteredStream:
         if self.checkpoints is None or (not force and now - self._alive_saved_at < ALIVE_EVERY_S):
             return
         self._alive_saved_at = now
+        if self.stored is not None:
+            await self.stored()  # the tweets read before now are stored, or this raises
         await self.checkpoints.save(ALIVE_CHECKPOINT, str(snowflake_at(now)))
 
     def _backfill_minutes(self, gap_from: float | None) -> int:
@@ -422,32 +430,52 @@ class FilteredStream:
             self._backstop_task = asyncio.create_task(self._backstops(), name="stream-backstop")
 
     async def _backstops(self) -> None:
-        while self._gap_from is not None:
-            gap_from, self._gap_from = self._gap_from, None
-            await self._backstop(gap_from)
+        """Recover each gap for every handle; a handle whose recovery failed (X or the broker
+        away) is tried again, with HTTP errors' backoff, until it succeeds: the stream's
+        checkpoint has moved on, so nothing else would recover that gap."""
+        pending: dict[str, float] = {}  # handle: the earliest gap not yet recovered
+        wait = self.settings.reconnect.http_initial_s
+        while self._gap_from is not None or pending:
+            if self._gap_from is not None:
+                gap_from, self._gap_from = self._gap_from, None
+                for handle in self.config.handles:
+                    pending[handle.handle] = min(pending.get(handle.handle, gap_from), gap_from)
+            failed = {}
+            for handle in self.config.handles:
+                gap_from = pending.get(handle.handle)
+                if gap_from is not None and not await self._backstop(handle, gap_from):
+                    failed[handle.handle] = gap_from
+            pending = failed
+            if pending:
+                log.warning("mentions backstop failed; trying again",
+                            extra={"handles": sorted(pending), "retry_in_s": wait})  # fmt: skip
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, self.settings.reconnect.http_max_s)
+            else:
+                wait = self.settings.reconnect.http_initial_s
 
-    async def _backstop(self, gap_from: float) -> None:
-        """Every handle's mentions since ``gap_from``, read with the stream's app (mentions are
-        public: any app may read them, and this one's rate window is the one to draw on)."""
+    async def _backstop(self, handle: HandleConfig, gap_from: float) -> bool:
+        """The handle's mentions since ``gap_from``, read with the stream's app (mentions are
+        public: any app may read them, and this one's rate window is the one to draw on);
+        whether they were all read and published."""
         assert self.on_recovered is not None
         start = datetime.fromtimestamp(gap_from, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         gap_s = round(time.time() - gap_from, 3)
-        log.info(
-            "recovering the stream's gap from mentions", extra={"since": start, "gap_s": gap_s}
-        )
-        for handle in self.config.handles:
-            poller = MentionsPoller(handle, self.api, None, self.config.ingest.x.mentions)
-            try:
-                items, users = await poller.fetch_since_time(start)
-                for item in items:
-                    await self.on_recovered(handle, item, users)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # noqa: BLE001 - a failed backstop must not stop the stream
-                log.warning("mentions backstop failed for a handle",
-                            extra={"handle": handle.handle, "error": str(error)[:300]})  # fmt: skip
-                continue
-            metrics.STREAM_GAP_RECOVERED.labels(handle.handle).inc(len(items))
+        log.info("recovering the stream's gap from mentions",
+                 extra={"handle": handle.handle, "since": start, "gap_s": gap_s})  # fmt: skip
+        poller = MentionsPoller(handle, self.api, None, self.config.ingest.x.mentions)
+        try:
+            items, users = await poller.fetch_since_time(start)
+            for item in items:
+                await self.on_recovered(handle, item, users)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a failed backstop must not stop the stream
+            log.warning("mentions backstop failed for a handle",
+                        extra={"handle": handle.handle, "error": str(error)[:300]})  # fmt: skip
+            return False
+        metrics.STREAM_GAP_RECOVERED.labels(handle.handle).inc(len(items))
+        return True
 
 
 def _adopted(

@@ -323,8 +323,9 @@ async def test_mentions_missed_while_ingest_was_down_are_recovered(
     x_api, customers, ingest_settings, running, read
 ):
     """X does not queue a stream for a client that is away. After ingest was stopped, the
-    mentions the stream missed are read back for the gap and published; a keyword match that
-    mentions no handle cannot be read back below Enterprise access (no backfill)."""
+    mentions the stream missed are read back for the gap and published, even when X fails the
+    first reading past its retries (it is tried again); a keyword match that mentions no handle
+    cannot be read back below Enterprise access (no backfill)."""
     ana, _ = customers
     x_api.lose_tweets_while_disconnected()
     settings = ingest_settings(stream=True)
@@ -339,6 +340,7 @@ async def test_mentions_missed_while_ingest_was_down_are_recovered(
     x_api.add_mention(HELP_ID, mention)
     x_api.push_stream(x_api.make_tweet(missed_keyword, "acme outage again", ana["id"]),
                       matching_tags=["switchboard:@AcmeHelp"])  # fmt: skip
+    x_api.fail_next(MENTIONS, 503, count=3)  # every try of the first reading (retry.attempts)
     async with running(IngestService(ingest_settings(stream=True))):
         records = await read(
             [topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [missed_mention])
