@@ -175,7 +175,8 @@ class ClassifyService:
         self.consumer = make_consumer(settings.kafka, [topics.RAW], group, group)
         self.comparison = ShadowComparison() if self.shadow else None
         self._config_digest: str | None = file_digest(settings.config_file)
-        # The file and model files a load failed on: not loaded again until one of them changes.
+        # The file and model files a load failed on: not loaded again until one of them changes
+        # or FAILED_LOAD_RETRY_S passed.
         self._failed: tuple[str | None, tuple[float, ...], float] | None = None
         self._failed_paths: list[str | Path] = []
         self._batching = (self.options.batch_size, self.options.batch_timeout_ms)  # run() uses
@@ -295,7 +296,7 @@ class ClassifyService:
         except Exception as error:  # noqa: BLE001 - any failure to load keeps the current model
             metrics.MODEL_RELOADS.labels("failed").inc()
             log.error("model %s did not load; the current model keeps serving, and it is "
-                      "tried again once the file or the model's files change: %s",
+                      "tried again once the file or its files change, or in five minutes: %s",
                       settings.artifact, error)  # fmt: skip
             # An artifact still being copied loads at a later try, once its files changed.
             self._config_digest = None

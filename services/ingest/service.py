@@ -100,7 +100,8 @@ class IngestService:
         self.seen = SeenTweets(ingest.dedup_capacity, ingest.dedup_window_hours * 3600)
         self.producer = make_producer(settings.kafka, client_id="switchboard-ingest")
         self.in_flight = InFlight(self.producer, self.name)
-        self._unacknowledged: dict[str, asyncio.Future[Any]] = {}  # tweet id: its send's ack
+        # tweet id (or deletion key): whether the copy being published gets stored
+        self._unacknowledged: dict[str, asyncio.Future[bool]] = {}
         self.checkpoints = Checkpoints(settings.kafka, self.producer)
         for name in self._apps_in_use():  # a missing credential fails at start, naming its key
             read_secret(ingest.x.apps[name].bearer_token, f"ingest.x.apps.{name}.bearer_token")
@@ -459,14 +460,17 @@ class IngestService:
             )
         # Not published: a later copy of the tweet must not count as a repeat.
         forget = lambda _: self.seen.forget(tweet.id)  # noqa: E731
+        stored = self._storing(tweet.id)  # from now: a repeat waits for this copy
         try:
             ack = await self.in_flight.send(output, on_error=forget, sticky=not wait)
-            self._unacknowledged[tweet.id] = ack
-            ack.add_done_callback(lambda _: self._unacknowledged.pop(tweet.id, None))
+            # Added after InFlight's own callback: a failed copy is forgotten before a repeat
+            # waiting for it wakes.
+            ack.add_done_callback(lambda done: _settle(stored, not _failed(done)))
             if wait:
                 await ack
         except BaseException:
             forget(None)
+            _settle(stored, False)
             raise
         metrics.LAST_EVENT_TIMESTAMP.labels(tweet.source).set(time.time())
         if own_handle is not None:
@@ -476,16 +480,27 @@ class IngestService:
         metrics.TWEETS_INGESTED.labels(tweet.source, handle).inc()
         return "inbound"
 
-    async def _first_copy_stored(self, tweet_id: str) -> bool:
+    def _storing(self, key: str) -> asyncio.Future[bool]:
+        """A future of whether the copy of ``key`` being published gets stored, for repeats
+        to wait on until it is settled (``_settle``)."""
+        stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._unacknowledged[key] = stored
+        stored.add_done_callback(lambda _: self._settled(key, stored))
+        return stored
+
+    def _settled(self, key: str, stored: asyncio.Future[bool]) -> None:
+        if self._unacknowledged.get(key) is stored:  # not a later copy's
+            del self._unacknowledged[key]
+
+    async def _first_copy_stored(self, key: str) -> bool:
         """Whether the copy seen first is stored: a repeat that must be able to say so (a
         webhook's answer to X, a polling checkpoint) waits for that copy's acknowledgement,
         and goes itself when the first failed."""
-        ack = self._unacknowledged.get(tweet_id)
-        if ack is None:
+        stored = self._unacknowledged.get(key)
+        if stored is None:
             return True
-        with contextlib.suppress(Exception):
-            await asyncio.shield(ack)
-        return not ack.cancelled() and ack.exception() is None and ack.result() is not False
+        await asyncio.wait({stored})  # its outcome, whatever it is; our own cancellation passes
+        return stored.result()
 
     async def publish_deletion(self, deletion: Deletion, source: TweetSource) -> str:
         """Publish a deletion unless the same tweet's deletion was published already."""
@@ -501,19 +516,16 @@ class IngestService:
             event_at=deletion.event_at,
             source=source,
         )
-        stored = self._unacknowledged[key] = asyncio.get_running_loop().create_future()
+        stored = self._storing(key)
         try:
             await publish(
                 self.producer, [Output.of(topics.COMPLIANCE, event, deletion.tweet_id)], self.name
             )
         except BaseException:
             self.seen.forget(key)
-            stored.set_result(False)
+            _settle(stored, False)
             raise
-        finally:
-            self._unacknowledged.pop(key, None)
-            if not stored.done():
-                stored.set_result(True)
+        _settle(stored, True)
         metrics.COMPLIANCE_EVENTS.labels(source).inc()
         return "compliance"
 
@@ -584,6 +596,15 @@ def _activity_events(
             continue
         for index, item in enumerate(items):
             yield f"{kind}[{index}]", functools.partial(build, item)
+
+
+def _settle(stored: asyncio.Future[bool], outcome: bool) -> None:
+    if not stored.done():
+        stored.set_result(outcome)
+
+
+def _failed(ack: asyncio.Future[Any]) -> bool:
+    return ack.cancelled() or ack.exception() is not None
 
 
 def _not_a_list(kind: str) -> ActivityItem:

@@ -170,6 +170,7 @@ class FilteredStream:
         self.last_sync: RuleSync | None = None
         self._alive_saved_at = 0.0
         self._gap_from: float | None = None
+        self._unrecovered: dict[str, float] = {}  # handle: the earliest gap a backstop failed
         self._backstop_task: asyncio.Task | None = None
 
     # --- rules -------------------------------------------------------------------------------
@@ -376,8 +377,7 @@ class FilteredStream:
         self.health.detail.pop("waiting_for", None)
         self.health.detail["connections"] = self.connections
         log.info("stream connected", extra={"connection": self.connections})
-        if gap_from is not None:
-            self._recover(gap_from)
+        self._recover(gap_from)
 
     async def _read(self, response: aiohttp.ClientResponse) -> None:
         await self._still_alive(force=True)
@@ -413,19 +413,22 @@ class FilteredStream:
     def _covered_by_backfill(self, gap_from: float) -> bool:
         return time.time() - gap_from <= self.settings.backfill_minutes * 60
 
-    def _recover(self, gap_from: float) -> None:
-        """Start the mentions backstop for the gap, unless something else covers it. Gaps that
-        open while a backstop runs are merged into one more run, so a flapping stream does not
-        spend the mentions rate limit once per reconnection."""
+    def _recover(self, gap_from: float | None) -> None:
+        """Start the mentions backstop for the gap, unless something else covers it, and for
+        any gap an earlier run could not recover. Gaps that open while a backstop runs are
+        merged into one more run, so a flapping stream does not spend the mentions rate limit
+        once per reconnection."""
         x = self.config.ingest.x
         if (
             not self.settings.mentions_backstop
             or self.on_recovered is None
             or x.mentions.enabled  # polling reads every mention anyway
-            or self._covered_by_backfill(gap_from)
         ):
             return
-        self._gap_from = gap_from if self._gap_from is None else min(self._gap_from, gap_from)
+        if gap_from is not None and not self._covered_by_backfill(gap_from):
+            self._gap_from = gap_from if self._gap_from is None else min(self._gap_from, gap_from)
+        if self._gap_from is None and not self._unrecovered:
+            return
         if self._backstop_task is None or self._backstop_task.done():
             self._backstop_task = asyncio.create_task(self._backstops(), name="stream-backstop")
 
@@ -433,19 +436,17 @@ class FilteredStream:
         """Recover each gap for every handle; a handle whose recovery failed (X or the broker
         away) is tried again, with HTTP errors' backoff, until it succeeds: the stream's
         checkpoint has moved on, so nothing else would recover that gap."""
-        pending: dict[str, float] = {}  # handle: the earliest gap not yet recovered
+        pending = self._unrecovered  # kept on the stream: a restarted run() goes on with it
         wait = self.settings.reconnect.http_initial_s
         while self._gap_from is not None or pending:
             if self._gap_from is not None:
                 gap_from, self._gap_from = self._gap_from, None
                 for handle in self.config.handles:
                     pending[handle.handle] = min(pending.get(handle.handle, gap_from), gap_from)
-            failed = {}
             for handle in self.config.handles:
                 gap_from = pending.get(handle.handle)
-                if gap_from is not None and not await self._backstop(handle, gap_from):
-                    failed[handle.handle] = gap_from
-            pending = failed
+                if gap_from is not None and await self._backstop(handle, gap_from):
+                    del pending[handle.handle]
             if pending:
                 log.warning("mentions backstop failed; trying again",
                             extra={"handles": sorted(pending), "retry_in_s": wait})  # fmt: skip

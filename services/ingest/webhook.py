@@ -56,7 +56,9 @@ def webhook_router(
 ) -> APIRouter:
     """The X webhook: ``handle`` publishes a signed delivery's events, and is asked only once
     the service is ``ready`` (its memory of the tweets already published restored): before,
-    X is answered 503 and sends the delivery again."""
+    X is answered 503, and sends the delivery again on the Enterprise tier (other tiers do not
+    retry: DM polling and the mentions backstop recover what they can, as for any request
+    that failed)."""
     router = APIRouter()
     secret = consumer_secret.encode()
 

@@ -286,7 +286,7 @@ class RouteService:
         # request read again and the conversation held now did not keep it (a crash between
         # the two tables' writes), when it is applied again.
         recorded = self.recorded.get(request.correction_id)
-        if recorded and not (state is not None and message.offset <= recorded.offset):
+        if recorded and not _lost_with_a_crash(recorded, state, message.offset):
             return self._recorded_before(recorded, request, message.offset)
         route = self.config.route
         applied = feedback.apply(state, request, now, sla_minutes=route.sla.minutes,
@@ -721,6 +721,20 @@ def _breach_alert(awaiting: AwaitingReply, now: datetime) -> Alert | None:
 
 def _trace_for(awaiting: AwaitingReply) -> Trace:
     return Trace(ingested_at=awaiting.received_at)
+
+
+def _lost_with_a_crash(
+    recorded: feedback.Recorded, state: ConversationState | None, offset: int
+) -> bool:
+    """Whether a correction applied to the conversation held now is this very request, read
+    again, which the conversation did not keep (a crash between the two tables' writes): not
+    one recorded for training only, and not older than the latest request it applied."""
+    return (
+        state is not None
+        and recorded.correction.outcome != "recorded"
+        and offset <= recorded.offset
+        and (state.correction_offset if state.correction_offset is not None else -1) < offset
+    )
 
 
 def _load_config(settings: ServiceSettings) -> RouteFileConfig:
