@@ -22,23 +22,21 @@ async def paced_lines(
     The schedule is absolute (line n is due at start + n / rate), so slow consumers of the
     iterator do not slow the average rate down, and nothing drifts over a long replay. Lines
     for which ``done`` is true (already published before a restart) are passed over at once:
-    they count towards ``limit`` but take no time. A replay publishes in file order, so
-    ``done`` is asked only until the first line that is not done (no second parse after).
+    they count towards ``limit`` but take no time. ``done`` is asked of every line: one that
+    was never published (a retweet, a bad line) may come before others that were.
     """
     started = time.monotonic()
     sent = 0
-    resuming = True
     with path.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
             if limit is not None and sent >= limit:
                 return
             if not line.strip():
                 continue
-            if resuming and done(line):
+            if done(line):
                 started -= 1 / rate_per_s  # the schedule moves on without it
                 sent += 1
                 continue
-            resuming = False
             delay = started + sent / rate_per_s - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
