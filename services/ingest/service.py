@@ -465,12 +465,12 @@ class IngestService:
             ack = await self.in_flight.send(output, on_error=forget, sticky=not wait)
             # Added after InFlight's own callback: a failed copy is forgotten before a repeat
             # waiting for it wakes.
-            ack.add_done_callback(lambda done: _settle(stored, not _failed(done)))
+            ack.add_done_callback(lambda done: self._settle(tweet.id, stored, not _failed(done)))
             if wait:
                 await ack
         except BaseException:
             forget(None)
-            _settle(stored, False)
+            self._settle(tweet.id, stored, False)
             raise
         metrics.LAST_EVENT_TIMESTAMP.labels(tweet.source).set(time.time())
         if own_handle is not None:
@@ -485,12 +485,13 @@ class IngestService:
         to wait on until it is settled (``_settle``)."""
         stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._unacknowledged[key] = stored
-        stored.add_done_callback(lambda _: self._settled(key, stored))
         return stored
 
-    def _settled(self, key: str, stored: asyncio.Future[bool]) -> None:
+    def _settle(self, key: str, stored: asyncio.Future[bool], outcome: bool) -> None:
         if self._unacknowledged.get(key) is stored:  # not a later copy's
             del self._unacknowledged[key]
+        if not stored.done():
+            stored.set_result(outcome)
 
     async def _first_copy_stored(self, key: str) -> bool:
         """Whether the copy seen first is stored: a repeat that must be able to say so (a
@@ -523,9 +524,9 @@ class IngestService:
             )
         except BaseException:
             self.seen.forget(key)
-            _settle(stored, False)
+            self._settle(key, stored, False)
             raise
-        _settle(stored, True)
+        self._settle(key, stored, True)
         metrics.COMPLIANCE_EVENTS.labels(source).inc()
         return "compliance"
 
@@ -596,11 +597,6 @@ def _activity_events(
             continue
         for index, item in enumerate(items):
             yield f"{kind}[{index}]", functools.partial(build, item)
-
-
-def _settle(stored: asyncio.Future[bool], outcome: bool) -> None:
-    if not stored.done():
-        stored.set_result(outcome)
 
 
 def _failed(ack: asyncio.Future[Any]) -> bool:
