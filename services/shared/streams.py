@@ -13,9 +13,13 @@ on a real Kafka and on the embedded broker alike:
   tombstones (a sent digest sent again, a done delivery redriven). ``_TableManager`` removes,
   at every rebalance, the store of each partition the worker does not hold (neither active nor
   standby); a restart keeps the stores of the partitions it gets back and restores only what
-  it missed, unless they were last written (or opened) longer ago than the changelogs keep
-  tombstones (``topics.TOMBSTONES_KEPT_MS``, set on the topics the project creates): those are
-  discarded at start and restored from the beginning (``discard_stale_stores``).
+  it missed, unless they were last known in step with their changelog longer ago than the
+  changelogs keep tombstones (``topics.TOMBSTONES_KEPT_MS``, set on the topics the project
+  creates): those are discarded at start and restored from the beginning
+  (``discard_stale_stores``). A worker stamps each store it keeps in step (an active one
+  restored, a standby caught up) when its recovery completes and every ``IN_SYNC_EVERY_S``;
+  the stamp, not the files' times, says how old a store is (opening a store writes its files,
+  so a replica crash-looping through its recovery would look fresh by them).
 - ``consumer_group_instance_id`` (static membership, ``KAFKA_GROUP_INSTANCE_ID``, else the
   host's name and the service): a restarted worker takes its partitions back at once. The
   embedded broker needs it: it never expires a member that died, and it answers a commit
@@ -106,6 +110,10 @@ STORE_OPTIONS: dict[str, int] = {
 }
 
 LAG_EVERY_S = 5.0  # how often a replica reports its consumer lag
+# How often a worker stamps the stores it keeps in step with their changelogs: far inside
+# topics.TOMBSTONES_KEPT_MS, the age beyond which a store is not trusted.
+IN_SYNC_EVERY_S = 300.0
+IN_SYNC_SUFFIX = ".in-sync"
 
 
 class TtlMemory:
@@ -170,6 +178,11 @@ def stream_app(
     )
     app.transport = _Transport(app.conf.broker_consumer, app)
     app.transport.idle_pause_s = kafka.fetch_idle_pause_ms / 1000
+
+    async def stamp_stores_in_sync() -> None:
+        app.tables.stamp_in_sync()  # type: ignore[attr-defined] - our _TableManager
+
+    app.timer(IN_SYNC_EVERY_S, name="stores-in-sync")(stamp_stores_in_sync)
     return app
 
 
@@ -294,6 +307,7 @@ class _Recovery(Recovery):
         if not self.app.assignor.assigned_standbys():
             self.tables.on_standbys_ready()
         self.app.on_rebalance_end()
+        self.tables.stamp_in_sync()  # type: ignore[attr-defined] - our _TableManager
         self.log.info("Worker ready")
 
     async def _resume_streams(self, generation_id: int = 0) -> None:
@@ -305,6 +319,7 @@ class _Recovery(Recovery):
         self.tables.on_actives_ready()
         self.tables.on_standbys_ready()
         self.app.on_rebalance_end()
+        self.tables.stamp_in_sync()  # type: ignore[attr-defined] - our _TableManager
         self.log.info("Worker ready")
 
     async def _seek_then_resume(self) -> None:
@@ -359,9 +374,32 @@ class _TableManager(TableManager):
             count = table.changelog_topic.partitions or self.app.conf.topic_partitions
             for partition in set(range(count)) - held:
                 path = store.partition_path(partition)
+                in_sync_stamp(path).unlink(missing_ok=True)
                 if path.exists():
                     shutil.rmtree(path, ignore_errors=True)
                     self.log.info("Removed the store of a partition not held: %s", path)
+
+    def stamp_in_sync(self) -> list[Path]:
+        """Stamp now on the store of each partition this ready worker keeps in step with its
+        changelog: every active one (restored before the worker was ready, then written with
+        its changelog) and each standby that caught up with the changelog's end as it was at
+        the recovery's start. Returns the stores stamped."""
+        if not worker_ready(self.app):
+            return []
+        recovery = self.recovery
+        caught_up = {tp for tp, left in recovery.standby_remaining().items() if left <= 0}
+        stamped = []
+        for table in self.values():
+            store = table.data
+            if not isinstance(store, RocksDBStore):
+                continue
+            standbys = recovery.standbys_for_table.get(table, set()) & caught_up
+            for tp in recovery.actives_for_table.get(table, set()) | standbys:
+                path = store.partition_path(tp.partition)
+                if path.exists():
+                    in_sync_stamp(path).touch()
+                    stamped.append(path)
+        return stamped
 
     @property
     def recovery(self) -> Recovery:
@@ -443,30 +481,39 @@ def member_name(kafka: KafkaSettings, service: str) -> str:
 
 
 def discard_stale_stores(tabledir: Path, max_age_s: float, now: float | None = None) -> list[Path]:
-    """Remove the local table stores (one per table and partition) last written more than
-    ``max_age_s`` ago; returns them.
+    """Remove the local table stores (one per table and partition) last known in step with
+    their changelog more than ``max_age_s`` ago, or never stamped so (``in_sync_stamp``);
+    returns them.
 
     A store is a cache of its changelog up to an offset, and faust restores from that offset
     on: deletions made after it by another replica are replayed only while the changelog still
-    holds their tombstones, which compaction removes ``delete.retention.ms`` after. A store
-    written within that time is safe (a replica writes its stores while it holds their
+    holds their tombstones, which compaction removes ``delete.retention.ms`` after. A store in
+    step within that time is safe (a replica writes its stores while it holds their
     partitions, and no other replica writes then); an older one is restored from the start."""
     now = time.time() if now is None else now
-    stale = [
-        store
-        for store in (sorted(tabledir.glob("*.db")) if tabledir.is_dir() else [])
-        if now - _last_written(store) > max_age_s
-    ]
+    stores = sorted(tabledir.glob("*.db")) if tabledir.is_dir() else []
+    for stamp in tabledir.glob(f"*.db{IN_SYNC_SUFFIX}") if tabledir.is_dir() else []:
+        if not stamp.with_name(stamp.name.removesuffix(IN_SYNC_SUFFIX)).exists():
+            stamp.unlink(missing_ok=True)  # its store is gone: a new one there starts unstamped
+    stale = [store for store in stores if now - _in_step_at(store) > max_age_s]
     for store in stale:
         shutil.rmtree(store, ignore_errors=True)
+        in_sync_stamp(store).unlink(missing_ok=True)
         log.info("discarded a table store older than its changelog's tombstones", extra={
             "store": str(store)})  # fmt: skip
     return stale
 
 
-def _last_written(store: Path) -> float:
-    files = [store, *store.rglob("*")]
-    return max(f.stat().st_mtime for f in files)
+def in_sync_stamp(store: Path) -> Path:
+    """The file whose time says when ``store`` was last known in step with its changelog."""
+    return store.with_name(store.name + IN_SYNC_SUFFIX)
+
+
+def _in_step_at(store: Path) -> float:
+    try:
+        return in_sync_stamp(store).stat().st_mtime
+    except FileNotFoundError:
+        return float("-inf")
 
 
 def raw_topic(app: faust.App, *names: str, **options: Any) -> faust.TopicT:

@@ -22,7 +22,12 @@ from faust.types import TP
 
 from switchboard.shared.kafka import client_options, ensure_topics
 from switchboard.shared.settings import KafkaSettings
-from switchboard.shared.streams import discard_stale_stores, stream_app, worker_ready
+from switchboard.shared.streams import (
+    discard_stale_stores,
+    in_sync_stamp,
+    stream_app,
+    worker_ready,
+)
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -161,9 +166,15 @@ async def test_each_worker_holds_only_the_state_of_its_partitions(
     await wait_for(lambda: not any(path.exists() for path in left_behind), 10)
     on_disk = {n: {p for p in range(PARTITIONS) if w.counts.data.partition_path(p).exists()}
                for n, w in (("a", a), ("b", b))}  # fmt: skip
+    # Each store a ready worker holds is stamped in step with its changelog; a stamped store
+    # is trusted at the next start, an older one is not.
+    stamped = {n: {p for p in range(PARTITIONS)
+                   if in_sync_stamp(w.counts.data.partition_path(p)).exists()}
+               for n, w in (("a", a), ("b", b))}  # fmt: skip
+    await b.stop()
+    assert not discard_stale_stores(Path(b.app.conf.tabledir), max_age_s=3600)
     # Its stores discarded while it was away (too old to trust: discard_stale_stores), B
     # restores its partitions from the start of their changelogs, to the same state.
-    await b.stop()
     assert discard_stale_stores(Path(b.app.conf.tabledir), max_age_s=-1)  # every store
     b = await started(Worker(run, "B", kafka, tmp_path))
     await wait_for(lambda: b.owned() == shared[1] and len(b.held()) == len(shared[3]), 60)
@@ -177,6 +188,7 @@ async def test_each_worker_holds_only_the_state_of_its_partitions(
     assert restored == dict.fromkeys(b_keys, 3)  # every message counted once, state restored
     assert rebuilt == restored
     assert on_disk == {"a": a_owned, "b": b_owned}  # only the stores of the partitions held
+    assert stamped == on_disk
 
 
 async def commit_offsets(

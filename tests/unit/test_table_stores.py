@@ -1,4 +1,5 @@
-"""A replica's local table stores: one older than the changelog's tombstones is discarded."""
+"""A replica's local table stores: one not known in step with its changelog since before the
+changelog's tombstones could have been removed is discarded."""
 
 from __future__ import annotations
 
@@ -6,34 +7,45 @@ import os
 from pathlib import Path
 
 from switchboard.shared import topics
-from switchboard.shared.streams import discard_stale_stores
+from switchboard.shared.streams import discard_stale_stores, in_sync_stamp
 
 DAY = 24 * 3600.0
+NOW = 1_900_000_000.0
 
 
-def store(tables: Path, name: str, *ages_s: float, now: float) -> Path:
+def store(tables: Path, name: str, *, in_step_ago: float | None, written_ago: float = 60) -> Path:
+    """A store whose files were written ``written_ago`` (opening a store writes them), last
+    stamped in step with its changelog ``in_step_ago`` (None: never)."""
     path = tables / name
     path.mkdir(parents=True)
-    for n, age in enumerate(ages_s):
-        written = path / f"{n:06d}.sst"
-        written.write_bytes(b"x")
-        os.utime(written, (now - age, now - age))
-    os.utime(path, (now - max(ages_s), now - max(ages_s)))
+    (path / "000001.sst").write_bytes(b"x")
+    os.utime(path / "000001.sst", (NOW - written_ago, NOW - written_ago))
+    if in_step_ago is not None:
+        stamp = in_sync_stamp(path)
+        stamp.touch()
+        os.utime(stamp, (NOW - in_step_ago, NOW - in_step_ago))
     return path
 
 
-def test_a_store_last_written_before_the_tombstones_it_may_miss_were_removed_is_discarded(
+def test_a_store_not_in_step_since_before_the_tombstones_it_may_miss_were_removed_is_discarded(
     tmp_path: Path,
 ):
-    now = 1_900_000_000.0
     tables = tmp_path / "v1" / "tables"
-    stale = store(tables, "route-conversations-0.db", 3 * DAY, 2 * DAY, now=now)
-    fresh = store(tables, "route-conversations-1.db", 3 * DAY, 3600, now=now)  # written lately
-    other = store(tables, "notes", 3 * DAY, now=now)  # not a store
+    # Opened a minute ago by a replica that crash-looped through its recovery: its files look
+    # fresh, its stamp says when it last held all of its changelog.
+    stale = store(tables, "route-conversations-0.db", in_step_ago=2 * DAY)
+    fresh = store(tables, "route-conversations-1.db", in_step_ago=3600, written_ago=3 * DAY)
+    unstamped = store(tables, "route-conversations-2.db", in_step_ago=None)
+    other = tables / "notes"
+    other.mkdir()
+    orphan = in_sync_stamp(tables / "route-conversations-3.db")  # its store removed
+    orphan.touch()
 
-    assert discard_stale_stores(tables, DAY, now=now) == [stale]
-    assert not stale.exists() and fresh.exists() and other.exists()
-    assert discard_stale_stores(tmp_path / "absent", DAY, now=now) == []
+    assert discard_stale_stores(tables, DAY, now=NOW) == [stale, unstamped]
+    assert not stale.exists() and not unstamped.exists()
+    assert not in_sync_stamp(stale).exists() and not orphan.exists()
+    assert fresh.exists() and in_sync_stamp(fresh).exists() and other.exists()
+    assert discard_stale_stores(tmp_path / "absent", DAY, now=NOW) == []
 
 
 def test_the_compacted_topics_keep_deletions_as_long_as_a_store_is_trusted():
