@@ -465,20 +465,33 @@ class IngestService:
             ack = await self.in_flight.send(output, on_error=forget, sticky=not wait)
             # Added after InFlight's own callback: a failed copy is forgotten before a repeat
             # waiting for it wakes.
-            ack.add_done_callback(lambda done: self._settle(tweet.id, stored, not _failed(done)))
+            ack.add_done_callback(lambda done: self._acknowledged(tweet, own_handle, stored, done))
             if wait:
                 await ack
         except BaseException:
             forget(None)
             self._settle(tweet.id, stored, False)
             raise
+        return "inbound" if own_handle is None else "brand"
+
+    def _acknowledged(
+        self,
+        tweet: Tweet,
+        own_handle: HandleConfig | None,
+        stored: asyncio.Future[bool],
+        ack: asyncio.Future[Any],
+    ) -> None:
+        """The broker's answer for ``tweet``: a repeat waiting for it is told, and a tweet
+        stored is counted (a tweet queued and then refused is not ingested)."""
+        self._settle(tweet.id, stored, not _failed(ack))
+        if _failed(ack):
+            return
         metrics.LAST_EVENT_TIMESTAMP.labels(tweet.source).set(time.time())
         if own_handle is not None:
             metrics.BRAND_TWEETS.labels(tweet.source, own_handle.handle).inc()
-            return "brand"
+            return
         handle = tweet.addressed_handles[0] if tweet.addressed_handles else "none"
         metrics.TWEETS_INGESTED.labels(tweet.source, handle).inc()
-        return "inbound"
 
     def _storing(self, key: str) -> asyncio.Future[bool]:
         """A future of whether the copy of ``key`` being published gets stored, for repeats

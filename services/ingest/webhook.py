@@ -28,10 +28,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from switchboard.ingest import metrics
 from switchboard.ingest.config import WebhookConfig
+from switchboard.shared.kafka import KafkaPublishError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,14 @@ def webhook_router(
         if not ready():
             metrics.WEBHOOK_REQUESTS.labels("not_ready").inc()
             raise HTTPException(status_code=503, detail="starting: send it again shortly")
-        published = await handle(body)
+        try:
+            published = await handle(body)
+        except (KafkaError, KafkaPublishError) as failure:
+            # Not stored, and forgotten as seen: X's resend (Enterprise) publishes it then.
+            metrics.WEBHOOK_REQUESTS.labels("not_stored").inc()
+            log.warning("webhook delivery not stored: the broker did not acknowledge it",
+                        extra={"error": repr(failure)})  # fmt: skip
+            raise HTTPException(status_code=503, detail="not stored: send it again") from None
         metrics.WEBHOOK_REQUESTS.labels("accepted").inc()
         return {"published": published}
 

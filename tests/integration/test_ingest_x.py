@@ -32,7 +32,7 @@ from switchboard.shared.events import (
 )
 from switchboard.shared.kafka import ensure_topics
 from switchboard.shared.settings import ConfigError
-from tests.conftest import X_APP_TOKEN, X_USER_TOKEN, published, wait_for
+from tests.conftest import X_APP_TOKEN, X_USER_TOKEN, published, read_topics, wait_for
 from tests.factories import Poison
 from tests.integration.conftest import (
     CONSUMER_SECRET,
@@ -349,6 +349,49 @@ async def test_a_webhook_resent_while_its_first_copy_awaits_the_broker_waits_for
 
     assert waiting  # the resent copy waited for the first copy's acknowledgement
     assert answers == [{"published": 1}, {"published": 0}]
+
+
+async def test_a_webhook_resent_after_its_first_copy_failed_publishes_the_tweet_once(
+    customers, ingest_settings, running, tmp_path
+):
+    """The broker does not acknowledge a delivery's tweet: X is answered 503 (and resends), a
+    copy resent meanwhile, waiting for the first, publishes the tweet itself once the first
+    failed, and the tweet is counted as ingested once, when it is stored."""
+    broker = EmbeddedBroker(tmp_path / "broker")
+    await broker.start()
+    try:
+        kafka = broker.settings().model_copy(update={"delivery_timeout_ms": 3000})
+        await ensure_topics(kafka, topics.ALL, 1, 1)
+        settings = ingest_settings(webhook=True).model_copy(update={"kafka": kafka})
+        tweet = new_id()
+        user = {"id_str": "42", "screen_name": "ana_flies"}
+        event = activity_tweet(tweet, "@AcmeHelp my card was charged twice", user)
+        body = json.dumps({"for_user_id": HELP_ID, "tweet_create_events": [event]}).encode()
+        service = IngestService(settings)
+        ingested = ingest_metrics.TWEETS_INGESTED.labels("webhook", "@AcmeHelp")
+        async with running(service):
+            before = ingested._value.get()
+            transport = httpx.ASGITransport(app=service.http_app())
+            async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+                post = lambda: client.post("/webhooks/x", content=body, headers=signed(body))  # noqa: E731
+                broker.freeze(True)
+                try:
+                    first = asyncio.create_task(post())
+                    await asyncio.sleep(1.0)
+                    resent = asyncio.create_task(post())
+                    await wait_for(first.done, timeout_s=60)
+                    counted_while_refused = ingested._value.get() - before
+                finally:
+                    broker.freeze(False)
+                answers = [(await first).status_code, (await resent).json()]
+            counted = ingested._value.get() - before
+        records = await read_topics(kafka, [topics.RAW], lambda rs: False, timeout_s=5)
+    finally:
+        await asyncio.to_thread(broker.stop)
+
+    assert answers == [503, {"published": 1}]
+    assert [e.tweet.id for e in published(records, topics.RAW, RawTweet)] == [tweet]
+    assert (counted_while_refused, counted) == (0, 1)
 
 
 async def test_a_replayed_webhook_delivery_takes_effect_once(
