@@ -382,6 +382,8 @@ class IngestService:
         self._count_skipped_activity(payload)
         if "user_event" in payload:
             self._on_user_event(payload["user_event"])
+        else:
+            self._on_delivery_for(payload.get("for_user_id"))
         published = 0
         for name, build in _activity_events(payload, self.config):
             try:
@@ -419,6 +421,17 @@ class IngestService:
         )
         if handle is not None:
             self.health.of("webhook", handle.handle).failed("access revoked by the user", 0)
+
+    def _on_delivery_for(self, user_id: object) -> None:
+        """X delivers a handle's events again: a revoke it reported is over (the user
+        authorized the app again and was subscribed again)."""
+        handle = next((h for h in self.config.handles if h.user_id == str(user_id)), None)
+        if handle is None:
+            return
+        health = self.health.sources.get(f"webhook:{handle.handle}")  # only a revoke makes one
+        if health is not None and health.state == "failing":
+            log.info("webhook events arrive again for a handle", extra={"handle": handle.handle})
+            health.ok()
 
     def _replayed(self, tweet: Tweet) -> bool:
         """A tweet or DM written before the webhook's max event age: a replay (webhook.py)."""

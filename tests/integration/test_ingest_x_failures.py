@@ -283,7 +283,8 @@ async def test_account_activity_events_x_documents_are_skipped_not_dead_lettered
 ):
     """X's own examples: a revoke (`user_event`, a body without `for_user_id`), typing
     indicators, read receipts, follows and likes. None is a tweet to route; each is counted by
-    kind and answered 200, none is dead-lettered; the revoke marks the handle's webhook."""
+    kind and answered 200, none is dead-lettered; the revoke marks the handle's webhook until
+    X delivers the handle's events again (the user authorized the app again)."""
     examples = json.loads((X_DOCS / "account_activity.json").read_text())
     revoke = examples["account_activity/user_event"]["json"]
     revoke["user_event"]["revoke"]["source"]["user_id"] = HELP_ID  # one of our handles
@@ -308,15 +309,21 @@ async def test_account_activity_events_x_documents_are_skipped_not_dead_lettered
                 raw = json.dumps(body).encode()
                 answers.append(await client.post("/webhooks/x", content=raw, headers=signed(raw)))
             ready = (await client.get("/readyz")).json()
+            skipped = {kind: value(ingest_metrics.WEBHOOK_EVENTS_SKIPPED, kind) for kind in bodies}
+            again = json.dumps(bodies["favorite_events"] | {"for_user_id": HELP_ID}).encode()
+            await client.post("/webhooks/x", content=again, headers=signed(again))
+            authorized_again = (await client.get("/readyz")).json()
         records = await read([topics.DEADLETTER], lambda rs: False, timeout_s=1.5)
 
     assert [(a.status_code, a.json()) for a in answers] == [(200, {"published": 0})] * 5
     for kind in bodies:
-        assert value(ingest_metrics.WEBHOOK_EVENTS_SKIPPED, kind) == before[kind] + 1, kind
+        assert skipped[kind] == before[kind] + 1, kind
     letters = [x for x in published(records, topics.DEADLETTER, DeadLetter)
                if x.stage == "ingest" and x.failed_at >= started]  # fmt: skip
     assert letters == []
     assert ready["sources"]["webhook:@AcmeHelp"]["last_error"] == "access revoked by the user"
+    assert ready["sources"]["webhook:@AcmeHelp"]["state"] == "failing"
+    assert authorized_again["sources"]["webhook:@AcmeHelp"]["state"] == "ok"
 
 
 async def test_mentions_missed_while_ingest_was_down_are_recovered(
