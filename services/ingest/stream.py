@@ -17,8 +17,9 @@ What the stream missed while it was down (a disconnection, or ingest stopped) is
 where X allows it: ``backfill_minutes`` asks X to resend the last minutes on reconnection
 (Enterprise access), and the mentions backstop reads each handle's mentions for the gap (any
 access level with the mentions endpoint). When the stream was last alive is kept as a
-checkpoint, so a restart knows its gap too. Keyword, hashtag and cashtag matches that do not
-mention a handle are recoverable only by backfill.
+checkpoint, so a restart knows its gap too, and so is each handle's gap the backstop has not
+read back yet (the alive checkpoint moves on meanwhile). Keyword, hashtag and cashtag matches
+that do not mention a handle are recoverable only by backfill.
 
 tweepy's AsyncStreamingClient implements the same loop but with fixed constants, a fixed host
 and no hook to count stalls, so the connection is opened here with aiohttp; the rules endpoints
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = "filtered_stream"
 ALIVE_CHECKPOINT = "filtered_stream:alive"  # a snowflake id: the stream saw everything before it
+BACKSTOP_CHECKPOINT = "filtered_stream:unrecovered:"  # + handle: a gap not yet read back
 ALIVE_EVERY_S = 30.0
 TWITTER_EPOCH_MS = 1288834974657
 # aiohttp refuses lines over 128 KiB by default, which a long post with its includes can
@@ -171,6 +173,7 @@ class FilteredStream:
         self._alive_saved_at = 0.0
         self._gap_from: float | None = None
         self._unrecovered: dict[str, float] = {}  # handle: the earliest gap a backstop failed
+        self._restored = False  # the gaps an earlier process left are read at first connection
         self._backstop_task: asyncio.Task | None = None
 
     # --- rules -------------------------------------------------------------------------------
@@ -349,7 +352,7 @@ class FilteredStream:
                     log.error("stream refused", extra={"status": response.status, "body": body})
                     return self.policy.after_http_error(), f"http_{response.status}"
                 opened_at = time.monotonic()
-                self._opened(gap_from)
+                await self._opened(gap_from)
                 await self._read(response)
                 return self._after_drop(opened_at), "closed_by_server"
         except TimeoutError:
@@ -370,14 +373,14 @@ class FilteredStream:
             self.policy.connected()
         return self.policy.after_network_error()
 
-    def _opened(self, gap_from: float | None) -> None:
+    async def _opened(self, gap_from: float | None) -> None:
         self.connections += 1
         metrics.STREAM_CONNECTED.labels(SOURCE).set(1)
         self.health.ok()
         self.health.detail.pop("waiting_for", None)
         self.health.detail["connections"] = self.connections
         log.info("stream connected", extra={"connection": self.connections})
-        self._recover(gap_from)
+        await self._recover(gap_from)
 
     async def _read(self, response: aiohttp.ClientResponse) -> None:
         await self._still_alive(force=True)
@@ -413,11 +416,12 @@ class FilteredStream:
     def _covered_by_backfill(self, gap_from: float) -> bool:
         return time.time() - gap_from <= self.settings.backfill_minutes * 60
 
-    def _recover(self, gap_from: float | None) -> None:
+    async def _recover(self, gap_from: float | None) -> None:
         """Start the mentions backstop for the gap, unless something else covers it, and for
-        any gap an earlier run could not recover. Gaps that open while a backstop runs are
-        merged into one more run, so a flapping stream does not spend the mentions rate limit
-        once per reconnection."""
+        any gap an earlier run (or process) could not recover. Each handle's earliest gap not
+        read back is checkpointed before the alive checkpoint moves past it, so a restart goes
+        on with it. Gaps that open while a backstop runs are merged into one more run, so a
+        flapping stream does not spend the mentions rate limit once per reconnection."""
         x = self.config.ingest.x
         if (
             not self.settings.mentions_backstop
@@ -425,12 +429,31 @@ class FilteredStream:
             or x.mentions.enabled  # polling reads every mention anyway
         ):
             return
+        if not self._restored:
+            self._restored = True
+            self._unrecovered |= self._checkpointed_gaps()
         if gap_from is not None and not self._covered_by_backfill(gap_from):
             self._gap_from = gap_from if self._gap_from is None else min(self._gap_from, gap_from)
+            for handle in self.config.handles:
+                earliest = min(self._unrecovered.get(handle.handle, gap_from), gap_from)
+                await self._checkpoint_gap(handle.handle, earliest)
         if self._gap_from is None and not self._unrecovered:
             return
         if self._backstop_task is None or self._backstop_task.done():
             self._backstop_task = asyncio.create_task(self._backstops(), name="stream-backstop")
+
+    def _checkpointed_gaps(self) -> dict[str, float]:
+        if self.checkpoints is None:
+            return {}
+        saved = {h.handle: self.checkpoints.get(BACKSTOP_CHECKPOINT + h.handle)
+                 for h in self.config.handles}  # fmt: skip
+        return {handle: moment_of(int(s)) for handle, s in saved.items() if s and s.isdigit()}
+
+    async def _checkpoint_gap(self, handle: str, gap_from: float | None) -> None:
+        """Keep (or with None, clear) the start of ``handle``'s earliest gap not read back."""
+        if self.checkpoints is not None:
+            since = "" if gap_from is None else str(snowflake_at(gap_from))
+            await self.checkpoints.save(BACKSTOP_CHECKPOINT + handle, since)
 
     async def _backstops(self) -> None:
         """Recover each gap for every handle; a handle whose recovery failed (X or the broker
@@ -447,6 +470,7 @@ class FilteredStream:
                 gap_from = pending.get(handle.handle)
                 if gap_from is not None and await self._backstop(handle, gap_from):
                     del pending[handle.handle]
+                    await self._recovered(handle.handle)
             if pending:
                 log.warning("mentions backstop failed; trying again",
                             extra={"handles": sorted(pending), "retry_in_s": wait})  # fmt: skip
@@ -454,6 +478,15 @@ class FilteredStream:
                 wait = min(wait * 2, self.settings.reconnect.http_max_s)
             else:
                 wait = self.settings.reconnect.http_initial_s
+
+    async def _recovered(self, handle: str) -> None:
+        """``handle``'s gap is read back: its checkpoint now keeps a gap that opened meanwhile
+        (the next round reads it), or none."""
+        try:
+            await self._checkpoint_gap(handle, self._gap_from)
+        except Exception as error:  # noqa: BLE001 - read back again after a restart: duplicates
+            log.warning("could not checkpoint a recovered gap",
+                        extra={"handle": handle, "error": str(error)[:300]})  # fmt: skip
 
     async def _backstop(self, handle: HandleConfig, gap_from: float) -> bool:
         """The handle's mentions since ``gap_from``, read with the stream's app (mentions are

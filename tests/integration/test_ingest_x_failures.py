@@ -360,6 +360,35 @@ async def test_mentions_missed_while_ingest_was_down_are_recovered(
     assert backstop and all("start_time" in r["query"] for r in backstop)
 
 
+async def test_a_gap_the_backstop_could_not_read_back_is_read_after_a_restart(
+    x_api, customers, ingest_settings, running, read
+):
+    """The stream's alive checkpoint moves on as soon as it reconnects; a gap whose mentions X
+    would not give back before ingest stopped again is checkpointed apart and read back by the
+    next process, not lost with the first."""
+    ana, _ = customers
+    x_api.lose_tweets_while_disconnected()
+    missed = new_id()
+
+    async with running(IngestService(ingest_settings(stream=True))):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+        await asyncio.sleep(0.5)  # the stream is alive: that is checkpointed
+    mention = x_api.make_tweet(missed, "@AcmeHelp charged twice", ana["id"])
+    x_api.push_stream(mention)
+    x_api.add_mention(HELP_ID, mention)
+    # Past the stall window (1 s) and start_time's whole seconds: the next process's own gap,
+    # from this one's alive checkpoint, begins after the mention.
+    await asyncio.sleep(2.5)
+    x_api.fail_next(MENTIONS, 503, count=10_000)
+    async with running(IngestService(ingest_settings(stream=True))):
+        await wait_for(lambda: len([r for r in x_api.requests if r["path"] == MENTIONS]) >= 6)
+    x_api.stop_failing(MENTIONS)
+    async with running(IngestService(ingest_settings(stream=True))):
+        records = await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [missed]))
+
+    assert ids_on(records, topics.RAW, RawTweet, [missed]) == [missed]
+
+
 async def test_backfill_minutes_recovers_every_missed_match_where_x_allows_it(
     x_api, customers, ingest_settings, running, read
 ):

@@ -456,6 +456,10 @@ class XApiStandIn:
         """The next ``count`` requests whose path starts with ``path_prefix`` get ``status``."""
         self._failures.append(_ScriptedFailure(path_prefix, status, retry_after_s, count))
 
+    def stop_failing(self, path_prefix: str) -> None:
+        """Take back every scripted failure still waiting for ``path_prefix``."""
+        self._failures = [f for f in self._failures if f.path_prefix != path_prefix]
+
     def drop_next(self, path_prefix: str, *, count: int = 1) -> None:
         """The next ``count`` requests under ``path_prefix`` are read and then the connection is
         closed without an answer (a load balancer dropping it: the client sees a disconnect)."""
