@@ -42,7 +42,7 @@ from switchboard.notify.config import (
     Subscription,
 )
 from switchboard.notify.mail import SmtpMailer, check_templates, render_email
-from switchboard.notify.resilience import DeliveryError, http_error
+from switchboard.notify.resilience import TRANSIENT_STATUSES, DeliveryError, http_error
 from switchboard.notify.sanitize import (
     Measure,
     chat,
@@ -82,6 +82,7 @@ SALESFORCE_NAME_LIMIT = 80  # Lead.LastName
 CASE_COMMENT_LIMIT = 4_000  # CaseComment.CommentBody holds 4,000 bytes
 DUPLICATE_RETRY_S = 0.0  # after an upsert lost a race for its external id: at once
 CONCURRENT_LIMIT_WAIT_S = 5.0  # Salesforce's concurrent long-running requests limit
+ROW_LOCK_WAIT_S = 1.0  # Salesforce's UNABLE_TO_LOCK_ROW: another save of the record is running
 HUBSPOT_TEXT_LIMIT = 65_000  # a property value holds 65,536
 JIRA_RECONCILE_MAX = 50  # /search/jql reconciles at most 50 issue ids
 CHAT_TEXT_LIMIT = 3_000  # the webhook's chat-ready text (Slack shows 4,000 per block)
@@ -180,10 +181,13 @@ class EmailChannel:
             raise DeliveryError(
                 f"SMTP refused every recipient: {replies}",
                 retryable=any(r.code < 500 for r in exc.recipients),
+                answered=True,
             ) from None
         except aiosmtplib.SMTPResponseException as exc:
             raise DeliveryError(
-                f"SMTP {exc.code}: {exc.message}", retryable=exc.code < 500
+                f"SMTP {exc.code}: {exc.message}",
+                retryable=exc.code < 500,
+                answered=exc.code != 421,  # 421: the server is closing, not answering
             ) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from None
@@ -355,18 +359,18 @@ class ZendeskChannel(HttpChannel):
             json={"ticket": fields},
             headers={"Idempotency-Key": job.delivery_id},
         )
-        return Done("created", str(response.json()["ticket"]["id"]))
+        return Done("created", str(json_of(response)["ticket"]["id"]))
 
     async def _commented(self, ticket: str, tag: str) -> bool:
         """Whether one of the ticket's latest 100 comments carries ``tag``."""
         found = await self.send("GET", f"/api/v2/tickets/{ticket}/comments.json",
                                 params={"sort_order": "desc", "per_page": 100})  # fmt: skip
         return any(tag in (c.get("body") or "") + (c.get("html_body") or "")
-                   for c in found.json().get("comments", []))  # fmt: skip
+                   for c in json_of(found).get("comments", []))  # fmt: skip
 
     async def _find(self, external_id: str) -> list[dict]:
         found = await self.send("GET", "/api/v2/tickets.json", params={"external_id": external_id})
-        return list(found.json().get("tickets", []))
+        return list(json_of(found).get("tickets", []))
 
 
 def _current(tickets: list[dict]) -> dict | None:
@@ -489,12 +493,12 @@ class JiraChannel(HttpChannel):
             fields["priority"] = {"name": job.priority(JIRA_PRIORITIES)}
         try:
             response = await self.send("POST", "/rest/api/3/issue", json={"fields": fields})
+            created = json_of(response)  # an unreadable answer: the issue may exist
         except DeliveryError as error:
             if error.retryable and not str(error).startswith("HTTP 429"):
                 self._uncertain[job.delivery_id] = time.monotonic()  # it may have happened
             raise
         self._uncertain.pop(job.delivery_id, None)
-        created = response.json()
         self._created.append(str(created["id"]))
         return Done("created", created["key"])
 
@@ -534,6 +538,7 @@ class JiraChannel(HttpChannel):
                 f"not repeated for {left:.1f} s",
                 retryable=True,
                 retry_after_s=left,
+                answered=True,  # our own wait, not Jira's failure
             )
         del self._uncertain[delivery_id]  # searched long enough: it did not happen
 
@@ -549,7 +554,7 @@ class JiraChannel(HttpChannel):
     async def _commented(self, comments: str, tag: str) -> bool:
         """Whether one of the issue's latest 100 comments carries ``tag``."""
         found = await self.send("GET", comments, params={"orderBy": "-created", "maxResults": 100})
-        return any(tag in json.dumps(c.get("body")) for c in found.json().get("comments", []))
+        return any(tag in json.dumps(c.get("body")) for c in json_of(found).get("comments", []))
 
     async def _search(self, label: str) -> list[tuple[str, list[str]]]:
         """The key and labels of each issue labelled ``label``, newest first."""
@@ -560,7 +565,7 @@ class JiraChannel(HttpChannel):
         found = await self.send("GET", "/rest/api/3/search/jql", params=params)
         return [
             (issue["key"], list(issue.get("fields", {}).get("labels", [])))
-            for issue in found.json().get("issues", [])
+            for issue in json_of(found).get("issues", [])
         ]
 
 
@@ -662,6 +667,9 @@ class SalesforceChannel(HttpChannel):
             # allowance ("TotalRequests Limit exceeded", or unsaid) over hours.
             busy = any("Concurrent" in str(e.get("message")) for e in errors)
             return CONCURRENT_LIMIT_WAIT_S if busy else self.request_limit_wait_s
+        if response.status_code == 400 and "UNABLE_TO_LOCK_ROW" in codes:
+            # The record (or the Case a comment locks) is being saved by someone else.
+            return ROW_LOCK_WAIT_S
         if response.status_code == 400 and _lost_a_race(response, errors):
             # Another delivery (this replica's or another's) created the author's record
             # meanwhile: the same upsert again updates it.
@@ -704,7 +712,7 @@ class SalesforceChannel(HttpChannel):
             fields["OwnerId"] = target.owner_id
         path = f"{self.sobjects}/{target.object}/{target.external_id_field}/{quote(key, safe='')}"
         response = await self.send("PATCH", path, json=fields)
-        return (response.json() if response.content else {}).get("id")
+        return (json_of(response) if response.content else {}).get("id")
 
     async def _case(self, job: Job, target: SalesforceTarget) -> Done:
         key = job.routed.tweet.conversation_id
@@ -740,13 +748,13 @@ class SalesforceChannel(HttpChannel):
             if _gone(error):
                 return None, ""
             raise
-        case = found.json()
+        case = json_of(found)
         return case.get("Id"), case.get("Description") or ""
 
     async def _follow_up(self, job: Job, case: str) -> Done:
         mine = delivery_tag(job.delivery_id)
         comments = await self.send("GET", f"{self.sobjects}/Case/{case}/CaseComments")
-        made = comments.json().get("records", [])
+        made = json_of(comments).get("records", [])
         if not any(mine in (c.get("CommentBody") or "") for c in made):
             comment = {"ParentId": case, "IsPublished": False,
                        "CommentBody": job.comment(CASE_COMMENT_LIMIT, utf8_bytes)}  # fmt: skip
@@ -760,7 +768,7 @@ class SalesforceChannel(HttpChannel):
 def _daily(response: httpx.Response) -> bool:
     """Whether HubSpot's 429 body names the daily limit (``policyName: DAILY``)."""
     try:
-        body = response.json()
+        body = json_of(response)
     except ValueError:
         return False
     return isinstance(body, dict) and body.get("policyName") == "DAILY"
@@ -844,6 +852,8 @@ class HubSpotChannel(HttpChannel):
         self.time_zone = ZoneInfo(time_zone)
 
     def vendor_wait_s(self, response: httpx.Response) -> float | None:
+        if response.status_code == 423:  # a record locked by a burst of upserts, for 2 s
+            return HUBSPOT_LOCK_WAIT_S
         if response.status_code != 429:
             return None
         if response.headers.get("x-hubspot-ratelimit-daily-remaining") == "0" or _daily(response):
@@ -909,7 +919,7 @@ class HubSpotChannel(HttpChannel):
         response = await self.send(
             "POST", f"/crm/v3/objects/{target.object}/batch/upsert", json=upsert
         )
-        answer = response.json()
+        answer = json_of(response)
         if response.status_code == 207 or answer.get("errors"):
             raise hubspot_batch_error(answer)
         [result] = answer.get("results") or [{}]
@@ -939,19 +949,48 @@ def transcript(parts: list[str], limit: int) -> str:
     return TRANSCRIPT_SEPARATOR.join(reversed(kept))
 
 
+HUBSPOT_LOCK_WAIT_S = 2.0  # HubSpot's "Error handling": a 423 lock lasts 2 seconds
+HUBSPOT_TRANSIENT_CATEGORIES = frozenset({"RATE_LIMITS", "CONFLICT", "LOCKED"})
+
+
+def json_of(response: httpx.Response) -> Any:
+    """A success's JSON body. A body that is not JSON (a proxy's or a firewall's page in front
+    of the vendor) is a failure to try again, as a lost answer is."""
+    try:
+        return response.json()
+    except ValueError:
+        raise DeliveryError(
+            f"unreadable answer: HTTP {response.status_code} "
+            f"{response.headers.get('content-type', '')}: {response.text[:200]}",
+            retryable=True,
+        ) from None
+
+
 def hubspot_batch_error(answer: dict) -> DeliveryError:
-    """A 207's errors as one DeliveryError: retryable only when every error is HubSpot's own
-    (5xx) or a rate limit."""
+    """A 207's errors as one DeliveryError: retryable only when every error is of the moment
+    (HubSpot's own 5xx, a rate limit, a conflict or a lock: an item's ``status`` is the HTTP
+    status it would have had alone)."""
     errors = [e for e in answer.get("errors") or [] if isinstance(e, dict)]
     described = "; ".join(
         f"{e.get('status', '?')} {e.get('category', '')}: {e.get('message', '')}".strip()
         for e in errors
     )
-    retryable = bool(errors) and all(
-        str(e.get("status", "")).startswith("5") or e.get("category") == "RATE_LIMITS"
-        for e in errors
+
+    def transient(error: dict) -> bool:
+        status = str(error.get("status", ""))
+        return (
+            status.startswith("5")
+            or (status.isdigit() and int(status) in TRANSIENT_STATUSES)
+            or error.get("category") in HUBSPOT_TRANSIENT_CATEGORIES
+        )
+
+    retryable = bool(errors) and all(transient(e) for e in errors)
+    return DeliveryError(
+        f"HTTP 207: {described or 'errors without detail'}",
+        retryable=retryable,
+        retry_after_s=HUBSPOT_LOCK_WAIT_S if retryable else None,
+        answered=True,
     )
-    return DeliveryError(f"HTTP 207: {described or 'errors without detail'}", retryable=retryable)
 
 
 def channels_for(config: NotifyConfig, mailer: SmtpMailer) -> dict[str, Channel]:

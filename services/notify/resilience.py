@@ -48,10 +48,20 @@ class DeliveryError(Exception):
     goes to logs, the DLQ and ``switchboard dlq list``: a secret in it (a vendor echoing a
     token) is masked."""
 
-    def __init__(self, message: str, *, retryable: bool, retry_after_s: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after_s: float | None = None,
+        answered: bool = False,
+    ):
         super().__init__(masked(message))
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+        # The target answered (a refusal of this request, or a wait it asked for): it is up,
+        # so the failure says nothing against the channel's circuit.
+        self.answered = answered
         self.attempts = 0
         self.retry_at: float | None = None  # Unix time: parked for a wait past max_wait_s
 
@@ -61,19 +71,29 @@ class CircuitOpen(DeliveryError):
         super().__init__(f"circuit open for {channel}: parked without trying", retryable=False)
 
 
+# Refusals of the moment, not of the request (RFC 9110, RFC 6585; the vendors' error pages):
+# a timeout, a conflict with a concurrent update (Zendesk's 409), a record locked by one
+# (HubSpot's 423: "Locks will last for 2 seconds"), too early, too many requests.
+TRANSIENT_STATUSES = frozenset({408, 409, 423, 425, 429})
+
+
 def http_error(
     status: int, body: str, retry_after: str | None, wait_s: float | None = None
 ) -> DeliveryError:
     """The DeliveryError for an HTTP answer that is not a success. ``retry_after`` is the
     ``Retry-After`` header (seconds or an HTTP date); ``wait_s`` a wait the vendor's own terms
-    ask for, used when there is no ``Retry-After``: a refusal with one is retried, whatever its
-    status (Salesforce's spent request limit is a 403)."""
-    retryable = status == 429 or status >= 500 or wait_s is not None
+    ask for, used when there is no ``Retry-After``. A refusal that asks for a wait either way
+    is retried, whatever its status (Salesforce's spent request limit is a 403, HubSpot's
+    migration in progress a 477 with Retry-After)."""
     wait = retry_after_seconds(retry_after) if retry_after is not None else None
+    retryable = (
+        status in TRANSIENT_STATUSES or status >= 500 or wait_s is not None or wait is not None
+    )
     return DeliveryError(
         f"HTTP {status}: {body[:300]}",
         retryable=retryable,
         retry_after_s=wait if wait is not None else wait_s,
+        answered=status < 500 and status != 408,
     )
 
 

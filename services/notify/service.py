@@ -387,13 +387,30 @@ class NotifyService:
         await self.limiters[name].wait()
         policy = self.options.delivery
         return await with_retries(
-            lambda: self.channels[name].deliver(job), name, policy.attempts, policy.max_wait_s
+            lambda: self._deliver_once(job), name, policy.attempts, policy.max_wait_s
         )
+
+    async def _deliver_once(self, job: Job) -> Done:
+        """One try. An answer of a shape the channel did not expect (a field missing, a
+        vendor's change) fails the delivery, to be tried again and then parked with the
+        reason, instead of dead-lettering the tweet with every other target's delivery."""
+        try:
+            return await self.channels[job.subscription.channel].deliver(job)
+        except DeliveryError:
+            raise
+        except Exception as error:  # noqa: BLE001 - parked with the reason, never lost
+            log.warning("a delivery failed on an unexpected answer", exc_info=True,
+                        extra={"delivery_id": job.delivery_id})  # fmt: skip
+            raise DeliveryError(
+                f"unexpected answer: {type(error).__name__}: {error}", retryable=True
+            ) from None
 
     def _parked(self, job: Job, error: DeliveryError) -> Delivery:
         channel = job.subscription.channel
         if not isinstance(error, CircuitOpen):
-            self.breakers[channel].record(False)
+            # A target that answered is up, whatever it refused: one subscription's bad
+            # project or a hot ticket must not park every other delivery on the channel.
+            self.breakers[channel].record(error.answered)
         reason = "circuit_open" if isinstance(error, CircuitOpen) else (
             "waiting" if error.retry_at else
             "retries_exhausted" if error.retryable else "rejected"

@@ -197,6 +197,24 @@ async def test_zendesk_ticket_then_follow_up_comment(
     assert base64.b64decode(auth.split()[1]).decode() == "ops@acme.example/token:zd-token"
 
 
+async def test_an_answer_that_is_not_the_vendors_is_tried_again_not_dead_lettered(
+    vendors, notify_settings, producer, read, running
+):
+    """A proxy in front of Zendesk answers the create with its own HTML page: the delivery is
+    tried again and makes its ticket, instead of the tweet going to the dead letter topic."""
+    zendesk = vendors["zendesk"]
+    conv = conversation()
+    zendesk.proxy_page_next("/api/v2/tickets", count=1)
+
+    async with running(NotifyService(notify_settings())):
+        await publish_routed(producer, routed("customer_service", conversation=conv))
+        records = await read([topics.DELIVERIES], lambda rs: deliveries(rs, conv))
+
+    [delivery] = deliveries(records, conv)
+    assert (delivery.outcome, delivery.action, delivery.attempts) == ("delivered", "created", 2)
+    assert len([t for t in zendesk.tickets.values() if conv in (t.get("external_id") or "")]) == 1
+
+
 async def test_jira_issue_with_adf_then_comment(vendors, notify_settings, producer, read, running):
     jira = vendors["jira"]
     conv = conversation()
@@ -1103,6 +1121,38 @@ async def test_a_target_down_is_parked_then_redriven_once_it_is_back(
     ]
     assert len(issues) == 1  # ...makes no second issue
     assert await parked_deliveries(kafka, Filters(delivery_id=parked[0].delivery_id)) == []
+
+
+async def test_refusals_of_single_requests_leave_the_circuit_closed_and_conflicts_are_retried(
+    vendors, notify_settings, producer, read, running
+):
+    """A target that answers is up: three creates refused (HTTP 400: a project that takes no
+    such issue) are parked for a person, the channel's circuit stays closed (two failures open
+    it), and the next delivery goes out; a 409 (a concurrent update) is tried again."""
+    jira = vendors["jira"]
+    jira.fail_next("/rest/api/3/issue", 400, count=3)
+    refused = [routed("legal", conversation=conversation()) for _ in range(3)]
+    after = routed("legal", conversation=conversation())
+    service = NotifyService(notify_settings(attempts=2, circuit_failures=2))
+
+    async with running(service):
+        await publish_routed(producer, *refused)
+        ids = [e.tweet.conversation_id for e in refused]
+        parked = await read(
+            [topics.NOTIFICATIONS_DLQ], lambda rs: all(deliveries(rs, c) for c in ids)
+        )
+        jira.fail_next("/rest/api/3/issue", 409, count=1)
+        await publish_routed(producer, after)
+        records = await read(
+            [topics.DELIVERIES], lambda rs: deliveries(rs, after.tweet.conversation_id)
+        )
+
+    for event in refused:
+        [parking] = deliveries(parked, event.tweet.conversation_id)
+        assert "HTTP 400" in parking.error and parking.retry_at is None
+    [delivered] = deliveries(records, after.tweet.conversation_id)
+    assert (delivered.outcome, delivered.attempts) == ("delivered", 2)
+    assert service.breakers["jira"].state == service.breakers["jira"].CLOSED
 
 
 async def test_deliveries_parked_while_a_target_is_down_go_out_by_themselves_once_it_is_back(

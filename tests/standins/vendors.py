@@ -164,6 +164,9 @@ def _canonical(value: Any) -> str:
 # --------------------------------------------------------------------------- the base class
 
 
+PROXY_PAGE = -1  # a scripted answer that is a proxy's HTML page, not a status of the vendor's
+
+
 @dataclass
 class _Script:
     """One scripted failure or delay, matched by path prefix (and method, if given), used up
@@ -241,6 +244,11 @@ class VendorStandIn:
         """
         self._failures.append(_Script(path_prefix, count, status, retry_after_s))
 
+    def proxy_page_next(self, path_prefix: str, *, count: int = 1) -> None:
+        """The next ``count`` matching requests get a 200 HTML page from something in front of
+        the vendor (a proxy, a firewall), not the vendor's JSON. Nothing is processed."""
+        self._failures.append(_Script(path_prefix, count, PROXY_PAGE))
+
     def clear_failures(self) -> None:
         """Forget the scripted failures: the target is back."""
         self._failures.clear()
@@ -292,6 +300,9 @@ class VendorStandIn:
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         failure = _take(self._failures, request)
+        if failure is not None and failure.status == PROXY_PAGE:
+            return web.Response(text="<html><body>Request blocked</body></html>",
+                                content_type="text/html")  # fmt: skip
         if failure is not None:
             headers = {}
             if failure.retry_after_s is not None:

@@ -15,6 +15,8 @@ from switchboard.notify.channels import (
     TRANSCRIPT_SEPARATOR,
     _lost_a_race,
     adf,
+    hubspot_batch_error,
+    json_of,
     transcript,
     until_midnight,
     until_reset,
@@ -67,10 +69,51 @@ def test_hubspots_daily_limit_resets_at_midnight_in_the_accounts_time_zone(now, 
 
 
 @pytest.mark.parametrize(
-    ("status", "retryable"), [(500, True), (503, True), (429, True), (400, False), (404, False)]
+    ("status", "retryable", "answered"),
+    [
+        (500, True, False),
+        (503, True, False),
+        (408, True, False),  # the request timed out at the target
+        (409, True, True),  # a concurrent update of the same record (Zendesk)
+        (423, True, True),  # a record locked by a burst of upserts (HubSpot)
+        (429, True, True),
+        (400, False, True),
+        (404, False, True),
+    ],
 )
-def test_5xx_and_429_are_retryable_other_4xx_are_not(status, retryable):
-    assert http_error(status, "x", None).retryable is retryable
+def test_refusals_of_the_moment_are_retried_and_only_a_target_not_answering_counts_as_down(
+    status, retryable, answered
+):
+    error = http_error(status, "x", None)
+    assert (error.retryable, error.answered) == (retryable, answered)
+
+
+def test_a_refusal_that_asks_for_a_wait_is_retried_whatever_its_status():
+    migrating = http_error(477, "Migration in progress", "3600")  # HubSpot, with Retry-After
+    assert migrating.retryable and migrating.retry_after_s == 3600.0
+
+
+@pytest.mark.parametrize(
+    ("errors", "retryable"),
+    [
+        ([{"status": "423", "category": "LOCKED", "message": "locked"}], True),
+        ([{"status": "409", "category": "CONFLICT", "message": "conflict"}], True),
+        ([{"status": "error", "category": "RATE_LIMITS", "message": "ten secondly"}], True),
+        ([{"status": "400", "category": "VALIDATION_ERROR", "message": "bad value"}], False),
+        ([{"status": "423", "category": "LOCKED"}, {"status": "400", "category": "X"}], False),
+    ],
+)
+def test_a_hubspot_batch_item_of_the_moment_is_retried_a_refused_one_is_not(errors, retryable):
+    error = hubspot_batch_error({"status": "COMPLETE", "results": [], "errors": errors})
+    assert (error.retryable, error.answered) == (retryable, True)
+
+
+def test_an_answer_that_is_not_json_is_a_failure_to_try_again():
+    page = httpx.Response(200, text="<html>gateway</html>", headers={"content-type": "text/html"})
+    with pytest.raises(DeliveryError, match="unreadable answer: HTTP 200 text/html") as raised:
+        json_of(page)
+    assert raised.value.retryable and not raised.value.answered
+    assert json_of(httpx.Response(201, json={"id": "7"})) == {"id": "7"}
 
 
 def test_retry_after_is_read_as_seconds_or_as_an_http_date():
