@@ -53,7 +53,10 @@ from switchboard.shared.config import HandleConfig
 log = logging.getLogger(__name__)
 
 SOURCE = "filtered_stream"
-ALIVE_CHECKPOINT = "filtered_stream:alive"  # a snowflake id: the stream saw everything before it
+# + the app: a snowflake id, the app's stream saw everything before it. One per app: each
+# ingest process streams with an app of its own (X allows one connection per app).
+ALIVE_CHECKPOINT = "filtered_stream:alive:"
+LEGACY_ALIVE_CHECKPOINT = "filtered_stream:alive"  # before it was kept per app
 BACKSTOP_CHECKPOINT = "filtered_stream:unrecovered:"  # + handle: a gap not yet read back
 ALIVE_EVERY_S = 30.0
 TWITTER_EPOCH_MS = 1288834974657
@@ -394,7 +397,10 @@ class FilteredStream:
     def _alive_at(self) -> float | None:
         """Since when the stream may have missed tweets (None: never connected before). The
         last stall window before the drop is included: tweets in it may not have arrived."""
-        saved = self.checkpoints.get(ALIVE_CHECKPOINT) if self.checkpoints else None
+        saved = None
+        if self.checkpoints is not None:
+            saved = self.checkpoints.get(ALIVE_CHECKPOINT + self.settings.app)
+            saved = saved or self.checkpoints.get(LEGACY_ALIVE_CHECKPOINT)
         if saved is None or not saved.isdigit():
             return None
         return moment_of(int(saved)) - self.settings.stall_timeout_s
@@ -406,7 +412,7 @@ class FilteredStream:
         self._alive_saved_at = now
         if self.stored is not None:
             await self.stored()  # the tweets read before now are stored, or this raises
-        await self.checkpoints.save(ALIVE_CHECKPOINT, str(snowflake_at(now)))
+        await self.checkpoints.save(ALIVE_CHECKPOINT + self.settings.app, str(snowflake_at(now)))
 
     def _backfill_minutes(self, gap_from: float | None) -> int:
         if gap_from is None or not self.settings.backfill_minutes:

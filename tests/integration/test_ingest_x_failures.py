@@ -389,6 +389,36 @@ async def test_a_gap_the_backstop_could_not_read_back_is_read_after_a_restart(
     assert ids_on(records, topics.RAW, RawTweet, [missed]) == [missed]
 
 
+async def test_each_apps_stream_keeps_its_own_gap(x_api, customers, ingest_settings, running, read):
+    """Each ingest process streams with an app of its own. Another process's stream, alive
+    while this one was down, does not shorten this one's gap: its mentions are read back."""
+    ana, _ = customers
+    x_api.lose_tweets_while_disconnected()
+    missed = new_id()
+
+    def other_app(config: dict) -> None:  # the investor handle, streamed by its own app
+        x = config["ingest"]["x"]
+        x["apps"]["investors"] = x["apps"]["main"]
+        x["filtered_stream"]["app"] = "investors"
+        config["handles"] = [h | {"app": "investors"} for h in config["handles"]
+                             if h["handle"] == "@AcmeIR"]  # fmt: skip
+
+    async with running(IngestService(ingest_settings(stream=True))):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+        await asyncio.sleep(0.5)  # the stream is alive: that is checkpointed
+    mention = x_api.make_tweet(missed, "@AcmeHelp charged twice", ana["id"])
+    x_api.push_stream(mention)
+    x_api.add_mention(HELP_ID, mention)
+    await asyncio.sleep(2.5)  # past the stall window and start_time's whole seconds
+    async with running(IngestService(ingest_settings(stream=True, edit=other_app))):
+        await wait_for(lambda: x_api.stream_connections >= 2)
+        await asyncio.sleep(0.5)
+    async with running(IngestService(ingest_settings(stream=True))):
+        records = await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [missed]))
+
+    assert ids_on(records, topics.RAW, RawTweet, [missed]) == [missed]
+
+
 async def test_backfill_minutes_recovers_every_missed_match_where_x_allows_it(
     x_api, customers, ingest_settings, running, read
 ):
