@@ -336,10 +336,19 @@ class IngestService:
                 # X's stream reports operational problems (e.g. forced disconnects) this way.
                 log.warning("X reported", extra={"where": where, "errors": message["errors"]})
                 return "x_error"
+            if self._foreign_match(message, source):
+                metrics.TWEETS_SKIPPED.labels(source, "foreign_rule").inc()
+                return "skipped"
             tweet = tweet_from_v2(message, self.config, source)
         except DecodeError as problem:
             return await self._dead_letter(problem, line, where)
         return await self.offer(tweet, wait=wait)
+
+    def _foreign_match(self, message: object, source: TweetSource) -> bool:
+        """A streamed tweet that only another team's rules on the app matched."""
+        if source != "filtered_stream" or self.stream is None or not isinstance(message, dict):
+            return False
+        return not self.stream.matched_for_us(message.get("matching_rules"))
 
     async def on_polled_mention(
         self, handle: HandleConfig, item: dict[str, Any], users: dict[str, dict]

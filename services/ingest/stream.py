@@ -304,6 +304,22 @@ class FilteredStream:
                 )
                 await asyncio.sleep(wait)
 
+    def matched_for_us(self, matching_rules: object) -> bool:
+        """Whether a streamed tweet matched one of this configuration's rules (its tag
+        prefix), or a foreign rule one of ours duplicates and could not be added beside. The
+        app's one connection carries every rule on the app: other teams' tweets are not ours
+        to route. A message that names no rule is kept."""
+        if not isinstance(matching_rules, list) or not matching_rules:
+            return True
+        prefix = self.settings.rule_tag_prefix
+        duplicates = self.last_sync.duplicates if self.last_sync else []
+        relied_on = {foreign_id for _, foreign_id, adopted in duplicates if adopted is None}
+        return any(
+            isinstance(rule, dict)
+            and ((rule.get("tag") or "").startswith(prefix) or str(rule.get("id")) in relied_on)
+            for rule in matching_rules
+        )
+
     # --- the connection ----------------------------------------------------------------------
 
     async def run(self) -> None:

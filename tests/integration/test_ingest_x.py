@@ -313,6 +313,29 @@ async def test_webhook_checks_crc_signatures_and_size(ingest_settings):
     assert early.status_code == 503
 
 
+async def test_a_streamed_tweet_only_another_teams_rule_matched_is_not_ours(
+    x_api, customers, ingest_settings, running, read
+):
+    """The app's one stream carries every rule on the app: a tweet matched only by a rule
+    another team added (another tag) is skipped, not routed as a message to the company."""
+    ana, _ = customers
+    theirs, ours = new_id(), new_id()
+    skipped = ingest_metrics.TWEETS_SKIPPED.labels("filtered_stream", "foreign_rule")
+    before = skipped._value.get()
+
+    async with running(IngestService(ingest_settings(stream=True))):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+        x_api.push_stream(x_api.make_tweet(theirs, "look at my cat", ana["id"]),
+                          matching_tags=["growth-team:cats"])  # fmt: skip
+        x_api.push_stream(x_api.make_tweet(ours, "acme outage and my cat", ana["id"]),
+                          matching_tags=["growth-team:cats", "switchboard:@AcmeHelp"])  # fmt: skip
+        records = await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [ours]))
+        await wait_for(lambda: skipped._value.get() > before)
+
+    assert ids_on(records, topics.RAW, RawTweet, [theirs, ours]) == [ours]
+    assert skipped._value.get() == before + 1
+
+
 async def test_a_webhook_resent_while_its_first_copy_awaits_the_broker_waits_for_it(
     customers, ingest_settings, running, tmp_path
 ):
