@@ -41,16 +41,30 @@ class Archive:
             raise ArchiveError(f"{path}: neither a folder nor a zip file")
         self.account = self._account()
 
-    def _parts(self, *stems: str) -> Iterator[Any]:
+    def _parts(self, *stems: str) -> Iterator[dict[str, Any] | NormalizeError]:
+        """The items of the data files named ``stems``; a file or an item that cannot be read
+        is a NormalizeError in their place (dead-lettered with the reason, the rest goes on)."""
         for name in sorted(self._files):
             pure = PurePosixPath(name)
             if pure.parent.name == "data" and pure.stem.split("-part")[0] in stems:
-                yield from _ytd(self._files[name](), name)
+                try:
+                    items = _ytd(self._files[name](), name)
+                except (ArchiveError, zipfile.BadZipFile, OSError, UnicodeDecodeError) as exc:
+                    yield NormalizeError("invalid_json", f"{name}: {exc}")
+                    continue
+                for index, item in enumerate(items):
+                    yield (
+                        item
+                        if isinstance(item, dict)
+                        else NormalizeError("invalid_event", f"{name}[{index}]: not an object")
+                    )
 
     def _account(self) -> dict[str, Any]:
         for item in self._parts("account"):
+            if isinstance(item, NormalizeError):
+                raise ArchiveError(f"{self.path}: {item.detail}")
             account = item.get("account") or {}
-            if account.get("accountId") and account.get("username"):
+            if isinstance(account, dict) and account.get("accountId") and account.get("username"):
                 return account
         raise ArchiveError(f"{self.path}: no data/account.js with accountId and username")
 
@@ -61,6 +75,9 @@ class Archive:
             "name": self.account.get("accountDisplayName"),
         }
         for item in self._parts("tweets", "tweet"):
+            if isinstance(item, NormalizeError):
+                yield item
+                continue
             try:
                 yield tweet_from_v1(item.get("tweet") or item, config, "archive", author=author)
             except NormalizeError as problem:
@@ -71,11 +88,22 @@ class Archive:
         if handle is None:
             return
         for item in self._parts("direct-messages"):
+            if isinstance(item, NormalizeError):
+                yield item
+                continue
             conversation = item.get("dmConversation") or {}
-            for message in conversation.get("messages", []):
-                create = message.get("messageCreate")
-                if create:
+            messages = conversation.get("messages") if isinstance(conversation, dict) else None
+            if not isinstance(messages, list):
+                yield NormalizeError(
+                    "invalid_dm", f"a conversation without messages: {item!r:.200}"
+                )
+                continue
+            for message in messages:
+                create = message.get("messageCreate") if isinstance(message, dict) else None
+                if isinstance(create, dict):
                     yield self._dm(create, conversation.get("conversationId"), handle.handle)
+                elif not isinstance(message, dict) or create is not None:
+                    yield NormalizeError("invalid_dm", f"not a message: {message!r:.200}")
 
     def _dm(self, create: dict, conversation_id: str | None, handle: str) -> Tweet | NormalizeError:
         sender = str(create.get("senderId", ""))
@@ -92,7 +120,7 @@ class Archive:
                 kind="direct_message",
                 url=f"https://x.com/messages/{conversation_id}",
             )
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
             return NormalizeError("invalid_dm", f"direct message {create.get('id')}: {exc}")
 
 

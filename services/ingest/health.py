@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from switchboard.ingest import metrics
 
-State = Literal["starting", "ok", "failing", "waiting"]
+State = Literal["starting", "ok", "failing", "waiting", "done"]  # done: a backfill
 
 
 @dataclass

@@ -28,6 +28,7 @@ import functools
 import json
 import logging
 import time
+import zipfile
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
@@ -35,7 +36,7 @@ from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
 from switchboard.ingest import metrics
-from switchboard.ingest.archive import Archive
+from switchboard.ingest.archive import Archive, ArchiveError
 from switchboard.ingest.checkpoints import Checkpoints
 from switchboard.ingest.config import IngestFileConfig
 from switchboard.ingest.dedup import SeenTweets
@@ -82,7 +83,7 @@ from switchboard.shared.kafka import (
     read_to_end,
 )
 from switchboard.shared.runtime import http_app, run_service
-from switchboard.shared.settings import read_secret
+from switchboard.shared.settings import ConfigError, read_secret
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,16 @@ class IngestService:
         self.stream: FilteredStream | None = None
         self._ready = False
         self.finished_backfill = asyncio.Event()
+        self.archive = self._archive() if settings.archive is not None else None
+
+    def _archive(self) -> Archive:
+        """The archive to backfill from, opened now: a path that is not an X archive fails at
+        start, naming the setting (its data files are read, and dead-lettered if bad, later)."""
+        assert self.settings.archive is not None
+        try:
+            return Archive(self.settings.archive)
+        except (ArchiveError, OSError, zipfile.BadZipFile) as error:
+            raise ConfigError(f"SWITCHBOARD_ARCHIVE: {error}") from None
 
     @property
     def ready(self) -> bool:
@@ -184,7 +195,7 @@ class IngestService:
 
     async def run(self, stop: asyncio.Event) -> None:
         work = [asyncio.create_task(c) for c in self._sources()]
-        backfill = [asyncio.create_task(c) for c in self._backfills()]
+        backfill = [asyncio.create_task(self._backfilled(*job)) for job in self._backfills()]
         try:
             if backfill:
                 await asyncio.gather(*backfill)
@@ -199,13 +210,30 @@ class IngestService:
                 task.cancel()
             await asyncio.gather(*work, *backfill, return_exceptions=True)
 
-    def _backfills(self) -> list[Coroutine[Any, Any, None]]:
+    def _backfills(self) -> list[tuple[SourceHealth, Coroutine[Any, Any, None]]]:
         jobs = []
         if self.settings.replay_file is not None:
-            jobs.append(self.replay())
+            health = self.health.of("replay", self.settings.replay_file.name)
+            jobs.append((health, self.replay()))
         if self.settings.archive is not None:
-            jobs.append(self.replay_archive())
+            jobs.append(
+                (self.health.of("archive", self.settings.archive.name), self.replay_archive())
+            )
         return jobs
+
+    async def _backfilled(self, health: SourceHealth, backfill: Coroutine[Any, Any, None]) -> None:
+        """A backfill run once: what it cannot read fails it, on /readyz and in the log, and
+        leaves the live sources running (a file is not fixed by reading it again)."""
+        try:
+            await backfill
+        except (asyncio.CancelledError, KafkaPublishError):
+            raise
+        except Exception as error:  # noqa: BLE001 - a backfill must not take ingest down
+            health.failed(f"{type(error).__name__}: {error}", 0)
+            log.error("a backfill failed; the live sources go on", exc_info=True,
+                      extra={"source": health.source, "file": health.handle})  # fmt: skip
+        else:
+            health.ok("done")
 
     def _sources(self) -> list[Coroutine[Any, Any, None]]:
         x = self.config.ingest.x
@@ -306,8 +334,8 @@ class IngestService:
         return False
 
     async def replay_archive(self) -> None:
-        assert self.settings.archive is not None
-        archive = Archive(self.settings.archive)
+        archive = self.archive
+        assert archive is not None
         items = [*archive.tweets(self.config), *archive.direct_messages(self.config)]
         items.sort(key=lambda i: i.created_at.timestamp() if isinstance(i, Tweet) else 0)
         async for item in paced(items, self.settings.rate, self.settings.replay_limit):

@@ -596,6 +596,51 @@ async def test_an_archive_export_backfills_brand_replies_and_received_dms(
     assert brand[reply].tweet.referenced_tweets[0].id == "99"
 
 
+async def test_an_archive_with_unreadable_parts_backfills_the_rest_and_dead_letters_them(
+    ingest_settings, running, read, tmp_path
+):
+    """A data file cut short and an item that is not an object are dead-lettered with the
+    reason and the file named; the readable tweets are backfilled, the live sources run on,
+    and /readyz says the backfill is done. A path that is no archive fails at start."""
+    good, started = new_id(), datetime.now(UTC)
+    path = write_archive(tmp_path / "archive.zip", tweets=[], conversations=[])
+    account = zipfile.ZipFile(path).read("data/account.js")
+    tweet = {
+        "id_str": good,
+        "full_text": "@ana_flies sorted",
+        "created_at": "Tue Nov 24 10:00:00 +0000 2026",
+    }
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("data/account.js", account)
+        archive.writestr(
+            "data/tweets.js", "window.YTD.tweets.part0 = " + json.dumps([{"tweet": tweet}, 7])
+        )
+        archive.writestr("data/direct-messages.js", 'window.YTD.direct_messages.part0 = [{"dmConv')
+    not_an_archive = tmp_path / "notes.txt"
+    not_an_archive.write_text("hello")
+    service = IngestService(ingest_settings(archive=path, replay_rate_per_s=1000, webhook=True))
+
+    async with running(service):
+        await wait_for(service.finished_backfill.is_set)
+        records = await read([topics.BRAND, topics.DEADLETTER],
+                             lambda rs: ids_on(rs, topics.BRAND, BrandTweet, [good]))  # fmt: skip
+        backfill = service.readiness_detail()["sources"]["archive:archive.zip"]
+        live = service.ready
+
+    letters = [x for x in published(records, topics.DEADLETTER, DeadLetter)
+               if x.source == "archive" and x.failed_at >= started]  # fmt: skip
+    named = sorted((x.reason, x.error) for x in letters)
+    assert [reason for reason, _ in named] == ["invalid_event", "invalid_json"]
+    assert "data/tweets.js[1]: not an object" in named[0][1]
+    assert "data/direct-messages.js: not an archive data file" in named[1][1]
+    assert ids_on(records, topics.BRAND, BrandTweet, [good]) == [good]
+    assert backfill["state"] == "done" and live
+    with pytest.raises(
+        ConfigError, match="SWITCHBOARD_ARCHIVE: .*notes.txt: neither a folder nor a zip"
+    ):
+        IngestService(ingest_settings(archive=not_an_archive))
+
+
 async def test_a_missing_token_fails_at_start_naming_the_key(ingest_settings, monkeypatch):
     settings = ingest_settings(stream=True)
     monkeypatch.delenv("X_APP_TOKEN")
