@@ -212,8 +212,9 @@ class FilteredStream:
             report.uncovered += [r for r in rules if r.value not in answer.created]
             return []
         retry: list[StreamRule] = []
+        ours = await self._our_duplicates(rules, duplicates)
         for rule in rules:
-            if rule.value in answer.created:
+            if rule.value in answer.created or rule in ours:
                 report.created.append(rule)
             elif rule.value in invalid:
                 refused = await self._invalid_terms(rule, invalid[rule.value], report)
@@ -236,6 +237,21 @@ class FilteredStream:
             report.uncovered += retry
             return []
         return retry
+
+    async def _our_duplicates(
+        self, rules: list[StreamRule], duplicates: dict[str, str]
+    ) -> set[StreamRule]:
+        """The rules X calls duplicates of a rule that is in fact this one, with its tag: an
+        addition X carried out whose answer was lost, and whose retry X then refused."""
+        if not any(rule.value in duplicates for rule in rules):
+            return set()
+        on_x = {str(r.get("id")): r for r in await self.api.get_rules()}
+        return {
+            rule
+            for rule in rules
+            if rule.value in duplicates
+            and (on_x.get(duplicates[rule.value]) or {}).get("tag") == rule.tag
+        }
 
     async def _invalid_terms(self, rule: StreamRule, reason: str, report: RuleSync) -> set[str]:
         """Which of the rule's terms X refuses, checked one by one in a dry run."""

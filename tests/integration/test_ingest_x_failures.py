@@ -218,6 +218,25 @@ async def test_a_duplicate_of_a_foreign_rule_is_adopted_under_a_distinct_value(
     assert "adopted_variant" in line and "7 (social-team)" in line
 
 
+async def test_rules_added_whose_answer_was_lost_are_ours_not_foreign_duplicates(
+    x_api, ingest_settings, running
+):
+    """X creates the rules, and the connection drops before its answer: the retry is refused
+    as a DuplicateRule of the rules just created, which carry our tags. They are ours: no
+    foreign duplicate reported, no second value added beside them."""
+    settings = ingest_settings(stream=True)
+    x_api.lose_answer_next("POST", "/2/tweets/search/stream/rules")
+
+    async with running(IngestService(settings)):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+
+    wanted = {(r.value, r.tag) for r in desired_rules(settings.config)}
+    assert sorted((r["value"], r["tag"]) for r in x_api.rules.values()) == sorted(wanted)
+    for handle in ("@AcmeHelp", "@AcmeIR"):
+        assert value(ingest_metrics.STREAM_RULE_PROBLEMS, handle, "foreign_duplicate") == 0
+        assert value(ingest_metrics.STREAM_RULE_PROBLEMS, handle, "uncovered") == 0
+
+
 async def test_a_keyword_x_refuses_is_named_and_the_handle_stays_covered(
     x_api, ingest_settings, running, tmp_path, caplog
 ):

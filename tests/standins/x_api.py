@@ -313,6 +313,7 @@ class XApiStandIn:
         # A tweet and its matching tags, or a raw line sent as it is.
         self._stream_queue: deque[tuple[JsonDict, list[str] | None] | bytes] = deque()
         self._failures: list[_ScriptedFailure] = []
+        self._lost_answers: list[tuple[str, str]] = []  # (path prefix, method)
         self._rate_limits: dict[str, tuple[int, float]] = dict(DOCUMENTED_LIMITS)
         self._windows: dict[tuple[str, str], _RateLimit] = {}  # (token, prefix)
         self.rate_limited: list[tuple[float, str]] = []  # (when, path) of each 429 answered
@@ -465,6 +466,11 @@ class XApiStandIn:
         closed without an answer (a load balancer dropping it: the client sees a disconnect)."""
         self._failures.append(_ScriptedFailure(path_prefix, DROP, None, count))
 
+    def lose_answer_next(self, method: str, path_prefix: str) -> None:
+        """The next ``method`` request under ``path_prefix`` is carried out, and then the
+        connection is closed before the answer (the client cannot tell whether it was)."""
+        self._lost_answers.append((path_prefix, method))
+
     def garble_next(self, path_prefix: str, *, count: int = 1) -> None:
         """The next ``count`` requests under ``path_prefix`` get a 200 whose JSON body is cut
         short (a proxy or X truncating an answer)."""
@@ -514,7 +520,8 @@ class XApiStandIn:
     async def _gate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Record, then scripted failure, auth, rate limit, and finally the endpoint."""
         await self._record(request)
-        failure = self._take_failure(request)
+        lost = self._take_lost_answer(request)
+        failure = None if lost else self._take_failure(request)
         if failure is not None:
             return failure
         if not self._authorized(request):
@@ -523,9 +530,12 @@ class XApiStandIn:
         if limited is not None:
             return limited
         try:
-            return await handler(request)
+            response = await handler(request)
         except web.HTTPException as exc:
             return _problem(exc.status)
+        if lost:
+            self._hang_up(request)
+        return response
 
     async def _record(self, request: web.Request) -> None:
         raw = await request.read() if request.can_read_body else b""
@@ -548,6 +558,14 @@ class XApiStandIn:
             return True
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         return scheme == "Bearer" and token in self.bearer_tokens
+
+    def _take_lost_answer(self, request: web.Request) -> bool:
+        for lost in self._lost_answers:
+            prefix, method = lost
+            if request.method == method and request.path.startswith(prefix):
+                self._lost_answers.remove(lost)
+                return True
+        return False
 
     def _take_failure(self, request: web.Request) -> web.Response | None:
         for failure in self._failures:
