@@ -189,6 +189,14 @@ def _edit_of(data: dict[str, Any]) -> str | None:
     return history[0] if len(history) > 1 and history[0] != str(data["id"]) else None
 
 
+def _edit_of_v1(status: dict[str, Any], tweet_id: str) -> str | None:
+    """The original post a v1.1 post (Account Activity, archives) is an edit of: its
+    ``edit_history.initial_tweet_id`` when that is another id (X's "Edit Posts" metadata)."""
+    history = status.get("edit_history")
+    initial = history.get("initial_tweet_id") if isinstance(history, dict) else None
+    return str(initial) if initial and str(initial) != tweet_id else None
+
+
 def _author_v2(user: dict[str, Any]) -> Author:
     """``username`` None: X left the user out of ``includes`` (its id stands in, as for the
     Account Activity DMs whose sender is not in the payload)."""
@@ -336,6 +344,7 @@ def tweet_from_v1(
             referenced_tweets=references,
             in_reply_to_user_id=reply_user,
             quoted_tweet_id=status.get("quoted_status_id_str"),
+            edit_of=_edit_of_v1(status, tweet_id),
             source=source,
             url=f"https://x.com/{user['screen_name']}/status/{tweet_id}",
         )

@@ -92,6 +92,23 @@ def test_a_v1_reply_joins_the_conversation_it_answers(config):
     assert [(r.type, r.id) for r in tweet.referenced_tweets] == [("replied_to", "500")]
 
 
+def test_a_v1_edit_names_the_post_it_edits(config):
+    """Account Activity posts carry X's edit metadata: an edit is linked to the original (route
+    edits its alert rather than paging twice); the original, or a post never edited, is not."""
+    history = {"initial_tweet_id": "555", "edit_tweet_ids": ["555", "556"]}
+    edit = tweet_from_v1(v1_status(id_str="556", edit_history=history), config, "webhook")
+    original = tweet_from_v1(v1_status(edit_history=history), config, "webhook")
+    assert (
+        edit.edit_of,
+        original.edit_of,
+        tweet_from_v1(v1_status(), config, "webhook").edit_of,
+    ) == (
+        "555",
+        None,
+        None,
+    )
+
+
 def test_the_company_own_tweets_are_brand_tweets_and_retweets_are_skipped(config):
     own = v1_status(user={"id_str": SKYLARK_HELP_ID, "screen_name": "SkylarkHelp"})
     kind, handle = origin(tweet_from_v1(own, config, "webhook"), config)
