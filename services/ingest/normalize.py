@@ -403,15 +403,32 @@ def deletion_from_activity(item: dict[str, Any]) -> Deletion:
     )
 
 
+# Compliance messages that ask for nothing downstream can do (X's TweetComplianceData): a post
+# visible again, withheld in some countries, or edited (its new version comes as a post).
+OTHER_COMPLIANCE = frozenset({"undrop", "withheld", "tweet_edit"})
+
+
+def other_compliance(message: object) -> str | None:
+    """The kind of a compliance message that is neither a deletion nor a post, if it is one."""
+    data = message.get("data") if isinstance(message, dict) else None
+    if isinstance(data, dict) and len(data) == 1 and next(iter(data)) in OTHER_COMPLIANCE:
+        return next(iter(data))
+    return None
+
+
 @_x_object("not_a_deletion")
 def deletion_from_compliance(message: dict[str, Any]) -> Deletion | None:
-    """A v2 compliance-stream message ``{"data": {"delete": {"tweet": {...}, "event_at"}}}``."""
-    delete = (message.get("data") or {}).get("delete")
-    if not isinstance(delete, dict):
+    """A v2 compliance message ``{"data": {"delete": {"tweet": {...}, "event_at"}}}``, or a
+    ``drop`` (X: "the Post should be removed from public view"), which downstream copies
+    must follow as they follow a deletion."""
+    data = message.get("data") or {}
+    kind = next((k for k in ("delete", "drop") if isinstance(data.get(k), dict)), None)
+    if kind is None:
         return None
+    delete = data[kind]
     tweet = delete.get("tweet") or {}
     if not tweet.get("id"):
-        raise NormalizeError("not_a_deletion", "expected data.delete.tweet.id")
+        raise NormalizeError("not_a_deletion", f"expected data.{kind}.tweet.id")
     return Deletion(
         tweet_id=str(tweet["id"]),
         user_id=tweet.get("author_id"),

@@ -49,6 +49,7 @@ from switchboard.ingest.normalize import (
     dm_from_activity,
     dm_from_v2,
     origin,
+    other_compliance,
     tweet_from_v1,
     tweet_from_v2,
     tweet_from_v2_data,
@@ -360,6 +361,9 @@ class IngestService:
             deletion = deletion_from_compliance(message) if isinstance(message, dict) else None
             if deletion is not None:
                 return await self.publish_deletion(deletion, source)
+            if kind := other_compliance(message):
+                metrics.TWEETS_SKIPPED.labels(source, f"compliance_{kind}").inc()
+                return "skipped"
             if isinstance(message, dict) and "data" not in message and "errors" in message:
                 # X's stream reports operational problems (e.g. forced disconnects) this way.
                 log.warning("X reported", extra={"where": where, "errors": message["errors"]})

@@ -641,6 +641,50 @@ async def test_an_archive_with_unreadable_parts_backfills_the_rest_and_dead_lett
         IngestService(ingest_settings(archive=not_an_archive))
 
 
+async def test_compliance_messages_x_documents_are_followed_or_skipped_never_dead_lettered(
+    ingest_settings, running, read, tmp_path
+):
+    """X's compliance kinds (TweetComplianceData): a post dropped from public view is to be
+    removed downstream as a deleted one is; withheld, undropped and edited posts ask nothing
+    of copies already routed and are counted and skipped."""
+    dropped, started = new_id(), datetime.now(UTC)
+    at, author = "2026-12-01T08:00:00Z", "42"
+
+    def post(**extra: object) -> dict:
+        return {"tweet": {"id": new_id(), "author_id": author}, "event_at": at} | extra
+
+    lines = [
+        {"data": {"drop": {"tweet": {"id": dropped, "author_id": author}, "event_at": at}}},
+        {"data": {"withheld": post(withheld_in_countries=["DE"])}},
+        {"data": {"undrop": post()}},
+        {"data": {"tweet_edit": post(initial_tweet_id="1", edit_tweet_ids=["1", "2"])}},
+    ]
+    replay = tmp_path / "compliance.jsonl"
+    replay.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    skipped = {kind: ingest_metrics.TWEETS_SKIPPED.labels("replay", f"compliance_{kind}")
+               for kind in ("withheld", "undrop", "tweet_edit")}  # fmt: skip
+    before = {kind: counter._value.get() for kind, counter in skipped.items()}
+    service = IngestService(ingest_settings(replay_file=replay, replay_rate_per_s=1000))
+
+    async with running(service):
+        await wait_for(service.finished_backfill.is_set)
+        removed = lambda rs: [e for e in published(rs, topics.COMPLIANCE, ComplianceEvent)  # noqa: E731
+                              if e.tweet_id == dropped]  # fmt: skip
+        records = await read([topics.COMPLIANCE, topics.DEADLETTER], removed)
+
+    [removal] = removed(records)
+
+    assert (removal.user_id, removal.source) == (author, "replay")
+    letters = [x for x in published(records, topics.DEADLETTER, DeadLetter)
+               if x.stage == "ingest" and x.failed_at >= started]  # fmt: skip
+    assert letters == []
+    assert {kind: c._value.get() - before[kind] for kind, c in skipped.items()} == {
+        "withheld": 1,
+        "undrop": 1,
+        "tweet_edit": 1,
+    }
+
+
 async def test_a_missing_token_fails_at_start_naming_the_key(ingest_settings, monkeypatch):
     settings = ingest_settings(stream=True)
     monkeypatch.delenv("X_APP_TOKEN")
