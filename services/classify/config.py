@@ -3,14 +3,35 @@ validates at start (the shared sections and this one)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from switchboard.shared.config import (
     Section,
     SharedConfig,
 )
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"  # the shipped artifacts, by name
+
+
+def shipped_artifacts() -> list[str]:
+    return sorted(p.name for p in ARTIFACTS.iterdir() if (p / "card.json").is_file())
+
+
+def known_artifact(name: str | None) -> str | None:
+    """``name`` when it is a shipped artifact, a folder here with a card, or a path (which
+    may exist only where the service runs); else a ValueError with the names there are: a
+    mistyped name fails the configuration check, not a pod at start."""
+    if name is None or "/" in name or (ARTIFACTS / name / "card.json").is_file():
+        return name
+    if (Path(name) / "card.json").is_file():
+        return name
+    raise ValueError(
+        f"{name!r} is neither a shipped artifact ({', '.join(shipped_artifacts())}) nor an "
+        "artifact folder here (give a trained folder's path)"
+    )
 
 
 class ClassifyConfig(Section):
@@ -43,6 +64,11 @@ class ClassifyConfig(Section):
         description="How often classify checks the YAML file: a new artifact (or runtime) is "
         "loaded beside the one serving and takes over between two batches, without a restart",
     )  # fmt: skip
+
+    @field_validator("artifact")
+    @classmethod
+    def _known_artifact(cls, name: str | None) -> str | None:
+        return known_artifact(name)
 
 
 class ClassifyFileConfig(SharedConfig):

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from switchboard.classify.config import ARTIFACTS, shipped_artifacts
 from switchboard.classify.lexical import Blend, LexicalModel, blended
 from switchboard.classify.tokens import Tokens, prepare_text
 from switchboard.shared.labels import Department, Urgency
@@ -38,7 +39,6 @@ from switchboard.shared.labels import Department, Urgency
 if TYPE_CHECKING:  # torch and transformers load only when something needs the network
     from switchboard.classify.network import Encoder, Heads
 
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 # The best model (trained on real tweets too; non-commercial licence, see its card), and the
 # one trained only on data that allows commercial use. ``classify.artifact`` picks either.
 DEFAULT_ARTIFACT_NAME = "minilm-real-v5"
@@ -48,10 +48,6 @@ DEFAULT_ARTIFACT = ARTIFACTS / DEFAULT_ARTIFACT_NAME
 # the image builds them into SWITCHBOARD_ONNX_DIR instead).
 DEFAULT_ONNX_DIR = Path(tempfile.gettempdir()) / "switchboard-onnx"
 ENCODER_FILE = "encoder.safetensors"  # an artifact's encoder weights, when training tuned them all
-
-
-def shipped_artifacts() -> list[str]:
-    return sorted(p.name for p in ARTIFACTS.iterdir() if (p / "card.json").is_file())
 
 
 def resolve_artifact(artifact: str | Path | None) -> Path:

@@ -188,9 +188,14 @@ class ClassifyService:
 
     async def start(self) -> None:
         if self.model is None:
-            self.model = await asyncio.to_thread(
-                load_model, self.options, self.settings.artifact, self.settings.onnx_dir
-            )
+            try:
+                self.model = await asyncio.to_thread(
+                    load_model, self.options, self.settings.artifact, self.settings.onnx_dir
+                )
+            except FileNotFoundError as error:  # a folder that is not there where this runs
+                key = "SWITCHBOARD_SHADOW_ARTIFACT" if self.settings.shadow else "classify.artifact"
+                detail = str(error).removeprefix("classify.artifact: ")
+                raise ConfigError(f"{key}: {detail}") from None
         self.announce_model()
         await ensure_topics(
             self.settings.kafka,

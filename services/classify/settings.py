@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from switchboard.classify.config import ClassifyFileConfig
+from switchboard.classify.config import ClassifyFileConfig, known_artifact
 from switchboard.shared.settings import ServiceSettings
 
 
@@ -31,6 +31,20 @@ class ClassifySettings(ServiceSettings):
     shadow_artifact: str | None = Field(
         default=None, description="The candidate artifact a shadow classify serves"
     )
+
+    @model_validator(mode="after")
+    def _shadow_has_a_candidate(self) -> Self:
+        if self.shadow and not self.shadow_artifact:
+            raise ValueError("SWITCHBOARD_SHADOW_ARTIFACT: a shadow classify needs the candidate")
+        if self.shadow_artifact and not self.shadow:
+            raise ValueError(
+                "SWITCHBOARD_SHADOW_ARTIFACT: set without SWITCHBOARD_SHADOW=true, it is not served"
+            )
+        try:
+            known_artifact(self.shadow_artifact)
+        except ValueError as error:
+            raise ValueError(f"SWITCHBOARD_SHADOW_ARTIFACT: {error}") from None
+        return self
 
     @property
     def artifact(self) -> str | None:

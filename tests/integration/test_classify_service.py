@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
+
 from switchboard.classify.data import content_sha256, load_labeled
 from switchboard.classify.evaluation import report
 from switchboard.classify.model import DEFAULT_ARTIFACT
@@ -13,6 +15,7 @@ from switchboard.classify.settings import ClassifySettings
 from switchboard.shared import topics
 from switchboard.shared.events import ClassifiedTweet, DeadLetter, decode, encode
 from switchboard.shared.labels import Department, Urgency
+from switchboard.shared.settings import ConfigError
 from tests.conftest import CONFIG_FILE, LABELED, REAL, data_versions, published
 from tests.factories import a_raw_tweet
 
@@ -144,3 +147,17 @@ async def test_a_second_classify_process_takes_a_share_of_the_partitions(
         if e.tweet.id in sent
     ]
     assert sorted(labelled) == sorted(sent)  # every tweet, none twice
+
+
+async def test_an_artifact_folder_missing_where_classify_runs_fails_at_start_naming_the_key(
+    kafka, tmp_path
+):
+    """A trained folder named by its path is only checked where classify runs: absent there,
+    classify stops at start with the key and the shipped names, not with a traceback."""
+    settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    options = settings.config.classify.model_copy(update={"artifact": str(tmp_path / "ours-v1")})
+    config = settings.config.model_copy(update={"classify": options})
+    service = ClassifyService(settings.model_copy(update={"config": config}))
+
+    with pytest.raises(ConfigError, match=r"classify\.artifact: '.*ours-v1' is neither a shipped"):
+        await service.start()

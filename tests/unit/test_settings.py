@@ -224,6 +224,23 @@ def test_config_errors_never_show_secret_values(monkeypatch):
     assert "sasl-password-0123" not in str(caught.value)
 
 
+def test_a_shadow_classify_names_its_candidate_by_a_variable(monkeypatch):
+    """The variables of a shadow are checked as `switchboard classify --shadow` checks them."""
+    from switchboard.classify.settings import ClassifySettings
+
+    monkeypatch.setenv("SWITCHBOARD_SHADOW", "true")
+    with pytest.raises(ConfigError, match="SWITCHBOARD_SHADOW_ARTIFACT: a shadow classify needs"):
+        ClassifySettings.load(config_file=EXAMPLE)
+    monkeypatch.setenv("SWITCHBOARD_SHADOW_ARTIFACT", "minilm-real-v9")
+    with pytest.raises(ConfigError, match="SWITCHBOARD_SHADOW_ARTIFACT: 'minilm-real-v9' is nei"):
+        ClassifySettings.load(config_file=EXAMPLE)
+    monkeypatch.setenv("SWITCHBOARD_SHADOW_ARTIFACT", "minilm-commercial-v3")
+    assert ClassifySettings.load(config_file=EXAMPLE).artifact == "minilm-commercial-v3"
+    monkeypatch.delenv("SWITCHBOARD_SHADOW")
+    with pytest.raises(ConfigError, match="SWITCHBOARD_SHADOW_ARTIFACT: set without"):
+        ClassifySettings.load(config_file=EXAMPLE)
+
+
 def test_config_check_validates_a_file_as_each_service_would(write_config):
     """`switchboard config check [--service NAME] [FILE]`: every error on a line with its key
     and rule, exit status 1; a file that a service would start with, status 0."""
@@ -234,6 +251,7 @@ def test_config_check_validates_a_file_as_each_service_would(write_config):
     def broken(content: dict) -> None:
         content["notify"].update(subscriptionz=[])
         content["route"]["rules"] = [{"name": "vip", "when": {"bogus": 1}, "then": {"drop": True}}]
+        content.setdefault("classify", {})["artifact"] = "minilm-real-v6"  # no such artifact
 
     runner = CliRunner()
     good = runner.invoke(main, ["config", "check", str(EXAMPLE)])
@@ -243,6 +261,8 @@ def test_config_check_validates_a_file_as_each_service_would(write_config):
     assert every.exit_code == 1
     assert "config key notify.subscriptionz:" in every.output
     assert "config key route.rules[0].when.bogus (rule 'vip'):" in every.output
+    assert "config key classify.artifact: " in every.output
+    assert "'minilm-real-v6' is neither a shipped artifact (minilm-commercial-v3" in every.output
     route = runner.invoke(main, ["config", "check", "--service", "route", path])
     assert route.exit_code == 1 and "notify" not in route.output.replace(path, "")
     ingest = runner.invoke(main, ["config", "check", "--service", "ingest", path])
