@@ -246,8 +246,9 @@ class DeliveryPolicy(Section):
         "stays parked for `switchboard dlq redrive`); 0: never redriven by itself. A vendor's own "
         "wait (Retry-After, a daily limit) is always honoured",
     )
-    rate_per_s: dict[Channel, float] = Field(
-        default_factory=dict, description="Most deliveries per second, per channel"
+    rate_per_s: dict[Channel, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="Most deliveries per second, per channel (a channel left out: no limit)",
     )
     concurrency: int = Field(
         default=16,

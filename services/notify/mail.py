@@ -67,8 +67,12 @@ def templates(folder: Path | None = None) -> Environment:
 
 
 def check_templates(options: EmailConfig, subscriptions: list[Subscription]) -> None:
-    """Fail at start, naming the subscription, when an email template does not exist."""
-    env = templates(options.templates_dir)
+    """Fail at start, naming the subscription, when an email template does not exist (and
+    naming the folder when it is not there: its templates would silently never be used)."""
+    folder = options.templates_dir
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(f"config key notify.email.templates_dir: {folder} is not a folder")
+    env = templates(folder)
     for index, subscription in enumerate(subscriptions):
         if subscription.channel != "email":
             continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Self
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from switchboard.notify.config import NotifyFileConfig
@@ -31,6 +31,15 @@ class SmtpSettings(BaseSettings):
         "a time: each email waits several round trips, so behind a relay's latency one "
         "connection caps the rate (docs/performance.md)",
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.tls and self.starttls:
+            raise ValueError("SMTP_TLS and SMTP_STARTTLS: one or the other (implicit TLS or an "
+                             "upgrade), not both")  # fmt: skip
+        if bool(self.username) != bool(self.password and self.password.get_secret_value()):
+            raise ValueError("SMTP_USERNAME and SMTP_PASSWORD: login needs both, or neither")
+        return self
 
 
 class NotifySettings(StreamSettings):

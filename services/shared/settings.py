@@ -27,6 +27,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from switchboard.shared.config import SecretRef, SharedConfig
@@ -126,8 +127,9 @@ def _security_problem(kafka: KafkaSettings) -> str | None:
     protocol = kafka.security_protocol
     sasl_given = [name for name in ("sasl_mechanism", "sasl_username", "sasl_password")
                   if getattr(kafka, name) is not None]  # fmt: skip
-    if protocol.startswith("SASL") and (kafka.sasl_username is None or kafka.sasl_password is None):
-        return f"KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD: {protocol} needs both"
+    password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
+    if protocol.startswith("SASL") and not ((kafka.sasl_username or "").strip() and password):
+        return f"KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD: {protocol} needs both, not empty"
     if sasl_given and not protocol.startswith("SASL"):
         names = ", ".join("KAFKA_" + name.upper() for name in sasl_given)
         return f"{names}: set, but KAFKA_SECURITY_PROTOCOL {protocol} does not use SASL"
@@ -223,6 +225,11 @@ class ServiceSettings(BaseSettings):
         except ValidationError as exc:
             raw = _raw_config(overrides)
             raise ConfigError(describe_errors(exc, env_prefix="SWITCHBOARD_", raw=raw)) from None
+        except SettingsError as exc:  # a variable whose value pydantic could not parse
+            raise ConfigError(
+                f"environment: {exc} (a SWITCHBOARD_CONFIG__ override of a list or a map takes "
+                "JSON, e.g. '[\"critical\"]')"
+            ) from None
 
 
 class StreamSettings(ServiceSettings):

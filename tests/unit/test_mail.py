@@ -96,6 +96,12 @@ def test_a_missing_template_fails_at_start_naming_the_subscription(tmp_path):
         check_templates(EmailConfig(templates_dir=tmp_path), [missing])
 
 
+def test_a_templates_folder_that_is_not_there_fails_at_start_naming_its_key(tmp_path):
+    """Else its templates would never be used, the built-in ones standing in silently."""
+    with pytest.raises(ConfigError, match=r"notify.email.templates_dir: .*templatez is not a"):
+        check_templates(EmailConfig(templates_dir=tmp_path / "templatez"), [SUPPORT])
+
+
 def test_hostile_text_is_inert_in_every_part_of_the_email():
     routed = routed_with_text(HOSTILE)
     message = received(render_email(routed, SUPPORT, EmailConfig(), "d"))

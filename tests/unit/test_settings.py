@@ -108,6 +108,10 @@ def test_example_config_is_valid():
         (lambda c: c.update(access={"lock_views": True}), "access"),
         (lambda c: c["notify"].update(redact={"emails": True}), "notify.redact.emails"),
         (
+            lambda c: c["notify"].setdefault("delivery", {}).update(rate_per_s={"zendesk": 0}),
+            "notify.delivery.rate_per_s.zendesk",
+        ),
+        (
             lambda c: c["notify"]["subscriptions"].append(
                 {
                     "name": "desk",
@@ -166,6 +170,33 @@ def test_a_bad_environment_variable_is_named(monkeypatch):
         PipelineSettings.load(config_file=EXAMPLE)
 
 
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"SMTP_TLS": "true", "SMTP_STARTTLS": "true"}, "SMTP_TLS and SMTP_STARTTLS: one or"),
+        ({"SMTP_USERNAME": "switchboard"}, "SMTP_USERNAME and SMTP_PASSWORD: login needs both"),
+        ({"SMTP_PASSWORD": "p"}, "SMTP_USERNAME and SMTP_PASSWORD: login needs both"),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "PLAIN",
+             "KAFKA_SASL_USERNAME": "", "KAFKA_SASL_PASSWORD": "p"},
+            "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD: SASL_PLAINTEXT needs both, not empty",
+        ),
+        (
+            {"SWITCHBOARD_CONFIG__ROUTE__ALERT_URGENCIES": "critical"},
+            "a SWITCHBOARD_CONFIG__ override of a list or a map takes JSON",
+        ),
+    ],
+)  # fmt: skip
+def test_variables_that_contradict_each_other_or_cannot_be_read_fail_at_start(
+    monkeypatch, variables, message
+):
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    service = RouteSettings if "ROUTE" in str(variables) else NotifySettings
+    with pytest.raises(ConfigError, match=message):
+        service.load(config_file=EXAMPLE)
+
+
 def test_environment_overrides_the_file(monkeypatch):
     monkeypatch.setenv("SWITCHBOARD_CONFIG__ROUTE__CONFIDENCE_THRESHOLD", "0.7")
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker-1:9092")
@@ -176,6 +207,7 @@ def test_environment_overrides_the_file(monkeypatch):
 
 
 def test_smtp_secret_is_not_printed(monkeypatch):
+    monkeypatch.setenv("SMTP_USERNAME", "switchboard")
     monkeypatch.setenv("SMTP_PASSWORD", "hunter2")
     settings = NotifySettings.load(config_file=EXAMPLE)
     assert settings.smtp.password.get_secret_value() == "hunter2"
@@ -212,6 +244,7 @@ def test_secrets_read_are_masked_in_every_log_line(monkeypatch, caplog):
 
 
 def test_config_errors_never_show_secret_values(monkeypatch):
+    monkeypatch.setenv("SMTP_USERNAME", "switchboard")
     monkeypatch.setenv("SMTP_PASSWORD", "smtp-password-0123")
     monkeypatch.setenv("SMTP_PORT", "not-a-port")
     with pytest.raises(ConfigError, match="environment: SMTP_PORT") as caught:
