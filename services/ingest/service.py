@@ -197,6 +197,11 @@ class IngestService:
     async def run(self, stop: asyncio.Event) -> None:
         work = [asyncio.create_task(c) for c in self._sources()]
         backfill = [asyncio.create_task(self._backfilled(*job)) for job in self._backfills()]
+        if not work and not backfill and not self.config.ingest.x.webhook.enabled:
+            # Valid, but it reads nothing: said on /readyz (degraded), the metrics and the log.
+            problem = "no source: enable one under ingest.x, or set SWITCHBOARD_REPLAY_FILE"
+            self.health.of("sources", "none").failed(problem, 0)
+            log.error("ingest has nothing to read", extra={"problem": problem})
         try:
             if backfill:
                 await asyncio.gather(*backfill)

@@ -490,3 +490,16 @@ async def _switchboard(tmp_path, settings, x_api, *args: str):
     )  # fmt: skip
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
     return subprocess.CompletedProcess(args, process.returncode, stdout.decode(), stderr.decode())
+
+
+async def test_an_ingest_with_no_source_says_so_on_readyz(ingest_settings, running):
+    """A configuration with every X source off and nothing to replay is valid, and reads
+    nothing: ingest says so (degraded, the source metric at 0) instead of idling in silence."""
+    service = IngestService(ingest_settings())
+    async with running(service):
+        await wait_for(lambda: "sources:none" in service.readiness_detail()["sources"])
+        detail = service.readiness_detail()
+
+    assert detail["degraded"] is True
+    assert detail["sources"]["sources:none"]["state"] == "failing"
+    assert value(ingest_metrics.SOURCE_UP, "sources", "none") == 0
