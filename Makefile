@@ -16,14 +16,14 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # Debian packages that some tests drive: promtool (package prometheus) checks the alert rules,
-# headless Chromium loads the live ops page. Installed once, only when missing.
+# headless Chromium loads the live ops page, openssl makes the TLS tests' certificates. Installed once, only when missing.
 tools:
-	@missing=""; for tool in promtool chromium; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; for tool in promtool chromium openssl; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages for:$$missing"; \
 		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$sudo apt-get update -qq && \
-		$$sudo apt-get install -y -qq --no-install-recommends prometheus chromium >/dev/null; \
+		$$sudo apt-get install -y -qq --no-install-recommends prometheus chromium openssl >/dev/null; \
 	fi
 
 run: setup
@@ -60,7 +60,7 @@ PYTEST := $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST
 test: setup tools
 	$(PYTEST) --durations=20
 
-test-unit: setup
+test-unit: setup tools
 	$(BIN)/python -m pytest -q tests/unit
 
 test-integration: setup tools

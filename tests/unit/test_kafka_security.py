@@ -20,9 +20,9 @@ PASSWORD = "kafka-sasl-password-for-tests"
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate and its key, made by openssl: the CA file and the client identity."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+    """A certificate and its key, made by openssl (`make tools` installs it): the CA file and
+    the client identity."""
+    assert shutil.which("openssl"), "openssl is not installed: `make tools` installs it"
     cert, key = folder / "client.crt", folder / "client.key"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
