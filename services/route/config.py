@@ -3,7 +3,7 @@ route validates at start and at every reload (the shared sections and this one).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
@@ -42,7 +42,9 @@ class RuleCondition(Section):
     confidence_max: float | None = Field(default=None, ge=0.0, le=1.0)
     handles: list[HandleName] | None = Field(default=None, description="Any of them addressed")
     segments: list[Segment] | None = Field(default=None, description="Of an addressed handle")
-    languages: list[str] | None = None
+    languages: list[Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$")]] | None = Field(
+        default=None, description="X's lang codes, lower case (en, es, pt-br)"
+    )
     keywords: list[Annotated[str, Field(min_length=1)]] | None = Field(
         default=None, description="Any of them in the text, case-insensitive, whole words"
     )
@@ -212,7 +214,27 @@ class RouteConfig(Section):
         return named_uniquely(rules, "rule")
 
 
+NEVER = ", so the rule would never match"
+
+
 class RouteFileConfig(SharedConfig):
     """What route validates, at start and at every reload: the shared sections and ``route``."""
 
     route: RouteConfig = Field(default_factory=RouteConfig)  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _rules_name_what_exists(self) -> Self:
+        """A rule naming a handle or a segment the file does not have would never match."""
+        handles = {h.handle.lower() for h in self.handles}
+        segments = {h.segment for h in self.handles}
+        for index, rule in enumerate(self.route.rules):
+            where = f"route.rules[{index}].when"
+            for handle in rule.when.handles or []:
+                if handle.lower() not in handles:
+                    problem = f"{handle} is not one of the handles"
+                    raise ValueError(f"{where}.handles (rule {rule.name!r}): {problem}{NEVER}")
+            for segment in rule.when.segments or []:
+                if segment not in segments:
+                    problem = f"no handle has the segment {segment!r}"
+                    raise ValueError(f"{where}.segments (rule {rule.name!r}): {problem}{NEVER}")
+        return self

@@ -142,6 +142,24 @@ def test_a_bad_rule_names_the_rule_and_its_key(write_config):
     )
 
 
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [
+        ({"handles": ["@SkylarkHlep"]}, r"route.rules\[1\].when.handles \(rule 'investors-asking"),
+        ({"segments": ["investr"]}, "no handle has the segment 'investr'"),
+        ({"languages": ["EN"]}, r"route.rules\[1\].when.languages.0"),
+    ],
+)
+def test_a_rule_naming_what_the_file_does_not_have_is_refused(write_config, when, message):
+    """Such a rule is valid in shape and would never match: refused at start and at reload."""
+
+    def misname(config: dict) -> None:
+        config["route"]["rules"][1]["when"] = when
+
+    with pytest.raises(ConfigError, match=message):
+        RouteSettings.load(config_file=write_config(misname))
+
+
 def test_a_repeated_handle_is_refused(write_config):
     path = write_config(lambda c: c["handles"].append(dict(c["handles"][0])))
     with pytest.raises(ConfigError, match="@SkylarkAir is already handles\\[0\\]"):
