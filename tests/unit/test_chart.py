@@ -8,6 +8,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from switchboard.route.config import RouteFileConfig
 from tests.conftest import ROOT
 
 CHART = ROOT / "charts" / "switchboard"
@@ -128,9 +129,15 @@ def test_a_routing_rule_change_reaches_the_running_pods_without_a_restart():
     """The ConfigMap is mounted as a directory (kubelet updates it in place; a subPath mount
     never changes), the services read the file in it, and a change to route's rules leaves the
     pods' checksum alone: route reloads the file (route.reload_interval_s)."""
-    rule = {"name": "refunds", "when": {"keywords": ["refund"]}, "then": {"department": "sales"}}
+    rule = {"name": "refunds", "when": {"keywords": ["refund"]}, "then": {"route_to": "sales"}}
     ruled = {"config": {"handles": [HANDLE], "route": {"rules": [rule]}}}
     assert checksums({"config": {"handles": [HANDLE]}}) == checksums(ruled)
+    # The file the pods read is one route takes (a rule it refused would keep the old rules)
+    [config_map] = [
+        d for d in by_kind(render(ruled), "ConfigMap") if "switchboard.yaml" in d["data"]
+    ]
+    mounted = RouteFileConfig.model_validate(yaml.safe_load(config_map["data"]["switchboard.yaml"]))
+    assert [r.name for r in mounted.route.rules] == ["refunds"]
     for deployment in workloads(render(ruled)):
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         [mount] = [m for m in container["volumeMounts"] if m["name"] == "config"]
