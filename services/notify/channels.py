@@ -648,6 +648,9 @@ class SalesforceChannel(HttpChannel):
     ) -> None:
         super().__init__(policy, base_url)
         self.api_version = api_version
+        # Records this process created whose owner and source are still to be set (the call
+        # that sets them failed): the next try finds the record existing and sets them then.
+        self._unowned: dict[str, dict[str, Any]] = {}
         self.token = token
         self.request_limit_wait_s = request_limit_wait_s
 
@@ -701,18 +704,38 @@ class SalesforceChannel(HttpChannel):
             "Company": one_line(f"X user @{author.username}", SUMMARY_LIMIT, utf16_units),
             "Description": job.body(SALESFORCE_TEXT_LIMIT, utf16_units),
         }
-        if target.lead_source:
-            fields["LeadSource"] = target.lead_source
-        return Done("upserted", await self._upsert(target, author.id, fields))
+        # Only a new Lead gets the owner and the source: a rep may have taken it over since.
+        on_create = {"OwnerId": target.owner_id, "LeadSource": target.lead_source}
+        try:
+            record, created = await self._upsert(target, author.id, fields)
+        except DeliveryError as error:
+            if "CANNOT_UPDATE_CONVERTED_LEAD" not in str(error):
+                raise
+            # A rep converted the author's Lead into a Contact: Salesforce keeps it as it was.
+            log.info("the author's Lead was converted; left as it is",
+                     extra={"delivery_id": job.delivery_id, "author": author.id})  # fmt: skip
+            return Done("lead_converted")
+        await self._set_on_create(target, record, created, on_create)
+        return Done("upserted", record)
 
     async def _upsert(
         self, target: SalesforceTarget, key: str, fields: dict[str, Any]
-    ) -> str | None:
-        if target.owner_id:
-            fields["OwnerId"] = target.owner_id
+    ) -> tuple[str | None, bool]:
+        """The record's id, and whether the upsert created it (201, ``created``)."""
         path = f"{self.sobjects}/{target.object}/{target.external_id_field}/{quote(key, safe='')}"
         response = await self.send("PATCH", path, json=fields)
-        return (json_of(response) if response.content else {}).get("id")
+        answer = json_of(response) if response.content else {}
+        return answer.get("id"), response.status_code == 201 or answer.get("created") is True
+
+    async def _set_on_create(
+        self, target: SalesforceTarget, record: str | None, created: bool, fields: dict[str, Any]
+    ) -> None:
+        fields = {name: value for name, value in fields.items() if value}
+        if record is None or not fields or not (created or record in self._unowned):
+            return
+        self._unowned[record] = fields
+        await self.send("PATCH", f"{self.sobjects}/{target.object}/{quote(record)}", json=fields)
+        del self._unowned[record]
 
     async def _case(self, job: Job, target: SalesforceTarget) -> Done:
         key = job.routed.tweet.conversation_id
@@ -736,7 +759,10 @@ class SalesforceChannel(HttpChannel):
         }
         if target.case_origin:
             fields["Origin"] = target.case_origin
-        return Done("created", await self._upsert(target, key, fields))
+        if target.owner_id:  # a Case is upserted only to open it: its owner goes with it
+            fields["OwnerId"] = target.owner_id
+        record, _ = await self._upsert(target, key, fields)
+        return Done("created", record)
 
     async def _case_of(self, target: SalesforceTarget, key: str) -> tuple[str | None, str]:
         """The id and description of the conversation's Case, when one exists that the ledger
@@ -850,6 +876,8 @@ class HubSpotChannel(HttpChannel):
     ) -> None:
         super().__init__(policy, base_url, headers={"Authorization": f"Bearer {token}"})
         self.time_zone = ZoneInfo(time_zone)
+        # Contacts this process created whose owner is still to be set (that call failed)
+        self._unowned: set[str] = set()
 
     def vendor_wait_s(self, response: httpx.Response) -> float | None:
         if response.status_code == 423:  # a record locked by a burst of upserts, for 2 s
@@ -870,7 +898,14 @@ class HubSpotChannel(HttpChannel):
             "lastname": one_line(author.name or f"@{author.username}", 200),
             "twitterhandle": one_line(author.username, 50),
         }
-        record, _ = await self._upsert(target, author.id, properties)
+        record, new = await self._upsert(target, author.id, properties)
+        # Only a new contact gets the owner: a rep may have taken it over since. The batch
+        # upsert is the one operation of HubSpot's contract here, so it sets the owner too.
+        mine = f"{target.object}:{author.id}"
+        if target.owner_id and (new or mine in self._unowned):
+            self._unowned.add(mine)
+            await self._upsert(target, author.id, {"hubspot_owner_id": target.owner_id})
+            self._unowned.discard(mine)
         return Done("upserted", record)
 
     async def _ticket(self, job: Job, target: HubSpotTarget) -> Done:
@@ -896,13 +931,15 @@ class HubSpotChannel(HttpChannel):
         self, job: Job, target: HubSpotTarget, key: str, parts: list[str], *, opens: bool
     ) -> tuple[str | None, bool]:
         properties: dict[str, Any] = {"content": transcript(parts, HUBSPOT_TEXT_LIMIT)}
-        if opens:  # the conversation's first tweet opens the ticket
+        if opens:  # the conversation's first tweet opens the ticket, with its owner
             properties |= {
                 "subject": job.summary(),
                 "hs_pipeline": "0",
                 "hs_pipeline_stage": "1",
                 "hs_ticket_priority": job.priority(HUBSPOT_PRIORITIES),
             }
+            if target.owner_id:
+                properties["hubspot_owner_id"] = target.owner_id
         elif job.routed.classification.urgency is Urgency.CRITICAL:  # raise, never lower
             properties["hs_ticket_priority"] = job.priority(HUBSPOT_PRIORITIES)
         return await self._upsert(target, key, properties)
@@ -912,8 +949,6 @@ class HubSpotChannel(HttpChannel):
     ) -> tuple[str | None, bool]:
         """The record's id, and whether the upsert created it (HubSpot's ``new``)."""
         properties[target.id_property] = key
-        if target.owner_id:
-            properties["hubspot_owner_id"] = target.owner_id
         upsert = {"inputs": [{"idProperty": target.id_property, "id": key,
                               "properties": properties}]}  # fmt: skip
         response = await self.send(

@@ -358,6 +358,53 @@ async def test_crm_records_are_one_per_author(vendors, notify_settings, producer
     assert bearer and set(bearer) == {"Bearer sf-token"}
 
 
+async def test_a_crm_record_gets_its_owner_when_created_and_keeps_the_one_a_rep_gave_it(
+    vendors, notify_settings, producer, read, running
+):
+    """A new Lead or contact gets the subscription's owner (and the Lead its source); once a rep
+    takes it over, the author's next tweets update it and leave its owner alone. A Lead the
+    rep converted is left as it is: Salesforce refuses any update of it."""
+    salesforce, hubspot = vendors["salesforce"], vendors["hubspot"]
+    author = str(next(_ids) + 900000)
+    owned = [
+        {"name": "owned-leads", "channel": "salesforce", "departments": ["sales"],
+         "salesforce": {"object": "Lead", "owner_id": "00G-queue",
+                        "external_id_field": "Owned_Author_Id__c"}},
+        {"name": "owned-fans", "channel": "hubspot", "departments": ["sales"],
+         "hubspot": {"object": "contacts", "owner_id": "77"}},
+    ]  # fmt: skip
+    convs = [conversation() for _ in range(3)]
+
+    def lead() -> dict:
+        [found] = [r for r in salesforce.records["Lead"].values()
+                   if r.get("Owned_Author_Id__c") == author]  # fmt: skip
+        return found
+
+    def contact() -> dict:
+        [found] = [c for c in hubspot.objects["contacts"].values()
+                   if c["properties"].get("twitter_user_id") == author]  # fmt: skip
+        return found["properties"]
+
+    async with running(NotifyService(notify_settings(*owned))):
+        await publish_routed(producer, routed("sales", conversation=convs[0], author=author))
+        await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, convs[0])) >= 3)
+        created = (lead()["OwnerId"], lead()["LeadSource"], contact()["hubspot_owner_id"])
+        lead()["OwnerId"], contact()["hubspot_owner_id"] = "005-rep", "88"  # a rep takes over
+        await publish_routed(producer, routed("sales", conversation=convs[1], author=author))
+        await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, convs[1])) >= 3)
+        salesforce.convert_lead(lead()["Id"])
+        await publish_routed(producer, routed("sales", conversation=convs[2], author=author))
+        records = await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, convs[2])) >= 3)
+
+    assert created == ("00G-queue", "X (Twitter)", "77")
+    assert (lead()["OwnerId"], contact()["hubspot_owner_id"]) == ("005-rep", "88")
+    last = {d.target: d for d in deliveries(records, convs[2])}
+    assert (last["owned-leads"].outcome, last["owned-leads"].action) == (
+        "delivered",
+        "lead_converted",
+    )
+
+
 async def test_webhook_is_signed_and_carries_an_idempotency_key(
     vendors, notify_settings, producer, read, running
 ):

@@ -1136,6 +1136,17 @@ class SalesforceStandIn(VendorStandIn):
         """Someone deletes the record: its paths answer 404 NOT_FOUND from now on."""
         del self.records[sobject][record_id]
 
+    def convert_lead(self, record_id: str) -> None:
+        """A rep converts the Lead (into a Contact): Salesforce refuses any update of it from
+        now on, 400 ``CANNOT_UPDATE_CONVERTED_LEAD``."""
+        self.records["Lead"][record_id]["IsConverted"] = True
+
+    def _converted(self, sobject: str, record: JsonDict | None) -> web.Response | None:
+        if sobject == "Lead" and record is not None and record.get("IsConverted"):
+            message = "cannot reference converted lead"
+            return _sf_error(400, "CANNOT_UPDATE_CONVERTED_LEAD", message, [])
+        return None
+
     def restrict_picklist(self, sobject: str, field: str, values: set[str]) -> None:
         """``field`` becomes a restricted picklist: any other value is refused."""
         self.restricted[(sobject, field)] = values
@@ -1307,6 +1318,8 @@ class SalesforceStandIn(VendorStandIn):
         record_id = request.match_info["record_id"]
         if record_id not in self.records[sobject]:
             return self._error(404, {})
+        if converted := self._converted(sobject, self.records[sobject][record_id]):
+            return converted
         fields = await self._fields(request)
         if isinstance(fields, web.Response):
             return fields
@@ -1341,6 +1354,8 @@ class SalesforceStandIn(VendorStandIn):
         found = self._matching(sobject, field, value)
         if len(found) > 1:
             return self._multiple_choices(sobject, found)
+        if converted := self._converted(sobject, found[0] if found else None):
+            return converted
         record = (found[0] if found else {field: value}) | fields
         refused = self._missing(sobject, record) or self._duplicate(sobject, record)
         if refused is not None:
