@@ -495,7 +495,9 @@ class Delivery(Event):
     attempts: int = Field(ge=0)
     error: str | None = None
     action: str | None = Field(
-        default=None, description="sent, created, commented, upserted, or already_done"
+        default=None,
+        description="sent, created, commented, upserted, lead_converted (left as it is), or "
+        "already_done",
     )
     external_id: str | None = Field(default=None, description="Ticket, issue, lead or contact id")
     routed: RoutedTweet | None = Field(
