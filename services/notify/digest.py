@@ -13,6 +13,11 @@ from the table. A crash between the two sends the same digest again with the sam
 A tweet published twice (notify restarted before committing it) is listed once: each listed
 tweet is marked by its id until its digest is sent; one beyond the listed hundred is counted
 again.
+
+A digest the relay refuses for good (a 5xx reply: no such mailbox, a message too large), or
+that failed ``DIGEST_ATTEMPTS`` times in a row, is not tried again: its listed tweets go out
+one by one as redriven deliveries of the subscription, each retried and parked on the DLQ with
+its reason like any delivery, so nothing is lost to a digest that can never be sent.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
+import aiosmtplib
 import faust
 
 from switchboard.notify import metrics
@@ -34,6 +40,7 @@ from switchboard.shared.events import (
     DigestDue,
     DigestItem,
     PendingDigest,
+    RedriveRequest,
     RoutedTweet,
     decode_digest,
     encode,
@@ -45,6 +52,7 @@ from switchboard.shared.streams import StreamWorker, publish_from_timer, raw_top
 log = logging.getLogger(__name__)
 
 SWEEP_EVERY_S = 1.0  # how often the owner looks for due digests
+DIGEST_ATTEMPTS = 12  # periods in a row a digest may fail before its tweets go one by one
 
 
 def header_key(subscription: str) -> bytes:
@@ -81,6 +89,13 @@ def after_sent(current: PendingDigest, sent: PendingDigest, now: datetime) -> Pe
         subscription=current.subscription, count=left, first=sent.next, next=current.next,
         since=now,
     )  # fmt: skip
+
+
+def _refused_for_good(error: Exception) -> bool:
+    """A 5xx reply (RFC 5321: permanent) to the message, or to every recipient."""
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
+        return bool(error.recipients) and all(r.code >= 500 for r in error.recipients)
+    return isinstance(error, aiosmtplib.SMTPResponseException) and error.code >= 500
 
 
 def due_at(pending: PendingDigest, subscription: Subscription) -> datetime:
@@ -171,10 +186,14 @@ class Digests:
         if pending is None or subscription is None or now < due_at(pending, subscription):
             return
         listed = self.listed(pending)
-        if not await self._send(subscription, pending, listed):
+        outcome = await self._send(subscription, pending, listed)
+        if outcome == "failed" and pending.failures + 1 < DIGEST_ATTEMPTS:
             period = timedelta(minutes=subscription.digest_minutes or 1)
-            self.table[key] = encode(pending.model_copy(update={"retry_at": now + period}))
+            retry = {"retry_at": now + period, "failures": pending.failures + 1}
+            self.table[key] = encode(pending.model_copy(update=retry))
             return
+        if outcome != "sent":
+            await self._one_by_one(subscription, pending, listed)
         for number in range(pending.first, pending.next):  # sent: forgotten
             self.table.pop(item_key(pending.subscription, number), None)
         for routed in listed:
@@ -216,16 +235,37 @@ class Digests:
 
     async def _send(
         self, subscription: Subscription, pending: PendingDigest, items: list[RoutedTweet]
-    ) -> bool:
+    ) -> Literal["sent", "failed", "refused"]:
+        """Send the digest: ``refused`` when the relay refused it for good (5xx)."""
         identity = digest_id(pending, items)
         message = render_digest(items, pending.count, subscription, self.options.email, identity)
         try:
             await self.mailer.send(message)
         except Exception as exc:  # noqa: BLE001 - any failure: keep the tweets, try next period
             metrics.DELIVERIES.labels("email_digest", "failed").inc()
-            log.error("digest not sent; kept for the next try",
+            refused = _refused_for_good(exc)
+            log.error("digest not sent; " + ("refused" if refused else "kept for the next try"),
                       extra={"subscription": subscription.name, "error": str(exc)})  # fmt: skip
-            return False
+            return "refused" if refused else "failed"
         metrics.DELIVERIES.labels("email_digest", "delivered").inc()
         log.info("digest sent", extra={"subscription": subscription.name, "tweets": pending.count})
-        return True
+        return "sent"
+
+    async def _one_by_one(
+        self, subscription: Subscription, pending: PendingDigest, items: list[RoutedTweet]
+    ) -> None:
+        """Hand the digest's listed tweets over as deliveries of their own (redriven, so
+        retried and parked like any), before the digest forgets them."""
+        requests = [
+            Output.of(topics.NOTIFICATIONS_REDRIVE, RedriveRequest(
+                delivery_id=f"{routed.tweet.id}:email:{subscription.name}",
+                subscription=subscription.name, department=routed.route.department,
+                routed=routed,
+            ), key=routed.tweet.conversation_id)
+            for routed in items
+        ]  # fmt: skip
+        await publish(self.sender, requests, "notify")
+        metrics.DELIVERIES.labels("email_digest", "one_by_one").inc()
+        log.error("a digest that cannot be sent goes out one tweet at a time",
+                  extra={"subscription": subscription.name, "tweets": len(items),
+                         "not_listed": pending.count - len(items)})  # fmt: skip

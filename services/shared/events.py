@@ -471,6 +471,7 @@ class PendingDigest(Event):
     retry_at: AwareDatetime | None = Field(
         default=None, description="a send failed: the next try (a period later)"
     )
+    failures: int = Field(default=0, ge=0, description="sends failed in a row")
 
     @property
     def listed(self) -> int:

@@ -235,6 +235,45 @@ async def test_low_urgency_waits_for_one_digest(kafka, producer, running, inbox)
     assert "d-9" in singles and not singles & {"d-0", "d-1", "d-2"}
 
 
+async def test_a_digest_the_relay_refuses_for_good_goes_out_one_tweet_at_a_time(
+    kafka, producer, running, inbox, read
+):
+    """The relay refuses the digest's mailbox (550): the digest is not tried again period after
+    period; its tweets become deliveries of their own, each retried and parked on the DLQ with
+    the relay's reason, where a person sees them and can redrive them once the address is
+    fixed. Nothing waits in the digest any more."""
+    base = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    gone = f"gone-{uuid.uuid4().hex[:8]}@switchboard.example"
+    inbox.refuse(gone)
+    name = f"digest-{uuid.uuid4().hex[:6]}"
+    chatter = Subscription(name=name, departments=["community"], urgencies=["low"], to=[gone],
+                           digest_minutes=0.02)  # fmt: skip
+    notify = base.config.notify.model_copy(update={"subscriptions": [chatter]})
+    settings = NotifySettings.load(
+        config_file=CONFIG_FILE, kafka=kafka,
+        config=base.config.model_copy(update={"notify": notify}),
+        smtp=SmtpSettings(host="127.0.0.1", port=inbox.port),
+    )  # fmt: skip
+    run = uuid.uuid4().hex[:6]
+    low = [routed(f"g{run}-{i}", "community", "low", f"lovely day {i}", settings) for i in range(2)]
+    wanted = {f"{e.tweet.id}:email:{name}" for e in low}
+    service = NotifyService(settings)
+
+    async with running(service):
+        for event in low:
+            await producer.send_and_wait(event.route.topic, encode(event), key=b"conv-gone")
+        parked = await read(
+            [topics.NOTIFICATIONS_DLQ],
+            lambda rs: {d.delivery_id for r in rs for d in [decode(Delivery, r.value)]} >= wanted,
+        )
+        await wait_for(lambda: not [k for k in service.digests.table if name.encode() in k])
+
+    failed = {d.delivery_id: d for r in parked for d in [decode(Delivery, r.value)]
+              if d.delivery_id in wanted}  # fmt: skip
+    assert set(failed) == wanted
+    assert all(d.outcome == "failed" and f"{gone}: 550" in (d.error or "") for d in failed.values())
+
+
 async def test_a_subscription_gets_one_digest_whichever_replicas_hold_its_tweets(
     own_kafka, own_producer, running, inbox
 ):
