@@ -68,6 +68,10 @@ class LoopbackInbox:
         know (5xx) or cannot take mail for now (4xx)."""
         self.handler.refused[address.lower()] = reply
 
+    def accept(self, address: str) -> None:
+        """Take mail for ``address`` again."""
+        self.handler.refused.pop(address.lower(), None)
+
     def stop(self) -> None:
         self.controller.stop()
 

@@ -165,23 +165,33 @@ class Channel(Protocol):
 
 
 class EmailChannel:
+    """An email per delivery. Recipients the relay refuses for now (4xx: greylisting, a full
+    mailbox) while it takes the others are sent the email again, alone, when the delivery is
+    tried again (retried, then parked and redriven); those refused for good (5xx) are named
+    in the log and the metric."""
+
     name = "email"
 
     def __init__(self, mailer: SmtpMailer, options: EmailConfig) -> None:
         self.mailer = mailer
         self.options = options
+        # delivery id: the recipients still to send it to (the others have it); a notify
+        # restarted sends it to all again, under the same Message-ID
+        self._remaining: dict[str, list[str]] = {}
 
     async def deliver(self, job: Job) -> Done:
         message = render_email(job.routed, job.subscription, self.options, job.delivery_id)
+        only = self._remaining.get(job.delivery_id)
         try:
-            refused = await self.mailer.send(message)
+            refused = await self.mailer.send(message, only)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             # Every recipient refused: trying again helps only if a refusal was temporary (4xx).
             replies = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+            later = [r.recipient for r in exc.recipients if r.code < 500]
+            if later and only is not None:
+                self._remaining[job.delivery_id] = later
             raise DeliveryError(
-                f"SMTP refused every recipient: {replies}",
-                retryable=any(r.code < 500 for r in exc.recipients),
-                answered=True,
+                f"SMTP refused every recipient: {replies}", retryable=bool(later), answered=True
             ) from None
         except aiosmtplib.SMTPResponseException as exc:
             raise DeliveryError(
@@ -191,10 +201,18 @@ class EmailChannel:
             ) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from None
-        if refused:  # the others have it: sending again would give them a second copy
+        if refused:  # the others have it: only the refused may be sent it again
             metrics.EMAIL_RECIPIENTS_REFUSED.labels(job.subscription.name).inc(len(refused))
             log.warning("the mail relay refused some recipients; the others got the email",
                         extra={"delivery_id": job.delivery_id, "refused": refused})  # fmt: skip
+        later = [address for address, reply in refused.items() if reply.startswith("4")]
+        if later:
+            self._remaining[job.delivery_id] = later
+            replies = "; ".join(f"{address}: {refused[address]}" for address in later)
+            raise DeliveryError(
+                f"SMTP refused some recipients for now: {replies}", retryable=True, answered=True
+            )
+        self._remaining.pop(job.delivery_id, None)
         return Done("sent", message["Message-ID"])
 
     async def close(self) -> None:

@@ -208,10 +208,10 @@ class SmtpMailer:
         self._attempts_ended = 0
         self._failure: Exception | None = None  # of the last attempt, while none succeeded
 
-    async def send(self, message: Message) -> dict[str, str]:
-        """Sends ``message``; returns the recipients the relay refused (address: its reply)
-        while it took the others. When it refuses all of them, aiosmtplib raises
-        ``SMTPRecipientsRefused``."""
+    async def send(self, message: Message, recipients: list[str] | None = None) -> dict[str, str]:
+        """Sends ``message`` (to ``recipients`` only, if given, else to its To); returns the
+        recipients the relay refused (address: its reply) while it took the others. When it
+        refuses all of them, aiosmtplib raises ``SMTPRecipientsRefused``."""
         ended = self._attempts_ended
         connection = await self._idle.get()
         try:
@@ -219,7 +219,7 @@ class SmtpMailer:
                 if self._attempts_ended != ended and self._failure is not None:
                     raise self._failure  # the relay failed those opened while this one waited
                 await self._open(connection)
-            return await connection.send(message)
+            return await connection.send(message, recipients)
         finally:
             self._idle.put_nowait(connection)
 
@@ -265,10 +265,10 @@ class _Connection:
                 raise
         self._client = client
 
-    async def send(self, message: Message) -> dict[str, str]:
+    async def send(self, message: Message, recipients: list[str] | None) -> dict[str, str]:
         assert self._client is not None
         try:
-            refused, _ = await self._client.send_message(message)
+            refused, _ = await self._client.send_message(message, recipients=recipients)
         except aiosmtplib.SMTPServerDisconnected:
             self._client = None
             raise

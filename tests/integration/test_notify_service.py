@@ -194,6 +194,49 @@ async def test_a_recipient_the_relay_refuses_is_named_and_the_mail_not_sent_twic
     assert list(warning.refused) == [gone] and warning.refused[gone].startswith("550")
 
 
+async def test_a_recipient_refused_for_now_is_sent_the_email_alone_when_tried_again(
+    kafka, producer, read, running, inbox
+):
+    """Greylisting: the relay refuses one mailbox for now (450) and takes the other. The
+    delivery is tried again (retried, parked, redriven by itself) for that mailbox alone, until
+    the relay takes it: each recipient gets the email once."""
+    run = uuid.uuid4().hex[:6]
+    later, kept = f"later-{run}@switchboard.example", f"kept-{run}@switchboard.example"
+    inbox.refuse(later, "450 4.2.0 Greylisted, try again later")
+    base = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    subscription = Subscription(name=f"grey-{run}", departments=["legal"], to=[later, kept])
+    delivery = base.config.notify.delivery.model_copy(
+        update={"attempts": 2, "max_wait_s": 0.1, "redrive_after_s": 1.0, "redrive_max_wait_s": 1.0}
+    )
+    notify = base.config.notify.model_copy(
+        update={"subscriptions": [subscription], "delivery": delivery}
+    )
+    settings = NotifySettings.load(
+        config_file=CONFIG_FILE, kafka=kafka,
+        config=base.config.model_copy(update={"notify": notify}),
+        smtp=SmtpSettings(host="127.0.0.1", port=inbox.port),
+    )  # fmt: skip
+    event = routed(f"grey-{run}", "legal", "high", "my lawyer will call", settings)
+
+    async with running(NotifyService(settings)):
+        await producer.send_and_wait(event.route.topic, encode(event), key=b"conv-grey")
+        parked = await read([topics.NOTIFICATIONS_DLQ], lambda rs: any(
+            r.key == event.tweet.conversation_id.encode() for r in rs))  # fmt: skip
+        inbox.accept(later)  # the greylisting period is over
+        records = await read([topics.DELIVERIES], lambda rs: any(
+            r.key == event.tweet.conversation_id.encode() for r in rs))  # fmt: skip
+
+    [first] = [decode(Delivery, r.value) for r in parked
+               if r.key == event.tweet.conversation_id.encode()]  # fmt: skip
+    assert first.retry_at is not None and f"{later}: 450" in (first.error or "")
+    [done] = [decode(Delivery, r.value) for r in records
+              if r.key == event.tweet.conversation_id.encode()]  # fmt: skip
+    assert done.outcome == "delivered"
+    # one arrival per recipient: the kept mailbox is not sent the retries
+    arrivals = [m for m in inbox.messages() if m["X-Switchboard-Tweet-Id"] == event.tweet.id]
+    assert len(arrivals) == 2 and {m["Message-ID"] for m in arrivals} == {done.external_id}
+
+
 def ours(email) -> bool:  # noqa: ANN001
     return email["X-Switchboard-Tweet-Id"] in ("n-1", "n-2")
 
