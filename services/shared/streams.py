@@ -174,10 +174,12 @@ def stream_app(
         producer_acks=-1,
         producer_max_request_size=kafka.max_message_bytes,
         producer_linger=0.005,  # as the project's own producers: a few records per request
+        consumer_max_fetch_size=min(4 * 2**20, kafka.fetch_max_bytes),  # per partition, as theirs
         TableManager=_TableManager,
     )
     app.transport = _Transport(app.conf.broker_consumer, app)
     app.transport.idle_pause_s = kafka.fetch_idle_pause_ms / 1000
+    app.transport.fetch_max_bytes = kafka.fetch_max_bytes
 
     async def stamp_stores_in_sync() -> None:
         app.tables.stamp_in_sync()  # type: ignore[attr-defined] - our _TableManager
@@ -413,6 +415,14 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         await super().on_start()
         pause_when_idle(self._consumer, self.transport.idle_pause_s)  # type: ignore[arg-type,attr-defined]
 
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        """faust's consumer, fetching at most ``KAFKA_FETCH_MAX_BYTES`` at once over all its
+        partitions as the project's own consumers do (faust sets only the per-partition limit,
+        leaving aiokafka's 50 MB): under a backlog that, not the backlog, bounds its memory."""
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_bytes = transport.fetch_max_bytes  # noqa: SLF001 - read at start()
+        return consumer
+
 
 class _ActivePartitions:
     """faust's live set of active partitions as aiokafka's fetch reads it: membership is
@@ -454,6 +464,7 @@ class _Transport(faust_aiokafka.Transport):
 
     Consumer = _Consumer
     idle_pause_s = 0.0
+    fetch_max_bytes = 8 * 2**20
 
 
 def credentials(kafka: KafkaSettings) -> CredentialsT | None:

@@ -138,6 +138,9 @@ async def test_each_worker_holds_only_the_state_of_its_partitions(
     await send(producer, topic, conversations * 2)
     await wait_for(lambda: sum(a.counts.values()) == 80, timeout_s=60)
     alone = a.held()
+    # faust's consumer fetches at most KAFKA_FETCH_MAX_BYTES at once, as the project's own do
+    fetcher = a.app.consumer._thread._consumer._fetcher  # noqa: SLF001
+    assert fetcher._fetch_max_bytes == kafka.fetch_max_bytes  # noqa: SLF001
     # At least once: what a worker processed but had not committed when it gave a partition up
     # is processed again by the next owner, and a count would count it twice. faust commits at
     # a rebalance, but the embedded broker refuses that commit (ILLEGAL_GENERATION where Kafka
