@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -172,15 +173,20 @@ class EmailChannel:
 
     name = "email"
 
-    def __init__(self, mailer: SmtpMailer, options: EmailConfig) -> None:
+    def __init__(
+        self, mailer: SmtpMailer, options: EmailConfig, names: Mapping[str, str] | None = None
+    ) -> None:
         self.mailer = mailer
         self.options = options
+        self.names = names  # the departments' display names, by code
         # delivery id: the recipients still to send it to (the others have it); a notify
         # restarted sends it to all again, under the same Message-ID
         self._remaining: dict[str, list[str]] = {}
 
     async def deliver(self, job: Job) -> Done:
-        message = render_email(job.routed, job.subscription, self.options, job.delivery_id)
+        message = render_email(
+            job.routed, job.subscription, self.options, job.delivery_id, self.names
+        )
         only = self._remaining.get(job.delivery_id)
         try:
             refused = await self.mailer.send(message, only)
@@ -1046,13 +1052,15 @@ def hubspot_batch_error(answer: dict) -> DeliveryError:
     )
 
 
-def channels_for(config: NotifyConfig, mailer: SmtpMailer) -> dict[str, Channel]:
+def channels_for(
+    config: NotifyConfig, mailer: SmtpMailer, names: Mapping[str, str] | None = None
+) -> dict[str, Channel]:
     """One client per channel in use; secrets are read now, so a missing one fails at start."""
     policy = config.delivery
     used = {s.channel for s in config.subscriptions}
     connections = config.connections
     check_templates(config.email, config.subscriptions)
-    channels: dict[str, Channel] = {"email": EmailChannel(mailer, config.email)}
+    channels: dict[str, Channel] = {"email": EmailChannel(mailer, config.email, names)}
     if "webhook" in used:
         secrets = {
             s.name: read_secret(s.webhook.secret, f"notify.subscriptions[{i}].webhook.secret")

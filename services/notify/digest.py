@@ -113,9 +113,15 @@ class Digests:
     """notify's digests: the table, its agent and its sweep, on notify's faust app."""
 
     def __init__(
-        self, streams: StreamWorker, options: NotifyConfig, mailer: SmtpMailer, sender: Any
+        self,
+        streams: StreamWorker,
+        options: NotifyConfig,
+        mailer: SmtpMailer,
+        sender: Any,
+        names: dict[str, str] | None = None,
     ) -> None:
         self.options = options
+        self.names = names  # the departments' display names, by code
         self.sender = sender  # what publishes: the faust producer behind kafka.publish's send
         self.subscriptions = {s.name: s for s in options.subscriptions if s.digest_minutes}
         self.mailer = mailer
@@ -238,7 +244,9 @@ class Digests:
     ) -> Literal["sent", "failed", "refused"]:
         """Send the digest: ``refused`` when the relay refused it for good (5xx)."""
         identity = digest_id(pending, items)
-        message = render_digest(items, pending.count, subscription, self.options.email, identity)
+        message = render_digest(
+            items, pending.count, subscription, self.options.email, identity, self.names
+        )
         try:
             await self.mailer.send(message)
         except Exception as exc:  # noqa: BLE001 - any failure: keep the tweets, try next period

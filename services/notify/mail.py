@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Mapping
 from email.charset import BASE64, QP, Charset
 from email.header import Header
 from email.message import Message
@@ -94,19 +95,27 @@ def message_id(delivery_id: str) -> str:
 
 
 def render_email(
-    routed: RoutedTweet, subscription: Subscription, options: EmailConfig, delivery_id: str
+    routed: RoutedTweet,
+    subscription: Subscription,
+    options: EmailConfig,
+    delivery_id: str,
+    names: Mapping[str, str] | None = None,
 ) -> Message:
+    """The email of one delivery; ``names``: the departments' display names (``departments``
+    in the YAML file), by code."""
     c = routed.classification
+    department_name = (names or {}).get(c.department.value, c.department.value)
     context = {
         "tweet": shown_tweet(routed.tweet, TEXT_LIMIT),
         "classification": c,
         "route": routed.route,
         "department": c.department.value,
+        "department_name": department_name,
         "urgency": c.urgency.value,
         "subscription": subscription.name,
     }
     subject = (
-        f"{options.subject_prefix} {c.urgency.value.upper()} {c.department.value}: "
+        f"{options.subject_prefix} {c.urgency.value.upper()} {department_name}: "
         f"@{routed.tweet.author.username}: {routed.tweet.text}"
     )
     env = templates(options.templates_dir)
@@ -132,12 +141,13 @@ def render_digest(
     subscription: Subscription,
     options: EmailConfig,
     digest_id: str,
+    names: Mapping[str, str] | None = None,
 ) -> Message:
     """One email for a digest period: ``count`` tweets in all, ``items`` of them listed."""
     shown = [r.model_copy(update={"tweet": shown_tweet(r.tweet, TEXT_LIMIT)}) for r in items]
     context = {
         "items": shown, "count": count, "more": count - len(shown),
-        "subscription": subscription.name,
+        "subscription": subscription.name, "names": dict(names or {}),
     }  # fmt: skip
     env = templates(options.templates_dir)
     return _message(

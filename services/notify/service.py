@@ -105,7 +105,11 @@ class NotifyService:
         self.settings = settings
         self.options = settings.config.notify
         policy = self.options.delivery
-        self.channels: dict[str, Channel] = channels_for(self.options, SmtpMailer(settings.smtp))
+        # the departments' display names (the YAML file's departments), for emails
+        names = {d.value: c.display_name for d, c in settings.config.departments.items()}
+        self.channels: dict[str, Channel] = channels_for(
+            self.options, SmtpMailer(settings.smtp), names
+        )
         self.breakers = {
             name: CircuitBreaker(name, policy.circuit_failures, policy.circuit_cooldown_s)
             for name in self.channels
@@ -132,7 +136,7 @@ class NotifyService:
         self.app.timer(self.options.ledger_sweep_s, name="ledger-sweep")(self.sweep_ledger)
         self.app.timer(PARKED_SWEEP_S, name="parked-sweep")(self.sweep_parked)
         self.digests = Digests(
-            self.streams, self.options, SmtpMailer(settings.smtp), self.acks.sender
+            self.streams, self.options, SmtpMailer(settings.smtp), self.acks.sender, names
         )
         # The latest delivery of each conversation and target: the next one waits for it.
         self._latest: dict[tuple[str, str], asyncio.Task[Delivery]] = {}

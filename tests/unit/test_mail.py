@@ -135,3 +135,18 @@ def test_the_message_id_is_the_same_each_time_a_delivery_is_sent():
     assert first == message_id("1861000000000004096:email:support-leads")
     assert first == "<1861000000000004096.email.support-leads@switchboard>"
     assert message_id("1:email:other") != first
+
+
+def test_emails_and_digests_name_the_department_as_the_company_does():
+    """The YAML file's departments give each its display name: emails show it, not the code."""
+    from switchboard.notify.mail import render_digest
+
+    names = {"customer_service": "Kundenservice"}
+    routed = routed_with_text("my parcel never came")
+    message = received(render_email(routed, SUPPORT, EmailConfig(), "d", names))
+    assert "HIGH Kundenservice: @" in message["Subject"]
+    for part in ("plain", "html"):
+        shown = message.get_body((part,)).get_content()
+        assert "Kundenservice" in shown and "customer_service" not in shown
+    digest = received(render_digest([routed], 1, SUPPORT, EmailConfig(), "digest:1", names))
+    assert "Kundenservice: @" in digest.get_body(("plain",)).get_content()
