@@ -235,6 +235,11 @@ def test_optional_parts_render_when_enabled():
         {"services": {"classify": {"replicas": -1, "port": 8082, "resources": {}}}},
         {"config": {"handles": []}},
         {"logLevel": "LOUD"},
+        # a mistyped key would be dropped silently (no CA mounted: TLS fails at connect)
+        {"kafka": {"tls": {"caSecrets": "kafka-ca"}}},
+        {"ingres": {"enabled": True}},
+        # two ingest pods would close each other's stream (one connection per X app)
+        {"services": {"ingest": {"replicas": 2, "port": 8081, "resources": {}}}},
     ],
 )
 def test_the_values_schema_refuses_bad_values(values):
