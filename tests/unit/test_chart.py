@@ -207,6 +207,10 @@ def test_optional_parts_render_when_enabled():
     path = ingress["spec"]["rules"][0]["http"]["paths"][0]
     assert path["path"] == "/webhooks/x"
     assert path["backend"]["service"]["name"] == "sb-switchboard-ingest"
+    # the webhook's path moved in the configuration: the Ingress follows it
+    moved = {"handles": [HANDLE], "ingest": {"x": {"webhook": {"path": "/hooks/x"}}}}
+    [ingress] = by_kind(render(EVERYTHING_ON | {"config": moved}), "Ingress")
+    assert ingress["spec"]["rules"][0]["http"]["paths"][0]["path"] == "/hooks/x"
     [scaled] = by_kind(docs, "ScaledObject")
     assert scaled["spec"]["triggers"][0]["metadata"]["consumerGroup"] == "switchboard-classify"
     assert by_kind(docs, "HorizontalPodAutoscaler") == []  # KEDA owns the scaling then
@@ -245,6 +249,19 @@ def test_optional_parts_render_when_enabled():
 def test_the_values_schema_refuses_bad_values(values):
     with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError):
         chart.validate_schema(values)
+
+
+def test_locked_metrics_need_the_token_for_prometheus():
+    """With access.lock_metrics, /metrics asks for the admin token: a ServiceMonitor without it
+    would be refused at every scrape, so the chart refuses to render it."""
+    locked = {
+        "handles": [HANDLE],
+        "access": {"lock_metrics": True, "admin_token": {"env": "SWITCHBOARD_ADMIN_TOKEN"}},
+    }
+    without = {"serviceMonitor": {"enabled": True}, "config": locked}
+    with pytest.raises(helm.HelmError, match="serviceMonitor.bearerTokenSecret.name"):
+        render(without)
+    assert by_kind(render(EVERYTHING_ON | {"config": locked}), "ServiceMonitor")
 
 
 def test_the_chart_ships_the_same_rules_and_dashboards_as_deploy():
