@@ -158,21 +158,25 @@ class IngestService:
     async def _restore_seen(self) -> int:
         """Refill the memory of seen ids from what was published within the window."""
         since_ms = int((time.time() - self.seen.window_s) * 1000)
-        records: list[tuple[float, str]] = []
+        records: list[tuple[float, str, str | None]] = []
 
         def collect(record: ConsumerRecord) -> None:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
                 value = json.loads(record.value)
-                seen = DELETED + value["tweet_id"] if "tweet_id" in value else value["tweet"]["id"]
-                records.append((record.timestamp / 1000, seen))
+                if "tweet_id" in value:  # a deletion
+                    records.append((record.timestamp / 1000, DELETED + value["tweet_id"], None))
+                    return
+                tweet = value["tweet"]
+                conversation = tweet.get("conversation_id")
+                records.append((record.timestamp / 1000, tweet["id"], conversation))
 
         await read_to_end(
             self.settings.kafka, [topics.RAW, topics.BRAND, topics.COMPLIANCE], collect,
             since_ms=since_ms,
             client_id="switchboard-ingest-dedup",
         )  # fmt: skip
-        for seen_at, tweet_id in sorted(records):
-            self.seen.remember(tweet_id, seen_at)
+        for seen_at, tweet_id, conversation in sorted(records, key=lambda r: r[:2]):
+            self.seen.remember(tweet_id, seen_at, conversation)
         return len(records)
 
     def http_app(self) -> FastAPI:
@@ -501,11 +505,13 @@ class IngestService:
         if kind == "retweet":
             metrics.TWEETS_SKIPPED.labels(tweet.source, "retweet").inc()
             return "skipped"
+        tweet = self._in_its_conversation(tweet)
         if not self.seen.first_time(tweet.id):
             if wait and not await self._first_copy_stored(tweet.id):
                 return await self.offer(tweet, wait=wait)  # it was not: this copy goes
             metrics.DUPLICATES_DROPPED.labels(tweet.source).inc()
             return "duplicate"
+        self.seen.in_conversation(tweet.id, tweet.conversation_id)
         trace = Trace(ingested_at=utc_now())
         if own_handle is not None:
             output = Output.of(
@@ -551,6 +557,18 @@ class IngestService:
             return
         handle = tweet.addressed_handles[0] if tweet.addressed_handles else "none"
         metrics.TWEETS_INGESTED.labels(tweet.source, handle).inc()
+
+    def _in_its_conversation(self, tweet: Tweet) -> Tweet:
+        """A v1.1 reply (Account Activity, an archive), whose conversation stands in as the
+        tweet it answers, joins that tweet's conversation when it was seen: the thread's root,
+        as X's v2 sources name it, so a follow-up is not a conversation of its own."""
+        replied = next((r.id for r in tweet.referenced_tweets if r.type == "replied_to"), None)
+        if tweet.kind != "tweet" or replied is None or tweet.conversation_id != replied:
+            return tweet
+        conversation = self.seen.conversation_of(replied)
+        if conversation is None or conversation == tweet.conversation_id:
+            return tweet
+        return tweet.model_copy(update={"conversation_id": conversation})
 
     def _storing(self, key: str) -> asyncio.Future[bool]:
         """A future of whether the copy of ``key`` being published gets stored, for repeats

@@ -417,6 +417,51 @@ async def test_a_webhook_resent_after_its_first_copy_failed_publishes_the_tweet_
     assert (counted_while_refused, counted) == (0, 1)
 
 
+async def test_a_thread_delivered_by_webhooks_stays_one_conversation(
+    customers, ingest_settings, running, read
+):
+    """Account Activity's v1.1 tweets carry no conversation id: a reply joins the conversation
+    of the tweet it answers, so a customer's follow-up to the company's answer stays in the
+    thread's conversation (its root, as X's v2 sources name it), not one of its own."""
+    root, answer, follow_up = new_id(), new_id(), new_id()
+    ana = {"id_str": "42", "screen_name": "ana_flies"}
+    company = {"id_str": HELP_ID, "screen_name": "AcmeHelp"}
+    thread = [
+        activity_tweet(root, "@AcmeHelp my card was charged twice", ana),
+        activity_tweet(answer, "@ana_flies sorry! DM us", company,
+                       in_reply_to_status_id_str=root, in_reply_to_user_id_str="42"),
+        activity_tweet(follow_up, "@AcmeHelp done, still waiting", ana,
+                       in_reply_to_status_id_str=answer, in_reply_to_user_id_str=HELP_ID),
+    ]  # fmt: skip
+
+    async def deliver(service: IngestService, events: list[dict]) -> None:
+        transport = httpx.ASGITransport(app=service.http_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            for event in events:  # one delivery each, as X sends them
+                raw = json.dumps({"for_user_id": HELP_ID, "tweet_create_events": [event]}).encode()
+                answer = await client.post("/webhooks/x", content=raw, headers=signed(raw))
+                assert answer.json() == {"published": 1}
+
+    first = IngestService(ingest_settings(webhook=True))
+    async with running(first):
+        await deliver(first, thread[:2])
+    # restarted: what it remembers of conversations is read back from the topics
+    second = IngestService(ingest_settings(webhook=True))
+    async with running(second):
+        await deliver(second, thread[2:])
+        records = await read([topics.RAW, topics.BRAND], lambda rs: len(
+            ids_on(rs, topics.RAW, RawTweet, [root, follow_up])
+            + ids_on(rs, topics.BRAND, BrandTweet, [answer])) == 3)  # fmt: skip
+
+    tweets = [e.tweet for e in published(records, topics.RAW, RawTweet)]
+    tweets += [e.tweet for e in published(records, topics.BRAND, BrandTweet)]
+    conversations = {t.id: t.conversation_id for t in tweets if t.id in (root, answer, follow_up)}
+    assert conversations == {root: root, answer: root, follow_up: root}
+    keys = {r.key for r in records if r.topic in (topics.RAW, topics.BRAND)
+            and any(i.encode() in r.value for i in (root, answer, follow_up))}  # fmt: skip
+    assert keys == {root.encode()}  # one partition: one owner of the conversation
+
+
 async def test_a_replayed_webhook_delivery_takes_effect_once(
     customers, ingest_settings, running, read
 ):

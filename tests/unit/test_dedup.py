@@ -52,6 +52,18 @@ def test_asking_whether_an_id_was_seen_does_not_remember_it():
     assert "1" in seen
 
 
+def test_a_tweet_seen_keeps_its_conversation_as_long_as_it_is_remembered():
+    seen = SeenTweets(capacity=2, window_s=60)
+    seen.remember("root", time.time(), "root")
+    assert seen.first_time("reply")
+    seen.in_conversation("reply", "root")
+    assert (seen.conversation_of("reply"), seen.conversation_of("never")) == ("root", None)
+    seen.first_time("third")  # capacity 2: the oldest goes, with its conversation
+    assert seen.conversation_of("root") is None and seen.conversation_of("reply") == "root"
+    seen.forget("reply")
+    assert seen.conversation_of("reply") is None
+
+
 async def test_a_replay_restarted_passes_over_what_was_published_at_once(tmp_path):
     replay = tmp_path / "tweets.jsonl"
     replay.write_bytes(b"".join(f'{{"n": {n}}}\n'.encode() for n in range(6)))
