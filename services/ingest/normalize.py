@@ -294,8 +294,8 @@ def tweet_from_v1(
     """A v1.1 tweet object (``id_str``, ``user``, ``entities.user_mentions``...).
 
     Archive exports omit ``user``: pass the archive account as ``author``. v1.1 has no
-    conversation id, so a reply's conversation is the tweet it replies to (the first reply
-    opens the thread; good enough to keep a reply chain's first hop together).
+    conversation id, so a reply's conversation is the tweet it replies to here; ingest puts it
+    in that tweet's own conversation when it saw it (``IngestService._in_its_conversation``).
     """
     user = status.get("user") or author
     tweet_id = status.get("id_str") or (str(status["id"]) if status.get("id") else None)
