@@ -127,12 +127,19 @@ def inbox(tmp_path: Path) -> Iterator[LoopbackInbox]:
     server.stop()
 
 
-def service_environment(kafka: KafkaSettings, **extra: str) -> dict[str, str]:
-    """Environment for a service or CLI subprocess: ``kafka``'s broker, the repo config, and
-    none of this process's own ``KAFKA_``, ``SMTP_`` or ``SWITCHBOARD_`` variables."""
-    env = {
+def clean_environment() -> dict[str, str]:
+    """This process's environment without its own ``KAFKA_``, ``SMTP_`` and ``SWITCHBOARD_``
+    variables: a subprocess a test starts gets only what the test gives it (a developer's
+    SWITCHBOARD_ONNX_DIR or KAFKA_BOOTSTRAP_SERVERS would otherwise leak into it)."""
+    return {
         k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_", "SWITCHBOARD_"))
     }
+
+
+def service_environment(kafka: KafkaSettings, **extra: str) -> dict[str, str]:
+    """Environment for a service or CLI subprocess: ``kafka``'s broker, the repo config, and
+    nothing else of this process's settings (``clean_environment``)."""
+    env = clean_environment()
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=kafka.require_bootstrap(), SWITCHBOARD_CONFIG_FILE=str(CONFIG_FILE)
     )

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SAMPLES, SWITCHBOARD
+from tests.conftest import ROOT, SAMPLES, SWITCHBOARD, clean_environment
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +18,7 @@ def test_bench_reports_each_offered_rate_with_latency_cpu_memory_and_a_plot(tmp_
     tests/integration/test_bench.py's, and the plot's title is tested with them in
     tests/unit/test_bench_cli.py."""
     report, plot = tmp_path / "report.json", tmp_path / "pipeline.png"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_"))}
+    env = clean_environment()
     done = subprocess.run(
         [*SWITCHBOARD, "bench", "--samples", str(SAMPLES), "--json", "--no-classifier",
          "--rates", "10,20", "--seconds", "4", "--probes", "1",
@@ -55,7 +54,7 @@ def test_bench_reports_each_offered_rate_with_latency_cpu_memory_and_a_plot(tmp_
 
 
 def test_bench_restore_times_a_route_start_with_conversations_to_restore():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_"))}
+    env = clean_environment()
     done = subprocess.run(
         [*SWITCHBOARD, "bench-restore", "--conversations", "3000", "--json"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from tests.conftest import (
     ROOT,
     SAMPLES,
     SWITCHBOARD,
+    clean_environment,
     deploy_metric_names,
     read_topics,
     readable,
@@ -38,9 +38,7 @@ pytestmark = pytest.mark.e2e
 
 def test_demo_from_scratch_accounts_for_every_tweet(tmp_path: Path):
     """What a new user types: no broker, no mail server configured; the demo starts both."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_", "SWITCHBOARD_"))
-    }
+    env = clean_environment()
     done = subprocess.run(
         [*SWITCHBOARD, "demo", "--count", "200", "--rate", "100", "--json"],
         cwd=ROOT,
@@ -116,9 +114,7 @@ async def test_every_tweet_lands_on_one_primary_topic_and_email_arrives(own_kafk
 
 
 def test_run_stops_every_process_on_ctrl_c(tmp_path: Path):
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_", "SWITCHBOARD_"))
-    }
+    env = clean_environment()
     run = subprocess.Popen(
         [*SWITCHBOARD, "run", "--rate", "200", "--workdir", str(tmp_path)],
         cwd=ROOT,

@@ -3,7 +3,6 @@ starts the pipeline stop every process it started."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ROOT, SAMPLES, SWITCHBOARD
+from tests.conftest import ROOT, SAMPLES, SWITCHBOARD, clean_environment
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +54,7 @@ def _interruptible() -> None:
 def test_a_signal_stops_every_process_the_command_started(
     command: str, sig: signal.Signals, up_to: str, tmp_path: Path
 ):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_"))}
+    env = clean_environment()
     extra = {
         "run": ["--workdir", str(tmp_path / "run")],
         "bench": ["--report", str(tmp_path / "r.json"), "--plot", str(tmp_path / "p.png")],

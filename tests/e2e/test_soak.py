@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, SAMPLES, SWITCHBOARD
+from tests.conftest import ROOT, SAMPLES, SWITCHBOARD, clean_environment
 
 pytestmark = pytest.mark.e2e
 SERVICES = {"classify", "route", "notify", "ingest", "broker"}
 
 
 def test_a_short_soak_accounts_for_every_tweet_and_reports_memory_and_lag(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_"))}
+    env = clean_environment()
     report = tmp_path / "bench" / "soak.json"
     done = subprocess.run(
         [*SWITCHBOARD, "soak", "--samples", str(SAMPLES), "--json",
@@ -40,7 +39,7 @@ def test_a_short_soak_accounts_for_every_tweet_and_reports_memory_and_lag(tmp_pa
 def test_a_soak_with_faults_loses_nothing_and_makes_every_delivery():
     """Each service killed with SIGKILL and restarted in turn, then the mail server down for six
     seconds, while 720 tweets stream through."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SMTP_"))}
+    env = clean_environment()
     done = subprocess.run(
         [*SWITCHBOARD, "soak", "--samples", str(SAMPLES), "--json",
          "--minutes", "0.6", "--rate", "20", "--sample-every", "2", "--faults"],

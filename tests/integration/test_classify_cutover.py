@@ -99,6 +99,11 @@ async def test_a_new_artifact_takes_over_under_load_and_rolls_back(
     for order in by_partition.values():  # each partition: live, then candidate, then live again
         changes = [v for i, v in enumerate(order) if i == 0 or v != order[i - 1]]
         assert changes in ([LIVE, CANDIDATE, LIVE], [LIVE, CANDIDATE], [LIVE]), changes
+    # The rollback changed the labels, not only the name the service reports: what was offered
+    # once it reported the live model again was labelled by it (a backlog offered before may
+    # be labelled by either, as it is read before or after a switch).
+    label = {t: version for _, _, t, version in seen}
+    assert {label[t] for t in sent[500:550]} == {LIVE}
     assert len(records) >= 550
     applied = classify_metrics.MODEL_RELOADS.labels("applied")._value.get()  # noqa: SLF001
     assert applied - applied_before >= 2  # the counter is the process's: this test's own part
