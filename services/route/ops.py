@@ -44,9 +44,12 @@ STAGE_TOPICS: dict[str, tuple[str, ...]] = {
 
 
 class OpsView:
-    def __init__(self, kafka: KafkaSettings, corrections: bool = False) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, corrections: bool = False, names: dict[str, str] | None = None
+    ) -> None:
         self.kafka = kafka
         self.corrections = corrections  # POST /feedback needs the admin token, so one is set
+        self.names = names or {}  # the departments' display names (the YAML file's departments)
         self.routed: Counter[str] = Counter()
         self.triage_queue: deque[dict] = deque(maxlen=12)
         self.recent: deque[dict] = deque(maxlen=12)
@@ -128,6 +131,7 @@ class OpsView:
             "recent": list(self.recent),
             "corrections": self.corrections,
             "departments": [d.value for d in DEPARTMENTS],
+            "department_names": self.names,
             "urgencies": [u.value for u in URGENCIES],
             "alerts": list(self.alerts),
         }

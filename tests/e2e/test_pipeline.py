@@ -198,7 +198,8 @@ def check_the_ops_page(url: str) -> None:
     assert re.search(r'id="updated">updated ', html), html[-3000:]  # the state was fetched
     total = re.search(r'<span id="total">(\d+)</span>', html)
     assert total and int(total.group(1)) > 0, html[-3000:]
-    assert re.search(r"<td>customer_service</td><td class=\"n\">[1-9]", html), html[-3000:]
+    # departments by the display names of the YAML file's departments
+    assert re.search(r"<td>Customer Service</td><td class=\"n\">[1-9]", html), html[-3000:]
     assert re.search(r"<td>ingest</td><td class=\"n\">", html)
     # the latest routed tweets, each with its correct button (POST /feedback), off here: the
     # example configuration sets no admin token, and the button says what it needs

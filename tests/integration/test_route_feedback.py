@@ -109,6 +109,7 @@ async def test_a_correction_from_the_api_reroutes_once_and_the_owner_follows(
         async with httpx.AsyncClient(transport=transport, base_url="http://route") as client:
             state = (await client.get("/ops/state")).json()
         assert state["corrections"] is True  # a token is set: the ops page's buttons are on
+        assert state["department_names"]["customer_service"] == "Customer Service"
         for _ in range(2):  # sent twice (a retry): applied once
             answer = await post(service, "/feedback", body, authorization=f"Bearer {TOKEN}")
             assert answer.status_code == 202, answer.text
