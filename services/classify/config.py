@@ -24,7 +24,9 @@ def known_artifact(name: str | None) -> str | None:
     """``name`` when it is a shipped artifact, a folder here with a card, or a path (which
     may exist only where the service runs); else a ValueError with the names there are: a
     mistyped name fails the configuration check, not a pod at start."""
-    if name is None or "/" in name or (ARTIFACTS / name / "card.json").is_file():
+    if not name:
+        return None  # the default, as resolve_artifact reads it
+    if "/" in name or (ARTIFACTS / name / "card.json").is_file():
         return name
     if (Path(name) / "card.json").is_file():
         return name

@@ -193,6 +193,8 @@ class ClassifyService:
                     load_model, self.options, self.settings.artifact, self.settings.onnx_dir
                 )
             except FileNotFoundError as error:  # a folder that is not there where this runs
+                if not str(error).startswith("classify.artifact: "):
+                    raise
                 key = "SWITCHBOARD_SHADOW_ARTIFACT" if self.settings.shadow else "classify.artifact"
                 detail = str(error).removeprefix("classify.artifact: ")
                 raise ConfigError(f"{key}: {detail}") from None
@@ -282,6 +284,10 @@ class ClassifyService:
         except ConfigError as error:
             metrics.MODEL_RELOADS.labels("failed").inc()
             log.error("new configuration rejected; the current model keeps serving: %s", error)
+            # judged again in five minutes, or as soon as the file changes (a folder it names
+            # may be there by then)
+            self._config_digest, self._failed_paths = None, []
+            self._failed = (digest, _stamp([]), time.monotonic())
             return "failed"
         options = settings.config.classify
         if (options.batch_size, options.batch_timeout_ms) != self._batching:

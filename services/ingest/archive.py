@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -23,6 +24,11 @@ from switchboard.shared.events import Author, Tweet
 
 class ArchiveError(ValueError):
     """The path is not an X archive export."""
+
+
+# What reading a zip member can raise besides BadZipFile: a compression zipfile cannot read
+# (Deflate64, as Windows writes large archives), an encrypted member, corrupt data.
+UNREADABLE_ZIP = (NotImplementedError, RuntimeError, zlib.error)
 
 
 class Archive:
@@ -49,7 +55,8 @@ class Archive:
             if pure.parent.name == "data" and pure.stem.split("-part")[0] in stems:
                 try:
                     items = _ytd(self._files[name](), name)
-                except (ArchiveError, zipfile.BadZipFile, OSError, UnicodeDecodeError) as exc:
+                except (ArchiveError, zipfile.BadZipFile, OSError, UnicodeDecodeError,
+                        *UNREADABLE_ZIP) as exc:  # fmt: skip
                     yield NormalizeError("invalid_json", f"{name}: {exc}")
                     continue
                 for index, item in enumerate(items):

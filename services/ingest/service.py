@@ -33,10 +33,11 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 
 from switchboard.ingest import metrics
-from switchboard.ingest.archive import Archive, ArchiveError
+from switchboard.ingest.archive import UNREADABLE_ZIP, Archive, ArchiveError
 from switchboard.ingest.checkpoints import Checkpoints
 from switchboard.ingest.config import IngestFileConfig
 from switchboard.ingest.dedup import SeenTweets
@@ -120,7 +121,7 @@ class IngestService:
         assert self.settings.archive is not None
         try:
             return Archive(self.settings.archive)
-        except (ArchiveError, OSError, zipfile.BadZipFile) as error:
+        except (ArchiveError, OSError, zipfile.BadZipFile, *UNREADABLE_ZIP) as error:
             raise ConfigError(f"SWITCHBOARD_ARCHIVE: {error}") from None
 
     @property
@@ -236,8 +237,8 @@ class IngestService:
         leaves the live sources running (a file is not fixed by reading it again)."""
         try:
             await backfill
-        except (asyncio.CancelledError, KafkaPublishError):
-            raise
+        except (asyncio.CancelledError, KafkaPublishError, KafkaError):
+            raise  # the broker, not the file: ingest stops, and its restart resumes the backfill
         except Exception as error:  # noqa: BLE001 - a backfill must not take ingest down
             health.failed(f"{type(error).__name__}: {error}", 0)
             log.error("a backfill failed; the live sources go on", exc_info=True,

@@ -328,8 +328,11 @@ class FilteredStream:
         if not isinstance(matching_rules, list) or not matching_rules:
             return True
         prefix = self.settings.rule_tag_prefix
-        duplicates = self.last_sync.duplicates if self.last_sync else []
-        relied_on = {foreign_id for _, foreign_id, adopted in duplicates if adopted is None}
+        sync = self.last_sync
+        uncovered = {rule.tag for rule in sync.uncovered} if sync else set()
+        # a foreign rule whose value ours has, while ours could not be added beside it
+        relied_on = {foreign_id for rule, foreign_id, adopted in (sync.duplicates if sync else [])
+                     if adopted is None or rule.tag in uncovered}  # fmt: skip
         return any(
             isinstance(rule, dict)
             and ((rule.get("tag") or "").startswith(prefix) or str(rule.get("id")) in relied_on)
@@ -432,10 +435,20 @@ class FilteredStream:
         saved = None
         if self.checkpoints is not None:
             saved = self.checkpoints.get(ALIVE_CHECKPOINT + self.settings.app)
-            saved = saved or self.checkpoints.get(LEGACY_ALIVE_CHECKPOINT)
+            saved = saved or self._legacy_alive()
         if saved is None or not saved.isdigit():
             return None
         return moment_of(int(saved)) - self.settings.stall_timeout_s
+
+    def _legacy_alive(self) -> str | None:
+        """The alive checkpoint of before it was kept per app, while it is recent: it stopped
+        being written at the upgrade, and a gap read back from then (a new app months later)
+        would publish again what the dedup window no longer remembers."""
+        saved = self.checkpoints.get(LEGACY_ALIVE_CHECKPOINT) if self.checkpoints else None
+        window_s = self.config.ingest.dedup_window_hours * 3600
+        if saved and saved.isdigit() and time.time() - moment_of(int(saved)) < window_s:
+            return saved
+        return None
 
     async def _still_alive(self, *, force: bool = False) -> None:
         now = time.time()
@@ -472,8 +485,9 @@ class FilteredStream:
             self._unrecovered |= self._checkpointed_gaps()
         if gap_from is not None and not self._covered_by_backfill(gap_from):
             self._gap_from = gap_from if self._gap_from is None else min(self._gap_from, gap_from)
+            merged = self._gap_from  # with the gaps that opened since the backstop's last round
             for handle in self.config.handles:
-                earliest = min(self._unrecovered.get(handle.handle, gap_from), gap_from)
+                earliest = min(self._unrecovered.get(handle.handle, merged), merged)
                 await self._checkpoint_gap(handle.handle, earliest)
         if self._gap_from is None and not self._unrecovered:
             return

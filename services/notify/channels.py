@@ -518,13 +518,19 @@ class JiraChannel(HttpChannel):
         try:
             response = await self.send("POST", "/rest/api/3/issue", json={"fields": fields})
             created = json_of(response)  # an unreadable answer: the issue may exist
+            issue_id, key = str(created["id"]), str(created["key"])
+        except (KeyError, TypeError) as error:  # a 2xx of another shape: it may exist too
+            self._uncertain[job.delivery_id] = time.monotonic()
+            raise DeliveryError(
+                f"unexpected answer to a create: {error!r}", retryable=True
+            ) from None
         except DeliveryError as error:
             if error.retryable and not str(error).startswith("HTTP 429"):
                 self._uncertain[job.delivery_id] = time.monotonic()  # it may have happened
             raise
         self._uncertain.pop(job.delivery_id, None)
-        self._created.append(str(created["id"]))
-        return Done("created", created["key"])
+        self._created.append(issue_id)
+        return Done("created", key)
 
     def vendor_wait_s(self, response: httpx.Response) -> float | None:
         # Jira's 429 may come with X-RateLimit-Reset (an ISO time, to the minute) and no
@@ -818,7 +824,7 @@ class SalesforceChannel(HttpChannel):
 def _daily(response: httpx.Response) -> bool:
     """Whether HubSpot's 429 body names the daily limit (``policyName: DAILY``)."""
     try:
-        body = json_of(response)
+        body = response.json()
     except ValueError:
         return False
     return isinstance(body, dict) and body.get("policyName") == "DAILY"

@@ -92,10 +92,13 @@ def after_sent(current: PendingDigest, sent: PendingDigest, now: datetime) -> Pe
 
 
 def _refused_for_good(error: Exception) -> bool:
-    """A 5xx reply (RFC 5321: permanent) to the message, or to every recipient."""
+    """The relay refused this message for good (RFC 5321's 5xx): its sender, its content, or
+    every recipient. A refused login, TLS or greeting is the relay's configuration, not the
+    digest's: that is tried again, and would fail any message."""
     if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
         return bool(error.recipients) and all(r.code >= 500 for r in error.recipients)
-    return isinstance(error, aiosmtplib.SMTPResponseException) and error.code >= 500
+    refusals = (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPDataError)
+    return isinstance(error, refusals) and error.code >= 500
 
 
 def due_at(pending: PendingDigest, subscription: Subscription) -> datetime:
@@ -248,13 +251,17 @@ class Digests:
             items, pending.count, subscription, self.options.email, identity, self.names
         )
         try:
-            await self.mailer.send(message)
+            refused = await self.mailer.send(message)
         except Exception as exc:  # noqa: BLE001 - any failure: keep the tweets, try next period
             metrics.DELIVERIES.labels("email_digest", "failed").inc()
             refused = _refused_for_good(exc)
             log.error("digest not sent; " + ("refused" if refused else "kept for the next try"),
                       extra={"subscription": subscription.name, "error": str(exc)})  # fmt: skip
             return "refused" if refused else "failed"
+        if refused:  # the others have it; a digest is not sent again for some recipients
+            metrics.EMAIL_RECIPIENTS_REFUSED.labels(subscription.name).inc(len(refused))
+            log.warning("the mail relay refused some recipients of a digest; the others got it",
+                        extra={"subscription": subscription.name, "refused": refused})  # fmt: skip
         metrics.DELIVERIES.labels("email_digest", "delivered").inc()
         log.info("digest sent", extra={"subscription": subscription.name, "tweets": pending.count})
         return "sent"

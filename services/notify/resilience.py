@@ -1,17 +1,20 @@
 """How a delivery survives a flaky target: retries, a circuit breaker and a rate limit per
 channel (pure logic plus asyncio; the channels raise, this decides).
 
-- Timeouts, connection errors, HTTP 5xx and 429 are retried with exponential backoff and full
-  jitter (tenacity), honouring the wait the target asks for (``Retry-After``, or the vendor's
-  own rate-limit headers) exactly; any other 4xx is permanent and not retried. After the last
-  attempt the delivery is parked on the DLQ.
+- Timeouts, connection errors, HTTP 5xx, 408, 409, 423, 425, 429 and any refusal that asks
+  for a wait are retried with exponential backoff and full jitter (tenacity), honouring the
+  wait the target asks for (``Retry-After``, or the vendor's own rate-limit headers) exactly;
+  any other 4xx is permanent and not retried. After the last attempt the delivery is parked on
+  the DLQ.
 - A wait longer than ``max_wait_s`` is not slept through (it would hold the partition and every
   delivery behind it): the delivery is parked at once with ``retry_at``, and notify redrives it
   by itself when that time comes (service.py).
-- A channel whose deliveries fail ``circuit_failures`` times in a row opens its circuit: for
+- A channel whose target fails ``circuit_failures`` times in a row opens its circuit: for
   ``circuit_cooldown_s`` its deliveries are parked at once instead of piling up, then one trial
   goes through (half-open) and its outcome closes or reopens the circuit. Other channels are
-  not affected.
+  not affected. A failure counts when the target did not answer (timeouts, connection errors,
+  5xx) or refused the channel's credentials (401, 403, 407); a refusal of one request (a bad
+  project, a hot record) or a wait it asked for is an answer: it is up.
 - A delivery parked after its last attempt or by an open circuit is redriven by itself
   (``next_redrive``): after ``redrive_after_s``, twice as long each time it is parked again,
   never more than ``redrive_max_wait_s``, jittered so that a target coming back is not met by
@@ -75,6 +78,9 @@ class CircuitOpen(DeliveryError):
 # a timeout, a conflict with a concurrent update (Zendesk's 409), a record locked by one
 # (HubSpot's 423: "Locks will last for 2 seconds"), too early, too many requests.
 TRANSIENT_STATUSES = frozenset({408, 409, 423, 425, 429})
+# 4xx that say the channel, not the request, is broken: a timeout at the target, and refused
+# credentials (a revoked token fails every delivery: the circuit and its alert must open)
+UNANSWERED = frozenset({401, 403, 407, 408})
 
 
 def http_error(
@@ -93,7 +99,8 @@ def http_error(
         f"HTTP {status}: {body[:300]}",
         retryable=retryable,
         retry_after_s=wait if wait is not None else wait_s,
-        answered=status < 500 and status != 408,
+        answered=status < 500
+        and (status not in UNANSWERED or wait is not None or wait_s is not None),
     )
 
 

@@ -32,6 +32,7 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jinja2
 from fastapi import FastAPI
 
 from switchboard.notify import metrics
@@ -402,11 +403,16 @@ class NotifyService:
             return await self.channels[job.subscription.channel].deliver(job)
         except DeliveryError:
             raise
+        except jinja2.TemplateError as error:  # the subscription's own template: fix it, redrive
+            raise DeliveryError(
+                f"email template: {error}", retryable=False, answered=True
+            ) from None
         except Exception as error:  # noqa: BLE001 - parked with the reason, never lost
             log.warning("a delivery failed on an unexpected answer", exc_info=True,
                         extra={"delivery_id": job.delivery_id})  # fmt: skip
+            # answered: the target did answer, in a shape not expected; not a sign it is down
             raise DeliveryError(
-                f"unexpected answer: {type(error).__name__}: {error}", retryable=True
+                f"unexpected answer: {type(error).__name__}: {error}", retryable=True, answered=True
             ) from None
 
     def _parked(self, job: Job, error: DeliveryError) -> Delivery:

@@ -385,11 +385,16 @@ class _TableManager(TableManager):
         """Stamp now on the store of each partition this ready worker keeps in step with its
         changelog: every active one (restored before the worker was ready, then written with
         its changelog) and each standby that caught up with the changelog's end as it was at
-        the recovery's start. Returns the stores stamped."""
+        the recovery's start, its buffered events written to its store first. Returns the
+        stores stamped."""
         if not worker_ready(self.app):
             return []
         recovery = self.recovery
         caught_up = {tp for tp, left in recovery.standby_remaining().items() if left <= 0}
+        if caught_up:
+            # A standby writes what it read to its store in batches (faust buffers up to
+            # standby_buffer_size events): written now, its store holds what the stamp says.
+            recovery.flush_buffers()
         stamped = []
         for table in self.values():
             store = table.data

@@ -675,7 +675,6 @@ async def test_an_archive_with_unreadable_parts_backfills_the_rest_and_dead_lett
         records = await read([topics.BRAND, topics.DEADLETTER],
                              lambda rs: ids_on(rs, topics.BRAND, BrandTweet, [good]))  # fmt: skip
         backfill = service.readiness_detail()["sources"]["archive:archive.zip"]
-        live = service.ready
 
     letters = [x for x in published(records, topics.DEADLETTER, DeadLetter)
                if x.source == "archive" and x.failed_at >= started]  # fmt: skip
@@ -684,7 +683,7 @@ async def test_an_archive_with_unreadable_parts_backfills_the_rest_and_dead_lett
     assert "data/tweets.js[1]: not an object" in named[0][1]
     assert "data/direct-messages.js: not an archive data file" in named[1][1]
     assert ids_on(records, topics.BRAND, BrandTweet, [good]) == [good]
-    assert backfill["state"] == "done" and live
+    assert backfill["state"] == "done"
     with pytest.raises(
         ConfigError, match="SWITCHBOARD_ARCHIVE: .*notes.txt: neither a folder nor a zip"
     ):
@@ -733,6 +732,32 @@ async def test_compliance_messages_x_documents_are_followed_or_skipped_never_dea
         "undrop": 1,
         "tweet_edit": 1,
     }
+
+
+async def test_a_backfill_that_fails_is_reported_and_the_live_sources_run_on(
+    ingest_settings, running, read, tmp_path
+):
+    """A replay file ingest cannot read fails its backfill, on /readyz, and only it: the
+    webhook keeps publishing (a backfill used to take ingest down, into a restart loop)."""
+    unreadable = tmp_path / "replay.jsonl"
+    unreadable.mkdir()  # a folder where the file should be
+    live = new_id()
+    user = {"id_str": "42", "screen_name": "ana_flies"}
+    raw = json.dumps({"for_user_id": HELP_ID, "tweet_create_events": [
+        activity_tweet(live, "@AcmeHelp still charged twice", user)]}).encode()  # fmt: skip
+    service = IngestService(ingest_settings(webhook=True, replay_file=unreadable))
+
+    async with running(service):
+        await wait_for(service.finished_backfill.is_set)
+        backfill = service.readiness_detail()["sources"]["replay:replay.jsonl"]
+        transport = httpx.ASGITransport(app=service.http_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            answer = await client.post("/webhooks/x", content=raw, headers=signed(raw))
+        records = await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [live]))
+
+    assert backfill["state"] == "failing" and "IsADirectoryError" in backfill["last_error"]
+    assert answer.json() == {"published": 1}
+    assert ids_on(records, topics.RAW, RawTweet, [live]) == [live]
 
 
 async def test_a_missing_token_fails_at_start_naming_the_key(ingest_settings, monkeypatch):

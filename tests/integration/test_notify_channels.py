@@ -204,7 +204,7 @@ async def test_an_answer_that_is_not_the_vendors_is_tried_again_not_dead_lettere
     tried again and makes its ticket, instead of the tweet going to the dead letter topic."""
     zendesk = vendors["zendesk"]
     conv = conversation()
-    zendesk.proxy_page_next("/api/v2/tickets", count=1)
+    zendesk.proxy_page_next("/api/v2/tickets", count=1, method="POST")  # the create
 
     async with running(NotifyService(notify_settings())):
         await publish_routed(producer, routed("customer_service", conversation=conv))

@@ -244,10 +244,13 @@ class VendorStandIn:
         """
         self._failures.append(_Script(path_prefix, count, status, retry_after_s))
 
-    def proxy_page_next(self, path_prefix: str, *, count: int = 1) -> None:
-        """The next ``count`` matching requests get a 200 HTML page from something in front of
-        the vendor (a proxy, a firewall), not the vendor's JSON. Nothing is processed."""
-        self._failures.append(_Script(path_prefix, count, PROXY_PAGE))
+    def proxy_page_next(
+        self, path_prefix: str, *, count: int = 1, method: str | None = None
+    ) -> None:
+        """The next ``count`` matching requests (of ``method``, if given) get a 200 HTML page
+        from something in front of the vendor (a proxy, a firewall), not the vendor's JSON.
+        Nothing is processed."""
+        self._failures.append(_Script(path_prefix, count, PROXY_PAGE, method=method))
 
     def clear_failures(self) -> None:
         """Forget the scripted failures: the target is back."""

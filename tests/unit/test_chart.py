@@ -251,6 +251,12 @@ def test_the_values_schema_refuses_bad_values(values):
         chart.validate_schema(values)
 
 
+def test_values_a_parent_chart_shares_are_taken():
+    """Installed as a dependency, the chart gets the parent's ``global`` values."""
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema({"global": {"imageRegistry": "registry.example.com"}})
+
+
 def test_locked_metrics_need_the_token_for_prometheus():
     """With access.lock_metrics, /metrics asks for the admin token: a ServiceMonitor without it
     would be refused at every scrape, so the chart refuses to render it."""

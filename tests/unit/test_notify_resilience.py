@@ -79,6 +79,8 @@ def test_hubspots_daily_limit_resets_at_midnight_in_the_accounts_time_zone(now, 
         (429, True, True),
         (400, False, True),
         (404, False, True),
+        (401, False, False),  # credentials refused: every delivery of the channel fails
+        (403, False, False),
     ],
 )
 def test_refusals_of_the_moment_are_retried_and_only_a_target_not_answering_counts_as_down(
@@ -91,6 +93,8 @@ def test_refusals_of_the_moment_are_retried_and_only_a_target_not_answering_coun
 def test_a_refusal_that_asks_for_a_wait_is_retried_whatever_its_status():
     migrating = http_error(477, "Migration in progress", "3600")  # HubSpot, with Retry-After
     assert migrating.retryable and migrating.retry_after_s == 3600.0
+    spent = http_error(403, "REQUEST_LIMIT_EXCEEDED", None, 3600.0)  # Salesforce's own wait
+    assert spent.retryable and spent.answered  # the org's limit, not refused credentials
 
 
 @pytest.mark.parametrize(
