@@ -165,6 +165,9 @@ class Channel(Protocol):
     async def close(self) -> None: ...
 
 
+REMAINING_KEPT = 10_000  # partly sent emails remembered for their retry, the oldest dropped
+
+
 class EmailChannel:
     """An email per delivery. Recipients the relay refuses for now (4xx: greylisting, a full
     mailbox) while it takes the others are sent the email again, alone, when the delivery is
@@ -179,8 +182,9 @@ class EmailChannel:
         self.mailer = mailer
         self.options = options
         self.names = names  # the departments' display names, by code
-        # delivery id: the recipients still to send it to (the others have it); a notify
-        # restarted sends it to all again, under the same Message-ID
+        # delivery id: the recipients still to send it to (the others have it). Kept in this
+        # process: a notify restarted (or the partition's next owner) sends it to all again,
+        # under the same Message-ID, by which mail systems drop the copies.
         self._remaining: dict[str, list[str]] = {}
 
     async def deliver(self, job: Job) -> Done:
@@ -195,7 +199,7 @@ class EmailChannel:
             replies = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
             later = [r.recipient for r in exc.recipients if r.code < 500]
             if later and only is not None:
-                self._remaining[job.delivery_id] = later
+                self._remember_remaining(job.delivery_id, later)
             raise DeliveryError(
                 f"SMTP refused every recipient: {replies}", retryable=bool(later), answered=True
             ) from None
@@ -213,13 +217,19 @@ class EmailChannel:
                         extra={"delivery_id": job.delivery_id, "refused": refused})  # fmt: skip
         later = [address for address, reply in refused.items() if reply.startswith("4")]
         if later:
-            self._remaining[job.delivery_id] = later
+            self._remember_remaining(job.delivery_id, later)
             replies = "; ".join(f"{address}: {refused[address]}" for address in later)
             raise DeliveryError(
                 f"SMTP refused some recipients for now: {replies}", retryable=True, answered=True
             )
         self._remaining.pop(job.delivery_id, None)
         return Done("sent", message["Message-ID"])
+
+    def _remember_remaining(self, delivery_id: str, recipients: list[str]) -> None:
+        self._remaining.pop(delivery_id, None)
+        self._remaining[delivery_id] = recipients  # the latest last: the oldest go first
+        while len(self._remaining) > REMAINING_KEPT:  # deliveries given up on, not redriven
+            del self._remaining[next(iter(self._remaining))]
 
     async def close(self) -> None:
         await self.mailer.close()
@@ -678,9 +688,6 @@ class SalesforceChannel(HttpChannel):
     ) -> None:
         super().__init__(policy, base_url)
         self.api_version = api_version
-        # Records this process created whose owner and source are still to be set (the call
-        # that sets them failed): the next try finds the record existing and sets them then.
-        self._unowned: dict[str, dict[str, Any]] = {}
         self.token = token
         self.request_limit_wait_s = request_limit_wait_s
 
@@ -734,10 +741,16 @@ class SalesforceChannel(HttpChannel):
             "Company": one_line(f"X user @{author.username}", SUMMARY_LIMIT, utf16_units),
             "Description": job.body(SALESFORCE_TEXT_LIMIT, utf16_units),
         }
-        # Only a new Lead gets the owner and the source: a rep may have taken it over since.
-        on_create = {"OwnerId": target.owner_id, "LeadSource": target.lead_source}
+        # Only a new Lead gets the owner and the source (one insert, which an org's validation
+        # rules see whole): a rep may have taken an existing one over since. Whether it exists
+        # is asked first; two new tweets of one author at once both insert, and the second
+        # upsert updates the first's record with the same owner.
+        path = f"{self.sobjects}/Lead/{target.external_id_field}/{quote(author.id, safe='')}"
+        if (target.owner_id or target.lead_source) and not await self._exists(path):
+            fields |= {"OwnerId": target.owner_id, "LeadSource": target.lead_source}
+            fields = {name: value for name, value in fields.items() if value}
         try:
-            record, created = await self._upsert(target, author.id, fields)
+            record, _ = await self._upsert(target, author.id, fields)
         except DeliveryError as error:
             if "CANNOT_UPDATE_CONVERTED_LEAD" not in str(error):
                 raise
@@ -745,8 +758,16 @@ class SalesforceChannel(HttpChannel):
             log.info("the author's Lead was converted; left as it is",
                      extra={"delivery_id": job.delivery_id, "author": author.id})  # fmt: skip
             return Done("lead_converted")
-        await self._set_on_create(target, record, created, on_create)
         return Done("upserted", record)
+
+    async def _exists(self, path: str) -> bool:
+        try:
+            await self.send("GET", path, params={"fields": "Id"})
+        except DeliveryError as error:
+            if _gone(error):
+                return False
+            raise
+        return True
 
     async def _upsert(
         self, target: SalesforceTarget, key: str, fields: dict[str, Any]
@@ -756,16 +777,6 @@ class SalesforceChannel(HttpChannel):
         response = await self.send("PATCH", path, json=fields)
         answer = json_of(response) if response.content else {}
         return answer.get("id"), response.status_code == 201 or answer.get("created") is True
-
-    async def _set_on_create(
-        self, target: SalesforceTarget, record: str | None, created: bool, fields: dict[str, Any]
-    ) -> None:
-        fields = {name: value for name, value in fields.items() if value}
-        if record is None or not fields or not (created or record in self._unowned):
-            return
-        self._unowned[record] = fields
-        await self.send("PATCH", f"{self.sobjects}/{target.object}/{quote(record)}", json=fields)
-        del self._unowned[record]
 
     async def _case(self, job: Job, target: SalesforceTarget) -> Done:
         key = job.routed.tweet.conversation_id
