@@ -118,8 +118,11 @@ class MentionsPoller(Poller):
             if token is None or since is None:
                 return items, users
 
-    async def fetch_since_time(self, start_time: str) -> tuple[list[dict], dict[str, dict]]:
-        """Every mention posted since ``start_time`` (all pages), oldest first."""
+    async def fetch_since_time(
+        self, start_time: str, end_time: str | None = None
+    ) -> tuple[list[dict], dict[str, dict]]:
+        """Every mention posted from ``start_time`` to ``end_time`` (all pages), oldest
+        first."""
         items: list[dict] = []
         users: dict[str, dict] = {}
         token = None
@@ -128,6 +131,7 @@ class MentionsPoller(Poller):
                 self.handle.user_id,
                 since_id=None,
                 start_time=start_time,
+                end_time=end_time,
                 pagination_token=token,
                 max_results=self.settings.max_results,
             )

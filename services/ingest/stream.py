@@ -36,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import aiohttp
 from aiohttp.http_exceptions import LineTooLong
@@ -119,6 +120,25 @@ class ConnectionBudget:
         self._attempts.append(now)
 
 
+class Gap(NamedTuple):
+    """When the stream may have missed tweets: from ``start`` to ``end`` (the reconnection)."""
+
+    start: float
+    end: float
+
+
+def _merged(a: Gap | None, b: Gap | None) -> Gap | None:
+    """One gap covering both: the earliest start, the latest end."""
+    if a is None or b is None:
+        return a or b
+    return Gap(min(a.start, b.start), max(a.end, b.end))
+
+
+def _x_time(moment: float) -> str:
+    """X's ``start_time`` / ``end_time`` format, to the second."""
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def snowflake_at(moment: float) -> int:
     """The smallest X id a tweet posted at ``moment`` (Unix seconds) can have."""
     return max(0, int(moment * 1000) - TWITTER_EPOCH_MS) << 22
@@ -174,8 +194,8 @@ class FilteredStream:
         self.connections = 0
         self.last_sync: RuleSync | None = None
         self._alive_saved_at = 0.0
-        self._gap_from: float | None = None
-        self._unrecovered: dict[str, float] = {}  # handle: the earliest gap a backstop failed
+        self._gap: Gap | None = None  # the gaps opened since the backstop's last round
+        self._unrecovered: dict[str, Gap] = {}  # handle: its gaps the backstop has not read
         self._restored = False  # the gaps an earlier process left are read at first connection
         self._backstop_task: asyncio.Task | None = None
 
@@ -469,10 +489,11 @@ class FilteredStream:
 
     async def _recover(self, gap_from: float | None) -> None:
         """Start the mentions backstop for the gap, unless something else covers it, and for
-        any gap an earlier run (or process) could not recover. Each handle's earliest gap not
-        read back is checkpointed before the alive checkpoint moves past it, so a restart goes
-        on with it. Gaps that open while a backstop runs are merged into one more run, so a
-        flapping stream does not spend the mentions rate limit once per reconnection."""
+        any gap an earlier run (or process) could not recover. Each handle's gap not read back
+        (from its earliest start to its latest end, the reconnection) is checkpointed before
+        the alive checkpoint moves past it, so a restart goes on with it. Gaps that open while
+        a backstop runs are merged into one more run, so a flapping stream does not spend the
+        mentions rate limit once per reconnection."""
         x = self.config.ingest.x
         if (
             not self.settings.mentions_backstop
@@ -484,28 +505,33 @@ class FilteredStream:
             self._restored = True
             self._unrecovered |= self._checkpointed_gaps()
         if gap_from is not None and not self._covered_by_backfill(gap_from):
-            self._gap_from = gap_from if self._gap_from is None else min(self._gap_from, gap_from)
-            merged = self._gap_from  # with the gaps that opened since the backstop's last round
+            # merged with the gaps that opened since the backstop's last round
+            self._gap = _merged(self._gap, Gap(gap_from, time.time()))
             for handle in self.config.handles:
-                earliest = min(self._unrecovered.get(handle.handle, merged), merged)
+                earliest = _merged(self._unrecovered.get(handle.handle), self._gap)
                 await self._checkpoint_gap(handle.handle, earliest)
-        if self._gap_from is None and not self._unrecovered:
+        if self._gap is None and not self._unrecovered:
             return
         if self._backstop_task is None or self._backstop_task.done():
             self._backstop_task = asyncio.create_task(self._backstops(), name="stream-backstop")
 
-    def _checkpointed_gaps(self) -> dict[str, float]:
+    def _checkpointed_gaps(self) -> dict[str, Gap]:
         if self.checkpoints is None:
             return {}
-        saved = {h.handle: self.checkpoints.get(BACKSTOP_CHECKPOINT + h.handle)
-                 for h in self.config.handles}  # fmt: skip
-        return {handle: moment_of(int(s)) for handle, s in saved.items() if s and s.isdigit()}
+        gaps = {}
+        for handle in self.config.handles:
+            saved = self.checkpoints.get(BACKSTOP_CHECKPOINT + handle.handle) or ""
+            start, _, end = saved.partition("-")
+            if start.isdigit():  # an end missing (written before it was kept): until now
+                until = moment_of(int(end)) if end.isdigit() else time.time()
+                gaps[handle.handle] = Gap(moment_of(int(start)), until)
+        return gaps
 
-    async def _checkpoint_gap(self, handle: str, gap_from: float | None) -> None:
-        """Keep (or with None, clear) the start of ``handle``'s earliest gap not read back."""
+    async def _checkpoint_gap(self, handle: str, gap: Gap | None) -> None:
+        """Keep (or with None, clear) ``handle``'s gap not read back, as two snowflakes."""
         if self.checkpoints is not None:
-            since = "" if gap_from is None else str(snowflake_at(gap_from))
-            await self.checkpoints.save(BACKSTOP_CHECKPOINT + handle, since)
+            kept = "" if gap is None else f"{snowflake_at(gap.start)}-{snowflake_at(gap.end)}"
+            await self.checkpoints.save(BACKSTOP_CHECKPOINT + handle, kept)
 
     async def _backstops(self) -> None:
         """Recover each gap for every handle; a handle whose recovery failed (X or the broker
@@ -513,14 +539,16 @@ class FilteredStream:
         checkpoint has moved on, so nothing else would recover that gap."""
         pending = self._unrecovered  # kept on the stream: a restarted run() goes on with it
         wait = self.settings.reconnect.http_initial_s
-        while self._gap_from is not None or pending:
-            if self._gap_from is not None:
-                gap_from, self._gap_from = self._gap_from, None
+        while self._gap is not None or pending:
+            if self._gap is not None:
+                gap, self._gap = self._gap, None
                 for handle in self.config.handles:
-                    pending[handle.handle] = min(pending.get(handle.handle, gap_from), gap_from)
+                    merged = _merged(pending.get(handle.handle), gap)
+                    assert merged is not None
+                    pending[handle.handle] = merged
             for handle in self.config.handles:
-                gap_from = pending.get(handle.handle)
-                if gap_from is not None and await self._backstop(handle, gap_from):
+                todo = pending.get(handle.handle)
+                if todo is not None and await self._backstop(handle, todo):
                     del pending[handle.handle]
                     await self._recovered(handle.handle)
             if pending:
@@ -535,23 +563,24 @@ class FilteredStream:
         """``handle``'s gap is read back: its checkpoint now keeps a gap that opened meanwhile
         (the next round reads it), or none."""
         try:
-            await self._checkpoint_gap(handle, self._gap_from)
+            await self._checkpoint_gap(handle, self._gap)
         except Exception as error:  # noqa: BLE001 - read back again after a restart: duplicates
             log.warning("could not checkpoint a recovered gap",
                         extra={"handle": handle, "error": str(error)[:300]})  # fmt: skip
 
-    async def _backstop(self, handle: HandleConfig, gap_from: float) -> bool:
-        """The handle's mentions since ``gap_from``, read with the stream's app (mentions are
+    async def _backstop(self, handle: HandleConfig, gap: Gap) -> bool:
+        """The handle's mentions of the gap (from its start to the reconnection: what the
+        stream delivered after is not read again), read with the stream's app (mentions are
         public: any app may read them, and this one's rate window is the one to draw on);
         whether they were all read and published."""
         assert self.on_recovered is not None
-        start = datetime.fromtimestamp(gap_from, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        gap_s = round(time.time() - gap_from, 3)
+        start, end = _x_time(math.floor(gap.start)), _x_time(math.ceil(gap.end))
+        gap_s = round(gap.end - gap.start, 3)
         log.info("recovering the stream's gap from mentions",
                  extra={"handle": handle.handle, "since": start, "gap_s": gap_s})  # fmt: skip
         poller = MentionsPoller(handle, self.api, None, self.config.ingest.x.mentions)
         try:
-            items, users = await poller.fetch_since_time(start)
+            items, users = await poller.fetch_since_time(start, end)
             for item in items:
                 await self.on_recovered(handle, item, users)
         except asyncio.CancelledError:

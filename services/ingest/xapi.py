@@ -240,6 +240,7 @@ class XApi:
         pagination_token: str | None,
         max_results: int,
         start_time: str | None = None,
+        end_time: str | None = None,
     ) -> dict:
         page = await self.call(
             "mentions",
@@ -247,6 +248,7 @@ class XApi:
             user_id,
             since_id=since_id,
             start_time=start_time,
+            end_time=end_time,
             pagination_token=pagination_token,
             max_results=max_results,
             tweet_fields=TWEET_FIELDS,

@@ -925,16 +925,19 @@ class XApiStandIn:
         if isinstance(bounds, web.Response):
             return bounds
         since, until = bounds
-        start_time = request.query.get("start_time")
-        if start_time is not None and not TIME_PATTERN.match(start_time):
-            message = f"Invalid 'start_time':'{start_time}'. 'start_time' must be a valid date"
-            return _invalid_request("start_time", start_time, message)
+        start_time, end_time = request.query.get("start_time"), request.query.get("end_time")
+        for name, value in (("start_time", start_time), ("end_time", end_time)):
+            if value is not None and not TIME_PATTERN.match(value):
+                message = f"Invalid '{name}':'{value}'. '{name}' must be a valid date"
+                return _invalid_request(name, value, message)
         tweets = _newest_first(
             tweet
             for tweet in self._mentions.get(user_id, {}).values()
             if since < int(tweet["id"]) < until
             and (start_time is None or "since_id" in request.query
                  or _moment(tweet["created_at"]) >= _moment(start_time))
+            and (end_time is None or "until_id" in request.query
+                 or _moment(tweet["created_at"]) <= _moment(end_time))
         )  # fmt: skip
         page = _page(tweets, size, token)
         return _json(self._page_body(page, _page_meta(tweets, page), request, tweets=True))
