@@ -127,11 +127,25 @@ class Gap(NamedTuple):
     end: float
 
 
-def _merged(a: Gap | None, b: Gap | None) -> Gap | None:
-    """One gap covering both: the earliest start, the latest end."""
-    if a is None or b is None:
-        return a or b
-    return Gap(min(a.start, b.start), max(a.end, b.end))
+JOIN_S = 60.0  # gaps nearer than this are read back as one
+MAX_GAPS = 16  # gaps kept per handle; beyond, the two nearest are joined
+
+
+def _with(gaps: list[Gap], *more: Gap) -> list[Gap]:
+    """``gaps`` and ``more``, oldest first, each one that overlaps or nearly touches another
+    joined with it. Gaps days apart stay apart: read back as one, the days between (which
+    the stream delivered) would be published again once the dedup window forgot them."""
+    joined: list[Gap] = []
+    for gap in sorted([*gaps, *more]):
+        if joined and gap.start <= joined[-1].end + JOIN_S:
+            joined[-1] = Gap(joined[-1].start, max(joined[-1].end, gap.end))
+        else:
+            joined.append(gap)
+    while len(joined) > MAX_GAPS:
+        nearest = min(range(len(joined) - 1), key=lambda i: joined[i + 1].start - joined[i].end)
+        first, second = joined[nearest], joined.pop(nearest + 1)
+        joined[nearest] = Gap(first.start, max(first.end, second.end))
+    return joined
 
 
 def _x_time(moment: float) -> str:
@@ -194,8 +208,8 @@ class FilteredStream:
         self.connections = 0
         self.last_sync: RuleSync | None = None
         self._alive_saved_at = 0.0
-        self._gap: Gap | None = None  # the gaps opened since the backstop's last round
-        self._unrecovered: dict[str, Gap] = {}  # handle: its gaps the backstop has not read
+        self._fresh: list[Gap] = []  # the gaps opened since the backstop's last round began
+        self._unrecovered: dict[str, list[Gap]] = {}  # handle: its gaps not read back yet
         self._restored = False  # the gaps an earlier process left are read at first connection
         self._backstop_task: asyncio.Task | None = None
 
@@ -489,11 +503,11 @@ class FilteredStream:
 
     async def _recover(self, gap_from: float | None) -> None:
         """Start the mentions backstop for the gap, unless something else covers it, and for
-        any gap an earlier run (or process) could not recover. Each handle's gap not read back
-        (from its earliest start to its latest end, the reconnection) is checkpointed before
-        the alive checkpoint moves past it, so a restart goes on with it. Gaps that open while
-        a backstop runs are merged into one more run, so a flapping stream does not spend the
-        mentions rate limit once per reconnection."""
+        any gap an earlier run (or process) could not recover. Each handle's gaps not read back
+        (each from its start to its reconnection) are checkpointed before the alive checkpoint
+        moves past them, so a restart goes on with them. Gaps that open while a backstop runs
+        go into one more round, so a flapping stream does not spend the mentions rate limit
+        once per reconnection."""
         x = self.config.ingest.x
         if (
             not self.settings.mentions_backstop
@@ -505,52 +519,54 @@ class FilteredStream:
             self._restored = True
             self._unrecovered |= self._checkpointed_gaps()
         if gap_from is not None and not self._covered_by_backfill(gap_from):
-            # merged with the gaps that opened since the backstop's last round
-            self._gap = _merged(self._gap, Gap(gap_from, time.time()))
+            self._fresh = _with(self._fresh, Gap(gap_from, time.time()))
             for handle in self.config.handles:
-                earliest = _merged(self._unrecovered.get(handle.handle), self._gap)
-                await self._checkpoint_gap(handle.handle, earliest)
-        if self._gap is None and not self._unrecovered:
+                await self._checkpoint_gaps(handle.handle)
+        if not self._fresh and not self._unrecovered:
             return
         if self._backstop_task is None or self._backstop_task.done():
             self._backstop_task = asyncio.create_task(self._backstops(), name="stream-backstop")
 
-    def _checkpointed_gaps(self) -> dict[str, Gap]:
+    def _checkpointed_gaps(self) -> dict[str, list[Gap]]:
         if self.checkpoints is None:
             return {}
-        gaps = {}
+        gaps: dict[str, list[Gap]] = {}
         for handle in self.config.handles:
             saved = self.checkpoints.get(BACKSTOP_CHECKPOINT + handle.handle) or ""
-            start, _, end = saved.partition("-")
-            if start.isdigit():  # an end missing (written before it was kept): until now
-                until = moment_of(int(end)) if end.isdigit() else time.time()
-                gaps[handle.handle] = Gap(moment_of(int(start)), until)
+            for kept in filter(None, saved.split(",")):
+                start, _, end = kept.partition("-")
+                if start.isdigit():  # an end missing: until now
+                    until = moment_of(int(end)) if end.isdigit() else time.time()
+                    gap = Gap(moment_of(int(start)), until)
+                    gaps[handle.handle] = _with(gaps.get(handle.handle, []), gap)
         return gaps
 
-    async def _checkpoint_gap(self, handle: str, gap: Gap | None) -> None:
-        """Keep (or with None, clear) ``handle``'s gap not read back, as two snowflakes."""
+    async def _checkpoint_gaps(self, handle: str) -> None:
+        """Keep ``handle``'s gaps not read back (those of its last round and those opened
+        since), each as two snowflakes; none: cleared."""
         if self.checkpoints is not None:
-            kept = "" if gap is None else f"{snowflake_at(gap.start)}-{snowflake_at(gap.end)}"
+            gaps = _with(self._unrecovered.get(handle, []), *self._fresh)
+            kept = ",".join(f"{snowflake_at(g.start)}-{snowflake_at(g.end)}" for g in gaps)
             await self.checkpoints.save(BACKSTOP_CHECKPOINT + handle, kept)
 
     async def _backstops(self) -> None:
         """Recover each gap for every handle; a handle whose recovery failed (X or the broker
         away) is tried again, with HTTP errors' backoff, until it succeeds: the stream's
-        checkpoint has moved on, so nothing else would recover that gap."""
+        checkpoint has moved on, so nothing else would recover those gaps."""
         pending = self._unrecovered  # kept on the stream: a restarted run() goes on with it
         wait = self.settings.reconnect.http_initial_s
-        while self._gap is not None or pending:
-            if self._gap is not None:
-                gap, self._gap = self._gap, None
-                for handle in self.config.handles:
-                    merged = _merged(pending.get(handle.handle), gap)
-                    assert merged is not None
-                    pending[handle.handle] = merged
+        while self._fresh or pending:
+            fresh, self._fresh = self._fresh, []
+            for handle in self.config.handles if fresh else ():
+                pending[handle.handle] = _with(pending.get(handle.handle, []), *fresh)
             for handle in self.config.handles:
-                todo = pending.get(handle.handle)
-                if todo is not None and await self._backstop(handle, todo):
-                    del pending[handle.handle]
+                for gap in list(pending.get(handle.handle, [])):
+                    if not await self._backstop(handle, gap):
+                        break  # the later ones wait for this one: tried again together
+                    pending[handle.handle].remove(gap)
                     await self._recovered(handle.handle)
+                if not pending.get(handle.handle):
+                    pending.pop(handle.handle, None)
             if pending:
                 log.warning("mentions backstop failed; trying again",
                             extra={"handles": sorted(pending), "retry_in_s": wait})  # fmt: skip
@@ -560,10 +576,9 @@ class FilteredStream:
                 wait = self.settings.reconnect.http_initial_s
 
     async def _recovered(self, handle: str) -> None:
-        """``handle``'s gap is read back: its checkpoint now keeps a gap that opened meanwhile
-        (the next round reads it), or none."""
+        """One of ``handle``'s gaps is read back: its checkpoint keeps the rest."""
         try:
-            await self._checkpoint_gap(handle, self._gap)
+            await self._checkpoint_gaps(handle)
         except Exception as error:  # noqa: BLE001 - read back again after a restart: duplicates
             log.warning("could not checkpoint a recovered gap",
                         extra={"handle": handle, "error": str(error)[:300]})  # fmt: skip

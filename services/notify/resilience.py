@@ -57,13 +57,15 @@ class DeliveryError(Exception):
         *,
         retryable: bool,
         retry_after_s: float | None = None,
-        answered: bool = False,
+        answered: bool | None = False,
     ):
         super().__init__(masked(message))
         self.retryable = retryable
         self.retry_after_s = retry_after_s
-        # The target answered (a refusal of this request, or a wait it asked for): it is up,
-        # so the failure says nothing against the channel's circuit.
+        # True: the target answered (a refusal of this request, or a wait it asked for): it is
+        # up, so the failure says nothing against the channel's circuit. False: it did not
+        # answer, or refused the channel's credentials. None: it was not reached (a template
+        # or a local error): nothing either way.
         self.answered = answered
         self.attempts = 0
         self.retry_at: float | None = None  # Unix time: parked for a wait past max_wait_s
@@ -219,6 +221,11 @@ class CircuitBreaker:
             self._trial_in_flight = True
             return True
         return self.state == self.CLOSED
+
+    def release(self) -> None:
+        """A try that never reached the target: it counts neither way, and a half-open
+        circuit lets the next one through."""
+        self._trial_in_flight = False
 
     def record(self, success: bool, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

@@ -405,19 +405,22 @@ class NotifyService:
             raise
         except jinja2.TemplateError as error:  # the subscription's own template: fix it, redrive
             raise DeliveryError(
-                f"email template: {error}", retryable=False, answered=True
+                f"email template: {error}", retryable=False, answered=None
             ) from None
         except Exception as error:  # noqa: BLE001 - parked with the reason, never lost
             log.warning("a delivery failed on an unexpected answer", exc_info=True,
                         extra={"delivery_id": job.delivery_id})  # fmt: skip
-            # answered: the target did answer, in a shape not expected; not a sign it is down
+            # a vendor's answer of a shape not expected, or a local error: neither says the
+            # target is down, nor that it is up
             raise DeliveryError(
-                f"unexpected answer: {type(error).__name__}: {error}", retryable=True, answered=True
+                f"unexpected answer: {type(error).__name__}: {error}", retryable=True, answered=None
             ) from None
 
     def _parked(self, job: Job, error: DeliveryError) -> Delivery:
         channel = job.subscription.channel
-        if not isinstance(error, CircuitOpen):
+        if error.answered is None:  # the target was not reached: nothing either way
+            self.breakers[channel].release()
+        elif not isinstance(error, CircuitOpen):
             # A target that answered is up, whatever it refused: one subscription's bad
             # project or a hot ticket must not park every other delivery on the channel.
             self.breakers[channel].record(error.answered)

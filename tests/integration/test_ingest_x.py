@@ -650,8 +650,9 @@ async def test_an_archive_with_unreadable_parts_backfills_the_rest_and_dead_lett
     ingest_settings, running, read, tmp_path
 ):
     """A data file cut short and an item that is not an object are dead-lettered with the
-    reason and the file named; the readable tweets are backfilled, the live sources run on,
-    and /readyz says the backfill is done. A path that is no archive fails at start."""
+    reason and the file named; the readable tweets are backfilled, and /readyz says the
+    backfill is done (one that fails leaves the live sources running: tested below). A path
+    that is no archive fails at start."""
     good, started = new_id(), datetime.now(UTC)
     path = write_archive(tmp_path / "archive.zip", tweets=[], conversations=[])
     account = zipfile.ZipFile(path).read("data/account.js")

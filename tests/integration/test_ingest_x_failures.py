@@ -13,6 +13,8 @@ import asyncio
 import json
 import os
 import subprocess
+import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -362,6 +364,7 @@ async def test_mentions_missed_while_ingest_was_down_are_recovered(
     async with running(IngestService(settings)):
         await wait_for(lambda: x_api.stream_connections >= 1)
         await asyncio.sleep(0.5)  # the stream is alive: that is checkpointed
+    started = time.time()  # the next process's first connection ends its gap
     mention = x_api.make_tweet(missed_mention, "@AcmeHelp charged twice", ana["id"])
     x_api.push_stream(mention)
     x_api.add_mention(HELP_ID, mention)
@@ -379,6 +382,9 @@ async def test_mentions_missed_while_ingest_was_down_are_recovered(
     backstop = [r for r in x_api.requests if r["path"] == MENTIONS]
     # the gap, from its start to the reconnection: what the stream delivered since is not read
     assert backstop and all({"start_time", "end_time"} <= set(r["query"]) for r in backstop)
+    reconnected = min(a for a in x_api.stream_attempts if a > started)
+    ends = {datetime.fromisoformat(r["query"]["end_time"]).timestamp() for r in backstop}
+    assert all(end <= reconnected + 1.0 for end in ends)  # to the second, rounded up
 
 
 async def test_a_gap_the_backstop_could_not_read_back_is_read_after_a_restart(

@@ -75,6 +75,11 @@ def test_compose_runs_each_service_from_one_image_with_pinned_dependencies():
         assert services[name]["command"] == [name]
         assert services[name]["image"] == "switchboard:latest"
         assert services[name]["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+        # the YAML file the service reads is the host's, in the folder mounted (a service's
+        # own environment replaces the shared one whole: each must name it)
+        config = Path(services[name]["environment"]["SWITCHBOARD_CONFIG_FILE"])
+        mounts = {m.split(":")[1]: m.split(":")[0] for m in services[name]["volumes"]}
+        assert mounts[str(config.parent)] == "../config" and config.name == "switchboard.yaml"
     for name in ("kafka", "prometheus", "grafana", "mailpit"):
         image = services[name]["image"]
         assert ":" in image and not image.endswith(":latest"), image

@@ -238,3 +238,19 @@ def test_tweepy_warns_only_of_parameters_ingest_does_not_send_on_purpose(caplog)
         for name in ("max_results", "pagination_token", "dry_run", "since_idd"):
             tweepy_log.warning(f"Unexpected parameter: {name}")
     assert [r.getMessage() for r in caplog.records] == ["Unexpected parameter: since_idd"]
+
+
+def test_gaps_that_touch_are_read_back_as_one_and_gaps_days_apart_stay_apart():
+    """A flapping stream's gaps join into one read-back; a gap of days ago and one of now do
+    not, or the days between, which the stream delivered, would be read back and published
+    again once the dedup window forgot them."""
+    from switchboard.ingest.stream import JOIN_S, MAX_GAPS, Gap, _with
+
+    day = 86_400.0
+    flapping = _with([Gap(0, 10)], Gap(9, 20), Gap(20 + JOIN_S / 2, 40))
+    assert flapping == [Gap(0, 40)]
+    apart = _with([Gap(0, 10)], Gap(4 * day, 4 * day + 10))
+    assert apart == [Gap(0, 10), Gap(4 * day, 4 * day + 10)]
+    many = _with([], *(Gap(n * day, n * day + 1) for n in range(MAX_GAPS + 3)))
+    assert len(many) == MAX_GAPS and many[0].start == 0 and many[-1].end > many[-2].end
+    assert sum(g.end - g.start for g in many) < 4 * day  # the nearest joined, not all

@@ -244,6 +244,16 @@ def test_the_circuit_opens_after_failures_in_a_row_then_lets_one_trial_through()
     assert breaker.allow(now=23) and breaker.allow(now=23)  # closed
 
 
+def test_a_try_that_never_reached_the_target_neither_closes_nor_opens_the_circuit():
+    """A broken template or a local error in the half-open trial: the circuit stays half-open
+    and lets the next try through, which decides."""
+    breaker = CircuitBreaker("test", failures=1, cooldown_s=10)
+    breaker.record(False, now=0)
+    assert breaker.allow(now=11)  # the trial
+    breaker.release()
+    assert breaker.state == breaker.HALF_OPEN and breaker.allow(now=11)  # the next one goes
+
+
 def test_a_success_resets_the_count_of_failures():
     breaker = CircuitBreaker("test", failures=2, cooldown_s=10)
     breaker.record(False, now=0)
