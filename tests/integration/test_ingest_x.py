@@ -336,6 +336,21 @@ async def test_a_streamed_tweet_only_another_teams_rule_matched_is_not_ours(
     assert skipped._value.get() == before + 1
 
 
+async def sent_and_resent_while_frozen(broker, post, meanwhile):  # noqa: ANN001, ANN201
+    """A delivery posted while the broker is frozen, and X's resend of it a second later;
+    ``meanwhile(first)`` runs before the broker thaws. Returns the two posts' tasks and what
+    ``meanwhile`` returned."""
+    broker.freeze(True)
+    try:
+        first = asyncio.create_task(post())
+        await asyncio.sleep(1.0)
+        resent = asyncio.create_task(post())
+        seen = await meanwhile(first, resent)
+    finally:
+        broker.freeze(False)
+    return first, resent, seen
+
+
 async def test_a_webhook_resent_while_its_first_copy_awaits_the_broker_waits_for_it(
     customers, ingest_settings, running, tmp_path
 ):
@@ -357,15 +372,12 @@ async def test_a_webhook_resent_while_its_first_copy_awaits_the_broker_waits_for
             transport = httpx.ASGITransport(app=service.http_app())
             async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
                 post = lambda: client.post("/webhooks/x", content=body, headers=signed(body))  # noqa: E731
-                broker.freeze(True)
-                try:
-                    first = asyncio.create_task(post())
+
+                async def meanwhile(_first: asyncio.Task, resent: asyncio.Task) -> bool:
                     await asyncio.sleep(1.0)
-                    resent = asyncio.create_task(post())
-                    await asyncio.sleep(1.0)
-                    waiting = not resent.done()
-                finally:
-                    broker.freeze(False)
+                    return not resent.done()
+
+                first, resent, waiting = await sent_and_resent_while_frozen(broker, post, meanwhile)
                 answers = [(await first).json(), (await resent).json()]
     finally:
         await asyncio.to_thread(broker.stop)
@@ -397,15 +409,14 @@ async def test_a_webhook_resent_after_its_first_copy_failed_publishes_the_tweet_
             transport = httpx.ASGITransport(app=service.http_app())
             async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
                 post = lambda: client.post("/webhooks/x", content=body, headers=signed(body))  # noqa: E731
-                broker.freeze(True)
-                try:
-                    first = asyncio.create_task(post())
-                    await asyncio.sleep(1.0)
-                    resent = asyncio.create_task(post())
+
+                async def meanwhile(first: asyncio.Task, _resent: asyncio.Task) -> float:
                     await wait_for(first.done, timeout_s=60)
-                    counted_while_refused = ingested._value.get() - before
-                finally:
-                    broker.freeze(False)
+                    return ingested._value.get() - before
+
+                first, resent, counted_while_refused = await sent_and_resent_while_frozen(
+                    broker, post, meanwhile
+                )
                 answers = [(await first).status_code, (await resent).json()]
             counted = ingested._value.get() - before
         records = await read_topics(kafka, [topics.RAW], lambda rs: False, timeout_s=5)

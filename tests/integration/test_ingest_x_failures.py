@@ -387,6 +387,22 @@ async def test_mentions_missed_while_ingest_was_down_are_recovered(
     assert all(end <= reconnected + 1.0 for end in ends)  # to the second, rounded up
 
 
+async def a_mention_missed_while_away(x_api, settings, running, author_id: str) -> str:  # noqa: ANN001
+    """A first ingest's stream is alive (checkpointed), then ingest stops: a mention posted
+    meanwhile is lost to the stream (X does not queue it) and kept by the mentions endpoint.
+    Returns its id, once past the stall window (1 s) and start_time's whole seconds, so that a
+    gap starting from a later process's alive checkpoint begins after it."""
+    missed = new_id()
+    async with running(IngestService(settings)):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+        await asyncio.sleep(0.5)  # the stream is alive: that is checkpointed
+    mention = x_api.make_tweet(missed, "@AcmeHelp charged twice", author_id)
+    x_api.push_stream(mention)
+    x_api.add_mention(HELP_ID, mention)
+    await asyncio.sleep(2.5)
+    return missed
+
+
 async def test_a_gap_the_backstop_could_not_read_back_is_read_after_a_restart(
     x_api, customers, ingest_settings, running, read
 ):
@@ -395,17 +411,9 @@ async def test_a_gap_the_backstop_could_not_read_back_is_read_after_a_restart(
     next process, not lost with the first."""
     ana, _ = customers
     x_api.lose_tweets_while_disconnected()
-    missed = new_id()
-
-    async with running(IngestService(ingest_settings(stream=True))):
-        await wait_for(lambda: x_api.stream_connections >= 1)
-        await asyncio.sleep(0.5)  # the stream is alive: that is checkpointed
-    mention = x_api.make_tweet(missed, "@AcmeHelp charged twice", ana["id"])
-    x_api.push_stream(mention)
-    x_api.add_mention(HELP_ID, mention)
-    # Past the stall window (1 s) and start_time's whole seconds: the next process's own gap,
-    # from this one's alive checkpoint, begins after the mention.
-    await asyncio.sleep(2.5)
+    missed = await a_mention_missed_while_away(
+        x_api, ingest_settings(stream=True), running, ana["id"]
+    )
     x_api.fail_next(MENTIONS, 503, count=10_000)
     async with running(IngestService(ingest_settings(stream=True))):
         await wait_for(lambda: len([r for r in x_api.requests if r["path"] == MENTIONS]) >= 6)
@@ -421,7 +429,6 @@ async def test_each_apps_stream_keeps_its_own_gap(x_api, customers, ingest_setti
     while this one was down, does not shorten this one's gap: its mentions are read back."""
     ana, _ = customers
     x_api.lose_tweets_while_disconnected()
-    missed = new_id()
 
     def other_app(config: dict) -> None:  # the investor handle, streamed by its own app
         x = config["ingest"]["x"]
@@ -430,13 +437,9 @@ async def test_each_apps_stream_keeps_its_own_gap(x_api, customers, ingest_setti
         config["handles"] = [h | {"app": "investors"} for h in config["handles"]
                              if h["handle"] == "@AcmeIR"]  # fmt: skip
 
-    async with running(IngestService(ingest_settings(stream=True))):
-        await wait_for(lambda: x_api.stream_connections >= 1)
-        await asyncio.sleep(0.5)  # the stream is alive: that is checkpointed
-    mention = x_api.make_tweet(missed, "@AcmeHelp charged twice", ana["id"])
-    x_api.push_stream(mention)
-    x_api.add_mention(HELP_ID, mention)
-    await asyncio.sleep(2.5)  # past the stall window and start_time's whole seconds
+    missed = await a_mention_missed_while_away(
+        x_api, ingest_settings(stream=True), running, ana["id"]
+    )
     async with running(IngestService(ingest_settings(stream=True, edit=other_app))):
         await wait_for(lambda: x_api.stream_connections >= 2)
         await asyncio.sleep(0.5)
