@@ -285,7 +285,9 @@ async def x_api() -> AsyncIterator[object]:
     """A stand-in X API v2 on 127.0.0.1 (tests/standins/x_api.py) accepting the test tokens."""
     from tests.standins.x_api import XApiStandIn
 
-    server = XApiStandIn(bearer_tokens={X_APP_TOKEN, X_USER_TOKEN}, keepalive_s=0.2)
+    server = XApiStandIn(
+        bearer_tokens={X_APP_TOKEN, X_USER_TOKEN}, keepalive_s=0.2, user_tokens={X_USER_TOKEN}
+    )
     await server.start()
     yield server
     await server.stop()

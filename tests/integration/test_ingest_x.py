@@ -282,6 +282,7 @@ async def test_a_user_token_rotated_in_its_file_is_read_again_after_x_refuses_it
         await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [before]))
         x_api.bearer_tokens.discard(X_USER_TOKEN)  # expired
         x_api.bearer_tokens.add("refreshed-user-token")
+        x_api.user_tokens.add("refreshed-user-token")  # a user's, as the one it replaces
         token_file.write_text("refreshed-user-token\n")
         x_api.add_dm_event(dm(after))
         await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [after]))

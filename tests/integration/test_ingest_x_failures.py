@@ -24,7 +24,7 @@ from switchboard.ingest.rules import desired_rules
 from switchboard.ingest.service import IngestService
 from switchboard.shared import topics
 from switchboard.shared.events import DeadLetter, RawTweet, utc_now
-from tests.conftest import SWITCHBOARD, published, wait_for
+from tests.conftest import SWITCHBOARD, X_APP_TOKEN, X_USER_TOKEN, published, wait_for
 from tests.integration.conftest import HELP_ID, ids_on, new_id, signed
 from tests.standins.x_api import RULES_PATH, STREAM_PATH, USAGE_CAPPED
 
@@ -514,3 +514,23 @@ async def test_an_ingest_with_no_source_says_so_on_readyz(ingest_settings, runni
     assert detail["degraded"] is True
     assert detail["sources"]["sources:none"]["state"] == "failing"
     assert value(ingest_metrics.SOURCE_UP, "sources", "none") == 0
+
+
+async def test_each_endpoint_takes_the_kinds_of_token_x_documents_for_it(x_api):
+    """The stand-in holds ingest to X's OpenAPI ``security`` lists: the stream and its rules
+    take the app's bearer token only, DM events a user's only (else 403 Unsupported
+    Authentication), so a token sent to the wrong endpoint fails the tests as it would fail
+    against X."""
+    user, app = (
+        {"Authorization": f"Bearer {X_USER_TOKEN}"},
+        {"Authorization": f"Bearer {X_APP_TOKEN}"},
+    )
+    async with httpx.AsyncClient(base_url=x_api.base_url) as client:
+        rules_as_user = await client.get(RULES_PATH, headers=user)
+        dms_as_app = await client.get("/2/dm_events", headers=app)
+        rules_as_app = await client.get(RULES_PATH, headers=app)
+
+    for refused in (rules_as_user, dms_as_app):
+        assert refused.status_code == 403
+        assert refused.json()["type"].endswith("/problems/unsupported-authentication")
+    assert rules_as_app.status_code == 200

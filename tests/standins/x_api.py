@@ -295,8 +295,12 @@ class XApiStandIn:
         keepalive_s: float = 0.5,
         *,
         strict_fields: bool = False,
+        user_tokens: set[str] | None = None,
     ) -> None:
         self.bearer_tokens = bearer_tokens
+        # Which of the tokens are a user's (OAuth 2.0 user context); the others are the app's
+        # (app-only). Each endpoint takes the kinds X's OpenAPI document lists for it.
+        self.user_tokens = user_tokens or set()
         self.keepalive_s = keepalive_s
         # When True, objects carry only X's default fields plus those the request asks for
         # (tweet.fields / user.fields / dm_event.fields / expansions), as the real API does.
@@ -526,6 +530,8 @@ class XApiStandIn:
             return failure
         if not self._authorized(request):
             return _problem(401)
+        if unsupported := self._unsupported_authentication(request):
+            return unsupported
         limited = self._apply_rate_limit(request)
         if limited is not None:
             return limited
@@ -558,6 +564,27 @@ class XApiStandIn:
             return True
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         return scheme == "Bearer" and token in self.bearer_tokens
+
+    def _unsupported_authentication(self, request: web.Request) -> web.Response | None:
+        """X's 403 for a token of a kind the endpoint does not take (its OpenAPI ``security``:
+        the stream and its rules take the app's bearer token only, DM events a user's only)."""
+        token = request.headers.get("Authorization", "").partition(" ")[2]
+        user = token in self.user_tokens
+        app_only = request.path.startswith(STREAM_PATH)  # the stream and its rules
+        user_only = request.path.startswith("/2/dm_events")
+        if not ((app_only and user) or (user_only and not user)):
+            return None
+        used = "OAuth 2.0 User Context" if user else "OAuth 2.0 Application-Only"
+        wanted = "[OAuth 2.0 Application-Only]" if app_only else (
+            "[OAuth 1.0a User Context, OAuth 2.0 User Context]")  # fmt: skip
+        body = {
+            "title": "Unsupported Authentication",
+            "detail": f"Authenticating with {used} is forbidden for this endpoint.  "
+            f"Supported authentication types are {wanted}.",
+            "type": "https://api.twitter.com/2/problems/unsupported-authentication",
+            "status": 403,
+        }
+        return _json(body, 403, content_type="application/problem+json")
 
     def _take_lost_answer(self, request: web.Request) -> bool:
         for lost in self._lost_answers:
