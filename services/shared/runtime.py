@@ -72,6 +72,15 @@ def http_app(service: Service, access: AccessPolicy) -> FastAPI:
     return app
 
 
+def service_app(service: Service, settings: ServiceSettings) -> FastAPI:
+    """The HTTP app a service serves: its own (``http_app()``, built on ``http_app(service,
+    access)``), else health, readiness and metrics under the configured access policy."""
+    own_app = getattr(service, "http_app", None)
+    if own_app is not None:
+        return own_app()
+    return http_app(service, AccessPolicy.of(settings.config.access))
+
+
 async def run_service(make_service: Callable[[S], Service], settings: S) -> None:
     """Build the service inside the event loop (Kafka clients need one) and run it.
 
@@ -79,11 +88,7 @@ async def run_service(make_service: Callable[[S], Service], settings: S) -> None
     access)``); the others serve health, readiness and metrics.
     """
     service = make_service(settings)
-    own_app = getattr(service, "http_app", None)
-    if own_app is not None:
-        app = own_app()
-    else:
-        app = http_app(service, AccessPolicy.of(settings.config.access))
+    app = service_app(service, settings)
     configure_logging(service.name, settings.log_level, settings.log_format)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -12,6 +12,8 @@ import pytest
 import yaml
 from fastapi import FastAPI
 
+from switchboard.classify.service import ClassifyService
+from switchboard.classify.settings import ClassifySettings
 from switchboard.ingest.service import IngestService
 from switchboard.ingest.settings import IngestSettings
 from switchboard.ingest.webhook import SIGNATURE_HEADER, signature
@@ -20,9 +22,7 @@ from switchboard.notify.settings import NotifySettings
 from switchboard.route.feedback import SELF_AUTHENTICATED
 from switchboard.route.service import RouteService
 from switchboard.route.settings import RouteSettings
-from switchboard.shared.access import AccessPolicy
-from switchboard.shared.runtime import http_app
-from switchboard.shared.settings import ServiceSettings
+from switchboard.shared.runtime import service_app
 from tests.conftest import CONFIG_FILE
 
 TOKEN = "admin-token-for-tests"
@@ -51,30 +51,22 @@ def config_file(tmp_path, monkeypatch):
     return path
 
 
-class _Classify:
-    """classify serves the common app (it has no endpoint of its own)."""
-
-    name = "classify"
-    ready = True
-
-
 @pytest.fixture
-def apps(kafka, config_file) -> dict[str, Callable[[], FastAPI]]:
-    def common() -> FastAPI:
-        settings = ServiceSettings.load(config_file=config_file, kafka=kafka)
-        return http_app(_Classify(), AccessPolicy.of(settings.config.access))
+def apps(kafka, config_file, classifier) -> dict[str, Callable[[], FastAPI]]:
+    """Each service's app as ``run_service`` serves it (``service_app``), classify's too."""
+
+    def built(service_type: type, settings_type: type, **extra: object) -> Callable[[], FastAPI]:
+        def build() -> FastAPI:
+            settings = settings_type.load(config_file=config_file, kafka=kafka)
+            return service_app(service_type(settings, **extra), settings)
+
+        return build
 
     return {
-        "ingest": lambda: IngestService(
-            IngestSettings.load(config_file=config_file, kafka=kafka)
-        ).http_app(),
-        "classify": common,
-        "route": lambda: RouteService(
-            RouteSettings.load(config_file=config_file, kafka=kafka)
-        ).http_app(),
-        "notify": lambda: NotifyService(
-            NotifySettings.load(config_file=config_file, kafka=kafka)
-        ).http_app(),
+        "ingest": built(IngestService, IngestSettings),
+        "classify": built(ClassifyService, ClassifySettings, model=classifier),
+        "route": built(RouteService, RouteSettings),
+        "notify": built(NotifyService, NotifySettings),
     }
 
 
@@ -115,14 +107,15 @@ async def test_every_endpoint_that_changes_something_needs_the_token(apps):
 
 
 async def test_locked_views_and_metrics_need_the_token_but_probes_do_not(apps):
-    route = apps["route"]()
-    for path in ("/ops", "/ops/state", "/metrics"):
-        assert (await request(route, "GET", path)).status_code == 401, path
-        assert (
-            await request(route, "GET", path, authorization=f"Bearer {TOKEN}")
-        ).status_code == 200, path
+    locked = {service: ["/metrics"] for service in apps} | {
+        "route": ["/metrics", "/ops", "/ops/state", "/ops/compare"]
+    }
     for service, build in apps.items():
         app = build()
+        for path in locked[service]:
+            assert (await request(app, "GET", path)).status_code == 401, (service, path)
+            allowed = await request(app, "GET", path, authorization=f"Bearer {TOKEN}")
+            assert allowed.status_code == 200, (service, path)
         assert (await request(app, "GET", "/healthz")).status_code == 200, service
         assert (await request(app, "GET", "/readyz")).status_code in (200, 503), service
 
