@@ -3,6 +3,7 @@ starts the pipeline stop every process it started."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -75,17 +76,23 @@ def test_a_signal_stops_every_process_the_command_started(
             assert process.poll() is None, process.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline, f"{command} did not start {up_to} in time"
             time.sleep(0.2)
-        children = parent.children(recursive=True)
+        children = {child.pid: child for child in parent.children(recursive=True)}
         if command == "run":  # without --keep, run starts clean: the last run's data is gone
             assert not stale.exists()
         process.send_signal(sig)
-        process.wait(timeout=90)
+        # every child seen until the command exits: one it started after the signal too
+        stopping = time.monotonic() + 90
+        while process.poll() is None and time.monotonic() < stopping:
+            with contextlib.suppress(psutil.Error):
+                children |= {child.pid: child for child in parent.children(recursive=True)}
+            time.sleep(0.1)
+        process.wait(timeout=1)
         if "--json" in COMMANDS[command]:  # its summary is printed only when it ran to its end
             assert process.stdout.read() == b"", f"{command} ran on to its end after {sig.name}"
     finally:
         if process.poll() is None:
             process.kill()
-    _, alive = psutil.wait_procs(children, timeout=15)
+    _, alive = psutil.wait_procs(list(children.values()), timeout=15)
     assert alive == [], f"left behind: {[p.cmdline() for p in alive]}"
     if command == "run":  # stopped where it was: Ctrl-C while classify loads starts nothing more
         started_later = [s for s in ("route", "notify", "ingest")
