@@ -8,8 +8,10 @@ body limits), duplicates across sources, brand replies, deletions and archive ba
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import zipfile
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -337,6 +339,28 @@ async def test_a_streamed_tweet_only_another_teams_rule_matched_is_not_ours(
     assert skipped._value.get() == before + 1
 
 
+@contextlib.asynccontextmanager
+async def a_broker_of_its_own(tmp_path: Path, **kafka: object) -> AsyncIterator[tuple]:
+    """An embedded broker this test alone freezes, its topics made; yields it and its settings
+    (``kafka`` changes them)."""
+    broker = EmbeddedBroker(tmp_path / "broker")
+    await broker.start()
+    try:
+        settings = broker.settings().model_copy(update=kafka)
+        await ensure_topics(settings, topics.ALL, 1, 1)
+        yield broker, settings
+    finally:
+        await asyncio.to_thread(broker.stop)
+
+
+def a_delivery_of_one_tweet() -> tuple[str, bytes]:
+    """An Account Activity delivery of one new customer tweet: its id and the body."""
+    tweet = new_id()
+    user = {"id_str": "42", "screen_name": "ana_flies"}
+    event = activity_tweet(tweet, "@AcmeHelp my card was charged twice", user)
+    return tweet, json.dumps({"for_user_id": HELP_ID, "tweet_create_events": [event]}).encode()
+
+
 async def sent_and_resent_while_frozen(broker, post, meanwhile):  # noqa: ANN001, ANN201
     """A delivery posted while the broker is frozen, and X's resend of it a second later;
     ``meanwhile(first)`` runs before the broker thaws. Returns the two posts' tasks and what
@@ -358,16 +382,9 @@ async def test_a_webhook_resent_while_its_first_copy_awaits_the_broker_waits_for
     """X resends a delivery it had no answer to within seconds. The resent copy of a tweet
     whose first copy is still on its way to the broker is answered only once that copy is
     stored: answered at once, X would not send it again if the first then failed."""
-    broker = EmbeddedBroker(tmp_path / "broker")
-    await broker.start()
-    try:
-        kafka = broker.settings()
-        await ensure_topics(kafka, topics.ALL, 1, 1)
+    async with a_broker_of_its_own(tmp_path) as (broker, kafka):
         settings = ingest_settings(webhook=True).model_copy(update={"kafka": kafka})
-        tweet = new_id()
-        user = {"id_str": "42", "screen_name": "ana_flies"}
-        event = activity_tweet(tweet, "@AcmeHelp my card was charged twice", user)
-        body = json.dumps({"for_user_id": HELP_ID, "tweet_create_events": [event]}).encode()
+        _, body = a_delivery_of_one_tweet()
         service = IngestService(settings)
         async with running(service):
             transport = httpx.ASGITransport(app=service.http_app())
@@ -380,8 +397,6 @@ async def test_a_webhook_resent_while_its_first_copy_awaits_the_broker_waits_for
 
                 first, resent, waiting = await sent_and_resent_while_frozen(broker, post, meanwhile)
                 answers = [(await first).json(), (await resent).json()]
-    finally:
-        await asyncio.to_thread(broker.stop)
 
     assert waiting  # the resent copy waited for the first copy's acknowledgement
     assert answers == [{"published": 1}, {"published": 0}]
@@ -393,16 +408,9 @@ async def test_a_webhook_resent_after_its_first_copy_failed_publishes_the_tweet_
     """The broker does not acknowledge a delivery's tweet: X is answered 503 (and resends), a
     copy resent meanwhile, waiting for the first, publishes the tweet itself once the first
     failed, and the tweet is counted as ingested once, when it is stored."""
-    broker = EmbeddedBroker(tmp_path / "broker")
-    await broker.start()
-    try:
-        kafka = broker.settings().model_copy(update={"delivery_timeout_ms": 3000})
-        await ensure_topics(kafka, topics.ALL, 1, 1)
+    async with a_broker_of_its_own(tmp_path, delivery_timeout_ms=3000) as (broker, kafka):
         settings = ingest_settings(webhook=True).model_copy(update={"kafka": kafka})
-        tweet = new_id()
-        user = {"id_str": "42", "screen_name": "ana_flies"}
-        event = activity_tweet(tweet, "@AcmeHelp my card was charged twice", user)
-        body = json.dumps({"for_user_id": HELP_ID, "tweet_create_events": [event]}).encode()
+        tweet, body = a_delivery_of_one_tweet()
         service = IngestService(settings)
         ingested = ingest_metrics.TWEETS_INGESTED.labels("webhook", "@AcmeHelp")
         async with running(service):
@@ -421,8 +429,6 @@ async def test_a_webhook_resent_after_its_first_copy_failed_publishes_the_tweet_
                 answers = [(await first).status_code, (await resent).json()]
             counted = ingested._value.get() - before
         records = await read_topics(kafka, [topics.RAW], lambda rs: False, timeout_s=5)
-    finally:
-        await asyncio.to_thread(broker.stop)
 
     assert answers == [503, {"published": 1}]
     assert [e.tweet.id for e in published(records, topics.RAW, RawTweet)] == [tweet]
