@@ -207,6 +207,7 @@ class FilteredStream:
         )
         self.connections = 0
         self.last_sync: RuleSync | None = None
+        self._relied_on: set[str] = set()  # foreign rule ids a handle depends on (sync_rules)
         self._alive_saved_at = 0.0
         self._fresh: list[Gap] = []  # the gaps opened since the backstop's last round began
         self._unrecovered: dict[str, list[Gap]] = {}  # handle: its gaps not read back yet
@@ -227,6 +228,10 @@ class FilteredStream:
         while pending:
             pending = await self._add(pending, report)
         self.last_sync = report
+        uncovered = {rule.tag for rule in report.uncovered}
+        # foreign rules whose value ours has, while ours could not be added beside them
+        self._relied_on = {foreign_id for rule, foreign_id, adopted in report.duplicates
+                           if adopted is None or rule.tag in uncovered}  # fmt: skip
         self._report(report)
         return report
 
@@ -362,14 +367,11 @@ class FilteredStream:
         if not isinstance(matching_rules, list) or not matching_rules:
             return True
         prefix = self.settings.rule_tag_prefix
-        sync = self.last_sync
-        uncovered = {rule.tag for rule in sync.uncovered} if sync else set()
-        # a foreign rule whose value ours has, while ours could not be added beside it
-        relied_on = {foreign_id for rule, foreign_id, adopted in (sync.duplicates if sync else [])
-                     if adopted is None or rule.tag in uncovered}  # fmt: skip
         return any(
             isinstance(rule, dict)
-            and ((rule.get("tag") or "").startswith(prefix) or str(rule.get("id")) in relied_on)
+            and (
+                (rule.get("tag") or "").startswith(prefix) or str(rule.get("id")) in self._relied_on
+            )
             for rule in matching_rules
         )
 
@@ -478,7 +480,8 @@ class FilteredStream:
         """The alive checkpoint of before it was kept per app, while it is recent: it stopped
         being written at the upgrade, and a gap read back from then (a new app months later)
         would publish again what the dedup window no longer remembers."""
-        saved = self.checkpoints.get(LEGACY_ALIVE_CHECKPOINT) if self.checkpoints else None
+        assert self.checkpoints is not None  # asked only with them
+        saved = self.checkpoints.get(LEGACY_ALIVE_CHECKPOINT)
         window_s = self.config.ingest.dedup_window_hours * 3600
         if saved and saved.isdigit() and time.time() - moment_of(int(saved)) < window_s:
             return saved

@@ -750,7 +750,7 @@ class SalesforceChannel(HttpChannel):
             fields |= {"OwnerId": target.owner_id, "LeadSource": target.lead_source}
             fields = {name: value for name, value in fields.items() if value}
         try:
-            record, _ = await self._upsert(target, author.id, fields)
+            record = await self._upsert(target, author.id, fields)
         except DeliveryError as error:
             if "CANNOT_UPDATE_CONVERTED_LEAD" not in str(error):
                 raise
@@ -771,12 +771,10 @@ class SalesforceChannel(HttpChannel):
 
     async def _upsert(
         self, target: SalesforceTarget, key: str, fields: dict[str, Any]
-    ) -> tuple[str | None, bool]:
-        """The record's id, and whether the upsert created it (201, ``created``)."""
+    ) -> str | None:
         path = f"{self.sobjects}/{target.object}/{target.external_id_field}/{quote(key, safe='')}"
         response = await self.send("PATCH", path, json=fields)
-        answer = json_of(response) if response.content else {}
-        return answer.get("id"), response.status_code == 201 or answer.get("created") is True
+        return (json_of(response) if response.content else {}).get("id")
 
     async def _case(self, job: Job, target: SalesforceTarget) -> Done:
         key = job.routed.tweet.conversation_id
@@ -802,8 +800,7 @@ class SalesforceChannel(HttpChannel):
             fields["Origin"] = target.case_origin
         if target.owner_id:  # a Case is upserted only to open it: its owner goes with it
             fields["OwnerId"] = target.owner_id
-        record, _ = await self._upsert(target, key, fields)
-        return Done("created", record)
+        return Done("created", await self._upsert(target, key, fields))
 
     async def _case_of(self, target: SalesforceTarget, key: str) -> tuple[str | None, str]:
         """The id and description of the conversation's Case, when one exists that the ledger

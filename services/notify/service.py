@@ -106,8 +106,7 @@ class NotifyService:
         self.settings = settings
         self.options = settings.config.notify
         policy = self.options.delivery
-        # the departments' display names (the YAML file's departments), for emails
-        names = {d.value: c.display_name for d, c in settings.config.departments.items()}
+        names = settings.config.department_names  # for emails
         self.channels: dict[str, Channel] = channels_for(
             self.options, SmtpMailer(settings.smtp), names
         )

@@ -123,9 +123,10 @@ class RouteService:
         self._replies_read: dict[int, tuple[int, float]] = {}
         self._config_digest = file_digest(settings.config_file)
         self._rejected: tuple[str | None, str] | None = None  # the last file refused, and why
-        names = {d.value: c.display_name for d, c in self.config.departments.items()}
         self.ops = OpsView(
-            settings.kafka, corrections=self.config.access.admin_token is not None, names=names
+            settings.kafka,
+            corrections=self.config.access.admin_token is not None,
+            names=self.config.department_names,
         )
 
     @property

@@ -164,6 +164,11 @@ class SharedConfig(Section):
         return self
 
     @cached_property
+    def department_names(self) -> dict[str, str]:
+        """Each department's display name (``departments``), by its code."""
+        return {d.value: c.display_name for d, c in self.departments.items()}
+
+    @cached_property
     def handles_by_username(self) -> dict[str, HandleConfig]:
         """Lower-case username without '@' -> handle (built once: ingest asks per tweet)."""
         return {h.handle[1:].lower(): h for h in self.handles}

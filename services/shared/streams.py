@@ -506,9 +506,11 @@ def discard_stale_stores(tabledir: Path, max_age_s: float, now: float | None = N
     holds their tombstones, which compaction removes ``delete.retention.ms`` after. A store in
     step within that time is safe (a replica writes its stores while it holds their
     partitions, and no other replica writes then); an older one is restored from the start."""
+    if not tabledir.is_dir():
+        return []
     now = time.time() if now is None else now
-    stores = sorted(tabledir.glob("*.db")) if tabledir.is_dir() else []
-    for stamp in tabledir.glob(f"*.db{IN_SYNC_SUFFIX}") if tabledir.is_dir() else []:
+    stores = sorted(tabledir.glob("*.db"))
+    for stamp in tabledir.glob(f"*.db{IN_SYNC_SUFFIX}"):
         if not stamp.with_name(stamp.name.removesuffix(IN_SYNC_SUFFIX)).exists():
             stamp.unlink(missing_ok=True)  # its store is gone: a new one there starts unstamped
     stale = [store for store in stores if now - _in_step_at(store) > max_age_s]
