@@ -42,9 +42,13 @@ class _MaildirHandler:
         name = f"{time.time_ns()}.{os.getpid()}_{next(self.sequence)}.switchboard"
         written = self.path / "tmp" / name
         host, port = session.peer[:2]
-        # Which connection it came on, as aiosmtpd's own Message handler says it
-        peer = f"X-Peer: {host}:{port}\r\n".encode()
-        written.write_bytes(peer + (envelope.original_content or envelope.content))
+        # Which connection it came on, as aiosmtpd's own Message handler says it, and whom the
+        # envelope named (as a mail store's X-Original-To): the headers' To lists everyone
+        # the email is for, the envelope only those it was sent to this time.
+        trace = (
+            f"X-Peer: {host}:{port}\r\nX-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n"
+        ).encode()
+        written.write_bytes(trace + (envelope.original_content or envelope.content))
         written.rename(self.path / "new" / name)
         return "250 Message accepted for delivery"
 

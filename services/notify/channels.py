@@ -99,6 +99,8 @@ class Job:
     # What the target was given for the conversation's earlier tweets, oldest first: for a
     # target that keeps one text per ticket (a HubSpot ticket's content), which each upsert sets.
     earlier: tuple[str, ...] = ()
+    # Email: the recipients still to be sent it, kept on the parked delivery; None: all.
+    recipients: tuple[str, ...] | None = None
 
     @property
     def conversation_key(self) -> str:
@@ -182,12 +184,21 @@ class EmailChannel:
         self.mailer = mailer
         self.options = options
         self.names = names  # the departments' display names, by code
-        # delivery id: the recipients still to send it to (the others have it). Kept in this
-        # process: a notify restarted (or the partition's next owner) sends it to all again,
-        # under the same Message-ID, by which mail systems drop the copies.
+        # delivery id: the recipients still to send it to (the others have it), for the
+        # delivery's next try. A delivery parked keeps them (DeliveryError.recipients_left, on
+        # its ParkedDelivery) for its redrive, by whichever replica owns it then.
         self._remaining: dict[str, list[str]] = {}
 
     async def deliver(self, job: Job) -> Done:
+        if job.recipients and job.delivery_id not in self._remaining:
+            self._remember_remaining(job.delivery_id, list(job.recipients))
+        try:
+            return await self._send(job)
+        except DeliveryError as error:
+            error.recipients_left = self._remaining.get(job.delivery_id)
+            raise
+
+    async def _send(self, job: Job) -> Done:
         message = render_email(
             job.routed, job.subscription, self.options, job.delivery_id, self.names
         )

@@ -69,6 +69,7 @@ class DeliveryError(Exception):
         self.answered = answered
         self.attempts = 0
         self.retry_at: float | None = None  # Unix time: parked for a wait past max_wait_s
+        self.recipients_left: list[str] | None = None  # email: those still to be sent it
 
 
 class CircuitOpen(DeliveryError):

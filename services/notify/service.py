@@ -29,6 +29,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -333,7 +334,9 @@ class NotifyService:
             return []
         metrics.REDRIVEN.labels(wanted[0].channel).inc()
         routed = redacted(request.routed, self.options.redact)
-        return [Job(routed, wanted[0], request.department, request.delivery_id)]
+        recipients = tuple(request.recipients) if request.recipients else None
+        return [Job(routed, wanted[0], request.department, request.delivery_id,
+                    recipients=recipients)]  # fmt: skip
 
     # --- one delivery ---------------------------------------------------------------------------
 
@@ -350,8 +353,7 @@ class NotifyService:
             return self._delivery(job, "delivered", 0, done=done)
         thread_key = f"{job.subscription.channel}:{job.subscription.name}"
         earlier = tuple(entry.transcripts.get(thread_key, ()))
-        job = Job(job.routed, job.subscription, job.department, job.delivery_id,
-                  entry.threads.get(thread_key), earlier)  # fmt: skip
+        job = replace(job, thread_id=entry.threads.get(thread_key), earlier=earlier)
         channel = job.subscription.channel
         started = time.perf_counter()
         try:
@@ -452,6 +454,7 @@ class NotifyService:
             subscription=job.subscription.name,
             department=job.department, routed=job.routed, retry_at=retry_at, parks=parks,
             first_parked_at=first, parked_at=now, attempts=error.attempts, error=str(error),
+            recipients=error.recipients_left or job.recipients,
         )  # fmt: skip
         self.parked[job.delivery_id.encode("utf-8")] = encode(parked)
         self.parked_index.track(parked)

@@ -541,6 +541,12 @@ def conversation_of_vendor_labels(labels: list[str]) -> str | None:
     return label[len(VENDOR_LABEL_PREFIX) :] or None if label else None
 
 
+RECIPIENTS_LEFT = (
+    "Email: the recipients still to be sent it (the relay refused them for now and took the "
+    "others); none: every recipient"
+)
+
+
 class RedriveRequest(Event):
     """On ``switchboard.notifications.redrive``: try one parked delivery again."""
 
@@ -550,6 +556,7 @@ class RedriveRequest(Event):
     department: Department
     routed: RoutedTweet
     requested_at: AwareDatetime = Field(default_factory=utc_now)
+    recipients: list[str] | None = Field(default=None, description=RECIPIENTS_LEFT)
 
 
 class ParkedDelivery(Event):
@@ -574,6 +581,7 @@ class ParkedDelivery(Event):
     parked_at: AwareDatetime = Field(description="When it was parked last")
     attempts: int = Field(default=0, ge=0, description="Attempts of the last try")
     error: str | None = Field(default=None, description="Why the last try failed")
+    recipients: list[str] | None = Field(default=None, description=RECIPIENTS_LEFT)
 
     @property
     def conversation_id(self) -> str:
@@ -585,6 +593,7 @@ class ParkedDelivery(Event):
             subscription=self.subscription,
             department=self.department,
             routed=self.routed,
+            recipients=self.recipients,
         )
 
 
