@@ -72,7 +72,7 @@ class RuleAction(Section):
     copy_to: list[Department] = Field(default_factory=list, description="Also published there")
     triage: bool = Field(default=False, description="To switchboard.triage for a human")
     escalate: bool = Field(default=False, description="Also an alert on switchboard.alerts")
-    drop: bool = Field(default=False, description="Published nowhere but the dropped count")
+    drop: bool = Field(default=False, description="Published on switchboard.dropped alone")
     priority: Priority | None = None
     sla_minutes: float | None = Field(default=None, gt=0, description="First reply due within")
 
@@ -134,6 +134,17 @@ class SlaConfig(Section):
         description="An unanswered tweet of these urgencies past its SLA raises an alert",
     )
     check_interval_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _alerts_have_minutes(self) -> SlaConfig:
+        # `minutes` given replaces the defaults whole: an urgency left out has no SLA, and an
+        # alert for it would never be raised.
+        if missing := [u.value for u in self.alert_urgencies if u not in self.minutes]:
+            raise ValueError(
+                f"alert_urgencies: {', '.join(missing)} has no entry in sla.minutes (the "
+                "minutes given replace the defaults)"
+            )
+        return self
 
 
 class ZendeskFeedback(Section):

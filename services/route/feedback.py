@@ -154,7 +154,7 @@ def apply(
         update={
             "department": department if outcome == "rerouted" else state.department,
             "max_urgency": _max_urgency(state, recent.urgency, urgency, tweets),
-            "awaiting": _awaiting(state, tweet_id, department, urgency, sla_minutes),
+            "awaiting": _awaiting(state, corrected, department, urgency, sla_minutes),
             "recent": tweets,
             "updated_at": now,
             **_remembering(state, correction),
@@ -203,22 +203,25 @@ def _max_urgency(
 
 def _awaiting(
     state: ConversationState,
-    tweet_id: str,
+    corrected: RecentTweet,
     department: Department,
     urgency: Urgency,
     sla_minutes: dict[Urgency, float],
 ) -> Any:
     """The awaited reply follows its tweet's correction: its department, and its SLA when the
-    urgency changed (the clock still starts when the tweet arrived)."""
+    urgency changed, counted from when that tweet arrived (as routing counts it: the awaited
+    tweet may be a later, more urgent one than the first unanswered, whose arrival
+    ``received_at`` keeps for the response time)."""
     awaiting = state.awaiting
-    if awaiting is None or awaiting.tweet_id != tweet_id:
+    if awaiting is None or awaiting.tweet_id != corrected.tweet.id:
         return awaiting
     update: dict[str, Any] = {"department": department}
     if urgency != awaiting.urgency:
         minutes = sla_minutes.get(urgency)
+        arrived = max(corrected.tweet.created_at, corrected.ingested_at)
         update |= {
             "urgency": urgency,
-            "due_at": awaiting.received_at + timedelta(minutes=minutes) if minutes else None,
+            "due_at": arrived + timedelta(minutes=minutes) if minutes else None,
             "breach_alerted": False,
         }
     return awaiting.model_copy(update=update)

@@ -79,21 +79,27 @@ def evaluate(
             if rule.final:
                 outcome.reasons.append(f"rule {rule.name} is final: later rules not evaluated")
                 break
-    if outcome.destination != "department":
-        outcome.copies = [d for d in outcome.copies if d != outcome.department]
+    if outcome.destination == "dropped":  # published on switchboard.dropped alone
+        outcome.copies = []
     outcome.copies = [d for d in dict.fromkeys(outcome.copies) if d != outcome.department]
-    if outcome.escalated and (edited := _edit_already_alerted(event, conversation)):
+    if outcome.escalated and (alerted := _edit_already_alerted(event, conversation)):
         outcome.escalated = False
-        outcome.reasons.append(f"an edit of tweet {edited}, whose alert was raised")
+        outcome.reasons.append(
+            f"an edit of tweet {event.tweet.edit_of}, whose alert was raised"
+            + ("" if alerted == event.tweet.edit_of else f" for its version {alerted}")
+        )
     return outcome
 
 
 def _edit_already_alerted(event: ClassifiedTweet, state: ConversationState | None) -> str | None:
-    """The id of the tweet this one edits when route raised that one's alert (X gives an
-    edited post an id of its own: alerting again would page twice for one post)."""
+    """The version of this post whose alert route raised, if it did: the post it edits or an
+    earlier edit of it (X gives each version an id of its own: alerting again would page twice
+    for one post)."""
     edit_of = event.tweet.edit_of
-    earlier = state.routed.get(edit_of) if state is not None and edit_of else None
-    return edit_of if earlier is not None and earlier.escalated else None
+    if state is None or not edit_of:
+        return None
+    versions = [edit_of, *(i for i, r in state.recent.items() if r.tweet.edit_of == edit_of)]
+    return next((v for v in versions if (d := state.routed.get(v)) and d.escalated), None)
 
 
 def defaults(event: ClassifiedTweet, policy: RouteConfig, now: datetime) -> Outcome:

@@ -1,19 +1,19 @@
 """The route service: the company's routing policy applied to every classified tweet.
 
 A faust-streaming app. Its agent consumes ``switchboard.tweets.classified``,
-``switchboard.tweets.brand`` and its own ``switchboard.route.due``, all keyed by conversation
-id and co-partitioned (faust assigns partition n of each to the same replica). For each inbound
-tweet it publishes a RoutedTweet on exactly one primary topic (``switchboard.dept.<department>``,
-``switchboard.triage`` or ``switchboard.dropped``), copies on other departments' topics when a
-rule says so, and an Alert on ``switchboard.alerts`` when escalated. Each conversation (owner,
-highest urgency, the tweet awaiting a reply) lives in the faust table ``conversations``, whose
-changelog is the compacted ``switchboard.route.conversations``: a replica holds, restores and
-acts on the conversations of its own partitions only. A timer sweeps those for SLA breaches and
-idle conversations and tells the owner through ``switchboard.route.due``; a second agent counts
-spikes per department, handle and keyword in windowed tables, fed through
-``switchboard.route.spikes`` (keyed by spike key). It measures time to first response from the
-company's own replies and reloads ``route`` from the YAML file when the file changes. Malformed
-input goes to ``switchboard.deadletter``.
+``switchboard.tweets.brand``, ``switchboard.feedback.requests`` (corrections) and its own
+``switchboard.route.due``, all keyed by conversation id and co-partitioned (faust assigns
+partition n of each to the same replica). For each inbound tweet it publishes a RoutedTweet on
+exactly one primary topic (``switchboard.dept.<department>``, ``switchboard.triage`` or
+``switchboard.dropped``), copies on other departments' topics when a rule says so, and an Alert
+on ``switchboard.alerts`` when escalated. Each conversation (owner, highest urgency, the tweet
+awaiting a reply) lives in the faust table ``conversations``, whose changelog is the compacted
+``switchboard.route.conversations``: a replica holds, restores and acts on the conversations of
+its own partitions only. A timer sweeps those for SLA breaches and idle conversations and tells
+the owner through ``switchboard.route.due``; a second agent counts spikes per department,
+handle and keyword in windowed tables, fed through ``switchboard.route.spikes`` (keyed by spike
+key). It measures time to first response from the company's own replies and reloads ``route``
+from the YAML file when the file changes. Malformed input goes to ``switchboard.deadletter``.
 """
 
 from __future__ import annotations
@@ -212,9 +212,8 @@ class RouteService:
             state, event, outcome, routed.route, now, early, offset
         )
         if new_state is not None and new_state != state:
-            if state is None or state.awaiting is None and new_state.awaiting is not None:
-                awaited = new_state.awaiting
-                assert awaited is not None
+            awaited = new_state.awaiting
+            if awaited is not None and (state is None or state.awaiting is None):
                 metrics.AWAITING_REPLY.labels(awaited.handle or "none", awaited.department).inc()
             self._remember(new_state)
         self._tally_spikes(event, outcome.destination, outcome.department)

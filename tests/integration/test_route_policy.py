@@ -435,8 +435,9 @@ async def test_a_reply_read_before_the_tweet_it_answers_leaves_no_sla_alert(
     route_settings, producer, read, running
 ):
     """Replies skip classify: behind a classify backlog, route reads the company's reply
-    before the critical tweet it answers. That conversation raises no SLA alert; one left
-    unanswered beside it does (what the test would see if the reply were lost)."""
+    before the critical tweet it answers. That tweet is routed as any other, and its
+    conversation raises no SLA alert; one left unanswered beside it does (what the test would
+    see if the reply were lost)."""
     prefix = tag()
     sla = {"minutes": {"critical": 0.05, "high": 60, "normal": 600, "low": 6000},
            "check_interval_s": 0.2}  # fmt: skip
@@ -466,9 +467,13 @@ async def test_a_reply_read_before_the_tweet_it_answers_leaves_no_sla_alert(
         )
         await asyncio.sleep(1.0)  # the answered one is past its SLA too by now
         records = await read([topics.ALERTS], lambda rs: False, timeout_s=1.0)
+        department = await read([topics.department_topic("it_security")], lambda rs: False,
+                                timeout_s=1.0)  # fmt: skip
 
     breaches = [a for a in alerts_of(records, prefix) if getattr(a, "kind", "") == "sla_breach"]
     assert [a.tweet.id for a in breaches] == [f"{prefix}-unanswered"]
+    routed = {decode(RoutedTweet, r.value).tweet.id for r in department}
+    assert {f"{prefix}-answered", f"{prefix}-unanswered"} <= routed
 
 
 async def test_a_conversation_idle_past_its_ttl_is_forgotten_and_tombstoned(

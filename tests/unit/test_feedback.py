@@ -111,6 +111,23 @@ def test_raising_the_urgency_to_critical_escalates_and_restarts_the_sla_clock():
     assert result.state.department is Department.IT_SECURITY  # the owner stays
 
 
+def test_a_later_awaited_tweet_made_critical_is_due_from_its_own_arrival():
+    """The first unanswered tweet keeps the response clock (received_at); the awaited one is a
+    later, more urgent tweet. Corrected to critical, its SLA counts from its own arrival, not
+    from the first tweet's, which would make it overdue the moment it was corrected."""
+    first, later = recent("t-1", "it_security", "normal"), recent("t-2", "it_security", "high")
+    first = first.model_copy(update={"ingested_at": NOW - timedelta(hours=3)})
+    state = conversation(first, later, awaiting="t-2")
+    awaiting = state.awaiting.model_copy(
+        update={"received_at": NOW - timedelta(hours=3), "urgency": Urgency.HIGH}
+    )
+    state = state.model_copy(update={"awaiting": awaiting})
+    result = applied(state, tweet_id="t-2", urgency="critical")
+    awaiting = result.state.awaiting
+    assert awaiting.tweet_id == "t-2" and awaiting.received_at == NOW - timedelta(hours=3)
+    assert awaiting.due_at == NOW - timedelta(minutes=10) + timedelta(minutes=30)
+
+
 def test_lowering_the_urgency_lowers_the_conversations_highest():
     state = conversation(recent("t-1", "communications", "critical"))
     result = applied(state, tweet_id="t-1", urgency="low")

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from switchboard.cli.config import SwitchboardConfig
 from switchboard.route import conversations
@@ -252,6 +253,47 @@ def test_a_dropped_tweet_is_remembered_only_in_a_conversation_that_exists():
         config=dropping, state=state,
     )  # fmt: skip
     assert conversations.decided(state, "s3").destination == "dropped" and state.tweets == 1
+
+
+def test_a_dropped_tweet_is_copied_nowhere():
+    """A rule's copy_to matched before a drop rule: the tweet is spam, its copies too."""
+    copy_then_drop = configured([
+        {"name": "deals", "when": {"handles": ["@AcmeHelp"]}, "then": {"copy_to": ["sales"]}},
+        {"name": "spam", "when": {"keywords": ["crypto"]}, "then": {"drop": True}},
+    ])  # fmt: skip
+    to_help = {"addressed_handles": ["@AcmeHelp"]}
+    spam = classified("marketing", 0.9, text="free crypto giveaway", **to_help)
+    outcome = evaluate(spam, copy_then_drop, None, NOW)
+    assert outcome.destination == "dropped" and outcome.copies == []
+    kept = evaluate(classified("marketing", 0.9, text="a deal?", **to_help), copy_then_drop,
+                    None, NOW)  # fmt: skip
+    assert kept.copies == [Department.SALES]
+
+
+def test_no_version_of_an_alerted_post_alerts_again():
+    """X gives each edit its own id: neither the first edit of an alerted post nor a later one
+    pages again; an edit that turns a post critical alerts once, and its next edit does not."""
+    _, state = routed_state(classified("it_security", 0.9, "critical", conversation_id="e1",
+                                       id="v1"))  # fmt: skip
+    for version in ("v2", "v3"):
+        outcome, state = routed_state(
+            classified("it_security", 0.9, "critical", conversation_id="e1", id=version,
+                       edit_of="v1"), state=state,
+        )  # fmt: skip
+        assert not outcome.escalated, version
+    _, state = routed_state(classified("it_security", 0.9, "normal", conversation_id="e2",
+                                       id="w1"))  # fmt: skip
+    first, state = routed_state(classified("it_security", 0.9, "critical", conversation_id="e2",
+                                           id="w2", edit_of="w1"), state=state)  # fmt: skip
+    again, _ = routed_state(classified("it_security", 0.9, "critical", conversation_id="e2",
+                                       id="w3", edit_of="w1"), state=state)  # fmt: skip
+    assert first.escalated and not again.escalated
+    assert "an edit of tweet w1, whose alert was raised for its version w2" in again.reasons
+
+
+def test_an_alert_urgency_without_minutes_fails_naming_the_key():
+    with pytest.raises(ValidationError, match="alert_urgencies: high has no entry in sla.minutes"):
+        configured(sla={"minutes": {"critical": 15}, "alert_urgencies": ["critical", "high"]})
 
 
 def test_only_the_latest_decisions_are_kept():
