@@ -11,6 +11,10 @@ import re
 from functools import cache
 
 UNDETERMINED = "und"
+# X's codes for a post with no words of a language: undetermined, media or links only (zxx),
+# mentions only (qam), cashtags only (qct), hashtags only (qht), media links (qme), very short
+# text (qst). The model may try those: they are not a language it was not trained for.
+NO_LANGUAGE = frozenset({UNDETERMINED, "zxx", "qam", "qct", "qht", "qme", "qst"})
 MIN_PROBABILITY = 0.9
 
 _NOISE = re.compile(r"@\w+|https?://\S+|#\w+|\$[A-Za-z]{1,6}\b")

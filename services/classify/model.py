@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from switchboard.classify.config import ARTIFACTS, shipped_artifacts
+from switchboard.classify.language import NO_LANGUAGE
 from switchboard.classify.lexical import Blend, LexicalModel, blended
 from switchboard.classify.tokens import Tokens, prepare_text
 from switchboard.shared.labels import Department, Urgency
@@ -215,8 +216,9 @@ class TweetClassifier:
         }
 
     def supports(self, lang: str | None) -> bool:
-        """Whether the model was trained for this language (``und``/unknown counts as yes)."""
-        return lang is None or lang in ("und", "zxx", "qme", "qht") or lang in self.languages
+        """Whether the model was trained for this language (no language, such as ``und`` or
+        X's code for a post of mentions only, counts as yes)."""
+        return lang is None or lang in NO_LANGUAGE or lang in self.languages
 
     @classmethod
     def load(

@@ -73,6 +73,14 @@ async def test_text_decides_the_department_and_unsupported_languages_go_to_triag
             lang=None,
         )
     )
+    events.append(  # X's code for a post of mentions only, and one for very short text
+        a_raw_tweet(id="lang-qam", conversation_id="conv-lang-qam",
+                    text="@SkylarkHelp @SkylarkDeals", lang="qam")
+    )  # fmt: skip
+    events.append(
+        a_raw_tweet(id="lang-qst", conversation_id="conv-lang-qst",
+                    text="@SkylarkHelp refund??", lang="qst")
+    )  # fmt: skip
     wanted = {f"conv-{e.tweet.id}".encode() for e in events}
     async with running(classify), running(route):
         for event in events:
@@ -99,3 +107,7 @@ async def test_text_decides_the_department_and_unsupported_languages_go_to_triag
         assert event.route.topic == topics.TRIAGE
         assert event.classification.lang == lang and not event.classification.language_supported
         assert f"language {lang} is not supported" in event.route.reasons[0]
+    for tweet_id in ("lang-qam", "lang-qst"):  # no language: the model is let try
+        event = routed[tweet_id]
+        assert event.classification.language_supported, tweet_id
+        assert not any("is not supported" in reason for reason in event.route.reasons)
