@@ -31,6 +31,9 @@ from switchboard.shared.settings import (
 
 SAMPLES = Path("data/samples/tweets.jsonl")
 WORKDIR = Path(".switchboard")
+# What `run` makes in its work folder (Stack): only a folder holding nothing else is removed
+# to start clean, so that `--workdir .` cannot delete a repository or a home folder.
+RUN_MADE = frozenset({"broker", "inbox", "logs", "tmp", "stack.json"})
 
 
 # Commands of the dev extra (benches): imported when run, so that the runtime install, without
@@ -52,8 +55,9 @@ EXTRA_MODULES = {
 
 
 class _Group(click.Group):
-    """Turns a configuration error into one clear message and exit status 2; loads the dev
-    extra's commands only when one of them is run."""
+    """Turns a configuration error into one clear message and exit status 2, a broker it
+    cannot reach into one and status 1; loads the dev extra's commands only when one of them
+    is run."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
@@ -81,6 +85,24 @@ class _Group(click.Group):
                 err=True,
             )
             sys.exit(2)
+        except Exception as exc:
+            from aiokafka.errors import KafkaError
+
+            if not isinstance(exc, KafkaError):
+                raise
+            # The broker unreachable or refusing: one line that names where it was looked for.
+            click.echo(f"switchboard: Kafka at {_bootstrap()}: {type(exc).__name__}: {exc}",
+                       err=True)  # fmt: skip
+            sys.exit(1)
+
+
+def _bootstrap() -> str:
+    from switchboard.shared.settings import KafkaSettings
+
+    try:
+        return KafkaSettings().bootstrap_servers or "(none set)"
+    except Exception:  # noqa: BLE001 - only a name for the message
+        return "KAFKA_BOOTSTRAP_SERVERS"
 
 
 @click.group(cls=_Group)
@@ -211,10 +233,16 @@ def run(config_file: Path, samples: Path, rate: float | None, workdir: Path, kee
     from switchboard.cli.live import run_live
     from switchboard.cli.stack import stop_on_sigterm
 
-    stop_on_sigterm()
     if not keep and workdir.exists():
+        if foreign := sorted(p.name for p in workdir.iterdir() if p.name not in RUN_MADE):
+            raise click.BadParameter(
+                f"{workdir} holds what a run does not make ({', '.join(foreign[:5])}): "
+                "give a folder of its own",
+                param_hint="--workdir",
+            )
         click.echo(f"starting clean: removing {workdir} of the last run (--keep continues it)")
         shutil.rmtree(workdir)
+    stop_on_sigterm()
     sys.exit(asyncio.run(run_live(_stack_options(workdir, config_file, samples, rate, None))))
 
 

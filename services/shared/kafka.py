@@ -451,8 +451,8 @@ async def read_to_end(
         auto_offset_reset="earliest",
         **client_options(kafka),
     )
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a broker it cannot reach leaves no client open
         assigned = []
         for topic in topic_names:
             found = consumer.partitions_for_topic(topic)
