@@ -81,6 +81,13 @@ def service_app(service: Service, settings: ServiceSettings) -> FastAPI:
     return http_app(service, AccessPolicy.of(settings.config.access))
 
 
+def track_readiness(service: Service) -> None:
+    """``switchboard_ready`` read at each scrape, as /readyz answers: 0 while the service starts
+    (the broker, the model, its tables restoring) and whenever it stops being ready (a
+    rebalance), not only once it has stopped."""
+    metrics.READY.labels(service.name).set_function(lambda: float(service.ready))
+
+
 async def run_service(make_service: Callable[[S], Service], settings: S) -> None:
     """Build the service inside the event loop (Kafka clients need one) and run it.
 
@@ -107,9 +114,9 @@ async def run_service(make_service: Callable[[S], Service], settings: S) -> None
     )
     server.install_signal_handlers = lambda: None  # we own the signals
     http = asyncio.create_task(server.serve(), name="http")
+    track_readiness(service)
     try:
         await service.start()
-        metrics.READY.labels(service.name).set(1)
         log.info("started", extra={"http_port": settings.port})
         work = asyncio.create_task(service.run(stop), name="work")
         stopped = asyncio.create_task(stop.wait(), name="stop")
@@ -120,7 +127,7 @@ async def run_service(make_service: Callable[[S], Service], settings: S) -> None
         else:
             await asyncio.wait_for(work, timeout=10)
     finally:
-        metrics.READY.labels(service.name).set(0)
+        metrics.READY.labels(service.name).set_function(lambda: 0.0)
         await service.close()
         server.should_exit = True
         await http
