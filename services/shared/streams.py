@@ -558,20 +558,34 @@ def table_value(event_type: type[E], value: bytes | None, table: str) -> E | Non
         return None
 
 
+PROGRESS_LOG_S = 30.0  # how often a worker still starting says so
+
+
 def worker_ready(app: faust.App) -> bool:
     """The worker joined its group and restored its tables for the partitions it was given."""
     return app.tables.recovery.completed.is_set() and not app.rebalancing
 
 
-async def until_worker_ready(app: faust.App, timeout_s: float = 120.0) -> None:
+async def until_worker_ready(app: faust.App, timeout_s: float | None = None) -> None:
     """Wait for ``worker_ready``: a service is not ready until its tables are restored and its
-    inputs sought to the committed offsets (``_Recovery``)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
+    inputs sought to the committed offsets (``_Recovery``). No limit by default: a table's
+    restore takes as long as its changelog (docs/performance.md), and a service that gave up
+    and restarted would throw away the store it had half restored (it has no stamp yet) and
+    start again from nothing, forever. Meanwhile /readyz and ``switchboard_ready`` say it is
+    not ready, and the log says so every ``PROGRESS_LOG_S``."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    logged = started
     while not worker_ready(app):
         if app.crashed:
             raise RuntimeError(f"the stream processor crashed: {app.crash_reason!r}")
-        if asyncio.get_running_loop().time() > deadline:
+        now = loop.time()
+        if timeout_s is not None and now - started > timeout_s:
             raise TimeoutError(f"{app.conf.id}: not ready after {timeout_s:.0f} s")
+        if now - logged >= PROGRESS_LOG_S:
+            logged = now
+            log.info("not ready yet: joining the group or restoring tables",
+                     extra={"app": app.conf.id, "waited_s": round(now - started)})  # fmt: skip
         await asyncio.sleep(0.05)
 
 

@@ -457,7 +457,7 @@ async def test_a_record_a_faust_agent_fails_on_is_dead_lettered_and_the_stream_g
     worker = asyncio.create_task(app.start())
     key = f"{RUN}-agent".encode()
     try:
-        await until_worker_ready(app)
+        await until_worker_ready(app, timeout_s=120)
         records = await poison_between_two_good_records(kafka, producer, read, group, key)
     finally:
         await app.stop()

@@ -3,10 +3,14 @@ changelog's tombstones could have been removed is discarded."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
-from switchboard.shared import topics
+import pytest
+
+from switchboard.shared import streams, topics
 from switchboard.shared.streams import discard_stale_stores, in_sync_stamp
 
 DAY = 24 * 3600.0
@@ -54,3 +58,29 @@ def test_the_compacted_topics_keep_deletions_as_long_as_a_store_is_trusted():
         assert config["cleanup.policy"] == "compact"
         assert int(config["delete.retention.ms"]) == topics.TOMBSTONES_KEPT_MS
     assert topics.topic_config(topics.RAW) == {}
+
+
+class _Restoring:
+    """A faust app as ``worker_ready`` reads it, restoring until ``done`` is set."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.tables = SimpleNamespace(recovery=SimpleNamespace(completed=self.done))
+        self.rebalancing = False
+        self.crashed = False
+        self.conf = SimpleNamespace(id="switchboard-route")
+
+
+async def test_a_long_restore_is_waited_for_and_logged_not_given_up(monkeypatch, caplog):
+    """A table restores as long as its changelog takes: the start waits (a service that gave
+    up would restart and throw its half-restored, unstamped store away, forever) and says
+    every PROGRESS_LOG_S that it is still at it."""
+    monkeypatch.setattr(streams, "PROGRESS_LOG_S", 0.05)
+    caplog.set_level("INFO", logger=streams.__name__)
+    app = _Restoring()
+    asyncio.get_running_loop().call_later(0.4, app.done.set)
+    await streams.until_worker_ready(app)  # type: ignore[arg-type]
+    waits = [r for r in caplog.records if r.getMessage().startswith("not ready yet")]
+    assert len(waits) >= 3 and all(r.app == "switchboard-route" for r in waits)
+    with pytest.raises(TimeoutError, match="not ready after"):  # a caller's own limit holds
+        await streams.until_worker_ready(_Restoring(), timeout_s=0.1)  # type: ignore[arg-type]
