@@ -527,17 +527,20 @@ def classify_replay(since, until, batch_size: int, as_json: bool, artifact: Path
     serves: then `switchboard classify compare`."""
     import asyncio
 
-    from switchboard.classify.model import TweetClassifier
     from switchboard.classify.replay import replay
-    from switchboard.cli.config import PipelineSettings
+    from switchboard.classify.service import load_model
+    from switchboard.classify.settings import ClassifySettings
     from switchboard.shared import topics
     from switchboard.shared.kafka import ensure_topics
 
     if until is not None and until <= since:
         raise click.BadParameter("--to must be after --from", param_hint="--to")
-    settings = PipelineSettings.load()
-    model = TweetClassifier.load(artifact, runtime=settings.config.classify.runtime,
-                                 onnx_dir=None)  # fmt: skip
+    # As classify would serve the candidate: the YAML file's model options (backbone, runtime,
+    # max_length, buckets) and the int8 files from SWITCHBOARD_ONNX_DIR (the image's), so that
+    # `compare` measures the model, not a difference of settings.
+    settings = ClassifySettings.load()
+    model = load_model(settings.config.classify, str(artifact) if artifact else None,
+                       settings.onnx_dir)  # fmt: skip
 
     async def go():  # noqa: ANN202
         await ensure_topics(settings.kafka, [topics.SHADOW], settings.config.topics.partitions,

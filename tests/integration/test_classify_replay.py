@@ -21,7 +21,7 @@ from tests.factories import a_classified_tweet, a_raw_tweet
 
 
 async def test_a_time_range_is_relabelled_into_the_shadow_topic_only(
-    own_kafka, own_producer, classifier
+    own_kafka, own_producer, classifier, tmp_path
 ):
     now = datetime.now(UTC)
     at = {"old": now - timedelta(hours=3), "range": now - timedelta(hours=1), "new": now}
@@ -74,7 +74,9 @@ async def test_a_time_range_is_relabelled_into_the_shadow_topic_only(
 
     from switchboard.cli import main
 
-    env = {"KAFKA_BOOTSTRAP_SERVERS": own_kafka.bootstrap_servers}
+    # the int8 model where SWITCHBOARD_ONNX_DIR says, as the image keeps it
+    env = {"KAFKA_BOOTSTRAP_SERVERS": own_kafka.bootstrap_servers,
+           "SWITCHBOARD_ONNX_DIR": str(tmp_path)}  # fmt: skip
 
     def command(*args: str):  # noqa: ANN202
         return asyncio.to_thread(CliRunner().invoke, main, ["classify", *args], env=env)
@@ -82,6 +84,7 @@ async def test_a_time_range_is_relabelled_into_the_shadow_topic_only(
     replayed = await command("replay", "--from", "2h", "--to", "30m", "--json")
     assert replayed.exit_code == 0, replayed.output
     assert json.loads(replayed.output.splitlines()[-1])["labelled"] == 6
+    assert list(tmp_path.glob("*.onnx")), "replay did not serve from SWITCHBOARD_ONNX_DIR"
     compared = await command("compare", "--since", "3h", "--json")
     assert compared.exit_code == 0, compared.output
     (again,) = json.loads(compared.output.splitlines()[-1])["candidates"]
