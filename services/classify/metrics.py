@@ -17,7 +17,8 @@ TWEETS_CLASSIFIED = Counter(
 )
 INFERENCE_SECONDS = Histogram(
     "switchboard_inference_seconds",
-    "Model time per inference batch",
+    "Model time per inference batch, by role (live, shadow: a candidate labelling beside it)",
+    ["role"],
     buckets=LATENCY_BUCKETS,
 )
 MODEL = Gauge(
@@ -29,6 +30,10 @@ MODEL_RELOADS = Counter(
     "switchboard_model_reloads_total",
     "Changes of classify.artifact applied without a restart, by outcome (applied, failed)",
     ["outcome"],
+)
+SHADOW_READER_FAILURES = Counter(
+    "switchboard_shadow_reader_failures_total",
+    "Times a shadow classify's reader of the live labels failed and was started again",
 )
 SHADOW_LABELLED = Counter(
     "switchboard_tweets_shadow_labelled_total",

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import KafkaError
 
 from switchboard.classify import metrics
 from switchboard.classify.config import ClassifyConfig
@@ -106,6 +107,7 @@ WARM_UP = "@AcmeHelp my order never arrived, can someone help?"
 # A model that did not load is tried again once its files or the YAML file change, and at
 # least this often (a failure may pass: memory, a full disk).
 FAILED_LOAD_RETRY_S = 300.0
+LIVE_READER_RETRY_S = 5.0  # a shadow's reader of the live labels, after it failed
 
 
 def _stamp(paths: list[str | Path]) -> tuple[float, ...]:
@@ -169,10 +171,19 @@ class ClassifyService:
         self.options = settings.config.classify
         self.model = model
         self.shadow = settings.shadow
+        # A shadow's dead letters, logs and metrics are its own: its failures are a
+        # candidate's, and the raw records the live group dead-letters it sees again.
+        self.name = "classify-shadow" if self.shadow else "classify"
+        self.role = "shadow" if self.shadow else "live"
         self.output_topic = topics.SHADOW if self.shadow else topics.CLASSIFIED
         group = SHADOW_GROUP_ID if self.shadow else GROUP_ID
         self.producer = make_producer(settings.kafka, client_id=group)
-        self.consumer = make_consumer(settings.kafka, [topics.RAW], group, group)
+        # A new shadow group starts at the end of the raw topic, as its live labels are read:
+        # from the start it would label days of retention that nothing can be compared with.
+        self.consumer = make_consumer(
+            settings.kafka, [topics.RAW], group, group,
+            offset_reset="latest" if self.shadow else "earliest",
+        )  # fmt: skip
         self.comparison = ShadowComparison() if self.shadow else None
         self._config_digest: str | None = file_digest(settings.config_file)
         # The file and model files a load failed on: not loaded again until one of them changes
@@ -201,7 +212,7 @@ class ClassifyService:
         self.announce_model()
         await ensure_topics(
             self.settings.kafka,
-            [topics.RAW, self.output_topic, topics.DEADLETTER],
+            [topics.RAW, topics.CLASSIFIED, self.output_topic, topics.DEADLETTER],
             self.settings.config.topics.partitions,
             self.settings.config.topics.replication_factor,
         )
@@ -214,12 +225,11 @@ class ClassifyService:
         know whether this deployment may be used commercially."""
         assert self.model is not None
         licence = self.model.licence
-        role = "shadow" if self.shadow else "live"
         metrics.MODEL.clear()
-        metrics.MODEL.labels(self.model.version, role).set(1)
+        metrics.MODEL.labels(self.model.version, self.role).set(1)
         log.info(
             "%s model %s, licence %s: %s",
-            role,
+            self.role,
             self.model.version,
             licence["spdx"],
             licence["terms"],
@@ -323,14 +333,27 @@ class ClassifyService:
         return "applied"
 
     async def _read_live_labels(self, stop: asyncio.Event) -> None:
-        """The live model's labels, from now on, for the shadow comparison."""
+        """The live model's labels, from now on, for the shadow comparison; a reader that
+        fails (the topic refused, the broker away) is logged, counted and started again: the
+        comparison must not stop in silence while the shadow goes on labelling."""
+        while not stop.is_set():
+            try:
+                await self._read_live_labels_until(stop)
+            except (KafkaError, OSError) as error:
+                metrics.SHADOW_READER_FAILURES.inc()
+                log.warning("the shadow cannot read the live labels; trying again",
+                            extra={"error": repr(error)})  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=LIVE_READER_RETRY_S)
+
+    async def _read_live_labels_until(self, stop: asyncio.Event) -> None:
         assert self.comparison is not None
         consumer = AIOKafkaConsumer(
             topics.CLASSIFIED, auto_offset_reset="latest", client_id=SHADOW_GROUP_ID,
             **client_options(self.settings.kafka),
         )  # fmt: skip
-        await consumer.start()
         try:
+            await consumer.start()
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=500, max_records=1000)
                 for record in (r for part in batches.values() for r in part):
@@ -359,7 +382,7 @@ class ClassifyService:
                 if not await asyncio.to_thread(still_works, model):
                     raise StageFault(f"the model cannot label tweets: {error!r}") from error
                 raise  # one of these texts: handled one at a time, the culprit dead-lettered
-            metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
+            metrics.INFERENCE_SECONDS.labels(self.role).observe(time.perf_counter() - started)
             results = [
                 classified(event, prediction, model, lang)
                 for event, prediction, lang in zip(events, predictions, langs, strict=True)

@@ -147,7 +147,10 @@ def make_consumer(
     topics: Sequence[str],
     group_id: str | None,
     client_id: str,
+    offset_reset: str = "earliest",
 ) -> AIOKafkaConsumer:
+    """A consumer of ``topics``; ``offset_reset``: where a group with no committed offset
+    starts (``earliest``: nothing published before the group existed is skipped)."""
     instance = f"{kafka.group_instance_id}:{group_id}" if kafka.group_instance_id else None
     consumer = Consumer(
         idle_pause_ms=kafka.fetch_idle_pause_ms,
@@ -155,7 +158,7 @@ def make_consumer(
         group_id=group_id,
         client_id=client_id,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        auto_offset_reset=offset_reset,
         fetch_max_bytes=kafka.fetch_max_bytes,
         max_partition_fetch_bytes=min(4 * 1024 * 1024, kafka.fetch_max_bytes),
         **client_options(kafka),

@@ -121,9 +121,17 @@ async def test_a_shadow_classify_labels_the_same_tweets_into_its_own_topic(
         config_file=path, kafka=kafka, shadow=True, shadow_artifact=CANDIDATE))  # fmt: skip
     run = new_id()
     ids = [f"{run}-{i}" for i in range(40)]
+    before = a_raw_tweet(id=f"{run}-before", conversation_id=f"{run}-before",
+                         text="@SkylarkHelp sent before the shadow started")  # fmt: skip
+    await producer.send_and_wait(topics.RAW, encode(before), key=before.tweet.id.encode())
     async with running(live), running(shadow):
         assert shadow.model.version == CANDIDATE
-        await asyncio.sleep(1.0)  # the shadow's reader of live labels starts at the end
+        # A new shadow group starts at the end of the raw topic, as its reader of the live
+        # labels does: both must stand there before the tweets come.
+        await wait_for(lambda: bool(shadow.consumer.assignment()))
+        for partition in shadow.consumer.assignment():
+            await shadow.consumer.position(partition)
+        await asyncio.sleep(1.0)
         for tweet_id in ids:
             event = a_raw_tweet(id=tweet_id, conversation_id=tweet_id,
                                 text="@SkylarkHelp my refund never arrived")  # fmt: skip
@@ -135,11 +143,19 @@ async def test_a_shadow_classify_labels_the_same_tweets_into_its_own_topic(
 
         records = await read(
             [topics.CLASSIFIED, topics.SHADOW],
-            lambda rs: ours(rs, topics.CLASSIFIED) == ours(rs, topics.SHADOW) == set(ids),
+            lambda rs: (
+                ours(rs, topics.CLASSIFIED) - {before.tweet.id}
+                == ours(rs, topics.SHADOW)
+                == set(ids)
+            ),
         )
+        # a new shadow group labels from its start on, not the raw topic's retention
+        assert before.tweet.id in ours(records, topics.CLASSIFIED)
+        assert before.tweet.id not in ours(records, topics.SHADOW)
         compared = classify_metrics.SHADOW_COMPARED.labels(LIVE, CANDIDATE, "department", "true")
         disagreed = classify_metrics.SHADOW_COMPARED.labels(LIVE, CANDIDATE, "department", "false")
         await wait_for(lambda: compared._value.get() + disagreed._value.get() >= len(ids))  # noqa: SLF001
     versions = {(r.topic, e.classification.model_version) for r, e in readable(records,
                 ClassifiedTweet) if e.tweet.id.startswith(run)}  # fmt: skip
     assert versions == {(topics.CLASSIFIED, LIVE), (topics.SHADOW, CANDIDATE)}
+    assert shadow.name == "classify-shadow"  # its dead letters and metrics are its own
