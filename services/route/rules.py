@@ -217,13 +217,17 @@ def matches(
 
 
 def in_window(window: TimeWindow, now: datetime) -> bool:
+    """Whether ``now`` falls in the window, in its timezone. An overnight window (22:00-06:00)
+    belongs to the day it begins: Friday's night runs into Saturday morning, and a window of
+    weekdays does not begin on Sunday night."""
     local = now.astimezone(ZoneInfo(window.timezone))
-    if WEEKDAYS[local.weekday()] not in window.days:
-        return False
     clock = local.strftime("%H:%M")
+    today = WEEKDAYS[local.weekday()]
     if window.start <= window.end:
-        return window.start <= clock < window.end
-    return clock >= window.start or clock < window.end  # overnight, e.g. 22:00-06:00
+        return today in window.days and window.start <= clock < window.end
+    if clock >= window.start:
+        return today in window.days
+    return clock < window.end and WEEKDAYS[(local.weekday() - 1) % 7] in window.days
 
 
 def top_departments(event: ClassifiedTweet) -> list[tuple[Department, float]]:

@@ -150,6 +150,16 @@ def test_time_windows_wrap_midnight_in_their_zone():
     assert in_window(weekdays, NOW) and not in_window(weekdays, datetime(2026, 11, 28, tzinfo=UTC))
 
 
+def test_an_overnight_window_belongs_to_the_day_it_begins():
+    nights = TimeWindow(start="18:00", end="08:00", timezone="Europe/London",
+                        days=["mon", "tue", "wed", "thu", "fri"])  # fmt: skip
+    assert in_window(nights, datetime(2026, 11, 27, 22, 0, tzinfo=UTC))  # Friday night
+    assert in_window(nights, datetime(2026, 11, 28, 2, 0, tzinfo=UTC))  # its Saturday morning
+    assert not in_window(nights, datetime(2026, 11, 30, 2, 0, tzinfo=UTC))  # Sunday's night
+    assert in_window(nights, datetime(2026, 12, 1, 2, 0, tzinfo=UTC))  # Monday's night
+    assert not in_window(nights, datetime(2026, 11, 28, 12, 0, tzinfo=UTC))  # Saturday noon
+
+
 def test_rules_version_follows_the_policy():
     assert rules_version(CUSTOM.route) == rules_version(configured(CUSTOM_RULES).route)
     assert rules_version(CUSTOM.route) != rules_version(DEFAULTS.route)
