@@ -59,12 +59,14 @@ class ClassifyConfig(Section):
     )
     runtime: Literal["torch", "onnx-int8"] = Field(
         default="onnx-int8",
-        description="onnx-int8: ONNX Runtime, int8 weights, about 3.5x torch; torch: fp32",
+        description="onnx-int8: ONNX Runtime, int8 weights, about twice torch's throughput "
+        "(docs/performance.md); torch: fp32",
     )
     reload_interval_s: float = Field(
         default=2.0, gt=0,
-        description="How often classify checks the YAML file: a new artifact (or runtime) is "
-        "loaded beside the one serving and takes over between two batches, without a restart",
+        description="How often classify checks the YAML file: a change of the model's keys "
+        "(artifact, backbone, max_length, threads, runtime, bucket_size) loads the new model "
+        "beside the one serving, which it takes over from between two batches, no restart",
     )  # fmt: skip
 
     @field_validator("artifact")

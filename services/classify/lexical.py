@@ -2,7 +2,7 @@
 regression per label, blended with the encoder's probabilities.
 
 Why: on real tweets the encoder and a TF-IDF model make different mistakes. The encoder reads
-meaning; the n-grams keep what the encoder's tokenization and 96-token window blur: product and
+meaning; the n-grams keep what the encoder's tokenization and token window blur: product and
 handle names, hashtags, misspellings, ticker symbols. A weighted mean of their calibrated
 probabilities routes more real tweets right than either alone, at a fraction of the encoder's
 cost per tweet (docs/classifier.md has the figures).

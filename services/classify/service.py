@@ -6,12 +6,13 @@ keeps serving health checks and heartbeats, and publishes ClassifiedTweets on
 ``switchboard.tweets.classified`` keyed by conversation id.
 
 The model is chosen by ``classify.artifact`` and changed without a restart: when the YAML file
-names another artifact (or runtime), the new model is loaded and warmed beside the one serving,
-and takes over between two batches; a batch in flight finishes on the model it started with, and
-every tweet names the version that labelled it. Rollback is the same edit. With ``--shadow``,
-classify serves a candidate artifact in a consumer group of its own and writes
-``switchboard.tweets.shadow`` instead, which nothing routes, and counts how often its labels agree
-with the live model's (shadow.py).
+names another artifact (or changes another of the model's keys), the new model is loaded and
+warmed beside the one serving, and takes over between two batches; a batch in flight finishes on
+the model it started with (a batch that failed is labelled again one tweet at a time, each on
+the model serving then), and every tweet names the version that labelled it. Rollback is the
+same edit. With ``--shadow``, classify serves a candidate artifact in a consumer group of its
+own and writes ``switchboard.tweets.shadow`` instead, which nothing routes, and counts how often
+its labels agree with the live model's (shadow.py).
 """
 
 from __future__ import annotations
