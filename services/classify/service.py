@@ -90,7 +90,15 @@ def load_model(
     options: ClassifyConfig, artifact: str | None, onnx_dir: Path | None
 ) -> TweetClassifier:
     """The model ``options`` describe, warmed up: its first forward pass is several times
-    slower than the rest, paid before it serves."""
+    slower than the rest, paid before it serves. A backbone folder without a model's files
+    is a FileNotFoundError naming ``classify.backbone``."""
+    if options.backbone and (
+        missing := [f for f in BACKBONE_FILES if not (Path(options.backbone) / f).is_file()]
+    ):
+        raise FileNotFoundError(
+            f"classify.backbone: {options.backbone} is not a Hugging Face model folder (no "
+            f"{', '.join(missing)})"
+        )
     model = TweetClassifier.load(
         artifact,
         Path(options.backbone) if options.backbone else None,
@@ -105,6 +113,7 @@ def load_model(
 
 
 WARM_UP = "@AcmeHelp my order never arrived, can someone help?"
+BACKBONE_FILES = ("config.json", "tokenizer.json", "special_tokens_map.json")
 # A model that did not load is tried again once its files or the YAML file change, and at
 # least this often (a failure may pass: memory, a full disk).
 FAILED_LOAD_RETRY_S = 300.0
@@ -205,6 +214,8 @@ class ClassifyService:
                     load_model, self.options, self.settings.artifact, self.settings.onnx_dir
                 )
             except FileNotFoundError as error:  # a folder that is not there where this runs
+                if str(error).startswith("classify.backbone: "):
+                    raise ConfigError(str(error)) from None
                 if not str(error).startswith("classify.artifact: "):
                     raise
                 key = "SWITCHBOARD_SHADOW_ARTIFACT" if self.settings.shadow else "classify.artifact"

@@ -161,3 +161,17 @@ async def test_an_artifact_folder_missing_where_classify_runs_fails_at_start_nam
 
     with pytest.raises(ConfigError, match=r"classify\.artifact: '.*ours-v1' is neither a shipped"):
         await service.start()
+
+
+async def test_a_backbone_folder_that_is_no_model_fails_at_start_naming_the_key(kafka, tmp_path):
+    """A mistyped classify.backbone: classify stops at start with the key and what the folder
+    lacks, not with a FileNotFoundError from deep in the tokenizer."""
+    settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    (tmp_path / "config.json").write_text("{}")
+    options = settings.config.classify.model_copy(update={"backbone": str(tmp_path)})
+    config = settings.config.model_copy(update={"classify": options})
+    service = ClassifyService(settings.model_copy(update={"config": config}))
+
+    with pytest.raises(ConfigError, match=r"classify\.backbone: .* is not a Hugging Face model "
+                       r"folder \(no tokenizer\.json, special_tokens_map\.json\)"):  # fmt: skip
+        await service.start()
