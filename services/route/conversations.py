@@ -65,9 +65,10 @@ def after_routing(
         )
     remembered = _remember(state.routed if state else {}, event, decision)
     urgency = event.classification.urgency
-    owner = outcome.department
+    owner, confirmed = outcome.department, outcome.destination != "triage"
     if outcome.destination == "triage" and state is not None:
-        owner = state.department  # triage does not take a conversation away from its owner
+        # triage does not take a conversation away from its owner, nor give it one
+        owner, confirmed = state.department, state.owner_confirmed
     replied_at = max((t for t in (replied_at, state and state.replied_at) if t), default=None)
     awaiting = state.awaiting if state else None
     if replied_at is None or event.tweet.created_at > replied_at:
@@ -75,6 +76,7 @@ def after_routing(
     return ConversationState(
         conversation_id=event.tweet.conversation_id,
         department=owner,
+        owner_confirmed=confirmed,
         max_urgency=max(urgency, state.max_urgency, key=URGENCY_RANK.get) if state else urgency,
         tweets=(state.tweets if state else 0) + 1,
         updated_at=now,

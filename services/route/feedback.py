@@ -153,6 +153,7 @@ def apply(
     new_state = state.model_copy(
         update={
             "department": department if outcome == "rerouted" else state.department,
+            "owner_confirmed": state.owner_confirmed or outcome == "rerouted",
             "max_urgency": _max_urgency(state, recent.urgency, urgency, tweets),
             "awaiting": _awaiting(state, corrected, department, urgency, sla_minutes),
             "recent": tweets,

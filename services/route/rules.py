@@ -138,15 +138,18 @@ def apply_ownership(
     outcome: Outcome, event: ClassifiedTweet, policy: RouteConfig, state: ConversationState
 ) -> None:
     c = event.classification
+    # the model names another department than the owner (a guess on tweets sent to triage owns
+    # nothing: no owner to keep or leave)
     owner = state.department
-    if owner != c.department and c.confidence < policy.conversations.override_confidence:
+    other = state.owner_confirmed and owner != c.department
+    if other and c.confidence < policy.conversations.override_confidence:
         outcome.department, outcome.destination, outcome.owner = owner, "department", "conversation"
         outcome.reasons.append(
             f"conversation {event.tweet.conversation_id} is owned by {owner.value} "
             f"(model says {c.department.value} at {c.confidence:.2f} < "
             f"{policy.conversations.override_confidence:.2f})"
         )
-    elif owner != c.department:
+    elif other:
         outcome.reasons.append(
             f"conversation moves from {owner.value}: model is {c.confidence:.2f} sure of "
             f"{c.department.value}"

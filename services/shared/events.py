@@ -282,6 +282,11 @@ class ConversationState(Event):
     event_type: Literal["route.conversation"] = "route.conversation"
     conversation_id: str
     department: Department
+    owner_confirmed: bool = Field(
+        default=True,
+        description="False while ``department`` is only the model's guess on tweets sent to "
+        "triage: a guess nobody confirmed does not hold the conversation's later tweets",
+    )
     max_urgency: Urgency
     tweets: int = Field(ge=1)
     updated_at: AwareDatetime

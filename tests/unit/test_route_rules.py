@@ -306,6 +306,24 @@ def test_an_alert_urgency_without_minutes_fails_naming_the_key():
         configured(sla={"minutes": {"critical": 15}, "alert_urgencies": ["critical", "high"]})
 
 
+def test_a_guess_sent_to_triage_does_not_own_the_conversation():
+    """The first tweet's department is a guess below the threshold (triage): the next tweet,
+    confident of another, goes there and owns the conversation from then on."""
+    guess, state = routed_state(classified("sales", 0.30, conversation_id="g1", id="g-1"))
+    assert guess.destination == "triage" and not state.owner_confirmed
+    sure, state = routed_state(
+        classified("customer_service", 0.70, conversation_id="g1", id="g-2"), state=state
+    )
+    assert (sure.destination, sure.department, sure.owner) == (
+        "department", Department.CUSTOMER_SERVICE, "model",
+    )  # fmt: skip
+    assert state.owner_confirmed and state.department is Department.CUSTOMER_SERVICE
+    held, _ = routed_state(classified("sales", 0.40, conversation_id="g1", id="g-3"), state=state)
+    assert (held.destination, held.department, held.owner) == (
+        "department", Department.CUSTOMER_SERVICE, "conversation",
+    )  # fmt: skip
+
+
 def test_only_the_latest_decisions_are_kept():
     state = None
     for i in range(conversations.REMEMBERED + 5):
