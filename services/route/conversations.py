@@ -18,6 +18,7 @@ from switchboard.shared.events import (
     ConversationState,
     RecentTweet,
     RouteDecision,
+    Tweet,
 )
 from switchboard.shared.labels import Urgency
 
@@ -71,7 +72,7 @@ def after_routing(
         owner, confirmed = state.department, state.owner_confirmed
     replied_at = max((t for t in (replied_at, state and state.replied_at) if t), default=None)
     awaiting = state.awaiting if state else None
-    if replied_at is None or event.tweet.created_at > replied_at:
+    if replied_at is None or _first_written(state, event.tweet) > replied_at:
         awaiting = _awaiting(awaiting, event, outcome)  # else answered before route read it
     return ConversationState(
         conversation_id=event.tweet.conversation_id,
@@ -90,6 +91,14 @@ def after_routing(
         correction_offset=state.correction_offset if state else None,
         replied_at=replied_at,
     )
+
+
+def _first_written(state: ConversationState | None, tweet: Tweet) -> datetime:
+    """When the post was written: for an edit (X gives each version an id and a time of its
+    own), when the post it edits was, if route remembers it; a reply to that post answers
+    its edits too."""
+    original = state.recent.get(tweet.edit_of) if state is not None and tweet.edit_of else None
+    return original.tweet.created_at if original is not None else tweet.created_at
 
 
 def decided(state: ConversationState | None, tweet_id: str) -> RouteDecision | None:

@@ -359,6 +359,29 @@ def test_a_brand_reply_answers_the_first_awaited_tweet():
     assert state.awaiting is None and response.seconds == pytest.approx(12 * 60)
 
 
+def test_an_edit_of_an_answered_tweet_awaits_no_second_reply():
+    """X gives an edit an id and a time of its own: the customer fixing a typo after the
+    company answered does not open the conversation again (nor page its SLA)."""
+    written = NOW - timedelta(minutes=10)
+    _, state = routed_state(classified("it_security", 0.9, "critical", conversation_id="c11",
+                                       id="p1", created_at=written))  # fmt: skip
+    reply = BrandTweet(
+        handle="@AcmeHelp",
+        tweet=a_tweet(id="r1", conversation_id="c11", created_at=written + timedelta(minutes=2),
+                      author=Author(id="1", username="AcmeHelp")),
+        trace=Trace(ingested_at=written + timedelta(minutes=2)),
+    )  # fmt: skip
+    state, _ = conversations.after_brand_reply(state, reply, NOW)
+    edit = classified("it_security", 0.9, "critical", conversation_id="c11", id="p2",
+                      edit_of="p1", created_at=written + timedelta(minutes=5))  # fmt: skip
+    _, state = routed_state(edit, state=state)
+    assert state.awaiting is None
+    later = classified("it_security", 0.9, "critical", conversation_id="c11", id="p3",
+                       created_at=written + timedelta(minutes=6))  # fmt: skip
+    _, state = routed_state(later, state=state)  # a new tweet after the reply is awaited
+    assert state.awaiting is not None and state.awaiting.tweet_id == "p3"
+
+
 def test_a_stricter_sla_from_a_later_tweet_names_that_tweet_and_keeps_the_clock():
     _, state = routed_state(classified("customer_service", 0.9, "normal", conversation_id="c10",
                                        id="n1"))  # fmt: skip
