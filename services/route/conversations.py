@@ -191,11 +191,14 @@ def after_brand_reply(
     and a tweet written before the reply and read after it will be too."""
     written = reply.tweet.created_at
     replied_at = max(written, state.replied_at) if state.replied_at else written
-    if state.awaiting is None:
+    awaited = state.awaiting
+    if awaited is None or awaited.tweet and _first_written(state, awaited.tweet) > written:
+        # nothing awaited, or a tweet written after this reply (read before it, behind a
+        # backlog): the reply cannot answer what was not written yet
         return state.model_copy(update={"updated_at": now, "replied_at": replied_at}), None
     answered_at = max(reply.tweet.created_at, reply.trace.ingested_at)
-    seconds = max(0.0, (answered_at - state.awaiting.received_at).total_seconds())
-    response = Response(state.awaiting, reply.handle, seconds)
+    seconds = max(0.0, (answered_at - awaited.received_at).total_seconds())
+    response = Response(awaited, reply.handle, seconds)
     update = {"awaiting": None, "updated_at": now, "replied_at": replied_at}
     return state.model_copy(update=update), response
 

@@ -382,6 +382,26 @@ def test_an_edit_of_an_answered_tweet_awaits_no_second_reply():
     assert state.awaiting is not None and state.awaiting.tweet_id == "p3"
 
 
+def test_a_reply_read_after_a_tweet_written_after_it_does_not_answer_that_tweet():
+    """Behind a backlog route may read a customer's 10:05 tweet before the company's 10:02
+    message: the message cannot answer what was not written yet, so the tweet stays awaited."""
+    written = NOW - timedelta(minutes=10)
+    _, state = routed_state(classified("it_security", 0.9, "critical", conversation_id="c12",
+                                       id="q1", created_at=written))  # fmt: skip
+    earlier = BrandTweet(
+        handle="@AcmeHelp",
+        tweet=a_tweet(id="r0", conversation_id="c12", created_at=written - timedelta(minutes=3),
+                      author=Author(id="1", username="AcmeHelp")),
+        trace=Trace(ingested_at=NOW),
+    )  # fmt: skip
+    state, response = conversations.after_brand_reply(state, earlier, NOW)
+    assert response is None and state.awaiting is not None and state.awaiting.tweet_id == "q1"
+    later = earlier.model_copy(update={"tweet": earlier.tweet.model_copy(
+        update={"id": "r1", "created_at": written + timedelta(minutes=4)})})  # fmt: skip
+    state, response = conversations.after_brand_reply(state, later, NOW)
+    assert state.awaiting is None and response is not None
+
+
 def test_a_stricter_sla_from_a_later_tweet_names_that_tweet_and_keeps_the_clock():
     _, state = routed_state(classified("customer_service", 0.9, "normal", conversation_id="c10",
                                        id="n1"))  # fmt: skip
