@@ -347,3 +347,10 @@ async def vendors(monkeypatch) -> AsyncIterator[dict]:
     broken = {name: s.contract.violations for name, s in servers.items()
               if getattr(s, "contract", None) and s.contract.violations}  # fmt: skip
     assert not broken, broken
+
+
+def rejected(service: str) -> float | None:
+    """``switchboard_config_rejected`` of ``service`` in this process."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("switchboard_config_rejected", {"service": service})

@@ -287,6 +287,11 @@ class ClassifyService:
         """Serve the model the YAML file now describes, if it changed: loaded and warmed while
         the current one serves, then swapped between two batches. A file that does not load, or
         a model that does not, leaves the current model serving."""
+        outcome = await self._reload_if_changed()
+        shared_metrics.CONFIG_REJECTED.labels(self.name).set(outcome == "failed")
+        return outcome
+
+    async def _reload_if_changed(self) -> str:
         digest = file_digest(self.settings.config_file)
         if digest == self._config_digest:
             return "unchanged"

@@ -622,6 +622,7 @@ class RouteService:
         digest = file_digest(self.settings.config_file)
         if digest == self._config_digest:
             self._rejected = None  # back to the file in force: a later bad one is news again
+            shared_metrics.CONFIG_REJECTED.labels(self.name).set(0)
             return "unchanged"
         try:
             config = _load_config(self.settings)
@@ -631,7 +632,9 @@ class RouteService:
                 self._rejected = (digest, str(error))
                 metrics.RULES_RELOADS.labels("invalid").inc()
                 log.error("new configuration rejected; keeping the current rules: %s", error)
+            shared_metrics.CONFIG_REJECTED.labels(self.name).set(1)
             return "invalid"
+        shared_metrics.CONFIG_REJECTED.labels(self.name).set(0)
         self._config_digest, self._rejected = digest, None
         # The windows' size and number are the tables' own and change at the next restart;
         # the bar (factor, min_count) and what is watched apply now.

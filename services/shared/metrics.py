@@ -12,6 +12,12 @@ from prometheus_client import Counter, Gauge, Histogram
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 READY = Gauge("switchboard_ready", "1 when the service is ready to process", ["service"])
+CONFIG_REJECTED = Gauge(
+    "switchboard_config_rejected",
+    "1 while the YAML file on disk is rejected and the service keeps what it read before: "
+    "its next restart would fail on it",
+    ["service"],
+)
 
 CONSUMED = Counter(
     "switchboard_messages_consumed_total", "Messages read from Kafka", ["service", "topic"]

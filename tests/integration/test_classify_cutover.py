@@ -21,7 +21,7 @@ from switchboard.classify.service import ClassifyService
 from switchboard.classify.settings import ClassifySettings
 from switchboard.shared import topics
 from switchboard.shared.events import ClassifiedTweet, encode
-from tests.conftest import CONFIG_FILE, readable, wait_for
+from tests.conftest import CONFIG_FILE, readable, rejected, wait_for
 from tests.factories import a_raw_tweet
 from tests.integration.conftest import new_id
 
@@ -82,10 +82,12 @@ async def test_a_new_artifact_takes_over_under_load_and_rolls_back(
         await asyncio.sleep(1.0)  # five more looks: not loaded again while nothing changed
         assert classify_metrics.MODEL_RELOADS.labels("failed")._value.get() == failed + 1  # noqa: SLF001
         assert service.model.version == LIVE
+        assert rejected("classify") == 1  # the file on disk would fail a restart: said
         settle = await read([topics.CLASSIFIED], lambda rs: False, timeout_s=1.0)
         # An artifact the file named before it was there loads once it is (its files changed)
         shutil.copytree(resolve_artifact(CANDIDATE), late)
         await wait_for(lambda: service.model.version == CANDIDATE, timeout_s=60)
+        assert rejected("classify") == 0
 
     seen = labelled(settle, run)
     assert sorted(t for _, _, t, _ in seen) == sorted(

@@ -34,7 +34,7 @@ from switchboard.shared.events import (
     decode_alert,
     encode,
 )
-from tests.conftest import CONFIG_FILE, key_of, readable, wait_for
+from tests.conftest import CONFIG_FILE, key_of, readable, rejected, wait_for
 from tests.factories import a_classified_tweet, a_tweet
 
 WATCHED = [*topics.PRIMARY_TOPICS, topics.ALERTS]
@@ -167,6 +167,7 @@ async def test_rules_reload_without_a_restart(route_settings, producer, read, ru
         assert [r.name for r in service.config.route.rules] == ["sales-to-triage"]
         await asyncio.sleep(0.5)  # judged again at every tick, but counted (and logged) once
         assert route_metrics.RULES_RELOADS.labels("invalid")._value.get() == invalid + 1
+        assert rejected("route") == 1  # said for as long as the file on disk is refused
         # A file naming a secret not there yet is refused until the secret appears, though
         # the YAML does not change again.
         secret = tmp_path / "zendesk-signing-secret"
@@ -182,6 +183,7 @@ async def test_rules_reload_without_a_restart(route_settings, producer, read, ru
         await wait_for(
             lambda: [r.name for r in service.config.route.rules] == ["sales-to-triage-1"]
         )
+        assert rejected("route") == 0
         # An error in another service's section is not route's to judge: new rules still apply.
         content = yaml.safe_load(CONFIG_FILE.read_text())
         content["route"] = {**content["route"], "reload_interval_s": 0.1, "rules": [
