@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -154,15 +154,35 @@ async def read_since(
     names: tuple[str, ...] = COMPARED_TOPICS,
     limit: int = 500_000,
 ) -> dict[str, list[Any]]:
-    """The live labels, the shadow labels and the corrections (``names``) published since
-    ``since`` (at most ``limit`` records over all, the latest kept), by topic."""
+    """The records of ``names`` published since ``since``, decoded, by topic: at most
+    ``limit`` over all, the latest kept. With the shadow labels among them, the live labels
+    are read after them, only those of the tweets a candidate labelled and without the limit:
+    a week's live traffic would otherwise push out the very labels a replay is compared with."""
+    paired = topics.SHADOW in names and topics.CLASSIFIED in names
+    first = tuple(n for n in names if not (paired and n == topics.CLASSIFIED))
+    found = await _read_since(kafka, since, first, limit)
+    if paired:
+        labelled = {event.tweet.id for event in found[topics.SHADOW]}
+        live = await _read_since(kafka, since, (topics.CLASSIFIED,), None,
+                                 lambda event: event.tweet.id in labelled)  # fmt: skip
+        found[topics.CLASSIFIED] = live[topics.CLASSIFIED]
+    return found
+
+
+async def _read_since(
+    kafka: KafkaSettings,
+    since: datetime,
+    names: tuple[str, ...],
+    limit: int | None,
+    wanted: Callable[[Any], bool] = lambda _: True,
+) -> dict[str, list[Any]]:
     # A start past a topic's retention resumes at the oldest record kept, not at the end.
     consumer = AIOKafkaConsumer(
         enable_auto_commit=False, auto_offset_reset="earliest", **client_options(kafka)
     )
-    await consumer.start()
     found: dict[str, list[Any]] = {topic: [] for topic in names}
     try:
+        await consumer.start()
         await consumer.topics()
         partitions = [TopicPartition(topic, p) for topic in names
                       for p in sorted(consumer.partitions_for_topic(topic) or ())]  # fmt: skip
@@ -175,7 +195,8 @@ async def read_since(
         left = {}
         for tp in partitions:
             start = starts[tp].offset if starts.get(tp) else ends[tp]
-            start = max(start, ends[tp] - limit // max(1, len(partitions)))
+            if limit is not None:
+                start = max(start, ends[tp] - limit // max(1, len(partitions)))
             if start < ends[tp]:
                 consumer.seek(tp, start)
                 left[tp] = ends[tp]
@@ -184,7 +205,7 @@ async def read_since(
             batches = await consumer.getmany(*left, timeout_ms=1000, max_records=5000)
             kept = [r for tp, rs in batches.items() for r in rs if r.offset < left.get(tp, -1)]
             # decoded in a worker thread, batch by batch: not on the loop of the service asking
-            await asyncio.to_thread(_keep_all, found, kept)
+            await asyncio.to_thread(_keep_all, found, kept, wanted)
             for tp in batches:
                 idle_since = time.monotonic()
                 if await consumer.position(tp) >= left.get(tp, 0):
@@ -198,8 +219,12 @@ EVENT_TYPES: dict[str, type[Event]] = {topics.FEEDBACK: Correction,
                                         topics.COMPLIANCE: ComplianceEvent}  # fmt: skip
 
 
-def _keep_all(found: dict[str, list[Any]], records: list[Any]) -> None:
+def _keep_all(
+    found: dict[str, list[Any]], records: list[Any], wanted: Callable[[Any], bool]
+) -> None:
     for record in records:
         event_type = EVENT_TYPES.get(record.topic, ClassifiedTweet)
         with contextlib.suppress(DecodeError):
-            found[record.topic].append(decode(event_type, record.value))
+            event = decode(event_type, record.value)
+            if wanted(event):
+                found[record.topic].append(event)

@@ -68,6 +68,18 @@ async def test_a_time_range_is_relabelled_into_the_shadow_topic_only(
     assert candidate["on_corrected"]["candidate"]["department_accuracy"] == 1.0
     assert candidate["on_corrected"]["live"]["department_accuracy"] == 0.0
     assert candidate["disagreements"][0]["live"] == "sales"
+    # Live traffic since, far more than the replay labelled: the live labels of the replayed
+    # tweets are still found, whatever the limit on what is read.
+    for i in range(60):
+        other = a_classified_tweet("sales", 0.7, "normal", id=f"traffic-{i}",
+                                   conversation_id=f"traffic-{i}")  # fmt: skip
+        await own_producer.send_and_wait(
+            topics.CLASSIFIED, encode(other), key=other.tweet.id.encode()
+        )
+    found = await read_since(own_kafka, now - timedelta(hours=2), limit=60)
+    assert {e.tweet.id for e in found[topics.CLASSIFIED]} == {f"range-{i}" for i in range(6)}
+    assert compare(found[topics.CLASSIFIED], found[topics.SHADOW],
+                   found[topics.FEEDBACK])["candidates"][0]["compared"] == 6  # fmt: skip
 
     # The same through the commands an operator runs (in a thread: each runs its own loop).
     from click.testing import CliRunner
