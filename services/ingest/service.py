@@ -620,6 +620,7 @@ class IngestService:
         event = ComplianceEvent(
             tweet_id=deletion.tweet_id,
             user_id=deletion.user_id,
+            conversation_id=self.seen.conversation_of(deletion.tweet_id),
             event_at=deletion.event_at,
             source=source,
         )

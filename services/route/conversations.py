@@ -203,6 +203,22 @@ def after_brand_reply(
     return state.model_copy(update=update), response
 
 
+def without(state: ConversationState, tweet_id: str) -> ConversationState:
+    """The conversation once X deleted ``tweet_id`` (and so its edits): its text is no longer
+    kept, and it awaits no reply (an SLA alert would carry what its author took back). The
+    decisions stay: ids and reasons, no text."""
+
+    def deleted(tweet: Tweet) -> bool:
+        return tweet_id in (tweet.id, tweet.edit_of)
+
+    recent = {i: r for i, r in state.recent.items() if not deleted(r.tweet)}
+    awaiting = state.awaiting
+    if awaiting is not None and (awaiting.tweet_id == tweet_id or awaiting.tweet
+                                 and deleted(awaiting.tweet)):  # fmt: skip
+        awaiting = None
+    return state.model_copy(update={"recent": recent, "awaiting": awaiting})
+
+
 def awaiting_due(state: ConversationState) -> tuple[datetime, Urgency] | None:
     """What the SLA sweep keeps of a conversation (the table's index): when its awaited reply
     is due and how urgent it is, until a breach alert went out for it."""

@@ -43,6 +43,7 @@ from switchboard.shared.events import (
     BrandTweet,
     Classification,
     ClassifiedTweet,
+    ComplianceEvent,
     ConversationDue,
     ConversationState,
     Corrected,
@@ -109,8 +110,9 @@ class RouteService:
         )
         self.spike_acks = AckAfterPublish(self.app, self.name, self.on_spike_observation)
         inputs = raw_topic(
-            self.app, topics.CLASSIFIED, topics.BRAND, topics.ROUTE_DUE, topics.FEEDBACK_REQUESTS
-        )
+            self.app, topics.CLASSIFIED, topics.BRAND, topics.ROUTE_DUE, topics.FEEDBACK_REQUESTS,
+            topics.COMPLIANCE,
+        )  # fmt: skip
         spikes = raw_topic(self.app, topics.ROUTE_SPIKES)
         self.app.agent(inputs, name="route")(self.acks.agent)
         self.app.agent(spikes, name="route-spikes")(self.spike_acks.agent)
@@ -185,6 +187,8 @@ class RouteService:
             return self.on_due(message)
         if message.topic == topics.FEEDBACK_REQUESTS:
             return self.on_correction_request(message)
+        if message.topic == topics.COMPLIANCE:
+            return self.on_deletion(message)
         event = decode_or_dead_letter(message, ClassifiedTweet, self.name)
         if isinstance(event, Output):
             return [event]
@@ -413,6 +417,17 @@ class RouteService:
         )  # fmt: skip
         return routed, alert_for(routed) if applied.escalate else None
 
+    def on_deletion(self, message: Any) -> list[Output]:
+        """A tweet was deleted: its conversation's owner forgets it (route.due carries it
+        there), so that no SLA alert or correction republishes what its author took back."""
+        deletion = decode_or_dead_letter(message, ComplianceEvent, self.name)
+        if isinstance(deletion, Output):
+            return [deletion]
+        conversation = deletion.conversation_id or deletion.tweet_id  # a root is its own
+        due = ConversationDue(conversation_id=conversation, reason="deleted",
+                              found_at=utc_now(), tweet_id=deletion.tweet_id)  # fmt: skip
+        return [Output.of(topics.ROUTE_DUE, due, conversation)]
+
     def on_due(self, message: Any) -> list[Output]:
         """The sweep found this conversation due; its owner checks again and acts."""
         due = decode_or_dead_letter(message, ConversationDue, self.name)
@@ -425,6 +440,11 @@ class RouteService:
             return []
         if not conversations.active(state, now, self.config.route.conversations.ttl_hours):
             self._forget(state.conversation_id)
+            return []
+        if due.reason == "deleted":
+            if due.tweet_id and (kept := conversations.without(state, due.tweet_id)) != state:
+                self._remember(kept)
+                log.info("a deleted tweet forgotten", extra={"tweet_id": due.tweet_id})
             return []
         self.due.track(state)  # still active: a later sweep may report it again
         if due.reason != "sla":

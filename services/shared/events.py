@@ -161,6 +161,11 @@ class ComplianceEvent(Event):
     event_type: Literal["compliance.delete"] = "compliance.delete"
     tweet_id: str
     user_id: str | None = None
+    conversation_id: str | None = Field(
+        default=None,
+        description="The deleted tweet's conversation, when ingest saw the tweet (route forgets "
+        "the tweet there); none: unknown, or the tweet began its conversation",
+    )
     event_at: AwareDatetime = Field(description="When X reported the deletion")
     source: TweetSource
     received_at: AwareDatetime = Field(default_factory=utc_now)
@@ -397,14 +402,17 @@ ConversationState.model_rebuild()  # ``applied`` names Correction, defined after
 class ConversationDue(Event):
     """On ``switchboard.route.due``, keyed by conversation id: route's sweep (a faust timer over
     the conversations of the partitions a replica owns) found this conversation past its SLA
-    or idle past its TTL. The replica that owns the conversation when the message arrives
-    checks again and acts (alerts once, or forgets it): a table changes only inside the
-    stream of its own partition, never from a timer."""
+    or idle past its TTL, or route read a deletion of one of its tweets (``switchboard.compliance``
+    is keyed by tweet id: its partition is not the conversation's). The replica that owns the
+    conversation when the message arrives checks again and acts (alerts once, forgets it, or
+    forgets the deleted tweet): a table changes only inside the stream of its own partition,
+    never from a timer or another topic's."""
 
     event_type: Literal["route.due"] = "route.due"
     conversation_id: str
-    reason: Literal["sla", "expired"]
+    reason: Literal["sla", "expired", "deleted"]
     found_at: AwareDatetime
+    tweet_id: str | None = Field(default=None, description="deleted: the tweet X deleted")
 
 
 class SpikeObservation(Event):

@@ -587,11 +587,23 @@ async def test_brand_replies_and_deletions_land_on_their_own_topics(
             assert (
                 await client.post("/webhooks/x", content=body, headers=signed(body))
             ).json() == {"published": 2}
+            # the reply deleted in turn: ingest saw it, so its deletion names its conversation
+            gone = {
+                "for_user_id": HELP_ID,
+                "tweet_delete_events": [
+                    {"status": {"id": reply, "user_id": HELP_ID}, "timestamp_ms": "1764057660000"}
+                ],
+            }
+            body = json.dumps(gone).encode()
+            assert (
+                await client.post("/webhooks/x", content=body, headers=signed(body))
+            ).json() == {"published": 1}  # fmt: skip
         records = await read(
             [topics.BRAND, topics.COMPLIANCE],
             lambda rs: (
                 ids_on(rs, topics.BRAND, BrandTweet, [reply])
                 and any(r.topic == topics.COMPLIANCE and deleted.encode() in r.value for r in rs)
+                and any(r.topic == topics.COMPLIANCE and r.key == reply.encode() for r in rs)
             ),
         )
 
@@ -602,6 +614,11 @@ async def test_brand_replies_and_deletions_land_on_their_own_topics(
         e for e in published(records, topics.COMPLIANCE, ComplianceEvent) if e.tweet_id == deleted
     ]
     assert deletion.user_id == "42" and deletion.source == "webhook"
+    assert deletion.conversation_id is None  # never seen here
+    [own] = [
+        e for e in published(records, topics.COMPLIANCE, ComplianceEvent) if e.tweet_id == reply
+    ]
+    assert own.conversation_id == brand.tweet.conversation_id
 
 
 def write_archive(path: Path, tweets: list[dict], conversations: list[dict]) -> Path:

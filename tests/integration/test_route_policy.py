@@ -25,6 +25,7 @@ from switchboard.shared.events import (
     Alert,
     Author,
     BrandTweet,
+    ComplianceEvent,
     DecodeError,
     RoutedTweet,
     SpikeAlert,
@@ -476,6 +477,55 @@ async def test_a_reply_read_before_the_tweet_it_answers_leaves_no_sla_alert(
     assert [a.tweet.id for a in breaches] == [f"{prefix}-unanswered"]
     routed = {decode(RoutedTweet, r.value).tweet.id for r in department}
     assert {f"{prefix}-answered", f"{prefix}-unanswered"} <= routed
+
+
+async def test_a_deleted_tweet_raises_no_sla_alert_and_is_forgotten(
+    route_settings, producer, read, running
+):
+    """Its author deleted a critical tweet before anyone answered: no SLA alert carries what
+    they took back, and the conversation no longer keeps its text; a reply in another
+    conversation deleted (ingest names its conversation) is forgotten there too. An
+    undeleted tweet beside them still alerts."""
+    prefix = tag()
+    sla = {"minutes": {"critical": 0.05, "high": 60, "normal": 600, "low": 6000},
+           "check_interval_s": 0.2}  # fmt: skip
+    deleted, kept = [
+        a_classified_tweet("it_security", 0.9, "critical", id=f"{prefix}-{name}",
+                           conversation_id=f"{prefix}-{name}")
+        for name in ("deleted", "kept")
+    ]  # fmt: skip
+    follow_up = a_classified_tweet("it_security", 0.9, "normal", id=f"{prefix}-f",
+                                   conversation_id=f"{prefix}-kept")  # fmt: skip
+
+    def deletion(tweet_id: str, conversation_id: str | None) -> ComplianceEvent:
+        return ComplianceEvent(tweet_id=tweet_id, conversation_id=conversation_id,
+                               event_at=datetime.now(UTC), source="webhook")  # fmt: skip
+
+    service = RouteService(route_settings(sla=sla))
+    async with running(service):
+        await send(producer, deleted, kept, follow_up)
+        await wait_for(lambda: service._state(f"{prefix}-kept") is not None  # noqa: SLF001
+                       and f"{prefix}-f" in service._state(f"{prefix}-kept").recent, 30)  # noqa: SLF001  # fmt: skip
+        for event in (
+            deletion(f"{prefix}-deleted", None),
+            deletion(f"{prefix}-f", f"{prefix}-kept"),
+        ):
+            await producer.send_and_wait(
+                topics.COMPLIANCE, encode(event), key=event.tweet_id.encode()
+            )
+        records = await read(
+            [topics.ALERTS],
+            lambda rs: any(getattr(a, "kind", "") == "sla_breach" for a in alerts_of(rs, prefix)),
+        )
+        await asyncio.sleep(1.0)  # the deleted one is past its SLA too by now
+        records = await read([topics.ALERTS], lambda rs: False, timeout_s=1.0)
+        gone = service._state(f"{prefix}-deleted")  # noqa: SLF001
+        other = service._state(f"{prefix}-kept")  # noqa: SLF001
+
+    breaches = [a for a in alerts_of(records, prefix) if getattr(a, "kind", "") == "sla_breach"]
+    assert [a.tweet.id for a in breaches] == [f"{prefix}-kept"]
+    assert gone is not None and gone.awaiting is None and gone.recent == {}
+    assert list(other.recent) == [f"{prefix}-kept"]
 
 
 async def test_a_conversation_idle_past_its_ttl_is_forgotten_and_tombstoned(
