@@ -148,7 +148,7 @@ class RouteService:
             self.settings.kafka,
             [topics.CLASSIFIED, topics.BRAND, *topics.PRIMARY_TOPICS, topics.ALERTS,
              topics.DEADLETTER, topics.ROUTE_CONVERSATIONS, topics.ROUTE_DUE,
-             topics.ROUTE_SPIKES, topics.FEEDBACK_REQUESTS, topics.FEEDBACK],
+             topics.ROUTE_SPIKES, topics.FEEDBACK_REQUESTS, topics.FEEDBACK, topics.COMPLIANCE],
             self.config.topics.partitions,
             self.config.topics.replication_factor,
             co_partitioned=self.streams.joined_topics(),
