@@ -39,7 +39,7 @@ from fastapi import FastAPI
 from switchboard.ingest import metrics
 from switchboard.ingest.archive import UNREADABLE_ZIP, Archive, ArchiveError
 from switchboard.ingest.checkpoints import Checkpoints
-from switchboard.ingest.config import IngestFileConfig, XConfig
+from switchboard.ingest.config import IngestFileConfig
 from switchboard.ingest.dedup import SeenTweets
 from switchboard.ingest.health import Health, SourceHealth
 from switchboard.ingest.normalize import (
@@ -91,20 +91,6 @@ log = logging.getLogger(__name__)
 
 TOPICS = [topics.RAW, topics.BRAND, topics.COMPLIANCE, topics.DEADLETTER, topics.INGEST_CHECKPOINTS]
 DELETED = "deleted:"  # a deletion's id in the memory of seen ids: this prefix and the tweet id
-
-
-def mark_live_sources(x: XConfig, now: float) -> None:
-    """Each live source's last-event time starts at the process's start: a source silent since
-    a restart (its rules gone, a webhook no longer subscribed) is then alerted on as silent,
-    where a series that never appeared would alert on nothing."""
-    live = {
-        "filtered_stream": x.filtered_stream.enabled,
-        "mentions": x.mentions.enabled,
-        "direct_message": x.direct_messages.enabled,
-        "webhook": x.webhook.enabled,
-    }
-    for source in (name for name, enabled in live.items() if enabled):
-        metrics.LAST_EVENT_TIMESTAMP.labels(source).set(now)
 
 
 class IngestService:
@@ -214,8 +200,14 @@ class IngestService:
     # --- sources -----------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        mark_live_sources(self.config.ingest.x, time.time())
         work = [asyncio.create_task(c) for c in self._sources()]
+        # Each live source started reports from now, not from its first tweet: a source silent
+        # since a restart (its rules gone, a webhook unsubscribed) then raises SourceSilent.
+        started = {health.source for health in self.health.sources.values()}
+        if self.config.ingest.x.webhook.enabled:
+            started.add("webhook")
+        for source in started:
+            metrics.LAST_EVENT_TIMESTAMP.labels(source).set(time.time())
         backfill = [asyncio.create_task(self._backfilled(*job)) for job in self._backfills()]
         if not work and not backfill and not self.config.ingest.x.webhook.enabled:
             # Valid, but it reads nothing: said on /readyz (degraded), the metrics and the log.
@@ -526,6 +518,8 @@ class IngestService:
             if wait and not await self._first_copy_stored(tweet.id):
                 return await self.offer(tweet, wait=wait)  # it was not: this copy goes
             metrics.DUPLICATES_DROPPED.labels(tweet.source).inc()
+            # the source delivers (a backstop polling what the stream brought): not silent
+            metrics.LAST_EVENT_TIMESTAMP.labels(tweet.source).set(time.time())
             return "duplicate"
         self.seen.in_conversation(tweet.id, tweet.conversation_id)
         trace = Trace(ingested_at=utc_now())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import zipfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -943,3 +944,24 @@ async def test_ingest_dead_letters_poison_and_goes_on(
         assert letter.original_truncated == (len(original) > MAX_ORIGINAL_BYTES), case.case
     if source == "filtered_stream":  # read through, not dropped and reconnected
         assert x_api.stream_connections == 1
+
+
+async def test_each_source_started_reports_from_the_start_not_from_its_first_tweet(
+    customers, ingest_settings, running
+):
+    """After a restart, a source that never delivers (its rules gone) must still raise
+    SourceSilent: the last-event time of each source started begins at the start. DM polling
+    enabled with no handle reading DMs starts nothing, and reports nothing."""
+    from prometheus_client import REGISTRY
+
+    def last(source: str) -> float:
+        found = REGISTRY.get_sample_value(
+            "switchboard_ingest_last_event_timestamp_seconds", {"source": source}
+        )
+        return found or 0.0
+
+    before = time.time()
+    settings = ingest_settings(mentions=True, x={"direct_messages": {"enabled": True}})
+    async with running(IngestService(settings)):
+        await wait_for(lambda: last("mentions") >= before)
+    assert last("direct_message") < before and last("filtered_stream") < before

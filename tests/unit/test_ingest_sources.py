@@ -249,25 +249,3 @@ def test_webhook_events_past_their_age_are_too_old():
     assert not too_old(now - timedelta(hours=71, minutes=59), 72, now)
     assert too_old(now - timedelta(hours=72, seconds=1), 72, now)
     assert not too_old(now + timedelta(minutes=5), 72, now)  # a clock a little ahead is fine
-
-
-def test_a_live_source_reports_from_the_start_not_from_its_first_tweet(config):
-    """After a restart, a source that never delivers (its stream rules gone) must still be
-    alerted on as silent: its last-event time starts at the start; a backfill's does not."""
-    from prometheus_client import REGISTRY
-
-    from switchboard.ingest.service import mark_live_sources
-
-    x = config.ingest.x.model_copy(update={
-        "filtered_stream": config.ingest.x.filtered_stream.model_copy(update={"enabled": True}),
-        "mentions": config.ingest.x.mentions.model_copy(update={"enabled": False}),
-    })  # fmt: skip
-    mark_live_sources(x, 1234.5)
-
-    def last(source: str) -> float | None:
-        return REGISTRY.get_sample_value(
-            "switchboard_ingest_last_event_timestamp_seconds", {"source": source}
-        )
-
-    assert last("filtered_stream") == 1234.5
-    assert last("mentions") != 1234.5 and last("replay") != 1234.5
