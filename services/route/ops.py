@@ -97,7 +97,7 @@ class OpsView:
             if (report := self._fresh_comparison(hours)) is not None:  # made while we waited
                 return report
             since = utc_now() - timedelta(hours=hours)
-            found = await read_since(self.kafka, since, limit=OPS_COMPARE_LIMIT)
+            found = await read_since(self.kafka, since, limit=OPS_COMPARE_LIMIT, paired=False)
             report = await asyncio.to_thread(
                 compare, found[topics.CLASSIFIED], found[topics.SHADOW], found[topics.FEEDBACK],
                 examples=2,

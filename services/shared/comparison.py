@@ -153,19 +153,24 @@ async def read_since(
     since: datetime,
     names: tuple[str, ...] = COMPARED_TOPICS,
     limit: int = 500_000,
+    *,
+    paired: bool = True,
 ) -> dict[str, list[Any]]:
     """The records of ``names`` published since ``since``, decoded, by topic: at most
-    ``limit`` over all, the latest kept. With the shadow labels among them, the live labels
-    are read after them, only those of the tweets a candidate labelled and without the limit:
-    a week's live traffic would otherwise push out the very labels a replay is compared with."""
-    paired = topics.SHADOW in names and topics.CLASSIFIED in names
-    first = tuple(n for n in names if not (paired and n == topics.CLASSIFIED))
-    found = await _read_since(kafka, since, first, limit)
-    if paired:
-        labelled = {event.tweet.id for event in found[topics.SHADOW]}
-        live = await _read_since(kafka, since, (topics.CLASSIFIED,), None,
-                                 lambda event: event.tweet.id in labelled)  # fmt: skip
-        found[topics.CLASSIFIED] = live[topics.CLASSIFIED]
+    ``limit`` over all, the latest kept. ``paired``: the live labels of shadow labels that the
+    limit left out are read after, by their keys: a week's live traffic would otherwise push
+    out the very labels a replay is compared with."""
+    found = await _read_since(kafka, since, names, limit)
+    if not (paired and topics.SHADOW in names and topics.CLASSIFIED in names):
+        return found
+    have = {event.tweet.id for event in found[topics.CLASSIFIED]}
+    missing = {e.tweet.id: e.tweet.conversation_id for e in found[topics.SHADOW]
+               if e.tweet.id not in have}  # fmt: skip
+    if missing:
+        keys = {conversation.encode() for conversation in missing.values()}
+        older = await _read_since(kafka, since, (topics.CLASSIFIED,), None,
+                                  lambda event: event.tweet.id in missing, keys)  # fmt: skip
+        found[topics.CLASSIFIED] = older[topics.CLASSIFIED] + found[topics.CLASSIFIED]
     return found
 
 
@@ -175,6 +180,7 @@ async def _read_since(
     names: tuple[str, ...],
     limit: int | None,
     wanted: Callable[[Any], bool] = lambda _: True,
+    keys: set[bytes] | None = None,
 ) -> dict[str, list[Any]]:
     # A start past a topic's retention resumes at the oldest record kept, not at the end.
     consumer = AIOKafkaConsumer(
@@ -203,7 +209,8 @@ async def _read_since(
         idle_since = time.monotonic()
         while left and time.monotonic() - idle_since < IDLE_S:
             batches = await consumer.getmany(*left, timeout_ms=1000, max_records=5000)
-            kept = [r for tp, rs in batches.items() for r in rs if r.offset < left.get(tp, -1)]
+            kept = [r for tp, rs in batches.items() for r in rs if r.offset < left.get(tp, -1)
+                    and (keys is None or r.key in keys)]  # fmt: skip
             # decoded in a worker thread, batch by batch: not on the loop of the service asking
             await asyncio.to_thread(_keep_all, found, kept, wanted)
             for tp in batches:

@@ -77,7 +77,7 @@ async def test_a_time_range_is_relabelled_into_the_shadow_topic_only(
             topics.CLASSIFIED, encode(other), key=other.tweet.id.encode()
         )
     found = await read_since(own_kafka, now - timedelta(hours=2), limit=60)
-    assert {e.tweet.id for e in found[topics.CLASSIFIED]} == {f"range-{i}" for i in range(6)}
+    assert {e.tweet.id for e in found[topics.CLASSIFIED]} >= {f"range-{i}" for i in range(6)}
     assert compare(found[topics.CLASSIFIED], found[topics.SHADOW],
                    found[topics.FEEDBACK])["candidates"][0]["compared"] == 6  # fmt: skip
 
