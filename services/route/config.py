@@ -135,17 +135,6 @@ class SlaConfig(Section):
     )
     check_interval_s: float = Field(default=30.0, gt=0)
 
-    @model_validator(mode="after")
-    def _alerts_have_minutes(self) -> SlaConfig:
-        # `minutes` given replaces the defaults whole: an urgency left out has no SLA, and an
-        # alert for it would never be raised.
-        if missing := [u.value for u in self.alert_urgencies if u not in self.minutes]:
-            raise ValueError(
-                f"alert_urgencies: {', '.join(missing)} has no entry in sla.minutes (the "
-                "minutes given replace the defaults)"
-            )
-        return self
-
 
 class ZendeskFeedback(Section):
     """Zendesk tickets moved to another group (or given another priority) correct their
@@ -223,6 +212,19 @@ class RouteConfig(Section):
     @classmethod
     def _unique_rule_names(cls, rules: list[RoutingRule]) -> list[RoutingRule]:
         return named_uniquely(rules, "rule")
+
+    @model_validator(mode="after")
+    def _alerts_have_an_sla(self) -> Self:
+        """``sla.minutes`` given replaces the defaults whole: an alerting urgency left out has
+        no SLA unless a rule gives one (``sla_minutes``), and would never alert."""
+        ruled = any(rule.then.sla_minutes for rule in self.rules)
+        missing = [u.value for u in self.sla.alert_urgencies if u not in self.sla.minutes]
+        if missing and not ruled:
+            raise ValueError(
+                f"sla.alert_urgencies: {', '.join(missing)} has no entry in sla.minutes and no "
+                "rule sets sla_minutes (the minutes given replace the defaults)"
+            )
+        return self
 
 
 NEVER = ", so the rule would never match"

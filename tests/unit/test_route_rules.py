@@ -301,9 +301,13 @@ def test_no_version_of_an_alerted_post_alerts_again():
     assert "an edit of tweet w1, whose alert was raised for its version w2" in again.reasons
 
 
-def test_an_alert_urgency_without_minutes_fails_naming_the_key():
-    with pytest.raises(ValidationError, match="alert_urgencies: high has no entry in sla.minutes"):
-        configured(sla={"minutes": {"critical": 15}, "alert_urgencies": ["critical", "high"]})
+def test_an_alert_urgency_without_an_sla_fails_naming_the_key():
+    sla = {"minutes": {"critical": 15}, "alert_urgencies": ["critical", "high"]}
+    with pytest.raises(ValidationError, match="sla.alert_urgencies: high has no entry in sla"):
+        configured(sla=sla)
+    # a rule may give that urgency its SLA
+    ruled = [{"name": "high-sla", "when": {"urgencies": ["high"]}, "then": {"sla_minutes": 60}}]
+    assert configured(ruled, sla=sla).route.sla.alert_urgencies == [Urgency.CRITICAL, Urgency.HIGH]
 
 
 def test_a_guess_sent_to_triage_does_not_own_the_conversation():
