@@ -88,6 +88,22 @@ def track_readiness(service: Service) -> None:
     metrics.READY.labels(service.name).set_function(lambda: float(service.ready))
 
 
+async def _started_unless_stopped(service: Service, stop: asyncio.Event) -> bool:
+    """``service.start()``, given up when ``stop`` is set first: a start may wait long (a
+    table restoring), and a pod told to stop must not wait for it until it is killed."""
+    starting = asyncio.create_task(service.start(), name="start")
+    stopped = asyncio.create_task(stop.wait(), name="stop")
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        log.info("stopped while starting")
+        return False
+    starting.result()  # a start that failed raises here
+    return True
+
+
 async def run_service(make_service: Callable[[S], Service], settings: S) -> None:
     """Build the service inside the event loop (Kafka clients need one) and run it.
 
@@ -116,7 +132,8 @@ async def run_service(make_service: Callable[[S], Service], settings: S) -> None
     http = asyncio.create_task(server.serve(), name="http")
     track_readiness(service)
     try:
-        await service.start()
+        if not await _started_unless_stopped(service, stop):
+            return  # a SIGTERM while it started (a table restoring): closed below, at once
         log.info("started", extra={"http_port": settings.port})
         work = asyncio.create_task(service.run(stop), name="work")
         stopped = asyncio.create_task(stop.wait(), name="stop")
