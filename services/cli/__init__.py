@@ -86,9 +86,10 @@ class _Group(click.Group):
             )
             sys.exit(2)
         except Exception as exc:
-            from aiokafka.errors import KafkaError
+            from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError
 
-            if not isinstance(exc, KafkaError):
+            # the broker out of reach; any other Kafka error keeps its traceback (a bug's)
+            if not isinstance(exc, (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError)):
                 raise
             # The broker unreachable or refusing: one line that names where it was looked for.
             click.echo(f"switchboard: Kafka at {_bootstrap()}: {type(exc).__name__}: {exc}",
