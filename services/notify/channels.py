@@ -188,10 +188,17 @@ class EmailChannel:
         # delivery's next try. A delivery parked keeps them (DeliveryError.recipients_left, on
         # its ParkedDelivery) for its redrive, by whichever replica owns it then.
         self._remaining: dict[str, list[str]] = {}
+        # delivery id: the parked delivery's recipients this process took over for it
+        self._adopted: dict[str, tuple[str, ...]] = {}
 
     async def deliver(self, job: Job) -> Done:
-        if job.recipients and job.delivery_id not in self._remaining:
-            self._remember_remaining(job.delivery_id, list(job.recipients))
+        if job.recipients and self._adopted.get(job.delivery_id) != job.recipients:
+            # The parked delivery's own list wins over what this process remembers of an
+            # earlier try (its partition may have been elsewhere meanwhile); of it, only those
+            # the subscription still names are sent it.
+            named = set(job.subscription.to)
+            self._remember_remaining(job.delivery_id, [r for r in job.recipients if r in named])
+            self._adopted[job.delivery_id] = job.recipients
         try:
             return await self._send(job)
         except DeliveryError as error:
@@ -203,6 +210,9 @@ class EmailChannel:
             job.routed, job.subscription, self.options, job.delivery_id, self.names
         )
         only = self._remaining.get(job.delivery_id)
+        if only == []:  # every one still owed it was taken off the subscription
+            self._forget_remaining(job.delivery_id)
+            return Done("sent", message["Message-ID"])
         try:
             refused = await self.mailer.send(message, only)
         except aiosmtplib.SMTPRecipientsRefused as exc:
@@ -233,14 +243,18 @@ class EmailChannel:
             raise DeliveryError(
                 f"SMTP refused some recipients for now: {replies}", retryable=True, answered=True
             )
-        self._remaining.pop(job.delivery_id, None)
+        self._forget_remaining(job.delivery_id)
         return Done("sent", message["Message-ID"])
 
     def _remember_remaining(self, delivery_id: str, recipients: list[str]) -> None:
         self._remaining.pop(delivery_id, None)
         self._remaining[delivery_id] = recipients  # the latest last: the oldest go first
         while len(self._remaining) > REMAINING_KEPT:  # deliveries given up on, not redriven
-            del self._remaining[next(iter(self._remaining))]
+            self._forget_remaining(next(iter(self._remaining)))
+
+    def _forget_remaining(self, delivery_id: str) -> None:
+        self._remaining.pop(delivery_id, None)
+        self._adopted.pop(delivery_id, None)
 
     async def close(self) -> None:
         await self.mailer.close()

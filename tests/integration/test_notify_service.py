@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import uuid
 from email.message import EmailMessage
 
 import pytest
 
+from switchboard.notify.channels import EmailChannel, Job
 from switchboard.notify.config import Subscription
 from switchboard.notify.mail import SmtpMailer
+from switchboard.notify.resilience import DeliveryError
 from switchboard.notify.service import NotifyService
 from switchboard.notify.settings import NotifySettings, SmtpSettings
 from switchboard.shared import topics
@@ -238,6 +241,34 @@ async def test_a_recipient_refused_for_now_is_sent_the_email_alone_when_tried_ag
     arrivals = [m for m in inbox.messages() if m["X-Switchboard-Tweet-Id"] == event.tweet.id]
     assert [m["X-Envelope-To"] for m in arrivals] == [kept, later]
     assert {m["Message-ID"] for m in arrivals} == {done.external_id}
+
+
+async def test_a_redriven_email_goes_to_those_its_parked_delivery_names_and_still_subscribed(
+    kafka, inbox
+):
+    """A redrive's recipients are the parked delivery's, not what this process remembers of
+    an earlier try (its partition may have been elsewhere meanwhile), and only those the
+    subscription still names: one taken off it while the delivery was parked is not mailed."""
+    run = uuid.uuid4().hex[:6]
+    owed, kept, removed = (f"{who}-{run}@switchboard.example" for who in ("owed", "kept", "gone"))
+    options = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka).config.notify.email
+    subscription = Subscription(name=f"redrive-{run}", departments=["legal"], to=[owed, kept])
+    event = routed(f"rd-{run}", "legal", "high", "my lawyer will call", None)  # type: ignore[arg-type]
+    job = Job(event, subscription, event.route.department, f"rd-{run}:email")
+    channel = EmailChannel(SmtpMailer(SmtpSettings(host="127.0.0.1", port=inbox.port)), options)
+    try:
+        inbox.refuse(kept, "450 4.2.0 Greylisted, try again later")
+        with pytest.raises(DeliveryError):  # this process now remembers: kept is owed it
+            await channel.deliver(job)
+        inbox.accept(kept)
+        await channel.deliver(dataclasses.replace(job, recipients=(owed,)))  # the parked list
+        gone = await channel.deliver(dataclasses.replace(job, recipients=(removed,)))
+    finally:
+        await channel.close()
+
+    arrivals = [m for m in inbox.messages() if m["X-Switchboard-Tweet-Id"] == f"rd-{run}"]
+    assert [m["X-Envelope-To"] for m in arrivals] == [owed, owed]
+    assert gone.action == "sent"  # nobody left to send it to: done
 
 
 def ours(email) -> bool:  # noqa: ANN001
