@@ -163,8 +163,8 @@ class ComplianceEvent(Event):
     user_id: str | None = None
     conversation_id: str | None = Field(
         default=None,
-        description="The deleted tweet's conversation, when ingest saw the tweet (route forgets "
-        "the tweet there); none: unknown, or the tweet began its conversation",
+        description="The deleted tweet's conversation, when ingest saw the tweet within its "
+        "deduplication window (route forgets the tweet there); none: unknown",
     )
     event_at: AwareDatetime = Field(description="When X reported the deletion")
     source: TweetSource
