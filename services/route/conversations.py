@@ -208,12 +208,15 @@ def without(state: ConversationState, tweet_id: str) -> ConversationState:
     kept, and it awaits no reply (an SLA alert would carry what its author took back). The
     decisions stay: ids and reasons, no text."""
 
-    def deleted(tweet: Tweet) -> bool:
-        return tweet_id in (tweet.id, tweet.edit_of)
+    named = state.recent.get(tweet_id)
+    post = named.tweet.edit_of if named is not None and named.tweet.edit_of else tweet_id
+
+    def deleted(tweet: Tweet) -> bool:  # every version of the post: its first and its edits
+        return post in (tweet.id, tweet.edit_of)
 
     recent = {i: r for i, r in state.recent.items() if not deleted(r.tweet)}
     awaiting = state.awaiting
-    if awaiting is not None and (awaiting.tweet_id == tweet_id or awaiting.tweet
+    if awaiting is not None and (awaiting.tweet_id in (tweet_id, post) or awaiting.tweet
                                  and deleted(awaiting.tweet)):  # fmt: skip
         awaiting = None
     return state.model_copy(update={"recent": recent, "awaiting": awaiting})

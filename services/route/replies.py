@@ -1,11 +1,12 @@
-"""Company replies read before the conversation they answer.
+"""Company replies, and deletions, read before the tweets they concern.
 
 A company's reply goes from ingest straight to ``switchboard.tweets.brand``, while the tweet it
 answers goes through classify first: when classify lags (a burst, a restart), route reads the
 reply first, with no conversation to mark answered. Without a note of it, the tweet read later
 would wait for a reply already given and raise an SLA alert for an answered conversation.
 ``EarlyReplies`` keeps that note; a conversation route holds keeps its own
-(``ConversationState.replied_at``).
+(``ConversationState.replied_at``). A deletion skips classify the same way: ``EarlyDeletions``
+notes the tweets deleted before route read them, which route then drops instead of routing.
 """
 
 from __future__ import annotations
@@ -37,3 +38,28 @@ class EarlyReplies:
         known = self.get(conversation_id)
         if known is None or written > known:
             self.memory.put(conversation_id, written.isoformat())
+
+
+EARLY_DELETIONS_KEPT = 32  # per conversation: deletions read before their tweets
+
+
+class EarlyDeletions:
+    """The tweets deleted before route read them, by conversation id, kept as EarlyReplies
+    are (one to two conversation TTLs, with the partition's owner)."""
+
+    def __init__(self, app: faust.App, partitions: int, ttl_hours: float) -> None:
+        self.memory = TtlMemory(
+            app, "early-deletions", partitions, ttl_hours * 3600, default=list,
+            help="tweets deleted before route read them, by conversation",
+        )  # fmt: skip
+
+    def deleted(self, conversation_id: str, tweet_id: str, edit_of: str | None = None) -> bool:
+        """Whether this tweet, or the post it is a version of, was deleted."""
+        found = self.memory.get(conversation_id) or []
+        return tweet_id in found or (edit_of is not None and edit_of in found)
+
+    def add(self, conversation_id: str, tweet_id: str) -> None:
+        """Note it; must run inside the stream of a record of the conversation's partition."""
+        found = list(self.memory.get(conversation_id) or [])
+        if tweet_id not in found:
+            self.memory.put(conversation_id, [*found, tweet_id][-EARLY_DELETIONS_KEPT:])

@@ -59,6 +59,14 @@ class Outcome:
     reasons: list[str] = field(default_factory=list)
 
 
+def drop_deleted(outcome: Outcome) -> None:
+    """A tweet its author deleted before route read it: counted as dropped, sent nowhere,
+    alerting no one and awaiting no reply."""
+    outcome.destination, outcome.escalated, outcome.sla_due_at = "dropped", False, None
+    outcome.copies = []
+    outcome.reasons.append("deleted by its author before route read it")
+
+
 def rules_version(policy: RouteConfig) -> str:
     """A fingerprint of the routing policy; it travels in every routed message."""
     return "rules-" + hashlib.sha256(policy.model_dump_json().encode()).hexdigest()[:12]

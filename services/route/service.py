@@ -30,8 +30,8 @@ from faust.types import TP
 from switchboard.route import conversations, feedback, metrics
 from switchboard.route.config import RouteFileConfig
 from switchboard.route.ops import OpsView, ops_router
-from switchboard.route.replies import EarlyReplies
-from switchboard.route.rules import Outcome, evaluate, rules_version
+from switchboard.route.replies import EarlyDeletions, EarlyReplies
+from switchboard.route.rules import Outcome, drop_deleted, evaluate, rules_version
 from switchboard.route.settings import RouteSettings
 from switchboard.route.spikes import Spike, SpikeKeys, SpikeTally, SpikeWindows
 from switchboard.shared import metrics as shared_metrics
@@ -99,6 +99,9 @@ class RouteService:
             self.app, self.streams.partitions, self.config.route.conversations.ttl_hours
         )
         self.early_replies = EarlyReplies(
+            self.app, self.streams.partitions, self.config.route.conversations.ttl_hours
+        )
+        self.early_deletions = EarlyDeletions(
             self.app, self.streams.partitions, self.config.route.conversations.ttl_hours
         )
         self.spike_windows = SpikeWindows(
@@ -207,6 +210,8 @@ class RouteService:
                 self._tally_spikes(event, before.destination, before.department)
             return self.republish(event, before)
         outcome = evaluate(event, self.config, state, now)
+        if self.early_deletions.deleted(key, event.tweet.id, event.tweet.edit_of):
+            drop_deleted(outcome)
         routed, alert, outputs = self._publications(event, self._decision(outcome))
         self.ops.on_routed(routed)
         if alert is not None:
@@ -435,16 +440,14 @@ class RouteService:
             return [due]
         now = datetime.now(UTC)
         state = self._state(due.conversation_id)
+        if due.reason == "deleted":
+            self._deleted(due.conversation_id, due.tweet_id, state, now)
+            return []
         if state is None:
             self.due.forget(due.conversation_id)
             return []
         if not conversations.active(state, now, self.config.route.conversations.ttl_hours):
             self._forget(state.conversation_id)
-            return []
-        if due.reason == "deleted":
-            if due.tweet_id and (kept := conversations.without(state, due.tweet_id)) != state:
-                self._remember(kept)
-                log.info("a deleted tweet forgotten", extra={"tweet_id": due.tweet_id})
             return []
         self.due.track(state)  # still active: a later sweep may report it again
         if due.reason != "sla":
@@ -463,6 +466,25 @@ class RouteService:
                      extra={"conversation_id": state.conversation_id})  # fmt: skip
             return []
         return self.sla_breach(state, now, message.offset)
+
+    def _deleted(
+        self,
+        conversation_id: str,
+        tweet_id: str | None,
+        state: ConversationState | None,
+        now: datetime,
+    ) -> None:
+        """Forget a deleted tweet in its conversation; one not routed yet (its deletion came
+        first, past classify) is noted, and dropped when it comes."""
+        if not tweet_id:
+            return
+        ttl = self.config.route.conversations.ttl_hours
+        active = state if conversations.active(state, now, ttl) else None
+        if active is None or conversations.decided(active, tweet_id) is None:
+            self.early_deletions.add(conversation_id, tweet_id)
+        if active is not None and (kept := conversations.without(active, tweet_id)) != active:
+            self._remember(kept)
+            log.info("a deleted tweet forgotten", extra={"tweet_id": tweet_id})
 
     def _replies_read_until(self, partition: int, deadline: datetime) -> bool:
         """Whether every company reply written to this partition of ``switchboard.tweets.brand``

@@ -26,6 +26,7 @@ from switchboard.shared.events import (
     Author,
     BrandTweet,
     ComplianceEvent,
+    ConversationState,
     DecodeError,
     RoutedTweet,
     SpikeAlert,
@@ -484,15 +485,16 @@ async def test_a_deleted_tweet_raises_no_sla_alert_and_is_forgotten(
 ):
     """Its author deleted a critical tweet before anyone answered: no SLA alert carries what
     they took back, and the conversation no longer keeps its text; a reply in another
-    conversation deleted (ingest names its conversation) is forgotten there too. An
-    undeleted tweet beside them still alerts."""
+    conversation deleted (ingest names its conversation) is forgotten there too; a tweet whose
+    deletion route read first (it skips classify) is dropped when it comes. An undeleted tweet
+    beside them still alerts."""
     prefix = tag()
     sla = {"minutes": {"critical": 0.05, "high": 60, "normal": 600, "low": 6000},
            "check_interval_s": 0.2}  # fmt: skip
-    deleted, kept = [
+    deleted, kept, early = [
         a_classified_tweet("it_security", 0.9, "critical", id=f"{prefix}-{name}",
                            conversation_id=f"{prefix}-{name}")
-        for name in ("deleted", "kept")
+        for name in ("deleted", "kept", "early")
     ]  # fmt: skip
     follow_up = a_classified_tweet("it_security", 0.9, "normal", id=f"{prefix}-f",
                                    conversation_id=f"{prefix}-kept")  # fmt: skip
@@ -501,31 +503,40 @@ async def test_a_deleted_tweet_raises_no_sla_alert_and_is_forgotten(
         return ComplianceEvent(tweet_id=tweet_id, conversation_id=conversation_id,
                                event_at=datetime.now(UTC), source="webhook")  # fmt: skip
 
-    service = RouteService(route_settings(sla=sla))
-    async with running(service):
-        await send(producer, deleted, kept, follow_up)
-        await wait_for(lambda: service._state(f"{prefix}-kept") is not None  # noqa: SLF001
-                       and f"{prefix}-f" in service._state(f"{prefix}-kept").recent, 30)  # noqa: SLF001  # fmt: skip
-        for event in (
-            deletion(f"{prefix}-deleted", None),
-            deletion(f"{prefix}-f", f"{prefix}-kept"),
-        ):
+    async def delete(*events: ComplianceEvent) -> None:
+        for event in events:
             await producer.send_and_wait(
                 topics.COMPLIANCE, encode(event), key=event.tweet_id.encode()
             )
+
+    def state(name: str) -> ConversationState | None:
+        return service._state(f"{prefix}-{name}")  # noqa: SLF001
+
+    service = RouteService(route_settings(sla=sla))
+    async with running(service):
+        await delete(deletion(f"{prefix}-early", f"{prefix}-early"))
+        await wait_for(
+            lambda: service.early_deletions.deleted(f"{prefix}-early", f"{prefix}-early")
+        )
+        await send(producer, deleted, kept, follow_up, early)
+        await wait_for(lambda: state("kept") is not None and f"{prefix}-f" in state("kept").recent)
+        await delete(deletion(f"{prefix}-deleted", None), deletion(f"{prefix}-f", f"{prefix}-kept"))
         records = await read(
             [topics.ALERTS],
             lambda rs: any(getattr(a, "kind", "") == "sla_breach" for a in alerts_of(rs, prefix)),
         )
-        await asyncio.sleep(1.0)  # the deleted one is past its SLA too by now
-        records = await read([topics.ALERTS], lambda rs: False, timeout_s=1.0)
-        gone = service._state(f"{prefix}-deleted")  # noqa: SLF001
-        other = service._state(f"{prefix}-kept")  # noqa: SLF001
+        await asyncio.sleep(1.0)  # the deleted ones are past their SLA too by now
+        records = await read([topics.ALERTS, topics.DROPPED], lambda rs: False, timeout_s=1.0)
+        gone, other = state("deleted"), state("kept")
 
     breaches = [a for a in alerts_of(records, prefix) if getattr(a, "kind", "") == "sla_breach"]
     assert [a.tweet.id for a in breaches] == [f"{prefix}-kept"]
     assert gone is not None and gone.awaiting is None and gone.recent == {}
     assert list(other.recent) == [f"{prefix}-kept"]
+    [dropped] = [e for r, e in readable(records, RoutedTweet) if r.topic == topics.DROPPED
+                 and e.tweet.id == f"{prefix}-early"]  # fmt: skip
+    assert "deleted by its author before route read it" in dropped.route.reasons
+    assert not [a for a in alerts_of(records, prefix) if a.tweet.id == f"{prefix}-early"]
 
 
 async def test_a_conversation_idle_past_its_ttl_is_forgotten_and_tombstoned(

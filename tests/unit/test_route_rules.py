@@ -406,6 +406,20 @@ def test_a_reply_read_after_a_tweet_written_after_it_does_not_answer_that_tweet(
     assert state.awaiting is None and response is not None
 
 
+def test_a_deletion_of_any_version_forgets_every_version_of_the_post():
+    _, state = routed_state(classified("it_security", 0.9, "critical", conversation_id="c13",
+                                       id="v1", text="my account was hacked"))  # fmt: skip
+    for version in ("v2", "v3"):
+        _, state = routed_state(
+            classified("it_security", 0.9, "critical", conversation_id="c13", id=version,
+                       edit_of="v1", text="my account was hacked!!"), state=state,
+        )  # fmt: skip
+    _, state = routed_state(classified("it_security", 0.9, "normal", conversation_id="c13",
+                                       id="other"), state=state)  # fmt: skip
+    kept = conversations.without(state, "v2")  # X named a later version
+    assert list(kept.recent) == ["other"]
+
+
 def test_a_stricter_sla_from_a_later_tweet_names_that_tweet_and_keeps_the_clock():
     _, state = routed_state(classified("customer_service", 0.9, "normal", conversation_id="c10",
                                        id="n1"))  # fmt: skip
