@@ -111,6 +111,7 @@ class IngestService:
         self._apis: dict[str, XApi] = {}  # by credential: X counts rate limits per credential
         self.health = Health()
         self.stream: FilteredStream | None = None
+        self.live_sources: set[str] = set()  # the live sources run() started
         self._ready = False
         self.finished_backfill = asyncio.Event()
         self.archive = self._archive() if settings.archive is not None else None
@@ -203,10 +204,10 @@ class IngestService:
         work = [asyncio.create_task(c) for c in self._sources()]
         # Each live source started reports from now, not from its first tweet: a source silent
         # since a restart (its rules gone, a webhook unsubscribed) then raises SourceSilent.
-        started = {health.source for health in self.health.sources.values()}
+        self.live_sources = {health.source for health in self.health.sources.values()}
         if self.config.ingest.x.webhook.enabled:
-            started.add("webhook")
-        for source in started:
+            self.live_sources.add("webhook")
+        for source in self.live_sources:
             metrics.LAST_EVENT_TIMESTAMP.labels(source).set(time.time())
         backfill = [asyncio.create_task(self._backfilled(*job)) for job in self._backfills()]
         if not work and not backfill and not self.config.ingest.x.webhook.enabled:
@@ -518,8 +519,9 @@ class IngestService:
             if wait and not await self._first_copy_stored(tweet.id):
                 return await self.offer(tweet, wait=wait)  # it was not: this copy goes
             metrics.DUPLICATES_DROPPED.labels(tweet.source).inc()
-            # the source delivers (a backstop polling what the stream brought): not silent
-            metrics.LAST_EVENT_TIMESTAMP.labels(tweet.source).set(time.time())
+            if tweet.source in self.live_sources:  # it delivers (polling what the stream
+                # brought): not silent; a backstop's copies count for no source of their own
+                metrics.LAST_EVENT_TIMESTAMP.labels(tweet.source).set(time.time())
             return "duplicate"
         self.seen.in_conversation(tweet.id, tweet.conversation_id)
         trace = Trace(ingested_at=utc_now())

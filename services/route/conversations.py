@@ -203,13 +203,19 @@ def after_brand_reply(
     return state.model_copy(update=update), response
 
 
+def post_of(state: ConversationState | None, tweet_id: str) -> str:
+    """The first version of the post ``tweet_id`` is a version of, when route remembers it
+    (X gives each edit an id of its own)."""
+    named = state.recent.get(tweet_id) if state is not None else None
+    return named.tweet.edit_of if named is not None and named.tweet.edit_of else tweet_id
+
+
 def without(state: ConversationState, tweet_id: str) -> ConversationState:
     """The conversation once X deleted ``tweet_id`` (and so its edits): its text is no longer
     kept, and it awaits no reply (an SLA alert would carry what its author took back). The
     decisions stay: ids and reasons, no text."""
 
-    named = state.recent.get(tweet_id)
-    post = named.tweet.edit_of if named is not None and named.tweet.edit_of else tweet_id
+    post = post_of(state, tweet_id)
 
     def deleted(tweet: Tweet) -> bool:  # every version of the post: its first and its edits
         return post in (tweet.id, tweet.edit_of)

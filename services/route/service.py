@@ -3,8 +3,10 @@
 A faust-streaming app. Its agent consumes ``switchboard.tweets.classified``,
 ``switchboard.tweets.brand``, ``switchboard.feedback.requests`` (corrections) and its own
 ``switchboard.route.due``, all keyed by conversation id and co-partitioned (faust assigns
-partition n of each to the same replica). For each inbound tweet it publishes a RoutedTweet on
-exactly one primary topic (``switchboard.dept.<department>``, ``switchboard.triage`` or
+partition n of each to the same replica); another agent hands each deletion on
+``switchboard.compliance`` (keyed by tweet id) to its conversation's owner through
+``switchboard.route.due``. For each inbound tweet it publishes a RoutedTweet on exactly one
+primary topic (``switchboard.dept.<department>``, ``switchboard.triage`` or
 ``switchboard.dropped``), copies on other departments' topics when a rule says so, and an Alert
 on ``switchboard.alerts`` when escalated. Each conversation (owner, highest urgency, the tweet
 awaiting a reply) lives in the faust table ``conversations``, whose changelog is the compacted
@@ -112,13 +114,16 @@ class RouteService:
             self.app, self.name, self.handle, deferred=self.spike_tally.drain
         )
         self.spike_acks = AckAfterPublish(self.app, self.name, self.on_spike_observation)
+        self.deletion_acks = AckAfterPublish(self.app, self.name, self.on_deletion)
         inputs = raw_topic(
-            self.app, topics.CLASSIFIED, topics.BRAND, topics.ROUTE_DUE, topics.FEEDBACK_REQUESTS,
-            topics.COMPLIANCE,
-        )  # fmt: skip
+            self.app, topics.CLASSIFIED, topics.BRAND, topics.ROUTE_DUE, topics.FEEDBACK_REQUESTS
+        )
         spikes = raw_topic(self.app, topics.ROUTE_SPIKES)
+        # keyed by tweet id, not co-partitioned: handed to the conversation's owner (route.due)
+        deletions = raw_topic(self.app, topics.COMPLIANCE)
         self.app.agent(inputs, name="route")(self.acks.agent)
         self.app.agent(spikes, name="route-spikes")(self.spike_acks.agent)
+        self.app.agent(deletions, name="route-deletions")(self.deletion_acks.agent)
         self.app.timer(self.config.route.sla.check_interval_s, name="route-sweep")(self.sweep)
         self.app.on_partitions_revoked.connect(self._on_rebalance)
         self.app.on_partitions_assigned.connect(self._on_rebalance)
@@ -154,7 +159,7 @@ class RouteService:
              topics.ROUTE_SPIKES, topics.FEEDBACK_REQUESTS, topics.FEEDBACK, topics.COMPLIANCE],
             self.config.topics.partitions,
             self.config.topics.replication_factor,
-            co_partitioned=self.streams.joined_topics(),
+            co_partitioned=[t for t in self.streams.joined_topics() if t != topics.COMPLIANCE],
         )  # fmt: skip
         await self.streams.start()
 
@@ -190,8 +195,6 @@ class RouteService:
             return self.on_due(message)
         if message.topic == topics.FEEDBACK_REQUESTS:
             return self.on_correction_request(message)
-        if message.topic == topics.COMPLIANCE:
-            return self.on_deletion(message)
         event = decode_or_dead_letter(message, ClassifiedTweet, self.name)
         if isinstance(event, Output):
             return [event]
@@ -202,6 +205,8 @@ class RouteService:
     ) -> list[Output]:
         key = event.tweet.conversation_id
         state = self._active(key, now)
+        if self.early_deletions.deleted(key, event.tweet.id, event.tweet.edit_of):
+            return self._routed_deleted(event, state, now)
         before = conversations.decided(state, event.tweet.id)
         if before is not None:
             if conversations.read_again(state, event.tweet.id, offset):
@@ -210,8 +215,6 @@ class RouteService:
                 self._tally_spikes(event, before.destination, before.department)
             return self.republish(event, before)
         outcome = evaluate(event, self.config, state, now)
-        if self.early_deletions.deleted(key, event.tweet.id, event.tweet.edit_of):
-            drop_deleted(outcome)
         routed, alert, outputs = self._publications(event, self._decision(outcome))
         self.ops.on_routed(routed)
         if alert is not None:
@@ -226,6 +229,24 @@ class RouteService:
                 metrics.AWAITING_REPLY.labels(awaited.handle or "none", awaited.department).inc()
             self._remember(new_state)
         self._tally_spikes(event, outcome.destination, outcome.department)
+        self._count(routed, outcome)
+        return outputs
+
+    def _routed_deleted(
+        self, event: ClassifiedTweet, state: ConversationState | None, now: datetime
+    ) -> list[Output]:
+        """A tweet deleted before route read it (deletions skip classify), or read again
+        after: counted as dropped, on switchboard.dropped without its text, alerting no one;
+        its conversation keeps nothing of it, nor of the post's other versions."""
+        outcome = evaluate(event, self.config, state, now)
+        drop_deleted(outcome)
+        textless = event.model_copy(update={"tweet": event.tweet.model_copy(update={"text": ""})})
+        routed, _, outputs = self._publications(textless, self._decision(outcome))
+        self.ops.on_routed(routed)
+        if state is not None:
+            kept = conversations.without(state, event.tweet.edit_of or event.tweet.id)
+            if kept != state:
+                self._remember(kept)
         self._count(routed, outcome)
         return outputs
 
@@ -474,14 +495,17 @@ class RouteService:
         state: ConversationState | None,
         now: datetime,
     ) -> None:
-        """Forget a deleted tweet in its conversation; one not routed yet (its deletion came
-        first, past classify) is noted, and dropped when it comes."""
+        """Forget a deleted tweet in its conversation, and note it and its post: a copy read
+        again, another version, or the tweet itself not routed yet (its deletion came first,
+        past classify) is dropped when it comes."""
         if not tweet_id:
             return
         ttl = self.config.route.conversations.ttl_hours
         active = state if conversations.active(state, now, ttl) else None
-        if active is None or conversations.decided(active, tweet_id) is None:
-            self.early_deletions.add(conversation_id, tweet_id)
+        # noted whether or not it was routed: a copy read again, or another version of the
+        # post still behind classify, must not be routed after its deletion
+        for deleted in dict.fromkeys((tweet_id, conversations.post_of(active, tweet_id))):
+            self.early_deletions.add(conversation_id, deleted)
         if active is not None and (kept := conversations.without(active, tweet_id)) != active:
             self._remember(kept)
             log.info("a deleted tweet forgotten", extra={"tweet_id": tweet_id})

@@ -305,6 +305,11 @@ def test_an_alert_urgency_without_an_sla_fails_naming_the_key():
     sla = {"minutes": {"critical": 15}, "alert_urgencies": ["critical", "high"]}
     with pytest.raises(ValidationError, match="sla.alert_urgencies: high has no entry in sla"):
         configured(sla=sla)
+    legal = [
+        {"name": "legal-sla", "when": {"urgencies": ["critical"]}, "then": {"sla_minutes": 60}}
+    ]  # a rule for another urgency gives high nothing
+    with pytest.raises(ValidationError, match="sla.alert_urgencies: high has no entry in sla"):
+        configured(legal, sla=sla)
     # a rule may give that urgency its SLA
     ruled = [{"name": "high-sla", "when": {"urgencies": ["high"]}, "then": {"sla_minutes": 60}}]
     assert configured(ruled, sla=sla).route.sla.alert_urgencies == [Urgency.CRITICAL, Urgency.HIGH]
