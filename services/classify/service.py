@@ -279,7 +279,8 @@ class ClassifyService:
                 await asyncio.wait_for(stop.wait(), timeout=self.options.reload_interval_s)
             if not stop.is_set():
                 try:
-                    await self.reload_if_changed()
+                    rejected = await self.reload_if_changed() == "failed"
+                    shared_metrics.CONFIG_REJECTED.labels(self.name).set(rejected)
                 except Exception:  # a bug: logged, and the watch goes on
                     log.exception("reading the configuration file failed")
 
@@ -287,11 +288,6 @@ class ClassifyService:
         """Serve the model the YAML file now describes, if it changed: loaded and warmed while
         the current one serves, then swapped between two batches. A file that does not load, or
         a model that does not, leaves the current model serving."""
-        outcome = await self._reload_if_changed()
-        shared_metrics.CONFIG_REJECTED.labels(self.name).set(outcome == "failed")
-        return outcome
-
-    async def _reload_if_changed(self) -> str:
         digest = file_digest(self.settings.config_file)
         if digest == self._config_digest:
             return "unchanged"

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Coroutine
-from typing import Any
 
 import httpx
 from rich.console import Console, Group
@@ -18,6 +16,7 @@ from rich.text import Text
 from switchboard.cli.stack import Stack, StackOptions, scrape
 from switchboard.cli.tally import Tally, percentile
 from switchboard.shared.labels import DEPARTMENTS
+from switchboard.shared.runtime import until_stopped
 
 
 def summary_view(
@@ -60,26 +59,6 @@ def summary_view(
             event.tweet.text.replace("\n", " "),
         )
     return Group(Panel(status, title="Switchboard"), counts, recent)
-
-
-async def until_stopped(starting: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
-    """Await ``starting`` unless ``stop`` is set first; then cancel it and say so (False).
-
-    Starting the stack takes seconds (the model loads before route and notify start): Ctrl-C
-    or SIGTERM in that time must stop at once, not once everything is up."""
-    start = asyncio.ensure_future(starting)
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        if not start.done():
-            start.cancel()
-            await asyncio.gather(start, return_exceptions=True)
-    if start.cancelled():
-        return False
-    start.result()  # a start that failed raises here
-    return True
 
 
 async def run_live(options: StackOptions) -> int:

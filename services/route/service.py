@@ -243,10 +243,7 @@ class RouteService:
         textless = event.model_copy(update={"tweet": event.tweet.model_copy(update={"text": ""})})
         routed, _, outputs = self._publications(textless, self._decision(outcome))
         self.ops.on_routed(routed)
-        if state is not None:
-            kept = conversations.without(state, event.tweet.edit_of or event.tweet.id)
-            if kept != state:
-                self._remember(kept)
+        self._forget_tweet(state, event.tweet.edit_of or event.tweet.id)
         self._count(routed, outcome)
         return outputs
 
@@ -460,10 +457,10 @@ class RouteService:
         if isinstance(due, Output):
             return [due]
         now = datetime.now(UTC)
-        state = self._state(due.conversation_id)
         if due.reason == "deleted":
-            self._deleted(due.conversation_id, due.tweet_id, state, now)
+            self._deleted(due.conversation_id, due.tweet_id, now)
             return []
+        state = self._state(due.conversation_id)
         if state is None:
             self.due.forget(due.conversation_id)
             return []
@@ -488,25 +485,22 @@ class RouteService:
             return []
         return self.sla_breach(state, now, message.offset)
 
-    def _deleted(
-        self,
-        conversation_id: str,
-        tweet_id: str | None,
-        state: ConversationState | None,
-        now: datetime,
-    ) -> None:
+    def _deleted(self, conversation_id: str, tweet_id: str | None, now: datetime) -> None:
         """Forget a deleted tweet in its conversation, and note it and its post: a copy read
         again, another version, or the tweet itself not routed yet (its deletion came first,
         past classify) is dropped when it comes."""
         if not tweet_id:
             return
-        ttl = self.config.route.conversations.ttl_hours
-        active = state if conversations.active(state, now, ttl) else None
+        active = self._active(conversation_id, now)
         # noted whether or not it was routed: a copy read again, or another version of the
         # post still behind classify, must not be routed after its deletion
         for deleted in dict.fromkeys((tweet_id, conversations.post_of(active, tweet_id))):
             self.early_deletions.add(conversation_id, deleted)
-        if active is not None and (kept := conversations.without(active, tweet_id)) != active:
+        self._forget_tweet(active, tweet_id)
+
+    def _forget_tweet(self, state: ConversationState | None, tweet_id: str) -> None:
+        """The conversation without a deleted tweet's post (conversations.without), kept."""
+        if state is not None and (kept := conversations.without(state, tweet_id)) != state:
             self._remember(kept)
             log.info("a deleted tweet forgotten", extra={"tweet_id": tweet_id})
 
@@ -676,7 +670,8 @@ class RouteService:
         while not stop.is_set():
             await asyncio.sleep(self.config.route.reload_interval_s)
             try:
-                self.reload_if_changed()
+                rejected = self.reload_if_changed() == "invalid"
+                shared_metrics.CONFIG_REJECTED.labels(self.name).set(rejected)
             except Exception:  # a bug: logged, and the watch goes on
                 log.exception("reading the configuration file failed")
 
@@ -688,7 +683,6 @@ class RouteService:
         digest = file_digest(self.settings.config_file)
         if digest == self._config_digest:
             self._rejected = None  # back to the file in force: a later bad one is news again
-            shared_metrics.CONFIG_REJECTED.labels(self.name).set(0)
             return "unchanged"
         try:
             config = _load_config(self.settings)
@@ -698,9 +692,7 @@ class RouteService:
                 self._rejected = (digest, str(error))
                 metrics.RULES_RELOADS.labels("invalid").inc()
                 log.error("new configuration rejected; keeping the current rules: %s", error)
-            shared_metrics.CONFIG_REJECTED.labels(self.name).set(1)
             return "invalid"
-        shared_metrics.CONFIG_REJECTED.labels(self.name).set(0)
         self._config_digest, self._rejected = digest, None
         # The windows' size and number are the tables' own and change at the next restart;
         # the bar (factor, min_count) and what is watched apply now.

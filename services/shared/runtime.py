@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Response
@@ -88,19 +88,23 @@ def track_readiness(service: Service) -> None:
     metrics.READY.labels(service.name).set_function(lambda: float(service.ready))
 
 
-async def _started_unless_stopped(service: Service, stop: asyncio.Event) -> bool:
-    """``service.start()``, given up when ``stop`` is set first: a start may wait long (a
-    table restoring), and a pod told to stop must not wait for it until it is killed."""
-    starting = asyncio.create_task(service.start(), name="start")
-    stopped = asyncio.create_task(stop.wait(), name="stop")
-    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    if not starting.done():
-        starting.cancel()
-        await asyncio.gather(starting, return_exceptions=True)
-        log.info("stopped while starting")
+async def until_stopped(starting: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Await ``starting`` unless ``stop`` is set first; then cancel it and say so (False).
+
+    A start may take long (the model loading, a table restoring; the stack's services one
+    after another): Ctrl-C or SIGTERM in that time must stop at once, not once it is up."""
+    start = asyncio.ensure_future(starting)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not start.done():
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+    if start.cancelled():
         return False
-    starting.result()  # a start that failed raises here
+    start.result()  # a start that failed raises here
     return True
 
 
@@ -132,8 +136,9 @@ async def run_service(make_service: Callable[[S], Service], settings: S) -> None
     http = asyncio.create_task(server.serve(), name="http")
     track_readiness(service)
     try:
-        if not await _started_unless_stopped(service, stop):
-            return  # a SIGTERM while it started (a table restoring): closed below, at once
+        if not await until_stopped(service.start(), stop):
+            log.info("stopped while starting")  # a table restoring: closed below, at once
+            return
         log.info("started", extra={"http_port": settings.port})
         work = asyncio.create_task(service.run(stop), name="work")
         stopped = asyncio.create_task(stop.wait(), name="stop")

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from switchboard.cli.live import until_stopped
+from switchboard.shared.runtime import until_stopped
 
 
 async def test_a_stop_while_starting_cancels_the_start():

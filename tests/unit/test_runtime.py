@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from switchboard.shared.runtime import _started_unless_stopped
+from switchboard.shared.runtime import until_stopped
 
 
 class _Restoring:
@@ -35,9 +35,9 @@ class _Quick:
 async def test_a_stop_while_starting_gives_the_start_up_at_once():
     service, stop = _Restoring(), asyncio.Event()
     asyncio.get_running_loop().call_later(0.05, stop.set)
-    started = await asyncio.wait_for(_started_unless_stopped(service, stop), 1)  # type: ignore[arg-type]
+    started = await asyncio.wait_for(until_stopped(service.start(), stop), 1)  # type: ignore[arg-type]
     assert started is False and service.cancelled
 
 
 async def test_a_start_that_ends_first_is_a_start():
-    assert await _started_unless_stopped(_Quick(), asyncio.Event())  # type: ignore[arg-type]
+    assert await until_stopped(_Quick().start(), asyncio.Event())  # type: ignore[arg-type]
