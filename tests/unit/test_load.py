@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -87,7 +88,11 @@ def test_a_step_is_sustained_only_when_it_keeps_up_in_rate_and_latency():
 def test_resource_sampler_reports_peak_rss_and_cpu_of_named_processes():
     sampler = ResourceSampler(lambda: {"me": os.getpid()})
     before = sampler.cpu_seconds()["me"]
-    sum(i * i for i in range(300_000))  # burn a little CPU
+    # burn CPU for sure: 50 ms of this process's own time (a fixed loop could get under one
+    # 10 ms clock tick of the kernel's count on a loaded machine)
+    burnt = time.process_time() + 0.05
+    while time.process_time() < burnt:
+        sum(i * i for i in range(10_000))
     sampler.sample()
     assert sampler.cpu_seconds()["me"] > before
     assert sampler.peak_rss_mb()["me"] > 10
