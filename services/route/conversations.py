@@ -14,13 +14,14 @@ from switchboard.route.rules import URGENCY_RANK, Outcome
 from switchboard.shared.events import (
     AwaitingReply,
     BrandTweet,
+    Classification,
     ClassifiedTweet,
     ConversationState,
     RecentTweet,
     RouteDecision,
     Tweet,
 )
-from switchboard.shared.labels import Urgency
+from switchboard.shared.labels import Department, Urgency
 
 # Decisions remembered per conversation: a republished tweet comes back within one re-delivered
 # batch or a restore, long before a conversation says this much more.
@@ -143,6 +144,7 @@ def _recent(
         urgency=event.classification.urgency,
         model_version=event.classification.model_version,
         ingested_at=event.trace.ingested_at,
+        classification=event.classification,
     )
     latest = {**recent, event.tweet.id: tweet}
     return dict(list(latest.items())[-RECENT:])
@@ -153,35 +155,72 @@ def _awaiting(
 ) -> AwaitingReply:
     """The first unanswered tweet keeps the clock (the response time counts from it); a
     stricter SLA from a later one wins, and its alert names that tweet, whose urgency set it."""
-    tweet = event.tweet
+    return _awaiting_after(
+        current, event.tweet, event.classification, event.trace.ingested_at,
+        outcome.department, event.classification.urgency, outcome.sla_due_at,
+    )  # fmt: skip
+
+
+def _awaiting_after(
+    current: AwaitingReply | None,
+    tweet: Tweet,
+    classification: Classification,
+    ingested_at: datetime,
+    department: Department,
+    urgency: Urgency,
+    due_at: datetime | None,
+) -> AwaitingReply:
     if current is not None:
-        stricter = outcome.sla_due_at is not None and (
-            current.due_at is None or outcome.sla_due_at < current.due_at
-        )
+        stricter = due_at is not None and (current.due_at is None or due_at < current.due_at)
         if not stricter:
             return current
         return current.model_copy(
             update={
                 "tweet_id": tweet.id,
                 "tweet": tweet,
-                "classification": event.classification,
+                "classification": classification,
                 "handle": tweet.addressed_handles[0] if tweet.addressed_handles else current.handle,
-                "urgency": event.classification.urgency,
-                "due_at": outcome.sla_due_at,
-                "department": outcome.department,
+                "urgency": urgency,
+                "due_at": due_at,
+                "department": department,
                 "breach_alerted": False,
             }
         )
     return AwaitingReply(
         tweet_id=tweet.id,
         handle=tweet.addressed_handles[0] if tweet.addressed_handles else None,
-        department=outcome.department,
-        urgency=event.classification.urgency,
-        received_at=max(tweet.created_at, event.trace.ingested_at),
-        due_at=outcome.sla_due_at,
+        department=department,
+        urgency=urgency,
+        received_at=max(tweet.created_at, ingested_at),
+        due_at=due_at,
         tweet=tweet,
-        classification=event.classification,
+        classification=classification,
     )
+
+
+def _still_unanswered(
+    state: ConversationState, answered_until: datetime | None, gone: str | None = None
+) -> AwaitingReply | None:
+    """What the conversation awaits once its awaited tweet is settled (answered up to
+    ``answered_until``, or deleted: every version of post ``gone``): the remembered tweets
+    written after the last reply and routed somewhere, taken in the order route read them, as
+    ``_awaiting`` took them. A customer who deletes a tweet and posts it again, or a reply
+    that answers the first of two tweets, leaves the other awaited."""
+    awaiting = None
+    for tweet_id, recent in state.recent.items():
+        decision = state.routed.get(tweet_id)
+        if recent.classification is None or decision is None or decision.destination == "dropped":
+            continue  # kept before labels were (an older version's state), or not routed
+        if gone is not None and gone in (recent.tweet.id, recent.tweet.edit_of):
+            continue
+        if answered_until is not None and _first_written(state, recent.tweet) <= answered_until:
+            continue
+        # the labels it is routed by now (a correction changes them), the SLA it was given
+        awaiting = _awaiting_after(
+            awaiting, recent.tweet, recent.classification, recent.ingested_at,
+            recent.department, recent.urgency, decision.sla_due_at,
+        )  # fmt: skip
+    return awaiting
 
 
 def after_brand_reply(
@@ -199,7 +238,9 @@ def after_brand_reply(
     answered_at = max(reply.tweet.created_at, reply.trace.ingested_at)
     seconds = max(0.0, (answered_at - awaited.received_at).total_seconds())
     response = Response(awaited, reply.handle, seconds)
-    update = {"awaiting": None, "updated_at": now, "replied_at": replied_at}
+    # a tweet written after the reply (read before it, behind a backlog) is still awaited
+    update = {"awaiting": _still_unanswered(state, replied_at), "updated_at": now,
+              "replied_at": replied_at}  # fmt: skip
     return state.model_copy(update=update), response
 
 
@@ -212,8 +253,9 @@ def post_of(state: ConversationState | None, tweet_id: str) -> str:
 
 def without(state: ConversationState, tweet_id: str) -> ConversationState:
     """The conversation once X deleted ``tweet_id`` (and so its edits): its text is no longer
-    kept, and it awaits no reply (an SLA alert would carry what its author took back). The
-    decisions stay: ids and reasons, no text."""
+    kept, and no reply to it is awaited (an SLA alert would carry what its author took back),
+    though the conversation's other unanswered tweets still are. The decisions stay: ids and
+    reasons, no text."""
 
     post = post_of(state, tweet_id)
 
@@ -224,7 +266,8 @@ def without(state: ConversationState, tweet_id: str) -> ConversationState:
     awaiting = state.awaiting
     if awaiting is not None and (awaiting.tweet_id in (tweet_id, post) or awaiting.tweet
                                  and deleted(awaiting.tweet)):  # fmt: skip
-        awaiting = None
+        # the conversation's other unanswered tweets are still owed a reply
+        awaiting = _still_unanswered(state, state.replied_at, gone=post)
     return state.model_copy(update={"recent": recent, "awaiting": awaiting})
 
 

@@ -278,6 +278,11 @@ class RecentTweet(Model):
     urgency: Urgency
     model_version: str
     ingested_at: AwareDatetime
+    classification: Classification | None = Field(
+        default=None,
+        description="The model's labels: what an SLA alert carries if this tweet becomes the "
+        "awaited one (its awaited tweet deleted or answered by a reply written before it)",
+    )
 
 
 class ConversationState(Event):

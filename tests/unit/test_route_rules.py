@@ -199,6 +199,7 @@ def decision(outcome) -> RouteDecision:
         confidence_threshold=0.45,
         rules_version="test",
         owner=outcome.owner,
+        sla_due_at=outcome.sla_due_at,
     )
 
 
@@ -423,6 +424,57 @@ def test_a_deletion_of_any_version_forgets_every_version_of_the_post():
                                        id="other"), state=state)  # fmt: skip
     kept = conversations.without(state, "v2")  # X named a later version
     assert list(kept.recent) == ["other"]
+
+
+def test_a_deleted_awaited_tweet_leaves_the_conversations_other_unanswered_tweets_awaited():
+    """Delete and post again: the new tweet is still owed a reply, on its own clock and SLA;
+    a dropped tweet, or one written before the company's last reply, is owed none."""
+    written = NOW - timedelta(minutes=20)
+    first = classified("customer_service", 0.9, "high", conversation_id="c14", id="d1",
+                       created_at=written)  # fmt: skip
+    _, state = routed_state(first)
+    state, _ = conversations.after_brand_reply(state, reply_in("c14", written), NOW)
+    posted = classified("customer_service", 0.9, "high", conversation_id="c14", id="d2",
+                        created_at=written + timedelta(minutes=1))  # fmt: skip
+    _, state = routed_state(posted, state=state)
+    drop_crypto = configured([{"name": "spam", "when": {"keywords": ["crypto"]},
+                               "then": {"drop": True}}])  # fmt: skip
+    spam = classified("customer_service", 0.9, "high", conversation_id="c14", id="d3",
+                      text="free crypto", created_at=written + timedelta(minutes=2))  # fmt: skip
+    dropped, state = routed_state(spam, config=drop_crypto, state=state)
+    assert dropped.destination == "dropped"
+    again = classified("customer_service", 0.9, "high", conversation_id="c14", id="d4",
+                       created_at=written + timedelta(minutes=3))  # fmt: skip
+    again_outcome, state = routed_state(again, state=state)
+    assert state.awaiting.tweet_id == "d2"
+    kept = conversations.without(state, "d2")
+    awaiting = kept.awaiting
+    assert awaiting is not None and awaiting.tweet_id == "d4"
+    assert awaiting.received_at == max(again.tweet.created_at, again.trace.ingested_at)
+    assert awaiting.due_at == again_outcome.sla_due_at is not None
+    assert awaiting.classification == again.classification and awaiting.tweet == again.tweet
+    assert conversations.without(kept, "d4").awaiting is None  # nothing else is owed a reply
+
+
+def test_a_reply_written_between_two_tweets_read_after_both_answers_only_the_first():
+    written = NOW - timedelta(minutes=20)
+    first = classified("customer_service", 0.9, "normal", conversation_id="c15", id="b1",
+                       created_at=written)  # fmt: skip
+    _, state = routed_state(first)
+    second = classified("customer_service", 0.9, "normal", conversation_id="c15", id="b2",
+                        created_at=written + timedelta(minutes=10))  # fmt: skip
+    second_outcome, state = routed_state(second, state=state)
+    state, response = conversations.after_brand_reply(
+        state, reply_in("c15", written + timedelta(minutes=5)), NOW
+    )
+    assert response is not None and response.awaited.tweet_id == "b1"
+    assert state.awaiting is not None and state.awaiting.tweet_id == "b2"
+    assert state.awaiting.due_at == second_outcome.sla_due_at
+    assert state.awaiting.received_at == max(second.tweet.created_at, second.trace.ingested_at)
+    state, response = conversations.after_brand_reply(
+        state, reply_in("c15", written + timedelta(minutes=11)), NOW
+    )
+    assert response.awaited.tweet_id == "b2" and state.awaiting is None
 
 
 def test_a_stricter_sla_from_a_later_tweet_names_that_tweet_and_keeps_the_clock():
