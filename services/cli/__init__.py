@@ -275,6 +275,7 @@ def demo(
     Exit status 1 when a tweet was lost or published twice.
     """
     from switchboard.cli.stack import Stack, sample_ids, stop_on_sigterm
+    from switchboard.cli.tally import delivered_intact
 
     stop_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="switchboard-demo-"))
@@ -303,7 +304,7 @@ def demo(
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     click.echo(json.dumps(summary, indent=None if as_json else 2))
-    sys.exit(1 if summary["lost"] or summary["duplicates"] else 0)
+    sys.exit(0 if delivered_intact(summary) else 1)
 
 
 @main.command()
@@ -341,6 +342,7 @@ def soak(
     was republished without a fault to explain it, or memory or lag kept growing.
     """
     from switchboard.cli.soak import soak as run_soak
+    from switchboard.cli.soak import soak_passed
     from switchboard.cli.stack import stop_on_sigterm
 
     stop_on_sigterm()
@@ -352,11 +354,7 @@ def soak(
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    # Restarted processes start their memory over: with faults, memory is reported, not judged.
-    healthy = (faults or summary["memory_stable"]) and summary["lag_stable"]
-    intact = not (summary["lost"] or summary["duplicates"] or summary["undelivered"])
-    explained = faults or not summary["republished"]
-    sys.exit(0 if healthy and intact and explained else 1)
+    sys.exit(0 if soak_passed(summary, faults) else 1)
 
 
 # --- configuration -------------------------------------------------------------------------------

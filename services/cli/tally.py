@@ -169,5 +169,10 @@ class Tally:
         }
 
 
+def delivered_intact(summary: dict) -> bool:
+    """The demo's verdict on a ``Tally.summary``: no tweet lost, none published twice."""
+    return not (summary["lost"] or summary["duplicates"])
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)

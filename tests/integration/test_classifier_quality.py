@@ -94,7 +94,10 @@ def test_every_source_of_real_tweets_is_reported(real_held_out):
     assert len(sources) >= 10  # one row per public dataset the test split draws on
 
 
-def test_the_written_held_out_split_meets_the_quality_targets(written_held_out):
+def test_the_written_held_out_split_keeps_its_figures_and_its_met_targets(written_held_out):
+    """Urgency macro-F1 and critical recall meet their targets (0.80, 0.95); department
+    macro-F1 does not meet its 0.90 since the model learnt real tweets, and is held at what it
+    reached (docs/classifier.md says why)."""
     figures = headline(written_held_out)
     assert figures["n"] >= 600
     assert figures["department_macro_f1"] >= WRITTEN_DEPARTMENT_MACRO_F1_REACHED - MARGIN, figures

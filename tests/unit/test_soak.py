@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from switchboard.cli.config import PipelineSettings
-from switchboard.cli.soak import SoakRecord, quarters, soak_config
+from switchboard.cli.soak import SoakRecord, quarters, soak_config, soak_passed
 from tests.conftest import CONFIG_FILE
 
 
@@ -49,3 +51,22 @@ def test_the_soak_configuration_makes_entries_expire_within_the_run(tmp_path):
     digests = [s.digest_minutes for s in config.notify.subscriptions if s.digest_minutes]
     assert digests and all(minutes == 0.02 * 60 for minutes in digests)
     assert config.handles == PipelineSettings.load(config_file=CONFIG_FILE).config.handles
+
+
+SOUND = {"memory_stable": True, "lag_stable": True, "lost": 0, "duplicates": 0,
+         "undelivered": 0, "republished": 0}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "faults"),
+    [({"lost": 1}, False), ({"duplicates": 1}, True), ({"undelivered": 1}, True),
+     ({"lag_stable": False}, True), ({"memory_stable": False}, False),
+     ({"republished": 3}, False)],
+)  # fmt: skip
+def test_the_soak_fails_on_a_loss_a_duplicate_a_delivery_not_made_or_growth(change, faults):
+    assert soak_passed(SOUND, faults)
+    assert not soak_passed({**SOUND, **change}, faults)
+
+
+def test_faults_explain_republished_tweets_and_restarted_memory():
+    assert soak_passed({**SOUND, "republished": 3, "memory_stable": False}, faults=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from switchboard.cli.tally import Tally, percentile
+from switchboard.cli.tally import Tally, delivered_intact, percentile
 from switchboard.notify.config import Subscription
 from switchboard.shared import topics
 from switchboard.shared.events import DeadLetter, DecodeError
@@ -34,6 +34,10 @@ def test_lost_and_duplicates():
     assert summary["lost"] == 1 and summary["duplicates"] == 1
     # each tweet counts where it was first published; the second publication is the duplicate
     assert summary["routed"] == {"customer_service": 2} and summary["triage"] == 0
+    assert not delivered_intact(summary)  # the demo exits 1
+    assert not delivered_intact({**summary, "lost": 0})
+    assert not delivered_intact({**summary, "duplicates": 0})
+    assert delivered_intact({**summary, "lost": 0, "duplicates": 0})
 
 
 def test_a_dead_lettered_tweet_is_accounted_for():
