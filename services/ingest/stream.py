@@ -209,6 +209,9 @@ class FilteredStream:
         self.last_sync: RuleSync | None = None
         self._relied_on: set[str] = set()  # foreign rule ids a handle depends on (sync_rules)
         self._alive_saved_at = 0.0
+        # Until when the alive checkpoint stays where it was: a connection that asked X to
+        # resend missed minutes has not read them yet (X sends the older posts first).
+        self._alive_held_until = 0.0
         self._fresh: list[Gap] = []  # the gaps opened since the backstop's last round began
         self._unrecovered: dict[str, list[Gap]] = {}  # handle: its gaps not read back yet
         self._restored = False  # the gaps an earlier process left are read at first connection
@@ -412,12 +415,16 @@ class FilteredStream:
         """One connection; returns how long to wait before the next, and why it ended."""
         headers = {"Authorization": f"Bearer {self.api.bearer_token}"}
         gap_from = self._alive_at()
-        url = self.api.stream_url(self._backfill_minutes(gap_from))
+        backfill_minutes = self._backfill_minutes(gap_from)
+        url = self.api.stream_url(backfill_minutes)
         opened_at: float | None = None
         try:
             async with session.get(url, headers=headers) as response:
                 if response.status == 429:
-                    reset_in = seconds_to_reset(response.headers, time.time())
+                    # the window's reset binds only once it is spent: TooManyConnections (the
+                    # app's one connection still open at X) waits a minute, doubling, as X says
+                    spent = response.headers.get("x-rate-limit-remaining") == "0"
+                    reset_in = seconds_to_reset(response.headers, time.time()) if spent else None
                     return self.policy.after_rate_limit(reset_in), await _why_429(response)
                 if response.status == 401 and self.api.renewed():
                     return 0.0, "token_renewed"  # regenerated: the new one goes at once
@@ -426,6 +433,9 @@ class FilteredStream:
                     log.error("stream refused", extra={"status": response.status, "body": body})
                     return self.policy.after_http_error(), f"http_{response.status}"
                 opened_at = time.monotonic()
+                # The resent minutes come first, and a crash while they come must leave the
+                # gap as it was: held as long as what was asked for, then it moves on.
+                self._alive_held_until = time.time() + backfill_minutes * 60
                 await self._opened(gap_from)
                 await self._read(response)
                 return self._after_drop(opened_at), "closed_by_server"
@@ -491,6 +501,8 @@ class FilteredStream:
         now = time.time()
         if self.checkpoints is None or (not force and now - self._alive_saved_at < ALIVE_EVERY_S):
             return
+        if now < self._alive_held_until:
+            return  # the backfill asked for may not be read yet
         self._alive_saved_at = now
         if self.stored is not None:
             await self.stored()  # the tweets read before now are stored, or this raises

@@ -949,8 +949,7 @@ class HubSpotChannel(HttpChannel):
             return None
         if response.headers.get("x-hubspot-ratelimit-daily-remaining") == "0" or _daily(response):
             return until_midnight(datetime.now(UTC), self.time_zone)
-        interval = response.headers.get("x-hubspot-ratelimit-interval-milliseconds")
-        return int(interval) / 1000 if interval and interval.isdigit() else None
+        return _rate_window_s(response)
 
     async def deliver(self, job: Job) -> Done:
         target = job.subscription.hubspot or HubSpotTarget()  # optional: the defaults
@@ -1019,7 +1018,7 @@ class HubSpotChannel(HttpChannel):
         )
         answer = json_of(response)
         if response.status_code == 207 or answer.get("errors"):
-            raise hubspot_batch_error(answer)
+            raise hubspot_batch_error(answer, _rate_window_s(response))
         [result] = answer.get("results") or [{}]
         return result.get("id"), bool(result.get("new"))
 
@@ -1048,6 +1047,7 @@ def transcript(parts: list[str], limit: int) -> str:
 
 
 HUBSPOT_LOCK_WAIT_S = 2.0  # HubSpot's "Error handling": a 423 lock lasts 2 seconds
+HUBSPOT_RATE_WINDOW_S = 10.0  # its burst limit counts requests per 10 seconds
 HUBSPOT_TRANSIENT_CATEGORIES = frozenset({"RATE_LIMITS", "CONFLICT", "LOCKED"})
 
 
@@ -1064,10 +1064,18 @@ def json_of(response: httpx.Response) -> Any:
         ) from None
 
 
-def hubspot_batch_error(answer: dict) -> DeliveryError:
+def _rate_window_s(response: httpx.Response) -> float:
+    """HubSpot's rate-limit window: what its header says, else its documented 10 seconds."""
+    interval = response.headers.get("x-hubspot-ratelimit-interval-milliseconds")
+    return int(interval) / 1000 if interval and interval.isdigit() else HUBSPOT_RATE_WINDOW_S
+
+
+def hubspot_batch_error(answer: dict, rate_window_s: float = 0.0) -> DeliveryError:
     """A 207's errors as one DeliveryError: retryable only when every error is of the moment
     (HubSpot's own 5xx, a rate limit, a conflict or a lock: an item's ``status`` is the HTTP
-    status it would have had alone)."""
+    status it would have had alone). A rate-limited item waits out HubSpot's window
+    (``rate_window_s``): retried after a lock's 2 seconds, every attempt would fall within
+    the same 10-second window and the delivery be parked for nothing."""
     errors = [e for e in answer.get("errors") or [] if isinstance(e, dict)]
     described = "; ".join(
         f"{e.get('status', '?')} {e.get('category', '')}: {e.get('message', '')}".strip()
@@ -1083,10 +1091,12 @@ def hubspot_batch_error(answer: dict) -> DeliveryError:
         )
 
     retryable = bool(errors) and all(transient(e) for e in errors)
+    limited = any(e.get("category") == "RATE_LIMITS" for e in errors)
+    wait_s = max(HUBSPOT_LOCK_WAIT_S, rate_window_s if limited else 0.0)
     return DeliveryError(
         f"HTTP 207: {described or 'errors without detail'}",
         retryable=retryable,
-        retry_after_s=HUBSPOT_LOCK_WAIT_S if retryable else None,
+        retry_after_s=wait_s if retryable else None,
         answered=True,
     )
 

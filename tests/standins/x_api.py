@@ -163,14 +163,17 @@ def _invalid_request(parameter: str, value: str, message: str) -> web.Response:
     return _json(body, 400)
 
 
-def _too_many_connections() -> web.Response:
+def _too_many_connections(window: dict[str, str]) -> web.Response:
+    """X's 429 when the app's one connection is still open at X: the window is not spent."""
     body = {
         "title": "ConnectionException",
         "detail": "This stream is currently at the maximum allowed connection limit.",
         "connection_issue": "TooManyConnections",
         "type": PROBLEMS + "streaming-connection",
     }
-    return _json(body, 429, content_type="application/problem+json")
+    response = _json(body, 429, content_type="application/problem+json")
+    response.headers.update(window)
+    return response
 
 
 def _usage_capped() -> web.Response:
@@ -611,7 +614,7 @@ class XApiStandIn:
         if failure.status == USAGE_CAPPED:
             return _usage_capped()
         if failure.status == TOO_MANY_CONNECTIONS:
-            return _too_many_connections()
+            return _too_many_connections(self._stream_window(time.time(), self.stream_attempts))
         if failure.status != 429:
             return _problem(failure.status or 503)
         limit = self._window_for(request)
@@ -810,17 +813,25 @@ class XApiStandIn:
 
     # ----------------------------------------------------------------------- filtered stream
 
+    def _stream_window(self, now: float, earlier: list[float]) -> dict[str, str]:
+        """The connection window's headers, as X sends them on every answer of the stream
+        endpoint (its 429s included): 50 attempts per 15 minutes by default; ``earlier``:
+        the attempts before this one."""
+        limit, window_s = self._stream_budget
+        recent = [t for t in earlier if t > now - window_s]
+        window_start = recent[0] if recent else now
+        return {
+            "x-rate-limit-limit": str(limit),
+            "x-rate-limit-remaining": str(max(limit - len(recent) - 1, 0)),
+            "x-rate-limit-reset": str(math.ceil(window_start + window_s)),
+        }
+
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         now = time.time()
         self.stream_attempts.append(now)
         limit, window_s = self._stream_budget
         recent = [t for t in self.stream_attempts[:-1] if t > now - window_s]
-        window_start = recent[0] if recent else now
-        headers = {
-            "x-rate-limit-limit": str(limit),
-            "x-rate-limit-remaining": str(max(limit - len(recent) - 1, 0)),
-            "x-rate-limit-reset": str(math.ceil(window_start + window_s)),
-        }
+        headers = self._stream_window(now, self.stream_attempts[:-1])
         if len(recent) >= limit:
             self.rate_limited.append((now, request.path))
             return _problem(429, {**headers, "x-rate-limit-remaining": "0"})

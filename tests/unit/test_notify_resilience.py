@@ -112,6 +112,14 @@ def test_a_hubspot_batch_item_of_the_moment_is_retried_a_refused_one_is_not(erro
     assert (error.retryable, error.answered) == (retryable, True)
 
 
+def test_a_rate_limited_hubspot_batch_item_waits_out_the_window_a_lock_two_seconds():
+    limited = [{"status": "error", "category": "RATE_LIMITS", "message": "ten secondly"}]
+    locked = [{"status": "423", "category": "LOCKED", "message": "locked"}]
+    answer = {"status": "COMPLETE", "results": []}
+    assert hubspot_batch_error({**answer, "errors": limited}, 10.0).retry_after_s == 10.0
+    assert hubspot_batch_error({**answer, "errors": locked}, 10.0).retry_after_s == 2.0
+
+
 def test_an_answer_that_is_not_json_is_a_failure_to_try_again():
     page = httpx.Response(200, text="<html>gateway</html>", headers={"content-type": "text/html"})
     with pytest.raises(DeliveryError, match="unreadable answer: HTTP 200 text/html") as raised:
