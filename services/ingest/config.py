@@ -96,6 +96,13 @@ class PollingConfig(Section):
     max_backoff_s: float = Field(
         default=900.0, gt=0, description="After failed polls the interval doubles up to this"
     )
+    first_poll_max_age_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="The first poll of a handle (no checkpoint: a handle just added, or the "
+        "checkpoints lost) publishes only what was written this recently; older history is "
+        "not routed as new (backfill it with a replay or an archive)",
+    )
 
 
 class WebhookConfig(Section):

@@ -3,7 +3,9 @@
 Each poll reads everything newer than the handle's checkpoint (all pages), hands it over
 oldest first, and only then moves the checkpoint, so a restart neither misses nor repeats.
 The first poll of a handle with no checkpoint reads one page (the latest ``max_results``)
-rather than the account's whole history; backfill older tweets with a replay or an archive.
+rather than the account's whole history, and publishes only what was written within
+``first_poll_max_age_hours``: a handle added to the configuration must not route months-old
+mentions and DMs as new work. Backfill older tweets with a replay or an archive.
 
 A failed poll never stops ingest: whatever went wrong (X refused, X or the network kept
 failing, a malformed page, the broker), the poller says so (``SourceHealth``, metrics, a log
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from switchboard.ingest import metrics
@@ -85,14 +88,38 @@ class Poller:
         assert self.checkpoints is not None  # only the stream's backstop reads without them
         since = self.checkpoints.get(self.checkpoint_key)
         items, users = await self.fetch_newer_than(since)
+        newest = max((_order(i) for i in items), default=-1)  # past what is not published too
+        if since is None:  # the first poll: the latest page, of which only the recent is news
+            items = self._recent_only(items)
         # An item without a numeric id cannot be ordered or checkpointed: it is handed over
         # first, and the service dead-letters what it cannot read.
         for item in sorted(items, key=_order):
             await deliver(self.handle, item, users)
-        newest = max((_order(i) for i in items), default=-1)
         if newest >= 0:
             await self.checkpoints.save(self.checkpoint_key, str(newest))
         return len(items)
+
+    def _recent_only(self, items: list[dict]) -> list[dict]:
+        recent = [i for i in items if not self._history(i)]
+        if skipped := len(items) - len(recent):
+            metrics.TWEETS_SKIPPED.labels(self.source, "before_first_poll").inc(skipped)
+            log.info("first poll: older items not published",
+                     extra={"source": self.source, "handle": self.handle.handle,
+                            "skipped": skipped,
+                            "max_age_hours": self.settings.first_poll_max_age_hours})  # fmt: skip
+        return recent
+
+    def _history(self, item: object) -> bool:
+        """Whether a first poll's item was written before ``first_poll_max_age_hours`` (an
+        item whose time cannot be read is handed over: the service dead-letters it)."""
+        written = item.get("created_at") if isinstance(item, dict) else None
+        try:
+            at = datetime.fromisoformat(written) if isinstance(written, str) else None
+        except ValueError:
+            return False
+        if at is None or at.tzinfo is None:
+            return False
+        return at < datetime.now(UTC) - timedelta(hours=self.settings.first_poll_max_age_hours)
 
     async def fetch_newer_than(self, since: str | None) -> tuple[list[dict], dict[str, dict]]:
         raise NotImplementedError

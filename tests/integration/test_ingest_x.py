@@ -185,11 +185,15 @@ async def test_mentions_resume_after_a_restart_with_no_loss_and_no_repeat(
             user_id=handle_id))  # fmt: skip
 
     first = [new_id() for _ in range(12)]  # three pages of five
-    for tweet_id in first:
-        x_api.add_mention(handle_id, x_api.make_tweet(tweet_id, "@AcmeHelp hi", ana["id"]))
+    last_year = (datetime.now(UTC) - timedelta(days=300)).isoformat().replace("+00:00", "Z")
+    for n, tweet_id in enumerate(first):
+        written = {"created_at": last_year} if n == 8 else {}  # on the latest page: history
+        x_api.add_mention(handle_id, x_api.make_tweet(tweet_id, "@AcmeHelp hi", ana["id"],
+                                                      **written))  # fmt: skip
+    skipped = ingest_metrics.TWEETS_SKIPPED.labels("mentions", "before_first_poll")._value.get()
 
     async with running(IngestService(settings())):
-        await read([topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, first)) >= 5)
+        await read([topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, first)) >= 4)
 
     # The first poll of a handle takes the latest page only; the rest is backfill's job.
     second = [new_id() for _ in range(7)]
@@ -203,8 +207,12 @@ async def test_mentions_resume_after_a_restart_with_no_loss_and_no_repeat(
         await wait_for(lambda: mention_reads_left() == 450 - len(mention_reads(x_api)))
 
     seen = ids_on(records, topics.RAW, RawTweet, first + second)
-    # Each once, nothing from before the restart (partitions interleave, so compare sorted).
-    assert sorted(seen) == sorted(first[-5:] + second)
+    # Each once, nothing from before the restart (partitions interleave, so compare sorted),
+    # and of the first page only what was written lately: a handle just added does not route
+    # last year's mentions as new work
+    assert sorted(seen) == sorted([*first[7:8], *first[9:], *second])
+    assert ingest_metrics.TWEETS_SKIPPED.labels("mentions", "before_first_poll")._value.get() \
+        == skipped + 1  # fmt: skip
     polls = [r for r in x_api.requests if r["path"] == f"/2/users/{handle_id}/mentions"]
     assert any(r["query"].get("since_id") == first[-1] for r in polls)
 
@@ -236,11 +244,12 @@ async def test_direct_messages_in_and_out(x_api, customers, ingest_settings, run
     ana, _ = customers
     inbound, reply = new_id(), new_id()
     conversation = f"42-{HELP_ID}"
+    lately = (datetime.now(UTC) - timedelta(hours=1)).isoformat().replace("+00:00", "Z")
     for event_id, sender, text in ((inbound, "42", "charged twice"), (reply, HELP_ID, "on it")):
         x_api.add_dm_event({"id": event_id, "event_type": "MessageCreate", "text": text,
                             "sender_id": sender, "dm_conversation_id": conversation,
                             "participant_ids": ["42", HELP_ID],
-                            "created_at": "2026-11-20T08:00:00.000Z"})  # fmt: skip
+                            "created_at": lately})  # fmt: skip
 
     async with running(IngestService(ingest_settings(dms=True))):
         records = await read(
@@ -277,7 +286,7 @@ async def test_a_user_token_rotated_in_its_file_is_read_again_after_x_refuses_it
         return {"id": event_id, "event_type": "MessageCreate", "text": "charged twice",
                 "sender_id": "42", "dm_conversation_id": conversation,
                 "participant_ids": ["42", HELP_ID],
-                "created_at": "2026-11-20T08:00:00.000Z"}  # fmt: skip
+                "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z")}  # fmt: skip
 
     x_api.add_dm_event(dm(before))
     service = IngestService(ingest_settings(dms=True, edit=user_token_in_file))
