@@ -91,6 +91,12 @@ X_API_ERRORS = Counter(
     "Failed X API calls and attempts, by endpoint and kind (http_503, network, timeout...)",
     ["endpoint", "kind"],
 )
+MENTIONS_BEYOND_REACH = Counter(
+    "switchboard_mentions_beyond_reach_total",
+    "Mention reads (a poll, or the stream's backstop) that reached X's 800 latest mentions of "
+    "the handle before the point they read back to: older mentions in the gap are lost to X",
+    ["handle"],
+)
 POLL_ERRORS = Counter(
     "switchboard_poll_errors_total", "Polls that failed and will be retried", ["source"]
 )

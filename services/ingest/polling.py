@@ -32,6 +32,7 @@ from switchboard.shared.kafka import KafkaPublishError
 
 log = logging.getLogger(__name__)
 
+MENTIONS_REACH = 800  # X's mentions timeline holds a handle's latest 800 mentions
 # (handle, item, users by id) for every tweet or DM event found
 Deliver = Callable[[HandleConfig, dict[str, Any], dict[str, dict]], Awaitable[None]]
 
@@ -143,6 +144,7 @@ class MentionsPoller(Poller):
             users |= _users(page)
             token = _next_token(page)
             if token is None or since is None:
+                self._beyond_reach(items, bounded=since is not None)
                 return items, users
 
     async def fetch_since_time(
@@ -166,7 +168,18 @@ class MentionsPoller(Poller):
             users |= _users(page)
             token = _next_token(page)
             if token is None:
+                self._beyond_reach(items, bounded=True)
                 return sorted(items, key=_order), users
+
+    def _beyond_reach(self, items: list[dict], *, bounded: bool) -> None:
+        """X keeps a handle's latest 800 mentions: a read back to a point that returns that
+        many may not have reached it, and what is older is out of X's reach. Said, counted."""
+        if not bounded or len(items) < MENTIONS_REACH:
+            return
+        metrics.MENTIONS_BEYOND_REACH.labels(self.handle.handle).inc()
+        log.warning("mentions read back to X's reach: older ones in the gap cannot be read",
+                    extra={"handle": self.handle.handle, "read": len(items),
+                           "reach": MENTIONS_REACH})  # fmt: skip
 
 
 class DirectMessagesPoller(Poller):

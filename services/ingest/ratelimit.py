@@ -121,6 +121,10 @@ class RateWindow:
                 )
                 self.window = turn.window if turn.window is not None else self.window
                 self.reset_at = turn.reset_at or self.reset_at
+                if self.remaining == 0 and not self.reset_at:
+                    # spent, and X named no reset: wait as for a 429 without one (a wait of
+                    # "until 0" would be no wait, and callers would spin)
+                    self.reset_at = self.clock() + DEFAULT_WAIT_S
             elif self.remaining is None and turn.answered_at is None:
                 pass  # no answer (a network error): the next caller probes again
             if self.remaining is not None:

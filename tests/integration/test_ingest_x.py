@@ -217,6 +217,34 @@ async def test_mentions_resume_after_a_restart_with_no_loss_and_no_repeat(
     assert any(r["query"].get("since_id") == first[-1] for r in polls)
 
 
+async def test_mentions_past_xs_reach_are_said_to_be_lost(
+    x_api, customers, ingest_settings, running, read
+):
+    """X keeps a handle's latest 800 mentions: a poll that finds that many since its
+    checkpoint (a long outage of ingest) says the older ones cannot be read, and counts it."""
+    ana, _ = customers
+    handle_id = x_api.add_user(new_id(), "AcmeHelp")["id"]
+    settings = ingest_settings(mentions=True, edit=lambda c: c["handles"][0].update(
+        user_id=handle_id))  # fmt: skip
+    first = new_id()
+    x_api.add_mention(handle_id, x_api.make_tweet(first, "@AcmeHelp hi", ana["id"]))
+    beyond = ingest_metrics.MENTIONS_BEYOND_REACH.labels("@AcmeHelp")._value.get()
+    async with running(IngestService(settings)):
+        await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [first]))
+    during_outage = [new_id() for _ in range(805)]
+    for tweet_id in during_outage:
+        x_api.add_mention(handle_id, x_api.make_tweet(tweet_id, "@AcmeHelp down?", ana["id"]))
+    async with running(IngestService(settings)):
+        records = await read(
+            [topics.RAW],
+            lambda rs: len(ids_on(rs, topics.RAW, RawTweet, during_outage)) >= 800, 120
+        )
+        await wait_for(lambda: ingest_metrics.MENTIONS_BEYOND_REACH.labels(
+            "@AcmeHelp")._value.get() == beyond + 1)  # fmt: skip
+
+    assert sorted(ids_on(records, topics.RAW, RawTweet, during_outage)) == during_outage[5:]
+
+
 def mention_reads(x_api) -> list[dict]:
     return [r for r in x_api.requests if r["path"].endswith("/mentions")]
 

@@ -81,6 +81,7 @@ GARBLE = 1  # a scripted "failure" answering 200 with a JSON body cut short
 USAGE_CAPPED = 2  # a scripted 429 whose problem is the spent usage cap, not the rate window
 TOO_MANY_CONNECTIONS = 3  # a scripted 429 of X's connection limit (handling-disconnections)
 MAX_BACKFILL_MINUTES = 5
+MENTIONS_REACH = 800  # the mentions timeline holds a user's latest 800 mentions
 ID_PATTERN = re.compile(r"^[0-9]{1,19}$")
 OPERATOR = re.compile(r"(?:^|[\s(])-?([A-Za-z_]+):")
 # The filtered stream's operators taking a value (docs.x.com, "Build a rule"); is:/has: included.
@@ -968,9 +969,10 @@ class XApiStandIn:
             if value is not None and not TIME_PATTERN.match(value):
                 message = f"Invalid '{name}':'{value}'. '{name}' must be a valid date"
                 return _invalid_request(name, value, message)
+        within_reach = _newest_first(self._mentions.get(user_id, {}).values())[:MENTIONS_REACH]
         tweets = _newest_first(
             tweet
-            for tweet in self._mentions.get(user_id, {}).values()
+            for tweet in within_reach
             if since < int(tweet["id"]) < until
             and (start_time is None or "since_id" in request.query
                  or _moment(tweet["created_at"]) >= _moment(start_time))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from switchboard.ingest.config import PollingConfig
 from switchboard.ingest.polling import MentionsPoller
-from switchboard.ingest.ratelimit import RateWindow, seconds_to_reset
+from switchboard.ingest.ratelimit import DEFAULT_WAIT_S, RateWindow, seconds_to_reset
 from switchboard.ingest.rules import StreamRule, plan_sync, rule_status, variants
 from switchboard.ingest.stream import ConnectionBudget, moment_of, snowflake_at
 from switchboard.ingest.xapi import RulesAnswer
@@ -50,6 +50,21 @@ async def test_calls_go_together_while_x_says_requests_remain():
     answer = {"x-rate-limit-remaining": "100", "x-rate-limit-reset": reset}
     await _callers(window, 1, answer)
     assert await _callers(window, 6, answer) == 6
+
+
+async def test_a_window_spent_without_a_reset_waits_rather_than_spins():
+    now = [1000.0]
+    window = RateWindow("app:main", "mentions", clock=lambda: now[0])
+    async with window.turn() as turn:
+        turn.answered({"x-rate-limit-remaining": "0"})  # X named no reset
+    assert window.reset_at == 1000.0 + DEFAULT_WAIT_S
+    waiting = asyncio.create_task(_callers(window, 1, {}))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # a caller waits for the reset
+    now[0] += DEFAULT_WAIT_S
+    async with window._changed:  # noqa: SLF001 - wake the waiter as an answer would
+        window._changed.notify_all()  # noqa: SLF001
+    assert await asyncio.wait_for(waiting, 5) == 1
 
 
 async def test_an_answer_that_comes_back_late_does_not_raise_what_remains():
