@@ -195,7 +195,9 @@ class Digests:
         if pending is None or subscription is None or now < due_at(pending, subscription):
             return
         listed = self.listed(pending)
-        outcome = await self._send(subscription, pending, listed)
+        outcome, deferred = await self._send(subscription, pending, listed)
+        if deferred:  # the relay turned some recipients away for now: theirs go one by one
+            await self._one_by_one(subscription, pending, listed, recipients=deferred)
         if outcome == "failed" and pending.failures + 1 < DIGEST_ATTEMPTS:
             period = timedelta(minutes=subscription.digest_minutes or 1)
             retry = {"retry_at": now + period, "failures": pending.failures + 1}
@@ -244,8 +246,9 @@ class Digests:
 
     async def _send(
         self, subscription: Subscription, pending: PendingDigest, items: list[RoutedTweet]
-    ) -> Literal["sent", "failed", "refused"]:
-        """Send the digest: ``refused`` when the relay refused it for good (5xx)."""
+    ) -> tuple[Literal["sent", "failed", "refused"], list[str]]:
+        """Send the digest: ``refused`` when the relay refused it for good (5xx); with the
+        recipients it turned away for now (4xx) while the others got it."""
         identity = digest_id(pending, items)
         message = render_digest(
             items, pending.count, subscription, self.options.email, identity, self.names
@@ -257,25 +260,30 @@ class Digests:
             refused = _refused_for_good(exc)
             log.error("digest not sent; " + ("refused" if refused else "kept for the next try"),
                       extra={"subscription": subscription.name, "error": str(exc)})  # fmt: skip
-            return "refused" if refused else "failed"
-        if refused:  # the others have it; a digest is not sent again for some recipients
+            return ("refused" if refused else "failed"), []
+        if refused:  # the others have it: the digest is not sent to them again
             metrics.EMAIL_RECIPIENTS_REFUSED.labels(subscription.name).inc(len(refused))
             log.warning("the mail relay refused some recipients of a digest; the others got it",
                         extra={"subscription": subscription.name, "refused": refused})  # fmt: skip
         metrics.DELIVERIES.labels("email_digest", "delivered").inc()
         log.info("digest sent", extra={"subscription": subscription.name, "tweets": pending.count})
-        return "sent"
+        return "sent", [address for address, reply in refused.items() if reply.startswith("4")]
 
     async def _one_by_one(
-        self, subscription: Subscription, pending: PendingDigest, items: list[RoutedTweet]
+        self,
+        subscription: Subscription,
+        pending: PendingDigest,
+        items: list[RoutedTweet],
+        recipients: list[str] | None = None,
     ) -> None:
         """Hand the digest's listed tweets over as deliveries of their own (redriven, so
-        retried and parked like any), before the digest forgets them."""
+        retried and parked like any), before the digest forgets them: to every recipient, or
+        to ``recipients`` alone (those the relay turned away for now)."""
         requests = [
             Output.of(topics.NOTIFICATIONS_REDRIVE, RedriveRequest(
                 delivery_id=f"{routed.tweet.id}:email:{subscription.name}",
                 subscription=subscription.name, department=routed.route.department,
-                routed=routed,
+                routed=routed, recipients=recipients,
             ), key=routed.tweet.conversation_id)
             for routed in items
         ]  # fmt: skip
@@ -283,4 +291,5 @@ class Digests:
         metrics.DELIVERIES.labels("email_digest", "one_by_one").inc()
         log.error("a digest that cannot be sent goes out one tweet at a time",
                   extra={"subscription": subscription.name, "tweets": len(items),
-                         "not_listed": pending.count - len(items)})  # fmt: skip
+                         "not_listed": pending.count - len(items),
+                         "recipients": recipients or "all"})  # fmt: skip

@@ -351,6 +351,45 @@ async def test_a_digest_the_relay_refuses_for_good_goes_out_one_tweet_at_a_time(
     assert all(d.outcome == "failed" and f"{gone}: 550" in (d.error or "") for d in failed.values())
 
 
+async def test_a_digest_recipient_refused_for_now_gets_its_tweets_one_by_one(
+    kafka, producer, running, inbox
+):
+    """Greylisting of a digest: the relay takes the digest for one mailbox and refuses the other
+    for now (450). The digest is not sent to the first again; the second is owed its tweets,
+    which go to it alone as emails of their own (retried and parked like any)."""
+    run = uuid.uuid4().hex[:6]
+    later, kept = f"dlater-{run}@switchboard.example", f"dkept-{run}@switchboard.example"
+    inbox.refuse(later, "450 4.2.0 Greylisted, try again later")
+    base = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    chatter = Subscription(name=f"grey-digest-{run}", departments=["community"], urgencies=["low"],
+                           to=[later, kept], digest_minutes=0.02)  # fmt: skip
+    notify = base.config.notify.model_copy(update={"subscriptions": [chatter]})
+    settings = NotifySettings.load(
+        config_file=CONFIG_FILE, kafka=kafka,
+        config=base.config.model_copy(update={"notify": notify}),
+        smtp=SmtpSettings(host="127.0.0.1", port=inbox.port),
+    )  # fmt: skip
+    low = [routed(f"dg{run}-{i}", "community", "low", f"sunny {run} {i}", settings)
+           for i in range(2)]  # fmt: skip
+    ids = {e.tweet.id for e in low}
+
+    def to(address: str) -> list:
+        return [m for m in inbox.messages() if m["X-Envelope-To"] == address]
+
+    async with running(NotifyService(settings)):
+        for event in low:
+            await producer.send_and_wait(event.route.topic, encode(event), key=b"conv-grey-d")
+        await wait_for(lambda: bool(to(kept)), timeout_s=30)
+        inbox.accept(later)  # the greylisting period is over
+        await wait_for(lambda: {m["X-Switchboard-Tweet-Id"] for m in to(later)} >= ids, 60)
+        await asyncio.sleep(1.0)  # anything sent twice arrives by now
+
+    [digest] = to(kept)
+    assert digest["X-Switchboard-Digest-Id"] and all(e.tweet.text in body(digest) for e in low)
+    singles = sorted(m["X-Switchboard-Tweet-Id"] for m in to(later))
+    assert singles == sorted(ids)  # each tweet once, to the mailbox that was owed it alone
+
+
 async def test_a_subscription_gets_one_digest_whichever_replicas_hold_its_tweets(
     own_kafka, own_producer, running, inbox
 ):
