@@ -164,6 +164,10 @@ class Channel(Protocol):
 
     async def deliver(self, job: Job) -> Done: ...
 
+    def partitions_moved(self) -> None:
+        """This replica's partitions changed: what it will deliver next may have been in
+        flight at another replica a moment ago."""
+
     async def close(self) -> None: ...
 
 
@@ -256,6 +260,9 @@ class EmailChannel:
         self._remaining.pop(delivery_id, None)
         self._adopted.pop(delivery_id, None)
 
+    def partitions_moved(self) -> None:
+        pass  # a parked delivery names whom it is still owed to (RedriveRequest.recipients)
+
     async def close(self) -> None:
         await self.mailer.close()
 
@@ -299,6 +306,9 @@ class HttpChannel:
         ``Retry-After`` (a refusal with such a wait is retried, whatever its status); None:
         the status and the backoff decide."""
         return None
+
+    def partitions_moved(self) -> None:
+        pass  # the vendor's own idempotency (a key, an upsert, a tag) finds what was in flight
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -492,8 +502,9 @@ class JiraChannel(HttpChannel):
 
     A notify that just started knows neither: the one before it may have created an issue just
     before it stopped or died, unrecorded on the ledger. So a search before a create waits until
-    ``search_settle_s`` has passed since the channel started (comments need no such wait: the
-    issue's comments are read directly, not searched)."""
+    ``search_settle_s`` has passed since the channel started, and since the replica's partitions
+    last moved (a replica long started takes a partition whose owner died mid-create); comments
+    need no such wait: the issue's comments are read directly, not searched."""
 
     name = "jira"
 
@@ -607,10 +618,14 @@ class JiraChannel(HttpChannel):
             )
         del self._uncertain[delivery_id]  # searched long enough: it did not happen
 
+    def partitions_moved(self) -> None:
+        self._started = time.monotonic()  # as if started now: the partitions' previous owner
+        # may have created an issue it could not record
+
     async def _settled_since_start(self) -> None:
-        """Wait until the search has had ``settle_s`` since this channel started: a create by
-        the notify before, unrecorded, may still be hidden from it. Not a retry: it takes
-        none of the delivery's attempts."""
+        """Wait until the search has had ``settle_s`` since this channel started (or its
+        partitions moved): a create by the notify before, unrecorded, may still be hidden from
+        it. Not a retry: it takes none of the delivery's attempts."""
         left = self.settle_s - (time.monotonic() - self._started)
         if left > 0:
             metrics.RECONCILE_WAITS.labels(self.name).inc()

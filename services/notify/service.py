@@ -175,9 +175,12 @@ class NotifyService:
             self.streams.check()
 
     async def _on_rebalance(self, app: Any, *_: Any, **__: Any) -> None:
-        """Partitions came or went: forget the index now, rebuild it once the table is."""
+        """Partitions came or went: forget the index now, rebuild it once the table is; the
+        channels learn that what comes next may have been in flight elsewhere."""
         self.parked_index.clear()
         self._index_stale = True
+        for channel in self.channels.values():
+            channel.partitions_moved()
 
     async def sweep_parked(self) -> None:
         """The timer, over this replica's partitions: count the parked deliveries

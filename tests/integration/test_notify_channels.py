@@ -628,6 +628,37 @@ async def test_a_jira_create_made_just_before_notify_restarted_is_found_not_repe
     assert waited >= 3.0  # it did not search before the issue could show (3 s after its create)
 
 
+async def test_a_jira_create_made_by_a_replica_that_died_is_found_by_the_one_taking_over(
+    vendors, notify_settings
+):
+    """A replica long started takes the partition of one that created an issue and died before
+    its ledger recorded it: it knows neither the create nor its id, and Jira's search does not
+    show the issue yet. Its partitions moved, so it waits as a notify just started does, and
+    finds the issue by the delivery's label: one issue."""
+    jira = vendors["jira"]
+    options = notify_settings(jira_settle_s=2.0).config.notify
+    [board] = [s for s in options.subscriptions if s.name == "legal-board"]
+    event = routed("legal", conversation=conversation())
+    job = Job(event, board, event.route.department, delivery_id(event, board))
+    mailer = SmtpMailer(SmtpSettings(host="127.0.0.1", port=free_port()))
+    died, taking_over = (channels_for(options, mailer)["jira"] for _ in range(2))
+    await asyncio.sleep(2.0)  # both long started: their start's wait is over
+    jira.search_lag_s = 1.5
+    try:
+        made = await died.deliver(job)  # answered; the replica dies before the ledger write
+        taking_over.partitions_moved()  # the rebalance gives it the partition
+        found = await taking_over.deliver(job)
+    finally:
+        await died.close()
+        await taking_over.close()
+
+    assert (made.action, found.action, found.external_id) == ("created", "created",
+                                                              made.external_id)  # fmt: skip
+    assert [i["key"] for i in jira.issues.values() if event.tweet.text in str(i["fields"])] == [
+        made.external_id
+    ]
+
+
 async def test_the_lost_create_of_a_deleted_issues_successor_is_found_not_repeated(
     vendors, notify_settings, producer, read, running
 ):
