@@ -933,12 +933,13 @@ class HubSpotChannel(HttpChannel):
     A ticket is opened (subject, pipeline stage, priority) by the conversation's first tweet;
     a later one leaves the stage an agent moved it to and the subject alone, and a critical
     tweet raises its priority. A ticket has one ``content``, which an upsert replaces: it is the
-    conversation's tweets so far (``Job.earlier`` and this one, the oldest dropped first past
-    HubSpot's limit), so an agent still reads the first complaint after the follow-ups, and a
-    retried upsert writes the same text. A ticket someone deleted is opened again. (A tweet of
-    a conversation the ledger forgot, ``ledger_retention_hours`` after its last delivery,
-    opens the ticket again: only the batch upsert is in HubSpot's contract here, which cannot
-    tell a new conversation from a forgotten one without a second request per ticket.)
+    conversation's first tweet and its latest (``Job.earlier``, as the ledger keeps them, and
+    this one; the oldest dropped first past HubSpot's limit), so an agent still reads the first
+    complaint after the follow-ups, and a retried upsert writes the same text. A ticket
+    someone deleted is opened again. (A tweet of a conversation the ledger forgot,
+    ``ledger_retention_hours`` after its last delivery, opens the ticket again: only the batch
+    upsert is in HubSpot's contract here, which cannot tell a new conversation from a
+    forgotten one without a second request per ticket.)
 
     HubSpot answers a batch whose inputs partly failed with 207 and the errors beside the
     results: that is a failed delivery, with HubSpot's error kept. Its 429 carries no

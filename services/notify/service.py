@@ -80,10 +80,18 @@ from switchboard.shared.streams import (
 log = logging.getLogger(__name__)
 
 GROUP_ID = "switchboard-notify"  # the faust app's id: its consumer group and table prefix
-# A HubSpot ticket's content shows the conversation's latest tweets, this many at most: the
-# ledger keeps them (a few hundred bytes each), and an agent reads the thread at HubSpot.
+# A HubSpot ticket's content shows the conversation's first tweet and its latest, this many
+# in all: the ledger keeps them (a few hundred bytes each), and an agent reads the thread at X.
 TRANSCRIPT_TWEETS = 10
 PARKED_SWEEP_S = 1.0  # how often a replica looks at its parked deliveries (redrives due)
+
+
+def transcript_kept(parts: list[str]) -> list[str]:
+    """What the ledger keeps of a thread's tweets for its next upsert: the first complaint,
+    which says what the conversation is about, and the latest, ``TRANSCRIPT_TWEETS`` in all."""
+    if len(parts) <= TRANSCRIPT_TWEETS:
+        return parts
+    return [parts[0], *parts[1 - TRANSCRIPT_TWEETS :]]
 
 
 def delivery_id(routed: RoutedTweet, subscription: Subscription) -> str:
@@ -372,7 +380,7 @@ class NotifyService:
             threads[thread_key] = done.external_id
         if done.kept is not None:
             kept = [*transcripts.get(thread_key, ()), done.kept]
-            transcripts[thread_key] = kept[-TRANSCRIPT_TWEETS:]
+            transcripts[thread_key] = transcript_kept(kept)
         recorded = entry.model_copy(
             update={
                 "deliveries": {**entry.deliveries, job.delivery_id: done.external_id},

@@ -33,6 +33,7 @@ from switchboard.notify.resilience import (
     retry_after_seconds,
     with_retries,
 )
+from switchboard.notify.service import TRANSCRIPT_TWEETS, transcript_kept
 from switchboard.shared.events import ParkedDelivery
 from switchboard.shared.labels import Department
 from tests.factories import a_classified_tweet, routed_from
@@ -354,3 +355,12 @@ def test_only_a_duplicate_of_the_upserted_external_id_is_a_race(message, fields,
     errors = [{"errorCode": "DUPLICATE_VALUE", "message": message, "fields": fields}]
     response = httpx.Response(400, json=errors, request=request)
     assert _lost_a_race(response, errors) is race
+
+
+def test_a_long_threads_transcript_keeps_its_first_complaint_and_its_latest_tweets():
+    parts = [f"tweet {n}" for n in range(1, 26)]
+    kept = transcript_kept(parts)
+    assert len(kept) == TRANSCRIPT_TWEETS
+    assert kept == ["tweet 1", *parts[-(TRANSCRIPT_TWEETS - 1) :]]
+    assert transcript_kept(parts[:3]) == parts[:3]
+    assert transcript_kept(transcript_kept(parts) + ["tweet 26"])[0] == "tweet 1"  # kept on
