@@ -326,6 +326,12 @@ class NotifyService:
             if parked is not None and forgettable(
                 parked.retry_at, parked.parked_at, now, retention
             ):
+                # said, so a person can still find it: the DLQ topic keeps the record until
+                # its own retention, `switchboard dlq` no longer lists it
+                log.warning("a parked delivery nobody redrove is forgotten",
+                            extra={"delivery_id": due.delivery_id, "channel": parked.channel,
+                                   "parked_at": parked.parked_at.isoformat(),
+                                   "error": parked.error})  # fmt: skip
                 self._unpark(due.delivery_id)
             return []
         entry = self.ledger_entry(due.conversation_id)

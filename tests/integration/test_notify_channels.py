@@ -1296,11 +1296,12 @@ async def test_deliveries_parked_while_a_target_is_down_go_out_by_themselves_onc
 
 
 async def test_a_rejection_nobody_redrives_is_forgotten_after_the_retention(
-    kafka, vendors, notify_settings, producer, read, running
+    kafka, vendors, notify_settings, producer, read, running, caplog
 ):
     """A delivery Salesforce rejected waits for a person: held parked, and listed by
     `switchboard dlq list`, until the ledger's retention has passed since, then forgotten by
-    notify and no longer listed (the DLQ topic keeps its record)."""
+    notify, with a warning naming it, and no longer listed (the DLQ topic keeps its record)."""
+    caplog.set_level("WARNING", logger="switchboard.notify.service")
     vendors["salesforce"].fail_next("/services", 400, count=1)
     event = routed("sales", conversation=conversation())
     # ten seconds: time to see it held and listed first on a loaded machine
@@ -1321,6 +1322,10 @@ async def test_a_rejection_nobody_redrives_is_forgotten_after_the_retention(
 
     assert "HTTP 400" in (shown.error or "") and shown.retry_at is None
     assert forgotten_after >= timedelta(seconds=10)
+    [said] = [r for r in caplog.records  # earlier tests' rejections may be forgotten too
+              if r.getMessage() == "a parked delivery nobody redrove is forgotten"
+              and r.delivery_id == refused.delivery_id]  # fmt: skip
+    assert "HTTP 400" in said.error
     assert await parked_deliveries(kafka, Filters(delivery_id=refused.delivery_id)) == []
     dlq = await read([topics.NOTIFICATIONS_DLQ],
                      lambda rs: deliveries(rs, event.tweet.conversation_id))  # fmt: skip
