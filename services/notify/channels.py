@@ -43,7 +43,12 @@ from switchboard.notify.config import (
     Subscription,
 )
 from switchboard.notify.mail import SmtpMailer, check_templates, render_email
-from switchboard.notify.resilience import TRANSIENT_STATUSES, DeliveryError, http_error
+from switchboard.notify.resilience import (
+    TRANSIENT_STATUSES,
+    DeliveryError,
+    RateLimiter,
+    http_error,
+)
 from switchboard.notify.sanitize import (
     Measure,
     chat,
@@ -183,11 +188,16 @@ class EmailChannel:
     name = "email"
 
     def __init__(
-        self, mailer: SmtpMailer, options: EmailConfig, names: Mapping[str, str] | None = None
+        self,
+        mailer: SmtpMailer,
+        options: EmailConfig,
+        names: Mapping[str, str] | None = None,
+        rate_per_s: float | None = None,
     ) -> None:
         self.mailer = mailer
         self.options = options
         self.names = names  # the departments' display names, by code
+        self._pace = RateLimiter(rate_per_s)  # delivery.rate_per_s: messages, tries included
         # delivery id: the recipients still to send it to (the others have it), for the
         # delivery's next try. A delivery parked keeps them (DeliveryError.recipients_left, on
         # its ParkedDelivery) for its redrive, by whichever replica owns it then.
@@ -218,6 +228,7 @@ class EmailChannel:
             self._forget_remaining(job.delivery_id)
             return Done("sent", message["Message-ID"])
         try:
+            await self._pace.wait()
             refused = await self.mailer.send(message, only)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             # Every recipient refused: trying again helps only if a refusal was temporary (4xx).
@@ -283,8 +294,12 @@ class HttpChannel:
             base_url=base_url, timeout=policy.timeout_s, limits=connections, **client
         )
         self._in_flight = asyncio.Semaphore(policy.concurrency)
+        # delivery.rate_per_s counts requests, as vendors do: a delivery makes several (a
+        # search, then a create or a comment), and each retry is one more
+        self._pace = RateLimiter(policy.rate_per_s.get(self.name))  # type: ignore[call-overload]
 
     async def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        await self._pace.wait()
         try:
             async with self._in_flight:
                 response = await self.http.request(method, url, **kwargs)
@@ -1125,7 +1140,8 @@ def channels_for(
     used = {s.channel for s in config.subscriptions}
     connections = config.connections
     check_templates(config.email, config.subscriptions)
-    channels: dict[str, Channel] = {"email": EmailChannel(mailer, config.email, names)}
+    email = EmailChannel(mailer, config.email, names, policy.rate_per_s.get("email"))  # type: ignore[call-overload]
+    channels: dict[str, Channel] = {"email": email}
     if "webhook" in used:
         secrets = {
             s.name: read_secret(s.webhook.secret, f"notify.subscriptions[{i}].webhook.secret")

@@ -248,7 +248,9 @@ class DeliveryPolicy(Section):
     )
     rate_per_s: dict[Channel, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict,
-        description="Most deliveries per second, per channel (a channel left out: no limit)",
+        description="Most requests per second to each channel's vendor, its retries and every "
+        "request of a delivery (a search, then a create) counted, as vendors count them; for "
+        "email, messages (a channel left out: no limit)",
     )
     concurrency: int = Field(
         default=16,

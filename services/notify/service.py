@@ -46,7 +46,6 @@ from switchboard.notify.resilience import (
     CircuitBreaker,
     CircuitOpen,
     DeliveryError,
-    RateLimiter,
     RedrivePolicy,
     next_redrive,
     with_retries,
@@ -123,7 +122,6 @@ class NotifyService:
             name: CircuitBreaker(name, policy.circuit_failures, policy.circuit_cooldown_s)
             for name in self.channels
         }
-        self.limiters = {name: RateLimiter(policy.rate_per_s.get(name)) for name in self.channels}  # type: ignore[call-overload]
         self.streams = StreamWorker(GROUP_ID, self.name, settings, state_dir=settings.state_dir)
         self.app = self.streams.app
         self.ledger = self.streams.table(
@@ -407,7 +405,6 @@ class NotifyService:
         name = job.subscription.channel
         if not self.breakers[name].allow():
             raise CircuitOpen(name)
-        await self.limiters[name].wait()
         policy = self.options.delivery
         return await with_retries(
             lambda: self._deliver_once(job), name, policy.attempts, policy.max_wait_s

@@ -628,6 +628,30 @@ async def test_a_jira_create_made_just_before_notify_restarted_is_found_not_repe
     assert waited >= 3.0  # it did not search before the issue could show (3 s after its create)
 
 
+async def test_a_channels_rate_counts_every_request_to_the_vendor(vendors, notify_settings):
+    """``delivery.rate_per_s`` spaces requests, as Zendesk counts them: each delivery makes
+    several (a search by external id, then a create), and none goes closer than the rate."""
+    zendesk = vendors["zendesk"]
+    options = notify_settings(rate_per_s={"zendesk": 10}).config.notify
+    [queue] = [s for s in options.subscriptions if s.name == "support-queue"]
+    mailer = SmtpMailer(SmtpSettings(host="127.0.0.1", port=free_port()))
+    channel = channels_for(options, mailer)["zendesk"]
+    events = [routed("customer_service", conversation=conversation()) for _ in range(3)]
+    first = len(zendesk.requests)
+    jobs = [Job(e, queue, e.route.department, delivery_id(e, queue)) for e in events]
+    try:
+        await asyncio.gather(*(channel.deliver(job) for job in jobs))
+    finally:
+        await channel.close()
+
+    sent = sorted(r["at"] for r in zendesk.requests[first:])
+    assert len(sent) >= 2 * len(events)  # more requests than deliveries
+    assert sent[-1] - sent[0] >= (len(sent) - 1) * 0.1 - 0.02  # ten a second at most
+    # none in a burst (arrivals, not sends: a loaded machine delays one more than the next)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
+    assert min(gaps) >= 0.05, gaps
+
+
 async def test_a_jira_create_made_by_a_replica_that_died_is_found_by_the_one_taking_over(
     vendors, notify_settings
 ):

@@ -329,6 +329,7 @@ class VendorStandIn:
                 "headers": dict(request.headers),
                 # the client's address and port: one per connection it opened
                 "peer": request.transport.get_extra_info("peername") if request.transport else None,
+                "at": time.monotonic(),
             }
         )
 
