@@ -37,7 +37,7 @@ from yarl import URL
 
 from switchboard.ingest import metrics
 from switchboard.ingest.config import XRetryConfig
-from switchboard.ingest.ratelimit import RateWindow
+from switchboard.ingest.ratelimit import RateWindow, Turn
 
 log = logging.getLogger(__name__)
 
@@ -352,11 +352,29 @@ class XApi:
                 turn.answered(e.response.headers)
                 metrics.X_API_ERRORS.labels(endpoint, f"http_{e.response.status}").inc()
                 raise XApiRefused(f"{endpoint}: HTTP {e.response.status}: {e}") from None
+            except aiohttp.ContentTypeError as e:
+                self._not_json(endpoint, turn, e)  # raises what the status means
+                raise
             turn.answered(response.headers)
             body = json.loads(await response.text())
         if not isinstance(body, dict):
             raise json.JSONDecodeError("the answer is not a JSON object", str(body)[:100], 0)
         return body
+
+    def _not_json(self, endpoint: str, turn: Turn, error: aiohttp.ContentTypeError) -> None:
+        """An error whose body is not JSON (a proxy's or an edge's page in front of X): tweepy
+        reads the body before the status, so it raises this instead of the status's exception.
+        The status still says what happened: a 429 waits for the window, a 401 reads the token
+        again, another 4xx is refused; a 5xx (returning) stays a failure to try again."""
+        status, headers = error.status, error.headers or {}
+        turn.answered(headers, limited=status == 429)
+        if status == 429:
+            raise _RateLimitedOnce from None
+        if 400 <= status < 500:
+            metrics.X_API_ERRORS.labels(endpoint, f"http_{status}").inc()
+            if status == 401 and self.renewed():
+                raise _TokenRenewed from None
+            raise XApiRefused(f"{endpoint}: HTTP {status} (a page, not X's JSON)") from None
 
     def renewed(self) -> bool:
         """Whether the credential's source now holds another token (it is then used): after X

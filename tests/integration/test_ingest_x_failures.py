@@ -76,6 +76,34 @@ async def test_server_errors_and_dropped_connections_never_stop_a_poller(
     assert recovered["degraded"] is False
 
 
+async def test_an_error_page_in_front_of_x_is_read_by_its_status(
+    x_api, customers, ingest_settings, running, read
+):
+    """An edge or a proxy in front of X answers with an HTML page, not X's JSON: a 429 page
+    still spends the rate window and is waited out (not retried at once as a network
+    error), and a 403 page is a refusal, not a failure to retry."""
+    ana, _ = customers
+    sent = new_id()
+    x_api.page_next(MENTIONS, 429, retry_after_s=1)
+    limited = value(ingest_metrics.RATE_LIMITED, "mentions")
+    network = value(ingest_metrics.X_API_ERRORS, "mentions", "network")
+    forbidden = value(ingest_metrics.X_API_ERRORS, "mentions", "http_403")
+    service = IngestService(ingest_settings(mentions=True))
+
+    async with running(service):
+        x_api.add_mention(HELP_ID, x_api.make_tweet(sent, "@AcmeHelp card blocked", ana["id"]))
+        await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [sent]))
+        health = service.health.of("mentions", "@AcmeHelp")
+        x_api.page_next(MENTIONS, 403)
+        await wait_for(lambda: health.state == "failing")
+        refused = service.readiness_detail()["sources"]["mentions:@AcmeHelp"]["last_error"]
+
+    assert value(ingest_metrics.RATE_LIMITED, "mentions") == limited + 1
+    assert value(ingest_metrics.X_API_ERRORS, "mentions", "http_403") == forbidden + 1
+    assert value(ingest_metrics.X_API_ERRORS, "mentions", "network") == network
+    assert "HTTP 403" in refused
+
+
 async def test_a_user_x_cannot_serve_and_a_spent_usage_cap_fail_the_poll_and_say_why(
     x_api, customers, ingest_settings, running, read
 ):

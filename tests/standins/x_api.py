@@ -138,6 +138,13 @@ def _problem(status: int, headers: dict[str, str] | None = None) -> web.Response
     return _json(body, status, headers, content_type="application/problem+json")
 
 
+def _error_page(status: int, headers: dict[str, str] | None = None) -> web.Response:
+    """An HTML error page, as an edge or a proxy in front of X sends it."""
+    reason = HTTPStatus(status).phrase
+    page = f"<html><head><title>{status} {reason}</title></head><body>{reason}</body></html>"
+    return web.Response(text=page, status=status, headers=headers, content_type="text/html")
+
+
 def _json(
     body: JsonDict,
     status: int = 200,
@@ -267,6 +274,7 @@ class _ScriptedFailure:
     status: int
     retry_after_s: float | None
     remaining: int
+    page: bool = False  # an HTML page, as a proxy or an edge in front of X answers
 
 
 @dataclass
@@ -465,6 +473,13 @@ class XApiStandIn:
         """The next ``count`` requests whose path starts with ``path_prefix`` get ``status``."""
         self._failures.append(_ScriptedFailure(path_prefix, status, retry_after_s, count))
 
+    def page_next(
+        self, path_prefix: str, status: int, *, retry_after_s: float | None = None
+    ) -> None:
+        """The next request under ``path_prefix`` gets ``status`` with an HTML page, as an edge
+        or a proxy in front of X answers (a 429 with the rate window's headers)."""
+        self._failures.append(_ScriptedFailure(path_prefix, status, retry_after_s, 1, page=True))
+
     def stop_failing(self, path_prefix: str) -> None:
         """Take back every scripted failure still waiting for ``path_prefix``."""
         self._failures = [f for f in self._failures if f.path_prefix != path_prefix]
@@ -617,7 +632,8 @@ class XApiStandIn:
         if failure.status == TOO_MANY_CONNECTIONS:
             return _too_many_connections(self._stream_window(time.time(), self.stream_attempts))
         if failure.status != 429:
-            return _problem(failure.status or 503)
+            status = failure.status or 503
+            return _error_page(status) if failure.page else _problem(status)
         limit = self._window_for(request)
         reset = math.ceil(time.time() + (failure.retry_after_s or 0.0))
         headers = {
@@ -626,6 +642,8 @@ class XApiStandIn:
             "x-rate-limit-reset": str(reset),
         }
         self.rate_limited.append((time.time(), request.path))
+        if failure.page:
+            return _error_page(429, headers)
         return _problem(429, headers)
 
     def _window_for(self, request: web.Request) -> _RateLimit | None:
