@@ -237,7 +237,8 @@ async def test_mentions_past_xs_reach_are_said_to_be_lost(
     async with running(IngestService(settings)):
         records = await read(
             [topics.RAW],
-            lambda rs: len(ids_on(rs, topics.RAW, RawTweet, during_outage)) >= 800, 120
+            lambda rs: len(ids_on(rs, topics.RAW, RawTweet, during_outage)) >= 800,
+            120,
         )
         await wait_for(lambda: ingest_metrics.MENTIONS_BEYOND_REACH.labels(
             "@AcmeHelp")._value.get() == beyond + 1)  # fmt: skip
