@@ -909,6 +909,11 @@ def webhook_poison(good: dict) -> list[Poison]:
         Poison("null_fields", body({**good, "user": None}), "not_a_tweet"),
         Poison("null_event", body(None), "invalid_tweet"),
         Poison("null_dm", _dumps(for_user_id=HELP_ID, direct_message_events=[None]), "not_a_dm"),
+        # a DM between two accounts neither of which is a handle: nobody's to route
+        Poison("others_dm", _dumps(for_user_id=HELP_ID, direct_message_events=[{
+            "type": "message_create", "id": "7", "message_create": {
+                "sender_id": "42", "target": {"recipient_id": "43"},
+                "message_data": {"text": "see you at 8"}}}]), "unaddressed"),
         Poison("json_null", b"null", "invalid_event"),
         Poison("megabyte_text", body({**good, "text": MEGABYTE}), "too_large"),
         Poison("invalid_utf8", b'{"for_user_id": "\xff"}', "invalid_utf8"),
@@ -982,6 +987,38 @@ async def test_ingest_dead_letters_poison_and_goes_on(
         assert letter.original_truncated == (len(original) > MAX_ORIGINAL_BYTES), case.case
     if source == "filtered_stream":  # read through, not dropped and reconnected
         assert x_api.stream_connections == 1
+
+
+async def test_a_polled_mention_ingest_cannot_read_is_dead_lettered_and_polling_goes_on(
+    x_api, customers, ingest_settings, running, read
+):
+    """A mention of a page X sent without its author (a field ingest needs) is dead-lettered
+    with the reason and its source, and the good mention beside it is published."""
+    ana, _ = customers
+    handle_id = x_api.add_user(new_id(), "AcmeHelp")["id"]
+    settings = ingest_settings(mentions=True, edit=lambda c: c["handles"][0].update(
+        user_id=handle_id))  # fmt: skip
+    broken, good = new_id(), new_id()
+    authorless = x_api.make_tweet(broken, "@AcmeHelp refund?", ana["id"])
+    del authorless["author_id"]
+    x_api.add_mention(handle_id, authorless)
+    x_api.add_mention(handle_id, x_api.make_tweet(good, "@AcmeHelp refund please", ana["id"]))
+    started = utc_now()
+
+    def ours(records: list) -> list[DeadLetter]:
+        letters = published(records, topics.DEADLETTER, DeadLetter)
+        return [x for x in letters if x.stage == "ingest" and x.failed_at >= started
+                and broken.encode() in x.original()]  # fmt: skip
+
+    async with running(IngestService(settings)):
+        records = await read(
+            [topics.RAW, topics.DEADLETTER],
+            lambda rs: ids_on(rs, topics.RAW, RawTweet, [good]) and ours(rs),
+        )
+
+    [letter] = ours(records)
+    assert (letter.reason, letter.source) == ("missing_field", "mentions")
+    assert ids_on(records, topics.RAW, RawTweet, [broken, good]) == [good]
 
 
 async def test_each_source_started_reports_from_the_start_not_from_its_first_tweet(
