@@ -68,6 +68,14 @@ class OpsView:
         elif route.destination == "department":
             self.recent.appendleft(line)
 
+    def forget(self, posts: set[str]) -> None:
+        """Tweets their authors deleted (each post: its first version's id, which its edits
+        name): off the page, which showed their text."""
+        for lines in (self.triage_queue, self.recent):
+            kept = [line for line in lines if line["post"] not in posts]
+            lines.clear()
+            lines.extend(kept)
+
     def on_alert(self, alert: Alert | SpikeAlert) -> None:
         if isinstance(alert, SpikeAlert):
             text = f"spike: {alert.dimension} {alert.value}, {alert.count} tweets"
@@ -155,6 +163,7 @@ def _tweet_line(routed: RoutedTweet, why: str) -> dict:
     return {
         "at": (routed.trace.routed_at or utc_now()).isoformat(),
         "tweet_id": routed.tweet.id,
+        "post": routed.tweet.edit_of or routed.tweet.id,
         "conversation_id": routed.tweet.conversation_id,
         "department": routed.route.department.value,
         "author": routed.tweet.author.username,

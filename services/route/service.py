@@ -494,9 +494,11 @@ class RouteService:
         active = self._active(conversation_id, now)
         # noted whether or not it was routed: a copy read again, or another version of the
         # post still behind classify, must not be routed after its deletion
-        for deleted in dict.fromkeys((tweet_id, conversations.post_of(active, tweet_id))):
+        posts = dict.fromkeys((tweet_id, conversations.post_of(active, tweet_id)))
+        for deleted in posts:
             self.early_deletions.add(conversation_id, deleted)
         self._forget_tweet(active, tweet_id)
+        self.ops.forget(set(posts))
 
     def _forget_tweet(self, state: ConversationState | None, tweet_id: str) -> None:
         """The conversation without a deleted tweet's post (conversations.without), kept."""

@@ -531,6 +531,7 @@ async def test_a_deleted_tweet_raises_no_sla_alert_and_is_forgotten(
         )
         await send(producer, deleted, kept, follow_up, early)
         await wait_for(lambda: state("kept") is not None and f"{prefix}-f" in state("kept").recent)
+        shown = {line["tweet_id"] for line in service.ops.recent}
         await delete(
             deletion(f"{prefix}-deleted", None),
             deletion(f"{prefix}-f", f"{prefix}-kept"),
@@ -545,11 +546,15 @@ async def test_a_deleted_tweet_raises_no_sla_alert_and_is_forgotten(
         await wait_for(lambda: state("deleted").awaiting is None)  # so it can never breach
         records = await read([topics.ALERTS, topics.DROPPED], lambda rs: False, timeout_s=1.0)
         gone, other = state("deleted"), state("kept")
+        shown_after = {line["tweet_id"] for line in service.ops.recent}
 
     breaches = [a for a in alerts_of(records, prefix) if getattr(a, "kind", "") == "sla_breach"]
     assert [a.tweet.id for a in breaches] == [f"{prefix}-kept"]
     assert gone is not None and gone.awaiting is None and gone.recent == {}
     assert list(other.recent) == [f"{prefix}-kept"]
+    # the ops page showed the deleted tweets' text; it no longer does
+    assert {f"{prefix}-f", f"{prefix}-deleted"} <= shown
+    assert shown_after == shown - {f"{prefix}-f", f"{prefix}-deleted"}
     dropped = {e.tweet.id: e for r, e in readable(records, RoutedTweet)
                if r.topic == topics.DROPPED and e.tweet.id.startswith(prefix)}  # fmt: skip
     assert set(dropped) == {f"{prefix}-early", f"{prefix}-late", f"{prefix}-deleted-2"}
