@@ -15,13 +15,23 @@ from tests.conftest import CONFIG_FILE
 
 
 @pytest.fixture
-def own_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Stack:
+def own_stack(stack_of: Callable[[Path], Stack]) -> Stack:
     """A stack (not started) with its own broker and inbox: the faults a test injects (kills,
     outages, bursts) must not reach the session's broker, which never expires a dead member."""
+    return stack_of(CONFIG_FILE)
+
+
+@pytest.fixture
+def stack_of(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[Path], Stack]:
+    """``stack_of(config_file)``: an own stack (see ``own_stack``) reading that file."""
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "SMTP_HOST", "SMTP_PORT"):
         monkeypatch.delenv(name, raising=False)
-    return Stack(StackOptions(workdir=tmp_path / "run", config_file=CONFIG_FILE,
-                              replay_file=None))  # fmt: skip
+
+    def build(config_file: Path) -> Stack:
+        return Stack(StackOptions(workdir=tmp_path / "run", config_file=config_file,
+                                  replay_file=None))  # fmt: skip
+
+    return build
 
 
 async def wait_until(done: Callable[[], bool], seconds: float, stack: Stack,
