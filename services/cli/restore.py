@@ -71,7 +71,8 @@ def a_conversation(number: int, now: datetime) -> ConversationState:
         classification=classification,
     )  # fmt: skip
     recent = RecentTweet(tweet=tweet, department=department, urgency=urgency,
-                         model_version=classification.model_version, ingested_at=now)  # fmt: skip
+                         model_version=classification.model_version, ingested_at=now,
+                         classification=classification)  # fmt: skip
     return ConversationState(
         conversation_id=conversation_id, department=department, max_urgency=urgency, tweets=1,
         updated_at=now, awaiting=awaiting, routed={tweet.id: decision},

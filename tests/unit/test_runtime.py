@@ -1,43 +1,39 @@
-"""How run_service starts a service: a stop asked while it starts is not made to wait."""
+"""``until_stopped``: how ``run_service`` and ``switchboard run`` start, so that a stop asked
+while a start is under way (tables restoring, a stack coming up) is not made to wait."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from switchboard.shared.runtime import until_stopped
 
 
-class _Restoring:
-    """A start that waits for its tables for as long as they take."""
+async def test_a_stop_while_starting_gives_the_start_up_at_once():
+    stop, reached = asyncio.Event(), []
 
-    name = "restoring"
-    ready = False
-
-    def __init__(self) -> None:
-        self.cancelled = False
-
-    async def start(self) -> None:
+    async def restoring() -> None:  # waits for its tables for as long as they take
         try:
             await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            self.cancelled = True
-            raise
+        finally:
+            reached.append("cleaned up")
 
-
-class _Quick:
-    name = "quick"
-    ready = True
-
-    async def start(self) -> None:
-        return None
-
-
-async def test_a_stop_while_starting_gives_the_start_up_at_once():
-    service, stop = _Restoring(), asyncio.Event()
     asyncio.get_running_loop().call_later(0.05, stop.set)
-    started = await asyncio.wait_for(until_stopped(service.start(), stop), 1)  # type: ignore[arg-type]
-    assert started is False and service.cancelled
+    assert await asyncio.wait_for(until_stopped(restoring(), stop), 1) is False
+    assert reached == ["cleaned up"]
 
 
-async def test_a_start_that_ends_first_is_a_start():
-    assert await until_stopped(_Quick().start(), asyncio.Event())  # type: ignore[arg-type]
+async def test_a_start_that_finishes_first_is_reported_started():
+    async def start() -> None:
+        await asyncio.sleep(0)
+
+    assert await until_stopped(start(), asyncio.Event()) is True
+
+
+async def test_a_start_that_fails_raises_its_error():
+    async def start() -> None:
+        raise RuntimeError("broker would not start")
+
+    with pytest.raises(RuntimeError, match="broker would not start"):
+        await until_stopped(start(), asyncio.Event())
