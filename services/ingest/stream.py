@@ -212,6 +212,7 @@ class FilteredStream:
         # Until when the alive checkpoint stays where it was: a connection that asked X to
         # resend missed minutes has not read them yet (X sends the older posts first).
         self._alive_held_until = 0.0
+        self._backfill_refused = False  # X refused backfill_minutes: the access level lacks it
         self._fresh: list[Gap] = []  # the gaps opened since the backstop's last round began
         self._unrecovered: dict[str, list[Gap]] = {}  # handle: its gaps not read back yet
         self._restored = False  # the gaps an earlier process left are read at first connection
@@ -430,6 +431,8 @@ class FilteredStream:
                     return 0.0, "token_renewed"  # regenerated: the new one goes at once
                 if response.status != 200:
                     body = (await response.text())[:300]
+                    if backfill_minutes and response.status in (400, 403):
+                        return self._without_backfill(response.status, body), "backfill_refused"
                     log.error("stream refused", extra={"status": response.status, "body": body})
                     return self.policy.after_http_error(), f"http_{response.status}"
                 opened_at = time.monotonic()
@@ -508,12 +511,24 @@ class FilteredStream:
             await self.stored()  # the tweets read before now are stored, or this raises
         await self.checkpoints.save(ALIVE_CHECKPOINT + self.settings.app, str(snowflake_at(now)))
 
+    def _without_backfill(self, status: int, body: str) -> float:
+        """X refused a connection that asked for backfill (an access level below Enterprise):
+        the stream goes on without it, at once, and the mentions backstop reads the gaps."""
+        self._backfill_refused = True
+        self.health.detail["backfill"] = "refused by X: not on this app's access level"
+        log.error("X refused backfill_minutes: the stream reconnects without it and the mentions "
+                  "backstop reads its gaps; set ingest.x.filtered_stream.backfill_minutes to 0 "
+                  "(Enterprise access only)", extra={"status": status, "body": body})  # fmt: skip
+        return 0.0
+
     def _backfill_minutes(self, gap_from: float | None) -> int:
-        if gap_from is None or not self.settings.backfill_minutes:
+        if gap_from is None or not self.settings.backfill_minutes or self._backfill_refused:
             return 0
         return min(self.settings.backfill_minutes, max(1, math.ceil((time.time() - gap_from) / 60)))
 
     def _covered_by_backfill(self, gap_from: float) -> bool:
+        if self._backfill_refused:
+            return False
         return time.time() - gap_from <= self.settings.backfill_minutes * 60
 
     async def _recover(self, gap_from: float | None) -> None:

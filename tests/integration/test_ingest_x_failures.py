@@ -506,6 +506,37 @@ async def test_backfill_minutes_recovers_every_missed_match_where_x_allows_it(
     assert not [r for r in x_api.requests if r["path"] == MENTIONS]
 
 
+async def test_backfill_minutes_x_refuses_leaves_the_gap_to_the_backstop(
+    x_api, customers, ingest_settings, running, read
+):
+    """``backfill_minutes`` set on an app below Enterprise access: X refuses the connection
+    that asks for it (403, client-forbidden). The stream reconnects at once without it, and the
+    mentions backstop reads the gap back, instead of the stream staying down."""
+    ana, _ = customers
+    x_api.enterprise = False
+    x_api.lose_tweets_while_disconnected()
+    settings = ingest_settings(stream=True, x={"filtered_stream": {"backfill_minutes": 2}})
+    missed = await a_mention_missed_while_away(x_api, settings, running, ana["id"])
+    live = new_id()
+    service = IngestService(settings)
+
+    async with running(service):
+        await wait_for(lambda: x_api.stream_connections >= 2)
+        x_api.push_stream(x_api.make_tweet(live, "@AcmeHelp still there?", ana["id"]))
+        records = await read(
+            [topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, [missed, live])) == 2
+        )
+        [health] = [h for name, h in service.readiness_detail()["sources"].items()
+                    if name.startswith("filtered_stream")]  # fmt: skip
+
+    connections = [r["query"] for r in x_api.requests if r["path"] == STREAM_PATH]
+    assert connections[-2].get("backfill_minutes") == "1"  # refused
+    assert "backfill_minutes" not in connections[-1]  # and at once without it
+    assert [r for r in x_api.requests if r["path"] == MENTIONS]  # the backstop read the gap
+    assert health["backfill"].startswith("refused by X")
+    assert sorted(ids_on(records, topics.RAW, RawTweet, [missed, live])) == sorted([missed, live])
+
+
 def _rule_adds(x_api) -> int:
     return sum(
         1

@@ -171,6 +171,20 @@ def _invalid_request(parameter: str, value: str, message: str) -> web.Response:
     return _json(body, 400)
 
 
+def _client_forbidden() -> web.Response:
+    """X's 403 for what the app's access level does not include (``ClientForbiddenProblem``)."""
+    body = {
+        "title": "Client Forbidden",
+        "detail": "When authenticating requests to the Twitter API v2 endpoints, you must use "
+        "keys and tokens from a Twitter developer App that is attached to a Project.",
+        "reason": "client-not-enrolled",
+        "registration_url": "https://developer.x.com/en/portal/dashboard",
+        "type": PROBLEMS + "client-forbidden",
+        "status": 403,
+    }
+    return _json(body, 403, content_type="application/problem+json")
+
+
 def _too_many_connections(window: dict[str, str]) -> web.Response:
     """X's 429 when the app's one connection is still open at X: the window is not spent."""
     body = {
@@ -322,6 +336,8 @@ class XApiStandIn:
         self.stream_connections = 0
         self.rules: dict[str, dict] = {}
         self.max_rules: int | None = None  # the plan's rule cap (X: 1,000 on Pro); None: none
+        # Recovery (backfill_minutes) is Enterprise's: below it, X refuses the connection
+        self.enterprise = True
         self.rules_page_limit = 1000  # the most rules one GET answers (X: max_results <= 1,000)
         self.users: dict[str, JsonDict] = {}
         self._mentions: dict[str, dict[str, JsonDict]] = {}
@@ -861,6 +877,8 @@ class XApiStandIn:
                 f"The `backfill_minutes` query parameter value [{backfill}] is not between 0 and 5"
             )
             return _invalid_request("backfill_minutes", backfill, message)
+        if int(backfill) and not self.enterprise:
+            return _client_forbidden()
         self._close_open_streams()
         self._stream_free.clear()
         self._open_streams.append(request)
