@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,9 +190,20 @@ async def test_two_replicas_of_route_and_notify_keep_each_conversation_with_its_
             lambda r: {d.delivery_id for d in published(r, topics.DELIVERIES, Delivery)} >= wanted,
             60,
         )  # fmt: skip
-        await asyncio.sleep(2)  # ledger sweeps every second: its entries counted
-        held = [await r.metric("switchboard_table_entries") for r in (a, b)]
-        recorded = [await r.metric("switchboard_table_entries") for r in (notify_a, notify_b)]
+
+        async def entries() -> tuple[list[float], list[float]]:
+            routes = [await r.metric("switchboard_table_entries") for r in (a, b)]
+            return routes, [
+                await r.metric("switchboard_table_entries") for r in (notify_a, notify_b)
+            ]
+
+        # the tables' entries are counted by a sweep every second: wait for the counts to say
+        # what they should (asserted below), for at most 30 seconds
+        deadline = time.monotonic() + 30
+        held, recorded = await entries()
+        while {sum(held), sum(recorded)} != {2 * CONVERSATIONS} and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            held, recorded = await entries()
         emails = inbox.messages()
         lag_reported = [await r.lag_reported() for r in replicas]
     finally:

@@ -22,7 +22,7 @@ import httpx
 from switchboard.ingest import metrics as ingest_metrics
 from switchboard.ingest.rules import desired_rules
 from switchboard.ingest.service import IngestService
-from switchboard.ingest.stream import ALIVE_CHECKPOINT
+from switchboard.ingest.stream import ALIVE_CHECKPOINT, snowflake_at
 from switchboard.shared import topics
 from switchboard.shared.events import DeadLetter, RawTweet, utc_now
 from tests.conftest import SWITCHBOARD, X_APP_TOKEN, X_USER_TOKEN, published, wait_for
@@ -389,9 +389,9 @@ async def test_mentions_missed_while_ingest_was_down_are_recovered(
     missed_mention, missed_keyword = new_id(), new_id()
     recovered = value(ingest_metrics.STREAM_GAP_RECOVERED, "@AcmeHelp")
 
-    async with running(IngestService(settings)):
-        await wait_for(lambda: x_api.stream_connections >= 1)
-        await asyncio.sleep(0.5)  # the stream is alive: that is checkpointed
+    first, since = IngestService(settings), time.time()
+    async with running(first):
+        await alive_saved(first, since)
     started = time.time()  # the next process's first connection ends its gap
     mention = x_api.make_tweet(missed_mention, "@AcmeHelp charged twice", ana["id"])
     x_api.push_stream(mention)
@@ -415,15 +415,22 @@ async def test_mentions_missed_while_ingest_was_down_are_recovered(
     assert all(end <= reconnected + 1.0 for end in ends)  # to the second, rounded up
 
 
+async def alive_saved(service: IngestService, since: float) -> None:
+    """Until the service's stream saved its alive checkpoint after ``since`` (the session's
+    broker may hold one from an earlier test)."""
+    key = ALIVE_CHECKPOINT + service.config.ingest.x.filtered_stream.app
+    await wait_for(lambda: int(service.checkpoints.get(key) or 0) >= snowflake_at(since))
+
+
 async def a_mention_missed_while_away(x_api, settings, running, author_id: str) -> str:  # noqa: ANN001
     """A first ingest's stream is alive (checkpointed), then ingest stops: a mention posted
     meanwhile is lost to the stream (X does not queue it) and kept by the mentions endpoint.
     Returns its id, once past the stall window (1 s) and start_time's whole seconds, so that a
     gap starting from a later process's alive checkpoint begins after it."""
     missed = new_id()
-    async with running(IngestService(settings)):
-        await wait_for(lambda: x_api.stream_connections >= 1)
-        await asyncio.sleep(0.5)  # the stream is alive: that is checkpointed
+    first, since = IngestService(settings), time.time()
+    async with running(first):
+        await alive_saved(first, since)
     mention = x_api.make_tweet(missed, "@AcmeHelp charged twice", author_id)
     x_api.push_stream(mention)
     x_api.add_mention(HELP_ID, mention)
@@ -468,9 +475,9 @@ async def test_each_apps_stream_keeps_its_own_gap(x_api, customers, ingest_setti
     missed = await a_mention_missed_while_away(
         x_api, ingest_settings(stream=True), running, ana["id"]
     )
-    async with running(IngestService(ingest_settings(stream=True, edit=other_app))):
-        await wait_for(lambda: x_api.stream_connections >= 2)
-        await asyncio.sleep(0.5)
+    investors, since = IngestService(ingest_settings(stream=True, edit=other_app)), time.time()
+    async with running(investors):
+        await alive_saved(investors, since)  # the other app's stream: its own checkpoint
     async with running(IngestService(ingest_settings(stream=True))):
         records = await read([topics.RAW], lambda rs: ids_on(rs, topics.RAW, RawTweet, [missed]))
 
@@ -488,9 +495,9 @@ async def test_backfill_minutes_recovers_every_missed_match_where_x_allows_it(
     missed = new_id()
 
     alive = ALIVE_CHECKPOINT + settings.config.ingest.x.filtered_stream.app
-    first = IngestService(settings)
+    first, since = IngestService(settings), time.time()
     async with running(first):
-        await wait_for(lambda: first.checkpoints.get(alive) is not None)
+        await alive_saved(first, since)
     x_api.push_stream(x_api.make_tweet(missed, "acme outage again", ana["id"]),
                       matching_tags=["switchboard:@AcmeHelp"])  # fmt: skip
     second = IngestService(settings)
