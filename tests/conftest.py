@@ -286,7 +286,10 @@ async def x_api() -> AsyncIterator[object]:
     from tests.standins.x_api import XApiStandIn
 
     server = XApiStandIn(
-        bearer_tokens={X_APP_TOKEN, X_USER_TOKEN}, keepalive_s=0.2, user_tokens={X_USER_TOKEN}
+        bearer_tokens={X_APP_TOKEN, X_USER_TOKEN},
+        keepalive_s=0.2,
+        user_tokens={X_USER_TOKEN},
+        strict_fields=True,
     )
     await server.start()
     yield server
