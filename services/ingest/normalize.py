@@ -167,7 +167,7 @@ def tweet_from_v2_data(
             # Long posts carry their full text in note_tweet; `text` is truncated there.
             text=(data.get("note_tweet") or {}).get("text") or data["text"],
             lang=data.get("lang"),
-            created_at=_iso_time(data["created_at"]),
+            created_at=iso_time(data["created_at"]),
             author=_author_v2(author),
             addressed_handles=list(dict.fromkeys(handles)),
             mentions=mentions,
@@ -249,7 +249,7 @@ def dm_from_v2(
         event_id=str(event["id"]),
         conversation_id=str(event["dm_conversation_id"]),
         text=event["text"],
-        created_at=_iso_time(event["created_at"]),
+        created_at=iso_time(event["created_at"]),
         sender=_author_v2(sender),
         handle=handle,
         config=config,
@@ -432,11 +432,11 @@ def deletion_from_compliance(message: dict[str, Any]) -> Deletion | None:
     return Deletion(
         tweet_id=str(tweet["id"]),
         user_id=tweet.get("author_id"),
-        event_at=_iso_time(delete.get("event_at") or datetime.now(UTC).isoformat()),
+        event_at=iso_time(delete.get("event_at") or datetime.now(UTC).isoformat()),
     )
 
 
-def _iso_time(value: str) -> datetime:
+def iso_time(value: str) -> datetime:
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except (ValueError, AttributeError) as exc:

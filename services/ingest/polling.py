@@ -19,13 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from switchboard.ingest import metrics
 from switchboard.ingest.checkpoints import Checkpoints
 from switchboard.ingest.config import PollingConfig
 from switchboard.ingest.health import SourceHealth
+from switchboard.ingest.normalize import NormalizeError, iso_time
+from switchboard.ingest.webhook import too_old
 from switchboard.ingest.xapi import XApi, XApiError
 from switchboard.shared.config import HandleConfig
 from switchboard.shared.kafka import KafkaPublishError
@@ -113,14 +115,8 @@ class Poller:
     def _history(self, item: object) -> bool:
         """Whether a first poll's item was written before ``first_poll_max_age_hours`` (an
         item whose time cannot be read is handed over: the service dead-letters it)."""
-        written = item.get("created_at") if isinstance(item, dict) else None
-        try:
-            at = datetime.fromisoformat(written) if isinstance(written, str) else None
-        except ValueError:
-            return False
-        if at is None or at.tzinfo is None:
-            return False
-        return at < datetime.now(UTC) - timedelta(hours=self.settings.first_poll_max_age_hours)
+        at = _written_at(item)
+        return at is not None and too_old(at, self.settings.first_poll_max_age_hours)
 
     async def fetch_newer_than(self, since: str | None) -> tuple[list[dict], dict[str, dict]]:
         raise NotImplementedError
@@ -150,8 +146,11 @@ class MentionsPoller(Poller):
     async def fetch_since_time(
         self, start_time: str, end_time: str | None = None
     ) -> tuple[list[dict], dict[str, dict]]:
-        """Every mention posted from ``start_time`` to ``end_time`` (all pages), oldest
-        first."""
+        """Every mention posted from ``start_time`` to ``end_time`` (all pages), oldest first.
+
+        Read up to now and kept to ``end_time`` here: X's reach (a handle's latest 800
+        mentions) counts the mentions after ``end_time`` too, and only they tell whether the
+        start of the gap is still within it."""
         items: list[dict] = []
         users: dict[str, dict] = {}
         token = None
@@ -160,7 +159,6 @@ class MentionsPoller(Poller):
                 self.handle.user_id,
                 since_id=None,
                 start_time=start_time,
-                end_time=end_time,
                 pagination_token=token,
                 max_results=self.settings.max_results,
             )
@@ -169,7 +167,8 @@ class MentionsPoller(Poller):
             token = _next_token(page)
             if token is None:
                 self._beyond_reach(items, bounded=True)
-                return sorted(items, key=_order), users
+                within = [i for i in items if end_time is None or not _written_after(i, end_time)]
+                return sorted(within, key=_order), users
 
     def _beyond_reach(self, items: list[dict], *, bounded: bool) -> None:
         """X keeps a handle's latest 800 mentions: a read back to a point that returns that
@@ -202,6 +201,23 @@ class DirectMessagesPoller(Poller):
             token = _next_token(page)
             if token is None or since is None or len(newer) < len(events):
                 return items, users
+
+
+def _written_after(item: object, moment: str) -> bool:
+    """Whether a tweet was written after ``moment`` (X's time format); one whose time cannot
+    be read is kept: the service dead-letters what it cannot read."""
+    at = _written_at(item)
+    return at is not None and at > iso_time(moment)
+
+
+def _written_at(item: object) -> datetime | None:
+    """When a tweet or a DM event was written, as X gives it; None when unreadable."""
+    written = item.get("created_at") if isinstance(item, dict) else None
+    try:
+        at = iso_time(written) if isinstance(written, str) else None
+    except NormalizeError:
+        return None
+    return at if at is not None and at.tzinfo is not None else None
 
 
 def _order(item: object) -> int:

@@ -615,7 +615,7 @@ class FilteredStream:
 
     async def _backstop(self, handle: HandleConfig, gap: Gap) -> bool:
         """The handle's mentions of the gap (from its start to the reconnection: what the
-        stream delivered after is not read again), read with the stream's app (mentions are
+        stream delivered after is not published again), read with the stream's app (mentions are
         public: any app may read them, and this one's rate window is the one to draw on);
         whether they were all read and published."""
         assert self.on_recovered is not None
