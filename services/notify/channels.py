@@ -1065,16 +1065,24 @@ TRANSCRIPT_SEPARATOR = "\n\n" + "-" * 24 + "\n\n"
 
 
 def transcript(parts: list[str], limit: int) -> str:
-    """The parts, oldest first, one after the other; the oldest are left out until the rest fit
-    in ``limit`` (the latest part always stays: it was cut to the limit already)."""
-    kept: list[str] = []
-    size = 0
-    for part in reversed(parts):
-        size += len(part) + (len(TRANSCRIPT_SEPARATOR) if kept else 0)
-        if kept and size > limit:
+    """The parts, oldest first, one after the other, within ``limit``: the latest part always
+    (it was cut to the limit already), then the first (the complaint the conversation is
+    about) when it fits, then the latest of those between; the others are left out."""
+    latest, earlier = parts[-1:], parts[:-1]
+    size = sum(len(p) for p in latest)
+
+    def fits(part: str) -> bool:
+        nonlocal size
+        size += len(part) + len(TRANSCRIPT_SEPARATOR)
+        return size <= limit
+
+    first = earlier[:1] if earlier and fits(earlier[0]) else []
+    between: list[str] = []
+    for part in reversed(earlier[1:]):
+        if not fits(part):
             break
-        kept.append(part)
-    return TRANSCRIPT_SEPARATOR.join(reversed(kept))
+        between.append(part)
+    return TRANSCRIPT_SEPARATOR.join([*first, *reversed(between), *latest])
 
 
 HUBSPOT_LOCK_WAIT_S = 2.0  # HubSpot's "Error handling": a 423 lock lasts 2 seconds

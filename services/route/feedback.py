@@ -38,6 +38,7 @@ from switchboard.shared.events import (
     Correction,
     CorrectionRequest,
     RecentTweet,
+    RouteDecision,
     Tweet,
     conversation_of_vendor_key,
     conversation_of_vendor_labels,
@@ -157,6 +158,7 @@ def apply(
             "max_urgency": _max_urgency(state, recent.urgency, urgency, tweets),
             "awaiting": _awaiting(state, corrected, department, urgency, sla_minutes),
             "recent": tweets,
+            "routed": _with_deadline(state, corrected, urgency, sla_minutes),
             "updated_at": now,
             **_remembering(state, correction),
         }
@@ -218,14 +220,34 @@ def _awaiting(
         return awaiting
     update: dict[str, Any] = {"department": department}
     if urgency != awaiting.urgency:
-        minutes = sla_minutes.get(urgency)
-        arrived = max(corrected.tweet.created_at, corrected.ingested_at)
-        update |= {
-            "urgency": urgency,
-            "due_at": arrived + timedelta(minutes=minutes) if minutes else None,
-            "breach_alerted": False,
-        }
+        due_at = _deadline(corrected, urgency, sla_minutes)
+        update |= {"urgency": urgency, "due_at": due_at, "breach_alerted": False}
     return awaiting.model_copy(update=update)
+
+
+def _with_deadline(
+    state: ConversationState,
+    corrected: RecentTweet,
+    urgency: Urgency,
+    sla_minutes: dict[Urgency, float],
+) -> dict[str, RouteDecision]:
+    """The remembered decisions, the corrected tweet's with the SLA of its new urgency: the
+    tweet may become the awaited one later (the one awaited now deleted, or answered by a reply
+    written before it), and is then owed a reply as fast as its corrected urgency says."""
+    decision = state.routed.get(corrected.tweet.id)
+    if decision is None or urgency == state.recent[corrected.tweet.id].urgency:
+        return state.routed
+    due_at = _deadline(corrected, urgency, sla_minutes)
+    return {**state.routed, corrected.tweet.id: decision.model_copy(update={"sla_due_at": due_at})}
+
+
+def _deadline(
+    corrected: RecentTweet, urgency: Urgency, sla_minutes: dict[Urgency, float]
+) -> datetime | None:
+    """When a reply to the tweet is due at ``urgency``: counted from when it arrived."""
+    minutes = sla_minutes.get(urgency)
+    arrived = max(corrected.tweet.created_at, corrected.ingested_at)
+    return arrived + timedelta(minutes=minutes) if minutes else None
 
 
 def _correction(

@@ -72,7 +72,7 @@ class OpsView:
         """Tweets their authors deleted (each post: its first version's id, which its edits
         name): off the page, which showed their text."""
         for lines in (self.triage_queue, self.recent):
-            kept = [line for line in lines if line["post"] not in posts]
+            kept = [line for line in lines if posts.isdisjoint((line["post"], line["tweet_id"]))]
             lines.clear()
             lines.extend(kept)
 

@@ -287,14 +287,18 @@ def test_adf_has_a_paragraph_per_line():
     ]
 
 
-def test_a_tickets_transcript_keeps_the_tweets_in_order_and_drops_the_oldest_to_fit():
-    parts = ["first " * 10, "second " * 10, "third " * 10]
+def test_a_tickets_transcript_keeps_the_first_complaint_and_the_latest_tweets_to_fit():
+    parts = ["first " * 10, "second " * 10, "third " * 10, "fourth " * 10]
     whole = transcript(parts, 10_000)
     assert whole == TRANSCRIPT_SEPARATOR.join(parts)
-    fits_two = len(parts[1]) + len(TRANSCRIPT_SEPARATOR) + len(parts[2])
-    assert transcript(parts, fits_two) == TRANSCRIPT_SEPARATOR.join(parts[1:])
-    assert transcript(parts, fits_two - 1) == parts[2]  # the latest stays, whatever its size
-    assert transcript(parts, 5) == parts[2] and transcript([], 100) == ""
+    sep = len(TRANSCRIPT_SEPARATOR)
+    fits_three = len(parts[0]) + len(parts[2]) + len(parts[3]) + 2 * sep
+    # the first and the latest; of those between, the latest that fit
+    assert transcript(parts, fits_three) == TRANSCRIPT_SEPARATOR.join([parts[0], *parts[2:]])
+    fits_two = len(parts[0]) + sep + len(parts[3])
+    assert transcript(parts, fits_two) == TRANSCRIPT_SEPARATOR.join([parts[0], parts[3]])
+    assert transcript(parts, fits_two - 1) == parts[3]  # the latest stays, whatever its size
+    assert transcript(parts, 5) == parts[3] and transcript([], 100) == ""
 
 
 def _id(name: str) -> str:

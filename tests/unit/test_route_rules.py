@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from switchboard.cli.config import SwitchboardConfig
-from switchboard.route import conversations
+from switchboard.route import conversations, feedback
 from switchboard.route.config import SpikeConfig, TimeWindow
 from switchboard.route.rules import evaluate, in_window, rules_version
 from switchboard.route.spikes import SpikeKeys, SpikeTally, bar, judge
@@ -18,6 +18,7 @@ from switchboard.shared.events import (
     Author,
     BrandTweet,
     Correction,
+    CorrectionRequest,
     RouteDecision,
     SpikeObservation,
     Trace,
@@ -454,6 +455,30 @@ def test_a_deleted_awaited_tweet_leaves_the_conversations_other_unanswered_tweet
     assert awaiting.due_at == again_outcome.sla_due_at is not None
     assert awaiting.classification == again.classification and awaiting.tweet == again.tweet
     assert conversations.without(kept, "d4").awaiting is None  # nothing else is owed a reply
+
+
+def test_a_tweet_corrected_to_more_urgent_is_owed_its_new_sla_once_it_is_the_awaited_one():
+    """A person corrects a follow-up from normal to critical while the first tweet is awaited;
+    the first is deleted: the follow-up is awaited as critical, due 30 minutes after it came,
+    not at its normal deadline of a day."""
+    written = NOW - timedelta(minutes=20)
+    _, state = routed_state(classified("customer_service", 0.9, "normal", conversation_id="c16",
+                                       id="e1", created_at=written))  # fmt: skip
+    follow_up = classified("customer_service", 0.9, "normal", conversation_id="c16", id="e2",
+                           created_at=written + timedelta(minutes=1))  # fmt: skip
+    _, state = routed_state(follow_up, state=state)
+    sla = {Urgency(u): m for u, m in DEFAULTS.route.sla.minutes.items()}
+    correction = CorrectionRequest(correction_id="api:e2", conversation_id="c16", tweet_id="e2",
+                                   source="api", by="ana", made_at=NOW,
+                                   urgency=Urgency.CRITICAL)  # fmt: skip
+    corrected = feedback.apply(state, correction, NOW, sla_minutes=sla,
+                               alert_urgencies=[Urgency.CRITICAL]).state  # fmt: skip
+    assert corrected is not None and corrected.awaiting.tweet_id == "e1"
+    awaiting = conversations.without(corrected, "e1").awaiting
+    assert awaiting is not None
+    assert (awaiting.tweet_id, awaiting.urgency) == ("e2", Urgency.CRITICAL)
+    arrived = max(follow_up.tweet.created_at, follow_up.trace.ingested_at)
+    assert awaiting.due_at == arrived + timedelta(minutes=sla[Urgency.CRITICAL])
 
 
 def test_a_reply_written_between_two_tweets_read_after_both_answers_only_the_first():
