@@ -212,7 +212,10 @@ class FilteredStream:
         # Until when the alive checkpoint stays where it was: a connection that asked X to
         # resend missed minutes has not read them yet (X sends the older posts first).
         self._alive_held_until = 0.0
-        self._backfill_refused = False  # X refused backfill_minutes: the access level lacks it
+        # X refused a connection that asked for backfill: tried without it, and if X then
+        # accepts, backfill is what it refused (the access level lacks it)
+        self._backfill_suspect = False
+        self._backfill_refused = False
         self._fresh: list[Gap] = []  # the gaps opened since the backstop's last round began
         self._unrecovered: dict[str, list[Gap]] = {}  # handle: its gaps not read back yet
         self._restored = False  # the gaps an earlier process left are read at first connection
@@ -432,9 +435,15 @@ class FilteredStream:
                 if response.status != 200:
                     body = (await response.text())[:300]
                     if backfill_minutes and response.status in (400, 403):
-                        return self._without_backfill(response.status, body), "backfill_refused"
+                        self._backfill_suspect = True  # the next connection asks none
+                        log.warning("X refused a connection asking for backfill; trying without",
+                                    extra={"status": response.status, "body": body})  # fmt: skip
+                        return 0.0, "backfill_refused"
+                    self._backfill_suspect = False  # refused without it too: not the cause
                     log.error("stream refused", extra={"status": response.status, "body": body})
                     return self.policy.after_http_error(), f"http_{response.status}"
+                if self._backfill_suspect and not self._backfill_refused:
+                    self._without_backfill()
                 opened_at = time.monotonic()
                 # The resent minutes come first, and a crash while they come must leave the
                 # gap as it was: held as long as what was asked for, then it moves on.
@@ -511,23 +520,24 @@ class FilteredStream:
             await self.stored()  # the tweets read before now are stored, or this raises
         await self.checkpoints.save(ALIVE_CHECKPOINT + self.settings.app, str(snowflake_at(now)))
 
-    def _without_backfill(self, status: int, body: str) -> float:
-        """X refused a connection that asked for backfill (an access level below Enterprise):
-        the stream goes on without it, at once, and the mentions backstop reads the gaps."""
+    def _without_backfill(self) -> None:
+        """X refused the connection that asked for backfill and took the one without it (an
+        access level below Enterprise): the stream goes on without it, and the mentions
+        backstop reads the gaps."""
         self._backfill_refused = True
         self.health.detail["backfill"] = "refused by X: not on this app's access level"
-        log.error("X refused backfill_minutes: the stream reconnects without it and the mentions "
+        log.error("X refused backfill_minutes: the stream goes on without it and the mentions "
                   "backstop reads its gaps; set ingest.x.filtered_stream.backfill_minutes to 0 "
-                  "(Enterprise access only)", extra={"status": status, "body": body})  # fmt: skip
-        return 0.0
+                  "(Enterprise access only)")  # fmt: skip
 
     def _backfill_minutes(self, gap_from: float | None) -> int:
-        if gap_from is None or not self.settings.backfill_minutes or self._backfill_refused:
+        off = self._backfill_suspect or self._backfill_refused
+        if gap_from is None or not self.settings.backfill_minutes or off:
             return 0
         return min(self.settings.backfill_minutes, max(1, math.ceil((time.time() - gap_from) / 60)))
 
     def _covered_by_backfill(self, gap_from: float) -> bool:
-        if self._backfill_refused:
+        if self._backfill_suspect or self._backfill_refused:
             return False
         return time.time() - gap_from <= self.settings.backfill_minutes * 60
 

@@ -646,10 +646,10 @@ async def test_a_channels_rate_counts_every_request_to_the_vendor(vendors, notif
 
     sent = sorted(r["at"] for r in zendesk.requests[first:])
     assert len(sent) >= 2 * len(events)  # more requests than deliveries
-    assert sent[-1] - sent[0] >= (len(sent) - 1) * 0.1 - 0.02  # ten a second at most
-    # none in a burst (arrivals, not sends: a loaded machine delays one more than the next)
-    gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
-    assert min(gaps) >= 0.05, gaps
+    # ten a second at most (arrivals, not sends: one interval's slack, as a loaded machine may
+    # delay the first, which opens the connection, more than the last); unpaced, they would
+    # all arrive within a few milliseconds
+    assert sent[-1] - sent[0] >= (len(sent) - 2) * 0.1, sent
 
 
 async def test_a_jira_create_made_by_a_replica_that_died_is_found_by_the_one_taking_over(
