@@ -42,7 +42,7 @@ from switchboard.notify.config import (
     SalesforceTarget,
     Subscription,
 )
-from switchboard.notify.mail import SmtpMailer, check_templates, render_email
+from switchboard.notify.mail import SmtpMailer, check_templates, refused_for_now, render_email
 from switchboard.notify.resilience import (
     TRANSIENT_STATUSES,
     DeliveryError,
@@ -251,7 +251,7 @@ class EmailChannel:
             metrics.EMAIL_RECIPIENTS_REFUSED.labels(job.subscription.name).inc(len(refused))
             log.warning("the mail relay refused some recipients; the others got the email",
                         extra={"delivery_id": job.delivery_id, "refused": refused})  # fmt: skip
-        later = [address for address, reply in refused.items() if reply.startswith("4")]
+        later = refused_for_now(refused)
         if later:
             self._remember_remaining(job.delivery_id, later)
             replies = "; ".join(f"{address}: {refused[address]}" for address in later)
@@ -299,9 +299,9 @@ class HttpChannel:
         self._pace = RateLimiter(policy.rate_per_s.get(self.name))  # type: ignore[call-overload]
 
     async def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        await self._pace.wait()
         try:
             async with self._in_flight:
+                await self._pace.wait()  # paced as they go out, not as they queue
                 response = await self.http.request(method, url, **kwargs)
         except httpx.TimeoutException as exc:
             raise DeliveryError(f"timeout: {type(exc).__name__}", retryable=True) from None

@@ -32,7 +32,7 @@ import faust
 
 from switchboard.notify import metrics
 from switchboard.notify.config import NotifyConfig, Subscription
-from switchboard.notify.mail import SmtpMailer, render_digest
+from switchboard.notify.mail import SmtpMailer, refused_for_now, render_digest
 from switchboard.shared import metrics as shared_metrics
 from switchboard.shared import topics
 from switchboard.shared.events import (
@@ -267,7 +267,7 @@ class Digests:
                         extra={"subscription": subscription.name, "refused": refused})  # fmt: skip
         metrics.DELIVERIES.labels("email_digest", "delivered").inc()
         log.info("digest sent", extra={"subscription": subscription.name, "tweets": pending.count})
-        return "sent", [address for address, reply in refused.items() if reply.startswith("4")]
+        return "sent", refused_for_now(refused)
 
     async def _one_by_one(
         self,

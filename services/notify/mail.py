@@ -198,6 +198,12 @@ def _addresses(addresses: tuple[str, ...]) -> str:
     )
 
 
+def refused_for_now(refused: dict[str, str]) -> list[str]:
+    """Of the recipients a relay refused (address: its reply), those it may take later (4xx:
+    greylisting, a full mailbox); a 5xx refusal is for good."""
+    return [address for address, reply in refused.items() if reply.startswith("4")]
+
+
 class SmtpMailer:
     """Up to ``settings.connections`` connections to the relay, each opened on first use, kept
     open and reopened when the server drops it. SMTP carries one message at a time per

@@ -151,6 +151,8 @@ class NotifyService:
         self._index_stale = True  # rebuilt from the table once it is restored
         self.app.on_partitions_revoked.connect(self._on_rebalance)
         self.app.on_partitions_assigned.connect(self._on_rebalance)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
+        self._assigned: set[Any] = set()  # the partitions this replica was last given
 
     @property
     def ready(self) -> bool:
@@ -181,12 +183,17 @@ class NotifyService:
             self.streams.check()
 
     async def _on_rebalance(self, app: Any, *_: Any, **__: Any) -> None:
-        """Partitions came or went: forget the index now, rebuild it once the table is; the
-        channels learn that what comes next may have been in flight elsewhere."""
+        """Partitions came or went: forget the index now, rebuild it once the table is."""
         self.parked_index.clear()
         self._index_stale = True
-        for channel in self.channels.values():
-            channel.partitions_moved()
+
+    async def _on_assigned(self, app: Any, assigned: set[Any], *_: Any, **__: Any) -> None:
+        """Partitions this replica did not hold: what comes next on them may have been in
+        flight at their previous owner, which the channels are told."""
+        if assigned - self._assigned:
+            for channel in self.channels.values():
+                channel.partitions_moved()
+        self._assigned = set(assigned)
 
     async def sweep_parked(self) -> None:
         """The timer, over this replica's partitions: count the parked deliveries
