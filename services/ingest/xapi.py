@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import tweepy
@@ -342,16 +342,9 @@ class XApi:
             except tweepy.TwitterServerError as exc:
                 turn.answered(exc.response.headers)
                 raise
-            except tweepy.Unauthorized as e:
+            except tweepy.HTTPException as e:  # 400, 401, 403, 404 and any other 4xx
                 turn.answered(e.response.headers)
-                metrics.X_API_ERRORS.labels(endpoint, "http_401").inc()
-                if self.renewed():
-                    raise _TokenRenewed from None
-                raise XApiRefused(f"{endpoint}: HTTP 401: {e}") from None
-            except tweepy.HTTPException as e:  # 400, 403, 404 and any other 4xx
-                turn.answered(e.response.headers)
-                metrics.X_API_ERRORS.labels(endpoint, f"http_{e.response.status}").inc()
-                raise XApiRefused(f"{endpoint}: HTTP {e.response.status}: {e}") from None
+                self._refused(endpoint, e.response.status, str(e))
             except aiohttp.ContentTypeError as e:
                 self._not_json(endpoint, turn, e)  # raises what the status means
                 raise
@@ -371,10 +364,15 @@ class XApi:
         if status == 429:
             raise _RateLimitedOnce from None
         if 400 <= status < 500:
-            metrics.X_API_ERRORS.labels(endpoint, f"http_{status}").inc()
-            if status == 401 and self.renewed():
-                raise _TokenRenewed from None
-            raise XApiRefused(f"{endpoint}: HTTP {status} (a page, not X's JSON)") from None
+            self._refused(endpoint, status, "a page, not X's JSON")
+
+    def _refused(self, endpoint: str, status: int, detail: str) -> NoReturn:
+        """X refused the request (a 4xx other than 429): counted, and a 401 reads the token
+        again (the call is then made again with the new one)."""
+        metrics.X_API_ERRORS.labels(endpoint, f"http_{status}").inc()
+        if status == 401 and self.renewed():
+            raise _TokenRenewed from None
+        raise XApiRefused(f"{endpoint}: HTTP {status}: {detail}") from None
 
     def renewed(self) -> bool:
         """Whether the credential's source now holds another token (it is then used): after X
