@@ -19,6 +19,7 @@ from switchboard.notify.settings import NotifySettings, SmtpSettings
 from switchboard.shared import topics
 from switchboard.shared.broker import free_port
 from switchboard.shared.events import Delivery, decode, encode
+from switchboard.shared.settings import KafkaSettings
 from tests.conftest import CONFIG_FILE, keys_on_every_partition, wait_for
 from tests.factories import a_classified_tweet, routed_from
 
@@ -34,6 +35,27 @@ def routed(tweet_id: str, department: str, urgency: str, text: str, settings: No
         url=f"https://x.com/ana/status/{tweet_id}",
     )
     return routed_from(event)
+
+
+def notify_settings(
+    kafka: KafkaSettings,
+    smtp_port: int,
+    subscriptions: list[Subscription] | None = None,
+    smtp_timeout_s: float | None = None,
+    **delivery: object,
+) -> NotifySettings:
+    """The YAML file's settings, sending to the SMTP server on ``smtp_port``, with these
+    subscriptions (else the file's) and ``delivery`` options changed."""
+    base = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka).config
+    notify = base.notify.model_copy(update={
+        "delivery": base.notify.delivery.model_copy(update=delivery),
+        **({"subscriptions": subscriptions} if subscriptions is not None else {}),
+    })  # fmt: skip
+    timeout = {"timeout_s": smtp_timeout_s} if smtp_timeout_s is not None else {}
+    return NotifySettings.load(
+        config_file=CONFIG_FILE, kafka=kafka, config=base.model_copy(update={"notify": notify}),
+        smtp=SmtpSettings(host="127.0.0.1", port=smtp_port, **timeout),
+    )  # fmt: skip
 
 
 async def test_an_email_reaches_the_subscribers(kafka, producer, read, running, inbox):
@@ -133,16 +155,7 @@ async def test_emails_waiting_for_a_silent_mail_server_share_the_connection_atte
 
 
 async def test_a_dead_mail_server_parks_the_delivery(kafka, producer, read, running):
-    base = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
-    notify = base.config.notify.model_copy(
-        update={"delivery": base.config.notify.delivery.model_copy(update={"attempts": 2})}
-    )
-    settings = NotifySettings.load(
-        config_file=CONFIG_FILE,
-        kafka=kafka,
-        config=base.config.model_copy(update={"notify": notify}),
-        smtp=SmtpSettings(host="127.0.0.1", port=free_port(), timeout_s=1),
-    )
+    settings = notify_settings(kafka, free_port(), smtp_timeout_s=1, attempts=2)
     threat = routed("n-3", "legal", "high", "see you in court", settings)
 
     async with running(NotifyService(settings)):
@@ -165,17 +178,11 @@ async def test_a_recipient_the_relay_refuses_is_named_and_the_mail_not_sent_twic
     refused (sending again would give the others a second copy)."""
     gone, kept = "gone@switchboard.example", "kept@switchboard.example"
     inbox.refuse(gone)
-    base = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
     subscriptions = [
         Subscription(name="only-gone", departments=["legal"], to=[gone]),
         Subscription(name="gone-and-kept", departments=["legal"], to=[gone, kept]),
     ]
-    notify = base.config.notify.model_copy(update={"subscriptions": subscriptions})
-    config = base.config.model_copy(update={"notify": notify})
-    settings = NotifySettings.load(
-        config_file=CONFIG_FILE, kafka=kafka, config=config,
-        smtp=SmtpSettings(host="127.0.0.1", port=inbox.port),
-    )  # fmt: skip
+    settings = notify_settings(kafka, inbox.port, subscriptions)
     threat = routed("n-9", "legal", "high", "see you in court", settings)
     caplog.set_level("WARNING", logger="switchboard.notify.channels")
 
@@ -207,19 +214,9 @@ async def test_a_recipient_refused_for_now_is_sent_the_email_alone_when_tried_ag
     run = uuid.uuid4().hex[:6]
     later, kept = f"later-{run}@switchboard.example", f"kept-{run}@switchboard.example"
     inbox.refuse(later, "450 4.2.0 Greylisted, try again later")
-    base = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
     subscription = Subscription(name=f"grey-{run}", departments=["legal"], to=[later, kept])
-    delivery = base.config.notify.delivery.model_copy(
-        update={"attempts": 2, "max_wait_s": 0.1, "redrive_after_s": 1.0, "redrive_max_wait_s": 1.0}
-    )
-    notify = base.config.notify.model_copy(
-        update={"subscriptions": [subscription], "delivery": delivery}
-    )
-    settings = NotifySettings.load(
-        config_file=CONFIG_FILE, kafka=kafka,
-        config=base.config.model_copy(update={"notify": notify}),
-        smtp=SmtpSettings(host="127.0.0.1", port=inbox.port),
-    )  # fmt: skip
+    settings = notify_settings(kafka, inbox.port, [subscription], attempts=2, max_wait_s=0.1,
+                               redrive_after_s=1.0, redrive_max_wait_s=1.0)  # fmt: skip
     event = routed(f"grey-{run}", "legal", "high", "my lawyer will call", settings)
 
     async with running(NotifyService(settings)):
@@ -276,17 +273,10 @@ def ours(email) -> bool:  # noqa: ANN001
 
 
 async def test_low_urgency_waits_for_one_digest(kafka, producer, running, inbox):
-    base = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
     chatter = Subscription(name="community-digest", departments=["community"],
                            urgencies=["low", "normal"], to=["community@switchboard.example"],
                            digest_minutes=0.02)  # fmt: skip
-    notify = base.config.notify.model_copy(update={"subscriptions": [chatter]})
-    settings = NotifySettings.load(
-        config_file=CONFIG_FILE,
-        kafka=kafka,
-        config=base.config.model_copy(update={"notify": notify}),
-        smtp=SmtpSettings(host="127.0.0.1", port=inbox.port),
-    )
+    settings = notify_settings(kafka, inbox.port, [chatter])
     low = [
         routed(f"d-{i}", "community", "low", f"good morning number {i}", settings) for i in range(3)
     ]
@@ -319,18 +309,12 @@ async def test_a_digest_the_relay_refuses_for_good_goes_out_one_tweet_at_a_time(
     period; its tweets become deliveries of their own, each retried and parked on the DLQ with
     the relay's reason, where a person sees them and can redrive them once the address is
     fixed. Nothing waits in the digest any more."""
-    base = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
     gone = f"gone-{uuid.uuid4().hex[:8]}@switchboard.example"
     inbox.refuse(gone)
     name = f"digest-{uuid.uuid4().hex[:6]}"
     chatter = Subscription(name=name, departments=["community"], urgencies=["low"], to=[gone],
                            digest_minutes=0.02)  # fmt: skip
-    notify = base.config.notify.model_copy(update={"subscriptions": [chatter]})
-    settings = NotifySettings.load(
-        config_file=CONFIG_FILE, kafka=kafka,
-        config=base.config.model_copy(update={"notify": notify}),
-        smtp=SmtpSettings(host="127.0.0.1", port=inbox.port),
-    )  # fmt: skip
+    settings = notify_settings(kafka, inbox.port, [chatter])
     run = uuid.uuid4().hex[:6]
     low = [routed(f"g{run}-{i}", "community", "low", f"lovely day {i}", settings) for i in range(2)]
     wanted = {f"{e.tweet.id}:email:{name}" for e in low}
@@ -360,15 +344,9 @@ async def test_a_digest_recipient_refused_for_now_gets_its_tweets_one_by_one(
     run = uuid.uuid4().hex[:6]
     later, kept = f"dlater-{run}@switchboard.example", f"dkept-{run}@switchboard.example"
     inbox.refuse(later, "450 4.2.0 Greylisted, try again later")
-    base = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
     chatter = Subscription(name=f"grey-digest-{run}", departments=["community"], urgencies=["low"],
                            to=[later, kept], digest_minutes=0.02)  # fmt: skip
-    notify = base.config.notify.model_copy(update={"subscriptions": [chatter]})
-    settings = NotifySettings.load(
-        config_file=CONFIG_FILE, kafka=kafka,
-        config=base.config.model_copy(update={"notify": notify}),
-        smtp=SmtpSettings(host="127.0.0.1", port=inbox.port),
-    )  # fmt: skip
+    settings = notify_settings(kafka, inbox.port, [chatter])
     low = [routed(f"dg{run}-{i}", "community", "low", f"sunny {run} {i}", settings)
            for i in range(2)]  # fmt: skip
     ids = {e.tweet.id for e in low}
