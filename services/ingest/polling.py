@@ -140,7 +140,8 @@ class MentionsPoller(Poller):
             users |= _users(page)
             token = _next_token(page)
             if token is None or since is None:
-                self._beyond_reach(items, bounded=since is not None)
+                if since is not None:  # read back to a point: did X's reach get there?
+                    self._beyond_reach(items)
                 return items, users
 
     async def fetch_since_time(
@@ -166,14 +167,18 @@ class MentionsPoller(Poller):
             users |= _users(page)
             token = _next_token(page)
             if token is None:
-                self._beyond_reach(items, bounded=True)
-                within = [i for i in items if end_time is None or not _written_after(i, end_time)]
+                self._beyond_reach(items)
+                end = iso_time(end_time) if end_time is not None else None
+                # a tweet whose time cannot be read is kept: the service dead-letters it
+                within = [
+                    i for i in items if end is None or (at := _written_at(i)) is None or at <= end
+                ]
                 return sorted(within, key=_order), users
 
-    def _beyond_reach(self, items: list[dict], *, bounded: bool) -> None:
+    def _beyond_reach(self, items: list[dict]) -> None:
         """X keeps a handle's latest 800 mentions: a read back to a point that returns that
         many may not have reached it, and what is older is out of X's reach. Said, counted."""
-        if not bounded or len(items) < MENTIONS_REACH:
+        if len(items) < MENTIONS_REACH:
             return
         metrics.MENTIONS_BEYOND_REACH.labels(self.handle.handle).inc()
         log.warning("mentions read back to X's reach: older ones in the gap cannot be read",
@@ -201,13 +206,6 @@ class DirectMessagesPoller(Poller):
             token = _next_token(page)
             if token is None or since is None or len(newer) < len(events):
                 return items, users
-
-
-def _written_after(item: object, moment: str) -> bool:
-    """Whether a tweet was written after ``moment`` (X's time format); one whose time cannot
-    be read is kept: the service dead-letters what it cannot read."""
-    at = _written_at(item)
-    return at is not None and at > iso_time(moment)
 
 
 def _written_at(item: object) -> datetime | None:

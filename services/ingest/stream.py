@@ -531,15 +531,19 @@ class FilteredStream:
                   "(Enterprise access only)")  # fmt: skip
 
     def _backfill_minutes(self, gap_from: float | None) -> int:
-        off = self._backfill_suspect or self._backfill_refused
-        if gap_from is None or not self.settings.backfill_minutes or off:
+        if gap_from is None or not self.settings.backfill_minutes or self._backfill_off:
             return 0
         return min(self.settings.backfill_minutes, max(1, math.ceil((time.time() - gap_from) / 60)))
 
     def _covered_by_backfill(self, gap_from: float) -> bool:
-        if self._backfill_suspect or self._backfill_refused:
+        if self._backfill_off:
             return False
         return time.time() - gap_from <= self.settings.backfill_minutes * 60
+
+    @property
+    def _backfill_off(self) -> bool:
+        """Not asked for: X refused it, or refused a connection that asked for it."""
+        return self._backfill_suspect or self._backfill_refused
 
     async def _recover(self, gap_from: float | None) -> None:
         """Start the mentions backstop for the gap, unless something else covers it, and for

@@ -158,7 +158,7 @@ def apply(
             "max_urgency": _max_urgency(state, recent.urgency, urgency, tweets),
             "awaiting": _awaiting(state, corrected, department, urgency, sla_minutes),
             "recent": tweets,
-            "routed": _with_deadline(state, corrected, urgency, sla_minutes),
+            "routed": _with_deadline(state, corrected, sla_minutes),
             "updated_at": now,
             **_remembering(state, correction),
         }
@@ -226,18 +226,15 @@ def _awaiting(
 
 
 def _with_deadline(
-    state: ConversationState,
-    corrected: RecentTweet,
-    urgency: Urgency,
-    sla_minutes: dict[Urgency, float],
+    state: ConversationState, corrected: RecentTweet, sla_minutes: dict[Urgency, float]
 ) -> dict[str, RouteDecision]:
     """The remembered decisions, the corrected tweet's with the SLA of its new urgency: the
     tweet may become the awaited one later (the one awaited now deleted, or answered by a reply
     written before it), and is then owed a reply as fast as its corrected urgency says."""
     decision = state.routed.get(corrected.tweet.id)
-    if decision is None or urgency == state.recent[corrected.tweet.id].urgency:
+    if decision is None or corrected.urgency == state.recent[corrected.tweet.id].urgency:
         return state.routed
-    due_at = _deadline(corrected, urgency, sla_minutes)
+    due_at = _deadline(corrected, corrected.urgency, sla_minutes)
     return {**state.routed, corrected.tweet.id: decision.model_copy(update={"sla_due_at": due_at})}
 
 
