@@ -54,6 +54,7 @@ OBSERVED = (
     topics.DELIVERIES,
     topics.NOTIFICATIONS_DLQ,
 )
+PORT_RESPAWNS = 3  # a service whose HTTP port another process took first starts on another
 OUT_OF_RANGE_S = 30.0  # how long the observer asks again for an offset the broker says is gone
 
 
@@ -188,10 +189,18 @@ class Stack:
     async def _wait_ready(self, service: str) -> None:
         url = f"http://127.0.0.1:{self.ports[service]}/readyz"
         deadline = time.monotonic() + self.options.ready_timeout_s
+        respawns = 0
         async with httpx.AsyncClient(timeout=1.0) as client:
             while time.monotonic() < deadline:
                 process = self.processes[service]
                 if process.poll() is not None:
+                    if self._port_taken(service) and respawns < PORT_RESPAWNS:
+                        # Another process bound the chosen port first: choose another.
+                        respawns += 1
+                        log.warning("%s: port %s taken; another", service, self.ports[service])
+                        self._spawn(service)
+                        url = f"http://127.0.0.1:{self.ports[service]}/readyz"
+                        continue
                     raise RuntimeError(
                         f"{service} exited with {process.returncode}:\n{self.log_tail(service)}"
                     )
@@ -202,6 +211,12 @@ class Stack:
                     pass
                 await asyncio.sleep(0.2)
         raise TimeoutError(f"{service} not ready after {self.options.ready_timeout_s}s")
+
+    def _port_taken(self, service: str) -> bool:
+        # uvicorn's words for a bind that failed: "... on address ('<host>', <port>): address
+        # already in use"
+        taken = f", {self.ports[service]}): address already in use"
+        return taken in self.log_tail(service, lines=50)
 
     def log_tail(self, service: str, lines: int = 20, leave_out: str | None = None) -> str:
         """The last ``lines`` of ``service``'s log, without those containing ``leave_out``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import subprocess
 import time
@@ -20,10 +21,36 @@ from switchboard.shared.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_chooser = random.SystemRandom()  # not the random module's state: a test may seed that
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, for a process started next to bind.
+
+    Chosen below the kernel's ephemeral range: a port the kernel hands out (bind to 0) is one
+    it also hands to outgoing connections as their source port, and on a busy machine one of
+    those can take it between this check and the process's own bind.
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _chooser.randrange(max(1024, low - 20000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        return max(2048, int(EPHEMERAL_RANGE.read_text().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default, and outside the IANA range other systems use
 
 
 def broker_binary() -> Path:
