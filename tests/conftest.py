@@ -1,14 +1,15 @@
 """Fixtures shared by every test layer.
 
-- ``kafka``: a real Kafka-protocol broker for the whole session: the embedded one, started on a
+- ``kafka``: a real Kafka-protocol broker of the test's own: the embedded one, started on a
   free loopback port in a temporary folder, or the cluster in KAFKA_BOOTSTRAP_SERVERS.
-- ``own_kafka``: an embedded broker of the test's own, for tests whose consumer groups or
-  faults must not meet the session's broker.
+- ``own_kafka``: an embedded broker of the test's own whatever the environment names, for tests
+  that stop the broker or leave members in its groups.
 - ``inbox``: a real SMTP server on loopback that keeps what it receives.
 - ``service_environment``: what a service process needs in its environment to use a broker.
 
-The broker is shared by the session, and test_poison.py leaves poison on the services' input
-topics on purpose: read events with ``readable``/``published``, which skip what does not decode.
+On a cluster named by KAFKA_BOOTSTRAP_SERVERS, tests share topics, and test_poison.py leaves
+poison on the services' input topics on purpose: read events with ``readable``/``published``,
+which skip what does not decode.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -86,30 +88,35 @@ def classifier():  # noqa: ANN201 - the import is deferred: unit tests never loa
     return TweetClassifier.load(threads=MODEL_THREADS)
 
 
-@pytest.fixture(scope="session")
-async def kafka(
-    tmp_path_factory: pytest.TempPathFactory, config: SwitchboardConfig
-) -> AsyncIterator[KafkaSettings]:
+@pytest.fixture
+async def kafka(tmp_path: Path, config: SwitchboardConfig) -> AsyncIterator[KafkaSettings]:
+    """The cluster in KAFKA_BOOTSTRAP_SERVERS, or else an embedded broker of the test's own (it
+    starts in a tenth of a second). The services' consumer groups are fixed names: on a broker
+    shared between tests, each would start from the offsets other tests left and process their
+    tweets too, which is work no test asked for and a source of stray deliveries."""
     external = KafkaSettings()
-    broker = None
     if external.bootstrap_servers:
-        settings = external
-    else:
-        broker = EmbeddedBroker(tmp_path_factory.mktemp("broker"))
-        await broker.start()
-        settings = broker.settings()
-    await ensure_topics(settings, topics.ALL, config.topics.partitions, 1)
-    yield settings
-    if broker is not None:
-        broker.stop()
+        await ensure_topics(external, topics.ALL, config.topics.partitions, 1)
+        yield external
+        return
+    async with embedded_broker(tmp_path, config) as settings:
+        yield settings
 
 
 @pytest.fixture
 async def own_kafka(tmp_path: Path, config: SwitchboardConfig) -> AsyncIterator[KafkaSettings]:
-    """An embedded broker of the test's own, its topics created and empty. The services' consumer
-    groups are fixed names, so on the session's broker they would start from the offsets other
-    tests left and process those tests' tweets too."""
-    broker = EmbeddedBroker(tmp_path / "broker")
+    """An embedded broker of the test's own even when KAFKA_BOOTSTRAP_SERVERS names a cluster:
+    for tests that stop or freeze it, or leave static members in its groups."""
+    async with embedded_broker(tmp_path, config) as settings:
+        yield settings
+
+
+@contextlib.asynccontextmanager
+async def embedded_broker(tmp_path: Path, config: SwitchboardConfig
+                          ) -> AsyncIterator[KafkaSettings]:  # fmt: skip
+    """A broker in ``tmp_path``, its topics created and empty."""
+    # a folder of its own: a test may hold both fixtures, or start a broker of its own beside
+    broker = EmbeddedBroker(Path(tempfile.mkdtemp(prefix="broker-", dir=tmp_path)))
     await broker.start()
     try:
         settings = broker.settings()
