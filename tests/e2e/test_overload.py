@@ -21,13 +21,13 @@ from tests.e2e.conftest import wait_settled, wait_until
 pytestmark = pytest.mark.e2e
 
 SUSTAINED_PER_S = 150  # docs/performance.md: the highest rate this machine sustains
-WARM, BURST = 300, 5_000  # the burst offered at ten times the sustained rate
+WARM, BURST = 300, 3_000  # the burst offered at ten times the sustained rate
 BURST_PER_S = 10 * SUSTAINED_PER_S
 # Allowed RSS growth over the warm level, per service. Holding the burst in memory would take
-# far more: 5,000 tweets as events and their outputs are about 125 MB in Python objects. The
+# far more: 3,000 tweets as events and their outputs are about 75 MB in Python objects. The
 # burst is spread over a few conversations so that what route and notify remember per
 # conversation (which expires, and is measured by the soak) stays out of the measure.
-GROWTH_LIMIT_MB = 80
+GROWTH_LIMIT_MB = 50
 CONVERSATIONS = 40
 FIRST_ID = 6_000_000_000_000_000_000
 
@@ -68,9 +68,9 @@ async def test_a_burst_of_ten_times_the_sustained_rate_backs_up_in_kafka_and_dra
     assert stack.tally.undelivered() == set(), stack.tally.failed_deliveries
     assert sum(stack.tally.deliveries.values()) >= stack.tally.expected_deliveries
     assert all(len(set(found)) == 1 for found in stack.tally.primary.values())
-    # It was an overload: the classifier's group fell thousands of tweets behind...
+    # It was an overload: the classifier's group fell most of the burst behind...
     classify_lag = max(lag.get("switchboard-classify", 0) for lag in lags)
-    assert classify_lag >= 2_000, lags[-5:]
+    assert classify_lag >= BURST / 2, lags[-5:]
     # ...and caught up afterwards: every group committed everything
     assert end_lag == 0
     growth = {
