@@ -50,8 +50,8 @@ soak: setup
 
 # Test files run on TEST_WORKERS processes (pytest-xdist), a file's tests on one worker so that a
 # module's fixtures (the quality test's evaluation encodes every training tweet) are computed once.
-# Tests share nothing that could collide: each has its own temporary folders and free ports, the
-# fault tests their own broker, and each worker its own session broker. TEST_WORKERS=0: serially.
+# Tests share nothing that could collide: each has its own temporary folders, free ports and
+# broker (or keys of its own on a cluster named by KAFKA_BOOTSTRAP_SERVERS). TEST_WORKERS=0: serially.
 # Three workers on two cores: much of the e2e tests' time is waiting (a broker held down for 30 s,
 # a sweep's period, a service's start), which a third worker fills (11:46 against 13:22 here).
 TEST_WORKERS ?= 3

@@ -197,7 +197,7 @@ async def read_topics(
 ) -> list:
     """Every record on ``watched`` from the beginning, read until ``until(records)``, or else
     until ``timeout_s`` has passed and every record that was there when the read began has
-    been read: the session's topics hold what every earlier test wrote, and on a loaded machine
+    been read: a shared cluster's topics hold what earlier tests wrote, and on a loaded machine
     a read that stopped at its timeout returned part of it (``lambda rs: False`` reads
     "everything there now")."""
     consumer = AIOKafkaConsumer(*watched, auto_offset_reset="earliest", **client_options(kafka))

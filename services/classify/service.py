@@ -52,7 +52,7 @@ from switchboard.shared.kafka import (
     StageFault,
     StreamLoop,
     client_options,
-    decode_or_dead_letter,
+    dead_letter_record,
     ensure_topics,
     make_consumer,
     make_producer,
@@ -379,33 +379,36 @@ class ClassifyService:
     async def handle(self, records: list[ConsumerRecord]) -> list[Output]:
         model = self.model  # the whole batch on one model, even if another takes over meanwhile
         assert model is not None
-        outputs: list[Output] = []
         events: list[RawTweet] = []
+        undecodable: list[tuple[ConsumerRecord, DecodeError]] = []
         for record in records:
-            decoded = decode_or_dead_letter(record, RawTweet, self.name)
-            if isinstance(decoded, Output):
-                outputs.append(decoded)
-            else:
-                events.append(decoded)
-        if events:
-            started = time.perf_counter()
             try:
-                predictions, langs = await asyncio.to_thread(labels_and_languages, model, events)
-            except Exception as error:
-                if not await asyncio.to_thread(still_works, model):
-                    raise StageFault(f"the model cannot label tweets: {error!r}") from error
-                raise  # one of these texts: handled one at a time, the culprit dead-lettered
-            metrics.INFERENCE_SECONDS.labels(self.role).observe(time.perf_counter() - started)
-            results = [
-                classified(event, prediction, model, lang)
-                for event, prediction, lang in zip(events, predictions, langs, strict=True)
-            ]
-            outputs += [
-                Output.of(self.output_topic, r, key=r.tweet.conversation_id) for r in results
-            ]
-            for result in results:  # counted once the whole batch is labelled (not on a retry)
-                self._count(result)
-        return outputs
+                events.append(decode(RawTweet, record.value))
+            except DecodeError as problem:
+                undecodable.append((record, problem))
+        # Dead letters are made (and counted) once the batch is labelled: a batch the model
+        # fails on is handled again one record at a time, and would count them twice.
+        outputs = await self._labelled(model, events)
+        return [dead_letter_record(self.name, p, r) for r, p in undecodable] + outputs
+
+    async def _labelled(self, model: TweetClassifier, events: list[RawTweet]) -> list[Output]:
+        if not events:
+            return []
+        started = time.perf_counter()
+        try:
+            predictions, langs = await asyncio.to_thread(labels_and_languages, model, events)
+        except Exception as error:
+            if not await asyncio.to_thread(still_works, model):
+                raise StageFault(f"the model cannot label tweets: {error!r}") from error
+            raise  # one of these texts: handled one at a time, the culprit dead-lettered
+        metrics.INFERENCE_SECONDS.labels(self.role).observe(time.perf_counter() - started)
+        results = [
+            classified(event, prediction, model, lang)
+            for event, prediction, lang in zip(events, predictions, langs, strict=True)
+        ]
+        for result in results:  # counted once the whole batch is labelled (not on a retry)
+            self._count(result)
+        return [Output.of(self.output_topic, r, key=r.tweet.conversation_id) for r in results]
 
     def _count(self, result: ClassifiedTweet) -> None:
         c = result.classification

@@ -17,7 +17,7 @@ from tests.conftest import CONFIG_FILE
 @pytest.fixture
 def own_stack(stack_of: Callable[[Path], Stack]) -> Stack:
     """A stack (not started) with its own broker and inbox: the faults a test injects (kills,
-    outages, bursts) must not reach the session's broker, which never expires a dead member."""
+    outages, bursts) must not reach a shared cluster, nor kill another test's services."""
     return stack_of(CONFIG_FILE)
 
 

@@ -21,8 +21,8 @@ IN_FLIGHT_S = 5.0  # at most how long before a kill an email can be accepted yet
 
 
 async def test_kill_9_of_each_service_mid_stream_loses_nothing(own_stack: Stack, tmp_path: Path):
-    # Its own broker and inbox: the embedded broker keeps a killed member in its group for good,
-    # so the session's broker must not see these crashes (the stack uses static membership).
+    # Its own broker and inbox: the embedded broker keeps a killed member in its group for good
+    # (the stack uses static membership), so these crashes must not reach a shared cluster.
     stack = own_stack
     load = tmp_path / "tweets.jsonl"
     sent = write_load(SAMPLES, TWEETS, load, 4_000_000_000_000_000_000 + time.time_ns() // 1000)

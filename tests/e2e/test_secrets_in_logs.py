@@ -179,8 +179,8 @@ async def use_every_secret(stack: Stack) -> None:
 async def test_no_secret_reaches_any_log(outside, tmp_path, caplog):
     caplog.set_level("INFO")
     seed_mentions(outside["x"], outside["config"])
-    # Fresh tweet ids: the session's broker holds the samples already, and ingest would drop
-    # them as duplicates.
+    # Fresh tweet ids: a cluster shared between tests may hold the samples already, and ingest
+    # would drop them as duplicates.
     replay = tmp_path / "tweets.jsonl"
     sent = write_load(SAMPLES, TWEETS, replay, 3_000_000_000_000_000_000 + time.time_ns() // 1000)
     stack = Stack(StackOptions(workdir=tmp_path / "run", config_file=outside["config"],

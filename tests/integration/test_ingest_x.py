@@ -176,8 +176,8 @@ async def test_mentions_resume_after_a_restart_with_no_loss_and_no_repeat(
     x_api, customers, ingest_settings, running, read
 ):
     ana, bo = customers
-    # A handle no other test polled: checkpoints live on the session's broker, and this test
-    # starts from none.
+    # A handle no other test polled: on a cluster shared between tests, checkpoints outlive a
+    # test, and this test starts from none.
     handle_id = x_api.add_user(new_id(), "AcmeHelp")["id"]
 
     def settings():  # noqa: ANN202

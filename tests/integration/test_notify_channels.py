@@ -908,8 +908,8 @@ async def test_a_jira_429_with_only_a_reset_time_parks_the_delivery_until_then(
     into the same limit on the backoff and being parked without a time."""
     jira = vendors["jira"]
     jira.reset_without_retry_after = True
-    # An hour: the parked delivery stays on the session's broker, and one due within the
-    # session would be redriven by a later test's notify and change what that test counts.
+    # An hour: on a cluster shared between tests, the parked delivery stays, and one due within
+    # the session would be redriven by a later test's notify and change what that test counts.
     jira.fail_next("/rest/api/3/issue", 429, retry_after_s=3600)
     conv = conversation()
 

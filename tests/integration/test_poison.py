@@ -19,6 +19,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client import REGISTRY
 
 from switchboard.classify.service import GROUP_ID as CLASSIFY_GROUP
 from switchboard.classify.service import ClassifyService
@@ -61,7 +62,7 @@ from switchboard.shared.streams import AckAfterPublish, raw_topic, stream_app, u
 from tests.conftest import CONFIG_FILE
 from tests.factories import Poison, a_classified_tweet, a_raw_tweet, a_tweet, routed_from
 
-RUN = uuid.uuid4().hex[:8]  # the broker is shared by the session: keys unique to this run
+RUN = uuid.uuid4().hex[:8]  # keys unique to this run: a cluster may be shared between tests
 SKYLARK_HELP_ID = "1500000000000000002"
 
 
@@ -223,6 +224,61 @@ class _BrokenModel:
 
     def predict(self, texts: list[str]) -> list[Any]:
         raise RuntimeError("onnxruntime: bad allocation")
+
+
+class _ModelFailingOn:
+    """The shipped model with a bug one text triggers (in its tokenizer, say)."""
+
+    def __init__(self, model: Any, text: str) -> None:
+        self._model, self._text = model, text
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def predict(self, texts: list[str]) -> list[Any]:
+        if self._text in texts:
+            raise ValueError("the tokenizer's bug")
+        return self._model.predict(texts)
+
+
+async def test_a_batch_the_model_fails_on_dead_letters_each_bad_record_once(
+    kafka, producer, read, running, classifier
+):
+    """A batch holding an undecodable record and a text the model fails on is handled again
+    one record at a time: each bad record is dead-lettered, and counted, once."""
+    conversation = f"{RUN}-one-batch"  # one key, one partition: the three records come together
+    bad_text = "@SkylarkHelp the text the model fails on"
+    tweets = [a_raw_tweet(id=f"{RUN}-{n}", conversation_id=conversation, text=text)
+              for n, text in enumerate([bad_text, "@SkylarkHelp where is my bag"])]  # fmt: skip
+    for value in [b"{not json", *(encode(t) for t in tweets)]:
+        await producer.send_and_wait(topics.RAW, value, conversation.encode())
+
+    def counted(reason: str) -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "switchboard_deadletter_total", {"service": "classify", "reason": reason}
+            )
+            or 0.0
+        )
+
+    before = {reason: counted(reason) for reason in ("invalid_json", "processing_failed")}
+    settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    async with running(ClassifyService(settings, model=_ModelFailingOn(classifier, bad_text))):
+        await read(
+            [topics.CLASSIFIED, topics.DEADLETTER],
+            lambda rs: sum(r.key == conversation.encode() for r in rs) >= 3,
+        )
+        await asyncio.sleep(1)  # a second dead letter of either would be out by now
+        records = await read([topics.CLASSIFIED, topics.DEADLETTER], lambda rs: False, 1.0)
+
+    ours = [r for r in records if r.key == conversation.encode()]
+    letters = sorted(decode(DeadLetter, r.value).reason for r in ours
+                     if r.topic == topics.DEADLETTER)  # fmt: skip
+    assert letters == ["invalid_json", "processing_failed"]
+    assert [r.topic for r in ours].count(topics.CLASSIFIED) == 1
+    assert {reason: counted(reason) - n for reason, n in before.items()} == {
+        "invalid_json": 1.0, "processing_failed": 1.0,
+    }  # fmt: skip
 
 
 async def test_classify_whose_model_breaks_stops_and_dead_letters_nothing(

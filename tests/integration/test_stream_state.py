@@ -128,8 +128,8 @@ async def test_each_worker_holds_only_the_state_of_its_partitions(
     tmp_path: Path,
     started: Callable[[Worker], Awaitable[Worker]],
 ) -> None:
-    # A broker of its own: a group that rebalances on the session's broker, after hundreds of
-    # other tests' groups, waited there for members of other tests' groups.
+    # A broker of its own: on a cluster shared between tests (KAFKA_BOOTSTRAP_SERVERS), a group
+    # that rebalances after hundreds of other tests' groups waited for members of theirs.
     kafka, run = own_kafka, next(_runs)
     topic = f"counter-{run}-in"
     await ensure_topics(kafka, [topic], PARTITIONS, 1)
