@@ -27,6 +27,7 @@ from switchboard.shared.settings import (
     ConfigError,
     check_config_file,
     config_file_in_use,
+    config_overrides,
 )
 
 SAMPLES = Path("data/samples/tweets.jsonl")
@@ -375,16 +376,19 @@ def config_group() -> None:
 )
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False), required=False)
 def config_check(service: str | None, file: Path | None) -> None:
-    """Validate FILE (default: $SWITCHBOARD_CONFIG_FILE or config/switchboard.yaml): each
-    error on a line with its key (and routing rule); exit status 1 when there is one."""
+    """Validate FILE (default: $SWITCHBOARD_CONFIG_FILE or config/switchboard.yaml) with the
+    environment's SWITCHBOARD_CONFIG__ overrides over it, as the services read it: each error
+    on a line with its key (and routing rule); exit status 1 when there is one."""
     path = config_file_in_use(file)
     model = SwitchboardConfig if service is None else SERVICE_CONFIGS[service]
     errors = check_config_file(path, model)
     who = f"the {service} service" if service else "every service"
+    overrides = config_overrides()
+    read = f"{path} with {', '.join(overrides)} over it" if overrides else str(path)
     if not errors:
-        click.echo(f"{path}: valid for {who}")
+        click.echo(f"{read}: valid for {who}")
         return
-    click.echo(f"{path}: {len(errors)} error(s) that would stop {who}:", err=True)
+    click.echo(f"{read}: {len(errors)} error(s) that would stop {who}:", err=True)
     for line in errors:
         click.echo(f"  {line}", err=True)
     sys.exit(1)

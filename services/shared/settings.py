@@ -19,7 +19,6 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
-    create_model,
     model_validator,
 )
 from pydantic_settings import (
@@ -274,14 +273,36 @@ def config_file_in_use(path: Path | str | None = None) -> Path:
 
 def check_config_file(path: Path, model: type[BaseModel]) -> list[str]:
     """The errors a service whose config model is ``model`` would stop on at start, one line
-    each, naming the key (and the routing rule); [] when it would start. Secrets are read when
-    a service uses them, so a secret's variable or file is not looked for here."""
+    each, naming the key (and the routing rule); [] when it would start. The file is read with
+    the environment's ``SWITCHBOARD_CONFIG__`` overrides over it, as a service reads it. Secrets
+    are read when a service uses them, so a secret's variable or file is not looked for here."""
     raw = read_yaml(path)
+
+    class AsAtStart(BaseSettings):
+        model_config = SettingsConfigDict(
+            env_prefix="SWITCHBOARD_", env_nested_delimiter="__", extra="ignore"
+        )
+        config: model  # type: ignore[valid-type]
+
+        @classmethod
+        def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], env_settings: PydanticBaseSettingsSource,
+            **_: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:  # fmt: skip
+            return (env_settings, _YamlFileSource(settings_cls, path))
+
     try:
-        create_model("ConfigFile", config=(model, ...)).model_validate({"config": raw})
+        AsAtStart()
     except ValidationError as exc:
         return describe_errors(exc, env_prefix="SWITCHBOARD_", raw=raw).splitlines()[1:]
+    except SettingsError as exc:
+        return [f"environment: {exc} (an override of a list or a map takes JSON)"]
     return []
+
+
+def config_overrides() -> list[str]:
+    """The ``SWITCHBOARD_CONFIG__`` variables set here: keys of the file they override."""
+    return sorted(name for name in os.environ if name.upper().startswith("SWITCHBOARD_CONFIG__"))
 
 
 def describe_errors(

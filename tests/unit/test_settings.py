@@ -318,3 +318,27 @@ def test_config_check_validates_a_file_as_each_service_would(write_config):
     assert route.exit_code == 1 and "notify" not in route.output.replace(path, "")
     ingest = runner.invoke(main, ["config", "check", "--service", "ingest", path])
     assert ingest.exit_code == 0 and "valid for the ingest service" in ingest.output
+
+
+def test_config_check_reads_the_environments_overrides_as_the_services_do(monkeypatch):
+    """A file valid alone, with an override a service would refuse at start, is not valid."""
+    from click.testing import CliRunner
+
+    from switchboard.cli import main
+
+    runner = CliRunner()
+    monkeypatch.setenv("SWITCHBOARD_CONFIG__ROUTE__CONFIDENCE_THRESHOLD", "1.5")
+    refused = runner.invoke(main, ["config", "check", "--service", "route", str(EXAMPLE)])
+    assert refused.exit_code == 1
+    assert "with SWITCHBOARD_CONFIG__ROUTE__CONFIDENCE_THRESHOLD over it" in refused.output
+    assert "config key route.confidence_threshold: " in refused.output
+    with pytest.raises(ConfigError, match="route.confidence_threshold"):  # as route would
+        RouteSettings.load(config_file=EXAMPLE)
+
+    monkeypatch.setenv("SWITCHBOARD_CONFIG__ROUTE__CONFIDENCE_THRESHOLD", "0.6")
+    monkeypatch.setenv("SWITCHBOARD_CONFIG__ROUTE__ALERT_URGENCIES", "critical")  # not JSON
+    not_json = runner.invoke(main, ["config", "check", "--service", "route", str(EXAMPLE)])
+    assert not_json.exit_code == 1 and "takes JSON" in not_json.output
+    monkeypatch.delenv("SWITCHBOARD_CONFIG__ROUTE__ALERT_URGENCIES")
+    good = runner.invoke(main, ["config", "check", "--service", "route", str(EXAMPLE)])
+    assert good.exit_code == 0 and "valid for the route service" in good.output
