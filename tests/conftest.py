@@ -132,8 +132,8 @@ async def embedded_broker(tmp_path: Path, config: SwitchboardConfig
     """A broker in ``tmp_path``, its topics created and empty."""
     # a folder of its own: a test may hold both fixtures, or start a broker of its own beside
     broker = EmbeddedBroker(Path(tempfile.mkdtemp(prefix="broker-", dir=tmp_path)))
-    await broker.start()
     try:
+        await broker.start()  # inside: a start that timed out stops the process too
         settings = broker.settings()
         await ensure_topics(settings, topics.ALL, config.topics.partitions, 1)
         yield settings
@@ -231,8 +231,8 @@ async def _caught_up(consumer: AIOKafkaConsumer, ends: dict | None) -> bool:
 def readable(
     records: list[ConsumerRecord], event_type: type[E]
 ) -> Iterator[tuple[ConsumerRecord, E]]:
-    """Each record that holds an ``event_type``, with the event. The session's tests share the
-    broker, and test_poison.py leaves poison on the services' input topics on purpose."""
+    """Each record that holds an ``event_type``, with the event. Tests may share a cluster
+    (KAFKA_BOOTSTRAP_SERVERS), and test_poison.py leaves poison on the services' input topics."""
     for record in records:
         with contextlib.suppress(DecodeError):
             yield record, decode(event_type, record.value)

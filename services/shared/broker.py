@@ -28,29 +28,37 @@ _chooser = random.SystemRandom()  # not the random module's state: a test may se
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on, for a process started next to bind.
 
-    Chosen below the kernel's ephemeral range: a port the kernel hands out (bind to 0) is one
+    Chosen outside the kernel's ephemeral range: a port the kernel hands out (bind to 0) is one
     it also hands to outgoing connections as their source port, and on a busy machine one of
     those can take it between this check and the process's own bind.
     """
-    low = _ephemeral_low()
-    for _ in range(200):
-        port = _chooser.randrange(max(1024, low - 20000), low)
+    choices = _outside_ephemeral()
+    for _ in range(200 if choices else 0):
+        port = _chooser.choice(choices)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
             return port
+    log.warning("no free port outside the ephemeral range; one the kernel chose")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-def _ephemeral_low() -> int:
+def _outside_ephemeral() -> range:
+    """Up to 20,000 ports below the ephemeral range, or else those above it; empty if neither
+    side has a thousand."""
     try:
-        return max(2048, int(EPHEMERAL_RANGE.read_text().split()[0]))
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default, and outside the IANA range other systems use
+        low, high = (int(bound) for bound in EPHEMERAL_RANGE.read_text().split()[:2])
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's defaults
+    if low - 1024 >= 1000:
+        return range(max(1024, low - 20000), low)
+    if 65535 - high >= 1000:
+        return range(high + 1, 65536)
+    return range(0)
 
 
 def broker_binary() -> Path:

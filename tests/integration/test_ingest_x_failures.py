@@ -424,8 +424,8 @@ async def test_mentions_missed_while_ingest_was_down_are_recovered(
 
 
 async def alive_saved(service: IngestService, since: float) -> None:
-    """Until the service's stream saved its alive checkpoint after ``since`` (the session's
-    broker may hold one from an earlier test)."""
+    """Until the service's stream saved its alive checkpoint after ``since`` (a cluster
+    shared between tests may hold one from an earlier test)."""
     key = ALIVE_CHECKPOINT + service.config.ingest.x.filtered_stream.app
     await wait_for(lambda: int(service.checkpoints.get(key) or 0) >= snowflake_at(since))
 

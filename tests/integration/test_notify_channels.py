@@ -1208,7 +1208,7 @@ async def test_a_target_down_is_parked_then_redriven_once_it_is_back(
         await read([topics.NOTIFICATIONS_DLQ], lambda rs: len(deliveries(rs, conv)) >= 1)
         parked = await listed(kafka, Filters(delivery_id=f"{event.tweet.id}:jira:legal-board"))
         assert len(parked) == 1 and "503" in parked[0].error and parked[0].attempts == 2
-        # the sweep counts it (earlier tests' parked are on this broker too)
+        # the sweep counts it (and, on a shared cluster, earlier tests' parked deliveries)
         await wait_for(lambda: counted()[0] == counted()[2] >= counted()[1] >= 1)
         size, on_jira, held = counted()
         jira.clear_failures()  # the target is back
@@ -1310,7 +1310,7 @@ async def test_deliveries_parked_while_a_target_is_down_go_out_by_themselves_onc
         issues = [i for i in jira.issues.values()
                   if event.tweet.text in str(i["fields"]["description"])]  # fmt: skip
         assert len(issues) == 1
-    # The rejection stays parked for a person; earlier tests' are on this broker too.
+    # The rejection stays parked for a person (a shared cluster holds earlier tests' too).
     assert still_parked & {*events, rejected.tweet.conversation_id} == {
         rejected.tweet.conversation_id
     }
@@ -1346,7 +1346,7 @@ async def test_a_rejection_nobody_redrives_is_forgotten_after_the_retention(
 
     assert "HTTP 400" in (shown.error or "") and shown.retry_at is None
     assert forgotten_after >= timedelta(seconds=10)
-    [said] = [r for r in caplog.records  # earlier tests' rejections may be forgotten too
+    [said] = [r for r in caplog.records  # a shared cluster's earlier rejections may be too
               if r.getMessage() == "a parked delivery nobody redrove is forgotten"
               and r.delivery_id == refused.delivery_id]  # fmt: skip
     assert "HTTP 400" in said.error

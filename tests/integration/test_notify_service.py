@@ -390,8 +390,8 @@ async def test_a_subscription_gets_one_digest_whichever_replicas_hold_its_tweets
         )
         return NotifyService(settings)
 
-    # On a broker of the test's own: a static member stays in its group after it stops, and the
-    # session's group would wait for the second one in every later test.
+    # On a broker of the test's own: a static member stays in its group after it stops, and on
+    # a cluster shared between tests the group would wait for the second one in later tests.
     first, second = replica("notify-a"), replica("notify-b")
     # conversations (conv-<tweet id>) on every partition, so on both replicas
     partitions = first.settings.config.topics.partitions

@@ -59,7 +59,7 @@ from switchboard.shared.kafka import (
 )
 from switchboard.shared.settings import KafkaSettings
 from switchboard.shared.streams import AckAfterPublish, raw_topic, stream_app, until_worker_ready
-from tests.conftest import CONFIG_FILE
+from tests.conftest import CONFIG_FILE, read_topics
 from tests.factories import Poison, a_classified_tweet, a_raw_tweet, a_tweet, routed_from
 
 RUN = uuid.uuid4().hex[:8]  # keys unique to this run: a cluster may be shared between tests
@@ -242,16 +242,18 @@ class _ModelFailingOn:
 
 
 async def test_a_batch_the_model_fails_on_dead_letters_each_bad_record_once(
-    kafka, producer, read, running, classifier
+    own_kafka, own_producer, running, classifier
 ):
     """A batch holding an undecodable record and a text the model fails on is handled again
-    one record at a time: each bad record is dead-lettered, and counted, once."""
+    one record at a time: each bad record is dead-lettered, and counted, once. On a broker of
+    its own: the counter is the process's, and on a shared cluster classify's group would
+    also read the poison other tests leave."""
     conversation = f"{RUN}-one-batch"  # one key, one partition: the three records come together
     bad_text = "@SkylarkHelp the text the model fails on"
     tweets = [a_raw_tweet(id=f"{RUN}-{n}", conversation_id=conversation, text=text)
               for n, text in enumerate([bad_text, "@SkylarkHelp where is my bag"])]  # fmt: skip
     for value in [b"{not json", *(encode(t) for t in tweets)]:
-        await producer.send_and_wait(topics.RAW, value, conversation.encode())
+        await own_producer.send_and_wait(topics.RAW, value, conversation.encode())
 
     def counted(reason: str) -> float:
         return (
@@ -262,14 +264,16 @@ async def test_a_batch_the_model_fails_on_dead_letters_each_bad_record_once(
         )
 
     before = {reason: counted(reason) for reason in ("invalid_json", "processing_failed")}
-    settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=own_kafka)
     async with running(ClassifyService(settings, model=_ModelFailingOn(classifier, bad_text))):
-        await read(
+        await read_topics(
+            own_kafka,
             [topics.CLASSIFIED, topics.DEADLETTER],
             lambda rs: sum(r.key == conversation.encode() for r in rs) >= 3,
         )
         await asyncio.sleep(1)  # a second dead letter of either would be out by now
-        records = await read([topics.CLASSIFIED, topics.DEADLETTER], lambda rs: False, 1.0)
+        watched = [topics.CLASSIFIED, topics.DEADLETTER]
+        records = await read_topics(own_kafka, watched, lambda rs: False, 1.0)
 
     ours = [r for r in records if r.key == conversation.encode()]
     letters = sorted(decode(DeadLetter, r.value).reason for r in ours
