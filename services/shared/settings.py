@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    create_model,
     model_validator,
 )
 from pydantic_settings import (
@@ -276,27 +277,13 @@ def check_config_file(path: Path, model: type[BaseModel]) -> list[str]:
     each, naming the key (and the routing rule); [] when it would start. The file is read with
     the environment's ``SWITCHBOARD_CONFIG__`` overrides over it, as a service reads it. Secrets
     are read when a service uses them, so a secret's variable or file is not looked for here."""
-    raw = read_yaml(path)
-
-    class AsAtStart(BaseSettings):
-        model_config = SettingsConfigDict(
-            env_prefix="SWITCHBOARD_", env_nested_delimiter="__", extra="ignore"
-        )
-        config: model  # type: ignore[valid-type]
-
-        @classmethod
-        def settings_customise_sources(
-            cls, settings_cls: type[BaseSettings], env_settings: PydanticBaseSettingsSource,
-            **_: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:  # fmt: skip
-            return (env_settings, _YamlFileSource(settings_cls, path))
-
-    try:
-        AsAtStart()
-    except ValidationError as exc:
-        return describe_errors(exc, env_prefix="SWITCHBOARD_", raw=raw).splitlines()[1:]
-    except SettingsError as exc:
-        return [f"environment: {exc} (an override of a list or a map takes JSON)"]
+    read_yaml(path)  # a file missing or unreadable is not a list of errors: raised as it is
+    as_at_start = create_model("ConfigCheck", __base__=ServiceSettings, config=(model, ...))
+    try:  # the Kafka variables are judged when a service connects, not here
+        as_at_start.load(config_file=path, kafka=KafkaSettings.model_construct())
+    except ConfigError as exc:
+        lines = str(exc).splitlines()
+        return lines[1:] if len(lines) > 1 else lines  # after "invalid configuration"
     return []
 
 
