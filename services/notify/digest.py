@@ -10,14 +10,16 @@ the owner holds it, and a restart restores it. A timer asks the owner to send ea
 is due (``DigestDue`` on the same topic); the owner sends it and only then removes what it sent
 from the table. A crash between the two sends the same digest again with the same
 ``Message-ID`` (derived from the tweets in it), which mail systems use to drop the copy.
-A tweet published twice (notify restarted before committing it) is listed once: each listed
-tweet is marked by its id until its digest is sent; one beyond the listed hundred is counted
-again.
+A tweet published twice (notify restarted before committing it) is kept once: each kept
+tweet is marked by its id until its digest is sent.
 
-A digest the relay refuses for good (a 5xx reply: no such mailbox, a message too large), or
-that failed ``DIGEST_ATTEMPTS`` times in a row, is not tried again: its listed tweets go out
-one by one as redriven deliveries of the subscription, each retried and parked on the DLQ with
-its reason like any delivery, so nothing is lost to a digest that can never be sent.
+The email lists the first ``PendingDigest.SHOWN`` tweets and counts the rest, but every tweet
+is kept until its digest went out, and a digest holding ``PendingDigest.FULL`` is due at once:
+a burst makes several digests, not one whose tweets are only counted. A digest the relay
+refuses for good (a 5xx reply: no such mailbox, a message too large), or that failed
+``DIGEST_ATTEMPTS`` times in a row, is not tried again: every tweet it kept goes out one by
+one as a redriven delivery of the subscription, each retried and parked on the DLQ with its
+reason like any delivery, so nothing is lost to a digest that can never be sent.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_EVERY_S = 1.0  # how often the owner looks for due digests
 DIGEST_ATTEMPTS = 12  # periods in a row a digest may fail before its tweets go one by one
+HANDED_OVER_AT_ONCE = 500  # tweets per publish when a digest goes out one by one
 
 
 def header_key(subscription: str) -> bytes:
@@ -63,19 +66,17 @@ def item_key(subscription: str, number: int) -> bytes:
     return b"i\x00" + subscription.encode("utf-8") + b"\x00" + b"%010d" % number
 
 
-def listed_key(subscription: str, tweet_id: str) -> bytes:
-    """Marks a tweet listed in the subscription's pending digest: a tweet published again
-    after a crash of notify (at least once) is then not listed twice."""
+def kept_key(subscription: str, tweet_id: str) -> bytes:
+    """Marks a tweet kept in the subscription's pending digest: a tweet published again
+    after a crash of notify (at least once) is then not kept twice."""
     return b"t\x00" + subscription.encode("utf-8") + b"\x00" + tweet_id.encode("utf-8")
 
 
 def counted(pending: PendingDigest | None, subscription: str, now: datetime) -> PendingDigest:
-    """``pending`` with one more tweet, listed (it takes number ``next``) while fewer than
-    ``SHOWN`` are, else only counted; ``listed`` says which."""
+    """``pending`` with one more tweet, kept under number ``next``."""
     if pending is None:
         pending = PendingDigest(subscription=subscription, since=now)
-    listed = pending.listed < PendingDigest.SHOWN
-    return pending.model_copy(update={"count": pending.count + 1, "next": pending.next + listed})
+    return pending.model_copy(update={"count": pending.count + 1, "next": pending.next + 1})
 
 
 def after_sent(current: PendingDigest, sent: PendingDigest, now: datetime) -> PendingDigest | None:
@@ -102,8 +103,13 @@ def _refused_for_good(error: Exception) -> bool:
 
 
 def due_at(pending: PendingDigest, subscription: Subscription) -> datetime:
-    period = timedelta(minutes=subscription.digest_minutes or 0)
-    return pending.retry_at or pending.since + period
+    """A period after the first tweet, at once when the digest is full, and at the retry
+    after a failed send (a full digest too: the relay is not asked again sooner)."""
+    if pending.retry_at is not None:
+        return pending.retry_at
+    if pending.kept >= PendingDigest.FULL:
+        return pending.since
+    return pending.since + timedelta(minutes=subscription.digest_minutes or 0)
 
 
 def digest_id(pending: PendingDigest, items: list[RoutedTweet]) -> str:
@@ -175,15 +181,14 @@ class Digests:
                 )
 
     def on_item(self, item: DigestItem) -> None:
-        mark = listed_key(item.subscription, item.routed.tweet.id)
+        mark = kept_key(item.subscription, item.routed.tweet.id)
         if mark in self.table:  # published again after a crash: it is already waiting
             return
         key = header_key(item.subscription)
         pending = table_value(PendingDigest, self.table.get(key), "digests")
         updated = counted(pending, item.subscription, datetime.now(UTC))
-        if pending is None or updated.next > pending.next:  # listed: kept under its number
-            self.table[item_key(item.subscription, updated.next - 1)] = encode(item)
-            self.table[mark] = b"%d" % (updated.next - 1)
+        self.table[item_key(item.subscription, updated.next - 1)] = encode(item)
+        self.table[mark] = b"%d" % (updated.next - 1)
         self.table[key] = encode(updated)
 
     async def on_due(self, due: DigestDue) -> None:
@@ -194,21 +199,18 @@ class Digests:
         now = datetime.now(UTC)
         if pending is None or subscription is None or now < due_at(pending, subscription):
             return
-        listed = self.listed(pending)
-        outcome, deferred = await self._send(subscription, pending, listed)
+        shown = self.kept(pending, PendingDigest.SHOWN)
+        outcome, deferred = await self._send(subscription, pending, shown)
         if deferred:  # the relay turned some recipients away for now: theirs go one by one
-            await self._one_by_one(subscription, pending, listed, recipients=deferred)
+            await self._one_by_one(subscription, pending, recipients=deferred)
         if outcome == "failed" and pending.failures + 1 < DIGEST_ATTEMPTS:
             period = timedelta(minutes=subscription.digest_minutes or 1)
             retry = {"retry_at": now + period, "failures": pending.failures + 1}
             self.table[key] = encode(pending.model_copy(update=retry))
             return
         if outcome != "sent":
-            await self._one_by_one(subscription, pending, listed)
-        for number in range(pending.first, pending.next):  # sent: forgotten
-            self.table.pop(item_key(pending.subscription, number), None)
-        for routed in listed:
-            self.table.pop(listed_key(pending.subscription, routed.tweet.id), None)
+            await self._one_by_one(subscription, pending)
+        self._forget(pending)
         current = table_value(PendingDigest, self.table.get(key), "digests") or pending
         left = after_sent(current, pending, datetime.now(UTC))
         if left is None:
@@ -216,12 +218,25 @@ class Digests:
         else:
             self.table[key] = encode(left)
 
-    def listed(self, pending: PendingDigest) -> list[RoutedTweet]:
+    def kept(self, pending: PendingDigest, limit: int | None = None) -> list[RoutedTweet]:
+        """The digest's tweets in order of arrival, the first ``limit`` of them if given."""
+        last = pending.next if limit is None else min(pending.next, pending.first + limit)
+        return self._read(pending.subscription, range(pending.first, last))
+
+    def _read(self, subscription: str, numbers: range) -> list[RoutedTweet]:
         items = (
-            table_value(DigestItem, self.table.get(item_key(pending.subscription, n)), "digests")
-            for n in range(pending.first, pending.next)
+            table_value(DigestItem, self.table.get(item_key(subscription, n)), "digests")
+            for n in numbers
         )
         return [item.routed for item in items if item is not None]
+
+    def _forget(self, pending: PendingDigest) -> None:
+        """Remove the tweets the digest kept, and their marks, once it went out."""
+        for number in range(pending.first, pending.next):
+            raw = self.table.pop(item_key(pending.subscription, number), None)
+            item = table_value(DigestItem, raw, "digests")
+            if item is not None:
+                self.table.pop(kept_key(pending.subscription, item.routed.tweet.id), None)
 
     async def sweep(self) -> None:
         """The timer: ask the owner of each due digest (this replica's partitions) to send it."""
@@ -273,23 +288,27 @@ class Digests:
         self,
         subscription: Subscription,
         pending: PendingDigest,
-        items: list[RoutedTweet],
         recipients: list[str] | None = None,
     ) -> None:
-        """Hand the digest's listed tweets over as deliveries of their own (redriven, so
+        """Hand every tweet the digest kept over as a delivery of its own (redriven, so
         retried and parked like any), before the digest forgets them: to every recipient, or
-        to ``recipients`` alone (those the relay turned away for now)."""
-        requests = [
-            Output.of(topics.NOTIFICATIONS_REDRIVE, RedriveRequest(
-                delivery_id=f"{routed.tweet.id}:email:{subscription.name}",
-                subscription=subscription.name, department=routed.route.department,
-                routed=routed, recipients=recipients,
-            ), key=routed.tweet.conversation_id)
-            for routed in items
-        ]  # fmt: skip
-        await publish(self.sender, requests, "notify")
+        to ``recipients`` alone (those the relay turned away for now). In slices, so a digest
+        that grew over failed periods is never read whole."""
+        numbers = range(pending.first, pending.next)
+        for start in range(0, len(numbers), HANDED_OVER_AT_ONCE):
+            tweets = self._read(subscription.name, numbers[start : start + HANDED_OVER_AT_ONCE])
+            requests = [
+                Output.of(topics.NOTIFICATIONS_REDRIVE, RedriveRequest(
+                    delivery_id=f"{routed.tweet.id}:email:{subscription.name}",
+                    subscription=subscription.name, department=routed.route.department,
+                    routed=routed, recipients=recipients,
+                ), key=routed.tweet.conversation_id)
+                for routed in tweets
+            ]  # fmt: skip
+            await publish(self.sender, requests, "notify")
         metrics.DELIVERIES.labels("email_digest", "one_by_one").inc()
+        # An earlier version counted tweets beyond the listed hundred without keeping them.
         log.error("a digest that cannot be sent goes out one tweet at a time",
-                  extra={"subscription": subscription.name, "tweets": len(items),
-                         "not_listed": pending.count - len(items),
+                  extra={"subscription": subscription.name, "tweets": pending.kept,
+                         "counted_not_kept": pending.count - pending.kept,
                          "recipients": recipients or "all"})  # fmt: skip

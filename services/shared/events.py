@@ -474,17 +474,23 @@ class DigestDue(Event):
 
 class PendingDigest(Event):
     """On the compacted ``switchboard.notifications.digest_state``, keyed by subscription
-    name: how many tweets wait for the subscription's next digest. The first ``SHOWN`` of them
-    are listed in the digest and kept each under a key of its own (``first`` to ``next``, in
-    order of arrival), so that a tweet costs one small write, not a rewrite of the digest."""
+    name: the tweets waiting for the subscription's next digest. Each is kept under a key of
+    its own (``first`` to ``next``, in order of arrival), so that a tweet costs one small
+    write, not a rewrite of the digest; the email lists the first ``SHOWN`` and counts the
+    rest, and a digest that cannot be sent hands every kept tweet over one by one. A digest
+    holding ``FULL`` tweets is due at once, which bounds what a subscription keeps."""
 
     SHOWN: ClassVar[int] = 100
+    FULL: ClassVar[int] = 1000
 
     event_type: Literal["notify.digest_pending"] = "notify.digest_pending"
     subscription: str
-    count: int = Field(default=0, ge=0, description="tweets waiting, listed or not")
-    first: int = Field(default=0, ge=0, description="the first listed tweet's number")
-    next: int = Field(default=0, ge=0, description="the number the next listed tweet gets")
+    count: int = Field(
+        default=0, ge=0,
+        description="tweets waiting: those kept, and any an earlier version only counted",
+    )  # fmt: skip
+    first: int = Field(default=0, ge=0, description="the first kept tweet's number")
+    next: int = Field(default=0, ge=0, description="the number the next kept tweet gets")
     since: AwareDatetime = Field(description="when the first of them arrived")
     retry_at: AwareDatetime | None = Field(
         default=None, description="a send failed: the next try (a period later)"
@@ -492,7 +498,7 @@ class PendingDigest(Event):
     failures: int = Field(default=0, ge=0, description="sends failed in a row")
 
     @property
-    def listed(self) -> int:
+    def kept(self) -> int:
         return self.next - self.first
 
 

@@ -12,13 +12,14 @@ import pytest
 
 from switchboard.notify.channels import EmailChannel, Job
 from switchboard.notify.config import Subscription
+from switchboard.notify.digest import header_key
 from switchboard.notify.mail import SmtpMailer
 from switchboard.notify.resilience import DeliveryError
 from switchboard.notify.service import NotifyService
 from switchboard.notify.settings import NotifySettings, SmtpSettings
 from switchboard.shared import topics
 from switchboard.shared.broker import free_port
-from switchboard.shared.events import Delivery, decode, encode
+from switchboard.shared.events import Delivery, PendingDigest, decode, encode
 from switchboard.shared.settings import KafkaSettings
 from tests.conftest import CONFIG_FILE, keys_on_every_partition, wait_for
 from tests.factories import a_classified_tweet, routed_from
@@ -340,32 +341,80 @@ async def test_a_digest_recipient_refused_for_now_gets_its_tweets_one_by_one(
 ):
     """Greylisting of a digest: the relay takes the digest for one mailbox and refuses the other
     for now (450). The digest is not sent to the first again; the second is owed its tweets,
-    which go to it alone as emails of their own (retried and parked like any)."""
+    which go to it alone as emails of their own (retried and parked like any): every one of
+    them, those beyond the hundred the digest lists too."""
     run = uuid.uuid4().hex[:6]
     later, kept = f"dlater-{run}@switchboard.example", f"dkept-{run}@switchboard.example"
     inbox.refuse(later, "450 4.2.0 Greylisted, try again later")
     chatter = Subscription(name=f"grey-digest-{run}", departments=["community"], urgencies=["low"],
-                           to=[later, kept], digest_minutes=0.02)  # fmt: skip
+                           to=[later, kept], digest_minutes=0.2)  # fmt: skip
     settings = notify_settings(kafka, inbox.port, [chatter])
-    low = [routed(f"dg{run}-{i}", "community", "low", f"sunny {run} {i}", settings)
-           for i in range(2)]  # fmt: skip
+    low = [routed(f"dg{run}-{i}", "community", "low", f"sunny {run} {i:03d}", settings)
+           for i in range(PendingDigest.SHOWN + 3)]  # fmt: skip
     ids = {e.tweet.id for e in low}
 
     def to(address: str) -> list:
         return [m for m in inbox.messages() if m["X-Envelope-To"] == address]
 
     async with running(NotifyService(settings)):
-        for event in low:
-            await producer.send_and_wait(event.route.topic, encode(event), key=b"conv-grey-d")
+        for event in low:  # one conversation: in order, on one partition
+            await producer.send(event.route.topic, encode(event), key=b"conv-grey-d")
+        await producer.flush()
         await wait_for(lambda: bool(to(kept)), timeout_s=30)
         inbox.accept(later)  # the greylisting period is over
         await wait_for(lambda: {m["X-Switchboard-Tweet-Id"] for m in to(later)} >= ids, 60)
         await asyncio.sleep(1.0)  # anything sent twice arrives by now
 
     [digest] = to(kept)
-    assert digest["X-Switchboard-Digest-Id"] and all(e.tweet.text in body(digest) for e in low)
+    assert digest["X-Switchboard-Digest-Id"] and f": {len(low)} tweets" in digest["Subject"]
+    listed = [e for e in low if e.tweet.text in body(digest)]
+    assert listed == low[: PendingDigest.SHOWN]  # the first hundred listed, the rest counted
     singles = sorted(m["X-Switchboard-Tweet-Id"] for m in to(later))
     assert singles == sorted(ids)  # each tweet once, to the mailbox that was owed it alone
+
+
+async def test_a_full_digest_goes_before_its_period_ends(
+    kafka, producer, running, inbox, monkeypatch
+):
+    """A burst fills a digest: it is sent at once, and the tweets after it start another, so a
+    subscription does not keep a burst's tweets waiting for its period."""
+    monkeypatch.setattr(PendingDigest, "FULL", 10)  # a full digest of 10, not 1,000
+    run = uuid.uuid4().hex[:6]
+    chatter = Subscription(name=f"burst-{run}", departments=["community"], urgencies=["low"],
+                           to=[f"burst-{run}@switchboard.example"], digest_minutes=60)  # fmt: skip
+    settings = notify_settings(kafka, inbox.port, [chatter])
+    low = [routed(f"b{run}-{i}", "community", "low", f"crowded {run} {i:02d}", settings)
+           for i in range(13)]  # fmt: skip
+
+    def digests() -> list:
+        return [m for m in inbox.messages() if m["X-Envelope-To"] == chatter.to[0]]
+
+    async def send(events: list) -> None:
+        for event in events:  # one conversation: in order, on one partition
+            await producer.send(event.route.topic, encode(event), key=b"conv-burst")
+        await producer.flush()
+
+    service = NotifyService(settings)
+    async with running(service):
+
+        def waiting() -> int:
+            raw = service.digests.table.get(header_key(chatter.name))
+            return decode(PendingDigest, raw).count if raw else 0
+
+        await send(low[:9])
+        await wait_for(lambda: waiting() == 9, timeout_s=30)
+        await asyncio.sleep(2.0)  # the sweep looks every second: nine wait for the period
+        assert digests() == []
+        await send(low[9:10])  # the tenth fills it
+        await wait_for(lambda: len(digests()) == 1, timeout_s=30)
+        await send(low[10:])
+        await wait_for(lambda: waiting() == 3, timeout_s=30)
+        await asyncio.sleep(2.0)  # the three after it wait for the period
+        assert len(digests()) == 1
+
+    [digest] = digests()
+    assert ": 10 tweets" in digest["Subject"]
+    assert [e for e in low if e.tweet.text in body(digest)] == low[:10]
 
 
 async def test_a_subscription_gets_one_digest_whichever_replicas_hold_its_tweets(

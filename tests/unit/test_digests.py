@@ -1,4 +1,4 @@
-"""What a digest holds: the first tweets listed, every tweet counted, and what is left when
+"""What a digest holds: every tweet kept and counted, when it is due, and what is left when
 tweets arrived while it was being sent."""
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ def routed(n: int):  # noqa: ANN201
     return routed_from(a_classified_tweet("community", 0.9, "low", id=f"t-{n}"))
 
 
-def test_tweets_are_numbered_while_fewer_than_shown_are_listed_and_all_are_counted():
+def test_every_tweet_is_kept_under_its_number_and_counted():
     pending = pending_of(PendingDigest.SHOWN + 5)
     assert pending.count == PendingDigest.SHOWN + 5
-    assert (pending.first, pending.next, pending.listed) == (0, PendingDigest.SHOWN, 100)
+    assert (pending.first, pending.next, pending.kept) == (0, PendingDigest.SHOWN + 5, 105)
     assert pending.since == NOW
 
 
@@ -42,12 +42,13 @@ def test_what_arrived_while_a_digest_was_sent_waits_for_the_next():
     assert after_sent(sent, sent, later) is None  # nothing arrived: nothing left
 
 
-def test_counted_but_unlisted_tweets_stay_counted_after_a_full_digest():
-    sent = pending_of(PendingDigest.SHOWN)
-    current = pending_of(1, sent)  # the list was full: counted, its text not kept
-    left = after_sent(current, sent, NOW)
-    assert left is not None and left.count == 1 and left.listed == 0
-    assert counted(left, "chatter", NOW).listed == 1  # room again for the next one
+def test_a_digest_kept_by_an_earlier_version_keeps_its_count_of_unkept_tweets():
+    # Before every tweet was kept, those beyond the hundred listed were only counted.
+    earlier = PendingDigest(subscription="chatter", count=105, first=0, next=100, since=NOW)
+    current = pending_of(1, earlier)
+    assert (current.count, current.kept) == (106, 101)
+    left = after_sent(current, earlier, NOW)
+    assert left is not None and (left.count, left.first, left.next) == (1, 100, 101)
 
 
 def test_items_sort_by_their_number_within_a_subscription():
@@ -56,13 +57,16 @@ def test_items_sort_by_their_number_within_a_subscription():
     assert item_key("chatter", 1) != item_key("chatter-2", 1)
 
 
-def test_a_digest_is_due_a_period_after_its_first_tweet_or_at_its_retry():
+def test_a_digest_is_due_a_period_after_its_first_tweet_at_once_when_full_or_at_its_retry():
     subscription = Subscription(name="chatter", departments=["community"], to=["a@b.example"],
                                 digest_minutes=60)  # fmt: skip
     pending = pending_of(1)
     assert due_at(pending, subscription) == NOW + timedelta(minutes=60)
+    assert due_at(pending_of(PendingDigest.FULL - 1), subscription) == NOW + timedelta(minutes=60)
+    assert due_at(pending_of(PendingDigest.FULL), subscription) == NOW  # full: at once
     retry = NOW + timedelta(minutes=90)
-    assert due_at(pending.model_copy(update={"retry_at": retry}), subscription) == retry
+    for waiting in (pending, pending_of(PendingDigest.FULL)):  # the relay is not asked sooner
+        assert due_at(waiting.model_copy(update={"retry_at": retry}), subscription) == retry
 
 
 def test_the_same_tweets_give_the_same_message_id_and_others_another():
