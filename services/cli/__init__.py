@@ -339,8 +339,9 @@ def soak(
 ) -> None:
     """The whole pipeline at a steady rate for MINUTES: is memory or lag growing?
 
-    Exit status 1 when a tweet was lost or routed two ways, a delivery was never made, a tweet
-    was republished without a fault to explain it, or memory or lag kept growing.
+    Exit status 1 when a tweet was lost or routed two ways, a stage after ingest dead-lettered
+    one, a delivery was never made, a tweet was republished without a fault to explain it, or
+    memory or lag kept growing.
     """
     from switchboard.cli.soak import soak as run_soak
     from switchboard.cli.soak import soak_passed

@@ -111,11 +111,19 @@ class SoakRecord:
 
 
 def soak_passed(summary: dict, faults: bool) -> bool:
-    """The soak's verdict: nothing lost, routed two ways or left undelivered, memory and lag
-    flat, and nothing republished that no fault explains. Restarted processes start their
-    memory over: with faults, memory is reported, not judged."""
+    """The soak's verdict: nothing lost, routed two ways, left undelivered or dead-lettered
+    after ingest, memory and lag flat, and nothing republished that no fault explains.
+    Restarted processes start their memory over: with faults, memory is reported, not judged.
+    Dead letters of ingest are the samples' own (a tweet addressed to no handle, a line that
+    is no tweet); every later stage reads what the one before it wrote, so a dead letter there
+    is a tweet the pipeline failed, with or without faults."""
     healthy = (faults or summary["memory_stable"]) and summary["lag_stable"]
-    intact = not (summary["lost"] or summary["duplicates"] or summary["undelivered"])
+    failed_after_ingest = sum(
+        n for stage, n in summary["deadletter_by_stage"].items() if stage != "ingest"
+    )
+    intact = not (
+        summary["lost"] or summary["duplicates"] or summary["undelivered"] or failed_after_ingest
+    )
     explained = faults or not summary["republished"]
     return bool(healthy and intact and explained)
 
@@ -272,6 +280,7 @@ def _summary(stack: Stack, sampler: ResourceSampler, record: SoakRecord, sent: s
         "sent": len(sent),
         "routed": len(tally.primary),
         "deadletter": tally.dead_letters,
+        "deadletter_by_stage": dict(sorted(tally.dead_letters_by_stage.items())),
         "delivered": sum(tally.deliveries.values()),
         "parked": len({d for d, outcome in tally.delivery_ids if outcome == "failed"}),
         "undelivered": len(tally.undelivered()),

@@ -50,6 +50,7 @@ class Tally:
     copied: set[tuple[str, str]] = field(default_factory=set)  # (tweet id, copy topic)
     alerts: int = 0
     dead_letters: int = 0
+    dead_letters_by_stage: Counter[str] = field(default_factory=Counter)
     dead_lettered_ids: set[str] = field(default_factory=set)
     deliveries: Counter[str] = field(default_factory=Counter)
     delivery_ids: set[tuple[str, str]] = field(default_factory=set)
@@ -112,6 +113,7 @@ class Tally:
 
     def observe_dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letters += 1
+        self.dead_letters_by_stage[letter.stage] += 1
         tweet_id = tweet_id_of_dead_letter(letter)
         if tweet_id is not None:
             self.dead_lettered_ids.add(tweet_id)

@@ -54,19 +54,27 @@ def test_the_soak_configuration_makes_entries_expire_within_the_run(tmp_path):
 
 
 SOUND = {"memory_stable": True, "lag_stable": True, "lost": 0, "duplicates": 0,
-         "undelivered": 0, "republished": 0}  # fmt: skip
+         "undelivered": 0, "republished": 0, "deadletter_by_stage": {}}  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("change", "faults"),
     [({"lost": 1}, False), ({"duplicates": 1}, True), ({"undelivered": 1}, True),
      ({"lag_stable": False}, True), ({"memory_stable": False}, False),
-     ({"republished": 3}, False)],
+     ({"republished": 3}, False), ({"deadletter_by_stage": {"route": 1}}, True),
+     ({"deadletter_by_stage": {"ingest": 2, "classify": 1}}, False)],
 )  # fmt: skip
-def test_the_soak_fails_on_a_loss_a_duplicate_a_delivery_not_made_or_growth(change, faults):
+def test_the_soak_fails_on_a_loss_a_duplicate_a_delivery_not_made_a_failed_tweet_or_growth(
+    change, faults
+):
     assert soak_passed(SOUND, faults)
     assert not soak_passed({**SOUND, **change}, faults)
 
 
 def test_faults_explain_republished_tweets_and_restarted_memory():
     assert soak_passed({**SOUND, "republished": 3, "memory_stable": False}, faults=True)
+
+
+def test_the_samples_own_dead_letters_do_not_fail_the_soak():
+    # ingest refuses what is no tweet or addressed to no handle: the samples', not a failure
+    assert soak_passed({**SOUND, "deadletter_by_stage": {"ingest": 4}}, faults=False)
