@@ -164,6 +164,9 @@ async def soak(
             await _watch(stack, sampler, record, sent, minutes * 60, every_s, say)
             await chaos
             redriven = await _until_parked_are_delivered(stack, say)
+            # measured once the faults are over: a restart or the mail server's outage still
+            # under way when the load is through leaves a backlog that is not the soak's end
+            record.end_lag = await settled_lag(stack.kafka)
         summary = _summary(stack, sampler, record, sent, rate, minutes)
     finally:
         await stack.stop()
@@ -176,15 +179,22 @@ async def soak(
 async def inject_faults(stack: Stack, seconds: float, say: Callable[[str], None],
                         injected: list[str]) -> None:  # fmt: skip
     """Spread over the load: kill -9 and restart each service in turn, then the mail server
-    down for a while (notify retries, then parks what it cannot send)."""
+    down for a while (notify retries, then parks what it cannot send). Each fault is due at a
+    fixed share of the load from its start, so slow restarts do not push the later faults
+    past its end (a fault overdue starts at once)."""
     gap = seconds / (len(FAULTED_SERVICES) + 2)
-    for service in FAULTED_SERVICES:
-        await asyncio.sleep(gap)
+    started = time.monotonic()
+
+    async def until_fault(number: int) -> None:
+        await asyncio.sleep(max(0.0, started + number * gap - time.monotonic()))
+
+    for number, service in enumerate(FAULTED_SERVICES, start=1):
+        await until_fault(number)
         say(f"fault: kill -9 {service}, restart")
         await stack.crash_and_restart(service)
         injected.append(f"kill -9 {service}")
     assert stack.inbox is not None
-    await asyncio.sleep(gap)
+    await until_fault(len(FAULTED_SERVICES) + 1)
     outage = min(60.0, gap)
     say(f"fault: the mail server down for {outage:.0f} s")
     stack.inbox.stop()
@@ -252,7 +262,6 @@ async def _watch(stack: Stack, sampler: ResourceSampler, record: SoakRecord, sen
         say(f"{elapsed:5.0f} s: {routed}/{len(sent)} routed, lag {record.lag[-1:]}")
         if elapsed >= seconds and not waiting and stack.tally.deliveries_settled():
             break
-    record.end_lag = await settled_lag(stack.kafka)
 
 
 async def settled_lag(kafka: KafkaSettings, within_s: float = 10.0) -> int | None:

@@ -32,7 +32,9 @@ from tests.factories import a_classified_tweet, a_tweet
 
 pytestmark = pytest.mark.e2e
 CONVERSATIONS = 60  # per phase: one before the kill, one after the restart
-SLA_S = 15
+# An answered conversation of phase 1 must have its reply read by its owner before its SLA
+# check: that spans a kill and restart of route-b, 5 to 11 s on a loaded machine.
+SLA_S = 40
 
 
 class Replica:

@@ -273,14 +273,16 @@ def ours(email) -> bool:  # noqa: ANN001
     return email["X-Switchboard-Tweet-Id"] in ("n-1", "n-2")
 
 
-async def test_low_urgency_waits_for_one_digest(kafka, producer, running, inbox):
+async def test_low_urgency_waits_for_one_digest(kafka, producer, running, inbox, monkeypatch):
     chatter = Subscription(name="community-digest", departments=["community"],
                            urgencies=["low", "normal"], to=["community@switchboard.example"],
-                           digest_minutes=0.02)  # fmt: skip
+                           digest_minutes=60)  # fmt: skip
     settings = notify_settings(kafka, inbox.port, [chatter])
     low = [
         routed(f"d-{i}", "community", "low", f"good morning number {i}", settings) for i in range(3)
     ]
+    # Due once it holds the three (read twice, the first would fill it without the third).
+    monkeypatch.setattr(PendingDigest, "FULL", len(low))
     normal = routed("d-9", "community", "normal", "when does the store open?", settings)
 
     async with running(NotifyService(settings)):
@@ -337,7 +339,7 @@ async def test_a_digest_the_relay_refuses_for_good_goes_out_one_tweet_at_a_time(
 
 
 async def test_a_digest_recipient_refused_for_now_gets_its_tweets_one_by_one(
-    kafka, producer, running, inbox
+    kafka, producer, running, inbox, monkeypatch
 ):
     """Greylisting of a digest: the relay takes the digest for one mailbox and refuses the other
     for now (450). The digest is not sent to the first again; the second is owed its tweets,
@@ -347,10 +349,11 @@ async def test_a_digest_recipient_refused_for_now_gets_its_tweets_one_by_one(
     later, kept = f"dlater-{run}@switchboard.example", f"dkept-{run}@switchboard.example"
     inbox.refuse(later, "450 4.2.0 Greylisted, try again later")
     chatter = Subscription(name=f"grey-digest-{run}", departments=["community"], urgencies=["low"],
-                           to=[later, kept], digest_minutes=0.2)  # fmt: skip
+                           to=[later, kept], digest_minutes=60)  # fmt: skip
     settings = notify_settings(kafka, inbox.port, [chatter])
     low = [routed(f"dg{run}-{i}", "community", "low", f"sunny {run} {i:03d}", settings)
            for i in range(PendingDigest.SHOWN + 3)]  # fmt: skip
+    monkeypatch.setattr(PendingDigest, "FULL", len(low))  # due once it holds them all
     ids = {e.tweet.id for e in low}
 
     def to(address: str) -> list:
@@ -418,14 +421,16 @@ async def test_a_full_digest_goes_before_its_period_ends(
 
 
 async def test_a_subscription_gets_one_digest_whichever_replicas_hold_its_tweets(
-    own_kafka, own_producer, running, inbox
+    own_kafka, own_producer, running, inbox, monkeypatch
 ):
     """The tweets of a digest come from every partition; a subscription's pending digest
     belongs to one partition (of its name), so two replicas send one digest, not one each,
-    and the tweets that wait for it are in the table's changelog, not in a replica's memory."""
+    and the tweets that wait for it are in the table's changelog, not in a replica's memory.
+    The digest is due when it holds all the test's tweets (not after a period, which a slow
+    machine could end before the last tweet arrived): split between replicas, none would be."""
     name = f"digest-{uuid.uuid4().hex[:8]}"
     chatter = Subscription(name=name, departments=["community"], urgencies=["low"],
-                           to=["community@switchboard.example"], digest_minutes=0.05)  # fmt: skip
+                           to=["community@switchboard.example"], digest_minutes=60)  # fmt: skip
 
     def replica(member: str) -> NotifyService:
         base = NotifySettings.load(config_file=CONFIG_FILE, kafka=own_kafka)
@@ -447,6 +452,7 @@ async def test_a_subscription_gets_one_digest_whichever_replicas_hold_its_tweets
     names = (f"conv-{name}-{i}" for i in itertools.count())
     tweet_ids = [c.removeprefix("conv-") for c in keys_on_every_partition(partitions, 3, names)]
     low = [routed(i, "community", "low", f"{name} hello {i}", first.settings) for i in tweet_ids]
+    monkeypatch.setattr(PendingDigest, "FULL", len(low))
 
     def digests() -> list:
         return [m for m in inbox.messages() if name in (m["X-Switchboard-Digest-Id"] or "")]
@@ -462,7 +468,6 @@ async def test_a_subscription_gets_one_digest_whichever_replicas_hold_its_tweets
             key = event.tweet.conversation_id.encode()
             await own_producer.send_and_wait(event.route.topic, encode(event), key=key)
         await wait_for(lambda: bool(digests()), timeout_s=30)
-        await asyncio.sleep(4)  # a period more: a second digest would have gone by now
 
     [digest] = digests()
     assert all(e.tweet.text in body(digest) for e in low)
