@@ -4,6 +4,7 @@ changelog's tombstones could have been removed is discarded."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -78,9 +79,18 @@ async def test_a_long_restore_is_waited_for_and_logged_not_given_up(monkeypatch,
     monkeypatch.setattr(streams, "PROGRESS_LOG_S", 0.05)
     caplog.set_level("INFO", logger=streams.__name__)
     app = _Restoring()
-    asyncio.get_running_loop().call_later(0.4, app.done.set)
-    await streams.until_worker_ready(app)  # type: ignore[arg-type]
-    waits = [r for r in caplog.records if r.getMessage().startswith("not ready yet")]
-    assert len(waits) >= 3 and all(r.app == "switchboard-route" for r in waits)
+
+    def waits() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("not ready yet")]
+
+    async def restored_after_three_logs() -> None:  # by the logs, not the clock
+        while len(waits()) < 3:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        app.done.set()
+
+    restored = asyncio.create_task(restored_after_three_logs())
+    await asyncio.wait_for(streams.until_worker_ready(app), 30)  # type: ignore[arg-type]
+    await restored
+    assert len(waits()) >= 3 and all(r.app == "switchboard-route" for r in waits())
     with pytest.raises(TimeoutError, match="not ready after"):  # a caller's own limit holds
         await streams.until_worker_ready(_Restoring(), timeout_s=0.1)  # type: ignore[arg-type]
