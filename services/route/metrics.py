@@ -30,6 +30,11 @@ RULES_RELOADS = Counter(
     "switchboard_rules_reloads_total", "Reloads of the routing rules, by outcome", ["outcome"]
 )
 SPIKES = Counter("switchboard_spikes_total", "Spike episodes detected", ["dimension", "value"])
+SPIKE_LATE = Counter(
+    "switchboard_spike_late_total",
+    "Routed tweets not counted for spikes: they came in longer ago than the baseline period, "
+    "whose windows are no longer kept whole (a backlog after a long outage upstream)",
+)
 AWAITING_REPLY = Counter(
     "switchboard_conversations_awaiting_total",
     "Conversations that started waiting for a company reply",

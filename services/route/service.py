@@ -109,7 +109,7 @@ class RouteService:
         self.spike_windows = SpikeWindows(
             self.app, self.config.route.spikes, self.streams.partitions
         )
-        self.spike_tally = SpikeTally()
+        self.spike_tally = SpikeTally(self.spike_windows.window_s)  # the tables' windows
         self.acks = AckAfterPublish(
             self.app, self.name, self.handle, deferred=self.spike_tally.drain
         )
@@ -559,11 +559,18 @@ class RouteService:
     def _tally_spikes(
         self, event: ClassifiedTweet, destination: str, department: Department
     ) -> None:
-        """Count the tweet for its spike keys; ``self.acks`` publishes the tally."""
+        """Count the tweet for its spike keys, in the window of when ingest received it (a
+        clock ahead of route's counts as now), unless that is longer ago than the baseline
+        period; ``self.acks`` publishes the tally."""
         spikes = self.config.route.spikes
         if spikes.enabled and destination != "dropped":
+            now = utc_now()
+            came_in = min(event.trace.ingested_at, now)
+            if not self.spike_windows.countable(came_in, now):
+                metrics.SPIKE_LATE.inc()
+                return
             keys = self.spike_keys.of(event.tweet, department)
-            self.spike_tally.add(keys, event.tweet, spikes.samples)
+            self.spike_tally.add(keys, event.tweet, spikes.samples, came_in)
 
     def on_spike_observation(self, message: Any) -> list[Output]:
         observation = decode_or_dead_letter(message, SpikeObservation, self.name)

@@ -9,11 +9,16 @@ replica started: a key it was just given may come with no history (a first start
 expired while no replica ran), and every busy department would look like a spike.
 
 route tallies the spike keys of the tweets it routes (``SpikeTally``) and publishes, a few
-times a second, one ``SpikeObservation`` per key with its count on ``switchboard.route.spikes``,
-keyed by the spike key, so every count of a key reaches the one replica that owns the key's
-partition, whichever replica routed the tweet. (One record per tweet and key made route
-consume four times what it routed.) The counts live in faust windowed tables
-(``SpikeWindows``); ``judge`` is the decision, pure.
+times a second, one ``SpikeObservation`` per key and window with its count on
+``switchboard.route.spikes``, keyed by the spike key, so every count of a key reaches the one
+replica that owns the key's partition, whichever replica routed the tweet. (One record per
+tweet and key made route consume four times what it routed.) The counts live in faust windowed
+tables (``SpikeWindows``); ``judge`` is the decision, pure.
+
+A tweet counts in the window of when ingest received it, not of when route routed it: after an
+outage or a restart upstream, the backlog that arrives at once is spread over the windows its
+tweets came in, instead of making one window look like a spike. Each observation carries that
+time as its Kafka timestamp, which places it in the windowed tables.
 
 An observation read again after a crash (its offset was not committed) is counted once: each
 window's count is kept with the offset of the last observation it counted, and of the one that
@@ -34,7 +39,7 @@ from typing import Any
 import faust
 
 from switchboard.route.config import SpikeConfig
-from switchboard.shared.events import SpikeObservation, Tweet, utc_now
+from switchboard.shared.events import SpikeObservation, Tweet
 from switchboard.shared.kafka import Output
 from switchboard.shared.labels import Department
 from switchboard.shared.streams import STORE_OPTIONS
@@ -91,24 +96,38 @@ def _sample_bytes(sample: Tweet | dict[str, Any]) -> int:
 @dataclass(slots=True)
 class _Tally:
     count: int
+    at: datetime  # the latest time counted, within the tally's window
     tweets: list[Tweet] = field(default_factory=list)
     sampled_bytes: int = 0
 
 
+def window_seconds(config: SpikeConfig) -> float:
+    """The windows' size in whole seconds: faust's tumbling windows place a timestamp in
+    different windows when written and when read if the size has a fraction (1.2 s: 608.0-609.1
+    against 608.4)."""
+    return float(max(1, round(config.window_minutes * 60)))
+
+
 class SpikeTally:
-    """The spike keys of the tweets routed since the last ``drain``: how many per key, and the
-    first few tweets of each as samples."""
+    """The spike keys of the tweets routed since the last ``drain``: how many per key and
+    window (of ``window_s`` seconds), and the first few tweets of each as samples."""
 
-    def __init__(self) -> None:
-        self._keys: dict[tuple[Dimension, str], _Tally] = {}
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._keys: dict[tuple[int, Dimension, str], _Tally] = {}
 
-    def add(self, keys: list[tuple[Dimension, str]], tweet: Tweet, samples: int) -> None:
+    def add(
+        self, keys: list[tuple[Dimension, str]], tweet: Tweet, samples: int, at: datetime
+    ) -> None:
+        """Count ``tweet`` for ``keys`` in the window of ``at``, when it came in."""
+        window = int(at.timestamp() // self.window_s)
         size = None
-        for key in keys:
-            tally = self._keys.get(key)
+        for dimension, value in keys:
+            tally = self._keys.get((window, dimension, value))
             if tally is None:
-                self._keys[key] = tally = _Tally(0)
+                self._keys[(window, dimension, value)] = tally = _Tally(0, at=at)
             tally.count += 1
+            tally.at = max(tally.at, at)
             if len(tally.tweets) < samples:
                 size = _sample_bytes(tweet) if size is None else size
                 if not tally.tweets or tally.sampled_bytes + size <= SAMPLE_BYTES:
@@ -116,9 +135,9 @@ class SpikeTally:
                     tally.sampled_bytes += size
 
     def drain(self) -> list[Output]:
-        """One observation per key tallied, and an empty tally."""
+        """One observation per key and window tallied, oldest window first, and an empty
+        tally; each stamped (``observed_at`` and its Kafka timestamp) within its window."""
         tallied, self._keys = self._keys, {}
-        now = utc_now()
         return [
             Output.of(
                 ROUTE_SPIKES,
@@ -128,11 +147,12 @@ class SpikeTally:
                     tweet=tally.tweets[0],
                     more=tally.tweets[1:],
                     count=tally.count,
-                    observed_at=now,
+                    observed_at=tally.at,
                 ),
                 f"{dimension}:{value}",
+                timestamp_ms=int(tally.at.timestamp() * 1000),
             )
-            for (dimension, value), tally in tallied.items()
+            for (_, dimension, value), tally in sorted(tallied.items(), key=lambda kv: kv[0][0])
         ]
 
 
@@ -196,10 +216,11 @@ class SpikeWindows:
     def __init__(self, app: faust.App, config: SpikeConfig, partitions: int) -> None:
         self.config = config
         self.started = time.monotonic()
-        # Whole seconds: faust's tumbling windows place a timestamp in different windows when
-        # written and when read if the size has a fraction (1.2 s: 608.0-609.1 against 608.4).
-        self.window_s = float(max(1, round(config.window_minutes * 60)))
-        expires = self.window_s * (config.baseline_windows + 2)
+        self.window_s = window_seconds(config)
+        # A tweet may be counted this late (a backlog upstream) with its window's whole
+        # baseline still kept: windows are kept for twice the baseline period, and two more.
+        self.late_s = self.window_s * config.baseline_windows
+        expires = self.window_s * (2 * config.baseline_windows + 2)
         self.counts = app.Table(
             "spike-counts", default=list, key_type=str, partitions=partitions,
             options=STORE_OPTIONS,
@@ -217,6 +238,12 @@ class SpikeWindows:
             help="the window each spike key's episode started in (alerted, not yet back below "
             "its bar)",
         )  # fmt: skip
+
+    def countable(self, came_in: datetime, now: datetime) -> bool:
+        """Whether a tweet that came in at ``came_in`` can be counted: judged against a
+        baseline of windows still kept. An older one would be judged against expired (empty)
+        windows, and a long backlog would look like a spike."""
+        return (now - came_in).total_seconds() <= self.late_s
 
     def observe(self, observation: SpikeObservation, offset: int) -> Spike | None:
         """Count ``observation`` (read at ``offset`` of its partition) and judge its key."""

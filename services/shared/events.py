@@ -423,7 +423,9 @@ class ConversationDue(Event):
 class SpikeObservation(Event):
     """On ``switchboard.route.spikes``, keyed by ``dimension:value``: routed tweets counted for
     a spike key, ``count`` of them (those a replica routed for the key within a fraction of a
-    second), with the first as ``tweet`` and a few more as ``more`` for the alert's samples.
+    second that came in within one window), with the first as ``tweet`` and a few more as
+    ``more`` for the alert's samples. ``observed_at``, also the record's Kafka timestamp, is
+    when the latest of them came in: it places the count in its window.
     Re-keying by the spike key sends every count of a key to the replica that owns it, whichever
     replica routed the tweets, so each key is counted whole and alerts once."""
 

@@ -42,15 +42,21 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """One message to publish; a ``None`` value is a tombstone (compaction deletes the key)."""
+    """One message to publish; a ``None`` value is a tombstone (compaction deletes the key).
+    ``timestamp_ms`` is the record's Kafka timestamp when the time it stands for is not when it
+    is sent (route's spike counts: the windows they belong to), else the producer's clock."""
 
     topic: str
     value: bytes | None
     key: bytes | None = None
+    timestamp_ms: int | None = None
 
     @classmethod
-    def of(cls, topic: str, event: Event, key: str | None) -> Output:
-        return cls(topic, encode(event), key.encode("utf-8") if key is not None else None)
+    def of(
+        cls, topic: str, event: Event, key: str | None, timestamp_ms: int | None = None
+    ) -> Output:
+        encoded_key = key.encode("utf-8") if key is not None else None
+        return cls(topic, encode(event), encoded_key, timestamp_ms)
 
 
 def client_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -407,7 +413,9 @@ async def _send_all(
     pending: list[asyncio.Future[Any] | MessageSizeTooLargeError] = []
     for output in outputs:
         try:
-            pending.append(await producer.send(output.topic, output.value, key=output.key))
+            pending.append(await producer.send(
+                output.topic, output.value, key=output.key, timestamp_ms=output.timestamp_ms
+            ))  # fmt: skip
         except MessageSizeTooLargeError as refused:  # over the producer's max_request_size
             pending.append(refused)
     results = await asyncio.gather(
@@ -529,7 +537,9 @@ class InFlight:
         await self._window.acquire()
         try:
             try:
-                ack = await self.producer.send(output.topic, output.value, key=output.key)
+                ack = await self.producer.send(
+                    output.topic, output.value, key=output.key, timestamp_ms=output.timestamp_ms
+                )
             except MessageSizeTooLargeError as refused:  # as publish() does: dead-letter it
                 output = _too_large(self.service, output, refused)
                 ack = await self.producer.send(output.topic, output.value, key=output.key)

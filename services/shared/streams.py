@@ -590,14 +590,22 @@ async def until_worker_ready(app: faust.App, timeout_s: float | None = None) -> 
 
 
 class _Sender:
-    """faust's producer behind the ``send(topic, value, key=)`` that ``kafka.publish`` calls."""
+    """faust's producer behind the ``send(topic, value, key=, timestamp_ms=)`` that
+    ``kafka.publish`` calls."""
 
     def __init__(self, app: faust.App) -> None:
         self.app = app
 
-    async def send(self, topic: str, value: bytes | None, key: bytes | None = None) -> Any:
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        timestamp_ms: int | None = None,
+    ) -> Any:
+        timestamp = None if timestamp_ms is None else timestamp_ms / 1000  # faust's: seconds
         try:
-            return await self.app.producer.send(topic, key, value, None, None, None)
+            return await self.app.producer.send(topic, key, value, None, timestamp, None)
         except ProducerSendError as error:
             if isinstance(error.__cause__, KafkaError):
                 raise error.__cause__ from None  # MessageSizeTooLargeError, timeouts...
@@ -761,7 +769,9 @@ class AckAfterPublish:
 
     async def _send(self, output: Output) -> Any:
         try:
-            return await self.sender.send(output.topic, output.value, key=output.key)
+            return await self.sender.send(
+                output.topic, output.value, key=output.key, timestamp_ms=output.timestamp_ms
+            )
         except KafkaError as error:  # too large, or the producer's buffer is unusable
             return error
 

@@ -321,6 +321,52 @@ async def test_a_burst_raises_exactly_one_spike_alert_even_read_again_after_a_cr
     assert all(before == after for before, after, _ in counted)  # nothing counted twice
 
 
+async def test_a_backlog_routed_at_once_is_counted_in_the_windows_its_tweets_came_in(
+    route_settings, producer, read, running
+):
+    """Upstream was down for four windows: their tweets, four a window, reach route at once.
+    Counted when routed, 16 in one window would look like a spike (five make one here); counted
+    in the windows they came in, each holds four, and no alert goes out. One that came in
+    longer ago than the baseline period is not counted: its window's baseline is gone."""
+    prefix = tag()
+    keyword = f"backlog{next(_ids)}"
+    spikes = {"window_minutes": 0.02, "baseline_windows": 5, "factor": 3, "min_count": 5,
+              "dimensions": ["keyword"], "keywords": [keyword]}  # fmt: skip
+    service = RouteService(route_settings(spikes=spikes))
+    late_before = route_metrics.SPIKE_LATE._value.get()
+
+    async with running(service):
+        await asyncio.sleep(5.5)  # one baseline period (5 windows of 1 s) since route started
+        now = datetime.now(UTC)
+        backlog = []
+        for age in (20.0, 3.5, 2.5, 1.5, 0.5):  # seconds: one a window, the first too late
+            came_in = now - timedelta(seconds=age)
+            for i in range(1 if age > 5 else 4):
+                tweet = a_classified_tweet("legal", 0.9, id=f"{prefix}-{age}-{i}",
+                                           conversation_id=f"{prefix}-{age}-{i}",
+                                           text=f"the {keyword} again")  # fmt: skip
+                trace = tweet.trace.model_copy(update={"ingested_at": came_in})
+                backlog.append(tweet.model_copy(update={"trace": trace}))
+        await send(producer, *backlog)
+        key = f"keyword:{keyword}"
+
+        def counted(records: list) -> list[SpikeObservation]:
+            return [decode(SpikeObservation, r.value) for r in records if key_of(r) == key]
+
+        observed = counted(await read(
+            [topics.ROUTE_SPIKES], lambda rs: sum(o.count for o in counted(rs)) >= 16
+        ))  # fmt: skip
+        await wait_for(lambda: route_metrics.SPIKE_LATE._value.get() > late_before, 30)
+        await asyncio.sleep(1.0)  # an alert would be out by now
+        records = await read([topics.ALERTS], lambda rs: False, timeout_s=0.5)
+
+    assert sum(o.count for o in observed) == 16
+    windows = {int(o.observed_at.timestamp()) for o in observed}  # windows of 1 s
+    assert len(windows) == 4
+    assert route_metrics.SPIKE_LATE._value.get() == late_before + 1
+    assert [a for a in alerts_of(records, key) if isinstance(a, SpikeAlert)] == []
+
+
 async def test_a_tweet_read_again_after_a_crash_is_tallied_again_and_an_upstream_copy_not(
     route_settings, producer, read, running
 ):

@@ -144,7 +144,9 @@ class _AwaySender:
     def __init__(self, away: bool) -> None:
         self.away, self.sent = away, []
 
-    async def send(self, topic: str, value: Any, key: Any = None) -> asyncio.Future[None]:
+    async def send(
+        self, topic: str, value: Any, key: Any = None, timestamp_ms: int | None = None
+    ) -> asyncio.Future[None]:
         if self.away:
             raise KafkaTimeoutError("no broker")
         self.sent.append(topic)

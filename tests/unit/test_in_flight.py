@@ -15,7 +15,9 @@ class HeldAcks:
     def __init__(self) -> None:
         self.acks: list[asyncio.Future] = []
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future:
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, timestamp_ms: int | None = None
+    ) -> asyncio.Future:
         self.acks.append(asyncio.get_running_loop().create_future())
         return self.acks[-1]
 

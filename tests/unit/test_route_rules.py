@@ -31,6 +31,7 @@ from tests.factories import a_classified_tweet as classified
 from tests.factories import a_tweet
 
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)  # a Wednesday
+CAME_IN = datetime(2026, 11, 25, 10, 0, 17, tzinfo=UTC)  # when ingest received a tweet
 
 CUSTOM_RULES = [
     {"name": "spam", "when": {"departments": ["community"], "keywords": ["follow back"]},
@@ -652,11 +653,11 @@ def test_keywords_and_handles_are_watched_separately():
 
 
 def test_the_spike_tally_publishes_one_observation_per_key_with_its_count_and_samples():
-    tally = SpikeTally()
+    tally = SpikeTally(window_s=60.0)
     for i in range(7):
         tweet = a_tweet(id=f"t{i}")
         keys = [("department", "billing"), ("handle", "@acme")] if i < 5 else [("keyword", "x")]
-        tally.add(keys, tweet, samples=3)
+        tally.add(keys, tweet, samples=3, at=CAME_IN + timedelta(seconds=i))
     outputs = {output.key: decode(SpikeObservation, output.value) for output in tally.drain()}
     assert set(outputs) == {b"department:billing", b"handle:@acme", b"keyword:x"}
     billing = outputs[b"department:billing"]
@@ -666,15 +667,37 @@ def test_the_spike_tally_publishes_one_observation_per_key_with_its_count_and_sa
     assert tally.drain() == []  # drained: nothing counted twice
 
 
+def test_the_spike_tally_counts_each_tweet_in_the_window_it_came_in():
+    """A backlog routed at once (upstream was down for three windows) is counted in the
+    windows its tweets came in, each observation stamped within its window, oldest first: not
+    as one window three times as busy."""
+    tally = SpikeTally(window_s=60.0)
+    start = CAME_IN.replace(second=0)  # a window's start
+    for minute in (2, 0, 1):  # routed out of order, as partitions interleave
+        for second in (5, 40):
+            tweet = a_tweet(id=f"t{minute}-{second}")
+            at = start + timedelta(minutes=minute, seconds=second)
+            tally.add([("department", "billing")], tweet, samples=3, at=at)
+    outputs = tally.drain()
+    observations = [decode(SpikeObservation, o.value) for o in outputs]
+    assert [o.count for o in observations] == [2, 2, 2]
+    assert [o.observed_at for o in observations] == [
+        start + timedelta(minutes=m, seconds=40) for m in (0, 1, 2)
+    ]  # the latest time counted in each window
+    assert [o.timestamp_ms for o in outputs] == [
+        int(o.observed_at.timestamp() * 1000) for o in observations
+    ]  # the windowed tables place each by its Kafka timestamp
+
+
 @pytest.mark.parametrize("character", ["\u0001", "😀", "語", "a"])
 def test_a_spike_observation_of_long_tweets_stays_within_the_smallest_message_size(character):
     """50 samples configured (the most allowed) and tweets of 25,000 characters, of those JSON
     or UTF-8 write longest: the samples stop at a byte budget, as the observation carries them
     and as faust's JSON keeps them in the table (non-ASCII escaped), and every tweet counts."""
-    tally = SpikeTally()
+    tally = SpikeTally(window_s=60.0)
     for i in range(60):
         tweet = a_tweet(id=f"t{i}", text=character * MAX_TEXT_CHARS)
-        tally.add([("keyword", "outage")], tweet, samples=50)
+        tally.add([("keyword", "outage")], tweet, samples=50, at=CAME_IN)
     [output] = tally.drain()
     observation = decode(SpikeObservation, output.value)
     samples = [t.model_dump(mode="json") for t in [observation.tweet, *observation.more]]
