@@ -654,6 +654,10 @@ class AckAfterPublish:
     it wait, so a broker outage delays work and loses nothing. An output too large for the
     cluster is dead-lettered (``kafka.publish``). A record whose handling raises is
     dead-lettered ``processing_failed`` with the error: one poison record never stops a stream.
+    An error of the infrastructure or of the stage itself (``TRANSIENT_ERRORS``: Kafka, the
+    disk or network, ``StageFault``) is no record's fault: nothing is dead-lettered, the input
+    is never acknowledged, and the app is crashed, so the service stops and, restarted, reads
+    it again (as the services on ``StreamLoop`` do).
 
     A handler that returns a coroutine (notify: deliveries take a vendor's round trip) runs as
     a task of its own, started at once inside the event's context, so that many inputs are at
@@ -698,7 +702,11 @@ class AckAfterPublish:
             async for event in stream.noack().events():
                 message = event.message
                 metrics.CONSUMED.labels(self.service, message.topic).inc()
-                handled = self._handled(message)
+                try:
+                    handled = self._handled(message)
+                except TRANSIENT_ERRORS as error:
+                    await self._stage_failed(error)
+                    raise
                 if isinstance(handled, list):
                     sent = [await self._send(output) for output in handled]
                     item = _InFlight(stream, event, handled, sent)
@@ -748,8 +756,17 @@ class AckAfterPublish:
     def _handled(self, message: Any) -> list[Output] | Coroutine[Any, Any, list[Output]]:
         try:
             return self.handle(message)
+        except TRANSIENT_ERRORS:
+            raise
         except Exception as error:  # noqa: BLE001 - any bug a record triggers; see the class
             return self._failed_processing(message, error)
+
+    async def _stage_failed(self, error: BaseException) -> None:
+        """Crash the app: ``StreamWorker.check`` stops the service, and what was not
+        acknowledged is read again by the next process (faust commits an input's offset only
+        once every input before it was acknowledged)."""
+        log.error("the stage failed, not a record: stopping to read it again", exc_info=error)
+        await self.app.crash(error)
 
     async def _awaited(
         self, handling: Coroutine[Any, Any, list[Output]], message: Any
@@ -758,6 +775,9 @@ class AckAfterPublish:
         wait for the ones before them to reach the broker (only their acknowledgement does)."""
         try:
             outputs = await handling
+        except TRANSIENT_ERRORS as error:  # as in agent: acknowledged never, read again
+            await self._stage_failed(error)
+            raise
         except Exception as error:  # noqa: BLE001 - as in _handled
             outputs = self._failed_processing(message, error)
         return outputs, [await self._send(output) for output in outputs]

@@ -59,7 +59,7 @@ from switchboard.shared.kafka import (
 )
 from switchboard.shared.settings import KafkaSettings
 from switchboard.shared.streams import AckAfterPublish, raw_topic, stream_app, until_worker_ready
-from tests.conftest import CONFIG_FILE, read_topics
+from tests.conftest import CONFIG_FILE, read_topics, wait_for
 from tests.factories import Poison, a_classified_tweet, a_raw_tweet, a_tweet, routed_from
 
 RUN = uuid.uuid4().hex[:8]  # keys unique to this run: a cluster may be shared between tests
@@ -525,6 +525,50 @@ async def test_a_record_a_faust_agent_fails_on_is_dead_lettered_and_the_stream_g
         await asyncio.gather(worker, return_exceptions=True)
 
     assert_only_the_culprit_was_dead_lettered([r for r in records if r.key == key])
+
+
+async def test_a_faust_agent_whose_disk_fails_stops_and_reads_the_record_again(
+    kafka, producer, read, tmp_path
+):
+    """A disk that fails under the handler (the table's store) is not the record's fault: the
+    app crashes (the service stops, and its orchestrator restarts it) without dead-lettering
+    or committing the record, and the next process reads it again and handles it."""
+    await ensure_topics(kafka, [LOOP_IN, LOOP_OUT], 1, 1)
+    group, key = f"{RUN}-disk", f"{RUN}-disk".encode()
+    failing, handled = {"disk": True}, []
+
+    def handler(message: Any) -> list[Output]:
+        if failing["disk"] and message.value == b"written":
+            raise OSError(28, "No space left on device")
+        handled.append(message.value)
+        return [Output(LOOP_OUT, message.value, message.key)]
+
+    async def a_run(until: Callable[[Any], bool]) -> None:
+        app = stream_app(
+            group, kafka, state_dir=tmp_path, member=group, url="http://127.0.0.1:9", partitions=1
+        )
+        app.agent(raw_topic(app, LOOP_IN), name="loop")(
+            AckAfterPublish(app, "route", handler).agent
+        )
+        worker = asyncio.create_task(app.start())
+        try:
+            await until_worker_ready(app, timeout_s=120)
+            if failing["disk"]:
+                await producer.send_and_wait(LOOP_IN, b"written", key, 0)
+            await wait_for(lambda: until(app), timeout_s=60)
+        finally:
+            await app.stop()
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+
+    await a_run(lambda app: app.crashed)
+    failing["disk"] = False  # the disk has room again: the restarted process handles it
+    await a_run(lambda app: b"written" in handled)
+    records = await read([LOOP_OUT, topics.DEADLETTER], lambda rs: any(r.key == key for r in rs))
+    await asyncio.sleep(1.0)  # a dead letter, or a second copy, would be out by now
+    records = await read([LOOP_OUT, topics.DEADLETTER], lambda rs: False, timeout_s=1.0)
+
+    assert [(r.topic, r.value) for r in records if r.key == key] == [(LOOP_OUT, b"written")]
 
 
 async def test_an_unreadable_table_value_is_ignored_not_fatal(

@@ -27,7 +27,10 @@ class _Event:
 
 class _Stream:
     def __init__(self, topics: list[str]) -> None:
-        self._events = [_Event(SimpleNamespace(topic=t, value=t.encode())) for t in topics]
+        self._events = [
+            _Event(SimpleNamespace(topic=t, value=t.encode(), key=None, partition=0, offset=n))
+            for n, t in enumerate(topics)
+        ]
         self.acked: list[str] = []
         self.done = asyncio.Event()
 
@@ -166,3 +169,51 @@ async def test_a_timer_whose_outputs_the_broker_cannot_take_says_so_and_does_not
     sender = _AwaySender(False)
     assert await publish_from_timer(sender, outputs, "route", "route-sweep") is True
     assert sender.sent == ["switchboard.route.due"] and failed._value.get() == before + 1
+
+
+class _App(SimpleNamespace):
+    """faust's app as AckAfterPublish uses it: its producer, and crash."""
+
+    def __init__(self, producer: _Producer) -> None:
+        super().__init__(producer=producer, crashed_by=[])
+
+    async def crash(self, reason: BaseException) -> None:
+        self.crashed_by.append(reason)
+
+
+async def test_a_failure_of_the_stage_crashes_the_app_and_dead_letters_nothing():
+    """The disk or Kafka failing under a handler is no record's fault: no dead letter, the
+    input never acknowledged (read again after the restart), the app crashed so the service
+    stops; a record's own error is dead-lettered as before."""
+    producer = _Producer()
+
+    def handle(message: Any) -> list[Output]:
+        if message.topic == "bad":
+            raise ValueError("a field the handler did not expect")
+        raise OSError(28, "No space left on device")
+
+    app = _App(producer)
+    acks = AckAfterPublish(app, "test", handle)  # type: ignore[arg-type]
+    stream = _Stream(["bad", "disk"])
+    agent = asyncio.create_task(acks.agent(stream))  # type: ignore[arg-type]
+    with contextlib.suppress(OSError):
+        await asyncio.wait_for(agent, 5)
+    assert [type(e) for e in app.crashed_by] == [OSError]
+    assert set(producer.pending) == {"switchboard.deadletter"}  # the bad record's alone
+    assert stream.acked == []  # neither acknowledged: the dead letter's ack is the test's
+
+
+async def test_a_failure_of_the_stage_in_a_handler_at_work_crashes_the_app_unacknowledged():
+    producer = _Producer()
+
+    async def deliver(topic: str) -> list[Output]:
+        raise KafkaTimeoutError("the table's changelog cannot be written")
+
+    app = _App(producer)
+    acks = AckAfterPublish(app, "test", lambda m: deliver(m.topic))  # type: ignore[arg-type]
+    stream = _Stream(["a"])
+    async with running(acks, stream):
+        await _until(lambda: bool(app.crashed_by))
+        await asyncio.sleep(0.1)
+        assert stream.acked == [] and producer.pending == {}
+    assert [type(e) for e in app.crashed_by] == [KafkaTimeoutError]
