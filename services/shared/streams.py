@@ -654,10 +654,10 @@ class AckAfterPublish:
     it wait, so a broker outage delays work and loses nothing. An output too large for the
     cluster is dead-lettered (``kafka.publish``). A record whose handling raises is
     dead-lettered ``processing_failed`` with the error: one poison record never stops a stream.
-    An error of the infrastructure or of the stage itself (``TRANSIENT_ERRORS``: Kafka, the
-    disk or network, ``StageFault``) is no record's fault: nothing is dead-lettered, the input
-    is never acknowledged, and the app is crashed, so the service stops and, restarted, reads
-    it again (as the services on ``StreamLoop`` do).
+    An error of the infrastructure or of the stage itself (``the_stages_fault``: Kafka, the
+    network, the disk under a table's store, ``StageFault``) is no record's fault: nothing is
+    dead-lettered, the input is never acknowledged, and the app is crashed, so the service
+    stops and, restarted, reads it again (as the services on ``StreamLoop`` do).
 
     A handler that returns a coroutine (notify: deliveries take a vendor's round trip) runs as
     a task of its own, started at once inside the event's context, so that many inputs are at
@@ -704,7 +704,7 @@ class AckAfterPublish:
                 metrics.CONSUMED.labels(self.service, message.topic).inc()
                 try:
                     handled = self._handled(message)
-                except TRANSIENT_ERRORS as error:
+                except Exception as error:  # _handled raises only what is the stage's
                     await self._stage_failed(error)
                     raise
                 if isinstance(handled, list):
@@ -756,9 +756,9 @@ class AckAfterPublish:
     def _handled(self, message: Any) -> list[Output] | Coroutine[Any, Any, list[Output]]:
         try:
             return self.handle(message)
-        except TRANSIENT_ERRORS:
-            raise
         except Exception as error:  # noqa: BLE001 - any bug a record triggers; see the class
+            if the_stages_fault(error):
+                raise
             return self._failed_processing(message, error)
 
     async def _stage_failed(self, error: BaseException) -> None:
@@ -775,10 +775,10 @@ class AckAfterPublish:
         wait for the ones before them to reach the broker (only their acknowledgement does)."""
         try:
             outputs = await handling
-        except TRANSIENT_ERRORS as error:  # as in agent: acknowledged never, read again
-            await self._stage_failed(error)
-            raise
         except Exception as error:  # noqa: BLE001 - as in _handled
+            if the_stages_fault(error):  # as in agent: acknowledged never, read again
+                await self._stage_failed(error)
+                raise
             outputs = self._failed_processing(message, error)
         return outputs, [await self._send(output) for output in outputs]
 
@@ -819,6 +819,18 @@ class AckAfterPublish:
         ):
             with attempt:
                 await publish(self.sender, outputs, self.service)  # type: ignore[arg-type]
+
+
+# How RocksDB (through rocksdict, which raises a bare Exception) says its files failed.
+_STORE_FAILURES = ("IO error", "Corruption", "No space")
+
+
+def the_stages_fault(error: BaseException) -> bool:
+    """Whether ``error`` is the stage's own (Kafka, the network, the disk under a table's
+    store), not the record's: the record is then read again, never dead-lettered."""
+    if isinstance(error, TRANSIENT_ERRORS):
+        return True
+    return type(error) is Exception and str(error).startswith(_STORE_FAILURES)
 
 
 def _failed(outputs: list[Output], sent: list[Any], results: Iterator[Any]) -> list[Output]:

@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaTimeoutError
 
 from switchboard.shared import metrics as shared_metrics
 from switchboard.shared.kafka import Output
-from switchboard.shared.streams import AckAfterPublish, publish_from_timer
+from switchboard.shared.streams import AckAfterPublish, publish_from_timer, the_stages_fault
 
 
 @dataclass
@@ -201,6 +201,15 @@ async def test_a_failure_of_the_stage_crashes_the_app_and_dead_letters_nothing()
     assert [type(e) for e in app.crashed_by] == [OSError]
     assert set(producer.pending) == {"switchboard.deadletter"}  # the bad record's alone
     assert stream.acked == []  # neither acknowledged: the dead letter's ack is the test's
+
+
+def test_the_stages_faults_are_told_from_a_records():
+    # rocksdict raises a bare Exception with RocksDB's status
+    assert the_stages_fault(Exception("IO error: No space left on device: While appending"))
+    assert the_stages_fault(OSError(28, "No space left on device"))
+    assert the_stages_fault(KafkaTimeoutError())
+    assert not the_stages_fault(Exception("a field the handler did not expect"))
+    assert not the_stages_fault(ValueError("IO error in the text"))  # a record's, by its type
 
 
 async def test_a_failure_of_the_stage_in_a_handler_at_work_crashes_the_app_unacknowledged():
