@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, ParamSpec, TypeVar
 
@@ -434,6 +434,20 @@ def deletion_from_compliance(message: dict[str, Any]) -> Deletion | None:
         user_id=tweet.get("author_id"),
         event_at=iso_time(delete.get("event_at") or datetime.now(UTC).isoformat()),
     )
+
+
+# How far ahead of ingest's clock a tweet's time may be and still be X's (clocks differ by
+# seconds); beyond it, the time is a bad input's (a replay file, an archive, a webhook's body).
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def written_by_now(tweet: Tweet, now: datetime) -> Tweet:
+    """``tweet``, its ``created_at`` brought back to ``now`` when it is further ahead than
+    ``CLOCK_SKEW``: a tweet from the future would stay awaited whatever the company replied,
+    and a company reply from the future would answer every tweet written before it."""
+    if tweet.created_at <= now + CLOCK_SKEW:
+        return tweet
+    return tweet.model_copy(update={"created_at": now})
 
 
 def iso_time(value: str) -> datetime:

@@ -54,6 +54,7 @@ from switchboard.ingest.normalize import (
     tweet_from_v1,
     tweet_from_v2,
     tweet_from_v2_data,
+    written_by_now,
 )
 from switchboard.ingest.polling import DirectMessagesPoller, MentionsPoller
 from switchboard.ingest.replay import paced, paced_lines
@@ -525,6 +526,10 @@ class IngestService:
             return "duplicate"
         self.seen.in_conversation(tweet.id, tweet.conversation_id)
         trace = Trace(ingested_at=utc_now())
+        if (kept := written_by_now(tweet, trace.ingested_at)) is not tweet:
+            log.warning("a tweet's time is ahead of ingest's clock; published as written now",
+                        extra={"tweet_id": tweet.id, "created_at": tweet.created_at})  # fmt: skip
+            tweet = kept
         if own_handle is not None:
             output = Output.of(
                 topics.BRAND,

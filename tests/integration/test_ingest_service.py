@@ -11,7 +11,9 @@ from switchboard.shared.events import DeadLetter, RawTweet, decode
 from tests.conftest import CONFIG_FILE, key_of, readable
 
 
-def v2(tweet_id: str, conversation_id: str, text: str) -> str:
+def v2(
+    tweet_id: str, conversation_id: str, text: str, created_at: str = "2026-11-20T08:00:00.000Z"
+) -> str:
     return json.dumps(
         {
             "data": {
@@ -19,7 +21,7 @@ def v2(tweet_id: str, conversation_id: str, text: str) -> str:
                 "text": text,
                 "author_id": "77",
                 "conversation_id": conversation_id,
-                "created_at": "2026-11-20T08:00:00.000Z",
+                "created_at": created_at,
                 "lang": "en",
                 "entities": {"mentions": [{"username": "ParceloHelp"}]},
             },
@@ -37,6 +39,7 @@ async def test_replay_publishes_each_tweet_once(kafka, read, running, tmp_path):
         "",
         '{"data": {"id": "i-bad"',
         v2("i-3", "i-3", "@ParceloHelp thanks!"),
+        v2("i-4", "i-4", "@ParceloHelp from a clock gone wrong", "2099-01-01T00:00:00.000Z"),
     ]
     replay.write_text("\n".join(lines) + "\n")
     settings = IngestSettings.load(
@@ -47,7 +50,7 @@ async def test_replay_publishes_each_tweet_once(kafka, read, running, tmp_path):
         records = await read(
             [topics.RAW, topics.DEADLETTER],
             lambda rs: (
-                any(r.key == b"i-3" for r in rs) and any(b"i-bad" in (r.value or b"") for r in rs)
+                any(r.key == b"i-4" for r in rs) and any(b"i-bad" in (r.value or b"") for r in rs)
             ),
         )
 
@@ -56,8 +59,11 @@ async def test_replay_publishes_each_tweet_once(kafka, read, running, tmp_path):
         for r, event in readable(records, RawTweet)
         if r.topic == topics.RAW and key_of(r).startswith("i-")
     ]
-    assert [event.tweet.id for _, event in raw] == ["i-1", "i-2", "i-3"]
-    assert [key for key, _ in raw] == [b"i-1", b"i-1", b"i-3"]
+    assert [event.tweet.id for _, event in raw] == ["i-1", "i-2", "i-3", "i-4"]
+    assert [key for key, _ in raw] == [b"i-1", b"i-1", b"i-3", b"i-4"]
+    # a time from the future is a bad input's: published as written when it came in
+    future = raw[3][1]
+    assert future.tweet.created_at == future.trace.ingested_at
     assert raw[0][1].tweet.addressed_handles == ["@ParceloHelp"]
     assert raw[0][1].trace.ingested_at is not None
     [letter] = [

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from switchboard.ingest.normalize import (
+    CLOCK_SKEW,
     NormalizeError,
     deletion_from_activity,
     dm_from_activity,
     tweet_from_v1,
     tweet_from_v2,
+    written_by_now,
 )
 from switchboard.shared.events import MAX_TEXT_CHARS
+from tests.factories import a_tweet
 
 AUTHOR = {
     "id": "42",
@@ -143,3 +148,15 @@ def test_x_objects_of_any_shape_are_refused_with_a_reason(config, build, reason)
     with pytest.raises(NormalizeError) as caught:
         build(config)
     assert caught.value.reason == reason
+
+
+def test_a_tweet_from_the_future_is_published_as_written_now():
+    """A time further ahead of ingest's clock than clocks differ is a bad input's: route would
+    keep such a tweet awaited whatever the company replied. Within the skew, X's time stands."""
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    ahead = a_tweet(created_at=now + CLOCK_SKEW + timedelta(seconds=1))
+    assert written_by_now(ahead, now).created_at == now
+    close = a_tweet(created_at=now + timedelta(seconds=30))
+    assert written_by_now(close, now) is close
+    past = a_tweet(created_at=now - timedelta(days=3))
+    assert written_by_now(past, now) is past
