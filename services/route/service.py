@@ -215,7 +215,8 @@ class RouteService:
                 self._tally_spikes(event, before.destination, before.department)
             return self.republish(event, before)
         outcome = evaluate(event, self.config, state, now)
-        routed, alert, outputs = self._publications(event, self._decision(outcome))
+        decision = self._decision(outcome, event.classification.urgency)
+        routed, alert, outputs = self._publications(event, decision)
         self.ops.on_routed(routed)
         if alert is not None:
             self.ops.on_alert(alert)
@@ -241,7 +242,8 @@ class RouteService:
         outcome = evaluate(event, self.config, state, now)
         drop_deleted(outcome)
         textless = event.model_copy(update={"tweet": event.tweet.model_copy(update={"text": ""})})
-        routed, _, outputs = self._publications(textless, self._decision(outcome))
+        decision = self._decision(outcome, event.classification.urgency)
+        routed, _, outputs = self._publications(textless, decision)
         self.ops.on_routed(routed)
         self._forget_tweet(state, event.tweet.edit_of or event.tweet.id)
         self._count(routed, outcome)
@@ -420,6 +422,9 @@ class RouteService:
             department=recent.department,
             topic=topics.department_topic(recent.department),
             escalated=applied.escalate or bool(before and before.escalated),
+            alert_kind=kind_of_alert(recent.urgency)
+            if applied.escalate
+            else (before.alert_kind if before else None),
             reasons=[f"corrected by {correction.by} ({correction.source}): {moved}"],
             confidence_threshold=self.config.route.confidence_threshold,
             rules_version=self.version,
@@ -535,18 +540,20 @@ class RouteService:
         self.due.forget(conversation_id)
         log.info("conversation expired", extra={"conversation_id": conversation_id})
 
-    def _decision(self, outcome: Outcome) -> RouteDecision:
+    def _decision(self, outcome: Outcome, urgency: Urgency) -> RouteDecision:
         topic = {
             "department": topics.department_topic(outcome.department),
             "triage": topics.TRIAGE,
             "dropped": topics.DROPPED,
         }[outcome.destination]
+        escalated = outcome.escalated and outcome.destination != "dropped"
         return RouteDecision(
             destination=outcome.destination,
             department=outcome.department,
             topic=topic,
             copies=outcome.copies,
-            escalated=outcome.escalated and outcome.destination != "dropped",
+            escalated=escalated,
+            alert_kind=kind_of_alert(urgency) if escalated else None,
             reasons=outcome.reasons,
             confidence_threshold=self.config.route.confidence_threshold,
             rules_version=self.version,
@@ -743,8 +750,14 @@ def admin_router(service: RouteService) -> APIRouter:
     return router
 
 
+def kind_of_alert(urgency: Urgency) -> Literal["critical_tweet", "escalation"]:
+    return "critical_tweet" if urgency is Urgency.CRITICAL else "escalation"
+
+
 def alert_kind(routed: RoutedTweet) -> str:
-    return "critical_tweet" if routed.classification.urgency is Urgency.CRITICAL else "escalation"
+    """The kind its decision names (a tweet published again keeps its first alert's id), or,
+    for a decision made before decisions named it, the kind its labels give."""
+    return routed.route.alert_kind or kind_of_alert(routed.classification.urgency)
 
 
 def alert_for(routed: RoutedTweet) -> Alert:

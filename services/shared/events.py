@@ -129,6 +129,11 @@ class RouteDecision(Model):
     )
     priority: Literal["P1", "P2", "P3", "P4"] | None = None
     sla_due_at: AwareDatetime | None = Field(default=None, description="First reply due by")
+    alert_kind: Literal["critical_tweet", "escalation"] | None = Field(
+        default=None,
+        description="The alert published with it, if escalated: the tweet published again (at "
+        "least once upstream) gets the same alert, whatever its labels are then",
+    )
 
 
 class Event(Model):

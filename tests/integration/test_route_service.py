@@ -99,6 +99,24 @@ async def test_a_tweet_published_twice_upstream_is_routed_the_same_way_twice(
     assert not [r for r in records if r.topic == topics.ALERTS and r.key == b"tw-1"]
 
 
+async def test_an_alerted_tweet_published_again_otherwise_labelled_repeats_its_alert(
+    kafka, producer, read, running
+):
+    """The copy classify publishes again may carry other labels (critical, then high): its
+    alert is the first one again, same id, so whoever pages on alerts deduplicates it."""
+    settings = RouteSettings.load(config_file=CONFIG_FILE, kafka=kafka)
+    first = a_classified_tweet("it_security", 0.9, "critical", id="again-1", conversation_id="ag")
+    second = a_classified_tweet("it_security", 0.9, "high", id="again-1", conversation_id="ag")
+    async with running(RouteService(settings)):
+        for event in (first, second):
+            await producer.send_and_wait(topics.CLASSIFIED, encode(event), key=b"ag")
+        records = await read(
+            [topics.ALERTS], lambda rs: len([r for r in rs if r.key == b"ag"]) >= 2
+        )
+    alerts = [decode(Alert, r.value) for r in records if r.key == b"ag"]
+    assert [a.alert_id for a in alerts] == ["critical_tweet:again-1"] * 2
+
+
 async def test_an_edit_of_an_alerted_tweet_is_routed_without_a_second_alert(
     kafka, producer, read, running
 ):
