@@ -43,6 +43,7 @@ from switchboard.cli.resources import ResourceSampler, sampling
 from switchboard.cli.stack import Stack, StackOptions
 from switchboard.cli.tally import percentile
 from switchboard.cli.throughput import FIRST_ID
+from switchboard.route.config import SlaConfig
 from switchboard.shared.kafka import client_options
 from switchboard.shared.settings import KafkaSettings
 
@@ -230,6 +231,15 @@ def soak_config(original: Path, out: Path, expiry_hours: float, dedup: bool = Tr
     route.setdefault("conversations", {})["ttl_hours"] = expiry_hours
     sla = route.setdefault("sla", {})
     sla["check_interval_s"] = min(float(sla.get("check_interval_s", 30)), 10.0)
+    # an alerting SLA must end before its conversation is forgotten: half the expiry at most
+    defaults = {urgency.value: given for urgency, given in SlaConfig().minutes.items()}
+    minutes = sla.setdefault("minutes", defaults)
+    for urgency, given in minutes.items():
+        minutes[urgency] = min(float(given), expiry_hours * 60 / 2)
+    for rule in route.get("rules", []):
+        if rule.get("then", {}).get("sla_minutes"):
+            rule["then"]["sla_minutes"] = min(float(rule["then"]["sla_minutes"]),
+                                              expiry_hours * 60 / 2)  # fmt: skip
     notify = config.setdefault("notify", {})
     notify["ledger_retention_hours"] = expiry_hours
     delivery = notify.setdefault("delivery", {})

@@ -232,6 +232,32 @@ class RouteConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _alerts_come_before_the_conversation_is_forgotten(self) -> Self:
+        """A conversation idle for ``conversations.ttl_hours`` is forgotten, its awaited tweet
+        with it: an alerting SLA as long would never alert."""
+        ttl = self.conversations.ttl_hours * 60
+        if not self.conversations.enabled:
+            return self
+        for urgency in self.sla.alert_urgencies:
+            minutes = self.sla.minutes.get(urgency)
+            if minutes is not None and minutes >= ttl:
+                raise ValueError(
+                    f"sla.minutes.{urgency.value}: {minutes:g} minutes is not shorter than "
+                    f"conversations.ttl_hours ({ttl:g} minutes): the conversation would be "
+                    "forgotten before its SLA alert"
+                )
+        for index, rule in enumerate(self.rules):
+            minutes = rule.then.sla_minutes
+            alerting = rule.when.urgencies or self.sla.alert_urgencies
+            if minutes and minutes >= ttl and set(alerting) & set(self.sla.alert_urgencies):
+                raise ValueError(
+                    f"rules[{index}].then.sla_minutes (rule {rule.name!r}): {minutes:g} minutes "
+                    f"is not shorter than conversations.ttl_hours ({ttl:g} minutes): the "
+                    "conversation would be forgotten before its SLA alert"
+                )
+        return self
+
 
 NEVER = ", so the rule would never match"
 

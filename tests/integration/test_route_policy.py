@@ -623,7 +623,7 @@ async def test_a_conversation_idle_past_its_ttl_is_forgotten_and_tombstoned(
     prefix = tag()
     tweet = a_classified_tweet("legal", 0.9, "high", id=f"{prefix}-1", conversation_id=prefix)
     settings = route_settings(conversations={"ttl_hours": 1 / 3600},  # one second
-                              sla={"check_interval_s": 0.2})  # fmt: skip
+                              sla={"check_interval_s": 0.2, "alert_urgencies": []})  # fmt: skip
     async with running(RouteService(settings)):
         await send(producer, tweet)
         records = await read(

@@ -104,6 +104,11 @@ def test_example_config_is_valid():
             lambda c: c["route"].setdefault("sla", {}).update(minutes={"critical": 0}),
             "route.sla.minutes.critical",
         ),
+        # an alerting SLA as long as the conversation is kept would never alert
+        (
+            lambda c: c["route"].setdefault("conversations", {}).update(ttl_hours=0.25),
+            "route",
+        ),
         (lambda c: c["ingest"]["x"]["webhook"].update(max_event_age_hours=100), "ingest"),
         (lambda c: c.update(access={"lock_views": True}), "access"),
         (lambda c: c["notify"].update(redact={"emails": True}), "notify.redact.emails"),
