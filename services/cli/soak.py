@@ -220,7 +220,8 @@ async def _until_parked_are_delivered(stack: Stack, say: Callable[[str], None],
 def soak_config(original: Path, out: Path, expiry_hours: float, dedup: bool = True) -> Path:
     """A copy of the configuration where everything remembered expires after ``expiry_hours``
     (conversations checked at least every 10 seconds; ingest's duplicate filter only with
-    ``dedup``)."""
+    ``dedup``), and every SLA ends within half of it (an alerting SLA must end before its
+    conversation is forgotten)."""
     config = yaml.safe_load(original.read_text(encoding="utf-8"))
     ingest = config.setdefault("ingest", {})
     if dedup:
