@@ -24,6 +24,7 @@ reason like any delivery, so nothing is lost to a digest that can never be sent.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from datetime import UTC, datetime, timedelta
@@ -49,7 +50,13 @@ from switchboard.shared.events import (
 )
 from switchboard.shared.kafka import Output, dead_letter_record, publish
 from switchboard.shared.labels import Department
-from switchboard.shared.streams import StreamWorker, publish_from_timer, raw_topic, table_value
+from switchboard.shared.streams import (
+    StreamWorker,
+    publish_from_timer,
+    raw_topic,
+    table_value,
+    the_stages_fault,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +179,10 @@ class Digests:
                     self.sender, [dead_letter_record("notify", problem, message)], "notify"
                 )
             except Exception as error:  # noqa: BLE001 - one bad record never stops the digests
+                if the_stages_fault(error):  # the disk or Kafka: read again after a restart
+                    log.error("the digests' stage failed; stopping", exc_info=error)
+                    await self.app.crash(error)
+                    await asyncio.Event().wait()  # parked until the service stops (streams.py)
                 log.error("a digest record failed processing; dead-lettered", exc_info=error)
                 problem = DecodeError(
                     "processing_failed", f"{type(error).__name__}: {error}"[:2000]

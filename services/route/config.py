@@ -236,9 +236,7 @@ class RouteConfig(Section):
     def _alerts_come_before_the_conversation_is_forgotten(self) -> Self:
         """A conversation idle for ``conversations.ttl_hours`` is forgotten, its awaited tweet
         with it: an alerting SLA as long would never alert."""
-        ttl = self.conversations.ttl_hours * 60
-        if not self.conversations.enabled:
-            return self
+        ttl = self.conversations.ttl_hours * 60  # kept whether or not they keep an owner
         for urgency in self.sla.alert_urgencies:
             minutes = self.sla.minutes.get(urgency)
             if minutes is not None and minutes >= ttl:
@@ -249,7 +247,9 @@ class RouteConfig(Section):
                 )
         for index, rule in enumerate(self.rules):
             minutes = rule.then.sla_minutes
-            alerting = rule.when.urgencies or self.sla.alert_urgencies
+            alerting = (
+                self.sla.alert_urgencies if rule.when.urgencies is None else rule.when.urgencies
+            )
             if minutes and minutes >= ttl and set(alerting) & set(self.sla.alert_urgencies):
                 raise ValueError(
                     f"rules[{index}].then.sla_minutes (rule {rule.name!r}): {minutes:g} minutes "

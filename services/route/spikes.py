@@ -38,6 +38,7 @@ from typing import Any
 
 import faust
 
+from switchboard.route import metrics
 from switchboard.route.config import SpikeConfig
 from switchboard.shared.events import SpikeObservation, Tweet
 from switchboard.shared.kafka import Output
@@ -101,6 +102,11 @@ class _Tally:
     sampled_bytes: int = 0
 
 
+def window_number(at: datetime, window_s: float) -> int:
+    """The number of the window ``at`` falls in (windows counted from the epoch)."""
+    return int(at.timestamp() // window_s)
+
+
 def window_seconds(config: SpikeConfig) -> float:
     """The windows' size in whole seconds: faust's tumbling windows place a timestamp in
     different windows when written and when read if the size has a fraction (1.2 s: 608.0-609.1
@@ -120,7 +126,7 @@ class SpikeTally:
         self, keys: list[tuple[Dimension, str]], tweet: Tweet, samples: int, at: datetime
     ) -> None:
         """Count ``tweet`` for ``keys`` in the window of ``at``, when it came in."""
-        window = int(at.timestamp() // self.window_s)
+        window = window_number(at, self.window_s)
         size = None
         for dimension, value in keys:
             tally = self._keys.get((window, dimension, value))
@@ -246,7 +252,11 @@ class SpikeWindows:
         return (now - came_in).total_seconds() <= self.late_s
 
     def observe(self, observation: SpikeObservation, offset: int) -> Spike | None:
-        """Count ``observation`` (read at ``offset`` of its partition) and judge its key."""
+        """Count ``observation`` (read at ``offset`` of its partition) and judge its key; one
+        that reached this replica too late to judge (it lags on the spikes topic) is not."""
+        if not self.countable(observation.observed_at, datetime.now(UTC)):
+            metrics.SPIKE_LATE.inc(observation.count)
+            return None
         key = f"{observation.dimension}:{observation.value}"
         windows = self.counts[key]
         stored = _Window.of(windows.current())
@@ -258,7 +268,7 @@ class SpikeWindows:
             _Window.of(windows.delta(self.window_s * i)).count
             for i in range(1, self.config.baseline_windows + 1)
         ]
-        number = int(observation.observed_at.timestamp() // self.window_s)
+        number = window_number(observation.observed_at, self.window_s)
         episode = self.episodes.get(key)
         spike = None
         if current.raised == offset:

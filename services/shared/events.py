@@ -485,7 +485,8 @@ class PendingDigest(Event):
     its own (``first`` to ``next``, in order of arrival), so that a tweet costs one small
     write, not a rewrite of the digest; the email lists the first ``SHOWN`` and counts the
     rest, and a digest that cannot be sent hands every kept tweet over one by one. A digest
-    holding ``FULL`` tweets is due at once, which bounds what a subscription keeps."""
+    holding ``FULL`` tweets is due at once, which bounds what a subscription keeps while its
+    mail goes out; one the relay keeps failing grows until it goes out one by one."""
 
     SHOWN: ClassVar[int] = 100
     FULL: ClassVar[int] = 1000

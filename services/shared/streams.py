@@ -692,6 +692,7 @@ class AckAfterPublish:
         self._held: list[_InFlight] = []
         self._releasing = asyncio.Lock()
         self._working: set[asyncio.Task[tuple[list[Output], list[Any]]]] = set()
+        self._fault: BaseException | None = None  # the stage failed: nothing more is handled
 
     async def agent(self, stream: faust.StreamT) -> None:
         """The agent body: ``app.agent(topic)(acks.agent)``."""
@@ -700,13 +701,18 @@ class AckAfterPublish:
             background.append(asyncio.create_task(self._release_every_hold()))
         try:
             async for event in stream.noack().events():
-                message = event.message
-                metrics.CONSUMED.labels(self.service, message.topic).inc()
-                try:
-                    handled = self._handled(message)
-                except Exception as error:  # _handled raises only what is the stage's
-                    await self._stage_failed(error)
-                    raise
+                if self._fault is None:
+                    message = event.message
+                    metrics.CONSUMED.labels(self.service, message.topic).inc()
+                    try:
+                        handled = self._handled(message)
+                    except Exception as error:  # _handled raises only what is the stage's
+                        await self._stage_failed(error)
+                if self._fault is not None:
+                    # Parked, not raised: faust's supervisor would restart the agent at once on
+                    # the same stream and handle (and acknowledge) the inputs after this one.
+                    # The app is crashed: the service stops, and this task is cancelled.
+                    await asyncio.Event().wait()
                 if isinstance(handled, list):
                     sent = [await self._send(output) for output in handled]
                     item = _InFlight(stream, event, handled, sent)
@@ -762,9 +768,12 @@ class AckAfterPublish:
             return self._failed_processing(message, error)
 
     async def _stage_failed(self, error: BaseException) -> None:
-        """Crash the app: ``StreamWorker.check`` stops the service, and what was not
-        acknowledged is read again by the next process (faust commits an input's offset only
-        once every input before it was acknowledged)."""
+        """Stop handling and crash the app: ``StreamWorker.check`` stops the service, and what
+        was not acknowledged is read again by the next process (faust commits an input's
+        offset only once every input before it was acknowledged)."""
+        if self._fault is not None:
+            return
+        self._fault = error
         log.error("the stage failed, not a record: stopping to read it again", exc_info=error)
         await self.app.crash(error)
 

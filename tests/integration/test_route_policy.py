@@ -330,18 +330,19 @@ async def test_a_backlog_routed_at_once_is_counted_in_the_windows_its_tweets_cam
     longer ago than the baseline period is not counted: its window's baseline is gone."""
     prefix = tag()
     keyword = f"backlog{next(_ids)}"
-    spikes = {"window_minutes": 0.02, "baseline_windows": 5, "factor": 3, "min_count": 5,
+    # late after 10 s: the backlog's oldest (3.5 s) has 6.5 s to be routed on a loaded machine
+    spikes = {"window_minutes": 0.02, "baseline_windows": 10, "factor": 3, "min_count": 5,
               "dimensions": ["keyword"], "keywords": [keyword]}  # fmt: skip
     service = RouteService(route_settings(spikes=spikes))
     late_before = route_metrics.SPIKE_LATE._value.get()
 
     async with running(service):
-        await asyncio.sleep(5.5)  # one baseline period (5 windows of 1 s) since route started
+        await asyncio.sleep(10.5)  # one baseline period (10 windows of 1 s) since route started
         now = datetime.now(UTC)
         backlog = []
-        for age in (20.0, 3.5, 2.5, 1.5, 0.5):  # seconds: one a window, the first too late
+        for age in (40.0, 3.5, 2.5, 1.5, 0.5):  # seconds: one a window, the first too late
             came_in = now - timedelta(seconds=age)
-            for i in range(1 if age > 5 else 4):
+            for i in range(1 if age > 10 else 4):
                 tweet = a_classified_tweet("legal", 0.9, id=f"{prefix}-{age}-{i}",
                                            conversation_id=f"{prefix}-{age}-{i}",
                                            text=f"the {keyword} again")  # fmt: skip

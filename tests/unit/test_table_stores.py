@@ -59,6 +59,8 @@ def test_the_compacted_topics_keep_deletions_as_long_as_a_store_is_trusted():
         assert config["cleanup.policy"] == "compact"
         assert int(config["delete.retention.ms"]) == topics.TOMBSTONES_KEPT_MS
     assert topics.topic_config(topics.RAW) == {}
+    # spike counts are placed in their windows by the timestamps route gives them
+    assert topics.topic_config(topics.ROUTE_SPIKES) == {"message.timestamp.type": "CreateTime"}
 
 
 class _Restoring:
