@@ -233,14 +233,13 @@ def soak_config(original: Path, out: Path, expiry_hours: float, dedup: bool = Tr
     sla = route.setdefault("sla", {})
     sla["check_interval_s"] = min(float(sla.get("check_interval_s", 30)), 10.0)
     # an alerting SLA must end before its conversation is forgotten: half the expiry at most
+    half = expiry_hours * 60 / 2
     defaults = {urgency.value: given for urgency, given in SlaConfig().minutes.items()}
     minutes = sla.setdefault("minutes", defaults)
-    for urgency, given in minutes.items():
-        minutes[urgency] = min(float(given), expiry_hours * 60 / 2)
-    for rule in route.get("rules", []):
-        if rule.get("then", {}).get("sla_minutes"):
-            rule["then"]["sla_minutes"] = min(float(rule["then"]["sla_minutes"]),
-                                              expiry_hours * 60 / 2)  # fmt: skip
+    minutes.update({urgency: min(float(given), half) for urgency, given in minutes.items()})
+    for then in (rule.get("then", {}) for rule in route.get("rules", [])):
+        if then.get("sla_minutes"):
+            then["sla_minutes"] = min(float(then["sla_minutes"]), half)
     notify = config.setdefault("notify", {})
     notify["ledger_retention_hours"] = expiry_hours
     delivery = notify.setdefault("delivery", {})

@@ -52,6 +52,7 @@ from switchboard.shared.kafka import Output, dead_letter_record, publish
 from switchboard.shared.labels import Department
 from switchboard.shared.streams import (
     StreamWorker,
+    crash_for_the_stage,
     publish_from_timer,
     raw_topic,
     table_value,
@@ -180,9 +181,8 @@ class Digests:
                 )
             except Exception as error:  # noqa: BLE001 - one bad record never stops the digests
                 if the_stages_fault(error):  # the disk or Kafka: read again after a restart
-                    log.error("the digests' stage failed; stopping", exc_info=error)
-                    await self.app.crash(error)
-                    await asyncio.Event().wait()  # parked until the service stops (streams.py)
+                    await crash_for_the_stage(self.app, error)
+                    await asyncio.Event().wait()  # parked until the service stops
                 log.error("a digest record failed processing; dead-lettered", exc_info=error)
                 problem = DecodeError(
                     "processing_failed", f"{type(error).__name__}: {error}"[:2000]

@@ -237,24 +237,20 @@ class RouteConfig(Section):
         """A conversation idle for ``conversations.ttl_hours`` is forgotten, its awaited tweet
         with it: an alerting SLA as long would never alert."""
         ttl = self.conversations.ttl_hours * 60  # kept whether or not they keep an owner
-        for urgency in self.sla.alert_urgencies:
-            minutes = self.sla.minutes.get(urgency)
+        alerting = set(self.sla.alert_urgencies)
+        slas = [
+            (f"sla.minutes.{u.value}", self.sla.minutes.get(u)) for u in self.sla.alert_urgencies
+        ]
+        slas += [
+            (f"rules[{index}].then.sla_minutes (rule {rule.name!r})", rule.then.sla_minutes)
+            for index, rule in enumerate(self.rules)
+            if rule.when.urgencies is None or alerting & set(rule.when.urgencies)
+        ]
+        for key, minutes in slas:
             if minutes is not None and minutes >= ttl:
                 raise ValueError(
-                    f"sla.minutes.{urgency.value}: {minutes:g} minutes is not shorter than "
-                    f"conversations.ttl_hours ({ttl:g} minutes): the conversation would be "
-                    "forgotten before its SLA alert"
-                )
-        for index, rule in enumerate(self.rules):
-            minutes = rule.then.sla_minutes
-            alerting = (
-                self.sla.alert_urgencies if rule.when.urgencies is None else rule.when.urgencies
-            )
-            if minutes and minutes >= ttl and set(alerting) & set(self.sla.alert_urgencies):
-                raise ValueError(
-                    f"rules[{index}].then.sla_minutes (rule {rule.name!r}): {minutes:g} minutes "
-                    f"is not shorter than conversations.ttl_hours ({ttl:g} minutes): the "
-                    "conversation would be forgotten before its SLA alert"
+                    f"{key}: {minutes:g} minutes is not shorter than conversations.ttl_hours "
+                    f"({ttl:g} minutes): the conversation would be forgotten before its SLA alert"
                 )
         return self
 

@@ -774,8 +774,7 @@ class AckAfterPublish:
         if self._fault is not None:
             return
         self._fault = error
-        log.error("the stage failed, not a record: stopping to read it again", exc_info=error)
-        await self.app.crash(error)
+        await crash_for_the_stage(self.app, error)
 
     async def _awaited(
         self, handling: Coroutine[Any, Any, list[Output]], message: Any
@@ -840,6 +839,14 @@ def the_stages_fault(error: BaseException) -> bool:
     if isinstance(error, TRANSIENT_ERRORS):
         return True
     return type(error) is Exception and str(error).startswith(_STORE_FAILURES)
+
+
+async def crash_for_the_stage(app: faust.App, error: BaseException) -> None:
+    """Crash ``app`` for a fault of the stage (``the_stages_fault``): ``StreamWorker.check``
+    stops the service. The caller then handles nothing more: what it did not acknowledge is
+    read again by the next process."""
+    log.error("the stage failed, not a record: stopping to read it again", exc_info=error)
+    await app.crash(error)
 
 
 def _failed(outputs: list[Output], sent: list[Any], results: Iterator[Any]) -> list[Output]:
