@@ -10,7 +10,9 @@ them is bounded by time, not by count: ingest's duplicate filter (``dedup_window
 route's conversations (``ttl_hours``, 72 h), notify's ledger (``ledger_retention_hours``, a
 week) and its pending digests (``digest_minutes``, an hour). The soak runs on a copy of the
 configuration where all of these last an eighth of the run, so that it reaches within minutes
-the steady state production reaches after days, and shows that memory then stays flat. Its
+the steady state production reaches after days, and shows that memory then stays flat. With
+``--faults``, what keeps each tweet once lasts longer: long enough to outlast a restart
+(``soak_config``). Its
 notify redrives parked deliveries by itself after 10 seconds at first (``redrive_after_s``;
 a minute in production), at most a minute apart, so that a short run sees them through.
 
@@ -50,6 +52,9 @@ from switchboard.shared.settings import KafkaSettings
 MEMORY_GROWTH_LIMIT = 0.10  # 10 % between the second and the last quarter
 LAG_SECONDS_LIMIT = 5.0  # of traffic: lag above rate * this means the pipeline fell behind
 GROUP_PREFIX = "switchboard-"
+# With faults: the least a tweet's decision and an effect's record are kept. A restart on a
+# loaded machine takes some 15 s (classify loads its model) before the records are read again.
+FAULT_MEMORY_MINUTES = 2.0
 
 
 async def group_lag(kafka: KafkaSettings) -> dict[str, int]:
@@ -143,10 +148,7 @@ async def soak(
 ) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="switchboard-soak-"))
     expiry_hours = minutes / 60 / 8
-    # With faults, ingest restarts its replay from the top: it must still know every id it
-    # published, so its duplicate filter keeps the configured window.
-    soaked = soak_config(config_file, workdir / "switchboard.yaml", expiry_hours,
-                         dedup=not faults)  # fmt: skip
+    soaked = soak_config(config_file, workdir / "switchboard.yaml", expiry_hours, faults)
     stack = Stack(StackOptions(workdir=workdir, config_file=soaked, replay_file=None))
     sampler = ResourceSampler(stack.pids)
     record = SoakRecord()
@@ -217,23 +219,30 @@ async def _until_parked_are_delivered(stack: Stack, say: Callable[[str], None],
     return len(failed - stack.tally.undelivered())
 
 
-def soak_config(original: Path, out: Path, expiry_hours: float, dedup: bool = True) -> Path:
+def soak_config(original: Path, out: Path, expiry_hours: float, faults: bool = False) -> Path:
     """A copy of the configuration where everything remembered expires after ``expiry_hours``
-    (conversations checked at least every 10 seconds; ingest's duplicate filter only with
-    ``dedup``), and every SLA ends within half of it (an alerting SLA must end before its
-    conversation is forgotten)."""
+    (conversations checked at least every 10 seconds), and every SLA ends within half of the
+    conversations' expiry (an alerting SLA must end before its conversation is forgotten).
+
+    With ``faults``, what keeps each tweet going one way and each effect once must outlast a
+    restart and the reading again that follows it: ingest restarts its replay from the top, so
+    its duplicate filter keeps the configured window; route's conversations (which hold each
+    tweet's decision) and notify's ledger last at least ``FAULT_MEMORY_MINUTES``. A follow-up
+    read again after its conversation was forgotten would be routed by the model alone, which
+    may send it elsewhere than its owner did the first time."""
     config = yaml.safe_load(original.read_text(encoding="utf-8"))
+    once_hours = max(expiry_hours, FAULT_MEMORY_MINUTES / 60) if faults else expiry_hours
     ingest = config.setdefault("ingest", {})
-    if dedup:
+    if not faults:
         ingest["dedup_window_hours"] = expiry_hours
         webhook = ingest.setdefault("x", {}).setdefault("webhook", {})
         webhook["max_event_age_hours"] = min(webhook.get("max_event_age_hours", 1), expiry_hours)
     route = config.setdefault("route", {})
-    route.setdefault("conversations", {})["ttl_hours"] = expiry_hours
+    route.setdefault("conversations", {})["ttl_hours"] = once_hours
     sla = route.setdefault("sla", {})
     sla["check_interval_s"] = min(float(sla.get("check_interval_s", 30)), 10.0)
     # an alerting SLA must end before its conversation is forgotten: half the expiry at most
-    half = expiry_hours * 60 / 2
+    half = once_hours * 60 / 2
     defaults = {urgency.value: given for urgency, given in SlaConfig().minutes.items()}
     minutes = sla.setdefault("minutes", defaults)
     minutes.update({urgency: min(float(given), half) for urgency, given in minutes.items()})
@@ -241,7 +250,7 @@ def soak_config(original: Path, out: Path, expiry_hours: float, dedup: bool = Tr
         if then.get("sla_minutes"):
             then["sla_minutes"] = min(float(then["sla_minutes"]), half)
     notify = config.setdefault("notify", {})
-    notify["ledger_retention_hours"] = expiry_hours
+    notify["ledger_retention_hours"] = once_hours
     delivery = notify.setdefault("delivery", {})
     delivery["redrive_after_s"] = min(float(delivery.get("redrive_after_s", 60)), 10.0)
     delivery["redrive_max_wait_s"] = min(float(delivery.get("redrive_max_wait_s", 3600)), 60.0)

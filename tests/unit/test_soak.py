@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from switchboard.cli.config import PipelineSettings
-from switchboard.cli.soak import SoakRecord, quarters, soak_config, soak_passed
+from switchboard.cli.soak import (
+    FAULT_MEMORY_MINUTES,
+    SoakRecord,
+    quarters,
+    soak_config,
+    soak_passed,
+)
 from tests.conftest import CONFIG_FILE
 
 
@@ -53,6 +59,20 @@ def test_the_soak_configuration_makes_entries_expire_within_the_run(tmp_path):
     digests = [s.digest_minutes for s in config.notify.subscriptions if s.digest_minutes]
     assert digests and all(minutes == 0.02 * 60 for minutes in digests)
     assert config.handles == PipelineSettings.load(config_file=CONFIG_FILE).config.handles
+
+
+def test_with_faults_decisions_and_effects_outlast_a_restart(tmp_path):
+    """A record read again after a restart must still find its tweet's decision and its
+    effect's record: a follow-up routed anew by the model alone may go elsewhere."""
+    out = soak_config(CONFIG_FILE, tmp_path / "soak.yaml", expiry_hours=0.001, faults=True)
+    config = PipelineSettings.load(config_file=out).config
+    configured = PipelineSettings.load(config_file=CONFIG_FILE).config
+    assert config.route.conversations.ttl_hours * 60 == FAULT_MEMORY_MINUTES >= 2
+    assert config.notify.ledger_retention_hours * 60 == FAULT_MEMORY_MINUTES
+    assert config.ingest.dedup_window_hours == configured.ingest.dedup_window_hours
+    assert max(config.route.sla.minutes.values()) <= FAULT_MEMORY_MINUTES / 2
+    digests = [s.digest_minutes for s in config.notify.subscriptions if s.digest_minutes]
+    assert digests and all(minutes == 0.001 * 60 for minutes in digests)
 
 
 SOUND = {"memory_stable": True, "lag_stable": True, "lost": 0, "duplicates": 0,
