@@ -17,12 +17,14 @@ import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import OffsetAndMetadata
 from faust.types import TP
 
 from switchboard.shared.kafka import client_options, ensure_topics
 from switchboard.shared.settings import KafkaSettings
 from switchboard.shared.streams import (
+    TtlMemory,
     discard_stale_stores,
     in_sync_stamp,
     stream_app,
@@ -313,3 +315,67 @@ async def test_a_fetch_waiting_when_its_partitions_are_paused_leaves_their_recor
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert len(handled) == len(set(handled)) == 60
+
+
+async def test_a_windowed_tables_windows_expire_after_a_restart_too(
+    own_kafka: KafkaSettings, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    """faust expires only the windows its process wrote: those a worker restores (from its
+    changelog, or from the store a restart keeps) would stay in its store for good, and with
+    them every restart's worth of corrections, early replies and spike counts. Its changelog
+    must drop them too: compaction alone keeps the last record of every window ever written."""
+    kafka, run = own_kafka, next(_runs)
+    inputs = f"windows-{run}-in"
+    await ensure_topics(kafka, [inputs], 2, 1)
+
+    def worker() -> tuple[faust.App, TtlMemory]:
+        app = stream_app(f"windows-{run}", kafka, state_dir=tmp_path, member=f"windows-{run}",
+                         url="http://127.0.0.1:60997", partitions=2)  # fmt: skip
+        app.conf.table_cleanup_interval = 0.5
+        memory = TtlMemory(app, "seen", 2, ttl_s=2, default=int, help="seen keys")
+        topic = app.topic(inputs, key_serializer="raw", value_serializer="raw", partitions=2)
+
+        async def remember(stream: faust.StreamT) -> None:
+            async for key, _ in stream.items():
+                memory.put(key.decode(), 1)
+
+        app.agent(topic, name="remember")(remember)
+        return app, memory
+
+    def stored(memory: TtlMemory) -> int:
+        store = memory.table.table.data
+        return sum(1 for db in list(store._dbs.values()) for _ in store._visible_keys(db))  # noqa: SLF001
+
+    app, memory = worker()
+    task = asyncio.create_task(app.start())
+    try:
+        await wait_for(lambda: worker_ready(app), timeout_s=60)
+        await send(producer, inputs, [f"conv-{i}" for i in range(10)])
+        await wait_for(lambda: stored(memory) == 10, timeout_s=30)
+        changelog = memory.table.table.changelog_topic.get_topic_name()
+    finally:
+        await app.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    admin = AIOKafkaAdminClient(**client_options(kafka))
+    await admin.start()
+    try:
+        [described] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, changelog)]
+        )
+    finally:
+        await admin.close()
+    entries = {name: value for name, value, *_ in described.resources[0][4]}
+    assert set(entries["cleanup.policy"].split(",")) == {"compact", "delete"}
+    assert int(entries["retention.ms"]) == 2 * 2 * 1000  # the windows' expiry, in milliseconds
+
+    app, memory = worker()  # the same store: a restart of the replica with its volume
+    task = asyncio.create_task(app.start())
+    try:
+        await wait_for(lambda: worker_ready(app), timeout_s=60)
+        assert stored(memory) == 10
+        await wait_for(lambda: stored(memory) == 0, timeout_s=15)
+    finally:
+        await app.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
