@@ -14,7 +14,9 @@ the steady state production reaches after days, and shows that memory then stays
 ``--faults``, what keeps each tweet once lasts longer: long enough to outlast a restart
 (``soak_config``). Its
 notify redrives parked deliveries by itself after 10 seconds at first (``redrive_after_s``;
-a minute in production), at most a minute apart, so that a short run sees them through.
+a minute in production), at most a minute apart, and a channel's open circuit tries again
+after 5 seconds (``circuit_cooldown_s``; 30 in production), so that a short run sees them
+through.
 
 Verdicts, after the first quarter of the run (model loading, caches and the JIT warm up):
 - memory is stable when no service's median RSS in the last quarter exceeds its median in the
@@ -254,6 +256,8 @@ def soak_config(original: Path, out: Path, expiry_hours: float, faults: bool = F
     delivery = notify.setdefault("delivery", {})
     delivery["redrive_after_s"] = min(float(delivery.get("redrive_after_s", 60)), 10.0)
     delivery["redrive_max_wait_s"] = min(float(delivery.get("redrive_max_wait_s", 3600)), 60.0)
+    # a circuit open longer than the first redrive's wait parks that redrive again
+    delivery["circuit_cooldown_s"] = min(float(delivery.get("circuit_cooldown_s", 30)), 5.0)
     for subscription in notify.get("subscriptions", []):
         if subscription.get("digest_minutes"):
             subscription["digest_minutes"] = expiry_hours * 60

@@ -52,6 +52,8 @@ def test_the_soak_configuration_makes_entries_expire_within_the_run(tmp_path):
     assert config.route.conversations.ttl_hours == 0.02
     assert config.notify.ledger_retention_hours == 0.02
     assert config.route.sla.check_interval_s <= 10
+    # a redrive finds its channel's circuit closed again, not parked once more
+    assert config.notify.delivery.circuit_cooldown_s < config.notify.delivery.redrive_after_s
     # its SLAs end before its conversations are forgotten, or none would alert
     assert max(config.route.sla.minutes.values()) <= 0.02 * 60 / 2
     assert config.ingest.dedup_window_hours == 0.02
