@@ -35,7 +35,7 @@ from switchboard.route.ops import OpsView, ops_router
 from switchboard.route.replies import EarlyDeletions, EarlyReplies
 from switchboard.route.rules import Outcome, drop_deleted, evaluate, rules_version
 from switchboard.route.settings import RouteSettings
-from switchboard.route.spikes import Spike, SpikeKeys, SpikeTally, SpikeWindows
+from switchboard.route.spikes import Spike, SpikeKeys, SpikeTally, SpikeWindows, withdrawals
 from switchboard.shared import metrics as shared_metrics
 from switchboard.shared import topics
 from switchboard.shared.access import AccessPolicy
@@ -50,15 +50,22 @@ from switchboard.shared.events import (
     ConversationState,
     Corrected,
     CorrectionRequest,
+    DecodeError,
     RouteDecision,
     RoutedTweet,
     SpikeAlert,
-    SpikeObservation,
+    SpikeSampleWithdrawn,
     Trace,
+    decode_spike,
     encode,
     utc_now,
 )
-from switchboard.shared.kafka import Output, decode_or_dead_letter, ensure_topics
+from switchboard.shared.kafka import (
+    Output,
+    dead_letter_record,
+    decode_or_dead_letter,
+    ensure_topics,
+)
 from switchboard.shared.labels import Department, Urgency
 from switchboard.shared.runtime import http_app, run_service
 from switchboard.shared.settings import ConfigError, ServiceSettings, file_digest
@@ -463,8 +470,7 @@ class RouteService:
             return [due]
         now = datetime.now(UTC)
         if due.reason == "deleted":
-            self._deleted(due.conversation_id, due.tweet_id, now)
-            return []
+            return self._deleted(due.conversation_id, due.tweet_id, now)
         state = self._state(due.conversation_id)
         if state is None:
             self.due.forget(due.conversation_id)
@@ -490,20 +496,44 @@ class RouteService:
             return []
         return self.sla_breach(state, now, message.offset)
 
-    def _deleted(self, conversation_id: str, tweet_id: str | None, now: datetime) -> None:
+    def _deleted(self, conversation_id: str, tweet_id: str | None, now: datetime) -> list[Output]:
         """Forget a deleted tweet in its conversation, and note it and its post: a copy read
         again, another version, or the tweet itself not routed yet (its deletion came first,
-        past classify) is dropped when it comes."""
+        past classify) is dropped when it comes. Its versions are taken out of the spike
+        samples they are in."""
         if not tweet_id:
-            return
+            return []
         active = self._active(conversation_id, now)
         # noted whether or not it was routed: a copy read again, or another version of the
         # post still behind classify, must not be routed after its deletion
         posts = dict.fromkeys((tweet_id, conversations.post_of(active, tweet_id)))
         for deleted in posts:
             self.early_deletions.add(conversation_id, deleted)
+        withdrawn = self._spike_samples_withdrawn(active, tweet_id, now)
         self._forget_tweet(active, tweet_id)
         self.ops.forget(set(posts))
+        return withdrawn
+
+    def _spike_samples_withdrawn(
+        self, state: ConversationState | None, tweet_id: str, now: datetime
+    ) -> list[Output]:
+        """For each version of a deleted post that route remembers and counted for spikes, a
+        withdrawal per spike key, in the window it was counted in (``_tally_spikes``)."""
+        if state is None or not self.config.route.spikes.enabled:
+            return []
+        kept = conversations.without(state, tweet_id).recent
+        outputs = []
+        for gone in (r for i, r in state.recent.items() if i not in kept):
+            self.spike_tally.withdraw(gone.tweet.id)  # counted, not yet published
+            decision = state.routed.get(gone.tweet.id)
+            came_in = min(gone.ingested_at, now)
+            if decision is None or decision.destination == "dropped":
+                continue
+            if not self.spike_windows.countable(came_in, now):
+                continue  # never counted, or no longer judged
+            keys = self.spike_keys.of(gone.tweet, gone.department)
+            outputs += withdrawals(keys, gone.tweet.id, came_in)
+        return outputs
 
     def _forget_tweet(self, state: ConversationState | None, tweet_id: str) -> None:
         """The conversation without a deleted tweet's post (conversations.without), kept."""
@@ -580,9 +610,13 @@ class RouteService:
             self.spike_tally.add(keys, event.tweet, spikes.samples, came_in)
 
     def on_spike_observation(self, message: Any) -> list[Output]:
-        observation = decode_or_dead_letter(message, SpikeObservation, self.name)
-        if isinstance(observation, Output):
-            return [observation]
+        try:
+            observation = decode_spike(message.value)
+        except DecodeError as problem:
+            return [dead_letter_record(self.name, problem, message)]
+        if isinstance(observation, SpikeSampleWithdrawn):
+            self.spike_windows.withdraw(observation)
+            return []
         spike = self.spike_windows.observe(observation, message.offset)
         return [] if spike is None else [self._spike_alert(spike)]
 

@@ -20,6 +20,10 @@ outage or a restart upstream, the backlog that arrives at once is spread over th
 tweets came in, instead of making one window look like a spike. Each observation carries that
 time as its Kafka timestamp, which places it in the windowed tables.
 
+A tweet deleted by its author is taken out of its window's samples
+(``SpikeSampleWithdrawn``, published by the conversation's owner to the key's owner), so no
+later alert shows it; it stays counted.
+
 An observation read again after a crash (its offset was not committed) is counted once: each
 window's count is kept with the offset of the last observation it counted, and of the one that
 raised an alert, in one changelog record. That observation, read again, publishes the alert
@@ -40,7 +44,7 @@ import faust
 
 from switchboard.route import metrics
 from switchboard.route.config import SpikeConfig
-from switchboard.shared.events import SpikeObservation, Tweet
+from switchboard.shared.events import SpikeObservation, SpikeSampleWithdrawn, Tweet
 from switchboard.shared.kafka import Output
 from switchboard.shared.labels import Department
 from switchboard.shared.streams import STORE_OPTIONS
@@ -140,6 +144,11 @@ class SpikeTally:
                     tally.tweets.append(tweet)
                     tally.sampled_bytes += size
 
+    def withdraw(self, tweet_id: str) -> None:
+        """A deleted tweet is no sample of the counts not yet published (it stays counted)."""
+        for tally in self._keys.values():
+            tally.tweets = [tweet for tweet in tally.tweets if tweet.id != tweet_id]
+
     def drain(self) -> list[Output]:
         """One observation per key and window tallied, oldest window first, and an empty
         tally; each stamped (``observed_at`` and its Kafka timestamp) within its window."""
@@ -150,7 +159,7 @@ class SpikeTally:
                 SpikeObservation(
                     dimension=dimension,  # type: ignore[arg-type]
                     value=value,
-                    tweet=tally.tweets[0],
+                    tweet=tally.tweets[0] if tally.tweets else None,
                     more=tally.tweets[1:],
                     count=tally.count,
                     observed_at=tally.at,
@@ -160,6 +169,27 @@ class SpikeTally:
             )
             for (_, dimension, value), tally in sorted(tallied.items(), key=lambda kv: kv[0][0])
         ]
+
+
+def withdrawals(
+    keys: list[tuple[Dimension, str]], tweet_id: str, came_in: datetime
+) -> list[Output]:
+    """A deleted tweet's withdrawal from the samples of each of its spike keys, stamped (as
+    its count was) with when it came in, which places it in its window."""
+    return [
+        Output.of(
+            ROUTE_SPIKES,
+            SpikeSampleWithdrawn(
+                dimension=dimension,  # type: ignore[arg-type]
+                value=value,
+                tweet_id=tweet_id,
+                observed_at=came_in,
+            ),
+            f"{dimension}:{value}",
+            timestamp_ms=int(came_in.timestamp() * 1000),
+        )
+        for dimension, value in keys
+    ]
 
 
 def bar(config: SpikeConfig, baseline: float) -> float:
@@ -288,6 +318,15 @@ class SpikeWindows:
         self._mark(key, episode)
         return spike
 
+    def withdraw(self, withdrawal: SpikeSampleWithdrawn) -> None:
+        """Take a deleted tweet out of its window's samples (its record's timestamp places it
+        there; a window already expired holds nothing to take out). It stays counted."""
+        key = f"{withdrawal.dimension}:{withdrawal.value}"
+        samples = self.samples[key].current()
+        kept = [sample for sample in samples if sample.get("id") != withdrawal.tweet_id]
+        if len(kept) < len(samples):
+            self.samples[key] = kept
+
     def _mark(self, key: str, episode: int | None) -> None:
         if episode == self.episodes.get(key):
             return
@@ -302,7 +341,8 @@ class SpikeWindows:
             return
         held = sum(_sample_bytes(sample) for sample in samples)
         added = []
-        for tweet in [observation.tweet, *observation.more][: self.config.samples - len(samples)]:
+        offered = [t for t in (observation.tweet, *observation.more) if t is not None]
+        for tweet in offered[: self.config.samples - len(samples)]:
             size = _sample_bytes(tweet)
             if (samples or added) and held + size > SAMPLE_BYTES:
                 break

@@ -437,10 +437,27 @@ class SpikeObservation(Event):
     event_type: Literal["route.spike"] = "route.spike"
     dimension: Literal["department", "handle", "keyword"]
     value: str
-    tweet: Tweet
+    tweet: Tweet | None = Field(
+        description="The first sample; none when every tweet counted was deleted before the "
+        "count was published"
+    )
     observed_at: AwareDatetime
     count: int = Field(default=1, ge=1, description="routed tweets counted, `tweet` included")
     more: list[Tweet] = Field(default_factory=list, description="further sample tweets")
+
+
+class SpikeSampleWithdrawn(Event):
+    """On ``switchboard.route.spikes``, keyed by ``dimension:value``: a tweet counted for this
+    spike key was deleted by its author, so the key's owner takes it out of the window's sample
+    tweets (a later spike alert must not show it); it stays counted. ``observed_at``, also the
+    record's Kafka timestamp, is when the tweet came in: it places the withdrawal in the
+    tweet's window. Carries the tweet's id, never its text."""
+
+    event_type: Literal["route.spike_withdrawn"] = "route.spike_withdrawn"
+    dimension: Literal["department", "handle", "keyword"]
+    value: str
+    tweet_id: str
+    observed_at: AwareDatetime
 
 
 class LedgerDue(Event):
@@ -739,6 +756,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ConversationState,
     ConversationDue,
     SpikeObservation,
+    SpikeSampleWithdrawn,
     CorrectionRequest,
     Correction,
     Delivery,
@@ -804,6 +822,11 @@ def decode_alert(payload: bytes | None) -> Alert | SpikeAlert:
 def decode_digest(payload: bytes | None) -> DigestItem | DigestDue:
     """An event from ``switchboard.notifications.digests``."""
     return decode_either(payload, DigestItem, DigestDue)  # type: ignore[return-value]
+
+
+def decode_spike(payload: bytes | None) -> SpikeObservation | SpikeSampleWithdrawn:
+    """An event from ``switchboard.route.spikes``."""
+    return decode_either(payload, SpikeObservation, SpikeSampleWithdrawn)  # type: ignore[return-value]
 
 
 def problem_of(exc: ValidationError, otherwise: DeadLetterReason = "invalid_event") -> DecodeError:

@@ -31,9 +31,11 @@ from switchboard.shared.events import (
     RoutedTweet,
     SpikeAlert,
     SpikeObservation,
+    SpikeSampleWithdrawn,
     Trace,
     decode,
     decode_alert,
+    decode_spike,
     encode,
 )
 from tests.conftest import CONFIG_FILE, key_of, readable, rejected, wait_for
@@ -366,6 +368,56 @@ async def test_a_backlog_routed_at_once_is_counted_in_the_windows_its_tweets_cam
     assert len(windows) == 4
     assert route_metrics.SPIKE_LATE._value.get() == late_before + 1
     assert [a for a in alerts_of(records, key) if isinstance(a, SpikeAlert)] == []
+
+
+async def test_a_deleted_tweet_leaves_its_spike_samples_and_no_later_alert_shows_it(
+    route_settings, producer, read, running
+):
+    """Its author deleted a tweet counted for a spike key: the conversation's owner withdraws
+    it (by id, without its text) from the samples of its window, where the alert raised later
+    would have shown it. It stays counted: the burst was real."""
+    prefix, keyword = tag(), f"outage{next(_ids)}"
+    # windows of 6 s, judged up to a minute late: every tweet here is in one window
+    spikes = {"window_minutes": 0.1, "baseline_windows": 10, "factor": 3, "min_count": 8,
+              "dimensions": ["keyword"], "keywords": [keyword]}  # fmt: skip
+    service = RouteService(route_settings(spikes=spikes))
+    came_in = datetime.now(UTC)
+    tweets = []
+    for i in range(10):
+        tweet = a_classified_tweet(
+            "it_security", 0.9, id=f"{prefix}-{i}", conversation_id=f"{prefix}-{i}",
+            text=f"another {keyword}?",
+        )  # fmt: skip
+        trace = tweet.trace.model_copy(update={"ingested_at": came_in})
+        tweets.append(tweet.model_copy(update={"trace": trace}))
+    key = f"keyword:{keyword}"
+    deleted = ComplianceEvent(tweet_id=f"{prefix}-0", conversation_id=f"{prefix}-0",
+                              event_at=datetime.now(UTC), source="webhook")  # fmt: skip
+
+    def withdrawn(records: list) -> list[SpikeSampleWithdrawn]:
+        return [decode_spike(r.value) for r in records if key_of(r) == key
+                and b"route.spike_withdrawn" in r.value]  # fmt: skip
+
+    async with running(service):
+        service.spike_windows.started -= 600  # warm: a baseline period (of no tweets) behind it
+        await send(producer, *tweets[:4])  # below the bar: no alert yet
+        await read(WATCHED, lambda rs: len(routed_records(rs, prefix)) >= 4)
+        await producer.send_and_wait(
+            topics.COMPLIANCE, encode(deleted), key=b"%s-0" % prefix.encode()
+        )
+        [withdrawal] = withdrawn(await read([topics.ROUTE_SPIKES], lambda rs: bool(withdrawn(rs))))
+        await asyncio.sleep(1.0)  # the key's owner read it
+        await send(producer, *tweets[4:])
+        records = await read(
+            [topics.ALERTS], lambda rs: any(isinstance(a, SpikeAlert) for a in alerts_of(rs, key))
+        )
+
+    assert withdrawal.tweet_id == f"{prefix}-0" and withdrawal.observed_at == came_in
+    [spike] = [a for a in alerts_of(records, key) if isinstance(a, SpikeAlert)]
+    assert spike.count >= 8  # the deleted tweet still counted
+    shown = [sample.id for sample in spike.samples]
+    assert f"{prefix}-0" not in shown
+    assert set(shown[:3]) == {f"{prefix}-{i}" for i in (1, 2, 3)} and len(shown) == 5
 
 
 async def test_a_tweet_read_again_after_a_crash_is_tallied_again_and_an_upstream_copy_not(

@@ -667,6 +667,19 @@ def test_the_spike_tally_publishes_one_observation_per_key_with_its_count_and_sa
     assert tally.drain() == []  # drained: nothing counted twice
 
 
+def test_a_deleted_tweet_is_no_sample_of_a_count_not_yet_published():
+    tally = SpikeTally(window_s=60.0)
+    tally.add([("keyword", "outage")], a_tweet(id="t0"), samples=3, at=CAME_IN)
+    tally.add([("keyword", "recall")], a_tweet(id="t1"), samples=3, at=CAME_IN)
+    tally.add([("keyword", "recall")], a_tweet(id="t2"), samples=3, at=CAME_IN)
+    tally.withdraw("t0")
+    tally.withdraw("t1")
+    outputs = {o.key: decode(SpikeObservation, o.value) for o in tally.drain()}
+    outage, recall = outputs[b"keyword:outage"], outputs[b"keyword:recall"]
+    assert (outage.count, outage.tweet, outage.more) == (1, None, [])  # counted, not shown
+    assert (recall.count, recall.tweet.id, recall.more) == (2, "t2", [])
+
+
 def test_the_spike_tally_counts_each_tweet_in_the_window_it_came_in():
     """A backlog routed at once (upstream was down for three windows) is counted in the
     windows its tweets came in, each observation stamped within its window, oldest first: not
