@@ -19,6 +19,7 @@ from switchboard.shared.events import (
     ConversationState,
     RecentTweet,
     RouteDecision,
+    SpikeCount,
     Tweet,
 )
 from switchboard.shared.labels import Department, Urgency
@@ -52,16 +53,17 @@ def after_routing(
     now: datetime,
     replied_at: datetime | None = None,
     offset: int | None = None,
+    spikes: SpikeCount | None = None,
 ) -> ConversationState | None:
     """The conversation after this tweet was routed (``state`` must be active or None);
     ``replied_at``: a company reply read before the conversation had a state; ``offset``: the
-    tweet's record on switchboard.tweets.classified."""
+    tweet's record on switchboard.tweets.classified; ``spikes``: what it was counted as."""
     if outcome.destination == "dropped":
         if state is None:
             return None
         remembered = _remember(state.routed, event, decision)
         offsets = _offsets(state.routed_offsets, remembered, event, offset)
-        recent = _recent(state.recent, event, decision)
+        recent = _recent(state.recent, event, decision, spikes)
         return state.model_copy(
             update={"routed": remembered, "routed_offsets": offsets, "recent": recent}
         )
@@ -85,7 +87,7 @@ def after_routing(
         awaiting=awaiting,
         routed=remembered,
         routed_offsets=_offsets(state.routed_offsets if state else {}, remembered, event, offset),
-        recent=_recent(state.recent if state else {}, event, decision),
+        recent=_recent(state.recent if state else {}, event, decision, spikes),
         corrections=state.corrections if state else [],
         # what a correction read again after a crash needs to publish its outputs again
         applied=state.applied if state else [],
@@ -135,7 +137,10 @@ def _offsets(
 
 
 def _recent(
-    recent: dict[str, RecentTweet], event: ClassifiedTweet, decision: RouteDecision
+    recent: dict[str, RecentTweet],
+    event: ClassifiedTweet,
+    decision: RouteDecision,
+    spikes: SpikeCount | None = None,
 ) -> dict[str, RecentTweet]:
     """The latest ``RECENT`` tweets with the labels they were routed by, oldest first out."""
     tweet = RecentTweet(
@@ -145,6 +150,7 @@ def _recent(
         model_version=event.classification.model_version,
         ingested_at=event.trace.ingested_at,
         classification=event.classification,
+        spikes=spikes,
     )
     latest = {**recent, event.tweet.id: tweet}
     return dict(list(latest.items())[-RECENT:])

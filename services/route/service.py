@@ -35,7 +35,7 @@ from switchboard.route.ops import OpsView, ops_router
 from switchboard.route.replies import EarlyDeletions, EarlyReplies
 from switchboard.route.rules import Outcome, drop_deleted, evaluate, rules_version
 from switchboard.route.settings import RouteSettings
-from switchboard.route.spikes import Spike, SpikeKeys, SpikeTally, SpikeWindows, withdrawals
+from switchboard.route.spikes import Spike, SpikeKeys, SpikeTally, SpikeWindows
 from switchboard.shared import metrics as shared_metrics
 from switchboard.shared import topics
 from switchboard.shared.access import AccessPolicy
@@ -54,7 +54,9 @@ from switchboard.shared.events import (
     RouteDecision,
     RoutedTweet,
     SpikeAlert,
+    SpikeCount,
     SpikeSampleWithdrawn,
+    SpikesWithdrawn,
     Trace,
     decode_spike,
     encode,
@@ -228,15 +230,15 @@ class RouteService:
         if alert is not None:
             self.ops.on_alert(alert)
         early = self.early_replies.get(key) if state is None else None
+        counted = self._tally_spikes(event, outcome.destination, outcome.department)
         new_state = conversations.after_routing(
-            state, event, outcome, routed.route, now, early, offset
+            state, event, outcome, routed.route, now, early, offset, counted
         )
         if new_state is not None and new_state != state:
             awaited = new_state.awaiting
             if awaited is not None and (state is None or state.awaiting is None):
                 metrics.AWAITING_REPLY.labels(awaited.handle or "none", awaited.department).inc()
             self._remember(new_state)
-        self._tally_spikes(event, outcome.destination, outcome.department)
         self._count(routed, outcome)
         return outputs
 
@@ -470,7 +472,8 @@ class RouteService:
             return [due]
         now = datetime.now(UTC)
         if due.reason == "deleted":
-            return self._deleted(due.conversation_id, due.tweet_id, now)
+            self._deleted(due.conversation_id, due.tweet_id, now, message.offset)
+            return []
         state = self._state(due.conversation_id)
         if state is None:
             self.due.forget(due.conversation_id)
@@ -496,48 +499,57 @@ class RouteService:
             return []
         return self.sla_breach(state, now, message.offset)
 
-    def _deleted(self, conversation_id: str, tweet_id: str | None, now: datetime) -> list[Output]:
+    def _deleted(
+        self, conversation_id: str, tweet_id: str | None, now: datetime, offset: int | None = None
+    ) -> None:
         """Forget a deleted tweet in its conversation, and note it and its post: a copy read
         again, another version, or the tweet itself not routed yet (its deletion came first,
-        past classify) is dropped when it comes. Its versions are taken out of the spike
-        samples they are in."""
+        past classify) is dropped when it comes. Its versions leave the spike samples they
+        are in; ``offset``: the deletion's record on switchboard.route.due."""
         if not tweet_id:
-            return []
+            return
         active = self._active(conversation_id, now)
         # noted whether or not it was routed: a copy read again, or another version of the
         # post still behind classify, must not be routed after its deletion
         posts = dict.fromkeys((tweet_id, conversations.post_of(active, tweet_id)))
         for deleted in posts:
             self.early_deletions.add(conversation_id, deleted)
-        withdrawn = self._spike_samples_withdrawn(active, tweet_id, now)
-        self._forget_tweet(active, tweet_id)
+        withdrawn = self._withdraw_spike_samples(active, tweet_id, offset)
+        self._forget_tweet(active, tweet_id, withdrawn)
         self.ops.forget(set(posts))
-        return withdrawn
 
-    def _spike_samples_withdrawn(
-        self, state: ConversationState | None, tweet_id: str, now: datetime
-    ) -> list[Output]:
-        """For each version of a deleted post that route remembers and counted for spikes, a
-        withdrawal per spike key, in the window it was counted in (``_tally_spikes``)."""
-        if state is None or not self.config.route.spikes.enabled:
-            return []
-        kept = conversations.without(state, tweet_id).recent
-        outputs = []
-        for gone in (r for i, r in state.recent.items() if i not in kept):
-            self.spike_tally.withdraw(gone.tweet.id)  # counted, not yet published
-            decision = state.routed.get(gone.tweet.id)
-            came_in = min(gone.ingested_at, now)
-            if decision is None or decision.destination == "dropped":
-                continue
-            if not self.spike_windows.countable(came_in, now):
-                continue  # never counted, or no longer judged
-            keys = self.spike_keys.of(gone.tweet, gone.department)
-            outputs += withdrawals(keys, gone.tweet.id, came_in)
-        return outputs
+    def _withdraw_spike_samples(
+        self, state: ConversationState | None, tweet_id: str, offset: int | None
+    ) -> SpikesWithdrawn | None:
+        """Withdraw the deleted post's versions from the spike samples they were counted in
+        (at the tally's next drain), as the conversation kept them; the same again for its
+        deletion read again after a crash, once the conversation no longer keeps them."""
+        if state is None or offset is None:
+            return None
+        again = state.spikes_withdrawn
+        if again is not None and again.offset == offset:
+            counted = again.tweets
+        else:
+            kept = conversations.without(state, tweet_id).recent
+            counted = {i: r.spikes for i, r in state.recent.items() if i not in kept and r.spikes}
+        for gone, count in counted.items():
+            self.spike_tally.withdraw(gone, count)
+        return SpikesWithdrawn(offset=offset, tweets=counted) if counted else None
 
-    def _forget_tweet(self, state: ConversationState | None, tweet_id: str) -> None:
-        """The conversation without a deleted tweet's post (conversations.without), kept."""
-        if state is not None and (kept := conversations.without(state, tweet_id)) != state:
+    def _forget_tweet(
+        self,
+        state: ConversationState | None,
+        tweet_id: str,
+        withdrawn: SpikesWithdrawn | None = None,
+    ) -> None:
+        """The conversation without a deleted tweet's post (conversations.without), kept
+        with the spike samples its deletion withdrew."""
+        if state is None:
+            return
+        kept = conversations.without(state, tweet_id)
+        if withdrawn is not None:
+            kept = kept.model_copy(update={"spikes_withdrawn": withdrawn})
+        if kept != state:
             self._remember(kept)
             log.info("a deleted tweet forgotten", extra={"tweet_id": tweet_id})
 
@@ -595,19 +607,21 @@ class RouteService:
 
     def _tally_spikes(
         self, event: ClassifiedTweet, destination: str, department: Department
-    ) -> None:
+    ) -> SpikeCount | None:
         """Count the tweet for its spike keys, in the window of when ingest received it (a
         clock ahead of route's counts as now), unless that is longer ago than the baseline
-        period; ``self.acks`` publishes the tally."""
+        period; ``self.acks`` publishes the tally. Returns what it was counted as."""
         spikes = self.config.route.spikes
-        if spikes.enabled and destination != "dropped":
-            now = utc_now()
-            came_in = min(event.trace.ingested_at, now)
-            if not self.spike_windows.countable(came_in, now):
-                metrics.SPIKE_LATE.inc()
-                return
-            keys = self.spike_keys.of(event.tweet, department)
-            self.spike_tally.add(keys, event.tweet, spikes.samples, came_in)
+        if not spikes.enabled or destination == "dropped":
+            return None
+        now = utc_now()
+        came_in = min(event.trace.ingested_at, now)
+        if not self.spike_windows.countable(came_in, now):
+            metrics.SPIKE_LATE.inc()
+            return None
+        keys = self.spike_keys.of(event.tweet, department)
+        self.spike_tally.add(keys, event.tweet, spikes.samples, came_in)
+        return SpikeCount(keys=[f"{d}:{v}" for d, v in keys], at=came_in) if keys else None
 
     def on_spike_observation(self, message: Any) -> list[Output]:
         try:

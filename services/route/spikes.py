@@ -21,8 +21,9 @@ tweets came in, instead of making one window look like a spike. Each observation
 time as its Kafka timestamp, which places it in the windowed tables.
 
 A tweet deleted by its author is taken out of its window's samples
-(``SpikeSampleWithdrawn``, published by the conversation's owner to the key's owner), so no
-later alert shows it; it stays counted.
+(``SpikeSampleWithdrawn``, published by the conversation's owner to the key's owner after the
+counts it may still be in), so no later alert shows it; it stays counted. The conversation
+keeps the keys and time each of its recent tweets was counted by (``SpikeCount``).
 
 An observation read again after a crash (its offset was not committed) is counted once: each
 window's count is kept with the offset of the last observation it counted, and of the one that
@@ -44,7 +45,7 @@ import faust
 
 from switchboard.route import metrics
 from switchboard.route.config import SpikeConfig
-from switchboard.shared.events import SpikeObservation, SpikeSampleWithdrawn, Tweet
+from switchboard.shared.events import SpikeCount, SpikeObservation, SpikeSampleWithdrawn, Tweet
 from switchboard.shared.kafka import Output
 from switchboard.shared.labels import Department
 from switchboard.shared.streams import STORE_OPTIONS
@@ -125,6 +126,7 @@ class SpikeTally:
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self._keys: dict[tuple[int, Dimension, str], _Tally] = {}
+        self._withdrawn: list[tuple[str, SpikeCount]] = []
 
     def add(
         self, keys: list[tuple[Dimension, str]], tweet: Tweet, samples: int, at: datetime
@@ -144,22 +146,24 @@ class SpikeTally:
                     tally.tweets.append(tweet)
                     tally.sampled_bytes += size
 
-    def withdraw(self, tweet_id: str) -> None:
-        """A deleted tweet is no sample of the counts not yet published (it stays counted)."""
-        for tally in self._keys.values():
-            tally.tweets = [tweet for tweet in tally.tweets if tweet.id != tweet_id]
+    def withdraw(self, tweet_id: str, counted: SpikeCount) -> None:
+        """Take a deleted tweet out of the samples of the keys it was ``counted`` for, at the
+        next drain: after the counts drained with it (one of which may still carry it)."""
+        self._withdrawn.append((tweet_id, counted))
 
     def drain(self) -> list[Output]:
-        """One observation per key and window tallied, oldest window first, and an empty
-        tally; each stamped (``observed_at`` and its Kafka timestamp) within its window."""
+        """One observation per key and window tallied, oldest window first, then the samples
+        withdrawn, and an empty tally; each stamped (``observed_at`` and its Kafka timestamp)
+        within its window."""
         tallied, self._keys = self._keys, {}
-        return [
+        withdrawn, self._withdrawn = self._withdrawn, []
+        observations = [
             Output.of(
                 ROUTE_SPIKES,
                 SpikeObservation(
                     dimension=dimension,  # type: ignore[arg-type]
                     value=value,
-                    tweet=tally.tweets[0] if tally.tweets else None,
+                    tweet=tally.tweets[0],
                     more=tally.tweets[1:],
                     count=tally.count,
                     observed_at=tally.at,
@@ -169,27 +173,26 @@ class SpikeTally:
             )
             for (_, dimension, value), tally in sorted(tallied.items(), key=lambda kv: kv[0][0])
         ]
+        return observations + [
+            o for tweet_id, counted in withdrawn for o in withdrawals(tweet_id, counted)
+        ]
 
 
-def withdrawals(
-    keys: list[tuple[Dimension, str]], tweet_id: str, came_in: datetime
-) -> list[Output]:
-    """A deleted tweet's withdrawal from the samples of each of its spike keys, stamped (as
-    its count was) with when it came in, which places it in its window."""
-    return [
-        Output.of(
-            ROUTE_SPIKES,
-            SpikeSampleWithdrawn(
-                dimension=dimension,  # type: ignore[arg-type]
-                value=value,
-                tweet_id=tweet_id,
-                observed_at=came_in,
-            ),
-            f"{dimension}:{value}",
-            timestamp_ms=int(came_in.timestamp() * 1000),
+def withdrawals(tweet_id: str, counted: SpikeCount) -> list[Output]:
+    """A deleted tweet's withdrawal from the samples of each key it was counted for, stamped
+    (as its count was) with the time that placed it in its window."""
+    withdrawn = []
+    for key in counted.keys:
+        dimension, _, value = key.partition(":")
+        withdrawal = SpikeSampleWithdrawn(
+            dimension=dimension,  # type: ignore[arg-type]
+            value=value,
+            tweet_id=tweet_id,
+            observed_at=counted.at,
         )
-        for dimension, value in keys
-    ]
+        at_ms = int(counted.at.timestamp() * 1000)
+        withdrawn.append(Output.of(ROUTE_SPIKES, withdrawal, key, timestamp_ms=at_ms))
+    return withdrawn
 
 
 def bar(config: SpikeConfig, baseline: float) -> float:
@@ -341,8 +344,7 @@ class SpikeWindows:
             return
         held = sum(_sample_bytes(sample) for sample in samples)
         added = []
-        offered = [t for t in (observation.tweet, *observation.more) if t is not None]
-        for tweet in offered[: self.config.samples - len(samples)]:
+        for tweet in [observation.tweet, *observation.more][: self.config.samples - len(samples)]:
             size = _sample_bytes(tweet)
             if (samples or added) and held + size > SAMPLE_BYTES:
                 break

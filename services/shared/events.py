@@ -275,6 +275,24 @@ class AwaitingReply(Model):
     classification: Classification | None = None
 
 
+class SpikeCount(Model):
+    """How route counted a tweet for spikes: the keys (``dimension:value``) and the time that
+    placed it in their windows, kept so that its deletion finds the same keys and windows
+    whatever a correction or a new configuration changed since."""
+
+    keys: list[str]
+    at: AwareDatetime
+
+
+class SpikesWithdrawn(Model):
+    """The spike counts a deletion withdrew its tweets' samples from, with the offset of the
+    deletion's record on ``switchboard.route.due``: read again after a crash, the record
+    publishes the same withdrawals, though the tweets are no longer kept."""
+
+    offset: int
+    tweets: dict[str, SpikeCount]
+
+
 class RecentTweet(Model):
     """A tweet route routed lately, with the labels it went by: what a correction re-routes."""
 
@@ -287,6 +305,9 @@ class RecentTweet(Model):
         default=None,
         description="The model's labels: what an SLA alert carries if this tweet becomes the "
         "awaited one (its awaited tweet deleted or answered by a reply written before it)",
+    )
+    spikes: SpikeCount | None = Field(
+        default=None, description="What it was counted as for spikes; none: not counted"
     )
 
 
@@ -343,6 +364,11 @@ class ConversationState(Event):
         description="When a company handle last wrote in the conversation (X's time): a tweet "
         "written before it is answered, even when route reads it after the reply (replies "
         "skip classify, which may lag)",
+    )
+    spikes_withdrawn: SpikesWithdrawn | None = Field(
+        default=None,
+        description="The latest deletion's withdrawals from spike samples, published again if "
+        "its record is read again after a crash",
     )
 
 
@@ -437,10 +463,7 @@ class SpikeObservation(Event):
     event_type: Literal["route.spike"] = "route.spike"
     dimension: Literal["department", "handle", "keyword"]
     value: str
-    tweet: Tweet | None = Field(
-        description="The first sample; none when every tweet counted was deleted before the "
-        "count was published"
-    )
+    tweet: Tweet
     observed_at: AwareDatetime
     count: int = Field(default=1, ge=1, description="routed tweets counted, `tweet` included")
     more: list[Tweet] = Field(default_factory=list, description="further sample tweets")

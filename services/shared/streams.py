@@ -63,7 +63,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -74,7 +74,7 @@ from faust.stores.rocksdb import Store as RocksDBStore
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
+from faust.types import TP, EventT
 from faust.types.auth import CredentialsT
 from faust.windows import TumblingWindow
 from tenacity import (
@@ -176,6 +176,7 @@ def stream_app(
         producer_linger=0.005,  # as the project's own producers: a few records per request
         consumer_max_fetch_size=min(4 * 2**20, kafka.fetch_max_bytes),  # per partition, as theirs
         TableManager=_TableManager,
+        Table=_Table,
     )
     app.transport = _Transport(app.conf.broker_consumer, app)
     app.transport.idle_pause_s = kafka.fetch_idle_pause_ms / 1000
@@ -281,6 +282,58 @@ class StreamWorker:
             shutil.rmtree(self.app.conf.datadir, ignore_errors=True)
 
 
+class _Table(faust.Table):
+    """faust's table, whose windows expire wherever they came from.
+
+    faust (0.15.3) expires a windowed table's windows by a list of those its process wrote.
+    Windows read from the changelog (restored at a start or a rebalance, or kept up to date on
+    a standby) and windows found in a store a restart kept were not on it: they stayed in the
+    replica's store for good, and with them each restart's worth of spike counts, corrections,
+    early replies and deletions. Each window read from the changelog is listed as it is
+    written to the store, and, once per partition, the windows a kept store already held."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._partitions_listed: set[int] = set()
+
+    def _expiring(self) -> bool:
+        return self.window is not None and self.window.expires is not None
+
+    def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
+        events = list(batch)
+        super().apply_changelog_batch(events)
+        if not self._expiring():
+            return
+        for event in events:
+            message = event.message
+            key = self._to_key(self.data._decode_key(message.key))  # noqa: SLF001 - (key, (start, end))
+            if message.value is None:
+                self._maybe_del_key_ttl(key, message.partition)
+            else:
+                self._list_for_expiry(key, message.partition)
+
+    def expire_kept_windows(self) -> int:
+        """List for expiry the windows of each partition's store not listed yet (a store kept
+        across a restart holds windows its changelog does not replay); returns how many."""
+        store = self.data
+        if not self._expiring() or not isinstance(store, RocksDBStore):
+            return 0
+        found = 0
+        for partition, db in list(store._dbs.items()):  # noqa: SLF001 - faust keeps no other index
+            if partition in self._partitions_listed:
+                continue
+            self._partitions_listed.add(partition)
+            for raw in store._visible_keys(db):  # noqa: SLF001
+                self._list_for_expiry(self._to_key(store._decode_key(raw)), partition)  # noqa: SLF001
+                found += 1
+        return found
+
+    def _list_for_expiry(self, key: Any, partition: int) -> None:
+        # once: faust's list of window ends grows with each listing until the window expires
+        if key not in self._partition_timestamp_keys.get((partition, key[1][1]), ()):
+            self._maybe_set_key_ttl(key, partition)
+
+
 class _Recovery(Recovery):
     """faust's recovery, with the input partitions sought before they are resumed.
 
@@ -301,13 +354,13 @@ class _Recovery(Recovery):
             for table in self.tables.values()]  # fmt: skip
         if completing:
             await asyncio.wait(completing)
-        for table in self.tables.values():
-            if held := expire_held_windows(table):
-                self.log.info("Windows held by %s, each expiring with its window: %d",
-                              table.name, held)  # fmt: skip
         if self.app.consumer_generation_id != generation_id:
             self.log.warning("Recovery rebalancing again")
             return
+        for table in self.tables.values():
+            if isinstance(table, _Table) and (kept := table.expire_kept_windows()):
+                self.log.info("Windows kept on disk by %s, to expire with their windows: %d",
+                              table.name, kept)  # fmt: skip
         await self._seek_then_resume()
         self.tables.on_actives_ready()
         if not self.app.assignor.assigned_standbys():
@@ -346,30 +399,6 @@ class _Recovery(Recovery):
         self.app.flow_control.resume()
         consumer.resume_flow()
         await self.app._fetcher.maybe_start()  # noqa: SLF001 - as faust's Recovery does
-
-
-def expire_held_windows(table: Any) -> int:
-    """Hand faust's expiry every window ``table``'s stores hold; returns how many.
-
-    faust (0.15.3) expires a windowed table's windows by a list it keeps of those its process
-    wrote. Windows restored from the changelog, or found in a store a restart kept, are not on
-    it: they would stay in the store for good, and with them each restart's worth of spike
-    counts, corrections and early replies. Called once a recovery completed, for every
-    partition held, active or standby (a window listed twice is dropped once)."""
-    store = table.data
-    if table.window is None or table.window.expires is None:
-        return 0
-    if not isinstance(store, RocksDBStore):
-        return 0
-    listed = table._partition_timestamp_keys  # noqa: SLF001 - (partition, window end) -> keys
-    held = 0
-    for partition, db in list(store._dbs.items()):  # noqa: SLF001 - faust keeps no other index
-        for raw in store._visible_keys(db):  # noqa: SLF001
-            key = table._to_key(store._decode_key(raw))  # noqa: SLF001 - (key, (start, end))
-            held += 1
-            if key not in listed.get((partition, key[1][1]), ()):  # listed once, not per rebalance
-                table._maybe_set_key_ttl(key, partition)  # noqa: SLF001
-    return held
 
 
 class _TableManager(TableManager):

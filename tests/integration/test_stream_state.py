@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -332,7 +333,8 @@ async def test_a_windowed_tables_windows_expire_after_a_restart_too(
         app = stream_app(f"windows-{run}", kafka, state_dir=tmp_path, member=f"windows-{run}",
                          url="http://127.0.0.1:60997", partitions=2)  # fmt: skip
         app.conf.table_cleanup_interval = 0.5
-        memory = TtlMemory(app, "seen", 2, ttl_s=2, default=int, help="seen keys")
+        # windows of 10 s that expire 20 s after they end: not before the restart below
+        memory = TtlMemory(app, "seen", 2, ttl_s=10, default=int, help="seen keys")
         topic = app.topic(inputs, key_serializer="raw", value_serializer="raw", partitions=2)
 
         async def remember(stream: faust.StreamT) -> None:
@@ -342,17 +344,20 @@ async def test_a_windowed_tables_windows_expire_after_a_restart_too(
         app.agent(topic, name="remember")(remember)
         return app, memory
 
-    def stored(memory: TtlMemory) -> int:
+    def stored(memory: TtlMemory) -> dict[int, int]:
+        """Windows held, by partition."""
         store = memory.table.table.data
-        return sum(1 for db in list(store._dbs.values()) for _ in store._visible_keys(db))  # noqa: SLF001
+        return {p: sum(1 for _ in store._visible_keys(db)) for p, db in list(store._dbs.items())}  # noqa: SLF001
 
     app, memory = worker()
     task = asyncio.create_task(app.start())
     try:
         await wait_for(lambda: worker_ready(app), timeout_s=60)
         await send(producer, inputs, [f"conv-{i}" for i in range(10)])
-        await wait_for(lambda: stored(memory) == 10, timeout_s=30)
+        await wait_for(lambda: sum(stored(memory).values()) == 10, timeout_s=30)
+        written = stored(memory)
         changelog = memory.table.table.changelog_topic.get_topic_name()
+        lost_store = memory.table.table.data.partition_path(1)
     finally:
         await app.stop()
         task.cancel()
@@ -367,15 +372,80 @@ async def test_a_windowed_tables_windows_expire_after_a_restart_too(
         await admin.close()
     entries = {name: value for name, value, *_ in described.resources[0][4]}
     assert set(entries["cleanup.policy"].split(",")) == {"compact", "delete"}
-    assert int(entries["retention.ms"]) == 2 * 2 * 1000  # the windows' expiry, in milliseconds
+    assert int(entries["retention.ms"]) == 2 * 10 * 1000  # the windows' expiry, in milliseconds
 
-    app, memory = worker()  # the same store: a restart of the replica with its volume
+    # A restart of the replica with its volume, partition 1's store lost: partition 0's windows
+    # are those the kept store holds, partition 1's are restored from the changelog.
+    assert written[0] and written[1]
+    shutil.rmtree(lost_store)
+    app, memory = worker()
     task = asyncio.create_task(app.start())
     try:
         await wait_for(lambda: worker_ready(app), timeout_s=60)
-        assert stored(memory) == 10
-        await wait_for(lambda: stored(memory) == 0, timeout_s=15)
+        assert stored(memory) == written
+        await wait_for(lambda: sum(stored(memory).values()) == 0, timeout_s=60)
     finally:
         await app.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_standbys_windows_expire_with_their_windows(
+    own_kafka: KafkaSettings, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    """A standby keeps a copy of another worker's windows from the changelog as they are
+    written: that copy must expire too (faust expires only the windows its process wrote)."""
+    kafka, run = own_kafka, next(_runs)
+    inputs = f"standby-{run}-in"
+    await ensure_topics(kafka, [inputs], 2, 1)
+    apps: list[tuple[faust.App, TtlMemory]] = []
+    tasks = []
+    for name in ("a", "b"):
+        app = stream_app(f"standby-{run}", kafka, state_dir=tmp_path / name,
+                         member=f"standby-{run}-{name}", url=f"http://127.0.0.1:6099{len(apps)}",
+                         partitions=2, standby_replicas=1)  # fmt: skip
+        app.conf.table_cleanup_interval = 0.5
+        memory = TtlMemory(app, "seen", 2, ttl_s=3, default=int, help="seen keys")
+        topic = app.topic(inputs, key_serializer="raw", value_serializer="raw", partitions=2)
+
+        async def remember(stream: faust.StreamT, memory: TtlMemory = memory) -> None:
+            async for key, _ in stream.items():
+                memory.put(key.decode(), 1)
+
+        app.agent(topic, name="remember")(remember)
+        apps.append((app, memory))
+
+    def stored(memory: TtlMemory) -> int:
+        store = memory.table.table.data
+        return sum(1 for db in list(store._dbs.values()) for _ in store._visible_keys(db))  # noqa: SLF001
+
+    def owned(app: faust.App) -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == inputs}
+
+    try:
+        for app, _ in apps:
+            tasks.append(asyncio.create_task(app.start()))
+            await wait_for(lambda app=app: worker_ready(app), timeout_s=60)
+        (a, a_memory), (b, b_memory) = apps
+        await wait_for(lambda: owned(a) and owned(b) and worker_ready(a) and worker_ready(b), 60)
+        await send(producer, inputs, [f"conv-{i}" for i in range(10)])
+        # Each worker holds all ten, its partition's windows and, as standby, the other's (at
+        # some moment: the active ones may be expiring already). A standby writes what it read
+        # to its store in batches, as when the worker stamps its stores in step: now.
+        peaks = [0, 0]
+
+        def held_by_both() -> bool:
+            for app, _ in apps:
+                app.tables.recovery.flush_buffers()
+            held = [stored(memory) for _, memory in apps]
+            peaks[:] = [max(peak, now) for peak, now in zip(peaks, held, strict=True)]
+            return peaks == [10, 10]
+
+        await wait_for(held_by_both, timeout_s=30)
+        await wait_for(lambda: stored(a_memory) == stored(b_memory) == 0, timeout_s=30)
+    finally:
+        for app, _ in apps:
+            await app.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -20,9 +20,11 @@ from switchboard.shared.events import (
     Correction,
     CorrectionRequest,
     RouteDecision,
+    SpikeCount,
     SpikeObservation,
     Trace,
     decode,
+    decode_spike,
     encode,
 )
 from switchboard.shared.labels import Department, Urgency
@@ -667,17 +669,25 @@ def test_the_spike_tally_publishes_one_observation_per_key_with_its_count_and_sa
     assert tally.drain() == []  # drained: nothing counted twice
 
 
-def test_a_deleted_tweet_is_no_sample_of_a_count_not_yet_published():
+def test_a_deleted_tweets_withdrawals_follow_the_counts_that_may_carry_it():
+    """Withdrawn after the counts drained with it, one of which may still carry it as a
+    sample: the key's owner adds the sample, then takes it out. Each withdrawal names the key
+    and the window the tweet was counted in, whatever its department is now."""
     tally = SpikeTally(window_s=60.0)
-    tally.add([("keyword", "outage")], a_tweet(id="t0"), samples=3, at=CAME_IN)
-    tally.add([("keyword", "recall")], a_tweet(id="t1"), samples=3, at=CAME_IN)
-    tally.add([("keyword", "recall")], a_tweet(id="t2"), samples=3, at=CAME_IN)
-    tally.withdraw("t0")
-    tally.withdraw("t1")
-    outputs = {o.key: decode(SpikeObservation, o.value) for o in tally.drain()}
-    outage, recall = outputs[b"keyword:outage"], outputs[b"keyword:recall"]
-    assert (outage.count, outage.tweet, outage.more) == (1, None, [])  # counted, not shown
-    assert (recall.count, recall.tweet.id, recall.more) == (2, "t2", [])
+    tally.add([("keyword", "outage"), ("department", "legal")], a_tweet(id="t0"), samples=3,
+              at=CAME_IN)  # fmt: skip
+    tally.withdraw("t0", SpikeCount(keys=["keyword:outage", "department:legal"], at=CAME_IN))
+    outputs = tally.drain()
+    observations = [decode_spike(o.value) for o in outputs[:2]]
+    assert [o.tweet.id for o in observations] == ["t0", "t0"]
+    withdrawn = [decode_spike(o.value) for o in outputs[2:]]
+    assert [(w.dimension, w.value, w.tweet_id, w.observed_at) for w in withdrawn] == [
+        ("keyword", "outage", "t0", CAME_IN),
+        ("department", "legal", "t0", CAME_IN),
+    ]
+    assert [o.key for o in outputs[2:]] == [b"keyword:outage", b"department:legal"]
+    assert {o.timestamp_ms for o in outputs[2:]} == {int(CAME_IN.timestamp() * 1000)}
+    assert tally.drain() == []
 
 
 def test_the_spike_tally_counts_each_tweet_in_the_window_it_came_in():
