@@ -176,8 +176,10 @@ async def soak(
     finally:
         await stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    summary.update(expiry_minutes=round(expiry_hours * 60, 2), faults=injected,
-                   redriven=redriven)  # fmt: skip
+    kept_minutes = decisions_kept_hours(expiry_hours, faults) * 60
+    summary.update(expiry_minutes=round(expiry_hours * 60, 2),
+                   conversations_and_ledger_minutes=round(kept_minutes, 2),
+                   faults=injected, redriven=redriven)  # fmt: skip
     return summary
 
 
@@ -221,6 +223,11 @@ async def _until_parked_are_delivered(stack: Stack, say: Callable[[str], None],
     return len(failed - stack.tally.undelivered())
 
 
+def decisions_kept_hours(expiry_hours: float, faults: bool) -> float:
+    """How long route's conversations and notify's ledger last in the soak (``soak_config``)."""
+    return max(expiry_hours, FAULT_MEMORY_MINUTES / 60) if faults else expiry_hours
+
+
 def soak_config(original: Path, out: Path, expiry_hours: float, faults: bool = False) -> Path:
     """A copy of the configuration where everything remembered expires after ``expiry_hours``
     (conversations checked at least every 10 seconds), and every SLA ends within half of the
@@ -233,7 +240,7 @@ def soak_config(original: Path, out: Path, expiry_hours: float, faults: bool = F
     read again after its conversation was forgotten would be routed by the model alone, which
     may send it elsewhere than its owner did the first time."""
     config = yaml.safe_load(original.read_text(encoding="utf-8"))
-    once_hours = max(expiry_hours, FAULT_MEMORY_MINUTES / 60) if faults else expiry_hours
+    once_hours = decisions_kept_hours(expiry_hours, faults)
     ingest = config.setdefault("ingest", {})
     if not faults:
         ingest["dedup_window_hours"] = expiry_hours
