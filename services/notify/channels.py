@@ -790,19 +790,21 @@ class SalesforceChannel(HttpChannel):
         if target.object == "Case":
             return await self._case(job, target)
         author = job.routed.tweet.author
-        name = author.name or f"@{author.username}"
-        fields: dict[str, Any] = {
-            "LastName": one_line(name, SALESFORCE_NAME_LIMIT, utf16_units),
-            "Company": one_line(f"X user @{author.username}", SUMMARY_LIMIT, utf16_units),
-            "Description": job.body(SALESFORCE_TEXT_LIMIT, utf16_units),
-        }
-        # Only a new Lead gets the owner and the source (one insert, which an org's validation
-        # rules see whole): a rep may have taken an existing one over since. Whether it exists
-        # is asked first; two new tweets of one author at once both insert, and the second
-        # upsert updates the first's record with the same owner.
+        fields: dict[str, Any] = {"Description": job.body(SALESFORCE_TEXT_LIMIT, utf16_units)}
+        # Only a new Lead gets a name, a company, the owner and the source (one insert, which
+        # an org's validation rules see whole): a rep may have corrected or taken over an
+        # existing one since, and the author's next tweet updates its description alone.
+        # Whether it exists is asked first; two new tweets of one author at once both insert,
+        # and the second upsert updates the first's record with the same values.
         path = f"{self.sobjects}/Lead/{target.external_id_field}/{quote(author.id, safe='')}"
-        if (target.owner_id or target.lead_source) and not await self._exists(path):
-            fields |= {"OwnerId": target.owner_id, "LeadSource": target.lead_source}
+        if not await self._exists(path):
+            name = author.name or f"@{author.username}"
+            fields |= {
+                "LastName": one_line(name, SALESFORCE_NAME_LIMIT, utf16_units),
+                "Company": one_line(f"X user @{author.username}", SUMMARY_LIMIT, utf16_units),
+                "OwnerId": target.owner_id,
+                "LeadSource": target.lead_source,
+            }
             fields = {name: value for name, value in fields.items() if value}
         try:
             record = await self._upsert(target, author.id, fields)
@@ -970,8 +972,9 @@ class HubSpotChannel(HttpChannel):
     ) -> None:
         super().__init__(policy, base_url, headers={"Authorization": f"Bearer {token}"})
         self.time_zone = ZoneInfo(time_zone)
-        # Contacts this process created whose owner is still to be set (that call failed)
-        self._unowned: set[str] = set()
+        # Contacts this process created whose name and owner are still to be set (that call
+        # failed; the delivery's retry finds the contact no longer new)
+        self._unnamed: set[str] = set()
 
     def vendor_wait_s(self, response: httpx.Response) -> float | None:
         if response.status_code == 423:  # a record locked by a burst of upserts, for 2 s
@@ -987,18 +990,19 @@ class HubSpotChannel(HttpChannel):
         if target.object == "tickets":
             return await self._ticket(job, target)
         author = job.routed.tweet.author
-        properties: dict[str, Any] = {
-            "lastname": one_line(author.name or f"@{author.username}", 200),
-            "twitterhandle": one_line(author.username, 50),
-        }
+        properties: dict[str, Any] = {"twitterhandle": one_line(author.username, 50)}
         record, new = await self._upsert(target, author.id, properties)
-        # Only a new contact gets the owner: a rep may have taken it over since. The batch
-        # upsert is the one operation of HubSpot's contract here, so it sets the owner too.
+        # Only a new contact gets a name and the owner: a rep may have corrected the name or
+        # taken the contact over since. The batch upsert is the one operation of HubSpot's
+        # contract here, so a second one sets them, tried again with the delivery.
         mine = f"{target.object}:{author.id}"
-        if target.owner_id and (new or mine in self._unowned):
-            self._unowned.add(mine)
-            await self._upsert(target, author.id, {"hubspot_owner_id": target.owner_id})
-            self._unowned.discard(mine)
+        if new or mine in self._unnamed:
+            self._unnamed.add(mine)
+            first = {"lastname": one_line(author.name or f"@{author.username}", 200)}
+            if target.owner_id:
+                first["hubspot_owner_id"] = target.owner_id
+            await self._upsert(target, author.id, first)
+            self._unnamed.discard(mine)
         return Done("upserted", record)
 
     async def _ticket(self, job: Job, target: HubSpotTarget) -> Done:

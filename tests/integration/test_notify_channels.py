@@ -362,9 +362,10 @@ async def test_crm_records_are_one_per_author(vendors, notify_settings, producer
 async def test_a_crm_record_gets_its_owner_when_created_and_keeps_the_one_a_rep_gave_it(
     vendors, notify_settings, producer, read, running
 ):
-    """A new Lead or contact gets the subscription's owner (and the Lead its source); once a rep
-    takes it over, the author's next tweets update it and leave its owner alone. A Lead the
-    rep converted is left as it is: Salesforce refuses any update of it."""
+    """A new Lead or contact gets the author's name and the subscription's owner (and the Lead
+    its source); once a rep corrects the name and takes it over, the author's next tweets
+    update it (a Lead's description: the latest tweet) and leave the name and owner alone. A
+    Lead the rep converted is left as it is: Salesforce refuses any update of it."""
     salesforce, hubspot = vendors["salesforce"], vendors["hubspot"]
     author = str(next(_ids) + 900000)
     owned = [
@@ -390,15 +391,24 @@ async def test_a_crm_record_gets_its_owner_when_created_and_keeps_the_one_a_rep_
         await publish_routed(producer, routed("sales", conversation=convs[0], author=author))
         await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, convs[0])) >= 3)
         created = (lead()["OwnerId"], lead()["LeadSource"], contact()["hubspot_owner_id"])
+        named = (lead()["LastName"], lead()["Company"], contact()["lastname"])
         lead()["OwnerId"], contact()["hubspot_owner_id"] = "005-rep", "88"  # a rep takes over
-        await publish_routed(producer, routed("sales", conversation=convs[1], author=author))
+        lead()["LastName"], lead()["Company"] = "Jane Roe", "Roe Hardware"  # and corrects
+        contact()["lastname"] = "Roe"
+        second = routed("sales", conversation=convs[1], author=author)
+        await publish_routed(producer, second)
         await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, convs[1])) >= 3)
+        updated = (lead()["LastName"], lead()["Company"], contact()["lastname"])
+        described = lead()["Description"]
         salesforce.convert_lead(lead()["Id"])
         await publish_routed(producer, routed("sales", conversation=convs[2], author=author))
         records = await read([topics.DELIVERIES], lambda rs: len(deliveries(rs, convs[2])) >= 3)
 
     assert created == ("00G-queue", "X (Twitter)", "77")
+    assert named[1] == f"X user @user{author}" and named[0] == named[2] != ""
     assert (lead()["OwnerId"], contact()["hubspot_owner_id"]) == ("005-rep", "88")
+    assert updated == ("Jane Roe", "Roe Hardware", "Roe")
+    assert second.tweet.id in described  # the latest tweet
     last = {d.target: d for d in deliveries(records, convs[2])}
     assert (last["owned-leads"].outcome, last["owned-leads"].action) == (
         "delivered",
