@@ -61,6 +61,7 @@ from switchboard.notify.sanitize import (
     web_link,
 )
 from switchboard.shared.events import (
+    Author,
     RoutedTweet,
     vendor_conversation_key,
     vendor_conversation_label,
@@ -798,17 +799,14 @@ class SalesforceChannel(HttpChannel):
         # and the second upsert updates the first's record with the same values.
         path = f"{self.sobjects}/Lead/{target.external_id_field}/{quote(author.id, safe='')}"
         if not await self._exists(path):
-            name = author.name or f"@{author.username}"
-            fields |= {
-                "LastName": one_line(name, SALESFORCE_NAME_LIMIT, utf16_units),
-                "Company": one_line(f"X user @{author.username}", SUMMARY_LIMIT, utf16_units),
-                "OwnerId": target.owner_id,
-                "LeadSource": target.lead_source,
-            }
-            fields = {name: value for name, value in fields.items() if value}
+            fields |= _new_lead(author, target)
         try:
             record = await self._upsert(target, author.id, fields)
         except DeliveryError as error:
+            if "REQUIRED_FIELD_MISSING" in str(error) and "LastName" not in fields:
+                # deleted since it was asked for: the update would have created it
+                return Done("upserted", await self._upsert(
+                    target, author.id, fields | _new_lead(author, target)))  # fmt: skip
             if "CANNOT_UPDATE_CONVERTED_LEAD" not in str(error):
                 raise
             # A rep converted the author's Lead into a Contact: Salesforce keeps it as it was.
@@ -972,9 +970,9 @@ class HubSpotChannel(HttpChannel):
     ) -> None:
         super().__init__(policy, base_url, headers={"Authorization": f"Bearer {token}"})
         self.time_zone = ZoneInfo(time_zone)
-        # Contacts this process created whose name and owner are still to be set (that call
-        # failed; the delivery's retry finds the contact no longer new)
-        self._unnamed: set[str] = set()
+        # Contacts this process created whose owner is still to be set (that call failed; the
+        # delivery's retry finds the contact no longer new)
+        self._unowned: set[str] = set()
 
     def vendor_wait_s(self, response: httpx.Response) -> float | None:
         if response.status_code == 423:  # a record locked by a burst of upserts, for 2 s
@@ -991,19 +989,25 @@ class HubSpotChannel(HttpChannel):
             return await self._ticket(job, target)
         author = job.routed.tweet.author
         properties: dict[str, Any] = {"twitterhandle": one_line(author.username, 50)}
-        record, new = await self._upsert(target, author.id, properties)
-        # Only a new contact gets a name and the owner: a rep may have corrected the name or
-        # taken the contact over since. The batch upsert is the one operation of HubSpot's
-        # contract here, so a second one sets them, tried again with the delivery.
+        result = await self._upsert_result(target, author.id, properties)
+        new, shown = bool(result.get("new")), result.get("properties") or {}
+        # Only a contact without a name gets one, and only a new one the owner: a rep may have
+        # corrected the name or taken the contact over since. The batch upsert is the one
+        # operation of HubSpot's contract here, so a second one sets them. A contact whose
+        # first answer was lost is no longer new when the delivery tries again: its name is
+        # still empty in the answer (HubSpot shows lastname by default), its owner remembered.
         mine = f"{target.object}:{author.id}"
-        if new or mine in self._unnamed:
-            self._unnamed.add(mine)
-            first = {"lastname": one_line(author.name or f"@{author.username}", 200)}
-            if target.owner_id:
-                first["hubspot_owner_id"] = target.owner_id
+        first: dict[str, Any] = {}
+        if new or ("lastname" in shown and not shown["lastname"]):
+            first["lastname"] = one_line(author.name or f"@{author.username}", 200)
+        if target.owner_id and (new or mine in self._unowned):
+            first["hubspot_owner_id"] = target.owner_id
+        if "hubspot_owner_id" in first:
+            self._unowned.add(mine)
+        if first:
             await self._upsert(target, author.id, first)
-            self._unnamed.discard(mine)
-        return Done("upserted", record)
+            self._unowned.discard(mine)
+        return Done("upserted", result.get("id"))
 
     async def _ticket(self, job: Job, target: HubSpotTarget) -> Done:
         key = job.routed.tweet.conversation_id
@@ -1045,6 +1049,13 @@ class HubSpotChannel(HttpChannel):
         self, target: HubSpotTarget, key: str, properties: dict[str, Any]
     ) -> tuple[str | None, bool]:
         """The record's id, and whether the upsert created it (HubSpot's ``new``)."""
+        result = await self._upsert_result(target, key, properties)
+        return result.get("id"), bool(result.get("new"))
+
+    async def _upsert_result(
+        self, target: HubSpotTarget, key: str, properties: dict[str, Any]
+    ) -> dict[str, Any]:
+        """HubSpot's answer for the one record upserted."""
         properties[target.id_property] = key
         upsert = {"inputs": [{"idProperty": target.id_property, "id": key,
                               "properties": properties}]}  # fmt: skip
@@ -1055,7 +1066,19 @@ class HubSpotChannel(HttpChannel):
         if response.status_code == 207 or answer.get("errors"):
             raise hubspot_batch_error(answer, _rate_window_s(response))
         [result] = answer.get("results") or [{}]
-        return result.get("id"), bool(result.get("new"))
+        return result
+
+
+def _new_lead(author: Author, target: SalesforceTarget) -> dict[str, Any]:
+    """The fields only a new Lead gets: a rep may have corrected or taken over one since."""
+    name = author.name or f"@{author.username}"
+    fields = {
+        "LastName": one_line(name, SALESFORCE_NAME_LIMIT, utf16_units),
+        "Company": one_line(f"X user @{author.username}", SUMMARY_LIMIT, utf16_units),
+        "OwnerId": target.owner_id,
+        "LeadSource": target.lead_source,
+    }
+    return {name: value for name, value in fields.items() if value}
 
 
 def _wants_a_stage(error: DeliveryError) -> bool:

@@ -93,6 +93,7 @@ def after_routing(
         applied=state.applied if state else [],
         correction_offset=state.correction_offset if state else None,
         replied_at=replied_at,
+        spikes_withdrawn=state.spikes_withdrawn if state else None,
     )
 
 

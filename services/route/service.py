@@ -220,8 +220,12 @@ class RouteService:
         if before is not None:
             if conversations.read_again(state, event.tweet.id, offset):
                 # Its spike tally is held a moment before it is published: a crash meanwhile
-                # lost it, so it is tallied again (at least once, as everywhere).
-                self._tally_spikes(event, before.destination, before.department)
+                # lost it, so it is tallied again (at least once, as everywhere), as it was.
+                kept = state.recent.get(event.tweet.id) if state else None
+                counted = kept.spikes if kept else None
+                if counted is None:
+                    counted = self._spike_count(event, before.destination, before.department)
+                self._tally(event, counted)
             return self.republish(event, before)
         outcome = evaluate(event, self.config, state, now)
         decision = self._decision(outcome, event.classification.urgency)
@@ -230,7 +234,7 @@ class RouteService:
         if alert is not None:
             self.ops.on_alert(alert)
         early = self.early_replies.get(key) if state is None else None
-        counted = self._tally_spikes(event, outcome.destination, outcome.department)
+        counted = self._spike_count(event, outcome.destination, outcome.department)
         new_state = conversations.after_routing(
             state, event, outcome, routed.route, now, early, offset, counted
         )
@@ -239,6 +243,7 @@ class RouteService:
             if awaited is not None and (state is None or state.awaiting is None):
                 metrics.AWAITING_REPLY.labels(awaited.handle or "none", awaited.department).inc()
             self._remember(new_state)
+        self._tally(event, counted)
         self._count(routed, outcome)
         return outputs
 
@@ -605,14 +610,13 @@ class RouteService:
             sla_due_at=outcome.sla_due_at,
         )
 
-    def _tally_spikes(
+    def _spike_count(
         self, event: ClassifiedTweet, destination: str, department: Department
     ) -> SpikeCount | None:
-        """Count the tweet for its spike keys, in the window of when ingest received it (a
-        clock ahead of route's counts as now), unless that is longer ago than the baseline
-        period; ``self.acks`` publishes the tally. Returns what it was counted as."""
-        spikes = self.config.route.spikes
-        if not spikes.enabled or destination == "dropped":
+        """What the tweet counts as for spikes: its keys, in the window of when ingest received
+        it (a clock ahead of route's counts as now); nothing if that is longer ago than the
+        baseline period (counted late) or it goes nowhere."""
+        if not self.config.route.spikes.enabled or destination == "dropped":
             return None
         now = utc_now()
         came_in = min(event.trace.ingested_at, now)
@@ -620,8 +624,14 @@ class RouteService:
             metrics.SPIKE_LATE.inc()
             return None
         keys = self.spike_keys.of(event.tweet, department)
-        self.spike_tally.add(keys, event.tweet, spikes.samples, came_in)
         return SpikeCount(keys=[f"{d}:{v}" for d, v in keys], at=came_in) if keys else None
+
+    def _tally(self, event: ClassifiedTweet, counted: SpikeCount | None) -> None:
+        """Count the tweet as ``counted``; ``self.acks`` publishes the tally."""
+        if counted is not None:
+            keys = [tuple(key.split(":", 1)) for key in counted.keys]
+            samples = self.config.route.spikes.samples
+            self.spike_tally.add(keys, event.tweet, samples, counted.at)  # type: ignore[arg-type]
 
     def on_spike_observation(self, message: Any) -> list[Output]:
         try:

@@ -306,11 +306,7 @@ class _Table(faust.Table):
             return
         for event in events:
             message = event.message
-            key = self._to_key(self.data._decode_key(message.key))  # noqa: SLF001 - (key, (start, end))
-            if message.value is None:
-                self._maybe_del_key_ttl(key, message.partition)
-            else:
-                self._list_for_expiry(key, message.partition)
+            self._list_for_expiry(message.key, message.partition, deleted=message.value is None)
 
     def expire_kept_windows(self) -> int:
         """List for expiry the windows of each partition's store not listed yet (a store kept
@@ -324,14 +320,26 @@ class _Table(faust.Table):
                 continue
             self._partitions_listed.add(partition)
             for raw in store._visible_keys(db):  # noqa: SLF001
-                self._list_for_expiry(self._to_key(store._decode_key(raw)), partition)  # noqa: SLF001
+                self._list_for_expiry(raw, partition)
                 found += 1
         return found
 
-    def _list_for_expiry(self, key: Any, partition: int) -> None:
-        # once: faust's list of window ends grows with each listing until the window expires
-        if key not in self._partition_timestamp_keys.get((partition, key[1][1]), ()):
-            self._maybe_set_key_ttl(key, partition)
+    def _list_for_expiry(self, raw: bytes, partition: int, deleted: bool = False) -> None:
+        """List a window's key for faust's expiry (once: faust's list of window ends grows with
+        each listing until the window expires), or unlist a deleted one.
+        ``_partitions_listed`` is never cleared: the store of a partition no longer held is
+        removed (``_TableManager``), and the changelog lists its windows when it comes back."""
+        try:
+            key = self._to_key(self.data._decode_key(raw))  # noqa: SLF001 - (key, (start, end))
+            if deleted:
+                self._maybe_del_key_ttl(key, partition)
+            elif key not in self._partition_timestamp_keys.get((partition, key[1][1]), ()):
+                self._maybe_set_key_ttl(key, partition)
+        except (ValueError, TypeError, IndexError, KeyError) as error:
+            # Not a window's key (a record written by hand?): kept, never expired. Raising
+            # would stop the recovery, which would apply the same batch again and again.
+            log.warning("a changelog key that names no window", extra={
+                "table": self.name, "partition": partition, "error": str(error)})  # fmt: skip
 
 
 class _Recovery(Recovery):

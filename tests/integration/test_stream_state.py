@@ -333,8 +333,8 @@ async def test_a_windowed_tables_windows_expire_after_a_restart_too(
         app = stream_app(f"windows-{run}", kafka, state_dir=tmp_path, member=f"windows-{run}",
                          url="http://127.0.0.1:60997", partitions=2)  # fmt: skip
         app.conf.table_cleanup_interval = 0.5
-        # windows of 10 s that expire 20 s after they end: not before the restart below
-        memory = TtlMemory(app, "seen", 2, ttl_s=10, default=int, help="seen keys")
+        # windows of 15 s that expire 30 s after they end: not before the restart below
+        memory = TtlMemory(app, "seen", 2, ttl_s=15, default=int, help="seen keys")
         topic = app.topic(inputs, key_serializer="raw", value_serializer="raw", partitions=2)
 
         async def remember(stream: faust.StreamT) -> None:
@@ -372,7 +372,7 @@ async def test_a_windowed_tables_windows_expire_after_a_restart_too(
         await admin.close()
     entries = {name: value for name, value, *_ in described.resources[0][4]}
     assert set(entries["cleanup.policy"].split(",")) == {"compact", "delete"}
-    assert int(entries["retention.ms"]) == 2 * 10 * 1000  # the windows' expiry, in milliseconds
+    assert int(entries["retention.ms"]) == 2 * 15 * 1000  # the windows' expiry, in milliseconds
 
     # A restart of the replica with its volume, partition 1's store lost: partition 0's windows
     # are those the kept store holds, partition 1's are restored from the changelog.
@@ -383,7 +383,7 @@ async def test_a_windowed_tables_windows_expire_after_a_restart_too(
     try:
         await wait_for(lambda: worker_ready(app), timeout_s=60)
         assert stored(memory) == written
-        await wait_for(lambda: sum(stored(memory).values()) == 0, timeout_s=60)
+        await wait_for(lambda: sum(stored(memory).values()) == 0, timeout_s=90)
     finally:
         await app.stop()
         task.cancel()
@@ -405,7 +405,7 @@ async def test_a_standbys_windows_expire_with_their_windows(
                          member=f"standby-{run}-{name}", url=f"http://127.0.0.1:6099{len(apps)}",
                          partitions=2, standby_replicas=1)  # fmt: skip
         app.conf.table_cleanup_interval = 0.5
-        memory = TtlMemory(app, "seen", 2, ttl_s=3, default=int, help="seen keys")
+        memory = TtlMemory(app, "seen", 2, ttl_s=8, default=int, help="seen keys")
         topic = app.topic(inputs, key_serializer="raw", value_serializer="raw", partitions=2)
 
         async def remember(stream: faust.StreamT, memory: TtlMemory = memory) -> None:
@@ -442,7 +442,7 @@ async def test_a_standbys_windows_expire_with_their_windows(
             return peaks == [10, 10]
 
         await wait_for(held_by_both, timeout_s=30)
-        await wait_for(lambda: stored(a_memory) == stored(b_memory) == 0, timeout_s=30)
+        await wait_for(lambda: stored(a_memory) == stored(b_memory) == 0, timeout_s=60)
     finally:
         for app, _ in apps:
             await app.stop()

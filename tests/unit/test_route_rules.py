@@ -22,6 +22,7 @@ from switchboard.shared.events import (
     RouteDecision,
     SpikeCount,
     SpikeObservation,
+    SpikesWithdrawn,
     Trace,
     decode,
     decode_spike,
@@ -212,6 +213,23 @@ def routed_state(event, config=DEFAULTS, state=None, now=NOW, offset=None):
     return outcome, conversations.after_routing(
         state, event, outcome, decision(outcome), now, offset=offset
     )
+
+
+def test_a_conversation_keeps_what_its_tweets_were_counted_as_and_its_last_withdrawals():
+    """A tweet's spike keys and window stay with it (its deletion withdraws them as counted),
+    and a later tweet keeps the latest deletion's withdrawals (read again after a crash, the
+    deletion publishes them again)."""
+    counted = SpikeCount(keys=["keyword:outage"], at=NOW)
+    first = classified("customer_service", 0.9, conversation_id="c20", id="w1")
+    outcome = evaluate(first, DEFAULTS, None, NOW)
+    state = conversations.after_routing(None, first, outcome, decision(outcome), NOW,
+                                        spikes=counted)  # fmt: skip
+    assert state.recent["w1"].spikes == counted
+    withdrawn = SpikesWithdrawn(offset=7, tweets={"w0": counted})
+    state = state.model_copy(update={"spikes_withdrawn": withdrawn})
+    _, state = routed_state(classified("customer_service", 0.9, conversation_id="c20", id="w2"),
+                            state=state)  # fmt: skip
+    assert state.spikes_withdrawn == withdrawn and state.recent["w2"].spikes is None
 
 
 def test_a_reply_stays_with_the_owner_unless_the_model_is_sure():
