@@ -29,7 +29,9 @@ An observation read again after a crash (its offset was not committed) is counte
 window's count is kept with the offset of the last observation it counted, and of the one that
 raised an alert, in one changelog record. That observation, read again, publishes the alert
 again with the same id: the window's record may have reached the changelog and the alert not
-(faust's buffer and route's producer are apart).
+(faust's buffer and route's producer are apart). The episode's mark is another table's record:
+kept without the window's, it marks an episode begun in a window whose record names no
+observation that raised it, and the next observation of that window raises the alert again.
 """
 
 from __future__ import annotations
@@ -309,6 +311,13 @@ class SpikeWindows:
             # have gone out, nor the episode's mark been kept.
             spike = self._spike(observation, current.count, history, number, again=True)
             episode = number
+        elif episode == number and current.raised is None:
+            # The episode began in this window, yet the window's record names no observation
+            # that raised it: a crash kept the episode's mark and lost the record (two tables,
+            # two changelog records), and the alert may not have gone out. Raised again, same
+            # id, by this observation.
+            current = _Window(current.count, current.counted, offset)
+            spike = self._spike(observation, current.count, history, number, again=True)
         else:
             warm = time.monotonic() - self.started >= self.window_s * self.config.baseline_windows
             verdict = judge(self.config, number, current.count, history, episode, warm)

@@ -306,6 +306,12 @@ async def test_a_burst_raises_exactly_one_spike_alert_even_read_again_after_a_cr
         marked = windows.episodes.get(key)
         # and one counted before the raising one:
         counted.append(read_again(dataclasses.replace(raising, offset=raising.offset - 1)))
+        # and one that kept the episode's mark only (the window's record as it was before):
+        raised_by = decode(SpikeObservation, raising.value)
+        with handling(raising):
+            total = windows.counts[key].current()[0]
+            windows.counts[key] = [total - raised_by.count, raising.offset - 1, None]
+        mark_only = read_again(raising)
 
     spikes_raised = [
         a for a in alerts_of(records, f"keyword:{keyword}") if isinstance(a, SpikeAlert)
@@ -321,6 +327,8 @@ async def test_a_burst_raises_exactly_one_spike_alert_even_read_again_after_a_cr
     assert marked == int(began.timestamp()) // windows.window_s  # the episode marked again
     assert counted[2][2] == []
     assert all(before == after for before, after, _ in counted)  # nothing counted twice
+    assert [decode_alert(output.value).alert_id for output in mark_only[2]] == [spike.alert_id]
+    assert mark_only[1] == [total, raising.offset, raising.offset]  # its record kept again
 
 
 async def test_a_backlog_routed_at_once_is_counted_in_the_windows_its_tweets_came_in(
