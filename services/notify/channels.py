@@ -1002,7 +1002,6 @@ class HubSpotChannel(HttpChannel):
             first["lastname"] = one_line(author.name or f"@{author.username}", 200)
         if target.owner_id and (new or mine in self._unowned):
             first["hubspot_owner_id"] = target.owner_id
-        if "hubspot_owner_id" in first:
             self._unowned.add(mine)
         if first:
             await self._upsert(target, author.id, first)

@@ -35,7 +35,14 @@ from switchboard.route.ops import OpsView, ops_router
 from switchboard.route.replies import EarlyDeletions, EarlyReplies
 from switchboard.route.rules import Outcome, drop_deleted, evaluate, rules_version
 from switchboard.route.settings import RouteSettings
-from switchboard.route.spikes import Spike, SpikeKeys, SpikeTally, SpikeWindows
+from switchboard.route.spikes import (
+    Spike,
+    SpikeKeys,
+    SpikeTally,
+    SpikeWindows,
+    spike_key,
+    spike_key_parts,
+)
 from switchboard.shared import metrics as shared_metrics
 from switchboard.shared import topics
 from switchboard.shared.access import AccessPolicy
@@ -505,7 +512,7 @@ class RouteService:
         return self.sla_breach(state, now, message.offset)
 
     def _deleted(
-        self, conversation_id: str, tweet_id: str | None, now: datetime, offset: int | None = None
+        self, conversation_id: str, tweet_id: str | None, now: datetime, offset: int
     ) -> None:
         """Forget a deleted tweet in its conversation, and note it and its post: a copy read
         again, another version, or the tweet itself not routed yet (its deletion came first,
@@ -519,44 +526,40 @@ class RouteService:
         posts = dict.fromkeys((tweet_id, conversations.post_of(active, tweet_id)))
         for deleted in posts:
             self.early_deletions.add(conversation_id, deleted)
-        withdrawn = self._withdraw_spike_samples(active, tweet_id, offset)
-        self._forget_tweet(active, tweet_id, withdrawn)
+        self._forget_tweet(active, tweet_id, deletion_offset=offset)
         self.ops.forget(set(posts))
 
+    def _forget_tweet(
+        self, state: ConversationState | None, tweet_id: str, deletion_offset: int | None = None
+    ) -> None:
+        """The conversation without a deleted tweet's post (conversations.without), kept; for
+        the deletion's record at ``deletion_offset``, with the spike samples it withdrew."""
+        if state is None:
+            return
+        kept = conversations.without(state, tweet_id)
+        if deletion_offset is not None:
+            withdrawn = self._withdraw_spike_samples(state, kept, deletion_offset)
+            if withdrawn is not None:
+                kept = kept.model_copy(update={"spikes_withdrawn": withdrawn})
+        if kept != state:
+            self._remember(kept)
+            log.info("a deleted tweet forgotten", extra={"tweet_id": tweet_id})
+
     def _withdraw_spike_samples(
-        self, state: ConversationState | None, tweet_id: str, offset: int | None
+        self, state: ConversationState, kept: ConversationState, offset: int
     ) -> SpikesWithdrawn | None:
-        """Withdraw the deleted post's versions from the spike samples they were counted in
-        (at the tally's next drain), as the conversation kept them; the same again for its
+        """Withdraw the deleted post's versions (in ``state``, not in ``kept``) from the spike
+        samples they were counted in (at the tally's next drain); the same again for its
         deletion read again after a crash, once the conversation no longer keeps them."""
-        if state is None or offset is None:
-            return None
         again = state.spikes_withdrawn
         if again is not None and again.offset == offset:
             counted = again.tweets
         else:
-            kept = conversations.without(state, tweet_id).recent
-            counted = {i: r.spikes for i, r in state.recent.items() if i not in kept and r.spikes}
+            counted = {i: r.spikes for i, r in state.recent.items()
+                       if i not in kept.recent and r.spikes}  # fmt: skip
         for gone, count in counted.items():
             self.spike_tally.withdraw(gone, count)
         return SpikesWithdrawn(offset=offset, tweets=counted) if counted else None
-
-    def _forget_tweet(
-        self,
-        state: ConversationState | None,
-        tweet_id: str,
-        withdrawn: SpikesWithdrawn | None = None,
-    ) -> None:
-        """The conversation without a deleted tweet's post (conversations.without), kept
-        with the spike samples its deletion withdrew."""
-        if state is None:
-            return
-        kept = conversations.without(state, tweet_id)
-        if withdrawn is not None:
-            kept = kept.model_copy(update={"spikes_withdrawn": withdrawn})
-        if kept != state:
-            self._remember(kept)
-            log.info("a deleted tweet forgotten", extra={"tweet_id": tweet_id})
 
     def _replies_read_until(self, partition: int, deadline: datetime) -> bool:
         """Whether every company reply written to this partition of ``switchboard.tweets.brand``
@@ -624,14 +627,13 @@ class RouteService:
             metrics.SPIKE_LATE.inc()
             return None
         keys = self.spike_keys.of(event.tweet, department)
-        return SpikeCount(keys=[f"{d}:{v}" for d, v in keys], at=came_in) if keys else None
+        return SpikeCount(keys=[spike_key(*key) for key in keys], at=came_in) if keys else None
 
     def _tally(self, event: ClassifiedTweet, counted: SpikeCount | None) -> None:
         """Count the tweet as ``counted``; ``self.acks`` publishes the tally."""
         if counted is not None:
-            keys = [tuple(key.split(":", 1)) for key in counted.keys]
-            samples = self.config.route.spikes.samples
-            self.spike_tally.add(keys, event.tweet, samples, counted.at)  # type: ignore[arg-type]
+            keys = [spike_key_parts(key) for key in counted.keys]
+            self.spike_tally.add(keys, event.tweet, self.config.route.spikes.samples, counted.at)
 
     def on_spike_observation(self, message: Any) -> list[Output]:
         try:
@@ -665,7 +667,7 @@ class RouteService:
             department = spike.value if spike.dimension == "department" else ""
             metrics.ALERTS.labels("spike", department).inc()
             self.ops.on_alert(alert)
-        return Output.of(topics.ALERTS, alert, key=f"{spike.dimension}:{spike.value}")
+        return Output.of(topics.ALERTS, alert, key=spike_key(spike.dimension, spike.value))
 
     def _count(self, routed: RoutedTweet, outcome: Outcome) -> None:
         decision = routed.route

@@ -88,6 +88,17 @@ class SpikeKeys:
         return found
 
 
+def spike_key(dimension: Dimension, value: str) -> str:
+    """A spike key's name (``dimension:value``): the key of its records and of its alerts."""
+    return f"{dimension}:{value}"
+
+
+def spike_key_parts(key: str) -> tuple[Dimension, str]:
+    """The dimension and value a spike key's name stands for (a value may hold a colon)."""
+    dimension, _, value = key.partition(":")
+    return dimension, value
+
+
 # The samples of one key's window together, at most: an observation, the table's record and
 # the alert each carry them, and must stay within the smallest message size allowed (1 MiB)
 # however many samples are configured and however long the tweets (25,000 characters).
@@ -170,7 +181,7 @@ class SpikeTally:
                     count=tally.count,
                     observed_at=tally.at,
                 ),
-                f"{dimension}:{value}",
+                spike_key(dimension, value),
                 timestamp_ms=int(tally.at.timestamp() * 1000),
             )
             for (_, dimension, value), tally in sorted(tallied.items(), key=lambda kv: kv[0][0])
@@ -185,7 +196,7 @@ def withdrawals(tweet_id: str, counted: SpikeCount) -> list[Output]:
     (as its count was) with the time that placed it in its window."""
     withdrawn = []
     for key in counted.keys:
-        dimension, _, value = key.partition(":")
+        dimension, value = spike_key_parts(key)
         withdrawal = SpikeSampleWithdrawn(
             dimension=dimension,  # type: ignore[arg-type]
             value=value,
@@ -292,7 +303,7 @@ class SpikeWindows:
         if not self.countable(observation.observed_at, datetime.now(UTC)):
             metrics.SPIKE_LATE.inc(observation.count)
             return None
-        key = f"{observation.dimension}:{observation.value}"
+        key = spike_key(observation.dimension, observation.value)
         windows = self.counts[key]
         stored = _Window.of(windows.current())
         current = stored
@@ -333,7 +344,7 @@ class SpikeWindows:
     def withdraw(self, withdrawal: SpikeSampleWithdrawn) -> None:
         """Take a deleted tweet out of its window's samples (its record's timestamp places it
         there; a window already expired holds nothing to take out). It stays counted."""
-        key = f"{withdrawal.dimension}:{withdrawal.value}"
+        key = spike_key(withdrawal.dimension, withdrawal.value)
         samples = self.samples[key].current()
         kept = [sample for sample in samples if sample.get("id") != withdrawal.tweet_id]
         if len(kept) < len(samples):
@@ -371,7 +382,7 @@ class SpikeWindows:
         *,
         again: bool = False,
     ) -> Spike:
-        key = f"{observation.dimension}:{observation.value}"
+        key = spike_key(observation.dimension, observation.value)
         baseline = sum(history) / self.config.baseline_windows
         tweets = [Tweet.model_validate(sample) for sample in self.samples[key].current()]
         started = datetime.fromtimestamp(episode * self.window_s, UTC)
