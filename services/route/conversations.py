@@ -58,9 +58,10 @@ def after_routing(
     """The conversation after this tweet was routed (``state`` must be active or None);
     ``replied_at``: a company reply read before the conversation had a state; ``offset``: the
     tweet's record on switchboard.tweets.classified; ``spikes``: what it was counted as."""
+    replied_at = max((t for t in (replied_at, state and state.replied_at) if t), default=None)
     if outcome.destination == "dropped":
-        if state is None:
-            return None
+        if state is None:  # kept all the same: its decision, and the tweet for a correction
+            return _dropped_first(event, outcome, decision, now, replied_at, offset)
         remembered = _remember(state.routed, event, decision)
         offsets = _offsets(state.routed_offsets, remembered, event, offset)
         recent = _recent(state.recent, event, decision, spikes)
@@ -69,11 +70,11 @@ def after_routing(
         )
     remembered = _remember(state.routed if state else {}, event, decision)
     urgency = event.classification.urgency
+    counted = state if state is not None and state.tweets > 0 else None  # not only drops
     owner, confirmed = outcome.department, outcome.destination != "triage"
-    if outcome.destination == "triage" and state is not None:
+    if outcome.destination == "triage" and counted is not None:
         # triage does not take a conversation away from its owner, nor give it one
-        owner, confirmed = state.department, state.owner_confirmed
-    replied_at = max((t for t in (replied_at, state and state.replied_at) if t), default=None)
+        owner, confirmed = counted.department, counted.owner_confirmed
     awaiting = state.awaiting if state else None
     if replied_at is None or _first_written(state, event.tweet) > replied_at:
         awaiting = _awaiting(awaiting, event, outcome)  # else answered before route read it
@@ -81,7 +82,7 @@ def after_routing(
         conversation_id=event.tweet.conversation_id,
         department=owner,
         owner_confirmed=confirmed,
-        max_urgency=max(urgency, state.max_urgency, key=URGENCY_RANK.get) if state else urgency,
+        max_urgency=max(urgency, counted.max_urgency, key=URGENCY_RANK.get) if counted else urgency,
         tweets=(state.tweets if state else 0) + 1,
         updated_at=now,
         awaiting=awaiting,
@@ -94,6 +95,33 @@ def after_routing(
         correction_offset=state.correction_offset if state else None,
         replied_at=replied_at,
         spikes_withdrawn=state.spikes_withdrawn if state else None,
+    )
+
+
+def _dropped_first(
+    event: ClassifiedTweet,
+    outcome: Outcome,
+    decision: RouteDecision,
+    now: datetime,
+    replied_at: datetime | None,
+    offset: int | None,
+) -> ConversationState:
+    """A conversation whose first tweet was dropped: it counts no tweet (no owner, no urgency,
+    nothing awaited), yet it keeps the decision, so that a copy published again after a model
+    or rules change is dropped again rather than routed, and the tweet, so that a person who
+    finds it on switchboard.dropped can still send it to a department."""
+    routed = _remember({}, event, decision)
+    return ConversationState(
+        conversation_id=event.tweet.conversation_id,
+        department=outcome.department,
+        owner_confirmed=False,
+        max_urgency=event.classification.urgency,
+        tweets=0,
+        updated_at=now,
+        routed=routed,
+        routed_offsets=_offsets({}, routed, event, offset),
+        recent=_recent({}, event, decision),
+        replied_at=replied_at,
     )
 
 

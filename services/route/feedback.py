@@ -151,11 +151,19 @@ def apply(
         return Applied(correction, state.model_copy(update=_remembering(state, correction)),
                        None, False)  # fmt: skip
     tweets = {**state.recent, tweet_id: corrected}
+    # a dropped tweet sent to a department counts from now on, and raises its alert
+    rescued = decided is not None and decided.destination == "dropped"
+    if rescued:
+        counted = [state.max_urgency, urgency] if state.tweets else [urgency]
+        max_urgency = max(counted, key=URGENCY_RANK.get)
+    else:
+        max_urgency = _max_urgency(state, recent.urgency, urgency, tweets)
     new_state = state.model_copy(
         update={
             "department": department if outcome == "rerouted" else state.department,
             "owner_confirmed": state.owner_confirmed or outcome == "rerouted",
-            "max_urgency": _max_urgency(state, recent.urgency, urgency, tweets),
+            "max_urgency": max_urgency,
+            "tweets": state.tweets + rescued,
             "awaiting": _awaiting(state, corrected, department, urgency, sla_minutes),
             "recent": tweets,
             "routed": _with_deadline(state, corrected, sla_minutes),
@@ -163,7 +171,7 @@ def apply(
             **_remembering(state, correction),
         }
     )
-    escalate = urgency in alert_urgencies and recent.urgency not in alert_urgencies
+    escalate = urgency in alert_urgencies and (rescued or recent.urgency not in alert_urgencies)
     return Applied(correction, new_state, corrected, escalate)
 
 

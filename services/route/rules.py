@@ -79,7 +79,8 @@ def evaluate(
     now: datetime,
 ) -> Outcome:
     outcome = defaults(event, config.route, now)
-    if conversation is not None and config.route.conversations.enabled:
+    # a conversation of dropped tweets alone has no owner and no urgency to rise from
+    if conversation is not None and conversation.tweets and config.route.conversations.enabled:
         apply_ownership(outcome, event, config.route, conversation)
     for rule in config.route.rules:
         if matches(rule, event, config.handles_by_username, now):

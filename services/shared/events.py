@@ -323,8 +323,16 @@ class ConversationState(Event):
         description="False while ``department`` is only the model's guess on tweets sent to "
         "triage: a guess nobody confirmed does not hold the conversation's later tweets",
     )
-    max_urgency: Urgency
-    tweets: int = Field(ge=1)
+    max_urgency: Urgency = Field(
+        description="The highest urgency of the tweets it counts (not those dropped)"
+    )
+    tweets: int = Field(
+        ge=0,
+        description="How many of its tweets were routed somewhere (not dropped). 0: every "
+        "tweet so far was dropped; the conversation is kept for its decisions (a copy published "
+        "again goes the same way, a person's correction can still rescue a tweet) but has no "
+        "owner and its urgency counts for nothing",
+    )
     updated_at: AwareDatetime
     awaiting: AwaitingReply | None = None
     routed: dict[str, RouteDecision] = Field(

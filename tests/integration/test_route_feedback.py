@@ -144,6 +144,51 @@ async def test_a_correction_from_the_api_reroutes_once_and_the_owner_follows(
     assert len(on_topic(settle, "switchboard.dept.sales", conversation)) == 1  # only the first
 
 
+async def test_a_dropped_tweet_that_began_its_conversation_can_be_sent_to_a_department(
+    settings, producer, read, running
+):
+    """A rule dropped the first tweet of a conversation as spam (the config's bot-spam). A copy
+    published again after a model change, which now calls it customer service, is dropped
+    again, not routed; a person who finds it on switchboard.dropped sends it to customer
+    service, and its critical urgency raises the alert its drop withheld."""
+    conversation = new_id()
+    text = "follow back pls, my order never came and the app took my money"
+    spam = a_classified_tweet("community", 0.9, "critical", id=f"{conversation}-1",
+                              conversation_id=conversation, text=text)  # fmt: skip
+    relabelled = spam.model_copy(update={"classification": a_classified_tweet(
+        "customer_service", 0.95, "critical").classification})  # fmt: skip
+    watched = [*WATCHED, topics.DROPPED]
+    service = RouteService(settings)
+    async with running(service):
+        await route_tweets(producer, spam)
+        await read(watched, lambda rs: on_topic(rs, topics.DROPPED, conversation))
+        await route_tweets(producer, relabelled)
+        await read(watched, lambda rs: len(on_topic(rs, topics.DROPPED, conversation)) == 2)
+        body = json.dumps({"conversation_id": conversation, "tweet_id": spam.tweet.id,
+                           "department": "customer_service", "by": "ana (ops)",
+                           "source": "ops", "correction_id": "k-9"}).encode()  # fmt: skip
+        answer = await post(service, "/feedback", body, authorization=f"Bearer {TOKEN}")
+        assert answer.status_code == 202, answer.text
+        records = await read(
+            watched,
+            lambda rs: on_topic(rs, "switchboard.dept.customer_service", conversation)
+            and any(key_of(r) == conversation for r in rs if r.topic == topics.ALERTS),
+        )  # fmt: skip
+        settle = await read(watched, lambda rs: False, timeout_s=1.0)  # nothing more comes
+    [correction] = corrections(settle, conversation)
+    assert (correction.outcome, correction.department_before) == ("rerouted", "community")
+    [moved] = on_topic(records, "switchboard.dept.customer_service", conversation)
+    assert moved.tweet.id == spam.tweet.id and moved.correction is not None
+    alerts = [
+        a
+        for a in published(settle, topics.ALERTS, Alert)
+        if a.tweet.conversation_id == conversation
+    ]
+    assert len(alerts) == 1 and alerts[0].urgency == "critical"
+    dropped = on_topic(settle, topics.DROPPED, conversation)
+    assert [e.route.destination for e in dropped] == ["dropped", "dropped"]  # never routed
+
+
 @contextlib.asynccontextmanager
 async def served(service: RouteService) -> AsyncIterator[str]:
     """route's HTTP app (its access guard included) on a loopback port, as the service serves

@@ -154,6 +154,36 @@ def test_confirming_the_models_guess_for_a_tweet_in_triage_sends_it_to_that_depa
     assert urgency_only.correction.outcome == "rerouted"
 
 
+def test_a_dropped_tweet_sent_to_a_department_counts_from_then_on_and_raises_its_alert():
+    """Spam dropped by a rule was a real complaint: a person sends it to a department. It now
+    counts for the conversation (its owner, its urgency) and, critical, raises the alert its
+    drop withheld; one that began its conversation does so too."""
+    spam = recent("t-1", "marketing", "critical")
+    alone = conversation(spam).model_copy(update={
+        "routed": {"t-1": decision("dropped", "marketing")}, "tweets": 0,
+        "max_urgency": Urgency.CRITICAL, "owner_confirmed": False})  # fmt: skip
+    rescued = applied(alone, tweet_id="t-1", department="customer_service")
+    assert rescued.correction.outcome == "rerouted" and rescued.escalate
+    after = rescued.state
+    assert (after.tweets, after.department, after.owner_confirmed) == (
+        1, Department.CUSTOMER_SERVICE, True)  # fmt: skip
+    assert after.max_urgency is Urgency.CRITICAL
+    low = conversation(recent("t-0", "sales", "low"), recent("t-2", "marketing", "high"))
+    low = low.model_copy(
+        update={
+            "max_urgency": Urgency.LOW,
+            "tweets": 1,
+            "routed": {
+                "t-0": decision("department", "sales"),
+                "t-2": decision("dropped", "marketing"),
+            },
+        }
+    )
+    raised = applied(low, tweet_id="t-2", department="sales")
+    assert (raised.state.tweets, raised.state.max_urgency) == (2, Urgency.HIGH)
+    assert not raised.escalate  # high does not alert here
+
+
 def test_a_ticket_moved_corrects_the_latest_tweet_that_reached_a_department():
     # the ticket is the first tweet's; a later one was dropped as spam
     state = conversation(recent("t-1", "sales", "normal"), recent("t-2", "sales", "low"))

@@ -274,18 +274,32 @@ def test_a_tweet_routed_before_is_remembered_with_its_decision():
     assert again.destination != outcome.destination
 
 
-def test_a_dropped_tweet_is_remembered_only_in_a_conversation_that_exists():
+def test_a_conversation_of_dropped_tweets_remembers_them_but_has_no_owner_and_no_urgency():
+    """A dropped first tweet is kept (its decision for a copy published again, the tweet for a
+    correction), yet counts for nothing: the next tweet is routed as if it began the
+    conversation, owned by its own department, its urgency not a rise from the spam's."""
     dropping = configured([{"name": "spam", "when": {"keywords": ["casino"]},
                             "then": {"drop": True}}])  # fmt: skip
-    spam = classified("marketing", 0.9, conversation_id="c8", id="s1", text="casino bonus")
+    spam = classified("marketing", 0.9, conversation_id="c8", id="s1", text="casino bonus",
+                      urgency="low")  # fmt: skip
     outcome, state = routed_state(spam, config=dropping)
-    assert outcome.destination == "dropped" and state is None
-    _, state = routed_state(classified("sales", 0.9, conversation_id="c8", id="s2"))
+    assert outcome.destination == "dropped" and state is not None
+    assert conversations.decided(state, "s1").destination == "dropped"
+    assert list(state.recent) == ["s1"] and state.tweets == 0 and state.awaiting is None
+    # the same tweet labelled otherwise after a model change: the decision still holds
+    relabelled = classified("sales", 0.95, conversation_id="c8", id="s1", text="casino bonus")
+    assert conversations.decided(state, relabelled.tweet.id).destination == "dropped"
+    reply = classified("sales", 0.3, conversation_id="c8", id="s2", urgency="high")
+    outcome, state = routed_state(reply, state=state)
+    assert (outcome.destination, outcome.owner, outcome.escalated) == ("triage", "model", False)
+    assert (state.tweets, state.max_urgency, state.owner_confirmed) == (1, "high", False)
+    assert state.department == "sales" and state.awaiting.tweet_id == "s2"
     _, state = routed_state(
         classified("marketing", 0.9, conversation_id="c8", id="s3", text="casino"),
         config=dropping, state=state,
     )  # fmt: skip
     assert conversations.decided(state, "s3").destination == "dropped" and state.tweets == 1
+    assert (state.max_urgency, state.awaiting.tweet_id) == ("high", "s2")
 
 
 def test_a_dropped_tweet_is_copied_nowhere():
