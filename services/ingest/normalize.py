@@ -9,6 +9,7 @@ happens to it next (inbound, the brand's own, skipped) is ``origin``'s decision.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from switchboard.shared.events import (
     ReferencedTweet,
     Tweet,
     TweetSource,
+    Withheld,
     problem_of,
 )
 
@@ -176,11 +178,42 @@ def tweet_from_v2_data(
             quoted_tweet_id=next((r["id"] for r in references if r.get("type") == "quoted"), None),
             matched_rules=rule_tags,
             edit_of=_edit_of(data),
+            withheld=_withheld(data.get("withheld"), data["text"]),
             source=source,
             url=f"https://x.com/{author['username'] or 'i/web'}/status/{data['id']}",
         )
     except (ValidationError, ValueError, KeyError, TypeError) as exc:
         raise _refused(exc) from None
+
+
+# What X puts in place of a withheld post's text for a caller in a country where it is
+# withheld (recorded: twarc-csv's withheld.jsonl, "@name's account has been withheld in India
+# in response to a legal demand. Learn more."; X's help pages word the post's own likewise).
+WITHHELD_NOTICE = re.compile(
+    r"\bhas been withheld\b.*\bLearn more\.?\s*$", re.IGNORECASE | re.DOTALL
+)
+
+
+def _withheld(withheld: Any, text: str) -> Withheld | None:
+    """X's ``withheld`` object (v2), with whether ``text`` is X's notice rather than the post."""
+    if not isinstance(withheld, dict):
+        return None
+    return Withheld(
+        country_codes=withheld.get("country_codes") or [],
+        copyright=bool(withheld.get("copyright")),
+        scope=withheld.get("scope"),
+        notice=bool(WITHHELD_NOTICE.search(text)),
+    )
+
+
+def _withheld_v1(status: dict[str, Any], text: str) -> Withheld | None:
+    """v1.1's ``withheld_in_countries``, ``withheld_copyright`` and ``withheld_scope``."""
+    countries, scope = status.get("withheld_in_countries"), status.get("withheld_scope")
+    if not countries and not status.get("withheld_copyright") and not scope:
+        return None
+    scopes = {"status": "tweet", "user": "user"}
+    return _withheld({"country_codes": countries, "copyright": status.get("withheld_copyright"),
+                      "scope": scopes.get(scope)}, text)  # fmt: skip
 
 
 def _edit_of(data: dict[str, Any]) -> str | None:
@@ -345,6 +378,7 @@ def tweet_from_v1(
             in_reply_to_user_id=reply_user,
             quoted_tweet_id=status.get("quoted_status_id_str"),
             edit_of=_edit_of_v1(status, tweet_id),
+            withheld=_withheld_v1(status, text),
             source=source,
             url=f"https://x.com/{user['screen_name']}/status/{tweet_id}",
         )

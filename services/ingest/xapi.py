@@ -55,7 +55,7 @@ logging.getLogger("tweepy.client").addFilter(_KnownParameters())
 
 TWEET_FIELDS = [
     "author_id", "conversation_id", "created_at", "entities", "in_reply_to_user_id", "lang",
-    "note_tweet", "public_metrics", "referenced_tweets",
+    "note_tweet", "public_metrics", "referenced_tweets", "withheld",
 ]  # fmt: skip
 USER_FIELDS = ["name", "username", "public_metrics", "verified"]
 EXPANSIONS = [

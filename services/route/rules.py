@@ -7,7 +7,8 @@ Order of evaluation:
 
 1. Defaults, which a company gets without writing a rule: the model's department owns the tweet
    whatever handle it was sent to; an unsupported language or a department confidence below
-   ``confidence_threshold`` goes to triage with the model's top two; urgencies in
+   ``confidence_threshold`` goes to triage with the model's top two, and so does a tweet whose
+   text X withheld (its notice came instead); urgencies in
    ``alert_urgencies`` are escalated; priority and SLA follow the urgency.
 2. Conversation ownership: a reply in a conversation that already has an owner stays with it,
    unless the model is at least ``conversations.override_confidence`` sure of another
@@ -121,7 +122,15 @@ def defaults(event: ClassifiedTweet, policy: RouteConfig, now: datetime) -> Outc
         sla_due_at=_due(event, policy.sla.minutes.get(c.urgency), now),
     )
     top_two = ", ".join(f"{d.value} {p:.2f}" for d, p in top_departments(event)[:2])
-    if not c.language_supported:
+    withheld = event.tweet.withheld
+    if withheld is not None and withheld.notice:
+        # the model read X's notice, not the post: a person opens the tweet where X shows it
+        outcome.destination, outcome.escalated = "triage", False
+        outcome.reasons.append(
+            f"X withheld the text in {', '.join(withheld.country_codes) or 'some countries'} "
+            f"and sent its notice instead (scope {withheld.scope or 'tweet'}): labels unknown"
+        )
+    elif not c.language_supported:
         outcome.destination = "triage"
         outcome.reasons.append(
             f"language {c.lang} is not supported by model {c.model_version} "

@@ -64,6 +64,20 @@ class ReferencedTweet(Model):
     id: str
 
 
+class Withheld(Model):
+    """X withholds the tweet, or its author's account, in some countries (a legal demand or a
+    copyright report): X's ``withheld`` object, v1.1's ``withheld_*`` fields."""
+
+    country_codes: list[str] = Field(default_factory=list, description="ISO 3166-1 alpha-2")
+    copyright: bool = False
+    scope: Literal["tweet", "user"] | None = None
+    notice: bool = Field(
+        default=False,
+        description="X sent its withholding notice in place of the text (the API was called "
+        "from a country where it is withheld): what the author wrote is not known here",
+    )
+
+
 class Tweet(Model):
     """A tweet or direct message addressed to one of the company's handles, normalized."""
 
@@ -93,6 +107,9 @@ class Tweet(Model):
         default=None,
         description="The tweet this one edits (the first of its edit history): X gives an "
         "edited post an id of its own",
+    )
+    withheld: Withheld | None = Field(
+        default=None, description="Where X withholds it, when it does"
     )
 
 

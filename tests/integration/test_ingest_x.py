@@ -45,7 +45,9 @@ from tests.integration.conftest import (
     new_id,
     signed,
 )
-from tests.standins.x_api import TOO_MANY_CONNECTIONS, USAGE_CAPPED
+from tests.standins.x_api import TOO_MANY_CONNECTIONS, USAGE_CAPPED, iso_now
+
+X_DOCS = Path(__file__).parents[1] / "standins" / "x_docs"
 
 
 async def test_rules_are_synchronized_without_touching_foreign_ones(
@@ -376,6 +378,36 @@ async def test_a_streamed_tweet_only_another_teams_rule_matched_is_not_ours(
 
     assert ids_on(records, topics.RAW, RawTweet, [theirs, ours]) == [ours]
     assert skipped._value.get() == before + 1
+
+
+async def test_a_streamed_post_x_withholds_says_where_and_whether_its_text_is_xs_notice(
+    x_api, customers, ingest_settings, running, read
+):
+    """Ingest asks X for `withheld`: a post withheld in Germany keeps its text and says where;
+    X's recorded post of an account withheld in India, read from there, is marked as X's
+    notice (route sends it to triage rather than route the notice's words)."""
+    ana, _ = customers
+    readable, notice = new_id(), new_id()
+    recorded = json.loads((X_DOCS / "withheld.json").read_text())["withheld_account_notice"]
+    withheld_in_de = {**x_api.make_tweet(readable, "acme outage in Berlin", ana["id"]),
+                      "withheld": {"copyright": False, "country_codes": ["DE"]}}  # fmt: skip
+    tag = ["switchboard:@AcmeHelp"]
+
+    async with running(IngestService(ingest_settings(stream=True))):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+        x_api.push_stream(withheld_in_de, matching_tags=tag)
+        x_api.push_stream({**recorded, "id": notice, "conversation_id": notice,
+                           "created_at": iso_now()}, matching_tags=tag)  # fmt: skip
+        records = await read(
+            [topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, [readable, notice])) == 2
+        )
+
+    by_id = {t.tweet.id: t.tweet for t in published(records, topics.RAW, RawTweet)}
+    kept, replaced = by_id[readable], by_id[notice]
+    assert kept.withheld is not None and kept.withheld.country_codes == ["DE"]
+    assert not kept.withheld.notice and kept.text == "acme outage in Berlin"
+    assert replaced.withheld is not None and replaced.withheld.notice
+    assert (replaced.withheld.scope, replaced.addressed_handles) == ("user", ["@AcmeHelp"])
 
 
 @contextlib.asynccontextmanager

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from switchboard.ingest import xapi
 from switchboard.ingest.normalize import (
     CLOCK_SKEW,
     NormalizeError,
@@ -108,6 +111,43 @@ def test_a_tweet_whose_author_x_left_out_of_includes_is_still_routed(config):
     assert tweet.addressed_handles == ["@SkylarkDeals"]
     assert (tweet.author.id, tweet.author.username) == ("42", "42")
     assert tweet.url == "https://x.com/i/web/status/100"
+
+
+X_DOCS = Path(__file__).parents[1] / "standins" / "x_docs"
+
+
+def test_a_post_x_withholds_carries_where_and_x_notice_in_place_of_a_text_is_marked(config):
+    """Recorded by X: a post withheld in India read from elsewhere keeps its text; a post of an
+    account withheld in India, read from there, comes with X's notice as its text and no
+    mentions. Both say where X withholds them; only the second is marked a notice."""
+    recorded = json.loads((X_DOCS / "withheld.json").read_text())
+    kept = tweet_from_v2({"data": recorded["withheld_post"]}, config)
+    assert kept.withheld is not None and not kept.withheld.notice
+    assert (kept.withheld.country_codes, kept.withheld.scope) == (["IN"], None)
+    assert kept.text.startswith("When the pandemic first hit")
+    notice = tweet_from_v2({"data": recorded["withheld_account_notice"]}, config)
+    assert notice.withheld is not None and notice.withheld.notice
+    assert (notice.withheld.country_codes, notice.withheld.scope) == (["IN"], "user")
+    assert tweet_from_v2(message(), config).withheld is None
+
+
+def test_a_v1_post_x_withholds_says_where(config):
+    status = {"id_str": "7", "text": "@SkylarkDeals hello",
+              "created_at": "Fri Nov 20 08:00:00 +0000 2026",
+              "user": {"id_str": "42", "screen_name": "ana_flies"},
+              "withheld_in_countries": ["DE", "FR"], "withheld_scope": "status"}  # fmt: skip
+    withheld = tweet_from_v1(status, config, "webhook").withheld
+    assert withheld is not None and not withheld.notice
+    assert (withheld.country_codes, withheld.scope) == (["DE", "FR"], "tweet")
+
+
+def test_ingest_asks_x_only_for_fields_and_expansions_x_documents():
+    """A name X does not know makes X refuse every stream connection and every poll."""
+    documented = json.loads((X_DOCS / "fields.json").read_text())
+    assert set(xapi.TWEET_FIELDS) <= set(documented["tweet.fields"])
+    assert set(xapi.USER_FIELDS) <= set(documented["user.fields"])
+    assert set(xapi.EXPANSIONS) <= set(documented["expansions"])
+    assert "withheld" in xapi.TWEET_FIELDS
 
 
 @pytest.mark.parametrize(

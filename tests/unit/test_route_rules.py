@@ -24,6 +24,7 @@ from switchboard.shared.events import (
     SpikeObservation,
     SpikesWithdrawn,
     Trace,
+    Withheld,
     decode,
     decode_spike,
     encode,
@@ -238,6 +239,18 @@ def test_a_reply_stays_with_the_owner_unless_the_model_is_sure():
     assert (unsure.department, unsure.owner) == (Department.CUSTOMER_SERVICE, "conversation")
     sure = evaluate(classified("legal", 0.9, conversation_id="c1"), DEFAULTS, state, NOW)
     assert (sure.department, sure.owner) == (Department.LEGAL, "model")
+
+
+def test_a_post_whose_text_x_withheld_goes_to_triage_without_an_alert():
+    """The model read X's notice ("...has been withheld in India in response to a legal
+    demand"), not the post: its labels say nothing, so a person looks, and nobody is paged."""
+    notice = Withheld(country_codes=["IN"], scope="user", notice=True)
+    event = classified("legal", 0.97, "critical", withheld=notice)
+    outcome = evaluate(event, DEFAULTS, None, NOW)
+    assert (outcome.destination, outcome.escalated) == ("triage", False)
+    assert "X withheld the text in IN" in outcome.reasons[0]
+    readable = classified("legal", 0.97, "critical", withheld=Withheld(country_codes=["IN"]))
+    assert evaluate(readable, DEFAULTS, None, NOW).destination == "department"
 
 
 def test_a_low_confidence_reply_goes_to_the_owner_not_triage():
