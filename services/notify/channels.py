@@ -970,9 +970,10 @@ class HubSpotChannel(HttpChannel):
     ) -> None:
         super().__init__(policy, base_url, headers={"Authorization": f"Bearer {token}"})
         self.time_zone = ZoneInfo(time_zone)
-        # Contacts this process created whose owner is still to be set (that call failed; the
-        # delivery's retry finds the contact no longer new)
-        self._unowned: set[str] = set()
+        # Contacts whose delivery this process began and has not finished, with when its first
+        # attempt began: a retry after an upsert's answer was lost finds the contact no longer
+        # new, but created since (HubSpot's createdAt), so created by this delivery.
+        self._upserting: dict[str, datetime] = {}
 
     def vendor_wait_s(self, response: httpx.Response) -> float | None:
         if response.status_code == 423:  # a record locked by a burst of upserts, for 2 s
@@ -988,24 +989,27 @@ class HubSpotChannel(HttpChannel):
         if target.object == "tickets":
             return await self._ticket(job, target)
         author = job.routed.tweet.author
+        mine = f"{target.object}:{author.id}"
+        began = self._upserting.get(mine)  # set: this is a retry
+        if began is None:
+            self._upserting[mine] = datetime.now(UTC)
+            if len(self._upserting) > UPSERTS_REMEMBERED:  # deliveries parked for good
+                del self._upserting[next(iter(self._upserting))]
         properties: dict[str, Any] = {"twitterhandle": one_line(author.username, 50)}
         result = await self._upsert_result(target, author.id, properties)
-        new, shown = bool(result.get("new")), result.get("properties") or {}
+        new = bool(result.get("new")) or (began is not None and _created_since(result, began))
+        shown = result.get("properties") or {}
         # Only a contact without a name gets one, and only a new one the owner: a rep may have
         # corrected the name or taken the contact over since. The batch upsert is the one
-        # operation of HubSpot's contract here, so a second one sets them. A contact whose
-        # first answer was lost is no longer new when the delivery tries again: its name is
-        # still empty in the answer (HubSpot shows lastname by default), its owner remembered.
-        mine = f"{target.object}:{author.id}"
+        # operation of HubSpot's contract here, so a second one sets them.
         first: dict[str, Any] = {}
         if new or ("lastname" in shown and not shown["lastname"]):
             first["lastname"] = one_line(author.name or f"@{author.username}", 200)
-        if target.owner_id and (new or mine in self._unowned):
+        if target.owner_id and new:
             first["hubspot_owner_id"] = target.owner_id
-            self._unowned.add(mine)
         if first:
             await self._upsert(target, author.id, first)
-            self._unowned.discard(mine)
+        self._upserting.pop(mine, None)  # another delivery of the author's may have ended it
         return Done("upserted", result.get("id"))
 
     async def _ticket(self, job: Job, target: HubSpotTarget) -> Done:
@@ -1066,6 +1070,24 @@ class HubSpotChannel(HttpChannel):
             raise hubspot_batch_error(answer, _rate_window_s(response))
         [result] = answer.get("results") or [{}]
         return result
+
+
+# Contacts whose delivery failed remembered for its retry (HubSpotChannel._upserting)
+UPSERTS_REMEMBERED = 10_000
+# HubSpot's clock against ours: a record created up to this long before our first upsert of
+# it went out still counts as created by that upsert.
+HUBSPOT_CLOCK_SKEW = timedelta(seconds=60)
+
+
+def _created_since(result: dict[str, Any], began: datetime) -> bool:
+    """Whether HubSpot created the record (its ``createdAt``) after ``began``: by an upsert of
+    this delivery whose answer was lost."""
+    created = result.get("createdAt")
+    try:
+        at = datetime.fromisoformat(str(created)) if created else None
+    except ValueError:
+        return False
+    return at is not None and at.tzinfo is not None and at >= began - HUBSPOT_CLOCK_SKEW
 
 
 def _new_lead(author: Author, target: SalesforceTarget) -> dict[str, Any]:

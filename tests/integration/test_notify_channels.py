@@ -416,6 +416,35 @@ async def test_a_crm_record_gets_its_owner_when_created_and_keeps_the_one_a_rep_
     )
 
 
+async def test_a_hubspot_contact_whose_first_answer_was_lost_still_gets_its_name_and_owner(
+    vendors, notify_settings, producer, read, running
+):
+    """The upsert that creates the contact answers after the client's timeout: the retry finds
+    it no longer new, but created since the delivery began (HubSpot's createdAt), so the
+    contact still gets the author's name and the subscription's owner."""
+    hubspot = vendors["hubspot"]
+    author = str(next(_ids) + 900000)
+    owned = {"name": "owned-fans", "channel": "hubspot", "departments": ["sales"],
+             "hubspot": {"object": "contacts", "owner_id": "77"}}  # fmt: skip
+    conv = conversation()
+    hubspot.delay_next("/crm/v3/objects/contacts/batch/upsert", 2.0, method="POST")
+
+    async with running(NotifyService(notify_settings(owned))):
+        event = routed("sales", conversation=conv, author=author)
+        await publish_routed(producer, event)
+        records = await read(
+            [topics.DELIVERIES],
+            lambda rs: any(d.target == "owned-fans" for d in deliveries(rs, conv)),
+        )
+
+    [delivery] = [d for d in deliveries(records, conv) if d.target == "owned-fans"]
+    assert delivery.outcome == "delivered" and delivery.attempts >= 2
+    [contact] = [c["properties"] for c in hubspot.objects["contacts"].values()
+                 if c["properties"].get("twitter_user_id") == author]  # fmt: skip
+    assert contact["hubspot_owner_id"] == "77"
+    assert contact["lastname"] == f"@{event.tweet.author.username}"  # it has no display name
+
+
 async def test_webhook_is_signed_and_carries_an_idempotency_key(
     vendors, notify_settings, producer, read, running
 ):
