@@ -298,8 +298,12 @@ class HttpChannel:
         # delivery.rate_per_s counts requests, as vendors do: a delivery makes several (a
         # search, then a create or a comment), and each retry is one more
         self._pace = RateLimiter(policy.rate_per_s.get(self.name))  # type: ignore[call-overload]
+        self._max_wait_s = policy.max_wait_s
+        # time.monotonic() until which the vendor asked the whole account to wait
+        self._resume_at = 0.0
 
     async def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        await self._vendors_wait()
         try:
             async with self._in_flight:
                 await self._pace.wait()  # paced as they go out, not as they queue
@@ -309,13 +313,41 @@ class HttpChannel:
         except httpx.TransportError as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from None
         if response.status_code >= 300:
-            raise http_error(
+            error = http_error(
                 response.status_code,
                 response.text,
                 response.headers.get("retry-after"),
                 self.vendor_wait_s(response),
             )
+            if error.retry_after_s and self.limits_the_account(response):
+                resume_at = time.monotonic() + error.retry_after_s
+                self._resume_at = max(self._resume_at, resume_at)
+            raise error
         return response
+
+    async def _vendors_wait(self) -> None:
+        """A rate limit holds for every request to the vendor, not only the one refused: the
+        others wait it out too (a short wait here, a long one parked with its time) instead
+        of going out to be refused, and so counted against the account again."""
+        wait = self._resume_at - time.monotonic()
+        if wait <= 0:
+            return
+        if wait > self._max_wait_s:
+            raise DeliveryError(
+                f"{self.name} asked to wait {wait:.0f} s more (a rate limit): not sent",
+                retryable=True,
+                retry_after_s=wait,
+                answered=True,
+            )
+        metrics.VENDOR_WAITS.labels(self.name).inc()
+        await asyncio.sleep(wait)
+
+    def limits_the_account(self, response: httpx.Response) -> bool:
+        """Whether a refusal's wait holds for every request to the vendor (a limit of the
+        account or app), not for this one alone. None by default: Zendesk's and Jira's 429
+        may be a limit of one ticket or issue (updates per ticket, writes per issue), which
+        must not hold up the others."""
+        return False
 
     def vendor_wait_s(self, response: httpx.Response) -> float | None:
         """The wait a refusal asks for in the vendor's own terms, when it sends no
@@ -772,6 +804,10 @@ class SalesforceChannel(HttpChannel):
             return DUPLICATE_RETRY_S
         return None
 
+    def limits_the_account(self, response: httpx.Response) -> bool:
+        # the org's request limits (daily, concurrent): a 403 REQUEST_LIMIT_EXCEEDED
+        return response.status_code == 403 and self.vendor_wait_s(response) is not None
+
     async def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         token = await self.token.current(self.http)
         try:
@@ -975,6 +1011,10 @@ class HubSpotChannel(HttpChannel):
         # new, but created since (HubSpot's createdAt), so created by this delivery.
         self._upserting: dict[str, datetime] = {}
 
+    def limits_the_account(self, response: httpx.Response) -> bool:
+        # the app's 10-second window and the account's daily limit (not a record's lock, 423)
+        return response.status_code == 429
+
     def vendor_wait_s(self, response: httpx.Response) -> float | None:
         if response.status_code == 423:  # a record locked by a burst of upserts, for 2 s
             return HUBSPOT_LOCK_WAIT_S
@@ -1038,8 +1078,8 @@ class HubSpotChannel(HttpChannel):
         if opens:  # the conversation's first tweet opens the ticket, with its owner
             properties |= {
                 "subject": job.summary(),
-                "hs_pipeline": "0",
-                "hs_pipeline_stage": "1",
+                "hs_pipeline": target.pipeline,
+                "hs_pipeline_stage": target.stage,
                 "hs_ticket_priority": job.priority(HUBSPOT_PRIORITIES),
             }
             if target.owner_id:

@@ -75,6 +75,18 @@ class SalesforceTarget(Section):
 class HubSpotTarget(Section):
     object: Literal["contacts", "tickets"] = "contacts"
     owner_id: str | None = None
+    pipeline: str = Field(
+        default="0",
+        min_length=1,
+        description="tickets: the internal id of the pipeline a new ticket opens in (HubSpot's "
+        "default support pipeline is 0; an account may rename or replace it)",
+    )
+    stage: str = Field(
+        default="1",
+        min_length=1,
+        description="tickets: the internal id of that pipeline's stage a new ticket opens in "
+        "(1: 'New' in the default pipeline)",
+    )
     id_property: str = Field(
         min_length=1,
         description="The property upserts go by, with unique values, created in HubSpot with "

@@ -25,6 +25,11 @@ EMAIL_RECIPIENTS_REFUSED = Counter(
     "Recipients the mail relay refused while it took the email for the others",
     ["subscription"],
 )
+VENDOR_WAITS = Counter(
+    "switchboard_vendor_waits_total",
+    "Requests held back until a vendor's rate limit, which another request met, was over",
+    ["channel"],
+)
 THREADS_GONE = Counter(
     "switchboard_threads_gone_total",
     "Tickets or issues of a conversation found deleted (or a Jira issue full of comments) at "

@@ -167,6 +167,10 @@ def _worth_waiting(error: BaseException, max_wait_s: float) -> bool:
     return error.retry_after_s is None or error.retry_after_s <= max_wait_s
 
 
+# Deliveries parked for a vendor's wait come back over this many seconds after it ends
+VENDOR_WAIT_SPREAD_S = 5.0
+
+
 class RedrivePolicy(NamedTuple):
     """notify.delivery's ``redrive_after_s``, ``redrive_max_wait_s`` and ``redrive_for_hours``."""
 
@@ -186,9 +190,12 @@ def next_redrive(
     """When a delivery parked for the ``parks``-th time (since ``first_parked_at``) is tried
     again by itself, or None when it waits for a person. The vendor's own wait is honoured
     whatever the count; other failures back off from ``after_s``, doubling, jittered down by up
-    to a half (``jitter`` in [0, 1))."""
+    to a half (``jitter`` in [0, 1)); after a vendor's wait, up to ``VENDOR_WAIT_SPREAD_S``
+    later, so that what was parked for one rate limit does not all come back at its reset
+    (the channel then holds its requests if the first of them meets the limit again)."""
     if error.retry_at is not None:
-        return datetime.fromtimestamp(error.retry_at, UTC)
+        spread = min(policy.after_s, VENDOR_WAIT_SPREAD_S) * jitter()
+        return datetime.fromtimestamp(error.retry_at, UTC) + timedelta(seconds=spread)
     if not (error.retryable or isinstance(error, CircuitOpen)):
         return None
     if now - first_parked_at >= timedelta(hours=policy.for_hours):

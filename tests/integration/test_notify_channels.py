@@ -21,6 +21,7 @@ from switchboard.notify import metrics as notify_metrics
 from switchboard.notify.channels import Job, channels_for
 from switchboard.notify.dlq import Filters, parked_deliveries, redrive
 from switchboard.notify.mail import SmtpMailer
+from switchboard.notify.resilience import VENDOR_WAIT_SPREAD_S
 from switchboard.notify.service import NotifyService, delivery_id
 from switchboard.notify.settings import NotifySettings, SmtpSettings
 from switchboard.shared import topics
@@ -553,13 +554,53 @@ async def test_hubspot_batch_errors_and_rate_window_are_honoured(
     failed = outcomes["fans-by-email"]
     assert failed.outcome == "failed" and failed.attempts == 1  # a validation error: not retried
     assert "HTTP 207" in failed.error and "VALIDATION_ERROR" in failed.error
-    # Both subscriptions upsert at once: the 429 goes to whichever asks first.
-    [limited] = [d for d in deliveries(waits, throttled) if d.retry_at is not None]
-    assert limited.outcome == "failed"
+    # Both subscriptions upsert at once: the 429 goes to whichever asks first, and the other
+    # waits for the same window unless its request was out before the 429 came back.
+    limited = [d for d in deliveries(waits, throttled) if d.retry_at is not None]
+    assert limited and all(d.outcome == "failed" for d in limited)
     interval = timedelta(milliseconds=HUBSPOT_INTERVAL_MS)
-    # the 429's time plus the window: after the tweet was sent, before it was read
-    assert asked_at + interval - timedelta(seconds=1) <= limited.retry_at
-    assert limited.retry_at <= read_at + interval + timedelta(seconds=1)
+    for parked in limited:  # the 429's time plus the window: after the tweet, before the read
+        assert asked_at + interval - timedelta(seconds=1) <= parked.retry_at
+        assert parked.retry_at <= read_at + interval + timedelta(seconds=VENDOR_WAIT_SPREAD_S + 1)
+
+
+async def test_hubspots_rate_window_holds_every_request_to_it_not_only_the_refused_one(
+    vendors, notify_settings, producer, read, running
+):
+    """HubSpot's 10-second window is the app's: once one upsert is refused, the next tweet's
+    upsert does not go out to be refused too (and counted against the app again) but waits
+    for the window, parked with its time, then both are delivered."""
+    hubspot = vendors["hubspot"]
+    upserts = "/crm/v3/objects/contacts/batch/upsert"
+    first, second = conversation(), conversation()
+    hubspot.fail_next(upserts, 429)
+
+    async with running(NotifyService(notify_settings(redrive_after_s=1.0))):
+        await publish_routed(producer, routed("marketing", conversation=first))
+        [refused] = deliveries(
+            await read([topics.NOTIFICATIONS_DLQ], lambda rs: deliveries(rs, first)), first
+        )
+        await publish_routed(producer, routed("marketing", conversation=second))
+        [held] = deliveries(
+            await read([topics.NOTIFICATIONS_DLQ], lambda rs: deliveries(rs, second)), second
+        )
+        records = await read(
+            [topics.DELIVERIES],
+            lambda rs: all(
+                any(d.outcome == "delivered" for d in deliveries(rs, c)) for c in (first, second)
+            ),
+            timeout_s=60,
+        )
+
+    assert "HTTP 429" in (refused.error or "") and "not sent" in (held.error or "")
+    assert refused.retry_at is not None and held.retry_at is not None
+    assert abs((held.retry_at - refused.retry_at).total_seconds()) < 1  # the same window
+    [limited_at] = [r["at"] for r in hubspot.requests if r["path"] == upserts][:1]
+    within = [r for r in hubspot.requests
+              if limited_at < r["at"] < limited_at + HUBSPOT_INTERVAL_MS / 1000 - 0.5]  # fmt: skip
+    assert within == []  # nothing went out to HubSpot during its window
+    assert {d.conversation_id for d in deliveries(records, "nc") if d.outcome == "delivered"} >= {
+        first, second}  # fmt: skip
 
 
 async def test_hubspots_spent_daily_limit_waits_for_midnight_in_the_accounts_time_zone(
@@ -963,8 +1004,10 @@ async def test_a_jira_429_with_only_a_reset_time_parks_the_delivery_until_then(
     limited = [r for r in jira.requests if r["path"] == "/rest/api/3/issue"]
     assert len(limited) == 1  # not retried into the limit
     assert waiting.retry_at is not None  # the reset: an hour away, rounded up to the minute
-    assert 3599 <= (waiting.retry_at - sent_at).total_seconds() <= 3662
-    assert abs(waiting.retry_at.timestamp() - round(waiting.retry_at.timestamp() / 60) * 60) < 2
+    assert 3599 <= (waiting.retry_at - sent_at).total_seconds() <= 3662 + VENDOR_WAIT_SPREAD_S
+    # on the minute, or a few seconds after it (redrives after a reset are spread)
+    past_the_minute = waiting.retry_at.timestamp() % 60
+    assert past_the_minute < VENDOR_WAIT_SPREAD_S + 2 or past_the_minute > 58
 
 
 async def test_salesforces_concurrent_request_limit_is_a_short_wait_not_an_hour(
@@ -1121,6 +1164,22 @@ async def test_a_hubspot_tickets_follow_ups_leave_its_stage_and_subject_to_the_a
     positions = [ticket["content"].find(event.tweet.text) for event in events]
     assert -1 not in positions and positions == sorted(positions)
     assert ticket["hs_ticket_priority"] == "HIGH"  # raised by the critical tweet, kept after
+
+
+async def test_a_hubspot_ticket_opens_in_the_pipeline_and_stage_the_subscription_names(
+    vendors, notify_settings, producer, read, running
+):
+    """An account that replaced HubSpot's default support pipeline names its own (internal
+    ids): a new ticket opens there, not in pipeline 0."""
+    hubspot = vendors["hubspot"]
+    own = {**FAN_TICKETS, "hubspot": {"object": "tickets", "pipeline": "718", "stage": "1042"}}
+    event = routed("marketing", conversation=conversation())
+
+    async with running(NotifyService(notify_settings(own))):
+        opened = await delivered_first(producer, read, event, "fan-tickets")
+
+    ticket = hubspot.objects["tickets"][opened.external_id]["properties"]
+    assert (ticket["hs_pipeline"], ticket["hs_pipeline_stage"]) == ("718", "1042")
 
 
 async def test_a_hubspot_ticket_someone_deleted_is_opened_again(

@@ -200,7 +200,12 @@ def test_a_vendors_own_wait_is_honoured_whatever_the_count():
     limited = DeliveryError("HTTP 429", retryable=True, retry_after_s=7200.0)
     limited.retry_at = (NOW + timedelta(hours=2)).timestamp()
     long_ago = NOW - timedelta(days=3)
-    assert next_redrive(limited, 50, long_ago, NOW, POLICY) == NOW + timedelta(hours=2)
+    reset = NOW + timedelta(hours=2)
+    assert next_redrive(limited, 50, long_ago, NOW, POLICY, jitter=lambda: 0.0) == reset
+    # spread over a few seconds after the reset: what one limit parked does not all come back
+    # at once, and nothing comes back before the reset
+    spread = next_redrive(limited, 50, long_ago, NOW, POLICY, jitter=lambda: 0.5)
+    assert spread == reset + timedelta(seconds=2.5)
 
 
 async def test_retries_until_success_and_counts_attempts():
