@@ -513,10 +513,25 @@ def _gone(error: DeliveryError) -> bool:
 
 
 def _closed(error: DeliveryError) -> bool:
-    """Zendesk's 422 for an update of a closed ticket ("Status: closed prevents ticket
-    update")."""
-    text = str(error)
-    return text.startswith("HTTP 422") and "closed prevents ticket update" in text.lower()
+    """Zendesk's 422 for an update of a closed ticket: ``details.status[].error``
+    ``ClosedPreventsUpdate`` ("Status: closed prevents ticket update"), anywhere in its
+    answer however long."""
+    text = error.body or str(error)
+    return str(error).startswith("HTTP 422") and (
+        "ClosedPreventsUpdate" in text or "closed prevents ticket update" in text.lower()
+    )
+
+
+def salesforce_codes(error: DeliveryError) -> set[str]:
+    """The ``errorCode`` of each error in Salesforce's answer (a list of errors, however
+    long: the message keeps only its head)."""
+    try:
+        errors = json.loads(error.body)
+    except ValueError:
+        return set()
+    if not isinstance(errors, list):
+        return set()
+    return {str(e.get("errorCode")) for e in errors if isinstance(e, dict)}
 
 
 def zendesk_html(job: Job, tagged: bool = False) -> str:
@@ -839,11 +854,12 @@ class SalesforceChannel(HttpChannel):
         try:
             record = await self._upsert(target, author.id, fields)
         except DeliveryError as error:
-            if "REQUIRED_FIELD_MISSING" in str(error) and "LastName" not in fields:
+            codes = salesforce_codes(error)
+            if "REQUIRED_FIELD_MISSING" in codes and "LastName" not in fields:
                 # deleted since it was asked for: the update would have created it
                 return Done("upserted", await self._upsert(
                     target, author.id, fields | _new_lead(author, target)))  # fmt: skip
-            if "CANNOT_UPDATE_CONVERTED_LEAD" not in str(error):
+            if "CANNOT_UPDATE_CONVERTED_LEAD" not in codes:
                 raise
             # A rep converted the author's Lead into a Contact: Salesforce keeps it as it was.
             log.info("the author's Lead was converted; left as it is",
@@ -1145,7 +1161,7 @@ def _new_lead(author: Author, target: SalesforceTarget) -> dict[str, Any]:
 def _wants_a_stage(error: DeliveryError) -> bool:
     """HubSpot's refusal to create a ticket without ``hs_pipeline_stage`` ("Property values
     were not valid", the property ``REQUIRED``)."""
-    text = str(error)
+    text = error.body or str(error)
     return not error.retryable and "REQUIRED" in text and "hs_pipeline_stage" in text
 
 
@@ -1225,6 +1241,7 @@ def hubspot_batch_error(answer: dict, rate_window_s: float = 0.0) -> DeliveryErr
         retryable=retryable,
         retry_after_s=wait_s if retryable else None,
         answered=True,
+        body=json.dumps(answer),
     )
 
 

@@ -58,8 +58,12 @@ class DeliveryError(Exception):
         retryable: bool,
         retry_after_s: float | None = None,
         answered: bool | None = False,
+        body: str = "",
     ):
         super().__init__(masked(message))
+        # The vendor's whole answer, for what its error codes say (the message keeps only its
+        # head, and is what logs and the DLQ show); never logged.
+        self.body = body[:MAX_ERROR_BODY]
         self.retryable = retryable
         self.retry_after_s = retry_after_s
         # True: the target answered (a refusal of this request, or a wait it asked for): it is
@@ -70,6 +74,9 @@ class DeliveryError(Exception):
         self.attempts = 0
         self.retry_at: float | None = None  # Unix time: parked for a wait past max_wait_s
         self.recipients_left: list[str] | None = None  # email: those still to be sent it
+
+
+MAX_ERROR_BODY = 65_536  # of a vendor's error answer kept on the error
 
 
 class CircuitOpen(DeliveryError):
@@ -104,6 +111,7 @@ def http_error(
         retry_after_s=wait if wait is not None else wait_s,
         answered=status < 500
         and (status not in UNANSWERED or wait is not None or wait_s is not None),
+        body=body,
     )
 
 

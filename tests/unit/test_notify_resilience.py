@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -13,10 +14,13 @@ import pytest
 
 from switchboard.notify.channels import (
     TRANSCRIPT_SEPARATOR,
+    _closed,
     _lost_a_race,
+    _wants_a_stage,
     adf,
     hubspot_batch_error,
     json_of,
+    salesforce_codes,
     transcript,
     until_midnight,
     until_reset,
@@ -373,3 +377,35 @@ def test_a_long_threads_transcript_keeps_its_first_complaint_and_its_latest_twee
     assert kept == ["tweet 1", *parts[-(TRANSCRIPT_TWEETS - 1) :]]
     assert transcript_kept(parts[:3]) == parts[:3]
     assert transcript_kept(transcript_kept(parts) + ["tweet 26"])[0] == "tweet 1"  # kept on
+
+
+def test_a_vendors_error_code_is_read_however_long_its_answer():
+    """What a vendor's error means is read from its whole answer, not from the head that logs
+    and the DLQ show: several errors, or a long description, may push the code past it."""
+    filler = {"description": "x" * 400, "error": "InvalidValue"}
+    zendesk = json.dumps(
+        {
+            "error": "RecordInvalid",
+            "description": "Record validation errors",
+            "details": {
+                "subject": [filler],
+                "status": [{"description": "Statut : fermé", "error": "ClosedPreventsUpdate"}],
+            },
+        }
+    )
+    closed = http_error(422, zendesk, None)
+    assert "ClosedPreventsUpdate" not in str(closed) and _closed(closed)
+    assert not _closed(http_error(422, json.dumps({"details": {"subject": [filler]}}), None))
+    salesforce = json.dumps([{"errorCode": "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+                              "message": "y" * 400, "fields": []},
+                             {"errorCode": "REQUIRED_FIELD_MISSING", "message": "Required fields "
+                              "are missing: [LastName]", "fields": ["LastName"]}])  # fmt: skip
+    refused = http_error(400, salesforce, None)
+    assert "REQUIRED_FIELD_MISSING" not in str(refused)
+    assert salesforce_codes(refused) == {
+        "FIELD_CUSTOM_VALIDATION_EXCEPTION", "REQUIRED_FIELD_MISSING"}  # fmt: skip
+    assert salesforce_codes(http_error(502, "<html>bad gateway</html>", None)) == set()
+    hubspot = json.dumps({"status": "error", "category": "VALIDATION_ERROR", "message":
+                          "Property values were not valid: " + "z" * 400 + json.dumps(
+                              [{"error": "REQUIRED", "name": "hs_pipeline_stage"}])})  # fmt: skip
+    assert _wants_a_stage(http_error(400, hubspot, None))
