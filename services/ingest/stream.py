@@ -48,7 +48,7 @@ from switchboard.ingest.health import SourceHealth
 from switchboard.ingest.polling import Deliver, MentionsPoller
 from switchboard.ingest.ratelimit import seconds_to_reset
 from switchboard.ingest.rules import StreamRule, desired_rules, plan_sync
-from switchboard.ingest.xapi import XApi, XApiError, problem_of, usage_capped
+from switchboard.ingest.xapi import RulesAnswer, XApi, XApiError, problem_of, usage_capped
 from switchboard.shared.config import HandleConfig
 
 log = logging.getLogger(__name__)
@@ -229,8 +229,9 @@ class FilteredStream:
         changes = plan_sync(existing, desired_rules(self.config), self.settings.rule_tag_prefix)
         report = RuleSync(duplicates=_adopted(existing, changes.add, self.config))
         if changes.delete_ids:
-            await self.api.delete_rules(changes.delete_ids)
-            report.deleted = len(changes.delete_ids)
+            answer = RulesAnswer.of(await self.api.delete_rules(changes.delete_ids))
+            # X's count (a rule already gone is not deleted again, and says so in `errors`)
+            report.deleted = answer.summary.get("deleted", len(changes.delete_ids))
         pending = changes.add
         while pending:
             pending = await self._add(pending, report)

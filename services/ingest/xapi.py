@@ -135,7 +135,7 @@ class RulesAnswer:
         return {
             e["value"]: str(e.get("id", ""))
             for e in self.errors
-            if e.get("title") == "DuplicateRule" and isinstance(e.get("value"), str)
+            if _duplicate(e) and isinstance(e.get("value"), str)
         }
 
     def unattributed(self) -> list[str]:
@@ -146,10 +146,17 @@ class RulesAnswer:
     def invalid(self) -> dict[str, str]:
         """Value -> X's explanation, for each rule X refused as invalid."""
         return {
-            e["value"]: "; ".join(map(str, e.get("details") or [])) or str(e.get("title"))
+            e["value"]: "; ".join(map(str, e.get("details") or []))
+            or str(e.get("detail") or e.get("title"))
             for e in self.errors
-            if e.get("title") != "DuplicateRule" and isinstance(e.get("value"), str)
+            if not _duplicate(e) and isinstance(e.get("value"), str)
         }
+
+
+def _duplicate(problem: dict) -> bool:
+    """X's DuplicateRuleProblem: by its type (the OpenAPI's discriminator), or its title."""
+    kind = str(problem.get("type") or "")
+    return kind.endswith("/duplicate-rules") or problem.get("title") == "DuplicateRule"
 
 
 class BaseUrlSession:

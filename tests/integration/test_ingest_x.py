@@ -56,10 +56,12 @@ async def test_rules_are_synchronized_without_touching_foreign_ones(
     x_api.rules["1"] = {"id": "1", "value": "@Old", "tag": "switchboard:@AcmeOld"}
     x_api.rules["2"] = {"id": "2", "value": "cats", "tag": "social-team"}
     settings = ingest_settings(stream=True)
+    service = IngestService(settings)
 
-    async with running(IngestService(settings)):
+    async with running(service):
         await wait_for(lambda: x_api.stream_connections >= 1)
 
+    assert service.stream.last_sync.deleted == 1  # X's count: the stale owned rule
     values = {(r["value"], r["tag"]) for r in x_api.rules.values()}
     wanted = {(r.value, r.tag) for r in desired_rules(settings.config)}
     assert values == wanted | {("cats", "social-team")}

@@ -222,6 +222,15 @@ def test_an_invalid_rule_answer_keeps_x_explanation():
                     "type": "https://api.twitter.com/2/problems/invalid-rules"}],
     })  # fmt: skip
     assert answer.invalid() == {"status:down": "Reference to invalid operator 'status'"}
+    # X's OpenAPI: an InvalidRuleProblem is a Problem (type, title, detail), with no details;
+    # a duplicate is told by its type
+    openapi_shaped = RulesAnswer.of({"meta": {"summary": {"created": 0}}, "errors": [
+        {"value": "lang:zz", "title": "UnprocessableEntity", "detail": "Unknown language: zz",
+         "type": "https://api.twitter.com/2/problems/invalid-rules"},
+        {"value": "@A", "id": "9", "title": "Conflict",
+         "type": "https://api.twitter.com/2/problems/duplicate-rules"}]})  # fmt: skip
+    assert openapi_shaped.invalid() == {"lang:zz": "Unknown language: zz"}
+    assert openapi_shaped.duplicates() == {"@A": "9"}
 
 
 def test_failed_polls_back_off_doubling_up_to_the_maximum():
