@@ -382,6 +382,34 @@ async def test_a_streamed_tweet_only_another_teams_rule_matched_is_not_ours(
     assert skipped._value.get() == before + 1
 
 
+async def test_a_quote_of_a_company_post_addresses_its_handle_a_missing_reference_is_no_error(
+    x_api, customers, ingest_settings, running, read
+):
+    """A post matched by @AcmeIR's rule quotes @AcmeHelp's post: X shows the quoted post in
+    includes.tweets, and its author makes the quote addressed to @AcmeHelp too. A reply to a
+    post X cannot show comes with X's not-found error beside it and is published all the same."""
+    ana, _ = customers
+    ours, quote, reply = new_id(), new_id(), new_id()
+    x_api.posts[ours] = x_api.make_tweet(ours, "Our spring schedule is out", HELP_ID)
+    quoting = x_api.make_tweet(quote, "is this real? $ACME", ana["id"],
+                               referenced_tweets=[{"type": "quoted", "id": ours}])  # fmt: skip
+    gone = [{"type": "replied_to", "id": new_id()}]  # a post X cannot show
+    replying = x_api.make_tweet(reply, "@AcmeIR still waiting", ana["id"], referenced_tweets=gone)
+
+    async with running(IngestService(ingest_settings(stream=True))):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+        x_api.push_stream(quoting, matching_tags=["switchboard:@AcmeIR#$ACME"])
+        x_api.push_stream(replying, matching_tags=["switchboard:@AcmeIR"])
+        records = await read(
+            [topics.RAW], lambda rs: len(ids_on(rs, topics.RAW, RawTweet, [quote, reply])) == 2
+        )
+
+    by_id = {t.tweet.id: t.tweet for t in published(records, topics.RAW, RawTweet)}
+    assert "@AcmeHelp" in by_id[quote].addressed_handles
+    assert "@AcmeIR" in by_id[quote].addressed_handles
+    assert by_id[reply].addressed_handles == ["@AcmeIR"]
+
+
 async def test_a_streamed_post_x_withholds_says_where_and_whether_its_text_is_xs_notice(
     x_api, customers, ingest_settings, running, read
 ):

@@ -113,6 +113,19 @@ DM_EXPANSION_FIELDS = {"sender_id": "sender_id", "participant_ids": "participant
 # --------------------------------------------------------------------------- small helpers
 
 
+def _not_found(tweet_id: str) -> JsonDict:
+    """X's error beside the data for a referenced post it cannot show (deleted, protected)."""
+    return {
+        "value": tweet_id,
+        "detail": f"Could not find tweet with referenced_tweets.id: [{tweet_id}].",
+        "title": "Not Found Error",
+        "resource_type": "tweet",
+        "parameter": "referenced_tweets.id",
+        "resource_id": tweet_id,
+        "type": "https://api.twitter.com/2/problems/resource-not-found",
+    }
+
+
 def iso_now() -> str:
     """Now as X writes timestamps: ``2024-01-15T10:30:00.123Z``."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -340,6 +353,9 @@ class XApiStandIn:
         self.enterprise = True
         self.rules_page_limit = 1000  # the most rules one GET answers (X: max_results <= 1,000)
         self.users: dict[str, JsonDict] = {}
+        # posts X can show in includes.tweets (expansion referenced_tweets.id): a company's
+        # own, quoted or replied to; one referenced and not here is "not found" in `errors`
+        self.posts: dict[str, JsonDict] = {}
         self._mentions: dict[str, dict[str, JsonDict]] = {}
         self._dm_events: dict[str, JsonDict] = {}
         # A tweet and its matching tags, or a raw line sent as it is.
@@ -971,9 +987,7 @@ class XApiStandIn:
 
     def _stream_line(self, request: web.Request, tweet: JsonDict, tags: list[str] | None) -> bytes:
         message: JsonDict = {"data": self._tweet_out(request, tweet)}
-        users = self._users_for_tweets(request, [tweet])
-        if users:
-            message["includes"] = {"users": users}
+        self._add_includes(request, message, [tweet])
         message["matching_rules"] = self._matching_rules(tags)
         return json.dumps(message).encode() + b"\r\n"
 
@@ -1086,14 +1100,32 @@ class XApiStandIn:
             return {"meta": meta}
         if tweets:
             body: JsonDict = {"data": [self._tweet_out(request, tweet) for tweet in page]}
-            users = self._users_for_tweets(request, page)
+            self._add_includes(request, body, page)
         else:
             body = {"data": [self._dm_out(request, event) for event in page]}
             users = self._users_for_dms(request, page)
-        if users:
-            body["includes"] = {"users": users}
+            if users:
+                body["includes"] = {"users": users}
         body["meta"] = meta
         return body
+
+    def _add_includes(self, request: web.Request, body: JsonDict, tweets: list[JsonDict]) -> None:
+        """``includes.users`` and, for ``referenced_tweets.id``, ``includes.tweets``; a
+        referenced post X cannot show is an error beside the data, as X answers it (recorded:
+        twarc-csv's withheld.jsonl, a ``resource-not-found`` for ``referenced_tweets.id``)."""
+        users = self._users_for_tweets(request, tweets)
+        includes: JsonDict = {"users": users} if users else {}
+        if "referenced_tweets.id" in _csv(request, "expansions"):
+            ids = [r["id"] for t in tweets for r in t.get("referenced_tweets") or []]
+            ids = list(dict.fromkeys(ids))
+            shown = [self._tweet_out(request, self.posts[i]) for i in ids if i in self.posts]
+            if shown:
+                includes["tweets"] = shown
+            missing = [i for i in ids if i not in self.posts]
+            if missing:
+                body["errors"] = [_not_found(i) for i in missing]
+        if includes:
+            body["includes"] = includes
 
     def _users_for_tweets(self, request: web.Request, tweets: list[JsonDict]) -> list[JsonDict]:
         """``includes.users`` per X's expansions: author, mentioned users, replied-to user."""
