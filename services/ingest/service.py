@@ -386,6 +386,8 @@ class IngestService:
             if isinstance(message, dict) and "data" not in message and "errors" in message:
                 # X's stream reports operational problems (e.g. forced disconnects) this way.
                 log.warning("X reported", extra={"where": where, "errors": message["errors"]})
+                for kind in _notice_kinds(message["errors"]):
+                    metrics.X_API_ERRORS.labels(where, kind).inc()
                 return "x_error"
             if self._foreign_match(message, source):
                 metrics.TWEETS_SKIPPED.labels(source, "foreign_rule").inc()
@@ -723,3 +725,15 @@ def main(**overrides: object) -> None:
     """Run the ingest service until SIGTERM or SIGINT; ``overrides`` replace settings."""
     settings = IngestSettings.load(**overrides)
     asyncio.run(run_service(IngestService, settings))
+
+
+def _notice_kinds(errors: object) -> list[str]:
+    """What each problem X sent on the stream is: an OperationalDisconnectProblem's
+    ``disconnect_type`` (``UpstreamOperationalDisconnect``, ``ForceDisconnect``: another
+    connection of the app took over...), else its title."""
+    problems = errors if isinstance(errors, list) else [errors]
+    kinds = []
+    for problem in problems:
+        found = problem if isinstance(problem, dict) else {}
+        kinds.append(str(found.get("disconnect_type") or found.get("title") or "unknown")[:64])
+    return kinds

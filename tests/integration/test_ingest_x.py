@@ -382,6 +382,34 @@ async def test_a_streamed_tweet_only_another_teams_rule_matched_is_not_ours(
     assert skipped._value.get() == before + 1
 
 
+async def test_xs_operational_disconnect_notice_is_counted_not_dead_lettered(
+    x_api, customers, ingest_settings, running, read
+):
+    """X's documented body for an operational disconnect, sent on the stream, is counted by
+    its disconnect type (switchboard_x_api_errors_total) and logged; it is not a tweet gone
+    bad, and the stream's next tweet is published."""
+    ana, _ = customers
+    documented = json.loads((X_DOCS / "account_activity.json").read_text())
+    notice = documented["handling_disconnections/Operational disconnect"]["json"]
+    counted = ingest_metrics.X_API_ERRORS.labels("filtered_stream", "UpstreamOperationalDisconnect")
+    before = counted._value.get()
+    after, started = new_id(), utc_now()
+
+    async with running(IngestService(ingest_settings(stream=True))):
+        await wait_for(lambda: x_api.stream_connections >= 1)
+        x_api.push_stream_line(json.dumps(notice).encode() + b"\r\n")
+        x_api.push_stream(x_api.make_tweet(after, "@AcmeHelp hello?", ana["id"]),
+                          matching_tags=["switchboard:@AcmeHelp"])  # fmt: skip
+        records = await read(
+            [topics.RAW, topics.DEADLETTER], lambda rs: ids_on(rs, topics.RAW, RawTweet, [after])
+        )
+
+    assert counted._value.get() == before + 1
+    letters = [x for x in published(records, topics.DEADLETTER, DeadLetter)
+               if x.source == "filtered_stream" and x.failed_at >= started]  # fmt: skip
+    assert letters == []
+
+
 async def test_a_quote_of_a_company_post_addresses_its_handle_a_missing_reference_is_no_error(
     x_api, customers, ingest_settings, running, read
 ):
