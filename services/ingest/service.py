@@ -387,7 +387,7 @@ class IngestService:
                 # X's stream reports operational problems (e.g. forced disconnects) this way.
                 log.warning("X reported", extra={"where": where, "errors": message["errors"]})
                 for kind in _notice_kinds(message["errors"]):
-                    metrics.X_API_ERRORS.labels(where, kind).inc()
+                    metrics.X_API_ERRORS.labels(source, kind).inc()
                 return "x_error"
             if self._foreign_match(message, source):
                 metrics.TWEETS_SKIPPED.labels(source, "foreign_rule").inc()
