@@ -260,6 +260,12 @@ class _Window:
         return [self.count, self.counted, self.raised]
 
 
+# A window's samples note a withdrawal that came before the tweet's count ({"id", WITHDRAWN});
+# deletions are few, and past this many per window the rest are not noted.
+WITHDRAWN = "withdrawn"
+WITHDRAWN_NOTED = 100
+
+
 class SpikeWindows:
     """The spike counts of the keys this replica owns, in faust tables: tweets per key and
     window, a few sample tweets per key and window, and which keys are in an episode.
@@ -343,12 +349,20 @@ class SpikeWindows:
 
     def withdraw(self, withdrawal: SpikeSampleWithdrawn) -> None:
         """Take a deleted tweet out of its window's samples (its record's timestamp places it
-        there; a window already expired holds nothing to take out). It stays counted."""
+        there; a window already expired holds nothing to take out). It stays counted, and is
+        noted, id alone, so that a count carrying it that comes after (sent again after the
+        broker refused it) does not sample it then."""
         key = spike_key(withdrawal.dimension, withdrawal.value)
         samples = self.samples[key].current()
-        kept = [sample for sample in samples if sample.get("id") != withdrawal.tweet_id]
-        if len(kept) < len(samples):
-            self.samples[key] = kept
+        gone = withdrawal.tweet_id
+        if any(sample.get(WITHDRAWN) for sample in samples if sample.get("id") == gone):
+            return  # withdrawn before
+        kept = [sample for sample in samples if sample.get("id") != gone]
+        if sum(1 for sample in kept if sample.get(WITHDRAWN)) < WITHDRAWN_NOTED:
+            kept.append({"id": gone, WITHDRAWN: True})
+        elif len(kept) == len(samples):
+            return
+        self.samples[key] = kept
 
     def _mark(self, key: str, episode: int | None) -> None:
         if episode == self.episodes.get(key):
@@ -359,19 +373,22 @@ class SpikeWindows:
             self.episodes[key] = episode
 
     def _sample(self, key: str, observation: SpikeObservation) -> None:
-        samples = self.samples[key].current()
+        stored = self.samples[key].current()
+        samples = [sample for sample in stored if not sample.get(WITHDRAWN)]
         if len(samples) >= self.config.samples:
             return
+        withdrawn = {sample.get("id") for sample in stored if sample.get(WITHDRAWN)}
         held = sum(_sample_bytes(sample) for sample in samples)
         added = []
-        for tweet in [observation.tweet, *observation.more][: self.config.samples - len(samples)]:
+        offered = [t for t in [observation.tweet, *observation.more] if t.id not in withdrawn]
+        for tweet in offered[: self.config.samples - len(samples)]:
             size = _sample_bytes(tweet)
             if (samples or added) and held + size > SAMPLE_BYTES:
                 break
             added.append(tweet.model_dump(mode="json"))
             held += size
         if added:
-            self.samples[key] = [*samples, *added]
+            self.samples[key] = [*stored, *added]
 
     def _spike(
         self,
@@ -384,7 +401,8 @@ class SpikeWindows:
     ) -> Spike:
         key = spike_key(observation.dimension, observation.value)
         baseline = sum(history) / self.config.baseline_windows
-        tweets = [Tweet.model_validate(sample) for sample in self.samples[key].current()]
+        samples = self.samples[key].current()
+        tweets = [Tweet.model_validate(sample) for sample in samples if not sample.get(WITHDRAWN)]
         started = datetime.fromtimestamp(episode * self.window_s, UTC)
         return Spike(
             observation.dimension, observation.value, count, baseline, tweets, started, again

@@ -440,6 +440,39 @@ async def test_a_deleted_tweet_leaves_its_spike_samples_and_no_later_alert_shows
     assert again == [withdrawal]
 
 
+async def test_a_withdrawal_that_reaches_the_key_before_the_count_still_keeps_the_tweet_out(
+    route_settings, producer, read, running
+):
+    """The count carrying a tweet was refused by the broker and sent again, after the tweet's
+    deletion had withdrawn it from the window: the key's owner noted the withdrawal, so the
+    late count does not sample the tweet, and the alert it raises does not show it."""
+    prefix, keyword = tag(), f"recall{next(_ids)}"
+    spikes = {"window_minutes": 0.1, "baseline_windows": 20, "factor": 3, "min_count": 8,
+              "dimensions": ["keyword"], "keywords": [keyword]}  # fmt: skip
+    service = RouteService(route_settings(spikes=spikes))
+    came_in = datetime.now(UTC)
+    key = f"keyword:{keyword}"
+    tweets = [a_tweet(id=f"{prefix}-{i}", text=f"{keyword} again") for i in range(10)]
+    withdrawal = SpikeSampleWithdrawn(dimension="keyword", value=keyword,
+                                      tweet_id=tweets[0].id, observed_at=came_in)  # fmt: skip
+    late = SpikeObservation(dimension="keyword", value=keyword, tweet=tweets[0], more=tweets[1:5],
+                            count=10, observed_at=came_in)  # fmt: skip
+    at_ms = int(came_in.timestamp() * 1000)
+
+    async with running(service):
+        service.spike_windows.started -= 3600  # warm: a baseline period (of no tweets) behind it
+        for event in (withdrawal, late):
+            await producer.send_and_wait(topics.ROUTE_SPIKES, encode(event), key=key.encode(),
+                                         timestamp_ms=at_ms)  # fmt: skip
+        records = await read(
+            [topics.ALERTS], lambda rs: any(isinstance(a, SpikeAlert) for a in alerts_of(rs, key))
+        )
+
+    [spike] = [a for a in alerts_of(records, key) if isinstance(a, SpikeAlert)]
+    shown = [sample.id for sample in spike.samples]
+    assert tweets[0].id not in shown and shown[:4] == [t.id for t in tweets[1:5]]
+
+
 async def test_a_tweet_read_again_after_a_crash_is_tallied_again_and_an_upstream_copy_not(
     route_settings, producer, read, running
 ):
