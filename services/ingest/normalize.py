@@ -199,9 +199,11 @@ def _withheld(withheld: Any, text: str) -> Withheld | None:
     if not isinstance(withheld, dict):
         return None
     return Withheld(
-        country_codes=withheld.get("country_codes") or [],
+        country_codes=[str(c) for c in codes]
+        if isinstance(codes := withheld.get("country_codes"), list)
+        else [],
         copyright=bool(withheld.get("copyright")),
-        scope=withheld.get("scope"),
+        scope=withheld.get("scope") if withheld.get("scope") in ("tweet", "user") else None,
         notice=bool(WITHHELD_NOTICE.search(text)),
     )
 

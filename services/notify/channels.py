@@ -337,7 +337,7 @@ class HttpChannel:
                 f"{self.name} asked to wait {wait:.0f} s more (a rate limit): not sent",
                 retryable=True,
                 retry_after_s=wait,
-                answered=True,
+                answered=None,  # not sent: says nothing of the target either way
             )
         metrics.VENDOR_WAITS.labels(self.name).inc()
         await asyncio.sleep(wait)
@@ -1022,9 +1022,9 @@ class HubSpotChannel(HttpChannel):
     ) -> None:
         super().__init__(policy, base_url, headers={"Authorization": f"Bearer {token}"})
         self.time_zone = ZoneInfo(time_zone)
-        # Contacts whose delivery this process began and has not finished, with when its first
-        # attempt began: a retry after an upsert's answer was lost finds the contact no longer
-        # new, but created since (HubSpot's createdAt), so created by this delivery.
+        # Contact deliveries this process began and has not finished, by delivery id, with
+        # when the first attempt began: a retry after an upsert's answer was lost finds the
+        # contact no longer new, but created since (HubSpot's createdAt), so by this delivery.
         self._upserting: dict[str, datetime] = {}
 
     def limits_the_account(self, response: httpx.Response) -> bool:
@@ -1045,7 +1045,7 @@ class HubSpotChannel(HttpChannel):
         if target.object == "tickets":
             return await self._ticket(job, target)
         author = job.routed.tweet.author
-        mine = f"{target.object}:{author.id}"
+        mine = job.delivery_id  # another subscription's delivery to the contact is its own
         began = self._upserting.get(mine)  # set: this is a retry
         if began is None:
             self._upserting[mine] = datetime.now(UTC)
@@ -1065,7 +1065,7 @@ class HubSpotChannel(HttpChannel):
             first["hubspot_owner_id"] = target.owner_id
         if first:
             await self._upsert(target, author.id, first)
-        self._upserting.pop(mine, None)  # another delivery of the author's may have ended it
+        self._upserting.pop(mine, None)
         return Done("upserted", result.get("id"))
 
     async def _ticket(self, job: Job, target: HubSpotTarget) -> Done:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from switchboard.route.rules import URGENCY_RANK, Outcome
+from switchboard.route.rules import URGENCY_RANK, Outcome, withheld_text
 from switchboard.shared.events import (
     AwaitingReply,
     BrandTweet,
@@ -59,7 +59,7 @@ def after_routing(
     ``replied_at``: a company reply read before the conversation had a state; ``offset``: the
     tweet's record on switchboard.tweets.classified; ``spikes``: what it was counted as."""
     replied_at = max((t for t in (replied_at, state and state.replied_at) if t), default=None)
-    if outcome.destination == "dropped":
+    if outcome.destination == "dropped" or withheld_text(event):  # counts for nothing
         if state is None:  # kept all the same: its decision, and the tweet for a correction
             return _dropped_first(event, outcome, decision, now, replied_at, offset)
         remembered = _remember(state.routed, event, decision)
@@ -106,10 +106,11 @@ def _dropped_first(
     replied_at: datetime | None,
     offset: int | None,
 ) -> ConversationState:
-    """A conversation whose first tweet was dropped: it counts no tweet (no owner, no urgency,
-    nothing awaited), yet it keeps the decision, so that a copy published again after a model
-    or rules change is dropped again rather than routed, and the tweet, so that a person who
-    finds it on switchboard.dropped can still send it to a department."""
+    """A conversation whose first tweet was dropped (or came with X's withholding notice for
+    a text): it counts no tweet (no owner, no urgency, nothing awaited), yet it keeps the
+    decision, so that a copy published again after a model or rules change goes the same way,
+    and the tweet, so that a person who finds it on switchboard.dropped (or in triage) can
+    still send it to a department."""
     routed = _remember({}, event, decision)
     return ConversationState(
         conversation_id=event.tweet.conversation_id,
@@ -190,16 +191,16 @@ def _awaiting(
 ) -> AwaitingReply:
     """The first unanswered tweet keeps the clock (the response time counts from it); a
     stricter SLA from a later one wins, and its alert names that tweet, whose urgency set it."""
-    return _awaiting_after(
+    return awaiting_after(
         current, event.tweet, event.classification, event.trace.ingested_at,
         outcome.department, event.classification.urgency, outcome.sla_due_at,
     )  # fmt: skip
 
 
-def _awaiting_after(
+def awaiting_after(
     current: AwaitingReply | None,
     tweet: Tweet,
-    classification: Classification,
+    classification: Classification | None,
     ingested_at: datetime,
     department: Department,
     urgency: Urgency,
@@ -251,7 +252,7 @@ def _still_unanswered(
         if answered_until is not None and _first_written(state, recent.tweet) <= answered_until:
             continue
         # the labels it is routed by now (a correction changes them), the SLA it was given
-        awaiting = _awaiting_after(
+        awaiting = awaiting_after(
             awaiting, recent.tweet, recent.classification, recent.ingested_at,
             recent.department, recent.urgency, decision.sla_due_at,
         )  # fmt: skip

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from switchboard.route import metrics
 from switchboard.route.config import FeedbackConfig, JiraFeedback, ZendeskFeedback
+from switchboard.route.conversations import awaiting_after
 from switchboard.route.rules import URGENCY_RANK
 from switchboard.shared import topics
 from switchboard.shared.events import (
@@ -147,32 +148,54 @@ def apply(
         outcome = "unchanged"
     corrected = recent.model_copy(update={"department": department, "urgency": urgency})
     correction = _correction(request, tweet_id, outcome, recent, recent.tweet, now)
+    correction = correction.model_copy(
+        update={"destination_before": decided.destination if decided else None}
+    )
     if outcome == "unchanged":
         return Applied(correction, state.model_copy(update=_remembering(state, correction)),
                        None, False)  # fmt: skip
     tweets = {**state.recent, tweet_id: corrected}
-    # a dropped tweet sent to a department counts from now on, and raises its alert
-    rescued = decided is not None and decided.destination == "dropped"
+    # a tweet that counted for nothing (dropped, or X's notice in place of its text) sent to
+    # a department counts from now on, awaits its reply and raises its alert, as if it had
+    # been routed there with these labels
+    rescued = uncounted(correction, recent.tweet)
     if rescued:
         counted = [state.max_urgency, urgency] if state.tweets else [urgency]
         max_urgency = max(counted, key=URGENCY_RANK.get)
+        awaiting = _awaiting_rescued(state, corrected, department, urgency, sla_minutes)
     else:
         max_urgency = _max_urgency(state, recent.urgency, urgency, tweets)
+        awaiting = _awaiting(state, corrected, department, urgency, sla_minutes)
     new_state = state.model_copy(
         update={
             "department": department if outcome == "rerouted" else state.department,
             "owner_confirmed": state.owner_confirmed or outcome == "rerouted",
             "max_urgency": max_urgency,
             "tweets": state.tweets + rescued,
-            "awaiting": _awaiting(state, corrected, department, urgency, sla_minutes),
+            "awaiting": awaiting,
             "recent": tweets,
             "routed": _with_deadline(state, corrected, sla_minutes),
             "updated_at": now,
             **_remembering(state, correction),
         }
     )
-    escalate = urgency in alert_urgencies and (rescued or recent.urgency not in alert_urgencies)
+    escalate = escalates(correction, recent.tweet, alert_urgencies)
     return Applied(correction, new_state, corrected, escalate)
+
+
+def uncounted(correction: Correction, tweet: Tweet) -> bool:
+    """Whether the corrected tweet counted for nothing before: a rule dropped it, or X sent
+    its withholding notice in place of its text (no alert, no owner, its urgency unknown)."""
+    withheld = tweet.withheld is not None and tweet.withheld.notice
+    return correction.destination_before == "dropped" or withheld
+
+
+def escalates(correction: Correction, tweet: Tweet, alert_urgencies: list[Urgency]) -> bool:
+    """Whether applying the correction raises the tweet's alert: its new urgency alerts and
+    none was raised for it before (its old urgency did not alert, or it counted for nothing)."""
+    return correction.urgency in alert_urgencies and (
+        uncounted(correction, tweet) or correction.urgency_before not in alert_urgencies
+    )
 
 
 def _remembering(state: ConversationState, correction: Correction) -> dict[str, Any]:
@@ -231,6 +254,30 @@ def _awaiting(
         due_at = _deadline(corrected, urgency, sla_minutes)
         update |= {"urgency": urgency, "due_at": due_at, "breach_alerted": False}
     return awaiting.model_copy(update=update)
+
+
+def _awaiting_rescued(
+    state: ConversationState,
+    corrected: RecentTweet,
+    department: Department,
+    urgency: Urgency,
+    sla_minutes: dict[Urgency, float],
+) -> Any:
+    """What the conversation awaits once a dropped tweet is sent to a department: that tweet
+    too, with its urgency's SLA counted from when it arrived (a stricter one wins, as in
+    routing), unless a company handle answered after it was written."""
+    tweet = corrected.tweet
+    if state.replied_at is not None and tweet.created_at <= state.replied_at:
+        return state.awaiting
+    classification = corrected.classification
+    if classification is not None:
+        classification = classification.model_copy(
+            update={"department": department, "urgency": urgency}
+        )
+    return awaiting_after(
+        state.awaiting, tweet, classification, corrected.ingested_at, department, urgency,
+        _deadline(corrected, urgency, sla_minutes),
+    )  # fmt: skip
 
 
 def _with_deadline(

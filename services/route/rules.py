@@ -80,6 +80,8 @@ def evaluate(
     now: datetime,
 ) -> Outcome:
     outcome = defaults(event, config.route, now)
+    if withheld_text(event):  # what the model and the rules would read is X's notice
+        return outcome
     # a conversation of dropped tweets alone has no owner and no urgency to rise from
     if conversation is not None and conversation.tweets and config.route.conversations.enabled:
         apply_ownership(outcome, event, config.route, conversation)
@@ -112,6 +114,12 @@ def _edit_already_alerted(event: ClassifiedTweet, state: ConversationState | Non
     return next((v for v in versions if (d := state.routed.get(v)) and d.escalated), None)
 
 
+def withheld_text(event: ClassifiedTweet) -> bool:
+    """X sent its withholding notice in place of the tweet's text: its labels say nothing."""
+    withheld = event.tweet.withheld
+    return withheld is not None and withheld.notice
+
+
 def defaults(event: ClassifiedTweet, policy: RouteConfig, now: datetime) -> Outcome:
     c = event.classification
     outcome = Outcome(
@@ -123,14 +131,16 @@ def defaults(event: ClassifiedTweet, policy: RouteConfig, now: datetime) -> Outc
     )
     top_two = ", ".join(f"{d.value} {p:.2f}" for d, p in top_departments(event)[:2])
     withheld = event.tweet.withheld
-    if withheld is not None and withheld.notice:
+    if withheld is not None and withheld_text(event):
         # the model read X's notice, not the post: a person opens the tweet where X shows it
-        outcome.destination, outcome.escalated = "triage", False
+        outcome.destination, outcome.escalated, outcome.sla_due_at = "triage", False, None
         outcome.reasons.append(
             f"X withheld the text in {', '.join(withheld.country_codes) or 'some countries'} "
-            f"and sent its notice instead (scope {withheld.scope or 'tweet'}): labels unknown"
+            f"and sent its notice instead (scope {withheld.scope or 'tweet'}): labels unknown, "
+            "rules not evaluated"
         )
-    elif not c.language_supported:
+        return outcome
+    if not c.language_supported:
         outcome.destination = "triage"
         outcome.reasons.append(
             f"language {c.lang} is not supported by model {c.model_version} "

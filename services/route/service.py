@@ -402,8 +402,7 @@ class RouteService:
             or correction.outcome not in ("rerouted", "relabelled")
         ):
             return outputs
-        alerting = self.config.route.alert_urgencies
-        escalate = correction.urgency in alerting and correction.urgency_before not in alerting
+        escalate = feedback.escalates(correction, recent.tweet, self.config.route.alert_urgencies)
         again = feedback.Applied(correction, state, recent, escalate)
         routed, alert = self._corrected(again, decision)
         if correction.outcome == "rerouted":

@@ -451,6 +451,11 @@ class Correction(Event):
     )
     department_before: Department | None = None
     urgency_before: Urgency | None = None
+    destination_before: Literal["department", "triage", "dropped"] | None = Field(
+        default=None,
+        description="Where the tweet had gone before (dropped: a person rescued it from a "
+        "rule's drop, and its alert, if its urgency alerts, was raised only now)",
+    )
     department: Department | None = Field(description="After the correction")
     urgency: Urgency | None = Field(description="After the correction")
     model_version: str | None = Field(description="The model whose labels were corrected")

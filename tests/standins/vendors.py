@@ -1500,6 +1500,7 @@ class HubSpotStandIn(VendorStandIn):
         super().__init__()
         self.token = token
         self.search_lag_s = search_lag_s
+        self.interval_ms = HUBSPOT_INTERVAL_MS  # the rate window its headers announce
         self.objects: dict[str, dict[str, dict]] = {name: {} for name in HUBSPOT_OBJECTS}
         # The properties with unique values an upsert may go by (idProperty): contacts' email,
         # and those the company created with "Require unique values" (the project's defaults).
@@ -1563,7 +1564,7 @@ class HubSpotStandIn(VendorStandIn):
         if remaining is None:
             remaining = max(HUBSPOT_MAX_PER_INTERVAL - len(self._recent), 0)
         return {
-            "X-HubSpot-RateLimit-Interval-Milliseconds": str(HUBSPOT_INTERVAL_MS),
+            "X-HubSpot-RateLimit-Interval-Milliseconds": str(self.interval_ms),
             "X-HubSpot-RateLimit-Max": str(HUBSPOT_MAX_PER_INTERVAL),
             "X-HubSpot-RateLimit-Remaining": str(remaining),
             "X-HubSpot-RateLimit-Daily": str(HUBSPOT_DAILY_LIMIT),
@@ -1574,7 +1575,7 @@ class HubSpotStandIn(VendorStandIn):
 
     def _decorate(self, response: web.StreamResponse) -> None:
         now = time.monotonic()
-        self._recent = [t for t in self._recent if now - t < HUBSPOT_INTERVAL_MS / 1000] + [now]
+        self._recent = [t for t in self._recent if now - t < self.interval_ms / 1000] + [now]
         self._daily_used += 1
         for name, value in self._rate_headers().items():
             response.headers.setdefault(name, value)

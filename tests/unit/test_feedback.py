@@ -11,6 +11,7 @@ from switchboard.route.config import FeedbackConfig, JiraFeedback, ZendeskFeedba
 from switchboard.route.feedback import (
     apply,
     check_secrets,
+    escalates,
     jira_request,
     jira_signature,
     stale,
@@ -168,6 +169,15 @@ def test_a_dropped_tweet_sent_to_a_department_counts_from_then_on_and_raises_its
     assert (after.tweets, after.department, after.owner_confirmed) == (
         1, Department.CUSTOMER_SERVICE, True)  # fmt: skip
     assert after.max_urgency is Urgency.CRITICAL
+    # it awaits its reply, due by its urgency's SLA from when it arrived
+    assert after.awaiting is not None and after.awaiting.tweet_id == "t-1"
+    assert after.awaiting.due_at == NOW - timedelta(minutes=10) + timedelta(minutes=30)
+    assert rescued.correction.destination_before == "dropped"
+    # read again after a crash, the correction raises the alert again: the urgency was
+    # critical before as after, yet no alert had gone out for the dropped tweet
+    assert escalates(rescued.correction, spam.tweet, ALERTING)
+    answered = alone.model_copy(update={"replied_at": NOW})  # a company reply came after it
+    assert applied(answered, tweet_id="t-1", department="sales").state.awaiting is None
     low = conversation(recent("t-0", "sales", "low"), recent("t-2", "marketing", "high"))
     low = low.model_copy(
         update={

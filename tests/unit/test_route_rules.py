@@ -251,6 +251,27 @@ def test_a_post_whose_text_x_withheld_goes_to_triage_without_an_alert():
     assert "X withheld the text in IN" in outcome.reasons[0]
     readable = classified("legal", 0.97, "critical", withheld=Withheld(country_codes=["IN"]))
     assert evaluate(readable, DEFAULTS, None, NOW).destination == "department"
+    # no rule reads labels that came from the notice (night-critical gives critical tweets at
+    # night a 10-minute SLA), and it neither takes a conversation nor raises its urgency
+    night = datetime(2026, 11, 25, 23, 0, tzinfo=UTC)
+    assert evaluate(classified("legal", 0.97, "critical"), CUSTOM, None, night).matched_rules
+    at_night = evaluate(event, CUSTOM, None, night)
+    assert (at_night.destination, at_night.escalated, at_night.matched_rules) == (
+        "triage",
+        False,
+        [],
+    )
+    first = classified("sales", 0.9, "low", conversation_id="c30", id="w1")
+    _, owned = routed_state(first)
+    in_thread = classified("legal", 0.97, "critical", conversation_id="c30", id="w2",
+                           withheld=notice)  # fmt: skip
+    outcome, after = routed_state(in_thread, state=owned)
+    assert (outcome.destination, outcome.escalated, outcome.owner) == ("triage", False, "model")
+    assert (after.department, after.max_urgency, after.tweets) == ("sales", "low", 1)
+    assert after.awaiting.tweet_id == "w1" and conversations.decided(after, "w2") is not None
+    _, alone = routed_state(classified("legal", 0.97, "critical", conversation_id="c31",
+                                       id="w3", withheld=notice))  # fmt: skip
+    assert alone.tweets == 0 and alone.awaiting is None
 
 
 def test_a_low_confidence_reply_goes_to_the_owner_not_triage():
