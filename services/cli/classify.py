@@ -104,6 +104,14 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
     help="Learning rate of the encoder's tuned weights. Default: TrainOptions.lr (1e-3).",
 )
 @click.option(
+    "--backbone",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="A Hugging Face model folder of the same architecture to start from (one adapted to "
+    "tweets by data/tools/domain_pretrain.py, say). Default: the shipped all-MiniLM-L6-v2. "
+    "With --lora-rank 0 the artifact holds every encoder weight and serves without it.",
+)
+@click.option(
     "--teacher",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     default=None,
@@ -162,6 +170,7 @@ def classify_train(
     threads: int | None,
     lora_rank: int | None,
     lr: float | None,
+    backbone: Path | None,
     teacher: Path | None,
     unlabeled: Path | None,
     distil_alpha: float,
@@ -222,7 +231,7 @@ def classify_train(
     if lr is not None:
         options = replace(options, lr=lr)
     try:
-        card = train(folders, out, options=options)
+        card = train(folders, out, backbone=backbone, options=options)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     if learnt is not None:  # what the corrections were and what was left out, in the card

@@ -9,7 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
+import torch
+from safetensors.torch import load_file, save_file
 
 from switchboard.classify.data import content_sha256
 from switchboard.classify.model import DEFAULT_ARTIFACT, TweetClassifier, default_backbone
@@ -153,6 +154,29 @@ def test_tuning_every_encoder_weight_writes_and_loads_the_tuned_encoder(tiny_dat
     card = json.loads((tmp_path / "s" / "card.json").read_text())
     assert card["options"]["init_from_teacher"] is True and card["options"]["layers"] == 1
     assert len(TweetClassifier.load(tmp_path / "s").encoder.transformer.encoder.layer) == 1
+
+
+def test_training_starts_from_another_backbone_folder_and_serves_without_it(tiny_data, tmp_path):
+    """`--backbone DIR` (a folder adapted to tweets, say) is where tuning starts: its weights,
+    not the shipped backbone's, are tuned, and the artifact, holding every encoder weight,
+    loads and serves on the shipped backbone's configuration once the folder is gone."""
+    adapted = tmp_path / "adapted"
+    shutil.copytree(default_backbone(), adapted)
+    weights = load_file(str(adapted / "model.safetensors"))
+    name = next(k for k in weights if k.endswith("word_embeddings.weight"))
+    save_file({**weights, name: weights[name] * 0.5}, str(adapted / "model.safetensors"))
+    args = ("--layers", "1", "--lora-rank", "0", "--lr", "1e-6")
+    train(tiny_data, tmp_path / "a", *args, "--backbone", str(adapted))
+    card = json.loads((tmp_path / "a" / "card.json").read_text())
+    assert card["backbone"] == str(adapted)
+    tuned = load_file(str(tmp_path / "a" / "encoder.safetensors"))
+    embedding = next(k for k in tuned if k.endswith("word_embeddings.weight"))
+    shipped = Encoder(default_backbone(), 1).transformer.state_dict()[embedding]
+    # barely tuned (lr 1e-6): still half the shipped embeddings, not the shipped ones
+    assert torch.allclose(tuned[embedding].float(), shipped * 0.5, atol=1e-3)
+    shutil.rmtree(adapted)
+    [prediction] = TweetClassifier.load(tmp_path / "a").predict(["@SkylarkHelp my bag is lost"])
+    assert abs(sum(prediction.department_scores.values()) - 1) < 1e-4
 
 
 def test_a_distilled_student_records_its_teacher(tiny_data, tmp_path):
