@@ -162,10 +162,10 @@ def apply(
     if rescued:
         counted = [state.max_urgency, urgency] if state.tweets else [urgency]
         max_urgency = max(counted, key=URGENCY_RANK.get)
-        awaiting = _awaiting_rescued(state, corrected, department, urgency, sla_minutes)
+        awaiting = _awaiting_rescued(state, corrected, sla_minutes)
     else:
         max_urgency = _max_urgency(state, recent.urgency, urgency, tweets)
-        awaiting = _awaiting(state, corrected, department, urgency, sla_minutes)
+        awaiting = _awaiting(state, corrected, sla_minutes)
     new_state = state.model_copy(
         update={
             "department": department if outcome == "rerouted" else state.department,
@@ -236,11 +236,7 @@ def _max_urgency(
 
 
 def _awaiting(
-    state: ConversationState,
-    corrected: RecentTweet,
-    department: Department,
-    urgency: Urgency,
-    sla_minutes: dict[Urgency, float],
+    state: ConversationState, corrected: RecentTweet, sla_minutes: dict[Urgency, float]
 ) -> Any:
     """The awaited reply follows its tweet's correction: its department, and its SLA when the
     urgency changed, counted from when that tweet arrived (as routing counts it: the awaited
@@ -249,7 +245,8 @@ def _awaiting(
     awaiting = state.awaiting
     if awaiting is None or awaiting.tweet_id != corrected.tweet.id:
         return awaiting
-    update: dict[str, Any] = {"department": department}
+    urgency = corrected.urgency
+    update: dict[str, Any] = {"department": corrected.department}
     if urgency != awaiting.urgency:
         due_at = _deadline(corrected, urgency, sla_minutes)
         update |= {"urgency": urgency, "due_at": due_at, "breach_alerted": False}
@@ -257,11 +254,7 @@ def _awaiting(
 
 
 def _awaiting_rescued(
-    state: ConversationState,
-    corrected: RecentTweet,
-    department: Department,
-    urgency: Urgency,
-    sla_minutes: dict[Urgency, float],
+    state: ConversationState, corrected: RecentTweet, sla_minutes: dict[Urgency, float]
 ) -> Any:
     """What the conversation awaits once a dropped tweet is sent to a department: that tweet
     too, with its urgency's SLA counted from when it arrived (a stricter one wins, as in
@@ -269,6 +262,7 @@ def _awaiting_rescued(
     tweet = corrected.tweet
     if state.replied_at is not None and tweet.created_at <= state.replied_at:
         return state.awaiting
+    department, urgency = corrected.department, corrected.urgency
     classification = corrected.classification
     if classification is not None:
         classification = classification.model_copy(

@@ -130,9 +130,10 @@ def defaults(event: ClassifiedTweet, policy: RouteConfig, now: datetime) -> Outc
         sla_due_at=_due(event, policy.sla.minutes.get(c.urgency), now),
     )
     top_two = ", ".join(f"{d.value} {p:.2f}" for d, p in top_departments(event)[:2])
-    withheld = event.tweet.withheld
-    if withheld is not None and withheld_text(event):
+    if withheld_text(event):
         # the model read X's notice, not the post: a person opens the tweet where X shows it
+        withheld = event.tweet.withheld
+        assert withheld is not None
         outcome.destination, outcome.escalated, outcome.sla_due_at = "triage", False, None
         outcome.reasons.append(
             f"X withheld the text in {', '.join(withheld.country_codes) or 'some countries'} "
