@@ -13,6 +13,9 @@ the training split stay in (their text is training data already). The pool was c
 real-world evaluation set when it was assembled.
 
     .venv/bin/python data/tools/domain_pretrain.py --out /tmp/minilm-tweets [--epochs 1]
+        [--backbone DIR]
+
+``--backbone`` continues from a folder this script wrote (its MLM head starts anew).
 
 writes a Hugging Face model folder (the backbone's config and tokenizer, the adapted weights)
 that `classify train --backbone` starts from. The MLM head is new (the backbone ships without
@@ -86,6 +89,8 @@ def masked_loss(model: BertForMaskedLM, inputs: dict[str, torch.Tensor]) -> torc
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--backbone", type=Path, default=None,
+                        help="a model folder to continue from (default: the backbone)")  # fmt: skip
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--batch", type=int, default=64)
@@ -94,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(available_cpus())
-    backbone = default_backbone()
+    backbone = args.backbone or default_backbone()
     tokenizer = BertTokenizerFast.from_pretrained(backbone)
     model = BertForMaskedLM.from_pretrained(backbone)
     texts = corpus(args.seed)[: args.limit]

@@ -105,7 +105,9 @@ class Job:
     # What the target was given for the conversation's earlier tweets, oldest first: for a
     # target that keeps one text per ticket (a HubSpot ticket's content), which each upsert sets.
     earlier: tuple[str, ...] = ()
-    # Email: the recipients still to be sent it, kept on the parked delivery; None: all.
+    # Email, from the parked delivery: those the relay took it for (None: nobody yet); and,
+    # from a notify older than that field, those still to be sent it (None: all).
+    delivered_to: tuple[str, ...] | None = None
     recipients: tuple[str, ...] | None = None
 
     @property
@@ -177,14 +179,32 @@ class Channel(Protocol):
     async def close(self) -> None: ...
 
 
-REMAINING_KEPT = 10_000  # partly sent emails remembered for their retry, the oldest dropped
+def delivered_to(job: Job) -> list[str] | None:
+    """Email: whom the relay took the job's delivery for, by its parked record (None: nobody
+    yet). A record of an older notify names those still owed it instead: the rest have it."""
+    if job.delivered_to is not None:
+        return list(job.delivered_to)
+    if job.recipients is not None:
+        return [r for r in job.subscription.to if r not in job.recipients]
+    return None
+
+
+def still_owed(subscription: Subscription, delivered: list[str] | None) -> list[str] | None:
+    """Email: the subscription's recipients who have not had it (None: all of them)."""
+    return None if delivered is None else [r for r in subscription.to if r not in delivered]
+
+
+DELIVERIES_KEPT = 10_000  # partly sent emails remembered for their retry, the oldest dropped
 
 
 class EmailChannel:
-    """An email per delivery. Recipients the relay refuses for now (4xx: greylisting, a full
-    mailbox) while it takes the others are sent the email again, alone, when the delivery is
-    tried again (retried, then parked and redriven); those refused for good (5xx) are named
-    in the log and the metric."""
+    """An email per delivery. When the relay refuses some recipients and takes the others, the
+    delivery fails for those alone and keeps whom the relay took it for: tried again (retried,
+    then parked and redriven) it goes only to the subscription's recipients who have not had
+    it. A refusal for now (4xx: greylisting, a full mailbox) is tried again by itself; one for
+    good (5xx: no such mailbox) parks the delivery for a person, who corrects the address (in
+    the subscription or at the relay) and redrives it: the corrected address is sent it, and
+    nobody gets it twice."""
 
     name = "email"
 
@@ -199,46 +219,45 @@ class EmailChannel:
         self.options = options
         self.names = names  # the departments' display names, by code
         self._pace = RateLimiter(rate_per_s)  # delivery.rate_per_s: messages, tries included
-        # delivery id: the recipients still to send it to (the others have it), for the
-        # delivery's next try. A delivery parked keeps them (DeliveryError.recipients_left, on
-        # its ParkedDelivery) for its redrive, by whichever replica owns it then.
-        self._remaining: dict[str, list[str]] = {}
-        # delivery id: the parked delivery's recipients this process took over for it
-        self._adopted: dict[str, tuple[str, ...]] = {}
+        # delivery id: the recipients the relay took it for, for the delivery's next try. A
+        # delivery parked keeps them (DeliveryError.delivered_to, on its ParkedDelivery) for
+        # its redrive, by whichever replica owns it then.
+        self._delivered: dict[str, list[str]] = {}
+        # delivery id: what the parked delivery said of its recipients when this process took
+        # it over
+        self._adopted: dict[str, tuple[tuple[str, ...] | None, ...]] = {}
 
     async def deliver(self, job: Job) -> Done:
-        if job.recipients and self._adopted.get(job.delivery_id) != job.recipients:
-            # The parked delivery's own list wins over what this process remembers of an
-            # earlier try (its partition may have been elsewhere meanwhile); of it, only those
-            # the subscription still names are sent it.
-            named = set(job.subscription.to)
-            self._remember_remaining(job.delivery_id, [r for r in job.recipients if r in named])
-            self._adopted[job.delivery_id] = job.recipients
+        told = (job.delivered_to, job.recipients)
+        if told != (None, None) and self._adopted.get(job.delivery_id) != told:
+            # The parked delivery's own record wins over what this process remembers of an
+            # earlier try (its partition may have been elsewhere meanwhile).
+            self._remember(job.delivery_id, delivered_to(job))
+            self._adopted[job.delivery_id] = told
         try:
             return await self._send(job)
         except DeliveryError as error:
-            error.recipients_left = self._remaining.get(job.delivery_id)
+            error.delivered_to = self._delivered.get(job.delivery_id)
             raise
 
     async def _send(self, job: Job) -> Done:
         message = render_email(
             job.routed, job.subscription, self.options, job.delivery_id, self.names
         )
-        only = self._remaining.get(job.delivery_id)
-        if only == []:  # every one still owed it was taken off the subscription
-            self._forget_remaining(job.delivery_id)
+        had = self._delivered.get(job.delivery_id)
+        owed = still_owed(job.subscription, had)
+        if owed == []:  # every recipient named now has it
+            self._forget(job.delivery_id)
             return Done("sent", message["Message-ID"])
         try:
             await self._pace.wait()
-            refused = await self.mailer.send(message, only)
+            refused = await self.mailer.send(message, owed)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             # Every recipient refused: trying again helps only if a refusal was temporary (4xx).
             replies = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
-            later = [r.recipient for r in exc.recipients if r.code < 500]
-            if later and only is not None:
-                self._remember_remaining(job.delivery_id, later)
+            retryable = any(r.code < 500 for r in exc.recipients)
             raise DeliveryError(
-                f"SMTP refused every recipient: {replies}", retryable=bool(later), answered=True
+                f"SMTP refused every recipient: {replies}", retryable=retryable, answered=True
             ) from None
         except aiosmtplib.SMTPResponseException as exc:
             raise DeliveryError(
@@ -248,32 +267,35 @@ class EmailChannel:
             ) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from None
-        if refused:  # the others have it: only the refused may be sent it again
-            metrics.EMAIL_RECIPIENTS_REFUSED.labels(job.subscription.name).inc(len(refused))
-            log.warning("the mail relay refused some recipients; the others got the email",
-                        extra={"delivery_id": job.delivery_id, "refused": refused})  # fmt: skip
+        if not refused:
+            self._forget(job.delivery_id)
+            return Done("sent", message["Message-ID"])
+        # The others have it: only the refused may be sent it again.
+        metrics.EMAIL_RECIPIENTS_REFUSED.labels(job.subscription.name).inc(len(refused))
+        log.warning("the mail relay refused some recipients; the others got the email",
+                    extra={"delivery_id": job.delivery_id, "refused": refused})  # fmt: skip
+        sent_to = owed if owed is not None else list(job.subscription.to)
+        self._remember(job.delivery_id, [*(had or []), *(r for r in sent_to if r not in refused)])
         later = refused_for_now(refused)
-        if later:
-            self._remember_remaining(job.delivery_id, later)
-            replies = "; ".join(f"{address}: {refused[address]}" for address in later)
-            raise DeliveryError(
-                f"SMTP refused some recipients for now: {replies}", retryable=True, answered=True
-            )
-        self._forget_remaining(job.delivery_id)
-        return Done("sent", message["Message-ID"])
+        replies = "; ".join(f"{address}: {reply}" for address, reply in refused.items())
+        raise DeliveryError(
+            f"SMTP refused some recipients {'for now' if later else 'for good'}: {replies}",
+            retryable=bool(later),
+            answered=True,
+        )
 
-    def _remember_remaining(self, delivery_id: str, recipients: list[str]) -> None:
-        self._remaining.pop(delivery_id, None)
-        self._remaining[delivery_id] = recipients  # the latest last: the oldest go first
-        while len(self._remaining) > REMAINING_KEPT:  # deliveries given up on, not redriven
-            self._forget_remaining(next(iter(self._remaining)))
+    def _remember(self, delivery_id: str, delivered: list[str]) -> None:
+        self._delivered.pop(delivery_id, None)
+        self._delivered[delivery_id] = delivered  # the latest last: the oldest go first
+        while len(self._delivered) > DELIVERIES_KEPT:  # deliveries given up on, not redriven
+            self._forget(next(iter(self._delivered)))
 
-    def _forget_remaining(self, delivery_id: str) -> None:
-        self._remaining.pop(delivery_id, None)
+    def _forget(self, delivery_id: str) -> None:
+        self._delivered.pop(delivery_id, None)
         self._adopted.pop(delivery_id, None)
 
     def partitions_moved(self) -> None:
-        pass  # a parked delivery names whom it is still owed to (RedriveRequest.recipients)
+        pass  # a parked delivery names whom it was delivered to (RedriveRequest.delivered_to)
 
     async def close(self) -> None:
         await self.mailer.close()

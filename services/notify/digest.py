@@ -35,7 +35,7 @@ import faust
 
 from switchboard.notify import metrics
 from switchboard.notify.config import NotifyConfig, Subscription
-from switchboard.notify.mail import SmtpMailer, refused_for_now, render_digest
+from switchboard.notify.mail import SmtpMailer, render_digest
 from switchboard.shared import metrics as shared_metrics
 from switchboard.shared import topics
 from switchboard.shared.events import (
@@ -212,7 +212,7 @@ class Digests:
             return
         shown = self.kept(pending, PendingDigest.SHOWN)
         outcome, deferred = await self._send(subscription, pending, shown)
-        if deferred:  # the relay turned some recipients away for now: theirs go one by one
+        if deferred:  # the relay turned some recipients away: theirs go one by one
             await self._one_by_one(subscription, pending, recipients=deferred)
         if outcome == "failed" and pending.failures + 1 < DIGEST_ATTEMPTS:
             period = timedelta(minutes=subscription.digest_minutes or 1)
@@ -274,7 +274,7 @@ class Digests:
         self, subscription: Subscription, pending: PendingDigest, items: list[RoutedTweet]
     ) -> tuple[Literal["sent", "failed", "refused"], list[str]]:
         """Send the digest: ``refused`` when the relay refused it for good (5xx); with the
-        recipients it turned away for now (4xx) while the others got it."""
+        recipients it turned away (for now or for good) while the others got it."""
         identity = digest_id(pending, items)
         message = render_digest(
             items, pending.count, subscription, self.options.email, identity, self.names
@@ -293,7 +293,7 @@ class Digests:
                         extra={"subscription": subscription.name, "refused": refused})  # fmt: skip
         metrics.DELIVERIES.labels("email_digest", "delivered").inc()
         log.info("digest sent", extra={"subscription": subscription.name, "tweets": pending.count})
-        return "sent", refused_for_now(refused)
+        return "sent", list(refused)
 
     async def _one_by_one(
         self,
@@ -303,8 +303,10 @@ class Digests:
     ) -> None:
         """Hand every tweet the digest kept over as a delivery of its own (redriven, so
         retried and parked like any), before the digest forgets them: to every recipient, or
-        to ``recipients`` alone (those the relay turned away for now). In slices, so a digest
-        that grew over failed periods is never read whole."""
+        to ``recipients`` alone (those the relay turned away: one refused for good parks each
+        for a person to redrive once the address is right). In slices, so a digest that grew
+        over failed periods is never read whole."""
+        delivered = [r for r in subscription.to if r not in recipients] if recipients else None
         numbers = range(pending.first, pending.next)
         for start in range(0, len(numbers), HANDED_OVER_AT_ONCE):
             tweets = self._read(subscription.name, numbers[start : start + HANDED_OVER_AT_ONCE])
@@ -312,7 +314,7 @@ class Digests:
                 Output.of(topics.NOTIFICATIONS_REDRIVE, RedriveRequest(
                     delivery_id=f"{routed.tweet.id}:email:{subscription.name}",
                     subscription=subscription.name, department=routed.route.department,
-                    routed=routed, recipients=recipients,
+                    routed=routed, delivered_to=delivered, recipients=recipients,
                 ), key=routed.tweet.conversation_id)
                 for routed in tweets
             ]  # fmt: skip

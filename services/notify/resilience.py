@@ -73,7 +73,7 @@ class DeliveryError(Exception):
         self.answered = answered
         self.attempts = 0
         self.retry_at: float | None = None  # Unix time: parked for a wait past max_wait_s
-        self.recipients_left: list[str] | None = None  # email: those still to be sent it
+        self.delivered_to: list[str] | None = None  # email: those the relay took it for
 
 
 MAX_ERROR_BODY = 65_536  # of a vendor's error answer kept on the error

@@ -37,7 +37,14 @@ import jinja2
 from fastapi import FastAPI
 
 from switchboard.notify import metrics
-from switchboard.notify.channels import Channel, Done, Job, channels_for
+from switchboard.notify.channels import (
+    Channel,
+    Done,
+    Job,
+    channels_for,
+    delivered_to,
+    still_owed,
+)
 from switchboard.notify.config import Subscription
 from switchboard.notify.digest import Digests
 from switchboard.notify.dlq import ParkedIndex, dlq_router, forgettable
@@ -83,6 +90,10 @@ GROUP_ID = "switchboard-notify"  # the faust app's id: its consumer group and ta
 # in all: the ledger keeps them (a few hundred bytes each), and an agent reads the thread at X.
 TRANSCRIPT_TWEETS = 10
 PARKED_SWEEP_S = 1.0  # how often a replica looks at its parked deliveries (redrives due)
+
+
+def _names(addresses: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(addresses) if addresses else None
 
 
 def transcript_kept(parts: list[str]) -> list[str]:
@@ -356,9 +367,9 @@ class NotifyService:
             return []
         metrics.REDRIVEN.labels(wanted[0].channel).inc()
         routed = redacted(request.routed, self.options.redact)
-        recipients = tuple(request.recipients) if request.recipients else None
         return [Job(routed, wanted[0], request.department, request.delivery_id,
-                    recipients=recipients)]  # fmt: skip
+                    delivered_to=_names(request.delivered_to),
+                    recipients=_names(request.recipients))]  # fmt: skip
 
     # --- one delivery ---------------------------------------------------------------------------
 
@@ -470,12 +481,13 @@ class NotifyService:
         now = datetime.now(UTC)
         parks, first = (before.parks + 1, before.first_parked_at) if before else (1, now)
         retry_at = next_redrive(error, parks, first, now, self.redrive_policy)
+        delivered = error.delivered_to if error.delivered_to is not None else delivered_to(job)
         parked = ParkedDelivery(
             delivery_id=job.delivery_id, channel=job.subscription.channel,
             subscription=job.subscription.name,
             department=job.department, routed=job.routed, retry_at=retry_at, parks=parks,
             first_parked_at=first, parked_at=now, attempts=error.attempts, error=str(error),
-            recipients=error.recipients_left or job.recipients,
+            delivered_to=delivered, recipients=still_owed(job.subscription, delivered),
         )  # fmt: skip
         self.parked[job.delivery_id.encode("utf-8")] = encode(parked)
         self.parked_index.track(parked)

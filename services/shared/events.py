@@ -644,8 +644,12 @@ def conversation_of_vendor_labels(labels: list[str]) -> str | None:
 
 
 RECIPIENTS_LEFT = (
-    "Email: the recipients still to be sent it (the relay refused them for now and took the "
-    "others); none: every recipient"
+    "Email: the recipients still to be sent it (the relay refused them and took the others); "
+    "none: every recipient. Written for a notify older than delivered_to, which wins over it"
+)
+DELIVERED_TO = (
+    "Email: the recipients the relay took it for; a redrive sends it to those the subscription "
+    "names then and who are not among them (a corrected address too); none: nobody yet"
 )
 
 
@@ -659,6 +663,7 @@ class RedriveRequest(Event):
     routed: RoutedTweet
     requested_at: AwareDatetime = Field(default_factory=utc_now)
     recipients: list[str] | None = Field(default=None, description=RECIPIENTS_LEFT)
+    delivered_to: list[str] | None = Field(default=None, description=DELIVERED_TO)
 
 
 class ParkedDelivery(Event):
@@ -684,6 +689,7 @@ class ParkedDelivery(Event):
     attempts: int = Field(default=0, ge=0, description="Attempts of the last try")
     error: str | None = Field(default=None, description="Why the last try failed")
     recipients: list[str] | None = Field(default=None, description=RECIPIENTS_LEFT)
+    delivered_to: list[str] | None = Field(default=None, description=DELIVERED_TO)
 
     @property
     def conversation_id(self) -> str:
@@ -696,6 +702,7 @@ class ParkedDelivery(Event):
             department=self.department,
             routed=self.routed,
             recipients=self.recipients,
+            delivered_to=self.delivered_to,
         )
 
 

@@ -13,6 +13,7 @@ import pytest
 from switchboard.notify.channels import EmailChannel, Job
 from switchboard.notify.config import Subscription
 from switchboard.notify.digest import header_key
+from switchboard.notify.dlq import Filters, parked_deliveries, redrive
 from switchboard.notify.mail import SmtpMailer
 from switchboard.notify.resilience import DeliveryError
 from switchboard.notify.service import NotifyService
@@ -170,39 +171,56 @@ async def test_a_dead_mail_server_parks_the_delivery(kafka, producer, read, runn
     assert parked.target == "legal-team" and "Connect" in parked.error
 
 
-async def test_a_recipient_the_relay_refuses_is_named_and_the_mail_not_sent_twice(
+async def test_a_recipient_the_relay_refuses_for_good_is_parked_and_redriven_once_corrected(
     kafka, producer, read, running, inbox, caplog
 ):
-    """The relay refuses a mailbox (550): a subscription whose only recipient it is gets its
-    delivery parked at once with the relay's reply (not retried as if the relay were down);
-    one whose other recipient the relay took is delivered once, and the log names who was
-    refused (sending again would give the others a second copy)."""
-    gone, kept = "gone@switchboard.example", "kept@switchboard.example"
+    """The relay refuses a mailbox (550), a mistyped address. A subscription whose only
+    recipient it is gets its delivery parked at once with the relay's reply (not retried as if
+    the relay were down). One whose other recipient the relay took is parked too, for the
+    refused address alone, with no automatic redrive (a person must correct it), and the log
+    names it. Once the subscription's address is corrected, a redrive sends the email to the
+    corrected address: the other recipient is not sent it twice."""
+    run = uuid.uuid4().hex[:6]
+    gone, kept, fixed = (f"{who}-{run}@switchboard.example" for who in ("gone", "kept", "fixed"))
     inbox.refuse(gone)
-    subscriptions = [
-        Subscription(name="only-gone", departments=["legal"], to=[gone]),
-        Subscription(name="gone-and-kept", departments=["legal"], to=[gone, kept]),
-    ]
-    settings = notify_settings(kafka, inbox.port, subscriptions)
-    threat = routed("n-9", "legal", "high", "see you in court", settings)
+    only_gone = Subscription(name=f"only-gone-{run}", departments=["legal"], to=[gone])
+    gone_and_kept = Subscription(name=f"gone-and-kept-{run}", departments=["legal"],
+                                 to=[gone, kept])  # fmt: skip
+    settings = notify_settings(kafka, inbox.port, [only_gone, gone_and_kept])
+    threat = routed(f"n9-{run}", "legal", "high", "see you in court", settings)
+    key = threat.tweet.conversation_id.encode()
     caplog.set_level("WARNING", logger="switchboard.notify.channels")
 
     async with running(NotifyService(settings)):
-        await producer.send_and_wait(threat.route.topic, encode(threat), key=b"conv-n-9")
+        await producer.send_and_wait(threat.route.topic, encode(threat), key=key)
         records = await read(
             [topics.DELIVERIES, topics.NOTIFICATIONS_DLQ],
-            lambda rs: sum(r.key == b"conv-n-9" for r in rs) >= 2,
+            lambda rs: sum(r.key == key for r in rs) >= 2,
         )
-
-    outcomes = {d.target: d for r in records if r.key == b"conv-n-9"
+    outcomes = {d.target: d for r in records if r.key == key
                 for d in [decode(Delivery, r.value)]}  # fmt: skip
-    assert outcomes["only-gone"].outcome == "failed" and outcomes["only-gone"].attempts == 1
-    assert f"{gone}: 550" in outcomes["only-gone"].error
-    assert outcomes["gone-and-kept"].outcome == "delivered"
-    [email] = [m for m in inbox.messages() if m["X-Switchboard-Tweet-Id"] == "n-9"]
-    assert kept in email["To"]
+    for name in (only_gone.name, gone_and_kept.name):
+        parked = outcomes[name]
+        assert parked.outcome == "failed" and parked.attempts == 1 and parked.retry_at is None
+        assert f"{gone}: 550" in (parked.error or "")
+    assert "refused some recipients for good" in (outcomes[gone_and_kept.name].error or "")
     [warning] = [r for r in caplog.records if getattr(r, "refused", None)]
     assert list(warning.refused) == [gone] and warning.refused[gone].startswith("550")
+    [held] = await parked_deliveries(
+        kafka, Filters(delivery_id=outcomes[gone_and_kept.name].delivery_id)
+    )
+    assert held.delivered_to == [kept] and held.recipients == [gone]
+
+    corrected = gone_and_kept.model_copy(update={"to": [fixed, kept]})
+    settings = notify_settings(kafka, inbox.port, [only_gone, corrected])
+    async with running(NotifyService(settings)):
+        assert await redrive(kafka, [held]) == 1
+        done = await read([topics.DELIVERIES], lambda rs: any(r.key == key for r in rs))
+    [delivered] = [decode(Delivery, r.value) for r in done if r.key == key]
+    assert delivered.target == corrected.name and delivered.outcome == "delivered"
+    arrivals = [m for m in inbox.messages() if m["X-Switchboard-Tweet-Id"] == threat.tweet.id]
+    assert sorted(m["X-Envelope-To"] for m in arrivals) == sorted([kept, fixed])
+    assert await parked_deliveries(kafka, Filters(delivery_id=delivered.delivery_id)) == []
 
 
 async def test_a_recipient_refused_for_now_is_sent_the_email_alone_when_tried_again(
@@ -241,14 +259,15 @@ async def test_a_recipient_refused_for_now_is_sent_the_email_alone_when_tried_ag
     assert {m["Message-ID"] for m in arrivals} == {done.external_id}
 
 
-async def test_a_redriven_email_goes_to_those_its_parked_delivery_names_and_still_subscribed(
+async def test_a_redriven_email_goes_to_those_still_subscribed_its_parked_delivery_did_not_reach(
     kafka, inbox
 ):
-    """A redrive's recipients are the parked delivery's, not what this process remembers of
-    an earlier try (its partition may have been elsewhere meanwhile), and only those the
-    subscription still names: one taken off it while the delivery was parked is not mailed."""
+    """A redrive's recipients follow the parked delivery's record of whom the relay took it
+    for, not what this process remembers of an earlier try (its partition may have been
+    elsewhere meanwhile), and the subscription as it is now: one taken off it while the
+    delivery was parked is not mailed. A record of an older notify names those still owed it."""
     run = uuid.uuid4().hex[:6]
-    owed, kept, removed = (f"{who}-{run}@switchboard.example" for who in ("owed", "kept", "gone"))
+    owed, kept = (f"{who}-{run}@switchboard.example" for who in ("owed", "kept"))
     options = NotifySettings.load(config_file=CONFIG_FILE, kafka=kafka).config.notify.email
     subscription = Subscription(name=f"redrive-{run}", departments=["legal"], to=[owed, kept])
     event = routed(f"rd-{run}", "legal", "high", "my lawyer will call", None)  # type: ignore[arg-type]
@@ -256,16 +275,23 @@ async def test_a_redriven_email_goes_to_those_its_parked_delivery_names_and_stil
     channel = EmailChannel(SmtpMailer(SmtpSettings(host="127.0.0.1", port=inbox.port)), options)
     try:
         inbox.refuse(kept, "450 4.2.0 Greylisted, try again later")
-        with pytest.raises(DeliveryError):  # this process now remembers: kept is owed it
+        with pytest.raises(DeliveryError) as refused:  # this process remembers: owed has it
             await channel.deliver(job)
+        assert refused.value.delivered_to == [owed] and refused.value.retryable
         inbox.accept(kept)
-        await channel.deliver(dataclasses.replace(job, recipients=(owed,)))  # the parked list
-        gone = await channel.deliver(dataclasses.replace(job, recipients=(removed,)))
+        await channel.deliver(dataclasses.replace(job, delivered_to=(kept,)))  # the record
+        removed = subscription.model_copy(update={"to": [kept]})  # owed taken off it
+        gone = await channel.deliver(
+            dataclasses.replace(
+                job, subscription=removed, delivered_to=(kept,), delivery_id=f"{run}:g"
+            )
+        )
+        await channel.deliver(dataclasses.replace(job, recipients=(owed,), delivery_id=f"{run}:o"))
     finally:
         await channel.close()
 
     arrivals = [m for m in inbox.messages() if m["X-Switchboard-Tweet-Id"] == f"rd-{run}"]
-    assert [m["X-Envelope-To"] for m in arrivals] == [owed, owed]
+    assert [m["X-Envelope-To"] for m in arrivals] == [owed, owed, owed]
     assert gone.action == "sent"  # nobody left to send it to: done
 
 
@@ -311,16 +337,21 @@ async def test_a_digest_the_relay_refuses_for_good_goes_out_one_tweet_at_a_time(
     """The relay refuses the digest's mailbox (550): the digest is not tried again period after
     period; its tweets become deliveries of their own, each retried and parked on the DLQ with
     the relay's reason, where a person sees them and can redrive them once the address is
-    fixed. Nothing waits in the digest any more."""
-    gone = f"gone-{uuid.uuid4().hex[:8]}@switchboard.example"
-    inbox.refuse(gone)
-    name = f"digest-{uuid.uuid4().hex[:6]}"
-    chatter = Subscription(name=name, departments=["community"], urgencies=["low"], to=[gone],
-                           digest_minutes=0.02)  # fmt: skip
-    settings = notify_settings(kafka, inbox.port, [chatter])
+    fixed. Nothing waits in the digest any more. A digest whose other recipient the relay took
+    goes to that one once; its tweets are parked the same way for the refused address alone."""
     run = uuid.uuid4().hex[:6]
+    gone, kept = f"gone-{run}@switchboard.example", f"kept-{run}@switchboard.example"
+    inbox.refuse(gone)
+    name, shared = f"digest-{run}", f"digest-shared-{run}"
+    chatter = [
+        Subscription(name=name, departments=["community"], urgencies=["low"], to=[gone],
+                     digest_minutes=0.02),
+        Subscription(name=shared, departments=["community"], urgencies=["low"], to=[gone, kept],
+                     digest_minutes=0.02),
+    ]  # fmt: skip
+    settings = notify_settings(kafka, inbox.port, chatter)
     low = [routed(f"g{run}-{i}", "community", "low", f"lovely day {i}", settings) for i in range(2)]
-    wanted = {f"{e.tweet.id}:email:{name}" for e in low}
+    wanted = {f"{e.tweet.id}:email:{s}" for e in low for s in (name, shared)}
     service = NotifyService(settings)
 
     async with running(service):
@@ -330,12 +361,17 @@ async def test_a_digest_the_relay_refuses_for_good_goes_out_one_tweet_at_a_time(
             [topics.NOTIFICATIONS_DLQ],
             lambda rs: {d.delivery_id for r in rs for d in [decode(Delivery, r.value)]} >= wanted,
         )
-        await wait_for(lambda: not [k for k in service.digests.table if name.encode() in k])
+        await wait_for(lambda: not [k for k in service.digests.table if run.encode() in k])
 
     failed = {d.delivery_id: d for r in parked for d in [decode(Delivery, r.value)]
               if d.delivery_id in wanted}  # fmt: skip
     assert set(failed) == wanted
     assert all(d.outcome == "failed" and f"{gone}: 550" in (d.error or "") for d in failed.values())
+    held = await parked_deliveries(kafka, Filters(target=shared))
+    assert {p.delivery_id for p in held} == {i for i in wanted if i.endswith(shared)}
+    assert all(p.delivered_to == [kept] and p.retry_at is None for p in held)
+    [digest] = [m for m in inbox.messages() if m["X-Envelope-To"] == kept]
+    assert all(e.tweet.text in body(digest) for e in low)
 
 
 async def test_a_digest_recipient_refused_for_now_gets_its_tweets_one_by_one(
