@@ -42,7 +42,13 @@ from switchboard.notify.config import (
     SalesforceTarget,
     Subscription,
 )
-from switchboard.notify.mail import SmtpMailer, check_templates, refused_for_now, render_email
+from switchboard.notify.mail import (
+    SmtpMailer,
+    check_templates,
+    count_refused,
+    refused_for_now,
+    render_email,
+)
 from switchboard.notify.resilience import (
     TRANSIENT_STATUSES,
     DeliveryError,
@@ -271,7 +277,7 @@ class EmailChannel:
             self._forget(job.delivery_id)
             return Done("sent", message["Message-ID"])
         # The others have it: only the refused may be sent it again.
-        metrics.EMAIL_RECIPIENTS_REFUSED.labels(job.subscription.name).inc(len(refused))
+        count_refused(job.subscription.name, refused)
         log.warning("the mail relay refused some recipients; the others got the email",
                     extra={"delivery_id": job.delivery_id, "refused": refused})  # fmt: skip
         sent_to = owed if owed is not None else list(job.subscription.to)

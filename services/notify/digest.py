@@ -35,7 +35,7 @@ import faust
 
 from switchboard.notify import metrics
 from switchboard.notify.config import NotifyConfig, Subscription
-from switchboard.notify.mail import SmtpMailer, render_digest
+from switchboard.notify.mail import SmtpMailer, count_refused, render_digest
 from switchboard.shared import metrics as shared_metrics
 from switchboard.shared import topics
 from switchboard.shared.events import (
@@ -288,7 +288,7 @@ class Digests:
                       extra={"subscription": subscription.name, "error": str(exc)})  # fmt: skip
             return ("refused" if refused else "failed"), []
         if refused:  # the others have it: the digest is not sent to them again
-            metrics.EMAIL_RECIPIENTS_REFUSED.labels(subscription.name).inc(len(refused))
+            count_refused(subscription.name, refused)
             log.warning("the mail relay refused some recipients of a digest; the others got it",
                         extra={"subscription": subscription.name, "refused": refused})  # fmt: skip
         metrics.DELIVERIES.labels("email_digest", "delivered").inc()

@@ -38,6 +38,7 @@ from jinja2 import (
     select_autoescape,
 )
 
+from switchboard.notify import metrics
 from switchboard.notify.config import EmailConfig, Subscription
 from switchboard.notify.sanitize import one_line, shown_tweet
 from switchboard.notify.settings import SmtpSettings
@@ -196,6 +197,15 @@ def _addresses(addresses: tuple[str, ...]) -> str:
         formataddr((one_line(name, SUBJECT_LIMIT), address), charset=UTF8)
         for name, address in getaddresses(list(addresses))
     )
+
+
+def count_refused(subscription: str, refused: dict[str, str]) -> None:
+    """Counts the recipients the relay refused while it took the email for the others, by
+    whether the refusal was for now or for good (only the latter needs a person)."""
+    later = len(refused_for_now(refused))
+    for refusal, count in (("for_now", later), ("for_good", len(refused) - later)):
+        if count:
+            metrics.EMAIL_RECIPIENTS_REFUSED.labels(subscription, refusal).inc(count)
 
 
 def refused_for_now(refused: dict[str, str]) -> list[str]:

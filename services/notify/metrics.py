@@ -22,8 +22,9 @@ FOLLOW_UP_TICKETS = Counter(
 )
 EMAIL_RECIPIENTS_REFUSED = Counter(
     "switchboard_email_recipients_refused_total",
-    "Recipients the mail relay refused while it took the email for the others",
-    ["subscription"],
+    "Recipients the mail relay refused while it took the email for the others: for now (4xx, "
+    "tried again by itself) or for good (5xx, parked for a person)",
+    ["subscription", "refusal"],
 )
 VENDOR_WAITS = Counter(
     "switchboard_vendor_waits_total",

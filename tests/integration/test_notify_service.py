@@ -9,6 +9,7 @@ import uuid
 from email.message import EmailMessage
 
 import pytest
+from prometheus_client import REGISTRY
 
 from switchboard.notify.channels import EmailChannel, Job
 from switchboard.notify.config import Subscription
@@ -206,6 +207,8 @@ async def test_a_recipient_the_relay_refuses_for_good_is_parked_and_redriven_onc
     assert "refused some recipients for good" in (outcomes[gone_and_kept.name].error or "")
     [warning] = [r for r in caplog.records if getattr(r, "refused", None)]
     assert list(warning.refused) == [gone] and warning.refused[gone].startswith("550")
+    counted = {"subscription": gone_and_kept.name, "refusal": "for_good"}
+    assert REGISTRY.get_sample_value("switchboard_email_recipients_refused_total", counted) == 1
     [held] = await parked_deliveries(
         kafka, Filters(delivery_id=outcomes[gone_and_kept.name].delivery_id)
     )
