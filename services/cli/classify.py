@@ -78,8 +78,8 @@ def _artifact_option(function):  # noqa: ANN001, ANN202 - click decorator
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Artifact folder to write (default: the one the classify service ships).",
+    required=True,
+    help="Artifact folder to write (a new one: `make train` writes minilm-real-v6).",
 )
 @click.option("--seed", type=int, default=13, show_default=True)
 @click.option("--epochs", type=click.IntRange(1, 50), help="Default: TrainOptions.epochs (8).")
@@ -162,7 +162,7 @@ def classify_train(
     data: tuple[str, ...],
     licences: str,
     version: str | None,
-    out: Path | None,
+    out: Path,
     seed: int,
     epochs: int | None,
     limit: int | None,
@@ -195,19 +195,14 @@ def classify_train(
     for folder in folders:
         if not folder.split("train").is_file():
             raise click.BadParameter(f"{folder.path}: no train.jsonl", param_hint="--data")
-    if feedback is not None and out is None:
-        raise click.UsageError("--feedback writes a new artifact: give --out (and --version)")
-
-    from switchboard.classify.model import DEFAULT_ARTIFACT
     from switchboard.classify.train import TrainOptions, train
     from switchboard.shared.logs import configure_logging
 
     configure_logging("classify-train")
     learnt = None
-    if feedback is not None and out is not None:  # (--feedback without --out: refused above)
+    if feedback is not None:
         folder, learnt = _feedback_folder(feedback, out)
         folders.insert(0, folder)  # first, so that --limit keeps the corrections
-    out = out or DEFAULT_ARTIFACT
     options = TrainOptions(
         seed=seed, limit=limit, layers=layers, licences=licences, version=version, lexical=lexical
     )

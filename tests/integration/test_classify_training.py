@@ -159,7 +159,8 @@ def test_tuning_every_encoder_weight_writes_and_loads_the_tuned_encoder(tiny_dat
 def test_training_starts_from_another_backbone_folder_and_serves_without_it(tiny_data, tmp_path):
     """`--backbone DIR` (a folder adapted to tweets, say) is where tuning starts: its weights,
     not the shipped backbone's, are tuned, and the artifact, holding every encoder weight,
-    loads and serves on the shipped backbone's configuration once the folder is gone."""
+    loads and serves on the shipped backbone's configuration once the folder is gone. LoRA
+    adapters tuned from it load on it, and refuse to load without it."""
     adapted = tmp_path / "adapted"
     shutil.copytree(default_backbone(), adapted)
     weights = load_file(str(adapted / "model.safetensors"))
@@ -174,9 +175,20 @@ def test_training_starts_from_another_backbone_folder_and_serves_without_it(tiny
     shipped = Encoder(default_backbone(), 1).transformer.state_dict()[embedding]
     # barely tuned (lr 1e-6): still half the shipped embeddings, not the shipped ones
     assert torch.allclose(tuned[embedding].float(), shipped * 0.5, atol=1e-3)
+    # LoRA adapters tuned from the same folder into a second artifact, and into the first
+    # (whose encoder weights must not be served with the new heads)
+    for out in (tmp_path / "lora", tmp_path / "a2"):
+        if out.name == "a2":
+            shutil.copytree(tmp_path / "a", out)
+        train(tiny_data, out, "--layers", "1", "--backbone", str(adapted))
+        assert not (out / "encoder.safetensors").exists() and (out / "adapter").is_dir()
+        served = TweetClassifier.load(out).encoder.transformer.state_dict()[embedding]
+        assert torch.allclose(served, shipped * 0.5, atol=1e-3)  # on the folder it was tuned on
     shutil.rmtree(adapted)
     [prediction] = TweetClassifier.load(tmp_path / "a").predict(["@SkylarkHelp my bag is lost"])
     assert abs(sum(prediction.department_scores.values()) - 1) < 1e-4
+    with pytest.raises(FileNotFoundError, match="classify.backbone"):  # an adapter needs it
+        TweetClassifier.load(tmp_path / "lora")
 
 
 def test_a_distilled_student_records_its_teacher(tiny_data, tmp_path):
@@ -245,16 +257,21 @@ def test_the_commercial_recipe_leaves_out_every_non_commercial_row(
     assert TweetClassifier.load(tmp_path / "m").licence["commercial_use"] is True
 
 
-def test_a_data_folder_without_training_rows_is_refused(tmp_path, tiny_data):
+def test_a_data_folder_without_training_rows_or_a_training_without_out_is_refused(
+    tmp_path, tiny_data
+):
+    """Training never writes into the shipped artifact by default: --out names the folder."""
+
     def refused(*args: str) -> str:
         done = run("classify", "train", *args)
         assert done.returncode == 2, done.stderr[-2000:]
         return done.stderr
 
-    assert "no train.jsonl" in refused("--data", str(tmp_path))
+    assert "no train.jsonl" in refused("--data", str(tmp_path), "--out", str(tmp_path / "m"))
     feedback = tmp_path / "feedback.jsonl"
     feedback.write_text(a_correction("z-1", "@SkylarkAir Zorblax", "legal") + "\n")
-    assert "--feedback writes a new artifact: give --out" in refused(
+    assert "Missing option '--out'" in refused("--data", str(tiny_data))
+    assert "Missing option '--out'" in refused(
         "--data", str(tiny_data), "--feedback", str(feedback)
     )
 
