@@ -27,17 +27,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import shutil
 import time
 from pathlib import Path
 
-import torch
-from transformers import BertForMaskedLM, BertTokenizerFast, DataCollatorForLanguageModeling
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only: nothing from a hub
 
-from switchboard.classify.data import near_duplicates
-from switchboard.classify.model import available_cpus, default_backbone
-from switchboard.classify.tokens import prepare_text
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    BertForMaskedLM,
+    BertTokenizerFast,
+    DataCollatorForLanguageModeling,
+)
+
+from switchboard.classify.data import near_duplicates  # noqa: E402
+from switchboard.classify.model import available_cpus, default_backbone  # noqa: E402
+from switchboard.classify.tokens import prepare_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL = ROOT.parent / "shared" / "data" / "realpool" / "pool.jsonl"
@@ -100,6 +107,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(available_cpus())
     backbone = args.backbone or default_backbone()
+    if not (backbone / "config.json").is_file():
+        parser.error(f"--backbone {backbone}: not a model folder (no config.json)")
     tokenizer = BertTokenizerFast.from_pretrained(backbone)
     model = BertForMaskedLM.from_pretrained(backbone)
     texts = corpus(args.seed)[: args.limit]

@@ -61,6 +61,9 @@ from switchboard.shared.runtime import run_service
 from switchboard.shared.settings import ConfigError, file_digest
 
 log = logging.getLogger(__name__)
+# What the file digest in force is once a file failed: none, not even an unreadable file's
+# (file_digest None), so a file removed after it failed is judged, and said failed, again.
+NOT_IN_FORCE = "not in force"
 
 GROUP_ID = "switchboard-classify"
 SHADOW_GROUP_ID = "switchboard-classify-shadow"
@@ -309,7 +312,7 @@ class ClassifyService:
             log.error("new configuration rejected; the current model keeps serving: %s", error)
             # judged again in five minutes, or as soon as the file changes (a folder it names
             # may be there by then)
-            self._config_digest, self._failed_paths = None, []
+            self._config_digest, self._failed_paths = NOT_IN_FORCE, []
             self._failed = (digest, _stamp([]), time.monotonic())
             return "failed"
         options = settings.config.classify
@@ -333,7 +336,7 @@ class ClassifyService:
                       "tried again once the file or its files change, or in five minutes: %s",
                       settings.artifact, error)  # fmt: skip
             # An artifact still being copied loads at a later try, once its files changed.
-            self._config_digest = None
+            self._config_digest = NOT_IN_FORCE
             self._failed_paths = _model_files(options, settings.artifact, settings.onnx_dir)
             self._failed = (digest, _stamp(self._failed_paths), time.monotonic())
             return "failed"

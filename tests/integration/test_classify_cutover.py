@@ -88,6 +88,10 @@ async def test_a_new_artifact_takes_over_under_load_and_rolls_back(
         shutil.copytree(resolve_artifact(CANDIDATE), late)
         await wait_for(lambda: service.model.version == CANDIDATE, timeout_s=60)
         assert rejected("classify") == 0
+        path.unlink()  # the file gone (a ConfigMap key renamed): a restart would fail
+        await wait_for(lambda: rejected("classify") == 1)
+        await asyncio.sleep(1.0)  # five more looks: still said, the model still serving
+        assert rejected("classify") == 1 and service.model.version == CANDIDATE
 
     seen = labelled(settle, run)
     assert sorted(t for _, _, t, _ in seen) == sorted(
