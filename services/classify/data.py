@@ -24,9 +24,14 @@ DATA_DIR = Path("data/labeled")
 REAL_DATA_DIR = DATA_DIR / "real"
 DEFAULT_DATA = (DATA_DIR, REAL_DATA_DIR)
 
-# Licences (as the real pool states them) that allow training a model for commercial use.
-# Anything else is non-commercial (CC BY-NC-SA) or unknown, and stays out of such a model.
-PERMISSIVE_LICENCES = ("MIT", "Apache-2.0", "CC0")
+# Licences that allow training a model for commercial use, by SPDX-like name in lower case with
+# hyphens (as the real pool states them: "MIT (upstream: ...)"): permissive ones, and Creative
+# Commons' attribution-only licences. Anything else (non-commercial, no-derivatives,
+# share-alike, unknown) stays out of such a model.
+PERMISSIVE_LICENCES = frozenset({
+    "mit", "apache-2.0", "bsd-2-clause", "bsd-3-clause", "isc", "0bsd", "unlicense", "cc0",
+    "cc0-1.0", "cc-by-2.0", "cc-by-3.0", "cc-by-4.0",
+})  # fmt: skip
 PROJECT_LICENCE = "Apache-2.0 (written for the project)"
 REAL_WEIGHT = 2.0  # a real tweet's loss weight against a written one's (chosen on real dev)
 
@@ -95,7 +100,12 @@ class LabeledTweet:
 
 def commercial_use(licence: str) -> bool:
     """Whether text under ``licence`` may train a model that is used commercially."""
-    return licence == PROJECT_LICENCE or licence.startswith(PERMISSIVE_LICENCES)
+    return licence == PROJECT_LICENCE or spdx_name(licence_family(licence)) in PERMISSIVE_LICENCES
+
+
+def spdx_name(family: str) -> str:
+    """A licence family as a lower-case SPDX-like name: "CC BY 4.0" -> "cc-by-4.0"."""
+    return "-".join(family.lower().split())
 
 
 def licence_of(row: TweetText) -> str:

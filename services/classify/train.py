@@ -49,6 +49,7 @@ from switchboard.classify.data import (
     licence_of,
     load_labeled,
     read_tweets,
+    spdx_name,
 )
 from switchboard.classify.evaluation import (
     expected_calibration_error,
@@ -590,7 +591,9 @@ class TrainingData:
         overriding: list[bool] = []
         described: dict = {}
         reported: dict[str, dict[str, list[LabeledTweet]]] = {}
-        for folder in folders:
+        keys: dict[int, str] = {}  # each folder's name in the card: its own, or its path if taken
+        for index, folder in enumerate(folders):
+            key = keys[index] = folder.name if folder.name not in described else str(folder.path)
             splits = {}
             for split in ("train", "dev", "test"):
                 path = folder.split(split)
@@ -601,22 +604,33 @@ class TrainingData:
             rows += splits["train"]
             weights += [folder.weight] * len(splits["train"])
             overriding += [folder.overrides] * len(splits["train"])
-            described[folder.name] = {
+            described[key] = {
                 "path": str(folder.path),
                 "weight": folder.weight,
+                **({"overrides": True} if folder.overrides else {}),
                 **{split: _describe(folder.split(split), part) for split, part in splits.items()},
             }
-            reported[folder.name] = {s: part for s, part in splits.items() if s != "train" and part}
-        with_dev = [f for f in folders if reported[f.name].get("dev")]
+            reported[key] = {s: part for s, part in splits.items() if s != "train" and part}
+        with_dev = [i for i in range(len(folders)) if reported[keys[i]].get("dev")]
         if not with_dev:
             raise ValueError("no data folder has a dev.jsonl to select the epoch on")
         selection = with_dev[-1]
+        if selection != len(folders) - 1:  # the last folder's dev split was meant to select
+            log.warning("%s has no dev rows (none, or none its licence allows): %s selects",
+                        folders[-1].path, folders[selection].path)  # fmt: skip
         rows, weights = _overridden(rows, weights, overriding)
         limit = options.limit
         return cls(
-            rows[:limit], weights[:limit], selection, reported[selection.name]["dev"],
+            rows[:limit], weights[:limit], folders[selection], reported[keys[selection]]["dev"],
             described, reported,
         )  # fmt: skip
+
+
+def spdx_id(family: str) -> str:
+    """A licence family's SPDX identifier ("CC BY-NC-SA 4.0" -> "CC-BY-NC-SA-4.0"); a name
+    with no version is not one SPDX knows, and becomes a LicenseRef."""
+    name = spdx_name(family)
+    return name.upper() if any(c.isdigit() for c in name) else f"LicenseRef-{name}"
 
 
 def training_licence(rows: list[LabeledTweet], also: Sequence[str] = ()) -> dict:
@@ -635,13 +649,31 @@ def training_licence(rows: list[LabeledTweet], also: Sequence[str] = ()) -> dict
         )
         spdx = "Apache-2.0"
     else:
+        named = sorted(f for f in every_family if f != "unknown" and not commercial_use(f))
         terms = (
-            "Non-commercial use only. Trained on public tweets under CC BY-NC-SA 4.0"
-            + (" and tweets whose source states no licence" if unknown else "")
-            + ": attribution, non-commercial, share-alike (data/labeled/real/README.md). "
-            "For commercial use choose the commercial artifact (classify.artifact)."
+            ("Non-commercial use only" if non_commercial else "Not cleared for commercial use")
+            + (
+                f". Trained on public tweets under {' and '.join(named)}"
+                if named
+                else ". Trained on tweets"
+            )  # fmt: skip
+            + (
+                " and tweets whose source states no licence"
+                if unknown and named
+                else " whose source states no licence"
+                if unknown
+                else ""
+            )  # fmt: skip
+            + (
+                ": attribution, non-commercial, share-alike (data/labeled/real/README.md)"
+                if "CC BY-NC-SA 4.0" in named
+                else ""
+            )  # fmt: skip
+            + ". For commercial use choose the commercial artifact (classify.artifact)."
         )
-        spdx = "CC-BY-NC-SA-4.0" + (" AND LicenseRef-unknown" if unknown else "")
+        spdx = " AND ".join(
+            [spdx_id(f) for f in named] + (["LicenseRef-unknown"] if unknown else [])
+        )
     return {
         "spdx": spdx,
         "commercial_use": commercial,

@@ -337,7 +337,8 @@ def classify_blend(
     configure_logging("classify-train")
     card = json.loads((source / "card.json").read_text())
     folders = [DataFolder.parse(spec) for spec in data] or [
-        DataFolder(Path(entry["path"]), entry["weight"]) for entry in card["data"].values()
+        DataFolder(Path(entry["path"]), entry["weight"], entry.get("overrides", False))
+        for entry in card["data"].values()
     ]
     options = TrainOptions(
         seed=card["options"]["seed"], version=version,

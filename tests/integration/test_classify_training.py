@@ -230,16 +230,21 @@ def company_data(tmp_path_factory, tiny_data):
 
 
 def test_several_folders_train_together_and_the_last_dev_selects(tiny_data, company_data, tmp_path):
-    summary = train(tiny_data, tmp_path / "c", "--data", f"{company_data}:3")
+    twin = tmp_path / "elsewhere" / tiny_data.name  # a folder of the same name as another
+    shutil.copytree(tiny_data, twin)
+    summary = train(tiny_data, tmp_path / "c", "--data", f"{twin}:2", "--data", f"{company_data}:3")
     card = json.loads((tmp_path / "c" / "card.json").read_text())
     assert card["selected_on"] == f"{company_data.name}/dev"
     assert card["data"][company_data.name]["weight"] == 3.0
     assert card["data"][company_data.name]["train"]["rows"] == 36
-    assert set(summary["metrics"]) == {f"{tiny_data.name}/dev", f"{company_data.name}/dev"}
+    # each folder keeps its own entry: the twin is named by its path
+    assert card["data"][tiny_data.name]["weight"] == 1.0 and card["data"][str(twin)]["weight"] == 2
+    assert set(summary["metrics"]) == {
+        f"{tiny_data.name}/dev", f"{twin}/dev", f"{company_data.name}/dev"}  # fmt: skip
     assert card["licence"]["commercial_use"] is False
     assert card["licence"]["spdx"].startswith("CC-BY-NC-SA-4.0")
     assert card["licence"]["training_rows_by_licence"] == {
-        "Apache-2.0": 48,
+        "Apache-2.0": 96,  # the tiny folder and its twin
         "CC BY-NC-SA 4.0": 24,
         "MIT": 12,
     }

@@ -63,6 +63,11 @@ def test_only_permissive_and_project_licences_allow_commercial_use():
     assert commercial_use(PROJECT_LICENCE) and commercial_use(MIT)
     assert commercial_use("Apache-2.0 (upstream: mjw/stock_market_tweets, CC0)")
     assert not commercial_use(NC) and not commercial_use(UNKNOWN)
+    # a company's rows under the standard permissive and attribution-only licences
+    assert commercial_use("CC BY 4.0") and commercial_use("BSD-3-Clause (our repository)")
+    assert commercial_use("CC0-1.0") and commercial_use("cc-by-4.0")
+    for licence in ("CC BY-NC 4.0", "CC BY-ND 4.0", "CC BY-SA 4.0", "GPL-3.0", "proprietary"):
+        assert not commercial_use(licence), licence
     assert licence_family(NC) == "CC BY-NC-SA 4.0" and licence_family(MIT) == "MIT"
 
 
@@ -74,9 +79,19 @@ def test_the_artifact_licence_follows_the_most_restrictive_training_row():
     mixed = training_licence([written, LabeledTweet("n", D.SALES, U.LOW, licence=NC)])
     assert mixed["commercial_use"] is False and mixed["spdx"] == "CC-BY-NC-SA-4.0"
     assert "Non-commercial" in mixed["terms"]
-    unknown = training_licence([written, LabeledTweet("u", D.SALES, U.LOW, licence=UNKNOWN)])
-    assert unknown["spdx"] == "CC-BY-NC-SA-4.0 AND LicenseRef-unknown"
+    unknown_row = LabeledTweet("u", D.SALES, U.LOW, licence=UNKNOWN)
+    unknown = training_licence([written, unknown_row])
+    # no row under CC BY-NC-SA: the card does not say so
+    assert unknown["spdx"] == "LicenseRef-unknown" and unknown["commercial_use"] is False
+    assert (
+        unknown["terms"].startswith("Not cleared for commercial use")
+        and "NC" not in unknown["terms"]
+    )
     assert unknown["training_rows_by_licence"] == {"Apache-2.0": 1, "unknown": 1}
+    both = training_licence([written, unknown_row, LabeledTweet("n", D.SALES, U.LOW, licence=NC)])
+    assert both["spdx"] == "CC-BY-NC-SA-4.0 AND LicenseRef-unknown"
+    gpl = training_licence([LabeledTweet("g", D.SALES, U.LOW, licence="GPL-3.0 (a repository)")])
+    assert gpl["spdx"] == "GPL-3.0" and gpl["commercial_use"] is False
 
 
 def test_training_reads_every_folder_and_selects_on_the_last_dev(tmp_path):
