@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -58,6 +59,19 @@ def prediction_record(row: TweetText, prediction: Prediction, model: TweetClassi
     }
 
 
+REPOSITORY_FILE = re.compile(r"([\w.-]+/[\w.-]+):\S")  # "owner/repo:path/file.csv"
+
+
+def source_group(source: object) -> str:
+    """The group a row's ``source`` counts in: a repository's files as one (``owner/repo:
+    path``), any other source (a URL, a system's name) as it is."""
+    if not source:
+        return "(none)"
+    text = str(source)
+    match = REPOSITORY_FILE.match(text)
+    return match.group(1) if match and not text.startswith(("http:", "https:")) else text
+
+
 def evaluate_file(
     model: TweetClassifier,
     rows: Sequence[TweetText],
@@ -89,8 +103,7 @@ def evaluate_file(
     )
     sources = [r.extra.get("source") for r in rows]
     if any(sources):
-        # "owner/repo:path/file.csv": one group per repository, not per file of it
-        groups = [s.split(":")[0] if s else "(none)" for s in sources]
+        groups = [source_group(s) for s in sources]
         figures["by_source"] = by_group(gold, labels, groups)
     sought = [r.extra.get("sought") is True for r in rows]
     if any(sought):  # dev's rows a model or keyword sought out flatter the model: apart

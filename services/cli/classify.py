@@ -453,8 +453,8 @@ def classify_eval(
     from switchboard.classify.offline import evaluate_file
 
     model = TweetClassifier.load(artifact, threads=threads or 0, runtime=runtime)
-    rows = read_tweets(input_file)
     try:
+        rows = read_tweets(input_file)
         present = [path for path in train_data if path.is_file()]
         figures = evaluate_file(model, rows, present, baselines, error_rows)
     except ValueError as exc:
@@ -481,8 +481,7 @@ def _print_summary(figures: dict) -> None:
     table.add_row("department_ece", f"{figures['department_ece']:.3f}")
     console = Console()
     console.print(table)
-    metrics = ("department_accuracy", "department_macro_f1", "critical_recall",
-               "critical_precision")  # fmt: skip
+    metrics = [m for m in headline(figures) if m != "n"]
     for key, column in (("by_source", "source"), ("by_selection", "rows")):
         if key not in figures:
             continue

@@ -92,7 +92,16 @@ def test_eval_prints_the_tables_for_a_person(sample):
     done = run_eval("--input", str(path), "--no-baselines", "--errors", "3")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "by source" in done.stdout and "first 3 errors" in done.stdout
-    assert "department_ece" in done.stdout
+    assert "department_ece" in done.stdout and "urgency_macro_f1" in done.stdout
+
+
+def test_eval_of_a_file_with_a_bad_line_names_the_line(sample, tmp_path):
+    path, _ = sample
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(path.read_text().splitlines()[0] + "\n{not json\n", encoding="utf-8")
+    done = run_eval("--input", str(broken), "--no-baselines")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert ":2" in done.stderr or "line 2" in done.stderr, done.stderr[-2000:]
 
 
 def test_an_artifact_is_chosen_by_name_and_a_wrong_name_lists_the_choices(sample):

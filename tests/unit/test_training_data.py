@@ -238,3 +238,13 @@ def test_a_distilled_students_licence_also_follows_what_it_learnt_without_labels
     assert student["commercial_use"] is False and student["spdx"] == "CC-BY-NC-SA-4.0"
     assert student["training_rows_by_licence"] == {"Apache-2.0": 1}  # rows only: counts of rows
     assert "LicenseRef-unknown" in training_licence([written], also=[UNKNOWN])["spdx"]
+
+
+def test_eval_groups_a_repositorys_files_as_one_source_and_any_other_source_as_it_is():
+    from switchboard.classify.offline import source_group
+
+    assert source_group("Anuragiitk/Twitter-US-Sentiment-Analysis:Tweets.csv") == (
+        "Anuragiitk/Twitter-US-Sentiment-Analysis")  # fmt: skip
+    assert source_group("https://example.com/a:b") == "https://example.com/a:b"
+    assert source_group("zendesk:123") == "zendesk:123"
+    assert source_group(None) == "(none)" and source_group(7) == "7"
