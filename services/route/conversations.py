@@ -5,7 +5,7 @@ conversation id in a faust table (service.py); these functions say how it change
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -54,10 +54,12 @@ def after_routing(
     replied_at: datetime | None = None,
     offset: int | None = None,
     spikes: SpikeCount | None = None,
+    alerting: Collection[Urgency] = (),
 ) -> ConversationState | None:
     """The conversation after this tweet was routed (``state`` must be active or None);
     ``replied_at``: a company reply read before the conversation had a state; ``offset``: the
-    tweet's record on switchboard.tweets.classified; ``spikes``: what it was counted as."""
+    tweet's record on switchboard.tweets.classified; ``spikes``: what it was counted as;
+    ``alerting``: the urgencies whose breach raises an alert (``sla.alert_urgencies``)."""
     replied_at = max((t for t in (replied_at, state and state.replied_at) if t), default=None)
     if outcome.destination == "dropped" or withheld_text(event):  # counts for nothing
         if state is None:  # kept all the same: its decision, and the tweet for a correction
@@ -77,7 +79,7 @@ def after_routing(
         owner, confirmed = counted.department, counted.owner_confirmed
     awaiting = state.awaiting if state else None
     if replied_at is None or _first_written(state, event.tweet) > replied_at:
-        awaiting = _awaiting(awaiting, event, outcome)  # else answered before route read it
+        awaiting = _awaiting(awaiting, event, outcome, alerting)  # else answered already
     return ConversationState(
         conversation_id=event.tweet.conversation_id,
         department=owner,
@@ -187,13 +189,16 @@ def _recent(
 
 
 def _awaiting(
-    current: AwaitingReply | None, event: ClassifiedTweet, outcome: Outcome
+    current: AwaitingReply | None,
+    event: ClassifiedTweet,
+    outcome: Outcome,
+    alerting: Collection[Urgency],
 ) -> AwaitingReply:
     """The first unanswered tweet keeps the clock (the response time counts from it); a
     stricter SLA from a later one wins, and its alert names that tweet, whose urgency set it."""
     return awaiting_after(
         current, event.tweet, event.classification, event.trace.ingested_at,
-        outcome.department, event.classification.urgency, outcome.sla_due_at,
+        outcome.department, event.classification.urgency, outcome.sla_due_at, alerting,
     )  # fmt: skip
 
 
@@ -205,9 +210,17 @@ def awaiting_after(
     department: Department,
     urgency: Urgency,
     due_at: datetime | None,
+    alerting: Collection[Urgency] = (),
 ) -> AwaitingReply:
+    """The reply the conversation awaits once ``tweet`` is unanswered too: the tweet whose
+    deadline comes first, of those whose breach raises an alert (``alerting``; none given:
+    all) before the others, so a critical tweet's later deadline is not hidden behind an
+    earlier one that alerts nobody."""
     if current is not None:
-        stricter = due_at is not None and (current.due_at is None or due_at < current.due_at)
+        if alerting and (urgency in alerting) != (current.urgency in alerting):
+            stricter = due_at is not None and urgency in alerting
+        else:
+            stricter = due_at is not None and (current.due_at is None or due_at < current.due_at)
         if not stricter:
             return current
         return current.model_copy(
@@ -235,7 +248,10 @@ def awaiting_after(
 
 
 def _still_unanswered(
-    state: ConversationState, answered_until: datetime | None, gone: str | None = None
+    state: ConversationState,
+    answered_until: datetime | None,
+    gone: str | None = None,
+    alerting: Collection[Urgency] = (),
 ) -> AwaitingReply | None:
     """What the conversation awaits once its awaited tweet is settled (answered up to
     ``answered_until``, or deleted: every version of post ``gone``): the remembered tweets
@@ -254,13 +270,13 @@ def _still_unanswered(
         # the labels it is routed by now (a correction changes them), the SLA it was given
         awaiting = awaiting_after(
             awaiting, recent.tweet, recent.classification, recent.ingested_at,
-            recent.department, recent.urgency, decision.sla_due_at,
+            recent.department, recent.urgency, decision.sla_due_at, alerting,
         )  # fmt: skip
     return awaiting
 
 
 def after_brand_reply(
-    state: ConversationState, reply: BrandTweet, now: datetime
+    state: ConversationState, reply: BrandTweet, now: datetime, alerting: Collection[Urgency] = ()
 ) -> tuple[ConversationState, Response | None]:
     """A company handle spoke in the conversation: the awaited tweet, if any, is answered,
     and a tweet written before the reply and read after it will be too."""
@@ -275,8 +291,8 @@ def after_brand_reply(
     seconds = max(0.0, (answered_at - awaited.received_at).total_seconds())
     response = Response(awaited, reply.handle, seconds)
     # a tweet written after the reply (read before it, behind a backlog) is still awaited
-    update = {"awaiting": _still_unanswered(state, replied_at), "updated_at": now,
-              "replied_at": replied_at}  # fmt: skip
+    awaiting = _still_unanswered(state, replied_at, alerting=alerting)
+    update = {"awaiting": awaiting, "updated_at": now, "replied_at": replied_at}
     return state.model_copy(update=update), response
 
 
@@ -287,7 +303,9 @@ def post_of(state: ConversationState | None, tweet_id: str) -> str:
     return named.tweet.edit_of if named is not None and named.tweet.edit_of else tweet_id
 
 
-def without(state: ConversationState, tweet_id: str) -> ConversationState:
+def without(
+    state: ConversationState, tweet_id: str, alerting: Collection[Urgency] = ()
+) -> ConversationState:
     """The conversation once X deleted ``tweet_id`` (and so its edits): its text is no longer
     kept, and no reply to it is awaited (an SLA alert would carry what its author took back),
     though the conversation's other unanswered tweets still are. The decisions stay: ids and
@@ -303,7 +321,7 @@ def without(state: ConversationState, tweet_id: str) -> ConversationState:
     if awaiting is not None and (awaiting.tweet_id in (tweet_id, post) or awaiting.tweet
                                  and deleted(awaiting.tweet)):  # fmt: skip
         # the conversation's other unanswered tweets are still owed a reply
-        awaiting = _still_unanswered(state, state.replied_at, gone=post)
+        awaiting = _still_unanswered(state, state.replied_at, gone=post, alerting=alerting)
     return state.model_copy(update={"recent": recent, "awaiting": awaiting})
 
 

@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -124,6 +125,7 @@ def apply(
     *,
     sla_minutes: dict[Urgency, float],
     alert_urgencies: list[Urgency],
+    sla_alerting: Collection[Urgency] = (),
 ) -> Applied:
     """The correction as the conversation's owner applies it (``state`` active or None)."""
     tweet_id = request.tweet_id or _latest(state, request.source)
@@ -162,7 +164,7 @@ def apply(
     if rescued:
         counted = [state.max_urgency, urgency] if state.tweets else [urgency]
         max_urgency = max(counted, key=URGENCY_RANK.get)
-        awaiting = _awaiting_rescued(state, corrected, sla_minutes)
+        awaiting = _awaiting_rescued(state, corrected, sla_minutes, sla_alerting)
     else:
         max_urgency = _max_urgency(state, recent.urgency, urgency, tweets)
         awaiting = _awaiting(state, corrected, sla_minutes)
@@ -254,7 +256,10 @@ def _awaiting(
 
 
 def _awaiting_rescued(
-    state: ConversationState, corrected: RecentTweet, sla_minutes: dict[Urgency, float]
+    state: ConversationState,
+    corrected: RecentTweet,
+    sla_minutes: dict[Urgency, float],
+    alerting: Collection[Urgency] = (),
 ) -> Any:
     """What the conversation awaits once a dropped tweet is sent to a department: that tweet
     too, with its urgency's SLA counted from when it arrived (a stricter one wins, as in
@@ -270,7 +275,7 @@ def _awaiting_rescued(
         )
     return awaiting_after(
         state.awaiting, tweet, classification, corrected.ingested_at, department, urgency,
-        _deadline(corrected, urgency, sla_minutes),
+        _deadline(corrected, urgency, sla_minutes), alerting,
     )  # fmt: skip
 
 

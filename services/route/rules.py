@@ -167,17 +167,23 @@ def apply_ownership(
     outcome: Outcome, event: ClassifiedTweet, policy: RouteConfig, state: ConversationState
 ) -> None:
     c = event.classification
-    # the model names another department than the owner (a guess on tweets sent to triage owns
-    # nothing: no owner to keep or leave)
+    # the model names another department than the owner, or the owner but too unsure to route
+    # by itself (a guess on tweets sent to triage owns nothing: no owner to keep or leave)
     owner = state.department
     other = state.owner_confirmed and owner != c.department
-    if other and c.confidence < policy.conversations.override_confidence:
+    unsure = state.owner_confirmed and outcome.destination == "triage"
+    if (other and c.confidence < policy.conversations.override_confidence) or (
+        unsure and not other
+    ):
         outcome.department, outcome.destination, outcome.owner = owner, "department", "conversation"
         outcome.reasons.append(
             f"conversation {event.tweet.conversation_id} is owned by {owner.value} "
             f"(model says {c.department.value} at {c.confidence:.2f} < "
             f"{policy.conversations.override_confidence:.2f})"
-        )
+            if other else
+            f"conversation {event.tweet.conversation_id} is owned by {owner.value}, which the "
+            "model names too, though too unsure to route by itself"
+        )  # fmt: skip
     elif other:
         outcome.reasons.append(
             f"conversation moves from {owner.value}: model is {c.confidence:.2f} sure of "

@@ -243,8 +243,9 @@ class RouteService:
         early = self.early_replies.get(key) if state is None else None
         counted = self._spike_count(event, outcome.destination, outcome.department)
         new_state = conversations.after_routing(
-            state, event, outcome, routed.route, now, early, offset, counted
-        )
+            state, event, outcome, routed.route, now, early, offset, counted,
+            alerting=self.config.route.sla.alert_urgencies,
+        )  # fmt: skip
         if new_state is not None and new_state != state:
             awaited = new_state.awaiting
             if awaited is not None and (state is None or state.awaiting is None):
@@ -307,7 +308,9 @@ class RouteService:
         if state is None:  # read before the tweet it answers, or after the conversation's TTL
             self.early_replies.add(reply.tweet.conversation_id, reply.tweet.created_at)
             return []
-        new_state, response = conversations.after_brand_reply(state, reply, now)
+        new_state, response = conversations.after_brand_reply(
+            state, reply, now, self.config.route.sla.alert_urgencies
+        )
         if response is not None:
             labels = (response.awaited.handle or "none", response.awaited.department)
             metrics.RESPONSES.labels(*labels).inc()
@@ -343,7 +346,8 @@ class RouteService:
             return self._recorded_before(recorded, request, message.offset)
         route = self.config.route
         applied = feedback.apply(state, request, now, sla_minutes=route.sla.minutes,
-                                 alert_urgencies=route.alert_urgencies)  # fmt: skip
+                                 alert_urgencies=route.alert_urgencies,
+                                 sla_alerting=route.sla.alert_urgencies)  # fmt: skip
         correction = applied.correction
         outputs = [Output.of(topics.FEEDBACK, correction, request.conversation_id)]
         new_state = applied.state
@@ -535,7 +539,7 @@ class RouteService:
         the deletion's record at ``deletion_offset``, with the spike samples it withdrew."""
         if state is None:
             return
-        kept = conversations.without(state, tweet_id)
+        kept = conversations.without(state, tweet_id, self.config.route.sla.alert_urgencies)
         if deletion_offset is not None:
             withdrawn = self._withdraw_spike_samples(state, kept, deletion_offset)
             if withdrawn is not None:

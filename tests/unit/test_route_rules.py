@@ -278,6 +278,12 @@ def test_a_low_confidence_reply_goes_to_the_owner_not_triage():
     _, state = routed_state(classified("customer_service", 0.9, conversation_id="c2"))
     outcome = evaluate(classified("sales", 0.3, conversation_id="c2"), DEFAULTS, state, NOW)
     assert outcome.destination == "department" and outcome.department == Department.CUSTOMER_SERVICE
+    # "any update?": the model names the owner too, but too unsure to route by itself
+    agreeing = evaluate(
+        classified("customer_service", 0.3, conversation_id="c2"), DEFAULTS, state, NOW
+    )
+    assert agreeing.destination == "department" and agreeing.owner == "conversation"
+    assert agreeing.department == Department.CUSTOMER_SERVICE
 
 
 def test_rising_urgency_escalates_the_conversation():
@@ -585,6 +591,38 @@ def test_a_stricter_sla_from_a_later_tweet_names_that_tweet_and_keeps_the_clock(
     assert awaiting.tweet.text == "a gas smell in the building"
     assert awaiting.classification.urgency is Urgency.CRITICAL
     assert awaiting.received_at == received  # the response time counts from the first
+
+
+def test_a_later_critical_tweet_is_awaited_over_an_earlier_deadline_that_alerts_nobody():
+    """A high tweet (SLA 240 minutes, no alert) then, 225 minutes later, a critical one (SLA 30
+    minutes, alerting): the critical one is awaited, so its breach alerts, though its deadline
+    comes after the high one's."""
+
+    def at(event, when):  # noqa: ANN001, ANN202
+        tweet = event.tweet.model_copy(update={"created_at": when})
+        trace = event.trace.model_copy(update={"ingested_at": when})
+        return event.model_copy(update={"tweet": tweet, "trace": trace})
+
+    alerting = DEFAULTS.route.sla.alert_urgencies
+    assert alerting == [Urgency.CRITICAL]
+    high = at(classified("customer_service", 0.9, "high", conversation_id="c30", id="h1"), NOW)
+    outcome = evaluate(high, DEFAULTS, None, NOW)
+    first = conversations.after_routing(None, high, outcome, decision(outcome), NOW,
+                                        alerting=alerting)  # fmt: skip
+    later = NOW + timedelta(minutes=225)
+    critical = at(classified("customer_service", 0.9, "critical", conversation_id="c30",
+                             id="k2"), later)  # fmt: skip
+    outcome = evaluate(critical, DEFAULTS, first, later)
+    state = conversations.after_routing(first, critical, outcome, decision(outcome), later,
+                                        alerting=alerting)  # fmt: skip
+    assert state.awaiting.tweet_id == "k2"
+    assert state.awaiting.due_at == later + timedelta(minutes=30)
+    assert state.awaiting.received_at == first.awaiting.received_at  # the clock stays
+    past = later + timedelta(minutes=31)
+    assert conversations.breached(state, past, alerting)
+    # every urgency alerting alike: the earlier deadline is kept, as before
+    alike = conversations.after_routing(first, critical, outcome, decision(outcome), later)
+    assert alike.awaiting.tweet_id == "h1"
 
 
 def test_the_largest_conversation_route_keeps_fits_the_smallest_message_size_allowed():
