@@ -168,6 +168,11 @@ def apply(
     else:
         max_urgency = _max_urgency(state, recent.urgency, urgency, tweets)
         awaiting = _awaiting(state, corrected, sla_minutes)
+        if urgency != recent.urgency and (awaiting is None or awaiting.tweet_id != tweet_id):
+            # another tweet is awaited: the corrected one, unanswered, takes its place if its
+            # new SLA is the stricter
+            awaited = state.model_copy(update={"awaiting": awaiting})
+            awaiting = _awaiting_rescued(awaited, corrected, sla_minutes, sla_alerting)
     new_state = state.model_copy(
         update={
             "department": department if outcome == "rerouted" else state.department,

@@ -30,10 +30,16 @@ from fastapi import APIRouter, FastAPI
 from faust.types import TP
 
 from switchboard.route import conversations, feedback, metrics
-from switchboard.route.config import RouteFileConfig
+from switchboard.route.config import Priority, RouteFileConfig
 from switchboard.route.ops import OpsView, ops_router
 from switchboard.route.replies import EarlyDeletions, EarlyReplies
-from switchboard.route.rules import Outcome, drop_deleted, evaluate, rules_version
+from switchboard.route.rules import (
+    DEFAULT_PRIORITY,
+    Outcome,
+    drop_deleted,
+    evaluate,
+    rules_version,
+)
 from switchboard.route.settings import RouteSettings
 from switchboard.route.spikes import (
     Spike,
@@ -352,7 +358,10 @@ class RouteService:
         outputs = [Output.of(topics.FEEDBACK, correction, request.conversation_id)]
         new_state = applied.state
         if applied.recent is not None and new_state is not None and state is not None:
-            routed, alert = self._corrected(applied, state.routed.get(applied.recent.tweet.id))
+            tweet_id = applied.recent.tweet.id
+            routed, alert = self._corrected(
+                applied, state.routed.get(tweet_id), new_state.routed.get(tweet_id)
+            )
             if correction.outcome == "rerouted":
                 outputs.append(Output.of(routed.route.topic, routed, request.conversation_id))
                 self.ops.on_routed(routed)
@@ -426,10 +435,12 @@ class RouteService:
         return [Output.of(topics.FEEDBACK, recorded.correction, request.conversation_id)]
 
     def _corrected(
-        self, applied: feedback.Applied, before: RouteDecision | None
+        self, applied: feedback.Applied, before: RouteDecision | None, after: RouteDecision | None
     ) -> tuple[RoutedTweet, Alert | None]:
-        """The tweet as a person labelled it, on its department's topic; its alert if the new
-        urgency alerts and the old one did not."""
+        """The tweet as a person labelled it, on its department's topic, due by its new
+        urgency's SLA (``after``: its decision with that deadline) at that urgency's priority
+        (unless a rule set another); its alert if the new urgency alerts and the old one did
+        not."""
         recent, correction = applied.recent, applied.correction
         assert recent is not None and correction.department_before is not None
         assert correction.urgency_before is not None
@@ -453,8 +464,8 @@ class RouteService:
             confidence_threshold=self.config.route.confidence_threshold,
             rules_version=self.version,
             owner=before.owner if before else "model",
-            priority=before.priority if before else None,
-            sla_due_at=before.sla_due_at if before else None,
+            priority=_corrected_priority(before, correction.urgency_before, recent.urgency),
+            sla_due_at=after.sla_due_at if after else before.sla_due_at if before else None,
         )
         routed = RoutedTweet(
             tweet=recent.tweet,
@@ -845,6 +856,16 @@ def alert_for(routed: RoutedTweet) -> Alert:
 
 def _label(value: Department | Urgency | None) -> str:
     return value.value if value is not None else ""
+
+
+def _corrected_priority(
+    before: RouteDecision | None, urgency_before: Urgency, urgency: Urgency
+) -> Priority | None:
+    """The priority of a tweet whose urgency a person corrected: the new urgency's, unless a
+    rule had set another than the old urgency's (the rule's stays)."""
+    if before is None or before.priority in (None, DEFAULT_PRIORITY[urgency_before]):
+        return DEFAULT_PRIORITY[urgency]
+    return before.priority
 
 
 def _breach_alert(awaiting: AwaitingReply, now: datetime) -> Alert | None:

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import shutil
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -23,6 +23,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from switchboard.notify.service import NotifyService
 from switchboard.notify.settings import NotifySettings, SmtpSettings
 from switchboard.route.feedback import JIRA_PATH, ZENDESK_PATH, jira_signature, zendesk_signature
+from switchboard.route.rules import DEFAULT_PRIORITY
 from switchboard.route.service import RouteService
 from switchboard.route.settings import RouteSettings
 from switchboard.shared import topics
@@ -37,6 +38,7 @@ from switchboard.shared.events import (
     vendor_conversation_key,
     vendor_conversation_label,
 )
+from switchboard.shared.labels import Urgency
 from tests.conftest import CONFIG_FILE, key_of, published, readable, wait_for
 from tests.factories import a_classified_tweet
 from tests.integration.conftest import new_id
@@ -101,8 +103,9 @@ async def test_a_correction_from_the_api_reroutes_once_and_the_owner_follows(
         await route_tweets(producer, first)
         await read(WATCHED, lambda rs: on_topic(rs, "switchboard.dept.sales", conversation))
         body = json.dumps({"conversation_id": conversation, "tweet_id": first.tweet.id,
-                           "department": "customer_service", "by": "ana (ops)",
-                           "source": "ops", "correction_id": "k-1"}).encode()  # fmt: skip
+                           "department": "customer_service", "urgency": "high",
+                           "by": "ana (ops)", "source": "ops",
+                           "correction_id": "k-1"}).encode()  # fmt: skip
         anonymous = await post(service, "/feedback", body)
         assert anonymous.status_code == 401  # the admin token is required
         transport = httpx.ASGITransport(app=service.http_app())
@@ -139,6 +142,15 @@ async def test_a_correction_from_the_api_reroutes_once_and_the_owner_follows(
     assert len(again) == 1 and again[0].correction is not None
     assert again[0].correction.department_before == "sales"
     assert again[0].classification.department == "customer_service"
+    # due and prioritised as high, as a person labelled it, not as the normal it was
+    arrived = max(first.tweet.created_at, first.trace.ingested_at)
+    high_sla = timedelta(minutes=settings.config.route.sla.minutes[Urgency.HIGH])
+    assert again[0].route.sla_due_at == arrived + high_sla
+    assert (
+        again[0].route.priority
+        == DEFAULT_PRIORITY[Urgency.HIGH]
+        != DEFAULT_PRIORITY[Urgency.NORMAL]
+    )
     follow = next(e for e in moved if e.tweet.id == follow_up.tweet.id)
     assert follow.route.owner == "conversation"  # the owner followed the correction
     assert len(on_topic(settle, "switchboard.dept.sales", conversation)) == 1  # only the first

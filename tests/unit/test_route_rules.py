@@ -532,10 +532,11 @@ def test_a_deleted_awaited_tweet_leaves_the_conversations_other_unanswered_tweet
     assert conversations.without(kept, "d4").awaiting is None  # nothing else is owed a reply
 
 
-def test_a_tweet_corrected_to_more_urgent_is_owed_its_new_sla_once_it_is_the_awaited_one():
-    """A person corrects a follow-up from normal to critical while the first tweet is awaited;
-    the first is deleted: the follow-up is awaited as critical, due 30 minutes after it came,
-    not at its normal deadline of a day."""
+def test_a_tweet_corrected_to_more_urgent_is_awaited_by_its_new_sla():
+    """A person corrects a follow-up from normal to critical while the first tweet is awaited:
+    the follow-up is awaited now, as critical, due 30 minutes after it came (not at its normal
+    deadline of a day), the clock still the first tweet's; and still once the first is
+    deleted."""
     written = NOW - timedelta(minutes=20)
     _, state = routed_state(classified("customer_service", 0.9, "normal", conversation_id="c16",
                                        id="e1", created_at=written))  # fmt: skip
@@ -548,12 +549,15 @@ def test_a_tweet_corrected_to_more_urgent_is_owed_its_new_sla_once_it_is_the_awa
                                    urgency=Urgency.CRITICAL)  # fmt: skip
     corrected = feedback.apply(state, correction, NOW, sla_minutes=sla,
                                alert_urgencies=[Urgency.CRITICAL]).state  # fmt: skip
-    assert corrected is not None and corrected.awaiting.tweet_id == "e1"
+    arrived = max(follow_up.tweet.created_at, follow_up.trace.ingested_at)
+    due = arrived + timedelta(minutes=sla[Urgency.CRITICAL])
+    assert corrected is not None and corrected.awaiting is not None
+    assert (corrected.awaiting.tweet_id, corrected.awaiting.urgency) == ("e2", Urgency.CRITICAL)
+    assert corrected.awaiting.due_at == due
+    assert corrected.awaiting.received_at == state.awaiting.received_at  # the first's clock
     awaiting = conversations.without(corrected, "e1").awaiting
     assert awaiting is not None
-    assert (awaiting.tweet_id, awaiting.urgency) == ("e2", Urgency.CRITICAL)
-    arrived = max(follow_up.tweet.created_at, follow_up.trace.ingested_at)
-    assert awaiting.due_at == arrived + timedelta(minutes=sla[Urgency.CRITICAL])
+    assert (awaiting.tweet_id, awaiting.urgency, awaiting.due_at) == ("e2", Urgency.CRITICAL, due)
 
 
 def test_a_reply_written_between_two_tweets_read_after_both_answers_only_the_first():
