@@ -28,31 +28,52 @@ class TimeWindow(Section):
     start: str = Field(default="00:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
     end: str = Field(default="24:00", pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
-        default_factory=lambda: list(WEEKDAYS)
+        default_factory=lambda: list(WEEKDAYS), min_length=1
     )
     timezone: TimeZoneName = "UTC"
 
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.start == self.end:  # a window of no time: its rule would never match
+            raise ValueError(f"start and end are both {self.start}: the window holds no time")
+        return self
+
 
 class RuleCondition(Section):
-    """All the given conditions must hold (an empty condition matches every tweet)."""
+    """All the given conditions must hold (an empty condition matches every tweet). A list
+    given must name something: an empty one would never match."""
 
-    departments: list[Department] | None = None
-    urgencies: list[Urgency] | None = None
+    departments: list[Department] | None = Field(default=None, min_length=1)
+    urgencies: list[Urgency] | None = Field(default=None, min_length=1)
     confidence_min: float | None = Field(default=None, ge=0.0, le=1.0)
     confidence_max: float | None = Field(default=None, ge=0.0, le=1.0)
-    handles: list[HandleName] | None = Field(default=None, description="Any of them addressed")
-    segments: list[Segment] | None = Field(default=None, description="Of an addressed handle")
+    handles: list[HandleName] | None = Field(
+        default=None, min_length=1, description="Any of them addressed"
+    )
+    segments: list[Segment] | None = Field(
+        default=None, min_length=1, description="Of an addressed handle"
+    )
     languages: list[Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$")]] | None = Field(
-        default=None, description="X's lang codes, lower case (en, es, pt-br)"
+        default=None, min_length=1, description="X's lang codes, lower case (en, es, pt-br)"
     )
     keywords: list[Annotated[str, Field(min_length=1)]] | None = Field(
-        default=None, description="Any of them in the text, case-insensitive, whole words"
+        default=None, min_length=1,
+        description="Any of them in the text, case-insensitive, whole words",
+    )  # fmt: skip
+    patterns: list[str] | None = Field(
+        default=None, min_length=1, description="Regular expressions (search)"
     )
-    patterns: list[str] | None = Field(default=None, description="Regular expressions (search)")
     followers_min: int | None = Field(default=None, ge=0)
     verified: bool | None = None
-    kinds: list[Literal["tweet", "direct_message"]] | None = None
+    kinds: list[Literal["tweet", "direct_message"]] | None = Field(default=None, min_length=1)
     time: TimeWindow | None = None
+
+    @model_validator(mode="after")
+    def _a_confidence_range(self) -> Self:
+        low, high = self.confidence_min, self.confidence_max
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"confidence_min {low} is above confidence_max {high}: no tweet fits")
+        return self
 
     @field_validator("patterns")
     @classmethod
@@ -119,6 +140,18 @@ class SpikeConfig(Section):
     )
     keywords: list[Annotated[str, Field(min_length=2)]] = Field(default_factory=list)
     samples: int = Field(default=5, ge=1, le=50)
+
+    @field_validator("keywords")
+    @classmethod
+    def _each_keyword_once(cls, keywords: list[str]) -> list[str]:
+        # matched case-insensitively: a repeat would count each tweet twice (or raise two
+        # alerts for one crisis), reaching the bar at half its count
+        first: dict[str, int] = {}
+        for index, keyword in enumerate(keywords):
+            seen = first.setdefault(keyword.casefold(), index)
+            if seen != index:
+                raise ValueError(f"keywords[{index}] {keyword!r} repeats keywords[{seen}]")
+        return keywords
 
 
 class SlaConfig(Section):

@@ -392,6 +392,28 @@ def test_an_alert_urgency_without_an_sla_fails_naming_the_key():
     assert configured(ruled, sla=sla).route.sla.alert_urgencies == [Urgency.CRITICAL, Urgency.HIGH]
 
 
+@pytest.mark.parametrize(
+    ("when", "key", "says"),
+    [
+        ({"keywords": []}, "rules.0.when.keywords", "at least 1 item"),
+        ({"departments": []}, "rules.0.when.departments", "at least 1 item"),
+        ({"confidence_min": 0.8, "confidence_max": 0.5}, "rules.0.when", "above confidence_max"),
+        ({"time": {"start": "09:00", "end": "09:00"}}, "rules.0.when.time", "holds no time"),
+        ({"time": {"days": []}}, "rules.0.when.time.days", "at least 1 item"),
+    ],
+)
+def test_a_rule_that_could_never_match_fails_naming_the_key(when, key, says):
+    rule = [{"name": "never", "when": when, "then": {"triage": True}}]
+    with pytest.raises(ValidationError, match=says) as refused:
+        configured(rule)
+    assert f"route.{key}\n" in str(refused.value), str(refused.value)
+
+
+def test_a_spike_keyword_given_twice_fails_naming_both():
+    with pytest.raises(ValidationError, match=r"keywords\[2\] 'Outage' repeats keywords\[0\]"):
+        configured(spikes={"keywords": ["outage", "recall", "Outage"]})
+
+
 def test_a_guess_sent_to_triage_does_not_own_the_conversation():
     """The first tweet's department is a guess below the threshold (triage): the next tweet,
     confident of another, goes there and owns the conversation from then on."""
