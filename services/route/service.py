@@ -417,7 +417,7 @@ class RouteService:
             return outputs
         escalate = feedback.escalates(correction, recent.tweet, self.config.route.alert_urgencies)
         again = feedback.Applied(correction, state, recent, escalate)
-        routed, alert = self._corrected(again, decision)
+        routed, alert = self._corrected(again, decision, decision)  # as it was published
         if correction.outcome == "rerouted":
             outputs.append(Output.of(routed.route.topic, routed, key))
         if alert is not None:
