@@ -93,9 +93,12 @@ class RecordedCorrections:
         return Recorded(Correction.model_validate(found["correction"]), found["offset"])
 
     def add(self, correction: Correction, offset: int) -> None:
-        """Remember it; must run inside the stream of the request (its partition's changelog)."""
+        """Remember it, without its tweet (the author may delete it: its text must not outlive
+        that here; a republish takes it from the request again); must run inside the stream
+        of the request (its partition's changelog)."""
+        kept = correction.model_copy(update={"tweet": None})
         self.memory.put(correction.correction_id, {
-            "offset": offset, "correction": correction.model_dump(mode="json")})  # fmt: skip
+            "offset": offset, "correction": kept.model_dump(mode="json")})  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,11 @@ class Applied:
     state: ConversationState | None  # the conversation after it; None: nothing to remember
     recent: RecentTweet | None  # the tweet with its corrected labels, when route remembers it
     escalate: bool  # its new urgency alerts and its old one did not
+
+
+def given_tweet(request: CorrectionRequest, tweet_id: str | None) -> Tweet | None:
+    """The tweet the caller sent, if it is the one corrected, in the conversation named."""
+    return request.tweet if _of_request(request, tweet_id) else None
 
 
 def _of_request(request: CorrectionRequest, tweet_id: str | None) -> bool:

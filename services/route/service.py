@@ -62,6 +62,7 @@ from switchboard.shared.events import (
     ConversationDue,
     ConversationState,
     Corrected,
+    Correction,
     CorrectionRequest,
     DecodeError,
     RouteDecision,
@@ -354,7 +355,7 @@ class RouteService:
         applied = feedback.apply(state, request, now, sla_minutes=route.sla.minutes,
                                  alert_urgencies=route.alert_urgencies,
                                  sla_alerting=route.sla.alert_urgencies)  # fmt: skip
-        correction = applied.correction
+        correction = self._without_deleted_text(applied.correction)
         outputs = [Output.of(topics.FEEDBACK, correction, request.conversation_id)]
         new_state = applied.state
         if applied.recent is not None and new_state is not None and state is not None:
@@ -432,7 +433,21 @@ class RouteService:
         log.info("correction recorded before", extra={"correction_id": request.correction_id})
         if offset > recorded.offset:
             return []
-        return [Output.of(topics.FEEDBACK, recorded.correction, request.conversation_id)]
+        correction = recorded.correction  # kept without its tweet: the request has it
+        given = feedback.given_tweet(request, correction.tweet_id)
+        correction = self._without_deleted_text(correction.model_copy(update={"tweet": given}))
+        return [Output.of(topics.FEEDBACK, correction, request.conversation_id)]
+
+    def _without_deleted_text(self, correction: Correction) -> Correction:
+        """The correction without its tweet when the author deleted it: a caller may send the
+        text of a tweet whose deletion route read already, and a deletion's downstream copies
+        must go."""
+        tweet = correction.tweet
+        if tweet is None or not self.early_deletions.deleted(
+            correction.conversation_id, tweet.id, tweet.edit_of
+        ):
+            return correction
+        return correction.model_copy(update={"tweet": None})
 
     def _corrected(
         self, applied: feedback.Applied, before: RouteDecision | None, after: RouteDecision | None

@@ -30,6 +30,7 @@ from switchboard.shared import topics
 from switchboard.shared.broker import free_port
 from switchboard.shared.events import (
     Alert,
+    ComplianceEvent,
     Correction,
     Delivery,
     RoutedTweet,
@@ -329,10 +330,13 @@ async def test_a_correction_of_a_conversation_route_no_longer_holds_is_recorded_
     settings, producer, read, running
 ):
     """No conversation remembers its id (past the TTL, or never seen): a retried request is
-    still recorded once, and only its own request read again publishes it again."""
+    still recorded once, and only its own request read again publishes it again, with the
+    tweet its caller sent (route keeps the correction without the tweet's text)."""
     conversation = new_id()
+    sent = a_classified_tweet("legal", 0.9, id=f"{conversation}-1", conversation_id=conversation)
     fields = {"conversation_id": conversation, "tweet_id": f"{conversation}-1",
-              "department": "legal", "by": "ana", "correction_id": "k-old"}  # fmt: skip
+              "department": "legal", "by": "ana", "correction_id": "k-old",
+              "tweet": sent.tweet.model_dump(mode="json")}  # fmt: skip
     body = json.dumps(fields).encode()
     service = RouteService(settings)
     async with running(service):
@@ -353,12 +357,44 @@ async def test_a_correction_of_a_conversation_route_no_longer_holds_is_recorded_
         await route_tweets(producer, tweet)
         await read(WATCHED, lambda rs: on_topic(rs, "switchboard.dept.sales", conversation))
         late = service.on_correction_request(dataclasses.replace(retry, offset=retry.offset + 1))
+        kept = service.recorded.get("api:k-old")
+        assert kept is not None and kept.correction.tweet is None  # kept without its text
     (recorded,) = corrections(records, conversation)
     assert (recorded.outcome, recorded.department, recorded.correction_id) == (
         "recorded", "legal", "api:k-old")  # fmt: skip
     assert retried == [] and late == []
+    assert recorded.tweet is not None and recorded.tweet.text == sent.tweet.text
     assert [o.topic for o in again] == [topics.FEEDBACK]
     assert decode(Correction, again[0].value) == recorded
+
+
+async def test_a_correction_carrying_a_deleted_tweets_text_publishes_no_text(
+    settings, producer, read, running
+):
+    """A caller sends the text of a tweet whose deletion route read already: the correction
+    is recorded for training without it (a deletion's downstream copies must go)."""
+    conversation = new_id()
+    sent = a_classified_tweet("legal", 0.9, id=f"{conversation}-1", conversation_id=conversation)
+    deletion = ComplianceEvent(tweet_id=sent.tweet.id, conversation_id=conversation,
+                               event_at=datetime.now(UTC), source="webhook")  # fmt: skip
+    fields = {
+        "conversation_id": conversation,
+        "tweet_id": sent.tweet.id,
+        "department": "legal",
+        "by": "ana",
+        "correction_id": "k-gone",
+        "tweet": sent.tweet.model_dump(mode="json"),
+    }
+    service = RouteService(settings)
+    async with running(service):
+        await producer.send_and_wait(topics.COMPLIANCE, encode(deletion), key=b"d")
+        await wait_for(lambda: service.early_deletions.deleted(conversation, sent.tweet.id))
+        body = json.dumps(fields).encode()
+        answer = await post(service, "/feedback", body, authorization=f"Bearer {TOKEN}")
+        assert answer.status_code == 202, answer.text
+        records = await read(WATCHED, lambda rs: corrections(rs, conversation))
+    [recorded] = corrections(records, conversation)
+    assert recorded.outcome == "recorded" and recorded.tweet is None
 
 
 async def test_a_zendesk_ticket_moved_to_another_group_corrects_its_conversation(
