@@ -140,7 +140,8 @@ def main() -> None:
     model.bert.save_pretrained(args.out, safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "vocab.txt"):  # fmt: skip
-        shutil.copy(backbone / name, args.out / name)
+        if (backbone / name).resolve() != (args.out / name).resolve():  # not continued in place
+            shutil.copy(backbone / name, args.out / name)
     print(f"written to {args.out}", flush=True)
 
 

@@ -29,8 +29,8 @@ DEFAULT_DATA = (DATA_DIR, REAL_DATA_DIR)
 # Commons' attribution-only licences. Anything else (non-commercial, no-derivatives,
 # share-alike, unknown) stays out of such a model.
 PERMISSIVE_LICENCES = frozenset({
-    "mit", "apache-2.0", "bsd-2-clause", "bsd-3-clause", "isc", "0bsd", "unlicense", "cc0",
-    "cc0-1.0", "cc-by-2.0", "cc-by-3.0", "cc-by-4.0",
+    "mit", "mit-0", "apache-2.0", "bsd-2-clause", "bsd-3-clause", "isc", "0bsd", "unlicense",
+    "cc0", "cc0-1.0", "cc-by-2.0", "cc-by-3.0", "cc-by-4.0",
 })  # fmt: skip
 PROJECT_LICENCE = "Apache-2.0 (written for the project)"
 REAL_WEIGHT = 2.0  # a real tweet's loss weight against a written one's (chosen on real dev)
@@ -104,8 +104,10 @@ def commercial_use(licence: str) -> bool:
 
 
 def spdx_name(family: str) -> str:
-    """A licence family as a lower-case SPDX-like name: "CC BY 4.0" -> "cc-by-4.0"."""
-    return "-".join(family.lower().split())
+    """A licence family as a lower-case SPDX-like name: "CC BY 4.0" -> "cc-by-4.0", "MIT
+    License" -> "mit", "CC0 1.0 Universal" -> "cc0-1.0"."""
+    words = [w for w in family.lower().split() if w not in ("license", "licence", "universal")]
+    return "-".join(words)
 
 
 def licence_of(row: TweetText) -> str:

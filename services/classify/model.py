@@ -83,9 +83,9 @@ def card_backbone(artifact: Path, card: dict) -> Path:
     serves without the folder; a LoRA adapter is meaningless on other weights."""
     named = str(card.get("backbone", ""))
     folder = Path(named)
-    if not named or named.startswith(INSTALLED_BACKBONE):  # the installed one
+    if not named or named.startswith(f"{INSTALLED_BACKBONE}=="):  # the installed one
         return default_backbone()
-    if folder.is_dir():
+    if (folder / "config.json").is_file():
         return folder
     if (artifact / "adapter").is_dir() and not (artifact / ENCODER_FILE).is_file():
         raise FileNotFoundError(

@@ -581,6 +581,7 @@ class TrainingData:
     dev: list[LabeledTweet]
     described: dict
     reported: dict[str, dict[str, list[LabeledTweet]]]
+    selection_name: str  # the selection folder's name in the card (its path if another has it)
 
     @classmethod
     def read(cls, folders: list[DataFolder], options: TrainOptions) -> TrainingData:
@@ -623,7 +624,7 @@ class TrainingData:
         limit = options.limit
         return cls(
             rows[:limit], weights[:limit], folders[selection], reported[keys[selection]]["dev"],
-            described, reported,
+            described, reported, keys[selection],
         )  # fmt: skip
 
 
@@ -707,7 +708,7 @@ def train(
     def select(epoch: int) -> None:
         scores = report(dev_rows, labels_from_logits(*trainer.logits(dev_texts), Calibration()))
         score = selection_score(scores)
-        log.info("epoch %d: %s dev %s", epoch, data.selection.name, json.dumps(headline(scores)))
+        log.info("epoch %d: %s dev %s", epoch, data.selection_name, json.dumps(headline(scores)))
         if score > best["score"]:
             best.update(score=score, epoch=epoch, state=trainer.snapshot())
 
@@ -717,7 +718,7 @@ def train(
         len(train_rows),
         extra,
         len(dev_rows),
-        data.selection.name,
+        data.selection_name,
     )
     trainer.fit(train_rows, select, distil, data.weights)
     trainer.restore(best["state"])
@@ -732,7 +733,7 @@ def train(
         "linear department and urgency heads",
         "backbone": f"{INSTALLED_BACKBONE}==0.1.0 (sentence-transformers/all-MiniLM-L6-v2)"
         if backbone == default_backbone()
-        else str(backbone),
+        else str(backbone.resolve()),
         "departments": [d.value for d in Department],
         "urgencies": [u.value for u in Urgency],
         "languages": ["en"],
@@ -741,7 +742,7 @@ def train(
         "options": asdict(options),
         **({"distillation": distillation} if distillation else {}),
         "licence": training_licence(train_rows, (distillation or {}).get("licences", ())),
-        "selected_on": f"{data.selection.name}/dev",
+        "selected_on": f"{data.selection_name}/dev",
         "selected_epoch": best["epoch"],
         "calibration": asdict(calibration),
         "data": data.described,

@@ -384,6 +384,7 @@ class NotifyService:
             self._unpark(job.delivery_id)
             done = Done("already_done", entry.deliveries[job.delivery_id])
             return self._delivery(job, "delivered", 0, done=done)
+        job = self._with_parked_recipients(job)
         thread_key = f"{job.subscription.channel}:{job.subscription.name}"
         earlier = tuple(entry.transcripts.get(thread_key, ()))
         job = replace(job, thread_id=entry.threads.get(thread_key), earlier=earlier)
@@ -418,6 +419,19 @@ class NotifyService:
         metrics.DELIVERY_SECONDS.labels(channel).observe(time.perf_counter() - started)
         self._unpark(job.delivery_id)
         return self._delivery(job, "delivered", attempts, done=done)
+
+    def _with_parked_recipients(self, job: Job) -> Job:
+        """Email: whom the relay took it for, by its parked record, when the job does not say
+        (its routed record read again after a crash or a rebalance, or a redrive asked by an
+        older notify): sent to every recipient again, they would have it twice."""
+        if job.subscription.channel != "email" or job.delivered_to is not None:
+            return job
+        if not self._index_stale and job.delivery_id not in self.parked_index:
+            return job
+        parked = self._parked_entry(job.delivery_id)
+        if parked is None or not parked.delivered_to:
+            return job
+        return replace(job, delivered_to=tuple(parked.delivered_to))
 
     async def _attempt(self, job: Job) -> tuple[Done, int]:
         name = job.subscription.channel

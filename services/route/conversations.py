@@ -78,7 +78,7 @@ def after_routing(
         # triage does not take a conversation away from its owner, nor give it one
         owner, confirmed = counted.department, counted.owner_confirmed
     awaiting = state.awaiting if state else None
-    if replied_at is None or _first_written(state, event.tweet) > replied_at:
+    if replied_at is None or first_written(state, event.tweet) > replied_at:
         awaiting = _awaiting(awaiting, event, outcome, alerting)  # else answered already
     return ConversationState(
         conversation_id=event.tweet.conversation_id,
@@ -128,7 +128,7 @@ def _dropped_first(
     )
 
 
-def _first_written(state: ConversationState | None, tweet: Tweet) -> datetime:
+def first_written(state: ConversationState | None, tweet: Tweet) -> datetime:
     """When the post was written: for an edit (X gives each version an id and a time of its
     own), when the post it edits was, if route remembers it; a reply to that post answers
     its edits too."""
@@ -265,7 +265,7 @@ def _still_unanswered(
             continue  # kept before labels were (an older version's state), or not routed
         if gone is not None and gone in (recent.tweet.id, recent.tweet.edit_of):
             continue
-        if answered_until is not None and _first_written(state, recent.tweet) <= answered_until:
+        if answered_until is not None and first_written(state, recent.tweet) <= answered_until:
             continue
         # the labels it is routed by now (a correction changes them), the SLA it was given
         awaiting = awaiting_after(
@@ -283,7 +283,7 @@ def after_brand_reply(
     written = reply.tweet.created_at
     replied_at = max(written, state.replied_at) if state.replied_at else written
     awaited = state.awaiting
-    if awaited is None or awaited.tweet and _first_written(state, awaited.tweet) > written:
+    if awaited is None or awaited.tweet and first_written(state, awaited.tweet) > written:
         # nothing awaited, or a tweet written after this reply (read before it, behind a
         # backlog): the reply cannot answer what was not written yet
         return state.model_copy(update={"updated_at": now, "replied_at": replied_at}), None

@@ -209,6 +209,11 @@ async def test_a_recipient_the_relay_refuses_for_good_is_parked_and_redriven_onc
     assert list(warning.refused) == [gone] and warning.refused[gone].startswith("550")
     counted = {"subscription": gone_and_kept.name, "refusal": "for_good"}
     assert REGISTRY.get_sample_value("switchboard_email_recipients_refused_total", counted) == 1
+    async with running(NotifyService(settings)):  # the routed record read again (a crash)
+        await producer.send_and_wait(threat.route.topic, encode(threat), key=key)
+        await read([topics.NOTIFICATIONS_DLQ], lambda rs: sum(r.key == key for r in rs) >= 4)
+    assert [m["X-Envelope-To"] for m in inbox.messages()
+            if m["X-Switchboard-Tweet-Id"] == threat.tweet.id] == [kept]  # fmt: skip
     [held] = await parked_deliveries(
         kafka, Filters(delivery_id=outcomes[gone_and_kept.name].delivery_id)
     )

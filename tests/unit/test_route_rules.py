@@ -582,6 +582,29 @@ def test_a_tweet_corrected_to_more_urgent_is_awaited_by_its_new_sla():
     assert (awaiting.tweet_id, awaiting.urgency, awaiting.due_at) == ("e2", Urgency.CRITICAL, due)
 
 
+def test_an_edit_of_an_answered_post_corrected_to_critical_awaits_nothing():
+    """The company answered the post; its author edits it (X gives the edit an id and a time
+    of its own) and a person corrects the edit to critical: the post was answered, so no
+    reply is awaited and no SLA alert can come."""
+    written = NOW - timedelta(minutes=20)
+    _, state = routed_state(classified("customer_service", 0.9, "normal", conversation_id="c17",
+                                       id="p1", created_at=written))  # fmt: skip
+    state, _ = conversations.after_brand_reply(
+        state, reply_in("c17", written + timedelta(minutes=5)), NOW
+    )
+    edit = classified("customer_service", 0.9, "normal", conversation_id="c17", id="p2",
+                      edit_of="p1", created_at=written + timedelta(minutes=10))  # fmt: skip
+    _, state = routed_state(edit, state=state)
+    assert state.awaiting is None
+    sla = {Urgency(u): m for u, m in DEFAULTS.route.sla.minutes.items()}
+    correction = CorrectionRequest(correction_id="api:p2", conversation_id="c17", tweet_id="p2",
+                                   source="api", by="ana", made_at=NOW,
+                                   urgency=Urgency.CRITICAL)  # fmt: skip
+    corrected = feedback.apply(state, correction, NOW, sla_minutes=sla,
+                               alert_urgencies=[Urgency.CRITICAL]).state  # fmt: skip
+    assert corrected is not None and corrected.awaiting is None
+
+
 def test_a_reply_written_between_two_tweets_read_after_both_answers_only_the_first():
     written = NOW - timedelta(minutes=20)
     first = classified("customer_service", 0.9, "normal", conversation_id="c15", id="b1",

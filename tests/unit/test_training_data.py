@@ -66,6 +66,8 @@ def test_only_permissive_and_project_licences_allow_commercial_use():
     # a company's rows under the standard permissive and attribution-only licences
     assert commercial_use("CC BY 4.0") and commercial_use("BSD-3-Clause (our repository)")
     assert commercial_use("CC0-1.0") and commercial_use("cc-by-4.0")
+    for licence in ("MIT License", "CC0 1.0 Universal", "MIT-0", "Apache-2.0 License"):
+        assert commercial_use(licence), licence
     for licence in ("CC BY-NC 4.0", "CC BY-ND 4.0", "CC BY-SA 4.0", "GPL-3.0", "proprietary"):
         assert not commercial_use(licence), licence
     assert licence_family(NC) == "CC BY-NC-SA 4.0" and licence_family(MIT) == "MIT"
