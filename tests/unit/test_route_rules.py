@@ -554,6 +554,16 @@ def test_a_deleted_awaited_tweet_leaves_the_conversations_other_unanswered_tweet
     assert conversations.without(kept, "d4").awaiting is None  # nothing else is owed a reply
 
 
+def corrected_to_critical(state, conversation_id: str, tweet_id: str):  # noqa: ANN001, ANN201
+    """The conversation once a person (through the API) corrects ``tweet_id`` to critical."""
+    sla = {Urgency(u): m for u, m in DEFAULTS.route.sla.minutes.items()}
+    correction = CorrectionRequest(correction_id=f"api:{tweet_id}", conversation_id=conversation_id,
+                                   tweet_id=tweet_id, source="api", by="ana", made_at=NOW,
+                                   urgency=Urgency.CRITICAL)  # fmt: skip
+    return feedback.apply(state, correction, NOW, sla_minutes=sla,
+                          alert_urgencies=[Urgency.CRITICAL]).state  # fmt: skip
+
+
 def test_a_tweet_corrected_to_more_urgent_is_awaited_by_its_new_sla():
     """A person corrects a follow-up from normal to critical while the first tweet is awaited:
     the follow-up is awaited now, as critical, due 30 minutes after it came (not at its normal
@@ -566,11 +576,7 @@ def test_a_tweet_corrected_to_more_urgent_is_awaited_by_its_new_sla():
                            created_at=written + timedelta(minutes=1))  # fmt: skip
     _, state = routed_state(follow_up, state=state)
     sla = {Urgency(u): m for u, m in DEFAULTS.route.sla.minutes.items()}
-    correction = CorrectionRequest(correction_id="api:e2", conversation_id="c16", tweet_id="e2",
-                                   source="api", by="ana", made_at=NOW,
-                                   urgency=Urgency.CRITICAL)  # fmt: skip
-    corrected = feedback.apply(state, correction, NOW, sla_minutes=sla,
-                               alert_urgencies=[Urgency.CRITICAL]).state  # fmt: skip
+    corrected = corrected_to_critical(state, "c16", "e2")
     arrived = max(follow_up.tweet.created_at, follow_up.trace.ingested_at)
     due = arrived + timedelta(minutes=sla[Urgency.CRITICAL])
     assert corrected is not None and corrected.awaiting is not None
@@ -596,12 +602,7 @@ def test_an_edit_of_an_answered_post_corrected_to_critical_awaits_nothing():
                       edit_of="p1", created_at=written + timedelta(minutes=10))  # fmt: skip
     _, state = routed_state(edit, state=state)
     assert state.awaiting is None
-    sla = {Urgency(u): m for u, m in DEFAULTS.route.sla.minutes.items()}
-    correction = CorrectionRequest(correction_id="api:p2", conversation_id="c17", tweet_id="p2",
-                                   source="api", by="ana", made_at=NOW,
-                                   urgency=Urgency.CRITICAL)  # fmt: skip
-    corrected = feedback.apply(state, correction, NOW, sla_minutes=sla,
-                               alert_urgencies=[Urgency.CRITICAL]).state  # fmt: skip
+    corrected = corrected_to_critical(state, "c17", "p2")
     assert corrected is not None and corrected.awaiting is None
 
 
