@@ -600,7 +600,12 @@ class TrainingData:
             for split in ("train", "dev", "test"):
                 path = folder.split(split)
                 if path.is_file():
-                    splits[split] = [r for r in load_labeled(path) if keep(r.licence)]
+                    every = load_labeled(path)
+                    splits[split] = [r for r in every if keep(r.licence)]
+                    if split == "train" and every and not splits[split]:
+                        log.warning("%s: none of its %d training rows has a licence that allows "
+                                    "commercial use; it adds nothing to the model",
+                                    folder.path, len(every))  # fmt: skip
             if "train" not in splits:
                 raise ValueError(f"{folder.path}: no train.jsonl")
             rows += splits["train"]
@@ -613,6 +618,11 @@ class TrainingData:
                 **{split: _describe(folder.split(split), part) for split, part in splits.items()},
             }
             reported[key] = {s: part for s, part in splits.items() if s != "train" and part}
+        if not rows:
+            raise ValueError(
+                "no training row is left to train on (--licences commercial keeps "
+                "only rows whose licence allows commercial use)"
+            )
         with_dev = [i for i in range(len(folders)) if reported[keys[i]].get("dev")]
         if not with_dev:
             raise ValueError("no data folder has a dev.jsonl to select the epoch on")

@@ -127,6 +127,27 @@ def test_training_without_any_dev_split_says_so(tmp_path):
         TrainingData.read([DataFolder(tmp_path / "only")], TrainOptions())
 
 
+def test_a_folder_the_commercial_recipe_empties_is_named_and_no_rows_at_all_is_refused(
+    tmp_path, caplog
+):
+    written, nc = tmp_path / "written", tmp_path / "nc"
+    _write(written, "train", [_row("w1")])
+    _write(written, "dev", [_row("wd")])
+    _write(nc, "train", [_row("n1", NC), _row("n2", UNKNOWN)])
+    _write(nc, "dev", [_row("nd", NC)])
+
+    with caplog.at_level("WARNING", logger="switchboard.classify.train"):
+        data = TrainingData.read([DataFolder(written), DataFolder(nc)], commercial_only)
+    assert [r.text for r in data.rows] == ["w1"]
+    assert any(str(nc) in m and "none of its 2 training rows" in m for m in caplog.messages)
+
+    with pytest.raises(ValueError, match="no training row is left"):
+        TrainingData.read([DataFolder(nc)], commercial_only)
+
+
+commercial_only = TrainOptions(licences="commercial")
+
+
 def test_row_weights_of_one_give_torchs_class_weighted_mean():
     logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(3))
     labels = torch.tensor([0, 1, 1, 2, 3, 3])
