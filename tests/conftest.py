@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 from switchboard.classify.data import content_sha256
@@ -267,6 +268,37 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> No
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(0.1)
+
+
+async def wait_for_commit(
+    kafka: KafkaSettings,
+    group: str,
+    topic: str,
+    past: int,
+    partition: int | None = None,
+    timeout_s: float = 60.0,
+) -> None:
+    """Until ``group`` committed ``topic`` at offset ``past`` or beyond: on ``partition``, or
+    its committed offsets summed over the topic's partitions."""
+    admin = AIOKafkaAdminClient(**client_options(kafka))
+    await admin.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            committed = await admin.list_consumer_group_offsets(group)
+            done = sum(
+                meta.offset
+                for tp, meta in committed.items()
+                if tp.topic == topic and partition in (None, tp.partition)
+            )
+            if done >= past:
+                return
+            if time.monotonic() > deadline:
+                where = topic if partition is None else f"{topic}[{partition}]"
+                raise TimeoutError(f"{group} committed {done} of {past} offsets on {where}")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
 
 
 @pytest.fixture

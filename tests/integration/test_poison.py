@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from prometheus_client import REGISTRY
 
 from switchboard.classify.service import GROUP_ID as CLASSIFY_GROUP
@@ -51,7 +49,6 @@ from switchboard.shared.kafka import (
     Output,
     StageFault,
     StreamLoop,
-    client_options,
     ensure_topics,
     make_consumer,
     make_producer,
@@ -59,7 +56,7 @@ from switchboard.shared.kafka import (
 )
 from switchboard.shared.settings import KafkaSettings
 from switchboard.shared.streams import AckAfterPublish, raw_topic, stream_app, until_worker_ready
-from tests.conftest import CONFIG_FILE, read_topics, wait_for
+from tests.conftest import CONFIG_FILE, read_topics, wait_for, wait_for_commit
 from tests.factories import Poison, a_classified_tweet, a_raw_tweet, a_tweet, routed_from
 
 RUN = uuid.uuid4().hex[:8]  # keys unique to this run: a cluster may be shared between tests
@@ -128,13 +125,10 @@ async def poison_then_good(
     one was processed, and that the group's offset moved past them all."""
     stage = service.name
     cases = poisons(feed.sample)
-    partition = TopicPartition(feed.topic, 0)
     async with running(service):
         if feed.before is not None:
             first = await producer.send_and_wait(*_args(feed.before))
-            await wait_for_commit(
-                kafka, feed.group, TopicPartition(feed.before.topic, 0), first.offset + 1
-            )
+            await wait_for_commit(kafka, feed.group, feed.before.topic, first.offset + 1, 0)
         sent = {}
         for case in cases:
             key = poison_key(stage, case)
@@ -147,7 +141,7 @@ async def poison_then_good(
             return expected and letters >= set(sent)
 
         records = await read([topics.DEADLETTER, feed.expect_topic], done, timeout_s=120)
-        await wait_for_commit(kafka, feed.group, partition, good.offset + 1)
+        await wait_for_commit(kafka, feed.group, feed.topic, good.offset + 1, 0)
 
     assert any(r.topic == feed.expect_topic and feed.expect(r) for r in records), "the good one"
     letters = {r.key: r for r in records if r.topic == topics.DEADLETTER and r.key in sent}
@@ -165,25 +159,6 @@ async def poison_then_good(
         else:
             assert not letter.original_truncated and letter.original() == original, case.case
         assert letter.error, case.case
-
-
-async def wait_for_commit(
-    kafka: KafkaSettings, group: str, tp: TopicPartition, past: int, timeout_s: float = 30.0
-) -> None:
-    """Wait until ``group`` committed ``tp`` at offset ``past`` or beyond."""
-    admin = AIOKafkaAdminClient(**client_options(kafka))
-    await admin.start()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            offsets = await admin.list_consumer_group_offsets(group, partitions=[tp])
-            if tp in offsets and offsets[tp].offset >= past:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{group} did not commit {tp} past offset {past}")
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
 
 
 def _args(output: Output) -> tuple[str, bytes, bytes | None, int]:
@@ -449,7 +424,7 @@ async def poison_between_two_good_records(
     records = await read(
         [LOOP_OUT, topics.DEADLETTER], lambda rs: sum(r.key == key for r in rs) >= 3
     )
-    await wait_for_commit(kafka, group, TopicPartition(LOOP_IN, 0), last.offset + 1)
+    await wait_for_commit(kafka, group, LOOP_IN, last.offset + 1, 0)
     return records
 
 
@@ -592,9 +567,18 @@ async def test_an_unreadable_table_value_is_ignored_not_fatal(
         legal = topics.department_topic("legal")
         records = await read([legal], lambda rs: any(keyed(conversation)(r) for r in rs))
         await asyncio.sleep(1.0)  # sweeps that read the table whole, the unreadable value too
+        state = service._state(conversation)  # noqa: SLF001
+        kept = await read(
+            [topics.ROUTE_CONVERSATIONS],
+            lambda rs: any(keyed(conversation)(r) and r.value != unreadable for r in rs),
+        )
 
     [routed] = [decode(RoutedTweet, r.value) for r in records if keyed(conversation)(r)]
     assert routed.tweet.id == tweet.tweet.id and routed.route.owner != "conversation"
+    # the tweet's change overwrote the unreadable value, in the table and in its changelog
+    assert state is not None and tweet.tweet.id in state.recent
+    *_, last = [r.value for r in kept if keyed(conversation)(r)]
+    assert tweet.tweet.id in decode(ConversationState, last).recent
 
 
 async def test_an_unreadable_checkpoint_is_skipped_on_restore(kafka, producer):

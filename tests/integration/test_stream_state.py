@@ -31,7 +31,7 @@ from switchboard.shared.streams import (
     stream_app,
     worker_ready,
 )
-from tests.conftest import wait_for
+from tests.conftest import wait_for, wait_for_commit
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 4
@@ -78,32 +78,6 @@ class Worker:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
-async def wait_for_commit(kafka: KafkaSettings, group: str, topic: str, offsets: int) -> None:
-    """Until the group's committed offsets on ``topic`` add up to ``offsets``."""
-    admin = AIOKafkaAdminClient(**client_options(kafka))
-    await admin.start()
-    try:
-        deadline = asyncio.get_running_loop().time() + 60
-        while True:
-            committed = await admin.list_consumer_group_offsets(group)
-            done = sum(m.offset for tp, m in committed.items() if tp.topic == topic)
-            if done >= offsets:
-                return
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"{group} committed {done} of {offsets} offsets")
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
-
-
-@pytest.fixture
-async def producer(own_kafka: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
-    client = AIOKafkaProducer(**client_options(own_kafka))
-    await client.start()
-    yield client
-    await client.stop()
-
-
 async def send(producer: AIOKafkaProducer, topic: str, keys: list[str]) -> None:
     for key in keys:
         await producer.send_and_wait(topic, b"1", key=key.encode())
@@ -127,7 +101,7 @@ async def started() -> AsyncIterator[Callable[[Worker], Awaitable[Worker]]]:
 
 async def test_each_worker_holds_only_the_state_of_its_partitions(
     own_kafka: KafkaSettings,
-    producer: AIOKafkaProducer,
+    own_producer: AIOKafkaProducer,
     tmp_path: Path,
     started: Callable[[Worker], Awaitable[Worker]],
 ) -> None:
@@ -138,7 +112,7 @@ async def test_each_worker_holds_only_the_state_of_its_partitions(
     await ensure_topics(kafka, [topic], PARTITIONS, 1)
     conversations = [f"conv-{i}" for i in range(40)]
     a = await started(Worker(run, "A", kafka, tmp_path))
-    await send(producer, topic, conversations * 2)
+    await send(own_producer, topic, conversations * 2)
     await wait_for(lambda: sum(a.counts.values()) == 80, timeout_s=60)
     alone = a.held()
     # faust's consumer fetches at most KAFKA_FETCH_MAX_BYTES at once, as the project's own do
@@ -155,7 +129,7 @@ async def test_each_worker_holds_only_the_state_of_its_partitions(
     # Both restored and sought to their committed offsets, as a service is before it says
     # it is ready.
     await wait_for(lambda: worker_ready(a.app) and worker_ready(b.app), timeout_s=60)
-    await send(producer, topic, conversations)
+    await send(own_producer, topic, conversations)
     await wait_for(lambda: sum(a.counts.values()) + sum(b.counts.values()) == 120, 60)
     shared = (a.owned(), b.owned(), a.held(), b.held())
     await wait_for_commit(kafka, a.app.conf.id, topic, 120)  # as above, before B stops
@@ -221,7 +195,7 @@ async def until_idle(handled: list, quiet_s: float = 2.0) -> None:
 # twice where its group committed (the race is narrow), once where it never did
 @pytest.mark.parametrize("committed", [1, 1, None], ids=["committed", "again", "never-committed"])
 async def test_a_worker_that_restores_its_table_handles_each_waiting_record_once(
-    own_kafka: KafkaSettings, producer: AIOKafkaProducer, tmp_path: Path, committed: int | None
+    own_kafka: KafkaSettings, own_producer: AIOKafkaProducer, tmp_path: Path, committed: int | None
 ) -> None:
     """A worker starting where its group left off (or where it never committed), with a table
     to restore and records waiting on three input topics: each record after the committed
@@ -232,11 +206,11 @@ async def test_a_worker_that_restores_its_table_handles_each_waiting_record_once
     inputs = [f"waiting-{run}-in{i}" for i in range(3)]
     changelog = f"waiting-{run}-counts-changelog"
     await ensure_topics(kafka, [*inputs, changelog], 2, 1)
-    sends = [await producer.send(topic, b"1", key=f"conv-{i}".encode())
+    sends = [await own_producer.send(topic, b"1", key=f"conv-{i}".encode())
              for i in range(300) for topic in inputs]  # fmt: skip
     for i in range(200):  # state the worker restores before it reads its inputs
-        await producer.send(changelog, b"1", key=f"conv-{i}".encode(), partition=i % 2)
-    await producer.flush()
+        await own_producer.send(changelog, b"1", key=f"conv-{i}".encode(), partition=i % 2)
+    await own_producer.flush()
     records = [await sent for sent in sends]
     tps = [TopicPartition(topic, p) for topic in inputs for p in range(2)]
     if committed is not None:
@@ -274,7 +248,7 @@ async def test_a_worker_that_restores_its_table_handles_each_waiting_record_once
 
 
 async def test_a_fetch_waiting_when_its_partitions_are_paused_leaves_their_records_unread(
-    own_kafka: KafkaSettings, producer: AIOKafkaProducer, tmp_path: Path
+    own_kafka: KafkaSettings, own_producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
     """faust pauses a worker's input partitions when a rebalance begins, while its fetcher may
     be waiting up to a second for records; it resumes them after the recovery's seek. Records
@@ -298,11 +272,11 @@ async def test_a_fetch_waiting_when_its_partitions_are_paused_leaves_their_recor
     tps = {TP(inputs, 0), TP(inputs, 1)}  # faust's own TopicPartition
     try:
         await wait_for(lambda: worker_ready(app), timeout_s=60)
-        await send(producer, inputs, [f"before-{i}" for i in range(20)])
+        await send(own_producer, inputs, [f"before-{i}" for i in range(20)])
         await wait_for(lambda: len(handled) == 20, timeout_s=30)
         await asyncio.sleep(0.3)  # the fetcher is back to waiting for records
         app.consumer.pause_partitions(tps)
-        await send(producer, inputs, [f"while-paused-{i}" for i in range(40)])
+        await send(own_producer, inputs, [f"while-paused-{i}" for i in range(40)])
         await asyncio.sleep(2.5)  # longer than any fetch waits
         positions = {tp.partition: await app.consumer.position(tp) for tp in tps}
         read = {p: 1 + max((o for q, o in handled if q == p), default=-1) for p in (0, 1)}
@@ -319,7 +293,7 @@ async def test_a_fetch_waiting_when_its_partitions_are_paused_leaves_their_recor
 
 
 async def test_a_windowed_tables_windows_expire_after_a_restart_too(
-    own_kafka: KafkaSettings, producer: AIOKafkaProducer, tmp_path: Path
+    own_kafka: KafkaSettings, own_producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
     """faust expires only the windows its process wrote: those a worker restores (from its
     changelog, or from the store a restart keeps) would stay in its store for good, and with
@@ -353,7 +327,7 @@ async def test_a_windowed_tables_windows_expire_after_a_restart_too(
     task = asyncio.create_task(app.start())
     try:
         await wait_for(lambda: worker_ready(app), timeout_s=60)
-        await send(producer, inputs, [f"conv-{i}" for i in range(10)])
+        await send(own_producer, inputs, [f"conv-{i}" for i in range(10)])
         await wait_for(lambda: sum(stored(memory).values()) == 10, timeout_s=30)
         written = stored(memory)
         changelog = memory.table.table.changelog_topic.get_topic_name()
@@ -391,7 +365,7 @@ async def test_a_windowed_tables_windows_expire_after_a_restart_too(
 
 
 async def test_a_standbys_windows_expire_with_their_windows(
-    own_kafka: KafkaSettings, producer: AIOKafkaProducer, tmp_path: Path
+    own_kafka: KafkaSettings, own_producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
     """A standby keeps a copy of another worker's windows from the changelog as they are
     written: that copy must expire too (faust expires only the windows its process wrote)."""
@@ -428,7 +402,7 @@ async def test_a_standbys_windows_expire_with_their_windows(
             await wait_for(lambda app=app: worker_ready(app), timeout_s=60)
         (a, a_memory), (b, b_memory) = apps
         await wait_for(lambda: owned(a) and owned(b) and worker_ready(a) and worker_ready(b), 60)
-        await send(producer, inputs, [f"conv-{i}" for i in range(10)])
+        await send(own_producer, inputs, [f"conv-{i}" for i in range(10)])
         # Each worker holds all ten, its partition's windows and, as standby, the other's (at
         # some moment: the active ones may be expiring already). A standby writes what it read
         # to its store in batches, as when the worker stamps its stores in step: now.

@@ -68,7 +68,10 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(values):
 
 
 def workloads(docs: list[dict]) -> list[dict]:
-    return by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")
+    """The four services' workloads; a test looping over them must never loop over none."""
+    found = by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")
+    assert len(found) == len(SERVICES), [d["metadata"]["name"] for d in found]
+    return found
 
 
 def test_a_workload_per_service_non_root_read_only_and_probed():
@@ -188,7 +191,9 @@ def test_the_stream_processors_keep_their_member_names_and_stores_through_a_roll
 def test_a_persistent_state_volume_is_a_claim_per_pod_that_follows_it():
     """With stateVolume.persistent a rescheduled pod finds its stores on its own claim."""
     docs = render({"stateVolume": {"persistent": True, "size": "5Gi", "storageClassName": "ssd"}})
-    for workload in by_kind(docs, "StatefulSet"):
+    stateful = by_kind(docs, "StatefulSet")
+    assert len(stateful) == 2
+    for workload in stateful:
         [claim] = workload["spec"]["volumeClaimTemplates"]
         assert claim["metadata"]["name"] == "state"
         assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"

@@ -113,7 +113,9 @@ def test_the_image_holds_the_runtime_install_and_the_int8_model_built_at_build_t
 
 def test_the_alert_rules_fire_when_their_tests_say(tmp_path):
     """``promtool test rules`` on deploy/prometheus/tests: series in, alerts expected out."""
-    for rule_test in sorted((DEPLOY / "prometheus" / "tests").glob("*.test.yml")):
+    rule_tests = sorted((DEPLOY / "prometheus" / "tests").glob("*.test.yml"))
+    assert rule_tests, "no rule tests found"
+    for rule_test in rule_tests:
         tested = subprocess.run(["promtool", "test", "rules", rule_test.name],
                                 cwd=rule_test.parent, capture_output=True, text=True)  # fmt: skip
         assert tested.returncode == 0, tested.stdout + tested.stderr
