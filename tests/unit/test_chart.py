@@ -3,10 +3,13 @@ its manifests validated against the Kubernetes 1.31 OpenAPI schemas."""
 
 from __future__ import annotations
 
+import re
+
 import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+from helm_python.errors import HelmRenderError
 
 from switchboard.route.config import RouteFileConfig
 from tests.conftest import ROOT
@@ -347,3 +350,59 @@ def test_ingest_is_replaced_not_rolled_so_two_pods_never_hold_the_stream():
     workloads = {d["metadata"]["name"]: d for d in render() if d["kind"] == "Deployment"}
     assert workloads["sb-switchboard-ingest"]["spec"]["strategy"] == {"type": "Recreate"}
     assert "strategy" not in workloads["sb-switchboard-classify"]["spec"]  # rolls, lag-free
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"kafka": {"sasl": {"mechanism": "PLAIN"}}}, "kafka.sasl.mechanism"),
+        ({"kafka": {"securityProtocol": "SASL_SSL"}}, "kafka.sasl"),
+        ({"kafka": {"tls": {"caSecret": "kafka-ca"}}}, "kafka.tls.caSecret"),
+        ({"autoscaling": {"maxReplicas": 8}}, "config.topics.partitions"),
+        ({"keda": {"enabled": True, "maxReplicas": 4}}, "config.topics.partitions"),
+        ({"autoscaling": {"enabled": False}, "services": {"classify": {"replicas": 4}}},
+         "config.topics.partitions"),
+    ],
+)  # fmt: skip
+def test_values_that_cannot_work_together_fail_the_install_naming_the_key(values, key):
+    with pytest.raises(HelmRenderError, match=re.escape(key)):
+        render(values)
+
+
+def test_classify_scales_as_far_as_the_partitions_it_is_given():
+    config = {"handles": [HANDLE], "topics": {"partitions": 8}}
+    [hpa] = by_kind(render({"config": config, "autoscaling": {"maxReplicas": 8}}),
+                    "HorizontalPodAutoscaler")  # fmt: skip
+    assert hpa["spec"]["maxReplicas"] == 8
+
+
+def test_a_service_has_environment_of_its_own_over_everyones():
+    """A shadow classify is the same chart with SWITCHBOARD_SHADOW on classify alone."""
+    shadow = {"SWITCHBOARD_SHADOW": "true", "SWITCHBOARD_LOG_FORMAT": "text"}
+    docs = render({"env": {"SWITCHBOARD_LOG_FORMAT": "json", "SMTP_HOST": "smtp.internal"},
+                   "services": {"classify": {"env": shadow}}})  # fmt: skip
+    for workload in workloads(docs):
+        service = workload["metadata"]["labels"]["app.kubernetes.io/component"]
+        [container] = workload["spec"]["template"]["spec"]["containers"]
+        names = [e["name"] for e in container["env"]]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert len(names) == len(set(names)), names  # one value a variable, not two
+        assert env["SMTP_HOST"] == "smtp.internal"
+        if service == "classify":
+            assert env["SWITCHBOARD_SHADOW"] == "true" and env["SWITCHBOARD_LOG_FORMAT"] == "text"
+        else:
+            assert "SWITCHBOARD_SHADOW" not in env and env["SWITCHBOARD_LOG_FORMAT"] == "json"
+
+
+def test_the_ingress_takes_the_vendors_correction_webhooks_to_route_and_nothing_else_of_it():
+    [ingress] = by_kind(render(EVERYTHING_ON | {"ingress": {"enabled": True, "feedback": True}}),
+                        "Ingress")  # fmt: skip
+    paths = {p["path"]: (p["pathType"], p["backend"]["service"]["name"])
+             for p in ingress["spec"]["rules"][0]["http"]["paths"]}  # fmt: skip
+    assert paths == {
+        "/webhooks/x": ("Prefix", "sb-switchboard-ingest"),
+        "/feedback/zendesk": ("Exact", "sb-switchboard-route"),
+        "/feedback/jira": ("Exact", "sb-switchboard-route"),
+    }
+    [plain] = by_kind(render(EVERYTHING_ON), "Ingress")
+    assert [p["path"] for p in plain["spec"]["rules"][0]["http"]["paths"]] == ["/webhooks/x"]

@@ -38,3 +38,25 @@ thresholds, keywords) route reloads from the mounted file. */}}
 {{- $classifyAtStart := omit (dig "classify" (dict) $config) "artifact" "backbone" "max_length" "threads" "runtime" "bucket_size" -}}
 {{- toYaml (dict "config" (omit $config "route" "classify") "route_at_start" $atStart "classify_at_start" $classifyAtStart) -}}
 {{- end -}}
+
+{{/* Values that cannot work together fail the install, naming the key: the services would
+refuse them at start anyway (shared/settings.py), and an idle autoscaled pod costs a core. */}}
+{{- define "switchboard.validate" -}}
+{{- $kafka := .Values.kafka -}}
+{{- $protocol := $kafka.securityProtocol -}}
+{{- if and $kafka.sasl.mechanism (not (hasPrefix "SASL_" $protocol)) -}}
+{{- fail (printf "kafka.sasl.mechanism: set, but kafka.securityProtocol %s does not use SASL" $protocol) -}}
+{{- end -}}
+{{- if and (hasPrefix "SASL_" $protocol) (not (and $kafka.sasl.mechanism $kafka.sasl.username $kafka.sasl.passwordSecret.name)) -}}
+{{- fail (printf "kafka.sasl: kafka.securityProtocol %s needs mechanism, username and passwordSecret.name" $protocol) -}}
+{{- end -}}
+{{- if and $kafka.tls.caSecret (not (has $protocol (list "SSL" "SASL_SSL"))) -}}
+{{- fail (printf "kafka.tls.caSecret: set, but kafka.securityProtocol %s is not TLS" $protocol) -}}
+{{- end -}}
+{{- /* A consumer group has no more busy members than its topic has partitions. */ -}}
+{{- $partitions := int (dig "topics" "partitions" 3 .Values.config) -}}
+{{- $most := ternary .Values.keda.maxReplicas (ternary .Values.autoscaling.maxReplicas .Values.services.classify.replicas .Values.autoscaling.enabled) .Values.keda.enabled -}}
+{{- if gt (int $most) $partitions -}}
+{{- fail (printf "classify's replicas (at most %d): more than config.topics.partitions (%d); the others would sit idle. Raise the partitions with them" (int $most) $partitions) -}}
+{{- end -}}
+{{- end -}}
