@@ -88,10 +88,28 @@ def test_compose_runs_each_service_from_one_image_with_pinned_dependencies():
     for name in ("kafka", "prometheus", "grafana", "mailpit"):
         image = services[name]["image"]
         assert ":" in image and not image.endswith(":latest"), image
+    # the tools hold the emails' tweets and the dashboards: this host only
+    for name in ("prometheus", "grafana", "mailpit"):
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
+    assert (
+        "GRAFANA_ADMIN_PASSWORD:?"
+        in services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    )
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
     assert sorted(t.split(":")[0] for t in targets) == sorted(SERVICES)
+
+
+def test_the_compose_stack_has_tweets_to_read_with_the_configuration_it_mounts():
+    """Every X source of config/switchboard.yaml is off without tokens: ingest replays the
+    sample tweets from the host's folder, or it would read nothing and alert."""
+    ingest = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]["ingest"]
+    replayed = Path(ingest["environment"]["SWITCHBOARD_REPLAY_FILE"])
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in ingest["volumes"]}
+    on_host = DEPLOY / mounts[str(replayed.parent)] / replayed.name
+    lines = on_host.read_text(encoding="utf-8").splitlines()
+    assert len(lines) > 100 and all(json.loads(line)["data"]["text"] for line in lines[:5])
 
 
 def test_the_image_runs_as_non_root_and_offline():
