@@ -77,6 +77,14 @@ def jsonl_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked by its folder (``-m "not e2e"`` and the like select by it)."""
+    for item in items:
+        folder = item.path.relative_to(ROOT / "tests").parts[0]
+        if folder in ("integration", "e2e"):
+            item.add_marker(getattr(pytest.mark, folder))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """What every test module imported (torch, transformers, faust) is set aside from the
     collector. faust's table stores run a full collection at each partition revoked and at

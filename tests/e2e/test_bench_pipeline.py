@@ -6,11 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import ROOT, SAMPLES, SWITCHBOARD, clean_environment
-
-pytestmark = pytest.mark.e2e
 
 
 def test_bench_reports_each_offered_rate_with_latency_cpu_memory_and_a_plot(tmp_path: Path):

@@ -15,7 +15,6 @@ from switchboard.cli.stack import Stack
 from tests.conftest import SAMPLES
 from tests.e2e.conftest import wait_settled
 
-pytestmark = pytest.mark.e2e
 TWEETS, RATE, OUTAGE_S = 400, 20.0, 30.0
 
 

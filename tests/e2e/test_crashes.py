@@ -7,14 +7,11 @@ import asyncio
 import time
 from pathlib import Path
 
-import pytest
-
 from switchboard.cli.load import write_load
 from switchboard.cli.stack import Stack
 from tests.conftest import SAMPLES
 from tests.e2e.conftest import wait_settled
 
-pytestmark = pytest.mark.e2e
 # 64 seconds of stream: each kill lands while tweets flow, even when restarts are slow (three
 # restarts of about 11 s each on a loaded CI machine left 40 seconds too few)
 TWEETS, RATE = 1600, 25.0

@@ -26,7 +26,6 @@ from switchboard.shared.events import ClassifiedTweet, Correction, RoutedTweet
 from tests.conftest import CONFIG_FILE, SAMPLES, SWITCHBOARD, published, read_topics
 from tests.e2e.conftest import wait_settled
 
-pytestmark = pytest.mark.e2e
 TWEETS, RATE = 800, 40.0  # 20 seconds of stream
 LIVE, CANDIDATE = DEFAULT_ARTIFACT_NAME, COMMERCIAL_ARTIFACT_NAME
 TOKEN = "e2e-admin-token"

@@ -9,7 +9,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import yaml
 
 from switchboard.cli.load import write_load
@@ -18,7 +17,6 @@ from switchboard.shared.labels import Department
 from tests.conftest import CONFIG_FILE, SAMPLES, wait_for
 from tests.e2e.conftest import wait_settled, wait_until
 
-pytestmark = pytest.mark.e2e
 DELIVERY_TAG = re.compile(r"sb-d-[0-9a-f]{16}")  # a delivery's tag at the vendor
 
 

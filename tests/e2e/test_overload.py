@@ -9,16 +9,12 @@ import contextlib
 import json
 from pathlib import Path
 
-import pytest
-
 from switchboard.cli.load import write_load
 from switchboard.cli.resources import ResourceSampler, sampling
 from switchboard.cli.soak import group_lag, settled_lag
 from switchboard.cli.stack import Stack
 from tests.conftest import SAMPLES
 from tests.e2e.conftest import wait_settled, wait_until
-
-pytestmark = pytest.mark.e2e
 
 SUSTAINED_PER_S = 150  # docs/performance.md: the highest rate this machine sustains
 WARM, BURST = 300, 3_000  # the burst offered at ten times the sustained rate

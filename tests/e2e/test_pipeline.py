@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import psutil
-import pytest
 
 from switchboard.cli.stack import sample_ids
 from switchboard.shared import topics
@@ -32,8 +31,6 @@ from tests.conftest import (
     readable,
     service_environment,
 )
-
-pytestmark = pytest.mark.e2e
 
 
 def test_demo_from_scratch_accounts_for_every_tweet(tmp_path: Path):

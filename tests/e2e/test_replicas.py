@@ -30,7 +30,6 @@ from switchboard.shared.settings import KafkaSettings
 from tests.conftest import CONFIG_FILE, SWITCHBOARD, published, read_topics, service_environment
 from tests.factories import a_classified_tweet, a_tweet
 
-pytestmark = pytest.mark.e2e
 CONVERSATIONS = 60  # per phase: one before the kill, one after the restart
 # An answered conversation of phase 1 must have its reply read by its owner before its SLA
 # check: that spans a kill and restart of route-b, 5 to 11 s on a loaded machine.

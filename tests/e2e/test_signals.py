@@ -14,8 +14,6 @@ import pytest
 
 from tests.conftest import ROOT, SAMPLES, SWITCHBOARD, clean_environment
 
-pytestmark = pytest.mark.e2e
-
 COMMANDS = {
     "run": ["run", "--rate", "20"],
     "demo": ["demo", "--count", "40", "--rate", "10", "--json"],

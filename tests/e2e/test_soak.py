@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
-
 from tests.conftest import ROOT, SAMPLES, SWITCHBOARD, clean_environment
 
-pytestmark = pytest.mark.e2e
 SERVICES = {"classify", "route", "notify", "ingest", "broker"}
 
 

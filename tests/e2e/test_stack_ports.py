@@ -12,8 +12,6 @@ from switchboard.cli import stack as stack_module
 from switchboard.cli.stack import Stack
 from switchboard.shared.broker import free_port
 
-pytestmark = pytest.mark.e2e
-
 
 async def test_a_service_whose_port_was_taken_starts_on_another(
     own_stack: Stack, monkeypatch: pytest.MonkeyPatch

@@ -18,8 +18,6 @@ from switchboard.classify.model import COMMERCIAL_ARTIFACT_NAME, TweetClassifier
 from switchboard.classify.offline import baseline_figures, evaluate_file
 from tests.conftest import LABELED, MODEL_THREADS, REAL, data_versions
 
-pytestmark = pytest.mark.integration
-
 TRAINED_ON = (LABELED / "train.jsonl", REAL / "train.jsonl")  # the baselines fit the same rows
 MARGIN = 0.02
 # Reached by the shipped default artifact on the real held-out split (docs/classifier.md).

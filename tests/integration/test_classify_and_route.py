@@ -6,8 +6,6 @@ for; a tweet in a language the model does not support goes to triage, saying why
 
 from __future__ import annotations
 
-import pytest
-
 from switchboard.classify.service import ClassifyService
 from switchboard.classify.settings import ClassifySettings
 from switchboard.route.service import RouteService
@@ -17,8 +15,6 @@ from switchboard.shared.events import RoutedTweet, decode, encode
 from switchboard.shared.labels import Department
 from tests.conftest import CONFIG_FILE
 from tests.factories import a_raw_tweet
-
-pytestmark = pytest.mark.integration
 
 MISMATCHED = {  # (handle, text, department the text calls for)
     "mm-1": (

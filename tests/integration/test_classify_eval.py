@@ -10,8 +10,6 @@ import pytest
 
 from tests.conftest import MODEL_THREADS, REAL, ROOT, SWITCHBOARD, jsonl_rows
 
-pytestmark = pytest.mark.integration
-
 
 def run_eval(*arguments: str, command: str = "eval") -> subprocess.CompletedProcess:
     threads = ["--threads", str(MODEL_THREADS)] if MODEL_THREADS else []

@@ -17,8 +17,6 @@ from switchboard.classify.model import DEFAULT_ARTIFACT, TweetClassifier, defaul
 from switchboard.classify.network import Encoder
 from tests.conftest import LABELED, MODEL_THREADS, REAL, ROOT, SWITCHBOARD, jsonl_rows
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):

@@ -33,7 +33,6 @@ from switchboard.shared.streams import (
 )
 from tests.conftest import wait_for, wait_for_commit
 
-pytestmark = pytest.mark.integration
 PARTITIONS = 4
 _runs = itertools.count(1)
 
