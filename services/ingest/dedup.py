@@ -2,8 +2,12 @@
 or again after a restart) is published once.
 
 The memory is bounded twice: ids older than the retention window are forgotten, and at most
-``capacity`` ids are kept. It is durable without a store of its own: at start, ingest refills it
-from what it already published on the raw and brand topics within the window (service.py), so
+``capacity`` ids are kept. Above ``capacity / window`` tweets a second the second bound comes
+first and the window is shorter than configured: that is counted and logged, since a repeat of
+a tweet forgotten early is published again.
+
+It is durable without a store of its own: at start, ingest refills it from what it already
+published on the raw and brand topics within the window (service.py), so
 the topics themselves are the record of what was seen.
 
 It also keeps each published tweet's conversation: Account Activity's v1.1 tweets carry no
@@ -13,8 +17,14 @@ when that tweet was seen (else the tweet it answers stands in, as before).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
+
+from switchboard.ingest import metrics
+
+log = logging.getLogger(__name__)
+WARN_EVERY_S = 3600.0  # the log line about ids forgotten early, at most once an hour
 
 
 class SeenTweets:
@@ -23,6 +33,7 @@ class SeenTweets:
         self.window_s = window_s
         self._seen_at: OrderedDict[str, float] = OrderedDict()  # oldest first
         self._conversations: dict[str, str] = {}  # tweet id: its conversation, when known
+        self._warned_at = float("-inf")
 
     def __len__(self) -> int:
         return len(self._seen_at)
@@ -44,8 +55,23 @@ class SeenTweets:
         if conversation is not None:
             self._conversations[tweet_id] = conversation
         while len(self._seen_at) > self.capacity:
-            oldest, _ = self._seen_at.popitem(last=False)
+            oldest, oldest_seen_at = self._seen_at.popitem(last=False)
             self._conversations.pop(oldest, None)
+            if oldest_seen_at >= seen_at - self.window_s:
+                self._forgotten_early(seen_at - oldest_seen_at)
+
+    def _forgotten_early(self, kept_s: float) -> None:
+        metrics.DEDUP_FORGOTTEN_EARLY.inc()
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY_S:
+            self._warned_at = now
+            log.warning(
+                "the duplicate filter is full: tweet ids are forgotten before their window ends",
+                extra={"capacity": self.capacity, "kept_hours": round(kept_s / 3600, 2),
+                       "window_hours": round(self.window_s / 3600, 2),
+                       "fix": "raise ingest.dedup_capacity (about 0.3 KB of memory an id) "
+                              "or lower ingest.dedup_window_hours"},
+            )  # fmt: skip
 
     def in_conversation(self, tweet_id: str, conversation: str) -> None:
         """The conversation of a tweet seen (published)."""

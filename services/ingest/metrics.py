@@ -18,6 +18,11 @@ BRAND_TWEETS = Counter(
     "Tweets and DMs sent by the company's own handles, published on the brand topic",
     ["source", "handle"],
 )
+DEDUP_FORGOTTEN_EARLY = Counter(
+    "switchboard_ingest_dedup_forgotten_early_total",
+    "Tweet ids forgotten before dedup_window_hours ended, to keep at most dedup_capacity: a "
+    "copy of such a tweet arriving later is published again",
+)
 DUPLICATES_DROPPED = Counter(
     "switchboard_duplicates_dropped_total", "Tweets dropped as already seen", ["source"]
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from switchboard.ingest import metrics
 from switchboard.ingest.dedup import SeenTweets
 from switchboard.ingest.replay import paced_lines
 
@@ -28,6 +29,22 @@ def test_capacity_evicts_the_id_seen_first():
     assert seen.first_time("c", now=4)  # evicts a, the oldest first sighting
     assert seen.first_time("a", now=5)
     assert not seen.first_time("c", now=6)
+
+
+def test_an_id_forgotten_for_room_within_its_window_is_counted_and_logged_once(caplog):
+    early = metrics.DEDUP_FORGOTTEN_EARLY._value.get()
+    seen = SeenTweets(capacity=2, window_s=60)
+    seen.first_time("a", now=0)
+    seen.first_time("b", now=10)
+    seen.first_time("c", now=100)  # a and b are past their window: expired, not evicted
+    seen.first_time("d", now=101)
+    assert metrics.DEDUP_FORGOTTEN_EARLY._value.get() == early
+    with caplog.at_level("WARNING", logger="switchboard.ingest.dedup"):
+        seen.first_time("e", now=102)  # c, 2 s old, makes room: the window is 2 s, not 60
+        seen.first_time("f", now=103)
+    assert metrics.DEDUP_FORGOTTEN_EARLY._value.get() == early + 2
+    assert len([m for m in caplog.messages if "duplicate filter is full" in m]) == 1
+    assert seen.first_time("c", now=104)  # the repeat the count warns about
 
 
 def test_restored_ids_count_as_seen_until_they_expire():
