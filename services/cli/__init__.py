@@ -383,6 +383,8 @@ def config_check(service: str | None, file: Path | None) -> None:
     path = config_file_in_use(file)
     model = SwitchboardConfig if service is None else SERVICE_CONFIGS[service]
     errors = check_config_file(path, model)
+    if not errors and service in (None, "notify"):
+        errors = _template_errors(path)
     who = f"the {service} service" if service else "every service"
     overrides = config_overrides()
     read = f"{path} with {', '.join(overrides)} over it" if overrides else str(path)
@@ -393,6 +395,20 @@ def config_check(service: str | None, file: Path | None) -> None:
     for line in errors:
         click.echo(f"  {line}", err=True)
     sys.exit(1)
+
+
+def _template_errors(path: Path) -> list[str]:
+    """notify's email templates, looked for and parsed as notify does at start."""
+    from switchboard.notify.config import NotifyFileConfig
+    from switchboard.notify.mail import check_templates
+    from switchboard.shared.settings import ConfigError, read_yaml
+
+    notify = NotifyFileConfig.model_validate(read_yaml(path)).notify
+    try:
+        check_templates(notify.email, notify.subscriptions)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
 
 
 # --- schemas -------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from switchboard.shared.config import (
     SecretRef,
@@ -63,7 +63,13 @@ class FilteredStreamConfig(Section):
     # X sends a keep-alive newline every 20 seconds and suggests reconnecting after 20 s of
     # silence; a keep-alive a little late would then cost a reconnect (of 50 per 15 minutes),
     # so the default leaves 10 s of margin (mentions missed meanwhile: mentions_backstop).
-    stall_timeout_s: float = Field(default=30.0, gt=0)
+    stall_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="No byte for this long drops the connection as stalled; X sends a "
+        "keep-alive every 20 s, so at or below that a quiet connection is dropped (ingest "
+        "warns at start)",
+    )
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
     healthy_after_s: float = Field(
         default=30.0,
@@ -116,6 +122,20 @@ class WebhookConfig(Section):
         description="A tweet or DM written longer ago is refused as a replay (deletions never "
         "are); at most ingest.dedup_window_hours, so a replay of anything accepted is a duplicate",
     )
+
+    @field_validator("path")
+    @classmethod
+    def _not_a_path_of_the_service(cls, path: str) -> str:
+        # The webhook answers X unauthenticated: on /metrics it would open the metrics that
+        # access.lock_metrics closes, and on a probe's path X's check would never reach it.
+        own = path.rstrip("/") or "/"
+        if own in ("/", *SERVICE_PATHS) or own.startswith("/admin/"):
+            raise ValueError(f"{path} is one of ingest's own paths ({', '.join(SERVICE_PATHS)}, "
+                             "/admin/...): choose another, such as /webhooks/x")  # fmt: skip
+        return path
+
+
+SERVICE_PATHS = ("/healthz", "/readyz", "/metrics", "/admin")
 
 
 class XConfig(Section):

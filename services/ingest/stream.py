@@ -52,6 +52,7 @@ from switchboard.ingest.xapi import RulesAnswer, XApi, XApiError, problem_of, us
 from switchboard.shared.config import HandleConfig
 
 log = logging.getLogger(__name__)
+X_KEEP_ALIVE_S = 20.0  # X sends a blank line this often on a quiet filtered stream
 
 SOURCE = "filtered_stream"
 # + the app: a snowflake id, the app's stream saw everything before it. One per app: each
@@ -195,6 +196,14 @@ class FilteredStream:
         self.api = api
         self.config = config
         self.settings = config.ingest.x.filtered_stream
+        if self.settings.enabled and self.settings.stall_timeout_s <= X_KEEP_ALIVE_S:
+            log.warning(
+                "ingest.x.filtered_stream.stall_timeout_s is within X's keep-alive interval: "
+                "a quiet stream will be dropped as stalled and reconnected, spending the "
+                "connection budget",
+                extra={"stall_timeout_s": self.settings.stall_timeout_s,
+                       "keep_alive_s": X_KEEP_ALIVE_S},
+            )  # fmt: skip
         self.on_message = on_message
         self.checkpoints = checkpoints
         self.on_recovered = on_recovered

@@ -4,6 +4,7 @@ channel is added here and to ``Channel`` in the shared events."""
 
 from __future__ import annotations
 
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,14 @@ class EmailConfig(Section):
         description="Folder of Jinja templates (<name>.txt.j2, <name>.html.j2) that override or "
         "add to the built-in ones (email, digest); HTML is autoescaped",
     )
+
+    @field_validator("sender")
+    @classmethod
+    def _an_address(cls, sender: str) -> str:
+        _, address = parseaddr(sender)
+        if "@" not in address or address.startswith("@") or address.endswith("@"):
+            raise ValueError(f"{sender!r} is not an address (user@host, or Name <user@host>)")
+        return sender
 
 
 HttpsUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
@@ -117,7 +126,7 @@ class Subscription(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     channel: Channel = "email"
     departments: list[Department] = Field(min_length=1)
-    urgencies: list[Urgency] = Field(default_factory=lambda: list(Urgency))
+    urgencies: list[Urgency] = Field(default_factory=lambda: list(Urgency), min_length=1)
     to: list[EmailAddress] = Field(default_factory=list, description="email: the recipients")
     digest_minutes: float | None = Field(
         default=None, gt=0, description="email: send digest_urgencies as one digest this often"
@@ -142,6 +151,7 @@ class Subscription(Section):
             raise ValueError("to: an email subscription needs at least one address")
         if self.digest_minutes is not None and self.channel != "email":
             raise ValueError("digest_minutes: only email subscriptions have digests")
+        self._check_digest_urgencies()
         for channel in CHANNEL_TARGETS:
             given = getattr(self, channel) is not None
             if channel == self.channel and not given and channel in ("webhook", "jira"):
@@ -154,6 +164,20 @@ class Subscription(Section):
                              f"{', '.join(sorted(ZENDESK_PRIORITIES))})")  # fmt: skip
         return self
 
+    def _check_digest_urgencies(self) -> None:
+        if self.digest_minutes is None:
+            if self.digest_urgencies != [Urgency.LOW]:  # not the default: meant for a digest
+                raise ValueError("digest_urgencies: given, but without digest_minutes there "
+                                 "is no digest")  # fmt: skip
+            return
+        if Urgency.CRITICAL in self.digest_urgencies:
+            raise ValueError("digest_urgencies: critical tweets go at once, never in a digest")
+        if not any(u in self.urgencies for u in self.digest_urgencies):
+            raise ValueError(
+                f"digest_urgencies: none of {[u.value for u in self.digest_urgencies]} is among "
+                "the subscription's urgencies: the digest would never collect a tweet"
+            )
+
     def matches(self, department: Department, urgency: Urgency) -> bool:
         return department in self.departments and urgency in self.urgencies
 
@@ -164,13 +188,13 @@ class Subscription(Section):
 
 class ZendeskConnection(Section):
     base_url: HttpsUrl = Field(description="https://<subdomain>.zendesk.com")
-    email: str
+    email: EmailAddress
     api_token: SecretRef
 
 
 class JiraConnection(Section):
     base_url: HttpsUrl = Field(description="https://<site>.atlassian.net")
-    email: str
+    email: EmailAddress
     api_token: SecretRef
     search_settle_s: float = Field(
         default=10.0,

@@ -35,6 +35,7 @@ from jinja2 import (
     PackageLoader,
     StrictUndefined,
     TemplateNotFound,
+    TemplateSyntaxError,
     select_autoescape,
 )
 
@@ -85,6 +86,11 @@ def check_templates(options: EmailConfig, subscriptions: list[Subscription]) -> 
                 raise ConfigError(
                     f"config key notify.subscriptions[{index}].template: no template "
                     f"{subscription.template}.{suffix} (built in, or in notify.email.templates_dir)"
+                ) from None
+            except TemplateSyntaxError as exc:
+                raise ConfigError(
+                    f"config key notify.subscriptions[{index}].template: "
+                    f"{exc.filename or exc.name}, line {exc.lineno}: {exc.message}"
                 ) from None
 
 

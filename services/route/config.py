@@ -249,19 +249,23 @@ class RouteConfig(Section):
     @model_validator(mode="after")
     def _alerts_have_an_sla(self) -> Self:
         """``sla.minutes`` given replaces the defaults whole: an alerting urgency left out has
-        no SLA unless a rule for it (or for any urgency) gives one (``sla_minutes``), and would
-        never alert."""
+        no SLA unless a rule for every tweet of it (a ``when`` of urgencies alone, or none)
+        gives one (``sla_minutes``), and its tweets no rule covers would never alert."""
 
         def ruled(urgency: Urgency) -> bool:
-            return any(rule.then.sla_minutes and (rule.when.urgencies is None
-                       or urgency in rule.when.urgencies) for rule in self.rules)  # fmt: skip
+            return any(
+                rule.then.sla_minutes
+                and rule.when == RuleCondition(urgencies=rule.when.urgencies)
+                and (rule.when.urgencies is None or urgency in rule.when.urgencies)
+                for rule in self.rules
+            )
 
         missing = [u.value for u in self.sla.alert_urgencies
                    if u not in self.sla.minutes and not ruled(u)]  # fmt: skip
         if missing:
             raise ValueError(
                 f"sla.alert_urgencies: {', '.join(missing)} has no entry in sla.minutes and no "
-                "rule for it sets sla_minutes (the minutes given replace the defaults)"
+                "rule for all its tweets sets sla_minutes (the minutes given replace the defaults)"
             )
         return self
 

@@ -154,13 +154,18 @@ class SharedConfig(Section):
     @model_validator(mode="after")
     def _unique_handles(self) -> Self:
         seen: dict[str, int] = {}
+        users: dict[str, int] = {}  # one X account is one handle: tweets are found by its id
         for index, handle in enumerate(self.handles):
             key = handle.handle.lower()
             if key in seen:
                 raise ValueError(
                     f"handles[{index}].handle: {handle.handle} is already handles[{seen[key]}]"
                 )
+            if handle.user_id in users:
+                raise ValueError(f"handles[{index}].user_id: {handle.user_id} is already "
+                                 f"handles[{users[handle.user_id]}]'s")  # fmt: skip
             seen[key] = index
+            users[handle.user_id] = index
         return self
 
     @cached_property

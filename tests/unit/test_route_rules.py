@@ -387,7 +387,13 @@ def test_an_alert_urgency_without_an_sla_fails_naming_the_key():
     ]  # a rule for another urgency gives high nothing
     with pytest.raises(ValidationError, match="sla.alert_urgencies: high has no entry in sla"):
         configured(legal, sla=sla)
-    # a rule may give that urgency its SLA
+    some = [{"name": "legal-high", "when": {"urgencies": ["high"], "departments": ["legal"]},
+             "then": {"sla_minutes": 60}}]  # fmt: skip
+    with pytest.raises(
+        ValidationError, match="high has no entry in sla.minutes and no rule for all"
+    ):
+        configured(some, sla=sla)  # high tweets of other departments would never alert
+    # a rule for every tweet of that urgency may give it its SLA
     ruled = [{"name": "high-sla", "when": {"urgencies": ["high"]}, "then": {"sla_minutes": 60}}]
     assert configured(ruled, sla=sla).route.sla.alert_urgencies == [Urgency.CRITICAL, Urgency.HIGH]
 

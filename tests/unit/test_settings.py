@@ -127,8 +127,20 @@ def test_example_config_is_valid():
             ),
             "notify.subscriptions[5]",
         ),
+        # the webhook answers X without a token: on /metrics it would open what lock_metrics
+        # closes, on a probe's path X's check would never reach it
+        (lambda c: c["ingest"]["x"]["webhook"].update(path="/metrics"), "ingest.x.webhook.path"),
+        (lambda c: c["ingest"]["x"]["webhook"].update(path="/healthz/"), "ingest.x.webhook.path"),
+        (lambda c: c["notify"]["subscriptions"][0].update(urgencies=[]),
+         "notify.subscriptions[0].urgencies"),
+        (lambda c: c["notify"]["subscriptions"][0].update(digest_minutes=60,
+                                                           digest_urgencies=["critical"]),
+         "notify.subscriptions[0]"),
+        (lambda c: c["notify"]["subscriptions"][0].update(digest_urgencies=["normal"]),
+         "notify.subscriptions[0]"),  # no digest_minutes: no digest
+        (lambda c: c["notify"]["email"].update(sender="Switchboard"), "notify.email.sender"),
     ],
-)
+)  # fmt: skip
 def test_a_bad_value_names_its_key(write_config, mutate, key):
     with pytest.raises(ConfigError) as caught:
         PipelineSettings.load(config_file=write_config(mutate))
@@ -168,6 +180,23 @@ def test_a_rule_naming_what_the_file_does_not_have_is_refused(write_config, when
 def test_a_repeated_handle_is_refused(write_config):
     path = write_config(lambda c: c["handles"].append(dict(c["handles"][0])))
     with pytest.raises(ConfigError, match="@SkylarkAir is already handles\\[0\\]"):
+        PipelineSettings.load(config_file=path)
+
+
+def test_one_x_account_named_by_two_handles_is_refused(write_config):
+    def twice(config: dict) -> None:
+        config["handles"][1]["user_id"] = config["handles"][0]["user_id"]
+
+    with pytest.raises(ConfigError, match=r"handles\[1\].user_id: \d+ is already handles\[0\]"):
+        PipelineSettings.load(config_file=write_config(twice))
+
+
+def test_a_key_given_twice_is_refused_not_overwritten(tmp_path: Path):
+    """PyYAML keeps the last of two keys: a second route section dropped the first's rules."""
+    text = EXAMPLE.read_text(encoding="utf-8") + "\nroute:\n  confidence_threshold: 0.6\n"
+    path = tmp_path / "switchboard.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match="key 'route' is given twice"):
         PipelineSettings.load(config_file=path)
 
 
@@ -347,3 +376,23 @@ def test_config_check_reads_the_environments_overrides_as_the_services_do(monkey
     monkeypatch.delenv("SWITCHBOARD_CONFIG__ROUTE__ALERT_URGENCIES")
     good = runner.invoke(main, ["config", "check", "--service", "route", str(EXAMPLE)])
     assert good.exit_code == 0 and "valid for the route service" in good.output
+
+
+def test_config_check_reads_the_email_templates_as_notify_does_at_start(write_config, tmp_path):
+    """A template that does not parse stopped notify at start with a traceback, after `config
+    check` had called the file valid."""
+    from click.testing import CliRunner
+
+    from switchboard.cli import main
+
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "email.txt.j2").write_text("Hello {{ routed.tweet.text \n", encoding="utf-8")
+    path = str(write_config(lambda c: c["notify"]["email"].update(templates_dir=str(folder))))
+    runner = CliRunner()
+    checked = runner.invoke(main, ["config", "check", path])
+    assert checked.exit_code == 1
+    assert "config key notify.subscriptions[0].template: " in checked.output
+    assert f"{folder / 'email.txt.j2'}, line 1: unexpected end of template" in checked.output
+    route = runner.invoke(main, ["config", "check", "--service", "route", path])
+    assert route.exit_code == 0  # route reads no template
