@@ -123,6 +123,15 @@ def licence_family(licence: str) -> str:
 
 
 def read_tweets(path: Path) -> list[TweetText]:
+    """One JSON object a line (``text``, optional ``id``, labels, anything else kept as
+    ``extra``); a line that is none raises DataError naming the file and the line."""
+    try:
+        return _read_tweets(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _read_tweets(path: Path) -> list[TweetText]:
     rows = []
     with Path(path).open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
@@ -130,6 +139,8 @@ def read_tweets(path: Path) -> list[TweetText]:
                 continue
             try:
                 record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError(f"a JSON object is needed, not {type(record).__name__}")
                 text = record.pop("text")
                 if not isinstance(text, str) or not text.strip():
                     raise ValueError("text must be a non-empty string")

@@ -216,7 +216,12 @@ _samples_option = click.option(
 @main.command()
 @_config_option
 @_samples_option
-@click.option("--rate", type=float, default=None, help="Tweets per second (default: from config).")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Tweets per second (default: from config).",
+)
 @click.option(
     "--workdir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -251,8 +256,16 @@ def run(config_file: Path, samples: Path, rate: float | None, workdir: Path, kee
 @main.command()
 @_config_option
 @_samples_option
-@click.option("--count", type=int, default=200, show_default=True, help="Tweets to send.")
-@click.option("--rate", type=float, default=50.0, show_default=True, help="Tweets per second.")
+@click.option(
+    "--count", type=click.IntRange(min=1), default=200, show_default=True, help="Tweets to send."
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=50.0,
+    show_default=True,
+    help="Tweets per second.",
+)
 @click.option(
     "--timeout",
     type=float,
@@ -279,9 +292,13 @@ def demo(
     from switchboard.cli.tally import delivered_intact
 
     stop_on_sigterm()
-    workdir = Path(tempfile.mkdtemp(prefix="switchboard-demo-"))
     sent = sample_ids(samples, count)
-    stack = Stack(_stack_options(workdir, config_file, samples, rate, count))
+    workdir = Path(tempfile.mkdtemp(prefix="switchboard-demo-"))
+    try:
+        stack = Stack(_stack_options(workdir, config_file, samples, rate, count))
+    except ConfigError:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     say = (lambda _: None) if as_json else (lambda m: click.echo(m, err=True))
 
     async def go() -> dict:
@@ -311,10 +328,22 @@ def demo(
 @main.command()
 @_config_option
 @_samples_option
-@click.option("--minutes", type=float, default=10.0, show_default=True)
-@click.option("--rate", type=float, default=100.0, show_default=True, help="Tweets per second.")
 @click.option(
-    "--sample-every", type=float, default=5.0, show_default=True, help="Seconds between samples."
+    "--minutes", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=100.0,
+    show_default=True,
+    help="Tweets per second.",
+)
+@click.option(
+    "--sample-every",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds between samples.",
 )
 @click.option(
     "--faults",
@@ -375,7 +404,9 @@ def config_group() -> None:
     help="Validate as this service does at start (the shared sections and its own); "
     "default: every section, as all four services together",
 )
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False), required=False)
+@click.argument(
+    "file", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=False
+)
 def config_check(service: str | None, file: Path | None) -> None:
     """Validate FILE (default: $SWITCHBOARD_CONFIG_FILE or config/switchboard.yaml) with the
     environment's SWITCHBOARD_CONFIG__ overrides over it, as the services read it: each error

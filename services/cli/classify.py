@@ -401,7 +401,10 @@ def classify_predict(
     from switchboard.classify.model import TweetClassifier
     from switchboard.classify.offline import predict_rows, prediction_record
 
-    rows = read_tweets(input_file)
+    try:
+        rows = read_tweets(input_file)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     model = TweetClassifier.load(artifact, threads=threads or 0, runtime=runtime)
     records = [
         json.dumps(prediction_record(row, prediction, model), ensure_ascii=False)

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import get_args
 
 import click
 
 from switchboard.notify.dlq import Filters, parked_deliveries, redrive
+from switchboard.shared.events import Channel
 from switchboard.shared.settings import ServiceSettings
 
 
 def _filters(function):  # noqa: ANN001, ANN202 - click decorator
-    function = click.option("--channel", help="Only this channel (email, zendesk, ...).")(function)
+    function = click.option(
+        "--channel", type=click.Choice(get_args(Channel)), help="Only this channel."
+    )(function)
     function = click.option("--target", help="Only this subscription.")(function)
     return click.option("--id", "delivery_id", help="Only this delivery id.")(function)
 

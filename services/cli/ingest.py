@@ -16,8 +16,15 @@ import click
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="Replay this JSONL file of X API v2 tweets.",
 )
-@click.option("--rate", "replay_rate_per_s", type=float, help="Tweets per second when replaying.")
-@click.option("--limit", "replay_limit", type=int, help="Replay at most this many tweets.")
+@click.option(
+    "--rate",
+    "replay_rate_per_s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Tweets per second when replaying.",
+)
+@click.option(
+    "--limit", "replay_limit", type=click.IntRange(min=0), help="Replay at most this many tweets."
+)
 @click.option(
     "--archive",
     type=click.Path(path_type=Path, exists=True),
@@ -28,6 +35,12 @@ def ingest(ctx: click.Context, **options: object) -> None:
     """Run the ingest service: tweets in, switchboard.tweets.raw out."""
     if ctx.invoked_subcommand is not None:
         return
+    paced = [f for f, o in (("--rate", "replay_rate_per_s"), ("--limit", "replay_limit"))
+             if options[o] is not None]  # fmt: skip
+    if paced and options["replay_file"] is None and options["archive"] is None:
+        verb = "pace" if len(paced) > 1 else "paces"
+        raise click.UsageError(f"{' and '.join(paced)} {verb} only a backfill: give --replay "
+                               "or --archive")  # fmt: skip
     from switchboard.ingest.service import main as run
 
     run(**{k: v for k, v in options.items() if v is not None})

@@ -40,7 +40,7 @@ from switchboard.shared.events import (
 )
 from switchboard.shared.kafka import Consumer, client_options, ensure_topics
 from switchboard.shared.processes import kill, spawn, terminate
-from switchboard.shared.settings import KafkaSettings
+from switchboard.shared.settings import ConfigError, KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class Stack:
     tally: Tally = field(default_factory=Tally)
     broker: EmbeddedBroker | None = None
     inbox: LoopbackInbox | None = None
-    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings.load)
     processes: dict[str, Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     observer: AIOKafkaConsumer | None = None
@@ -115,7 +115,7 @@ class Stack:
             settings.config.topics.partitions,
             settings.config.topics.replication_factor,
         )
-        if not SmtpSettings().model_fields_set & {"host", "port"}:
+        if not SmtpSettings.load().model_fields_set & {"host", "port"}:
             self.inbox = LoopbackInbox(self.options.workdir / "inbox")
             self.inbox.start()
             progress(f"loopback SMTP inbox on 127.0.0.1:{self.inbox.port}")
@@ -352,9 +352,15 @@ def sample_ids(path: Path, limit: int | None) -> set[str]:
     """The tweet ids of the first ``limit`` non-blank lines of a replay file."""
     ids: list[str] = []
     with path.open(encoding="utf-8") as lines:
-        for line in lines:
+        for number, line in enumerate(lines, start=1):
             if line.strip():
                 if limit is not None and len(ids) >= limit:
                     break
-                ids.append(str(json.loads(line)["data"]["id"]))
+                try:
+                    ids.append(str(json.loads(line)["data"]["id"]))
+                except (ValueError, KeyError, TypeError) as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                    raise ConfigError(
+                        f"{path}:{number}: not an X API v2 tweet with data.id ({problem})"
+                    ) from None
     return set(ids)

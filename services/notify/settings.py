@@ -41,6 +41,14 @@ class SmtpSettings(BaseSettings):
             raise ValueError("SMTP_USERNAME and SMTP_PASSWORD: login needs both, or neither")
         return self
 
+    @classmethod
+    def load(cls) -> SmtpSettings:
+        """From the ``SMTP_*`` variables, or ConfigError naming each one that is wrong."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc, env_prefix="SMTP_")) from None
+
 
 class NotifySettings(StreamSettings):
     service: ClassVar[str] = "notify"
@@ -52,8 +60,5 @@ class NotifySettings(StreamSettings):
     @classmethod
     def load(cls, **overrides: Any) -> Self:
         if "smtp" not in overrides:  # read apart, so that an error names the SMTP_ variable
-            try:
-                overrides["smtp"] = SmtpSettings()
-            except ValidationError as exc:
-                raise ConfigError(describe_errors(exc, env_prefix="SMTP_")) from None
+            overrides["smtp"] = SmtpSettings.load()
         return super().load(**overrides)

@@ -8,6 +8,7 @@ and raises ``ConfigError`` naming every wrong key, so a service fails at start, 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Hashable
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import (
@@ -106,6 +108,28 @@ class KafkaSettings(BaseSettings):
         "for its orchestrator to restart it; the input is read again. route and notify (faust) "
         "wait faust's producer_request_timeout",
     )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port_pairs(cls, servers: str | None) -> str | None:
+        if servers is None or servers == "":  # unset: run and demo start the embedded broker
+            return None
+        for server in (s.strip() for s in servers.split(",")):
+            host, _, port = server.rpartition(":")
+            if server.endswith("]") or ":" not in server:  # a host alone: Kafka's port 9092
+                host, port = server, "9092"
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server!r} is not host:port (a comma-separated list of "
+                                 "them, such as kafka-0:9092,kafka-1:9092)")  # fmt: skip
+        return servers
+
+    @classmethod
+    def load(cls) -> KafkaSettings:
+        """From the ``KAFKA_*`` variables, or ConfigError naming each one that is wrong."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc, env_prefix="KAFKA_")) from None
 
     def require_bootstrap(self) -> str:
         if not self.bootstrap_servers:
@@ -234,19 +258,18 @@ class ServiceSettings(BaseSettings):
     def load(cls, **overrides: Any) -> Self:
         """Read and validate everything, or raise ConfigError naming each wrong key."""
         if "kafka" not in overrides:
-            try:
-                overrides["kafka"] = KafkaSettings()
-            except ValidationError as exc:
-                raise ConfigError(describe_errors(exc, env_prefix="KAFKA_")) from None
+            overrides["kafka"] = KafkaSettings.load()
         try:
             return cls(**overrides)
         except ValidationError as exc:
             raw = _raw_config(overrides)
             raise ConfigError(describe_errors(exc, env_prefix="SWITCHBOARD_", raw=raw)) from None
         except SettingsError as exc:  # a variable whose value pydantic could not parse
+            suspects = [name for name in config_overrides() if not _json(os.environ[name])]
+            named = f"{', '.join(suspects)}: " if suspects else ""
             raise ConfigError(
-                f"environment: {exc} (a SWITCHBOARD_CONFIG__ override of a list or a map takes "
-                "JSON, e.g. '[\"critical\"]')"
+                f"environment: {named}{exc} (a SWITCHBOARD_CONFIG__ override of a list or a "
+                "map takes JSON, e.g. '[\"critical\"]')"
             ) from None
 
 
@@ -303,6 +326,14 @@ def check_config_file(path: Path, model: type[BaseModel]) -> list[str]:
         lines = str(exc).splitlines()
         return lines[1:] if len(lines) > 1 else lines  # after "invalid configuration"
     return []
+
+
+def _json(value: str) -> bool:
+    try:
+        json.loads(value)
+    except ValueError:
+        return False
+    return True
 
 
 def config_overrides() -> list[str]:

@@ -4,8 +4,10 @@ it cannot reach."""
 from __future__ import annotations
 
 import socket
+import tempfile
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from switchboard.cli import main
@@ -34,3 +36,36 @@ def test_a_broker_out_of_reach_is_one_line_naming_it(monkeypatch):
     assert result.exit_code == 1, result.output
     assert f"switchboard: Kafka at {address}: KafkaConnectionError" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ingest", "--rate", "5"], "--rate paces only a backfill: give --replay or --archive"),
+        (["ingest", "--replay", "data/samples/tweets.jsonl", "--rate", "0"], "'--rate': 0.0"),
+        (["ingest", "--replay", "data/samples/tweets.jsonl", "--limit", "-1"], "'--limit': -1"),
+        (["run", "--rate", "0"], "'--rate': 0.0"),
+        (["demo", "--count", "-1"], "'--count': -1"),
+        (["soak", "--minutes", "0"], "'--minutes': 0.0"),
+        (["dlq", "list", "--channel", "zendsk"], "'zendsk' is not one of 'email', 'webhook'"),
+        (["config", "check", "no/such.yaml"], "'no/such.yaml' does not exist"),
+    ],
+)
+def test_a_value_that_cannot_work_is_refused_naming_the_option(args, message):
+    """Refused before anything starts: a rate of 0 was taken as the config's, a negative
+    count ended in a traceback, a mistyped channel listed nothing as if nothing were parked."""
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_demo_refuses_bad_samples_and_bad_variables_and_leaves_no_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    samples = tmp_path / "tweets.jsonl"
+    samples.write_text('{"x": 1}\n', encoding="utf-8")
+    bad = CliRunner().invoke(main, ["demo", "--samples", str(samples)])
+    assert bad.exit_code == 2
+    assert f"{samples}:1: not an X API v2 tweet with data.id" in bad.output
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "ssl")
+    variable = CliRunner().invoke(main, ["demo"])
+    assert variable.exit_code == 2 and "environment: KAFKA_SECURITY_PROTOCOL" in variable.output
+    assert [p.name for p in tmp_path.iterdir()] == ["tweets.jsonl"]  # no switchboard-demo-*

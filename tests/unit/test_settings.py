@@ -216,6 +216,11 @@ def test_a_bad_environment_variable_is_named(monkeypatch):
     with pytest.raises(ConfigError, match="environment: KAFKA_SECURITY_PROTOCOL"):
         PipelineSettings.load(config_file=EXAMPLE)
     monkeypatch.delenv("KAFKA_SECURITY_PROTOCOL")
+    for servers in ("localhost:notaport", "   ", "kafka-0:9092,"):  # aiokafka's traceback later
+        monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)
+        with pytest.raises(ConfigError, match="environment: KAFKA_BOOTSTRAP_SERVERS: .* host:port"):
+            PipelineSettings.load(config_file=EXAMPLE)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS")
     # smaller than the largest record route writes (a conversation's latest tweets)
     monkeypatch.setenv("KAFKA_MAX_MESSAGE_BYTES", "524288")
     with pytest.raises(ConfigError, match="environment: KAFKA_MAX_MESSAGE_BYTES"):
@@ -235,7 +240,8 @@ def test_a_bad_environment_variable_is_named(monkeypatch):
         ),
         (
             {"SWITCHBOARD_CONFIG__ROUTE__ALERT_URGENCIES": "critical"},
-            "a SWITCHBOARD_CONFIG__ override of a list or a map takes JSON",
+            "environment: SWITCHBOARD_CONFIG__ROUTE__ALERT_URGENCIES: .* \\(a SWITCHBOARD_CONFIG__ "
+            "override of a list or a map takes JSON",
         ),
     ],
 )  # fmt: skip

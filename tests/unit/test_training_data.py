@@ -4,6 +4,7 @@ critical threshold, and the evaluation extras (per source, errors, calibration).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,12 @@ import torch
 
 from switchboard.classify.data import (
     PROJECT_LICENCE,
+    DataError,
     DataFolder,
     LabeledTweet,
     commercial_use,
     licence_family,
+    read_tweets,
 )
 from switchboard.classify.evaluation import by_group, errors, expected_calibration_error
 from switchboard.classify.train import (
@@ -271,3 +274,30 @@ def test_eval_groups_a_repositorys_files_as_one_source_and_any_other_source_as_i
     assert source_group("https://example.com/a:b") == "https://example.com/a:b"
     assert source_group("zendesk:123") == "zendesk:123"
     assert source_group(None) == "(none)" and source_group(7) == "7"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b'{"text": "ok"}\n["text", "a list"]\n',
+            "2: ValueError: a JSON object is needed, not list",
+        ),
+        (b'{"text": "ok"}\n{not json\n', "2: JSONDecodeError"),
+        (b'{"text": "caf\xe9"}\n', "not UTF-8 text (invalid continuation byte at byte 13)"),
+    ],
+)
+def test_predict_names_the_file_and_line_it_cannot_read_before_loading_a_model(
+    tmp_path, content, message
+):
+    from click.testing import CliRunner
+
+    from switchboard.cli import main
+
+    path = tmp_path / "tweets.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_tweets(path)
+    done = CliRunner().invoke(main, ["classify", "predict", "--input", str(path)])
+    assert done.exit_code == 1 and isinstance(done.exception, SystemExit)  # no traceback
+    assert f"{path}" in done.output and message in done.output
