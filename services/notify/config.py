@@ -151,6 +151,9 @@ class Subscription(Section):
             raise ValueError("to: an email subscription needs at least one address")
         if self.digest_minutes is not None and self.channel != "email":
             raise ValueError("digest_minutes: only email subscriptions have digests")
+        if self.to and self.channel != "email":
+            raise ValueError(f"to: only email subscriptions have recipients; a {self.channel} "
+                             f"subscription's target is under {self.channel}")  # fmt: skip
         self._check_digest_urgencies()
         for channel in CHANNEL_TARGETS:
             given = getattr(self, channel) is not None

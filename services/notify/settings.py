@@ -16,7 +16,7 @@ class SmtpSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SMTP_", extra="ignore", frozen=True)
 
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=25, ge=1, le=65535)
     username: str | None = None
     password: Secret | None = None

@@ -103,6 +103,11 @@ class RuleAction(Section):
             raise ValueError("drop cannot be combined with routing, copying or escalating")
         if self.triage and self.route_to:
             raise ValueError("give either route_to or triage, not both")
+        acts = (self.route_to, self.copy_to, self.triage, self.escalate, self.drop,
+                self.priority, self.sla_minutes)  # fmt: skip
+        if not any(acts):
+            raise ValueError("the rule does nothing: give route_to, copy_to, triage, escalate, "
+                             "drop, priority or sla_minutes")  # fmt: skip
         return self
 
 
@@ -136,7 +141,9 @@ class SpikeConfig(Section):
     factor: float = Field(default=3.0, gt=1.0)
     min_count: int = Field(default=10, ge=1, description="Fewer tweets than this is no spike")
     dimensions: list[Literal["department", "handle", "keyword"]] = Field(
-        default_factory=lambda: ["department", "handle", "keyword"]
+        default_factory=lambda: ["department", "handle", "keyword"],
+        min_length=1,
+        description="What a spike is counted by; for none, enabled: false",
     )
     keywords: list[Annotated[str, Field(min_length=2)]] = Field(default_factory=list)
     samples: int = Field(default=5, ge=1, le=50)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
@@ -37,6 +38,7 @@ from switchboard.shared.config import SecretRef, SharedConfig
 from switchboard.shared.logs import mask_in_logs
 
 DEFAULT_CONFIG_FILE = Path("config/switchboard.yaml")
+MISPLACED_PREFIXES = ("SWITCHBOARD_KAFKA__", "SWITCHBOARD_SMTP__")
 CONFIG_FILE_ENV = "SWITCHBOARD_CONFIG_FILE"
 
 
@@ -257,6 +259,11 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def load(cls, **overrides: Any) -> Self:
         """Read and validate everything, or raise ConfigError naming each wrong key."""
+        misplaced = sorted(n for n in os.environ if n.upper().startswith(MISPLACED_PREFIXES))
+        if misplaced:  # read by nothing: KafkaSettings and SmtpSettings read KAFKA_* and SMTP_*
+            raise ConfigError(f"environment: {', '.join(misplaced)}: Kafka's and the mail "
+                              "relay's variables are KAFKA_* and SMTP_* (KAFKA_BOOTSTRAP_SERVERS, "
+                              "SMTP_HOST, ...)")  # fmt: skip
         if "kafka" not in overrides:
             overrides["kafka"] = KafkaSettings.load()
         try:
@@ -348,15 +355,31 @@ def describe_errors(
     a routing rule's error also names the rule."""
     lines = []
     for error in exc.errors(include_url=False):
-        loc = list(error["loc"])
+        loc, message = list(error["loc"]), error["msg"]
         if loc and loc[0] == "config":
-            where = "config key " + (_yaml_path(loc[1:]) or "<top level>") + _rule_name(loc, raw)
+            path, message = _within(_yaml_path(loc[1:]), message)
+            where = "config key " + (path or "<top level>") + _rule_name(loc, raw)
         elif not loc:  # a check across variables; its message names them
             where = "environment"
         else:
             where = "environment: " + env_prefix + "__".join(str(p) for p in loc).upper()
-        lines.append(f"{where}: {error['msg']}")
+        lines.append(f"{where}: {message}")
     return "invalid configuration\n  " + "\n  ".join(lines)
+
+
+_RELATIVE_KEY = re.compile(
+    r"Value error, ([a-z_][a-z0-9_]*(?:\[\d+\])*(?:\.[a-z_][a-z0-9_]*(?:\[\d+\])*)*): "
+)
+
+
+def _within(path: str, message: str) -> tuple[str, str]:
+    """A check across a section's keys names the key it refuses first in its message
+    (``Value error, handles[1].user_id: ...``): that key joins the section's path."""
+    named = _RELATIVE_KEY.match(message)
+    if named is None:
+        return path, message
+    key = named.group(1)
+    return (f"{path}.{key}" if path else key), message[named.end() :]
 
 
 def _yaml_path(loc: list[Any]) -> str:

@@ -179,6 +179,7 @@ def test_rules_version_follows_the_policy():
         ({"name": "x", "then": {"drop": True, "escalate": True}}, "drop"),
         ({"name": "x", "when": {"patterns": ["("]}, "then": {}}, "patterns"),
         ({"name": "x", "when": {"time": {"timezone": "Mars/Base"}}, "then": {}}, "timezone"),
+        ({"name": "x", "when": {"departments": ["legal"]}, "then": {}}, "the rule does nothing"),
     ],
 )
 def test_a_bad_rule_is_refused_naming_its_key(rule, key):
@@ -186,9 +187,16 @@ def test_a_bad_rule_is_refused_naming_its_key(rule, key):
         configured([rule])
 
 
+def test_spikes_counted_by_nothing_are_refused():
+    with pytest.raises(ValueError, match="dimensions"):
+        configured(spikes={"dimensions": []})  # enabled: false turns them off
+
+
 def test_rule_names_are_unique():
     with pytest.raises(ValueError, match="repeated"):
-        configured([{"name": "a", "then": {}}, {"name": "a", "then": {}}])
+        configured(
+            [{"name": "a", "then": {"triage": True}}, {"name": "a", "then": {"triage": True}}]
+        )
 
 
 # --- conversations ---------------------------------------------------------------------------

@@ -107,10 +107,11 @@ def test_example_config_is_valid():
         # an alerting SLA as long as the conversation is kept would never alert
         (
             lambda c: c["route"].setdefault("conversations", {}).update(ttl_hours=0.25),
-            "route",
+            "route.sla.minutes.critical",
         ),
-        (lambda c: c["ingest"]["x"]["webhook"].update(max_event_age_hours=100), "ingest"),
-        (lambda c: c.update(access={"lock_views": True}), "access"),
+        (lambda c: c["ingest"]["x"]["webhook"].update(max_event_age_hours=100),
+         "ingest.x.webhook.max_event_age_hours"),
+        (lambda c: c.update(access={"lock_views": True}), "access.admin_token"),
         (lambda c: c["notify"].update(redact={"emails": True}), "notify.redact.emails"),
         (
             lambda c: c["notify"].setdefault("delivery", {}).update(rate_per_s={"zendesk": 0}),
@@ -125,7 +126,7 @@ def test_example_config_is_valid():
                     "priority": {"critical": "P1"},
                 }  # fmt: skip
             ),
-            "notify.subscriptions[5]",
+            "notify.subscriptions[5].priority",
         ),
         # the webhook answers X without a token: on /metrics it would open what lock_metrics
         # closes, on a probe's path X's check would never reach it
@@ -135,10 +136,15 @@ def test_example_config_is_valid():
          "notify.subscriptions[0].urgencies"),
         (lambda c: c["notify"]["subscriptions"][0].update(digest_minutes=60,
                                                            digest_urgencies=["critical"]),
-         "notify.subscriptions[0]"),
+         "notify.subscriptions[0].digest_urgencies"),
         (lambda c: c["notify"]["subscriptions"][0].update(digest_urgencies=["normal"]),
-         "notify.subscriptions[0]"),  # no digest_minutes: no digest
+         "notify.subscriptions[0].digest_urgencies"),  # no digest_minutes: no digest
         (lambda c: c["notify"]["email"].update(sender="Switchboard"), "notify.email.sender"),
+        (lambda c: c["notify"]["subscriptions"].append(
+            {"name": "soc", "channel": "webhook", "departments": ["it_security"],
+             "to": ["soc@example.com"], "webhook": {"url": "https://soc.example.com/hook",
+                                                  "secret": {"env": "SOC_SECRET"}}}),
+         "notify.subscriptions[5].to"),  # recipients a webhook never has
     ],
 )  # fmt: skip
 def test_a_bad_value_names_its_key(write_config, mutate, key):
@@ -231,6 +237,9 @@ def test_a_bad_environment_variable_is_named(monkeypatch):
     ("variables", "message"),
     [
         ({"SMTP_TLS": "true", "SMTP_STARTTLS": "true"}, "SMTP_TLS and SMTP_STARTTLS: one or"),
+        ({"SMTP_HOST": ""}, "environment: SMTP_HOST"),
+        ({"SWITCHBOARD_KAFKA__BOOTSTRAP_SERVERS": "kafka:9092"},
+         "SWITCHBOARD_KAFKA__BOOTSTRAP_SERVERS: Kafka's and the mail relay's variables are KAFKA_"),
         ({"SMTP_USERNAME": "switchboard"}, "SMTP_USERNAME and SMTP_PASSWORD: login needs both"),
         ({"SMTP_PASSWORD": "p"}, "SMTP_USERNAME and SMTP_PASSWORD: login needs both"),
         (
