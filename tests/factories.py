@@ -84,6 +84,16 @@ def a_classified_tweet(
     )
 
 
+def a_routed_tweet(
+    department: str = "customer_service",
+    urgency: str = "high",
+    confidence: float = 0.9,
+    **fields: object,
+) -> RoutedTweet:
+    """A tweet as route publishes it to its department; ``fields`` go to the tweet."""
+    return routed_from(a_classified_tweet(department, confidence, urgency, **fields))
+
+
 def routed_from(event: ClassifiedTweet, destination: str = "department") -> RoutedTweet:
     """``event`` as route publishes it with the default policy (department, or triage)."""
     c = event.classification

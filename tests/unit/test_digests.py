@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from switchboard.notify.config import Subscription
 from switchboard.notify.digest import after_sent, counted, digest_id, due_at, item_key
 from switchboard.shared.events import PendingDigest
-from tests.factories import a_classified_tweet, routed_from
+from tests.factories import a_routed_tweet
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
@@ -22,7 +22,7 @@ def pending_of(count: int, start: PendingDigest | None = None) -> PendingDigest:
 
 
 def routed(n: int):  # noqa: ANN201
-    return routed_from(a_classified_tweet("community", 0.9, "low", id=f"t-{n}"))
+    return a_routed_tweet("community", "low", id=f"t-{n}")
 
 
 def test_every_tweet_is_kept_under_its_number_and_counted():

@@ -13,7 +13,7 @@ from switchboard.cli.resources import ResourceSampler
 from switchboard.cli.tally import Tally
 from switchboard.cli.throughput import Step
 from tests.conftest import SAMPLES
-from tests.unit.test_tally import routed
+from tests.factories import a_routed_tweet
 
 
 def a_thread() -> list[dict]:
@@ -53,7 +53,7 @@ def test_routed_per_s_spans_first_ingested_to_last_routed():
     tally = Tally()
     start = datetime(2026, 11, 25, tzinfo=UTC)
     for n in range(11):
-        event = routed(str(n))
+        event = a_routed_tweet(id=str(n))
         trace = event.trace.model_copy(
             update={
                 "ingested_at": start + timedelta(seconds=n / 10),

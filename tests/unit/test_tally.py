@@ -9,14 +9,11 @@ from switchboard.cli.tally import Tally, delivered_intact, percentile
 from switchboard.notify.config import Subscription
 from switchboard.shared import topics
 from switchboard.shared.events import DeadLetter, DecodeError
-from tests.factories import a_classified_tweet as classified
-from tests.factories import routed_from
+from tests.factories import a_routed_tweet
 
 
 def routed(tweet_id: str, department: str = "customer_service", urgency: str = "high"):
-    event = classified(department, 0.9, urgency)
-    event = event.model_copy(update={"tweet": event.tweet.model_copy(update={"id": tweet_id})})
-    return routed_from(event)
+    return a_routed_tweet(department, urgency, id=tweet_id)
 
 
 def test_percentile_is_nearest_rank():
