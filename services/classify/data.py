@@ -125,16 +125,14 @@ def licence_family(licence: str) -> str:
 def read_tweets(path: Path) -> list[TweetText]:
     """One JSON object a line (``text``, optional ``id``, labels, anything else kept as
     ``extra``); a line that is none raises DataError naming the file and the line."""
-    try:
-        return _read_tweets(path)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-
-
-def _read_tweets(path: Path) -> list[TweetText]:
     rows = []
-    with Path(path).open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    with Path(path).open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{number}: not UTF-8 text ({exc.reason} at column "
+                                f"{exc.start + 1})") from None  # fmt: skip
             if not line.strip():
                 continue
             try:

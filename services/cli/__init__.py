@@ -429,12 +429,13 @@ def config_check(service: str | None, file: Path | None) -> None:
 
 
 def _template_errors(path: Path) -> list[str]:
-    """notify's email templates, looked for and parsed as notify does at start."""
+    """notify's email templates, looked for and parsed as notify does at start (with the
+    environment's overrides, which may move templates_dir)."""
     from switchboard.notify.config import NotifyFileConfig
     from switchboard.notify.mail import check_templates
-    from switchboard.shared.settings import ConfigError, read_yaml
+    from switchboard.shared.settings import ConfigError, load_config
 
-    notify = NotifyFileConfig.model_validate(read_yaml(path)).notify
+    notify = load_config(path, NotifyFileConfig).notify
     try:
         check_templates(notify.email, notify.subscriptions)
     except ConfigError as exc:

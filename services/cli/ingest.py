@@ -35,12 +35,6 @@ def ingest(ctx: click.Context, **options: object) -> None:
     """Run the ingest service: tweets in, switchboard.tweets.raw out."""
     if ctx.invoked_subcommand is not None:
         return
-    paced = [f for f, o in (("--rate", "replay_rate_per_s"), ("--limit", "replay_limit"))
-             if options[o] is not None]  # fmt: skip
-    if paced and options["replay_file"] is None and options["archive"] is None:
-        verb = "pace" if len(paced) > 1 else "paces"
-        raise click.UsageError(f"{' and '.join(paced)} {verb} only a backfill: give --replay "
-                               "or --archive")  # fmt: skip
     from switchboard.ingest.service import main as run
 
     run(**{k: v for k, v in options.items() if v is not None})

@@ -47,9 +47,12 @@ class SeenTweets:
         self.remember(tweet_id, now)
         return True
 
-    def remember(self, tweet_id: str, seen_at: float, conversation: str | None = None) -> None:
+    def remember(
+        self, tweet_id: str, seen_at: float, conversation: str | None = None, counted: bool = True
+    ) -> None:
         """Record an id as seen at ``seen_at`` (epoch seconds), e.g. while restoring, and the
-        conversation it belongs to, if known."""
+        conversation it belongs to, if known. A refill at start passes ``counted=False``: the
+        ids it cannot hold were counted by the process that first saw them."""
         self._seen_at[tweet_id] = seen_at
         self._seen_at.move_to_end(tweet_id)
         if conversation is not None:
@@ -57,7 +60,7 @@ class SeenTweets:
         while len(self._seen_at) > self.capacity:
             oldest, oldest_seen_at = self._seen_at.popitem(last=False)
             self._conversations.pop(oldest, None)
-            if oldest_seen_at >= seen_at - self.window_s:
+            if counted and oldest_seen_at >= seen_at - self.window_s:
                 self._forgotten_early(seen_at - oldest_seen_at)
 
     def _forgotten_early(self, kept_s: float) -> None:

@@ -179,7 +179,7 @@ class IngestService:
             client_id="switchboard-ingest-dedup",
         )  # fmt: skip
         for seen_at, tweet_id, conversation in sorted(records, key=lambda r: r[:2]):
-            self.seen.remember(tweet_id, seen_at, conversation)
+            self.seen.remember(tweet_id, seen_at, conversation, counted=False)
         return len(records)
 
     def http_app(self) -> FastAPI:

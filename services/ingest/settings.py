@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from switchboard.ingest.config import IngestFileConfig
 from switchboard.shared.settings import ServiceSettings
@@ -26,6 +26,17 @@ class IngestSettings(ServiceSettings):
     x_api_base_url: str | None = Field(
         default=None, description="Overrides ingest.x.api_base_url of the YAML file"
     )
+
+    @model_validator(mode="after")
+    def _paces_a_backfill(self) -> IngestSettings:
+        paced = [name for name, value in (("SWITCHBOARD_REPLAY_RATE_PER_S (--rate)",
+                 self.replay_rate_per_s), ("SWITCHBOARD_REPLAY_LIMIT (--limit)",
+                 self.replay_limit)) if value is not None]  # fmt: skip
+        if paced and self.replay_file is None and self.archive is None:
+            raise ValueError(f"{' and '.join(paced)} pace only a backfill: set "
+                             "SWITCHBOARD_REPLAY_FILE (--replay) or SWITCHBOARD_ARCHIVE "
+                             "(--archive)")  # fmt: skip
+        return self
 
     @property
     def rate(self) -> float:

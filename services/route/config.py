@@ -103,12 +103,11 @@ class RuleAction(Section):
             raise ValueError("drop cannot be combined with routing, copying or escalating")
         if self.triage and self.route_to:
             raise ValueError("give either route_to or triage, not both")
-        acts = (self.route_to, self.copy_to, self.triage, self.escalate, self.drop,
-                self.priority, self.sla_minutes)  # fmt: skip
-        if not any(acts):
-            raise ValueError("the rule does nothing: give route_to, copy_to, triage, escalate, "
-                             "drop, priority or sla_minutes")  # fmt: skip
         return self
+
+    def does_something(self) -> bool:
+        return any((self.route_to, self.copy_to, self.triage, self.escalate, self.drop,
+                    self.priority, self.sla_minutes))  # fmt: skip
 
 
 class RoutingRule(Section):
@@ -117,6 +116,15 @@ class RoutingRule(Section):
     when: RuleCondition = Field(default_factory=RuleCondition)
     then: RuleAction
     final: bool = Field(default=False, description="Stop evaluating later rules when it matches")
+
+    @model_validator(mode="after")
+    def _does_something(self) -> RoutingRule:
+        # an empty then is meaningful only with final: the model's decision, and no later rule
+        if not self.final and not self.then.does_something():
+            raise ValueError("then: the rule does nothing: give route_to, copy_to, triage, "
+                             "escalate, drop, priority or sla_minutes (or final: true to keep "
+                             "the model's decision from later rules)")  # fmt: skip
+        return self
 
 
 class ConversationConfig(Section):

@@ -13,7 +13,8 @@ import os
 import re
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -39,6 +40,7 @@ from switchboard.shared.logs import mask_in_logs
 
 DEFAULT_CONFIG_FILE = Path("config/switchboard.yaml")
 MISPLACED_PREFIXES = ("SWITCHBOARD_KAFKA__", "SWITCHBOARD_SMTP__")
+ConfigModel = TypeVar("ConfigModel", bound=BaseModel)
 CONFIG_FILE_ENV = "SWITCHBOARD_CONFIG_FILE"
 
 
@@ -120,9 +122,10 @@ class KafkaSettings(BaseSettings):
             host, _, port = server.rpartition(":")
             if server.endswith("]") or ":" not in server:  # a host alone: Kafka's port 9092
                 host, port = server, "9092"
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            unbracketed_ipv6 = ":" in host and not host.startswith("[")  # also a scheme://
+            if not host or unbracketed_ipv6 or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"{server!r} is not host:port (a comma-separated list of "
-                                 "them, such as kafka-0:9092,kafka-1:9092)")  # fmt: skip
+                                 "them, such as kafka-0:9092,[fd00::1]:9092)")  # fmt: skip
         return servers
 
     @classmethod
@@ -192,6 +195,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: overridden by design
+                continue
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
             if isinstance(key, Hashable) and key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -272,7 +277,12 @@ class ServiceSettings(BaseSettings):
             raw = _raw_config(overrides)
             raise ConfigError(describe_errors(exc, env_prefix="SWITCHBOARD_", raw=raw)) from None
         except SettingsError as exc:  # a variable whose value pydantic could not parse
-            suspects = [name for name in config_overrides() if not _json(os.environ[name])]
+            model = cls.model_fields["config"].annotation
+            suspects = [
+                name
+                for name in config_overrides()
+                if _takes_json(model, name) and not _json(os.environ[name])
+            ]
             named = f"{', '.join(suspects)}: " if suspects else ""
             raise ConfigError(
                 f"environment: {named}{exc} (a SWITCHBOARD_CONFIG__ override of a list or a "
@@ -326,13 +336,43 @@ def check_config_file(path: Path, model: type[BaseModel]) -> list[str]:
     the environment's ``SWITCHBOARD_CONFIG__`` overrides over it, as a service reads it. Secrets
     are read when a service uses them, so a secret's variable or file is not looked for here."""
     read_yaml(path)  # a file missing or unreadable is not a list of errors: raised as it is
-    as_at_start = create_model("ConfigCheck", __base__=ServiceSettings, config=(model, ...))
-    try:  # the Kafka variables are judged when a service connects, not here
-        as_at_start.load(config_file=path, kafka=KafkaSettings.model_construct())
+    try:
+        load_config(path, model)
     except ConfigError as exc:
         lines = str(exc).splitlines()
         return lines[1:] if len(lines) > 1 else lines  # after "invalid configuration"
     return []
+
+
+def load_config(path: Path, model: type[ConfigModel]) -> ConfigModel:
+    """The file at ``path`` with the environment's ``SWITCHBOARD_CONFIG__`` overrides over it,
+    validated as ``model`` as a service does at start; ConfigError naming each wrong key."""
+    as_at_start = create_model("ConfigCheck", __base__=ServiceSettings, config=(model, ...))
+    # the Kafka variables are judged when a service connects, not here
+    return as_at_start.load(config_file=path, kafka=KafkaSettings.model_construct()).config
+
+
+def _takes_json(model: Any, variable: str) -> bool:
+    """Whether the key a ``SWITCHBOARD_CONFIG__`` variable overrides is a list, a map or a
+    section, whose value pydantic-settings reads as JSON."""
+    annotation = model
+    for part in variable.lower().split("__")[1:]:
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return False
+        field = annotation.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = _without_none(field.annotation)
+    origin = get_origin(annotation) or annotation
+    composite = isinstance(origin, type) and issubclass(origin, BaseModel)
+    return composite or origin in (list, dict, set, tuple)
+
+
+def _without_none(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, UnionType):
+        kept = [a for a in get_args(annotation) if a is not type(None)]
+        return kept[0] if len(kept) == 1 else annotation
+    return annotation
 
 
 def _json(value: str) -> bool:
@@ -368,17 +408,20 @@ def describe_errors(
 
 
 _RELATIVE_KEY = re.compile(
-    r"Value error, ([a-z_][a-z0-9_]*(?:\[\d+\])*(?:\.[a-z_][a-z0-9_]*(?:\[\d+\])*)*): "
+    r"([a-z_][a-z0-9_]*(?:\[\d+\])*(?:\.[a-z_][a-z0-9_]*(?:\[\d+\])*)*)( \(rule '[^']*'\))?: "
 )
+_VALUE_ERROR = "Value error, "  # pydantic's prefix to what a validator raised
 
 
 def _within(path: str, message: str) -> tuple[str, str]:
     """A check across a section's keys names the key it refuses first in its message
-    (``Value error, handles[1].user_id: ...``): that key joins the section's path."""
+    (``handles[1].user_id: ...``, ``rules[3].then.sla_minutes (rule 'x'): ...``): that key
+    (and rule) joins the section's path."""
+    message = message.removeprefix(_VALUE_ERROR)
     named = _RELATIVE_KEY.match(message)
     if named is None:
         return path, message
-    key = named.group(1)
+    key = named.group(1) + (named.group(2) or "")
     return (f"{path}.{key}" if path else key), message[named.end() :]
 
 

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from switchboard.cli import main
+from switchboard.ingest.settings import IngestSettings
 
 
 def test_run_removes_only_a_work_folder_of_its_own(tmp_path: Path):
@@ -41,7 +42,6 @@ def test_a_broker_out_of_reach_is_one_line_naming_it(monkeypatch):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["ingest", "--rate", "5"], "--rate paces only a backfill: give --replay or --archive"),
         (["ingest", "--replay", "data/samples/tweets.jsonl", "--rate", "0"], "'--rate': 0.0"),
         (["ingest", "--replay", "data/samples/tweets.jsonl", "--limit", "-1"], "'--limit': -1"),
         (["run", "--rate", "0"], "'--rate': 0.0"),
@@ -56,6 +56,19 @@ def test_a_value_that_cannot_work_is_refused_naming_the_option(args, message):
     count ended in a traceback, a mistyped channel listed nothing as if nothing were parked."""
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_replays_pace_without_a_replay_is_refused_from_a_flag_or_a_variable(monkeypatch):
+    flag = CliRunner().invoke(main, ["ingest", "--rate", "5"])
+    assert flag.exit_code == 2
+    assert "SWITCHBOARD_REPLAY_RATE_PER_S (--rate) pace only a backfill" in flag.output
+    monkeypatch.setenv("SWITCHBOARD_REPLAY_LIMIT", "10")
+    variable = CliRunner().invoke(main, ["ingest"])
+    assert variable.exit_code == 2 and "SWITCHBOARD_REPLAY_LIMIT (--limit)" in variable.output
+    # a backfill named by its variable is paced by the flag (compose, the stack)
+    monkeypatch.setenv("SWITCHBOARD_REPLAY_FILE", "data/samples/tweets.jsonl")
+    paced = IngestSettings.load(replay_rate_per_s=50.0)
+    assert paced.rate == 50.0 and paced.replay_limit == 10
 
 
 def test_demo_refuses_bad_samples_and_bad_variables_and_leaves_no_folder(tmp_path, monkeypatch):

@@ -47,6 +47,20 @@ def test_an_id_forgotten_for_room_within_its_window_is_counted_and_logged_once(c
     assert seen.first_time("c", now=104)  # the repeat the count warns about
 
 
+def test_only_ids_evicted_within_their_window_count_and_a_refill_counts_none():
+    early = metrics.DEDUP_FORGOTTEN_EARLY._value.get()
+    seen = SeenTweets(capacity=2, window_s=60)
+    seen.remember("a", 0)
+    seen.remember("b", 1)
+    seen.remember("c", 100)  # evicts a, 100 s old: past its window, nothing forgotten early
+    seen.remember("d", 101)  # evicts b, as old
+    assert metrics.DEDUP_FORGOTTEN_EARLY._value.get() == early
+    seen.remember("e", 102, counted=False)  # a refill at start evicts c, 2 s old: the process
+    assert metrics.DEDUP_FORGOTTEN_EARLY._value.get() == early  # that saw it counted it
+    seen.remember("f", 103)  # evicts d, 2 s old
+    assert metrics.DEDUP_FORGOTTEN_EARLY._value.get() == early + 1
+
+
 def test_restored_ids_count_as_seen_until_they_expire():
     seen = SeenTweets(capacity=10, window_s=100)
     seen.remember("old", seen_at=0)

@@ -180,11 +180,17 @@ def test_rules_version_follows_the_policy():
         ({"name": "x", "when": {"patterns": ["("]}, "then": {}}, "patterns"),
         ({"name": "x", "when": {"time": {"timezone": "Mars/Base"}}, "then": {}}, "timezone"),
         ({"name": "x", "when": {"departments": ["legal"]}, "then": {}}, "the rule does nothing"),
+        ({"name": "x", "then": {"copy_to": []}}, "the rule does nothing"),
     ],
 )
 def test_a_bad_rule_is_refused_naming_its_key(rule, key):
     with pytest.raises(ValueError, match=key):
         configured([rule])
+
+
+def test_a_final_rule_may_keep_the_models_decision_from_later_rules():
+    keep = {"name": "keep", "when": {"departments": ["legal"]}, "then": {}, "final": True}
+    assert configured([keep]).route.rules[0].final
 
 
 def test_spikes_counted_by_nothing_are_refused():

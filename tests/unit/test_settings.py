@@ -13,7 +13,7 @@ from switchboard.cli.config import PipelineSettings
 from switchboard.ingest.settings import IngestSettings
 from switchboard.notify.settings import NotifySettings
 from switchboard.route.settings import RouteSettings
-from switchboard.shared.settings import ConfigError
+from switchboard.shared.settings import ConfigError, read_yaml
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "switchboard.yaml"
 
@@ -168,8 +168,15 @@ def test_a_bad_rule_names_the_rule_and_its_key(write_config):
 @pytest.mark.parametrize(
     ("when", "message"),
     [
-        ({"handles": ["@SkylarkHlep"]}, r"route.rules\[1\].when.handles \(rule 'investors-asking"),
-        ({"segments": ["investr"]}, "no handle has the segment 'investr'"),
+        (
+            {"handles": ["@SkylarkHlep"]},
+            r"config key route.rules\[1\].when.handles \(rule 'investors-asking-about-outages'\): ",
+        ),
+        (
+            {"segments": ["investr"]},
+            r"config key route.rules\[1\].when.segments \(rule 'investors-asking-about-outages'\): no handle has "
+            "the segment 'investr'",
+        ),
         ({"languages": ["EN"]}, r"route.rules\[1\].when.languages.0"),
     ],
 )
@@ -197,6 +204,17 @@ def test_one_x_account_named_by_two_handles_is_refused(write_config):
         PipelineSettings.load(config_file=write_config(twice))
 
 
+def test_merge_keys_and_anchors_still_read(tmp_path: Path):
+    """``<<: *anchor`` then a key of its own overrides the anchor's by design."""
+    text = EXAMPLE.read_text(encoding="utf-8") + (
+        "\nx-base: &base {enabled: true, window_minutes: 5}\n"
+        "x-other: {<<: *base, window_minutes: 10}\n"
+    )
+    path = tmp_path / "switchboard.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert read_yaml(path)["x-other"] == {"enabled": True, "window_minutes": 10}
+
+
 def test_a_key_given_twice_is_refused_not_overwritten(tmp_path: Path):
     """PyYAML keeps the last of two keys: a second route section dropped the first's rules."""
     text = EXAMPLE.read_text(encoding="utf-8") + "\nroute:\n  confidence_threshold: 0.6\n"
@@ -222,7 +240,8 @@ def test_a_bad_environment_variable_is_named(monkeypatch):
     with pytest.raises(ConfigError, match="environment: KAFKA_SECURITY_PROTOCOL"):
         PipelineSettings.load(config_file=EXAMPLE)
     monkeypatch.delenv("KAFKA_SECURITY_PROTOCOL")
-    for servers in ("localhost:notaport", "   ", "kafka-0:9092,"):  # aiokafka's traceback later
+    # each of these ended in aiokafka's traceback later
+    for servers in ("localhost:notaport", "   ", "kafka-0:9092,", "PLAINTEXT://kafka:9092", "::1"):
         monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)
         with pytest.raises(ConfigError, match="environment: KAFKA_BOOTSTRAP_SERVERS: .* host:port"):
             PipelineSettings.load(config_file=EXAMPLE)
@@ -262,6 +281,15 @@ def test_variables_that_contradict_each_other_or_cannot_be_read_fail_at_start(
     service = RouteSettings if "ROUTE" in str(variables) else NotifySettings
     with pytest.raises(ConfigError, match=message):
         service.load(config_file=EXAMPLE)
+
+
+def test_an_override_that_is_no_json_where_json_is_read_is_the_one_named(monkeypatch):
+    monkeypatch.setenv("SWITCHBOARD_CONFIG__ROUTE__SLA__ALERT_URGENCIES", "critical")
+    monkeypatch.setenv("SWITCHBOARD_CONFIG__NOTIFY__EMAIL__SENDER", "sb@example.com")  # a string
+    with pytest.raises(ConfigError) as caught:
+        PipelineSettings.load(config_file=EXAMPLE)
+    assert "environment: SWITCHBOARD_CONFIG__ROUTE__SLA__ALERT_URGENCIES: " in str(caught.value)
+    assert "SENDER" not in str(caught.value)
 
 
 def test_environment_overrides_the_file(monkeypatch):
@@ -393,7 +421,9 @@ def test_config_check_reads_the_environments_overrides_as_the_services_do(monkey
     assert good.exit_code == 0 and "valid for the route service" in good.output
 
 
-def test_config_check_reads_the_email_templates_as_notify_does_at_start(write_config, tmp_path):
+def test_config_check_reads_the_email_templates_as_notify_does_at_start(
+    write_config, tmp_path, monkeypatch
+):
     """A template that does not parse stopped notify at start with a traceback, after `config
     check` had called the file valid."""
     from click.testing import CliRunner
@@ -411,3 +441,7 @@ def test_config_check_reads_the_email_templates_as_notify_does_at_start(write_co
     assert f"{folder / 'email.txt.j2'}, line 1: unexpected end of template" in checked.output
     route = runner.invoke(main, ["config", "check", "--service", "route", path])
     assert route.exit_code == 0  # route reads no template
+    # the folder given by an override, as notify reads it
+    monkeypatch.setenv("SWITCHBOARD_CONFIG__NOTIFY__EMAIL__TEMPLATES_DIR", str(folder))
+    overridden = runner.invoke(main, ["config", "check", str(EXAMPLE)])
+    assert overridden.exit_code == 1 and "line 1: unexpected end of template" in overridden.output

@@ -284,7 +284,10 @@ def test_eval_groups_a_repositorys_files_as_one_source_and_any_other_source_as_i
             "2: ValueError: a JSON object is needed, not list",
         ),
         (b'{"text": "ok"}\n{not json\n', "2: JSONDecodeError"),
-        (b'{"text": "caf\xe9"}\n', "not UTF-8 text (invalid continuation byte at byte 13)"),
+        (
+            b'{"text": "ok"}\n{"text": "caf\xe9"}\n',
+            "2: not UTF-8 text (invalid continuation byte at column 14)",
+        ),
     ],
 )
 def test_predict_names_the_file_and_line_it_cannot_read_before_loading_a_model(
