@@ -174,8 +174,8 @@ def test_a_bad_rule_names_the_rule_and_its_key(write_config):
         ),
         (
             {"segments": ["investr"]},
-            r"config key route.rules\[1\].when.segments \(rule 'investors-asking-about-outages'\): no handle has "
-            "the segment 'investr'",
+            r"config key route.rules\[1\].when.segments \(rule 'investors-asking-about-outages'\): "
+            "no handle has the segment 'investr'",
         ),
         ({"languages": ["EN"]}, r"route.rules\[1\].when.languages.0"),
     ],
