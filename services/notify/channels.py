@@ -240,6 +240,8 @@ class EmailChannel:
             # earlier try (its partition may have been elsewhere meanwhile).
             self._remember(job.delivery_id, delivered_to(job))
             self._adopted[job.delivery_id] = told
+            while len(self._adopted) > DELIVERIES_KEPT:  # parked for good, or moved away
+                del self._adopted[next(iter(self._adopted))]
         try:
             return await self._send(job)
         except DeliveryError as error:
@@ -657,13 +659,13 @@ class JiraChannel(HttpChannel):
             created = json_of(response)  # an unreadable answer: the issue may exist
             issue_id, key = str(created["id"]), str(created["key"])
         except (KeyError, TypeError) as error:  # a 2xx of another shape: it may exist too
-            self._uncertain[job.delivery_id] = time.monotonic()
+            self._uncertain_since(job.delivery_id)
             raise DeliveryError(
                 f"unexpected answer to a create: {error!r}", retryable=True
             ) from None
         except DeliveryError as error:
             if error.retryable and not str(error).startswith("HTTP 429"):
-                self._uncertain[job.delivery_id] = time.monotonic()  # it may have happened
+                self._uncertain_since(job.delivery_id)  # it may have happened
             raise
         self._uncertain.pop(job.delivery_id, None)
         self._created.append(issue_id)
@@ -691,6 +693,13 @@ class JiraChannel(HttpChannel):
         if own is not None:
             self._uncertain.pop(delivery_id, None)
         return own
+
+    def _uncertain_since(self, delivery_id: str) -> None:
+        now = time.monotonic()
+        self._uncertain.pop(delivery_id, None)
+        self._uncertain[delivery_id] = now  # the latest last
+        while self._uncertain and now - next(iter(self._uncertain.values())) > self.settle_s:
+            del self._uncertain[next(iter(self._uncertain))]  # settled, whoever retries it
 
     def _settled(self, delivery_id: str) -> None:
         """Raise a retryable wait while a lost create may still be hidden from search."""

@@ -52,6 +52,7 @@ from switchboard.shared.kafka import Output, dead_letter_record, publish
 from switchboard.shared.labels import Department
 from switchboard.shared.streams import (
     StreamWorker,
+    changelog_writes,
     crash_for_the_stage,
     publish_from_timer,
     raw_topic,
@@ -176,20 +177,31 @@ class Digests:
                 else:
                     await self.on_due(event)
             except DecodeError as problem:
-                await publish(
-                    self.sender, [dead_letter_record("notify", problem, message)], "notify"
-                )
+                await self._dead_letter(problem, message)
             except Exception as error:  # noqa: BLE001 - one bad record never stops the digests
                 if the_stages_fault(error):  # the disk or Kafka: read again after a restart
-                    await crash_for_the_stage(self.app, error)
-                    await asyncio.Event().wait()  # parked until the service stops
+                    await self._stage_failed(error)
                 log.error("a digest record failed processing; dead-lettered", exc_info=error)
                 problem = DecodeError(
                     "processing_failed", f"{type(error).__name__}: {error}"[:2000]
                 )
-                await publish(
-                    self.sender, [dead_letter_record("notify", problem, message)], "notify"
-                )
+                await self._dead_letter(problem, message)
+            try:  # the table's writes for it reached the broker before faust acknowledges it
+                await changelog_writes(self.app).settled()
+            except Exception as error:  # noqa: BLE001 - a changelog write the broker refused
+                await self._stage_failed(error)
+
+    async def _dead_letter(self, problem: DecodeError, message: Any) -> None:
+        try:
+            await publish(self.sender, [dead_letter_record("notify", problem, message)], "notify")
+        except Exception as error:  # noqa: BLE001 - not even the dead letter could be published
+            await self._stage_failed(error)
+
+    async def _stage_failed(self, error: BaseException) -> None:
+        """Crash the app and park here: faust acknowledges the event being handled when its
+        loop goes on or ends, so it must do neither; the next process reads it again."""
+        await crash_for_the_stage(self.app, error)
+        await asyncio.Event().wait()  # parked until the service stops
 
     def on_item(self, item: DigestItem) -> None:
         mark = kept_key(item.subscription, item.routed.tweet.id)

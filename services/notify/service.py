@@ -325,7 +325,13 @@ class NotifyService:
         self, tasks: list[asyncio.Task[Delivery]], outputs: list[Output]
     ) -> list[Output]:
         outputs = list(outputs)
-        for delivery in await asyncio.gather(*tasks):
+        # Every delivery of the input ends before any failure is raised: one left running
+        # after its input was dead-lettered and acknowledged would make its effect unrecorded.
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        failure = next((d for d in done if isinstance(d, BaseException)), None)
+        if failure is not None:
+            raise failure
+        for delivery in done:
             delivered = delivery.outcome == "delivered"
             topic = topics.DELIVERIES if delivered else topics.NOTIFICATIONS_DLQ
             outputs.append(Output.of(topic, delivery, key=delivery.conversation_id))

@@ -28,13 +28,15 @@ on a real Kafka and on the embedded broker alike:
 - ``canonical_url`` distinct per worker: faust's partition assignor tells workers apart by it
   (two workers with the same URL are taken for one).
 - ``processing_guarantee="at_least_once"`` with the producer acknowledging from every in-sync
-  replica (``producer_acks=-1``): faust flushes the producer (changelog writes included) before
-  it commits, and commits only offsets the agent acknowledged; ``AckAfterPublish`` acknowledges
-  an input only after the broker acknowledged its outputs. What a crash makes the next owner
-  process again is what was acknowledged but not yet committed: faust commits every second
-  (``broker_commit_interval``) and, in a burst (a backlog after an upstream restart), also
-  after every 100 acknowledged inputs (``broker_commit_every``), so a kill -9 repeats at most
-  about a hundred inputs rather than a second of catch-up at full speed.
+  replica (``producer_acks=-1``): faust commits only offsets the agent acknowledged;
+  ``AckAfterPublish`` acknowledges an input only after the broker acknowledged its outputs and
+  every table changelog write made until then (``ChangelogWrites``). faust's own flush before
+  a commit is no such guarantee: it gives up once its buffer sent nothing for 0.1 s. What a
+  crash makes the next owner process again is what was acknowledged but not yet committed:
+  faust commits every second (``broker_commit_interval``) and, in a burst (a backlog after an
+  upstream restart), also after every 100 acknowledged inputs (``broker_commit_every``), so
+  a kill -9 repeats at most about a hundred acknowledged inputs rather than a second of
+  catch-up at full speed.
 - its consumer pauses ``fetch_idle_pause_ms`` after a fetch that brought nothing, as the
   project's own consumers do (``kafka.pause_when_idle``), and its producer lingers 5 ms to put
   a few records in one request: without both, route spent most of its CPU asking the broker
@@ -63,6 +65,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -178,6 +181,7 @@ def stream_app(
         TableManager=_TableManager,
         Table=_Table,
     )
+    app.changelog_writes = ChangelogWrites()  # type: ignore[attr-defined]
     app.transport = _Transport(app.conf.broker_consumer, app)
     app.transport.idle_pause_s = kafka.fetch_idle_pause_ms / 1000
     app.transport.fetch_max_bytes = kafka.fetch_max_bytes
@@ -282,6 +286,41 @@ class StreamWorker:
             shutil.rmtree(self.app.conf.datadir, ignore_errors=True)
 
 
+class ChangelogWrites:
+    """The app's table changelog writes the broker has not acknowledged yet.
+
+    faust queues a table's changelog record in its producer's buffer and flushes that buffer
+    before a commit only until 0.1 s pass without a send: a write stuck behind a slow broker
+    could be left out of the commit that covered its input, and lost at a kill -9. An input
+    is therefore acknowledged only once every write made before its acknowledgement was (its
+    own among them, since it was handled first). A write that failed crashes the stage."""
+
+    def __init__(self) -> None:
+        self._pending: deque[asyncio.Future[Any]] = deque()
+        self.failed: BaseException | None = None
+
+    def add(self, write: asyncio.Future[Any]) -> None:
+        self._pending.append(write)
+
+    async def settled(self) -> None:
+        """Until every write made so far is acknowledged; raises the first one that failed."""
+        writes = list(self._pending)
+        if writes:
+            results = await asyncio.gather(*map(asyncio.shield, writes), return_exceptions=True)
+            while self._pending and self._pending[0].done():
+                self._pending.popleft()
+            failed = next((r for r in results if isinstance(r, BaseException)), None)
+            self.failed = self.failed or failed
+        if self.failed is not None:
+            raise self.failed
+
+
+def changelog_writes(app: faust.App) -> ChangelogWrites:
+    """The app's ``ChangelogWrites`` (made with the app by ``stream_app``)."""
+    writes: ChangelogWrites = app.changelog_writes  # type: ignore[attr-defined]
+    return writes
+
+
 class _Table(faust.Table):
     """faust's table, whose windows expire wherever they came from.
 
@@ -298,6 +337,12 @@ class _Table(faust.Table):
 
     def _expiring(self) -> bool:
         return self.window is not None and self.window.expires is not None
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        """faust's write to the changelog, whose acknowledgement an input's waits for."""
+        sent = super().send_changelog(*args, **kwargs)
+        changelog_writes(self.app).add(sent)
+        return sent
 
     def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
         events = list(batch)
@@ -761,42 +806,59 @@ class AckAfterPublish:
 
     async def agent(self, stream: faust.StreamT) -> None:
         """The agent body: ``app.agent(topic)(acks.agent)``."""
-        background = [asyncio.create_task(self._acknowledge())]
+        background = [asyncio.create_task(self._guarded(self._acknowledge()))]
         if self.deferred is not None:
-            background.append(asyncio.create_task(self._release_every_hold()))
+            background.append(asyncio.create_task(self._guarded(self._release_every_hold())))
         try:
-            async for event in stream.noack().events():
-                if self._fault is None:
-                    message = event.message
-                    metrics.CONSUMED.labels(self.service, message.topic).inc()
-                    try:
-                        handled = self._handled(message)
-                    except Exception as error:  # _handled raises only what is the stage's
-                        await self._stage_failed(error)
-                if self._fault is not None:
-                    # Parked, not raised: faust's supervisor would restart the agent at once on
-                    # the same stream and handle (and acknowledge) the inputs after this one.
-                    # The app is crashed: the service stops, and this task is cancelled.
-                    await asyncio.Event().wait()
-                if isinstance(handled, list):
-                    sent = [await self._send(output) for output in handled]
-                    item = _InFlight(stream, event, handled, sent)
-                else:
-                    task = asyncio.create_task(self._awaited(handled, message))
-                    self._working.add(task)
-                    task.add_done_callback(self._working.discard)
-                    item = _InFlight(stream, event, task, [])
-                if self.deferred is None:
-                    await self._in_flight.put(item)
-                    continue
-                self._held.append(item)
-                if len(self._held) >= self.max_held:
-                    await self._release()
+            await self._handle_each(stream)
+        except Exception as error:  # noqa: BLE001 - a bug of this class, not of a record
+            # Raised, faust would restart the agent, which would acknowledge the inputs after
+            # those dropped here; crashed, the next process reads them all again.
+            await self._stage_failed(error)
+            await asyncio.Event().wait()  # parked until the service stops
         finally:
             for task in (*background, *self._working):  # stopped: nothing runs on its own
                 task.cancel()
             await asyncio.gather(*background, *self._working, return_exceptions=True)
             self._forget_in_flight()
+
+    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
+        """A background task of the agent: its failure crashes the stage, where unawaited it
+        would stop acknowledging for good while the service still looked ready."""
+        try:
+            await work
+        except Exception as error:  # noqa: BLE001 - a bug of this class, not of a record
+            log.error("acknowledging inputs failed; the stage stops", exc_info=error)
+            await self._stage_failed(error)
+
+    async def _handle_each(self, stream: faust.StreamT) -> None:
+        async for event in stream.noack().events():
+            if self._fault is None:
+                message = event.message
+                metrics.CONSUMED.labels(self.service, message.topic).inc()
+                try:
+                    handled = self._handled(message)
+                except Exception as error:  # _handled raises only what is the stage's
+                    await self._stage_failed(error)
+            if self._fault is not None:
+                # Parked, not raised: faust's supervisor would restart the agent at once on
+                # the same stream and handle (and acknowledge) the inputs after this one.
+                # The app is crashed: the service stops, and this task is cancelled.
+                await asyncio.Event().wait()
+            if isinstance(handled, list):
+                sent = [await self._send(output) for output in handled]
+                item = _InFlight(stream, event, handled, sent)
+            else:
+                task = asyncio.create_task(self._awaited(handled, message))
+                self._working.add(task)
+                task.add_done_callback(self._working.discard)
+                item = _InFlight(stream, event, task, [])
+            if self.deferred is None:
+                await self._in_flight.put(item)
+                continue
+            self._held.append(item)
+            if len(self._held) >= self.max_held:
+                await self._release()
 
     def _forget_in_flight(self) -> None:
         """Drop the inputs not acknowledged yet: they were not committed, so the partition's
@@ -881,6 +943,11 @@ class AckAfterPublish:
                 metrics.PRODUCED.labels(self.service, output.topic).inc()
             if failed:  # publish() counts what it publishes
                 await self._publish_until_acknowledged(failed)
+            try:
+                await changelog_writes(self.app).settled()
+            except Exception as error:  # noqa: BLE001 - a table write the broker refused
+                await self._stage_failed(error)
+                return  # nothing more is acknowledged: the next process reads it again
             if stream is not None:
                 await stream.ack(event)
 

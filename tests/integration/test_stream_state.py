@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import faust
 import pytest
@@ -22,12 +23,14 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import OffsetAndMetadata
 from faust.types import TP
 
-from switchboard.shared.kafka import client_options, ensure_topics
+from switchboard.shared.kafka import Output, client_options, ensure_topics
 from switchboard.shared.settings import KafkaSettings
 from switchboard.shared.streams import (
+    AckAfterPublish,
     TtlMemory,
     discard_stale_stores,
     in_sync_stamp,
+    raw_topic,
     stream_app,
     worker_ready,
 )
@@ -422,3 +425,75 @@ async def test_a_standbys_windows_expire_with_their_windows(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_an_input_is_committed_only_once_its_table_writes_reached_the_broker(
+    own_kafka: KafkaSettings, own_producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    """faust flushes its producer before a commit only until 0.1 s pass without a send: a
+    table write held behind a slow broker was left out of the commit that covered its input,
+    and a kill -9 then lost the state of an input no one would read again. The changelog's
+    sends are held here (the broker acknowledges the input's output meanwhile): the input is
+    not committed until they go."""
+    kafka, run = own_kafka, next(_runs)
+    group, source, sink = f"held-{run}", f"held-{run}-in", f"held-{run}-out"
+    await ensure_topics(kafka, [source, sink], 1, 1)
+    app = stream_app(group, kafka, state_dir=tmp_path, member=group,
+                     url="http://127.0.0.1:60998", partitions=1)  # fmt: skip
+    state = app.Table("state", key_type=bytes, value_type=bytes, partitions=1)
+
+    def handle(message: Any) -> list[Output]:
+        state[message.key] = message.value
+        return [Output(sink, message.value, message.key)]
+
+    app.agent(raw_topic(app, source), name="held")(AckAfterPublish(app, "route", handle).agent)
+    gate, buffer = asyncio.Event(), app.producer.buffer
+    sending = buffer._send_pending  # noqa: SLF001 - where faust's buffer hands a write to Kafka
+
+    async def held(write: Any) -> None:  # a broker slow to take the changelog's records
+        await gate.wait()
+        await sending(write)
+
+    buffer._send_pending = held  # noqa: SLF001 - read by its draining task when the app starts
+    task = asyncio.create_task(app.start())
+    try:
+        await wait_for(lambda: worker_ready(app), timeout_s=60)
+        sent = await own_producer.send_and_wait(source, b"v", key=b"conversation")
+        await read_until(kafka, sink, lambda records: len(records) == 1)  # the output is out
+        await asyncio.sleep(3)  # three of faust's commit intervals
+        assert await committed_offset(kafka, group, TopicPartition(source, 0)) is None
+        gate.set()
+        await wait_for_commit(kafka, group, source, sent.offset + 1)
+        changelog = f"{group}-state-changelog"
+        assert await read_until(kafka, changelog, lambda records: len(records) == 1)
+    finally:
+        gate.set()
+        await app.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def committed_offset(kafka: KafkaSettings, group: str, tp: TopicPartition) -> int | None:
+    admin = AIOKafkaAdminClient(**client_options(kafka))
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group, partitions=[tp])
+    finally:
+        await admin.close()
+    found = committed.get(tp)
+    return None if found is None or found.offset < 0 else found.offset
+
+
+async def read_until(kafka: KafkaSettings, topic: str, until: Callable[[list], bool]) -> list:
+    """The records of ``topic`` from its start, once ``until(records)`` holds (or 30 s)."""
+    consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", **client_options(kafka))
+    await consumer.start()
+    records: list = []
+    try:
+        deadline = time.monotonic() + 30
+        while not until(records) and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records

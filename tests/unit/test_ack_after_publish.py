@@ -17,7 +17,12 @@ from aiokafka.errors import KafkaTimeoutError
 
 from switchboard.shared import metrics as shared_metrics
 from switchboard.shared.kafka import Output
-from switchboard.shared.streams import AckAfterPublish, publish_from_timer, the_stages_fault
+from switchboard.shared.streams import (
+    AckAfterPublish,
+    ChangelogWrites,
+    publish_from_timer,
+    the_stages_fault,
+)
 
 
 @dataclass
@@ -57,6 +62,10 @@ class _Producer:
         return self.pending[topic]
 
 
+def an_app(producer: _Producer) -> Any:
+    return SimpleNamespace(producer=producer, changelog_writes=ChangelogWrites())
+
+
 async def _until(condition: Any) -> None:
     for _ in range(200):
         if condition():
@@ -89,9 +98,7 @@ async def test_inputs_wait_for_the_outputs_deferred_for_them():
         tally.clear()
         return outputs
 
-    acks = AckAfterPublish(
-        SimpleNamespace(producer=producer), "test", handle, deferred=drain, hold_s=0.05
-    )
+    acks = AckAfterPublish(an_app(producer), "test", handle, deferred=drain, hold_s=0.05)
     stream = _Stream(["a", "b"])
     async with running(acks, stream):
         await _until(lambda: "spikes" in producer.pending)
@@ -103,11 +110,51 @@ async def test_inputs_wait_for_the_outputs_deferred_for_them():
         await _until(lambda: stream.acked == ["a", "b"])
 
 
+async def test_an_input_waits_for_the_table_writes_made_while_it_was_handled():
+    producer, write = _Producer(), asyncio.get_running_loop().create_future()
+    app = an_app(producer)
+
+    def handle(message: Any) -> list[Output]:
+        if message.topic == "a":
+            app.changelog_writes.add(write)  # what a faust table does as the handler writes
+        return [Output(f"out-{message.topic}", b"x")]
+
+    stream = _Stream(["a", "b"])
+    async with running(AckAfterPublish(app, "test", handle), stream):
+        await _until(lambda: {"out-a", "out-b"} <= set(producer.pending))
+        producer.pending["out-a"].set_result(None)
+        producer.pending["out-b"].set_result(None)
+        await asyncio.sleep(0.2)
+        assert stream.acked == []  # outputs in, the table's write not yet
+        write.set_result(None)
+        await _until(lambda: stream.acked == ["a", "b"])
+
+
+async def test_a_table_write_the_broker_refused_acknowledges_nothing_more():
+    producer, write = _Producer(), asyncio.get_running_loop().create_future()
+    app = an_app(producer)
+    app.changelog_writes.add(write)
+    crashed: list[BaseException] = []
+    acks = AckAfterPublish(app, "test", lambda m: [Output(f"out-{m.topic}", b"x")])
+
+    async def crash(error: BaseException) -> None:
+        crashed.append(error)
+        acks._fault = error  # noqa: SLF001 - what the real one records before crashing the app
+
+    acks._stage_failed = crash  # type: ignore[method-assign]  # the app's crash, observed
+    stream = _Stream(["a"])
+    async with running(acks, stream):
+        await _until(lambda: "out-a" in producer.pending)
+        producer.pending["out-a"].set_result(None)
+        write.set_exception(KafkaTimeoutError())
+        await _until(lambda: crashed)
+        await asyncio.sleep(0.1)
+    assert stream.acked == [] and isinstance(crashed[0], KafkaTimeoutError)
+
+
 async def test_without_deferred_outputs_each_input_waits_for_its_own():
     producer = _Producer()
-    acks = AckAfterPublish(
-        SimpleNamespace(producer=producer), "test", lambda m: [Output(f"out-{m.topic}", b"x")]
-    )
+    acks = AckAfterPublish(an_app(producer), "test", lambda m: [Output(f"out-{m.topic}", b"x")])
     stream = _Stream(["a", "b"])
     async with running(acks, stream):
         await _until(lambda: "out-b" in producer.pending)
@@ -127,7 +174,7 @@ async def test_handlers_at_work_together_send_when_done_and_are_acknowledged_in_
         await release[topic].wait()  # a vendor's round trip
         return [Output(f"out-{topic}", b"x")]
 
-    acks = AckAfterPublish(SimpleNamespace(producer=producer), "test", lambda m: deliver(m.topic))
+    acks = AckAfterPublish(an_app(producer), "test", lambda m: deliver(m.topic))
     stream = _Stream(["a", "b"])
     async with running(acks, stream):
         release["b"].set()  # the later input is done first: its output goes out at once

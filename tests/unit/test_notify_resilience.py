@@ -409,3 +409,27 @@ def test_a_vendors_error_code_is_read_however_long_its_answer():
                           "Property values were not valid: " + "z" * 400 + json.dumps(
                               [{"error": "REQUIRED", "name": "hs_pipeline_stage"}])})  # fmt: skip
     assert _wants_a_stage(http_error(400, hubspot, None))
+
+
+async def test_an_inputs_deliveries_all_end_before_one_failure_is_raised():
+    """A delivery that raises a bug (not a DeliveryError) fails its input, which is then
+    dead-lettered and acknowledged: the input's other deliveries must have ended first, or
+    their effects would be made after it, and recorded nowhere."""
+    import asyncio
+
+    from switchboard.notify.service import NotifyService
+
+    finished: list[str] = []
+
+    async def slow() -> object:
+        await asyncio.sleep(0.2)
+        finished.append("slow")
+        return object()
+
+    async def broken() -> object:
+        raise ZeroDivisionError("a bug")
+
+    tasks = [asyncio.create_task(broken()), asyncio.create_task(slow())]
+    with pytest.raises(ZeroDivisionError):
+        await NotifyService._deliveries(None, tasks, [])  # type: ignore[arg-type]  # no state used
+    assert finished == ["slow"]
