@@ -296,23 +296,28 @@ class ChangelogWrites:
     own among them, since it was handled first). A write that failed crashes the stage."""
 
     def __init__(self) -> None:
-        self._pending: deque[asyncio.Future[Any]] = deque()
+        self._pending: deque[tuple[int, asyncio.Future[Any]]] = deque()  # in the order made
+        self._made = 0
         self.failed: BaseException | None = None
 
     def add(self, write: asyncio.Future[Any]) -> None:
-        self._pending.append(write)
+        self._made += 1
+        self._pending.append((self._made, write))
 
     async def settled(self) -> None:
-        """Until every write made so far is acknowledged; raises the first one that failed."""
-        writes = list(self._pending)
-        if writes:
-            results = await asyncio.gather(*map(asyncio.shield, writes), return_exceptions=True)
-            while self._pending and self._pending[0].done():
-                self._pending.popleft()
-            failed = next((r for r in results if isinstance(r, BaseException)), None)
-            self.failed = self.failed or failed
-        if self.failed is not None:
-            raise self.failed
+        """Until every write made so far is acknowledged; raises the first one that failed.
+        Waits on the oldest unacknowledged write at a time: cheap when they are done."""
+        last = self._made
+        while True:
+            while self._pending and self._pending[0][1].done():
+                _, write = self._pending.popleft()
+                if not write.cancelled() and write.exception() is not None:
+                    self.failed = self.failed or write.exception()
+            if self.failed is not None:
+                raise self.failed
+            if not self._pending or self._pending[0][0] > last:
+                return
+            await asyncio.wait([self._pending[0][1]])  # shared by every waiter, never cancelled
 
 
 def changelog_writes(app: faust.App) -> ChangelogWrites:
