@@ -197,6 +197,7 @@ def _stack_options(
     )
 
 
+POSITIVE = click.FloatRange(min=0, min_open=True)  # rates, minutes, intervals: 0 means nothing
 _config_option = click.option(
     "--config",
     "config_file",
@@ -218,7 +219,7 @@ _samples_option = click.option(
 @_samples_option
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=None,
     help="Tweets per second (default: from config).",
 )
@@ -261,7 +262,7 @@ def run(config_file: Path, samples: Path, rate: float | None, workdir: Path, kee
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=50.0,
     show_default=True,
     help="Tweets per second.",
@@ -328,19 +329,17 @@ def demo(
 @main.command()
 @_config_option
 @_samples_option
-@click.option(
-    "--minutes", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True
-)
+@click.option("--minutes", type=POSITIVE, default=10.0, show_default=True)
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=100.0,
     show_default=True,
     help="Tweets per second.",
 )
 @click.option(
     "--sample-every",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=5.0,
     show_default=True,
     help="Seconds between samples.",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Self
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from switchboard.notify.config import NotifyFileConfig
-from switchboard.shared.settings import ConfigError, Secret, StreamSettings, describe_errors
+from switchboard.shared.settings import Secret, StreamSettings, from_environment
 
 
 class SmtpSettings(BaseSettings):
@@ -44,10 +44,7 @@ class SmtpSettings(BaseSettings):
     @classmethod
     def load(cls) -> SmtpSettings:
         """From the ``SMTP_*`` variables, or ConfigError naming each one that is wrong."""
-        try:
-            return cls()
-        except ValidationError as exc:
-            raise ConfigError(describe_errors(exc, env_prefix="SMTP_")) from None
+        return from_environment(cls, "SMTP_")
 
 
 class NotifySettings(StreamSettings):

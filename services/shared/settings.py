@@ -131,10 +131,7 @@ class KafkaSettings(BaseSettings):
     @classmethod
     def load(cls) -> KafkaSettings:
         """From the ``KAFKA_*`` variables, or ConfigError naming each one that is wrong."""
-        try:
-            return cls()
-        except ValidationError as exc:
-            raise ConfigError(describe_errors(exc, env_prefix="KAFKA_")) from None
+        return from_environment(cls, "KAFKA_")
 
     def require_bootstrap(self) -> str:
         if not self.bootstrap_servers:
@@ -205,6 +202,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )  # fmt: skip
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+EnvironmentSettings = TypeVar("EnvironmentSettings", bound=BaseSettings)
+
+
+def from_environment(settings: type[EnvironmentSettings], prefix: str) -> EnvironmentSettings:
+    """``settings`` read from their ``prefix`` variables, or ConfigError naming each wrong one."""
+    try:
+        return settings()
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, env_prefix=prefix)) from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
