@@ -55,10 +55,11 @@ class FilteredStreamConfig(Section):
         default="switchboard:", min_length=1, description="Marks the rules this config owns"
     )
     max_rule_length: int = Field(
-        default=512,
+        default=1024,
         ge=64,
         le=2048,
-        description="X's limit on one rule: 1,024 characters on Pro, 2,048 on Enterprise",
+        description="X's limit on one rule: 1,024 characters (pay-per-use, Pro), 2,048 "
+        "(Enterprise)",
     )
     # X sends a keep-alive newline every 20 seconds and suggests reconnecting after 20 s of
     # silence; a keep-alive a little late would then cost a reconnect (of 50 per 15 minutes),
@@ -144,7 +145,9 @@ class XConfig(Section):
     retry: XRetryConfig = Field(default_factory=XRetryConfig)
     filtered_stream: FilteredStreamConfig = Field(default_factory=FilteredStreamConfig)
     mentions: PollingConfig = Field(default_factory=PollingConfig)
-    direct_messages: PollingConfig = Field(default_factory=PollingConfig)
+    # X allows 15 DM reads per user per 15 minutes: one a minute would leave no request for a
+    # second page or a retry, which then waits for the window's reset
+    direct_messages: PollingConfig = Field(default_factory=lambda: PollingConfig(interval_s=90.0))
     webhook: WebhookConfig = Field(default_factory=WebhookConfig)
 
     @property

@@ -58,6 +58,10 @@ class RuleChanges:
     delete_ids: list[str]
 
 
+NO_ADS = " -is:nullcast"
+VARIANT_ROOM = len(NO_ADS)  # what the longest of ``variants`` adds to a value (X counts it all)
+
+
 def desired_rules(config: IngestFileConfig) -> list[StreamRule]:
     x = config.ingest.x
     suffix = "" if config.ingest.include_retweets else " -is:retweet"
@@ -65,7 +69,8 @@ def desired_rules(config: IngestFileConfig) -> list[StreamRule]:
     for handle in config.handles:
         terms = handle_terms(handle)
         tag = f"{x.filtered_stream.rule_tag_prefix}{handle.handle}"
-        budget = x.filtered_stream.max_rule_length - len(suffix) - 2  # the parentheses
+        # room for the parentheses and for the longest variant a DuplicateRule may need
+        budget = x.filtered_stream.max_rule_length - len(suffix) - 2 - VARIANT_ROOM
         for index, group in enumerate(_pack(terms, budget)):
             rule_tag = tag if index == 0 else f"{tag}#{index + 1}"
             value = rule_value(group, suffix)
@@ -81,7 +86,7 @@ def variants(value: str) -> list[str]:
     """Values that match what ``value`` matches but are not the same string, in the order
     they are tried: grouped once more, then without promoted-only posts (ads, which are no
     one's message to the company)."""
-    return [f"({value})", f"{value} -is:nullcast"]
+    return [f"({value})", f"{value}{NO_ADS}"]
 
 
 def handle_terms(handle: HandleConfig) -> list[str]:

@@ -51,6 +51,7 @@ from switchboard.notify.mail import (
 )
 from switchboard.notify.resilience import (
     TRANSIENT_STATUSES,
+    UNANSWERED,
     DeliveryError,
     RateLimiter,
     http_error,
@@ -316,6 +317,7 @@ class HttpChannel:
     not counted against the request's timeout as a wait for httpx's pool would be."""
 
     name = "http"
+    unanswered = UNANSWERED  # statuses that say the channel, not one request, is broken
 
     def __init__(self, policy: DeliveryPolicy, base_url: str = "", **client: Any) -> None:
         connections = httpx.Limits(
@@ -348,6 +350,7 @@ class HttpChannel:
                 response.text,
                 response.headers.get("retry-after"),
                 self.vendor_wait_s(response),
+                self.unanswered,
             )
             if error.retry_after_s and self.limits_the_account(response):
                 resume_at = time.monotonic() + error.retry_after_s
@@ -600,6 +603,10 @@ class JiraChannel(HttpChannel):
     need no such wait: the issue's comments are read directly, not searched."""
 
     name = "jira"
+    # Jira's 401 is refused credentials; its 403 is a permission missing in one project
+    # ("Create issues" for the project the issue is created in): the other projects' deliveries
+    # go on, and the circuit stays closed
+    unanswered = UNANSWERED - {403}
 
     def __init__(self, policy: DeliveryPolicy, base_url: str, *, settle_s: float, **client: Any):
         super().__init__(policy, base_url, **client)
@@ -1161,8 +1168,7 @@ class HubSpotChannel(HttpChannel):
         answer = json_of(response)
         if response.status_code == 207 or answer.get("errors"):
             raise hubspot_batch_error(answer, _rate_window_s(response))
-        [result] = answer.get("results") or [{}]
-        return result
+        return hubspot_upserted(answer)
 
 
 # Contacts whose delivery failed remembered for its retry (HubSpotChannel._upserting)
@@ -1248,6 +1254,23 @@ def _rate_window_s(response: httpx.Response) -> float:
     """HubSpot's rate-limit window: what its header says, else its documented 10 seconds."""
     interval = response.headers.get("x-hubspot-ratelimit-interval-milliseconds")
     return int(interval) / 1000 if interval and interval.isdigit() else HUBSPOT_RATE_WINDOW_S
+
+
+def hubspot_upserted(answer: dict) -> dict[str, Any]:
+    """The one record of a batch upsert's answer. HubSpot's batch answers carry a ``status``
+    whose expected value is ``COMPLETE`` (``PENDING``, ``PROCESSING``, ``CANCELED``): any other,
+    or no record, is not done; the upsert is by key, so trying it again is safe."""
+    status, results = answer.get("status"), answer.get("results")
+    records = [r for r in results if isinstance(r, dict)] if isinstance(results, list) else []
+    if status != "COMPLETE" or len(records) != 1:
+        raise DeliveryError(
+            f"HubSpot's batch upsert answered {status!r} with {len(records)} records, not one: "
+            "not done",
+            retryable=True,
+            answered=True,
+            body=json.dumps(answer),
+        )
+    return records[0]
 
 
 def hubspot_batch_error(answer: dict, rate_window_s: float = 0.0) -> DeliveryError:

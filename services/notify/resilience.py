@@ -94,13 +94,18 @@ UNANSWERED = frozenset({401, 403, 407, 408})
 
 
 def http_error(
-    status: int, body: str, retry_after: str | None, wait_s: float | None = None
+    status: int,
+    body: str,
+    retry_after: str | None,
+    wait_s: float | None = None,
+    unanswered: frozenset[int] = UNANSWERED,
 ) -> DeliveryError:
     """The DeliveryError for an HTTP answer that is not a success. ``retry_after`` is the
     ``Retry-After`` header (seconds or an HTTP date); ``wait_s`` a wait the vendor's own terms
     ask for, used when there is no ``Retry-After``. A refusal that asks for a wait either way
     is retried, whatever its status (Salesforce's spent request limit is a 403, HubSpot's
-    migration in progress a 477 with Retry-After)."""
+    migration in progress a 477 with Retry-After). ``unanswered``: the statuses by which this
+    vendor says the channel itself is broken (``UNANSWERED`` unless its API says otherwise)."""
     wait = retry_after_seconds(retry_after) if retry_after is not None else None
     retryable = (
         status in TRANSIENT_STATUSES or status >= 500 or wait_s is not None or wait is not None
@@ -110,7 +115,7 @@ def http_error(
         retryable=retryable,
         retry_after_s=wait if wait is not None else wait_s,
         answered=status < 500
-        and (status not in UNANSWERED or wait is not None or wait_s is not None),
+        and (status not in unanswered or wait is not None or wait_s is not None),
         body=body,
     )
 

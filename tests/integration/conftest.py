@@ -10,13 +10,17 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 
+from switchboard.ingest.config import XConfig
 from switchboard.ingest.settings import IngestSettings
 from switchboard.ingest.webhook import SIGNATURE_HEADER, signature
 from tests.conftest import X_APP_TOKEN, X_USER_TOKEN, published
+from tests.standins.x_api import WINDOW_S
 
 HELP_ID, IR_ID = "2100000000000000001", "2100000000000000002"
 CONSUMER_SECRET = "test-consumer-secret"
 _ids = itertools.count(3_000_000_000_000_000_000)
+DM_POLL_S = 0.2
+DM_DEFAULT_POLL_S = XConfig().direct_messages.interval_s  # X allows 15 DM reads in 15 minutes
 
 
 def new_id() -> str:
@@ -95,7 +99,7 @@ def ingest_settings(kafka, x_api, x_env, tmp_path):
                     },
                     "retry": {"attempts": 3, "initial_s": 0.01, "max_s": 0.05},
                     "mentions": {"enabled": mentions, "interval_s": 0.2, "max_results": 5},
-                    "direct_messages": {"enabled": dms, "interval_s": 0.2, "max_results": 5},
+                    "direct_messages": {"enabled": dms, "interval_s": DM_POLL_S, "max_results": 5},
                     "webhook": {
                         "enabled": webhook,
                         "app": "main",
@@ -104,6 +108,8 @@ def ingest_settings(kafka, x_api, x_env, tmp_path):
                 }
             },
         }
+        if dms:  # X's 15 DM reads a window, the window as much shorter as these polls are faster
+            x_api.set_rate_limit("/2/dm_events", 15, WINDOW_S * DM_POLL_S / DM_DEFAULT_POLL_S)
         config["handles"] += list(handles)
         config["ingest"]["x"] = merged(config["ingest"]["x"], x or {})
         if edit is not None:

@@ -1360,10 +1360,13 @@ async def test_refusals_of_single_requests_leave_the_circuit_closed_and_conflict
     vendors, notify_settings, producer, read, running
 ):
     """A target that answers is up: three creates refused (HTTP 400: a project that takes no
-    such issue) are parked for a person, the channel's circuit stays closed (two failures open
-    it), and the next delivery goes out; a 409 (a concurrent update) is tried again."""
+    such issue; 403: a project where the user may not create issues, which Jira's API
+    documents as a missing permission, not refused credentials) are parked for a person, the
+    channel's circuit stays closed (two failures open it), and the next delivery goes out; a
+    409 (a concurrent update) is tried again."""
     jira = vendors["jira"]
-    jira.fail_next("/rest/api/3/issue", 400, count=3)
+    jira.fail_next("/rest/api/3/issue", 400, count=1)
+    jira.fail_next("/rest/api/3/issue", 403, count=2)
     refused = [routed("legal", conversation=conversation()) for _ in range(3)]
     after = routed("legal", conversation=conversation())
     service = NotifyService(notify_settings(attempts=2, circuit_failures=2))
@@ -1380,9 +1383,12 @@ async def test_refusals_of_single_requests_leave_the_circuit_closed_and_conflict
             [topics.DELIVERIES], lambda rs: deliveries(rs, after.tweet.conversation_id)
         )
 
+    refusals = []
     for event in refused:
         [parking] = deliveries(parked, event.tweet.conversation_id)
-        assert "HTTP 400" in parking.error and parking.retry_at is None
+        assert parking.retry_at is None
+        refusals.append(parking.error.split(":")[0])
+    assert sorted(refusals) == ["HTTP 400", "HTTP 403", "HTTP 403"]
     [delivered] = deliveries(records, after.tweet.conversation_id)
     assert (delivered.outcome, delivered.attempts) == ("delivered", 2)
     assert service.breakers["jira"].state == service.breakers["jira"].CLOSED

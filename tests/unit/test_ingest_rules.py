@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from switchboard.cli.config import SwitchboardConfig
+from switchboard.ingest.config import XConfig
 from switchboard.ingest.rules import StreamRule, desired_rules, handle_terms, plan_sync
+from tests.standins.x_api import DOCUMENTED_LIMITS, XApiStandIn
 
 
 def configured(**ingest: object) -> SwitchboardConfig:
@@ -61,8 +63,16 @@ def test_retweets_are_asked_for_only_when_configured():
 def test_terms_beyond_one_rule_length_spill_into_numbered_rules():
     config = configured(x={"filtered_stream": {"max_rule_length": 64}})
     rules = [r for r in desired_rules(config) if r.tag.startswith("switchboard:@AcmeHelp")]
-    assert [r.tag for r in rules] == ["switchboard:@AcmeHelp", "switchboard:@AcmeHelp#2"]
+    tag = "switchboard:@AcmeHelp"
+    assert len(rules) >= 2
+    assert [r.tag for r in rules] == [tag, *(f"{tag}#{n}" for n in range(2, len(rules) + 1))]
     assert all(len(r.value) <= 64 for r in rules)
+    # so is every variant tried after a DuplicateRule: X counts the whole string
+    variants_tried = []
+    for rule in rules:
+        while (rule := rule.variant()) is not None:
+            variants_tried.append(rule.value)
+    assert len(variants_tried) == 2 * len(rules) and all(len(v) <= 64 for v in variants_tried)
     covered = " ".join(r.value for r in rules)
     assert all(term in covered for term in handle_terms(config.handles[0]))
 
@@ -103,3 +113,18 @@ def test_a_malformed_hashtag_is_refused(hashtag):
                 ]
             }
         )
+
+
+def test_the_default_dm_poll_leaves_room_in_xs_window_for_a_second_page_or_a_retry():
+    # X allows each user 15 DM reads per 15 minutes: a poll a minute would spend them all
+    limit, window_s = DOCUMENTED_LIMITS["/2/dm_events"]
+    assert (limit, window_s) == (15, 900.0)
+    polls = window_s / XConfig().direct_messages.interval_s
+    assert polls <= limit * 2 / 3
+
+
+def test_the_default_rule_length_is_xs_and_the_stand_in_refuses_one_character_more():
+    length = XConfig().filtered_stream.max_rule_length
+    assert length == 1024
+    assert XApiStandIn._rule_error({"value": "a" * length}, {}) is None
+    assert XApiStandIn._rule_error({"value": "a" * (length + 1)}, {})["title"]

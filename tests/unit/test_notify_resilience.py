@@ -14,11 +14,13 @@ import pytest
 
 from switchboard.notify.channels import (
     TRANSCRIPT_SEPARATOR,
+    JiraChannel,
     _closed,
     _lost_a_race,
     _wants_a_stage,
     adf,
     hubspot_batch_error,
+    hubspot_upserted,
     json_of,
     salesforce_codes,
     transcript,
@@ -93,6 +95,11 @@ def test_refusals_of_the_moment_are_retried_and_only_a_target_not_answering_coun
 ):
     error = http_error(status, "x", None)
     assert (error.retryable, error.answered) == (retryable, answered)
+
+
+def test_jiras_403_is_one_projects_missing_permission_and_its_401_refused_credentials():
+    assert http_error(403, "x", None, unanswered=JiraChannel.unanswered).answered
+    assert not http_error(401, "x", None, unanswered=JiraChannel.unanswered).answered
 
 
 def test_a_refusal_that_asks_for_a_wait_is_retried_whatever_its_status():
@@ -433,3 +440,26 @@ async def test_an_inputs_deliveries_all_end_before_one_failure_is_raised():
     with pytest.raises(ZeroDivisionError):
         await NotifyService._deliveries(None, tasks, [])  # type: ignore[arg-type]  # no state used
     assert finished == ["slow"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"status": "PENDING", "results": []},
+        {"status": "CANCELED", "results": []},
+        {"status": "COMPLETE", "results": []},
+        {"status": "PROCESSING", "results": [{"id": "7", "properties": {}}]},
+        {"results": [{"id": "7"}]},
+    ],
+)
+def test_a_hubspot_batch_answer_not_complete_or_without_its_record_is_tried_again(answer):
+    """An upsert counted as done without its record would leave the ticket unknown to the
+    ledger, and the next tweet would open it again (HubSpot's batch ``status``: COMPLETE)."""
+    with pytest.raises(DeliveryError) as refused:
+        hubspot_upserted(answer)
+    assert refused.value.retryable
+
+
+def test_a_complete_hubspot_batch_answer_gives_its_one_record():
+    record = {"id": "7", "new": True, "properties": {"subject": "x"}}
+    assert hubspot_upserted({"status": "COMPLETE", "results": [record]}) == record
