@@ -52,6 +52,11 @@ SWITCHBOARD = [sys.executable, "-m", "switchboard"]  # the CLI, as a process of 
 # threads each embedded tweets on the backbone at 44 a second each, of one thread each at 72.
 # 0: every core (a serial run, TEST_WORKERS=0).
 MODEL_THREADS = 1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 0
+# The model's processes a test starts (classify, training, the bench) keep one thread per core:
+# OpenMP's threads then sleep while they wait instead of spinning, or three test workers on two
+# cores spend the CPU the others need on waiting (the bench's test took 70 s against 27 s).
+# Read when torch loads, which no module imported above does.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def data_versions(path: Path, folder: Path) -> dict[str, Path]:

@@ -184,6 +184,9 @@ class SlaConfig(Section):
     check_interval_s: float = Field(default=30.0, gt=0)
 
 
+ZENDESK_PRIORITIES = ("urgent", "high", "normal", "low")  # a ticket's priority, in its API
+
+
 class ZendeskFeedback(Section):
     """Zendesk tickets moved to another group (or given another priority) correct their
     conversation: an event webhook (``ticket.group_assignment_changed``,
@@ -198,6 +201,18 @@ class ZendeskFeedback(Section):
                                  "normal": Urgency.NORMAL, "low": Urgency.LOW},
         description="Zendesk priority -> urgency",
     )  # fmt: skip
+
+    @field_validator("priorities")
+    @classmethod
+    def _zendesk_priorities(cls, priorities: dict[str, Urgency]) -> dict[str, Urgency]:
+        """Zendesk's priorities are four lower-case values: ``Urgent`` is read as ``urgent``,
+        and a name Zendesk has not would never match a ticket."""
+        lowered = {name.lower(): urgency for name, urgency in priorities.items()}
+        if unknown := sorted(set(lowered) - set(ZENDESK_PRIORITIES)):
+            known = ", ".join(ZENDESK_PRIORITIES)
+            raise ValueError(f"{', '.join(unknown)}: not a Zendesk priority (one of {known})")
+        return lowered
+
     max_age_s: float = Field(
         default=3600, gt=0, description="An older signature timestamp is refused (a replay)"
     )

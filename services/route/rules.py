@@ -93,7 +93,10 @@ def evaluate(
                 break
     if outcome.destination == "dropped":  # published on switchboard.dropped alone
         outcome.copies = []
-    outcome.copies = [d for d in dict.fromkeys(outcome.copies) if d != outcome.department]
+    # a copy to the department's own topic would repeat the tweet there; one of a tweet sent to
+    # triage is the only copy that department gets (the department is then the model's guess)
+    primary = outcome.department if outcome.destination == "department" else None
+    outcome.copies = [d for d in dict.fromkeys(outcome.copies) if d != primary]
     if outcome.escalated and (alerted := _edit_already_alerted(event, conversation)):
         outcome.escalated = False
         outcome.reasons.append(

@@ -807,10 +807,7 @@ class RouteService:
             started.window_minutes, started.baseline_windows
         ):  # fmt: skip
             log.warning("route.spikes.window_minutes and baseline_windows change at restart")
-        self.spike_windows.config = spikes.model_copy(
-            update={"window_minutes": started.window_minutes,
-                    "baseline_windows": started.baseline_windows}
-        )  # fmt: skip
+        self.spike_windows.reconfigure(spikes)
         self.config = config
         self.version = rules_version(config.route)
         self.spike_keys = SpikeKeys(config.route.spikes)

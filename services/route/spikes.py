@@ -6,7 +6,9 @@ A key spikes when its current window holds at least ``min_count`` tweets and at 
 per episode: the key stays in its episode, silent, until a whole window ends below the bar.
 Nothing is reported until a baseline period (``baseline_windows`` windows) has passed since the
 replica started: a key it was just given may come with no history (a first start, windows
-expired while no replica ran), and every busy department would look like a spike.
+expired while no replica ran), and every busy department would look like a spike. A key that
+a reload of the configuration starts to watch (a keyword added, a dimension, spikes enabled)
+has no history either: it warms up from that reload (``newly_watched``).
 
 route tallies the spike keys of the tweets it routes (``SpikeTally``) and publishes, a few
 times a second, one ``SpikeObservation`` per key and window with its count on
@@ -86,6 +88,26 @@ class SpikeKeys:
         if "keyword" in wanted:
             found += [("keyword", k) for k, pattern in self._keywords if pattern.search(tweet.text)]
         return found
+
+
+def newly_watched(before: SpikeConfig, after: SpikeConfig) -> set[str]:
+    """What ``after`` watches that ``before`` did not: dimensions by name, keywords as their
+    spike key's name in lower case (``keyword:outage``, matched without regard to case)."""
+    if not after.enabled:
+        return set()
+    was = set(before.dimensions) if before.enabled else set()
+    added: set[str] = set(after.dimensions) - was
+    if "keyword" in after.dimensions and "keyword" not in added:
+        known = {k.lower() for k in before.keywords}
+        added |= {spike_key("keyword", k.lower()) for k in after.keywords if k.lower() not in known}
+    return added
+
+
+def watched_since(key: str, started: float, since: dict[str, float]) -> float:
+    """When ``key`` began to be watched: the replica's start, or the reload that added its
+    dimension or its keyword (``since``, from ``newly_watched``), whichever came last."""
+    dimension, _ = spike_key_parts(key)
+    return max(started, since.get(dimension, started), since.get(key.lower(), started))
 
 
 def spike_key(dimension: Dimension, value: str) -> str:
@@ -274,6 +296,8 @@ class SpikeWindows:
     def __init__(self, app: faust.App, config: SpikeConfig, partitions: int) -> None:
         self.config = config
         self.started = time.monotonic()
+        # what a reload began to watch, and when (time.monotonic): it warms up from then
+        self.watched_since: dict[str, float] = {}
         self.window_s = window_seconds(config)
         # A tweet may be counted this late (a backlog upstream) with its window's whole
         # baseline still kept: windows are kept for twice the baseline period, and two more.
@@ -336,7 +360,8 @@ class SpikeWindows:
             current = _Window(current.count, current.counted, offset)
             spike = self._spike(observation, current.count, history, number, again=True)
         else:
-            warm = time.monotonic() - self.started >= self.window_s * self.config.baseline_windows
+            since = watched_since(key, self.started, self.watched_since)
+            warm = time.monotonic() - since >= self.window_s * self.config.baseline_windows
             verdict = judge(self.config, number, current.count, history, episode, warm)
             if verdict.spike:
                 current = _Window(current.count, current.counted, offset)
@@ -346,6 +371,17 @@ class SpikeWindows:
             self.counts[key] = current.record()
         self._mark(key, episode)
         return spike
+
+    def reconfigure(self, config: SpikeConfig) -> None:
+        """A reloaded configuration's bar and what it watches, from now; the windows' size and
+        number are the tables' and stay until a restart. What it newly watches warms up."""
+        config = config.model_copy(
+            update={"window_minutes": self.config.window_minutes,
+                    "baseline_windows": self.config.baseline_windows}
+        )  # fmt: skip
+        now = time.monotonic()
+        self.watched_since |= dict.fromkeys(newly_watched(self.config, config), now)
+        self.config = config
 
     def withdraw(self, withdrawal: SpikeSampleWithdrawn) -> None:
         """Take a deleted tweet out of its window's samples (its record's timestamp places it

@@ -276,6 +276,18 @@ def test_a_zendesk_ticket_moved_to_a_mapped_group_corrects_its_conversation():
     assert isinstance(priority, CorrectionRequest) and priority.urgency is Urgency.CRITICAL
 
 
+def test_zendesk_priorities_are_read_in_zendesks_lower_case_and_others_are_refused():
+    capitalised = ZendeskFeedback(
+        signing_secret={"env": "ZD_HOOK"}, groups={360001: "legal"},
+        priorities={"Urgent": "critical", "HIGH": "high"},
+    )  # fmt: skip
+    priority = zendesk_request(zendesk_event("priority_changed", "urgent"), capitalised)
+    assert isinstance(priority, CorrectionRequest) and priority.urgency is Urgency.CRITICAL
+    with pytest.raises(ValueError, match="critical: not a Zendesk priority"):
+        ZendeskFeedback(signing_secret={"env": "ZD_HOOK"}, groups={360001: "legal"},
+                        priorities={"critical": "critical"})  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("event", "why"),
     [

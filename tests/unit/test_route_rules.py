@@ -12,7 +12,14 @@ from switchboard.cli.config import SwitchboardConfig
 from switchboard.route import conversations, feedback
 from switchboard.route.config import SpikeConfig, TimeWindow
 from switchboard.route.rules import evaluate, in_window, rules_version
-from switchboard.route.spikes import SpikeKeys, SpikeTally, bar, judge
+from switchboard.route.spikes import (
+    SpikeKeys,
+    SpikeTally,
+    bar,
+    judge,
+    newly_watched,
+    watched_since,
+)
 from switchboard.shared.events import (
     MAX_TEXT_CHARS,
     Author,
@@ -369,6 +376,18 @@ def test_a_dropped_tweet_is_copied_nowhere():
     kept = evaluate(classified("marketing", 0.9, text="a deal?", **to_help), copy_then_drop,
                     None, NOW)  # fmt: skip
     assert kept.copies == [Department.SALES]
+
+
+def test_a_tweet_sent_to_triage_keeps_its_copy_to_the_models_department():
+    """The copy is the only way that department sees the tweet: triage is the primary topic,
+    whatever department the model guessed."""
+    legal_copy = configured([
+        {"name": "legal-copy", "when": {"keywords": ["lawsuit"]}, "then": {"copy_to": ["legal"]}},
+    ])  # fmt: skip
+    unsure = evaluate(classified("legal", 0.3, text="I will file a lawsuit"), legal_copy, None, NOW)
+    assert unsure.destination == "triage" and unsure.copies == [Department.LEGAL]
+    sure = evaluate(classified("legal", 0.9, text="I will file a lawsuit"), legal_copy, None, NOW)
+    assert sure.destination == "department" and sure.copies == []
 
 
 def test_no_version_of_an_alerted_post_alerts_again():
@@ -819,6 +838,25 @@ def test_a_spike_needs_its_bar_and_a_warm_detector():
     assert _alerts(config, [0, 0, 0, 0, 50], warm=False) == []  # just started: no history yet
     # a baseline below one tweet per window counts as one
     assert bar(config, 0.2) == 5 and bar(config, 2.0) == 6
+
+
+def test_what_a_reload_begins_to_watch_warms_up_from_the_reload():
+    """A keyword, a dimension or spikes themselves added by a reload have no history: judged at
+    once, the first busy window of a new keyword would look like a crisis."""
+    before = SpikeConfig(keywords=["Recall"], dimensions=["department", "keyword"])
+    after = before.model_copy(
+        update={"keywords": ["recall", "Outage"], "dimensions": ["department", "handle", "keyword"]}
+    )
+    assert newly_watched(before, after) == {"handle", "keyword:outage"}
+    assert newly_watched(before, before) == set()
+    off = before.model_copy(update={"enabled": False})
+    assert newly_watched(off, before) == {"department", "keyword"}
+    assert newly_watched(before, off) == set()
+    added = dict.fromkeys(newly_watched(before, after), 500.0)
+    assert watched_since("keyword:Outage", 100.0, added) == 500.0
+    assert watched_since("handle:@AcmeHelp", 100.0, added) == 500.0
+    assert watched_since("keyword:Recall", 100.0, added) == 100.0  # watched from the start
+    assert watched_since("department:legal", 100.0, added) == 100.0
 
 
 def test_keywords_and_handles_are_watched_separately():
