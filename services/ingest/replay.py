@@ -1,8 +1,15 @@
-"""Replay: read a JSONL file of X API v2 tweets (or any items) at a steady rate."""
+"""Replay: read a JSONL file of X API v2 tweets (or any items) at a steady rate.
+
+A line is one message as the filtered stream sends it (``{"data": tweet, "includes": ...}``),
+or one page of tweets as X's search and lookup endpoints answer, which twarc2 writes one per
+line (``{"data": [tweets], "includes": ...}``): a page is replayed tweet by tweet, each with
+what the page includes of its author and of the tweets it quotes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -28,20 +35,56 @@ async def paced_lines(
     started = time.monotonic()
     sent = 0
     with path.open("rb") as lines:
-        for number, line in enumerate(lines, start=1):
-            if limit is not None and sent >= limit:
-                return
-            if not line.strip():
-                continue
-            if done(line):
-                started -= 1 / rate_per_s  # the schedule moves on without it
+        for number, read in enumerate(lines, start=1):
+            for line in messages_of(read):
+                if limit is not None and sent >= limit:
+                    return
+                if done(line):
+                    started -= 1 / rate_per_s  # the schedule moves on without it
+                    sent += 1
+                    continue
+                delay = started + sent / rate_per_s - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 sent += 1
-                continue
-            delay = started + sent / rate_per_s - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            sent += 1
-            yield number, line.rstrip(b"\r\n")
+                yield number, line
+
+
+def messages_of(line: bytes) -> list[bytes]:
+    """The messages of one replay line (none for a blank one): the line itself, or a page's
+    tweets one by one, each with the page's ``includes`` of its author and the tweets it refers
+    to (not the whole page's, which would be copied once per tweet)."""
+    line = line.rstrip(b"\r\n")
+    if not line.strip():
+        return []
+    if b'"data"' not in line:
+        return [line]
+    try:
+        page = json.loads(line)
+    except ValueError:
+        return [line]  # dead-lettered by the reader, as it is
+    if not isinstance(page, dict) or not isinstance(page.get("data"), list):
+        return [line]
+    includes = page.get("includes") if isinstance(page.get("includes"), dict) else {}
+    return [json.dumps(_message(tweet, includes)).encode() for tweet in page["data"]]
+
+
+def _message(tweet: object, includes: dict) -> dict:
+    if not isinstance(tweet, dict):
+        return {"data": tweet}
+    referenced = {r.get("id") for r in tweet.get("referenced_tweets") or [] if isinstance(r, dict)}
+    return {
+        "data": tweet,
+        "includes": {
+            "users": [u for u in _list(includes, "users") if u.get("id") == tweet.get("author_id")],
+            "tweets": [t for t in _list(includes, "tweets") if t.get("id") in referenced],
+        },
+    }
+
+
+def _list(includes: dict, name: str) -> list[dict]:
+    found = includes.get(name)
+    return [item for item in found if isinstance(item, dict)] if isinstance(found, list) else []
 
 
 async def paced(

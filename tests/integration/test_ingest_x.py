@@ -22,7 +22,7 @@ import pytest
 from switchboard.ingest import metrics as ingest_metrics
 from switchboard.ingest.rules import desired_rules
 from switchboard.ingest.service import IngestService
-from switchboard.ingest.webhook import SIGNATURE_HEADER, signature
+from switchboard.ingest.webhook import SIGNATURE_HEADER
 from switchboard.shared import topics
 from switchboard.shared.broker import EmbeddedBroker
 from switchboard.shared.events import (
@@ -354,7 +354,10 @@ async def test_webhook_checks_crc_signatures_and_size(ingest_settings):
         early = await client.post("/webhooks/x", content=body, headers=signed(body))
 
     assert crc.status_code == 200
-    assert crc.json() == {"response_token": signature(CONSUMER_SECRET.encode(), b"challenge-123")}
+    # X's formula, computed apart from ingest's code: "sha256=" and the base64 of
+    # HMAC-SHA256(consumer secret, crc_token) (`openssl dgst -sha256 -hmac ... -binary | base64`)
+    assert CONSUMER_SECRET == "test-consumer-secret"
+    assert crc.json() == {"response_token": "sha256=tkNEg0seEcYQ8M3405Unns/xCXZPr0AfN2Yx77Yg+c8="}
     assert (unsigned.status_code, forged.status_code, too_large.status_code) == (401, 401, 413)
     assert early.status_code == 503
 

@@ -18,6 +18,7 @@ from switchboard.ingest.normalize import (
     tweet_from_v2,
     written_by_now,
 )
+from switchboard.ingest.replay import messages_of
 from switchboard.shared.events import MAX_TEXT_CHARS
 from tests.factories import a_tweet
 
@@ -129,6 +130,25 @@ def test_a_post_x_withholds_carries_where_and_x_notice_in_place_of_a_text_is_mar
     assert notice.withheld is not None and notice.withheld.notice
     assert (notice.withheld.country_codes, notice.withheld.scope) == (["IN"], "user")
     assert tweet_from_v2(message(), config).withheld is None
+
+
+def test_a_page_of_tweets_on_a_replay_line_is_replayed_tweet_by_tweet_with_its_author(config):
+    """twarc2 writes X's search and lookup answers a page per line (``data`` a list, one
+    ``includes`` for the page; recorded: xapi-reference/twarc-csv/withheld.jsonl): each tweet
+    of it is replayed with its own author, not dead-lettered as no tweet."""
+    recorded = json.loads((X_DOCS / "withheld.json").read_text())
+    post, notice = recorded["withheld_post"], recorded["withheld_account_notice"]
+    writer = {**AUTHOR, "id": post["author_id"], "username": "writer"}
+    page = {"data": [post, notice], "includes": {"users": [AUTHOR, writer]},
+            "meta": {"result_count": 2}, "__twarc": {"version": "2.14.0"}}  # fmt: skip
+    messages = [json.loads(m) for m in messages_of(json.dumps(page).encode() + b"\r\n")]
+    assert [m["data"] for m in messages] == [post, notice]
+    assert messages[0]["includes"]["users"] == [writer]  # its author alone, not the page's
+    tweets = [tweet_from_v2(m, config) for m in messages]
+    assert tweets[0].author.username == "writer" and tweets[1].withheld.notice
+    one = json.dumps(message()).encode()
+    assert messages_of(one + b"\n") == [one] and messages_of(b"  \n") == []
+    assert messages_of(b"{not json") == [b"{not json"]  # dead-lettered by the reader, as it is
 
 
 def test_a_v1_post_x_withholds_says_where(config):
