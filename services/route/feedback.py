@@ -200,9 +200,12 @@ def apply(
 
 def uncounted(correction: Correction, tweet: Tweet) -> bool:
     """Whether the corrected tweet counted for nothing before: a rule dropped it, or X sent
-    its withholding notice in place of its text (no alert, no owner, its urgency unknown)."""
+    its withholding notice in place of its text (no alert, no owner, its urgency unknown) and
+    no correction has sent it to a department yet (it stays withheld: a second correction would
+    count it, and raise its alert, again)."""
     withheld = tweet.withheld is not None and tweet.withheld.notice
-    return correction.destination_before == "dropped" or withheld
+    sent_on = correction.destination_before == "department"
+    return correction.destination_before == "dropped" or (bool(withheld) and not sent_on)
 
 
 def escalates(correction: Correction, tweet: Tweet, alert_urgencies: list[Urgency]) -> bool:

@@ -24,6 +24,7 @@ from switchboard.shared.events import (
     CorrectionRequest,
     RecentTweet,
     RouteDecision,
+    Withheld,
     conversation_of_vendor_key,
     conversation_of_vendor_labels,
     vendor_conversation_key,
@@ -192,6 +193,28 @@ def test_a_dropped_tweet_sent_to_a_department_counts_from_then_on_and_raises_its
     raised = applied(low, tweet_id="t-2", department="sales")
     assert (raised.state.tweets, raised.state.max_urgency) == (2, Urgency.HIGH)
     assert not raised.escalate  # high does not alert here
+
+
+def test_a_withheld_tweet_is_rescued_by_its_first_correction_only():
+    """X's notice in place of the text sent the tweet to triage, counting for nothing; a person
+    sends it to a department: it counts and alerts. It stays withheld, and a second correction
+    moves it on without counting it or paging again."""
+    notice = Withheld(country_codes=["IN"], scope="user", notice=True)
+    withheld = recent("t-1", "legal", "critical").model_copy(
+        update={"tweet": a_tweet(id="t-1", conversation_id="c-1", withheld=notice)}
+    )
+    state = conversation(withheld).model_copy(
+        update={"routed": {"t-1": decision("triage", "legal")}, "tweets": 0}
+    )
+    first = applied(state, tweet_id="t-1", department="legal")
+    assert first.correction.outcome == "rerouted" and first.escalate
+    assert first.state.tweets == 1
+    # route records the tweet's new decision: sent to legal by the correction
+    after = first.state.model_copy(update={"routed": {"t-1": decision("department", "legal")}})
+    second = apply(after, request(correction_id="api:2", tweet_id="t-1", department="sales"),
+                   NOW, sla_minutes=SLA, alert_urgencies=ALERTING)  # fmt: skip
+    assert second.correction.outcome == "rerouted" and not second.escalate
+    assert second.state.tweets == 1 and second.state.department is Department.SALES
 
 
 def test_a_ticket_moved_corrects_the_latest_tweet_that_reached_a_department():
