@@ -159,7 +159,10 @@ def apply(
     corrected = recent.model_copy(update={"department": department, "urgency": urgency})
     correction = _correction(request, tweet_id, outcome, recent, recent.tweet, now)
     correction = correction.model_copy(
-        update={"destination_before": decided.destination if decided else None}
+        update={
+            "destination_before": decided.destination if decided else None,
+            "alerted_before": decided is not None and decided.escalated,
+        }
     )
     if outcome == "unchanged":
         return Applied(correction, state.model_copy(update=_remembering(state, correction)),
@@ -210,9 +213,13 @@ def uncounted(correction: Correction, tweet: Tweet) -> bool:
 
 def escalates(correction: Correction, tweet: Tweet, alert_urgencies: list[Urgency]) -> bool:
     """Whether applying the correction raises the tweet's alert: its new urgency alerts and
-    none was raised for it before (its old urgency did not alert, or it counted for nothing)."""
-    return correction.urgency in alert_urgencies and (
-        uncounted(correction, tweet) or correction.urgency_before not in alert_urgencies
+    none was raised for it before (its old urgency did not alert, or it counted for nothing,
+    and no rule escalated it: a second page, under another alert id, could not be told from
+    a new one)."""
+    return (
+        correction.urgency in alert_urgencies
+        and not correction.alerted_before
+        and (uncounted(correction, tweet) or correction.urgency_before not in alert_urgencies)
     )
 
 

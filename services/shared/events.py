@@ -456,6 +456,11 @@ class Correction(Event):
         description="Where the tweet had gone before (dropped: a person rescued it from a "
         "rule's drop, and its alert, if its urgency alerts, was raised only now)",
     )
+    alerted_before: bool = Field(
+        default=False,
+        description="The tweet's alert had been raised before the correction (a rule's "
+        "escalation, say): the correction raises none, whatever the urgency it gives",
+    )
     department: Department | None = Field(description="After the correction")
     urgency: Urgency | None = Field(description="After the correction")
     model_version: str | None = Field(description="The model whose labels were corrected")

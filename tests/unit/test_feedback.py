@@ -217,6 +217,23 @@ def test_a_withheld_tweet_is_rescued_by_its_first_correction_only():
     assert second.state.tweets == 1 and second.state.department is Department.SALES
 
 
+def test_a_tweet_a_rule_escalated_is_not_paged_again_when_corrected_to_critical():
+    """A rule paged for the tweet (``escalation:<id>``); a person then labels it critical: a
+    second page, ``critical_tweet:<id>``, could not be told from a new one."""
+    state = conversation(recent("t-1", "legal", "high"))
+    escalated = decision("department", "legal").model_copy(
+        update={"escalated": True, "alert_kind": "escalation"}
+    )
+    state = state.model_copy(update={"routed": {"t-1": escalated}})
+    result = applied(state, tweet_id="t-1", urgency="critical")
+    assert result.correction.outcome == "relabelled" and result.correction.alerted_before
+    assert not result.escalate
+    # read again after a crash, the correction as it was applied raises nothing either
+    assert not escalates(result.correction, state.recent["t-1"].tweet, ALERTING)
+    plain = state.model_copy(update={"routed": {"t-1": decision("department", "legal")}})
+    assert applied(plain, tweet_id="t-1", urgency="critical").escalate
+
+
 def test_a_ticket_moved_corrects_the_latest_tweet_that_reached_a_department():
     # the ticket is the first tweet's; a later one was dropped as spam
     state = conversation(recent("t-1", "sales", "normal"), recent("t-2", "sales", "low"))
