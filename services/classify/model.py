@@ -95,6 +95,29 @@ def card_backbone(artifact: Path, card: dict) -> Path:
     return default_backbone()
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def check_whole(artifact: Path, card: dict) -> None:
+    """Refuse an artifact whose tuned weights are not all there: its own encoder weights (a
+    card trained with ``lora_rank: 0``) or its LoRA adapter, and its heads. Without them the
+    backbone's plain weights would serve under the artifact's name, with heads trained on other
+    features: a copy not finished yet (``aws s3 sync`` writes each file whole, the largest
+    last), say, which a later try loads once its files are there."""
+    rank = card.get("options", {}).get("lora_rank")
+    adapter = (artifact / "adapter").is_dir()
+    if rank == 0 or (rank is None and not adapter):
+        needed = [ENCODER_FILE]
+    else:
+        needed = [f"adapter/{name}" for name in ADAPTER_FILES]
+    missing = [name for name in [*needed, "heads.safetensors"] if not (artifact / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"classify.artifact: {artifact} has no {', '.join(missing)}: not a whole artifact "
+            "(still being copied?)"
+        )
+
+
 def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a container's
     CPU limit), which ``os.cpu_count()`` ignores: it gives the whole node's cores."""
@@ -260,6 +283,7 @@ class TweetClassifier:
         it is torch's intra-op threads."""
         artifact = resolve_artifact(artifact)
         card = json.loads((artifact / "card.json").read_text())
+        check_whole(artifact, card)
         backbone = Path(backbone) if backbone else card_backbone(artifact, card)
         model = cls(artifact, card, backbone, max_length, bucket_size, threads)
         if "lexical" in card:

@@ -74,7 +74,17 @@ MODEL_OPTIONS = ("artifact", "backbone", "max_length", "threads", "runtime", "bu
 def classified(
     event: RawTweet, prediction: Prediction, model: TweetClassifier, lang: str | None
 ) -> ClassifiedTweet:
-    classification = Classification(
+    classification = classification_of(prediction, model, lang)
+    trace = event.trace.model_copy(update={"classified_at": utc_now()})
+    return ClassifiedTweet(tweet=event.tweet, classification=classification, trace=trace)
+
+
+def classification_of(
+    prediction: Prediction, model: TweetClassifier, lang: str | None
+) -> Classification:
+    """The labels as published (a model whose scores are no probabilities, NaN say, fails
+    here: its warm-up, or ``still_works``, tells it from a text that breaks it)."""
+    return Classification(
         department=prediction.department,
         urgency=prediction.urgency,
         confidence=round(prediction.confidence, 6),
@@ -85,8 +95,6 @@ def classified(
         lang=lang,
         language_supported=model.supports(lang),
     )
-    trace = event.trace.model_copy(update={"classified_at": utc_now()})
-    return ClassifiedTweet(tweet=event.tweet, classification=classification, trace=trace)
 
 
 def load_model(
@@ -111,8 +119,15 @@ def load_model(
         options.bucket_size,
         onnx_dir,
     )
-    model.predict([WARM_UP])
+    labels_plain_tweet(model)
     return model
+
+
+def labels_plain_tweet(model: TweetClassifier) -> Classification:
+    """The model's labels of a plain tweet, as they would be published, its language detected
+    (which loads the language model, once)."""
+    [prediction] = model.predict([WARM_UP])
+    return classification_of(prediction, model, detect(WARM_UP))
 
 
 WARM_UP = "@AcmeHelp my order never arrived, can someone help?"
@@ -168,8 +183,7 @@ def still_works(model: TweetClassifier) -> bool:
     failed, tells a model that broke (a runtime error, memory) from a text that breaks it
     (dead-lettered alone)."""
     try:
-        model.predict([WARM_UP])
-        detect(WARM_UP)
+        labels_plain_tweet(model)
     except Exception:  # noqa: BLE001 - any failure of the model is the answer
         log.exception("the model fails on a plain tweet")
         return False
@@ -327,6 +341,9 @@ class ClassifyService:
             self.options, self._failed = options, None
             return "unchanged"
         log.info("loading the model the configuration names", extra={"artifact": settings.artifact})
+        # stamped before the load: a file that arrives during a load that fails is a change
+        paths = _model_files(options, settings.artifact, settings.onnx_dir)
+        stamps = _stamp(paths)
         try:
             model = await asyncio.to_thread(load_model, options, settings.artifact,
                                             settings.onnx_dir)  # fmt: skip
@@ -337,8 +354,8 @@ class ClassifyService:
                       settings.artifact, error)  # fmt: skip
             # An artifact still being copied loads at a later try, once its files changed.
             self._config_digest = NOT_IN_FORCE
-            self._failed_paths = _model_files(options, settings.artifact, settings.onnx_dir)
-            self._failed = (digest, _stamp(self._failed_paths), time.monotonic())
+            self._failed_paths = paths
+            self._failed = (digest, stamps, time.monotonic())
             return "failed"
         self._failed = None
         previous = self.model.version if self.model else None
@@ -400,15 +417,15 @@ class ClassifyService:
         started = time.perf_counter()
         try:
             predictions, langs = await asyncio.to_thread(labels_and_languages, model, events)
+            results = [
+                classified(event, prediction, model, lang)
+                for event, prediction, lang in zip(events, predictions, langs, strict=True)
+            ]
         except Exception as error:
             if not await asyncio.to_thread(still_works, model):
                 raise StageFault(f"the model cannot label tweets: {error!r}") from error
             raise  # one of these texts: handled one at a time, the culprit dead-lettered
         metrics.INFERENCE_SECONDS.labels(self.role).observe(time.perf_counter() - started)
-        results = [
-            classified(event, prediction, model, lang)
-            for event, prediction, lang in zip(events, predictions, langs, strict=True)
-        ]
         for result in results:  # counted once the whole batch is labelled (not on a retry)
             self._count(result)
         return [Output.of(self.output_topic, r, key=r.tweet.conversation_id) for r in results]

@@ -15,6 +15,7 @@ from switchboard.classify import metrics as classify_metrics
 from switchboard.classify.model import (
     COMMERCIAL_ARTIFACT_NAME,
     DEFAULT_ARTIFACT_NAME,
+    ENCODER_FILE,
     resolve_artifact,
 )
 from switchboard.classify.service import ClassifyService
@@ -84,8 +85,17 @@ async def test_a_new_artifact_takes_over_under_load_and_rolls_back(
         assert service.model.version == LIVE
         assert rejected("classify") == 1  # the file on disk would fail a restart: said
         settle = await read([topics.CLASSIFIED], lambda rs: False, timeout_s=1.0)
-        # An artifact the file named before it was there loads once it is (its files changed)
-        shutil.copytree(resolve_artifact(CANDIDATE), late)
+        # An artifact the file named before it was there loads once it is whole (its files
+        # changed). Its card and heads come first, its encoder weights last (as `aws s3 sync`
+        # writes them): refused meanwhile, or the backbone's plain weights would serve under
+        # the candidate's name until a restart.
+        source = resolve_artifact(CANDIDATE)
+        shutil.copytree(source, late, ignore=shutil.ignore_patterns(ENCODER_FILE))
+        await wait_for(
+            lambda: classify_metrics.MODEL_RELOADS.labels("failed")._value.get() > failed + 1  # noqa: SLF001
+        )
+        assert service.model.version == LIVE and rejected("classify") == 1
+        shutil.copy(source / ENCODER_FILE, late / ENCODER_FILE)
         await wait_for(lambda: service.model.version == CANDIDATE, timeout_s=60)
         assert rejected("classify") == 0
         path.unlink()  # the file gone (a ConfigMap key renamed): a restart would fail

@@ -8,7 +8,9 @@ the group's committed offset moves past them, so a restart does not meet them ag
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -201,6 +203,17 @@ class _BrokenModel:
         raise RuntimeError("onnxruntime: bad allocation")
 
 
+class _DivergedModel(_BrokenModel):
+    """The shipped model's labels with scores that are no probabilities (a training run that
+    diverged): it runs, and nothing it says can be published."""
+
+    def predict(self, texts: list[str]) -> list[Any]:
+        return [
+            dataclasses.replace(p, department_scores=dict.fromkeys(p.department_scores, math.nan))
+            for p in self._model.predict(texts)
+        ]
+
+
 class _ModelFailingOn:
     """The shipped model with a bug one text triggers (in its tokenizer, say)."""
 
@@ -260,15 +273,17 @@ async def test_a_batch_the_model_fails_on_dead_letters_each_bad_record_once(
     }  # fmt: skip
 
 
+@pytest.mark.parametrize("fault", [_BrokenModel, _DivergedModel])
 async def test_classify_whose_model_breaks_stops_and_dead_letters_nothing(
-    kafka, producer, read, running, classifier
+    kafka, producer, read, running, classifier, fault
 ):
     """A model that fails on every text, a plain tweet included, is not a record's fault: the
     service stops (its orchestrator restarts it) without dead-lettering or committing the
-    batch, and the tweets are classified once a model works again."""
-    tweet = a_raw_tweet(id=f"{RUN}-broken", conversation_id=f"{RUN}-broken")
+    batch, and the tweets are classified once a model works again. So does one whose labels
+    cannot be published (NaN scores): every tweet dead-lettered would lose the traffic."""
+    tweet = a_raw_tweet(id=f"{RUN}-{fault.__name__}", conversation_id=f"{RUN}-{fault.__name__}")
     settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=kafka)
-    broken = ClassifyService(settings, model=_BrokenModel(classifier))
+    broken = ClassifyService(settings, model=fault(classifier))
     await broken.start()
     stop = asyncio.Event()
     task = asyncio.create_task(broken.run(stop))
