@@ -21,6 +21,7 @@ puts it ahead of time (the image does); concurrent builders never see half a fil
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import tempfile
 from collections.abc import Callable
@@ -63,22 +64,24 @@ def int8_model_path(
     digest = weights_digest(artifact, card, backbone)
     target = cache / f"{card['version']}-{digest[:12]}.{RECIPE}.onnx"
     if not target.is_file():
+        _can_build(target)  # before torch and the network are loaded for nothing
         cache.mkdir(parents=True, exist_ok=True)
         _build(*network(), target)
     return target
 
 
-def _build(encoder: Any, heads: Any, target: Path) -> None:
-    """Export the torch encoder and heads to ONNX and quantize it (``quantize_per_token``)."""
-    try:
-        import onnx
-    except ImportError:  # the runtime install: the image builds the model ahead of time
+def _can_build(target: Path) -> None:
+    if importlib.util.find_spec("onnx") is None:  # the runtime install: built ahead of time
         raise ConfigError(
             f"SWITCHBOARD_ONNX_DIR: no int8 model {target.name} in {target.parent}, and this "
             "install cannot build one (the onnx package is in the train extra): run `switchboard "
             "classify build-onnx --out DIR` where it is installed, or set classify.runtime: torch"
-        ) from None
+        )
 
+
+def _build(encoder: Any, heads: Any, target: Path) -> None:
+    """Export the torch encoder and heads to ONNX and quantize it (``quantize_per_token``)."""
+    import onnx
     import torch
 
     class Full(torch.nn.Module):

@@ -807,6 +807,8 @@ class RouteService:
             started.window_minutes, started.baseline_windows
         ):  # fmt: skip
             log.warning("route.spikes.window_minutes and baseline_windows change at restart")
+        if config.route.sla.check_interval_s != self.config.route.sla.check_interval_s:
+            log.warning("route.sla.check_interval_s changes at restart (the sweep's timer)")
         self.spike_windows.reconfigure(spikes)
         self.config = config
         self.version = rules_version(config.route)

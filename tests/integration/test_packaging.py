@@ -95,6 +95,18 @@ for tool in (["run", "--workdir", {str(tmp_path / "run")!r}], ["bench"]):
     refused = CliRunner().invoke(main, tool)  # the dev extra's: a message, not a traceback
     assert refused.exit_code == 2, (tool, refused.output)
     assert "needs the dev extra" in refused.output and "switchboard[dev]" in refused.output, tool
+# int8 with no model built ahead: refused, naming what to do, before torch loads for nothing
+import sys, tempfile
+from pathlib import Path
+from switchboard.classify.model import TweetClassifier
+from switchboard.shared.settings import ConfigError
+try:
+    TweetClassifier.load(runtime="onnx-int8", onnx_dir=Path(tempfile.mkdtemp()))
+except ConfigError as error:
+    assert "cannot build one" in str(error) and "build-onnx" in str(error), error
+else:
+    raise AssertionError("an int8 model was built without the onnx package")
+assert "torch" not in sys.modules, "torch loaded for a build that cannot happen"
 print("ran")
 """
     done = run_installed(runtime_install, code)

@@ -348,7 +348,8 @@ class XApiStandIn:
         self.requests: list[dict] = []
         self.stream_connections = 0
         self.rules: dict[str, dict] = {}
-        self.max_rules: int | None = None  # the plan's rule cap (X: 1,000 on Pro); None: none
+        # the plan's rule cap (filtered-stream/introduction: 1,000 pay-per-use); None: none
+        self.max_rules: int | None = 1000
         # Recovery (backfill_minutes) is Enterprise's: below it, X refuses the connection
         self.enterprise = True
         self.rules_page_limit = 1000  # the most rules one GET answers (X: max_results <= 1,000)
