@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+# A page's ``data`` is a list: only a line that may be one is parsed here (a stream message,
+# the usual line, is parsed once, by the reader)
+MAYBE_A_PAGE = re.compile(rb'"data"\s*:\s*\[')
 
 
 async def paced_lines(
@@ -57,7 +61,7 @@ def messages_of(line: bytes) -> list[bytes]:
     line = line.rstrip(b"\r\n")
     if not line.strip():
         return []
-    if b'"data"' not in line:
+    if not MAYBE_A_PAGE.search(line):
         return [line]
     try:
         page = json.loads(line)
@@ -76,13 +80,15 @@ def _message(tweet: object, includes: dict) -> dict:
     return {
         "data": tweet,
         "includes": {
-            "users": [u for u in _list(includes, "users") if u.get("id") == tweet.get("author_id")],
-            "tweets": [t for t in _list(includes, "tweets") if t.get("id") in referenced],
+            "users": [
+                u for u in _objects(includes, "users") if u.get("id") == tweet.get("author_id")
+            ],
+            "tweets": [t for t in _objects(includes, "tweets") if t.get("id") in referenced],
         },
     }
 
 
-def _list(includes: dict, name: str) -> list[dict]:
+def _objects(includes: dict, name: str) -> list[dict]:
     found = includes.get(name)
     return [item for item in found if isinstance(item, dict)] if isinstance(found, list) else []
 
