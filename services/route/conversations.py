@@ -5,7 +5,7 @@ conversation id in a faust table (service.py); these functions say how it change
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -30,6 +30,13 @@ REMEMBERED = 32
 # Tweets remembered whole per conversation, for a correction to re-route: people correct what
 # they just saw, and each costs the table a tweet's size.
 RECENT = 5
+# Who the company answered, and when: a reply in a thread answers the author it replies to
+# (X's ``in_reply_to_user_id``), since everyone replying to one viral tweet shares its
+# conversation id; a reply that names no one (a DM: one customer) answers ``EVERYONE``.
+EVERYONE = "*"
+# Authors remembered per conversation: enough for the tweets it remembers and a backlog.
+REPLIED_TO_KEPT = REMEMBERED
+Replies = Mapping[str, datetime]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,19 +58,20 @@ def after_routing(
     outcome: Outcome,
     decision: RouteDecision,
     now: datetime,
-    replied_at: datetime | None = None,
+    early: Replies | None = None,
     offset: int | None = None,
     spikes: SpikeCount | None = None,
     alerting: Collection[Urgency] = (),
 ) -> ConversationState | None:
     """The conversation after this tweet was routed (``state`` must be active or None);
-    ``replied_at``: a company reply read before the conversation had a state; ``offset``: the
-    tweet's record on switchboard.tweets.classified; ``spikes``: what it was counted as;
-    ``alerting``: the urgencies whose breach raises an alert (``sla.alert_urgencies``)."""
-    replied_at = max((t for t in (replied_at, state and state.replied_at) if t), default=None)
+    ``early``: company replies read before the conversation had a state (``replies_of``);
+    ``offset``: the tweet's record on switchboard.tweets.classified; ``spikes``: what it was
+    counted as; ``alerting``: the urgencies whose breach raises an alert
+    (``sla.alert_urgencies``)."""
+    replies = merged(replies_of(state), early or {})
     if outcome.destination == "dropped" or withheld_text(event):  # counts for nothing
         if state is None:  # kept all the same: its decision, and the tweet for a correction
-            return _dropped_first(event, outcome, decision, now, replied_at, offset)
+            return _dropped_first(event, outcome, decision, now, replies, offset)
         remembered = _remember(state.routed, event, decision)
         offsets = _offsets(state.routed_offsets, remembered, event, offset)
         recent = _recent(state.recent, event, decision, spikes)
@@ -78,8 +86,8 @@ def after_routing(
         # triage does not take a conversation away from its owner, nor give it one
         owner, confirmed = counted.department, counted.owner_confirmed
     awaiting = state.awaiting if state else None
-    if replied_at is None or first_written(state, event.tweet) > replied_at:
-        awaiting = _awaiting(awaiting, event, outcome, alerting)  # else answered already
+    if not answered(replies, state, event.tweet):
+        awaiting = _awaiting(awaiting, event, outcome, alerting)
     return ConversationState(
         conversation_id=event.tweet.conversation_id,
         department=owner,
@@ -95,7 +103,7 @@ def after_routing(
         # what a correction read again after a crash needs to publish its outputs again
         applied=state.applied if state else [],
         correction_offset=state.correction_offset if state else None,
-        replied_at=replied_at,
+        **_stored(replies),
         spikes_withdrawn=state.spikes_withdrawn if state else None,
     )
 
@@ -105,7 +113,7 @@ def _dropped_first(
     outcome: Outcome,
     decision: RouteDecision,
     now: datetime,
-    replied_at: datetime | None,
+    replies: Replies,
     offset: int | None,
 ) -> ConversationState:
     """A conversation whose first tweet was dropped (or came with X's withholding notice for
@@ -124,7 +132,7 @@ def _dropped_first(
         routed=routed,
         routed_offsets=_offsets({}, routed, event, offset),
         recent=_recent({}, event, decision),
-        replied_at=replied_at,
+        **_stored(replies),
     )
 
 
@@ -134,6 +142,46 @@ def first_written(state: ConversationState | None, tweet: Tweet) -> datetime:
     its edits too."""
     original = state.recent.get(tweet.edit_of) if state is not None and tweet.edit_of else None
     return original.tweet.created_at if original is not None else tweet.created_at
+
+
+def replies_of(state: ConversationState | None) -> dict[str, datetime]:
+    """When a company handle last answered each author of the conversation, by author id,
+    and everyone (``EVERYONE``)."""
+    if state is None:
+        return {}
+    everyone = {EVERYONE: state.replied_at} if state.replied_at is not None else {}
+    return {**state.replied_to, **everyone}
+
+
+def merged(first: Replies, second: Replies) -> dict[str, datetime]:
+    """Both notes of replies, the latest reply to each author kept."""
+    both = dict(first)
+    for author, written in second.items():
+        if author not in both or written > both[author]:
+            both[author] = written
+    return both
+
+
+def addressee(reply: BrandTweet) -> str:
+    """Whom a company reply answers: the author of the tweet it replies to, or everyone in a
+    DM conversation or when X names no one."""
+    tweet = reply.tweet
+    if tweet.kind == "direct_message" or not tweet.in_reply_to_user_id:
+        return EVERYONE
+    return tweet.in_reply_to_user_id
+
+
+def answered(replies: Replies, state: ConversationState | None, tweet: Tweet) -> bool:
+    """Whether a company handle answered ``tweet``: it replied to its author, or to everyone,
+    after the tweet (an edit: after the post it edits) was written."""
+    until = [t for t in (replies.get(EVERYONE), replies.get(tweet.author.id)) if t is not None]
+    return bool(until) and first_written(state, tweet) <= max(until)
+
+
+def _stored(replies: Replies) -> dict[str, object]:
+    """The ConversationState fields that keep ``replies``: the latest authors answered."""
+    by_author = sorted((t, a) for a, t in replies.items() if a != EVERYONE)[-REPLIED_TO_KEPT:]
+    return {"replied_at": replies.get(EVERYONE), "replied_to": {a: t for t, a in by_author}}
 
 
 def decided(state: ConversationState | None, tweet_id: str) -> RouteDecision | None:
@@ -247,26 +295,33 @@ def awaiting_after(
     )
 
 
-def _still_unanswered(
-    state: ConversationState,
-    answered_until: datetime | None,
-    gone: str | None = None,
-    alerting: Collection[Urgency] = (),
-) -> AwaitingReply | None:
-    """What the conversation awaits once its awaited tweet is settled (answered up to
-    ``answered_until``, or deleted: every version of post ``gone``): the remembered tweets
-    written after the last reply and routed somewhere, taken in the order route read them, as
-    ``_awaiting`` took them. A customer who deletes a tweet and posts it again, or a reply
-    that answers the first of two tweets, leaves the other awaited."""
-    awaiting = None
+def _unanswered(state: ConversationState, replies: Replies) -> Iterable[RecentTweet]:
+    """The remembered tweets routed somewhere and not answered by ``replies``, in the order
+    route read them."""
     for tweet_id, recent in state.recent.items():
         decision = state.routed.get(tweet_id)
         if recent.classification is None or decision is None or decision.destination == "dropped":
             continue  # kept before labels were (an older version's state), or not routed
+        if not answered(replies, state, recent.tweet):
+            yield recent
+
+
+def _still_unanswered(
+    state: ConversationState,
+    replies: Replies,
+    gone: str | None = None,
+    alerting: Collection[Urgency] = (),
+) -> AwaitingReply | None:
+    """What the conversation awaits once its awaited tweet is settled (answered by
+    ``replies``, or deleted: every version of post ``gone``): the remembered tweets not
+    answered and routed somewhere, taken in the order route read them, as ``_awaiting`` took
+    them. A customer who deletes a tweet and posts it again, a reply that answers the first of
+    two tweets, or one to another customer in the thread, leaves the other awaited."""
+    awaiting = None
+    for recent in _unanswered(state, replies):
         if gone is not None and gone in (recent.tweet.id, recent.tweet.edit_of):
             continue
-        if answered_until is not None and first_written(state, recent.tweet) <= answered_until:
-            continue
+        decision = state.routed[recent.tweet.id]
         # the labels it is routed by now (a correction changes them), the SLA it was given
         awaiting = awaiting_after(
             awaiting, recent.tweet, recent.classification, recent.ingested_at,
@@ -278,22 +333,37 @@ def _still_unanswered(
 def after_brand_reply(
     state: ConversationState, reply: BrandTweet, now: datetime, alerting: Collection[Urgency] = ()
 ) -> tuple[ConversationState, Response | None]:
-    """A company handle spoke in the conversation: the awaited tweet, if any, is answered,
-    and a tweet written before the reply and read after it will be too."""
-    written = reply.tweet.created_at
-    replied_at = max(written, state.replied_at) if state.replied_at else written
+    """A company handle spoke in the conversation: the tweets it answers (``addressee``)
+    written before it are answered, the awaited one among them, and so is a tweet of theirs
+    written before the reply and read after it. The response measured is to the awaited
+    tweet if it is answered, else to the addressee's first unanswered remembered tweet."""
+    before = replies_of(state)
+    replies = merged(before, {addressee(reply): reply.tweet.created_at})
+    update: dict[str, object] = {"updated_at": now, **_stored(replies)}
     awaited = state.awaiting
-    if awaited is None or awaited.tweet and first_written(state, awaited.tweet) > written:
-        # nothing awaited, or a tweet written after this reply (read before it, behind a
-        # backlog): the reply cannot answer what was not written yet
-        return state.model_copy(update={"updated_at": now, "replied_at": replied_at}), None
+    if awaited is not None and (awaited.tweet is None or answered(replies, state, awaited.tweet)):
+        # a tweet written after the reply, or another customer's, is still awaited
+        update["awaiting"] = _still_unanswered(state, replies, alerting=alerting)
+    else:
+        awaited = _first_answered(state, before, replies)
+    if awaited is None:
+        return state.model_copy(update=update), None
     answered_at = max(reply.tweet.created_at, reply.trace.ingested_at)
     seconds = max(0.0, (answered_at - awaited.received_at).total_seconds())
-    response = Response(awaited, reply.handle, seconds)
-    # a tweet written after the reply (read before it, behind a backlog) is still awaited
-    awaiting = _still_unanswered(state, replied_at, alerting=alerting)
-    update = {"awaiting": awaiting, "updated_at": now, "replied_at": replied_at}
-    return state.model_copy(update=update), response
+    return state.model_copy(update=update), Response(awaited, reply.handle, seconds)
+
+
+def _first_answered(
+    state: ConversationState, before: Replies, replies: Replies
+) -> AwaitingReply | None:
+    """The first remembered tweet that ``replies`` answer and ``before`` did not, as awaited."""
+    for recent in _unanswered(state, before):
+        if answered(replies, state, recent.tweet):
+            return awaiting_after(
+                None, recent.tweet, recent.classification, recent.ingested_at,
+                recent.department, recent.urgency, None,
+            )  # fmt: skip
+    return None
 
 
 def post_of(state: ConversationState | None, tweet_id: str) -> str:
@@ -321,7 +391,7 @@ def without(
     if awaiting is not None and (awaiting.tweet_id in (tweet_id, post) or awaiting.tweet
                                  and deleted(awaiting.tweet)):  # fmt: skip
         # the conversation's other unanswered tweets are still owed a reply
-        awaiting = _still_unanswered(state, state.replied_at, gone=post, alerting=alerting)
+        awaiting = _still_unanswered(state, replies_of(state), gone=post, alerting=alerting)
     return state.model_copy(update={"recent": recent, "awaiting": awaiting})
 
 

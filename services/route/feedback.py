@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from switchboard.route import metrics
 from switchboard.route.config import FeedbackConfig, JiraFeedback, ZendeskFeedback
-from switchboard.route.conversations import awaiting_after, first_written
+from switchboard.route.conversations import answered, awaiting_after, replies_of
 from switchboard.route.rules import URGENCY_RANK
 from switchboard.shared import topics
 from switchboard.shared.events import (
@@ -288,7 +288,7 @@ def _awaiting_rescued(
     too, with its urgency's SLA counted from when it arrived (a stricter one wins, as in
     routing), unless a company handle answered after it was written."""
     tweet = corrected.tweet
-    if state.replied_at is not None and first_written(state, tweet) <= state.replied_at:
+    if answered(replies_of(state), state, tweet):
         return state.awaiting  # answered (an edit: when the post it edits was written)
     department, urgency = corrected.department, corrected.urgency
     classification = corrected.classification

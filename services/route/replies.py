@@ -4,9 +4,10 @@ A company's reply goes from ingest straight to ``switchboard.tweets.brand``, whi
 answers goes through classify first: when classify lags (a burst, a restart), route reads the
 reply first, with no conversation to mark answered. Without a note of it, the tweet read later
 would wait for a reply already given and raise an SLA alert for an answered conversation.
-``EarlyReplies`` keeps that note; a conversation route holds keeps its own
-(``ConversationState.replied_at``). A deletion skips classify the same way: ``EarlyDeletions``
-notes the tweets deleted before route read them, which route then drops instead of routing.
+``EarlyReplies`` keeps that note, whom the reply answered and when; a conversation route holds
+keeps its own (``ConversationState.replied_at`` and ``replied_to``). A deletion skips classify
+the same way: ``EarlyDeletions`` notes the tweets deleted before route read them, which route
+then drops instead of routing.
 """
 
 from __future__ import annotations
@@ -15,29 +16,36 @@ from datetime import datetime
 
 import faust
 
+from switchboard.route.conversations import EVERYONE, REPLIED_TO_KEPT, addressee, merged
+from switchboard.shared.events import BrandTweet
 from switchboard.shared.streams import TtlMemory
 
 
 class EarlyReplies:
-    """When a company handle last wrote in a conversation route did not hold, by conversation
-    id, kept for one to two conversation TTLs (``TtlMemory``) with its partition's owner. The
-    TTL is the one route started with."""
+    """Whom a company handle answered, and when, in a conversation route did not hold, by
+    conversation id (``conversations.replies_of``'s form: author id, or ``EVERYONE``, to X's
+    time), kept for one to two conversation TTLs (``TtlMemory``) with its partition's owner.
+    The TTL is the one route started with."""
 
     def __init__(self, app: faust.App, partitions: int, ttl_hours: float) -> None:
         self.memory = TtlMemory(
-            app, "early-replies", partitions, ttl_hours * 3600, default=str,
-            help="when a company handle last wrote in a conversation route did not hold",
+            app, "early-replies", partitions, ttl_hours * 3600, default=dict,
+            help="whom a company handle answered in a conversation route did not hold, and when",
         )  # fmt: skip
 
-    def get(self, conversation_id: str) -> datetime | None:
-        found = self.memory.get(conversation_id)
-        return datetime.fromisoformat(found) if found else None
+    def get(self, conversation_id: str) -> dict[str, datetime]:
+        found = self.memory.get(conversation_id) or {}
+        if isinstance(found, str):  # noted by a version that kept one time for everyone
+            found = {EVERYONE: found}
+        return {author: datetime.fromisoformat(written) for author, written in found.items()}
 
-    def add(self, conversation_id: str, written: datetime) -> None:
-        """Note it (the latest wins); must run inside the stream of the reply."""
+    def add(self, conversation_id: str, reply: BrandTweet) -> None:
+        """Note it (the latest per addressee wins); must run inside the stream of the reply."""
         known = self.get(conversation_id)
-        if known is None or written > known:
-            self.memory.put(conversation_id, written.isoformat())
+        noted = merged(known, {addressee(reply): reply.tweet.created_at})
+        if noted != known:
+            kept = sorted(noted.items(), key=lambda item: item[1])[-REPLIED_TO_KEPT:]
+            self.memory.put(conversation_id, {a: w.isoformat() for a, w in kept})
 
 
 EARLY_DELETIONS_KEPT = 32  # per conversation: deletions read before their tweets

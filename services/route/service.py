@@ -313,7 +313,7 @@ class RouteService:
         now = datetime.now(UTC)
         state = self._active(reply.tweet.conversation_id, now)
         if state is None:  # read before the tweet it answers, or after the conversation's TTL
-            self.early_replies.add(reply.tweet.conversation_id, reply.tweet.created_at)
+            self.early_replies.add(reply.tweet.conversation_id, reply)
             return []
         new_state, response = conversations.after_brand_reply(
             state, reply, now, self.config.route.sla.alert_urgencies

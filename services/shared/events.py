@@ -386,9 +386,15 @@ class ConversationState(Event):
     )
     replied_at: AwareDatetime | None = Field(
         default=None,
-        description="When a company handle last wrote in the conversation (X's time): a tweet "
-        "written before it is answered, even when route reads it after the reply (replies "
-        "skip classify, which may lag)",
+        description="When a company handle last answered everyone in the conversation (X's "
+        "time; a DM, or a reply X names no one in): a tweet written before it is answered, "
+        "even when route reads it after the reply (replies skip classify, which may lag)",
+    )
+    replied_to: dict[str, AwareDatetime] = Field(
+        default_factory=dict,
+        description="When a company handle last replied to each author (X's "
+        "in_reply_to_user_id), by author id, the latest 32: that author's tweets written "
+        "before it are answered, not those of others replying in the same thread",
     )
     spikes_withdrawn: SpikesWithdrawn | None = Field(
         default=None,

@@ -611,7 +611,8 @@ async def test_a_reply_read_before_the_tweet_it_answers_leaves_no_sla_alert(
     """Replies skip classify: behind a classify backlog, route reads the company's reply
     before the critical tweet it answers. That tweet is routed as any other, and its
     conversation raises no SLA alert; one left unanswered beside it does (what the test would
-    see if the reply were lost)."""
+    see if the reply were lost), and so does another customer's tweet in the answered thread:
+    the reply answered its addressee only."""
     prefix = tag()
     sla = {"minutes": {"critical": 0.05, "high": 60, "normal": 600, "low": 6000},
            "check_interval_s": 0.2}  # fmt: skip
@@ -621,10 +622,14 @@ async def test_a_reply_read_before_the_tweet_it_answers_leaves_no_sla_alert(
                            conversation_id=f"{prefix}-{name}", created_at=written)
         for name in ("answered", "unanswered")
     ]  # fmt: skip
+    bystander = a_classified_tweet("it_security", 0.9, "critical", id=f"{prefix}-bystander",
+                                   conversation_id=f"{prefix}-answered", created_at=written,
+                                   author=Author(id="2", username="bo"))  # fmt: skip
     reply = BrandTweet(
         handle="@SkylarkHelp",
         tweet=a_tweet(id=f"{prefix}-r", conversation_id=f"{prefix}-answered",
                       created_at=written + timedelta(seconds=1),
+                      in_reply_to_user_id=answered.tweet.author.id,
                       author=Author(id="1500000000000000002", username="SkylarkHelp")),
         trace=Trace(ingested_at=datetime.now(UTC)),
     )  # fmt: skip
@@ -633,8 +638,8 @@ async def test_a_reply_read_before_the_tweet_it_answers_leaves_no_sla_alert(
     async with running(service):
         await producer.send_and_wait(topics.BRAND, encode(reply), key=f"{prefix}-answered".encode())
         # the reply handled first: route holds it as early before the tweet comes
-        await wait_for(lambda: service.early_replies.get(f"{prefix}-answered") is not None, 30)
-        await send(producer, answered, unanswered)
+        await wait_for(lambda: service.early_replies.get(f"{prefix}-answered"), 30)
+        await send(producer, answered, unanswered, bystander)
         records = await read(
             [topics.ALERTS],
             lambda rs: any(getattr(a, "kind", "") == "sla_breach" for a in alerts_of(rs, prefix)),
@@ -645,9 +650,9 @@ async def test_a_reply_read_before_the_tweet_it_answers_leaves_no_sla_alert(
                                 timeout_s=1.0)  # fmt: skip
 
     breaches = [a for a in alerts_of(records, prefix) if getattr(a, "kind", "") == "sla_breach"]
-    assert [a.tweet.id for a in breaches] == [f"{prefix}-unanswered"]
+    assert sorted(a.tweet.id for a in breaches) == [f"{prefix}-bystander", f"{prefix}-unanswered"]
     routed = {decode(RoutedTweet, r.value).tweet.id for r in department}
-    assert {f"{prefix}-answered", f"{prefix}-unanswered"} <= routed
+    assert {f"{prefix}-answered", f"{prefix}-unanswered", f"{prefix}-bystander"} <= routed
 
 
 async def test_a_deleted_tweet_raises_no_sla_alert_and_is_forgotten(

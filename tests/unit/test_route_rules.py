@@ -24,6 +24,7 @@ from switchboard.shared.events import (
     MAX_TEXT_CHARS,
     Author,
     BrandTweet,
+    ClassifiedTweet,
     Correction,
     CorrectionRequest,
     RouteDecision,
@@ -724,6 +725,10 @@ def test_the_largest_conversation_route_keeps_fits_the_smallest_message_size_all
         event = classified("legal", 0.9, "critical", text=text, id=str(n), conversation_id="c")
         _, state = routed_state(event, state=state, offset=2**63 - n)  # offsets: longest too
     assert state is not None and len(state.recent) == conversations.RECENT
+    for n in range(conversations.REPLIED_TO_KEPT + 1):  # the company answered as many authors
+        reply = reply_to("c", NOW + timedelta(seconds=n), str(2**63 - n))
+        state, _ = conversations.after_brand_reply(state, reply, NOW)
+    assert len(state.replied_to) == conversations.REPLIED_TO_KEPT
     assert state.awaiting is not None and len(state.routed) == conversations.REMEMBERED
     assert state.routed_offsets.keys() == state.routed.keys()  # kept for what is remembered
     [floor] = [m.ge for m in KafkaSettings.model_fields["max_message_bytes"].metadata]
@@ -760,7 +765,7 @@ def test_a_tweet_written_before_a_reply_route_read_first_awaits_nothing():
     written = critical.tweet.created_at
     outcome = evaluate(critical, DEFAULTS, None, NOW)  # no state: the note is EarlyReplies
     state = conversations.after_routing(None, critical, outcome, decision(outcome), NOW,
-                                        replied_at=written + timedelta(minutes=2))  # fmt: skip
+                                        early={"*": written + timedelta(minutes=2)})  # fmt: skip
     assert state.awaiting is None and state.replied_at == written + timedelta(minutes=2)
     same_time = classified("it_security", 0.9, "critical", conversation_id="c12", id="k2",
                            created_at=written + timedelta(minutes=1))  # fmt: skip
@@ -967,3 +972,107 @@ def test_a_tweet_is_read_again_only_from_the_record_it_was_routed_from():
     assert not conversations.read_again(state, "t1", 8)  # a copy published again upstream
     assert not conversations.read_again(state, "t2", 7)
     assert not conversations.read_again(None, "t1", 7)
+
+
+def reply_to(
+    conversation: str, written: datetime, author_id: str | None = None, **fields
+) -> BrandTweet:  # noqa: ANN003
+    """The company's reply in a thread to the tweet of ``author_id`` (X's in_reply_to_user_id)."""
+    reply = reply_in(conversation, written)
+    tweet = reply.tweet.model_copy(update={"in_reply_to_user_id": author_id} | fields)
+    return reply.model_copy(update={"tweet": tweet})
+
+
+def in_thread(conversation: str, id: str, author_id: str, written: datetime, urgency: str,
+              department: str = "customer_service") -> ClassifiedTweet:  # fmt: skip
+    """A tweet of ``author_id`` in the thread, read as it was written."""
+    author = Author(id=author_id, username=author_id)
+    event = classified(department, 0.9, urgency, conversation_id=conversation, id=id,
+                       created_at=written, author=author)  # fmt: skip
+    return event.model_copy(update={"trace": Trace(ingested_at=written)})
+
+
+def test_a_reply_to_one_customer_in_a_thread_leaves_the_others_awaited():
+    """Everyone replying to one viral tweet shares its conversation id: answering customer A
+    does not answer customer B's critical tweet, whose SLA still runs and then breaches, and
+    the response measured is to A's tweet."""
+    written = NOW - timedelta(minutes=20)
+    mine = in_thread("v1", "a1", "100", written, "normal")
+    _, state = routed_state(mine)
+    theirs = in_thread("v1", "b1", "200", written + timedelta(minutes=1), "critical", "it_security")
+    outcome, state = routed_state(theirs, state=state)
+    assert state.awaiting.tweet_id == "b1"
+    state, response = conversations.after_brand_reply(
+        state, reply_to("v1", written + timedelta(minutes=5), "100"), NOW
+    )
+    assert response is not None and response.awaited.tweet_id == "a1"
+    assert response.seconds == pytest.approx(5 * 60)
+    assert state.awaiting is not None and state.awaiting.tweet_id == "b1"
+    assert conversations.breached(state, outcome.sla_due_at + timedelta(seconds=1),
+                                  [Urgency.CRITICAL])  # fmt: skip
+    # A's follow-up written before that reply and read after it is answered; B's next is not
+    late = in_thread("v1", "a2", "100", written + timedelta(minutes=4), "high")
+    _, after = routed_state(late, state=state)
+    assert after.awaiting.tweet_id == "b1" and after.replied_to == {"100": state.replied_to["100"]}
+    state, response = conversations.after_brand_reply(
+        after, reply_to("v1", written + timedelta(minutes=6), "200"), NOW
+    )
+    assert response.awaited.tweet_id == "b1" and state.awaiting is None
+
+
+def test_answering_the_awaited_customer_leaves_the_next_customer_awaited():
+    written = NOW - timedelta(minutes=20)
+    _, state = routed_state(in_thread("v2", "a1", "100", written, "critical", "it_security"))
+    second = in_thread("v2", "b1", "200", written + timedelta(minutes=1), "high")
+    second_outcome, state = routed_state(second, state=state)
+    assert state.awaiting.tweet_id == "a1"
+    state, response = conversations.after_brand_reply(
+        state, reply_to("v2", written + timedelta(minutes=3), "100"), NOW
+    )
+    assert response.awaited.tweet_id == "a1"
+    assert state.awaiting is not None and state.awaiting.tweet_id == "b1"
+    assert state.awaiting.due_at == second_outcome.sla_due_at
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param({"in_reply_to_user_id": None}, id="naming-no-one"),
+        pytest.param({"in_reply_to_user_id": "100", "kind": "direct_message"}, id="a-dm"),
+    ],
+)
+def test_a_reply_that_names_no_one_answers_everyone(reply):  # noqa: ANN001
+    written = NOW - timedelta(minutes=20)
+    _, state = routed_state(in_thread("v3", "a1", "100", written, "critical"))
+    _, state = routed_state(in_thread("v3", "b1", "200", written, "critical"))
+    answer = reply_to("v3", written + timedelta(minutes=2), **reply)
+    state, response = conversations.after_brand_reply(state, answer, NOW)
+    assert response is not None and state.awaiting is None
+    assert state.replied_at == answer.tweet.created_at and state.replied_to == {}
+
+
+def test_a_reply_read_before_the_thread_answers_only_its_addressee():
+    """The company's reply to A, read before any tweet of the thread (classify lagging): A's
+    tweet written before it awaits nothing, B's critical tweet does."""
+    written = NOW - timedelta(minutes=20)
+    early = {"100": written + timedelta(minutes=2)}
+    a = in_thread("v4", "a1", "100", written, "critical", "it_security")
+    outcome = evaluate(a, DEFAULTS, None, NOW)
+    state = conversations.after_routing(None, a, outcome, decision(outcome), NOW, early=early)
+    assert state.awaiting is None and state.replied_to == early
+    b = in_thread("v4", "b1", "200", written, "critical", "it_security")
+    _, state = routed_state(b, state=state)
+    assert state.awaiting is not None and state.awaiting.tweet_id == "b1"
+
+
+def test_a_conversation_remembers_the_latest_authors_answered():
+    written = NOW - timedelta(hours=2)
+    _, state = routed_state(in_thread("v5", "a1", "1", written, "normal"))
+    for n in range(conversations.REPLIED_TO_KEPT + 8):
+        state, _ = conversations.after_brand_reply(
+            state, reply_to("v5", written + timedelta(minutes=n), f"u{n}"), NOW
+        )
+    assert len(state.replied_to) == conversations.REPLIED_TO_KEPT
+    assert (
+        "u0" not in state.replied_to and f"u{conversations.REPLIED_TO_KEPT + 7}" in state.replied_to
+    )
