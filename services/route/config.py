@@ -256,6 +256,12 @@ class FeedbackConfig(Section):
 
 class RouteConfig(Section):
     confidence_threshold: float = Field(default=0.45, ge=0.0, le=1.0)
+    unsure: Literal["triage", "handle"] = Field(
+        default="triage",
+        description="Where a tweet goes whose department the model cannot tell (confidence "
+        "under the threshold, or a language it was not trained for): triage, or the "
+        "default_department of the first company handle it addresses",
+    )
     alert_urgencies: list[Urgency] = Field(default_factory=lambda: [Urgency.CRITICAL])
     rules: list[RoutingRule] = Field(default_factory=list)
     conversations: ConversationConfig = Field(default_factory=ConversationConfig)

@@ -82,7 +82,9 @@ def after_routing(
     urgency = event.classification.urgency
     counted = state if state is not None and state.tweets > 0 else None  # not only drops
     owner, confirmed = outcome.department, outcome.destination != "triage"
-    if outcome.destination == "triage" and counted is not None:
+    if outcome.owner == "handle":  # a guess by the handle addressed confirms no owner
+        confirmed = False
+    if (outcome.destination == "triage" or outcome.owner == "handle") and counted is not None:
         # triage does not take a conversation away from its owner, nor give it one
         owner, confirmed = counted.department, counted.owner_confirmed
     awaiting = state.awaiting if state else None

@@ -54,7 +54,7 @@ class Outcome:
     escalated: bool
     priority: Priority
     sla_due_at: datetime | None
-    owner: Literal["model", "conversation", "rule"] = "model"
+    owner: Literal["model", "conversation", "rule", "handle"] = "model"
     copies: list[Department] = field(default_factory=list)
     matched_rules: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
@@ -85,6 +85,8 @@ def evaluate(
     # a conversation of dropped tweets alone has no owner and no urgency to rise from
     if conversation is not None and conversation.tweets and config.route.conversations.enabled:
         apply_ownership(outcome, event, config.route, conversation)
+    if outcome.destination == "triage" and config.route.unsure == "handle":
+        to_handle_default(outcome, event, config.handles_by_username)
     for rule in config.route.rules:
         if matches(rule, event, config.handles_by_username, now):
             apply_rule(outcome, rule, event, config.route, now)
@@ -164,6 +166,24 @@ def defaults(event: ClassifiedTweet, policy: RouteConfig, now: datetime) -> Outc
     if outcome.escalated:
         outcome.reasons.append(f"urgency {c.urgency.value} is escalated")
     return outcome
+
+
+def to_handle_default(
+    outcome: Outcome, event: ClassifiedTweet, handles: dict[str, HandleConfig]
+) -> None:
+    """``route.unsure: handle``: a tweet the model cannot place goes to the default department
+    of the first company handle it addresses, instead of triage (none addressed: triage)."""
+    addressed = [h[1:].lower() for h in event.tweet.addressed_handles]
+    handle = next((handles[h] for h in addressed if h in handles), None)
+    if handle is None:
+        return
+    outcome.department, outcome.destination, outcome.owner = (
+        handle.default_department, "department", "handle"
+    )  # fmt: skip
+    outcome.reasons.append(
+        f"sent to {handle.handle}'s default department {handle.default_department.value} "
+        "instead of triage (route.unsure: handle)"
+    )
 
 
 def apply_ownership(

@@ -141,8 +141,10 @@ class RouteDecision(Model):
     confidence_threshold: Probability
     rules_version: str
     matched_rules: list[str] = Field(default_factory=list, description="route.rules that matched")
-    owner: Literal["model", "conversation", "rule"] = Field(
-        default="model", description="What decided the department"
+    owner: Literal["model", "conversation", "rule", "handle"] = Field(
+        default="model",
+        description="What decided the department (handle: the default department of the "
+        "handle addressed, for a tweet the model could not place, route.unsure)",
     )
     priority: Literal["P1", "P2", "P3", "P4"] | None = None
     sla_due_at: AwareDatetime | None = Field(default=None, description="First reply due by")

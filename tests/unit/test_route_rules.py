@@ -1076,3 +1076,41 @@ def test_a_conversation_remembers_the_latest_authors_answered():
     assert (
         "u0" not in state.replied_to and f"u{conversations.REPLIED_TO_KEPT + 7}" in state.replied_to
     )
+
+
+BY_HANDLE = configured(unsure="handle")
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param(classified("legal", 0.3, addressed_handles=["@acmeir", "@AcmeHelp"]),
+                     id="unsure"),
+        pytest.param(classified("sales", 0.9, lang="pt", language_supported=False,
+                                addressed_handles=["@AcmeIR"]), id="a-language-not-trained-for"),
+    ],
+)  # fmt: skip
+def test_route_unsure_handle_sends_what_the_model_cannot_place_to_the_handles_department(event):  # noqa: ANN001
+    outcome = evaluate(event, BY_HANDLE, None, NOW)
+    assert (outcome.destination, outcome.department, outcome.owner) == (
+        "department", Department.INVESTOR_RELATIONS, "handle"
+    )  # fmt: skip
+    assert "@AcmeIR's default department investor_relations" in " ".join(outcome.reasons)
+    # by default, and for a tweet addressing no handle the file has, triage
+    assert evaluate(event, DEFAULTS, None, NOW).destination == "triage"
+    elsewhere = event.model_copy(update={"tweet": event.tweet.model_copy(
+        update={"addressed_handles": ["@SomeoneElse"]})})  # fmt: skip
+    assert evaluate(elsewhere, BY_HANDLE, None, NOW).destination == "triage"
+
+
+def test_a_handles_default_department_neither_overrides_nor_confirms_a_conversations_owner():
+    unsure = {"addressed_handles": ["@AcmeIR"], "conversation_id": "h1"}
+    # a confirmed owner keeps the unsure tweet
+    _, owned = routed_state(classified("customer_service", 0.9, conversation_id="h1", id="o1"))
+    kept = evaluate(classified("legal", 0.3, id="o2", **unsure), BY_HANDLE, owned, NOW)
+    assert (kept.department, kept.owner) == (Department.CUSTOMER_SERVICE, "conversation")
+    # a guess by the handle owns the conversation unconfirmed: the next sure tweet takes it
+    first, state = routed_state(classified("legal", 0.3, id="g1", **unsure), config=BY_HANDLE)
+    assert first.owner == "handle" and not state.owner_confirmed
+    sure = evaluate(classified("sales", 0.6, id="g2", **unsure), BY_HANDLE, state, NOW)
+    assert (sure.department, sure.owner) == (Department.SALES, "model")
