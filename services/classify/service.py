@@ -56,6 +56,7 @@ from switchboard.shared.kafka import (
     ensure_topics,
     make_consumer,
     make_producer,
+    record_fault,
 )
 from switchboard.shared.runtime import run_service
 from switchboard.shared.settings import ConfigError, file_digest
@@ -184,7 +185,9 @@ def still_works(model: TweetClassifier) -> bool:
     (dead-lettered alone)."""
     try:
         labels_plain_tweet(model)
-    except Exception:  # noqa: BLE001 - any failure of the model is the answer
+    except BaseException as error:  # any failure of the model is the answer (a panic too)
+        if not record_fault(error):
+            raise
         log.exception("the model fails on a plain tweet")
         return False
     return True
@@ -421,7 +424,9 @@ class ClassifyService:
                 classified(event, prediction, model, lang)
                 for event, prediction, lang in zip(events, predictions, langs, strict=True)
             ]
-        except Exception as error:
+        except BaseException as error:
+            if not record_fault(error):  # cancelled, or the process exits
+                raise
             if not await asyncio.to_thread(still_works, model):
                 raise StageFault(f"the model cannot label tweets: {error!r}") from error
             raise  # one of these texts: handled one at a time, the culprit dead-lettered

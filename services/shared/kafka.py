@@ -284,6 +284,17 @@ class StageFault(RuntimeError):
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError, StageFault)
 
 
+def record_fault(error: BaseException) -> bool:
+    """Whether processing a record may have raised ``error`` (then blamed on the records): any
+    ``Exception``, and a Rust extension's panic (tokenizers, through pyo3), which derives from
+    BaseException so that ``except Exception`` does not catch it; uncaught, one text the
+    tokenizer panics on would crash-loop classify. Not cancellation, exit or interrupt."""
+    kind = type(error)
+    return isinstance(error, Exception) or (
+        kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"
+    )
+
+
 class StreamLoop:
     """Consume a batch, hand it to ``handler``, publish its outputs, then commit.
 
@@ -375,7 +386,9 @@ class StreamLoop:
             return await self.handler(records)
         except TRANSIENT_ERRORS:
             raise
-        except Exception as error:  # noqa: BLE001 - any bug a record triggers; see the class
+        except BaseException as error:  # any bug a record triggers; see the class
+            if not record_fault(error):
+                raise
             if len(records) == 1:
                 log.exception("a record failed processing; dead-lettered")
                 detail = f"{type(error).__name__}: {error}"[:2000]

@@ -214,28 +214,42 @@ class _DivergedModel(_BrokenModel):
         ]
 
 
+class PanicException(BaseException):
+    """What a Rust extension raises when it panics (tokenizers through pyo3): a BaseException,
+    which ``except Exception`` does not catch."""
+
+
+PanicException.__module__ = "pyo3_runtime"
+
+
 class _ModelFailingOn:
     """The shipped model with a bug one text triggers (in its tokenizer, say)."""
 
-    def __init__(self, model: Any, text: str) -> None:
-        self._model, self._text = model, text
+    def __init__(self, model: Any, text: str, error: BaseException) -> None:
+        self._model, self._text, self._error = model, text, error
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
 
     def predict(self, texts: list[str]) -> list[Any]:
         if self._text in texts:
-            raise ValueError("the tokenizer's bug")
+            raise self._error
         return self._model.predict(texts)
 
 
+@pytest.mark.parametrize(
+    "error",
+    [ValueError("the tokenizer's bug"), PanicException("byte index 3 is not a char boundary")],
+    ids=["an-error", "a-tokenizer-panic"],
+)
 async def test_a_batch_the_model_fails_on_dead_letters_each_bad_record_once(
-    own_kafka, own_producer, running, classifier
+    own_kafka, own_producer, running, classifier, error
 ):
     """A batch holding an undecodable record and a text the model fails on is handled again
-    one record at a time: each bad record is dead-lettered, and counted, once. On a broker of
-    its own: the counter is the process's, and on a shared cluster classify's group would
-    also read the poison other tests leave."""
+    one record at a time: each bad record is dead-lettered, and counted, once; so is a text
+    the tokenizer panics on (a BaseException). On a broker of its own: the counter is the
+    process's, and on a shared cluster classify's group would also read the poison other
+    tests leave."""
     conversation = f"{RUN}-one-batch"  # one key, one partition: the three records come together
     bad_text = "@SkylarkHelp the text the model fails on"
     tweets = [a_raw_tweet(id=f"{RUN}-{n}", conversation_id=conversation, text=text)
@@ -253,7 +267,8 @@ async def test_a_batch_the_model_fails_on_dead_letters_each_bad_record_once(
 
     before = {reason: counted(reason) for reason in ("invalid_json", "processing_failed")}
     settings = ClassifySettings.load(config_file=CONFIG_FILE, kafka=own_kafka)
-    async with running(ClassifyService(settings, model=_ModelFailingOn(classifier, bad_text))):
+    model = _ModelFailingOn(classifier, bad_text, error)
+    async with running(ClassifyService(settings, model=model)):
         await read_topics(
             own_kafka,
             [topics.CLASSIFIED, topics.DEADLETTER],
