@@ -41,11 +41,13 @@ Replies = Mapping[str, datetime]
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """A company handle answered an awaited tweet."""
+    """A company handle answered an awaited tweet: the conversation's (``tracked``), or
+    another customer's in its thread."""
 
     awaited: AwaitingReply
     handle: str
     seconds: float
+    tracked: bool = True
 
 
 def active(state: ConversationState | None, now: datetime, ttl_hours: float) -> bool:
@@ -164,26 +166,40 @@ def merged(first: Replies, second: Replies) -> dict[str, datetime]:
     return both
 
 
-def addressee(reply: BrandTweet) -> str:
-    """Whom a company reply answers: the author of the tweet it replies to, or everyone in a
-    DM conversation or when X names no one."""
+def addressees(reply: BrandTweet, company: Collection[str] = ()) -> list[str]:
+    """Whom a company reply answers: the author of the tweet it replies to (by user id); in a
+    DM conversation, or when X names no one, everyone; a reply to the company's own tweet (a
+    follow-up in its thread, ``company``: the handles' user ids) answers those it mentions
+    (by ``@username``)."""
     tweet = reply.tweet
     if tweet.kind == "direct_message" or not tweet.in_reply_to_user_id:
-        return EVERYONE
-    return tweet.in_reply_to_user_id
+        return [EVERYONE]
+    if tweet.in_reply_to_user_id == tweet.author.id or tweet.in_reply_to_user_id in company:
+        return [f"@{name.lower()}" for name in tweet.mentions]
+    return [tweet.in_reply_to_user_id]
 
 
 def answered(replies: Replies, state: ConversationState | None, tweet: Tweet) -> bool:
-    """Whether a company handle answered ``tweet``: it replied to its author, or to everyone,
-    after the tweet (an edit: after the post it edits) was written."""
-    until = [t for t in (replies.get(EVERYONE), replies.get(tweet.author.id)) if t is not None]
+    """Whether a company handle answered ``tweet``: it replied to its author (or mentioned
+    them in a follow-up), or to everyone, after the tweet (an edit: after the post it edits)
+    was written."""
+    keys = (EVERYONE, tweet.author.id, f"@{tweet.author.username.lower()}")
+    until = [replies[key] for key in keys if key in replies]
     return bool(until) and first_written(state, tweet) <= max(until)
+
+
+def bounded(replies: Replies) -> dict[str, datetime]:
+    """The reply to everyone and the latest ``REPLIED_TO_KEPT`` addressees."""
+    by_author = sorted((t, a) for a, t in replies.items() if a != EVERYONE)[-REPLIED_TO_KEPT:]
+    everyone = {EVERYONE: replies[EVERYONE]} if EVERYONE in replies else {}
+    return {**{a: t for t, a in by_author}, **everyone}
 
 
 def _stored(replies: Replies) -> dict[str, object]:
     """The ConversationState fields that keep ``replies``: the latest authors answered."""
-    by_author = sorted((t, a) for a, t in replies.items() if a != EVERYONE)[-REPLIED_TO_KEPT:]
-    return {"replied_at": replies.get(EVERYONE), "replied_to": {a: t for t, a in by_author}}
+    kept = bounded(replies)
+    everyone = kept.pop(EVERYONE, None)
+    return {"replied_at": everyone, "replied_to": kept}
 
 
 def decided(state: ConversationState | None, tweet_id: str) -> RouteDecision | None:
@@ -333,26 +349,34 @@ def _still_unanswered(
 
 
 def after_brand_reply(
-    state: ConversationState, reply: BrandTweet, now: datetime, alerting: Collection[Urgency] = ()
+    state: ConversationState,
+    reply: BrandTweet,
+    now: datetime,
+    alerting: Collection[Urgency] = (),
+    company: Collection[str] = (),
 ) -> tuple[ConversationState, Response | None]:
-    """A company handle spoke in the conversation: the tweets it answers (``addressee``)
+    """A company handle spoke in the conversation: the tweets it answers (``addressees``)
     written before it are answered, the awaited one among them, and so is a tweet of theirs
-    written before the reply and read after it. The response measured is to the awaited
-    tweet if it is answered, else to the addressee's first unanswered remembered tweet."""
+    written before the reply and read after it. The response is timed from the first of the
+    addressee's tweets it answers, when route still remembers it, else from the awaited
+    tweet's clock."""
     before = replies_of(state)
-    replies = merged(before, {addressee(reply): reply.tweet.created_at})
+    written = reply.tweet.created_at
+    replies = merged(before, dict.fromkeys(addressees(reply, company), written))
     update: dict[str, object] = {"updated_at": now, **_stored(replies)}
-    awaited = state.awaiting
+    first = _first_answered(state, before, replies)
+    awaited, tracked = state.awaiting, True
     if awaited is not None and (awaited.tweet is None or answered(replies, state, awaited.tweet)):
         # a tweet written after the reply, or another customer's, is still awaited
         update["awaiting"] = _still_unanswered(state, replies, alerting=alerting)
+        clock = first.received_at if first is not None else awaited.received_at
+    elif first is not None:
+        awaited, tracked, clock = first, False, first.received_at
     else:
-        awaited = _first_answered(state, before, replies)
-    if awaited is None:
         return state.model_copy(update=update), None
     answered_at = max(reply.tweet.created_at, reply.trace.ingested_at)
-    seconds = max(0.0, (answered_at - awaited.received_at).total_seconds())
-    return state.model_copy(update=update), Response(awaited, reply.handle, seconds)
+    seconds = max(0.0, (answered_at - clock).total_seconds())
+    return state.model_copy(update=update), Response(awaited, reply.handle, seconds, tracked)
 
 
 def _first_answered(

@@ -12,40 +12,41 @@ then drops instead of routing.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 import faust
 
-from switchboard.route.conversations import EVERYONE, REPLIED_TO_KEPT, addressee, merged
+from switchboard.route.conversations import addressees, bounded, merged
 from switchboard.shared.events import BrandTweet
 from switchboard.shared.streams import TtlMemory
 
 
 class EarlyReplies:
     """Whom a company handle answered, and when, in a conversation route did not hold, by
-    conversation id (``conversations.replies_of``'s form: author id, or ``EVERYONE``, to X's
-    time), kept for one to two conversation TTLs (``TtlMemory``) with its partition's owner.
-    The TTL is the one route started with."""
+    conversation id (``conversations.replies_of``'s form: author id, ``@username`` or
+    ``EVERYONE``, to X's time), kept for one to two conversation TTLs (``TtlMemory``) with its
+    partition's owner. The TTL is the one route started with. A table of its own name: the
+    one of versions that noted a single time per conversation (``early-replies``) holds
+    values those versions read, and a rolling upgrade runs both."""
 
     def __init__(self, app: faust.App, partitions: int, ttl_hours: float) -> None:
         self.memory = TtlMemory(
-            app, "early-replies", partitions, ttl_hours * 3600, default=dict,
+            app, "early-replies-by-author", partitions, ttl_hours * 3600, default=dict,
             help="whom a company handle answered in a conversation route did not hold, and when",
         )  # fmt: skip
 
     def get(self, conversation_id: str) -> dict[str, datetime]:
         found = self.memory.get(conversation_id) or {}
-        if isinstance(found, str):  # noted by a version that kept one time for everyone
-            found = {EVERYONE: found}
         return {author: datetime.fromisoformat(written) for author, written in found.items()}
 
-    def add(self, conversation_id: str, reply: BrandTweet) -> None:
+    def add(self, conversation_id: str, reply: BrandTweet, company: Collection[str]) -> None:
         """Note it (the latest per addressee wins); must run inside the stream of the reply."""
         known = self.get(conversation_id)
-        noted = merged(known, {addressee(reply): reply.tweet.created_at})
+        written = reply.tweet.created_at
+        noted = bounded(merged(known, dict.fromkeys(addressees(reply, company), written)))
         if noted != known:
-            kept = sorted(noted.items(), key=lambda item: item[1])[-REPLIED_TO_KEPT:]
-            self.memory.put(conversation_id, {a: w.isoformat() for a, w in kept})
+            self.memory.put(conversation_id, {a: w.isoformat() for a, w in noted.items()})
 
 
 EARLY_DELETIONS_KEPT = 32  # per conversation: deletions read before their tweets

@@ -311,15 +311,22 @@ class RouteService:
         if isinstance(reply, Output):
             return [reply]
         now = datetime.now(UTC)
+        company = self.config.handles_by_user_id  # a reply to one of them is a follow-up
         state = self._active(reply.tweet.conversation_id, now)
         if state is None:  # read before the tweet it answers, or after the conversation's TTL
-            self.early_replies.add(reply.tweet.conversation_id, reply)
+            self.early_replies.add(reply.tweet.conversation_id, reply, company)
             return []
         new_state, response = conversations.after_brand_reply(
-            state, reply, now, self.config.route.sla.alert_urgencies
+            state, reply, now, self.config.route.sla.alert_urgencies, company
         )
+        awaited = new_state.awaiting
+        if awaited is not None and awaited.tweet_id != (state.awaiting and state.awaiting.tweet_id):
+            # another customer's tweet awaits a reply now: counted as awaiting, as it is answered
+            metrics.AWAITING_REPLY.labels(awaited.handle or "none", awaited.department).inc()
         if response is not None:
             labels = (response.awaited.handle or "none", response.awaited.department)
+            if not response.tracked:  # a customer's tweet the conversation did not track
+                metrics.AWAITING_REPLY.labels(*labels).inc()
             metrics.RESPONSES.labels(*labels).inc()
             metrics.RESPONSE_SECONDS.labels(*labels).observe(response.seconds)
             log.info(

@@ -63,7 +63,7 @@ def test_route_and_notify_check_every_topic_faust_joins_for_them(kafka):
     assert {topics.CLASSIFIED, topics.BRAND, topics.ROUTE_CONVERSATIONS, topics.ROUTE_DUE,
             topics.ROUTE_SPIKES, topics.FEEDBACK_REQUESTS} <= set(route_joined)  # fmt: skip
     assert {"switchboard-route-spike-counts-changelog",
-            "switchboard-route-early-replies-changelog"} <= set(route_joined)  # fmt: skip
+            "switchboard-route-early-replies-by-author-changelog"} <= set(route_joined)  # fmt: skip
     assert {topics.NOTIFICATIONS_REDRIVE, topics.NOTIFICATIONS_DUE, topics.NOTIFICATIONS_LEDGER,
             topics.NOTIFICATIONS_PARKED, topics.NOTIFICATIONS_DIGESTS,
             topics.NOTIFICATIONS_DIGEST_STATE} <= set(notify_joined)  # fmt: skip

@@ -1114,3 +1114,57 @@ def test_a_handles_default_department_neither_overrides_nor_confirms_a_conversat
     assert first.owner == "handle" and not state.owner_confirmed
     sure = evaluate(classified("sales", 0.6, id="g2", **unsure), BY_HANDLE, state, NOW)
     assert (sure.department, sure.owner) == (Department.SALES, "model")
+
+
+def test_a_response_is_timed_from_the_addressees_own_tweet():
+    """A's normal tweet keeps the conversation's clock; B's critical tweet ten minutes later is
+    awaited: the company's reply to B two minutes after it took two minutes, not twelve."""
+    written = NOW - timedelta(minutes=30)
+    _, state = routed_state(in_thread("v6", "a1", "100", written, "normal"))
+    b = in_thread("v6", "b1", "200", written + timedelta(minutes=10), "critical", "it_security")
+    _, state = routed_state(b, state=state)
+    assert state.awaiting.tweet_id == "b1" and state.awaiting.received_at == written
+    state, response = conversations.after_brand_reply(
+        state, reply_to("v6", written + timedelta(minutes=12), "200"), NOW
+    )
+    assert response.awaited.tweet_id == "b1" and response.tracked
+    assert response.seconds == pytest.approx(2 * 60)
+    assert state.awaiting.tweet_id == "a1"  # A still awaits
+    state, response = conversations.after_brand_reply(
+        state, reply_to("v6", written + timedelta(minutes=13), "100"), NOW
+    )
+    assert response.awaited.tweet_id == "a1" and response.seconds == pytest.approx(13 * 60)
+
+
+def test_a_follow_up_in_the_companys_own_thread_answers_those_it_mentions():
+    """The company answers A, A writes again, and the company goes on in its own thread (a reply
+    to its own tweet, mentioning A): A's new tweet is answered, B's is not."""
+    written = NOW - timedelta(minutes=30)
+    _, state = routed_state(in_thread("v7", "a1", "100", written, "high"))
+    state, _ = conversations.after_brand_reply(
+        state, reply_to("v7", written + timedelta(minutes=1), "100"), NOW
+    )
+    _, state = routed_state(in_thread("v7", "a2", "100", written + timedelta(minutes=2), "high"),
+                            state=state)  # fmt: skip
+    _, state = routed_state(in_thread("v7", "b1", "200", written + timedelta(minutes=3), "high"),
+                            state=state)  # fmt: skip
+    assert state.awaiting.tweet_id == "a2"
+    own = reply_in("v7", written).tweet.author.id  # the company's handle
+    follow_up = reply_to("v7", written + timedelta(minutes=4), own, mentions=["100"])
+    state, response = conversations.after_brand_reply(state, follow_up, NOW)
+    assert response is not None and response.awaited.tweet_id == "a2"
+    assert state.awaiting is not None and state.awaiting.tweet_id == "b1"
+    # a reply to another company handle's tweet is one too (``company``: their user ids)
+    other = reply_to("v7", written + timedelta(minutes=5), "77", mentions=["200"])
+    state, response = conversations.after_brand_reply(state, other, NOW, company={"77"})
+    assert response.awaited.tweet_id == "b1" and state.awaiting is None
+
+
+def test_the_bound_on_authors_answered_keeps_the_reply_to_everyone():
+    written = NOW - timedelta(hours=2)
+    replies = {conversations.EVERYONE: written}
+    for n in range(conversations.REPLIED_TO_KEPT + 4):
+        replies[f"u{n}"] = written + timedelta(minutes=n + 1)
+    kept = conversations.bounded(replies)
+    assert kept[conversations.EVERYONE] == written
+    assert len(kept) == conversations.REPLIED_TO_KEPT + 1 and "u0" not in kept
