@@ -324,7 +324,7 @@ def _unanswered(state: ConversationState, replies: Replies) -> Iterable[RecentTw
             yield recent
 
 
-def _still_unanswered(
+def still_unanswered(
     state: ConversationState,
     replies: Replies,
     gone: str | None = None,
@@ -368,7 +368,7 @@ def after_brand_reply(
     awaited, tracked = state.awaiting, True
     if awaited is not None and (awaited.tweet is None or answered(replies, state, awaited.tweet)):
         # a tweet written after the reply, or another customer's, is still awaited
-        update["awaiting"] = _still_unanswered(state, replies, alerting=alerting)
+        update["awaiting"] = still_unanswered(state, replies, alerting=alerting)
         clock = first.received_at if first is not None else awaited.received_at
     elif first is not None:
         awaited, tracked, clock = first, False, first.received_at
@@ -417,7 +417,7 @@ def without(
     if awaiting is not None and (awaiting.tweet_id in (tweet_id, post) or awaiting.tweet
                                  and deleted(awaiting.tweet)):  # fmt: skip
         # the conversation's other unanswered tweets are still owed a reply
-        awaiting = _still_unanswered(state, replies_of(state), gone=post, alerting=alerting)
+        awaiting = still_unanswered(state, replies_of(state), gone=post, alerting=alerting)
     return state.model_copy(update={"recent": recent, "awaiting": awaiting})
 
 

@@ -32,7 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from switchboard.route import metrics
 from switchboard.route.config import FeedbackConfig, JiraFeedback, ZendeskFeedback
-from switchboard.route.conversations import answered, awaiting_after, replies_of
+from switchboard.route.conversations import (
+    answered,
+    awaiting_after,
+    replies_of,
+    still_unanswered,
+)
 from switchboard.route.rules import URGENCY_RANK
 from switchboard.shared import topics
 from switchboard.shared.events import (
@@ -184,6 +189,15 @@ def apply(
             # new SLA is the stricter
             awaited = state.model_copy(update={"awaiting": awaiting})
             awaiting = _awaiting_rescued(awaited, corrected, sla_minutes, sla_alerting)
+        elif URGENCY_RANK[urgency] < URGENCY_RANK[recent.urgency]:
+            # the awaited tweet is less urgent now: another unanswered tweet's SLA may come
+            # first, or alert where its own no longer does
+            relabelled = state.model_copy(update={
+                "recent": tweets, "routed": _with_deadline(state, corrected, sla_minutes)
+            })  # fmt: skip
+            awaiting = still_unanswered(relabelled, replies_of(state), alerting=sla_alerting) or (
+                awaiting
+            )
     new_state = state.model_copy(
         update={
             "department": department if outcome == "rerouted" else state.department,

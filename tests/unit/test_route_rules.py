@@ -1168,3 +1168,23 @@ def test_the_bound_on_authors_answered_keeps_the_reply_to_everyone():
     kept = conversations.bounded(replies)
     assert kept[conversations.EVERYONE] == written
     assert len(kept) == conversations.REPLIED_TO_KEPT + 1 and "u0" not in kept
+
+
+def test_a_correction_making_the_awaited_tweet_less_urgent_leaves_the_next_critical_awaited():
+    """Two critical tweets unanswered; a person lowers the awaited one to low: the other one's
+    SLA, which alerts, is awaited now (it was hidden behind a seven-day deadline)."""
+    written = NOW - timedelta(minutes=10)
+    _, state = routed_state(in_thread("c40", "k1", "100", written, "critical"))
+    second = in_thread("c40", "k2", "100", written + timedelta(minutes=2), "critical")
+    second_outcome, state = routed_state(second, state=state)
+    assert state.awaiting.tweet_id == "k1"
+    sla = {Urgency(u): m for u, m in DEFAULTS.route.sla.minutes.items()}
+    lowered = CorrectionRequest(correction_id="api:k1", conversation_id="c40", tweet_id="k1",
+                                source="api", by="ana", made_at=NOW,
+                                urgency=Urgency.LOW)  # fmt: skip
+    applied = feedback.apply(state, lowered, NOW, sla_minutes=sla,
+                             alert_urgencies=[Urgency.CRITICAL],
+                             sla_alerting=[Urgency.CRITICAL])  # fmt: skip
+    awaiting = applied.state.awaiting
+    assert (awaiting.tweet_id, awaiting.urgency) == ("k2", Urgency.CRITICAL)
+    assert awaiting.due_at == second_outcome.sla_due_at
