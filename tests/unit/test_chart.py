@@ -356,6 +356,9 @@ def test_ingest_is_replaced_not_rolled_so_two_pods_never_hold_the_stream():
     ("values", "key"),
     [
         ({"kafka": {"sasl": {"mechanism": "PLAIN"}}}, "kafka.sasl.mechanism"),
+        ({"kafka": {"securityProtocol": "SASL_SSL"}}, "kafka.sasl.mechanism"),
+        ({"kafka": {"securityProtocol": "SASL_PLAINTEXT", "sasl": {"mechanism": "PLAIN"}}},
+         "kafka.sasl.passwordSecret.name"),
         ({"kafka": {"tls": {"caSecret": "kafka-ca"}}}, "kafka.tls.caSecret"),
         ({"autoscaling": {"maxReplicas": 8}}, "config.topics.partitions"),
         ({"keda": {"enabled": True, "maxReplicas": 4}}, "config.topics.partitions"),

@@ -47,6 +47,9 @@ refuse them at start anyway (shared/settings.py), and an idle autoscaled pod cos
 {{- if and $kafka.sasl.mechanism (not (hasPrefix "SASL_" $protocol)) -}}
 {{- fail (printf "kafka.sasl.mechanism: set, but kafka.securityProtocol %s does not use SASL" $protocol) -}}
 {{- end -}}
+{{- if and (hasPrefix "SASL_" $protocol) (not (and $kafka.sasl.mechanism $kafka.sasl.username $kafka.sasl.passwordSecret.name)) -}}
+{{- fail (printf "kafka.sasl: kafka.securityProtocol %s needs kafka.sasl.mechanism, kafka.sasl.username and kafka.sasl.passwordSecret.name" $protocol) -}}
+{{- end -}}
 {{- if and $kafka.tls.caSecret (not (has $protocol (list "SSL" "SASL_SSL"))) -}}
 {{- fail (printf "kafka.tls.caSecret: set, but kafka.securityProtocol %s is not TLS" $protocol) -}}
 {{- end -}}
