@@ -28,6 +28,7 @@ import hmac
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 from starlette.datastructures import Headers
@@ -113,10 +114,18 @@ class AccessGuard:
 
 
 def _from_another_site(method: str, headers: Headers) -> bool:
-    """A request that would change something, made by a page of another site (the browser's
-    own Fetch Metadata header)."""
-    site = headers.get("sec-fetch-site", "").lower()
-    return method.upper() not in READ_METHODS and site in ("cross-site", "same-site")
+    """A request that would change something, made by a page of another site: the browser's
+    own Fetch Metadata header says so, or, where a browser sends none (a site on plain HTTP
+    other than localhost), its ``Origin`` is not the host asked (``null``: an opaque one)."""
+    if method.upper() in READ_METHODS:
+        return False
+    if headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site"):
+        return True
+    origin = headers.get("origin")
+    if origin is None:
+        return False  # not a browser's cross-origin request (they send Origin on a POST)
+    asked = {h.strip().lower() for h in (headers.get("host"), headers.get("x-forwarded-host")) if h}
+    return origin == "null" or urlsplit(origin).netloc.lower() not in asked
 
 
 def _refusal(policy: AccessPolicy, scope: Scope) -> JSONResponse:

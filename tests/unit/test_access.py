@@ -142,3 +142,19 @@ async def test_a_change_asked_by_another_sites_page_is_refused_even_with_the_tok
     view = await call(LOCKED, "GET", "/ops", authorization=basic(TOKEN),
                       **{"sec-fetch-site": "cross-site"})  # fmt: skip
     assert view.status_code == 200  # reading is not changing (and the page cannot read it)
+
+
+async def test_a_change_from_another_origin_over_plain_http_is_refused_even_with_the_token():
+    """Over plain HTTP to a host other than localhost a browser sends no Fetch Metadata, but it
+    names the page's origin on every POST: another site's, or an opaque one, is refused."""
+    for origin in ("http://evil.example", "http://svc:8080", "null"):
+        forged = await call(LOCKED, "POST", "/admin/thing", authorization=basic(TOKEN),
+                            origin=origin)  # fmt: skip
+        assert forged.status_code == 403 and "another site" in forged.text, origin
+    own_page = await call(LOCKED, "POST", "/admin/thing", authorization=basic(TOKEN),
+                          origin="http://svc")  # fmt: skip
+    assert own_page.status_code == 200
+    proxied = await call(LOCKED, "POST", "/admin/thing", authorization=basic(TOKEN),
+                         origin="https://ops.example.com",
+                         **{"x-forwarded-host": "ops.example.com"})  # fmt: skip
+    assert proxied.status_code == 200
