@@ -34,6 +34,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from switchboard.ingest import metrics
 from switchboard.ingest.config import WebhookConfig
 from switchboard.shared.kafka import KafkaPublishError
+from switchboard.shared.runtime import read_body
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,8 @@ def webhook_router(
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    body = await read_body(request, limit)
+    if body is None:
         metrics.WEBHOOK_REQUESTS.labels("too_large").inc()
         raise HTTPException(status_code=413, detail=f"body larger than {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            metrics.WEBHOOK_REQUESTS.labels("too_large").inc()
-            raise HTTPException(status_code=413, detail=f"body larger than {limit} bytes")
-    return bytes(body)
+    return body

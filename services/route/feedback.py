@@ -52,6 +52,7 @@ from switchboard.shared.events import (
 )
 from switchboard.shared.kafka import Output, publish
 from switchboard.shared.labels import Department, Urgency
+from switchboard.shared.runtime import read_body
 from switchboard.shared.settings import ConfigError, read_secret
 from switchboard.shared.streams import TtlMemory
 
@@ -614,11 +615,9 @@ def _refused(source: str, why: str) -> Any:
 
 
 async def _body(request: Request) -> bytes:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_WEBHOOK_BYTES:
-            raise HTTPException(413, "body too large")
+    body = await read_body(request, MAX_WEBHOOK_BYTES)
+    if body is None:
+        raise HTTPException(413, "body too large")
     return body
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from switchboard.shared import metrics
@@ -154,3 +154,18 @@ async def run_service(make_service: Callable[[S], Service], settings: S) -> None
         server.should_exit = True
         await http
         log.info("stopped")
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None once it is larger than ``limit`` bytes: refused on its
+    declared length before any byte is read, else as soon as the bytes read pass it (a
+    webhook open to the internet must not hold what a sender chooses to send)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
-from switchboard.shared.runtime import until_stopped
+from switchboard.shared.runtime import read_body, until_stopped
 
 
 async def test_a_stop_while_starting_gives_the_start_up_at_once():
@@ -37,3 +40,28 @@ async def test_a_start_that_fails_raises_its_error():
 
     with pytest.raises(RuntimeError, match="broker would not start"):
         await until_stopped(start(), asyncio.Event())
+
+
+def _echo_app(limit: int) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/hook")
+    async def hook(request: Request) -> JSONResponse:
+        body = await read_body(request, limit)
+        return JSONResponse({"size": None if body is None else len(body)})
+
+    return app
+
+
+async def test_a_body_past_the_limit_is_refused_whether_declared_or_streamed():
+    transport = httpx.ASGITransport(app=_echo_app(10))
+
+    async def chunks(n: int):  # noqa: ANN202 - no Content-Length: read until the limit
+        for _ in range(n):
+            yield b"abcd"
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        assert (await client.post("/hook", content=b"x" * 10)).json() == {"size": 10}
+        assert (await client.post("/hook", content=b"x" * 11)).json() == {"size": None}
+        assert (await client.post("/hook", content=chunks(2))).json() == {"size": 8}
+        assert (await client.post("/hook", content=chunks(3))).json() == {"size": None}
