@@ -18,7 +18,7 @@ import httpx
 import pytest
 import uvicorn
 import yaml
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from switchboard.notify.service import NotifyService
 from switchboard.notify.settings import NotifySettings, SmtpSettings
@@ -253,7 +253,8 @@ async def test_the_ops_page_corrects_a_tweet_in_a_browser(settings, producer, re
     """The correct dialog in a real browser against a running route with an admin token: a
     person who gives a wrong token sees the refusal in the dialog and nothing is applied; with
     the token (HTTP Basic, which the browser asks for when route answers 401) the correction is
-    applied once and the dialog closes."""
+    applied once and the dialog closes, even when route's first answer was lost on its way and
+    the person pressed Correct again."""
     conversation = new_id()
     text = f"is the family plan cheaper if I switch today? ({conversation})"
     first = a_classified_tweet("sales", 0.9, "normal", id=f"{conversation}-1",
@@ -271,8 +272,22 @@ async def test_the_ops_page_corrects_a_tweet_in_a_browser(settings, producer, re
             http_credentials={"username": "ana", "password": TOKEN}
         )
         page = await signed_in.new_page()
+        sent: list[dict] = []
+
+        async def answer_lost_once(request_route: Route) -> None:
+            sent.append(json.loads(request_route.request.post_data or "{}"))
+            if len(sent) == 1:  # route applies it, and its answer never reaches the page
+                await request_route.fetch()
+                await request_route.abort()
+            else:
+                await request_route.continue_()
+
+        await page.route("**/feedback", answer_lost_once)
         await correct_on_the_ops_page(page, url, text, "customer_service", "ana (ops)")
+        await expect(page.locator("#correct-status")).to_contain_text("route unreachable")
+        await page.locator("#correct-send").click()  # the person tries again
         await expect(page.locator("#correct")).to_be_hidden()  # accepted: the dialog closed
+        assert len(sent) == 2 and sent[0]["correction_id"] == sent[1]["correction_id"]
         await read(WATCHED, lambda rs: corrections(rs, conversation))
         settle = await read(WATCHED, lambda rs: False, timeout_s=1.0)
     [applied] = corrections(settle, conversation)
