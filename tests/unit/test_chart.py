@@ -115,7 +115,9 @@ def test_a_config_change_a_pod_cannot_apply_rolls_the_pods():
     [configmap] = [
         c for c in by_kind(render(other), "ConfigMap") if c["metadata"]["name"].endswith("-config")
     ]
-    assert yaml.safe_load(configmap["data"]["switchboard.yaml"]) == other["config"]
+    # the values given, over the chart's own (three copies of each topic)
+    chart_default = {"topics": {"replication_factor": 3}}
+    assert yaml.safe_load(configmap["data"]["switchboard.yaml"]) == other["config"] | chart_default
     for at_start in ({"spikes": {"window_minutes": 15}}, {"sla": {"check_interval_s": 5}},
                      {"conversations": {"ttl_hours": 24}}):  # fmt: skip
         assert checksums({}) != checksums({"config": {"route": at_start}}), at_start
@@ -144,6 +146,8 @@ def test_a_routing_rule_change_reaches_the_running_pods_without_a_restart():
     ]
     mounted = RouteFileConfig.model_validate(yaml.safe_load(config_map["data"]["switchboard.yaml"]))
     assert [r.name for r in mounted.route.rules] == ["refunds"]
+    # three copies of each topic by default: one broker's restart or lost disk loses nothing
+    assert mounted.topics.replication_factor == 3
     for deployment in workloads(render(ruled)):
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         [mount] = [m for m in container["volumeMounts"] if m["name"] == "config"]
