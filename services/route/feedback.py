@@ -142,7 +142,7 @@ def apply(
     sla_alerting: Collection[Urgency] = (),
 ) -> Applied:
     """The correction as the conversation's owner applies it (``state`` active or None)."""
-    tweet_id = request.tweet_id or _latest(state, request.source)
+    tweet_id = request.tweet_id or _latest(state, request.source, request.ticket_department)
     recent = state.recent.get(tweet_id) if state is not None and tweet_id else None
     if state is None or recent is None:  # past the TTL: kept for training, not re-routed
         given = request.tweet if _of_request(request, tweet_id) else None
@@ -247,17 +247,23 @@ def _remembering(state: ConversationState, correction: Correction) -> dict[str, 
     }
 
 
-def _latest(state: ConversationState | None, source: str) -> str | None:
+def _latest(
+    state: ConversationState | None, source: str, ticket_department: Department | None = None
+) -> str | None:
     """The tweet a correction without a tweet id means: the conversation's latest, or, from a
     ticketing system, the latest that reached a department (only those have a ticket or an
-    issue: not one dropped or left in triage after it)."""
+    issue: not one dropped or left in triage after it), of the ticket's department when the
+    vendor says which (a conversation whose tweets went to two departments has a ticket in
+    each: moving one corrects that one's tweet, not the other's)."""
     if state is None:
         return None
-    for tweet_id in reversed(state.recent):
-        decided = state.routed.get(tweet_id)
-        if source not in TICKETING or decided is not None and decided.destination == "department":
-            return tweet_id
-    return None
+    if source not in TICKETING:
+        return next(reversed(state.recent), None)
+    routed = state.routed
+    ticketed = [t for t in reversed(state.recent)
+                if (d := routed.get(t)) is not None and d.destination == "department"]  # fmt: skip
+    there = [t for t in ticketed if state.recent[t].department == ticket_department]
+    return next(iter(there or ticketed), None)
 
 
 def _max_urgency(
@@ -389,11 +395,13 @@ def zendesk_request(payload: dict[str, Any], config: ZendeskFeedback) -> Correct
     if conversation_id is None:
         return "not a ticket Switchboard opened"
     labels: dict[str, Any]
+    ticket_group = str(detail.get("group_id") or "")  # the ticket's group, now
     if kind == "zen:event-type:ticket.group_assignment_changed":
         department = config.groups.get(int(current)) if current.isdigit() else None
         if department is None:
             return f"group {current or '(none)'} is not one of route.feedback.zendesk.groups"
         labels = {"department": department}
+        ticket_group = str((payload.get("event") or {}).get("previous") or "")  # before
     elif kind == "zen:event-type:ticket.priority_changed":
         urgency = config.priorities.get(current.lower())
         if urgency is None:
@@ -411,6 +419,7 @@ def zendesk_request(payload: dict[str, Any], config: ZendeskFeedback) -> Correct
         by=f"zendesk user {actor}",
         note=f"ticket {detail.get('id')}",
         made_at=_when(payload.get("time")) or datetime.now(UTC),
+        ticket_department=config.groups.get(int(ticket_group)) if ticket_group.isdigit() else None,
         **labels,
     )
 
@@ -427,6 +436,11 @@ def jira_request(payload: dict[str, Any], config: JiraFeedback) -> CorrectionReq
     items = (payload.get("changelog") or {}).get("items") or []
     changed = {item.get("field"): item for item in items if isinstance(item, dict)}
     labels: dict[str, Any] = {}
+    # the issue's project before the change: after a move, the old key's prefix (Jira gives
+    # the old project's name and id, and its key in the key's change; none: unknown)
+    old_key = str((changed.get("Key") or {}).get("fromString") or "")
+    current = str((fields.get("project") or {}).get("key") or "")
+    project = old_key.rpartition("-")[0] if "project" in changed else current
     if "project" in changed:
         key = (fields.get("project") or {}).get("key") or changed["project"].get("toString")
         if (department := config.projects.get(str(key))) is None:
@@ -456,6 +470,7 @@ def jira_request(payload: dict[str, Any], config: JiraFeedback) -> CorrectionReq
         by=f"jira user {name}"[:200],
         note=f"issue {issue.get('key')}",
         made_at=_when(payload.get("timestamp")) or datetime.now(UTC),
+        ticket_department=config.projects.get(project),
         **labels,
     )
 

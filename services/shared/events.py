@@ -429,6 +429,11 @@ class CorrectionRequest(Event):
         default=None,
         description="The tweet, when the caller has it: used when route no longer remembers it",
     )
+    ticket_department: Department | None = Field(
+        default=None,
+        description="The department whose ticket or issue was changed (its group or project "
+        "before a move): without tweet_id, the correction means the latest tweet routed there",
+    )
 
     @model_validator(mode="after")
     def _says_something(self) -> CorrectionRequest:

@@ -244,6 +244,25 @@ def test_a_ticket_moved_corrects_the_latest_tweet_that_reached_a_department():
     assert applied(state, department="legal").correction.tweet_id == "t-2"  # the API: the latest
 
 
+def test_a_ticket_moved_corrects_the_latest_tweet_of_its_own_department():
+    """The conversation's first tweet went to billing (its ticket there), a later one to legal
+    by a rule (a ticket of its own): billing's ticket moved to shipping corrects billing's
+    tweet, not legal's."""
+    state = conversation(recent("t-1", "customer_service", "normal"),
+                         recent("t-2", "legal", "normal"))  # fmt: skip
+    state = state.model_copy(update={"routed": {
+        "t-1": decision("department", "customer_service"), "t-2": decision("department", "legal"),
+    }})  # fmt: skip
+    moved = applied(state, department="sales", source="zendesk", correction_id="zendesk:2",
+                    ticket_department="customer_service")  # fmt: skip
+    assert (moved.correction.tweet_id, moved.correction.department_before) == (
+        "t-1", "customer_service")  # fmt: skip
+    # a ticket of a department none of its tweets is in now: the latest that reached one
+    elsewhere = applied(state, department="sales", source="jira", correction_id="jira:1",
+                        ticket_department="marketing")  # fmt: skip
+    assert elsewhere.correction.tweet_id == "t-2"
+
+
 def test_a_reroute_keeps_the_conversations_highest_urgency_from_older_tweets():
     # the critical tweet that set it is older than the tweets route keeps whole
     state = conversation(recent("t-9", "sales", "normal"))
@@ -316,6 +335,17 @@ def test_a_zendesk_ticket_moved_to_a_mapped_group_corrects_its_conversation():
     assert isinstance(priority, CorrectionRequest) and priority.urgency is Urgency.CRITICAL
 
 
+def test_a_zendesk_event_names_the_department_of_the_ticket_it_changed():
+    """A move names the group it left, a priority change the group the ticket is in."""
+    groups = ZendeskFeedback(signing_secret={"env": "ZD_HOOK"},
+                             groups={360001: "legal", 360002: "customer_service"})  # fmt: skip
+    moved = zendesk_request(zendesk_event("group_assignment_changed", "360001"), groups)
+    assert moved.ticket_department is Department.CUSTOMER_SERVICE  # previous: 360002
+    event = zendesk_event("priority_changed", "urgent")
+    event["detail"]["group_id"] = 360001
+    assert zendesk_request(event, groups).ticket_department is Department.LEGAL
+
+
 def test_zendesk_priorities_are_read_in_zendesks_lower_case_and_others_are_refused():
     capitalised = ZendeskFeedback(
         signing_secret={"env": "ZD_HOOK"}, groups={360001: "legal"},
@@ -369,6 +399,17 @@ def test_a_jira_issue_moved_to_a_mapped_project_corrects_its_conversation():
     # the id is the signed body's own (issue and change), so a replayed delivery is the same
     assert meant.correction_id == "jira:10002:10101" and meant.by == "jira user Mia Krystof"
     assert meant.made_at == datetime.fromtimestamp(1796385540, UTC)
+
+
+def test_a_jira_event_names_the_department_of_the_issue_it_changed():
+    """A move names the project it left (the old key's prefix), a priority change the
+    project the issue is in."""
+    jira = JiraFeedback(secret={"env": "JIRA_HOOK"}, projects={"LEG": "legal", "SUP": "sales"})
+    key = {"field": "Key", "fromString": "SUP-3", "toString": "LEG-7"}
+    assert jira_request(jira_event([MOVED, key]), jira).ticket_department is Department.SALES
+    assert jira_request(jira_event([MOVED]), jira).ticket_department is None  # unknown: latest
+    priority = {"field": "priority", "fromString": "Medium", "toString": "Highest"}
+    assert jira_request(jira_event([priority]), jira).ticket_department is Department.LEGAL
 
 
 def test_a_jira_update_that_is_no_correction_says_why():
