@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -155,6 +156,7 @@ class RouteService:
         # is only raised once every reply sent before its deadline has been read (see on_due).
         self._replies_read: dict[int, tuple[int, float]] = {}
         self._config_digest = file_digest(settings.config_file)
+        self.at_restart: list[str] = []  # keys changed since start that wait for a restart
         self._rejected: tuple[str | None, str] | None = None  # the last file refused, and why
         self.ops = OpsView(
             settings.kafka,
@@ -806,16 +808,13 @@ class RouteService:
                 log.error("new configuration rejected; keeping the current rules: %s", error)
             return "invalid"
         self._config_digest, self._rejected = digest, None
-        # The windows' size and number are the tables' own and change at the next restart;
-        # the bar (factor, min_count) and what is watched apply now.
-        started = self.spike_windows.config
-        spikes = config.route.spikes
-        if (spikes.window_minutes, spikes.baseline_windows) != (
-            started.window_minutes, started.baseline_windows
-        ):  # fmt: skip
-            log.warning("route.spikes.window_minutes and baseline_windows change at restart")
-        if config.route.sla.check_interval_s != self.config.route.sla.check_interval_s:
-            log.warning("route.sla.check_interval_s changes at restart (the sweep's timer)")
+        pending = at_restart(self.settings.config, config)
+        if pending != self.at_restart:
+            self.at_restart = pending
+            if pending:
+                log.warning("changed in the file, applied at route's next start: %s",
+                            ", ".join(pending))  # fmt: skip
+        spikes = config.route.spikes  # the bar (factor, min_count) and what is watched: now
         self.spike_windows.reconfigure(spikes)
         self.config = config
         self.version = rules_version(config.route)
@@ -840,9 +839,30 @@ def admin_router(service: RouteService) -> APIRouter:
     async def reload_rules() -> dict[str, object]:
         outcome = service.reload_if_changed()
         return {"outcome": outcome, "rules_version": service.version,
-                "rules": len(service.config.route.rules)}  # fmt: skip
+                "rules": len(service.config.route.rules),
+                "at_restart": service.at_restart}  # fmt: skip
 
     return router
+
+
+# Keys route reads once, at start: a reload leaves them as they were (``at_restart``).
+AT_START: dict[str, Callable[[RouteFileConfig], object]] = {
+    "route.spikes.window_minutes": lambda c: c.route.spikes.window_minutes,  # the tables' own
+    "route.spikes.baseline_windows": lambda c: c.route.spikes.baseline_windows,
+    "route.sla.check_interval_s": lambda c: c.route.sla.check_interval_s,  # the sweep's timer
+    "route.conversations.ttl_hours (early replies and deletions)": (
+        lambda c: c.route.conversations.ttl_hours
+    ),
+    "route.standby_replicas": lambda c: c.route.standby_replicas,
+    "access": lambda c: c.access,  # the admin token and what it locks
+    "topics": lambda c: c.topics,
+}
+
+
+def at_restart(started: RouteFileConfig, now: RouteFileConfig) -> list[str]:
+    """The keys changed in the file since route started that it applies only at its next
+    start (a reload applies the rest)."""
+    return [key for key, read in AT_START.items() if read(started) != read(now)]
 
 
 def kind_of_alert(urgency: Urgency) -> Literal["critical_tweet", "escalation"]:

@@ -1188,3 +1188,21 @@ def test_a_correction_making_the_awaited_tweet_less_urgent_leaves_the_next_criti
     awaiting = applied.state.awaiting
     assert (awaiting.tweet_id, awaiting.urgency) == ("k2", Urgency.CRITICAL)
     assert awaiting.due_at == second_outcome.sla_due_at
+
+
+def test_a_reload_names_the_changed_keys_route_applies_only_at_its_next_start():
+    from switchboard.route.service import at_restart
+
+    started = configured()
+    assert at_restart(started, configured(confidence_threshold=0.7)) == []  # applied now
+    changed = configured(
+        spikes={"window_minutes": 10}, sla={"check_interval_s": 5},
+        conversations={"ttl_hours": 24},
+    )  # fmt: skip
+    assert at_restart(started, changed) == [
+        "route.spikes.window_minutes", "route.sla.check_interval_s",
+        "route.conversations.ttl_hours (early replies and deletions)",
+    ]  # fmt: skip
+    locked = started.model_copy(update={"access": started.access.model_copy(
+        update={"lock_views": not started.access.lock_views})})  # fmt: skip
+    assert at_restart(started, locked) == ["access"]
