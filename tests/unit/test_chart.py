@@ -124,6 +124,26 @@ def test_a_config_change_a_pod_cannot_apply_rolls_the_pods():
     assert checksums({}) != checksums({"config": {"classify": {"batch_size": 64}}})
 
 
+def test_a_services_own_section_rolls_its_pods_only():
+    """Another service's section leaves a pod alone (route and notify would restore their
+    tables for nothing); a shared section rolls them all."""
+
+    def by_service(values: dict) -> dict[str, str]:
+        return {d["metadata"]["name"].rsplit("-", 1)[1]:
+                d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+                for d in workloads(render(values))}  # fmt: skip
+
+    before = by_service({})
+    for section, change in (("notify", {"delivery": {"concurrency": 3}}),
+                            ("ingest", {"dedup_capacity": 5000}),
+                            ("route", {"sla": {"check_interval_s": 5}}),
+                            ("classify", {"batch_size": 64})):  # fmt: skip
+        after = by_service({"config": {section: change}})
+        assert {s for s in before if before[s] != after[s]} == {section}, section
+    shared = by_service({"config": {"topics": {"partitions": 6}}})
+    assert all(before[s] != shared[s] for s in before)
+
+
 def test_a_model_change_reaches_the_running_pods_without_a_restart():
     """classify loads the artifact (or runtime) the mounted file names by itself
     (classify.reload_interval_s): such a change leaves the pods' checksum alone."""

@@ -20,13 +20,16 @@ app.kubernetes.io/component: {{ .service }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
-{{/* The configuration a running pod cannot apply, hashed into each pod's checksum/config
-annotation: every section but route's, and of route's what it sets up at start (its spike
+{{/* The configuration a running pod of one service cannot apply, hashed into its pods'
+checksum/config annotation (root, service): the shared sections every service reads, and of
+the service's own section what it cannot reload. route's: what it sets up at start (its spike
 windows, the SLA sweep's interval, standby replicas, the conversations' TTL, which sizes the
-window of recorded corrections). The rest of route's section (rules, SLAs,
-thresholds, keywords) route reloads from the mounted file. */}}
+window of recorded corrections); the rest of it (rules, SLAs, thresholds, keywords) route
+reloads from the mounted file. classify's: all but the model it loads by itself. Another
+service's section rolls only that service's pods (route and notify restore their tables
+when they move). */}}
 {{- define "switchboard.restartConfig" -}}
-{{- $config := .Values.config -}}
+{{- $config := .root.Values.config -}}
 {{- $atStart := dict
   "spikes.window_minutes" (dig "route" "spikes" "window_minutes" "" $config)
   "spikes.baseline_windows" (dig "route" "spikes" "baseline_windows" "" $config)
@@ -36,7 +39,8 @@ thresholds, keywords) route reloads from the mounted file. */}}
   "conversations.ttl_hours" (dig "route" "conversations" "ttl_hours" "" $config) -}}
 {{- /* classify loads a new model (artifact, runtime...) from the file by itself */ -}}
 {{- $classifyAtStart := omit (dig "classify" (dict) $config) "artifact" "backbone" "max_length" "threads" "runtime" "bucket_size" -}}
-{{- toYaml (dict "config" (omit $config "route" "classify") "route_at_start" $atStart "classify_at_start" $classifyAtStart) -}}
+{{- $own := dict "route" $atStart "classify" $classifyAtStart "ingest" (dig "ingest" (dict) $config) "notify" (dig "notify" (dict) $config) -}}
+{{- toYaml (dict "shared" (omit $config "ingest" "classify" "route" "notify") "own" (get $own .service)) -}}
 {{- end -}}
 
 {{/* Values that cannot work together fail the install, naming the key: the services would
