@@ -287,9 +287,10 @@ class DeliveryPolicy(Section):
     )
     rate_per_s: dict[Channel, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict,
-        description="Most requests per second to each channel's vendor, its retries and every "
-        "request of a delivery (a search, then a create) counted, as vendors count them; for "
-        "email, messages (a channel left out: no limit)",
+        description="Most requests per second to each channel's vendor from one notify "
+        "replica (with N replicas the vendor sees up to N times it: divide the vendor's limit "
+        "by them), its retries and every request of a delivery (a search, then a create) "
+        "counted, as vendors count them; for email, messages (a channel left out: no limit)",
     )
     concurrency: int = Field(
         default=16,
