@@ -150,6 +150,11 @@ def apply(
         recorded = _correction(request, tweet_id, "recorded", None, given, now)
         remembered = state and state.model_copy(update=_remembering(state, recorded))
         return Applied(recorded, remembered, None, False)
+    request = _without_superseded(state, tweet_id, request)
+    if request.department is None and request.urgency is None:
+        superseded = _correction(request, tweet_id, "superseded", recent, recent.tweet, now)
+        remembered = state.model_copy(update=_remembering(state, superseded))
+        return Applied(superseded, remembered, None, False)
     department = request.department or recent.department
     urgency = request.urgency or recent.urgency
     decided = state.routed.get(tweet_id)
@@ -345,10 +350,25 @@ def _deadline(
     return arrived + timedelta(minutes=minutes) if minutes else None
 
 
+def _without_superseded(
+    state: ConversationState, tweet_id: str, request: CorrectionRequest
+) -> CorrectionRequest:
+    """The request without what a correction made after it, and applied first, changed: a
+    vendor's events may arrive out of order (a delivery retried after a 503, two route pods
+    behind the ingress), and a ticket moved to A then to B must leave the tweet in B."""
+    later = [c for c in state.applied if c.tweet_id == tweet_id and c.made_at > request.made_at]
+    update: dict[str, None] = {}
+    if request.department and any(c.department != c.department_before for c in later):
+        update["department"] = None
+    if request.urgency and any(c.urgency != c.urgency_before for c in later):
+        update["urgency"] = None
+    return request.model_copy(update=update)  # may say nothing now: superseded whole
+
+
 def _correction(
     request: CorrectionRequest,
     tweet_id: str | None,
-    outcome: Literal["rerouted", "relabelled", "unchanged", "recorded"],
+    outcome: Literal["rerouted", "relabelled", "unchanged", "recorded", "superseded"],
     recent: RecentTweet | None,
     tweet: Tweet | None,
     now: datetime,

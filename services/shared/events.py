@@ -457,10 +457,11 @@ class Correction(Event):
     note: str | None = None
     made_at: AwareDatetime
     applied_at: AwareDatetime = Field(default_factory=utc_now)
-    outcome: Literal["rerouted", "relabelled", "unchanged", "recorded"] = Field(
+    outcome: Literal["rerouted", "relabelled", "unchanged", "recorded", "superseded"] = Field(
         description="rerouted: published again on the new department's topic; relabelled: "
         "the urgency alone changed; unchanged: the labels were already right; recorded: "
-        "route no longer remembers the tweet (past the conversation TTL), kept for training"
+        "route no longer remembers the tweet (past the conversation TTL), kept for training; "
+        "superseded: a correction made after it (made_at) had already changed what it says"
     )
     department_before: Department | None = None
     urgency_before: Urgency | None = None

@@ -482,3 +482,26 @@ def test_a_webhook_whose_secret_cannot_be_read_stops_route_naming_the_key(monkey
     check_secrets(FeedbackConfig(jira=JIRA))  # readable: nothing to say
     with pytest.raises(ConfigError, match=r"route\.feedback\.zendesk\.signing_secret.*ZD_HOOK"):
         check_secrets(FeedbackConfig(zendesk=ZENDESK, jira=JIRA))
+
+
+def test_a_correction_made_before_one_already_applied_does_not_undo_it():
+    """A ticket moved to legal, then at once to sales: the vendor's two events arrive in the
+    other order (a retried delivery). The tweet stays in sales; the earlier event's urgency,
+    which nothing later changed, still applies."""
+    state = conversation(recent("t-1", "customer_service", "normal"), awaiting="t-1")
+    state = state.model_copy(update={"routed": {"t-1": decision("department", "customer_service")}})
+    later = apply(state, request(tweet_id="t-1", department="sales", correction_id="zendesk:b"),
+                  NOW, sla_minutes=SLA, alert_urgencies=ALERTING)  # fmt: skip
+    assert later.correction.outcome == "rerouted"
+    earlier = apply(later.state, request(tweet_id="t-1", department="legal",
+                                         correction_id="zendesk:a",
+                                         made_at=NOW - timedelta(seconds=30)),
+                    NOW, sla_minutes=SLA, alert_urgencies=ALERTING)  # fmt: skip
+    assert earlier.correction.outcome == "superseded" and earlier.recent is None
+    assert earlier.state.recent["t-1"].department is Department.SALES
+    assert earlier.state.corrections == ["zendesk:b", "zendesk:a"]  # applied once each
+    both = apply(later.state, request(tweet_id="t-1", department="legal", urgency="high",
+                                      correction_id="jira:a", made_at=NOW - timedelta(seconds=30)),
+                 NOW, sla_minutes=SLA, alert_urgencies=ALERTING)  # fmt: skip
+    assert (both.correction.outcome, both.correction.department, both.correction.urgency) == (
+        "relabelled", "sales", "high")  # fmt: skip
