@@ -57,6 +57,7 @@ class OpsView:
         self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=8)
         self._compared: dict[int, tuple[float, dict[str, Any]]] = {}  # at most 24 hours
         self._comparing = asyncio.Lock()
+        self._last_compared = -COMPARE_EVERY_S  # monotonic time of the last comparison made
 
     def on_routed(self, routed: RoutedTweet) -> None:
         route = routed.route
@@ -104,6 +105,10 @@ class OpsView:
         async with self._comparing:
             if (report := self._fresh_comparison(hours)) is not None:  # made while we waited
                 return report
+            # one comparison per COMPARE_EVERY_S whatever the hours asked: a page (or anyone,
+            # views being open by default) asking for each of the 24 in turn must not keep
+            # route reading and comparing
+            await asyncio.sleep(max(0.0, self._last_compared + COMPARE_EVERY_S - time.monotonic()))
             since = utc_now() - timedelta(hours=hours)
             found = await read_since(self.kafka, since, limit=OPS_COMPARE_LIMIT, paired=False)
             report = await asyncio.to_thread(
@@ -111,7 +116,8 @@ class OpsView:
                 examples=2,
             )  # fmt: skip
             report["since"] = since.isoformat()
-            self._compared[hours] = (time.monotonic(), report)
+            self._last_compared = time.monotonic()
+            self._compared[hours] = (self._last_compared, report)
             return report
 
     def _fresh_comparison(self, hours: int) -> dict[str, Any] | None:
