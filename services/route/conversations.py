@@ -166,17 +166,34 @@ def merged(first: Replies, second: Replies) -> dict[str, datetime]:
     return both
 
 
-def addressees(reply: BrandTweet, company: Collection[str] = ()) -> list[str]:
+def addressees(
+    reply: BrandTweet, company: Collection[str] = (), answered_before: Collection[str] = ()
+) -> list[str]:
     """Whom a company reply answers: the author of the tweet it replies to (by user id); in a
     DM conversation, or when X names no one, everyone; a reply to the company's own tweet (a
     follow-up in its thread, ``company``: the handles' user ids) answers those it mentions
-    (by ``@username``)."""
+    whom the company answered before in the conversation (``answered_before``, by
+    ``@username``): X fills a reply's mentions with everyone up the chain, and a customer
+    the thread never answered is not answered by a follow-up to another."""
     tweet = reply.tweet
     if tweet.kind == "direct_message" or not tweet.in_reply_to_user_id:
         return [EVERYONE]
     if tweet.in_reply_to_user_id == tweet.author.id or tweet.in_reply_to_user_id in company:
-        return [f"@{name.lower()}" for name in tweet.mentions]
+        mentioned = (f"@{name.lower()}" for name in tweet.mentions)
+        return [name for name in mentioned if name in answered_before]
     return [tweet.in_reply_to_user_id]
+
+
+def answered_names(state: ConversationState | None, replies: Replies) -> set[str]:
+    """The ``@username``s of the authors a company handle answered in the conversation, as far
+    as route knows their names (the tweets it remembers)."""
+    names = {key for key in replies if key.startswith("@")}
+    if state is None:
+        return names
+    tweets = [r.tweet for r in state.recent.values()]
+    if state.awaiting is not None and state.awaiting.tweet is not None:
+        tweets.append(state.awaiting.tweet)
+    return names | {f"@{t.author.username.lower()}" for t in tweets if t.author.id in replies}
 
 
 def answered(replies: Replies, state: ConversationState | None, tweet: Tweet) -> bool:
@@ -362,7 +379,8 @@ def after_brand_reply(
     tweet's clock."""
     before = replies_of(state)
     written = reply.tweet.created_at
-    replies = merged(before, dict.fromkeys(addressees(reply, company), written))
+    to = addressees(reply, company, answered_names(state, before))
+    replies = merged(before, dict.fromkeys(to, written))
     update: dict[str, object] = {"updated_at": now, **_stored(replies)}
     first = _first_answered(state, before, replies)
     awaited, tracked = state.awaiting, True

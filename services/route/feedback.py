@@ -176,8 +176,11 @@ def apply(
         }
     )
     if outcome == "unchanged":
-        return Applied(correction, state.model_copy(update=_remembering(state, correction)),
-                       None, False)  # fmt: skip
+        update = _remembering(state, correction)
+        if decided is not None and decided.owner == "handle":
+            # the handle's guess (route.unsure: handle), on its topic already: now a person's
+            update |= {"department": department, "owner_confirmed": True}
+        return Applied(correction, state.model_copy(update=update), None, False)
     tweets = {**state.recent, tweet_id: corrected}
     # a tweet that counted for nothing (dropped, or X's notice in place of its text) sent to
     # a department counts from now on, awaits its reply and raises its alert, as if it had

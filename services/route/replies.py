@@ -17,7 +17,7 @@ from datetime import datetime
 
 import faust
 
-from switchboard.route.conversations import addressees, bounded, merged
+from switchboard.route.conversations import addressees, answered_names, bounded, merged
 from switchboard.shared.events import BrandTweet
 from switchboard.shared.streams import TtlMemory
 
@@ -44,7 +44,8 @@ class EarlyReplies:
         """Note it (the latest per addressee wins); must run inside the stream of the reply."""
         known = self.get(conversation_id)
         written = reply.tweet.created_at
-        noted = bounded(merged(known, dict.fromkeys(addressees(reply, company), written)))
+        to = addressees(reply, company, answered_names(None, known))
+        noted = bounded(merged(known, dict.fromkeys(to, written)))
         if noted != known:
             self.memory.put(conversation_id, {a: w.isoformat() for a, w in noted.items()})
 

@@ -855,6 +855,7 @@ AT_START: dict[str, Callable[[RouteFileConfig], object]] = {
     ),
     "route.standby_replicas": lambda c: c.route.standby_replicas,
     "access": lambda c: c.access,  # the admin token and what it locks
+    "departments (the ops page's names)": lambda c: c.departments,
     "topics": lambda c: c.topics,
 }
 

@@ -119,12 +119,14 @@ def _from_another_site(method: str, headers: Headers) -> bool:
     other than localhost), its ``Origin`` is not the host asked (``null``: an opaque one)."""
     if method.upper() in READ_METHODS:
         return False
-    if headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site"):
-        return True
+    site = headers.get("sec-fetch-site")
+    if site is not None:  # the browser's own word, whatever a proxy did to Host
+        return site.lower() in ("cross-site", "same-site")
     origin = headers.get("origin")
     if origin is None:
         return False  # not a browser's cross-origin request (they send Origin on a POST)
-    asked = {h.strip().lower() for h in (headers.get("host"), headers.get("x-forwarded-host")) if h}
+    forwarded = (headers.get("x-forwarded-host") or "").split(",")  # one per proxy
+    asked = {h.strip().lower() for h in [headers.get("host") or "", *forwarded] if h.strip()}
     return origin == "null" or urlsplit(origin).netloc.lower() not in asked
 
 

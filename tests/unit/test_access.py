@@ -156,5 +156,10 @@ async def test_a_change_from_another_origin_over_plain_http_is_refused_even_with
     assert own_page.status_code == 200
     proxied = await call(LOCKED, "POST", "/admin/thing", authorization=basic(TOKEN),
                          origin="https://ops.example.com",
-                         **{"x-forwarded-host": "ops.example.com"})  # fmt: skip
+                         **{"x-forwarded-host": "ops.example.com, edge.internal"})  # fmt: skip
     assert proxied.status_code == 200
+    # a proxy that rewrote Host and said nothing: the browser's Fetch Metadata decides
+    rewritten = await call(LOCKED, "POST", "/admin/thing", authorization=basic(TOKEN),
+                           origin="https://ops.example.com",
+                           **{"sec-fetch-site": "same-origin"})  # fmt: skip
+    assert rewritten.status_code == 200

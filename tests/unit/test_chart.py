@@ -185,6 +185,8 @@ def test_kafka_secrets_and_tls_come_by_reference():
     }  # fmt: skip
     assert env["KAFKA_SSL_CAFILE"]["value"] == "/etc/switchboard/kafka-ca/ca.crt"
     assert container["envFrom"] == [{"secretRef": {"name": "switchboard-tokens"}}]
+    # or all three through secretEnvFrom (KAFKA_SASL_*): kafka.sasl left empty renders
+    assert render({"kafka": {"securityProtocol": "SASL_SSL"}, "secretEnvFrom": ["kafka-sasl"]})
 
 
 def test_each_pod_joins_its_consumer_groups_under_its_own_name():
@@ -380,9 +382,10 @@ def test_ingest_is_replaced_not_rolled_so_two_pods_never_hold_the_stream():
     ("values", "key"),
     [
         ({"kafka": {"sasl": {"mechanism": "PLAIN"}}}, "kafka.sasl.mechanism"),
-        ({"kafka": {"securityProtocol": "SASL_SSL"}}, "kafka.sasl.mechanism"),
         ({"kafka": {"securityProtocol": "SASL_PLAINTEXT", "sasl": {"mechanism": "PLAIN"}}},
          "kafka.sasl.passwordSecret.name"),
+        ({"kafka": {"securityProtocol": "SASL_SSL", "sasl": {"username": "svc"}}},
+         "kafka.sasl.mechanism"),
         ({"kafka": {"tls": {"caSecret": "kafka-ca"}}}, "kafka.tls.caSecret"),
         ({"autoscaling": {"maxReplicas": 8}}, "config.topics.partitions"),
         ({"keda": {"enabled": True, "maxReplicas": 4}}, "config.topics.partitions"),

@@ -505,3 +505,16 @@ def test_a_correction_made_before_one_already_applied_does_not_undo_it():
                  NOW, sla_minutes=SLA, alert_urgencies=ALERTING)  # fmt: skip
     assert (both.correction.outcome, both.correction.department, both.correction.urgency) == (
         "relabelled", "sales", "high")  # fmt: skip
+
+
+def test_confirming_a_handles_guess_confirms_the_conversations_owner_without_sending_it_again():
+    """route.unsure: handle sent the tweet to the handle's department, owning nothing; a person
+    confirming that department makes it the owner, and the tweet, on that topic already, is
+    not published there again."""
+    state = conversation(recent("t-1", "investor_relations", "normal"))
+    guessed = decision("department", "investor_relations").model_copy(update={"owner": "handle"})
+    state = state.model_copy(update={"routed": {"t-1": guessed}, "owner_confirmed": False})
+    result = applied(state, tweet_id="t-1", department="investor_relations")
+    assert result.correction.outcome == "unchanged" and result.recent is None
+    assert result.state.owner_confirmed
+    assert result.state.department is Department.INVESTOR_RELATIONS

@@ -1136,9 +1136,10 @@ def test_a_response_is_timed_from_the_addressees_own_tweet():
     assert response.awaited.tweet_id == "a1" and response.seconds == pytest.approx(13 * 60)
 
 
-def test_a_follow_up_in_the_companys_own_thread_answers_those_it_mentions():
+def test_a_follow_up_in_the_companys_own_thread_answers_those_it_answered_before():
     """The company answers A, A writes again, and the company goes on in its own thread (a reply
-    to its own tweet, mentioning A): A's new tweet is answered, B's is not."""
+    to its own tweet; X fills its mentions with the chain, A and B): A's new tweet is answered,
+    B's, whom the company never answered, is not, nor by a reply to another handle's tweet."""
     written = NOW - timedelta(minutes=30)
     _, state = routed_state(in_thread("v7", "a1", "100", written, "high"))
     state, _ = conversations.after_brand_reply(
@@ -1150,14 +1151,14 @@ def test_a_follow_up_in_the_companys_own_thread_answers_those_it_mentions():
                             state=state)  # fmt: skip
     assert state.awaiting.tweet_id == "a2"
     own = reply_in("v7", written).tweet.author.id  # the company's handle
-    follow_up = reply_to("v7", written + timedelta(minutes=4), own, mentions=["100"])
+    follow_up = reply_to("v7", written + timedelta(minutes=4), own, mentions=["100", "200"])
     state, response = conversations.after_brand_reply(state, follow_up, NOW)
     assert response is not None and response.awaited.tweet_id == "a2"
     assert state.awaiting is not None and state.awaiting.tweet_id == "b1"
-    # a reply to another company handle's tweet is one too (``company``: their user ids)
+    # a reply to another company handle's tweet is a follow-up too (``company``: their ids)
     other = reply_to("v7", written + timedelta(minutes=5), "77", mentions=["200"])
     state, response = conversations.after_brand_reply(state, other, NOW, company={"77"})
-    assert response.awaited.tweet_id == "b1" and state.awaiting is None
+    assert response is None and state.awaiting.tweet_id == "b1"
 
 
 def test_the_bound_on_authors_answered_keeps_the_reply_to_everyone():

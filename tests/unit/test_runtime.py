@@ -63,5 +63,8 @@ async def test_a_body_past_the_limit_is_refused_whether_declared_or_streamed():
     async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
         assert (await client.post("/hook", content=b"x" * 10)).json() == {"size": 10}
         assert (await client.post("/hook", content=b"x" * 11)).json() == {"size": None}
+        # refused on the length declared, before a byte is read (these 5 would pass)
+        declared = await client.post("/hook", content=b"x" * 5, headers={"content-length": "11"})
+        assert declared.json() == {"size": None}
         assert (await client.post("/hook", content=chunks(2))).json() == {"size": 8}
         assert (await client.post("/hook", content=chunks(3))).json() == {"size": None}

@@ -51,8 +51,11 @@ refuse them at start anyway (shared/settings.py), and an idle autoscaled pod cos
 {{- if and $kafka.sasl.mechanism (not (hasPrefix "SASL_" $protocol)) -}}
 {{- fail (printf "kafka.sasl.mechanism: set, but kafka.securityProtocol %s does not use SASL" $protocol) -}}
 {{- end -}}
-{{- if and (hasPrefix "SASL_" $protocol) (not (and $kafka.sasl.mechanism $kafka.sasl.username $kafka.sasl.passwordSecret.name)) -}}
-{{- fail (printf "kafka.sasl: kafka.securityProtocol %s needs kafka.sasl.mechanism, kafka.sasl.username and kafka.sasl.passwordSecret.name" $protocol) -}}
+{{- /* kafka.sasl given in part: the services would start without the rest (or with
+KAFKA_SASL_* from secretEnvFrom, the way to give all three there instead) */ -}}
+{{- $sasl := list $kafka.sasl.mechanism $kafka.sasl.username $kafka.sasl.passwordSecret.name -}}
+{{- if and (hasPrefix "SASL_" $protocol) (has "" $sasl) (not (eq (join "" $sasl) "")) -}}
+{{- fail "kafka.sasl: give kafka.sasl.mechanism, kafka.sasl.username and kafka.sasl.passwordSecret.name together (or none of them, and KAFKA_SASL_* through secretEnvFrom)" -}}
 {{- end -}}
 {{- if and $kafka.tls.caSecret (not (has $protocol (list "SSL" "SASL_SSL"))) -}}
 {{- fail (printf "kafka.tls.caSecret: set, but kafka.securityProtocol %s is not TLS" $protocol) -}}
