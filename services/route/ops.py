@@ -69,6 +69,11 @@ class OpsView:
         elif route.destination == "department":
             self.recent.appendleft(line)
 
+    def forget_tweets(self) -> None:
+        """Every tweet off the page (a rebalance: it may show tweets of partitions gone)."""
+        self.triage_queue.clear()
+        self.recent.clear()
+
     def forget(self, posts: set[str]) -> None:
         """Tweets their authors deleted (each post: its first version's id, which its edits
         name): off the page, which showed their text."""

@@ -204,7 +204,10 @@ class RouteService:
             await asyncio.gather(*background, return_exceptions=True)
 
     async def _on_rebalance(self, app: Any, *_: Any, **__: Any) -> None:
-        """Partitions came or went: forget the index now, rebuild it once the table is."""
+        """Partitions came or went: forget the index now, rebuild it once the table is; the ops
+        page's tweets go too (a deletion of one of a partition given away reaches its new
+        owner, not this page, which would show the text its author took back)."""
+        self.ops.forget_tweets()
         self.due.clear()
         self._index_stale = True
         self._replies_read.clear()

@@ -25,8 +25,9 @@ on a real Kafka and on the embedded broker alike:
   embedded broker needs it: it never expires a member that died, and it answers a commit
   during a rebalance with ILLEGAL_GENERATION, after which a dynamic member rejoins under a new
   id and the group waits for the old one forever.
-- ``canonical_url`` distinct per worker: faust's partition assignor tells workers apart by it
-  (two workers with the same URL are taken for one).
+- ``canonical_url``: the worker's address as other workers would reach it (faust 0.15.3
+  assigns partitions by member id, so workers sharing one, as the chart's pods do with
+  ``0.0.0.0``, are still told apart; only faust's report of its assignment names it).
 - ``processing_guarantee="at_least_once"`` with the producer acknowledging from every in-sync
   replica (``producer_acks=-1``): faust commits only offsets the agent acknowledged;
   ``AckAfterPublish`` acknowledges an input only after the broker acknowledged its outputs and
@@ -61,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import shutil
 import socket
 import tempfile
@@ -83,7 +85,7 @@ from faust.windows import TumblingWindow
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     wait_exponential_jitter,
 )
 
@@ -92,6 +94,7 @@ from switchboard.shared.events import DecodeError, E, decode
 from switchboard.shared.kafka import (
     TRANSIENT_ERRORS,
     Output,
+    StageFault,
     client_options,
     dead_letter_record,
     pause_when_idle,
@@ -129,7 +132,7 @@ class TtlMemory:
     def __init__(
         self, app: faust.App, name: str, partitions: int, ttl_s: float, default: type, help: str
     ) -> None:
-        self.window_s = float(max(1, round(ttl_s)))
+        self.window_s = float(max(1, math.ceil(ttl_s)))  # never kept for less than ttl_s
         self.windows = TumblingWindow(self.window_s, expires=2 * self.window_s)
         self.table = app.Table(
             name, default=default, key_type=str, partitions=partitions, options=STORE_OPTIONS,
@@ -266,7 +269,11 @@ class StreamWorker:
 
     async def start(self) -> None:
         if not self._temporary:
-            discard_stale_stores(Path(self.app.conf.tabledir), topics.TOMBSTONES_KEPT_MS / 1000)
+            tabledir = Path(self.app.conf.tabledir)
+            discard_stores_of_a_crash(tabledir)
+            discard_stale_stores(tabledir, topics.TOMBSTONES_KEPT_MS / 1000)
+            running_mark(tabledir).parent.mkdir(parents=True, exist_ok=True)
+            running_mark(tabledir).touch()
         self._task = asyncio.create_task(self.app.start(), name=f"{self.service}-streams")
         await until_worker_ready(self.app)
 
@@ -277,13 +284,18 @@ class StreamWorker:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
+        stopped = False
         with contextlib.suppress(Exception):
             await self.app.stop()
+            stopped = True
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if self._temporary:
             shutil.rmtree(self.app.conf.datadir, ignore_errors=True)
+        elif stopped and changelog_writes(self.app).all_acknowledged():
+            # every change its stores hold is in its changelog: a restart may keep them
+            running_mark(Path(self.app.conf.tabledir)).unlink(missing_ok=True)
 
 
 class ChangelogWrites:
@@ -304,6 +316,12 @@ class ChangelogWrites:
         self._made += 1
         self._pending.append((self._made, write))
 
+    def all_acknowledged(self) -> bool:
+        """Whether every write made so far was acknowledged (none pending, none failed)."""
+        done = all(write.done() and not write.cancelled() and write.exception() is None
+                   for _, write in self._pending)  # fmt: skip
+        return done and self.failed is None
+
     async def settled(self) -> None:
         """Until every write made so far is acknowledged; raises the first one that failed.
         Waits on the oldest unacknowledged write at a time: cheap when they are done."""
@@ -311,7 +329,9 @@ class ChangelogWrites:
         while True:
             while self._pending and self._pending[0][1].done():
                 _, write = self._pending.popleft()
-                if not write.cancelled() and write.exception() is not None:
+                if write.cancelled():  # never acknowledged: not in the changelog
+                    self.failed = self.failed or RuntimeError("a changelog write was cancelled")
+                elif write.exception() is not None:
                     self.failed = self.failed or write.exception()
             if self.failed is not None:
                 raise self.failed
@@ -637,6 +657,37 @@ def discard_stale_stores(tabledir: Path, max_age_s: float, now: float | None = N
     return stale
 
 
+RUNNING_MARK = ".running"
+
+
+def running_mark(tabledir: Path) -> Path:
+    """The file that says a worker runs on these stores: made at its start, removed once it
+    stopped with every changelog write acknowledged."""
+    return tabledir / RUNNING_MARK
+
+
+def discard_stores_of_a_crash(tabledir: Path) -> list[Path]:
+    """Remove every local table store when the last worker on them did not stop cleanly (its
+    ``running_mark`` is still there: kill -9, out of memory, a node lost); returns them.
+
+    RocksDB keeps a table's change at once, and its changelog record is sent after it: a
+    change whose record a crash lost stays in the store, ahead of the changelog. The input
+    read again then finds its work done and writes nothing, so the changelog never gets the
+    change, and whoever restores the partition later does so without it (an SLA alert raised
+    again, a ticket opened twice). Restored from the changelog, the store holds what the
+    changelog does, and the input read again does its work again (at least once)."""
+    if not running_mark(tabledir).exists():
+        return []
+    stores = sorted(tabledir.glob("*.db"))
+    for store in stores:
+        shutil.rmtree(store, ignore_errors=True)
+        in_sync_stamp(store).unlink(missing_ok=True)
+    if stores:
+        log.warning("the last worker did not stop cleanly: its table stores are restored from "
+                    "their changelogs", extra={"stores": len(stores)})  # fmt: skip
+    return stores
+
+
 def in_sync_stamp(store: Path) -> Path:
     """The file whose time says when ``store`` was last known in step with its changelog."""
     return store.with_name(store.name + IN_SYNC_SUFFIX)
@@ -947,7 +998,11 @@ class AckAfterPublish:
             for output in _without(outputs, failed):
                 metrics.PRODUCED.labels(self.service, output.topic).inc()
             if failed:  # publish() counts what it publishes
-                await self._publish_until_acknowledged(failed)
+                try:
+                    await self._publish_until_acknowledged(failed)
+                except Exception as error:  # noqa: BLE001 - refused for good (not authorized)
+                    await self._stage_failed(error)
+                    return  # nothing more is acknowledged: the next process reads it again
             try:
                 await changelog_writes(self.app).settled()
             except Exception as error:  # noqa: BLE001 - a table write the broker refused
@@ -958,12 +1013,23 @@ class AckAfterPublish:
 
     async def _publish_until_acknowledged(self, outputs: list[Output]) -> None:
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(TRANSIENT_ERRORS),
+            retry=retry_if_exception(retriable),
             wait=wait_exponential_jitter(initial=0.2, max=10),
             before_sleep=_log_retry,
         ):
             with attempt:
                 await publish(self.sender, outputs, self.service)  # type: ignore[arg-type]
+
+
+def retriable(error: BaseException) -> bool:
+    """Whether publishing may succeed if tried again: the network, a broker away or busy, a
+    leader moving (Kafka's retriable errors). A refusal for good (the topic not authorized, a
+    record too large for it) stops the stage instead: retried forever, it held every input
+    unacknowledged behind it while the service said it was ready, and stalled the group's
+    next rebalance."""
+    if isinstance(error, KafkaError):
+        return bool(error.retriable)
+    return isinstance(error, OSError | StageFault)
 
 
 # How RocksDB (through rocksdict, which raises a bare Exception) says its files failed.

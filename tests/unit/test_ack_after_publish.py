@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from aiokafka.errors import KafkaTimeoutError
+import pytest
+from aiokafka.errors import KafkaTimeoutError, RequestTimedOutError, TopicAuthorizationFailedError
 
 from switchboard.shared import metrics as shared_metrics
 from switchboard.shared.kafka import Output
@@ -285,3 +286,50 @@ async def test_a_failure_of_the_stage_in_a_handler_at_work_crashes_the_app_unack
         await asyncio.sleep(0.1)
         assert stream.acked == [] and app.sent == []  # nothing dead-lettered or acknowledged
     assert [type(e) for e in app.crashed_by] == [KafkaTimeoutError]
+
+
+class _RefusingProducer(_Producer):
+    """The broker refuses the first ``refusals`` sends with ``error``, then takes them."""
+
+    def __init__(self, error: Exception, refusals: int) -> None:
+        super().__init__()
+        self.error, self.refusals, self.sends = error, refusals, 0
+
+    async def send(self, topic: str, key: Any, value: Any, *_: Any) -> asyncio.Future[None]:
+        self.sends += 1
+        future = asyncio.get_running_loop().create_future()
+        if self.sends <= self.refusals:
+            future.set_exception(self.error)
+        else:
+            future.set_result(None)
+        return future
+
+
+@pytest.mark.parametrize(
+    ("error", "refusals"),
+    [(TopicAuthorizationFailedError(), 1_000), (RequestTimedOutError(), 2)],
+    ids=["not-authorized", "timed-out"],
+)
+async def test_an_output_refused_for_good_stops_the_stage_and_a_passing_refusal_is_retried(
+    error, refusals
+):
+    """Not authorized for the topic: tried again forever, it held every input behind it while
+    the service said it was ready. A request timed out is tried again until taken."""
+    producer = _RefusingProducer(error, refusals)
+    acks = AckAfterPublish(an_app(producer), "test", lambda m: [Output(f"out-{m.topic}", b"x")])
+    crashed: list[BaseException] = []
+
+    async def crash(failure: BaseException) -> None:
+        crashed.append(failure)
+        acks._fault = failure  # noqa: SLF001 - what the real one records before crashing
+
+    acks._stage_failed = crash  # type: ignore[method-assign]  # the app's crash, observed
+    stream = _Stream(["a"])
+    async with running(acks, stream):
+        await _until(lambda: crashed or stream.acked)
+        await asyncio.sleep(0.1)
+    if refusals > 2:
+        assert [type(c) for c in crashed] == [TopicAuthorizationFailedError]
+        assert stream.acked == [] and producer.sends == 2  # sent, tried once more: refused
+    else:
+        assert crashed == [] and stream.acked == ["a"] and producer.sends == 3

@@ -96,3 +96,30 @@ async def test_a_long_restore_is_waited_for_and_logged_not_given_up(monkeypatch,
     assert len(waits()) >= 3 and all(r.app == "switchboard-route" for r in waits())
     with pytest.raises(TimeoutError, match="not ready after"):  # a caller's own limit holds
         await streams.until_worker_ready(_Restoring(), timeout_s=0.1)  # type: ignore[arg-type]
+
+
+def test_the_stores_a_worker_left_without_stopping_are_restored_from_their_changelogs(tmp_path):
+    """A worker killed (its running mark still there) may have kept changes its changelog
+    never got: every store goes, stamped in step or not; after a clean stop (no mark) they
+    stay."""
+    tables = tmp_path / "tables"
+    kept = [store(tables, f"route-conversations-{n}.db", in_step_ago=60) for n in range(2)]
+    assert streams.discard_stores_of_a_crash(tables) == []  # stopped cleanly: no mark
+    assert all(path.exists() for path in kept)
+    streams.running_mark(tables).touch()  # a worker started on them, and never stopped
+    assert streams.discard_stores_of_a_crash(tables) == kept
+    assert not any(path.exists() or in_sync_stamp(path).exists() for path in kept)
+
+
+async def test_a_clean_stop_clears_the_running_mark_only_with_every_changelog_write_acknowledged():
+    writes = streams.ChangelogWrites()
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    writes.add(done)
+    assert not writes.all_acknowledged()  # sent, not acknowledged: the store may be ahead
+    done.set_result(None)
+    assert writes.all_acknowledged()
+    failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    failed.set_exception(RuntimeError("refused"))
+    writes.add(failed)
+    assert not writes.all_acknowledged()
+    failed.exception()  # retrieved: no warning at collection
