@@ -52,7 +52,7 @@ from switchboard.route.config import SpikeConfig
 from switchboard.shared.events import SpikeCount, SpikeObservation, SpikeSampleWithdrawn, Tweet
 from switchboard.shared.kafka import Output
 from switchboard.shared.labels import Department
-from switchboard.shared.streams import STORE_OPTIONS
+from switchboard.shared.streams import CHANGELOG_CONFIG, STORE_OPTIONS
 from switchboard.shared.topics import ROUTE_SPIKES
 
 Dimension = str  # "department" | "handle" | "keyword"
@@ -305,18 +305,18 @@ class SpikeWindows:
         expires = self.window_s * (2 * config.baseline_windows + 2)
         self.counts = app.Table(
             "spike-counts", default=list, key_type=str, partitions=partitions,
-            options=STORE_OPTIONS,
+            options=STORE_OPTIONS, extra_topic_configs=CHANGELOG_CONFIG,
             help="tweets per spike key and window, with the offsets of the last observation "
             "counted and of the one that raised an alert",
         ).tumbling(self.window_s, expires=expires).relative_to_stream()  # fmt: skip
         self.samples = app.Table(
             "spike-samples", default=list, key_type=str, partitions=partitions,
-            options=STORE_OPTIONS,
+            options=STORE_OPTIONS, extra_topic_configs=CHANGELOG_CONFIG,
             help="the first tweets of each spike key's window, shown in its alert",
         ).tumbling(self.window_s, expires=expires).relative_to_stream()  # fmt: skip
         self.episodes = app.Table(
             "spike-episodes", key_type=str, value_type=int, partitions=partitions,
-            options=STORE_OPTIONS,
+            options=STORE_OPTIONS, extra_topic_configs=CHANGELOG_CONFIG,
             help="the window each spike key's episode started in (alerted, not yet back below "
             "its bar)",
         )  # fmt: skip

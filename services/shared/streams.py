@@ -119,6 +119,9 @@ LAG_EVERY_S = 5.0  # how often a replica reports its consumer lag
 # How often a worker stamps the stores it keeps in step with their changelogs: far inside
 # topics.TOMBSTONES_KEPT_MS, the age beyond which a store is not trusted.
 IN_SYNC_EVERY_S = 300.0
+# The changelogs faust creates itself keep deletions as long as those the project creates: a
+# store last in step within that time is trusted at a restart (discard_stale_stores).
+CHANGELOG_CONFIG = {"delete.retention.ms": str(topics.TOMBSTONES_KEPT_MS)}
 IN_SYNC_SUFFIX = ".in-sync"
 
 
@@ -136,7 +139,7 @@ class TtlMemory:
         self.windows = TumblingWindow(self.window_s, expires=2 * self.window_s)
         self.table = app.Table(
             name, default=default, key_type=str, partitions=partitions, options=STORE_OPTIONS,
-            help=help,
+            extra_topic_configs=CHANGELOG_CONFIG, help=help,
         ).using_window(self.windows).relative_to(lambda _event: time.time())  # fmt: skip
 
     def get(self, key: str) -> Any:

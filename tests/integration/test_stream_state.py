@@ -23,6 +23,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import OffsetAndMetadata
 from faust.types import TP
 
+from switchboard.shared import topics
 from switchboard.shared.kafka import Output, client_options, ensure_topics
 from switchboard.shared.settings import KafkaSettings
 from switchboard.shared.streams import (
@@ -349,6 +350,8 @@ async def test_a_windowed_tables_windows_expire_after_a_restart_too(
     entries = {name: value for name, value, *_ in described.resources[0][4]}
     assert set(entries["cleanup.policy"].split(",")) == {"compact", "delete"}
     assert int(entries["retention.ms"]) == 2 * 15 * 1000  # the windows' expiry, in milliseconds
+    # deletions kept as long as a store is trusted at a restart, whatever the cluster's default
+    assert int(entries["delete.retention.ms"]) == topics.TOMBSTONES_KEPT_MS
 
     # A restart of the replica with its volume, partition 1's store lost: partition 0's windows
     # are those the kept store holds, partition 1's are restored from the changelog.
