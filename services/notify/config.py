@@ -123,7 +123,7 @@ CHANNEL_TARGETS = ("webhook", "zendesk", "jira", "salesforce", "hubspot")
 class Subscription(Section):
     """Who is told about which tweets, and how: one channel and its target."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
     channel: Channel = "email"
     departments: list[Department] = Field(min_length=1)
     urgencies: list[Urgency] = Field(default_factory=lambda: list(Urgency), min_length=1)

@@ -13,9 +13,10 @@ from the table. A crash between the two sends the same digest again with the sam
 A tweet published twice (notify restarted before committing it) is kept once: each kept
 tweet is marked by its id until its digest is sent.
 
-The email lists the first ``PendingDigest.SHOWN`` tweets and counts the rest, but every tweet
-is kept until its digest went out, and a digest holding ``PendingDigest.FULL`` is due at once:
-a burst makes several digests, not one whose tweets are only counted. A digest the relay
+The email lists the first ``PendingDigest.SHOWN`` tweets and counts the rest ("and N more":
+each is on its department's topic, not in the email), every tweet is kept until its digest
+went out, and a digest holding ``PendingDigest.FULL`` is due at once: a burst makes several
+digests, each bounded. A digest the relay
 refuses for good (a 5xx reply: no such mailbox, a message too large), or that failed
 ``DIGEST_ATTEMPTS`` times in a row, is not tried again: every tweet it kept goes out one by
 one as a redriven delivery of the subscription, each retried and parked on the DLQ with its

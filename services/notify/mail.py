@@ -79,17 +79,21 @@ def check_templates(options: EmailConfig, subscriptions: list[Subscription]) -> 
     for index, subscription in enumerate(subscriptions):
         if subscription.channel != "email":
             continue
-        for suffix in ("txt.j2", "html.j2"):
+        names = [subscription.template] + (["digest"] if subscription.digest_minutes else [])
+        for name, suffix in ((n, s) for n in names for s in ("txt.j2", "html.j2")):
+            # a digest's templates too: one that does not parse failed at every sweep, and
+            # its tweets never went out, not even one by one
+            key = "template" if name == subscription.template else "digest_minutes"
             try:
-                env.get_template(f"{subscription.template}.{suffix}")
+                env.get_template(f"{name}.{suffix}")
             except TemplateNotFound:
                 raise ConfigError(
-                    f"config key notify.subscriptions[{index}].template: no template "
-                    f"{subscription.template}.{suffix} (built in, or in notify.email.templates_dir)"
+                    f"config key notify.subscriptions[{index}].{key}: no template "
+                    f"{name}.{suffix} (built in, or in notify.email.templates_dir)"
                 ) from None
             except TemplateSyntaxError as exc:
                 raise ConfigError(
-                    f"config key notify.subscriptions[{index}].template: "
+                    f"config key notify.subscriptions[{index}].{key}: "
                     f"{exc.filename or exc.name}, line {exc.lineno}: {exc.message}"
                 ) from None
 
@@ -191,8 +195,10 @@ def _message(
 
 
 def _header(value: str) -> str | Header:
-    """ASCII as it is; anything else as RFC 2047 encoded words."""
-    return value if value.isascii() else Header(value, UTF8)
+    """ASCII as it is; anything else as RFC 2047 encoded words, and so is ASCII that holds
+    one (``=?``): a tweet's ``=?utf-8?b?4oCu?=`` would be decoded by the reader's mail client
+    into the characters ``inert`` took out (a right-to-left override)."""
+    return value if value.isascii() and "=?" not in value else Header(value, UTF8)
 
 
 @lru_cache(maxsize=256)  # the same few configured addresses, in every email

@@ -65,7 +65,9 @@ class DeliveryError(Exception):
         # head, and is what logs and the DLQ show); never logged.
         self.body = body[:MAX_ERROR_BODY]
         self.retryable = retryable
-        self.retry_after_s = retry_after_s
+        # A wait asked for past a week (a Retry-After of inf, or of the year 9999) is a week:
+        # a redrive time past what dates hold parked nothing and lost the input's deliveries.
+        self.retry_after_s = None if retry_after_s is None else min(retry_after_s, LONGEST_WAIT_S)
         # True: the target answered (a refusal of this request, or a wait it asked for): it is
         # up, so the failure says nothing against the channel's circuit. False: it did not
         # answer, or refused the channel's credentials. None: it was not reached (a template
@@ -118,6 +120,9 @@ def http_error(
         and (status not in unanswered or wait is not None or wait_s is not None),
         body=body,
     )
+
+
+LONGEST_WAIT_S = 7 * 24 * 3600.0  # the longest wait a vendor's answer is taken at its word for
 
 
 def retry_after_seconds(value: str, now: float | None = None) -> float | None:

@@ -158,7 +158,11 @@ def shown_tweet(tweet: Tweet, text_limit: int) -> Tweet:
 
 
 def redact(text: str, options: RedactConfig) -> str:
-    """``text`` with e-mail addresses and phone numbers replaced, as ``options`` ask."""
+    """``text`` with e-mail addresses and phone numbers replaced, as ``options`` ask; read
+    without its invisible characters, as every channel shows it (``inert``): a zero-width space
+    inside an address would hide it from the patterns, then vanish when shown."""
+    if options.email_addresses or options.phone_numbers:
+        text = _IDLE_JOINER.sub("", _INVISIBLE.sub("", text))
     if options.email_addresses:
         text = _EMAIL.sub("[email]", text)
     if options.phone_numbers:

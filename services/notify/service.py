@@ -90,6 +90,10 @@ GROUP_ID = "switchboard-notify"  # the faust app's id: its consumer group and ta
 # in all: the ledger keeps them (a few hundred bytes each), and an agent reads the thread at X.
 TRANSCRIPT_TWEETS = 10
 PARKED_SWEEP_S = 1.0  # how often a replica looks at its parked deliveries (redrives due)
+# Deliveries remembered per conversation: a tweet delivered again comes back within a crash's
+# or a rebalance's redelivery, long before a conversation has this many more; without a bound
+# a viral thread's entry outgrew the largest record the cluster takes, and notify crash-looped.
+DELIVERIES_KEPT = 1000
 
 
 def _names(addresses: list[str] | None) -> tuple[str, ...] | None:
@@ -102,6 +106,14 @@ def transcript_kept(parts: list[str]) -> list[str]:
     if len(parts) <= TRANSCRIPT_TWEETS:
         return parts
     return [parts[0], *parts[1 - TRANSCRIPT_TWEETS :]]
+
+
+def with_delivery(
+    deliveries: dict[str, str | None], delivery_id: str, external_id: str | None
+) -> dict[str, str | None]:
+    """The conversation's deliveries with this one, the latest ``DELIVERIES_KEPT`` kept."""
+    latest = {**deliveries, delivery_id: external_id}
+    return dict(list(latest.items())[-DELIVERIES_KEPT:])
 
 
 def delivery_id(routed: RoutedTweet, subscription: Subscription) -> str:
@@ -412,7 +424,7 @@ class NotifyService:
             transcripts[thread_key] = transcript_kept(kept)
         recorded = entry.model_copy(
             update={
-                "deliveries": {**entry.deliveries, job.delivery_id: done.external_id},
+                "deliveries": with_delivery(entry.deliveries, job.delivery_id, done.external_id),
                 "threads": threads,
                 "transcripts": transcripts,
                 "updated_at": utc_now(),

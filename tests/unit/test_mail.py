@@ -70,6 +70,15 @@ def test_html_and_header_injection_stay_inert():
     assert "\n" not in message["Subject"] and "\r" not in message["Subject"]
 
 
+def test_an_encoded_word_in_the_tweet_reaches_the_subject_as_its_own_text():
+    """``=?utf-8?b?4oCu?=`` is what a right-to-left override looks like encoded: written by
+    the tweet's author, a mail client reads it as the text written, not as the override."""
+    routed = routed_with_text("refund =?utf-8?b?4oCu?=gpj.exe please")
+    message = received(render_email(routed, SUPPORT, EmailConfig(), "d"))
+    assert "\u202e" not in message["Subject"]
+    assert "=?utf-8?b?4oCu?=gpj.exe" in message["Subject"]
+
+
 def test_subscriptions_match_department_and_urgency():
     routed = routed_with_text("x")
     other = Subscription(name="legal", departments=["legal"], to=["l@example.com"])
@@ -94,6 +103,14 @@ def test_a_missing_template_fails_at_start_naming_the_subscription(tmp_path):
     missing = SUPPORT.model_copy(update={"template": "nope"})
     with pytest.raises(ConfigError, match=r"notify.subscriptions\[0\].template: no template nope"):
         check_templates(EmailConfig(templates_dir=tmp_path), [missing])
+
+
+def test_a_digest_template_that_does_not_parse_fails_at_start_naming_the_subscription(tmp_path):
+    (tmp_path / "digest.html.j2").write_text("<ul>{% for t in tweets %}<li>{{ t }}</ul>\n")
+    digesting = SUPPORT.model_copy(update={"digest_minutes": 60})
+    with pytest.raises(ConfigError, match=r"subscriptions\[0\].digest_minutes: .*digest.html.j2"):
+        check_templates(EmailConfig(templates_dir=tmp_path), [digesting])
+    check_templates(EmailConfig(templates_dir=tmp_path), [SUPPORT])  # no digest: not read
 
 
 def test_a_templates_folder_that_is_not_there_fails_at_start_naming_its_key(tmp_path):

@@ -39,9 +39,15 @@ from switchboard.notify.resilience import (
     retry_after_seconds,
     with_retries,
 )
-from switchboard.notify.service import TRANSCRIPT_TWEETS, transcript_kept
-from switchboard.shared.events import ParkedDelivery
+from switchboard.notify.service import (
+    DELIVERIES_KEPT,
+    TRANSCRIPT_TWEETS,
+    transcript_kept,
+    with_delivery,
+)
+from switchboard.shared.events import LedgerEntry, ParkedDelivery, encode
 from switchboard.shared.labels import Department
+from switchboard.shared.settings import KafkaSettings
 from tests.factories import a_classified_tweet, routed_from
 
 
@@ -148,6 +154,21 @@ def test_retry_after_is_read_as_seconds_or_as_an_http_date():
     assert retry_after_seconds("soon") is None
     # Without Retry-After, the wait the vendor's own headers ask for (HubSpot's window).
     assert http_error(429, "", None, wait_s=10.0).retry_after_s == 10.0
+
+
+async def test_a_wait_asked_past_what_dates_hold_parks_for_a_week():
+    """Retry-After: inf, or a date in the year 9999, from a webhook receiver: the delivery is
+    parked a week on (a redrive time past what dates hold raised, and lost its input)."""
+    for retry_after in ("inf", "1e12", "Fri, 31 Dec 9999 23:59:59 GMT"):
+        refused = http_error(503, "", retry_after)
+
+        async def attempt(refused: DeliveryError = refused) -> None:
+            raise refused
+
+        with pytest.raises(DeliveryError) as parked:
+            await with_retries(attempt, "webhook", attempts=3, max_wait_s=60.0)
+        at = next_redrive(parked.value, 1, NOW, NOW, POLICY)
+        assert at is not None and timedelta(days=6) < at - datetime.now(UTC) < timedelta(days=7.01)
 
 
 async def test_a_wait_longer_than_max_wait_is_parked_with_its_time_not_slept():
@@ -463,3 +484,20 @@ def test_a_hubspot_batch_answer_not_complete_or_without_its_record_is_tried_agai
 def test_a_complete_hubspot_batch_answer_gives_its_one_record():
     record = {"id": "7", "new": True, "properties": {"subject": "x"}}
     assert hubspot_upserted({"status": "COMPLETE", "results": [record]}) == record
+
+
+def test_the_ledger_entry_of_a_viral_thread_fits_the_smallest_record_a_cluster_takes():
+    """Every tweet of a long thread delivered to three subscriptions of the longest names: the
+    conversation's entry keeps the latest deliveries, still one record any cluster takes (a
+    changelog write refused crash-looped notify, re-sending every email at each restart)."""
+    deliveries: dict[str, str | None] = {}
+    name = "s" * 100
+    for n in range(3 * DELIVERIES_KEPT):
+        deliveries = with_delivery(deliveries, f"{2**63 - n}:salesforce:{name}{n % 3}", "x" * 64)
+    assert len(deliveries) == DELIVERIES_KEPT
+    assert f"{2**63 - 1}:salesforce:{name}1" not in deliveries  # the oldest went first
+    assert f"{2**63 - 3 * DELIVERIES_KEPT + 1}:salesforce:{name}2" in deliveries
+    transcripts = {f"hubspot:{name}{n}": ["t" * 2000] * TRANSCRIPT_TWEETS for n in range(5)}
+    entry = LedgerEntry(conversation_id="9" * 19, deliveries=deliveries, transcripts=transcripts)
+    [floor] = [m.ge for m in KafkaSettings.model_fields["max_message_bytes"].metadata]
+    assert len(encode(entry)) < floor
