@@ -143,6 +143,8 @@ class Digests:
         self.names = names  # the departments' display names, by code
         self.sender = sender  # what publishes: the faust producer behind kafka.publish's send
         self.subscriptions = {s.name: s for s in options.subscriptions if s.digest_minutes}
+        self.every_subscription = {s.name: s for s in options.subscriptions}
+        self._strays_looked_for = False  # digests of subscriptions no longer digesting
         self.mailer = mailer
         self.app = streams.app
         self.table = streams.table(
@@ -154,6 +156,7 @@ class Digests:
         )
         self.app.timer(SWEEP_EVERY_S, name="digest-sweep")(self.sweep)
         self.app.on_partitions_revoked.connect(self._on_rebalance)
+        self.app.on_partitions_assigned.connect(self._on_rebalance)
 
     def items(self, routed: RoutedTweet, department: Department) -> list[Output]:
         """The tweet for each digest subscription that collects it (``routed`` is redacted)."""
@@ -221,6 +224,9 @@ class Digests:
         pending = table_value(PendingDigest, self.table.get(key), "digests")
         subscription = self.subscriptions.get(due.subscription)
         now = datetime.now(UTC)
+        if pending is not None and subscription is None:
+            await self._stray(pending)
+            return
         if pending is None or subscription is None or now < due_at(pending, subscription):
             return
         shown = self.kept(pending, PendingDigest.SHOWN)
@@ -262,12 +268,40 @@ class Digests:
             if item is not None:
                 self.table.pop(kept_key(pending.subscription, item.routed.tweet.id), None)
 
+    async def _stray(self, pending: PendingDigest) -> None:
+        """A digest kept for a subscription the file no longer gives digests (its
+        ``digest_minutes`` gone, or the subscription itself): its tweets go out one by one to
+        the subscription if it is still there, else they are dropped, logged with their count
+        (their email target is gone; each is on its department's topic)."""
+        subscription = self.every_subscription.get(pending.subscription)
+        if subscription is not None and subscription.channel == "email":
+            await self._one_by_one(subscription, pending)
+        else:
+            gone = {"subscription": pending.subscription, "tweets": pending.kept}
+            log.error("a pending digest of a subscription no longer in the file is dropped",
+                      extra=gone)  # fmt: skip
+        self._forget(pending)
+        del self.table[header_key(pending.subscription)]
+
+    def _strays(self) -> list[str]:
+        """The subscriptions whose digests this replica holds that no longer give digests;
+        read once after each rebalance (a scan of the table's keys)."""
+        names = (key[2:].decode("utf-8") for key in self.table if key.startswith(b"h\x00"))
+        return [name for name in names if name not in self.subscriptions]
+
     async def sweep(self) -> None:
-        """The timer: ask the owner of each due digest (this replica's partitions) to send it."""
-        if not self.subscriptions or self.app.rebalancing or self.app.in_recovery:
+        """The timer: ask the owner of each due digest (this replica's partitions) to send it,
+        and of each digest whose subscription gives none any more (``_stray``)."""
+        if self.app.rebalancing or self.app.in_recovery:
             return
         now = datetime.now(UTC)
         outputs = []
+        if not self._strays_looked_for:
+            self._strays_looked_for = True
+            for name in self._strays():
+                self._asked.add(name)
+                due = DigestDue(subscription=name, found_at=now)
+                outputs.append(Output.of(topics.NOTIFICATIONS_DIGESTS, due, key=name))
         for name, subscription in self.subscriptions.items():
             if name in self._asked:
                 continue
@@ -282,6 +316,7 @@ class Digests:
 
     async def _on_rebalance(self, *_: Any, **__: Any) -> None:
         self._asked.clear()  # the new owner asks again
+        self._strays_looked_for = False
 
     async def _send(
         self, subscription: Subscription, pending: PendingDigest, items: list[RoutedTweet]

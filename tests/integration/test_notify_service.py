@@ -341,6 +341,37 @@ async def test_low_urgency_waits_for_one_digest(kafka, producer, running, inbox,
     assert "d-9" in singles and not singles & {"d-0", "d-1", "d-2"}
 
 
+async def test_a_digest_left_by_a_subscription_that_gives_none_now_goes_out_one_by_one(
+    kafka, producer, running, inbox
+):
+    """Its tweets were kept for an hour's digest; the file then drops the subscription's
+    digest_minutes (a new configuration, the pods rolled): each goes out on its own, nothing
+    waits for a digest nobody would send. A subscription removed whole drops its digest."""
+    run = uuid.uuid4().hex[:6]
+    to = f"digest-{run}@switchboard.example"
+    hourly = Subscription(name=f"hourly-{run}", departments=["community"], urgencies=["low"],
+                          to=[to], digest_minutes=60)  # fmt: skip
+    other = hourly.model_copy(update={"name": f"removed-{run}"})
+    settings = notify_settings(kafka, inbox.port, [hourly, other])
+    low = [routed(f"s{run}-{i}", "community", "low", f"nice one {i}", settings) for i in range(2)]
+    first = NotifyService(settings)
+    async with running(first):
+        for event in low:
+            await producer.send_and_wait(event.route.topic, encode(event), key=b"conv-stray")
+        await wait_for(lambda: len([k for k in first.digests.table if run.encode() in k]) >= 6)
+    assert not [m for m in inbox.messages() if m["X-Envelope-To"] == to]  # an hour to wait
+
+    singles = hourly.model_copy(update={"digest_minutes": None})
+    second = NotifyService(notify_settings(kafka, inbox.port, [singles]))
+    async with running(second):
+        await wait_for(
+            lambda: {m["X-Switchboard-Tweet-Id"] for m in inbox.messages()
+                     if m["X-Envelope-To"] == to} == {e.tweet.id for e in low}, timeout_s=30,
+        )  # fmt: skip
+        await wait_for(lambda: not [k for k in second.digests.table if run.encode() in k])
+    assert not [m for m in inbox.messages() if m["X-Switchboard-Digest-Id"] and run in body(m)]
+
+
 async def test_a_digest_the_relay_refuses_for_good_goes_out_one_tweet_at_a_time(
     kafka, producer, running, inbox, read
 ):
