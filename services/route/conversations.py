@@ -184,6 +184,17 @@ def addressees(
     return [tweet.in_reply_to_user_id]
 
 
+def with_reply(
+    replies: Replies,
+    reply: BrandTweet,
+    company: Collection[str] = (),
+    state: ConversationState | None = None,
+) -> dict[str, datetime]:
+    """``replies`` with this company reply noted for each of its ``addressees``."""
+    to = addressees(reply, company, answered_names(state, replies))
+    return merged(replies, dict.fromkeys(to, reply.tweet.created_at))
+
+
 def answered_names(state: ConversationState | None, replies: Replies) -> set[str]:
     """The ``@username``s of the authors a company handle answered in the conversation, as far
     as route knows their names (the tweets it remembers)."""
@@ -378,9 +389,7 @@ def after_brand_reply(
     addressee's tweets it answers, when route still remembers it, else from the awaited
     tweet's clock."""
     before = replies_of(state)
-    written = reply.tweet.created_at
-    to = addressees(reply, company, answered_names(state, before))
-    replies = merged(before, dict.fromkeys(to, written))
+    replies = with_reply(before, reply, company, state)
     update: dict[str, object] = {"updated_at": now, **_stored(replies)}
     first = _first_answered(state, before, replies)
     awaited, tracked = state.awaiting, True

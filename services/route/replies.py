@@ -17,7 +17,7 @@ from datetime import datetime
 
 import faust
 
-from switchboard.route.conversations import addressees, answered_names, bounded, merged
+from switchboard.route.conversations import bounded, with_reply
 from switchboard.shared.events import BrandTweet
 from switchboard.shared.streams import TtlMemory
 
@@ -43,9 +43,7 @@ class EarlyReplies:
     def add(self, conversation_id: str, reply: BrandTweet, company: Collection[str]) -> None:
         """Note it (the latest per addressee wins); must run inside the stream of the reply."""
         known = self.get(conversation_id)
-        written = reply.tweet.created_at
-        to = addressees(reply, company, answered_names(None, known))
-        noted = bounded(merged(known, dict.fromkeys(to, written)))
+        noted = bounded(with_reply(known, reply, company))
         if noted != known:
             self.memory.put(conversation_id, {a: w.isoformat() for a, w in noted.items()})
 

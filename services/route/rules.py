@@ -37,7 +37,7 @@ from switchboard.route.config import (
     TimeWindow,
 )
 from switchboard.shared.config import HandleConfig
-from switchboard.shared.events import ClassifiedTweet, ConversationState
+from switchboard.shared.events import ClassifiedTweet, ConversationState, Tweet
 from switchboard.shared.labels import Department, Urgency
 
 Destination = Literal["department", "triage", "dropped"]
@@ -168,13 +168,19 @@ def defaults(event: ClassifiedTweet, policy: RouteConfig, now: datetime) -> Outc
     return outcome
 
 
+def addressed(tweet: Tweet, handles: dict[str, HandleConfig]) -> list[HandleConfig]:
+    """The company's configured handles the tweet addresses, in its order (``handles``: by
+    lower-case username without '@')."""
+    names = (h[1:].lower() for h in tweet.addressed_handles)
+    return [handles[name] for name in names if name in handles]
+
+
 def to_handle_default(
     outcome: Outcome, event: ClassifiedTweet, handles: dict[str, HandleConfig]
 ) -> None:
     """``route.unsure: handle``: a tweet the model cannot place goes to the default department
     of the first company handle it addresses, instead of triage (none addressed: triage)."""
-    addressed = [h[1:].lower() for h in event.tweet.addressed_handles]
-    handle = next((handles[h] for h in addressed if h in handles), None)
+    handle = next(iter(addressed(event.tweet, handles)), None)
     if handle is None:
         return
     outcome.department, outcome.destination, outcome.owner = (
@@ -257,14 +263,14 @@ def matches(
     rule: RoutingRule, event: ClassifiedTweet, handles: dict[str, HandleConfig], now: datetime
 ) -> bool:
     w, c, tweet = rule.when, event.classification, event.tweet
-    addressed = [h.lower() for h in tweet.addressed_handles]
-    segments = [handles[h[1:]].segment for h in addressed if h[1:] in handles]
+    names = [h.lower() for h in tweet.addressed_handles]
+    segments = [handle.segment for handle in addressed(tweet, handles)]
     checks = [
         w.departments is None or c.department in w.departments,
         w.urgencies is None or c.urgency in w.urgencies,
         w.confidence_min is None or c.confidence >= w.confidence_min,
         w.confidence_max is None or c.confidence <= w.confidence_max,
-        w.handles is None or any(h.lower() in addressed for h in w.handles),
+        w.handles is None or any(h.lower() in names for h in w.handles),
         w.segments is None or any(segment in w.segments for segment in segments),
         w.languages is None or (c.lang or tweet.lang) in w.languages,
         w.keywords is None or any(_keyword(k).search(tweet.text) for k in w.keywords),

@@ -395,8 +395,9 @@ class ConversationState(Event):
     replied_to: dict[str, AwareDatetime] = Field(
         default_factory=dict,
         description="When a company handle last replied to each author (X's "
-        "in_reply_to_user_id), by author id, the latest 32: that author's tweets written "
-        "before it are answered, not those of others replying in the same thread",
+        "in_reply_to_user_id), by author id, or mentioned one it had answered in a follow-up "
+        "to its own tweet, by @username; the latest 32: that author's tweets written before "
+        "it are answered, not those of others replying in the same thread",
     )
     spikes_withdrawn: SpikesWithdrawn | None = Field(
         default=None,

@@ -272,11 +272,7 @@ class StreamWorker:
 
     async def start(self) -> None:
         if not self._temporary:
-            tabledir = Path(self.app.conf.tabledir)
-            discard_stores_of_a_crash(tabledir)
-            discard_stale_stores(tabledir, topics.TOMBSTONES_KEPT_MS / 1000)
-            running_mark(tabledir).parent.mkdir(parents=True, exist_ok=True)
-            running_mark(tabledir).touch()
+            stores_to_run_on(Path(self.app.conf.tabledir))
         self._task = asyncio.create_task(self.app.start(), name=f"{self.service}-streams")
         await until_worker_ready(self.app)
 
@@ -321,8 +317,7 @@ class ChangelogWrites:
 
     def all_acknowledged(self) -> bool:
         """Whether every write made so far was acknowledged (none pending, none failed)."""
-        done = all(write.done() and not write.cancelled() and write.exception() is None
-                   for _, write in self._pending)  # fmt: skip
+        done = all(write.done() and _failure(write) is None for _, write in self._pending)
         return done and self.failed is None
 
     async def settled(self) -> None:
@@ -332,15 +327,20 @@ class ChangelogWrites:
         while True:
             while self._pending and self._pending[0][1].done():
                 _, write = self._pending.popleft()
-                if write.cancelled():  # never acknowledged: not in the changelog
-                    self.failed = self.failed or RuntimeError("a changelog write was cancelled")
-                elif write.exception() is not None:
-                    self.failed = self.failed or write.exception()
+                self.failed = self.failed or _failure(write)
             if self.failed is not None:
                 raise self.failed
             if not self._pending or self._pending[0][0] > last:
                 return
             await asyncio.wait([self._pending[0][1]])  # shared by every waiter, never cancelled
+
+
+def _failure(write: asyncio.Future[Any]) -> BaseException | None:
+    """Why a finished changelog write was not acknowledged, or None: cancelled counts (it is
+    not in the changelog)."""
+    if write.cancelled():
+        return RuntimeError("a changelog write was cancelled")
+    return write.exception()
 
 
 def changelog_writes(app: faust.App) -> ChangelogWrites:
@@ -634,7 +634,12 @@ def member_name(kafka: KafkaSettings, service: str) -> str:
     return kafka.group_instance_id or f"{socket.gethostname()}-{service}"
 
 
-def discard_stale_stores(tabledir: Path, max_age_s: float, now: float | None = None) -> list[Path]:
+def discard_stale_stores(
+    tabledir: Path,
+    max_age_s: float,
+    now: float | None = None,
+    why: str = "discarded a table store older than its changelog's tombstones",
+) -> list[Path]:
     """Remove the local table stores (one per table and partition) last known in step with
     their changelog more than ``max_age_s`` ago, or never stamped so (``in_sync_stamp``);
     returns them.
@@ -655,8 +660,7 @@ def discard_stale_stores(tabledir: Path, max_age_s: float, now: float | None = N
     for store in stale:
         shutil.rmtree(store, ignore_errors=True)
         in_sync_stamp(store).unlink(missing_ok=True)
-        log.info("discarded a table store older than its changelog's tombstones", extra={
-            "store": str(store)})  # fmt: skip
+        log.info(why, extra={"store": str(store)})
     return stale
 
 
@@ -667,6 +671,15 @@ def running_mark(tabledir: Path) -> Path:
     """The file that says a worker runs on these stores: made at its start, removed once it
     stopped with every changelog write acknowledged."""
     return tabledir / RUNNING_MARK
+
+
+def stores_to_run_on(tabledir: Path) -> None:
+    """Before a worker starts: drop the stores a crash or their age makes untrustworthy, then
+    mark the folder as run on."""
+    discard_stores_of_a_crash(tabledir)
+    discard_stale_stores(tabledir, topics.TOMBSTONES_KEPT_MS / 1000)
+    tabledir.mkdir(parents=True, exist_ok=True)
+    running_mark(tabledir).touch()
 
 
 def discard_stores_of_a_crash(tabledir: Path) -> list[Path]:
@@ -681,14 +694,8 @@ def discard_stores_of_a_crash(tabledir: Path) -> list[Path]:
     changelog does, and the input read again does its work again (at least once)."""
     if not running_mark(tabledir).exists():
         return []
-    stores = sorted(tabledir.glob("*.db"))
-    for store in stores:
-        shutil.rmtree(store, ignore_errors=True)
-        in_sync_stamp(store).unlink(missing_ok=True)
-    if stores:
-        log.warning("the last worker did not stop cleanly: its table stores are restored from "
-                    "their changelogs", extra={"stores": len(stores)})  # fmt: skip
-    return stores
+    why = "the last worker did not stop cleanly: its table store is restored from its changelog"
+    return discard_stale_stores(tabledir, -math.inf, why=why)  # every store
 
 
 def in_sync_stamp(store: Path) -> Path:
